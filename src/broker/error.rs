@@ -1,0 +1,90 @@
+//! Errors a broker operation can end in, each mapped to one of the documented exit codes.
+
+use std::time::Duration;
+
+use super::capability::Capability;
+use crate::engine::{EngineError, NameError};
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot do this at all.
+    #[error("{capability} not available on this broker ({broker})")]
+    Unsupported {
+        /// Backend name.
+        broker: &'static str,
+        /// What is missing.
+        capability: Capability,
+    },
+    /// The local engine refused.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The URL could not be understood.
+    #[error("invalid broker URL \"{url}\": {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The scheme names no backend.
+    #[error(
+        "unknown broker scheme \"{scheme}\" in \"{url}\"; use one of: mem://, local, ws://, wss://, redis://, rediss://, nats://, mqtt://, mqtts://, amqp://, amqps://, postgres://, kafka://"
+    )]
+    UnknownScheme {
+        /// The URL as given.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// The backend exists in the design but is not built yet.
+    #[error("the {backend} backend is not available in this build yet; use mem:// meanwhile")]
+    NotBuilt {
+        /// Which backend.
+        backend: &'static str,
+    },
+    /// The broker could not be reached.
+    #[error("cannot reach broker at {url}: {reason}")]
+    Unreachable {
+        /// Where.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The broker refused the credentials.
+    #[error("broker at {url} refused authentication: {reason}")]
+    Auth {
+        /// Where.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A wait ended with nothing.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// A request the broker would refuse; caught before sending.
+    #[error("{0}")]
+    Invalid(String),
+    /// The broker answered something this client does not understand, or closed mid-request.
+    #[error("broker protocol error: {0}")]
+    Protocol(String),
+}
+
+impl BrokerError {
+    /// The process exit code for this error (README "Exit codes").
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BrokerError::Unreachable { .. } => 3,
+            BrokerError::Timeout(_) => 4,
+            BrokerError::Auth { .. } => 5,
+            BrokerError::InvalidUrl { .. } | BrokerError::UnknownScheme { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl From<NameError> for BrokerError {
+    fn from(e: NameError) -> Self {
+        BrokerError::Engine(EngineError::from(e))
+    }
+}

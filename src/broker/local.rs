@@ -1,0 +1,284 @@
+//! The in-process backend: a [`Broker`] over an [`Engine`] in this process (`mem://`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{
+    AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, ConnectionEvent, DeliveryStream, ItemSource,
+    Settle, StreamItem, SubscribeRequest, history_topic,
+};
+use crate::engine::{
+    AckRef, AttachOptions, BrowseFrom, Delivery, Engine, FetchOptions, Lifetime, Message, Name, PeekReport,
+    PublishReceipt, PublishRequest, PushConsumer, SeekTarget, SubscriptionConfig, SubscriptionInfo, TapItem,
+    TapOptions, TapReceiver, TopicConfig, TopicInfo,
+};
+
+/// How often the engine's timers run when it lives inside a broker handle.
+const TICK: Duration = Duration::from_millis(50);
+
+/// A broker backed by an engine in this process.
+#[derive(Debug)]
+pub struct LocalBroker {
+    engine: Engine,
+    url: String,
+    events: broadcast::Sender<ConnectionEvent>,
+    next_id: AtomicU64,
+    /// Stops the timer task when the broker is dropped.
+    _ticker: Option<DropGuard>,
+}
+
+impl LocalBroker {
+    /// Wraps an engine. Inside a Tokio runtime this also starts the engine's timer task (deadlines,
+    /// backoff, age retention), which stops when the broker is dropped.
+    pub fn new(engine: Engine, url: impl Into<String>) -> Self {
+        let ticker = tokio::runtime::Handle::try_current().ok().map(|_| {
+            let cancel = CancellationToken::new();
+            engine.spawn_ticker(TICK, cancel.clone());
+            cancel.drop_guard()
+        });
+        let (events, _) = broadcast::channel(16);
+        LocalBroker {
+            engine,
+            url: url.into(),
+            events,
+            next_id: AtomicU64::new(1),
+            _ticker: ticker,
+        }
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn fresh_id(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+fn to_broker(d: Delivery) -> BrokerDelivery {
+    let token = d.lease.map(|lease| AckToken {
+        subscription: d.subscription.clone(),
+        partition: lease.partition,
+        seq: lease.seq,
+        lease: lease.lease,
+        reply: None,
+    });
+    BrokerDelivery {
+        attempt: Some(d.attempt),
+        deadline: d.deadline,
+        token,
+        message: d.message,
+    }
+}
+
+/// Deliveries pushed by a subscription; an ephemeral subscription made for this stream is deleted
+/// when the stream is dropped.
+struct PushSource {
+    consumer: PushConsumer,
+    ephemeral: Option<(Engine, Name)>,
+}
+
+#[async_trait]
+impl ItemSource for PushSource {
+    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        let delivery = self.consumer.recv().await?;
+        Some(Ok(StreamItem::Delivery(to_broker(delivery))))
+    }
+}
+
+impl Drop for PushSource {
+    fn drop(&mut self) {
+        if let Some((engine, name)) = self.ephemeral.take() {
+            // Already gone is fine: the subscription existed only for this stream.
+            let _ = engine.delete_subscription(&name);
+        }
+    }
+}
+
+/// Live messages from a tap.
+struct TapSource(TapReceiver);
+
+#[async_trait]
+impl ItemSource for TapSource {
+    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        Some(Ok(match self.0.recv().await? {
+            TapItem::Message(message) => StreamItem::Delivery(BrokerDelivery {
+                message,
+                attempt: None,
+                deadline: None,
+                token: None,
+            }),
+            TapItem::Lagged { skipped } => StreamItem::Lagged { skipped },
+        }))
+    }
+}
+
+#[async_trait]
+impl Broker for LocalBroker {
+    fn kind(&self) -> &'static str {
+        "mem"
+    }
+
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // Everything the model has, except persistence until the durable store lands.
+        Capabilities::of(
+            &Capabilities::all()
+                .list()
+                .into_iter()
+                .filter(|c| !matches!(c, super::Capability::Persistence | super::Capability::Partitions))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
+        Ok(self.engine.publish(msg)?)
+    }
+
+    async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
+        Ok(self.engine.publish_batch(msgs)?)
+    }
+
+    async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
+        let attach = |sub: &Name| {
+            self.engine.attach(
+                sub,
+                AttachOptions {
+                    consumer: req.consumer.clone(),
+                    prefetch: req.prefetch,
+                },
+            )
+        };
+        if let Some(name) = &req.subscription {
+            if self.engine.subscription_info(name).is_err() {
+                let mut config = SubscriptionConfig::new(name.clone(), history_topic(&req)?);
+                config.start = req.from.unwrap_or_default();
+                config.ack = req.ack;
+                match self.engine.create_subscription(config) {
+                    // Another consumer created it first: join it.
+                    Ok(_) | Err(crate::engine::EngineError::SubscriptionExists(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let consumer = attach(name)?;
+            return Ok(DeliveryStream::new(Box::new(PushSource {
+                consumer,
+                ephemeral: None,
+            })));
+        }
+        if let Some(start) = req.from {
+            let topic = history_topic(&req)?;
+            let name = Name::new(&self.fresh_id("_reader"))?;
+            let mut config = SubscriptionConfig::new(name.clone(), topic);
+            config.start = start;
+            config.ack = req.ack;
+            config.lifetime = Lifetime::Ephemeral {
+                inactive_ttl: Duration::from_secs(5),
+            };
+            self.engine.create_subscription(config)?;
+            let consumer = attach(&name)?;
+            let ephemeral = Some((self.engine.clone(), name));
+            return Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral })));
+        }
+        let tap = self.engine.tap(req.patterns.clone(), TapOptions::default())?;
+        Ok(DeliveryStream::new(Box::new(TapSource(tap))))
+    }
+
+    async fn fetch(
+        &self,
+        subscription: &Name,
+        consumer: &str,
+        opts: FetchOptions,
+    ) -> Result<Vec<BrokerDelivery>, BrokerError> {
+        let batch = self.engine.fetch(subscription, consumer, opts).await?;
+        Ok(batch.into_iter().map(to_broker).collect())
+    }
+
+    async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
+        let r = AckRef {
+            partition: token.partition,
+            seq: token.seq,
+            lease: token.lease,
+        };
+        let sub = &token.subscription;
+        match how {
+            Settle::Ack => self.engine.ack(sub, r)?,
+            Settle::Nack(delay) => self.engine.nack(sub, r, delay)?,
+            Settle::Extend(by) => {
+                self.engine.extend(sub, r, by)?;
+            }
+            Settle::Term(reason) => self.engine.term(sub, r, &reason)?,
+        }
+        Ok(())
+    }
+
+    async fn topics(&self) -> Result<Vec<TopicInfo>, BrokerError> {
+        Ok(self.engine.topics())
+    }
+
+    async fn topic_info(&self, name: &Name) -> Result<TopicInfo, BrokerError> {
+        Ok(self.engine.topic_info(name)?)
+    }
+
+    async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
+        Ok(self.engine.create_topic(config)?)
+    }
+
+    async fn delete_topic(&self, name: &Name) -> Result<(), BrokerError> {
+        Ok(self.engine.delete_topic(name)?)
+    }
+
+    async fn purge_topic(&self, name: &Name) -> Result<u64, BrokerError> {
+        Ok(self.engine.purge_topic(name)?)
+    }
+
+    async fn subscriptions(&self, topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {
+        Ok(self.engine.subscriptions(topic))
+    }
+
+    async fn subscription_info(&self, name: &Name) -> Result<SubscriptionInfo, BrokerError> {
+        Ok(self.engine.subscription_info(name)?)
+    }
+
+    async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
+        Ok(self.engine.create_subscription(config)?)
+    }
+
+    async fn delete_subscription(&self, name: &Name) -> Result<(), BrokerError> {
+        Ok(self.engine.delete_subscription(name)?)
+    }
+
+    async fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, BrokerError> {
+        Ok(self.engine.browse(topic, from, max)?)
+    }
+
+    async fn seek(&self, subscription: &Name, target: SeekTarget) -> Result<u64, BrokerError> {
+        Ok(self.engine.seek(subscription, target)?)
+    }
+
+    async fn peek(&self, subscription: &Name, from: u64, limit: usize) -> Result<PeekReport, BrokerError> {
+        Ok(self.engine.peek(subscription, from, limit)?)
+    }
+
+    fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// Shares one engine between several broker handles (tests, demos).
+pub fn shared(engine: Engine) -> Arc<LocalBroker> {
+    Arc::new(LocalBroker::new(engine, "mem://"))
+}

@@ -1,0 +1,305 @@
+//! The one client-side interface every command and the TUI use, whatever the broker.
+//!
+//! A backend implements [`Broker`]; [`url::connect`] picks the backend from a URL. Each backend declares
+//! its [`Capabilities`] so that callers can say "not available on this broker" instead of failing
+//! obscurely or faking a value; operations a backend lacks answer [`BrokerError::Unsupported`].
+//!
+//! The message, topic and subscription types are the engine's own: the local engine implements the full
+//! model, and every other broker maps onto a subset of it (SEMANTICS.md §10).
+
+pub mod capability;
+pub mod error;
+pub mod local;
+pub mod url;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+pub use capability::{Capabilities, Capability};
+pub use error::BrokerError;
+
+use crate::engine::{
+    AckMode, BrowseFrom, FetchOptions, Message, Name, Pattern, PeekReport, PublishReceipt, PublishRequest,
+    SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo, Timestamp, TopicConfig, TopicInfo,
+};
+
+/// What a caller hands back to settle a delivery; backend-specific parts travel in `reply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckToken {
+    /// The subscription it was delivered through.
+    pub subscription: Name,
+    /// Partition.
+    pub partition: u32,
+    /// Position.
+    pub seq: u64,
+    /// Lease token (local engine) or delivery tag (AMQP).
+    pub lease: u64,
+    /// Reply subject or entry id where the broker settles by name (NATS, Redis Streams).
+    pub reply: Option<String>,
+}
+
+/// How to settle a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Done with it.
+    Ack,
+    /// Give it back, optionally after a delay.
+    Nack(Option<Duration>),
+    /// Keep the lease longer.
+    Extend(Duration),
+    /// Give up on it for good, with a reason.
+    Term(String),
+}
+
+/// A message received from a broker, with what is needed to settle it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerDelivery {
+    /// The message.
+    pub message: Message,
+    /// Which delivery of it this is, when the broker counts.
+    pub attempt: Option<u32>,
+    /// When the lease ends, when the broker has leases.
+    pub deadline: Option<Timestamp>,
+    /// How to settle it; `None` when the broker has no acks or the subscription does not ack.
+    pub token: Option<AckToken>,
+}
+
+/// What a subscriber receives: deliveries, or notice of what it missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    /// A message.
+    Delivery(BrokerDelivery),
+    /// The subscriber fell behind and this many messages were dropped before reaching it.
+    Lagged {
+        /// How many.
+        skipped: u64,
+    },
+}
+
+/// What to subscribe to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeRequest {
+    /// Subjects to receive (token patterns or `glob:`).
+    pub patterns: Vec<Pattern>,
+    /// Join this durable subscription as a competing consumer (created on the topic when missing).
+    pub subscription: Option<Name>,
+    /// Read history from here instead of live only; needs a single topic.
+    pub from: Option<StartPosition>,
+    /// Ack mode for a subscription created by this request.
+    pub ack: AckMode,
+    /// Consumer id; one is made up when `None`.
+    pub consumer: Option<String>,
+    /// Credit; the broker's default when `None`.
+    pub prefetch: Option<u32>,
+}
+
+impl SubscribeRequest {
+    /// Live messages on these patterns, no acks: the `sub PATTERN` default.
+    pub fn live(patterns: Vec<Pattern>) -> Self {
+        SubscribeRequest {
+            patterns,
+            subscription: None,
+            from: None,
+            ack: AckMode::None,
+            consumer: None,
+            prefetch: None,
+        }
+    }
+}
+
+/// A source of stream items for one subscription.
+#[async_trait]
+pub trait ItemSource: Send {
+    /// The next item; `None` when the stream has ended (subscription deleted, broker closed).
+    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>>;
+}
+
+/// A subscriber's stream of deliveries.
+pub struct DeliveryStream {
+    source: Box<dyn ItemSource>,
+}
+
+impl DeliveryStream {
+    /// Wraps a backend's source.
+    pub fn new(source: Box<dyn ItemSource>) -> Self {
+        DeliveryStream { source }
+    }
+
+    /// The next item; `None` when the stream has ended.
+    pub async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        self.source.next().await
+    }
+}
+
+impl fmt::Debug for DeliveryStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeliveryStream")
+    }
+}
+
+/// The state of the link to a broker, for status lines and the TUI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// Connected.
+    Connected,
+    /// The link dropped.
+    Disconnected {
+        /// Why, as the broker client put it.
+        reason: String,
+    },
+    /// Back after a drop; subscriptions were restored.
+    Reconnected,
+    /// The broker or client dropped messages for a slow subscriber.
+    SlowConsumer {
+        /// How many.
+        dropped: u64,
+    },
+}
+
+/// One broker, as every command and the TUI see it.
+///
+/// Optional operations have default bodies that answer [`BrokerError::Unsupported`]; a backend
+/// overrides what it can do and says so in [`Broker::capabilities`].
+#[async_trait]
+pub trait Broker: Send + Sync + fmt::Debug {
+    /// Short backend name: `mem`, `local`, `ws`, `redis`, `nats`, …
+    fn kind(&self) -> &'static str;
+
+    /// The URL it was opened with, with any password removed.
+    fn url(&self) -> String;
+
+    /// What this broker can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes one message.
+    async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError>;
+
+    /// Publishes several messages in order; backends with a batch path override this.
+    async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
+        let mut receipts = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            receipts.push(self.publish(msg).await?);
+        }
+        Ok(receipts)
+    }
+
+    /// Starts receiving: live on patterns, from history, or as a member of a durable subscription.
+    async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError>;
+
+    /// Pulls up to `opts.max_msgs` from a durable subscription, long-polling up to `opts.wait`.
+    async fn fetch(
+        &self,
+        _subscription: &Name,
+        _consumer: &str,
+        _opts: FetchOptions,
+    ) -> Result<Vec<BrokerDelivery>, BrokerError> {
+        Err(self.unsupported(Capability::Ack))
+    }
+
+    /// Acks, nacks, extends or terminates a delivery.
+    async fn settle(&self, _token: &AckToken, _how: Settle) -> Result<(), BrokerError> {
+        Err(self.unsupported(Capability::Ack))
+    }
+
+    /// Every topic the broker can list.
+    async fn topics(&self) -> Result<Vec<TopicInfo>, BrokerError> {
+        Err(self.unsupported(Capability::TopicAdmin))
+    }
+
+    /// One topic.
+    async fn topic_info(&self, _name: &Name) -> Result<TopicInfo, BrokerError> {
+        Err(self.unsupported(Capability::TopicAdmin))
+    }
+
+    /// Creates a topic.
+    async fn create_topic(&self, _config: TopicConfig) -> Result<TopicInfo, BrokerError> {
+        Err(self.unsupported(Capability::TopicAdmin))
+    }
+
+    /// Deletes a topic.
+    async fn delete_topic(&self, _name: &Name) -> Result<(), BrokerError> {
+        Err(self.unsupported(Capability::TopicAdmin))
+    }
+
+    /// Deletes a topic's messages; returns how many.
+    async fn purge_topic(&self, _name: &Name) -> Result<u64, BrokerError> {
+        Err(self.unsupported(Capability::TopicAdmin))
+    }
+
+    /// Subscriptions, optionally of one topic.
+    async fn subscriptions(&self, _topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {
+        Err(self.unsupported(Capability::Lag))
+    }
+
+    /// One subscription's lag and ack state.
+    async fn subscription_info(&self, _name: &Name) -> Result<SubscriptionInfo, BrokerError> {
+        Err(self.unsupported(Capability::Lag))
+    }
+
+    /// Creates a durable subscription.
+    async fn create_subscription(
+        &self,
+        _config: SubscriptionConfig,
+    ) -> Result<SubscriptionInfo, BrokerError> {
+        Err(self.unsupported(Capability::CompetingConsumers))
+    }
+
+    /// Deletes a subscription.
+    async fn delete_subscription(&self, _name: &Name) -> Result<(), BrokerError> {
+        Err(self.unsupported(Capability::CompetingConsumers))
+    }
+
+    /// Reads a topic's history without consuming it.
+    async fn browse(
+        &self,
+        _topic: &Name,
+        _from: BrowseFrom,
+        _max: usize,
+    ) -> Result<Vec<Message>, BrokerError> {
+        Err(self.unsupported(Capability::Replay))
+    }
+
+    /// Moves a subscription; returns the next seq it delivers.
+    async fn seek(&self, _subscription: &Name, _target: SeekTarget) -> Result<u64, BrokerError> {
+        Err(self.unsupported(Capability::Seek))
+    }
+
+    /// Per-message ack state of a subscription.
+    async fn peek(&self, _subscription: &Name, _from: u64, _limit: usize) -> Result<PeekReport, BrokerError> {
+        Err(self.unsupported(Capability::Peek))
+    }
+
+    /// Connection state changes.
+    fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent>;
+
+    /// The error for an operation this broker cannot do.
+    fn unsupported(&self, capability: Capability) -> BrokerError {
+        BrokerError::Unsupported {
+            broker: self.kind(),
+            capability,
+        }
+    }
+}
+
+/// A broker shared between tasks.
+pub type SharedBroker = Arc<dyn Broker>;
+
+/// Subscribing with these options needs a single topic to read history from.
+pub(crate) fn history_topic(req: &SubscribeRequest) -> Result<Name, BrokerError> {
+    match req.patterns.as_slice() {
+        [p] => match p.literal().map(Name::new) {
+            Some(Ok(name)) => Ok(name),
+            _ => Err(BrokerError::Invalid(format!(
+                "reading history needs one topic name, not the pattern \"{}\"",
+                p.as_str()
+            ))),
+        },
+        _ => Err(BrokerError::Invalid(
+            "reading history needs exactly one topic".into(),
+        )),
+    }
+}

@@ -1,0 +1,145 @@
+//! Picks the backend from a broker URL (DESIGN.md "Broker addressing").
+
+use std::sync::Arc;
+
+use super::local::LocalBroker;
+use super::{BrokerError, SharedBroker};
+use crate::engine::Engine;
+
+/// The backend a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// A private in-process engine.
+    Memory,
+    /// The user's local engine daemon.
+    Local,
+    /// Another `pubsub serve`.
+    Remote,
+    /// Redis.
+    Redis,
+    /// NATS / JetStream.
+    Nats,
+    /// MQTT.
+    Mqtt,
+    /// RabbitMQ over AMQP 0-9-1.
+    Amqp,
+    /// PostgreSQL LISTEN/NOTIFY.
+    Postgres,
+    /// Kafka.
+    Kafka,
+}
+
+impl BackendKind {
+    /// The name used in messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "mem://",
+            BackendKind::Local => "local daemon",
+            BackendKind::Remote => "pubsub server (ws://)",
+            BackendKind::Redis => "Redis",
+            BackendKind::Nats => "NATS",
+            BackendKind::Mqtt => "MQTT",
+            BackendKind::Amqp => "AMQP",
+            BackendKind::Postgres => "PostgreSQL",
+            BackendKind::Kafka => "Kafka",
+        }
+    }
+}
+
+/// Which backend `url` names; a clear error for anything else.
+pub fn backend_for(url: &str) -> Result<BackendKind, BrokerError> {
+    let trimmed = url.trim();
+    if trimmed.is_empty() {
+        return Err(BrokerError::InvalidUrl {
+            url: url.into(),
+            reason: "it is empty".into(),
+        });
+    }
+    if trimmed == "local" {
+        return Ok(BackendKind::Local);
+    }
+    if trimmed == "mem" || trimmed == "mem://" || trimmed.starts_with("mem://") {
+        return Ok(BackendKind::Memory);
+    }
+    let Some((scheme, rest)) = trimmed.split_once("://") else {
+        return Err(BrokerError::InvalidUrl {
+            url: url.into(),
+            reason: "expected SCHEME://HOST[:PORT], `local` or `mem://`".into(),
+        });
+    };
+    let kind = match scheme.to_ascii_lowercase().as_str() {
+        "ws" | "wss" => BackendKind::Remote,
+        "redis" | "rediss" => BackendKind::Redis,
+        "nats" | "tls" => BackendKind::Nats,
+        "mqtt" | "mqtts" => BackendKind::Mqtt,
+        "amqp" | "amqps" => BackendKind::Amqp,
+        "postgres" | "postgresql" => BackendKind::Postgres,
+        "kafka" => BackendKind::Kafka,
+        other => {
+            return Err(BrokerError::UnknownScheme {
+                url: url.into(),
+                scheme: other.into(),
+            });
+        }
+    };
+    if rest.is_empty() {
+        return Err(BrokerError::InvalidUrl {
+            url: url.into(),
+            reason: "it names no host".into(),
+        });
+    }
+    Ok(kind)
+}
+
+/// Opens the broker `url` names.
+pub async fn connect(url: &str) -> Result<SharedBroker, BrokerError> {
+    match backend_for(url)? {
+        BackendKind::Memory => Ok(Arc::new(LocalBroker::new(Engine::new(), "mem://"))),
+        other => Err(BrokerError::NotBuilt {
+            backend: other.label(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_pick_their_backend() {
+        assert_eq!(backend_for("mem://").ok(), Some(BackendKind::Memory));
+        assert_eq!(backend_for("local").ok(), Some(BackendKind::Local));
+        assert_eq!(
+            backend_for("redis://127.0.0.1:6379").ok(),
+            Some(BackendKind::Redis)
+        );
+        assert_eq!(backend_for("NATS://127.0.0.1").ok(), Some(BackendKind::Nats));
+        assert_eq!(
+            backend_for("kafka://a:9092,b:9092").ok(),
+            Some(BackendKind::Kafka)
+        );
+    }
+
+    #[test]
+    fn unknown_scheme_is_named_in_the_error() {
+        let err = backend_for("ftp://example")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("unknown broker scheme \"ftp\""), "{err}");
+        assert!(err.contains("redis://"), "{err}");
+    }
+
+    #[test]
+    fn url_without_scheme_or_host_is_refused() {
+        assert!(matches!(
+            backend_for("127.0.0.1:6379"),
+            Err(BrokerError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            backend_for("redis://"),
+            Err(BrokerError::InvalidUrl { .. })
+        ));
+        assert!(matches!(backend_for("  "), Err(BrokerError::InvalidUrl { .. })));
+    }
+}

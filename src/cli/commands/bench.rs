@@ -1,0 +1,210 @@
+//! `pubsub bench`: publish-to-delivery throughput and latency against any broker URL.
+//!
+//! One publisher sends `--messages` payloads of `--size` bytes in batches; `--subscribers` durable
+//! subscriptions (or live listeners where the broker has none) each receive every message. Latency is
+//! measured from the publish time stamped into each payload to its arrival, into an HDR histogram.
+
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::broker::{Capability, SharedBroker, StreamItem, SubscribeRequest, url};
+use crate::cli::CliError;
+use crate::cli::output::{Stdout, note};
+use crate::engine::{AckMode, Name, Pattern, PublishRequest, StartPosition, SubscriptionConfig};
+
+/// Options of `pubsub bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Messages to publish.
+    #[arg(long, short = 'n', default_value_t = 200_000)]
+    pub messages: u64,
+    /// Payload size in bytes (at least 8: the send time is stamped into the first 8).
+    #[arg(long, default_value_t = 16)]
+    pub size: usize,
+    /// Subscriptions that each receive every message (fan-out).
+    #[arg(long, default_value_t = 1)]
+    pub subscribers: u32,
+    /// Messages per publish batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+struct Report {
+    published: u64,
+    delivered: u64,
+    lagged: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+/// Runs the benchmark against `broker_url`.
+pub async fn run(broker_url: &str, args: BenchArgs) -> Result<(), CliError> {
+    if args.size < 8 {
+        return Err(CliError::Usage(format!(
+            "--size {} is too small: it must be at least 8 bytes",
+            args.size
+        )));
+    }
+    if args.batch == 0 || args.subscribers == 0 {
+        return Err(CliError::Usage(
+            "--batch and --subscribers must be at least 1".into(),
+        ));
+    }
+    let broker = url::connect(broker_url).await?;
+    let report = measure(broker.clone(), &args).await?;
+    print_report(&broker, &args, &report)
+}
+
+async fn measure(broker: SharedBroker, args: &BenchArgs) -> Result<Report, CliError> {
+    let topic =
+        Name::new(&format!("bench-{}", std::process::id())).map_err(|e| CliError::Usage(e.to_string()))?;
+    let durable = broker.capabilities().has(Capability::CompetingConsumers);
+    let mut streams = Vec::new();
+    for i in 0..args.subscribers {
+        let pattern = Pattern::parse(topic.as_str()).map_err(|e| CliError::Usage(e.to_string()))?;
+        let mut req = SubscribeRequest::live(vec![pattern]);
+        if durable {
+            let name = Name::new(&format!("{topic}-sub{i}")).map_err(|e| CliError::Usage(e.to_string()))?;
+            let mut config = SubscriptionConfig::new(name.clone(), topic.clone());
+            config.ack = AckMode::None;
+            config.start = StartPosition::New;
+            config.max_in_flight = 10_000;
+            broker.create_subscription(config).await?;
+            req.subscription = Some(name);
+            req.prefetch = Some(4096);
+        }
+        streams.push(broker.subscribe(req).await?);
+    }
+    let expected = args.messages;
+    let mut receivers = Vec::new();
+    for mut stream in streams {
+        let mut latency = new_histogram()?;
+        receivers.push(tokio::spawn(async move {
+            let (mut got, mut lagged) = (0u64, 0u64);
+            while got + lagged < expected {
+                match stream.next().await {
+                    Some(Ok(StreamItem::Delivery(d))) => {
+                        got += 1;
+                        if let Some(sent) = stamp(&d.message.payload) {
+                            let _ = latency.record(now_micros().saturating_sub(sent).max(1));
+                        }
+                    }
+                    Some(Ok(StreamItem::Lagged { skipped })) => lagged += skipped,
+                    Some(Err(_)) | None => break,
+                }
+            }
+            (got, lagged, latency)
+        }));
+    }
+    let started = Instant::now();
+    let body = vec![b'x'; args.size - 8];
+    let mut published = 0u64;
+    while published < expected {
+        let n = (expected - published).min(args.batch as u64);
+        let batch: Vec<PublishRequest> = (0..n)
+            .map(|_| {
+                let mut payload = BytesMut::with_capacity(args.size);
+                payload.put_u64(now_micros());
+                payload.extend_from_slice(&body);
+                PublishRequest::new(topic.clone(), payload.freeze())
+            })
+            .collect();
+        broker.publish_batch(batch).await?;
+        published += n;
+        // Let receivers run between batches so that a single-threaded broker is not starved.
+        tokio::task::yield_now().await;
+    }
+    let mut report = Report {
+        published,
+        delivered: 0,
+        lagged: 0,
+        elapsed: Duration::ZERO,
+        latency: new_histogram()?,
+    };
+    for receiver in receivers {
+        let waited = tokio::time::timeout(Duration::from_secs(60), receiver).await;
+        let Ok(Ok((got, lagged, latency))) = waited else {
+            return Err(CliError::Broker(crate::broker::BrokerError::Timeout(
+                Duration::from_secs(60),
+            )));
+        };
+        report.delivered += got;
+        report.lagged += lagged;
+        let _ = report.latency.add(latency);
+    }
+    report.elapsed = started.elapsed();
+    if durable {
+        let _ = broker.delete_topic(&topic).await;
+    }
+    Ok(report)
+}
+
+/// A histogram of 1 µs .. 60 s at 3 significant digits.
+fn new_histogram() -> Result<Histogram<u64>, CliError> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| CliError::Usage(format!("cannot create the latency histogram: {e}")))
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn stamp(payload: &Bytes) -> Option<u64> {
+    let head: [u8; 8] = payload.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(head))
+}
+
+fn print_report(broker: &SharedBroker, args: &BenchArgs, r: &Report) -> Result<(), CliError> {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let pub_rate = r.published as f64 / secs;
+    let del_rate = r.delivered as f64 / secs;
+    let p = |q: f64| r.latency.value_at_quantile(q);
+    let mut out = Stdout::new();
+    if args.json {
+        let value = json!({
+            "broker": broker.url(), "messages": r.published, "size": args.size,
+            "subscribers": args.subscribers, "batch": args.batch,
+            "elapsed_s": secs, "published_per_s": pub_rate, "delivered": r.delivered,
+            "delivered_per_s": del_rate, "lagged": r.lagged,
+            "latency_us": { "p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "p999": p(0.999), "max": r.latency.max() },
+        });
+        return out.line(&value.to_string());
+    }
+    if r.lagged > 0 {
+        note(&format!(
+            "subscribers fell behind and missed {} messages",
+            r.lagged
+        ));
+    }
+    out.line(&format!(
+        "broker {}  messages {}  size {} B  subscribers {}  batch {}",
+        broker.url(),
+        r.published,
+        args.size,
+        args.subscribers,
+        args.batch
+    ))?;
+    out.line(&format!(
+        "published {:>12.0} msg/s   delivered {:>12.0} msg/s   ({} deliveries in {:.3} s)",
+        pub_rate, del_rate, r.delivered, secs
+    ))?;
+    out.line(&format!(
+        "latency µs  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        p(0.5),
+        p(0.9),
+        p(0.99),
+        p(0.999),
+        r.latency.max()
+    ))
+}

@@ -1,0 +1,451 @@
+//! Topic and subscription settings, with the defaults SEMANTICS.md gives.
+//!
+//! Every knob of the model has a slot here from the start, so later features fill in behaviour without
+//! reshaping the types. Settings the engine does not implement yet are refused by [`TopicConfig::check`]
+//! and [`SubscriptionConfig::check`] with a message that says so, rather than silently ignored.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::clock::Timestamp;
+use super::error::EngineError;
+use super::name::{Name, Pattern};
+
+/// Size and age limits of a topic; `None` means unlimited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Keep at most this many messages.
+    pub max_msgs: Option<u64>,
+    /// Keep at most this many bytes (payload + key + headers).
+    pub max_bytes: Option<u64>,
+    /// Keep messages at most this long after publish.
+    pub max_age: Option<Duration>,
+    /// Keep at most this many messages per key (slot; not implemented yet).
+    pub max_msgs_per_key: Option<u64>,
+}
+
+impl Default for Limits {
+    /// The defaults for an auto-created topic: 1,000,000 messages, 1 GiB or 7 days, whichever comes first.
+    fn default() -> Self {
+        Limits {
+            max_msgs: Some(1_000_000),
+            max_bytes: Some(1 << 30),
+            max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            max_msgs_per_key: None,
+        }
+    }
+}
+
+/// What a full topic does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discard {
+    /// Delete the oldest messages to make room.
+    #[default]
+    Old,
+    /// Refuse the publish with `TopicFull`.
+    New,
+}
+
+/// When messages leave a topic apart from its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetentionPolicy {
+    /// Acks never delete; only limits do.
+    #[default]
+    Limits,
+    /// Deleted once every covering subscription has it in a terminal state (slot).
+    Interest,
+    /// One subscription per subject; deleted when terminal (slot).
+    WorkQueue,
+}
+
+/// Where a topic's messages live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageKind {
+    /// On disk under the data directory (once the durable store exists).
+    File,
+    /// In memory only.
+    #[default]
+    Memory,
+}
+
+/// When a publish to a file-backed topic returns (see SEMANTICS.md §9.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// After fdatasync of that record.
+    Always,
+    /// After a group commit that covers the record.
+    Batch {
+        /// The longest a publish waits for its group.
+        max_delay: Duration,
+        /// The most records one group holds.
+        max_msgs: u32,
+    },
+    /// After write(); a background sync runs at this interval.
+    Interval(Duration),
+    /// After write(); never synced explicitly.
+    Never,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Batch {
+            max_delay: Duration::from_millis(5),
+            max_msgs: 1024,
+        }
+    }
+}
+
+/// Everything that defines a topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// The topic's name.
+    pub name: Name,
+    /// Publish addresses this topic captures; empty means just its own name.
+    pub subjects: Vec<Pattern>,
+    /// Number of partitions; exactly 1 until partitioning lands.
+    pub partitions: u32,
+    /// Size and age limits.
+    pub limits: Limits,
+    /// What happens when a limit is hit.
+    pub discard: Discard,
+    /// Whether acks delete messages.
+    pub retention: RetentionPolicy,
+    /// Window in which a repeated `msg_id` returns the original seq instead of appending; zero turns it off.
+    pub dedup_window: Duration,
+    /// Memory or file.
+    pub storage: StorageKind,
+    /// Publish durability for file storage.
+    pub durability: Durability,
+    /// Largest accepted message (payload + key + headers), bytes.
+    pub max_msg_bytes: u32,
+    /// Segment size for file storage, bytes.
+    pub segment_bytes: u64,
+}
+
+impl TopicConfig {
+    /// A topic with the defaults an auto-created topic gets.
+    pub fn new(name: Name) -> Self {
+        TopicConfig {
+            name,
+            subjects: Vec::new(),
+            partitions: 1,
+            limits: Limits::default(),
+            discard: Discard::Old,
+            retention: RetentionPolicy::Limits,
+            dedup_window: Duration::from_secs(120),
+            storage: StorageKind::Memory,
+            durability: Durability::default(),
+            max_msg_bytes: 1 << 20,
+            segment_bytes: 64 << 20,
+        }
+    }
+
+    /// The subjects this topic captures, defaulting to its own name.
+    pub fn captured(&self) -> Vec<Pattern> {
+        if self.subjects.is_empty() {
+            Pattern::parse(self.name.as_str())
+                .map(|p| vec![p])
+                .unwrap_or_default()
+        } else {
+            self.subjects.clone()
+        }
+    }
+
+    /// Refuses settings the engine cannot honour yet.
+    pub fn check(&self) -> Result<(), EngineError> {
+        if self.partitions != 1 {
+            return Err(unsupported(format!(
+                "topic \"{}\" asks for {} partitions; this engine supports exactly 1 per topic for now",
+                self.name, self.partitions
+            )));
+        }
+        if self.retention != RetentionPolicy::Limits {
+            return Err(unsupported(format!(
+                "topic \"{}\": retention {:?} is not implemented yet; use limits",
+                self.name, self.retention
+            )));
+        }
+        if self.limits.max_msgs_per_key.is_some() {
+            return Err(unsupported(format!(
+                "topic \"{}\": max_msgs_per_key is not implemented yet",
+                self.name
+            )));
+        }
+        if self.subjects.iter().any(Pattern::is_glob) {
+            return Err(EngineError::InvalidConfig(format!(
+                "topic \"{}\": glob: patterns can be tapped but not captured by a topic; use *, > or #",
+                self.name
+            )));
+        }
+        if self.max_msg_bytes == 0 {
+            return Err(EngineError::InvalidConfig(format!(
+                "topic \"{}\": max_msg_bytes must be at least 1",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where a new subscription starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPosition {
+    /// The oldest retained message.
+    All,
+    /// Only messages published after the subscription exists.
+    #[default]
+    New,
+    /// The newest retained message, then new ones.
+    Last,
+    /// The newest message of every key (slot).
+    LastPerKey,
+    /// A given seq (clamped to what is retained).
+    Seq(u64),
+    /// The first message published at or after this time.
+    Time(Timestamp),
+}
+
+/// How deliveries are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// Acked at dispatch; at-most-once.
+    None,
+    /// Each message acked on its own with its lease.
+    #[default]
+    Explicit,
+    /// Acking seq s acks every earlier in-flight message of the same consumer too.
+    Cumulative,
+}
+
+/// How long a failed delivery waits before it may be delivered again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backoff {
+    /// Redeliverable at once.
+    Immediate,
+    /// `min(max, min × factor^(n−1))`, spread by ±`jitter` (a fraction).
+    Exponential {
+        /// First delay.
+        min: Duration,
+        /// Largest delay.
+        max: Duration,
+        /// Growth per failure.
+        factor: f64,
+        /// Spread as a fraction of the delay, 0.0 for none.
+        jitter: f64,
+    },
+    /// The n-th failure waits `list[min(n−1, len−1)]` (NATS BackOff).
+    List(Vec<Duration>),
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::Exponential {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            factor: 2.0,
+            jitter: 0.1,
+        }
+    }
+}
+
+/// Per-key and total ordering options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Lowest seq first, redeliveries may overtake.
+    #[default]
+    None,
+    /// Head-of-line blocking per key (slot).
+    PerKey,
+    /// One message in flight per partition (slot).
+    Strict,
+}
+
+/// How consumers of one subscription share its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assignment {
+    /// Any consumer gets any message.
+    #[default]
+    Shared,
+    /// Each partition leased to one consumer (slot).
+    PartitionExclusive,
+    /// One consumer gets everything, others stand by (slot).
+    SingleActive,
+}
+
+/// When an ack call returns, for file-backed engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckDurability {
+    /// After fsync.
+    #[default]
+    Sync,
+    /// After write.
+    Async,
+}
+
+/// How long a subscription lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifetime {
+    /// Until deleted.
+    #[default]
+    Durable,
+    /// Deleted after it has had no consumer for `inactive_ttl`.
+    Ephemeral {
+        /// How long without a consumer before deletion.
+        inactive_ttl: Duration,
+    },
+}
+
+/// Everything that defines a subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionConfig {
+    /// The subscription's name (one namespace across topics).
+    pub name: Name,
+    /// The topic it reads.
+    pub topic: Name,
+    /// Only messages whose subject matches one of these; empty means all.
+    pub filter: Vec<Pattern>,
+    /// Pub/Sub-style attribute filter (slot).
+    pub attribute_filter: Option<String>,
+    /// Where it starts.
+    pub start: StartPosition,
+    /// Ack mode.
+    pub ack: AckMode,
+    /// Lease length.
+    pub ack_deadline: Duration,
+    /// Cap on one lease including extensions.
+    pub max_lease: Duration,
+    /// Retry delay policy.
+    pub backoff: Backoff,
+    /// Whether a nack without an explicit delay uses the backoff.
+    pub backoff_on_nack: bool,
+    /// Whether an expired lease uses the backoff.
+    pub backoff_on_timeout: bool,
+    /// Failures after which a message is dead-lettered or terminated; 0 = unlimited.
+    pub max_deliveries: u32,
+    /// Topic that receives dead-lettered copies.
+    pub dead_letter: Option<Name>,
+    /// Most messages in flight across the subscription.
+    pub max_in_flight: u32,
+    /// Most payload bytes in flight across the subscription; 0 = unlimited.
+    pub max_in_flight_bytes: u64,
+    /// Ordering option.
+    pub ordering: Ordering,
+    /// Consumer assignment.
+    pub assignment: Assignment,
+    /// Whether acks with an outdated lease are refused.
+    pub strict_leases: bool,
+    /// Ack durability.
+    pub ack_durability: AckDurability,
+    /// Durable or ephemeral.
+    pub lifetime: Lifetime,
+    /// Expire unacked messages older than this (slot).
+    pub message_retention: Option<Duration>,
+    /// Dead-letter messages that expire unacked (slot).
+    pub dead_letter_on_expiry: bool,
+    /// Keep acked messages on Interest topics (slot).
+    pub retain_acked: bool,
+}
+
+impl SubscriptionConfig {
+    /// A subscription with the model's defaults: explicit ack, 30 s deadline, start at new messages.
+    pub fn new(name: Name, topic: Name) -> Self {
+        SubscriptionConfig {
+            name,
+            topic,
+            filter: Vec::new(),
+            attribute_filter: None,
+            start: StartPosition::New,
+            ack: AckMode::Explicit,
+            ack_deadline: Duration::from_secs(30),
+            max_lease: Duration::from_secs(3600),
+            backoff: Backoff::default(),
+            backoff_on_nack: true,
+            backoff_on_timeout: true,
+            max_deliveries: 0,
+            dead_letter: None,
+            max_in_flight: 1000,
+            max_in_flight_bytes: 0,
+            ordering: Ordering::None,
+            assignment: Assignment::Shared,
+            strict_leases: true,
+            ack_durability: AckDurability::Sync,
+            lifetime: Lifetime::Durable,
+            message_retention: None,
+            dead_letter_on_expiry: false,
+            retain_acked: false,
+        }
+    }
+
+    /// Refuses settings that are out of range or not implemented yet.
+    pub fn check(&self) -> Result<(), EngineError> {
+        let name = &self.name;
+        if self.ack_deadline < Duration::from_millis(1) || self.ack_deadline > Duration::from_secs(12 * 3600)
+        {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{name}\": ack deadline {:?} is outside 1 ms ..= 12 h",
+                self.ack_deadline
+            )));
+        }
+        if self.max_in_flight == 0 {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{name}\": max_in_flight must be at least 1"
+            )));
+        }
+        if let Backoff::List(list) = &self.backoff
+            && list.is_empty()
+        {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{name}\": a backoff list needs at least one delay"
+            )));
+        }
+        if let Backoff::Exponential { factor, jitter, .. } = &self.backoff
+            && (!factor.is_finite() || *factor < 1.0 || !(0.0..=1.0).contains(jitter))
+        {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{name}\": backoff factor must be ≥ 1 and jitter within 0..=1"
+            )));
+        }
+        let not_yet = [
+            (self.attribute_filter.is_some(), "attribute filters"),
+            (self.ordering != Ordering::None, "ordering other than none"),
+            (
+                self.assignment != Assignment::Shared,
+                "assignment other than shared",
+            ),
+            (self.start == StartPosition::LastPerKey, "start last-per-key"),
+            (
+                self.message_retention.is_some(),
+                "per-subscription message_retention",
+            ),
+            (self.dead_letter_on_expiry, "dead_letter_on_expiry"),
+            (self.retain_acked, "retain_acked"),
+        ];
+        if let Some((_, what)) = not_yet.iter().find(|(set, _)| *set) {
+            return Err(unsupported(format!(
+                "subscription \"{name}\": {what} is not implemented yet"
+            )));
+        }
+        if self.filter.iter().any(Pattern::is_glob) {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{name}\": glob: patterns are for taps; filter subscriptions with *, > or #"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn unsupported(what: String) -> EngineError {
+    EngineError::Unsupported(what)
+}

@@ -1,0 +1,110 @@
+//! The engine's error type: every refusal says what was wrong, quotes the value, and says what to do.
+
+use std::time::Duration;
+
+use super::name::{Name, NameError};
+
+/// Why an engine operation was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// A name or pattern failed validation.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// No topic has this name.
+    #[error("no topic named \"{0}\"; list topics with `pubsub topics`")]
+    NoSuchTopic(Name),
+    /// A topic with this name exists already.
+    #[error("topic \"{0}\" already exists")]
+    TopicExists(Name),
+    /// Two topics would capture the same subject, so a message would have two homes.
+    #[error(
+        "topic \"{topic}\" would capture \"{pattern}\", which overlaps \"{other_pattern}\" of topic \"{other}\"; a subject may belong to one topic only"
+    )]
+    SubjectOverlap {
+        /// The topic being created.
+        topic: Name,
+        /// Its pattern that overlaps.
+        pattern: String,
+        /// The existing topic.
+        other: Name,
+        /// The existing topic's pattern.
+        other_pattern: String,
+    },
+    /// No subscription has this name.
+    #[error("no subscription named \"{0}\"; list them with `pubsub subs`")]
+    NoSuchSubscription(Name),
+    /// A subscription with this name exists already.
+    #[error("subscription \"{0}\" already exists")]
+    SubscriptionExists(Name),
+    /// Nothing captures this subject and auto-create is off.
+    #[error("no topic captures subject \"{0}\" and auto-create is off; create a topic for it first")]
+    Unroutable(Name),
+    /// A `discard = new` topic is at a limit.
+    #[error("topic \"{topic}\" is full ({limit}) and discards new messages")]
+    TopicFull {
+        /// The topic.
+        topic: Name,
+        /// Which limit, e.g. "max_msgs 5".
+        limit: String,
+    },
+    /// The message is larger than the topic accepts.
+    #[error("message of {size} bytes is larger than topic \"{topic}\" accepts ({max} bytes)")]
+    MessageTooLarge {
+        /// The topic.
+        topic: Name,
+        /// The message size (payload + key + headers).
+        size: usize,
+        /// The topic's limit.
+        max: u32,
+    },
+    /// An ack, nack, extend or term named a lease that is no longer current.
+    #[error(
+        "stale lease for seq {seq} on subscription \"{subscription}\": the message was redelivered or its deadline passed"
+    )]
+    StaleLease {
+        /// The subscription.
+        subscription: Name,
+        /// The message.
+        seq: u64,
+    },
+    /// The message was never delivered to this subscription, so there is nothing to settle.
+    #[error("seq {seq} has not been delivered on subscription \"{subscription}\"")]
+    NotDelivered {
+        /// The subscription.
+        subscription: Name,
+        /// The message.
+        seq: u64,
+    },
+    /// The partition does not exist.
+    #[error("topic \"{topic}\" has no partition {partition}")]
+    NoSuchPartition {
+        /// The topic.
+        topic: Name,
+        /// The partition asked for.
+        partition: u32,
+    },
+    /// The operation needs an ack mode the subscription does not use.
+    #[error("subscription \"{subscription}\" uses ack mode {mode}; {what} needs {needs}")]
+    WrongAckMode {
+        /// The subscription.
+        subscription: Name,
+        /// Its ack mode.
+        mode: String,
+        /// What was attempted.
+        what: &'static str,
+        /// What mode it needs.
+        needs: &'static str,
+    },
+    /// A setting is out of range or contradicts another.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// A setting names something the engine does not implement yet.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// A long-poll ended because the engine or subscription went away.
+    #[error("subscription \"{0}\" was deleted while waiting")]
+    Gone(Name),
+    /// A wait was given a duration too large to represent.
+    #[error("wait of {0:?} is too long")]
+    WaitTooLong(Duration),
+}

@@ -1,0 +1,501 @@
+//! Metrics exactly as SEMANTICS.md §9.7 defines them, and the rate meters behind the rates.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::clock::Timestamp;
+use super::config::{AckMode, Discard, Limits, StartPosition};
+use super::log::Log;
+use super::message::ConsumerId;
+use super::name::Name;
+use super::subscription::{DeliveryState, SubState};
+
+/// Seconds of history a rate meter keeps.
+const RATE_SLOTS: usize = 16;
+/// Complete seconds averaged for a rate.
+const RATE_WINDOW: i64 = 5;
+
+/// Events per second over the last few complete seconds, in constant space.
+#[derive(Debug, Clone, Default)]
+pub struct RateMeter {
+    slots: [u64; RATE_SLOTS],
+    /// The second the newest slot belongs to.
+    second: i64,
+}
+
+impl RateMeter {
+    /// Counts `n` events at `now`.
+    pub fn record(&mut self, now: Timestamp, n: u64) {
+        let sec = now.as_micros().div_euclid(1_000_000);
+        if sec != self.second {
+            let gap = sec.saturating_sub(self.second);
+            if gap >= RATE_SLOTS as i64 || gap < 0 {
+                self.slots = [0; RATE_SLOTS];
+            } else {
+                for s in (self.second + 1)..=sec {
+                    self.slots[slot(s)] = 0;
+                }
+            }
+            self.second = sec;
+        }
+        self.slots[slot(sec)] += n;
+    }
+
+    /// Events counted in second `sec`, zero when outside the history.
+    fn count(&self, sec: i64) -> u64 {
+        if sec > self.second || sec <= self.second - RATE_SLOTS as i64 {
+            0
+        } else {
+            self.slots[slot(sec)]
+        }
+    }
+
+    /// Average events per second over the last complete seconds.
+    pub fn rate(&self, now: Timestamp) -> f64 {
+        let sec = now.as_micros().div_euclid(1_000_000);
+        let total: u64 = ((sec - RATE_WINDOW)..sec).map(|s| self.count(s)).sum();
+        total as f64 / RATE_WINDOW as f64
+    }
+
+    /// Per-second counts of the last `n` complete seconds, oldest first (for sparklines).
+    pub fn series(&self, now: Timestamp, n: usize) -> Vec<u64> {
+        let sec = now.as_micros().div_euclid(1_000_000);
+        let n = i64::try_from(n.min(RATE_SLOTS - 1)).unwrap_or(0);
+        ((sec - n)..sec).map(|s| self.count(s)).collect()
+    }
+}
+
+fn slot(sec: i64) -> usize {
+    usize::try_from(sec.rem_euclid(RATE_SLOTS as i64)).unwrap_or(0)
+}
+
+/// Running totals of one subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SubCounters {
+    /// Deliveries made, first ones and redeliveries.
+    pub delivered: u64,
+    /// Deliveries with attempt ≥ 2.
+    pub redeliveries: u64,
+    /// Messages acked (under ack mode none, every delivery).
+    pub acked: u64,
+    /// Nacks received.
+    pub nacked: u64,
+    /// Leases that ran out.
+    pub deadline_expired: u64,
+    /// Messages copied to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Messages given up on without a dead-letter topic.
+    pub terminated: u64,
+    /// Unsettled messages removed by retention.
+    pub expired_unacked: u64,
+    /// Messages skipped by the filter.
+    pub filtered: u64,
+}
+
+/// Running totals of one topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TopicCounters {
+    /// Messages appended.
+    pub published: u64,
+    /// Publishes answered with an earlier seq because of a repeated msg_id.
+    pub duplicates: u64,
+    /// Messages removed by retention.
+    pub expired: u64,
+    /// Publishes refused by `discard = new`.
+    pub rejected_full: u64,
+}
+
+/// What limits a subscription's dispatch right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockedBy {
+    /// `max_in_flight` or `max_in_flight_bytes` reached.
+    InFlightLimit,
+    /// Every consumer's prefetch is used up.
+    Prefetch,
+    /// Only delayed messages are left.
+    Backoff,
+    /// Work is waiting but no consumer is attached.
+    NoConsumers,
+}
+
+/// One topic as `topics` and `topic info` show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopicInfo {
+    /// Name.
+    pub name: Name,
+    /// Captured subjects.
+    pub subjects: Vec<String>,
+    /// Partition count.
+    pub partitions: u32,
+    /// Oldest retained seq (head + 1 when empty).
+    pub first_seq: u64,
+    /// Last appended seq.
+    pub head_seq: u64,
+    /// Retained messages.
+    pub messages: u64,
+    /// Retained bytes.
+    pub bytes: u64,
+    /// Publish time of the newest message.
+    pub last_publish: Option<Timestamp>,
+    /// Limits.
+    pub limits: Limits,
+    /// Discard policy.
+    pub discard: Discard,
+    /// Subscriptions on it.
+    pub subscriptions: u32,
+    /// Totals.
+    pub counters: TopicCounters,
+    /// Messages per second, last complete seconds.
+    pub publish_rate: f64,
+    /// Per-second publish counts of the last 15 s, oldest first.
+    pub publish_series: Vec<u64>,
+    /// When it was created.
+    pub created: Timestamp,
+}
+
+/// One consumer of a subscription.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConsumerInfo {
+    /// Id.
+    pub id: ConsumerId,
+    /// Whether the engine pushes to it.
+    pub push: bool,
+    /// Its credit.
+    pub prefetch: u32,
+    /// Messages it holds.
+    pub in_flight: u32,
+    /// When it joined.
+    pub attached_at: Timestamp,
+    /// Since it last fetched, received or acked.
+    pub idle: Duration,
+    /// Deliveries it got.
+    pub delivered: u64,
+    /// Acks it sent.
+    pub acked: u64,
+}
+
+/// One subscription as `subs` and `sub-info` show it (SEMANTICS.md §9.7).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SubscriptionInfo {
+    /// Name.
+    pub name: Name,
+    /// Topic.
+    pub topic: Name,
+    /// Subject filter.
+    pub filter: Vec<String>,
+    /// Ack mode.
+    pub ack: AckMode,
+    /// Start position it was created with.
+    pub start: StartPosition,
+    /// Lease length.
+    pub ack_deadline: Duration,
+    /// Dead-letter topic.
+    pub dead_letter: Option<Name>,
+    /// `max_deliveries` (0 = unlimited).
+    pub max_deliveries: u32,
+    /// `max_in_flight`.
+    pub max_in_flight: u32,
+    /// Whether it is deleted when idle.
+    pub ephemeral: bool,
+    /// Topic's last seq.
+    pub head_seq: u64,
+    /// Topic's oldest retained seq.
+    pub first_seq: u64,
+    /// Dispatch cursor.
+    pub delivered_seq: u64,
+    /// Every covered seq at or below it is settled.
+    pub ack_floor: u64,
+    /// Never delivered.
+    pub pending: u64,
+    /// Leased now.
+    pub in_flight: u64,
+    /// Waiting for backoff.
+    pub delayed: u64,
+    /// Available again after a failure.
+    pub redeliverable: u64,
+    /// Unsettled with attempt ≥ 2.
+    pub redelivered: u64,
+    /// pending + in_flight + delayed + redeliverable.
+    pub backlog: u64,
+    /// Bytes of the backlog.
+    pub backlog_bytes: u64,
+    /// head_seq − ack_floor.
+    pub offset_lag: u64,
+    /// Age of the oldest unsettled message.
+    pub oldest_unacked_age: Duration,
+    /// Age of the next never-delivered message.
+    pub oldest_pending_age: Duration,
+    /// Competing consumers.
+    pub consumers: Vec<ConsumerInfo>,
+    /// Totals.
+    pub counters: SubCounters,
+    /// Topic publish rate.
+    pub publish_rate: f64,
+    /// Deliveries per second.
+    pub deliver_rate: f64,
+    /// Acks per second.
+    pub ack_rate: f64,
+    /// Seconds until the backlog drains at current rates, when it is draining.
+    pub eta: Option<Duration>,
+    /// Why nothing is being dispatched, when something waits.
+    pub blocked_by: Option<BlockedBy>,
+    /// When it was created.
+    pub created: Timestamp,
+}
+
+/// One message's ack state in one subscription (`peek`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageAckState {
+    /// Seq.
+    pub seq: u64,
+    /// State.
+    pub state: DeliveryState,
+    /// Deliveries so far.
+    pub attempt: u32,
+    /// Lease holder.
+    pub consumer: Option<ConsumerId>,
+    /// Lease end, when in flight.
+    pub deadline: Option<Timestamp>,
+    /// Earliest redelivery, when delayed.
+    pub not_before: Option<Timestamp>,
+    /// First delivery time.
+    pub first_delivered: Option<Timestamp>,
+    /// Latest delivery time.
+    pub last_delivered: Option<Timestamp>,
+}
+
+/// A subscription's per-message ack state from the floor up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeekReport {
+    /// Subscription.
+    pub subscription: Name,
+    /// Ack floor.
+    pub ack_floor: u64,
+    /// Dispatch cursor.
+    pub delivered_seq: u64,
+    /// Topic's last seq.
+    pub head_seq: u64,
+    /// Messages above the floor, in seq order.
+    pub messages: Vec<MessageAckState>,
+}
+
+/// Engine-wide totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Topics.
+    pub topics: u64,
+    /// Subscriptions.
+    pub subscriptions: u64,
+    /// Taps listening.
+    pub taps: u64,
+    /// Publishes that matched no topic and no tap.
+    pub unroutable: u64,
+    /// Messages taps lost by falling behind.
+    pub tap_lagged: u64,
+}
+
+/// Computes the §9.7 metrics of `sub` over `log`.
+pub(crate) fn subscription_info(
+    sub: &SubState,
+    topic: &Name,
+    log: &Log,
+    publish_rate: f64,
+    now: Timestamp,
+) -> SubscriptionInfo {
+    let head = log.head_seq();
+    let from = sub.delivered_seq.max(log.first_seq().saturating_sub(1));
+    let (pending, pending_bytes) = if sub.config.filter.is_empty() {
+        (head.saturating_sub(from), log.bytes_between(from, head))
+    } else {
+        // A filtered subscription counts only what it covers, which needs a look at each subject.
+        ((from + 1)..=head)
+            .filter_map(|s| log.get(s))
+            .filter(|r| sub.covers(r.subject_or(topic).as_str()))
+            .fold((0, 0), |(n, b), r| (n + 1, b + r.size()))
+    };
+    let live = sub.entries.values().filter(|e| !e.state.is_terminal());
+    let (unsettled_bytes, redelivered) =
+        live.fold((0, 0), |(b, r), e| (b + e.bytes, r + u64::from(e.attempt >= 2)));
+    let in_flight = u64::from(sub.in_flight);
+    let delayed = sub.delayed.len() as u64;
+    let redeliverable = sub.ready.len() as u64;
+    let backlog = pending + in_flight + delayed + redeliverable;
+    let oldest_unsettled = sub
+        .entries
+        .iter()
+        .find(|(_, e)| !e.state.is_terminal())
+        .map(|(s, _)| *s)
+        .or_else(|| {
+            (pending > 0)
+                .then(|| first_covered(sub, topic, log, from))
+                .flatten()
+        });
+    let age_of = |seq: Option<u64>| {
+        seq.and_then(|s| log.get(s))
+            .map_or(Duration::ZERO, |r| now.since(r.publish_time))
+    };
+    let deliver_rate = sub.deliver_rate.rate(now);
+    let ack_rate = sub.ack_rate.rate(now);
+    let drain = ack_rate - publish_rate;
+    let eta = (backlog > 0 && drain > 0.0).then(|| Duration::from_secs_f64(backlog as f64 / drain));
+    SubscriptionInfo {
+        name: sub.config.name.clone(),
+        topic: topic.clone(),
+        filter: sub.config.filter.iter().map(|p| p.as_str().to_string()).collect(),
+        ack: sub.config.ack,
+        start: sub.config.start,
+        ack_deadline: sub.config.ack_deadline,
+        dead_letter: sub.config.dead_letter.clone(),
+        max_deliveries: sub.config.max_deliveries,
+        max_in_flight: sub.config.max_in_flight,
+        ephemeral: !matches!(sub.config.lifetime, super::config::Lifetime::Durable),
+        head_seq: head,
+        first_seq: log.first_seq(),
+        delivered_seq: sub.delivered_seq,
+        ack_floor: sub.ack_floor,
+        pending,
+        in_flight,
+        delayed,
+        redeliverable,
+        redelivered,
+        backlog,
+        backlog_bytes: pending_bytes + unsettled_bytes,
+        offset_lag: head.saturating_sub(sub.ack_floor),
+        oldest_unacked_age: age_of(oldest_unsettled),
+        oldest_pending_age: if pending > 0 {
+            age_of(Some(from + 1))
+        } else {
+            Duration::ZERO
+        },
+        consumers: sub
+            .consumers
+            .iter()
+            .map(|c| ConsumerInfo {
+                id: c.id.clone(),
+                push: c.push.is_some(),
+                prefetch: c.prefetch,
+                in_flight: c.in_flight,
+                attached_at: c.attached_at,
+                idle: now.since(c.last_activity),
+                delivered: c.delivered,
+                acked: c.acked,
+            })
+            .collect(),
+        counters: sub.counters.clone(),
+        publish_rate,
+        deliver_rate,
+        ack_rate,
+        eta,
+        blocked_by: blocked_by(sub, pending + redeliverable, delayed),
+        created: sub.created,
+    }
+}
+
+fn first_covered(sub: &SubState, topic: &Name, log: &Log, from: u64) -> Option<u64> {
+    ((from + 1)..=log.head_seq()).find(|&s| {
+        log.get(s)
+            .is_some_and(|r| sub.covers(r.subject_or(topic).as_str()))
+    })
+}
+
+fn blocked_by(sub: &SubState, waiting: u64, delayed: u64) -> Option<BlockedBy> {
+    if waiting == 0 {
+        return (delayed > 0).then_some(BlockedBy::Backoff);
+    }
+    if sub.consumers.is_empty() {
+        return Some(BlockedBy::NoConsumers);
+    }
+    if sub.config.ack == AckMode::None {
+        return None;
+    }
+    let bytes_full =
+        sub.config.max_in_flight_bytes > 0 && sub.in_flight_bytes >= sub.config.max_in_flight_bytes;
+    if sub.in_flight >= sub.config.max_in_flight || bytes_full {
+        return Some(BlockedBy::InFlightLimit);
+    }
+    if sub.consumers.iter().all(|c| c.in_flight >= c.prefetch) {
+        return Some(BlockedBy::Prefetch);
+    }
+    None
+}
+
+/// Per-message ack state of `sub` from the floor up, at most `limit` messages from `from`.
+pub(crate) fn peek(sub: &SubState, topic: &Name, log: &Log, from: u64, limit: usize) -> PeekReport {
+    let start = from.max(sub.ack_floor + 1).max(log.first_seq());
+    let mut messages = Vec::new();
+    let mut seq = start;
+    while seq <= log.head_seq() && messages.len() < limit {
+        let covered = log
+            .get(seq)
+            .is_some_and(|r| sub.covers(r.subject_or(topic).as_str()));
+        let state = match sub.entries.get(&seq) {
+            Some(e) => MessageAckState {
+                seq,
+                state: e.state,
+                attempt: e.attempt,
+                consumer: e.consumer.clone(),
+                deadline: (e.state == DeliveryState::InFlight).then_some(e.deadline),
+                not_before: (e.state == DeliveryState::Delayed).then_some(e.not_before),
+                first_delivered: Some(e.first_delivered),
+                last_delivered: Some(e.last_delivered),
+            },
+            None => {
+                let state = if !covered {
+                    DeliveryState::Filtered
+                } else if seq <= sub.delivered_seq {
+                    DeliveryState::Acked
+                } else {
+                    DeliveryState::Available
+                };
+                MessageAckState {
+                    seq,
+                    state,
+                    attempt: 0,
+                    consumer: None,
+                    deadline: None,
+                    not_before: None,
+                    first_delivered: None,
+                    last_delivered: None,
+                }
+            }
+        };
+        messages.push(state);
+        seq += 1;
+    }
+    PeekReport {
+        subscription: sub.config.name.clone(),
+        ack_floor: sub.ack_floor,
+        delivered_seq: sub.delivered_seq,
+        head_seq: log.head_seq(),
+        messages,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: f64) -> Timestamp {
+        Timestamp::from_micros((secs * 1e6) as i64)
+    }
+
+    #[test]
+    fn rate_averages_complete_seconds() {
+        let mut meter = RateMeter::default();
+        for s in 0..10 {
+            meter.record(at(f64::from(s) + 0.5), 100);
+        }
+        assert_eq!(meter.rate(at(10.2)), 100.0);
+        assert_eq!(meter.series(at(10.2), 3), vec![100, 100, 100]);
+    }
+
+    #[test]
+    fn rate_falls_to_zero_when_traffic_stops() {
+        let mut meter = RateMeter::default();
+        meter.record(at(1.0), 50);
+        assert_eq!(meter.rate(at(2.5)), 10.0);
+        assert_eq!(meter.rate(at(100.0)), 0.0);
+    }
+}

@@ -1,0 +1,268 @@
+//! One topic under its lock: the log, the subscriptions reading it, retention and deduplication.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::clock::Timestamp;
+use super::config::{Discard, TopicConfig};
+use super::error::EngineError;
+use super::event::EngineEvent;
+use super::log::{Log, Record};
+use super::message::{MessageExtra, PublishRequest};
+use super::name::Name;
+use super::stats::{RateMeter, TopicCounters, TopicInfo};
+use super::subscription::{Ctx, Effects, SubState};
+
+/// Everything about one topic that changes; guarded by the topic's mutex.
+#[derive(Debug)]
+pub(crate) struct TopicState {
+    pub config: TopicConfig,
+    pub log: Log,
+    pub subs: Vec<SubState>,
+    pub counters: TopicCounters,
+    pub publish_rate: RateMeter,
+    pub created: Timestamp,
+    /// msg_id → seq for the dedup window, with the ids in publish order for eviction.
+    dedup: HashMap<String, u64>,
+    dedup_order: VecDeque<(Timestamp, String)>,
+    /// True while any subscription has a push consumer, so publishes skip push dispatch otherwise.
+    pub has_push: bool,
+}
+
+impl TopicState {
+    pub fn new(config: TopicConfig, now: Timestamp) -> Self {
+        TopicState {
+            config,
+            log: Log::new(),
+            subs: Vec::new(),
+            counters: TopicCounters::default(),
+            publish_rate: RateMeter::default(),
+            created: now,
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+            has_push: false,
+        }
+    }
+
+    pub fn sub(&self, name: &Name) -> Option<&SubState> {
+        self.subs.iter().find(|s| s.name() == name)
+    }
+
+    /// Appends one message; returns its seq and whether it was a duplicate of an earlier msg_id.
+    pub fn append(
+        &mut self,
+        req: &PublishRequest,
+        now: Timestamp,
+        effects: &mut Effects,
+    ) -> Result<(u64, bool), EngineError> {
+        let size = req.size();
+        if size > self.config.max_msg_bytes as usize {
+            return Err(EngineError::MessageTooLarge {
+                topic: self.config.name.clone(),
+                size,
+                max: self.config.max_msg_bytes,
+            });
+        }
+        if let Some(id) = &req.msg_id
+            && !self.config.dedup_window.is_zero()
+        {
+            self.evict_dedup(now);
+            if let Some(&seq) = self.dedup.get(id) {
+                self.counters.duplicates += 1;
+                return Ok((seq, true));
+            }
+        }
+        if self.config.discard == Discard::New
+            && let Some(limit) = self.full_for(size as u64)
+        {
+            self.counters.rejected_full += 1;
+            effects.events.push(EngineEvent::DiscardNewRejected {
+                topic: self.config.name.clone(),
+            });
+            return Err(EngineError::TopicFull {
+                topic: self.config.name.clone(),
+                limit,
+            });
+        }
+        // Publish times never go backwards within a partition, even if the clock does.
+        let time = self.log.last_time().map_or(now, |last| last.max(now));
+        let subject = (req.subject != self.config.name).then(|| req.subject.clone());
+        let extra = MessageExtra::pack(req.key.clone(), req.msg_id.clone(), req.headers.clone());
+        let seq = self.log.append(time, subject, extra, &req.payload);
+        self.counters.published += 1;
+        self.publish_rate.record(now, 1);
+        if let Some(id) = &req.msg_id
+            && !self.config.dedup_window.is_zero()
+        {
+            self.dedup.insert(id.clone(), seq);
+            self.dedup_order.push_back((now, id.clone()));
+        }
+        self.enforce_limits(now, effects);
+        Ok((seq, false))
+    }
+
+    fn evict_dedup(&mut self, now: Timestamp) {
+        let cutoff = now.minus(self.config.dedup_window);
+        while let Some((t, _)) = self.dedup_order.front() {
+            if *t > cutoff {
+                break;
+            }
+            if let Some((_, id)) = self.dedup_order.pop_front() {
+                self.dedup.remove(&id);
+            }
+        }
+    }
+
+    /// Which limit one more message of `size` bytes would break, for `discard = new`.
+    fn full_for(&self, size: u64) -> Option<String> {
+        let limits = &self.config.limits;
+        if let Some(max) = limits.max_msgs
+            && self.log.len() >= max
+        {
+            return Some(format!("max_msgs {max}"));
+        }
+        if let Some(max) = limits.max_bytes
+            && self.log.bytes() + size > max
+        {
+            return Some(format!("max_bytes {max}"));
+        }
+        None
+    }
+
+    /// Deletes the oldest messages while any limit is exceeded (age always; count and bytes under
+    /// `discard = old`). Unsettled victims become EXPIRED in every subscription (T10).
+    pub fn enforce_limits(&mut self, now: Timestamp, effects: &mut Effects) {
+        let limits = self.config.limits.clone();
+        let cutoff = limits.max_age.map(|age| now.minus(age));
+        let old = self.config.discard == Discard::Old;
+        let mut removed = 0u64;
+        while let Some(front) = self.log.front() {
+            let too_old = cutoff.is_some_and(|c| front.publish_time < c);
+            let too_many = old && limits.max_msgs.is_some_and(|m| self.log.len() > m);
+            let too_big = old && limits.max_bytes.is_some_and(|m| self.log.bytes() > m);
+            if !(too_old || too_many || too_big) {
+                break;
+            }
+            let Some((seq, record)) = self.log.pop_front() else {
+                break;
+            };
+            self.on_removed(seq, &record);
+            removed += 1;
+        }
+        if removed > 0 {
+            self.counters.expired += removed;
+            effects.events.push(EngineEvent::TopicExpired {
+                topic: self.config.name.clone(),
+                count: removed,
+            });
+        }
+    }
+
+    fn on_removed(&mut self, seq: u64, record: &Record) {
+        let name = &self.config.name;
+        for sub in &mut self.subs {
+            sub.on_removed(name, seq, record);
+        }
+    }
+
+    /// Deletes every retained message (`topic purge`); seqs keep counting from where they were.
+    pub fn purge(&mut self, effects: &mut Effects) -> u64 {
+        let mut removed = 0;
+        while let Some((seq, record)) = self.log.pop_front() {
+            self.on_removed(seq, &record);
+            removed += 1;
+        }
+        if removed > 0 {
+            self.counters.expired += removed;
+            effects.events.push(EngineEvent::TopicExpired {
+                topic: self.config.name.clone(),
+                count: removed,
+            });
+        }
+        removed
+    }
+
+    /// Runs every subscription's timers and pushes what became deliverable.
+    pub fn run_timers(&mut self, now: Timestamp, effects: &mut Effects) {
+        self.enforce_limits(now, effects);
+        let ctx = Ctx {
+            topic: &self.config.name,
+            log: &self.log,
+            now,
+        };
+        for sub in &mut self.subs {
+            if sub.next_timer().is_some_and(|t| t <= now) {
+                sub.run_timers(&ctx, effects);
+            }
+        }
+        if self.has_push {
+            self.dispatch_push(now, effects);
+        }
+    }
+
+    /// Pushes to every subscription's push consumers.
+    pub fn dispatch_push(&mut self, now: Timestamp, effects: &mut Effects) {
+        let ctx = Ctx {
+            topic: &self.config.name,
+            log: &self.log,
+            now,
+        };
+        for sub in &mut self.subs {
+            sub.dispatch_push(&ctx, effects);
+        }
+    }
+
+    /// Recomputes whether any push consumer is attached.
+    pub fn refresh_push_flag(&mut self) {
+        self.has_push = self
+            .subs
+            .iter()
+            .any(|s| s.consumers.iter().any(|c| c.push.is_some()));
+    }
+
+    pub fn info(&self, now: Timestamp) -> TopicInfo {
+        TopicInfo {
+            name: self.config.name.clone(),
+            subjects: self
+                .config
+                .captured()
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect(),
+            partitions: self.config.partitions,
+            first_seq: self.log.first_seq(),
+            head_seq: self.log.head_seq(),
+            messages: self.log.len(),
+            bytes: self.log.bytes(),
+            last_publish: self.log.last_time(),
+            limits: self.config.limits.clone(),
+            discard: self.config.discard,
+            subscriptions: u32::try_from(self.subs.len()).unwrap_or(u32::MAX),
+            counters: self.counters.clone(),
+            publish_rate: self.publish_rate.rate(now),
+            publish_series: self.publish_rate.series(now, 15),
+            created: self.created,
+        }
+    }
+}
+
+/// A topic's state with the mutex that guards it and the signal long-polling fetches wait on.
+#[derive(Debug)]
+pub(crate) struct TopicCell {
+    pub name: Name,
+    pub state: std::sync::Mutex<TopicState>,
+    pub notify: tokio::sync::Notify,
+    /// Fetches currently waiting; publishes only pay for a wake-up when someone waits.
+    pub waiters: std::sync::atomic::AtomicUsize,
+}
+
+impl TopicCell {
+    pub fn new(state: TopicState) -> Arc<Self> {
+        Arc::new(TopicCell {
+            name: state.config.name.clone(),
+            state: std::sync::Mutex::new(state),
+            notify: tokio::sync::Notify::new(),
+            waiters: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+}

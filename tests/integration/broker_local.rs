@@ -1,0 +1,195 @@
+//! The broker abstraction over the in-process backend (`mem://`).
+
+use std::time::Duration;
+
+use pubsub::broker::local::LocalBroker;
+use pubsub::broker::{Broker, BrokerError, Capability, Settle, StreamItem, SubscribeRequest, url};
+use pubsub::engine::{
+    AckMode, Engine, FetchOptions, Pattern, PublishRequest, StartPosition, SubscriptionConfig,
+};
+
+use crate::support::name;
+
+#[tokio::test]
+async fn mem_url_opens_an_in_process_engine_with_its_capabilities() {
+    let broker = url::connect("mem://").await.unwrap();
+    assert_eq!(broker.kind(), "mem");
+    let caps = broker.capabilities();
+    assert!(caps.has(Capability::Ack) && caps.has(Capability::Replay) && caps.has(Capability::Lag));
+    assert!(
+        !caps.has(Capability::Persistence),
+        "mem:// keeps nothing across restarts"
+    );
+}
+
+#[tokio::test]
+async fn unknown_and_unbuilt_backends_are_clear_errors() {
+    let err = url::connect("gopher://x").await.unwrap_err();
+    assert!(matches!(err, BrokerError::UnknownScheme { .. }), "{err}");
+    assert_eq!(err.exit_code(), 2);
+    let err = url::connect("redis://127.0.0.1:6379").await.unwrap_err();
+    assert!(err.to_string().contains("Redis"), "{err}");
+}
+
+#[tokio::test]
+async fn live_subscribe_receives_what_is_published_after_it() {
+    let broker = LocalBroker::new(Engine::new(), "mem://");
+    broker
+        .publish(PublishRequest::new(name("orders.eu"), "before"))
+        .await
+        .unwrap();
+    let mut stream = broker
+        .subscribe(SubscribeRequest::live(vec![Pattern::parse("orders.*").unwrap()]))
+        .await
+        .unwrap();
+    let receipt = broker
+        .publish(PublishRequest::new(name("orders.us"), "after"))
+        .await
+        .unwrap();
+    assert_eq!(receipt.taps, 1);
+    let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let StreamItem::Delivery(d) = item else {
+        panic!("expected a delivery, got {item:?}")
+    };
+    assert_eq!(d.message.payload.as_ref(), b"after");
+    assert!(d.token.is_none(), "live taps have nothing to ack");
+}
+
+#[tokio::test]
+async fn durable_subscription_streams_with_acks_and_history() {
+    let broker = LocalBroker::new(Engine::new(), "mem://");
+    for i in 0..3 {
+        broker
+            .publish(PublishRequest::new(name("jobs"), format!("job {i}")))
+            .await
+            .unwrap();
+    }
+    let mut req = SubscribeRequest::live(vec![Pattern::parse("jobs").unwrap()]);
+    req.subscription = Some(name("workers"));
+    req.from = Some(StartPosition::All);
+    req.ack = AckMode::Explicit;
+    let mut stream = broker.subscribe(req).await.unwrap();
+    for expected in 1..=3 {
+        let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let StreamItem::Delivery(d) = item else {
+            panic!("expected a delivery")
+        };
+        assert_eq!(d.message.seq, expected);
+        broker
+            .settle(d.token.as_ref().unwrap(), Settle::Ack)
+            .await
+            .unwrap();
+    }
+    let info = broker.subscription_info(&name("workers")).await.unwrap();
+    assert_eq!((info.ack_floor, info.backlog), (3, 0));
+}
+
+#[tokio::test]
+async fn pull_fetch_long_polls_until_a_message_arrives() {
+    let broker = std::sync::Arc::new(LocalBroker::new(Engine::new(), "mem://"));
+    let mut config = SubscriptionConfig::new(name("pull"), name("q"));
+    config.start = StartPosition::All;
+    broker.create_subscription(config).await.unwrap();
+    let waiter = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let opts = FetchOptions {
+                max_msgs: 10,
+                wait: Some(Duration::from_secs(10)),
+                ..FetchOptions::default()
+            };
+            broker.fetch(&name("pull"), "c1", opts).await
+        })
+    };
+    tokio::task::yield_now().await;
+    broker
+        .publish(PublishRequest::new(name("q"), "wake up"))
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].message.payload.as_ref(), b"wake up");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pull_fetch_returns_empty_when_the_wait_ends() {
+    let broker = LocalBroker::new(Engine::new(), "mem://");
+    let config = SubscriptionConfig::new(name("idle"), name("quiet"));
+    broker.create_subscription(config).await.unwrap();
+    let opts = FetchOptions {
+        max_msgs: 10,
+        wait: Some(Duration::from_secs(30)),
+        ..FetchOptions::default()
+    };
+    let batch = broker.fetch(&name("idle"), "c1", opts).await.unwrap();
+    assert!(batch.is_empty());
+}
+
+#[tokio::test]
+async fn push_consumers_compete_and_a_dropped_one_gives_its_messages_back() {
+    let engine = Engine::new();
+    let mut config = SubscriptionConfig::new(name("pool"), name("tasks"));
+    config.start = StartPosition::All;
+    engine.create_subscription(config).unwrap();
+    let mut a = engine
+        .attach(
+            &name("pool"),
+            pubsub::engine::AttachOptions {
+                consumer: Some("a".into()),
+                prefetch: Some(2),
+            },
+        )
+        .unwrap();
+    let b = engine
+        .attach(
+            &name("pool"),
+            pubsub::engine::AttachOptions {
+                consumer: Some("b".into()),
+                prefetch: Some(2),
+            },
+        )
+        .unwrap();
+    for i in 0..4 {
+        engine
+            .publish(PublishRequest::new(name("tasks"), format!("t{i}")))
+            .unwrap();
+    }
+    let info = engine.subscription_info(&name("pool")).unwrap();
+    assert_eq!(info.in_flight, 4, "both consumers filled their prefetch");
+    assert!(
+        info.consumers.iter().all(|c| c.in_flight == 2),
+        "{:?}",
+        info.consumers
+    );
+    drop(b);
+    let info = engine.subscription_info(&name("pool")).unwrap();
+    assert_eq!((info.in_flight, info.redeliverable), (2, 2), "b's two went back");
+    for _ in 0..2 {
+        let d = a.recv().await.unwrap();
+        engine.ack(&name("pool"), d.lease.unwrap()).unwrap();
+    }
+    // Acking freed credit, so a now holds b's two as redeliveries.
+    let mut attempts = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(5), a.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        attempts.push(d.attempt);
+        engine.ack(&name("pool"), d.lease.unwrap()).unwrap();
+    }
+    assert_eq!(attempts, vec![2, 2]);
+    assert_eq!(engine.subscription_info(&name("pool")).unwrap().backlog, 0);
+}

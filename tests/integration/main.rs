@@ -1,0 +1,13 @@
+//! The one integration test binary: engine acceptance scenarios, property tests, the broker
+//! abstraction over the in-process backend, and the command line.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] fns fail the test loudly on an unexpected error"
+)]
+
+mod broker_local;
+mod cli;
+mod properties;
+mod scenarios;
+mod support;

@@ -1,0 +1,294 @@
+//! Property tests: random sequences of publish / fetch / ack / nack / extend / expire / seek / detach
+//! against a model of what the test was told, asserting invariants I1–I5 and I7 of SEMANTICS.md §9.4.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use pubsub::engine::{
+    AckRef, Backoff, Clock, DeliveryState, Engine, EngineError, FetchOptions, ManualClock, SeekTarget,
+    TopicConfig,
+};
+
+use crate::support::{engine, name, publish};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Publish(u8),
+    Fetch { consumer: u8, max: u8 },
+    Ack(u8),
+    Nack { pick: u8, delay_ms: u16 },
+    Extend(u8),
+    Expire(u16),
+    Seek(u8),
+    Detach(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1u8..8).prop_map(Op::Publish),
+        4 => (0u8..3, 1u8..6).prop_map(|(consumer, max)| Op::Fetch { consumer, max }),
+        4 => any::<u8>().prop_map(Op::Ack),
+        2 => (any::<u8>(), prop_oneof![Just(0u16), 1u16..1500]).prop_map(|(pick, delay_ms)| Op::Nack { pick, delay_ms }),
+        1 => any::<u8>().prop_map(Op::Extend),
+        2 => (1u16..2500).prop_map(Op::Expire),
+        1 => any::<u8>().prop_map(Op::Seek),
+        1 => (0u8..3).prop_map(Op::Detach),
+    ]
+}
+
+/// What the test knows from the answers it got.
+#[derive(Default)]
+struct Model {
+    /// Leases the test holds and believes current: seq → (consumer, lease, deadline µs).
+    valid: BTreeMap<u64, (u8, AckRef, i64)>,
+    /// Leases that were superseded, expired or given back.
+    stale: Vec<AckRef>,
+    /// Seqs acked since the last seek (I7: never delivered again).
+    acked: HashSet<u64>,
+    /// Highest attempt seen per seq since the last seek (I2).
+    attempts: BTreeMap<u64, u32>,
+}
+
+impl Model {
+    fn pick(&self, i: u8) -> Option<u64> {
+        let n = self.valid.len();
+        (n > 0).then(|| *self.valid.keys().nth(usize::from(i) % n).unwrap())
+    }
+
+    fn forget_below(&mut self, first_seq: u64) {
+        let gone: Vec<u64> = self.valid.range(..first_seq).map(|(s, _)| *s).collect();
+        for seq in gone {
+            let (_, lease, _) = self.valid.remove(&seq).unwrap();
+            self.stale.push(lease);
+        }
+    }
+
+    /// Leases whose deadline has passed are no longer current (the engine expires them on its next step).
+    fn expire(&mut self, now: i64) {
+        let due: Vec<u64> = self
+            .valid
+            .iter()
+            .filter(|(_, v)| v.2 <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in due {
+            let (_, lease, _) = self.valid.remove(&seq).unwrap();
+            self.stale.push(lease);
+        }
+    }
+}
+
+const MAX_IN_FLIGHT: u32 = 6;
+const PREFETCH: u32 = 6;
+
+fn setup() -> (Engine, std::sync::Arc<ManualClock>) {
+    let (e, clock) = engine();
+    let mut topic = TopicConfig::new(name("t"));
+    topic.limits.max_msgs = Some(40);
+    e.create_topic(topic).unwrap();
+    let mut config = pubsub::engine::SubscriptionConfig::new(name("s"), name("t"));
+    config.start = pubsub::engine::StartPosition::All;
+    config.ack_deadline = Duration::from_secs(1);
+    config.max_lease = Duration::from_secs(3);
+    config.max_in_flight = MAX_IN_FLIGHT;
+    config.backoff = Backoff::List(vec![Duration::from_millis(300), Duration::from_millis(700)]);
+    e.create_subscription(config).unwrap();
+    (e, clock)
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let (e, clock) = setup();
+    let sub = name("s");
+    let mut model = Model::default();
+    for op in ops {
+        model.expire(clock.now().as_micros());
+        // Retention (max_msgs 40) removes old messages; their leases are no longer current.
+        let first_seq = e.topic_info(&name("t")).unwrap().first_seq;
+        model.forget_below(first_seq);
+        match op {
+            Op::Publish(n) => {
+                for i in 0..n {
+                    publish(&e, "t", &format!("m{i}"));
+                }
+            }
+            Op::Fetch { consumer, max } => {
+                let opts = FetchOptions {
+                    max_msgs: usize::from(max),
+                    ..FetchOptions::default()
+                };
+                let batch = e.try_fetch(&sub, &format!("c{consumer}"), &opts).unwrap();
+                for d in batch {
+                    let seq = d.message.seq;
+                    let lease = d.lease.unwrap();
+                    // I1: nobody else may hold a current lease on this message.
+                    prop_assert!(
+                        !model.valid.contains_key(&seq),
+                        "seq {seq} leased while a lease is current"
+                    );
+                    // I7: an acked message is never delivered again (until a seek).
+                    prop_assert!(!model.acked.contains(&seq), "acked seq {seq} redelivered");
+                    // I2: attempts never go down.
+                    let before = model.attempts.insert(seq, d.attempt).unwrap_or(0);
+                    prop_assert!(
+                        d.attempt > before,
+                        "attempt of {seq} went {before} -> {}",
+                        d.attempt
+                    );
+                    let deadline = d.deadline.unwrap().as_micros();
+                    model.valid.insert(seq, (consumer, lease, deadline));
+                }
+            }
+            Op::Ack(i) => {
+                if let Some(seq) = model.pick(i) {
+                    let (_, lease, _) = model.valid.remove(&seq).unwrap();
+                    e.ack(&sub, lease)
+                        .map_err(|err| TestCaseError::fail(format!("current lease refused: {err}")))?;
+                    model.acked.insert(seq);
+                } else if let Some(lease) = model.stale.pop() {
+                    // A superseded lease must not settle a message that was leased again.
+                    let result = e.ack(&sub, lease);
+                    if let Err(err) = &result {
+                        prop_assert!(
+                            matches!(
+                                err,
+                                EngineError::StaleLease { .. } | EngineError::NotDelivered { .. }
+                            ),
+                            "unexpected error {err}"
+                        );
+                    }
+                    if result.is_ok() && model.valid.contains_key(&lease.seq) {
+                        return Err(TestCaseError::fail("stale lease settled a re-leased message"));
+                    }
+                }
+            }
+            Op::Nack { pick, delay_ms } => {
+                if let Some(seq) = model.pick(pick) {
+                    let (_, lease, _) = model.valid.remove(&seq).unwrap();
+                    let delay = (delay_ms > 0).then(|| Duration::from_millis(u64::from(delay_ms)));
+                    e.nack(&sub, lease, delay).unwrap();
+                    model.stale.push(lease);
+                }
+            }
+            Op::Extend(i) => {
+                if let Some(seq) = model.pick(i) {
+                    let (c, lease, _) = model.valid[&seq];
+                    let deadline = e.extend(&sub, lease, Duration::from_secs(2)).unwrap();
+                    model.valid.insert(seq, (c, lease, deadline.as_micros()));
+                }
+            }
+            Op::Expire(ms) => {
+                clock.advance(Duration::from_millis(u64::from(ms)));
+                e.tick();
+                model.expire(clock.now().as_micros());
+            }
+            Op::Seek(s) => {
+                let info = e.topic_info(&name("t")).unwrap();
+                let span = (info.head_seq + 2).saturating_sub(info.first_seq).max(1);
+                let target = info.first_seq + u64::from(s) % span;
+                let next = e
+                    .seek(
+                        &sub,
+                        SeekTarget::Seq {
+                            partition: 0,
+                            seq: target,
+                        },
+                    )
+                    .unwrap();
+                model.stale.extend(model.valid.values().map(|v| v.1));
+                model.valid.clear();
+                model.acked.clear();
+                model.attempts.clear();
+                // Everything below the target now counts as acked (I7 holds from here).
+                model.acked.extend(1..next);
+            }
+            Op::Detach(c) => {
+                e.detach(&sub, &format!("c{c}"));
+                let gone: Vec<u64> = model
+                    .valid
+                    .iter()
+                    .filter(|(_, v)| v.0 == c)
+                    .map(|(s, _)| *s)
+                    .collect();
+                for seq in gone {
+                    let (_, lease, _) = model.valid.remove(&seq).unwrap();
+                    model.stale.push(lease);
+                }
+            }
+        }
+        check_invariants(&e, &model)?;
+    }
+    Ok(())
+}
+
+fn check_invariants(e: &Engine, model: &Model) -> Result<(), TestCaseError> {
+    let sub = name("s");
+    let info = e.subscription_info(&sub).unwrap();
+    // I4: floor ≤ cursor ≤ head, floor ≥ first_seq − 1.
+    prop_assert!(
+        info.ack_floor <= info.delivered_seq && info.delivered_seq <= info.head_seq,
+        "{info:?}"
+    );
+    prop_assert!(
+        info.ack_floor + 1 >= info.first_seq,
+        "floor below first_seq - 1: {info:?}"
+    );
+    // I5: credit limits.
+    prop_assert!(
+        info.in_flight <= u64::from(MAX_IN_FLIGHT),
+        "in_flight {}",
+        info.in_flight
+    );
+    for c in &info.consumers {
+        prop_assert!(
+            c.in_flight <= PREFETCH.max(c.prefetch),
+            "consumer {} over prefetch",
+            c.id
+        );
+    }
+    let per_consumer: u64 = info.consumers.iter().map(|c| u64::from(c.in_flight)).sum();
+    prop_assert_eq!(per_consumer, info.in_flight, "consumer in-flight counts add up");
+    let peek = e.peek(&sub, 0, 1000).unwrap();
+    let in_flight: Vec<_> = peek
+        .messages
+        .iter()
+        .filter(|m| m.state == DeliveryState::InFlight)
+        .collect();
+    prop_assert_eq!(in_flight.len() as u64, info.in_flight);
+    // The engine's in-flight set is exactly the leases the test believes current (I1 from both sides).
+    let engine_leased: Vec<u64> = in_flight.iter().map(|m| m.seq).collect();
+    let model_leased: Vec<u64> = model
+        .valid
+        .keys()
+        .copied()
+        .filter(|&s| s >= info.first_seq)
+        .collect();
+    prop_assert_eq!(engine_leased, model_leased);
+    // I3: the message just above the floor is unsettled, unless nothing is above it.
+    if let Some(first) = peek.messages.first() {
+        prop_assert_eq!(first.seq, info.ack_floor + 1);
+        prop_assert!(
+            !first.state.is_terminal(),
+            "settled message above the floor: {first:?}"
+        );
+    }
+    // I3 from the model's side: every retained seq at or below the floor was acked by the test.
+    for seq in info.first_seq..=info.ack_floor {
+        prop_assert!(
+            model.acked.contains(&seq),
+            "floor {} passes unacked seq {seq}",
+            info.ack_floor
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn delivery_invariants_hold_under_random_operations(ops in prop::collection::vec(op(), 1..80)) {
+        run(ops)?;
+    }
+}

@@ -1,0 +1,477 @@
+//! SEMANTICS.md §11 acceptance scenarios, each a named test on the manual clock.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use pubsub::engine::{
+    AckMode, Backoff, Clock, DeliveryState, Discard, EngineConfig, EngineError, Name, Pattern,
+    PublishRequest, SeekTarget, TapItem, TapOptions, TopicConfig,
+};
+
+use crate::support::{engine, engine_with, fetch, name, publish, seqs, subscribe};
+
+#[test]
+fn scenario_01_fan_out_every_subscription_sees_every_message() {
+    let (e, _) = engine();
+    for s in ["a", "b", "c"] {
+        subscribe(&e, s, "t", |_| {});
+    }
+    for i in 0..10 {
+        publish(&e, "t", &format!("m{i}"));
+    }
+    for s in ["a", "b", "c"] {
+        let batch = fetch(&e, s, "c1", 100);
+        assert_eq!(seqs(&batch), (1..=10).collect::<Vec<_>>());
+        for d in batch {
+            e.ack(&name(s), d.lease.unwrap()).unwrap();
+        }
+        let info = e.subscription_info(&name(s)).unwrap();
+        assert_eq!((info.ack_floor, info.counters.acked, info.backlog), (10, 10, 0));
+    }
+}
+
+#[test]
+fn scenario_02_fan_in_captures_many_subjects_into_one_gap_free_log() {
+    let (e, _) = engine_with(EngineConfig {
+        auto_create: false,
+        ..EngineConfig::default()
+    });
+    let mut config = TopicConfig::new(name("t"));
+    config.subjects = vec![Pattern::parse("a.>").unwrap(), Pattern::parse("b.*").unwrap()];
+    e.create_topic(config).unwrap();
+    let mut per_subject: HashMap<&str, Vec<u64>> = HashMap::new();
+    for i in 0..10 {
+        for subject in ["a.x", "a.y.z", "b.q"] {
+            let seq = publish(&e, subject, &format!("{subject}-{i}"));
+            per_subject.entry(subject).or_default().push(seq);
+        }
+    }
+    let all: Vec<u64> = e
+        .browse(&name("t"), pubsub::engine::BrowseFrom::Seq(1), 100)
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(all, (1..=30).collect::<Vec<_>>());
+    for seqs in per_subject.values() {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "per-publisher order kept: {seqs:?}"
+        );
+    }
+    let err = e.publish(PublishRequest::new(name("c.d"), "x")).unwrap_err();
+    assert!(matches!(err, EngineError::Unroutable(_)), "{err}");
+    assert_eq!(e.stats().unroutable, 1);
+}
+
+#[test]
+fn scenario_03_competing_consumers_never_share_a_lease() {
+    let (e, _) = engine();
+    subscribe(&e, "work", "jobs", |c| c.max_in_flight = 30);
+    for i in 0..300 {
+        publish(&e, "jobs", &format!("job {i}"));
+    }
+    let consumers = ["c1", "c2", "c3"];
+    let mut held: HashMap<u64, (&str, pubsub::engine::AckRef)> = HashMap::new();
+    let mut acked = HashSet::new();
+    let mut round = 0;
+    while acked.len() < 300 {
+        round += 1;
+        assert!(round < 1000, "work queue did not drain");
+        for c in consumers {
+            for d in fetch(&e, "work", c, 7) {
+                let seq = d.message.seq;
+                let previous = held.insert(seq, (c, d.lease.unwrap()));
+                assert!(
+                    previous.is_none(),
+                    "seq {seq} leased to {c} while {previous:?} holds it"
+                );
+            }
+        }
+        // Settle about half of what is held, so leases of different consumers overlap in time.
+        let settle: Vec<u64> = held.keys().copied().filter(|s| (s + round) % 2 == 0).collect();
+        for seq in settle {
+            let (_, lease) = held.remove(&seq).unwrap();
+            e.ack(&name("work"), lease).unwrap();
+            assert!(acked.insert(seq), "seq {seq} acked twice");
+        }
+        if held.len() >= 30 {
+            for (seq, (_, lease)) in held.drain() {
+                e.ack(&name("work"), lease).unwrap();
+                acked.insert(seq);
+            }
+        }
+    }
+    let info = e.subscription_info(&name("work")).unwrap();
+    assert_eq!((info.ack_floor, info.backlog, info.in_flight), (300, 0, 0));
+    let per_consumer: Vec<u64> = info.consumers.iter().map(|c| c.delivered).collect();
+    assert_eq!(
+        per_consumer.iter().sum::<u64>(),
+        300,
+        "no message delivered twice while leases were valid"
+    );
+    assert!(
+        per_consumer.iter().all(|&n| n > 0),
+        "every consumer got work: {per_consumer:?}"
+    );
+}
+
+#[test]
+fn scenario_04_deadline_expiry_redelivers_and_stale_lease_is_refused() {
+    for strict in [true, false] {
+        let (e, clock) = engine();
+        subscribe(&e, "s", "t", |c| {
+            c.ack_deadline = Duration::from_secs(1);
+            c.backoff = Backoff::Immediate;
+            c.strict_leases = strict;
+        });
+        publish(&e, "t", "hello");
+        let first = fetch(&e, "s", "c1", 1);
+        assert_eq!(first[0].attempt, 1);
+        clock.advance(Duration::from_millis(999));
+        e.tick();
+        assert!(
+            fetch(&e, "s", "c2", 1).is_empty(),
+            "still leased before the deadline"
+        );
+        clock.advance(Duration::from_millis(1));
+        e.tick();
+        let second = fetch(&e, "s", "c2", 1);
+        assert_eq!((second[0].message.seq, second[0].attempt), (1, 2));
+        let stale = e.ack(&name("s"), first[0].lease.unwrap());
+        if strict {
+            assert!(
+                matches!(stale, Err(EngineError::StaleLease { seq: 1, .. })),
+                "{stale:?}"
+            );
+            e.ack(&name("s"), second[0].lease.unwrap()).unwrap();
+        } else {
+            stale.unwrap();
+        }
+        let info = e.subscription_info(&name("s")).unwrap();
+        assert_eq!(
+            (info.counters.deadline_expired, info.ack_floor, info.in_flight),
+            (1, 1, 0)
+        );
+    }
+}
+
+#[test]
+fn scenario_05_extend_postpones_redelivery_up_to_max_lease() {
+    let (e, clock) = engine();
+    subscribe(&e, "s", "t", |c| {
+        c.ack_deadline = Duration::from_secs(1);
+        c.max_lease = Duration::from_secs(3);
+        c.backoff = Backoff::Immediate;
+    });
+    publish(&e, "t", "slow job");
+    let d = fetch(&e, "s", "c1", 1).remove(0);
+    let start = d.deadline.unwrap().minus(Duration::from_secs(1));
+    clock.advance(Duration::from_millis(800));
+    let deadline = e
+        .extend(&name("s"), d.lease.unwrap(), Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(deadline, start.plus(Duration::from_millis(2800)));
+    clock.advance(Duration::from_millis(200));
+    e.tick();
+    assert!(
+        fetch(&e, "s", "c2", 1).is_empty(),
+        "extended lease still holds at 1 s"
+    );
+    clock.advance(Duration::from_millis(1700)); // t = 2.7 s, just before the extended deadline
+    let capped = e
+        .extend(&name("s"), d.lease.unwrap(), Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(
+        capped,
+        start.plus(Duration::from_secs(3)),
+        "max_lease caps the extension"
+    );
+    clock.advance(Duration::from_millis(300)); // t = 3.0 s
+    e.tick();
+    let again = fetch(&e, "s", "c2", 1);
+    assert_eq!(again[0].attempt, 2);
+}
+
+#[test]
+fn scenario_06_exponential_backoff_doubles_to_its_cap_and_explicit_delay_wins() {
+    let (e, clock) = engine();
+    subscribe(&e, "s", "t", |c| {
+        c.backoff = Backoff::Exponential {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+            factor: 2.0,
+            jitter: 0.0,
+        };
+    });
+    publish(&e, "t", "flaky");
+    let mut offsets = Vec::new();
+    for _ in 0..4 {
+        let d = fetch(&e, "s", "c1", 1).remove(0);
+        e.nack(&name("s"), d.lease.unwrap(), None).unwrap();
+        let peek = e.peek(&name("s"), 1, 1).unwrap();
+        let state = &peek.messages[0];
+        assert_eq!(state.state, DeliveryState::Delayed);
+        let offset = state.not_before.unwrap().since(clock.now());
+        offsets.push(offset.as_secs());
+        assert!(
+            fetch(&e, "s", "c1", 1).is_empty(),
+            "not redelivered before not_before"
+        );
+        clock.advance(offset);
+        e.tick();
+    }
+    assert_eq!(offsets, vec![1, 2, 4, 4]);
+    let d = fetch(&e, "s", "c1", 1).remove(0);
+    e.nack(&name("s"), d.lease.unwrap(), Some(Duration::ZERO))
+        .unwrap();
+    let again = fetch(&e, "s", "c1", 1);
+    assert_eq!(again[0].attempt, 6, "nack(delay = 0) makes it available at once");
+}
+
+#[test]
+fn scenario_07_max_deliveries_moves_the_message_to_the_dead_letter_topic() {
+    let (e, _) = engine();
+    subscribe(&e, "dlq-reader", "dead", |_| {});
+    subscribe(&e, "s", "orders", |c| {
+        c.max_deliveries = 3;
+        c.dead_letter = Some(name("dead"));
+    });
+    e.publish(PublishRequest::new(name("orders"), "poison").with_header("kind", "bad"))
+        .unwrap();
+    for attempt in 1..=3 {
+        let d = fetch(&e, "s", "c1", 1).remove(0);
+        assert_eq!(d.attempt, attempt);
+        e.nack(&name("s"), d.lease.unwrap(), Some(Duration::ZERO))
+            .unwrap();
+    }
+    assert!(
+        fetch(&e, "s", "c1", 1).is_empty(),
+        "never redelivered after dead-lettering"
+    );
+    let info = e.subscription_info(&name("s")).unwrap();
+    assert_eq!(
+        (info.ack_floor, info.counters.dead_lettered, info.backlog),
+        (1, 1, 0)
+    );
+    let dead = fetch(&e, "dlq-reader", "c1", 10);
+    assert_eq!(dead.len(), 1);
+    let h = dead[0].message.headers();
+    assert_eq!(dead[0].message.payload.as_ref(), b"poison");
+    assert_eq!(h.get("kind").map(String::as_str), Some("bad"));
+    assert_eq!(
+        h.get("x-dead-letter-delivery-count").map(String::as_str),
+        Some("3")
+    );
+    assert_eq!(
+        h.get("x-dead-letter-reason").map(String::as_str),
+        Some("max_deliveries")
+    );
+    assert_eq!(
+        h.get("x-dead-letter-source-topic").map(String::as_str),
+        Some("orders")
+    );
+    assert_eq!(h.get("x-dead-letter-subscription").map(String::as_str), Some("s"));
+    assert_eq!(h.get("x-dead-letter-seq").map(String::as_str), Some("1"));
+}
+
+#[test]
+fn scenario_08_term_without_dead_letter_topic_terminates() {
+    let (e, clock) = engine();
+    subscribe(&e, "s", "t", |c| c.ack_deadline = Duration::from_secs(1));
+    publish(&e, "t", "fine");
+    publish(&e, "t", "unprocessable");
+    let batch = fetch(&e, "s", "c1", 2);
+    e.term(&name("s"), batch[1].lease.unwrap(), "schema mismatch")
+        .unwrap();
+    let peek = e.peek(&name("s"), 1, 2).unwrap();
+    let states: Vec<_> = peek.messages.iter().map(|m| m.state).collect();
+    assert_eq!(states, vec![DeliveryState::InFlight, DeliveryState::Terminated]);
+    e.ack(&name("s"), batch[0].lease.unwrap()).unwrap();
+    clock.advance(Duration::from_secs(120));
+    e.tick();
+    assert!(
+        fetch(&e, "s", "c1", 10).is_empty(),
+        "a terminated message is never redelivered"
+    );
+    let info = e.subscription_info(&name("s")).unwrap();
+    assert_eq!((info.counters.terminated, info.ack_floor), (1, 2));
+}
+
+#[test]
+fn scenario_10_lag_arithmetic_matches_the_definitions() {
+    let (e, clock) = engine();
+    subscribe(&e, "s", "t", |c| c.max_in_flight = 1000);
+    let mut times = Vec::new();
+    for i in 0..100 {
+        publish(&e, "t", &format!("{i:04}"));
+        times.push(clock.now());
+        clock.advance(Duration::from_millis(10));
+    }
+    let batch = fetch(&e, "s", "c1", 40);
+    for d in &batch[..30] {
+        e.ack(&name("s"), d.lease.unwrap()).unwrap();
+    }
+    let info = e.subscription_info(&name("s")).unwrap();
+    assert_eq!(info.pending, 60);
+    assert_eq!(info.in_flight, 10);
+    assert_eq!(info.backlog, 70);
+    assert_eq!(info.ack_floor, 30);
+    assert_eq!(info.offset_lag, 70);
+    assert_eq!(info.delivered_seq, 40);
+    assert_eq!(info.backlog_bytes, 70 * 4);
+    assert_eq!(
+        info.oldest_unacked_age,
+        clock.now().since(times[30]),
+        "age of seq 31"
+    );
+    assert_eq!(
+        info.oldest_pending_age,
+        clock.now().since(times[40]),
+        "age of seq 41"
+    );
+}
+
+#[test]
+fn scenario_12_seek_by_time_replays_from_that_moment() {
+    let (e, clock) = engine();
+    subscribe(&e, "s", "t", |c| c.max_in_flight = 1000);
+    let mut times = Vec::new();
+    for i in 0..100 {
+        times.push(clock.now());
+        publish(&e, "t", &format!("{i}"));
+        clock.advance(Duration::from_millis(5));
+    }
+    for d in fetch(&e, "s", "c1", 95) {
+        e.ack(&name("s"), d.lease.unwrap()).unwrap();
+    }
+    let held = fetch(&e, "s", "c1", 5);
+    assert_eq!(seqs(&held), vec![96, 97, 98, 99, 100]);
+    let next = e.seek(&name("s"), SeekTarget::Time(times[49])).unwrap();
+    assert_eq!(next, 50);
+    let info = e.subscription_info(&name("s")).unwrap();
+    assert_eq!(
+        (info.ack_floor, info.delivered_seq, info.in_flight, info.pending),
+        (49, 49, 0, 51)
+    );
+    let stale = e.ack(&name("s"), held[0].lease.unwrap());
+    assert!(
+        stale.is_err(),
+        "leases from before the seek are invalid: {stale:?}"
+    );
+    let replay = fetch(&e, "s", "c1", 100);
+    assert_eq!(replay.first().map(|d| (d.message.seq, d.attempt)), Some((50, 1)));
+    assert_eq!(replay.len(), 51);
+}
+
+#[test]
+fn scenario_13_retention_expires_lagging_messages_or_refuses_when_discarding_new() {
+    let (e, _) = engine();
+    let mut config = TopicConfig::new(name("old"));
+    config.limits.max_msgs = Some(5);
+    e.create_topic(config).unwrap();
+    subscribe(&e, "lagging", "old", |_| {});
+    for i in 0..10 {
+        publish(&e, "old", &format!("{i}"));
+    }
+    let topic = e.topic_info(&name("old")).unwrap();
+    assert_eq!((topic.first_seq, topic.head_seq, topic.messages), (6, 10, 5));
+    let info = e.subscription_info(&name("lagging")).unwrap();
+    assert_eq!(info.counters.expired_unacked, 5);
+    assert_eq!(
+        (info.ack_floor, info.pending),
+        (5, 5),
+        "floor and cursor move to first_seq - 1"
+    );
+    assert_eq!(seqs(&fetch(&e, "lagging", "c1", 10)), vec![6, 7, 8, 9, 10]);
+
+    let mut config = TopicConfig::new(name("new"));
+    config.limits.max_msgs = Some(5);
+    config.discard = Discard::New;
+    e.create_topic(config).unwrap();
+    for i in 0..5 {
+        publish(&e, "new", &format!("{i}"));
+    }
+    let err = e.publish(PublishRequest::new(name("new"), "sixth")).unwrap_err();
+    assert!(matches!(err, EngineError::TopicFull { .. }), "{err}");
+    assert!(err.to_string().contains("max_msgs 5"), "{err}");
+    assert_eq!(e.topic_info(&name("new")).unwrap().counters.rejected_full, 1);
+}
+
+#[tokio::test]
+async fn scenario_19_lagging_tap_is_told_what_it_missed_and_groups_share() {
+    let (e, _) = engine();
+    let mut tap = e
+        .tap(
+            vec![Pattern::parse("t").unwrap()],
+            TapOptions {
+                buffer: 4,
+                group: None,
+            },
+        )
+        .unwrap();
+    for i in 0..10 {
+        publish(&e, "t", &format!("{i}"));
+    }
+    assert_eq!(tap.recv().await, Some(TapItem::Lagged { skipped: 6 }));
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        match tap.try_recv() {
+            Some(TapItem::Message(m)) => got.push(m.seq),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    assert_eq!(got, vec![7, 8, 9, 10]);
+    assert_eq!(e.stats().tap_lagged, 6);
+
+    let group = || TapOptions {
+        buffer: 64,
+        group: Some("workers".into()),
+    };
+    let mut a = e.tap(vec![Pattern::parse("g.*").unwrap()], group()).unwrap();
+    let mut b = e.tap(vec![Pattern::parse("g.*").unwrap()], group()).unwrap();
+    for i in 0..10 {
+        let receipt = e
+            .publish(PublishRequest::new(name("g.x"), format!("{i}")))
+            .unwrap();
+        assert_eq!(receipt.taps, 1, "a group counts as one listener per message");
+    }
+    let mut seen = drain(&mut a);
+    seen.extend(drain(&mut b));
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=10).collect::<Vec<_>>(),
+        "each message reached exactly one member"
+    );
+}
+
+#[test]
+fn ack_none_subscription_settles_at_dispatch() {
+    let (e, _) = engine();
+    subscribe(&e, "s", "t", |c| c.ack = AckMode::None);
+    for i in 0..5 {
+        publish(&e, "t", &format!("{i}"));
+    }
+    let batch = fetch(&e, "s", "c1", 10);
+    assert!(batch.iter().all(|d| d.lease.is_none()));
+    let info = e.subscription_info(&name("s")).unwrap();
+    assert_eq!((info.ack_floor, info.in_flight, info.backlog), (5, 0, 0));
+}
+
+#[test]
+fn reserved_and_malformed_names_are_refused_with_the_name_quoted() {
+    let err = Name::new("a..b").unwrap_err().to_string();
+    assert!(err.contains("\"a..b\""), "{err}");
+    let err = Name::new("$sys.x").unwrap_err().to_string();
+    assert!(err.contains("$sys.x"), "{err}");
+}
+
+fn drain(tap: &mut pubsub::engine::TapReceiver) -> Vec<u64> {
+    std::iter::from_fn(|| tap.try_recv())
+        .filter_map(|i| match i {
+            TapItem::Message(m) => Some(m.seq),
+            TapItem::Lagged { .. } => None,
+        })
+        .collect()
+}
