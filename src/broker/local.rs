@@ -65,9 +65,9 @@ impl LocalBroker {
     }
 }
 
-fn to_broker(d: Delivery) -> BrokerDelivery {
+fn to_broker(subscription: &Name, d: Delivery) -> BrokerDelivery {
     let token = d.lease.map(|lease| AckToken {
-        subscription: d.subscription.clone(),
+        subscription: subscription.clone(),
         partition: lease.partition,
         seq: lease.seq,
         lease: lease.lease,
@@ -92,7 +92,10 @@ struct PushSource {
 impl ItemSource for PushSource {
     async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
         let delivery = self.consumer.recv().await?;
-        Some(Ok(StreamItem::Delivery(to_broker(delivery))))
+        Some(Ok(StreamItem::Delivery(to_broker(
+            self.consumer.subscription(),
+            delivery,
+        ))))
     }
 }
 
@@ -204,7 +207,7 @@ impl Broker for LocalBroker {
         opts: FetchOptions,
     ) -> Result<Vec<BrokerDelivery>, BrokerError> {
         let batch = self.engine.fetch(subscription, consumer, opts).await?;
-        Ok(batch.into_iter().map(to_broker).collect())
+        Ok(batch.into_iter().map(|d| to_broker(subscription, d)).collect())
     }
 
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {

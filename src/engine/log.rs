@@ -5,11 +5,11 @@
 //! shared 64 KiB arena chunks, so a retained 16-byte message costs one record and no allocation of its
 //! own (see docs/BENCHMARKS.md for the measured overhead).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::blocks::BlockDeque;
 use super::clock::Timestamp;
 use super::message::{Message, MessageExtra};
 use super::name::Name;
@@ -46,7 +46,7 @@ impl Record {
 /// A partition's retained messages, `first_seq ..= head_seq`.
 #[derive(Debug)]
 pub(crate) struct Log {
-    records: VecDeque<Record>,
+    records: BlockDeque<Record>,
     first_seq: u64,
     /// `end_bytes` of the record just before `first_seq` (0 at the start).
     base_bytes: u64,
@@ -56,7 +56,7 @@ pub(crate) struct Log {
 impl Log {
     pub fn new() -> Self {
         Log {
-            records: VecDeque::new(),
+            records: BlockDeque::new(),
             first_seq: 1,
             base_bytes: 0,
             arena: BytesMut::new(),
@@ -104,6 +104,13 @@ impl Log {
     pub fn get(&self, seq: u64) -> Option<&Record> {
         let index = seq.checked_sub(self.first_seq)?;
         self.records.get(usize::try_from(index).ok()?)
+    }
+
+    /// Records from `seq` on, with their seqs.
+    pub fn iter_from(&self, seq: u64) -> impl Iterator<Item = (u64, &Record)> {
+        let start = seq.max(self.first_seq);
+        let index = usize::try_from(start - self.first_seq).unwrap_or(usize::MAX);
+        (start..).zip(self.records.iter_from(index))
     }
 
     /// Appends and returns the new seq. The payload is packed into the arena when small.
@@ -176,7 +183,7 @@ pub(crate) fn to_message(topic: &Name, partition: u32, seq: u64, record: &Record
         partition,
         seq,
         publish_time: record.publish_time,
-        subject: record.subject_or(topic).clone(),
+        subject: record.subject.clone(),
         extra: record.extra.clone(),
         payload: record.payload.clone(),
     }
@@ -242,5 +249,20 @@ mod tests {
         log.append(Timestamp::ZERO, None, None, &b);
         assert_eq!(log.get(1).map(|r| r.payload.clone()), Some(a));
         assert_eq!(log.get(2).map(|r| r.payload.clone()), Some(b));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::Record;
+
+    #[test]
+    fn record_stays_compact() {
+        // Memory per retained message is a product target (docs/BENCHMARKS.md); keep the record small.
+        assert!(
+            std::mem::size_of::<Record>() <= 72,
+            "Record is {} bytes",
+            std::mem::size_of::<Record>()
+        );
     }
 }

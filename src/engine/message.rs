@@ -51,8 +51,8 @@ pub struct Message {
     pub seq: u64,
     /// Engine time of the publish.
     pub publish_time: Timestamp,
-    /// The address it was published to.
-    pub subject: Name,
+    /// The address it was published to, when it differs from the topic name (see [`Message::subject`]).
+    pub(crate) subject: Option<Name>,
     /// Key, msg_id and headers, when any is set.
     pub extra: Option<Arc<MessageExtra>>,
     /// The body.
@@ -62,6 +62,33 @@ pub struct Message {
 static NO_HEADERS: Headers = BTreeMap::new();
 
 impl Message {
+    /// A message; the subject is stored only when it differs from the topic name.
+    pub fn new(
+        topic: Name,
+        partition: u32,
+        seq: u64,
+        publish_time: Timestamp,
+        subject: Name,
+        extra: Option<Arc<MessageExtra>>,
+        payload: Bytes,
+    ) -> Self {
+        let subject = (subject != topic).then_some(subject);
+        Message {
+            topic,
+            partition,
+            seq,
+            publish_time,
+            subject,
+            extra,
+            payload,
+        }
+    }
+
+    /// The address it was published to.
+    pub fn subject(&self) -> &Name {
+        self.subject.as_ref().unwrap_or(&self.topic)
+    }
+
     /// The ordering key, if any.
     pub fn key(&self) -> Option<&Bytes> {
         self.extra.as_ref().and_then(|e| e.key.as_ref())
@@ -165,11 +192,10 @@ pub struct AckRef {
     pub lease: u64,
 }
 
-/// A message handed to a consumer of a subscription.
+/// A message handed to a consumer of a subscription. The subscription is the one fetched from or
+/// attached to; it is not repeated in every delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    /// The subscription it came through.
-    pub subscription: Name,
     /// The message.
     pub message: Message,
     /// Which delivery of this message this is, from 1.

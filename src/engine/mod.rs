@@ -7,6 +7,7 @@
 //! while the lock is held and carried out after it is released, so locks never nest beyond
 //! registry → topic.
 
+mod blocks;
 pub mod clock;
 pub mod config;
 mod consumer;
@@ -390,42 +391,17 @@ impl Engine {
 
     /// Appends a message to the topic that captures its subject and offers it to matching taps.
     pub fn publish(&self, req: PublishRequest) -> Result<PublishReceipt, EngineError> {
-        let now = self.now();
-        let cell = self.route(&req.subject)?;
-        let Some(cell) = cell else {
-            return self.publish_unstored(req, now);
-        };
-        let mut effects = Effects::default();
-        let appended = {
-            let mut state = lock(&cell.state);
-            let appended = state.append(&req, now, &mut effects);
-            if appended.is_ok() && state.has_push {
-                state.dispatch_push(now, &mut effects);
-            }
-            appended.map(|(seq, dup)| (seq, dup, state.log.get(seq).map(|r| r.publish_time)))
-        };
-        self.wake(&cell);
-        self.apply(effects);
-        let (seq, duplicate, time) = appended?;
-        let taps = if duplicate {
-            0
-        } else {
-            self.offer_taps(|| stored_message(&cell.name, seq, time.unwrap_or(now), req))
-        };
-        Ok(PublishReceipt {
-            topic: Some(cell.name.clone()),
-            partition: 0,
-            seq,
-            taps,
-            duplicate,
-        })
+        let mut receipts = self.publish_batch(vec![req])?;
+        receipts
+            .pop()
+            .ok_or_else(|| EngineError::InvalidConfig("publish produced no receipt".into()))
     }
 
-    /// Publishes several messages; consecutive messages to one topic share one lock acquisition.
-    /// Stops at the first failure and returns it; the receipts of earlier messages are then lost to the
-    /// caller, which is why callers that must know use [`Engine::publish`] per message.
+    /// Publishes several messages in order; consecutive messages to one subject share one lock
+    /// acquisition. Stops at the first failure and returns it; messages before it stay published.
     pub fn publish_batch(&self, reqs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, EngineError> {
         let now = self.now();
+        let taps_listening = self.inner.tap_count.load(Ordering::Acquire) > 0;
         let mut receipts = Vec::with_capacity(reqs.len());
         let mut iter = reqs.into_iter().peekable();
         while let Some(first) = iter.next() {
@@ -433,46 +409,50 @@ impl Engine {
                 receipts.push(self.publish_unstored(first, now)?);
                 continue;
             };
-            let mut run = vec![first];
-            while let Some(next) = iter.next_if(|r| r.subject == run[0].subject) {
-                run.push(next);
-            }
+            let subject = first.subject.clone();
             let mut effects = Effects::default();
-            let mut appended = Vec::with_capacity(run.len());
+            let mut for_taps = Vec::new();
             let mut failure = None;
+            let run_start = receipts.len();
             {
                 let mut state = lock(&cell.state);
-                for req in &run {
-                    match state.append(req, now, &mut effects) {
-                        Ok((seq, dup)) => {
-                            let time = state.log.get(seq).map_or(now, |r| r.publish_time);
-                            appended.push((seq, dup, time));
+                let mut next = Some(first);
+                while let Some(req) = next.take() {
+                    match state.append(&req, now, &mut effects) {
+                        Ok((seq, duplicate)) => {
+                            if taps_listening && !duplicate {
+                                let time = state.log.get(seq).map_or(now, |r| r.publish_time);
+                                for_taps.push(stored_message(&cell.name, seq, time, req));
+                            }
+                            receipts.push(PublishReceipt {
+                                topic: None,
+                                partition: 0,
+                                seq,
+                                taps: 0,
+                                duplicate,
+                            });
                         }
                         Err(e) => {
                             failure = Some(e);
                             break;
                         }
                     }
+                    next = iter.next_if(|r| r.subject == subject);
                 }
+                let appended = (receipts.len() - run_start) as u64;
+                state.publish_rate.record(now, appended);
                 if state.has_push {
                     state.dispatch_push(now, &mut effects);
                 }
             }
             self.wake(&cell);
             self.apply(effects);
-            for (req, (seq, duplicate, time)) in run.into_iter().zip(appended) {
-                let taps = if duplicate {
-                    0
-                } else {
-                    self.offer_taps(|| stored_message(&cell.name, seq, time, req))
-                };
-                receipts.push(PublishReceipt {
-                    topic: Some(cell.name.clone()),
-                    partition: 0,
-                    seq,
-                    taps,
-                    duplicate,
-                });
+            let mut taps_reached = for_taps.iter().map(|m| self.offer_taps(|| m.clone()));
+            for receipt in &mut receipts[run_start..] {
+                receipt.topic = Some(cell.name.clone());
+                if !receipt.duplicate {
+                    receipt.taps = taps_reached.next().unwrap_or(0);
+                }
             }
             if let Some(e) = failure {
                 return Err(e);
@@ -484,14 +464,17 @@ impl Engine {
     /// A message no topic stores: it reaches taps only, or counts as unroutable.
     fn publish_unstored(&self, req: PublishRequest, now: Timestamp) -> Result<PublishReceipt, EngineError> {
         let subject = req.subject.clone();
-        let taps = self.offer_taps(|| Message {
-            topic: req.subject.clone(),
-            partition: 0,
-            seq: 0,
-            publish_time: now,
-            subject: req.subject.clone(),
-            extra: MessageExtra::pack(req.key.clone(), req.msg_id.clone(), req.headers.clone()),
-            payload: req.payload.clone(),
+        let taps = self.offer_taps(|| {
+            let extra = MessageExtra::pack(req.key.clone(), req.msg_id.clone(), req.headers.clone());
+            Message::new(
+                req.subject.clone(),
+                0,
+                0,
+                now,
+                req.subject.clone(),
+                extra,
+                req.payload.clone(),
+            )
         });
         if taps == 0 {
             self.inner.unroutable.fetch_add(1, Ordering::Relaxed);
@@ -554,15 +537,7 @@ impl Engine {
                 continue;
             };
             let payload = Bytes::from(event.payload().to_string());
-            let message = Message {
-                topic: subject.clone(),
-                partition: 0,
-                seq: 0,
-                publish_time: now,
-                subject,
-                extra: None,
-                payload,
-            };
+            let message = Message::new(subject.clone(), 0, 0, now, subject, None, payload);
             taps.deliver(&message);
         }
     }
@@ -752,15 +727,8 @@ impl Engine {
     ) -> Result<Vec<Delivery>, EngineError> {
         self.with_sub(sub, |s, ctx, effects| {
             let c = s.consumer_index(consumer, ctx.now, effects);
-            let mut out = Vec::with_capacity(opts.max_msgs.min(1024));
-            let mut budget = opts.max_bytes;
-            while out.len() < opts.max_msgs {
-                let Some(d) = s.next_delivery(c, ctx, if out.is_empty() { u64::MAX } else { budget }) else {
-                    break;
-                };
-                budget = budget.saturating_sub(d.message.size() as u64);
-                out.push(d);
-            }
+            let mut out = Vec::new();
+            s.fill(c, ctx, opts.max_msgs, opts.max_bytes, &mut out);
             if let Some(consumer) = s.consumers.get_mut(c) {
                 consumer.last_activity = ctx.now;
             }
@@ -1039,16 +1007,8 @@ fn check_partition(topic: &Name, partition: u32) -> Result<(), EngineError> {
 }
 
 fn stored_message(topic: &Name, seq: u64, time: Timestamp, req: PublishRequest) -> Message {
-    let subject = req.subject;
-    Message {
-        topic: topic.clone(),
-        partition: 0,
-        seq,
-        publish_time: time,
-        subject,
-        extra: MessageExtra::pack(req.key, req.msg_id, req.headers),
-        payload: req.payload,
-    }
+    let extra = MessageExtra::pack(req.key, req.msg_id, req.headers);
+    Message::new(topic.clone(), 0, seq, time, req.subject, extra, req.payload)
 }
 
 /// Counts a waiting fetch for as long as it waits, however the wait ends.

@@ -22,24 +22,33 @@ pub struct RateMeter {
     slots: [u64; RATE_SLOTS],
     /// The second the newest slot belongs to.
     second: i64,
+    /// Start of that second in µs, so that the common case (same second as last time) needs no division.
+    second_start: i64,
 }
 
 impl RateMeter {
     /// Counts `n` events at `now`.
     pub fn record(&mut self, now: Timestamp, n: u64) {
-        let sec = now.as_micros().div_euclid(1_000_000);
-        if sec != self.second {
-            let gap = sec.saturating_sub(self.second);
-            if gap >= RATE_SLOTS as i64 || gap < 0 {
-                self.slots = [0; RATE_SLOTS];
-            } else {
-                for s in (self.second + 1)..=sec {
-                    self.slots[slot(s)] = 0;
-                }
-            }
-            self.second = sec;
+        let micros = now.as_micros();
+        let offset = micros.wrapping_sub(self.second_start);
+        if !(0..1_000_000).contains(&offset) || self.second_start == 0 {
+            self.roll(micros);
         }
-        self.slots[slot(sec)] += n;
+        self.slots[slot(self.second)] += n;
+    }
+
+    fn roll(&mut self, micros: i64) {
+        let sec = micros.div_euclid(1_000_000);
+        let gap = sec.saturating_sub(self.second);
+        if gap >= RATE_SLOTS as i64 || gap < 0 {
+            self.slots = [0; RATE_SLOTS];
+        } else {
+            for s in (self.second + 1)..=sec {
+                self.slots[slot(s)] = 0;
+            }
+        }
+        self.second = sec;
+        self.second_start = sec.saturating_mul(1_000_000);
     }
 
     /// Events counted in second `sec`, zero when outside the history.

@@ -190,6 +190,54 @@ impl SubState {
         self.consumers.len() - 1
     }
 
+    /// Appends deliveries for consumer `c` to `out` until `max_msgs` are there, credit runs out or the
+    /// byte budget is spent (the first message is always allowed).
+    pub fn fill(
+        &mut self,
+        c: usize,
+        ctx: &Ctx<'_>,
+        max_msgs: usize,
+        max_bytes: u64,
+        out: &mut Vec<Delivery>,
+    ) {
+        let simple =
+            self.config.ack == AckMode::None && self.ready.is_empty() && self.config.filter.is_empty();
+        if simple && max_bytes == u64::MAX {
+            // The common firehose case: no leases, no filter, no redeliveries — copy a run of the log.
+            let from = self.delivered_seq.max(ctx.log.first_seq().saturating_sub(1)) + 1;
+            let room = max_msgs.saturating_sub(out.len());
+            out.reserve(room.min(4096));
+            let before = out.len();
+            for (seq, record) in ctx.log.iter_from(from).take(room) {
+                out.push(Delivery {
+                    message: to_message(ctx.topic, 0, seq, record),
+                    attempt: 1,
+                    lease: None,
+                    deadline: None,
+                });
+                self.delivered_seq = seq;
+            }
+            let n = (out.len() - before) as u64;
+            if n > 0 {
+                self.counters.delivered += n;
+                self.counters.acked += n;
+                self.deliver_rate.record(ctx.now, n);
+                if let Some(consumer) = self.consumers.get_mut(c) {
+                    consumer.delivered += n;
+                }
+            }
+            return;
+        }
+        let mut budget = max_bytes;
+        while out.len() < max_msgs {
+            let Some(d) = self.next_delivery(c, ctx, if out.is_empty() { u64::MAX } else { budget }) else {
+                break;
+            };
+            budget = budget.saturating_sub(d.message.size() as u64);
+            out.push(d);
+        }
+    }
+
     /// The next message for consumer `c`, if credit and the byte budget allow. Redeliveries go first.
     pub fn next_delivery(&mut self, c: usize, ctx: &Ctx<'_>, byte_budget: u64) -> Option<Delivery> {
         let explicit = self.config.ack != AckMode::None;
@@ -238,7 +286,6 @@ impl SubState {
                 consumer.last_activity = ctx.now;
             }
             return Some(Delivery {
-                subscription: self.config.name.clone(),
                 message: to_message(ctx.topic, 0, seq, record),
                 attempt: 1,
                 lease: None,
@@ -298,7 +345,6 @@ impl SubState {
             consumer.last_activity = now;
         }
         Delivery {
-            subscription: self.config.name.clone(),
             message: to_message(ctx.topic, 0, seq, record),
             attempt,
             lease: Some(AckRef {
@@ -537,7 +583,10 @@ impl SubState {
                 };
                 let h = &mut copy.headers;
                 h.insert("x-dead-letter-source-topic".into(), ctx.topic.to_string());
-                h.insert("x-dead-letter-source-subject".into(), message.subject.to_string());
+                h.insert(
+                    "x-dead-letter-source-subject".into(),
+                    message.subject().to_string(),
+                );
                 h.insert("x-dead-letter-subscription".into(), name.to_string());
                 h.insert("x-dead-letter-partition".into(), "0".into());
                 h.insert("x-dead-letter-seq".into(), seq.to_string());

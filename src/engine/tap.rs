@@ -74,7 +74,7 @@ impl TapRegistry {
 
     /// Offers a message to every matching tap, once per tap; returns how many taps took it.
     pub fn deliver(&mut self, message: &Message) -> u32 {
-        let subject = message.subject.as_str();
+        let subject = message.subject().as_str();
         let mut reached = 0u32;
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, tap) in self.taps.iter().enumerate() {

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::clock::Timestamp;
-use super::config::{Discard, TopicConfig};
+use super::config::{Discard, Limits, TopicConfig};
 use super::error::EngineError;
 use super::event::EngineEvent;
 use super::log::{Log, Record};
@@ -90,7 +90,6 @@ impl TopicState {
         let extra = MessageExtra::pack(req.key.clone(), req.msg_id.clone(), req.headers.clone());
         let seq = self.log.append(time, subject, extra, &req.payload);
         self.counters.published += 1;
-        self.publish_rate.record(now, 1);
         if let Some(id) = &req.msg_id
             && !self.config.dedup_window.is_zero()
         {
@@ -132,14 +131,19 @@ impl TopicState {
     /// Deletes the oldest messages while any limit is exceeded (age always; count and bytes under
     /// `discard = old`). Unsettled victims become EXPIRED in every subscription (T10).
     pub fn enforce_limits(&mut self, now: Timestamp, effects: &mut Effects) {
-        let limits = self.config.limits.clone();
-        let cutoff = limits.max_age.map(|age| now.minus(age));
+        let Limits {
+            max_msgs,
+            max_bytes,
+            max_age,
+            ..
+        } = self.config.limits;
+        let cutoff = max_age.map(|age| now.minus(age));
         let old = self.config.discard == Discard::Old;
         let mut removed = 0u64;
         while let Some(front) = self.log.front() {
             let too_old = cutoff.is_some_and(|c| front.publish_time < c);
-            let too_many = old && limits.max_msgs.is_some_and(|m| self.log.len() > m);
-            let too_big = old && limits.max_bytes.is_some_and(|m| self.log.bytes() > m);
+            let too_many = old && max_msgs.is_some_and(|m| self.log.len() > m);
+            let too_big = old && max_bytes.is_some_and(|m| self.log.bytes() > m);
             if !(too_old || too_many || too_big) {
                 break;
             }
