@@ -7,6 +7,12 @@
 //! * explicit ack: fetch + ack (≥ 1 M msgs/s)
 //! * memory per retained 16-byte message (≤ 128 bytes of overhead), from the process's resident size
 
+#![expect(
+    clippy::print_stdout,
+    clippy::panic,
+    reason = "a benchmark binary reports on stdout and stops on a setup error"
+)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
