@@ -8,6 +8,7 @@
 
 mod broker_local;
 mod cli;
+mod engine;
 mod properties;
 mod scenarios;
 mod support;

@@ -1,0 +1,393 @@
+//! Subscriptions and consumers: create and delete, metrics, fetch (pull), attach (push), and settling
+//! deliveries. Every operation runs under the topic's lock via `with_sub`, after the subscription's due
+//! timers, and pushes whatever it made deliverable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::stats;
+use super::subscription::{Ctx, Effects, SubState};
+use super::topic::TopicCell;
+use super::{
+    AckRef, AttachOptions, ConsumerId, Delivery, Engine, EngineError, EngineEvent, FetchOptions, Name,
+    PeekReport, PushConsumer, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo, Timestamp,
+    TopicConfig, lock,
+};
+
+impl Engine {
+    /// Creates a subscription; the topic is auto-created when allowed.
+    pub fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, EngineError> {
+        config.check()?;
+        if config.dead_letter.as_ref() == Some(&config.topic) {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{}\": the dead-letter topic must differ from the topic it reads",
+                config.name
+            )));
+        }
+        let now = self.now();
+        let topic = config.topic.clone();
+        let mut created_topic = false;
+        let info = {
+            let mut reg = self.registry_mut();
+            if reg.subs.contains_key(&config.name) {
+                return Err(EngineError::SubscriptionExists(config.name.clone()));
+            }
+            if !reg.topics.contains_key(&topic) {
+                if !self.inner.config.auto_create {
+                    return Err(EngineError::NoSuchTopic(topic));
+                }
+                let mut topic_config = TopicConfig::new(topic.clone());
+                topic_config.limits = self.inner.config.default_limits.clone();
+                self.insert_topic(&mut reg, topic_config, now)?;
+                created_topic = true;
+            }
+            let cell = reg
+                .topics
+                .get(&topic)
+                .cloned()
+                .ok_or_else(|| EngineError::NoSuchTopic(topic.clone()))?;
+            let mut state = lock(&cell.state);
+            let log = &state.log;
+            let start = match config.start {
+                StartPosition::All | StartPosition::LastPerKey => log.first_seq(),
+                StartPosition::New => log.head_seq() + 1,
+                StartPosition::Last => log.head_seq().max(log.first_seq()),
+                StartPosition::Seq(s) => s.clamp(log.first_seq(), log.head_seq() + 1),
+                StartPosition::Time(t) => log.seq_at_time(t),
+            };
+            let name = config.name.clone();
+            state.subs.push(SubState::new(config, start, now));
+            let publish_rate = state.publish_rate.rate(now);
+            let info = state
+                .sub(&name)
+                .map(|s| stats::subscription_info(s, &topic, &state.log, publish_rate, now))
+                .ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))?;
+            drop(state);
+            reg.subs.insert(name, cell);
+            info
+        };
+        let mut events = Vec::new();
+        if created_topic {
+            events.push(EngineEvent::TopicCreated { topic: topic.clone() });
+        }
+        events.push(EngineEvent::SubscriptionCreated {
+            subscription: info.name.clone(),
+            topic,
+        });
+        self.emit(events);
+        Ok(info)
+    }
+
+    /// Deletes a subscription; its push consumers' streams end.
+    pub fn delete_subscription(&self, name: &Name) -> Result<(), EngineError> {
+        let cell = self
+            .registry_mut()
+            .subs
+            .remove(name)
+            .ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))?;
+        {
+            let mut state = lock(&cell.state);
+            state.subs.retain(|s| s.name() != name);
+            state.refresh_push_flag();
+        }
+        cell.notify.notify_waiters();
+        self.emit(vec![EngineEvent::SubscriptionDeleted {
+            subscription: name.clone(),
+        }]);
+        Ok(())
+    }
+
+    pub(super) fn sub_cell(&self, name: &Name) -> Result<Arc<TopicCell>, EngineError> {
+        self.registry()
+            .subs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))
+    }
+
+    /// Runs `f` on a subscription under its topic's lock, after its due timers, then carries out effects
+    /// and pushes whatever the operation made deliverable.
+    fn with_sub<R>(
+        &self,
+        name: &Name,
+        f: impl FnOnce(&mut SubState, &Ctx<'_>, &mut Effects) -> Result<R, EngineError>,
+    ) -> Result<R, EngineError> {
+        let cell = self.sub_cell(name)?;
+        let now = self.now();
+        let mut effects = Effects::default();
+        let result = {
+            let mut guard = lock(&cell.state);
+            let state = &mut *guard;
+            let ctx = Ctx {
+                topic: &state.config.name,
+                log: &state.log,
+                now,
+            };
+            let sub = state
+                .subs
+                .iter_mut()
+                .find(|s| s.name() == name)
+                .ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))?;
+            if sub.next_timer().is_some_and(|t| t <= now) {
+                sub.run_timers(&ctx, &mut effects);
+            }
+            let result = f(sub, &ctx, &mut effects);
+            sub.dispatch_push(&ctx, &mut effects);
+            state.refresh_push_flag();
+            result
+        };
+        if effects.wake {
+            cell.notify.notify_waiters();
+        }
+        self.apply(effects);
+        result
+    }
+
+    /// Every subscription, optionally only those of one topic.
+    pub fn subscriptions(&self, topic: Option<&Name>) -> Vec<SubscriptionInfo> {
+        let cells: Vec<_> = match topic {
+            Some(t) => self.registry().topics.get(t).cloned().into_iter().collect(),
+            None => self.registry().topics.values().cloned().collect(),
+        };
+        let now = self.now();
+        let mut out = Vec::new();
+        for cell in cells {
+            let state = lock(&cell.state);
+            let rate = state.publish_rate.rate(now);
+            out.extend(
+                state
+                    .subs
+                    .iter()
+                    .map(|s| stats::subscription_info(s, &cell.name, &state.log, rate, now)),
+            );
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// One subscription's metrics.
+    pub fn subscription_info(&self, name: &Name) -> Result<SubscriptionInfo, EngineError> {
+        let cell = self.sub_cell(name)?;
+        let now = self.now();
+        let state = lock(&cell.state);
+        let rate = state.publish_rate.rate(now);
+        state
+            .sub(name)
+            .map(|s| stats::subscription_info(s, &cell.name, &state.log, rate, now))
+            .ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))
+    }
+
+    /// Per-message ack state from the ack floor (or `from`) up, at most `limit` messages.
+    pub fn peek(&self, name: &Name, from: u64, limit: usize) -> Result<PeekReport, EngineError> {
+        let cell = self.sub_cell(name)?;
+        let state = lock(&cell.state);
+        state
+            .sub(name)
+            .map(|s| stats::peek(s, &cell.name, &state.log, from, limit))
+            .ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))
+    }
+
+    // ----- consuming ----------------------------------------------------------------------------
+
+    /// Takes what is deliverable now for `consumer`, without waiting.
+    pub fn try_fetch(
+        &self,
+        sub: &Name,
+        consumer: &str,
+        opts: &FetchOptions,
+    ) -> Result<Vec<Delivery>, EngineError> {
+        self.with_sub(sub, |s, ctx, effects| {
+            let c = s.consumer_index(consumer, ctx.now, effects);
+            let mut out = Vec::new();
+            s.fill(c, ctx, opts.max_msgs, opts.max_bytes, &mut out);
+            if let Some(consumer) = s.consumers.get_mut(c) {
+                consumer.last_activity = ctx.now;
+            }
+            s.last_active = ctx.now;
+            s.advance_floor();
+            Ok(out)
+        })
+    }
+
+    /// Pull: takes up to `max_msgs` deliverable messages for `consumer`, waiting up to `wait` for the
+    /// first (long poll). Returns an empty batch when the wait ends with nothing.
+    pub async fn fetch(
+        &self,
+        sub: &Name,
+        consumer: &str,
+        opts: FetchOptions,
+    ) -> Result<Vec<Delivery>, EngineError> {
+        let cell = self.sub_cell(sub)?;
+        let deadline = match opts.wait {
+            Some(w) => Some(
+                tokio::time::Instant::now()
+                    .checked_add(w)
+                    .ok_or(EngineError::WaitTooLong(w))?,
+            ),
+            None => None,
+        };
+        loop {
+            let notified = cell.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let _waiting = WaiterGuard::new(&cell.waiters);
+            let batch = self.try_fetch(sub, consumer, &opts)?;
+            let Some(deadline) = deadline else {
+                return Ok(batch);
+            };
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Push: attaches a consumer that the engine hands messages to as credit allows.
+    pub fn attach(&self, sub: &Name, opts: AttachOptions) -> Result<PushConsumer, EngineError> {
+        let id: ConsumerId = match opts.consumer {
+            Some(id) => Arc::from(id.as_str()),
+            None => {
+                Arc::from(format!("push-{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed)).as_str())
+            }
+        };
+        let starved = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = {
+            let id = id.clone();
+            let starved = starved.clone();
+            let mut channel = None;
+            self.with_sub(sub, |s, ctx, effects| {
+                let prefetch = opts.prefetch.unwrap_or(s.config.max_in_flight).max(1);
+                let (tx, rx) = mpsc::channel(usize::try_from(prefetch).unwrap_or(1024));
+                s.attach_push(id, prefetch, tx.clone(), starved, ctx.now, effects);
+                channel = Some((tx, rx));
+                Ok(())
+            })?;
+            channel.ok_or_else(|| EngineError::NoSuchSubscription(sub.clone()))?
+        };
+        // The engine keeps its own sender inside the subscription; this one only existed to build it.
+        drop(tx);
+        // with_sub dispatched before the push flag was set for the topic; do it again now that it is.
+        self.dispatch(sub);
+        Ok(PushConsumer {
+            engine: self.clone(),
+            subscription: sub.clone(),
+            id,
+            rx,
+            starved,
+        })
+    }
+
+    /// Detaches a consumer; its in-flight messages become available to the others (T7).
+    pub fn detach(&self, sub: &Name, consumer: &str) {
+        let id: ConsumerId = Arc::from(consumer);
+        // A subscription that is already gone has nothing left to requeue.
+        let _ = self.with_sub(sub, |s, ctx, effects| Ok(s.detach(&id, ctx, effects)));
+    }
+
+    /// Runs push dispatch for a subscription (a push consumer made room).
+    pub fn dispatch(&self, sub: &Name) {
+        let _ = self.with_sub(sub, |_, _, _| Ok(()));
+    }
+
+    /// Acks one delivery (T3).
+    pub fn ack(&self, sub: &Name, r: AckRef) -> Result<(), EngineError> {
+        self.with_sub(sub, |s, ctx, effects| {
+            check_partition(ctx.topic, r.partition)?;
+            // Settling frees credit that a waiting fetch may be blocked on.
+            effects.wake = true;
+            s.ack(&r, ctx.now)
+        })
+    }
+
+    /// Acks every in-flight message of `consumer` up to `seq` (T3c); returns how many.
+    pub fn ack_cumulative(
+        &self,
+        sub: &Name,
+        consumer: &str,
+        partition: u32,
+        seq: u64,
+    ) -> Result<u64, EngineError> {
+        let id: ConsumerId = Arc::from(consumer);
+        self.with_sub(sub, |s, ctx, effects| {
+            check_partition(ctx.topic, partition)?;
+            effects.wake = true;
+            s.ack_cumulative(&id, seq, ctx.now)
+        })
+    }
+
+    /// Gives a delivery back, to be redelivered after `delay` or the backoff (T5).
+    pub fn nack(&self, sub: &Name, r: AckRef, delay: Option<Duration>) -> Result<(), EngineError> {
+        self.with_sub(sub, |s, ctx, effects| {
+            check_partition(ctx.topic, r.partition)?;
+            s.nack(&r, delay, ctx, effects)
+        })
+    }
+
+    /// Extends a lease to now + `by`, capped by `max_lease` (T4); returns the deadline in force.
+    pub fn extend(&self, sub: &Name, r: AckRef, by: Duration) -> Result<Timestamp, EngineError> {
+        self.with_sub(sub, |s, ctx, _| {
+            check_partition(ctx.topic, r.partition)?;
+            s.extend(&r, by, ctx.now)
+        })
+    }
+
+    /// Gives up on a delivery for good: dead-letter or terminate (T9).
+    pub fn term(&self, sub: &Name, r: AckRef, reason: &str) -> Result<(), EngineError> {
+        self.with_sub(sub, |s, ctx, effects| {
+            check_partition(ctx.topic, r.partition)?;
+            effects.wake = true;
+            s.term(&r, reason, ctx, effects)
+        })
+    }
+
+    /// Moves a subscription (T11); returns the next seq it will deliver.
+    pub fn seek(&self, sub: &Name, target: SeekTarget) -> Result<u64, EngineError> {
+        self.with_sub(sub, |s, ctx, effects| {
+            let log = ctx.log;
+            let next = match target {
+                SeekTarget::Start => log.first_seq(),
+                SeekTarget::End => log.head_seq() + 1,
+                SeekTarget::Seq { partition, seq } => {
+                    check_partition(ctx.topic, partition)?;
+                    seq.clamp(log.first_seq(), log.head_seq() + 1)
+                }
+                SeekTarget::Time(t) => log.seq_at_time(t),
+            };
+            s.seek(next, effects);
+            Ok(next)
+        })
+    }
+}
+
+fn check_partition(topic: &Name, partition: u32) -> Result<(), EngineError> {
+    if partition == 0 {
+        Ok(())
+    } else {
+        Err(EngineError::NoSuchPartition {
+            topic: topic.clone(),
+            partition,
+        })
+    }
+}
+
+/// Counts a waiting fetch for as long as it waits, however the wait ends.
+struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl<'a> WaiterGuard<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        WaiterGuard(counter)
+    }
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}

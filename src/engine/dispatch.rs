@@ -1,0 +1,260 @@
+//! Dispatch: choosing the next message for a consumer (redeliveries first, then new ones past the
+//! cursor), leasing it (T2), and pushing to push consumers with free credit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+
+use tokio::sync::mpsc;
+
+use super::clock::Timestamp;
+use super::config::AckMode;
+use super::consumer::{ConsumerState, PushSink};
+use super::event::EngineEvent;
+use super::log::{Record, to_message};
+use super::message::{AckRef, ConsumerId, Delivery};
+use super::subscription::{Ctx, DeliveryState, Effects, Entry, SubState};
+
+impl SubState {
+    /// Appends deliveries for consumer `c` to `out` until `max_msgs` are there, credit runs out or the
+    /// byte budget is spent (the first message is always allowed).
+    pub fn fill(
+        &mut self,
+        c: usize,
+        ctx: &Ctx<'_>,
+        max_msgs: usize,
+        max_bytes: u64,
+        out: &mut Vec<Delivery>,
+    ) {
+        let simple =
+            self.config.ack == AckMode::None && self.ready.is_empty() && self.config.filter.is_empty();
+        if simple && max_bytes == u64::MAX {
+            // The common firehose case: no leases, no filter, no redeliveries — copy a run of the log.
+            let from = self.delivered_seq.max(ctx.log.first_seq().saturating_sub(1)) + 1;
+            let room = max_msgs.saturating_sub(out.len());
+            out.reserve(room.min(4096));
+            let before = out.len();
+            for (seq, record) in ctx.log.iter_from(from).take(room) {
+                out.push(Delivery {
+                    message: to_message(ctx.topic, 0, seq, record),
+                    attempt: 1,
+                    lease: None,
+                    deadline: None,
+                });
+                self.delivered_seq = seq;
+            }
+            let n = (out.len() - before) as u64;
+            if n > 0 {
+                self.counters.delivered += n;
+                self.counters.acked += n;
+                self.deliver_rate.record(ctx.now, n);
+                if let Some(consumer) = self.consumers.get_mut(c) {
+                    consumer.delivered += n;
+                }
+            }
+            return;
+        }
+        let mut budget = max_bytes;
+        while out.len() < max_msgs {
+            let Some(d) = self.next_delivery(c, ctx, if out.is_empty() { u64::MAX } else { budget }) else {
+                break;
+            };
+            budget = budget.saturating_sub(d.message.size() as u64);
+            out.push(d);
+        }
+    }
+
+    /// The next message for consumer `c`, if credit and the byte budget allow. Redeliveries go first.
+    pub fn next_delivery(&mut self, c: usize, ctx: &Ctx<'_>, byte_budget: u64) -> Option<Delivery> {
+        let explicit = self.config.ack != AckMode::None;
+        if explicit {
+            if self.in_flight >= self.config.max_in_flight {
+                return None;
+            }
+            let consumer = self.consumers.get(c)?;
+            if consumer.in_flight >= consumer.prefetch {
+                return None;
+            }
+        }
+        if let Some(&seq) = self.ready.first() {
+            let record = ctx.log.get(seq)?;
+            if !self.fits(record, byte_budget) {
+                return None;
+            }
+            self.ready.remove(&seq);
+            return Some(self.lease(c, seq, record, ctx));
+        }
+        let head = ctx.log.head_seq();
+        while self.delivered_seq < head {
+            let seq = self.delivered_seq + 1;
+            let Some(record) = ctx.log.get(seq) else {
+                // Below first_seq: retention removed it; the cursor jumps (counted when it was removed).
+                self.delivered_seq = ctx.log.first_seq().saturating_sub(1).max(seq);
+                continue;
+            };
+            if !self.covers_record(ctx.topic, record) {
+                self.delivered_seq = seq;
+                self.counters.filtered += 1;
+                continue;
+            }
+            if !self.fits(record, byte_budget) {
+                return None;
+            }
+            self.delivered_seq = seq;
+            if explicit {
+                return Some(self.lease(c, seq, record, ctx));
+            }
+            self.counters.delivered += 1;
+            self.counters.acked += 1;
+            self.deliver_rate.record(ctx.now, 1);
+            if let Some(consumer) = self.consumers.get_mut(c) {
+                consumer.delivered += 1;
+                consumer.last_activity = ctx.now;
+            }
+            return Some(Delivery {
+                message: to_message(ctx.topic, 0, seq, record),
+                attempt: 1,
+                lease: None,
+                deadline: None,
+            });
+        }
+        None
+    }
+
+    pub(super) fn fits(&self, record: &Record, byte_budget: u64) -> bool {
+        let size = record.size();
+        let sub_limit = self.config.max_in_flight_bytes;
+        let over_sub = sub_limit > 0 && self.in_flight > 0 && self.in_flight_bytes + size > sub_limit;
+        // One message is always allowed so that an oversized message cannot wedge the subscription.
+        !over_sub && (size <= byte_budget || byte_budget == u64::MAX)
+    }
+
+    /// T2: AVAILABLE → IN_FLIGHT for consumer `c`.
+    pub(super) fn lease(&mut self, c: usize, seq: u64, record: &Record, ctx: &Ctx<'_>) -> Delivery {
+        let now = ctx.now;
+        let lease = self.next_lease;
+        self.next_lease += 1;
+        let deadline = now.plus(self.config.ack_deadline);
+        let consumer_id = self.consumers.get(c).map(|x| x.id.clone());
+        let bytes = record.size();
+        let entry = self.entries.entry(seq).or_insert_with(|| Entry {
+            state: DeliveryState::Available,
+            attempt: 0,
+            consumer: None,
+            lease: 0,
+            deadline,
+            lease_start: now,
+            not_before: now,
+            first_delivered: now,
+            last_delivered: now,
+            bytes,
+        });
+        entry.state = DeliveryState::InFlight;
+        entry.attempt += 1;
+        entry.consumer = consumer_id;
+        entry.lease = lease;
+        entry.deadline = deadline;
+        entry.lease_start = now;
+        entry.last_delivered = now;
+        let attempt = entry.attempt;
+        self.deadlines.insert((deadline, seq));
+        self.in_flight += 1;
+        self.in_flight_bytes += bytes;
+        self.counters.delivered += 1;
+        if attempt > 1 {
+            self.counters.redeliveries += 1;
+        }
+        self.deliver_rate.record(now, 1);
+        if let Some(consumer) = self.consumers.get_mut(c) {
+            consumer.in_flight += 1;
+            consumer.delivered += 1;
+            consumer.last_activity = now;
+        }
+        Delivery {
+            message: to_message(ctx.topic, 0, seq, record),
+            attempt,
+            lease: Some(AckRef {
+                partition: 0,
+                seq,
+                lease,
+            }),
+            deadline: Some(deadline),
+        }
+    }
+
+    /// Hands messages to push consumers with free credit, round-robin, and flags consumers that could not
+    /// take more while work was waiting so that they ask again once they have room.
+    pub fn dispatch_push(&mut self, ctx: &Ctx<'_>, effects: &mut Effects) {
+        let n = self.consumers.len();
+        if n == 0 || !self.consumers.iter().any(|c| c.push.is_some()) {
+            return;
+        }
+        loop {
+            let mut progressed = false;
+            for k in 0..n {
+                let i = (self.round_robin + k) % n;
+                let Some(push) = self.consumers.get(i).and_then(|c| c.push.clone()) else {
+                    continue;
+                };
+                if push.tx.capacity() == 0 {
+                    continue;
+                }
+                let Some(delivery) = self.next_delivery(i, ctx, u64::MAX) else {
+                    continue;
+                };
+                let consumer = self.consumers.get(i).map(|c| c.id.clone());
+                match push.tx.try_send(delivery) {
+                    Ok(()) => progressed = true,
+                    Err(mpsc::error::TrySendError::Closed(_) | mpsc::error::TrySendError::Full(_)) => {
+                        // Only the engine sends, under the topic lock, after checking capacity, so this
+                        // is a receiver that went away: detach it, which requeues what it held.
+                        if let Some(id) = consumer {
+                            effects.closed.push((self.config.name.clone(), id));
+                        }
+                    }
+                }
+            }
+            self.round_robin = (self.round_robin + 1) % n.max(1);
+            if !progressed {
+                break;
+            }
+        }
+        if self.has_deliverable(ctx.log) {
+            for c in &self.consumers {
+                if let Some(push) = &c.push
+                    && push.tx.capacity() == 0
+                {
+                    push.starved.store(true, AtomicOrdering::Release);
+                }
+            }
+        }
+    }
+
+    /// Registers a push consumer with its channel.
+    pub fn attach_push(
+        &mut self,
+        id: ConsumerId,
+        prefetch: u32,
+        tx: mpsc::Sender<Delivery>,
+        starved: Arc<AtomicBool>,
+        now: Timestamp,
+        effects: &mut Effects,
+    ) {
+        let sink = PushSink { tx, starved };
+        match self.consumers.iter_mut().find(|c| c.id == id) {
+            // Re-attaching under a known id keeps the in-flight accounting of what it already holds.
+            Some(existing) => {
+                existing.push = Some(sink);
+                existing.prefetch = prefetch;
+                existing.last_activity = now;
+            }
+            None => self
+                .consumers
+                .push(ConsumerState::new(id.clone(), prefetch, now, Some(sink))),
+        }
+        self.last_active = now;
+        effects.events.push(EngineEvent::ConsumerAttached {
+            subscription: self.config.name.clone(),
+            consumer: id,
+        });
+    }
+}

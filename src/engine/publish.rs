@@ -1,0 +1,207 @@
+//! Publishing: routing a subject to its topic (auto-creating it), appending under the topic lock, and
+//! carrying out what the append left to do (taps, events, dead letters) after the lock is released.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::subscription::Effects;
+use super::topic::TopicCell;
+use super::{
+    Engine, EngineError, EngineEvent, Message, MessageExtra, Name, PublishReceipt, PublishRequest, Timestamp,
+    TopicConfig, lock,
+};
+
+impl Engine {
+    /// Finds (or auto-creates) the topic that captures `subject`. Reserved `$` subjects have no topic.
+    pub(super) fn route(&self, subject: &Name) -> Result<Option<Arc<TopicCell>>, EngineError> {
+        if subject.is_reserved() {
+            return Ok(None);
+        }
+        if let Some(cell) = self.registry().route(subject) {
+            return Ok(Some(cell));
+        }
+        if !self.inner.config.auto_create {
+            return Ok(None);
+        }
+        let now = self.now();
+        let created = {
+            let mut reg = self.registry_mut();
+            // Another publisher may have created it between the two locks.
+            if let Some(cell) = reg.route(subject) {
+                return Ok(Some(cell));
+            }
+            let mut config = TopicConfig::new(subject.clone());
+            config.limits = self.inner.config.default_limits.clone();
+            self.insert_topic(&mut reg, config, now)?;
+            reg.route(subject)
+        };
+        self.emit(vec![EngineEvent::TopicCreated {
+            topic: subject.clone(),
+        }]);
+        Ok(created)
+    }
+
+    /// Appends a message to the topic that captures its subject and offers it to matching taps.
+    pub fn publish(&self, req: PublishRequest) -> Result<PublishReceipt, EngineError> {
+        let mut receipts = self.publish_batch(vec![req])?;
+        receipts
+            .pop()
+            .ok_or_else(|| EngineError::InvalidConfig("publish produced no receipt".into()))
+    }
+
+    /// Publishes several messages in order; consecutive messages to one subject share one lock
+    /// acquisition. Stops at the first failure and returns it; messages before it stay published.
+    pub fn publish_batch(&self, reqs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, EngineError> {
+        let now = self.now();
+        let taps_listening = self.inner.tap_count.load(Ordering::Acquire) > 0;
+        let mut receipts = Vec::with_capacity(reqs.len());
+        let mut iter = reqs.into_iter().peekable();
+        while let Some(first) = iter.next() {
+            let Some(cell) = self.route(&first.subject)? else {
+                receipts.push(self.publish_unstored(first, now)?);
+                continue;
+            };
+            let subject = first.subject.clone();
+            let mut effects = Effects::default();
+            let mut for_taps = Vec::new();
+            let mut failure = None;
+            let run_start = receipts.len();
+            {
+                let mut state = lock(&cell.state);
+                let mut next = Some(first);
+                while let Some(req) = next.take() {
+                    match state.append(&req, now, &mut effects) {
+                        Ok((seq, duplicate)) => {
+                            if taps_listening && !duplicate {
+                                let time = state.log.get(seq).map_or(now, |r| r.publish_time);
+                                for_taps.push(stored_message(&cell.name, seq, time, req));
+                            }
+                            receipts.push(PublishReceipt {
+                                topic: None,
+                                partition: 0,
+                                seq,
+                                taps: 0,
+                                duplicate,
+                            });
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                    next = iter.next_if(|r| r.subject == subject);
+                }
+                let appended = (receipts.len() - run_start) as u64;
+                state.publish_rate.record(now, appended);
+                if state.has_push {
+                    state.dispatch_push(now, &mut effects);
+                }
+            }
+            self.wake(&cell);
+            self.apply(effects);
+            let mut taps_reached = for_taps.iter().map(|m| self.offer_taps(|| m.clone()));
+            for receipt in &mut receipts[run_start..] {
+                receipt.topic = Some(cell.name.clone());
+                if !receipt.duplicate {
+                    receipt.taps = taps_reached.next().unwrap_or(0);
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        Ok(receipts)
+    }
+
+    /// A message no topic stores: it reaches taps only, or counts as unroutable.
+    pub(super) fn publish_unstored(
+        &self,
+        req: PublishRequest,
+        now: Timestamp,
+    ) -> Result<PublishReceipt, EngineError> {
+        let subject = req.subject.clone();
+        let taps = self.offer_taps(|| {
+            let extra = MessageExtra::pack(req.key.clone(), req.msg_id.clone(), req.headers.clone());
+            Message::new(
+                req.subject.clone(),
+                0,
+                0,
+                now,
+                req.subject.clone(),
+                extra,
+                req.payload.clone(),
+            )
+        });
+        if taps == 0 {
+            self.inner.unroutable.fetch_add(1, Ordering::Relaxed);
+            if !subject.is_reserved() {
+                return Err(EngineError::Unroutable(subject));
+            }
+        }
+        Ok(PublishReceipt {
+            topic: None,
+            partition: 0,
+            seq: 0,
+            taps,
+            duplicate: false,
+        })
+    }
+
+    pub(super) fn offer_taps(&self, message: impl FnOnce() -> Message) -> u32 {
+        if self.inner.tap_count.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        let message = message();
+        lock(&self.inner.taps).deliver(&message)
+    }
+
+    pub(super) fn wake(&self, cell: &TopicCell) {
+        if cell.waiters.load(Ordering::SeqCst) > 0 {
+            cell.notify.notify_waiters();
+        }
+    }
+
+    /// Carries out what an operation under a topic lock left to do.
+    pub(super) fn apply(&self, effects: Effects) {
+        let Effects {
+            events,
+            dead_letters,
+            wake: _,
+            closed,
+        } = effects;
+        for (_, copy) in dead_letters {
+            let subject = copy.subject.clone();
+            if let Err(e) = self.publish(copy) {
+                tracing::warn!(dead_letter = %subject, error = %e, "dead-letter copy could not be appended");
+            }
+        }
+        for (sub, consumer) in closed {
+            self.detach(&sub, &consumer);
+        }
+        self.emit(events);
+    }
+
+    /// Publishes engine events to taps listening on `$sys.…`.
+    pub(super) fn emit(&self, events: Vec<EngineEvent>) {
+        if events.is_empty() || self.inner.tap_count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let now = self.now();
+        let mut taps = lock(&self.inner.taps);
+        for event in events {
+            let Ok(subject) = Name::system(&event.subject()) else {
+                continue;
+            };
+            let payload = Bytes::from(event.payload().to_string());
+            let message = Message::new(subject.clone(), 0, 0, now, subject, None, payload);
+            taps.deliver(&message);
+        }
+    }
+}
+
+fn stored_message(topic: &Name, seq: u64, time: Timestamp, req: PublishRequest) -> Message {
+    let extra = MessageExtra::pack(req.key, req.msg_id, req.headers);
+    Message::new(topic.clone(), 0, seq, time, req.subject, extra, req.payload)
+}
