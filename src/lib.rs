@@ -14,3 +14,5 @@
 pub mod broker;
 pub mod cli;
 pub mod engine;
+pub mod protocol;
+pub mod server;

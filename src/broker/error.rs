@@ -65,6 +65,22 @@ pub enum BrokerError {
     /// A request the broker would refuse; caught before sending.
     #[error("{0}")]
     Invalid(String),
+    /// A `pubsub` server refused the request with a numbered protocol error.
+    #[error("{message} (error {code})")]
+    Remote {
+        /// Protocol error code (docs/PROTOCOL.md).
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The link to the broker dropped while a request was outstanding.
+    #[error("connection to {url} lost: {reason}")]
+    Disconnected {
+        /// Where.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The broker answered something this client does not understand, or closed mid-request.
     #[error("broker protocol error: {0}")]
     Protocol(String),
@@ -74,7 +90,7 @@ impl BrokerError {
     /// The process exit code for this error (README "Exit codes").
     pub fn exit_code(&self) -> u8 {
         match self {
-            BrokerError::Unreachable { .. } => 3,
+            BrokerError::Unreachable { .. } | BrokerError::Disconnected { .. } => 3,
             BrokerError::Timeout(_) => 4,
             BrokerError::Auth { .. } => 5,
             BrokerError::InvalidUrl { .. } | BrokerError::UnknownScheme { .. } => 2,

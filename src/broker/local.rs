@@ -111,6 +111,18 @@ impl Drop for PushSource {
 /// Live messages from a tap.
 struct TapSource(TapReceiver);
 
+fn tap_item(item: TapItem) -> StreamItem {
+    match item {
+        TapItem::Message(message) => StreamItem::Delivery(BrokerDelivery {
+            message,
+            attempt: None,
+            deadline: None,
+            token: None,
+        }),
+        TapItem::Lagged { skipped } => StreamItem::Lagged { skipped },
+    }
+}
+
 #[async_trait]
 impl ItemSource for TapSource {
     async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
@@ -123,6 +135,10 @@ impl ItemSource for TapSource {
             }),
             TapItem::Lagged { skipped } => StreamItem::Lagged { skipped },
         }))
+    }
+
+    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        Some(Ok(tap_item(self.0.try_recv()?)))
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod capability;
 pub mod error;
 pub mod local;
+pub mod remote;
 pub mod url;
 
 use std::fmt;
@@ -116,6 +117,11 @@ impl SubscribeRequest {
 pub trait ItemSource: Send {
     /// The next item; `None` when the stream has ended (subscription deleted, broker closed).
     async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>>;
+
+    /// An item if one is ready now, without waiting; lets callers batch what has piled up.
+    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        None
+    }
 }
 
 /// A subscriber's stream of deliveries.
@@ -132,6 +138,11 @@ impl DeliveryStream {
     /// The next item; `None` when the stream has ended.
     pub async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
         self.source.next().await
+    }
+
+    /// An item if one is ready now, without waiting.
+    pub fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        self.source.try_next()
     }
 }
 

@@ -20,6 +20,7 @@ pub struct Limits {
     /// Keep at most this many bytes (payload + key + headers).
     pub max_bytes: Option<u64>,
     /// Keep messages at most this long after publish.
+    #[serde(with = "super::clock::opt_millis")]
     pub max_age: Option<Duration>,
     /// Keep at most this many messages per key (slot; not implemented yet).
     pub max_msgs_per_key: Option<u64>,

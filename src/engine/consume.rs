@@ -59,7 +59,8 @@ impl Engine {
                 StartPosition::Time(t) => log.seq_at_time(t),
             };
             let name = config.name.clone();
-            state.subs.push(SubState::new(config, start, now));
+            let lease_base = self.inner.next_id.fetch_add(1, Ordering::Relaxed) << 32;
+            state.subs.push(SubState::new(config, start, now, lease_base));
             let publish_rate = state.publish_rate.rate(now);
             let info = state
                 .sub(&name)
@@ -110,7 +111,7 @@ impl Engine {
 
     /// Runs `f` on a subscription under its topic's lock, after its due timers, then carries out effects
     /// and pushes whatever the operation made deliverable.
-    fn with_sub<R>(
+    pub(super) fn with_sub<R>(
         &self,
         name: &Name,
         f: impl FnOnce(&mut SubState, &Ctx<'_>, &mut Effects) -> Result<R, EngineError>,
@@ -135,6 +136,7 @@ impl Engine {
                 sub.run_timers(&ctx, &mut effects);
             }
             let result = f(sub, &ctx, &mut effects);
+            sub.skip_uncovered(ctx.topic, ctx.log);
             sub.dispatch_push(&ctx, &mut effects);
             state.refresh_push_flag();
             result
@@ -155,7 +157,10 @@ impl Engine {
         let now = self.now();
         let mut out = Vec::new();
         for cell in cells {
-            let state = lock(&cell.state);
+            let mut effects = Effects::default();
+            let mut state = lock(&cell.state);
+            // Metrics reflect due timers (expired leases, released backoffs) even between ticks.
+            state.run_timers(now, &mut effects);
             let rate = state.publish_rate.rate(now);
             out.extend(
                 state
@@ -163,6 +168,8 @@ impl Engine {
                     .iter()
                     .map(|s| stats::subscription_info(s, &cell.name, &state.log, rate, now)),
             );
+            drop(state);
+            self.apply(effects);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
@@ -171,23 +178,17 @@ impl Engine {
     /// One subscription's metrics.
     pub fn subscription_info(&self, name: &Name) -> Result<SubscriptionInfo, EngineError> {
         let cell = self.sub_cell(name)?;
-        let now = self.now();
-        let state = lock(&cell.state);
-        let rate = state.publish_rate.rate(now);
-        state
-            .sub(name)
-            .map(|s| stats::subscription_info(s, &cell.name, &state.log, rate, now))
-            .ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))
+        let rate = lock(&cell.state).publish_rate.rate(self.now());
+        self.with_sub(name, |s, ctx, _| {
+            Ok(stats::subscription_info(s, ctx.topic, ctx.log, rate, ctx.now))
+        })
     }
 
     /// Per-message ack state from the ack floor (or `from`) up, at most `limit` messages.
     pub fn peek(&self, name: &Name, from: u64, limit: usize) -> Result<PeekReport, EngineError> {
-        let cell = self.sub_cell(name)?;
-        let state = lock(&cell.state);
-        state
-            .sub(name)
-            .map(|s| stats::peek(s, &cell.name, &state.log, from, limit))
-            .ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))
+        self.with_sub(name, |s, ctx, _| {
+            Ok(stats::peek(s, ctx.topic, ctx.log, from, limit))
+        })
     }
 
     // ----- consuming ----------------------------------------------------------------------------
@@ -201,6 +202,9 @@ impl Engine {
     ) -> Result<Vec<Delivery>, EngineError> {
         self.with_sub(sub, |s, ctx, effects| {
             let c = s.consumer_index(consumer, ctx.now, effects);
+            if let (Some(prefetch), Some(state)) = (opts.prefetch, s.consumers.get_mut(c)) {
+                state.prefetch = prefetch.max(1);
+            }
             let mut out = Vec::new();
             s.fill(c, ctx, opts.max_msgs, opts.max_bytes, &mut out);
             if let Some(consumer) = s.consumers.get_mut(c) {
@@ -264,7 +268,7 @@ impl Engine {
             self.with_sub(sub, |s, ctx, effects| {
                 let prefetch = opts.prefetch.unwrap_or(s.config.max_in_flight).max(1);
                 let (tx, rx) = mpsc::channel(usize::try_from(prefetch).unwrap_or(1024));
-                s.attach_push(id, prefetch, tx.clone(), starved, ctx.now, effects);
+                s.attach_push(id, prefetch, tx.clone(), starved, ctx.now, effects)?;
                 channel = Some((tx, rx));
                 Ok(())
             })?;

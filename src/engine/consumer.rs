@@ -71,7 +71,8 @@ impl PushConsumer {
 
     /// The next delivery; `None` once the subscription is deleted.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        if self.starved.swap(false, Ordering::AcqRel) && self.rx.is_empty() {
+        // Emptiness first: the flag must survive until the channel has room to refill.
+        if self.rx.is_empty() && self.starved.swap(false, Ordering::AcqRel) {
             self.engine.dispatch(&self.subscription);
         }
         let delivery = self.rx.recv().await;

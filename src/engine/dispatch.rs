@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::clock::Timestamp;
 use super::config::AckMode;
 use super::consumer::{ConsumerState, PushSink};
+use super::error::EngineError;
 use super::event::EngineEvent;
 use super::log::{Record, to_message};
 use super::message::{AckRef, ConsumerId, Delivery};
@@ -238,10 +239,18 @@ impl SubState {
         starved: Arc<AtomicBool>,
         now: Timestamp,
         effects: &mut Effects,
-    ) {
+    ) -> Result<(), EngineError> {
         let sink = PushSink { tx, starved };
         match self.consumers.iter_mut().find(|c| c.id == id) {
-            // Re-attaching under a known id keeps the in-flight accounting of what it already holds.
+            // Two live push consumers under one id could not be told apart when one of them leaves.
+            Some(existing) if existing.push.as_ref().is_some_and(|p| !p.tx.is_closed()) => {
+                return Err(EngineError::ConsumerExists {
+                    subscription: self.config.name.clone(),
+                    consumer: id,
+                });
+            }
+            // A pull consumer (or a departed push one) of that id becomes this push consumer, keeping the
+            // in-flight accounting of what it already holds.
             Some(existing) => {
                 existing.push = Some(sink);
                 existing.prefetch = prefetch;
@@ -256,5 +265,6 @@ impl SubState {
             subscription: self.config.name.clone(),
             consumer: id,
         });
+        Ok(())
     }
 }

@@ -95,6 +95,16 @@ pub enum EngineError {
         /// What mode it needs.
         needs: &'static str,
     },
+    /// A push consumer with this id is already attached.
+    #[error(
+        "consumer \"{consumer}\" is already attached to subscription \"{subscription}\"; use another consumer id"
+    )]
+    ConsumerExists {
+        /// The subscription.
+        subscription: Name,
+        /// The consumer id.
+        consumer: super::message::ConsumerId,
+    },
     /// A setting is out of range or contradicts another.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

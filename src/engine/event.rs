@@ -141,6 +141,18 @@ impl EngineEvent {
         }
     }
 
+    /// A short subject for events whose full subject would exceed the name limits.
+    pub fn fallback_subject(&self) -> &'static str {
+        match self {
+            EngineEvent::TopicExpired { .. }
+            | EngineEvent::DiscardNewRejected { .. }
+            | EngineEvent::TopicCreated { .. }
+            | EngineEvent::TopicDeleted { .. } => "$sys.topic.long_name",
+            EngineEvent::TapLagged { .. } => "$sys.tap.lagged",
+            _ => "$sys.sub.long_name",
+        }
+    }
+
     /// The event as a JSON body.
     pub fn payload(&self) -> serde_json::Value {
         match self {

@@ -164,7 +164,7 @@ impl PublishRequest {
 }
 
 /// What a publish did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PublishReceipt {
     /// The topic that stored it, or `None` when only taps received it.
     pub topic: Option<Name>,

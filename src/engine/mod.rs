@@ -55,6 +55,9 @@ use subscription::Effects;
 use tap::TapRegistry;
 use topic::{TopicCell, TopicState};
 
+/// A pull consumer that holds nothing and has not fetched for this long is forgotten.
+const PULL_CONSUMER_IDLE: Duration = Duration::from_secs(300);
+
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -114,6 +117,9 @@ pub struct FetchOptions {
     pub max_bytes: u64,
     /// How long to wait for the first message; `None` returns at once.
     pub wait: Option<Duration>,
+    /// Sets this consumer's prefetch (most messages it may hold unacked); `None` keeps it (initially the
+    /// subscription's `max_in_flight`).
+    pub prefetch: Option<u32>,
 }
 
 impl Default for FetchOptions {
@@ -122,6 +128,7 @@ impl Default for FetchOptions {
             max_msgs: 100,
             max_bytes: u64::MAX,
             wait: None,
+            prefetch: None,
         }
     }
 }
@@ -411,12 +418,19 @@ impl Engine {
             {
                 let mut state = lock(&cell.state);
                 state.run_timers(now, &mut effects);
-                for sub in &state.subs {
+                for sub in &mut state.subs {
                     if let Lifetime::Ephemeral { inactive_ttl } = sub.config.lifetime
-                        && sub.consumers.is_empty()
-                        && now.since(sub.last_active) >= inactive_ttl
+                        && sub.is_idle(now, inactive_ttl)
                     {
                         idle.push(sub.name().clone());
+                    }
+                    for consumer in sub.reap_idle_pull(now, PULL_CONSUMER_IDLE) {
+                        let subscription = sub.name().clone();
+                        effects.events.push(EngineEvent::ConsumerDetached {
+                            subscription,
+                            consumer,
+                            requeued: 0,
+                        });
                     }
                 }
             }

@@ -171,16 +171,75 @@ impl Engine {
             wake: _,
             closed,
         } = effects;
-        for (_, copy) in dead_letters {
-            let subject = copy.subject.clone();
-            if let Err(e) = self.publish(copy) {
-                tracing::warn!(dead_letter = %subject, error = %e, "dead-letter copy could not be appended");
+        for dead in dead_letters {
+            if let Err(e) = self.append_to(&dead.topic, dead.copy) {
+                self.dead_letter_failed(&dead.subscription, dead.seq, dead.attempt, &dead.topic, &e);
             }
         }
         for (sub, consumer) in closed {
             self.detach(&sub, &consumer);
         }
         self.emit(events);
+    }
+
+    /// Appends straight to the topic named `topic` (created when missing and auto-create is on), without
+    /// routing by subject.
+    fn append_to(&self, topic: &Name, req: PublishRequest) -> Result<(), EngineError> {
+        let now = self.now();
+        let existing = self.registry().topics.get(topic).cloned();
+        let cell = match existing {
+            Some(cell) => cell,
+            None if self.inner.config.auto_create => {
+                let mut config = TopicConfig::new(topic.clone());
+                config.limits = self.inner.config.default_limits.clone();
+                match self.create_topic(config) {
+                    Ok(_) | Err(EngineError::TopicExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                self.registry()
+                    .topics
+                    .get(topic)
+                    .cloned()
+                    .ok_or_else(|| EngineError::NoSuchTopic(topic.clone()))?
+            }
+            None => return Err(EngineError::NoSuchTopic(topic.clone())),
+        };
+        let mut effects = Effects::default();
+        let appended = {
+            let mut state = lock(&cell.state);
+            let appended = state.append(&req, now, &mut effects);
+            if state.has_push {
+                state.dispatch_push(now, &mut effects);
+            }
+            appended.map(|(seq, dup)| (seq, dup, state.log.get(seq).map_or(now, |r| r.publish_time)))
+        };
+        self.wake(&cell);
+        self.apply(effects);
+        let (seq, duplicate, time) = appended?;
+        if !duplicate {
+            self.offer_taps(|| stored_message(&cell.name, seq, time, req));
+        }
+        Ok(())
+    }
+
+    /// The dead-letter copy could not be kept: the message stays settled (it is not redelivered), and is
+    /// counted and announced as terminated instead, with the reason, rather than lost silently.
+    fn dead_letter_failed(&self, sub: &Name, seq: u64, attempt: u32, topic: &Name, error: &EngineError) {
+        tracing::warn!(subscription = %sub, seq, dead_letter = %topic, %error, "dead-letter copy could not be appended");
+        let _ = self.with_sub(sub, |s, _, effects| {
+            s.counters.dead_lettered = s.counters.dead_lettered.saturating_sub(1);
+            s.counters.terminated += 1;
+            if let Some(entry) = s.entries.get_mut(&seq) {
+                entry.state = super::DeliveryState::Terminated;
+            }
+            effects.events.push(EngineEvent::Terminated {
+                subscription: sub.clone(),
+                seq,
+                attempt,
+                reason: "dead_letter_failed",
+            });
+            Ok(())
+        });
     }
 
     /// Publishes engine events to taps listening on `$sys.…`.
@@ -191,7 +250,11 @@ impl Engine {
         let now = self.now();
         let mut taps = lock(&self.inner.taps);
         for event in events {
-            let Ok(subject) = Name::system(&event.subject()) else {
+            // A very long subscription or topic name can make the event subject too long; such events
+            // go to a shorter subject and keep the full name in the body.
+            let Ok(subject) =
+                Name::system(&event.subject()).or_else(|_| Name::system(event.fallback_subject()))
+            else {
                 continue;
             };
             let payload = Bytes::from(event.payload().to_string());

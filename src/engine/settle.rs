@@ -9,12 +9,21 @@ use super::error::EngineError;
 use super::event::EngineEvent;
 use super::log::to_message;
 use super::message::{AckRef, ConsumerId, PublishRequest};
-use super::subscription::{Ctx, DeliveryState, Effects, Failure, SubState};
+use super::subscription::{Ctx, DeadLetter, DeliveryState, Effects, Failure, SubState};
 
 impl SubState {
     /// Finds the in-flight entry an `AckRef` names. `Ok(None)` means "already settled, nothing to do".
-    pub(super) fn leased(&mut self, r: &AckRef) -> Result<Option<u64>, EngineError> {
+    /// `lenient` applies the non-strict rule, which SEMANTICS.md allows for acks only (T3s): nack, extend
+    /// and term always need the current lease, so a stale holder cannot disturb the current one.
+    pub(super) fn leased(&mut self, r: &AckRef, lenient: bool) -> Result<Option<u64>, EngineError> {
         let seq = r.seq;
+        if r.lease < self.lease_floor {
+            // Handed out before the last seek: every such lease is void (T11).
+            return Err(EngineError::StaleLease {
+                subscription: self.config.name.clone(),
+                seq,
+            });
+        }
         if seq > self.delivered_seq {
             return Err(EngineError::NotDelivered {
                 subscription: self.config.name.clone(),
@@ -25,7 +34,7 @@ impl SubState {
             None => Ok(None),
             Some(e) if e.state.is_terminal() => Ok(None),
             Some(e) if e.state == DeliveryState::InFlight && e.lease == r.lease => Ok(Some(seq)),
-            Some(_) if self.config.strict_leases => Err(EngineError::StaleLease {
+            Some(_) if self.config.strict_leases || !lenient => Err(EngineError::StaleLease {
                 subscription: self.config.name.clone(),
                 seq,
             }),
@@ -62,7 +71,9 @@ impl SubState {
 
     /// T3: ack one delivery.
     pub fn ack(&mut self, r: &AckRef, now: Timestamp) -> Result<(), EngineError> {
-        let Some(seq) = self.leased(r)? else { return Ok(()) };
+        let Some(seq) = self.leased(r, true)? else {
+            return Ok(());
+        };
         self.settle_acked(seq, now);
         self.advance_floor();
         Ok(())
@@ -119,7 +130,9 @@ impl SubState {
         ctx: &Ctx<'_>,
         effects: &mut Effects,
     ) -> Result<(), EngineError> {
-        let Some(seq) = self.leased(r)? else { return Ok(()) };
+        let Some(seq) = self.leased(r, false)? else {
+            return Ok(());
+        };
         self.counters.nacked += 1;
         self.release(seq);
         self.failure(seq, Failure::Nack(delay), ctx, effects);
@@ -131,7 +144,7 @@ impl SubState {
     /// T4: push the deadline of an in-flight message out to `now + by`, capped by `max_lease`.
     /// Returns the deadline now in force.
     pub fn extend(&mut self, r: &AckRef, by: Duration, now: Timestamp) -> Result<Timestamp, EngineError> {
-        let Some(seq) = self.leased(r)? else {
+        let Some(seq) = self.leased(r, false)? else {
             return Err(EngineError::StaleLease {
                 subscription: self.config.name.clone(),
                 seq: r.seq,
@@ -167,7 +180,9 @@ impl SubState {
         ctx: &Ctx<'_>,
         effects: &mut Effects,
     ) -> Result<(), EngineError> {
-        let Some(seq) = self.leased(r)? else { return Ok(()) };
+        let Some(seq) = self.leased(r, false)? else {
+            return Ok(());
+        };
         self.release(seq);
         self.give_up(seq, "term", Some(reason), ctx, effects);
         self.advance_floor();
@@ -255,7 +270,13 @@ impl SubState {
                 if let Some(detail) = detail.filter(|d| !d.is_empty()) {
                     h.insert("x-dead-letter-detail".into(), detail.into());
                 }
-                effects.dead_letters.push((dlt.clone(), copy));
+                effects.dead_letters.push(DeadLetter {
+                    topic: dlt.clone(),
+                    copy,
+                    subscription: name.clone(),
+                    seq,
+                    attempt,
+                });
                 effects.events.push(EngineEvent::DeadLettered {
                     subscription: name,
                     seq,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::clock::Timestamp;
 use super::config::{AckMode, Discard, Limits, StartPosition};
@@ -80,7 +80,7 @@ fn slot(sec: i64) -> usize {
 }
 
 /// Running totals of one subscription.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubCounters {
     /// Deliveries made, first ones and redeliveries.
     pub delivered: u64,
@@ -103,7 +103,7 @@ pub struct SubCounters {
 }
 
 /// Running totals of one topic.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicCounters {
     /// Messages appended.
     pub published: u64,
@@ -116,7 +116,7 @@ pub struct TopicCounters {
 }
 
 /// What limits a subscription's dispatch right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlockedBy {
     /// `max_in_flight` or `max_in_flight_bytes` reached.
@@ -130,7 +130,7 @@ pub enum BlockedBy {
 }
 
 /// One topic as `topics` and `topic info` show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicInfo {
     /// Name.
     pub name: Name,
@@ -165,7 +165,7 @@ pub struct TopicInfo {
 }
 
 /// One consumer of a subscription.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsumerInfo {
     /// Id.
     pub id: ConsumerId,
@@ -178,6 +178,7 @@ pub struct ConsumerInfo {
     /// When it joined.
     pub attached_at: Timestamp,
     /// Since it last fetched, received or acked.
+    #[serde(with = "crate::engine::clock::millis")]
     pub idle: Duration,
     /// Deliveries it got.
     pub delivered: u64,
@@ -186,7 +187,7 @@ pub struct ConsumerInfo {
 }
 
 /// One subscription as `subs` and `sub-info` show it (SEMANTICS.md §9.7).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubscriptionInfo {
     /// Name.
     pub name: Name,
@@ -199,6 +200,7 @@ pub struct SubscriptionInfo {
     /// Start position it was created with.
     pub start: StartPosition,
     /// Lease length.
+    #[serde(with = "crate::engine::clock::millis")]
     pub ack_deadline: Duration,
     /// Dead-letter topic.
     pub dead_letter: Option<Name>,
@@ -233,8 +235,10 @@ pub struct SubscriptionInfo {
     /// head_seq − ack_floor.
     pub offset_lag: u64,
     /// Age of the oldest unsettled message.
+    #[serde(with = "crate::engine::clock::millis")]
     pub oldest_unacked_age: Duration,
     /// Age of the next never-delivered message.
+    #[serde(with = "crate::engine::clock::millis")]
     pub oldest_pending_age: Duration,
     /// Competing consumers.
     pub consumers: Vec<ConsumerInfo>,
@@ -247,6 +251,7 @@ pub struct SubscriptionInfo {
     /// Acks per second.
     pub ack_rate: f64,
     /// Seconds until the backlog drains at current rates, when it is draining.
+    #[serde(with = "crate::engine::clock::opt_millis")]
     pub eta: Option<Duration>,
     /// Why nothing is being dispatched, when something waits.
     pub blocked_by: Option<BlockedBy>,
@@ -255,7 +260,7 @@ pub struct SubscriptionInfo {
 }
 
 /// One message's ack state in one subscription (`peek`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageAckState {
     /// Seq.
     pub seq: u64,
@@ -276,7 +281,7 @@ pub struct MessageAckState {
 }
 
 /// A subscription's per-message ack state from the floor up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeekReport {
     /// Subscription.
     pub subscription: Name,
@@ -291,7 +296,7 @@ pub struct PeekReport {
 }
 
 /// Engine-wide totals.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineStats {
     /// Topics.
     pub topics: u64,

@@ -77,11 +77,23 @@ pub(super) enum Failure {
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
     pub events: Vec<EngineEvent>,
-    pub dead_letters: Vec<(Name, PublishRequest)>,
+    pub dead_letters: Vec<DeadLetter>,
     /// Something became deliverable: wake long-polling fetches.
     pub wake: bool,
     /// Consumers whose push channel closed; detached by the engine afterwards.
     pub closed: Vec<(Name, ConsumerId)>,
+}
+
+/// A copy bound for a dead-letter topic, and where it came from.
+#[derive(Debug)]
+pub(crate) struct DeadLetter {
+    /// The dead-letter topic, by name (not routed: the copy must land there even if the topic's
+    /// captured subjects do not include its own name).
+    pub topic: Name,
+    pub copy: PublishRequest,
+    pub subscription: Name,
+    pub seq: u64,
+    pub attempt: u32,
 }
 
 /// What an operation needs to know about the topic it runs in.
@@ -114,13 +126,17 @@ pub(crate) struct SubState {
     /// Last time a consumer did anything; ephemeral subscriptions expire from here.
     pub last_active: Timestamp,
     pub(super) next_lease: u64,
+    /// Leases below this were issued before the last seek and are void.
+    pub(super) lease_floor: u64,
     pub(super) round_robin: usize,
     pub(super) jitter_seed: u64,
 }
 
 impl SubState {
     /// A subscription whose first delivery will be `start_seq`.
-    pub fn new(config: SubscriptionConfig, start_seq: u64, now: Timestamp) -> Self {
+    /// `lease_base` makes lease tokens unique across subscriptions, including a deleted and re-created
+    /// one of the same name, so an old token can never settle a message of the new one.
+    pub fn new(config: SubscriptionConfig, start_seq: u64, now: Timestamp, lease_base: u64) -> Self {
         let floor = start_seq.saturating_sub(1);
         let jitter_seed = config
             .name
@@ -145,7 +161,8 @@ impl SubState {
             deliver_rate: RateMeter::default(),
             ack_rate: RateMeter::default(),
             last_active: now,
-            next_lease: 1,
+            next_lease: lease_base.max(1),
+            lease_floor: lease_base.max(1),
             round_robin: 0,
             jitter_seed,
         }
@@ -183,6 +200,28 @@ impl SubState {
             consumer: id,
         });
         self.consumers.len() - 1
+    }
+
+    /// Passes the cursor over messages the filter does not cover that sit directly above it, so they
+    /// count as FILTERED (T1f) as soon as they exist, and the floor can move past them (I3).
+    pub fn skip_uncovered(&mut self, topic: &Name, log: &Log) {
+        if self.config.filter.is_empty() {
+            return;
+        }
+        let mut moved = false;
+        while self.delivered_seq < log.head_seq() {
+            let next = self.delivered_seq + 1;
+            match log.get(next) {
+                Some(record) if self.covers_record(topic, record) => break,
+                Some(_) => self.counters.filtered += 1,
+                None => {}
+            }
+            self.delivered_seq = next;
+            moved = true;
+        }
+        if moved {
+            self.advance_floor();
+        }
     }
 
     /// Moves the ack floor over every settled message directly above it (I3).
@@ -268,6 +307,30 @@ impl SubState {
         requeued
     }
 
+    /// Forgets pull consumers that hold nothing and have been idle for `idle`; returns their ids.
+    pub fn reap_idle_pull(&mut self, now: Timestamp, idle: std::time::Duration) -> Vec<ConsumerId> {
+        let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.consumers)
+            .into_iter()
+            .partition(|c| c.push.is_none() && c.in_flight == 0 && now.since(c.last_activity) >= idle);
+        self.consumers = keep;
+        gone.into_iter().map(|c| c.id).collect()
+    }
+
+    /// Whether an ephemeral subscription has been without consumers for its idle time. Pull consumers
+    /// count as present while they fetch; the idle time runs from the last activity (NATS behaviour).
+    pub fn is_idle(&self, now: Timestamp, ttl: std::time::Duration) -> bool {
+        let pushing = self.consumers.iter().any(|c| c.push.is_some());
+        let holding = self.consumers.iter().any(|c| c.in_flight > 0);
+        let last = self
+            .consumers
+            .iter()
+            .map(|c| c.last_activity)
+            .max()
+            .unwrap_or(self.last_active)
+            .max(self.last_active);
+        !pushing && !holding && now.since(last) >= ttl
+    }
+
     /// T11: every lease is dropped; seq < `next` counts as acked, retained seq ≥ `next` is pending again.
     pub fn seek(&mut self, next: u64, effects: &mut Effects) {
         self.entries.clear();
@@ -281,6 +344,7 @@ impl SubState {
         }
         self.delivered_seq = next.saturating_sub(1);
         self.ack_floor = self.delivered_seq;
+        self.lease_floor = self.next_lease;
         effects.events.push(EngineEvent::Seek {
             subscription: self.config.name.clone(),
             next_seq: next,

@@ -72,6 +72,10 @@ impl TopicState {
                 return Ok((seq, true));
             }
         }
+        if self.config.discard == Discard::New {
+            // Age retention applies regardless of discard policy; make room it would make before judging.
+            self.enforce_limits(now, effects);
+        }
         if self.config.discard == Discard::New
             && let Some(limit) = self.full_for(size as u64)
         {
@@ -97,6 +101,12 @@ impl TopicState {
             self.dedup_order.push_back((now, id.clone()));
         }
         self.enforce_limits(now, effects);
+        for sub in &mut self.subs {
+            // A message a caught-up filtered subscription does not cover is settled for it at once.
+            if sub.delivered_seq + 1 == seq {
+                sub.skip_uncovered(&self.config.name, &self.log);
+            }
+        }
         Ok((seq, false))
     }
 

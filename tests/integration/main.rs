@@ -10,5 +10,6 @@ mod broker_local;
 mod cli;
 mod engine;
 mod properties;
+mod regressions;
 mod scenarios;
 mod support;

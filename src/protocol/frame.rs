@@ -1,0 +1,499 @@
+//! The frames: what a client sends ([`ClientFrame`]) and what a server sends ([`ServerFrame`]).
+//! Plain serde types; encoding and decoding are in `mod.rs`. docs/PROTOCOL.md describes each one.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::envelope::Envelope;
+use crate::engine::{
+    AckMode, Discard, EngineStats, Lifetime, Limits, Name, Pattern, StartPosition, SubscriptionConfig,
+    Timestamp, TopicConfig,
+};
+
+/// A request with its id. The id is echoed in the answer; requests without one get no `ok` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// Request id chosen by the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// The request.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// Everything a client can ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// First frame of every connection: protocol version and, when the server wants one, the token.
+    Hello {
+        /// Protocol version the client speaks.
+        version: u32,
+        /// Access token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Free-form client name, shown in server logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+    },
+    /// Liveness check.
+    Ping,
+    /// Publish one message.
+    Publish {
+        /// The message.
+        message: Envelope,
+    },
+    /// Publish several messages in order.
+    PublishBatch {
+        /// The messages.
+        messages: Vec<Envelope>,
+    },
+    /// List topics.
+    Topics,
+    /// One topic.
+    TopicInfo {
+        /// Its name.
+        topic: Name,
+    },
+    /// Create a topic.
+    CreateTopic {
+        /// What to create.
+        spec: TopicSpec,
+    },
+    /// Delete a topic.
+    DeleteTopic {
+        /// Its name.
+        topic: Name,
+    },
+    /// Delete a topic's messages.
+    PurgeTopic {
+        /// Its name.
+        topic: Name,
+    },
+    /// List subscriptions, optionally of one topic.
+    Subscriptions {
+        /// Only this topic's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<Name>,
+    },
+    /// One subscription.
+    SubscriptionInfo {
+        /// Its name.
+        subscription: Name,
+    },
+    /// Create a subscription.
+    CreateSubscription {
+        /// What to create.
+        spec: SubscriptionSpec,
+    },
+    /// Delete a subscription.
+    DeleteSubscription {
+        /// Its name.
+        subscription: Name,
+    },
+    /// Start receiving: the answer's `sid` tags the `deliver` frames that follow.
+    Subscribe(SubscribeSpec),
+    /// Stop a stream started by `subscribe`.
+    Unsubscribe {
+        /// The stream.
+        sid: u64,
+    },
+    /// Pull messages from a subscription.
+    Fetch {
+        /// Subscription.
+        subscription: Name,
+        /// Consumer id.
+        consumer: String,
+        /// Most messages.
+        max_msgs: usize,
+        /// Most bytes (one message always allowed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_bytes: Option<u64>,
+        /// Long-poll wait in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
+    },
+    /// Ack a delivery.
+    Ack(LeaseRef),
+    /// Nack a delivery, optionally with a redelivery delay.
+    Nack {
+        /// The delivery.
+        #[serde(flatten)]
+        lease: LeaseRef,
+        /// Delay in milliseconds; absent means the subscription's backoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_ms: Option<u64>,
+    },
+    /// Extend a lease.
+    Extend {
+        /// The delivery.
+        #[serde(flatten)]
+        lease: LeaseRef,
+        /// New lease length from now, milliseconds.
+        by_ms: u64,
+    },
+    /// Give up on a delivery (dead-letter or terminate).
+    Term {
+        /// The delivery.
+        #[serde(flatten)]
+        lease: LeaseRef,
+        /// Why.
+        #[serde(default)]
+        reason: String,
+    },
+    /// Move a subscription.
+    Seek {
+        /// Subscription.
+        subscription: Name,
+        /// Where to.
+        target: SeekSpec,
+    },
+    /// Read a topic's log.
+    Browse {
+        /// Topic.
+        topic: Name,
+        /// From where.
+        from: BrowseSpec,
+        /// Most messages.
+        max: usize,
+    },
+    /// Per-message ack state.
+    Peek {
+        /// Subscription.
+        subscription: Name,
+        /// First seq to show (the ack floor + 1 when lower).
+        #[serde(default)]
+        from: u64,
+        /// Most messages.
+        limit: usize,
+    },
+    /// Engine-wide totals and server state.
+    Stats,
+    /// Ask the server to shut down (needs the token when the server has one).
+    Shutdown,
+}
+
+/// Which delivery a settle names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRef {
+    /// Subscription.
+    pub subscription: Name,
+    /// Partition.
+    #[serde(default)]
+    pub partition: u32,
+    /// Seq.
+    pub seq: u64,
+    /// Lease token from the delivery.
+    pub lease: u64,
+}
+
+/// What `subscribe` asks for (the same choices as `Broker::subscribe`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscribeSpec {
+    /// Subjects (live taps) or the one topic (history, durable subscriptions).
+    pub patterns: Vec<Pattern>,
+    /// Join this durable subscription (created when missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<Name>,
+    /// Read history from here (needs one topic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<StartPosition>,
+    /// Ack mode for a subscription this creates.
+    #[serde(default = "ack_none")]
+    pub ack: AckMode,
+    /// Consumer id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// Credit: most unacked deliveries outstanding at the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<u32>,
+}
+
+fn ack_none() -> AckMode {
+    AckMode::None
+}
+
+/// Where `seek` moves a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeekSpec {
+    /// Oldest retained.
+    Start,
+    /// After the newest.
+    End,
+    /// A seq.
+    Seq(u64),
+    /// A publish time.
+    Time(Timestamp),
+}
+
+/// Where `browse` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrowseSpec {
+    /// From a seq.
+    Seq(u64),
+    /// From a publish time.
+    Time(Timestamp),
+    /// The newest n.
+    Last(u64),
+}
+
+/// A topic to create; absent fields take the engine defaults.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TopicSpec {
+    /// Name.
+    pub name: Option<Name>,
+    /// Captured subjects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<Pattern>,
+    /// Most messages kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_msgs: Option<u64>,
+    /// Most bytes kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Longest a message is kept, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<u64>,
+    /// What a full topic does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discard: Option<Discard>,
+    /// Largest message accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_msg_bytes: Option<u32>,
+    /// msg_id dedup window, milliseconds (0 = off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_window_ms: Option<u64>,
+}
+
+impl TopicSpec {
+    /// The engine configuration this spec describes.
+    pub fn to_config(&self) -> Result<TopicConfig, String> {
+        let name = self.name.clone().ok_or("a topic spec needs a name")?;
+        let mut config = TopicConfig::new(name);
+        config.subjects = self.subjects.clone();
+        let mut limits = Limits::default();
+        if self.max_msgs.is_some() {
+            limits.max_msgs = self.max_msgs.filter(|&n| n > 0);
+        }
+        if self.max_bytes.is_some() {
+            limits.max_bytes = self.max_bytes.filter(|&n| n > 0);
+        }
+        if let Some(ms) = self.max_age_ms {
+            limits.max_age = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        config.limits = limits;
+        if let Some(d) = self.discard {
+            config.discard = d;
+        }
+        if let Some(m) = self.max_msg_bytes {
+            config.max_msg_bytes = m;
+        }
+        if let Some(ms) = self.dedup_window_ms {
+            config.dedup_window = Duration::from_millis(ms);
+        }
+        Ok(config)
+    }
+}
+
+/// A subscription to create; absent fields take the engine defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionSpec {
+    /// Name.
+    pub name: Name,
+    /// Topic.
+    pub topic: Name,
+    /// Subject filter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<Pattern>,
+    /// Start position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartPosition>,
+    /// Ack mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<AckMode>,
+    /// Lease length, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_deadline_ms: Option<u64>,
+    /// Failures before dead-lettering (0 = unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliveries: Option<u32>,
+    /// Dead-letter topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<Name>,
+    /// Most in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Ephemeral: deleted after this long without consumers, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive_ttl_ms: Option<u64>,
+}
+
+impl SubscriptionSpec {
+    /// The engine configuration this spec describes.
+    pub fn to_config(&self) -> SubscriptionConfig {
+        let mut c = SubscriptionConfig::new(self.name.clone(), self.topic.clone());
+        c.filter = self.filter.clone();
+        if let Some(s) = self.start {
+            c.start = s;
+        }
+        if let Some(a) = self.ack {
+            c.ack = a;
+        }
+        if let Some(ms) = self.ack_deadline_ms {
+            c.ack_deadline = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.max_deliveries {
+            c.max_deliveries = n;
+        }
+        c.dead_letter = self.dead_letter.clone();
+        if let Some(n) = self.max_in_flight {
+            c.max_in_flight = n;
+        }
+        if let Some(ms) = self.inactive_ttl_ms {
+            c.lifetime = Lifetime::Ephemeral {
+                inactive_ttl: Duration::from_millis(ms),
+            };
+        }
+        c
+    }
+
+    /// The spec of an engine configuration (the fields a spec can carry).
+    pub fn from_config(c: &SubscriptionConfig) -> Self {
+        SubscriptionSpec {
+            name: c.name.clone(),
+            topic: c.topic.clone(),
+            filter: c.filter.clone(),
+            start: Some(c.start),
+            ack: Some(c.ack),
+            ack_deadline_ms: Some(u64::try_from(c.ack_deadline.as_millis()).unwrap_or(u64::MAX)),
+            max_deliveries: Some(c.max_deliveries),
+            dead_letter: c.dead_letter.clone(),
+            max_in_flight: Some(c.max_in_flight),
+            inactive_ttl_ms: match c.lifetime {
+                Lifetime::Ephemeral { inactive_ttl } => {
+                    Some(u64::try_from(inactive_ttl.as_millis()).unwrap_or(u64::MAX))
+                }
+                Lifetime::Durable => None,
+            },
+        }
+    }
+}
+
+/// Everything a server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Answer to `hello`.
+    Welcome {
+        /// The hello's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Protocol version spoken.
+        version: u32,
+        /// Server name and version.
+        server: String,
+        /// The limits this server enforces.
+        limits: ServerLimits,
+    },
+    /// A request succeeded.
+    Ok {
+        /// The request's id.
+        id: u64,
+        /// What it returned, when anything; its shape depends on the request (docs/PROTOCOL.md).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<serde_json::Value>,
+    },
+    /// A request (or the connection) failed.
+    Error {
+        /// The request's id, when the failure belongs to one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Numbered code (docs/PROTOCOL.md lists them).
+        code: u16,
+        /// What went wrong, for people.
+        message: String,
+    },
+    /// Messages for a stream started by `subscribe`.
+    Deliver {
+        /// The stream.
+        sid: u64,
+        /// The subscription they came through, when they carry leases.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subscription: Option<Name>,
+        /// The messages, in order.
+        messages: Vec<Delivered>,
+    },
+    /// The stream fell behind and this many messages were dropped before reaching it (taps).
+    Lagged {
+        /// The stream.
+        sid: u64,
+        /// How many.
+        skipped: u64,
+    },
+    /// The server ended a stream (its subscription was deleted, or the server is stopping).
+    Closed {
+        /// The stream.
+        sid: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One delivered message: the envelope plus its lease, when it has one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The message.
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    /// Lease token to settle it with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    /// When the lease ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
+}
+
+/// The `result` of `subscribe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReply {
+    /// Stream id for the `deliver` frames.
+    pub sid: u64,
+}
+
+/// The `result` of `seek` (the next seq) and `purge_topic` (messages removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountReply {
+    /// The number.
+    pub count: u64,
+}
+
+/// Limits a server announces in `welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerLimits {
+    /// Largest frame accepted, bytes.
+    pub max_frame_bytes: usize,
+    /// Largest message (payload + key + headers) accepted, bytes.
+    pub max_message_bytes: usize,
+    /// Most streams (`subscribe`) per connection.
+    pub max_subscriptions: usize,
+    /// Most unacked deliveries per connection (sum of prefetch).
+    pub max_in_flight: u32,
+}
+
+/// `stats`: the engine's totals plus the server's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// Engine totals.
+    pub engine: EngineStats,
+    /// Open connections.
+    pub connections: u64,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Server version.
+    pub version: String,
+    /// Process id.
+    pub pid: u32,
+}

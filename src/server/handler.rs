@@ -1,0 +1,240 @@
+//! Requests of an authenticated connection, each answered with `ok` (and its result) or `error`.
+//! The engine is reached through the same `Broker` interface every command uses.
+
+use std::process;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::connection::Connection;
+use crate::broker::{AckToken, Broker, BrokerError, Settle, SubscribeRequest};
+use crate::engine::{BrowseFrom, FetchOptions, PublishRequest, SeekTarget};
+use crate::protocol::{
+    BrowseSpec, CountReply, Delivered, Envelope, ErrorCode, LeaseRef, Request, SeekSpec, ServerStats,
+};
+
+/// Prefetch of a stream whose client names none.
+const DEFAULT_PREFETCH: u32 = 1000;
+
+impl Connection {
+    /// Answers one request.
+    pub(crate) async fn handle(&mut self, id: Option<u64>, request: Request) {
+        let broker = self.shared.broker.clone();
+        let outcome: Result<Option<serde_json::Value>, BrokerError> = match request {
+            Request::Hello { .. } => {
+                self.error(id, ErrorCode::BadField, "already greeted: send hello once")
+                    .await;
+                return;
+            }
+            Request::Ping => Ok(None),
+            Request::Publish { message } => match self.to_request(&message) {
+                Ok(req) => broker.publish(req).await.map(value),
+                Err((code, msg)) => return self.error(id, code, &msg).await,
+            },
+            Request::PublishBatch { messages } => {
+                let mut reqs = Vec::with_capacity(messages.len());
+                for (i, m) in messages.iter().enumerate() {
+                    match self.to_request(m) {
+                        Ok(req) => reqs.push(req),
+                        Err((code, msg)) => {
+                            return self.error(id, code, &format!("message {i}: {msg}")).await;
+                        }
+                    }
+                }
+                broker.publish_batch(reqs).await.map(value)
+            }
+            Request::Topics => broker.topics().await.map(value),
+            Request::TopicInfo { topic } => broker.topic_info(&topic).await.map(value),
+            Request::CreateTopic { spec } => match spec.to_config() {
+                Ok(config) => broker.create_topic(config).await.map(value),
+                Err(msg) => return self.error(id, ErrorCode::BadField, &msg).await,
+            },
+            Request::DeleteTopic { topic } => broker.delete_topic(&topic).await.map(|()| None),
+            Request::PurgeTopic { topic } => broker
+                .purge_topic(&topic)
+                .await
+                .map(|count| value(CountReply { count })),
+            Request::Subscriptions { topic } => broker.subscriptions(topic.as_ref()).await.map(value),
+            Request::SubscriptionInfo { subscription } => {
+                broker.subscription_info(&subscription).await.map(value)
+            }
+            Request::CreateSubscription { spec } => {
+                broker.create_subscription(spec.to_config()).await.map(value)
+            }
+            Request::DeleteSubscription { subscription } => {
+                broker.delete_subscription(&subscription).await.map(|()| None)
+            }
+            Request::Subscribe(spec) => {
+                let prefetch = spec.prefetch.unwrap_or(DEFAULT_PREFETCH).max(1);
+                if !self.admit_stream(id, prefetch).await {
+                    return;
+                }
+                let req = SubscribeRequest {
+                    patterns: spec.patterns,
+                    subscription: spec.subscription,
+                    from: spec.from,
+                    ack: spec.ack,
+                    consumer: spec.consumer,
+                    prefetch: Some(prefetch),
+                };
+                match broker.subscribe(req).await {
+                    Ok(stream) => return self.open_stream(id, stream, prefetch).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Request::Unsubscribe { sid } => return self.close_stream(id, sid).await,
+            Request::Fetch {
+                subscription,
+                consumer,
+                max_msgs,
+                max_bytes,
+                wait_ms,
+            } => {
+                let opts = FetchOptions {
+                    max_msgs,
+                    max_bytes: max_bytes.unwrap_or(u64::MAX),
+                    wait: wait_ms.map(Duration::from_millis),
+                    prefetch: None,
+                };
+                // A long poll must not hold up the connection's other requests.
+                let out = self.out.clone();
+                let done = self.done.clone();
+                self.tasks.spawn(async move {
+                    let outcome = tokio::select! {
+                        () = done.cancelled() => return,
+                        r = broker.fetch(&subscription, &consumer, opts) => r,
+                    };
+                    let frame = match outcome {
+                        Ok(batch) => {
+                            let delivered: Vec<Delivered> = batch
+                                .into_iter()
+                                .map(|d| Delivered {
+                                    envelope: Envelope::from_message(&d.message, d.attempt),
+                                    lease: d.token.map(|t| t.lease),
+                                    deadline: d.deadline,
+                                })
+                                .collect();
+                            id.map(|id| crate::protocol::ServerFrame::Ok {
+                                id,
+                                result: Some(value_of(&delivered)),
+                            })
+                        }
+                        Err(e) => Some(error_frame(id, &e)),
+                    };
+                    if let Some(frame) = frame {
+                        let text = crate::protocol::encode_server(&frame);
+                        let _ = out.send(super::connection::Outbound::Text(text)).await;
+                    }
+                });
+                return;
+            }
+            Request::Ack(lease) => broker.settle(&token(lease), Settle::Ack).await.map(|()| None),
+            Request::Nack { lease, delay_ms } => broker
+                .settle(&token(lease), Settle::Nack(delay_ms.map(Duration::from_millis)))
+                .await
+                .map(|()| None),
+            Request::Extend { lease, by_ms } => broker
+                .settle(&token(lease), Settle::Extend(Duration::from_millis(by_ms)))
+                .await
+                .map(|()| None),
+            Request::Term { lease, reason } => broker
+                .settle(&token(lease), Settle::Term(reason))
+                .await
+                .map(|()| None),
+            Request::Seek { subscription, target } => {
+                let target = match target {
+                    SeekSpec::Start => SeekTarget::Start,
+                    SeekSpec::End => SeekTarget::End,
+                    SeekSpec::Seq(seq) => SeekTarget::Seq { partition: 0, seq },
+                    SeekSpec::Time(t) => SeekTarget::Time(t),
+                };
+                broker
+                    .seek(&subscription, target)
+                    .await
+                    .map(|count| value(CountReply { count }))
+            }
+            Request::Browse { topic, from, max } => {
+                let from = match from {
+                    BrowseSpec::Seq(s) => BrowseFrom::Seq(s),
+                    BrowseSpec::Time(t) => BrowseFrom::Time(t),
+                    BrowseSpec::Last(n) => BrowseFrom::Last(n),
+                };
+                broker.browse(&topic, from, max).await.map(|messages| {
+                    let envelopes: Vec<Envelope> =
+                        messages.iter().map(|m| Envelope::from_message(m, None)).collect();
+                    value(envelopes)
+                })
+            }
+            Request::Peek {
+                subscription,
+                from,
+                limit,
+            } => broker.peek(&subscription, from, limit).await.map(value),
+            Request::Stats => Ok(value(ServerStats {
+                engine: broker.engine().stats(),
+                connections: self.shared.connections.load(Ordering::Relaxed),
+                uptime_s: self.shared.started.elapsed().as_secs(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                pid: process::id(),
+            })),
+            Request::Shutdown => {
+                self.ok(id, None).await;
+                tracing::info!("shutdown requested by a client");
+                self.shared.shutdown.cancel();
+                return;
+            }
+        };
+        match outcome {
+            Ok(result) => self.ok(id, result).await,
+            Err(e) => self.send(&error_frame(id, &e)).await,
+        }
+    }
+
+    /// The publish request of an envelope, refusing messages over the server's size limit.
+    fn to_request(&self, envelope: &Envelope) -> Result<PublishRequest, (ErrorCode, String)> {
+        let req = envelope.to_request().map_err(|e| (e.code(), e.to_string()))?;
+        let max = self.shared.config.limits.max_message_bytes;
+        if req.size() > max {
+            let msg = format!(
+                "message of {} bytes is larger than the server's limit of {max} bytes",
+                req.size()
+            );
+            return Err((ErrorCode::MessageTooLarge, msg));
+        }
+        Ok(req)
+    }
+}
+
+fn token(lease: LeaseRef) -> AckToken {
+    AckToken {
+        subscription: lease.subscription,
+        partition: lease.partition,
+        seq: lease.seq,
+        lease: lease.lease,
+        reply: None,
+    }
+}
+
+fn value<T: Serialize>(v: T) -> Option<serde_json::Value> {
+    serde_json::to_value(v).ok()
+}
+
+fn value_of<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// The error frame for a broker failure.
+fn error_frame(id: Option<u64>, e: &BrokerError) -> crate::protocol::ServerFrame {
+    let code = match e {
+        BrokerError::Engine(engine) => ErrorCode::of(engine),
+        BrokerError::Unsupported { .. } => ErrorCode::NotSupported,
+        BrokerError::Invalid(_) => ErrorCode::BadField,
+        _ => ErrorCode::Internal,
+    };
+    crate::protocol::ServerFrame::Error {
+        id,
+        code: code.number(),
+        message: e.to_string(),
+    }
+}

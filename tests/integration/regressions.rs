@@ -1,0 +1,188 @@
+//! Behaviour pinned after a review of the engine: each test names the failure it guards against.
+
+use std::time::Duration;
+
+use pubsub::engine::{
+    AckMode, AttachOptions, Discard, EngineError, Lifetime, Pattern, PublishRequest, SeekTarget, TopicConfig,
+};
+
+use crate::support::{engine, fetch, name, publish, subscribe};
+
+#[tokio::test]
+async fn push_consumer_without_acks_keeps_receiving_past_its_prefetch() {
+    let (e, _) = engine();
+    subscribe(&e, "s", "t", |c| c.ack = AckMode::None);
+    for i in 0..50 {
+        publish(&e, "t", &format!("{i}"));
+    }
+    let mut consumer = e
+        .attach(
+            &name("s"),
+            AttachOptions {
+                consumer: None,
+                prefetch: Some(4),
+            },
+        )
+        .unwrap();
+    for expected in 1..=50 {
+        let d = tokio::time::timeout(Duration::from_secs(5), consumer.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.message.seq, expected);
+    }
+}
+
+#[test]
+fn dead_letter_copy_lands_in_a_topic_whose_captures_exclude_its_name() {
+    let (e, _) = engine();
+    let mut dlq = TopicConfig::new(name("dlq"));
+    dlq.subjects = vec![Pattern::parse("dlq.>").unwrap()];
+    e.create_topic(dlq).unwrap();
+    subscribe(&e, "s", "t", |c| c.dead_letter = Some(name("dlq")));
+    publish(&e, "t", "poison");
+    let d = fetch(&e, "s", "c", 1).remove(0);
+    e.term(&name("s"), d.lease.unwrap(), "bad").unwrap();
+    assert_eq!(e.topic_info(&name("dlq")).unwrap().messages, 1);
+    assert_eq!(e.subscription_info(&name("s")).unwrap().counters.dead_lettered, 1);
+}
+
+#[test]
+fn dead_letter_copy_that_cannot_be_kept_is_counted_as_terminated() {
+    let (e, _) = engine();
+    let mut dlq = TopicConfig::new(name("tiny-dlq"));
+    dlq.max_msg_bytes = 10;
+    e.create_topic(dlq).unwrap();
+    subscribe(&e, "s", "t", |c| c.dead_letter = Some(name("tiny-dlq")));
+    publish(
+        &e,
+        "t",
+        "too big for the dead-letter topic once headers are added",
+    );
+    let d = fetch(&e, "s", "c", 1).remove(0);
+    e.term(&name("s"), d.lease.unwrap(), "bad").unwrap();
+    let info = e.subscription_info(&name("s")).unwrap();
+    assert_eq!((info.counters.dead_lettered, info.counters.terminated), (0, 1));
+    assert_eq!(e.topic_info(&name("tiny-dlq")).unwrap().messages, 0);
+}
+
+#[test]
+fn a_second_live_push_consumer_with_the_same_id_is_refused() {
+    let (e, _) = engine();
+    subscribe(&e, "s", "t", |_| {});
+    let opts = || AttachOptions {
+        consumer: Some("w".into()),
+        prefetch: None,
+    };
+    let _first = e.attach(&name("s"), opts()).unwrap();
+    let err = e.attach(&name("s"), opts()).unwrap_err();
+    assert!(matches!(err, EngineError::ConsumerExists { .. }), "{err}");
+}
+
+#[test]
+fn lenient_leases_apply_to_acks_only() {
+    let (e, clock) = engine();
+    subscribe(&e, "s", "t", |c| {
+        c.strict_leases = false;
+        c.ack_deadline = Duration::from_secs(1);
+        c.backoff = pubsub::engine::Backoff::Immediate;
+    });
+    publish(&e, "t", "x");
+    let a = fetch(&e, "s", "a", 1).remove(0);
+    clock.advance(Duration::from_secs(1));
+    e.tick();
+    let b = fetch(&e, "s", "b", 1).remove(0);
+    assert_eq!(b.attempt, 2);
+    let err = e.nack(&name("s"), a.lease.unwrap(), None).unwrap_err();
+    assert!(
+        matches!(err, EngineError::StaleLease { .. }),
+        "a stale holder cannot take B's lease away: {err}"
+    );
+    assert!(fetch(&e, "s", "c", 1).is_empty(), "B still holds it");
+}
+
+#[test]
+fn uncovered_messages_above_the_cursor_are_settled_at_once() {
+    let (e, _) = engine();
+    let mut t = TopicConfig::new(name("orders"));
+    t.subjects = vec![Pattern::parse("orders.>").unwrap()];
+    e.create_topic(t).unwrap();
+    subscribe(&e, "eu", "orders", |c| {
+        c.filter = vec![Pattern::parse("orders.eu.*").unwrap()]
+    });
+    publish(&e, "orders.eu.a", "1");
+    let d = fetch(&e, "eu", "c", 1).remove(0);
+    publish(&e, "orders.us.b", "2");
+    e.ack(&name("eu"), d.lease.unwrap()).unwrap();
+    let info = e.subscription_info(&name("eu")).unwrap();
+    assert_eq!(
+        (info.ack_floor, info.offset_lag, info.counters.filtered),
+        (2, 0, 1)
+    );
+}
+
+#[test]
+fn ephemeral_subscription_read_by_pull_expires_after_its_last_fetch() {
+    let (e, clock) = engine();
+    subscribe(&e, "eph", "t", |c| {
+        c.lifetime = Lifetime::Ephemeral {
+            inactive_ttl: Duration::from_secs(5),
+        }
+    });
+    fetch(&e, "eph", "puller", 1);
+    clock.advance(Duration::from_secs(6));
+    e.tick();
+    assert!(matches!(
+        e.subscription_info(&name("eph")),
+        Err(EngineError::NoSuchSubscription(_))
+    ));
+}
+
+#[test]
+fn leases_of_a_deleted_subscription_do_not_settle_its_namesake() {
+    let (e, _) = engine();
+    subscribe(&e, "s", "t", |_| {});
+    publish(&e, "t", "x");
+    let old = fetch(&e, "s", "c", 1).remove(0);
+    e.delete_subscription(&name("s")).unwrap();
+    subscribe(&e, "s", "t", |_| {});
+    let new = fetch(&e, "s", "c", 1).remove(0);
+    assert_eq!(new.message.seq, old.message.seq);
+    assert!(e.ack(&name("s"), old.lease.unwrap()).is_err());
+    e.ack(&name("s"), new.lease.unwrap()).unwrap();
+}
+
+#[test]
+fn discard_new_makes_room_by_age_before_refusing() {
+    let (e, clock) = engine();
+    let mut t = TopicConfig::new(name("t"));
+    t.limits.max_msgs = Some(2);
+    t.limits.max_age = Some(Duration::from_secs(10));
+    t.discard = Discard::New;
+    e.create_topic(t).unwrap();
+    publish(&e, "t", "a");
+    publish(&e, "t", "b");
+    clock.advance(Duration::from_secs(11));
+    e.publish(PublishRequest::new(name("t"), "c")).unwrap();
+    assert_eq!(e.topic_info(&name("t")).unwrap().messages, 1);
+}
+
+#[test]
+fn seek_voids_leases_even_for_messages_below_the_new_cursor() {
+    let (e, _) = engine();
+    subscribe(&e, "s", "t", |_| {});
+    for i in 0..5 {
+        publish(&e, "t", &format!("{i}"));
+    }
+    let held = fetch(&e, "s", "c", 5);
+    e.seek(&name("s"), SeekTarget::Seq { partition: 0, seq: 2 })
+        .unwrap();
+    for d in &held {
+        let r = e.ack(&name("s"), d.lease.unwrap());
+        assert!(
+            matches!(r, Err(EngineError::StaleLease { .. })),
+            "seq {}: {r:?}",
+            d.message.seq
+        );
+    }
+}
