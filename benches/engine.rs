@@ -63,12 +63,7 @@ fn main() {
 }
 
 fn report(label: &str, engine: f64, baseline: f64) {
-    println!(
-        "{label:<58} {:>14.0} | {:>14.0} | {:.2}x",
-        engine,
-        baseline,
-        engine / baseline
-    );
+    println!("{label:<58} {:>14.0} | {:>14.0} | {:.2}x", engine, baseline, engine / baseline);
 }
 
 fn name(s: &str) -> Name {
@@ -82,39 +77,25 @@ fn rate(n: u64, elapsed: Duration) -> f64 {
 fn engine_with_subs(subs: usize) -> Engine {
     let engine = Engine::new();
     let mut topic = TopicConfig::new(name("bench"));
-    topic.limits = Limits {
-        max_msgs: Some(100_000),
-        max_bytes: None,
-        max_age: None,
-        max_msgs_per_key: None,
-    };
+    topic.limits = Limits { max_msgs: Some(100_000), max_bytes: None, max_age: None, max_msgs_per_key: None };
     engine.create_topic(topic).unwrap_or_else(|e| panic!("{e}"));
     for i in 0..subs {
         let mut config = SubscriptionConfig::new(name(&format!("s{i}")), name("bench"));
         config.ack = AckMode::None;
         config.start = StartPosition::New;
-        engine
-            .create_subscription(config)
-            .unwrap_or_else(|e| panic!("{e}"));
+        engine.create_subscription(config).unwrap_or_else(|e| panic!("{e}"));
     }
     engine
 }
 
 fn batch() -> Vec<PublishRequest> {
     let payload = Bytes::from_static(b"0123456789abcdef");
-    (0..BATCH)
-        .map(|_| PublishRequest::new(name("bench"), payload.clone()))
-        .collect()
+    (0..BATCH).map(|_| PublishRequest::new(name("bench"), payload.clone())).collect()
 }
 
 fn drain(engine: &Engine, sub: &Name) -> usize {
-    let opts = FetchOptions {
-        max_msgs: BATCH,
-        ..FetchOptions::default()
-    };
-    let got = engine
-        .try_fetch(sub, "c", &opts)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let opts = FetchOptions { max_msgs: BATCH, ..FetchOptions::default() };
+    let got = engine.try_fetch(sub, "c", &opts).unwrap_or_else(|e| panic!("{e}"));
     black_box(&got);
     got.len()
 }
@@ -126,9 +107,7 @@ fn publish_one_sub(n: u64) -> f64 {
     let start = Instant::now();
     let mut received = 0u64;
     while received < n {
-        engine
-            .publish_batch(template.clone())
-            .unwrap_or_else(|e| panic!("{e}"));
+        engine.publish_batch(template.clone()).unwrap_or_else(|e| panic!("{e}"));
         received += drain(&engine, &sub) as u64;
     }
     rate(received, start.elapsed())
@@ -157,9 +136,7 @@ fn fan_out(subs: usize, messages: u64) -> f64 {
     let mut delivered = 0u64;
     let mut published = 0u64;
     while published < messages {
-        engine
-            .publish_batch(template.clone())
-            .unwrap_or_else(|e| panic!("{e}"));
+        engine.publish_batch(template.clone()).unwrap_or_else(|e| panic!("{e}"));
         published += BATCH as u64;
         for sub in &names {
             delivered += drain(&engine, sub) as u64;
@@ -173,24 +150,15 @@ fn explicit_ack(n: u64) -> f64 {
     let mut config = SubscriptionConfig::new(name("s"), name("bench"));
     config.ack = AckMode::Explicit;
     config.max_in_flight = BATCH as u32;
-    engine
-        .create_subscription(config)
-        .unwrap_or_else(|e| panic!("{e}"));
+    engine.create_subscription(config).unwrap_or_else(|e| panic!("{e}"));
     let sub = name("s");
     let template = batch();
-    let opts = FetchOptions {
-        max_msgs: BATCH,
-        ..FetchOptions::default()
-    };
+    let opts = FetchOptions { max_msgs: BATCH, ..FetchOptions::default() };
     let start = Instant::now();
     let mut acked = 0u64;
     while acked < n {
-        engine
-            .publish_batch(template.clone())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let got = engine
-            .try_fetch(&sub, "c", &opts)
-            .unwrap_or_else(|e| panic!("{e}"));
+        engine.publish_batch(template.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let got = engine.try_fetch(&sub, "c", &opts).unwrap_or_else(|e| panic!("{e}"));
         for d in got {
             if let Some(lease) = d.lease {
                 engine.ack(&sub, lease).unwrap_or_else(|e| panic!("{e}"));
@@ -238,12 +206,7 @@ fn rss() -> Option<u64> {
 fn memory_per_message(n: u64) {
     let engine = Engine::new();
     let mut topic = TopicConfig::new(name("mem"));
-    topic.limits = Limits {
-        max_msgs: None,
-        max_bytes: None,
-        max_age: None,
-        max_msgs_per_key: None,
-    };
+    topic.limits = Limits { max_msgs: None, max_bytes: None, max_age: None, max_msgs_per_key: None };
     engine.create_topic(topic).unwrap_or_else(|e| panic!("{e}"));
     // Requests are built batch by batch inside the measured window, so the allocator reuses the same
     // few hundred kilobytes for them; building all of them first and freeing them during the run would

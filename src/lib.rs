@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod protocol;
 pub mod server;

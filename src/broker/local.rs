@@ -42,13 +42,7 @@ impl LocalBroker {
             cancel.drop_guard()
         });
         let (events, _) = broadcast::channel(16);
-        LocalBroker {
-            engine,
-            url: url.into(),
-            events,
-            next_id: AtomicU64::new(1),
-            _ticker: ticker,
-        }
+        LocalBroker { engine, url: url.into(), events, next_id: AtomicU64::new(1), _ticker: ticker }
     }
 
     /// The engine underneath.
@@ -57,11 +51,7 @@ impl LocalBroker {
     }
 
     fn fresh_id(&self, prefix: &str) -> String {
-        format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        )
+        format!("{prefix}-{}-{}", std::process::id(), self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -73,12 +63,7 @@ fn to_broker(subscription: &Name, d: Delivery) -> BrokerDelivery {
         lease: lease.lease,
         reply: None,
     });
-    BrokerDelivery {
-        attempt: Some(d.attempt),
-        deadline: d.deadline,
-        token,
-        message: d.message,
-    }
+    BrokerDelivery { attempt: Some(d.attempt), deadline: d.deadline, token, message: d.message }
 }
 
 /// Deliveries pushed by a subscription; an ephemeral subscription made for this stream is deleted
@@ -92,10 +77,7 @@ struct PushSource {
 impl ItemSource for PushSource {
     async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
         let delivery = self.consumer.recv().await?;
-        Some(Ok(StreamItem::Delivery(to_broker(
-            self.consumer.subscription(),
-            delivery,
-        ))))
+        Some(Ok(StreamItem::Delivery(to_broker(self.consumer.subscription(), delivery))))
     }
 }
 
@@ -113,12 +95,9 @@ struct TapSource(TapReceiver);
 
 fn tap_item(item: TapItem) -> StreamItem {
     match item {
-        TapItem::Message(message) => StreamItem::Delivery(BrokerDelivery {
-            message,
-            attempt: None,
-            deadline: None,
-            token: None,
-        }),
+        TapItem::Message(message) => {
+            StreamItem::Delivery(BrokerDelivery { message, attempt: None, deadline: None, token: None })
+        }
         TapItem::Lagged { skipped } => StreamItem::Lagged { skipped },
     }
 }
@@ -127,12 +106,9 @@ fn tap_item(item: TapItem) -> StreamItem {
 impl ItemSource for TapSource {
     async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
         Some(Ok(match self.0.recv().await? {
-            TapItem::Message(message) => StreamItem::Delivery(BrokerDelivery {
-                message,
-                attempt: None,
-                deadline: None,
-                token: None,
-            }),
+            TapItem::Message(message) => {
+                StreamItem::Delivery(BrokerDelivery { message, attempt: None, deadline: None, token: None })
+            }
             TapItem::Lagged { skipped } => StreamItem::Lagged { skipped },
         }))
     }
@@ -173,13 +149,7 @@ impl Broker for LocalBroker {
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
         let attach = |sub: &Name| {
-            self.engine.attach(
-                sub,
-                AttachOptions {
-                    consumer: req.consumer.clone(),
-                    prefetch: req.prefetch,
-                },
-            )
+            self.engine.attach(sub, AttachOptions { consumer: req.consumer.clone(), prefetch: req.prefetch })
         };
         if let Some(name) = &req.subscription {
             if self.engine.subscription_info(name).is_err() {
@@ -193,10 +163,7 @@ impl Broker for LocalBroker {
                 }
             }
             let consumer = attach(name)?;
-            return Ok(DeliveryStream::new(Box::new(PushSource {
-                consumer,
-                ephemeral: None,
-            })));
+            return Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral: None })));
         }
         if let Some(start) = req.from {
             let topic = history_topic(&req)?;
@@ -204,9 +171,7 @@ impl Broker for LocalBroker {
             let mut config = SubscriptionConfig::new(name.clone(), topic);
             config.start = start;
             config.ack = req.ack;
-            config.lifetime = Lifetime::Ephemeral {
-                inactive_ttl: Duration::from_secs(5),
-            };
+            config.lifetime = Lifetime::Ephemeral { inactive_ttl: Duration::from_secs(5) };
             self.engine.create_subscription(config)?;
             let consumer = attach(&name)?;
             let ephemeral = Some((self.engine.clone(), name));
@@ -227,11 +192,7 @@ impl Broker for LocalBroker {
     }
 
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
-        let r = AckRef {
-            partition: token.partition,
-            seq: token.seq,
-            lease: token.lease,
-        };
+        let r = AckRef { partition: token.partition, seq: token.seq, lease: token.lease };
         let sub = &token.subscription;
         match how {
             Settle::Ack => self.engine.ack(sub, r)?,

@@ -8,6 +8,7 @@
 //! model, and every other broker maps onto a subset of it (SEMANTICS.md §10).
 
 pub mod capability;
+pub mod daemon;
 pub mod error;
 pub mod local;
 pub mod remote;
@@ -289,10 +290,7 @@ pub trait Broker: Send + Sync + fmt::Debug {
 
     /// The error for an operation this broker cannot do.
     fn unsupported(&self, capability: Capability) -> BrokerError {
-        BrokerError::Unsupported {
-            broker: self.kind(),
-            capability,
-        }
+        BrokerError::Unsupported { broker: self.kind(), capability }
     }
 }
 
@@ -309,8 +307,6 @@ pub(crate) fn history_topic(req: &SubscribeRequest) -> Result<Name, BrokerError>
                 p.as_str()
             ))),
         },
-        _ => Err(BrokerError::Invalid(
-            "reading history needs exactly one topic".into(),
-        )),
+        _ => Err(BrokerError::Invalid("reading history needs exactly one topic".into())),
     }
 }

@@ -75,9 +75,7 @@ pub struct RemoteBroker {
 
 impl std::fmt::Debug for RemoteBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteBroker")
-            .field("url", &self.inner.url)
-            .finish()
+        f.debug_struct("RemoteBroker").field("url", &self.inner.url).finish()
     }
 }
 
@@ -107,13 +105,12 @@ impl RemoteBroker {
             events,
         });
         let socket = open(&inner).await?;
+        // The request queue exists before this returns, so the first call cannot find it missing.
+        let out_rx = install_queue(&inner);
         let cancel = CancellationToken::new();
-        tokio::spawn(run(inner.clone(), socket, cancel.clone()));
+        tokio::spawn(run(inner.clone(), socket, out_rx, cancel.clone()));
         let _ = inner.events.send(ConnectionEvent::Connected);
-        Ok(RemoteBroker {
-            inner,
-            _task: cancel.drop_guard(),
-        })
+        Ok(RemoteBroker { inner, _task: cancel.drop_guard() })
     }
 
     async fn call(&self, request: Request) -> Answer {
@@ -142,20 +139,13 @@ fn split_token(url: &str) -> (String, Option<String>) {
             None => true,
         })
         .collect();
-    let base = if rest.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
+    let base = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
     (base, token)
 }
 
 /// Opens a socket and completes the hello/welcome handshake.
 async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
-    let unreachable = |reason: String| BrokerError::Unreachable {
-        url: inner.url.clone(),
-        reason,
-    };
+    let unreachable = |reason: String| BrokerError::Unreachable { url: inner.url.clone(), reason };
     let connecting = tokio_tungstenite::connect_async(inner.ws_url.as_str());
     let (mut socket, _) = tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
@@ -170,10 +160,7 @@ async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
         },
     };
     let text = protocol::encode_client(&hello).map_err(|e| BrokerError::Protocol(e.to_string()))?;
-    socket
-        .send(WsMessage::Text(text.into()))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
+    socket.send(WsMessage::Text(text.into())).await.map_err(|e| unreachable(e.to_string()))?;
     loop {
         let next = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -187,10 +174,7 @@ async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
         match protocol::decode_server(text.as_str()) {
             Ok(ServerFrame::Welcome { .. }) => return Ok(socket),
             Ok(ServerFrame::Error { code, message, .. }) if code == ErrorCode::Unauthorized.number() => {
-                return Err(BrokerError::Auth {
-                    url: inner.url.clone(),
-                    reason: message,
-                });
+                return Err(BrokerError::Auth { url: inner.url.clone(), reason: message });
             }
             Ok(ServerFrame::Error { code, message, .. }) => {
                 return Err(BrokerError::Remote { code, message });
@@ -201,17 +185,26 @@ async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
     }
 }
 
+/// Creates the queue of outgoing requests for a new socket.
+fn install_queue(inner: &Inner) -> mpsc::Receiver<String> {
+    let (out_tx, out_rx) = mpsc::channel::<String>(256);
+    *guard(&inner.out) = Some(out_tx);
+    out_rx
+}
+
 /// Owns the connection: serves it until it drops, then reconnects with backoff until cancelled.
-async fn run(inner: Arc<Inner>, mut socket: Socket, cancel: CancellationToken) {
+async fn run(
+    inner: Arc<Inner>,
+    mut socket: Socket,
+    mut out_rx: mpsc::Receiver<String>,
+    cancel: CancellationToken,
+) {
     loop {
-        let reason = serve(&inner, socket, &cancel).await;
+        let reason = serve(&inner, socket, out_rx, &cancel).await;
         *guard(&inner.out) = None;
         guard(&inner.sids).clear();
         for (_, pending) in guard(&inner.pending).drain() {
-            let lost = BrokerError::Disconnected {
-                url: inner.url.clone(),
-                reason: reason.clone(),
-            };
+            let lost = BrokerError::Disconnected { url: inner.url.clone(), reason: reason.clone() };
             let _ = pending.answer.send(Err(lost));
         }
         if cancel.is_cancelled() {
@@ -232,20 +225,22 @@ async fn run(inner: Arc<Inner>, mut socket: Socket, cancel: CancellationToken) {
                 }
             }
         };
+        out_rx = install_queue(&inner);
         let _ = inner.events.send(ConnectionEvent::Reconnected);
     }
 }
 
 /// Serves one live socket; returns why it ended.
-async fn serve(inner: &Arc<Inner>, socket: Socket, cancel: &CancellationToken) -> String {
+async fn serve(
+    inner: &Arc<Inner>,
+    socket: Socket,
+    mut out_rx: mpsc::Receiver<String>,
+    cancel: &CancellationToken,
+) -> String {
     let (mut sink, mut source) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<String>(256);
-    *guard(&inner.out) = Some(out_tx);
     // Streams that were open before a reconnect are subscribed again on this socket.
-    let resubscribe: Vec<(u64, SubscribeSpec)> = guard(&inner.streams)
-        .iter()
-        .map(|(id, s)| (*id, s.spec.clone()))
-        .collect();
+    let resubscribe: Vec<(u64, SubscribeSpec)> =
+        guard(&inner.streams).iter().map(|(id, s)| (*id, s.spec.clone())).collect();
     for (stream, spec) in resubscribe {
         let inner = inner.clone();
         tokio::spawn(async move {
@@ -306,27 +301,15 @@ async fn on_frame(inner: &Arc<Inner>, text: &str) {
             }
             let _ = pending.answer.send(Ok(result));
         }
-        ServerFrame::Error {
-            id: Some(id),
-            code,
-            message,
-        } => {
+        ServerFrame::Error { id: Some(id), code, message } => {
             if let Some(pending) = guard(&inner.pending).remove(&id) {
                 let _ = pending.answer.send(Err(BrokerError::Remote { code, message }));
             }
         }
-        ServerFrame::Error {
-            id: None,
-            code,
-            message,
-        } => {
+        ServerFrame::Error { id: None, code, message } => {
             tracing::warn!(code, %message, "server reported an error");
         }
-        ServerFrame::Deliver {
-            sid,
-            subscription,
-            messages,
-        } => {
+        ServerFrame::Deliver { sid, subscription, messages } => {
             let Some(tx) = stream_sender(inner, sid) else {
                 return;
             };
@@ -357,10 +340,7 @@ fn stream_sender(inner: &Inner, sid: u64) -> Option<mpsc::Sender<Result<StreamIt
 }
 
 fn to_delivery(d: Delivered, subscription: Option<&Name>) -> Result<BrokerDelivery, BrokerError> {
-    let message = d
-        .envelope
-        .to_message()
-        .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+    let message = d.envelope.to_message().map_err(|e| BrokerError::Protocol(e.to_string()))?;
     let token = match (d.lease, subscription) {
         (Some(lease), Some(sub)) => Some(AckToken {
             subscription: sub.clone(),
@@ -371,44 +351,29 @@ fn to_delivery(d: Delivered, subscription: Option<&Name>) -> Result<BrokerDelive
         }),
         _ => None,
     };
-    Ok(BrokerDelivery {
-        attempt: d.envelope.attempt,
-        deadline: d.deadline,
-        token,
-        message,
-    })
+    Ok(BrokerDelivery { attempt: d.envelope.attempt, deadline: d.deadline, token, message })
 }
 
 /// Sends a request and waits for its answer.
 async fn call(inner: &Inner, request: Request, stream: Option<u64>, timeout: Duration) -> Answer {
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-    let text = protocol::encode_client(&ClientFrame {
-        id: Some(id),
-        request,
-    })
-    .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+    let text = protocol::encode_client(&ClientFrame { id: Some(id), request })
+        .map_err(|e| BrokerError::Protocol(e.to_string()))?;
     let (answer, rx) = oneshot::channel();
     let out = guard(&inner.out).clone();
     let Some(out) = out else {
-        return Err(BrokerError::Disconnected {
-            url: inner.url.clone(),
-            reason: "reconnecting".into(),
-        });
+        return Err(BrokerError::Disconnected { url: inner.url.clone(), reason: "reconnecting".into() });
     };
     guard(&inner.pending).insert(id, Pending { answer, stream });
     if out.send(text).await.is_err() {
         guard(&inner.pending).remove(&id);
-        return Err(BrokerError::Disconnected {
-            url: inner.url.clone(),
-            reason: "connection closed".into(),
-        });
+        return Err(BrokerError::Disconnected { url: inner.url.clone(), reason: "connection closed".into() });
     }
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(_)) => Err(BrokerError::Disconnected {
-            url: inner.url.clone(),
-            reason: "connection closed".into(),
-        }),
+        Ok(Err(_)) => {
+            Err(BrokerError::Disconnected { url: inner.url.clone(), reason: "connection closed".into() })
+        }
         Err(_) => {
             guard(&inner.pending).remove(&id);
             Err(BrokerError::Timeout(timeout))
@@ -446,10 +411,7 @@ impl Drop for RemoteSource {
             sid
         };
         if let (Some(sid), Some(out)) = (sid, guard(&self.inner.out).clone()) {
-            let frame = ClientFrame {
-                id: None,
-                request: Request::Unsubscribe { sid },
-            };
+            let frame = ClientFrame { id: None, request: Request::Unsubscribe { sid } };
             if let Ok(text) = protocol::encode_client(&frame) {
                 // Best effort: if the queue is full the server will drop the stream with the connection.
                 let _ = out.try_send(text);
@@ -514,17 +476,11 @@ impl Broker for RemoteBroker {
     }
 
     async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
-        self.call_as(Request::Publish {
-            message: envelope(&msg),
-        })
-        .await
+        self.call_as(Request::Publish { message: envelope(&msg) }).await
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
-        self.call_as(Request::PublishBatch {
-            messages: msgs.iter().map(envelope).collect(),
-        })
-        .await
+        self.call_as(Request::PublishBatch { messages: msgs.iter().map(envelope).collect() }).await
     }
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
@@ -538,22 +494,12 @@ impl Broker for RemoteBroker {
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        guard(&self.inner.streams).insert(
-            id,
-            StreamState {
-                spec: spec.clone(),
-                tx,
-            },
-        );
+        guard(&self.inner.streams).insert(id, StreamState { spec: spec.clone(), tx });
         if let Err(e) = call(&self.inner, Request::Subscribe(spec), Some(id), REQUEST_TIMEOUT).await {
             guard(&self.inner.streams).remove(&id);
             return Err(e);
         }
-        Ok(DeliveryStream::new(Box::new(RemoteSource {
-            inner: self.inner.clone(),
-            id,
-            rx,
-        })))
+        Ok(DeliveryStream::new(Box::new(RemoteSource { inner: self.inner.clone(), id, rx })))
     }
 
     async fn fetch(
@@ -568,17 +514,12 @@ impl Broker for RemoteBroker {
             consumer: consumer.to_string(),
             max_msgs: opts.max_msgs,
             max_bytes: (opts.max_bytes != u64::MAX).then_some(opts.max_bytes),
-            wait_ms: opts
-                .wait
-                .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
+            wait_ms: opts.wait.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
         };
         let value = call(&self.inner, request, None, REQUEST_TIMEOUT + wait).await?;
         let delivered: Vec<Delivered> = serde_json::from_value(value.unwrap_or_default())
             .map_err(|e| BrokerError::Protocol(format!("unexpected answer: {e}")))?;
-        delivered
-            .into_iter()
-            .map(|d| to_delivery(d, Some(subscription)))
-            .collect()
+        delivered.into_iter().map(|d| to_delivery(d, Some(subscription))).collect()
     }
 
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
@@ -589,10 +530,9 @@ impl Broker for RemoteBroker {
                 lease,
                 delay_ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             },
-            Settle::Extend(by) => Request::Extend {
-                lease,
-                by_ms: u64::try_from(by.as_millis()).unwrap_or(u64::MAX),
-            },
+            Settle::Extend(by) => {
+                Request::Extend { lease, by_ms: u64::try_from(by.as_millis()).unwrap_or(u64::MAX) }
+            }
             Settle::Term(reason) => Request::Term { lease, reason },
         };
         self.call(request).await.map(|_| ())
@@ -613,10 +553,7 @@ impl Broker for RemoteBroker {
             max_msgs: Some(config.limits.max_msgs.unwrap_or(0)),
             max_bytes: Some(config.limits.max_bytes.unwrap_or(0)),
             max_age_ms: Some(
-                config
-                    .limits
-                    .max_age
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                config.limits.max_age.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             ),
             discard: Some(config.discard),
             max_msg_bytes: Some(config.max_msg_bytes),
@@ -626,44 +563,27 @@ impl Broker for RemoteBroker {
     }
 
     async fn delete_topic(&self, name: &Name) -> Result<(), BrokerError> {
-        self.call(Request::DeleteTopic { topic: name.clone() })
-            .await
-            .map(|_| ())
+        self.call(Request::DeleteTopic { topic: name.clone() }).await.map(|_| ())
     }
 
     async fn purge_topic(&self, name: &Name) -> Result<u64, BrokerError> {
-        self.call_as::<CountReply>(Request::PurgeTopic { topic: name.clone() })
-            .await
-            .map(|r| r.count)
+        self.call_as::<CountReply>(Request::PurgeTopic { topic: name.clone() }).await.map(|r| r.count)
     }
 
     async fn subscriptions(&self, topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {
-        self.call_as(Request::Subscriptions {
-            topic: topic.cloned(),
-        })
-        .await
+        self.call_as(Request::Subscriptions { topic: topic.cloned() }).await
     }
 
     async fn subscription_info(&self, name: &Name) -> Result<SubscriptionInfo, BrokerError> {
-        self.call_as(Request::SubscriptionInfo {
-            subscription: name.clone(),
-        })
-        .await
+        self.call_as(Request::SubscriptionInfo { subscription: name.clone() }).await
     }
 
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
-        self.call_as(Request::CreateSubscription {
-            spec: SubscriptionSpec::from_config(&config),
-        })
-        .await
+        self.call_as(Request::CreateSubscription { spec: SubscriptionSpec::from_config(&config) }).await
     }
 
     async fn delete_subscription(&self, name: &Name) -> Result<(), BrokerError> {
-        self.call(Request::DeleteSubscription {
-            subscription: name.clone(),
-        })
-        .await
-        .map(|_| ())
+        self.call(Request::DeleteSubscription { subscription: name.clone() }).await.map(|_| ())
     }
 
     async fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, BrokerError> {
@@ -672,19 +592,11 @@ impl Broker for RemoteBroker {
             BrowseFrom::Time(t) => BrowseSpec::Time(t),
             BrowseFrom::Last(n) => BrowseSpec::Last(n),
         };
-        let envelopes: Vec<Envelope> = self
-            .call_as(Request::Browse {
-                topic: topic.clone(),
-                from,
-                max,
-            })
-            .await?;
+        let envelopes: Vec<Envelope> =
+            self.call_as(Request::Browse { topic: topic.clone(), from, max }).await?;
         envelopes
             .iter()
-            .map(|e| {
-                e.to_message()
-                    .map_err(|err| BrokerError::Protocol(err.to_string()))
-            })
+            .map(|e| e.to_message().map_err(|err| BrokerError::Protocol(err.to_string())))
             .collect()
     }
 
@@ -695,21 +607,13 @@ impl Broker for RemoteBroker {
             SeekTarget::Seq { seq, .. } => SeekSpec::Seq(seq),
             SeekTarget::Time(t) => SeekSpec::Time(t),
         };
-        self.call_as::<CountReply>(Request::Seek {
-            subscription: subscription.clone(),
-            target,
-        })
-        .await
-        .map(|r| r.count)
+        self.call_as::<CountReply>(Request::Seek { subscription: subscription.clone(), target })
+            .await
+            .map(|r| r.count)
     }
 
     async fn peek(&self, subscription: &Name, from: u64, limit: usize) -> Result<PeekReport, BrokerError> {
-        self.call_as(Request::Peek {
-            subscription: subscription.clone(),
-            from,
-            limit,
-        })
-        .await
+        self.call_as(Request::Peek { subscription: subscription.clone(), from, limit }).await
     }
 
     fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
@@ -735,10 +639,7 @@ mod tests {
 
     #[test]
     fn token_is_taken_out_of_the_url() {
-        assert_eq!(
-            split_token("ws://h:1?token=abc"),
-            ("ws://h:1".to_string(), Some("abc".to_string()))
-        );
+        assert_eq!(split_token("ws://h:1?token=abc"), ("ws://h:1".to_string(), Some("abc".to_string())));
         assert_eq!(
             split_token("ws://h:1/?a=1&token=t&b=2"),
             ("ws://h:1/?a=1&b=2".to_string(), Some("t".into()))

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
+use super::daemon::{LocalOptions, connect_local};
 use super::local::LocalBroker;
+use super::remote::RemoteBroker;
 use super::{BrokerError, SharedBroker};
 use crate::engine::Engine;
 
@@ -50,10 +52,7 @@ impl BackendKind {
 pub fn backend_for(url: &str) -> Result<BackendKind, BrokerError> {
     let trimmed = url.trim();
     if trimmed.is_empty() {
-        return Err(BrokerError::InvalidUrl {
-            url: url.into(),
-            reason: "it is empty".into(),
-        });
+        return Err(BrokerError::InvalidUrl { url: url.into(), reason: "it is empty".into() });
     }
     if trimmed == "local" {
         return Ok(BackendKind::Local);
@@ -76,28 +75,57 @@ pub fn backend_for(url: &str) -> Result<BackendKind, BrokerError> {
         "postgres" | "postgresql" => BackendKind::Postgres,
         "kafka" => BackendKind::Kafka,
         other => {
-            return Err(BrokerError::UnknownScheme {
-                url: url.into(),
-                scheme: other.into(),
-            });
+            return Err(BrokerError::UnknownScheme { url: url.into(), scheme: other.into() });
         }
     };
     if rest.is_empty() {
-        return Err(BrokerError::InvalidUrl {
-            url: url.into(),
-            reason: "it names no host".into(),
-        });
+        return Err(BrokerError::InvalidUrl { url: url.into(), reason: "it names no host".into() });
     }
     Ok(kind)
 }
 
-/// Opens the broker `url` names.
+/// How to open a broker.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// For `local`: start a daemon when none runs.
+    pub autostart: bool,
+    /// For `ws://`: the token, unless the URL carries `?token=`.
+    pub token: Option<String>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { autostart: true, token: None }
+    }
+}
+
+/// An open broker, with anything the user should be told about opening it.
+pub struct Connected {
+    /// The broker.
+    pub broker: SharedBroker,
+    /// E.g. "started a local engine daemon …".
+    pub notice: Option<String>,
+}
+
+/// Opens the broker `url` names with default options.
 pub async fn connect(url: &str) -> Result<SharedBroker, BrokerError> {
+    connect_with(url, &ConnectOptions::default()).await.map(|c| c.broker)
+}
+
+/// Opens the broker `url` names.
+pub async fn connect_with(url: &str, opts: &ConnectOptions) -> Result<Connected, BrokerError> {
+    let plain = |broker: SharedBroker| Connected { broker, notice: None };
     match backend_for(url)? {
-        BackendKind::Memory => Ok(Arc::new(LocalBroker::new(Engine::new(), "mem://"))),
-        other => Err(BrokerError::NotBuilt {
-            backend: other.label(),
-        }),
+        BackendKind::Memory => Ok(plain(Arc::new(LocalBroker::new(Engine::new(), "mem://")))),
+        BackendKind::Remote => {
+            Ok(plain(Arc::new(RemoteBroker::connect(url.trim(), opts.token.clone()).await?)))
+        }
+        BackendKind::Local => {
+            let local = LocalOptions { autostart: opts.autostart, exe: None };
+            let (broker, notice) = connect_local(&local).await?;
+            Ok(Connected { broker: Arc::new(broker), notice })
+        }
+        other => Err(BrokerError::NotBuilt { backend: other.label() }),
     }
 }
 
@@ -109,37 +137,22 @@ mod tests {
     fn schemes_pick_their_backend() {
         assert_eq!(backend_for("mem://").ok(), Some(BackendKind::Memory));
         assert_eq!(backend_for("local").ok(), Some(BackendKind::Local));
-        assert_eq!(
-            backend_for("redis://127.0.0.1:6379").ok(),
-            Some(BackendKind::Redis)
-        );
+        assert_eq!(backend_for("redis://127.0.0.1:6379").ok(), Some(BackendKind::Redis));
         assert_eq!(backend_for("NATS://127.0.0.1").ok(), Some(BackendKind::Nats));
-        assert_eq!(
-            backend_for("kafka://a:9092,b:9092").ok(),
-            Some(BackendKind::Kafka)
-        );
+        assert_eq!(backend_for("kafka://a:9092,b:9092").ok(), Some(BackendKind::Kafka));
     }
 
     #[test]
     fn unknown_scheme_is_named_in_the_error() {
-        let err = backend_for("ftp://example")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = backend_for("ftp://example").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("unknown broker scheme \"ftp\""), "{err}");
         assert!(err.contains("redis://"), "{err}");
     }
 
     #[test]
     fn url_without_scheme_or_host_is_refused() {
-        assert!(matches!(
-            backend_for("127.0.0.1:6379"),
-            Err(BrokerError::InvalidUrl { .. })
-        ));
-        assert!(matches!(
-            backend_for("redis://"),
-            Err(BrokerError::InvalidUrl { .. })
-        ));
+        assert!(matches!(backend_for("127.0.0.1:6379"), Err(BrokerError::InvalidUrl { .. })));
+        assert!(matches!(backend_for("redis://"), Err(BrokerError::InvalidUrl { .. })));
         assert!(matches!(backend_for("  "), Err(BrokerError::InvalidUrl { .. })));
     }
 }

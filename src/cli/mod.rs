@@ -23,15 +23,17 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 broker unreachable, 4 timeout with nothing
 #[derive(Debug, Parser)]
 #[command(name = "pubsub", version, about, after_help = AFTER_HELP, propagate_version = true)]
 pub struct Cli {
-    /// Broker to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "PUBSUB_BROKER",
-        default_value = "mem://",
-        value_name = "URL"
-    )]
+    /// Broker to talk to: `local` (your engine daemon, started on demand), `mem://`, `ws://HOST:PORT`, …
+    #[arg(long, global = true, env = "PUBSUB_BROKER", default_value = "local", value_name = "URL")]
     pub broker: String,
+
+    /// Access token: what `serve` requires of clients, and what a client sends to a `ws://` server.
+    #[arg(long, global = true, env = "PUBSUB_TOKEN", value_name = "T", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// With `--broker local`, fail (exit 3) instead of starting a daemon when none runs.
+    #[arg(long, global = true, env = "PUBSUB_NO_AUTOSTART")]
+    pub no_autostart: bool,
 
     /// What to do.
     #[command(subcommand)]
@@ -43,6 +45,8 @@ pub struct Cli {
 pub enum Command {
     /// Measure publish-to-delivery throughput and latency against a broker.
     Bench(commands::bench::BenchArgs),
+    /// Run the engine as a WebSocket server (`serve status`, `serve stop` manage the local daemon).
+    Serve(commands::serve::ServeArgs),
 }
 
 /// Parses the arguments, runs the command and turns the outcome into an exit code.
@@ -74,9 +78,35 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// What every command gets: the global options and a way to open the broker they name.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// `--broker`.
+    pub broker: String,
+    /// `--token`.
+    pub token: Option<String>,
+    /// Not `--no-autostart`.
+    pub autostart: bool,
+}
+
+impl Context {
+    /// Opens the broker, telling the user on stderr when a daemon had to be started.
+    pub async fn connect(&self) -> Result<crate::broker::SharedBroker, CliError> {
+        let opts =
+            crate::broker::url::ConnectOptions { autostart: self.autostart, token: self.token.clone() };
+        let connected = crate::broker::url::connect_with(&self.broker, &opts).await?;
+        if let Some(notice) = &connected.notice {
+            output::note(notice);
+        }
+        Ok(connected.broker)
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), CliError> {
+    let ctx = Context { broker: cli.broker.clone(), token: cli.token.clone(), autostart: !cli.no_autostart };
     match cli.command {
-        Some(Command::Bench(args)) => commands::bench::run(&cli.broker, args).await,
+        Some(Command::Bench(args)) => commands::bench::run(&ctx, args).await,
+        Some(Command::Serve(args)) => commands::serve::run(&ctx, args).await,
         None => {
             use clap::CommandFactory;
             let help = Cli::command().render_help().to_string();
@@ -116,10 +146,6 @@ impl CliError {
 
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            CliError::BrokenPipe
-        } else {
-            CliError::Io(e)
-        }
+        if e.kind() == std::io::ErrorKind::BrokenPipe { CliError::BrokenPipe } else { CliError::Io(e) }
     }
 }

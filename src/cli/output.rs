@@ -16,9 +16,7 @@ pub struct Stdout {
 impl Stdout {
     /// Takes stdout.
     pub fn new() -> Self {
-        Stdout {
-            out: io::BufWriter::new(io::stdout()),
-        }
+        Stdout { out: io::BufWriter::new(io::stdout()) }
     }
 
     /// Writes one line and flushes, so that pipes see output as it happens.

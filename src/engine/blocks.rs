@@ -19,10 +19,7 @@ pub(crate) struct BlockDeque<T> {
 
 impl<T> BlockDeque<T> {
     pub fn new() -> Self {
-        BlockDeque {
-            blocks: VecDeque::new(),
-            len: 0,
-        }
+        BlockDeque { blocks: VecDeque::new(), len: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -80,15 +77,8 @@ impl<T> BlockDeque<T> {
             }
             None => (0, 0),
         };
-        let head = self
-            .blocks
-            .get(block)
-            .into_iter()
-            .flat_map(move |b| b.range(offset.min(b.len())..));
-        let tail = self
-            .blocks
-            .range((block + 1).min(self.blocks.len())..)
-            .flat_map(VecDeque::iter);
+        let head = self.blocks.get(block).into_iter().flat_map(move |b| b.range(offset.min(b.len())..));
+        let tail = self.blocks.range((block + 1).min(self.blocks.len())..).flat_map(VecDeque::iter);
         head.chain(tail)
     }
 

@@ -87,9 +87,7 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock standing at `start`.
     pub fn new(start: Timestamp) -> Arc<Self> {
-        Arc::new(ManualClock {
-            now: AtomicI64::new(start.0),
-        })
+        Arc::new(ManualClock { now: AtomicI64::new(start.0) })
     }
 
     /// Move the clock forward by `d`.

@@ -94,10 +94,7 @@ pub enum Durability {
 
 impl Default for Durability {
     fn default() -> Self {
-        Durability::Batch {
-            max_delay: Duration::from_millis(5),
-            max_msgs: 1024,
-        }
+        Durability::Batch { max_delay: Duration::from_millis(5), max_msgs: 1024 }
     }
 }
 
@@ -149,9 +146,7 @@ impl TopicConfig {
     /// The subjects this topic captures, defaulting to its own name.
     pub fn captured(&self) -> Vec<Pattern> {
         if self.subjects.is_empty() {
-            Pattern::parse(self.name.as_str())
-                .map(|p| vec![p])
-                .unwrap_or_default()
+            Pattern::parse(self.name.as_str()).map(|p| vec![p]).unwrap_or_default()
         } else {
             self.subjects.clone()
         }
@@ -421,22 +416,14 @@ impl SubscriptionConfig {
         let not_yet = [
             (self.attribute_filter.is_some(), "attribute filters"),
             (self.ordering != Ordering::None, "ordering other than none"),
-            (
-                self.assignment != Assignment::Shared,
-                "assignment other than shared",
-            ),
+            (self.assignment != Assignment::Shared, "assignment other than shared"),
             (self.start == StartPosition::LastPerKey, "start last-per-key"),
-            (
-                self.message_retention.is_some(),
-                "per-subscription message_retention",
-            ),
+            (self.message_retention.is_some(), "per-subscription message_retention"),
             (self.dead_letter_on_expiry, "dead_letter_on_expiry"),
             (self.retain_acked, "retain_acked"),
         ];
         if let Some((_, what)) = not_yet.iter().find(|(set, _)| *set) {
-            return Err(unsupported(format!(
-                "subscription \"{name}\": {what} is not implemented yet"
-            )));
+            return Err(unsupported(format!("subscription \"{name}\": {what} is not implemented yet")));
         }
         if self.filter.iter().any(Pattern::is_glob) {
             return Err(EngineError::InvalidConfig(format!(

@@ -44,11 +44,8 @@ impl Engine {
                 self.insert_topic(&mut reg, topic_config, now)?;
                 created_topic = true;
             }
-            let cell = reg
-                .topics
-                .get(&topic)
-                .cloned()
-                .ok_or_else(|| EngineError::NoSuchTopic(topic.clone()))?;
+            let cell =
+                reg.topics.get(&topic).cloned().ok_or_else(|| EngineError::NoSuchTopic(topic.clone()))?;
             let mut state = lock(&cell.state);
             let log = &state.log;
             let start = match config.start {
@@ -74,10 +71,7 @@ impl Engine {
         if created_topic {
             events.push(EngineEvent::TopicCreated { topic: topic.clone() });
         }
-        events.push(EngineEvent::SubscriptionCreated {
-            subscription: info.name.clone(),
-            topic,
-        });
+        events.push(EngineEvent::SubscriptionCreated { subscription: info.name.clone(), topic });
         self.emit(events);
         Ok(info)
     }
@@ -95,18 +89,12 @@ impl Engine {
             state.refresh_push_flag();
         }
         cell.notify.notify_waiters();
-        self.emit(vec![EngineEvent::SubscriptionDeleted {
-            subscription: name.clone(),
-        }]);
+        self.emit(vec![EngineEvent::SubscriptionDeleted { subscription: name.clone() }]);
         Ok(())
     }
 
     pub(super) fn sub_cell(&self, name: &Name) -> Result<Arc<TopicCell>, EngineError> {
-        self.registry()
-            .subs
-            .get(name)
-            .cloned()
-            .ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))
+        self.registry().subs.get(name).cloned().ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))
     }
 
     /// Runs `f` on a subscription under its topic's lock, after its due timers, then carries out effects
@@ -122,11 +110,7 @@ impl Engine {
         let result = {
             let mut guard = lock(&cell.state);
             let state = &mut *guard;
-            let ctx = Ctx {
-                topic: &state.config.name,
-                log: &state.log,
-                now,
-            };
+            let ctx = Ctx { topic: &state.config.name, log: &state.log, now };
             let sub = state
                 .subs
                 .iter_mut()
@@ -163,10 +147,7 @@ impl Engine {
             state.run_timers(now, &mut effects);
             let rate = state.publish_rate.rate(now);
             out.extend(
-                state
-                    .subs
-                    .iter()
-                    .map(|s| stats::subscription_info(s, &cell.name, &state.log, rate, now)),
+                state.subs.iter().map(|s| stats::subscription_info(s, &cell.name, &state.log, rate, now)),
             );
             drop(state);
             self.apply(effects);
@@ -179,16 +160,12 @@ impl Engine {
     pub fn subscription_info(&self, name: &Name) -> Result<SubscriptionInfo, EngineError> {
         let cell = self.sub_cell(name)?;
         let rate = lock(&cell.state).publish_rate.rate(self.now());
-        self.with_sub(name, |s, ctx, _| {
-            Ok(stats::subscription_info(s, ctx.topic, ctx.log, rate, ctx.now))
-        })
+        self.with_sub(name, |s, ctx, _| Ok(stats::subscription_info(s, ctx.topic, ctx.log, rate, ctx.now)))
     }
 
     /// Per-message ack state from the ack floor (or `from`) up, at most `limit` messages.
     pub fn peek(&self, name: &Name, from: u64, limit: usize) -> Result<PeekReport, EngineError> {
-        self.with_sub(name, |s, ctx, _| {
-            Ok(stats::peek(s, ctx.topic, ctx.log, from, limit))
-        })
+        self.with_sub(name, |s, ctx, _| Ok(stats::peek(s, ctx.topic, ctx.log, from, limit)))
     }
 
     // ----- consuming ----------------------------------------------------------------------------
@@ -226,11 +203,7 @@ impl Engine {
     ) -> Result<Vec<Delivery>, EngineError> {
         let cell = self.sub_cell(sub)?;
         let deadline = match opts.wait {
-            Some(w) => Some(
-                tokio::time::Instant::now()
-                    .checked_add(w)
-                    .ok_or(EngineError::WaitTooLong(w))?,
-            ),
+            Some(w) => Some(tokio::time::Instant::now().checked_add(w).ok_or(EngineError::WaitTooLong(w))?),
             None => None,
         };
         loop {
@@ -278,13 +251,7 @@ impl Engine {
         drop(tx);
         // with_sub dispatched before the push flag was set for the topic; do it again now that it is.
         self.dispatch(sub);
-        Ok(PushConsumer {
-            engine: self.clone(),
-            subscription: sub.clone(),
-            id,
-            rx,
-            starved,
-        })
+        Ok(PushConsumer { engine: self.clone(), subscription: sub.clone(), id, rx, starved })
     }
 
     /// Detaches a consumer; its in-flight messages become available to the others (T7).
@@ -373,10 +340,7 @@ fn check_partition(topic: &Name, partition: u32) -> Result<(), EngineError> {
     if partition == 0 {
         Ok(())
     } else {
-        Err(EngineError::NoSuchPartition {
-            topic: topic.clone(),
-            partition,
-        })
+        Err(EngineError::NoSuchPartition { topic: topic.clone(), partition })
     }
 }
 

@@ -173,11 +173,7 @@ impl SubState {
         Delivery {
             message: to_message(ctx.topic, 0, seq, record),
             attempt,
-            lease: Some(AckRef {
-                partition: 0,
-                seq,
-                lease,
-            }),
+            lease: Some(AckRef { partition: 0, seq, lease }),
             deadline: Some(deadline),
         }
     }
@@ -256,15 +252,12 @@ impl SubState {
                 existing.prefetch = prefetch;
                 existing.last_activity = now;
             }
-            None => self
-                .consumers
-                .push(ConsumerState::new(id.clone(), prefetch, now, Some(sink))),
+            None => self.consumers.push(ConsumerState::new(id.clone(), prefetch, now, Some(sink))),
         }
         self.last_active = now;
-        effects.events.push(EngineEvent::ConsumerAttached {
-            subscription: self.config.name.clone(),
-            consumer: id,
-        });
+        effects
+            .events
+            .push(EngineEvent::ConsumerAttached { subscription: self.config.name.clone(), consumer: id });
         Ok(())
     }
 }

@@ -156,58 +156,28 @@ impl EngineEvent {
     /// The event as a JSON body.
     pub fn payload(&self) -> serde_json::Value {
         match self {
-            EngineEvent::DeadlineExpired {
-                subscription,
-                seq,
-                attempt,
-                consumer,
-            } => json!({
+            EngineEvent::DeadlineExpired { subscription, seq, attempt, consumer } => json!({
                 "subscription": subscription.as_str(), "seq": seq, "attempt": attempt,
                 "consumer": consumer.as_deref(), "reason": "deadline_expired"
             }),
-            EngineEvent::MaxDeliveries {
-                subscription,
-                seq,
-                attempt,
-            } => json!({
+            EngineEvent::MaxDeliveries { subscription, seq, attempt } => json!({
                 "subscription": subscription.as_str(), "seq": seq, "attempt": attempt,
                 "reason": "max_deliveries"
             }),
-            EngineEvent::Terminated {
-                subscription,
-                seq,
-                attempt,
-                reason,
-            } => json!({
+            EngineEvent::Terminated { subscription, seq, attempt, reason } => json!({
                 "subscription": subscription.as_str(), "seq": seq, "attempt": attempt, "reason": reason
             }),
-            EngineEvent::DeadLettered {
-                subscription,
-                seq,
-                attempt,
-                dead_letter,
-                reason,
-            } => json!({
+            EngineEvent::DeadLettered { subscription, seq, attempt, dead_letter, reason } => json!({
                 "subscription": subscription.as_str(), "seq": seq, "attempt": attempt,
                 "dead_letter": dead_letter.as_str(), "reason": reason
             }),
-            EngineEvent::Seek {
-                subscription,
-                next_seq,
-            } => {
+            EngineEvent::Seek { subscription, next_seq } => {
                 json!({ "subscription": subscription.as_str(), "next_seq": next_seq })
             }
-            EngineEvent::ConsumerAttached {
-                subscription,
-                consumer,
-            } => {
+            EngineEvent::ConsumerAttached { subscription, consumer } => {
                 json!({ "subscription": subscription.as_str(), "consumer": &**consumer })
             }
-            EngineEvent::ConsumerDetached {
-                subscription,
-                consumer,
-                requeued,
-            } => json!({
+            EngineEvent::ConsumerDetached { subscription, consumer, requeued } => json!({
                 "subscription": subscription.as_str(), "consumer": &**consumer, "requeued": requeued
             }),
             EngineEvent::TopicExpired { topic, count } => json!({ "topic": topic.as_str(), "count": count }),

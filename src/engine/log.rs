@@ -55,12 +55,7 @@ pub(crate) struct Log {
 
 impl Log {
     pub fn new() -> Self {
-        Log {
-            records: BlockDeque::new(),
-            first_seq: 1,
-            base_bytes: 0,
-            arena: BytesMut::new(),
-        }
+        Log { records: BlockDeque::new(), first_seq: 1, base_bytes: 0, arena: BytesMut::new() }
     }
 
     /// Oldest retained seq; `head_seq + 1` when empty.
@@ -87,8 +82,7 @@ impl Log {
         if through <= after {
             return 0;
         }
-        self.end_bytes_at(through)
-            .saturating_sub(self.end_bytes_at(after))
+        self.end_bytes_at(through).saturating_sub(self.end_bytes_at(after))
     }
 
     fn end_bytes_at(&self, seq: u64) -> u64 {
@@ -124,13 +118,7 @@ impl Log {
         let payload = self.pack(payload);
         let size = (payload.len() + extra.as_ref().map_or(0, |e| e.size())) as u64;
         let end_bytes = self.records.back().map_or(self.base_bytes, |r| r.end_bytes) + size;
-        self.records.push_back(Record {
-            publish_time,
-            end_bytes,
-            subject,
-            extra,
-            payload,
-        });
+        self.records.push_back(Record { publish_time, end_bytes, subject, extra, payload });
         self.head_seq()
     }
 
@@ -196,12 +184,7 @@ mod tests {
     fn log_with(n: u64) -> Log {
         let mut log = Log::new();
         for i in 0..n {
-            log.append(
-                Timestamp::from_micros(i as i64 * 10),
-                None,
-                None,
-                &Bytes::from(vec![b'x'; 4]),
-            );
+            log.append(Timestamp::from_micros(i as i64 * 10), None, None, &Bytes::from(vec![b'x'; 4]));
         }
         log
     }
@@ -259,10 +242,6 @@ mod size_tests {
     #[test]
     fn record_stays_compact() {
         // Memory per retained message is a product target (docs/BENCHMARKS.md); keep the record small.
-        assert!(
-            std::mem::size_of::<Record>() <= 72,
-            "Record is {} bytes",
-            std::mem::size_of::<Record>()
-        );
+        assert!(std::mem::size_of::<Record>() <= 72, "Record is {} bytes", std::mem::size_of::<Record>());
     }
 }

@@ -73,15 +73,7 @@ impl Message {
         payload: Bytes,
     ) -> Self {
         let subject = (subject != topic).then_some(subject);
-        Message {
-            topic,
-            partition,
-            seq,
-            publish_time,
-            subject,
-            extra,
-            payload,
-        }
+        Message { topic, partition, seq, publish_time, subject, extra, payload }
     }
 
     /// The address it was published to.
@@ -128,13 +120,7 @@ pub struct PublishRequest {
 impl PublishRequest {
     /// A message with only a subject and a payload.
     pub fn new(subject: Name, payload: impl Into<Bytes>) -> Self {
-        PublishRequest {
-            subject,
-            key: None,
-            msg_id: None,
-            headers: Headers::new(),
-            payload: payload.into(),
-        }
+        PublishRequest { subject, key: None, msg_id: None, headers: Headers::new(), payload: payload.into() }
     }
 
     /// The same message with a key.

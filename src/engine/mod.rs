@@ -71,11 +71,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            auto_create: true,
-            default_limits: Limits::default(),
-            tap_buffer: 1024,
-        }
+        EngineConfig { auto_create: true, default_limits: Limits::default(), tap_buffer: 1024 }
     }
 }
 
@@ -124,12 +120,7 @@ pub struct FetchOptions {
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        FetchOptions {
-            max_msgs: 100,
-            max_bytes: u64::MAX,
-            wait: None,
-            prefetch: None,
-        }
+        FetchOptions { max_msgs: 100, max_bytes: u64::MAX, wait: None, prefetch: None }
     }
 }
 
@@ -158,17 +149,11 @@ impl Registry {
         if let Some(cell) = self.exact.get(subject) {
             return Some(cell.clone());
         }
-        self.wildcard
-            .iter()
-            .find(|(p, _)| p.matches(subject.as_str()))
-            .map(|(_, c)| c.clone())
+        self.wildcard.iter().find(|(p, _)| p.matches(subject.as_str())).map(|(_, c)| c.clone())
     }
 
     fn captures(&self) -> impl Iterator<Item = (Pattern, &Arc<TopicCell>)> {
-        let exact = self
-            .exact
-            .iter()
-            .filter_map(|(n, c)| Pattern::parse(n.as_str()).ok().map(|p| (p, c)));
+        let exact = self.exact.iter().filter_map(|(n, c)| Pattern::parse(n.as_str()).ok().map(|p| (p, c)));
         exact.chain(self.wildcard.iter().map(|(p, c)| (p.clone(), c)))
     }
 }
@@ -234,10 +219,7 @@ impl Engine {
     }
 
     fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
-        self.inner
-            .registry
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.registry.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     // ----- topics -------------------------------------------------------------------------------
@@ -250,9 +232,7 @@ impl Engine {
             let mut reg = self.registry_mut();
             self.insert_topic(&mut reg, config, now)?
         };
-        self.emit(vec![EngineEvent::TopicCreated {
-            topic: info.name.clone(),
-        }]);
+        self.emit(vec![EngineEvent::TopicCreated { topic: info.name.clone() }]);
         Ok(info)
     }
 
@@ -296,10 +276,7 @@ impl Engine {
     pub fn delete_topic(&self, name: &Name) -> Result<(), EngineError> {
         let cell = {
             let mut reg = self.registry_mut();
-            let cell = reg
-                .topics
-                .remove(name)
-                .ok_or_else(|| EngineError::NoSuchTopic(name.clone()))?;
+            let cell = reg.topics.remove(name).ok_or_else(|| EngineError::NoSuchTopic(name.clone()))?;
             reg.exact.retain(|_, c| !Arc::ptr_eq(c, &cell));
             reg.wildcard.retain(|(_, c)| !Arc::ptr_eq(c, &cell));
             reg.subs.retain(|_, c| !Arc::ptr_eq(c, &cell));
@@ -325,11 +302,7 @@ impl Engine {
     }
 
     fn topic_cell(&self, name: &Name) -> Result<Arc<TopicCell>, EngineError> {
-        self.registry()
-            .topics
-            .get(name)
-            .cloned()
-            .ok_or_else(|| EngineError::NoSuchTopic(name.clone()))
+        self.registry().topics.get(name).cloned().ok_or_else(|| EngineError::NoSuchTopic(name.clone()))
     }
 
     /// Every topic, by name.
@@ -355,16 +328,9 @@ impl Engine {
         let start = match from {
             BrowseFrom::Seq(s) => s.max(log.first_seq()),
             BrowseFrom::Time(t) => log.seq_at_time(t),
-            BrowseFrom::Last(n) => log
-                .head_seq()
-                .saturating_sub(n)
-                .saturating_add(1)
-                .max(log.first_seq()),
+            BrowseFrom::Last(n) => log.head_seq().saturating_sub(n).saturating_add(1).max(log.first_seq()),
         };
-        Ok((start..=log.head_seq())
-            .take(max)
-            .filter_map(|s| log.message(topic, 0, s))
-            .collect())
+        Ok((start..=log.head_seq()).take(max).filter_map(|s| log.message(topic, 0, s)).collect())
     }
 
     // ----- taps ---------------------------------------------------------------------------------
@@ -372,27 +338,17 @@ impl Engine {
     /// Starts a live listener on subjects matching any of `patterns`.
     pub fn tap(&self, patterns: Vec<Pattern>, opts: TapOptions) -> Result<TapReceiver, EngineError> {
         if patterns.is_empty() {
-            return Err(EngineError::InvalidConfig(
-                "a tap needs at least one pattern".into(),
-            ));
+            return Err(EngineError::InvalidConfig("a tap needs at least one pattern".into()));
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let buffer = if opts.buffer == 0 {
-            self.inner.config.tap_buffer
-        } else {
-            opts.buffer
-        };
+        let buffer = if opts.buffer == 0 { self.inner.config.tap_buffer } else { opts.buffer };
         let rx = {
             let mut taps = lock(&self.inner.taps);
             let rx = taps.add(id, patterns, opts.group, buffer);
             self.inner.tap_count.store(taps.len(), Ordering::Release);
             rx
         };
-        Ok(TapReceiver {
-            engine: self.clone(),
-            id,
-            rx,
-        })
+        Ok(TapReceiver { engine: self.clone(), id, rx })
     }
 
     pub(crate) fn remove_tap(&self, id: u64) {

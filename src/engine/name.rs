@@ -144,10 +144,7 @@ impl Name {
     fn checked(s: &str, allow_reserved: bool) -> Result<Name, NameError> {
         match check_name(s, allow_reserved) {
             Ok(()) => Ok(Name(Arc::from(s))),
-            Err(problem) => Err(NameError::Name {
-                value: s.to_owned(),
-                problem,
-            }),
+            Err(problem) => Err(NameError::Name { value: s.to_owned(), problem }),
         }
     }
 
@@ -235,11 +232,7 @@ impl TokenPattern {
             });
         }
         let literal = tokens.iter().all(|t| matches!(t, PatternToken::Literal(_)));
-        Ok(TokenPattern {
-            text: text.into(),
-            tokens,
-            literal,
-        })
+        Ok(TokenPattern { text: text.into(), tokens, literal })
     }
 
     /// The pattern as written.
@@ -329,10 +322,7 @@ enum GlobItem {
     Char(char),
     AnyOne,
     AnyRun,
-    Class {
-        negated: bool,
-        ranges: Box<[(char, char)]>,
-    },
+    Class { negated: bool, ranges: Box<[(char, char)]> },
 }
 
 impl GlobItem {
@@ -379,10 +369,7 @@ impl GlobPattern {
                 items.push(item);
             }
         }
-        Ok(GlobPattern {
-            text: text.into(),
-            items,
-        })
+        Ok(GlobPattern { text: text.into(), items })
     }
 
     /// The pattern as written, `glob:` prefix included.
@@ -397,22 +384,13 @@ impl GlobPattern {
             (false, subject.len()),
             |item| *item == GlobItem::AnyRun,
             GlobItem::accepts,
-            |pos| {
-                subject
-                    .get(pos..)?
-                    .chars()
-                    .next()
-                    .map(|c| (c, pos + c.len_utf8()))
-            },
+            |pos| subject.get(pos..)?.chars().next().map(|c| (c, pos + c.len_utf8())),
         )
     }
 
     /// The one string a glob without wildcards matches.
     fn exact_text(&self) -> Option<String> {
-        self.items
-            .iter()
-            .map(|i| if let GlobItem::Char(c) = i { Some(*c) } else { None })
-            .collect()
+        self.items.iter().map(|i| if let GlobItem::Char(c) = i { Some(*c) } else { None }).collect()
     }
 }
 
@@ -444,10 +422,7 @@ fn parse_class(chars: &mut Chars<'_>) -> Result<GlobItem, NameProblem> {
         };
         ranges.push((lo.min(hi), lo.max(hi)));
     }
-    Ok(GlobItem::Class {
-        negated,
-        ranges: ranges.into(),
-    })
+    Ok(GlobItem::Class { negated, ranges: ranges.into() })
 }
 
 impl fmt::Debug for GlobPattern {
@@ -473,10 +448,7 @@ impl Pattern {
         } else {
             TokenPattern::parse(s).map(Pattern::Tokens)
         };
-        parsed.map_err(|problem| NameError::Pattern {
-            value: s.to_owned(),
-            problem,
-        })
+        parsed.map_err(|problem| NameError::Pattern { value: s.to_owned(), problem })
     }
 
     /// Whether `subject` (assumed to be a valid name) matches; a literal is a plain string compare.
@@ -560,11 +532,7 @@ impl From<&Name> for Pattern {
     /// The literal pattern for exactly this name; safe because no name starts with `glob:`.
     fn from(name: &Name) -> Pattern {
         let tokens = name.tokens().map(|t| PatternToken::Literal(t.into())).collect();
-        Pattern::Tokens(TokenPattern {
-            text: name.as_str().into(),
-            tokens,
-            literal: true,
-        })
+        Pattern::Tokens(TokenPattern { text: name.as_str().into(), tokens, literal: true })
     }
 }
 

@@ -37,18 +37,14 @@ impl Engine {
             self.insert_topic(&mut reg, config, now)?;
             reg.route(subject)
         };
-        self.emit(vec![EngineEvent::TopicCreated {
-            topic: subject.clone(),
-        }]);
+        self.emit(vec![EngineEvent::TopicCreated { topic: subject.clone() }]);
         Ok(created)
     }
 
     /// Appends a message to the topic that captures its subject and offers it to matching taps.
     pub fn publish(&self, req: PublishRequest) -> Result<PublishReceipt, EngineError> {
         let mut receipts = self.publish_batch(vec![req])?;
-        receipts
-            .pop()
-            .ok_or_else(|| EngineError::InvalidConfig("publish produced no receipt".into()))
+        receipts.pop().ok_or_else(|| EngineError::InvalidConfig("publish produced no receipt".into()))
     }
 
     /// Publishes several messages in order; consecutive messages to one subject share one lock
@@ -124,15 +120,7 @@ impl Engine {
         let subject = req.subject.clone();
         let taps = self.offer_taps(|| {
             let extra = MessageExtra::pack(req.key.clone(), req.msg_id.clone(), req.headers.clone());
-            Message::new(
-                req.subject.clone(),
-                0,
-                0,
-                now,
-                req.subject.clone(),
-                extra,
-                req.payload.clone(),
-            )
+            Message::new(req.subject.clone(), 0, 0, now, req.subject.clone(), extra, req.payload.clone())
         });
         if taps == 0 {
             self.inner.unroutable.fetch_add(1, Ordering::Relaxed);
@@ -140,13 +128,7 @@ impl Engine {
                 return Err(EngineError::Unroutable(subject));
             }
         }
-        Ok(PublishReceipt {
-            topic: None,
-            partition: 0,
-            seq: 0,
-            taps,
-            duplicate: false,
-        })
+        Ok(PublishReceipt { topic: None, partition: 0, seq: 0, taps, duplicate: false })
     }
 
     pub(super) fn offer_taps(&self, message: impl FnOnce() -> Message) -> u32 {
@@ -165,12 +147,7 @@ impl Engine {
 
     /// Carries out what an operation under a topic lock left to do.
     pub(super) fn apply(&self, effects: Effects) {
-        let Effects {
-            events,
-            dead_letters,
-            wake: _,
-            closed,
-        } = effects;
+        let Effects { events, dead_letters, wake: _, closed } = effects;
         for dead in dead_letters {
             if let Err(e) = self.append_to(&dead.topic, dead.copy) {
                 self.dead_letter_failed(&dead.subscription, dead.seq, dead.attempt, &dead.topic, &e);

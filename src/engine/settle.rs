@@ -19,25 +19,18 @@ impl SubState {
         let seq = r.seq;
         if r.lease < self.lease_floor {
             // Handed out before the last seek: every such lease is void (T11).
-            return Err(EngineError::StaleLease {
-                subscription: self.config.name.clone(),
-                seq,
-            });
+            return Err(EngineError::StaleLease { subscription: self.config.name.clone(), seq });
         }
         if seq > self.delivered_seq {
-            return Err(EngineError::NotDelivered {
-                subscription: self.config.name.clone(),
-                seq,
-            });
+            return Err(EngineError::NotDelivered { subscription: self.config.name.clone(), seq });
         }
         match self.entries.get(&seq) {
             None => Ok(None),
             Some(e) if e.state.is_terminal() => Ok(None),
             Some(e) if e.state == DeliveryState::InFlight && e.lease == r.lease => Ok(Some(seq)),
-            Some(_) if self.config.strict_leases || !lenient => Err(EngineError::StaleLease {
-                subscription: self.config.name.clone(),
-                seq,
-            }),
+            Some(_) if self.config.strict_leases || !lenient => {
+                Err(EngineError::StaleLease { subscription: self.config.name.clone(), seq })
+            }
             // Lenient leases (NATS behaviour): an outdated lease still settles the message.
             Some(_) => Ok(Some(seq)),
         }
@@ -145,23 +138,14 @@ impl SubState {
     /// Returns the deadline now in force.
     pub fn extend(&mut self, r: &AckRef, by: Duration, now: Timestamp) -> Result<Timestamp, EngineError> {
         let Some(seq) = self.leased(r, false)? else {
-            return Err(EngineError::StaleLease {
-                subscription: self.config.name.clone(),
-                seq: r.seq,
-            });
+            return Err(EngineError::StaleLease { subscription: self.config.name.clone(), seq: r.seq });
         };
         let cap = self.config.max_lease;
         let Some(entry) = self.entries.get_mut(&seq) else {
-            return Err(EngineError::StaleLease {
-                subscription: self.config.name.clone(),
-                seq,
-            });
+            return Err(EngineError::StaleLease { subscription: self.config.name.clone(), seq });
         };
         if entry.state != DeliveryState::InFlight {
-            return Err(EngineError::StaleLease {
-                subscription: self.config.name.clone(),
-                seq,
-            });
+            return Err(EngineError::StaleLease { subscription: self.config.name.clone(), seq });
         }
         let wanted = now.plus(by);
         let limit = entry.lease_start.plus(cap);
@@ -254,10 +238,7 @@ impl SubState {
                 };
                 let h = &mut copy.headers;
                 h.insert("x-dead-letter-source-topic".into(), ctx.topic.to_string());
-                h.insert(
-                    "x-dead-letter-source-subject".into(),
-                    message.subject().to_string(),
-                );
+                h.insert("x-dead-letter-source-subject".into(), message.subject().to_string());
                 h.insert("x-dead-letter-subscription".into(), name.to_string());
                 h.insert("x-dead-letter-partition".into(), "0".into());
                 h.insert("x-dead-letter-seq".into(), seq.to_string());
@@ -288,12 +269,7 @@ impl SubState {
             _ => {
                 entry.state = DeliveryState::Terminated;
                 self.counters.terminated += 1;
-                effects.events.push(EngineEvent::Terminated {
-                    subscription: name,
-                    seq,
-                    attempt,
-                    reason,
-                });
+                effects.events.push(EngineEvent::Terminated { subscription: name, seq, attempt, reason });
             }
         }
         entry.consumer = None;
@@ -305,24 +281,14 @@ impl SubState {
         match &self.config.backoff {
             Backoff::Immediate => Duration::ZERO,
             Backoff::List(list) => {
-                let i = usize::try_from(n - 1)
-                    .unwrap_or(usize::MAX)
-                    .min(list.len().saturating_sub(1));
+                let i = usize::try_from(n - 1).unwrap_or(usize::MAX).min(list.len().saturating_sub(1));
                 list.get(i).copied().unwrap_or_default()
             }
-            Backoff::Exponential {
-                min,
-                max,
-                factor,
-                jitter,
-            } => {
+            Backoff::Exponential { min, max, factor, jitter } => {
                 let exp = i32::try_from(n - 1).unwrap_or(i32::MAX);
                 let base = (min.as_secs_f64() * factor.powi(exp)).min(max.as_secs_f64());
-                let spread = if *jitter > 0.0 {
-                    base * jitter * unit_noise(self.jitter_seed, seq, n)
-                } else {
-                    0.0
-                };
+                let spread =
+                    if *jitter > 0.0 { base * jitter * unit_noise(self.jitter_seed, seq, n) } else { 0.0 };
                 Duration::try_from_secs_f64((base + spread).max(0.0)).unwrap_or(*max)
             }
         }

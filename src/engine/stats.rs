@@ -53,11 +53,7 @@ impl RateMeter {
 
     /// Events counted in second `sec`, zero when outside the history.
     fn count(&self, sec: i64) -> u64 {
-        if sec > self.second || sec <= self.second - RATE_SLOTS as i64 {
-            0
-        } else {
-            self.slots[slot(sec)]
-        }
+        if sec > self.second || sec <= self.second - RATE_SLOTS as i64 { 0 } else { self.slots[slot(sec)] }
     }
 
     /// Average events per second over the last complete seconds.
@@ -341,15 +337,9 @@ pub(crate) fn subscription_info(
         .iter()
         .find(|(_, e)| !e.state.is_terminal())
         .map(|(s, _)| *s)
-        .or_else(|| {
-            (pending > 0)
-                .then(|| first_covered(sub, topic, log, from))
-                .flatten()
-        });
-    let age_of = |seq: Option<u64>| {
-        seq.and_then(|s| log.get(s))
-            .map_or(Duration::ZERO, |r| now.since(r.publish_time))
-    };
+        .or_else(|| (pending > 0).then(|| first_covered(sub, topic, log, from)).flatten());
+    let age_of =
+        |seq: Option<u64>| seq.and_then(|s| log.get(s)).map_or(Duration::ZERO, |r| now.since(r.publish_time));
     let deliver_rate = sub.deliver_rate.rate(now);
     let ack_rate = sub.ack_rate.rate(now);
     let drain = ack_rate - publish_rate;
@@ -378,11 +368,7 @@ pub(crate) fn subscription_info(
         backlog_bytes: pending_bytes + unsettled_bytes,
         offset_lag: head.saturating_sub(sub.ack_floor),
         oldest_unacked_age: age_of(oldest_unsettled),
-        oldest_pending_age: if pending > 0 {
-            age_of(Some(from + 1))
-        } else {
-            Duration::ZERO
-        },
+        oldest_pending_age: if pending > 0 { age_of(Some(from + 1)) } else { Duration::ZERO },
         consumers: sub
             .consumers
             .iter()
@@ -408,10 +394,8 @@ pub(crate) fn subscription_info(
 }
 
 fn first_covered(sub: &SubState, topic: &Name, log: &Log, from: u64) -> Option<u64> {
-    ((from + 1)..=log.head_seq()).find(|&s| {
-        log.get(s)
-            .is_some_and(|r| sub.covers(r.subject_or(topic).as_str()))
-    })
+    ((from + 1)..=log.head_seq())
+        .find(|&s| log.get(s).is_some_and(|r| sub.covers(r.subject_or(topic).as_str())))
 }
 
 fn blocked_by(sub: &SubState, waiting: u64, delayed: u64) -> Option<BlockedBy> {
@@ -441,9 +425,7 @@ pub(crate) fn peek(sub: &SubState, topic: &Name, log: &Log, from: u64, limit: us
     let mut messages = Vec::new();
     let mut seq = start;
     while seq <= log.head_seq() && messages.len() < limit {
-        let covered = log
-            .get(seq)
-            .is_some_and(|r| sub.covers(r.subject_or(topic).as_str()));
+        let covered = log.get(seq).is_some_and(|r| sub.covers(r.subject_or(topic).as_str()));
         let state = match sub.entries.get(&seq) {
             Some(e) => MessageAckState {
                 seq,

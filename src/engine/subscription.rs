@@ -42,10 +42,7 @@ pub enum DeliveryState {
 impl DeliveryState {
     /// Whether the message is settled for this subscription.
     pub fn is_terminal(self) -> bool {
-        !matches!(
-            self,
-            DeliveryState::Available | DeliveryState::InFlight | DeliveryState::Delayed
-        )
+        !matches!(self, DeliveryState::Available | DeliveryState::InFlight | DeliveryState::Delayed)
     }
 }
 
@@ -142,9 +139,7 @@ impl SubState {
             .name
             .as_str()
             .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
         SubState {
             config,
             created: now,
@@ -193,12 +188,10 @@ impl SubState {
         }
         let prefetch = self.config.max_in_flight;
         let id: ConsumerId = id.into();
-        self.consumers
-            .push(ConsumerState::new(id.clone(), prefetch, now, None));
-        effects.events.push(EngineEvent::ConsumerAttached {
-            subscription: self.config.name.clone(),
-            consumer: id,
-        });
+        self.consumers.push(ConsumerState::new(id.clone(), prefetch, now, None));
+        effects
+            .events
+            .push(EngineEvent::ConsumerAttached { subscription: self.config.name.clone(), consumer: id });
         self.consumers.len() - 1
     }
 
@@ -345,10 +338,7 @@ impl SubState {
         self.delivered_seq = next.saturating_sub(1);
         self.ack_floor = self.delivered_seq;
         self.lease_floor = self.next_lease;
-        effects.events.push(EngineEvent::Seek {
-            subscription: self.config.name.clone(),
-            next_seq: next,
-        });
+        effects.events.push(EngineEvent::Seek { subscription: self.config.name.clone(), next_seq: next });
         effects.wake = true;
     }
 

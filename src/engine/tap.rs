@@ -55,12 +55,7 @@ impl TapRegistry {
         buffer: usize,
     ) -> broadcast::Receiver<Message> {
         let (tx, rx) = broadcast::channel(buffer.max(1));
-        self.taps.push(TapEntry {
-            id,
-            patterns,
-            group,
-            tx,
-        });
+        self.taps.push(TapEntry { id, patterns, group, tx });
         rx
     }
 
@@ -98,9 +93,7 @@ impl TapRegistry {
             .into_iter()
             .filter_map(|(name, members)| {
                 let cursor = self.cursors.get(name).copied().unwrap_or(0);
-                members
-                    .get(cursor % members.len())
-                    .map(|&i| (name.to_string(), i))
+                members.get(cursor % members.len()).map(|&i| (name.to_string(), i))
             })
             .collect();
         for (name, i) in picks {

@@ -80,13 +80,8 @@ impl TopicState {
             && let Some(limit) = self.full_for(size as u64)
         {
             self.counters.rejected_full += 1;
-            effects.events.push(EngineEvent::DiscardNewRejected {
-                topic: self.config.name.clone(),
-            });
-            return Err(EngineError::TopicFull {
-                topic: self.config.name.clone(),
-                limit,
-            });
+            effects.events.push(EngineEvent::DiscardNewRejected { topic: self.config.name.clone() });
+            return Err(EngineError::TopicFull { topic: self.config.name.clone(), limit });
         }
         // Publish times never go backwards within a partition, even if the clock does.
         let time = self.log.last_time().map_or(now, |last| last.max(now));
@@ -141,12 +136,7 @@ impl TopicState {
     /// Deletes the oldest messages while any limit is exceeded (age always; count and bytes under
     /// `discard = old`). Unsettled victims become EXPIRED in every subscription (T10).
     pub fn enforce_limits(&mut self, now: Timestamp, effects: &mut Effects) {
-        let Limits {
-            max_msgs,
-            max_bytes,
-            max_age,
-            ..
-        } = self.config.limits;
+        let Limits { max_msgs, max_bytes, max_age, .. } = self.config.limits;
         let cutoff = max_age.map(|age| now.minus(age));
         let old = self.config.discard == Discard::Old;
         let mut removed = 0u64;
@@ -165,10 +155,9 @@ impl TopicState {
         }
         if removed > 0 {
             self.counters.expired += removed;
-            effects.events.push(EngineEvent::TopicExpired {
-                topic: self.config.name.clone(),
-                count: removed,
-            });
+            effects
+                .events
+                .push(EngineEvent::TopicExpired { topic: self.config.name.clone(), count: removed });
         }
     }
 
@@ -188,10 +177,9 @@ impl TopicState {
         }
         if removed > 0 {
             self.counters.expired += removed;
-            effects.events.push(EngineEvent::TopicExpired {
-                topic: self.config.name.clone(),
-                count: removed,
-            });
+            effects
+                .events
+                .push(EngineEvent::TopicExpired { topic: self.config.name.clone(), count: removed });
         }
         removed
     }
@@ -199,11 +187,7 @@ impl TopicState {
     /// Runs every subscription's timers and pushes what became deliverable.
     pub fn run_timers(&mut self, now: Timestamp, effects: &mut Effects) {
         self.enforce_limits(now, effects);
-        let ctx = Ctx {
-            topic: &self.config.name,
-            log: &self.log,
-            now,
-        };
+        let ctx = Ctx { topic: &self.config.name, log: &self.log, now };
         for sub in &mut self.subs {
             if sub.next_timer().is_some_and(|t| t <= now) {
                 sub.run_timers(&ctx, effects);
@@ -216,11 +200,7 @@ impl TopicState {
 
     /// Pushes to every subscription's push consumers.
     pub fn dispatch_push(&mut self, now: Timestamp, effects: &mut Effects) {
-        let ctx = Ctx {
-            topic: &self.config.name,
-            log: &self.log,
-            now,
-        };
+        let ctx = Ctx { topic: &self.config.name, log: &self.log, now };
         for sub in &mut self.subs {
             sub.dispatch_push(&ctx, effects);
         }
@@ -228,21 +208,13 @@ impl TopicState {
 
     /// Recomputes whether any push consumer is attached.
     pub fn refresh_push_flag(&mut self) {
-        self.has_push = self
-            .subs
-            .iter()
-            .any(|s| s.consumers.iter().any(|c| c.push.is_some()));
+        self.has_push = self.subs.iter().any(|s| s.consumers.iter().any(|c| c.push.is_some()));
     }
 
     pub fn info(&self, now: Timestamp) -> TopicInfo {
         TopicInfo {
             name: self.config.name.clone(),
-            subjects: self
-                .config
-                .captured()
-                .iter()
-                .map(|p| p.as_str().to_string())
-                .collect(),
+            subjects: self.config.captured().iter().map(|p| p.as_str().to_string()).collect(),
             partitions: self.config.partitions,
             first_seq: self.log.first_seq(),
             head_seq: self.log.head_seq(),

@@ -130,11 +130,7 @@ impl Envelope {
     pub fn to_message(&self) -> Result<Message, ProtocolError> {
         let name = |s: &str| Name::system(s).map_err(|e| ProtocolError::Field(e.to_string()));
         let subject = name(&self.subject)?;
-        let topic = if self.topic.is_empty() {
-            subject.clone()
-        } else {
-            name(&self.topic)?
-        };
+        let topic = if self.topic.is_empty() { subject.clone() } else { name(&self.topic)? };
         let extra =
             crate::engine::MessageExtra::pack(self.key_bytes()?, self.msg_id.clone(), self.headers.clone());
         Ok(Message::new(
@@ -255,12 +251,7 @@ mod tests {
             serde_json::from_str(r#"{"subject":"a","payload":"%%%","payload_encoding":"base64"}"#).unwrap();
         assert!(env.payload_bytes().unwrap_err().to_string().contains("base64"));
         let env: Envelope = serde_json::from_str(r#"{"subject":"a","payload":5}"#).unwrap();
-        assert!(
-            env.payload_bytes()
-                .unwrap_err()
-                .to_string()
-                .contains("must be a string")
-        );
+        assert!(env.payload_bytes().unwrap_err().to_string().contains("must be a string"));
     }
 
     #[test]

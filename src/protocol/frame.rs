@@ -353,9 +353,7 @@ impl SubscriptionSpec {
             c.max_in_flight = n;
         }
         if let Some(ms) = self.inactive_ttl_ms {
-            c.lifetime = Lifetime::Ephemeral {
-                inactive_ttl: Duration::from_millis(ms),
-            };
+            c.lifetime = Lifetime::Ephemeral { inactive_ttl: Duration::from_millis(ms) };
         }
         c
     }

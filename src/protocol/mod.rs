@@ -86,10 +86,7 @@ fn classify(text: &str, e: serde_json::Error) -> (Option<u64>, ProtocolError) {
     };
     let id = object.get("id").and_then(serde_json::Value::as_u64);
     match object.get("op").and_then(serde_json::Value::as_str) {
-        None => (
-            id,
-            ProtocolError::Field("missing \"op\" (a string naming the operation)".into()),
-        ),
+        None => (id, ProtocolError::Field("missing \"op\" (a string naming the operation)".into())),
         Some(op) if !KNOWN_OPS.contains(&op) => (id, ProtocolError::UnknownOp(op.to_string())),
         Some(op) => (id, ProtocolError::Field(format!("bad \"{op}\" request: {e}"))),
     }

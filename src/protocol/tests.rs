@@ -11,18 +11,9 @@ fn round_trip(frame: ClientFrame) {
 #[test]
 fn client_frames_round_trip() {
     let name = |s: &str| Name::new(s).unwrap();
-    let lease = LeaseRef {
-        subscription: name("s"),
-        partition: 0,
-        seq: 4,
-        lease: 9,
-    };
+    let lease = LeaseRef { subscription: name("s"), partition: 0, seq: 4, lease: 9 };
     for request in [
-        Request::Hello {
-            version: VERSION,
-            token: Some("t".into()),
-            client: None,
-        },
+        Request::Hello { version: VERSION, token: Some("t".into()), client: None },
         Request::Ping,
         Request::Topics,
         Request::Subscribe(SubscribeSpec {
@@ -34,33 +25,16 @@ fn client_frames_round_trip() {
             prefetch: Some(10),
         }),
         Request::Ack(lease.clone()),
-        Request::Nack {
-            lease: lease.clone(),
-            delay_ms: Some(1500),
-        },
-        Request::Extend {
-            lease: lease.clone(),
-            by_ms: 100,
-        },
-        Request::Term {
-            lease,
-            reason: "bad".into(),
-        },
+        Request::Nack { lease: lease.clone(), delay_ms: Some(1500) },
+        Request::Extend { lease: lease.clone(), by_ms: 100 },
+        Request::Term { lease, reason: "bad".into() },
         Request::Seek {
             subscription: name("s"),
             target: SeekSpec::Time(crate::engine::Timestamp::from_micros(5)),
         },
-        Request::Browse {
-            topic: name("t"),
-            from: BrowseSpec::Last(3),
-            max: 3,
-        },
+        Request::Browse { topic: name("t"), from: BrowseSpec::Last(3), max: 3 },
         Request::CreateTopic {
-            spec: TopicSpec {
-                name: Some(name("t")),
-                max_msgs: Some(5),
-                ..TopicSpec::default()
-            },
+            spec: TopicSpec { name: Some(name("t")), max_msgs: Some(5), ..TopicSpec::default() },
         },
     ] {
         round_trip(ClientFrame { id: Some(7), request });
@@ -71,20 +45,10 @@ fn client_frames_round_trip() {
 fn hand_written_frames_decode() {
     let frame =
         decode_client(r#"{"op":"publish","id":3,"message":{"subject":"a.b","payload":"hi"}}"#).unwrap();
-    let Request::Publish { message } = frame.request else {
-        panic!("wrong op")
-    };
+    let Request::Publish { message } = frame.request else { panic!("wrong op") };
     assert_eq!(message.payload_bytes().unwrap().as_ref(), b"hi");
     let frame = decode_client(r#"{"op":"ack","subscription":"s","seq":3,"lease":4}"#).unwrap();
-    assert!(matches!(
-        frame.request,
-        Request::Ack(LeaseRef {
-            seq: 3,
-            lease: 4,
-            partition: 0,
-            ..
-        })
-    ));
+    assert!(matches!(frame.request, Request::Ack(LeaseRef { seq: 3, lease: 4, partition: 0, .. })));
 }
 
 #[test]
@@ -106,11 +70,8 @@ fn bad_input_is_classified_with_the_request_id() {
 
 #[test]
 fn server_frames_round_trip() {
-    let frame = ServerFrame::Error {
-        id: Some(1),
-        code: ErrorCode::StaleLease.number(),
-        message: "stale".into(),
-    };
+    let frame =
+        ServerFrame::Error { id: Some(1), code: ErrorCode::StaleLease.number(), message: "stale".into() };
     assert_eq!(decode_server(&encode_server(&frame)).unwrap(), frame);
     let frame = ServerFrame::Lagged { sid: 2, skipped: 9 };
     assert_eq!(decode_server(&encode_server(&frame)).unwrap(), frame);

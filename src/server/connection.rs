@@ -48,9 +48,8 @@ pub(crate) async fn serve(
     // tungstenite's own cap sits above ours so that an oversized frame up to twice the limit gets an
     // error frame; beyond that the socket is closed with 1009 (message too big).
     let hard_cap = limits.max_frame_bytes.saturating_mul(2).saturating_add(64 * 1024);
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(hard_cap))
-        .max_frame_size(Some(hard_cap));
+    let ws_config =
+        WebSocketConfig::default().max_message_size(Some(hard_cap)).max_frame_size(Some(hard_cap));
     let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)).await {
         Ok(ws) => ws,
         Err(e) => {
@@ -61,12 +60,7 @@ pub(crate) async fn serve(
     let (sink, mut source) = ws.split();
     let (out_tx, out_rx) = mpsc::channel(limits.queue_frames.max(4));
     let done = cancel.child_token();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        out_rx,
-        shared.config.write_timeout,
-        done.clone(),
-    ));
+    let writer = tokio::spawn(write_loop(sink, out_rx, shared.config.write_timeout, done.clone()));
     let mut conn = Connection {
         shared: shared.clone(),
         out: out_tx,
@@ -78,21 +72,12 @@ pub(crate) async fn serve(
         done: done.clone(),
     };
     if over_limit {
-        conn.error(
-            None,
-            ErrorCode::TooManyConnections,
-            "the server has reached its connection limit",
-        )
-        .await;
+        conn.error(None, ErrorCode::TooManyConnections, "the server has reached its connection limit").await;
         conn.close(CloseCode::Again, "too many connections").await;
     } else {
         conn.read_loop(&mut source).await;
     }
-    let reason = if shared.shutdown.is_cancelled() {
-        "server shutting down"
-    } else {
-        "closing"
-    };
+    let reason = if shared.shutdown.is_cancelled() { "server shutting down" } else { "closing" };
     conn.finish(reason).await;
     drop(conn);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
@@ -121,10 +106,7 @@ async fn write_loop(
                 match item {
                     Outbound::Text(text) => sink.feed(WsMessage::Text(text.into())).await?,
                     Outbound::Close(code, reason) => {
-                        let frame = CloseFrame {
-                            code,
-                            reason: reason.into(),
-                        };
+                        let frame = CloseFrame { code, reason: reason.into() };
                         sink.send(WsMessage::Close(Some(frame))).await?;
                         return Ok(false);
                     }
@@ -184,8 +166,7 @@ impl Connection {
                 Some(Err(e)) => {
                     use tokio_tungstenite::tungstenite::Error;
                     if let Error::Capacity(c) = &e {
-                        self.close(CloseCode::Size, &format!("frame too large: {c}"))
-                            .await;
+                        self.close(CloseCode::Size, &format!("frame too large: {c}")).await;
                     }
                     tracing::debug!(error = %e, "read failed");
                     return;
@@ -208,10 +189,8 @@ impl Connection {
     async fn on_text(&mut self, text: &str) -> bool {
         let max = self.shared.config.limits.max_frame_bytes;
         if text.len() > max {
-            let msg = format!(
-                "frame of {} bytes is larger than the server's limit of {max} bytes",
-                text.len()
-            );
+            let msg =
+                format!("frame of {} bytes is larger than the server's limit of {max} bytes", text.len());
             self.error(None, ErrorCode::FrameTooLarge, &msg).await;
             return true;
         }
@@ -249,11 +228,7 @@ impl Connection {
         if let Some(expected) = &self.shared.config.token {
             let given = token.as_deref().unwrap_or("");
             if !tokens_match(expected, given) {
-                let msg = if given.is_empty() {
-                    "this server needs a token"
-                } else {
-                    "wrong token"
-                };
+                let msg = if given.is_empty() { "this server needs a token" } else { "wrong token" };
                 self.error(id, ErrorCode::Unauthorized, msg).await;
                 self.close(CloseCode::Policy, "unauthorized").await;
                 return false;
@@ -276,11 +251,7 @@ impl Connection {
     }
 
     pub(crate) async fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
-        let frame = ServerFrame::Error {
-            id,
-            code: code.number(),
-            message: message.to_string(),
-        };
+        let frame = ServerFrame::Error { id, code: code.number(), message: message.to_string() };
         self.send(&frame).await;
     }
 
@@ -299,17 +270,10 @@ impl Connection {
         let sid = self.next_sid;
         self.next_sid += 1;
         let cancel = self.done.child_token();
-        self.streams.insert(
-            sid,
-            StreamHandle {
-                cancel: cancel.clone(),
-                prefetch,
-            },
-        );
+        self.streams.insert(sid, StreamHandle { cancel: cancel.clone(), prefetch });
         self.granted = self.granted.saturating_add(prefetch);
         // The answer goes out before the pump starts, so the client learns the sid first.
-        self.ok(id, serde_json::to_value(protocol::StreamReply { sid }).ok())
-            .await;
+        self.ok(id, serde_json::to_value(protocol::StreamReply { sid }).ok()).await;
         self.tasks.spawn(pump(stream, sid, self.out.clone(), cancel));
     }
 
@@ -317,10 +281,7 @@ impl Connection {
     pub(crate) async fn admit_stream(&self, id: Option<u64>, prefetch: u32) -> bool {
         let limits = self.shared.config.limits;
         if self.streams.len() >= limits.max_subscriptions {
-            let msg = format!(
-                "this connection has {} streams, the server's limit",
-                limits.max_subscriptions
-            );
+            let msg = format!("this connection has {} streams, the server's limit", limits.max_subscriptions);
             self.error(id, ErrorCode::TooManySubscriptions, &msg).await;
             return false;
         }
@@ -344,12 +305,7 @@ impl Connection {
                 self.ok(id, None).await;
             }
             None => {
-                self.error(
-                    id,
-                    ErrorCode::NoSuchStream,
-                    &format!("no stream {sid} on this connection"),
-                )
-                .await
+                self.error(id, ErrorCode::NoSuchStream, &format!("no stream {sid} on this connection")).await
             }
         }
     }
@@ -362,11 +318,7 @@ impl Connection {
         self.done.cancel();
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
-        let code = if self.shared.shutdown.is_cancelled() {
-            CloseCode::Away
-        } else {
-            CloseCode::Normal
-        };
+        let code = if self.shared.shutdown.is_cancelled() { CloseCode::Away } else { CloseCode::Normal };
         let _ = self.out.try_send(Outbound::Close(code, reason.to_string()));
     }
 }
@@ -388,19 +340,11 @@ async fn pump(mut stream: DeliveryStream, sid: u64, out: mpsc::Sender<Outbound>,
             item = stream.next() => item,
         };
         let Some(first) = first else {
-            let frame = ServerFrame::Closed {
-                sid,
-                reason: "the subscription ended".into(),
-            };
+            let frame = ServerFrame::Closed { sid, reason: "the subscription ended".into() };
             send_frame(&out, &cancel, &frame).await;
             return;
         };
-        let mut batch = Batch {
-            sid,
-            subscription: None,
-            messages: Vec::new(),
-            frames: Vec::new(),
-        };
+        let mut batch = Batch { sid, subscription: None, messages: Vec::new(), frames: Vec::new() };
         batch.add(first);
         while batch.messages.len() < BATCH {
             match stream.try_next() {
@@ -437,10 +381,7 @@ impl Batch {
             }
             Ok(StreamItem::Lagged { skipped }) => {
                 self.flush();
-                self.frames.push(ServerFrame::Lagged {
-                    sid: self.sid,
-                    skipped,
-                });
+                self.frames.push(ServerFrame::Lagged { sid: self.sid, skipped });
             }
             Err(e) => {
                 self.flush();

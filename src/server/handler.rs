@@ -23,8 +23,7 @@ impl Connection {
         let broker = self.shared.broker.clone();
         let outcome: Result<Option<serde_json::Value>, BrokerError> = match request {
             Request::Hello { .. } => {
-                self.error(id, ErrorCode::BadField, "already greeted: send hello once")
-                    .await;
+                self.error(id, ErrorCode::BadField, "already greeted: send hello once").await;
                 return;
             }
             Request::Ping => Ok(None),
@@ -51,10 +50,9 @@ impl Connection {
                 Err(msg) => return self.error(id, ErrorCode::BadField, &msg).await,
             },
             Request::DeleteTopic { topic } => broker.delete_topic(&topic).await.map(|()| None),
-            Request::PurgeTopic { topic } => broker
-                .purge_topic(&topic)
-                .await
-                .map(|count| value(CountReply { count })),
+            Request::PurgeTopic { topic } => {
+                broker.purge_topic(&topic).await.map(|count| value(CountReply { count }))
+            }
             Request::Subscriptions { topic } => broker.subscriptions(topic.as_ref()).await.map(value),
             Request::SubscriptionInfo { subscription } => {
                 broker.subscription_info(&subscription).await.map(value)
@@ -84,13 +82,7 @@ impl Connection {
                 }
             }
             Request::Unsubscribe { sid } => return self.close_stream(id, sid).await,
-            Request::Fetch {
-                subscription,
-                consumer,
-                max_msgs,
-                max_bytes,
-                wait_ms,
-            } => {
+            Request::Fetch { subscription, consumer, max_msgs, max_bytes, wait_ms } => {
                 let opts = FetchOptions {
                     max_msgs,
                     max_bytes: max_bytes.unwrap_or(u64::MAX),
@@ -138,10 +130,9 @@ impl Connection {
                 .settle(&token(lease), Settle::Extend(Duration::from_millis(by_ms)))
                 .await
                 .map(|()| None),
-            Request::Term { lease, reason } => broker
-                .settle(&token(lease), Settle::Term(reason))
-                .await
-                .map(|()| None),
+            Request::Term { lease, reason } => {
+                broker.settle(&token(lease), Settle::Term(reason)).await.map(|()| None)
+            }
             Request::Seek { subscription, target } => {
                 let target = match target {
                     SeekSpec::Start => SeekTarget::Start,
@@ -149,10 +140,7 @@ impl Connection {
                     SeekSpec::Seq(seq) => SeekTarget::Seq { partition: 0, seq },
                     SeekSpec::Time(t) => SeekTarget::Time(t),
                 };
-                broker
-                    .seek(&subscription, target)
-                    .await
-                    .map(|count| value(CountReply { count }))
+                broker.seek(&subscription, target).await.map(|count| value(CountReply { count }))
             }
             Request::Browse { topic, from, max } => {
                 let from = match from {
@@ -166,11 +154,9 @@ impl Connection {
                     value(envelopes)
                 })
             }
-            Request::Peek {
-                subscription,
-                from,
-                limit,
-            } => broker.peek(&subscription, from, limit).await.map(value),
+            Request::Peek { subscription, from, limit } => {
+                broker.peek(&subscription, from, limit).await.map(value)
+            }
             Request::Stats => Ok(value(ServerStats {
                 engine: broker.engine().stats(),
                 connections: self.shared.connections.load(Ordering::Relaxed),
@@ -196,10 +182,8 @@ impl Connection {
         let req = envelope.to_request().map_err(|e| (e.code(), e.to_string()))?;
         let max = self.shared.config.limits.max_message_bytes;
         if req.size() > max {
-            let msg = format!(
-                "message of {} bytes is larger than the server's limit of {max} bytes",
-                req.size()
-            );
+            let msg =
+                format!("message of {} bytes is larger than the server's limit of {max} bytes", req.size());
             return Err((ErrorCode::MessageTooLarge, msg));
         }
         Ok(req)
@@ -232,9 +216,5 @@ fn error_frame(id: Option<u64>, e: &BrokerError) -> crate::protocol::ServerFrame
         BrokerError::Invalid(_) => ErrorCode::BadField,
         _ => ErrorCode::Internal,
     };
-    crate::protocol::ServerFrame::Error {
-        id,
-        code: code.number(),
-        message: e.to_string(),
-    }
+    crate::protocol::ServerFrame::Error { id, code: code.number(), message: e.to_string() }
 }

@@ -72,11 +72,7 @@ impl ServeLimits {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        ServeConfig {
-            token: None,
-            limits: ServeLimits::default(),
-            write_timeout: Duration::from_secs(30),
-        }
+        ServeConfig { token: None, limits: ServeLimits::default(), write_timeout: Duration::from_secs(30) }
     }
 }
 

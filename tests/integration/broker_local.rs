@@ -16,10 +16,7 @@ async fn mem_url_opens_an_in_process_engine_with_its_capabilities() {
     assert_eq!(broker.kind(), "mem");
     let caps = broker.capabilities();
     assert!(caps.has(Capability::Ack) && caps.has(Capability::Replay) && caps.has(Capability::Lag));
-    assert!(
-        !caps.has(Capability::Persistence),
-        "mem:// keeps nothing across restarts"
-    );
+    assert!(!caps.has(Capability::Persistence), "mem:// keeps nothing across restarts");
 }
 
 #[tokio::test]
@@ -34,27 +31,13 @@ async fn unknown_and_unbuilt_backends_are_clear_errors() {
 #[tokio::test]
 async fn live_subscribe_receives_what_is_published_after_it() {
     let broker = LocalBroker::new(Engine::new(), "mem://");
-    broker
-        .publish(PublishRequest::new(name("orders.eu"), "before"))
-        .await
-        .unwrap();
-    let mut stream = broker
-        .subscribe(SubscribeRequest::live(vec![Pattern::parse("orders.*").unwrap()]))
-        .await
-        .unwrap();
-    let receipt = broker
-        .publish(PublishRequest::new(name("orders.us"), "after"))
-        .await
-        .unwrap();
+    broker.publish(PublishRequest::new(name("orders.eu"), "before")).await.unwrap();
+    let mut stream =
+        broker.subscribe(SubscribeRequest::live(vec![Pattern::parse("orders.*").unwrap()])).await.unwrap();
+    let receipt = broker.publish(PublishRequest::new(name("orders.us"), "after")).await.unwrap();
     assert_eq!(receipt.taps, 1);
-    let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let StreamItem::Delivery(d) = item else {
-        panic!("expected a delivery, got {item:?}")
-    };
+    let item = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+    let StreamItem::Delivery(d) = item else { panic!("expected a delivery, got {item:?}") };
     assert_eq!(d.message.payload.as_ref(), b"after");
     assert!(d.token.is_none(), "live taps have nothing to ack");
 }
@@ -63,10 +46,7 @@ async fn live_subscribe_receives_what_is_published_after_it() {
 async fn durable_subscription_streams_with_acks_and_history() {
     let broker = LocalBroker::new(Engine::new(), "mem://");
     for i in 0..3 {
-        broker
-            .publish(PublishRequest::new(name("jobs"), format!("job {i}")))
-            .await
-            .unwrap();
+        broker.publish(PublishRequest::new(name("jobs"), format!("job {i}"))).await.unwrap();
     }
     let mut req = SubscribeRequest::live(vec![Pattern::parse("jobs").unwrap()]);
     req.subscription = Some(name("workers"));
@@ -74,19 +54,11 @@ async fn durable_subscription_streams_with_acks_and_history() {
     req.ack = AckMode::Explicit;
     let mut stream = broker.subscribe(req).await.unwrap();
     for expected in 1..=3 {
-        let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let StreamItem::Delivery(d) = item else {
-            panic!("expected a delivery")
-        };
+        let item =
+            tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+        let StreamItem::Delivery(d) = item else { panic!("expected a delivery") };
         assert_eq!(d.message.seq, expected);
-        broker
-            .settle(d.token.as_ref().unwrap(), Settle::Ack)
-            .await
-            .unwrap();
+        broker.settle(d.token.as_ref().unwrap(), Settle::Ack).await.unwrap();
     }
     let info = broker.subscription_info(&name("workers")).await.unwrap();
     assert_eq!((info.ack_floor, info.backlog), (3, 0));
@@ -101,24 +73,14 @@ async fn pull_fetch_long_polls_until_a_message_arrives() {
     let waiter = {
         let broker = broker.clone();
         tokio::spawn(async move {
-            let opts = FetchOptions {
-                max_msgs: 10,
-                wait: Some(Duration::from_secs(10)),
-                ..FetchOptions::default()
-            };
+            let opts =
+                FetchOptions { max_msgs: 10, wait: Some(Duration::from_secs(10)), ..FetchOptions::default() };
             broker.fetch(&name("pull"), "c1", opts).await
         })
     };
     tokio::task::yield_now().await;
-    broker
-        .publish(PublishRequest::new(name("q"), "wake up"))
-        .await
-        .unwrap();
-    let batch = tokio::time::timeout(Duration::from_secs(5), waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    broker.publish(PublishRequest::new(name("q"), "wake up")).await.unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
     assert_eq!(batch.len(), 1);
     assert_eq!(batch[0].message.payload.as_ref(), b"wake up");
 }
@@ -128,11 +90,7 @@ async fn pull_fetch_returns_empty_when_the_wait_ends() {
     let broker = LocalBroker::new(Engine::new(), "mem://");
     let config = SubscriptionConfig::new(name("idle"), name("quiet"));
     broker.create_subscription(config).await.unwrap();
-    let opts = FetchOptions {
-        max_msgs: 10,
-        wait: Some(Duration::from_secs(30)),
-        ..FetchOptions::default()
-    };
+    let opts = FetchOptions { max_msgs: 10, wait: Some(Duration::from_secs(30)), ..FetchOptions::default() };
     let batch = broker.fetch(&name("idle"), "c1", opts).await.unwrap();
     assert!(batch.is_empty());
 }
@@ -146,33 +104,21 @@ async fn push_consumers_compete_and_a_dropped_one_gives_its_messages_back() {
     let mut a = engine
         .attach(
             &name("pool"),
-            pubsub::engine::AttachOptions {
-                consumer: Some("a".into()),
-                prefetch: Some(2),
-            },
+            pubsub::engine::AttachOptions { consumer: Some("a".into()), prefetch: Some(2) },
         )
         .unwrap();
     let b = engine
         .attach(
             &name("pool"),
-            pubsub::engine::AttachOptions {
-                consumer: Some("b".into()),
-                prefetch: Some(2),
-            },
+            pubsub::engine::AttachOptions { consumer: Some("b".into()), prefetch: Some(2) },
         )
         .unwrap();
     for i in 0..4 {
-        engine
-            .publish(PublishRequest::new(name("tasks"), format!("t{i}")))
-            .unwrap();
+        engine.publish(PublishRequest::new(name("tasks"), format!("t{i}"))).unwrap();
     }
     let info = engine.subscription_info(&name("pool")).unwrap();
     assert_eq!(info.in_flight, 4, "both consumers filled their prefetch");
-    assert!(
-        info.consumers.iter().all(|c| c.in_flight == 2),
-        "{:?}",
-        info.consumers
-    );
+    assert!(info.consumers.iter().all(|c| c.in_flight == 2), "{:?}", info.consumers);
     drop(b);
     let info = engine.subscription_info(&name("pool")).unwrap();
     assert_eq!((info.in_flight, info.redeliverable), (2, 2), "b's two went back");
@@ -183,10 +129,7 @@ async fn push_consumers_compete_and_a_dropped_one_gives_its_messages_back() {
     // Acking freed credit, so a now holds b's two as redeliveries.
     let mut attempts = Vec::new();
     for _ in 0..2 {
-        let d = tokio::time::timeout(Duration::from_secs(5), a.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(5), a.recv()).await.unwrap().unwrap();
         attempts.push(d.attempt);
         engine.ack(&name("pool"), d.lease.unwrap()).unwrap();
     }

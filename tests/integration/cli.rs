@@ -4,33 +4,21 @@ use assert_cmd::Command;
 
 fn pubsub() -> Command {
     let mut cmd = Command::cargo_bin("pubsub").unwrap();
-    // The environment must not leak into defaults or snapshots.
-    cmd.env_remove("PUBSUB_BROKER");
+    // The environment must not leak into defaults or snapshots, and no test touches the user's daemon.
+    cmd.env_remove("PUBSUB_BROKER").env_remove("PUBSUB_TOKEN").env("PUBSUB_HOME", scratch_home());
     cmd
 }
 
 #[test]
 fn version_prints_the_package_version() {
-    let out = pubsub()
-        .arg("--version")
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = pubsub().arg("--version").assert().success().get_output().stdout.clone();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.trim(), format!("pubsub {}", env!("CARGO_PKG_VERSION")));
 }
 
 #[test]
 fn help_lists_commands_broker_urls_and_exit_codes() {
-    let out = pubsub()
-        .arg("--help")
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = pubsub().arg("--help").assert().success().get_output().stdout.clone();
     let text = String::from_utf8(out).unwrap();
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path("../../snapshots");
@@ -44,10 +32,7 @@ fn unknown_flag_is_a_usage_error() {
 
 #[test]
 fn unknown_broker_scheme_exits_with_usage_code() {
-    let assert = pubsub()
-        .args(["--broker", "gopher://x", "bench", "-n", "10"])
-        .assert()
-        .code(2);
+    let assert = pubsub().args(["--broker", "gopher://x", "bench", "-n", "10"]).assert().code(2);
     let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
     assert!(stderr.contains("unknown broker scheme \"gopher\""), "{stderr}");
 }
@@ -55,11 +40,16 @@ fn unknown_broker_scheme_exits_with_usage_code() {
 #[test]
 fn bench_on_mem_delivers_every_message() {
     let out = pubsub()
-        .args(["bench", "-n", "2000", "--subscribers", "2", "--json"])
+        .args(["--broker", "mem://", "bench", "-n", "2000", "--subscribers", "2", "--json"])
         .assert()
         .success();
     let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(report["messages"], 2000);
     assert_eq!(report["delivered"], 4000);
+}
+
+/// A PUBSUB_HOME shared by the CLI tests of this run that expect no daemon.
+fn scratch_home() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("pubsub-cli-tests-{}", std::process::id()))
 }

@@ -47,10 +47,7 @@ fn backoff_list_uses_its_last_entry_once_exhausted() {
     for _ in 0..3 {
         let d = fetch(&e, "s", "c", 1).remove(0);
         e.nack(&name("s"), d.lease.unwrap(), None).unwrap();
-        let wait = e.peek(&name("s"), 1, 1).unwrap().messages[0]
-            .not_before
-            .unwrap()
-            .since(clock.now());
+        let wait = e.peek(&name("s"), 1, 1).unwrap().messages[0].not_before.unwrap().since(clock.now());
         waits.push(wait.as_secs());
         clock.advance(wait);
         e.tick();
@@ -61,15 +58,8 @@ fn backoff_list_uses_its_last_entry_once_exhausted() {
 #[tokio::test]
 async fn engine_events_reach_taps_on_sys_subjects_but_not_catch_all_taps() {
     let (e, clock) = engine();
-    let mut events = e
-        .tap(
-            vec![Pattern::parse("$sys.sub.s.>").unwrap()],
-            TapOptions::default(),
-        )
-        .unwrap();
-    let mut everything = e
-        .tap(vec![Pattern::parse("#").unwrap()], TapOptions::default())
-        .unwrap();
+    let mut events = e.tap(vec![Pattern::parse("$sys.sub.s.>").unwrap()], TapOptions::default()).unwrap();
+    let mut everything = e.tap(vec![Pattern::parse("#").unwrap()], TapOptions::default()).unwrap();
     subscribe(&e, "s", "t", |c| {
         c.ack_deadline = Duration::from_secs(1);
         c.max_deliveries = 1;
@@ -102,42 +92,26 @@ async fn engine_events_reach_taps_on_sys_subjects_but_not_catch_all_taps() {
 #[test]
 fn ephemeral_subscription_is_deleted_after_its_idle_time() {
     let (e, clock) = engine();
-    subscribe(&e, "eph", "t", |c| {
-        c.lifetime = Lifetime::Ephemeral {
-            inactive_ttl: Duration::from_secs(5),
-        }
-    });
+    subscribe(&e, "eph", "t", |c| c.lifetime = Lifetime::Ephemeral { inactive_ttl: Duration::from_secs(5) });
     fetch(&e, "eph", "c1", 1);
     e.detach(&name("eph"), "c1");
     clock.advance(Duration::from_secs(4));
     e.tick();
-    assert!(
-        e.subscription_info(&name("eph")).is_ok(),
-        "still inside its idle time"
-    );
+    assert!(e.subscription_info(&name("eph")).is_ok(), "still inside its idle time");
     clock.advance(Duration::from_secs(1));
     e.tick();
-    assert!(matches!(
-        e.subscription_info(&name("eph")),
-        Err(EngineError::NoSuchSubscription(_))
-    ));
+    assert!(matches!(e.subscription_info(&name("eph")), Err(EngineError::NoSuchSubscription(_))));
 }
 
 #[test]
 fn repeated_msg_id_within_the_window_returns_the_original_seq() {
     let (e, clock) = engine();
-    let first = e
-        .publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1"))
-        .unwrap();
-    let again = e
-        .publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1"))
-        .unwrap();
+    let first = e.publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1")).unwrap();
+    let again = e.publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1")).unwrap();
     assert_eq!((again.seq, again.duplicate), (first.seq, true));
     assert_eq!(e.topic_info(&name("t")).unwrap().messages, 1);
     clock.advance(Duration::from_secs(121));
-    let later = e
-        .publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1"))
-        .unwrap();
+    let later = e.publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1")).unwrap();
     assert_eq!((later.seq, later.duplicate), (2, false));
 }
 
@@ -147,23 +121,12 @@ fn subject_filter_skips_and_counts_what_it_does_not_cover() {
     let mut topic = TopicConfig::new(name("orders"));
     topic.subjects = vec![Pattern::parse("orders.>").unwrap()];
     e.create_topic(topic).unwrap();
-    subscribe(&e, "eu", "orders", |c| {
-        c.filter = vec![Pattern::parse("orders.eu.*").unwrap()]
-    });
-    for subject in [
-        "orders.eu.new",
-        "orders.us.new",
-        "orders.eu.paid",
-        "orders.us.paid",
-    ] {
+    subscribe(&e, "eu", "orders", |c| c.filter = vec![Pattern::parse("orders.eu.*").unwrap()]);
+    for subject in ["orders.eu.new", "orders.us.new", "orders.eu.paid", "orders.us.paid"] {
         publish(&e, subject, subject);
     }
     let info = e.subscription_info(&name("eu")).unwrap();
-    assert_eq!(
-        (info.pending, info.backlog),
-        (2, 2),
-        "pending counts only covered messages"
-    );
+    assert_eq!((info.pending, info.backlog), (2, 2), "pending counts only covered messages");
     let batch = fetch(&e, "eu", "c", 10);
     assert_eq!(seqs(&batch), vec![1, 3]);
     assert_eq!(batch[1].message.subject().as_str(), "orders.eu.paid");
@@ -183,10 +146,7 @@ fn overlapping_captures_are_refused_with_both_topics_named() {
     let mut b = TopicConfig::new(name("b"));
     b.subjects = vec![Pattern::parse("orders.#").unwrap()];
     let err = e.create_topic(b).unwrap_err().to_string();
-    assert!(
-        err.contains("\"orders.#\"") && err.contains("\"orders.*\"") && err.contains("\"a\""),
-        "{err}"
-    );
+    assert!(err.contains("\"orders.#\"") && err.contains("\"orders.*\"") && err.contains("\"a\""), "{err}");
 }
 
 #[test]
@@ -195,13 +155,8 @@ fn oversized_message_is_refused_and_nothing_is_appended() {
     let mut t = TopicConfig::new(name("small"));
     t.max_msg_bytes = 8;
     e.create_topic(t).unwrap();
-    let err = e
-        .publish(PublishRequest::new(name("small"), "123456789"))
-        .unwrap_err();
-    assert!(
-        matches!(err, EngineError::MessageTooLarge { size: 9, max: 8, .. }),
-        "{err}"
-    );
+    let err = e.publish(PublishRequest::new(name("small"), "123456789")).unwrap_err();
+    assert!(matches!(err, EngineError::MessageTooLarge { size: 9, max: 8, .. }), "{err}");
     assert_eq!(e.topic_info(&name("small")).unwrap().messages, 0);
 }
 
@@ -215,13 +170,7 @@ fn browse_reads_without_touching_subscriptions() {
         publish(&e, "t", &format!("{i}"));
         clock.advance(Duration::from_secs(1));
     }
-    let seqs_of = |from| {
-        e.browse(&name("t"), from, 3)
-            .unwrap()
-            .iter()
-            .map(|m| m.seq)
-            .collect::<Vec<_>>()
-    };
+    let seqs_of = |from| e.browse(&name("t"), from, 3).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>();
     assert_eq!(seqs_of(BrowseFrom::Seq(0)), vec![1, 2, 3]);
     assert_eq!(seqs_of(BrowseFrom::Last(2)), vec![9, 10]);
     assert_eq!(seqs_of(BrowseFrom::Time(times[4])), vec![5, 6, 7]);
@@ -268,13 +217,8 @@ fn start_positions_resolve_against_the_log() {
 
 #[test]
 fn auto_create_off_refuses_unknown_topics_for_subscriptions_too() {
-    let (e, _) = engine_with(EngineConfig {
-        auto_create: false,
-        ..EngineConfig::default()
-    });
-    let err = e
-        .create_subscription(SubscriptionConfig::new(name("s"), name("nowhere")))
-        .unwrap_err();
+    let (e, _) = engine_with(EngineConfig { auto_create: false, ..EngineConfig::default() });
+    let err = e.create_subscription(SubscriptionConfig::new(name("s"), name("nowhere"))).unwrap_err();
     assert!(matches!(err, EngineError::NoSuchTopic(_)), "{err}");
 }
 
@@ -287,12 +231,7 @@ fn unimplemented_settings_are_refused_rather_than_ignored() {
     assert!(err.contains("not implemented yet"), "{err}");
     let mut topic = TopicConfig::new(name("p"));
     topic.partitions = 3;
-    assert!(
-        e.create_topic(topic)
-            .unwrap_err()
-            .to_string()
-            .contains("partitions")
-    );
+    assert!(e.create_topic(topic).unwrap_err().to_string().contains("partitions"));
 }
 
 #[test]
@@ -306,11 +245,7 @@ fn peek_reports_every_state_from_the_floor_up() {
     e.ack(&name("s"), batch[1].lease.unwrap()).unwrap();
     e.nack(&name("s"), batch[2].lease.unwrap(), None).unwrap();
     let peek = e.peek(&name("s"), 0, 10).unwrap();
-    let states: Vec<_> = peek
-        .messages
-        .iter()
-        .map(|m| (m.seq, m.state, m.attempt))
-        .collect();
+    let states: Vec<_> = peek.messages.iter().map(|m| (m.seq, m.state, m.attempt)).collect();
     assert_eq!(
         states,
         vec![

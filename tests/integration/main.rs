@@ -3,6 +3,7 @@
 
 #![expect(
     clippy::unwrap_used,
+    clippy::panic,
     reason = "helpers outside #[test] fns fail the test loudly on an unexpected error"
 )]
 
@@ -12,4 +13,5 @@ mod engine;
 mod properties;
 mod regressions;
 mod scenarios;
+mod server;
 mod support;

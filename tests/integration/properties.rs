@@ -67,12 +67,7 @@ impl Model {
 
     /// Leases whose deadline has passed are no longer current (the engine expires them on its next step).
     fn expire(&mut self, now: i64) {
-        let due: Vec<u64> = self
-            .valid
-            .iter()
-            .filter(|(_, v)| v.2 <= now)
-            .map(|(s, _)| *s)
-            .collect();
+        let due: Vec<u64> = self.valid.iter().filter(|(_, v)| v.2 <= now).map(|(s, _)| *s).collect();
         for seq in due {
             let (_, lease, _) = self.valid.remove(&seq).unwrap();
             self.stale.push(lease);
@@ -114,10 +109,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Fetch { consumer, max } => {
-                let opts = FetchOptions {
-                    max_msgs: usize::from(max),
-                    ..FetchOptions::default()
-                };
+                let opts = FetchOptions { max_msgs: usize::from(max), ..FetchOptions::default() };
                 let batch = e.try_fetch(&sub, &format!("c{consumer}"), &opts).unwrap();
                 for d in batch {
                     let seq = d.message.seq;
@@ -131,11 +123,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert!(!model.acked.contains(&seq), "acked seq {seq} redelivered");
                     // I2: attempts never go down.
                     let before = model.attempts.insert(seq, d.attempt).unwrap_or(0);
-                    prop_assert!(
-                        d.attempt > before,
-                        "attempt of {seq} went {before} -> {}",
-                        d.attempt
-                    );
+                    prop_assert!(d.attempt > before, "attempt of {seq} went {before} -> {}", d.attempt);
                     let deadline = d.deadline.unwrap().as_micros();
                     model.valid.insert(seq, (consumer, lease, deadline));
                 }
@@ -151,10 +139,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let result = e.ack(&sub, lease);
                     if let Err(err) = &result {
                         prop_assert!(
-                            matches!(
-                                err,
-                                EngineError::StaleLease { .. } | EngineError::NotDelivered { .. }
-                            ),
+                            matches!(err, EngineError::StaleLease { .. } | EngineError::NotDelivered { .. }),
                             "unexpected error {err}"
                         );
                     }
@@ -187,15 +172,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let info = e.topic_info(&name("t")).unwrap();
                 let span = (info.head_seq + 2).saturating_sub(info.first_seq).max(1);
                 let target = info.first_seq + u64::from(s) % span;
-                let next = e
-                    .seek(
-                        &sub,
-                        SeekTarget::Seq {
-                            partition: 0,
-                            seq: target,
-                        },
-                    )
-                    .unwrap();
+                let next = e.seek(&sub, SeekTarget::Seq { partition: 0, seq: target }).unwrap();
                 model.stale.extend(model.valid.values().map(|v| v.1));
                 model.valid.clear();
                 model.acked.clear();
@@ -205,12 +182,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Detach(c) => {
                 e.detach(&sub, &format!("c{c}"));
-                let gone: Vec<u64> = model
-                    .valid
-                    .iter()
-                    .filter(|(_, v)| v.0 == c)
-                    .map(|(s, _)| *s)
-                    .collect();
+                let gone: Vec<u64> = model.valid.iter().filter(|(_, v)| v.0 == c).map(|(s, _)| *s).collect();
                 for seq in gone {
                     let (_, lease, _) = model.valid.remove(&seq).unwrap();
                     model.stale.push(lease);
@@ -226,60 +198,30 @@ fn check_invariants(e: &Engine, model: &Model) -> Result<(), TestCaseError> {
     let sub = name("s");
     let info = e.subscription_info(&sub).unwrap();
     // I4: floor ≤ cursor ≤ head, floor ≥ first_seq − 1.
-    prop_assert!(
-        info.ack_floor <= info.delivered_seq && info.delivered_seq <= info.head_seq,
-        "{info:?}"
-    );
-    prop_assert!(
-        info.ack_floor + 1 >= info.first_seq,
-        "floor below first_seq - 1: {info:?}"
-    );
+    prop_assert!(info.ack_floor <= info.delivered_seq && info.delivered_seq <= info.head_seq, "{info:?}");
+    prop_assert!(info.ack_floor + 1 >= info.first_seq, "floor below first_seq - 1: {info:?}");
     // I5: credit limits.
-    prop_assert!(
-        info.in_flight <= u64::from(MAX_IN_FLIGHT),
-        "in_flight {}",
-        info.in_flight
-    );
+    prop_assert!(info.in_flight <= u64::from(MAX_IN_FLIGHT), "in_flight {}", info.in_flight);
     for c in &info.consumers {
-        prop_assert!(
-            c.in_flight <= PREFETCH.max(c.prefetch),
-            "consumer {} over prefetch",
-            c.id
-        );
+        prop_assert!(c.in_flight <= PREFETCH.max(c.prefetch), "consumer {} over prefetch", c.id);
     }
     let per_consumer: u64 = info.consumers.iter().map(|c| u64::from(c.in_flight)).sum();
     prop_assert_eq!(per_consumer, info.in_flight, "consumer in-flight counts add up");
     let peek = e.peek(&sub, 0, 1000).unwrap();
-    let in_flight: Vec<_> = peek
-        .messages
-        .iter()
-        .filter(|m| m.state == DeliveryState::InFlight)
-        .collect();
+    let in_flight: Vec<_> = peek.messages.iter().filter(|m| m.state == DeliveryState::InFlight).collect();
     prop_assert_eq!(in_flight.len() as u64, info.in_flight);
     // The engine's in-flight set is exactly the leases the test believes current (I1 from both sides).
     let engine_leased: Vec<u64> = in_flight.iter().map(|m| m.seq).collect();
-    let model_leased: Vec<u64> = model
-        .valid
-        .keys()
-        .copied()
-        .filter(|&s| s >= info.first_seq)
-        .collect();
+    let model_leased: Vec<u64> = model.valid.keys().copied().filter(|&s| s >= info.first_seq).collect();
     prop_assert_eq!(engine_leased, model_leased);
     // I3: the message just above the floor is unsettled, unless nothing is above it.
     if let Some(first) = peek.messages.first() {
         prop_assert_eq!(first.seq, info.ack_floor + 1);
-        prop_assert!(
-            !first.state.is_terminal(),
-            "settled message above the floor: {first:?}"
-        );
+        prop_assert!(!first.state.is_terminal(), "settled message above the floor: {first:?}");
     }
     // I3 from the model's side: every retained seq at or below the floor was acked by the test.
     for seq in info.first_seq..=info.ack_floor {
-        prop_assert!(
-            model.acked.contains(&seq),
-            "floor {} passes unacked seq {seq}",
-            info.ack_floor
-        );
+        prop_assert!(model.acked.contains(&seq), "floor {} passes unacked seq {seq}", info.ack_floor);
     }
     Ok(())
 }

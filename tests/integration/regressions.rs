@@ -15,20 +15,9 @@ async fn push_consumer_without_acks_keeps_receiving_past_its_prefetch() {
     for i in 0..50 {
         publish(&e, "t", &format!("{i}"));
     }
-    let mut consumer = e
-        .attach(
-            &name("s"),
-            AttachOptions {
-                consumer: None,
-                prefetch: Some(4),
-            },
-        )
-        .unwrap();
+    let mut consumer = e.attach(&name("s"), AttachOptions { consumer: None, prefetch: Some(4) }).unwrap();
     for expected in 1..=50 {
-        let d = tokio::time::timeout(Duration::from_secs(5), consumer.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await.unwrap().unwrap();
         assert_eq!(d.message.seq, expected);
     }
 }
@@ -54,11 +43,7 @@ fn dead_letter_copy_that_cannot_be_kept_is_counted_as_terminated() {
     dlq.max_msg_bytes = 10;
     e.create_topic(dlq).unwrap();
     subscribe(&e, "s", "t", |c| c.dead_letter = Some(name("tiny-dlq")));
-    publish(
-        &e,
-        "t",
-        "too big for the dead-letter topic once headers are added",
-    );
+    publish(&e, "t", "too big for the dead-letter topic once headers are added");
     let d = fetch(&e, "s", "c", 1).remove(0);
     e.term(&name("s"), d.lease.unwrap(), "bad").unwrap();
     let info = e.subscription_info(&name("s")).unwrap();
@@ -70,10 +55,7 @@ fn dead_letter_copy_that_cannot_be_kept_is_counted_as_terminated() {
 fn a_second_live_push_consumer_with_the_same_id_is_refused() {
     let (e, _) = engine();
     subscribe(&e, "s", "t", |_| {});
-    let opts = || AttachOptions {
-        consumer: Some("w".into()),
-        prefetch: None,
-    };
+    let opts = || AttachOptions { consumer: Some("w".into()), prefetch: None };
     let _first = e.attach(&name("s"), opts()).unwrap();
     let err = e.attach(&name("s"), opts()).unwrap_err();
     assert!(matches!(err, EngineError::ConsumerExists { .. }), "{err}");
@@ -107,35 +89,23 @@ fn uncovered_messages_above_the_cursor_are_settled_at_once() {
     let mut t = TopicConfig::new(name("orders"));
     t.subjects = vec![Pattern::parse("orders.>").unwrap()];
     e.create_topic(t).unwrap();
-    subscribe(&e, "eu", "orders", |c| {
-        c.filter = vec![Pattern::parse("orders.eu.*").unwrap()]
-    });
+    subscribe(&e, "eu", "orders", |c| c.filter = vec![Pattern::parse("orders.eu.*").unwrap()]);
     publish(&e, "orders.eu.a", "1");
     let d = fetch(&e, "eu", "c", 1).remove(0);
     publish(&e, "orders.us.b", "2");
     e.ack(&name("eu"), d.lease.unwrap()).unwrap();
     let info = e.subscription_info(&name("eu")).unwrap();
-    assert_eq!(
-        (info.ack_floor, info.offset_lag, info.counters.filtered),
-        (2, 0, 1)
-    );
+    assert_eq!((info.ack_floor, info.offset_lag, info.counters.filtered), (2, 0, 1));
 }
 
 #[test]
 fn ephemeral_subscription_read_by_pull_expires_after_its_last_fetch() {
     let (e, clock) = engine();
-    subscribe(&e, "eph", "t", |c| {
-        c.lifetime = Lifetime::Ephemeral {
-            inactive_ttl: Duration::from_secs(5),
-        }
-    });
+    subscribe(&e, "eph", "t", |c| c.lifetime = Lifetime::Ephemeral { inactive_ttl: Duration::from_secs(5) });
     fetch(&e, "eph", "puller", 1);
     clock.advance(Duration::from_secs(6));
     e.tick();
-    assert!(matches!(
-        e.subscription_info(&name("eph")),
-        Err(EngineError::NoSuchSubscription(_))
-    ));
+    assert!(matches!(e.subscription_info(&name("eph")), Err(EngineError::NoSuchSubscription(_))));
 }
 
 #[test]
@@ -175,14 +145,9 @@ fn seek_voids_leases_even_for_messages_below_the_new_cursor() {
         publish(&e, "t", &format!("{i}"));
     }
     let held = fetch(&e, "s", "c", 5);
-    e.seek(&name("s"), SeekTarget::Seq { partition: 0, seq: 2 })
-        .unwrap();
+    e.seek(&name("s"), SeekTarget::Seq { partition: 0, seq: 2 }).unwrap();
     for d in &held {
         let r = e.ack(&name("s"), d.lease.unwrap());
-        assert!(
-            matches!(r, Err(EngineError::StaleLease { .. })),
-            "seq {}: {r:?}",
-            d.message.seq
-        );
+        assert!(matches!(r, Err(EngineError::StaleLease { .. })), "seq {}: {r:?}", d.message.seq);
     }
 }

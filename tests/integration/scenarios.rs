@@ -32,10 +32,7 @@ fn scenario_01_fan_out_every_subscription_sees_every_message() {
 
 #[test]
 fn scenario_02_fan_in_captures_many_subjects_into_one_gap_free_log() {
-    let (e, _) = engine_with(EngineConfig {
-        auto_create: false,
-        ..EngineConfig::default()
-    });
+    let (e, _) = engine_with(EngineConfig { auto_create: false, ..EngineConfig::default() });
     let mut config = TopicConfig::new(name("t"));
     config.subjects = vec![Pattern::parse("a.>").unwrap(), Pattern::parse("b.*").unwrap()];
     e.create_topic(config).unwrap();
@@ -54,10 +51,7 @@ fn scenario_02_fan_in_captures_many_subjects_into_one_gap_free_log() {
         .collect();
     assert_eq!(all, (1..=30).collect::<Vec<_>>());
     for seqs in per_subject.values() {
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "per-publisher order kept: {seqs:?}"
-        );
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "per-publisher order kept: {seqs:?}");
     }
     let err = e.publish(PublishRequest::new(name("c.d"), "x")).unwrap_err();
     assert!(matches!(err, EngineError::Unroutable(_)), "{err}");
@@ -82,10 +76,7 @@ fn scenario_03_competing_consumers_never_share_a_lease() {
             for d in fetch(&e, "work", c, 7) {
                 let seq = d.message.seq;
                 let previous = held.insert(seq, (c, d.lease.unwrap()));
-                assert!(
-                    previous.is_none(),
-                    "seq {seq} leased to {c} while {previous:?} holds it"
-                );
+                assert!(previous.is_none(), "seq {seq} leased to {c} while {previous:?} holds it");
             }
         }
         // Settle about half of what is held, so leases of different consumers overlap in time.
@@ -105,15 +96,8 @@ fn scenario_03_competing_consumers_never_share_a_lease() {
     let info = e.subscription_info(&name("work")).unwrap();
     assert_eq!((info.ack_floor, info.backlog, info.in_flight), (300, 0, 0));
     let per_consumer: Vec<u64> = info.consumers.iter().map(|c| c.delivered).collect();
-    assert_eq!(
-        per_consumer.iter().sum::<u64>(),
-        300,
-        "no message delivered twice while leases were valid"
-    );
-    assert!(
-        per_consumer.iter().all(|&n| n > 0),
-        "every consumer got work: {per_consumer:?}"
-    );
+    assert_eq!(per_consumer.iter().sum::<u64>(), 300, "no message delivered twice while leases were valid");
+    assert!(per_consumer.iter().all(|&n| n > 0), "every consumer got work: {per_consumer:?}");
 }
 
 #[test]
@@ -130,29 +114,20 @@ fn scenario_04_deadline_expiry_redelivers_and_stale_lease_is_refused() {
         assert_eq!(first[0].attempt, 1);
         clock.advance(Duration::from_millis(999));
         e.tick();
-        assert!(
-            fetch(&e, "s", "c2", 1).is_empty(),
-            "still leased before the deadline"
-        );
+        assert!(fetch(&e, "s", "c2", 1).is_empty(), "still leased before the deadline");
         clock.advance(Duration::from_millis(1));
         e.tick();
         let second = fetch(&e, "s", "c2", 1);
         assert_eq!((second[0].message.seq, second[0].attempt), (1, 2));
         let stale = e.ack(&name("s"), first[0].lease.unwrap());
         if strict {
-            assert!(
-                matches!(stale, Err(EngineError::StaleLease { seq: 1, .. })),
-                "{stale:?}"
-            );
+            assert!(matches!(stale, Err(EngineError::StaleLease { seq: 1, .. })), "{stale:?}");
             e.ack(&name("s"), second[0].lease.unwrap()).unwrap();
         } else {
             stale.unwrap();
         }
         let info = e.subscription_info(&name("s")).unwrap();
-        assert_eq!(
-            (info.counters.deadline_expired, info.ack_floor, info.in_flight),
-            (1, 1, 0)
-        );
+        assert_eq!((info.counters.deadline_expired, info.ack_floor, info.in_flight), (1, 1, 0));
     }
 }
 
@@ -168,25 +143,14 @@ fn scenario_05_extend_postpones_redelivery_up_to_max_lease() {
     let d = fetch(&e, "s", "c1", 1).remove(0);
     let start = d.deadline.unwrap().minus(Duration::from_secs(1));
     clock.advance(Duration::from_millis(800));
-    let deadline = e
-        .extend(&name("s"), d.lease.unwrap(), Duration::from_secs(2))
-        .unwrap();
+    let deadline = e.extend(&name("s"), d.lease.unwrap(), Duration::from_secs(2)).unwrap();
     assert_eq!(deadline, start.plus(Duration::from_millis(2800)));
     clock.advance(Duration::from_millis(200));
     e.tick();
-    assert!(
-        fetch(&e, "s", "c2", 1).is_empty(),
-        "extended lease still holds at 1 s"
-    );
+    assert!(fetch(&e, "s", "c2", 1).is_empty(), "extended lease still holds at 1 s");
     clock.advance(Duration::from_millis(1700)); // t = 2.7 s, just before the extended deadline
-    let capped = e
-        .extend(&name("s"), d.lease.unwrap(), Duration::from_secs(2))
-        .unwrap();
-    assert_eq!(
-        capped,
-        start.plus(Duration::from_secs(3)),
-        "max_lease caps the extension"
-    );
+    let capped = e.extend(&name("s"), d.lease.unwrap(), Duration::from_secs(2)).unwrap();
+    assert_eq!(capped, start.plus(Duration::from_secs(3)), "max_lease caps the extension");
     clock.advance(Duration::from_millis(300)); // t = 3.0 s
     e.tick();
     let again = fetch(&e, "s", "c2", 1);
@@ -214,17 +178,13 @@ fn scenario_06_exponential_backoff_doubles_to_its_cap_and_explicit_delay_wins() 
         assert_eq!(state.state, DeliveryState::Delayed);
         let offset = state.not_before.unwrap().since(clock.now());
         offsets.push(offset.as_secs());
-        assert!(
-            fetch(&e, "s", "c1", 1).is_empty(),
-            "not redelivered before not_before"
-        );
+        assert!(fetch(&e, "s", "c1", 1).is_empty(), "not redelivered before not_before");
         clock.advance(offset);
         e.tick();
     }
     assert_eq!(offsets, vec![1, 2, 4, 4]);
     let d = fetch(&e, "s", "c1", 1).remove(0);
-    e.nack(&name("s"), d.lease.unwrap(), Some(Duration::ZERO))
-        .unwrap();
+    e.nack(&name("s"), d.lease.unwrap(), Some(Duration::ZERO)).unwrap();
     let again = fetch(&e, "s", "c1", 1);
     assert_eq!(again[0].attempt, 6, "nack(delay = 0) makes it available at once");
 }
@@ -237,40 +197,23 @@ fn scenario_07_max_deliveries_moves_the_message_to_the_dead_letter_topic() {
         c.max_deliveries = 3;
         c.dead_letter = Some(name("dead"));
     });
-    e.publish(PublishRequest::new(name("orders"), "poison").with_header("kind", "bad"))
-        .unwrap();
+    e.publish(PublishRequest::new(name("orders"), "poison").with_header("kind", "bad")).unwrap();
     for attempt in 1..=3 {
         let d = fetch(&e, "s", "c1", 1).remove(0);
         assert_eq!(d.attempt, attempt);
-        e.nack(&name("s"), d.lease.unwrap(), Some(Duration::ZERO))
-            .unwrap();
+        e.nack(&name("s"), d.lease.unwrap(), Some(Duration::ZERO)).unwrap();
     }
-    assert!(
-        fetch(&e, "s", "c1", 1).is_empty(),
-        "never redelivered after dead-lettering"
-    );
+    assert!(fetch(&e, "s", "c1", 1).is_empty(), "never redelivered after dead-lettering");
     let info = e.subscription_info(&name("s")).unwrap();
-    assert_eq!(
-        (info.ack_floor, info.counters.dead_lettered, info.backlog),
-        (1, 1, 0)
-    );
+    assert_eq!((info.ack_floor, info.counters.dead_lettered, info.backlog), (1, 1, 0));
     let dead = fetch(&e, "dlq-reader", "c1", 10);
     assert_eq!(dead.len(), 1);
     let h = dead[0].message.headers();
     assert_eq!(dead[0].message.payload.as_ref(), b"poison");
     assert_eq!(h.get("kind").map(String::as_str), Some("bad"));
-    assert_eq!(
-        h.get("x-dead-letter-delivery-count").map(String::as_str),
-        Some("3")
-    );
-    assert_eq!(
-        h.get("x-dead-letter-reason").map(String::as_str),
-        Some("max_deliveries")
-    );
-    assert_eq!(
-        h.get("x-dead-letter-source-topic").map(String::as_str),
-        Some("orders")
-    );
+    assert_eq!(h.get("x-dead-letter-delivery-count").map(String::as_str), Some("3"));
+    assert_eq!(h.get("x-dead-letter-reason").map(String::as_str), Some("max_deliveries"));
+    assert_eq!(h.get("x-dead-letter-source-topic").map(String::as_str), Some("orders"));
     assert_eq!(h.get("x-dead-letter-subscription").map(String::as_str), Some("s"));
     assert_eq!(h.get("x-dead-letter-seq").map(String::as_str), Some("1"));
 }
@@ -282,18 +225,14 @@ fn scenario_08_term_without_dead_letter_topic_terminates() {
     publish(&e, "t", "fine");
     publish(&e, "t", "unprocessable");
     let batch = fetch(&e, "s", "c1", 2);
-    e.term(&name("s"), batch[1].lease.unwrap(), "schema mismatch")
-        .unwrap();
+    e.term(&name("s"), batch[1].lease.unwrap(), "schema mismatch").unwrap();
     let peek = e.peek(&name("s"), 1, 2).unwrap();
     let states: Vec<_> = peek.messages.iter().map(|m| m.state).collect();
     assert_eq!(states, vec![DeliveryState::InFlight, DeliveryState::Terminated]);
     e.ack(&name("s"), batch[0].lease.unwrap()).unwrap();
     clock.advance(Duration::from_secs(120));
     e.tick();
-    assert!(
-        fetch(&e, "s", "c1", 10).is_empty(),
-        "a terminated message is never redelivered"
-    );
+    assert!(fetch(&e, "s", "c1", 10).is_empty(), "a terminated message is never redelivered");
     let info = e.subscription_info(&name("s")).unwrap();
     assert_eq!((info.counters.terminated, info.ack_floor), (1, 2));
 }
@@ -320,16 +259,8 @@ fn scenario_10_lag_arithmetic_matches_the_definitions() {
     assert_eq!(info.offset_lag, 70);
     assert_eq!(info.delivered_seq, 40);
     assert_eq!(info.backlog_bytes, 70 * 4);
-    assert_eq!(
-        info.oldest_unacked_age,
-        clock.now().since(times[30]),
-        "age of seq 31"
-    );
-    assert_eq!(
-        info.oldest_pending_age,
-        clock.now().since(times[40]),
-        "age of seq 41"
-    );
+    assert_eq!(info.oldest_unacked_age, clock.now().since(times[30]), "age of seq 31");
+    assert_eq!(info.oldest_pending_age, clock.now().since(times[40]), "age of seq 41");
 }
 
 #[test]
@@ -350,15 +281,9 @@ fn scenario_12_seek_by_time_replays_from_that_moment() {
     let next = e.seek(&name("s"), SeekTarget::Time(times[49])).unwrap();
     assert_eq!(next, 50);
     let info = e.subscription_info(&name("s")).unwrap();
-    assert_eq!(
-        (info.ack_floor, info.delivered_seq, info.in_flight, info.pending),
-        (49, 49, 0, 51)
-    );
+    assert_eq!((info.ack_floor, info.delivered_seq, info.in_flight, info.pending), (49, 49, 0, 51));
     let stale = e.ack(&name("s"), held[0].lease.unwrap());
-    assert!(
-        stale.is_err(),
-        "leases from before the seek are invalid: {stale:?}"
-    );
+    assert!(stale.is_err(), "leases from before the seek are invalid: {stale:?}");
     let replay = fetch(&e, "s", "c1", 100);
     assert_eq!(replay.first().map(|d| (d.message.seq, d.attempt)), Some((50, 1)));
     assert_eq!(replay.len(), 51);
@@ -378,11 +303,7 @@ fn scenario_13_retention_expires_lagging_messages_or_refuses_when_discarding_new
     assert_eq!((topic.first_seq, topic.head_seq, topic.messages), (6, 10, 5));
     let info = e.subscription_info(&name("lagging")).unwrap();
     assert_eq!(info.counters.expired_unacked, 5);
-    assert_eq!(
-        (info.ack_floor, info.pending),
-        (5, 5),
-        "floor and cursor move to first_seq - 1"
-    );
+    assert_eq!((info.ack_floor, info.pending), (5, 5), "floor and cursor move to first_seq - 1");
     assert_eq!(seqs(&fetch(&e, "lagging", "c1", 10)), vec![6, 7, 8, 9, 10]);
 
     let mut config = TopicConfig::new(name("new"));
@@ -401,15 +322,7 @@ fn scenario_13_retention_expires_lagging_messages_or_refuses_when_discarding_new
 #[tokio::test]
 async fn scenario_19_lagging_tap_is_told_what_it_missed_and_groups_share() {
     let (e, _) = engine();
-    let mut tap = e
-        .tap(
-            vec![Pattern::parse("t").unwrap()],
-            TapOptions {
-                buffer: 4,
-                group: None,
-            },
-        )
-        .unwrap();
+    let mut tap = e.tap(vec![Pattern::parse("t").unwrap()], TapOptions { buffer: 4, group: None }).unwrap();
     for i in 0..10 {
         publish(&e, "t", &format!("{i}"));
     }
@@ -424,26 +337,17 @@ async fn scenario_19_lagging_tap_is_told_what_it_missed_and_groups_share() {
     assert_eq!(got, vec![7, 8, 9, 10]);
     assert_eq!(e.stats().tap_lagged, 6);
 
-    let group = || TapOptions {
-        buffer: 64,
-        group: Some("workers".into()),
-    };
+    let group = || TapOptions { buffer: 64, group: Some("workers".into()) };
     let mut a = e.tap(vec![Pattern::parse("g.*").unwrap()], group()).unwrap();
     let mut b = e.tap(vec![Pattern::parse("g.*").unwrap()], group()).unwrap();
     for i in 0..10 {
-        let receipt = e
-            .publish(PublishRequest::new(name("g.x"), format!("{i}")))
-            .unwrap();
+        let receipt = e.publish(PublishRequest::new(name("g.x"), format!("{i}"))).unwrap();
         assert_eq!(receipt.taps, 1, "a group counts as one listener per message");
     }
     let mut seen = drain(&mut a);
     seen.extend(drain(&mut b));
     seen.sort_unstable();
-    assert_eq!(
-        seen,
-        (1..=10).collect::<Vec<_>>(),
-        "each message reached exactly one member"
-    );
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "each message reached exactly one member");
 }
 
 #[test]

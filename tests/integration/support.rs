@@ -22,10 +22,7 @@ pub fn name(s: &str) -> Name {
 }
 
 pub fn publish(engine: &Engine, subject: &str, payload: &str) -> u64 {
-    engine
-        .publish(PublishRequest::new(name(subject), payload.to_string()))
-        .unwrap()
-        .seq
+    engine.publish(PublishRequest::new(name(subject), payload.to_string())).unwrap().seq
 }
 
 pub fn subscribe(engine: &Engine, sub: &str, topic: &str, tweak: impl FnOnce(&mut SubscriptionConfig)) {
@@ -37,14 +34,7 @@ pub fn subscribe(engine: &Engine, sub: &str, topic: &str, tweak: impl FnOnce(&mu
 
 pub fn fetch(engine: &Engine, sub: &str, consumer: &str, max: usize) -> Vec<Delivery> {
     engine
-        .try_fetch(
-            &name(sub),
-            consumer,
-            &FetchOptions {
-                max_msgs: max,
-                ..FetchOptions::default()
-            },
-        )
+        .try_fetch(&name(sub), consumer, &FetchOptions { max_msgs: max, ..FetchOptions::default() })
         .unwrap()
 }
 

@@ -11,7 +11,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::broker::{Capability, SharedBroker, StreamItem, SubscribeRequest, url};
+use crate::broker::{Capability, SharedBroker, StreamItem, SubscribeRequest};
 use crate::cli::CliError;
 use crate::cli::output::{Stdout, note};
 use crate::engine::{AckMode, Name, Pattern, PublishRequest, StartPosition, SubscriptionConfig};
@@ -47,7 +47,7 @@ struct Report {
 }
 
 /// Runs the benchmark against `broker_url`.
-pub async fn run(broker_url: &str, args: BenchArgs) -> Result<(), CliError> {
+pub async fn run(ctx: &crate::cli::Context, args: BenchArgs) -> Result<(), CliError> {
     if args.size < 8 {
         return Err(CliError::Usage(format!(
             "--size {} is too small: it must be at least 8 bytes",
@@ -55,11 +55,9 @@ pub async fn run(broker_url: &str, args: BenchArgs) -> Result<(), CliError> {
         )));
     }
     if args.batch == 0 || args.subscribers == 0 {
-        return Err(CliError::Usage(
-            "--batch and --subscribers must be at least 1".into(),
-        ));
+        return Err(CliError::Usage("--batch and --subscribers must be at least 1".into()));
     }
-    let broker = url::connect(broker_url).await?;
+    let broker = ctx.connect().await?;
     let report = measure(broker.clone(), &args).await?;
     print_report(&broker, &args, &report)
 }
@@ -123,19 +121,12 @@ async fn measure(broker: SharedBroker, args: &BenchArgs) -> Result<Report, CliEr
         // Let receivers run between batches so that a single-threaded broker is not starved.
         tokio::task::yield_now().await;
     }
-    let mut report = Report {
-        published,
-        delivered: 0,
-        lagged: 0,
-        elapsed: Duration::ZERO,
-        latency: new_histogram()?,
-    };
+    let mut report =
+        Report { published, delivered: 0, lagged: 0, elapsed: Duration::ZERO, latency: new_histogram()? };
     for receiver in receivers {
         let waited = tokio::time::timeout(Duration::from_secs(60), receiver).await;
         let Ok(Ok((got, lagged, latency))) = waited else {
-            return Err(CliError::Broker(crate::broker::BrokerError::Timeout(
-                Duration::from_secs(60),
-            )));
+            return Err(CliError::Broker(crate::broker::BrokerError::Timeout(Duration::from_secs(60))));
         };
         report.delivered += got;
         report.lagged += lagged;
@@ -182,10 +173,7 @@ fn print_report(broker: &SharedBroker, args: &BenchArgs, r: &Report) -> Result<(
         return out.line(&value.to_string());
     }
     if r.lagged > 0 {
-        note(&format!(
-            "subscribers fell behind and missed {} messages",
-            r.lagged
-        ));
+        note(&format!("subscribers fell behind and missed {} messages", r.lagged));
     }
     out.line(&format!(
         "broker {}  messages {}  size {} B  subscribers {}  batch {}",

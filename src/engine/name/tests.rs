@@ -42,10 +42,7 @@ fn invalid_names_say_why_and_quote_the_value() {
         ("a.\0", "invalid name \"a.\\0\": token 2 contains '\\0'"),
         ("a.*", "invalid name \"a.*\": token 2 contains the wildcard '*'"),
         ("a#", "token 1 contains the wildcard '#'"),
-        (
-            "$sys.x",
-            "\"$sys.x\": names starting with '$' are reserved for engine events",
-        ),
+        ("$sys.x", "\"$sys.x\": names starting with '$' are reserved for engine events"),
         ("glob:x", "\"glob:x\": a leading \"glob:\" marks a glob pattern"),
     ];
     for (value, expected) in cases {
@@ -57,14 +54,8 @@ fn invalid_names_say_why_and_quote_the_value() {
 #[test]
 fn names_keep_punctuation_case_and_unicode() -> Result<(), NameError> {
     let name = Name::new("graphql:user:42.Événements")?;
-    assert_eq!(
-        name.tokens().collect::<Vec<_>>(),
-        ["graphql:user:42", "Événements"]
-    );
-    assert_eq!(
-        format!("{name:?} {name}"),
-        "\"graphql:user:42.Événements\" graphql:user:42.Événements"
-    );
+    assert_eq!(name.tokens().collect::<Vec<_>>(), ["graphql:user:42", "Événements"]);
+    assert_eq!(format!("{name:?} {name}"), "\"graphql:user:42.Événements\" graphql:user:42.Événements");
     assert!(!name.is_reserved() && Name::system("$sys.lag")?.is_reserved());
     assert_ne!(Name::new("A")?, "a".parse()?);
     assert_eq!(Name::new(&format!("{}b", "a.".repeat(31)))?.tokens().count(), 32);
@@ -75,23 +66,14 @@ fn names_keep_punctuation_case_and_unicode() -> Result<(), NameError> {
 #[test]
 fn gt_must_be_last_token() {
     let problem = NameProblem::GtNotLast(2);
-    assert_eq!(
-        Pattern::parse("a.>.b"),
-        Err(NameError::Pattern {
-            value: "a.>.b".into(),
-            problem
-        })
-    );
+    assert_eq!(Pattern::parse("a.>.b"), Err(NameError::Pattern { value: "a.>.b".into(), problem }));
     assert!(Pattern::parse("#.>").is_ok());
 }
 
 #[test]
 fn token_mixing_wildcard_suggests_glob() {
     let got = message(Pattern::parse("user.a*"));
-    assert!(
-        got.starts_with("invalid pattern \"user.a*\": token \"a*\" mixes a wildcard"),
-        "{got}"
-    );
+    assert!(got.starts_with("invalid pattern \"user.a*\": token \"a*\" mixes a wildcard"), "{got}");
     assert!(got.contains("prefix the pattern with \"glob:\""), "{got}");
 }
 
@@ -115,22 +97,13 @@ fn glob_features_follow_redis() {
         r"graphql:user:* graphql:user:42 y",
     );
     for case in cases.split('|') {
-        let [glob, subject, want] = case.split(' ').collect::<Vec<_>>()[..] else {
-            unreachable!()
-        };
+        let [glob, subject, want] = case.split(' ').collect::<Vec<_>>()[..] else { unreachable!() };
         let p = pat(&format!("glob:{glob}"));
         assert_eq!(p.matches(subject), want == "y", "{glob} vs {subject}");
     }
-    for (bad, why) in [
-        ("glob:a[bc", "unterminated '['"),
-        ("glob:a\\", "trailing '\\'"),
-        ("glob:", "empty"),
-    ] {
+    for (bad, why) in [("glob:a[bc", "unterminated '['"), ("glob:a\\", "trailing '\\'"), ("glob:", "empty")] {
         let got = message(Pattern::parse(bad));
-        assert!(
-            got.starts_with(&format!("invalid pattern {bad:?}: ")) && got.contains(why),
-            "{got}"
-        );
+        assert!(got.starts_with(&format!("invalid pattern {bad:?}: ")) && got.contains(why), "{got}");
     }
 }
 
@@ -144,10 +117,7 @@ fn matching_is_not_exponential() {
 #[test]
 fn covers_gives_up_conservatively_on_contrived_patterns() {
     let contrived = pat(&format!("#.a{}", ".*".repeat(30)));
-    assert!(
-        !contrived.covers(&contrived),
-        "the subset construction would need 2^30 states"
-    );
+    assert!(!contrived.covers(&contrived), "the subset construction would need 2^30 states");
     assert!(contrived.overlaps(&contrived));
 }
 
@@ -159,11 +129,7 @@ fn only_wildcard_free_token_patterns_are_literal() {
 }
 
 fn pairs(cases: &str) -> Vec<(Pattern, Pattern)> {
-    cases
-        .split(", ")
-        .filter_map(|c| c.split_once(' '))
-        .map(|(p, q)| (pat(p), pat(q)))
-        .collect()
+    cases.split(", ").filter_map(|c| c.split_once(' ')).map(|(p, q)| (pat(p), pat(q))).collect()
 }
 
 #[test]
@@ -174,14 +140,8 @@ fn overlaps_handle_wildcards_anywhere() {
     for (p, q) in pairs("a.> a, a.* a.*.*, a.#.b a.#.c, a.# b.#, * *.#.*, glob:a.* b.a, glob:ab a.#") {
         assert!(!p.overlaps(&q) && !q.overlaps(&p), "{p} / {q}");
     }
-    assert!(
-        !pat("glob:a b").overlaps(&pat("#")),
-        "no valid subject contains a space"
-    );
-    assert!(
-        pat("glob:a*").overlaps(&pat("glob:b*")),
-        "undecided globs are assumed to overlap"
-    );
+    assert!(!pat("glob:a b").overlaps(&pat("#")), "no valid subject contains a space");
+    assert!(pat("glob:a*").overlaps(&pat("glob:b*")), "undecided globs are assumed to overlap");
 }
 
 #[test]
@@ -211,10 +171,7 @@ fn subjects(max: usize) -> Vec<String> {
     let mut layer = vec![String::new()];
     let mut all = Vec::new();
     for _ in 0..max {
-        layer = layer
-            .iter()
-            .flat_map(|s| ["a", "b", "z"].map(|t| format!("{s}.{t}")))
-            .collect();
+        layer = layer.iter().flat_map(|s| ["a", "b", "z"].map(|t| format!("{s}.{t}"))).collect();
         all.extend(layer.iter().map(|s| s[1..].to_owned()));
     }
     all

@@ -1,0 +1,254 @@
+//! `pubsub serve`: run the engine as a WebSocket server in the foreground, as the user's background
+//! daemon (`--detach`), or ask the daemon how it is (`status`) or to stop (`stop`).
+
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::BrokerError;
+use crate::broker::daemon::{Endpoint, create_private_dir, spawn_daemon, wait_for_endpoint};
+use crate::broker::local::LocalBroker;
+use crate::broker::remote::RemoteBroker;
+use crate::cli::output::{Stdout, note};
+use crate::cli::{CliError, Context};
+use crate::config::paths::Paths;
+use crate::engine::Engine;
+use crate::server::{self, ServeConfig, ServeLimits, auth};
+
+/// Options of `pubsub serve`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServeArgs {
+    /// Manage the local daemon instead of serving.
+    #[command(subcommand)]
+    pub action: Option<ServeAction>,
+    /// Address to listen on (port 0 picks a free port; the URL is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:7077", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Listen beyond loopback without a token (anyone who can reach the port can read and publish).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Keep everything in memory (the only storage until the durable store lands).
+    #[arg(long, conflicts_with = "data_dir")]
+    pub memory: bool,
+    /// Durable data directory (not available yet: the durable store is its own piece of work).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Start the user's engine daemon in the background and return.
+    #[arg(long)]
+    pub detach: bool,
+    /// Run as the daemon (what `--detach` and autostart launch).
+    #[arg(long, hide = true)]
+    pub daemon: bool,
+    /// Largest frame accepted, bytes.
+    #[arg(long, default_value_t = ServeLimits::default().max_frame_bytes, value_name = "BYTES")]
+    pub max_frame_bytes: usize,
+    /// Largest message accepted (payload + key + headers), bytes.
+    #[arg(long, default_value_t = ServeLimits::default().max_message_bytes, value_name = "BYTES")]
+    pub max_message_bytes: usize,
+    /// Most open connections.
+    #[arg(long, default_value_t = ServeLimits::default().max_connections, value_name = "N")]
+    pub max_connections: usize,
+    /// Most streams per connection.
+    #[arg(long, default_value_t = ServeLimits::default().max_subscriptions, value_name = "N")]
+    pub max_subscriptions: usize,
+    /// Most unacked deliveries per connection.
+    #[arg(long, default_value_t = ServeLimits::default().max_in_flight, value_name = "N")]
+    pub max_in_flight: u32,
+    /// Close a connection whose socket accepts nothing for this long (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub write_timeout: Duration,
+}
+
+/// `serve status` and `serve stop`.
+#[derive(Debug, Subcommand)]
+pub enum ServeAction {
+    /// Say whether the local daemon runs, where, and what it holds (exit 3 when it does not run).
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the local daemon.
+    Stop,
+}
+
+/// Runs `pubsub serve`.
+pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
+    match args.action {
+        Some(ServeAction::Status { json }) => return status(json).await,
+        Some(ServeAction::Stop) => return stop().await,
+        None => {}
+    }
+    if args.data_dir.is_some() {
+        return Err(CliError::Usage(
+            "--data-dir is not available yet: this build keeps the engine in memory (--memory)".into(),
+        ));
+    }
+    if args.detach {
+        return detach().await;
+    }
+    let config = ServeConfig {
+        token: ctx.token.clone(),
+        limits: ServeLimits {
+            max_frame_bytes: args.max_frame_bytes,
+            max_message_bytes: args.max_message_bytes,
+            max_connections: args.max_connections,
+            max_subscriptions: args.max_subscriptions,
+            max_in_flight: args.max_in_flight,
+            ..ServeLimits::default()
+        },
+        write_timeout: args.write_timeout,
+    };
+    if args.daemon {
+        return run_daemon(config).await;
+    }
+    server::check_exposure(&args.listen, config.token.as_deref(), args.insecure).map_err(CliError::Usage)?;
+    let listener = TcpListener::bind(args.listen).await.map_err(|e| bind_error(&args.listen, &e))?;
+    let addr = listener.local_addr()?;
+    note(&format!("serving an in-memory engine on ws://{addr} (Ctrl-C stops it)"));
+    Stdout::new().line(&format!("ws://{addr}"))?;
+    serve_until_signal(listener, config).await
+}
+
+fn bind_error(addr: &SocketAddr, e: &std::io::Error) -> CliError {
+    CliError::Broker(BrokerError::Unreachable {
+        url: format!("ws://{addr}"),
+        reason: format!("cannot listen: {e}"),
+    })
+}
+
+async fn serve_until_signal(listener: TcpListener, config: ServeConfig) -> Result<(), CliError> {
+    let broker = Arc::new(LocalBroker::new(Engine::new(), "mem://"));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    server::run(listener, broker, config, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+        () = shutdown.cancelled() => return,
+    }
+    note("stopping: closing connections");
+    shutdown.cancel();
+}
+
+fn paths() -> Result<Paths, CliError> {
+    Paths::discover().map_err(CliError::Usage)
+}
+
+/// The daemon: one per user (a lock file says so), on a free loopback port with a fresh token, announced
+/// through the endpoint file and withdrawn from it on the way out.
+async fn run_daemon(mut config: ServeConfig) -> Result<(), CliError> {
+    let paths = paths()?;
+    create_private_dir(&paths.runtime)?;
+    let lock =
+        OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(paths.serve_lock())?;
+    if lock.try_lock().is_err() {
+        let pid = Endpoint::read(&paths.endpoint()).map_or_else(|| "unknown".into(), |e| e.pid.to_string());
+        return Err(CliError::Usage(format!(
+            "a local engine daemon already runs for this user (pid {pid}, lock {})",
+            paths.serve_lock().display()
+        )));
+    }
+    let token = auth::new_token()?;
+    config.token = Some(token.clone());
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let url = format!("ws://{}", listener.local_addr()?);
+    let endpoint = Endpoint { url: url.clone(), token, pid: std::process::id() };
+    endpoint.write(&paths.endpoint())?;
+    note(&format!("daemon pid {} serving an in-memory engine on {url}", endpoint.pid));
+    let result = serve_until_signal(listener, config).await;
+    // Withdraw the endpoint only if it is still ours.
+    if Endpoint::read(&paths.endpoint()).is_some_and(|e| e.pid == endpoint.pid) {
+        let _ = std::fs::remove_file(paths.endpoint());
+    }
+    drop(lock);
+    note("daemon stopped");
+    result
+}
+
+async fn connect_daemon(paths: &Paths) -> Option<(Endpoint, RemoteBroker)> {
+    let endpoint = Endpoint::read(&paths.endpoint())?;
+    let broker = RemoteBroker::connect(&endpoint.url, Some(endpoint.token.clone())).await.ok()?;
+    Some((endpoint, broker))
+}
+
+async fn detach() -> Result<(), CliError> {
+    let paths = paths()?;
+    if let Some((endpoint, _)) = connect_daemon(&paths).await {
+        note(&format!("a local engine daemon already runs (pid {}, {})", endpoint.pid, endpoint.url));
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let pid = spawn_daemon(&exe, &paths)?;
+    let endpoint = wait_for_endpoint(&paths, pid, Duration::from_secs(10)).await?;
+    note(&format!(
+        "started a local engine daemon (pid {pid}, {}); logs in {}",
+        endpoint.url,
+        paths.serve_log().display()
+    ));
+    Ok(())
+}
+
+async fn status(json: bool) -> Result<(), CliError> {
+    let paths = paths()?;
+    let Some((endpoint, broker)) = connect_daemon(&paths).await else {
+        return Err(CliError::Broker(BrokerError::Unreachable {
+            url: "local".into(),
+            reason: "no local engine daemon is running".into(),
+        }));
+    };
+    let stats = broker.stats().await?;
+    let mut out = Stdout::new();
+    if json {
+        let value = serde_json::json!({
+            "running": true, "pid": endpoint.pid, "url": endpoint.url, "version": stats.version,
+            "uptime_s": stats.uptime_s, "connections": stats.connections, "engine": stats.engine,
+            "log": paths.serve_log(),
+        });
+        return out.line(&value.to_string());
+    }
+    out.line(&format!("running: pid {}, {}, pubsub {}", endpoint.pid, endpoint.url, stats.version))?;
+    out.line(&format!(
+        "uptime {}s, {} connection(s), {} topic(s), {} subscription(s), {} tap(s)",
+        stats.uptime_s, stats.connections, stats.engine.topics, stats.engine.subscriptions, stats.engine.taps
+    ))?;
+    out.line(&format!("log: {}", paths.serve_log().display()))
+}
+
+async fn stop() -> Result<(), CliError> {
+    let paths = paths()?;
+    let Some((endpoint, broker)) = connect_daemon(&paths).await else {
+        note("no local engine daemon is running");
+        return Ok(());
+    };
+    broker.shutdown().await?;
+    drop(broker);
+    for _ in 0..200 {
+        if Endpoint::read(&paths.endpoint()).is_none_or(|e| e.pid != endpoint.pid) {
+            note(&format!("stopped the local engine daemon (pid {})", endpoint.pid));
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(CliError::Usage(format!("the daemon (pid {}) did not stop within 10 s", endpoint.pid)))
+}

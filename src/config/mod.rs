@@ -1,0 +1,3 @@
+//! Where pubsub keeps things: data, runtime files (the daemon's endpoint), logs and configuration.
+
+pub mod paths;

@@ -1,0 +1,405 @@
+//! `pubsub serve` over a real socket: every operation through the remote backend, auth and limits,
+//! malformed input, slow readers and reconnects. Servers bind port 0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_util::sync::CancellationToken;
+
+use pubsub::broker::local::LocalBroker;
+use pubsub::broker::remote::RemoteBroker;
+use pubsub::broker::{Broker, BrokerError, ConnectionEvent, Settle, StreamItem, SubscribeRequest};
+use pubsub::engine::{
+    AckMode, BrowseFrom, Engine, FetchOptions, Pattern, PublishRequest, SeekTarget, StartPosition,
+    SubscriptionConfig, TopicConfig,
+};
+use pubsub::server::{self, ServeConfig, ServeLimits};
+
+use crate::support::name;
+
+/// A server on a free loopback port; dropping it stops the server.
+pub struct TestServer {
+    pub url: String,
+    pub engine: Engine,
+    stop: CancellationToken,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn start(config: ServeConfig) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_on(listener, config, Engine::new()).await
+}
+
+async fn start_on(listener: TcpListener, config: ServeConfig, engine: Engine) -> TestServer {
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let broker = Arc::new(LocalBroker::new(engine.clone(), "mem://"));
+    let stop = CancellationToken::new();
+    tokio::spawn(server::run(listener, broker, config, stop.clone()));
+    TestServer { url, engine, stop }
+}
+
+async fn client(server: &TestServer) -> RemoteBroker {
+    RemoteBroker::connect(&server.url, None).await.unwrap()
+}
+
+async fn next_delivery(stream: &mut pubsub::broker::DeliveryStream) -> pubsub::broker::BrokerDelivery {
+    match tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap() {
+        StreamItem::Delivery(d) => d,
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_operation_round_trips_over_the_socket() {
+    let server = start(ServeConfig::default()).await;
+    let c = client(&server).await;
+
+    let mut topic = TopicConfig::new(name("orders"));
+    topic.subjects = vec![Pattern::parse("orders.>").unwrap()];
+    topic.limits.max_msgs = Some(1000);
+    let info = c.create_topic(topic).await.unwrap();
+    assert_eq!(info.subjects, vec!["orders.>".to_string()]);
+
+    let receipt = c
+        .publish(
+            PublishRequest::new(name("orders.eu"), vec![0u8, 255, 1]).with_key("k1").with_header("h", "v"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((receipt.seq, receipt.topic.as_ref().map(|t| t.as_str())), (1, Some("orders")));
+    let receipts = c
+        .publish_batch((0..4).map(|i| PublishRequest::new(name("orders.us"), format!("m{i}"))).collect())
+        .await
+        .unwrap();
+    assert_eq!(receipts.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+
+    let topics = c.topics().await.unwrap();
+    assert_eq!((topics.len(), topics[0].messages), (1, 5));
+    let browsed = c.browse(&name("orders"), BrowseFrom::Seq(1), 2).await.unwrap();
+    assert_eq!(browsed[0].payload.as_ref(), &[0u8, 255, 1], "binary payload survives the wire");
+    assert_eq!(browsed[0].key().map(|k| k.as_ref()), Some(&b"k1"[..]));
+    assert_eq!(browsed[0].headers().get("h").map(String::as_str), Some("v"));
+    assert_eq!(browsed[0].subject().as_str(), "orders.eu");
+
+    let mut sub = SubscriptionConfig::new(name("audit"), name("orders"));
+    sub.start = StartPosition::All;
+    sub.ack_deadline = Duration::from_secs(10);
+    c.create_subscription(sub).await.unwrap();
+    let batch =
+        c.fetch(&name("audit"), "c1", FetchOptions { max_msgs: 3, ..FetchOptions::default() }).await.unwrap();
+    assert_eq!(batch.iter().map(|d| d.message.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    c.settle(batch[0].token.as_ref().unwrap(), Settle::Ack).await.unwrap();
+    c.settle(batch[1].token.as_ref().unwrap(), Settle::Extend(Duration::from_secs(20))).await.unwrap();
+    c.settle(batch[2].token.as_ref().unwrap(), Settle::Nack(Some(Duration::ZERO))).await.unwrap();
+    let again = c.settle(batch[0].token.as_ref().unwrap(), Settle::Ack).await;
+    assert!(again.is_ok(), "double ack is idempotent: {again:?}");
+    let info = c.subscription_info(&name("audit")).await.unwrap();
+    assert_eq!((info.ack_floor, info.in_flight, info.redeliverable, info.pending), (1, 1, 1, 2));
+    let peek = c.peek(&name("audit"), 0, 10).await.unwrap();
+    assert_eq!(peek.messages.len(), 4);
+    c.settle(batch[1].token.as_ref().unwrap(), Settle::Term("done with it".into())).await.unwrap();
+    assert_eq!(c.seek(&name("audit"), SeekTarget::Start).await.unwrap(), 1);
+    assert_eq!(c.subscriptions(None).await.unwrap().len(), 1);
+    c.delete_subscription(&name("audit")).await.unwrap();
+    assert_eq!(c.purge_topic(&name("orders")).await.unwrap(), 5);
+    c.delete_topic(&name("orders")).await.unwrap();
+    assert!(c.topics().await.unwrap().is_empty());
+    let stats = c.stats().await.unwrap();
+    assert_eq!(stats.connections, 1);
+}
+
+#[tokio::test]
+async fn engine_refusals_arrive_as_numbered_errors() {
+    let server = start(ServeConfig::default()).await;
+    let c = client(&server).await;
+    let err = c.topic_info(&name("missing")).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Remote { code: 2001, .. }), "{err}");
+    assert!(err.to_string().contains("no topic named \"missing\""), "{err}");
+}
+
+#[tokio::test]
+async fn durable_subscription_streams_with_leases_and_live_taps_stream_without() {
+    let server = start(ServeConfig::default()).await;
+    let c = client(&server).await;
+    let mut live =
+        c.subscribe(SubscribeRequest::live(vec![Pattern::parse("jobs.*").unwrap()])).await.unwrap();
+    let mut req = SubscribeRequest::live(vec![Pattern::parse("jobs").unwrap()]);
+    req.subscription = Some(name("workers"));
+    req.from = Some(StartPosition::All);
+    req.ack = AckMode::Explicit;
+    req.prefetch = Some(10);
+    let mut durable = c.subscribe(req).await.unwrap();
+    c.publish(PublishRequest::new(name("jobs"), "job-1")).await.unwrap();
+    c.publish(PublishRequest::new(name("jobs.x"), "tap-1")).await.unwrap();
+    let d = next_delivery(&mut durable).await;
+    assert_eq!((d.message.payload.as_ref(), d.attempt), (&b"job-1"[..], Some(1)));
+    c.settle(d.token.as_ref().unwrap(), Settle::Ack).await.unwrap();
+    let t = next_delivery(&mut live).await;
+    assert_eq!(t.message.payload.as_ref(), b"tap-1");
+    assert!(t.token.is_none());
+    let info = c.subscription_info(&name("workers")).await.unwrap();
+    assert_eq!((info.ack_floor, info.in_flight), (1, 0));
+}
+
+#[tokio::test]
+async fn long_poll_fetch_waits_for_a_message() {
+    let server = start(ServeConfig::default()).await;
+    let c = Arc::new(client(&server).await);
+    c.create_subscription(SubscriptionConfig::new(name("q"), name("work"))).await.unwrap();
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let opts =
+                FetchOptions { max_msgs: 5, wait: Some(Duration::from_secs(10)), ..FetchOptions::default() };
+            c.fetch(&name("q"), "c1", opts).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Other requests on the same connection are not held up by the long poll.
+    c.publish(PublishRequest::new(name("work"), "now")).await.unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
+    assert_eq!(batch.len(), 1);
+}
+
+#[tokio::test]
+async fn wrong_or_missing_token_is_refused() {
+    let config = ServeConfig { token: Some("s3cret".into()), ..ServeConfig::default() };
+    let server = start(config).await;
+    let err = RemoteBroker::connect(&server.url, Some("wrong".into())).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Auth { .. }), "{err}");
+    assert_eq!(err.exit_code(), 5);
+    let err = RemoteBroker::connect(&server.url, None).await.unwrap_err();
+    assert!(err.to_string().contains("needs a token"), "{err}");
+    let ok = RemoteBroker::connect(&format!("{}?token=s3cret", server.url), None).await.unwrap();
+    assert!(ok.topics().await.unwrap().is_empty());
+}
+
+#[test]
+fn exposing_beyond_loopback_needs_a_token_or_insecure() {
+    let public: std::net::SocketAddr = "0.0.0.0:7077".parse().unwrap();
+    let err = server::check_exposure(&public, None, false).unwrap_err();
+    assert!(err.contains("--token") && err.contains("--insecure"), "{err}");
+    assert!(server::check_exposure(&public, Some("t"), false).is_ok());
+    assert!(server::check_exposure(&public, None, true).is_ok());
+    assert!(server::check_exposure(&"127.0.0.1:0".parse().unwrap(), None, false).is_ok());
+}
+
+/// A raw WebSocket client that speaks JSON text by hand.
+struct Raw {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl Raw {
+    async fn connect(url: &str) -> Raw {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Raw { ws }
+    }
+
+    async fn hello(url: &str) -> Raw {
+        let mut raw = Raw::connect(url).await;
+        raw.send(r#"{"op":"hello","id":1,"version":1}"#).await;
+        assert_eq!(raw.recv().await["op"], "welcome");
+        raw
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.ws.send(Ws::Text(text.to_string().into())).await.unwrap();
+    }
+
+    /// The next JSON frame, or `null` when the server closed.
+    async fn recv(&mut self) -> serde_json::Value {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await.unwrap() {
+                Some(Ok(Ws::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+                Some(Ok(Ws::Close(_))) | None | Some(Err(_)) => return serde_json::Value::Null,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_frames_and_the_server_keeps_serving() {
+    let limits = ServeLimits { max_frame_bytes: 4096, max_message_bytes: 1024, ..ServeLimits::default() };
+    let server = start(ServeConfig { limits, ..ServeConfig::default() }).await;
+    let mut raw = Raw::hello(&server.url).await;
+    for (frame, code) in [
+        ("{not json", 1000),
+        ("[1, 2, 3]", 1000),
+        (r#"{"op":"teleport","id":9}"#, 1001),
+        (r#"{"op":"ack","id":10,"subscription":"s","seq":"x","lease":1}"#, 1002),
+        (r#"{"op":"topic_info","id":11,"topic":"bad..name"}"#, 1002),
+        (r#"{"op":"hello","id":12,"version":1}"#, 1002),
+        (r#"{"op":"unsubscribe","id":13,"sid":99}"#, 1012),
+    ] {
+        raw.send(frame).await;
+        let answer = raw.recv().await;
+        assert_eq!((answer["op"].as_str(), answer["code"].as_u64()), (Some("error"), Some(code)), "{frame}");
+    }
+    let big_payload = "x".repeat(2000);
+    raw.send(&format!(r#"{{"op":"publish","id":14,"message":{{"subject":"t","payload":"{big_payload}"}}}}"#))
+        .await;
+    assert_eq!(raw.recv().await["code"], 1007, "message over max_message_bytes");
+    raw.send(&format!(r#"{{"op":"ping","id":15,"pad":"{}"}}"#, "y".repeat(5000))).await;
+    assert_eq!(raw.recv().await["code"], 1006, "frame over max_frame_bytes");
+    raw.ws.send(Ws::Binary(vec![1u8, 2, 3].into())).await.unwrap();
+    assert_eq!(raw.recv().await["code"], 1011);
+    raw.send(r#"{"op":"ping","id":16}"#).await;
+    assert_eq!(raw.recv().await, serde_json::json!({"op":"ok","id":16}), "the connection still works");
+
+    // A frame far over the limit (beyond twice the limit plus 64 KiB) closes that connection only.
+    raw.send(&"z".repeat(100_000)).await;
+    assert_eq!(raw.recv().await, serde_json::Value::Null);
+    let other = client(&server).await;
+    assert!(other.topics().await.is_ok(), "other clients are still served");
+}
+
+#[tokio::test]
+async fn first_frame_must_be_hello_with_a_known_version() {
+    let server = start(ServeConfig::default()).await;
+    let mut raw = Raw::connect(&server.url).await;
+    raw.send(r#"{"op":"topics","id":1}"#).await;
+    assert_eq!(raw.recv().await["code"], 1004);
+    assert_eq!(raw.recv().await, serde_json::Value::Null, "closed after refusing");
+    let mut raw = Raw::connect(&server.url).await;
+    raw.send(r#"{"op":"hello","id":1,"version":99}"#).await;
+    assert_eq!(raw.recv().await["code"], 1003);
+}
+
+#[tokio::test]
+async fn stream_and_in_flight_limits_are_enforced_per_connection() {
+    let limits = ServeLimits { max_subscriptions: 2, max_in_flight: 100, ..ServeLimits::default() };
+    let server = start(ServeConfig { limits, ..ServeConfig::default() }).await;
+    let c = client(&server).await;
+    let tap = || SubscribeRequest::live(vec![Pattern::parse("a").unwrap()]);
+    let mut greedy = tap();
+    greedy.prefetch = Some(101);
+    let err = c.subscribe(greedy).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Remote { code: 1010, .. }), "{err}");
+    let _a = c.subscribe(tap()).await.map(|_| ()).err();
+    let mut small = tap();
+    small.prefetch = Some(10);
+    let _one = c.subscribe(small.clone()).await.unwrap();
+    let _two = c.subscribe(small.clone()).await.unwrap();
+    let err = c.subscribe(small).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Remote { code: 1009, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_told_and_closed() {
+    let limits = ServeLimits { max_connections: 1, ..ServeLimits::default() };
+    let server = start(ServeConfig { limits, ..ServeConfig::default() }).await;
+    let _first = client(&server).await;
+    let err = RemoteBroker::connect(&server.url, None).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Remote { code: 1008, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_lags_its_tap_then_is_closed_and_its_leases_return() {
+    let config = ServeConfig {
+        write_timeout: Duration::from_millis(300),
+        limits: ServeLimits { queue_frames: 4, ..ServeLimits::default() },
+        ..ServeConfig::default()
+    };
+    let server = start(config).await;
+    let engine = server.engine.clone();
+    let mut sub = SubscriptionConfig::new(name("held"), name("firehose"));
+    sub.start = StartPosition::All;
+    engine.create_subscription(sub).unwrap();
+    // A raw client subscribes to a tap and to the durable subscription, then never reads again.
+    let mut raw = Raw::hello(&server.url).await;
+    raw.send(r#"{"op":"subscribe","id":2,"patterns":["firehose"]}"#).await;
+    raw.send(r#"{"op":"subscribe","id":3,"patterns":["firehose"],"subscription":"held","ack":"explicit","prefetch":50}"#)
+        .await;
+    let payload = "p".repeat(16 * 1024);
+    for _ in 0..2000 {
+        engine.publish(PublishRequest::new(name("firehose"), payload.clone())).unwrap();
+        tokio::task::yield_now().await;
+    }
+    // The durable subscription holds at most its prefetch in flight; the rest waits as lag.
+    let info = engine.subscription_info(&name("held")).unwrap();
+    assert!(info.in_flight <= 50, "in flight {}", info.in_flight);
+    assert!(info.pending >= 1900, "backlog shows as lag: pending {}", info.pending);
+    let mut closed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let info = engine.subscription_info(&name("held")).unwrap();
+        if info.consumers.is_empty() {
+            assert_eq!(info.in_flight, 0, "leases came back when the connection closed");
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the stuck connection was closed after the write timeout");
+    drop(raw);
+}
+
+#[tokio::test]
+async fn a_slow_tap_reader_is_told_how_many_messages_it_missed() {
+    let config = ServeConfig {
+        limits: ServeLimits { queue_frames: 4, ..ServeLimits::default() },
+        ..ServeConfig::default()
+    };
+    let server = start(config).await;
+    let engine = server.engine.clone();
+    let mut raw = Raw::hello(&server.url).await;
+    raw.send(r#"{"op":"subscribe","id":2,"patterns":["burst"]}"#).await;
+    assert_eq!(raw.recv().await["result"]["sid"], 1);
+    // Far more than the tap ring (1024) plus the connection queue can hold, while the client reads nothing.
+    for i in 0..20_000 {
+        engine.publish(PublishRequest::new(name("burst"), format!("{i:08}"))).unwrap();
+    }
+    let (mut delivered, mut skipped) = (0u64, 0u64);
+    while delivered + skipped < 20_000 {
+        let frame = raw.recv().await;
+        match frame["op"].as_str() {
+            Some("deliver") => delivered += frame["messages"].as_array().map_or(0, |m| m.len() as u64),
+            Some("lagged") => skipped += frame["skipped"].as_u64().unwrap(),
+            other => panic!("unexpected frame {other:?}: {frame}"),
+        }
+    }
+    assert!(skipped > 0, "lagged frames report the drops");
+    assert_eq!(delivered + skipped, 20_000, "every message is either delivered or counted as skipped");
+    assert_eq!(engine.stats().tap_lagged, skipped);
+}
+
+#[tokio::test]
+async fn client_reconnects_and_resumes_its_durable_subscription() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let engine = Engine::new();
+    let server = start_on(listener, ServeConfig::default(), engine.clone()).await;
+    let c = client(&server).await;
+    let mut events = c.connection_events();
+    let mut req = SubscribeRequest::live(vec![Pattern::parse("jobs").unwrap()]);
+    req.subscription = Some(name("w"));
+    req.ack = AckMode::Explicit;
+    let mut stream = c.subscribe(req).await.unwrap();
+    engine.publish(PublishRequest::new(name("jobs"), "before")).unwrap();
+    let d = next_delivery(&mut stream).await;
+    c.settle(d.token.as_ref().unwrap(), Settle::Ack).await.unwrap();
+
+    drop(server); // stops accepting and closes connections
+    let down = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
+    assert!(matches!(down, ConnectionEvent::Disconnected { .. }), "{down:?}");
+    engine.publish(PublishRequest::new(name("jobs"), "while away")).unwrap();
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let _server = start_on(listener, ServeConfig::default(), engine.clone()).await;
+    let up = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+    assert_eq!(up, ConnectionEvent::Reconnected);
+    let d = next_delivery(&mut stream).await;
+    assert_eq!(d.message.payload.as_ref(), b"while away", "resumed after the acked message");
+}
