@@ -9,7 +9,9 @@
 
 mod broker_local;
 mod cli;
+mod daemon;
 mod engine;
+mod interop;
 mod properties;
 mod regressions;
 mod scenarios;

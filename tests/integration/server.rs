@@ -403,3 +403,50 @@ async fn client_reconnects_and_resumes_its_durable_subscription() {
     let d = next_delivery(&mut stream).await;
     assert_eq!(d.message.payload.as_ref(), b"while away", "resumed after the acked message");
 }
+
+#[tokio::test]
+async fn thousands_of_random_frames_on_one_connection_leave_the_server_serving() {
+    let server = start(ServeConfig::default()).await;
+    let mut raw = Raw::hello(&server.url).await;
+    let seeds = [
+        r#"{"op":"publish","id":2,"message":{"subject":"a.b","payload":"aGk=","payload_encoding":"base64"}}"#,
+        r#"{"op":"subscribe","id":3,"patterns":["a.>"],"prefetch":5}"#,
+        r#"{"op":"ack","id":4,"subscription":"s","seq":1,"lease":2}"#,
+        r#"{"op":"browse","id":7,"topic":"a.b","from":{"last":3},"max":3}"#,
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..3000u64 {
+        let mut bytes = seeds[(next() % 4) as usize].as_bytes().to_vec();
+        for _ in 0..(next() % 4) {
+            let at = (next() as usize) % bytes.len().max(1);
+            match next() % 3 {
+                0 if !bytes.is_empty() => {
+                    bytes.remove(at);
+                }
+                1 => bytes.insert(at, b"{}[]\":,0a.*#"[(next() % 12) as usize]),
+                _ => bytes.truncate(at),
+            }
+        }
+        if i % 10 == 0 {
+            bytes = (0..(next() % 40)).map(|_| next() as u8).collect();
+        }
+        raw.send(&String::from_utf8_lossy(&bytes)).await;
+    }
+    raw.send(r#"{"op":"ping","id":999999}"#).await;
+    loop {
+        let frame = raw.recv().await;
+        assert!(!frame.is_null(), "the connection was closed");
+        if frame["id"] == 999_999 {
+            assert_eq!(frame["op"], "ok");
+            break;
+        }
+    }
+    let other = client(&server).await;
+    assert!(other.topics().await.is_ok());
+}
