@@ -81,6 +81,14 @@ pub enum BrokerError {
         /// Why.
         reason: String,
     },
+    /// A message of a batch failed; the ones before it were published.
+    #[error("message {index} of the batch (counting from 0) failed: {source}")]
+    Batch {
+        /// Index of the failed message.
+        index: usize,
+        /// Why it failed.
+        source: Box<BrokerError>,
+    },
     /// The broker answered something this client does not understand, or closed mid-request.
     #[error("broker protocol error: {0}")]
     Protocol(String),
@@ -94,6 +102,7 @@ impl BrokerError {
             BrokerError::Timeout(_) => 4,
             BrokerError::Auth { .. } => 5,
             BrokerError::InvalidUrl { .. } | BrokerError::UnknownScheme { .. } => 2,
+            BrokerError::Batch { source, .. } => source.exit_code(),
             _ => 1,
         }
     }

@@ -144,7 +144,12 @@ impl Broker for LocalBroker {
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
-        Ok(self.engine.publish_batch(msgs)?)
+        self.engine.publish_batch(msgs).map_err(|e| match e {
+            crate::engine::EngineError::Batch { index, source } => {
+                BrokerError::Batch { index, source: Box::new(BrokerError::Engine(*source)) }
+            }
+            other => BrokerError::Engine(other),
+        })
     }
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {

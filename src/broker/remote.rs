@@ -301,12 +301,17 @@ async fn on_frame(inner: &Arc<Inner>, text: &str) {
             }
             let _ = pending.answer.send(Ok(result));
         }
-        ServerFrame::Error { id: Some(id), code, message } => {
+        ServerFrame::Error { id: Some(id), code, message, index } => {
             if let Some(pending) = guard(&inner.pending).remove(&id) {
-                let _ = pending.answer.send(Err(BrokerError::Remote { code, message }));
+                let remote = BrokerError::Remote { code, message };
+                let error = match index {
+                    Some(index) => BrokerError::Batch { index, source: Box::new(remote) },
+                    None => remote,
+                };
+                let _ = pending.answer.send(Err(error));
             }
         }
-        ServerFrame::Error { id: None, code, message } => {
+        ServerFrame::Error { id: None, code, message, .. } => {
             tracing::warn!(code, %message, "server reported an error");
         }
         ServerFrame::Deliver { sid, subscription, messages } => {

@@ -5,6 +5,8 @@
 
 pub mod commands;
 pub mod output;
+pub mod parse;
+pub mod render;
 
 use std::process::ExitCode;
 
@@ -23,9 +25,14 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 broker unreachable, 4 timeout with nothing
 #[derive(Debug, Parser)]
 #[command(name = "pubsub", version, about, after_help = AFTER_HELP, propagate_version = true)]
 pub struct Cli {
-    /// Broker to talk to: `local` (your engine daemon, started on demand), `mem://`, `ws://HOST:PORT`, …
-    #[arg(long, global = true, env = "PUBSUB_BROKER", default_value = "local", value_name = "URL")]
-    pub broker: String,
+    /// Broker: `local` (your engine daemon, started on demand; the default), `mem://`, `ws://HOST:PORT`, or a
+    /// profile name from the config file.
+    #[arg(long, short = 'b', global = true, env = "PUBSUB_BROKER", value_name = "URL")]
+    pub broker: Option<String>,
+
+    /// Colour: auto (when stdout is a terminal and NO_COLOR is unset), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = render::ColorChoice::Auto, value_name = "WHEN")]
+    pub color: render::ColorChoice,
 
     /// Access token: what `serve` requires of clients, and what a client sends to a `ws://` server.
     #[arg(long, global = true, env = "PUBSUB_TOKEN", value_name = "T", hide_env_values = true)]
@@ -43,10 +50,48 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Publish messages: arguments, stdin lines, a file, NDJSON envelopes or a counted template.
+    #[command(name = "pub")]
+    Pub(commands::publish::PubArgs),
+    /// Receive messages: live, from history (--from), or as a consumer of a durable subscription.
+    Sub(commands::subscribe::SubArgs),
+    /// Show the last N messages of a topic, then follow with -f.
+    Tail(commands::tail::TailArgs),
+    /// Write the lossless NDJSON envelope of every message to a file or stdout.
+    Record(commands::record::RecordArgs),
+    /// Re-publish a topic range or a recorded file, with original timing, a speed factor, or a rate.
+    Replay(commands::replay::ReplayArgs),
+    /// List topics with counts, rates, sizes and retention.
+    Topics(commands::topics::TopicsArgs),
+    /// Create, inspect, delete or purge a topic.
+    #[command(subcommand)]
+    Topic(commands::topics::TopicCommand),
+    /// List subscriptions with backlog, in-flight and redelivery counts (create and delete them too).
+    Subs(commands::subs::SubsArgs),
+    /// Show one subscription: lag, in-flight, redelivered, dead-lettered, per consumer.
+    SubInfo(commands::subs::SubInfoArgs),
+    /// Show the ack state of each message above a subscription's ack floor.
+    Peek(commands::subs::PeekArgs),
+    /// Move a subscription to start, end, a seq, a time or -5m (replays or skips messages).
+    Seek(commands::subs::SeekArgs),
+    /// Ack a message received with `sub --ack manual`.
+    Ack(commands::subs::SettleArgs),
+    /// Give a message back for redelivery (optionally after --delay).
+    Nack(commands::subs::SettleArgs),
     /// Measure publish-to-delivery throughput and latency against a broker.
     Bench(commands::bench::BenchArgs),
     /// Run the engine as a WebSocket server (`serve status`, `serve stop` manage the local daemon).
     Serve(commands::serve::ServeArgs),
+    /// Show where the configuration lives and what is in effect.
+    #[command(subcommand)]
+    Config(commands::config::ConfigCommand),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    Man,
 }
 
 /// Parses the arguments, runs the command and turns the outcome into an exit code.
@@ -71,6 +116,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
+        Err(CliError::Interrupted) => ExitCode::from(130),
         Err(e) => {
             output::error(&e.to_string());
             ExitCode::from(e.exit_code())
@@ -81,8 +127,10 @@ pub fn main() -> ExitCode {
 /// What every command gets: the global options and a way to open the broker they name.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// `--broker`.
+    /// The broker URL in effect (flag, environment, config file or `local`; profiles resolved).
     pub broker: String,
+    /// Whether to colour stdout.
+    pub color: bool,
     /// `--token`.
     pub token: Option<String>,
     /// Not `--no-autostart`.
@@ -103,10 +151,34 @@ impl Context {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let ctx = Context { broker: cli.broker.clone(), token: cli.token.clone(), autostart: !cli.no_autostart };
+    let paths = crate::config::paths::Paths::discover().map_err(CliError::Usage)?;
+    let file = crate::config::file::ConfigFile::load(&paths.config_file()).map_err(CliError::Usage)?;
+    let (broker, profile_token) = file.resolve(cli.broker.as_deref());
+    let ctx = Context {
+        broker,
+        color: cli.color.enabled(),
+        token: cli.token.clone().or(profile_token),
+        autostart: !cli.no_autostart && file.autostart.unwrap_or(true),
+    };
     match cli.command {
+        Some(Command::Pub(args)) => commands::publish::run(&ctx, args).await,
+        Some(Command::Sub(args)) => commands::subscribe::run(&ctx, args).await,
+        Some(Command::Tail(args)) => commands::tail::run(&ctx, args).await,
+        Some(Command::Record(args)) => commands::record::run(&ctx, args).await,
+        Some(Command::Replay(args)) => commands::replay::run(&ctx, args).await,
+        Some(Command::Topics(args)) => commands::topics::list(&ctx, args).await,
+        Some(Command::Topic(command)) => commands::topics::run(&ctx, command).await,
+        Some(Command::Subs(args)) => commands::subs::run(&ctx, args).await,
+        Some(Command::SubInfo(args)) => commands::subs::info(&ctx, args).await,
+        Some(Command::Peek(args)) => commands::subs::peek(&ctx, args).await,
+        Some(Command::Seek(args)) => commands::subs::seek(&ctx, args).await,
+        Some(Command::Ack(args)) => commands::subs::settle(&ctx, args, false).await,
+        Some(Command::Nack(args)) => commands::subs::settle(&ctx, args, true).await,
         Some(Command::Bench(args)) => commands::bench::run(&ctx, args).await,
         Some(Command::Serve(args)) => commands::serve::run(&ctx, args).await,
+        Some(Command::Config(command)) => commands::config::run(&ctx, command),
+        Some(Command::Completions { shell }) => commands::config::completions(shell),
+        Some(Command::Man) => commands::config::man(),
         None => {
             use clap::CommandFactory;
             let help = Cli::command().render_help().to_string();
@@ -130,6 +202,12 @@ pub enum CliError {
     /// The arguments do not make sense together.
     #[error("{0}")]
     Usage(String),
+    /// The command could not do what it was asked (exit 1).
+    #[error("{0}")]
+    Failed(String),
+    /// Ctrl-C (exit 130).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl CliError {
@@ -140,6 +218,8 @@ impl CliError {
             CliError::BrokenPipe => 0,
             CliError::Io(_) => 1,
             CliError::Usage(_) => 2,
+            CliError::Failed(_) => 1,
+            CliError::Interrupted => 130,
         }
     }
 }
@@ -147,5 +227,16 @@ impl CliError {
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
         if e.kind() == std::io::ErrorKind::BrokenPipe { CliError::BrokenPipe } else { CliError::Io(e) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // Catches clashing short options and similar mistakes in every subcommand.
+        super::Cli::command().debug_assert();
     }
 }

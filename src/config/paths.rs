@@ -43,6 +43,11 @@ impl Paths {
         })
     }
 
+    /// The configuration file.
+    pub fn config_file(&self) -> PathBuf {
+        self.config.join("config.toml")
+    }
+
     /// The daemon's endpoint file.
     pub fn endpoint(&self) -> PathBuf {
         self.runtime.join("endpoint.json")

@@ -105,6 +105,16 @@ pub enum EngineError {
         /// The consumer id.
         consumer: super::message::ConsumerId,
     },
+    /// A message of a batch failed; the ones before it were published.
+    #[error(
+        "message {index} of the batch (counting from 0) was refused: {source}; the {index} before it were published"
+    )]
+    Batch {
+        /// Index of the message that failed.
+        index: usize,
+        /// Why.
+        source: Box<EngineError>,
+    },
     /// A setting is out of range or contradicts another.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

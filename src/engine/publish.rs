@@ -43,20 +43,27 @@ impl Engine {
 
     /// Appends a message to the topic that captures its subject and offers it to matching taps.
     pub fn publish(&self, req: PublishRequest) -> Result<PublishReceipt, EngineError> {
-        let mut receipts = self.publish_batch(vec![req])?;
+        let mut receipts = self.publish_run(vec![req]).map_err(|(_, e)| e)?;
         receipts.pop().ok_or_else(|| EngineError::InvalidConfig("publish produced no receipt".into()))
     }
 
     /// Publishes several messages in order; consecutive messages to one subject share one lock
     /// acquisition. Stops at the first failure and returns it; messages before it stay published.
+    /// A failure is `EngineError::Batch` naming the index of the message that failed.
     pub fn publish_batch(&self, reqs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, EngineError> {
+        self.publish_run(reqs).map_err(|(index, e)| EngineError::Batch { index, source: Box::new(e) })
+    }
+
+    /// Publishes in order; a failure carries the index of the message that failed.
+    fn publish_run(&self, reqs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, (usize, EngineError)> {
         let now = self.now();
         let taps_listening = self.inner.tap_count.load(Ordering::Acquire) > 0;
         let mut receipts = Vec::with_capacity(reqs.len());
         let mut iter = reqs.into_iter().peekable();
         while let Some(first) = iter.next() {
-            let Some(cell) = self.route(&first.subject)? else {
-                receipts.push(self.publish_unstored(first, now)?);
+            let index = receipts.len();
+            let Some(cell) = self.route(&first.subject).map_err(|e| (index, e))? else {
+                receipts.push(self.publish_unstored(first, now).map_err(|e| (index, e))?);
                 continue;
             };
             let subject = first.subject.clone();
@@ -105,7 +112,7 @@ impl Engine {
                 }
             }
             if let Some(e) = failure {
-                return Err(e);
+                return Err((receipts.len(), e));
             }
         }
         Ok(receipts)

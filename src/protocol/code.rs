@@ -103,6 +103,7 @@ impl ErrorCode {
             EngineError::InvalidConfig(_) | EngineError::WaitTooLong(_) => ErrorCode::InvalidConfig,
             EngineError::Unsupported(_) => ErrorCode::Unsupported,
             EngineError::Gone(_) => ErrorCode::Gone,
+            EngineError::Batch { source, .. } => ErrorCode::of(source),
         }
     }
 }

@@ -413,6 +413,9 @@ pub enum ServerFrame {
         code: u16,
         /// What went wrong, for people.
         message: String,
+        /// For `publish_batch`: the index of the message that failed (the ones before it were published).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<usize>,
     },
     /// Messages for a stream started by `subscribe`.
     Deliver {

@@ -70,8 +70,12 @@ fn bad_input_is_classified_with_the_request_id() {
 
 #[test]
 fn server_frames_round_trip() {
-    let frame =
-        ServerFrame::Error { id: Some(1), code: ErrorCode::StaleLease.number(), message: "stale".into() };
+    let frame = ServerFrame::Error {
+        id: Some(1),
+        code: ErrorCode::StaleLease.number(),
+        message: "stale".into(),
+        index: None,
+    };
     assert_eq!(decode_server(&encode_server(&frame)).unwrap(), frame);
     let frame = ServerFrame::Lagged { sid: 2, skipped: 9 };
     assert_eq!(decode_server(&encode_server(&frame)).unwrap(), frame);

@@ -251,7 +251,7 @@ impl Connection {
     }
 
     pub(crate) async fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
-        let frame = ServerFrame::Error { id, code: code.number(), message: message.to_string() };
+        let frame = ServerFrame::Error { id, code: code.number(), message: message.to_string(), index: None };
         self.send(&frame).await;
     }
 
@@ -389,6 +389,7 @@ impl Batch {
                     id: None,
                     code: ErrorCode::Internal.number(),
                     message: e.to_string(),
+                    index: None,
                 });
             }
         }

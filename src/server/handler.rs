@@ -216,5 +216,16 @@ fn error_frame(id: Option<u64>, e: &BrokerError) -> crate::protocol::ServerFrame
         BrokerError::Invalid(_) => ErrorCode::BadField,
         _ => ErrorCode::Internal,
     };
-    crate::protocol::ServerFrame::Error { id, code: code.number(), message: e.to_string() }
+    let index = match e {
+        BrokerError::Batch { index, .. } => Some(*index),
+        _ => None,
+    };
+    let code = match e {
+        BrokerError::Batch { source, .. } => match source.as_ref() {
+            BrokerError::Engine(engine) => ErrorCode::of(engine),
+            _ => code,
+        },
+        _ => code,
+    };
+    crate::protocol::ServerFrame::Error { id, code: code.number(), message: e.to_string(), index }
 }

@@ -2,40 +2,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use assert_cmd::cargo::CommandCargoExt;
-
-/// A private PUBSUB_HOME; dropping it stops any daemon started under it.
-struct Home(PathBuf);
-
-impl Home {
-    fn new(tag: &str) -> Home {
-        let dir = std::env::temp_dir().join(format!("pubsub-daemon-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Home(dir)
-    }
-
-    fn cmd(&self) -> Command {
-        let mut cmd = Command::cargo_bin("pubsub").unwrap();
-        cmd.env("PUBSUB_HOME", &self.0).env_remove("PUBSUB_BROKER").env_remove("PUBSUB_TOKEN");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = self.cmd().args(args).output().unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        let _ = self.cmd().args(["serve", "stop"]).output();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::support::Home;
 
 #[test]
 fn status_without_a_daemon_exits_3_and_no_autostart_refuses() {

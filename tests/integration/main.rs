@@ -9,10 +9,12 @@
 
 mod broker_local;
 mod cli;
+mod commands;
 mod daemon;
 mod engine;
 mod interop;
 mod properties;
+mod readme;
 mod regressions;
 mod scenarios;
 mod server;

@@ -1,6 +1,10 @@
 //! Helpers shared by the integration tests.
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
+
+use assert_cmd::cargo::CommandCargoExt;
 
 use pubsub::engine::{
     Delivery, Engine, EngineConfig, FetchOptions, ManualClock, Name, PublishRequest, SubscriptionConfig,
@@ -40,4 +44,77 @@ pub fn fetch(engine: &Engine, sub: &str, consumer: &str, max: usize) -> Vec<Deli
 
 pub fn seqs(batch: &[Delivery]) -> Vec<u64> {
     batch.iter().map(|d| d.message.seq).collect()
+}
+
+/// A private PUBSUB_HOME; dropping it stops any daemon started under it.
+pub struct Home(pub PathBuf);
+
+impl Home {
+    pub fn new(tag: &str) -> Home {
+        let dir = std::env::temp_dir().join(format!("pubsub-daemon-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Home(dir)
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::cargo_bin("pubsub").unwrap();
+        cmd.env("PUBSUB_HOME", &self.0).env_remove("PUBSUB_BROKER").env_remove("PUBSUB_TOKEN");
+        cmd
+    }
+
+    /// Runs pubsub with `input` on stdin.
+    pub fn run_with(&self, args: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
+        use std::io::Write;
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Runs a shell script with `pubsub` on the PATH and this home.
+    pub fn sh(&self, script: &str) -> (i32, String, String) {
+        let bin = assert_cmd::cargo::cargo_bin("pubsub");
+        let dir = bin.parent().unwrap();
+        let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .env("PATH", path)
+            .env("PUBSUB_HOME", &self.0)
+            .env_remove("PUBSUB_BROKER")
+            .env_remove("PUBSUB_TOKEN")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    }
+
+    /// Starts the daemon up front, so later commands print nothing about starting one.
+    pub fn with_daemon(tag: &str) -> Home {
+        let home = Home::new(tag);
+        let (code, _, stderr) = home.run(&["serve", "--detach"]);
+        assert_eq!(code, 0, "{stderr}");
+        home
+    }
+
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.cmd().args(args).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = self.cmd().args(["serve", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -1,4 +1,12 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod config;
+pub mod publish;
+pub mod record;
+pub mod replay;
 pub mod serve;
+pub mod subs;
+pub mod subscribe;
+pub mod tail;
+pub mod topics;

@@ -1,0 +1,301 @@
+//! `pubsub pub`: publish from arguments, a file, stdin lines (or NUL-separated records), NDJSON
+//! envelopes, or a counted template; optionally paced to a rate.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use tokio::sync::mpsc;
+
+use crate::broker::{BrokerError, SharedBroker};
+use crate::cli::output::note;
+use crate::cli::parse::{expand_publish_template, parse_header, parse_rate, seed};
+use crate::cli::{CliError, Context};
+use crate::engine::{Clock, Headers, Name, PublishRequest, SystemClock};
+use crate::protocol::Envelope;
+
+/// Options of `pubsub pub`.
+#[derive(Debug, Args)]
+pub struct PubArgs {
+    /// Subject to publish to (with `--json`, optional: each envelope's own subject is used).
+    pub topic: Option<String>,
+    /// Messages, one per argument. Without any, stdin is read (line by line when piped).
+    pub messages: Vec<String>,
+    /// Read stdin line by line (the default when stdin is not a terminal).
+    #[arg(long, conflicts_with_all = ["null", "file"])]
+    pub lines: bool,
+    /// Read stdin as NUL-separated records (for payloads with newlines: `find -print0 | pubsub pub t -0`).
+    #[arg(long, short = '0')]
+    pub null: bool,
+    /// Publish the whole file as one message.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Ordering / partition key for every message.
+    #[arg(long, short = 'k')]
+    pub key: Option<String>,
+    /// A header NAME=VALUE (repeatable).
+    #[arg(long = "header", short = 'H', value_parser = parse_header, value_name = "NAME=VALUE")]
+    pub headers: Vec<(String, String)>,
+    /// Publisher idempotency key (a repeat within the topic's dedup window is not stored twice).
+    #[arg(long)]
+    pub msg_id: Option<String>,
+    /// Publish the MESSAGE template N times, expanding {{seq}}, {{now}}, {{uuid}}, {{random A B}}.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub count: Option<u64>,
+    /// Pace publishing, e.g. 500/s, 30/m.
+    #[arg(long, value_parser = parse_rate, value_name = "RATE")]
+    pub rate: Option<f64>,
+    /// Input lines are NDJSON envelopes (what `sub --json` prints): keys, headers and bytes are kept.
+    #[arg(long)]
+    pub json: bool,
+    /// Report what was published (count, seqs) on stderr.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+/// One message to publish and where it came from (for error messages).
+struct Input {
+    origin: String,
+    req: PublishRequest,
+}
+
+/// Most messages per publish call.
+const BATCH: usize = 256;
+
+/// Runs `pubsub pub`.
+pub async fn run(ctx: &Context, args: PubArgs) -> Result<(), CliError> {
+    let subject = match &args.topic {
+        Some(t) => Some(Name::new(t).map_err(|e| CliError::Usage(e.to_string()))?),
+        None if args.json => None,
+        None => {
+            return Err(CliError::Usage(
+                "pub needs a TOPIC (or --json with envelopes that name their subjects)".into(),
+            ));
+        }
+    };
+    let mut headers = Headers::new();
+    headers.extend(args.headers.iter().cloned());
+    let template =
+        Template { subject, key: args.key.clone().map(Bytes::from), msg_id: args.msg_id.clone(), headers };
+    let rx = spawn_source(&args, template)?;
+    let broker = ctx.connect().await?;
+    publish_all(broker, rx, args.rate, args.verbose).await
+}
+
+#[derive(Clone)]
+struct Template {
+    subject: Option<Name>,
+    key: Option<Bytes>,
+    msg_id: Option<String>,
+    headers: Headers,
+}
+
+impl Template {
+    fn request(&self, payload: Bytes) -> Result<PublishRequest, String> {
+        let subject = self.subject.clone().ok_or("no subject")?;
+        Ok(PublishRequest {
+            subject,
+            key: self.key.clone(),
+            msg_id: self.msg_id.clone(),
+            headers: self.headers.clone(),
+            payload,
+        })
+    }
+
+    fn envelope_request(&self, line: &str) -> Result<PublishRequest, String> {
+        let envelope: Envelope = serde_json::from_str(line).map_err(|e| format!("not an envelope: {e}"))?;
+        let mut req = envelope.to_request().map_err(|e| e.to_string())?;
+        if let Some(subject) = &self.subject {
+            req.subject = subject.clone();
+        }
+        if self.key.is_some() {
+            req.key = self.key.clone();
+        }
+        req.headers.extend(self.headers.clone());
+        Ok(req)
+    }
+}
+
+/// Produces the messages on a thread (stdin reads block), handing them over through a bounded channel.
+fn spawn_source(
+    args: &PubArgs,
+    template: Template,
+) -> Result<mpsc::Receiver<Result<Input, String>>, CliError> {
+    let (tx, rx) = mpsc::channel(4 * BATCH);
+    if !args.messages.is_empty() {
+        if args.json {
+            return Err(CliError::Usage("--json reads envelopes from stdin, not from arguments".into()));
+        }
+        let messages = args.messages.clone();
+        let count = args.count;
+        std::thread::spawn(move || {
+            let mut rng = seed();
+            let clock = SystemClock;
+            let total = count.unwrap_or(1);
+            for seq in 1..=total {
+                for (i, text) in messages.iter().enumerate() {
+                    let payload = if count.is_some() {
+                        expand_publish_template(text, seq, clock.now(), &mut rng)
+                    } else {
+                        text.clone()
+                    };
+                    let origin = if count.is_some() {
+                        format!("message {seq}")
+                    } else {
+                        format!("argument {}", i + 1)
+                    };
+                    let item = template.request(Bytes::from(payload)).map(|req| Input { origin, req });
+                    if tx.blocking_send(item).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        return Ok(rx);
+    }
+    if args.count.is_some() {
+        return Err(CliError::Usage("--count repeats a MESSAGE template; give one as an argument".into()));
+    }
+    if let Some(path) = &args.file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        let origin = path.display().to_string();
+        let item = template.request(Bytes::from(bytes)).map(|req| Input { origin, req });
+        let _ = tx.try_send(item);
+        return Ok(rx);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() && !args.lines && !args.json && !args.null {
+        return Err(CliError::Usage(
+            "nothing to publish: give MESSAGE arguments, --file PATH, or pipe lines into stdin".into(),
+        ));
+    }
+    let (json, null) = (args.json, args.null);
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdin.lock());
+        let separator = if null { 0u8 } else { b'\n' };
+        let mut line_no = 0usize;
+        loop {
+            let mut buf = Vec::new();
+            match reader.read_until(separator, &mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(format!("reading stdin: {e}")));
+                    return;
+                }
+            }
+            line_no += 1;
+            if buf.last() == Some(&separator) {
+                buf.pop();
+                if !null && buf.last() == Some(&b'\r') {
+                    buf.pop();
+                }
+            }
+            let origin = format!("{} {line_no}", if null { "record" } else { "line" });
+            let item = if json {
+                if buf.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match std::str::from_utf8(&buf) {
+                    Ok(text) => template.envelope_request(text),
+                    Err(_) => Err("not UTF-8 text".to_string()),
+                }
+            } else {
+                template.request(Bytes::from(buf))
+            };
+            let item =
+                item.map(|req| Input { origin: origin.clone(), req }).map_err(|e| format!("{origin}: {e}"));
+            if tx.blocking_send(item).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+async fn publish_all(
+    broker: SharedBroker,
+    mut rx: mpsc::Receiver<Result<Input, String>>,
+    rate: Option<f64>,
+    verbose: bool,
+) -> Result<(), CliError> {
+    let started = Instant::now();
+    let mut published = 0u64;
+    let (mut first_seq, mut last_seq) = (None, 0u64);
+    let mut batch: Vec<Input> = Vec::with_capacity(BATCH);
+    let mut input_error = None;
+    'outer: loop {
+        let Some(first) = rx.recv().await else { break };
+        match first {
+            Ok(input) => batch.push(input),
+            Err(e) => {
+                input_error = Some(e);
+                break;
+            }
+        }
+        // With a rate, messages go one at a time on schedule; without, whatever is ready goes together.
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(published as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        } else {
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(Ok(input)) => batch.push(input),
+                    Ok(Err(e)) => {
+                        input_error = Some(e);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let origins: Vec<String> = batch.iter().map(|i| i.origin.clone()).collect();
+        let reqs = batch.drain(..).map(|i| i.req).collect();
+        match broker.publish_batch(reqs).await {
+            Ok(receipts) => {
+                for r in &receipts {
+                    first_seq.get_or_insert(r.seq);
+                    last_seq = r.seq;
+                }
+                published += receipts.len() as u64;
+            }
+            Err(BrokerError::Batch { index, source }) => {
+                published += index as u64;
+                let origin = origins.get(index).cloned().unwrap_or_default();
+                report(verbose, published, first_seq, last_seq);
+                return Err(CliError::Failed(format!(
+                    "{origin} was not published: {source}; {published} message(s) before it were"
+                )));
+            }
+            Err(e) => {
+                report(verbose, published, first_seq, last_seq);
+                let origin = origins.first().cloned().unwrap_or_default();
+                return Err(CliError::Failed(format!(
+                    "{origin} was not published: {e}; {published} message(s) before it were"
+                )));
+            }
+        }
+        if input_error.is_some() {
+            break 'outer;
+        }
+    }
+    report(verbose, published, first_seq, last_seq);
+    match input_error {
+        Some(e) => Err(CliError::Failed(format!("{e}; {published} message(s) before it were published"))),
+        None => Ok(()),
+    }
+}
+
+fn report(verbose: bool, published: u64, first: Option<u64>, last: u64) {
+    if verbose {
+        match first {
+            Some(first) if published > 0 => {
+                note(&format!("published {published} message(s), seq {first}..={last}"))
+            }
+            _ => note(&format!("published {published} message(s)")),
+        }
+    }
+}

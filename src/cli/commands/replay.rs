@@ -1,0 +1,184 @@
+//! `pubsub replay`: re-publish a range of a topic, or a recorded NDJSON file, with the original timing
+//! scaled by `--speed`, at a fixed `--rate`, or as fast as possible.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::time::Instant;
+
+use crate::cli::output::note;
+use crate::cli::parse::{Position, parse_rate};
+use crate::cli::{CliError, Context};
+use crate::engine::{BrowseFrom, Clock, Message, Name, PublishRequest, SystemClock, Timestamp};
+use crate::protocol::Envelope;
+
+/// Options of `pubsub replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Topic to replay from (or use --file).
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub topic: Option<String>,
+    /// A recorded NDJSON file (from `record` or `sub --json`).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// First message: start, a seq, an RFC 3339 time, or -5m (default: start).
+    #[arg(long, value_name = "POSITION")]
+    pub from: Option<String>,
+    /// Last message: a seq, an RFC 3339 time, or -5m (default: the newest when the replay starts).
+    #[arg(long, value_name = "POSITION")]
+    pub to: Option<String>,
+    /// Publish to this subject instead of each message's own.
+    #[arg(long, value_name = "SUBJECT")]
+    pub into: Option<String>,
+    /// Keep the original gaps between messages, divided by this factor (2 = twice as fast).
+    #[arg(long, conflicts_with = "rate")]
+    pub speed: Option<f64>,
+    /// Publish at a fixed rate, e.g. 100/s.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+}
+
+/// Runs `pubsub replay`.
+pub async fn run(ctx: &Context, args: ReplayArgs) -> Result<(), CliError> {
+    let now = SystemClock.now();
+    let position = |p: &Option<String>| {
+        p.as_deref().map(|t| Position::parse(t, now)).transpose().map_err(CliError::Usage)
+    };
+    let (from, to) = (position(&args.from)?, position(&args.to)?);
+    let into = args.into.as_deref().map(Name::new).transpose().map_err(|e| CliError::Usage(e.to_string()))?;
+    if args.speed.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+        return Err(CliError::Usage("--speed must be a positive number".into()));
+    }
+    let broker = ctx.connect().await?;
+    let messages: Vec<(Option<Timestamp>, PublishRequest)> = match (&args.topic, &args.file) {
+        (Some(topic), _) => {
+            let topic = Name::new(topic).map_err(|e| CliError::Usage(e.to_string()))?;
+            let info = broker.topic_info(&topic).await?;
+            let start = match from {
+                None | Some(Position::Start) => BrowseFrom::Seq(info.first_seq),
+                Some(Position::Seq(s)) => BrowseFrom::Seq(s),
+                Some(Position::Time(t)) => BrowseFrom::Time(t),
+                Some(Position::End) => BrowseFrom::Seq(info.head_seq + 1),
+            };
+            let mut out = Vec::new();
+            let mut next = start;
+            loop {
+                let chunk = broker.browse(&topic, next, 1000).await?;
+                let Some(last) = chunk.last().map(|m| m.seq) else { break };
+                for m in chunk {
+                    if m.seq > info.head_seq || past(&m, to) {
+                        return replay(&broker, out, into, args.speed, args.rate).await;
+                    }
+                    out.push((Some(m.publish_time), request_of(&m)));
+                }
+                next = BrowseFrom::Seq(last + 1);
+            }
+            out
+        }
+        (None, Some(path)) => read_file(path)?,
+        (None, None) => return Err(CliError::Usage("replay needs a TOPIC or --file".into())),
+    };
+    replay(&broker, messages, into, args.speed, args.rate).await
+}
+
+fn past(m: &Message, to: Option<Position>) -> bool {
+    match to {
+        Some(Position::Seq(s)) => m.seq > s,
+        Some(Position::Time(t)) => m.publish_time > t,
+        _ => false,
+    }
+}
+
+fn request_of(m: &Message) -> PublishRequest {
+    PublishRequest {
+        subject: m.subject().clone(),
+        key: m.key().cloned(),
+        msg_id: None,
+        headers: m.headers().clone(),
+        payload: m.payload.clone(),
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<Vec<(Option<Timestamp>, PublishRequest)>, CliError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| CliError::Failed(format!("{}: line {}: {e}", path.display(), i + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |e: String| {
+            CliError::Failed(format!("{}: line {}: {e}; nothing was published", path.display(), i + 1))
+        };
+        let envelope: Envelope =
+            serde_json::from_str(&line).map_err(|e| bad(format!("not an envelope: {e}")))?;
+        let time = envelope.time().map_err(|e| bad(e.to_string()))?;
+        let mut req = envelope.to_request().map_err(|e| bad(e.to_string()))?;
+        // A recorded msg_id would make the topic's dedup window swallow the replay.
+        req.msg_id = None;
+        out.push((time, req));
+    }
+    Ok(out)
+}
+
+async fn replay(
+    broker: &crate::broker::SharedBroker,
+    messages: Vec<(Option<Timestamp>, PublishRequest)>,
+    into: Option<Name>,
+    speed: Option<f64>,
+    rate: Option<f64>,
+) -> Result<(), CliError> {
+    let total = messages.len();
+    let progress = std::io::stderr().is_terminal() && total > 1000;
+    let started = Instant::now();
+    let first_time = messages.iter().find_map(|(t, _)| *t);
+    let mut last_progress = started;
+    let mut batch = Vec::new();
+    let mut done = 0usize;
+    for (i, (time, mut req)) in messages.into_iter().enumerate() {
+        if let Some(into) = &into {
+            req.subject = into.clone();
+        }
+        let due = match (speed, rate, time, first_time) {
+            (Some(speed), _, Some(t), Some(first)) => Some(started + t.since(first).div_f64(speed)),
+            (_, Some(rate), _, _) => Some(started + Duration::from_secs_f64(i as f64 / rate)),
+            _ => None,
+        };
+        match due {
+            Some(due) => {
+                tokio::time::sleep_until(due).await;
+                broker.publish(req).await.map_err(|e| failed(done, e))?;
+                done += 1;
+            }
+            None => {
+                batch.push(req);
+                if batch.len() == 256 {
+                    let n = batch.len();
+                    broker.publish_batch(std::mem::take(&mut batch)).await.map_err(|e| failed(done, e))?;
+                    done += n;
+                }
+            }
+        }
+        if progress && last_progress.elapsed() > Duration::from_millis(100) {
+            last_progress = Instant::now();
+            let _ = write!(std::io::stderr(), "\rreplayed {done}/{total}");
+        }
+    }
+    if !batch.is_empty() {
+        let n = batch.len();
+        broker.publish_batch(batch).await.map_err(|e| failed(done, e))?;
+        done += n;
+    }
+    if progress {
+        let _ = writeln!(std::io::stderr(), "\rreplayed {done}/{total}");
+    }
+    note(&format!("replayed {done} message(s) in {:.1}s", started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn failed(done: usize, e: crate::broker::BrokerError) -> CliError {
+    CliError::Failed(format!("replay stopped after {done} message(s): {e}"))
+}

@@ -1,0 +1,393 @@
+//! Subscriptions: `subs` (list, create, delete), `sub-info`, `peek`, `seek`, `ack`, `nack`.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::broker::{AckToken, Settle};
+use crate::cli::output::{Stdout, bytes, duration, note, table};
+use crate::cli::parse::{Position, parse_duration};
+use crate::cli::{CliError, Context};
+use crate::engine::{
+    AckMode, Clock, Lifetime, Name, Pattern, SubscriptionConfig, SubscriptionInfo, SystemClock,
+};
+
+/// Options of `pubsub subs`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SubsArgs {
+    /// Create or delete instead of listing.
+    #[command(subcommand)]
+    pub action: Option<SubsAction>,
+    /// Only this topic's subscriptions.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// One JSON object per subscription (NDJSON).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pubsub subs create|delete`.
+#[derive(Debug, Subcommand)]
+pub enum SubsAction {
+    /// Create a durable subscription.
+    Create(CreateSubArgs),
+    /// Delete a subscription.
+    Delete {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Options of `pubsub subs create`.
+#[derive(Debug, Args)]
+pub struct CreateSubArgs {
+    /// Its name.
+    pub name: String,
+    /// The topic it reads.
+    #[arg(long, short = 't')]
+    pub topic: String,
+    /// Only subjects matching this pattern (repeatable).
+    #[arg(long = "filter", value_name = "PATTERN")]
+    pub filters: Vec<String>,
+    /// Where it starts: start, end (default), a seq, an RFC 3339 time, or -5m.
+    #[arg(long, value_name = "POSITION")]
+    pub from: Option<String>,
+    /// Ack mode: explicit (default), none, cumulative.
+    #[arg(long, value_parser = ["explicit", "none", "cumulative"], default_value = "explicit")]
+    pub ack: String,
+    /// Lease length before redelivery, e.g. 30s.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub ack_deadline: Option<Duration>,
+    /// Deliveries before a message is dead-lettered or terminated (0 = unlimited).
+    #[arg(long, value_name = "N")]
+    pub max_deliveries: Option<u32>,
+    /// Topic that receives messages given up on.
+    #[arg(long, value_name = "TOPIC")]
+    pub dead_letter: Option<String>,
+    /// Most messages in flight at once.
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
+    /// Delete it after this long without consumers.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub ephemeral: Option<Duration>,
+}
+
+fn name(s: &str) -> Result<Name, CliError> {
+    Name::new(s).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+/// Runs `pubsub subs`.
+pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
+    let broker = ctx.connect().await?;
+    match args.action {
+        Some(SubsAction::Create(a)) => {
+            let mut c = SubscriptionConfig::new(name(&a.name)?, name(&a.topic)?);
+            c.filter = a
+                .filters
+                .iter()
+                .map(|f| Pattern::parse(f).map_err(|e| CliError::Usage(e.to_string())))
+                .collect::<Result<_, _>>()?;
+            if let Some(from) = &a.from {
+                c.start = Position::parse(from, SystemClock.now()).map_err(CliError::Usage)?.start();
+            }
+            c.ack = match a.ack.as_str() {
+                "none" => AckMode::None,
+                "cumulative" => AckMode::Cumulative,
+                _ => AckMode::Explicit,
+            };
+            if let Some(d) = a.ack_deadline {
+                c.ack_deadline = d;
+            }
+            if let Some(n) = a.max_deliveries {
+                c.max_deliveries = n;
+            }
+            c.dead_letter = a.dead_letter.as_deref().map(name).transpose()?;
+            if let Some(n) = a.max_in_flight {
+                c.max_in_flight = n;
+            }
+            if let Some(ttl) = a.ephemeral {
+                c.lifetime = Lifetime::Ephemeral { inactive_ttl: ttl };
+            }
+            let info = broker.create_subscription(c).await?;
+            note(&format!("created subscription {} on {}", info.name, info.topic));
+            Ok(())
+        }
+        Some(SubsAction::Delete { name: sub }) => {
+            broker.delete_subscription(&name(&sub)?).await?;
+            note(&format!("deleted subscription {sub}"));
+            Ok(())
+        }
+        None => {
+            let topic = args.topic.as_deref().map(name).transpose()?;
+            let subs = broker.subscriptions(topic.as_ref()).await?;
+            let mut out = Stdout::new();
+            if args.json {
+                for s in &subs {
+                    out.line(&serde_json::to_string(s).unwrap_or_default())?;
+                }
+                return Ok(());
+            }
+            if subs.is_empty() {
+                note(
+                    "no subscriptions; `pubsub sub TOPIC --subscription NAME` or `pubsub subs create` makes one",
+                );
+                return Ok(());
+            }
+            let mut rows = vec![
+                [
+                    "SUBSCRIPTION",
+                    "TOPIC",
+                    "BACKLOG",
+                    "PENDING",
+                    "IN-FLIGHT",
+                    "REDELIVERED",
+                    "DEAD",
+                    "ACK-FLOOR",
+                    "OLDEST",
+                    "CONSUMERS",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for s in &subs {
+                rows.push(vec![
+                    s.name.to_string(),
+                    s.topic.to_string(),
+                    s.backlog.to_string(),
+                    s.pending.to_string(),
+                    s.in_flight.to_string(),
+                    s.redelivered.to_string(),
+                    s.counters.dead_lettered.to_string(),
+                    s.ack_floor.to_string(),
+                    if s.backlog == 0 { "-".into() } else { duration(s.oldest_unacked_age) },
+                    s.consumers.len().to_string(),
+                ]);
+            }
+            out.write(table(&rows).as_bytes())?;
+            out.flush()
+        }
+    }
+}
+
+/// Options of `pubsub sub-info`.
+#[derive(Debug, Args)]
+pub struct SubInfoArgs {
+    /// The subscription.
+    pub name: String,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `pubsub sub-info`.
+pub async fn info(ctx: &Context, args: SubInfoArgs) -> Result<(), CliError> {
+    let broker = ctx.connect().await?;
+    let s = broker.subscription_info(&name(&args.name)?).await?;
+    let mut out = Stdout::new();
+    if args.json {
+        return out.line(&serde_json::to_string(&s).unwrap_or_default());
+    }
+    out.write(describe(&s).as_bytes())?;
+    out.flush()
+}
+
+fn describe(s: &SubscriptionInfo) -> String {
+    let c = &s.counters;
+    let mut rows = vec![
+        vec!["subscription".into(), format!("{} on {}", s.name, s.topic)],
+        vec!["filter".into(), if s.filter.is_empty() { "all subjects".into() } else { s.filter.join(", ") }],
+        vec![
+            "ack".into(),
+            format!(
+                "{:?}, deadline {}, max deliveries {}{}",
+                s.ack,
+                duration(s.ack_deadline),
+                if s.max_deliveries == 0 { "unlimited".into() } else { s.max_deliveries.to_string() },
+                s.dead_letter.as_ref().map(|d| format!(", dead letters to {d}")).unwrap_or_default()
+            )
+            .to_lowercase(),
+        ],
+        vec![
+            "positions".into(),
+            format!(
+                "head {}, delivered {}, ack floor {}, first {}",
+                s.head_seq, s.delivered_seq, s.ack_floor, s.first_seq
+            ),
+        ],
+        vec![
+            "backlog".into(),
+            format!(
+                "{} ({}): pending {}, in flight {}, delayed {}, redeliverable {}",
+                s.backlog,
+                bytes(s.backlog_bytes),
+                s.pending,
+                s.in_flight,
+                s.delayed,
+                s.redeliverable
+            ),
+        ],
+        vec![
+            "lag".into(),
+            format!("offset lag {}, oldest unacked {}", s.offset_lag, duration(s.oldest_unacked_age)),
+        ],
+        vec![
+            "rates".into(),
+            format!(
+                "publish {:.1}/s, deliver {:.1}/s, ack {:.1}/s",
+                s.publish_rate, s.deliver_rate, s.ack_rate
+            ),
+        ],
+        vec![
+            "totals".into(),
+            format!(
+                "delivered {}, redelivered {}, acked {}, nacked {}, expired leases {}, dead-lettered {}, terminated {}, expired {}, filtered {}",
+                c.delivered,
+                c.redeliveries,
+                c.acked,
+                c.nacked,
+                c.deadline_expired,
+                c.dead_lettered,
+                c.terminated,
+                c.expired_unacked,
+                c.filtered
+            ),
+        ],
+    ];
+    if let Some(eta) = s.eta {
+        rows.push(vec!["drains in".into(), duration(eta)]);
+    }
+    if let Some(blocked) = s.blocked_by {
+        let why = serde_json::to_value(blocked)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        rows.push(vec!["blocked by".into(), why.replace('_', " ")]);
+    }
+    let mut text = table(&rows);
+    if !s.consumers.is_empty() {
+        let total: u64 = s.consumers.iter().map(|c| c.delivered).sum::<u64>().max(1);
+        let mut crow = vec![
+            ["CONSUMER", "MODE", "IN-FLIGHT", "PREFETCH", "DELIVERED", "SHARE", "ACKED", "IDLE"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for c in &s.consumers {
+            crow.push(vec![
+                c.id.to_string(),
+                if c.push { "push".into() } else { "pull".into() },
+                c.in_flight.to_string(),
+                c.prefetch.to_string(),
+                c.delivered.to_string(),
+                format!("{:.0}%", c.delivered as f64 * 100.0 / total as f64),
+                c.acked.to_string(),
+                duration(c.idle),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table(&crow));
+    }
+    text
+}
+
+/// Options of `pubsub peek`.
+#[derive(Debug, Args)]
+pub struct PeekArgs {
+    /// The subscription.
+    pub name: String,
+    /// First seq to show (default: just above the ack floor).
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// Most messages to show.
+    #[arg(long, short = 'n', default_value_t = 50)]
+    pub limit: usize,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `pubsub peek`.
+pub async fn peek(ctx: &Context, args: PeekArgs) -> Result<(), CliError> {
+    let broker = ctx.connect().await?;
+    let report = broker.peek(&name(&args.name)?, args.from, args.limit).await?;
+    let mut out = Stdout::new();
+    if args.json {
+        return out.line(&serde_json::to_string(&report).unwrap_or_default());
+    }
+    out.line(&format!(
+        "{}: ack floor {}, delivered {}, head {}",
+        report.subscription, report.ack_floor, report.delivered_seq, report.head_seq
+    ))?;
+    let now = SystemClock.now();
+    let mut rows = vec![["SEQ", "STATE", "ATTEMPT", "CONSUMER", "DUE"].map(String::from).to_vec()];
+    for m in &report.messages {
+        let state = match (m.state, m.attempt) {
+            (crate::engine::DeliveryState::Available, 0) => "pending".to_string(),
+            (s, _) => format!("{s:?}")
+                .to_lowercase()
+                .replace("inflight", "in-flight")
+                .replace("deadlettered", "dead-lettered"),
+        };
+        let due = m
+            .deadline
+            .map(|d| format!("lease ends in {}", duration(d.since(now))))
+            .or_else(|| m.not_before.map(|t| format!("retry in {}", duration(t.since(now)))))
+            .unwrap_or_default();
+        rows.push(vec![
+            m.seq.to_string(),
+            state,
+            m.attempt.to_string(),
+            m.consumer.as_deref().unwrap_or("").to_string(),
+            due,
+        ]);
+    }
+    out.write(table(&rows).as_bytes())?;
+    out.flush()
+}
+
+/// Options of `pubsub seek`.
+#[derive(Debug, Args)]
+pub struct SeekArgs {
+    /// The subscription.
+    pub name: String,
+    /// start, end, a seq, an RFC 3339 time, or -5m.
+    pub target: String,
+}
+
+/// Runs `pubsub seek`.
+pub async fn seek(ctx: &Context, args: SeekArgs) -> Result<(), CliError> {
+    let target = Position::parse(&args.target, SystemClock.now()).map_err(CliError::Usage)?;
+    let broker = ctx.connect().await?;
+    let next = broker.seek(&name(&args.name)?, target.seek()).await?;
+    note(&format!("{} will deliver from seq {next}", args.name));
+    Ok(())
+}
+
+/// Options of `pubsub ack` and `pubsub nack`.
+#[derive(Debug, Args)]
+pub struct SettleArgs {
+    /// The subscription.
+    pub name: String,
+    /// The message's seq.
+    pub seq: u64,
+    /// The lease printed with the delivery (`sub --ack manual`).
+    pub lease: u64,
+    /// For nack: redeliver after this long instead of the subscription's backoff.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub delay: Option<Duration>,
+}
+
+/// Runs `pubsub ack` (`nack` when `nack` is true).
+pub async fn settle(ctx: &Context, args: SettleArgs, nack: bool) -> Result<(), CliError> {
+    let broker = ctx.connect().await?;
+    let token = AckToken {
+        subscription: name(&args.name)?,
+        partition: 0,
+        seq: args.seq,
+        lease: args.lease,
+        reply: None,
+    };
+    let how = if nack { Settle::Nack(args.delay) } else { Settle::Ack };
+    broker.settle(&token, how).await?;
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! `pubsub sub`: receive live (a tap), from history (a reader), or as a competing consumer of a durable
+//! subscription; print, or run a command per message and ack by its exit status. The receive loop here
+//! also serves `tail -f` and `record`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::broker::{
+    BrokerDelivery, BrokerError, DeliveryStream, Settle, SharedBroker, StreamItem, SubscribeRequest,
+};
+use crate::cli::output::{Stdout, note};
+use crate::cli::parse::{Position, parse_duration};
+use crate::cli::render::{Format, Renderer};
+use crate::cli::{CliError, Context};
+use crate::engine::{AckMode, Clock, Name, Pattern, SystemClock};
+
+/// How `sub` settles what it receives through a durable subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum AckArg {
+    /// Ack once the message is written (or `--exec` exits 0; nack otherwise).
+    #[default]
+    Auto,
+    /// Leave messages in flight; settle them with `pubsub ack` / `pubsub nack` (leases are printed).
+    Manual,
+    /// The subscription does not ack at all (at-most-once).
+    None,
+}
+
+/// Output options shared by the commands that print messages.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// text, json (one NDJSON envelope per message), raw (payload only), or a template like '{{subject}} {{payload}}'.
+    #[arg(long, default_value = "text", value_parser = Format::parse, value_name = "FORMAT")]
+    pub format: Format,
+    /// Same as --format json.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    /// The format asked for.
+    pub fn format(&self) -> Format {
+        if self.json { Format::Json } else { self.format.clone() }
+    }
+}
+
+/// When a receive loop ends.
+#[derive(Debug, Clone, Args, Default)]
+pub struct StopArgs {
+    /// Stop after N messages.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this long; exit 4 if nothing arrived (e.g. 5s, 1m).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// Stop once no message has arrived for this long.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub until_idle: Option<Duration>,
+    /// Stop after the last message that existed when reading started (history reads).
+    #[arg(long)]
+    pub exit_at_end: bool,
+}
+
+/// Options of `pubsub sub`.
+#[derive(Debug, Args)]
+pub struct SubArgs {
+    /// Subjects or patterns (`orders.*`, `orders.>`, `#`, `glob:user:*`); one topic with --from or --subscription.
+    #[arg(required = true)]
+    pub patterns: Vec<String>,
+    /// Read history from: start, end, a seq, an RFC 3339 time, or -5m.
+    #[arg(long, value_name = "POSITION")]
+    pub from: Option<String>,
+    /// Join this durable subscription as a competing consumer (created when missing).
+    #[arg(long, short = 's', value_name = "NAME")]
+    pub subscription: Option<String>,
+    /// How messages of a durable subscription are settled.
+    #[arg(long, value_enum, default_value_t = AckArg::Auto)]
+    pub ack: AckArg,
+    /// Consumer id (default: made up).
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// Most unacked messages held at once.
+    #[arg(long, value_name = "N")]
+    pub prefetch: Option<u32>,
+    /// Run a command per message (`sh -c`): payload on stdin, metadata in PUBSUB_* variables; exit 0 acks,
+    /// anything else nacks.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Commands run at once with --exec.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub parallel: usize,
+    /// When to stop.
+    #[command(flatten)]
+    pub stop: StopArgs,
+    /// How messages are printed.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Runs `pubsub sub`.
+pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
+    let patterns = parse_patterns(&args.patterns)?;
+    let now = SystemClock.now();
+    let from = args.from.as_deref().map(|f| Position::parse(f, now)).transpose().map_err(CliError::Usage)?;
+    let subscription = args
+        .subscription
+        .as_deref()
+        .map(Name::new)
+        .transpose()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let ack = match (subscription.is_some(), args.ack) {
+        (true, AckArg::Auto | AckArg::Manual) => AckMode::Explicit,
+        _ => AckMode::None,
+    };
+    let request = SubscribeRequest {
+        patterns: patterns.clone(),
+        subscription,
+        from: from.map(Position::start),
+        ack,
+        consumer: args.consumer.clone(),
+        // With --count, holding more than that many would only make the rest wait for a redelivery.
+        prefetch: args
+            .prefetch
+            .or(args.stop.count.map(|n| u32::try_from(n).unwrap_or(u32::MAX).clamp(1, 1000))),
+    };
+    let broker = ctx.connect().await?;
+    let end = if args.stop.exit_at_end { Some(end_seq(&broker, &patterns).await?) } else { None };
+    let stream = broker.subscribe(request).await?;
+    let sink = Sink::Stdout(Stdout::new());
+    let settle = if args.ack == AckArg::Manual { SettleMode::Manual } else { SettleMode::Auto };
+    let exec = args.exec.map(|command| Exec { command, parallel: args.parallel.max(1) });
+    let renderer = Renderer::new(args.output.format(), ctx.color);
+    receive(broker, stream, sink, renderer, settle, exec, &args.stop, end).await
+}
+
+/// Parses command-line patterns with errors that quote them.
+pub fn parse_patterns(texts: &[String]) -> Result<Vec<Pattern>, CliError> {
+    texts.iter().map(|t| Pattern::parse(t).map_err(|e| CliError::Usage(e.to_string()))).collect()
+}
+
+/// The last seq of the one topic named, for `--exit-at-end`.
+pub async fn end_seq(broker: &SharedBroker, patterns: &[Pattern]) -> Result<u64, CliError> {
+    let topic = match patterns {
+        [p] => p.literal().and_then(|l| Name::new(l).ok()),
+        _ => None,
+    }
+    .ok_or_else(|| CliError::Usage("--exit-at-end needs exactly one topic name".into()))?;
+    Ok(broker.topic_info(&topic).await?.head_seq)
+}
+
+/// Where messages go.
+pub enum Sink {
+    /// Standard output.
+    Stdout(Stdout),
+    /// A file.
+    File(std::io::BufWriter<std::fs::File>),
+}
+
+impl Sink {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), CliError> {
+        use std::io::Write;
+        match self {
+            Sink::Stdout(out) => out.write(bytes),
+            Sink::File(f) => f.write_all(bytes).map_err(CliError::from),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), CliError> {
+        use std::io::Write;
+        match self {
+            Sink::Stdout(out) => out.flush(),
+            Sink::File(f) => f.flush().map_err(CliError::from),
+        }
+    }
+
+    /// A file sink, created (or truncated).
+    pub fn file(path: &PathBuf) -> Result<Sink, CliError> {
+        let file = std::fs::File::create(path)
+            .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))?;
+        Ok(Sink::File(std::io::BufWriter::new(file)))
+    }
+}
+
+/// Whether deliveries are acked by the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleMode {
+    /// After output (or `--exec` success).
+    Auto,
+    /// Never: the user settles.
+    Manual,
+}
+
+/// `--exec`.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    command: String,
+    parallel: usize,
+}
+
+/// The receive loop: writes (or executes) what arrives until a stop condition, Ctrl-C, or the stream ends.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the loop's inputs are independent choices of the calling command"
+)]
+pub async fn receive(
+    broker: SharedBroker,
+    mut stream: DeliveryStream,
+    mut sink: Sink,
+    renderer: Renderer,
+    settle: SettleMode,
+    exec: Option<Exec>,
+    stop: &StopArgs,
+    end: Option<u64>,
+) -> Result<(), CliError> {
+    if end == Some(0) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let deadline = stop.timeout.map(|t| started + t);
+    let mut last_activity = started;
+    let mut received = 0u64;
+    let mut running: JoinSet<(BrokerDelivery, bool)> = JoinSet::new();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    loop {
+        if stop.count.is_some_and(|n| received >= n) {
+            break;
+        }
+        let idle_at = stop.until_idle.map(|d| last_activity + d);
+        let wake = match (deadline, idle_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let next = tokio::select! {
+            _ = &mut interrupt => {
+                drain_exec(&broker, &mut running).await;
+                return Err(CliError::Interrupted);
+            }
+            () = sleep_until(wake) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) && received == 0 {
+                    return Err(CliError::Broker(BrokerError::Timeout(stop.timeout.unwrap_or_default())));
+                }
+                break;
+            }
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok((delivery, ok)) = done {
+                    settle_exec(&broker, &delivery, ok).await?;
+                }
+                continue;
+            }
+            next = stream.next() => next,
+        };
+        let Some(first) = next else { break };
+        let mut items = vec![first];
+        while items.len() < 256 && stop.count.is_none_or(|n| received + (items.len() as u64) < n) {
+            match stream.try_next() {
+                Some(item) => items.push(item),
+                None => break,
+            }
+        }
+        last_activity = Instant::now();
+        let mut to_ack = Vec::new();
+        let mut at_end = false;
+        for item in items {
+            let delivery = match item? {
+                StreamItem::Delivery(d) => d,
+                StreamItem::Lagged { skipped } => {
+                    note(&format!(
+                        "fell behind: {skipped} message(s) were dropped before reaching this listener"
+                    ));
+                    continue;
+                }
+            };
+            received += 1;
+            at_end = end.is_some_and(|e| delivery.message.seq >= e);
+            match &exec {
+                Some(exec) => {
+                    while running.len() >= exec.parallel {
+                        if let Some(Ok((d, ok))) = running.join_next().await {
+                            settle_exec(&broker, &d, ok).await?;
+                        }
+                    }
+                    let command = exec.command.clone();
+                    running.spawn(async move {
+                        let ok = run_command(&command, &delivery).await;
+                        (delivery, ok)
+                    });
+                }
+                None => {
+                    let lease = (settle == SettleMode::Manual)
+                        .then(|| delivery.token.as_ref().map(|t| t.lease))
+                        .flatten();
+                    renderer.render(&delivery.message, delivery.attempt, lease, &mut buf);
+                    if settle == SettleMode::Auto
+                        && let Some(token) = delivery.token
+                    {
+                        to_ack.push(token);
+                    }
+                }
+            }
+            if at_end || stop.count.is_some_and(|n| received >= n) {
+                break;
+            }
+        }
+        if !buf.is_empty() {
+            sink.write(&buf)?;
+            sink.flush()?;
+            buf.clear();
+        }
+        // Acked only after the output is written: a crash in between redelivers rather than loses.
+        for token in to_ack {
+            broker.settle(&token, Settle::Ack).await?;
+        }
+        if at_end {
+            break;
+        }
+    }
+    while let Some(done) = running.join_next().await {
+        if let Ok((delivery, ok)) = done {
+            settle_exec(&broker, &delivery, ok).await?;
+        }
+    }
+    sink.flush()?;
+    Ok(())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn settle_exec(broker: &SharedBroker, delivery: &BrokerDelivery, ok: bool) -> Result<(), CliError> {
+    let Some(token) = &delivery.token else { return Ok(()) };
+    let how = if ok { Settle::Ack } else { Settle::Nack(None) };
+    broker.settle(token, how).await.map_err(CliError::from)
+}
+
+/// On Ctrl-C: let running commands finish and settle them, so nothing is left leased to a dead process.
+async fn drain_exec(broker: &SharedBroker, running: &mut JoinSet<(BrokerDelivery, bool)>) {
+    while let Some(done) = running.join_next().await {
+        if let Ok((delivery, ok)) = done {
+            let _ = settle_exec(broker, &delivery, ok).await;
+        }
+    }
+}
+
+/// Runs `sh -c command` with the payload on stdin and the message's metadata in the environment.
+async fn run_command(command: &str, d: &BrokerDelivery) -> bool {
+    let m = &d.message;
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .stdin(Stdio::piped())
+        .env("PUBSUB_TOPIC", m.topic.as_str())
+        .env("PUBSUB_SUBJECT", m.subject().as_str())
+        .env("PUBSUB_SEQ", m.seq.to_string())
+        .env("PUBSUB_PARTITION", m.partition.to_string())
+        .env("PUBSUB_TIMESTAMP", crate::protocol::envelope::format_time(m.publish_time))
+        .env("PUBSUB_ATTEMPT", d.attempt.unwrap_or(1).to_string());
+    if let Some(key) = m.key() {
+        cmd.env("PUBSUB_KEY", crate::protocol::envelope::encode_bytes(key).0);
+    }
+    for (k, v) in m.headers() {
+        let var: String =
+            k.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+        cmd.env(format!("PUBSUB_HEADER_{var}"), v);
+    }
+    let Ok(mut child) = cmd.spawn() else {
+        note(&format!("cannot run `{command}`"));
+        return false;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its stdin is fine; a broken pipe here is not an error.
+        let _ = stdin.write_all(&m.payload).await;
+    }
+    child.wait().await.is_ok_and(|s| s.success())
+}

@@ -1,0 +1,56 @@
+//! `pubsub tail`: the last N retained messages of a topic, then (with `-f`) what follows.
+
+use clap::Args;
+
+use super::subscribe::{OutputArgs, SettleMode, Sink, StopArgs, receive};
+use crate::broker::SubscribeRequest;
+use crate::cli::output::Stdout;
+use crate::cli::render::Renderer;
+use crate::cli::{CliError, Context};
+use crate::engine::{AckMode, BrowseFrom, Name, Pattern, StartPosition};
+
+/// Options of `pubsub tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// The topic.
+    pub topic: String,
+    /// How many of the newest messages to show.
+    #[arg(short = 'n', long = "lines", default_value_t = 10, value_name = "N")]
+    pub last: u64,
+    /// Keep following new messages.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// How messages are printed.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Runs `pubsub tail`.
+pub async fn run(ctx: &Context, args: TailArgs) -> Result<(), CliError> {
+    let topic = Name::new(&args.topic).map_err(|e| CliError::Usage(e.to_string()))?;
+    let broker = ctx.connect().await?;
+    let info = broker.topic_info(&topic).await?;
+    let renderer = Renderer::new(args.output.format(), ctx.color);
+    let mut out = Stdout::new();
+    let mut buf = Vec::new();
+    if args.last > 0 {
+        for m in broker
+            .browse(&topic, BrowseFrom::Last(args.last), usize::try_from(args.last).unwrap_or(usize::MAX))
+            .await?
+        {
+            renderer.render(&m, None, None, &mut buf);
+        }
+        out.write(&buf)?;
+        out.flush()?;
+    }
+    if !args.follow {
+        return Ok(());
+    }
+    let pattern = Pattern::parse(topic.as_str()).map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut request = SubscribeRequest::live(vec![pattern]);
+    request.from = Some(StartPosition::Seq(info.head_seq + 1));
+    request.ack = AckMode::None;
+    let stream = broker.subscribe(request).await?;
+    receive(broker, stream, Sink::Stdout(out), renderer, SettleMode::Auto, None, &StopArgs::default(), None)
+        .await
+}

@@ -1,0 +1,187 @@
+//! `pubsub topics` and `pubsub topic create|info|delete|purge`.
+
+use clap::{Args, Subcommand};
+
+use crate::cli::output::{Stdout, bytes, duration, note, table};
+use crate::cli::parse::parse_duration;
+use crate::cli::{CliError, Context};
+use crate::engine::{Discard, Limits, Name, Pattern, TopicConfig, TopicInfo};
+
+/// Options of `pubsub topics`.
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    /// One JSON object per topic (NDJSON).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pubsub topic …`.
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic, optionally capturing several subjects (fan-in) and with limits.
+    Create(CreateArgs),
+    /// Show one topic.
+    Info {
+        /// The topic.
+        name: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a topic with its subscriptions and messages.
+    Delete {
+        /// The topic.
+        name: String,
+    },
+    /// Delete every message of a topic (seqs keep counting).
+    Purge {
+        /// The topic.
+        name: String,
+    },
+}
+
+/// Options of `pubsub topic create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The topic's name.
+    pub name: String,
+    /// A subject pattern it captures (repeatable; default: its own name).
+    #[arg(long = "subject", value_name = "PATTERN")]
+    pub subjects: Vec<String>,
+    /// Keep at most N messages (0 = unlimited).
+    #[arg(long, value_name = "N")]
+    pub max_msgs: Option<u64>,
+    /// Keep at most this many bytes (0 = unlimited).
+    #[arg(long, value_name = "BYTES")]
+    pub max_bytes: Option<u64>,
+    /// Keep messages at most this long, e.g. 1h, 7d (0s = unlimited).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub max_age: Option<std::time::Duration>,
+    /// What a full topic does: old (delete oldest) or new (refuse the publish).
+    #[arg(long, value_parser = ["old", "new"])]
+    pub discard: Option<String>,
+}
+
+/// Runs `pubsub topics`.
+pub async fn list(ctx: &Context, args: TopicsArgs) -> Result<(), CliError> {
+    let broker = ctx.connect().await?;
+    let topics = broker.topics().await?;
+    let mut out = Stdout::new();
+    if args.json {
+        for t in &topics {
+            out.line(&serde_json::to_string(t).unwrap_or_default())?;
+        }
+        return Ok(());
+    }
+    if topics.is_empty() {
+        note("no topics yet; `pubsub pub TOPIC MESSAGE` creates one");
+        return Ok(());
+    }
+    let mut rows = vec![
+        ["TOPIC", "MESSAGES", "BYTES", "RATE/S", "SUBS", "SEQS", "RETENTION"].map(String::from).to_vec(),
+    ];
+    for t in &topics {
+        rows.push(vec![
+            t.name.to_string(),
+            t.messages.to_string(),
+            bytes(t.bytes),
+            format!("{:.1}", t.publish_rate),
+            t.subscriptions.to_string(),
+            if t.messages == 0 { "-".into() } else { format!("{}..{}", t.first_seq, t.head_seq) },
+            retention(&t.limits, t.discard),
+        ]);
+    }
+    out.write(table(&rows).as_bytes())?;
+    out.flush()
+}
+
+/// A topic's limits in a few words.
+pub fn retention(limits: &Limits, discard: Discard) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = limits.max_msgs {
+        parts.push(format!("{n} msgs"));
+    }
+    if let Some(b) = limits.max_bytes {
+        parts.push(bytes(b));
+    }
+    if let Some(age) = limits.max_age {
+        parts.push(duration(age));
+    }
+    if parts.is_empty() {
+        parts.push("unlimited".into());
+    }
+    if discard == Discard::New {
+        parts.push("discard new".into());
+    }
+    parts.join(", ")
+}
+
+/// Runs `pubsub topic …`.
+pub async fn run(ctx: &Context, command: TopicCommand) -> Result<(), CliError> {
+    let name = |s: &str| Name::new(s).map_err(|e| CliError::Usage(e.to_string()));
+    let broker = ctx.connect().await?;
+    match command {
+        TopicCommand::Create(args) => {
+            let mut config = TopicConfig::new(name(&args.name)?);
+            config.subjects = args
+                .subjects
+                .iter()
+                .map(|s| Pattern::parse(s).map_err(|e| CliError::Usage(e.to_string())))
+                .collect::<Result<_, _>>()?;
+            if let Some(n) = args.max_msgs {
+                config.limits.max_msgs = (n > 0).then_some(n);
+            }
+            if let Some(b) = args.max_bytes {
+                config.limits.max_bytes = (b > 0).then_some(b);
+            }
+            if let Some(age) = args.max_age {
+                config.limits.max_age = (!age.is_zero()).then_some(age);
+            }
+            if args.discard.as_deref() == Some("new") {
+                config.discard = Discard::New;
+            }
+            let info = broker.create_topic(config).await?;
+            note(&format!("created topic {} capturing {}", info.name, info.subjects.join(", ")));
+            Ok(())
+        }
+        TopicCommand::Info { name: topic, json } => {
+            let info = broker.topic_info(&name(&topic)?).await?;
+            show(&info, json)
+        }
+        TopicCommand::Delete { name: topic } => {
+            broker.delete_topic(&name(&topic)?).await?;
+            note(&format!("deleted topic {topic}"));
+            Ok(())
+        }
+        TopicCommand::Purge { name: topic } => {
+            let removed = broker.purge_topic(&name(&topic)?).await?;
+            note(&format!("purged {removed} message(s) from {topic}"));
+            Ok(())
+        }
+    }
+}
+
+fn show(t: &TopicInfo, json: bool) -> Result<(), CliError> {
+    let mut out = Stdout::new();
+    if json {
+        return out.line(&serde_json::to_string(t).unwrap_or_default());
+    }
+    let rows = vec![
+        vec!["topic".into(), t.name.to_string()],
+        vec!["subjects".into(), t.subjects.join(", ")],
+        vec!["messages".into(), format!("{} ({})", t.messages, bytes(t.bytes))],
+        vec!["seqs".into(), format!("{}..{}", t.first_seq, t.head_seq)],
+        vec!["retention".into(), retention(&t.limits, t.discard)],
+        vec!["subscriptions".into(), t.subscriptions.to_string()],
+        vec!["publish rate".into(), format!("{:.1}/s", t.publish_rate)],
+        vec![
+            "totals".into(),
+            format!(
+                "published {}, expired {}, duplicates {}, refused full {}",
+                t.counters.published, t.counters.expired, t.counters.duplicates, t.counters.rejected_full
+            ),
+        ],
+    ];
+    out.write(table(&rows).as_bytes())?;
+    out.flush()
+}

@@ -1,0 +1,199 @@
+//! Parsing of command-line values: positions (`start`, `end`, a seq, a time, `-5m`), rates, headers,
+//! and the templates `pub --count` expands.
+
+use std::time::Duration;
+
+use crate::engine::{SeekTarget, StartPosition, Timestamp};
+use crate::protocol::envelope::parse_time;
+
+/// A position in a topic as users write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The oldest retained message.
+    Start,
+    /// After the newest: only new ones.
+    End,
+    /// A seq.
+    Seq(u64),
+    /// A publish time.
+    Time(Timestamp),
+}
+
+impl Position {
+    /// Parses `start`, `end`, a seq number, an RFC 3339 time, or `-DURATION` (that long ago).
+    pub fn parse(text: &str, now: Timestamp) -> Result<Position, String> {
+        let t = text.trim();
+        match t {
+            "start" | "beginning" | "all" | "first" => return Ok(Position::Start),
+            "end" | "new" | "now" => return Ok(Position::End),
+            _ => {}
+        }
+        if let Ok(seq) = t.parse::<u64>() {
+            return Ok(Position::Seq(seq));
+        }
+        if let Some(ago) = t.strip_prefix('-') {
+            let d = humantime::parse_duration(ago).map_err(|e| format!("\"{t}\": {e}"))?;
+            return Ok(Position::Time(now.minus(d)));
+        }
+        parse_time(t).map(Position::Time).map_err(|_| {
+            format!("\"{t}\" is not a position: use start, end, a seq number, an RFC 3339 time, or -5m")
+        })
+    }
+
+    /// Where a subscription starting here begins.
+    pub fn start(self) -> StartPosition {
+        match self {
+            Position::Start => StartPosition::All,
+            Position::End => StartPosition::New,
+            Position::Seq(s) => StartPosition::Seq(s),
+            Position::Time(t) => StartPosition::Time(t),
+        }
+    }
+
+    /// Where a seek to here moves a subscription.
+    pub fn seek(self) -> SeekTarget {
+        match self {
+            Position::Start => SeekTarget::Start,
+            Position::End => SeekTarget::End,
+            Position::Seq(seq) => SeekTarget::Seq { partition: 0, seq },
+            Position::Time(t) => SeekTarget::Time(t),
+        }
+    }
+}
+
+/// Parses a rate such as `500/s`, `30/m`, `2/h` or a plain number (per second) into messages per second.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let (n, unit) = text.split_once('/').unwrap_or((text, "s"));
+    let n: f64 = n.trim().parse().map_err(|_| format!("\"{text}\" is not a rate such as 500/s"))?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        other => return Err(format!("unknown rate unit \"{other}\": use /s, /m or /h")),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("rate \"{text}\" must be positive"));
+    }
+    Ok(n / per)
+}
+
+/// Parses `NAME=VALUE`.
+pub fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("\"{text}\" is not a header: use NAME=VALUE")),
+    }
+}
+
+/// Parses a duration such as `500ms`, `5s`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("\"{text}\" is not a duration such as 5s or 2m: {e}"))
+}
+
+/// Expands `{{seq}}`, `{{now}}`, `{{uuid}}` and `{{random A B}}` in a `pub --count` template.
+pub fn expand_publish_template(template: &str, seq: u64, now: Timestamp, rng: &mut u64) -> String {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let inner = rest[start + 2..start + end].trim();
+        let mut words = inner.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("seq"), None, _) => out.push_str(&seq.to_string()),
+            (Some("now"), None, _) => out.push_str(&crate::protocol::envelope::format_time(now)),
+            (Some("uuid"), None, _) => out.push_str(&uuid_v4(rng)),
+            (Some("random"), Some(a), Some(b)) => match (a.parse::<i64>(), b.parse::<i64>()) {
+                (Ok(lo), Ok(hi)) if lo <= hi => {
+                    let span = u64::try_from(hi - lo).unwrap_or(0).saturating_add(1);
+                    let pick = i64::try_from(next(rng) % span.max(1)).unwrap_or(0);
+                    out.push_str(&(lo + pick).to_string());
+                }
+                _ => out.push_str(&rest[start..start + end + 2]),
+            },
+            _ => out.push_str(&rest[start..start + end + 2]),
+        }
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A seed for template randomness from the OS, falling back to the clock.
+pub fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes) | 1,
+        Err(_) => {
+            u64::try_from(crate::engine::Clock::now(&crate::engine::SystemClock).as_micros()).unwrap_or(1) | 1
+        }
+    }
+}
+
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn uuid_v4(rng: &mut u64) -> String {
+    let (a, b) = (next(rng), next(rng));
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_le_bytes());
+    bytes[8..].copy_from_slice(&b.to_le_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::from_micros(1_780_000_000_000_000);
+
+    #[test]
+    fn positions_parse_every_form() {
+        assert_eq!(Position::parse("start", NOW), Ok(Position::Start));
+        assert_eq!(Position::parse("end", NOW), Ok(Position::End));
+        assert_eq!(Position::parse("42", NOW), Ok(Position::Seq(42)));
+        assert_eq!(Position::parse("-5m", NOW), Ok(Position::Time(NOW.minus(Duration::from_secs(300)))));
+        assert_eq!(
+            Position::parse("2026-05-28T20:26:40Z", NOW),
+            Ok(Position::Time(Timestamp::from_micros(1_780_000_000_000_000)))
+        );
+        assert!(Position::parse("yesterday", NOW).unwrap_err().contains("-5m"));
+    }
+
+    #[test]
+    fn rates_and_headers_parse() {
+        assert_eq!(parse_rate("500/s"), Ok(500.0));
+        assert_eq!(parse_rate("120/m"), Ok(2.0));
+        assert_eq!(parse_rate("10"), Ok(10.0));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("5/fortnight").is_err());
+        assert_eq!(parse_header("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_header("novalue").is_err());
+    }
+
+    #[test]
+    fn publish_templates_expand() {
+        let mut rng = 7;
+        let text = expand_publish_template(
+            r#"{"n":{{seq}},"r":{{random 5 5}},"id":"{{uuid}}","x":"{{nope}}"}"#,
+            3,
+            NOW,
+            &mut rng,
+        );
+        assert!(text.starts_with(r#"{"n":3,"r":5,"id":""#), "{text}");
+        assert!(text.ends_with(r#"","x":"{{nope}}"}"#), "{text}");
+        let uuid = text.split('"').nth(7).unwrap();
+        assert_eq!((uuid.len(), &uuid[14..15]), (36, "4"), "{uuid}");
+        assert!(expand_publish_template("{{now}}", 1, NOW, &mut rng).starts_with("2026-05-28T20:26:40"));
+    }
+}

@@ -1,0 +1,240 @@
+//! The scriptable commands through the real binary, against a private local daemon.
+
+use crate::support::Home;
+
+#[test]
+fn pub_and_sub_json_round_trip_reproduces_keys_headers_and_bytes() {
+    let home = Home::with_daemon("roundtrip");
+    let input = concat!(
+        r#"{"subject":"src","payload":"AP8BAg==","payload_encoding":"base64","key":"k1","headers":{"h":"v"}}"#,
+        "\n",
+        r#"{"subject":"src","payload":"plain text","key":"/w==","key_encoding":"base64"}"#,
+        "\n",
+        r#"{"subject":"src","payload":{"a":[1,2]},"payload_encoding":"json"}"#,
+        "\n"
+    );
+    let (code, _, stderr) = home.run_with(&["pub", "--json"], input.as_bytes());
+    assert_eq!(code, 0, "{stderr}");
+    let (code, first, stderr) = home.run(&["sub", "src", "--from", "start", "--exit-at-end", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = home.run_with(&["pub", "dst", "--json"], first.as_bytes());
+    assert_eq!(code, 0, "{stderr}");
+    let (_, second, _) = home.run(&["sub", "dst", "--from", "start", "--exit-at-end", "--json"]);
+    let fields = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                serde_json::json!([
+                    v["payload"],
+                    v["payload_encoding"],
+                    v["key"],
+                    v["key_encoding"],
+                    v["headers"]
+                ])
+            })
+            .collect()
+    };
+    assert_eq!(fields(&first).len(), 3);
+    assert_eq!(fields(&first), fields(&second), "keys, headers and bytes survive sub --json | pub --json");
+    assert!(first.contains(r#""payload":"AP8BAg==""#), "{first}");
+    assert!(first.contains(r#""payload":"{\"a\":[1,2]}""#), "{first}");
+}
+
+#[test]
+fn sub_piped_into_head_exits_quietly() {
+    let home = Home::with_daemon("head");
+    let (code, _, stderr) =
+        home.sh("seq 500 | pubsub pub numbers && pubsub sub numbers --from start | head -1");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr, "", "a closed pipe is not an error");
+}
+
+#[test]
+fn failures_have_their_documented_exit_codes() {
+    let home = Home::with_daemon("codes");
+    let (code, _, stderr) = home.run(&["--broker", "gopher://x", "topics"]);
+    assert_eq!(code, 2, "{stderr}");
+    let (code, _, stderr) = home.run(&["--broker", "ws://127.0.0.1:1", "topics"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("cannot reach broker"), "{stderr}");
+    let (code, _, stderr) = home.run(&["pub", "bad..name", "x"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("\"bad..name\""), "{stderr}");
+    let (code, _, stderr) = home.run(&["sub", "quiet", "--timeout", "200ms"]);
+    assert_eq!(code, 4, "{stderr}");
+    let (code, _, stderr) = home.run(&["sub-info", "missing"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no subscription named \"missing\""), "{stderr}");
+}
+
+#[test]
+fn an_invalid_envelope_line_is_named_and_what_came_before_is_published() {
+    let home = Home::with_daemon("badline");
+    let input = "{\"subject\":\"t\",\"payload\":\"one\"}\n{\"subject\":\"t\",\"payload\":\"two\"}\nnot json\n{\"subject\":\"t\",\"payload\":\"four\"}\n";
+    let (code, _, stderr) = home.run_with(&["pub", "--json"], input.as_bytes());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains("2 message(s) before it were published"), "{stderr}");
+    let (_, out, _) = home.run(&["tail", "t", "-n", "10", "--format", "raw"]);
+    assert_eq!(out, "one\ntwo\n");
+}
+
+#[test]
+fn pub_reads_lines_templates_and_reports_with_verbose() {
+    let home = Home::with_daemon("pubforms");
+    let (code, _, stderr) = home.run_with(&["pub", "lines", "-v"], b"a\nb\r\nc");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("published 3 message(s), seq 1..=3"), "{stderr}");
+    let (code, _, stderr) =
+        home.run(&["pub", "tpl", "{{seq}}-{{random 1 1}}", "--count", "3", "-H", "a=b", "-k", "K"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (_, out, _) = home.run(&["tail", "tpl", "--format", "{{payload}} {{key}} {{header.a}}"]);
+    assert_eq!(out, "1-1 K b\n2-1 K b\n3-1 K b\n");
+    let (_, out, _) = home.run(&["tail", "lines", "--format", "raw"]);
+    assert_eq!(out, "a\nb\nc\n");
+}
+
+#[test]
+fn exec_acks_on_success_and_nacks_on_failure() {
+    let home = Home::with_daemon("exec");
+    home.run(&["subs", "create", "w", "--topic", "jobs", "--from", "start"]);
+    home.run(&["pub", "jobs", "ok-1", "fail", "ok-2"]);
+    let (code, _, stderr) = home.run(&[
+        "sub",
+        "jobs",
+        "--subscription",
+        "w",
+        "--exec",
+        "payload=$(cat); test \"$payload\" != fail && test \"$PUBSUB_TOPIC\" = jobs",
+        "--until-idle",
+        "700ms",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (_, out, _) = home.run(&["sub-info", "w", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(info["counters"]["acked"], 2, "{info}");
+    assert!(info["counters"]["nacked"].as_u64().unwrap() >= 1, "{info}");
+    assert_eq!(info["ack_floor"], 1, "the failed message holds the floor: {info}");
+}
+
+#[test]
+fn manual_ack_prints_leases_that_pubsub_ack_settles_while_the_consumer_runs() {
+    let home = Home::with_daemon("manual-ok");
+    home.run(&["pub", "m", "one", "two"]);
+    let (code, _, stderr) = home.sh(
+        "pubsub sub m -s live --from start --ack manual --format '{{seq}} {{lease}}' --until-idle 1500ms \\
+         | while read seq lease; do pubsub ack live \"$seq\" \"$lease\" || exit 9; done",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (_, out, _) = home.run(&["sub-info", "live", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (info["counters"]["acked"].as_u64(), info["ack_floor"].as_u64()),
+        (Some(2), Some(2)),
+        "{info}"
+    );
+}
+
+#[test]
+fn a_lease_of_a_departed_consumer_is_refused_as_stale() {
+    let home = Home::with_daemon("manual");
+    home.run(&["pub", "m", "hello"]);
+    let (_, out, stderr) = home
+        .run(&["sub", "m", "-s", "manual", "--from", "start", "--ack", "manual", "--count", "1", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out} {stderr}"));
+    let (seq, lease) = (v["seq"].to_string(), v["lease"].to_string());
+    // The consumer left, so its lease was voided and the message is available again: a stale ack is refused.
+    let (code, _, stderr) = home.run(&["ack", "manual", &seq, &lease]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("stale lease"), "{stderr}");
+}
+
+#[test]
+fn topics_subs_peek_and_seek_show_state() {
+    let home = Home::with_daemon("admin");
+    let (code, _, stderr) =
+        home.run(&["topic", "create", "orders", "--subject", "orders.>", "--max-msgs", "100"]);
+    assert_eq!(code, 0, "{stderr}");
+    home.run(&["pub", "orders.eu", "a", "b", "c"]);
+    let (_, out, _) = home.run(&["topics"]);
+    assert!(out.contains("orders") && out.contains("100 msgs"), "{out}");
+    home.run(&["subs", "create", "audit", "--topic", "orders", "--from", "start"]);
+    let (_, out, _) = home.run(&["peek", "audit"]);
+    assert!(out.contains("pending"), "{out}");
+    home.run(&["sub", "orders", "-s", "audit", "--count", "3"]);
+    let (_, out, _) = home.run(&["subs"]);
+    assert!(out.lines().any(|l| l.starts_with("audit") && l.contains(" 3 ")), "{out}");
+    let (code, _, stderr) = home.run(&["seek", "audit", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("from seq 2"), "{stderr}");
+    let (_, out, _) = home.run(&["sub-info", "audit", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((info["ack_floor"].as_u64(), info["pending"].as_u64()), (Some(1), Some(2)));
+    let (code, _, stderr) = home.run(&["topic", "purge", "orders"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, _) = home.run(&["topic", "delete", "orders"]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn record_then_replay_into_another_topic() {
+    let home = Home::with_daemon("replay");
+    home.run(&["pub", "src", "one", "two", "three"]);
+    let file = home.0.join("rec.ndjson");
+    let file = file.to_str().unwrap();
+    let (code, _, stderr) = home.run(&["record", "src", "--from", "start", "--exit-at-end", "-o", file]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = home.run(&["replay", "--file", file, "--into", "copy", "--speed", "50"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = home.run(&["replay", "src", "--from", "2", "--into", "copy"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (_, out, _) = home.run(&["tail", "copy", "--format", "raw"]);
+    assert_eq!(out, "one\ntwo\nthree\ntwo\nthree\n");
+}
+
+#[test]
+fn config_profiles_name_brokers() {
+    let home = Home::new("config");
+    let (_, path, _) = home.run(&["config", "path"]);
+    let path = std::path::PathBuf::from(path.trim());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, "[profiles.scratch]\nbroker = \"mem://\"\n").unwrap();
+    let (code, out, stderr) = home.run(&["--broker", "scratch", "topics", "--json"]);
+    assert_eq!((code, out.as_str()), (0, ""), "{stderr}");
+    let (_, out, _) = home.run(&["--broker", "scratch", "config", "show"]);
+    assert!(out.contains("\"broker\": \"mem://\""), "{out}");
+    std::fs::write(&path, "brokr = 1\n").unwrap();
+    let (code, _, stderr) = home.run(&["topics"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("config.toml"), "{stderr}");
+}
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    let home = Home::new("gen");
+    let (code, out, _) = home.run(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("pubsub") && out.contains("complete"), "{}", &out[..out.len().min(200)]);
+    let (code, out, _) = home.run(&["man"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(".TH pubsub"), "{}", &out[..out.len().min(200)]);
+}
+
+#[test]
+fn every_command_help_is_snapshotted() {
+    use clap::CommandFactory;
+    let home = Home::new("help");
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../../snapshots");
+    let _guard = settings.bind_to_scope();
+    for sub in pubsub::cli::Cli::command().get_subcommands() {
+        let name = sub.get_name().to_string();
+        if name == "help" {
+            continue;
+        }
+        let (code, out, stderr) = home.run(&[&name, "--help"]);
+        assert_eq!(code, 0, "{name}: {stderr}");
+        insta::assert_snapshot!(format!("help_{name}"), out);
+    }
+}
