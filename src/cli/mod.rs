@@ -78,6 +78,8 @@ pub enum Command {
     Ack(commands::subs::SettleArgs),
     /// Give a message back for redelivery (optionally after --delay).
     Nack(commands::subs::SettleArgs),
+    /// Open the terminal UI (also what `pubsub` alone does on a terminal).
+    Tui(commands::tui::TuiArgs),
     /// Measure publish-to-delivery throughput and latency against a broker.
     Bench(commands::bench::BenchArgs),
     /// Run the engine as a WebSocket server (`serve status`, `serve stop` manage the local daemon).
@@ -174,12 +176,18 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Some(Command::Seek(args)) => commands::subs::seek(&ctx, args).await,
         Some(Command::Ack(args)) => commands::subs::settle(&ctx, args, false).await,
         Some(Command::Nack(args)) => commands::subs::settle(&ctx, args, true).await,
+        Some(Command::Tui(args)) => commands::tui::run(&ctx, args).await,
         Some(Command::Bench(args)) => commands::bench::run(&ctx, args).await,
         Some(Command::Serve(args)) => commands::serve::run(&ctx, args).await,
         Some(Command::Config(command)) => commands::config::run(&ctx, command),
         Some(Command::Completions { shell }) => commands::config::completions(shell),
         Some(Command::Man) => commands::config::man(),
         None => {
+            use std::io::IsTerminal;
+            // On a terminal the bare command opens the TUI; in a pipe it prints help (exit 0).
+            if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+                return commands::tui::run(&ctx, commands::tui::TuiArgs::default()).await;
+            }
             use clap::CommandFactory;
             let help = Cli::command().render_help().to_string();
             output::Stdout::new().line(&help)

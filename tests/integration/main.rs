@@ -19,3 +19,5 @@ mod regressions;
 mod scenarios;
 mod server;
 mod support;
+mod tui;
+mod tui_e2e;

@@ -10,3 +10,4 @@ pub mod subs;
 pub mod subscribe;
 pub mod tail;
 pub mod topics;
+pub mod tui;

@@ -1,0 +1,178 @@
+//! State transitions of the TUI without rendering: keys in, state and effects out.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use super::*;
+use crate::engine::{Discard, Limits, TopicCounters};
+
+fn app() -> App {
+    let mut app = App::new("mem://".into(), Capabilities::all(), Theme::default(), 100, 1 << 20);
+    app.now = Timestamp::from_micros(1_780_000_000_000_000);
+    app
+}
+
+fn key(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+}
+
+fn press(app: &mut App, keys: &str) -> Vec<Effect> {
+    keys.chars().flat_map(|c| app.key(key(c))).collect()
+}
+
+fn topic(name: &str, messages: u64, rate: f64) -> TopicInfo {
+    TopicInfo {
+        name: Name::new(name).unwrap(),
+        subjects: vec![name.to_string()],
+        partitions: 1,
+        first_seq: 1,
+        head_seq: messages,
+        messages,
+        bytes: messages * 10,
+        last_publish: None,
+        limits: Limits::default(),
+        discard: Discard::Old,
+        subscriptions: 0,
+        counters: TopicCounters::default(),
+        publish_rate: rate,
+        publish_series: vec![],
+        created: Timestamp::ZERO,
+    }
+}
+
+fn message(subject: &str, seq: u64) -> Message {
+    let name = Name::new(subject).unwrap();
+    Message::new(name.clone(), 0, seq, Timestamp::ZERO, name, None, bytes::Bytes::from(format!("m{seq}")))
+}
+
+#[test]
+fn number_keys_and_tab_switch_views() {
+    let mut a = app();
+    press(&mut a, "2");
+    assert_eq!(a.view, View::Stream);
+    a.key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    assert_eq!(a.view, View::Subscriptions);
+    press(&mut a, "q");
+    assert_eq!(a.view, View::Topics, "q goes back before it quits");
+    press(&mut a, "q");
+    assert!(a.quit);
+}
+
+#[test]
+fn ctrl_c_quits_even_while_typing() {
+    let mut a = app();
+    press(&mut a, "/ab");
+    assert!(a.prompt.is_some());
+    a.key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert!(a.quit);
+}
+
+#[test]
+fn topic_filter_applies_while_typing_and_sort_cycles() {
+    let mut a = app();
+    a.stats(vec![topic("orders", 5, 1.0), topic("users", 50, 9.0), topic("orders.eu", 7, 3.0)], None);
+    press(&mut a, "/ord");
+    assert_eq!(a.visible_topics().len(), 2);
+    a.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert!(a.prompt.is_none());
+    assert_eq!(a.topic_filter, "ord");
+    press(&mut a, "s");
+    assert_eq!(a.topic_sort, TopicSort::Rate);
+    assert_eq!(a.visible_topics()[0].name.as_str(), "orders.eu");
+}
+
+#[test]
+fn enter_on_a_topic_opens_its_stream_and_esc_widens_it_again() {
+    let mut a = app();
+    a.stats(vec![topic("a", 1, 0.0), topic("b", 1, 0.0)], None);
+    for seq in 1..=3 {
+        a.ingest(message("a", seq));
+        a.ingest(message("b", seq));
+    }
+    press(&mut a, "j");
+    a.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert_eq!((a.view, a.stream.shown_len()), (View::Stream, 3));
+    assert!(a.stream.selected_entry().is_some_and(|e| e.message.topic.as_str() == "b"));
+    a.key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+    assert_eq!(a.stream.shown_len(), 6);
+}
+
+#[test]
+fn space_pauses_the_stream_and_counts_what_arrives() {
+    let mut a = app();
+    press(&mut a, "2");
+    a.ingest(message("t", 1));
+    press(&mut a, " ");
+    a.ingest(message("t", 2));
+    a.ingest(message("t", 3));
+    assert_eq!((a.stream.shown_len(), a.stream.new_while_paused()), (1, 2));
+    press(&mut a, " ");
+    assert_eq!(a.stream.shown_len(), 3);
+}
+
+#[test]
+fn composer_publishes_what_was_typed() {
+    let mut a = app();
+    press(&mut a, "P");
+    assert!(a.composer.is_some());
+    press(&mut a, "jobs");
+    a.key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    press(&mut a, "k1");
+    a.key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    press(&mut a, "a=b");
+    a.key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    press(&mut a, "line1");
+    a.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    press(&mut a, "line2");
+    let effects = a.key(KeyEvent::new(KeyCode::Char('s'), KeyModifiers::CONTROL));
+    let [Effect::Publish(req)] = effects.as_slice() else { panic!("{effects:?}") };
+    assert_eq!((req.subject.as_str(), req.payload.as_ref()), ("jobs", &b"line1\nline2"[..]));
+    assert_eq!(req.key.as_deref(), Some(&b"k1"[..]));
+    assert_eq!(req.headers.get("a").map(String::as_str), Some("b"));
+    assert!(a.composer.is_none());
+}
+
+#[test]
+fn composer_refuses_a_bad_topic_and_stays_open() {
+    let mut a = app();
+    press(&mut a, "P");
+    press(&mut a, "bad..topic");
+    let effects = a.key(KeyEvent::new(KeyCode::Char('s'), KeyModifiers::CONTROL));
+    assert!(effects.is_empty());
+    assert!(
+        a.composer.as_ref().is_some_and(|c| c.error.as_deref().is_some_and(|e| e.contains("bad..topic")))
+    );
+}
+
+#[test]
+fn palette_commands_switch_views_and_ask_for_effects() {
+    let mut a = app();
+    press(&mut a, ":subs");
+    a.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert_eq!(a.view, View::Subscriptions);
+    assert_eq!(a.command("theme light"), vec![Effect::Theme("light".into())]);
+    assert_eq!(a.command("seek s start"), vec![Effect::Seek(Name::new("s").unwrap(), SeekTarget::Start)]);
+    a.command("teleport");
+    assert!(a.flash.as_ref().is_some_and(|(_, t)| t.contains("unknown command")));
+}
+
+#[test]
+fn field_filter_narrows_the_stream() {
+    let mut a = app();
+    press(&mut a, "2");
+    for seq in 1..=4 {
+        a.ingest(message(if seq % 2 == 0 { "x.even" } else { "x.odd" }, seq));
+    }
+    press(&mut a, "\\x.even");
+    a.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert_eq!(a.stream.shown_len(), 2);
+}
+
+#[test]
+fn help_opens_on_question_mark_and_any_key_closes_it() {
+    let mut a = app();
+    press(&mut a, "?");
+    assert!(a.help);
+    press(&mut a, "2");
+    assert!(!a.help);
+    assert_eq!(a.view, View::Topics, "the closing key is not also acted on");
+}

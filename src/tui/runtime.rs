@@ -1,0 +1,361 @@
+//! The TUI's edge: terminal setup and restore (also on panic and SIGTERM), input on its own thread,
+//! broker tasks for ingest, events and polling, and a render loop throttled to 30 frames per second.
+//! Ingest never waits for rendering: messages are drained into the app's bounded ring between frames.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use crossterm::event::{DisableMouseCapture, EnableMouseCapture, Event};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::app::{App, Effect, Link, View};
+use super::theme::Theme;
+use super::views;
+use crate::broker::{Capability, ConnectionEvent, SharedBroker, StreamItem, SubscribeRequest};
+use crate::engine::{Clock, Name, Pattern, PeekReport, SubscriptionInfo, SystemClock, TopicInfo};
+use crate::protocol::Envelope;
+
+/// How the TUI starts.
+#[derive(Debug, Clone)]
+pub struct TuiOptions {
+    /// Theme name.
+    pub theme: String,
+    /// Where user themes live (`<config>/themes/NAME.toml`).
+    pub config_dir: Option<PathBuf>,
+    /// Most messages kept in the stream buffer.
+    pub stream_count: usize,
+    /// Most bytes kept in the stream buffer.
+    pub stream_bytes: usize,
+    /// Capture the mouse at start.
+    pub mouse: bool,
+}
+
+/// Errors that end the TUI.
+#[derive(Debug, thiserror::Error)]
+pub enum TuiError {
+    /// The terminal failed.
+    #[error("terminal: {0}")]
+    Terminal(#[from] std::io::Error),
+    /// The theme could not be loaded.
+    #[error("{0}")]
+    Theme(String),
+    /// The broker refused to stream.
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+}
+
+/// Data arriving from broker tasks.
+enum Feed {
+    Items(Vec<StreamItem>),
+    Event(String),
+    Stats(Vec<TopicInfo>, Option<Vec<SubscriptionInfo>>, Option<PeekReport>),
+    Link(ConnectionEvent),
+    Flash(String),
+}
+
+/// Runs the TUI until the user quits.
+pub async fn run(broker: SharedBroker, opts: TuiOptions) -> Result<(), TuiError> {
+    let theme = Theme::load(&opts.theme, opts.config_dir.as_deref()).map_err(TuiError::Theme)?;
+    let mut app = App::new(broker.url(), broker.capabilities(), theme, opts.stream_count, opts.stream_bytes);
+    app.mouse = opts.mouse;
+    app.now = SystemClock.now();
+    let (feed_tx, mut feed_rx) = mpsc::channel::<Feed>(1024);
+    spawn_ingest(&broker, &feed_tx).await?;
+    spawn_links(&broker, &feed_tx);
+    let (key_tx, mut key_rx) = mpsc::channel::<Event>(256);
+    std::thread::spawn(move || {
+        while let Ok(event) = crossterm::event::read() {
+            if key_tx.blocking_send(event).is_err() {
+                return;
+            }
+        }
+    });
+
+    // ratatui::init puts the terminal in raw mode on the alternate screen and installs a panic hook
+    // that restores it; every way out below goes through `restore`.
+    let mut terminal = ratatui::init();
+    if app.mouse {
+        let _ = crossterm::execute!(std::io::stdout(), EnableMouseCapture);
+    }
+    let result =
+        event_loop(&mut terminal, &mut app, &broker, &feed_tx, &mut feed_rx, &mut key_rx, opts.config_dir)
+            .await;
+    let _ = crossterm::execute!(std::io::stdout(), DisableMouseCapture);
+    ratatui::restore();
+    result
+}
+
+async fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    app: &mut App,
+    broker: &SharedBroker,
+    feed_tx: &mpsc::Sender<Feed>,
+    feed_rx: &mut mpsc::Receiver<Feed>,
+    key_rx: &mut mpsc::Receiver<Event>,
+    config_dir: Option<PathBuf>,
+) -> Result<(), TuiError> {
+    let frame = Duration::from_millis(33);
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    let mut last_draw = Instant::now() - frame;
+    let mut dirty = true;
+    // Set while a poll is out, so a slow broker never has several piling up.
+    let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(terminate);
+    loop {
+        if dirty && last_draw.elapsed() >= frame {
+            app.now = SystemClock.now();
+            if app.flash.as_ref().is_some_and(|(at, _)| app.now.since(*at) > Duration::from_secs(4)) {
+                app.flash = None;
+            }
+            terminal.draw(|f| views::draw(f, app))?;
+            last_draw = Instant::now();
+            dirty = false;
+        }
+        let redraw_at = last_draw + frame;
+        tokio::select! {
+            () = &mut terminate => break,
+            Some(event) = key_rx.recv() => {
+                if let Event::Key(key) = event
+                    && key.kind != crossterm::event::KeyEventKind::Release
+                {
+                    let effects = app.key(key);
+                    perform(app, broker, feed_tx, effects, config_dir.as_deref(), terminal);
+                }
+                dirty = true;
+            }
+            Some(feed) = feed_rx.recv() => {
+                absorb(app, feed);
+                // Drain what else is waiting so a burst costs one frame, not one per batch.
+                for _ in 0..256 {
+                    match feed_rx.try_recv() {
+                        Ok(feed) => absorb(app, feed),
+                        Err(_) => break,
+                    }
+                }
+                dirty = true;
+            }
+            _ = poll.tick() => {
+                if !polling.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    spawn_poll(app, broker, feed_tx, polling.clone());
+                }
+                dirty = true;
+            }
+            () = tokio::time::sleep_until(redraw_at), if dirty => {}
+        }
+        if app.quit {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn absorb(app: &mut App, feed: Feed) {
+    match feed {
+        Feed::Items(items) => {
+            for item in items {
+                match item {
+                    StreamItem::Delivery(d) => app.ingest(d.message),
+                    StreamItem::Lagged { skipped } => app.lagged(skipped),
+                }
+            }
+        }
+        Feed::Event(line) => app.note(line),
+        Feed::Stats(topics, subs, peek) => {
+            app.stats(topics, subs);
+            if peek.is_some() {
+                app.peek = peek;
+            }
+        }
+        Feed::Link(event) => {
+            let line = match &event {
+                ConnectionEvent::Connected => "connected".to_string(),
+                ConnectionEvent::Disconnected { reason } => format!("disconnected: {reason}"),
+                ConnectionEvent::Reconnected => "reconnected".to_string(),
+                ConnectionEvent::SlowConsumer { dropped } => {
+                    format!("the broker dropped {dropped} message(s) for this slow consumer")
+                }
+            };
+            app.link = match event {
+                ConnectionEvent::Disconnected { reason } => Link::Down(reason),
+                _ => Link::Up,
+            };
+            app.note(line);
+        }
+        Feed::Flash(text) => {
+            app.flash = Some((app.now, text.clone()));
+            app.note(text);
+        }
+    }
+}
+
+/// Subscribes to everything (the stream) and to engine events (the log).
+async fn spawn_ingest(broker: &SharedBroker, tx: &mpsc::Sender<Feed>) -> Result<(), TuiError> {
+    let all = Pattern::parse("#").map_err(|e| TuiError::Theme(e.to_string()))?;
+    let mut stream = broker.subscribe(SubscribeRequest::live(vec![all])).await?;
+    let feed = tx.clone();
+    tokio::spawn(async move {
+        while let Some(first) = stream.next().await {
+            let mut items = Vec::with_capacity(64);
+            if let Ok(item) = first {
+                items.push(item);
+            }
+            while items.len() < 1024 {
+                match stream.try_next() {
+                    Some(Ok(item)) => items.push(item),
+                    Some(Err(_)) => {}
+                    None => break,
+                }
+            }
+            // A full channel makes this wait; the broker then holds or drops (and reports) upstream.
+            if feed.send(Feed::Items(items)).await.is_err() {
+                return;
+            }
+        }
+    });
+    if let Ok(sys) = Pattern::parse("$sys.>")
+        && let Ok(mut events) = broker.subscribe(SubscribeRequest::live(vec![sys])).await
+    {
+        let feed = tx.clone();
+        tokio::spawn(async move {
+            while let Some(item) = events.next().await {
+                if let Ok(StreamItem::Delivery(d)) = item {
+                    let line =
+                        format!("{} {}", d.message.subject(), String::from_utf8_lossy(&d.message.payload));
+                    if feed.send(Feed::Event(line)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn spawn_links(broker: &SharedBroker, tx: &mpsc::Sender<Feed>) {
+    let mut events = broker.connection_events();
+    let feed = tx.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if feed.send(Feed::Link(event)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Polls topics, subscriptions and (when shown) the selected subscription's ack state.
+fn spawn_poll(
+    app: &App,
+    broker: &SharedBroker,
+    tx: &mpsc::Sender<Feed>,
+    busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let broker = broker.clone();
+    let feed = tx.clone();
+    let lag = app.caps.has(Capability::Lag);
+    let peek_sub: Option<Name> = (app.view == View::Subscriptions && app.show_ack_state)
+        .then(|| app.selected_sub().map(|s| s.name.clone()))
+        .flatten();
+    tokio::spawn(async move {
+        let topics = broker.topics().await.unwrap_or_default();
+        let subs = if lag { broker.subscriptions(None).await.ok() } else { None };
+        let peek = match peek_sub {
+            Some(name) => broker.peek(&name, 0, 200).await.ok(),
+            None => None,
+        };
+        let _ = feed.send(Feed::Stats(topics, subs, peek)).await;
+        busy.store(false, std::sync::atomic::Ordering::Release);
+    });
+}
+
+/// Carries out what the app asked for.
+fn perform(
+    app: &mut App,
+    broker: &SharedBroker,
+    tx: &mpsc::Sender<Feed>,
+    effects: Vec<Effect>,
+    config_dir: Option<&std::path::Path>,
+    terminal: &mut ratatui::DefaultTerminal,
+) {
+    for effect in effects {
+        match effect {
+            Effect::Publish(req) => {
+                let broker = broker.clone();
+                let feed = tx.clone();
+                tokio::spawn(async move {
+                    let text = match broker.publish(req).await {
+                        Ok(r) => format!(
+                            "published as {}#{}",
+                            r.topic.map(|t| t.to_string()).unwrap_or_default(),
+                            r.seq
+                        ),
+                        Err(e) => format!("publish failed: {e}"),
+                    };
+                    let _ = feed.send(Feed::Flash(text)).await;
+                });
+            }
+            Effect::Seek(sub, target) => {
+                let broker = broker.clone();
+                let feed = tx.clone();
+                tokio::spawn(async move {
+                    let text = match broker.seek(&sub, target).await {
+                        Ok(next) => format!("{sub} will deliver from seq {next}"),
+                        Err(e) => format!("seek failed: {e}"),
+                    };
+                    let _ = feed.send(Feed::Flash(text)).await;
+                });
+            }
+            Effect::Copy(text) => {
+                // OSC 52 asks the terminal (even over SSH) to put the text on the clipboard.
+                let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+                let backend = terminal.backend_mut();
+                let _ = write!(backend, "\x1b]52;c;{encoded}\x07");
+                let _ = backend.flush();
+            }
+            Effect::Export(path) => {
+                let path = if path.is_empty() {
+                    format!("pubsub-export-{}.ndjson", app.now.as_micros())
+                } else {
+                    path
+                };
+                let mut out = String::new();
+                for e in app.stream.ring.iter() {
+                    out.push_str(
+                        &serde_json::to_string(&Envelope::from_message(&e.message, None)).unwrap_or_default(),
+                    );
+                    out.push('\n');
+                }
+                let text = match std::fs::write(&path, out) {
+                    Ok(()) => format!("exported {} message(s) to {path}", app.stream.ring.len()),
+                    Err(e) => format!("export failed: {path}: {e}"),
+                };
+                app.flash = Some((app.now, text));
+            }
+            Effect::Theme(name) => match Theme::load(&name, config_dir) {
+                Ok(theme) => {
+                    app.theme = theme;
+                    app.flash = Some((app.now, format!("theme {name}")));
+                }
+                Err(e) => app.flash = Some((app.now, e)),
+            },
+            Effect::Mouse(on) => {
+                let _ = if on {
+                    crossterm::execute!(std::io::stdout(), EnableMouseCapture)
+                } else {
+                    crossterm::execute!(std::io::stdout(), DisableMouseCapture)
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Rendering: a pure function of the app state. Every view draws only what fits the screen, so the
+//! cost of a frame follows the screen size, not the size of the buffers.
+
+mod chrome;
+mod log;
+mod stream;
+mod subscriptions;
+mod topics;
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout};
+
+use super::app::{App, View};
+
+/// Draws the whole screen.
+pub fn draw(frame: &mut Frame<'_>, app: &App) {
+    let [header, body, footer] =
+        Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)])
+            .areas(frame.area());
+    chrome::header(frame, header, app);
+    match app.view {
+        View::Topics => topics::draw(frame, body, app),
+        View::Stream => stream::draw(frame, body, app),
+        View::Subscriptions => subscriptions::draw(frame, body, app),
+        View::Log => log::draw(frame, body, app),
+    }
+    chrome::footer(frame, footer, app);
+    if app.composer.is_some() {
+        chrome::composer(frame, body, app);
+    }
+    if app.help {
+        chrome::help(frame, body, app);
+    }
+}

@@ -1,0 +1,228 @@
+//! The subscriptions view: per subscription a lag gauge with its trend, pending, in-flight with the
+//! oldest age against the ack deadline, redelivered, dead-lettered, rates and consumers; below it, the
+//! selected subscription's consumers with their share, or its per-message ack state.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Color;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Cell, Paragraph, Row, Table};
+
+use super::chrome::{pane, unavailable};
+use crate::broker::Capability;
+use crate::cli::output::duration;
+use crate::engine::{DeliveryState, SubscriptionInfo};
+use crate::tui::app::App;
+
+pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    if !app.caps.has(Capability::Lag) {
+        unavailable(frame, area, app, "subscriptions, lag and ack state");
+        return;
+    }
+    let [top, bottom] =
+        Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
+    table(frame, top, app);
+    if app.show_ack_state {
+        ack_state(frame, bottom, app);
+    } else {
+        consumers(frame, bottom, app);
+    }
+}
+
+/// A bar of `width` cells filled in proportion to `ratio`.
+pub fn gauge(ratio: f64, width: usize) -> String {
+    let filled = ((ratio.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
+    format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
+}
+
+fn lag_color(app: &App, s: &SubscriptionInfo) -> Color {
+    let t = &app.theme;
+    match app.trend(s) {
+        "growing" | "stalled" => t.error,
+        _ if s.backlog == 0 => t.ok,
+        _ => t.warn,
+    }
+}
+
+fn table(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let t = &app.theme;
+    let subs = app.visible_subs();
+    let filter =
+        if app.sub_filter.is_empty() { String::new() } else { format!(" filter \"{}\"", app.sub_filter) };
+    let block = pane(app, format!(" subscriptions ({}){filter} ", subs.len()), true);
+    if subs.is_empty() {
+        let msg = "no subscriptions — `pubsub sub TOPIC -s NAME` or `pubsub subs create` makes one";
+        frame.render_widget(Paragraph::new(msg).style(t.fg(t.dim)).block(block), area);
+        return;
+    }
+    let height = usize::from(area.height.saturating_sub(3)).max(1);
+    let start = app.sub_selected.saturating_sub(height - 1);
+    let rows = subs.iter().enumerate().skip(start).take(height).map(|(i, s)| {
+        let retained = (s.head_seq + 1).saturating_sub(s.first_seq).max(1);
+        let ratio = s.backlog as f64 / retained as f64;
+        let oldest = if s.in_flight > 0 || s.backlog > 0 {
+            format!("{} / {}", duration(s.oldest_unacked_age), duration(s.ack_deadline))
+        } else {
+            "-".into()
+        };
+        let row = Row::new([
+            Cell::from(s.name.to_string()).style(t.fg(t.topic)),
+            Cell::from(s.topic.to_string()),
+            Cell::from(Line::from(vec![
+                Span::styled(gauge(ratio, 10), t.fg(lag_color(app, s))),
+                Span::raw(format!(" {}", s.backlog)),
+            ])),
+            Cell::from(app.trend(s)).style(t.fg(lag_color(app, s))),
+            Cell::from(s.pending.to_string()),
+            Cell::from(s.in_flight.to_string()).style(t.fg(t.inflight)),
+            Cell::from(oldest),
+            Cell::from(s.redelivered.to_string()).style(t.fg(t.redelivered)),
+            Cell::from(s.counters.dead_lettered.to_string()).style(t.fg(t.dlq)),
+            Cell::from(format!("{:.0}/{:.0}", s.publish_rate, s.ack_rate)),
+            Cell::from(s.consumers.len().to_string()),
+        ]);
+        if i == app.sub_selected { row.style(t.selected()) } else { row }
+    });
+    let header = Row::new([
+        "NAME",
+        "TOPIC",
+        "BACKLOG",
+        "TREND",
+        "PENDING",
+        "IN-FLIGHT",
+        "OLDEST/DEADLINE",
+        "REDELIV",
+        "DLQ",
+        "PUB/ACK/s",
+        "CONS",
+    ])
+    .style(t.fg(t.dim));
+    let widths = [
+        Constraint::Min(10),
+        Constraint::Min(8),
+        Constraint::Length(18),
+        Constraint::Length(8),
+        Constraint::Length(7),
+        Constraint::Length(9),
+        Constraint::Length(15),
+        Constraint::Length(7),
+        Constraint::Length(5),
+        Constraint::Length(9),
+        Constraint::Length(4),
+    ];
+    frame.render_widget(Table::new(rows, widths).header(header).block(block).style(t.text()), area);
+}
+
+fn consumers(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let t = &app.theme;
+    let Some(s) = app.selected_sub() else {
+        frame.render_widget(pane(app, " consumers ".into(), false), area);
+        return;
+    };
+    let block = pane(app, format!(" {} — consumers (Enter/a: ack state, x: seek) ", s.name), false);
+    if s.consumers.is_empty() {
+        let blocked = s.blocked_by.map(|b| format!(" — blocked by {b:?}")).unwrap_or_default();
+        frame.render_widget(
+            Paragraph::new(format!("no consumers attached{blocked}")).style(t.fg(t.dim)).block(block),
+            area,
+        );
+        return;
+    }
+    let total: u64 = s.consumers.iter().map(|c| c.delivered).sum::<u64>().max(1);
+    let rows = s.consumers.iter().map(|c| {
+        let share = c.delivered as f64 / total as f64;
+        Row::new([
+            Cell::from(c.id.to_string()),
+            Cell::from(if c.push { "push" } else { "pull" }),
+            Cell::from(format!("{}/{}", c.in_flight, c.prefetch)).style(t.fg(t.inflight)),
+            Cell::from(Line::from(vec![
+                Span::styled(gauge(share, 10), t.fg(t.accent)),
+                Span::raw(format!(" {:.0}%", share * 100.0)),
+            ])),
+            Cell::from(c.delivered.to_string()),
+            Cell::from(c.acked.to_string()).style(t.fg(t.acked)),
+            Cell::from(duration(c.idle)),
+        ])
+    });
+    let header =
+        Row::new(["CONSUMER", "MODE", "IN-FLIGHT", "SHARE", "DELIVERED", "ACKED", "IDLE"]).style(t.fg(t.dim));
+    let widths = [
+        Constraint::Min(12),
+        Constraint::Length(5),
+        Constraint::Length(10),
+        Constraint::Length(16),
+        Constraint::Length(10),
+        Constraint::Length(8),
+        Constraint::Length(8),
+    ];
+    frame.render_widget(Table::new(rows, widths).header(header).block(block).style(t.text()), area);
+}
+
+fn ack_state(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let t = &app.theme;
+    if !app.caps.has(Capability::Peek) {
+        unavailable(frame, area, app, "per-message ack state");
+        return;
+    }
+    let Some(report) = &app.peek else {
+        frame.render_widget(
+            Paragraph::new("loading…").style(t.fg(t.dim)).block(pane(app, " ack state ".into(), false)),
+            area,
+        );
+        return;
+    };
+    let title = format!(
+        " {} — ack floor {}, delivered {}, head {} ",
+        report.subscription, report.ack_floor, report.delivered_seq, report.head_seq
+    );
+    let height = usize::from(area.height.saturating_sub(3));
+    let rows = report.messages.iter().take(height).map(|m| {
+        let (label, color) = match (m.state, m.attempt) {
+            (DeliveryState::Available, 0) => ("pending", t.dim),
+            (DeliveryState::Available, _) => ("redeliverable", t.redelivered),
+            (DeliveryState::InFlight, _) => ("in flight", t.inflight),
+            (DeliveryState::Delayed, _) => ("backing off", t.redelivered),
+            (DeliveryState::Acked, _) => ("acked", t.acked),
+            (DeliveryState::Filtered, _) => ("filtered", t.dim),
+            (DeliveryState::DeadLettered, _) => ("dead-lettered", t.dlq),
+            (DeliveryState::Terminated, _) => ("terminated", t.dlq),
+            (DeliveryState::Expired, _) => ("expired", t.dlq),
+        };
+        let due = m
+            .deadline
+            .map(|d| format!("lease ends in {}", duration(d.since(app.now))))
+            .or_else(|| m.not_before.map(|n| format!("retry in {}", duration(n.since(app.now)))))
+            .unwrap_or_default();
+        Row::new([
+            Cell::from(m.seq.to_string()),
+            Cell::from(label).style(t.fg(color)),
+            Cell::from(m.attempt.to_string()),
+            Cell::from(m.consumer.as_deref().unwrap_or("").to_string()),
+            Cell::from(due),
+        ])
+    });
+    let header = Row::new(["SEQ", "STATE", "ATTEMPT", "CONSUMER", "DUE"]).style(t.fg(t.dim));
+    let widths = [
+        Constraint::Length(8),
+        Constraint::Length(14),
+        Constraint::Length(8),
+        Constraint::Min(10),
+        Constraint::Min(18),
+    ];
+    frame.render_widget(
+        Table::new(rows, widths).header(header).block(pane(app, title, false)).style(t.text()),
+        area,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gauge;
+
+    #[test]
+    fn gauge_fills_in_proportion() {
+        assert_eq!(gauge(0.5, 4), "██░░");
+        assert_eq!(gauge(2.0, 3), "███");
+        assert_eq!(gauge(0.0, 2), "░░");
+    }
+}

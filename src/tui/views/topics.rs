@@ -1,0 +1,104 @@
+//! The topics view: one row per topic (or a tree by name tokens) with counts, rate and a sparkline.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Rect};
+use ratatui::widgets::{Cell, Row, Table};
+
+use super::chrome::pane;
+use crate::cli::commands::topics::retention;
+use crate::cli::output::bytes;
+use crate::engine::TopicInfo;
+use crate::tui::app::{App, TopicSort};
+
+const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// A one-line sparkline of per-second counts.
+pub fn sparkline(series: &[u64]) -> String {
+    let max = series.iter().copied().max().unwrap_or(0);
+    series
+        .iter()
+        .map(
+            |&v| {
+                if max == 0 || v == 0 { ' ' } else { BARS[usize::try_from(v * 7 / max).unwrap_or(7).min(7)] }
+            },
+        )
+        .collect()
+}
+
+pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let t = &app.theme;
+    let topics = app.visible_topics();
+    let sort = match app.topic_sort {
+        TopicSort::Name => "name",
+        TopicSort::Rate => "rate",
+        TopicSort::Messages => "messages",
+        TopicSort::Bytes => "bytes",
+    };
+    let filter =
+        if app.topic_filter.is_empty() { String::new() } else { format!(" filter \"{}\"", app.topic_filter) };
+    let title = format!(
+        " topics ({}) sorted by {sort}{}{filter} ",
+        topics.len(),
+        if app.sort_reverse { " ↑" } else { "" }
+    );
+    let block = pane(app, title, true);
+    if topics.is_empty() {
+        let msg = if app.topics.is_empty() {
+            "no topics yet — publish one with P"
+        } else {
+            "no topic matches the filter"
+        };
+        frame.render_widget(ratatui::widgets::Paragraph::new(msg).style(t.fg(t.dim)).block(block), area);
+        return;
+    }
+    let height = usize::from(area.height.saturating_sub(3)).max(1);
+    let start = app.topic_selected.saturating_sub(height - 1);
+    let rows = topics.iter().enumerate().skip(start).take(height).map(|(i, topic)| {
+        let row = row(app, topic);
+        if i == app.topic_selected { row.style(t.selected()) } else { row }
+    });
+    let header = Row::new(["TOPIC", "MESSAGES", "RATE/S", "LAST 15 s", "BYTES", "SUBS", "RETENTION"])
+        .style(t.fg(t.dim));
+    let widths = [
+        Constraint::Min(16),
+        Constraint::Length(9),
+        Constraint::Length(8),
+        Constraint::Length(15),
+        Constraint::Length(10),
+        Constraint::Length(5),
+        Constraint::Min(12),
+    ];
+    frame.render_widget(Table::new(rows, widths).header(header).block(block).style(t.text()), area);
+}
+
+fn row<'a>(app: &App, topic: &TopicInfo) -> Row<'a> {
+    let t = &app.theme;
+    let name = if app.tree {
+        // Indent by depth and show only the last token, so the hierarchy reads as a tree.
+        let depth = topic.name.tokens().count().saturating_sub(1);
+        let last = topic.name.as_str().rsplit('.').next().unwrap_or("");
+        format!("{}{}{last}", "  ".repeat(depth), if depth > 0 { "└ " } else { "" })
+    } else {
+        topic.name.to_string()
+    };
+    Row::new([
+        Cell::from(name).style(t.fg(t.topic)),
+        Cell::from(topic.messages.to_string()),
+        Cell::from(format!("{:.1}", topic.publish_rate)),
+        Cell::from(sparkline(&topic.publish_series)).style(t.fg(t.accent)),
+        Cell::from(bytes(topic.bytes)),
+        Cell::from(topic.subscriptions.to_string()),
+        Cell::from(retention(&topic.limits, topic.discard)).style(t.fg(t.dim)),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sparkline;
+
+    #[test]
+    fn sparkline_scales_to_the_peak() {
+        assert_eq!(sparkline(&[0, 1, 4, 8]), " ▁▄█");
+        assert_eq!(sparkline(&[0, 0]), "  ");
+    }
+}

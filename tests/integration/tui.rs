@@ -1,0 +1,183 @@
+//! Snapshots of every TUI view in its meaningful states at 80×24 and 120×40, from fixed data on the
+//! manual clock, plus every built-in theme applied to one view.
+
+use std::time::Duration;
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+use pubsub::broker::{Capabilities, Capability};
+use pubsub::engine::{
+    AckMode, Clock, FetchOptions, Pattern, PublishRequest, StartPosition, SubscriptionConfig, TopicConfig,
+};
+use pubsub::tui::action::Action;
+use pubsub::tui::app::{App, Composer, View};
+use pubsub::tui::theme::{BUILT_IN, Theme};
+use pubsub::tui::views;
+
+use crate::support::{engine, name};
+
+/// An app filled from a real engine on a manual clock: topics, a stream, subscriptions with lag,
+/// consumers and ack state.
+fn fixture(theme: &str) -> App {
+    let (e, clock) = engine();
+    let mut orders = TopicConfig::new(name("orders"));
+    orders.subjects = vec![Pattern::parse("orders.>").unwrap()];
+    orders.limits.max_msgs = Some(10_000);
+    e.create_topic(orders).unwrap();
+    let mut work = SubscriptionConfig::new(name("billing"), name("orders"));
+    work.start = StartPosition::All;
+    work.max_deliveries = 3;
+    work.dead_letter = Some(name("orders-dlq"));
+    e.create_subscription(work).unwrap();
+    let mut audit = SubscriptionConfig::new(name("audit"), name("orders"));
+    audit.ack = AckMode::None;
+    audit.start = StartPosition::All;
+    e.create_subscription(audit).unwrap();
+    let mut app = App::new(
+        "ws://127.0.0.1:7077".into(),
+        Capabilities::all(),
+        Theme::load(theme, None).unwrap(),
+        1000,
+        1 << 20,
+    );
+    for i in 0..40u64 {
+        let subject = if i % 3 == 0 { "orders.eu" } else { "orders.us" };
+        let body = format!(
+            r#"{{"id":{i},"total":{}.50,"status":"{}"}}"#,
+            10 + i,
+            if i % 2 == 0 { "paid" } else { "open" }
+        );
+        let req = PublishRequest::new(name(subject), body)
+            .with_key(format!("c{}", i % 4))
+            .with_header("source", "shop");
+        let seq = e.publish(req).unwrap().seq;
+        e.publish(PublishRequest::new(name("users.signup"), format!("user-{i}"))).unwrap();
+        app.ingest(e.browse(&name("orders"), pubsub::engine::BrowseFrom::Seq(seq), 1).unwrap().remove(0));
+        clock.advance(Duration::from_millis(250));
+    }
+    let opts = FetchOptions { max_msgs: 12, ..FetchOptions::default() };
+    let a = e.try_fetch(&name("billing"), "worker-a", &opts).unwrap();
+    let b = e.try_fetch(&name("billing"), "worker-b", &FetchOptions { max_msgs: 6, ..opts }).unwrap();
+    for d in &a[..8] {
+        e.ack(&name("billing"), d.lease.unwrap()).unwrap();
+    }
+    e.nack(&name("billing"), b[0].lease.unwrap(), Some(Duration::from_secs(5))).unwrap();
+    e.try_fetch(&name("audit"), "auditor", &FetchOptions { max_msgs: 40, ..FetchOptions::default() })
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+    app.now = clock.now();
+    app.stats(e.topics(), Some(e.subscriptions(None)));
+    app.stats(e.topics(), Some(e.subscriptions(None)));
+    app.peek = Some(e.peek(&name("billing"), 0, 50).unwrap());
+    app.note("$sys.sub.billing.consumer_attached {\"consumer\":\"worker-a\"}".into());
+    app.note("connected".into());
+    app
+}
+
+fn render(app: &App, width: u16, height: u16) -> TestBackend {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|f| views::draw(f, app)).unwrap();
+    terminal.backend().clone()
+}
+
+fn snapshot(state: &str, app: &App) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../../snapshots");
+    settings.set_prepend_module_to_snapshot(false);
+    let _guard = settings.bind_to_scope();
+    for (w, h) in [(80, 24), (120, 40)] {
+        insta::assert_snapshot!(format!("tui_{state}_{w}x{h}"), render(app, w, h));
+    }
+}
+
+#[test]
+fn topics_view() {
+    let mut app = fixture("default");
+    snapshot("topics", &app);
+    app.update(Action::ToggleTree);
+    app.update(Action::CycleSort);
+    snapshot("topics_tree_by_rate", &app);
+}
+
+#[test]
+fn topics_view_empty() {
+    let app = App::new("mem://".into(), Capabilities::all(), Theme::default(), 10, 1 << 20);
+    snapshot("topics_empty", &app);
+}
+
+#[test]
+fn stream_view_following_paused_and_detail() {
+    let mut app = fixture("default");
+    app.update(Action::SetView(View::Stream));
+    snapshot("stream_following", &app);
+    app.update(Action::TogglePause);
+    for d in 0..3 {
+        let mut m = app.stream.entry(d).unwrap().message.clone();
+        m.seq += 100;
+        app.ingest(m);
+    }
+    app.update(Action::Up);
+    app.update(Action::Enter);
+    snapshot("stream_paused_detail_json", &app);
+    app.update(Action::CyclePayload);
+    app.update(Action::CyclePayload);
+    snapshot("stream_detail_hex", &app);
+}
+
+#[test]
+fn subscriptions_view_with_consumers_and_ack_state() {
+    let mut app = fixture("default");
+    app.update(Action::SetView(View::Subscriptions));
+    app.update(Action::Down);
+    snapshot("subscriptions_consumers", &app);
+    app.update(Action::ToggleAckState);
+    snapshot("subscriptions_ack_state", &app);
+}
+
+#[test]
+fn subscriptions_view_on_a_broker_without_lag() {
+    let mut app = fixture("default");
+    app.caps = Capabilities::of(&[Capability::Patterns]);
+    app.update(Action::SetView(View::Subscriptions));
+    snapshot("subscriptions_unavailable", &app);
+}
+
+#[test]
+fn events_help_composer_and_prompt() {
+    let mut app = fixture("default");
+    app.update(Action::SetView(View::Log));
+    snapshot("events", &app);
+    app.update(Action::SetView(View::Topics));
+    app.update(Action::Help);
+    snapshot("help", &app);
+    app.help = false;
+    app.composer = Some(Composer {
+        topic: "orders.eu".into(),
+        key: "c1".into(),
+        headers: "source=tui".into(),
+        payload: "{\n  \"id\": 99\n}".into(),
+        field: 3,
+        error: None,
+    });
+    snapshot("composer", &app);
+    app.composer = None;
+    app.update(Action::SetView(View::Subscriptions));
+    app.update(Action::SeekPrompt);
+    app.key(crossterm::event::KeyEvent::new(
+        crossterm::event::KeyCode::Char('5'),
+        crossterm::event::KeyModifiers::NONE,
+    ));
+    snapshot("seek_prompt", &app);
+}
+
+#[test]
+fn every_built_in_theme_renders() {
+    for (theme, _) in BUILT_IN {
+        let mut app = fixture(theme);
+        app.update(Action::SetView(View::Subscriptions));
+        let backend = render(&app, 100, 30);
+        let text = format!("{backend:?}");
+        assert!(text.contains("billing"), "{theme}");
+    }
+}

@@ -1,0 +1,88 @@
+//! The real binary in a real terminal (tmux): open the TUI against the local daemon, publish from another
+//! process, see the message in the stream view, open its detail, quit, and check the terminal was restored.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::Home;
+
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn capture(&self) -> String {
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.session]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", &self.session];
+        args.extend_from_slice(keys);
+        assert!(Command::new("tmux").args(&args).status().unwrap().success());
+    }
+
+    /// Waits until the screen shows `text`; fails with the screen when it does not within 10 s.
+    fn wait_for(&self, text: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let screen = self.capture();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "never saw {text:?}; screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.session]).status();
+    }
+}
+
+#[test]
+fn tui_shows_a_published_message_and_restores_the_terminal() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(),
+            "tmux is required for the TUI end-to-end test"
+        );
+        eprintln!("skipping the TUI end-to-end test: tmux is not installed");
+        return;
+    }
+    let home = Home::with_daemon("tui-e2e");
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let session = format!("pubsub-e2e-{}", std::process::id());
+    let script = format!(
+        "PUBSUB_HOME={} {} tui --no-mouse; echo EXITED=$?; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; sleep 30",
+        home.0.display(),
+        bin.display()
+    );
+    let ok = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &session, "-x", "120", "-y", "40", &script])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tmux could not start a session");
+    let tmux = Tmux { session };
+    tmux.wait_for("1 Topics");
+    let (code, _, stderr) = home.run(&["pub", "demo.orders", r#"{"hello":"from e2e"}"#]);
+    assert_eq!(code, 0, "{stderr}");
+    tmux.keys(&["2"]);
+    tmux.wait_for(r#"{"hello":"from e2e"}"#);
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("message demo.orders#1");
+    assert!(screen.contains(r#""hello": "from e2e""#), "pretty JSON in the detail pane:\n{screen}");
+    tmux.keys(&["1"]);
+    tmux.wait_for("demo.orders");
+    tmux.keys(&["C-c"]);
+    tmux.wait_for("EXITED=0");
+    let screen = tmux.wait_for("icanon");
+    assert!(
+        screen.lines().any(|l| l.trim() == "icanon"),
+        "the terminal is back in canonical mode:\n{screen}"
+    );
+    assert!(!screen.contains("1 Topics"), "the alternate screen was left:\n{screen}");
+}
