@@ -61,7 +61,9 @@ impl StreamFilter {
                     (None, _) => false,
                     (Some(_), None) => true,
                     (Some(serde_json::Value::String(s)), Some(w)) => s == w,
-                    (Some(other), Some(w)) => serde_json::from_str::<serde_json::Value>(w).is_ok_and(|v| v == *other),
+                    (Some(other), Some(w)) => {
+                        serde_json::from_str::<serde_json::Value>(w).is_ok_and(|v| v == *other)
+                    }
                 };
                 if !ok {
                     return false;

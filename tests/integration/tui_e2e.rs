@@ -73,8 +73,9 @@ fn tui_shows_a_published_message_and_restores_the_terminal() {
     tmux.keys(&["2"]);
     tmux.wait_for(r#"{"hello":"from e2e"}"#);
     tmux.keys(&["Enter"]);
-    let screen = tmux.wait_for("message demo.orders#1");
-    assert!(screen.contains(r#""hello": "from e2e""#), "pretty JSON in the detail pane:\n{screen}");
+    tmux.wait_for("message demo.orders#1");
+    // The detail pane shows the payload as pretty JSON (waited for: a capture can catch a frame half drawn).
+    tmux.wait_for(r#""hello": "from e2e""#);
     tmux.keys(&["1"]);
     tmux.wait_for("demo.orders");
     tmux.keys(&["C-c"]);

@@ -57,6 +57,8 @@ fn table(frame: &mut Frame<'_>, area: Rect, app: &App) {
     }
     let height = usize::from(area.height.saturating_sub(3)).max(1);
     let start = app.sub_selected.saturating_sub(height - 1);
+    // Narrow screens show the essential columns; the constraints always fit, so layouts are stable.
+    let wide = area.width >= 110;
     let rows = subs.iter().enumerate().skip(start).take(height).map(|(i, s)| {
         let retained = (s.head_seq + 1).saturating_sub(s.first_seq).max(1);
         let ratio = s.backlog as f64 / retained as f64;
@@ -65,51 +67,73 @@ fn table(frame: &mut Frame<'_>, area: Rect, app: &App) {
         } else {
             "-".into()
         };
-        let row = Row::new([
-            Cell::from(s.name.to_string()).style(t.fg(t.topic)),
-            Cell::from(s.topic.to_string()),
-            Cell::from(Line::from(vec![
-                Span::styled(gauge(ratio, 10), t.fg(lag_color(app, s))),
-                Span::raw(format!(" {}", s.backlog)),
-            ])),
-            Cell::from(app.trend(s)).style(t.fg(lag_color(app, s))),
-            Cell::from(s.pending.to_string()),
-            Cell::from(s.in_flight.to_string()).style(t.fg(t.inflight)),
-            Cell::from(oldest),
-            Cell::from(s.redelivered.to_string()).style(t.fg(t.redelivered)),
-            Cell::from(s.counters.dead_lettered.to_string()).style(t.fg(t.dlq)),
-            Cell::from(format!("{:.0}/{:.0}", s.publish_rate, s.ack_rate)),
-            Cell::from(s.consumers.len().to_string()),
-        ]);
+        let mut cells = vec![Cell::from(s.name.to_string()).style(t.fg(t.topic))];
+        if wide {
+            cells.push(Cell::from(s.topic.to_string()));
+        }
+        cells.push(Cell::from(Line::from(vec![
+            Span::styled(gauge(ratio, 8), t.fg(lag_color(app, s))),
+            Span::raw(format!(" {}", s.backlog)),
+        ])));
+        cells.push(Cell::from(app.trend(s)).style(t.fg(lag_color(app, s))));
+        cells.push(Cell::from(s.pending.to_string()));
+        cells.push(Cell::from(s.in_flight.to_string()).style(t.fg(t.inflight)));
+        if wide {
+            cells.push(Cell::from(oldest));
+        }
+        cells.push(Cell::from(s.redelivered.to_string()).style(t.fg(t.redelivered)));
+        cells.push(Cell::from(s.counters.dead_lettered.to_string()).style(t.fg(t.dlq)));
+        if wide {
+            cells.push(Cell::from(format!("{:.0}/{:.0}", s.publish_rate, s.ack_rate)));
+            cells.push(Cell::from(s.consumers.len().to_string()));
+        }
+        let row = Row::new(cells);
         if i == app.sub_selected { row.style(t.selected()) } else { row }
     });
-    let header = Row::new([
-        "NAME",
-        "TOPIC",
-        "BACKLOG",
-        "TREND",
-        "PENDING",
-        "IN-FLIGHT",
-        "OLDEST/DEADLINE",
-        "REDELIV",
-        "DLQ",
-        "PUB/ACK/s",
-        "CONS",
-    ])
-    .style(t.fg(t.dim));
-    let widths = [
-        Constraint::Min(10),
-        Constraint::Min(8),
-        Constraint::Length(18),
-        Constraint::Length(8),
-        Constraint::Length(7),
-        Constraint::Length(9),
-        Constraint::Length(15),
-        Constraint::Length(7),
-        Constraint::Length(5),
-        Constraint::Length(9),
-        Constraint::Length(4),
-    ];
+    let (header, widths): (Vec<&str>, Vec<Constraint>) = if wide {
+        (
+            vec![
+                "NAME",
+                "TOPIC",
+                "BACKLOG",
+                "TREND",
+                "PENDING",
+                "IN-FLIGHT",
+                "OLDEST/DEADLINE",
+                "REDELIV",
+                "DLQ",
+                "PUB/ACK/s",
+                "CONS",
+            ],
+            vec![
+                Constraint::Fill(2),
+                Constraint::Fill(1),
+                Constraint::Length(16),
+                Constraint::Length(8),
+                Constraint::Length(7),
+                Constraint::Length(9),
+                Constraint::Length(15),
+                Constraint::Length(7),
+                Constraint::Length(5),
+                Constraint::Length(9),
+                Constraint::Length(4),
+            ],
+        )
+    } else {
+        (
+            vec!["NAME", "BACKLOG", "TREND", "PENDING", "IN-FLIGHT", "REDELIV", "DLQ"],
+            vec![
+                Constraint::Fill(1),
+                Constraint::Length(16),
+                Constraint::Length(8),
+                Constraint::Length(7),
+                Constraint::Length(9),
+                Constraint::Length(7),
+                Constraint::Length(5),
+            ],
+        )
+    };
+    let header = Row::new(header).style(t.fg(t.dim));
     frame.render_widget(Table::new(rows, widths).header(header).block(block).style(t.text()), area);
 }
 
@@ -147,7 +171,7 @@ fn consumers(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let header =
         Row::new(["CONSUMER", "MODE", "IN-FLIGHT", "SHARE", "DELIVERED", "ACKED", "IDLE"]).style(t.fg(t.dim));
     let widths = [
-        Constraint::Min(12),
+        Constraint::Fill(1),
         Constraint::Length(5),
         Constraint::Length(10),
         Constraint::Length(16),
@@ -206,8 +230,8 @@ fn ack_state(frame: &mut Frame<'_>, area: Rect, app: &App) {
         Constraint::Length(8),
         Constraint::Length(14),
         Constraint::Length(8),
-        Constraint::Min(10),
-        Constraint::Min(18),
+        Constraint::Fill(1),
+        Constraint::Fill(2),
     ];
     frame.render_widget(
         Table::new(rows, widths).header(header).block(pane(app, title, false)).style(t.text()),

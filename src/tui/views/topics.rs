@@ -53,25 +53,43 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     }
     let height = usize::from(area.height.saturating_sub(3)).max(1);
     let start = app.topic_selected.saturating_sub(height - 1);
+    // Narrow screens drop the sparkline and retention columns rather than squeezing every column;
+    // the constraints always fit, so the layout is the same on every run.
+    let wide = area.width >= 100;
     let rows = topics.iter().enumerate().skip(start).take(height).map(|(i, topic)| {
-        let row = row(app, topic);
+        let row = row(app, topic, wide);
         if i == app.topic_selected { row.style(t.selected()) } else { row }
     });
-    let header = Row::new(["TOPIC", "MESSAGES", "RATE/S", "LAST 15 s", "BYTES", "SUBS", "RETENTION"])
-        .style(t.fg(t.dim));
-    let widths = [
-        Constraint::Min(16),
-        Constraint::Length(9),
-        Constraint::Length(8),
-        Constraint::Length(15),
-        Constraint::Length(10),
-        Constraint::Length(5),
-        Constraint::Min(12),
-    ];
+    let (header, widths): (Vec<&str>, Vec<Constraint>) = if wide {
+        (
+            vec!["TOPIC", "MESSAGES", "RATE/S", "LAST 15 s", "BYTES", "SUBS", "RETENTION"],
+            vec![
+                Constraint::Fill(2),
+                Constraint::Length(9),
+                Constraint::Length(8),
+                Constraint::Length(15),
+                Constraint::Length(10),
+                Constraint::Length(5),
+                Constraint::Fill(1),
+            ],
+        )
+    } else {
+        (
+            vec!["TOPIC", "MESSAGES", "RATE/S", "BYTES", "SUBS"],
+            vec![
+                Constraint::Fill(1),
+                Constraint::Length(9),
+                Constraint::Length(8),
+                Constraint::Length(10),
+                Constraint::Length(5),
+            ],
+        )
+    };
+    let header = Row::new(header).style(t.fg(t.dim));
     frame.render_widget(Table::new(rows, widths).header(header).block(block).style(t.text()), area);
 }
 
-fn row<'a>(app: &App, topic: &TopicInfo) -> Row<'a> {
+fn row<'a>(app: &App, topic: &TopicInfo, wide: bool) -> Row<'a> {
     let t = &app.theme;
     let name = if app.tree {
         // Indent by depth and show only the last token, so the hierarchy reads as a tree.
@@ -81,15 +99,20 @@ fn row<'a>(app: &App, topic: &TopicInfo) -> Row<'a> {
     } else {
         topic.name.to_string()
     };
-    Row::new([
+    let mut cells = vec![
         Cell::from(name).style(t.fg(t.topic)),
         Cell::from(topic.messages.to_string()),
         Cell::from(format!("{:.1}", topic.publish_rate)),
-        Cell::from(sparkline(&topic.publish_series)).style(t.fg(t.accent)),
-        Cell::from(bytes(topic.bytes)),
-        Cell::from(topic.subscriptions.to_string()),
-        Cell::from(retention(&topic.limits, topic.discard)).style(t.fg(t.dim)),
-    ])
+    ];
+    if wide {
+        cells.push(Cell::from(sparkline(&topic.publish_series)).style(t.fg(t.accent)));
+    }
+    cells.push(Cell::from(bytes(topic.bytes)));
+    cells.push(Cell::from(topic.subscriptions.to_string()));
+    if wide {
+        cells.push(Cell::from(retention(&topic.limits, topic.discard)).style(t.fg(t.dim)));
+    }
+    Row::new(cells)
 }
 
 #[cfg(test)]
