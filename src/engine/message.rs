@@ -25,7 +25,7 @@ pub struct MessageExtra {
 
 impl MessageExtra {
     /// `None` when nothing is set, so that plain messages carry no allocation.
-    pub(crate) fn pack(key: Option<Bytes>, msg_id: Option<String>, headers: Headers) -> Option<Arc<Self>> {
+    pub fn pack(key: Option<Bytes>, msg_id: Option<String>, headers: Headers) -> Option<Arc<Self>> {
         if key.is_none() && msg_id.is_none() && headers.is_empty() {
             None
         } else {

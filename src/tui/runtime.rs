@@ -126,12 +126,18 @@ async fn event_loop(
         tokio::select! {
             () = &mut terminate => break,
             Some(event) = key_rx.recv() => {
-                if let Event::Key(key) = event
-                    && key.kind != crossterm::event::KeyEventKind::Release
-                {
-                    let effects = app.key(key);
-                    perform(app, broker, feed_tx, effects, config_dir.as_deref(), terminal);
-                }
+                let effects = match event {
+                    Event::Key(key) if key.kind != crossterm::event::KeyEventKind::Release => app.key(key),
+                    // The wheel scrolls whatever list is shown.
+                    Event::Mouse(m) if m.kind == crossterm::event::MouseEventKind::ScrollDown => {
+                        app.update(super::action::Action::Down)
+                    }
+                    Event::Mouse(m) if m.kind == crossterm::event::MouseEventKind::ScrollUp => {
+                        app.update(super::action::Action::Up)
+                    }
+                    _ => Vec::new(),
+                };
+                perform(app, broker, feed_tx, effects, config_dir.as_deref(), terminal);
                 dirty = true;
             }
             Some(feed) = feed_rx.recv() => {
