@@ -14,6 +14,7 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod protocol;
 pub mod server;

@@ -78,6 +78,8 @@ pub enum Command {
     Ack(commands::subs::SettleArgs),
     /// Give a message back for redelivery (optionally after --delay).
     Nack(commands::subs::SettleArgs),
+    /// Run a workshop scenario (fan-out, work-queue, poison-message, crash, …) live or headless.
+    Demo(commands::demo::DemoArgs),
     /// Open the terminal UI (also what `pubsub` alone does on a terminal).
     Tui(commands::tui::TuiArgs),
     /// Measure publish-to-delivery throughput and latency against a broker.
@@ -131,6 +133,8 @@ pub fn main() -> ExitCode {
 pub struct Context {
     /// The broker URL in effect (flag, environment, config file or `local`; profiles resolved).
     pub broker: String,
+    /// Whether the broker was named (flag, environment or config) rather than defaulted.
+    pub broker_explicit: bool,
     /// Whether to colour stdout.
     pub color: bool,
     /// `--token`.
@@ -156,8 +160,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let paths = crate::config::paths::Paths::discover().map_err(CliError::Usage)?;
     let file = crate::config::file::ConfigFile::load(&paths.config_file()).map_err(CliError::Usage)?;
     let (broker, profile_token) = file.resolve(cli.broker.as_deref());
+    let broker_explicit = cli.broker.is_some() || file.broker.is_some();
     let ctx = Context {
         broker,
+        broker_explicit,
         color: cli.color.enabled(),
         token: cli.token.clone().or(profile_token),
         autostart: !cli.no_autostart && file.autostart.unwrap_or(true),
@@ -177,6 +183,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Some(Command::Ack(args)) => commands::subs::settle(&ctx, args, false).await,
         Some(Command::Nack(args)) => commands::subs::settle(&ctx, args, true).await,
         Some(Command::Tui(args)) => commands::tui::run(&ctx, args).await,
+        Some(Command::Demo(args)) => commands::demo::run(&ctx, args).await,
         Some(Command::Bench(args)) => commands::bench::run(&ctx, args).await,
         Some(Command::Serve(args)) => commands::serve::run(&ctx, args).await,
         Some(Command::Config(command)) => commands::config::run(&ctx, command),

@@ -11,6 +11,7 @@ mod broker_local;
 mod cli;
 mod commands;
 mod daemon;
+mod demo;
 mod engine;
 mod interop;
 mod properties;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod demo;
 pub mod publish;
 pub mod record;
 pub mod replay;

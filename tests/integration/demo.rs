@@ -1,0 +1,116 @@
+//! Every built-in workshop scenario, headless with a fixed seed, asserting the concept it teaches.
+
+use pubsub::demo::{Report, Scenario, run_virtual};
+use pubsub::engine::{BrowseFrom, Engine};
+
+use crate::support::name;
+
+async fn run(scenario: &str) -> (Report, Engine) {
+    run_virtual(Scenario::load(scenario).unwrap(), 42).await.unwrap()
+}
+
+#[tokio::test]
+async fn fan_out_every_subscription_gets_every_message() {
+    let (r, _) = run("fan-out").await;
+    assert_eq!(r.published(), 60);
+    for s in &r.subscriptions {
+        assert_eq!((s.delivered, s.acked, s.backlog), (60, 60, 0), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn fan_in_one_log_holds_every_publishers_messages() {
+    let (r, e) = run("fan-in").await;
+    assert_eq!(r.published(), 60);
+    assert_eq!(r.subscription("dashboard").unwrap().acked, 60);
+    let log = e.browse(&name("sensors"), BrowseFrom::Seq(1), 100).unwrap();
+    assert_eq!(log.len(), 60);
+    assert!(log.windows(2).all(|w| w[1].seq == w[0].seq + 1), "one gap-free sequence");
+    let subjects: std::collections::BTreeSet<_> = log.iter().map(|m| m.subject().to_string()).collect();
+    assert_eq!(subjects.len(), 3, "each message keeps the subject it was published to");
+}
+
+#[tokio::test]
+async fn many_to_many_each_subscription_processes_each_message_once() {
+    let (r, _) = run("many-to-many").await;
+    assert_eq!(r.published(), 70);
+    for sub in ["search-index", "audit-log"] {
+        assert_eq!(r.subscription(sub).unwrap().acked, 70, "{sub}");
+        let by_consumers: u64 = r.consumers.iter().filter(|c| c.subscription == sub).map(|c| c.acked).sum();
+        assert_eq!(by_consumers, 70, "{sub}: its consumers split the work");
+    }
+    assert_eq!(r.double_holds, 0);
+}
+
+#[tokio::test]
+async fn work_queue_union_is_everything_and_no_job_is_held_twice() {
+    let (r, _) = run("work-queue").await;
+    let received: u64 = r.consumers.iter().map(|c| c.received).sum();
+    assert_eq!((received, r.published()), (200, 200));
+    assert_eq!(r.double_holds, 0, "no message was held by two consumers at once");
+    assert!(r.consumers.iter().all(|c| c.received > 0), "every worker got work: {:?}", r.consumers);
+    let fast = r.consumer("worker-fast").unwrap().received;
+    let slow = r.consumer("worker-slow").unwrap().received;
+    assert!(fast > slow, "the faster worker takes more");
+}
+
+#[tokio::test]
+async fn slow_consumer_lag_peaks_then_drains_to_zero() {
+    let (r, _) = run("slow-consumer").await;
+    let lag = &r.subscription("reports").unwrap().lag;
+    let peak = lag.iter().copied().max().unwrap();
+    assert!(peak > 20, "lag grew while the consumer was slow: {lag:?}");
+    assert_eq!(lag.last(), Some(&0), "and drained after it sped up: {lag:?}");
+    assert_eq!(r.subscription("reports").unwrap().acked, 100);
+}
+
+#[tokio::test]
+async fn poison_message_ends_in_the_dead_letter_topic_with_its_history() {
+    let (r, e) = run("poison-message").await;
+    let processor = r.subscription("processor").unwrap();
+    assert_eq!((processor.dead_lettered, processor.acked, processor.backlog), (4, 36, 0));
+    let dead = e.browse(&name("payments-dlq"), BrowseFrom::Seq(1), 10).unwrap();
+    assert_eq!(dead.len(), 4);
+    let h = dead[0].headers();
+    assert_eq!(h.get("x-dead-letter-delivery-count").map(String::as_str), Some("3"));
+    assert_eq!(h.get("x-dead-letter-reason").map(String::as_str), Some("max_deliveries"));
+    assert_eq!(h.get("x-dead-letter-seq").map(String::as_str), Some("10"));
+    assert!(String::from_utf8_lossy(&dead[0].payload).contains("poison"));
+}
+
+#[tokio::test]
+async fn crash_in_flight_messages_are_redelivered_to_the_survivor() {
+    let (r, _) = run("crash").await;
+    let b = r.consumer("worker-b").unwrap();
+    assert!(b.redelivered > 0, "worker-b received the crashed worker's messages again");
+    assert_eq!(r.subscription("pool").unwrap().acked, 80, "nothing was lost");
+    assert_eq!(r.double_holds, 0);
+    assert!(r.narrative.iter().any(|l| l.contains("CRASHED")));
+}
+
+#[tokio::test]
+async fn replay_seek_back_processes_the_history_again() {
+    let (r, _) = run("replay").await;
+    assert_eq!(r.published(), 30);
+    assert_eq!(r.consumer("auditor").unwrap().received, 60, "30 live, then all 30 again after the seek");
+}
+
+#[tokio::test]
+async fn push_delivers_sooner_than_a_once_a_second_pull() {
+    let (r, _) = run("push-vs-pull").await;
+    let peak = |s: &str| r.subscription(s).unwrap().lag.iter().copied().max().unwrap_or(0);
+    assert!(
+        peak("pulled") > peak("pushed"),
+        "pulled waits for its poll: {} vs {}",
+        peak("pulled"),
+        peak("pushed")
+    );
+    assert_eq!(r.subscription("pulled").unwrap().acked, 120);
+}
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_run() {
+    let one = run("work-queue").await.0.render();
+    let two = run("work-queue").await.0.render();
+    assert_eq!(one, two);
+}
