@@ -24,11 +24,13 @@ pub enum View {
     Stream,
     /// Subscriptions with lag and ack state.
     Subscriptions,
+    /// Publishers → topics → subscriptions → consumers.
+    Topology,
     /// Engine events and connection state.
     Log,
 }
 
-const VIEWS: [View; 4] = [View::Topics, View::Stream, View::Subscriptions, View::Log];
+const VIEWS: [View; 5] = [View::Topics, View::Stream, View::Subscriptions, View::Topology, View::Log];
 
 impl View {
     /// The tab title.
@@ -37,6 +39,7 @@ impl View {
             View::Topics => "1 Topics",
             View::Stream => "2 Stream",
             View::Subscriptions => "3 Subscriptions",
+            View::Topology => "4 Topology",
             View::Log => "6 Events",
         }
     }
@@ -187,6 +190,10 @@ pub struct App {
     pub stream: StreamState,
     /// Engine events and connection changes, newest last.
     pub log: VecDeque<(Timestamp, String)>,
+    /// Simulated publishers and the subjects they publish to (demos), for the topology.
+    pub publishers: Vec<(String, Vec<String>)>,
+    /// Selected row of the topology.
+    pub topo_selected: usize,
     /// Selected log line offset from the newest.
     pub log_selected: usize,
     /// A short message in the footer, with when it was set.
@@ -235,6 +242,8 @@ impl App {
             peek: None,
             stream: StreamState::new(stream_count, stream_bytes),
             log: VecDeque::new(),
+            publishers: Vec::new(),
+            topo_selected: 0,
             log_selected: 0,
             flash: None,
             theme,
@@ -518,6 +527,10 @@ impl App {
                 self.sub_selected = next;
             }
             View::Stream => self.stream.move_by(delta),
+            View::Topology => {
+                let rows = super::views::topology::rows(self).len();
+                self.topo_selected = clamp(self.topo_selected, rows);
+            }
             View::Log => self.log_selected = clamp(self.log_selected, self.log.len()),
         }
     }
@@ -535,7 +548,7 @@ impl App {
             }
             View::Stream => self.stream.detail = !self.stream.detail,
             View::Subscriptions => self.show_ack_state = !self.show_ack_state,
-            View::Log => {}
+            View::Topology | View::Log => {}
         }
     }
 
@@ -592,6 +605,7 @@ impl App {
             (Some("topics"), _, _) => self.view = View::Topics,
             (Some("subs" | "subscriptions"), _, _) => self.view = View::Subscriptions,
             (Some("log" | "events"), _, _) => self.view = View::Log,
+            (Some("topo" | "topology"), _, _) => self.view = View::Topology,
             (Some("help"), _, _) => self.help = true,
             (Some("stream"), pattern, _) => {
                 self.view = View::Stream;

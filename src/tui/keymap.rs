@@ -66,6 +66,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(KeyCode::Char('1'), NONE, Global, Action::SetView(View::Topics), "1", "topics", false),
     bind(KeyCode::Char('2'), NONE, Global, Action::SetView(View::Stream), "2", "stream", false),
     bind(KeyCode::Char('3'), NONE, Global, Action::SetView(View::Subscriptions), "3", "subscriptions", false),
+    bind(KeyCode::Char('4'), NONE, Global, Action::SetView(View::Topology), "4", "topology", false),
     bind(KeyCode::Char('6'), NONE, Global, Action::SetView(View::Log), "6", "engine events", false),
     bind(KeyCode::Char('P'), SHIFT, Global, Action::Compose, "P", "publish", true),
     bind(KeyCode::Char('M'), SHIFT, Global, Action::ToggleMouse, "M", "mouse on/off", false),

@@ -58,15 +58,21 @@ enum Feed {
 
 /// Runs the TUI until the user quits.
 pub async fn run(broker: SharedBroker, opts: TuiOptions) -> Result<(), TuiError> {
-    run_with_view(broker, opts, View::Topics).await
+    run_with_view(broker, opts, View::Topics, Vec::new()).await
 }
 
-/// Runs the TUI starting on `view`.
-pub async fn run_with_view(broker: SharedBroker, opts: TuiOptions, view: View) -> Result<(), TuiError> {
+/// Runs the TUI starting on `view`; `publishers` names simulated publishers (demos) for the topology.
+pub async fn run_with_view(
+    broker: SharedBroker,
+    opts: TuiOptions,
+    view: View,
+    publishers: Vec<(String, Vec<String>)>,
+) -> Result<(), TuiError> {
     let theme = Theme::load(&opts.theme, opts.config_dir.as_deref()).map_err(TuiError::Theme)?;
     let mut app = App::new(broker.url(), broker.capabilities(), theme, opts.stream_count, opts.stream_bytes);
     app.mouse = opts.mouse;
     app.view = view;
+    app.publishers = publishers;
     app.now = SystemClock.now();
     let (feed_tx, mut feed_rx) = mpsc::channel::<Feed>(1024);
     spawn_ingest(&broker, &feed_tx).await?;

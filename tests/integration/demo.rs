@@ -114,3 +114,33 @@ async fn the_same_seed_gives_the_same_run() {
     let two = run("work-queue").await.0.render();
     assert_eq!(one, two);
 }
+
+#[tokio::test]
+async fn topology_of_every_scenario_at_its_end() {
+    use pubsub::broker::Capabilities;
+    use pubsub::tui::app::{App, View};
+    use pubsub::tui::theme::Theme;
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../../snapshots");
+    settings.set_prepend_module_to_snapshot(false);
+    let _guard = settings.bind_to_scope();
+    for (scenario_name, _) in pubsub::demo::scenario::BUILT_IN {
+        let scenario = Scenario::load(scenario_name).unwrap();
+        let publishers = scenario.publishers.iter().map(|p| (p.name.clone(), p.subjects.clone())).collect();
+        let (_, engine) = run_virtual(scenario, 42).await.unwrap();
+        let mut app =
+            App::new(format!("demo {scenario_name}"), Capabilities::all(), Theme::default(), 100, 1 << 20);
+        app.publishers = publishers;
+        app.now = engine.now();
+        app.stats(engine.topics(), Some(engine.subscriptions(None)));
+        app.view = View::Topology;
+        let rows = pubsub::tui::views::topology::rows(&app);
+        assert!(!rows.is_empty(), "{scenario_name}");
+        let mut terminal = Terminal::new(TestBackend::new(140, 30)).unwrap();
+        terminal.draw(|f| pubsub::tui::views::draw(f, &app)).unwrap();
+        insta::assert_snapshot!(format!("topology_{scenario_name}"), terminal.backend());
+    }
+}

@@ -71,6 +71,7 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
     } else {
         Arc::new(LocalBroker::new(Engine::new(), format!("demo {} (in-process)", scenario.name)))
     };
+    let publishers = scenario.publishers.iter().map(|p| (p.name.clone(), p.subjects.clone())).collect();
     let sim = Sim::new(scenario, broker.clone(), Pace::Real, args.seed).await?;
     let running = tokio::spawn(sim.run());
     let opts = crate::tui::TuiOptions {
@@ -80,7 +81,7 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
         stream_bytes: 64 << 20,
         mouse: true,
     };
-    let ui = crate::tui::run_with_view(broker, opts, crate::tui::app::View::Subscriptions).await;
+    let ui = crate::tui::run_with_view(broker, opts, crate::tui::app::View::Topology, publishers).await;
     running.abort();
     ui.map_err(|e| CliError::Failed(e.to_string()))
 }

@@ -13,7 +13,7 @@ use crate::tui::keymap;
 pub(super) fn header(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let t = &app.theme;
     let mut spans = vec![Span::styled(" pubsub ", t.fg(t.accent).add_modifier(Modifier::BOLD))];
-    for view in [View::Topics, View::Stream, View::Subscriptions, View::Log] {
+    for view in [View::Topics, View::Stream, View::Subscriptions, View::Topology, View::Log] {
         let style = if view == app.view { t.selected() } else { t.fg(t.dim) };
         spans.push(Span::styled(format!(" {} ", view.title()), style));
         spans.push(Span::raw(" "));

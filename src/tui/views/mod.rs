@@ -6,6 +6,7 @@ mod log;
 mod stream;
 mod subscriptions;
 mod topics;
+pub mod topology;
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout};
@@ -27,6 +28,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
         View::Topics => topics::draw(frame, body, app),
         View::Stream => stream::draw(frame, body, app),
         View::Subscriptions => subscriptions::draw(frame, body, app),
+        View::Topology => topology::draw(frame, body, app),
         View::Log => log::draw(frame, body, app),
     }
     chrome::footer(frame, footer, app);

@@ -1,0 +1,218 @@
+//! The topology view: publishers → topics → subscriptions → consumers, left to right, with the publish
+//! rate on each topic, the backlog on each subscription and the in-flight count on each consumer. Problems
+//! (redeliveries, dead letters, a consumer silent past the ack deadline) are highlighted, and the line
+//! under the view explains the concept of the selected row.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Paragraph, Wrap};
+
+use super::chrome::pane;
+use crate::engine::{SubscriptionInfo, TopicInfo};
+use crate::tui::app::App;
+
+/// One row of the drawing: which node it is about (for the explain panel) and its spans.
+pub struct TopoRow {
+    /// What the row shows, for the explanation.
+    pub kind: &'static str,
+    /// The text.
+    pub spans: Vec<(String, Style)>,
+}
+
+/// A role of a span, resolved to a colour when drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Connectors and labels.
+    Dim,
+    /// Publisher names.
+    Publisher,
+    /// Topic names.
+    Topic,
+    /// Subscription and consumer names.
+    Name,
+    /// A healthy number.
+    Ok,
+    /// Something to look at.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+/// Lays out the graph as rows (pure: tested and snapshot without a terminal).
+pub fn rows(app: &App) -> Vec<TopoRow> {
+    let mut out = Vec::new();
+    let publishers_of = |topic: &TopicInfo| -> Vec<String> {
+        app.publishers
+            .iter()
+            .filter(|(_, subjects)| {
+                subjects.iter().any(|s| {
+                    topic
+                        .subjects
+                        .iter()
+                        .any(|p| crate::engine::Pattern::parse(p).is_ok_and(|p| p.matches(s)))
+                })
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
+    for topic in app.topics.iter().filter(|t| !t.name.is_reserved()) {
+        let pubs = publishers_of(topic);
+        let subs: Vec<&SubscriptionInfo> = app.subs.iter().filter(|s| s.topic == topic.name).collect();
+        let publisher = if pubs.is_empty() { "(any publisher)".to_string() } else { pubs.join(", ") };
+        let mut first = vec![
+            (format!("{publisher:>18} "), Style::Publisher),
+            (format!("──{:>6.1}/s──▶ ", topic.publish_rate), Style::Dim),
+            (format!("{:<14}", topic.name.as_str()), Style::Topic),
+            (format!(" {:>6} msgs", topic.messages), Style::Dim),
+        ];
+        let topic_width = width(&first);
+        if subs.is_empty() {
+            first.push(("   (no subscriptions: nobody reads it)".into(), Style::Dim));
+            out.push(TopoRow { kind: "topic", spans: first });
+            continue;
+        }
+        for (si, sub) in subs.iter().enumerate() {
+            let branch = match (si, subs.len()) {
+                (0, 1) => " ────▶ ",
+                (0, _) => " ──┬─▶ ",
+                (i, n) if i + 1 == n => "   └─▶ ",
+                _ => "   ├─▶ ",
+            };
+            let mut spans = if si == 0 {
+                std::mem::take(&mut first)
+            } else {
+                vec![(" ".repeat(topic_width), Style::Dim)]
+            };
+            spans.push((branch.into(), Style::Dim));
+            spans.push((format!("{:<14}", sub.name.as_str()), Style::Name));
+            let backlog_style = if sub.backlog == 0 {
+                Style::Ok
+            } else if app.trend(sub) == "growing" {
+                Style::Error
+            } else {
+                Style::Warn
+            };
+            spans.push((format!(" backlog {:<5}", sub.backlog), backlog_style));
+            if sub.counters.dead_lettered > 0 || sub.counters.terminated > 0 {
+                spans.push((
+                    format!(" dead {:<3}", sub.counters.dead_lettered + sub.counters.terminated),
+                    Style::Error,
+                ));
+            } else if sub.redelivered > 0 || sub.counters.redeliveries > 0 {
+                spans.push((format!(" retried {:<3}", sub.counters.redeliveries), Style::Warn));
+            }
+            let kind = if subs.len() > 1 { "fan-out" } else { "subscription" };
+            if sub.consumers.is_empty() {
+                spans.push(("  (no consumer)".into(), Style::Dim));
+                out.push(TopoRow { kind, spans });
+                continue;
+            }
+            let sub_width = width(&spans);
+            for (ci, c) in sub.consumers.iter().enumerate() {
+                let mut row = if ci == 0 {
+                    std::mem::take(&mut spans)
+                } else {
+                    vec![(" ".repeat(sub_width), Style::Dim)]
+                };
+                let branch = match (ci, sub.consumers.len()) {
+                    (0, 1) => " ──▶ ",
+                    (0, _) => " ┬─▶ ",
+                    (i, n) if i + 1 == n => " └─▶ ",
+                    _ => " ├─▶ ",
+                };
+                row.push((branch.into(), Style::Dim));
+                row.push((format!("{:<14}", c.id.as_ref()), Style::Name));
+                // Silent for longer than a lease while holding messages: it has probably died.
+                let stuck = c.in_flight > 0 && c.idle > sub.ack_deadline;
+                let style = if stuck {
+                    Style::Error
+                } else if c.in_flight > 0 {
+                    Style::Warn
+                } else {
+                    Style::Ok
+                };
+                row.push((format!(" in flight {}", c.in_flight), style));
+                if stuck {
+                    row.push((" (silent past its ack deadline)".into(), Style::Error));
+                }
+                let kind = if sub.consumers.len() > 1 { "competing consumers" } else { "consumer" };
+                out.push(TopoRow { kind, spans: row });
+            }
+        }
+    }
+    out
+}
+
+fn width(spans: &[(String, Style)]) -> usize {
+    spans.iter().map(|(t, _)| t.chars().count()).sum()
+}
+
+/// What each kind of row means, for the explain panel.
+pub fn explain(kind: &str) -> &'static str {
+    match kind {
+        "topic" => {
+            "A topic is an ordered log: publishers append, and it keeps messages until its limits remove them, read or not."
+        }
+        "subscription" => {
+            "A subscription is a cursor with per-message state over one topic: it delivers each message, leases it, and waits for an ack."
+        }
+        "fan-out" => {
+            "Fan-out: several subscriptions on one topic each get every message, independently and at their own pace."
+        }
+        "competing consumers" => {
+            "Competing consumers share one subscription: each message goes to one of them, leased until acked or until the ack deadline passes."
+        }
+        "consumer" => {
+            "A consumer receives through its subscription and acks what it finished; what it holds is in flight until then."
+        }
+        _ => "",
+    }
+}
+
+pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let t = &app.theme;
+    let [graph, explain_area] = Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(area);
+    let rows = rows(app);
+    let block = pane(app, " topology: publishers → topics → subscriptions → consumers ".into(), true);
+    if rows.is_empty() {
+        frame.render_widget(Paragraph::new("no topics yet").style(t.fg(t.dim)).block(block), graph);
+        return;
+    }
+    let selected = app.topo_selected.min(rows.len() - 1);
+    let height = usize::from(graph.height.saturating_sub(2)).max(1);
+    let start = selected.saturating_sub(height - 1);
+    let lines: Vec<Line<'_>> = rows
+        .iter()
+        .enumerate()
+        .skip(start)
+        .take(height)
+        .map(|(i, r)| {
+            let spans: Vec<Span<'_>> = r
+                .spans
+                .iter()
+                .map(|(text, style)| {
+                    let color = match style {
+                        Style::Dim => t.dim,
+                        Style::Publisher => t.key,
+                        Style::Topic => t.topic,
+                        Style::Name => t.subject,
+                        Style::Ok => t.ok,
+                        Style::Warn => t.warn,
+                        Style::Error => t.error,
+                    };
+                    Span::styled(text.clone(), t.fg(color))
+                })
+                .collect();
+            let line = Line::from(spans);
+            if i == selected { line.style(t.selected()) } else { line }
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines).block(block).style(t.text()), graph);
+    let text = rows.get(selected).map_or("", |r| explain(r.kind));
+    let explain_block = pane(app, " explain ".into(), false);
+    frame.render_widget(
+        Paragraph::new(text).wrap(Wrap { trim: true }).block(explain_block).style(t.text()),
+        explain_area,
+    );
+}
