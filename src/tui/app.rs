@@ -200,6 +200,8 @@ pub struct App {
     pub flash: Option<(Timestamp, String)>,
     /// Colours.
     pub theme: Theme,
+    /// Keys in effect.
+    pub keymap: keymap::Keymap,
     /// Mouse capture on.
     pub mouse: bool,
     /// The time the view is rendered at (ages and "ago" read it).
@@ -247,6 +249,7 @@ impl App {
             log_selected: 0,
             flash: None,
             theme,
+            keymap: keymap::Keymap::default(),
             mouse: true,
             now: Timestamp::ZERO,
             quit: false,
@@ -367,7 +370,7 @@ impl App {
             self.help = false;
             return Vec::new();
         }
-        match keymap::lookup(self.view, key) {
+        match self.keymap.lookup(self.view, key) {
             Some(action) => self.update(action),
             None => Vec::new(),
         }

@@ -131,66 +131,16 @@ pub const BINDINGS: &[Binding] = &[
     bind(KeyCode::Char('x'), NONE, Scope::View(View::Subscriptions), Action::SeekPrompt, "x", "seek", true),
 ];
 
-/// The action a key press means in `view` (typing is handled before this).
-pub fn lookup(view: View, key: KeyEvent) -> Option<Action> {
-    BINDINGS.iter().find(|b| applies(b, view) && matches(b, key)).map(|b| b.action)
-}
-
-fn applies(b: &Binding, view: View) -> bool {
-    match b.scope {
-        Scope::Global => true,
-        Scope::List => {
-            view != View::Log || matches!(b.action, Action::Up | Action::Down | Action::Top | Action::Bottom)
-        }
-        Scope::View(v) => v == view,
-    }
-}
-
-fn matches(b: &Binding, key: KeyEvent) -> bool {
-    let code_matches = match (b.code, key.code) {
-        // Letters with Shift arrive as the upper-case char, sometimes with SHIFT set and sometimes not.
-        (KeyCode::Char(a), KeyCode::Char(c)) => a == c,
-        (a, c) => a == c,
-    };
-    let mods = key.modifiers - KeyModifiers::SHIFT;
-    code_matches && (mods == (b.mods - KeyModifiers::SHIFT))
-}
-
-/// The footer's hints for `view`: the keys valid there, most useful first.
-pub fn footer(view: View) -> Vec<(&'static str, &'static str)> {
-    let mut specific: Vec<_> = BINDINGS
-        .iter()
-        .filter(|b| b.footer && matches!(b.scope, Scope::View(v) if v == view))
-        .map(|b| (b.key, b.label))
-        .collect();
-    let rest = BINDINGS
-        .iter()
-        .filter(|b| b.footer && (b.scope == Scope::Global || (b.scope == Scope::List && applies(b, view))))
-        .map(|b| (b.key, b.label));
-    specific.extend(rest);
-    specific
-}
-
-/// Help text, grouped: (group title, [(key, label)]).
-pub fn help() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
-    let group = |pred: &dyn Fn(&Binding) -> bool| {
-        BINDINGS.iter().filter(|b| pred(b)).map(|b| (b.key, b.label)).collect()
-    };
-    vec![
-        ("Global", group(&|b| b.scope == Scope::Global)),
-        ("Lists", group(&|b| b.scope == Scope::List)),
-        ("Topics", group(&|b| b.scope == Scope::View(View::Topics))),
-        ("Stream", group(&|b| b.scope == Scope::View(View::Stream))),
-        ("Subscriptions", group(&|b| b.scope == Scope::View(View::Subscriptions))),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn key(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    fn lookup(view: View, key: KeyEvent) -> Option<Action> {
+        Keymap::default().lookup(view, key)
     }
 
     #[test]
@@ -221,11 +171,274 @@ mod tests {
 
     #[test]
     fn footer_and_help_come_from_the_registry() {
-        let footer = footer(View::Stream);
-        assert_eq!(footer.first(), Some(&("Space", "pause")));
-        assert!(footer.contains(&("?", "help")));
+        let map = Keymap::default();
+        let footer = map.footer(View::Stream);
+        assert_eq!(footer.first(), Some(&("Space".to_string(), "pause")));
+        assert!(footer.contains(&("?".to_string(), "help")));
+        let help = map.help();
         assert!(
-            help().iter().any(|(title, keys)| *title == "Stream" && keys.contains(&("v", "json/raw/hex")))
+            help.iter()
+                .any(|(title, keys)| *title == "Stream" && keys.contains(&("v".to_string(), "json/raw/hex")))
+        );
+    }
+}
+
+/// A binding in effect: a built-in one, possibly rebound by the user's `keymap.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBinding {
+    /// The key.
+    pub code: KeyCode,
+    /// Modifiers.
+    pub mods: KeyModifiers,
+    /// Where it applies.
+    pub scope: Scope,
+    /// What it does.
+    pub action: Action,
+    /// How it is shown.
+    pub key: String,
+    /// What it does, in words.
+    pub label: &'static str,
+    /// Whether the footer shows it.
+    pub footer: bool,
+}
+
+/// The keymap in effect: the built-ins with the user's overrides applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keymap {
+    bindings: Vec<KeyBinding>,
+}
+
+impl Default for Keymap {
+    fn default() -> Self {
+        Keymap {
+            bindings: BINDINGS
+                .iter()
+                .map(|b| KeyBinding {
+                    code: b.code,
+                    mods: b.mods,
+                    scope: b.scope,
+                    action: b.action,
+                    key: b.key.to_string(),
+                    label: b.label,
+                    footer: b.footer,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The name of an action in `keymap.toml`.
+pub fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Quit => "quit",
+        Action::Back => "back",
+        Action::Help => "help",
+        Action::Palette => "palette",
+        Action::SetView(View::Topics) => "topics",
+        Action::SetView(View::Stream) => "stream",
+        Action::SetView(View::Subscriptions) => "subscriptions",
+        Action::SetView(View::Topology) => "topology",
+        Action::SetView(View::Log) => "events",
+        Action::NextView => "next_view",
+        Action::PrevView => "prev_view",
+        Action::Up => "up",
+        Action::Down => "down",
+        Action::PageUp => "page_up",
+        Action::PageDown => "page_down",
+        Action::Top => "top",
+        Action::Bottom => "bottom",
+        Action::Enter => "open",
+        Action::Filter => "filter",
+        Action::StreamFilter => "field_filter",
+        Action::TogglePause => "pause",
+        Action::ToggleFollow => "follow",
+        Action::CyclePayload => "payload_view",
+        Action::Copy => "copy",
+        Action::Export => "export",
+        Action::Compose => "publish",
+        Action::Republish => "republish",
+        Action::CycleSort => "sort",
+        Action::ReverseSort => "reverse_sort",
+        Action::ToggleTree => "tree",
+        Action::ToggleAckState => "ack_state",
+        Action::SeekPrompt => "seek",
+        Action::ToggleMouse => "mouse",
+        Action::ClearBuffer => "clear",
+    }
+}
+
+/// Parses a key such as `p`, `P`, `ctrl+r`, `F1`, `space`, `enter`, `tab`, `esc`, `up`, `pgdn`.
+pub fn parse_key(text: &str) -> Result<(KeyCode, KeyModifiers), String> {
+    let mut mods = KeyModifiers::NONE;
+    let mut rest = text.trim();
+    loop {
+        let lower = rest.to_ascii_lowercase();
+        if let Some(r) = lower.strip_prefix("ctrl+") {
+            mods |= KeyModifiers::CONTROL;
+            rest = &rest[rest.len() - r.len()..];
+        } else if let Some(r) = lower.strip_prefix("alt+") {
+            mods |= KeyModifiers::ALT;
+            rest = &rest[rest.len() - r.len()..];
+        } else {
+            break;
+        }
+    }
+    let code = match rest.to_ascii_lowercase().as_str() {
+        "space" => KeyCode::Char(' '),
+        "enter" | "return" => KeyCode::Enter,
+        "tab" => KeyCode::Tab,
+        "esc" | "escape" => KeyCode::Esc,
+        "up" => KeyCode::Up,
+        "down" => KeyCode::Down,
+        "left" => KeyCode::Left,
+        "right" => KeyCode::Right,
+        "home" => KeyCode::Home,
+        "end" => KeyCode::End,
+        "pgup" | "pageup" => KeyCode::PageUp,
+        "pgdn" | "pagedown" => KeyCode::PageDown,
+        f if f.starts_with('f') && f.len() > 1 => {
+            KeyCode::F(f[1..].parse().map_err(|_| format!("\"{text}\" is not a key"))?)
+        }
+        _ => {
+            let mut chars = rest.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => KeyCode::Char(c),
+                _ => {
+                    return Err(format!(
+                        "\"{text}\" is not a key: use a character, ctrl+X, F1, space, enter, tab, esc, up, pgdn…"
+                    ));
+                }
+            }
+        }
+    };
+    Ok((code, mods))
+}
+
+impl Keymap {
+    /// The built-ins with overrides from a `keymap.toml` text: `[keys]` maps action names to keys.
+    pub fn from_toml(text: &str) -> Result<Keymap, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            #[serde(default)]
+            keys: std::collections::BTreeMap<String, String>,
+        }
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut map = Keymap::default();
+        for (name, key) in &file.keys {
+            let (code, mods) = parse_key(key)?;
+            let targets: Vec<usize> = map
+                .bindings
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| action_name(b.action) == name)
+                .map(|(i, _)| i)
+                .collect();
+            let Some(&first) = targets.first() else {
+                return Err(format!("keymap.toml: no action named \"{name}\""));
+            };
+            // The new key replaces every built-in key of that action.
+            let mut binding = map.bindings[first].clone();
+            binding.code = code;
+            binding.mods = mods;
+            binding.key = key.clone();
+            binding.footer = targets.iter().any(|&i| map.bindings[i].footer);
+            for &i in targets.iter().rev() {
+                map.bindings.remove(i);
+            }
+            map.bindings.insert(first, binding);
+        }
+        Ok(map)
+    }
+
+    /// Reads `dir/keymap.toml` when it exists.
+    pub fn load(dir: Option<&std::path::Path>) -> Result<Keymap, String> {
+        let Some(path) = dir.map(|d| d.join("keymap.toml")).filter(|p| p.exists()) else {
+            return Ok(Keymap::default());
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Keymap::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The action a key means in `view`.
+    pub fn lookup(&self, view: View, key: KeyEvent) -> Option<Action> {
+        self.bindings
+            .iter()
+            .find(|b| applies_to(b.scope, b.action, view) && key_matches(b.code, b.mods, key))
+            .map(|b| b.action)
+    }
+
+    /// The footer's hints for `view`.
+    pub fn footer(&self, view: View) -> Vec<(String, &'static str)> {
+        let mut specific: Vec<_> = self
+            .bindings
+            .iter()
+            .filter(|b| b.footer && matches!(b.scope, Scope::View(v) if v == view))
+            .map(|b| (b.key.clone(), b.label))
+            .collect();
+        specific.extend(
+            self.bindings
+                .iter()
+                .filter(|b| {
+                    b.footer
+                        && (b.scope == Scope::Global
+                            || (b.scope == Scope::List && applies_to(b.scope, b.action, view)))
+                })
+                .map(|b| (b.key.clone(), b.label)),
+        );
+        specific
+    }
+
+    /// Help text, grouped.
+    pub fn help(&self) -> Vec<(&'static str, Vec<(String, &'static str)>)> {
+        let group = |scope: Scope| {
+            self.bindings.iter().filter(|b| b.scope == scope).map(|b| (b.key.clone(), b.label)).collect()
+        };
+        vec![
+            ("Global", group(Scope::Global)),
+            ("Lists", group(Scope::List)),
+            ("Topics", group(Scope::View(View::Topics))),
+            ("Stream", group(Scope::View(View::Stream))),
+            ("Subscriptions", group(Scope::View(View::Subscriptions))),
+        ]
+    }
+}
+
+fn applies_to(scope: Scope, action: Action, view: View) -> bool {
+    match scope {
+        Scope::Global => true,
+        Scope::List => {
+            view != View::Log || matches!(action, Action::Up | Action::Down | Action::Top | Action::Bottom)
+        }
+        Scope::View(v) => v == view,
+    }
+}
+
+fn key_matches(code: KeyCode, mods: KeyModifiers, key: KeyEvent) -> bool {
+    code == key.code && (key.modifiers - KeyModifiers::SHIFT) == (mods - KeyModifiers::SHIFT)
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+
+    #[test]
+    fn keymap_toml_rebinds_an_action_everywhere_it_is_shown() {
+        let map = Keymap::from_toml("[keys]\npause = \"p\"\nquit = \"ctrl+q\"\n").unwrap();
+        let key = |c: char, m: KeyModifiers| KeyEvent::new(KeyCode::Char(c), m);
+        assert_eq!(map.lookup(View::Stream, key('p', KeyModifiers::NONE)), Some(Action::TogglePause));
+        assert_eq!(map.lookup(View::Stream, key(' ', KeyModifiers::NONE)), None, "the old key is gone");
+        assert_eq!(map.lookup(View::Topics, key('q', KeyModifiers::CONTROL)), Some(Action::Quit));
+        assert!(map.footer(View::Stream).contains(&("p".to_string(), "pause")));
+    }
+
+    #[test]
+    fn keymap_mistakes_are_named() {
+        assert!(Keymap::from_toml("[keys]\nteleport = \"t\"\n").unwrap_err().contains("teleport"));
+        assert!(Keymap::from_toml("[keys]\npause = \"ctrl+banana\"\n").unwrap_err().contains("banana"));
+        assert_eq!(
+            Keymap::default().lookup(View::Stream, KeyEvent::new(KeyCode::Char(' '), KeyModifiers::NONE)),
+            Some(Action::TogglePause)
         );
     }
 }

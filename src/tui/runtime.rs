@@ -72,6 +72,7 @@ pub async fn run_with_view(
     let mut app = App::new(broker.url(), broker.capabilities(), theme, opts.stream_count, opts.stream_bytes);
     app.mouse = opts.mouse;
     app.view = view;
+    app.keymap = super::keymap::Keymap::load(opts.config_dir.as_deref()).map_err(TuiError::Theme)?;
     app.publishers = publishers;
     app.now = SystemClock.now();
     let (feed_tx, mut feed_rx) = mpsc::channel::<Feed>(1024);

@@ -8,7 +8,6 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 
 use crate::tui::app::{App, Link, Prompt, View};
-use crate::tui::keymap;
 
 pub(super) fn header(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let t = &app.theme;
@@ -48,8 +47,8 @@ pub(super) fn footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
         Line::from(Span::styled(text.clone(), t.fg(t.warn)))
     } else {
         let mut spans = Vec::new();
-        for (key, label) in keymap::footer(app.view) {
-            spans.push(Span::styled(key.to_string(), t.fg(t.accent).add_modifier(Modifier::BOLD)));
+        for (key, label) in app.keymap.footer(app.view) {
+            spans.push(Span::styled(key, t.fg(t.accent).add_modifier(Modifier::BOLD)));
             spans.push(Span::styled(format!(" {label}  "), t.fg(t.dim)));
         }
         Line::from(spans)
@@ -83,7 +82,7 @@ pub(super) fn centered(area: Rect, w: u16, h: u16) -> Rect {
 pub(super) fn help(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let t = &app.theme;
     let mut lines = Vec::new();
-    for (title, keys) in keymap::help() {
+    for (title, keys) in app.keymap.help() {
         lines.push(Line::from(Span::styled(title, t.fg(t.accent).add_modifier(Modifier::BOLD))));
         let mut row = Vec::new();
         for (key, label) in keys {
