@@ -62,6 +62,8 @@ pub struct Sim {
     /// Which consumer holds each (subscription, seq), to prove competing consumers never share one.
     holders: HashMap<(Name, u64), usize>,
     report: Report,
+    /// Where narrated lines also go while the demo runs live.
+    narration: Option<tokio::sync::mpsc::Sender<String>>,
 }
 
 fn name(text: &str) -> Result<Name, BrokerError> {
@@ -154,6 +156,7 @@ impl Sim {
             fired: 0,
             holders: HashMap::new(),
             report,
+            narration: None,
         })
     }
 
@@ -164,10 +167,21 @@ impl Sim {
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Also sends narrated lines to `tx` as they happen (live demos show them in the TUI).
+    pub fn narrating(mut self, tx: tokio::sync::mpsc::Sender<String>) -> Self {
+        self.narration = Some(tx);
+        self
+    }
+
     fn narrate(&mut self, text: String) {
+        let line = format!("{:>6.2}s  {text}", self.now.as_secs_f64());
+        if let Some(tx) = &self.narration {
+            // A full channel means nobody reads fast enough; the report still keeps the line.
+            let _ = tx.try_send(line.clone());
+        }
         // The narrative is for people: keep it to a readable length.
         if self.report.narrative.len() < 400 {
-            self.report.narrative.push(format!("{:>6.2}s  {text}", self.now.as_secs_f64()));
+            self.report.narrative.push(line);
         }
     }
 

@@ -194,6 +194,8 @@ pub struct App {
     pub publishers: Vec<(String, Vec<String>)>,
     /// Selected row of the topology.
     pub topo_selected: usize,
+    /// Workshop mode: more spacing in the topology, engine-internal events hidden.
+    pub workshop: bool,
     /// Selected log line offset from the newest.
     pub log_selected: usize,
     /// A short message in the footer, with when it was set.
@@ -246,6 +248,7 @@ impl App {
             log: VecDeque::new(),
             publishers: Vec::new(),
             topo_selected: 0,
+            workshop: false,
             log_selected: 0,
             flash: None,
             theme,

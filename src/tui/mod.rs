@@ -13,4 +13,4 @@ pub mod stream;
 pub mod theme;
 pub mod views;
 
-pub use runtime::{TuiError, TuiOptions, run, run_with_view};
+pub use runtime::{DemoFeed, TuiError, TuiOptions, run, run_with_view, snapshot_text};

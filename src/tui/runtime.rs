@@ -31,6 +31,19 @@ pub struct TuiOptions {
     pub stream_bytes: usize,
     /// Capture the mouse at start.
     pub mouse: bool,
+    /// Workshop mode: projector-friendly spacing, engine-internal events hidden.
+    pub workshop: bool,
+    /// On quit, write the last view as text to this file.
+    pub snapshot: Option<PathBuf>,
+}
+
+/// What a demo hands the TUI: its publishers (for the topology) and its narration.
+#[derive(Debug, Default)]
+pub struct DemoFeed {
+    /// Simulated publishers and their subjects.
+    pub publishers: Vec<(String, Vec<String>)>,
+    /// Narrated events ("#42 redelivered to worker-b").
+    pub narration: Option<mpsc::Receiver<String>>,
 }
 
 /// Errors that end the TUI.
@@ -54,11 +67,12 @@ enum Feed {
     Stats(Vec<TopicInfo>, Option<Vec<SubscriptionInfo>>, Option<PeekReport>),
     Link(ConnectionEvent),
     Flash(String),
+    Narration(String),
 }
 
 /// Runs the TUI until the user quits.
 pub async fn run(broker: SharedBroker, opts: TuiOptions) -> Result<(), TuiError> {
-    run_with_view(broker, opts, View::Topics, Vec::new()).await
+    run_with_view(broker, opts, View::Topics, DemoFeed::default()).await
 }
 
 /// Runs the TUI starting on `view`; `publishers` names simulated publishers (demos) for the topology.
@@ -66,18 +80,29 @@ pub async fn run_with_view(
     broker: SharedBroker,
     opts: TuiOptions,
     view: View,
-    publishers: Vec<(String, Vec<String>)>,
+    demo: DemoFeed,
 ) -> Result<(), TuiError> {
     let theme = Theme::load(&opts.theme, opts.config_dir.as_deref()).map_err(TuiError::Theme)?;
     let mut app = App::new(broker.url(), broker.capabilities(), theme, opts.stream_count, opts.stream_bytes);
     app.mouse = opts.mouse;
     app.view = view;
     app.keymap = super::keymap::Keymap::load(opts.config_dir.as_deref()).map_err(TuiError::Theme)?;
-    app.publishers = publishers;
+    app.publishers = demo.publishers;
+    app.workshop = opts.workshop;
     app.now = SystemClock.now();
     let (feed_tx, mut feed_rx) = mpsc::channel::<Feed>(1024);
     spawn_ingest(&broker, &feed_tx).await?;
     spawn_links(&broker, &feed_tx);
+    if let Some(mut narration) = demo.narration {
+        let feed = feed_tx.clone();
+        tokio::spawn(async move {
+            while let Some(line) = narration.recv().await {
+                if feed.send(Feed::Narration(line)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let (key_tx, mut key_rx) = mpsc::channel::<Event>(256);
     std::thread::spawn(move || {
         while let Ok(event) = crossterm::event::read() {
@@ -97,7 +122,11 @@ pub async fn run_with_view(
         event_loop(&mut terminal, &mut app, &broker, &feed_tx, &mut feed_rx, &mut key_rx, opts.config_dir)
             .await;
     let _ = crossterm::execute!(std::io::stdout(), DisableMouseCapture);
+    let size = terminal.size().ok();
     ratatui::restore();
+    if let (Some(path), Some(size)) = (&opts.snapshot, size) {
+        std::fs::write(path, snapshot_text(&app, size.width, size.height))?;
+    }
     result
 }
 
@@ -179,6 +208,23 @@ async fn event_loop(
     Ok(())
 }
 
+/// The view as plain text, one line per terminal row (for `--snapshot`).
+pub fn snapshot_text(app: &App, width: u16, height: u16) -> String {
+    let Ok(mut terminal) = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height));
+    if terminal.draw(|f| views::draw(f, app)).is_err() {
+        return String::new();
+    }
+    let buffer = terminal.backend().buffer();
+    let mut out = String::new();
+    for y in 0..height {
+        let line: String =
+            (0..width).filter_map(|x| buffer.cell((x, y)).map(|c| c.symbol().to_string())).collect();
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 fn absorb(app: &mut App, feed: Feed) {
     match feed {
         Feed::Items(items) => {
@@ -189,7 +235,10 @@ fn absorb(app: &mut App, feed: Feed) {
                 }
             }
         }
+        // Engine-internal events are hidden in workshop mode; the demo's narration says it in words.
+        Feed::Event(line) if app.workshop => drop(line),
         Feed::Event(line) => app.note(line),
+        Feed::Narration(line) => app.note(line),
         Feed::Stats(topics, subs, peek) => {
             app.stats(topics, subs);
             if peek.is_some() {

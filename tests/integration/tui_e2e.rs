@@ -87,3 +87,42 @@ fn tui_shows_a_published_message_and_restores_the_terminal() {
     );
     assert!(!screen.contains("1 Topics"), "the alternate screen was left:\n{screen}");
 }
+
+#[test]
+fn demo_runs_live_on_the_topology_and_writes_a_snapshot() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(),
+            "tmux is required for the TUI end-to-end test"
+        );
+        eprintln!("skipping the demo end-to-end test: tmux is not installed");
+        return;
+    }
+    let home = Home::new("demo-e2e");
+    std::fs::create_dir_all(&home.0).unwrap();
+    let snapshot = home.0.join("topology.txt");
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let session = format!("pubsub-demo-e2e-{}", std::process::id());
+    let script = format!(
+        "PUBSUB_HOME={} {} demo crash --workshop --snapshot {}; echo EXITED=$?; sleep 30",
+        home.0.display(),
+        bin.display(),
+        snapshot.display()
+    );
+    assert!(
+        Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x", "140", "-y", "45", &script])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let tmux = Tmux { session };
+    tmux.wait_for("4 Topology");
+    tmux.wait_for("worker-b");
+    tmux.wait_for("what is happening");
+    tmux.keys(&["C-c"]);
+    tmux.wait_for("EXITED=0");
+    let text = std::fs::read_to_string(&snapshot).unwrap();
+    assert!(text.contains("topology: publishers → topics → subscriptions → consumers"), "{text}");
+    assert!(text.contains("producer") && text.contains("pool"), "{text}");
+}

@@ -30,6 +30,12 @@ pub struct DemoArgs {
     /// Print a built-in scenario's file, to copy and edit.
     #[arg(long)]
     pub show: bool,
+    /// Workshop mode: the high-contrast theme, more spacing, engine-internal events hidden.
+    #[arg(long)]
+    pub workshop: bool,
+    /// On quit, write the last view as text to this file.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<std::path::PathBuf>,
 }
 
 /// Runs `pubsub demo`.
@@ -72,16 +78,25 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
         Arc::new(LocalBroker::new(Engine::new(), format!("demo {} (in-process)", scenario.name)))
     };
     let publishers = scenario.publishers.iter().map(|p| (p.name.clone(), p.subjects.clone())).collect();
-    let sim = Sim::new(scenario, broker.clone(), Pace::Real, args.seed).await?;
+    let (narration_tx, narration_rx) = tokio::sync::mpsc::channel(256);
+    let sim = Sim::new(scenario, broker.clone(), Pace::Real, args.seed).await?.narrating(narration_tx);
     let running = tokio::spawn(sim.run());
+    let theme = if args.workshop {
+        "high-contrast".to_string()
+    } else {
+        std::env::var("PUBSUB_THEME").unwrap_or_else(|_| "default".into())
+    };
     let opts = crate::tui::TuiOptions {
-        theme: std::env::var("PUBSUB_THEME").unwrap_or_else(|_| "default".into()),
+        theme,
         config_dir: crate::config::paths::Paths::discover().ok().map(|p| p.config),
         stream_count: 10_000,
         stream_bytes: 64 << 20,
         mouse: true,
+        workshop: args.workshop,
+        snapshot: args.snapshot.clone(),
     };
-    let ui = crate::tui::run_with_view(broker, opts, crate::tui::app::View::Topology, publishers).await;
+    let demo = crate::tui::DemoFeed { publishers, narration: Some(narration_rx) };
+    let ui = crate::tui::run_with_view(broker, opts, crate::tui::app::View::Topology, demo).await;
     running.abort();
     ui.map_err(|e| CliError::Failed(e.to_string()))
 }

@@ -23,6 +23,9 @@ pub struct TuiArgs {
     /// Start without capturing the mouse (M toggles it).
     #[arg(long)]
     pub no_mouse: bool,
+    /// On quit, write the last view as text to this file.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<std::path::PathBuf>,
 }
 
 impl Default for TuiArgs {
@@ -33,6 +36,7 @@ impl Default for TuiArgs {
             stream_max_messages: 10_000,
             stream_max_mib: 64,
             no_mouse: false,
+            snapshot: None,
         }
     }
 }
@@ -53,6 +57,8 @@ pub async fn run(ctx: &Context, args: TuiArgs) -> Result<(), CliError> {
         stream_count: args.stream_max_messages.max(1),
         stream_bytes: args.stream_max_mib.max(1) << 20,
         mouse: !args.no_mouse,
+        workshop: false,
+        snapshot: args.snapshot.clone(),
     };
     run_tui(broker, opts).await.map_err(|e| match e {
         crate::tui::TuiError::Broker(b) => CliError::Broker(b),

@@ -172,7 +172,19 @@ pub fn explain(kind: &str) -> &'static str {
 
 pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let t = &app.theme;
-    let [graph, explain_area] = Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(area);
+    let [graph, narration_area, explain_area] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(6), Constraint::Length(4)]).areas(area);
+    let recent: Vec<Line<'_>> = app
+        .log
+        .iter()
+        .rev()
+        .take(4)
+        .rev()
+        .map(|(_, text)| Line::from(Span::styled(text.clone(), t.fg(t.fg))))
+        .collect();
+    let narration =
+        Paragraph::new(recent).block(pane(app, " what is happening ".into(), false)).style(t.text());
+    frame.render_widget(narration, narration_area);
     let rows = rows(app);
     let block = pane(app, " topology: publishers → topics → subscriptions → consumers ".into(), true);
     if rows.is_empty() {
@@ -207,6 +219,8 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             let line = Line::from(spans);
             if i == selected { line.style(t.selected()) } else { line }
         })
+        // Workshop mode leaves a blank line between rows, for projectors.
+        .flat_map(|line| if app.workshop { vec![line, Line::raw("")] } else { vec![line] })
         .collect();
     frame.render_widget(Paragraph::new(lines).block(block).style(t.text()), graph);
     let text = rows.get(selected).map_or("", |r| explain(r.kind));
