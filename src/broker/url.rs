@@ -125,6 +125,7 @@ pub async fn connect_with(url: &str, opts: &ConnectOptions) -> Result<Connected,
             let (broker, notice) = connect_local(&local).await?;
             Ok(Connected { broker: Arc::new(broker), notice })
         }
+        BackendKind::Redis => Ok(plain(Arc::new(super::redis::RedisBroker::connect(url.trim()).await?))),
         other => Err(BrokerError::NotBuilt { backend: other.label() }),
     }
 }

@@ -4,6 +4,7 @@
 #![expect(
     clippy::unwrap_used,
     clippy::panic,
+    clippy::print_stderr,
     reason = "helpers outside #[test] fns fail the test loudly on an unexpected error"
 )]
 
@@ -16,6 +17,7 @@ mod engine;
 mod interop;
 mod properties;
 mod readme;
+mod redis_live;
 mod regressions;
 mod scenarios;
 mod server;

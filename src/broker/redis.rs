@@ -1,0 +1,886 @@
+//! The Redis backend: PUB/SUB for live traffic (SUBSCRIBE, PSUBSCRIBE, PUBLISH) and Streams for
+//! everything with history (XADD, XRANGE, consumer groups with XREADGROUP / XACK, lag from XINFO).
+//!
+//! How a name maps: a topic is a stream when a stream key of that name exists (or the URL says
+//! `?mode=streams`), a PUB/SUB channel otherwise (or `?mode=pubsub`). A stream entry stores the payload
+//! in the field `payload`, the key in `key`, and each header in `h:NAME`. An entry id `MS-N` becomes seq
+//! `MS × 1000 + N` (ordered, not dense), and the id itself travels in the header `redis-id`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands, Value};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{
+    AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream,
+    ItemSource, Settle, StreamItem, SubscribeRequest,
+};
+use crate::engine::{
+    BrowseFrom, Headers, Message, MessageExtra, Name, Pattern, PublishReceipt, PublishRequest, SeekTarget,
+    SubscriptionInfo, Timestamp, TopicInfo,
+};
+
+/// Which Redis structure topics map to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A stream if the key is one, else a channel.
+    Auto,
+    /// Always channels.
+    PubSub,
+    /// Always streams.
+    Streams,
+}
+
+/// A Redis server.
+pub struct RedisBroker {
+    url: String,
+    client: redis::Client,
+    conn: MultiplexedConnection,
+    mode: Mode,
+    events: broadcast::Sender<ConnectionEvent>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker").field("url", &self.url).finish()
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+fn error(url: &str, e: redis::RedisError) -> BrokerError {
+    let text = e.to_string();
+    if e.is_connection_refusal() || e.is_io_error() || e.is_timeout() {
+        BrokerError::Unreachable { url: url.to_string(), reason: text }
+    } else if ["WRONGPASS", "NOAUTH", "AUTH", "uthentication"].iter().any(|w| text.contains(w)) {
+        BrokerError::Auth { url: url.to_string(), reason: text }
+    } else {
+        BrokerError::Protocol(text)
+    }
+}
+
+/// seq for an entry id `MS-N`.
+fn seq_of(id: &str) -> u64 {
+    let (ms, n) = id.split_once('-').unwrap_or((id, "0"));
+    ms.parse::<u64>().unwrap_or(0).saturating_mul(1000).saturating_add(n.parse::<u64>().unwrap_or(0).min(999))
+}
+
+/// Entry id for a seq.
+fn id_of(seq: u64) -> String {
+    format!("{}-{}", seq / 1000, seq % 1000)
+}
+
+impl RedisBroker {
+    /// Connects to `redis://[user:pass@]host[:port][/db][?mode=streams|pubsub]` (or `rediss://`).
+    pub async fn connect(url: &str) -> Result<RedisBroker, BrokerError> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mode = match query.split('&').find_map(|kv| kv.strip_prefix("mode=")) {
+            None => Mode::Auto,
+            Some("streams") => Mode::Streams,
+            Some("pubsub") => Mode::PubSub,
+            Some(other) => {
+                return Err(BrokerError::InvalidUrl {
+                    url: redact(url),
+                    reason: format!("mode \"{other}\": use streams or pubsub"),
+                });
+            }
+        };
+        let shown = redact(base);
+        let client = redis::Client::open(base)
+            .map_err(|e| BrokerError::InvalidUrl { url: shown.clone(), reason: e.to_string() })?;
+        let connecting = client.get_multiplexed_async_connection();
+        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .map_err(|_| BrokerError::Unreachable {
+                url: shown.clone(),
+                reason: "no answer within 5 s".into(),
+            })?
+            .map_err(|e| error(&shown, e))?;
+        let (events, _) = broadcast::channel(16);
+        Ok(RedisBroker { url: shown, client, conn, mode, events, next_id: AtomicU64::new(1) })
+    }
+
+    async fn is_stream(&self, key: &str) -> Result<bool, BrokerError> {
+        match self.mode {
+            Mode::Streams => Ok(true),
+            Mode::PubSub => Ok(false),
+            Mode::Auto => {
+                let kind: String = redis::cmd("TYPE")
+                    .arg(key)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| error(&self.url, e))?;
+                Ok(kind == "stream")
+            }
+        }
+    }
+
+    async fn stream_keys(&self) -> Result<Vec<String>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("TYPE")
+                .arg("stream")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| error(&self.url, e))?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// The stream a consumer group belongs to (groups are per stream in Redis; names here are global).
+    async fn stream_of_group(&self, group: &Name) -> Result<String, BrokerError> {
+        for key in self.stream_keys().await? {
+            if self.groups(&key).await?.iter().any(|g| g.name == group.as_str()) {
+                return Ok(key);
+            }
+        }
+        Err(BrokerError::Invalid(format!("no Redis stream has a consumer group named \"{group}\"")))
+    }
+
+    async fn groups(&self, key: &str) -> Result<Vec<GroupInfo>, BrokerError> {
+        let value: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(key)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| error(&self.url, e))?;
+        Ok(parse_groups(&value))
+    }
+}
+
+/// One `XINFO GROUPS` entry.
+#[derive(Debug, Default)]
+struct GroupInfo {
+    name: String,
+    consumers: u64,
+    pending: u64,
+    last_delivered: String,
+    lag: Option<u64>,
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(_) | Value::SimpleString(_) => text(v).parse().ok(),
+        _ => None,
+    }
+}
+
+/// Field pairs of a RESP2 array or RESP3 map.
+fn pairs(v: &Value) -> Vec<(String, &Value)> {
+    match v {
+        Value::Array(items) => items.chunks(2).filter_map(|c| Some((text(c.first()?), c.get(1)?))).collect(),
+        Value::Map(items) => items.iter().map(|(k, v)| (text(k), v)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn parse_groups(value: &Value) -> Vec<GroupInfo> {
+    let Value::Array(groups) = value else { return Vec::new() };
+    groups
+        .iter()
+        .map(|g| {
+            let mut info = GroupInfo::default();
+            for (k, v) in pairs(g) {
+                match k.as_str() {
+                    "name" => info.name = text(v),
+                    "consumers" => info.consumers = number(v).unwrap_or(0),
+                    "pending" => info.pending = number(v).unwrap_or(0),
+                    "last-delivered-id" => info.last_delivered = text(v),
+                    "lag" => info.lag = number(v),
+                    _ => {}
+                }
+            }
+            info
+        })
+        .collect()
+}
+
+/// Stream entries `[[id, [field, value, …]], …]` as messages.
+fn entries(topic: &Name, value: &Value) -> Vec<(String, Message)> {
+    let Value::Array(items) = value else { return Vec::new() };
+    items
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else { return None };
+            let id = text(parts.first()?);
+            let mut payload = Bytes::new();
+            let mut key = None;
+            let mut headers = Headers::new();
+            for (field, v) in pairs(parts.get(1)?) {
+                let bytes = match v {
+                    Value::BulkString(b) => Bytes::copy_from_slice(b),
+                    other => Bytes::from(text(other)),
+                };
+                match field.as_str() {
+                    "payload" => payload = bytes,
+                    "key" => key = Some(bytes),
+                    f => {
+                        let name = f.strip_prefix("h:").unwrap_or(f).to_string();
+                        headers.insert(name, String::from_utf8_lossy(&bytes).into_owned());
+                    }
+                }
+            }
+            headers.insert("redis-id".into(), id.clone());
+            let ms: i64 = id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+            let extra = MessageExtra::pack(key, None, headers);
+            let message = Message::new(
+                topic.clone(),
+                0,
+                seq_of(&id),
+                Timestamp::from_micros(ms * 1000),
+                topic.clone(),
+                extra,
+                payload,
+            );
+            Some((id, message))
+        })
+        .collect()
+}
+
+/// Translates our patterns for PSUBSCRIBE: `glob:` passes through; token patterns become globs where the
+/// meaning is kept, and are refused where a Redis glob would match more than the pattern means.
+pub fn redis_glob(p: &Pattern) -> Result<(bool, String), BrokerError> {
+    let text = p.as_str();
+    if let Some(glob) = text.strip_prefix("glob:") {
+        return Ok((true, glob.to_string()));
+    }
+    if p.is_literal() {
+        return Ok((false, text.to_string()));
+    }
+    if text == "#" || text == ">" {
+        return Ok((true, "*".into()));
+    }
+    if let Some(prefix) = text.strip_suffix(".>").filter(|pre| !pre.contains(['*', '>', '#'])) {
+        return Ok((true, format!("{prefix}.?*")));
+    }
+    if let Some(prefix) = text.strip_suffix(".#").filter(|pre| !pre.contains(['*', '>', '#'])) {
+        // Zero or more tokens: the prefix itself is subscribed separately by the caller.
+        return Ok((true, format!("{prefix}*")));
+    }
+    Err(BrokerError::Invalid(format!(
+        "pattern \"{text}\" cannot be expressed in Redis: a Redis glob `*` also matches across `.`; use a trailing `.>`, or a glob: pattern such as glob:{}",
+        text.replace(['>', '#'], "*")
+    )))
+}
+
+/// Live PUB/SUB messages.
+struct PubSubSource(mpsc::Receiver<Message>);
+
+#[async_trait]
+impl ItemSource for PubSubSource {
+    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        let message = self.0.recv().await?;
+        Some(Ok(StreamItem::Delivery(BrokerDelivery { message, attempt: None, deadline: None, token: None })))
+    }
+
+    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        let message = self.0.try_recv().ok()?;
+        Some(Ok(StreamItem::Delivery(BrokerDelivery { message, attempt: None, deadline: None, token: None })))
+    }
+}
+
+/// Deliveries read by a background task from a stream (plain or through a consumer group).
+struct ChannelSource(mpsc::Receiver<Result<StreamItem, BrokerError>>, tokio::task::AbortHandle);
+
+#[async_trait]
+impl ItemSource for ChannelSource {
+    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        self.0.recv().await
+    }
+
+    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        self.0.try_recv().ok()
+    }
+}
+
+impl Drop for ChannelSource {
+    fn drop(&mut self) {
+        self.1.abort();
+    }
+}
+
+fn xadd(key: &str, msg: &PublishRequest) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg("*").arg("payload").arg(msg.payload.as_ref());
+    if let Some(k) = &msg.key {
+        cmd.arg("key").arg(k.as_ref());
+    }
+    for (k, v) in &msg.headers {
+        cmd.arg(format!("h:{k}")).arg(v);
+    }
+    cmd
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // Streams give history, acks, lag, competing consumers and seek; PUB/SUB gives live patterns.
+        // No dead-letter topics, no per-message ack-state inspection, no partitions.
+        Capabilities::of(&[
+            Capability::Ack,
+            Capability::Replay,
+            Capability::Lag,
+            Capability::Patterns,
+            Capability::Headers,
+            Capability::Persistence,
+            Capability::CompetingConsumers,
+            Capability::Seek,
+            Capability::TopicAdmin,
+        ])
+    }
+
+    async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
+        let key = msg.subject.to_string();
+        let mut conn = self.conn.clone();
+        if self.is_stream(&key).await? {
+            let id: String =
+                xadd(&key, &msg).query_async(&mut conn).await.map_err(|e| error(&self.url, e))?;
+            Ok(PublishReceipt {
+                topic: Some(msg.subject),
+                partition: 0,
+                seq: seq_of(&id),
+                taps: 0,
+                duplicate: false,
+            })
+        } else {
+            let receivers: u64 =
+                conn.publish(&key, msg.payload.as_ref()).await.map_err(|e| error(&self.url, e))?;
+            Ok(PublishReceipt {
+                topic: None,
+                partition: 0,
+                seq: 0,
+                taps: u32::try_from(receivers).unwrap_or(u32::MAX),
+                duplicate: false,
+            })
+        }
+    }
+
+    async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
+        // One round trip for the whole batch (pipelined), deciding stream or channel per subject once.
+        let mut kinds: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        for m in &msgs {
+            let key = m.subject.to_string();
+            if let std::collections::hash_map::Entry::Vacant(slot) = kinds.entry(key) {
+                let stream = self.is_stream(slot.key()).await?;
+                slot.insert(stream);
+            }
+        }
+        let mut pipe = redis::pipe();
+        for m in &msgs {
+            let key = m.subject.to_string();
+            if kinds.get(&key).copied().unwrap_or(false) {
+                pipe.add_command(xadd(&key, m));
+            } else {
+                pipe.cmd("PUBLISH").arg(&key).arg(m.payload.as_ref());
+            }
+        }
+        let replies: Vec<Value> =
+            pipe.query_async(&mut self.conn.clone()).await.map_err(|e| error(&self.url, e))?;
+        Ok(msgs
+            .into_iter()
+            .zip(replies)
+            .map(|(m, reply)| match reply {
+                Value::Int(n) => PublishReceipt {
+                    topic: None,
+                    partition: 0,
+                    seq: 0,
+                    taps: u32::try_from(n).unwrap_or(0),
+                    duplicate: false,
+                },
+                other => PublishReceipt {
+                    topic: Some(m.subject),
+                    partition: 0,
+                    seq: seq_of(&text(&other)),
+                    taps: 0,
+                    duplicate: false,
+                },
+            })
+            .collect())
+    }
+
+    async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
+        if req.subscription.is_some() || req.from.is_some() {
+            let topic = super::history_topic(&req)?;
+            return self.read_stream(topic, req).await;
+        }
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(|e| error(&self.url, e))?;
+        for p in &req.patterns {
+            let (glob, text) = redis_glob(p)?;
+            if glob {
+                pubsub.psubscribe(&text).await.map_err(|e| error(&self.url, e))?;
+                if let Some(prefix) = p.as_str().strip_suffix(".#") {
+                    pubsub.subscribe(prefix).await.map_err(|e| error(&self.url, e))?;
+                }
+            } else {
+                pubsub.subscribe(&text).await.map_err(|e| error(&self.url, e))?;
+            }
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let mut messages = pubsub.into_on_message();
+        tokio::spawn(async move {
+            while let Some(msg) = messages.next().await {
+                let channel = msg.get_channel_name().to_string();
+                // Channel names that are not valid names here (spaces, say) still arrive, as `$redis`.
+                let Ok(name) = Name::new(&channel).or_else(|_| Name::system("$redis.channel")) else {
+                    continue;
+                };
+                let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                let message = Message::new(
+                    name.clone(),
+                    0,
+                    0,
+                    crate::engine::Clock::now(&crate::engine::SystemClock),
+                    name,
+                    None,
+                    payload,
+                );
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(DeliveryStream::new(Box::new(PubSubSource(rx))))
+    }
+
+    async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
+        let Some(reply) = &token.reply else { return Err(self.unsupported(Capability::Ack)) };
+        let (stream, id) = reply.split_once('\u{1f}').unwrap_or((reply.as_str(), ""));
+        match how {
+            Settle::Ack | Settle::Term(_) => {
+                let _: u64 = redis::cmd("XACK")
+                    .arg(stream)
+                    .arg(token.subscription.as_str())
+                    .arg(id)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| error(&self.url, e))?;
+                Ok(())
+            }
+            Settle::Nack(_) | Settle::Extend(_) => Err(BrokerError::Invalid(
+                "Redis Streams have no nack or lease extension: an unacked entry stays pending and is claimed again after the ack deadline".into(),
+            )),
+        }
+    }
+
+    async fn topics(&self) -> Result<Vec<TopicInfo>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| error(&self.url, e))?;
+        let mut out = Vec::new();
+        for key in self.stream_keys().await? {
+            let Ok(name) = Name::new(&key) else { continue };
+            out.push(self.topic_info(&name).await?);
+        }
+        for channel in channels {
+            let Ok(name) = Name::new(&channel) else { continue };
+            out.push(info_for(name, 0, 0, 0));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn topic_info(&self, name: &Name) -> Result<TopicInfo, BrokerError> {
+        let mut conn = self.conn.clone();
+        let len: u64 = redis::cmd("XLEN")
+            .arg(name.as_str())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| error(&self.url, e))?;
+        let last: Value = redis::cmd("XREVRANGE")
+            .arg(name.as_str())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| error(&self.url, e))?;
+        let first: Value = redis::cmd("XRANGE")
+            .arg(name.as_str())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| error(&self.url, e))?;
+        let seq = |v: &Value| entries(name, v).first().map_or(0, |(_, m)| m.seq);
+        let groups = if len > 0 { self.groups(name.as_str()).await.unwrap_or_default().len() } else { 0 };
+        let mut info = info_for(name.clone(), len, seq(&first), seq(&last));
+        info.subscriptions = u32::try_from(groups).unwrap_or(u32::MAX);
+        Ok(info)
+    }
+
+    async fn delete_topic(&self, name: &Name) -> Result<(), BrokerError> {
+        let _: u64 = self.conn.clone().del(name.as_str()).await.map_err(|e| error(&self.url, e))?;
+        Ok(())
+    }
+
+    async fn subscriptions(&self, topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {
+        let keys = match topic {
+            Some(t) => vec![t.to_string()],
+            None => self.stream_keys().await?,
+        };
+        let mut out = Vec::new();
+        for key in keys {
+            let Ok(topic) = Name::new(&key) else { continue };
+            for g in self.groups(&key).await? {
+                out.push(sub_info(&topic, &g));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn subscription_info(&self, name: &Name) -> Result<SubscriptionInfo, BrokerError> {
+        let key = self.stream_of_group(name).await?;
+        let topic = Name::new(&key)?;
+        let g = self.groups(&key).await?.into_iter().find(|g| g.name == name.as_str()).unwrap_or_default();
+        Ok(sub_info(&topic, &g))
+    }
+
+    async fn delete_subscription(&self, name: &Name) -> Result<(), BrokerError> {
+        let key = self.stream_of_group(name).await?;
+        let _: u64 = redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(&key)
+            .arg(name.as_str())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| error(&self.url, e))?;
+        Ok(())
+    }
+
+    async fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let value: Value = match from {
+            BrowseFrom::Last(n) => {
+                let v: Value = redis::cmd("XREVRANGE")
+                    .arg(topic.as_str())
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(n.min(max as u64))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| error(&self.url, e))?;
+                let mut list = entries(topic, &v);
+                list.reverse();
+                return Ok(list.into_iter().map(|(_, m)| m).collect());
+            }
+            BrowseFrom::Seq(s) => {
+                let start = if s <= 1 { "-".to_string() } else { id_of(s) };
+                redis::cmd("XRANGE")
+                    .arg(topic.as_str())
+                    .arg(start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| error(&self.url, e))?
+            }
+            BrowseFrom::Time(t) => {
+                let start = format!("{}", t.as_micros().max(0) / 1000);
+                redis::cmd("XRANGE")
+                    .arg(topic.as_str())
+                    .arg(start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| error(&self.url, e))?
+            }
+        };
+        Ok(entries(topic, &value).into_iter().map(|(_, m)| m).collect())
+    }
+
+    async fn seek(&self, subscription: &Name, target: SeekTarget) -> Result<u64, BrokerError> {
+        let key = self.stream_of_group(subscription).await?;
+        let id = match target {
+            SeekTarget::Start => "0".to_string(),
+            SeekTarget::End => "$".to_string(),
+            SeekTarget::Seq { seq, .. } => id_of(seq.saturating_sub(1)),
+            SeekTarget::Time(t) => format!("{}-0", (t.as_micros().max(0) / 1000).saturating_sub(1)),
+        };
+        let _: String = redis::cmd("XGROUP")
+            .arg("SETID")
+            .arg(&key)
+            .arg(subscription.as_str())
+            .arg(&id)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| error(&self.url, e))?;
+        Ok(if id == "0" { 1 } else { seq_of(&id) + 1 })
+    }
+
+    fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.events.subscribe()
+    }
+}
+
+impl RedisBroker {
+    /// Reads a stream: through a consumer group (durable, acked) or plainly from a position.
+    async fn read_stream(&self, topic: Name, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
+        let key = topic.to_string();
+        let mut conn =
+            self.client.get_multiplexed_async_connection().await.map_err(|e| error(&self.url, e))?;
+        let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(1024);
+        let count = req.prefetch.unwrap_or(100).max(1);
+        let url = self.url.clone();
+        let task = if let Some(group) = req.subscription.clone() {
+            let start = match req.from {
+                Some(crate::engine::StartPosition::All) => "0".to_string(),
+                Some(crate::engine::StartPosition::Seq(s)) => id_of(s.saturating_sub(1)),
+                _ => "$".to_string(),
+            };
+            let created: redis::RedisResult<String> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&key)
+                .arg(group.as_str())
+                .arg(&start)
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = created
+                && !e.to_string().contains("BUSYGROUP")
+            {
+                return Err(error(&self.url, e));
+            }
+            let consumer = req.consumer.clone().unwrap_or_else(|| {
+                format!("pubsub-{}-{}", std::process::id(), self.next_id.fetch_add(1, Ordering::Relaxed))
+            });
+            let acked = req.ack != crate::engine::AckMode::None;
+            tokio::spawn(async move {
+                loop {
+                    let mut cmd = redis::cmd("XREADGROUP");
+                    cmd.arg("GROUP")
+                        .arg(group.as_str())
+                        .arg(&consumer)
+                        .arg("COUNT")
+                        .arg(count)
+                        .arg("BLOCK")
+                        .arg(1000);
+                    if !acked {
+                        cmd.arg("NOACK");
+                    }
+                    cmd.arg("STREAMS").arg(&key).arg(">");
+                    let reply: redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
+                    let value = match reply {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let _ = tx.send(Err(error(&url, e))).await;
+                            return;
+                        }
+                    };
+                    for (_, streams) in stream_replies(&value) {
+                        for (id, message) in entries(&topic, streams) {
+                            let token = acked.then(|| AckToken {
+                                subscription: group.clone(),
+                                partition: 0,
+                                seq: message.seq,
+                                lease: 0,
+                                reply: Some(format!("{key}\u{1f}{id}")),
+                            });
+                            let d = BrokerDelivery { message, attempt: None, deadline: None, token };
+                            if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+        } else {
+            let mut last = match req.from {
+                Some(crate::engine::StartPosition::All) => "0".to_string(),
+                Some(crate::engine::StartPosition::Seq(s)) => id_of(s.saturating_sub(1)),
+                Some(crate::engine::StartPosition::Time(t)) => {
+                    format!("{}-0", (t.as_micros().max(0) / 1000).saturating_sub(1))
+                }
+                _ => "$".to_string(),
+            };
+            tokio::spawn(async move {
+                loop {
+                    let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
+                        .arg("COUNT")
+                        .arg(count)
+                        .arg("BLOCK")
+                        .arg(1000)
+                        .arg("STREAMS")
+                        .arg(&key)
+                        .arg(&last)
+                        .query_async(&mut conn)
+                        .await;
+                    let value = match reply {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let _ = tx.send(Err(error(&url, e))).await;
+                            return;
+                        }
+                    };
+                    for (_, streams) in stream_replies(&value) {
+                        for (id, message) in entries(&topic, streams) {
+                            last = id;
+                            let d = BrokerDelivery { message, attempt: None, deadline: None, token: None };
+                            if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        Ok(DeliveryStream::new(Box::new(ChannelSource(rx, task.abort_handle()))))
+    }
+}
+
+/// `XREAD`/`XREADGROUP` replies: `[[stream, entries], …]` (RESP2) or a map (RESP3); nil when nothing arrived.
+fn stream_replies(value: &Value) -> Vec<(String, &Value)> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|item| match item {
+                Value::Array(pair) => Some((text(pair.first()?), pair.get(1)?)),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(items) => items.iter().map(|(k, v)| (text(k), v)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn info_for(name: Name, messages: u64, first: u64, head: u64) -> TopicInfo {
+    TopicInfo {
+        subjects: vec![name.to_string()],
+        name,
+        partitions: 1,
+        first_seq: first,
+        head_seq: head,
+        messages,
+        bytes: 0,
+        last_publish: None,
+        limits: crate::engine::Limits {
+            max_msgs: None,
+            max_bytes: None,
+            max_age: None,
+            max_msgs_per_key: None,
+        },
+        discard: crate::engine::Discard::Old,
+        subscriptions: 0,
+        counters: crate::engine::TopicCounters::default(),
+        publish_rate: 0.0,
+        publish_series: Vec::new(),
+        created: Timestamp::ZERO,
+    }
+}
+
+fn sub_info(topic: &Name, g: &GroupInfo) -> SubscriptionInfo {
+    let name = Name::new(&g.name).unwrap_or_else(|_| topic.clone());
+    let lag = g.lag.unwrap_or(0);
+    SubscriptionInfo {
+        name,
+        topic: topic.clone(),
+        filter: Vec::new(),
+        ack: crate::engine::AckMode::Explicit,
+        start: crate::engine::StartPosition::New,
+        ack_deadline: Duration::ZERO,
+        dead_letter: None,
+        max_deliveries: 0,
+        max_in_flight: 0,
+        ephemeral: false,
+        head_seq: 0,
+        first_seq: 0,
+        delivered_seq: seq_of(&g.last_delivered),
+        ack_floor: 0,
+        pending: lag,
+        in_flight: g.pending,
+        delayed: 0,
+        redeliverable: 0,
+        redelivered: 0,
+        backlog: lag + g.pending,
+        backlog_bytes: 0,
+        offset_lag: lag + g.pending,
+        oldest_unacked_age: Duration::ZERO,
+        oldest_pending_age: Duration::ZERO,
+        consumers: Vec::new(),
+        counters: crate::engine::SubCounters::default(),
+        publish_rate: 0.0,
+        deliver_rate: 0.0,
+        ack_rate: 0.0,
+        eta: None,
+        blocked_by: None,
+        created: Timestamp::ZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_map_to_ordered_seqs_and_back() {
+        assert_eq!(seq_of("1700000000123-4"), 1_700_000_000_123_004);
+        assert_eq!(id_of(1_700_000_000_123_004), "1700000000123-4");
+        assert!(seq_of("5-0") < seq_of("5-1") && seq_of("5-999") < seq_of("6-0"));
+    }
+
+    #[test]
+    fn token_patterns_translate_to_globs_or_are_refused() {
+        let glob = |t: &str| redis_glob(&Pattern::parse(t).unwrap());
+        assert_eq!(glob("orders").unwrap(), (false, "orders".into()));
+        assert_eq!(glob("orders.>").unwrap(), (true, "orders.?*".into()));
+        assert_eq!(glob("#").unwrap(), (true, "*".into()));
+        assert_eq!(glob("glob:user:*").unwrap(), (true, "user:*".into()));
+        let err = glob("orders.*.eu").unwrap_err().to_string();
+        assert!(err.contains("glob:orders.*.eu"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact("redis://host"), "redis://host");
+    }
+}

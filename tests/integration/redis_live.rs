@@ -1,0 +1,202 @@
+//! The Redis backend against the real Redis on 127.0.0.1:6379, with the real `redis-cli` on the other
+//! side. Skips (with the reason printed) when Redis is not running; fails instead when
+//! PUBSUB_REQUIRE_BROKERS=1.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pubsub::broker::redis::RedisBroker;
+use pubsub::broker::{Broker, Settle, StreamItem, SubscribeRequest};
+use pubsub::engine::{AckMode, Pattern, StartPosition};
+
+use crate::support::{Home, name};
+
+const URL: &str = "redis://127.0.0.1:6379";
+
+/// Whether Redis and redis-cli are here; panics when they must be.
+fn redis_here() -> bool {
+    let up = std::net::TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_secs(1))
+        .is_ok();
+    let cli = Command::new("redis-cli").arg("--version").output().is_ok();
+    if up && cli {
+        return true;
+    }
+    let reason = if up { "redis-cli is not installed" } else { "Redis is not running on 127.0.0.1:6379" };
+    assert!(std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(), "live Redis tests required: {reason}");
+    eprintln!("skipping live Redis test: {reason}");
+    false
+}
+
+fn key(tag: &str) -> String {
+    format!("pubsub-test.{tag}.{}", std::process::id())
+}
+
+fn redis_cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn redis_cli_publish_reaches_pubsub_sub_and_pubsub_pub_reaches_redis_cli_subscribe() {
+    if !redis_here() {
+        return;
+    }
+    let home = Home::new("redis-pubsub");
+    let channel = key("chat");
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let sub = Command::new(&bin)
+        .args([
+            "--broker",
+            URL,
+            "sub",
+            &channel,
+            "--count",
+            "1",
+            "--format",
+            "{{subject}} {{payload}}",
+            "--timeout",
+            "10s",
+        ])
+        .env("PUBSUB_HOME", &home.0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Publish until the subscriber is listening (PUBLISH answers how many received it).
+    let started = Instant::now();
+    while redis_cli(&["PUBLISH", &channel, "hello from redis-cli"]) == "0" {
+        assert!(started.elapsed() < Duration::from_secs(10), "pubsub sub never subscribed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{channel} hello from redis-cli"));
+
+    let mut cli =
+        Command::new("redis-cli").args(["SUBSCRIBE", &channel]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
+    // "subscribe", channel, count: the subscription is active once these three lines arrive.
+    for _ in 0..3 {
+        lines.next().unwrap().unwrap();
+    }
+    let (code, _, stderr) = home.run(&["--broker", URL, "pub", &channel, "hello from pubsub", "-v"]);
+    assert_eq!(code, 0, "{stderr}");
+    let seen: Vec<String> = lines.by_ref().take(3).map(|l| l.unwrap()).collect();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    assert_eq!(seen, vec!["message".to_string(), channel.clone(), "hello from pubsub".to_string()]);
+}
+
+#[test]
+fn entries_added_with_xadd_show_in_tail_and_group_acks_show_in_xpending() {
+    if !redis_here() {
+        return;
+    }
+    let home = Home::new("redis-streams");
+    let stream = key("orders");
+    redis_cli(&["XADD", &stream, "*", "payload", "first", "key", "k1", "h:region", "eu"]);
+    redis_cli(&["XADD", &stream, "*", "payload", "second"]);
+    let (code, out, stderr) =
+        home.run(&["--broker", URL, "tail", &stream, "--format", "{{payload}} {{key}} {{header.region}}"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out, "first k1 eu\nsecond  \n");
+    let (code, out, stderr) = home.run(&[
+        "--broker", URL, "sub", &stream, "-s", "billing", "--from", "start", "--count", "2", "--format",
+        "raw",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out, "first\nsecond\n");
+    let pending = redis_cli(&["XPENDING", &stream, "billing"]);
+    assert!(pending.starts_with('0'), "both entries acked: {pending}");
+    redis_cli(&["DEL", &stream]);
+}
+
+#[tokio::test]
+async fn competing_consumers_on_a_group_share_the_stream_without_duplicates() {
+    if !redis_here() {
+        return;
+    }
+    let stream = key("jobs");
+    let broker = RedisBroker::connect(&format!("{URL}?mode=streams")).await.unwrap();
+    let request = |consumer: &str| SubscribeRequest {
+        patterns: vec![Pattern::parse(&stream).unwrap()],
+        subscription: Some(name("workers")),
+        from: Some(StartPosition::All),
+        ack: AckMode::Explicit,
+        consumer: Some(consumer.to_string()),
+        prefetch: Some(5),
+    };
+    let mut a = broker.subscribe(request("a")).await.unwrap();
+    let mut b = broker.subscribe(request("b")).await.unwrap();
+    let reqs =
+        (0..40).map(|i| pubsub::engine::PublishRequest::new(name(&stream), format!("job {i}"))).collect();
+    broker.publish_batch(reqs).await.unwrap();
+    let mut seen = HashSet::new();
+    let mut per_consumer = [0u32; 2];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 40 && Instant::now() < deadline {
+        for (i, stream) in [&mut a, &mut b].into_iter().enumerate() {
+            if let Ok(Some(Ok(StreamItem::Delivery(d)))) =
+                tokio::time::timeout(Duration::from_millis(100), stream.next()).await
+            {
+                assert!(seen.insert(d.message.seq), "seq {} delivered twice", d.message.seq);
+                per_consumer[i] += 1;
+                broker.settle(d.token.as_ref().unwrap(), Settle::Ack).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(seen.len(), 40, "the union is every job");
+    assert!(per_consumer.iter().all(|&n| n > 0), "both consumers got work: {per_consumer:?}");
+    redis_cli(&["DEL", &stream]);
+}
+
+#[test]
+fn bad_redis_input_has_clear_errors_and_exit_codes() {
+    if !redis_here() {
+        return;
+    }
+    let home = Home::new("redis-bad");
+    let (code, _, stderr) = home.run(&["--broker", "redis://127.0.0.1:1", "topics"]);
+    assert_eq!(code, 3, "{stderr}");
+    let (code, _, stderr) = home.run(&["--broker", "redis://:wrong-password@127.0.0.1:6379", "topics"]);
+    assert_eq!(code, 5, "{stderr}");
+    let plain = key("plain");
+    redis_cli(&["SET", &plain, "x"]);
+    let (code, _, stderr) = home.run(&["--broker", URL, "tail", &plain]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("WRONGTYPE"), "{stderr}");
+    redis_cli(&["DEL", &plain]);
+    let (code, _, stderr) = home.run(&["--broker", URL, "sub", "a.*.b", "--timeout", "1s"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("glob:a.*.b"), "{stderr}");
+}
+
+#[tokio::test]
+async fn non_utf8_payloads_survive_pub_sub() {
+    if !redis_here() {
+        return;
+    }
+    let channel = key("bin");
+    let broker = RedisBroker::connect(URL).await.unwrap();
+    let mut sub =
+        broker.subscribe(SubscribeRequest::live(vec![Pattern::parse(&channel).unwrap()])).await.unwrap();
+    let payload = vec![0u8, 159, 146, 150, 255];
+    let started = Instant::now();
+    loop {
+        let receipt = broker
+            .publish(pubsub::engine::PublishRequest::new(name(&channel), payload.clone()))
+            .await
+            .unwrap();
+        if receipt.taps > 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Some(Ok(StreamItem::Delivery(d))) =
+        tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap()
+    else {
+        panic!("no delivery")
+    };
+    assert_eq!(d.message.payload.as_ref(), payload.as_slice());
+}
