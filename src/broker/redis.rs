@@ -694,45 +694,18 @@ impl RedisBroker {
                 format!("pubsub-{}-{}", std::process::id(), self.next_id.fetch_add(1, Ordering::Relaxed))
             });
             let acked = req.ack != crate::engine::AckMode::None;
-            tokio::spawn(async move {
-                loop {
-                    let mut cmd = redis::cmd("XREADGROUP");
-                    cmd.arg("GROUP")
-                        .arg(group.as_str())
-                        .arg(&consumer)
-                        .arg("COUNT")
-                        .arg(count)
-                        .arg("BLOCK")
-                        .arg(1000);
-                    if !acked {
-                        cmd.arg("NOACK");
-                    }
-                    cmd.arg("STREAMS").arg(&key).arg(">");
-                    let reply: redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
-                    let value = match reply {
-                        Ok(v) => v,
-                        Err(e) => {
-                            let _ = tx.send(Err(error(&url, e))).await;
-                            return;
-                        }
-                    };
-                    for (_, streams) in stream_replies(&value) {
-                        for (id, message) in entries(&topic, streams) {
-                            let token = acked.then(|| AckToken {
-                                subscription: group.clone(),
-                                partition: 0,
-                                seq: message.seq,
-                                lease: 0,
-                                reply: Some(format!("{key}\u{1f}{id}")),
-                            });
-                            let d = BrokerDelivery { message, attempt: None, deadline: None, token };
-                            if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            })
+            let group_read = GroupRead {
+                client: self.client.clone(),
+                url: self.url.clone(),
+                key,
+                group,
+                consumer,
+                acked,
+                count,
+                topic,
+                events: self.events.clone(),
+            };
+            tokio::spawn(group_read.run(conn, tx))
         } else {
             let mut last = match req.from {
                 Some(crate::engine::StartPosition::All) => "0".to_string(),
@@ -774,6 +747,166 @@ impl RedisBroker {
             })
         };
         Ok(DeliveryStream::new(Box::new(ChannelSource(rx, task.abort_handle()))))
+    }
+}
+
+/// How long an entry may stay pending before another consumer claims it (XAUTOCLAIM): Redis has no
+/// server-side ack deadline, so this client emulates one.
+const CLAIM_AFTER: Duration = Duration::from_secs(30);
+
+/// A consumer reading a stream through a consumer group, surviving Redis restarts.
+struct GroupRead {
+    client: redis::Client,
+    url: String,
+    key: String,
+    group: Name,
+    consumer: String,
+    acked: bool,
+    count: u32,
+    topic: Name,
+    events: broadcast::Sender<ConnectionEvent>,
+}
+
+impl GroupRead {
+    async fn run(self, mut conn: MultiplexedConnection, tx: mpsc::Sender<Result<StreamItem, BrokerError>>) {
+        let mut last_claim = tokio::time::Instant::now();
+        loop {
+            if self.acked && last_claim.elapsed() >= Duration::from_secs(1) {
+                last_claim = tokio::time::Instant::now();
+                if let Ok(claimed) = self.claim(&mut conn).await {
+                    for d in claimed {
+                        if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(self.group.as_str())
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(self.count)
+                .arg("BLOCK")
+                .arg(1000);
+            if !self.acked {
+                cmd.arg("NOACK");
+            }
+            cmd.arg("STREAMS").arg(&self.key).arg(">");
+            let reply: redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
+            let value = match reply {
+                Ok(v) => v,
+                Err(e)
+                    if e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_connection_refusal()
+                        || e.is_timeout() =>
+                {
+                    let _ = self.events.send(ConnectionEvent::Disconnected { reason: e.to_string() });
+                    let Some(fresh) = self.reconnect(&tx).await else { return };
+                    conn = fresh;
+                    let _ = self.events.send(ConnectionEvent::Reconnected);
+                    continue;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(error(&self.url, e))).await;
+                    return;
+                }
+            };
+            for (_, streams) in stream_replies(&value) {
+                for (id, message) in entries(&self.topic, streams) {
+                    let d = BrokerDelivery {
+                        attempt: Some(1),
+                        deadline: None,
+                        token: self.token(&id, message.seq),
+                        message,
+                    };
+                    if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn token(&self, id: &str, seq: u64) -> Option<AckToken> {
+        self.acked.then(|| AckToken {
+            subscription: self.group.clone(),
+            partition: 0,
+            seq,
+            lease: 0,
+            reply: Some(format!("{}\u{1f}{id}", self.key)),
+        })
+    }
+
+    /// Entries pending longer than [`CLAIM_AFTER`] with any consumer are claimed and redelivered here.
+    async fn claim(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<Vec<BrokerDelivery>> {
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.key)
+            .arg(self.group.as_str())
+            .arg(&self.consumer)
+            .arg(u64::try_from(CLAIM_AFTER.as_millis()).unwrap_or(u64::MAX))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(self.count)
+            .query_async(conn)
+            .await?;
+        let Value::Array(parts) = reply else { return Ok(Vec::new()) };
+        let Some(claimed) = parts.get(1) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for (id, message) in entries(&self.topic, claimed) {
+            // XAUTOCLAIM counts the claim as a delivery; XPENDING tells how many there were.
+            let detail: Value = redis::cmd("XPENDING")
+                .arg(&self.key)
+                .arg(self.group.as_str())
+                .arg(&id)
+                .arg(&id)
+                .arg(1)
+                .query_async(conn)
+                .await?;
+            let attempt = match &detail {
+                Value::Array(rows) => rows.first().and_then(|r| match r {
+                    Value::Array(f) => f.get(3).and_then(number),
+                    _ => None,
+                }),
+                _ => None,
+            };
+            let attempt = attempt.and_then(|n| u32::try_from(n).ok()).or(Some(2));
+            out.push(BrokerDelivery {
+                attempt,
+                deadline: None,
+                token: self.token(&id, message.seq),
+                message,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reconnects with backoff (100 ms doubling to 5 s) until Redis answers or the reader is gone.
+    async fn reconnect(
+        &self,
+        tx: &mpsc::Sender<Result<StreamItem, BrokerError>>,
+    ) -> Option<MultiplexedConnection> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if tx.is_closed() {
+                return None;
+            }
+            tokio::time::sleep(delay).await;
+            if let Ok(mut conn) = self.client.get_multiplexed_async_connection().await {
+                // After a restart without persistence the group may be gone; make it again at the start.
+                let _: redis::RedisResult<String> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&self.key)
+                    .arg(self.group.as_str())
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn)
+                    .await;
+                return Some(conn);
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
     }
 }
 
