@@ -203,7 +203,6 @@ async fn non_utf8_payloads_survive_pub_sub() {
 
 /// A redis-server of this test's own, on a free port, persisting to a scratch directory.
 struct OwnRedis {
-    port: u16,
     dir: std::path::PathBuf,
     child: std::process::Child,
 }
@@ -222,7 +221,7 @@ impl OwnRedis {
             assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        OwnRedis { port, dir: dir.to_path_buf(), child }
+        OwnRedis { dir: dir.to_path_buf(), child }
     }
 
     fn stop(&mut self) {
