@@ -65,7 +65,9 @@ pub async fn run(ctx: &crate::cli::Context, args: BenchArgs) -> Result<(), CliEr
 async fn measure(broker: SharedBroker, args: &BenchArgs) -> Result<Report, CliError> {
     let topic =
         Name::new(&format!("bench-{}", std::process::id())).map_err(|e| CliError::Usage(e.to_string()))?;
-    let durable = broker.capabilities().has(Capability::CompetingConsumers);
+    // Durable subscriptions where the broker has them (no loss by design); live listeners otherwise
+    // (Redis PUB/SUB and the like), where loss is possible and is counted.
+    let mut durable = broker.capabilities().has(Capability::CompetingConsumers);
     let mut streams = Vec::new();
     for i in 0..args.subscribers {
         let pattern = Pattern::parse(topic.as_str()).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -76,9 +78,14 @@ async fn measure(broker: SharedBroker, args: &BenchArgs) -> Result<Report, CliEr
             config.ack = AckMode::None;
             config.start = StartPosition::New;
             config.max_in_flight = 10_000;
-            broker.create_subscription(config).await?;
-            req.subscription = Some(name);
-            req.prefetch = Some(4096);
+            match broker.create_subscription(config).await {
+                Ok(_) => {
+                    req.subscription = Some(name);
+                    req.prefetch = Some(4096);
+                }
+                Err(crate::broker::BrokerError::Unsupported { .. }) => durable = false,
+                Err(e) => return Err(e.into()),
+            }
         }
         streams.push(broker.subscribe(req).await?);
     }
