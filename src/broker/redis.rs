@@ -524,24 +524,21 @@ impl Broker for RedisBroker {
 
     async fn topic_info(&self, name: &Name) -> Result<TopicInfo, BrokerError> {
         let mut conn = self.conn.clone();
-        let len: u64 = redis::cmd("XLEN")
-            .arg(name.as_str())
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| error(&self.url, e))?;
-        let last: Value = redis::cmd("XREVRANGE")
-            .arg(name.as_str())
-            .arg("+")
+        // One round trip: the length and the oldest and newest entries.
+        let key = name.as_str();
+        let (len, first, last): (u64, Value, Value) = redis::pipe()
+            .cmd("XLEN")
+            .arg(key)
+            .cmd("XRANGE")
+            .arg(key)
             .arg("-")
+            .arg("+")
             .arg("COUNT")
             .arg(1)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| error(&self.url, e))?;
-        let first: Value = redis::cmd("XRANGE")
-            .arg(name.as_str())
-            .arg("-")
+            .cmd("XREVRANGE")
+            .arg(key)
             .arg("+")
+            .arg("-")
             .arg("COUNT")
             .arg(1)
             .query_async(&mut conn)
