@@ -67,6 +67,15 @@ async fn measure(broker: SharedBroker, args: &BenchArgs) -> Result<Report, CliEr
         Name::new(&format!("bench-{}", std::process::id())).map_err(|e| CliError::Usage(e.to_string()))?;
     // Durable subscriptions where the broker has them (no loss by design); live listeners otherwise
     // (Redis PUB/SUB and the like), where loss is possible and is counted.
+    // The run's topic keeps every message of the run, so a subscriber that falls behind is measured as
+    // slow rather than losing messages to the default retention limit.
+    let mut config = crate::engine::TopicConfig::new(topic.clone());
+    config.limits.max_msgs = Some(args.messages.max(1).saturating_mul(2));
+    config.limits.max_bytes = None;
+    match broker.create_topic(config).await {
+        Ok(_) | Err(crate::broker::BrokerError::Unsupported { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     let mut durable = broker.capabilities().has(Capability::CompetingConsumers);
     let mut streams = Vec::new();
     for i in 0..args.subscribers {
