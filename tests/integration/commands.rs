@@ -238,3 +238,34 @@ fn every_command_help_is_snapshotted() {
         insta::assert_snapshot!(format!("help_{name}"), out);
     }
 }
+
+#[test]
+fn ctrl_c_ends_sub_with_130_and_releases_what_it_held() {
+    let home = Home::with_daemon("sigint");
+    home.run(&["subs", "create", "held", "--topic", "work", "--from", "start"]);
+    home.run(&["pub", "work", "a", "b", "c"]);
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let child = std::process::Command::new(bin)
+        .args(["sub", "work", "-s", "held", "--ack", "manual", "--format", "raw"])
+        .env("PUBSUB_HOME", &home.0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it holds the three messages, then interrupt it.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, out, _) = home.run(&["sub-info", "held", "--json"]);
+        let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        if info["in_flight"] == 3 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "never held the messages: {info}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let (_, info, _) = home.run(&["sub-info", "held", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(info.trim()).unwrap();
+    assert_eq!((info["in_flight"].as_u64(), info["redeliverable"].as_u64()), (Some(0), Some(3)), "{info}");
+}
