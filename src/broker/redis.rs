@@ -40,7 +40,8 @@ enum Mode {
 pub struct RedisBroker {
     url: String,
     client: redis::Client,
-    conn: MultiplexedConnection,
+    /// Commands; reconnects by itself after Redis restarts.
+    conn: redis::aio::ConnectionManager,
     mode: Mode,
     events: broadcast::Sender<ConnectionEvent>,
     next_id: AtomicU64,
@@ -100,8 +101,18 @@ impl RedisBroker {
         let shown = redact(base);
         let client = redis::Client::open(base)
             .map_err(|e| BrokerError::InvalidUrl { url: shown.clone(), reason: e.to_string() })?;
-        let connecting = client.get_multiplexed_async_connection();
-        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+        // A plain connection first: it reports refusals and bad credentials at once, where the
+        // self-healing connection manager would keep retrying.
+        let probe = client.get_multiplexed_async_connection();
+        tokio::time::timeout(Duration::from_secs(5), probe)
+            .await
+            .map_err(|_| BrokerError::Unreachable {
+                url: shown.clone(),
+                reason: "no answer within 5 s".into(),
+            })?
+            .map_err(|e| error(&shown, e))?;
+        let managing = client.get_connection_manager();
+        let conn = tokio::time::timeout(Duration::from_secs(5), managing)
             .await
             .map_err(|_| BrokerError::Unreachable {
                 url: shown.clone(),
@@ -295,6 +306,22 @@ pub fn redis_glob(p: &Pattern) -> Result<(bool, String), BrokerError> {
     )))
 }
 
+/// Opens a PUB/SUB connection listening on `targets` (glob?, channel or pattern).
+async fn listen(
+    client: &redis::Client,
+    targets: &[(bool, String)],
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    for (glob, text) in targets {
+        if *glob {
+            pubsub.psubscribe(text).await?;
+        } else {
+            pubsub.subscribe(text).await?;
+        }
+    }
+    Ok(pubsub)
+}
+
 /// Live PUB/SUB messages.
 struct PubSubSource(mpsc::Receiver<Message>);
 
@@ -370,72 +397,21 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
-        let key = msg.subject.to_string();
-        let mut conn = self.conn.clone();
-        if self.is_stream(&key).await? {
-            let id: String =
-                xadd(&key, &msg).query_async(&mut conn).await.map_err(|e| error(&self.url, e))?;
-            Ok(PublishReceipt {
-                topic: Some(msg.subject),
-                partition: 0,
-                seq: seq_of(&id),
-                taps: 0,
-                duplicate: false,
-            })
-        } else {
-            let receivers: u64 =
-                conn.publish(&key, msg.payload.as_ref()).await.map_err(|e| error(&self.url, e))?;
-            Ok(PublishReceipt {
-                topic: None,
-                partition: 0,
-                seq: 0,
-                taps: u32::try_from(receivers).unwrap_or(u32::MAX),
-                duplicate: false,
-            })
-        }
+        let mut receipts = self.publish_batch(vec![msg]).await?;
+        receipts.pop().ok_or_else(|| BrokerError::Protocol("Redis answered no reply to a publish".into()))
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
-        // One round trip for the whole batch (pipelined), deciding stream or channel per subject once.
-        let mut kinds: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
-        for m in &msgs {
-            let key = m.subject.to_string();
-            if let std::collections::hash_map::Entry::Vacant(slot) = kinds.entry(key) {
-                let stream = self.is_stream(slot.key()).await?;
-                slot.insert(stream);
+        // The command connection heals itself after a Redis restart, but the first command on the dead
+        // socket fails; one retry hides that. (If the first attempt reached Redis before the socket died,
+        // the retry publishes again: at-least-once, as any client retry.)
+        match self.publish_pipeline(&msgs).await {
+            Err(BrokerError::Unreachable { .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.publish_pipeline(&msgs).await
             }
+            other => other,
         }
-        let mut pipe = redis::pipe();
-        for m in &msgs {
-            let key = m.subject.to_string();
-            if kinds.get(&key).copied().unwrap_or(false) {
-                pipe.add_command(xadd(&key, m));
-            } else {
-                pipe.cmd("PUBLISH").arg(&key).arg(m.payload.as_ref());
-            }
-        }
-        let replies: Vec<Value> =
-            pipe.query_async(&mut self.conn.clone()).await.map_err(|e| error(&self.url, e))?;
-        Ok(msgs
-            .into_iter()
-            .zip(replies)
-            .map(|(m, reply)| match reply {
-                Value::Int(n) => PublishReceipt {
-                    topic: None,
-                    partition: 0,
-                    seq: 0,
-                    taps: u32::try_from(n).unwrap_or(0),
-                    duplicate: false,
-                },
-                other => PublishReceipt {
-                    topic: Some(m.subject),
-                    partition: 0,
-                    seq: seq_of(&text(&other)),
-                    taps: 0,
-                    duplicate: false,
-                },
-            })
-            .collect())
     }
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
@@ -443,40 +419,51 @@ impl Broker for RedisBroker {
             let topic = super::history_topic(&req)?;
             return self.read_stream(topic, req).await;
         }
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(|e| error(&self.url, e))?;
+        // Every pattern is translated (or refused) before anything is subscribed.
+        let mut targets = Vec::new();
         for p in &req.patterns {
             let (glob, text) = redis_glob(p)?;
-            if glob {
-                pubsub.psubscribe(&text).await.map_err(|e| error(&self.url, e))?;
-                if let Some(prefix) = p.as_str().strip_suffix(".#") {
-                    pubsub.subscribe(prefix).await.map_err(|e| error(&self.url, e))?;
-                }
-            } else {
-                pubsub.subscribe(&text).await.map_err(|e| error(&self.url, e))?;
+            if glob && let Some(prefix) = p.as_str().strip_suffix(".#") {
+                targets.push((false, prefix.to_string()));
             }
+            targets.push((glob, text));
         }
+        let first = listen(&self.client, &targets).await.map_err(|e| error(&self.url, e))?;
         let (tx, rx) = mpsc::channel(1024);
-        let mut messages = pubsub.into_on_message();
+        let (client, events) = (self.client.clone(), self.events.clone());
         tokio::spawn(async move {
-            while let Some(msg) = messages.next().await {
-                let channel = msg.get_channel_name().to_string();
-                // Channel names that are not valid names here (spaces, say) still arrive, as `$redis`.
-                let Ok(name) = Name::new(&channel).or_else(|_| Name::system("$redis.channel")) else {
-                    continue;
-                };
-                let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
-                let message = Message::new(
-                    name.clone(),
-                    0,
-                    0,
-                    crate::engine::Clock::now(&crate::engine::SystemClock),
-                    name,
-                    None,
-                    payload,
-                );
-                if tx.send(message).await.is_err() {
-                    return;
+            let mut pubsub = first;
+            loop {
+                let mut messages = pubsub.into_on_message();
+                while let Some(msg) = messages.next().await {
+                    let channel = msg.get_channel_name().to_string();
+                    // Channel names that are not valid names here (spaces, say) still arrive, as `$redis`.
+                    let Ok(name) = Name::new(&channel).or_else(|_| Name::system("$redis.channel")) else {
+                        continue;
+                    };
+                    let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                    let now = crate::engine::Clock::now(&crate::engine::SystemClock);
+                    if tx.send(Message::new(name.clone(), 0, 0, now, name, None, payload)).await.is_err() {
+                        return;
+                    }
                 }
+                // The connection dropped. PUB/SUB keeps nothing for absent listeners, so what was
+                // published meanwhile is gone (at-most-once); listen again once Redis is back.
+                let _ = events.send(ConnectionEvent::Disconnected {
+                    reason: "Redis closed the PUB/SUB connection".into(),
+                });
+                let mut delay = Duration::from_millis(100);
+                pubsub = loop {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                    match listen(&client, &targets).await {
+                        Ok(p) => break p,
+                        Err(_) => delay = (delay * 2).min(Duration::from_secs(5)),
+                    }
+                };
+                let _ = events.send(ConnectionEvent::Reconnected);
             }
         });
         Ok(DeliveryStream::new(Box::new(PubSubSource(rx))))
@@ -660,6 +647,49 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
+    /// One round trip for a whole batch (pipelined), deciding stream or channel per subject once.
+    async fn publish_pipeline(&self, msgs: &[PublishRequest]) -> Result<Vec<PublishReceipt>, BrokerError> {
+        let mut kinds: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        for m in msgs {
+            let key = m.subject.to_string();
+            if let std::collections::hash_map::Entry::Vacant(slot) = kinds.entry(key) {
+                let stream = self.is_stream(slot.key()).await?;
+                slot.insert(stream);
+            }
+        }
+        let mut pipe = redis::pipe();
+        for m in msgs {
+            let key = m.subject.to_string();
+            if kinds.get(&key).copied().unwrap_or(false) {
+                pipe.add_command(xadd(&key, m));
+            } else {
+                pipe.cmd("PUBLISH").arg(&key).arg(m.payload.as_ref());
+            }
+        }
+        let replies: Vec<Value> =
+            pipe.query_async(&mut self.conn.clone()).await.map_err(|e| error(&self.url, e))?;
+        Ok(msgs
+            .iter()
+            .zip(replies)
+            .map(|(m, reply)| match reply {
+                Value::Int(n) => PublishReceipt {
+                    topic: None,
+                    partition: 0,
+                    seq: 0,
+                    taps: u32::try_from(n).unwrap_or(0),
+                    duplicate: false,
+                },
+                other => PublishReceipt {
+                    topic: Some(m.subject.clone()),
+                    partition: 0,
+                    seq: seq_of(&text(&other)),
+                    taps: 0,
+                    duplicate: false,
+                },
+            })
+            .collect())
+    }
+
     /// Reads a stream: through a consumer group (durable, acked) or plainly from a position.
     async fn read_stream(&self, topic: Name, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
         let key = topic.to_string();
