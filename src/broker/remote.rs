@@ -199,8 +199,11 @@ async fn run(
     mut out_rx: mpsc::Receiver<String>,
     cancel: CancellationToken,
 ) {
+    // Only a reconnect resubscribes: on the first socket, streams subscribe themselves.
+    let mut reconnected = false;
     loop {
-        let reason = serve(&inner, socket, out_rx, &cancel).await;
+        let reason = serve(&inner, socket, out_rx, &cancel, reconnected).await;
+        reconnected = true;
         *guard(&inner.out) = None;
         guard(&inner.sids).clear();
         for (_, pending) in guard(&inner.pending).drain() {
@@ -236,11 +239,17 @@ async fn serve(
     socket: Socket,
     mut out_rx: mpsc::Receiver<String>,
     cancel: &CancellationToken,
+    reconnected: bool,
 ) -> String {
     let (mut sink, mut source) = socket.split();
-    // Streams that were open before a reconnect are subscribed again on this socket.
-    let resubscribe: Vec<(u64, SubscribeSpec)> =
-        guard(&inner.streams).iter().map(|(id, s)| (*id, s.spec.clone())).collect();
+    // Streams that were open before a reconnect are subscribed again on this socket. (On the first
+    // socket a stream registered by a concurrent `subscribe` sends its own request; doing it here too
+    // would open it twice and deliver everything twice.)
+    let resubscribe: Vec<(u64, SubscribeSpec)> = if reconnected {
+        guard(&inner.streams).iter().map(|(id, s)| (*id, s.spec.clone())).collect()
+    } else {
+        Vec::new()
+    };
     for (stream, spec) in resubscribe {
         let inner = inner.clone();
         tokio::spawn(async move {

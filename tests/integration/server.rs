@@ -450,3 +450,19 @@ async fn thousands_of_random_frames_on_one_connection_leave_the_server_serving()
     let other = client(&server).await;
     assert!(other.topics().await.is_ok());
 }
+
+#[tokio::test]
+async fn a_stream_opened_right_after_connecting_is_subscribed_once() {
+    let server = start(ServeConfig::default()).await;
+    for round in 0..20 {
+        let c = client(&server).await;
+        let topic = format!("once{round}");
+        let mut stream =
+            c.subscribe(SubscribeRequest::live(vec![Pattern::parse(&topic).unwrap()])).await.unwrap();
+        let receipt = c.publish(PublishRequest::new(name(&topic), "x")).await.unwrap();
+        assert_eq!(receipt.taps, 1, "round {round}: exactly one listener");
+        next_delivery(&mut stream).await;
+        let extra = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(extra.is_err(), "round {round}: a second copy arrived");
+    }
+}
