@@ -157,8 +157,17 @@ impl Broker for LocalBroker {
             self.engine.attach(sub, AttachOptions { consumer: req.consumer.clone(), prefetch: req.prefetch })
         };
         if let Some(name) = &req.subscription {
+            let topic = history_topic(&req)?;
+            if let Ok(existing) = self.engine.subscription_info(name)
+                && existing.topic != topic
+            {
+                return Err(BrokerError::Invalid(format!(
+                    "subscription \"{name}\" reads topic \"{}\", not \"{topic}\"; name its topic, or pick another subscription name",
+                    existing.topic
+                )));
+            }
             if self.engine.subscription_info(name).is_err() {
-                let mut config = SubscriptionConfig::new(name.clone(), history_topic(&req)?);
+                let mut config = SubscriptionConfig::new(name.clone(), topic);
                 config.start = req.from.unwrap_or_default();
                 config.ack = req.ack;
                 match self.engine.create_subscription(config) {

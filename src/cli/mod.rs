@@ -39,7 +39,7 @@ pub struct Cli {
     pub token: Option<String>,
 
     /// With `--broker local`, fail (exit 3) instead of starting a daemon when none runs.
-    #[arg(long, global = true, env = "PUBSUB_NO_AUTOSTART")]
+    #[arg(long, global = true, env = "PUBSUB_NO_AUTOSTART", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_autostart: bool,
 
     /// What to do.

@@ -46,6 +46,17 @@ impl Engine {
             }
             let cell =
                 reg.topics.get(&topic).cloned().ok_or_else(|| EngineError::NoSuchTopic(topic.clone()))?;
+            if let Some(dlt) = &config.dead_letter
+                && !reg.topics.contains_key(dlt)
+                && reg.route(dlt).is_some_and(|c| Arc::ptr_eq(&c, &cell))
+            {
+                // The copy could not get a topic of its own (its name lies inside this topic's subjects)
+                // and would loop back into the topic it came from.
+                return Err(EngineError::InvalidConfig(format!(
+                    "subscription \"{}\": dead-letter topic \"{dlt}\" would be captured by topic \"{topic}\" itself; choose a name outside its subjects, e.g. \"dlq.{topic}\"",
+                    config.name
+                )));
+            }
             let mut state = lock(&cell.state);
             let log = &state.log;
             let start = match config.start {

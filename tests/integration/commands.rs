@@ -269,3 +269,77 @@ fn ctrl_c_ends_sub_with_130_and_releases_what_it_held() {
     let info: serde_json::Value = serde_json::from_str(info.trim()).unwrap();
     assert_eq!((info["in_flight"].as_u64(), info["redeliverable"].as_u64()), (Some(0), Some(3)), "{info}");
 }
+
+#[test]
+fn fixes_from_a_first_time_user_session() {
+    let home = Home::with_daemon("newuser");
+    home.run(&["pub", "t", "one", "two"]);
+    // An empty range with --exit-at-end ends at once instead of waiting.
+    for from in ["end", "99"] {
+        let (code, out, stderr) = home.run(&["sub", "t", "--from", from, "--exit-at-end"]);
+        assert_eq!((code, out.as_str()), (0, ""), "--from {from}: {stderr}");
+    }
+    // `--from -5m` (a leading hyphen) is a value, not a flag.
+    let (code, out, stderr) = home.run(&["sub", "t", "--from", "-5m", "--exit-at-end", "--format", "raw"]);
+    assert_eq!((code, out.as_str()), (0, "one\ntwo\n"), "{stderr}");
+    // A subscription reads its own topic; naming another topic is an error, not a silent switch.
+    home.run(&["subs", "create", "mine", "--topic", "t", "--from", "start"]);
+    let (code, _, stderr) = home.run(&["sub", "other", "-s", "mine", "--count", "1", "--timeout", "2s"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("reads topic \"t\""), "{stderr}");
+    // A dead-letter topic that the source topic would capture is refused up front.
+    home.run(&["topic", "create", "shop", "--subject", "shop.>"]);
+    let (code, _, stderr) =
+        home.run(&["subs", "create", "dl", "--topic", "shop", "--dead-letter", "shop.dead"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("dlq.shop"), "{stderr}");
+    // `pub --json --file` reads the file's envelopes.
+    let file = home.0.join("in.ndjson");
+    std::fs::write(&file, "{\"subject\":\"j\",\"payload\":\"a\"}\n{\"subject\":\"j\",\"payload\":\"b\"}\n")
+        .unwrap();
+    let (code, _, stderr) = home.run(&["pub", "--json", "--file", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let (_, out, _) = home.run(&["tail", "j", "--format", "raw"]);
+    assert_eq!(out, "a\nb\n");
+    // PUBSUB_NO_AUTOSTART accepts 1.
+    let other = Home::new("newuser-noauto");
+    let out = other.cmd().env("PUBSUB_NO_AUTOSTART", "1").arg("topics").output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn ctrl_c_during_exec_exits_130_kills_the_command_and_releases_the_message() {
+    let home = Home::with_daemon("exec-sigint");
+    home.run(&["subs", "create", "slow", "--topic", "w", "--from", "start"]);
+    home.run(&["pub", "w", "job"]);
+    let marker = home.0.join("still-running");
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let child = std::process::Command::new(bin)
+        .args(["sub", "w", "-s", "slow", "--exec", &format!("sleep 5; touch {}", marker.display())])
+        .env("PUBSUB_HOME", &home.0)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let (_, out, _) = home.run(&["sub-info", "slow", "--json"]);
+        let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        if info["in_flight"] == 1 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{info}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, info, _) = home.run(&["sub-info", "slow", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(info.trim()).unwrap();
+    assert_eq!(
+        (info["in_flight"].as_u64(), info["counters"]["nacked"].as_u64()),
+        (Some(0), Some(0)),
+        "{info}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert!(!marker.exists(), "the command was killed with sub, not left running");
+}

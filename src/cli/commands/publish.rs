@@ -29,8 +29,8 @@ pub struct PubArgs {
     /// Read stdin as NUL-separated records (for payloads with newlines: `find -print0 | pubsub pub t -0`).
     #[arg(long, short = '0')]
     pub null: bool,
-    /// Publish the whole file as one message.
-    #[arg(long, value_name = "PATH")]
+    /// Publish the whole file as one message (with --json: read the file's NDJSON envelopes instead).
+    #[arg(long, value_name = "PATH", conflicts_with = "messages")]
     pub file: Option<PathBuf>,
     /// Ordering / partition key for every message.
     #[arg(long, short = 'k')]
@@ -158,7 +158,7 @@ fn spawn_source(
     if args.count.is_some() {
         return Err(CliError::Usage("--count repeats a MESSAGE template; give one as an argument".into()));
     }
-    if let Some(path) = &args.file {
+    if let Some(path) = args.file.as_ref().filter(|_| !args.json) {
         let bytes = std::fs::read(path)
             .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
         let origin = path.display().to_string();
@@ -166,15 +166,26 @@ fn spawn_source(
         let _ = tx.try_send(item);
         return Ok(rx);
     }
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() && !args.lines && !args.json && !args.null {
-        return Err(CliError::Usage(
-            "nothing to publish: give MESSAGE arguments, --file PATH, or pipe lines into stdin".into(),
-        ));
-    }
+    // Lines come from stdin, or from the file given with --json --file.
+    let source: Box<dyn std::io::Read + Send> = match &args.file {
+        Some(path) => Box::new(
+            std::fs::File::open(path)
+                .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?,
+        ),
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() && !args.lines && !args.json && !args.null {
+                return Err(CliError::Usage(
+                    "nothing to publish: give MESSAGE arguments, --file PATH, or pipe lines into stdin"
+                        .into(),
+                ));
+            }
+            Box::new(stdin)
+        }
+    };
     let (json, null) = (args.json, args.null);
     std::thread::spawn(move || {
-        let mut reader = std::io::BufReader::new(stdin.lock());
+        let mut reader = std::io::BufReader::new(source);
         let separator = if null { 0u8 } else { b'\n' };
         let mut line_no = 0usize;
         loop {
@@ -267,14 +278,14 @@ async fn publish_all(
                 let origin = origins.get(index).cloned().unwrap_or_default();
                 report(verbose, published, first_seq, last_seq);
                 return Err(CliError::Failed(format!(
-                    "{origin} was not published: {source}; {published} message(s) before it were"
+                    "{origin} was not published: {source}; the {published} message(s) before it were published"
                 )));
             }
             Err(e) => {
                 report(verbose, published, first_seq, last_seq);
                 let origin = origins.first().cloned().unwrap_or_default();
                 return Err(CliError::Failed(format!(
-                    "{origin} was not published: {e}; {published} message(s) before it were"
+                    "{origin} was not published: {e}; the {published} message(s) before it were published"
                 )));
             }
         }

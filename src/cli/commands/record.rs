@@ -23,7 +23,7 @@ pub struct RecordArgs {
     #[arg(long, short = 'o', value_name = "PATH")]
     pub output: Option<PathBuf>,
     /// Record history from: start, end, a seq, an RFC 3339 time, or -5m (default: live only).
-    #[arg(long, value_name = "POSITION")]
+    #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// When to stop.
     #[command(flatten)]
@@ -40,7 +40,14 @@ pub async fn run(ctx: &Context, args: RecordArgs) -> Result<(), CliError> {
         .transpose()
         .map_err(CliError::Usage)?;
     let broker = ctx.connect().await?;
-    let end = if args.stop.exit_at_end { Some(end_seq(&broker, &patterns).await?) } else { None };
+    let end = if args.stop.exit_at_end {
+        match end_seq(&broker, &patterns, from, None).await? {
+            Some(head) => Some(head),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
     let mut request = SubscribeRequest::live(patterns);
     request.from = from.map(Position::start);
     request.ack = AckMode::None;

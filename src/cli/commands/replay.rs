@@ -24,10 +24,10 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// First message: start, a seq, an RFC 3339 time, or -5m (default: start).
-    #[arg(long, value_name = "POSITION")]
+    #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// Last message: a seq, an RFC 3339 time, or -5m (default: the newest when the replay starts).
-    #[arg(long, value_name = "POSITION")]
+    #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
     pub to: Option<String>,
     /// Publish to this subject instead of each message's own.
     #[arg(long, value_name = "SUBJECT")]

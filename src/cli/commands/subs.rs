@@ -51,7 +51,7 @@ pub struct CreateSubArgs {
     #[arg(long = "filter", value_name = "PATTERN")]
     pub filters: Vec<String>,
     /// Where it starts: start, end (default), a seq, an RFC 3339 time, or -5m.
-    #[arg(long, value_name = "POSITION")]
+    #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// Ack mode: explicit (default), none, cumulative.
     #[arg(long, value_parser = ["explicit", "none", "cumulative"], default_value = "explicit")]
@@ -351,6 +351,7 @@ pub struct SeekArgs {
     /// The subscription.
     pub name: String,
     /// start, end, a seq, an RFC 3339 time, or -5m.
+    #[arg(allow_hyphen_values = true)]
     pub target: String,
 }
 

@@ -74,7 +74,7 @@ pub struct SubArgs {
     #[arg(required = true)]
     pub patterns: Vec<String>,
     /// Read history from: start, end, a seq, an RFC 3339 time, or -5m.
-    #[arg(long, value_name = "POSITION")]
+    #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// Join this durable subscription as a competing consumer (created when missing).
     #[arg(long, short = 's', value_name = "NAME")]
@@ -130,7 +130,14 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
             .or(args.stop.count.map(|n| u32::try_from(n).unwrap_or(u32::MAX).clamp(1, 1000))),
     };
     let broker = ctx.connect().await?;
-    let end = if args.stop.exit_at_end { Some(end_seq(&broker, &patterns).await?) } else { None };
+    let end = if args.stop.exit_at_end {
+        match end_seq(&broker, &patterns, from, request.subscription.as_ref()).await? {
+            Some(head) => Some(head),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
     let stream = broker.subscribe(request).await?;
     let sink = Sink::Stdout(Stdout::new());
     let settle = if args.ack == AckArg::Manual { SettleMode::Manual } else { SettleMode::Auto };
@@ -145,13 +152,34 @@ pub fn parse_patterns(texts: &[String]) -> Result<Vec<Pattern>, CliError> {
 }
 
 /// The last seq of the one topic named, for `--exit-at-end`.
-pub async fn end_seq(broker: &SharedBroker, patterns: &[Pattern]) -> Result<u64, CliError> {
+/// `None` when there is nothing to read at all (the command then ends at once).
+pub async fn end_seq(
+    broker: &SharedBroker,
+    patterns: &[Pattern],
+    from: Option<Position>,
+    subscription: Option<&Name>,
+) -> Result<Option<u64>, CliError> {
     let topic = match patterns {
         [p] => p.literal().and_then(|l| Name::new(l).ok()),
         _ => None,
     }
     .ok_or_else(|| CliError::Usage("--exit-at-end needs exactly one topic name".into()))?;
-    Ok(broker.topic_info(&topic).await?.head_seq)
+    let info = broker.topic_info(&topic).await?;
+    let head = info.head_seq;
+    let something = match (subscription, from) {
+        // An existing subscription may have work of its own from before.
+        (Some(sub), None) => match broker.subscription_info(sub).await {
+            Ok(s) => s.backlog > 0,
+            Err(_) => false,
+        },
+        (_, None | Some(Position::End)) => false,
+        (_, Some(Position::Start)) => info.messages > 0,
+        (_, Some(Position::Seq(s))) => s <= head && info.messages > 0,
+        (_, Some(Position::Time(t))) => {
+            !broker.browse(&topic, crate::engine::BrowseFrom::Time(t), 1).await?.is_empty()
+        }
+    };
+    Ok(something.then_some(head))
 }
 
 /// Where messages go.
@@ -239,8 +267,12 @@ pub async fn receive(
             (a, b) => a.or(b),
         };
         let next = tokio::select! {
+            // Ctrl-C first: children die of the same signal, and their failure must not be recorded.
+            biased;
             _ = &mut interrupt => {
-                drain_exec(&broker, &mut running).await;
+                // Running commands are stopped (their children are killed with them) and what they
+                // held is released when the stream drops, without counting as failures.
+                running.shutdown().await;
                 return Err(CliError::Interrupted);
             }
             () = sleep_until(wake) => {
@@ -339,17 +371,23 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 async fn settle_exec(broker: &SharedBroker, delivery: &BrokerDelivery, ok: bool) -> Result<(), CliError> {
+    let seq = delivery.message.seq;
+    if !ok {
+        note(&format!("the command failed for {} #{seq}", delivery.message.subject()));
+    }
     let Some(token) = &delivery.token else { return Ok(()) };
     let how = if ok { Settle::Ack } else { Settle::Nack(None) };
-    broker.settle(token, how).await.map_err(CliError::from)
-}
-
-/// On Ctrl-C: let running commands finish and settle them, so nothing is left leased to a dead process.
-async fn drain_exec(broker: &SharedBroker, running: &mut JoinSet<(BrokerDelivery, bool)>) {
-    while let Some(done) = running.join_next().await {
-        if let Ok((delivery, ok)) = done {
-            let _ = settle_exec(broker, &delivery, ok).await;
+    match broker.settle(token, how).await {
+        Ok(()) => Ok(()),
+        // The lease ran out while the command ran (it took longer than the ack deadline): the message
+        // was already handed out again, which is the broker doing its job, not a failure of this run.
+        Err(e) if e.to_string().contains("stale lease") => {
+            note(&format!(
+                "#{seq} took longer than its ack deadline and was redelivered; its result was not recorded"
+            ));
+            Ok(())
         }
+        Err(e) => Err(CliError::from(e)),
     }
 }
 
@@ -357,6 +395,8 @@ async fn drain_exec(broker: &SharedBroker, running: &mut JoinSet<(BrokerDelivery
 async fn run_command(command: &str, d: &BrokerDelivery) -> bool {
     let m = &d.message;
     let mut cmd = tokio::process::Command::new("sh");
+    // A command still running when sub stops (Ctrl-C) is killed rather than left behind.
+    cmd.kill_on_drop(true);
     cmd.arg("-c")
         .arg(command)
         .stdin(Stdio::piped())

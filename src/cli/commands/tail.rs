@@ -33,11 +33,15 @@ pub async fn run(ctx: &Context, args: TailArgs) -> Result<(), CliError> {
     let renderer = Renderer::new(args.output.format(), ctx.color);
     let mut out = Stdout::new();
     let mut buf = Vec::new();
+    // Following resumes right after the last message shown, so nothing published in between is shown
+    // twice or skipped.
+    let mut follow_from = info.head_seq + 1;
     if args.last > 0 {
         for m in broker
             .browse(&topic, BrowseFrom::Last(args.last), usize::try_from(args.last).unwrap_or(usize::MAX))
             .await?
         {
+            follow_from = m.seq + 1;
             renderer.render(&m, None, None, &mut buf);
         }
         out.write(&buf)?;
@@ -48,7 +52,7 @@ pub async fn run(ctx: &Context, args: TailArgs) -> Result<(), CliError> {
     }
     let pattern = Pattern::parse(topic.as_str()).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut request = SubscribeRequest::live(vec![pattern]);
-    request.from = Some(StartPosition::Seq(info.head_seq + 1));
+    request.from = Some(StartPosition::Seq(follow_from));
     request.ack = AckMode::None;
     let stream = broker.subscribe(request).await?;
     receive(broker, stream, Sink::Stdout(out), renderer, SettleMode::Auto, None, &StopArgs::default(), None)
