@@ -43,8 +43,66 @@ pub struct RedisBroker {
     /// Commands; reconnects by itself after Redis restarts.
     conn: redis::aio::ConnectionManager,
     mode: Mode,
+    /// `?ack_deadline=`: how long an entry may stay pending before another consumer claims it.
+    ack_deadline: Duration,
+    /// `?maxlen=`: streams are trimmed to about this many entries on every XADD.
+    maxlen: Option<u64>,
     events: broadcast::Sender<ConnectionEvent>,
     next_id: AtomicU64,
+}
+
+/// The query part of a Redis URL: `mode`, `ack_deadline`, `maxlen`.
+#[derive(Debug, PartialEq)]
+struct UrlOptions {
+    mode: Mode,
+    ack_deadline: Duration,
+    maxlen: Option<u64>,
+}
+
+impl UrlOptions {
+    fn parse(query: &str) -> Result<UrlOptions, String> {
+        let mut options = UrlOptions { mode: Mode::Auto, ack_deadline: DEFAULT_ACK_DEADLINE, maxlen: None };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "mode" => {
+                    options.mode = match v {
+                        "streams" => Mode::Streams,
+                        "pubsub" => Mode::PubSub,
+                        other => return Err(format!("mode \"{other}\": use streams or pubsub")),
+                    }
+                }
+                "ack_deadline" => {
+                    options.ack_deadline = short_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                        format!("ack_deadline \"{v}\": use a duration such as 500ms, 30s or 2m")
+                    })?;
+                }
+                "maxlen" => {
+                    options.maxlen = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| format!("maxlen \"{v}\": use a positive number of entries"))?,
+                    );
+                }
+                other => return Err(format!("unknown option \"{other}\": use mode, ack_deadline or maxlen")),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// `500ms`, `30s`, `2m` (a bare number is seconds).
+fn short_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -87,17 +145,8 @@ impl RedisBroker {
     /// Connects to `redis://[user:pass@]host[:port][/db][?mode=streams|pubsub]` (or `rediss://`).
     pub async fn connect(url: &str) -> Result<RedisBroker, BrokerError> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mode = match query.split('&').find_map(|kv| kv.strip_prefix("mode=")) {
-            None => Mode::Auto,
-            Some("streams") => Mode::Streams,
-            Some("pubsub") => Mode::PubSub,
-            Some(other) => {
-                return Err(BrokerError::InvalidUrl {
-                    url: redact(url),
-                    reason: format!("mode \"{other}\": use streams or pubsub"),
-                });
-            }
-        };
+        let options = UrlOptions::parse(query)
+            .map_err(|reason| BrokerError::InvalidUrl { url: redact(url), reason })?;
         let shown = redact(base);
         let client = redis::Client::open(base)
             .map_err(|e| BrokerError::InvalidUrl { url: shown.clone(), reason: e.to_string() })?;
@@ -120,7 +169,16 @@ impl RedisBroker {
             })?
             .map_err(|e| error(&shown, e))?;
         let (events, _) = broadcast::channel(16);
-        Ok(RedisBroker { url: shown, client, conn, mode, events, next_id: AtomicU64::new(1) })
+        Ok(RedisBroker {
+            url: shown,
+            client,
+            conn,
+            mode: options.mode,
+            ack_deadline: options.ack_deadline,
+            maxlen: options.maxlen,
+            events,
+            next_id: AtomicU64::new(1),
+        })
     }
 
     async fn is_stream(&self, key: &str) -> Result<bool, BrokerError> {
@@ -358,9 +416,14 @@ impl Drop for ChannelSource {
     }
 }
 
-fn xadd(key: &str, msg: &PublishRequest) -> redis::Cmd {
+fn xadd(key: &str, maxlen: Option<u64>, msg: &PublishRequest) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
-    cmd.arg(key).arg("*").arg("payload").arg(msg.payload.as_ref());
+    cmd.arg(key);
+    if let Some(n) = maxlen {
+        // `~` lets Redis trim whole nodes: cheap, and the stream keeps at least `n` entries.
+        cmd.arg("MAXLEN").arg("~").arg(n);
+    }
+    cmd.arg("*").arg("payload").arg(msg.payload.as_ref());
     if let Some(k) = &msg.key {
         cmd.arg("key").arg(k.as_ref());
     }
@@ -661,7 +724,7 @@ impl RedisBroker {
         for m in msgs {
             let key = m.subject.to_string();
             if kinds.get(&key).copied().unwrap_or(false) {
-                pipe.add_command(xadd(&key, m));
+                pipe.add_command(xadd(&key, self.maxlen, m));
             } else {
                 pipe.cmd("PUBLISH").arg(&key).arg(m.payload.as_ref());
             }
@@ -730,6 +793,7 @@ impl RedisBroker {
                 acked,
                 count,
                 topic,
+                ack_deadline: self.ack_deadline,
                 events: self.events.clone(),
             };
             tokio::spawn(group_read.run(conn, tx))
@@ -777,9 +841,9 @@ impl RedisBroker {
     }
 }
 
-/// How long an entry may stay pending before another consumer claims it (XAUTOCLAIM): Redis has no
-/// server-side ack deadline, so this client emulates one.
-const CLAIM_AFTER: Duration = Duration::from_secs(30);
+/// How long an entry may stay pending before another consumer claims it (XAUTOCLAIM) unless the URL
+/// says otherwise: Redis has no server-side ack deadline, so this client emulates one.
+const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A consumer reading a stream through a consumer group, surviving Redis restarts.
 struct GroupRead {
@@ -791,6 +855,7 @@ struct GroupRead {
     acked: bool,
     count: u32,
     topic: Name,
+    ack_deadline: Duration,
     events: broadcast::Sender<ConnectionEvent>,
 }
 
@@ -798,7 +863,8 @@ impl GroupRead {
     async fn run(self, mut conn: MultiplexedConnection, tx: mpsc::Sender<Result<StreamItem, BrokerError>>) {
         let mut last_claim = tokio::time::Instant::now();
         loop {
-            if self.acked && last_claim.elapsed() >= Duration::from_secs(1) {
+            // Claims are checked once a second, or sooner for deadlines under a second.
+            if self.acked && last_claim.elapsed() >= self.ack_deadline.min(Duration::from_secs(1)) {
                 last_claim = tokio::time::Instant::now();
                 if let Ok(claimed) = self.claim(&mut conn).await {
                     for d in claimed {
@@ -866,13 +932,13 @@ impl GroupRead {
         })
     }
 
-    /// Entries pending longer than [`CLAIM_AFTER`] with any consumer are claimed and redelivered here.
+    /// Entries pending longer than the ack deadline with any consumer are claimed and redelivered here.
     async fn claim(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<Vec<BrokerDelivery>> {
         let reply: Value = redis::cmd("XAUTOCLAIM")
             .arg(&self.key)
             .arg(self.group.as_str())
             .arg(&self.consumer)
-            .arg(u64::try_from(CLAIM_AFTER.as_millis()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(self.ack_deadline.as_millis()).unwrap_or(u64::MAX))
             .arg("0-0")
             .arg("COUNT")
             .arg(self.count)
@@ -1036,6 +1102,33 @@ mod tests {
         assert_eq!(glob("glob:user:*").unwrap(), (true, "user:*".into()));
         let err = glob("orders.*.eu").unwrap_err().to_string();
         assert!(err.contains("glob:orders.*.eu"), "{err}");
+    }
+
+    #[test]
+    fn url_options_parse_or_say_what_is_wrong() {
+        let parsed = UrlOptions::parse("mode=streams&ack_deadline=500ms&maxlen=1000");
+        let expected =
+            UrlOptions { mode: Mode::Streams, ack_deadline: Duration::from_millis(500), maxlen: Some(1000) };
+        assert_eq!(parsed, Ok(expected));
+        assert_eq!(
+            UrlOptions::parse("").map(|o| (o.mode, o.ack_deadline)),
+            Ok((Mode::Auto, DEFAULT_ACK_DEADLINE))
+        );
+        assert_eq!(
+            UrlOptions::parse("ack_deadline=2m").map(|o| o.ack_deadline),
+            Ok(Duration::from_secs(120))
+        );
+        for (query, says) in [
+            ("mode=list", "use streams or pubsub"),
+            ("ack_deadline=0s", "ack_deadline \"0s\""),
+            ("ack_deadline=soon", "ack_deadline \"soon\""),
+            ("maxlen=-1", "maxlen \"-1\""),
+            ("maxlen=0", "maxlen \"0\""),
+            ("db=2", "unknown option \"db\""),
+        ] {
+            let err = UrlOptions::parse(query).err().unwrap_or_default();
+            assert!(err.contains(says), "{query}: {err}");
+        }
     }
 
     #[test]

@@ -150,6 +150,59 @@ async fn competing_consumers_on_a_group_share_the_stream_without_duplicates() {
     redis_cli(&["DEL", &stream]);
 }
 
+#[tokio::test]
+async fn unacked_entries_are_redelivered_to_another_consumer_after_the_ack_deadline() {
+    if !redis_here() {
+        return;
+    }
+    let stream = key("deadline");
+    let broker = RedisBroker::connect(&format!("{URL}?mode=streams&ack_deadline=300ms")).await.unwrap();
+    let request = |consumer: &str| SubscribeRequest {
+        patterns: vec![Pattern::parse(&stream).unwrap()],
+        subscription: Some(name("slow")),
+        from: Some(StartPosition::All),
+        ack: AckMode::Explicit,
+        consumer: Some(consumer.to_string()),
+        prefetch: Some(10),
+    };
+    broker.publish_batch(vec![pubsub::engine::PublishRequest::new(name(&stream), "held")]).await.unwrap();
+    // `a` takes the entry and never settles it.
+    let mut a = broker.subscribe(request("a")).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), a.next()).await;
+    let Ok(Some(Ok(StreamItem::Delivery(held)))) = first else { panic!("a got nothing: {first:?}") };
+    assert_eq!(held.attempt, Some(1));
+    drop(a);
+    // `b` joins later and, once the deadline has passed, gets the same entry as a second attempt.
+    let mut b = broker.subscribe(request("b")).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(5), b.next()).await;
+    let Ok(Some(Ok(StreamItem::Delivery(redelivered)))) = again else { panic!("no redelivery: {again:?}") };
+    assert_eq!(redelivered.message.seq, held.message.seq);
+    assert_eq!(redelivered.message.payload.as_ref(), b"held");
+    assert_eq!(redelivered.attempt, Some(2));
+    broker.settle(redelivered.token.as_ref().unwrap(), Settle::Ack).await.unwrap();
+    let pending = redis_cli(&["XPENDING", &stream, "slow"]);
+    assert!(pending.starts_with('0'), "acked after redelivery, XPENDING says: {pending}");
+    redis_cli(&["DEL", &stream]);
+}
+
+#[tokio::test]
+async fn maxlen_in_the_url_trims_streams_on_publish() {
+    if !redis_here() {
+        return;
+    }
+    let stream = key("trimmed");
+    let broker = RedisBroker::connect(&format!("{URL}?mode=streams&maxlen=100")).await.unwrap();
+    let reqs =
+        (0..5000).map(|i| pubsub::engine::PublishRequest::new(name(&stream), format!("m{i}"))).collect();
+    broker.publish_batch(reqs).await.unwrap();
+    let len: u64 = redis_cli(&["XLEN", &stream]).trim().parse().unwrap();
+    // Approximate trimming keeps at least 100 and drops whole nodes (100 entries each by default).
+    assert!((100..=300).contains(&len), "XLEN after 5000 adds with maxlen=100: {len}");
+    let newest = redis_cli(&["XREVRANGE", &stream, "+", "-", "COUNT", "1"]);
+    assert!(newest.contains("m4999"), "the newest entry is kept: {newest}");
+    redis_cli(&["DEL", &stream]);
+}
+
 #[test]
 fn bad_redis_input_has_clear_errors_and_exit_codes() {
     if !redis_here() {
