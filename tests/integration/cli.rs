@@ -49,6 +49,22 @@ fn bench_on_mem_delivers_every_message() {
     assert_eq!(report["delivered"], 4000);
 }
 
+#[test]
+fn bench_splits_messages_between_publishers_and_runs_without_subscribers() {
+    let run = |args: &[&str]| {
+        let out = pubsub().args(["--broker", "mem://", "bench", "--json"]).args(args).assert().success();
+        let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+        serde_json::from_str::<serde_json::Value>(text.trim()).unwrap()
+    };
+    // 1001 does not divide by 3: the remainder must still be sent, and each message delivered once.
+    let shared = run(&["-n", "1001", "--publishers", "3", "--batch", "64"]);
+    assert_eq!((shared["messages"].as_u64(), shared["delivered"].as_u64()), (Some(1001), Some(1001)));
+    let alone = run(&["-n", "500", "--subscribers", "0"]);
+    assert_eq!((alone["messages"].as_u64(), alone["delivered"].as_u64()), (Some(500), Some(0)));
+    assert!(alone["published_per_s"].as_f64().is_some_and(|r| r > 0.0), "{alone}");
+    pubsub().args(["--broker", "mem://", "bench", "--publishers", "0"]).assert().code(2);
+}
+
 /// A PUBSUB_HOME shared by the CLI tests of this run that expect no daemon.
 fn scratch_home() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("pubsub-cli-tests-{}", std::process::id()))

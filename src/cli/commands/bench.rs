@@ -25,9 +25,12 @@ pub struct BenchArgs {
     /// Payload size in bytes (at least 8: the send time is stamped into the first 8).
     #[arg(long, default_value_t = 16)]
     pub size: usize,
-    /// Subscriptions that each receive every message (fan-out).
+    /// Subscriptions that each receive every message (fan-out); 0 measures publishing alone.
     #[arg(long, default_value_t = 1)]
     pub subscribers: u32,
+    /// Concurrent publishers sharing the messages (each sends its share in batches).
+    #[arg(long, default_value_t = 1)]
+    pub publishers: u32,
     /// Messages per publish batch.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
@@ -42,6 +45,9 @@ struct Report {
     published: u64,
     delivered: u64,
     lagged: u64,
+    /// Until the last publish was answered.
+    publishing: Duration,
+    /// Until the last delivery arrived.
     elapsed: Duration,
     latency: Histogram<u64>,
 }
@@ -54,8 +60,8 @@ pub async fn run(ctx: &crate::cli::Context, args: BenchArgs) -> Result<(), CliEr
             args.size
         )));
     }
-    if args.batch == 0 || args.subscribers == 0 {
-        return Err(CliError::Usage("--batch and --subscribers must be at least 1".into()));
+    if args.batch == 0 || args.publishers == 0 {
+        return Err(CliError::Usage("--batch and --publishers must be at least 1".into()));
     }
     let broker = ctx.connect().await?;
     let report = measure(broker.clone(), &args).await?;
@@ -120,25 +126,27 @@ async fn measure(broker: SharedBroker, args: &BenchArgs) -> Result<Report, CliEr
         }));
     }
     let started = Instant::now();
-    let body = vec![b'x'; args.size - 8];
-    let mut published = 0u64;
-    while published < expected {
-        let n = (expected - published).min(args.batch as u64);
-        let batch: Vec<PublishRequest> = (0..n)
-            .map(|_| {
-                let mut payload = BytesMut::with_capacity(args.size);
-                payload.put_u64(now_micros());
-                payload.extend_from_slice(&body);
-                PublishRequest::new(topic.clone(), payload.freeze())
-            })
-            .collect();
-        broker.publish_batch(batch).await?;
-        published += n;
-        // Let receivers run between batches so that a single-threaded broker is not starved.
-        tokio::task::yield_now().await;
+    let publishers = u64::from(args.publishers);
+    let mut senders = Vec::new();
+    for p in 0..publishers {
+        // Publisher `p` sends an even share; the first ones take the remainder.
+        let share = expected / publishers + u64::from(p < expected % publishers);
+        let (broker, topic, size, batch) = (broker.clone(), topic.clone(), args.size, args.batch as u64);
+        senders.push(tokio::spawn(async move { publish_share(broker, topic, share, size, batch).await }));
     }
-    let mut report =
-        Report { published, delivered: 0, lagged: 0, elapsed: Duration::ZERO, latency: new_histogram()? };
+    let mut published = 0u64;
+    for sender in senders {
+        published += sender.await.map_err(|e| CliError::Usage(format!("a publisher stopped: {e}")))??;
+    }
+    let publishing = started.elapsed();
+    let mut report = Report {
+        published,
+        delivered: 0,
+        lagged: 0,
+        publishing,
+        elapsed: Duration::ZERO,
+        latency: new_histogram()?,
+    };
     for receiver in receivers {
         let waited = tokio::time::timeout(Duration::from_secs(60), receiver).await;
         let Ok(Ok((got, lagged, latency))) = waited else {
@@ -153,6 +161,34 @@ async fn measure(broker: SharedBroker, args: &BenchArgs) -> Result<Report, CliEr
         let _ = broker.delete_topic(&topic).await;
     }
     Ok(report)
+}
+
+/// Publishes `count` stamped payloads of `size` bytes to `topic`, `batch` at a time.
+async fn publish_share(
+    broker: SharedBroker,
+    topic: Name,
+    count: u64,
+    size: usize,
+    batch: u64,
+) -> Result<u64, CliError> {
+    let body = vec![b'x'; size - 8];
+    let mut published = 0u64;
+    while published < count {
+        let n = (count - published).min(batch);
+        let requests: Vec<PublishRequest> = (0..n)
+            .map(|_| {
+                let mut payload = BytesMut::with_capacity(size);
+                payload.put_u64(now_micros());
+                payload.extend_from_slice(&body);
+                PublishRequest::new(topic.clone(), payload.freeze())
+            })
+            .collect();
+        broker.publish_batch(requests).await?;
+        published += n;
+        // Let receivers run between batches so that a single-threaded broker is not starved.
+        tokio::task::yield_now().await;
+    }
+    Ok(published)
 }
 
 /// A histogram of 1 µs .. 60 s at 3 significant digits.
@@ -174,14 +210,14 @@ fn stamp(payload: &Bytes) -> Option<u64> {
 
 fn print_report(broker: &SharedBroker, args: &BenchArgs, r: &Report) -> Result<(), CliError> {
     let secs = r.elapsed.as_secs_f64().max(1e-9);
-    let pub_rate = r.published as f64 / secs;
+    let pub_rate = r.published as f64 / r.publishing.as_secs_f64().max(1e-9);
     let del_rate = r.delivered as f64 / secs;
     let p = |q: f64| r.latency.value_at_quantile(q);
     let mut out = Stdout::new();
     if args.json {
         let value = json!({
             "broker": broker.url(), "messages": r.published, "size": args.size,
-            "subscribers": args.subscribers, "batch": args.batch,
+            "subscribers": args.subscribers, "publishers": args.publishers, "batch": args.batch,
             "elapsed_s": secs, "published_per_s": pub_rate, "delivered": r.delivered,
             "delivered_per_s": del_rate, "lagged": r.lagged,
             "latency_us": { "p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "p999": p(0.999), "max": r.latency.max() },
@@ -192,10 +228,11 @@ fn print_report(broker: &SharedBroker, args: &BenchArgs, r: &Report) -> Result<(
         note(&format!("subscribers fell behind and missed {} messages", r.lagged));
     }
     out.line(&format!(
-        "broker {}  messages {}  size {} B  subscribers {}  batch {}",
+        "broker {}  messages {}  size {} B  publishers {}  subscribers {}  batch {}",
         broker.url(),
         r.published,
         args.size,
+        args.publishers,
         args.subscribers,
         args.batch
     ))?;
@@ -203,6 +240,9 @@ fn print_report(broker: &SharedBroker, args: &BenchArgs, r: &Report) -> Result<(
         "published {:>12.0} msg/s   delivered {:>12.0} msg/s   ({} deliveries in {:.3} s)",
         pub_rate, del_rate, r.delivered, secs
     ))?;
+    if args.subscribers == 0 {
+        return out.line("latency     not measured: no subscribers");
+    }
     out.line(&format!(
         "latency µs  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
         p(0.5),
