@@ -142,13 +142,20 @@ fn id_of(seq: u64) -> String {
 }
 
 impl RedisBroker {
-    /// Connects to `redis://[user:pass@]host[:port][/db][?mode=streams|pubsub]` (or `rediss://`).
+    /// Connects to `redis://[user:pass@]host[:port][/db][?OPTIONS]`, or `rediss://…[#insecure]` over
+    /// TLS (`#insecure` skips certificate checks, for self-signed test servers).
     pub async fn connect(url: &str) -> Result<RedisBroker, BrokerError> {
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        // The fragment belongs to the redis crate's URL; the query holds our options.
+        let (rest, fragment) = url.split_once('#').map_or((url, None), |(r, f)| (r, Some(f)));
+        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
         let options = UrlOptions::parse(query)
             .map_err(|reason| BrokerError::InvalidUrl { url: redact(url), reason })?;
         let shown = redact(base);
-        let client = redis::Client::open(base)
+        let target = match fragment {
+            Some(f) => format!("{base}#{f}"),
+            None => base.to_string(),
+        };
+        let client = redis::Client::open(target.as_str())
             .map_err(|e| BrokerError::InvalidUrl { url: shown.clone(), reason: e.to_string() })?;
         // A plain connection first: it reports refusals and bad credentials at once, where the
         // self-healing connection manager would keep retrying.

@@ -254,6 +254,51 @@ async fn non_utf8_payloads_survive_pub_sub() {
     assert_eq!(d.message.payload.as_ref(), payload.as_slice());
 }
 
+#[test]
+fn rediss_urls_talk_tls() {
+    if !redis_here() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pubsub-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-keyout", key_file.to_str().unwrap(), "-out", cert.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args(["--tls-cert-file", cert.to_str().unwrap(), "--tls-key-file", key_file.to_str().unwrap()])
+        .args(["--tls-ca-cert-file", cert.to_str().unwrap(), "--tls-auth-clients", "no"])
+        .args(["--dir", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut redis = OwnRedis { dir: dir.clone(), child };
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "redis-server with TLS did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let home = Home::new("redis-tls");
+    let tls = format!("rediss://127.0.0.1:{port}/?mode=streams#insecure");
+    let (code, out, stderr) = home.run(&["--broker", &tls, "pub", "secure", "over tls"]);
+    assert_eq!(code, 0, "{out}{stderr}");
+    let (code, out, stderr) = home.run(&["--broker", &tls, "tail", "secure", "--format", "raw"]);
+    assert_eq!((code, out.as_str()), (0, "over tls\n"), "{stderr}");
+    // Without `#insecure` the self-signed certificate is refused, as it should be.
+    let checked = format!("rediss://127.0.0.1:{port}/?mode=streams");
+    let (code, _, stderr) = home.run(&["--broker", &checked, "topics"]);
+    assert_ne!(code, 0, "a self-signed certificate was accepted: {stderr}");
+    // Plain redis:// on the TLS port does not get an answer it can use.
+    let (code, _, _) = home.run(&["--broker", &format!("redis://127.0.0.1:{port}"), "topics"]);
+    assert_ne!(code, 0);
+    redis.stop();
+}
+
 /// A redis-server of this test's own, on a free port, persisting to a scratch directory.
 struct OwnRedis {
     dir: std::path::PathBuf,
