@@ -571,9 +571,25 @@ impl Broker for RedisBroker {
             let Ok(name) = Name::new(&key) else { continue };
             out.push(self.topic_info(&name).await?);
         }
-        for channel in channels {
-            let Ok(name) = Name::new(&channel) else { continue };
-            out.push(info_for(name, 0, 0, 0));
+        // PUBSUB NUMSUB answers channel, count, channel, count… for the active channels in one trip.
+        let counts: Vec<Value> = if channels.is_empty() {
+            Vec::new()
+        } else {
+            redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channels)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| error(&self.url, e))?
+        };
+        for (channel, listeners) in
+            channels.iter().zip(counts.iter().skip(1).step_by(2).map(Some).chain(std::iter::repeat(None)))
+        {
+            let Ok(name) = Name::new(channel) else { continue };
+            let mut info = info_for(name, 0, 0, 0);
+            // A channel's "subscriptions" are its live listeners: Redis keeps no other kind.
+            info.subscriptions = listeners.and_then(number).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+            out.push(info);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

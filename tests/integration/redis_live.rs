@@ -79,6 +79,15 @@ fn redis_cli_publish_reaches_pubsub_sub_and_pubsub_pub_reaches_redis_cli_subscri
     for _ in 0..3 {
         lines.next().unwrap().unwrap();
     }
+    // While redis-cli listens, `topics` lists the channel with its listener count (PUBSUB NUMSUB).
+    let (code, listed, stderr) = home.run(&["--broker", URL, "topics", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let row = listed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|t| t["name"] == channel.as_str())
+        .unwrap_or_else(|| panic!("{channel} not listed: {listed}"));
+    assert_eq!(row["subscriptions"], 1, "{row}");
     let (code, _, stderr) = home.run(&["--broker", URL, "pub", &channel, "hello from pubsub", "-v"]);
     assert_eq!(code, 0, "{stderr}");
     let seen: Vec<String> = lines.by_ref().take(3).map(|l| l.unwrap()).collect();
