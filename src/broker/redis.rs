@@ -22,7 +22,7 @@ use super::{
 };
 use crate::engine::{
     BrowseFrom, Headers, Message, MessageExtra, Name, Pattern, PublishReceipt, PublishRequest, SeekTarget,
-    SubscriptionInfo, Timestamp, TopicInfo,
+    StartPosition, SubscriptionConfig, SubscriptionInfo, Timestamp, TopicInfo,
 };
 
 /// Which Redis structure topics map to.
@@ -280,6 +280,35 @@ fn pairs(v: &Value) -> Vec<(String, &Value)> {
         Value::Map(items) => items.iter().map(|(k, v)| (text(k), v)).collect(),
         _ => Vec::new(),
     }
+}
+
+/// `XINFO CONSUMERS`: each consumer's name, pending count and idle time. Redis keeps no delivery or
+/// ack counts per consumer, so those stay 0.
+fn parse_consumers(value: &Value) -> Vec<crate::engine::ConsumerInfo> {
+    let Value::Array(rows) = value else { return Vec::new() };
+    rows.iter()
+        .map(|row| {
+            let mut c = crate::engine::ConsumerInfo {
+                id: std::sync::Arc::from(""),
+                push: false,
+                prefetch: 0,
+                in_flight: 0,
+                attached_at: Timestamp::ZERO,
+                idle: Duration::ZERO,
+                delivered: 0,
+                acked: 0,
+            };
+            for (k, v) in pairs(row) {
+                match k.as_str() {
+                    "name" => c.id = std::sync::Arc::from(text(v).as_str()),
+                    "pending" => c.in_flight = number(v).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+                    "idle" => c.idle = Duration::from_millis(number(v).unwrap_or(0)),
+                    _ => {}
+                }
+            }
+            c
+        })
+        .collect()
 }
 
 fn parse_groups(value: &Value) -> Vec<GroupInfo> {
@@ -638,7 +667,9 @@ impl Broker for RedisBroker {
         for key in keys {
             let Ok(topic) = Name::new(&key) else { continue };
             for g in self.groups(&key).await? {
-                out.push(sub_info(&topic, &g));
+                let mut info = sub_info(&topic, &g);
+                info.consumers = self.consumers(&key, &g.name).await?;
+                out.push(info);
             }
         }
         Ok(out)
@@ -648,7 +679,52 @@ impl Broker for RedisBroker {
         let key = self.stream_of_group(name).await?;
         let topic = Name::new(&key)?;
         let g = self.groups(&key).await?.into_iter().find(|g| g.name == name.as_str()).unwrap_or_default();
-        Ok(sub_info(&topic, &g))
+        let mut info = sub_info(&topic, &g);
+        info.consumers = self.consumers(&key, name.as_str()).await?;
+        Ok(info)
+    }
+
+    async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
+        if self.mode == Mode::PubSub {
+            // A consumer group needs a stream; with `mode=pubsub` publishes would never reach it.
+            return Err(BrokerError::Unsupported {
+                broker: "redis",
+                capability: Capability::CompetingConsumers,
+            });
+        }
+        let refused = if !config.filter.is_empty() {
+            Some("subject filters")
+        } else if config.dead_letter.is_some() || config.max_deliveries > 0 {
+            Some("dead-letter topics or delivery limits")
+        } else {
+            None
+        };
+        if let Some(what) = refused {
+            return Err(BrokerError::Invalid(format!(
+                "Redis consumer groups have no {what}; create the subscription without them"
+            )));
+        }
+        let key = config.topic.to_string();
+        let start = self.group_start(&key, config.start).await?;
+        let created: redis::RedisResult<String> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&key)
+            .arg(config.name.as_str())
+            .arg(&start)
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn.clone())
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("BUSYGROUP") => {
+                return Err(BrokerError::Invalid(format!(
+                    "subscription \"{}\" already exists on stream \"{key}\"",
+                    config.name
+                )));
+            }
+            Err(e) => return Err(error(&self.url, e)),
+        }
+        self.subscription_info(&config.name).await
     }
 
     async fn delete_subscription(&self, name: &Name) -> Result<(), BrokerError> {
@@ -776,6 +852,48 @@ impl RedisBroker {
             .collect())
     }
 
+    /// A consumer group's consumers (XINFO CONSUMERS).
+    async fn consumers(
+        &self,
+        key: &str,
+        group: &str,
+    ) -> Result<Vec<crate::engine::ConsumerInfo>, BrokerError> {
+        let reply: Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(key)
+            .arg(group)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| error(&self.url, e))?;
+        Ok(parse_consumers(&reply))
+    }
+
+    /// The id a new consumer group starts after, so that its first read is the entry `start` names.
+    async fn group_start(&self, key: &str, start: StartPosition) -> Result<String, BrokerError> {
+        Ok(match start {
+            StartPosition::All => "0".to_string(),
+            StartPosition::New => "$".to_string(),
+            StartPosition::Seq(s) => id_of(s.saturating_sub(1)),
+            StartPosition::Time(t) => format!("{}-0", (t.as_micros().max(0) / 1000).saturating_sub(1)),
+            StartPosition::Last | StartPosition::LastPerKey => {
+                let newest: Value = redis::cmd("XREVRANGE")
+                    .arg(key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| error(&self.url, e))?;
+                let topic = Name::new(key)?;
+                match entries(&topic, &newest).first() {
+                    Some((id, _)) => id_of(seq_of(id).saturating_sub(1)),
+                    None => "$".to_string(),
+                }
+            }
+        })
+    }
+
     /// Reads a stream: through a consumer group (durable, acked) or plainly from a position.
     async fn read_stream(&self, topic: Name, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
         let key = topic.to_string();
@@ -785,11 +903,7 @@ impl RedisBroker {
         let count = req.prefetch.unwrap_or(100).max(1);
         let url = self.url.clone();
         let task = if let Some(group) = req.subscription.clone() {
-            let start = match req.from {
-                Some(crate::engine::StartPosition::All) => "0".to_string(),
-                Some(crate::engine::StartPosition::Seq(s)) => id_of(s.saturating_sub(1)),
-                _ => "$".to_string(),
-            };
+            let start = self.group_start(&key, req.from.unwrap_or_default()).await?;
             let created: redis::RedisResult<String> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(&key)

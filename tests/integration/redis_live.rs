@@ -120,6 +120,55 @@ fn entries_added_with_xadd_show_in_tail_and_group_acks_show_in_xpending() {
     redis_cli(&["DEL", &stream]);
 }
 
+#[test]
+fn subs_create_makes_a_consumer_group_and_sub_info_shows_its_consumers() {
+    if !redis_here() {
+        return;
+    }
+    let home = Home::new("redis-groups");
+    let stream = key("ledger");
+    for p in ["one", "two", "three"] {
+        redis_cli(&["XADD", &stream, "*", "payload", p]);
+    }
+    let create = |group: &str, extra: &[&str]| {
+        let mut args = vec!["--broker", URL, "subs", "create", group, "--topic", stream.as_str()];
+        args.extend_from_slice(extra);
+        home.run(&args)
+    };
+    let (code, _, stderr) = create("from-start", &["--from", "start"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = create("from-now", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let groups = redis_cli(&["XINFO", "GROUPS", &stream]);
+    assert!(groups.contains("from-start") && groups.contains("from-now"), "{groups}");
+    // Creating it again, or with what Redis groups lack, is an error that says why.
+    let (code, _, stderr) = create("from-start", &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let (code, _, stderr) = create("with-dlq", &["--dead-letter", "dlq"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no dead-letter topics"), "{stderr}");
+    // The group reads from where it was created: all three, or nothing yet.
+    let read = |group: &str| {
+        home.run(&[
+            "--broker", URL, "sub", &stream, "-s", group, "--consumer", "w1", "--ack", "manual", "--count",
+            "3", "--timeout", "2s", "--format", "raw",
+        ])
+    };
+    let (code, out, stderr) = read("from-start");
+    assert_eq!((code, out.as_str()), (0, "one\ntwo\nthree\n"), "{stderr}");
+    let (code, out, _) = read("from-now");
+    assert_eq!((code, out.as_str()), (4, ""));
+    // Unacked (manual ack, never sent) entries are held by consumer w1, as sub-info shows.
+    let (code, out, stderr) = home.run(&["--broker", URL, "sub-info", "from-start", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(info["in_flight"], 3, "{info}");
+    let consumers = info["consumers"].as_array().cloned().unwrap_or_default();
+    assert!(consumers.iter().any(|c| c["id"] == "w1" && c["in_flight"] == 3), "{info}");
+    redis_cli(&["DEL", &stream]);
+}
+
 #[tokio::test]
 async fn competing_consumers_on_a_group_share_the_stream_without_duplicates() {
     if !redis_here() {
