@@ -22,7 +22,7 @@ use super::{
 };
 use crate::engine::{
     BrowseFrom, Headers, Message, MessageExtra, Name, Pattern, PublishReceipt, PublishRequest, SeekTarget,
-    StartPosition, SubscriptionConfig, SubscriptionInfo, Timestamp, TopicInfo,
+    StartPosition, SubscriptionConfig, SubscriptionInfo, Timestamp, TopicConfig, TopicInfo,
 };
 
 /// Which Redis structure topics map to.
@@ -651,6 +651,65 @@ impl Broker for RedisBroker {
         let mut info = info_for(name.clone(), len, seq(&first), seq(&last));
         info.subscriptions = u32::try_from(groups).unwrap_or(u32::MAX);
         Ok(info)
+    }
+
+    async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
+        if self.mode == Mode::PubSub {
+            // A channel exists while someone listens; there is nothing to create.
+            return Err(BrokerError::Unsupported { broker: "redis", capability: Capability::TopicAdmin });
+        }
+        if !config.subjects.is_empty() {
+            return Err(BrokerError::Invalid(
+                "a Redis stream captures no other subjects; create it without subjects".into(),
+            ));
+        }
+        if config.limits != crate::engine::Limits::default() {
+            return Err(BrokerError::Invalid(
+                "a Redis stream keeps no limits of its own; trim with `?maxlen=N` in the broker URL".into(),
+            ));
+        }
+        let key = config.name.as_str();
+        let mut conn = self.conn.clone();
+        let kind: String =
+            redis::cmd("TYPE").arg(key).query_async(&mut conn).await.map_err(|e| error(&self.url, e))?;
+        match kind.as_str() {
+            "none" => {}
+            "stream" => return Err(BrokerError::Invalid(format!("stream \"{key}\" already exists"))),
+            other => {
+                return Err(BrokerError::Invalid(format!(
+                    "key \"{key}\" already holds a Redis {other}, not a stream"
+                )));
+            }
+        }
+        // An empty stream: a throwaway group with MKSTREAM makes the key, then goes.
+        let made: redis::RedisResult<()> = redis::pipe()
+            .cmd("XGROUP")
+            .arg("CREATE")
+            .arg(key)
+            .arg("pubsub-create")
+            .arg("$")
+            .arg("MKSTREAM")
+            .ignore()
+            .cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(key)
+            .arg("pubsub-create")
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        made.map_err(|e| error(&self.url, e))?;
+        self.topic_info(&config.name).await
+    }
+
+    async fn purge_topic(&self, name: &Name) -> Result<u64, BrokerError> {
+        // XTRIM to nothing keeps the key and its consumer groups.
+        redis::cmd("XTRIM")
+            .arg(name.as_str())
+            .arg("MAXLEN")
+            .arg(0)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| error(&self.url, e))
     }
 
     async fn delete_topic(&self, name: &Name) -> Result<(), BrokerError> {

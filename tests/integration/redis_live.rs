@@ -151,8 +151,22 @@ fn subs_create_makes_a_consumer_group_and_sub_info_shows_its_consumers() {
     // The group reads from where it was created: all three, or nothing yet.
     let read = |group: &str| {
         home.run(&[
-            "--broker", URL, "sub", &stream, "-s", group, "--consumer", "w1", "--ack", "manual", "--count",
-            "3", "--timeout", "2s", "--format", "raw",
+            "--broker",
+            URL,
+            "sub",
+            &stream,
+            "-s",
+            group,
+            "--consumer",
+            "w1",
+            "--ack",
+            "manual",
+            "--count",
+            "3",
+            "--timeout",
+            "2s",
+            "--format",
+            "raw",
         ])
     };
     let (code, out, stderr) = read("from-start");
@@ -166,7 +180,44 @@ fn subs_create_makes_a_consumer_group_and_sub_info_shows_its_consumers() {
     assert_eq!(info["in_flight"], 3, "{info}");
     let consumers = info["consumers"].as_array().cloned().unwrap_or_default();
     assert!(consumers.iter().any(|c| c["id"] == "w1" && c["in_flight"] == 3), "{info}");
+    // Purging empties the stream and keeps its groups.
+    let (code, _, stderr) = home.run(&["--broker", URL, "topic", "purge", &stream]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(redis_cli(&["XLEN", &stream]), "0");
+    assert!(redis_cli(&["XINFO", "GROUPS", &stream]).contains("from-start"));
     redis_cli(&["DEL", &stream]);
+}
+
+#[test]
+fn topic_create_makes_an_empty_stream_and_refuses_what_redis_cannot_keep() {
+    if !redis_here() {
+        return;
+    }
+    let home = Home::new("redis-topics");
+    let stream = key("made");
+    let (code, _, stderr) = home.run(&["--broker", URL, "topic", "create", &stream]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!((redis_cli(&["TYPE", &stream]), redis_cli(&["XLEN", &stream])), ("stream".into(), "0".into()));
+    assert_eq!(redis_cli(&["XINFO", "GROUPS", &stream]), "", "the helper group is gone");
+    // Now a stream, so a publish is an XADD.
+    let (code, _, stderr) = home.run(&["--broker", URL, "pub", &stream, "kept"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(redis_cli(&["XLEN", &stream]), "1");
+    for (args, says) in
+        [(vec![stream.as_str()], "already exists"), (vec!["other-made", "--max-msgs", "10"], "maxlen")]
+    {
+        let mut all = vec!["--broker", URL, "topic", "create"];
+        all.extend(args);
+        let (code, _, stderr) = home.run(&all);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    let plain = key("plain-key");
+    redis_cli(&["SET", &plain, "x"]);
+    let (code, _, stderr) = home.run(&["--broker", URL, "topic", "create", &plain]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("holds a Redis string"), "{stderr}");
+    redis_cli(&["DEL", &stream, &plain]);
 }
 
 #[tokio::test]

@@ -78,8 +78,11 @@ async fn measure(broker: SharedBroker, args: &BenchArgs) -> Result<Report, CliEr
     let mut config = crate::engine::TopicConfig::new(topic.clone());
     config.limits.max_msgs = Some(args.messages.max(1).saturating_mul(2));
     config.limits.max_bytes = None;
+    // Brokers without topic admin, or that keep no limits of their own (Redis streams), refuse; their
+    // topics then keep what the run sends anyway.
     match broker.create_topic(config).await {
-        Ok(_) | Err(crate::broker::BrokerError::Unsupported { .. }) => {}
+        Ok(_)
+        | Err(crate::broker::BrokerError::Unsupported { .. } | crate::broker::BrokerError::Invalid(_)) => {}
         Err(e) => return Err(e.into()),
     }
     let mut durable = broker.capabilities().has(Capability::CompetingConsumers);
