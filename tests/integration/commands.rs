@@ -282,6 +282,18 @@ fn fixes_from_a_first_time_user_session() {
     // `--from -5m` (a leading hyphen) is a value, not a flag.
     let (code, out, stderr) = home.run(&["sub", "t", "--from", "-5m", "--exit-at-end", "--format", "raw"]);
     assert_eq!((code, out.as_str()), (0, "one\ntwo\n"), "{stderr}");
+    // `pub -v` says when the broker dropped a message as a --msg-id duplicate.
+    let (code, _, stderr) = home.run(&["pub", "t", "once", "--msg-id", "m-1", "-v"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("duplicate"), "{stderr}");
+    let (code, _, stderr) = home.run(&["pub", "t", "once", "--msg-id", "m-1", "-v"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("1 of them duplicates by --msg-id"), "{stderr}");
+    // Zero credit or zero parallel commands could never deliver: usage errors.
+    for flag in ["--prefetch", "--parallel"] {
+        let (code, _, stderr) = home.run(&["sub", "t", flag, "0"]);
+        assert_eq!(code, 2, "{flag} 0: {stderr}");
+    }
     // A subscription reads its own topic; naming another topic is an error, not a silent switch.
     home.run(&["subs", "create", "mine", "--topic", "t", "--from", "start"]);
     let (code, _, stderr) = home.run(&["sub", "other", "-s", "mine", "--count", "1", "--timeout", "2s"]);

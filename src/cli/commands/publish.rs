@@ -236,6 +236,8 @@ async fn publish_all(
     let started = Instant::now();
     let mut published = 0u64;
     let (mut first_seq, mut last_seq) = (None, 0u64);
+    // Messages the broker dropped because their --msg-id was seen within its dedup window.
+    let mut duplicates = 0u64;
     let mut batch: Vec<Input> = Vec::with_capacity(BATCH);
     let mut input_error = None;
     'outer: loop {
@@ -268,6 +270,10 @@ async fn publish_all(
         match broker.publish_batch(reqs).await {
             Ok(receipts) => {
                 for r in &receipts {
+                    if r.duplicate {
+                        duplicates += 1;
+                        continue;
+                    }
                     first_seq.get_or_insert(r.seq);
                     last_seq = r.seq;
                 }
@@ -276,13 +282,13 @@ async fn publish_all(
             Err(BrokerError::Batch { index, source }) => {
                 published += index as u64;
                 let origin = origins.get(index).cloned().unwrap_or_default();
-                report(verbose, published, first_seq, last_seq);
+                report(verbose, published, duplicates, first_seq, last_seq);
                 return Err(CliError::Failed(format!(
                     "{origin} was not published: {source}; the {published} message(s) before it were published"
                 )));
             }
             Err(e) => {
-                report(verbose, published, first_seq, last_seq);
+                report(verbose, published, duplicates, first_seq, last_seq);
                 let origin = origins.first().cloned().unwrap_or_default();
                 return Err(CliError::Failed(format!(
                     "{origin} was not published: {e}; the {published} message(s) before it were published"
@@ -293,20 +299,23 @@ async fn publish_all(
             break 'outer;
         }
     }
-    report(verbose, published, first_seq, last_seq);
+    report(verbose, published, duplicates, first_seq, last_seq);
     match input_error {
         Some(e) => Err(CliError::Failed(format!("{e}; {published} message(s) before it were published"))),
         None => Ok(()),
     }
 }
 
-fn report(verbose: bool, published: u64, first: Option<u64>, last: u64) {
-    if verbose {
-        match first {
-            Some(first) if published > 0 => {
-                note(&format!("published {published} message(s), seq {first}..={last}"))
-            }
-            _ => note(&format!("published {published} message(s)")),
-        }
+fn report(verbose: bool, published: u64, duplicates: u64, first: Option<u64>, last: u64) {
+    if !verbose {
+        return;
+    }
+    let dropped = match duplicates {
+        0 => String::new(),
+        n => format!(", {n} of them duplicates by --msg-id that the broker dropped"),
+    };
+    match first {
+        Some(first) => note(&format!("published {published} message(s){dropped}, seq {first}..={last}")),
+        None => note(&format!("published {published} message(s){dropped}")),
     }
 }

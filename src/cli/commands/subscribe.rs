@@ -86,14 +86,15 @@ pub struct SubArgs {
     #[arg(long)]
     pub consumer: Option<String>,
     /// Most unacked messages held at once.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub prefetch: Option<u32>,
     /// Run a command per message (`sh -c`): payload on stdin, metadata in PUBSUB_* variables; exit 0 acks,
     /// anything else nacks.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
     /// Commands run at once with --exec.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub parallel: usize,
     /// When to stop.
     #[command(flatten)]
@@ -141,7 +142,7 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
     let stream = broker.subscribe(request).await?;
     let sink = Sink::Stdout(Stdout::new());
     let settle = if args.ack == AckArg::Manual { SettleMode::Manual } else { SettleMode::Auto };
-    let exec = args.exec.map(|command| Exec { command, parallel: args.parallel.max(1) });
+    let exec = args.exec.map(|command| Exec { command, parallel: args.parallel });
     let renderer = Renderer::new(args.output.format(), ctx.color);
     receive(broker, stream, sink, renderer, settle, exec, &args.stop, end).await
 }
