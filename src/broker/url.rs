@@ -78,8 +78,16 @@ pub fn backend_for(url: &str) -> Result<BackendKind, BrokerError> {
             return Err(BrokerError::UnknownScheme { url: url.into(), scheme: other.into() });
         }
     };
-    if rest.is_empty() {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if host.is_empty() {
         return Err(BrokerError::InvalidUrl { url: url.into(), reason: "it names no host".into() });
+    }
+    if host.starts_with('[') && !host.contains(']') {
+        return Err(BrokerError::InvalidUrl {
+            url: url.into(),
+            reason: "an IPv6 address needs its closing `]`, as in ws://[::1]:7077".into(),
+        });
     }
     Ok(kind)
 }
@@ -155,5 +163,9 @@ mod tests {
         assert!(matches!(backend_for("127.0.0.1:6379"), Err(BrokerError::InvalidUrl { .. })));
         assert!(matches!(backend_for("redis://"), Err(BrokerError::InvalidUrl { .. })));
         assert!(matches!(backend_for("  "), Err(BrokerError::InvalidUrl { .. })));
+        assert!(matches!(backend_for("ws://[::1"), Err(BrokerError::InvalidUrl { .. })));
+        assert!(matches!(backend_for("redis://user:pw@/0"), Err(BrokerError::InvalidUrl { .. })));
+        assert!(matches!(backend_for("ws://[::1]:7077"), Ok(BackendKind::Remote)));
+        assert!(matches!(backend_for("rediss://:pw@host:6380/#insecure"), Ok(BackendKind::Redis)));
     }
 }
