@@ -50,7 +50,10 @@ impl Format {
             "text" => Ok(Format::Text),
             "json" => Ok(Format::Json),
             "raw" => Ok(Format::Raw),
-            t if t.contains("{{") => Ok(Format::Template(t.to_string())),
+            t if t.contains("{{") => {
+                check_template(t)?;
+                Ok(Format::Template(t.to_string()))
+            }
             other => Err(format!(
                 "unknown format \"{other}\": use text, json, raw, or a template such as '{{{{subject}}}} {{{{payload}}}}'"
             )),
@@ -122,6 +125,43 @@ impl Renderer {
     }
 }
 
+/// The fields a template may name (besides `header.NAME`).
+const FIELDS: &[&str] = &[
+    "topic",
+    "subject",
+    "seq",
+    "partition",
+    "timestamp",
+    "time",
+    "key",
+    "payload",
+    "size",
+    "attempt",
+    "lease",
+    "headers",
+];
+
+/// Refuses a template naming a field that does not exist or leaving a `{{` unclosed, so that a typo is
+/// an error rather than literal braces in every line.
+fn check_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let Some(end) = rest[start..].find("}}") else {
+            return Err(format!("the template \"{template}\" opens a `{{{{` it never closes"));
+        };
+        let field = rest[start + 2..start + end].trim();
+        let known = FIELDS.contains(&field) || field.strip_prefix("header.").is_some_and(|n| !n.is_empty());
+        if !known {
+            return Err(format!(
+                "unknown template field \"{field}\": use {}, or header.NAME",
+                FIELDS.join(", ")
+            ));
+        }
+        rest = &rest[start + end + 2..];
+    }
+    Ok(())
+}
+
 /// Expands `{{field}}` placeholders and `\n`/`\t` escapes of an output template.
 pub fn expand(template: &str, m: &Message, attempt: Option<u32>, lease: Option<u64>) -> String {
     let text = template.replace("\\n", "\n").replace("\\t", "\t");
@@ -188,6 +228,16 @@ mod tests {
     }
 
     #[test]
+    fn templates_with_unknown_fields_or_open_braces_are_refused() {
+        assert!(Format::parse("{{subject}} {{header.region}} {{ payload }}").is_ok());
+        let typo = Format::parse("{{paylod}}").err().unwrap_or_default();
+        assert!(typo.contains("unknown template field \"paylod\"") && typo.contains("payload"), "{typo}");
+        let open = Format::parse("{{subject} x").err().unwrap_or_default();
+        assert!(open.contains("never closes"), "{open}");
+        assert!(Format::parse("{{header.}}").is_err());
+    }
+
+    #[test]
     fn text_shows_time_subject_seq_key_attempt_headers_and_payload() {
         assert_eq!(render(Format::Text), "20:26:40.123456 orders.eu #42 key=k1 attempt=2 region=eu hello\n");
     }
@@ -195,8 +245,8 @@ mod tests {
     #[test]
     fn raw_is_the_payload_and_template_fills_fields() {
         assert_eq!(render(Format::Raw), "hello\n");
-        let t = Format::parse("{{subject}}\\t{{seq}} {{header.region}} {{payload}} {{nope}}").unwrap();
-        assert_eq!(render(t), "orders.eu\t42 eu hello {{nope}}\n");
+        let t = Format::parse("{{subject}}\\t{{seq}} {{header.region}} {{payload}} {{header.none}}").unwrap();
+        assert_eq!(render(t), "orders.eu\t42 eu hello \n");
     }
 
     #[test]
