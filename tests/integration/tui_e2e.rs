@@ -126,3 +126,39 @@ fn demo_runs_live_on_the_topology_and_writes_a_snapshot() {
     assert!(text.contains("topology: publishers → topics → subscriptions → consumers"), "{text}");
     assert!(text.contains("producer") && text.contains("pool"), "{text}");
 }
+
+#[test]
+fn topic_delete_asks_on_a_terminal_and_keeps_the_topic_unless_told_yes() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(), "tmux is required for this test");
+        eprintln!("skipping the confirmation test: tmux is not installed");
+        return;
+    }
+    let home = Home::with_daemon("confirm-e2e");
+    let (code, _, stderr) = home.run(&["pub", "precious", "a", "b"]);
+    assert_eq!(code, 0, "{stderr}");
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let session = format!("pubsub-confirm-{}", std::process::id());
+    let script = format!(
+        "export PUBSUB_HOME={}; {bin} topic delete precious; echo FIRST=$?; {bin} topic delete precious; echo SECOND=$?; sleep 30",
+        home.0.display(),
+        bin = bin.display()
+    );
+    let ok = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &session, "-x", "120", "-y", "20", &script])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tmux could not start a session");
+    let tmux = Tmux { session };
+    tmux.wait_for("delete topic precious (2 message(s), 0 subscription(s))? [y/N]");
+    tmux.keys(&["n", "Enter"]);
+    tmux.wait_for("FIRST=1");
+    let (code, out, _) = home.run(&["topics", "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"precious\""), "the topic survived a no: {out}");
+    tmux.keys(&["y", "Enter"]);
+    tmux.wait_for("SECOND=0");
+    let (_, out, _) = home.run(&["topics", "--json"]);
+    assert!(!out.contains("\"precious\""), "the topic went after a yes: {out}");
+}

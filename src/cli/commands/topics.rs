@@ -28,15 +28,21 @@ pub enum TopicCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a topic with its subscriptions and messages.
+    /// Delete a topic with its subscriptions and messages (asks first on a terminal).
     Delete {
         /// The topic.
         name: String,
+        /// Do not ask.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
-    /// Delete every message of a topic (seqs keep counting).
+    /// Delete every message of a topic, seqs keep counting (asks first on a terminal).
     Purge {
         /// The topic.
         name: String,
+        /// Do not ask.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -148,17 +154,60 @@ pub async fn run(ctx: &Context, command: TopicCommand) -> Result<(), CliError> {
             let info = broker.topic_info(&name(&topic)?).await?;
             show(&info, json)
         }
-        TopicCommand::Delete { name: topic } => {
-            broker.delete_topic(&name(&topic)?).await?;
+        TopicCommand::Delete { name: topic, yes } => {
+            let target = name(&topic)?;
+            if !yes && !confirm_on_terminal(&broker, &target, "delete topic").await? {
+                return Err(CliError::Failed(format!("topic {topic} was not deleted")));
+            }
+            broker.delete_topic(&target).await?;
             note(&format!("deleted topic {topic}"));
             Ok(())
         }
-        TopicCommand::Purge { name: topic } => {
-            let removed = broker.purge_topic(&name(&topic)?).await?;
+        TopicCommand::Purge { name: topic, yes } => {
+            let target = name(&topic)?;
+            if !yes && !confirm_on_terminal(&broker, &target, "purge every message of").await? {
+                return Err(CliError::Failed(format!("topic {topic} was not purged")));
+            }
+            let removed = broker.purge_topic(&target).await?;
             note(&format!("purged {removed} message(s) from {topic}"));
             Ok(())
         }
     }
+}
+
+/// On a terminal, says what `action` would destroy and asks; elsewhere (scripts, pipes) goes ahead, as
+/// `rm` does without `-i`.
+async fn confirm_on_terminal(
+    broker: &crate::broker::SharedBroker,
+    topic: &Name,
+    action: &str,
+) -> Result<bool, CliError> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(true);
+    }
+    let what = match broker.topic_info(topic).await {
+        Ok(info) => format!("{} message(s), {} subscription(s)", info.messages, info.subscriptions),
+        Err(_) => "contents unknown".to_string(),
+    };
+    let question = format!("{action} {topic} ({what})? [y/N] ");
+    let answer = tokio::task::spawn_blocking(move || {
+        ask(&question, &mut std::io::stdin().lock(), &mut std::io::stderr())
+    })
+    .await
+    .unwrap_or(false);
+    Ok(answer)
+}
+
+/// Writes `question` to `to` and reads one line from `from`: true only for y or yes.
+fn ask(question: &str, from: &mut impl std::io::BufRead, to: &mut impl std::io::Write) -> bool {
+    let _ = to.write_all(question.as_bytes());
+    let _ = to.flush();
+    let mut line = String::new();
+    if from.read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 fn show(t: &TopicInfo, json: bool) -> Result<(), CliError> {
@@ -184,4 +233,26 @@ fn show(t: &TopicInfo, json: bool) -> Result<(), CliError> {
     ];
     out.write(table(&rows).as_bytes())?;
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ask;
+
+    #[test]
+    fn only_y_or_yes_confirms() {
+        for (typed, confirmed) in [
+            ("y\n", true),
+            ("YES\n", true),
+            (" yes \n", true),
+            ("n\n", false),
+            ("\n", false),
+            ("", false),
+            ("yep\n", false),
+        ] {
+            let mut shown = Vec::new();
+            assert_eq!(ask("delete? [y/N] ", &mut typed.as_bytes(), &mut shown), confirmed, "{typed:?}");
+            assert_eq!(shown, b"delete? [y/N] ");
+        }
+    }
 }
