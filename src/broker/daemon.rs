@@ -89,7 +89,9 @@ pub async fn connect_local(opts: &LocalOptions) -> Result<(RemoteBroker, Option<
     }
     let pid = spawn_daemon(&exe, &paths)?;
     let endpoint = wait_for_endpoint(&paths, pid, Duration::from_secs(10)).await?;
-    let broker = RemoteBroker::connect(&endpoint.url, Some(endpoint.token.clone())).await?;
+    let broker =
+        RemoteBroker::connect_following(&endpoint.url, Some(endpoint.token.clone()), Some(paths.endpoint()))
+            .await?;
     drop(lock);
     let note =
         format!("started a local engine daemon (pid {pid}, {}); `pubsub serve stop` stops it", endpoint.url);
@@ -102,7 +104,7 @@ fn unreachable(reason: String) -> BrokerError {
 
 async fn try_existing(paths: &Paths) -> Option<RemoteBroker> {
     let endpoint = Endpoint::read(&paths.endpoint())?;
-    RemoteBroker::connect(&endpoint.url, Some(endpoint.token)).await.ok()
+    RemoteBroker::connect_following(&endpoint.url, Some(endpoint.token), Some(paths.endpoint())).await.ok()
 }
 
 async fn lock_exclusive(path: PathBuf) -> Result<File, BrokerError> {

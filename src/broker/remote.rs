@@ -54,6 +54,9 @@ struct Inner {
     url: String,
     ws_url: String,
     token: Option<String>,
+    /// For `--broker local`: the daemon's endpoint file, read again before each reconnect, so that a
+    /// daemon restarted on a new port (with a new token) is found.
+    endpoint_file: Option<std::path::PathBuf>,
     out: Mutex<Option<mpsc::Sender<String>>>,
     pending: Mutex<HashMap<u64, Pending>>,
     streams: Mutex<HashMap<u64, StreamState>>,
@@ -85,6 +88,16 @@ impl RemoteBroker {
     /// Connects to `url` (`ws://host:port`, an optional `?token=T`); `token` overrides the URL's.
     /// Fails with `Unreachable` or `Auth` when the first connection cannot be made.
     pub async fn connect(url: &str, token: Option<String>) -> Result<Self, BrokerError> {
+        Self::connect_following(url, token, None).await
+    }
+
+    /// Like [`RemoteBroker::connect`], and on every reconnect first reads `endpoint_file` (when given)
+    /// for the current URL and token: the local daemon's way of saying where it is now.
+    pub async fn connect_following(
+        url: &str,
+        token: Option<String>,
+        endpoint_file: Option<std::path::PathBuf>,
+    ) -> Result<Self, BrokerError> {
         let (ws_url, url_token) = split_token(url);
         if url.starts_with("wss://") {
             return Err(BrokerError::InvalidUrl {
@@ -97,6 +110,7 @@ impl RemoteBroker {
             url: ws_url.clone(),
             ws_url,
             token: token.or(url_token),
+            endpoint_file,
             out: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
@@ -146,7 +160,11 @@ fn split_token(url: &str) -> (String, Option<String>) {
 /// Opens a socket and completes the hello/welcome handshake.
 async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
     let unreachable = |reason: String| BrokerError::Unreachable { url: inner.url.clone(), reason };
-    let connecting = tokio_tungstenite::connect_async(inner.ws_url.as_str());
+    let (ws_url, token) = match inner.endpoint_file.as_deref().and_then(super::daemon::Endpoint::read) {
+        Some(now) => (split_token(&now.url).0, Some(now.token)),
+        None => (inner.ws_url.clone(), inner.token.clone()),
+    };
+    let connecting = tokio_tungstenite::connect_async(ws_url.as_str());
     let (mut socket, _) = tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
         .map_err(|_| unreachable("no answer within 10 s".into()))?
@@ -155,7 +173,7 @@ async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
         id: Some(0),
         request: Request::Hello {
             version: VERSION,
-            token: inner.token.clone(),
+            token,
             client: Some(format!("pubsub {}", env!("CARGO_PKG_VERSION"))),
         },
     };

@@ -94,3 +94,45 @@ fn foreground_serve_prints_its_url_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "graceful exit on SIGTERM: {status:?}");
 }
+
+#[test]
+fn a_subscriber_follows_the_local_daemon_to_its_new_endpoint_after_a_restart() {
+    let home = Home::with_daemon("daemon-restart");
+    let mut sub = home
+        .cmd()
+        .args(["sub", "news", "--timeout", "60s", "--format", "raw"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = sub.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Publishes `text` until the subscriber prints it (a live tap sees only what comes after it joined).
+    let publish_until_seen = |text: &str| {
+        let started = std::time::Instant::now();
+        loop {
+            let (code, _, stderr) = home.run(&["pub", "news", text]);
+            assert_eq!(code, 0, "{stderr}");
+            if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(300))
+                && line == text
+            {
+                return;
+            }
+            assert!(started.elapsed().as_secs() < 30, "the subscriber never printed {text:?}");
+        }
+    };
+    publish_until_seen("before");
+    let (code, _, stderr) = home.run(&["serve", "stop"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = home.run(&["serve", "--detach"]);
+    assert_eq!(code, 0, "{stderr}");
+    // The new daemon listens on another port with another token; the subscriber must find it there.
+    publish_until_seen("after");
+    let _ = sub.kill();
+    let _ = sub.wait();
+}
