@@ -192,15 +192,13 @@ impl RedisBroker {
         match self.mode {
             Mode::Streams => Ok(true),
             Mode::PubSub => Ok(false),
-            Mode::Auto => {
-                let kind: String = redis::cmd("TYPE")
-                    .arg(key)
-                    .query_async(&mut self.conn.clone())
-                    .await
-                    .map_err(|e| error(&self.url, e))?;
-                Ok(kind == "stream")
-            }
+            Mode::Auto => Ok(self.key_type(key).await? == "stream"),
         }
+    }
+
+    /// What Redis holds at `key` (`TYPE`): "none", "stream", "string", …
+    async fn key_type(&self, key: &str) -> Result<String, BrokerError> {
+        redis::cmd("TYPE").arg(key).query_async(&mut self.conn.clone()).await.map_err(|e| error(&self.url, e))
     }
 
     async fn stream_keys(&self) -> Result<Vec<String>, BrokerError> {
@@ -452,6 +450,13 @@ impl Drop for ChannelSource {
     }
 }
 
+/// `XGROUP CREATE key group start MKSTREAM`: the group, and the stream if there is none yet.
+fn xgroup_create(key: &str, group: &str, start: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XGROUP");
+    cmd.arg("CREATE").arg(key).arg(group).arg(start).arg("MKSTREAM");
+    cmd
+}
+
 fn xadd(key: &str, maxlen: Option<u64>, msg: &PublishRequest) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(key);
@@ -669,10 +674,7 @@ impl Broker for RedisBroker {
             ));
         }
         let key = config.name.as_str();
-        let mut conn = self.conn.clone();
-        let kind: String =
-            redis::cmd("TYPE").arg(key).query_async(&mut conn).await.map_err(|e| error(&self.url, e))?;
-        match kind.as_str() {
+        match self.key_type(key).await?.as_str() {
             "none" => {}
             "stream" => return Err(BrokerError::Invalid(format!("stream \"{key}\" already exists"))),
             other => {
@@ -683,19 +685,14 @@ impl Broker for RedisBroker {
         }
         // An empty stream: a throwaway group with MKSTREAM makes the key, then goes.
         let made: redis::RedisResult<()> = redis::pipe()
-            .cmd("XGROUP")
-            .arg("CREATE")
-            .arg(key)
-            .arg("pubsub-create")
-            .arg("$")
-            .arg("MKSTREAM")
+            .add_command(xgroup_create(key, "pubsub-create", "$"))
             .ignore()
             .cmd("XGROUP")
             .arg("DESTROY")
             .arg(key)
             .arg("pubsub-create")
             .ignore()
-            .query_async(&mut conn)
+            .query_async(&mut self.conn.clone())
             .await;
         made.map_err(|e| error(&self.url, e))?;
         self.topic_info(&config.name).await
@@ -764,15 +761,9 @@ impl Broker for RedisBroker {
             )));
         }
         let key = config.topic.to_string();
-        let start = self.group_start(&key, config.start).await?;
-        let created: redis::RedisResult<String> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&key)
-            .arg(config.name.as_str())
-            .arg(&start)
-            .arg("MKSTREAM")
-            .query_async(&mut self.conn.clone())
-            .await;
+        let start = self.start_after(&key, config.start).await?;
+        let created: redis::RedisResult<String> =
+            xgroup_create(&key, config.name.as_str(), &start).query_async(&mut self.conn.clone()).await;
         match created {
             Ok(_) => {}
             Err(e) if e.to_string().contains("BUSYGROUP") => {
@@ -815,20 +806,12 @@ impl Broker for RedisBroker {
                 list.reverse();
                 return Ok(list.into_iter().map(|(_, m)| m).collect());
             }
-            BrowseFrom::Seq(s) => {
-                let start = if s <= 1 { "-".to_string() } else { id_of(s) };
-                redis::cmd("XRANGE")
-                    .arg(topic.as_str())
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(max)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| error(&self.url, e))?
-            }
-            BrowseFrom::Time(t) => {
-                let start = format!("{}", t.as_micros().max(0) / 1000);
+            BrowseFrom::Seq(_) | BrowseFrom::Time(_) => {
+                let start = match from {
+                    BrowseFrom::Seq(s) if s > 1 => id_of(s),
+                    BrowseFrom::Time(t) => format!("{}", t.as_micros().max(0) / 1000),
+                    _ => "-".to_string(),
+                };
                 redis::cmd("XRANGE")
                     .arg(topic.as_str())
                     .arg(start)
@@ -927,8 +910,9 @@ impl RedisBroker {
         Ok(parse_consumers(&reply))
     }
 
-    /// The id a new consumer group starts after, so that its first read is the entry `start` names.
-    async fn group_start(&self, key: &str, start: StartPosition) -> Result<String, BrokerError> {
+    /// The id a read (XREAD, or a new consumer group) starts after, so that its first entry is the one
+    /// `start` names.
+    async fn start_after(&self, key: &str, start: StartPosition) -> Result<String, BrokerError> {
         Ok(match start {
             StartPosition::All => "0".to_string(),
             StartPosition::New => "$".to_string(),
@@ -962,15 +946,9 @@ impl RedisBroker {
         let count = req.prefetch.unwrap_or(100).max(1);
         let url = self.url.clone();
         let task = if let Some(group) = req.subscription.clone() {
-            let start = self.group_start(&key, req.from.unwrap_or_default()).await?;
-            let created: redis::RedisResult<String> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&key)
-                .arg(group.as_str())
-                .arg(&start)
-                .arg("MKSTREAM")
-                .query_async(&mut conn)
-                .await;
+            let start = self.start_after(&key, req.from.unwrap_or_default()).await?;
+            let created: redis::RedisResult<String> =
+                xgroup_create(&key, group.as_str(), &start).query_async(&mut conn).await;
             if let Err(e) = created
                 && !e.to_string().contains("BUSYGROUP")
             {
@@ -994,14 +972,7 @@ impl RedisBroker {
             };
             tokio::spawn(group_read.run(conn, tx))
         } else {
-            let mut last = match req.from {
-                Some(crate::engine::StartPosition::All) => "0".to_string(),
-                Some(crate::engine::StartPosition::Seq(s)) => id_of(s.saturating_sub(1)),
-                Some(crate::engine::StartPosition::Time(t)) => {
-                    format!("{}-0", (t.as_micros().max(0) / 1000).saturating_sub(1))
-                }
-                _ => "$".to_string(),
-            };
+            let mut last = self.start_after(&key, req.from.unwrap_or_default()).await?;
             tokio::spawn(async move {
                 loop {
                     let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
@@ -1184,14 +1155,8 @@ impl GroupRead {
             tokio::time::sleep(delay).await;
             if let Ok(mut conn) = self.client.get_multiplexed_async_connection().await {
                 // After a restart without persistence the group may be gone; make it again at the start.
-                let _: redis::RedisResult<String> = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(&self.key)
-                    .arg(self.group.as_str())
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async(&mut conn)
-                    .await;
+                let _: redis::RedisResult<String> =
+                    xgroup_create(&self.key, self.group.as_str(), "0").query_async(&mut conn).await;
                 return Some(conn);
             }
             delay = (delay * 2).min(Duration::from_secs(5));
