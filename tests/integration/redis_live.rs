@@ -378,20 +378,30 @@ fn rediss_urls_talk_tls() {
         .unwrap();
     assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-        .args(["--tls-cert-file", cert.to_str().unwrap(), "--tls-key-file", key_file.to_str().unwrap()])
-        .args(["--tls-ca-cert-file", cert.to_str().unwrap(), "--tls-auth-clients", "no"])
-        .args(["--dir", dir.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut redis = OwnRedis { dir: dir.clone(), child };
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "redis-server with TLS did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (port_arg, cert_arg, key_arg) =
+        (port.to_string(), cert.to_str().unwrap(), key_file.to_str().unwrap());
+    let mut redis = OwnRedis::spawn(
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port_arg,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--tls-cert-file",
+            cert_arg,
+            "--tls-key-file",
+            key_arg,
+            "--tls-ca-cert-file",
+            cert_arg,
+            "--tls-auth-clients",
+            "no",
+        ],
+        port,
+        &dir,
+    );
     let home = Home::new("redis-tls");
     let tls = format!("rediss://127.0.0.1:{port}/?mode=streams#insecure");
     let (code, out, stderr) = home.run(&["--broker", &tls, "pub", "secure", "over tls"]);
@@ -415,17 +425,25 @@ struct OwnRedis {
 }
 
 impl OwnRedis {
+    /// A persisting (append-only, fsync always) server on `port`.
     fn start(port: u16, dir: &std::path::Path) -> OwnRedis {
+        let port_arg = port.to_string();
+        let args = ["--port", &port_arg, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"];
+        OwnRedis::spawn(&[&args[..], &["--appendfsync", "always"]].concat(), port, dir)
+    }
+
+    /// Starts redis-server with `args` in `dir` and waits until `port` accepts connections.
+    fn spawn(args: &[&str], port: u16, dir: &std::path::Path) -> OwnRedis {
         std::fs::create_dir_all(dir).unwrap();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "always", "--dir", dir.to_str().unwrap()])
+            .args(args)
+            .args(["--dir", dir.to_str().unwrap()])
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start: {args:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
         OwnRedis { dir: dir.to_path_buf(), child }
