@@ -11,6 +11,25 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// Runs `script` in a detached `width`×`height` tmux session named after `tag`; `None` (after saying
+    /// why) when tmux is missing, which fails instead under PUBSUB_REQUIRE_BROKERS.
+    fn start(tag: &str, width: u16, height: u16, script: &str) -> Option<Tmux> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            assert!(std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(), "tmux is required for {tag}");
+            eprintln!("skipping {tag}: tmux is not installed");
+            return None;
+        }
+        let session = format!("pubsub-{tag}-{}", std::process::id());
+        let (w, h) = (width.to_string(), height.to_string());
+        let ok = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x", &w, "-y", &h, script])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmux could not start a session");
+        Some(Tmux { session })
+    }
+
     fn capture(&self) -> String {
         let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.session]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -44,29 +63,14 @@ impl Drop for Tmux {
 
 #[test]
 fn tui_shows_a_published_message_and_restores_the_terminal() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(
-            std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(),
-            "tmux is required for the TUI end-to-end test"
-        );
-        eprintln!("skipping the TUI end-to-end test: tmux is not installed");
-        return;
-    }
     let home = Home::with_daemon("tui-e2e");
     let bin = assert_cmd::cargo::cargo_bin("pubsub");
-    let session = format!("pubsub-e2e-{}", std::process::id());
     let script = format!(
         "PUBSUB_HOME={} {} tui --no-mouse; echo EXITED=$?; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; sleep 30",
         home.0.display(),
         bin.display()
     );
-    let ok = Command::new("tmux")
-        .args(["new-session", "-d", "-s", &session, "-x", "120", "-y", "40", &script])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tmux could not start a session");
-    let tmux = Tmux { session };
+    let Some(tmux) = Tmux::start("e2e", 120, 40, &script) else { return };
     tmux.wait_for("1 Topics");
     let (code, _, stderr) = home.run(&["pub", "demo.orders", r#"{"hello":"from e2e"}"#]);
     assert_eq!(code, 0, "{stderr}");
@@ -90,33 +94,17 @@ fn tui_shows_a_published_message_and_restores_the_terminal() {
 
 #[test]
 fn demo_runs_live_on_the_topology_and_writes_a_snapshot() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(
-            std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(),
-            "tmux is required for the TUI end-to-end test"
-        );
-        eprintln!("skipping the demo end-to-end test: tmux is not installed");
-        return;
-    }
     let home = Home::new("demo-e2e");
     std::fs::create_dir_all(&home.0).unwrap();
     let snapshot = home.0.join("topology.txt");
     let bin = assert_cmd::cargo::cargo_bin("pubsub");
-    let session = format!("pubsub-demo-e2e-{}", std::process::id());
     let script = format!(
         "PUBSUB_HOME={} {} demo crash --workshop --snapshot {}; echo EXITED=$?; sleep 30",
         home.0.display(),
         bin.display(),
         snapshot.display()
     );
-    assert!(
-        Command::new("tmux")
-            .args(["new-session", "-d", "-s", &session, "-x", "140", "-y", "45", &script])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let tmux = Tmux { session };
+    let Some(tmux) = Tmux::start("demo-e2e", 140, 45, &script) else { return };
     tmux.wait_for("4 Topology");
     tmux.wait_for("worker-b");
     tmux.wait_for("what is happening");
@@ -129,28 +117,16 @@ fn demo_runs_live_on_the_topology_and_writes_a_snapshot() {
 
 #[test]
 fn topic_delete_asks_on_a_terminal_and_keeps_the_topic_unless_told_yes() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(), "tmux is required for this test");
-        eprintln!("skipping the confirmation test: tmux is not installed");
-        return;
-    }
     let home = Home::with_daemon("confirm-e2e");
     let (code, _, stderr) = home.run(&["pub", "precious", "a", "b"]);
     assert_eq!(code, 0, "{stderr}");
     let bin = assert_cmd::cargo::cargo_bin("pubsub");
-    let session = format!("pubsub-confirm-{}", std::process::id());
     let script = format!(
         "export PUBSUB_HOME={}; {bin} topic delete precious; echo FIRST=$?; {bin} topic delete precious; echo SECOND=$?; sleep 30",
         home.0.display(),
         bin = bin.display()
     );
-    let ok = Command::new("tmux")
-        .args(["new-session", "-d", "-s", &session, "-x", "120", "-y", "20", &script])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tmux could not start a session");
-    let tmux = Tmux { session };
+    let Some(tmux) = Tmux::start("confirm", 120, 20, &script) else { return };
     tmux.wait_for("delete topic precious (2 message(s), 0 subscription(s))? [y/N]");
     tmux.keys(&["n", "Enter"]);
     tmux.wait_for("FIRST=1");
