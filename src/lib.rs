@@ -18,4 +18,5 @@ pub mod demo;
 pub mod engine;
 pub mod protocol;
 pub mod server;
+pub mod store;
 pub mod tui;

@@ -50,6 +50,18 @@ impl<T> BlockDeque<T> {
         item
     }
 
+    pub fn pop_back(&mut self) -> Option<T> {
+        let last = self.blocks.back_mut()?;
+        let item = last.pop_back();
+        if last.is_empty() {
+            self.blocks.pop_back();
+        }
+        if item.is_some() {
+            self.len -= 1;
+        }
+        item
+    }
+
     pub fn front(&self) -> Option<&T> {
         self.blocks.front().and_then(VecDeque::front)
     }

@@ -12,10 +12,12 @@ use super::stats;
 use super::subscription::{Ctx, Effects, SubState};
 use super::topic::TopicCell;
 use super::{
-    AckRef, AttachOptions, ConsumerId, Delivery, Engine, EngineError, EngineEvent, FetchOptions, Name,
-    PeekReport, PushConsumer, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo, Timestamp,
-    TopicConfig, lock,
+    AckRef, AttachOptions, ConsumerId, Delivery, Engine, EngineError, EngineEvent, FetchOptions, Lifetime,
+    Name, PeekReport, PushConsumer, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo,
+    Timestamp, TopicConfig, lock,
 };
+use crate::store::MetaOp;
+use crate::store::journal::SubJournal;
 
 impl Engine {
     /// Creates a subscription; the topic is auto-created when allowed.
@@ -67,8 +69,20 @@ impl Engine {
                 StartPosition::Time(t) => log.seq_at_time(t),
             };
             let name = config.name.clone();
-            let lease_base = self.inner.next_id.fetch_add(1, Ordering::Relaxed) << 32;
-            state.subs.push(SubState::new(config, start, now, lease_base));
+            let lease_base = self.next_lease_base();
+            let journal = match &self.inner.store {
+                Some(store) if config.lifetime == Lifetime::Durable && state.log.is_durable() => {
+                    let dir = store.subscription_dir(&name);
+                    store.remove_subscription_files(&name)?;
+                    let journal = SubJournal::create(&dir, start, config.ack_durability)?;
+                    store.record(&MetaOp::CreateSubscription { config: config.clone() })?;
+                    Some(journal)
+                }
+                _ => None,
+            };
+            let mut sub = SubState::new(config, start, now, lease_base);
+            sub.journal = journal;
+            state.subs.push(sub);
             let publish_rate = state.publish_rate.rate(now);
             let info = state
                 .sub(&name)
@@ -89,13 +103,27 @@ impl Engine {
 
     /// Deletes a subscription; its push consumers' streams end.
     pub fn delete_subscription(&self, name: &Name) -> Result<(), EngineError> {
-        let cell = self
-            .registry_mut()
-            .subs
-            .remove(name)
-            .ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))?;
+        let cell = {
+            let mut reg = self.registry_mut();
+            let cell = reg.subs.remove(name).ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))?;
+            let durable = lock(&cell.state).sub(name).is_some_and(|s| s.journal.is_some());
+            if let Some(store) = &self.inner.store
+                && durable
+            {
+                if let Err(e) = store.record(&MetaOp::DeleteSubscription { name: name.clone() }) {
+                    reg.subs.insert(name.clone(), cell);
+                    return Err(e.into());
+                }
+            }
+            cell
+        };
         {
             let mut state = lock(&cell.state);
+            if let Some(store) = &self.inner.store
+                && let Err(e) = store.remove_subscription_files(name)
+            {
+                tracing::warn!("{e}");
+            }
             state.subs.retain(|s| s.name() != name);
             state.refresh_push_flag();
         }
@@ -134,13 +162,16 @@ impl Engine {
             sub.skip_uncovered(ctx.topic, ctx.log);
             sub.dispatch_push(&ctx, &mut effects);
             state.refresh_push_flag();
-            result
+            let persisted = state.persist_subs();
+            result.and_then(|r| persisted.map(|waits| (r, waits)))
         };
         if effects.wake {
             cell.notify.notify_waiters();
         }
         self.apply(effects);
-        result
+        let (result, waits) = result?;
+        super::wait_all(waits)?;
+        Ok(result)
     }
 
     /// Every subscription, optionally only those of one topic.
@@ -156,6 +187,7 @@ impl Engine {
             let mut state = lock(&cell.state);
             // Metrics reflect due timers (expired leases, released backoffs) even between ticks.
             state.run_timers(now, &mut effects);
+            let _ = state.persist_subs();
             let rate = state.publish_rate.rate(now);
             out.extend(
                 state.subs.iter().map(|s| stats::subscription_info(s, &cell.name, &state.log, rate, now)),

@@ -14,6 +14,7 @@ use super::event::EngineEvent;
 use super::log::{Record, to_message};
 use super::message::{AckRef, ConsumerId, Delivery};
 use super::subscription::{Ctx, DeliveryState, Effects, Entry, SubState};
+use crate::store::journal::SubOp;
 
 impl SubState {
     /// Appends deliveries for consumer `c` to `out` until `max_msgs` are there, credit runs out or the
@@ -36,7 +37,7 @@ impl SubState {
             let before = out.len();
             for (seq, record) in ctx.log.iter_from(from).take(room) {
                 out.push(Delivery {
-                    message: to_message(ctx.topic, 0, seq, record),
+                    message: to_message(ctx.topic, 0, seq, &record),
                     attempt: 1,
                     lease: None,
                     deadline: None,
@@ -78,11 +79,11 @@ impl SubState {
         }
         if let Some(&seq) = self.ready.first() {
             let record = ctx.log.get(seq)?;
-            if !self.fits(record, byte_budget) {
+            if !self.fits(&record, byte_budget) {
                 return None;
             }
             self.ready.remove(&seq);
-            return Some(self.lease(c, seq, record, ctx));
+            return Some(self.lease(c, seq, &record, ctx));
         }
         let head = ctx.log.head_seq();
         while self.delivered_seq < head {
@@ -92,17 +93,17 @@ impl SubState {
                 self.delivered_seq = ctx.log.first_seq().saturating_sub(1).max(seq);
                 continue;
             };
-            if !self.covers_record(ctx.topic, record) {
+            if !self.covers_record(ctx.topic, &record) {
                 self.delivered_seq = seq;
                 self.counters.filtered += 1;
                 continue;
             }
-            if !self.fits(record, byte_budget) {
+            if !self.fits(&record, byte_budget) {
                 return None;
             }
             self.delivered_seq = seq;
             if explicit {
-                return Some(self.lease(c, seq, record, ctx));
+                return Some(self.lease(c, seq, &record, ctx));
             }
             self.counters.delivered += 1;
             self.counters.acked += 1;
@@ -112,7 +113,7 @@ impl SubState {
                 consumer.last_activity = ctx.now;
             }
             return Some(Delivery {
-                message: to_message(ctx.topic, 0, seq, record),
+                message: to_message(ctx.topic, 0, seq, &record),
                 attempt: 1,
                 lease: None,
                 deadline: None,
@@ -157,6 +158,7 @@ impl SubState {
         entry.lease_start = now;
         entry.last_delivered = now;
         let attempt = entry.attempt;
+        self.note(SubOp::Attempt { seq, attempt });
         self.deadlines.insert((deadline, seq));
         self.in_flight += 1;
         self.in_flight_bytes += bytes;
@@ -171,7 +173,7 @@ impl SubState {
             consumer.last_activity = now;
         }
         Delivery {
-            message: to_message(ctx.topic, 0, seq, record),
+            message: to_message(ctx.topic, 0, seq, &record),
             attempt,
             lease: Some(AckRef { partition: 0, seq, lease }),
             deadline: Some(deadline),

@@ -7,6 +7,9 @@ use super::name::{Name, NameError};
 /// Why an engine operation was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
+    /// The durable store failed; the text names the file and what went wrong.
+    #[error("storage: {0}")]
+    Storage(String),
     /// A name or pattern failed validation.
     #[error(transparent)]
     InvalidName(#[from] NameError),
@@ -127,4 +130,10 @@ pub enum EngineError {
     /// A wait was given a duration too large to represent.
     #[error("wait of {0:?} is too long")]
     WaitTooLong(Duration),
+}
+
+impl From<crate::store::StoreError> for EngineError {
+    fn from(e: crate::store::StoreError) -> Self {
+        EngineError::Storage(e.to_string())
+    }
 }

@@ -13,6 +13,8 @@ use super::blocks::BlockDeque;
 use super::clock::Timestamp;
 use super::message::{Message, MessageExtra};
 use super::name::Name;
+use crate::store::segment::{Partition, StoredRecord};
+use crate::store::{StoreError, SyncGate};
 
 /// Payloads up to this size are packed into the arena; larger ones keep their own buffer (no copy).
 const ARENA_MAX_PAYLOAD: usize = 512;
@@ -43,19 +45,80 @@ impl Record {
     }
 }
 
+/// A record as a reader gets it: borrowed from memory, or read back from a sealed segment on disk.
+#[derive(Debug)]
+pub(crate) enum RecordRef<'a> {
+    Hot(&'a Record),
+    Cold(Box<Record>),
+}
+
+impl std::ops::Deref for RecordRef<'_> {
+    type Target = Record;
+
+    fn deref(&self) -> &Record {
+        match self {
+            RecordRef::Hot(r) => r,
+            RecordRef::Cold(r) => r,
+        }
+    }
+}
+
 /// A partition's retained messages, `first_seq ..= head_seq`.
+///
+/// In memory only, every retained record is hot (held in `records`). With a durable store, only the
+/// active segment's records are hot; older ones (`first_seq .. hot_first`) are cold and read from their
+/// sealed segment when asked for, so memory stays bounded by the segment size and opening a directory
+/// does not read every retained message.
 #[derive(Debug)]
 pub(crate) struct Log {
     records: BlockDeque<Record>,
     first_seq: u64,
+    /// Seq of `records[0]`; equal to `first_seq` unless older records are cold.
+    hot_first: u64,
     /// `end_bytes` of the record just before `first_seq` (0 at the start).
     base_bytes: u64,
     arena: BytesMut,
+    disk: Option<Partition>,
 }
 
 impl Log {
     pub fn new() -> Self {
-        Log { records: BlockDeque::new(), first_seq: 1, base_bytes: 0, arena: BytesMut::new() }
+        Log {
+            records: BlockDeque::new(),
+            first_seq: 1,
+            hot_first: 1,
+            base_bytes: 0,
+            arena: BytesMut::new(),
+            disk: None,
+        }
+    }
+
+    /// A log kept in `disk`, with the active segment's records (read at open) hot.
+    pub fn on_disk(disk: Partition, hot: Vec<StoredRecord>) -> Self {
+        let first_seq = disk.first_seq();
+        let hot_first = disk.active_base();
+        let mut end_bytes = disk.active_cum_before();
+        let mut records = BlockDeque::new();
+        for r in hot {
+            end_bytes += r.content;
+            records.push_back(Record {
+                publish_time: r.time,
+                end_bytes,
+                subject: r.subject,
+                extra: r.extra,
+                payload: r.payload,
+            });
+        }
+        Log { records, first_seq, hot_first, base_bytes: 0, arena: BytesMut::new(), disk: Some(disk) }
+    }
+
+    /// Whether the log is kept on disk.
+    pub fn is_durable(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    pub fn disk(&self) -> Option<&Partition> {
+        self.disk.as_ref()
     }
 
     /// Oldest retained seq; `head_seq + 1` when empty.
@@ -65,16 +128,16 @@ impl Log {
 
     /// Last appended seq; 0 before the first append.
     pub fn head_seq(&self) -> u64 {
-        self.first_seq + self.records.len() as u64 - 1
+        self.hot_first + self.records.len() as u64 - 1
     }
 
     pub fn len(&self) -> u64 {
-        self.records.len() as u64
+        self.head_seq() + 1 - self.first_seq
     }
 
     /// Bytes retained.
     pub fn bytes(&self) -> u64 {
-        self.records.back().map_or(0, |r| r.end_bytes - self.base_bytes)
+        self.end_bytes_at(self.head_seq()).saturating_sub(self.base_bytes)
     }
 
     /// Bytes of the retained messages with seq in `(after, through]`.
@@ -89,37 +152,124 @@ impl Log {
         if seq < self.first_seq {
             return self.base_bytes;
         }
-        match self.get(seq) {
+        if seq < self.hot_first {
+            return self.cold_end_bytes(seq).unwrap_or(self.base_bytes);
+        }
+        match self.hot(seq) {
             Some(r) => r.end_bytes,
-            None => self.records.back().map_or(self.base_bytes, |r| r.end_bytes),
+            None => self.records.back().map_or_else(|| self.hot_base_bytes(), |r| r.end_bytes),
         }
     }
 
-    pub fn get(&self, seq: u64) -> Option<&Record> {
-        let index = seq.checked_sub(self.first_seq)?;
+    /// `end_bytes` just before the first hot record.
+    fn hot_base_bytes(&self) -> u64 {
+        match &self.disk {
+            Some(_) if self.first_seq < self.hot_first => {
+                self.cold_end_bytes(self.hot_first - 1).unwrap_or(self.base_bytes)
+            }
+            _ => self.base_bytes,
+        }
+    }
+
+    fn cold_end_bytes(&self, seq: u64) -> Option<u64> {
+        let disk = self.disk.as_ref()?;
+        match disk.cum_through(seq) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("cannot size seq {seq}: {e}");
+                None
+            }
+        }
+    }
+
+    fn hot(&self, seq: u64) -> Option<&Record> {
+        let index = seq.checked_sub(self.hot_first)?;
         self.records.get(usize::try_from(index).ok()?)
     }
 
-    /// Records from `seq` on, with their seqs.
-    pub fn iter_from(&self, seq: u64) -> impl Iterator<Item = (u64, &Record)> {
-        let start = seq.max(self.first_seq);
-        let index = usize::try_from(start - self.first_seq).unwrap_or(usize::MAX);
-        (start..).zip(self.records.iter_from(index))
+    pub fn get(&self, seq: u64) -> Option<RecordRef<'_>> {
+        if seq < self.first_seq {
+            return None;
+        }
+        if seq >= self.hot_first {
+            return self.hot(seq).map(RecordRef::Hot);
+        }
+        self.cold(seq).map(|r| RecordRef::Cold(Box::new(r)))
     }
 
-    /// Appends and returns the new seq. The payload is packed into the arena when small.
+    fn cold(&self, seq: u64) -> Option<Record> {
+        match self.disk.as_ref()?.read(seq) {
+            Ok(Some(r)) => Some(Record {
+                publish_time: r.time,
+                end_bytes: 0,
+                subject: r.subject,
+                extra: r.extra,
+                payload: r.payload,
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                // Unreadable data is reported, never passed on as if it were the message.
+                tracing::error!("seq {seq} cannot be read: {e}");
+                None
+            }
+        }
+    }
+
+    /// Records from `seq` on, with their seqs.
+    pub fn iter_from(&self, seq: u64) -> impl Iterator<Item = (u64, RecordRef<'_>)> {
+        let start = seq.max(self.first_seq);
+        let cold = (start..self.hot_first)
+            .filter_map(move |s| self.cold(s).map(|r| (s, RecordRef::Cold(Box::new(r)))));
+        let hot_start = start.max(self.hot_first);
+        let index = usize::try_from(hot_start - self.hot_first).unwrap_or(usize::MAX);
+        cold.chain((hot_start..).zip(self.records.iter_from(index).map(RecordRef::Hot)))
+    }
+
+    /// Appends and returns the new seq. The payload is packed into the arena when small. On a durable
+    /// log the record is staged for the next [`Log::commit`], and a record the store cannot hold is
+    /// refused before anything changes.
     pub fn append(
         &mut self,
         publish_time: Timestamp,
         subject: Option<Name>,
         extra: Option<Arc<MessageExtra>>,
         payload: &Bytes,
-    ) -> u64 {
+    ) -> Result<u64, StoreError> {
+        let seq = self.head_seq() + 1;
+        let size = match &mut self.disk {
+            Some(disk) => disk.stage(seq, publish_time, subject.as_ref(), extra.as_deref(), payload)?,
+            None => (payload.len() + extra.as_ref().map_or(0, |e| e.size())) as u64,
+        };
         let payload = self.pack(payload);
-        let size = (payload.len() + extra.as_ref().map_or(0, |e| e.size())) as u64;
-        let end_bytes = self.records.back().map_or(self.base_bytes, |r| r.end_bytes) + size;
+        let end_bytes = self.records.back().map_or_else(|| self.hot_base_bytes(), |r| r.end_bytes) + size;
         self.records.push_back(Record { publish_time, end_bytes, subject, extra, payload });
-        self.head_seq()
+        Ok(self.head_seq())
+    }
+
+    /// Writes what [`Log::append`] staged. Returns what to wait on before the publish may return. When
+    /// the active segment rolls, the records of the one just sealed leave memory (they stay readable).
+    pub fn commit(&mut self) -> Result<Option<(Arc<SyncGate>, u64)>, StoreError> {
+        let Some(disk) = &mut self.disk else {
+            return Ok(None);
+        };
+        let commit = disk.commit()?;
+        if let Some(base) = commit.rolled_to {
+            // `first_seq` and `base_bytes` stay: the records are still retained, only no longer in memory.
+            while self.hot_first < base && self.records.pop_front().is_some() {
+                self.hot_first += 1;
+            }
+        }
+        Ok(commit.sync)
+    }
+
+    /// Takes back appends after `head` that were never committed (their publish failed).
+    pub fn rollback(&mut self, head: u64) {
+        while self.head_seq() > head && self.head_seq() >= self.hot_first {
+            self.records.pop_back();
+        }
+        if let Some(disk) = &mut self.disk {
+            disk.discard_staged();
+        }
     }
 
     fn pack(&mut self, payload: &Bytes) -> Bytes {
@@ -133,34 +283,85 @@ impl Log {
         self.arena.split().freeze()
     }
 
-    /// Removes the oldest record, returning its seq.
-    pub fn pop_front(&mut self) -> Option<(u64, Record)> {
-        let record = self.records.pop_front()?;
+    /// Removes the oldest record, returning its seq and, when `want` is set, the record (a cold record
+    /// is only read back when wanted).
+    pub fn pop_front(&mut self, want: bool) -> Option<(u64, Option<Record>)> {
         let seq = self.first_seq;
+        if seq > self.head_seq() {
+            return None;
+        }
+        if seq < self.hot_first {
+            let record = if want { self.cold(seq) } else { None };
+            self.base_bytes = self.cold_end_bytes(seq).unwrap_or(self.base_bytes);
+            self.first_seq += 1;
+            if let Some(disk) = &mut self.disk
+                && let Err(e) = disk.drop_before(self.first_seq)
+            {
+                tracing::warn!("cannot delete an expired segment: {e}");
+            }
+            return Some((seq, record));
+        }
+        let record = self.records.pop_front()?;
         self.first_seq += 1;
+        self.hot_first += 1;
         self.base_bytes = record.end_bytes;
-        Some((seq, record))
+        Some((seq, Some(record)))
     }
 
-    /// The oldest record, if any.
-    pub fn front(&self) -> Option<&Record> {
-        self.records.front()
+    /// Drops every retained record at once (`topic purge` on a durable log); returns how many.
+    pub fn purge_durable(&mut self) -> Result<u64, StoreError> {
+        let head = self.head_seq();
+        let removed = self.len();
+        self.base_bytes = self.end_bytes_at(head);
+        if let Some(disk) = &mut self.disk {
+            disk.purge(head + 1)?;
+        }
+        while self.records.pop_front().is_some() {}
+        self.first_seq = head + 1;
+        self.hot_first = head + 1;
+        Ok(removed)
+    }
+
+    /// Publish time of the oldest record.
+    pub fn front_time(&self) -> Option<Timestamp> {
+        if self.first_seq > self.head_seq() {
+            return None;
+        }
+        if self.first_seq < self.hot_first {
+            return self.disk.as_ref().and_then(|d| d.time_of(self.first_seq).ok().flatten());
+        }
+        self.records.front().map(|r| r.publish_time)
     }
 
     /// First seq whose publish time is at or after `t`; `head_seq + 1` when none is.
     pub fn seq_at_time(&self, t: Timestamp) -> u64 {
+        if self.first_seq < self.hot_first
+            && let Some(disk) = &self.disk
+        {
+            match disk.seq_at_time(self.first_seq, t) {
+                Ok(Some(seq)) => return seq.max(self.first_seq),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("time lookup fell back to memory: {e}"),
+            }
+        }
         // Publish times never decrease within a partition, so the deque is sorted by time.
-        self.first_seq + self.records.partition_point(|r| r.publish_time < t) as u64
+        self.hot_first + self.records.partition_point(|r| r.publish_time < t) as u64
     }
 
     /// The publish time of the newest record.
     pub fn last_time(&self) -> Option<Timestamp> {
-        self.records.back().map(|r| r.publish_time)
+        match self.records.back() {
+            Some(r) => Some(r.publish_time),
+            None if self.first_seq <= self.head_seq() => {
+                self.disk.as_ref().and_then(|d| d.time_of(self.head_seq()).ok().flatten())
+            }
+            None => None,
+        }
     }
 
     /// A reader's view of the record at `seq`.
     pub fn message(&self, topic: &Name, partition: u32, seq: u64) -> Option<Message> {
-        self.get(seq).map(|r| to_message(topic, partition, seq, r))
+        self.get(seq).map(|r| to_message(topic, partition, seq, &r))
     }
 }
 
@@ -184,7 +385,8 @@ mod tests {
     fn log_with(n: u64) -> Log {
         let mut log = Log::new();
         for i in 0..n {
-            log.append(Timestamp::from_micros(i as i64 * 10), None, None, &Bytes::from(vec![b'x'; 4]));
+            log.append(Timestamp::from_micros(i as i64 * 10), None, None, &Bytes::from(vec![b'x'; 4]))
+                .unwrap();
         }
         log
     }
@@ -193,7 +395,7 @@ mod tests {
     fn seqs_start_at_one_and_are_dense() {
         let mut log = log_with(3);
         assert_eq!((log.first_seq(), log.head_seq()), (1, 3));
-        assert_eq!(log.pop_front().map(|(s, _)| s), Some(1));
+        assert_eq!(log.pop_front(false).map(|(s, _)| s), Some(1));
         assert_eq!((log.first_seq(), log.head_seq(), log.len()), (2, 3, 2));
         assert!(log.get(1).is_none());
         assert!(log.get(2).is_some());
@@ -210,7 +412,7 @@ mod tests {
         let mut log = log_with(5);
         assert_eq!(log.bytes(), 20);
         assert_eq!(log.bytes_between(2, 4), 8);
-        log.pop_front();
+        log.pop_front(false);
         assert_eq!(log.bytes(), 16);
         assert_eq!(log.bytes_between(0, 5), 16);
     }
@@ -228,8 +430,8 @@ mod tests {
         let mut log = Log::new();
         let a = Bytes::from_static(b"hello");
         let b = Bytes::from(vec![7u8; 2000]);
-        log.append(Timestamp::ZERO, None, None, &a);
-        log.append(Timestamp::ZERO, None, None, &b);
+        log.append(Timestamp::ZERO, None, None, &a).unwrap();
+        log.append(Timestamp::ZERO, None, None, &b).unwrap();
         assert_eq!(log.get(1).map(|r| r.payload.clone()), Some(a));
         assert_eq!(log.get(2).map(|r| r.payload.clone()), Some(b));
     }

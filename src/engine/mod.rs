@@ -13,6 +13,7 @@ pub mod config;
 mod consume;
 mod consumer;
 mod dispatch;
+mod durable;
 pub mod error;
 pub mod event;
 mod log;
@@ -51,6 +52,8 @@ pub use stats::{
 pub use subscription::DeliveryState;
 pub use tap::{TapItem, TapOptions, TapReceiver};
 
+use crate::store::segment::{Partition, PartitionOptions};
+use crate::store::{MetaOp, Store, SyncGate};
 use subscription::Effects;
 use tap::TapRegistry;
 use topic::{TopicCell, TopicState};
@@ -168,6 +171,8 @@ struct Inner {
     unroutable: AtomicU64,
     tap_lagged: AtomicU64,
     next_id: AtomicU64,
+    /// The durable store, when the engine was opened on a data directory.
+    store: Option<Store>,
 }
 
 /// The engine handle: clone it freely and use it from any task or thread.
@@ -190,6 +195,10 @@ impl Engine {
 
     /// An engine on the given clock and settings.
     pub fn with_clock(clock: SharedClock, config: EngineConfig) -> Self {
+        Engine::build(clock, config, None, 1)
+    }
+
+    fn build(clock: SharedClock, config: EngineConfig, store: Option<Store>, first_id: u64) -> Self {
         Engine {
             inner: Arc::new(Inner {
                 clock,
@@ -199,9 +208,16 @@ impl Engine {
                 tap_count: AtomicUsize::new(0),
                 unroutable: AtomicU64::new(0),
                 tap_lagged: AtomicU64::new(0),
-                next_id: AtomicU64::new(1),
+                next_id: AtomicU64::new(first_id),
+                store,
             }),
         }
+    }
+
+    /// A base for a new subscription's lease tokens, unique in this engine (and across restarts of a
+    /// durable one).
+    fn next_lease_base(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed) << 32
     }
 
     /// The clock every rule reads.
@@ -257,7 +273,25 @@ impl Engine {
             }
         }
         let name = config.name.clone();
-        let state = TopicState::new(config, now);
+        let mut config = config;
+        let state = match &self.inner.store {
+            Some(store) => {
+                config.storage = StorageKind::File;
+                let dir = store.partition_dir(&name, 0);
+                // A directory left by a delete whose removal failed must not leak into the new topic.
+                store.remove_topic_files(&name)?;
+                let disk = Partition::create(&dir, 1, partition_options(&config))?;
+                if let Durability::Interval(every) = config.durability {
+                    store.sync_every(&disk.gate(), every);
+                }
+                store.record(&MetaOp::CreateTopic { config: config.clone() })?;
+                TopicState::with_log(config, log::Log::on_disk(disk, Vec::new()), now)
+            }
+            None => {
+                config.storage = StorageKind::Memory;
+                TopicState::new(config, now)
+            }
+        };
         let info = state.info(now);
         let cell = TopicCell::new(state);
         for pattern in captured {
@@ -280,11 +314,24 @@ impl Engine {
             reg.exact.retain(|_, c| !Arc::ptr_eq(c, &cell));
             reg.wildcard.retain(|(_, c)| !Arc::ptr_eq(c, &cell));
             reg.subs.retain(|_, c| !Arc::ptr_eq(c, &cell));
+            if let Some(store) = &self.inner.store {
+                store.record(&MetaOp::DeleteTopic { name: name.clone() })?;
+            }
             cell
         };
         {
             // Dropping the subscriptions drops push senders, which ends their consumers' streams.
             let mut state = lock(&cell.state);
+            if let Some(store) = &self.inner.store {
+                for sub in &state.subs {
+                    if let Err(e) = store.remove_subscription_files(sub.name()) {
+                        tracing::warn!("{e}");
+                    }
+                }
+                if let Err(e) = store.remove_topic_files(name) {
+                    tracing::warn!("{e}");
+                }
+            }
             state.subs.clear();
         }
         cell.notify.notify_waiters();
@@ -298,7 +345,7 @@ impl Engine {
         let mut effects = Effects::default();
         let removed = lock(&cell.state).purge(&mut effects);
         self.apply(effects);
-        Ok(removed)
+        removed
     }
 
     fn topic_cell(&self, name: &Name) -> Result<Arc<TopicCell>, EngineError> {
@@ -371,7 +418,7 @@ impl Engine {
         let mut idle = Vec::new();
         for cell in cells {
             let mut effects = Effects::default();
-            {
+            let waits = {
                 let mut state = lock(&cell.state);
                 state.run_timers(now, &mut effects);
                 for sub in &mut state.subs {
@@ -389,7 +436,10 @@ impl Engine {
                         });
                     }
                 }
-            }
+                state.persist_subs().unwrap_or_default()
+            };
+            // Timers settle nothing a caller waits for; the syncs only keep the journal current.
+            let _ = wait_all(waits);
             if effects.wake {
                 cell.notify.notify_waiters();
             }
@@ -427,6 +477,19 @@ impl Engine {
             tap_lagged: self.inner.tap_lagged.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The settings of a topic's partition files.
+fn partition_options(config: &TopicConfig) -> PartitionOptions {
+    PartitionOptions { segment_bytes: config.segment_bytes, durability: config.durability }
+}
+
+/// Waits for every sync an operation needs before it may return.
+fn wait_all(waits: Vec<(Arc<SyncGate>, u64)>) -> Result<(), EngineError> {
+    for (gate, mark) in waits {
+        gate.wait(mark)?;
+    }
+    Ok(())
 }
 
 impl Default for Engine {

@@ -71,8 +71,9 @@ impl Engine {
             let mut for_taps = Vec::new();
             let mut failure = None;
             let run_start = receipts.len();
-            {
+            let waits = {
                 let mut state = lock(&cell.state);
+                let head_before = state.log.head_seq();
                 let mut next = Some(first);
                 while let Some(req) = next.take() {
                     match state.append(&req, now, &mut effects) {
@@ -96,11 +97,31 @@ impl Engine {
                     }
                     next = iter.next_if(|r| r.subject == subject);
                 }
+                let mut waits = Vec::new();
+                match state.commit_appends(head_before) {
+                    Ok(sync) => waits.extend(sync),
+                    Err(e) => {
+                        // Nothing of this run was kept: report the first message of it as failed.
+                        receipts.truncate(run_start);
+                        for_taps.clear();
+                        failure = Some(e);
+                    }
+                }
                 let appended = (receipts.len() - run_start) as u64;
                 state.publish_rate.record(now, appended);
                 if state.has_push {
                     state.dispatch_push(now, &mut effects);
                 }
+                if let Ok(subs) = state.persist_subs() {
+                    waits.extend(subs);
+                }
+                waits
+            };
+            if let Err(e) = super::wait_all(waits)
+                && failure.is_none()
+            {
+                // The messages are appended and visible, but the disk did not confirm them.
+                failure = Some(e);
             }
             self.wake(&cell);
             self.apply(effects);
@@ -189,14 +210,24 @@ impl Engine {
             None => return Err(EngineError::NoSuchTopic(topic.clone())),
         };
         let mut effects = Effects::default();
-        let appended = {
+        let (appended, waits) = {
             let mut state = lock(&cell.state);
-            let appended = state.append(&req, now, &mut effects);
+            let head_before = state.log.head_seq();
+            let appended = state.append(&req, now, &mut effects).and_then(|a| {
+                let sync = state.commit_appends(head_before)?;
+                Ok((a, sync))
+            });
             if state.has_push {
                 state.dispatch_push(now, &mut effects);
             }
-            appended.map(|(seq, dup)| (seq, dup, state.log.get(seq).map_or(now, |r| r.publish_time)))
+            let mut waits: Vec<_> = state.persist_subs().unwrap_or_default();
+            let appended = appended.map(|((seq, dup), sync)| {
+                waits.extend(sync);
+                (seq, dup, state.log.get(seq).map_or(now, |r| r.publish_time))
+            });
+            (appended, waits)
         };
+        super::wait_all(waits)?;
         self.wake(&cell);
         self.apply(effects);
         let (seq, duplicate, time) = appended?;

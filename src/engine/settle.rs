@@ -10,6 +10,7 @@ use super::event::EngineEvent;
 use super::log::to_message;
 use super::message::{AckRef, ConsumerId, PublishRequest};
 use super::subscription::{Ctx, DeadLetter, DeliveryState, Effects, Failure, SubState};
+use crate::store::journal::SubOp;
 
 impl SubState {
     /// Finds the in-flight entry an `AckRef` names. `Ok(None)` means "already settled, nothing to do".
@@ -76,6 +77,7 @@ impl SubState {
         let consumer = self.entries.get(&seq).and_then(|e| e.consumer.clone());
         self.release(seq);
         self.entries.remove(&seq);
+        self.note(SubOp::Settle { seq });
         self.counters.acked += 1;
         self.ack_rate.record(now, 1);
         self.last_active = now;
@@ -202,6 +204,7 @@ impl SubState {
             if not_before > ctx.now {
                 entry.state = DeliveryState::Delayed;
                 self.delayed.insert((not_before, seq));
+                self.note(SubOp::Delay { seq, not_before });
             } else {
                 entry.state = DeliveryState::Available;
                 self.ready.insert(seq);
@@ -226,6 +229,7 @@ impl SubState {
         let name = self.config.name.clone();
         match (&self.config.dead_letter, ctx.log.get(seq)) {
             (Some(dlt), Some(record)) => {
+                let record = &*record;
                 entry.state = DeliveryState::DeadLettered;
                 self.counters.dead_lettered += 1;
                 let message = to_message(ctx.topic, 0, seq, record);
@@ -273,6 +277,7 @@ impl SubState {
             }
         }
         entry.consumer = None;
+        self.note(SubOp::Settle { seq });
     }
 
     /// Backoff after the `attempt`-th delivery failed, with deterministic jitter.

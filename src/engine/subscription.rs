@@ -6,6 +6,7 @@
 //! subscription holds is proportional to what is unsettled, never to the length of the topic.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::clock::Timestamp;
@@ -16,6 +17,8 @@ use super::log::{Log, Record};
 use super::message::{ConsumerId, PublishRequest};
 use super::name::Name;
 use super::stats::{RateMeter, SubCounters};
+use crate::store::journal::{Pending, SubJournal, SubOp, SubSnapshot};
+use crate::store::{StoreError, SyncGate};
 
 /// The state of one message in one subscription, as `peek` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -127,6 +130,8 @@ pub(crate) struct SubState {
     pub(super) lease_floor: u64,
     pub(super) round_robin: usize,
     pub(super) jitter_seed: u64,
+    /// The durable journal of a durable subscription on a file-backed topic.
+    pub(super) journal: Option<SubJournal>,
 }
 
 impl SubState {
@@ -160,7 +165,115 @@ impl SubState {
             lease_floor: lease_base.max(1),
             round_robin: 0,
             jitter_seed,
+            journal: None,
         }
+    }
+
+    /// Records a fact in the journal, when the subscription has one.
+    pub(super) fn note(&mut self, op: SubOp) {
+        if let Some(journal) = &mut self.journal {
+            journal.stage(op);
+        }
+    }
+
+    /// Writes the facts noted under this lock, with the cursor last (see `store::journal`), and takes a
+    /// checkpoint when the journal has grown long. Returns the sync an ack must wait for, if any.
+    pub fn persist(&mut self) -> Result<Option<(Arc<SyncGate>, u64)>, StoreError> {
+        let Some(journal) = &mut self.journal else {
+            return Ok(None);
+        };
+        if journal.recorded_cursor != self.delivered_seq {
+            journal.stage(SubOp::Cursor { seq: self.delivered_seq });
+        }
+        let wait = journal.commit()?;
+        if journal.wants_checkpoint() {
+            let snapshot = self.snapshot();
+            if let Some(journal) = &mut self.journal {
+                journal.checkpoint(&snapshot)?;
+            }
+        }
+        Ok(wait)
+    }
+
+    /// The durable part of the state: cursor, floor, and attempts and not-befores of what is unsettled.
+    pub fn snapshot(&self) -> SubSnapshot {
+        let pending = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.state.is_terminal())
+            .map(|(&seq, e)| {
+                let not_before = (e.state == DeliveryState::Delayed).then_some(e.not_before);
+                (seq, Pending { attempt: e.attempt, not_before })
+            })
+            .collect();
+        SubSnapshot { cursor: self.delivered_seq, floor: self.ack_floor, pending }
+    }
+
+    /// Takes a checkpoint now (clean shutdown), so the next open replays nothing.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let snapshot = self.snapshot();
+        match &mut self.journal {
+            Some(journal) => journal.checkpoint(&snapshot),
+            None => Ok(()),
+        }
+    }
+
+    /// Rebuilds the state a durable subscription had before a restart: seqs up to the cursor without an
+    /// entry are settled, an in-flight message becomes available again with its attempt count (its lease
+    /// did not survive), a delayed one keeps its wall-clock not-before.
+    pub fn restore(&mut self, snapshot: &SubSnapshot, head_seq: u64, now: Timestamp) {
+        self.delivered_seq = snapshot.cursor.min(head_seq);
+        self.ack_floor = snapshot.floor.min(self.delivered_seq);
+        self.entries.clear();
+        self.ready.clear();
+        self.delayed.clear();
+        for (&seq, pending) in snapshot.pending.range(..=self.delivered_seq) {
+            let delayed = pending.not_before.filter(|&t| t > now);
+            let state = if delayed.is_some() { DeliveryState::Delayed } else { DeliveryState::Available };
+            self.entries.insert(
+                seq,
+                Entry {
+                    state,
+                    attempt: pending.attempt,
+                    consumer: None,
+                    lease: 0,
+                    deadline: now,
+                    lease_start: now,
+                    not_before: delayed.unwrap_or(now),
+                    first_delivered: now,
+                    last_delivered: now,
+                    bytes: 0,
+                },
+            );
+            match delayed {
+                Some(t) => {
+                    self.delayed.insert((t, seq));
+                }
+                None => {
+                    self.ready.insert(seq);
+                }
+            }
+        }
+        self.advance_floor();
+    }
+
+    /// Applies the max-deliveries rule (T7) to restored messages whose attempts are used up.
+    pub fn settle_exhausted(&mut self, ctx: &Ctx<'_>, effects: &mut Effects) {
+        let max = self.config.max_deliveries;
+        if max == 0 {
+            return;
+        }
+        let spent: Vec<u64> = self
+            .ready
+            .iter()
+            .copied()
+            .filter(|s| self.entries.get(s).is_some_and(|e| e.attempt >= max))
+            .collect();
+        for seq in spent {
+            self.release(seq);
+            self.failure(seq, Failure::Detach, ctx, effects);
+        }
+        self.advance_floor();
     }
 
     pub fn name(&self) -> &Name {
@@ -205,7 +318,7 @@ impl SubState {
         while self.delivered_seq < log.head_seq() {
             let next = self.delivered_seq + 1;
             match log.get(next) {
-                Some(record) if self.covers_record(topic, record) => break,
+                Some(record) if self.covers_record(topic, &record) => break,
                 Some(_) => self.counters.filtered += 1,
                 None => {}
             }
@@ -338,12 +451,32 @@ impl SubState {
         self.delivered_seq = next.saturating_sub(1);
         self.ack_floor = self.delivered_seq;
         self.lease_floor = self.next_lease;
+        self.note(SubOp::Seek { next });
         effects.events.push(EngineEvent::Seek { subscription: self.config.name.clone(), next_seq: next });
         effects.wake = true;
     }
 
-    /// T10: retention removed `seq`; an unsettled copy here becomes EXPIRED.
-    pub fn on_removed(&mut self, topic: &Name, seq: u64, record: &Record) {
+    /// `topic purge` removed every seq in `first..=head` at once.
+    pub fn on_purged(&mut self, first: u64, head: u64) {
+        let unsettled: Vec<u64> =
+            self.entries.range(..=head).filter(|(_, e)| !e.state.is_terminal()).map(|(s, _)| *s).collect();
+        for seq in unsettled {
+            self.release(seq);
+            self.counters.expired_unacked += 1;
+        }
+        self.entries = self.entries.split_off(&(head + 1));
+        if self.delivered_seq < head {
+            // Filtered subscriptions count every purged message here: the records are not read back.
+            self.counters.expired_unacked += head - self.delivered_seq.max(first.saturating_sub(1));
+            self.delivered_seq = head;
+        }
+        self.ack_floor = self.ack_floor.max(head);
+        self.advance_floor();
+    }
+
+    /// T10: retention removed `seq`; an unsettled copy here becomes EXPIRED. Without the record (a cold
+    /// one not read back) a filtered subscription counts it as covered.
+    pub fn on_removed(&mut self, topic: &Name, seq: u64, record: Option<&Record>) {
         if seq <= self.ack_floor {
             return;
         }
@@ -354,7 +487,7 @@ impl SubState {
             }
             self.entries.remove(&seq);
         } else {
-            if self.covers_record(topic, record) {
+            if record.is_none_or(|r| self.covers_record(topic, r)) {
                 self.counters.expired_unacked += 1;
             }
             self.delivered_seq = seq;

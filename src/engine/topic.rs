@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::clock::Timestamp;
-use super::config::{Discard, Limits, TopicConfig};
+use super::config::{Discard, Durability, Limits, TopicConfig};
 use super::error::EngineError;
 use super::event::EngineEvent;
 use super::log::{Log, Record};
@@ -12,6 +12,7 @@ use super::message::{MessageExtra, PublishRequest};
 use super::name::Name;
 use super::stats::{RateMeter, TopicCounters, TopicInfo};
 use super::subscription::{Ctx, Effects, SubState};
+use crate::store::SyncGate;
 
 /// Everything about one topic that changes; guarded by the topic's mutex.
 #[derive(Debug)]
@@ -31,9 +32,14 @@ pub(crate) struct TopicState {
 
 impl TopicState {
     pub fn new(config: TopicConfig, now: Timestamp) -> Self {
+        TopicState::with_log(config, Log::new(), now)
+    }
+
+    /// A topic over an existing log (a durable one reopened, or a new one on disk).
+    pub fn with_log(config: TopicConfig, log: Log, now: Timestamp) -> Self {
         TopicState {
             config,
-            log: Log::new(),
+            log,
             subs: Vec::new(),
             counters: TopicCounters::default(),
             publish_rate: RateMeter::default(),
@@ -87,7 +93,7 @@ impl TopicState {
         let time = self.log.last_time().map_or(now, |last| last.max(now));
         let subject = (req.subject != self.config.name).then(|| req.subject.clone());
         let extra = MessageExtra::pack(req.key.clone(), req.msg_id.clone(), req.headers.clone());
-        let seq = self.log.append(time, subject, extra, &req.payload);
+        let seq = self.log.append(time, subject, extra, &req.payload)?;
         self.counters.published += 1;
         if let Some(id) = &req.msg_id
             && !self.config.dedup_window.is_zero()
@@ -140,17 +146,18 @@ impl TopicState {
         let cutoff = max_age.map(|age| now.minus(age));
         let old = self.config.discard == Discard::Old;
         let mut removed = 0u64;
-        while let Some(front) = self.log.front() {
-            let too_old = cutoff.is_some_and(|c| front.publish_time < c);
+        while self.log.len() > 0 {
+            let too_old = cutoff.is_some_and(|c| self.log.front_time().is_some_and(|t| t < c));
             let too_many = old && max_msgs.is_some_and(|m| self.log.len() > m);
             let too_big = old && max_bytes.is_some_and(|m| self.log.bytes() > m);
             if !(too_old || too_many || too_big) {
                 break;
             }
-            let Some((seq, record)) = self.log.pop_front() else {
+            let want = self.wants_removed_record(self.log.first_seq());
+            let Some((seq, record)) = self.log.pop_front(want) else {
                 break;
             };
-            self.on_removed(seq, &record);
+            self.on_removed(seq, record.as_ref());
             removed += 1;
         }
         if removed > 0 {
@@ -161,7 +168,13 @@ impl TopicState {
         }
     }
 
-    fn on_removed(&mut self, seq: u64, record: &Record) {
+    /// Whether removing `seq` needs the record itself: only a filtered subscription that has not reached
+    /// it asks (to count it as expired only when its filter covers it). Cold records are read only then.
+    fn wants_removed_record(&self, seq: u64) -> bool {
+        self.subs.iter().any(|s| s.delivered_seq < seq && !s.config.filter.is_empty())
+    }
+
+    fn on_removed(&mut self, seq: u64, record: Option<&Record>) {
         let name = &self.config.name;
         for sub in &mut self.subs {
             sub.on_removed(name, seq, record);
@@ -169,10 +182,20 @@ impl TopicState {
     }
 
     /// Deletes every retained message (`topic purge`); seqs keep counting from where they were.
-    pub fn purge(&mut self, effects: &mut Effects) -> u64 {
+    pub fn purge(&mut self, effects: &mut Effects) -> Result<u64, EngineError> {
         let mut removed = 0;
-        while let Some((seq, record)) = self.log.pop_front() {
-            self.on_removed(seq, &record);
+        if self.log.is_durable() {
+            // Whole segments go at once instead of reading every record back (and the active segment's
+            // file must go too, or a restart would bring the records back).
+            let head = self.log.head_seq();
+            let first = self.log.first_seq();
+            removed = self.log.purge_durable()?;
+            for sub in &mut self.subs {
+                sub.on_purged(first, head);
+            }
+        }
+        while let Some((seq, record)) = self.log.pop_front(true) {
+            self.on_removed(seq, record.as_ref());
             removed += 1;
         }
         if removed > 0 {
@@ -181,7 +204,56 @@ impl TopicState {
                 .events
                 .push(EngineEvent::TopicExpired { topic: self.config.name.clone(), count: removed });
         }
-        removed
+        Ok(removed)
+    }
+
+    /// Makes a run of appends durable as the topic's mode asks. On failure the run is taken back (the
+    /// log, the dedup table, cursors that moved over it) so memory never holds what the disk refused.
+    pub fn commit_appends(&mut self, head_before: u64) -> Result<Option<(Arc<SyncGate>, u64)>, EngineError> {
+        let result = self.log.commit().and_then(|sync| {
+            if self.config.durability == Durability::Always
+                && let Some(disk) = self.log.disk()
+            {
+                disk.sync_files()?;
+                return Ok(None);
+            }
+            Ok(sync)
+        });
+        match result {
+            Ok(sync) => Ok(sync),
+            Err(e) => {
+                let taken_back = self.log.head_seq().saturating_sub(head_before);
+                self.log.rollback(head_before);
+                self.counters.published = self.counters.published.saturating_sub(taken_back);
+                self.dedup.retain(|_, seq| *seq <= head_before);
+                for sub in &mut self.subs {
+                    sub.delivered_seq = sub.delivered_seq.min(head_before);
+                    sub.ack_floor = sub.ack_floor.min(head_before);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Writes what subscriptions journaled under this lock; returns the acks that must reach the disk
+    /// before their callers return.
+    pub fn persist_subs(&mut self) -> Result<Vec<(Arc<SyncGate>, u64)>, EngineError> {
+        let mut waits = Vec::new();
+        let mut first_error = None;
+        for sub in &mut self.subs {
+            match sub.persist() {
+                Ok(Some(wait)) => waits.push(wait),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(subscription = %sub.name(), "cannot write subscription state: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(waits),
+        }
     }
 
     /// Runs every subscription's timers and pushes what became deliverable.

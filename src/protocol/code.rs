@@ -73,6 +73,8 @@ pub enum ErrorCode {
     ConsumerExists = 2017,
     /// Something failed inside the server.
     Internal = 3000,
+    /// The durable store could not keep or read data (disk full, I/O error, damaged file).
+    Storage = 3002,
     /// The server is shutting down.
     ShuttingDown = 3001,
 }
@@ -103,6 +105,7 @@ impl ErrorCode {
             EngineError::InvalidConfig(_) | EngineError::WaitTooLong(_) => ErrorCode::InvalidConfig,
             EngineError::Unsupported(_) => ErrorCode::Unsupported,
             EngineError::Gone(_) => ErrorCode::Gone,
+            EngineError::Storage(_) => ErrorCode::Storage,
             EngineError::Batch { source, .. } => ErrorCode::of(source),
         }
     }

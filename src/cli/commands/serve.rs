@@ -18,7 +18,7 @@ use crate::broker::remote::RemoteBroker;
 use crate::cli::output::{Stdout, note};
 use crate::cli::{CliError, Context};
 use crate::config::paths::Paths;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineConfig, SystemClock};
 use crate::server::{self, ServeConfig, ServeLimits, auth};
 
 /// Options of `pubsub serve`.
@@ -34,10 +34,12 @@ pub struct ServeArgs {
     /// Listen beyond loopback without a token (anyone who can reach the port can read and publish).
     #[arg(long)]
     pub insecure: bool,
-    /// Keep everything in memory (the only storage until the durable store lands).
+    /// Keep everything in memory: the default for a foreground `serve`; the daemon keeps its data under
+    /// the user's data directory unless it is given this.
     #[arg(long, conflicts_with = "data_dir")]
     pub memory: bool,
-    /// Durable data directory (not available yet: the durable store is its own piece of work).
+    /// Keep topics, messages and subscription state in this directory (created when missing; one
+    /// process at a time). They survive restarts and crashes; see docs/STORAGE.md.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<std::path::PathBuf>,
     /// Start the user's engine daemon in the background and return.
@@ -86,11 +88,6 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
         Some(ServeAction::Stop) => return stop().await,
         None => {}
     }
-    if args.data_dir.is_some() {
-        return Err(CliError::Usage(
-            "--data-dir is not available yet: this build keeps the engine in memory (--memory)".into(),
-        ));
-    }
     if args.detach {
         return detach().await;
     }
@@ -107,14 +104,43 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
         write_timeout: args.write_timeout,
     };
     if args.daemon {
-        return run_daemon(config).await;
+        let data_dir = match (args.memory, args.data_dir) {
+            (true, _) => None,
+            (false, Some(dir)) => Some(dir),
+            (false, None) => Some(paths()?.data.join("engine")),
+        };
+        return run_daemon(config, data_dir).await;
     }
     server::check_exposure(&args.listen, config.token.as_deref(), args.insecure).map_err(CliError::Usage)?;
+    let (engine, kind) = open_engine(args.data_dir.as_deref())?;
     let listener = TcpListener::bind(args.listen).await.map_err(|e| bind_error(&args.listen, &e))?;
     let addr = listener.local_addr()?;
-    note(&format!("serving an in-memory engine on ws://{addr} (Ctrl-C stops it)"));
+    note(&format!("serving {kind} on ws://{addr} (Ctrl-C stops it)"));
     Stdout::new().line(&format!("ws://{addr}"))?;
-    serve_until_signal(listener, config).await
+    serve_until_signal(listener, config, engine).await
+}
+
+/// The engine to serve: in memory, or opened (and recovered) from a data directory, with a phrase that
+/// says which for the startup line. What recovery repaired is reported on stderr.
+fn open_engine(data_dir: Option<&std::path::Path>) -> Result<(Engine, String), CliError> {
+    let Some(dir) = data_dir else {
+        return Ok((Engine::new(), "an in-memory engine".into()));
+    };
+    let (engine, report) = Engine::open(dir, Arc::new(SystemClock), EngineConfig::default())
+        .map_err(|e| CliError::Failed(format!("cannot open {}: {e}", dir.display())))?;
+    for finding in report.findings() {
+        note(&format!("recovery: {finding}"));
+    }
+    let topics = engine.stats().topics;
+    let ms = report.elapsed.as_secs_f64() * 1000.0;
+    Ok((
+        engine,
+        format!(
+            "the engine in {} ({topics} topic{}, opened in {ms:.1} ms)",
+            dir.display(),
+            if topics == 1 { "" } else { "s" }
+        ),
+    ))
 }
 
 fn bind_error(addr: &SocketAddr, e: &std::io::Error) -> CliError {
@@ -124,12 +150,19 @@ fn bind_error(addr: &SocketAddr, e: &std::io::Error) -> CliError {
     })
 }
 
-async fn serve_until_signal(listener: TcpListener, config: ServeConfig) -> Result<(), CliError> {
-    let broker = Arc::new(LocalBroker::new(Engine::new(), "mem://"));
+async fn serve_until_signal(
+    listener: TcpListener,
+    config: ServeConfig,
+    engine: Engine,
+) -> Result<(), CliError> {
+    let broker = Arc::new(LocalBroker::new(engine.clone(), "mem://"));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    server::run(listener, broker, config, shutdown).await?;
-    Ok(())
+    let served = server::run(listener, broker, config, shutdown).await;
+    // A clean stop checkpoints every subscription so the next start replays nothing.
+    let closed = engine.close();
+    served?;
+    closed.map_err(|e| CliError::Failed(format!("closing the data directory: {e}")))
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
@@ -157,7 +190,7 @@ fn paths() -> Result<Paths, CliError> {
 
 /// The daemon: one per user (a lock file says so), on a free loopback port with a fresh token, announced
 /// through the endpoint file and withdrawn from it on the way out.
-async fn run_daemon(mut config: ServeConfig) -> Result<(), CliError> {
+async fn run_daemon(mut config: ServeConfig, data_dir: Option<std::path::PathBuf>) -> Result<(), CliError> {
     let paths = paths()?;
     create_private_dir(&paths.runtime)?;
     let lock =
@@ -169,14 +202,15 @@ async fn run_daemon(mut config: ServeConfig) -> Result<(), CliError> {
             paths.serve_lock().display()
         )));
     }
+    let (engine, kind) = open_engine(data_dir.as_deref())?;
     let token = auth::new_token()?;
     config.token = Some(token.clone());
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let url = format!("ws://{}", listener.local_addr()?);
     let endpoint = Endpoint { url: url.clone(), token, pid: std::process::id() };
     endpoint.write(&paths.endpoint())?;
-    note(&format!("daemon pid {} serving an in-memory engine on {url}", endpoint.pid));
-    let result = serve_until_signal(listener, config).await;
+    note(&format!("daemon pid {} serving {kind} on {url}", endpoint.pid));
+    let result = serve_until_signal(listener, config, engine).await;
     // Withdraw the endpoint only if it is still ours.
     if Endpoint::read(&paths.endpoint()).is_some_and(|e| e.pid == endpoint.pid) {
         let _ = std::fs::remove_file(paths.endpoint());

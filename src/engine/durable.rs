@@ -1,0 +1,155 @@
+//! Opening an engine on a data directory (recovery in the order SEMANTICS.md §9.10 lists) and closing
+//! it cleanly.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::log::Log;
+use super::subscription::{Ctx, Effects, SubState};
+use super::topic::{TopicCell, TopicState};
+use super::{Durability, Engine, EngineConfig, EngineError, Lifetime, SharedClock, lock, partition_options};
+use crate::store::journal::{SubJournal, SubSnapshot};
+use crate::store::segment::Partition;
+use crate::store::{RecoveryReport, Store};
+
+impl Engine {
+    /// Opens (creating when new) the data directory `dir`: takes its lock, replays metadata, opens every
+    /// partition (cutting torn tails, rebuilding indexes), restores every durable subscription, runs the
+    /// retention sweep, and returns the engine ready to serve with a report of what recovery found.
+    pub fn open(
+        dir: &Path,
+        clock: SharedClock,
+        config: EngineConfig,
+    ) -> Result<(Engine, RecoveryReport), EngineError> {
+        let started = Instant::now();
+        let mut report = RecoveryReport::default();
+        let (store, meta) = Store::open(dir, &mut report)?;
+        report.ignored.extend(store.orphans(&meta));
+        // Lease tokens must not repeat those of an earlier run (a client may still hold one), so ids
+        // start from the wall clock in seconds, which grows across restarts.
+        let first_id =
+            u64::try_from(clock.now().as_micros() / 1_000_000).unwrap_or(1).clamp(1, u64::from(u32::MAX));
+        let engine = Engine::build(clock, config, Some(store.clone()), first_id);
+        let now = engine.now();
+
+        for mut topic in meta.topics {
+            topic.storage = super::StorageKind::File;
+            let dir = store.partition_dir(&topic.name, 0);
+            let opts = partition_options(&topic);
+            let (disk, hot) = if dir.exists() {
+                let (disk, hot, found) = Partition::open(&dir, opts)?;
+                report.add_partition(found);
+                (disk, hot)
+            } else {
+                report.ignored.push(dir.clone());
+                (Partition::create(&dir, 1, opts)?, Vec::new())
+            };
+            if let Durability::Interval(every) = topic.durability {
+                store.sync_every(&disk.gate(), every);
+            }
+            let log = Log::on_disk(disk, hot);
+            let mut state = TopicState::with_log(topic, log, now);
+            state.counters.published = state.log.head_seq();
+            let mut reg = engine.registry_mut();
+            engine.insert_recovered(&mut reg, state)?;
+        }
+
+        for config in meta.subscriptions {
+            if config.lifetime != Lifetime::Durable {
+                continue;
+            }
+            let Some(cell) = engine.registry().topics.get(&config.topic).cloned() else {
+                continue;
+            };
+            let dir = store.subscription_dir(&config.name);
+            let mut state = lock(&cell.state);
+            let first = state.log.first_seq();
+            let head = state.log.head_seq();
+            let (journal, snapshot) = if dir.exists() {
+                let opened = SubJournal::open(&dir, config.ack_durability)?;
+                if opened.missing_checkpoint {
+                    report.missing_checkpoints.push(config.name.clone());
+                }
+                report.truncated.extend(opened.truncated);
+                (opened.journal, opened.state)
+            } else {
+                // Its files are gone: start over from the oldest retained message (at-least-once).
+                report.missing_checkpoints.push(config.name.clone());
+                (SubJournal::create(&dir, first, config.ack_durability)?, SubSnapshot::starting_at(first))
+            };
+            let name = config.name.clone();
+            let lease_base = engine.next_lease_base();
+            let mut sub = SubState::new(config, snapshot.floor + 1, now, lease_base);
+            sub.restore(&snapshot, head, now);
+            sub.journal = Some(journal);
+            // Messages retention removed while the engine was down are simply gone (I4).
+            if sub.ack_floor + 1 < first {
+                sub.on_purged(sub.ack_floor + 1, first - 1);
+            }
+            state.subs.push(sub);
+            drop(state);
+            engine.registry_mut().subs.insert(name, cell);
+        }
+
+        let cells: Vec<Arc<TopicCell>> = engine.registry().topics.values().cloned().collect();
+        for cell in cells {
+            let mut effects = Effects::default();
+            {
+                let mut state = lock(&cell.state);
+                state.enforce_limits(now, &mut effects);
+                let state = &mut *state;
+                let ctx = Ctx { topic: &state.config.name, log: &state.log, now };
+                for sub in &mut state.subs {
+                    sub.settle_exhausted(&ctx, &mut effects);
+                }
+                state.persist_subs()?;
+            }
+            engine.apply(effects);
+        }
+        report.elapsed = started.elapsed();
+        Ok((engine, report))
+    }
+
+    fn insert_recovered(&self, reg: &mut super::Registry, state: TopicState) -> Result<(), EngineError> {
+        let name = state.config.name.clone();
+        let captured = state.config.captured();
+        let cell = TopicCell::new(state);
+        for pattern in captured {
+            match pattern.literal().map(super::Name::new) {
+                Some(Ok(literal)) => {
+                    reg.exact.insert(literal, cell.clone());
+                }
+                _ => reg.wildcard.push((pattern, cell.clone())),
+            }
+        }
+        reg.topics.insert(name, cell);
+        Ok(())
+    }
+
+    /// Syncs every segment and journal and checkpoints every durable subscription, so the next open
+    /// replays nothing. The daemon calls it on shutdown; a crash instead is what recovery is for.
+    pub fn close(&self) -> Result<(), EngineError> {
+        let cells: Vec<Arc<TopicCell>> = self.registry().topics.values().cloned().collect();
+        let mut first_error = None;
+        for cell in cells {
+            let mut state = lock(&cell.state);
+            if let Some(disk) = state.log.disk()
+                && let Err(e) = disk.sync_files()
+            {
+                first_error.get_or_insert(EngineError::from(e));
+            }
+            for sub in &mut state.subs {
+                if let Err(e) = sub.checkpoint() {
+                    first_error.get_or_insert(EngineError::from(e));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The data directory, when the engine is durable.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.inner.store.as_ref().map(Store::dir)
+    }
+}

@@ -1,0 +1,427 @@
+//! A subscription's durable state: a journal of what happened since the last checkpoint, and the
+//! checkpoint itself (written whole and atomically).
+//!
+//! The state kept is exactly what the engine needs to resume: the cursor (highest seq handed out or
+//! passed over), the ack floor, and for each unsettled seq between them its attempt count and, when it
+//! waits for a backoff, its wall-clock not-before. Seqs between floor and cursor without an entry are
+//! settled. Journal records are ordered so that a torn tail can only lose the newest facts: an
+//! `Attempt` is always written before the `Cursor` that passes it, so a crash never turns an unsettled
+//! message into a settled one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::frame::{self, Reader};
+use super::{StoreError, SyncGate};
+use crate::engine::{AckDurability, Timestamp};
+
+/// Records between checkpoints; a checkpoint then truncates the journal.
+const CHECKPOINT_EVERY: u64 = 50_000;
+
+/// One fact about a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubOp {
+    /// `seq` was handed out; this is its `attempt`-th delivery.
+    Attempt { seq: u64, attempt: u32 },
+    /// `seq` is settled (acked, terminated or dead-lettered).
+    Settle { seq: u64 },
+    /// `seq` waits until `not_before` (wall clock) before it is delivered again.
+    Delay { seq: u64, not_before: Timestamp },
+    /// Every seq up to here has been handed out or passed over.
+    Cursor { seq: u64 },
+    /// A seek: everything before `next` is settled, everything from it on is pending.
+    Seek { next: u64 },
+}
+
+const TAG_GEN: u8 = 0;
+const TAG_ATTEMPT: u8 = 1;
+const TAG_SETTLE: u8 = 2;
+const TAG_DELAY: u8 = 3;
+const TAG_CURSOR: u8 = 4;
+const TAG_SEEK: u8 = 5;
+
+impl SubOp {
+    fn encode(self, out: &mut Vec<u8>) {
+        let mut body = [0u8; 21];
+        let len = match self {
+            SubOp::Attempt { seq, attempt } => {
+                body[0] = TAG_ATTEMPT;
+                body[1..9].copy_from_slice(&seq.to_le_bytes());
+                body[9..13].copy_from_slice(&attempt.to_le_bytes());
+                13
+            }
+            SubOp::Settle { seq } | SubOp::Cursor { seq } | SubOp::Seek { next: seq } => {
+                body[0] = match self {
+                    SubOp::Settle { .. } => TAG_SETTLE,
+                    SubOp::Cursor { .. } => TAG_CURSOR,
+                    _ => TAG_SEEK,
+                };
+                body[1..9].copy_from_slice(&seq.to_le_bytes());
+                9
+            }
+            SubOp::Delay { seq, not_before } => {
+                body[0] = TAG_DELAY;
+                body[1..9].copy_from_slice(&seq.to_le_bytes());
+                body[9..17].copy_from_slice(&not_before.as_micros().to_le_bytes());
+                17
+            }
+        };
+        frame::put_frame(out, &body[..len]);
+    }
+
+    fn decode(body: &[u8]) -> Option<SubOp> {
+        let mut r = Reader::new(body);
+        let op = match r.u8()? {
+            TAG_ATTEMPT => SubOp::Attempt { seq: r.u64()?, attempt: r.u32()? },
+            TAG_SETTLE => SubOp::Settle { seq: r.u64()? },
+            TAG_DELAY => SubOp::Delay { seq: r.u64()?, not_before: Timestamp::from_micros(r.i64()?) },
+            TAG_CURSOR => SubOp::Cursor { seq: r.u64()? },
+            TAG_SEEK => SubOp::Seek { next: r.u64()? },
+            _ => return None,
+        };
+        Some(op)
+    }
+}
+
+/// One unsettled message as the store keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub attempt: u32,
+    pub not_before: Option<Timestamp>,
+}
+
+/// A subscription's durable state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SubSnapshot {
+    pub cursor: u64,
+    pub floor: u64,
+    pub pending: BTreeMap<u64, Pending>,
+}
+
+impl SubSnapshot {
+    /// A new subscription that starts at `start_seq`.
+    pub fn starting_at(start_seq: u64) -> Self {
+        let floor = start_seq.saturating_sub(1);
+        SubSnapshot { cursor: floor, floor, pending: BTreeMap::new() }
+    }
+
+    pub fn apply(&mut self, op: SubOp) {
+        match op {
+            SubOp::Attempt { seq, attempt } if seq > self.floor => {
+                self.pending.insert(seq, Pending { attempt, not_before: None });
+                self.cursor = self.cursor.max(seq);
+            }
+            SubOp::Settle { seq } => {
+                self.pending.remove(&seq);
+            }
+            SubOp::Delay { seq, not_before } => {
+                if let Some(p) = self.pending.get_mut(&seq) {
+                    p.not_before = Some(not_before);
+                }
+            }
+            SubOp::Cursor { seq } => self.cursor = self.cursor.max(seq),
+            SubOp::Seek { next } => *self = SubSnapshot::starting_at(next),
+            SubOp::Attempt { .. } => {}
+        }
+        self.floor = self.pending.keys().next().map_or(self.cursor, |&first| first - 1).max(self.floor);
+    }
+
+    fn encode(&self, generation: u64) -> Vec<u8> {
+        let mut body = Vec::with_capacity(28 + self.pending.len() * 21);
+        body.extend_from_slice(&generation.to_le_bytes());
+        body.extend_from_slice(&self.cursor.to_le_bytes());
+        body.extend_from_slice(&self.floor.to_le_bytes());
+        body.extend_from_slice(&(self.pending.len() as u32).to_le_bytes());
+        for (seq, p) in &self.pending {
+            body.extend_from_slice(&seq.to_le_bytes());
+            body.extend_from_slice(&p.attempt.to_le_bytes());
+            body.push(u8::from(p.not_before.is_some()));
+            body.extend_from_slice(&p.not_before.map_or(0, Timestamp::as_micros).to_le_bytes());
+        }
+        let mut out = Vec::with_capacity(body.len() + 8);
+        frame::put_frame(&mut out, &body);
+        out
+    }
+
+    fn decode(data: &[u8]) -> Option<(u64, SubSnapshot)> {
+        let frames = frame::read_frames(data);
+        if frames.bodies.len() != 1 || frames.valid_len != data.len() {
+            return None;
+        }
+        let mut r = Reader::new(frames.bodies[0]);
+        let generation = r.u64()?;
+        let mut snap = SubSnapshot { cursor: r.u64()?, floor: r.u64()?, pending: BTreeMap::new() };
+        for _ in 0..r.u32()? {
+            let seq = r.u64()?;
+            let attempt = r.u32()?;
+            let delayed = r.u8()? == 1;
+            let at = r.i64()?;
+            snap.pending
+                .insert(seq, Pending { attempt, not_before: delayed.then(|| Timestamp::from_micros(at)) });
+        }
+        r.is_empty().then_some((generation, snap))
+    }
+}
+
+/// The open journal of one subscription.
+#[derive(Debug)]
+pub(crate) struct SubJournal {
+    journal_path: PathBuf,
+    checkpoint_path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+    generation: u64,
+    staged: Vec<u8>,
+    /// A settle is staged: with `Sync` ack durability the operation waits for the fsync.
+    staged_settle: bool,
+    since_checkpoint: u64,
+    durability: AckDurability,
+    gate: Arc<SyncGate>,
+    written: u64,
+    /// The cursor the journal last recorded.
+    pub recorded_cursor: u64,
+}
+
+/// What opening a journal found.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub journal: SubJournal,
+    pub state: SubSnapshot,
+    /// The checkpoint was missing and the state was rebuilt from the journal alone.
+    pub missing_checkpoint: bool,
+    /// A torn tail was cut: (offset, bytes).
+    pub truncated: Option<(PathBuf, u64, u64)>,
+}
+
+impl SubJournal {
+    /// Creates the files of a new subscription that starts at `start_seq`.
+    pub fn create(dir: &Path, start_seq: u64, durability: AckDurability) -> Result<SubJournal, StoreError> {
+        fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let state = SubSnapshot::starting_at(start_seq);
+        let checkpoint_path = dir.join("checkpoint");
+        frame::write_atomic(&checkpoint_path, &state.encode(0))?;
+        let mut journal = Self::open_file(dir, 0, durability, state.cursor)?;
+        journal.reset(0)?;
+        Ok(journal)
+    }
+
+    fn open_file(
+        dir: &Path,
+        generation: u64,
+        durability: AckDurability,
+        cursor: u64,
+    ) -> Result<SubJournal, StoreError> {
+        let journal_path = dir.join("journal.log");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&journal_path)
+            .map_err(|e| StoreError::io(&journal_path, e))?;
+        let len = file.metadata().map(|m| m.len()).map_err(|e| StoreError::io(&journal_path, e))?;
+        let file = Arc::new(file);
+        let gate = SyncGate::new(file.clone(), journal_path.clone());
+        Ok(SubJournal {
+            checkpoint_path: dir.join("checkpoint"),
+            journal_path,
+            file,
+            len,
+            generation,
+            staged: Vec::new(),
+            staged_settle: false,
+            since_checkpoint: 0,
+            durability,
+            gate,
+            written: 0,
+            recorded_cursor: cursor,
+        })
+    }
+
+    /// Opens an existing subscription's files: the checkpoint, then the journal records of the same
+    /// generation on top of it, cutting a torn tail.
+    pub fn open(dir: &Path, durability: AckDurability) -> Result<Opened, StoreError> {
+        let checkpoint_path = dir.join("checkpoint");
+        let (generation, mut state, missing) = match fs::read(&checkpoint_path) {
+            Ok(data) => {
+                let (generation, state) = SubSnapshot::decode(&data).ok_or_else(|| {
+                    StoreError::corrupt(&checkpoint_path, 0, "checkpoint fails its CRC or layout")
+                })?;
+                (generation, state, false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, SubSnapshot::default(), true),
+            Err(e) => return Err(StoreError::io(&checkpoint_path, e)),
+        };
+        let journal_path = dir.join("journal.log");
+        let data = match fs::read(&journal_path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(StoreError::io(&journal_path, e)),
+        };
+        let frames = frame::read_frames(&data);
+        let mut bodies = frames.bodies.iter();
+        let journal_gen = bodies.next().and_then(|b| {
+            let mut r = Reader::new(b);
+            (r.u8()? == TAG_GEN).then(|| r.u64()).flatten()
+        });
+        // A journal older than the checkpoint was superseded by it (a crash between the two steps of
+        // a checkpoint); a missing checkpoint means the journal is all there is.
+        if journal_gen.is_some_and(|g| g >= generation || missing) {
+            for (i, body) in bodies.enumerate() {
+                let op = SubOp::decode(body).ok_or_else(|| {
+                    StoreError::corrupt(
+                        &journal_path,
+                        0,
+                        &format!("record {} is not a journal record", i + 1),
+                    )
+                })?;
+                state.apply(op);
+            }
+        }
+        let truncated = (frames.valid_len != data.len())
+            .then(|| (journal_path.clone(), frames.valid_len as u64, (data.len() - frames.valid_len) as u64));
+        let mut journal = Self::open_file(dir, generation, durability, state.cursor)?;
+        // Start a fresh generation from the recovered state, so the repaired journal is never replayed
+        // twice and its torn tail is gone.
+        journal.checkpoint(&state)?;
+        Ok(Opened { journal, state, missing_checkpoint: missing, truncated })
+    }
+
+    /// Empties the journal and stamps it with `generation`.
+    fn reset(&mut self, generation: u64) -> Result<(), StoreError> {
+        let mut header = Vec::new();
+        frame::put_frame(&mut header, &[&[TAG_GEN][..], &generation.to_le_bytes()].concat());
+        let path = &self.journal_path;
+        self.file.set_len(0).map_err(|e| StoreError::io(path, e))?;
+        self.file.write_all_at(&header, 0).map_err(|e| StoreError::io(path, e))?;
+        self.file.sync_data().map_err(|e| StoreError::io(path, e))?;
+        self.len = header.len() as u64;
+        self.generation = generation;
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Queues a record; it reaches the file at the next [`SubJournal::commit`].
+    pub fn stage(&mut self, op: SubOp) {
+        if let SubOp::Cursor { seq } = op {
+            self.recorded_cursor = seq;
+        }
+        if matches!(op, SubOp::Settle { .. } | SubOp::Seek { .. }) {
+            self.staged_settle = true;
+        }
+        op.encode(&mut self.staged);
+        self.since_checkpoint += 1;
+    }
+
+    /// Whether enough records piled up that the caller should take a checkpoint.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.since_checkpoint >= CHECKPOINT_EVERY
+    }
+
+    /// Writes the staged records. Returns what to wait on when an ack must be synced before it returns.
+    pub fn commit(&mut self) -> Result<Option<(Arc<SyncGate>, u64)>, StoreError> {
+        if self.staged.is_empty() {
+            return Ok(None);
+        }
+        let settle = std::mem::take(&mut self.staged_settle);
+        let result = self.file.write_all_at(&self.staged, self.len);
+        if let Err(e) = result {
+            let _ = self.file.set_len(self.len);
+            self.staged.clear();
+            return Err(StoreError::io(&self.journal_path, e));
+        }
+        self.len += self.staged.len() as u64;
+        self.written += self.staged.len() as u64;
+        self.staged.clear();
+        self.gate.mark_written(self.written);
+        Ok((settle && self.durability == AckDurability::Sync).then(|| (self.gate.clone(), self.written)))
+    }
+
+    /// Writes `state` as the new checkpoint and starts an empty journal of the next generation.
+    pub fn checkpoint(&mut self, state: &SubSnapshot) -> Result<(), StoreError> {
+        self.staged.clear();
+        self.staged_settle = false;
+        let next = self.generation + 1;
+        frame::write_atomic(&self.checkpoint_path, &state.encode(next))?;
+        self.reset(next)?;
+        self.recorded_cursor = state.cursor;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pubsub-journal-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn state_survives_reopen_and_settled_stays_settled() {
+        let dir = temp_dir("reopen");
+        let mut j = SubJournal::create(&dir, 1, AckDurability::Sync).unwrap();
+        for op in [
+            SubOp::Attempt { seq: 1, attempt: 1 },
+            SubOp::Attempt { seq: 2, attempt: 1 },
+            SubOp::Cursor { seq: 3 },
+            SubOp::Settle { seq: 1 },
+            SubOp::Attempt { seq: 2, attempt: 2 },
+            SubOp::Delay { seq: 2, not_before: Timestamp::from_micros(99) },
+        ] {
+            j.stage(op);
+        }
+        j.commit().unwrap();
+        drop(j);
+        let opened = SubJournal::open(&dir, AckDurability::Sync).unwrap();
+        let want = Pending { attempt: 2, not_before: Some(Timestamp::from_micros(99)) };
+        assert_eq!(opened.state.pending.into_iter().collect::<Vec<_>>(), vec![(2, want)]);
+        assert_eq!((opened.state.cursor, opened.state.floor), (3, 1));
+        assert!(!opened.missing_checkpoint);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_loses_only_the_newest_records() {
+        let dir = temp_dir("torn");
+        let mut j = SubJournal::create(&dir, 1, AckDurability::Async).unwrap();
+        j.stage(SubOp::Attempt { seq: 1, attempt: 1 });
+        j.stage(SubOp::Cursor { seq: 1 });
+        j.commit().unwrap();
+        j.stage(SubOp::Settle { seq: 1 });
+        j.commit().unwrap();
+        drop(j);
+        let path = dir.join("journal.log");
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+        let opened = SubJournal::open(&dir, AckDurability::Async).unwrap();
+        assert!(opened.truncated.is_some());
+        // The settle was torn off: the message is unsettled again (at-least-once), never lost.
+        assert_eq!(opened.state.pending.get(&1).map(|p| p.attempt), Some(1));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stale_journal_is_not_replayed_over_a_newer_checkpoint() {
+        let dir = temp_dir("stale");
+        let mut j = SubJournal::create(&dir, 1, AckDurability::Sync).unwrap();
+        j.stage(SubOp::Attempt { seq: 1, attempt: 1 });
+        j.commit().unwrap();
+        let old_journal = fs::read(dir.join("journal.log")).unwrap();
+        let mut state = SubSnapshot::starting_at(1);
+        state.apply(SubOp::Attempt { seq: 1, attempt: 1 });
+        state.apply(SubOp::Settle { seq: 1 });
+        j.checkpoint(&state).unwrap();
+        drop(j);
+        // A crash after the checkpoint's rename but before the journal reset leaves the old journal.
+        fs::write(dir.join("journal.log"), old_journal).unwrap();
+        let opened = SubJournal::open(&dir, AckDurability::Sync).unwrap();
+        assert!(opened.state.pending.is_empty(), "acked seq 1 came back: {:?}", opened.state);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
