@@ -1201,6 +1201,8 @@ fn info_for(name: Name, messages: u64, first: u64, head: u64) -> TopicInfo {
         publish_rate: 0.0,
         publish_series: Vec::new(),
         created: Timestamp::ZERO,
+        storage: None,
+        durability: None,
     }
 }
 

@@ -590,6 +590,8 @@ impl Broker for RemoteBroker {
             discard: Some(config.discard),
             max_msg_bytes: Some(config.max_msg_bytes),
             dedup_window_ms: Some(u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX)),
+            durability: Some(config.durability.to_string()),
+            segment_bytes: Some(config.segment_bytes),
         };
         self.call_as(Request::CreateTopic { spec }).await
     }

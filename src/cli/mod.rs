@@ -86,6 +86,9 @@ pub enum Command {
     Bench(commands::bench::BenchArgs),
     /// Run the engine as a WebSocket server (`serve status`, `serve stop` manage the local daemon).
     Serve(commands::serve::ServeArgs),
+    /// Check a data directory of the durable store (`store verify`).
+    #[command(subcommand)]
+    Store(commands::store::StoreCommand),
     /// Show where the configuration lives and what is in effect.
     #[command(subcommand)]
     Config(commands::config::ConfigCommand),
@@ -187,6 +190,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Some(Command::Bench(args)) => commands::bench::run(&ctx, args).await,
         Some(Command::Serve(args)) => commands::serve::run(&ctx, args).await,
         Some(Command::Config(command)) => commands::config::run(&ctx, command),
+        Some(Command::Store(command)) => commands::store::run(command),
         Some(Command::Completions { shell }) => commands::config::completions(shell),
         Some(Command::Man) => commands::config::man(),
         None => {

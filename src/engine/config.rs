@@ -98,6 +98,38 @@ impl Default for Durability {
     }
 }
 
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::Always => f.write_str("always"),
+            Durability::Batch { .. } => f.write_str("batch"),
+            Durability::Interval(d) => write!(f, "interval:{}", humantime::format_duration(*d)),
+            Durability::Never => f.write_str("never"),
+        }
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    /// `always`, `batch`, `interval:DURATION` (e.g. `interval:100ms`) or `never`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Durability::Always),
+            "batch" => Ok(Durability::default()),
+            "never" => Ok(Durability::Never),
+            _ => match s.strip_prefix("interval:") {
+                Some(d) => humantime::parse_duration(d)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .map(Durability::Interval)
+                    .ok_or_else(|| format!("\"{d}\" is not a duration such as 100ms or 1s")),
+                None => Err(format!("durability \"{s}\": use always, batch, interval:DURATION or never")),
+            },
+        }
+    }
+}
+
 /// Everything that defines a topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicConfig {

@@ -109,11 +109,10 @@ impl Engine {
             let durable = lock(&cell.state).sub(name).is_some_and(|s| s.journal.is_some());
             if let Some(store) = &self.inner.store
                 && durable
+                && let Err(e) = store.record(&MetaOp::DeleteSubscription { name: name.clone() })
             {
-                if let Err(e) = store.record(&MetaOp::DeleteSubscription { name: name.clone() }) {
-                    reg.subs.insert(name.clone(), cell);
-                    return Err(e.into());
-                }
+                reg.subs.insert(name.clone(), cell);
+                return Err(e.into());
             }
             cell
         };

@@ -173,7 +173,7 @@ impl SubState {
             consumer.last_activity = now;
         }
         Delivery {
-            message: to_message(ctx.topic, 0, seq, &record),
+            message: to_message(ctx.topic, 0, seq, record),
             attempt,
             lease: Some(AckRef { partition: 0, seq, lease }),
             deadline: Some(deadline),

@@ -51,6 +51,7 @@ impl Engine {
             let log = Log::on_disk(disk, hot);
             let mut state = TopicState::with_log(topic, log, now);
             state.counters.published = state.log.head_seq();
+            state.rebuild_dedup(now);
             let mut reg = engine.registry_mut();
             engine.insert_recovered(&mut reg, state)?;
         }
@@ -146,6 +147,21 @@ impl Engine {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Simulates a power loss for crash tests: every active segment is cut back to what its last fsync
+    /// covered, then this handle is dropped. Returns each file and the length it was cut to.
+    #[doc(hidden)]
+    pub fn simulate_power_loss(self) -> Vec<(std::path::PathBuf, u64)> {
+        let cells: Vec<Arc<TopicCell>> = self.registry().topics.values().cloned().collect();
+        let mut cut = Vec::new();
+        for cell in cells {
+            let state = lock(&cell.state);
+            if let Some(Ok(found)) = state.log.disk().map(|d| d.drop_unsynced()) {
+                cut.push(found);
+            }
+        }
+        cut
     }
 
     /// The data directory, when the engine is durable.

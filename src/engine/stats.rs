@@ -158,6 +158,12 @@ pub struct TopicInfo {
     pub publish_series: Vec<u64>,
     /// When it was created.
     pub created: Timestamp,
+    /// Memory or file; `None` for brokers that are not this engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<super::StorageKind>,
+    /// When a publish returns, for file storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<super::Durability>,
 }
 
 /// One consumer of a subscription.

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::clock::Timestamp;
-use super::config::{Discard, Durability, Limits, TopicConfig};
+use super::config::{Discard, Durability, Limits, StorageKind, TopicConfig};
 use super::error::EngineError;
 use super::event::EngineEvent;
 use super::log::{Log, Record};
@@ -109,6 +109,20 @@ impl TopicState {
             }
         }
         Ok((seq, false))
+    }
+
+    /// Rebuilds the msg_id table from the records published within the dedup window (recovery step 3).
+    pub fn rebuild_dedup(&mut self, now: Timestamp) {
+        if self.config.dedup_window.is_zero() {
+            return;
+        }
+        let from = self.log.seq_at_time(now.minus(self.config.dedup_window));
+        for (seq, record) in self.log.iter_from(from) {
+            if let Some(id) = record.extra.as_ref().and_then(|e| e.msg_id.clone()) {
+                self.dedup.insert(id.clone(), seq);
+                self.dedup_order.push_back((record.publish_time, id));
+            }
+        }
     }
 
     fn evict_dedup(&mut self, now: Timestamp) {
@@ -300,6 +314,8 @@ impl TopicState {
             publish_rate: self.publish_rate.rate(now),
             publish_series: self.publish_rate.series(now, 15),
             created: self.created,
+            storage: Some(self.config.storage),
+            durability: (self.config.storage == StorageKind::File).then_some(self.config.durability),
         }
     }
 }

@@ -266,6 +266,12 @@ pub struct TopicSpec {
     /// msg_id dedup window, milliseconds (0 = off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_window_ms: Option<u64>,
+    /// When a publish returns on a durable server: `always`, `batch`, `interval:DURATION`, `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<String>,
+    /// Segment file size on a durable server, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<u64>,
 }
 
 impl TopicSpec {
@@ -293,6 +299,12 @@ impl TopicSpec {
         }
         if let Some(ms) = self.dedup_window_ms {
             config.dedup_window = Duration::from_millis(ms);
+        }
+        if let Some(d) = &self.durability {
+            config.durability = d.parse()?;
+        }
+        if let Some(b) = self.segment_bytes {
+            config.segment_bytes = b;
         }
         Ok(config)
     }
@@ -329,6 +341,9 @@ pub struct SubscriptionSpec {
     /// Ephemeral: deleted after this long without consumers, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inactive_ttl_ms: Option<u64>,
+    /// When an ack returns on a durable server: `sync` (after fsync) or `async`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_durability: Option<crate::engine::AckDurability>,
 }
 
 impl SubscriptionSpec {
@@ -355,6 +370,9 @@ impl SubscriptionSpec {
         if let Some(ms) = self.inactive_ttl_ms {
             c.lifetime = Lifetime::Ephemeral { inactive_ttl: Duration::from_millis(ms) };
         }
+        if let Some(d) = self.ack_durability {
+            c.ack_durability = d;
+        }
         c
     }
 
@@ -376,6 +394,7 @@ impl SubscriptionSpec {
                 }
                 Lifetime::Durable => None,
             },
+            ack_durability: Some(c.ack_durability),
         }
     }
 }

@@ -64,6 +64,9 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreErro
         fs::rename(&tmp, path)?;
         sync_dir(path.parent().unwrap_or(Path::new(".")))
     })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
     result.map_err(|e| StoreError::io(path, e))
 }
 

@@ -283,10 +283,18 @@ impl SubJournal {
         }
         let truncated = (frames.valid_len != data.len())
             .then(|| (journal_path.clone(), frames.valid_len as u64, (data.len() - frames.valid_len) as u64));
-        let mut journal = Self::open_file(dir, generation, durability, state.cursor)?;
+        let replayed = journal_gen.is_some_and(|g| g >= generation || missing);
+        let mut journal = Self::open_file(dir, journal_gen.unwrap_or(generation), durability, state.cursor)?;
         // Start a fresh generation from the recovered state, so the repaired journal is never replayed
-        // twice and its torn tail is gone.
-        journal.checkpoint(&state)?;
+        // twice. On a full disk that may fail; then the journal goes on from its last valid record.
+        if let Err(e) = journal.checkpoint(&state) {
+            if !replayed {
+                return Err(e);
+            }
+            tracing::warn!("subscription checkpoint not written, continuing its journal: {e}");
+            journal.file.set_len(frames.valid_len as u64).map_err(|e| StoreError::io(&journal_path, e))?;
+            journal.len = frames.valid_len as u64;
+        }
         Ok(Opened { journal, state, missing_checkpoint: missing, truncated })
     }
 

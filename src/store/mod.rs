@@ -9,6 +9,9 @@
 mod frame;
 pub(crate) mod journal;
 pub(crate) mod segment;
+mod verify;
+
+pub use verify::verify;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -84,14 +87,18 @@ pub(crate) struct SyncGate {
     file: Mutex<(Arc<File>, PathBuf)>,
     written: AtomicU64,
     synced: Mutex<u64>,
+    /// Length of the current file that the last fsync covered (what a power loss would leave).
+    synced_len: AtomicU64,
 }
 
 impl SyncGate {
     pub fn new(file: Arc<File>, path: PathBuf) -> Arc<Self> {
+        let synced_len = AtomicU64::new(file.metadata().map_or(0, |m| m.len()));
         Arc::new(SyncGate {
             file: Mutex::new((file, path)),
             written: AtomicU64::new(0),
             synced: Mutex::new(0),
+            synced_len,
         })
     }
 
@@ -101,6 +108,7 @@ impl SyncGate {
 
     /// Points the gate at a new file; the caller has synced the old one.
     pub fn switch_file(&self, file: Arc<File>, path: PathBuf) {
+        self.synced_len.store(file.metadata().map_or(0, |m| m.len()), Ordering::Release);
         *lock(&self.file) = (file, path);
     }
 
@@ -113,9 +121,21 @@ impl SyncGate {
         }
         let target = self.written.load(Ordering::Acquire);
         let (file, path) = lock(&self.file).clone();
+        let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
         file.sync_data().map_err(|e| StoreError::io(&path, e))?;
         *synced = target.max(mark);
+        self.synced_len.fetch_max(len, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Cuts the current file back to what the last fsync covered, as a power loss would; returns the
+    /// file and its new length. For crash tests only.
+    pub(crate) fn drop_unsynced(&self) -> Result<(PathBuf, u64), StoreError> {
+        let _synced = lock(&self.synced);
+        let (file, path) = lock(&self.file).clone();
+        let len = self.synced_len.load(Ordering::Acquire);
+        file.set_len(len).map_err(|e| StoreError::io(&path, e))?;
+        Ok((path, len))
     }
 
     /// Syncs whatever has been written.
@@ -322,19 +342,27 @@ impl Store {
                 (data.len() - frames.valid_len) as u64,
             ));
         }
-        // Compact: the snapshot becomes the whole state and the journal starts empty.
-        let mut snap = Vec::new();
-        for op in state.ops() {
-            let body = serde_json::to_vec(&op).map_err(|e| StoreError::Invalid(e.to_string()))?;
-            frame::put_frame(&mut snap, &body);
+        // Compact: the snapshot becomes the whole state and the journal starts empty. This is an
+        // optimisation, so on a full disk the directory still opens with the journal kept as it is.
+        let mut compacted = data.is_empty();
+        if !compacted {
+            let mut snap = Vec::new();
+            for op in state.ops() {
+                let body = serde_json::to_vec(&op).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                frame::put_frame(&mut snap, &body);
+            }
+            match frame::write_atomic(&snap_path, &snap) {
+                Ok(()) => compacted = true,
+                Err(e) => tracing::warn!("metadata not compacted: {e}"),
+            }
         }
-        frame::write_atomic(&snap_path, &snap)?;
         let meta = OpenOptions::new()
             .create(true)
-            .write(true)
-            .truncate(true)
+            .append(true)
             .open(&meta_path)
             .map_err(|e| StoreError::io(&meta_path, e))?;
+        let keep = if compacted { 0 } else { frames.valid_len as u64 };
+        meta.set_len(keep).map_err(|e| StoreError::io(&meta_path, e))?;
         meta.sync_all().map_err(|e| StoreError::io(&meta_path, e))?;
         frame::sync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
 

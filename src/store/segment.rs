@@ -26,7 +26,7 @@ pub(crate) const RECORD_HEADER: u64 = 31;
 /// Bytes of the fixed part counted by `len` (everything after the CRC up to the key).
 const FIXED_AFTER_CRC: usize = 23;
 /// One index entry.
-const IDX_ENTRY: u64 = 16;
+pub(crate) const IDX_ENTRY: u64 = 16;
 /// The largest record accepted; a `len` above this marks damage.
 const MAX_RECORD: usize = 1 << 30;
 /// Segments are capped so that positions fit the index's `u32`.
@@ -179,7 +179,7 @@ pub(crate) fn encode(
 
 /// Decodes the record at `pos` of `data`; returns it and the frame's total length. Payload and key
 /// share `data`'s buffer.
-fn decode(data: &Bytes, pos: usize) -> Result<(StoredRecord, usize), &'static str> {
+pub(crate) fn decode(data: &Bytes, pos: usize) -> Result<(StoredRecord, usize), &'static str> {
     let head = data.get(pos..pos + 8).ok_or("incomplete record header")?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
@@ -405,7 +405,7 @@ impl Partition {
             log_path,
             idx_path,
         };
-        if idx_len % IDX_ENTRY == 0 && segment.count > 0 && Self::index_ends_at(&segment)? {
+        if idx_len.is_multiple_of(IDX_ENTRY) && segment.count > 0 && Self::index_ends_at(&segment)? {
             return Ok(segment);
         }
         let data =
@@ -612,6 +612,11 @@ impl Partition {
             Durability::Always | Durability::Batch { .. } => Some((self.gate.clone(), self.written)),
             Durability::Interval(_) | Durability::Never => None,
         }
+    }
+
+    /// Cuts the active segment back to what the last fsync covered (a simulated power loss).
+    pub fn drop_unsynced(&self) -> Result<(PathBuf, u64), StoreError> {
+        self.gate.drop_unsynced()
     }
 
     /// The gate a background syncer drives for `Interval` durability.

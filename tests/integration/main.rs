@@ -21,6 +21,7 @@ mod redis_live;
 mod regressions;
 mod scenarios;
 mod server;
+mod store;
 mod support;
 mod tui;
 mod tui_e2e;

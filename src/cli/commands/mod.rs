@@ -7,6 +7,7 @@ pub mod publish;
 pub mod record;
 pub mod replay;
 pub mod serve;
+pub mod store;
 pub mod subs;
 pub mod subscribe;
 pub mod tail;

@@ -9,7 +9,7 @@ use crate::cli::output::{Stdout, bytes, duration, note, table};
 use crate::cli::parse::{Position, parse_duration};
 use crate::cli::{CliError, Context};
 use crate::engine::{
-    AckMode, Clock, Lifetime, Name, Pattern, SubscriptionConfig, SubscriptionInfo, SystemClock,
+    AckDurability, AckMode, Clock, Lifetime, Name, Pattern, SubscriptionConfig, SubscriptionInfo, SystemClock,
 };
 
 /// Options of `pubsub subs`.
@@ -71,6 +71,10 @@ pub struct CreateSubArgs {
     /// Delete it after this long without consumers.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub ephemeral: Option<Duration>,
+    /// On a durable engine: an ack returns after fsync (sync, survives power loss) or after the write
+    /// (async, survives a process crash).
+    #[arg(long, value_parser = ["sync", "async"], default_value = "sync")]
+    pub ack_durability: String,
 }
 
 fn name(s: &str) -> Result<Name, CliError> {
@@ -108,6 +112,9 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
             }
             if let Some(ttl) = a.ephemeral {
                 c.lifetime = Lifetime::Ephemeral { inactive_ttl: ttl };
+            }
+            if a.ack_durability == "async" {
+                c.ack_durability = AckDurability::Async;
             }
             let info = broker.create_subscription(c).await?;
             note(&format!("created subscription {} on {}", info.name, info.topic));

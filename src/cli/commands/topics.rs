@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use crate::cli::output::{Stdout, bytes, duration, note, table};
 use crate::cli::parse::parse_duration;
 use crate::cli::{CliError, Context};
-use crate::engine::{Discard, Limits, Name, Pattern, TopicConfig, TopicInfo};
+use crate::engine::{Discard, Durability, Limits, Name, Pattern, StorageKind, TopicConfig, TopicInfo};
 
 /// Options of `pubsub topics`.
 #[derive(Debug, Args)]
@@ -66,6 +66,17 @@ pub struct CreateArgs {
     /// What a full topic does: old (delete oldest) or new (refuse the publish).
     #[arg(long, value_parser = ["old", "new"])]
     pub discard: Option<String>,
+    /// On a durable engine, when a publish returns: always (fsync each), batch (group commit, the
+    /// default), interval:DURATION (fsync in the background), never (the OS decides).
+    #[arg(long, value_name = "MODE", value_parser = parse_durability)]
+    pub durability: Option<Durability>,
+    /// On a durable engine, the size at which a segment file is sealed and a new one started.
+    #[arg(long, value_name = "BYTES")]
+    pub segment_bytes: Option<u64>,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    s.parse()
 }
 
 /// Runs `pubsub topics`.
@@ -146,6 +157,12 @@ pub async fn run(ctx: &Context, command: TopicCommand) -> Result<(), CliError> {
             if args.discard.as_deref() == Some("new") {
                 config.discard = Discard::New;
             }
+            if let Some(d) = args.durability {
+                config.durability = d;
+            }
+            if let Some(b) = args.segment_bytes {
+                config.segment_bytes = b;
+            }
             let info = broker.create_topic(config).await?;
             note(&format!("created topic {} capturing {}", info.name, info.subjects.join(", ")));
             Ok(())
@@ -210,6 +227,15 @@ fn ask(question: &str, from: &mut impl std::io::BufRead, to: &mut impl std::io::
     matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
+fn storage(t: &TopicInfo) -> String {
+    match (t.storage, t.durability) {
+        (Some(StorageKind::File), Some(d)) => format!("file, durability {d}"),
+        (Some(StorageKind::File), None) => "file".into(),
+        (Some(StorageKind::Memory), _) => "memory".into(),
+        (None, _) => "the broker's own".into(),
+    }
+}
+
 fn show(t: &TopicInfo, json: bool) -> Result<(), CliError> {
     let mut out = Stdout::new();
     if json {
@@ -221,6 +247,7 @@ fn show(t: &TopicInfo, json: bool) -> Result<(), CliError> {
         vec!["messages".into(), format!("{} ({})", t.messages, bytes(t.bytes))],
         vec!["seqs".into(), format!("{}..{}", t.first_seq, t.head_seq)],
         vec!["retention".into(), retention(&t.limits, t.discard)],
+        vec!["storage".into(), storage(t)],
         vec!["subscriptions".into(), t.subscriptions.to_string()],
         vec!["publish rate".into(), format!("{:.1}/s", t.publish_rate)],
         vec![

@@ -36,6 +36,8 @@ fn topic(name: &str, messages: u64, rate: f64) -> TopicInfo {
         publish_rate: rate,
         publish_series: vec![],
         created: Timestamp::ZERO,
+        storage: None,
+        durability: None,
     }
 }
 
