@@ -33,6 +33,18 @@ pub struct LocalBroker {
 }
 
 impl LocalBroker {
+    /// Runs an engine call that may wait for an fdatasync (a durable engine's publish or settle) so that
+    /// it does not stall the other tasks of a multi-threaded runtime's worker meanwhile.
+    fn may_sync<R>(&self, call: impl FnOnce() -> R) -> R {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread && self.engine.data_dir().is_some() {
+            tokio::task::block_in_place(call)
+        } else {
+            call()
+        }
+    }
+
     /// Wraps an engine. Inside a Tokio runtime this also starts the engine's timer task (deadlines,
     /// backoff, age retention), which stops when the broker is dropped.
     pub fn new(engine: Engine, url: impl Into<String>) -> Self {
@@ -140,11 +152,11 @@ impl Broker for LocalBroker {
     }
 
     async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
-        Ok(self.engine.publish(msg)?)
+        Ok(self.may_sync(|| self.engine.publish(msg))?)
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
-        self.engine.publish_batch(msgs).map_err(|e| match e {
+        self.may_sync(|| self.engine.publish_batch(msgs)).map_err(|e| match e {
             crate::engine::EngineError::Batch { index, source } => {
                 BrokerError::Batch { index, source: Box::new(BrokerError::Engine(*source)) }
             }
@@ -208,14 +220,12 @@ impl Broker for LocalBroker {
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
         let r = AckRef { partition: token.partition, seq: token.seq, lease: token.lease };
         let sub = &token.subscription;
-        match how {
-            Settle::Ack => self.engine.ack(sub, r)?,
-            Settle::Nack(delay) => self.engine.nack(sub, r, delay)?,
-            Settle::Extend(by) => {
-                self.engine.extend(sub, r, by)?;
-            }
-            Settle::Term(reason) => self.engine.term(sub, r, &reason)?,
-        }
+        self.may_sync(|| match how {
+            Settle::Ack => self.engine.ack(sub, r),
+            Settle::Nack(delay) => self.engine.nack(sub, r, delay),
+            Settle::Extend(by) => self.engine.extend(sub, r, by).map(|_| ()),
+            Settle::Term(reason) => self.engine.term(sub, r, &reason),
+        })?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use super::topic::TopicCell;
 use super::{
     AckRef, AttachOptions, ConsumerId, Delivery, Engine, EngineError, EngineEvent, FetchOptions, Lifetime,
     Name, PeekReport, PushConsumer, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo,
-    Timestamp, TopicConfig, lock,
+    Timestamp, lock,
 };
 use crate::store::MetaOp;
 use crate::store::journal::SubJournal;
@@ -41,8 +41,7 @@ impl Engine {
                 if !self.inner.config.auto_create {
                     return Err(EngineError::NoSuchTopic(topic));
                 }
-                let mut topic_config = TopicConfig::new(topic.clone());
-                topic_config.limits = self.inner.config.default_limits.clone();
+                let topic_config = self.auto_topic_config(&topic);
                 self.insert_topic(&mut reg, topic_config, now)?;
                 created_topic = true;
             }

@@ -79,6 +79,8 @@ pub(crate) struct Log {
     base_bytes: u64,
     arena: BytesMut,
     disk: Option<Partition>,
+    /// Cold reads that failed (damaged or unreadable records).
+    unreadable: std::sync::atomic::AtomicU64,
 }
 
 impl Log {
@@ -90,6 +92,7 @@ impl Log {
             base_bytes: 0,
             arena: BytesMut::new(),
             disk: None,
+            unreadable: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -109,7 +112,15 @@ impl Log {
                 payload: r.payload,
             });
         }
-        Log { records, first_seq, hot_first, base_bytes: 0, arena: BytesMut::new(), disk: Some(disk) }
+        Log {
+            records,
+            first_seq,
+            hot_first,
+            base_bytes: 0,
+            arena: BytesMut::new(),
+            disk: Some(disk),
+            unreadable: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     /// Whether the log is kept on disk.
@@ -119,6 +130,16 @@ impl Log {
 
     pub fn disk(&self) -> Option<&Partition> {
         self.disk.as_ref()
+    }
+
+    /// How many reads of stored records failed.
+    pub fn unreadable(&self) -> u64 {
+        self.unreadable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The first seq held in memory.
+    pub fn hot_first(&self) -> u64 {
+        self.hot_first
     }
 
     /// Oldest retained seq; `head_seq + 1` when empty.
@@ -208,8 +229,9 @@ impl Log {
             }),
             Ok(None) => None,
             Err(e) => {
-                // Unreadable data is reported, never passed on as if it were the message.
+                // Unreadable data is counted, never passed on as if it were the message.
                 tracing::error!("seq {seq} cannot be read: {e}");
+                self.unreadable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 None
             }
         }

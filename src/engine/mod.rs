@@ -70,11 +70,19 @@ pub struct EngineConfig {
     pub default_limits: Limits,
     /// Default tap buffer, in messages.
     pub tap_buffer: usize,
+    /// Publish durability of auto-created topics on a durable engine (and of created ones that keep the
+    /// default).
+    pub default_durability: Durability,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { auto_create: true, default_limits: Limits::default(), tap_buffer: 1024 }
+        EngineConfig {
+            auto_create: true,
+            default_limits: Limits::default(),
+            tap_buffer: 1024,
+            default_durability: Durability::default(),
+        }
     }
 }
 
@@ -212,6 +220,14 @@ impl Engine {
                 store,
             }),
         }
+    }
+
+    /// The configuration an auto-created topic gets: the engine's default limits and durability.
+    fn auto_topic_config(&self, name: &Name) -> TopicConfig {
+        let mut config = TopicConfig::new(name.clone());
+        config.limits = self.inner.config.default_limits.clone();
+        config.durability = self.inner.config.default_durability;
+        config
     }
 
     /// A base for a new subscription's lease tokens, unique in this engine (and across restarts of a

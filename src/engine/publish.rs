@@ -10,7 +10,7 @@ use super::subscription::Effects;
 use super::topic::TopicCell;
 use super::{
     Engine, EngineError, EngineEvent, Message, MessageExtra, Name, PublishReceipt, PublishRequest, Timestamp,
-    TopicConfig, lock,
+    lock,
 };
 
 impl Engine {
@@ -32,8 +32,7 @@ impl Engine {
             if let Some(cell) = reg.route(subject) {
                 return Ok(Some(cell));
             }
-            let mut config = TopicConfig::new(subject.clone());
-            config.limits = self.inner.config.default_limits.clone();
+            let config = self.auto_topic_config(subject);
             self.insert_topic(&mut reg, config, now)?;
             reg.route(subject)
         };
@@ -195,8 +194,7 @@ impl Engine {
         let cell = match existing {
             Some(cell) => cell,
             None if self.inner.config.auto_create => {
-                let mut config = TopicConfig::new(topic.clone());
-                config.limits = self.inner.config.default_limits.clone();
+                let config = self.auto_topic_config(topic);
                 match self.create_topic(config) {
                     Ok(_) | Err(EngineError::TopicExists(_)) => {}
                     Err(e) => return Err(e),

@@ -109,6 +109,10 @@ pub struct TopicCounters {
     pub expired: u64,
     /// Publishes refused by `discard = new`.
     pub rejected_full: u64,
+    /// Reads of stored records that failed their CRC or could not be read (durable topics; the record is
+    /// not served; `pubsub store verify` names the file and offset).
+    #[serde(default)]
+    pub unreadable: u64,
 }
 
 /// What limits a subscription's dispatch right now.

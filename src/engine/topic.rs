@@ -116,7 +116,9 @@ impl TopicState {
         if self.config.dedup_window.is_zero() {
             return;
         }
-        let from = self.log.seq_at_time(now.minus(self.config.dedup_window));
+        // Only the records in memory (the active segment): reading sealed segments back would make
+        // opening a directory cost time in proportion to what it holds.
+        let from = self.log.seq_at_time(now.minus(self.config.dedup_window)).max(self.log.hot_first());
         for (seq, record) in self.log.iter_from(from) {
             if let Some(id) = record.extra.as_ref().and_then(|e| e.msg_id.clone()) {
                 self.dedup.insert(id.clone(), seq);
@@ -228,7 +230,7 @@ impl TopicState {
             if self.config.durability == Durability::Always
                 && let Some(disk) = self.log.disk()
             {
-                disk.sync_files()?;
+                disk.sync_log()?;
                 return Ok(None);
             }
             Ok(sync)
@@ -310,7 +312,7 @@ impl TopicState {
             limits: self.config.limits.clone(),
             discard: self.config.discard,
             subscriptions: u32::try_from(self.subs.len()).unwrap_or(u32::MAX),
-            counters: self.counters.clone(),
+            counters: TopicCounters { unreadable: self.log.unreadable(), ..self.counters.clone() },
             publish_rate: self.publish_rate.rate(now),
             publish_series: self.publish_rate.series(now, 15),
             created: self.created,

@@ -395,6 +395,7 @@ fn a_damaged_record_in_a_sealed_segment_is_never_served_and_verify_names_it() {
     let damaged: Vec<_> = before.iter().filter(|m| !after.contains(m)).collect();
     assert_eq!(damaged.len(), 1);
     assert!(after.iter().all(|m| before.contains(m)));
+    assert!(engine.topic_info(&name("t")).unwrap().counters.unreadable >= 1);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::broker::remote::RemoteBroker;
 use crate::cli::output::{Stdout, note};
 use crate::cli::{CliError, Context};
 use crate::config::paths::Paths;
-use crate::engine::{Engine, EngineConfig, SystemClock};
+use crate::engine::{Durability, Engine, EngineConfig, SystemClock};
 use crate::server::{self, ServeConfig, ServeLimits, auth};
 
 /// Options of `pubsub serve`.
@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// process at a time). They survive restarts and crashes; see docs/STORAGE.md.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<std::path::PathBuf>,
+    /// On a data directory, when a publish to an auto-created topic returns: always, batch (group
+    /// commit), interval:DURATION or never (`topic create --durability` sets it per topic).
+    #[arg(long, value_name = "MODE", default_value = "batch", value_parser = parse_durability)]
+    pub durability: Durability,
     /// Start the user's engine daemon in the background and return.
     #[arg(long)]
     pub detach: bool,
@@ -109,10 +113,10 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
             (false, Some(dir)) => Some(dir),
             (false, None) => Some(paths()?.data.join("engine")),
         };
-        return run_daemon(config, data_dir).await;
+        return run_daemon(config, data_dir, args.durability).await;
     }
     server::check_exposure(&args.listen, config.token.as_deref(), args.insecure).map_err(CliError::Usage)?;
-    let (engine, kind) = open_engine(args.data_dir.as_deref())?;
+    let (engine, kind) = open_engine(args.data_dir.as_deref(), args.durability)?;
     let listener = TcpListener::bind(args.listen).await.map_err(|e| bind_error(&args.listen, &e))?;
     let addr = listener.local_addr()?;
     note(&format!("serving {kind} on ws://{addr} (Ctrl-C stops it)"));
@@ -122,11 +126,15 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
 
 /// The engine to serve: in memory, or opened (and recovered) from a data directory, with a phrase that
 /// says which for the startup line. What recovery repaired is reported on stderr.
-fn open_engine(data_dir: Option<&std::path::Path>) -> Result<(Engine, String), CliError> {
+fn open_engine(
+    data_dir: Option<&std::path::Path>,
+    durability: Durability,
+) -> Result<(Engine, String), CliError> {
     let Some(dir) = data_dir else {
         return Ok((Engine::new(), "an in-memory engine".into()));
     };
-    let (engine, report) = Engine::open(dir, Arc::new(SystemClock), EngineConfig::default())
+    let config = EngineConfig { default_durability: durability, ..EngineConfig::default() };
+    let (engine, report) = Engine::open(dir, Arc::new(SystemClock), config)
         .map_err(|e| CliError::Failed(format!("cannot open {}: {e}", dir.display())))?;
     for finding in report.findings() {
         note(&format!("recovery: {finding}"));
@@ -190,7 +198,11 @@ fn paths() -> Result<Paths, CliError> {
 
 /// The daemon: one per user (a lock file says so), on a free loopback port with a fresh token, announced
 /// through the endpoint file and withdrawn from it on the way out.
-async fn run_daemon(mut config: ServeConfig, data_dir: Option<std::path::PathBuf>) -> Result<(), CliError> {
+async fn run_daemon(
+    mut config: ServeConfig,
+    data_dir: Option<std::path::PathBuf>,
+    durability: Durability,
+) -> Result<(), CliError> {
     let paths = paths()?;
     create_private_dir(&paths.runtime)?;
     let lock =
@@ -202,7 +214,7 @@ async fn run_daemon(mut config: ServeConfig, data_dir: Option<std::path::PathBuf
             paths.serve_lock().display()
         )));
     }
-    let (engine, kind) = open_engine(data_dir.as_deref())?;
+    let (engine, kind) = open_engine(data_dir.as_deref(), durability)?;
     let token = auth::new_token()?;
     config.token = Some(token.clone());
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -285,4 +297,9 @@ async fn stop() -> Result<(), CliError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(CliError::Usage(format!("the daemon (pid {}) did not stop within 10 s", endpoint.pid)))
+}
+
+/// Parses `--durability`.
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    s.parse()
 }

@@ -253,8 +253,15 @@ fn show(t: &TopicInfo, json: bool) -> Result<(), CliError> {
         vec![
             "totals".into(),
             format!(
-                "published {}, expired {}, duplicates {}, refused full {}",
-                t.counters.published, t.counters.expired, t.counters.duplicates, t.counters.rejected_full
+                "published {}, expired {}, duplicates {}, refused full {}{}",
+                t.counters.published,
+                t.counters.expired,
+                t.counters.duplicates,
+                t.counters.rejected_full,
+                match t.counters.unreadable {
+                    0 => String::new(),
+                    n => format!(", UNREADABLE {n} (run `pubsub store verify`)"),
+                }
             ),
         ],
     ];
