@@ -11,6 +11,7 @@ pub mod capability;
 pub mod daemon;
 pub mod error;
 pub mod local;
+pub mod mqtt;
 pub mod redis;
 pub mod remote;
 pub mod url;

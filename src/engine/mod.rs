@@ -44,7 +44,7 @@ pub use event::EngineEvent;
 pub use message::{
     AckRef, ConsumerId, Delivery, Headers, Message, MessageExtra, PublishReceipt, PublishRequest,
 };
-pub use name::{Name, NameError, Pattern};
+pub use name::{Name, NameError, Pattern, PatternToken};
 pub use stats::{
     BlockedBy, ConsumerInfo, EngineStats, MessageAckState, PeekReport, SubCounters, SubscriptionInfo,
     TopicCounters, TopicInfo,

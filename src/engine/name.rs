@@ -206,6 +206,43 @@ pub enum PatternToken {
     OneOrMore,
     /// `#`: zero or more tokens, anywhere.
     ZeroOrMore,
+    /// One token matched as an MQTT topic filter over its `/`-separated levels (`+` one level, a final
+    /// `#` any number), e.g. `sensors/+/temp` or `sensors/#`.
+    Levels(Box<str>),
+}
+
+/// Whether `token` is written as an MQTT filter: it has `/` levels, at least one of which is `+` or a
+/// final `#`, and no other wildcard.
+fn is_level_filter(token: &str) -> bool {
+    if !token.contains('/') {
+        return false;
+    }
+    let levels: Vec<&str> = token.split('/').collect();
+    let last = levels.len() - 1;
+    let mut wild = false;
+    for (i, level) in levels.iter().enumerate() {
+        match *level {
+            "+" => wild = true,
+            "#" if i == last => wild = true,
+            _ if level.contains(['#', '+', '*', '>']) => return false,
+            _ => {}
+        }
+    }
+    wild
+}
+
+/// MQTT filter matching of one token's `/` levels.
+fn levels_match(filter: &str, topic: &str) -> bool {
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        match (level, topic_levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (l, Some(t)) if l == t => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
 }
 
 /// A NATS/AMQP-style pattern over `.`-separated tokens.
@@ -227,6 +264,10 @@ impl TokenPattern {
                 "#" => PatternToken::ZeroOrMore,
                 ">" if i + 1 == count => PatternToken::OneOrMore,
                 ">" => return Err(NameProblem::GtNotLast(i + 1)),
+                _ if is_level_filter(token) => {
+                    check_token(i + 1, token)?;
+                    PatternToken::Levels(token.into())
+                }
                 _ if token.contains(is_wildcard) => return Err(NameProblem::MixedWildcard(token.into())),
                 _ => check_token(i + 1, token).map(|()| PatternToken::Literal(token.into()))?,
             });
@@ -259,7 +300,11 @@ impl TokenPattern {
             items,
             (open_tail, subject.len() + 1),
             |t| matches!(t, PatternToken::ZeroOrMore),
-            |t, token: &str| !matches!(t, PatternToken::Literal(lit) if **lit != *token),
+            |t, token: &str| match t {
+                PatternToken::Literal(lit) => **lit == *token,
+                PatternToken::Levels(filter) => levels_match(filter, token),
+                _ => true,
+            },
             |pos| next_token(subject, pos),
         )
     }
@@ -472,6 +517,11 @@ impl Pattern {
         }
     }
 
+    /// Whether a token is an MQTT-style level filter (`a/+/c`, `a/#`).
+    pub fn has_levels(&self) -> bool {
+        matches!(self, Pattern::Tokens(p) if p.tokens.iter().any(|t| matches!(t, PatternToken::Levels(_))))
+    }
+
     /// Whether this is a `glob:` pattern.
     pub fn is_glob(&self) -> bool {
         matches!(self, Pattern::Glob(_))
@@ -500,6 +550,12 @@ impl Pattern {
     /// (patterns whose only common subjects are too long still overlap), and exact when either side
     /// matches a single string. Any other pair with a glob answers `true`, the safe side.
     pub fn overlaps(&self, other: &Pattern) -> bool {
+        if self.has_levels() || other.has_levels() {
+            // MQTT-style level filters are not modelled by the token automaton; say they may overlap.
+            return self.exact_text().or(other.exact_text()).is_none_or(|text| {
+                check_name(&text, true).is_ok() && self.matches(&text) && other.matches(&text)
+            });
+        }
         match (self.exact_text(), other.exact_text()) {
             (Some(text), _) => check_name(&text, true).is_ok() && other.matches(&text),
             (None, Some(text)) => check_name(&text, true).is_ok() && self.matches(&text),
@@ -519,6 +575,9 @@ impl Pattern {
     pub fn covers(&self, other: &Pattern) -> bool {
         if let Some(text) = other.exact_text() {
             return check_name(&text, true).is_err() || self.matches(&text);
+        }
+        if self.has_levels() || other.has_levels() {
+            return self == other;
         }
         match (self, other) {
             (Pattern::Tokens(p), Pattern::Tokens(q)) => token_covers(&p.tokens, &q.tokens),
@@ -567,7 +626,7 @@ fn step(items: &[PatternToken], mask: u64, token: Option<&str>) -> u64 {
     for (i, item) in items.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0) {
         next |= match item {
             PatternToken::Literal(lit) if Some(&**lit) != token => 0,
-            PatternToken::Literal(_) | PatternToken::One => closure(items, i + 1),
+            PatternToken::Literal(_) | PatternToken::One | PatternToken::Levels(_) => closure(items, i + 1),
             PatternToken::ZeroOrMore => closure(items, i),
             PatternToken::OneOrMore => closure(items, i) | closure(items, i + 1),
         };

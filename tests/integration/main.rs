@@ -15,6 +15,7 @@ mod daemon;
 mod demo;
 mod engine;
 mod interop;
+mod mqtt_live;
 mod properties;
 mod readme;
 mod redis_live;

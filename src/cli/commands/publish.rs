@@ -53,6 +53,12 @@ pub struct PubArgs {
     /// Report what was published (count, seqs) on stderr.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// MQTT: the broker keeps the message as the topic's retained one (an empty payload clears it).
+    #[arg(long)]
+    pub retain: bool,
+    /// MQTT: quality of service 0, 1 or 2 (default: the URL's `?qos=`, else 0).
+    #[arg(long, value_parser = ["0", "1", "2"])]
+    pub qos: Option<String>,
 }
 
 /// One message to publish and where it came from (for error messages).
@@ -77,10 +83,23 @@ pub async fn run(ctx: &Context, args: PubArgs) -> Result<(), CliError> {
     };
     let mut headers = Headers::new();
     headers.extend(args.headers.iter().cloned());
+    let broker = ctx.connect().await?;
+    if (args.retain || args.qos.is_some()) && broker.kind() != "mqtt" {
+        return Err(CliError::Usage(format!(
+            "--retain and --qos are MQTT settings; {} is a {} broker",
+            broker.url(),
+            broker.kind()
+        )));
+    }
+    if args.retain {
+        headers.insert(crate::broker::mqtt::RETAIN_HEADER.into(), "true".into());
+    }
+    if let Some(qos) = &args.qos {
+        headers.insert(crate::broker::mqtt::QOS_HEADER.into(), qos.clone());
+    }
     let template =
         Template { subject, key: args.key.clone().map(Bytes::from), msg_id: args.msg_id.clone(), headers };
     let rx = spawn_source(&args, template)?;
-    let broker = ctx.connect().await?;
     publish_all(broker, rx, args.rate, args.verbose).await
 }
 

@@ -195,3 +195,21 @@ proptest! {
         prop_assert_eq!(p.covers(&q), SUBJECTS.iter().all(|s| !q.matches(s) || p.matches(s)));
     }
 }
+
+#[test]
+fn mqtt_level_filters_match_slash_separated_topics() {
+    let plus = Pattern::parse("sensors/+/temp").unwrap();
+    assert!(plus.matches("sensors/kitchen/temp"));
+    assert!(!plus.matches("sensors/kitchen/hall/temp"));
+    let hash = Pattern::parse("sensors/#").unwrap();
+    assert!(hash.matches("sensors") && hash.matches("sensors/a/b/c"));
+    assert!(!hash.matches("sensorsx/a"));
+    assert!(hash.has_levels() && !hash.is_literal());
+    // A level wildcard that is not a whole level stays an error, as do other wildcards mixed in.
+    assert!(Pattern::parse("sensors/te#").is_err());
+    assert!(Pattern::parse("sensors/#/x").is_err());
+    // Without '/', '+' is an ordinary character.
+    assert!(Pattern::parse("a+b").unwrap().is_literal());
+    assert!(hash.overlaps(&Pattern::parse("sensors/x").unwrap()));
+    assert!(!hash.overlaps(&Pattern::parse("other/x").unwrap()));
+}

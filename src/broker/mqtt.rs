@@ -1,0 +1,762 @@
+//! The MQTT backend (3.1.1, on `rumqttc`): publish with a QoS and the retain flag, live subscriptions
+//! on MQTT topic filters, and durable subscriptions as persistent sessions.
+//!
+//! How names map: an MQTT topic is a name as it is (`sensors/kitchen/temp` is one token with `/` in
+//! it), so topics read naturally. Filters: `sensors/+/temp` and `sensors/#` are MQTT level filters,
+//! `*` alone is `+` and `#` or `>` alone is `#`; `.`-token wildcards and `glob:` have no MQTT meaning
+//! and are refused with that advice.
+//!
+//! A durable subscription is a persistent session: its own connection with the subscription's name as
+//! client id and clean session off, subscribed at QoS 1, acking each message only when the caller
+//! settles it, so what arrives while it is away waits in the broker. MQTT has no history beyond
+//! retained messages, no lag figures and no seek; the capabilities say so.
+//!
+//! The task that polls a connection's event loop never publishes or subscribes through the client
+//! (a full request channel would deadlock it, a known `rumqttc` trap); it only forwards what arrives.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS,
+    Transport,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{
+    AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream,
+    ItemSource, Settle, StreamItem, SubscribeRequest,
+};
+use crate::engine::{
+    Headers, Message, MessageExtra, Name, Pattern, PatternToken, PublishReceipt, PublishRequest, Timestamp,
+};
+
+/// Header that asks for the retain flag on a publish (`pub --retain`); never sent as data.
+pub const RETAIN_HEADER: &str = "mqtt-retain";
+/// Header that sets a publish's QoS (`pub --qos`); never sent as data.
+pub const QOS_HEADER: &str = "mqtt-qos";
+/// Header on received messages that were retained by the broker.
+pub const RETAINED_HEADER: &str = "mqtt-retained";
+
+/// Largest packet accepted or sent; Mosquitto's own default limit is far above rumqttc's 10 KiB.
+const MAX_PACKET: usize = 256 << 20;
+
+/// The query part of an MQTT URL.
+#[derive(Debug, Clone, PartialEq)]
+struct UrlOptions {
+    qos: QoS,
+    keep_alive: Duration,
+    client_id: Option<String>,
+    /// Skip retained messages when subscribing.
+    no_retained: bool,
+}
+
+impl UrlOptions {
+    fn parse(query: &str) -> Result<UrlOptions, String> {
+        let mut o = UrlOptions {
+            qos: QoS::AtMostOnce,
+            keep_alive: Duration::from_secs(30),
+            client_id: None,
+            no_retained: false,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "qos" => o.qos = parse_qos(value)?,
+                "keep_alive" => {
+                    o.keep_alive = humantime::parse_duration(value)
+                        .map_err(|_| format!("keep_alive \"{value}\" is not a duration such as 30s"))?;
+                }
+                "client_id" if !value.is_empty() => o.client_id = Some(value.to_string()),
+                "retained" => o.no_retained = value == "false" || value == "no",
+                "version" if value == "3.1.1" || value == "4" || value == "311" => {}
+                "version" => {
+                    return Err(format!(
+                        "version {value}: this build speaks MQTT 3.1.1 (version=3.1.1); MQTT 5 is not available yet"
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown option \"{key}\"; known: qos, keep_alive, client_id, retained, version"
+                    ));
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn parse_qos(value: &str) -> Result<QoS, String> {
+    match value {
+        "0" => Ok(QoS::AtMostOnce),
+        "1" => Ok(QoS::AtLeastOnce),
+        "2" => Ok(QoS::ExactlyOnce),
+        _ => Err(format!("qos \"{value}\": use 0, 1 or 2")),
+    }
+}
+
+/// Where to connect and as whom.
+#[derive(Debug, Clone)]
+struct Target {
+    host: String,
+    port: u16,
+    tls: bool,
+    credentials: Option<(String, String)>,
+    shown: String,
+}
+
+fn parse_url(url: &str) -> Result<(Target, UrlOptions), BrokerError> {
+    let invalid = |reason: String| BrokerError::InvalidUrl { url: redact(url), reason };
+    let (scheme, rest) =
+        url.split_once("://").ok_or_else(|| invalid("expected mqtt://host[:port]".into()))?;
+    let tls = match scheme {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        _ => return Err(invalid(format!("scheme {scheme}: use mqtt:// or mqtts://"))),
+    };
+    if rest.contains('#') {
+        return Err(invalid("no #fragment options on MQTT URLs (TLS is always verified)".into()));
+    }
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let rest = rest.trim_end_matches('/');
+    let (userinfo, hostport) = rest.rsplit_once('@').map_or((None, rest), |(u, h)| (Some(u), h));
+    let credentials = userinfo.map(|u| {
+        let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+        (percent_decode(user), percent_decode(pass))
+    });
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| invalid(format!("port \"{p}\" is not a number")))?),
+        None => (hostport, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err(invalid("no host".into()));
+    }
+    let options = UrlOptions::parse(query).map_err(invalid)?;
+    let target = Target { host: host.to_string(), port, tls, credentials, shown: redact(url) };
+    Ok((target, options))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = &url[s + 3..at];
+            match user.split_once(':') {
+                Some((name, _)) => format!("{}{name}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The MQTT filter for a pattern, or why there is none.
+pub fn filter_for(pattern: &Pattern) -> Result<String, BrokerError> {
+    let refuse = |why: &str| {
+        BrokerError::Invalid(format!(
+            "pattern \"{}\" {why}; MQTT filters use '/' levels: sensors/+/temp, sensors/#",
+            pattern.as_str()
+        ))
+    };
+    if pattern.is_glob() {
+        return Err(refuse("is a glob"));
+    }
+    if let Some(literal) = pattern.literal() {
+        return Ok(literal.to_string());
+    }
+    let Pattern::Tokens(tokens) = pattern else {
+        return Err(refuse("has no MQTT form"));
+    };
+    match tokens.tokens() {
+        [PatternToken::One] => Ok("+".into()),
+        [PatternToken::ZeroOrMore] | [PatternToken::OneOrMore] => Ok("#".into()),
+        [PatternToken::Levels(filter)] => Ok(filter.to_string()),
+        _ => Err(refuse("uses '.'-token wildcards")),
+    }
+}
+
+/// A publish waiting for the broker (QoS 1/2) or the socket (QoS 0) to take it.
+struct Waiter {
+    qos: QoS,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// What the event loop task and the broker handle share.
+#[derive(Default)]
+struct Shared {
+    /// Live subscriptions: filter → senders.
+    routes: Vec<(String, Pattern, mpsc::Sender<StreamItem>)>,
+    /// Publishes handed to the client, in order, until the event loop sends them.
+    unsent: VecDeque<Waiter>,
+    /// Sent QoS 1/2 publishes by packet id, until acked.
+    unacked: HashMap<u16, oneshot::Sender<Result<(), String>>>,
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An MQTT broker.
+pub struct MqttBroker {
+    target: Target,
+    options: UrlOptions,
+    client: AsyncClient,
+    shared: Arc<Mutex<Shared>>,
+    events: broadcast::Sender<ConnectionEvent>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for MqttBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttBroker").field("url", &self.target.shown).finish()
+    }
+}
+
+fn mqtt_options(
+    target: &Target,
+    options: &UrlOptions,
+    client_id: &str,
+    clean: bool,
+) -> Result<MqttOptions, BrokerError> {
+    let mut o = MqttOptions::new(client_id, target.host.clone(), target.port);
+    o.set_keep_alive(options.keep_alive.max(Duration::from_secs(5)));
+    o.set_clean_session(clean);
+    o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    if let Some((user, pass)) = &target.credentials {
+        o.set_credentials(user.clone(), pass.clone());
+    }
+    if target.tls {
+        let config =
+            tls_config().map_err(|reason| BrokerError::Unreachable { url: target.shown.clone(), reason })?;
+        o.set_transport(Transport::tls_with_config(config.into()));
+    }
+    Ok(o)
+}
+
+/// TLS checked against the system's roots (the same ones `rediss://` uses).
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// Turns a connection failure into the error a user can act on (exit 3 unreachable, 5 refused).
+fn connect_error(shown: &str, e: &ConnectionError) -> BrokerError {
+    match e {
+        ConnectionError::ConnectionRefused(
+            code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+        ) => BrokerError::Auth {
+            url: shown.to_string(),
+            reason: format!("the broker refused the login ({code:?})"),
+        },
+        ConnectionError::ConnectionRefused(code) => BrokerError::Unreachable {
+            url: shown.to_string(),
+            reason: format!("connection refused: {code:?}"),
+        },
+        other => BrokerError::Unreachable { url: shown.to_string(), reason: other.to_string() },
+    }
+}
+
+/// Polls until the broker answers CONNECT, so refusals and bad credentials surface at once.
+async fn handshake(eventloop: &mut EventLoop, shown: &str) -> Result<bool, BrokerError> {
+    let wait = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(ack))) => return Ok(ack.session_present),
+                Ok(_) => {}
+                Err(e) => return Err(connect_error(shown, &e)),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait).await.map_err(|_| BrokerError::Unreachable {
+        url: shown.to_string(),
+        reason: "no answer within 5 s".into(),
+    })?
+}
+
+fn client_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 6];
+    let _ = getrandom::fill(&mut bytes);
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{}-{suffix}", std::process::id())
+}
+
+impl MqttBroker {
+    /// Connects and waits for the broker's CONNACK.
+    pub async fn connect(url: &str) -> Result<MqttBroker, BrokerError> {
+        let (target, options) = parse_url(url.trim())?;
+        let id = options.client_id.clone().unwrap_or_else(|| client_id("pubsub"));
+        let (client, mut eventloop) = AsyncClient::new(mqtt_options(&target, &options, &id, true)?, 1024);
+        handshake(&mut eventloop, &target.shown).await?;
+        let (events, _) = broadcast::channel(16);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        tokio::spawn(run_shared(eventloop, shared.clone(), events.clone(), client.clone()));
+        Ok(MqttBroker { target, options, client, shared, events, next_id: AtomicU64::new(1) })
+    }
+
+    fn qos_of(&self, headers: &Headers) -> Result<QoS, BrokerError> {
+        match headers.get(QOS_HEADER) {
+            Some(v) => parse_qos(v).map_err(BrokerError::Invalid),
+            None => Ok(self.options.qos),
+        }
+    }
+
+    async fn send(
+        &self,
+        mut msg: PublishRequest,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, BrokerError> {
+        let qos = self.qos_of(&msg.headers)?;
+        let retain = msg.headers.remove(RETAIN_HEADER).is_some_and(|v| v != "false");
+        msg.headers.remove(QOS_HEADER);
+        if !msg.headers.is_empty() || msg.key.is_some() {
+            return Err(BrokerError::Invalid(
+                "MQTT 3.1.1 has no headers or keys; send them in the payload (MQTT 5 user properties are not available yet)"
+                    .into(),
+            ));
+        }
+        let (done, wait) = oneshot::channel();
+        // The waiter goes in before the request so the event loop finds it when the packet leaves.
+        lock(&self.shared).unsent.push_back(Waiter { qos, done });
+        let topic = msg.subject.as_str().to_string();
+        if let Err(e) = self.client.publish_bytes(topic, qos, retain, msg.payload).await {
+            lock(&self.shared).unsent.pop_back();
+            return Err(BrokerError::Disconnected { url: self.target.shown.clone(), reason: e.to_string() });
+        }
+        Ok(wait)
+    }
+
+    async fn settled(&self, wait: oneshot::Receiver<Result<(), String>>) -> Result<(), BrokerError> {
+        let limit = Duration::from_secs(30);
+        match tokio::time::timeout(limit, wait).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(reason))) => Err(BrokerError::Disconnected { url: self.target.shown.clone(), reason }),
+            Ok(Err(_)) => Err(BrokerError::Disconnected {
+                url: self.target.shown.clone(),
+                reason: "the connection closed before the broker took the message".into(),
+            }),
+            Err(_) => Err(BrokerError::Timeout(limit)),
+        }
+    }
+}
+
+/// The shared connection's event loop: forwards publishes to live subscriptions, completes publish
+/// waiters, reports drops and recoveries, and asks for the subscriptions again after a reconnect.
+async fn run_shared(
+    mut eventloop: EventLoop,
+    shared: Arc<Mutex<Shared>>,
+    events: broadcast::Sender<ConnectionEvent>,
+    client: AsyncClient,
+) {
+    let mut down = false;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                let message = to_message(&p.topic, p.retain, p.payload);
+                let Some(message) = message else { continue };
+                let mut routes = std::mem::take(&mut lock(&shared).routes);
+                routes.retain(|(_, pattern, tx)| {
+                    if !pattern.matches(message.subject().as_str()) {
+                        return !tx.is_closed();
+                    }
+                    let delivery = BrokerDelivery {
+                        message: message.clone(),
+                        attempt: None,
+                        deadline: None,
+                        token: None,
+                    };
+                    match tx.try_send(StreamItem::Delivery(delivery)) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            let _ = tx.try_send(StreamItem::Lagged { skipped: 1 });
+                            let _ = events.send(ConnectionEvent::SlowConsumer { dropped: 1 });
+                            true
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    }
+                });
+                let mut guard = lock(&shared);
+                routes.append(&mut guard.routes);
+                guard.routes = routes;
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                let mut guard = lock(&shared);
+                if let Some(waiter) = guard.unsent.pop_front() {
+                    if waiter.qos == QoS::AtMostOnce {
+                        let _ = waiter.done.send(Ok(()));
+                    } else {
+                        guard.unacked.insert(pkid, waiter.done);
+                    }
+                }
+            }
+            Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                if let Some(done) = lock(&shared).unacked.remove(&ack.pkid) {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Ok(Event::Incoming(Incoming::PubComp(comp))) => {
+                if let Some(done) = lock(&shared).unacked.remove(&comp.pkid) {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Ok(Event::Incoming(Incoming::ConnAck(_))) if down => {
+                down = false;
+                let filters: Vec<String> = lock(&shared).routes.iter().map(|(f, _, _)| f.clone()).collect();
+                let client = client.clone();
+                // Resubscribing goes through the request channel, so it runs on its own task.
+                tokio::spawn(async move {
+                    for filter in filters {
+                        let _ = client.subscribe(filter, QoS::AtMostOnce).await;
+                    }
+                });
+                let _ = events.send(ConnectionEvent::Reconnected);
+            }
+            Ok(_) => {}
+            Err(ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                if !down {
+                    down = true;
+                    let _ = events.send(ConnectionEvent::Disconnected { reason: e.to_string() });
+                }
+                // Publishes in flight on the lost connection are failed rather than left hanging;
+                // QoS 1/2 ones are resent by rumqttc on reconnect but their waiters are gone.
+                {
+                    let mut guard = lock(&shared);
+                    for waiter in guard.unsent.drain(..) {
+                        let _ = waiter.done.send(Err(format!("connection lost: {e}")));
+                    }
+                    for (_, done) in guard.unacked.drain() {
+                        let _ = done.send(Err(format!("connection lost: {e}")));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// A message from an MQTT publish; `None` for a topic that is not a valid name (never expected from a
+/// conforming broker, and dropped rather than passed on malformed).
+fn to_message(topic: &str, retained: bool, payload: Bytes) -> Option<Message> {
+    let name = Name::new(topic).or_else(|_| Name::system(topic)).ok()?;
+    let extra = if retained {
+        let mut headers = Headers::new();
+        headers.insert(RETAINED_HEADER.into(), "true".into());
+        MessageExtra::pack(None, None, headers)
+    } else {
+        None
+    };
+    let now = Timestamp::from_micros(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+    );
+    Some(Message::new(name.clone(), 0, 0, now, name, extra, payload))
+}
+
+/// A live subscription on the shared connection.
+struct LiveSource {
+    rx: mpsc::Receiver<StreamItem>,
+    skip_retained: bool,
+}
+
+#[async_trait]
+impl ItemSource for LiveSource {
+    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        loop {
+            let item = self.rx.recv().await?;
+            if self.skip_retained && is_retained(&item) {
+                continue;
+            }
+            return Some(Ok(item));
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        loop {
+            let item = self.rx.try_recv().ok()?;
+            if self.skip_retained && is_retained(&item) {
+                continue;
+            }
+            return Some(Ok(item));
+        }
+    }
+}
+
+fn is_retained(item: &StreamItem) -> bool {
+    matches!(item, StreamItem::Delivery(d) if d.message.headers().contains_key(RETAINED_HEADER))
+}
+
+/// A persistent session: its own connection, QoS 1, acks only when the caller settles.
+struct SessionSource {
+    rx: mpsc::Receiver<Result<StreamItem, BrokerError>>,
+}
+
+#[async_trait]
+impl ItemSource for SessionSource {
+    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        self.rx.recv().await
+    }
+
+    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Sessions by subscription name, so a settle finds the client that must send the PUBACK.
+type Sessions = Arc<Mutex<HashMap<String, (AsyncClient, HashMap<u64, rumqttc::Publish>)>>>;
+
+fn sessions() -> &'static Sessions {
+    static SESSIONS: std::sync::OnceLock<Sessions> = std::sync::OnceLock::new();
+    SESSIONS.get_or_init(Sessions::default)
+}
+
+#[async_trait]
+impl Broker for MqttBroker {
+    fn kind(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn url(&self) -> String {
+        self.target.shown.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::of(&[Capability::Ack, Capability::Patterns, Capability::Persistence])
+    }
+
+    async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
+        let topic = msg.subject.clone();
+        let wait = self.send(msg).await?;
+        self.settled(wait).await?;
+        Ok(PublishReceipt { topic: Some(topic), partition: 0, seq: 0, taps: 0, duplicate: false })
+    }
+
+    async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
+        let mut waits = Vec::with_capacity(msgs.len());
+        for (index, msg) in msgs.into_iter().enumerate() {
+            let topic = msg.subject.clone();
+            let wait = self.send(msg).await.map_err(|e| BrokerError::Batch { index, source: Box::new(e) })?;
+            waits.push((topic, wait));
+        }
+        let mut receipts = Vec::with_capacity(waits.len());
+        for (index, (topic, wait)) in waits.into_iter().enumerate() {
+            self.settled(wait).await.map_err(|e| BrokerError::Batch { index, source: Box::new(e) })?;
+            receipts.push(PublishReceipt {
+                topic: Some(topic),
+                partition: 0,
+                seq: 0,
+                taps: 0,
+                duplicate: false,
+            });
+        }
+        Ok(receipts)
+    }
+
+    async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
+        if req.from.is_some() {
+            return Err(BrokerError::Invalid(
+                "MQTT keeps no history: only the retained message of each topic arrives on subscribe".into(),
+            ));
+        }
+        let filters = req.patterns.iter().map(filter_for).collect::<Result<Vec<_>, _>>()?;
+        if let Some(name) = &req.subscription {
+            return self.subscribe_session(name, &req, filters).await;
+        }
+        let (tx, rx) = mpsc::channel(req.prefetch.unwrap_or(4096).max(16) as usize);
+        {
+            let mut guard = lock(&self.shared);
+            for (filter, pattern) in filters.iter().zip(&req.patterns) {
+                guard.routes.push((filter.clone(), pattern.clone(), tx.clone()));
+            }
+        }
+        for filter in filters {
+            self.client.subscribe(filter, self.options.qos).await.map_err(|e| BrokerError::Disconnected {
+                url: self.target.shown.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(DeliveryStream::new(Box::new(LiveSource { rx, skip_retained: self.options.no_retained })))
+    }
+
+    async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
+        let (client, publish) = {
+            let mut all = sessions().lock().unwrap_or_else(PoisonError::into_inner);
+            let Some((client, held)) = all.get_mut(token.subscription.as_str()) else {
+                return Err(BrokerError::Invalid(format!("no open session {}", token.subscription)));
+            };
+            (client.clone(), held.remove(&token.lease))
+        };
+        let Some(publish) = publish else {
+            return Ok(()); // settled already
+        };
+        match how {
+            Settle::Ack | Settle::Term(_) => client.ack(&publish).await.map_err(|e| {
+                BrokerError::Disconnected { url: self.target.shown.clone(), reason: e.to_string() }
+            }),
+            Settle::Extend(_) => Ok(()),
+            // MQTT cannot give a message back: without the PUBACK the broker redelivers it only when the
+            // session reconnects.
+            Settle::Nack(_) => Err(self.unsupported(Capability::Ack)),
+        }
+    }
+
+    fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.events.subscribe()
+    }
+}
+
+impl MqttBroker {
+    /// Opens the persistent session named after the subscription and subscribes it at QoS 1.
+    async fn subscribe_session(
+        &self,
+        name: &Name,
+        req: &SubscribeRequest,
+        filters: Vec<String>,
+    ) -> Result<DeliveryStream, BrokerError> {
+        let mut options = mqtt_options(&self.target, &self.options, name.as_str(), false)?;
+        options.set_manual_acks(true);
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let session_present = handshake(&mut eventloop, &self.target.shown).await?;
+        for filter in filters {
+            // Queued before the event loop runs again, so nothing is published from its task.
+            client.subscribe(filter, QoS::AtLeastOnce).await.map_err(|e| BrokerError::Disconnected {
+                url: self.target.shown.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let _ = session_present;
+        sessions()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.as_str().to_string(), (client.clone(), HashMap::new()));
+        let (tx, rx) = mpsc::channel(req.prefetch.unwrap_or(256).max(1) as usize);
+        let subscription = name.clone();
+        let shown = self.target.shown.clone();
+        let events = self.events.clone();
+        let skip_retained = self.options.no_retained;
+        let counter = Arc::new(AtomicU64::new(self.next_id.fetch_add(1_000_000, Ordering::Relaxed)));
+        tokio::spawn(async move {
+            let mut down = false;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        if skip_retained && p.retain {
+                            let _ = client.try_ack(&p);
+                            continue;
+                        }
+                        let Some(message) = to_message(&p.topic, p.retain, p.payload.clone()) else {
+                            let _ = client.try_ack(&p);
+                            continue;
+                        };
+                        let lease = counter.fetch_add(1, Ordering::Relaxed);
+                        let attempt = if p.dup { 2 } else { 1 };
+                        if let Some((_, held)) = sessions()
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get_mut(subscription.as_str())
+                        {
+                            held.insert(lease, p);
+                        }
+                        let token = AckToken {
+                            subscription: subscription.clone(),
+                            partition: 0,
+                            seq: 0,
+                            lease,
+                            reply: None,
+                        };
+                        let delivery = BrokerDelivery {
+                            message,
+                            attempt: Some(attempt),
+                            deadline: None,
+                            token: Some(token),
+                        };
+                        if tx.send(Ok(StreamItem::Delivery(delivery))).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) if down => {
+                        down = false;
+                        let _ = events.send(ConnectionEvent::Reconnected);
+                    }
+                    Ok(_) => {}
+                    Err(ConnectionError::RequestsDone) => break,
+                    Err(e) => {
+                        if !down {
+                            down = true;
+                            let _ = events.send(ConnectionEvent::Disconnected { reason: e.to_string() });
+                        }
+                        if tx.is_closed() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            // The consumer went away: close the session's connection, leaving the session on the broker.
+            let _ = client.try_disconnect();
+            sessions().lock().unwrap_or_else(PoisonError::into_inner).remove(subscription.as_str());
+            let _ = shown;
+        });
+        Ok(DeliveryStream::new(Box::new(SessionSource { rx })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_credentials_and_options() {
+        let (t, o) = parse_url("mqtt://alice:s%40cret@broker.lan:1884/?qos=1&keep_alive=10s").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.tls), ("broker.lan", 1884, false));
+        assert_eq!(t.credentials, Some(("alice".into(), "s@cret".into())));
+        assert_eq!(t.shown, "mqtt://alice:***@broker.lan:1884/?qos=1&keep_alive=10s");
+        assert_eq!((o.qos, o.keep_alive), (QoS::AtLeastOnce, Duration::from_secs(10)));
+        let (t, _) = parse_url("mqtts://host").unwrap();
+        assert_eq!((t.port, t.tls), (8883, true));
+        assert!(parse_url("mqtt://host?qos=3").is_err());
+        assert!(parse_url("mqtt://host?version=5").unwrap_err().to_string().contains("MQTT 5"));
+        assert!(parse_url("mqtt://:1883").is_err());
+    }
+
+    #[test]
+    fn patterns_map_to_mqtt_filters_or_are_refused() {
+        let f = |p: &str| filter_for(&Pattern::parse(p).unwrap());
+        assert_eq!(f("sensors/kitchen/temp").unwrap(), "sensors/kitchen/temp");
+        assert_eq!(f("sensors/+/temp").unwrap(), "sensors/+/temp");
+        assert_eq!(f("sensors/#").unwrap(), "sensors/#");
+        assert_eq!(f("*").unwrap(), "+");
+        assert_eq!(f("#").unwrap(), "#");
+        assert_eq!(f(">").unwrap(), "#");
+        assert!(f("orders.*").unwrap_err().to_string().contains("'/' levels"));
+        assert!(f("glob:a*").is_err());
+    }
+}

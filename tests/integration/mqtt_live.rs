@@ -1,0 +1,308 @@
+//! The MQTT backend against the real Mosquitto on 127.0.0.1:1883, with the real `mosquitto_pub` and
+//! `mosquitto_sub` on the other side, and against a Mosquitto each restart/auth test starts itself.
+//! Skips (with the reason printed) when Mosquitto or its clients are missing; fails instead when
+//! PUBSUB_REQUIRE_BROKERS=1.
+
+use std::io::Write;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::Home;
+
+const URL: &str = "mqtt://127.0.0.1:1883";
+
+/// Whether Mosquitto and its clients are here; panics when they must be.
+fn mosquitto_here() -> bool {
+    let up = std::net::TcpStream::connect_timeout(&"127.0.0.1:1883".parse().unwrap(), Duration::from_secs(1))
+        .is_ok();
+    let clients = Command::new("mosquitto_pub").arg("--help").output().is_ok();
+    if up && clients {
+        return true;
+    }
+    let reason = if up {
+        "mosquitto_pub/mosquitto_sub are not installed"
+    } else {
+        "Mosquitto is not running on 127.0.0.1:1883"
+    };
+    assert!(std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(), "live MQTT tests required: {reason}");
+    eprintln!("skipping live MQTT test: {reason}");
+    false
+}
+
+fn topic(tag: &str) -> String {
+    format!("pubsub-test/{tag}/{}", std::process::id())
+}
+
+fn pubsub(home: &Home, url: &str, args: &[&str]) -> Command {
+    let mut cmd = home.cmd();
+    cmd.arg("--broker").arg(url).args(args);
+    cmd
+}
+
+fn run(mut cmd: Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// Runs `publish` every 100 ms until `child` exits (a subscriber has no other way to say it listens).
+fn publish_until_exit(child: Child, mut publish: impl FnMut()) -> Output {
+    let mut child = child;
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "the subscriber never received anything");
+        publish();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn mosquitto_pub_reaches_pubsub_sub_through_a_wildcard_and_back() {
+    if !mosquitto_here() {
+        return;
+    }
+    let home = Home::new("mqtt-interop");
+    let base = topic("interop");
+    let filter = format!("{base}/+/temp");
+    let sub = pubsub(
+        &home,
+        URL,
+        &["sub", &filter, "--count", "1", "--format", "{{subject}} {{payload}}", "--timeout", "15s"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let sent = format!("{base}/kitchen/temp");
+    let out = publish_until_exit(sub, || {
+        Command::new("mosquitto_pub").args(["-t", &sent, "-m", "21.5"]).status().unwrap();
+    });
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{sent} 21.5"));
+
+    let back = format!("{base}/reply");
+    let listener = Command::new("mosquitto_sub")
+        .args(["-t", &format!("{base}/#"), "-C", "1", "-v", "-q", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = publish_until_exit(listener, || {
+        let (code, _, stderr) = run(pubsub(&home, URL, &["pub", &back, "from pubsub", "--qos", "1"]));
+        assert_eq!(code, 0, "{stderr}");
+    });
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{back} from pubsub"));
+}
+
+#[test]
+fn retained_messages_arrive_flagged_can_be_skipped_and_cleared() {
+    if !mosquitto_here() {
+        return;
+    }
+    let home = Home::new("mqtt-retained");
+    let t = topic("retained");
+    let (code, _, stderr) = run(pubsub(&home, URL, &["pub", &t, "on", "--retain", "--qos", "1"]));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, out, stderr) =
+        run(pubsub(&home, URL, &["sub", &t, "--count", "1", "--timeout", "5s", "--format", "json"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("\"payload\":\"on\"") && out.contains("\"mqtt-retained\":\"true\""), "{out}");
+    // mosquitto_sub sees the same retained message.
+    let out = Command::new("mosquitto_sub").args(["-t", &t, "-C", "1", "-W", "5"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "on");
+    // ?retained=false skips it: nothing arrives, so the timeout ends the command with exit 4.
+    let skip = format!("{URL}?retained=false");
+    let (code, out, _) = run(pubsub(&home, &skip, &["sub", &t, "--count", "1", "--timeout", "1s"]));
+    assert_eq!((code, out.as_str()), (4, ""));
+    // An empty retained publish clears it.
+    let (code, _, stderr) = run(pubsub(&home, URL, &["pub", &t, "", "--retain", "--qos", "1"]));
+    assert_eq!(code, 0, "{stderr}");
+    let out = Command::new("mosquitto_sub").args(["-t", &t, "-C", "1", "-W", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(27), "a retained message is still there: {:?}", out.stdout);
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_exit_codes() {
+    if !mosquitto_here() {
+        return;
+    }
+    let home = Home::new("mqtt-bad");
+    let (code, _, stderr) = run(pubsub(&home, "mqtt://127.0.0.1:1", &["pub", "x", "y"]));
+    assert_eq!(code, 3, "{stderr}");
+    let (code, _, stderr) = run(pubsub(&home, URL, &["sub", "orders.*", "--timeout", "1s"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("'/' levels"), "{stderr}");
+    let (code, _, stderr) = run(pubsub(&home, URL, &["pub", &topic("h"), "x", "-H", "a=b"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no headers"), "{stderr}");
+    let (code, _, stderr) = run(pubsub(&home, "mqtt://127.0.0.1:1883?version=5", &["pub", "x", "y"]));
+    assert_eq!(code, 2, "{stderr}");
+    let (code, _, stderr) = run(pubsub(&home, "mem://", &["pub", "x", "y", "--retain"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("MQTT settings"), "{stderr}");
+}
+
+/// A Mosquitto of the test's own, on a free port, with a password file and persistence.
+struct OwnMosquitto {
+    child: Option<Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnMosquitto {
+    fn start(tag: &str) -> Option<OwnMosquitto> {
+        if Command::new("mosquitto").arg("-h").output().is_err() {
+            assert!(std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(), "the mosquitto binary is required");
+            eprintln!("skipping: the mosquitto binary is not installed");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("pubsub-mosquitto-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Started as root, mosquitto drops to its own user, which must be able to save its database here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let passwords = dir.join("passwd");
+        let status = Command::new("mosquitto_passwd")
+            .args(["-c", "-b"])
+            .arg(&passwords)
+            .args(["tester", "secret"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut conf = std::fs::File::create(dir.join("mosquitto.conf")).unwrap();
+        writeln!(
+            conf,
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence true\npersistence_location {}/\n",
+            passwords.display(),
+            dir.display()
+        )
+        .unwrap();
+        let mut own = OwnMosquitto { child: None, port, dir };
+        own.run();
+        Some(own)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops it with SIGTERM (it saves its persistence file) and starts it again on the same port.
+    fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+
+    fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let mut child = child;
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self, user: &str, password: &str) -> String {
+        format!("mqtt://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnMosquitto {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn refused_credentials_exit_5() {
+    let Some(broker) = OwnMosquitto::start("auth") else {
+        return;
+    };
+    let home = Home::new("mqtt-auth");
+    let (code, _, stderr) = run(pubsub(&home, &broker.url("tester", "wrong"), &["pub", "x", "y"]));
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("refused the login") && !stderr.contains("wrong"), "{stderr}");
+    let (code, _, stderr) = run(pubsub(&home, &broker.url("tester", "secret"), &["pub", "x", "y"]));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn a_persistent_session_gets_what_was_published_while_it_was_away_even_across_a_broker_restart() {
+    let Some(mut broker) = OwnMosquitto::start("session") else {
+        return;
+    };
+    let home = Home::new("mqtt-session");
+    let url = broker.url("tester", "secret");
+    let t = "plant/line1/events";
+    // The first visit creates the session and its QoS 1 subscription; nothing is there yet.
+    let (code, _, stderr) = run(pubsub(&home, &url, &["sub", "-s", "line-watcher", t, "--timeout", "1s"]));
+    assert_eq!(code, 4, "{stderr}");
+    for m in ["while-away-1", "while-away-2"] {
+        let status = Command::new("mosquitto_pub")
+            .args([
+                "-p",
+                &broker.port.to_string(),
+                "-u",
+                "tester",
+                "-P",
+                "secret",
+                "-q",
+                "1",
+                "-t",
+                t,
+                "-m",
+                m,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    broker.restart();
+    let (code, out, stderr) = run(pubsub(
+        &home,
+        &url,
+        &["sub", "-s", "line-watcher", t, "--count", "2", "--timeout", "10s", "--format", "{{payload}}"],
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out, "while-away-1\nwhile-away-2\n");
+}
+
+#[test]
+fn a_live_subscriber_resubscribes_after_the_broker_restarts() {
+    let Some(mut broker) = OwnMosquitto::start("reconnect") else {
+        return;
+    };
+    let home = Home::new("mqtt-reconnect");
+    let url = broker.url("tester", "secret");
+    let sub = pubsub(
+        &home,
+        &url,
+        &["sub", "alerts/#", "--count", "1", "--timeout", "30s", "--format", "{{payload}}"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    broker.restart();
+    let port = broker.port.to_string();
+    let out = publish_until_exit(sub, || {
+        let _ = Command::new("mosquitto_pub")
+            .args(["-p", &port, "-u", "tester", "-P", "secret", "-t", "alerts/fire", "-m", "after restart"])
+            .status();
+    });
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "after restart");
+}
