@@ -238,15 +238,15 @@ impl Broker for LocalBroker {
     }
 
     async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
-        Ok(self.engine.create_topic(config)?)
+        Ok(self.may_sync(|| self.engine.create_topic(config))?)
     }
 
     async fn delete_topic(&self, name: &Name) -> Result<(), BrokerError> {
-        Ok(self.engine.delete_topic(name)?)
+        Ok(self.may_sync(|| self.engine.delete_topic(name))?)
     }
 
     async fn purge_topic(&self, name: &Name) -> Result<u64, BrokerError> {
-        Ok(self.engine.purge_topic(name)?)
+        Ok(self.may_sync(|| self.engine.purge_topic(name))?)
     }
 
     async fn subscriptions(&self, topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {
@@ -258,11 +258,11 @@ impl Broker for LocalBroker {
     }
 
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
-        Ok(self.engine.create_subscription(config)?)
+        Ok(self.may_sync(|| self.engine.create_subscription(config))?)
     }
 
     async fn delete_subscription(&self, name: &Name) -> Result<(), BrokerError> {
-        Ok(self.engine.delete_subscription(name)?)
+        Ok(self.may_sync(|| self.engine.delete_subscription(name))?)
     }
 
     async fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, BrokerError> {
@@ -270,7 +270,7 @@ impl Broker for LocalBroker {
     }
 
     async fn seek(&self, subscription: &Name, target: SeekTarget) -> Result<u64, BrokerError> {
-        Ok(self.engine.seek(subscription, target)?)
+        Ok(self.may_sync(|| self.engine.seek(subscription, target))?)
     }
 
     async fn peek(&self, subscription: &Name, from: u64, limit: usize) -> Result<PeekReport, BrokerError> {

@@ -151,6 +151,8 @@ impl SubState {
             bytes,
         });
         entry.state = DeliveryState::InFlight;
+        // A restored entry does not know its size until it is leased again.
+        entry.bytes = bytes;
         entry.attempt += 1;
         entry.consumer = consumer_id;
         entry.lease = lease;

@@ -68,7 +68,7 @@ impl Engine {
             let first = state.log.first_seq();
             let head = state.log.head_seq();
             let (journal, snapshot) = if dir.exists() {
-                let opened = SubJournal::open(&dir, config.ack_durability)?;
+                let opened = SubJournal::open(&dir, config.ack_durability, first, head)?;
                 if opened.missing_checkpoint {
                     report.missing_checkpoints.push(config.name.clone());
                 }

@@ -286,8 +286,11 @@ impl Log {
 
     /// Takes back appends after `head` that were never committed (their publish failed).
     pub fn rollback(&mut self, head: u64) {
-        while self.head_seq() > head && self.head_seq() >= self.hot_first {
-            self.records.pop_back();
+        while self.head_seq() > head && self.records.pop_back().is_some() {}
+        if self.head_seq() > head {
+            // Retention inside the same run removed records of it too: the log is empty at `head`.
+            self.hot_first = head + 1;
+            self.first_seq = self.hot_first;
         }
         if let Some(disk) = &mut self.disk {
             disk.discard_staged();
@@ -327,6 +330,11 @@ impl Log {
         self.first_seq += 1;
         self.hot_first += 1;
         self.base_bytes = record.end_bytes;
+        if let Some(disk) = &mut self.disk
+            && let Err(e) = disk.drop_before(self.first_seq)
+        {
+            tracing::warn!("cannot delete an expired segment: {e}");
+        }
         Some((seq, Some(record)))
     }
 

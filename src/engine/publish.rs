@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::subscription::Effects;
-use super::topic::TopicCell;
+use super::topic::{Committed, TopicCell};
 use super::{
     Engine, EngineError, EngineEvent, Message, MessageExtra, Name, PublishReceipt, PublishRequest, Timestamp,
     lock,
@@ -98,7 +98,9 @@ impl Engine {
                 }
                 let mut waits = Vec::new();
                 match state.commit_appends(head_before) {
-                    Ok(sync) => waits.extend(sync),
+                    Ok(Committed::Durable) => {}
+                    Ok(Committed::Wait(gate, mark)) => waits.push((gate, mark)),
+                    Ok(Committed::Unconfirmed(e)) => failure = Some(e),
                     Err(e) => {
                         // Nothing of this run was kept: report the first message of it as failed.
                         receipts.truncate(run_start);
@@ -212,7 +214,11 @@ impl Engine {
             let mut state = lock(&cell.state);
             let head_before = state.log.head_seq();
             let appended = state.append(&req, now, &mut effects).and_then(|a| {
-                let sync = state.commit_appends(head_before)?;
+                let sync = match state.commit_appends(head_before)? {
+                    Committed::Durable => None,
+                    Committed::Wait(gate, mark) => Some((gate, mark)),
+                    Committed::Unconfirmed(e) => return Err(e),
+                };
                 Ok((a, sync))
             });
             if state.has_push {

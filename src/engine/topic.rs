@@ -225,18 +225,21 @@ impl TopicState {
 
     /// Makes a run of appends durable as the topic's mode asks. On failure the run is taken back (the
     /// log, the dedup table, cursors that moved over it) so memory never holds what the disk refused.
-    pub fn commit_appends(&mut self, head_before: u64) -> Result<Option<(Arc<SyncGate>, u64)>, EngineError> {
-        let result = self.log.commit().and_then(|sync| {
-            if self.config.durability == Durability::Always
-                && let Some(disk) = self.log.disk()
-            {
-                disk.sync_log()?;
-                return Ok(None);
+    pub fn commit_appends(&mut self, head_before: u64) -> Result<Committed, EngineError> {
+        match self.log.commit() {
+            Ok(sync) => {
+                if self.config.durability == Durability::Always
+                    && let Some(disk) = self.log.disk()
+                {
+                    // Written but not confirmed: the records stay (they are in the file and a restart
+                    // would bring them back), and the publisher hears that the disk did not confirm.
+                    return Ok(match disk.sync_log() {
+                        Ok(()) => Committed::Durable,
+                        Err(e) => Committed::Unconfirmed(e.into()),
+                    });
+                }
+                Ok(sync.map_or(Committed::Durable, |(gate, mark)| Committed::Wait(gate, mark)))
             }
-            Ok(sync)
-        });
-        match result {
-            Ok(sync) => Ok(sync),
             Err(e) => {
                 let taken_back = self.log.head_seq().saturating_sub(head_before);
                 self.log.rollback(head_before);
@@ -320,6 +323,17 @@ impl TopicState {
             durability: (self.config.storage == StorageKind::File).then_some(self.config.durability),
         }
     }
+}
+
+/// What a run of appends still needs once the topic's lock is released.
+#[derive(Debug)]
+pub(crate) enum Committed {
+    /// Nothing: memory only, a mode that does not wait, or already synced under the lock.
+    Durable,
+    /// An fdatasync that covers this mark.
+    Wait(Arc<SyncGate>, u64),
+    /// Kept, but the disk did not confirm it.
+    Unconfirmed(EngineError),
 }
 
 /// A topic's state with the mutex that guards it and the signal long-polling fetches wait on.

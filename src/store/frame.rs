@@ -46,7 +46,8 @@ fn frame_at(data: &[u8], pos: usize) -> Option<&[u8]> {
     let header = data.get(pos..pos + FRAME_HEADER)?;
     let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
-    if len > MAX_FRAME {
+    // No journal writes an empty body, and eight zero bytes (a zero-filled tail) would pass the CRC.
+    if len == 0 || len > MAX_FRAME {
         return None;
     }
     let body = data.get(pos + FRAME_HEADER..pos + FRAME_HEADER + len)?;

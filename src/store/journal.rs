@@ -129,6 +129,13 @@ impl SubSnapshot {
         self.floor = self.pending.keys().next().map_or(self.cursor, |&first| first - 1).max(self.floor);
     }
 
+    /// Drops what lies beyond `head` (messages that no longer exist).
+    pub fn clamp(&mut self, head: u64) {
+        self.cursor = self.cursor.min(head);
+        self.floor = self.floor.min(self.cursor);
+        self.pending.retain(|&seq, _| seq <= head);
+    }
+
     fn encode(&self, generation: u64) -> Vec<u8> {
         let mut body = Vec::with_capacity(28 + self.pending.len() * 21);
         body.extend_from_slice(&generation.to_le_bytes());
@@ -181,7 +188,13 @@ pub(crate) struct SubJournal {
     durability: AckDurability,
     gate: Arc<SyncGate>,
     written: u64,
-    /// The cursor the journal last recorded.
+    /// The mark of the last write that held a settle: an ack that finds its message already settled
+    /// still waits for this, so it never returns before the settle that beat it is on disk.
+    last_settle_mark: u64,
+    /// A checkpoint was written but the journal could not be reset to its generation: nothing may be
+    /// appended to the old one (it would be ignored at open) until the reset succeeds.
+    needs_reset: bool,
+    /// The cursor the journal last recorded (or holds staged).
     pub recorded_cursor: u64,
 }
 
@@ -205,6 +218,10 @@ impl SubJournal {
         frame::write_atomic(&checkpoint_path, &state.encode(0))?;
         let mut journal = Self::open_file(dir, 0, durability, state.cursor)?;
         journal.reset(0)?;
+        // The new directory's entry must survive a power loss too.
+        if let Some(parent) = dir.parent() {
+            frame::sync_dir(parent).map_err(|e| StoreError::io(parent, e))?;
+        }
         Ok(journal)
     }
 
@@ -237,13 +254,17 @@ impl SubJournal {
             durability,
             gate,
             written: 0,
+            last_settle_mark: 0,
+            needs_reset: false,
             recorded_cursor: cursor,
         })
     }
 
     /// Opens an existing subscription's files: the checkpoint, then the journal records of the same
     /// generation on top of it, cutting a torn tail.
-    pub fn open(dir: &Path, durability: AckDurability) -> Result<Opened, StoreError> {
+    /// `first` and `head` are the topic's retained range after its own recovery: state beyond the head
+    /// (messages a power loss took back) is dropped, so those seqs are delivered when they are reused.
+    pub fn open(dir: &Path, durability: AckDurability, first: u64, head: u64) -> Result<Opened, StoreError> {
         let checkpoint_path = dir.join("checkpoint");
         let (generation, mut state, missing) = match fs::read(&checkpoint_path) {
             Ok(data) => {
@@ -268,8 +289,12 @@ impl SubJournal {
             (r.u8()? == TAG_GEN).then(|| r.u64()).flatten()
         });
         // A journal older than the checkpoint was superseded by it (a crash between the two steps of
-        // a checkpoint); a missing checkpoint means the journal is all there is.
-        if journal_gen.is_some_and(|g| g >= generation || missing) {
+        // a checkpoint). Without a checkpoint, the journal alone is the state only if it goes back to
+        // the subscription's creation (generation 0); otherwise start again from the oldest retained
+        // message (at-least-once: some acked messages come back, none is lost).
+        if missing && journal_gen.is_some_and(|g| g > 0) {
+            state = SubSnapshot::starting_at(first);
+        } else if journal_gen.is_some_and(|g| g >= generation || missing) {
             for (i, body) in bodies.enumerate() {
                 let op = SubOp::decode(body).ok_or_else(|| {
                     StoreError::corrupt(
@@ -283,18 +308,26 @@ impl SubJournal {
         }
         let truncated = (frames.valid_len != data.len())
             .then(|| (journal_path.clone(), frames.valid_len as u64, (data.len() - frames.valid_len) as u64));
+        state.clamp(head);
         let replayed = journal_gen.is_some_and(|g| g >= generation || missing);
         let mut journal = Self::open_file(dir, journal_gen.unwrap_or(generation), durability, state.cursor)?;
         // Start a fresh generation from the recovered state, so the repaired journal is never replayed
-        // twice. On a full disk that may fail; then the journal goes on from its last valid record.
-        if let Err(e) = journal.checkpoint(&state) {
-            if !replayed {
-                return Err(e);
+        // twice. If the checkpoint cannot be written (a full disk), the old journal goes on from its last
+        // valid record; once the new checkpoint is in place the journal must be reset.
+        let next = journal.generation.max(generation) + 1;
+        match frame::write_atomic(&journal.checkpoint_path, &state.encode(next)) {
+            Ok(()) => journal.reset(next)?,
+            Err(e) if replayed && !missing => {
+                tracing::warn!("subscription checkpoint not written, continuing its journal: {e}");
+                journal
+                    .file
+                    .set_len(frames.valid_len as u64)
+                    .map_err(|e| StoreError::io(&journal_path, e))?;
+                journal.len = frames.valid_len as u64;
             }
-            tracing::warn!("subscription checkpoint not written, continuing its journal: {e}");
-            journal.file.set_len(frames.valid_len as u64).map_err(|e| StoreError::io(&journal_path, e))?;
-            journal.len = frames.valid_len as u64;
+            Err(e) => return Err(e),
         }
+        journal.recorded_cursor = state.cursor;
         Ok(Opened { journal, state, missing_checkpoint: missing, truncated })
     }
 
@@ -331,21 +364,26 @@ impl SubJournal {
 
     /// Writes the staged records. Returns what to wait on when an ack must be synced before it returns.
     pub fn commit(&mut self) -> Result<Option<(Arc<SyncGate>, u64)>, StoreError> {
-        if self.staged.is_empty() {
-            return Ok(None);
+        if self.needs_reset {
+            self.reset(self.generation)?;
+            self.needs_reset = false;
         }
-        let settle = std::mem::take(&mut self.staged_settle);
-        let result = self.file.write_all_at(&self.staged, self.len);
-        if let Err(e) = result {
-            let _ = self.file.set_len(self.len);
+        if !self.staged.is_empty() {
+            if let Err(e) = self.file.write_all_at(&self.staged, self.len) {
+                // Keep what was staged: the next commit writes it again, in order, before anything newer.
+                let _ = self.file.set_len(self.len);
+                return Err(StoreError::io(&self.journal_path, e));
+            }
+            self.len += self.staged.len() as u64;
+            self.written += self.staged.len() as u64;
             self.staged.clear();
-            return Err(StoreError::io(&self.journal_path, e));
+            self.gate.mark_written(self.written);
+            if std::mem::take(&mut self.staged_settle) {
+                self.last_settle_mark = self.written;
+            }
         }
-        self.len += self.staged.len() as u64;
-        self.written += self.staged.len() as u64;
-        self.staged.clear();
-        self.gate.mark_written(self.written);
-        Ok((settle && self.durability == AckDurability::Sync).then(|| (self.gate.clone(), self.written)))
+        let sync = self.durability == AckDurability::Sync && self.last_settle_mark > 0;
+        Ok(sync.then(|| (self.gate.clone(), self.last_settle_mark)))
     }
 
     /// Writes `state` as the new checkpoint and starts an empty journal of the next generation.
@@ -354,8 +392,12 @@ impl SubJournal {
         self.staged_settle = false;
         let next = self.generation + 1;
         frame::write_atomic(&self.checkpoint_path, &state.encode(next))?;
-        self.reset(next)?;
+        self.generation = next;
         self.recorded_cursor = state.cursor;
+        if let Err(e) = self.reset(next) {
+            self.needs_reset = true;
+            return Err(e);
+        }
         Ok(())
     }
 }
@@ -386,7 +428,7 @@ mod tests {
         }
         j.commit().unwrap();
         drop(j);
-        let opened = SubJournal::open(&dir, AckDurability::Sync).unwrap();
+        let opened = SubJournal::open(&dir, AckDurability::Sync, 1, 100).unwrap();
         let want = Pending { attempt: 2, not_before: Some(Timestamp::from_micros(99)) };
         assert_eq!(opened.state.pending.into_iter().collect::<Vec<_>>(), vec![(2, want)]);
         assert_eq!((opened.state.cursor, opened.state.floor), (3, 1));
@@ -407,7 +449,7 @@ mod tests {
         let path = dir.join("journal.log");
         let len = fs::metadata(&path).unwrap().len();
         OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
-        let opened = SubJournal::open(&dir, AckDurability::Async).unwrap();
+        let opened = SubJournal::open(&dir, AckDurability::Async, 1, 100).unwrap();
         assert!(opened.truncated.is_some());
         // The settle was torn off: the message is unsettled again (at-least-once), never lost.
         assert_eq!(opened.state.pending.get(&1).map(|p| p.attempt), Some(1));
@@ -428,8 +470,28 @@ mod tests {
         drop(j);
         // A crash after the checkpoint's rename but before the journal reset leaves the old journal.
         fs::write(dir.join("journal.log"), old_journal).unwrap();
-        let opened = SubJournal::open(&dir, AckDurability::Sync).unwrap();
+        let opened = SubJournal::open(&dir, AckDurability::Sync, 1, 100).unwrap();
         assert!(opened.state.pending.is_empty(), "acked seq 1 came back: {:?}", opened.state);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn state_beyond_the_recovered_head_is_dropped_and_stays_dropped() {
+        let dir = temp_dir("clamp");
+        let mut j = SubJournal::create(&dir, 1, AckDurability::Sync).unwrap();
+        j.stage(SubOp::Attempt { seq: 9, attempt: 1 });
+        j.stage(SubOp::Attempt { seq: 12, attempt: 3 });
+        j.stage(SubOp::Cursor { seq: 12 });
+        j.commit().unwrap();
+        drop(j);
+        // A power loss took the topic back to seq 10.
+        let opened = SubJournal::open(&dir, AckDurability::Sync, 1, 10).unwrap();
+        assert_eq!((opened.state.cursor, opened.state.pending.len()), (10, 1));
+        drop(opened);
+        // Reopened with the head grown again, the old cursor does not come back.
+        let opened = SubJournal::open(&dir, AckDurability::Sync, 1, 20).unwrap();
+        assert_eq!(opened.state.cursor, 10);
+        assert!(!opened.state.pending.contains_key(&12));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -389,8 +389,14 @@ impl Store {
         frame::put_frame(&mut buf, &body);
         let mut file = lock(&self.inner.meta);
         let path = &self.inner.meta_path;
-        file.write_all(&buf).map_err(|e| StoreError::io(path, e))?;
-        file.sync_data().map_err(|e| StoreError::io(path, e))
+        let before = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
+        let written = file.write_all(&buf).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // A partial frame would hide every later record at the next open: cut it off.
+            let _ = file.set_len(before);
+            return Err(StoreError::io(path, e));
+        }
+        Ok(())
     }
 
     /// Where a topic partition's segments live.
@@ -454,7 +460,10 @@ impl Store {
 
 fn remove_dir(path: &Path) -> Result<(), StoreError> {
     match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
+        Ok(()) => match path.parent() {
+            Some(parent) => frame::sync_dir(parent).map_err(|e| StoreError::io(parent, e)),
+            None => Ok(()),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::io(path, e)),
     }

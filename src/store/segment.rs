@@ -59,6 +59,22 @@ pub struct PartitionReport {
     pub ignored: Vec<PathBuf>,
 }
 
+/// A segment's open files. The active segment's stay open; a sealed segment's are opened when a reader
+/// needs them (one sealed segment at a time is kept open), so thousands of segments do not hold
+/// thousands of descriptors.
+#[derive(Debug)]
+struct Files {
+    log: Arc<File>,
+    idx: Arc<File>,
+}
+
+impl Files {
+    fn open(log_path: &Path, idx_path: &Path) -> Result<Files, StoreError> {
+        let open = |path: &Path| File::open(path).map_err(|e| StoreError::io(path, e));
+        Ok(Files { log: Arc::new(open(log_path)?), idx: Arc::new(open(idx_path)?) })
+    }
+}
+
 #[derive(Debug)]
 struct Segment {
     base: u64,
@@ -67,8 +83,6 @@ struct Segment {
     len: u64,
     /// Content bytes of every earlier segment (absolute since the partition began), for range sizes.
     cum_before: u64,
-    log: Arc<File>,
-    idx: File,
     log_path: PathBuf,
     idx_path: PathBuf,
 }
@@ -82,9 +96,9 @@ impl Segment {
         self.len - RECORD_HEADER * self.count
     }
 
-    fn entry(&self, rel: u64) -> Result<(u64, Timestamp), StoreError> {
+    fn entry(&self, f: &Files, rel: u64) -> Result<(u64, Timestamp), StoreError> {
         let mut buf = [0u8; IDX_ENTRY as usize];
-        self.idx.read_exact_at(&mut buf, rel * IDX_ENTRY).map_err(|e| StoreError::io(&self.idx_path, e))?;
+        f.idx.read_exact_at(&mut buf, rel * IDX_ENTRY).map_err(|e| StoreError::io(&self.idx_path, e))?;
         let mut r = Reader::new(&buf);
         let (Some(_), Some(pos), Some(time)) = (r.u32(), r.u32(), r.i64()) else {
             return Err(StoreError::corrupt(&self.idx_path, rel * IDX_ENTRY, "short index entry"));
@@ -92,17 +106,17 @@ impl Segment {
         Ok((u64::from(pos), Timestamp::from_micros(time)))
     }
 
-    fn read(&self, seq: u64) -> Result<StoredRecord, StoreError> {
+    fn read(&self, f: &Files, seq: u64) -> Result<StoredRecord, StoreError> {
         let rel = seq - self.base;
-        let (pos, _) = self.entry(rel)?;
+        let (pos, _) = self.entry(f, rel)?;
         let mut head = [0u8; 4];
-        self.log.read_exact_at(&mut head, pos).map_err(|e| StoreError::io(&self.log_path, e))?;
+        f.log.read_exact_at(&mut head, pos).map_err(|e| StoreError::io(&self.log_path, e))?;
         let len = u32::from_le_bytes(head) as usize;
         if !(FIXED_AFTER_CRC..=MAX_RECORD).contains(&len) || pos + 8 + len as u64 > self.len {
             return Err(StoreError::corrupt(&self.log_path, pos, "record length out of bounds"));
         }
         let mut frame = vec![0u8; 8 + len];
-        self.log.read_exact_at(&mut frame, pos).map_err(|e| StoreError::io(&self.log_path, e))?;
+        f.log.read_exact_at(&mut frame, pos).map_err(|e| StoreError::io(&self.log_path, e))?;
         let frame = Bytes::from(frame);
         match decode(&frame, 0) {
             Ok((record, _)) if record.seq == seq => Ok(record),
@@ -116,9 +130,9 @@ impl Segment {
     }
 
     /// Content bytes from the start of this segment through `seq`.
-    fn content_through(&self, seq: u64) -> Result<u64, StoreError> {
+    fn content_through(&self, f: &Files, seq: u64) -> Result<u64, StoreError> {
         let rel = seq - self.base;
-        let next_pos = if rel + 1 < self.count { self.entry(rel + 1)?.0 } else { self.len };
+        let next_pos = if rel + 1 < self.count { self.entry(f, rel + 1)?.0 } else { self.len };
         Ok(next_pos.saturating_sub(RECORD_HEADER * (rel + 1)))
     }
 }
@@ -295,6 +309,9 @@ pub(crate) struct Partition {
     dir: PathBuf,
     sealed: Vec<Segment>,
     active: Segment,
+    active_files: Files,
+    /// The one sealed segment kept open for readers, by base seq.
+    open_sealed: std::sync::Mutex<Option<(u64, Arc<Files>)>>,
     staged: Vec<u8>,
     staged_idx: Vec<u8>,
     staged_count: u64,
@@ -308,13 +325,21 @@ impl Partition {
     /// Creates an empty partition whose first record will be `first_seq`.
     pub fn create(dir: &Path, first_seq: u64, opts: PartitionOptions) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        let active = Self::new_segment(dir, first_seq, 0)?;
-        sync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
-        let gate = SyncGate::new(active.log.clone(), active.log_path.clone());
+        let (active, active_files) = Self::new_segment(dir, first_seq, 0)?;
+        // The new directories' entries must survive a power loss too: `<p>`, `topics/<t>`, `topics`.
+        let mut synced = Some(dir);
+        for _ in 0..3 {
+            let Some(d) = synced else { break };
+            sync_dir(d).map_err(|e| StoreError::io(d, e))?;
+            synced = d.parent();
+        }
+        let gate = SyncGate::new(active_files.log.clone(), active.log_path.clone());
         Ok(Partition {
             dir: dir.to_path_buf(),
             sealed: Vec::new(),
             active,
+            active_files,
+            open_sealed: std::sync::Mutex::new(None),
             staged: Vec::new(),
             staged_idx: Vec::new(),
             staged_count: 0,
@@ -324,13 +349,14 @@ impl Partition {
         })
     }
 
-    fn new_segment(dir: &Path, base: u64, cum_before: u64) -> Result<Segment, StoreError> {
+    fn new_segment(dir: &Path, base: u64, cum_before: u64) -> Result<(Segment, Files), StoreError> {
         let (log_path, idx_path) = segment_paths(dir, base);
         let log = open_rw(&log_path, true)?;
         let idx = open_rw(&idx_path, true)?;
         log.set_len(0).map_err(|e| StoreError::io(&log_path, e))?;
         idx.set_len(0).map_err(|e| StoreError::io(&idx_path, e))?;
-        Ok(Segment { base, count: 0, len: 0, cum_before, log: Arc::new(log), idx, log_path, idx_path })
+        let files = Files { log: Arc::new(log), idx: Arc::new(idx) };
+        Ok((Segment { base, count: 0, len: 0, cum_before, log_path, idx_path }, files))
     }
 
     /// Opens an existing partition, repairing what SEMANTICS.md §9.10 says to repair. Returns the records
@@ -374,7 +400,7 @@ impl Partition {
             cum += segment.content();
             sealed.push(segment);
         }
-        let (active, records) = Self::open_active(dir, last, cum, &mut report)?;
+        let (active, active_files, records) = Self::open_active(dir, last, cum, &mut report)?;
         if let Some(prev) = sealed.last().map(Segment::end)
             && prev != last
         {
@@ -384,11 +410,13 @@ impl Partition {
                 &format!("segment starts at seq {last} but the one before it ends at {}", prev - 1),
             ));
         }
-        let gate = SyncGate::new(active.log.clone(), active.log_path.clone());
+        let gate = SyncGate::new(active_files.log.clone(), active.log_path.clone());
         let partition = Partition {
             dir: dir.to_path_buf(),
             sealed,
             active,
+            active_files,
+            open_sealed: std::sync::Mutex::new(None),
             staged: Vec::new(),
             staged_idx: Vec::new(),
             staged_count: 0,
@@ -412,17 +440,9 @@ impl Partition {
         let idx = open_rw(&idx_path, true)?;
         let len = file_len(&log, &log_path)?;
         let idx_len = file_len(&idx, &idx_path)?;
-        let mut segment = Segment {
-            base,
-            count: idx_len / IDX_ENTRY,
-            len,
-            cum_before,
-            log: Arc::new(log),
-            idx,
-            log_path,
-            idx_path,
-        };
-        if idx_len.is_multiple_of(IDX_ENTRY) && segment.count > 0 && Self::index_ends_at(&segment)? {
+        let files = Files { log: Arc::new(log), idx: Arc::new(idx) };
+        let mut segment = Segment { base, count: idx_len / IDX_ENTRY, len, cum_before, log_path, idx_path };
+        if idx_len.is_multiple_of(IDX_ENTRY) && segment.count > 0 && Self::index_ends_at(&segment, &files)? {
             return Ok(segment);
         }
         let data =
@@ -447,20 +467,20 @@ impl Partition {
                 Err(why) => return Err(StoreError::corrupt(&segment.log_path, pos as u64, why)),
             }
         }
-        segment.idx.set_len(0).map_err(|e| StoreError::io(&segment.idx_path, e))?;
-        segment.idx.write_all_at(&idx_bytes, 0).map_err(|e| StoreError::io(&segment.idx_path, e))?;
-        segment.idx.sync_data().map_err(|e| StoreError::io(&segment.idx_path, e))?;
+        files.idx.set_len(0).map_err(|e| StoreError::io(&segment.idx_path, e))?;
+        files.idx.write_all_at(&idx_bytes, 0).map_err(|e| StoreError::io(&segment.idx_path, e))?;
+        files.idx.sync_data().map_err(|e| StoreError::io(&segment.idx_path, e))?;
         segment.count = expected - base;
         report.rebuilt_indexes.push(segment.idx_path.clone());
         Ok(segment)
     }
 
     /// Whether the index's last entry names a record that ends exactly where the log ends.
-    fn index_ends_at(segment: &Segment) -> Result<bool, StoreError> {
-        let rel = segment.count - 1;
-        let (pos, _) = segment.entry(rel)?;
+    fn index_ends_at(segment: &Segment, files: &Files) -> Result<bool, StoreError> {
+        let rel = segment.count.saturating_sub(1);
+        let (pos, _) = segment.entry(files, rel)?;
         let mut head = [0u8; 16];
-        if segment.log.read_exact_at(&mut head, pos).is_err() {
+        if files.log.read_exact_at(&mut head, pos).is_err() {
             return Ok(false);
         }
         let len = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
@@ -476,7 +496,7 @@ impl Partition {
         base: u64,
         cum_before: u64,
         report: &mut PartitionReport,
-    ) -> Result<(Segment, Vec<StoredRecord>), StoreError> {
+    ) -> Result<(Segment, Files, Vec<StoredRecord>), StoreError> {
         let (log_path, idx_path) = segment_paths(dir, base);
         let log = open_rw(&log_path, false)?;
         let idx = open_rw(&idx_path, true)?;
@@ -521,17 +541,9 @@ impl Partition {
             idx.write_all_at(&idx_bytes, 0).map_err(|e| StoreError::io(&idx_path, e))?;
             report.rebuilt_indexes.push(idx_path.clone());
         }
-        let segment = Segment {
-            base,
-            count: expected - base,
-            len: pos as u64,
-            cum_before,
-            log: Arc::new(log),
-            idx,
-            log_path,
-            idx_path,
-        };
-        Ok((segment, records))
+        let segment =
+            Segment { base, count: expected - base, len: pos as u64, cum_before, log_path, idx_path };
+        Ok((segment, Files { log: Arc::new(log), idx: Arc::new(idx) }, records))
     }
 
     /// The first seq on disk.
@@ -594,19 +606,21 @@ impl Partition {
             return Ok(Commit { sync: self.sync_plan(), rolled_to: None });
         }
         let seg = &mut self.active;
-        let written = seg
+        let files = &self.active_files;
+        let written = files
             .log
             .write_all_at(&self.staged, seg.len)
             .map_err(|e| StoreError::io(&seg.log_path, e))
             .and_then(|()| {
-                seg.idx
+                files
+                    .idx
                     .write_all_at(&self.staged_idx, seg.count * IDX_ENTRY)
                     .map_err(|e| StoreError::io(&seg.idx_path, e))
             });
         if let Err(e) = written {
             // Best effort: leave the files as they were, so a later append lands where it belongs.
-            let _ = seg.log.set_len(seg.len);
-            let _ = seg.idx.set_len(seg.count * IDX_ENTRY);
+            let _ = files.log.set_len(seg.len);
+            let _ = files.idx.set_len(seg.count * IDX_ENTRY);
             self.discard_staged();
             return Err(e);
         }
@@ -615,9 +629,16 @@ impl Partition {
         self.written += self.staged.len() as u64;
         self.gate.mark_written(self.written);
         self.discard_staged();
+        // The records are written: a roll that fails now (no descriptors, no room for a new file) must
+        // not undo them. The segment stays active and the roll is tried again at the next commit.
         let rolled_to = if self.active.len >= self.opts.segment_bytes.min(MAX_SEGMENT_BYTES) {
-            self.roll()?;
-            Some(self.active.base)
+            match self.roll() {
+                Ok(()) => Some(self.active.base),
+                Err(e) => {
+                    tracing::warn!("segment not rolled, will retry: {e}");
+                    None
+                }
+            }
         } else {
             None
         };
@@ -644,24 +665,25 @@ impl Partition {
     /// Seals the active segment (synced, so a sealed segment is always whole) and starts the next.
     fn roll(&mut self) -> Result<(), StoreError> {
         self.sync_files()?;
-        let next =
+        let (next, next_files) =
             Self::new_segment(&self.dir, self.active.end(), self.active.cum_before + self.active.content())?;
         sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
-        self.gate.switch_file(next.log.clone(), next.log_path.clone());
+        self.gate.switch_file(next_files.log.clone(), next.log_path.clone());
         let old = std::mem::replace(&mut self.active, next);
+        self.active_files = next_files;
         self.sealed.push(old);
         Ok(())
     }
 
     /// Flushes the active segment's records to disk (its index is rebuilt from them if it is short).
     pub fn sync_log(&self) -> Result<(), StoreError> {
-        self.active.log.sync_data().map_err(|e| StoreError::io(&self.active.log_path, e))
+        self.active_files.log.sync_data().map_err(|e| StoreError::io(&self.active.log_path, e))
     }
 
     /// Flushes the active segment and its index to disk.
     pub fn sync_files(&self) -> Result<(), StoreError> {
-        self.active.log.sync_data().map_err(|e| StoreError::io(&self.active.log_path, e))?;
-        self.active.idx.sync_data().map_err(|e| StoreError::io(&self.active.idx_path, e))
+        self.active_files.log.sync_data().map_err(|e| StoreError::io(&self.active.log_path, e))?;
+        self.active_files.idx.sync_data().map_err(|e| StoreError::io(&self.active.idx_path, e))
     }
 
     fn sealed_for(&self, seq: u64) -> Option<&Segment> {
@@ -669,33 +691,49 @@ impl Partition {
         self.sealed.get(i).filter(|s| s.base <= seq)
     }
 
+    /// The open files of a sealed segment (the one kept open before is closed).
+    fn files_of(&self, s: &Segment) -> Result<Arc<Files>, StoreError> {
+        let mut open = self.open_sealed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((base, files)) = open.as_ref()
+            && *base == s.base
+        {
+            return Ok(files.clone());
+        }
+        let files = Arc::new(Files::open(&s.log_path, &s.idx_path)?);
+        *open = Some((s.base, files.clone()));
+        Ok(files)
+    }
+
     /// Reads a record of a sealed segment.
     pub fn read(&self, seq: u64) -> Result<Option<StoredRecord>, StoreError> {
-        self.sealed_for(seq).map(|s| s.read(seq)).transpose()
+        self.sealed_for(seq).map(|s| s.read(&*self.files_of(s)?, seq)).transpose()
     }
 
     /// Publish time of a record of a sealed segment, from the index.
     pub fn time_of(&self, seq: u64) -> Result<Option<Timestamp>, StoreError> {
-        self.sealed_for(seq).map(|s| s.entry(seq - s.base).map(|(_, t)| t)).transpose()
+        self.sealed_for(seq).map(|s| s.entry(&*self.files_of(s)?, seq - s.base).map(|(_, t)| t)).transpose()
     }
 
     /// Content bytes from the partition's start through `seq` (a seq in a sealed segment).
     pub fn cum_through(&self, seq: u64) -> Result<Option<u64>, StoreError> {
-        self.sealed_for(seq).map(|s| s.content_through(seq).map(|c| s.cum_before + c)).transpose()
+        self.sealed_for(seq)
+            .map(|s| s.content_through(&*self.files_of(s)?, seq).map(|c| s.cum_before + c))
+            .transpose()
     }
 
     /// The first seq at or after `from` in the sealed segments whose publish time is at or after `t`;
     /// `None` when no sealed record qualifies.
     pub fn seq_at_time(&self, from: u64, t: Timestamp) -> Result<Option<u64>, StoreError> {
         for s in self.sealed.iter().filter(|s| s.end() > from) {
-            let (_, last) = s.entry(s.count - 1)?;
+            let f = self.files_of(s)?;
+            let (_, last) = s.entry(&f, s.count.saturating_sub(1))?;
             if last < t {
                 continue;
             }
             let (mut lo, mut hi) = (from.saturating_sub(s.base), s.count - 1);
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
-                if s.entry(mid)?.1 < t {
+                if s.entry(&f, mid)?.1 < t {
                     lo = mid + 1;
                 } else {
                     hi = mid;
@@ -712,6 +750,7 @@ impl Partition {
         if gone == 0 {
             return Ok(());
         }
+        *self.open_sealed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         for s in self.sealed.drain(..gone) {
             fs::remove_file(&s.log_path).map_err(|e| StoreError::io(&s.log_path, e))?;
             fs::remove_file(&s.idx_path).map_err(|e| StoreError::io(&s.idx_path, e))?;
@@ -721,8 +760,13 @@ impl Partition {
 
     /// Deletes every segment and starts an empty one whose first record will be `next_seq`.
     pub fn purge(&mut self, next_seq: u64) -> Result<(), StoreError> {
+        // The old active segment is made whole first: if the deletions below do not all reach the disk
+        // before a power loss, what comes back is complete rather than torn in the middle of the topic.
+        self.sync_files()?;
         let cum = self.active.cum_before + self.active.content();
-        let next = Self::new_segment(&self.dir, next_seq, cum)?;
+        let (next, next_files) = Self::new_segment(&self.dir, next_seq, cum)?;
+        *self.open_sealed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.active_files = next_files;
         for s in self.sealed.drain(..).chain(std::iter::once(std::mem::replace(&mut self.active, next))) {
             if s.base == next_seq {
                 continue; // the new segment took over this name
@@ -730,7 +774,7 @@ impl Partition {
             fs::remove_file(&s.log_path).map_err(|e| StoreError::io(&s.log_path, e))?;
             fs::remove_file(&s.idx_path).map_err(|e| StoreError::io(&s.idx_path, e))?;
         }
-        self.gate.switch_file(self.active.log.clone(), self.active.log_path.clone());
+        self.gate.switch_file(self.active_files.log.clone(), self.active.log_path.clone());
         sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))
     }
 }
