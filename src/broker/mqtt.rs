@@ -285,6 +285,14 @@ fn connect_error(shown: &str, e: &ConnectionError) -> BrokerError {
     }
 }
 
+/// Small packets go out at once: with Nagle's algorithm a QoS 1 publish and its PUBACK wait for the
+/// peer's delayed ACK, about 40 ms each.
+fn no_delay(eventloop: &mut EventLoop) {
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+}
+
 /// Polls until the broker answers CONNECT, so refusals and bad credentials surface at once.
 async fn handshake(eventloop: &mut EventLoop, shown: &str) -> Result<bool, BrokerError> {
     let wait = async {
@@ -315,6 +323,7 @@ impl MqttBroker {
         let (target, options) = parse_url(url.trim())?;
         let id = options.client_id.clone().unwrap_or_else(|| client_id("pubsub"));
         let (client, mut eventloop) = AsyncClient::new(mqtt_options(&target, &options, &id, true)?, 1024);
+        no_delay(&mut eventloop);
         handshake(&mut eventloop, &target.shown).await?;
         let (events, _) = broadcast::channel(16);
         let shared = Arc::new(Mutex::new(Shared::default()));
@@ -644,6 +653,7 @@ impl MqttBroker {
         let mut options = mqtt_options(&self.target, &self.options, name.as_str(), false)?;
         options.set_manual_acks(true);
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        no_delay(&mut eventloop);
         let session_present = handshake(&mut eventloop, &self.target.shown).await?;
         for filter in filters {
             // Queued before the event loop runs again, so nothing is published from its task.
