@@ -12,6 +12,7 @@ use super::{
     Engine, EngineError, EngineEvent, Message, MessageExtra, Name, PublishReceipt, PublishRequest, Timestamp,
     lock,
 };
+use crate::store::journal::SubOp;
 
 impl Engine {
     /// Finds (or auto-creates) the topic that captures `subject`. Reserved `$` subjects have no topic.
@@ -178,8 +179,18 @@ impl Engine {
     pub(super) fn apply(&self, effects: Effects) {
         let Effects { events, dead_letters, wake: _, closed } = effects;
         for dead in dead_letters {
-            if let Err(e) = self.append_to(&dead.topic, dead.copy) {
-                self.dead_letter_failed(&dead.subscription, dead.seq, dead.attempt, &dead.topic, &e);
+            match self.append_to(&dead.topic, dead.copy) {
+                Ok(()) => {
+                    // The copy is kept: now the source may count as settled on disk too.
+                    let seq = dead.seq;
+                    let _ = self.with_sub(&dead.subscription, |s, _, _| {
+                        s.note(SubOp::Settle { seq });
+                        Ok(())
+                    });
+                }
+                Err(e) => {
+                    self.dead_letter_failed(&dead.subscription, dead.seq, dead.attempt, &dead.topic, &e)
+                }
             }
         }
         for (sub, consumer) in closed {
@@ -251,6 +262,7 @@ impl Engine {
             if let Some(entry) = s.entries.get_mut(&seq) {
                 entry.state = super::DeliveryState::Terminated;
             }
+            s.note(SubOp::Settle { seq });
             effects.events.push(EngineEvent::Terminated {
                 subscription: sub.clone(),
                 seq,

@@ -276,8 +276,13 @@ impl SubState {
                 effects.events.push(EngineEvent::Terminated { subscription: name, seq, attempt, reason });
             }
         }
+        let dead_lettered = entry.state == DeliveryState::DeadLettered;
         entry.consumer = None;
-        self.note(SubOp::Settle { seq });
+        // A dead-lettered message is journaled as settled only once its copy is in the dead-letter topic
+        // (`Engine::apply`), so a crash in between dead-letters it again instead of losing the copy.
+        if !dead_lettered {
+            self.note(SubOp::Settle { seq });
+        }
     }
 
     /// Backoff after the `attempt`-th delivery failed, with deterministic jitter.

@@ -864,3 +864,24 @@ fn a_power_loss_that_takes_messages_back_resets_cursors_so_reused_seqs_are_deliv
     let again: Vec<(u64, u32)> = fetch_all(&engine, "s").iter().map(|d| (d.message.seq, d.attempt)).collect();
     assert_eq!(again, vec![(1, 2), (2, 2), (3, 2)]);
 }
+
+#[test]
+fn a_dead_lettered_message_is_copied_once_and_stays_settled_across_a_crash() {
+    let dir = DataDir::new("dead-letter");
+    let clock = clock();
+    {
+        let (engine, _) = open_at(dir.path(), &clock);
+        let mut config = sub_config("work", "jobs");
+        config.max_deliveries = 1;
+        config.dead_letter = Some(name("jobs.dlq"));
+        engine.create_subscription(config).unwrap();
+        engine.publish(PublishRequest::new(name("jobs"), "poison")).unwrap();
+        let opts = FetchOptions { max_msgs: 10, ..FetchOptions::default() };
+        let got = engine.try_fetch(&name("work"), "c", &opts).unwrap();
+        engine.nack(&name("work"), got[0].lease.unwrap(), None).unwrap();
+        assert_eq!(all(&engine, "jobs.dlq").len(), 1);
+    }
+    let (engine, _) = open_at(dir.path(), &clock);
+    assert!(fetch_all(&engine, "work").is_empty());
+    assert_eq!(payloads(&all(&engine, "jobs.dlq")), vec!["poison"]);
+}
