@@ -53,6 +53,8 @@ struct UrlOptions {
     client_id: Option<String>,
     /// Skip retained messages when subscribing.
     no_retained: bool,
+    /// The last will: published by the broker for us if the connection dies without a DISCONNECT.
+    will: Option<(String, String, bool)>,
 }
 
 impl UrlOptions {
@@ -62,7 +64,10 @@ impl UrlOptions {
             keep_alive: Duration::from_secs(30),
             client_id: None,
             no_retained: false,
+            will: None,
         };
+        let mut will_payload = String::new();
+        let mut will_retain = false;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
@@ -73,6 +78,11 @@ impl UrlOptions {
                 }
                 "client_id" if !value.is_empty() => o.client_id = Some(value.to_string()),
                 "retained" => o.no_retained = value == "false" || value == "no",
+                "will_topic" if !value.is_empty() => {
+                    o.will = Some((percent_decode(value), String::new(), false));
+                }
+                "will_payload" => will_payload = percent_decode(value),
+                "will_retain" => will_retain = value == "true" || value == "1",
                 "version" if value == "3.1.1" || value == "4" || value == "311" => {}
                 "version" => {
                     return Err(format!(
@@ -81,10 +91,16 @@ impl UrlOptions {
                 }
                 _ => {
                     return Err(format!(
-                        "unknown option \"{key}\"; known: qos, keep_alive, client_id, retained, version"
+                        "unknown option \"{key}\"; known: qos, keep_alive, client_id, retained, will_topic, will_payload, will_retain, version"
                     ));
                 }
             }
+        }
+        if let Some(will) = &mut o.will {
+            will.1 = will_payload;
+            will.2 = will_retain;
+        } else if !will_payload.is_empty() || will_retain {
+            return Err("will_payload and will_retain need a will_topic".into());
         }
         Ok(o)
     }
@@ -246,6 +262,9 @@ fn mqtt_options(
     o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     if let Some((user, pass)) = &target.credentials {
         o.set_credentials(user.clone(), pass.clone());
+    }
+    if let Some((topic, payload, retain)) = &options.will {
+        o.set_last_will(rumqttc::LastWill::new(topic.clone(), payload.clone(), options.qos, *retain));
     }
     if target.tls {
         let config =

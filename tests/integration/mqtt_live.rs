@@ -306,3 +306,25 @@ fn a_live_subscriber_resubscribes_after_the_broker_restarts() {
     });
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "after restart");
 }
+
+#[test]
+fn the_last_will_is_published_when_a_client_dies() {
+    if !mosquitto_here() {
+        return;
+    }
+    let home = Home::new("mqtt-will");
+    let t = topic("will");
+    let listener = Command::new("mosquitto_sub")
+        .args(["-t", &t, "-C", "1", "-W", "15"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let url = format!("{URL}?will_topic={t}&will_payload=gone&keep_alive=5s");
+    let mut doomed = pubsub(&home, &url, &["sub", &topic("quiet"), "--timeout", "30s"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    doomed.kill().unwrap(); // SIGKILL: no DISCONNECT, so the broker publishes the will
+    let _ = doomed.wait();
+    let out = listener.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "gone");
+}
