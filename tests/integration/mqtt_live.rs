@@ -114,6 +114,9 @@ fn retained_messages_arrive_flagged_can_be_skipped_and_cleared() {
     let skip = format!("{URL}?retained=false");
     let (code, out, _) = run(pubsub(&home, &skip, &["sub", &t, "--count", "1", "--timeout", "1s"]));
     assert_eq!((code, out.as_str()), (4, ""));
+    let (code, out, _) =
+        run(pubsub(&home, URL, &["sub", &t, "--no-retained", "--count", "1", "--timeout", "1s"]));
+    assert_eq!((code, out.as_str()), (4, ""));
     // An empty retained publish clears it.
     let (code, _, stderr) = run(pubsub(&home, URL, &["pub", &t, "", "--retain", "--qos", "1"]));
     assert_eq!(code, 0, "{stderr}");

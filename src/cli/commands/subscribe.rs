@@ -92,6 +92,9 @@ pub struct SubArgs {
     /// anything else nacks.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
+    /// MQTT: skip the retained messages the broker sends on subscribe (the URL's `?retained=false`).
+    #[arg(long)]
+    pub no_retained: bool,
     /// Commands run at once with --exec.
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -130,7 +133,19 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
             .prefetch
             .or(args.stop.count.map(|n| u32::try_from(n).unwrap_or(u32::MAX).clamp(1, 1000))),
     };
-    let broker = ctx.connect().await?;
+    let broker = if args.no_retained {
+        let url = &ctx.broker;
+        if !(url.starts_with("mqtt://") || url.starts_with("mqtts://")) {
+            return Err(CliError::Usage(format!(
+                "--no-retained is an MQTT setting; {url} is not an MQTT broker"
+            )));
+        }
+        let joiner = if url.contains('?') { '&' } else { '?' };
+        let ctx = Context { broker: format!("{url}{joiner}retained=false"), ..ctx.clone() };
+        ctx.connect().await?
+    } else {
+        ctx.connect().await?
+    };
     let end = if args.stop.exit_at_end {
         match end_seq(&broker, &patterns, from, request.subscription.as_ref()).await? {
             Some(head) => Some(head),
