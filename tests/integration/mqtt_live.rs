@@ -138,8 +138,9 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     let (code, _, stderr) = run(pubsub(&home, URL, &["pub", &topic("h"), "x", "-H", "a=b"]));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("no headers"), "{stderr}");
-    let (code, _, stderr) = run(pubsub(&home, "mqtt://127.0.0.1:1883?version=5", &["pub", "x", "y"]));
+    let (code, _, stderr) = run(pubsub(&home, "mqtt://127.0.0.1:1883?version=4.5", &["pub", "x", "y"]));
     assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("use 3.1.1 or 5"), "{stderr}");
     let (code, _, stderr) = run(pubsub(&home, "mem://", &["pub", "x", "y", "--retain"]));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("MQTT settings"), "{stderr}");
@@ -330,4 +331,59 @@ fn the_last_will_is_published_when_a_client_dies() {
     let _ = doomed.wait();
     let out = listener.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "gone");
+}
+
+#[test]
+fn mqtt5_user_properties_travel_as_headers_both_ways_and_sessions_persist() {
+    if !mosquitto_here() {
+        return;
+    }
+    let home = Home::new("mqtt-v5");
+    let v5 = format!("{URL}?version=5");
+    let base = topic("v5");
+    let inbound = format!("{base}/in");
+    let sub = pubsub(&home, &v5, &["sub", &inbound, "--count", "1", "--timeout", "15s", "--format", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = publish_until_exit(sub, || {
+        let args =
+            ["-V", "5", "-D", "publish", "user-property", "trace", "abc", "-D", "publish", "content-type"];
+        Command::new("mosquitto_pub")
+            .args(args)
+            .args(["text/plain", "-t", &inbound, "-m", "hi"])
+            .status()
+            .unwrap();
+    });
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("\"trace\":\"abc\"") && json.contains("\"content-type\":\"text/plain\""), "{json}");
+
+    let outbound = format!("{base}/out");
+    let listener = Command::new("mosquitto_sub")
+        .args(["-V", "5", "-t", &outbound, "-C", "1", "-F", "%P|%p"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = publish_until_exit(listener, || {
+        let (code, _, stderr) = run(pubsub(&home, &v5, &["pub", &outbound, "hello", "-H", "trace=xyz"]));
+        assert_eq!(code, 0, "{stderr}");
+    });
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "trace:xyz|hello");
+
+    // An MQTT 5 session needs an expiry to outlive its connection; the backend sets one.
+    let kept = format!("{base}/kept");
+    let session = format!("v5-session-{}", std::process::id());
+    let (code, _, stderr) = run(pubsub(&home, &v5, &["sub", "-s", &session, &kept, "--timeout", "1s"]));
+    assert_eq!(code, 4, "{stderr}");
+    let status = Command::new("mosquitto_pub")
+        .args(["-V", "5", "-q", "1", "-t", &kept, "-m", "away"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, out, stderr) = run(pubsub(
+        &home,
+        &v5,
+        &["sub", "-s", &session, &kept, "--count", "1", "--timeout", "10s", "--format", "{{payload}}"],
+    ));
+    assert_eq!((code, out.as_str()), (0, "away\n"), "{stderr}");
 }
