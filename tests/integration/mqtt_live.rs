@@ -178,7 +178,7 @@ impl OwnMosquitto {
         let mut conf = std::fs::File::create(dir.join("mosquitto.conf")).unwrap();
         writeln!(
             conf,
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence true\npersistence_location {}/\n",
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence true\npersistence_location {}/\nmax_packet_size 65536\n",
             passwords.display(),
             dir.display()
         )
@@ -386,4 +386,28 @@ fn mqtt5_user_properties_travel_as_headers_both_ways_and_sessions_persist() {
         &["sub", "-s", &session, &kept, "--count", "1", "--timeout", "10s", "--format", "{{payload}}"],
     ));
     assert_eq!((code, out.as_str()), (0, "away\n"), "{stderr}");
+}
+
+#[test]
+fn a_payload_over_the_brokers_maximum_is_refused_clearly() {
+    let Some(broker) = OwnMosquitto::start("too-large") else {
+        return;
+    };
+    let home = Home::new("mqtt-too-large");
+    let big = broker.dir.join("big");
+    std::fs::write(&big, vec![b'x'; 100_000]).unwrap();
+    let big = big.display().to_string();
+    // MQTT 5: the broker announces its maximum, and the client refuses before sending.
+    let v5 = format!("{}?version=5", broker.url("tester", "secret"));
+    let (code, _, stderr) = run(pubsub(&home, &v5, &["pub", "big/t", "--file", &big]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("maximum packet size of: '65536'"), "{stderr}");
+    // MQTT 3.1.1 at QoS 1: the broker closes the connection instead of acknowledging; the error says so.
+    let v3 = format!("{}?qos=1", broker.url("tester", "secret"));
+    let (code, _, stderr) = run(pubsub(&home, &v3, &["pub", "big/t", "--file", &big]));
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("maximum packet size"), "{stderr}");
+    // Smaller messages still go through.
+    let (code, _, stderr) = run(pubsub(&home, &v3, &["pub", "big/t", "small"]));
+    assert_eq!(code, 0, "{stderr}");
 }

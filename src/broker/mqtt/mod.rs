@@ -477,11 +477,16 @@ async fn run_shared(
                 // QoS 1/2 ones are resent by rumqttc on reconnect but their waiters are gone.
                 {
                     let mut guard = lock(&shared);
+                    // MQTT 3.1.1 has no way to say "too large": a broker just closes the connection.
+                    let why = format!(
+                        "the connection closed before the broker took the message ({reason}); a broker also \
+                         does this to a message over its maximum packet size"
+                    );
                     for waiter in guard.unsent.drain(..) {
-                        let _ = waiter.done.send(Err(format!("connection lost: {reason}")));
+                        let _ = waiter.done.send(Err(why.clone()));
                     }
                     for (_, done) in guard.unacked.drain() {
-                        let _ = done.send(Err(format!("connection lost: {reason}")));
+                        let _ = done.send(Err(why.clone()));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
