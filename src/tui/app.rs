@@ -210,6 +210,8 @@ pub struct App {
     pub now: Timestamp,
     /// Set when the user quits.
     pub quit: bool,
+    /// Topics seen in the stream, for brokers that cannot list topics (MQTT): messages, bytes, last.
+    pub seen: BTreeMap<Name, (u64, u64, Timestamp)>,
 }
 
 /// Most log lines kept.
@@ -225,6 +227,7 @@ impl App {
         stream_bytes: usize,
     ) -> Self {
         App {
+            seen: BTreeMap::new(),
             view: View::Topics,
             help: false,
             prompt: None,
@@ -316,7 +319,49 @@ impl App {
 
     /// Takes in a received message.
     pub fn ingest(&mut self, message: Message) {
+        if !self.caps.has(Capability::TopicAdmin) {
+            let seen = self.seen.entry(message.subject().clone()).or_insert((0, 0, message.publish_time));
+            seen.0 += 1;
+            seen.1 += message.size() as u64;
+            seen.2 = message.publish_time;
+        }
         self.stream.push(message);
+    }
+
+    /// The character that separates levels of a topic name in the tree: `/` on MQTT, `.` elsewhere.
+    pub fn level_separator(&self) -> char {
+        if self.broker.starts_with("mqtt") { '/' } else { '.' }
+    }
+
+    /// Topics built from what the stream showed, for a broker that cannot list its topics.
+    fn seen_topics(&self) -> Vec<TopicInfo> {
+        self.seen
+            .iter()
+            .map(|(name, &(messages, bytes, last))| TopicInfo {
+                name: name.clone(),
+                subjects: vec![name.to_string()],
+                partitions: 1,
+                first_seq: 0,
+                head_seq: 0,
+                messages,
+                bytes,
+                last_publish: Some(last),
+                limits: crate::engine::Limits {
+                    max_msgs: None,
+                    max_bytes: None,
+                    max_age: None,
+                    max_msgs_per_key: None,
+                },
+                discard: crate::engine::Discard::Old,
+                subscriptions: 0,
+                counters: crate::engine::TopicCounters::default(),
+                publish_rate: 0.0,
+                publish_series: Vec::new(),
+                created: last,
+                storage: None,
+                durability: None,
+            })
+            .collect()
     }
 
     /// Records that a listener fell behind.
@@ -328,7 +373,8 @@ impl App {
 
     /// Takes in polled topics and subscriptions.
     pub fn stats(&mut self, topics: Vec<TopicInfo>, subs: Option<Vec<SubscriptionInfo>>) {
-        self.topics = topics;
+        // A broker that cannot list topics (MQTT) gets the topics its stream has shown, counted here.
+        self.topics = if self.caps.has(Capability::TopicAdmin) { topics } else { self.seen_topics() };
         if let Some(subs) = subs {
             for s in &subs {
                 let h = self.backlog_history.entry(s.name.clone()).or_default();

@@ -181,3 +181,25 @@ fn every_built_in_theme_renders() {
         assert!(text.contains("billing"), "{theme}");
     }
 }
+
+#[test]
+fn topics_view_on_mqtt_builds_a_slash_tree_from_the_stream() {
+    // MQTT cannot list topics: the view counts what the stream shows and splits names on '/'.
+    let caps = Capabilities::of(&[Capability::Ack, Capability::Patterns, Capability::Persistence]);
+    let mut app = App::new("mqtt://127.0.0.1:1883".into(), caps, Theme::default(), 100, 1 << 20);
+    let (e, clock) = engine();
+    for (i, subject) in ["home/kitchen/temp", "home/kitchen/humidity", "home/hall/temp", "home/kitchen/temp"]
+        .iter()
+        .enumerate()
+    {
+        e.publish(PublishRequest::new(name(subject), format!("{}", 20 + i))).unwrap();
+        let topic = name(subject);
+        app.ingest(e.browse(&topic, pubsub::engine::BrowseFrom::Seq(0), 10).unwrap().remove(0));
+        clock.advance(Duration::from_millis(100));
+    }
+    app.now = clock.now();
+    app.stats(Vec::new(), None);
+    assert_eq!(app.topics.len(), 3);
+    app.update(Action::ToggleTree);
+    snapshot("topics_mqtt_tree", &app);
+}

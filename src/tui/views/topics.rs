@@ -92,9 +92,11 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
 fn row<'a>(app: &App, topic: &TopicInfo, wide: bool) -> Row<'a> {
     let t = &app.theme;
     let name = if app.tree {
-        // Indent by depth and show only the last token, so the hierarchy reads as a tree.
-        let depth = topic.name.tokens().count().saturating_sub(1);
-        let last = topic.name.as_str().rsplit('.').next().unwrap_or("");
+        // Indent by depth and show only the last level, so the hierarchy reads as a tree (levels are
+        // `.` tokens, or `/` levels on MQTT).
+        let sep = app.level_separator();
+        let depth = topic.name.as_str().split(sep).count().saturating_sub(1);
+        let last = topic.name.as_str().rsplit(sep).next().unwrap_or("");
         format!("{}{}{last}", "  ".repeat(depth), if depth > 0 { "└ " } else { "" })
     } else {
         topic.name.to_string()
