@@ -411,3 +411,110 @@ fn a_payload_over_the_brokers_maximum_is_refused_clearly() {
     let (code, _, stderr) = run(pubsub(&home, &v3, &["pub", "big/t", "small"]));
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn mqtts_checks_the_broker_certificate_and_accepts_a_private_ca() {
+    if Command::new("openssl").arg("version").output().is_err()
+        || Command::new("mosquitto").arg("-h").output().is_err()
+    {
+        assert!(std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(), "openssl and mosquitto are required");
+        eprintln!("skipping: openssl or mosquitto is not installed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pubsub-mqtts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = |f: &str| dir.join(f).display().to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (ca, ca_key, key, csr, cert, ext) = (
+        path("ca.pem"),
+        path("ca.key"),
+        path("server.key"),
+        path("server.csr"),
+        path("server.pem"),
+        path("ext.cnf"),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=pubsub test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    for f in [&key, &cert, &ca] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        dir.join("m.conf"),
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+        ),
+    )
+    .unwrap();
+    let mut broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(dir.join("m.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "mosquitto with TLS did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let home = Home::new("mqtts");
+    let plain = format!("mqtts://127.0.0.1:{port}");
+    let (unverified, _, unverified_err) = run(pubsub(&home, &plain, &["pub", "secure/t", "x"]));
+    let trusted = format!("mqtts://127.0.0.1:{port}?ca={ca}");
+    let (verified, _, verified_err) = run(pubsub(&home, &trusted, &["pub", "secure/t", "x", "--qos", "1"]));
+    let _ = broker.kill();
+    let _ = broker.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(unverified, 3, "a certificate from an unknown CA was accepted: {unverified_err}");
+    assert_eq!(verified, 0, "{verified_err}");
+}

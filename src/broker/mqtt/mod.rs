@@ -59,6 +59,8 @@ struct UrlOptions {
     /// The last will: published by the broker for us if the connection dies without a DISCONNECT.
     will: Option<(String, String, bool)>,
     version: Version,
+    /// A PEM file of extra trusted certificates for `mqtts://` (a private CA).
+    ca: Option<std::path::PathBuf>,
 }
 
 impl UrlOptions {
@@ -70,6 +72,7 @@ impl UrlOptions {
             no_retained: false,
             will: None,
             version: Version::V311,
+            ca: None,
         };
         let mut will_payload = String::new();
         let mut will_retain = false;
@@ -88,12 +91,13 @@ impl UrlOptions {
                 }
                 "will_payload" => will_payload = percent_decode(value),
                 "will_retain" => will_retain = value == "true" || value == "1",
+                "ca" if !value.is_empty() => o.ca = Some(percent_decode(value).into()),
                 "version" if value == "3.1.1" || value == "4" || value == "311" => o.version = Version::V311,
                 "version" if value == "5" || value == "5.0" => o.version = Version::V5,
                 "version" => return Err(format!("version {value}: use 3.1.1 or 5")),
                 _ => {
                     return Err(format!(
-                        "unknown option \"{key}\"; known: qos, keep_alive, client_id, retained, will_topic, will_payload, will_retain, version"
+                        "unknown option \"{key}\"; known: qos, keep_alive, client_id, retained, will_topic, will_payload, will_retain, ca, version"
                     ));
                 }
             }
@@ -261,7 +265,8 @@ fn link_options(
 ) -> Result<LinkOptions, BrokerError> {
     let tls = match target.tls {
         true => Some(
-            tls_config().map_err(|reason| BrokerError::Unreachable { url: target.shown.clone(), reason })?,
+            tls_config(options.ca.as_deref())
+                .map_err(|reason| BrokerError::Unreachable { url: target.shown.clone(), reason })?,
         ),
         false => None,
     };
@@ -280,11 +285,21 @@ fn link_options(
     })
 }
 
-/// TLS checked against the system's roots (the same ones `rediss://` uses).
-fn tls_config() -> Result<rustls::ClientConfig, String> {
+/// TLS checked against the system's roots (the same ones `rediss://` uses), plus the certificates in
+/// `?ca=FILE` for a broker with a private CA.
+fn tls_config(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
+    }
+    if let Some(path) = ca {
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("ca {}: {e}", path.display()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("ca {}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("ca {}: {e}", path.display()))?;
+        }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -579,7 +594,11 @@ impl Broker for MqttBroker {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::of(&[Capability::Ack, Capability::Patterns, Capability::Persistence])
+        let mut caps = vec![Capability::Ack, Capability::Patterns, Capability::Persistence];
+        if self.options.version == Version::V5 {
+            caps.push(Capability::Headers);
+        }
+        Capabilities::of(&caps)
     }
 
     async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
