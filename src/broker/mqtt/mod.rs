@@ -692,7 +692,7 @@ impl MqttBroker {
     ) -> Result<DeliveryStream, BrokerError> {
         let (client, mut eventloop) =
             wire::link(link_options(&self.target, &self.options, name.as_str(), false, true)?);
-        let session_present = handshake(&mut eventloop, &self.target.shown).await?;
+        handshake(&mut eventloop, &self.target.shown).await?;
         for filter in filters {
             // Queued before the event loop runs again, so nothing is published from its task.
             client.subscribe(filter, QoS::AtLeastOnce).await.map_err(|e| BrokerError::Disconnected {
@@ -700,14 +700,12 @@ impl MqttBroker {
                 reason: e.to_string(),
             })?;
         }
-        let _ = session_present;
         sessions()
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.as_str().to_string(), (client.clone(), HashMap::new()));
         let (tx, rx) = mpsc::channel(req.prefetch.unwrap_or(256).max(1) as usize);
         let subscription = name.clone();
-        let shown = self.target.shown.clone();
         let events = self.events.clone();
         let skip_retained = self.options.no_retained;
         let counter = Arc::new(AtomicU64::new(self.next_id.fetch_add(1_000_000, Ordering::Relaxed)));
@@ -778,7 +776,6 @@ impl MqttBroker {
             // The consumer went away: close the session's connection, leaving the session on the broker.
             client.try_disconnect();
             sessions().lock().unwrap_or_else(PoisonError::into_inner).remove(subscription.as_str());
-            let _ = shown;
         });
         Ok(DeliveryStream::new(Box::new(SessionSource { rx })))
     }
