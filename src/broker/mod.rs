@@ -290,6 +290,10 @@ pub trait Broker: Send + Sync + fmt::Debug {
     /// Connection state changes.
     fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent>;
 
+    /// Ends the connection cleanly before the program exits (MQTT sends DISCONNECT, so acks queued
+    /// before it are flushed and the last will is not published). Most backends need nothing.
+    async fn close(&self) {}
+
     /// The error for an operation this broker cannot do.
     fn unsupported(&self, capability: Capability) -> BrokerError {
         BrokerError::Unsupported { broker: self.kind(), capability }

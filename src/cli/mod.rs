@@ -144,6 +144,8 @@ pub struct Context {
     pub token: Option<String>,
     /// Not `--no-autostart`.
     pub autostart: bool,
+    /// Brokers this command opened, closed cleanly when it ends.
+    pub opened: std::sync::Arc<std::sync::Mutex<Vec<crate::broker::SharedBroker>>>,
 }
 
 impl Context {
@@ -155,6 +157,7 @@ impl Context {
         if let Some(notice) = &connected.notice {
             output::note(notice);
         }
+        self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(connected.broker.clone());
         Ok(connected.broker)
     }
 }
@@ -170,8 +173,19 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         color: cli.color.enabled(),
         token: cli.token.clone().or(profile_token),
         autostart: !cli.no_autostart && file.autostart.unwrap_or(true),
+        opened: Default::default(),
     };
-    match cli.command {
+    let result = run_command(&ctx, cli.command).await;
+    let opened = std::mem::take(&mut *ctx.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    for broker in opened {
+        broker.close().await;
+    }
+    result
+}
+
+async fn run_command(ctx: &Context, command: Option<Command>) -> Result<(), CliError> {
+    let ctx = ctx.clone();
+    match command {
         Some(Command::Pub(args)) => commands::publish::run(&ctx, args).await,
         Some(Command::Sub(args)) => commands::subscribe::run(&ctx, args).await,
         Some(Command::Tail(args)) => commands::tail::run(&ctx, args).await,

@@ -232,7 +232,11 @@ fn is_level_filter(token: &str) -> bool {
 }
 
 /// MQTT filter matching of one token's `/` levels.
-fn levels_match(filter: &str, topic: &str) -> bool {
+pub(crate) fn levels_match(filter: &str, topic: &str) -> bool {
+    // MQTT: a filter that starts with a wildcard does not match `$` topics (`$SYS/…`).
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
     let mut topic_levels = topic.split('/');
     for level in filter.split('/') {
         match (level, topic_levels.next()) {

@@ -325,6 +325,12 @@ fn the_last_will_is_published_when_a_client_dies() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let url = format!("{URL}?will_topic={t}&will_payload=gone&keep_alive=5s");
+    // A command that ends normally disconnects cleanly: no will.
+    let (code, _, stderr) = run(pubsub(&home, &url, &["pub", &topic("calm"), "fine"]));
+    assert_eq!(code, 0, "{stderr}");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut listener = listener;
+    assert!(listener.try_wait().unwrap().is_none(), "the will was published after a clean exit");
     let mut doomed = pubsub(&home, &url, &["sub", &topic("quiet"), "--timeout", "30s"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     doomed.kill().unwrap(); // SIGKILL: no DISCONNECT, so the broker publishes the will
@@ -517,4 +523,27 @@ fn mqtts_checks_the_broker_certificate_and_accepts_a_private_ca() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(unverified, 3, "a certificate from an unknown CA was accepted: {unverified_err}");
     assert_eq!(verified, 0, "{verified_err}");
+}
+
+#[test]
+fn topics_with_dots_are_routed_by_mqtt_rules() {
+    if !mosquitto_here() {
+        return;
+    }
+    let home = Home::new("mqtt-dots");
+    let base = topic("dots");
+    let filter = format!("{base}/#");
+    let sub = pubsub(
+        &home,
+        URL,
+        &["sub", &filter, "--count", "1", "--format", "{{subject}} {{payload}}", "--timeout", "15s"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let dotted = format!("{base}/v1.2/temp");
+    let out = publish_until_exit(sub, || {
+        Command::new("mosquitto_pub").args(["-t", &dotted, "-m", "ok"]).status().unwrap();
+    });
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{dotted} ok"));
 }

@@ -194,6 +194,15 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// MQTT filter matching of a raw topic (a literal filter is an exact topic).
+fn topic_matches(filter: &str, topic: &str) -> bool {
+    if filter.contains(['+', '#']) {
+        crate::engine::name::levels_match(filter, topic)
+    } else {
+        filter == topic
+    }
+}
+
 /// The MQTT filter for a pattern, or why there is none.
 pub fn filter_for(pattern: &Pattern) -> Result<String, BrokerError> {
     let refuse = |why: &str| {
@@ -248,6 +257,10 @@ pub struct MqttBroker {
     shared: Arc<Mutex<Shared>>,
     events: broadcast::Sender<ConnectionEvent>,
     next_id: AtomicU64,
+    /// The connections' event-loop tasks, awaited by `close` until their DISCONNECT has left.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Persistent sessions this broker opened (their clients are in `sessions()`).
+    session_names: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for MqttBroker {
@@ -263,6 +276,9 @@ fn link_options(
     clean: bool,
     manual_acks: bool,
 ) -> Result<LinkOptions, BrokerError> {
+    // The last will belongs to the command's own connection; a persistent session's connection
+    // closing is not the command dying.
+    let with_will = clean;
     let tls = match target.tls {
         true => Some(
             tls_config(options.ca.as_deref())
@@ -280,7 +296,11 @@ fn link_options(
         manual_acks,
         credentials: target.credentials.clone(),
         tls,
-        will: options.will.clone().map(|(topic, payload, retain)| (topic, payload, options.qos, retain)),
+        will: options
+            .will
+            .clone()
+            .filter(|_| with_will)
+            .map(|(topic, payload, retain)| (topic, payload, options.qos, retain)),
         max_packet: MAX_PACKET,
     })
 }
@@ -358,8 +378,18 @@ impl MqttBroker {
         handshake(&mut eventloop, &target.shown).await?;
         let (events, _) = broadcast::channel(16);
         let shared = Arc::new(Mutex::new(Shared::default()));
-        tokio::spawn(run_shared(eventloop, shared.clone(), events.clone(), client.clone()));
-        Ok(MqttBroker { target, options, client, shared, events, next_id: AtomicU64::new(1) })
+        let task =
+            tokio::spawn(run_shared(eventloop, shared.clone(), events.clone(), client.clone(), options.qos));
+        Ok(MqttBroker {
+            target,
+            options,
+            client,
+            shared,
+            events,
+            next_id: AtomicU64::new(1),
+            tasks: Mutex::new(vec![task]),
+            session_names: Mutex::new(Vec::new()),
+        })
     }
 
     fn qos_of(&self, headers: &Headers) -> Result<QoS, BrokerError> {
@@ -418,17 +448,25 @@ async fn run_shared(
     shared: Arc<Mutex<Shared>>,
     events: broadcast::Sender<ConnectionEvent>,
     client: Client,
+    qos: QoS,
 ) {
     let mut down = false;
     loop {
         match eventloop.poll().await {
             Ok(Ev::Publish(p)) => {
-                let Some(message) = to_message(&p.topic, p.retain, p.payload, p.headers) else { continue };
+                let topic = p.topic.clone();
+                let message = to_message(&p.topic, p.retain, p.payload, p.headers);
                 let mut routes = std::mem::take(&mut lock(&shared).routes);
-                routes.retain(|(_, pattern, tx)| {
-                    if !pattern.matches(message.subject().as_str()) {
+                routes.retain(|(filter, _, tx)| {
+                    // Routed by MQTT's own matching on the raw topic, so `.` in a topic is just a character.
+                    if !topic_matches(filter, &topic) {
                         return !tx.is_closed();
                     }
+                    let Some(message) = &message else {
+                        // A topic no name can hold (e.g. with spaces): said, not dropped silently.
+                        let _ = tx.try_send(StreamItem::Lagged { skipped: 1 });
+                        return !tx.is_closed();
+                    };
                     let delivery = BrokerDelivery {
                         message: message.clone(),
                         attempt: None,
@@ -464,6 +502,12 @@ async fn run_shared(
                     let _ = done.send(Ok(()));
                 }
             }
+            Ok(Ev::Rejected(pkid, reason)) => {
+                if let Some(done) = lock(&shared).unacked.remove(&pkid) {
+                    let _ = done.send(Err(format!("the broker refused the message: {reason}")));
+                }
+            }
+            Ok(Ev::Closed) => return,
             Ok(Ev::ConnAck(_)) if down => {
                 down = false;
                 let filters: Vec<String> = lock(&shared).routes.iter().map(|(f, _, _)| f.clone()).collect();
@@ -471,7 +515,7 @@ async fn run_shared(
                 // Resubscribing goes through the request channel, so it runs on its own task.
                 tokio::spawn(async move {
                     for filter in filters {
-                        let _ = client.subscribe(filter, QoS::AtMostOnce).await;
+                        let _ = client.subscribe(filter, qos).await;
                     }
                 });
                 let _ = events.send(ConnectionEvent::Reconnected);
@@ -497,6 +541,10 @@ async fn run_shared(
                         "the connection closed before the broker took the message ({reason}); a broker also \
                          does this to a message over its maximum packet size"
                     );
+                    // Every waiting publish fails: the request that broke the connection (one over the
+                    // broker's size limit) is gone, and sent-but-unacked ones went with the clean session.
+                    // A publish that rumqttc still sends after a reconnect is then reported as failed
+                    // although it arrived (at-least-once: a retry may duplicate it).
                     for waiter in guard.unsent.drain(..) {
                         let _ = waiter.done.send(Err(why.clone()));
                     }
@@ -656,6 +704,11 @@ impl Broker for MqttBroker {
     }
 
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
+        // MQTT cannot give a message back or extend a lease: without its PUBACK the broker redelivers it
+        // when the session reconnects. Only an ack (or term) takes the message out of `held`.
+        if !matches!(how, Settle::Ack | Settle::Term(_)) {
+            return Ok(());
+        }
         let (client, publish) = {
             let mut all = sessions().lock().unwrap_or_else(PoisonError::into_inner);
             let Some((client, held)) = all.get_mut(token.subscription.as_str()) else {
@@ -666,15 +719,27 @@ impl Broker for MqttBroker {
         let Some(publish) = publish else {
             return Ok(()); // settled already
         };
-        match how {
-            Settle::Ack | Settle::Term(_) => client.ack(&publish).await.map_err(|e| {
-                BrokerError::Disconnected { url: self.target.shown.clone(), reason: e.to_string() }
-            }),
-            Settle::Extend(_) => Ok(()),
-            // MQTT cannot give a message back: without the PUBACK the broker redelivers it only when the
-            // session reconnects.
-            Settle::Nack(_) => Err(self.unsupported(Capability::Ack)),
+        client
+            .ack(&publish)
+            .await
+            .map_err(|reason| BrokerError::Disconnected { url: self.target.shown.clone(), reason })
+    }
+
+    async fn close(&self) {
+        // DISCONNECT on every connection this broker opened: what was queued before it (acks) leaves
+        // first, and the broker does not publish the last will.
+        self.client.try_disconnect();
+        let names = std::mem::take(&mut *self.session_names.lock().unwrap_or_else(PoisonError::into_inner));
+        for name in names {
+            let client =
+                sessions().lock().unwrap_or_else(PoisonError::into_inner).get(&name).map(|(c, _)| c.clone());
+            if let Some(client) = client {
+                client.try_disconnect();
+            }
         }
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let all = futures_util::future::join_all(tasks);
+        let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
     }
 
     fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
@@ -709,7 +774,9 @@ impl MqttBroker {
         let events = self.events.clone();
         let skip_retained = self.options.no_retained;
         let counter = Arc::new(AtomicU64::new(self.next_id.fetch_add(1_000_000, Ordering::Relaxed)));
-        tokio::spawn(async move {
+        self.session_names.lock().unwrap_or_else(PoisonError::into_inner).push(name.as_str().to_string());
+        let resubscribe: Vec<String> = req.patterns.iter().filter_map(|p| filter_for(p).ok()).collect();
+        let task = tokio::spawn(async move {
             let mut down = false;
             loop {
                 match eventloop.poll().await {
@@ -721,7 +788,9 @@ impl MqttBroker {
                         }
                         let Some(message) = to_message(&p.topic, p.retain, p.payload.clone(), p.headers)
                         else {
+                            // A topic no name can hold: acked so it does not come back forever, and said.
                             client.try_ack(&p.held);
+                            let _ = tx.send(Ok(StreamItem::Lagged { skipped: 1 })).await;
                             continue;
                         };
                         let lease = counter.fetch_add(1, Ordering::Relaxed);
@@ -750,10 +819,21 @@ impl MqttBroker {
                             break;
                         }
                     }
-                    Ok(Ev::ConnAck(_)) if down => {
+                    Ok(Ev::ConnAck(session_present)) if down => {
                         down = false;
+                        if !session_present {
+                            // The broker lost the session (restarted without persistence, or it expired):
+                            // subscribe again, from another task since this one polls the event loop.
+                            let (client, filters) = (client.clone(), resubscribe.clone());
+                            tokio::spawn(async move {
+                                for filter in filters {
+                                    let _ = client.subscribe(filter, QoS::AtLeastOnce).await;
+                                }
+                            });
+                        }
                         let _ = events.send(ConnectionEvent::Reconnected);
                     }
+                    Ok(Ev::Closed) => break,
                     Ok(_) => {}
                     Err(LoopError::Done) => break,
                     Err(e) => {
@@ -777,6 +857,7 @@ impl MqttBroker {
             client.try_disconnect();
             sessions().lock().unwrap_or_else(PoisonError::into_inner).remove(subscription.as_str());
         });
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner).push(task);
         Ok(DeliveryStream::new(Box::new(SessionSource { rx })))
     }
 }

@@ -80,6 +80,10 @@ pub enum Ev {
     Acked(u16),
     /// CONNACK; whether the broker kept a session.
     ConnAck(bool),
+    /// The broker refused a publish (MQTT 5 reason code) with this packet id.
+    Rejected(u16, String),
+    /// Our DISCONNECT left: the connection is closing cleanly.
+    Closed,
     Other,
 }
 
@@ -270,6 +274,7 @@ impl Loop {
                     Ok(Ev::ConnAck(c.session_present))
                 }
                 Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Ok(Ev::Sent(pkid)),
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => Ok(Ev::Closed),
                 Ok(_) => Ok(Ev::Other),
                 Err(rumqttc::ConnectionError::RequestsDone) => Err(LoopError::Done),
                 Err(rumqttc::ConnectionError::ConnectionRefused(code)) => Err(LoopError::Refused {
@@ -291,10 +296,18 @@ impl Loop {
                     headers: headers_of(p.properties.as_ref()),
                     held: Held::V5(p),
                 }))),
-                Ok(m5::Event::Incoming(p5::Packet::PubAck(a))) => Ok(Ev::Acked(a.pkid)),
+                Ok(m5::Event::Incoming(p5::Packet::PubAck(a))) => Ok(match a.reason {
+                    p5::PubAckReason::Success | p5::PubAckReason::NoMatchingSubscribers => Ev::Acked(a.pkid),
+                    reason => Ev::Rejected(a.pkid, format!("{reason:?}")),
+                }),
+                Ok(m5::Event::Incoming(p5::Packet::PubRec(r))) => Ok(match r.reason {
+                    p5::PubRecReason::Success | p5::PubRecReason::NoMatchingSubscribers => Ev::Other,
+                    reason => Ev::Rejected(r.pkid, format!("{reason:?}")),
+                }),
                 Ok(m5::Event::Incoming(p5::Packet::PubComp(c))) => Ok(Ev::Acked(c.pkid)),
                 Ok(m5::Event::Incoming(p5::Packet::ConnAck(c))) => Ok(Ev::ConnAck(c.session_present)),
                 Ok(m5::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Ok(Ev::Sent(pkid)),
+                Ok(m5::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => Ok(Ev::Closed),
                 Ok(_) => Ok(Ev::Other),
                 Err(m5::ConnectionError::RequestsDone) => Err(LoopError::Done),
                 Err(m5::ConnectionError::ConnectionRefused(code)) => Err(LoopError::Refused {
