@@ -1180,30 +1180,7 @@ fn stream_replies(value: &Value) -> Vec<(String, &Value)> {
 }
 
 fn info_for(name: Name, messages: u64, first: u64, head: u64) -> TopicInfo {
-    TopicInfo {
-        subjects: vec![name.to_string()],
-        name,
-        partitions: 1,
-        first_seq: first,
-        head_seq: head,
-        messages,
-        bytes: 0,
-        last_publish: None,
-        limits: crate::engine::Limits {
-            max_msgs: None,
-            max_bytes: None,
-            max_age: None,
-            max_msgs_per_key: None,
-        },
-        discard: crate::engine::Discard::Old,
-        subscriptions: 0,
-        counters: crate::engine::TopicCounters::default(),
-        publish_rate: 0.0,
-        publish_series: Vec::new(),
-        created: Timestamp::ZERO,
-        storage: None,
-        durability: None,
-    }
+    TopicInfo { first_seq: first, head_seq: head, ..TopicInfo::external(name, messages, 0) }
 }
 
 fn sub_info(topic: &Name, g: &GroupInfo) -> SubscriptionInfo {

@@ -170,6 +170,32 @@ pub struct TopicInfo {
     pub durability: Option<super::Durability>,
 }
 
+impl TopicInfo {
+    /// A topic of a broker that is not this engine, with only what such a broker can say: its name and
+    /// counts; no limits, rates or storage details.
+    pub fn external(name: Name, messages: u64, bytes: u64) -> TopicInfo {
+        TopicInfo {
+            subjects: vec![name.to_string()],
+            name,
+            partitions: 1,
+            first_seq: 0,
+            head_seq: 0,
+            messages,
+            bytes,
+            last_publish: None,
+            limits: Limits { max_msgs: None, max_bytes: None, max_age: None, max_msgs_per_key: None },
+            discard: Discard::Old,
+            subscriptions: 0,
+            counters: TopicCounters::default(),
+            publish_rate: 0.0,
+            publish_series: Vec::new(),
+            created: Timestamp::ZERO,
+            storage: None,
+            durability: None,
+        }
+    }
+}
+
 /// One consumer of a subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsumerInfo {

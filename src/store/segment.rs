@@ -333,10 +333,21 @@ impl Partition {
             sync_dir(d).map_err(|e| StoreError::io(d, e))?;
             synced = d.parent();
         }
+        Ok(Self::assemble(dir, Vec::new(), active, active_files, opts))
+    }
+
+    /// A partition over opened segments, with nothing staged.
+    fn assemble(
+        dir: &Path,
+        sealed: Vec<Segment>,
+        active: Segment,
+        active_files: Files,
+        opts: PartitionOptions,
+    ) -> Partition {
         let gate = SyncGate::new(active_files.log.clone(), active.log_path.clone());
-        Ok(Partition {
+        Partition {
             dir: dir.to_path_buf(),
-            sealed: Vec::new(),
+            sealed,
             active,
             active_files,
             open_sealed: std::sync::Mutex::new(None),
@@ -346,7 +357,19 @@ impl Partition {
             opts,
             gate,
             written: 0,
-        })
+        }
+    }
+
+    /// Refuses a segment that does not start where the one before it ends.
+    fn check_continuity(previous: Option<&Segment>, next: &Segment) -> Result<(), StoreError> {
+        match previous.map(Segment::end) {
+            Some(end) if end != next.base => Err(StoreError::corrupt(
+                &next.log_path,
+                0,
+                &format!("segment starts at seq {} but the one before it ends at {}", next.base, end - 1),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn new_segment(dir: &Path, base: u64, cum_before: u64) -> Result<(Segment, Files), StoreError> {
@@ -388,42 +411,13 @@ impl Partition {
         let mut cum = 0;
         for &base in &bases[..bases.len() - 1] {
             let segment = Self::open_sealed(dir, base, cum, &mut report)?;
-            if let Some(prev) = sealed.last().map(Segment::end)
-                && prev != base
-            {
-                return Err(StoreError::corrupt(
-                    &segment.log_path,
-                    0,
-                    &format!("segment starts at seq {base} but the one before it ends at {}", prev - 1),
-                ));
-            }
+            Self::check_continuity(sealed.last(), &segment)?;
             cum += segment.content();
             sealed.push(segment);
         }
         let (active, active_files, records) = Self::open_active(dir, last, cum, &mut report)?;
-        if let Some(prev) = sealed.last().map(Segment::end)
-            && prev != last
-        {
-            return Err(StoreError::corrupt(
-                &active.log_path,
-                0,
-                &format!("segment starts at seq {last} but the one before it ends at {}", prev - 1),
-            ));
-        }
-        let gate = SyncGate::new(active_files.log.clone(), active.log_path.clone());
-        let partition = Partition {
-            dir: dir.to_path_buf(),
-            sealed,
-            active,
-            active_files,
-            open_sealed: std::sync::Mutex::new(None),
-            staged: Vec::new(),
-            staged_idx: Vec::new(),
-            staged_count: 0,
-            opts,
-            gate,
-            written: 0,
-        };
+        Self::check_continuity(sealed.last(), &active)?;
+        let partition = Self::assemble(dir, sealed, active, active_files, opts);
         Ok((partition, records, report))
     }
 

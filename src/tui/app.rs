@@ -338,28 +338,9 @@ impl App {
         self.seen
             .iter()
             .map(|(name, &(messages, bytes, last))| TopicInfo {
-                name: name.clone(),
-                subjects: vec![name.to_string()],
-                partitions: 1,
-                first_seq: 0,
-                head_seq: 0,
-                messages,
-                bytes,
                 last_publish: Some(last),
-                limits: crate::engine::Limits {
-                    max_msgs: None,
-                    max_bytes: None,
-                    max_age: None,
-                    max_msgs_per_key: None,
-                },
-                discard: crate::engine::Discard::Old,
-                subscriptions: 0,
-                counters: crate::engine::TopicCounters::default(),
-                publish_rate: 0.0,
-                publish_series: Vec::new(),
                 created: last,
-                storage: None,
-                durability: None,
+                ..TopicInfo::external(name.clone(), messages, bytes)
             })
             .collect()
     }
