@@ -59,6 +59,20 @@ fn publish_until_exit(child: Child, mut publish: impl FnMut()) -> Output {
     }
 }
 
+/// What `pubsub sub FILTER` prints (`subject payload`) for the first message mosquitto_pub sends to `topic`.
+fn first_received(home: &Home, filter: &str, topic: &str, payload: &str) -> String {
+    let format = ["--format", "{{subject}} {{payload}}", "--timeout", "15s"];
+    let sub = pubsub(home, URL, &["sub", filter, "--count", "1"])
+        .args(format)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = publish_until_exit(sub, || {
+        Command::new("mosquitto_pub").args(["-t", topic, "-m", payload]).status().unwrap();
+    });
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
 fn mosquitto_pub_reaches_pubsub_sub_through_a_wildcard_and_back() {
     if !mosquitto_here() {
@@ -67,19 +81,8 @@ fn mosquitto_pub_reaches_pubsub_sub_through_a_wildcard_and_back() {
     let home = Home::new("mqtt-interop");
     let base = topic("interop");
     let filter = format!("{base}/+/temp");
-    let sub = pubsub(
-        &home,
-        URL,
-        &["sub", &filter, "--count", "1", "--format", "{{subject}} {{payload}}", "--timeout", "15s"],
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
     let sent = format!("{base}/kitchen/temp");
-    let out = publish_until_exit(sub, || {
-        Command::new("mosquitto_pub").args(["-t", &sent, "-m", "21.5"]).status().unwrap();
-    });
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{sent} 21.5"));
+    assert_eq!(first_received(&home, &filter, &sent, "21.5"), format!("{sent} 21.5"));
 
     let back = format!("{base}/reply");
     let listener = Command::new("mosquitto_sub")
@@ -533,17 +536,6 @@ fn topics_with_dots_are_routed_by_mqtt_rules() {
     let home = Home::new("mqtt-dots");
     let base = topic("dots");
     let filter = format!("{base}/#");
-    let sub = pubsub(
-        &home,
-        URL,
-        &["sub", &filter, "--count", "1", "--format", "{{subject}} {{payload}}", "--timeout", "15s"],
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
     let dotted = format!("{base}/v1.2/temp");
-    let out = publish_until_exit(sub, || {
-        Command::new("mosquitto_pub").args(["-t", &dotted, "-m", "ok"]).status().unwrap();
-    });
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{dotted} ok"));
+    assert_eq!(first_received(&home, &filter, &dotted, "ok"), format!("{dotted} ok"));
 }
