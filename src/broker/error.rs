@@ -59,6 +59,12 @@ pub enum BrokerError {
         /// Why.
         reason: String,
     },
+    /// A request found nobody listening on its subject.
+    #[error("no responders: nothing is listening for requests on \"{subject}\"")]
+    NoResponders {
+        /// The request subject.
+        subject: String,
+    },
     /// A wait ended with nothing.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -101,6 +107,7 @@ impl BrokerError {
             BrokerError::Unreachable { .. } | BrokerError::Disconnected { .. } => 3,
             BrokerError::Timeout(_) => 4,
             BrokerError::Auth { .. } => 5,
+            BrokerError::NoResponders { .. } => 6,
             BrokerError::InvalidUrl { .. } | BrokerError::UnknownScheme { .. } => 2,
             BrokerError::Batch { source, .. } => source.exit_code(),
             _ => 1,

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod error;
 pub mod local;
 pub mod mqtt;
+pub mod nats;
 pub mod redis;
 pub mod remote;
 pub mod url;
@@ -172,6 +173,11 @@ pub enum ConnectionEvent {
         /// How many.
         dropped: u64,
     },
+    /// Something the broker said that the user should see (a JetStream advisory, a server error).
+    Advisory {
+        /// The broker's news, in a sentence.
+        text: String,
+    },
 }
 
 /// One broker, as every command and the TUI see it.
@@ -285,6 +291,20 @@ pub trait Broker: Send + Sync + fmt::Debug {
     /// Per-message ack state of a subscription.
     async fn peek(&self, _subscription: &Name, _from: u64, _limit: usize) -> Result<PeekReport, BrokerError> {
         Err(self.unsupported(Capability::Peek))
+    }
+
+    /// Sends a request and waits up to `timeout` for the first reply (NATS request/reply).
+    async fn request(
+        &self,
+        _subject: &Name,
+        _payload: bytes::Bytes,
+        _headers: crate::engine::Headers,
+        _timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        Err(BrokerError::Invalid(format!(
+            "request/reply is a NATS feature; the {} broker has no replies",
+            self.kind()
+        )))
     }
 
     /// Connection state changes.

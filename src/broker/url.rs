@@ -134,6 +134,7 @@ pub async fn connect_with(url: &str, opts: &ConnectOptions) -> Result<Connected,
             Ok(Connected { broker: Arc::new(broker), notice })
         }
         BackendKind::Redis => Ok(plain(Arc::new(super::redis::RedisBroker::connect(url.trim()).await?))),
+        BackendKind::Nats => Ok(plain(Arc::new(super::nats::NatsBroker::connect(url.trim()).await?))),
         BackendKind::Mqtt => Ok(plain(Arc::new(super::mqtt::MqttBroker::connect(url.trim()).await?))),
         other => Err(BrokerError::NotBuilt { backend: other.label() }),
     }

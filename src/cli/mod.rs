@@ -55,6 +55,8 @@ pub enum Command {
     Pub(commands::publish::PubArgs),
     /// Receive messages: live, from history (--from), or as a consumer of a durable subscription.
     Sub(commands::subscribe::SubArgs),
+    /// Send a request and print the first reply (NATS request/reply; exit 6 when nobody listens).
+    Request(commands::request::RequestArgs),
     /// Show the last N messages of a topic, then follow with -f.
     Tail(commands::tail::TailArgs),
     /// Write the lossless NDJSON envelope of every message to a file or stdout.
@@ -188,6 +190,7 @@ async fn run_command(ctx: &Context, command: Option<Command>) -> Result<(), CliE
     match command {
         Some(Command::Pub(args)) => commands::publish::run(&ctx, args).await,
         Some(Command::Sub(args)) => commands::subscribe::run(&ctx, args).await,
+        Some(Command::Request(args)) => commands::request::run(&ctx, args).await,
         Some(Command::Tail(args)) => commands::tail::run(&ctx, args).await,
         Some(Command::Record(args)) => commands::record::run(&ctx, args).await,
         Some(Command::Replay(args)) => commands::replay::run(&ctx, args).await,

@@ -253,6 +253,7 @@ fn absorb(app: &mut App, feed: Feed) {
                 ConnectionEvent::SlowConsumer { dropped } => {
                     format!("the broker dropped {dropped} message(s) for this slow consumer")
                 }
+                ConnectionEvent::Advisory { text } => text.clone(),
             };
             app.link = match event {
                 ConnectionEvent::Disconnected { reason } => Link::Down(reason),

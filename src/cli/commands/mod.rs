@@ -6,6 +6,7 @@ pub mod demo;
 pub mod publish;
 pub mod record;
 pub mod replay;
+pub mod request;
 pub mod serve;
 pub mod store;
 pub mod subs;

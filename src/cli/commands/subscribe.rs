@@ -12,7 +12,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::broker::{
-    BrokerDelivery, BrokerError, DeliveryStream, Settle, SharedBroker, StreamItem, SubscribeRequest,
+    BrokerDelivery, BrokerError, ConnectionEvent, DeliveryStream, Settle, SharedBroker, StreamItem,
+    SubscribeRequest,
 };
 use crate::cli::output::{Stdout, note};
 use crate::cli::parse::{Position, parse_duration};
@@ -273,6 +274,8 @@ pub async fn receive(
     let mut buf = Vec::with_capacity(64 * 1024);
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
+    // Drops, reconnects and broker advisories are told on stderr as they happen.
+    let mut link = broker.connection_events();
     loop {
         if stop.count.is_some_and(|n| received >= n) {
             break;
@@ -301,6 +304,10 @@ pub async fn receive(
                 if let Ok((delivery, ok)) = done {
                     settle_exec(&broker, &delivery, ok).await?;
                 }
+                continue;
+            }
+            Ok(event) = link.recv() => {
+                link_note(&event);
                 continue;
             }
             next = stream.next() => next,
@@ -377,6 +384,19 @@ pub async fn receive(
     }
     sink.flush()?;
     Ok(())
+}
+
+/// A connection event on stderr.
+fn link_note(event: &ConnectionEvent) {
+    match event {
+        ConnectionEvent::Connected => {}
+        ConnectionEvent::SlowConsumer { dropped } => {
+            note(&format!("slow consumer: {dropped} message(s) were dropped before reaching this listener"))
+        }
+        ConnectionEvent::Disconnected { reason } => note(&format!("disconnected: {reason}")),
+        ConnectionEvent::Reconnected => note("reconnected"),
+        ConnectionEvent::Advisory { text } => note(text),
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

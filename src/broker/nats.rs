@@ -1,0 +1,1686 @@
+//! The NATS backend (on `async-nats`): core subjects for live traffic and queue groups, JetStream for
+//! everything with history (streams are topics, consumers are subscriptions).
+//!
+//! How names map:
+//! - A publish goes through JetStream when a stream captures its subject (so the receipt carries the
+//!   stream and its sequence), through core NATS otherwise; `?mode=core` or `?mode=jetstream` in the URL
+//!   forces one way. Which stream captures a subject is asked once and remembered for a few seconds.
+//! - A live subscription is a core subscription; `*` and `>` are NATS's own wildcards, `#` alone means
+//!   every subject (`>`), `a.#` means `a` and `a.>`; other `#` uses, MQTT level filters and `glob:` are
+//!   refused with the NATS form to use.
+//! - `sub -s NAME SUBJECT` joins the JetStream durable consumer NAME when a stream captures SUBJECT
+//!   (created when missing, acked explicitly), and the core queue group NAME otherwise (at-most-once).
+//! - A topic name is a stream name; where a name is not a stream's, the stream that captures it as a
+//!   subject is used with that subject as the filter.
+//! - Headers are NATS headers both ways; a message key travels in the header `pubsub-key`, a msg_id in
+//!   `Nats-Msg-Id` (JetStream's own de-duplication).
+//!
+//! JetStream has no dead-letter topics (a message that reaches max deliver stays in the stream and an
+//! advisory is published, which subscribers here report) and no per-message ack state to inspect.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::{HeaderMap, Subscriber};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc};
+
+use super::{
+    AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream,
+    ItemSource, Settle, StreamItem, SubscribeRequest,
+};
+use crate::engine::{
+    AckMode, Backoff, BrowseFrom, Clock, ConsumerInfo, Discard, Headers, Lifetime, Limits, Message,
+    MessageExtra, Name, Pattern, PatternToken, PublishReceipt, PublishRequest, SeekTarget, StartPosition,
+    StorageKind, SubCounters, SubscriptionConfig, SubscriptionInfo, SystemClock, Timestamp, TopicConfig,
+    TopicInfo,
+};
+
+/// Header that carries a message's key (NATS has no keys of its own).
+pub const KEY_HEADER: &str = "pubsub-key";
+/// JetStream's de-duplication header.
+const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// How long a subject's stream (or the lack of one) is remembered for publish routing.
+const ROUTE_TTL: Duration = Duration::from_secs(3);
+
+/// Which way publishes and subscriptions go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// JetStream where a stream captures the subject, core elsewhere.
+    Auto,
+    /// Core NATS only, even where a stream captures the subject (it still stores what it captures).
+    Core,
+    /// JetStream only: publishing to a subject no stream captures is an error.
+    JetStream,
+}
+
+/// The query part of a NATS URL.
+#[derive(Debug, Clone, PartialEq)]
+struct UrlOptions {
+    mode: Mode,
+    /// A `.creds` file (JWT + seed) for decentralized auth.
+    creds: Option<PathBuf>,
+    /// A PEM file of extra trusted certificates (a private CA).
+    ca: Option<PathBuf>,
+    tls: bool,
+    /// How long a JetStream consumer created here waits for an ack before redelivering.
+    ack_wait: Duration,
+    /// Messages a live subscription may hold before newer ones are dropped (and counted).
+    pending: usize,
+    name: String,
+}
+
+impl UrlOptions {
+    fn parse(query: &str) -> Result<UrlOptions, String> {
+        let mut o = UrlOptions {
+            mode: Mode::Auto,
+            creds: None,
+            ca: None,
+            tls: false,
+            ack_wait: Duration::from_secs(30),
+            pending: 65_536,
+            name: "pubsub".into(),
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "mode" => {
+                    o.mode = match value {
+                        "auto" => Mode::Auto,
+                        "core" => Mode::Core,
+                        "jetstream" | "js" => Mode::JetStream,
+                        other => return Err(format!("mode \"{other}\": use auto, core or jetstream")),
+                    }
+                }
+                "creds" => o.creds = Some(PathBuf::from(percent_decode(value))),
+                "ca" => o.ca = Some(PathBuf::from(percent_decode(value))),
+                "tls" => {
+                    o.tls = match value {
+                        "" | "true" | "1" => true,
+                        "false" | "0" => false,
+                        other => return Err(format!("tls \"{other}\": use true or false")),
+                    }
+                }
+                "ack_wait" => {
+                    o.ack_wait =
+                        humantime::parse_duration(value).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                            format!("ack_wait \"{value}\": use a duration such as 500ms or 30s")
+                        })?;
+                }
+                "pending" => {
+                    o.pending =
+                        value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            format!("pending \"{value}\": use a positive number of messages")
+                        })?;
+                }
+                "name" => o.name = percent_decode(value),
+                other => {
+                    return Err(format!(
+                        "unknown option \"{other}\": use mode, creds, ca, tls, ack_wait, pending or name"
+                    ));
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Credentials written into the URL.
+#[derive(Debug, Clone, PartialEq)]
+enum UrlAuth {
+    None,
+    /// `nats://user:pass@host`.
+    UserPassword(String, String),
+    /// `nats://token@host`.
+    Token(String),
+}
+
+/// Servers, credentials and options of a NATS URL.
+#[derive(Debug)]
+struct Target {
+    servers: Vec<String>,
+    auth: UrlAuth,
+    options: UrlOptions,
+    shown: String,
+}
+
+fn parse_url(url: &str) -> Result<Target, BrokerError> {
+    let invalid = |reason: String| BrokerError::InvalidUrl { url: redact(url), reason };
+    let (scheme, rest) =
+        url.split_once("://").ok_or_else(|| invalid("expected nats://host[:port]".into()))?;
+    let scheme_tls = match scheme.to_ascii_lowercase().as_str() {
+        "nats" => false,
+        "tls" => true,
+        other => return Err(invalid(format!("scheme {other}: use nats:// or tls://"))),
+    };
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') {
+        return Err(invalid("a NATS URL has no path; options go after `?`".into()));
+    }
+    let (userinfo, hosts) = rest.rsplit_once('@').map_or((None, rest), |(u, h)| (Some(u), h));
+    let auth = match userinfo {
+        None => UrlAuth::None,
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => UrlAuth::UserPassword(percent_decode(user), percent_decode(pass)),
+            None => UrlAuth::Token(percent_decode(u)),
+        },
+    };
+    let mut options = UrlOptions::parse(query).map_err(invalid)?;
+    options.tls |= scheme_tls;
+    let mut servers = Vec::new();
+    for host in hosts.split(',') {
+        let (name, port) = match host.rsplit_once(':') {
+            Some((h, p)) => {
+                (h, p.parse::<u16>().map_err(|_| invalid(format!("port \"{p}\" is not a number")))?)
+            }
+            None => (host, 4222),
+        };
+        if name.is_empty() {
+            return Err(invalid("no host".into()));
+        }
+        let scheme = if options.tls { "tls" } else { "nats" };
+        servers.push(format!("{scheme}://{name}:{port}"));
+    }
+    Ok(Target { servers, auth, options, shown: redact(url) })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The URL without its password or token.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = &url[s + 3..at];
+            match user.split_once(':') {
+                Some((name, _)) => format!("{}{name}:***{}", &url[..s + 3], &url[at..]),
+                None => format!("{}***{}", &url[..s + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The NATS subjects a pattern subscribes to; an error says what to write instead.
+pub fn nats_subjects(p: &Pattern) -> Result<Vec<String>, BrokerError> {
+    let Pattern::Tokens(tokens) = p else {
+        return Err(BrokerError::Invalid(format!(
+            "\"{}\": NATS has no glob patterns; use * for one token and > for the rest",
+            p.as_str()
+        )));
+    };
+    let tokens = tokens.tokens();
+    let mut parts = Vec::with_capacity(tokens.len());
+    for (i, token) in tokens.iter().enumerate() {
+        let last = i + 1 == tokens.len();
+        match token {
+            PatternToken::Literal(t) => parts.push(t.to_string()),
+            PatternToken::One => parts.push("*".into()),
+            PatternToken::OneOrMore => parts.push(">".into()),
+            // `#` matches zero or more tokens: alone it is every subject, last it is the prefix itself
+            // plus everything below it.
+            PatternToken::ZeroOrMore if last => {
+                if parts.is_empty() {
+                    return Ok(vec![">".into()]);
+                }
+                let prefix = parts.join(".");
+                return Ok(vec![prefix.clone(), format!("{prefix}.>")]);
+            }
+            PatternToken::ZeroOrMore => {
+                return Err(BrokerError::Invalid(format!(
+                    "\"{}\": NATS has no zero-or-more wildcard in the middle of a subject; use * for one token or a final >",
+                    p.as_str()
+                )));
+            }
+            PatternToken::Levels(t) => {
+                return Err(BrokerError::Invalid(format!(
+                    "\"{t}\" is an MQTT filter; NATS subjects use `.` between tokens, * and >"
+                )));
+            }
+        }
+    }
+    Ok(vec![parts.join(".")])
+}
+
+/// A NATS server, with JetStream where the server has it.
+pub struct NatsBroker {
+    url: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    mode: Mode,
+    ack_wait: Duration,
+    pending: usize,
+    /// Whether the server answers JetStream requests; `false` turns every JetStream feature off.
+    jetstream: AtomicBool,
+    /// Subject → capturing stream (or none), with when it was asked.
+    routes: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    events: broadcast::Sender<ConnectionEvent>,
+    /// Messages dropped for slow subscribers, by the client library or by a stream here.
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBroker").field("url", &self.url).finish()
+    }
+}
+
+fn connect_error(url: &str, e: &async_nats::ConnectError) -> BrokerError {
+    use async_nats::ConnectErrorKind as K;
+    let reason = e.to_string();
+    match e.kind() {
+        K::Authentication | K::AuthorizationViolation => BrokerError::Auth { url: url.into(), reason },
+        K::ServerParse => BrokerError::InvalidUrl { url: url.into(), reason },
+        _ => BrokerError::Unreachable { url: url.into(), reason },
+    }
+}
+
+/// Any JetStream API error, with "not found" answers made plain.
+fn js_error(what: &str, e: impl std::fmt::Display) -> BrokerError {
+    let text = e.to_string();
+    if text.contains("not enabled") || text.contains("no responders") {
+        BrokerError::Invalid(format!(
+            "{what}: JetStream is not available on this NATS server (start nats-server with -js)"
+        ))
+    } else if text.contains("not found") {
+        BrokerError::Invalid(format!("{what}: {text}"))
+    } else if text.contains("timed out") {
+        BrokerError::Timeout(Duration::from_secs(5))
+    } else {
+        BrokerError::Protocol(format!("{what}: {text}"))
+    }
+}
+
+impl NatsBroker {
+    /// Connects to `nats://[user:pass@|token@]host[:port][,host:port…][?OPTIONS]` or `tls://…`.
+    ///
+    /// Options: `mode=auto|core|jetstream`, `creds=FILE`, `ca=FILE`, `tls=true`, `ack_wait=30s`,
+    /// `pending=65536`, `name=pubsub`.
+    pub async fn connect(url: &str) -> Result<NatsBroker, BrokerError> {
+        let target = parse_url(url)?;
+        let shown = target.shown.clone();
+        let o = &target.options;
+        let mut opts = match &o.creds {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path).await.map_err(|e| {
+                BrokerError::InvalidUrl {
+                    url: shown.clone(),
+                    reason: format!("cannot read the creds file {}: {e}", path.display()),
+                }
+            })?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        opts = match &target.auth {
+            UrlAuth::None => opts,
+            UrlAuth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
+            UrlAuth::Token(t) => opts.token(t.clone()),
+        };
+        if let Some(ca) = &o.ca {
+            if !ca.is_file() {
+                return Err(BrokerError::InvalidUrl {
+                    url: shown,
+                    reason: format!("ca file {} does not exist", ca.display()),
+                });
+            }
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if o.tls {
+            opts = opts.require_tls(true);
+        }
+        let (events, _) = broadcast::channel(64);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let callback_events = events.clone();
+        let callback_dropped = dropped.clone();
+        let seen_connect = Arc::new(AtomicBool::new(false));
+        opts = opts
+            .name(&o.name)
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            // Live subscribers here drain the client's queue at once into their own, which counts what
+            // it drops; the client's queue only needs to absorb bursts.
+            .subscription_capacity(o.pending.max(1024))
+            .event_callback(move |event| {
+                let events = callback_events.clone();
+                let dropped = callback_dropped.clone();
+                let seen = seen_connect.clone();
+                async move {
+                    let mapped = match event {
+                        async_nats::Event::Connected => Some(if seen.swap(true, Ordering::Relaxed) {
+                            ConnectionEvent::Reconnected
+                        } else {
+                            ConnectionEvent::Connected
+                        }),
+                        async_nats::Event::Disconnected => Some(ConnectionEvent::Disconnected {
+                            reason: "the connection to the NATS server dropped; reconnecting".into(),
+                        }),
+                        async_nats::Event::SlowConsumer(_) => {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                            Some(ConnectionEvent::SlowConsumer { dropped: 1 })
+                        }
+                        async_nats::Event::LameDuckMode => Some(ConnectionEvent::Advisory {
+                            text: "the NATS server is shutting down (lame duck mode)".into(),
+                        }),
+                        async_nats::Event::ServerError(e) => {
+                            Some(ConnectionEvent::Advisory { text: format!("NATS server error: {e}") })
+                        }
+                        async_nats::Event::ClientError(e) => {
+                            Some(ConnectionEvent::Advisory { text: format!("NATS client error: {e}") })
+                        }
+                        async_nats::Event::Draining | async_nats::Event::Closed => None,
+                    };
+                    if let Some(event) = mapped {
+                        let _ = events.send(event);
+                    }
+                }
+            });
+        let client = opts.connect(target.servers.clone()).await.map_err(|e| connect_error(&shown, &e))?;
+        let js = jetstream::new(client.clone());
+        let broker = NatsBroker {
+            url: shown,
+            client,
+            js,
+            mode: o.mode,
+            ack_wait: o.ack_wait,
+            pending: o.pending,
+            jetstream: AtomicBool::new(true),
+            routes: Mutex::new(HashMap::new()),
+            events,
+            dropped,
+        };
+        // One cheap request tells whether JetStream is there; everything JetStream is off if not. (The
+        // raw reply is read here: the client's typed account info does not parse older servers' replies.)
+        if !broker.probe_jetstream().await {
+            broker.jetstream.store(false, Ordering::Relaxed);
+            if broker.mode == Mode::JetStream {
+                return Err(BrokerError::Invalid(format!(
+                    "{} has no JetStream (start nats-server with -js), but the URL asks for mode=jetstream",
+                    broker.url
+                )));
+            }
+        }
+        Ok(broker)
+    }
+
+    /// Whether the server answers the JetStream API with something other than an error.
+    async fn probe_jetstream(&self) -> bool {
+        let asked = self.client.request("$JS.API.INFO", Bytes::new());
+        match tokio::time::timeout(Duration::from_secs(2), asked).await {
+            Ok(Ok(reply)) => serde_json::from_slice::<serde_json::Value>(&reply.payload)
+                .is_ok_and(|v| v.get("error").is_none()),
+            _ => false,
+        }
+    }
+
+    /// The underlying client, for benchmarks that compare against it.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// How many messages were dropped for slow subscribers since connecting.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn has_jetstream(&self) -> bool {
+        self.jetstream.load(Ordering::Relaxed)
+    }
+
+    fn need_jetstream(&self, what: &str) -> Result<(), BrokerError> {
+        if self.has_jetstream() {
+            Ok(())
+        } else {
+            Err(BrokerError::Invalid(format!(
+                "{what} needs JetStream, which {} does not have (start nats-server with -js)",
+                self.url
+            )))
+        }
+    }
+
+    /// The stream that captures `subject`, asked of the server once per [`ROUTE_TTL`].
+    async fn stream_for_subject(&self, subject: &str) -> Result<Option<String>, BrokerError> {
+        if !self.has_jetstream() {
+            return Ok(None);
+        }
+        if let Some((stream, at)) = self.routes.lock().unwrap_or_else(PoisonError::into_inner).get(subject)
+            && at.elapsed() < ROUTE_TTL
+        {
+            return Ok(stream.clone());
+        }
+        let found = match self.js.stream_by_subject(subject).await {
+            Ok(name) => Some(name),
+            Err(e) => {
+                use async_nats::jetstream::context::GetStreamByNameErrorKind as K;
+                match e.kind() {
+                    K::NotFound | K::InvalidSubject => None,
+                    K::JetStream(js) if js.code() == 404 => None,
+                    _ => return Err(js_error(&format!("looking up the stream of \"{subject}\""), e)),
+                }
+            }
+        };
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(subject.to_string(), (found.clone(), Instant::now()));
+        Ok(found)
+    }
+
+    /// The stream a topic name means and the subject filter within it: the stream of that name, else
+    /// the stream that captures the name as a subject (filtered to it).
+    async fn resolve(&self, topic: &Name) -> Result<(stream::Stream, Option<String>), BrokerError> {
+        self.need_jetstream("a topic with history")?;
+        let name = topic.as_str();
+        if is_stream_name(name)
+            && let Ok(stream) = self.js.get_stream(name).await
+        {
+            return Ok((stream, None));
+        }
+        match self.stream_for_subject(name).await? {
+            Some(stream_name) => {
+                let stream = self.js.get_stream(&stream_name).await.map_err(|e| js_error("stream", e))?;
+                let whole = stream.cached_info().config.subjects.iter().any(|s| s == name);
+                Ok((stream, (!whole).then(|| name.to_string())))
+            }
+            None => Err(BrokerError::Invalid(format!(
+                "no JetStream stream is named \"{name}\" or captures it as a subject; create one with `pubsub topic create NAME --subject '{name}'`"
+            ))),
+        }
+    }
+
+    /// The stream that has a consumer of this name (consumers are per stream in NATS, subscriptions
+    /// have one namespace here).
+    async fn stream_of_consumer(&self, consumer: &Name) -> Result<stream::Stream, BrokerError> {
+        self.need_jetstream("a subscription")?;
+        let mut names = self.js.stream_names();
+        while let Some(name) = names.next().await {
+            let name = name.map_err(|e| js_error("listing streams", e))?;
+            let Ok(stream) = self.js.get_stream(&name).await else { continue };
+            if stream.consumer_info(consumer.as_str()).await.is_ok() {
+                return Ok(stream);
+            }
+        }
+        Err(BrokerError::Invalid(format!("no JetStream stream has a consumer named \"{consumer}\"")))
+    }
+
+    /// Core publishes, flushed so that a returned receipt means the server has them.
+    async fn publish_core(&self, msgs: &[PublishRequest]) -> Result<Vec<PublishReceipt>, BrokerError> {
+        for (index, m) in msgs.iter().enumerate() {
+            let subject = m.subject.to_string();
+            let sent = match nats_headers(m) {
+                Some(headers) => self.client.publish_with_headers(subject, headers, m.payload.clone()).await,
+                None => self.client.publish(subject, m.payload.clone()).await,
+            };
+            sent.map_err(|e| batch_error(index, msgs.len(), BrokerError::Invalid(format!("publish: {e}"))))?;
+        }
+        self.flush().await?;
+        Ok(msgs
+            .iter()
+            .map(|_| PublishReceipt { topic: None, partition: 0, seq: 0, taps: 0, duplicate: false })
+            .collect())
+    }
+
+    async fn flush(&self) -> Result<(), BrokerError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BrokerError::Disconnected { url: self.url.clone(), reason: format!("flush: {e}") })
+    }
+
+    /// JetStream publishes, sent back to back and then awaited, so a batch costs one round trip.
+    async fn publish_jetstream(&self, msgs: &[PublishRequest]) -> Result<Vec<PublishReceipt>, BrokerError> {
+        let mut pending = Vec::with_capacity(msgs.len());
+        for (index, m) in msgs.iter().enumerate() {
+            let headers = nats_headers(m).unwrap_or_default();
+            let ack = self
+                .js
+                .publish_with_headers(m.subject.to_string(), headers, m.payload.clone())
+                .await
+                .map_err(|e| batch_error(index, msgs.len(), js_error("publish", e)))?;
+            pending.push(ack);
+        }
+        let mut receipts = Vec::with_capacity(pending.len());
+        for (index, ack) in pending.into_iter().enumerate() {
+            let ack = ack.await.map_err(|e| batch_error(index, msgs.len(), js_error("publish", e)))?;
+            receipts.push(PublishReceipt {
+                topic: Name::new(&ack.stream).ok(),
+                partition: 0,
+                seq: ack.sequence,
+                taps: 0,
+                duplicate: ack.duplicate,
+            });
+        }
+        Ok(receipts)
+    }
+
+    /// A new ephemeral consumer that reads `stream` from `start` without acks.
+    async fn reader(
+        &self,
+        stream: &stream::Stream,
+        filter: Option<String>,
+        start: StartPosition,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>, BrokerError> {
+        let config = pull::Config {
+            deliver_policy: deliver_policy(start)?,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            filter_subject: filter.unwrap_or_default(),
+            inactive_threshold: Duration::from_secs(5),
+            ..Default::default()
+        };
+        stream.create_consumer(config).await.map_err(|e| js_error("creating a reader", e))
+    }
+
+    /// A JetStream pull consumer as a delivery stream: the durable `name` (created when missing) or an
+    /// ephemeral reader.
+    async fn consume(
+        &self,
+        topic: &Name,
+        durable: Option<&Name>,
+        req: &SubscribeRequest,
+    ) -> Result<DeliveryStream, BrokerError> {
+        let (stream, filter) = self.resolve(topic).await?;
+        let stream_name = stream.cached_info().config.name.clone();
+        let acked = durable.is_some() && req.ack != AckMode::None;
+        let consumer = match durable {
+            Some(name) => match stream.get_consumer::<pull::Config>(name.as_str()).await {
+                Ok(c) => c,
+                Err(_) => {
+                    let mut config = SubscriptionConfig::new(name.clone(), topic.clone());
+                    config.start = req.from.unwrap_or_default();
+                    config.ack = req.ack;
+                    config.ack_deadline = self.ack_wait;
+                    let mut pull = consumer_config(&config, filter.clone())?;
+                    if let Some(p) = req.prefetch {
+                        pull.max_ack_pending = i64::from(p);
+                    }
+                    stream.create_consumer(pull).await.map_err(|e| js_error("creating the consumer", e))?
+                }
+            },
+            None => self.reader(&stream, filter.clone(), req.from.unwrap_or_default()).await?,
+        };
+        let info = consumer.cached_info().clone();
+        let ack_wait = info.config.ack_wait;
+        let batch = req.prefetch.unwrap_or(100).clamp(1, 1000) as usize;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| js_error("starting the pull", e))?;
+        let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(batch.max(64));
+        // Messages that reach max deliver (or are terminated) stay in the stream; say so.
+        let mut advisories = Vec::new();
+        if let Some(name) = durable {
+            for kind in ["MAX_DELIVERIES", "MSG_TERMINATED"] {
+                let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream_name}.{name}");
+                if let Ok(sub) = self.client.subscribe(subject).await {
+                    advisories.push(sub);
+                }
+            }
+        }
+        let pump = JetStreamPump {
+            topic: Name::new(&stream_name).unwrap_or_else(|_| topic.clone()),
+            subscription: durable.cloned(),
+            acked,
+            ack_wait,
+            events: self.events.clone(),
+        };
+        let task = tokio::spawn(pump.run(messages, advisories, tx));
+        Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })))
+    }
+
+    /// Core subscriptions (plain, or in the queue group `group`) merged into one stream.
+    async fn listen(
+        &self,
+        patterns: &[Pattern],
+        group: Option<&Name>,
+    ) -> Result<DeliveryStream, BrokerError> {
+        let mut subjects = Vec::new();
+        for p in patterns {
+            subjects.extend(nats_subjects(p)?);
+        }
+        let mut subs = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let made = match group {
+                Some(g) => self.client.queue_subscribe(subject.clone(), g.to_string()).await,
+                None => self.client.subscribe(subject.clone()).await,
+            };
+            subs.push(made.map_err(|e| BrokerError::Invalid(format!("subscribe to \"{subject}\": {e}")))?);
+        }
+        // The SUBs reach the server before this returns, so a publish right after is seen.
+        self.flush().await?;
+        let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(self.pending);
+        let task = tokio::spawn(core_pump(subs, tx, self.dropped.clone()));
+        Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })))
+    }
+
+    /// Every consumer of a stream as subscriptions.
+    async fn stream_subscriptions(
+        &self,
+        stream: &stream::Stream,
+    ) -> Result<Vec<SubscriptionInfo>, BrokerError> {
+        let info = stream.cached_info().clone();
+        let mut out = Vec::new();
+        let mut consumers = stream.consumers();
+        while let Some(c) = consumers.next().await {
+            let c = c.map_err(|e| js_error("listing consumers", e))?;
+            out.extend(sub_info(&c, &info));
+        }
+        Ok(out)
+    }
+}
+
+/// Copies a message's headers, key and msg_id into NATS headers; `None` when it has none.
+fn nats_headers(m: &PublishRequest) -> Option<HeaderMap> {
+    if m.headers.is_empty() && m.key.is_none() && m.msg_id.is_none() {
+        return None;
+    }
+    let mut h = HeaderMap::new();
+    for (k, v) in &m.headers {
+        h.insert(k.as_str(), v.as_str());
+    }
+    if let Some(key) = &m.key {
+        h.insert(KEY_HEADER, String::from_utf8_lossy(key).as_ref());
+    }
+    if let Some(id) = &m.msg_id {
+        h.insert(MSG_ID_HEADER, id.as_str());
+    }
+    Some(h)
+}
+
+fn batch_error(index: usize, len: usize, e: BrokerError) -> BrokerError {
+    if len == 1 { e } else { BrokerError::Batch { index, source: Box::new(e) } }
+}
+
+/// Stream names may not hold `.`, `*`, `>`, path separators or whitespace.
+fn is_stream_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['.', '*', '>', '/', '\\']) && !name.contains(char::is_whitespace)
+}
+
+fn datetime_of(t: Timestamp) -> Result<async_nats::jetstream::consumer::DeliverPolicy, BrokerError> {
+    let nanos = i128::from(t.as_micros()) * 1000;
+    let start_time = async_nats::datetime::from_nanos(nanos)
+        .map_err(|e| BrokerError::Invalid(format!("start time out of range: {e}")))?;
+    Ok(jetstream::consumer::DeliverPolicy::ByStartTime { start_time })
+}
+
+fn deliver_policy(start: StartPosition) -> Result<jetstream::consumer::DeliverPolicy, BrokerError> {
+    use jetstream::consumer::DeliverPolicy as D;
+    Ok(match start {
+        StartPosition::All => D::All,
+        StartPosition::New => D::New,
+        StartPosition::Last => D::Last,
+        StartPosition::LastPerKey => D::LastPerSubject,
+        StartPosition::Seq(s) => D::ByStartSequence { start_sequence: s.max(1) },
+        StartPosition::Time(t) => return datetime_of(t),
+    })
+}
+
+/// A JetStream consumer configuration for a subscription configuration; what JetStream cannot do is
+/// refused with the reason.
+fn consumer_config(c: &SubscriptionConfig, filter: Option<String>) -> Result<pull::Config, BrokerError> {
+    if c.dead_letter.is_some() {
+        return Err(BrokerError::Invalid(
+            "JetStream has no dead-letter topics: a message that reaches max deliver stays in the stream and an advisory is published (subscribers here show it); drop --dead-letter".into(),
+        ));
+    }
+    let filter = match c.filter.as_slice() {
+        [] => filter.unwrap_or_default(),
+        [one] => match nats_subjects(one)?.as_slice() {
+            [subject] => subject.clone(),
+            _ => {
+                return Err(BrokerError::Invalid(format!(
+                    "filter \"{}\" needs two NATS subjects; a consumer on this server takes one (use a final >)",
+                    one.as_str()
+                )));
+            }
+        },
+        _ => {
+            return Err(BrokerError::Invalid(
+                "several filter subjects need nats-server 2.10; give one filter".into(),
+            ));
+        }
+    };
+    let (durable_name, inactive_threshold) = match c.lifetime {
+        Lifetime::Durable => (Some(c.name.to_string()), Duration::ZERO),
+        Lifetime::Ephemeral { inactive_ttl } => (None, inactive_ttl),
+    };
+    let ack_policy = match c.ack {
+        AckMode::None => jetstream::consumer::AckPolicy::None,
+        AckMode::Explicit => jetstream::consumer::AckPolicy::Explicit,
+        AckMode::Cumulative => jetstream::consumer::AckPolicy::All,
+    };
+    let backoff = match &c.backoff {
+        Backoff::List(list) if c.backoff_on_timeout => list.clone(),
+        _ => Vec::new(),
+    };
+    Ok(pull::Config {
+        name: durable_name.is_none().then(|| c.name.to_string()),
+        durable_name,
+        deliver_policy: deliver_policy(c.start)?,
+        ack_policy,
+        ack_wait: c.ack_deadline,
+        max_deliver: if c.max_deliveries == 0 { -1 } else { i64::from(c.max_deliveries) },
+        filter_subject: filter,
+        max_ack_pending: if c.max_in_flight == 0 { -1 } else { i64::from(c.max_in_flight) },
+        inactive_threshold,
+        backoff,
+        ..Default::default()
+    })
+}
+
+/// Headers, key, msg_id and JetStream metadata of a received NATS message.
+fn to_message(
+    topic: Option<&Name>,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+    seq: u64,
+    published: Timestamp,
+) -> Option<Message> {
+    let mut out = Headers::new();
+    let mut key = None;
+    let mut msg_id = None;
+    if let Some(h) = headers {
+        for (name, values) in h.iter() {
+            let Some(value) = values.first() else { continue };
+            let name = name.to_string();
+            if name.eq_ignore_ascii_case(KEY_HEADER) {
+                key = Some(Bytes::copy_from_slice(value.as_str().as_bytes()));
+            } else if name.eq_ignore_ascii_case(MSG_ID_HEADER) {
+                msg_id = Some(value.to_string());
+            } else {
+                out.insert(name, value.to_string());
+            }
+        }
+    }
+    // NATS subjects may hold characters names here cannot; such a message arrives as `$nats.subject`
+    // with its real subject in a header.
+    let subject_name = match Name::system(subject) {
+        Ok(n) => n,
+        Err(_) => {
+            out.insert("nats-subject".into(), subject.to_string());
+            Name::system("$nats.subject").ok()?
+        }
+    };
+    let topic = topic.cloned().unwrap_or_else(|| subject_name.clone());
+    Some(Message::new(topic, 0, seq, published, subject_name, MessageExtra::pack(key, msg_id, out), payload))
+}
+
+/// A JetStream time as a timestamp.
+fn timestamp(t: async_nats::datetime::DateTime) -> Timestamp {
+    Timestamp::from_micros(i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(0))
+}
+
+/// A receiver of stream items filled by a task; dropping it stops the task.
+struct ChannelSource {
+    rx: mpsc::Receiver<Result<StreamItem, BrokerError>>,
+    task: tokio::task::AbortHandle,
+}
+
+#[async_trait]
+impl ItemSource for ChannelSource {
+    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        self.rx.recv().await
+    }
+
+    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for ChannelSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Forwards core messages without ever waiting for the reader: core NATS is at-most-once, and a
+/// reader that falls behind loses the newest messages, counted and reported, never silently.
+async fn core_pump(
+    subs: Vec<Subscriber>,
+    tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut merged = futures_util::stream::select_all(subs);
+    let mut skipped = 0u64;
+    while let Some(m) = merged.next().await {
+        let now = SystemClock.now();
+        let Some(message) = to_message(None, m.subject.as_str(), m.headers.as_ref(), m.payload, 0, now)
+        else {
+            continue;
+        };
+        if skipped > 0 {
+            match tx.try_send(Ok(StreamItem::Lagged { skipped })) {
+                Ok(()) => skipped = 0,
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+            }
+        }
+        let d = BrokerDelivery { message, attempt: None, deadline: None, token: None };
+        match tx.try_send(Ok(StreamItem::Delivery(d))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                skipped += 1;
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// Turns a JetStream pull consumer's messages into deliveries and its advisories into events.
+struct JetStreamPump {
+    topic: Name,
+    subscription: Option<Name>,
+    acked: bool,
+    ack_wait: Duration,
+    events: broadcast::Sender<ConnectionEvent>,
+}
+
+impl JetStreamPump {
+    async fn run(
+        self,
+        mut messages: pull::Stream,
+        advisories: Vec<Subscriber>,
+        tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
+    ) {
+        let mut advisories = futures_util::stream::select_all(advisories);
+        let mut missed = false;
+        loop {
+            let next = tokio::select! {
+                m = messages.next() => m,
+                Some(a) = advisories.next() => {
+                    let _ = self.events.send(ConnectionEvent::Advisory { text: advisory_text(&a.payload) });
+                    continue;
+                }
+            };
+            let m = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+                    match e.kind() {
+                        K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded => {
+                            let _ =
+                                tx.send(Err(BrokerError::Invalid(format!("JetStream consumer: {e}")))).await;
+                            return;
+                        }
+                        // Missed heartbeats and failed pulls happen while the server is away; the
+                        // stream pulls again by itself once it is back.
+                        _ => {
+                            if !missed {
+                                missed = true;
+                                let _ = self.events.send(ConnectionEvent::Disconnected {
+                                    reason: format!("JetStream pull: {e}"),
+                                });
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    }
+                }
+                None => return,
+            };
+            if std::mem::take(&mut missed) {
+                let _ = self.events.send(ConnectionEvent::Reconnected);
+            }
+            let Ok(info) = m.info() else { continue };
+            let (seq, attempt, consumer_seq) = (info.stream_sequence, info.delivered, info.consumer_sequence);
+            let published = timestamp(info.published);
+            let Some(message) = to_message(
+                Some(&self.topic),
+                m.subject.as_str(),
+                m.headers.as_ref(),
+                m.payload.clone(),
+                seq,
+                published,
+            ) else {
+                continue;
+            };
+            let token = match (&self.subscription, self.acked) {
+                (Some(sub), true) => Some(AckToken {
+                    subscription: sub.clone(),
+                    partition: 0,
+                    seq,
+                    lease: consumer_seq,
+                    reply: m.reply.as_ref().map(|r| r.to_string()),
+                }),
+                _ => None,
+            };
+            let d = BrokerDelivery {
+                attempt: Some(u32::try_from(attempt).unwrap_or(1).max(1)),
+                deadline: token.as_ref().map(|_| SystemClock.now().plus(self.ack_wait)),
+                token,
+                message,
+            };
+            if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A JetStream advisory in a sentence.
+fn advisory_text(payload: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    let field = |k: &str| v.get(k).map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_default();
+    let kind = field("type");
+    if kind.ends_with("max_deliver") {
+        format!(
+            "NATS advisory: message {} of stream {} reached max deliver ({} deliveries) on consumer {}; it stays in the stream and is not delivered again",
+            field("stream_seq"),
+            field("stream"),
+            field("deliveries"),
+            field("consumer")
+        )
+    } else if kind.ends_with("terminated") {
+        format!(
+            "NATS advisory: message {} of stream {} was terminated on consumer {}{}",
+            field("stream_seq"),
+            field("stream"),
+            field("consumer"),
+            match field("reason").as_str() {
+                "" => String::new(),
+                r => format!(" ({r})"),
+            }
+        )
+    } else {
+        format!("NATS advisory: {}", String::from_utf8_lossy(payload))
+    }
+}
+
+fn topic_info(info: &stream::Info) -> Option<TopicInfo> {
+    let c = &info.config;
+    let s = &info.state;
+    let name = Name::new(&c.name).ok()?;
+    let limit = |v: i64| u64::try_from(v).ok().filter(|n| *n > 0);
+    let mut t = TopicInfo::external(name, s.messages, s.bytes);
+    t.subjects = c.subjects.clone();
+    t.first_seq = s.first_sequence;
+    t.head_seq = s.last_sequence;
+    t.last_publish = (s.messages > 0).then(|| timestamp(s.last_timestamp));
+    t.limits = Limits {
+        max_msgs: limit(c.max_messages),
+        max_bytes: limit(c.max_bytes),
+        max_age: (!c.max_age.is_zero()).then_some(c.max_age),
+        max_msgs_per_key: limit(c.max_messages_per_subject),
+    };
+    t.discard = match c.discard {
+        stream::DiscardPolicy::New => Discard::New,
+        _ => Discard::Old,
+    };
+    t.subscriptions = u32::try_from(s.consumer_count).unwrap_or(u32::MAX);
+    t.created = timestamp(info.created);
+    t.storage = Some(match c.storage {
+        stream::StorageType::Memory => StorageKind::Memory,
+        stream::StorageType::File => StorageKind::File,
+    });
+    Some(t)
+}
+
+/// A consumer as a subscription; `None` for names that are not names here.
+fn sub_info(c: &jetstream::consumer::Info, stream: &stream::Info) -> Option<SubscriptionInfo> {
+    let topic = Name::system(&c.stream_name).ok()?;
+    let name = Name::system(&c.name).ok()?;
+    let cfg = &c.config;
+    let start = match cfg.deliver_policy {
+        jetstream::consumer::DeliverPolicy::All => StartPosition::All,
+        jetstream::consumer::DeliverPolicy::Last => StartPosition::Last,
+        jetstream::consumer::DeliverPolicy::New => StartPosition::New,
+        jetstream::consumer::DeliverPolicy::LastPerSubject => StartPosition::LastPerKey,
+        jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
+            StartPosition::Seq(start_sequence)
+        }
+        jetstream::consumer::DeliverPolicy::ByStartTime { start_time } => {
+            StartPosition::Time(timestamp(start_time))
+        }
+    };
+    let ack = match cfg.ack_policy {
+        jetstream::consumer::AckPolicy::None => AckMode::None,
+        jetstream::consumer::AckPolicy::All => AckMode::Cumulative,
+        _ => AckMode::Explicit,
+    };
+    let in_flight = c.num_ack_pending as u64;
+    let now = SystemClock.now();
+    let age =
+        |t: Option<async_nats::datetime::DateTime>| t.map_or(Duration::ZERO, |t| now.since(timestamp(t)));
+    Some(SubscriptionInfo {
+        name,
+        topic,
+        filter: if cfg.filter_subject.is_empty() { Vec::new() } else { vec![cfg.filter_subject.clone()] },
+        ack,
+        start,
+        ack_deadline: cfg.ack_wait,
+        dead_letter: None,
+        max_deliveries: u32::try_from(cfg.max_deliver).unwrap_or(0),
+        max_in_flight: u32::try_from(cfg.max_ack_pending).unwrap_or(0),
+        ephemeral: cfg.durable_name.is_none(),
+        head_seq: stream.state.last_sequence,
+        first_seq: stream.state.first_sequence,
+        delivered_seq: c.delivered.stream_sequence,
+        ack_floor: c.ack_floor.stream_sequence,
+        pending: c.num_pending,
+        in_flight,
+        delayed: 0,
+        redeliverable: 0,
+        redelivered: c.num_redelivered as u64,
+        backlog: c.num_pending + in_flight,
+        backlog_bytes: 0,
+        offset_lag: c.num_pending + in_flight,
+        oldest_unacked_age: if in_flight > 0 { age(c.ack_floor.last_active) } else { Duration::ZERO },
+        oldest_pending_age: Duration::ZERO,
+        consumers: (0..c.num_waiting)
+            .map(|i| ConsumerInfo {
+                // NATS reports how many pull requests wait, not who sent them.
+                id: Arc::from(format!("waiting-pull-{}", i + 1)),
+                push: false,
+                prefetch: 0,
+                in_flight: 0,
+                attached_at: Timestamp::ZERO,
+                idle: Duration::ZERO,
+                delivered: 0,
+                acked: 0,
+            })
+            .collect(),
+        counters: SubCounters { delivered: c.delivered.consumer_sequence, ..SubCounters::default() },
+        publish_rate: 0.0,
+        deliver_rate: 0.0,
+        ack_rate: 0.0,
+        eta: None,
+        blocked_by: None,
+        created: timestamp(c.created),
+    })
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // Core NATS: wildcards, headers, queue groups. JetStream adds history, acks, lag, seek and
+        // stream administration. No dead-letter topics, no per-message ack state, no partitions.
+        let core = [Capability::Patterns, Capability::Headers, Capability::CompetingConsumers];
+        if self.has_jetstream() {
+            let mut all = core.to_vec();
+            all.extend([
+                Capability::Ack,
+                Capability::Replay,
+                Capability::Lag,
+                Capability::Persistence,
+                Capability::Seek,
+                Capability::TopicAdmin,
+            ]);
+            Capabilities::of(&all)
+        } else {
+            Capabilities::of(&core)
+        }
+    }
+
+    async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
+        let mut receipts = self.publish_batch(vec![msg]).await?;
+        receipts.pop().ok_or_else(|| BrokerError::Protocol("no receipt for a publish".into()))
+    }
+
+    async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
+        if self.mode == Mode::Core || !self.has_jetstream() {
+            return self.publish_core(&msgs).await;
+        }
+        // Runs of messages going the same way keep their order and share one flush or ack wait.
+        let mut receipts = Vec::with_capacity(msgs.len());
+        let mut start = 0;
+        while start < msgs.len() {
+            let stored = self.stream_for_subject(msgs[start].subject.as_str()).await?.is_some();
+            let mut end = start + 1;
+            while end < msgs.len()
+                && self.stream_for_subject(msgs[end].subject.as_str()).await?.is_some() == stored
+            {
+                end += 1;
+            }
+            let run = &msgs[start..end];
+            let done = if stored {
+                self.publish_jetstream(run).await
+            } else if self.mode == Mode::JetStream {
+                Err(BrokerError::Invalid(format!(
+                    "no JetStream stream captures \"{}\" (mode=jetstream publishes only to streams)",
+                    run[0].subject
+                )))
+            } else {
+                self.publish_core(run).await
+            };
+            let done = done.map_err(|e| match e {
+                BrokerError::Batch { index, source } if msgs.len() > 1 => {
+                    BrokerError::Batch { index: start + index, source }
+                }
+                e if msgs.len() > 1 => BrokerError::Batch { index: start, source: Box::new(e) },
+                e => e,
+            })?;
+            receipts.extend(done);
+            start = end;
+        }
+        Ok(receipts)
+    }
+
+    async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
+        if req.from.is_some() {
+            let topic = super::history_topic(&req)?;
+            return self.consume(&topic, req.subscription.as_ref(), &req).await;
+        }
+        if let Some(group) = &req.subscription {
+            // A durable subscription is a JetStream consumer where a stream captures the subject, a
+            // core queue group otherwise.
+            if self.mode != Mode::Core
+                && self.has_jetstream()
+                && let Ok(topic) = super::history_topic(&req)
+                && (self.js.get_stream(topic.as_str()).await.is_ok()
+                    || self.stream_for_subject(topic.as_str()).await?.is_some())
+            {
+                return self.consume(&topic, Some(group), &req).await;
+            }
+            return self.listen(&req.patterns, Some(group)).await;
+        }
+        self.listen(&req.patterns, None).await
+    }
+
+    async fn fetch(
+        &self,
+        subscription: &Name,
+        _consumer: &str,
+        opts: crate::engine::FetchOptions,
+    ) -> Result<Vec<BrokerDelivery>, BrokerError> {
+        let stream = self.stream_of_consumer(subscription).await?;
+        let topic = Name::system(&stream.cached_info().config.name)?;
+        let consumer: jetstream::consumer::Consumer<pull::Config> =
+            stream.get_consumer(subscription.as_str()).await.map_err(|e| js_error("consumer", e))?;
+        let ack_wait = consumer.cached_info().config.ack_wait;
+        let acked = consumer.cached_info().config.ack_policy != jetstream::consumer::AckPolicy::None;
+        let mut fetch = consumer.fetch().max_messages(opts.max_msgs.max(1));
+        if let Some(wait) = opts.wait {
+            fetch = fetch.expires(wait.max(Duration::from_millis(10)));
+        }
+        if opts.max_bytes != u64::MAX {
+            fetch = fetch.max_bytes(usize::try_from(opts.max_bytes).unwrap_or(usize::MAX));
+        }
+        let mut batch = fetch.messages().await.map_err(|e| js_error("fetch", e))?;
+        let mut out = Vec::new();
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| js_error("fetch", e))?;
+            let Ok(info) = m.info() else { continue };
+            let (seq, attempt, lease) = (info.stream_sequence, info.delivered, info.consumer_sequence);
+            let published = timestamp(info.published);
+            let Some(message) = to_message(
+                Some(&topic),
+                m.subject.as_str(),
+                m.headers.as_ref(),
+                m.payload.clone(),
+                seq,
+                published,
+            ) else {
+                continue;
+            };
+            let token = acked.then(|| AckToken {
+                subscription: subscription.clone(),
+                partition: 0,
+                seq,
+                lease,
+                reply: m.reply.as_ref().map(|r| r.to_string()),
+            });
+            out.push(BrokerDelivery {
+                attempt: Some(u32::try_from(attempt).unwrap_or(1).max(1)),
+                deadline: token.as_ref().map(|_| SystemClock.now().plus(ack_wait)),
+                token,
+                message,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
+        let Some(reply) = token.reply.clone() else {
+            return Err(BrokerError::Invalid(
+                "this delivery carries no JetStream reply subject to settle it with".into(),
+            ));
+        };
+        let payload = match &how {
+            Settle::Ack => Bytes::from_static(b"+ACK"),
+            Settle::Nack(None) => Bytes::from_static(b"-NAK"),
+            Settle::Nack(Some(delay)) => {
+                Bytes::from(format!("-NAK {{\"delay\": {}}}", delay.as_nanos().min(i64::MAX as u128)))
+            }
+            Settle::Extend(_) => Bytes::from_static(b"+WPI"),
+            Settle::Term(reason) if reason.is_empty() => Bytes::from_static(b"+TERM"),
+            Settle::Term(reason) => Bytes::from(format!("+TERM {reason}")),
+        };
+        match how {
+            // Acks and terms wait for the server's confirmation (a "double ack"), so a returned ack
+            // means the message will not come back.
+            Settle::Ack | Settle::Term(_) => {
+                let asked = self.client.request(reply, payload);
+                match tokio::time::timeout(Duration::from_secs(5), asked).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(BrokerError::Protocol(format!("ack: {e}"))),
+                    Err(_) => Err(BrokerError::Timeout(Duration::from_secs(5))),
+                }
+            }
+            _ => {
+                self.client
+                    .publish(reply, payload)
+                    .await
+                    .map_err(|e| BrokerError::Protocol(format!("settle: {e}")))?;
+                self.flush().await
+            }
+        }
+    }
+
+    async fn topics(&self) -> Result<Vec<TopicInfo>, BrokerError> {
+        if !self.has_jetstream() {
+            return Err(self.unsupported(Capability::TopicAdmin));
+        }
+        let mut out = Vec::new();
+        let mut streams = self.js.streams();
+        while let Some(info) = streams.next().await {
+            let info = info.map_err(|e| js_error("listing streams", e))?;
+            out.extend(topic_info(&info));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn topic_info(&self, name: &Name) -> Result<TopicInfo, BrokerError> {
+        let (stream, _) = self.resolve(name).await?;
+        topic_info(stream.cached_info()).ok_or_else(|| {
+            BrokerError::Protocol(format!("stream \"{name}\" has a name this tool cannot show"))
+        })
+    }
+
+    async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
+        self.need_jetstream("creating a topic")?;
+        let name = config.name.as_str();
+        if !is_stream_name(name) {
+            return Err(BrokerError::Invalid(format!(
+                "\"{name}\" cannot name a JetStream stream (no `.`, `*`, `>` or spaces); name it e.g. {} and capture the subject with --subject {name}",
+                name.replace(['.', '*', '>'], "_")
+            )));
+        }
+        let mut subjects = Vec::new();
+        for p in &config.subjects {
+            subjects.extend(nats_subjects(p)?);
+        }
+        let limit = |v: Option<u64>| v.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let stream_config = stream::Config {
+            name: name.to_string(),
+            subjects,
+            max_messages: limit(config.limits.max_msgs),
+            max_bytes: limit(config.limits.max_bytes),
+            max_age: config.limits.max_age.unwrap_or(Duration::ZERO),
+            max_messages_per_subject: limit(config.limits.max_msgs_per_key),
+            discard: match config.discard {
+                Discard::New => stream::DiscardPolicy::New,
+                Discard::Old => stream::DiscardPolicy::Old,
+            },
+            duplicate_window: config.dedup_window,
+            max_message_size: i32::try_from(config.max_msg_bytes).unwrap_or(i32::MAX),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let mut stream = self.js.create_stream(stream_config).await.map_err(|e| {
+            let text = e.to_string();
+            if text.contains("already in use") || text.contains("name already") {
+                BrokerError::Invalid(format!("stream \"{name}\" already exists with another configuration"))
+            } else if text.contains("overlap") {
+                BrokerError::Invalid(format!("another stream already captures these subjects: {text}"))
+            } else {
+                js_error("creating the stream", e)
+            }
+        })?;
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let info = stream.info().await.map_err(|e| js_error("stream info", e))?;
+        topic_info(info).ok_or_else(|| BrokerError::Protocol("the new stream has no usable name".into()))
+    }
+
+    async fn delete_topic(&self, name: &Name) -> Result<(), BrokerError> {
+        let (stream, filter) = self.resolve(name).await?;
+        if filter.is_some() {
+            return Err(BrokerError::Invalid(format!(
+                "\"{name}\" is a subject of stream {}, not a stream; delete the stream by its name",
+                stream.cached_info().config.name
+            )));
+        }
+        self.js.delete_stream(name.as_str()).await.map_err(|e| js_error("deleting the stream", e))?;
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        Ok(())
+    }
+
+    async fn purge_topic(&self, name: &Name) -> Result<u64, BrokerError> {
+        let (stream, filter) = self.resolve(name).await?;
+        let purge = match filter {
+            Some(subject) => stream.purge().filter(subject).await,
+            None => stream.purge().await,
+        };
+        purge.map(|p| p.purged).map_err(|e| js_error("purging", e))
+    }
+
+    async fn subscriptions(&self, topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {
+        self.need_jetstream("listing subscriptions")?;
+        if let Some(t) = topic {
+            let (stream, _) = self.resolve(t).await?;
+            return self.stream_subscriptions(&stream).await;
+        }
+        let mut out = Vec::new();
+        let mut names = self.js.stream_names();
+        while let Some(name) = names.next().await {
+            let name = name.map_err(|e| js_error("listing streams", e))?;
+            let Ok(stream) = self.js.get_stream(&name).await else { continue };
+            out.extend(self.stream_subscriptions(&stream).await?);
+        }
+        Ok(out)
+    }
+
+    async fn subscription_info(&self, name: &Name) -> Result<SubscriptionInfo, BrokerError> {
+        let stream = self.stream_of_consumer(name).await?;
+        let mut stream =
+            self.js.get_stream(&stream.cached_info().config.name).await.map_err(|e| js_error("stream", e))?;
+        let info = stream.info().await.map_err(|e| js_error("stream info", e))?.clone();
+        let consumer = stream.consumer_info(name.as_str()).await.map_err(|e| js_error("consumer info", e))?;
+        sub_info(&consumer, &info).ok_or_else(|| {
+            BrokerError::Protocol(format!("consumer \"{name}\" has a name this tool cannot show"))
+        })
+    }
+
+    async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
+        let (stream, filter) = self.resolve(&config.topic).await?;
+        if !is_stream_name(config.name.as_str()) {
+            return Err(BrokerError::Invalid(format!(
+                "\"{}\" cannot name a JetStream consumer (no `.`, `*`, `>` or spaces)",
+                config.name
+            )));
+        }
+        if stream.consumer_info(config.name.as_str()).await.is_ok() {
+            return Err(BrokerError::Invalid(format!(
+                "subscription \"{}\" already exists on stream {}",
+                config.name,
+                stream.cached_info().config.name
+            )));
+        }
+        let pull = consumer_config(&config, filter)?;
+        stream.create_consumer(pull).await.map_err(|e| js_error("creating the consumer", e))?;
+        self.subscription_info(&config.name).await
+    }
+
+    async fn delete_subscription(&self, name: &Name) -> Result<(), BrokerError> {
+        let stream = self.stream_of_consumer(name).await?;
+        stream.delete_consumer(name.as_str()).await.map_err(|e| js_error("deleting the consumer", e))?;
+        Ok(())
+    }
+
+    async fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, BrokerError> {
+        let (mut stream, filter) = self.resolve(topic).await?;
+        let state = stream.info().await.map_err(|e| js_error("stream info", e))?.state.clone();
+        if state.messages == 0 || max == 0 {
+            return Ok(Vec::new());
+        }
+        let start = match from {
+            BrowseFrom::Seq(s) => StartPosition::Seq(s.max(state.first_sequence)),
+            BrowseFrom::Time(t) => StartPosition::Time(t),
+            // With a subject filter the newest n are not a seq range; read them by the filter's count.
+            BrowseFrom::Last(n) if filter.is_none() => StartPosition::Seq(
+                state.last_sequence.saturating_sub(n.saturating_sub(1)).max(state.first_sequence),
+            ),
+            BrowseFrom::Last(_) => StartPosition::All,
+        };
+        let reader = self.reader(&stream, filter.clone(), start).await?;
+        let stream_name = Name::system(&stream.cached_info().config.name)?;
+        let mut out: Vec<Message> = Vec::new();
+        let want = match from {
+            BrowseFrom::Last(_) if filter.is_some() => usize::MAX,
+            _ => max,
+        };
+        while out.len() < want {
+            let pending = reader.cached_info().num_pending;
+            if pending == 0 && out.is_empty() {
+                break;
+            }
+            let mut batch = reader
+                .fetch()
+                .max_messages((want - out.len()).min(1000))
+                .messages()
+                .await
+                .map_err(|e| js_error("reading the stream", e))?;
+            let before = out.len();
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| js_error("reading the stream", e))?;
+                let Ok(info) = m.info() else { continue };
+                let (seq, published) = (info.stream_sequence, timestamp(info.published));
+                out.extend(to_message(
+                    Some(&stream_name),
+                    m.subject.as_str(),
+                    m.headers.as_ref(),
+                    m.payload.clone(),
+                    seq,
+                    published,
+                ));
+                if info.pending == 0 {
+                    break;
+                }
+            }
+            if out.len() == before || out.last().is_some_and(|m| m.seq >= state.last_sequence) {
+                break;
+            }
+        }
+        let _ = stream.delete_consumer(&reader.cached_info().name).await;
+        if let BrowseFrom::Last(n) = from {
+            let keep = usize::try_from(n).unwrap_or(usize::MAX).min(max);
+            let skip = out.len().saturating_sub(keep);
+            out.drain(..skip);
+        }
+        out.truncate(max);
+        Ok(out)
+    }
+
+    async fn seek(&self, subscription: &Name, target: SeekTarget) -> Result<u64, BrokerError> {
+        // JetStream consumers cannot move; the consumer is made again with the same configuration
+        // and a deliver policy that starts where the seek asks.
+        let mut stream = self.stream_of_consumer(subscription).await?;
+        let state = stream.info().await.map_err(|e| js_error("stream info", e))?.state.clone();
+        let old =
+            stream.consumer_info(subscription.as_str()).await.map_err(|e| js_error("consumer info", e))?;
+        let (policy, next) = match target {
+            SeekTarget::Start => (jetstream::consumer::DeliverPolicy::All, state.first_sequence.max(1)),
+            SeekTarget::End => (jetstream::consumer::DeliverPolicy::New, state.last_sequence + 1),
+            SeekTarget::Seq { seq, .. } => {
+                let seq = seq.max(state.first_sequence).max(1);
+                (jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: seq }, seq)
+            }
+            SeekTarget::Time(t) => {
+                let first = self
+                    .browse(&Name::system(&old.stream_name)?, BrowseFrom::Time(t), 1)
+                    .await?
+                    .first()
+                    .map_or(state.last_sequence + 1, |m| m.seq);
+                (datetime_of(t)?, first)
+            }
+        };
+        let c = old.config;
+        let config = pull::Config {
+            durable_name: c.durable_name,
+            name: c.name,
+            description: c.description,
+            deliver_policy: policy,
+            ack_policy: c.ack_policy,
+            ack_wait: c.ack_wait,
+            max_deliver: c.max_deliver,
+            filter_subject: c.filter_subject,
+            max_ack_pending: c.max_ack_pending,
+            max_waiting: c.max_waiting,
+            inactive_threshold: c.inactive_threshold,
+            backoff: c.backoff,
+            ..Default::default()
+        };
+        stream.delete_consumer(subscription.as_str()).await.map_err(|e| js_error("seek (delete)", e))?;
+        stream.create_consumer(config).await.map_err(|e| js_error("seek (create)", e))?;
+        Ok(next)
+    }
+
+    async fn request(
+        &self,
+        subject: &Name,
+        payload: Bytes,
+        headers: Headers,
+        timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        let mut h = HeaderMap::new();
+        for (k, v) in &headers {
+            h.insert(k.as_str(), v.as_str());
+        }
+        let request = async_nats::Request::new().payload(payload).headers(h).timeout(Some(timeout));
+        match self.client.send_request(subject.to_string(), request).await {
+            Ok(reply) => {
+                let now = SystemClock.now();
+                to_message(None, reply.subject.as_str(), reply.headers.as_ref(), reply.payload, 0, now)
+                    .ok_or_else(|| BrokerError::Protocol("the reply has an unusable subject".into()))
+            }
+            Err(e) => {
+                use async_nats::RequestErrorKind as K;
+                Err(match e.kind() {
+                    K::NoResponders => BrokerError::NoResponders { subject: subject.to_string() },
+                    K::TimedOut => BrokerError::Timeout(timeout),
+                    _ => BrokerError::Protocol(format!("request: {e}")),
+                })
+            }
+        }
+    }
+
+    fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.events.subscribe()
+    }
+
+    async fn close(&self) {
+        // Everything published is on the wire before the process goes.
+        let _ = self.client.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subjects(p: &str) -> Result<Vec<String>, String> {
+        let pattern = Pattern::parse(p).map_err(|e| e.to_string())?;
+        nats_subjects(&pattern).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn token_patterns_map_to_nats_subjects_or_are_refused() {
+        assert_eq!(subjects("orders.*.eu"), Ok(vec!["orders.*.eu".to_string()]));
+        assert_eq!(subjects("orders.>"), Ok(vec!["orders.>".to_string()]));
+        assert_eq!(subjects("#"), Ok(vec![">".to_string()]));
+        assert_eq!(subjects("orders.#"), Ok(vec!["orders".to_string(), "orders.>".to_string()]));
+        let mid = subjects("a.#.b").err().unwrap_or_default();
+        assert!(mid.contains("use * for one token"), "{mid}");
+        let glob = subjects("glob:a*").err().unwrap_or_default();
+        assert!(glob.contains("no glob patterns"), "{glob}");
+        let levels = subjects("a/+/b").err().unwrap_or_default();
+        assert!(levels.contains("MQTT filter"), "{levels}");
+    }
+
+    #[test]
+    fn urls_give_servers_credentials_and_options() {
+        let t = parse_url("nats://alice:s%40cret@127.0.0.1:4223,host2?mode=core&ack_wait=2s").ok();
+        let t = t.as_ref();
+        assert_eq!(
+            t.map(|t| t.servers.clone()),
+            Some(vec!["nats://127.0.0.1:4223".to_string(), "nats://host2:4222".to_string()])
+        );
+        assert_eq!(t.map(|t| t.auth.clone()), Some(UrlAuth::UserPassword("alice".into(), "s@cret".into())));
+        assert_eq!(t.map(|t| t.options.mode), Some(Mode::Core));
+        assert_eq!(t.map(|t| t.options.ack_wait), Some(Duration::from_secs(2)));
+        assert_eq!(
+            t.map(|t| t.shown.as_str()),
+            Some("nats://alice:***@127.0.0.1:4223,host2?mode=core&ack_wait=2s")
+        );
+        let token = parse_url("tls://t0ken@h").ok();
+        assert_eq!(token.as_ref().map(|t| t.auth.clone()), Some(UrlAuth::Token("t0ken".into())));
+        assert_eq!(token.map(|t| t.servers), Some(vec!["tls://h:4222".to_string()]));
+        for (bad, why) in [
+            ("nats://h?mode=fast", "mode \"fast\""),
+            ("nats://h?color=red", "unknown option \"color\""),
+            ("nats://h:port", "not a number"),
+            ("nats://h/path", "no path"),
+            ("nats://h?ack_wait=0s", "ack_wait"),
+        ] {
+            let err = parse_url(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn passwords_and_tokens_are_not_shown() {
+        assert_eq!(redact("nats://u:p@h:4222"), "nats://u:***@h:4222");
+        assert_eq!(redact("nats://secret@h"), "nats://***@h");
+        assert_eq!(redact("nats://h"), "nats://h");
+    }
+
+    #[test]
+    fn stream_names_refuse_what_nats_refuses() {
+        assert!(is_stream_name("ORDERS"));
+        assert!(is_stream_name("orders-eu_1"));
+        for bad in ["orders.eu", "a*", "a>", "a b", "", "a/b"] {
+            assert!(!is_stream_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn advisories_read_as_sentences() {
+        let max = br#"{"type":"io.nats.jetstream.advisory.v1.max_deliver","stream":"S","consumer":"C","stream_seq":7,"deliveries":3}"#;
+        let text = advisory_text(max);
+        assert!(
+            text.contains("message 7 of stream S reached max deliver (3 deliveries) on consumer C"),
+            "{text}"
+        );
+        let term = br#"{"type":"io.nats.jetstream.advisory.v1.terminated","stream":"S","consumer":"C","stream_seq":2,"reason":"bad"}"#;
+        assert!(advisory_text(term).contains("message 2 of stream S was terminated on consumer C (bad)"));
+    }
+
+    #[test]
+    fn received_headers_give_back_key_msg_id_and_the_rest() {
+        let mut h = HeaderMap::new();
+        h.insert(KEY_HEADER, "k1");
+        h.insert(MSG_ID_HEADER, "id-9");
+        h.insert("trace", "abc");
+        let m = to_message(None, "orders.eu", Some(&h), Bytes::from_static(b"x"), 0, Timestamp::ZERO);
+        let m = m.as_ref();
+        assert_eq!(m.and_then(|m| m.key()).map(|k| k.as_ref()), Some(&b"k1"[..]));
+        assert_eq!(m.and_then(|m| m.msg_id()), Some("id-9"));
+        assert_eq!(m.map(|m| m.headers().get("trace").cloned()), Some(Some("abc".to_string())));
+        assert_eq!(m.map(|m| m.headers().len()), Some(1));
+        let odd = to_message(None, "a..b", None, Bytes::new(), 0, Timestamp::ZERO);
+        assert_eq!(odd.as_ref().map(|m| m.subject().as_str()), Some("$nats.subject"));
+        assert_eq!(odd.map(|m| m.headers().get("nats-subject").cloned()), Some(Some("a..b".to_string())));
+    }
+}
