@@ -865,19 +865,26 @@ async fn core_pump(
 ) {
     let mut merged = futures_util::stream::select_all(subs);
     let mut skipped = 0u64;
-    while let Some(m) = merged.next().await {
+    loop {
+        // While drops are unreported, the report is retried even when no further message comes.
+        let next = tokio::select! {
+            m = merged.next() => m,
+            () = tokio::time::sleep(Duration::from_millis(50)), if skipped > 0 => {
+                if !report_lag(&tx, &mut skipped) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(m) = next else { return };
+        if skipped > 0 && !report_lag(&tx, &mut skipped) {
+            return;
+        }
         let now = SystemClock.now();
         let Some(message) = to_message(None, m.subject.as_str(), m.headers.as_ref(), m.payload, 0, now)
         else {
             continue;
         };
-        if skipped > 0 {
-            match tx.try_send(Ok(StreamItem::Lagged { skipped })) {
-                Ok(()) => skipped = 0,
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-                Err(mpsc::error::TrySendError::Full(_)) => {}
-            }
-        }
         let d = BrokerDelivery { message, attempt: None, deadline: None, token: None };
         match tx.try_send(Ok(StreamItem::Delivery(d))) {
             Ok(()) => {}
@@ -887,6 +894,18 @@ async fn core_pump(
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+/// Tells the reader how many messages it lost, if there is room; `false` once the reader is gone.
+fn report_lag(tx: &mpsc::Sender<Result<StreamItem, BrokerError>>, skipped: &mut u64) -> bool {
+    match tx.try_send(Ok(StreamItem::Lagged { skipped: *skipped })) {
+        Ok(()) => {
+            *skipped = 0;
+            true
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 

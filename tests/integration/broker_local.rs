@@ -24,8 +24,8 @@ async fn unknown_and_unbuilt_backends_are_clear_errors() {
     let err = url::connect("gopher://x").await.unwrap_err();
     assert!(matches!(err, BrokerError::UnknownScheme { .. }), "{err}");
     assert_eq!(err.exit_code(), 2);
-    let err = url::connect("nats://127.0.0.1:4222").await.unwrap_err();
-    assert!(err.to_string().contains("NATS"), "{err}");
+    let err = url::connect("kafka://127.0.0.1:9092").await.unwrap_err();
+    assert!(err.to_string().contains("Kafka"), "{err}");
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ mod demo;
 mod engine;
 mod interop;
 mod mqtt_live;
+mod nats_live;
 mod properties;
 mod readme;
 mod redis_live;
