@@ -660,6 +660,9 @@ impl NatsBroker {
         for p in patterns {
             subjects.extend(nats_subjects(p)?);
         }
+        // A wire tap (`>`) would also see the JetStream API and reply inboxes, this tool's own requests
+        // among them; those show only when asked for by name.
+        let hide_internal = !subjects.iter().any(|s| s.starts_with(['$', '_']));
         let mut subs = Vec::with_capacity(subjects.len());
         for subject in subjects {
             let made = match group {
@@ -671,7 +674,7 @@ impl NatsBroker {
         // The SUBs reach the server before this returns, so a publish right after is seen.
         self.flush().await?;
         let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(self.pending);
-        let task = tokio::spawn(core_pump(subs, tx, self.dropped.clone()));
+        let task = tokio::spawn(core_pump(subs, tx, self.dropped.clone(), hide_internal));
         Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })))
     }
 
@@ -758,7 +761,7 @@ fn consumer_config(c: &SubscriptionConfig, filter: Option<String>) -> Result<pul
         },
         _ => {
             return Err(BrokerError::Invalid(
-                "several filter subjects need nats-server 2.10; give one filter".into(),
+                "several filter subjects per consumer need nats-server 2.10 and are not sent by this build; give one filter (a final > covers a subtree)".into(),
             ));
         }
     };
@@ -862,6 +865,7 @@ async fn core_pump(
     subs: Vec<Subscriber>,
     tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
     dropped: Arc<AtomicU64>,
+    hide_internal: bool,
 ) {
     let mut merged = futures_util::stream::select_all(subs);
     let mut skipped = 0u64;
@@ -877,6 +881,9 @@ async fn core_pump(
             }
         };
         let Some(m) = next else { return };
+        if hide_internal && (m.subject.starts_with('$') || m.subject.starts_with("_INBOX.")) {
+            continue;
+        }
         if skipped > 0 && !report_lag(&tx, &mut skipped) {
             return;
         }

@@ -435,67 +435,7 @@ fn mqtts_checks_the_broker_certificate_and_accepts_a_private_ca() {
     std::fs::create_dir_all(&dir).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let path = |f: &str| dir.join(f).display().to_string();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let (ca, ca_key, key, csr, cert, ext) = (
-        path("ca.pem"),
-        path("ca.key"),
-        path("server.key"),
-        path("server.csr"),
-        path("server.pem"),
-        path("ext.cnf"),
-    );
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=pubsub test CA",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-    ]);
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &ext,
-        "-out",
-        &cert,
-    ]);
-    for f in [&key, &cert, &ca] {
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
+    let crate::support::TestCerts { ca, key, cert } = crate::support::test_certificates(&dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::write(
         dir.join("m.conf"),

@@ -597,3 +597,28 @@ async fn a_slow_core_subscriber_is_told_what_it_lost() {
     assert!(skipped > 0, "drops are reported");
     assert_eq!(delivered + skipped, 500, "every message is either delivered or counted as dropped");
 }
+
+#[test]
+fn tls_checks_the_server_certificate_and_accepts_a_private_ca() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        skip("openssl is not installed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pubsub-nats-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = crate::support::test_certificates(&dir);
+    let Some(server) = OwnNats::start("tls", &["--tls", "--tlscert", &certs.cert, "--tlskey", &certs.key])
+    else {
+        return;
+    };
+    let home = Home::new("nats-tls");
+    let port = server.port;
+    let (unknown, _, unknown_err) =
+        run(pubsub(&home, &format!("tls://127.0.0.1:{port}"), &["pub", "secure.t", "x"]));
+    let trusted = format!("tls://127.0.0.1:{port}?ca={}", certs.ca);
+    let (known, _, known_err) = run(pubsub(&home, &trusted, &["pub", "secure.t", "x"]));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(unknown, 3, "a certificate from an unknown CA was accepted: {unknown_err}");
+    assert_eq!(known, 0, "{known_err}");
+}

@@ -118,3 +118,71 @@ impl Drop for Home {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A private CA and a server certificate for 127.0.0.1 it signed, as PEM file paths.
+pub struct TestCerts {
+    /// The CA certificate.
+    pub ca: String,
+    /// The server's private key.
+    pub key: String,
+    /// The server's certificate.
+    pub cert: String,
+}
+
+/// Makes a CA and a 127.0.0.1 server certificate with `openssl` in `dir`, readable by any user (brokers
+/// that drop privileges read them too).
+pub fn test_certificates(dir: &std::path::Path) -> TestCerts {
+    use std::os::unix::fs::PermissionsExt;
+    let path = |f: &str| dir.join(f).display().to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (ca, ca_key, key, csr, cert, ext) = (
+        path("ca.pem"),
+        path("ca.key"),
+        path("server.key"),
+        path("server.csr"),
+        path("server.pem"),
+        path("ext.cnf"),
+    );
+    let ca_subject = "/CN=pubsub test CA";
+    openssl(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", ca_subject, "-keyout",
+        &ca_key, "-out", &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    for f in [&key, &cert, &ca] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    TestCerts { ca, key, cert }
+}
