@@ -442,8 +442,9 @@ impl NatsBroker {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Whether JetStream features are on: the server has JetStream and the URL does not say mode=core.
     fn has_jetstream(&self) -> bool {
-        self.jetstream.load(Ordering::Relaxed)
+        self.mode != Mode::Core && self.jetstream.load(Ordering::Relaxed)
     }
 
     fn need_jetstream(&self, what: &str) -> Result<(), BrokerError> {
@@ -522,17 +523,28 @@ impl NatsBroker {
         Err(BrokerError::Invalid(format!("no JetStream stream has a consumer named \"{consumer}\"")))
     }
 
-    /// Core publishes, flushed so that a returned receipt means the server has them.
+    /// Core publishes. They return once the client has queued them: its connection task writes them
+    /// out at once, and [`Broker::close`] flushes before a command exits. (Core NATS has no publish
+    /// acknowledgement; a flush per call would only prove the bytes left this process, at about half
+    /// the throughput.)
     async fn publish_core(&self, msgs: &[PublishRequest]) -> Result<Vec<PublishReceipt>, BrokerError> {
+        // Consecutive messages to one subject share its encoded form instead of copying it each time.
+        let mut last: Option<(&Name, async_nats::Subject)> = None;
         for (index, m) in msgs.iter().enumerate() {
-            let subject = m.subject.to_string();
+            let subject = match &last {
+                Some((name, subject)) if *name == &m.subject => subject.clone(),
+                _ => {
+                    let subject = async_nats::Subject::from(m.subject.as_str());
+                    last = Some((&m.subject, subject.clone()));
+                    subject
+                }
+            };
             let sent = match nats_headers(m) {
                 Some(headers) => self.client.publish_with_headers(subject, headers, m.payload.clone()).await,
                 None => self.client.publish(subject, m.payload.clone()).await,
             };
             sent.map_err(|e| batch_error(index, msgs.len(), BrokerError::Invalid(format!("publish: {e}"))))?;
         }
-        self.flush().await?;
         Ok(msgs
             .iter()
             .map(|_| PublishReceipt { topic: None, partition: 0, seq: 0, taps: 0, duplicate: false })
@@ -1175,7 +1187,7 @@ impl Broker for NatsBroker {
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
-        if self.mode == Mode::Core || !self.has_jetstream() {
+        if !self.has_jetstream() {
             return self.publish_core(&msgs).await;
         }
         // Runs of messages going the same way keep their order and share one flush or ack wait.
@@ -1221,8 +1233,7 @@ impl Broker for NatsBroker {
         if let Some(group) = &req.subscription {
             // A durable subscription is a JetStream consumer where a stream captures the subject, a
             // core queue group otherwise.
-            if self.mode != Mode::Core
-                && self.has_jetstream()
+            if self.has_jetstream()
                 && let Ok(topic) = super::history_topic(&req)
                 && (self.js.get_stream(topic.as_str()).await.is_ok()
                     || self.stream_for_subject(topic.as_str()).await?.is_some())
@@ -1440,6 +1451,10 @@ impl Broker for NatsBroker {
     }
 
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
+        if !self.has_jetstream() {
+            // Queue groups need no creating; a durable subscription needs JetStream.
+            return Err(self.unsupported(Capability::Ack));
+        }
         let (stream, filter) = self.resolve(&config.topic).await?;
         if !is_stream_name(config.name.as_str()) {
             return Err(BrokerError::Invalid(format!(
