@@ -8,7 +8,6 @@
 
 #![expect(
     clippy::print_stdout,
-    clippy::unwrap_used,
     clippy::expect_used,
     reason = "a benchmark binary reports on stdout and stops on a setup error"
 )]
