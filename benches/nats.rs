@@ -49,7 +49,9 @@ fn main() {
         }
         let (raw, ours) = (median(raw), median(ours));
         println!("async-nats minimal loop (publish, flush at the end) | {raw:.0}");
-        println!("NatsBroker::publish_batch ({BATCH}/call as pubsub bench sends, flush at the end) | {ours:.0}");
+        println!(
+            "NatsBroker::publish_batch ({BATCH}/call as pubsub bench sends, flush at the end) | {ours:.0}"
+        );
         println!("ratio (minimal / backend) | {:.2}x (target ≤ 1.5x)", raw / ours);
     });
 }

@@ -45,8 +45,58 @@ fn bench_on_mem_delivers_every_message() {
         .success();
     let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-    assert_eq!(report["messages"], 2000);
+    assert_eq!(report["published"], 2000);
     assert_eq!(report["delivered"], 4000);
+    assert_eq!(report["lost"], 0);
+}
+
+#[test]
+fn bench_scenarios_report_every_field_as_json_and_csv() {
+    let out = pubsub()
+        .args(["--broker", "mem://", "bench", "--scenario", "all", "-n", "3000", "--json"])
+        .assert()
+        .success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    assert_eq!(names, ["pub", "1:1", "fanout", "fanin", "queue"]);
+    for row in &rows {
+        for field in [
+            "published",
+            "delivered",
+            "lost",
+            "published_per_s",
+            "delivered_per_s",
+            "mb_per_s",
+            "p50_us",
+            "p90_us",
+            "p99_us",
+            "p999_us",
+            "max_us",
+        ] {
+            assert!(row.get(field).is_some(), "{field} missing in {row}");
+        }
+        assert_eq!(row["published"], 3000, "{row}");
+        assert_eq!(row["lost"], 0, "the engine loses nothing: {row}");
+    }
+    // Fan-out delivers every message to each of its 10 subscribers; the queue shares them out once.
+    assert_eq!(rows[2]["delivered"], 30_000);
+    assert_eq!(rows[4]["delivered"], 3000);
+    assert!(rows[0]["p50_us"].is_null(), "no latency without subscribers");
+    // An open-loop run at a fixed rate, as CSV: the header names the fields, the row carries the rate.
+    let out = pubsub()
+        .args(["--broker", "mem://", "bench", "--scenario", "1:1", "-n", "500", "--rate", "2000/s", "--csv"])
+        .assert()
+        .success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("scenario,broker,pubs,subs,size,rate,published,delivered,lost"), "{text}");
+    let cells: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!((cells[0], cells[5], cells[6], cells[7], cells[8]), ("1:1", "2000", "500", "500", "0"));
+    // 500 messages due over 0.25 s: an open loop cannot finish much sooner than that.
+    let elapsed: f64 = cells[18].parse().unwrap();
+    assert!(elapsed >= 0.24, "the rate was kept: {elapsed}");
 }
 
 #[test]
@@ -58,9 +108,9 @@ fn bench_splits_messages_between_publishers_and_runs_without_subscribers() {
     };
     // 1001 does not divide by 3: the remainder must still be sent, and each message delivered once.
     let shared = run(&["-n", "1001", "--publishers", "3", "--batch", "64"]);
-    assert_eq!((shared["messages"].as_u64(), shared["delivered"].as_u64()), (Some(1001), Some(1001)));
+    assert_eq!((shared["published"].as_u64(), shared["delivered"].as_u64()), (Some(1001), Some(1001)));
     let alone = run(&["-n", "500", "--subscribers", "0"]);
-    assert_eq!((alone["messages"].as_u64(), alone["delivered"].as_u64()), (Some(500), Some(0)));
+    assert_eq!((alone["published"].as_u64(), alone["delivered"].as_u64()), (Some(500), Some(0)));
     assert!(alone["published_per_s"].as_f64().is_some_and(|r| r > 0.0), "{alone}");
     pubsub().args(["--broker", "mem://", "bench", "--publishers", "0"]).assert().code(2);
 }
