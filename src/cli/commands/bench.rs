@@ -536,7 +536,7 @@ fn figures(r: &Report, size: usize) -> Figures {
     // Bytes moved: what was delivered, or what was published when nothing subscribes.
     let moved = if r.plan.subs == 0 { published_per_s } else { delivered_per_s };
     let p = |q: f64| r.latency.value_at_quantile(q);
-    let percentiles = (r.latency.len() > 0).then(|| [p(0.5), p(0.9), p(0.99), p(0.999), r.latency.max()]);
+    let percentiles = (!r.latency.is_empty()).then(|| [p(0.5), p(0.9), p(0.99), p(0.999), r.latency.max()]);
     Figures { published_per_s, delivered_per_s, mb_per_s: moved * size as f64 / 1e6, percentiles }
 }
 
