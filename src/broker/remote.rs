@@ -39,8 +39,22 @@ const STREAM_BUFFER: usize = 1024;
 
 type Answer = Result<Option<serde_json::Value>, BrokerError>;
 
+/// What a request was answered with.
+enum Reply {
+    /// A JSON `ok` frame's result.
+    Json(Option<serde_json::Value>),
+    /// A binary receipts frame.
+    Receipts(Vec<PublishReceipt>),
+}
+
+/// A frame on its way to the server.
+enum Outgoing {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
 struct Pending {
-    answer: oneshot::Sender<Answer>,
+    answer: oneshot::Sender<Result<Reply, BrokerError>>,
     /// For `subscribe`: the client-side stream the returned sid belongs to.
     stream: Option<u64>,
 }
@@ -57,7 +71,9 @@ struct Inner {
     /// For `--broker local`: the daemon's endpoint file, read again before each reconnect, so that a
     /// daemon restarted on a new port (with a new token) is found.
     endpoint_file: Option<std::path::PathBuf>,
-    out: Mutex<Option<mpsc::Sender<String>>>,
+    out: Mutex<Option<mpsc::Sender<Outgoing>>>,
+    /// The server accepted binary frames on the current connection.
+    binary: std::sync::atomic::AtomicBool,
     pending: Mutex<HashMap<u64, Pending>>,
     streams: Mutex<HashMap<u64, StreamState>>,
     /// Server sid → client stream id, for the current connection.
@@ -112,6 +128,7 @@ impl RemoteBroker {
             token: token.or(url_token),
             endpoint_file,
             out: Mutex::new(None),
+            binary: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
             sids: Mutex::new(HashMap::new()),
@@ -175,6 +192,7 @@ async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
             version: VERSION,
             token,
             client: Some(format!("pubsub {}", env!("CARGO_PKG_VERSION"))),
+            binary: true,
         },
     };
     let text = protocol::encode_client(&hello).map_err(|e| BrokerError::Protocol(e.to_string()))?;
@@ -190,7 +208,11 @@ async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
             }
         };
         match protocol::decode_server(text.as_str()) {
-            Ok(ServerFrame::Welcome { .. }) => return Ok(socket),
+            Ok(ServerFrame::Welcome { binary, .. }) => {
+                // A server from before binary frames ignores the offer and answers without the flag.
+                inner.binary.store(binary, Ordering::Relaxed);
+                return Ok(socket);
+            }
             Ok(ServerFrame::Error { code, message, .. }) if code == ErrorCode::Unauthorized.number() => {
                 return Err(BrokerError::Auth { url: inner.url.clone(), reason: message });
             }
@@ -204,8 +226,8 @@ async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
 }
 
 /// Creates the queue of outgoing requests for a new socket.
-fn install_queue(inner: &Inner) -> mpsc::Receiver<String> {
-    let (out_tx, out_rx) = mpsc::channel::<String>(256);
+fn install_queue(inner: &Inner) -> mpsc::Receiver<Outgoing> {
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(256);
     *guard(&inner.out) = Some(out_tx);
     out_rx
 }
@@ -214,7 +236,7 @@ fn install_queue(inner: &Inner) -> mpsc::Receiver<String> {
 async fn run(
     inner: Arc<Inner>,
     mut socket: Socket,
-    mut out_rx: mpsc::Receiver<String>,
+    mut out_rx: mpsc::Receiver<Outgoing>,
     cancel: CancellationToken,
 ) {
     // Only a reconnect resubscribes: on the first socket, streams subscribe themselves.
@@ -255,7 +277,7 @@ async fn run(
 async fn serve(
     inner: &Arc<Inner>,
     socket: Socket,
-    mut out_rx: mpsc::Receiver<String>,
+    mut out_rx: mpsc::Receiver<Outgoing>,
     cancel: &CancellationToken,
     reconnected: bool,
 ) -> String {
@@ -277,10 +299,14 @@ async fn serve(
         });
     }
     let writer = async {
+        let frame = |o: Outgoing| match o {
+            Outgoing::Text(text) => WsMessage::Text(text.into()),
+            Outgoing::Binary(bytes) => WsMessage::Binary(bytes.into()),
+        };
         while let Some(first) = out_rx.recv().await {
-            sink.feed(WsMessage::Text(first.into())).await?;
+            sink.feed(frame(first)).await?;
             while let Ok(more) = out_rx.try_recv() {
-                sink.feed(WsMessage::Text(more.into())).await?;
+                sink.feed(frame(more)).await?;
             }
             sink.flush().await?;
         }
@@ -290,6 +316,7 @@ async fn serve(
         while let Some(next) = source.next().await {
             match next {
                 Ok(WsMessage::Text(text)) => on_frame(inner, text.as_str()).await,
+                Ok(WsMessage::Binary(bytes)) => on_binary(inner, bytes).await,
                 Ok(WsMessage::Close(frame)) => {
                     return frame
                         .map_or_else(|| "closed by the server".to_string(), |f| f.reason.to_string());
@@ -326,7 +353,7 @@ async fn on_frame(inner: &Arc<Inner>, text: &str) {
             {
                 guard(&inner.sids).insert(reply.sid, stream);
             }
-            let _ = pending.answer.send(Ok(result));
+            let _ = pending.answer.send(Ok(Reply::Json(result)));
         }
         ServerFrame::Error { id: Some(id), code, message, index } => {
             if let Some(pending) = guard(&inner.pending).remove(&id) {
@@ -366,6 +393,33 @@ async fn on_frame(inner: &Arc<Inner>, text: &str) {
     }
 }
 
+/// Routes one binary frame from the server: publish receipts or deliveries.
+async fn on_binary(inner: &Arc<Inner>, bytes: bytes::Bytes) {
+    use protocol::binary;
+    match bytes.first() {
+        Some(&binary::RECEIPTS) => match binary::decode_receipts(&bytes) {
+            Ok((id, receipts)) => {
+                if let Some(pending) = guard(&inner.pending).remove(&id) {
+                    let _ = pending.answer.send(Ok(Reply::Receipts(receipts)));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable receipts from server"),
+        },
+        Some(&binary::DELIVER) => match binary::decode_deliver(&bytes) {
+            Ok((sid, deliveries)) => {
+                let Some(tx) = stream_sender(inner, sid) else { return };
+                for d in deliveries {
+                    if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable deliveries from server"),
+        },
+        other => tracing::warn!(kind = ?other, "unknown binary frame from server"),
+    }
+}
+
 fn stream_sender(inner: &Inner, sid: u64) -> Option<mpsc::Sender<Result<StreamItem, BrokerError>>> {
     let stream = *guard(&inner.sids).get(&sid)?;
     guard(&inner.streams).get(&stream).map(|s| s.tx.clone())
@@ -391,6 +445,21 @@ async fn call(inner: &Inner, request: Request, stream: Option<u64>, timeout: Dur
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let text = protocol::encode_client(&ClientFrame { id: Some(id), request })
         .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+    match send_and_wait(inner, id, Outgoing::Text(text), stream, timeout).await? {
+        Reply::Json(value) => Ok(value),
+        Reply::Receipts(_) => Err(BrokerError::Protocol("binary receipts answered a JSON request".into())),
+    }
+}
+
+/// Queues a frame with request id `id` and waits for the answer to that id.
+async fn send_and_wait(
+    inner: &Inner,
+    id: u64,
+    frame: Outgoing,
+    stream: Option<u64>,
+    timeout: Duration,
+) -> Result<Reply, BrokerError> {
+    let text = frame;
     let (answer, rx) = oneshot::channel();
     let out = guard(&inner.out).clone();
     let Some(out) = out else {
@@ -446,7 +515,7 @@ impl Drop for RemoteSource {
             let frame = ClientFrame { id: None, request: Request::Unsubscribe { sid } };
             if let Ok(text) = protocol::encode_client(&frame) {
                 // Best effort: if the queue is full the server will drop the stream with the connection.
-                let _ = out.try_send(text);
+                let _ = out.try_send(Outgoing::Text(text));
             }
         }
     }
@@ -512,7 +581,17 @@ impl Broker for RemoteBroker {
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
-        self.call_as(Request::PublishBatch { messages: msgs.iter().map(envelope).collect() }).await
+        if !self.inner.binary.load(Ordering::Relaxed) {
+            return self
+                .call_as(Request::PublishBatch { messages: msgs.iter().map(envelope).collect() })
+                .await;
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = Outgoing::Binary(protocol::binary::encode_publish_batch(id, &msgs));
+        match send_and_wait(&self.inner, id, frame, None, REQUEST_TIMEOUT).await? {
+            Reply::Receipts(receipts) => Ok(receipts),
+            Reply::Json(_) => Err(BrokerError::Protocol("a JSON answer to a binary publish batch".into())),
+        }
     }
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {

@@ -19,7 +19,8 @@ Broker URLs: mem:// (in-process engine), local (your engine daemon), ws://HOST:P
 nats://, mqtt://, amqp://, postgres://, kafka://. Set one with --broker or PUBSUB_BROKER.
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 broker unreachable, 4 timeout with nothing received,
-5 authentication refused, 130 interrupted. A closed pipe (`| head`) ends quietly with 0.";
+5 authentication refused, 6 no responders (request), 130 interrupted. A closed pipe (`| head`)
+ends quietly with 0.";
 
 /// A terminal workbench for publish/subscribe.
 #[derive(Debug, Parser)]

@@ -36,6 +36,9 @@ pub enum Request {
         /// Free-form client name, shown in server logs.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client: Option<String>,
+        /// The client can send and receive binary frames for publish batches and deliveries.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        binary: bool,
     },
     /// Liveness check.
     Ping,
@@ -414,6 +417,9 @@ pub enum ServerFrame {
         server: String,
         /// The limits this server enforces.
         limits: ServerLimits,
+        /// Binary frames are on for this connection (the client offered them).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        binary: bool,
     },
     /// A request succeeded.
     Ok {

@@ -1,6 +1,7 @@
 //! The WebSocket wire protocol of `pubsub serve`: JSON text frames, pure types with encode and decode,
 //! no I/O. docs/PROTOCOL.md is the specification a client can be written from.
 
+pub mod binary;
 pub mod code;
 pub mod envelope;
 pub mod frame;

@@ -28,6 +28,8 @@ use crate::protocol::{self, Delivered, ErrorCode, Request, ServerFrame, VERSION}
 pub(crate) enum Outbound {
     /// A text frame.
     Text(String),
+    /// A binary frame (publish receipts and deliveries, when the client asked for binary frames).
+    Binary(Vec<u8>),
     /// Close the connection with this code and reason.
     Close(CloseCode, String),
 }
@@ -67,6 +69,7 @@ pub(crate) async fn serve(
         streams: HashMap::new(),
         next_sid: 1,
         authed: false,
+        binary: false,
         granted: 0,
         tasks: TaskTracker::new(),
         done: done.clone(),
@@ -105,6 +108,7 @@ async fn write_loop(
             for item in batch {
                 match item {
                     Outbound::Text(text) => sink.feed(WsMessage::Text(text.into())).await?,
+                    Outbound::Binary(bytes) => sink.feed(WsMessage::Binary(bytes.into())).await?,
                     Outbound::Close(code, reason) => {
                         let frame = CloseFrame { code, reason: reason.into() };
                         sink.send(WsMessage::Close(Some(frame))).await?;
@@ -144,6 +148,8 @@ pub(crate) struct Connection {
     streams: HashMap<u64, StreamHandle>,
     next_sid: u64,
     authed: bool,
+    /// Publish batches and deliveries travel as binary frames.
+    pub(crate) binary: bool,
     /// Sum of the prefetch of open streams.
     granted: u32,
     /// Long-polling fetches and stream pumps.
@@ -176,12 +182,29 @@ impl Connection {
                         return;
                     }
                 }
+                Some(Ok(WsMessage::Binary(bytes))) if self.binary => self.on_binary(bytes).await,
                 Some(Ok(WsMessage::Binary(_))) => {
-                    let msg = "binary frames are not part of the protocol; send JSON text frames";
+                    let msg = "binary frames need \"binary\": true in hello; send JSON text frames";
                     self.error(None, ErrorCode::BinaryFrame, msg).await;
                 }
                 Some(Ok(_)) => {}
             }
+        }
+    }
+
+    /// Handles one binary frame: a publish batch, answered with a binary receipts frame or a JSON error.
+    async fn on_binary(&mut self, bytes: bytes::Bytes) {
+        let max = self.shared.config.limits.max_frame_bytes;
+        let id = protocol::binary::frame_id(&bytes);
+        if bytes.len() > max {
+            let msg =
+                format!("frame of {} bytes is larger than the server's limit of {max} bytes", bytes.len());
+            self.error(id, ErrorCode::FrameTooLarge, &msg).await;
+            return;
+        }
+        match protocol::binary::decode_publish_batch(&bytes) {
+            Ok((id, msgs)) => self.publish_binary(id, msgs).await,
+            Err(e) => self.error(id, e.code(), &e.to_string()).await,
         }
     }
 
@@ -209,7 +232,7 @@ impl Connection {
     }
 
     async fn handshake(&mut self, id: Option<u64>, request: Request) -> bool {
-        let Request::Hello { version, token, .. } = request else {
+        let Request::Hello { version, token, binary, .. } = request else {
             self.error(
                 id,
                 ErrorCode::HelloRequired,
@@ -235,11 +258,13 @@ impl Connection {
             }
         }
         self.authed = true;
+        self.binary = binary;
         let welcome = ServerFrame::Welcome {
             id,
             version: VERSION,
             server: format!("pubsub {}", env!("CARGO_PKG_VERSION")),
             limits: self.shared.config.limits.announce(),
+            binary,
         };
         self.send(&welcome).await;
         true
@@ -248,6 +273,14 @@ impl Connection {
     /// Queues a frame; waits when the queue is full (the client is slow), gives up when the connection ends.
     pub(crate) async fn send(&self, frame: &ServerFrame) {
         send_frame(&self.out, &self.done, frame).await;
+    }
+
+    /// Queues a binary frame.
+    pub(crate) async fn send_binary(&self, bytes: Vec<u8>) {
+        tokio::select! {
+            () = self.done.cancelled() => {}
+            _ = self.out.send(Outbound::Binary(bytes)) => {}
+        }
     }
 
     pub(crate) async fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
@@ -274,7 +307,7 @@ impl Connection {
         self.granted = self.granted.saturating_add(prefetch);
         // The answer goes out before the pump starts, so the client learns the sid first.
         self.ok(id, serde_json::to_value(protocol::StreamReply { sid }).ok()).await;
-        self.tasks.spawn(pump(stream, sid, self.out.clone(), cancel));
+        self.tasks.spawn(pump(stream, sid, self.out.clone(), cancel, self.binary));
     }
 
     /// Whether another stream with this prefetch fits the limits; answers the error when not.
@@ -333,7 +366,13 @@ async fn send_frame(out: &mpsc::Sender<Outbound>, done: &CancellationToken, fram
 
 /// Moves items from a stream to the client, batching what is ready into one `deliver` frame. When the
 /// connection's queue is full this waits, so the engine stops dispatching and the backlog shows as lag.
-async fn pump(mut stream: DeliveryStream, sid: u64, out: mpsc::Sender<Outbound>, cancel: CancellationToken) {
+async fn pump(
+    mut stream: DeliveryStream,
+    sid: u64,
+    out: mpsc::Sender<Outbound>,
+    cancel: CancellationToken,
+    binary: bool,
+) {
     loop {
         let first = tokio::select! {
             () = cancel.cancelled() => return,
@@ -344,48 +383,69 @@ async fn pump(mut stream: DeliveryStream, sid: u64, out: mpsc::Sender<Outbound>,
             send_frame(&out, &cancel, &frame).await;
             return;
         };
-        let mut batch = Batch { sid, subscription: None, messages: Vec::new(), frames: Vec::new() };
+        let mut batch = Batch {
+            sid,
+            subscription: None,
+            binary,
+            messages: Vec::new(),
+            raw: Vec::new(),
+            frames: Vec::new(),
+        };
         batch.add(first);
-        while batch.messages.len() < BATCH {
+        while batch.len() < BATCH {
             match stream.try_next() {
                 Some(item) => batch.add(item),
                 None => break,
             }
         }
         for frame in batch.finish() {
-            send_frame(&out, &cancel, &frame).await;
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                _ = out.send(frame) => {}
+            }
         }
     }
 }
 
-/// Frames built from a run of stream items, in order.
+/// Frames built from a run of stream items, in order: JSON `deliver` frames, or binary ones when the
+/// client asked for binary frames.
 struct Batch {
     sid: u64,
     subscription: Option<crate::engine::Name>,
+    binary: bool,
     messages: Vec<Delivered>,
-    frames: Vec<ServerFrame>,
+    raw: Vec<crate::broker::BrokerDelivery>,
+    frames: Vec<Outbound>,
 }
 
 impl Batch {
+    fn len(&self) -> usize {
+        self.messages.len() + self.raw.len()
+    }
+
     fn add(&mut self, item: Result<StreamItem, crate::broker::BrokerError>) {
         match item {
             Ok(StreamItem::Delivery(d)) => {
                 if self.subscription.is_none() {
                     self.subscription = d.token.as_ref().map(|t| t.subscription.clone());
                 }
-                self.messages.push(Delivered {
-                    envelope: protocol::Envelope::from_message(&d.message, d.attempt),
-                    lease: d.token.map(|t| t.lease),
-                    deadline: d.deadline,
-                });
+                if self.binary {
+                    self.raw.push(d);
+                } else {
+                    self.messages.push(Delivered {
+                        envelope: protocol::Envelope::from_message(&d.message, d.attempt),
+                        lease: d.token.map(|t| t.lease),
+                        deadline: d.deadline,
+                    });
+                }
             }
             Ok(StreamItem::Lagged { skipped }) => {
                 self.flush();
-                self.frames.push(ServerFrame::Lagged { sid: self.sid, skipped });
+                self.push(&ServerFrame::Lagged { sid: self.sid, skipped });
             }
             Err(e) => {
                 self.flush();
-                self.frames.push(ServerFrame::Error {
+                self.push(&ServerFrame::Error {
                     id: None,
                     code: ErrorCode::Internal.number(),
                     message: e.to_string(),
@@ -395,18 +455,25 @@ impl Batch {
         }
     }
 
+    fn push(&mut self, frame: &ServerFrame) {
+        self.frames.push(Outbound::Text(protocol::encode_server(frame)));
+    }
+
     fn flush(&mut self) {
+        if !self.raw.is_empty() {
+            let raw = std::mem::take(&mut self.raw);
+            let bytes = protocol::binary::encode_deliver(self.sid, self.subscription.as_ref(), &raw);
+            self.frames.push(Outbound::Binary(bytes));
+        }
         if !self.messages.is_empty() {
             let messages = std::mem::take(&mut self.messages);
-            self.frames.push(ServerFrame::Deliver {
-                sid: self.sid,
-                subscription: self.subscription.clone(),
-                messages,
-            });
+            let frame =
+                ServerFrame::Deliver { sid: self.sid, subscription: self.subscription.clone(), messages };
+            self.push(&frame);
         }
     }
 
-    fn finish(mut self) -> Vec<ServerFrame> {
+    fn finish(mut self) -> Vec<Outbound> {
         self.flush();
         self.frames
     }

@@ -178,6 +178,23 @@ impl Connection {
     }
 
     /// The publish request of an envelope, refusing messages over the server's size limit.
+    /// A binary publish batch: answered with a binary receipts frame, or a JSON error naming the
+    /// message that failed.
+    pub(crate) async fn publish_binary(&self, id: u64, msgs: Vec<PublishRequest>) {
+        let max = self.shared.config.limits.max_message_bytes;
+        if let Some((i, m)) = msgs.iter().enumerate().find(|(_, m)| m.size() > max) {
+            let msg = format!(
+                "message {i}: message of {} bytes is larger than the server's limit of {max} bytes",
+                m.size()
+            );
+            return self.error(Some(id), ErrorCode::MessageTooLarge, &msg).await;
+        }
+        match self.shared.broker.publish_batch(msgs).await {
+            Ok(receipts) => self.send_binary(crate::protocol::binary::encode_receipts(id, &receipts)).await,
+            Err(e) => self.send(&error_frame(Some(id), &e)).await,
+        }
+    }
+
     fn to_request(&self, envelope: &Envelope) -> Result<PublishRequest, (ErrorCode, String)> {
         let req = envelope.to_request().map_err(|e| (e.code(), e.to_string()))?;
         let max = self.shared.config.limits.max_message_bytes;

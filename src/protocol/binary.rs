@@ -1,0 +1,457 @@
+//! Binary frames for the hot paths, offered in `hello` (`"binary": true`) and accepted in `welcome`:
+//! publish batches (client → server), their receipts and deliveries (server → client). Everything else
+//! stays JSON. docs/PROTOCOL.md ("Binary frames") is the specification.
+//!
+//! All integers are big-endian. A frame starts with its kind byte. Strings are UTF-8 with a u16 length,
+//! byte strings (payload, key, header values) have a u32 length.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::ProtocolError;
+use crate::broker::{AckToken, BrokerDelivery};
+use crate::engine::{Headers, Message, MessageExtra, Name, PublishReceipt, PublishRequest, Timestamp};
+
+/// `publish_batch`: id, count, then each message.
+pub const PUBLISH_BATCH: u8 = 1;
+/// The receipts of a binary `publish_batch`: id, count, then each receipt.
+pub const RECEIPTS: u8 = 2;
+/// `deliver`: sid, subscription (empty when none), count, then each delivery.
+pub const DELIVER: u8 = 3;
+
+const HAS_KEY: u8 = 1;
+const HAS_MSG_ID: u8 = 2;
+const HAS_HEADERS: u8 = 4;
+const HAS_LEASE: u8 = 8;
+const HAS_ATTEMPT: u8 = 16;
+const SUBJECT_IS_TOPIC: u8 = 32;
+
+/// Appends big-endian fields to a buffer.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    /// A string of at most 65,535 bytes (names and msg ids are far shorter; longer ones are cut).
+    fn str(&mut self, s: &str) {
+        let bytes = &s.as_bytes()[..s.len().min(usize::from(u16::MAX))];
+        self.u16(bytes.len() as u16);
+        self.0.extend_from_slice(bytes);
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(u32::try_from(b.len()).unwrap_or(u32::MAX));
+        self.0.extend_from_slice(&b[..b.len().min(u32::MAX as usize)]);
+    }
+    fn headers(&mut self, headers: &Headers) {
+        self.u16(u16::try_from(headers.len()).unwrap_or(u16::MAX));
+        for (k, v) in headers.iter().take(usize::from(u16::MAX)) {
+            self.str(k);
+            self.bytes(v.as_bytes());
+        }
+    }
+    fn extra(&mut self, key: Option<&Bytes>, msg_id: Option<&str>, headers: &Headers) {
+        if let Some(k) = key {
+            self.bytes(k);
+        }
+        if let Some(id) = msg_id {
+            self.str(id);
+        }
+        if !headers.is_empty() {
+            self.headers(headers);
+        }
+    }
+}
+
+fn flags(key: Option<&Bytes>, msg_id: Option<&str>, headers: &Headers) -> u8 {
+    let mut f = 0;
+    if key.is_some() {
+        f |= HAS_KEY;
+    }
+    if msg_id.is_some() {
+        f |= HAS_MSG_ID;
+    }
+    if !headers.is_empty() {
+        f |= HAS_HEADERS;
+    }
+    f
+}
+
+/// Reads big-endian fields, refusing a frame that ends early.
+struct Reader<'a> {
+    buf: &'a Bytes,
+    pos: usize,
+}
+
+fn short() -> ProtocolError {
+    ProtocolError::Frame("binary frame ends in the middle of a field".into())
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or_else(short)?;
+        let slice = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(slice)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
+        self.take(N)?.try_into().map_err(|_| short())
+    }
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, ProtocolError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn i64(&mut self) -> Result<i64, ProtocolError> {
+        Ok(i64::from_be_bytes(self.array()?))
+    }
+    fn str(&mut self) -> Result<&'a str, ProtocolError> {
+        let n = usize::from(self.u16()?);
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|_| ProtocolError::Field("a name or id is not UTF-8".into()))
+    }
+    /// A byte string shared with the frame (no copy).
+    fn bytes(&mut self) -> Result<Bytes, ProtocolError> {
+        let n = self.u32()? as usize;
+        let start = self.pos;
+        self.take(n)?;
+        Ok(self.buf.slice(start..start + n))
+    }
+    fn headers(&mut self) -> Result<Headers, ProtocolError> {
+        let n = self.u16()?;
+        let mut headers = Headers::new();
+        for _ in 0..n {
+            let k = self.str()?.to_string();
+            let v = String::from_utf8(self.bytes()?.to_vec())
+                .map_err(|_| ProtocolError::Field(format!("header \"{k}\" is not UTF-8")))?;
+            headers.insert(k, v);
+        }
+        Ok(headers)
+    }
+    fn done(&self) -> Result<(), ProtocolError> {
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(ProtocolError::Frame(format!(
+                "{} unexpected bytes after the last field",
+                self.buf.len() - self.pos
+            )))
+        }
+    }
+}
+
+/// Validates names, reusing the previous one when the same bytes come again (a batch usually names
+/// one topic throughout).
+#[derive(Default)]
+struct Names {
+    last: Option<Name>,
+}
+
+impl Names {
+    fn get(&mut self, text: &str, system: bool) -> Result<Name, ProtocolError> {
+        if let Some(name) = &self.last
+            && name.as_str() == text
+        {
+            return Ok(name.clone());
+        }
+        let name = if system { Name::system(text) } else { Name::new(text) };
+        let name = name.map_err(|e| ProtocolError::Field(e.to_string()))?;
+        self.last = Some(name.clone());
+        Ok(name)
+    }
+}
+
+/// A binary `publish_batch` frame.
+pub fn encode_publish_batch(id: u64, msgs: &[PublishRequest]) -> Vec<u8> {
+    let size: usize = msgs.iter().map(|m| 16 + m.subject.as_str().len() + m.size()).sum();
+    let mut w = Writer(Vec::with_capacity(13 + size));
+    w.u8(PUBLISH_BATCH);
+    w.u64(id);
+    w.u32(u32::try_from(msgs.len()).unwrap_or(u32::MAX));
+    for m in msgs {
+        w.str(m.subject.as_str());
+        w.u8(flags(m.key.as_ref(), m.msg_id.as_deref(), &m.headers));
+        w.extra(m.key.as_ref(), m.msg_id.as_deref(), &m.headers);
+        w.bytes(&m.payload);
+    }
+    w.0
+}
+
+/// The id of a binary frame that has one, for answering a frame that cannot be decoded.
+pub fn frame_id(buf: &[u8]) -> Option<u64> {
+    match buf.first() {
+        Some(&PUBLISH_BATCH) => buf.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes),
+        _ => None,
+    }
+}
+
+/// Decodes a binary `publish_batch` frame into its id and messages.
+pub fn decode_publish_batch(buf: &Bytes) -> Result<(u64, Vec<PublishRequest>), ProtocolError> {
+    let mut r = Reader { buf, pos: 0 };
+    match r.u8()? {
+        PUBLISH_BATCH => {}
+        other => {
+            return Err(ProtocolError::Frame(format!("binary frame kind {other} is not one a client sends")));
+        }
+    }
+    let id = r.u64()?;
+    let count = r.u32()? as usize;
+    // Each message takes at least 7 bytes, so a count the frame cannot hold is refused before allocating.
+    if count > buf.len() / 7 {
+        return Err(ProtocolError::Frame(format!("a count of {count} messages does not fit the frame")));
+    }
+    let mut names = Names::default();
+    let mut msgs = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = |e: ProtocolError| ProtocolError::Field(format!("message {i}: {e}"));
+        let subject = names.get(r.str()?, false).map_err(at)?;
+        let f = r.u8()?;
+        let key = if f & HAS_KEY != 0 { Some(r.bytes()?) } else { None };
+        let msg_id = if f & HAS_MSG_ID != 0 { Some(r.str()?.to_string()) } else { None };
+        let headers = if f & HAS_HEADERS != 0 { r.headers().map_err(at)? } else { Headers::new() };
+        let payload = r.bytes()?;
+        msgs.push(PublishRequest { subject, key, msg_id, headers, payload });
+    }
+    r.done()?;
+    Ok((id, msgs))
+}
+
+/// A binary receipts frame.
+pub fn encode_receipts(id: u64, receipts: &[PublishReceipt]) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(13 + receipts.len() * 40));
+    w.u8(RECEIPTS);
+    w.u64(id);
+    w.u32(u32::try_from(receipts.len()).unwrap_or(u32::MAX));
+    for r in receipts {
+        w.str(r.topic.as_ref().map_or("", Name::as_str));
+        w.u32(r.partition);
+        w.u64(r.seq);
+        w.u32(r.taps);
+        w.u8(u8::from(r.duplicate));
+    }
+    w.0
+}
+
+/// Decodes a binary receipts frame into its id and receipts.
+pub fn decode_receipts(buf: &Bytes) -> Result<(u64, Vec<PublishReceipt>), ProtocolError> {
+    let mut r = Reader { buf, pos: 0 };
+    if r.u8()? != RECEIPTS {
+        return Err(ProtocolError::Frame("not a receipts frame".into()));
+    }
+    let id = r.u64()?;
+    let count = r.u32()? as usize;
+    if count > buf.len() / 19 {
+        return Err(ProtocolError::Frame(format!("a count of {count} receipts does not fit the frame")));
+    }
+    let mut names = Names::default();
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let topic = match r.str()? {
+            "" => None,
+            t => Some(names.get(t, true)?),
+        };
+        out.push(PublishReceipt {
+            topic,
+            partition: r.u32()?,
+            seq: r.u64()?,
+            taps: r.u32()?,
+            duplicate: r.u8()? != 0,
+        });
+    }
+    r.done()?;
+    Ok((id, out))
+}
+
+/// A binary `deliver` frame for a run of deliveries of one stream.
+pub fn encode_deliver(sid: u64, subscription: Option<&Name>, deliveries: &[BrokerDelivery]) -> Vec<u8> {
+    let size: usize = deliveries.iter().map(|d| 64 + d.message.topic.as_str().len() + d.message.size()).sum();
+    let mut w = Writer(Vec::with_capacity(16 + size));
+    w.u8(DELIVER);
+    w.u64(sid);
+    w.str(subscription.map_or("", Name::as_str));
+    w.u32(u32::try_from(deliveries.len()).unwrap_or(u32::MAX));
+    for d in deliveries {
+        let m = &d.message;
+        let mut f = flags(m.key(), m.msg_id(), m.headers());
+        if d.token.is_some() {
+            f |= HAS_LEASE;
+        }
+        if d.attempt.is_some() {
+            f |= HAS_ATTEMPT;
+        }
+        if m.subject() == &m.topic {
+            f |= SUBJECT_IS_TOPIC;
+        }
+        w.u8(f);
+        w.str(m.topic.as_str());
+        if f & SUBJECT_IS_TOPIC == 0 {
+            w.str(m.subject().as_str());
+        }
+        w.u32(m.partition);
+        w.u64(m.seq);
+        w.i64(m.publish_time.as_micros());
+        if let Some(a) = d.attempt {
+            w.u32(a);
+        }
+        if let Some(t) = &d.token {
+            w.u64(t.lease);
+            w.i64(d.deadline.map_or(0, Timestamp::as_micros));
+        }
+        w.extra(m.key(), m.msg_id(), m.headers());
+        w.bytes(&m.payload);
+    }
+    w.0
+}
+
+/// Decodes a binary `deliver` frame into its sid and deliveries (with ack tokens when they carry leases).
+pub fn decode_deliver(buf: &Bytes) -> Result<(u64, Vec<BrokerDelivery>), ProtocolError> {
+    let mut r = Reader { buf, pos: 0 };
+    if r.u8()? != DELIVER {
+        return Err(ProtocolError::Frame("not a deliver frame".into()));
+    }
+    let sid = r.u64()?;
+    let subscription = match r.str()? {
+        "" => None,
+        s => Some(Name::system(s).map_err(|e| ProtocolError::Field(e.to_string()))?),
+    };
+    let count = r.u32()? as usize;
+    if count > buf.len() / 30 {
+        return Err(ProtocolError::Frame(format!("a count of {count} deliveries does not fit the frame")));
+    }
+    let (mut topics, mut subjects) = (Names::default(), Names::default());
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let f = r.u8()?;
+        let topic = topics.get(r.str()?, true)?;
+        let subject = if f & SUBJECT_IS_TOPIC != 0 { topic.clone() } else { subjects.get(r.str()?, true)? };
+        let partition = r.u32()?;
+        let seq = r.u64()?;
+        let published = Timestamp::from_micros(r.i64()?);
+        let attempt = if f & HAS_ATTEMPT != 0 { Some(r.u32()?) } else { None };
+        let lease = if f & HAS_LEASE != 0 { Some((r.u64()?, r.i64()?)) } else { None };
+        let key = if f & HAS_KEY != 0 { Some(r.bytes()?) } else { None };
+        let msg_id = if f & HAS_MSG_ID != 0 { Some(r.str()?.to_string()) } else { None };
+        let headers = if f & HAS_HEADERS != 0 { r.headers()? } else { Headers::new() };
+        let payload = r.bytes()?;
+        let extra: Option<Arc<MessageExtra>> = MessageExtra::pack(key, msg_id, headers);
+        let message = Message::new(topic, partition, seq, published, subject, extra, payload);
+        let (token, deadline) = match (lease, &subscription) {
+            (Some((lease, deadline)), Some(sub)) => (
+                Some(AckToken { subscription: sub.clone(), partition, seq, lease, reply: None }),
+                Some(Timestamp::from_micros(deadline)),
+            ),
+            _ => (None, None),
+        };
+        out.push(BrokerDelivery { message, attempt, deadline, token });
+    }
+    r.done()?;
+    Ok((sid, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        Name::system(s).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[test]
+    fn publish_batches_round_trip_with_every_optional_part() {
+        let msgs = vec![
+            PublishRequest::new(name("orders.eu"), Bytes::from_static(b"\x00\xffbinary")),
+            PublishRequest::new(name("orders.eu"), "plain")
+                .with_key(Bytes::from_static(b"k\x01"))
+                .with_msg_id("id-1")
+                .with_header("trace", "t-9")
+                .with_header("empty", ""),
+            PublishRequest::new(name("orders.us"), ""),
+        ];
+        let frame = Bytes::from(encode_publish_batch(42, &msgs));
+        assert_eq!(frame_id(&frame), Some(42));
+        assert_eq!(decode_publish_batch(&frame).ok(), Some((42, msgs)));
+    }
+
+    #[test]
+    fn deliveries_round_trip_with_leases_attempts_and_subjects() {
+        let plain =
+            Message::new(name("t"), 0, 7, Timestamp::from_micros(123), name("t"), None, Bytes::from("a"));
+        let extra = MessageExtra::pack(None, Some("m".into()), [("h".to_string(), "v".to_string())].into());
+        let routed =
+            Message::new(name("t"), 2, 8, Timestamp::from_micros(-5), name("t.x"), extra, Bytes::new());
+        let sub = name("workers");
+        let deliveries = vec![
+            BrokerDelivery { message: plain, attempt: None, deadline: None, token: None },
+            BrokerDelivery {
+                message: routed,
+                attempt: Some(3),
+                deadline: Some(Timestamp::from_micros(999)),
+                token: Some(AckToken {
+                    subscription: sub.clone(),
+                    partition: 2,
+                    seq: 8,
+                    lease: 77,
+                    reply: None,
+                }),
+            },
+        ];
+        let frame = Bytes::from(encode_deliver(5, Some(&sub), &deliveries));
+        assert_eq!(decode_deliver(&frame).ok(), Some((5, deliveries)));
+        let receipts = vec![
+            PublishReceipt { topic: Some(name("t")), partition: 0, seq: 9, taps: 1, duplicate: true },
+            PublishReceipt { topic: None, partition: 0, seq: 0, taps: 0, duplicate: false },
+        ];
+        let frame = Bytes::from(encode_receipts(6, &receipts));
+        assert_eq!(decode_receipts(&frame).ok(), Some((6, receipts)));
+    }
+
+    #[test]
+    fn malformed_frames_are_refused_not_trusted() {
+        let msgs = vec![PublishRequest::new(name("a"), "payload")];
+        let good = encode_publish_batch(1, &msgs);
+        // Every truncation fails cleanly.
+        for cut in 0..good.len() {
+            assert!(decode_publish_batch(&Bytes::copy_from_slice(&good[..cut])).is_err(), "cut at {cut}");
+        }
+        // Trailing bytes, a huge count, an unknown kind, an invalid name and invalid UTF-8.
+        let mut long = good.clone();
+        long.push(0);
+        assert!(decode_publish_batch(&Bytes::from(long)).is_err());
+        let mut huge = good.clone();
+        huge[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
+        let err = decode_publish_batch(&Bytes::from(huge)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("does not fit"), "{err}");
+        let mut kind = good.clone();
+        kind[0] = 9;
+        assert!(decode_publish_batch(&Bytes::from(kind)).is_err());
+        let spaced = [PublishRequest::new(name("a"), "x")];
+        let mut bad_name = encode_publish_batch(1, &spaced);
+        bad_name[15] = b' ';
+        let err =
+            decode_publish_batch(&Bytes::from(bad_name)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("message 0"), "{err}");
+        let mut not_utf8 = encode_publish_batch(1, &spaced);
+        not_utf8[15] = 0xff;
+        assert!(decode_publish_batch(&Bytes::from(not_utf8)).is_err());
+    }
+}
