@@ -466,3 +466,55 @@ async fn a_stream_opened_right_after_connecting_is_subscribed_once() {
         assert!(extra.is_err(), "round {round}: a second copy arrived");
     }
 }
+
+#[tokio::test]
+async fn binary_frames_publish_and_deliver_when_offered_and_bad_ones_are_refused() {
+    use bytes::Bytes;
+    use pubsub::protocol::binary;
+    let server = start(ServeConfig::default()).await;
+    let mut raw = Raw::connect(&server.url).await;
+    raw.send(r#"{"op":"hello","id":1,"version":1,"binary":true}"#).await;
+    let welcome = raw.recv().await;
+    assert_eq!((welcome["op"].as_str(), welcome["binary"].as_bool()), (Some("welcome"), Some(true)));
+    raw.send(r#"{"op":"subscribe","id":2,"patterns":["bin.>"]}"#).await;
+    assert_eq!(raw.recv().await["op"], "ok");
+    let msgs = vec![
+        PublishRequest::new(pubsub::engine::Name::new("bin.a").unwrap(), Bytes::from_static(b"\x00\x01")),
+        PublishRequest::new(pubsub::engine::Name::new("bin.b").unwrap(), "two")
+            .with_header("h", "v")
+            .with_key("k"),
+    ];
+    raw.ws.send(Ws::Binary(binary::encode_publish_batch(7, &msgs).into())).await.unwrap();
+    // The tap's deliveries and the receipts both come back as binary frames, in either order.
+    let (mut receipts, mut delivered) = (None, Vec::new());
+    while receipts.is_none() || delivered.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), raw.ws.next()).await.unwrap() {
+            Some(Ok(Ws::Binary(b))) => {
+                let b = Bytes::from(b.to_vec());
+                match b[0] {
+                    binary::RECEIPTS => receipts = Some(binary::decode_receipts(&b).unwrap()),
+                    binary::DELIVER => delivered.extend(binary::decode_deliver(&b).unwrap().1),
+                    other => panic!("unexpected binary frame kind {other}"),
+                }
+            }
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+    let (id, receipts) = receipts.unwrap();
+    assert_eq!(id, 7);
+    assert_eq!(receipts.len(), 2);
+    assert_eq!(delivered[0].message.payload.as_ref(), b"\x00\x01");
+    assert_eq!(delivered[1].message.headers().get("h").map(String::as_str), Some("v"));
+    assert_eq!(delivered[1].message.key().map(|k| k.as_ref()), Some(&b"k"[..]));
+    // A truncated batch is refused with its id, and nothing of it is published.
+    let mut cut = binary::encode_publish_batch(8, &msgs);
+    cut.truncate(cut.len() - 3);
+    raw.ws.send(Ws::Binary(cut.into())).await.unwrap();
+    let answer = raw.recv().await;
+    assert_eq!((answer["id"].as_u64(), answer["code"].as_u64()), (Some(8), Some(1000)), "{answer}");
+    raw.send(r#"{"op":"ping","id":9}"#).await;
+    match tokio::time::timeout(Duration::from_secs(5), raw.ws.next()).await.unwrap() {
+        Some(Ok(Ws::Text(t))) => assert_eq!(t.as_str(), r#"{"op":"ok","id":9}"#, "nothing was delivered"),
+        other => panic!("expected the ping's answer and no delivery, got {other:?}"),
+    }
+}
