@@ -279,6 +279,8 @@ pub struct NatsBroker {
     events: broadcast::Sender<ConnectionEvent>,
     /// Messages dropped for slow subscribers, by the client library or by a stream here.
     dropped: Arc<AtomicU64>,
+    /// Naks of messages a dropped stream held unread; `close` waits for them.
+    cleanup: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for NatsBroker {
@@ -407,6 +409,7 @@ impl NatsBroker {
             routes: Mutex::new(HashMap::new()),
             events,
             dropped,
+            cleanup: Arc::default(),
         };
         // One cheap request tells whether JetStream is there; everything JetStream is off if not. (The
         // raw reply is read here: the client's typed account info does not parse older servers' replies.)
@@ -513,14 +516,25 @@ impl NatsBroker {
     async fn stream_of_consumer(&self, consumer: &Name) -> Result<stream::Stream, BrokerError> {
         self.need_jetstream("a subscription")?;
         let mut names = self.js.stream_names();
+        let mut found: Vec<stream::Stream> = Vec::new();
         while let Some(name) = names.next().await {
             let name = name.map_err(|e| js_error("listing streams", e))?;
             let Ok(stream) = self.js.get_stream(&name).await else { continue };
             if stream.consumer_info(consumer.as_str()).await.is_ok() {
-                return Ok(stream);
+                found.push(stream);
             }
         }
-        Err(BrokerError::Invalid(format!("no JetStream stream has a consumer named \"{consumer}\"")))
+        match found.len() {
+            0 => {
+                Err(BrokerError::Invalid(format!("no JetStream stream has a consumer named \"{consumer}\"")))
+            }
+            1 => found.pop().ok_or_else(|| BrokerError::Protocol("lost the consumer's stream".into())),
+            // Subscription names are one namespace here; NATS scopes consumers by stream.
+            _ => Err(BrokerError::Invalid(format!(
+                "streams {} each have a consumer named \"{consumer}\"; manage them with a NATS tool, or give them different names",
+                found.iter().map(|s| s.cached_info().config.name.clone()).collect::<Vec<_>>().join(" and ")
+            ))),
+        }
     }
 
     /// Core publishes. They return once the client has queued them: its connection task writes them
@@ -614,7 +628,18 @@ impl NatsBroker {
         let acked = durable.is_some() && req.ack != AckMode::None;
         let consumer = match durable {
             Some(name) => match stream.get_consumer::<pull::Config>(name.as_str()).await {
-                Ok(c) => c,
+                Ok(c) => {
+                    let has = &c.cached_info().config.filter_subject;
+                    if let Some(wanted) = &filter
+                        && has != wanted
+                    {
+                        return Err(BrokerError::Invalid(format!(
+                            "subscription \"{name}\" reads {} of stream {stream_name}, not \"{wanted}\"; subscribe to that, or use another name",
+                            if has.is_empty() { "everything".to_string() } else { format!("\"{has}\"") }
+                        )));
+                    }
+                    c
+                }
                 Err(_) => {
                     let mut config = SubscriptionConfig::new(name.clone(), topic.clone());
                     config.start = req.from.unwrap_or_default();
@@ -632,15 +657,7 @@ impl NatsBroker {
         let info = consumer.cached_info().clone();
         let ack_wait = info.config.ack_wait;
         let batch = req.prefetch.unwrap_or(100).clamp(1, 1000) as usize;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| js_error("starting the pull", e))?;
-        let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(batch.max(64));
+        let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(batch);
         // Messages that reach max deliver (or are terminated) stay in the stream; say so.
         let mut advisories = Vec::new();
         if let Some(name) = durable {
@@ -651,15 +668,24 @@ impl NatsBroker {
                 }
             }
         }
+        let demand = Arc::new(tokio::sync::Notify::new());
         let pump = JetStreamPump {
             topic: Name::new(&stream_name).unwrap_or_else(|_| topic.clone()),
             subscription: durable.cloned(),
             acked,
             ack_wait,
+            batch,
             events: self.events.clone(),
         };
-        let task = tokio::spawn(pump.run(messages, advisories, tx));
-        Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })))
+        let task = tokio::spawn(pump.run(consumer, advisories, tx, demand.clone()));
+        let source = PullSource {
+            rx,
+            task: task.abort_handle(),
+            demand,
+            client: self.client.clone(),
+            cleanup: self.cleanup.clone(),
+        };
+        Ok(DeliveryStream::new(Box::new(source)))
     }
 
     /// Core subscriptions (plain, or in the queue group `group`) merged into one stream.
@@ -928,94 +954,188 @@ fn report_lag(tx: &mpsc::Sender<Result<StreamItem, BrokerError>>, skipped: &mut 
     }
 }
 
-/// Turns a JetStream pull consumer's messages into deliveries and its advisories into events.
+/// Pulls a JetStream consumer's messages on demand and turns its advisories into events.
+///
+/// A batch is pulled only when the reader has taken everything pulled before (it asks through
+/// `demand`), so a reader that stops after N messages leaves nothing more in flight than it asked for:
+/// `sub -s NAME --count N` takes N.
 struct JetStreamPump {
     topic: Name,
     subscription: Option<Name>,
     acked: bool,
     ack_wait: Duration,
+    batch: usize,
     events: broadcast::Sender<ConnectionEvent>,
 }
+
+/// How long one pull request waits for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 impl JetStreamPump {
     async fn run(
         self,
-        mut messages: pull::Stream,
+        consumer: jetstream::consumer::Consumer<pull::Config>,
         advisories: Vec<Subscriber>,
         tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
+        demand: Arc<tokio::sync::Notify>,
     ) {
         let mut advisories = futures_util::stream::select_all(advisories);
-        let mut missed = false;
+        let mut failing = false;
+        let mut pull_now = false;
         loop {
-            let next = tokio::select! {
-                m = messages.next() => m,
-                Some(a) = advisories.next() => {
-                    let _ = self.events.send(ConnectionEvent::Advisory { text: advisory_text(&a.payload) });
+            if !pull_now {
+                tokio::select! {
+                    () = demand.notified() => {}
+                    () = tx.closed() => return,
+                    Some(a) = advisories.next() => {
+                        let _ = self.events.send(ConnectionEvent::Advisory { text: advisory_text(&a.payload) });
+                        continue;
+                    }
+                }
+            }
+            let pulled = consumer.batch().max_messages(self.batch).expires(PULL_EXPIRES).messages().await;
+            let mut messages = match pulled {
+                Ok(m) => m,
+                Err(e) => {
+                    // The server is away (restarting, say): try again until it is back.
+                    self.failing(&mut failing, &e.to_string());
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    pull_now = true;
                     continue;
                 }
             };
-            let m = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-                    match e.kind() {
-                        K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded => {
-                            let _ =
-                                tx.send(Err(BrokerError::Invalid(format!("JetStream consumer: {e}")))).await;
+            let mut forwarded = 0usize;
+            loop {
+                let next = tokio::select! {
+                    m = messages.next() => m,
+                    Some(a) = advisories.next() => {
+                        let _ = self.events.send(ConnectionEvent::Advisory { text: advisory_text(&a.payload) });
+                        continue;
+                    }
+                };
+                let m = match next {
+                    None => break,
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        if text.contains("deleted") {
+                            let _ = tx
+                                .send(Err(BrokerError::Invalid(format!("JetStream consumer: {text}"))))
+                                .await;
                             return;
                         }
-                        // Missed heartbeats and failed pulls happen while the server is away; the
-                        // stream pulls again by itself once it is back.
-                        _ => {
-                            if !missed {
-                                missed = true;
-                                let _ = self.events.send(ConnectionEvent::Disconnected {
-                                    reason: format!("JetStream pull: {e}"),
-                                });
-                            }
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            continue;
-                        }
+                        self.failing(&mut failing, &text);
+                        break;
                     }
+                    Some(Ok(m)) => m,
+                };
+                if std::mem::take(&mut failing) {
+                    let _ = self.events.send(ConnectionEvent::Reconnected);
                 }
-                None => return,
-            };
-            if std::mem::take(&mut missed) {
-                let _ = self.events.send(ConnectionEvent::Reconnected);
+                let Some(d) = self.delivery(&m) else { continue };
+                if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
+                    return;
+                }
+                forwarded += 1;
             }
-            let Ok(info) = m.info() else { continue };
-            let (seq, attempt, consumer_seq) = (info.stream_sequence, info.delivered, info.consumer_sequence);
-            let published = timestamp(info.published);
-            let Some(message) = to_message(
-                Some(&self.topic),
-                m.subject.as_str(),
-                m.headers.as_ref(),
-                m.payload.clone(),
-                seq,
-                published,
-            ) else {
-                continue;
-            };
-            let token = match (&self.subscription, self.acked) {
-                (Some(sub), true) => Some(AckToken {
-                    subscription: sub.clone(),
-                    partition: 0,
-                    seq,
-                    lease: consumer_seq,
-                    reply: m.reply.as_ref().map(|r| r.to_string()),
-                }),
-                _ => None,
-            };
-            let d = BrokerDelivery {
-                attempt: Some(u32::try_from(attempt).unwrap_or(1).max(1)),
-                deadline: token.as_ref().map(|_| SystemClock.now().plus(self.ack_wait)),
-                token,
-                message,
-            };
-            if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
-                return;
+            // A pull that brought nothing leaves the reader still waiting: pull again without being asked.
+            pull_now = forwarded == 0;
+            if pull_now && failing {
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
+    }
+
+    fn failing(&self, failing: &mut bool, reason: &str) {
+        if !std::mem::replace(failing, true) {
+            let _ = self
+                .events
+                .send(ConnectionEvent::Disconnected { reason: format!("JetStream pull: {reason}") });
+        }
+    }
+
+    fn delivery(&self, m: &jetstream::Message) -> Option<BrokerDelivery> {
+        let info = m.info().ok()?;
+        let (seq, attempt, consumer_seq) = (info.stream_sequence, info.delivered, info.consumer_sequence);
+        let published = timestamp(info.published);
+        let message = to_message(
+            Some(&self.topic),
+            m.subject.as_str(),
+            m.headers.as_ref(),
+            m.payload.clone(),
+            seq,
+            published,
+        )?;
+        let token = match (&self.subscription, self.acked) {
+            (Some(sub), true) => Some(AckToken {
+                subscription: sub.clone(),
+                partition: 0,
+                seq,
+                lease: consumer_seq,
+                reply: m.reply.as_ref().map(|r| r.to_string()),
+            }),
+            _ => None,
+        };
+        Some(BrokerDelivery {
+            attempt: Some(u32::try_from(attempt).unwrap_or(1).max(1)),
+            deadline: token.as_ref().map(|_| SystemClock.now().plus(self.ack_wait)),
+            token,
+            message,
+        })
+    }
+}
+
+/// The reader's side of a [`JetStreamPump`]: asks for a pull when it has run dry, and gives back (naks)
+/// what it was handed but never read when it is dropped.
+struct PullSource {
+    rx: mpsc::Receiver<Result<StreamItem, BrokerError>>,
+    task: tokio::task::AbortHandle,
+    demand: Arc<tokio::sync::Notify>,
+    client: async_nats::Client,
+    cleanup: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+#[async_trait]
+impl ItemSource for PullSource {
+    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        if let Ok(item) = self.rx.try_recv() {
+            return Some(item);
+        }
+        self.demand.notify_one();
+        self.rx.recv().await
+    }
+
+    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for PullSource {
+    fn drop(&mut self) {
+        self.task.abort();
+        let mut unread = Vec::new();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok(StreamItem::Delivery(BrokerDelivery {
+                token: Some(AckToken { reply: Some(r), .. }),
+                ..
+            })) = item
+            {
+                unread.push(r);
+            }
+        }
+        if unread.is_empty() {
+            return;
+        }
+        // Naked so that they are delivered again at once rather than after the ack wait; `close` waits
+        // for this before the process exits.
+        let client = self.client.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let handle = runtime.spawn(async move {
+            for reply in unread {
+                let _ = client.publish(reply, Bytes::from_static(b"-NAK")).await;
+            }
+            let _ = client.flush().await;
+        });
+        self.cleanup.lock().unwrap_or_else(PoisonError::into_inner).push(handle);
     }
 }
 
@@ -1299,10 +1419,16 @@ impl Broker for NatsBroker {
     }
 
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
-        let Some(reply) = token.reply.clone() else {
-            return Err(BrokerError::Invalid(
-                "this delivery carries no JetStream reply subject to settle it with".into(),
-            ));
+        let reply = match token.reply.clone() {
+            Some(reply) => reply,
+            // Settled from another process (`pubsub ack SUB SEQ LEASE`): the ack subject is made from the
+            // stream, the consumer, the stream sequence and the consumer sequence (the lease printed by
+            // `sub --ack manual`); the server reads nothing else from it.
+            None => {
+                let stream = self.stream_of_consumer(&token.subscription).await?;
+                let name = &stream.cached_info().config.name;
+                format!("$JS.ACK.{name}.{}.1.{}.{}.0.0", token.subscription, token.seq, token.lease)
+            }
         };
         let payload = match &how {
             Settle::Ack => Bytes::from_static(b"+ACK"),
@@ -1350,10 +1476,26 @@ impl Broker for NatsBroker {
     }
 
     async fn topic_info(&self, name: &Name) -> Result<TopicInfo, BrokerError> {
-        let (stream, _) = self.resolve(name).await?;
-        topic_info(stream.cached_info()).ok_or_else(|| {
+        let (stream, filter) = self.resolve(name).await?;
+        let mut info = topic_info(stream.cached_info()).ok_or_else(|| {
             BrokerError::Protocol(format!("stream \"{name}\" has a name this tool cannot show"))
-        })
+        })?;
+        if let Some(subject) = filter {
+            // A subject of a stream: its own count and newest message (what `--exit-at-end` waits for).
+            let mut counts =
+                stream.info_with_subjects(&subject).await.map_err(|e| js_error("stream info", e))?;
+            let mut messages = 0u64;
+            while let Some(entry) = counts.next().await {
+                messages += entry.map_err(|e| js_error("stream info", e))?.1 as u64;
+            }
+            info.messages = messages;
+            info.head_seq = match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(last) => last.sequence,
+                Err(_) => 0,
+            };
+            info.subjects = vec![subject];
+        }
+        Ok(info)
     }
 
     async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
@@ -1555,7 +1697,8 @@ impl Broker for NatsBroker {
             SeekTarget::Start => (jetstream::consumer::DeliverPolicy::All, state.first_sequence.max(1)),
             SeekTarget::End => (jetstream::consumer::DeliverPolicy::New, state.last_sequence + 1),
             SeekTarget::Seq { seq, .. } => {
-                let seq = seq.max(state.first_sequence).max(1);
+                // Clamped to what the stream holds, as the engine does: past the end means "only new ones".
+                let seq = seq.clamp(state.first_sequence.max(1), state.last_sequence + 1);
                 (jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: seq }, seq)
             }
             SeekTarget::Time(t) => {
@@ -1601,10 +1744,11 @@ impl Broker for NatsBroker {
         }
         let request = async_nats::Request::new().payload(payload).headers(h).timeout(Some(timeout));
         match self.client.send_request(subject.to_string(), request).await {
+            // The reply is shown under the request's subject (it arrives on a private inbox).
             Ok(reply) => {
                 let now = SystemClock.now();
-                to_message(None, reply.subject.as_str(), reply.headers.as_ref(), reply.payload, 0, now)
-                    .ok_or_else(|| BrokerError::Protocol("the reply has an unusable subject".into()))
+                to_message(None, subject.as_str(), reply.headers.as_ref(), reply.payload, 0, now)
+                    .ok_or_else(|| BrokerError::Protocol("the request subject is unusable".into()))
             }
             Err(e) => {
                 use async_nats::RequestErrorKind as K;
@@ -1622,7 +1766,11 @@ impl Broker for NatsBroker {
     }
 
     async fn close(&self) {
-        // Everything published is on the wire before the process goes.
+        // Unread messages are given back and everything published is on the wire before the process goes.
+        let pending = std::mem::take(&mut *self.cleanup.lock().unwrap_or_else(PoisonError::into_inner));
+        for handle in pending {
+            let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
+        }
         let _ = self.client.flush().await;
     }
 }

@@ -622,3 +622,57 @@ fn tls_checks_the_server_certificate_and_accepts_a_private_ca() {
     assert_eq!(unknown, 3, "a certificate from an unknown CA was accepted: {unknown_err}");
     assert_eq!(known, 0, "{known_err}");
 }
+
+#[test]
+fn count_takes_exactly_n_and_manual_acks_settle_from_another_process() {
+    if !nats_here() {
+        return;
+    }
+    let home = Home::new("nats-count");
+    let stream = unique("COUNT");
+    let subject = format!("{}.a", stream.to_lowercase());
+    let capture = format!("{}.>", stream.to_lowercase());
+    let ok = |args: &[&str]| {
+        let (code, out, err) = run(pubsub(&home, URL, args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    ok(&["topic", "create", &stream, "--subject", &capture]);
+    ok(&["subs", "create", "counter", "--topic", &stream, "--from", "start"]);
+    ok(&["pub", &subject, "-n", "6", "m{{seq}}"]);
+    let take = |n: &str| ok(&["sub", "-s", "counter", &stream, "--count", n, "--format", "{{seq}}"]);
+    assert_eq!(lines(&take("2")), ["1", "2"]);
+    assert_eq!(lines(&take("2")), ["3", "4"], "nothing beyond the count was held back in flight");
+    let info = ok(&["sub-info", "counter"]);
+    assert!(info.contains("in flight 0"), "{info}");
+    // --ack manual leaves #5 in flight; `pubsub ack` from another process settles it.
+    let held = ok(&[
+        "sub",
+        "-s",
+        "counter",
+        &stream,
+        "--count",
+        "1",
+        "--ack",
+        "manual",
+        "--format",
+        "{{seq}} {{lease}}",
+    ]);
+    let (seq, lease) = held.trim().split_once(' ').unwrap();
+    assert_eq!(seq, "5");
+    assert!(ok(&["sub-info", "counter"]).contains("in flight 1"));
+    ok(&["ack", "counter", seq, lease]);
+    let info = ok(&["sub-info", "counter"]);
+    assert!(info.contains("in flight 0") && info.contains("ack floor 5"), "{info}");
+    assert_eq!(lines(&take("1")), ["6"]);
+    // The subject of an existing consumer is checked, not ignored.
+    let (code, _, err) =
+        run(pubsub(&home, URL, &["sub", "-s", "counter", &subject, "--count", "1", "--timeout", "2s"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("reads everything of stream"), "{err}");
+    // --exit-at-end on one subject of a stream stops at that subject's newest message.
+    ok(&["pub", &format!("{}.b", stream.to_lowercase()), "other"]);
+    let out = ok(&["sub", &subject, "--from", "start", "--exit-at-end", "--format", "{{seq}}"]);
+    assert_eq!(lines(&out).len(), 6, "{out}");
+    ok(&["topic", "delete", &stream, "-y"]);
+}
