@@ -712,7 +712,14 @@ impl NatsBroker {
         // The SUBs reach the server before this returns, so a publish right after is seen.
         self.flush().await?;
         let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(self.pending);
-        let task = tokio::spawn(core_pump(subs, tx, self.dropped.clone(), hide_internal));
+        let captures = if self.has_jetstream() {
+            let captures = SharedCaptures::default();
+            tokio::spawn(refresh_captures(self.js.clone(), captures.clone(), tx.downgrade()));
+            Some(captures)
+        } else {
+            None
+        };
+        let task = tokio::spawn(core_pump(subs, tx, self.dropped.clone(), hide_internal, captures));
         Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })))
     }
 
@@ -897,6 +904,62 @@ impl Drop for ChannelSource {
     }
 }
 
+/// Which streams capture which subjects, so that live messages name the stream that stores them (the
+/// TUI's per-topic views follow topics); kept fresh while a live subscription runs.
+#[derive(Default)]
+struct Captures {
+    generation: u64,
+    streams: Vec<(Name, Vec<Pattern>)>,
+}
+
+type SharedCaptures = Arc<std::sync::RwLock<Captures>>;
+
+/// Reloads the streams' subjects every few seconds until the subscriber or its pump is gone (a weak
+/// sender, so that this task never keeps the stream open).
+async fn refresh_captures(
+    js: jetstream::Context,
+    captures: SharedCaptures,
+    tx: mpsc::WeakSender<Result<StreamItem, BrokerError>>,
+) {
+    loop {
+        let mut streams = Vec::new();
+        let mut list = js.streams();
+        while let Some(Ok(info)) = list.next().await {
+            let Ok(name) = Name::system(&info.config.name) else { continue };
+            let patterns = info.config.subjects.iter().filter_map(|s| Pattern::parse(s).ok()).collect();
+            streams.push((name, patterns));
+        }
+        {
+            let mut c = captures.write().unwrap_or_else(PoisonError::into_inner);
+            c.generation += 1;
+            c.streams = streams;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if tx.upgrade().is_none_or(|tx| tx.is_closed()) {
+            return;
+        }
+    }
+}
+
+/// The stream that captures `subject`, from the latest captures (remembered per subject until they change).
+fn captured_by(
+    captures: &SharedCaptures,
+    cache: &mut (u64, HashMap<String, Option<Name>>),
+    subject: &str,
+) -> Option<Name> {
+    let c = captures.read().unwrap_or_else(PoisonError::into_inner);
+    if cache.0 != c.generation {
+        *cache = (c.generation, HashMap::new());
+    }
+    if let Some(found) = cache.1.get(subject) {
+        return found.clone();
+    }
+    let found =
+        c.streams.iter().find(|(_, ps)| ps.iter().any(|p| p.matches(subject))).map(|(n, _)| n.clone());
+    cache.1.insert(subject.to_string(), found.clone());
+    found
+}
+
 /// Forwards core messages without ever waiting for the reader: core NATS is at-most-once, and a
 /// reader that falls behind loses the newest messages, counted and reported, never silently.
 async fn core_pump(
@@ -904,8 +967,10 @@ async fn core_pump(
     tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
     dropped: Arc<AtomicU64>,
     hide_internal: bool,
+    captures: Option<SharedCaptures>,
 ) {
     let mut merged = futures_util::stream::select_all(subs);
+    let mut cache = (0u64, HashMap::new());
     let mut skipped = 0u64;
     loop {
         // While drops are unreported, the report is retried even when no further message comes.
@@ -926,7 +991,9 @@ async fn core_pump(
             return;
         }
         let now = SystemClock.now();
-        let Some(message) = to_message(None, m.subject.as_str(), m.headers.as_ref(), m.payload, 0, now)
+        let stream = captures.as_ref().and_then(|c| captured_by(c, &mut cache, m.subject.as_str()));
+        let Some(message) =
+            to_message(stream.as_ref(), m.subject.as_str(), m.headers.as_ref(), m.payload, 0, now)
         else {
             continue;
         };
