@@ -84,7 +84,7 @@ fn pub_reads_lines_templates_and_reports_with_verbose() {
     let home = Home::with_daemon("pubforms");
     let (code, _, stderr) = home.run_with(&["pub", "lines", "-v"], b"a\nb\r\nc");
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("published 3 message(s), seq 1..=3"), "{stderr}");
+    assert!(stderr.contains("published 3 message(s), stored in lines as seq 1..=3"), "{stderr}");
     let (code, _, stderr) =
         home.run(&["pub", "tpl", "{{seq}}-{{random 1 1}}", "--count", "3", "-H", "a=b", "-k", "K"]);
     assert_eq!(code, 0, "{stderr}");

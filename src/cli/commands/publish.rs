@@ -255,6 +255,7 @@ async fn publish_all(
     let started = Instant::now();
     let mut published = 0u64;
     let (mut first_seq, mut last_seq) = (None, 0u64);
+    let mut stored_in: Option<crate::engine::Name> = None;
     // Messages the broker dropped because their --msg-id was seen within its dedup window.
     let mut duplicates = 0u64;
     let mut batch: Vec<Input> = Vec::with_capacity(BATCH);
@@ -293,21 +294,27 @@ async fn publish_all(
                         duplicates += 1;
                         continue;
                     }
-                    first_seq.get_or_insert(r.seq);
-                    last_seq = r.seq;
+                    // Only stored messages have seqs (core NATS, Redis PUB/SUB and MQTT keep nothing).
+                    if let Some(topic) = &r.topic
+                        && r.seq > 0
+                    {
+                        first_seq.get_or_insert(r.seq);
+                        last_seq = r.seq;
+                        stored_in = Some(topic.clone());
+                    }
                 }
                 published += receipts.len() as u64;
             }
             Err(BrokerError::Batch { index, source }) => {
                 published += index as u64;
                 let origin = origins.get(index).cloned().unwrap_or_default();
-                report(verbose, published, duplicates, first_seq, last_seq);
+                report(verbose, published, duplicates, first_seq.map(|f| (f, last_seq, stored_in.clone())));
                 return Err(CliError::Failed(format!(
                     "{origin} was not published: {source}; the {published} message(s) before it were published"
                 )));
             }
             Err(e) => {
-                report(verbose, published, duplicates, first_seq, last_seq);
+                report(verbose, published, duplicates, first_seq.map(|f| (f, last_seq, stored_in.clone())));
                 let origin = origins.first().cloned().unwrap_or_default();
                 return Err(CliError::Failed(format!(
                     "{origin} was not published: {e}; the {published} message(s) before it were published"
@@ -318,14 +325,20 @@ async fn publish_all(
             break 'outer;
         }
     }
-    report(verbose, published, duplicates, first_seq, last_seq);
+    report(verbose, published, duplicates, first_seq.map(|f| (f, last_seq, stored_in.clone())));
     match input_error {
         Some(e) => Err(CliError::Failed(format!("{e}; {published} message(s) before it were published"))),
         None => Ok(()),
     }
 }
 
-fn report(verbose: bool, published: u64, duplicates: u64, first: Option<u64>, last: u64) {
+/// `-v`: how many, and where they were stored (the topic and the seq range of the last one stored to).
+fn report(
+    verbose: bool,
+    published: u64,
+    duplicates: u64,
+    stored: Option<(u64, u64, Option<crate::engine::Name>)>,
+) {
     if !verbose {
         return;
     }
@@ -333,8 +346,13 @@ fn report(verbose: bool, published: u64, duplicates: u64, first: Option<u64>, la
         0 => String::new(),
         n => format!(", {n} of them duplicates by --msg-id that the broker dropped"),
     };
-    match first {
-        Some(first) => note(&format!("published {published} message(s){dropped}, seq {first}..={last}")),
-        None => note(&format!("published {published} message(s){dropped}")),
+    match stored {
+        Some((first, last, topic)) => {
+            let place = topic.map_or(String::new(), |t| format!(" in {t}"));
+            note(&format!("published {published} message(s){dropped}, stored{place} as seq {first}..={last}"))
+        }
+        None => {
+            note(&format!("published {published} message(s){dropped}, not stored (live subscribers only)"))
+        }
     }
 }
