@@ -35,7 +35,11 @@ use crate::protocol::{
 /// How long a request waits for its answer (a fetch adds its own wait).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Items buffered per stream between the socket and the reader of the stream.
-const STREAM_BUFFER: usize = 1024;
+const STREAM_BUFFER: usize = 16;
+
+/// What one frame brought for a stream, handed over in one piece (one channel operation per frame,
+/// not per message).
+type ItemBatch = Vec<Result<StreamItem, BrokerError>>;
 
 type Answer = Result<Option<serde_json::Value>, BrokerError>;
 
@@ -61,7 +65,7 @@ struct Pending {
 
 struct StreamState {
     spec: SubscribeSpec,
-    tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
+    tx: mpsc::Sender<ItemBatch>,
 }
 
 struct Inner {
@@ -372,16 +376,15 @@ async fn on_frame(inner: &Arc<Inner>, text: &str) {
             let Some(tx) = stream_sender(inner, sid) else {
                 return;
             };
-            for m in messages {
-                let item = to_delivery(m, subscription.as_ref()).map(StreamItem::Delivery);
-                if tx.send(item).await.is_err() {
-                    return;
-                }
-            }
+            let items = messages
+                .into_iter()
+                .map(|m| to_delivery(m, subscription.as_ref()).map(StreamItem::Delivery))
+                .collect();
+            let _ = tx.send(items).await;
         }
         ServerFrame::Lagged { sid, skipped } => {
             if let Some(tx) = stream_sender(inner, sid) {
-                let _ = tx.send(Ok(StreamItem::Lagged { skipped })).await;
+                let _ = tx.send(vec![Ok(StreamItem::Lagged { skipped })]).await;
             }
         }
         ServerFrame::Closed { sid, .. } => {
@@ -408,11 +411,7 @@ async fn on_binary(inner: &Arc<Inner>, bytes: bytes::Bytes) {
         Some(&binary::DELIVER) => match binary::decode_deliver(&bytes) {
             Ok((sid, deliveries)) => {
                 let Some(tx) = stream_sender(inner, sid) else { return };
-                for d in deliveries {
-                    if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
-                        return;
-                    }
-                }
+                let _ = tx.send(deliveries.into_iter().map(|d| Ok(StreamItem::Delivery(d))).collect()).await;
             }
             Err(e) => tracing::warn!(error = %e, "undecodable deliveries from server"),
         },
@@ -420,7 +419,7 @@ async fn on_binary(inner: &Arc<Inner>, bytes: bytes::Bytes) {
     }
 }
 
-fn stream_sender(inner: &Inner, sid: u64) -> Option<mpsc::Sender<Result<StreamItem, BrokerError>>> {
+fn stream_sender(inner: &Inner, sid: u64) -> Option<mpsc::Sender<ItemBatch>> {
     let stream = *guard(&inner.sids).get(&sid)?;
     guard(&inner.streams).get(&stream).map(|s| s.tx.clone())
 }
@@ -486,17 +485,27 @@ async fn send_and_wait(
 struct RemoteSource {
     inner: Arc<Inner>,
     id: u64,
-    rx: mpsc::Receiver<Result<StreamItem, BrokerError>>,
+    rx: mpsc::Receiver<ItemBatch>,
+    /// The rest of the last batch received.
+    buffered: std::collections::VecDeque<Result<StreamItem, BrokerError>>,
 }
 
 #[async_trait]
 impl ItemSource for RemoteSource {
     async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
-        self.rx.recv().await
+        while self.buffered.is_empty() {
+            self.buffered.extend(self.rx.recv().await?);
+        }
+        self.buffered.pop_front()
     }
 
     fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
-        self.rx.try_recv().ok()
+        if self.buffered.is_empty()
+            && let Ok(batch) = self.rx.try_recv()
+        {
+            self.buffered.extend(batch);
+        }
+        self.buffered.pop_front()
     }
 }
 
@@ -610,7 +619,8 @@ impl Broker for RemoteBroker {
             guard(&self.inner.streams).remove(&id);
             return Err(e);
         }
-        Ok(DeliveryStream::new(Box::new(RemoteSource { inner: self.inner.clone(), id, rx })))
+        let buffered = std::collections::VecDeque::new();
+        Ok(DeliveryStream::new(Box::new(RemoteSource { inner: self.inner.clone(), id, rx, buffered })))
     }
 
     async fn fetch(
