@@ -33,7 +33,7 @@ row() { # broker label, then bench args
   local line
   line=$("$bin" --broker "$url" bench --csv "$@" 2>/dev/null | tail -1) || { echo "| $url | $* | failed | | | | | |"; return; }
   IFS=, read -r scenario _ pubs subs _ rate published delivered lost _ pps dps _ p50 _ p99 _ max _ <<<"$line"
-  local label="$scenario $pubs:$subs"
+  local label="$scenario ($pubs pub, $subs sub)"
   [ -n "$rate" ] && label="$label at $rate/s"
   printf '| %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n' "$url" "$label" "$pps" "$dps" "$lost" "$p50" "$p99" "$max"
 }
