@@ -31,6 +31,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 
+use super::url::percent_decode;
 use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream,
     ItemSource, Settle, StreamItem, SubscribeRequest,
@@ -189,24 +190,6 @@ fn parse_url(url: &str) -> Result<Target, BrokerError> {
         servers.push(format!("{scheme}://{name}:{port}"));
     }
     Ok(Target { servers, auth, options, shown: redact(url) })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The URL without its password or token.

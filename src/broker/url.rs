@@ -92,6 +92,25 @@ pub fn backend_for(url: &str) -> Result<BackendKind, BrokerError> {
     Ok(kind)
 }
 
+/// Decodes `%XX` escapes in a URL part (user names, passwords, file paths); anything else is kept.
+pub(crate) fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// How to open a broker.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {

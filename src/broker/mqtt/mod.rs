@@ -25,6 +25,7 @@ use bytes::Bytes;
 use rumqttc::QoS;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::url::percent_decode;
 use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream,
     ItemSource, Settle, StreamItem, SubscribeRequest,
@@ -160,24 +161,6 @@ fn parse_url(url: &str) -> Result<(Target, UrlOptions), BrokerError> {
     let options = UrlOptions::parse(query).map_err(invalid)?;
     let target = Target { host: host.to_string(), port, tls, credentials, shown: redact(url) };
     Ok((target, options))
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The URL without its password.
