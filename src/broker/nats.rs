@@ -608,7 +608,6 @@ impl NatsBroker {
     ) -> Result<DeliveryStream, BrokerError> {
         let (stream, filter) = self.resolve(topic).await?;
         let stream_name = stream.cached_info().config.name.clone();
-        let acked = durable.is_some() && req.ack != AckMode::None;
         let consumer = match durable {
             Some(name) => match stream.get_consumer::<pull::Config>(name.as_str()).await {
                 Ok(c) => {
@@ -628,10 +627,8 @@ impl NatsBroker {
                     config.start = req.from.unwrap_or_default();
                     config.ack = req.ack;
                     config.ack_deadline = self.ack_wait;
-                    let mut pull = consumer_config(&config, filter.clone())?;
-                    if let Some(p) = req.prefetch {
-                        pull.max_ack_pending = i64::from(p);
-                    }
+                    // The reader's prefetch sizes its pulls, not the consumer's lasting limits.
+                    let pull = consumer_config(&config, filter.clone())?;
                     stream.create_consumer(pull).await.map_err(|e| js_error("creating the consumer", e))?
                 }
             },
@@ -639,6 +636,10 @@ impl NatsBroker {
         };
         let info = consumer.cached_info().clone();
         let ack_wait = info.config.ack_wait;
+        // Tokens only where the consumer expects acks (an ack to an ack-none consumer gets no answer).
+        let acked = durable.is_some()
+            && req.ack != AckMode::None
+            && info.config.ack_policy != jetstream::consumer::AckPolicy::None;
         let batch = req.prefetch.unwrap_or(100).clamp(1, 1000) as usize;
         let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(batch);
         // Messages that reach max deliver (or are terminated) stay in the stream; say so.

@@ -670,6 +670,10 @@ fn count_takes_exactly_n_and_manual_acks_settle_from_another_process() {
         run(pubsub(&home, URL, &["sub", "-s", "counter", &subject, "--count", "1", "--timeout", "2s"]));
     assert_eq!(code, 1);
     assert!(err.contains("reads everything of stream"), "{err}");
+    // A consumer made by `sub -s --count 1` keeps the default limit, not the reader's prefetch.
+    ok(&["sub", "-s", "fresh", &stream, "--from", "start", "--count", "1"]);
+    let fresh: serde_json::Value = serde_json::from_str(&ok(&["sub-info", "fresh", "--json"])).unwrap();
+    assert_eq!(fresh["max_in_flight"], 1000, "{fresh}");
     // --exit-at-end on one subject of a stream stops at that subject's newest message.
     ok(&["pub", &format!("{}.b", stream.to_lowercase()), "other"]);
     let out = ok(&["sub", &subject, "--from", "start", "--exit-at-end", "--format", "{{seq}}"]);
