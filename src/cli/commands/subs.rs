@@ -195,11 +195,12 @@ pub async fn info(ctx: &Context, args: SubInfoArgs) -> Result<(), CliError> {
     if args.json {
         return out.line(&serde_json::to_string(&s).unwrap_or_default());
     }
-    out.write(describe(&s).as_bytes())?;
+    out.write(describe(&s, super::topics::keeps_totals(&broker)).as_bytes())?;
     out.flush()
 }
 
-fn describe(s: &SubscriptionInfo) -> String {
+/// The `sub-info` table; rates and running totals only for brokers that keep them.
+fn describe(s: &SubscriptionInfo, counted: bool) -> String {
     let c = &s.counters;
     let mut rows = vec![
         vec!["subscription".into(), format!("{} on {}", s.name, s.topic)],
@@ -238,29 +239,26 @@ fn describe(s: &SubscriptionInfo) -> String {
             "lag".into(),
             format!("offset lag {}, oldest unacked {}", s.offset_lag, duration(s.oldest_unacked_age)),
         ],
-        vec![
-            "rates".into(),
-            format!(
-                "publish {:.1}/s, deliver {:.1}/s, ack {:.1}/s",
-                s.publish_rate, s.deliver_rate, s.ack_rate
-            ),
-        ],
-        vec![
-            "totals".into(),
-            format!(
-                "delivered {}, redelivered {}, acked {}, nacked {}, expired leases {}, dead-lettered {}, terminated {}, expired {}, filtered {}",
-                c.delivered,
-                c.redeliveries,
-                c.acked,
-                c.nacked,
-                c.deadline_expired,
-                c.dead_lettered,
-                c.terminated,
-                c.expired_unacked,
-                c.filtered
-            ),
-        ],
     ];
+    if counted {
+        let rates = format!(
+            "publish {:.1}/s, deliver {:.1}/s, ack {:.1}/s",
+            s.publish_rate, s.deliver_rate, s.ack_rate
+        );
+        let totals = format!(
+            "delivered {}, redelivered {}, acked {}, nacked {}, expired leases {}, dead-lettered {}, terminated {}, expired {}, filtered {}",
+            c.delivered,
+            c.redeliveries,
+            c.acked,
+            c.nacked,
+            c.deadline_expired,
+            c.dead_lettered,
+            c.terminated,
+            c.expired_unacked,
+            c.filtered
+        );
+        rows.extend([vec!["rates".into(), rates], vec!["totals".into(), totals]]);
+    }
     if let Some(eta) = s.eta {
         rows.push(vec!["drains in".into(), duration(eta)]);
     }

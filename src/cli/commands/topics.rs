@@ -83,6 +83,7 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
 pub async fn list(ctx: &Context, args: TopicsArgs) -> Result<(), CliError> {
     let broker = ctx.connect().await?;
     let topics = broker.topics().await?;
+    let counted = keeps_totals(&broker);
     let mut out = Stdout::new();
     if args.json {
         for t in &topics {
@@ -102,7 +103,7 @@ pub async fn list(ctx: &Context, args: TopicsArgs) -> Result<(), CliError> {
             t.name.to_string(),
             t.messages.to_string(),
             bytes(t.bytes),
-            format!("{:.1}", t.publish_rate),
+            if counted { format!("{:.1}", t.publish_rate) } else { "-".into() },
             t.subscriptions.to_string(),
             if t.messages == 0 { "-".into() } else { format!("{}..{}", t.first_seq, t.head_seq) },
             retention(&t.limits, t.discard),
@@ -169,7 +170,7 @@ pub async fn run(ctx: &Context, command: TopicCommand) -> Result<(), CliError> {
         }
         TopicCommand::Info { name: topic, json } => {
             let info = broker.topic_info(&name(&topic)?).await?;
-            show(&info, json)
+            show(&info, json, keeps_totals(&broker))
         }
         TopicCommand::Delete { name: topic, yes } => {
             let target = name(&topic)?;
@@ -236,12 +237,18 @@ fn storage(t: &TopicInfo) -> String {
     }
 }
 
-fn show(t: &TopicInfo, json: bool) -> Result<(), CliError> {
+/// Whether the broker is a pubsub engine, which keeps rates and running totals; other brokers report
+/// none, and showing zeros for them would be a made-up figure.
+pub(crate) fn keeps_totals(broker: &crate::broker::SharedBroker) -> bool {
+    matches!(broker.kind(), "mem" | "local" | "ws")
+}
+
+fn show(t: &TopicInfo, json: bool, counted: bool) -> Result<(), CliError> {
     let mut out = Stdout::new();
     if json {
         return out.line(&serde_json::to_string(t).unwrap_or_default());
     }
-    let rows = vec![
+    let mut rows = vec![
         vec!["topic".into(), t.name.to_string()],
         vec!["subjects".into(), t.subjects.join(", ")],
         vec!["messages".into(), format!("{} ({})", t.messages, bytes(t.bytes))],
@@ -249,6 +256,12 @@ fn show(t: &TopicInfo, json: bool) -> Result<(), CliError> {
         vec!["retention".into(), retention(&t.limits, t.discard)],
         vec!["storage".into(), storage(t)],
         vec!["subscriptions".into(), t.subscriptions.to_string()],
+    ];
+    if !counted {
+        out.write(table(&rows).as_bytes())?;
+        return out.flush();
+    }
+    rows.extend([
         vec!["publish rate".into(), format!("{:.1}/s", t.publish_rate)],
         vec![
             "totals".into(),
@@ -264,7 +277,7 @@ fn show(t: &TopicInfo, json: bool) -> Result<(), CliError> {
                 }
             ),
         ],
-    ];
+    ]);
     out.write(table(&rows).as_bytes())?;
     out.flush()
 }
