@@ -128,6 +128,31 @@ pub trait ItemSource: Send {
     }
 }
 
+/// Stream items a background task fills (a backend's reader of its broker); dropping it stops the task.
+pub(crate) struct ChannelSource {
+    /// What the task sends.
+    pub(crate) rx: tokio::sync::mpsc::Receiver<Result<StreamItem, BrokerError>>,
+    /// The task.
+    pub(crate) task: tokio::task::AbortHandle,
+}
+
+#[async_trait]
+impl ItemSource for ChannelSource {
+    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        self.rx.recv().await
+    }
+
+    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for ChannelSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A subscriber's stream of deliveries.
 pub struct DeliveryStream {
     source: Box<dyn ItemSource>,

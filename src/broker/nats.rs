@@ -33,8 +33,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::url::percent_decode;
 use super::{
-    AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream,
-    ItemSource, Settle, StreamItem, SubscribeRequest,
+    AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ChannelSource, ConnectionEvent,
+    DeliveryStream, ItemSource, Settle, StreamItem, SubscribeRequest,
 };
 use crate::engine::{
     AckMode, Backoff, BrowseFrom, Clock, ConsumerInfo, Discard, Headers, Lifetime, Limits, Message,
@@ -863,29 +863,6 @@ fn to_message(
 /// A JetStream time as a timestamp.
 fn timestamp(t: async_nats::datetime::DateTime) -> Timestamp {
     Timestamp::from_micros(i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(0))
-}
-
-/// A receiver of stream items filled by a task; dropping it stops the task.
-struct ChannelSource {
-    rx: mpsc::Receiver<Result<StreamItem, BrokerError>>,
-    task: tokio::task::AbortHandle,
-}
-
-#[async_trait]
-impl ItemSource for ChannelSource {
-    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
-        self.rx.recv().await
-    }
-
-    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
-        self.rx.try_recv().ok()
-    }
-}
-
-impl Drop for ChannelSource {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Which streams capture which subjects, so that live messages name the stream that stores them (the

@@ -17,8 +17,8 @@ use redis::{AsyncCommands, Value};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream,
-    ItemSource, Settle, StreamItem, SubscribeRequest,
+    AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ChannelSource, ConnectionEvent,
+    DeliveryStream, ItemSource, Settle, StreamItem, SubscribeRequest,
 };
 use crate::engine::{
     BrowseFrom, Headers, Message, MessageExtra, Name, Pattern, PublishReceipt, PublishRequest, SeekTarget,
@@ -427,26 +427,6 @@ impl ItemSource for PubSubSource {
     fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
         let message = self.0.try_recv().ok()?;
         Some(Ok(StreamItem::Delivery(BrokerDelivery { message, attempt: None, deadline: None, token: None })))
-    }
-}
-
-/// Deliveries read by a background task from a stream (plain or through a consumer group).
-struct ChannelSource(mpsc::Receiver<Result<StreamItem, BrokerError>>, tokio::task::AbortHandle);
-
-#[async_trait]
-impl ItemSource for ChannelSource {
-    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
-        self.0.recv().await
-    }
-
-    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
-        self.0.try_recv().ok()
-    }
-}
-
-impl Drop for ChannelSource {
-    fn drop(&mut self) {
-        self.1.abort();
     }
 }
 
@@ -1004,7 +984,7 @@ impl RedisBroker {
                 }
             })
         };
-        Ok(DeliveryStream::new(Box::new(ChannelSource(rx, task.abort_handle()))))
+        Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })))
     }
 }
 

@@ -200,11 +200,7 @@ impl OwnMosquitto {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::support::wait_until_listening(self.port, "mosquitto");
     }
 
     /// Stops it with SIGTERM (it saves its persistence file) and starts it again on the same port.
@@ -451,11 +447,7 @@ fn mqtts_checks_the_broker_certificate_and_accepts_a_private_ca() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "mosquitto with TLS did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::support::wait_until_listening(port, "mosquitto with TLS");
     let home = Home::new("mqtts");
     let plain = format!("mqtts://127.0.0.1:{port}");
     let (unverified, _, unverified_err) = run(pubsub(&home, &plain, &["pub", "secure/t", "x"]));

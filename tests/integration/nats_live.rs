@@ -452,11 +452,7 @@ impl OwnNats {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::support::wait_until_listening(self.port, "nats-server");
     }
 
     /// Kills it with SIGKILL: no goodbye to clients.

@@ -441,11 +441,7 @@ impl OwnRedis {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start: {args:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::support::wait_until_listening(port, &format!("redis-server {args:?}"));
         OwnRedis { dir: dir.to_path_buf(), child }
     }
 

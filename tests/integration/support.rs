@@ -186,3 +186,16 @@ pub fn test_certificates(dir: &std::path::Path) -> TestCerts {
     }
     TestCerts { ca, key, cert }
 }
+
+/// Waits (up to 10 s, polling every 20 ms) until a broker a test started accepts connections on
+/// 127.0.0.1:`port`; fails the test naming `what` otherwise.
+pub fn wait_until_listening(port: u16, what: &str) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{what} did not start listening on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
