@@ -1339,16 +1339,22 @@ impl Broker for NatsBroker {
             return self.publish_core(&msgs).await;
         }
         // Runs of messages going the same way keep their order and share one flush or ack wait.
+        // Each message's way is asked once; consecutive messages to one subject reuse the answer.
+        let mut stored_by_msg = Vec::with_capacity(msgs.len());
+        let mut last: Option<(&Name, bool)> = None;
+        for m in &msgs {
+            let stored = match last {
+                Some((subject, stored)) if subject == &m.subject => stored,
+                _ => self.stream_for_subject(m.subject.as_str()).await?.is_some(),
+            };
+            last = Some((&m.subject, stored));
+            stored_by_msg.push(stored);
+        }
         let mut receipts = Vec::with_capacity(msgs.len());
         let mut start = 0;
         while start < msgs.len() {
-            let stored = self.stream_for_subject(msgs[start].subject.as_str()).await?.is_some();
-            let mut end = start + 1;
-            while end < msgs.len()
-                && self.stream_for_subject(msgs[end].subject.as_str()).await?.is_some() == stored
-            {
-                end += 1;
-            }
+            let stored = stored_by_msg[start];
+            let end = start + stored_by_msg[start..].iter().take_while(|s| **s == stored).count();
             let run = &msgs[start..end];
             let done = if stored {
                 self.publish_jetstream(run).await
