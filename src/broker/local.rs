@@ -91,6 +91,11 @@ impl ItemSource for PushSource {
         let delivery = self.consumer.recv().await?;
         Some(Ok(StreamItem::Delivery(to_broker(self.consumer.subscription(), delivery))))
     }
+
+    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        let delivery = self.consumer.try_recv()?;
+        Some(Ok(StreamItem::Delivery(to_broker(self.consumer.subscription(), delivery))))
+    }
 }
 
 impl Drop for PushSource {

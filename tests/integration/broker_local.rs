@@ -64,6 +64,35 @@ async fn durable_subscription_streams_with_acks_and_history() {
     assert_eq!((info.ack_floor, info.backlog), (3, 0));
 }
 
+/// The server batches what a stream has ready into one frame; a durable stream must hand over waiting
+/// deliveries without a wait (one message per frame made the served engine four times slower).
+#[tokio::test]
+async fn durable_stream_hands_over_waiting_deliveries_without_waiting() {
+    let broker = LocalBroker::new(Engine::new(), "mem://");
+    let mut config = SubscriptionConfig::new(name("batch"), name("jobs"));
+    config.start = StartPosition::All;
+    broker.create_subscription(config).await.unwrap();
+    let msgs = (0..50).map(|i| PublishRequest::new(name("jobs"), format!("job {i}"))).collect();
+    broker.publish_batch(msgs).await.unwrap();
+    let mut req = SubscribeRequest::live(vec![Pattern::parse("jobs").unwrap()]);
+    req.subscription = Some(name("batch"));
+    req.prefetch = Some(100);
+    let mut stream = broker.subscribe(req).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+    let mut seqs = vec![first];
+    while let Some(item) = stream.try_next() {
+        seqs.push(item.unwrap());
+    }
+    let seqs: Vec<u64> = seqs
+        .into_iter()
+        .map(|item| match item {
+            StreamItem::Delivery(d) => d.message.seq,
+            other => panic!("expected a delivery, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, (1..=50).collect::<Vec<u64>>(), "all 50 waiting deliveries, in order, without a wait");
+}
+
 #[tokio::test]
 async fn pull_fetch_long_polls_until_a_message_arrives() {
     let broker = std::sync::Arc::new(LocalBroker::new(Engine::new(), "mem://"));

@@ -109,6 +109,12 @@ fn bench_splits_messages_between_publishers_and_runs_without_subscribers() {
     // 1001 does not divide by 3: the remainder must still be sent, and each message delivered once.
     let shared = run(&["-n", "1001", "--publishers", "3", "--batch", "64"]);
     assert_eq!((shared["published"].as_u64(), shared["delivered"].as_u64()), (Some(1001), Some(1001)));
+    // However many publish calls are in flight, every message is counted once, when its call is answered.
+    for window in ["1", "32"] {
+        let r = run(&["-n", "1001", "--batch", "10", "--window", window]);
+        assert_eq!((r["published"].as_u64(), r["delivered"].as_u64()), (Some(1001), Some(1001)), "{r}");
+    }
+    pubsub().args(["--broker", "mem://", "bench", "--window", "0"]).assert().code(2);
     let alone = run(&["-n", "500", "--subscribers", "0"]);
     assert_eq!((alone["published"].as_u64(), alone["delivered"].as_u64()), (Some(500), Some(0)));
     assert!(alone["published_per_s"].as_f64().is_some_and(|r| r > 0.0), "{alone}");

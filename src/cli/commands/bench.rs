@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args, ValueEnum};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
@@ -82,6 +84,9 @@ pub struct BenchArgs {
     /// Messages per publish call.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub batch: usize,
+    /// Publish calls each publisher keeps in flight (1 waits for every answer before the next call).
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub window: u32,
     /// Print one JSON object per scenario.
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
@@ -252,6 +257,7 @@ async fn measure(broker: SharedBroker, plan: &Plan, args: &BenchArgs) -> Result<
             until: args.duration.map(|d| started + d),
             size: args.size,
             batch: args.batch as u64,
+            window: args.window as usize,
             rate: args.rate.map(|r| r / pubs as f64),
             progress: progress.clone(),
         };
@@ -429,6 +435,8 @@ struct PublishJob {
     until: Option<Instant>,
     size: usize,
     batch: u64,
+    /// Publish calls in flight at once.
+    window: usize,
     /// Open loop: this publisher's rate in msgs/s.
     rate: Option<f64>,
     progress: Arc<Progress>,
@@ -439,26 +447,35 @@ impl PublishJob {
         let body = vec![b'x'; self.size - 8];
         let started = Instant::now();
         let start_micros = now_micros();
-        let mut published = 0u64;
-        while published < self.count && self.until.is_none_or(|t| Instant::now() < t) {
+        // Calls in flight, answered in order; a message counts as published once its call is answered.
+        let mut in_flight = FuturesOrdered::new();
+        let (mut sent, mut published) = (0u64, 0u64);
+        while sent < self.count && self.until.is_none_or(|t| Instant::now() < t) {
+            if in_flight.len() >= self.window {
+                published += self.answered(in_flight.next().await)?;
+            }
             let (n, due) = match self.rate {
-                None => ((self.count - published).min(self.batch), None),
+                None => ((self.count - sent).min(self.batch), None),
                 Some(rate) => {
                     // Everything due by now goes out (at most a batch); the next message's time is waited for.
                     let due_now = (started.elapsed().as_secs_f64() * rate) as u64;
-                    if due_now <= published {
-                        let next = Duration::from_secs_f64((published + 1) as f64 / rate);
-                        tokio::time::sleep_until((started + next).into()).await;
+                    if due_now <= sent {
+                        let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
+                        let due = tokio::time::sleep_until((started + next).into());
+                        tokio::select! {
+                            () = due => {}
+                            Some(answer) = in_flight.next() => published += self.answered(Some(answer))?,
+                        }
                         continue;
                     }
-                    ((due_now - published).min(self.batch).min(self.count - published), Some(rate))
+                    ((due_now - sent).min(self.batch).min(self.count - sent), Some(rate))
                 }
             };
             let requests: Vec<PublishRequest> = (0..n)
                 .map(|i| {
                     // Open loop stamps the time a message was due, closed loop the time it is sent.
                     let stamp = match due {
-                        Some(rate) => start_micros + (((published + i + 1) as f64 / rate) * 1e6) as u64,
+                        Some(rate) => start_micros + (((sent + i + 1) as f64 / rate) * 1e6) as u64,
                         None => now_micros(),
                     };
                     let mut payload = BytesMut::with_capacity(self.size);
@@ -467,13 +484,28 @@ impl PublishJob {
                     PublishRequest::new(self.topic.clone(), payload.freeze())
                 })
                 .collect();
-            self.broker.publish_batch(requests).await?;
-            published += n;
-            self.progress.published.fetch_add(n, Ordering::Relaxed);
+            let broker = self.broker.clone();
+            in_flight.push_back(async move { broker.publish_batch(requests).await.map(|_| n) });
+            sent += n;
+            // Polled once now, a call starts at once (a remote broker's frame goes out); answers that
+            // are already in are counted.
+            while let Some(Some(answer)) = in_flight.next().now_or_never() {
+                published += self.answered(Some(answer))?;
+            }
             // Let receivers run between batches so that a single-threaded broker is not starved.
             tokio::task::yield_now().await;
         }
+        while let Some(answer) = in_flight.next().await {
+            published += self.answered(Some(answer))?;
+        }
         Ok(published)
+    }
+
+    /// Counts an answered publish call.
+    fn answered(&self, answer: Option<Result<u64, BrokerError>>) -> Result<u64, CliError> {
+        let n = answer.unwrap_or(Ok(0))?;
+        self.progress.published.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
