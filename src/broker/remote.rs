@@ -34,8 +34,6 @@ use crate::protocol::{
 
 /// How long a request waits for its answer (a fetch adds its own wait).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Items buffered per stream between the socket and the reader of the stream.
-const STREAM_BUFFER: usize = 16;
 
 /// What one frame brought for a stream, handed over in one piece (one channel operation per frame,
 /// not per message).
@@ -65,7 +63,9 @@ struct Pending {
 
 struct StreamState {
     spec: SubscribeSpec,
-    tx: mpsc::Sender<ItemBatch>,
+    /// Unbounded, so that the socket reader never waits for one stream's reader (which may itself be
+    /// waiting for an answer behind it on the socket); the server's credit bounds what it holds.
+    tx: mpsc::UnboundedSender<ItemBatch>,
 }
 
 struct Inner {
@@ -185,7 +185,9 @@ async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
         Some(now) => (split_token(&now.url).0, Some(now.token)),
         None => (inner.ws_url.clone(), inner.token.clone()),
     };
-    let connecting = tokio_tungstenite::connect_async(ws_url.as_str());
+    // Small frames (acks, credit) go out at once: with Nagle's algorithm they would wait for the
+    // server's delayed ACK, up to 40 ms, whenever a publish is still unacknowledged on the wire.
+    let connecting = tokio_tungstenite::connect_async_with_config(ws_url.as_str(), None, true);
     let (mut socket, _) = tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
         .map_err(|_| unreachable("no answer within 10 s".into()))?
@@ -380,11 +382,11 @@ async fn on_frame(inner: &Arc<Inner>, text: &str) {
                 .into_iter()
                 .map(|m| to_delivery(m, subscription.as_ref()).map(StreamItem::Delivery))
                 .collect();
-            let _ = tx.send(items).await;
+            let _ = tx.send(items);
         }
         ServerFrame::Lagged { sid, skipped } => {
             if let Some(tx) = stream_sender(inner, sid) {
-                let _ = tx.send(vec![Ok(StreamItem::Lagged { skipped })]).await;
+                let _ = tx.send(vec![Ok(StreamItem::Lagged { skipped })]);
             }
         }
         ServerFrame::Closed { sid, .. } => {
@@ -411,7 +413,7 @@ async fn on_binary(inner: &Arc<Inner>, bytes: bytes::Bytes) {
         Some(&binary::DELIVER) => match binary::decode_deliver(&bytes) {
             Ok((sid, deliveries)) => {
                 let Some(tx) = stream_sender(inner, sid) else { return };
-                let _ = tx.send(deliveries.into_iter().map(|d| Ok(StreamItem::Delivery(d))).collect()).await;
+                let _ = tx.send(deliveries.into_iter().map(|d| Ok(StreamItem::Delivery(d))).collect());
             }
             Err(e) => tracing::warn!(error = %e, "undecodable deliveries from server"),
         },
@@ -419,7 +421,7 @@ async fn on_binary(inner: &Arc<Inner>, bytes: bytes::Bytes) {
     }
 }
 
-fn stream_sender(inner: &Inner, sid: u64) -> Option<mpsc::Sender<ItemBatch>> {
+fn stream_sender(inner: &Inner, sid: u64) -> Option<mpsc::UnboundedSender<ItemBatch>> {
     let stream = *guard(&inner.sids).get(&sid)?;
     guard(&inner.streams).get(&stream).map(|s| s.tx.clone())
 }
@@ -481,22 +483,53 @@ async fn send_and_wait(
     }
 }
 
-/// A stream of deliveries from the server; dropping it unsubscribes.
+/// A stream of deliveries from the server; dropping it unsubscribes. It hands room back to the server
+/// (`credit` frames) as its reader takes items, half a prefetch at a time.
 struct RemoteSource {
     inner: Arc<Inner>,
     id: u64,
-    rx: mpsc::Receiver<ItemBatch>,
+    rx: mpsc::UnboundedReceiver<ItemBatch>,
     /// The rest of the last batch received.
     buffered: std::collections::VecDeque<Result<StreamItem, BrokerError>>,
+    /// Items taken since room was last handed back.
+    taken: u64,
+    grant_every: u64,
+}
+
+impl RemoteSource {
+    fn take(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        let item = self.buffered.pop_front()?;
+        self.taken += 1;
+        Some(item)
+    }
+
+    /// The credit frame for what was taken, if it is time for one; `None` also when the stream has no
+    /// server stream right now (reconnecting: the new one starts with full room).
+    fn credit_frame(&mut self) -> Option<Outgoing> {
+        if self.taken < self.grant_every {
+            return None;
+        }
+        let n = std::mem::take(&mut self.taken);
+        let sid = guard(&self.inner.sids).iter().find(|(_, s)| **s == self.id).map(|(sid, _)| *sid)?;
+        let frame = ClientFrame { id: None, request: Request::Credit { sid, n } };
+        protocol::encode_client(&frame).ok().map(Outgoing::Text)
+    }
 }
 
 #[async_trait]
 impl ItemSource for RemoteSource {
     async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        if let Some(frame) = self.credit_frame() {
+            let out = guard(&self.inner.out).clone();
+            if let Some(out) = out {
+                // Waits for room in the send queue, which the writer task empties on its own.
+                let _ = out.send(frame).await;
+            }
+        }
         while self.buffered.is_empty() {
             self.buffered.extend(self.rx.recv().await?);
         }
-        self.buffered.pop_front()
+        self.take()
     }
 
     fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
@@ -505,7 +538,18 @@ impl ItemSource for RemoteSource {
         {
             self.buffered.extend(batch);
         }
-        self.buffered.pop_front()
+        let item = self.take()?;
+        if self.taken >= self.grant_every {
+            let out = guard(&self.inner.out).clone();
+            if let Some(out) = out
+                && let Ok(permit) = out.try_reserve()
+                && let Some(frame) = self.credit_frame()
+            {
+                permit.send(frame);
+            }
+            // Otherwise the next `next` hands the room back, before it waits.
+        }
+        Some(item)
     }
 }
 
@@ -604,23 +648,32 @@ impl Broker for RemoteBroker {
     }
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
+        let prefetch = req.prefetch.unwrap_or(protocol::DEFAULT_PREFETCH).max(1);
         let spec = SubscribeSpec {
             patterns: req.patterns,
             subscription: req.subscription,
             from: req.from,
             ack: req.ack,
             consumer: req.consumer,
-            prefetch: req.prefetch,
+            prefetch: Some(prefetch),
+            credit: true,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (tx, rx) = mpsc::unbounded_channel();
         guard(&self.inner.streams).insert(id, StreamState { spec: spec.clone(), tx });
         if let Err(e) = call(&self.inner, Request::Subscribe(spec), Some(id), REQUEST_TIMEOUT).await {
             guard(&self.inner.streams).remove(&id);
             return Err(e);
         }
-        let buffered = std::collections::VecDeque::new();
-        Ok(DeliveryStream::new(Box::new(RemoteSource { inner: self.inner.clone(), id, rx, buffered })))
+        let source = RemoteSource {
+            inner: self.inner.clone(),
+            id,
+            rx,
+            buffered: std::collections::VecDeque::new(),
+            taken: 0,
+            grant_every: u64::from(prefetch / 2).max(1),
+        };
+        Ok(DeliveryStream::new(Box::new(source)))
     }
 
     async fn fetch(

@@ -197,6 +197,10 @@ impl SubState {
                     continue;
                 };
                 if push.tx.capacity() == 0 {
+                    // Marked now, not after the loop: the receiver may take from the channel meanwhile,
+                    // and a later look at the capacity would then miss that it was full and leave the
+                    // rest undispatched until the next publish.
+                    push.starved.store(true, AtomicOrdering::Release);
                     continue;
                 }
                 let Some(delivery) = self.next_delivery(i, ctx, u64::MAX) else {

@@ -102,6 +102,14 @@ pub enum Request {
         /// The stream.
         sid: u64,
     },
+    /// Give a stream opened with `credit: true` room for `n` more deliveries: the client has taken
+    /// that many from its buffer.
+    Credit {
+        /// The stream.
+        sid: u64,
+        /// Items (deliveries and `lagged` notes) taken.
+        n: u64,
+    },
     /// Pull messages from a subscription.
     Fetch {
         /// Subscription.
@@ -211,6 +219,11 @@ pub struct SubscribeSpec {
     /// Credit: most unacked deliveries outstanding at the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<u32>,
+    /// The client grants room back with `credit` frames as it takes deliveries: the server sends at
+    /// most `prefetch` items the client has not granted back, so the client never has to stop reading
+    /// its socket to hold a slow stream back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub credit: bool,
 }
 
 fn ack_none() -> AckMode {

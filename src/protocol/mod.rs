@@ -16,6 +16,9 @@ pub use frame::{
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
 
+/// Prefetch of a stream whose `subscribe` names none.
+pub const DEFAULT_PREFETCH: u32 = 1000;
+
 /// Why a frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
@@ -57,6 +60,7 @@ const KNOWN_OPS: &[&str] = &[
     "delete_subscription",
     "subscribe",
     "unsubscribe",
+    "credit",
     "fetch",
     "ack",
     "nack",

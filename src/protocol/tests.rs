@@ -23,7 +23,9 @@ fn client_frames_round_trip() {
             ack: AckMode::Explicit,
             consumer: Some("c1".into()),
             prefetch: Some(10),
+            credit: true,
         }),
+        Request::Credit { sid: 3, n: 500 },
         Request::Ack(lease.clone()),
         Request::Nack { lease: lease.clone(), delay_ms: Some(1500) },
         Request::Extend { lease: lease.clone(), by_ms: 100 },
@@ -47,6 +49,8 @@ fn hand_written_frames_decode() {
         decode_client(r#"{"op":"publish","id":3,"message":{"subject":"a.b","payload":"hi"}}"#).unwrap();
     let Request::Publish { message } = frame.request else { panic!("wrong op") };
     assert_eq!(message.payload_bytes().unwrap().as_ref(), b"hi");
+    let frame = decode_client(r#"{"op":"credit","sid":2,"n":50}"#).unwrap();
+    assert_eq!(frame.request, Request::Credit { sid: 2, n: 50 });
     let frame = decode_client(r#"{"op":"ack","subscription":"s","seq":3,"lease":4}"#).unwrap();
     assert!(matches!(frame.request, Request::Ack(LeaseRef { seq: 3, lease: 4, partition: 0, .. })));
 }

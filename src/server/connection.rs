@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -139,6 +140,44 @@ async fn write_loop(
 struct StreamHandle {
     cancel: CancellationToken,
     prefetch: u32,
+    /// Room the client has granted, for a stream opened with `credit: true`.
+    credit: Option<Arc<Credit>>,
+}
+
+/// Deliveries a client has room for on one stream: `prefetch` to begin with, spent by the pump, given
+/// back by `credit` frames.
+#[derive(Debug)]
+struct Credit {
+    available: std::sync::atomic::AtomicU64,
+    granted: tokio::sync::Notify,
+}
+
+impl Credit {
+    fn new(initial: u32) -> Self {
+        Credit { available: u64::from(initial).into(), granted: tokio::sync::Notify::new() }
+    }
+
+    fn grant(&self, n: u64) {
+        self.available.fetch_add(n, Ordering::AcqRel);
+        self.granted.notify_one();
+    }
+
+    /// Waits until there is room for at least one item; returns how much.
+    async fn room(&self) -> u64 {
+        loop {
+            let granted = self.granted.notified();
+            let available = self.available.load(Ordering::Acquire);
+            if available > 0 {
+                return available;
+            }
+            granted.await;
+        }
+    }
+
+    fn spend(&self, n: u64) {
+        // Only the pump spends, and never more than `room` said, so this cannot go below zero.
+        self.available.fetch_sub(n, Ordering::AcqRel);
+    }
 }
 
 /// The state of one connection.
@@ -299,15 +338,41 @@ impl Connection {
     }
 
     /// Registers a stream and starts pumping it to the client.
-    pub(crate) async fn open_stream(&mut self, id: Option<u64>, stream: DeliveryStream, prefetch: u32) {
+    pub(crate) async fn open_stream(
+        &mut self,
+        id: Option<u64>,
+        stream: DeliveryStream,
+        prefetch: u32,
+        credit: bool,
+    ) {
         let sid = self.next_sid;
         self.next_sid += 1;
         let cancel = self.done.child_token();
-        self.streams.insert(sid, StreamHandle { cancel: cancel.clone(), prefetch });
+        let credit = credit.then(|| Arc::new(Credit::new(prefetch)));
+        self.streams.insert(sid, StreamHandle { cancel: cancel.clone(), prefetch, credit: credit.clone() });
         self.granted = self.granted.saturating_add(prefetch);
         // The answer goes out before the pump starts, so the client learns the sid first.
         self.ok(id, serde_json::to_value(protocol::StreamReply { sid }).ok()).await;
-        self.tasks.spawn(pump(stream, sid, self.out.clone(), cancel, self.binary));
+        self.tasks.spawn(pump(stream, sid, self.out.clone(), cancel, self.binary, credit));
+    }
+
+    /// Gives a stream room for `n` more items.
+    pub(crate) async fn grant(&mut self, id: Option<u64>, sid: u64, n: u64) {
+        match self.streams.get(&sid) {
+            Some(StreamHandle { credit: Some(credit), .. }) => {
+                credit.grant(n);
+                self.ok(id, None).await;
+            }
+            Some(_) => {
+                let msg = format!("stream {sid} was not opened with \"credit\": true");
+                self.error(id, ErrorCode::BadField, &msg).await;
+            }
+            // The stream may have ended a moment ago; only a request that waits for an answer hears of it.
+            None if id.is_some() => {
+                self.error(id, ErrorCode::NoSuchStream, &format!("no stream {sid} on this connection")).await
+            }
+            None => {}
+        }
     }
 
     /// Whether another stream with this prefetch fits the limits; answers the error when not.
@@ -365,15 +430,24 @@ async fn send_frame(out: &mpsc::Sender<Outbound>, done: &CancellationToken, fram
 }
 
 /// Moves items from a stream to the client, batching what is ready into one `deliver` frame. When the
-/// connection's queue is full this waits, so the engine stops dispatching and the backlog shows as lag.
+/// connection's queue is full, or the client has granted no room (`credit`), this waits, so the engine
+/// stops dispatching and the backlog shows as lag.
 async fn pump(
     mut stream: DeliveryStream,
     sid: u64,
     out: mpsc::Sender<Outbound>,
     cancel: CancellationToken,
     binary: bool,
+    credit: Option<Arc<Credit>>,
 ) {
     loop {
+        let room = match &credit {
+            None => BATCH,
+            Some(credit) => tokio::select! {
+                () = cancel.cancelled() => return,
+                room = credit.room() => usize::try_from(room).unwrap_or(usize::MAX).min(BATCH),
+            },
+        };
         let first = tokio::select! {
             () = cancel.cancelled() => return,
             item = stream.next() => item,
@@ -390,13 +464,19 @@ async fn pump(
             messages: Vec::new(),
             raw: Vec::new(),
             frames: Vec::new(),
+            items: 0,
         };
         batch.add(first);
-        while batch.len() < BATCH {
+        let mut taken = 1;
+        while taken < room {
             match stream.try_next() {
                 Some(item) => batch.add(item),
                 None => break,
             }
+            taken += 1;
+        }
+        if let Some(credit) = &credit {
+            credit.spend(batch.items);
         }
         for frame in batch.finish() {
             tokio::select! {
@@ -416,16 +496,15 @@ struct Batch {
     messages: Vec<Delivered>,
     raw: Vec<crate::broker::BrokerDelivery>,
     frames: Vec<Outbound>,
+    /// Items the client will count against its credit: deliveries and `lagged` notes.
+    items: u64,
 }
 
 impl Batch {
-    fn len(&self) -> usize {
-        self.messages.len() + self.raw.len()
-    }
-
     fn add(&mut self, item: Result<StreamItem, crate::broker::BrokerError>) {
         match item {
             Ok(StreamItem::Delivery(d)) => {
+                self.items += 1;
                 if self.subscription.is_none() {
                     self.subscription = d.token.as_ref().map(|t| t.subscription.clone());
                 }
@@ -440,6 +519,7 @@ impl Batch {
                 }
             }
             Ok(StreamItem::Lagged { skipped }) => {
+                self.items += 1;
                 self.flush();
                 self.push(&ServerFrame::Lagged { sid: self.sid, skipped });
             }

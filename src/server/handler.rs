@@ -14,9 +14,6 @@ use crate::protocol::{
     BrowseSpec, CountReply, Delivered, Envelope, ErrorCode, LeaseRef, Request, SeekSpec, ServerStats,
 };
 
-/// Prefetch of a stream whose client names none.
-const DEFAULT_PREFETCH: u32 = 1000;
-
 impl Connection {
     /// Answers one request.
     pub(crate) async fn handle(&mut self, id: Option<u64>, request: Request) {
@@ -64,7 +61,7 @@ impl Connection {
                 broker.delete_subscription(&subscription).await.map(|()| None)
             }
             Request::Subscribe(spec) => {
-                let prefetch = spec.prefetch.unwrap_or(DEFAULT_PREFETCH).max(1);
+                let prefetch = spec.prefetch.unwrap_or(crate::protocol::DEFAULT_PREFETCH).max(1);
                 if !self.admit_stream(id, prefetch).await {
                     return;
                 }
@@ -77,11 +74,12 @@ impl Connection {
                     prefetch: Some(prefetch),
                 };
                 match broker.subscribe(req).await {
-                    Ok(stream) => return self.open_stream(id, stream, prefetch).await,
+                    Ok(stream) => return self.open_stream(id, stream, prefetch, spec.credit).await,
                     Err(e) => Err(e),
                 }
             }
             Request::Unsubscribe { sid } => return self.close_stream(id, sid).await,
+            Request::Credit { sid, n } => return self.grant(id, sid, n).await,
             Request::Fetch { subscription, consumer, max_msgs, max_bytes, wait_ms } => {
                 let opts = FetchOptions {
                     max_msgs,

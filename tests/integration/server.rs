@@ -342,6 +342,78 @@ async fn a_client_that_stops_reading_lags_its_tap_then_is_closed_and_its_leases_
     drop(raw);
 }
 
+/// Two acking consumers on one connection, each with a large prefetch: a consumer waits for its ack's
+/// answer while deliveries for the other pile up. The socket reader must never wait for a stream's
+/// reader, or the answers behind it on the socket never arrive (this took 30 s per ack before).
+#[tokio::test]
+async fn acking_consumers_with_full_streams_do_not_stall_their_answers() {
+    let server = start(ServeConfig::default()).await;
+    let broker = Arc::new(client(&server).await);
+    let mut config = SubscriptionConfig::new(name("workers"), name("jobs"));
+    config.ack = AckMode::Explicit;
+    config.max_in_flight = 10_000;
+    broker.create_subscription(config).await.unwrap();
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut req = SubscribeRequest::live(vec![Pattern::parse("jobs").unwrap()]);
+        req.subscription = Some(name("workers"));
+        req.ack = AckMode::Explicit;
+        req.prefetch = Some(4096);
+        let mut stream = broker.subscribe(req).await.unwrap();
+        let broker = broker.clone();
+        readers.push(tokio::spawn(async move {
+            let mut acked = 0u64;
+            while let Ok(Some(Ok(StreamItem::Delivery(d)))) =
+                tokio::time::timeout(Duration::from_secs(2), stream.next()).await
+            {
+                broker.settle(d.token.as_ref().unwrap(), Settle::Ack).await.unwrap();
+                acked += 1;
+            }
+            acked
+        }));
+    }
+    for chunk in 0..40 {
+        let msgs = (0..250).map(|i| PublishRequest::new(name("jobs"), format!("{chunk}-{i}"))).collect();
+        broker.publish_batch(msgs).await.unwrap();
+    }
+    let mut acked = 0;
+    for reader in readers {
+        acked += tokio::time::timeout(Duration::from_secs(60), reader).await.unwrap().unwrap();
+    }
+    assert_eq!(acked, 10_000, "every job acked once");
+    let info = broker.subscription_info(&name("workers")).await.unwrap();
+    assert_eq!((info.ack_floor, info.in_flight), (10_000, 0));
+}
+
+/// A remote stream's reader that takes nothing leaves the backlog in the server, where it shows as lag:
+/// the server sends no more than the stream's credit (its prefetch) until the reader takes some.
+#[tokio::test]
+async fn a_remote_reader_that_takes_nothing_holds_back_at_most_its_credit() {
+    let server = start(ServeConfig::default()).await;
+    let broker = client(&server).await;
+    let mut config = SubscriptionConfig::new(name("slow"), name("feed"));
+    config.ack = AckMode::None;
+    broker.create_subscription(config).await.unwrap();
+    let mut req = SubscribeRequest::live(vec![Pattern::parse("feed").unwrap()]);
+    req.subscription = Some(name("slow"));
+    req.prefetch = Some(100);
+    let mut stream = broker.subscribe(req).await.unwrap();
+    for chunk in 0..20 {
+        let msgs = (0..250).map(|i| PublishRequest::new(name("feed"), format!("{chunk}-{i}"))).collect();
+        broker.publish_batch(msgs).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // At most the credit in the client plus the engine's own push buffer (also the prefetch) left.
+    let info = broker.subscription_info(&name("slow")).await.unwrap();
+    assert!(info.backlog >= 5000 - 200, "the backlog stays in the server: {}", info.backlog);
+    // Taking everything hands room back, and the rest follows, in order.
+    let mut seqs = Vec::new();
+    while seqs.len() < 5000 {
+        seqs.push(next_delivery(&mut stream).await.message.seq);
+    }
+    assert_eq!(seqs, (1..=5000).collect::<Vec<u64>>());
+}
+
 #[tokio::test]
 async fn a_slow_tap_reader_is_told_how_many_messages_it_missed() {
     let config = ServeConfig {

@@ -461,6 +461,14 @@ impl PublishJob {
                     let due_now = (started.elapsed().as_secs_f64() * rate) as u64;
                     if due_now <= sent {
                         let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
+                        let wait = (started + next).saturating_duration_since(Instant::now());
+                        if wait < PRECISE_BELOW && multi_threaded() {
+                            // The async timer ticks in whole milliseconds, which would stamp up to 1 ms of
+                            // the harness's own lateness onto every message; short waits sleep the thread,
+                            // with this worker's other tasks handed to another thread meanwhile.
+                            tokio::task::block_in_place(|| std::thread::sleep(wait));
+                            continue;
+                        }
                         let due = tokio::time::sleep_until((started + next).into());
                         tokio::select! {
                             () = due => {}
@@ -507,6 +515,14 @@ impl PublishJob {
         self.progress.published.fetch_add(n, Ordering::Relaxed);
         Ok(n)
     }
+}
+
+/// Open-loop waits shorter than this sleep the thread rather than the async timer.
+const PRECISE_BELOW: Duration = Duration::from_millis(2);
+
+/// Whether blocking in place is possible (it needs a multi-threaded runtime).
+fn multi_threaded() -> bool {
+    tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
 }
 
 /// A progress line on stderr while a scenario runs, when stderr is a terminal and output is a table.
