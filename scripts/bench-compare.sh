@@ -3,6 +3,7 @@
 # Redis PUB/SUB and Mosquitto, all driven by the same `pubsub bench` harness; prints a Markdown table.
 #
 #   scripts/bench-compare.sh [MSGS]        (default 200000 messages per closed-loop run)
+#   ROUNDS=5 scripts/bench-compare.sh      (latency rounds, default 3; the table shows their medians)
 #
 # Needs a release build (cargo build --release) and the brokers on their default loopback ports;
 # a broker that is not up is skipped with a note. Only ever points at 127.0.0.1.
@@ -28,10 +29,11 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo
 echo "| broker | scenario | published/s | delivered/s | lost | p50 µs | p99 µs | max µs |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|"
-row() { # broker label, then bench args
+csv() { "$bin" --broker "$1" bench --csv "${@:2}" 2>/dev/null | tail -1; }
+row() { # broker URL, then bench args
   local url=$1; shift
   local line
-  line=$("$bin" --broker "$url" bench --csv "$@" 2>/dev/null | tail -1) || { echo "| $url | $* | failed | | | | | |"; return; }
+  line=$(csv "$url" "$@") || { echo "| $url | $* | failed | | | | | |"; return; }
   IFS=, read -r scenario _ pubs subs _ rate published delivered lost _ pps dps _ p50 _ p99 _ max _ <<<"$line"
   local label="$scenario ($pubs pub, $subs sub)"
   [ -n "$rate" ] && label="$label at $rate/s"
@@ -40,5 +42,22 @@ row() { # broker label, then bench args
 for url in "${brokers[@]}"; do
   row "$url" --scenario 1:1 -n "$msgs"
   row "$url" --scenario fanout --subs 10 -n $((msgs / 4))
-  row "$url" --scenario 1:1 --rate 10000/s -n 50000
+done
+# Latency: open loop at 10,000 msgs/s for 5 s, ROUNDS rounds taking the brokers in turn (so that a
+# noisy moment of the machine hits all of them), each figure the median of the rounds.
+rounds=${ROUNDS:-3}
+tmp=$(mktemp -d)
+trap 'kill $serve_pid 2>/dev/null || true; rm -rf "$tmp"' EXIT
+for ((r = 0; r < rounds; r++)); do
+  for i in "${!brokers[@]}"; do
+    csv "${brokers[$i]}" --scenario 1:1 --rate 10000/s -n 50000 >>"$tmp/$i" || true
+  done
+done
+median() { sort -n | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "-"}'; }
+for i in "${!brokers[@]}"; do
+  f="$tmp/$i"
+  [ -s "$f" ] || { echo "| ${brokers[$i]} | 1:1 at 10000/s | failed | | | | | |"; continue; }
+  col() { cut -d, -f"$1" "$f" | median; }
+  printf '| %s | 1:1 (1 pub, 1 sub) at 10000/s, median of %s | %.0f | %.0f | %s | %s | %s | %s |\n' \
+    "${brokers[$i]}" "$(wc -l <"$f")" "$(col 11)" "$(col 12)" "$(col 9)" "$(col 14)" "$(col 16)" "$(col 18)"
 done
