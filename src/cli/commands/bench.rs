@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args, ValueEnum};
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -223,6 +223,9 @@ struct Progress {
     publishing_done: AtomicBool,
 }
 
+/// Acks a receiver keeps in flight before it waits for one.
+const ACKS_IN_FLIGHT: usize = 256;
+
 /// How long receivers wait for stragglers after publishing ended, without any arriving.
 const GRACE: Duration = Duration::from_secs(3);
 
@@ -370,6 +373,7 @@ async fn receive(
 ) -> Result<(u64, Duration, Histogram<u64>), CliError> {
     let mut latency = new_histogram()?;
     let (mut got, mut last) = (0u64, Duration::ZERO);
+    let mut acks = FuturesUnordered::new();
     let mut quiet_since = Instant::now();
     loop {
         let done = progress.publishing_done.load(Ordering::Relaxed);
@@ -384,7 +388,14 @@ async fn receive(
                 break;
             }
         }
-        let first = match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(Duration::from_millis(100), stream.next()) => next,
+            Some(acked) = acks.next(), if !acks.is_empty() => {
+                acked?;
+                continue;
+            }
+        };
+        let first = match next {
             Err(_) => continue,
             Ok(None) => break,
             Ok(Some(item)) => item,
@@ -410,9 +421,17 @@ async fn receive(
                         let _ = latency.record(arrived.saturating_sub(sent).max(1));
                     }
                     if plan.ack
-                        && let Some(token) = &d.token
+                        && let Some(token) = d.token
                     {
-                        broker.settle(token, Settle::Ack).await?;
+                        // Acks are pipelined, as a consumer that processes while its acks travel would:
+                        // a round trip per message would measure the network's latency, not the broker.
+                        if acks.len() >= ACKS_IN_FLIGHT
+                            && let Some(acked) = acks.next().await
+                        {
+                            acked?;
+                        }
+                        let broker = broker.clone();
+                        acks.push(async move { broker.settle(&token, Settle::Ack).await });
                     }
                 }
                 Ok(StreamItem::Lagged { skipped }) => {
@@ -423,6 +442,13 @@ async fn receive(
         }
         got += delivered;
         progress.delivered.fetch_add(delivered, Ordering::Relaxed);
+        // Started now (a remote broker's ack frame goes out on the first poll); finished ones counted.
+        while let Some(Some(acked)) = acks.next().now_or_never() {
+            acked?;
+        }
+    }
+    while let Some(acked) = acks.next().await {
+        acked?;
     }
     Ok((got, last, latency))
 }
