@@ -538,7 +538,7 @@ impl ItemSource for RemoteSource {
         {
             self.buffered.extend(batch);
         }
-        let item = self.take()?;
+        let item = self.take();
         if self.taken >= self.grant_every {
             let out = guard(&self.inner.out).clone();
             if let Some(out) = out
@@ -547,9 +547,9 @@ impl ItemSource for RemoteSource {
             {
                 permit.send(frame);
             }
-            // Otherwise the next `next` hands the room back, before it waits.
+            // Otherwise the next call hands the room back (`next` before it waits).
         }
-        Some(item)
+        item
     }
 }
 
