@@ -78,6 +78,8 @@ struct Inner {
     out: Mutex<Option<mpsc::Sender<Outgoing>>>,
     /// The server accepted binary frames on the current connection.
     binary: std::sync::atomic::AtomicBool,
+    /// The current server's largest accepted frame, from its welcome.
+    max_frame: std::sync::atomic::AtomicUsize,
     pending: Mutex<HashMap<u64, Pending>>,
     streams: Mutex<HashMap<u64, StreamState>>,
     /// Server sid → client stream id, for the current connection.
@@ -133,6 +135,7 @@ impl RemoteBroker {
             endpoint_file,
             out: Mutex::new(None),
             binary: std::sync::atomic::AtomicBool::new(false),
+            max_frame: std::sync::atomic::AtomicUsize::new(usize::MAX),
             pending: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
             sids: Mutex::new(HashMap::new()),
@@ -214,9 +217,10 @@ async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
             }
         };
         match protocol::decode_server(text.as_str()) {
-            Ok(ServerFrame::Welcome { binary, .. }) => {
+            Ok(ServerFrame::Welcome { binary, limits, .. }) => {
                 // A server from before binary frames ignores the offer and answers without the flag.
                 inner.binary.store(binary, Ordering::Relaxed);
+                inner.max_frame.store(limits.max_frame_bytes, Ordering::Relaxed);
                 return Ok(socket);
             }
             Ok(ServerFrame::Error { code, message, .. }) if code == ErrorCode::Unauthorized.number() => {
@@ -639,12 +643,29 @@ impl Broker for RemoteBroker {
                 .call_as(Request::PublishBatch { messages: msgs.iter().map(envelope).collect() })
                 .await;
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = Outgoing::Binary(protocol::binary::encode_publish_batch(id, &msgs));
-        match send_and_wait(&self.inner, id, frame, None, REQUEST_TIMEOUT).await? {
-            Reply::Receipts(receipts) => Ok(receipts),
-            Reply::Json(_) => Err(BrokerError::Protocol("a JSON answer to a binary publish batch".into())),
+        // A batch larger than the server's frame limit goes as several frames, in order; a failure
+        // names the index in the whole batch (everything before it was published).
+        let max_frame = self.inner.max_frame.load(Ordering::Relaxed);
+        let mut receipts = Vec::with_capacity(msgs.len());
+        for chunk in protocol::binary::publish_chunks(&msgs, max_frame) {
+            let offset = receipts.len();
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let frame = Outgoing::Binary(protocol::binary::encode_publish_batch(id, chunk));
+            match send_and_wait(&self.inner, id, frame, None, REQUEST_TIMEOUT).await {
+                Ok(Reply::Receipts(some)) => receipts.extend(some),
+                Ok(Reply::Json(_)) => {
+                    return Err(BrokerError::Protocol("a JSON answer to a binary publish batch".into()));
+                }
+                Err(BrokerError::Batch { index, source }) => {
+                    return Err(BrokerError::Batch { index: offset + index, source });
+                }
+                Err(e) if offset > 0 => {
+                    return Err(BrokerError::Batch { index: offset, source: Box::new(e) });
+                }
+                Err(e) => return Err(e),
+            }
         }
+        Ok(receipts)
     }
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {

@@ -181,10 +181,39 @@ impl Names {
     }
 }
 
+/// Bytes of a `publish_batch` frame before its messages.
+const PUBLISH_BATCH_HEAD: usize = 13;
+
+/// At least the bytes one message takes in a `publish_batch` frame.
+fn publish_size(m: &PublishRequest) -> usize {
+    // subject length 2, flags 1, payload length 4, key length 4, msg_id length 2, header count 2, and
+    // per header its key length 2 and value length 4.
+    15 + m.subject.as_str().len() + m.size() + m.msg_id.as_deref().map_or(0, str::len) + 6 * m.headers.len()
+}
+
+/// Splits a batch into runs that each fit one `publish_batch` frame of at most `max_frame` bytes; a
+/// message too large for any frame travels alone (and the server refuses it with a clear error).
+pub fn publish_chunks(msgs: &[PublishRequest], max_frame: usize) -> Vec<&[PublishRequest]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut size) = (0, PUBLISH_BATCH_HEAD);
+    for (i, m) in msgs.iter().enumerate() {
+        let n = publish_size(m);
+        if i > start && size + n > max_frame {
+            chunks.push(&msgs[start..i]);
+            (start, size) = (i, PUBLISH_BATCH_HEAD);
+        }
+        size += n;
+    }
+    if start < msgs.len() {
+        chunks.push(&msgs[start..]);
+    }
+    chunks
+}
+
 /// A binary `publish_batch` frame.
 pub fn encode_publish_batch(id: u64, msgs: &[PublishRequest]) -> Vec<u8> {
-    let size: usize = msgs.iter().map(|m| 16 + m.subject.as_str().len() + m.size()).sum();
-    let mut w = Writer(Vec::with_capacity(13 + size));
+    let size: usize = msgs.iter().map(publish_size).sum();
+    let mut w = Writer(Vec::with_capacity(PUBLISH_BATCH_HEAD + size));
     w.u8(PUBLISH_BATCH);
     w.u64(id);
     w.u32(u32::try_from(msgs.len()).unwrap_or(u32::MAX));
@@ -390,6 +419,34 @@ mod tests {
         let frame = Bytes::from(encode_publish_batch(42, &msgs));
         assert_eq!(frame_id(&frame), Some(42));
         assert_eq!(decode_publish_batch(&frame).ok(), Some((42, msgs)));
+    }
+
+    #[test]
+    fn batches_split_into_frames_that_fit_and_every_size_bound_holds() {
+        let msgs: Vec<PublishRequest> = (0..100)
+            .map(|i| {
+                PublishRequest::new(name("orders.eu"), vec![b'x'; 1000 + i])
+                    .with_msg_id(format!("id-{i}"))
+                    .with_header("trace", "t")
+            })
+            .collect();
+        for m in &msgs {
+            let alone = encode_publish_batch(1, std::slice::from_ref(m)).len();
+            assert!(PUBLISH_BATCH_HEAD + publish_size(m) >= alone, "the bound holds");
+        }
+        let chunks = publish_chunks(&msgs, 10_000);
+        assert!(chunks.len() > 1);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 100, "nothing lost or repeated");
+        for chunk in &chunks {
+            assert!(encode_publish_batch(1, chunk).len() <= 10_000);
+        }
+        let joined: Vec<PublishRequest> = chunks.concat();
+        assert_eq!(joined, msgs, "in order");
+        // A message larger than any frame goes alone; an empty batch is no frame at all.
+        let big =
+            vec![PublishRequest::new(name("t"), vec![0; 50]), PublishRequest::new(name("t"), vec![0; 5000])];
+        assert_eq!(publish_chunks(&big, 1000).iter().map(|c| c.len()).collect::<Vec<_>>(), [1, 1]);
+        assert!(publish_chunks(&[], 1000).is_empty());
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub(crate) enum Outbound {
 
 /// Most messages in one `deliver` frame.
 const BATCH: usize = 256;
+/// A `deliver` frame takes no more messages once it holds this many bytes of them, so that large
+/// messages make several frames rather than one too large for the client to read (tungstenite's
+/// clients refuse messages over 16 MiB by default).
+const BATCH_BYTES: usize = 1024 * 1024;
 
 /// Serves one connection to the end. `over_limit` means the server is full: the client is told so and
 /// the connection closes.
@@ -465,10 +469,11 @@ async fn pump(
             raw: Vec::new(),
             frames: Vec::new(),
             items: 0,
+            bytes: 0,
         };
         batch.add(first);
         let mut taken = 1;
-        while taken < room {
+        while taken < room && batch.bytes < BATCH_BYTES {
             match stream.try_next() {
                 Some(item) => batch.add(item),
                 None => break,
@@ -498,6 +503,8 @@ struct Batch {
     frames: Vec<Outbound>,
     /// Items the client will count against its credit: deliveries and `lagged` notes.
     items: u64,
+    /// Bytes of the deliveries' messages (payload, key, headers).
+    bytes: usize,
 }
 
 impl Batch {
@@ -505,6 +512,7 @@ impl Batch {
         match item {
             Ok(StreamItem::Delivery(d)) => {
                 self.items += 1;
+                self.bytes += d.message.size();
                 if self.subscription.is_none() {
                     self.subscription = d.token.as_ref().map(|t| t.subscription.clone());
                 }

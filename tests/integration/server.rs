@@ -414,6 +414,31 @@ async fn a_remote_reader_that_takes_nothing_holds_back_at_most_its_credit() {
     assert_eq!(seqs, (1..=5000).collect::<Vec<u64>>());
 }
 
+/// A publish batch larger than the server's frame limit goes as several frames, and deliveries of large
+/// messages come in frames the client can read (300 × 64 KiB is 19 MiB: over the 4 MiB frame limit and
+/// over the client's 16 MiB message limit if sent as one).
+#[tokio::test]
+async fn large_batches_and_large_deliveries_fit_the_frame_limits() {
+    let server = start(ServeConfig::default()).await;
+    let broker = client(&server).await;
+    let mut config = SubscriptionConfig::new(name("big"), name("blobs"));
+    config.ack = AckMode::None;
+    broker.create_subscription(config).await.unwrap();
+    let mut req = SubscribeRequest::live(vec![Pattern::parse("blobs").unwrap()]);
+    req.subscription = Some(name("big"));
+    req.prefetch = Some(1000);
+    let mut stream = broker.subscribe(req).await.unwrap();
+    let msgs: Vec<PublishRequest> =
+        (0..300u32).map(|i| PublishRequest::new(name("blobs"), vec![(i % 251) as u8; 64 * 1024])).collect();
+    let receipts = broker.publish_batch(msgs).await.unwrap();
+    assert_eq!(receipts.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=300).collect::<Vec<u64>>());
+    for i in 0..300u32 {
+        let d = next_delivery(&mut stream).await;
+        assert_eq!(d.message.seq, u64::from(i) + 1);
+        assert!(d.message.payload.len() == 64 * 1024 && d.message.payload[0] == (i % 251) as u8);
+    }
+}
+
 #[tokio::test]
 async fn a_slow_tap_reader_is_told_how_many_messages_it_missed() {
     let config = ServeConfig {
