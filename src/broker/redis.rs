@@ -177,7 +177,8 @@ impl RedisBroker {
             .map_err(|e| error(&shown, e))?;
         let (events, _) = broadcast::channel(16);
         Ok(RedisBroker {
-            url: shown,
+            // The options stay in the URL shown (reports tell `?mode=pubsub` from streams by it).
+            url: if query.is_empty() { shown } else { format!("{shown}?{query}") },
             client,
             conn,
             mode: options.mode,
@@ -499,6 +500,13 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
+        if req.subscription.is_some() && self.mode == Mode::PubSub {
+            // As for `create_subscription`: a group reads a stream, which `mode=pubsub` never writes.
+            return Err(BrokerError::Unsupported {
+                broker: "redis",
+                capability: Capability::CompetingConsumers,
+            });
+        }
         if req.subscription.is_some() || req.from.is_some() {
             let topic = super::history_topic(&req)?;
             return self.read_stream(topic, req).await;

@@ -115,6 +115,17 @@ fn bench_splits_messages_between_publishers_and_runs_without_subscribers() {
         assert_eq!((r["published"].as_u64(), r["delivered"].as_u64()), (Some(1001), Some(1001)), "{r}");
     }
     pubsub().args(["--broker", "mem://", "bench", "--window", "0"]).assert().code(2);
+    // Options a scenario would ignore are refused rather than dropped.
+    for args in [
+        &["--scenario", "1:1", "--subs", "5"][..],
+        &["--scenario", "fanout", "--subs", "0"],
+        &["--scenario", "pub", "--subs", "2"],
+        &["--scenario", "fanin", "--subs", "3"],
+        &["-n", "0"],
+        &["-n", "10", "--duration", "1s"],
+    ] {
+        pubsub().args(["--broker", "mem://", "bench"]).args(args).assert().code(2);
+    }
     let alone = run(&["-n", "500", "--subscribers", "0"]);
     assert_eq!((alone["published"].as_u64(), alone["delivered"].as_u64()), (Some(500), Some(0)));
     assert!(alone["published_per_s"].as_f64().is_some_and(|r| r > 0.0), "{alone}");

@@ -355,3 +355,40 @@ fn ctrl_c_during_exec_exits_130_kills_the_command_and_releases_the_message() {
     std::thread::sleep(std::time::Duration::from_secs(6));
     assert!(!marker.exists(), "the command was killed with sub, not left running");
 }
+
+#[test]
+fn ctrl_c_during_bench_reports_what_was_measured_and_removes_the_run_topic() {
+    let home = Home::with_daemon("bench-sigint");
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let child = std::process::Command::new(bin)
+        .args(["bench", "--scenario", "all", "--duration", "60s", "--rate", "2000/s", "--csv"])
+        .env("PUBSUB_HOME", &home.0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the run's first topic exists, so the interrupt lands mid-scenario.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, out, _) = home.run(&["topics"]);
+        if out.contains("bench-") {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "no bench topic appeared: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    // The header and the interrupted scenario's row, and no scenario after it.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let cells: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!((cells[0], cells[19]), ("pub", "false"), "{stdout}");
+    assert!(cells[6].parse::<u64>().unwrap() > 0, "it had published: {stdout}");
+    let (_, topics, _) = home.run(&["topics"]);
+    assert!(!topics.contains("bench-"), "the run's topic was removed: {topics}");
+}

@@ -331,6 +331,15 @@ fn bad_redis_input_has_clear_errors_and_exit_codes() {
     let (code, _, stderr) = home.run(&["--broker", URL, "sub", "a.*.b", "--timeout", "1s"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("glob:a.*.b"), "{stderr}");
+    // A group reads a stream, which mode=pubsub never writes: refused, not an empty stream.
+    let pubsub_url = format!("{URL}?mode=pubsub");
+    let (code, _, stderr) =
+        home.run(&["--broker", &pubsub_url, "sub", &key("q"), "-s", "workers", "--timeout", "1s"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("competing consumers"), "{stderr}");
+    let (code, out, stderr) = home.run(&["--broker", &pubsub_url, "bench", "-n", "100", "--csv"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("redis://127.0.0.1:6379?mode=pubsub"), "the report keeps the mode: {out}");
 }
 
 #[tokio::test]

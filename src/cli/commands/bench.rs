@@ -29,6 +29,7 @@ use crate::cli::CliError;
 use crate::cli::output::{Stdout, note, table};
 use crate::cli::parse::{parse_duration, parse_rate};
 use crate::engine::{AckMode, Name, Pattern, PublishRequest, StartPosition, SubscriptionConfig};
+use tokio_util::sync::CancellationToken;
 
 /// A benchmark shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,11 +61,12 @@ pub struct BenchArgs {
         short = 'n',
         visible_alias = "messages",
         default_value_t = 200_000,
-        value_name = "N"
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub msgs: u64,
     /// Publish for this long instead of a count (e.g. 10s).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", conflicts_with = "msgs")]
     pub duration: Option<Duration>,
     /// Payload size in bytes (at least 8: the send time is stamped into the first 8).
     #[arg(long, default_value_t = 16, value_name = "BYTES")]
@@ -145,21 +147,61 @@ pub async fn run(ctx: &crate::cli::Context, args: BenchArgs) -> Result<(), CliEr
             args.size
         )));
     }
-    if args.batch == 0 || args.pubs == Some(0) {
-        return Err(CliError::Usage("--batch and --pubs must be at least 1".into()));
+    if args.batch == 0 {
+        return Err(CliError::Usage("--batch must be at least 1".into()));
+    }
+    if args.pubs == Some(0) {
+        return Err(CliError::Usage("--pubs must be at least 1: a run needs a publisher".into()));
     }
     if args.rate.is_some_and(|r| r <= 0.0) {
         return Err(CliError::Usage("--rate must be above zero".into()));
     }
+    if args.duration.is_some_and(|d| d.is_zero()) {
+        return Err(CliError::Usage("--duration must be above zero".into()));
+    }
+    check_shape(&args)?;
     let plans = plans(&args);
     let broker = ctx.connect().await?;
+    let stop = CancellationToken::new();
+    let watcher = tokio::spawn(watch_interrupts(stop.clone()));
+    let outcome = run_plans(&broker, plans, &args, &stop).await;
+    watcher.abort();
+    outcome?;
+    if stop.is_cancelled() {
+        return Err(CliError::Interrupted);
+    }
+    Ok(())
+}
+
+/// The first Ctrl-C stops publishing: the scenario under way reports what it measured and removes its
+/// topic, and no further scenario starts. A second one quits at once.
+async fn watch_interrupts(stop: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    note("interrupted: reporting what was measured and removing the run's topic (Ctrl-C again quits now)");
+    stop.cancel();
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(130);
+    }
+}
+
+async fn run_plans(
+    broker: &SharedBroker,
+    plans: Vec<Plan>,
+    args: &BenchArgs,
+    stop: &CancellationToken,
+) -> Result<(), CliError> {
     let mut out = Stdout::new();
     if args.csv {
         out.line(CSV_HEADER)?;
     }
     let mut rows = Vec::new();
     for plan in plans {
-        let report = measure(broker.clone(), &plan, &args).await?;
+        if stop.is_cancelled() {
+            break;
+        }
+        let report = measure(broker.clone(), &plan, args, stop).await?;
         if report.dropped > 0 {
             note(&format!(
                 "{}: the broker or client dropped {} message(s) for slow subscribers (counted as lost)",
@@ -167,11 +209,11 @@ pub async fn run(ctx: &crate::cli::Context, args: BenchArgs) -> Result<(), CliEr
             ));
         }
         if args.json {
-            out.line(&json_row(&broker, &args, &report).to_string())?;
+            out.line(&json_row(broker, args, &report).to_string())?;
         } else if args.csv {
-            out.line(&csv_row(&broker, &args, &report))?;
+            out.line(&csv_row(broker, args, &report))?;
         } else {
-            rows.push(text_row(&report, &args));
+            rows.push(text_row(&report, args));
         }
     }
     if !rows.is_empty() {
@@ -192,14 +234,38 @@ pub async fn run(ctx: &crate::cli::Context, args: BenchArgs) -> Result<(), CliEr
     out.flush()
 }
 
+/// Refuses `--pubs`/`--subs` a scenario would ignore or could not honour.
+fn check_shape(args: &BenchArgs) -> Result<(), CliError> {
+    let refuse = |what: &str| Err(CliError::Usage(what.to_string()));
+    let (pubs, subs) = (args.pubs.filter(|&n| n != 1), args.subs);
+    match args.scenario {
+        Some(Scenario::OneToOne) if pubs.is_some() || subs.is_some_and(|n| n != 1) => refuse(
+            "--scenario 1:1 has one publisher and one subscriber; for more use fanout (--subs), fanin (--pubs) or no --scenario",
+        ),
+        Some(Scenario::Pub) if subs.is_some_and(|n| n != 0) => {
+            refuse("--scenario pub has no subscribers; drop --subs, or use fanout")
+        }
+        Some(Scenario::Fanout | Scenario::Queue) if pubs.is_some() => {
+            refuse("fanout and queue have one publisher; drop --pubs, or run without --scenario")
+        }
+        Some(Scenario::Fanout | Scenario::Queue) if subs == Some(0) => {
+            refuse("fanout and queue need at least one subscriber; --scenario pub measures publishing alone")
+        }
+        Some(Scenario::Fanin) if subs.is_some_and(|n| n != 1) => {
+            refuse("--scenario fanin has one subscriber; drop --subs, or run without --scenario")
+        }
+        _ => Ok(()),
+    }
+}
+
 fn plans(args: &BenchArgs) -> Vec<Plan> {
     let plan = |name, pubs, subs, shared| Plan { name, pubs, subs, shared, ack: args.ack || shared };
     let one = |s: Scenario| match s {
         Scenario::Pub => plan("pub", args.pubs.unwrap_or(1), 0, false),
         Scenario::OneToOne => plan("1:1", 1, 1, false),
-        Scenario::Fanout => plan("fanout", 1, args.subs.unwrap_or(10).max(1), false),
+        Scenario::Fanout => plan("fanout", 1, args.subs.filter(|&n| n > 0).unwrap_or(10), false),
         Scenario::Fanin => plan("fanin", args.pubs.unwrap_or(10), 1, false),
-        Scenario::Queue => plan("queue", 1, args.subs.unwrap_or(4).max(1), true),
+        Scenario::Queue => plan("queue", 1, args.subs.filter(|&n| n > 0).unwrap_or(4), true),
         Scenario::All => plan("custom", 1, 1, false),
     };
     match args.scenario {
@@ -229,12 +295,33 @@ const ACKS_IN_FLIGHT: usize = 256;
 /// How long receivers wait for stragglers after publishing ended, without any arriving.
 const GRACE: Duration = Duration::from_secs(3);
 
-async fn measure(broker: SharedBroker, plan: &Plan, args: &BenchArgs) -> Result<Report, CliError> {
+/// Runs one scenario on a topic of its own, removed afterwards whatever happened (error or Ctrl-C).
+async fn measure(
+    broker: SharedBroker,
+    plan: &Plan,
+    args: &BenchArgs,
+    stop: &CancellationToken,
+) -> Result<Report, CliError> {
     let suffix = plan.name.replace(':', "to");
     let topic = Name::new(&format!("bench-{}-{suffix}", std::process::id()))
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let durable = prepare_topic(&broker, &topic).await?;
-    let streams = open_streams(&broker, &topic, plan, durable).await?;
+    let outcome = measure_on(broker.clone(), &topic, durable, plan, args, stop).await;
+    if durable {
+        let _ = broker.delete_topic(&topic).await;
+    }
+    outcome
+}
+
+async fn measure_on(
+    broker: SharedBroker,
+    topic: &Name,
+    durable: bool,
+    plan: &Plan,
+    args: &BenchArgs,
+    stop: &CancellationToken,
+) -> Result<Report, CliError> {
+    let streams = open_streams(&broker, topic, plan, durable).await?;
     let progress = Arc::new(Progress::default());
     let started = Instant::now();
     let mut receivers = Vec::new();
@@ -263,6 +350,7 @@ async fn measure(broker: SharedBroker, plan: &Plan, args: &BenchArgs) -> Result<
             window: args.window as usize,
             rate: args.rate.map(|r| r / pubs as f64),
             progress: progress.clone(),
+            stop: stop.clone(),
         };
         senders.push(tokio::spawn(job.run()));
     }
@@ -297,9 +385,6 @@ async fn measure(broker: SharedBroker, plan: &Plan, args: &BenchArgs) -> Result<
     if let Some(t) = ticker {
         t.abort();
         eprint_progress_clear();
-    }
-    if durable {
-        let _ = broker.delete_topic(&topic).await;
     }
     match failure {
         Some(e) => Err(e),
@@ -466,6 +551,8 @@ struct PublishJob {
     /// Open loop: this publisher's rate in msgs/s.
     rate: Option<f64>,
     progress: Arc<Progress>,
+    /// Ctrl-C: stop publishing, as if the count or duration were reached.
+    stop: CancellationToken,
 }
 
 impl PublishJob {
@@ -476,7 +563,8 @@ impl PublishJob {
         // Calls in flight, answered in order; a message counts as published once its call is answered.
         let mut in_flight = FuturesOrdered::new();
         let (mut sent, mut published) = (0u64, 0u64);
-        while sent < self.count && self.until.is_none_or(|t| Instant::now() < t) {
+        while sent < self.count && self.until.is_none_or(|t| Instant::now() < t) && !self.stop.is_cancelled()
+        {
             if in_flight.len() >= self.window {
                 published += self.answered(in_flight.next().await)?;
             }
@@ -487,7 +575,8 @@ impl PublishJob {
                     let due_now = (started.elapsed().as_secs_f64() * rate) as u64;
                     if due_now <= sent {
                         let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
-                        let wait = (started + next).saturating_duration_since(Instant::now());
+                        let due = started + next;
+                        let wait = due.saturating_duration_since(Instant::now());
                         if wait < PRECISE_BELOW && multi_threaded() {
                             // The async timer ticks in whole milliseconds, which would stamp up to 1 ms of
                             // the harness's own lateness onto every message; short waits sleep the thread,
@@ -495,9 +584,12 @@ impl PublishJob {
                             tokio::task::block_in_place(|| std::thread::sleep(wait));
                             continue;
                         }
-                        let due = tokio::time::sleep_until((started + next).into());
+                        // Longer waits sleep on the timer to just short of the due time, and the rest
+                        // as above.
+                        let wake = due.checked_sub(PRECISE_BELOW / 2).unwrap_or(due);
                         tokio::select! {
-                            () = due => {}
+                            () = tokio::time::sleep_until(wake.into()) => {}
+                            () = self.stop.cancelled() => {}
                             Some(answer) = in_flight.next() => published += self.answered(Some(answer))?,
                         }
                         continue;
@@ -608,7 +700,7 @@ const TEXT_HEADER: [&str; 14] = [
     "MAXµs",
 ];
 
-const CSV_HEADER: &str = "scenario,broker,pubs,subs,size,rate,published,delivered,lost,dropped,published_per_s,delivered_per_s,mb_per_s,p50_us,p90_us,p99_us,p999_us,max_us,elapsed_s";
+const CSV_HEADER: &str = "scenario,broker,pubs,subs,size,rate,published,delivered,lost,dropped,published_per_s,delivered_per_s,mb_per_s,p50_us,p90_us,p99_us,p999_us,max_us,elapsed_s,ack";
 
 /// The figures every output form prints.
 struct Figures {
@@ -645,7 +737,7 @@ fn csv_row(broker: &SharedBroker, args: &BenchArgs, r: &Report) -> String {
     let f = figures(r, args.size);
     let pct = |i: usize| f.percentiles.map_or(String::new(), |p| p[i].to_string());
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{:.0},{:.0},{:.3},{},{},{},{},{},{:.3}",
+        "{},{},{},{},{},{},{},{},{},{},{:.0},{:.0},{:.3},{},{},{},{},{},{:.6},{}",
         r.plan.name,
         broker.url().replace(',', "%2C"),
         r.plan.pubs,
@@ -664,7 +756,8 @@ fn csv_row(broker: &SharedBroker, args: &BenchArgs, r: &Report) -> String {
         pct(2),
         pct(3),
         pct(4),
-        r.elapsed.as_secs_f64()
+        r.elapsed.as_secs_f64(),
+        r.plan.ack
     )
 }
 
