@@ -64,7 +64,14 @@ impl Position {
 /// Parses a rate such as `500/s`, `30/m`, `2/h` or a plain number (per second) into messages per second.
 pub fn parse_rate(text: &str) -> Result<f64, String> {
     let (n, unit) = text.split_once('/').unwrap_or((text, "s"));
-    let n: f64 = n.trim().parse().map_err(|_| format!("\"{text}\" is not a rate such as 500/s"))?;
+    // `10k/s` and `1M/s` read as thousands and millions.
+    let n = n.trim();
+    let (n, scale) = match n.strip_suffix(['k', 'K']) {
+        Some(n) => (n, 1e3),
+        None => n.strip_suffix('M').map_or((n, 1.0), |n| (n, 1e6)),
+    };
+    let n: f64 =
+        n.parse::<f64>().map_err(|_| format!("\"{text}\" is not a rate such as 500/s or 10k/s"))? * scale;
     let per = match unit.trim() {
         "s" | "sec" | "second" => 1.0,
         "m" | "min" | "minute" => 60.0,
@@ -175,6 +182,9 @@ mod tests {
         assert_eq!(parse_rate("500/s"), Ok(500.0));
         assert_eq!(parse_rate("120/m"), Ok(2.0));
         assert_eq!(parse_rate("10"), Ok(10.0));
+        assert_eq!(parse_rate("10k/s"), Ok(10_000.0));
+        assert_eq!(parse_rate("1.5M/s"), Ok(1_500_000.0));
+        assert!(parse_rate("k/s").is_err());
         assert!(parse_rate("0/s").is_err());
         assert!(parse_rate("5/fortnight").is_err());
         assert_eq!(parse_header("a=b=c"), Ok(("a".into(), "b=c".into())));
