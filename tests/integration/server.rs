@@ -385,19 +385,29 @@ async fn acking_consumers_with_full_streams_do_not_stall_their_answers() {
     assert_eq!((info.ack_floor, info.in_flight), (10_000, 0));
 }
 
+/// A stream of a new durable subscription `sub` on `topic` without acks.
+async fn unacked_stream(
+    broker: &RemoteBroker,
+    sub: &str,
+    topic: &str,
+    prefetch: u32,
+) -> pubsub::broker::DeliveryStream {
+    let mut config = SubscriptionConfig::new(name(sub), name(topic));
+    config.ack = AckMode::None;
+    broker.create_subscription(config).await.unwrap();
+    let mut req = SubscribeRequest::live(vec![Pattern::parse(topic).unwrap()]);
+    req.subscription = Some(name(sub));
+    req.prefetch = Some(prefetch);
+    broker.subscribe(req).await.unwrap()
+}
+
 /// A remote stream's reader that takes nothing leaves the backlog in the server, where it shows as lag:
 /// the server sends no more than the stream's credit (its prefetch) until the reader takes some.
 #[tokio::test]
 async fn a_remote_reader_that_takes_nothing_holds_back_at_most_its_credit() {
     let server = start(ServeConfig::default()).await;
     let broker = client(&server).await;
-    let mut config = SubscriptionConfig::new(name("slow"), name("feed"));
-    config.ack = AckMode::None;
-    broker.create_subscription(config).await.unwrap();
-    let mut req = SubscribeRequest::live(vec![Pattern::parse("feed").unwrap()]);
-    req.subscription = Some(name("slow"));
-    req.prefetch = Some(100);
-    let mut stream = broker.subscribe(req).await.unwrap();
+    let mut stream = unacked_stream(&broker, "slow", "feed", 100).await;
     for chunk in 0..20 {
         let msgs = (0..250).map(|i| PublishRequest::new(name("feed"), format!("{chunk}-{i}"))).collect();
         broker.publish_batch(msgs).await.unwrap();
@@ -421,13 +431,7 @@ async fn a_remote_reader_that_takes_nothing_holds_back_at_most_its_credit() {
 async fn large_batches_and_large_deliveries_fit_the_frame_limits() {
     let server = start(ServeConfig::default()).await;
     let broker = client(&server).await;
-    let mut config = SubscriptionConfig::new(name("big"), name("blobs"));
-    config.ack = AckMode::None;
-    broker.create_subscription(config).await.unwrap();
-    let mut req = SubscribeRequest::live(vec![Pattern::parse("blobs").unwrap()]);
-    req.subscription = Some(name("big"));
-    req.prefetch = Some(1000);
-    let mut stream = broker.subscribe(req).await.unwrap();
+    let mut stream = unacked_stream(&broker, "big", "blobs", 1000).await;
     let msgs: Vec<PublishRequest> =
         (0..300u32).map(|i| PublishRequest::new(name("blobs"), vec![(i % 251) as u8; 64 * 1024])).collect();
     let receipts = broker.publish_batch(msgs).await.unwrap();
