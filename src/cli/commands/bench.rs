@@ -21,6 +21,7 @@ use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
     BrokerError, Capability, DeliveryStream, Settle, SharedBroker, StreamItem, SubscribeRequest,
@@ -29,7 +30,6 @@ use crate::cli::CliError;
 use crate::cli::output::{Stdout, note, table};
 use crate::cli::parse::{parse_duration, parse_rate};
 use crate::engine::{AckMode, Name, Pattern, PublishRequest, StartPosition, SubscriptionConfig};
-use tokio_util::sync::CancellationToken;
 
 /// A benchmark shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
