@@ -78,7 +78,7 @@ fn foreground_serve_prints_its_url_and_stops_on_sigterm() {
     let home = Home::new("foreground");
     let mut child = home
         .cmd()
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--threads", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -89,6 +89,9 @@ fn foreground_serve_prints_its_url_and_stops_on_sigterm() {
     assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
     let (code, _, stderr) = home.run(&["--broker", &url, "bench", "-n", "100"]);
     assert_eq!(code, 0, "{stderr}");
+    // `--threads 1`: the main thread and one runtime worker, nothing else yet.
+    let threads = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap().count();
+    assert_eq!(threads, 2, "one worker thread");
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let status = child.wait().unwrap();

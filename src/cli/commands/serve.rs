@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Run as the daemon (what `--detach` and autostart launch).
     #[arg(long, hide = true)]
     pub daemon: bool,
+    /// Worker threads of the server's runtime (default: one per core). On a machine it shares with its
+    /// clients, fewer can serve more (docs/BENCHMARKS.md).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024), conflicts_with = "detach")]
+    pub threads: Option<u16>,
     /// Largest frame accepted, bytes.
     #[arg(long, default_value_t = ServeLimits::default().max_frame_bytes, value_name = "BYTES")]
     pub max_frame_bytes: usize,
