@@ -166,7 +166,17 @@ impl RedisBroker {
                 url: shown.clone(),
                 reason: "no answer within 5 s".into(),
             })?
-            .map_err(|e| error(&shown, e))?;
+            .map_err(|e| match error(&shown, e) {
+                // Something answered, but not in Redis's protocol (another service on that port).
+                BrokerError::Protocol(reason) => BrokerError::Unreachable {
+                    url: shown.clone(),
+                    reason: format!(
+                        "the server there does not speak Redis's protocol ({})",
+                        reason.lines().next().unwrap_or_default().trim()
+                    ),
+                },
+                other => other,
+            })?;
         let managing = client.get_connection_manager();
         let conn = tokio::time::timeout(Duration::from_secs(5), managing)
             .await

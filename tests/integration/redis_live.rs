@@ -320,6 +320,21 @@ fn bad_redis_input_has_clear_errors_and_exit_codes() {
     let home = Home::new("redis-bad");
     let (code, _, stderr) = home.run(&["--broker", "redis://127.0.0.1:1", "topics"]);
     assert_eq!(code, 3, "{stderr}");
+    // Another service on the port (a WebSocket server answering with HTTP): unreachable, said plainly.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = other.local_addr().unwrap().port();
+    let answering = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut conn, _)) = other.accept() {
+            let mut buf = [0u8; 256];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let (code, _, stderr) = home.run(&["--broker", &format!("redis://127.0.0.1:{port}"), "topics"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("does not speak Redis"), "{stderr}");
+    let _ = answering.join();
     let (code, _, stderr) = home.run(&["--broker", "redis://:wrong-password@127.0.0.1:6379", "topics"]);
     assert_eq!(code, 5, "{stderr}");
     let plain = key("plain");
