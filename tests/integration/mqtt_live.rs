@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::Home;
+use crate::support::{Home, outcome};
 
 const URL: &str = "mqtt://127.0.0.1:1883";
 
@@ -33,18 +33,6 @@ fn topic(tag: &str) -> String {
     format!("pubsub-test/{tag}/{}", std::process::id())
 }
 
-fn pubsub(home: &Home, url: &str, args: &[&str]) -> Command {
-    let mut cmd = home.cmd();
-    cmd.arg("--broker").arg(url).args(args);
-    cmd
-}
-
-fn run(mut cmd: Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-}
-
 /// Runs `publish` every 100 ms until `child` exits (a subscriber has no other way to say it listens).
 fn publish_until_exit(child: Child, mut publish: impl FnMut()) -> Output {
     let mut child = child;
@@ -62,11 +50,8 @@ fn publish_until_exit(child: Child, mut publish: impl FnMut()) -> Output {
 /// What `pubsub sub FILTER` prints (`subject payload`) for the first message mosquitto_pub sends to `topic`.
 fn first_received(home: &Home, filter: &str, topic: &str, payload: &str) -> String {
     let format = ["--format", "{{subject}} {{payload}}", "--timeout", "15s"];
-    let sub = pubsub(home, URL, &["sub", filter, "--count", "1"])
-        .args(format)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sub =
+        home.at(URL, &["sub", filter, "--count", "1"]).args(format).stdout(Stdio::piped()).spawn().unwrap();
     let out = publish_until_exit(sub, || {
         Command::new("mosquitto_pub").args(["-t", topic, "-m", payload]).status().unwrap();
     });
@@ -91,7 +76,7 @@ fn mosquitto_pub_reaches_pubsub_sub_through_a_wildcard_and_back() {
         .spawn()
         .unwrap();
     let out = publish_until_exit(listener, || {
-        let (code, _, stderr) = run(pubsub(&home, URL, &["pub", &back, "from pubsub", "--qos", "1"]));
+        let (code, _, stderr) = outcome(&mut home.at(URL, &["pub", &back, "from pubsub", "--qos", "1"]));
         assert_eq!(code, 0, "{stderr}");
     });
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{back} from pubsub"));
@@ -104,10 +89,10 @@ fn retained_messages_arrive_flagged_can_be_skipped_and_cleared() {
     }
     let home = Home::new("mqtt-retained");
     let t = topic("retained");
-    let (code, _, stderr) = run(pubsub(&home, URL, &["pub", &t, "on", "--retain", "--qos", "1"]));
+    let (code, _, stderr) = outcome(&mut home.at(URL, &["pub", &t, "on", "--retain", "--qos", "1"]));
     assert_eq!(code, 0, "{stderr}");
     let (code, out, stderr) =
-        run(pubsub(&home, URL, &["sub", &t, "--count", "1", "--timeout", "5s", "--format", "json"]));
+        outcome(&mut home.at(URL, &["sub", &t, "--count", "1", "--timeout", "5s", "--format", "json"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(out.contains("\"payload\":\"on\"") && out.contains("\"mqtt-retained\":\"true\""), "{out}");
     // mosquitto_sub sees the same retained message.
@@ -115,13 +100,13 @@ fn retained_messages_arrive_flagged_can_be_skipped_and_cleared() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "on");
     // ?retained=false skips it: nothing arrives, so the timeout ends the command with exit 4.
     let skip = format!("{URL}?retained=false");
-    let (code, out, _) = run(pubsub(&home, &skip, &["sub", &t, "--count", "1", "--timeout", "1s"]));
+    let (code, out, _) = outcome(&mut home.at(&skip, &["sub", &t, "--count", "1", "--timeout", "1s"]));
     assert_eq!((code, out.as_str()), (4, ""));
     let (code, out, _) =
-        run(pubsub(&home, URL, &["sub", &t, "--no-retained", "--count", "1", "--timeout", "1s"]));
+        outcome(&mut home.at(URL, &["sub", &t, "--no-retained", "--count", "1", "--timeout", "1s"]));
     assert_eq!((code, out.as_str()), (4, ""));
     // An empty retained publish clears it.
-    let (code, _, stderr) = run(pubsub(&home, URL, &["pub", &t, "", "--retain", "--qos", "1"]));
+    let (code, _, stderr) = outcome(&mut home.at(URL, &["pub", &t, "", "--retain", "--qos", "1"]));
     assert_eq!(code, 0, "{stderr}");
     let out = Command::new("mosquitto_sub").args(["-t", &t, "-C", "1", "-W", "1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(27), "a retained message is still there: {:?}", out.stdout);
@@ -133,18 +118,18 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
         return;
     }
     let home = Home::new("mqtt-bad");
-    let (code, _, stderr) = run(pubsub(&home, "mqtt://127.0.0.1:1", &["pub", "x", "y"]));
+    let (code, _, stderr) = outcome(&mut home.at("mqtt://127.0.0.1:1", &["pub", "x", "y"]));
     assert_eq!(code, 3, "{stderr}");
-    let (code, _, stderr) = run(pubsub(&home, URL, &["sub", "orders.*", "--timeout", "1s"]));
+    let (code, _, stderr) = outcome(&mut home.at(URL, &["sub", "orders.*", "--timeout", "1s"]));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("'/' levels"), "{stderr}");
-    let (code, _, stderr) = run(pubsub(&home, URL, &["pub", &topic("h"), "x", "-H", "a=b"]));
+    let (code, _, stderr) = outcome(&mut home.at(URL, &["pub", &topic("h"), "x", "-H", "a=b"]));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("no headers"), "{stderr}");
-    let (code, _, stderr) = run(pubsub(&home, "mqtt://127.0.0.1:1883?version=4.5", &["pub", "x", "y"]));
+    let (code, _, stderr) = outcome(&mut home.at("mqtt://127.0.0.1:1883?version=4.5", &["pub", "x", "y"]));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("use 3.1.1 or 5"), "{stderr}");
-    let (code, _, stderr) = run(pubsub(&home, "mem://", &["pub", "x", "y", "--retain"]));
+    let (code, _, stderr) = outcome(&mut home.at("mem://", &["pub", "x", "y", "--retain"]));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("MQTT settings"), "{stderr}");
 }
@@ -235,10 +220,10 @@ fn refused_credentials_exit_5() {
         return;
     };
     let home = Home::new("mqtt-auth");
-    let (code, _, stderr) = run(pubsub(&home, &broker.url("tester", "wrong"), &["pub", "x", "y"]));
+    let (code, _, stderr) = outcome(&mut home.at(&broker.url("tester", "wrong"), &["pub", "x", "y"]));
     assert_eq!(code, 5, "{stderr}");
     assert!(stderr.contains("refused the login") && !stderr.contains("wrong"), "{stderr}");
-    let (code, _, stderr) = run(pubsub(&home, &broker.url("tester", "secret"), &["pub", "x", "y"]));
+    let (code, _, stderr) = outcome(&mut home.at(&broker.url("tester", "secret"), &["pub", "x", "y"]));
     assert_eq!(code, 0, "{stderr}");
 }
 
@@ -251,7 +236,7 @@ fn a_persistent_session_gets_what_was_published_while_it_was_away_even_across_a_
     let url = broker.url("tester", "secret");
     let t = "plant/line1/events";
     // The first visit creates the session and its QoS 1 subscription; nothing is there yet.
-    let (code, _, stderr) = run(pubsub(&home, &url, &["sub", "-s", "line-watcher", t, "--timeout", "1s"]));
+    let (code, _, stderr) = outcome(&mut home.at(&url, &["sub", "-s", "line-watcher", t, "--timeout", "1s"]));
     assert_eq!(code, 4, "{stderr}");
     for m in ["while-away-1", "while-away-2"] {
         let status = Command::new("mosquitto_pub")
@@ -274,8 +259,7 @@ fn a_persistent_session_gets_what_was_published_while_it_was_away_even_across_a_
         assert!(status.success());
     }
     broker.restart();
-    let (code, out, stderr) = run(pubsub(
-        &home,
+    let (code, out, stderr) = outcome(&mut home.at(
         &url,
         &["sub", "-s", "line-watcher", t, "--count", "2", "--timeout", "10s", "--format", "{{payload}}"],
     ));
@@ -290,15 +274,12 @@ fn a_live_subscriber_resubscribes_after_the_broker_restarts() {
     };
     let home = Home::new("mqtt-reconnect");
     let url = broker.url("tester", "secret");
-    let sub = pubsub(
-        &home,
-        &url,
-        &["sub", "alerts/#", "--count", "1", "--timeout", "30s", "--format", "{{payload}}"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let sub = home
+        .at(&url, &["sub", "alerts/#", "--count", "1", "--timeout", "30s", "--format", "{{payload}}"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     broker.restart();
     let port = broker.port.to_string();
@@ -325,12 +306,12 @@ fn the_last_will_is_published_when_a_client_dies() {
     std::thread::sleep(Duration::from_millis(300));
     let url = format!("{URL}?will_topic={t}&will_payload=gone&keep_alive=5s");
     // A command that ends normally disconnects cleanly: no will.
-    let (code, _, stderr) = run(pubsub(&home, &url, &["pub", &topic("calm"), "fine"]));
+    let (code, _, stderr) = outcome(&mut home.at(&url, &["pub", &topic("calm"), "fine"]));
     assert_eq!(code, 0, "{stderr}");
     std::thread::sleep(Duration::from_millis(500));
     let mut listener = listener;
     assert!(listener.try_wait().unwrap().is_none(), "the will was published after a clean exit");
-    let mut doomed = pubsub(&home, &url, &["sub", &topic("quiet"), "--timeout", "30s"]).spawn().unwrap();
+    let mut doomed = home.at(&url, &["sub", &topic("quiet"), "--timeout", "30s"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     doomed.kill().unwrap(); // SIGKILL: no DISCONNECT, so the broker publishes the will
     let _ = doomed.wait();
@@ -347,7 +328,8 @@ fn mqtt5_user_properties_travel_as_headers_both_ways_and_sessions_persist() {
     let v5 = format!("{URL}?version=5");
     let base = topic("v5");
     let inbound = format!("{base}/in");
-    let sub = pubsub(&home, &v5, &["sub", &inbound, "--count", "1", "--timeout", "15s", "--format", "json"])
+    let sub = home
+        .at(&v5, &["sub", &inbound, "--count", "1", "--timeout", "15s", "--format", "json"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -370,7 +352,7 @@ fn mqtt5_user_properties_travel_as_headers_both_ways_and_sessions_persist() {
         .spawn()
         .unwrap();
     let out = publish_until_exit(listener, || {
-        let (code, _, stderr) = run(pubsub(&home, &v5, &["pub", &outbound, "hello", "-H", "trace=xyz"]));
+        let (code, _, stderr) = outcome(&mut home.at(&v5, &["pub", &outbound, "hello", "-H", "trace=xyz"]));
         assert_eq!(code, 0, "{stderr}");
     });
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "trace:xyz|hello");
@@ -378,15 +360,14 @@ fn mqtt5_user_properties_travel_as_headers_both_ways_and_sessions_persist() {
     // An MQTT 5 session needs an expiry to outlive its connection; the backend sets one.
     let kept = format!("{base}/kept");
     let session = format!("v5-session-{}", std::process::id());
-    let (code, _, stderr) = run(pubsub(&home, &v5, &["sub", "-s", &session, &kept, "--timeout", "1s"]));
+    let (code, _, stderr) = outcome(&mut home.at(&v5, &["sub", "-s", &session, &kept, "--timeout", "1s"]));
     assert_eq!(code, 4, "{stderr}");
     let status = Command::new("mosquitto_pub")
         .args(["-V", "5", "-q", "1", "-t", &kept, "-m", "away"])
         .status()
         .unwrap();
     assert!(status.success());
-    let (code, out, stderr) = run(pubsub(
-        &home,
+    let (code, out, stderr) = outcome(&mut home.at(
         &v5,
         &["sub", "-s", &session, &kept, "--count", "1", "--timeout", "10s", "--format", "{{payload}}"],
     ));
@@ -404,16 +385,16 @@ fn a_payload_over_the_brokers_maximum_is_refused_clearly() {
     let big = big.display().to_string();
     // MQTT 5: the broker announces its maximum, and the client refuses before sending.
     let v5 = format!("{}?version=5", broker.url("tester", "secret"));
-    let (code, _, stderr) = run(pubsub(&home, &v5, &["pub", "big/t", "--file", &big]));
+    let (code, _, stderr) = outcome(&mut home.at(&v5, &["pub", "big/t", "--file", &big]));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("maximum packet size of: '65536'"), "{stderr}");
     // MQTT 3.1.1 at QoS 1: the broker closes the connection instead of acknowledging; the error says so.
     let v3 = format!("{}?qos=1", broker.url("tester", "secret"));
-    let (code, _, stderr) = run(pubsub(&home, &v3, &["pub", "big/t", "--file", &big]));
+    let (code, _, stderr) = outcome(&mut home.at(&v3, &["pub", "big/t", "--file", &big]));
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("maximum packet size"), "{stderr}");
     // Smaller messages still go through.
-    let (code, _, stderr) = run(pubsub(&home, &v3, &["pub", "big/t", "small"]));
+    let (code, _, stderr) = outcome(&mut home.at(&v3, &["pub", "big/t", "small"]));
     assert_eq!(code, 0, "{stderr}");
 }
 
@@ -450,9 +431,10 @@ fn mqtts_checks_the_broker_certificate_and_accepts_a_private_ca() {
     crate::support::wait_until_listening(port, "mosquitto with TLS");
     let home = Home::new("mqtts");
     let plain = format!("mqtts://127.0.0.1:{port}");
-    let (unverified, _, unverified_err) = run(pubsub(&home, &plain, &["pub", "secure/t", "x"]));
+    let (unverified, _, unverified_err) = outcome(&mut home.at(&plain, &["pub", "secure/t", "x"]));
     let trusted = format!("mqtts://127.0.0.1:{port}?ca={ca}");
-    let (verified, _, verified_err) = run(pubsub(&home, &trusted, &["pub", "secure/t", "x", "--qos", "1"]));
+    let (verified, _, verified_err) =
+        outcome(&mut home.at(&trusted, &["pub", "secure/t", "x", "--qos", "1"]));
     let _ = broker.kill();
     let _ = broker.wait();
     let _ = std::fs::remove_dir_all(&dir);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pubsub::broker::{Settle, url};
 use pubsub::engine::{FetchOptions, Name, PublishRequest, StartPosition, SubscriptionConfig, TopicConfig};
 
-use crate::support::Home;
+use crate::support::{Home, outcome};
 
 const URL: &str = "nats://127.0.0.1:4222";
 
@@ -39,18 +39,6 @@ fn unique(tag: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{tag}{}x{n}", std::process::id())
-}
-
-fn pubsub(home: &Home, url: &str, args: &[&str]) -> Command {
-    let mut cmd = home.cmd();
-    cmd.arg("--broker").arg(url).args(args);
-    cmd
-}
-
-fn run(mut cmd: Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
 
 /// Runs a nats-py script (asyncio; `nc` is connected to `url`) and returns what it printed.
@@ -110,13 +98,14 @@ fn nats_py_and_pubsub_exchange_core_messages_with_headers() {
     }
     assert_eq!(ready.trim(), "ready");
     let (code, _, err) =
-        run(pubsub(&home, URL, &["pub", &format!("{subject}.eu"), "hello", "-H", "region=eu"]));
+        outcome(&mut home.at(URL, &["pub", &format!("{subject}.eu"), "hello", "-H", "region=eu"]));
     assert_eq!(code, 0, "{err}");
     let out = listener.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{subject}.eu hello eu"));
 
     // pubsub listens; nats-py publishes with headers until pubsub has one.
-    let sub = pubsub(&home, URL, &["sub", &format!("{subject}.*"), "-n", "1", "--timeout", "15s", "--json"])
+    let sub = home
+        .at(URL, &["sub", &format!("{subject}.*"), "-n", "1", "--timeout", "15s", "--json"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -154,14 +143,12 @@ fn nats_py_and_pubsub_share_a_jetstream_stream() {
     );
     assert_eq!(lines(&printed), ["1", "2", "3"]);
     // pubsub sees the stream as a topic and reads its history with seqs, headers and msg ids.
-    let (code, out, err) = run(pubsub(&home, URL, &["topics"]));
+    let (code, out, err) = outcome(&mut home.at(URL, &["topics"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().any(|l| l.starts_with(&stream) && l.contains(" 3 ")), "{out}");
-    let (code, out, err) = run(pubsub(
-        &home,
-        URL,
-        &["sub", &format!("{subject}.in"), "--from", "start", "--exit-at-end", "--json"],
-    ));
+    let (code, out, err) = outcome(
+        &mut home.at(URL, &["sub", &format!("{subject}.in"), "--from", "start", "--exit-at-end", "--json"]),
+    );
     assert_eq!(code, 0, "{err}");
     let got: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(got.len(), 3, "{out}");
@@ -170,11 +157,11 @@ fn nats_py_and_pubsub_share_a_jetstream_stream() {
     assert_eq!(got[2]["headers"]["origin"], "python");
     assert_eq!(got[2]["msg_id"], "id-2", "{out}");
     // pubsub stores two more (one repeating a msg id: JetStream keeps it once); nats-py reads all four.
-    let (code, _, err) = run(pubsub(&home, URL, &["pub", &format!("{subject}.in"), "from-pubsub", "-v"]));
+    let (code, _, err) = outcome(&mut home.at(URL, &["pub", &format!("{subject}.in"), "from-pubsub", "-v"]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("seq 4"), "{err}");
     let (code, _, err) =
-        run(pubsub(&home, URL, &["pub", &format!("{subject}.in"), "again", "--msg-id", "id-0", "-v"]));
+        outcome(&mut home.at(URL, &["pub", &format!("{subject}.in"), "again", "--msg-id", "id-0", "-v"]));
     assert_eq!(code, 0, "{err}");
     let printed = python(
         URL,
@@ -184,17 +171,17 @@ fn nats_py_and_pubsub_share_a_jetstream_stream() {
     );
     assert_eq!(lines(&printed), ["1 py-0", "2 py-1", "3 py-2", "4 from-pubsub"]);
     // The Python consumer's ack state, as pubsub reports it.
-    let (code, out, err) = run(pubsub(&home, URL, &["sub-info", "pyreader"]));
+    let (code, out, err) = outcome(&mut home.at(URL, &["sub-info", "pyreader"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("delivered 4, ack floor 4"), "{out}");
-    let (code, _, err) = run(pubsub(&home, URL, &["topic", "delete", &stream, "-y"]));
+    let (code, _, err) = outcome(&mut home.at(URL, &["topic", "delete", &stream, "-y"]));
     assert_eq!(code, 0, "{err}");
 }
 
 /// Starts `n` `pubsub sub` processes with these arguments.
 fn subscribers(home: &Home, n: usize, args: &[&str]) -> Vec<Child> {
     (0..n)
-        .map(|_| pubsub(home, URL, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .map(|_| home.at(URL, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
         .collect()
 }
 
@@ -230,7 +217,7 @@ fn queue_group_members_share_messages_while_a_plain_subscriber_gets_all() {
     let tap = subscribers(&home, 1, &all_args);
     settle_in();
     let (code, _, err) =
-        run(pubsub(&home, URL, &["pub", &format!("{subject}.jobs"), "-n", "200", "job-{{seq}}"]));
+        outcome(&mut home.at(URL, &["pub", &format!("{subject}.jobs"), "-n", "200", "job-{{seq}}"]));
     assert_eq!(code, 0, "{err}");
     let members = outputs(group);
     let union: BTreeSet<&String> = members.iter().flatten().collect();
@@ -254,16 +241,15 @@ fn jetstream_competing_consumers_get_every_message_once() {
     let home = Home::new("nats-compete");
     let stream = unique("WORK");
     let subject = format!("{}.jobs", stream.to_lowercase());
-    let (code, _, err) = run(pubsub(
-        &home,
-        URL,
-        &["topic", "create", &stream, "--subject", &format!("{}.>", stream.to_lowercase())],
-    ));
+    let (code, _, err) = outcome(
+        &mut home
+            .at(URL, &["topic", "create", &stream, "--subject", &format!("{}.>", stream.to_lowercase())]),
+    );
     assert_eq!(code, 0, "{err}");
     let (code, _, err) =
-        run(pubsub(&home, URL, &["subs", "create", "crew", "--topic", &subject, "--from", "start"]));
+        outcome(&mut home.at(URL, &["subs", "create", "crew", "--topic", &subject, "--from", "start"]));
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(pubsub(&home, URL, &["pub", &subject, "-n", "300", "job-{{seq}}"]));
+    let (code, _, err) = outcome(&mut home.at(URL, &["pub", &subject, "-n", "300", "job-{{seq}}"]));
     assert_eq!(code, 0, "{err}");
     let args =
         ["sub", "-s", "crew", &subject, "--format", "{{payload}}", "--until-idle", "4s", "--timeout", "30s"];
@@ -273,10 +259,10 @@ fn jetstream_competing_consumers_get_every_message_once() {
     let union: BTreeSet<&String> = crew.iter().flatten().collect();
     assert_eq!(union.len(), 300, "every message reached a member");
     assert_eq!(crew.iter().map(Vec::len).sum::<usize>(), 300, "and only one, once");
-    let (code, out, err) = run(pubsub(&home, URL, &["sub-info", "crew"]));
+    let (code, out, err) = outcome(&mut home.at(URL, &["sub-info", "crew"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("delivered 300, ack floor 300"), "all acked: {out}");
-    let (code, _, err) = run(pubsub(&home, URL, &["topic", "delete", &stream, "-y"]));
+    let (code, _, err) = outcome(&mut home.at(URL, &["topic", "delete", &stream, "-y"]));
     assert_eq!(code, 0, "{err}");
 }
 
@@ -334,8 +320,7 @@ async fn nak_redelivers_with_the_attempt_count_and_max_deliver_stops_with_an_adv
     drop(events.try_recv());
     let home = Home::new("nats-nak");
     broker.publish(PublishRequest::new(Name::new(&subject).unwrap(), "poison-2")).await.unwrap();
-    let (code, _, err) = run(pubsub(
-        &home,
+    let (code, _, err) = outcome(&mut home.at(
         URL,
         &["sub", "-s", sub.as_str(), &subject, "--exec", "exit 1", "--until-idle", "3s", "--timeout", "20s"],
     ));
@@ -408,12 +393,12 @@ fn request_reply_answers_and_no_responders_exits_6() {
         std::io::BufReader::new(responder.stdout.as_mut().unwrap()).read_line(&mut ready).unwrap();
         assert_eq!(ready.trim(), "ready");
     }
-    let (code, out, err) = run(pubsub(&home, URL, &["request", &subject, "ping", "--format", "raw"]));
+    let (code, out, err) = outcome(&mut home.at(URL, &["request", &subject, "ping", "--format", "raw"]));
     let _ = responder.kill();
     let _ = responder.wait();
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "pong:ping");
-    let (code, _, err) = run(pubsub(&home, URL, &["request", &format!("{subject}.nobody"), "ping"]));
+    let (code, _, err) = outcome(&mut home.at(URL, &["request", &format!("{subject}.nobody"), "ping"]));
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("no responders"), "{err}");
 }
@@ -482,22 +467,22 @@ fn a_jetstream_subscriber_resumes_after_the_server_restarts_without_loss() {
     };
     let home = Home::new("nats-restart");
     let url = server.url();
-    let (code, _, err) = run(pubsub(&home, &url, &["topic", "create", "EVENTS", "--subject", "events.>"]));
+    let (code, _, err) = outcome(&mut home.at(&url, &["topic", "create", "EVENTS", "--subject", "events.>"]));
     assert_eq!(code, 0, "{err}");
     let (code, _, err) =
-        run(pubsub(&home, &url, &["subs", "create", "keeper", "--topic", "EVENTS", "--from", "start"]));
+        outcome(&mut home.at(&url, &["subs", "create", "keeper", "--topic", "EVENTS", "--from", "start"]));
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(pubsub(&home, &url, &["pub", "events.a", "-n", "50", "before-{{seq}}"]));
+    let (code, _, err) = outcome(&mut home.at(&url, &["pub", "events.a", "-n", "50", "before-{{seq}}"]));
     assert_eq!(code, 0, "{err}");
-    let sub = pubsub(
-        &home,
-        &url,
-        &["sub", "-s", "keeper", "EVENTS", "--format", "{{payload}}", "-n", "100", "--timeout", "60s"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let sub = home
+        .at(
+            &url,
+            &["sub", "-s", "keeper", "EVENTS", "--format", "{{payload}}", "-n", "100", "--timeout", "60s"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     server.kill();
     std::thread::sleep(Duration::from_millis(500));
@@ -505,7 +490,7 @@ fn a_jetstream_subscriber_resumes_after_the_server_restarts_without_loss() {
     // Published after the restart, by a fresh process.
     let started = Instant::now();
     loop {
-        let (code, _, err) = run(pubsub(&home, &url, &["pub", "events.b", "-n", "50", "after-{{seq}}"]));
+        let (code, _, err) = outcome(&mut home.at(&url, &["pub", "events.b", "-n", "50", "after-{{seq}}"]));
         if code == 0 {
             break;
         }
@@ -523,7 +508,7 @@ fn a_jetstream_subscriber_resumes_after_the_server_restarts_without_loss() {
         stderr.contains("disconnected") && stderr.contains("reconnected"),
         "the outage was told: {stderr}"
     );
-    let (code, out, err) = run(pubsub(&home, &url, &["sub-info", "keeper"]));
+    let (code, out, err) = outcome(&mut home.at(&url, &["sub-info", "keeper"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ack floor 100"), "{out}");
 }
@@ -534,20 +519,20 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
         return;
     }
     let home = Home::new("nats-bad");
-    let (code, _, err) = run(pubsub(&home, "nats://127.0.0.1:1", &["pub", "x", "y"]));
+    let (code, _, err) = outcome(&mut home.at("nats://127.0.0.1:1", &["pub", "x", "y"]));
     assert_eq!(code, 3, "unreachable: {err}");
-    let (code, _, err) = run(pubsub(&home, URL, &["topic", "info", "NOSUCHSTREAM"]));
+    let (code, _, err) = outcome(&mut home.at(URL, &["topic", "info", "NOSUCHSTREAM"]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no JetStream stream is named \"NOSUCHSTREAM\""), "{err}");
-    let (code, _, err) = run(pubsub(&home, URL, &["sub", "a.#.b", "--timeout", "1s"]));
+    let (code, _, err) = outcome(&mut home.at(URL, &["sub", "a.#.b", "--timeout", "1s"]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("use * for one token"), "{err}");
-    let (code, _, err) = run(pubsub(&home, URL, &["pub", "bad subject", "x"]));
+    let (code, _, err) = outcome(&mut home.at(URL, &["pub", "bad subject", "x"]));
     assert_eq!(code, 2, "{err}");
-    let (code, _, err) = run(pubsub(&home, URL, &["topic", "create", "orders.eu"]));
+    let (code, _, err) = outcome(&mut home.at(URL, &["topic", "create", "orders.eu"]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--subject orders.eu"), "{err}");
-    let (code, _, err) = run(pubsub(&home, "nats://127.0.0.1:4222?mode=fast", &["topics"]));
+    let (code, _, err) = outcome(&mut home.at("nats://127.0.0.1:4222?mode=fast", &["topics"]));
     assert_eq!(code, 2, "{err}");
 }
 
@@ -559,13 +544,13 @@ fn refused_credentials_exit_5_and_good_ones_work() {
     let home = Home::new("nats-auth");
     let port = server.port;
     let (code, _, err) =
-        run(pubsub(&home, &format!("nats://tester:wrong@127.0.0.1:{port}"), &["pub", "x", "y"]));
+        outcome(&mut home.at(&format!("nats://tester:wrong@127.0.0.1:{port}"), &["pub", "x", "y"]));
     assert_eq!(code, 5, "{err}");
     assert!(!err.contains("wrong"), "the password is not echoed: {err}");
-    let (code, _, err) = run(pubsub(&home, &format!("nats://127.0.0.1:{port}"), &["pub", "x", "y"]));
+    let (code, _, err) = outcome(&mut home.at(&format!("nats://127.0.0.1:{port}"), &["pub", "x", "y"]));
     assert_eq!(code, 5, "no credentials: {err}");
     let (code, _, err) =
-        run(pubsub(&home, &format!("nats://tester:secret@127.0.0.1:{port}"), &["pub", "x", "y"]));
+        outcome(&mut home.at(&format!("nats://tester:secret@127.0.0.1:{port}"), &["pub", "x", "y"]));
     assert_eq!(code, 0, "{err}");
 }
 
@@ -611,9 +596,9 @@ fn tls_checks_the_server_certificate_and_accepts_a_private_ca() {
     let home = Home::new("nats-tls");
     let port = server.port;
     let (unknown, _, unknown_err) =
-        run(pubsub(&home, &format!("tls://127.0.0.1:{port}"), &["pub", "secure.t", "x"]));
+        outcome(&mut home.at(&format!("tls://127.0.0.1:{port}"), &["pub", "secure.t", "x"]));
     let trusted = format!("tls://127.0.0.1:{port}?ca={}", certs.ca);
-    let (known, _, known_err) = run(pubsub(&home, &trusted, &["pub", "secure.t", "x"]));
+    let (known, _, known_err) = outcome(&mut home.at(&trusted, &["pub", "secure.t", "x"]));
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(unknown, 3, "a certificate from an unknown CA was accepted: {unknown_err}");
     assert_eq!(known, 0, "{known_err}");
@@ -629,7 +614,7 @@ fn count_takes_exactly_n_and_manual_acks_settle_from_another_process() {
     let subject = format!("{}.a", stream.to_lowercase());
     let capture = format!("{}.>", stream.to_lowercase());
     let ok = |args: &[&str]| {
-        let (code, out, err) = run(pubsub(&home, URL, args));
+        let (code, out, err) = outcome(&mut home.at(URL, args));
         assert_eq!(code, 0, "{args:?}: {err}");
         out
     };
@@ -663,7 +648,7 @@ fn count_takes_exactly_n_and_manual_acks_settle_from_another_process() {
     assert_eq!(lines(&take("1")), ["6"]);
     // The subject of an existing consumer is checked, not ignored.
     let (code, _, err) =
-        run(pubsub(&home, URL, &["sub", "-s", "counter", &subject, "--count", "1", "--timeout", "2s"]));
+        outcome(&mut home.at(URL, &["sub", "-s", "counter", &subject, "--count", "1", "--timeout", "2s"]));
     assert_eq!(code, 1);
     assert!(err.contains("reads everything of stream"), "{err}");
     // A consumer made by `sub -s --count 1` keeps the default limit, not the reader's prefetch.

@@ -85,16 +85,14 @@ impl Home {
         let bin = assert_cmd::cargo::cargo_bin("pubsub");
         let dir = bin.parent().unwrap();
         let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
-        let out = Command::new("sh")
-            .args(["-c", script])
-            .env("PATH", path)
-            .env("PUBSUB_HOME", &self.0)
-            .env_remove("PUBSUB_BROKER")
-            .env_remove("PUBSUB_TOKEN")
-            .output()
-            .unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+        outcome(
+            Command::new("sh")
+                .args(["-c", script])
+                .env("PATH", path)
+                .env("PUBSUB_HOME", &self.0)
+                .env_remove("PUBSUB_BROKER")
+                .env_remove("PUBSUB_TOKEN"),
+        )
     }
 
     /// Starts the daemon up front, so later commands print nothing about starting one.
@@ -106,10 +104,22 @@ impl Home {
     }
 
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = self.cmd().args(args).output().unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+        outcome(self.cmd().args(args))
     }
+
+    /// A pubsub command against `url`, not yet run.
+    pub fn at(&self, url: &str, args: &[&str]) -> Command {
+        let mut cmd = self.cmd();
+        cmd.arg("--broker").arg(url).args(args);
+        cmd
+    }
+}
+
+/// Runs a command to its end: exit code (-1 for a signal), stdout and stderr as text.
+pub fn outcome(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
 
 impl Drop for Home {
