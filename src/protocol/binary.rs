@@ -137,6 +137,15 @@ impl<'a> Reader<'a> {
         self.take(n)?;
         Ok(self.buf.slice(start..start + n))
     }
+    /// A count of items that each take at least `least` bytes; one the frame cannot hold is refused
+    /// before anything is allocated for it.
+    fn count(&mut self, least: usize, what: &str) -> Result<usize, ProtocolError> {
+        let count = self.u32()? as usize;
+        if count > self.buf.len() / least {
+            return Err(ProtocolError::Frame(format!("a count of {count} {what} does not fit the frame")));
+        }
+        Ok(count)
+    }
     fn headers(&mut self) -> Result<Headers, ProtocolError> {
         let n = self.u16()?;
         let mut headers = Headers::new();
@@ -244,11 +253,7 @@ pub fn decode_publish_batch(buf: &Bytes) -> Result<(u64, Vec<PublishRequest>), P
         }
     }
     let id = r.u64()?;
-    let count = r.u32()? as usize;
-    // Each message takes at least 7 bytes, so a count the frame cannot hold is refused before allocating.
-    if count > buf.len() / 7 {
-        return Err(ProtocolError::Frame(format!("a count of {count} messages does not fit the frame")));
-    }
+    let count = r.count(7, "messages")?;
     let mut names = Names::default();
     let mut msgs = Vec::with_capacity(count);
     for i in 0..count {
@@ -288,10 +293,7 @@ pub fn decode_receipts(buf: &Bytes) -> Result<(u64, Vec<PublishReceipt>), Protoc
         return Err(ProtocolError::Frame("not a receipts frame".into()));
     }
     let id = r.u64()?;
-    let count = r.u32()? as usize;
-    if count > buf.len() / 19 {
-        return Err(ProtocolError::Frame(format!("a count of {count} receipts does not fit the frame")));
-    }
+    let count = r.count(19, "receipts")?;
     let mut names = Names::default();
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
@@ -363,10 +365,7 @@ pub fn decode_deliver(buf: &Bytes) -> Result<(u64, Vec<BrokerDelivery>), Protoco
         "" => None,
         s => Some(Name::system(s).map_err(|e| ProtocolError::Field(e.to_string()))?),
     };
-    let count = r.u32()? as usize;
-    if count > buf.len() / 30 {
-        return Err(ProtocolError::Frame(format!("a count of {count} deliveries does not fit the frame")));
-    }
+    let count = r.count(30, "deliveries")?;
     let (mut topics, mut subjects) = (Names::default(), Names::default());
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
