@@ -36,9 +36,7 @@ impl LocalBroker {
     /// Runs an engine call that may wait for an fdatasync (a durable engine's publish or settle) so that
     /// it does not stall the other tasks of a multi-threaded runtime's worker meanwhile.
     fn may_sync<R>(&self, call: impl FnOnce() -> R) -> R {
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread && self.engine.data_dir().is_some() {
+        if super::can_block_in_place() && self.engine.data_dir().is_some() {
             tokio::task::block_in_place(call)
         } else {
             call()

@@ -128,6 +128,13 @@ pub trait ItemSource: Send {
     }
 }
 
+/// Whether the current task may block its thread with `tokio::task::block_in_place` (it needs a
+/// multi-threaded Tokio runtime; elsewhere blocking code just runs).
+pub(crate) fn can_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// Stream items a background task fills (a backend's reader of its broker); dropping it stops the task.
 pub(crate) struct ChannelSource {
     /// What the task sends.

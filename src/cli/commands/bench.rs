@@ -577,7 +577,7 @@ impl PublishJob {
                         let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
                         let due = started + next;
                         let wait = due.saturating_duration_since(Instant::now());
-                        if wait < PRECISE_BELOW && multi_threaded() {
+                        if wait < PRECISE_BELOW && crate::broker::can_block_in_place() {
                             // The async timer ticks in whole milliseconds, which would stamp up to 1 ms of
                             // the harness's own lateness onto every message; short waits sleep the thread,
                             // with this worker's other tasks handed to another thread meanwhile.
@@ -637,11 +637,6 @@ impl PublishJob {
 
 /// Open-loop waits shorter than this sleep the thread rather than the async timer.
 const PRECISE_BELOW: Duration = Duration::from_millis(2);
-
-/// Whether blocking in place is possible (it needs a multi-threaded runtime).
-fn multi_threaded() -> bool {
-    tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-}
 
 /// A progress line on stderr while a scenario runs, when stderr is a terminal and output is a table.
 fn show_progress(
