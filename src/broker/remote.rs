@@ -514,7 +514,7 @@ impl RemoteSource {
             return None;
         }
         let n = std::mem::take(&mut self.taken);
-        let sid = guard(&self.inner.sids).iter().find(|(_, s)| **s == self.id).map(|(sid, _)| *sid)?;
+        let sid = sid_of(&guard(&self.inner.sids), self.id)?;
         let frame = ClientFrame { id: None, request: Request::Credit { sid, n } };
         protocol::encode_client(&frame).ok().map(Outgoing::Text)
     }
@@ -562,7 +562,7 @@ impl Drop for RemoteSource {
         guard(&self.inner.streams).remove(&self.id);
         let sid = {
             let mut sids = guard(&self.inner.sids);
-            let sid = sids.iter().find(|(_, s)| **s == self.id).map(|(sid, _)| *sid);
+            let sid = sid_of(&sids, self.id);
             if let Some(sid) = sid {
                 sids.remove(&sid);
             }
@@ -576,6 +576,11 @@ impl Drop for RemoteSource {
             }
         }
     }
+}
+
+/// The server's sid for client stream `id` on the current connection.
+fn sid_of(sids: &HashMap<u64, u64>, id: u64) -> Option<u64> {
+    sids.iter().find(|(_, stream)| **stream == id).map(|(sid, _)| *sid)
 }
 
 fn lease_ref(token: &AckToken) -> LeaseRef {
