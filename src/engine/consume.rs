@@ -72,10 +72,15 @@ impl Engine {
             let journal = match &self.inner.store {
                 Some(store) if config.lifetime == Lifetime::Durable && state.log.is_durable() => {
                     let dir = store.subscription_dir(&name);
-                    store.remove_subscription_files(&name)?;
-                    let journal = SubJournal::create(&dir, start, config.ack_durability)?;
+                    store.make_way(&dir)?;
                     store.record(&MetaOp::CreateSubscription { config: config.clone() })?;
-                    Some(journal)
+                    match SubJournal::create(&dir, start, config.ack_durability) {
+                        Ok(journal) => Some(journal),
+                        Err(e) => {
+                            super::undo_create(store, MetaOp::DeleteSubscription { name: name.clone() }, dir);
+                            return Err(e.into());
+                        }
+                    }
                 }
                 _ => None,
             };
@@ -108,10 +113,12 @@ impl Engine {
             let durable = lock(&cell.state).sub(name).is_some_and(|s| s.journal.is_some());
             if let Some(store) = &self.inner.store
                 && durable
-                && let Err(e) = store.record(&MetaOp::DeleteSubscription { name: name.clone() })
             {
-                reg.subs.insert(name.clone(), cell);
-                return Err(e.into());
+                if let Err(e) = store.record(&MetaOp::DeleteSubscription { name: name.clone() }) {
+                    reg.subs.insert(name.clone(), cell);
+                    return Err(e.into());
+                }
+                store.mark_removable(store.subscription_dir(name));
             }
             cell
         };

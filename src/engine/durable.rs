@@ -25,7 +25,6 @@ impl Engine {
         let started = Instant::now();
         let mut report = RecoveryReport::default();
         let (store, meta) = Store::open(dir, &mut report)?;
-        report.ignored.extend(store.orphans(&meta));
         // Lease tokens must not repeat those of an earlier run (a client may still hold one), so ids
         // start from the wall clock in seconds, which grows across restarts.
         let first_id =
@@ -42,7 +41,8 @@ impl Engine {
                 report.add_partition(found);
                 (disk, hot)
             } else {
-                report.ignored.push(dir.clone());
+                // Created but its files never made (a stop between the two), or removed by hand.
+                report.recreated.push(topic.name.clone());
                 (Partition::create(&dir, 1, opts)?, Vec::new())
             };
             if let Durability::Interval(every) = topic.durability {
@@ -71,6 +71,9 @@ impl Engine {
                 let opened = SubJournal::open(&dir, config.ack_durability, first, head)?;
                 if opened.missing_checkpoint {
                     report.missing_checkpoints.push(config.name.clone());
+                }
+                if opened.missing_journal {
+                    report.missing_journals.push(config.name.clone());
                 }
                 report.truncated.extend(opened.truncated);
                 (opened.journal, opened.state)
@@ -128,24 +131,32 @@ impl Engine {
         Ok(())
     }
 
-    /// Syncs every segment and journal and checkpoints every durable subscription, so the next open
-    /// replays nothing. The daemon calls it on shutdown; a crash instead is what recovery is for.
+    /// Syncs every segment and journal, checkpoints every durable subscription (so the next open replays
+    /// nothing), stops and joins the store's sync thread and releases the directory's lock, all before it
+    /// returns: the directory can be opened again, moved or verified at once. After it, every operation
+    /// that would write (publish, settle, create) fails with a storage error naming the directory; reads
+    /// of what is in memory still work. The daemon calls it on shutdown; a crash instead is what
+    /// recovery is for. Closing twice is harmless; an in-memory engine has nothing to close.
     pub fn close(&self) -> Result<(), EngineError> {
-        let cells: Vec<Arc<TopicCell>> = self.registry().topics.values().cloned().collect();
+        let Some(store) = &self.inner.store else {
+            return Ok(());
+        };
+        // The registry's write lock keeps topics and subscriptions from being created meanwhile.
+        let reg = self.registry_mut();
         let mut first_error = None;
-        for cell in cells {
+        for cell in reg.topics.values() {
             let mut state = lock(&cell.state);
-            if let Some(disk) = state.log.disk()
-                && let Err(e) = disk.sync_files()
-            {
+            if let Err(e) = state.log.close_disk() {
                 first_error.get_or_insert(EngineError::from(e));
             }
             for sub in &mut state.subs {
-                if let Err(e) = sub.checkpoint() {
+                if let Err(e) = sub.close_journal() {
                     first_error.get_or_insert(EngineError::from(e));
                 }
             }
         }
+        store.close();
+        drop(reg);
         first_error.map_or(Ok(()), Err)
     }
 

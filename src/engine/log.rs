@@ -284,6 +284,14 @@ impl Log {
         Ok(commit.sync)
     }
 
+    /// Syncs the partition's files and refuses every later write (the engine is closing).
+    pub fn close_disk(&mut self) -> Result<(), StoreError> {
+        match &mut self.disk {
+            Some(disk) => disk.close(),
+            None => Ok(()),
+        }
+    }
+
     /// Takes back appends after `head` that were never committed (their publish failed).
     pub fn rollback(&mut self, head: u64) {
         while self.head_seq() > head && self.records.pop_back().is_some() {}

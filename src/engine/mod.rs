@@ -294,13 +294,21 @@ impl Engine {
             Some(store) => {
                 config.storage = StorageKind::File;
                 let dir = store.partition_dir(&name, 0);
-                // A directory left by a delete whose removal failed must not leak into the new topic.
-                store.remove_topic_files(&name)?;
-                let disk = Partition::create(&dir, 1, partition_options(&config))?;
+                // Files left by a delete go; files with data that nothing names are never overwritten.
+                store.make_way(&store.topic_dir(&name))?;
+                // Recorded first: a stop before the files exist leaves a topic that recovery creates again,
+                // never files that no metadata names.
+                store.record(&MetaOp::CreateTopic { config: config.clone() })?;
+                let disk = match Partition::create(&dir, 1, partition_options(&config)) {
+                    Ok(disk) => disk,
+                    Err(e) => {
+                        undo_create(store, MetaOp::DeleteTopic { name: name.clone() }, store.topic_dir(&name));
+                        return Err(e.into());
+                    }
+                };
                 if let Durability::Interval(every) = config.durability {
                     store.sync_every(&disk.gate(), every);
                 }
-                store.record(&MetaOp::CreateTopic { config: config.clone() })?;
                 TopicState::with_log(config, log::Log::on_disk(disk, Vec::new()), now)
             }
             None => {
@@ -332,6 +340,10 @@ impl Engine {
             reg.subs.retain(|_, c| !Arc::ptr_eq(c, &cell));
             if let Some(store) = &self.inner.store {
                 store.record(&MetaOp::DeleteTopic { name: name.clone() })?;
+                store.mark_removable(store.topic_dir(name));
+                for sub in &lock(&cell.state).subs {
+                    store.mark_removable(store.subscription_dir(sub.name()));
+                }
             }
             cell
         };
@@ -469,14 +481,19 @@ impl Engine {
 
     /// Runs [`Engine::tick`] every `period` until `cancel` fires.
     pub fn spawn_ticker(&self, period: Duration, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let engine = self.clone();
+        // The task holds the engine only while a tick runs, so dropping every other handle closes the
+        // engine (and releases its data directory) without waiting for this task to notice its cancel.
+        let engine = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => break,
-                    _ = interval.tick() => engine.tick(),
+                    _ = interval.tick() => match engine.upgrade() {
+                        Some(inner) => Engine { inner }.tick(),
+                        None => break,
+                    },
                 }
             }
         })
@@ -496,6 +513,18 @@ impl Engine {
 }
 
 /// The settings of a topic's partition files.
+/// Takes back a create whose files could not be made: the delete is recorded and what was made goes. If
+/// the record fails too, recovery finds the topic or subscription without files and creates them.
+fn undo_create(store: &Store, delete: MetaOp, dir: std::path::PathBuf) {
+    match store.record(&delete) {
+        Ok(()) => store.mark_removable(dir.clone()),
+        Err(e) => tracing::warn!("cannot take back a create that failed: {e}"),
+    }
+    if let Err(e) = store.make_way(&dir) {
+        tracing::warn!("{e}");
+    }
+}
+
 fn partition_options(config: &TopicConfig) -> PartitionOptions {
     PartitionOptions { segment_bytes: config.segment_bytes, durability: config.durability }
 }

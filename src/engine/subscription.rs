@@ -218,6 +218,15 @@ impl SubState {
         }
     }
 
+    /// Checkpoints, then refuses every later journal write: the engine is releasing its directory.
+    pub fn close_journal(&mut self) -> Result<(), StoreError> {
+        let checkpointed = self.checkpoint();
+        if let Some(journal) = &mut self.journal {
+            journal.close();
+        }
+        checkpointed
+    }
+
     /// Rebuilds the state a durable subscription had before a restart: seqs up to the cursor without an
     /// entry are settled, an in-flight message becomes available again with its attempt count (its lease
     /// did not survive), a delayed one keeps its wall-clock not-before.

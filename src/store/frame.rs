@@ -6,9 +6,27 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
+
+/// Directories the store creates are its owner's alone: messages are private data.
+pub(crate) const DIR_MODE: u32 = 0o700;
+/// Files the store creates: read and written by their owner only.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Open options for a file of the store: created (when asked to) with [`FILE_MODE`].
+pub(crate) fn options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(FILE_MODE);
+    options
+}
+
+/// Creates `path` and its missing parents with [`DIR_MODE`].
+pub(crate) fn create_dirs(path: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(path)
+}
 
 /// Bytes before a frame's body.
 pub(crate) const FRAME_HEADER: usize = 8;
@@ -41,6 +59,36 @@ pub(crate) fn read_frames(data: &[u8]) -> Frames<'_> {
     Frames { bodies, valid_len: pos }
 }
 
+/// Where the first valid frame after `from` starts, if any: when one does, the damage at `from` is not a
+/// torn tail (a torn write cannot leave a whole frame after it) but corruption among readable records.
+pub(crate) fn readable_after(data: &[u8], from: usize) -> Option<usize> {
+    (from + 1..data.len().saturating_sub(FRAME_HEADER)).find(|&p| frame_at(data, p).is_some())
+}
+
+/// Every valid frame of a damaged journal, skipping what fails its CRC: what `store repair` keeps.
+/// Returns the bodies and how many damaged stretches were skipped.
+pub(crate) fn salvage(data: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut bodies = Vec::new();
+    let mut skipped = 0;
+    let mut pos = 0;
+    while pos < data.len() {
+        match frame_at(data, pos) {
+            Some(body) => {
+                bodies.push(body);
+                pos += FRAME_HEADER + body.len();
+            }
+            None => {
+                skipped += 1;
+                match readable_after(data, pos) {
+                    Some(next) => pos = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    (bodies, skipped)
+}
+
 /// The body of the frame at `pos`, when it is whole and its CRC matches.
 fn frame_at(data: &[u8], pos: usize) -> Option<&[u8]> {
     let header = data.get(pos..pos + FRAME_HEADER)?;
@@ -59,7 +107,7 @@ fn frame_at(data: &[u8], pos: usize) -> Option<&[u8]> {
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
     let tmp = tmp_path(path);
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut file = options().write(true).create(true).truncate(true).open(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -147,6 +195,22 @@ mod tests {
         let frames = read_frames(&flipped);
         assert!(frames.bodies.is_empty());
         assert_eq!(frames.valid_len, 0);
+    }
+
+    #[test]
+    fn damage_with_frames_after_it_is_told_from_a_torn_tail_and_salvaged_around() {
+        let mut data = Vec::new();
+        for body in [&b"one"[..], b"two", b"three"] {
+            put_frame(&mut data, body);
+        }
+        let torn = &data[..data.len() - 2];
+        assert_eq!(readable_after(torn, read_frames(torn).valid_len), None);
+        let mut flipped = data.clone();
+        flipped[FRAME_HEADER + 3 + FRAME_HEADER] ^= 0x01; // a byte of "two"
+        let frames = read_frames(&flipped);
+        assert_eq!(frames.valid_len, FRAME_HEADER + 3);
+        assert_eq!(readable_after(&flipped, frames.valid_len), Some(2 * FRAME_HEADER + 6));
+        assert_eq!(salvage(&flipped), (vec![&b"one"[..], &b"three"[..]], 1));
     }
 
     #[test]

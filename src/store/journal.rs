@@ -9,7 +9,7 @@
 //! message into a settled one.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -196,6 +196,27 @@ pub(crate) struct SubJournal {
     needs_reset: bool,
     /// The cursor the journal last recorded (or holds staged).
     pub recorded_cursor: u64,
+    /// Set by [`SubJournal::close`]: the directory is being released, nothing more is written.
+    closed: bool,
+}
+
+/// What reading a subscription's files found, before anything is changed.
+#[derive(Debug)]
+pub(crate) struct Inspected {
+    pub state: SubSnapshot,
+    /// The checkpoint's generation (0 without one).
+    generation: u64,
+    /// The journal's generation, when its header is readable.
+    journal_gen: Option<u64>,
+    /// The journal's records were applied on top of the checkpoint.
+    replayed: bool,
+    /// The checkpoint was missing and the state was rebuilt from the journal alone.
+    pub missing_checkpoint: bool,
+    /// The journal was missing: what happened since the checkpoint is lost (acks come back).
+    pub missing_journal: bool,
+    valid_len: u64,
+    /// A torn tail that opening cuts: (file, offset, bytes).
+    pub truncated: Option<(PathBuf, u64, u64)>,
 }
 
 /// What opening a journal found.
@@ -205,6 +226,8 @@ pub(crate) struct Opened {
     pub state: SubSnapshot,
     /// The checkpoint was missing and the state was rebuilt from the journal alone.
     pub missing_checkpoint: bool,
+    /// The journal was missing.
+    pub missing_journal: bool,
     /// A torn tail was cut: (offset, bytes).
     pub truncated: Option<(PathBuf, u64, u64)>,
 }
@@ -212,7 +235,7 @@ pub(crate) struct Opened {
 impl SubJournal {
     /// Creates the files of a new subscription that starts at `start_seq`.
     pub fn create(dir: &Path, start_seq: u64, durability: AckDurability) -> Result<SubJournal, StoreError> {
-        fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        frame::create_dirs(dir).map_err(|e| StoreError::io(dir, e))?;
         let state = SubSnapshot::starting_at(start_seq);
         let checkpoint_path = dir.join("checkpoint");
         frame::write_atomic(&checkpoint_path, &state.encode(0))?;
@@ -232,7 +255,7 @@ impl SubJournal {
         cursor: u64,
     ) -> Result<SubJournal, StoreError> {
         let journal_path = dir.join("journal.log");
-        let file = OpenOptions::new()
+        let file = frame::options()
             .read(true)
             .write(true)
             .create(true)
@@ -257,32 +280,45 @@ impl SubJournal {
             last_settle_mark: 0,
             needs_reset: false,
             recorded_cursor: cursor,
+            closed: false,
         })
     }
 
-    /// Opens an existing subscription's files: the checkpoint, then the journal records of the same
-    /// generation on top of it, cutting a torn tail.
+    /// Reads a subscription's files as recovery does, changing nothing: the checkpoint, then the journal
+    /// records of the same generation on top of it. A torn tail of the journal is left out (recovery cuts
+    /// it); damage with readable records after it, an unreadable checkpoint, or a record that is not a
+    /// journal record is refused, naming the file and offset.
     /// `first` and `head` are the topic's retained range after its own recovery: state beyond the head
     /// (messages a power loss took back) is dropped, so those seqs are delivered when they are reused.
-    pub fn open(dir: &Path, durability: AckDurability, first: u64, head: u64) -> Result<Opened, StoreError> {
+    pub fn inspect(dir: &Path, first: u64, head: u64) -> Result<Inspected, StoreError> {
         let checkpoint_path = dir.join("checkpoint");
-        let (generation, mut state, missing) = match fs::read(&checkpoint_path) {
-            Ok(data) => {
+        let (generation, mut state, missing_checkpoint) = match super::read_optional(&checkpoint_path)? {
+            Some(data) => {
                 let (generation, state) = SubSnapshot::decode(&data).ok_or_else(|| {
-                    StoreError::corrupt(&checkpoint_path, 0, "checkpoint fails its CRC or layout")
+                    let why = if data.is_empty() { "empty file" } else { "checkpoint fails its CRC or layout" };
+                    StoreError::corrupt(&checkpoint_path, 0, &format!("{why}; {}", super::REPAIR_HINT))
                 })?;
                 (generation, state, false)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, SubSnapshot::default(), true),
-            Err(e) => return Err(StoreError::io(&checkpoint_path, e)),
+            None => (0, SubSnapshot::default(), true),
         };
         let journal_path = dir.join("journal.log");
-        let data = match fs::read(&journal_path) {
-            Ok(data) => data,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(StoreError::io(&journal_path, e)),
-        };
+        let read = super::read_optional(&journal_path)?;
+        let missing_journal = read.is_none();
+        let data = read.unwrap_or_default();
         let frames = frame::read_frames(&data);
+        if frames.valid_len != data.len()
+            && let Some(at) = frame::readable_after(&data, frames.valid_len)
+        {
+            return Err(StoreError::corrupt(
+                &journal_path,
+                frames.valid_len as u64,
+                &format!(
+                    "invalid frame; readable records follow at offset {at}, so this is not a torn tail; {}",
+                    super::REPAIR_HINT
+                ),
+            ));
+        }
         let mut bodies = frames.bodies.iter();
         let journal_gen = bodies.next().and_then(|b| {
             let mut r = Reader::new(b);
@@ -292,43 +328,72 @@ impl SubJournal {
         // a checkpoint). Without a checkpoint, the journal alone is the state only if it goes back to
         // the subscription's creation (generation 0); otherwise start again from the oldest retained
         // message (at-least-once: some acked messages come back, none is lost).
-        if missing && journal_gen.is_some_and(|g| g > 0) {
+        if missing_checkpoint && journal_gen.is_some_and(|g| g > 0) {
             state = SubSnapshot::starting_at(first);
-        } else if journal_gen.is_some_and(|g| g >= generation || missing) {
+        } else if journal_gen.is_some_and(|g| g >= generation || missing_checkpoint) {
+            let mut offset = frames.bodies.first().map_or(0, |b| frame::FRAME_HEADER + b.len());
             for (i, body) in bodies.enumerate() {
                 let op = SubOp::decode(body).ok_or_else(|| {
                     StoreError::corrupt(
                         &journal_path,
-                        0,
-                        &format!("record {} is not a journal record", i + 1),
+                        offset as u64,
+                        &format!("record {} is not a journal record; {}", i + 1, super::REPAIR_HINT),
                     )
                 })?;
                 state.apply(op);
+                offset += frame::FRAME_HEADER + body.len();
             }
         }
         let truncated = (frames.valid_len != data.len())
             .then(|| (journal_path.clone(), frames.valid_len as u64, (data.len() - frames.valid_len) as u64));
         state.clamp(head);
-        let replayed = journal_gen.is_some_and(|g| g >= generation || missing);
-        let mut journal = Self::open_file(dir, journal_gen.unwrap_or(generation), durability, state.cursor)?;
+        let replayed = journal_gen.is_some_and(|g| g >= generation || missing_checkpoint);
+        Ok(Inspected {
+            state,
+            generation,
+            journal_gen,
+            replayed,
+            missing_checkpoint,
+            missing_journal: missing_journal && !missing_checkpoint,
+            valid_len: frames.valid_len as u64,
+            truncated,
+        })
+    }
+
+    /// Opens an existing subscription's files (see [`SubJournal::inspect`]), cutting a torn tail.
+    pub fn open(dir: &Path, durability: AckDurability, first: u64, head: u64) -> Result<Opened, StoreError> {
+        let found = Self::inspect(dir, first, head)?;
+        let state = found.state;
+        let journal_path = dir.join("journal.log");
+        let mut journal =
+            Self::open_file(dir, found.journal_gen.unwrap_or(found.generation), durability, state.cursor)?;
         // Start a fresh generation from the recovered state, so the repaired journal is never replayed
         // twice. If the checkpoint cannot be written (a full disk), the old journal goes on from its last
         // valid record; once the new checkpoint is in place the journal must be reset.
-        let next = journal.generation.max(generation) + 1;
+        let next = journal.generation.max(found.generation) + 1;
         match frame::write_atomic(&journal.checkpoint_path, &state.encode(next)) {
             Ok(()) => journal.reset(next)?,
-            Err(e) if replayed && !missing => {
+            Err(e) if found.replayed && !found.missing_checkpoint => {
                 tracing::warn!("subscription checkpoint not written, continuing its journal: {e}");
-                journal
-                    .file
-                    .set_len(frames.valid_len as u64)
-                    .map_err(|e| StoreError::io(&journal_path, e))?;
-                journal.len = frames.valid_len as u64;
+                journal.file.set_len(found.valid_len).map_err(|e| StoreError::io(&journal_path, e))?;
+                journal.len = found.valid_len;
             }
             Err(e) => return Err(e),
         }
         journal.recorded_cursor = state.cursor;
-        Ok(Opened { journal, state, missing_checkpoint: missing, truncated })
+        Ok(Opened {
+            journal,
+            state,
+            missing_checkpoint: found.missing_checkpoint,
+            missing_journal: found.missing_journal,
+            truncated: found.truncated,
+        })
+    }
+
+    /// Refuses every later write: the engine is closing its directory (after its last checkpoint).
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.staged.clear();
     }
 
     /// Empties the journal and stamps it with `generation`.
@@ -364,6 +429,10 @@ impl SubJournal {
 
     /// Writes the staged records. Returns what to wait on when an ack must be synced before it returns.
     pub fn commit(&mut self) -> Result<Option<(Arc<SyncGate>, u64)>, StoreError> {
+        if self.closed {
+            self.staged.clear();
+            return Err(StoreError::Closed(self.journal_path.clone()));
+        }
         if self.needs_reset {
             self.reset(self.generation)?;
             self.needs_reset = false;
@@ -388,6 +457,9 @@ impl SubJournal {
 
     /// Writes `state` as the new checkpoint and starts an empty journal of the next generation.
     pub fn checkpoint(&mut self, state: &SubSnapshot) -> Result<(), StoreError> {
+        if self.closed {
+            return Err(StoreError::Closed(self.journal_path.clone()));
+        }
         self.staged.clear();
         self.staged_settle = false;
         let next = self.generation + 1;
@@ -405,6 +477,7 @@ impl SubJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, OpenOptions};
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("pubsub-journal-{tag}-{}", std::process::id()));
@@ -448,7 +521,7 @@ mod tests {
         drop(j);
         let path = dir.join("journal.log");
         let len = fs::metadata(&path).unwrap().len();
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+        frame::options().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
         let opened = SubJournal::open(&dir, AckDurability::Async, 1, 100).unwrap();
         assert!(opened.truncated.is_some());
         // The settle was torn off: the message is unsettled again (at-least-once), never lost.

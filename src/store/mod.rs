@@ -13,12 +13,13 @@ mod verify;
 
 pub use verify::verify;
 
-use std::fs::{self, File, OpenOptions};
+use std::collections::BTreeSet;
+use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -61,7 +62,30 @@ pub enum StoreError {
     /// Something the store cannot represent.
     #[error("{0}")]
     Invalid(String),
+    /// Files with data that no topic or subscription names: their metadata was lost or damaged.
+    #[error(
+        "{dir}: {} hold{} messages or subscription state that no topic or subscription names (the metadata in meta.snap/meta.log is missing or damaged): {}; nothing was changed. Run `pubsub store repair {dir}` to recover them, or move them away",
+        count(paths.len(), "directory", "directories"),
+        if paths.len() == 1 { "s" } else { "" },
+        paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    Unowned {
+        /// The data directory.
+        dir: PathBuf,
+        /// The directories nothing owns.
+        paths: Vec<PathBuf>,
+    },
+    /// The engine closed its data directory; nothing more is written to it.
+    #[error("{0}: the engine was closed and no longer writes to its data directory")]
+    Closed(PathBuf),
 }
+
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// What every refusal to open adds: the command that sets damage aside so the rest opens.
+pub(crate) const REPAIR_HINT: &str = "run `pubsub store repair DIR` to move what cannot be read aside";
 
 impl StoreError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
@@ -159,24 +183,41 @@ pub(crate) enum MetaOp {
 pub(crate) struct MetaState {
     pub topics: Vec<TopicConfig>,
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// Names deleted by the journal replayed (and not created again): their files may still be on disk
+    /// if the process stopped between the record and the removal.
+    pub deleted_topics: BTreeSet<Name>,
+    pub deleted_subs: BTreeSet<Name>,
 }
 
 impl MetaState {
     fn apply(&mut self, op: MetaOp) {
         match op {
             MetaOp::CreateTopic { config } => {
+                self.deleted_topics.remove(&config.name);
                 self.topics.retain(|t| t.name != config.name);
                 self.topics.push(config);
             }
             MetaOp::DeleteTopic { name } => {
                 self.topics.retain(|t| t.name != name);
-                self.subscriptions.retain(|s| s.topic != name);
+                let deleted_subs = &mut self.deleted_subs;
+                self.subscriptions.retain(|s| {
+                    let keep = s.topic != name;
+                    if !keep {
+                        deleted_subs.insert(s.name.clone());
+                    }
+                    keep
+                });
+                self.deleted_topics.insert(name);
             }
             MetaOp::CreateSubscription { config } => {
+                self.deleted_subs.remove(&config.name);
                 self.subscriptions.retain(|s| s.name != config.name);
                 self.subscriptions.push(config);
             }
-            MetaOp::DeleteSubscription { name } => self.subscriptions.retain(|s| s.name != name),
+            MetaOp::DeleteSubscription { name } => {
+                self.subscriptions.retain(|s| s.name != name);
+                self.deleted_subs.insert(name);
+            }
         }
     }
 
@@ -198,6 +239,12 @@ pub struct RecoveryReport {
     /// Subscriptions whose checkpoint was missing: their state was rebuilt from the journal alone, so
     /// messages they had acked before the last checkpoint may be delivered again.
     pub missing_checkpoints: Vec<Name>,
+    /// Subscriptions whose journal was missing: acks since their last checkpoint may be delivered again.
+    pub missing_journals: Vec<Name>,
+    /// Directories of deleted topics or subscriptions that a stop had left behind, now removed.
+    pub finished_deletes: Vec<PathBuf>,
+    /// Topics whose files were missing: they were created again, empty.
+    pub recreated: Vec<Name>,
     /// Time from the start of open to ready.
     pub elapsed: Duration,
 }
@@ -220,6 +267,17 @@ impl RecoveryReport {
         }
         for path in &self.ignored {
             lines.push(format!("ignored unknown file {}", path.display()));
+        }
+        for name in &self.missing_journals {
+            lines.push(format!(
+                "subscription {name}: journal missing; state taken from its checkpoint, messages acked since it may be delivered again"
+            ));
+        }
+        for path in &self.finished_deletes {
+            lines.push(format!("removed {}, left by a delete that had not finished", path.display()));
+        }
+        for name in &self.recreated {
+            lines.push(format!("topic {name}: its files were missing; created again, empty"));
         }
         for name in &self.missing_checkpoints {
             lines.push(format!(
@@ -251,15 +309,64 @@ struct IntervalGate {
     due: Instant,
 }
 
+/// What the interval sync thread shares with the store: the gates it drives and the stop signal.
+#[derive(Debug, Default)]
+struct SyncerShared {
+    gates: Mutex<Vec<IntervalGate>>,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+#[derive(Debug)]
+struct Syncer {
+    shared: Arc<SyncerShared>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Data directories open in this process. The file lock alone cannot tell a second open in this process
+/// from a descriptor that a child process holds for a moment: a child forked to run another program gets
+/// a copy of every descriptor until it executes that program, and the lock stays held while it does.
+static OPEN_DIRS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// How long an open waits for a lock that only a passing copy of this process's own descriptor holds.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 #[derive(Debug)]
 struct StoreInner {
     dir: PathBuf,
-    /// Held for the store's life: the exclusive lock is released when this file closes.
-    _lock: File,
+    /// The directory as registered in [`OPEN_DIRS`].
+    canonical: PathBuf,
+    /// Directories whose topic or subscription was deleted (so their files may go), by path.
+    removable: Mutex<BTreeSet<PathBuf>>,
+    /// Held while the store is open: the exclusive lock is released when this file closes.
+    lock: Mutex<Option<File>>,
     meta: Mutex<File>,
     meta_path: PathBuf,
-    interval: Mutex<Vec<IntervalGate>>,
-    syncer_started: std::sync::Once,
+    syncer: Mutex<Option<Syncer>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl StoreInner {
+    /// Stops and joins the sync thread (after its last sync), then releases the lock. Idempotent.
+    fn release(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(syncer) = lock(&self.syncer).take() {
+            *lock(&syncer.shared.stop) = true;
+            syncer.shared.wake.notify_all();
+            if syncer.thread.join().is_err() {
+                tracing::error!("the interval sync thread panicked");
+            }
+        }
+        if lock(&self.lock).take().is_some() {
+            lock(&OPEN_DIRS).remove(&self.canonical);
+        }
+    }
+}
+
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// A data directory opened for writing. Cheap to clone.
@@ -276,28 +383,15 @@ impl Store {
     pub(crate) fn open(dir: &Path, report: &mut RecoveryReport) -> Result<(Store, MetaState), StoreError> {
         for sub in ["", "topics", "subs", "snapshots"] {
             let path = dir.join(sub);
-            fs::create_dir_all(&path).map_err(|e| StoreError::io(&path, e))?;
+            frame::create_dirs(&path).map_err(|e| StoreError::io(&path, e))?;
         }
-        let lock_path = dir.join("LOCK");
-        let mut lock_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| StoreError::io(&lock_path, e))?;
-        if lock_file.try_lock().is_err() {
-            let mut holder = String::new();
-            let _ = lock_file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let holder = if holder.is_empty() { "unknown".to_string() } else { holder.to_string() };
-            return Err(StoreError::Locked { dir: dir.to_path_buf(), holder });
-        }
-        lock_file.set_len(0).map_err(|e| StoreError::io(&lock_path, e))?;
-        lock_file
-            .write_all_at(std::process::id().to_string().as_bytes(), 0)
-            .map_err(|e| StoreError::io(&lock_path, e))?;
-
+        // A directory made by an older version (or by hand) is closed to other users too.
+        let private = fs::Permissions::from_mode(frame::DIR_MODE);
+        fs::set_permissions(dir, private).map_err(|e| StoreError::io(dir, e))?;
+        let canonical = fs::canonicalize(dir).map_err(|e| StoreError::io(dir, e))?;
+        let lock_file = take_lock(dir, &canonical)?;
+        // From here on, an early return must let go of the registration (the lock goes with the file).
+        let registered = Registered(Some(canonical));
         for entry in fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
             let path = entry.map_err(|e| StoreError::io(dir, e))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -306,45 +400,19 @@ impl Store {
             }
         }
 
-        let mut state = MetaState::default();
-        let snap_path = dir.join("meta.snap");
-        if snap_path.exists() {
-            let data = fs::read(&snap_path).map_err(|e| StoreError::io(&snap_path, e))?;
-            let frames = frame::read_frames(&data);
-            if frames.valid_len != data.len() {
-                // The snapshot is written atomically, so damage here is not a torn write.
-                return Err(StoreError::corrupt(&snap_path, frames.valid_len as u64, "invalid frame"));
-            }
-            for (i, body) in frames.bodies.iter().enumerate() {
-                let op = serde_json::from_slice(body)
-                    .map_err(|e| StoreError::corrupt(&snap_path, i as u64, &format!("record {i}: {e}")))?;
-                state.apply(op);
-            }
-        }
         let meta_path = dir.join("meta.log");
-        let data = match fs::read(&meta_path) {
-            Ok(data) => data,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(StoreError::io(&meta_path, e)),
-        };
-        let frames = frame::read_frames(&data);
-        for body in &frames.bodies {
-            // A record that passed its CRC but does not parse was written by a newer version.
-            let op = serde_json::from_slice(body).map_err(|e| {
-                StoreError::corrupt(&meta_path, 0, &format!("unreadable metadata record: {e}"))
-            })?;
-            state.apply(op);
+        let read = read_meta(dir)?;
+        if let Some(torn) = read.torn {
+            report.truncated.push((meta_path.clone(), read.valid_len as u64, torn));
         }
-        if frames.valid_len != data.len() {
-            report.truncated.push((
-                meta_path.clone(),
-                frames.valid_len as u64,
-                (data.len() - frames.valid_len) as u64,
-            ));
-        }
+        let mut state = read.state;
+        settle_leftovers(dir, &state, report)?;
+        state.deleted_topics.clear();
+        state.deleted_subs.clear();
         // Compact: the snapshot becomes the whole state and the journal starts empty. This is an
         // optimisation, so on a full disk the directory still opens with the journal kept as it is.
-        let mut compacted = data.is_empty();
+        let snap_path = dir.join("meta.snap");
+        let mut compacted = read.log_len == 0 && snap_path.exists();
         if !compacted {
             let mut snap = Vec::new();
             for op in state.ops() {
@@ -356,23 +424,25 @@ impl Store {
                 Err(e) => tracing::warn!("metadata not compacted: {e}"),
             }
         }
-        let meta = OpenOptions::new()
+        let meta = frame::options()
             .create(true)
             .append(true)
             .open(&meta_path)
             .map_err(|e| StoreError::io(&meta_path, e))?;
-        let keep = if compacted { 0 } else { frames.valid_len as u64 };
+        let keep = if compacted { 0 } else { read.valid_len as u64 };
         meta.set_len(keep).map_err(|e| StoreError::io(&meta_path, e))?;
         meta.sync_all().map_err(|e| StoreError::io(&meta_path, e))?;
         frame::sync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
 
         let inner = StoreInner {
             dir: dir.to_path_buf(),
-            _lock: lock_file,
+            canonical: registered.keep(),
+            removable: Mutex::new(BTreeSet::new()),
+            lock: Mutex::new(Some(lock_file)),
             meta: Mutex::new(meta),
             meta_path,
-            interval: Mutex::new(Vec::new()),
-            syncer_started: std::sync::Once::new(),
+            syncer: Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((Store { inner: Arc::new(inner) }, state))
     }
@@ -382,8 +452,18 @@ impl Store {
         &self.inner.dir
     }
 
+    /// Stops the interval sync thread (after its last sync) and releases the directory's lock, so the
+    /// directory can be opened again at once; every later metadata change is refused. The engine closes
+    /// its partitions and journals first.
+    pub(crate) fn close(&self) {
+        self.inner.release();
+    }
+
     /// Appends a metadata change and syncs it before returning.
     pub(crate) fn record(&self, op: &MetaOp) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed(self.inner.dir.clone()));
+        }
         let body = serde_json::to_vec(op).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut buf = Vec::with_capacity(body.len() + 8);
         frame::put_frame(&mut buf, &body);
@@ -411,51 +491,278 @@ impl Store {
 
     /// Removes a deleted topic's files.
     pub(crate) fn remove_topic_files(&self, topic: &Name) -> Result<(), StoreError> {
-        remove_dir(&self.inner.dir.join("topics").join(dir_name(topic)))
+        self.remove_owned(self.topic_dir(topic))
+    }
+
+    fn remove_owned(&self, path: PathBuf) -> Result<(), StoreError> {
+        remove_dir(&path)?;
+        lock(&self.inner.removable).remove(&path);
+        Ok(())
     }
 
     /// Removes a deleted subscription's files.
     pub(crate) fn remove_subscription_files(&self, name: &Name) -> Result<(), StoreError> {
-        remove_dir(&self.subscription_dir(name))
+        self.remove_owned(self.subscription_dir(name))
     }
 
-    /// Directories under `topics/` and `subs/` that no topic or subscription owns.
-    pub(crate) fn orphans(&self, state: &MetaState) -> Vec<PathBuf> {
-        let topics: Vec<String> = state.topics.iter().map(|t| dir_name(&t.name)).collect();
-        let subs: Vec<String> = state.subscriptions.iter().map(|s| dir_name(&s.name)).collect();
-        let mut out = Vec::new();
-        for (sub, known) in [("topics", &topics), ("subs", &subs)] {
-            let Ok(entries) = fs::read_dir(self.inner.dir.join(sub)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !known.contains(&name) {
-                    out.push(entry.path());
+    /// Makes way for a new topic's or subscription's files at `path`: nothing there, or files whose
+    /// owner was deleted (they go), or files without data. Files with data that nothing owns are never
+    /// overwritten: they are a topic or subscription whose metadata was lost, which `store repair`
+    /// recovers.
+    pub(crate) fn make_way(&self, path: &Path) -> Result<(), StoreError> {
+        if !path.exists() {
+            return Ok(());
+        }
+        let deleted = lock(&self.inner.removable).remove(path);
+        if !deleted && holds_data(path) {
+            return Err(StoreError::Unowned { dir: self.inner.dir.clone(), paths: vec![path.to_path_buf()] });
+        }
+        remove_dir(path)
+    }
+
+    /// Notes that `path` belongs to something whose deletion is recorded, so its files may go.
+    pub(crate) fn mark_removable(&self, path: PathBuf) {
+        lock(&self.inner.removable).insert(path);
+    }
+
+    /// The directory a topic's partitions live in.
+    pub(crate) fn topic_dir(&self, topic: &Name) -> PathBuf {
+        self.inner.dir.join("topics").join(dir_name(topic))
+    }
+
+    /// Registers a gate for `Interval` durability: a background thread fsyncs it every `every`. The
+    /// thread holds no reference to the store; closing or dropping the store stops and joins it.
+    pub(crate) fn sync_every(&self, gate: &Arc<SyncGate>, every: Duration) {
+        let every = every.max(Duration::from_millis(1));
+        let mut syncer = lock(&self.inner.syncer);
+        if self.inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if syncer.is_none() {
+            let shared = Arc::new(SyncerShared::default());
+            let for_thread = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("pubsub-store-sync".into())
+                .spawn(move || interval_syncer(&for_thread));
+            match spawned {
+                Ok(thread) => *syncer = Some(Syncer { shared, thread }),
+                Err(e) => {
+                    tracing::error!("cannot start the interval sync thread: {e}");
+                    return;
                 }
             }
         }
-        out
+        if let Some(syncer) = syncer.as_ref() {
+            lock(&syncer.shared.gates).push(IntervalGate {
+                gate: Arc::downgrade(gate),
+                every,
+                due: Instant::now() + every,
+            });
+            syncer.shared.wake.notify_all();
+        }
     }
+}
 
-    /// Registers a gate for `Interval` durability: a background thread fsyncs it every `every`.
-    pub(crate) fn sync_every(&self, gate: &Arc<SyncGate>, every: Duration) {
-        let every = every.max(Duration::from_millis(1));
-        lock(&self.inner.interval).push(IntervalGate {
-            gate: Arc::downgrade(gate),
-            every,
-            due: Instant::now() + every,
-        });
-        self.inner.syncer_started.call_once(|| {
-            let weak = Arc::downgrade(&self.inner);
-            let spawned = std::thread::Builder::new()
-                .name("pubsub-store-sync".into())
-                .spawn(move || interval_syncer(weak));
-            if let Err(e) = spawned {
-                tracing::error!("cannot start the interval sync thread: {e}");
-            }
-        });
+/// Takes the directory's exclusive lock and writes this process's pid into it. A directory open in this
+/// process already is refused at once; a lock held by this process's pid while no open here has it is a
+/// descriptor a child process inherited for the moment between its fork and its exec, so it is waited
+/// for (up to [`LOCK_WAIT`]).
+fn take_lock(dir: &Path, canonical: &Path) -> Result<File, StoreError> {
+    let own = std::process::id().to_string();
+    if !lock(&OPEN_DIRS).insert(canonical.to_path_buf()) {
+        return Err(StoreError::Locked { dir: dir.to_path_buf(), holder: own });
     }
+    let registered = Registered(Some(canonical.to_path_buf()));
+    let lock_path = dir.join("LOCK");
+    let mut lock_file = frame::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| StoreError::io(&lock_path, e))?;
+    let started = Instant::now();
+    while lock_file.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = lock_file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        if holder != own || started.elapsed() >= LOCK_WAIT {
+            let holder = if holder.is_empty() { "unknown".to_string() } else { holder.to_string() };
+            return Err(StoreError::Locked { dir: dir.to_path_buf(), holder });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        lock_file = frame::options().read(true).write(true).open(&lock_path).map_err(|e| StoreError::io(&lock_path, e))?;
+    }
+    lock_file.set_len(0).map_err(|e| StoreError::io(&lock_path, e))?;
+    lock_file
+        .write_all_at(own.as_bytes(), 0)
+        .map_err(|e| StoreError::io(&lock_path, e))?;
+    registered.keep();
+    Ok(lock_file)
+}
+
+/// Removes a directory from [`OPEN_DIRS`] when an open fails before the store owns the registration.
+struct Registered(Option<PathBuf>);
+
+impl Registered {
+    /// The store owns the registration from now on.
+    fn keep(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            lock(&OPEN_DIRS).remove(&path);
+        }
+    }
+}
+
+/// The metadata as recovery reads it, and how much of `meta.log` is whole.
+pub(crate) struct MetaRead {
+    pub state: MetaState,
+    /// Bytes of `meta.log` on disk.
+    pub log_len: usize,
+    /// Bytes of `meta.log` made of whole, valid frames.
+    pub valid_len: usize,
+    /// A torn tail (bytes) that recovery cuts.
+    pub torn: Option<u64>,
+}
+
+/// Reads `meta.snap` and `meta.log` without changing anything. Damage that is not a torn tail of the
+/// log (the snapshot is written atomically, so any damage there) is refused, naming file and offset.
+pub(crate) fn read_meta(dir: &Path) -> Result<MetaRead, StoreError> {
+    let mut state = MetaState::default();
+    let snap_path = dir.join("meta.snap");
+    if let Some(data) = read_optional(&snap_path)? {
+        let frames = frame::read_frames(&data);
+        if frames.valid_len != data.len() {
+            return Err(StoreError::corrupt(
+                &snap_path,
+                frames.valid_len as u64,
+                &format!("invalid frame in a file written atomically; {REPAIR_HINT}"),
+            ));
+        }
+        for (i, body) in frames.bodies.iter().enumerate() {
+            let op = serde_json::from_slice(body).map_err(|e| {
+                StoreError::corrupt(&snap_path, 0, &format!("record {i} is not a metadata record: {e}"))
+            })?;
+            state.apply(op);
+        }
+    }
+    let meta_path = dir.join("meta.log");
+    let data = read_optional(&meta_path)?.unwrap_or_default();
+    let frames = frame::read_frames(&data);
+    if frames.valid_len != data.len()
+        && let Some(at) = frame::readable_after(&data, frames.valid_len)
+    {
+        return Err(StoreError::corrupt(
+            &meta_path,
+            frames.valid_len as u64,
+            &format!(
+                "invalid frame; readable records follow at offset {at}, so this is not a torn tail; {REPAIR_HINT}"
+            ),
+        ));
+    }
+    for (i, body) in frames.bodies.iter().enumerate() {
+        // A record that passed its CRC but does not parse was written by a newer version.
+        let op = serde_json::from_slice(body).map_err(|e| {
+            StoreError::corrupt(&meta_path, 0, &format!("record {i} is not a metadata record: {e}"))
+        })?;
+        state.apply(op);
+    }
+    let torn = (frames.valid_len != data.len()).then_some((data.len() - frames.valid_len) as u64);
+    Ok(MetaRead { state, log_len: data.len(), valid_len: frames.valid_len, torn })
+}
+
+/// A file's bytes, or `None` when it does not exist.
+pub(crate) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match fs::read(path) {
+        Ok(data) => Ok(Some(data)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(path, e)),
+    }
+}
+
+/// What lies under `topics/` and `subs/` that the metadata does not name.
+#[derive(Debug, Default)]
+pub(crate) struct Leftovers {
+    /// Files of deleted topics and subscriptions (the delete is recorded; the removal had not finished).
+    pub deleted: Vec<PathBuf>,
+    /// Directories with data that nothing names: lost metadata.
+    pub unowned: Vec<PathBuf>,
+    /// Entries without data that nothing names (left alone).
+    pub empty: Vec<PathBuf>,
+}
+
+/// Sorts what `topics/` and `subs/` hold beyond what `state` names.
+pub(crate) fn leftovers(dir: &Path, state: &MetaState) -> Leftovers {
+    let mut out = Leftovers::default();
+    let topics = (state.topics.iter().map(|t| &t.name), &state.deleted_topics);
+    let subs = (state.subscriptions.iter().map(|s| &s.name), &state.deleted_subs);
+    let topics: (BTreeSet<String>, BTreeSet<String>) =
+        (topics.0.map(dir_name).collect(), topics.1.iter().map(dir_name).collect());
+    let subs: (BTreeSet<String>, BTreeSet<String>) =
+        (subs.0.map(dir_name).collect(), subs.1.iter().map(dir_name).collect());
+    for (sub, (live, deleted)) in [("topics", &topics), ("subs", &subs)] {
+        let Ok(entries) = fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(fs::DirEntry::file_name);
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if live.contains(&name) || name.ends_with(".tmp") {
+                continue;
+            }
+            if deleted.contains(&name) {
+                out.deleted.push(path);
+            } else if holds_data(&path) {
+                out.unowned.push(path);
+            } else {
+                out.empty.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Removes what deletes left behind and refuses to open when data that nothing names is found.
+fn settle_leftovers(dir: &Path, state: &MetaState, report: &mut RecoveryReport) -> Result<(), StoreError> {
+    let found = leftovers(dir, state);
+    if !found.unowned.is_empty() {
+        return Err(StoreError::Unowned { dir: dir.to_path_buf(), paths: found.unowned });
+    }
+    for path in found.deleted {
+        remove_dir(&path)?;
+        report.finished_deletes.push(path);
+    }
+    report.ignored.extend(found.empty);
+    Ok(())
+}
+
+/// Whether a topic or subscription directory holds anything worth keeping: a non-empty segment, or a
+/// subscription's checkpoint or journal.
+pub(crate) fn holds_data(path: &Path) -> bool {
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = fs::read_dir(&p) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.len() > 0 {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.ends_with(".log") || name == "checkpoint" {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn remove_dir(path: &Path) -> Result<(), StoreError> {
@@ -469,20 +776,20 @@ fn remove_dir(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Fsyncs each registered `Interval` gate when it is due, until the store is dropped.
-fn interval_syncer(store: Weak<StoreInner>) {
+/// Fsyncs each registered `Interval` gate when it is due, until the store stops it; a last sync of
+/// every gate then covers what was written since.
+fn interval_syncer(shared: &SyncerShared) {
+    let mut stop = lock(&shared.stop);
     loop {
-        let Some(inner) = store.upgrade() else {
-            return;
-        };
+        let stopping = *stop;
         let now = Instant::now();
         let mut next = now + Duration::from_millis(100);
         let due: Vec<Arc<SyncGate>> = {
-            let mut gates = lock(&inner.interval);
+            let mut gates = lock(&shared.gates);
             gates.retain(|g| g.gate.strong_count() > 0);
             let mut due = Vec::new();
             for g in gates.iter_mut() {
-                if g.due <= now {
+                if stopping || g.due <= now {
                     due.extend(g.gate.upgrade());
                     g.due = now + g.every;
                 }
@@ -490,13 +797,20 @@ fn interval_syncer(store: Weak<StoreInner>) {
             }
             due
         };
-        drop(inner);
+        drop(stop);
         for gate in due {
             if let Err(e) = gate.sync_now() {
                 tracing::warn!("interval sync failed: {e}");
             }
         }
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        if stopping {
+            return;
+        }
+        stop = lock(&shared.stop);
+        if !*stop {
+            let wait = next.saturating_duration_since(Instant::now());
+            stop = shared.wake.wait_timeout(stop, wait).map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
     }
 }
 

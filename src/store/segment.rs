@@ -10,14 +10,14 @@
 //! engine's in-memory window). Sealed segments are never read at open beyond one index entry, so opening
 //! costs the same for a million retained messages as for ten million; the engine reads them on demand.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::frame::{Reader, sync_dir};
+use super::frame::{self, Reader, sync_dir};
 use super::{StoreError, SyncGate};
 use crate::engine::{Durability, MessageExtra, Name, Timestamp};
 
@@ -280,7 +280,7 @@ fn segment_paths(dir: &Path, base: u64) -> (PathBuf, PathBuf) {
 }
 
 fn open_rw(path: &Path, create: bool) -> Result<File, StoreError> {
-    OpenOptions::new().read(true).write(true).create(create).open(path).map_err(|e| StoreError::io(path, e))
+    frame::options().read(true).write(true).create(create).open(path).map_err(|e| StoreError::io(path, e))
 }
 
 fn file_len(file: &File, path: &Path) -> Result<u64, StoreError> {
@@ -319,12 +319,15 @@ pub(crate) struct Partition {
     gate: Arc<SyncGate>,
     /// Bytes written over the partition's life in this process; the marks the gate counts in.
     written: u64,
+    /// Set by [`Partition::close`]: the directory's lock is about to be released, so nothing more may
+    /// be written here by this process.
+    closed: bool,
 }
 
 impl Partition {
     /// Creates an empty partition whose first record will be `first_seq`.
     pub fn create(dir: &Path, first_seq: u64, opts: PartitionOptions) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        frame::create_dirs(dir).map_err(|e| StoreError::io(dir, e))?;
         let (active, active_files) = Self::new_segment(dir, first_seq, 0)?;
         // The new directories' entries must survive a power loss too: `<p>`, `topics/<t>`, `topics`.
         let mut synced = Some(dir);
@@ -357,6 +360,7 @@ impl Partition {
             opts,
             gate,
             written: 0,
+            closed: false,
         }
     }
 
@@ -596,6 +600,10 @@ impl Partition {
     /// Writes the staged records (one write for the log, one for the index) and rolls the segment when
     /// it is full. On failure nothing staged stays in the files.
     pub fn commit(&mut self) -> Result<Commit, StoreError> {
+        if self.closed {
+            self.discard_staged();
+            return Err(StoreError::Closed(self.dir.clone()));
+        }
         if self.staged_count == 0 {
             return Ok(Commit { sync: self.sync_plan(), rolled_to: None });
         }
@@ -675,6 +683,13 @@ impl Partition {
     }
 
     /// Flushes the active segment and its index to disk.
+    /// Syncs the active segment and refuses every later write: the engine is closing its directory.
+    pub fn close(&mut self) -> Result<(), StoreError> {
+        self.closed = true;
+        self.discard_staged();
+        self.sync_files()
+    }
+
     pub fn sync_files(&self) -> Result<(), StoreError> {
         self.active_files.log.sync_data().map_err(|e| StoreError::io(&self.active.log_path, e))?;
         self.active_files.idx.sync_data().map_err(|e| StoreError::io(&self.active.idx_path, e))

@@ -298,6 +298,113 @@ fn a_second_writer_gets_an_error_naming_the_directory_and_the_holder() {
 }
 
 #[test]
+fn close_releases_the_directory_at_once_so_it_reopens_in_a_tight_loop() {
+    // Found under load: a dropped engine's directory stayed locked for a moment, because a child process
+    // forked meanwhile held a copy of the lock's descriptor until its exec. A thread forks children all
+    // along here, and half the rounds drop the engine instead of closing it.
+    let dir = DataDir::new("reopen-loop");
+    let clock = clock();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut children = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = Command::new("true").status();
+                children += 1;
+            }
+            children
+        })
+    };
+    let rounds = 200;
+    for round in 0..rounds {
+        let (engine, _) = open_at(dir.path(), &clock);
+        if round == 0 {
+            let every = Durability::Interval(Duration::from_millis(1));
+            engine.create_topic(topic("t", |c| c.durability = every)).unwrap();
+            engine.create_subscription(sub_config("s", "t")).unwrap();
+        }
+        engine.publish(PublishRequest::new(name("t"), format!("m{round}"))).unwrap();
+        if round % 2 == 0 {
+            engine.close().unwrap();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(forker.join().unwrap() > 0);
+    let (engine, report) = open_at(dir.path(), &clock);
+    assert!(report.findings().is_empty(), "{:?}", report.findings());
+    assert_eq!(all(&engine, "t").len(), rounds);
+    assert_eq!(fetch_all(&engine, "s").len(), rounds);
+}
+
+#[test]
+fn a_closed_engine_refuses_writes_and_its_directory_opens_while_its_handle_lives() {
+    let dir = DataDir::new("closed");
+    let clock = clock();
+    let (first, _) = open_at(dir.path(), &clock);
+    first.create_topic(topic("t", |_| {})).unwrap();
+    first.create_subscription(sub_config("s", "t")).unwrap();
+    first.publish(PublishRequest::new(name("t"), "kept")).unwrap();
+    first.close().unwrap();
+    first.close().unwrap(); // twice is harmless
+    let (second, report) = open_at(dir.path(), &clock);
+    assert!(report.findings().is_empty(), "{:?}", report.findings());
+    for refused in [
+        first.publish(PublishRequest::new(name("t"), "late")).map(|_| ()),
+        first.publish(PublishRequest::new(name("new"), "late")).map(|_| ()),
+        first.create_subscription(sub_config("s2", "t")).map(|_| ()),
+    ] {
+        let err = refused.unwrap_err().to_string();
+        assert!(err.contains("closed"), "{err}");
+    }
+    assert_eq!(payloads(&all(&second, "t")), vec!["kept"]);
+    assert!(second.topic_info(&name("new")).is_err());
+}
+
+#[test]
+fn dropping_a_local_broker_releases_its_directory_before_the_ticker_notices() {
+    let dir = DataDir::new("ticker");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let _entered = runtime.enter();
+    for round in 0..50 {
+        let (engine, _) = Engine::open(dir.path(), Arc::new(SystemClock), EngineConfig::default()).unwrap();
+        let broker = pubsub::broker::local::LocalBroker::new(engine, "local");
+        broker.engine().publish(PublishRequest::new(name("t"), format!("m{round}"))).unwrap();
+        drop(broker);
+    }
+    let (engine, _) = Engine::open(dir.path(), Arc::new(SystemClock), EngineConfig::default()).unwrap();
+    assert_eq!(all(&engine, "t").len(), 50);
+}
+
+#[test]
+fn the_data_directory_and_its_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = DataDir::new("modes");
+    fs::create_dir_all(dir.path()).unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap(); // made by hand, open
+    let clock = clock();
+    let (engine, _) = open_at(dir.path(), &clock);
+    engine.create_topic(topic("t", |_| {})).unwrap();
+    engine.create_subscription(sub_config("s", "t")).unwrap();
+    engine.publish(PublishRequest::new(name("t"), "secret")).unwrap();
+    engine.close().unwrap();
+    let mut seen = 0;
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = fs::metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            stack.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 10, "only {seen} entries checked");
+}
+
+#[test]
 fn a_second_serve_on_the_same_directory_exits_with_the_holders_pid() {
     let dir = DataDir::new("lock-cli");
     let mut first = Command::cargo_bin("pubsub")
