@@ -143,6 +143,9 @@ impl Engine {
         };
         // The registry's write lock keeps topics and subscriptions from being created meanwhile.
         let reg = self.registry_mut();
+        if store.is_closed() {
+            return Ok(());
+        }
         let mut first_error = None;
         for cell in reg.topics.values() {
             let mut state = lock(&cell.state);

@@ -72,7 +72,7 @@ impl SubOp {
         frame::put_frame(out, &body[..len]);
     }
 
-    fn decode(body: &[u8]) -> Option<SubOp> {
+    pub(crate) fn decode(body: &[u8]) -> Option<SubOp> {
         let mut r = Reader::new(body);
         let op = match r.u8()? {
             TAG_ATTEMPT => SubOp::Attempt { seq: r.u64()?, attempt: r.u32()? },
@@ -296,7 +296,7 @@ impl SubJournal {
             Some(data) => {
                 let (generation, state) = SubSnapshot::decode(&data).ok_or_else(|| {
                     let why = if data.is_empty() { "empty file" } else { "checkpoint fails its CRC or layout" };
-                    StoreError::corrupt(&checkpoint_path, 0, &format!("{why}; {}", super::REPAIR_HINT))
+                    StoreError::corrupt(&checkpoint_path, 0, why)
                 })?;
                 (generation, state, false)
             }
@@ -313,10 +313,7 @@ impl SubJournal {
             return Err(StoreError::corrupt(
                 &journal_path,
                 frames.valid_len as u64,
-                &format!(
-                    "invalid frame; readable records follow at offset {at}, so this is not a torn tail; {}",
-                    super::REPAIR_HINT
-                ),
+                &format!("invalid frame; readable records follow at offset {at}, so this is not a torn tail"),
             ));
         }
         let mut bodies = frames.bodies.iter();
@@ -337,7 +334,7 @@ impl SubJournal {
                     StoreError::corrupt(
                         &journal_path,
                         offset as u64,
-                        &format!("record {} is not a journal record; {}", i + 1, super::REPAIR_HINT),
+                        &format!("record {} is not a journal record", i + 1),
                     )
                 })?;
                 state.apply(op);

@@ -9,8 +9,10 @@
 mod frame;
 pub(crate) mod journal;
 pub(crate) mod segment;
+mod repair;
 mod verify;
 
+pub use repair::repair;
 pub use verify::verify;
 
 use std::collections::BTreeSet;
@@ -47,7 +49,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// Data that cannot be read back as written.
-    #[error("{path}: corrupt at offset {offset}: {why}")]
+    #[error("{path}: corrupt at offset {offset}: {why}; `pubsub store repair` on its data directory moves what cannot be read aside")]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -83,9 +85,6 @@ pub enum StoreError {
 fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
-
-/// What every refusal to open adds: the command that sets damage aside so the rest opens.
-pub(crate) const REPAIR_HINT: &str = "run `pubsub store repair DIR` to move what cannot be read aside";
 
 impl StoreError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
@@ -375,7 +374,7 @@ pub struct Store {
     inner: Arc<StoreInner>,
 }
 
-const KNOWN_TOP: [&str; 6] = ["LOCK", "meta.log", "meta.snap", "topics", "subs", "snapshots"];
+const KNOWN_TOP: [&str; 7] = ["LOCK", "meta.log", "meta.snap", "topics", "subs", "snapshots", "quarantine"];
 
 impl Store {
     /// Takes the directory's lock and replays its metadata. A second process gets
@@ -457,6 +456,11 @@ impl Store {
     /// its partitions and journals first.
     pub(crate) fn close(&self) {
         self.inner.release();
+    }
+
+    /// Whether [`Store::close`] ran.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
     }
 
     /// Appends a metadata change and syncs it before returning.
@@ -641,7 +645,7 @@ pub(crate) fn read_meta(dir: &Path) -> Result<MetaRead, StoreError> {
             return Err(StoreError::corrupt(
                 &snap_path,
                 frames.valid_len as u64,
-                &format!("invalid frame in a file written atomically; {REPAIR_HINT}"),
+                "invalid frame in a file written atomically",
             ));
         }
         for (i, body) in frames.bodies.iter().enumerate() {
@@ -660,9 +664,7 @@ pub(crate) fn read_meta(dir: &Path) -> Result<MetaRead, StoreError> {
         return Err(StoreError::corrupt(
             &meta_path,
             frames.valid_len as u64,
-            &format!(
-                "invalid frame; readable records follow at offset {at}, so this is not a torn tail; {REPAIR_HINT}"
-            ),
+            &format!("invalid frame; readable records follow at offset {at}, so this is not a torn tail"),
         ));
     }
     for (i, body) in frames.bodies.iter().enumerate() {

@@ -275,6 +275,68 @@ fn readable_after(data: &Bytes, from: usize, expected: u64) -> Option<usize> {
     })
 }
 
+/// A segment read record by record around its damage, for `store repair`.
+#[derive(Debug)]
+pub(crate) struct Rescan {
+    /// A dense index: one entry per seq, damaged records included (readers then skip them).
+    pub index: Vec<u8>,
+    /// The seq after the last record.
+    pub next_seq: u64,
+    /// Where the last record (whole or damaged, followed by readable ones) ends; beyond is a torn tail.
+    pub end: u64,
+    /// Damaged stretches inside the readable range: (offset, what was wrong).
+    pub damaged: Vec<(u64, String)>,
+}
+
+/// Reads a segment whose first seq is `base`, indexing every record and passing over damage that has
+/// readable records after it: a damaged record whose neighbours are readable keeps its seq (its entry
+/// points at it, and readers count it unreadable), stray bytes between records are skipped.
+pub(crate) fn rescan(log_path: &Path, base: u64) -> Result<Rescan, StoreError> {
+    let data = fs::read(log_path).map(Bytes::from).map_err(|e| StoreError::io(log_path, e))?;
+    let mut out = Rescan { index: Vec::new(), next_seq: base, end: 0, damaged: Vec::new() };
+    let mut pos = 0;
+    // A damaged record's entry takes the time of the record before it, so times stay in order.
+    let mut last_time = Timestamp::from_micros(0);
+    while pos < data.len() {
+        match decode(&data, pos) {
+            Ok((record, frame)) if record.seq == out.next_seq => {
+                push_entry(&mut out.index, record.seq - base, pos as u64, record.time);
+                last_time = record.time;
+                out.next_seq += 1;
+                pos += frame;
+                out.end = pos as u64;
+            }
+            outcome => {
+                let Some(at) = readable_after(&data, pos, out.next_seq) else {
+                    break;
+                };
+                let why = match outcome {
+                    Ok((r, _)) => format!("expected seq {}, found {}", out.next_seq, r.seq),
+                    Err(why) => why.to_string(),
+                };
+                out.damaged.push((pos as u64, why));
+                let next_is_following = data
+                    .get(at + 8..at + 16)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .is_some_and(|seq| seq == out.next_seq + 1);
+                if next_is_following {
+                    // The damaged stretch is the record of the seq in between: keep its place.
+                    push_entry(&mut out.index, out.next_seq - base, pos as u64, last_time);
+                    out.next_seq += 1;
+                }
+                pos = at;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The paths of the segment of `dir` that starts at `base`.
+pub(crate) fn segment_files(dir: &Path, base: u64) -> (PathBuf, PathBuf) {
+    segment_paths(dir, base)
+}
+
 fn segment_paths(dir: &Path, base: u64) -> (PathBuf, PathBuf) {
     (dir.join(format!("{base:020}.log")), dir.join(format!("{base:020}.idx")))
 }

@@ -41,6 +41,14 @@ pub fn verify(dir: &Path) -> Result<Vec<String>, StoreError> {
             for log in logs {
                 check_segment(&log, &mut findings)?;
             }
+            for idx in list(&partition)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "idx")) {
+                if !idx.with_extension("log").exists() {
+                    findings.push(format!(
+                        "{}: an index without its segment (the segment's messages are gone)",
+                        idx.display()
+                    ));
+                }
+            }
         }
     }
     Ok(findings)

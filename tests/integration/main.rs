@@ -12,6 +12,7 @@ mod broker_local;
 mod cli;
 mod commands;
 mod daemon;
+mod damage;
 mod demo;
 mod engine;
 mod interop;
