@@ -6,16 +6,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
-use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, ConnectionEvent, DeliveryStream, ItemSource,
     Settle, StreamItem, SubscribeRequest, history_topic,
 };
 use crate::engine::{
-    AckRef, AttachOptions, BrowseFrom, Delivery, Engine, FetchOptions, Lifetime, Message, Name, PeekReport,
-    PublishReceipt, PublishRequest, PushConsumer, SeekTarget, SubscriptionConfig, SubscriptionInfo, TapItem,
-    TapOptions, TapReceiver, TopicConfig, TopicInfo,
+    AckRef, AttachOptions, BrowseFrom, ByteBudget, Delivery, Engine, FetchOptions, Lifetime, Message, Name,
+    PeekReport, PublishReceipt, PublishRequest, PushConsumer, SeekTarget, SubscriptionConfig,
+    SubscriptionInfo, TapItem, TapOptions, TapReceiver, TopicConfig, TopicInfo,
 };
 
 /// How often the engine's timers run when it lives inside a broker handle.
@@ -29,7 +28,7 @@ pub struct LocalBroker {
     events: broadcast::Sender<ConnectionEvent>,
     next_id: AtomicU64,
     /// Stops the timer task when the broker is dropped.
-    _ticker: Option<DropGuard>,
+    _ticker: Option<crate::engine::Ticker>,
 }
 
 impl LocalBroker {
@@ -46,11 +45,7 @@ impl LocalBroker {
     /// Wraps an engine. Inside a Tokio runtime this also starts the engine's timer task (deadlines,
     /// backoff, age retention), which stops when the broker is dropped.
     pub fn new(engine: Engine, url: impl Into<String>) -> Self {
-        let ticker = tokio::runtime::Handle::try_current().ok().map(|_| {
-            let cancel = CancellationToken::new();
-            engine.spawn_ticker(TICK, cancel.clone());
-            cancel.drop_guard()
-        });
+        let ticker = tokio::runtime::Handle::try_current().ok().map(|_| engine.spawn_ticker(TICK));
         let (events, _) = broadcast::channel(16);
         LocalBroker { engine, url: url.into(), events, next_id: AtomicU64::new(1), _ticker: ticker }
     }
@@ -58,6 +53,57 @@ impl LocalBroker {
     /// The engine underneath.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// [`Broker::subscribe`] whose push channel (for a subscription or a history read) holds no more
+    /// bytes than `budget` allows; a tap has a ring of its own and ignores it. The server gives each
+    /// stream a budget so that a client that does not read holds bounded memory.
+    pub fn subscribe_within(
+        &self,
+        req: SubscribeRequest,
+        budget: Option<Arc<ByteBudget>>,
+    ) -> Result<DeliveryStream, BrokerError> {
+        let attach = |sub: &Name| {
+            let opts = AttachOptions { consumer: req.consumer.clone(), prefetch: req.prefetch };
+            self.engine.attach_within(sub, opts, budget.clone())
+        };
+        if let Some(name) = &req.subscription {
+            let topic = history_topic(&req)?;
+            if let Ok(existing) = self.engine.subscription_info(name)
+                && existing.topic != topic
+            {
+                return Err(BrokerError::Invalid(format!(
+                    "subscription \"{name}\" reads topic \"{}\", not \"{topic}\"; name its topic, or pick another subscription name",
+                    existing.topic
+                )));
+            }
+            if self.engine.subscription_info(name).is_err() {
+                let mut config = SubscriptionConfig::new(name.clone(), topic);
+                config.start = req.from.unwrap_or_default();
+                config.ack = req.ack;
+                match self.engine.create_subscription(config) {
+                    // Another consumer created it first: join it.
+                    Ok(_) | Err(crate::engine::EngineError::SubscriptionExists(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let consumer = attach(name)?;
+            return Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral: None })));
+        }
+        if let Some(start) = req.from {
+            let topic = history_topic(&req)?;
+            let name = Name::new(&self.fresh_id("_reader"))?;
+            let mut config = SubscriptionConfig::new(name.clone(), topic);
+            config.start = start;
+            config.ack = req.ack;
+            config.lifetime = Lifetime::Ephemeral { inactive_ttl: Duration::from_secs(5) };
+            self.engine.create_subscription(config)?;
+            let consumer = attach(&name)?;
+            let ephemeral = Some((self.engine.clone(), name));
+            return Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral })));
+        }
+        let tap = self.engine.tap(req.patterns.clone(), TapOptions::default())?;
+        Ok(DeliveryStream::new(Box::new(TapSource(tap))))
     }
 
     fn fresh_id(&self, prefix: &str) -> String {
@@ -168,46 +214,7 @@ impl Broker for LocalBroker {
     }
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
-        let attach = |sub: &Name| {
-            self.engine.attach(sub, AttachOptions { consumer: req.consumer.clone(), prefetch: req.prefetch })
-        };
-        if let Some(name) = &req.subscription {
-            let topic = history_topic(&req)?;
-            if let Ok(existing) = self.engine.subscription_info(name)
-                && existing.topic != topic
-            {
-                return Err(BrokerError::Invalid(format!(
-                    "subscription \"{name}\" reads topic \"{}\", not \"{topic}\"; name its topic, or pick another subscription name",
-                    existing.topic
-                )));
-            }
-            if self.engine.subscription_info(name).is_err() {
-                let mut config = SubscriptionConfig::new(name.clone(), topic);
-                config.start = req.from.unwrap_or_default();
-                config.ack = req.ack;
-                match self.engine.create_subscription(config) {
-                    // Another consumer created it first: join it.
-                    Ok(_) | Err(crate::engine::EngineError::SubscriptionExists(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            let consumer = attach(name)?;
-            return Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral: None })));
-        }
-        if let Some(start) = req.from {
-            let topic = history_topic(&req)?;
-            let name = Name::new(&self.fresh_id("_reader"))?;
-            let mut config = SubscriptionConfig::new(name.clone(), topic);
-            config.start = start;
-            config.ack = req.ack;
-            config.lifetime = Lifetime::Ephemeral { inactive_ttl: Duration::from_secs(5) };
-            self.engine.create_subscription(config)?;
-            let consumer = attach(&name)?;
-            let ephemeral = Some((self.engine.clone(), name));
-            return Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral })));
-        }
-        let tap = self.engine.tap(req.patterns.clone(), TapOptions::default())?;
-        Ok(DeliveryStream::new(Box::new(TapSource(tap))))
+        self.subscribe_within(req, None)
     }
 
     async fn fetch(

@@ -89,7 +89,7 @@ pub enum Command {
     Bench(commands::bench::BenchArgs),
     /// Run the engine as a WebSocket server (`serve status`, `serve stop` manage the local daemon).
     Serve(commands::serve::ServeArgs),
-    /// Check a data directory of the durable store (`store verify`).
+    /// Check or repair a data directory of the durable store (`store verify`, `store repair`).
     #[command(subcommand)]
     Store(commands::store::StoreCommand),
     /// Show where the configuration lives and what is in effect.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::consumer::{ByteBudget, PushSink};
 use super::stats;
 use super::subscription::{Ctx, Effects, SubState};
 use super::topic::TopicCell;
@@ -74,7 +75,9 @@ impl Engine {
                     let dir = store.subscription_dir(&name);
                     store.make_way(&dir)?;
                     store.record(&MetaOp::CreateSubscription { config: config.clone() })?;
-                    match SubJournal::create(&dir, start, config.ack_durability) {
+                    let made = SubJournal::create(&dir, start, config.ack_durability)
+                        .and_then(|journal| crate::store::write_name_file(&dir, &name).map(|()| journal));
+                    match made {
                         Ok(journal) => Some(journal),
                         Err(e) => {
                             super::undo_create(store, MetaOp::DeleteSubscription { name: name.clone() }, dir);
@@ -275,6 +278,17 @@ impl Engine {
 
     /// Push: attaches a consumer that the engine hands messages to as credit allows.
     pub fn attach(&self, sub: &Name, opts: AttachOptions) -> Result<PushConsumer, EngineError> {
+        self.attach_within(sub, opts, None)
+    }
+
+    /// [`Engine::attach`] whose channel also holds no more bytes than `budget` allows (a server's cap
+    /// on what one stream of a connection that does not read may keep in memory).
+    pub fn attach_within(
+        &self,
+        sub: &Name,
+        opts: AttachOptions,
+        budget: Option<Arc<ByteBudget>>,
+    ) -> Result<PushConsumer, EngineError> {
         let id: ConsumerId = match opts.consumer {
             Some(id) => Arc::from(id.as_str()),
             None => {
@@ -285,11 +299,13 @@ impl Engine {
         let (tx, rx) = {
             let id = id.clone();
             let starved = starved.clone();
+            let budget = budget.clone();
             let mut channel = None;
             self.with_sub(sub, |s, ctx, effects| {
                 let prefetch = opts.prefetch.unwrap_or(s.config.max_in_flight).max(1);
                 let (tx, rx) = mpsc::channel(usize::try_from(prefetch).unwrap_or(1024));
-                s.attach_push(id, prefetch, tx.clone(), starved, ctx.now, effects)?;
+                let sink = PushSink { tx: tx.clone(), starved, budget };
+                s.attach_push(id, prefetch, sink, ctx.now, effects)?;
                 channel = Some((tx, rx));
                 Ok(())
             })?;
@@ -299,7 +315,7 @@ impl Engine {
         drop(tx);
         // with_sub dispatched before the push flag was set for the topic; do it again now that it is.
         self.dispatch(sub);
-        Ok(PushConsumer { engine: self.clone(), subscription: sub.clone(), id, rx, starved })
+        Ok(PushConsumer { engine: self.clone(), subscription: sub.clone(), id, rx, starved, budget })
     }
 
     /// Detaches a consumer; its in-flight messages become available to the others (T7).

@@ -1,9 +1,9 @@
 //! Consumers attached to a subscription: their credit and totals, and the push consumer's receiving end.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::Engine;
 use super::clock::Timestamp;
@@ -17,6 +17,89 @@ pub(crate) struct PushSink {
     /// Set by the dispatcher when work was waiting but the channel was full; the receiver then asks for
     /// another dispatch once it has made room.
     pub starved: Arc<AtomicBool>,
+    /// Bytes the channel may hold, when the receiver set a cap.
+    pub budget: Option<Arc<ByteBudget>>,
+}
+
+impl PushSink {
+    /// Whether the channel can take another delivery: it has a free slot and its byte budget (with
+    /// every budget above it) is under its cap.
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > 0 && self.budget.as_ref().is_none_or(|b| b.has_room())
+    }
+}
+
+/// Bytes held for a receiver, capped, with an optional parent that caps a group of them (a server
+/// connection's streams). The engine stops pushing to a consumer whose budget or any parent is at its
+/// cap, so a consumer that does not read holds a bounded number of bytes whatever its prefetch. A
+/// budget under its cap takes one more item whatever its size, so a message larger than the cap still
+/// flows: a budget runs over its cap by at most one message per consumer.
+#[derive(Debug)]
+pub struct ByteBudget {
+    max: u64,
+    used: AtomicU64,
+    parent: Option<Arc<ByteBudget>>,
+    freed: Notify,
+}
+
+impl ByteBudget {
+    /// A budget of `max` bytes.
+    pub fn new(max: u64) -> Arc<Self> {
+        Arc::new(ByteBudget { max, used: AtomicU64::new(0), parent: None, freed: Notify::new() })
+    }
+
+    /// A budget of `max` bytes whose use also counts against `parent`.
+    pub fn child(parent: &Arc<ByteBudget>, max: u64) -> Arc<Self> {
+        Arc::new(ByteBudget {
+            max,
+            used: AtomicU64::new(0),
+            parent: Some(parent.clone()),
+            freed: Notify::new(),
+        })
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The cap.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Whether this budget and every one above it is under its cap.
+    pub fn has_room(&self) -> bool {
+        self.used() < self.max && self.parent.as_ref().is_none_or(|p| p.has_room())
+    }
+
+    /// Counts `n` more bytes held, here and above.
+    pub fn hold(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+        if let Some(parent) = &self.parent {
+            parent.hold(n);
+        }
+    }
+
+    /// Counts `n` bytes given back, here and above, waking whoever waits in [`ByteBudget::freed`] on a
+    /// budget that drops under its cap.
+    pub fn release(&self, n: u64) {
+        let before = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)))
+            .unwrap_or_else(|u| u);
+        if before >= self.max && before.saturating_sub(n) < self.max {
+            self.freed.notify_waiters();
+        }
+        if let Some(parent) = &self.parent {
+            parent.release(n);
+        }
+    }
+
+    /// Completes once this budget drops under its cap after the call (a wait for room to free up).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
 }
 
 /// One competing member of a subscription.
@@ -56,6 +139,8 @@ pub struct PushConsumer {
     pub(crate) id: ConsumerId,
     pub(crate) rx: mpsc::Receiver<Delivery>,
     pub(crate) starved: Arc<AtomicBool>,
+    /// The byte budget of the channel, given back as deliveries are taken.
+    pub(crate) budget: Option<Arc<ByteBudget>>,
 }
 
 impl PushConsumer {
@@ -76,6 +161,7 @@ impl PushConsumer {
             self.engine.dispatch(&self.subscription);
         }
         let delivery = self.rx.recv().await;
+        self.give_back(delivery.as_ref());
         if self.starved.swap(false, Ordering::AcqRel) {
             self.engine.dispatch(&self.subscription);
         }
@@ -85,6 +171,7 @@ impl PushConsumer {
     /// A delivery if one is waiting, without blocking.
     pub fn try_recv(&mut self) -> Option<Delivery> {
         let delivery = self.rx.try_recv().ok();
+        self.give_back(delivery.as_ref());
         if self.starved.swap(false, Ordering::AcqRel) {
             self.engine.dispatch(&self.subscription);
         }
@@ -92,8 +179,20 @@ impl PushConsumer {
     }
 }
 
+impl PushConsumer {
+    fn give_back(&self, delivery: Option<&Delivery>) {
+        if let (Some(budget), Some(d)) = (&self.budget, delivery) {
+            budget.release(d.message.size() as u64);
+        }
+    }
+}
+
 impl Drop for PushConsumer {
     fn drop(&mut self) {
         self.engine.detach(&self.subscription, &self.id);
+        // Detached, nothing more arrives; what was still queued no longer counts against the budget.
+        while let Ok(d) = self.rx.try_recv() {
+            self.give_back(Some(&d));
+        }
     }
 }

@@ -1,8 +1,7 @@
 //! Dispatch: choosing the next message for a consumer (redeliveries first, then new ones past the
 //! cursor), leasing it (T2), and pushing to push consumers with free credit.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::Ordering as AtomicOrdering;
 
 use tokio::sync::mpsc;
 
@@ -196,7 +195,7 @@ impl SubState {
                 let Some(push) = self.consumers.get(i).and_then(|c| c.push.clone()) else {
                     continue;
                 };
-                if push.tx.capacity() == 0 {
+                if !push.has_room() {
                     // Marked now, not after the loop: the receiver may take from the channel meanwhile,
                     // and a later look at the capacity would then miss that it was full and leave the
                     // rest undispatched until the next publish.
@@ -207,9 +206,17 @@ impl SubState {
                     continue;
                 };
                 let consumer = self.consumers.get(i).map(|c| c.id.clone());
+                // Counted before sending: the receiver gives it back as soon as it takes it.
+                let size = delivery.message.size() as u64;
+                if let Some(budget) = &push.budget {
+                    budget.hold(size);
+                }
                 match push.tx.try_send(delivery) {
                     Ok(()) => progressed = true,
                     Err(mpsc::error::TrySendError::Closed(_) | mpsc::error::TrySendError::Full(_)) => {
+                        if let Some(budget) = &push.budget {
+                            budget.release(size);
+                        }
                         // Only the engine sends, under the topic lock, after checking capacity, so this
                         // is a receiver that went away: detach it, which requeues what it held.
                         if let Some(id) = consumer {
@@ -226,7 +233,7 @@ impl SubState {
         if self.has_deliverable(ctx.log) {
             for c in &self.consumers {
                 if let Some(push) = &c.push
-                    && push.tx.capacity() == 0
+                    && !push.has_room()
                 {
                     push.starved.store(true, AtomicOrdering::Release);
                 }
@@ -239,12 +246,10 @@ impl SubState {
         &mut self,
         id: ConsumerId,
         prefetch: u32,
-        tx: mpsc::Sender<Delivery>,
-        starved: Arc<AtomicBool>,
+        sink: PushSink,
         now: Timestamp,
         effects: &mut Effects,
     ) -> Result<(), EngineError> {
-        let sink = PushSink { tx, starved };
         match self.consumers.iter_mut().find(|c| c.id == id) {
             // Two live push consumers under one id could not be told apart when one of them leaves.
             Some(existing) if existing.push.as_ref().is_some_and(|p| !p.tx.is_closed()) => {

@@ -31,14 +31,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 pub use config::{
     AckDurability, AckMode, Assignment, Backoff, Discard, Durability, Lifetime, Limits,
     Ordering as OrderingMode, RetentionPolicy, StartPosition, StorageKind, SubscriptionConfig, TopicConfig,
 };
-pub use consumer::PushConsumer;
+pub use consumer::{ByteBudget, PushConsumer};
 pub use error::EngineError;
 pub use event::EngineEvent;
 pub use message::{
@@ -183,6 +181,21 @@ struct Inner {
     store: Option<Store>,
 }
 
+/// The engine's timer task, from [`Engine::spawn_ticker`]. Dropping it stops the task, first waiting for
+/// a tick under way to end.
+#[derive(Debug)]
+pub struct Ticker {
+    stopped: Arc<Mutex<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        *lock(&self.stopped) = true;
+        self.task.abort();
+    }
+}
+
 /// The engine handle: clone it freely and use it from any task or thread.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -299,10 +312,17 @@ impl Engine {
                 // Recorded first: a stop before the files exist leaves a topic that recovery creates again,
                 // never files that no metadata names.
                 store.record(&MetaOp::CreateTopic { config: config.clone() })?;
-                let disk = match Partition::create(&dir, 1, partition_options(&config)) {
+                let made = Partition::create(&dir, 1, partition_options(&config)).and_then(|disk| {
+                    crate::store::write_name_file(&store.topic_dir(&name), &name).map(|()| disk)
+                });
+                let disk = match made {
                     Ok(disk) => disk,
                     Err(e) => {
-                        undo_create(store, MetaOp::DeleteTopic { name: name.clone() }, store.topic_dir(&name));
+                        undo_create(
+                            store,
+                            MetaOp::DeleteTopic { name: name.clone() },
+                            store.topic_dir(&name),
+                        );
                         return Err(e.into());
                     }
                 };
@@ -479,24 +499,29 @@ impl Engine {
         }
     }
 
-    /// Runs [`Engine::tick`] every `period` until `cancel` fires.
-    pub fn spawn_ticker(&self, period: Duration, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
-        // The task holds the engine only while a tick runs, so dropping every other handle closes the
-        // engine (and releases its data directory) without waiting for this task to notice its cancel.
+    /// Runs [`Engine::tick`] every `period` until the returned [`Ticker`] is dropped. The task holds the
+    /// engine only while a tick runs, and dropping the ticker waits for a tick under way, so once it is
+    /// dropped nothing of the task keeps the engine (or its data directory) alive.
+    pub fn spawn_ticker(&self, period: Duration) -> Ticker {
         let engine = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
+        let stopped = Arc::new(Mutex::new(false));
+        let stop = stopped.clone();
+        let task = tokio::spawn(async move {
             let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    _ = interval.tick() => match engine.upgrade() {
-                        Some(inner) => Engine { inner }.tick(),
-                        None => break,
-                    },
+                interval.tick().await;
+                let stopped = lock(&stop);
+                if *stopped {
+                    break;
+                }
+                match engine.upgrade() {
+                    Some(inner) => Engine { inner }.tick(),
+                    None => break,
                 }
             }
-        })
+        });
+        Ticker { stopped, task }
     }
 
     /// Engine-wide totals.

@@ -173,6 +173,17 @@ impl SubSnapshot {
     }
 }
 
+#[cfg(test)]
+impl SubSnapshot {
+    pub(crate) fn encode_for_tests(&self, generation: u64) -> Vec<u8> {
+        self.encode(generation)
+    }
+
+    pub(crate) fn decode_for_tests(data: &[u8]) -> Option<(u64, SubSnapshot)> {
+        Self::decode(data)
+    }
+}
+
 /// The open journal of one subscription.
 #[derive(Debug)]
 pub(crate) struct SubJournal {
@@ -295,7 +306,8 @@ impl SubJournal {
         let (generation, mut state, missing_checkpoint) = match super::read_optional(&checkpoint_path)? {
             Some(data) => {
                 let (generation, state) = SubSnapshot::decode(&data).ok_or_else(|| {
-                    let why = if data.is_empty() { "empty file" } else { "checkpoint fails its CRC or layout" };
+                    let why =
+                        if data.is_empty() { "empty file" } else { "checkpoint fails its CRC or layout" };
                     StoreError::corrupt(&checkpoint_path, 0, why)
                 })?;
                 (generation, state, false)
@@ -474,7 +486,7 @@ impl SubJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::{self, OpenOptions};
+    use std::fs;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("pubsub-journal-{tag}-{}", std::process::id()));

@@ -7,9 +7,11 @@
 //! refused with an error naming the file and offset where it cannot be repaired without losing data.
 
 mod frame;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod journal;
-pub(crate) mod segment;
 mod repair;
+pub(crate) mod segment;
 mod verify;
 
 pub use repair::repair;
@@ -49,7 +51,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// Data that cannot be read back as written.
-    #[error("{path}: corrupt at offset {offset}: {why}; `pubsub store repair` on its data directory moves what cannot be read aside")]
+    #[error(
+        "{path}: corrupt at offset {offset}: {why}; `pubsub store repair` on its data directory moves what cannot be read aside"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -289,16 +293,46 @@ impl RecoveryReport {
 
 /// The files a subscription's and a topic's state live in, by name. Names may hold characters a file
 /// system treats specially (`:` on some, `%` for us), so anything outside `[A-Za-z0-9._-]` is escaped.
+/// Escaping can triple a name's length, past what a file name may hold (255 bytes), so an escaped name
+/// longer than [`DIR_NAME_MAX`] is cut at a character boundary and given a hash of the whole name; the
+/// real name is in the metadata and in the directory's `NAME` file.
 pub(crate) fn dir_name(name: &Name) -> String {
     let mut out = String::with_capacity(name.as_str().len());
-    for b in name.as_str().bytes() {
-        if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+    let mut cut = None;
+    for (at, ch) in name.as_str().char_indices() {
+        if out.len() > DIR_NAME_KEEP && cut.is_none() {
+            cut = Some((out.len(), at));
+        }
+        let mut buf = [0u8; 4];
+        for &b in ch.encode_utf8(&mut buf).as_bytes() {
+            if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
         }
     }
+    if out.len() <= DIR_NAME_MAX {
+        return out;
+    }
+    let bytes = name.as_str().as_bytes();
+    let reversed: Vec<u8> = bytes.iter().rev().copied().collect();
+    let hash = (u64::from(crc32c::crc32c(bytes)) << 32) | u64::from(crc32c::crc32c(&reversed));
+    let keep = cut.map_or(out.len(), |(escaped, _)| escaped);
+    out.truncate(keep);
+    out.push_str(&format!("~{hash:016x}"));
     out
+}
+
+/// The longest directory name used as is; longer ones are cut and hashed (see [`dir_name`]).
+const DIR_NAME_MAX: usize = 200;
+/// How much of a long escaped name is kept before its hash.
+const DIR_NAME_KEEP: usize = 160;
+
+/// Records a topic's or subscription's real name beside its files (its directory name may be cut), so
+/// `store repair` can name what it recovers.
+pub(crate) fn write_name_file(dir: &Path, name: &Name) -> Result<(), StoreError> {
+    frame::write_atomic(&dir.join("NAME"), name.as_str().as_bytes())
 }
 
 #[derive(Debug)]
@@ -595,12 +629,14 @@ fn take_lock(dir: &Path, canonical: &Path) -> Result<File, StoreError> {
             return Err(StoreError::Locked { dir: dir.to_path_buf(), holder });
         }
         std::thread::sleep(Duration::from_millis(5));
-        lock_file = frame::options().read(true).write(true).open(&lock_path).map_err(|e| StoreError::io(&lock_path, e))?;
+        lock_file = frame::options()
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io(&lock_path, e))?;
     }
     lock_file.set_len(0).map_err(|e| StoreError::io(&lock_path, e))?;
-    lock_file
-        .write_all_at(own.as_bytes(), 0)
-        .map_err(|e| StoreError::io(&lock_path, e))?;
+    lock_file.write_all_at(own.as_bytes(), 0).map_err(|e| StoreError::io(&lock_path, e))?;
     registered.keep();
     Ok(lock_file)
 }
@@ -824,5 +860,18 @@ mod tests {
     fn names_become_safe_directory_names() {
         assert_eq!(dir_name(&Name::new("orders.eu").unwrap()), "orders.eu");
         assert_eq!(dir_name(&Name::new("graphql:user:42").unwrap()), "graphql%3Auser%3A42");
+    }
+
+    #[test]
+    fn long_non_ascii_names_get_bounded_distinct_directory_names() {
+        let long = "ü".repeat(120); // 240 bytes, 720 escaped
+        let other = format!("{}x", "ü".repeat(119));
+        let a = dir_name(&Name::new(&long).unwrap());
+        let b = dir_name(&Name::new(&other).unwrap());
+        assert!(a.len() <= 200 && b.len() <= 200, "{a} {b}");
+        assert_ne!(a, b);
+        assert_eq!(a, dir_name(&Name::new(&long).unwrap()), "stable");
+        let short = "ü".repeat(30);
+        assert_eq!(dir_name(&Name::new(&short).unwrap()), "%C3%BC".repeat(30), "short names unchanged");
     }
 }

@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use super::frame::{self, Reader};
 use super::journal::{SubJournal, SubOp};
 use super::segment::{self, IDX_ENTRY};
-use super::{MetaOp, MetaState, Registered, StoreError, dir_name, leftovers, read_meta, read_optional, take_lock};
+use super::{
+    MetaOp, MetaState, Registered, StoreError, dir_name, leftovers, read_meta, read_optional, take_lock,
+};
 use crate::engine::{Lifetime, Name, StorageKind, TopicConfig};
 
 /// Repairs `dir` as the module says; returns one line per thing done (empty when nothing needed it).
@@ -126,7 +128,11 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
 
 /// Replays every readable record of the snapshot, then of the journal, and writes the result as the new
 /// snapshot with an empty journal.
-fn salvage_meta(dir: &Path, quarantine: &mut Quarantine, done: &mut Vec<String>) -> Result<MetaState, StoreError> {
+fn salvage_meta(
+    dir: &Path,
+    quarantine: &mut Quarantine,
+    done: &mut Vec<String>,
+) -> Result<MetaState, StoreError> {
     let mut state = MetaState::default();
     for file in ["meta.snap", "meta.log"] {
         let path = dir.join(file);
@@ -183,7 +189,11 @@ fn adopt_leftovers(
     let mut changed = false;
     for path in leftovers(dir, state).unowned {
         let in_topics = path.parent().is_some_and(|p| p.ends_with("topics"));
-        let name = path.file_name().and_then(|n| n.to_str()).and_then(unescape).and_then(|n| Name::new(&n).ok());
+        // The NAME file says it; directories made before it existed have the escaped name itself.
+        let written = read_optional(&path.join("NAME"))?.and_then(|n| String::from_utf8(n).ok());
+        let name = written
+            .or_else(|| path.file_name().and_then(|n| n.to_str()).and_then(unescape))
+            .and_then(|n| Name::new(&n).ok());
         match name {
             Some(name) if in_topics && !state.topics.iter().any(|t| t.name == name) => {
                 let mut config = TopicConfig::new(name.clone());
@@ -264,7 +274,11 @@ fn repair_subscription(
 
 /// Indexes every segment with damage among readable records around that damage; a damaged active
 /// segment is sealed and followed by a new, empty one.
-fn repair_partition(dir: &Path, quarantine: &mut Quarantine, done: &mut Vec<String>) -> Result<(), StoreError> {
+fn repair_partition(
+    dir: &Path,
+    quarantine: &mut Quarantine,
+    done: &mut Vec<String>,
+) -> Result<(), StoreError> {
     let mut bases: Vec<u64> = fs::read_dir(dir)
         .map_err(|e| StoreError::io(dir, e))?
         .flatten()

@@ -8,11 +8,11 @@ use std::path::Path;
 
 use bytes::Bytes;
 
+use super::frame::Reader;
 use super::journal::SubJournal;
+use super::segment::{IDX_ENTRY, decode};
 use super::{MetaState, StoreError, dir_name};
 use crate::engine::Lifetime;
-use super::frame::Reader;
-use super::segment::{IDX_ENTRY, decode};
 
 /// Checks every file under `dir`; returns one line per problem, naming the file and the offset. It reads
 /// what recovery reads with recovery's own readers (metadata, leftovers, checkpoints and journals), so
@@ -33,8 +33,8 @@ pub fn verify(dir: &Path) -> Result<Vec<String>, StoreError> {
         }
         Err(e) => findings.push(e.to_string()),
     }
-    for topic in list(&dir.join("topics"))? {
-        for partition in list(&topic)? {
+    for topic in list(&dir.join("topics"))?.into_iter().filter(|p| p.is_dir()) {
+        for partition in list(&topic)?.into_iter().filter(|p| p.is_dir()) {
             let mut logs: Vec<_> =
                 list(&partition)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
             logs.sort();
@@ -62,12 +62,17 @@ fn check_owners(dir: &Path, state: &MetaState, findings: &mut Vec<String>) -> Re
         findings.push(StoreError::Unowned { dir: dir.to_path_buf(), paths: found.unowned }.to_string());
     }
     for path in found.deleted {
-        findings.push(format!("{}: left by a delete that had not finished (removed at open)", path.display()));
+        findings
+            .push(format!("{}: left by a delete that had not finished (removed at open)", path.display()));
     }
     for topic in &state.topics {
         let path = dir.join("topics").join(dir_name(&topic.name));
         if !path.is_dir() {
-            findings.push(format!("topic {}: {} is missing (created again, empty, at open)", topic.name, path.display()));
+            findings.push(format!(
+                "topic {}: {} is missing (created again, empty, at open)",
+                topic.name,
+                path.display()
+            ));
         }
     }
     for sub in state.subscriptions.iter().filter(|s| s.lifetime == Lifetime::Durable) {
@@ -96,7 +101,10 @@ fn check_owners(dir: &Path, state: &MetaState, findings: &mut Vec<String>) -> Re
                     ));
                 }
                 if let Some((file, offset, bytes)) = found.truncated {
-                    findings.push(format!("{}: a torn tail of {bytes} bytes at offset {offset} (cut at open)", file.display()));
+                    findings.push(format!(
+                        "{}: a torn tail of {bytes} bytes at offset {offset} (cut at open)",
+                        file.display()
+                    ));
                 }
             }
         }

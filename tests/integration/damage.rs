@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pubsub::engine::{
-    BrowseFrom, Engine, EngineConfig, FetchOptions, ManualClock, PublishRequest, StartPosition, SubscriptionConfig,
-    Timestamp, TopicConfig,
+    BrowseFrom, Engine, EngineConfig, FetchOptions, ManualClock, PublishRequest, StartPosition,
+    SubscriptionConfig, Timestamp, TopicConfig,
 };
 
 use crate::support::name;
@@ -64,7 +64,9 @@ fn build(dir: &Path) {
         s.start = StartPosition::All;
         engine.create_subscription(s).unwrap();
         for i in 1..=120 {
-            engine.publish(PublishRequest::new(name("t"), format!("message {i:03} {}", "x".repeat(40)))).unwrap();
+            engine
+                .publish(PublishRequest::new(name("t"), format!("message {i:03} {}", "x".repeat(40))))
+                .unwrap();
         }
     } // dropped: meta.log keeps the creates until the next open compacts them
     let (engine, _) = open(dir).unwrap();
@@ -160,13 +162,17 @@ fn every_kind_of_damage_to_every_kind_of_file_has_its_outcome() {
                     // middle of a sealed segment or its index is found by verify and by the reader that
                     // reaches the record, not at open. Every other damage that opens is reported.
                     let unseen_at_open = matches!((i, how), (2 | 3, Flip));
-                    assert!(unseen_at_open || !report.findings().is_empty(), "{case}: recovery reported nothing");
+                    assert!(
+                        unseen_at_open || !report.findings().is_empty(),
+                        "{case}: recovery reported nothing"
+                    );
                     engine
                 }
                 Err(refusal) => {
                     // The refusal names the damaged file, or the directories its loss left unnamed.
                     let folder = target.parent().unwrap().display().to_string();
-                    let named = refusal.contains(&folder) || refusal.contains("no topic or subscription names");
+                    let named =
+                        refusal.contains(&folder) || refusal.contains("no topic or subscription names");
                     assert!(named, "{case}: {refusal}");
                     assert!(refusal.contains("pubsub store repair"), "{case}: {refusal}");
                     let done = pubsub::store::repair(&dir).unwrap();
@@ -175,7 +181,11 @@ fn every_kind_of_damage_to_every_kind_of_file_has_its_outcome() {
                     assert!(quarantined.is_dir(), "{case}: nothing set aside: {done:?}");
                     let (engine, _) = open(&dir).unwrap_or_else(|e| panic!("{case}: after repair: {e}"));
                     engine.close().unwrap();
-                    assert_eq!(pubsub::store::repair(&dir).unwrap(), Vec::<String>::new(), "{case}: a second repair");
+                    assert_eq!(
+                        pubsub::store::repair(&dir).unwrap(),
+                        Vec::<String>::new(),
+                        "{case}: a second repair"
+                    );
                     open(&dir).unwrap().0
                 }
             };
@@ -190,7 +200,10 @@ fn every_kind_of_damage_to_every_kind_of_file_has_its_outcome() {
                 assert_eq!(t.len(), 120, "{case}");
                 if engine.subscription_info(&name("s")).is_ok() {
                     let seqs = fetch_acking(&engine, "s", 1000);
-                    assert!((21..=120).all(|seq| seqs.contains(&seq)), "{case}: unacked messages lost: {seqs:?}");
+                    assert!(
+                        (21..=120).all(|seq| seqs.contains(&seq)),
+                        "{case}: unacked messages lost: {seqs:?}"
+                    );
                 }
             } else {
                 assert!(t.len() >= 40, "{case}: only {} messages left", t.len());

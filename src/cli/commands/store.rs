@@ -75,9 +75,8 @@ fn repair(dir: &Path) -> Result<(), CliError> {
     }
     out.flush()?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let (engine, report) = Engine::open(dir, clock, EngineConfig::default()).map_err(|e| {
-        CliError::Failed(format!("{}: still does not open after repair: {e}", dir.display()))
-    })?;
+    let (engine, report) = Engine::open(dir, clock, EngineConfig::default())
+        .map_err(|e| CliError::Failed(format!("{}: still does not open after repair: {e}", dir.display())))?;
     for finding in report.findings() {
         note(&format!("recovery: {finding}"));
     }
