@@ -15,13 +15,14 @@ use super::{
 use crate::store::journal::SubOp;
 
 impl Engine {
-    /// Finds (or auto-creates) the topic that captures `subject`. Reserved `$` subjects have no topic.
-    pub(super) fn route(&self, subject: &Name) -> Result<Option<Arc<TopicCell>>, EngineError> {
+    /// Finds (or auto-creates) the topic that captures `subject`, saying whether this call created it.
+    /// Reserved `$` subjects have no topic.
+    pub(super) fn route(&self, subject: &Name) -> Result<Option<(Arc<TopicCell>, bool)>, EngineError> {
         if subject.is_reserved() {
             return Ok(None);
         }
         if let Some(cell) = self.registry().route(subject) {
-            return Ok(Some(cell));
+            return Ok(Some((cell, false)));
         }
         if !self.inner.config.auto_create {
             return Ok(None);
@@ -31,14 +32,14 @@ impl Engine {
             let mut reg = self.registry_mut();
             // Another publisher may have created it between the two locks.
             if let Some(cell) = reg.route(subject) {
-                return Ok(Some(cell));
+                return Ok(Some((cell, false)));
             }
             let config = self.auto_topic_config(subject);
             self.insert_topic(&mut reg, config, now)?;
             reg.route(subject)
         };
         self.emit(vec![EngineEvent::TopicCreated { topic: subject.clone() }]);
-        Ok(created)
+        Ok(created.map(|cell| (cell, true)))
     }
 
     /// Appends a message to the topic that captures its subject and offers it to matching taps.
@@ -62,7 +63,7 @@ impl Engine {
         let mut iter = reqs.into_iter().peekable();
         while let Some(first) = iter.next() {
             let index = receipts.len();
-            let Some(cell) = self.route(&first.subject).map_err(|e| (index, e))? else {
+            let Some((cell, created)) = self.route(&first.subject).map_err(|e| (index, e))? else {
                 receipts.push(self.publish_unstored(first, now).map_err(|e| (index, e))?);
                 continue;
             };
@@ -135,6 +136,12 @@ impl Engine {
                 }
             }
             if let Some(e) = failure {
+                if created && receipts.len() == run_start {
+                    // The topic was made for this publish and nothing reached it: do not leave it behind.
+                    if let Err(undo) = self.delete_topic(&cell.name) {
+                        tracing::warn!("topic {} auto-created for a failed publish stays: {undo}", cell.name);
+                    }
+                }
                 return Err((receipts.len(), e));
             }
         }

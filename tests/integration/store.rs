@@ -628,6 +628,56 @@ fn a_full_disk_refuses_the_publish_clearly_and_keeps_everything_stored_before() 
     });
 }
 
+#[test]
+fn failures_on_a_full_disk_leave_no_empty_topic_and_no_orphan_directory() {
+    on_small_disk(|dir| {
+        let clock = clock();
+        let (engine, _) = open_at(dir, &clock);
+        engine.create_topic(topic("t", |_| {})).unwrap();
+        // Fill the disk (tmpfs is 256 KiB).
+        while engine.publish(PublishRequest::new(name("t"), vec![b'x'; 8192])).is_ok() {}
+        while engine.publish(PublishRequest::new(name("t"), vec![b'x'; 64])).is_ok() {}
+        let auto = engine.publish(PublishRequest::new(name("fresh"), vec![b'y'; 8192]));
+        assert!(auto.is_err(), "{auto:?}");
+        assert!(engine.topic_info(&name("fresh")).is_err(), "an empty auto-created topic was left behind");
+        let mut failed_subs = 0;
+        for i in 0..50 {
+            if engine.create_subscription(sub_config(&format!("s{i}"), "t")).is_err() {
+                failed_subs += 1;
+                assert!(!dir.join("subs").join(format!("s{i}")).exists(), "orphan directory of s{i}");
+            }
+        }
+        assert!(failed_subs > 0, "the disk never filled");
+        engine.close().unwrap();
+        let (_, report) = open_at(dir, &clock);
+        assert!(report.findings().iter().all(|f| !f.contains("subs/")), "{:?}", report.findings());
+    });
+}
+
+#[test]
+fn names_of_255_non_ascii_bytes_live_on_a_durable_engine() {
+    // Found by an attack on the store: escaping tripled such names past what a file name may hold.
+    let dir = DataDir::new("long-names");
+    let clock = clock();
+    let long = "ü".repeat(127); // 254 bytes
+    let other = format!("{}x", "ü".repeat(126));
+    {
+        let (engine, _) = open_at(dir.path(), &clock);
+        for t in [&long, &other] {
+            engine.create_topic(topic(t, |_| {})).unwrap();
+            engine.publish(PublishRequest::new(name(t), t.clone())).unwrap();
+        }
+        engine.create_subscription(sub_config(&long, &other)).unwrap();
+        engine.close().unwrap();
+    }
+    let (engine, report) = open_at(dir.path(), &clock);
+    assert!(report.findings().is_empty(), "{:?}", report.findings());
+    for t in [&long, &other] {
+        assert_eq!(payloads(&all(&engine, t)), vec![t.clone()]);
+    }
+    assert_eq!(fetch_all(&engine, &long).len(), 1);
+}
+
 // ----- crashes ------------------------------------------------------------------------------------
 
 /// The child side of the crash test: runs only when the parent sets PUBSUB_CRASH_DIR.
