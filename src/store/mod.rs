@@ -324,10 +324,11 @@ pub(crate) fn dir_name(name: &Name) -> String {
     out
 }
 
-/// The longest directory name used as is; longer ones are cut and hashed (see [`dir_name`]).
-const DIR_NAME_MAX: usize = 200;
-/// How much of a long escaped name is kept before its hash.
-const DIR_NAME_KEEP: usize = 160;
+/// The longest directory name used as is (what a file name may hold, so every directory an earlier
+/// version could make keeps its name); longer ones are cut and hashed (see [`dir_name`]).
+const DIR_NAME_MAX: usize = 255;
+/// How much of a long escaped name is kept before its hash (at most 12 bytes more, then 17 of hash).
+const DIR_NAME_KEEP: usize = 200;
 
 /// Records a topic's or subscription's real name beside its files (its directory name may be cut), so
 /// `store repair` can name what it recovers.
@@ -868,7 +869,7 @@ mod tests {
         let other = format!("{}x", "ü".repeat(119));
         let a = dir_name(&Name::new(&long).unwrap());
         let b = dir_name(&Name::new(&other).unwrap());
-        assert!(a.len() <= 200 && b.len() <= 200, "{a} {b}");
+        assert!(a.len() <= 255 && b.len() <= 255, "{a} {b}");
         assert_ne!(a, b);
         assert_eq!(a, dir_name(&Name::new(&long).unwrap()), "stable");
         let short = "ü".repeat(30);
