@@ -1026,6 +1026,31 @@ fn a_flipped_byte_in_meta_log_is_refused_and_store_repair_brings_every_topic_bac
 }
 
 #[test]
+fn a_zero_length_checkpoint_is_reported_by_verify_and_repaired() {
+    // Found by an attack on the store: verify passed a directory that the server then refused to open.
+    let dir = DataDir::new("empty-checkpoint");
+    let clock = clock();
+    {
+        let (engine, _) = open_at(dir.path(), &clock);
+        engine.create_topic(topic("t", |_| {})).unwrap();
+        engine.create_subscription(sub_config("s", "t")).unwrap();
+        engine.publish(PublishRequest::new(name("t"), "one")).unwrap();
+        engine.close().unwrap();
+    }
+    let checkpoint = dir.path().join("subs/s/checkpoint");
+    fs::write(&checkpoint, b"").unwrap();
+    let findings = pubsub::store::verify(dir.path()).unwrap();
+    assert!(findings.iter().any(|f| f.contains(&checkpoint.display().to_string())), "{findings:?}");
+    let err = Engine::open(dir.path(), clock.clone(), EngineConfig::default()).unwrap_err().to_string();
+    assert!(err.contains("checkpoint") && err.contains("empty file"), "{err}");
+    let done = pubsub::store::repair(dir.path()).unwrap();
+    assert!(done.iter().any(|l| l.contains("unreadable checkpoint moved")), "{done:?}");
+    let (engine, report) = open_at(dir.path(), &clock);
+    assert!(report.findings().iter().any(|f| f.contains("checkpoint missing")), "{:?}", report.findings());
+    assert_eq!(payloads(&fetch_all(&engine, "s").into_iter().map(|d| d.message).collect::<Vec<_>>()), vec!["one"]);
+}
+
+#[test]
 fn a_topic_whose_metadata_is_lost_is_never_overwritten_by_a_new_one() {
     let dir = DataDir::new("meta-lost");
     let clock = clock();
