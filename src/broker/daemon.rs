@@ -2,10 +2,10 @@
 //! and starting one in the background when none runs.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -45,11 +45,7 @@ impl Endpoint {
     }
 }
 
-/// Creates a directory (and parents) readable only by this user.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
+pub use crate::config::paths::create_private_dir;
 
 /// How `local` behaves when no daemon runs.
 #[derive(Debug, Clone)]
@@ -87,8 +83,9 @@ pub async fn connect_local(opts: &LocalOptions) -> Result<(RemoteBroker, Option<
         drop(lock);
         return Ok((broker, None));
     }
-    let pid = spawn_daemon(&exe, &paths)?;
-    let endpoint = wait_for_endpoint(&paths, pid, Duration::from_secs(10)).await?;
+    let mut starting = spawn_daemon(&exe, &paths)?;
+    let pid = starting.pid();
+    let endpoint = wait_for_endpoint(&paths, &mut starting, Duration::from_secs(10)).await?;
     let broker =
         RemoteBroker::connect_following(&endpoint.url, Some(endpoint.token.clone()), Some(paths.endpoint()))
             .await?;
@@ -121,33 +118,54 @@ async fn lock_exclusive(path: PathBuf) -> Result<File, BrokerError> {
     .map_err(|e| unreachable(format!("cannot take the autostart lock: {e}")))
 }
 
+/// A daemon that was started and is not known to be up yet.
+#[derive(Debug)]
+pub struct Starting {
+    child: Child,
+    /// The log's length before the child started: what follows is the child's to say.
+    log_from: u64,
+}
+
+impl Starting {
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// Starts `exe serve --daemon` detached from this terminal, logging to the log directory.
-pub fn spawn_daemon(exe: &Path, paths: &Paths) -> Result<u32, BrokerError> {
-    create_private_dir(&paths.logs)
-        .map_err(|e| unreachable(format!("cannot create {}: {e}", paths.logs.display())))?;
-    let log = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(paths.serve_log())
+pub fn spawn_daemon(exe: &Path, paths: &Paths) -> Result<Starting, BrokerError> {
+    let log = paths
+        .open_serve_log()
         .map_err(|e| unreachable(format!("cannot open {}: {e}", paths.serve_log().display())))?;
+    let log_from = log.metadata().map_or(0, |m| m.len());
     let err_log = log.try_clone().map_err(|e| unreachable(e.to_string()))?;
     let mut command = Command::new(exe);
     command.args(["serve", "--daemon"]).stdin(Stdio::null()).stdout(log).stderr(err_log);
-    // Its own process group: Ctrl-C in the terminal that started it does not stop it.
+    // Its own process group: Ctrl-C in the terminal that started it does not stop it. Descriptors this
+    // process inherited without close-on-exec reach the daemon too; it closes them as it starts.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let child = command.spawn().map_err(|e| unreachable(format!("cannot start {}: {e}", exe.display())))?;
-    Ok(child.id())
+    Ok(Starting { child, log_from })
 }
 
-/// Waits until the daemon with `pid` has written its endpoint file.
-pub async fn wait_for_endpoint(paths: &Paths, pid: u32, within: Duration) -> Result<Endpoint, BrokerError> {
+/// Waits until the daemon being started has written its endpoint file. A daemon that exits first (it
+/// could not open its data directory, say) ends the wait at once with the error it logged.
+pub async fn wait_for_endpoint(
+    paths: &Paths,
+    starting: &mut Starting,
+    within: Duration,
+) -> Result<Endpoint, BrokerError> {
     let started = Instant::now();
+    let pid = starting.pid();
     loop {
         if let Some(endpoint) = Endpoint::read(&paths.endpoint())
             && endpoint.pid == pid
         {
             return Ok(endpoint);
+        }
+        if let Ok(Some(status)) = starting.child.try_wait() {
+            return Err(unreachable(startup_failure(paths, starting.log_from, pid, status)));
         }
         if started.elapsed() > within {
             return Err(unreachable(format!(
@@ -157,6 +175,30 @@ pub async fn wait_for_endpoint(paths: &Paths, pid: u32, within: Duration) -> Res
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Why a daemon exited before it was ready: the last error line it wrote to the log after `from`.
+fn startup_failure(paths: &Paths, from: u64, pid: u32, status: ExitStatus) -> String {
+    let said = log_since(&paths.serve_log(), from).unwrap_or_default();
+    let lines = || said.lines().map(str::trim).filter(|l| !l.is_empty());
+    let error = lines().filter_map(|l| l.strip_prefix("pubsub: error: ")).next_back();
+    match error.or_else(|| lines().next_back()) {
+        Some(line) => format!("the local engine daemon (pid {pid}) could not start: {line}"),
+        None => format!(
+            "the local engine daemon (pid {pid}) exited ({status}) before it was ready; see {}",
+            paths.serve_log().display()
+        ),
+    }
+}
+
+/// What the log holds after `from`, at most its last 64 KiB.
+fn log_since(path: &Path, from: u64) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(from.max(len.saturating_sub(64 * 1024))))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]

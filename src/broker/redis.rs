@@ -12,7 +12,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Value};
 use tokio::sync::{broadcast, mpsc};
 
@@ -24,6 +23,10 @@ use crate::engine::{
     BrowseFrom, Headers, Message, MessageExtra, Name, Pattern, PublishReceipt, PublishRequest, SeekTarget,
     StartPosition, SubscriptionConfig, SubscriptionInfo, Timestamp, TopicConfig, TopicInfo,
 };
+
+mod read;
+
+use read::{GroupRead, ReadLink};
 
 /// Which Redis structure topics map to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -576,13 +579,9 @@ impl Broker for RedisBroker {
         let (stream, id) = reply.split_once('\u{1f}').unwrap_or((reply.as_str(), ""));
         match how {
             Settle::Ack | Settle::Term(_) => {
-                let _: u64 = redis::cmd("XACK")
-                    .arg(stream)
-                    .arg(token.subscription.as_str())
-                    .arg(id)
-                    .query_async(&mut self.conn.clone())
-                    .await
-                    .map_err(|e| error(&self.url, e))?;
+                let mut xack = redis::cmd("XACK");
+                xack.arg(stream).arg(token.subscription.as_str()).arg(id);
+                let _: u64 = self.idempotent(&xack).await?;
                 Ok(())
             }
             Settle::Nack(_) | Settle::Extend(_) => Err(BrokerError::Invalid(
@@ -849,6 +848,23 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
+    /// Runs a command that may safely run twice (XACK) on the shared connection, waiting out a Redis
+    /// restart: the connection manager reconnects by itself, but the command that finds the old socket
+    /// dead fails with it (a `sub -s GROUP` used to exit 3 "broken pipe" on the first ack after a
+    /// restart), and a restarted Redis answers LOADING until its data is back. Tries for about 6 s.
+    async fn idempotent<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match cmd.query_async(&mut self.conn.clone()).await {
+                Err(e) if read::is_outage(&e) && delay <= Duration::from_millis(3200) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                other => return other.map_err(|e| error(&self.url, e)),
+            }
+        }
+    }
+
     /// One round trip for a whole batch (pipelined), deciding stream or channel per subject once.
     async fn publish_pipeline(&self, msgs: &[PublishRequest]) -> Result<Vec<PublishReceipt>, BrokerError> {
         let mut kinds: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
@@ -935,16 +951,15 @@ impl RedisBroker {
         })
     }
 
-    /// Reads a stream: through a consumer group (durable, acked) or plainly from a position.
+    /// Reads a stream: through a consumer group (durable, acked) or plainly from a position, on a
+    /// connection of the reader's own (`read.rs`).
     async fn read_stream(&self, topic: Name, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
         let key = topic.to_string();
-        let mut conn =
-            self.client.get_multiplexed_async_connection().await.map_err(|e| error(&self.url, e))?;
+        let mut conn = read::connect(&self.client).await.map_err(|e| error(&self.url, e))?;
         let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(1024);
         let count = req.prefetch.unwrap_or(100).max(1);
-        let url = self.url.clone();
+        let start = self.start_after(&key, req.from.unwrap_or_default()).await?;
         let task = if let Some(group) = req.subscription.clone() {
-            let start = self.start_after(&key, req.from.unwrap_or_default()).await?;
             let created: redis::RedisResult<String> =
                 xgroup_create(&key, group.as_str(), &start).query_async(&mut conn).await;
             if let Err(e) = created
@@ -955,52 +970,26 @@ impl RedisBroker {
             let consumer = req.consumer.clone().unwrap_or_else(|| {
                 format!("pubsub-{}-{}", std::process::id(), self.next_id.fetch_add(1, Ordering::Relaxed))
             });
-            let acked = req.ack != crate::engine::AckMode::None;
+            let link = ReadLink::new(
+                self.client.clone(),
+                conn,
+                Some(GroupRead::recreate(&key, &group)),
+                self.events.clone(),
+            );
             let group_read = GroupRead {
-                client: self.client.clone(),
                 url: self.url.clone(),
                 key,
                 group,
                 consumer,
-                acked,
+                acked: req.ack != crate::engine::AckMode::None,
                 count,
                 topic,
                 ack_deadline: self.ack_deadline,
-                events: self.events.clone(),
             };
-            tokio::spawn(group_read.run(conn, tx))
+            tokio::spawn(group_read.run(link, tx))
         } else {
-            let mut last = self.start_after(&key, req.from.unwrap_or_default()).await?;
-            tokio::spawn(async move {
-                loop {
-                    let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
-                        .arg("COUNT")
-                        .arg(count)
-                        .arg("BLOCK")
-                        .arg(1000)
-                        .arg("STREAMS")
-                        .arg(&key)
-                        .arg(&last)
-                        .query_async(&mut conn)
-                        .await;
-                    let value = match reply {
-                        Ok(v) => v,
-                        Err(e) => {
-                            let _ = tx.send(Err(error(&url, e))).await;
-                            return;
-                        }
-                    };
-                    for (_, streams) in stream_replies(&value) {
-                        for (id, message) in entries(&topic, streams) {
-                            last = id;
-                            let d = BrokerDelivery { message, attempt: None, deadline: None, token: None };
-                            if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            })
+            let link = ReadLink::new(self.client.clone(), conn, None, self.events.clone());
+            tokio::spawn(read::plain(link, self.url.clone(), topic, count, start, tx))
         };
         Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })))
     }
@@ -1009,173 +998,6 @@ impl RedisBroker {
 /// How long an entry may stay pending before another consumer claims it (XAUTOCLAIM) unless the URL
 /// says otherwise: Redis has no server-side ack deadline, so this client emulates one.
 const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(30);
-
-/// A consumer reading a stream through a consumer group, surviving Redis restarts.
-struct GroupRead {
-    client: redis::Client,
-    url: String,
-    key: String,
-    group: Name,
-    consumer: String,
-    acked: bool,
-    count: u32,
-    topic: Name,
-    ack_deadline: Duration,
-    events: broadcast::Sender<ConnectionEvent>,
-}
-
-impl GroupRead {
-    async fn run(self, mut conn: MultiplexedConnection, tx: mpsc::Sender<Result<StreamItem, BrokerError>>) {
-        let mut last_claim = tokio::time::Instant::now();
-        loop {
-            // Claims are checked once a second, or sooner for deadlines under a second.
-            if self.acked && last_claim.elapsed() >= self.ack_deadline.min(Duration::from_secs(1)) {
-                last_claim = tokio::time::Instant::now();
-                if let Ok(claimed) = self.claim(&mut conn).await {
-                    for d in claimed {
-                        if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(self.group.as_str())
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(self.count)
-                .arg("BLOCK")
-                .arg(1000);
-            if !self.acked {
-                cmd.arg("NOACK");
-            }
-            cmd.arg("STREAMS").arg(&self.key).arg(">");
-            let reply: redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
-            let value = match reply {
-                Ok(v) => v,
-                Err(e)
-                    if e.is_io_error()
-                        || e.is_connection_dropped()
-                        || e.is_connection_refusal()
-                        || e.is_timeout() =>
-                {
-                    let _ = self.events.send(ConnectionEvent::Disconnected { reason: e.to_string() });
-                    let Some(fresh) = self.reconnect(&tx).await else { return };
-                    conn = fresh;
-                    let _ = self.events.send(ConnectionEvent::Reconnected);
-                    continue;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(error(&self.url, e))).await;
-                    return;
-                }
-            };
-            for (_, streams) in stream_replies(&value) {
-                for (id, message) in entries(&self.topic, streams) {
-                    let d = BrokerDelivery {
-                        attempt: Some(1),
-                        deadline: None,
-                        token: self.token(&id, message.seq),
-                        message,
-                    };
-                    if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    fn token(&self, id: &str, seq: u64) -> Option<AckToken> {
-        self.acked.then(|| AckToken {
-            subscription: self.group.clone(),
-            partition: 0,
-            seq,
-            lease: 0,
-            reply: Some(format!("{}\u{1f}{id}", self.key)),
-        })
-    }
-
-    /// Entries pending longer than the ack deadline with any consumer are claimed and redelivered here.
-    async fn claim(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<Vec<BrokerDelivery>> {
-        let reply: Value = redis::cmd("XAUTOCLAIM")
-            .arg(&self.key)
-            .arg(self.group.as_str())
-            .arg(&self.consumer)
-            .arg(u64::try_from(self.ack_deadline.as_millis()).unwrap_or(u64::MAX))
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(self.count)
-            .query_async(conn)
-            .await?;
-        let Value::Array(parts) = reply else { return Ok(Vec::new()) };
-        let Some(claimed) = parts.get(1) else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
-        for (id, message) in entries(&self.topic, claimed) {
-            // XAUTOCLAIM counts the claim as a delivery; XPENDING tells how many there were.
-            let detail: Value = redis::cmd("XPENDING")
-                .arg(&self.key)
-                .arg(self.group.as_str())
-                .arg(&id)
-                .arg(&id)
-                .arg(1)
-                .query_async(conn)
-                .await?;
-            let attempt = match &detail {
-                Value::Array(rows) => rows.first().and_then(|r| match r {
-                    Value::Array(f) => f.get(3).and_then(number),
-                    _ => None,
-                }),
-                _ => None,
-            };
-            let attempt = attempt.and_then(|n| u32::try_from(n).ok()).or(Some(2));
-            out.push(BrokerDelivery {
-                attempt,
-                deadline: None,
-                token: self.token(&id, message.seq),
-                message,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Reconnects with backoff (100 ms doubling to 5 s) until Redis answers or the reader is gone.
-    async fn reconnect(
-        &self,
-        tx: &mpsc::Sender<Result<StreamItem, BrokerError>>,
-    ) -> Option<MultiplexedConnection> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            if tx.is_closed() {
-                return None;
-            }
-            tokio::time::sleep(delay).await;
-            if let Ok(mut conn) = self.client.get_multiplexed_async_connection().await {
-                // After a restart without persistence the group may be gone; make it again at the start.
-                let _: redis::RedisResult<String> =
-                    xgroup_create(&self.key, self.group.as_str(), "0").query_async(&mut conn).await;
-                return Some(conn);
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    }
-}
-
-/// `XREAD`/`XREADGROUP` replies: `[[stream, entries], …]` (RESP2) or a map (RESP3); nil when nothing arrived.
-fn stream_replies(value: &Value) -> Vec<(String, &Value)> {
-    match value {
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|item| match item {
-                Value::Array(pair) => Some((text(pair.first()?), pair.get(1)?)),
-                _ => None,
-            })
-            .collect(),
-        Value::Map(items) => items.iter().map(|(k, v)| (text(k), v)).collect(),
-        _ => Vec::new(),
-    }
-}
 
 fn info_for(name: Name, messages: u64, first: u64, head: u64) -> TopicInfo {
     TopicInfo { first_seq: first, head_seq: head, ..TopicInfo::external(name, messages, 0) }

@@ -115,6 +115,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Some(Command::Serve(commands::serve::ServeArgs { daemon: true, .. })) = &cli.command {
+        // Before the runtime opens descriptors of its own, while this is the only thread.
+        commands::serve::close_inherited_descriptors();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(Command::Serve(commands::serve::ServeArgs { threads: Some(n), .. })) = &cli.command {
         builder.worker_threads(usize::from(*n));

@@ -1,7 +1,13 @@
 //! Directories, from the platform's conventions (`directories`), or all under `PUBSUB_HOME` when that
 //! is set (tests and portable setups use it to keep everything in one place).
+//!
+//! The runtime directory holds the endpoint file (with the daemon's token) and the log directory holds
+//! what the daemon says, so both are made 0700 and the log 0600, also when they exist already with
+//! wider modes (an older version, or a umask of 000, made them so).
 
-use std::path::PathBuf;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use directories::ProjectDirs;
 
@@ -67,4 +73,24 @@ impl Paths {
     pub fn serve_log(&self) -> PathBuf {
         self.logs.join("serve.log")
     }
+
+    /// Opens the daemon's log for appending, readable only by this user, creating its directory.
+    pub fn open_serve_log(&self) -> std::io::Result<File> {
+        create_private_dir(&self.logs)?;
+        let log = OpenOptions::new().append(true).create(true).mode(0o600).open(self.serve_log())?;
+        if log.metadata()?.permissions().mode() & 0o077 != 0 {
+            log.set_permissions(fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(log)
+    }
+}
+
+/// Creates a directory (and parents) readable only by this user; a directory that exists with a wider
+/// mode is narrowed to 0700 (its parents are left as they are: they may be shared, like `~/.local`).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    if fs::metadata(dir)?.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }

@@ -43,8 +43,11 @@ fn pub_and_sub_json_round_trip_reproduces_keys_headers_and_bytes() {
 #[test]
 fn sub_piped_into_head_exits_quietly() {
     let home = Home::with_daemon("head");
+    // More than a pipe holds (64 KiB), so `sub` is still writing when `head` leaves and meets the closed
+    // pipe. (With less, it could write everything first and then wait for new messages: an idle `sub`
+    // does not notice that its reader left.)
     let (code, _, stderr) =
-        home.sh("seq 500 | pubsub pub numbers && pubsub sub numbers --from start | head -1");
+        home.sh("seq 50000 | pubsub pub numbers && pubsub sub numbers --from start | head -1");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stderr, "", "a closed pipe is not an error");
 }
@@ -391,4 +394,43 @@ fn ctrl_c_during_bench_reports_what_was_measured_and_removes_the_run_topic() {
     assert!(cells[6].parse::<u64>().unwrap() > 0, "it had published: {stdout}");
     let (_, topics, _) = home.run(&["topics"]);
     assert!(!topics.contains("bench-"), "the run's topic was removed: {topics}");
+}
+
+#[test]
+fn record_to_dash_writes_stdout_and_no_file_named_dash() {
+    let home = Home::with_daemon("record-dash");
+    home.run(&["pub", "src", "one", "two"]);
+    let out = home
+        .cmd()
+        .args(["record", "src", "--from", "start", "--exit-at-end", "-o", "-"])
+        .current_dir(&home.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let payloads: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"].to_string())
+        .collect();
+    assert_eq!(payloads, ["\"one\"", "\"two\""], "{stderr}");
+    assert!(!home.0.join("-").exists(), "`-o -` means stdout, not a file named -");
+    assert!(!stderr.contains("recording to"), "{stderr}");
+}
+
+#[test]
+fn replay_refuses_a_line_longer_than_any_recording_naming_file_and_line() {
+    let home = Home::new("replay-long");
+    // What was reported: the client read /dev/zero as one line until it held 3.4 GB.
+    let (code, _, stderr) = home.run(&["--broker", "mem://", "replay", "--file", "/dev/zero"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("/dev/zero: line 1: longer than 64 MiB"), "{stderr}");
+    // A good first line and a second one with no end (a sparse file: 70 MiB of zeros after it).
+    std::fs::create_dir_all(&home.0).unwrap();
+    let path = home.0.join("long.ndjson");
+    std::fs::write(&path, "{\"subject\":\"t\",\"payload\":\"fine\"}\n").unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(70 << 20).unwrap();
+    let (code, _, stderr) = home.run(&["--broker", "mem://", "replay", "--file", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("{}: line 2: longer than 64 MiB", path.display())), "{stderr}");
+    assert!(stderr.contains("nothing was published"), "{stderr}");
 }

@@ -139,3 +139,176 @@ fn a_subscriber_follows_the_local_daemon_to_its_new_endpoint_after_a_restart() {
     let _ = sub.kill();
     let _ = sub.wait();
 }
+
+/// The pid in a home's endpoint file.
+fn endpoint_pid(home: &Home) -> u32 {
+    let text = std::fs::read_to_string(home.0.join("run/endpoint.json")).unwrap();
+    let endpoint: serde_json::Value = serde_json::from_str(&text).unwrap();
+    u32::try_from(endpoint["pid"].as_u64().unwrap()).unwrap()
+}
+
+/// Waits (up to 10 s) until `pid` has ended.
+fn wait_gone(pid: u32) -> bool {
+    let started = std::time::Instant::now();
+    while crate::support::is_running(pid) {
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn a_corrupt_record_fails_autostart_at_once_with_the_daemons_error_and_the_repair_command() {
+    let home = Home::new("corrupt");
+    let messages: Vec<String> = (1..=10).map(|i| format!("order number {i}")).collect();
+    let mut args = vec!["pub", "orders"];
+    args.extend(messages.iter().map(String::as_str));
+    let (code, _, stderr) = home.run(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = home.run(&["serve", "stop"]);
+    assert_eq!(code, 0, "{stderr}");
+    // docs/STORAGE.md: the index holds `rel_seq u32 | pos u32 | time i64` per record, a record is
+    // `len u32 | crc u32 | …` with the payload last. Flip the last payload byte of the 4th record.
+    let engine = home.0.join("data/engine");
+    let segment = engine.join("topics/orders/0/00000000000000000001");
+    let index = std::fs::read(segment.with_extension("idx")).unwrap();
+    assert_eq!(index.len(), 10 * 16, "one index entry per message");
+    let pos = u32::from_le_bytes(index[3 * 16 + 4..3 * 16 + 8].try_into().unwrap()) as usize;
+    let log_path = segment.with_extension("log");
+    let mut log = std::fs::read(&log_path).unwrap();
+    let len = u32::from_le_bytes(log[pos..pos + 4].try_into().unwrap()) as usize;
+    let last = pos + 8 + len - 1;
+    assert_eq!(log[last], b'4', "the 4th record ends with its payload");
+    log[last] ^= 0xff;
+    std::fs::write(&log_path, &log).unwrap();
+
+    let (code, _, stderr) = home.run(&["topics"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(!stderr.contains("did not come up"), "the error came at once, not after a wait: {stderr}");
+    assert!(stderr.contains("could not start"), "{stderr}");
+    assert!(stderr.contains(&log_path.display().to_string()), "the damaged file is named: {stderr}");
+    assert!(stderr.contains("corrupt"), "{stderr}");
+    let repair = format!("pubsub store repair {}", engine.display());
+    assert!(stderr.contains(&repair), "the repair command names the directory: {stderr}");
+    assert!(stderr.trim_end().ends_with("to move what cannot be read aside"), "{stderr}");
+    assert!(crate::support::daemons_under(&home.0).is_empty(), "no daemon runs");
+}
+
+#[test]
+fn runtime_and_log_directories_are_private_even_when_they_existed_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new("modes");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // As an older version or a umask of 000 might have left them.
+    for dir in ["run", "log"] {
+        std::fs::create_dir_all(home.0.join(dir)).unwrap();
+        std::fs::set_permissions(home.0.join(dir), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(home.0.join("log/serve.log"), "").unwrap();
+    std::fs::set_permissions(home.0.join("log/serve.log"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, stderr) = home.run(&["serve", "--detach"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(mode(&home.0.join("run")), 0o700, "the endpoint file's directory");
+    assert_eq!(mode(&home.0.join("log")), 0o700, "the log directory");
+    assert_eq!(mode(&home.0.join("log/serve.log")), 0o600, "the daemon's log");
+    assert_eq!(mode(&home.0.join("run/endpoint.json")), 0o600);
+    // Made fresh, they are private from the start.
+    let fresh = Home::new("modes-fresh");
+    let (code, _, stderr) = fresh.run(&["serve", "--detach"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        (mode(&fresh.0.join("run")), mode(&fresh.0.join("log")), mode(&fresh.0.join("log/serve.log"))),
+        (0o700, 0o700, 0o600)
+    );
+}
+
+#[test]
+fn an_autostarted_daemon_keeps_no_descriptor_it_inherited() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let home = Home::new("fds");
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    // The shell hands pubsub a copy of its stdout pipe as fd 7, without close-on-exec, as a shell or a
+    // test harness can; the daemon that pubsub starts must not keep it (or `… | tee` never ends).
+    let mut sh = Command::new("sh")
+        .args(["-c", r#"exec 7>&1; exec "$0" topics"#])
+        .arg(&bin)
+        .env("PUBSUB_HOME", &home.0)
+        .env_remove("PUBSUB_BROKER")
+        .env_remove("PUBSUB_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = sh.stdout.take().unwrap();
+    let pipe = std::fs::read_link(format!("/proc/self/fd/{}", stdout.as_raw_fd())).unwrap();
+    let status = sh.wait().unwrap();
+    let mut stderr = String::new();
+    sh.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("started a local engine daemon"), "{stderr}");
+    let pid = endpoint_pid(&home);
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let fd: u32 = entry.file_name().to_str().unwrap().parse().unwrap();
+        // A descriptor may close between the listing and the look.
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            fds.push((fd, target));
+        }
+    }
+    assert!(!fds.iter().any(|(_, target)| *target == pipe), "the daemon holds the test's pipe: {fds:?}");
+    let log = home.0.join("log/serve.log");
+    for (fd, target) in &fds {
+        let text = target.display().to_string();
+        let allowed = match fd {
+            0 => text == "/dev/null",
+            1 | 2 => *target == log,
+            _ => {
+                text.starts_with("socket:") || text.starts_with("anon_inode:") || target.starts_with(&home.0)
+            }
+        };
+        assert!(allowed, "fd {fd} -> {text} is not the daemon's own: {fds:?}");
+    }
+    // With the daemon holding no copy, the pipe's reader sees its end as soon as the shell is gone.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = tx.send(stdout.read_to_end(&mut rest).map(|_| rest));
+    });
+    let rest = rx.recv_timeout(std::time::Duration::from_secs(10));
+    assert!(rest.is_ok_and(|r| r.is_ok()), "the pipe stayed open after the command ended");
+}
+
+#[test]
+fn a_daemon_autostarted_in_a_shell_pipeline_is_gone_once_its_home_is_dropped() {
+    let home = Home::new("dropped");
+    let (code, _, stderr) = home.sh("pubsub pub jobs one two | cat");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("started a local engine daemon"), "{stderr}");
+    let pid = endpoint_pid(&home);
+    assert!(crate::support::is_running(pid));
+    drop(home);
+    assert!(wait_gone(pid), "daemon {pid} outlived its home");
+}
+
+#[test]
+fn dropping_a_home_ends_a_daemon_that_serve_stop_cannot_reach() {
+    let home = Home::with_daemon("unreachable-stop");
+    let pid = endpoint_pid(&home);
+    // A wrong token in the endpoint file: `serve stop` cannot talk to the daemon, and says none runs.
+    let path = home.0.join("run/endpoint.json");
+    let mut endpoint: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    endpoint["token"] = "not-the-token".into();
+    std::fs::write(&path, endpoint.to_string()).unwrap();
+    let (code, _, stderr) = home.run(&["serve", "stop"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("no local engine daemon is running"), "{stderr}");
+    assert!(crate::support::is_running(pid), "serve stop could not stop it");
+    drop(home);
+    assert!(wait_gone(pid), "daemon {pid} outlived its home");
+}

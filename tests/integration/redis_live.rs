@@ -440,6 +440,7 @@ fn rediss_urls_talk_tls() {
     let (code, _, _) = home.run(&["--broker", &format!("redis://127.0.0.1:{port}"), "topics"]);
     assert_ne!(code, 0);
     redis.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A redis-server of this test's own, on a free port, persisting to a scratch directory.
@@ -539,5 +540,112 @@ async fn a_group_subscription_survives_a_redis_restart_without_losing_entries() 
     assert_eq!(d.message.payload.as_ref(), b"back");
     // Commands work again on the same broker handle.
     broker.publish(pubsub::engine::PublishRequest::new(name("restart.jobs"), "again")).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `pubsub` with `args` until it ends by itself, and returns its stderr.
+fn stderr_of(home: &Home, url: &str, args: &[&str]) -> (i32, String) {
+    let (code, _, stderr) = crate::support::outcome(&mut home.at(url, args));
+    (code, stderr)
+}
+
+#[test]
+fn an_idle_stream_reader_never_reports_a_disconnect() {
+    if !redis_here() {
+        return;
+    }
+    let home = Home::new("redis-idle");
+    let stream = key("idle");
+    let (code, _, stderr) = home.run(&["--broker", URL, "topic", "create", &stream]);
+    assert_eq!(code, 0, "{stderr}");
+    // Several XREADGROUP / XREAD blocks come back empty in 4 s; none of them may look like an outage.
+    let (code, stderr) = stderr_of(&home, URL, &["sub", &stream, "-s", "idlers", "--timeout", "4s"]);
+    assert_eq!(code, 4, "timed out with nothing received: {stderr}");
+    assert!(!stderr.contains("connected"), "an idle group reader flapped: {stderr}");
+    let (code, stderr) = stderr_of(&home, URL, &["sub", &stream, "--from", "end", "--timeout", "3s"]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(!stderr.contains("connected"), "an idle XREAD reader flapped: {stderr}");
+    redis_cli(&["DEL", &stream]);
+}
+
+/// A value Redis cannot compress, so the snapshot is large enough to load slowly.
+fn incompressible(seed: u64, len: usize) -> String {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_reader_on_the_command_line_survives_a_restart_while_redis_loads() {
+    if !redis_here() || Command::new("redis-server").arg("--version").output().is_err() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("pubsub-redis-cli-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port_arg = port.to_string();
+    let plain = ["--port", &port_arg, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+    let mut redis = OwnRedis::spawn(&plain, port, &dir);
+    let cli = |args: &[&str]| redis_cli(&[&["-p", port_arg.as_str()], args].concat());
+    let home = Home::new("redis-cli-restart");
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut sub = home
+        .at(&url, &["sub", "jobs", "-s", "workers", "--from", "start", "--format", "raw", "--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = sub.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let stderr = sub.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    cli(&["XADD", "jobs", "*", "payload", "before"]);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).as_deref(), Ok("before"));
+
+    // A snapshot big enough that the restarted server answers LOADING for about a second (50 ms per
+    // key, with events processed every KiB) before it serves commands again.
+    for i in 0..20 {
+        cli(&["SET", &format!("filler{i}"), &incompressible(i, 4096)]);
+    }
+    assert_eq!(cli(&["SAVE"]), "OK");
+    redis.stop();
+    let slow_load = ["--key-load-delay", "50000", "--loading-process-events-interval-bytes", "1024"];
+    let _redis = OwnRedis::spawn(&[&plain[..], &slow_load[..]].concat(), port, &dir);
+    let started = Instant::now();
+    while cli(&["XADD", "jobs", "*", "payload", "after"]).starts_with("LOADING") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the restarted Redis never finished loading");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = rx.recv_timeout(Duration::from_secs(20));
+    // The entry read after the restart is acked on the restarted server (the first ack there used to
+    // fail with "broken pipe" and end the command with exit 3).
+    let started = Instant::now();
+    while seen.is_ok() && !cli(&["XPENDING", "jobs", "workers"]).starts_with('0') {
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pending = cli(&["XPENDING", "jobs", "workers"]);
+    let still_running = sub.try_wait().unwrap().is_none();
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let stderr = stderr.join().unwrap();
+    assert_eq!(seen.as_deref(), Ok("after"), "the reader resumed after the restart: {stderr}");
+    assert!(still_running, "the reader exited: {stderr}");
+    assert!(pending.starts_with('0'), "the ack after the restart never arrived: {pending}; {stderr}");
+    assert_eq!(stderr.matches("disconnected").count(), 1, "one outage, told once: {stderr}");
+    assert_eq!(stderr.matches("reconnected").count(), 1, "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

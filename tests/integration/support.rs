@@ -125,7 +125,49 @@ pub fn outcome(cmd: &mut Command) -> (i32, String, String) {
 impl Drop for Home {
     fn drop(&mut self) {
         let _ = self.cmd().args(["serve", "stop"]).output();
+        // Whatever still runs under this home (a daemon `serve stop` could not reach, one that was still
+        // starting, one whose endpoint file is gone) is ended too: a test leaves no process behind.
+        for pid in daemons_under(&self.0) {
+            end_process(pid);
+        }
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The live `pubsub serve --daemon` processes whose PUBSUB_HOME is `home`, found through /proc (the
+/// endpoint file names only a daemon that finished starting and has not withdrawn it).
+pub fn daemons_under(home: &std::path::Path) -> Vec<u32> {
+    let wanted = format!("PUBSUB_HOME={}", home.display());
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    procs
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+            let cmdline = read("cmdline");
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let daemon = args.windows(2).any(|w| w == [&b"serve"[..], &b"--daemon"[..]]);
+            daemon && read("environ").split(|b| *b == 0).any(|v| v == wanted.as_bytes()) && is_running(*pid)
+        })
+        .collect()
+}
+
+/// Whether `pid` is a process that has not ended (a zombie waiting for its parent has).
+pub fn is_running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // `pid (comm) STATE …`; comm may hold spaces and parentheses, so read after the last `)`.
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z")
+}
+
+/// Asks `pid` to stop (SIGTERM, so it closes its data directory), and kills it after 5 s.
+fn end_process(pid: u32) {
+    let signal = |name: &str| Command::new("kill").args([name, &pid.to_string()]).output();
+    let _ = signal("-TERM");
+    let started = std::time::Instant::now();
+    while is_running(pid) && started.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if is_running(pid) {
+        let _ = signal("-KILL");
     }
 }
 

@@ -19,7 +19,7 @@ pub struct RecordArgs {
     /// A topic, subjects or patterns (one topic with --from).
     #[arg(required = true)]
     pub patterns: Vec<String>,
-    /// Write to this file instead of stdout.
+    /// Write to this file instead of stdout (`-` is stdout).
     #[arg(long, short = 'o', value_name = "PATH")]
     pub output: Option<PathBuf>,
     /// Record history from: start, end, a seq, an RFC 3339 time, or -5m (default: live only).
@@ -52,10 +52,10 @@ pub async fn run(ctx: &Context, args: RecordArgs) -> Result<(), CliError> {
     request.from = from.map(Position::start);
     request.ack = AckMode::None;
     let stream = broker.subscribe(request).await?;
-    let sink = match &args.output {
+    let sink = match args.output.as_deref().filter(|path| *path != std::path::Path::new("-")) {
         Some(path) => {
             note(&format!("recording to {}", path.display()));
-            Sink::file(path)?
+            Sink::file(&path.to_path_buf())?
         }
         None => Sink::Stdout(Stdout::new()),
     };

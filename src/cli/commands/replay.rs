@@ -1,7 +1,7 @@
 //! `pubsub replay`: re-publish a range of a topic, or a recorded NDJSON file, with the original timing
 //! scaled by `--speed`, at a fixed `--rate`, or as fast as possible.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -101,20 +101,30 @@ fn request_of(m: &Message) -> PublishRequest {
     }
 }
 
+/// The longest line a recording may hold: the envelope of the largest message a server takes (16 MiB
+/// frames, payload in base64) with room to spare. Anything longer is not a recording, and reading it
+/// whole first (`replay --file /dev/zero`) would only fill memory.
+const MAX_LINE_BYTES: usize = 64 << 20;
+
 fn read_file(path: &PathBuf) -> Result<Vec<(Option<Timestamp>, PublishRequest)>, CliError> {
     let file = std::fs::File::open(path)
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let mut reader = std::io::BufReader::new(file);
     let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| CliError::Failed(format!("{}: line {}: {e}", path.display(), i + 1)))?;
+    let mut line = Vec::new();
+    for number in 1.. {
+        let bad = |e: String| {
+            CliError::Failed(format!("{}: line {number}: {e}; nothing was published", path.display()))
+        };
+        if !read_line(&mut reader, &mut line).map_err(|e| bad(e.to_string()))? {
+            break;
+        }
+        let line = std::str::from_utf8(&line).map_err(|e| bad(format!("not UTF-8 text: {e}")))?;
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |e: String| {
-            CliError::Failed(format!("{}: line {}: {e}; nothing was published", path.display(), i + 1))
-        };
         let envelope: Envelope =
-            serde_json::from_str(&line).map_err(|e| bad(format!("not an envelope: {e}")))?;
+            serde_json::from_str(line).map_err(|e| bad(format!("not an envelope: {e}")))?;
         let time = envelope.time().map_err(|e| bad(e.to_string()))?;
         let mut req = envelope.to_request().map_err(|e| bad(e.to_string()))?;
         // A recorded msg_id would make the topic's dedup window swallow the replay.
@@ -122,6 +132,26 @@ fn read_file(path: &PathBuf) -> Result<Vec<(Option<Timestamp>, PublishRequest)>,
         out.push((time, req));
     }
     Ok(out)
+}
+
+/// Reads the next line into `line` (without its newline), refusing one longer than `MAX_LINE_BYTES`.
+/// False at the end of the input.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<bool> {
+    line.clear();
+    let limit = u64::try_from(MAX_LINE_BYTES).unwrap_or(u64::MAX) + 1;
+    let n = reader.take(limit).read_until(b'\n', line)?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > MAX_LINE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "longer than {} MiB without a line break, which no recording holds (record writes one envelope per line)",
+                MAX_LINE_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(n > 0)
 }
 
 async fn replay(

@@ -139,7 +139,7 @@ fn open_engine(
     };
     let config = EngineConfig { default_durability: durability, ..EngineConfig::default() };
     let (engine, report) = Engine::open(dir, Arc::new(SystemClock), config)
-        .map_err(|e| CliError::Failed(format!("cannot open {}: {e}", dir.display())))?;
+        .map_err(|e| CliError::Failed(open_failure(dir, &e.to_string())))?;
     for finding in report.findings() {
         note(&format!("recovery: {finding}"));
     }
@@ -153,6 +153,23 @@ fn open_engine(
             if topics == 1 { "" } else { "s" }
         ),
     ))
+}
+
+/// Why `dir` did not open, ending with the command that sets damage aside when the store found some:
+/// the daemon's error line is often all a user sees of it (autostart relays it). A hint of the store's
+/// own that does not name the directory gives way to one that does.
+fn open_failure(dir: &std::path::Path, why: &str) -> String {
+    let text = format!("cannot open {}: {why}", dir.display());
+    let repair = format!("pubsub store repair {}", dir.display());
+    if text.contains(&repair) {
+        return text;
+    }
+    let base = match text.find("pubsub store repair") {
+        Some(at) => text[..at].rfind("; ").map_or(text.as_str(), |cut| &text[..cut]),
+        None if text.contains("corrupt") => text.as_str(),
+        None => return text,
+    };
+    format!("{base}; run '{repair}' to move what cannot be read aside")
 }
 
 fn bind_error(addr: &SocketAddr, e: &std::io::Error) -> CliError {
@@ -249,8 +266,9 @@ async fn detach() -> Result<(), CliError> {
         return Ok(());
     }
     let exe = std::env::current_exe()?;
-    let pid = spawn_daemon(&exe, &paths)?;
-    let endpoint = wait_for_endpoint(&paths, pid, Duration::from_secs(10)).await?;
+    let mut starting = spawn_daemon(&exe, &paths)?;
+    let pid = starting.pid();
+    let endpoint = wait_for_endpoint(&paths, &mut starting, Duration::from_secs(10)).await?;
     note(&format!(
         "started a local engine daemon (pid {pid}, {}); logs in {}",
         endpoint.url,
@@ -303,7 +321,47 @@ async fn stop() -> Result<(), CliError> {
     Err(CliError::Usage(format!("the daemon (pid {}) did not stop within 10 s", endpoint.pid)))
 }
 
+/// Closes every descriptor above 2 that this process inherited. A daemon outlives whoever started it,
+/// and an inherited pipe it kept open would make the reader of that pipe wait for the daemon's end
+/// (`cargo test 2>&1 | tee log` hung until a stray daemon was killed). Called by `serve --daemon` before
+/// the runtime starts, while nothing else in the process has opened anything or could.
+pub fn close_inherited_descriptors() {
+    let Ok(listing) = std::fs::read_dir("/proc/self/fd") else { return };
+    let inherited: Vec<i32> = listing
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    // The listing's own descriptor is among them, already closed again: that close fails harmlessly.
+    for fd in inherited {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
 /// Parses `--durability`.
 fn parse_durability(s: &str) -> Result<Durability, String> {
     s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_failure;
+    use std::path::Path;
+
+    #[test]
+    fn a_corrupt_store_is_answered_with_the_repair_command_for_its_directory() {
+        let dir = Path::new("/d/engine");
+        let hint = "run 'pubsub store repair /d/engine' to move what cannot be read aside";
+        let corrupt = "storage: /d/engine/x.log: corrupt at offset 9: CRC mismatch";
+        assert_eq!(open_failure(dir, corrupt), format!("cannot open /d/engine: {corrupt}; {hint}"));
+        // The store's own hint, whatever its words, gives way to one naming the directory.
+        for store_hint in ["run `pubsub store repair DIR` to move it aside", "`pubsub store repair` helps"] {
+            let why = format!("{corrupt}; {store_hint}");
+            assert_eq!(open_failure(dir, &why), format!("cannot open /d/engine: {corrupt}; {hint}"));
+        }
+        // One that names it already, and errors that are not damage, stay as they are.
+        let named = "storage: lost metadata. Run `pubsub store repair /d/engine` to recover them";
+        assert_eq!(open_failure(dir, named), format!("cannot open /d/engine: {named}"));
+        let busy = "storage: data directory /d/engine is in use by process 7";
+        assert_eq!(open_failure(dir, busy), format!("cannot open /d/engine: {busy}"));
+    }
 }
