@@ -1047,7 +1047,10 @@ fn a_zero_length_checkpoint_is_reported_by_verify_and_repaired() {
     assert!(done.iter().any(|l| l.contains("unreadable checkpoint moved")), "{done:?}");
     let (engine, report) = open_at(dir.path(), &clock);
     assert!(report.findings().iter().any(|f| f.contains("checkpoint missing")), "{:?}", report.findings());
-    assert_eq!(payloads(&fetch_all(&engine, "s").into_iter().map(|d| d.message).collect::<Vec<_>>()), vec!["one"]);
+    assert_eq!(
+        payloads(&fetch_all(&engine, "s").into_iter().map(|d| d.message).collect::<Vec<_>>()),
+        vec!["one"]
+    );
 }
 
 #[test]
