@@ -7,6 +7,38 @@ use std::io::{self, Write};
 
 use super::CliError;
 
+/// Resolves once stdout's reader has gone (a pipe whose reading end closed, a terminal that hung up),
+/// so a command that is waiting for messages, with nothing to write, ends as it would at its next write
+/// (`pubsub sub T | head -1` then ends when `head` does, not when the next message comes). It never
+/// resolves for a file. A detached thread waits in `poll` for the error or hang-up that the kernel
+/// reports on the descriptor; it asks for no other event, so it wakes only then.
+pub async fn stdout_gone() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("pubsub-stdout-watch".into()).spawn(move || {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let out = io::stdout();
+        loop {
+            let mut fds = [PollFd::new(out.as_fd(), PollFlags::empty())];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(n) if n > 0 => {
+                    let gone = PollFlags::POLLERR | PollFlags::POLLHUP;
+                    if fds[0].revents().is_some_and(|r| r.intersects(gone)) {
+                        let _ = tx.send(());
+                        return;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) | Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    match spawned {
+        Ok(_) if rx.await.is_ok() => {}
+        _ => std::future::pending::<()>().await,
+    }
+}
+
 /// Buffered stdout for one command.
 #[derive(Debug)]
 pub struct Stdout {

@@ -53,6 +53,19 @@ fn sub_piped_into_head_exits_quietly() {
 }
 
 #[test]
+fn sub_piped_into_head_ends_when_head_does_even_with_nothing_more_to_write() {
+    // Found while making the suite leave no process behind: with a backlog that fits in the pipe, `sub`
+    // wrote it all, then waited for new messages without noticing that `head` had gone.
+    let home = Home::with_daemon("head-idle");
+    let (code, out, stderr) = home.sh(
+        "pubsub pub few a b c && ( timeout 20 pubsub sub few --from start; echo \"sub exited $?\" >&2 ) | head -1",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.ends_with("few #1 a\n") && out.lines().count() == 1, "{out}");
+    assert!(stderr.contains("sub exited 0"), "sub waited for its timeout: {stderr}");
+}
+
+#[test]
 fn failures_have_their_documented_exit_codes() {
     let home = Home::with_daemon("codes");
     let (code, _, stderr) = home.run(&["--broker", "gopher://x", "topics"]);

@@ -274,6 +274,8 @@ pub async fn receive(
     let mut buf = Vec::with_capacity(64 * 1024);
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
+    let reader_gone = crate::cli::output::stdout_gone();
+    tokio::pin!(reader_gone);
     // Drops, reconnects and broker advisories are told on stderr as they happen.
     let mut link = broker.connection_events();
     loop {
@@ -293,6 +295,11 @@ pub async fn receive(
                 // held is released when the stream drops, without counting as failures.
                 running.shutdown().await;
                 return Err(CliError::Interrupted);
+            }
+            // Nobody reads what this would print: end as a write to the closed pipe would.
+            () = &mut reader_gone => {
+                running.shutdown().await;
+                return Err(CliError::BrokenPipe);
             }
             () = sleep_until(wake) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) && received == 0 {
