@@ -682,6 +682,7 @@ impl Broker for RemoteBroker {
             ack: req.ack,
             consumer: req.consumer,
             prefetch: Some(prefetch),
+            prefetch_bytes: None,
             credit: true,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);

@@ -182,7 +182,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         broker,
         broker_explicit,
         color: cli.color.enabled(),
-        token: cli.token.clone().or(profile_token),
+        // An empty token (`--token ''`, `PUBSUB_TOKEN=`) is no token.
+        token: cli.token.clone().filter(|t| !t.is_empty()).or(profile_token).filter(|t| !t.is_empty()),
         autostart: !cli.no_autostart && file.autostart.unwrap_or(true),
         opened: Default::default(),
     };

@@ -235,12 +235,11 @@ pub fn encode_publish_batch(id: u64, msgs: &[PublishRequest]) -> Vec<u8> {
     w.0
 }
 
-/// The id of a binary frame that has one, for answering a frame that cannot be decoded.
+/// The id of a client's binary frame, for answering one that cannot be decoded: every frame a client
+/// sends starts with its kind byte and a u64 id, so the id can be read even from a frame of a kind this
+/// server does not know, when the frame is long enough to hold one.
 pub fn frame_id(buf: &[u8]) -> Option<u64> {
-    match buf.first() {
-        Some(&PUBLISH_BATCH) => buf.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes),
-        _ => None,
-    }
+    buf.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
 }
 
 /// Decodes a binary `publish_batch` frame into its id and messages.

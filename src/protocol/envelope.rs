@@ -167,14 +167,15 @@ fn decode_value(value: &serde_json::Value, encoding: Encoding, what: &str) -> Re
     }
 }
 
-/// A timestamp as RFC 3339 with microseconds, UTC.
+/// The last microsecond RFC 3339 can write (9999-12-31T23:59:59.999999Z).
+const LAST_RFC3339_MICROS: i64 = 253_402_300_799_999_999;
+
+/// A timestamp as RFC 3339 with microseconds, UTC. Times RFC 3339 (as written here) cannot hold, before
+/// 1970 or after the year 9999, are written as the nearest end of that range: the formatter panics on
+/// them, and a time decoded from a peer's frame may be anything.
 pub fn format_time(t: Timestamp) -> String {
-    let micros = t.as_micros();
-    let time = if micros >= 0 {
-        UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs())
-    } else {
-        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
-    };
+    let micros = t.as_micros().clamp(0, LAST_RFC3339_MICROS);
+    let time = UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs());
     humantime::format_rfc3339_micros(time).to_string()
 }
 
@@ -258,5 +259,13 @@ mod tests {
     fn times_round_trip_at_microsecond_precision() {
         let t = Timestamp::from_micros(1_780_000_000_123_456);
         assert_eq!(parse_time(&format_time(t)).unwrap(), t);
+    }
+
+    #[test]
+    fn times_rfc3339_cannot_hold_are_written_as_the_nearest_it_can() {
+        assert_eq!(format_time(Timestamp::from_micros(-5)), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(format_time(Timestamp::from_micros(i64::MAX)), "9999-12-31T23:59:59.999999Z");
+        let last = Timestamp::from_micros(LAST_RFC3339_MICROS);
+        assert_eq!(parse_time(&format_time(last)).unwrap(), last);
     }
 }

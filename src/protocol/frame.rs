@@ -219,6 +219,10 @@ pub struct SubscribeSpec {
     /// Credit: most unacked deliveries outstanding at the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<u32>,
+    /// Most bytes of messages the server holds for this stream at once (capped by the server's
+    /// `max_stream_bytes`, which is also the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch_bytes: Option<u64>,
     /// The client grants room back with `credit` frames as it takes deliveries: the server sends at
     /// most `prefetch` items the client has not granted back, so the client never has to stop reading
     /// its socket to hold a slow stream back.
@@ -520,6 +524,12 @@ pub struct ServerLimits {
     pub max_subscriptions: usize,
     /// Most unacked deliveries per connection (sum of prefetch).
     pub max_in_flight: u32,
+    /// Most bytes of messages the server holds for one stream (0 from servers that do not say).
+    #[serde(default)]
+    pub max_stream_bytes: u64,
+    /// Most bytes the server holds for one connection, all its streams and answers together.
+    #[serde(default)]
+    pub max_connection_bytes: u64,
 }
 
 /// `stats`: the engine's totals plus the server's.
@@ -527,8 +537,15 @@ pub struct ServerLimits {
 pub struct ServerStats {
     /// Engine totals.
     pub engine: EngineStats,
-    /// Open connections.
+    /// Open connections past `hello`.
     pub connections: u64,
+    /// Connections in their handshake or before `hello`.
+    #[serde(default)]
+    pub pending_connections: u64,
+    /// Bytes the server holds for its connections: messages pushed to their streams and frames not yet
+    /// written to their sockets.
+    #[serde(default)]
+    pub held_bytes: u64,
     /// Seconds since start.
     pub uptime_s: u64,
     /// Server version.

@@ -120,4 +120,6 @@ pub fn encode_client(frame: &ClientFrame) -> Result<String, ProtocolError> {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

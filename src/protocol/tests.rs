@@ -23,6 +23,7 @@ fn client_frames_round_trip() {
             ack: AckMode::Explicit,
             consumer: Some("c1".into()),
             prefetch: Some(10),
+            prefetch_bytes: Some(1 << 20),
             credit: true,
         }),
         Request::Credit { sid: 3, n: 500 },

@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -20,36 +21,28 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Shared;
+use super::admission::{Allowance, Metered, PendingSlot, is_too_much_before_hello, lift};
 use super::auth::tokens_match;
-use crate::broker::{DeliveryStream, StreamItem};
-use crate::protocol::{self, Delivered, ErrorCode, Request, ServerFrame, VERSION};
+pub(crate) use super::pump::Outbound;
+use super::pump::{self, BATCH_BYTES, Credit, Pump};
+use crate::broker::DeliveryStream;
+use crate::engine::ByteBudget;
+use crate::protocol::{self, ErrorCode, Request, ServerFrame, VERSION};
 
-/// A frame for the writer.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    /// A text frame.
-    Text(String),
-    /// A binary frame (publish receipts and deliveries, when the client asked for binary frames).
-    Binary(Vec<u8>),
-    /// Close the connection with this code and reason.
-    Close(CloseCode, String),
-}
+/// Most frames the writer coalesces into one flush, and the bytes after which it stops adding more.
+const WRITE_FRAMES: usize = 64;
+const WRITE_BYTES: usize = 4 * BATCH_BYTES;
 
-/// Most messages in one `deliver` frame.
-const BATCH: usize = 256;
-/// A `deliver` frame takes no more messages once it holds this many bytes of them, so that large
-/// messages make several frames rather than one too large for the client to read (tungstenite's
-/// clients refuse messages over 16 MiB by default).
-const BATCH_BYTES: usize = 1024 * 1024;
+type Socket = WebSocketStream<Metered<TcpStream>>;
 
-/// Serves one connection to the end. `over_limit` means the server is full: the client is told so and
-/// the connection closes.
+/// Serves one connection to the end: the handshake and `hello` within their deadlines (or until a
+/// newer connection needs the pending `slot`), then requests until either side closes.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     cancel: CancellationToken,
-    over_limit: bool,
+    slot: PendingSlot,
 ) {
     let limits = shared.config.limits;
     // tungstenite's own cap sits above ours so that an oversized frame up to twice the limit gets an
@@ -57,17 +50,32 @@ pub(crate) async fn serve(
     let hard_cap = limits.max_frame_bytes.saturating_mul(2).saturating_add(64 * 1024);
     let ws_config =
         WebSocketConfig::default().max_message_size(Some(hard_cap)).max_frame_size(Some(hard_cap));
-    let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)).await {
-        Ok(ws) => ws,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "websocket handshake failed");
+    // Until `hello` is accepted the socket may deliver only `max_hello_bytes`, handshake included.
+    let (metered, allowance) = Metered::new(stream, limits.max_hello_bytes as u64);
+    let handshake = tokio_tungstenite::accept_async_with_config(metered, Some(ws_config));
+    let ws = tokio::select! {
+        () = cancel.cancelled() => return,
+        () = slot.evicted.cancelled() => {
+            tracing::debug!(%peer, "closed during its handshake to make room for a newer connection");
             return;
         }
+        handshake = tokio::time::timeout(limits.handshake_timeout, handshake) => match handshake {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "websocket handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no websocket handshake within {:?}", limits.handshake_timeout);
+                return;
+            }
+        },
     };
     let (sink, mut source) = ws.split();
     let (out_tx, out_rx) = mpsc::channel(limits.queue_frames.max(4));
     let done = cancel.child_token();
     let writer = tokio::spawn(write_loop(sink, out_rx, shared.config.write_timeout, done.clone()));
+    let budget = shared.connection_budget();
     let mut conn = Connection {
         shared: shared.clone(),
         out: out_tx,
@@ -78,23 +86,25 @@ pub(crate) async fn serve(
         granted: 0,
         tasks: TaskTracker::new(),
         done: done.clone(),
+        budget,
+        allowance,
+        hello_by: Instant::now() + limits.hello_timeout,
+        evicted: slot.evicted.clone(),
+        slot: Some(slot),
+        served: None,
     };
-    if over_limit {
-        conn.error(None, ErrorCode::TooManyConnections, "the server has reached its connection limit").await;
-        conn.close(CloseCode::Again, "too many connections").await;
-    } else {
-        conn.read_loop(&mut source).await;
-    }
+    conn.read_loop(&mut source).await;
     let reason = if shared.shutdown.is_cancelled() { "server shutting down" } else { "closing" };
     conn.finish(reason).await;
     drop(conn);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
-type Sink = SplitSink<WebSocketStream<TcpStream>, WsMessage>;
+type Sink = SplitSink<Socket, WsMessage>;
 
 /// Writes queued frames, coalescing what has piled up into one flush; a flush that takes longer than
-/// `timeout` means the client stopped reading, and the connection ends.
+/// `timeout` means the client stopped reading, and the connection ends. A frame's bytes count against
+/// its budget until its flush is done (tungstenite holds a copy until then).
 async fn write_loop(
     mut sink: Sink,
     mut rx: mpsc::Receiver<Outbound>,
@@ -103,17 +113,32 @@ async fn write_loop(
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while batch.len() < 64 {
+        let mut bytes = 0;
+        while batch.len() < WRITE_FRAMES && bytes < WRITE_BYTES {
             match rx.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) => {
+                    bytes += match &next {
+                        Outbound::Text(text, _) => text.len(),
+                        Outbound::Binary(b, _) => b.len(),
+                        Outbound::Close(..) => 0,
+                    };
+                    batch.push(next);
+                }
                 Err(_) => break,
             }
         }
+        let mut held = Vec::with_capacity(batch.len());
         let write = async {
             for item in batch {
                 match item {
-                    Outbound::Text(text) => sink.feed(WsMessage::Text(text.into())).await?,
-                    Outbound::Binary(bytes) => sink.feed(WsMessage::Binary(bytes.into())).await?,
+                    Outbound::Text(text, h) => {
+                        held.push(h);
+                        sink.feed(WsMessage::Text(text.into())).await?;
+                    }
+                    Outbound::Binary(bytes, h) => {
+                        held.push(h);
+                        sink.feed(WsMessage::Binary(bytes.into())).await?;
+                    }
                     Outbound::Close(code, reason) => {
                         let frame = CloseFrame { code, reason: reason.into() };
                         sink.send(WsMessage::Close(Some(frame))).await?;
@@ -123,7 +148,9 @@ async fn write_loop(
             }
             sink.flush().await.map(|()| true)
         };
-        match tokio::time::timeout(timeout, write).await {
+        let written = tokio::time::timeout(timeout, write).await;
+        drop(held);
+        match written {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => break,
             Ok(Err(e)) => {
@@ -137,6 +164,8 @@ async fn write_loop(
         }
     }
     done.cancel();
+    // Frames still queued are dropped with the receiver, giving their bytes back.
+    drop(rx);
     let _ = sink.close().await;
 }
 
@@ -146,42 +175,6 @@ struct StreamHandle {
     prefetch: u32,
     /// Room the client has granted, for a stream opened with `credit: true`.
     credit: Option<Arc<Credit>>,
-}
-
-/// Deliveries a client has room for on one stream: `prefetch` to begin with, spent by the pump, given
-/// back by `credit` frames.
-#[derive(Debug)]
-struct Credit {
-    available: std::sync::atomic::AtomicU64,
-    granted: tokio::sync::Notify,
-}
-
-impl Credit {
-    fn new(initial: u32) -> Self {
-        Credit { available: u64::from(initial).into(), granted: tokio::sync::Notify::new() }
-    }
-
-    fn grant(&self, n: u64) {
-        self.available.fetch_add(n, Ordering::AcqRel);
-        self.granted.notify_one();
-    }
-
-    /// Waits until there is room for at least one item; returns how much.
-    async fn room(&self) -> u64 {
-        loop {
-            let granted = self.granted.notified();
-            let available = self.available.load(Ordering::Acquire);
-            if available > 0 {
-                return available;
-            }
-            granted.await;
-        }
-    }
-
-    fn spend(&self, n: u64) {
-        // Only the pump spends, and never more than `room` said, so this cannot go below zero.
-        self.available.fetch_sub(n, Ordering::AcqRel);
-    }
 }
 
 /// The state of one connection.
@@ -198,24 +191,63 @@ pub(crate) struct Connection {
     /// Long-polling fetches and stream pumps.
     pub(crate) tasks: TaskTracker,
     pub(crate) done: CancellationToken,
+    /// Bytes held for this connection: its streams' and its answers' (the parent of each stream's).
+    pub(crate) budget: Arc<ByteBudget>,
+    /// What the socket may still deliver before `hello`; lifted by `hello`.
+    allowance: Allowance,
+    /// `hello` must be in by then.
+    hello_by: Instant,
+    /// Fired when a newer connection takes this one's pending slot before its `hello`.
+    evicted: CancellationToken,
+    /// The pending slot, until `hello`.
+    slot: Option<PendingSlot>,
+    /// The place among `max_connections`, from `hello` on.
+    served: Option<Served>,
+}
+
+/// A connection counted among the served ones; dropping it leaves the count.
+struct Served(Arc<Shared>);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Connection {
-    async fn read_loop(
-        &mut self,
-        source: &mut futures_util::stream::SplitStream<WebSocketStream<TcpStream>>,
-    ) {
+    async fn read_loop(&mut self, source: &mut SplitStream<Socket>) {
         loop {
+            let waiting = !self.authed;
             let next = tokio::select! {
                 () = self.done.cancelled() => return,
+                () = self.evicted.cancelled(), if waiting => {
+                    self.close(CloseCode::Again, "too many connections waiting for hello; try again").await;
+                    return;
+                }
+                () = tokio::time::sleep_until(self.hello_by), if waiting => {
+                    let after = self.shared.config.limits.hello_timeout;
+                    let msg = format!("no hello within {after:?} of connecting");
+                    self.error(None, ErrorCode::HelloRequired, &msg).await;
+                    self.close(CloseCode::Policy, "hello required").await;
+                    return;
+                }
                 next = source.next() => next,
             };
             match next {
                 None | Some(Ok(WsMessage::Close(_))) => return,
                 Some(Err(e)) => {
                     use tokio_tungstenite::tungstenite::Error;
-                    if let Error::Capacity(c) = &e {
-                        self.close(CloseCode::Size, &format!("frame too large: {c}")).await;
+                    match &e {
+                        Error::Capacity(c) => {
+                            self.close(CloseCode::Size, &format!("frame too large: {c}")).await;
+                        }
+                        Error::Io(io) if is_too_much_before_hello(io) => {
+                            let max = self.shared.config.limits.max_hello_bytes;
+                            let msg = format!("more than {max} bytes before hello; send hello first");
+                            self.error(None, ErrorCode::FrameTooLarge, &msg).await;
+                            self.close(CloseCode::Size, "too much before hello").await;
+                        }
+                        _ => {}
                     }
                     tracing::debug!(error = %e, "read failed");
                     return;
@@ -224,6 +256,10 @@ impl Connection {
                     if !self.on_text(text.as_str()).await {
                         return;
                     }
+                }
+                Some(Ok(WsMessage::Binary(_))) if !self.authed => {
+                    self.refuse_before_hello(None).await;
+                    return;
                 }
                 Some(Ok(WsMessage::Binary(bytes))) if self.binary => self.on_binary(bytes).await,
                 Some(Ok(WsMessage::Binary(_))) => {
@@ -274,15 +310,16 @@ impl Connection {
         true
     }
 
+    /// Answers a first frame that is not `hello` with error 1004, and closes.
+    async fn refuse_before_hello(&mut self, id: Option<u64>) {
+        let msg = "the first frame must be {\"op\":\"hello\",\"version\":1}";
+        self.error(id, ErrorCode::HelloRequired, msg).await;
+        self.close(CloseCode::Policy, "hello required").await;
+    }
+
     async fn handshake(&mut self, id: Option<u64>, request: Request) -> bool {
         let Request::Hello { version, token, binary, .. } = request else {
-            self.error(
-                id,
-                ErrorCode::HelloRequired,
-                "the first frame must be {\"op\":\"hello\",\"version\":1}",
-            )
-            .await;
-            self.close(CloseCode::Policy, "hello required").await;
+            self.refuse_before_hello(id).await;
             return false;
         };
         if version != VERSION {
@@ -300,6 +337,18 @@ impl Connection {
                 return false;
             }
         }
+        let max = self.shared.config.limits.max_connections;
+        let served = Served(self.shared.clone());
+        if self.shared.connections.fetch_add(1, Ordering::AcqRel) as usize >= max {
+            drop(served);
+            self.error(id, ErrorCode::TooManyConnections, "the server has reached its connection limit")
+                .await;
+            self.close(CloseCode::Again, "too many connections").await;
+            return false;
+        }
+        self.served = Some(served);
+        self.slot = None;
+        lift(&self.allowance);
         self.authed = true;
         self.binary = binary;
         let welcome = ServerFrame::Welcome {
@@ -315,14 +364,18 @@ impl Connection {
 
     /// Queues a frame; waits when the queue is full (the client is slow), gives up when the connection ends.
     pub(crate) async fn send(&self, frame: &ServerFrame) {
-        send_frame(&self.out, &self.done, frame).await;
+        self.queue(Outbound::text(protocol::encode_server(frame), &self.budget)).await;
     }
 
     /// Queues a binary frame.
     pub(crate) async fn send_binary(&self, bytes: Vec<u8>) {
+        self.queue(Outbound::binary(bytes, &self.budget)).await;
+    }
+
+    async fn queue(&self, frame: Outbound) {
         tokio::select! {
             () = self.done.cancelled() => {}
-            _ = self.out.send(Outbound::Binary(bytes)) => {}
+            _ = self.out.send(frame) => {}
         }
     }
 
@@ -348,6 +401,7 @@ impl Connection {
         stream: DeliveryStream,
         prefetch: u32,
         credit: bool,
+        budget: Arc<ByteBudget>,
     ) {
         let sid = self.next_sid;
         self.next_sid += 1;
@@ -357,7 +411,22 @@ impl Connection {
         self.granted = self.granted.saturating_add(prefetch);
         // The answer goes out before the pump starts, so the client learns the sid first.
         self.ok(id, serde_json::to_value(protocol::StreamReply { sid }).ok()).await;
-        self.tasks.spawn(pump(stream, sid, self.out.clone(), cancel, self.binary, credit));
+        let p = Pump {
+            sid,
+            out: self.out.clone(),
+            cancel,
+            binary: self.binary,
+            credit,
+            budget,
+            connection: self.budget.clone(),
+        };
+        self.tasks.spawn(pump::pump(stream, p));
+    }
+
+    /// A new stream's byte budget: the server's cap, or less when the client asks for less.
+    pub(crate) fn stream_budget(&self, asked: Option<u64>) -> Arc<ByteBudget> {
+        let cap = self.shared.config.limits.max_stream_bytes as u64;
+        ByteBudget::child(&self.budget, asked.map_or(cap, |n| n.clamp(1, cap)))
     }
 
     /// Gives a stream room for `n` more items.
@@ -422,147 +491,5 @@ impl Connection {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
         let code = if self.shared.shutdown.is_cancelled() { CloseCode::Away } else { CloseCode::Normal };
         let _ = self.out.try_send(Outbound::Close(code, reason.to_string()));
-    }
-}
-
-async fn send_frame(out: &mpsc::Sender<Outbound>, done: &CancellationToken, frame: &ServerFrame) {
-    let text = protocol::encode_server(frame);
-    tokio::select! {
-        () = done.cancelled() => {}
-        _ = out.send(Outbound::Text(text)) => {}
-    }
-}
-
-/// Moves items from a stream to the client, batching what is ready into one `deliver` frame. When the
-/// connection's queue is full, or the client has granted no room (`credit`), this waits, so the engine
-/// stops dispatching and the backlog shows as lag.
-async fn pump(
-    mut stream: DeliveryStream,
-    sid: u64,
-    out: mpsc::Sender<Outbound>,
-    cancel: CancellationToken,
-    binary: bool,
-    credit: Option<Arc<Credit>>,
-) {
-    loop {
-        let room = match &credit {
-            None => BATCH,
-            Some(credit) => tokio::select! {
-                () = cancel.cancelled() => return,
-                room = credit.room() => usize::try_from(room).unwrap_or(usize::MAX).min(BATCH),
-            },
-        };
-        let first = tokio::select! {
-            () = cancel.cancelled() => return,
-            item = stream.next() => item,
-        };
-        let Some(first) = first else {
-            let frame = ServerFrame::Closed { sid, reason: "the subscription ended".into() };
-            send_frame(&out, &cancel, &frame).await;
-            return;
-        };
-        let mut batch = Batch {
-            sid,
-            subscription: None,
-            binary,
-            messages: Vec::new(),
-            raw: Vec::new(),
-            frames: Vec::new(),
-            items: 0,
-            bytes: 0,
-        };
-        batch.add(first);
-        let mut taken = 1;
-        while taken < room && batch.bytes < BATCH_BYTES {
-            match stream.try_next() {
-                Some(item) => batch.add(item),
-                None => break,
-            }
-            taken += 1;
-        }
-        if let Some(credit) = &credit {
-            credit.spend(batch.items);
-        }
-        for frame in batch.finish() {
-            tokio::select! {
-                () = cancel.cancelled() => {}
-                _ = out.send(frame) => {}
-            }
-        }
-    }
-}
-
-/// Frames built from a run of stream items, in order: JSON `deliver` frames, or binary ones when the
-/// client asked for binary frames.
-struct Batch {
-    sid: u64,
-    subscription: Option<crate::engine::Name>,
-    binary: bool,
-    messages: Vec<Delivered>,
-    raw: Vec<crate::broker::BrokerDelivery>,
-    frames: Vec<Outbound>,
-    /// Items the client will count against its credit: deliveries and `lagged` notes.
-    items: u64,
-    /// Bytes of the deliveries' messages (payload, key, headers).
-    bytes: usize,
-}
-
-impl Batch {
-    fn add(&mut self, item: Result<StreamItem, crate::broker::BrokerError>) {
-        match item {
-            Ok(StreamItem::Delivery(d)) => {
-                self.items += 1;
-                self.bytes += d.message.size();
-                if self.subscription.is_none() {
-                    self.subscription = d.token.as_ref().map(|t| t.subscription.clone());
-                }
-                if self.binary {
-                    self.raw.push(d);
-                } else {
-                    self.messages.push(Delivered {
-                        envelope: protocol::Envelope::from_message(&d.message, d.attempt),
-                        lease: d.token.map(|t| t.lease),
-                        deadline: d.deadline,
-                    });
-                }
-            }
-            Ok(StreamItem::Lagged { skipped }) => {
-                self.items += 1;
-                self.flush();
-                self.push(&ServerFrame::Lagged { sid: self.sid, skipped });
-            }
-            Err(e) => {
-                self.flush();
-                self.push(&ServerFrame::Error {
-                    id: None,
-                    code: ErrorCode::Internal.number(),
-                    message: e.to_string(),
-                    index: None,
-                });
-            }
-        }
-    }
-
-    fn push(&mut self, frame: &ServerFrame) {
-        self.frames.push(Outbound::Text(protocol::encode_server(frame)));
-    }
-
-    fn flush(&mut self) {
-        if !self.raw.is_empty() {
-            let raw = std::mem::take(&mut self.raw);
-            let bytes = protocol::binary::encode_deliver(self.sid, self.subscription.as_ref(), &raw);
-            self.frames.push(Outbound::Binary(bytes));
-        }
-        if !self.messages.is_empty() {
-            let messages = std::mem::take(&mut self.messages);
-            let frame =
-                ServerFrame::Deliver { sid: self.sid, subscription: self.subscription.clone(), messages };
-            self.push(&frame);
-        }
-    }
-
-    fn finish(mut self) -> Vec<Outbound> {
-        self.flush();
-        self.frames
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::connection::Connection;
+use super::connection::{Connection, Outbound};
+use super::pump::drained;
 use crate::broker::{AckToken, Broker, BrokerError, Settle, SubscribeRequest};
 use crate::engine::{BrowseFrom, FetchOptions, PublishRequest, SeekTarget};
 use crate::protocol::{
@@ -65,6 +66,7 @@ impl Connection {
                 if !self.admit_stream(id, prefetch).await {
                     return;
                 }
+                let tap = spec.subscription.is_none() && spec.from.is_none();
                 let req = SubscribeRequest {
                     patterns: spec.patterns,
                     subscription: spec.subscription,
@@ -73,8 +75,18 @@ impl Connection {
                     consumer: spec.consumer,
                     prefetch: Some(prefetch),
                 };
-                match broker.subscribe(req).await {
-                    Ok(stream) => return self.open_stream(id, stream, prefetch, spec.credit).await,
+                let budget = self.stream_budget(spec.prefetch_bytes);
+                match broker.subscribe_within(req, Some(budget.clone())) {
+                    Ok(stream) => {
+                        // A tap's ring cannot wait for the budget; its items are taken in as they come
+                        // and the oldest dropped instead.
+                        let stream = if tap {
+                            drained(stream, budget.clone(), &self.tasks, &self.done)
+                        } else {
+                            stream
+                        };
+                        return self.open_stream(id, stream, prefetch, spec.credit, budget).await;
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -90,6 +102,7 @@ impl Connection {
                 // A long poll must not hold up the connection's other requests.
                 let out = self.out.clone();
                 let done = self.done.clone();
+                let budget = self.budget.clone();
                 self.tasks.spawn(async move {
                     let outcome = tokio::select! {
                         () = done.cancelled() => return,
@@ -114,7 +127,7 @@ impl Connection {
                     };
                     if let Some(frame) = frame {
                         let text = crate::protocol::encode_server(&frame);
-                        let _ = out.send(super::connection::Outbound::Text(text)).await;
+                        let _ = out.send(Outbound::text(text, &budget)).await;
                     }
                 });
                 return;
@@ -158,6 +171,8 @@ impl Connection {
             Request::Stats => Ok(value(ServerStats {
                 engine: broker.engine().stats(),
                 connections: self.shared.connections.load(Ordering::Relaxed),
+                pending_connections: self.shared.pending.count() as u64,
+                held_bytes: self.shared.held_bytes(),
                 uptime_s: self.shared.started.elapsed().as_secs(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 pid: process::id(),

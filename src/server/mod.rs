@@ -1,13 +1,15 @@
 //! `pubsub serve`: the engine over WebSocket. Accepts connections, enforces limits and auth, and hands
 //! each connection to [`connection`]; shuts down gracefully when its cancellation token fires.
 
+mod admission;
 pub mod auth;
 mod connection;
 mod handler;
+mod pump;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -15,12 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::local::LocalBroker;
+use crate::engine::ByteBudget;
 use crate::protocol::ServerLimits;
 
 /// How a server runs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Clients must present this token in `hello`; `None` lets anyone on the listen address in.
+    /// Clients must present this token in `hello`; `None` (or an empty token, which is no token) lets
+    /// anyone on the listen address in.
     pub token: Option<String>,
     /// Per-connection and server-wide limits.
     pub limits: ServeLimits,
@@ -28,14 +32,15 @@ pub struct ServeConfig {
     pub write_timeout: Duration,
 }
 
-/// Limits, each breach answered with an error frame.
+/// Limits, each breach answered with an error frame (or, before `hello`, by closing the connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeLimits {
     /// Largest frame, bytes.
     pub max_frame_bytes: usize,
     /// Largest message (payload + key + headers), bytes.
     pub max_message_bytes: usize,
-    /// Most open connections.
+    /// Most connections past `hello`. Connections before it have a quarter of this again of their own
+    /// ([`ServeLimits::max_pending`]).
     pub max_connections: usize,
     /// Most streams per connection.
     pub max_subscriptions: usize,
@@ -43,6 +48,19 @@ pub struct ServeLimits {
     pub max_in_flight: u32,
     /// Frames queued for one connection before its streams wait (and lag).
     pub queue_frames: usize,
+    /// Bytes one stream may hold in the server (messages the engine pushed to it, frames built from them
+    /// and not yet written to the socket) before the engine stops pushing to it; a client may ask for
+    /// less with `prefetch_bytes`, never more.
+    pub max_stream_bytes: usize,
+    /// Bytes one connection may hold in the server for all its streams and answers together.
+    pub max_connection_bytes: usize,
+    /// Time a new connection has for its WebSocket handshake.
+    pub handshake_timeout: Duration,
+    /// Time a connection has from its handshake to a complete `hello`.
+    pub hello_timeout: Duration,
+    /// Bytes a connection may send before its `hello` is accepted, handshake included (what an
+    /// unauthenticated client can make the server buffer).
+    pub max_hello_bytes: usize,
 }
 
 impl Default for ServeLimits {
@@ -54,6 +72,11 @@ impl Default for ServeLimits {
             max_subscriptions: 256,
             max_in_flight: 100_000,
             queue_frames: 256,
+            max_stream_bytes: 8 << 20,
+            max_connection_bytes: 32 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
+            max_hello_bytes: 64 << 10,
         }
     }
 }
@@ -66,7 +89,15 @@ impl ServeLimits {
             max_message_bytes: self.max_message_bytes,
             max_subscriptions: self.max_subscriptions,
             max_in_flight: self.max_in_flight,
+            max_stream_bytes: self.max_stream_bytes as u64,
+            max_connection_bytes: self.max_connection_bytes as u64,
         }
+    }
+
+    /// Most connections in their handshake or before `hello`: a quarter of `max_connections`, at least
+    /// one. When they are all taken, a new connection closes the oldest of them.
+    pub fn max_pending(&self) -> usize {
+        (self.max_connections / 4).max(1)
     }
 }
 
@@ -77,13 +108,16 @@ impl Default for ServeConfig {
 }
 
 /// Refuses to expose an engine beyond loopback without a token, unless the user insists.
+/// An empty token counts as none: it would let anyone in.
 pub fn check_exposure(addr: &SocketAddr, token: Option<&str>, insecure: bool) -> Result<(), String> {
+    let token = token.filter(|t| !t.is_empty());
     if addr.ip().is_loopback() || token.is_some() || insecure {
         return Ok(());
     }
     Err(format!(
-        "refusing to listen on {addr} without a token: anyone who can reach it could read and publish. \
-         Pass --token T (clients use ws://{addr}?token=T), listen on 127.0.0.1, or add --insecure"
+        "refusing to listen on {addr} without a token (an empty token is none): anyone who can reach it \
+         could read and publish. Pass --token T (clients use ws://{addr}?token=T), listen on 127.0.0.1, \
+         or add --insecure"
     ))
 }
 
@@ -92,10 +126,33 @@ pub fn check_exposure(addr: &SocketAddr, token: Option<&str>, insecure: bool) ->
 pub(crate) struct Shared {
     pub broker: Arc<LocalBroker>,
     pub config: ServeConfig,
+    /// Connections past `hello`.
     pub connections: AtomicU64,
+    /// Connections in their handshake or before `hello`.
+    pub pending: Arc<admission::Pending>,
+    /// Each connection's byte budget, for `stats` to add up (no shared counter that every message of
+    /// every connection would have to touch).
+    pub budgets: Mutex<Vec<Weak<ByteBudget>>>,
     pub started: Instant,
     /// Fired by a `shutdown` request or a signal.
     pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// A new connection's byte budget, registered for [`Shared::held_bytes`].
+    pub(crate) fn connection_budget(&self) -> Arc<ByteBudget> {
+        let budget = ByteBudget::new(self.config.limits.max_connection_bytes as u64);
+        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        budgets.retain(|b| b.strong_count() > 0);
+        budgets.push(Arc::downgrade(&budget));
+        budget
+    }
+
+    /// Bytes held for all connections now.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        let budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        budgets.iter().filter_map(Weak::upgrade).map(|b| b.used()).sum()
+    }
 }
 
 /// Serves the engine behind `broker` on `listener` until `shutdown` fires, then closes every connection
@@ -106,10 +163,14 @@ pub async fn run(
     config: ServeConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let mut config = config;
+    config.token = config.token.filter(|t| !t.is_empty());
     let shared = Arc::new(Shared {
         broker,
         config,
         connections: AtomicU64::new(0),
+        pending: Arc::default(),
+        budgets: Mutex::default(),
         started: Instant::now(),
         shutdown: shutdown.clone(),
     });
@@ -129,14 +190,10 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        // Taken here, in accept order, so that a full set of pending connections gives way oldest first.
+        let slot = shared.pending.admit(shared.config.limits.max_pending());
         let cancel = shutdown.child_token();
-        tracker.spawn(async move {
-            let over = shared.connections.fetch_add(1, Ordering::AcqRel) as usize
-                >= shared.config.limits.max_connections;
-            connection::serve(stream, peer, shared.clone(), cancel, over).await;
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-        });
+        tracker.spawn(connection::serve(stream, peer, shared.clone(), cancel, slot));
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;

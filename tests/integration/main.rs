@@ -15,6 +15,7 @@ mod daemon;
 mod damage;
 mod demo;
 mod engine;
+mod hostile;
 mod interop;
 mod mqtt_live;
 mod nats_live;

@@ -46,7 +46,7 @@ async fn start_on(listener: TcpListener, config: ServeConfig, engine: Engine) ->
     TestServer { url, engine, stop }
 }
 
-async fn client(server: &TestServer) -> RemoteBroker {
+pub async fn client(server: &TestServer) -> RemoteBroker {
     RemoteBroker::connect(&server.url, None).await.unwrap()
 }
 
@@ -188,34 +188,36 @@ fn exposing_beyond_loopback_needs_a_token_or_insecure() {
     let err = server::check_exposure(&public, None, false).unwrap_err();
     assert!(err.contains("--token") && err.contains("--insecure"), "{err}");
     assert!(server::check_exposure(&public, Some("t"), false).is_ok());
+    let err = server::check_exposure(&public, Some(""), false).unwrap_err();
+    assert!(err.contains("an empty token is none"), "an empty token is no token: {err}");
     assert!(server::check_exposure(&public, None, true).is_ok());
     assert!(server::check_exposure(&"127.0.0.1:0".parse().unwrap(), None, false).is_ok());
 }
 
 /// A raw WebSocket client that speaks JSON text by hand.
-struct Raw {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+pub struct Raw {
+    pub ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 }
 
 impl Raw {
-    async fn connect(url: &str) -> Raw {
+    pub async fn connect(url: &str) -> Raw {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         Raw { ws }
     }
 
-    async fn hello(url: &str) -> Raw {
+    pub async fn hello(url: &str) -> Raw {
         let mut raw = Raw::connect(url).await;
         raw.send(r#"{"op":"hello","id":1,"version":1}"#).await;
         assert_eq!(raw.recv().await["op"], "welcome");
         raw
     }
 
-    async fn send(&mut self, text: &str) {
+    pub async fn send(&mut self, text: &str) {
         self.ws.send(Ws::Text(text.to_string().into())).await.unwrap();
     }
 
     /// The next JSON frame, or `null` when the server closed.
-    async fn recv(&mut self) -> serde_json::Value {
+    pub async fn recv(&mut self) -> serde_json::Value {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await.unwrap() {
                 Some(Ok(Ws::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
