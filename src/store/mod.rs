@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::fcntl;
+use nix::libc;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Name, SubscriptionConfig, TopicConfig};
@@ -357,13 +359,9 @@ struct Syncer {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Data directories open in this process. The file lock alone cannot tell a second open in this process
-/// from a descriptor that a child process holds for a moment: a child forked to run another program gets
-/// a copy of every descriptor until it executes that program, and the lock stays held while it does.
+/// Data directories open in this process: the file lock is the process's own, so it cannot refuse a
+/// second open in the same process.
 static OPEN_DIRS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
-
-/// How long an open waits for a lock that only a passing copy of this process's own descriptor holds.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct StoreInner {
@@ -602,10 +600,11 @@ impl Store {
     }
 }
 
-/// Takes the directory's exclusive lock and writes this process's pid into it. A directory open in this
-/// process already is refused at once; a lock held by this process's pid while no open here has it is a
-/// descriptor a child process inherited for the moment between its fork and its exec, so it is waited
-/// for (up to [`LOCK_WAIT`]).
+/// Takes the directory's exclusive lock and writes this process's pid into it. The lock is a POSIX
+/// record lock on `LOCK` (`fcntl(F_SETLK)`): it belongs to this process and, unlike an `flock`, is not
+/// shared with a child while the child holds a copy of the descriptor between its fork and its exec, so
+/// a directory is free again the moment its store lets go of it. Such locks do not tell two opens in one
+/// process apart, so [`OPEN_DIRS`] refuses a second open in this process.
 fn take_lock(dir: &Path, canonical: &Path) -> Result<File, StoreError> {
     let own = std::process::id().to_string();
     if !lock(&OPEN_DIRS).insert(canonical.to_path_buf()) {
@@ -613,33 +612,44 @@ fn take_lock(dir: &Path, canonical: &Path) -> Result<File, StoreError> {
     }
     let registered = Registered(Some(canonical.to_path_buf()));
     let lock_path = dir.join("LOCK");
-    let mut lock_file = frame::options()
+    let lock_file = frame::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&lock_path)
         .map_err(|e| StoreError::io(&lock_path, e))?;
-    let started = Instant::now();
-    while lock_file.try_lock().is_err() {
-        let mut holder = String::new();
-        let _ = lock_file.read_to_string(&mut holder);
-        let holder = holder.trim();
-        if holder != own || started.elapsed() >= LOCK_WAIT {
-            let holder = if holder.is_empty() { "unknown".to_string() } else { holder.to_string() };
-            return Err(StoreError::Locked { dir: dir.to_path_buf(), holder });
+    if let Err(e) = fcntl(&lock_file, nix::fcntl::FcntlArg::F_SETLK(&whole_file(libc::F_WRLCK))) {
+        if !matches!(e, nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) {
+            return Err(StoreError::io(&lock_path, e.into()));
         }
-        std::thread::sleep(Duration::from_millis(5));
-        lock_file = frame::options()
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| StoreError::io(&lock_path, e))?;
+        let mut probe = whole_file(libc::F_WRLCK);
+        let holder = match fcntl(&lock_file, nix::fcntl::FcntlArg::F_GETLK(&mut probe)) {
+            Ok(_) if probe.l_type != libc::F_UNLCK as libc::c_short => probe.l_pid.to_string(),
+            _ => {
+                let mut written = String::new();
+                let _ = (&lock_file).read_to_string(&mut written);
+                let written = written.trim();
+                if written.is_empty() { "unknown".to_string() } else { written.to_string() }
+            }
+        };
+        return Err(StoreError::Locked { dir: dir.to_path_buf(), holder });
     }
     lock_file.set_len(0).map_err(|e| StoreError::io(&lock_path, e))?;
     lock_file.write_all_at(own.as_bytes(), 0).map_err(|e| StoreError::io(&lock_path, e))?;
     registered.keep();
     Ok(lock_file)
+}
+
+/// A record lock of kind `kind` over the whole file.
+fn whole_file(kind: libc::c_int) -> libc::flock {
+    libc::flock {
+        l_type: kind as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
 }
 
 /// Removes a directory from [`OPEN_DIRS`] when an open fails before the store owns the registration.
