@@ -55,9 +55,11 @@ impl LocalBroker {
         &self.engine
     }
 
-    /// [`Broker::subscribe`] whose push channel (for a subscription or a history read) holds no more
-    /// bytes than `budget` allows; a tap has a ring of its own and ignores it. The server gives each
-    /// stream a budget so that a client that does not read holds bounded memory.
+    /// [`Broker::subscribe`] whose push channel (for a subscription or a history read) is filled only
+    /// while `budget` is under its cap; a tap has a ring of its own and ignores it. Each delivery counts
+    /// in the budget from the moment it is pushed until the caller releases its size
+    /// ([`ByteBudget::release`]). The server gives each stream a budget so that a client that does not
+    /// read holds bounded memory.
     pub fn subscribe_within(
         &self,
         req: SubscribeRequest,

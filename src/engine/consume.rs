@@ -281,8 +281,10 @@ impl Engine {
         self.attach_within(sub, opts, None)
     }
 
-    /// [`Engine::attach`] whose channel also holds no more bytes than `budget` allows (a server's cap
-    /// on what one stream of a connection that does not read may keep in memory).
+    /// [`Engine::attach`] that also stops pushing while `budget` is at its cap (a server's cap on what
+    /// one stream of a connection that does not read may keep in memory). Each delivery's size is
+    /// counted in the budget when it is pushed; whoever receives it gives the bytes back with
+    /// [`ByteBudget::release`] once it no longer holds the message.
     pub fn attach_within(
         &self,
         sub: &Name,

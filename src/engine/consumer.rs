@@ -30,10 +30,13 @@ impl PushSink {
 }
 
 /// Bytes held for a receiver, capped, with an optional parent that caps a group of them (a server
-/// connection's streams). The engine stops pushing to a consumer whose budget or any parent is at its
-/// cap, so a consumer that does not read holds a bounded number of bytes whatever its prefetch. A
-/// budget under its cap takes one more item whatever its size, so a message larger than the cap still
-/// flows: a budget runs over its cap by at most one message per consumer.
+/// connection's streams). The engine counts each message it pushes to a consumer with a budget, and
+/// the receiver gives the bytes back when it no longer holds the message (a server: once written to
+/// the socket), so the count covers the message from the channel to wherever the receiver passes it
+/// without a gap. The engine stops pushing to a consumer whose budget or any parent is at its cap, so a
+/// consumer that does not read holds a bounded number of bytes whatever its prefetch. A budget under its
+/// cap takes one more item whatever its size, so a message larger than the cap still flows: a budget
+/// runs over its cap by at most one message per consumer.
 #[derive(Debug)]
 pub struct ByteBudget {
     max: u64,
@@ -139,7 +142,7 @@ pub struct PushConsumer {
     pub(crate) id: ConsumerId,
     pub(crate) rx: mpsc::Receiver<Delivery>,
     pub(crate) starved: Arc<AtomicBool>,
-    /// The byte budget of the channel, given back as deliveries are taken.
+    /// The byte budget the engine counts each delivery in; the receiver gives the bytes back.
     pub(crate) budget: Option<Arc<ByteBudget>>,
 }
 
@@ -161,7 +164,6 @@ impl PushConsumer {
             self.engine.dispatch(&self.subscription);
         }
         let delivery = self.rx.recv().await;
-        self.give_back(delivery.as_ref());
         if self.starved.swap(false, Ordering::AcqRel) {
             self.engine.dispatch(&self.subscription);
         }
@@ -171,7 +173,6 @@ impl PushConsumer {
     /// A delivery if one is waiting, without blocking.
     pub fn try_recv(&mut self) -> Option<Delivery> {
         let delivery = self.rx.try_recv().ok();
-        self.give_back(delivery.as_ref());
         if self.starved.swap(false, Ordering::AcqRel) {
             self.engine.dispatch(&self.subscription);
         }
@@ -179,20 +180,15 @@ impl PushConsumer {
     }
 }
 
-impl PushConsumer {
-    fn give_back(&self, delivery: Option<&Delivery>) {
-        if let (Some(budget), Some(d)) = (&self.budget, delivery) {
-            budget.release(d.message.size() as u64);
-        }
-    }
-}
-
 impl Drop for PushConsumer {
     fn drop(&mut self) {
         self.engine.detach(&self.subscription, &self.id);
-        // Detached, nothing more arrives; what was still queued no longer counts against the budget.
-        while let Ok(d) = self.rx.try_recv() {
-            self.give_back(Some(&d));
+        // Detached, nothing more arrives; what was still queued never reached the receiver, so its
+        // bytes are given back here.
+        if let Some(budget) = &self.budget {
+            while let Ok(d) = self.rx.try_recv() {
+                budget.release(d.message.size() as u64);
+            }
         }
     }
 }

@@ -2,7 +2,9 @@
 //! client's credit and the server's byte budgets. Every byte a stream holds in the server (in its
 //! engine channel, in a batch being built, in the send queue, in the writer) is counted in the stream's
 //! [`ByteBudget`], whose parent is the connection's; the engine stops pushing to a stream while either
-//! is at its cap, so a client that does not read holds bounded memory whatever its prefetch.
+//! is at its cap, so a client that does not read holds bounded memory whatever its prefetch. A
+//! message's bytes are counted once, from the engine's push until its frame is written: the batch
+//! takes them over from the engine ([`Held`]), the frame from the batch.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +46,17 @@ impl Held {
         let n = n as u64;
         self.budget.hold(n);
         self.n += n;
+    }
+
+    /// Takes over `n` bytes already counted in the budget (by the engine, or by a drained tap), to give
+    /// them back when dropped.
+    fn adopt(&mut self, n: usize) {
+        self.n += n as u64;
+    }
+
+    /// Stops holding `n` bytes without giving them back: whoever took the message took them over.
+    fn hand_off(&mut self, n: usize) {
+        self.n = self.n.saturating_sub(n as u64);
     }
 
     /// Gives back `n` of the bytes held.
@@ -237,7 +250,8 @@ impl Batch {
             Ok(StreamItem::Delivery(d)) => {
                 self.items += 1;
                 self.bytes += d.message.size();
-                self.held.grow(d.message.size());
+                // Counted since the engine pushed it (or the tap's drain took it in).
+                self.held.adopt(d.message.size());
                 if self.subscription.is_none() {
                     self.subscription = d.token.as_ref().map(|t| t.subscription.clone());
                 }
@@ -403,9 +417,9 @@ impl Drain {
             return Some(Some(Ok(StreamItem::Lagged { skipped })));
         }
         match state.items.pop_front() {
-            // The pump counts the bytes again while it builds frames.
+            // The pump's batch takes the bytes over.
             Some((item, size)) => {
-                state.held.shrink(size);
+                state.held.hand_off(size);
                 Some(Some(item))
             }
             None if state.ended => Some(None),
