@@ -41,6 +41,16 @@ fn unique(tag: &str) -> String {
     format!("{tag}{}x{n}", std::process::id())
 }
 
+/// Deletes a NATS stream when dropped, so a failing test leaves nothing on the shared server.
+struct DeleteOnDrop(String);
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let home = Home::new("nats-cleanup");
+        let _ = outcome(&mut home.at(URL, &["topic", "delete", &self.0, "-y"]));
+    }
+}
+
 /// Runs a nats-py script (asyncio; `nc` is connected to `url`) and returns what it printed.
 fn python(url: &str, body: &str) -> String {
     let script = format!(
@@ -611,6 +621,11 @@ fn count_takes_exactly_n_and_manual_acks_settle_from_another_process() {
     }
     let home = Home::new("nats-count");
     let stream = unique("COUNT");
+    // Names of its own, and the stream removed even when an assertion fails: the server is shared, and
+    // a leftover consumer of the same name made `sub-info` ambiguous for every later run.
+    let _cleanup = DeleteOnDrop(stream.clone());
+    let counter = unique("counter");
+    let fresh_name = unique("fresh");
     let subject = format!("{}.a", stream.to_lowercase());
     let capture = format!("{}.>", stream.to_lowercase());
     let ok = |args: &[&str]| {
@@ -619,18 +634,18 @@ fn count_takes_exactly_n_and_manual_acks_settle_from_another_process() {
         out
     };
     ok(&["topic", "create", &stream, "--subject", &capture]);
-    ok(&["subs", "create", "counter", "--topic", &stream, "--from", "start"]);
+    ok(&["subs", "create", &counter, "--topic", &stream, "--from", "start"]);
     ok(&["pub", &subject, "-n", "6", "m{{seq}}"]);
-    let take = |n: &str| ok(&["sub", "-s", "counter", &stream, "--count", n, "--format", "{{seq}}"]);
+    let take = |n: &str| ok(&["sub", "-s", &counter, &stream, "--count", n, "--format", "{{seq}}"]);
     assert_eq!(lines(&take("2")), ["1", "2"]);
     assert_eq!(lines(&take("2")), ["3", "4"], "nothing beyond the count was held back in flight");
-    let info = ok(&["sub-info", "counter"]);
+    let info = ok(&["sub-info", &counter]);
     assert!(info.contains("in flight 0"), "{info}");
     // --ack manual leaves #5 in flight; `pubsub ack` from another process settles it.
     let held = ok(&[
         "sub",
         "-s",
-        "counter",
+        &counter,
         &stream,
         "--count",
         "1",
@@ -641,19 +656,19 @@ fn count_takes_exactly_n_and_manual_acks_settle_from_another_process() {
     ]);
     let (seq, lease) = held.trim().split_once(' ').unwrap();
     assert_eq!(seq, "5");
-    assert!(ok(&["sub-info", "counter"]).contains("in flight 1"));
-    ok(&["ack", "counter", seq, lease]);
-    let info = ok(&["sub-info", "counter"]);
+    assert!(ok(&["sub-info", &counter]).contains("in flight 1"));
+    ok(&["ack", &counter, seq, lease]);
+    let info = ok(&["sub-info", &counter]);
     assert!(info.contains("in flight 0") && info.contains("ack floor 5"), "{info}");
     assert_eq!(lines(&take("1")), ["6"]);
     // The subject of an existing consumer is checked, not ignored.
     let (code, _, err) =
-        outcome(&mut home.at(URL, &["sub", "-s", "counter", &subject, "--count", "1", "--timeout", "2s"]));
+        outcome(&mut home.at(URL, &["sub", "-s", &counter, &subject, "--count", "1", "--timeout", "2s"]));
     assert_eq!(code, 1);
     assert!(err.contains("reads everything of stream"), "{err}");
     // A consumer made by `sub -s --count 1` keeps the default limit, not the reader's prefetch.
-    ok(&["sub", "-s", "fresh", &stream, "--from", "start", "--count", "1"]);
-    let fresh: serde_json::Value = serde_json::from_str(&ok(&["sub-info", "fresh", "--json"])).unwrap();
+    ok(&["sub", "-s", &fresh_name, &stream, "--from", "start", "--count", "1"]);
+    let fresh: serde_json::Value = serde_json::from_str(&ok(&["sub-info", &fresh_name, "--json"])).unwrap();
     assert_eq!(fresh["max_in_flight"], 1000, "{fresh}");
     // --exit-at-end on one subject of a stream stops at that subject's newest message.
     ok(&["pub", &format!("{}.b", stream.to_lowercase()), "other"]);
