@@ -65,6 +65,23 @@ pub(crate) fn readable_after(data: &[u8], from: usize) -> Option<usize> {
     (from + 1..data.len().saturating_sub(FRAME_HEADER)).find(|&p| frame_at(data, p).is_some())
 }
 
+/// Splits a journal's bytes into frames like [`read_frames`], refusing damage that a torn write cannot
+/// explain: an invalid frame with a valid one after it. What is left after the valid prefix is then a
+/// torn tail, which the caller may cut.
+pub(crate) fn read_journal<'a>(path: &Path, data: &'a [u8]) -> Result<Frames<'a>, StoreError> {
+    let frames = read_frames(data);
+    if frames.valid_len != data.len()
+        && let Some(at) = readable_after(data, frames.valid_len)
+    {
+        return Err(StoreError::corrupt(
+            path,
+            frames.valid_len as u64,
+            &format!("invalid frame; readable records follow at offset {at}, so this is not a torn tail"),
+        ));
+    }
+    Ok(frames)
+}
+
 /// Every valid frame of a damaged journal, skipping what fails its CRC: what `store repair` keeps.
 /// Returns the bodies and how many damaged stretches were skipped.
 pub(crate) fn salvage(data: &[u8]) -> (Vec<&[u8]>, usize) {

@@ -318,16 +318,7 @@ impl SubJournal {
         let read = super::read_optional(&journal_path)?;
         let missing_journal = read.is_none();
         let data = read.unwrap_or_default();
-        let frames = frame::read_frames(&data);
-        if frames.valid_len != data.len()
-            && let Some(at) = frame::readable_after(&data, frames.valid_len)
-        {
-            return Err(StoreError::corrupt(
-                &journal_path,
-                frames.valid_len as u64,
-                &format!("invalid frame; readable records follow at offset {at}, so this is not a torn tail"),
-            ));
-        }
+        let frames = frame::read_journal(&journal_path, &data)?;
         let mut bodies = frames.bodies.iter();
         let journal_gen = bodies.next().and_then(|b| {
             let mut r = Reader::new(b);

@@ -704,16 +704,7 @@ pub(crate) fn read_meta(dir: &Path) -> Result<MetaRead, StoreError> {
     }
     let meta_path = dir.join("meta.log");
     let data = read_optional(&meta_path)?.unwrap_or_default();
-    let frames = frame::read_frames(&data);
-    if frames.valid_len != data.len()
-        && let Some(at) = frame::readable_after(&data, frames.valid_len)
-    {
-        return Err(StoreError::corrupt(
-            &meta_path,
-            frames.valid_len as u64,
-            &format!("invalid frame; readable records follow at offset {at}, so this is not a torn tail"),
-        ));
-    }
+    let frames = frame::read_journal(&meta_path, &data)?;
     for (i, body) in frames.bodies.iter().enumerate() {
         // A record that passed its CRC but does not parse was written by a newer version.
         let op = serde_json::from_slice(body).map_err(|e| {

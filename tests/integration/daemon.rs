@@ -108,13 +108,7 @@ fn a_subscriber_follows_the_local_daemon_to_its_new_endpoint_after_a_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = sub.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = crate::support::stdout_lines(&mut sub);
     // Publishes `text` until the subscriber prints it (a live tap sees only what comes after it joined).
     let publish_until_seen = |text: &str| {
         let started = std::time::Instant::now();

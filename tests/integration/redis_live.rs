@@ -601,13 +601,7 @@ fn a_group_reader_on_the_command_line_survives_a_restart_while_redis_loads() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = sub.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = crate::support::stdout_lines(&mut sub);
     let stderr = sub.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     cli(&["XADD", "jobs", "*", "payload", "before"]);

@@ -116,6 +116,19 @@ impl Home {
 }
 
 /// Runs a command to its end: exit code (-1 for a signal), stdout and stderr as text.
+/// The lines a spawned child prints on its piped stdout, as they come, read by a thread of their own.
+pub fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 pub fn outcome(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
