@@ -66,6 +66,9 @@ impl Format {
 pub struct Renderer {
     format: Format,
     color: bool,
+    /// Control characters in message fields are shown escaped (text and template formats): the output
+    /// goes to a terminal, where a payload's escape sequences would act on the terminal itself.
+    escape: bool,
 }
 
 const DIM: &str = "\x1b[2m";
@@ -76,7 +79,14 @@ const RESET: &str = "\x1b[0m";
 impl Renderer {
     /// A renderer for `format`, coloured when `color` (text only).
     pub fn new(format: Format, color: bool) -> Self {
-        Renderer { format, color }
+        Renderer { format, color, escape: false }
+    }
+
+    /// Escapes control characters of message fields when `terminal` (stdout is a terminal) in the text
+    /// and template formats; `raw`, `json` and anything piped stay byte-exact.
+    pub fn to_terminal(mut self, terminal: bool) -> Self {
+        self.escape = terminal;
+        self
     }
 
     /// Appends one message's output (ending with a newline) to `out`.
@@ -91,7 +101,10 @@ impl Renderer {
             }
             Format::Raw => out.extend_from_slice(&m.payload),
             Format::Text => self.text(m, attempt, lease, out),
-            Format::Template(t) => out.extend_from_slice(expand(t, m, attempt, lease).as_bytes()),
+            Format::Template(t) => {
+                let text = expand_with(t, m, attempt, lease, self.escape);
+                out.extend_from_slice(text.as_bytes());
+            }
         }
         out.push(b'\n');
     }
@@ -102,9 +115,14 @@ impl Renderer {
         let clock = time.get(11..26).unwrap_or(&time);
         let (dim, cyan, yellow, reset) =
             if self.color { (DIM, CYAN, YELLOW, RESET) } else { ("", "", "", "") };
-        let mut line = format!("{dim}{clock}{reset} {cyan}{}{reset} {dim}#{}{reset}", m.subject(), m.seq);
+        let shown = |text: &str| if self.escape { escape_controls(text) } else { text.to_string() };
+        let mut line = format!(
+            "{dim}{clock}{reset} {cyan}{}{reset} {dim}#{}{reset}",
+            shown(m.subject().as_str()),
+            m.seq
+        );
         if let Some(key) = m.key() {
-            line.push_str(&format!(" {yellow}key={}{reset}", encode_bytes(key).0));
+            line.push_str(&format!(" {yellow}key={}{reset}", shown(&encode_bytes(key).0)));
         }
         if attempt.is_some_and(|a| a > 1) {
             line.push_str(&format!(" {yellow}attempt={}{reset}", attempt.unwrap_or(0)));
@@ -113,14 +131,14 @@ impl Renderer {
             line.push_str(&format!(" {dim}lease={lease}{reset}"));
         }
         for (k, v) in m.headers() {
-            line.push_str(&format!(" {dim}{k}={v}{reset}"));
+            line.push_str(&format!(" {dim}{}={}{reset}", shown(k), shown(v)));
         }
         let (payload, encoding) = encode_bytes(&m.payload);
         line.push(' ');
         if encoding == crate::protocol::Encoding::Base64 {
             line.push_str("base64:");
         }
-        line.push_str(&payload);
+        line.push_str(&shown(&payload));
         out.extend_from_slice(line.as_bytes());
     }
 }
@@ -164,6 +182,17 @@ fn check_template(template: &str) -> Result<(), String> {
 
 /// Expands `{{field}}` placeholders and `\n`/`\t` escapes of an output template.
 pub fn expand(template: &str, m: &Message, attempt: Option<u32>, lease: Option<u64>) -> String {
+    expand_with(template, m, attempt, lease, false)
+}
+
+/// [`expand`], with control characters of the fields escaped when `escape` (not the template's own).
+fn expand_with(
+    template: &str,
+    m: &Message,
+    attempt: Option<u32>,
+    lease: Option<u64>,
+    escape: bool,
+) -> String {
     let text = template.replace("\\n", "\n").replace("\\t", "\t");
     let mut out = String::with_capacity(text.len() + m.payload.len());
     let mut rest = text.as_str();
@@ -174,10 +203,28 @@ pub fn expand(template: &str, m: &Message, attempt: Option<u32>, lease: Option<u
             return out;
         };
         let field = rest[start + 2..start + end].trim();
-        out.push_str(&field_value(field, m, attempt, lease));
+        let value = field_value(field, m, attempt, lease);
+        out.push_str(&if escape { escape_controls(&value) } else { value });
         rest = &rest[start + end + 2..];
     }
     out.push_str(rest);
+    out
+}
+
+/// Shows control characters (C0 but tab, DEL, C1) as `\n`, `\r` or `\xHH`/`\u{HHHH}`, so that bytes
+/// of a message cannot move the cursor, clear the screen or retitle the terminal that shows it.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() && u32::from(c) < 0x100 => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
     out
 }
 
@@ -257,6 +304,32 @@ mod tests {
             (v["seq"].as_u64(), v["payload"].as_str(), v["attempt"].as_u64()),
             (Some(42), Some("hello"), Some(2))
         );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_a_terminal_and_kept_for_pipes_and_raw() {
+        let evil = Message::new(
+            Name::new("t").unwrap(),
+            0,
+            1,
+            Timestamp::from_micros(1_780_000_000_000_000),
+            Name::new("t").unwrap(),
+            None,
+            Bytes::from_static(b"evil\x1b]2;PWNED\x07\x1b[2J\r\n\x7f\xc2\x9b end"),
+        );
+        let shown = |format: Format, terminal: bool| {
+            let mut out = Vec::new();
+            Renderer::new(format, false).to_terminal(terminal).render(&evil, None, None, &mut out);
+            out
+        };
+        let text = String::from_utf8(shown(Format::Text, true)).unwrap();
+        assert!(text.ends_with("evil\\x1b]2;PWNED\\x07\\x1b[2J\\r\\n\\x7f\\x9b end\n"), "{text}");
+        assert!(!text.trim_end_matches('\n').chars().any(char::is_control), "{text:?}");
+        let template = String::from_utf8(shown(Format::Template("{{payload}}\\t|".into()), true)).unwrap();
+        assert!(template.starts_with("evil\\x1b") && template.ends_with(" end\t|\n"), "{template:?}");
+        // Piped, and raw even on a terminal, the bytes are the payload's own.
+        assert!(String::from_utf8(shown(Format::Text, false)).unwrap().contains("\x1b]2;PWNED\x07"));
+        assert_eq!(&shown(Format::Raw, true)[..], &[&evil.payload[..], b"\n"].concat()[..]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `pubsub request`: send one request and print the first reply (NATS request/reply).
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,7 +47,8 @@ pub async fn run(ctx: &Context, args: RequestArgs) -> Result<(), CliError> {
     let broker = ctx.connect().await?;
     let reply = broker.request(&subject, payload, headers, args.timeout).await?;
     let mut buf = Vec::new();
-    Renderer::new(args.output.format(), ctx.color).render(&reply, None, None, &mut buf);
+    let terminal = std::io::stdout().is_terminal();
+    Renderer::new(args.output.format(), ctx.color).to_terminal(terminal).render(&reply, None, None, &mut buf);
     let mut out = Stdout::new();
     out.write(&buf)?;
     out.flush()

@@ -2,6 +2,7 @@
 //! subscription; print, or run a command per message and ack by its exit status. The receive loop here
 //! also serves `tail -f` and `record`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -159,7 +160,8 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
     let sink = Sink::Stdout(Stdout::new());
     let settle = if args.ack == AckArg::Manual { SettleMode::Manual } else { SettleMode::Auto };
     let exec = args.exec.map(|command| Exec { command, parallel: args.parallel });
-    let renderer = Renderer::new(args.output.format(), ctx.color);
+    let renderer =
+        Renderer::new(args.output.format(), ctx.color).to_terminal(std::io::stdout().is_terminal());
     receive(broker, stream, sink, renderer, settle, exec, &args.stop, end).await
 }
 
