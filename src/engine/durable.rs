@@ -26,7 +26,8 @@ impl Engine {
         let mut report = RecoveryReport::default();
         let (store, meta) = Store::open(dir, &mut report)?;
         // Lease tokens must not repeat those of an earlier run (a client may still hold one), so ids
-        // start from the wall clock in seconds, which grows across restarts.
+        // start from the wall clock in seconds, which grows across restarts (lease bases keep 21 bits of
+        // it: a repeat needs a restart a multiple of about 24 days later to the second).
         let first_id =
             u64::try_from(clock.now().as_micros() / 1_000_000).unwrap_or(1).clamp(1, u64::from(u32::MAX));
         let engine = Engine::build(clock, config, Some(store.clone()), first_id);

@@ -70,6 +70,18 @@ pub enum EngineError {
         /// The message.
         seq: u64,
     },
+    /// An ack, nack, extend or term named a lease that this subscription never handed out.
+    #[error(
+        "lease {lease} for seq {seq} was never handed out by subscription \"{subscription}\" (copy leases whole: a tool that reads JSON numbers as doubles rounds large ones)"
+    )]
+    UnknownLease {
+        /// The subscription.
+        subscription: Name,
+        /// The message.
+        seq: u64,
+        /// The lease named.
+        lease: u64,
+    },
     /// The message was never delivered to this subscription, so there is nothing to settle.
     #[error("seq {seq} has not been delivered on subscription \"{subscription}\"")]
     NotDelivered {

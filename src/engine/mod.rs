@@ -196,6 +196,9 @@ impl Drop for Ticker {
     }
 }
 
+/// The bits of an id that go into a lease base (see [`Engine::next_lease_base`]).
+const LEASE_ID_MASK: u64 = (1 << 21) - 1;
+
 /// The engine handle: clone it freely and use it from any task or thread.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -245,8 +248,10 @@ impl Engine {
 
     /// A base for a new subscription's lease tokens, unique in this engine (and across restarts of a
     /// durable one).
+    /// Lease tokens stay below 2^53 (21 bits of id above 32 of count), so that they survive tools that
+    /// read JSON numbers as doubles (`jq`, JavaScript): a rounded lease would settle nothing.
     fn next_lease_base(&self) -> u64 {
-        self.inner.next_id.fetch_add(1, Ordering::Relaxed) << 32
+        (self.inner.next_id.fetch_add(1, Ordering::Relaxed) & LEASE_ID_MASK).max(1) << 32
     }
 
     /// The clock every rule reads.

@@ -18,6 +18,13 @@ impl SubState {
     /// and term always need the current lease, so a stale holder cannot disturb the current one.
     pub(super) fn leased(&mut self, r: &AckRef, lenient: bool) -> Result<Option<u64>, EngineError> {
         let seq = r.seq;
+        if r.lease >= self.next_lease || r.lease == 0 {
+            return Err(EngineError::UnknownLease {
+                subscription: self.config.name.clone(),
+                seq,
+                lease: r.lease,
+            });
+        }
         if r.lease < self.lease_floor {
             // Handed out before the last seek: every such lease is void (T11).
             return Err(EngineError::StaleLease { subscription: self.config.name.clone(), seq });

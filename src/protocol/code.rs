@@ -98,7 +98,7 @@ impl ErrorCode {
             EngineError::Unroutable(_) => ErrorCode::Unroutable,
             EngineError::TopicFull { .. } => ErrorCode::TopicFull,
             EngineError::MessageTooLarge { .. } => ErrorCode::TopicMessageTooLarge,
-            EngineError::StaleLease { .. } => ErrorCode::StaleLease,
+            EngineError::StaleLease { .. } | EngineError::UnknownLease { .. } => ErrorCode::StaleLease,
             EngineError::NotDelivered { .. } => ErrorCode::NotDelivered,
             EngineError::NoSuchPartition { .. } => ErrorCode::NoSuchPartition,
             EngineError::WrongAckMode { .. } => ErrorCode::WrongAckMode,

@@ -257,3 +257,22 @@ fn peek_reports_every_state_from_the_floor_up() {
     );
     assert_eq!(peek.messages[0].consumer.as_deref(), Some("c1"));
 }
+
+#[test]
+fn leases_fit_in_a_double_and_one_never_handed_out_says_so() {
+    // Found by a new user: `jq -r .lease` rounded leases above 2^53, and `pubsub ack` then blamed a
+    // redelivery that never happened.
+    let (e, _) = engine();
+    subscribe(&e, "s", "t", |_| {});
+    publish(&e, "t", "one");
+    let got = fetch(&e, "s", "c", 1);
+    let lease = got[0].lease.unwrap();
+    assert!(lease.lease < 1 << 53, "lease {} does not survive a double", lease.lease);
+    assert_eq!(lease.lease as f64 as u64, lease.lease);
+    let mut wrong = lease;
+    wrong.lease += 1_000;
+    let err = e.ack(&name("s"), wrong).unwrap_err();
+    assert!(matches!(err, EngineError::UnknownLease { .. }), "{err}");
+    assert!(err.to_string().contains("never handed out"), "{err}");
+    e.ack(&name("s"), lease).unwrap();
+}
