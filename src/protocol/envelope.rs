@@ -31,7 +31,9 @@ pub struct Envelope {
     /// The topic that stores it (on input: ignored; the subject decides).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub topic: String,
-    /// The address it was published to.
+    /// The address it was published to (on input: optional; the command's topic or the envelope's
+    /// `topic` stands in for it).
+    #[serde(default)]
     pub subject: String,
     /// Position in its partition (0 when not stored).
     #[serde(default)]
@@ -111,7 +113,23 @@ impl Envelope {
 
     /// The publish request that re-publishes this message to its subject.
     pub fn to_request(&self) -> Result<PublishRequest, ProtocolError> {
-        let subject = Name::new(&self.subject).map_err(|e| ProtocolError::Field(e.to_string()))?;
+        self.to_request_or(None)
+    }
+
+    /// [`Envelope::to_request`] for an envelope that may name no subject (one written by hand, with
+    /// only `payload` required): it goes to `subject` when given, else to the envelope's own subject,
+    /// else to its topic.
+    pub fn to_request_or(&self, subject: Option<&Name>) -> Result<PublishRequest, ProtocolError> {
+        let named = [&self.subject, &self.topic].into_iter().find(|s| !s.is_empty());
+        let subject = match (subject, named) {
+            (Some(subject), _) => subject.clone(),
+            (None, Some(named)) => Name::new(named).map_err(|e| ProtocolError::Field(e.to_string()))?,
+            (None, None) => {
+                return Err(ProtocolError::Field(
+                    "the envelope names no subject or topic; give one, or a TOPIC on the command line".into(),
+                ));
+            }
+        };
         Ok(PublishRequest {
             subject,
             key: self.key_bytes()?,

@@ -3,6 +3,23 @@
 use crate::support::Home;
 
 #[test]
+fn pub_json_takes_envelopes_written_by_hand_with_only_a_payload() {
+    let home = Home::with_daemon("hand-envelopes");
+    let input = concat!(r#"{"payload": "hi"}"#, "\n", r#"{"payload": "there", "key": "k"}"#, "\n");
+    let (code, _, stderr) = home.run_with(&["pub", "notes", "--json"], input.as_bytes());
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) =
+        home.run_with(&["pub", "--json"], br#"{"topic": "notes", "payload": "by topic"}"#);
+    assert_eq!(code, 0, "{stderr}");
+    let (_, out, _) =
+        home.run(&["sub", "notes", "--from", "start", "--exit-at-end", "--format", "{{key}}:{{payload}}"]);
+    assert_eq!(out, ":hi\nk:there\n:by topic\n");
+    let (code, _, stderr) = home.run_with(&["pub", "--json"], br#"{"payload": "nowhere"}"#);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("names no subject or topic"), "{stderr}");
+}
+
+#[test]
 fn pub_and_sub_json_round_trip_reproduces_keys_headers_and_bytes() {
     let home = Home::with_daemon("roundtrip");
     let input = concat!(

@@ -125,10 +125,7 @@ impl Template {
 
     fn envelope_request(&self, line: &str) -> Result<PublishRequest, String> {
         let envelope: Envelope = serde_json::from_str(line).map_err(|e| format!("not an envelope: {e}"))?;
-        let mut req = envelope.to_request().map_err(|e| e.to_string())?;
-        if let Some(subject) = &self.subject {
-            req.subject = subject.clone();
-        }
+        let mut req = envelope.to_request_or(self.subject.as_ref()).map_err(|e| e.to_string())?;
         if self.key.is_some() {
             req.key = self.key.clone();
         }
