@@ -213,6 +213,25 @@ pub enum PatternToken {
 
 /// Whether `token` is written as an MQTT filter: it has `/` levels, at least one of which is `+` or a
 /// final `#`, and no other wildcard.
+/// A '/'-level token with `*` levels written as MQTT's `+` and a final `>` level as `#`.
+fn mqtt_spelling(token: &str) -> String {
+    if !token.contains('/') {
+        return token.to_string();
+    }
+    let levels: Vec<&str> = token.split('/').collect();
+    let last = levels.len() - 1;
+    let spelled: Vec<&str> = levels
+        .iter()
+        .enumerate()
+        .map(|(i, level)| match *level {
+            "*" => "+",
+            ">" if i == last => "#",
+            other => other,
+        })
+        .collect();
+    spelled.join("/")
+}
+
 fn is_level_filter(token: &str) -> bool {
     if !token.contains('/') {
         return false;
@@ -268,9 +287,12 @@ impl TokenPattern {
                 "#" => PatternToken::ZeroOrMore,
                 ">" if i + 1 == count => PatternToken::OneOrMore,
                 ">" => return Err(NameProblem::GtNotLast(i + 1)),
-                _ if is_level_filter(token) => {
-                    check_token(i + 1, token)?;
-                    PatternToken::Levels(token.into())
+                _ if is_level_filter(&mqtt_spelling(token)) => {
+                    // `sensors/kitchen/*` means what MQTT writes `sensors/kitchen/+`, and a final `>`
+                    // what it writes `#`: users bring the wildcards they know to '/' levels.
+                    let filter = mqtt_spelling(token);
+                    check_token(i + 1, &filter)?;
+                    PatternToken::Levels(filter.into())
                 }
                 _ if token.contains(is_wildcard) => return Err(NameProblem::MixedWildcard(token.into())),
                 _ => check_token(i + 1, token).map(|()| PatternToken::Literal(token.into()))?,

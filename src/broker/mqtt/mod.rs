@@ -873,6 +873,11 @@ mod tests {
         assert_eq!(f("*").unwrap(), "+");
         assert_eq!(f("#").unwrap(), "#");
         assert_eq!(f(">").unwrap(), "#");
+        // The wildcards of '.' patterns, written in '/' levels, mean MQTT's own.
+        assert_eq!(f("sensors/kitchen/*").unwrap(), "sensors/kitchen/+");
+        assert_eq!(f("sensors/*/temp").unwrap(), "sensors/+/temp");
+        assert_eq!(f("sensors/>").unwrap(), "sensors/#");
+        assert!(Pattern::parse("sensors/>/temp").is_err());
         assert!(f("orders.*").unwrap_err().to_string().contains("'/' levels"));
         assert!(f("glob:a*").is_err());
     }
