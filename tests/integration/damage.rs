@@ -123,6 +123,7 @@ fn damage(path: &Path, how: Damage) {
 fn every_kind_of_damage_to_every_kind_of_file_has_its_outcome() {
     let base = std::env::temp_dir().join(format!("pubsub-damage-{}", std::process::id()));
     let _ = fs::remove_dir_all(&base);
+    let _cleanup = RemoveOnDrop(base.clone());
     let pristine = base.join("pristine");
     build(&pristine);
     assert!(pristine.join("meta.log").metadata().unwrap().len() > 0);
@@ -213,5 +214,13 @@ fn every_kind_of_damage_to_every_kind_of_file_has_its_outcome() {
         }
     }
     assert_eq!(outcomes.len(), 32);
-    fs::remove_dir_all(&base).unwrap();
+}
+
+/// Removes the cases' directories even when an assertion fails.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
