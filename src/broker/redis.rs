@@ -875,6 +875,21 @@ impl RedisBroker {
                 slot.insert(stream);
             }
         }
+        // PUBLISH carries a payload and nothing else: refuse what it would silently drop.
+        for m in msgs {
+            let stream = kinds.get(m.subject.as_str()).copied().unwrap_or(false);
+            let extras = [
+                (m.key.is_some(), "--key"),
+                (!m.headers.is_empty(), "--header"),
+                (m.msg_id.is_some(), "--msg-id"),
+            ];
+            if let (false, Some((_, what))) = (stream, extras.iter().find(|(set, _)| *set)) {
+                return Err(BrokerError::Invalid(format!(
+                    "\"{}\" is a Redis channel, and PUBLISH carries only the payload, so {what} would be lost; publish to a stream to keep keys and headers (`pubsub topic create {}` makes one)",
+                    m.subject, m.subject
+                )));
+            }
+        }
         let mut pipe = redis::pipe();
         for m in msgs {
             let key = m.subject.to_string();

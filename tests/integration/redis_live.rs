@@ -337,6 +337,14 @@ fn bad_redis_input_has_clear_errors_and_exit_codes() {
     let _ = answering.join();
     let (code, _, stderr) = home.run(&["--broker", "redis://:wrong-password@127.0.0.1:6379", "topics"]);
     assert_eq!(code, 5, "{stderr}");
+    // PUBLISH has no room for a key or headers: refused, not dropped.
+    let channel = key("channel");
+    for extra in [&["--key", "k"][..], &["--header", "a=b"][..]] {
+        let args = [&["--broker", URL, "pub", &channel, "x"][..], extra].concat();
+        let (code, _, stderr) = home.run(&args);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("PUBLISH carries only the payload") && stderr.contains(extra[0]), "{stderr}");
+    }
     let plain = key("plain");
     redis_cli(&["SET", &plain, "x"]);
     let (code, _, stderr) = home.run(&["--broker", URL, "tail", &plain]);
