@@ -61,10 +61,14 @@ pub fn backend_for(url: &str) -> Result<BackendKind, BrokerError> {
         return Ok(BackendKind::Memory);
     }
     let Some((scheme, rest)) = trimmed.split_once("://") else {
-        return Err(BrokerError::InvalidUrl {
-            url: url.into(),
-            reason: "expected SCHEME://HOST[:PORT], `local` or `mem://`".into(),
-        });
+        // A bare word is most likely a profile name that the config file does not have.
+        let word = trimmed.chars().all(|c| c.is_alphanumeric() || "-_.".contains(c));
+        let reason = if word {
+            "no profile of that name in the config file (`pubsub config show` lists them), and not a URL: expected SCHEME://HOST[:PORT], `local` or `mem://`"
+        } else {
+            "expected SCHEME://HOST[:PORT], `local` or `mem://`"
+        };
+        return Err(BrokerError::InvalidUrl { url: url.into(), reason: reason.into() });
     };
     let kind = match scheme.to_ascii_lowercase().as_str() {
         "ws" | "wss" => BackendKind::Remote,

@@ -97,6 +97,30 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("\"{text}\" is not a duration such as 5s or 2m: {e}"))
 }
 
+/// Refuses a `pub --count` template with a placeholder that [`expand_publish_template`] does not know
+/// (or an unclosed `{{`), so that a typo is an error rather than literal braces in every message.
+pub fn check_publish_template(template: &str) -> Result<(), String> {
+    let known = "pub --count knows {{seq}}, {{now}}, {{uuid}} and {{random A B}}";
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let Some(end) = rest[start..].find("}}") else {
+            return Err(format!("template {template:?} opens a {{{{ that it never closes; {known}"));
+        };
+        let inner = rest[start + 2..start + end].trim();
+        let words: Vec<&str> = inner.split_whitespace().collect();
+        let ok = match words.as_slice() {
+            ["seq" | "now" | "uuid"] => true,
+            ["random", a, b] => matches!((a.parse::<i64>(), b.parse::<i64>()), (Ok(lo), Ok(hi)) if lo <= hi),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("template {template:?} has an unknown placeholder {{{{{inner}}}}}; {known}"));
+        }
+        rest = &rest[start + end + 2..];
+    }
+    Ok(())
+}
+
 /// Expands `{{seq}}`, `{{now}}`, `{{uuid}}` and `{{random A B}}` in a `pub --count` template.
 pub fn expand_publish_template(template: &str, seq: u64, now: Timestamp, rng: &mut u64) -> String {
     let mut out = String::with_capacity(template.len() + 16);
@@ -205,5 +229,17 @@ mod tests {
         let uuid = text.split('"').nth(7).unwrap();
         assert_eq!((uuid.len(), &uuid[14..15]), (36, "4"), "{uuid}");
         assert!(expand_publish_template("{{now}}", 1, NOW, &mut rng).starts_with("2026-05-28T20:26:40"));
+    }
+
+    #[test]
+    fn publish_templates_with_unknown_placeholders_are_refused() {
+        assert!(
+            check_publish_template(r#"{"n":{{seq}},"r":{{random 1 6}},"at":"{{ now }}","id":"{{uuid}}"}"#)
+                .is_ok()
+        );
+        for bad in ["{{nosuch}}", "{{random 6 1}}", "{{random a b}}", "{{seq 2}}", "x {{seq"] {
+            let err = check_publish_template(bad).unwrap_err();
+            assert!(err.contains("{{seq}}, {{now}}"), "{bad}: {err}");
+        }
     }
 }

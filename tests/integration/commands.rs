@@ -87,6 +87,12 @@ fn failures_have_their_documented_exit_codes() {
     let home = Home::with_daemon("codes");
     let (code, _, stderr) = home.run(&["--broker", "gopher://x", "topics"]);
     assert_eq!(code, 2, "{stderr}");
+    let (code, _, stderr) = home.run(&["--broker", "nosuchprofile", "topics"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no profile of that name"), "{stderr}");
+    let (code, _, stderr) = home.run(&["pub", "t", "x {{nosuch}}", "--count", "2"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("unknown placeholder {{nosuch}}"), "{stderr}");
     let (code, _, stderr) = home.run(&["--broker", "ws://127.0.0.1:1", "topics"]);
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("cannot reach broker"), "{stderr}");

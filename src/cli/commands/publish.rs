@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::broker::{BrokerError, SharedBroker};
 use crate::cli::output::note;
-use crate::cli::parse::{expand_publish_template, parse_header, parse_rate, seed};
+use crate::cli::parse::{check_publish_template, expand_publish_template, parse_header, parse_rate, seed};
 use crate::cli::{CliError, Context};
 use crate::engine::{Clock, Headers, Name, PublishRequest, SystemClock};
 use crate::protocol::Envelope;
@@ -143,6 +143,11 @@ fn spawn_source(
     if !args.messages.is_empty() {
         if args.json {
             return Err(CliError::Usage("--json reads envelopes from stdin, not from arguments".into()));
+        }
+        if args.count.is_some() {
+            for text in &args.messages {
+                check_publish_template(text).map_err(CliError::Usage)?;
+            }
         }
         let messages = args.messages.clone();
         let count = args.count;
