@@ -93,6 +93,9 @@ fn failures_have_their_documented_exit_codes() {
     let (code, _, stderr) = home.run(&["pub", "t", "x {{nosuch}}", "--count", "2"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("unknown placeholder {{nosuch}}"), "{stderr}");
+    let (code, _, stderr) = home.run(&["ack", "s", "1", "1", "--delay", "5s"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--delay is for nack"), "{stderr}");
     let (code, _, stderr) = home.run(&["--broker", "ws://127.0.0.1:1", "topics"]);
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("cannot reach broker"), "{stderr}");

@@ -385,6 +385,11 @@ pub struct SettleArgs {
 
 /// Runs `pubsub ack` (`nack` when `nack` is true).
 pub async fn settle(ctx: &Context, args: SettleArgs, nack: bool) -> Result<(), CliError> {
+    if !nack && args.delay.is_some() {
+        return Err(CliError::Usage(
+            "--delay is for nack (redeliver after that long); an ack settles the message for good".into(),
+        ));
+    }
     let broker = ctx.connect().await?;
     let token = AckToken {
         subscription: name(&args.name)?,
