@@ -404,10 +404,14 @@ fn request_reply_answers_and_no_responders_exits_6() {
         assert_eq!(ready.trim(), "ready");
     }
     let (code, out, err) = outcome(&mut home.at(URL, &["request", &subject, "ping", "--format", "raw"]));
+    // A body piped in is the request, as with `pub`.
+    let (piped_code, piped, piped_err) =
+        home.sh(&format!("printf piped | pubsub -b {URL} request {subject} --format raw"));
     let _ = responder.kill();
     let _ = responder.wait();
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "pong:ping");
+    assert_eq!((piped_code, piped.trim()), (0, "pong:piped"), "{piped_err}");
     let (code, _, err) = outcome(&mut home.at(URL, &["request", &format!("{subject}.nobody"), "ping"]));
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("no responders"), "{err}");

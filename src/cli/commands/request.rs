@@ -18,7 +18,7 @@ use crate::engine::{Headers, Name};
 pub struct RequestArgs {
     /// Subject to send the request to.
     pub subject: String,
-    /// The request body (empty when left out; `-` reads stdin).
+    /// The request body (`-`, or left out with stdin piped, reads stdin; empty otherwise).
     pub payload: Option<String>,
     /// A header NAME=VALUE (repeatable).
     #[arg(long = "header", short = 'H', value_parser = parse_header, value_name = "NAME=VALUE")]
@@ -34,12 +34,11 @@ pub struct RequestArgs {
 /// Runs `pubsub request`; exit 6 when nothing listens on the subject, 4 when no reply comes in time.
 pub async fn run(ctx: &Context, args: RequestArgs) -> Result<(), CliError> {
     let subject = Name::new(&args.subject).map_err(|e| CliError::Usage(e.to_string()))?;
+    // Like `pub`, a body piped in is the request when none is given on the command line.
+    let piped = args.payload.is_none() && !std::io::stdin().is_terminal();
     let payload = match args.payload.as_deref() {
-        Some("-") => {
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
-            Bytes::from(buf)
-        }
+        Some("-") => read_stdin()?,
+        None if piped => read_stdin()?,
         Some(text) => Bytes::from(text.to_string()),
         None => Bytes::new(),
     };
@@ -52,4 +51,10 @@ pub async fn run(ctx: &Context, args: RequestArgs) -> Result<(), CliError> {
     let mut out = Stdout::new();
     out.write(&buf)?;
     out.flush()
+}
+
+fn read_stdin() -> Result<Bytes, CliError> {
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+    Ok(Bytes::from(buf))
 }
