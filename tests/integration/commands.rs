@@ -93,6 +93,14 @@ fn failures_have_their_documented_exit_codes() {
     let (code, _, stderr) = home.run(&["pub", "t", "x {{nosuch}}", "--count", "2"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("unknown placeholder {{nosuch}}"), "{stderr}");
+    let (code, _, stderr) = home.run_with(&["pub", "quiet", "-v"], b"");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("nothing was published"), "{stderr}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, stderr) = home.run(&["serve", "--listen", &addr]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot listen on") && stderr.contains("choose another --listen"), "{stderr}");
     let (code, _, stderr) = home.run(&["ack", "s", "1", "1", "--delay", "5s"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--delay is for nack"), "{stderr}");

@@ -680,3 +680,18 @@ fn count_takes_exactly_n_and_manual_acks_settle_from_another_process() {
     assert_eq!(lines(&out).len(), 6, "{out}");
     ok(&["topic", "delete", &stream, "-y"]);
 }
+
+#[test]
+fn an_empty_server_says_how_to_make_a_stream_not_that_pub_makes_one() {
+    if !nats_here() {
+        return;
+    }
+    let Some(server) = OwnNats::start("empty", &[]) else {
+        return;
+    };
+    let home = Home::new("nats-empty");
+    let (code, _, err) = outcome(&mut home.at(&server.url(), &["topics"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no streams yet") && err.contains("topic create"), "{err}");
+    assert!(!err.contains("pub TOPIC MESSAGE` creates one"), "{err}");
+}

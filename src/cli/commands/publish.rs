@@ -349,6 +349,7 @@ fn report(
         n => format!(", {n} of them duplicates by --msg-id that the broker dropped"),
     };
     match stored {
+        _ if published == 0 => note("nothing was published: there was no message (stdin was empty)"),
         Some((first, last, topic)) => {
             let place = topic.map_or(String::new(), |t| format!(" in {t}"));
             note(&format!("published {published} message(s){dropped}, stored{place} as seq {first}..={last}"))

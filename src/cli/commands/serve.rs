@@ -172,11 +172,14 @@ fn open_failure(dir: &std::path::Path, why: &str) -> String {
     format!("{base}; run '{repair}' to move what cannot be read aside")
 }
 
+/// A port that cannot be taken is this server's own problem, not an unreachable broker (exit 1).
 fn bind_error(addr: &SocketAddr, e: &std::io::Error) -> CliError {
-    CliError::Broker(BrokerError::Unreachable {
-        url: format!("ws://{addr}"),
-        reason: format!("cannot listen: {e}"),
-    })
+    let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+        "; something else listens there: choose another --listen (port 0 picks a free one)"
+    } else {
+        ""
+    };
+    CliError::Failed(format!("cannot listen on {addr}: {e}{hint}"))
 }
 
 async fn serve_until_signal(

@@ -92,7 +92,16 @@ pub async fn list(ctx: &Context, args: TopicsArgs) -> Result<(), CliError> {
         return Ok(());
     }
     if topics.is_empty() {
-        note("no topics yet; `pubsub pub TOPIC MESSAGE` creates one");
+        // What makes a topic differs by broker: only the engines create one on publish.
+        note(match broker.kind() {
+            "nats" => {
+                "no streams yet; `pubsub topic create NAME --subject 'name.>'` makes one (a core publish to a subject no stream captures stores nothing)"
+            }
+            "redis" => {
+                "no streams yet; `pubsub topic create NAME` makes one (a publish to a name that is not a stream is a PUBLISH to a channel, which stores nothing)"
+            }
+            _ => "no topics yet; `pubsub pub TOPIC MESSAGE` creates one",
+        });
         return Ok(());
     }
     let mut rows = vec![
