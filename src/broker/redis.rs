@@ -524,6 +524,14 @@ impl Broker for RedisBroker {
             let topic = super::history_topic(&req)?;
             return self.read_stream(topic, req).await;
         }
+        // A live read of one stream (what `?mode=streams` says every key is, or a key that is one) is
+        // XREAD BLOCK from `$`: SUBSCRIBE would listen on a channel nobody publishes to.
+        if let Ok(topic) = super::history_topic(&req)
+            && self.is_stream(topic.as_str()).await?
+        {
+            let live = SubscribeRequest { from: Some(StartPosition::New), ..req };
+            return self.read_stream(topic, live).await;
+        }
         // Every pattern is translated (or refused) before anything is subscribed.
         let mut targets = Vec::new();
         for p in &req.patterns {

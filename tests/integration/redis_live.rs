@@ -651,3 +651,37 @@ fn a_group_reader_on_the_command_line_survives_a_restart_while_redis_loads() {
     assert_eq!(stderr.matches("reconnected").count(), 1, "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sub_on_a_stream_reads_it_live_from_its_end() {
+    // Found by a new user: `sub STREAM` sent SUBSCRIBE (a channel nobody publishes to), even with
+    // `?mode=streams`, so a live read of a stream never printed anything.
+    if !redis_here() {
+        return;
+    }
+    let home = Home::new("redis-live-stream");
+    for url in [URL.to_string(), format!("{URL}?mode=streams")] {
+        let stream = key("live");
+        redis_cli(&["XADD", &stream, "*", "payload", "old"]);
+        let mut sub = home
+            .at(&url, &["sub", &stream, "--count", "1", "--format", "raw", "--timeout", "20s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let rx = crate::support::stdout_lines(&mut sub);
+        // Added until the reader prints one: it reads from the end, so only what comes after it joined.
+        let started = Instant::now();
+        let seen = loop {
+            redis_cli(&["XADD", &stream, "*", "payload", "new"]);
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+                break line;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "{url}: the live reader printed nothing");
+        };
+        let status = sub.wait().unwrap();
+        redis_cli(&["DEL", &stream]);
+        assert_eq!(seen, "new", "{url}: a live read starts at the end, not at the old entry");
+        assert!(status.success(), "{url}: {status:?}");
+    }
+}
