@@ -80,6 +80,9 @@ struct Inner {
     binary: std::sync::atomic::AtomicBool,
     /// The current server's largest accepted frame, from its welcome.
     max_frame: std::sync::atomic::AtomicUsize,
+    /// The server's largest message, as its welcome said: a larger one is refused here, with the same
+    /// words at every size (one too large for a frame would otherwise cost the connection).
+    max_message: std::sync::atomic::AtomicUsize,
     pending: Mutex<HashMap<u64, Pending>>,
     streams: Mutex<HashMap<u64, StreamState>>,
     /// Server sid → client stream id, for the current connection.
@@ -107,6 +110,21 @@ impl std::fmt::Debug for RemoteBroker {
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl RemoteBroker {
+    /// Refuses a message over the server's announced size limit, in the server's own words.
+    fn check_size(&self, msg: &PublishRequest) -> Result<(), BrokerError> {
+        let max = self.inner.max_message.load(Ordering::Relaxed);
+        if msg.size() <= max {
+            return Ok(());
+        }
+        Err(BrokerError::Remote {
+            code: ErrorCode::MessageTooLarge.number(),
+            message: format!(
+                "message of {} bytes is larger than the server's limit of {max} bytes (`serve --max-message-bytes` raises it)",
+                msg.size()
+            ),
+        })
+    }
+
     /// Connects to `url` (`ws://host:port`, an optional `?token=T`); `token` overrides the URL's.
     /// Fails with `Unreachable` or `Auth` when the first connection cannot be made.
     pub async fn connect(url: &str, token: Option<String>) -> Result<Self, BrokerError> {
@@ -136,6 +154,7 @@ impl RemoteBroker {
             out: Mutex::new(None),
             binary: std::sync::atomic::AtomicBool::new(false),
             max_frame: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            max_message: std::sync::atomic::AtomicUsize::new(usize::MAX),
             pending: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
             sids: Mutex::new(HashMap::new()),
@@ -221,6 +240,7 @@ async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
                 // A server from before binary frames ignores the offer and answers without the flag.
                 inner.binary.store(binary, Ordering::Relaxed);
                 inner.max_frame.store(limits.max_frame_bytes, Ordering::Relaxed);
+                inner.max_message.store(limits.max_message_bytes, Ordering::Relaxed);
                 return Ok(socket);
             }
             Ok(ServerFrame::Error { code, message, .. }) if code == ErrorCode::Unauthorized.number() => {
@@ -639,10 +659,21 @@ impl Broker for RemoteBroker {
     }
 
     async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
+        self.check_size(&msg)?;
         self.call_as(Request::Publish { message: envelope(&msg) }).await
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
+        if let Some((index, e)) =
+            msgs.iter().enumerate().find_map(|(i, m)| self.check_size(m).err().map(|e| (i, e)))
+        {
+            // Everything before it goes first, as the server would have published it.
+            let before = msgs.into_iter().take(index).collect::<Vec<_>>();
+            if !before.is_empty() {
+                Box::pin(self.publish_batch(before)).await?;
+            }
+            return Err(BrokerError::Batch { index, source: Box::new(e) });
+        }
         if !self.inner.binary.load(Ordering::Relaxed) {
             return self
                 .call_as(Request::PublishBatch { messages: msgs.iter().map(envelope).collect() })

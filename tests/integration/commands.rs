@@ -101,6 +101,12 @@ fn failures_have_their_documented_exit_codes() {
     let (code, _, stderr) = home.run(&["serve", "--listen", &addr]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("cannot listen on") && stderr.contains("choose another --listen"), "{stderr}");
+    // One clear error at every size, not a lost connection past the frame size.
+    let big = home.0.join("big.bin");
+    std::fs::write(&big, vec![b'a'; 10_000_000]).unwrap();
+    let (code, _, stderr) = home.run(&["pub", "big", "--file", big.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("message of 10000000 bytes is larger than the server's limit"), "{stderr}");
     let (code, _, stderr) = home.run(&["ack", "s", "1", "1", "--delay", "5s"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--delay is for nack"), "{stderr}");

@@ -621,3 +621,43 @@ async fn binary_frames_publish_and_deliver_when_offered_and_bad_ones_are_refused
         other => panic!("expected the ping's answer and no delivery, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_message_over_the_limit_is_refused_clearly_at_every_size_and_a_raised_limit_carries_it() {
+    // Found by a new user: 2 MB got a clear error, 10 MB a transport error that cost the connection.
+    let server = start(ServeConfig::default()).await;
+    let c = client(&server).await;
+    for size in [2_000_000, 10_000_000, 40_000_000] {
+        let err =
+            c.publish(PublishRequest::new(name("big"), vec![b'a'; size])).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("message of {size} bytes is larger than the server's limit")), "{err}");
+        let batch = vec![
+            PublishRequest::new(name("big"), "small"),
+            PublishRequest::new(name("big"), vec![b'a'; size]),
+        ];
+        let err = c.publish_batch(batch).await.unwrap_err().to_string();
+        assert!(err.contains("larger than the server's limit"), "{err}");
+    }
+    // The connection is still there, and the small message before the large one was published.
+    c.publish(PublishRequest::new(name("big"), "after")).await.unwrap();
+    assert_eq!(server.engine.topic_info(&name("big")).unwrap().head_seq, 4);
+
+    let limits =
+        ServeLimits { max_message_bytes: 16 << 20, max_frame_bytes: 24 << 20, ..ServeLimits::default() };
+    let server = start(ServeConfig { limits, ..ServeConfig::default() }).await;
+    let c = client(&server).await;
+    let mut topic = pubsub::engine::TopicConfig::new(name("large"));
+    topic.max_msg_bytes = 16 << 20;
+    c.create_topic(topic).await.unwrap();
+    let payload: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
+    c.publish(PublishRequest::new(name("large"), payload.clone())).await.unwrap();
+    let mut stream = c
+        .subscribe(SubscribeRequest {
+            from: Some(pubsub::engine::StartPosition::All),
+            ..SubscribeRequest::live(vec![pubsub::engine::Pattern::parse("large").unwrap()])
+        })
+        .await
+        .unwrap();
+    let got = next_delivery(&mut stream).await;
+    assert!(got.message.payload[..] == payload[..], "the 10 MB payload came back changed");
+}

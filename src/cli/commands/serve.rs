@@ -56,7 +56,7 @@ pub struct ServeArgs {
     /// clients, fewer can serve more (docs/BENCHMARKS.md).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024), conflicts_with = "detach")]
     pub threads: Option<u16>,
-    /// Largest frame accepted, bytes.
+    /// Largest frame accepted, bytes (raised to hold the largest message when that needs more).
     #[arg(long, default_value_t = ServeLimits::default().max_frame_bytes, value_name = "BYTES")]
     pub max_frame_bytes: usize,
     /// Largest message accepted (payload + key + headers), bytes.
@@ -102,7 +102,10 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
     let config = ServeConfig {
         token: ctx.token.clone(),
         limits: ServeLimits {
-            max_frame_bytes: args.max_frame_bytes,
+            // A frame must hold the largest message, base64 in a JSON envelope at worst.
+            max_frame_bytes: args
+                .max_frame_bytes
+                .max(args.max_message_bytes.saturating_mul(4) / 3 + (64 << 10)),
             max_message_bytes: args.max_message_bytes,
             max_connections: args.max_connections,
             max_subscriptions: args.max_subscriptions,

@@ -73,6 +73,10 @@ pub struct CreateArgs {
     /// On a durable engine, the size at which a segment file is sealed and a new one started.
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
+    /// The largest message (payload + key + headers) the topic accepts (default 1 MiB; a served engine
+    /// also has its own limit: `serve --max-message-bytes`).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_message_bytes: Option<u32>,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -172,6 +176,9 @@ pub async fn run(ctx: &Context, command: TopicCommand) -> Result<(), CliError> {
             }
             if let Some(b) = args.segment_bytes {
                 config.segment_bytes = b;
+            }
+            if let Some(b) = args.max_message_bytes {
+                config.max_msg_bytes = b;
             }
             let info = broker.create_topic(config).await?;
             note(&format!("created topic {} capturing {}", info.name, info.subjects.join(", ")));
