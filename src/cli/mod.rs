@@ -7,6 +7,7 @@ pub mod commands;
 pub mod output;
 pub mod parse;
 pub mod render;
+pub mod signal;
 
 use std::process::ExitCode;
 

@@ -487,3 +487,69 @@ fn replay_refuses_a_line_longer_than_any_recording_naming_file_and_line() {
     assert!(stderr.contains(&format!("{}: line 2: longer than 64 MiB", path.display())), "{stderr}");
     assert!(stderr.contains("nothing was published"), "{stderr}");
 }
+
+/// Waits until topic `topic` of `home` holds at least `n` messages.
+fn wait_for_messages(home: &Home, topic: &str, n: u64) {
+    let started = std::time::Instant::now();
+    loop {
+        let (_, out, _) = home.run(&["topic", "info", topic, "--json"]);
+        let head =
+            serde_json::from_str::<serde_json::Value>(out.trim()).ok().and_then(|v| v["head_seq"].as_u64());
+        if head.is_some_and(|h| h >= n) {
+            return;
+        }
+        assert!(started.elapsed().as_secs() < 30, "{topic} never reached {n} messages");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn paced_pub_and_replay_stop_on_sigint_and_sigterm_and_say_what_they_did() {
+    // Found by a new user: `pub --count --rate` and `replay` died on Ctrl-C without their summary, and
+    // ignored SIGINT when started in the background.
+    let home = Home::with_daemon("signals");
+    for signal in ["-INT", "-TERM"] {
+        let topic = format!("paced{}", &signal[1..]).to_lowercase();
+        let child = home
+            .cmd()
+            .args(["pub", &topic, "m{{seq}}", "--count", "100000", "--rate", "50/s", "-v"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_messages(&home, &topic, 3);
+        std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{signal}: {stderr}");
+        assert!(stderr.contains("published") && stderr.contains("message(s)"), "{signal}: {stderr}");
+
+        let copy = format!("{topic}.copy");
+        let child = home
+            .cmd()
+            .args(["replay", &topic, "--into", &copy, "--rate", "20/s"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_messages(&home, &copy, 2);
+        std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{signal}: {stderr}");
+        assert!(stderr.contains("replay interrupted after"), "{signal}: {stderr}");
+    }
+}
+
+#[test]
+fn a_paced_pub_started_in_the_background_by_a_script_still_stops_on_sigint() {
+    // A non-interactive shell starts background jobs with SIGINT ignored; the command's own handler
+    // takes it anyway.
+    let home = Home::with_daemon("signals-bg");
+    let (code, _, stderr) = home.sh(
+        "pubsub pub bg 'm{{seq}}' --count 100000 --rate 50/s -v & pid=$!; \
+         for i in $(seq 100); do [ \"$(pubsub topic info bg --json 2>/dev/null | grep -o '\"head_seq\":[0-9]*' | cut -d: -f2)\" -ge 2 ] 2>/dev/null && break; sleep 0.1; done; \
+         kill -INT $pid; for i in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; \
+         kill -KILL $pid 2>/dev/null; wait $pid; echo \"exit $?\" >&2",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("exit 130"), "{stderr}");
+}

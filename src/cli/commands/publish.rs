@@ -262,8 +262,19 @@ async fn publish_all(
     let mut duplicates = 0u64;
     let mut batch: Vec<Input> = Vec::with_capacity(BATCH);
     let mut input_error = None;
+    let interrupted = crate::cli::signal::interrupted();
+    tokio::pin!(interrupted);
     'outer: loop {
-        let Some(first) = rx.recv().await else { break };
+        // Ctrl-C or SIGTERM stops between publishes: what was published is reported, then exit 130.
+        let next = tokio::select! {
+            () = &mut interrupted => None,
+            next = rx.recv() => Some(next),
+        };
+        let Some(next) = next else {
+            report(verbose, published, duplicates, first_seq.map(|f| (f, last_seq, stored_in.clone())));
+            return Err(CliError::Interrupted);
+        };
+        let Some(first) = next else { break };
         match first {
             Ok(input) => batch.push(input),
             Err(e) => {
@@ -274,7 +285,13 @@ async fn publish_all(
         // With a rate, messages go one at a time on schedule; without, whatever is ready goes together.
         if let Some(rate) = rate {
             let due = started + Duration::from_secs_f64(published as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
+            tokio::select! {
+                () = &mut interrupted => {
+                    report(verbose, published, duplicates, first_seq.map(|f| (f, last_seq, stored_in.clone())));
+                    return Err(CliError::Interrupted);
+                }
+                () = tokio::time::sleep_until(due.into()) => {}
+            }
         } else {
             while batch.len() < BATCH {
                 match rx.try_recv() {

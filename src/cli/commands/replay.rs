@@ -168,6 +168,12 @@ async fn replay(
     let mut last_progress = started;
     let mut batch = Vec::new();
     let mut done = 0usize;
+    let interrupted = crate::cli::signal::interrupted();
+    tokio::pin!(interrupted);
+    let stop = |done: usize| {
+        note(&format!("replay interrupted after {done} of {total} message(s)"));
+        CliError::Interrupted
+    };
     for (i, (time, mut req)) in messages.into_iter().enumerate() {
         if let Some(into) = &into {
             req.subject = into.clone();
@@ -179,13 +185,20 @@ async fn replay(
         };
         match due {
             Some(due) => {
-                tokio::time::sleep_until(due).await;
+                tokio::select! {
+                    () = &mut interrupted => return Err(stop(done)),
+                    () = tokio::time::sleep_until(due) => {}
+                }
                 broker.publish(req).await.map_err(|e| failed(done, e))?;
                 done += 1;
             }
             None => {
                 batch.push(req);
                 if batch.len() == 256 {
+                    // Between batches, an interrupt that came meanwhile stops the replay.
+                    if futures_util::poll!(&mut interrupted).is_ready() {
+                        return Err(stop(done));
+                    }
                     let n = batch.len();
                     broker.publish_batch(std::mem::take(&mut batch)).await.map_err(|e| failed(done, e))?;
                     done += n;

@@ -274,7 +274,7 @@ pub async fn receive(
     let mut received = 0u64;
     let mut running: JoinSet<(BrokerDelivery, bool)> = JoinSet::new();
     let mut buf = Vec::with_capacity(64 * 1024);
-    let interrupt = tokio::signal::ctrl_c();
+    let interrupt = crate::cli::signal::interrupted();
     tokio::pin!(interrupt);
     let reader_gone = crate::cli::output::stdout_gone();
     tokio::pin!(reader_gone);
