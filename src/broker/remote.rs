@@ -110,6 +110,38 @@ impl std::fmt::Debug for RemoteBroker {
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl RemoteBroker {
+    /// Publishes a batch whose messages all fit the server's limit: JSON, or binary frames of at most
+    /// the server's frame size, in order; a failure names the index in the whole batch (everything before
+    /// it was published).
+    async fn send_batch(&self, msgs: &[PublishRequest]) -> Result<Vec<PublishReceipt>, BrokerError> {
+        if !self.inner.binary.load(Ordering::Relaxed) {
+            return self
+                .call_as(Request::PublishBatch { messages: msgs.iter().map(envelope).collect() })
+                .await;
+        }
+        let max_frame = self.inner.max_frame.load(Ordering::Relaxed);
+        let mut receipts = Vec::with_capacity(msgs.len());
+        for chunk in protocol::binary::publish_chunks(msgs, max_frame) {
+            let offset = receipts.len();
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let frame = Outgoing::Binary(protocol::binary::encode_publish_batch(id, chunk));
+            match send_and_wait(&self.inner, id, frame, None, REQUEST_TIMEOUT).await {
+                Ok(Reply::Receipts(some)) => receipts.extend(some),
+                Ok(Reply::Json(_)) => {
+                    return Err(BrokerError::Protocol("a JSON answer to a binary publish batch".into()));
+                }
+                Err(BrokerError::Batch { index, source }) => {
+                    return Err(BrokerError::Batch { index: offset + index, source });
+                }
+                Err(e) if offset > 0 => {
+                    return Err(BrokerError::Batch { index: offset, source: Box::new(e) });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(receipts)
+    }
+
     /// Refuses a message over the server's announced size limit, in the server's own words.
     fn check_size(&self, msg: &PublishRequest) -> Result<(), BrokerError> {
         let max = self.inner.max_message.load(Ordering::Relaxed);
@@ -664,44 +696,15 @@ impl Broker for RemoteBroker {
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
-        if let Some((index, e)) =
-            msgs.iter().enumerate().find_map(|(i, m)| self.check_size(m).err().map(|e| (i, e)))
-        {
-            // Everything before it goes first, as the server would have published it.
-            let before = msgs.into_iter().take(index).collect::<Vec<_>>();
-            if !before.is_empty() {
-                Box::pin(self.publish_batch(before)).await?;
-            }
-            return Err(BrokerError::Batch { index, source: Box::new(e) });
+        let oversize = msgs.iter().enumerate().find_map(|(i, m)| self.check_size(m).err().map(|e| (i, e)));
+        let Some((index, e)) = oversize else {
+            return self.send_batch(&msgs).await;
+        };
+        // Everything before it goes first, as the server would have published it.
+        if index > 0 {
+            self.send_batch(&msgs[..index]).await?;
         }
-        if !self.inner.binary.load(Ordering::Relaxed) {
-            return self
-                .call_as(Request::PublishBatch { messages: msgs.iter().map(envelope).collect() })
-                .await;
-        }
-        // A batch larger than the server's frame limit goes as several frames, in order; a failure
-        // names the index in the whole batch (everything before it was published).
-        let max_frame = self.inner.max_frame.load(Ordering::Relaxed);
-        let mut receipts = Vec::with_capacity(msgs.len());
-        for chunk in protocol::binary::publish_chunks(&msgs, max_frame) {
-            let offset = receipts.len();
-            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            let frame = Outgoing::Binary(protocol::binary::encode_publish_batch(id, chunk));
-            match send_and_wait(&self.inner, id, frame, None, REQUEST_TIMEOUT).await {
-                Ok(Reply::Receipts(some)) => receipts.extend(some),
-                Ok(Reply::Json(_)) => {
-                    return Err(BrokerError::Protocol("a JSON answer to a binary publish batch".into()));
-                }
-                Err(BrokerError::Batch { index, source }) => {
-                    return Err(BrokerError::Batch { index: offset + index, source });
-                }
-                Err(e) if offset > 0 => {
-                    return Err(BrokerError::Batch { index: offset, source: Box::new(e) });
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(receipts)
+        Err(BrokerError::Batch { index, source: Box::new(e) })
     }
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {

@@ -1,6 +1,6 @@
 //! Subject names and the patterns that select them (SEMANTICS §9.3): validation, matching, overlap.
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::collections::HashSet;
 use std::fmt;
 use std::str::{Chars, FromStr};
@@ -211,12 +211,11 @@ pub enum PatternToken {
     Levels(Box<str>),
 }
 
-/// Whether `token` is written as an MQTT filter: it has `/` levels, at least one of which is `+` or a
-/// final `#`, and no other wildcard.
-/// A '/'-level token with `*` levels written as MQTT's `+` and a final `>` level as `#`.
-fn mqtt_spelling(token: &str) -> String {
+/// A '/'-level token with `*` levels written as MQTT's `+` and a final `>` level as `#`; any other
+/// token as it is.
+fn mqtt_spelling(token: &str) -> Cow<'_, str> {
     if !token.contains('/') {
-        return token.to_string();
+        return Cow::Borrowed(token);
     }
     let levels: Vec<&str> = token.split('/').collect();
     let last = levels.len() - 1;
@@ -229,9 +228,11 @@ fn mqtt_spelling(token: &str) -> String {
             other => other,
         })
         .collect();
-    spelled.join("/")
+    Cow::Owned(spelled.join("/"))
 }
 
+/// Whether `token` is written as an MQTT filter: it has `/` levels, at least one of which is `+` or a
+/// final `#`, and no other wildcard.
 fn is_level_filter(token: &str) -> bool {
     if !token.contains('/') {
         return false;
@@ -282,17 +283,17 @@ impl TokenPattern {
         let count = text.split('.').count();
         let mut tokens = Vec::with_capacity(count);
         for (i, token) in text.split('.').enumerate() {
+            // `sensors/kitchen/*` means what MQTT writes `sensors/kitchen/+`, and a final `>` what it
+            // writes `#`: users bring the wildcards they know to '/' levels.
+            let spelled = mqtt_spelling(token);
             tokens.push(match token {
                 "*" => PatternToken::One,
                 "#" => PatternToken::ZeroOrMore,
                 ">" if i + 1 == count => PatternToken::OneOrMore,
                 ">" => return Err(NameProblem::GtNotLast(i + 1)),
-                _ if is_level_filter(&mqtt_spelling(token)) => {
-                    // `sensors/kitchen/*` means what MQTT writes `sensors/kitchen/+`, and a final `>`
-                    // what it writes `#`: users bring the wildcards they know to '/' levels.
-                    let filter = mqtt_spelling(token);
-                    check_token(i + 1, &filter)?;
-                    PatternToken::Levels(filter.into())
+                _ if is_level_filter(&spelled) => {
+                    check_token(i + 1, &spelled)?;
+                    PatternToken::Levels(spelled.into())
                 }
                 _ if token.contains(is_wildcard) => return Err(NameProblem::MixedWildcard(token.into())),
                 _ => check_token(i + 1, token).map(|()| PatternToken::Literal(token.into()))?,

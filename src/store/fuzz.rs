@@ -104,14 +104,14 @@ proptest! {
         mutations in proptest::collection::vec(mutation(), 0..4),
     ) {
         let _ = SubOp::decode(&body);
-        let _ = SubSnapshot::decode_for_tests(&body);
+        let _ = SubSnapshot::decode(&body);
         let mut snap = SubSnapshot::starting_at(1);
         for &(seq, attempt) in &seqs {
             snap.apply(SubOp::Attempt { seq, attempt });
         }
-        let encoded = snap.encode_for_tests(3);
-        prop_assert_eq!(SubSnapshot::decode_for_tests(&encoded), Some((3, snap)));
-        let _ = SubSnapshot::decode_for_tests(&mutate(encoded, &mutations));
+        let encoded = snap.encode(3);
+        prop_assert_eq!(SubSnapshot::decode(&encoded), Some((3, snap)));
+        let _ = SubSnapshot::decode(&mutate(encoded, &mutations));
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl SubSnapshot {
         self.pending.retain(|&seq, _| seq <= head);
     }
 
-    fn encode(&self, generation: u64) -> Vec<u8> {
+    pub(crate) fn encode(&self, generation: u64) -> Vec<u8> {
         let mut body = Vec::with_capacity(28 + self.pending.len() * 21);
         body.extend_from_slice(&generation.to_le_bytes());
         body.extend_from_slice(&self.cursor.to_le_bytes());
@@ -153,7 +153,7 @@ impl SubSnapshot {
         out
     }
 
-    fn decode(data: &[u8]) -> Option<(u64, SubSnapshot)> {
+    pub(crate) fn decode(data: &[u8]) -> Option<(u64, SubSnapshot)> {
         let frames = frame::read_frames(data);
         if frames.bodies.len() != 1 || frames.valid_len != data.len() {
             return None;
@@ -170,17 +170,6 @@ impl SubSnapshot {
                 .insert(seq, Pending { attempt, not_before: delayed.then(|| Timestamp::from_micros(at)) });
         }
         r.is_empty().then_some((generation, snap))
-    }
-}
-
-#[cfg(test)]
-impl SubSnapshot {
-    pub(crate) fn encode_for_tests(&self, generation: u64) -> Vec<u8> {
-        self.encode(generation)
-    }
-
-    pub(crate) fn decode_for_tests(data: &[u8]) -> Option<(u64, SubSnapshot)> {
-        Self::decode(data)
     }
 }
 

@@ -300,10 +300,11 @@ impl RecoveryReport {
 /// real name is in the metadata and in the directory's `NAME` file.
 pub(crate) fn dir_name(name: &Name) -> String {
     let mut out = String::with_capacity(name.as_str().len());
+    // Where a long name is cut: the first character boundary of the escaped text past the kept part.
     let mut cut = None;
-    for (at, ch) in name.as_str().char_indices() {
+    for ch in name.as_str().chars() {
         if out.len() > DIR_NAME_KEEP && cut.is_none() {
-            cut = Some((out.len(), at));
+            cut = Some(out.len());
         }
         let mut buf = [0u8; 4];
         for &b in ch.encode_utf8(&mut buf).as_bytes() {
@@ -320,8 +321,7 @@ pub(crate) fn dir_name(name: &Name) -> String {
     let bytes = name.as_str().as_bytes();
     let reversed: Vec<u8> = bytes.iter().rev().copied().collect();
     let hash = (u64::from(crc32c::crc32c(bytes)) << 32) | u64::from(crc32c::crc32c(&reversed));
-    let keep = cut.map_or(out.len(), |(escaped, _)| escaped);
-    out.truncate(keep);
+    out.truncate(cut.unwrap_or(out.len()));
     out.push_str(&format!("~{hash:016x}"));
     out
 }
@@ -366,12 +366,10 @@ static OPEN_DIRS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 #[derive(Debug)]
 struct StoreInner {
     dir: PathBuf,
-    /// The directory as registered in [`OPEN_DIRS`].
-    canonical: PathBuf,
     /// Directories whose topic or subscription was deleted (so their files may go), by path.
     removable: Mutex<BTreeSet<PathBuf>>,
-    /// Held while the store is open: the exclusive lock is released when this file closes.
-    lock: Mutex<Option<File>>,
+    /// Held while the store is open; dropping it releases the directory.
+    lock: Mutex<Option<DirLock>>,
     meta: Mutex<File>,
     meta_path: PathBuf,
     syncer: Mutex<Option<Syncer>>,
@@ -389,9 +387,7 @@ impl StoreInner {
                 tracing::error!("the interval sync thread panicked");
             }
         }
-        if lock(&self.lock).take().is_some() {
-            lock(&OPEN_DIRS).remove(&self.canonical);
-        }
+        drop(lock(&self.lock).take());
     }
 }
 
@@ -420,10 +416,8 @@ impl Store {
         // A directory made by an older version (or by hand) is closed to other users too.
         let private = fs::Permissions::from_mode(frame::DIR_MODE);
         fs::set_permissions(dir, private).map_err(|e| StoreError::io(dir, e))?;
-        let canonical = fs::canonicalize(dir).map_err(|e| StoreError::io(dir, e))?;
-        let lock_file = take_lock(dir, &canonical)?;
-        // From here on, an early return must let go of the registration (the lock goes with the file).
-        let registered = Registered(Some(canonical));
+        // An early return from here on releases the directory with `dir_lock`.
+        let dir_lock = take_lock(dir)?;
         for entry in fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
             let path = entry.map_err(|e| StoreError::io(dir, e))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -468,9 +462,8 @@ impl Store {
 
         let inner = StoreInner {
             dir: dir.to_path_buf(),
-            canonical: registered.keep(),
             removable: Mutex::new(BTreeSet::new()),
-            lock: Mutex::new(Some(lock_file)),
+            lock: Mutex::new(Some(dir_lock)),
             meta: Mutex::new(meta),
             meta_path,
             syncer: Mutex::new(None),
@@ -600,17 +593,34 @@ impl Store {
     }
 }
 
+/// A data directory taken by this process: its lock file, and its place in [`OPEN_DIRS`]. Dropping it
+/// closes the file first (which releases the lock), then gives up the place.
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    file: Option<File>,
+    canonical: PathBuf,
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        drop(self.file.take());
+        lock(&OPEN_DIRS).remove(&self.canonical);
+    }
+}
+
 /// Takes the directory's exclusive lock and writes this process's pid into it. The lock is a POSIX
 /// record lock on `LOCK` (`fcntl(F_SETLK)`): it belongs to this process and, unlike an `flock`, is not
 /// shared with a child while the child holds a copy of the descriptor between its fork and its exec, so
 /// a directory is free again the moment its store lets go of it. Such locks do not tell two opens in one
-/// process apart, so [`OPEN_DIRS`] refuses a second open in this process.
-fn take_lock(dir: &Path, canonical: &Path) -> Result<File, StoreError> {
+/// process apart (and closing any descriptor of the file would release them), so [`OPEN_DIRS`] refuses
+/// a second open in this process before the file is even opened.
+pub(crate) fn take_lock(dir: &Path) -> Result<DirLock, StoreError> {
+    let canonical = fs::canonicalize(dir).map_err(|e| StoreError::io(dir, e))?;
     let own = std::process::id().to_string();
-    if !lock(&OPEN_DIRS).insert(canonical.to_path_buf()) {
+    if !lock(&OPEN_DIRS).insert(canonical.clone()) {
         return Err(StoreError::Locked { dir: dir.to_path_buf(), holder: own });
     }
-    let registered = Registered(Some(canonical.to_path_buf()));
+    let mut taken = DirLock { file: None, canonical };
     let lock_path = dir.join("LOCK");
     let lock_file = frame::options()
         .read(true)
@@ -637,8 +647,8 @@ fn take_lock(dir: &Path, canonical: &Path) -> Result<File, StoreError> {
     }
     lock_file.set_len(0).map_err(|e| StoreError::io(&lock_path, e))?;
     lock_file.write_all_at(own.as_bytes(), 0).map_err(|e| StoreError::io(&lock_path, e))?;
-    registered.keep();
-    Ok(lock_file)
+    taken.file = Some(lock_file);
+    Ok(taken)
 }
 
 /// A record lock of kind `kind` over the whole file.
@@ -649,24 +659,6 @@ fn whole_file(kind: libc::c_int) -> libc::flock {
         l_start: 0,
         l_len: 0,
         l_pid: 0,
-    }
-}
-
-/// Removes a directory from [`OPEN_DIRS`] when an open fails before the store owns the registration.
-struct Registered(Option<PathBuf>);
-
-impl Registered {
-    /// The store owns the registration from now on.
-    fn keep(mut self) -> PathBuf {
-        self.0.take().unwrap_or_default()
-    }
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            lock(&OPEN_DIRS).remove(&path);
-        }
     }
 }
 
@@ -739,13 +731,16 @@ pub(crate) struct Leftovers {
 /// Sorts what `topics/` and `subs/` hold beyond what `state` names.
 pub(crate) fn leftovers(dir: &Path, state: &MetaState) -> Leftovers {
     let mut out = Leftovers::default();
-    let topics = (state.topics.iter().map(|t| &t.name), &state.deleted_topics);
-    let subs = (state.subscriptions.iter().map(|s| &s.name), &state.deleted_subs);
-    let topics: (BTreeSet<String>, BTreeSet<String>) =
-        (topics.0.map(dir_name).collect(), topics.1.iter().map(dir_name).collect());
-    let subs: (BTreeSet<String>, BTreeSet<String>) =
-        (subs.0.map(dir_name).collect(), subs.1.iter().map(dir_name).collect());
-    for (sub, (live, deleted)) in [("topics", &topics), ("subs", &subs)] {
+    let dirs = |names: &mut dyn Iterator<Item = &Name>| -> BTreeSet<String> { names.map(dir_name).collect() };
+    let kinds = [
+        ("topics", dirs(&mut state.topics.iter().map(|t| &t.name)), dirs(&mut state.deleted_topics.iter())),
+        (
+            "subs",
+            dirs(&mut state.subscriptions.iter().map(|s| &s.name)),
+            dirs(&mut state.deleted_subs.iter()),
+        ),
+    ];
+    for (sub, live, deleted) in &kinds {
         let Ok(entries) = fs::read_dir(dir.join(sub)) else {
             continue;
         };
@@ -814,6 +809,26 @@ fn remove_dir(path: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::io(path, e)),
     }
+}
+
+/// Every partition directory under `dir/topics/`, in order (what verify and repair walk).
+pub(crate) fn partition_dirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut out = Vec::new();
+    for topic in sub_dirs(&dir.join("topics"))? {
+        out.extend(sub_dirs(&topic)?);
+    }
+    Ok(out)
+}
+
+/// The directories directly inside `dir`, sorted; none when `dir` does not exist.
+fn sub_dirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut out: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(StoreError::io(dir, e)),
+    };
+    out.sort();
+    Ok(out)
 }
 
 /// Fsyncs each registered `Interval` gate when it is due, until the store stops it; a last sync of

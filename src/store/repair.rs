@@ -24,15 +24,13 @@ use super::frame::{self, Reader};
 use super::journal::{SubJournal, SubOp};
 use super::segment::{self, IDX_ENTRY};
 use super::{
-    MetaOp, MetaState, Registered, StoreError, dir_name, leftovers, read_meta, read_optional, take_lock,
+    MetaOp, MetaState, StoreError, dir_name, leftovers, partition_dirs, read_meta, read_optional, take_lock,
 };
 use crate::engine::{Lifetime, Name, StorageKind, TopicConfig};
 
 /// Repairs `dir` as the module says; returns one line per thing done (empty when nothing needed it).
 pub fn repair(dir: &Path) -> Result<Vec<String>, StoreError> {
-    let canonical = fs::canonicalize(dir).map_err(|e| StoreError::io(dir, e))?;
-    let _lock = take_lock(dir, &canonical)?;
-    let _registered = Registered(Some(canonical));
+    let _lock = take_lock(dir)?;
     let mut quarantine = Quarantine::new(dir);
     let mut done = Vec::new();
 
@@ -50,10 +48,8 @@ pub fn repair(dir: &Path) -> Result<Vec<String>, StoreError> {
             repair_subscription(&path, &sub.name, &mut quarantine, &mut done)?;
         }
     }
-    for topic in list(&dir.join("topics"))? {
-        for partition in list(&topic)? {
-            repair_partition(&partition, &mut quarantine, &mut done)?;
-        }
+    for partition in partition_dirs(dir)? {
+        repair_partition(&partition, &mut quarantine, &mut done)?;
     }
     if let Some(root) = &quarantine.root {
         done.push(format!("the originals of what changed are in {}", root.display()));
@@ -114,16 +110,6 @@ impl Quarantine {
         }
         Ok(place)
     }
-}
-
-fn list(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    let mut out: Vec<PathBuf> = match fs::read_dir(dir) {
-        Ok(entries) => entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(StoreError::io(dir, e)),
-    };
-    out.sort();
-    Ok(out)
 }
 
 /// Replays every readable record of the snapshot, then of the journal, and writes the result as the new

@@ -33,22 +33,18 @@ pub fn verify(dir: &Path) -> Result<Vec<String>, StoreError> {
         }
         Err(e) => findings.push(e.to_string()),
     }
-    for topic in list(&dir.join("topics"))?.into_iter().filter(|p| p.is_dir()) {
-        for partition in list(&topic)?.into_iter().filter(|p| p.is_dir()) {
-            let mut logs: Vec<_> =
-                list(&partition)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
-            logs.sort();
-            for log in logs {
-                check_segment(&log, &mut findings)?;
-            }
-            for idx in list(&partition)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "idx")) {
-                if !idx.with_extension("log").exists() {
-                    findings.push(format!(
-                        "{}: an index without its segment (the segment's messages are gone)",
-                        idx.display()
-                    ));
-                }
-            }
+    for partition in super::partition_dirs(dir)? {
+        let mut files = list(&partition)?;
+        files.sort();
+        let has = |path: &Path, ext: &str| path.extension().is_some_and(|e| e == ext);
+        for log in files.iter().filter(|p| has(p, "log")) {
+            check_segment(log, &mut findings)?;
+        }
+        for idx in files.iter().filter(|p| has(p, "idx") && !p.with_extension("log").exists()) {
+            findings.push(format!(
+                "{}: an index without its segment (the segment's messages are gone)",
+                idx.display()
+            ));
         }
     }
     Ok(findings)
