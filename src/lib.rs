@@ -16,6 +16,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod human;
+pub mod model;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::capability::Capability;
-use crate::engine::{EngineError, NameError};
+use crate::model::{EngineError, NameError};
 
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]

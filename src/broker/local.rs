@@ -11,10 +11,10 @@ use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, ConnectionEvent, DeliveryStream, ItemSource,
     Settle, StreamItem, SubscribeRequest, history_topic,
 };
-use crate::engine::{
-    AckRef, AttachOptions, BrowseFrom, ByteBudget, Delivery, Engine, FetchOptions, Lifetime, Message, Name,
-    PeekReport, PublishReceipt, PublishRequest, PushConsumer, SeekTarget, SubscriptionConfig,
-    SubscriptionInfo, TapItem, TapOptions, TapReceiver, TopicConfig, TopicInfo,
+use crate::engine::{AttachOptions, ByteBudget, Engine, PushConsumer, TapItem, TapOptions, TapReceiver};
+use crate::model::{
+    AckRef, BrowseFrom, Delivery, FetchOptions, Lifetime, Message, Name, PeekReport, PublishReceipt,
+    PublishRequest, SeekTarget, SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo,
 };
 
 /// How often the engine's timers run when it lives inside a broker handle.
@@ -85,7 +85,7 @@ impl LocalBroker {
                 config.ack = req.ack;
                 match self.engine.create_subscription(config) {
                     // Another consumer created it first: join it.
-                    Ok(_) | Err(crate::engine::EngineError::SubscriptionExists(_)) => {}
+                    Ok(_) | Err(crate::model::EngineError::SubscriptionExists(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -208,7 +208,7 @@ impl Broker for LocalBroker {
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
         self.may_sync(|| self.engine.publish_batch(msgs)).map_err(|e| match e {
-            crate::engine::EngineError::Batch { index, source } => {
+            crate::model::EngineError::Batch { index, source } => {
                 BrokerError::Batch { index, source: Box::new(BrokerError::Engine(*source)) }
             }
             other => BrokerError::Engine(other),

@@ -24,66 +24,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+pub use crate::model::{AckToken, BrokerDelivery, Settle, StreamItem};
 pub use capability::{Capabilities, Capability};
 pub use error::BrokerError;
 
-use crate::engine::{
+use crate::model::{
     AckMode, BrowseFrom, FetchOptions, Message, Name, Pattern, PeekReport, PublishReceipt, PublishRequest,
-    SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo, Timestamp, TopicConfig, TopicInfo,
+    SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo,
 };
-
-/// What a caller hands back to settle a delivery; backend-specific parts travel in `reply`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AckToken {
-    /// The subscription it was delivered through.
-    pub subscription: Name,
-    /// Partition.
-    pub partition: u32,
-    /// Position.
-    pub seq: u64,
-    /// Lease token (local engine) or delivery tag (AMQP).
-    pub lease: u64,
-    /// Reply subject or entry id where the broker settles by name (NATS, Redis Streams).
-    pub reply: Option<String>,
-}
-
-/// How to settle a delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settle {
-    /// Done with it.
-    Ack,
-    /// Give it back, optionally after a delay.
-    Nack(Option<Duration>),
-    /// Keep the lease longer.
-    Extend(Duration),
-    /// Give up on it for good, with a reason.
-    Term(String),
-}
-
-/// A message received from a broker, with what is needed to settle it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerDelivery {
-    /// The message.
-    pub message: Message,
-    /// Which delivery of it this is, when the broker counts.
-    pub attempt: Option<u32>,
-    /// When the lease ends, when the broker has leases.
-    pub deadline: Option<Timestamp>,
-    /// How to settle it; `None` when the broker has no acks or the subscription does not ack.
-    pub token: Option<AckToken>,
-}
-
-/// What a subscriber receives: deliveries, or notice of what it missed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamItem {
-    /// A message.
-    Delivery(BrokerDelivery),
-    /// The subscriber fell behind and this many messages were dropped before reaching it.
-    Lagged {
-        /// How many.
-        skipped: u64,
-    },
-}
 
 /// What to subscribe to.
 #[derive(Debug, Clone, PartialEq)]
@@ -330,7 +278,7 @@ pub trait Broker: Send + Sync + fmt::Debug {
         &self,
         _subject: &Name,
         _payload: bytes::Bytes,
-        _headers: crate::engine::Headers,
+        _headers: crate::model::Headers,
         _timeout: Duration,
     ) -> Result<Message, BrokerError> {
         Err(BrokerError::Invalid(format!(

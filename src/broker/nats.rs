@@ -36,7 +36,7 @@ use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ChannelSource, ConnectionEvent,
     DeliveryStream, ItemSource, Settle, StreamItem, SubscribeRequest,
 };
-use crate::engine::{
+use crate::model::{
     AckMode, Backoff, BrowseFrom, Clock, ConsumerInfo, Discard, Headers, Lifetime, Limits, Message,
     MessageExtra, Name, Pattern, PatternToken, PublishReceipt, PublishRequest, SeekTarget, StartPosition,
     StorageKind, SubCounters, SubscriptionConfig, SubscriptionInfo, SystemClock, Timestamp, TopicConfig,
@@ -1403,7 +1403,7 @@ impl Broker for NatsBroker {
         &self,
         subscription: &Name,
         _consumer: &str,
-        opts: crate::engine::FetchOptions,
+        opts: crate::model::FetchOptions,
     ) -> Result<Vec<BrokerDelivery>, BrokerError> {
         let stream = self.stream_of_consumer(subscription).await?;
         let topic = Name::system(&stream.cached_info().config.name)?;

@@ -19,7 +19,7 @@ use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ChannelSource, ConnectionEvent,
     DeliveryStream, ItemSource, Settle, StreamItem, SubscribeRequest,
 };
-use crate::engine::{
+use crate::model::{
     BrowseFrom, Headers, Message, MessageExtra, Name, Pattern, PublishReceipt, PublishRequest, SeekTarget,
     StartPosition, SubscriptionConfig, SubscriptionInfo, Timestamp, TopicConfig, TopicInfo,
 };
@@ -296,11 +296,11 @@ fn pairs(v: &Value) -> Vec<(String, &Value)> {
 
 /// `XINFO CONSUMERS`: each consumer's name, pending count and idle time. Redis keeps no delivery or
 /// ack counts per consumer, so those stay 0.
-fn parse_consumers(value: &Value) -> Vec<crate::engine::ConsumerInfo> {
+fn parse_consumers(value: &Value) -> Vec<crate::model::ConsumerInfo> {
     let Value::Array(rows) = value else { return Vec::new() };
     rows.iter()
         .map(|row| {
-            let mut c = crate::engine::ConsumerInfo {
+            let mut c = crate::model::ConsumerInfo {
                 id: std::sync::Arc::from(""),
                 push: false,
                 prefetch: 0,
@@ -555,7 +555,7 @@ impl Broker for RedisBroker {
                         continue;
                     };
                     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
-                    let now = crate::engine::Clock::now(&crate::engine::SystemClock);
+                    let now = crate::model::Clock::now(&crate::model::SystemClock);
                     if tx.send(Message::new(name.clone(), 0, 0, now, name, None, payload)).await.is_err() {
                         return;
                     }
@@ -673,7 +673,7 @@ impl Broker for RedisBroker {
                 "a Redis stream captures no other subjects; create it without subjects".into(),
             ));
         }
-        if config.limits != crate::engine::Limits::default() {
+        if config.limits != crate::model::Limits::default() {
             return Err(BrokerError::Invalid(
                 "a Redis stream keeps no limits of its own; trim with `?maxlen=N` in the broker URL".into(),
             ));
@@ -936,7 +936,7 @@ impl RedisBroker {
         &self,
         key: &str,
         group: &str,
-    ) -> Result<Vec<crate::engine::ConsumerInfo>, BrokerError> {
+    ) -> Result<Vec<crate::model::ConsumerInfo>, BrokerError> {
         let reply: Value = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(key)
@@ -1004,7 +1004,7 @@ impl RedisBroker {
                 key,
                 group,
                 consumer,
-                acked: req.ack != crate::engine::AckMode::None,
+                acked: req.ack != crate::model::AckMode::None,
                 count,
                 topic,
                 ack_deadline: self.ack_deadline,
@@ -1033,8 +1033,8 @@ fn sub_info(topic: &Name, g: &GroupInfo) -> SubscriptionInfo {
         name,
         topic: topic.clone(),
         filter: Vec::new(),
-        ack: crate::engine::AckMode::Explicit,
-        start: crate::engine::StartPosition::New,
+        ack: crate::model::AckMode::Explicit,
+        start: crate::model::StartPosition::New,
         ack_deadline: Duration::ZERO,
         dead_letter: None,
         max_deliveries: 0,
@@ -1055,7 +1055,7 @@ fn sub_info(topic: &Name, g: &GroupInfo) -> SubscriptionInfo {
         oldest_unacked_age: Duration::ZERO,
         oldest_pending_age: Duration::ZERO,
         consumers: Vec::new(),
-        counters: crate::engine::SubCounters::default(),
+        counters: crate::model::SubCounters::default(),
         publish_rate: 0.0,
         deliver_rate: 0.0,
         ack_rate: 0.0,

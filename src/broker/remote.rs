@@ -23,7 +23,7 @@ use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream,
     ItemSource, Settle, StreamItem, SubscribeRequest,
 };
-use crate::engine::{
+use crate::model::{
     BrowseFrom, FetchOptions, Message, Name, PeekReport, PublishReceipt, PublishRequest, SeekTarget,
     SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo,
 };

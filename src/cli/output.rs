@@ -114,30 +114,6 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A byte count for people: `512 B`, `1.5 KiB`, `3.2 MiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
-}
-
-/// A duration for people, to the most useful unit: `850ms`, `12.3s`, `4m10s`, `2h5m`, `3d4h`.
-pub fn duration(d: std::time::Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0 => format!("{}ms", d.as_millis()),
-        1..=59 => format!("{:.1}s", d.as_secs_f64()),
-        60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
-        3600..=86_399 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
-        _ => format!("{}d{}h", secs / 86_400, (secs % 86_400) / 3600),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,14 +122,5 @@ mod tests {
     fn tables_align_columns() {
         let rows = vec![vec!["NAME".into(), "N".into()], vec!["orders".into(), "12".into()]];
         assert_eq!(table(&rows), "NAME    N\norders  12\n");
-    }
-
-    #[test]
-    fn sizes_and_durations_read_well() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(duration(std::time::Duration::from_millis(850)), "850ms");
-        assert_eq!(duration(std::time::Duration::from_secs(250)), "4m10s");
-        assert_eq!(duration(std::time::Duration::from_secs(7 * 86_400)), "7d0h");
     }
 }

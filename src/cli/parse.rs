@@ -3,63 +3,7 @@
 
 use std::time::Duration;
 
-use crate::engine::{SeekTarget, StartPosition, Timestamp};
-use crate::protocol::envelope::parse_time;
-
-/// A position in a topic as users write it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Position {
-    /// The oldest retained message.
-    Start,
-    /// After the newest: only new ones.
-    End,
-    /// A seq.
-    Seq(u64),
-    /// A publish time.
-    Time(Timestamp),
-}
-
-impl Position {
-    /// Parses `start`, `end`, a seq number, an RFC 3339 time, or `-DURATION` (that long ago).
-    pub fn parse(text: &str, now: Timestamp) -> Result<Position, String> {
-        let t = text.trim();
-        match t {
-            "start" | "beginning" | "all" | "first" => return Ok(Position::Start),
-            "end" | "new" | "now" => return Ok(Position::End),
-            _ => {}
-        }
-        if let Ok(seq) = t.parse::<u64>() {
-            return Ok(Position::Seq(seq));
-        }
-        if let Some(ago) = t.strip_prefix('-') {
-            let d = humantime::parse_duration(ago).map_err(|e| format!("\"{t}\": {e}"))?;
-            return Ok(Position::Time(now.minus(d)));
-        }
-        parse_time(t).map(Position::Time).map_err(|_| {
-            format!("\"{t}\" is not a position: use start, end, a seq number, an RFC 3339 time, or -5m")
-        })
-    }
-
-    /// Where a subscription starting here begins.
-    pub fn start(self) -> StartPosition {
-        match self {
-            Position::Start => StartPosition::All,
-            Position::End => StartPosition::New,
-            Position::Seq(s) => StartPosition::Seq(s),
-            Position::Time(t) => StartPosition::Time(t),
-        }
-    }
-
-    /// Where a seek to here moves a subscription.
-    pub fn seek(self) -> SeekTarget {
-        match self {
-            Position::Start => SeekTarget::Start,
-            Position::End => SeekTarget::End,
-            Position::Seq(seq) => SeekTarget::Seq { partition: 0, seq },
-            Position::Time(t) => SeekTarget::Time(t),
-        }
-    }
-}
+use crate::model::Timestamp;
 
 /// Parses a rate such as `500/s`, `30/m`, `2/h` or a plain number (per second) into messages per second.
 pub fn parse_rate(text: &str) -> Result<f64, String> {
@@ -159,7 +103,7 @@ pub fn seed() -> u64 {
     match getrandom::fill(&mut bytes) {
         Ok(()) => u64::from_le_bytes(bytes) | 1,
         Err(_) => {
-            u64::try_from(crate::engine::Clock::now(&crate::engine::SystemClock).as_micros()).unwrap_or(1) | 1
+            u64::try_from(crate::model::Clock::now(&crate::model::SystemClock).as_micros()).unwrap_or(1) | 1
         }
     }
 }
@@ -187,19 +131,6 @@ mod tests {
     use super::*;
 
     const NOW: Timestamp = Timestamp::from_micros(1_780_000_000_000_000);
-
-    #[test]
-    fn positions_parse_every_form() {
-        assert_eq!(Position::parse("start", NOW), Ok(Position::Start));
-        assert_eq!(Position::parse("end", NOW), Ok(Position::End));
-        assert_eq!(Position::parse("42", NOW), Ok(Position::Seq(42)));
-        assert_eq!(Position::parse("-5m", NOW), Ok(Position::Time(NOW.minus(Duration::from_secs(300)))));
-        assert_eq!(
-            Position::parse("2026-05-28T20:26:40Z", NOW),
-            Ok(Position::Time(Timestamp::from_micros(1_780_000_000_000_000)))
-        );
-        assert!(Position::parse("yesterday", NOW).unwrap_err().contains("-5m"));
-    }
 
     #[test]
     fn rates_and_headers_parse() {

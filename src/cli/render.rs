@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use crate::engine::Message;
+use crate::model::Message;
 use crate::protocol::envelope::{Envelope, encode_bytes, format_time};
 
 /// When to colour output.
@@ -251,7 +251,7 @@ fn field_value(field: &str, m: &Message, attempt: Option<u32>, lease: Option<u64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Headers, MessageExtra, Name, Timestamp};
+    use crate::model::{Headers, MessageExtra, Name, Timestamp};
     use bytes::Bytes;
 
     fn message() -> Message {

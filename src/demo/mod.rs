@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use crate::broker::BrokerError;
 use crate::broker::local::LocalBroker;
-use crate::engine::{Engine, EngineConfig, ManualClock, Timestamp};
+use crate::engine::{Engine, EngineConfig};
+use crate::model::{ManualClock, Timestamp};
 
 /// Runs a scenario headless on a private in-process engine in virtual time: deterministic for a seed.
 /// The engine is returned too, so what the run left behind can be inspected.

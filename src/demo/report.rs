@@ -118,8 +118,7 @@ impl Report {
         let _ = writeln!(out, "\nlag over time (backlog per subscription, one column per second)");
         for s in &self.subscriptions {
             let peak = s.lag.iter().copied().max().unwrap_or(0);
-            let _ =
-                writeln!(out, "  {:<16} {}  peak {peak}", s.name, crate::tui::views::sparkline_of(&s.lag));
+            let _ = writeln!(out, "  {:<16} {}  peak {peak}", s.name, crate::human::sparkline(&s.lag));
         }
         if !self.narrative.is_empty() {
             let _ = writeln!(out, "\nwhat happened");

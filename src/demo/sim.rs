@@ -9,9 +9,10 @@ use std::time::Duration;
 use super::report::{ConsumerReport, Report, SubscriptionReport};
 use super::scenario::{EventAction, Mode, Scenario};
 use crate::broker::{AckToken, BrokerError, Settle, SharedBroker};
-use crate::engine::{
-    Backoff, Engine, FetchOptions, ManualClock, Name, Pattern, PublishRequest, StartPosition,
-    SubscriptionConfig, TopicConfig,
+use crate::engine::Engine;
+use crate::model::{
+    Backoff, FetchOptions, ManualClock, Name, Pattern, PublishRequest, StartPosition, SubscriptionConfig,
+    TopicConfig,
 };
 
 /// One simulation step.
@@ -85,7 +86,7 @@ impl Sim {
                 config.limits.max_msgs = Some(n);
             }
             match broker.create_topic(config).await {
-                Ok(_) | Err(BrokerError::Engine(crate::engine::EngineError::TopicExists(_))) => {}
+                Ok(_) | Err(BrokerError::Engine(crate::model::EngineError::TopicExists(_))) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -249,9 +250,9 @@ impl Sim {
                 (EventAction::Seek, _) => {
                     let sub = name(event.subscription.as_deref().unwrap_or_default())?;
                     let target = match event.target.as_deref().unwrap_or("start") {
-                        "start" => crate::engine::SeekTarget::Start,
-                        "end" => crate::engine::SeekTarget::End,
-                        seq => crate::engine::SeekTarget::Seq { partition: 0, seq: seq.parse().unwrap_or(1) },
+                        "start" => crate::model::SeekTarget::Start,
+                        "end" => crate::model::SeekTarget::End,
+                        seq => crate::model::SeekTarget::Seq { partition: 0, seq: seq.parse().unwrap_or(1) },
                     };
                     let next = self.broker.seek(&sub, target).await?;
                     for c in self.consumers.iter_mut().filter(|c| c.subscription == sub) {

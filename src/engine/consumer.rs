@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{Notify, mpsc};
 
 use super::Engine;
-use super::clock::Timestamp;
-use super::message::{ConsumerId, Delivery};
-use super::name::Name;
+use crate::model::clock::Timestamp;
+use crate::model::message::{ConsumerId, Delivery};
+use crate::model::name::Name;
 
 /// Where the engine pushes deliveries for a push consumer.
 #[derive(Debug, Clone)]

@@ -5,14 +5,15 @@ use std::sync::atomic::Ordering as AtomicOrdering;
 
 use tokio::sync::mpsc;
 
-use super::clock::Timestamp;
-use super::config::AckMode;
 use super::consumer::{ConsumerState, PushSink};
-use super::error::EngineError;
-use super::event::EngineEvent;
 use super::log::{Record, to_message};
-use super::message::{AckRef, ConsumerId, Delivery};
-use super::subscription::{Ctx, DeliveryState, Effects, Entry, SubState};
+use super::subscription::{Ctx, Effects, Entry, SubState};
+use crate::model::DeliveryState;
+use crate::model::clock::Timestamp;
+use crate::model::config::AckMode;
+use crate::model::error::EngineError;
+use crate::model::event::EngineEvent;
+use crate::model::message::{AckRef, ConsumerId, Delivery};
 use crate::store::journal::SubOp;
 
 impl SubState {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::blocks::BlockDeque;
-use super::clock::Timestamp;
-use super::message::{Message, MessageExtra};
-use super::name::Name;
+use crate::model::clock::Timestamp;
+use crate::model::message::{Message, MessageExtra};
+use crate::model::name::Name;
 use crate::store::segment::{Partition, StoredRecord};
 use crate::store::{StoreError, SyncGate};
 

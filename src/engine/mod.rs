@@ -8,17 +8,11 @@
 //! registry → topic.
 
 mod blocks;
-pub mod clock;
-pub mod config;
 mod consume;
 mod consumer;
 mod dispatch;
 mod durable;
-pub mod error;
-pub mod event;
 mod log;
-pub mod message;
-pub mod name;
 mod publish;
 mod settle;
 pub mod stats;
@@ -31,30 +25,29 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
-pub use config::{
-    AckDurability, AckMode, Assignment, Backoff, Discard, Durability, Lifetime, Limits,
-    Ordering as OrderingMode, RetentionPolicy, StartPosition, StorageKind, SubscriptionConfig, TopicConfig,
+pub use crate::model::{
+    AckDurability, AckMode, AckRef, Assignment, Backoff, BlockedBy, BrowseFrom, Clock, ConsumerId,
+    ConsumerInfo, Delivery, DeliveryState, Discard, Durability, EngineError, EngineEvent, EngineStats,
+    FetchOptions, Headers, Lifetime, Limits, ManualClock, Message, MessageAckState, MessageExtra, Name,
+    NameError, OrderingMode, Pattern, PatternToken, PeekReport, PublishReceipt, PublishRequest,
+    RetentionPolicy, SeekTarget, SharedClock, StartPosition, StorageKind, SubCounters, SubscriptionConfig,
+    SubscriptionInfo, SystemClock, Timestamp, TopicConfig, TopicCounters, TopicInfo,
 };
 pub use consumer::{ByteBudget, PushConsumer};
-pub use error::EngineError;
-pub use event::EngineEvent;
-pub use message::{
-    AckRef, ConsumerId, Delivery, Headers, Message, MessageExtra, PublishReceipt, PublishRequest,
-};
-pub use name::{Name, NameError, Pattern, PatternToken};
-pub use stats::{
-    BlockedBy, ConsumerInfo, EngineStats, MessageAckState, PeekReport, SubCounters, SubscriptionInfo,
-    TopicCounters, TopicInfo,
-};
-pub use subscription::DeliveryState;
 pub use tap::{TapItem, TapOptions, TapReceiver};
 
+use crate::store::StoreError;
 use crate::store::segment::{Partition, PartitionOptions};
 use crate::store::{MetaOp, Store, SyncGate};
 use subscription::Effects;
 use tap::TapRegistry;
 use topic::{TopicCell, TopicState};
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Storage(e.to_string())
+    }
+}
 
 /// A pull consumer that holds nothing and has not fetched for this long is forgotten.
 const PULL_CONSUMER_IDLE: Duration = Duration::from_secs(300);
@@ -81,55 +74,6 @@ impl Default for EngineConfig {
             tap_buffer: 1024,
             default_durability: Durability::default(),
         }
-    }
-}
-
-/// Where `seek` moves a subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeekTarget {
-    /// The oldest retained message.
-    Start,
-    /// After the newest message: only new ones follow.
-    End,
-    /// A seq in a partition.
-    Seq {
-        /// Partition.
-        partition: u32,
-        /// The first seq to deliver again.
-        seq: u64,
-    },
-    /// The first message published at or after this time.
-    Time(Timestamp),
-}
-
-/// Where `browse` starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrowseFrom {
-    /// From this seq (clamped to the oldest retained).
-    Seq(u64),
-    /// From the first message at or after this time.
-    Time(Timestamp),
-    /// The newest `n` messages.
-    Last(u64),
-}
-
-/// Limits of one fetch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FetchOptions {
-    /// At most this many messages.
-    pub max_msgs: usize,
-    /// At most this many bytes (one message is always allowed); `u64::MAX` for no limit.
-    pub max_bytes: u64,
-    /// How long to wait for the first message; `None` returns at once.
-    pub wait: Option<Duration>,
-    /// Sets this consumer's prefetch (most messages it may hold unacked); `None` keeps it (initially the
-    /// subscription's `max_in_flight`).
-    pub prefetch: Option<u32>,
-}
-
-impl Default for FetchOptions {
-    fn default() -> Self {
-        FetchOptions { max_msgs: 100, max_bytes: u64::MAX, wait: None, prefetch: None }
     }
 }
 

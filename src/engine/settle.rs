@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use super::clock::Timestamp;
-use super::config::{AckMode, Backoff};
-use super::error::EngineError;
-use super::event::EngineEvent;
 use super::log::to_message;
-use super::message::{AckRef, ConsumerId, PublishRequest};
-use super::subscription::{Ctx, DeadLetter, DeliveryState, Effects, Failure, SubState};
+use super::subscription::{Ctx, DeadLetter, Effects, Failure, SubState};
+use crate::model::DeliveryState;
+use crate::model::clock::Timestamp;
+use crate::model::config::{AckMode, Backoff};
+use crate::model::error::EngineError;
+use crate::model::event::EngineEvent;
+use crate::model::message::{AckRef, ConsumerId, PublishRequest};
 use crate::store::journal::SubOp;
 
 impl SubState {

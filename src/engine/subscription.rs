@@ -9,45 +9,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::clock::Timestamp;
-use super::config::SubscriptionConfig;
 use super::consumer::ConsumerState;
-use super::event::EngineEvent;
 use super::log::{Log, Record};
-use super::message::{ConsumerId, PublishRequest};
-use super::name::Name;
-use super::stats::{RateMeter, SubCounters};
+use super::stats::RateMeter;
+use crate::model::clock::Timestamp;
+use crate::model::config::SubscriptionConfig;
+use crate::model::event::EngineEvent;
+use crate::model::message::{ConsumerId, PublishRequest};
+use crate::model::name::Name;
+use crate::model::{DeliveryState, SubCounters};
 use crate::store::journal::{Pending, SubJournal, SubOp, SubSnapshot};
 use crate::store::{StoreError, SyncGate};
-
-/// The state of one message in one subscription, as `peek` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryState {
-    /// Deliverable now (attempt 0 = never delivered, i.e. pending).
-    Available,
-    /// Leased to a consumer.
-    InFlight,
-    /// Waiting for its backoff to pass.
-    Delayed,
-    /// Settled by an ack.
-    Acked,
-    /// Skipped because the subscription's filter does not match it.
-    Filtered,
-    /// Copied to the dead-letter topic.
-    DeadLettered,
-    /// Given up on without a dead-letter topic.
-    Terminated,
-    /// Removed by retention before it was settled.
-    Expired,
-}
-
-impl DeliveryState {
-    /// Whether the message is settled for this subscription.
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, DeliveryState::Available | DeliveryState::InFlight | DeliveryState::Delayed)
-    }
-}
 
 /// Per-message state kept between the ack floor and the cursor.
 #[derive(Debug, Clone)]

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use tokio::sync::broadcast;
 
 use super::Engine;
-use super::message::Message;
-use super::name::Pattern;
+use crate::model::message::Message;
+use crate::model::name::Pattern;
 
 /// What a tap hands its listener.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,15 +3,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::clock::Timestamp;
-use super::config::{Discard, Durability, Limits, StorageKind, TopicConfig};
-use super::error::EngineError;
-use super::event::EngineEvent;
 use super::log::{Log, Record};
-use super::message::{MessageExtra, PublishRequest};
-use super::name::Name;
-use super::stats::{RateMeter, TopicCounters, TopicInfo};
+use super::stats::RateMeter;
 use super::subscription::{Ctx, Effects, SubState};
+use crate::model::clock::Timestamp;
+use crate::model::config::{Discard, Durability, Limits, StorageKind, TopicConfig};
+use crate::model::error::EngineError;
+use crate::model::event::EngineEvent;
+use crate::model::message::{MessageExtra, PublishRequest};
+use crate::model::name::Name;
+use crate::model::{TopicCounters, TopicInfo};
 use crate::store::SyncGate;
 
 /// Everything about one topic that changes; guarded by the topic's mutex.

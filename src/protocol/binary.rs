@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::ProtocolError;
-use crate::broker::{AckToken, BrokerDelivery};
-use crate::engine::{Headers, Message, MessageExtra, Name, PublishReceipt, PublishRequest, Timestamp};
+use crate::model::{AckToken, BrokerDelivery};
+use crate::model::{Headers, Message, MessageExtra, Name, PublishReceipt, PublishRequest, Timestamp};
 
 /// `publish_batch`: id, count, then each message.
 pub const PUBLISH_BATCH: u8 = 1;

@@ -3,7 +3,7 @@
 //! 1xxx: the frame or connection (bad input, limits, auth); 2xxx: the engine refused the request;
 //! 3xxx: the server itself.
 
-use crate::engine::EngineError;
+use crate::model::EngineError;
 
 /// A protocol error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,7 +1,7 @@
 //! The message envelope: one JSON object per message, used on the wire and by `--json` output, such
 //! that decoding an encoded envelope reproduces subject, key, headers and payload bytes exactly.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::ProtocolError;
-use crate::engine::{Headers, Message, Name, PublishRequest, Timestamp};
+use crate::model::{Headers, Message, Name, PublishRequest, Timestamp};
 
 /// How a payload or key is written in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -150,7 +150,7 @@ impl Envelope {
         let subject = name(&self.subject)?;
         let topic = if self.topic.is_empty() { subject.clone() } else { name(&self.topic)? };
         let extra =
-            crate::engine::MessageExtra::pack(self.key_bytes()?, self.msg_id.clone(), self.headers.clone());
+            crate::model::MessageExtra::pack(self.key_bytes()?, self.msg_id.clone(), self.headers.clone());
         Ok(Message::new(
             topic,
             self.partition,
@@ -199,22 +199,13 @@ pub fn format_time(t: Timestamp) -> String {
 
 /// Parses RFC 3339 (any precision, `Z` or no offset) into a timestamp.
 pub fn parse_time(text: &str) -> Result<Timestamp, ProtocolError> {
-    let time = humantime::parse_rfc3339_weak(text)
-        .map_err(|e| ProtocolError::Field(format!("timestamp \"{text}\" is not RFC 3339: {e}")))?;
-    Ok(system_time(time))
-}
-
-fn system_time(time: SystemTime) -> Timestamp {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => Timestamp::from_micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
-        Err(e) => Timestamp::from_micros(-i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX)),
-    }
+    Timestamp::parse_rfc3339(text).map_err(ProtocolError::Field)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::MessageExtra;
+    use crate::model::MessageExtra;
 
     fn message(payload: &[u8], key: Option<&[u8]>) -> Message {
         let mut headers = Headers::new();

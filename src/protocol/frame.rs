@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::envelope::Envelope;
-use crate::engine::{
+use crate::model::{
     AckMode, Discard, EngineStats, Lifetime, Limits, Name, Pattern, StartPosition, SubscriptionConfig,
     Timestamp, TopicConfig,
 };
@@ -363,7 +363,7 @@ pub struct SubscriptionSpec {
     pub inactive_ttl_ms: Option<u64>,
     /// When an ack returns on a durable server: `sync` (after fsync) or `async`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ack_durability: Option<crate::engine::AckDurability>,
+    pub ack_durability: Option<crate::model::AckDurability>,
 }
 
 impl SubscriptionSpec {

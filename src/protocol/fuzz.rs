@@ -11,11 +11,11 @@ use proptest::test_runner::RngSeed;
 
 use super::binary;
 use super::*;
-use crate::broker::{AckToken, BrokerDelivery};
-use crate::engine::{
+use crate::model::{
     AckMode, Headers, Message, MessageExtra, Name, Pattern, PublishReceipt, PublishRequest, StartPosition,
     Timestamp,
 };
+use crate::model::{AckToken, BrokerDelivery};
 
 /// `cases` cases from a fixed seed, without writing regression files into the source tree.
 fn config(cases: u32) -> ProptestConfig {

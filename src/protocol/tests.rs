@@ -1,7 +1,7 @@
 //! Codec tests: every frame shape round trips, and bad input is classified with its request id.
 
 use super::*;
-use crate::engine::{AckMode, Name, Pattern, StartPosition};
+use crate::model::{AckMode, Name, Pattern, StartPosition};
 
 fn round_trip(frame: ClientFrame) {
     let text = encode_client(&frame).unwrap();
@@ -33,7 +33,7 @@ fn client_frames_round_trip() {
         Request::Term { lease, reason: "bad".into() },
         Request::Seek {
             subscription: name("s"),
-            target: SeekSpec::Time(crate::engine::Timestamp::from_micros(5)),
+            target: SeekSpec::Time(crate::model::Timestamp::from_micros(5)),
         },
         Request::Browse { topic: name("t"), from: BrowseSpec::Last(3), max: 3 },
         Request::CreateTopic {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::connection::{Connection, Outbound};
 use super::pump::drained;
 use crate::broker::{AckToken, Broker, BrokerError, Settle, SubscribeRequest};
-use crate::engine::{BrowseFrom, FetchOptions, PublishRequest, SeekTarget};
+use crate::model::{BrowseFrom, FetchOptions, PublishRequest, SeekTarget};
 use crate::protocol::{
     BrowseSpec, CountReply, Delivered, Envelope, ErrorCode, LeaseRef, Request, SeekSpec, ServerStats,
 };

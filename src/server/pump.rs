@@ -231,7 +231,7 @@ async fn send(out: &mpsc::Sender<Outbound>, cancel: &CancellationToken, frame: O
 /// client asked for binary frames.
 struct Batch {
     sid: u64,
-    subscription: Option<crate::engine::Name>,
+    subscription: Option<crate::model::Name>,
     binary: bool,
     messages: Vec<Delivered>,
     raw: Vec<BrokerDelivery>,

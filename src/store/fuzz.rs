@@ -12,7 +12,7 @@ use super::frame::{self, put_frame};
 use super::journal::{SubJournal, SubOp, SubSnapshot};
 use super::segment::{self, IDX_ENTRY};
 use super::{MetaOp, read_meta};
-use crate::engine::{Headers, MessageExtra, Name, Timestamp, TopicConfig};
+use crate::model::{Headers, MessageExtra, Name, Timestamp, TopicConfig};
 
 /// A mutation of a valid encoding: flip bytes, cut it, or append to it.
 #[derive(Debug, Clone)]

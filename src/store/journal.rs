@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::frame::{self, Reader};
 use super::{StoreError, SyncGate};
-use crate::engine::{AckDurability, Timestamp};
+use crate::model::{AckDurability, Timestamp};
 
 /// Records between checkpoints; a checkpoint then truncates the journal.
 const CHECKPOINT_EVERY: u64 = 50_000;

@@ -30,7 +30,7 @@ use nix::fcntl::fcntl;
 use nix::libc;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Name, SubscriptionConfig, TopicConfig};
+use crate::model::{Name, SubscriptionConfig, TopicConfig};
 pub use segment::PartitionReport;
 
 /// Why the store refused or failed an operation.

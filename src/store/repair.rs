@@ -26,7 +26,7 @@ use super::segment::{self, IDX_ENTRY};
 use super::{
     MetaOp, MetaState, StoreError, dir_name, leftovers, partition_dirs, read_meta, read_optional, take_lock,
 };
-use crate::engine::{Lifetime, Name, StorageKind, TopicConfig};
+use crate::model::{Lifetime, Name, StorageKind, TopicConfig};
 
 /// Repairs `dir` as the module says; returns one line per thing done (empty when nothing needed it).
 pub fn repair(dir: &Path) -> Result<Vec<String>, StoreError> {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::frame::{self, Reader, sync_dir};
 use super::{StoreError, SyncGate};
-use crate::engine::{Durability, MessageExtra, Name, Timestamp};
+use crate::model::{Durability, MessageExtra, Name, Timestamp};
 
 /// Bytes of a record before its key: len, crc, seq, time, flags, key_len, hdr_len.
 pub(crate) const RECORD_HEADER: u64 = 31;
@@ -242,7 +242,7 @@ pub(crate) fn decode(data: &Bytes, pos: usize) -> Result<(StoredRecord, usize), 
         None => None,
     };
     let msg_id = text(FLAG_MSG_ID)?;
-    let mut headers = crate::engine::Headers::new();
+    let mut headers = crate::model::Headers::new();
     while !h.is_empty() {
         let k = h.u16().ok_or(bad)? as usize;
         let k = h.bytes(k).ok_or(bad)?;
@@ -859,7 +859,7 @@ fn push_entry(out: &mut Vec<u8>, rel: u64, pos: u64, time: Timestamp) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Headers;
+    use crate::model::Headers;
 
     #[test]
     fn records_round_trip_with_every_field() {

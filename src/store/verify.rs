@@ -12,7 +12,7 @@ use super::frame::Reader;
 use super::journal::SubJournal;
 use super::segment::{IDX_ENTRY, decode};
 use super::{MetaState, StoreError, dir_name};
-use crate::engine::Lifetime;
+use crate::model::Lifetime;
 
 /// Checks every file under `dir`; returns one line per problem, naming the file and the offset. It reads
 /// what recovery reads with recovery's own readers (metadata, leftovers, checkpoints and journals), so

@@ -10,8 +10,8 @@ use super::keymap;
 use super::stream::{PayloadView, StreamFilter, StreamState};
 use super::theme::Theme;
 use crate::broker::{Capabilities, Capability};
-use crate::cli::parse::Position;
-use crate::engine::{
+use crate::model::Position;
+use crate::model::{
     Headers, Message, Name, PeekReport, PublishRequest, SeekTarget, SubscriptionInfo, Timestamp, TopicInfo,
 };
 

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::engine::Message;
+use crate::model::Message;
 
 /// Payload bytes kept per message for display; the true size is kept beside it.
 pub const DISPLAY_BYTES: usize = 16 * 1024;
@@ -106,7 +106,7 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Name, Timestamp};
+    use crate::model::{Name, Timestamp};
 
     fn entry(seq: u64, size: usize) -> Entry {
         let name = Name::new("t").unwrap();

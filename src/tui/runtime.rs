@@ -15,7 +15,7 @@ use super::app::{App, Effect, Link, View};
 use super::theme::Theme;
 use super::views;
 use crate::broker::{Capability, ConnectionEvent, SharedBroker, StreamItem, SubscribeRequest};
-use crate::engine::{Clock, Name, Pattern, PeekReport, SubscriptionInfo, SystemClock, TopicInfo};
+use crate::model::{Clock, Name, Pattern, PeekReport, SubscriptionInfo, SystemClock, TopicInfo};
 use crate::protocol::Envelope;
 
 /// How the TUI starts.

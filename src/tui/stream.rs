@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use super::ring::{Entry, Ring};
-use crate::engine::{Message, Name, Pattern};
+use crate::model::{Message, Name, Pattern};
 
 /// A field filter on the stream, e.g. `orders.* key=42 hdr.region=eu $.status=paid`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -232,7 +232,7 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Headers, MessageExtra, Timestamp};
+    use crate::model::{Headers, MessageExtra, Timestamp};
     use bytes::Bytes;
 
     fn msg(subject: &str, seq: u64, payload: &str) -> Message {

@@ -17,6 +17,7 @@ mod demo;
 mod engine;
 mod hostile;
 mod interop;
+mod layering;
 mod mqtt_live;
 mod nats_live;
 mod properties;

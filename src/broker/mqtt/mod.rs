@@ -30,7 +30,7 @@ use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream,
     ItemSource, Settle, StreamItem, SubscribeRequest,
 };
-use crate::engine::{
+use crate::model::{
     Headers, Message, MessageExtra, Name, Pattern, PatternToken, PublishReceipt, PublishRequest, Timestamp,
 };
 
@@ -180,7 +180,7 @@ fn redact(url: &str) -> String {
 /// MQTT filter matching of a raw topic (a literal filter is an exact topic).
 fn topic_matches(filter: &str, topic: &str) -> bool {
     if filter.contains(['+', '#']) {
-        crate::engine::name::levels_match(filter, topic)
+        crate::model::name::levels_match(filter, topic)
     } else {
         filter == topic
     }

@@ -9,7 +9,7 @@ use rumqttc::v5 as m5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::{NetworkOptions, QoS, Transport};
 
-use crate::engine::Headers;
+use crate::model::Headers;
 
 /// Header for an MQTT 5 message's content type.
 pub const CONTENT_TYPE_HEADER: &str = "content-type";

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{entries, number, text, xgroup_create};
 use crate::broker::{AckToken, BrokerDelivery, BrokerError, ConnectionEvent, StreamItem};
-use crate::engine::Name;
+use crate::model::Name;
 
 /// How long one XREAD/XREADGROUP waits on the server for entries before it answers with nothing.
 pub(super) const READ_BLOCK: Duration = Duration::from_millis(1000);

@@ -29,7 +29,7 @@ use crate::broker::{
 use crate::cli::CliError;
 use crate::cli::output::{Stdout, note, table};
 use crate::cli::parse::{parse_duration, parse_rate};
-use crate::engine::{AckMode, Name, Pattern, PublishRequest, StartPosition, SubscriptionConfig};
+use crate::model::{AckMode, Name, Pattern, PublishRequest, StartPosition, SubscriptionConfig};
 
 /// A benchmark shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -396,7 +396,7 @@ async fn measure_on(
 /// subscriber that falls behind is measured as slow rather than losing messages to retention. Returns
 /// whether the broker keeps durable subscriptions.
 async fn prepare_topic(broker: &SharedBroker, topic: &Name) -> Result<bool, CliError> {
-    let mut config = crate::engine::TopicConfig::new(topic.clone());
+    let mut config = crate::model::TopicConfig::new(topic.clone());
     config.limits.max_msgs = None;
     config.limits.max_bytes = None;
     config.limits.max_age = Some(Duration::from_secs(3600));

@@ -13,7 +13,7 @@ use crate::broker::{BrokerError, SharedBroker};
 use crate::cli::output::note;
 use crate::cli::parse::{check_publish_template, expand_publish_template, parse_header, parse_rate, seed};
 use crate::cli::{CliError, Context};
-use crate::engine::{Clock, Headers, Name, PublishRequest, SystemClock};
+use crate::model::{Clock, Headers, Name, PublishRequest, SystemClock};
 use crate::protocol::Envelope;
 
 /// Options of `pubsub pub`.
@@ -257,7 +257,7 @@ async fn publish_all(
     let started = Instant::now();
     let mut published = 0u64;
     let (mut first_seq, mut last_seq) = (None, 0u64);
-    let mut stored_in: Option<crate::engine::Name> = None;
+    let mut stored_in: Option<crate::model::Name> = None;
     // Messages the broker dropped because their --msg-id was seen within its dedup window.
     let mut duplicates = 0u64;
     let mut batch: Vec<Input> = Vec::with_capacity(BATCH);
@@ -356,7 +356,7 @@ fn report(
     verbose: bool,
     published: u64,
     duplicates: u64,
-    stored: Option<(u64, u64, Option<crate::engine::Name>)>,
+    stored: Option<(u64, u64, Option<crate::model::Name>)>,
 ) {
     if !verbose {
         return;

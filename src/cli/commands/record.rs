@@ -8,10 +8,10 @@ use clap::Args;
 use super::subscribe::{SettleMode, Sink, StopArgs, end_seq, parse_patterns, receive};
 use crate::broker::SubscribeRequest;
 use crate::cli::output::{Stdout, note};
-use crate::cli::parse::Position;
 use crate::cli::render::{Format, Renderer};
 use crate::cli::{CliError, Context};
-use crate::engine::{AckMode, Clock, SystemClock};
+use crate::model::Position;
+use crate::model::{AckMode, Clock, SystemClock};
 
 /// Options of `pubsub record`.
 #[derive(Debug, Args)]

@@ -9,9 +9,10 @@ use clap::Args;
 use tokio::time::Instant;
 
 use crate::cli::output::note;
-use crate::cli::parse::{Position, parse_rate};
+use crate::cli::parse::parse_rate;
 use crate::cli::{CliError, Context};
-use crate::engine::{BrowseFrom, Clock, Message, Name, PublishRequest, SystemClock, Timestamp};
+use crate::model::Position;
+use crate::model::{BrowseFrom, Clock, Message, Name, PublishRequest, SystemClock, Timestamp};
 use crate::protocol::Envelope;
 
 /// Options of `pubsub replay`.

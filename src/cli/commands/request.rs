@@ -11,7 +11,7 @@ use crate::cli::output::Stdout;
 use crate::cli::parse::{parse_duration, parse_header};
 use crate::cli::render::Renderer;
 use crate::cli::{CliError, Context};
-use crate::engine::{Headers, Name};
+use crate::model::{Headers, Name};
 
 /// Options of `pubsub request`.
 #[derive(Debug, Args)]

@@ -18,7 +18,8 @@ use crate::broker::remote::RemoteBroker;
 use crate::cli::output::{Stdout, note};
 use crate::cli::{CliError, Context};
 use crate::config::paths::Paths;
-use crate::engine::{Durability, Engine, EngineConfig, SystemClock};
+use crate::engine::{Engine, EngineConfig};
+use crate::model::{Durability, SystemClock};
 use crate::server::{self, ServeConfig, ServeLimits, auth};
 
 /// Options of `pubsub serve`.

@@ -8,7 +8,8 @@ use clap::Subcommand;
 use crate::cli::CliError;
 use crate::cli::output::{Stdout, note};
 use crate::config::paths::Paths;
-use crate::engine::{Engine, EngineConfig, SharedClock, SystemClock};
+use crate::engine::{Engine, EngineConfig};
+use crate::model::{SharedClock, SystemClock};
 
 /// `pubsub store …`.
 #[derive(Debug, Subcommand)]

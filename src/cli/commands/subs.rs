@@ -5,10 +5,12 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use crate::broker::{AckToken, Settle};
-use crate::cli::output::{Stdout, bytes, duration, note, table};
-use crate::cli::parse::{Position, parse_duration};
+use crate::cli::output::{Stdout, note, table};
+use crate::cli::parse::parse_duration;
 use crate::cli::{CliError, Context};
-use crate::engine::{
+use crate::human::{bytes, duration};
+use crate::model::Position;
+use crate::model::{
     AckDurability, AckMode, Clock, Lifetime, Name, Pattern, SubscriptionConfig, SubscriptionInfo, SystemClock,
 };
 
@@ -327,7 +329,7 @@ pub async fn peek(ctx: &Context, args: PeekArgs) -> Result<(), CliError> {
     let mut rows = vec![["SEQ", "STATE", "ATTEMPT", "CONSUMER", "DUE"].map(String::from).to_vec()];
     for m in &report.messages {
         let state = match (m.state, m.attempt) {
-            (crate::engine::DeliveryState::Available, 0) => "pending".to_string(),
+            (crate::model::DeliveryState::Available, 0) => "pending".to_string(),
             (s, _) => format!("{s:?}")
                 .to_lowercase()
                 .replace("inflight", "in-flight")

@@ -17,10 +17,11 @@ use crate::broker::{
     SubscribeRequest,
 };
 use crate::cli::output::{Stdout, note};
-use crate::cli::parse::{Position, parse_duration};
+use crate::cli::parse::parse_duration;
 use crate::cli::render::{Format, Renderer};
 use crate::cli::{CliError, Context};
-use crate::engine::{AckMode, Clock, Name, Pattern, SystemClock};
+use crate::model::Position;
+use crate::model::{AckMode, Clock, Name, Pattern, SystemClock};
 
 /// How `sub` settles what it receives through a durable subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -195,7 +196,7 @@ pub async fn end_seq(
         (_, Some(Position::Start)) => info.messages > 0,
         (_, Some(Position::Seq(s))) => s <= head && info.messages > 0,
         (_, Some(Position::Time(t))) => {
-            !broker.browse(&topic, crate::engine::BrowseFrom::Time(t), 1).await?.is_empty()
+            !broker.browse(&topic, crate::model::BrowseFrom::Time(t), 1).await?.is_empty()
         }
     };
     Ok(something.then_some(head))

@@ -8,7 +8,7 @@ use crate::broker::SubscribeRequest;
 use crate::cli::output::Stdout;
 use crate::cli::render::Renderer;
 use crate::cli::{CliError, Context};
-use crate::engine::{AckMode, BrowseFrom, Name, Pattern, StartPosition};
+use crate::model::{AckMode, BrowseFrom, Name, Pattern, StartPosition};
 
 /// Options of `pubsub tail`.
 #[derive(Debug, Args)]

@@ -2,10 +2,11 @@
 
 use clap::{Args, Subcommand};
 
-use crate::cli::output::{Stdout, bytes, duration, note, table};
+use crate::cli::output::{Stdout, note, table};
 use crate::cli::parse::parse_duration;
 use crate::cli::{CliError, Context};
-use crate::engine::{Discard, Durability, Limits, Name, Pattern, StorageKind, TopicConfig, TopicInfo};
+use crate::human::{bytes, retention};
+use crate::model::{Discard, Durability, Name, Pattern, StorageKind, TopicConfig, TopicInfo};
 
 /// Options of `pubsub topics`.
 #[derive(Debug, Args)]
@@ -124,27 +125,6 @@ pub async fn list(ctx: &Context, args: TopicsArgs) -> Result<(), CliError> {
     }
     out.write(table(&rows).as_bytes())?;
     out.flush()
-}
-
-/// A topic's limits in a few words.
-pub fn retention(limits: &Limits, discard: Discard) -> String {
-    let mut parts = Vec::new();
-    if let Some(n) = limits.max_msgs {
-        parts.push(format!("{n} msgs"));
-    }
-    if let Some(b) = limits.max_bytes {
-        parts.push(bytes(b));
-    }
-    if let Some(age) = limits.max_age {
-        parts.push(duration(age));
-    }
-    if parts.is_empty() {
-        parts.push("unlimited".into());
-    }
-    if discard == Discard::New {
-        parts.push("discard new".into());
-    }
-    parts.join(", ")
 }
 
 /// Runs `pubsub topic …`.

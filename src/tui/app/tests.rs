@@ -3,7 +3,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::*;
-use crate::engine::{Discard, Limits, TopicCounters};
+use crate::model::{Discard, Limits, TopicCounters};
 
 fn app() -> App {
     let mut app = App::new("mem://".into(), Capabilities::all(), Theme::default(), 100, 1 << 20);

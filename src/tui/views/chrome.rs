@@ -57,12 +57,12 @@ pub(super) fn footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
 }
 
 /// What a seek to `text` would do, from the subscription's current numbers.
-fn seek_preview(app: &App, sub: &crate::engine::Name, text: &str) -> String {
+fn seek_preview(app: &App, sub: &crate::model::Name, text: &str) -> String {
     let Some(s) = app.subs.iter().find(|s| s.name == *sub) else { return String::new() };
-    let target = match crate::cli::parse::Position::parse(text, app.now) {
-        Ok(crate::cli::parse::Position::Start) => s.first_seq,
-        Ok(crate::cli::parse::Position::End) => s.head_seq + 1,
-        Ok(crate::cli::parse::Position::Seq(n)) => n.clamp(s.first_seq, s.head_seq + 1),
+    let target = match crate::model::Position::parse(text, app.now) {
+        Ok(crate::model::Position::Start) => s.first_seq,
+        Ok(crate::model::Position::End) => s.head_seq + 1,
+        Ok(crate::model::Position::Seq(n)) => n.clamp(s.first_seq, s.head_seq + 1),
         _ => return String::new(),
     };
     if target <= s.delivered_seq {

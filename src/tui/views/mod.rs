@@ -13,11 +13,6 @@ use ratatui::layout::{Constraint, Layout};
 
 use super::app::{App, View};
 
-/// A one-line sparkline of counts (shared with text reports).
-pub fn sparkline_of(series: &[u64]) -> String {
-    topics::sparkline(series)
-}
-
 /// Draws the whole screen.
 pub fn draw(frame: &mut Frame<'_>, app: &App) {
     let [header, body, footer] =

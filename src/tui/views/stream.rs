@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Wrap};
 
 use super::chrome::pane;
-use crate::cli::output::bytes;
+use crate::human::bytes;
 use crate::protocol::envelope::format_time;
 use crate::tui::app::App;
 use crate::tui::ring::Entry;

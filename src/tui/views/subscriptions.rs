@@ -10,8 +10,8 @@ use ratatui::widgets::{Cell, Paragraph, Row, Table};
 
 use super::chrome::{pane, unavailable};
 use crate::broker::Capability;
-use crate::cli::output::duration;
-use crate::engine::{DeliveryState, SubscriptionInfo};
+use crate::human::duration;
+use crate::model::{DeliveryState, SubscriptionInfo};
 use crate::tui::app::App;
 
 pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {

@@ -5,25 +5,10 @@ use ratatui::layout::{Constraint, Rect};
 use ratatui::widgets::{Cell, Row, Table};
 
 use super::chrome::pane;
-use crate::cli::commands::topics::retention;
-use crate::cli::output::bytes;
-use crate::engine::TopicInfo;
+use crate::human::bytes;
+use crate::human::{retention, sparkline};
+use crate::model::TopicInfo;
 use crate::tui::app::{App, TopicSort};
-
-const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-
-/// A one-line sparkline of per-second counts.
-pub fn sparkline(series: &[u64]) -> String {
-    let max = series.iter().copied().max().unwrap_or(0);
-    series
-        .iter()
-        .map(
-            |&v| {
-                if max == 0 || v == 0 { ' ' } else { BARS[usize::try_from(v * 7 / max).unwrap_or(7).min(7)] }
-            },
-        )
-        .collect()
-}
 
 pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let t = &app.theme;
@@ -115,15 +100,4 @@ fn row<'a>(app: &App, topic: &TopicInfo, wide: bool) -> Row<'a> {
         cells.push(Cell::from(retention(&topic.limits, topic.discard)).style(t.fg(t.dim)));
     }
     Row::new(cells)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sparkline;
-
-    #[test]
-    fn sparkline_scales_to_the_peak() {
-        assert_eq!(sparkline(&[0, 1, 4, 8]), " ▁▄█");
-        assert_eq!(sparkline(&[0, 0]), "  ");
-    }
 }

@@ -9,7 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Wrap};
 
 use super::chrome::pane;
-use crate::engine::{SubscriptionInfo, TopicInfo};
+use crate::model::{SubscriptionInfo, TopicInfo};
 use crate::tui::app::App;
 
 /// One row of the drawing: which node it is about (for the explain panel) and its spans.
@@ -47,10 +47,7 @@ pub fn rows(app: &App) -> Vec<TopoRow> {
             .iter()
             .filter(|(_, subjects)| {
                 subjects.iter().any(|s| {
-                    topic
-                        .subjects
-                        .iter()
-                        .any(|p| crate::engine::Pattern::parse(p).is_ok_and(|p| p.matches(s)))
+                    topic.subjects.iter().any(|p| crate::model::Pattern::parse(p).is_ok_and(|p| p.matches(s)))
                 })
             })
             .map(|(name, _)| name.clone())

@@ -107,6 +107,22 @@ impl Clock for ManualClock {
     }
 }
 
+impl Timestamp {
+    /// Reads an RFC 3339 time (`2026-05-28T20:26:40Z`, fractions and offsets allowed).
+    pub fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
+        let time = humantime::parse_rfc3339_weak(text)
+            .map_err(|e| format!("timestamp \"{text}\" is not RFC 3339: {e}"))?;
+        Ok(system_time(time))
+    }
+}
+
+fn system_time(time: SystemTime) -> Timestamp {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp::from_micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        Err(e) => Timestamp::from_micros(-i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,9 +143,3 @@ pub enum EngineError {
     #[error("wait of {0:?} is too long")]
     WaitTooLong(Duration),
 }
-
-impl From<crate::store::StoreError> for EngineError {
-    fn from(e: crate::store::StoreError) -> Self {
-        EngineError::Storage(e.to_string())
-    }
-}

@@ -1,0 +1,84 @@
+//! Figures written for people, shared by the command line, the TUI and the demo's report: sizes,
+//! durations, retention limits and sparklines.
+
+use crate::model::{Discard, Limits};
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `3.2 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// A duration for people, to the most useful unit: `850ms`, `12.3s`, `4m10s`, `2h5m`, `3d4h`.
+pub fn duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        1..=59 => format!("{:.1}s", d.as_secs_f64()),
+        60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..=86_399 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{}h", secs / 86_400, (secs % 86_400) / 3600),
+    }
+}
+
+/// A topic's limits in a few words.
+pub fn retention(limits: &Limits, discard: Discard) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = limits.max_msgs {
+        parts.push(format!("{n} msgs"));
+    }
+    if let Some(b) = limits.max_bytes {
+        parts.push(bytes(b));
+    }
+    if let Some(age) = limits.max_age {
+        parts.push(duration(age));
+    }
+    if parts.is_empty() {
+        parts.push("unlimited".into());
+    }
+    if discard == Discard::New {
+        parts.push("discard new".into());
+    }
+    parts.join(", ")
+}
+
+const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// A one-line sparkline of per-second counts.
+pub fn sparkline(series: &[u64]) -> String {
+    let max = series.iter().copied().max().unwrap_or(0);
+    series
+        .iter()
+        .map(
+            |&v| {
+                if max == 0 || v == 0 { ' ' } else { BARS[usize::try_from(v * 7 / max).unwrap_or(7).min(7)] }
+            },
+        )
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_read_well() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(duration(std::time::Duration::from_millis(850)), "850ms");
+        assert_eq!(duration(std::time::Duration::from_secs(250)), "4m10s");
+        assert_eq!(duration(std::time::Duration::from_secs(7 * 86_400)), "7d0h");
+    }
+
+    #[test]
+    fn sparkline_scales_to_the_peak() {
+        assert_eq!(sparkline(&[0, 1, 4, 8]), " ▁▄█");
+        assert_eq!(sparkline(&[0, 0]), "  ");
+    }
+}

@@ -1,0 +1,307 @@
+//! What brokers report about topics, subscriptions and their messages: the figures SEMANTICS.md §9.7
+//! defines. The engine fills every field; other brokers leave what they cannot know as `None`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::clock::Timestamp;
+use super::config::{AckMode, Discard, Durability, Limits, StartPosition, StorageKind};
+use super::message::ConsumerId;
+use super::name::Name;
+
+/// The state of one message in one subscription, as `peek` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Deliverable now (attempt 0 = never delivered, i.e. pending).
+    Available,
+    /// Leased to a consumer.
+    InFlight,
+    /// Waiting for its backoff to pass.
+    Delayed,
+    /// Settled by an ack.
+    Acked,
+    /// Skipped because the subscription's filter does not match it.
+    Filtered,
+    /// Copied to the dead-letter topic.
+    DeadLettered,
+    /// Given up on without a dead-letter topic.
+    Terminated,
+    /// Removed by retention before it was settled.
+    Expired,
+}
+
+impl DeliveryState {
+    /// Whether the message is settled for this subscription.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, DeliveryState::Available | DeliveryState::InFlight | DeliveryState::Delayed)
+    }
+}
+
+/// Running totals of one subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubCounters {
+    /// Deliveries made, first ones and redeliveries.
+    pub delivered: u64,
+    /// Deliveries with attempt ≥ 2.
+    pub redeliveries: u64,
+    /// Messages acked (under ack mode none, every delivery).
+    pub acked: u64,
+    /// Nacks received.
+    pub nacked: u64,
+    /// Leases that ran out.
+    pub deadline_expired: u64,
+    /// Messages copied to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Messages given up on without a dead-letter topic.
+    pub terminated: u64,
+    /// Unsettled messages removed by retention.
+    pub expired_unacked: u64,
+    /// Messages skipped by the filter.
+    pub filtered: u64,
+}
+
+/// Running totals of one topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicCounters {
+    /// Messages appended.
+    pub published: u64,
+    /// Publishes answered with an earlier seq because of a repeated msg_id.
+    pub duplicates: u64,
+    /// Messages removed by retention.
+    pub expired: u64,
+    /// Publishes refused by `discard = new`.
+    pub rejected_full: u64,
+    /// Reads of stored records that failed their CRC or could not be read (durable topics; the record is
+    /// not served; `pubsub store verify` names the file and offset).
+    #[serde(default)]
+    pub unreadable: u64,
+}
+
+/// What limits a subscription's dispatch right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockedBy {
+    /// `max_in_flight` or `max_in_flight_bytes` reached.
+    InFlightLimit,
+    /// Every consumer's prefetch is used up.
+    Prefetch,
+    /// Only delayed messages are left.
+    Backoff,
+    /// Work is waiting but no consumer is attached.
+    NoConsumers,
+}
+
+/// One topic as `topics` and `topic info` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    /// Name.
+    pub name: Name,
+    /// Captured subjects.
+    pub subjects: Vec<String>,
+    /// Partition count.
+    pub partitions: u32,
+    /// Oldest retained seq (head + 1 when empty).
+    pub first_seq: u64,
+    /// Last appended seq.
+    pub head_seq: u64,
+    /// Retained messages.
+    pub messages: u64,
+    /// Retained bytes.
+    pub bytes: u64,
+    /// Publish time of the newest message.
+    pub last_publish: Option<Timestamp>,
+    /// Limits.
+    pub limits: Limits,
+    /// Discard policy.
+    pub discard: Discard,
+    /// Subscriptions on it.
+    pub subscriptions: u32,
+    /// Totals.
+    pub counters: TopicCounters,
+    /// Messages per second, last complete seconds.
+    pub publish_rate: f64,
+    /// Per-second publish counts of the last 15 s, oldest first.
+    pub publish_series: Vec<u64>,
+    /// When it was created.
+    pub created: Timestamp,
+    /// Memory or file; `None` for brokers that are not this engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageKind>,
+    /// When a publish returns, for file storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+}
+
+impl TopicInfo {
+    /// A topic of a broker that is not this engine, with only what such a broker can say: its name and
+    /// counts; no limits, rates or storage details.
+    pub fn external(name: Name, messages: u64, bytes: u64) -> TopicInfo {
+        TopicInfo {
+            subjects: vec![name.to_string()],
+            name,
+            partitions: 1,
+            first_seq: 0,
+            head_seq: 0,
+            messages,
+            bytes,
+            last_publish: None,
+            limits: Limits { max_msgs: None, max_bytes: None, max_age: None, max_msgs_per_key: None },
+            discard: Discard::Old,
+            subscriptions: 0,
+            counters: TopicCounters::default(),
+            publish_rate: 0.0,
+            publish_series: Vec::new(),
+            created: Timestamp::ZERO,
+            storage: None,
+            durability: None,
+        }
+    }
+}
+
+/// One consumer of a subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerInfo {
+    /// Id.
+    pub id: ConsumerId,
+    /// Whether the engine pushes to it.
+    pub push: bool,
+    /// Its credit.
+    pub prefetch: u32,
+    /// Messages it holds.
+    pub in_flight: u32,
+    /// When it joined.
+    pub attached_at: Timestamp,
+    /// Since it last fetched, received or acked.
+    #[serde(with = "super::clock::millis")]
+    pub idle: Duration,
+    /// Deliveries it got.
+    pub delivered: u64,
+    /// Acks it sent.
+    pub acked: u64,
+}
+
+/// One subscription as `subs` and `sub-info` show it (SEMANTICS.md §9.7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionInfo {
+    /// Name.
+    pub name: Name,
+    /// Topic.
+    pub topic: Name,
+    /// Subject filter.
+    pub filter: Vec<String>,
+    /// Ack mode.
+    pub ack: AckMode,
+    /// Start position it was created with.
+    pub start: StartPosition,
+    /// Lease length.
+    #[serde(with = "super::clock::millis")]
+    pub ack_deadline: Duration,
+    /// Dead-letter topic.
+    pub dead_letter: Option<Name>,
+    /// `max_deliveries` (0 = unlimited).
+    pub max_deliveries: u32,
+    /// `max_in_flight`.
+    pub max_in_flight: u32,
+    /// Whether it is deleted when idle.
+    pub ephemeral: bool,
+    /// Topic's last seq.
+    pub head_seq: u64,
+    /// Topic's oldest retained seq.
+    pub first_seq: u64,
+    /// Dispatch cursor.
+    pub delivered_seq: u64,
+    /// Every covered seq at or below it is settled.
+    pub ack_floor: u64,
+    /// Never delivered.
+    pub pending: u64,
+    /// Leased now.
+    pub in_flight: u64,
+    /// Waiting for backoff.
+    pub delayed: u64,
+    /// Available again after a failure.
+    pub redeliverable: u64,
+    /// Unsettled with attempt ≥ 2.
+    pub redelivered: u64,
+    /// pending + in_flight + delayed + redeliverable.
+    pub backlog: u64,
+    /// Bytes of the backlog.
+    pub backlog_bytes: u64,
+    /// head_seq − ack_floor.
+    pub offset_lag: u64,
+    /// Age of the oldest unsettled message.
+    #[serde(with = "super::clock::millis")]
+    pub oldest_unacked_age: Duration,
+    /// Age of the next never-delivered message.
+    #[serde(with = "super::clock::millis")]
+    pub oldest_pending_age: Duration,
+    /// Competing consumers.
+    pub consumers: Vec<ConsumerInfo>,
+    /// Totals.
+    pub counters: SubCounters,
+    /// Topic publish rate.
+    pub publish_rate: f64,
+    /// Deliveries per second.
+    pub deliver_rate: f64,
+    /// Acks per second.
+    pub ack_rate: f64,
+    /// Seconds until the backlog drains at current rates, when it is draining.
+    #[serde(with = "super::clock::opt_millis")]
+    pub eta: Option<Duration>,
+    /// Why nothing is being dispatched, when something waits.
+    pub blocked_by: Option<BlockedBy>,
+    /// When it was created.
+    pub created: Timestamp,
+}
+
+/// One message's ack state in one subscription (`peek`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageAckState {
+    /// Seq.
+    pub seq: u64,
+    /// State.
+    pub state: DeliveryState,
+    /// Deliveries so far.
+    pub attempt: u32,
+    /// Lease holder.
+    pub consumer: Option<ConsumerId>,
+    /// Lease end, when in flight.
+    pub deadline: Option<Timestamp>,
+    /// Earliest redelivery, when delayed.
+    pub not_before: Option<Timestamp>,
+    /// First delivery time.
+    pub first_delivered: Option<Timestamp>,
+    /// Latest delivery time.
+    pub last_delivered: Option<Timestamp>,
+}
+
+/// A subscription's per-message ack state from the floor up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeekReport {
+    /// Subscription.
+    pub subscription: Name,
+    /// Ack floor.
+    pub ack_floor: u64,
+    /// Dispatch cursor.
+    pub delivered_seq: u64,
+    /// Topic's last seq.
+    pub head_seq: u64,
+    /// Messages above the floor, in seq order.
+    pub messages: Vec<MessageAckState>,
+}
+
+/// Engine-wide totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStats {
+    /// Topics.
+    pub topics: u64,
+    /// Subscriptions.
+    pub subscriptions: u64,
+    /// Taps listening.
+    pub taps: u64,
+    /// Publishes that matched no topic and no tap.
+    pub unroutable: u64,
+    /// Messages taps lost by falling behind.
+    pub tap_lagged: u64,
+}

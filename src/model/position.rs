@@ -1,0 +1,131 @@
+//! Positions in a topic: where a subscription starts, where `seek` moves it, where `browse` reads from,
+//! and the position syntax users type (`start`, `end`, a seq, a time, `-5m`).
+
+use std::time::Duration;
+
+use super::clock::Timestamp;
+use super::config::StartPosition;
+
+/// Where `seek` moves a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTarget {
+    /// The oldest retained message.
+    Start,
+    /// After the newest message: only new ones follow.
+    End,
+    /// A seq in a partition.
+    Seq {
+        /// Partition.
+        partition: u32,
+        /// The first seq to deliver again.
+        seq: u64,
+    },
+    /// The first message published at or after this time.
+    Time(Timestamp),
+}
+
+/// Where `browse` starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrowseFrom {
+    /// From this seq (clamped to the oldest retained).
+    Seq(u64),
+    /// From the first message at or after this time.
+    Time(Timestamp),
+    /// The newest `n` messages.
+    Last(u64),
+}
+
+/// Limits of one fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// At most this many messages.
+    pub max_msgs: usize,
+    /// At most this many bytes (one message is always allowed); `u64::MAX` for no limit.
+    pub max_bytes: u64,
+    /// How long to wait for the first message; `None` returns at once.
+    pub wait: Option<Duration>,
+    /// Sets this consumer's prefetch (most messages it may hold unacked); `None` keeps it (initially the
+    /// subscription's `max_in_flight`).
+    pub prefetch: Option<u32>,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions { max_msgs: 100, max_bytes: u64::MAX, wait: None, prefetch: None }
+    }
+}
+
+/// A position in a topic as users write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The oldest retained message.
+    Start,
+    /// After the newest: only new ones.
+    End,
+    /// A seq.
+    Seq(u64),
+    /// A publish time.
+    Time(Timestamp),
+}
+
+impl Position {
+    /// Parses `start`, `end`, a seq number, an RFC 3339 time, or `-DURATION` (that long ago).
+    pub fn parse(text: &str, now: Timestamp) -> Result<Position, String> {
+        let t = text.trim();
+        match t {
+            "start" | "beginning" | "all" | "first" => return Ok(Position::Start),
+            "end" | "new" | "now" => return Ok(Position::End),
+            _ => {}
+        }
+        if let Ok(seq) = t.parse::<u64>() {
+            return Ok(Position::Seq(seq));
+        }
+        if let Some(ago) = t.strip_prefix('-') {
+            let d = humantime::parse_duration(ago).map_err(|e| format!("\"{t}\": {e}"))?;
+            return Ok(Position::Time(now.minus(d)));
+        }
+        Timestamp::parse_rfc3339(t).map(Position::Time).map_err(|_| {
+            format!("\"{t}\" is not a position: use start, end, a seq number, an RFC 3339 time, or -5m")
+        })
+    }
+
+    /// Where a subscription starting here begins.
+    pub fn start(self) -> StartPosition {
+        match self {
+            Position::Start => StartPosition::All,
+            Position::End => StartPosition::New,
+            Position::Seq(s) => StartPosition::Seq(s),
+            Position::Time(t) => StartPosition::Time(t),
+        }
+    }
+
+    /// Where a seek to here moves a subscription.
+    pub fn seek(self) -> SeekTarget {
+        match self {
+            Position::Start => SeekTarget::Start,
+            Position::End => SeekTarget::End,
+            Position::Seq(seq) => SeekTarget::Seq { partition: 0, seq },
+            Position::Time(t) => SeekTarget::Time(t),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::from_micros(1_780_000_000_000_000);
+
+    #[test]
+    fn positions_parse_every_form() {
+        assert_eq!(Position::parse("start", NOW), Ok(Position::Start));
+        assert_eq!(Position::parse("end", NOW), Ok(Position::End));
+        assert_eq!(Position::parse("42", NOW), Ok(Position::Seq(42)));
+        assert_eq!(Position::parse("-5m", NOW), Ok(Position::Time(NOW.minus(Duration::from_secs(300)))));
+        assert_eq!(
+            Position::parse("2026-05-28T20:26:40Z", NOW),
+            Ok(Position::Time(Timestamp::from_micros(1_780_000_000_000_000)))
+        );
+        assert!(Position::parse("yesterday", NOW).unwrap_err().contains("-5m"));
+    }
+}
