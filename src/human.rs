@@ -63,6 +63,11 @@ pub fn sparkline(series: &[u64]) -> String {
         .collect()
 }
 
+/// A figure the broker may not give: `-` when it did not.
+pub fn or_dash<T>(value: Option<T>, show: impl FnOnce(T) -> String) -> String {
+    value.map_or_else(|| "-".to_string(), show)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,19 +1,42 @@
-//! What a broker can do, declared by each backend and shown to users instead of faked values.
+//! What a broker can do, declared by each backend for the broker and for each topic, and shown to users
+//! as "not available on this broker (why)" instead of a faked value or a silent success.
 
 use std::fmt;
 
 use serde::Serialize;
 
+use crate::model::Settle;
+
 /// One thing a broker may or may not support.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Capability {
-    /// Per-message ack / nack / extend / term.
+    /// Acknowledging a delivery so it is not delivered again.
     Ack,
+    /// Giving a delivery back for redelivery now.
+    Nack,
+    /// Giving a delivery back to be redelivered after a delay.
+    NackDelay,
+    /// Keeping a lease longer.
+    Extend,
+    /// Giving up on a delivery for good (dead-lettering it where the topic has a dead-letter topic).
+    Term,
+    /// Acknowledging everything up to a position at once.
+    CumulativeAck,
+    /// Settling a delivery from another process (`pubsub ack SUB SEQ LEASE`).
+    DetachedSettle,
+    /// Request/reply with a reply subject.
+    RequestReply,
+    /// A retained last message per topic, given to each new subscriber.
+    Retain,
     /// Reading history and replaying it.
     Replay,
+    /// Moving a subscription's position.
+    Seek,
     /// Subscriber lag and backlog metrics.
     Lag,
+    /// Per-message ack state.
+    Peek,
     /// Wildcard subscriptions.
     Patterns,
     /// Message headers.
@@ -24,10 +47,6 @@ pub enum Capability {
     CompetingConsumers,
     /// Partitioned topics.
     Partitions,
-    /// Moving a subscription's position.
-    Seek,
-    /// Per-message ack state.
-    Peek,
     /// Dead-letter topics.
     DeadLetter,
     /// Creating, listing and deleting topics.
@@ -36,17 +55,25 @@ pub enum Capability {
 
 impl Capability {
     /// Every capability, in display order.
-    pub const ALL: [Capability; 12] = [
+    pub const ALL: [Capability; 20] = [
         Capability::Ack,
+        Capability::Nack,
+        Capability::NackDelay,
+        Capability::Extend,
+        Capability::Term,
+        Capability::CumulativeAck,
+        Capability::DetachedSettle,
+        Capability::RequestReply,
+        Capability::Retain,
         Capability::Replay,
+        Capability::Seek,
         Capability::Lag,
+        Capability::Peek,
         Capability::Patterns,
         Capability::Headers,
         Capability::Persistence,
         Capability::CompetingConsumers,
         Capability::Partitions,
-        Capability::Seek,
-        Capability::Peek,
         Capability::DeadLetter,
         Capability::TopicAdmin,
     ];
@@ -55,17 +82,36 @@ impl Capability {
     pub fn label(self) -> &'static str {
         match self {
             Capability::Ack => "acks",
-            Capability::Replay => "replay",
+            Capability::Nack => "nack",
+            Capability::NackDelay => "nack with delay",
+            Capability::Extend => "lease extension",
+            Capability::Term => "term",
+            Capability::CumulativeAck => "cumulative acks",
+            Capability::DetachedSettle => "settling from another process",
+            Capability::RequestReply => "request/reply",
+            Capability::Retain => "retained messages",
+            Capability::Replay => "history",
+            Capability::Seek => "seek",
             Capability::Lag => "lag",
+            Capability::Peek => "ack-state inspection",
             Capability::Patterns => "patterns",
             Capability::Headers => "headers",
             Capability::Persistence => "persistence",
             Capability::CompetingConsumers => "competing consumers",
             Capability::Partitions => "partitions",
-            Capability::Seek => "seek",
-            Capability::Peek => "ack-state inspection",
             Capability::DeadLetter => "dead-letter topics",
             Capability::TopicAdmin => "topic administration",
+        }
+    }
+
+    /// The capability a way of settling needs.
+    pub fn of_settle(how: &Settle) -> Capability {
+        match how {
+            Settle::Ack => Capability::Ack,
+            Settle::Nack(None) => Capability::Nack,
+            Settle::Nack(Some(_)) => Capability::NackDelay,
+            Settle::Extend(_) => Capability::Extend,
+            Settle::Term(_) => Capability::Term,
         }
     }
 }
@@ -76,23 +122,47 @@ impl fmt::Display for Capability {
     }
 }
 
-/// The set of capabilities a backend declares.
+/// What the engine's model has no place for yet, or cannot promise through this handle: partitions
+/// (one per topic until the engine turns them on), request/reply and retained messages (not in the
+/// model), and persistence (a memory engine keeps nothing; a server does not say how it stores).
+pub const ENGINE_LACKS: &[Capability] =
+    &[Capability::Persistence, Capability::Partitions, Capability::RequestReply, Capability::Retain];
+
+/// A set of capabilities: a broker's, or one topic's on that broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct Capabilities(u16);
+pub struct Capabilities(u32);
 
 impl Capabilities {
     /// A set with these capabilities.
-    pub fn of(caps: &[Capability]) -> Self {
-        Capabilities(caps.iter().fold(0, |bits, c| bits | bit(*c)))
+    pub const fn of(caps: &[Capability]) -> Self {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < caps.len() {
+            bits |= bit(caps[i]);
+            i += 1;
+        }
+        Capabilities(bits)
     }
 
-    /// Every capability (the local engine).
+    /// Every capability.
     pub fn all() -> Self {
         Capabilities::of(&Capability::ALL)
     }
 
+    /// This set and `caps`.
+    #[must_use]
+    pub const fn with(self, caps: &[Capability]) -> Self {
+        Capabilities(self.0 | Capabilities::of(caps).0)
+    }
+
+    /// This set without `caps`.
+    #[must_use]
+    pub const fn without(self, caps: &[Capability]) -> Self {
+        Capabilities(self.0 & !Capabilities::of(caps).0)
+    }
+
     /// Whether `cap` is supported.
-    pub fn has(self, cap: Capability) -> bool {
+    pub const fn has(self, cap: Capability) -> bool {
         self.0 & bit(cap) != 0
     }
 
@@ -102,12 +172,14 @@ impl Capabilities {
     }
 }
 
-fn bit(cap: Capability) -> u16 {
-    1 << (cap as u16)
+const fn bit(cap: Capability) -> u32 {
+    1 << (cap as u32)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -118,5 +190,16 @@ mod tests {
         assert!(!caps.has(Capability::Replay));
         assert_eq!(caps.list(), vec![Capability::Ack, Capability::Lag]);
         assert_eq!(Capabilities::all().list().len(), Capability::ALL.len());
+        let more = caps.with(&[Capability::Seek]).without(&[Capability::Ack]);
+        assert_eq!(more.list(), vec![Capability::Seek, Capability::Lag]);
+    }
+
+    #[test]
+    fn each_way_of_settling_names_its_own_capability() {
+        assert_eq!(Capability::of_settle(&Settle::Ack), Capability::Ack);
+        assert_eq!(Capability::of_settle(&Settle::Nack(None)), Capability::Nack);
+        assert_eq!(Capability::of_settle(&Settle::Nack(Some(Duration::from_secs(1)))), Capability::NackDelay);
+        assert_eq!(Capability::of_settle(&Settle::Extend(Duration::from_secs(1))), Capability::Extend);
+        assert_eq!(Capability::of_settle(&Settle::Term(String::new())), Capability::Term);
     }
 }

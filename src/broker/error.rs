@@ -9,12 +9,14 @@ use crate::model::{EngineError, NameError};
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The broker cannot do this at all.
-    #[error("{capability} not available on this broker ({broker})")]
+    #[error("{capability} not available on this broker ({broker}{})", reason(why))]
     Unsupported {
         /// Backend name.
         broker: &'static str,
         /// What is missing.
         capability: Capability,
+        /// Why, in the broker's terms; empty when there is nothing more to say.
+        why: &'static str,
     },
     /// The local engine refused.
     #[error(transparent)]
@@ -119,4 +121,8 @@ impl From<NameError> for BrokerError {
     fn from(e: NameError) -> Self {
         BrokerError::Engine(EngineError::from(e))
     }
+}
+/// ": why" after the backend's name, when there is a why.
+fn reason(why: &str) -> String {
+    if why.is_empty() { String::new() } else { format!(": {why}") }
 }

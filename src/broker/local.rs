@@ -193,20 +193,18 @@ impl Broker for LocalBroker {
 
     fn capabilities(&self) -> Capabilities {
         // Everything the model has, except persistence until the durable store lands.
-        Capabilities::of(
-            &Capabilities::all()
-                .list()
-                .into_iter()
-                .filter(|c| !matches!(c, super::Capability::Persistence | super::Capability::Partitions))
-                .collect::<Vec<_>>(),
-        )
+        Capabilities::all().without(super::capability::ENGINE_LACKS)
     }
 
     async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
+        self.check_options(&msg)?;
         Ok(self.may_sync(|| self.engine.publish(msg))?)
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
+        for msg in &msgs {
+            self.check_options(msg)?;
+        }
         self.may_sync(|| self.engine.publish_batch(msgs)).map_err(|e| match e {
             crate::model::EngineError::Batch { index, source } => {
                 BrokerError::Batch { index, source: Box::new(BrokerError::Engine(*source)) }

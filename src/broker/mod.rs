@@ -29,8 +29,8 @@ pub use capability::{Capabilities, Capability};
 pub use error::BrokerError;
 
 use crate::model::{
-    AckMode, BrowseFrom, FetchOptions, Message, Name, Pattern, PeekReport, PublishReceipt, PublishRequest,
-    SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo,
+    AckMode, BrowseFrom, FetchOptions, Message, Name, Pattern, PeekReport, PublishOption, PublishReceipt,
+    PublishRequest, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo,
 };
 
 /// What to subscribe to.
@@ -273,7 +273,7 @@ pub trait Broker: Send + Sync + fmt::Debug {
         Err(self.unsupported(Capability::Peek))
     }
 
-    /// Sends a request and waits up to `timeout` for the first reply (NATS request/reply).
+    /// Sends a request and waits up to `timeout` for the first reply.
     async fn request(
         &self,
         _subject: &Name,
@@ -281,10 +281,7 @@ pub trait Broker: Send + Sync + fmt::Debug {
         _headers: crate::model::Headers,
         _timeout: Duration,
     ) -> Result<Message, BrokerError> {
-        Err(BrokerError::Invalid(format!(
-            "request/reply is a NATS feature; the {} broker has no replies",
-            self.kind()
-        )))
+        Err(self.unsupported(Capability::RequestReply))
     }
 
     /// Connection state changes.
@@ -294,9 +291,44 @@ pub trait Broker: Send + Sync + fmt::Debug {
     /// before it are flushed and the last will is not published). Most backends need nothing.
     async fn close(&self) {}
 
+    /// What one topic on this broker can do; topics of one broker can differ (a Redis stream and a
+    /// channel, a subject a JetStream stream captures and one it does not). The broker's set when the
+    /// backend does not tell topics apart.
+    async fn topic_capabilities(&self, _topic: &Name) -> Result<Capabilities, BrokerError> {
+        Ok(self.capabilities())
+    }
+
+    /// Why this broker lacks `capability`, in its own terms; empty when there is nothing to add.
+    fn why_not(&self, _capability: Capability) -> &'static str {
+        ""
+    }
+
     /// The error for an operation this broker cannot do.
     fn unsupported(&self, capability: Capability) -> BrokerError {
-        BrokerError::Unsupported { broker: self.kind(), capability }
+        BrokerError::Unsupported { broker: self.kind(), capability, why: self.why_not(capability) }
+    }
+
+    /// The publish settings this broker honours; a publish with any other refuses.
+    fn publish_options(&self) -> &'static [PublishOption] {
+        &[]
+    }
+
+    /// Refuses a publish whose settings this broker cannot honour, naming the first one.
+    fn check_options(&self, msg: &PublishRequest) -> Result<(), BrokerError> {
+        match msg.options.first_unhonoured(self.publish_options()) {
+            None => Ok(()),
+            Some(option) => Err(BrokerError::Invalid(format!(
+                "{} is not available on this broker ({})",
+                option.flag(),
+                self.kind()
+            ))),
+        }
+    }
+
+    /// Refuses a way of settling this broker cannot do, before anything is sent.
+    fn check_settle(&self, how: &Settle) -> Result<(), BrokerError> {
+        let needed = Capability::of_settle(how);
+        if self.capabilities().has(needed) { Ok(()) } else { Err(self.unsupported(needed)) }
     }
 }
 

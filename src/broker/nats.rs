@@ -1201,10 +1201,9 @@ fn topic_info(info: &stream::Info) -> Option<TopicInfo> {
     let s = &info.state;
     let name = Name::new(&c.name).ok()?;
     let limit = |v: i64| u64::try_from(v).ok().filter(|n| *n > 0);
-    let mut t = TopicInfo::external(name, s.messages, s.bytes);
+    let mut t = TopicInfo::external(name, s.messages, Some(s.bytes))
+        .with_positions(s.first_sequence, s.last_sequence);
     t.subjects = c.subjects.clone();
-    t.first_seq = s.first_sequence;
-    t.head_seq = s.last_sequence;
     t.last_publish = (s.messages > 0).then(|| timestamp(s.last_timestamp));
     t.limits = Limits {
         max_msgs: limit(c.max_messages),
@@ -1217,7 +1216,7 @@ fn topic_info(info: &stream::Info) -> Option<TopicInfo> {
         _ => Discard::Old,
     };
     t.subscriptions = u32::try_from(s.consumer_count).unwrap_or(u32::MAX);
-    t.created = timestamp(info.created);
+    t.created = Some(timestamp(info.created));
     t.storage = Some(match c.storage {
         stream::StorageType::Memory => StorageKind::Memory,
         stream::StorageType::File => StorageKind::File,
@@ -1249,55 +1248,65 @@ fn sub_info(c: &jetstream::consumer::Info, stream: &stream::Info) -> Option<Subs
     };
     let in_flight = c.num_ack_pending as u64;
     let now = SystemClock.now();
-    let age =
-        |t: Option<async_nats::datetime::DateTime>| t.map_or(Duration::ZERO, |t| now.since(timestamp(t)));
-    Some(SubscriptionInfo {
-        name,
-        topic,
-        filter: if cfg.filter_subject.is_empty() { Vec::new() } else { vec![cfg.filter_subject.clone()] },
-        ack,
-        start,
-        ack_deadline: cfg.ack_wait,
-        dead_letter: None,
-        max_deliveries: u32::try_from(cfg.max_deliver).unwrap_or(0),
-        max_in_flight: u32::try_from(cfg.max_ack_pending).unwrap_or(0),
-        ephemeral: cfg.durable_name.is_none(),
-        head_seq: stream.state.last_sequence,
-        first_seq: stream.state.first_sequence,
-        delivered_seq: c.delivered.stream_sequence,
-        ack_floor: c.ack_floor.stream_sequence,
-        pending: c.num_pending,
-        in_flight,
-        delayed: 0,
-        redeliverable: 0,
-        redelivered: c.num_redelivered as u64,
-        backlog: c.num_pending + in_flight,
-        backlog_bytes: 0,
-        offset_lag: c.num_pending + in_flight,
-        oldest_unacked_age: if in_flight > 0 { age(c.ack_floor.last_active) } else { Duration::ZERO },
-        oldest_pending_age: Duration::ZERO,
-        consumers: (0..c.num_waiting)
-            .map(|i| ConsumerInfo {
-                // NATS reports how many pull requests wait, not who sent them.
-                id: Arc::from(format!("waiting-pull-{}", i + 1)),
-                push: false,
-                prefetch: 0,
-                in_flight: 0,
-                attached_at: Timestamp::ZERO,
-                idle: Duration::ZERO,
-                delivered: 0,
-                acked: 0,
-            })
-            .collect(),
-        counters: SubCounters { delivered: c.delivered.consumer_sequence, ..SubCounters::default() },
-        publish_rate: 0.0,
-        deliver_rate: 0.0,
-        ack_rate: 0.0,
-        eta: None,
-        blocked_by: None,
-        created: timestamp(c.created),
-    })
+    let age = |t: Option<async_nats::datetime::DateTime>| t.map(|t| now.since(timestamp(t)));
+    let mut info = SubscriptionInfo::external(name, topic);
+    info.filter = if cfg.filter_subject.is_empty() { Vec::new() } else { vec![cfg.filter_subject.clone()] };
+    info.ack = ack;
+    info.start = start;
+    info.ack_deadline = cfg.ack_wait;
+    info.max_deliveries = u32::try_from(cfg.max_deliver).unwrap_or(0);
+    info.max_in_flight = u32::try_from(cfg.max_ack_pending).unwrap_or(0);
+    info.ephemeral = cfg.durable_name.is_none();
+    info.head_seq = stream.state.last_sequence;
+    info.first_seq = stream.state.first_sequence;
+    info.delivered_seq = c.delivered.stream_sequence;
+    info.ack_floor = c.ack_floor.stream_sequence;
+    info.pending = c.num_pending;
+    info.in_flight = in_flight;
+    info.redelivered = c.num_redelivered as u64;
+    info.backlog = c.num_pending + in_flight;
+    info.offset_lag = c.num_pending + in_flight;
+    info.oldest_unacked_age = if in_flight > 0 { age(c.ack_floor.last_active) } else { Some(Duration::ZERO) };
+    // NATS reports how many pull requests wait, not who sent them.
+    info.consumers = (0..c.num_waiting)
+        .map(|i| ConsumerInfo {
+            id: Arc::from(format!("waiting-pull-{}", i + 1)),
+            push: false,
+            prefetch: 0,
+            in_flight: 0,
+            attached_at: Timestamp::ZERO,
+            idle: Duration::ZERO,
+            delivered: 0,
+            acked: 0,
+        })
+        .collect();
+    info.counters = SubCounters { delivered: c.delivered.consumer_sequence, ..SubCounters::default() };
+    info.created = Some(timestamp(c.created));
+    Some(info.with_one_partition(None))
 }
+
+/// What core NATS offers on every subject.
+const CORE_CAPS: Capabilities = Capabilities::of(&[
+    Capability::Patterns,
+    Capability::Headers,
+    Capability::CompetingConsumers,
+    Capability::RequestReply,
+]);
+
+/// What a JetStream stream adds for the subjects it captures.
+const JETSTREAM_CAPS: &[Capability] = &[
+    Capability::Ack,
+    Capability::Nack,
+    Capability::NackDelay,
+    Capability::Extend,
+    Capability::Term,
+    Capability::DetachedSettle,
+    Capability::Replay,
+    Capability::Lag,
+    Capability::Persistence,
+    Capability::Seek,
+    Capability::TopicAdmin,
+];
 
 #[async_trait]
 impl Broker for NatsBroker {
@@ -1312,29 +1321,49 @@ impl Broker for NatsBroker {
     fn capabilities(&self) -> Capabilities {
         // Core NATS: wildcards, headers, queue groups. JetStream adds history, acks, lag, seek and
         // stream administration. No dead-letter topics, no per-message ack state, no partitions.
-        let core = [Capability::Patterns, Capability::Headers, Capability::CompetingConsumers];
-        if self.has_jetstream() {
-            let mut all = core.to_vec();
-            all.extend([
-                Capability::Ack,
-                Capability::Replay,
-                Capability::Lag,
-                Capability::Persistence,
-                Capability::Seek,
-                Capability::TopicAdmin,
-            ]);
-            Capabilities::of(&all)
+        if self.has_jetstream() { CORE_CAPS.with(JETSTREAM_CAPS) } else { CORE_CAPS }
+    }
+
+    async fn topic_capabilities(&self, topic: &Name) -> Result<Capabilities, BrokerError> {
+        if self.has_jetstream() && self.stream_for_subject(topic.as_str()).await?.is_some() {
+            Ok(CORE_CAPS.with(JETSTREAM_CAPS))
         } else {
-            Capabilities::of(&core)
+            Ok(CORE_CAPS)
+        }
+    }
+
+    fn why_not(&self, capability: Capability) -> &'static str {
+        match capability {
+            Capability::Ack
+            | Capability::Nack
+            | Capability::NackDelay
+            | Capability::Extend
+            | Capability::Term
+            | Capability::DetachedSettle
+            | Capability::Replay
+            | Capability::Lag
+            | Capability::Seek
+            | Capability::Persistence
+            | Capability::TopicAdmin => {
+                "core NATS keeps nothing; these need JetStream (a stream capturing the subject)"
+            }
+            Capability::DeadLetter => "JetStream has no dead-letter streams, only max-delivery advisories",
+            Capability::Peek => "JetStream shows a consumer's pending counts, not each message's state",
+            Capability::Retain => "NATS keeps no last message per subject outside a stream",
+            _ => "",
         }
     }
 
     async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
+        self.check_options(&msg)?;
         let mut receipts = self.publish_batch(vec![msg]).await?;
         receipts.pop().ok_or_else(|| BrokerError::Protocol("no receipt for a publish".into()))
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
+        for msg in &msgs {
+            self.check_options(msg)?;
+        }
         if !self.has_jetstream() {
             return self.publish_core(&msgs).await;
         }

@@ -468,6 +468,23 @@ fn xadd(key: &str, maxlen: Option<u64>, msg: &PublishRequest) -> redis::Cmd {
     cmd
 }
 
+/// What a channel (PUB/SUB) offers: live messages on patterns, nothing kept.
+const CHANNEL_CAPS: Capabilities = Capabilities::of(&[Capability::Patterns]);
+
+/// What a stream offers.
+const STREAM_CAPS: &[Capability] = &[
+    Capability::Ack,
+    Capability::Term,
+    Capability::DetachedSettle,
+    Capability::Replay,
+    Capability::Lag,
+    Capability::Headers,
+    Capability::Persistence,
+    Capability::CompetingConsumers,
+    Capability::Seek,
+    Capability::TopicAdmin,
+];
+
 #[async_trait]
 impl Broker for RedisBroker {
     fn kind(&self) -> &'static str {
@@ -481,25 +498,44 @@ impl Broker for RedisBroker {
     fn capabilities(&self) -> Capabilities {
         // Streams give history, acks, lag, competing consumers and seek; PUB/SUB gives live patterns.
         // No dead-letter topics, no per-message ack-state inspection, no partitions.
-        Capabilities::of(&[
-            Capability::Ack,
-            Capability::Replay,
-            Capability::Lag,
-            Capability::Patterns,
-            Capability::Headers,
-            Capability::Persistence,
-            Capability::CompetingConsumers,
-            Capability::Seek,
-            Capability::TopicAdmin,
-        ])
+        if self.mode == Mode::PubSub {
+            return CHANNEL_CAPS;
+        }
+        CHANNEL_CAPS.with(STREAM_CAPS)
+    }
+
+    async fn topic_capabilities(&self, topic: &Name) -> Result<Capabilities, BrokerError> {
+        if self.mode != Mode::PubSub && self.is_stream(topic.as_str()).await? {
+            Ok(Capabilities::of(STREAM_CAPS))
+        } else {
+            Ok(CHANNEL_CAPS)
+        }
+    }
+
+    fn why_not(&self, capability: Capability) -> &'static str {
+        match capability {
+            Capability::Nack | Capability::NackDelay | Capability::Extend => {
+                "Redis Streams have no nack or lease extension: an unacked entry stays pending and is claimed again after the ack deadline"
+            }
+            Capability::CompetingConsumers | Capability::TopicAdmin if self.mode == Mode::PubSub => {
+                "with mode=pubsub there are only channels, and consumer groups and topics need streams"
+            }
+            Capability::DeadLetter => "Redis Streams have no dead-letter streams",
+            Capability::Peek => "Redis shows pending entries, not the state of every message",
+            _ => "",
+        }
     }
 
     async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
+        self.check_options(&msg)?;
         let mut receipts = self.publish_batch(vec![msg]).await?;
         receipts.pop().ok_or_else(|| BrokerError::Protocol("Redis answered no reply to a publish".into()))
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
+        for msg in &msgs {
+            self.check_options(msg)?;
+        }
         // The command connection heals itself after a Redis restart, but the first command on the dead
         // socket fails; one retry hides that. (If the first attempt reached Redis before the socket died,
         // the retry publishes again: at-least-once, as any client retry.)
@@ -515,10 +551,7 @@ impl Broker for RedisBroker {
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
         if req.subscription.is_some() && self.mode == Mode::PubSub {
             // As for `create_subscription`: a group reads a stream, which `mode=pubsub` never writes.
-            return Err(BrokerError::Unsupported {
-                broker: "redis",
-                capability: Capability::CompetingConsumers,
-            });
+            return Err(self.unsupported(Capability::CompetingConsumers));
         }
         if req.subscription.is_some() || req.from.is_some() {
             let topic = super::history_topic(&req)?;
@@ -583,7 +616,8 @@ impl Broker for RedisBroker {
     }
 
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
-        let Some(reply) = &token.reply else { return Err(self.unsupported(Capability::Ack)) };
+        self.check_settle(&how)?;
+        let Some(reply) = &token.reply else { return Err(self.unsupported(Capability::DetachedSettle)) };
         let (stream, id) = reply.split_once('\u{1f}').unwrap_or((reply.as_str(), ""));
         match how {
             Settle::Ack | Settle::Term(_) => {
@@ -592,9 +626,8 @@ impl Broker for RedisBroker {
                 let _: u64 = self.idempotent(&xack).await?;
                 Ok(())
             }
-            Settle::Nack(_) | Settle::Extend(_) => Err(BrokerError::Invalid(
-                "Redis Streams have no nack or lease extension: an unacked entry stays pending and is claimed again after the ack deadline".into(),
-            )),
+            Settle::Nack(_) => Err(self.unsupported(Capability::Nack)),
+            Settle::Extend(_) => Err(self.unsupported(Capability::Extend)),
         }
     }
 
@@ -666,7 +699,7 @@ impl Broker for RedisBroker {
     async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
         if self.mode == Mode::PubSub {
             // A channel exists while someone listens; there is nothing to create.
-            return Err(BrokerError::Unsupported { broker: "redis", capability: Capability::TopicAdmin });
+            return Err(self.unsupported(Capability::TopicAdmin));
         }
         if !config.subjects.is_empty() {
             return Err(BrokerError::Invalid(
@@ -748,10 +781,7 @@ impl Broker for RedisBroker {
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
         if self.mode == Mode::PubSub {
             // A consumer group needs a stream; with `mode=pubsub` publishes would never reach it.
-            return Err(BrokerError::Unsupported {
-                broker: "redis",
-                capability: Capability::CompetingConsumers,
-            });
+            return Err(self.unsupported(Capability::CompetingConsumers));
         }
         let refused = if !config.filter.is_empty() {
             Some("subject filters")
@@ -1023,46 +1053,19 @@ impl RedisBroker {
 const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(30);
 
 fn info_for(name: Name, messages: u64, first: u64, head: u64) -> TopicInfo {
-    TopicInfo { first_seq: first, head_seq: head, ..TopicInfo::external(name, messages, 0) }
+    TopicInfo::external(name, messages, None).with_positions(first, head)
 }
 
 fn sub_info(topic: &Name, g: &GroupInfo) -> SubscriptionInfo {
     let name = Name::new(&g.name).unwrap_or_else(|_| topic.clone());
     let lag = g.lag.unwrap_or(0);
-    SubscriptionInfo {
-        name,
-        topic: topic.clone(),
-        filter: Vec::new(),
-        ack: crate::model::AckMode::Explicit,
-        start: crate::model::StartPosition::New,
-        ack_deadline: Duration::ZERO,
-        dead_letter: None,
-        max_deliveries: 0,
-        max_in_flight: 0,
-        ephemeral: false,
-        head_seq: 0,
-        first_seq: 0,
-        delivered_seq: seq_of(&g.last_delivered),
-        ack_floor: 0,
-        pending: lag,
-        in_flight: g.pending,
-        delayed: 0,
-        redeliverable: 0,
-        redelivered: 0,
-        backlog: lag + g.pending,
-        backlog_bytes: 0,
-        offset_lag: lag + g.pending,
-        oldest_unacked_age: Duration::ZERO,
-        oldest_pending_age: Duration::ZERO,
-        consumers: Vec::new(),
-        counters: crate::model::SubCounters::default(),
-        publish_rate: 0.0,
-        deliver_rate: 0.0,
-        ack_rate: 0.0,
-        eta: None,
-        blocked_by: None,
-        created: Timestamp::ZERO,
-    }
+    let mut info = SubscriptionInfo::external(name, topic.clone());
+    info.delivered_seq = seq_of(&g.last_delivered);
+    info.pending = lag;
+    info.in_flight = g.pending;
+    info.backlog = lag + g.pending;
+    info.offset_lag = lag + g.pending;
+    info.with_one_partition(None)
 }
 
 #[cfg(test)]

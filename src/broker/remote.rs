@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream,
-    ItemSource, Settle, StreamItem, SubscribeRequest,
+    AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, ConnectionEvent, DeliveryStream, ItemSource,
+    Settle, StreamItem, SubscribeRequest,
 };
 use crate::model::{
     BrowseFrom, FetchOptions, Message, Name, PeekReport, PublishReceipt, PublishRequest, SeekTarget,
@@ -681,21 +681,19 @@ impl Broker for RemoteBroker {
 
     fn capabilities(&self) -> Capabilities {
         // A pubsub server offers the engine's model; persistence follows once the durable store lands.
-        Capabilities::of(
-            &Capabilities::all()
-                .list()
-                .into_iter()
-                .filter(|c| !matches!(c, Capability::Persistence | Capability::Partitions))
-                .collect::<Vec<_>>(),
-        )
+        Capabilities::all().without(super::capability::ENGINE_LACKS)
     }
 
     async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
+        self.check_options(&msg)?;
         self.check_size(&msg)?;
         self.call_as(Request::Publish { message: envelope(&msg) }).await
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
+        for msg in &msgs {
+            self.check_options(msg)?;
+        }
         let oversize = msgs.iter().enumerate().find_map(|(i, m)| self.check_size(m).err().map(|e| (i, e)));
         let Some((index, e)) = oversize else {
             return self.send_batch(&msgs).await;

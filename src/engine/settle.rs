@@ -247,6 +247,7 @@ impl SubState {
                     msg_id: None,
                     headers: message.headers().clone(),
                     payload: message.payload.clone(),
+                    options: Default::default(),
                 };
                 let h = &mut copy.headers;
                 h.insert("x-dead-letter-source-topic".into(), ctx.topic.to_string());

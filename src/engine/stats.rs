@@ -7,7 +7,9 @@ use super::subscription::SubState;
 use crate::model::clock::Timestamp;
 use crate::model::config::AckMode;
 use crate::model::name::Name;
-use crate::model::{BlockedBy, ConsumerInfo, DeliveryState, MessageAckState, PeekReport, SubscriptionInfo};
+use crate::model::{
+    BlockedBy, ConsumerInfo, DeliveryState, MessageAckState, PartitionLag, PeekReport, SubscriptionInfo,
+};
 
 /// Seconds of history a rate meter keeps.
 const RATE_SLOTS: usize = 16;
@@ -132,10 +134,10 @@ pub(crate) fn subscription_info(
         redeliverable,
         redelivered,
         backlog,
-        backlog_bytes: pending_bytes + unsettled_bytes,
+        backlog_bytes: Some(pending_bytes + unsettled_bytes),
         offset_lag: head.saturating_sub(sub.ack_floor),
-        oldest_unacked_age: age_of(oldest_unsettled),
-        oldest_pending_age: if pending > 0 { age_of(Some(from + 1)) } else { Duration::ZERO },
+        oldest_unacked_age: Some(age_of(oldest_unsettled)),
+        oldest_pending_age: Some(if pending > 0 { age_of(Some(from + 1)) } else { Duration::ZERO }),
         consumers: sub
             .consumers
             .iter()
@@ -151,12 +153,19 @@ pub(crate) fn subscription_info(
             })
             .collect(),
         counters: sub.counters.clone(),
-        publish_rate,
-        deliver_rate,
-        ack_rate,
+        publish_rate: Some(publish_rate),
+        deliver_rate: Some(deliver_rate),
+        ack_rate: Some(ack_rate),
         eta,
         blocked_by: blocked_by(sub, pending + redeliverable, delayed),
-        created: sub.created,
+        created: Some(sub.created),
+        partitions: vec![PartitionLag {
+            partition: 0,
+            ack_floor: sub.ack_floor,
+            head_seq: head,
+            lag: head.saturating_sub(sub.ack_floor),
+            owner: None,
+        }],
     }
 }
 

@@ -12,7 +12,7 @@ use crate::model::error::EngineError;
 use crate::model::event::EngineEvent;
 use crate::model::message::{MessageExtra, PublishRequest};
 use crate::model::name::Name;
-use crate::model::{TopicCounters, TopicInfo};
+use crate::model::{PartitionInfo, TopicCounters, TopicInfo};
 use crate::store::SyncGate;
 
 /// Everything about one topic that changes; guarded by the topic's mutex.
@@ -311,15 +311,23 @@ impl TopicState {
             first_seq: self.log.first_seq(),
             head_seq: self.log.head_seq(),
             messages: self.log.len(),
-            bytes: self.log.bytes(),
+            bytes: Some(self.log.bytes()),
             last_publish: self.log.last_time(),
             limits: self.config.limits.clone(),
             discard: self.config.discard,
             subscriptions: u32::try_from(self.subs.len()).unwrap_or(u32::MAX),
             counters: TopicCounters { unreadable: self.log.unreadable(), ..self.counters.clone() },
-            publish_rate: self.publish_rate.rate(now),
+            publish_rate: Some(self.publish_rate.rate(now)),
             publish_series: self.publish_rate.series(now, 15),
-            created: self.created,
+            created: Some(self.created),
+            partition_info: vec![PartitionInfo {
+                partition: 0,
+                first_seq: self.log.first_seq(),
+                head_seq: self.log.head_seq(),
+                messages: self.log.len(),
+                bytes: Some(self.log.bytes()),
+                leader: None,
+            }],
             storage: Some(self.config.storage),
             durability: (self.config.storage == StorageKind::File).then_some(self.config.durability),
         }

@@ -108,8 +108,8 @@ pub struct TopicInfo {
     pub head_seq: u64,
     /// Retained messages.
     pub messages: u64,
-    /// Retained bytes.
-    pub bytes: u64,
+    /// Retained bytes, when the broker says.
+    pub bytes: Option<u64>,
     /// Publish time of the newest message.
     pub last_publish: Option<Timestamp>,
     /// Limits.
@@ -120,12 +120,15 @@ pub struct TopicInfo {
     pub subscriptions: u32,
     /// Totals.
     pub counters: TopicCounters,
-    /// Messages per second, last complete seconds.
-    pub publish_rate: f64,
+    /// Messages per second, last complete seconds, when the broker measures it.
+    pub publish_rate: Option<f64>,
     /// Per-second publish counts of the last 15 s, oldest first.
     pub publish_series: Vec<u64>,
-    /// When it was created.
-    pub created: Timestamp,
+    /// When it was created, when the broker says.
+    pub created: Option<Timestamp>,
+    /// Each partition's positions; one entry for a topic with one partition.
+    #[serde(default)]
+    pub partition_info: Vec<PartitionInfo>,
     /// Memory or file; `None` for brokers that are not this engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageKind>,
@@ -137,7 +140,7 @@ pub struct TopicInfo {
 impl TopicInfo {
     /// A topic of a broker that is not this engine, with only what such a broker can say: its name and
     /// counts; no limits, rates or storage details.
-    pub fn external(name: Name, messages: u64, bytes: u64) -> TopicInfo {
+    pub fn external(name: Name, messages: u64, bytes: Option<u64>) -> TopicInfo {
         TopicInfo {
             subjects: vec![name.to_string()],
             name,
@@ -151,13 +154,62 @@ impl TopicInfo {
             discard: Discard::Old,
             subscriptions: 0,
             counters: TopicCounters::default(),
-            publish_rate: 0.0,
+            publish_rate: None,
             publish_series: Vec::new(),
-            created: Timestamp::ZERO,
+            created: None,
+            partition_info: Vec::new(),
             storage: None,
             durability: None,
         }
     }
+
+    /// The same topic with one partition spanning `first..=head` (what a single-log broker reports).
+    #[must_use]
+    pub fn with_positions(mut self, first: u64, head: u64) -> TopicInfo {
+        self.first_seq = first;
+        self.head_seq = head;
+        self.partition_info = vec![PartitionInfo {
+            partition: 0,
+            first_seq: first,
+            head_seq: head,
+            messages: self.messages,
+            bytes: self.bytes,
+            leader: None,
+        }];
+        self
+    }
+}
+
+/// One partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// Its number.
+    pub partition: u32,
+    /// Oldest retained position (head + 1 when empty).
+    pub first_seq: u64,
+    /// Newest position.
+    pub head_seq: u64,
+    /// Retained messages.
+    pub messages: u64,
+    /// Retained bytes, when the broker says.
+    pub bytes: Option<u64>,
+    /// The broker node that leads it, where there are several.
+    pub leader: Option<String>,
+}
+
+/// Where one subscription stands in one partition, and who reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionLag {
+    /// Partition.
+    pub partition: u32,
+    /// Every position at or below it is settled (Kafka: the committed offset − 1).
+    pub ack_floor: u64,
+    /// Newest position in the partition.
+    pub head_seq: u64,
+    /// head − floor.
+    pub lag: u64,
+    /// The consumer the partition is assigned to, where the broker assigns partitions.
+    pub owner: Option<String>,
 }
 
 /// One consumer of a subscription.
@@ -226,33 +278,91 @@ pub struct SubscriptionInfo {
     pub redelivered: u64,
     /// pending + in_flight + delayed + redeliverable.
     pub backlog: u64,
-    /// Bytes of the backlog.
-    pub backlog_bytes: u64,
+    /// Bytes of the backlog, when the broker says.
+    pub backlog_bytes: Option<u64>,
     /// head_seq − ack_floor.
     pub offset_lag: u64,
-    /// Age of the oldest unsettled message.
-    #[serde(with = "super::clock::millis")]
-    pub oldest_unacked_age: Duration,
-    /// Age of the next never-delivered message.
-    #[serde(with = "super::clock::millis")]
-    pub oldest_pending_age: Duration,
+    /// Age of the oldest unsettled message, when the broker says.
+    #[serde(with = "super::clock::opt_millis")]
+    pub oldest_unacked_age: Option<Duration>,
+    /// Age of the next never-delivered message, when the broker says.
+    #[serde(with = "super::clock::opt_millis")]
+    pub oldest_pending_age: Option<Duration>,
     /// Competing consumers.
     pub consumers: Vec<ConsumerInfo>,
     /// Totals.
     pub counters: SubCounters,
-    /// Topic publish rate.
-    pub publish_rate: f64,
-    /// Deliveries per second.
-    pub deliver_rate: f64,
-    /// Acks per second.
-    pub ack_rate: f64,
+    /// Topic publish rate, when the broker measures it.
+    pub publish_rate: Option<f64>,
+    /// Deliveries per second, when the broker measures it.
+    pub deliver_rate: Option<f64>,
+    /// Acks per second, when the broker measures it.
+    pub ack_rate: Option<f64>,
     /// Seconds until the backlog drains at current rates, when it is draining.
     #[serde(with = "super::clock::opt_millis")]
     pub eta: Option<Duration>,
     /// Why nothing is being dispatched, when something waits.
     pub blocked_by: Option<BlockedBy>,
-    /// When it was created.
-    pub created: Timestamp,
+    /// When it was created, when the broker says.
+    pub created: Option<Timestamp>,
+    /// Each partition's floor, head, lag and owner; one entry for a topic with one partition.
+    #[serde(default)]
+    pub partitions: Vec<PartitionLag>,
+}
+
+impl SubscriptionInfo {
+    /// A subscription of a broker that is not this engine, with nothing known yet: counts are zero
+    /// until the backend fills them, and every figure the broker may not give is `None`.
+    pub fn external(name: Name, topic: Name) -> SubscriptionInfo {
+        SubscriptionInfo {
+            name,
+            topic,
+            filter: Vec::new(),
+            ack: AckMode::Explicit,
+            start: StartPosition::New,
+            ack_deadline: Duration::ZERO,
+            dead_letter: None,
+            max_deliveries: 0,
+            max_in_flight: 0,
+            ephemeral: false,
+            head_seq: 0,
+            first_seq: 0,
+            delivered_seq: 0,
+            ack_floor: 0,
+            pending: 0,
+            in_flight: 0,
+            delayed: 0,
+            redeliverable: 0,
+            redelivered: 0,
+            backlog: 0,
+            backlog_bytes: None,
+            offset_lag: 0,
+            oldest_unacked_age: None,
+            oldest_pending_age: None,
+            consumers: Vec::new(),
+            counters: SubCounters::default(),
+            publish_rate: None,
+            deliver_rate: None,
+            ack_rate: None,
+            eta: None,
+            blocked_by: None,
+            created: None,
+            partitions: Vec::new(),
+        }
+    }
+
+    /// Fills the one-partition view from the single floor and head (what a single-log broker reports).
+    #[must_use]
+    pub fn with_one_partition(mut self, owner: Option<String>) -> SubscriptionInfo {
+        self.partitions = vec![PartitionLag {
+            partition: 0,
+            ack_floor: self.ack_floor,
+            head_seq: self.head_seq,
+            lag: self.offset_lag,
+            owner,
+        }];
+        self
+    }
 }
 
 /// One message's ack state in one subscription (`peek`).

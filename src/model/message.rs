@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -115,12 +116,93 @@ pub struct PublishRequest {
     pub headers: Headers,
     /// The body.
     pub payload: Bytes,
+    /// How the broker should publish it, beyond the message itself; not part of the message.
+    pub options: PublishOptions,
+}
+
+/// Publish settings some brokers honour. A backend refuses a setting it cannot honour rather than
+/// dropping it, so none of them travels as a disguised header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Delivery guarantee (MQTT QoS 0, 1 or 2); the connection's default when `None`.
+    pub qos: Option<u8>,
+    /// Keep it as the topic's retained message (MQTT).
+    pub retain: bool,
+    /// Publish to this partition instead of the one the key picks (Kafka).
+    pub partition: Option<u32>,
+    /// Priority 0–255 (AMQP).
+    pub priority: Option<u8>,
+    /// Expire it if not delivered within this long (AMQP expiration, MQTT 5 message expiry).
+    pub ttl: Option<Duration>,
+}
+
+/// One publish setting, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOption {
+    /// `--qos`.
+    Qos,
+    /// `--retain`.
+    Retain,
+    /// `--partition`.
+    Partition,
+    /// `--priority`.
+    Priority,
+    /// `--ttl`.
+    Ttl,
+}
+
+impl PublishOption {
+    /// The flag that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            PublishOption::Qos => "--qos",
+            PublishOption::Retain => "--retain",
+            PublishOption::Partition => "--partition",
+            PublishOption::Priority => "--priority",
+            PublishOption::Ttl => "--ttl",
+        }
+    }
+}
+
+impl PublishOptions {
+    /// The settings that are set, in flag order.
+    pub fn set(&self) -> Vec<PublishOption> {
+        let mut set = Vec::new();
+        if self.qos.is_some() {
+            set.push(PublishOption::Qos);
+        }
+        if self.retain {
+            set.push(PublishOption::Retain);
+        }
+        if self.partition.is_some() {
+            set.push(PublishOption::Partition);
+        }
+        if self.priority.is_some() {
+            set.push(PublishOption::Priority);
+        }
+        if self.ttl.is_some() {
+            set.push(PublishOption::Ttl);
+        }
+        set
+    }
+
+    /// The first setting that is set but not among `honoured`.
+    pub fn first_unhonoured(&self, honoured: &[PublishOption]) -> Option<PublishOption> {
+        self.set().into_iter().find(|o| !honoured.contains(o))
+    }
 }
 
 impl PublishRequest {
     /// A message with only a subject and a payload.
     pub fn new(subject: Name, payload: impl Into<Bytes>) -> Self {
-        PublishRequest { subject, key: None, msg_id: None, headers: Headers::new(), payload: payload.into() }
+        PublishRequest {
+            subject,
+            key: None,
+            msg_id: None,
+            headers: Headers::new(),
+            payload: payload.into(),
+            options: PublishOptions::default(),
+        }
     }
 
     /// The same message with a key.

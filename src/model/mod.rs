@@ -22,11 +22,12 @@ pub use delivery::{AckToken, BrokerDelivery, Settle, StreamItem};
 pub use error::EngineError;
 pub use event::EngineEvent;
 pub use info::{
-    BlockedBy, ConsumerInfo, DeliveryState, EngineStats, MessageAckState, PeekReport, SubCounters,
-    SubscriptionInfo, TopicCounters, TopicInfo,
+    BlockedBy, ConsumerInfo, DeliveryState, EngineStats, MessageAckState, PartitionInfo, PartitionLag,
+    PeekReport, SubCounters, SubscriptionInfo, TopicCounters, TopicInfo,
 };
 pub use message::{
-    AckRef, ConsumerId, Delivery, Headers, Message, MessageExtra, PublishReceipt, PublishRequest,
+    AckRef, ConsumerId, Delivery, Headers, Message, MessageExtra, PublishOption, PublishOptions,
+    PublishReceipt, PublishRequest,
 };
 pub use name::{Name, NameError, Pattern, PatternToken};
 pub use position::{BrowseFrom, FetchOptions, Position, SeekTarget};

@@ -263,7 +263,7 @@ pub fn decode_publish_batch(buf: &Bytes) -> Result<(u64, Vec<PublishRequest>), P
         let msg_id = if f & HAS_MSG_ID != 0 { Some(r.str()?.to_string()) } else { None };
         let headers = if f & HAS_HEADERS != 0 { r.headers().map_err(at)? } else { Headers::new() };
         let payload = r.bytes()?;
-        msgs.push(PublishRequest { subject, key, msg_id, headers, payload });
+        msgs.push(PublishRequest { subject, key, msg_id, headers, payload, options: Default::default() });
     }
     r.done()?;
     Ok((id, msgs))

@@ -136,6 +136,7 @@ impl Envelope {
             msg_id: self.msg_id.clone(),
             headers: self.headers.clone(),
             payload: self.payload_bytes()?,
+            options: crate::model::PublishOptions::default(),
         })
     }
 

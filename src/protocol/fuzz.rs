@@ -260,7 +260,14 @@ proptest! {
 
 fn publish_request() -> impl Strategy<Value = PublishRequest> {
     (name(), prop::option::of(bytes(16)), prop::option::of("\\PC{0,16}"), headers(), bytes(256)).prop_map(
-        |(subject, key, msg_id, headers, payload)| PublishRequest { subject, key, msg_id, headers, payload },
+        |(subject, key, msg_id, headers, payload)| PublishRequest {
+            subject,
+            key,
+            msg_id,
+            headers,
+            payload,
+            options: Default::default(),
+        },
     )
 }
 

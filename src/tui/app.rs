@@ -272,7 +272,9 @@ impl App {
             .collect();
         match self.topic_sort {
             TopicSort::Name => topics.sort_by(|a, b| a.name.cmp(&b.name)),
-            TopicSort::Rate => topics.sort_by(|a, b| b.publish_rate.total_cmp(&a.publish_rate)),
+            TopicSort::Rate => {
+                topics.sort_by(|a, b| b.publish_rate.unwrap_or(0.0).total_cmp(&a.publish_rate.unwrap_or(0.0)))
+            }
             TopicSort::Messages => topics.sort_by_key(|t| std::cmp::Reverse(t.messages)),
             TopicSort::Bytes => topics.sort_by_key(|t| std::cmp::Reverse(t.bytes)),
         }
@@ -310,7 +312,7 @@ impl App {
             "growing"
         } else if last < first {
             "draining"
-        } else if s.deliver_rate == 0.0 && s.ack_rate == 0.0 {
+        } else if s.deliver_rate == Some(0.0) && s.ack_rate == Some(0.0) {
             "stalled"
         } else {
             "steady"
@@ -339,8 +341,7 @@ impl App {
             .iter()
             .map(|(name, &(messages, bytes, last))| TopicInfo {
                 last_publish: Some(last),
-                created: last,
-                ..TopicInfo::external(name.clone(), messages, bytes)
+                ..TopicInfo::external(name.clone(), messages, Some(bytes))
             })
             .collect()
     }

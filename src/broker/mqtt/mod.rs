@@ -31,7 +31,8 @@ use super::{
     ItemSource, Settle, StreamItem, SubscribeRequest,
 };
 use crate::model::{
-    Headers, Message, MessageExtra, Name, Pattern, PatternToken, PublishReceipt, PublishRequest, Timestamp,
+    Headers, Message, MessageExtra, Name, Pattern, PatternToken, PublishOption, PublishOptions,
+    PublishReceipt, PublishRequest, Timestamp,
 };
 
 mod wire;
@@ -39,10 +40,6 @@ mod wire;
 pub use wire::{CONTENT_TYPE_HEADER, EXPIRY_HEADER};
 use wire::{Client, Ev, Held, LinkOptions, Loop, LoopError, Version};
 
-/// Header that asks for the retain flag on a publish (`pub --retain`); never sent as data.
-pub const RETAIN_HEADER: &str = "mqtt-retain";
-/// Header that sets a publish's QoS (`pub --qos`); never sent as data.
-pub const QOS_HEADER: &str = "mqtt-qos";
 /// Header on received messages that were retained by the broker.
 pub const RETAINED_HEADER: &str = "mqtt-retained";
 
@@ -375,20 +372,17 @@ impl MqttBroker {
         })
     }
 
-    fn qos_of(&self, headers: &Headers) -> Result<QoS, BrokerError> {
-        match headers.get(QOS_HEADER) {
-            Some(v) => parse_qos(v).map_err(BrokerError::Invalid),
+    fn qos_of(&self, options: &PublishOptions) -> Result<QoS, BrokerError> {
+        match options.qos {
+            Some(v) => parse_qos(&v.to_string()).map_err(BrokerError::Invalid),
             None => Ok(self.options.qos),
         }
     }
 
-    async fn send(
-        &self,
-        mut msg: PublishRequest,
-    ) -> Result<oneshot::Receiver<Result<(), String>>, BrokerError> {
-        let qos = self.qos_of(&msg.headers)?;
-        let retain = msg.headers.remove(RETAIN_HEADER).is_some_and(|v| v != "false");
-        msg.headers.remove(QOS_HEADER);
+    async fn send(&self, msg: PublishRequest) -> Result<oneshot::Receiver<Result<(), String>>, BrokerError> {
+        self.check_options(&msg)?;
+        let qos = self.qos_of(&msg.options)?;
+        let retain = msg.options.retain;
         if msg.key.is_some() {
             return Err(BrokerError::Invalid(
                 "MQTT has no message keys; put the key in the topic or payload".into(),
@@ -625,11 +619,38 @@ impl Broker for MqttBroker {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = vec![Capability::Ack, Capability::Patterns, Capability::Persistence];
-        if self.options.version == Version::V5 {
-            caps.push(Capability::Headers);
+        // A persistent session's messages wait for it (QoS 1/2); a PUBACK settles one; the broker keeps
+        // one retained message per topic. No history, lag, nack or topic listing.
+        let caps = Capabilities::of(&[
+            Capability::Ack,
+            Capability::Term,
+            Capability::Retain,
+            Capability::Patterns,
+            Capability::Persistence,
+        ]);
+        if self.options.version == Version::V5 { caps.with(&[Capability::Headers]) } else { caps }
+    }
+
+    fn publish_options(&self) -> &'static [PublishOption] {
+        &[PublishOption::Qos, PublishOption::Retain]
+    }
+
+    fn why_not(&self, capability: Capability) -> &'static str {
+        match capability {
+            Capability::Nack | Capability::NackDelay | Capability::Extend => {
+                "MQTT cannot give a message back or hold it longer: one not acked is sent again only when the session reconnects"
+            }
+            Capability::Headers => "MQTT 3.1.1 has no user properties; use ?version=5",
+            Capability::Replay | Capability::Seek => {
+                "MQTT keeps no history, only one retained message per topic"
+            }
+            Capability::Lag | Capability::Peek => "MQTT brokers report no per-subscriber backlog",
+            Capability::TopicAdmin => {
+                "MQTT topics exist while someone publishes; they cannot be listed or made"
+            }
+            Capability::CompetingConsumers => "shared subscriptions ($share/GROUP/…) are not supported yet",
+            _ => "",
         }
-        Capabilities::of(&caps)
     }
 
     async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
@@ -689,9 +710,7 @@ impl Broker for MqttBroker {
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
         // MQTT cannot give a message back or extend a lease: without its PUBACK the broker redelivers it
         // when the session reconnects. Only an ack (or term) takes the message out of `held`.
-        if !matches!(how, Settle::Ack | Settle::Term(_)) {
-            return Ok(());
-        }
+        self.check_settle(&how)?;
         let (client, publish) = {
             let mut all = sessions().lock().unwrap_or_else(PoisonError::into_inner);
             let Some((client, held)) = all.get_mut(token.subscription.as_str()) else {

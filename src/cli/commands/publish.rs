@@ -13,7 +13,7 @@ use crate::broker::{BrokerError, SharedBroker};
 use crate::cli::output::note;
 use crate::cli::parse::{check_publish_template, expand_publish_template, parse_header, parse_rate, seed};
 use crate::cli::{CliError, Context};
-use crate::model::{Clock, Headers, Name, PublishRequest, SystemClock};
+use crate::model::{Clock, Headers, Name, PublishOptions, PublishRequest, SystemClock};
 use crate::protocol::Envelope;
 
 /// Options of `pubsub pub`.
@@ -58,7 +58,8 @@ pub struct PubArgs {
     pub retain: bool,
     /// MQTT: quality of service 0, 1 or 2 (default: the URL's `?qos=`, else 0).
     #[arg(long, value_parser = ["0", "1", "2"])]
-    pub qos: Option<String>,
+    #[arg(value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: Option<u8>,
 }
 
 /// One message to publish and where it came from (for error messages).
@@ -84,21 +85,22 @@ pub async fn run(ctx: &Context, args: PubArgs) -> Result<(), CliError> {
     let mut headers = Headers::new();
     headers.extend(args.headers.iter().cloned());
     let broker = ctx.connect().await?;
-    if (args.retain || args.qos.is_some()) && broker.kind() != "mqtt" {
+    let options = PublishOptions { qos: args.qos, retain: args.retain, ..PublishOptions::default() };
+    if let Some(option) = options.first_unhonoured(broker.publish_options()) {
         return Err(CliError::Usage(format!(
-            "--retain and --qos are MQTT settings; {} is a {} broker",
-            broker.url(),
-            broker.kind()
+            "{} is not available on this broker ({}){}",
+            option.flag(),
+            broker.kind(),
+            if broker.kind() == "mqtt" { "" } else { ": --retain and --qos are MQTT settings" }
         )));
     }
-    if args.retain {
-        headers.insert(crate::broker::mqtt::RETAIN_HEADER.into(), "true".into());
-    }
-    if let Some(qos) = &args.qos {
-        headers.insert(crate::broker::mqtt::QOS_HEADER.into(), qos.clone());
-    }
-    let template =
-        Template { subject, key: args.key.clone().map(Bytes::from), msg_id: args.msg_id.clone(), headers };
+    let template = Template {
+        subject,
+        key: args.key.clone().map(Bytes::from),
+        msg_id: args.msg_id.clone(),
+        headers,
+        options,
+    };
     let rx = spawn_source(&args, template)?;
     publish_all(broker, rx, args.rate, args.verbose).await
 }
@@ -109,6 +111,7 @@ struct Template {
     key: Option<Bytes>,
     msg_id: Option<String>,
     headers: Headers,
+    options: PublishOptions,
 }
 
 impl Template {
@@ -120,6 +123,7 @@ impl Template {
             msg_id: self.msg_id.clone(),
             headers: self.headers.clone(),
             payload,
+            options: self.options.clone(),
         })
     }
 

@@ -99,6 +99,7 @@ fn request_of(m: &Message) -> PublishRequest {
         msg_id: None,
         headers: m.headers().clone(),
         payload: m.payload.clone(),
+        options: Default::default(),
     }
 }
 

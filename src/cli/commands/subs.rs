@@ -8,7 +8,7 @@ use crate::broker::{AckToken, Settle};
 use crate::cli::output::{Stdout, note, table};
 use crate::cli::parse::parse_duration;
 use crate::cli::{CliError, Context};
-use crate::human::{bytes, duration};
+use crate::human::{bytes, duration, or_dash};
 use crate::model::Position;
 use crate::model::{
     AckDurability, AckMode, Clock, Lifetime, Name, Pattern, SubscriptionConfig, SubscriptionInfo, SystemClock,
@@ -169,7 +169,7 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
                     s.redelivered.to_string(),
                     s.counters.dead_lettered.to_string(),
                     s.ack_floor.to_string(),
-                    if s.backlog == 0 { "-".into() } else { duration(s.oldest_unacked_age) },
+                    if s.backlog == 0 { "-".into() } else { or_dash(s.oldest_unacked_age, duration) },
                     s.consumers.len().to_string(),
                 ]);
             }
@@ -228,9 +228,9 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
         vec![
             "backlog".into(),
             format!(
-                "{} ({}): pending {}, in flight {}, delayed {}, redeliverable {}",
+                "{}{}: pending {}, in flight {}, delayed {}, redeliverable {}",
                 s.backlog,
-                bytes(s.backlog_bytes),
+                s.backlog_bytes.map_or_else(String::new, |b| format!(" ({})", bytes(b))),
                 s.pending,
                 s.in_flight,
                 s.delayed,
@@ -239,13 +239,19 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
         ],
         vec![
             "lag".into(),
-            format!("offset lag {}, oldest unacked {}", s.offset_lag, duration(s.oldest_unacked_age)),
+            format!(
+                "offset lag {}, oldest unacked {}",
+                s.offset_lag,
+                or_dash(s.oldest_unacked_age, duration)
+            ),
         ],
     ];
     if counted {
         let rates = format!(
-            "publish {:.1}/s, deliver {:.1}/s, ack {:.1}/s",
-            s.publish_rate, s.deliver_rate, s.ack_rate
+            "publish {}/s, deliver {}/s, ack {}/s",
+            or_dash(s.publish_rate, |r| format!("{r:.1}")),
+            or_dash(s.deliver_rate, |r| format!("{r:.1}")),
+            or_dash(s.ack_rate, |r| format!("{r:.1}"))
         );
         let totals = format!(
             "delivered {}, redelivered {}, acked {}, nacked {}, expired leases {}, dead-lettered {}, terminated {}, expired {}, filtered {}",

@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use crate::cli::output::{Stdout, note, table};
 use crate::cli::parse::parse_duration;
 use crate::cli::{CliError, Context};
-use crate::human::{bytes, retention};
+use crate::human::{bytes, or_dash, retention};
 use crate::model::{Discard, Durability, Name, Pattern, StorageKind, TopicConfig, TopicInfo};
 
 /// Options of `pubsub topics`.
@@ -116,8 +116,8 @@ pub async fn list(ctx: &Context, args: TopicsArgs) -> Result<(), CliError> {
         rows.push(vec![
             t.name.to_string(),
             t.messages.to_string(),
-            bytes(t.bytes),
-            if counted { format!("{:.1}", t.publish_rate) } else { "-".into() },
+            or_dash(t.bytes, bytes),
+            if counted { or_dash(t.publish_rate, |r| format!("{r:.1}")) } else { "-".into() },
             t.subscriptions.to_string(),
             if t.messages == 0 { "-".into() } else { format!("{}..{}", t.first_seq, t.head_seq) },
             retention(&t.limits, t.discard),
@@ -247,7 +247,10 @@ fn show(t: &TopicInfo, json: bool, counted: bool) -> Result<(), CliError> {
     let mut rows = vec![
         vec!["topic".into(), t.name.to_string()],
         vec!["subjects".into(), t.subjects.join(", ")],
-        vec!["messages".into(), format!("{} ({})", t.messages, bytes(t.bytes))],
+        vec![
+            "messages".into(),
+            format!("{}{}", t.messages, t.bytes.map_or_else(String::new, |b| format!(" ({})", bytes(b)))),
+        ],
         vec!["seqs".into(), format!("{}..{}", t.first_seq, t.head_seq)],
         vec!["retention".into(), retention(&t.limits, t.discard)],
         vec!["storage".into(), storage(t)],
@@ -258,7 +261,7 @@ fn show(t: &TopicInfo, json: bool, counted: bool) -> Result<(), CliError> {
         return out.flush();
     }
     rows.extend([
-        vec!["publish rate".into(), format!("{:.1}/s", t.publish_rate)],
+        vec!["publish rate".into(), or_dash(t.publish_rate, |r| format!("{r:.1}/s"))],
         vec![
             "totals".into(),
             format!(

@@ -10,7 +10,7 @@ use ratatui::widgets::{Cell, Paragraph, Row, Table};
 
 use super::chrome::{pane, unavailable};
 use crate::broker::Capability;
-use crate::human::duration;
+use crate::human::{duration, or_dash};
 use crate::model::{DeliveryState, SubscriptionInfo};
 use crate::tui::app::App;
 
@@ -63,7 +63,7 @@ fn table(frame: &mut Frame<'_>, area: Rect, app: &App) {
         let retained = (s.head_seq + 1).saturating_sub(s.first_seq).max(1);
         let ratio = s.backlog as f64 / retained as f64;
         let oldest = if s.in_flight > 0 || s.backlog > 0 {
-            format!("{} / {}", duration(s.oldest_unacked_age), duration(s.ack_deadline))
+            format!("{} / {}", or_dash(s.oldest_unacked_age, duration), duration(s.ack_deadline))
         } else {
             "-".into()
         };
@@ -84,7 +84,11 @@ fn table(frame: &mut Frame<'_>, area: Rect, app: &App) {
         cells.push(Cell::from(s.redelivered.to_string()).style(t.fg(t.redelivered)));
         cells.push(Cell::from(s.counters.dead_lettered.to_string()).style(t.fg(t.dlq)));
         if wide {
-            cells.push(Cell::from(format!("{:.0}/{:.0}", s.publish_rate, s.ack_rate)));
+            cells.push(Cell::from(format!(
+                "{}/{}",
+                or_dash(s.publish_rate, |r| format!("{r:.0}")),
+                or_dash(s.ack_rate, |r| format!("{r:.0}"))
+            )));
             cells.push(Cell::from(s.consumers.len().to_string()));
         }
         let row = Row::new(cells);

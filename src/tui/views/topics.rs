@@ -5,7 +5,7 @@ use ratatui::layout::{Constraint, Rect};
 use ratatui::widgets::{Cell, Row, Table};
 
 use super::chrome::pane;
-use crate::human::bytes;
+use crate::human::{bytes, or_dash};
 use crate::human::{retention, sparkline};
 use crate::model::TopicInfo;
 use crate::tui::app::{App, TopicSort};
@@ -89,12 +89,12 @@ fn row<'a>(app: &App, topic: &TopicInfo, wide: bool) -> Row<'a> {
     let mut cells = vec![
         Cell::from(name).style(t.fg(t.topic)),
         Cell::from(topic.messages.to_string()),
-        Cell::from(format!("{:.1}", topic.publish_rate)),
+        Cell::from(or_dash(topic.publish_rate, |r| format!("{r:.1}"))),
     ];
     if wide {
         cells.push(Cell::from(sparkline(&topic.publish_series)).style(t.fg(t.accent)));
     }
-    cells.push(Cell::from(bytes(topic.bytes)));
+    cells.push(Cell::from(or_dash(topic.bytes, bytes)));
     cells.push(Cell::from(topic.subscriptions.to_string()));
     if wide {
         cells.push(Cell::from(retention(&topic.limits, topic.discard)).style(t.fg(t.dim)));

@@ -59,7 +59,10 @@ pub fn rows(app: &App) -> Vec<TopoRow> {
         let publisher = if pubs.is_empty() { "(any publisher)".to_string() } else { pubs.join(", ") };
         let mut first = vec![
             (format!("{publisher:>18} "), Style::Publisher),
-            (format!("──{:>6.1}/s──▶ ", topic.publish_rate), Style::Dim),
+            (
+                format!("──{:>6}/s──▶ ", crate::human::or_dash(topic.publish_rate, |r| format!("{r:.1}"))),
+                Style::Dim,
+            ),
             (format!("{:<14}", topic.name.as_str()), Style::Topic),
             (format!(" {:>6} msgs", topic.messages), Style::Dim),
         ];
