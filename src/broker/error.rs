@@ -21,6 +21,16 @@ pub enum BrokerError {
     /// The local engine refused.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A settle for a partition the broker has since given to another consumer.
+    #[error(
+        "partition {partition} of {subscription} was revoked from this consumer (a rebalance gave it to another member, which gets its unsettled messages again)"
+    )]
+    Revoked {
+        /// Subscription (consumer group).
+        subscription: String,
+        /// Partition.
+        partition: u32,
+    },
     /// The URL could not be understood.
     #[error("invalid broker URL \"{url}\": {reason}")]
     InvalidUrl {

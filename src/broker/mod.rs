@@ -10,6 +10,7 @@
 pub mod capability;
 pub mod daemon;
 pub mod error;
+pub mod kit;
 pub mod local;
 pub mod mqtt;
 pub mod nats;

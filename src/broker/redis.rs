@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use redis::{AsyncCommands, Value};
 use tokio::sync::{broadcast, mpsc};
 
+use super::url::{BrokerUrl, redact};
 use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ChannelSource, ConnectionEvent,
     DeliveryStream, ItemSource, Settle, StreamItem, SubscribeRequest,
@@ -63,62 +64,26 @@ struct UrlOptions {
 }
 
 impl UrlOptions {
-    fn parse(query: &str) -> Result<UrlOptions, String> {
-        let mut options = UrlOptions { mode: Mode::Auto, ack_deadline: DEFAULT_ACK_DEADLINE, maxlen: None };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k {
-                "mode" => {
-                    options.mode = match v {
-                        "streams" => Mode::Streams,
-                        "pubsub" => Mode::PubSub,
-                        other => return Err(format!("mode \"{other}\": use streams or pubsub")),
-                    }
-                }
-                "ack_deadline" => {
-                    options.ack_deadline = short_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
-                        format!("ack_deadline \"{v}\": use a duration such as 500ms, 30s or 2m")
-                    })?;
-                }
-                "maxlen" => {
-                    options.maxlen = Some(
-                        v.parse()
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| format!("maxlen \"{v}\": use a positive number of entries"))?,
-                    );
-                }
-                other => return Err(format!("unknown option \"{other}\": use mode, ack_deadline or maxlen")),
-            }
-        }
+    fn parse(url: &BrokerUrl) -> Result<UrlOptions, BrokerError> {
+        let mut o = url.options();
+        let mode = match o.choice("mode", &["streams", "pubsub"])? {
+            Some("streams") => Mode::Streams,
+            Some(_) => Mode::PubSub,
+            None => Mode::Auto,
+        };
+        let options = UrlOptions {
+            mode,
+            ack_deadline: o.duration("ack_deadline")?.unwrap_or(DEFAULT_ACK_DEADLINE),
+            maxlen: o.number("maxlen")?,
+        };
+        o.finish()?;
         Ok(options)
-    }
-}
-
-/// `500ms`, `30s`, `2m` (a bare number is seconds).
-fn short_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "" | "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        _ => None,
     }
 }
 
 impl std::fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBroker").field("url", &self.url).finish()
-    }
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
-        _ => url.to_string(),
     }
 }
 
@@ -151,8 +116,7 @@ impl RedisBroker {
         // The fragment belongs to the redis crate's URL; the query holds our options.
         let (rest, fragment) = url.split_once('#').map_or((url, None), |(r, f)| (r, Some(f)));
         let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let options = UrlOptions::parse(query)
-            .map_err(|reason| BrokerError::InvalidUrl { url: redact(url), reason })?;
+        let options = UrlOptions::parse(&BrokerUrl::parse(url)?)?;
         let shown = redact(base);
         let target = match fragment {
             Some(f) => format!("{base}#{f}"),
@@ -1092,18 +1056,16 @@ mod tests {
 
     #[test]
     fn url_options_parse_or_say_what_is_wrong() {
-        let parsed = UrlOptions::parse("mode=streams&ack_deadline=500ms&maxlen=1000");
+        let parse = |query: &str| {
+            BrokerUrl::parse(&format!("redis://h?{query}"))
+                .and_then(|u| UrlOptions::parse(&u))
+                .map_err(|e| e.to_string())
+        };
         let expected =
             UrlOptions { mode: Mode::Streams, ack_deadline: Duration::from_millis(500), maxlen: Some(1000) };
-        assert_eq!(parsed, Ok(expected));
-        assert_eq!(
-            UrlOptions::parse("").map(|o| (o.mode, o.ack_deadline)),
-            Ok((Mode::Auto, DEFAULT_ACK_DEADLINE))
-        );
-        assert_eq!(
-            UrlOptions::parse("ack_deadline=2m").map(|o| o.ack_deadline),
-            Ok(Duration::from_secs(120))
-        );
+        assert_eq!(parse("mode=streams&ack_deadline=500ms&maxlen=1000"), Ok(expected));
+        assert_eq!(parse("").map(|o| (o.mode, o.ack_deadline)), Ok((Mode::Auto, DEFAULT_ACK_DEADLINE)));
+        assert_eq!(parse("ack_deadline=1h").map(|o| o.ack_deadline), Ok(Duration::from_secs(3600)));
         for (query, says) in [
             ("mode=list", "use streams or pubsub"),
             ("ack_deadline=0s", "ack_deadline \"0s\""),
@@ -1112,14 +1074,15 @@ mod tests {
             ("maxlen=0", "maxlen \"0\""),
             ("db=2", "unknown option \"db\""),
         ] {
-            let err = UrlOptions::parse(query).err().unwrap_or_default();
+            let err = parse(query).err().unwrap_or_default();
             assert!(err.contains(says), "{query}: {err}");
         }
     }
 
     #[test]
     fn passwords_are_not_shown() {
-        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://user:***@host:6379/0");
+        assert_eq!(redact("redis://:secret@host:6379/0"), "redis://:***@host:6379/0");
         assert_eq!(redact("redis://host"), "redis://host");
     }
 }

@@ -58,4 +58,14 @@ pub enum StreamItem {
         /// How many.
         skipped: u64,
     },
+    /// The broker gave this consumer these partitions (a consumer-group rebalance).
+    Assigned {
+        /// Partition numbers.
+        partitions: Vec<u32>,
+    },
+    /// The broker took these partitions away; their unsettled deliveries go to another member.
+    Revoked {
+        /// Partition numbers.
+        partitions: Vec<u32>,
+    },
 }

@@ -265,6 +265,8 @@ impl Batch {
                     });
                 }
             }
+            // A served engine assigns no partitions to consumers; nothing to tell the client.
+            Ok(StreamItem::Assigned { .. } | StreamItem::Revoked { .. }) => {}
             Ok(StreamItem::Lagged { skipped }) => {
                 self.items += 1;
                 self.flush();
@@ -433,7 +435,7 @@ fn skipped(item: &Result<StreamItem, BrokerError>) -> u64 {
     match item {
         Ok(StreamItem::Delivery(_)) => 1,
         Ok(StreamItem::Lagged { skipped }) => *skipped,
-        Err(_) => 0,
+        Ok(StreamItem::Assigned { .. } | StreamItem::Revoked { .. }) | Err(_) => 0,
     }
 }
 

@@ -232,6 +232,12 @@ fn absorb(app: &mut App, feed: Feed) {
                 match item {
                     StreamItem::Delivery(d) => app.ingest(d.message),
                     StreamItem::Lagged { skipped } => app.lagged(skipped),
+                    StreamItem::Assigned { partitions } => {
+                        app.note(format!("assigned partitions {partitions:?}"))
+                    }
+                    StreamItem::Revoked { partitions } => {
+                        app.note(format!("partitions {partitions:?} were revoked"))
+                    }
                 }
             }
         }

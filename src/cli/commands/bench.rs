@@ -500,6 +500,7 @@ async fn receive(
         let mut delivered = 0u64;
         for item in items {
             match item {
+                Ok(StreamItem::Assigned { .. } | StreamItem::Revoked { .. }) => {}
                 Ok(StreamItem::Delivery(d)) => {
                     delivered += 1;
                     if let Some(sent) = stamp(&d.message.payload) {

@@ -342,6 +342,17 @@ pub async fn receive(
                     ));
                     continue;
                 }
+                StreamItem::Assigned { partitions } => {
+                    note(&format!("assigned partitions {}", partition_list(&partitions)));
+                    continue;
+                }
+                StreamItem::Revoked { partitions } => {
+                    note(&format!(
+                        "partitions {} were taken away (a rebalance): their unacked messages go to another member",
+                        partition_list(&partitions)
+                    ));
+                    continue;
+                }
             };
             received += 1;
             at_end = end.is_some_and(|e| delivery.message.seq >= e);
@@ -469,4 +480,8 @@ async fn run_command(command: &str, d: &BrokerDelivery) -> bool {
         let _ = stdin.write_all(&m.payload).await;
     }
     child.wait().await.is_ok_and(|s| s.success())
+}
+/// `0, 1, 2`.
+fn partition_list(partitions: &[u32]) -> String {
+    partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }

@@ -1,0 +1,156 @@
+//! Forwarding live messages to a reader: never waiting for it (a live broker does not wait either),
+//! counting what a slow reader misses, and telling it how many with `Lagged { skipped }` as soon as
+//! there is room — so every backend reports drops the same way.
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::broker::{BrokerError, ConnectionEvent, StreamItem};
+
+/// The sending half of a live subscription's channel, with its count of unreported drops.
+#[derive(Debug)]
+pub struct Forwarder {
+    tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
+    skipped: u64,
+    events: Option<broadcast::Sender<ConnectionEvent>>,
+}
+
+impl Forwarder {
+    /// Forwards into `tx`; drops are also announced as `SlowConsumer` on `events` when given.
+    pub fn new(
+        tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
+        events: Option<broadcast::Sender<ConnectionEvent>>,
+    ) -> Self {
+        Forwarder { tx, skipped: 0, events }
+    }
+
+    /// Offers one item: delivered if there is room, otherwise dropped and counted. Unreported drops are
+    /// reported first, so the reader learns of the gap before the next message. `false` once the
+    /// reader is gone.
+    pub fn offer(&mut self, item: StreamItem) -> bool {
+        if self.skipped > 0 && !self.report() {
+            return false;
+        }
+        if self.skipped > 0 {
+            // Still no room for the report: this one is lost too.
+            self.drop_one();
+            return !self.tx.is_closed();
+        }
+        match self.tx.try_send(Ok(item)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.drop_one();
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Passes an error on, waiting for room (errors are rare and must not be lost). `false` once the
+    /// reader is gone.
+    pub async fn fail(&mut self, error: BrokerError) -> bool {
+        self.tx.send(Err(error)).await.is_ok()
+    }
+
+    /// Whether drops wait to be reported.
+    pub fn owes_report(&self) -> bool {
+        self.skipped > 0
+    }
+
+    /// Waits until the reader makes room, then reports the drops. Meant for a `select!` arm guarded by
+    /// [`Forwarder::owes_report`], so a gap is reported even when no further message comes. `false`
+    /// once the reader is gone.
+    pub async fn catch_up(&mut self) -> bool {
+        match self.tx.reserve().await {
+            Ok(permit) => {
+                permit.send(Ok(StreamItem::Lagged { skipped: self.skipped }));
+                self.skipped = 0;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the reader is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Reports the drops if there is room; `false` once the reader is gone.
+    fn report(&mut self) -> bool {
+        match self.tx.try_send(Ok(StreamItem::Lagged { skipped: self.skipped })) {
+            Ok(()) => {
+                self.skipped = 0;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn drop_one(&mut self) {
+        self.skipped += 1;
+        if let Some(events) = &self.events {
+            let _ = events.send(ConnectionEvent::SlowConsumer { dropped: 1 });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BrokerDelivery, Message, Name, Timestamp};
+
+    fn item(n: u64) -> StreamItem {
+        let name = Name::new("t").unwrap();
+        let message = Message::new(name.clone(), 0, n, Timestamp::ZERO, name, None, bytes::Bytes::new());
+        StreamItem::Delivery(BrokerDelivery { message, attempt: None, deadline: None, token: None })
+    }
+
+    fn seq(item: Option<Result<StreamItem, BrokerError>>) -> String {
+        match item {
+            Some(Ok(StreamItem::Delivery(d))) => format!("#{}", d.message.seq),
+            Some(Ok(StreamItem::Lagged { skipped })) => format!("lagged {skipped}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_slow_reader_is_told_how_many_it_missed_before_the_next_message() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let (events, mut ev) = broadcast::channel(16);
+        let mut f = Forwarder::new(tx, Some(events));
+        for n in 1..=5 {
+            assert!(f.offer(item(n)));
+        }
+        // 1 and 2 fit; 3, 4 and 5 are dropped and counted.
+        assert_eq!(seq(rx.try_recv().ok()), "#1");
+        assert_eq!(seq(rx.try_recv().ok()), "#2");
+        assert!(f.owes_report());
+        assert!(f.offer(item(6)));
+        assert_eq!(seq(rx.try_recv().ok()), "lagged 3");
+        assert_eq!(seq(rx.try_recv().ok()), "#6");
+        let slow = std::iter::from_fn(|| ev.try_recv().ok()).count();
+        assert_eq!(slow, 3);
+    }
+
+    #[tokio::test]
+    async fn catch_up_reports_a_gap_when_no_further_message_comes() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut f = Forwarder::new(tx, None);
+        assert!(f.offer(item(1)));
+        assert!(f.offer(item(2)));
+        assert_eq!(seq(rx.recv().await), "#1");
+        assert!(f.catch_up().await);
+        assert_eq!(seq(rx.recv().await), "lagged 1");
+        assert!(!f.owes_report());
+    }
+
+    #[test]
+    fn a_gone_reader_stops_the_forwarder() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut f = Forwarder::new(tx, None);
+        drop(rx);
+        assert!(!f.offer(item(1)));
+        assert!(f.is_closed());
+    }
+}
