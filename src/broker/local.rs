@@ -158,9 +158,7 @@ struct TapSource(TapReceiver);
 
 fn tap_item(item: TapItem) -> StreamItem {
     match item {
-        TapItem::Message(message) => {
-            StreamItem::Delivery(BrokerDelivery { message, attempt: None, deadline: None, token: None })
-        }
+        TapItem::Message(message) => StreamItem::Delivery(BrokerDelivery::untracked(message)),
         TapItem::Lagged { skipped } => StreamItem::Lagged { skipped },
     }
 }
@@ -169,9 +167,7 @@ fn tap_item(item: TapItem) -> StreamItem {
 impl ItemSource for TapSource {
     async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
         Some(Ok(match self.0.recv().await? {
-            TapItem::Message(message) => {
-                StreamItem::Delivery(BrokerDelivery { message, attempt: None, deadline: None, token: None })
-            }
+            TapItem::Message(message) => StreamItem::Delivery(BrokerDelivery::untracked(message)),
             TapItem::Lagged { skipped } => StreamItem::Lagged { skipped },
         }))
     }

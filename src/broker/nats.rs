@@ -31,7 +31,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 
-use super::url::percent_decode;
+use super::kit::{Forwarder, Offer};
+use super::url::BrokerUrl;
 use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ChannelSource, ConnectionEvent,
     DeliveryStream, ItemSource, Settle, StreamItem, SubscribeRequest,
@@ -78,57 +79,23 @@ struct UrlOptions {
 }
 
 impl UrlOptions {
-    fn parse(query: &str) -> Result<UrlOptions, String> {
-        let mut o = UrlOptions {
-            mode: Mode::Auto,
-            creds: None,
-            ca: None,
-            tls: false,
-            ack_wait: Duration::from_secs(30),
-            pending: 65_536,
-            name: "pubsub".into(),
+    fn parse(url: &BrokerUrl) -> Result<UrlOptions, BrokerError> {
+        let mut o = url.options();
+        let options = UrlOptions {
+            mode: match o.choice("mode", &["auto", "core", "jetstream", "js"])? {
+                Some("core") => Mode::Core,
+                Some("jetstream" | "js") => Mode::JetStream,
+                _ => Mode::Auto,
+            },
+            creds: o.text("creds").map(PathBuf::from),
+            ca: o.text("ca").map(PathBuf::from),
+            tls: o.flag("tls")?.unwrap_or(false),
+            ack_wait: o.duration("ack_wait")?.unwrap_or(Duration::from_secs(30)),
+            pending: o.number("pending")?.unwrap_or(65_536),
+            name: o.text("name").unwrap_or_else(|| "pubsub".into()),
         };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "mode" => {
-                    o.mode = match value {
-                        "auto" => Mode::Auto,
-                        "core" => Mode::Core,
-                        "jetstream" | "js" => Mode::JetStream,
-                        other => return Err(format!("mode \"{other}\": use auto, core or jetstream")),
-                    }
-                }
-                "creds" => o.creds = Some(PathBuf::from(percent_decode(value))),
-                "ca" => o.ca = Some(PathBuf::from(percent_decode(value))),
-                "tls" => {
-                    o.tls = match value {
-                        "" | "true" | "1" => true,
-                        "false" | "0" => false,
-                        other => return Err(format!("tls \"{other}\": use true or false")),
-                    }
-                }
-                "ack_wait" => {
-                    o.ack_wait =
-                        humantime::parse_duration(value).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
-                            format!("ack_wait \"{value}\": use a duration such as 500ms or 30s")
-                        })?;
-                }
-                "pending" => {
-                    o.pending =
-                        value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                            format!("pending \"{value}\": use a positive number of messages")
-                        })?;
-                }
-                "name" => o.name = percent_decode(value),
-                other => {
-                    return Err(format!(
-                        "unknown option \"{other}\": use mode, creds, ca, tls, ack_wait, pending or name"
-                    ));
-                }
-            }
-        }
-        Ok(o)
+        o.finish()?;
+        Ok(options)
     }
 }
 
@@ -152,58 +119,26 @@ struct Target {
 }
 
 fn parse_url(url: &str) -> Result<Target, BrokerError> {
-    let invalid = |reason: String| BrokerError::InvalidUrl { url: redact(url), reason };
-    let (scheme, rest) =
-        url.split_once("://").ok_or_else(|| invalid("expected nats://host[:port]".into()))?;
-    let scheme_tls = match scheme.to_ascii_lowercase().as_str() {
+    let parsed = BrokerUrl::parse(url)?;
+    let scheme_tls = match parsed.scheme.as_str() {
         "nats" => false,
         "tls" => true,
-        other => return Err(invalid(format!("scheme {other}: use nats:// or tls://"))),
+        other => return Err(parsed.invalid(format!("scheme {other}: use nats:// or tls://"))),
     };
-    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let rest = rest.trim_end_matches('/');
-    if rest.contains('/') {
-        return Err(invalid("a NATS URL has no path; options go after `?`".into()));
+    if !parsed.path.is_empty() {
+        return Err(parsed.invalid("a NATS URL has no path; options go after `?`"));
     }
-    let (userinfo, hosts) = rest.rsplit_once('@').map_or((None, rest), |(u, h)| (Some(u), h));
-    let auth = match userinfo {
-        None => UrlAuth::None,
-        Some(u) => match u.split_once(':') {
-            Some((user, pass)) => UrlAuth::UserPassword(percent_decode(user), percent_decode(pass)),
-            None => UrlAuth::Token(percent_decode(u)),
-        },
+    let auth = match (&parsed.user, &parsed.password) {
+        (Some(user), Some(pass)) => UrlAuth::UserPassword(user.clone(), pass.clone()),
+        (Some(token), None) => UrlAuth::Token(token.clone()),
+        _ => UrlAuth::None,
     };
-    let mut options = UrlOptions::parse(query).map_err(invalid)?;
+    let mut options = UrlOptions::parse(&parsed)?;
     options.tls |= scheme_tls;
-    let mut servers = Vec::new();
-    for host in hosts.split(',') {
-        let (name, port) = match host.rsplit_once(':') {
-            Some((h, p)) => {
-                (h, p.parse::<u16>().map_err(|_| invalid(format!("port \"{p}\" is not a number")))?)
-            }
-            None => (host, 4222),
-        };
-        if name.is_empty() {
-            return Err(invalid("no host".into()));
-        }
-        let scheme = if options.tls { "tls" } else { "nats" };
-        servers.push(format!("{scheme}://{name}:{port}"));
-    }
-    Ok(Target { servers, auth, options, shown: redact(url) })
-}
-
-/// The URL without its password or token.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let user = &url[s + 3..at];
-            match user.split_once(':') {
-                Some((name, _)) => format!("{}{name}:***{}", &url[..s + 3], &url[at..]),
-                None => format!("{}***{}", &url[..s + 3], &url[at..]),
-            }
-        }
-        _ => url.to_string(),
-    }
+    let scheme = if options.tls { "tls" } else { "nats" };
+    let servers =
+        parsed.addresses(4222).into_iter().map(|(host, port)| format!("{scheme}://{host}:{port}")).collect();
+    Ok(Target { servers, auth, options, shown: parsed.to_string() })
 }
 
 /// The NATS subjects a pattern subscribes to; an error says what to write instead.
@@ -932,13 +867,14 @@ async fn core_pump(
 ) {
     let mut merged = futures_util::stream::select_all(subs);
     let mut cache = (0u64, HashMap::new());
-    let mut skipped = 0u64;
+    let mut forward = Forwarder::new(tx, None);
     loop {
-        // While drops are unreported, the report is retried even when no further message comes.
+        // While drops are unreported, the report goes out as soon as the reader makes room, even when
+        // no further message comes.
         let next = tokio::select! {
             m = merged.next() => m,
-            () = tokio::time::sleep(Duration::from_millis(50)), if skipped > 0 => {
-                if !report_lag(&tx, &mut skipped) {
+            alive = forward.catch_up(), if forward.owes_report() => {
+                if !alive {
                     return;
                 }
                 continue;
@@ -948,9 +884,6 @@ async fn core_pump(
         if hide_internal && (m.subject.starts_with('$') || m.subject.starts_with("_INBOX.")) {
             continue;
         }
-        if skipped > 0 && !report_lag(&tx, &mut skipped) {
-            return;
-        }
         let now = SystemClock.now();
         let stream = captures.as_ref().and_then(|c| captured_by(c, &mut cache, m.subject.as_str()));
         let Some(message) =
@@ -958,27 +891,13 @@ async fn core_pump(
         else {
             continue;
         };
-        let d = BrokerDelivery { message, attempt: None, deadline: None, token: None };
-        match tx.try_send(Ok(StreamItem::Delivery(d))) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                skipped += 1;
+        match forward.offer(StreamItem::Delivery(BrokerDelivery::untracked(message))) {
+            Offer::Sent => {}
+            Offer::Dropped => {
                 dropped.fetch_add(1, Ordering::Relaxed);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Offer::Gone => return,
         }
-    }
-}
-
-/// Tells the reader how many messages it lost, if there is room; `false` once the reader is gone.
-fn report_lag(tx: &mpsc::Sender<Result<StreamItem, BrokerError>>, skipped: &mut u64) -> bool {
-    match tx.try_send(Ok(StreamItem::Lagged { skipped: *skipped })) {
-        Ok(()) => {
-            *skipped = 0;
-            true
-        }
-        Err(mpsc::error::TrySendError::Full(_)) => true,
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -1889,13 +1808,6 @@ mod tests {
             let err = parse_url(bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(why), "{bad}: {err}");
         }
-    }
-
-    #[test]
-    fn passwords_and_tokens_are_not_shown() {
-        assert_eq!(redact("nats://u:p@h:4222"), "nats://u:***@h:4222");
-        assert_eq!(redact("nats://secret@h"), "nats://***@h");
-        assert_eq!(redact("nats://h"), "nats://h");
     }
 
     #[test]

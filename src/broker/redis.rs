@@ -15,10 +15,11 @@ use futures_util::StreamExt;
 use redis::{AsyncCommands, Value};
 use tokio::sync::{broadcast, mpsc};
 
+use super::kit::{Backoff, Forwarder, reconnect};
 use super::url::{BrokerUrl, redact};
 use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ChannelSource, ConnectionEvent,
-    DeliveryStream, ItemSource, Settle, StreamItem, SubscribeRequest,
+    DeliveryStream, Settle, StreamItem, SubscribeRequest,
 };
 use crate::model::{
     BrowseFrom, Headers, Message, MessageExtra, Name, Pattern, PublishReceipt, PublishRequest, SeekTarget,
@@ -88,10 +89,14 @@ impl std::fmt::Debug for RedisBroker {
 }
 
 fn error(url: &str, e: redis::RedisError) -> BrokerError {
+    // Classified by the client's error kinds and Redis's error codes, not by the wording.
     let text = e.to_string();
+    let refused_login = e.kind() == redis::ErrorKind::AuthenticationFailed
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
     if e.is_connection_refusal() || e.is_io_error() || e.is_timeout() {
         BrokerError::Unreachable { url: url.to_string(), reason: text }
-    } else if ["WRONGPASS", "NOAUTH", "AUTH", "uthentication"].iter().any(|w| text.contains(w)) {
+    } else if refused_login {
         BrokerError::Auth { url: url.to_string(), reason: text }
     } else {
         BrokerError::Protocol(text)
@@ -393,22 +398,6 @@ async fn listen(
 }
 
 /// Live PUB/SUB messages.
-struct PubSubSource(mpsc::Receiver<Message>);
-
-#[async_trait]
-impl ItemSource for PubSubSource {
-    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
-        let message = self.0.recv().await?;
-        Some(Ok(StreamItem::Delivery(BrokerDelivery { message, attempt: None, deadline: None, token: None })))
-    }
-
-    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
-        let message = self.0.try_recv().ok()?;
-        Some(Ok(StreamItem::Delivery(BrokerDelivery { message, attempt: None, deadline: None, token: None })))
-    }
-}
-
-/// `XGROUP CREATE key group start MKSTREAM`: the group, and the stream if there is none yet.
 fn xgroup_create(key: &str, group: &str, start: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("XGROUP");
     cmd.arg("CREATE").arg(key).arg(group).arg(start).arg("MKSTREAM");
@@ -539,13 +528,26 @@ impl Broker for RedisBroker {
             targets.push((glob, text));
         }
         let first = listen(&self.client, &targets).await.map_err(|e| error(&self.url, e))?;
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(req.prefetch.unwrap_or(4096).max(16) as usize);
         let (client, events) = (self.client.clone(), self.events.clone());
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            // Redis pushes to a listener as fast as it publishes; a reader that falls behind loses the
+            // newest messages, counted and reported as `Lagged`, never silently and never by stalling.
+            let mut forward = Forwarder::new(tx, Some(events.clone()));
             let mut pubsub = first;
             loop {
                 let mut messages = pubsub.into_on_message();
-                while let Some(msg) = messages.next().await {
+                loop {
+                    let next = tokio::select! {
+                        m = messages.next() => m,
+                        alive = forward.catch_up(), if forward.owes_report() => {
+                            if !alive {
+                                return;
+                            }
+                            continue;
+                        }
+                    };
+                    let Some(msg) = next else { break };
                     let channel = msg.get_channel_name().to_string();
                     // Channel names that are not valid names here (spaces, say) still arrive, as `$redis`.
                     let Ok(name) = Name::new(&channel).or_else(|_| Name::system("$redis.channel")) else {
@@ -553,30 +555,23 @@ impl Broker for RedisBroker {
                     };
                     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
                     let now = crate::model::Clock::now(&crate::model::SystemClock);
-                    if tx.send(Message::new(name.clone(), 0, 0, now, name, None, payload)).await.is_err() {
+                    let message = Message::new(name.clone(), 0, 0, now, name, None, payload);
+                    if !forward.offer(StreamItem::Delivery(BrokerDelivery::untracked(message))).open() {
                         return;
                     }
                 }
                 // The connection dropped. PUB/SUB keeps nothing for absent listeners, so what was
                 // published meanwhile is gone (at-most-once); listen again once Redis is back.
-                let _ = events.send(ConnectionEvent::Disconnected {
-                    reason: "Redis closed the PUB/SUB connection".into(),
-                });
-                let mut delay = Duration::from_millis(100);
-                pubsub = loop {
-                    if tx.is_closed() {
-                        return;
-                    }
-                    tokio::time::sleep(delay).await;
-                    match listen(&client, &targets).await {
-                        Ok(p) => break p,
-                        Err(_) => delay = (delay * 2).min(Duration::from_secs(5)),
-                    }
-                };
-                let _ = events.send(ConnectionEvent::Reconnected);
+                let reason = "Redis closed the PUB/SUB connection".to_string();
+                let again =
+                    reconnect(&events, reason, || forward.is_closed(), || listen(&client, &targets)).await;
+                match again {
+                    Some(p) => pubsub = p,
+                    None => return,
+                }
             }
         });
-        Ok(DeliveryStream::new(Box::new(PubSubSource(rx))))
+        Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })))
     }
 
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
@@ -765,7 +760,7 @@ impl Broker for RedisBroker {
             xgroup_create(&key, config.name.as_str(), &start).query_async(&mut self.conn.clone()).await;
         match created {
             Ok(_) => {}
-            Err(e) if e.to_string().contains("BUSYGROUP") => {
+            Err(e) if e.code() == Some("BUSYGROUP") => {
                 return Err(BrokerError::Invalid(format!(
                     "subscription \"{}\" already exists on stream \"{key}\"",
                     config.name
@@ -855,16 +850,15 @@ impl RedisBroker {
     /// dead fails with it (a `sub -s GROUP` used to exit 3 "broken pipe" on the first ack after a
     /// restart), and a restarted Redis answers LOADING until its data is back. Tries for about 6 s.
     async fn idempotent<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        let mut delay = Duration::from_millis(100);
-        loop {
+        // Six tries over about six seconds (the backoff's 100 ms … 3.2 s), enough for a Redis restart.
+        let mut backoff = Backoff::new();
+        for _ in 0..6 {
             match cmd.query_async(&mut self.conn.clone()).await {
-                Err(e) if read::is_outage(&e) && delay <= Duration::from_millis(3200) => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
+                Err(e) if read::is_outage(&e) => backoff.wait().await,
                 other => return other.map_err(|e| error(&self.url, e)),
             }
         }
+        cmd.query_async(&mut self.conn.clone()).await.map_err(|e| error(&self.url, e))
     }
 
     /// One round trip for a whole batch (pipelined), deciding stream or channel per subject once.
@@ -980,7 +974,7 @@ impl RedisBroker {
             let created: redis::RedisResult<String> =
                 xgroup_create(&key, group.as_str(), &start).query_async(&mut conn).await;
             if let Err(e) = created
-                && !e.to_string().contains("BUSYGROUP")
+                && e.code() != Some("BUSYGROUP")
             {
                 return Err(error(&self.url, e));
             }

@@ -48,6 +48,13 @@ pub struct BrokerDelivery {
     pub token: Option<AckToken>,
 }
 
+impl BrokerDelivery {
+    /// A message from a broker that neither counts attempts nor leases: nothing to settle.
+    pub fn untracked(message: Message) -> Self {
+        BrokerDelivery { message, attempt: None, deadline: None, token: None }
+    }
+}
+
 /// What a subscriber receives: deliveries, or notice of what it missed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamItem {

@@ -456,7 +456,7 @@ mod tests {
             Message::new(name("t"), 2, 8, Timestamp::from_micros(-5), name("t.x"), extra, Bytes::new());
         let sub = name("workers");
         let deliveries = vec![
-            BrokerDelivery { message: plain, attempt: None, deadline: None, token: None },
+            BrokerDelivery::untracked(plain),
             BrokerDelivery {
                 message: routed,
                 attempt: Some(3),

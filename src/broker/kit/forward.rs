@@ -6,6 +6,24 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::broker::{BrokerError, ConnectionEvent, StreamItem};
 
+/// What became of an offered item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Handed to the reader.
+    Sent,
+    /// No room: dropped and counted.
+    Dropped,
+    /// The reader is gone.
+    Gone,
+}
+
+impl Offer {
+    /// Whether the reader is still there.
+    pub fn open(self) -> bool {
+        self != Offer::Gone
+    }
+}
+
 /// The sending half of a live subscription's channel, with its count of unreported drops.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -24,24 +42,23 @@ impl Forwarder {
     }
 
     /// Offers one item: delivered if there is room, otherwise dropped and counted. Unreported drops are
-    /// reported first, so the reader learns of the gap before the next message. `false` once the
-    /// reader is gone.
-    pub fn offer(&mut self, item: StreamItem) -> bool {
+    /// reported first, so the reader learns of the gap before the next message.
+    pub fn offer(&mut self, item: StreamItem) -> Offer {
         if self.skipped > 0 && !self.report() {
-            return false;
+            return Offer::Gone;
         }
         if self.skipped > 0 {
             // Still no room for the report: this one is lost too.
             self.drop_one();
-            return !self.tx.is_closed();
+            return Offer::Dropped;
         }
         match self.tx.try_send(Ok(item)) {
-            Ok(()) => true,
+            Ok(()) => Offer::Sent,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.drop_one();
-                true
+                Offer::Dropped
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
         }
     }
 
@@ -75,8 +92,9 @@ impl Forwarder {
         self.tx.is_closed()
     }
 
-    /// Reports the drops if there is room; `false` once the reader is gone.
-    fn report(&mut self) -> bool {
+    /// Reports the drops if there is room now, for a loop that cannot wait on one reader (a shared
+    /// connection's event loop calls it on every turn); `false` once the reader is gone.
+    pub fn report(&mut self) -> bool {
         match self.tx.try_send(Ok(StreamItem::Lagged { skipped: self.skipped })) {
             Ok(()) => {
                 self.skipped = 0;
@@ -103,7 +121,7 @@ mod tests {
     fn item(n: u64) -> StreamItem {
         let name = Name::new("t").unwrap();
         let message = Message::new(name.clone(), 0, n, Timestamp::ZERO, name, None, bytes::Bytes::new());
-        StreamItem::Delivery(BrokerDelivery { message, attempt: None, deadline: None, token: None })
+        StreamItem::Delivery(BrokerDelivery::untracked(message))
     }
 
     fn seq(item: Option<Result<StreamItem, BrokerError>>) -> String {
@@ -119,14 +137,13 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(2);
         let (events, mut ev) = broadcast::channel(16);
         let mut f = Forwarder::new(tx, Some(events));
-        for n in 1..=5 {
-            assert!(f.offer(item(n)));
-        }
+        let offers: Vec<Offer> = (1..=5).map(|n| f.offer(item(n))).collect();
+        assert_eq!(offers, [Offer::Sent, Offer::Sent, Offer::Dropped, Offer::Dropped, Offer::Dropped]);
         // 1 and 2 fit; 3, 4 and 5 are dropped and counted.
         assert_eq!(seq(rx.try_recv().ok()), "#1");
         assert_eq!(seq(rx.try_recv().ok()), "#2");
         assert!(f.owes_report());
-        assert!(f.offer(item(6)));
+        assert_eq!(f.offer(item(6)), Offer::Sent);
         assert_eq!(seq(rx.try_recv().ok()), "lagged 3");
         assert_eq!(seq(rx.try_recv().ok()), "#6");
         let slow = std::iter::from_fn(|| ev.try_recv().ok()).count();
@@ -137,8 +154,8 @@ mod tests {
     async fn catch_up_reports_a_gap_when_no_further_message_comes() {
         let (tx, mut rx) = mpsc::channel(1);
         let mut f = Forwarder::new(tx, None);
-        assert!(f.offer(item(1)));
-        assert!(f.offer(item(2)));
+        assert_eq!(f.offer(item(1)), Offer::Sent);
+        assert_eq!(f.offer(item(2)), Offer::Dropped);
         assert_eq!(seq(rx.recv().await), "#1");
         assert!(f.catch_up().await);
         assert_eq!(seq(rx.recv().await), "lagged 1");
@@ -150,7 +167,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         let mut f = Forwarder::new(tx, None);
         drop(rx);
-        assert!(!f.offer(item(1)));
+        assert_eq!(f.offer(item(1)), Offer::Gone);
         assert!(f.is_closed());
     }
 }

@@ -16,4 +16,4 @@ pub mod forward;
 
 pub use assign::Assignment;
 pub use backoff::{Backoff, reconnect};
-pub use forward::Forwarder;
+pub use forward::{Forwarder, Offer};

@@ -25,7 +25,8 @@ use bytes::Bytes;
 use rumqttc::QoS;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::url::percent_decode;
+use super::kit::{Backoff, Forwarder};
+use super::url::BrokerUrl;
 use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream,
     ItemSource, Settle, StreamItem, SubscribeRequest,
@@ -62,51 +63,32 @@ struct UrlOptions {
 }
 
 impl UrlOptions {
-    fn parse(query: &str) -> Result<UrlOptions, String> {
-        let mut o = UrlOptions {
-            qos: QoS::AtMostOnce,
-            keep_alive: Duration::from_secs(30),
-            client_id: None,
-            no_retained: false,
-            will: None,
-            version: Version::V311,
-            ca: None,
+    fn parse(url: &BrokerUrl) -> Result<UrlOptions, BrokerError> {
+        let mut o = url.options();
+        let qos = match o.choice("qos", &["0", "1", "2"])? {
+            Some(q) => parse_qos(q).map_err(|e| url.invalid(e))?,
+            None => QoS::AtMostOnce,
         };
-        let mut will_payload = String::new();
-        let mut will_retain = false;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "qos" => o.qos = parse_qos(value)?,
-                "keep_alive" => {
-                    o.keep_alive = humantime::parse_duration(value)
-                        .map_err(|_| format!("keep_alive \"{value}\" is not a duration such as 30s"))?;
-                }
-                "client_id" if !value.is_empty() => o.client_id = Some(value.to_string()),
-                "retained" => o.no_retained = value == "false" || value == "no",
-                "will_topic" if !value.is_empty() => {
-                    o.will = Some((percent_decode(value), String::new(), false));
-                }
-                "will_payload" => will_payload = percent_decode(value),
-                "will_retain" => will_retain = value == "true" || value == "1",
-                "ca" if !value.is_empty() => o.ca = Some(percent_decode(value).into()),
-                "version" if value == "3.1.1" || value == "4" || value == "311" => o.version = Version::V311,
-                "version" if value == "5" || value == "5.0" => o.version = Version::V5,
-                "version" => return Err(format!("version {value}: use 3.1.1 or 5")),
-                _ => {
-                    return Err(format!(
-                        "unknown option \"{key}\"; known: qos, keep_alive, client_id, retained, will_topic, will_payload, will_retain, ca, version"
-                    ));
-                }
+        let keep_alive = o.duration("keep_alive")?.unwrap_or(Duration::from_secs(30));
+        let client_id = o.text("client_id");
+        let no_retained = o.flag("retained")? == Some(false);
+        let will_topic = o.text("will_topic");
+        let will_payload = o.text("will_payload").unwrap_or_default();
+        let will_retain = o.flag("will_retain")?.unwrap_or(false);
+        let ca = o.text("ca").map(std::path::PathBuf::from);
+        let version = match o.choice("version", &["3.1.1", "4", "311", "5", "5.0"])? {
+            Some("5" | "5.0") => Version::V5,
+            _ => Version::V311,
+        };
+        o.finish()?;
+        let will = match will_topic {
+            Some(topic) => Some((topic, will_payload, will_retain)),
+            None if !will_payload.is_empty() || will_retain => {
+                return Err(url.invalid("will_payload and will_retain need a will_topic"));
             }
-        }
-        if let Some(will) = &mut o.will {
-            will.1 = will_payload;
-            will.2 = will_retain;
-        } else if !will_payload.is_empty() || will_retain {
-            return Err("will_payload and will_retain need a will_topic".into());
-        }
-        Ok(o)
+            None => None,
+        };
+        Ok(UrlOptions { qos, keep_alive, client_id, no_retained, will, version, ca })
     }
 }
 
@@ -130,48 +112,21 @@ struct Target {
 }
 
 fn parse_url(url: &str) -> Result<(Target, UrlOptions), BrokerError> {
-    let invalid = |reason: String| BrokerError::InvalidUrl { url: redact(url), reason };
-    let (scheme, rest) =
-        url.split_once("://").ok_or_else(|| invalid("expected mqtt://host[:port]".into()))?;
-    let tls = match scheme {
+    let parsed = BrokerUrl::parse(url)?;
+    let tls = match parsed.scheme.as_str() {
         "mqtt" | "tcp" => false,
         "mqtts" | "ssl" => true,
-        _ => return Err(invalid(format!("scheme {scheme}: use mqtt:// or mqtts://"))),
+        other => return Err(parsed.invalid(format!("scheme {other}: use mqtt:// or mqtts://"))),
     };
-    if rest.contains('#') {
-        return Err(invalid("no #fragment options on MQTT URLs (TLS is always verified)".into()));
+    if parsed.fragment.is_some() {
+        return Err(parsed.invalid("no #fragment options on MQTT URLs (TLS is always verified)"));
     }
-    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let rest = rest.trim_end_matches('/');
-    let (userinfo, hostport) = rest.rsplit_once('@').map_or((None, rest), |(u, h)| (Some(u), h));
-    let credentials = userinfo.map(|u| {
-        let (user, pass) = u.split_once(':').unwrap_or((u, ""));
-        (percent_decode(user), percent_decode(pass))
-    });
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| invalid(format!("port \"{p}\" is not a number")))?),
-        None => (hostport, if tls { 8883 } else { 1883 }),
+    let Some((host, port)) = parsed.addresses(if tls { 8883 } else { 1883 }).into_iter().next() else {
+        return Err(parsed.invalid("it names no host"));
     };
-    if host.is_empty() {
-        return Err(invalid("no host".into()));
-    }
-    let options = UrlOptions::parse(query).map_err(invalid)?;
-    let target = Target { host: host.to_string(), port, tls, credentials, shown: redact(url) };
-    Ok((target, options))
-}
-
-/// The URL without its password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let user = &url[s + 3..at];
-            match user.split_once(':') {
-                Some((name, _)) => format!("{}{name}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
+    let credentials = parsed.user.clone().map(|user| (user, parsed.password.clone().unwrap_or_default()));
+    let options = UrlOptions::parse(&parsed)?;
+    Ok((Target { host, port, tls, credentials, shown: parsed.to_string() }, options))
 }
 
 /// MQTT filter matching of a raw topic (a literal filter is an exact topic).
@@ -218,7 +173,7 @@ struct Waiter {
 #[derive(Default)]
 struct Shared {
     /// Live subscriptions: filter → senders.
-    routes: Vec<(String, Pattern, mpsc::Sender<StreamItem>)>,
+    routes: Vec<(String, Pattern, Forwarder)>,
     /// Publishes handed to the client, in order, until the event loop sends them.
     unsent: VecDeque<Waiter>,
     /// Sent QoS 1/2 publishes by packet id, until acked.
@@ -428,37 +383,26 @@ async fn run_shared(
     qos: QoS,
 ) {
     let mut down = false;
+    let mut backoff = Backoff::new();
     loop {
-        match eventloop.poll().await {
+        let polled = eventloop.poll().await;
+        // Drops not yet reported go out as soon as their reader has room, whatever the event.
+        lock(&shared).routes.retain_mut(|(_, _, forward)| !forward.owes_report() || forward.report());
+        match polled {
             Ok(Ev::Publish(p)) => {
                 let topic = p.topic.clone();
                 let message = to_message(&p.topic, p.retain, p.payload, p.headers);
                 let mut routes = std::mem::take(&mut lock(&shared).routes);
-                routes.retain(|(filter, _, tx)| {
+                routes.retain_mut(|(filter, _, forward)| {
                     // Routed by MQTT's own matching on the raw topic, so `.` in a topic is just a character.
                     if !topic_matches(filter, &topic) {
-                        return !tx.is_closed();
+                        return !forward.is_closed();
                     }
                     let Some(message) = &message else {
                         // A topic no name can hold (e.g. with spaces): said, not dropped silently.
-                        let _ = tx.try_send(StreamItem::Lagged { skipped: 1 });
-                        return !tx.is_closed();
+                        return forward.offer(StreamItem::Lagged { skipped: 1 }).open();
                     };
-                    let delivery = BrokerDelivery {
-                        message: message.clone(),
-                        attempt: None,
-                        deadline: None,
-                        token: None,
-                    };
-                    match tx.try_send(StreamItem::Delivery(delivery)) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            let _ = tx.try_send(StreamItem::Lagged { skipped: 1 });
-                            let _ = events.send(ConnectionEvent::SlowConsumer { dropped: 1 });
-                            true
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
-                    }
+                    forward.offer(StreamItem::Delivery(BrokerDelivery::untracked(message.clone()))).open()
                 });
                 let mut guard = lock(&shared);
                 routes.append(&mut guard.routes);
@@ -487,6 +431,7 @@ async fn run_shared(
             Ok(Ev::Closed) => return,
             Ok(Ev::ConnAck(_)) if down => {
                 down = false;
+                backoff.reset();
                 let filters: Vec<String> = lock(&shared).routes.iter().map(|(f, _, _)| f.clone()).collect();
                 let client = client.clone();
                 // Resubscribing goes through the request channel, so it runs on its own task.
@@ -529,7 +474,7 @@ async fn run_shared(
                         let _ = done.send(Err(why.clone()));
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                backoff.wait().await;
             }
         }
     }
@@ -553,7 +498,7 @@ fn to_message(topic: &str, retained: bool, payload: Bytes, mut headers: Headers)
 
 /// A live subscription on the shared connection.
 struct LiveSource {
-    rx: mpsc::Receiver<StreamItem>,
+    rx: mpsc::Receiver<Result<StreamItem, BrokerError>>,
     skip_retained: bool,
 }
 
@@ -565,7 +510,7 @@ impl ItemSource for LiveSource {
             if self.skip_retained && is_retained(&item) {
                 continue;
             }
-            return Some(Ok(item));
+            return Some(item);
         }
     }
 
@@ -575,13 +520,13 @@ impl ItemSource for LiveSource {
             if self.skip_retained && is_retained(&item) {
                 continue;
             }
-            return Some(Ok(item));
+            return Some(item);
         }
     }
 }
 
-fn is_retained(item: &StreamItem) -> bool {
-    matches!(item, StreamItem::Delivery(d) if d.message.headers().contains_key(RETAINED_HEADER))
+fn is_retained(item: &Result<StreamItem, BrokerError>) -> bool {
+    matches!(item, Ok(StreamItem::Delivery(d)) if d.message.headers().contains_key(RETAINED_HEADER))
 }
 
 /// A persistent session: its own connection, QoS 1, acks only when the caller settles.
@@ -695,7 +640,11 @@ impl Broker for MqttBroker {
         {
             let mut guard = lock(&self.shared);
             for (filter, pattern) in filters.iter().zip(&req.patterns) {
-                guard.routes.push((filter.clone(), pattern.clone(), tx.clone()));
+                guard.routes.push((
+                    filter.clone(),
+                    pattern.clone(),
+                    Forwarder::new(tx.clone(), Some(self.events.clone())),
+                ));
             }
         }
         for filter in filters {
@@ -780,6 +729,7 @@ impl MqttBroker {
         let resubscribe: Vec<String> = req.patterns.iter().filter_map(|p| filter_for(p).ok()).collect();
         let task = tokio::spawn(async move {
             let mut down = false;
+            let mut backoff = Backoff::new();
             loop {
                 match eventloop.poll().await {
                     Ok(Ev::Publish(p)) => {
@@ -823,6 +773,7 @@ impl MqttBroker {
                     }
                     Ok(Ev::ConnAck(session_present)) if down => {
                         down = false;
+                        backoff.reset();
                         if !session_present {
                             // The broker lost the session (restarted without persistence, or it expired):
                             // subscribe again, from another task since this one polls the event loop.
@@ -851,7 +802,7 @@ impl MqttBroker {
                         if tx.is_closed() {
                             break;
                         }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        backoff.wait().await;
                     }
                 }
             }
@@ -873,7 +824,7 @@ mod tests {
         let (t, o) = parse_url("mqtt://alice:s%40cret@broker.lan:1884/?qos=1&keep_alive=10s").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.tls), ("broker.lan", 1884, false));
         assert_eq!(t.credentials, Some(("alice".into(), "s@cret".into())));
-        assert_eq!(t.shown, "mqtt://alice:***@broker.lan:1884/?qos=1&keep_alive=10s");
+        assert_eq!(t.shown, "mqtt://alice:***@broker.lan:1884?qos=1&keep_alive=10s");
         assert_eq!((o.qos, o.keep_alive), (QoS::AtLeastOnce, Duration::from_secs(10)));
         let (t, _) = parse_url("mqtts://host").unwrap();
         assert_eq!((t.port, t.tls), (8883, true));

@@ -6,6 +6,7 @@
 //! default (500 ms) is shorter than the block, which made every idle reader time out, reconnect and
 //! say so about every 0.6 s.
 
+use crate::broker::kit::Backoff;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -24,7 +25,6 @@ pub(super) const READ_BLOCK: Duration = Duration::from_millis(1000);
 pub(super) const READ_RESPONSE_TIMEOUT: Duration = Duration::from_millis(5000);
 
 /// The longest wait between reconnection attempts (they start at 100 ms and double).
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Where a reader task sends what it read.
 pub(super) type ItemTx = mpsc::Sender<Result<StreamItem, BrokerError>>;
@@ -46,7 +46,7 @@ pub(super) fn is_outage(e: &RedisError) -> bool {
 }
 
 /// A reader's connection through outages: a command that fails for a reason waiting cures is retried on a
-/// fresh connection with backoff (100 ms doubling to 5 s) until Redis answers it. The outage is reported
+/// fresh connection with the toolkit's backoff (100 ms doubling to 5 s) until Redis answers it. The outage is reported
 /// once as `Disconnected` when it starts and once as `Reconnected` when a command succeeds again.
 pub(super) struct ReadLink {
     client: redis::Client,
@@ -78,7 +78,7 @@ impl ReadLink {
     /// Runs `cmd` until Redis answers it. `Ok(None)` when the reader went away while Redis was out;
     /// `Err` for an error that waiting does not cure (a wrong type, a group deleted by someone).
     pub(super) async fn query(&mut self, cmd: &redis::Cmd, tx: &ItemTx) -> RedisResult<Option<Value>> {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         loop {
             if let Some(conn) = self.conn.as_mut() {
                 match cmd.query_async::<Value>(conn).await {
@@ -100,8 +100,7 @@ impl ReadLink {
             if tx.is_closed() {
                 return Ok(None);
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_BACKOFF);
+            backoff.wait().await;
             match connect(&self.client).await {
                 Ok(mut conn) => {
                     if let Some(setup) = &self.on_reconnect {
@@ -147,7 +146,7 @@ pub(super) async fn plain(
         for (_, streams) in stream_replies(&value) {
             for (id, message) in entries(&topic, streams) {
                 last = id;
-                let d = BrokerDelivery { message, attempt: None, deadline: None, token: None };
+                let d = BrokerDelivery::untracked(message);
                 if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
                     return;
                 }
