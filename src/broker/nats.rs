@@ -82,7 +82,11 @@ impl UrlOptions {
     fn parse(url: &BrokerUrl) -> Result<UrlOptions, BrokerError> {
         let mut o = url.options();
         let options = UrlOptions {
-            mode: match o.choice("mode", &["auto", "core", "jetstream", "js"])? {
+            mode: match o.choice_among(
+                "mode",
+                &["auto", "core", "jetstream", "js"],
+                &["auto", "core", "jetstream"],
+            )? {
                 Some("core") => Mode::Core,
                 Some("jetstream" | "js") => Mode::JetStream,
                 _ => Mode::Auto,
@@ -1511,13 +1515,22 @@ impl Broker for NatsBroker {
             ..Default::default()
         };
         let mut stream = self.js.create_stream(stream_config).await.map_err(|e| {
-            let text = e.to_string();
-            if text.contains("already in use") || text.contains("name already") {
-                BrokerError::Invalid(format!("stream \"{name}\" already exists with another configuration"))
-            } else if text.contains("overlap") {
-                BrokerError::Invalid(format!("another stream already captures these subjects: {text}"))
-            } else {
-                js_error("creating the stream", e)
+            use async_nats::jetstream::ErrorCode;
+            use async_nats::jetstream::context::CreateStreamErrorKind as K;
+            // Classified by JetStream's error codes, not by the wording of the answer.
+            match e.kind() {
+                K::JetStream(js) if js.error_code() == ErrorCode::STREAM_NAME_EXIST => BrokerError::Invalid(
+                    format!("stream \"{name}\" already exists with another configuration"),
+                ),
+                K::JetStream(js) if js.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP => {
+                    BrokerError::Invalid(format!("another stream already captures these subjects: {js}"))
+                }
+                K::JetStreamUnavailable => BrokerError::Invalid(
+                    "creating the stream: JetStream is not available on this NATS server (start nats-server with -js)"
+                        .into(),
+                ),
+                K::TimedOut => BrokerError::Timeout(Duration::from_secs(5)),
+                _ => js_error("creating the stream", e),
             }
         })?;
         self.routes.lock().unwrap_or_else(PoisonError::into_inner).clear();

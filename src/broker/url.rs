@@ -330,16 +330,26 @@ impl QueryOptions<'_> {
         }
     }
 
-    /// One of `choices` (the first name of each entry is what the caller gets back).
+    /// One of `choices`, compared without case.
     pub fn choice(
         &mut self,
         key: &'static str,
         choices: &[&'static str],
     ) -> Result<Option<&'static str>, BrokerError> {
+        self.choice_among(key, choices, choices)
+    }
+
+    /// One of `choices`, where the error offers only `shown` (the rest are accepted spellings).
+    pub fn choice_among(
+        &mut self,
+        key: &'static str,
+        choices: &[&'static str],
+        shown: &[&'static str],
+    ) -> Result<Option<&'static str>, BrokerError> {
         let Some(v) = self.value(key).map(str::to_string) else { return Ok(None) };
         match choices.iter().find(|c| c.eq_ignore_ascii_case(&v)) {
             Some(c) => Ok(Some(c)),
-            None => Err(self.bad(key, &v, &format!("use {}", or_list(choices)))),
+            None => Err(self.bad(key, &v, &format!("use {}", or_list(shown)))),
         }
     }
 

@@ -76,7 +76,7 @@ impl UrlOptions {
         let will_payload = o.text("will_payload").unwrap_or_default();
         let will_retain = o.flag("will_retain")?.unwrap_or(false);
         let ca = o.text("ca").map(std::path::PathBuf::from);
-        let version = match o.choice("version", &["3.1.1", "4", "311", "5", "5.0"])? {
+        let version = match o.choice_among("version", &["3.1.1", "4", "311", "5", "5.0"], &["3.1.1", "5"])? {
             Some("5" | "5.0") => Version::V5,
             _ => Version::V311,
         };
