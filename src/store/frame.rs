@@ -2,7 +2,7 @@
 //! checkpoints), and the write-temp-fsync-rename dance for files that must change atomically.
 //!
 //! A frame is `len u32 | crc32c u32 | body`, little-endian, with the CRC over the body. Topic segments use
-//! their own, richer record layout (see `segment.rs`) but the same checksum.
+//! their own, richer record layout (see `segment/`) but the same checksum.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -1,0 +1,220 @@
+//! The socket: opening it (hello/welcome, the endpoint file of `--broker local` read again first),
+//! serving it (one writer coalescing queued frames, one reader routing what arrives), and reconnecting
+//! with backoff when it drops.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+
+use super::calls::call;
+use super::inbound::{on_binary, on_frame};
+use super::{ConnectionEvent, Inner, Outgoing, REQUEST_TIMEOUT, guard};
+use crate::broker::BrokerError;
+use crate::protocol::{self, ClientFrame, ErrorCode, Request, ServerFrame, SubscribeSpec, VERSION};
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Splits `?token=T` off a URL.
+pub(super) fn split_token(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut token = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("token=") {
+            Some(t) => {
+                token = Some(t.to_string());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let base = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
+    (base, token)
+}
+
+/// Opens a socket and completes the hello/welcome handshake.
+pub(super) async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
+    let unreachable = |reason: String| BrokerError::Unreachable { url: inner.url.clone(), reason };
+    let (ws_url, token) = match inner.endpoint_file.as_deref().and_then(crate::broker::daemon::Endpoint::read)
+    {
+        Some(now) => (split_token(&now.url).0, Some(now.token)),
+        None => (inner.ws_url.clone(), inner.token.clone()),
+    };
+    // Small frames (acks, credit) go out at once: with Nagle's algorithm they would wait for the
+    // server's delayed ACK, up to 40 ms, whenever a publish is still unacknowledged on the wire.
+    let connecting = tokio_tungstenite::connect_async_with_config(ws_url.as_str(), None, true);
+    let (mut socket, _) = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| unreachable("no answer within 10 s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let hello = ClientFrame {
+        id: Some(0),
+        request: Request::Hello {
+            version: VERSION,
+            token,
+            client: Some(format!("pubsub {}", env!("CARGO_PKG_VERSION"))),
+            binary: true,
+        },
+    };
+    let text = protocol::encode_client(&hello).map_err(|e| BrokerError::Protocol(e.to_string()))?;
+    socket.send(WsMessage::Text(text.into())).await.map_err(|e| unreachable(e.to_string()))?;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .map_err(|_| unreachable("no welcome within 10 s".into()))?;
+        let Some(Ok(WsMessage::Text(text))) = next else {
+            match next {
+                Some(Ok(_)) => continue,
+                _ => return Err(unreachable("closed during the handshake".into())),
+            }
+        };
+        match protocol::decode_server(text.as_str()) {
+            Ok(ServerFrame::Welcome { binary, limits, .. }) => {
+                // A server from before binary frames ignores the offer and answers without the flag.
+                inner.binary.store(binary, Ordering::Relaxed);
+                inner.max_frame.store(limits.max_frame_bytes, Ordering::Relaxed);
+                inner.max_message.store(limits.max_message_bytes, Ordering::Relaxed);
+                return Ok(socket);
+            }
+            Ok(ServerFrame::Error { code, message, .. }) if code == ErrorCode::Unauthorized.number() => {
+                return Err(BrokerError::Auth { url: inner.url.clone(), reason: message });
+            }
+            Ok(ServerFrame::Error { code, message, .. }) => {
+                return Err(BrokerError::Remote { code, message });
+            }
+            Ok(_) => continue,
+            Err(e) => return Err(BrokerError::Protocol(e.to_string())),
+        }
+    }
+}
+
+/// Creates the queue of outgoing requests for a new socket.
+pub(super) fn install_queue(inner: &Inner) -> mpsc::Receiver<Outgoing> {
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(256);
+    *guard(&inner.out) = Some(out_tx);
+    out_rx
+}
+
+/// Owns the connection: serves it until it drops, then reconnects with backoff until cancelled.
+pub(super) async fn run(
+    inner: Arc<Inner>,
+    mut socket: Socket,
+    mut out_rx: mpsc::Receiver<Outgoing>,
+    cancel: CancellationToken,
+) {
+    // Only a reconnect resubscribes: on the first socket, streams subscribe themselves.
+    let mut reconnected = false;
+    loop {
+        let reason = serve(&inner, socket, out_rx, &cancel, reconnected).await;
+        reconnected = true;
+        *guard(&inner.out) = None;
+        guard(&inner.sids).clear();
+        for (_, pending) in guard(&inner.pending).drain() {
+            let lost = BrokerError::Disconnected { url: inner.url.clone(), reason: reason.clone() };
+            let _ = pending.answer.send(Err(lost));
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+        let _ = inner.events.send(ConnectionEvent::Disconnected { reason });
+        let mut delay = Duration::from_millis(100);
+        socket = loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            match open(&inner).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reconnect failed");
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        out_rx = install_queue(&inner);
+        let _ = inner.events.send(ConnectionEvent::Reconnected);
+    }
+}
+
+/// Serves one live socket; returns why it ended.
+async fn serve(
+    inner: &Arc<Inner>,
+    socket: Socket,
+    mut out_rx: mpsc::Receiver<Outgoing>,
+    cancel: &CancellationToken,
+    reconnected: bool,
+) -> String {
+    let (mut sink, mut source) = socket.split();
+    // Streams that were open before a reconnect are subscribed again on this socket. (On the first
+    // socket a stream registered by a concurrent `subscribe` sends its own request; doing it here too
+    // would open it twice and deliver everything twice.)
+    let resubscribe: Vec<(u64, SubscribeSpec)> = if reconnected {
+        guard(&inner.streams).iter().map(|(id, s)| (*id, s.spec.clone())).collect()
+    } else {
+        Vec::new()
+    };
+    for (stream, spec) in resubscribe {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = call(&inner, Request::Subscribe(spec), Some(stream), REQUEST_TIMEOUT).await {
+                tracing::warn!(error = %e, "resubscribe failed");
+            }
+        });
+    }
+    let writer = async {
+        let frame = |o: Outgoing| match o {
+            Outgoing::Text(text) => WsMessage::Text(text.into()),
+            Outgoing::Binary(bytes) => WsMessage::Binary(bytes.into()),
+        };
+        while let Some(first) = out_rx.recv().await {
+            sink.feed(frame(first)).await?;
+            while let Ok(more) = out_rx.try_recv() {
+                sink.feed(frame(more)).await?;
+            }
+            sink.flush().await?;
+        }
+        Ok::<(), tokio_tungstenite::tungstenite::Error>(())
+    };
+    let reader = async {
+        while let Some(next) = source.next().await {
+            match next {
+                Ok(WsMessage::Text(text)) => on_frame(inner, text.as_str()).await,
+                Ok(WsMessage::Binary(bytes)) => on_binary(inner, bytes).await,
+                Ok(WsMessage::Close(frame)) => {
+                    return frame
+                        .map_or_else(|| "closed by the server".to_string(), |f| f.reason.to_string());
+                }
+                Ok(_) => {}
+                Err(e) => return e.to_string(),
+            }
+        }
+        "connection closed".to_string()
+    };
+    tokio::select! {
+        () = cancel.cancelled() => "client closed".into(),
+        r = writer => r.err().map_or_else(|| "client closed".into(), |e| e.to_string()),
+        reason = reader => reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_token;
+
+    #[test]
+    fn token_is_taken_out_of_the_url() {
+        assert_eq!(split_token("ws://h:1?token=abc"), ("ws://h:1".to_string(), Some("abc".to_string())));
+        assert_eq!(
+            split_token("ws://h:1/?a=1&token=t&b=2"),
+            ("ws://h:1/?a=1&b=2".to_string(), Some("t".into()))
+        );
+        assert_eq!(split_token("ws://h:1"), ("ws://h:1".to_string(), None));
+    }
+}

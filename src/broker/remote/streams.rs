@@ -1,0 +1,143 @@
+//! The client side of a subscription: a stream fed by the socket's reader, handing room back to the
+//! server as it is read, unsubscribing when dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::calls::call;
+use super::{Inner, ItemBatch, Outgoing, REQUEST_TIMEOUT, RemoteBroker, StreamState, guard};
+use crate::broker::{BrokerError, DeliveryStream, ItemSource, StreamItem, SubscribeRequest};
+use crate::protocol::{self, ClientFrame, Request, SubscribeSpec};
+
+impl RemoteBroker {
+    /// Subscribes on the server and registers the stream, so that a reconnect subscribes it again.
+    pub(super) async fn open_stream(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
+        let prefetch = req.prefetch.unwrap_or(protocol::DEFAULT_PREFETCH).max(1);
+        let spec = SubscribeSpec {
+            patterns: req.patterns,
+            subscription: req.subscription,
+            from: req.from,
+            ack: req.ack,
+            consumer: req.consumer,
+            prefetch: Some(prefetch),
+            prefetch_bytes: None,
+            credit: true,
+        };
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        guard(&self.inner.streams).insert(id, StreamState { spec: spec.clone(), tx });
+        if let Err(e) = call(&self.inner, Request::Subscribe(spec), Some(id), REQUEST_TIMEOUT).await {
+            guard(&self.inner.streams).remove(&id);
+            return Err(e);
+        }
+        let source = RemoteSource {
+            inner: self.inner.clone(),
+            id,
+            rx,
+            buffered: std::collections::VecDeque::new(),
+            taken: 0,
+            grant_every: u64::from(prefetch / 2).max(1),
+        };
+        Ok(DeliveryStream::new(Box::new(source)))
+    }
+}
+
+/// A stream of deliveries from the server; dropping it unsubscribes. It hands room back to the server
+/// (`credit` frames) as its reader takes items, half a prefetch at a time.
+struct RemoteSource {
+    inner: Arc<Inner>,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<ItemBatch>,
+    /// The rest of the last batch received.
+    buffered: std::collections::VecDeque<Result<StreamItem, BrokerError>>,
+    /// Items taken since room was last handed back.
+    taken: u64,
+    grant_every: u64,
+}
+
+impl RemoteSource {
+    fn take(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        let item = self.buffered.pop_front()?;
+        self.taken += 1;
+        Some(item)
+    }
+
+    /// The credit frame for what was taken, if it is time for one; `None` also when the stream has no
+    /// server stream right now (reconnecting: the new one starts with full room).
+    fn credit_frame(&mut self) -> Option<Outgoing> {
+        if self.taken < self.grant_every {
+            return None;
+        }
+        let n = std::mem::take(&mut self.taken);
+        let sid = sid_of(&guard(&self.inner.sids), self.id)?;
+        let frame = ClientFrame { id: None, request: Request::Credit { sid, n } };
+        protocol::encode_client(&frame).ok().map(Outgoing::Text)
+    }
+}
+
+#[async_trait]
+impl ItemSource for RemoteSource {
+    async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        if let Some(frame) = self.credit_frame() {
+            let out = guard(&self.inner.out).clone();
+            if let Some(out) = out {
+                // Waits for room in the send queue, which the writer task empties on its own.
+                let _ = out.send(frame).await;
+            }
+        }
+        while self.buffered.is_empty() {
+            self.buffered.extend(self.rx.recv().await?);
+        }
+        self.take()
+    }
+
+    fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
+        if self.buffered.is_empty()
+            && let Ok(batch) = self.rx.try_recv()
+        {
+            self.buffered.extend(batch);
+        }
+        let item = self.take();
+        if self.taken >= self.grant_every {
+            let out = guard(&self.inner.out).clone();
+            if let Some(out) = out
+                && let Ok(permit) = out.try_reserve()
+                && let Some(frame) = self.credit_frame()
+            {
+                permit.send(frame);
+            }
+            // Otherwise the next call hands the room back (`next` before it waits).
+        }
+        item
+    }
+}
+
+impl Drop for RemoteSource {
+    fn drop(&mut self) {
+        guard(&self.inner.streams).remove(&self.id);
+        let sid = {
+            let mut sids = guard(&self.inner.sids);
+            let sid = sid_of(&sids, self.id);
+            if let Some(sid) = sid {
+                sids.remove(&sid);
+            }
+            sid
+        };
+        if let (Some(sid), Some(out)) = (sid, guard(&self.inner.out).clone()) {
+            let frame = ClientFrame { id: None, request: Request::Unsubscribe { sid } };
+            if let Ok(text) = protocol::encode_client(&frame) {
+                // Best effort: if the queue is full the server will drop the stream with the connection.
+                let _ = out.try_send(Outgoing::Text(text));
+            }
+        }
+    }
+}
+
+/// The server's sid for client stream `id` on the current connection.
+fn sid_of(sids: &HashMap<u64, u64>, id: u64) -> Option<u64> {
+    sids.iter().find(|(_, stream)| **stream == id).map(|(sid, _)| *sid)
+}

@@ -1,0 +1,338 @@
+//! One scenario on a topic of its own: the topic and the subscriptions, the receivers that count and
+//! time what arrives, the publishers, the progress line, and the latency stamp in each payload.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio_util::sync::CancellationToken;
+
+use super::publish::PublishJob;
+use super::report::Report;
+use super::{BenchArgs, Plan};
+use crate::broker::{
+    BrokerError, Capability, DeliveryStream, Settle, SharedBroker, StreamItem, SubscribeRequest,
+};
+use crate::cli::CliError;
+use crate::model::{AckMode, Name, Pattern, StartPosition, SubscriptionConfig};
+
+/// Shared between publishers, receivers and the progress line.
+#[derive(Default)]
+pub(super) struct Progress {
+    pub(super) published: AtomicU64,
+    pub(super) delivered: AtomicU64,
+    pub(super) dropped: AtomicU64,
+    pub(super) publishing_done: AtomicBool,
+}
+
+/// Acks a receiver keeps in flight before it waits for one.
+const ACKS_IN_FLIGHT: usize = 256;
+
+/// How long receivers wait for stragglers after publishing ended, without any arriving.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// Runs one scenario on a topic of its own, removed afterwards whatever happened (error or Ctrl-C).
+pub(super) async fn measure(
+    broker: SharedBroker,
+    plan: &Plan,
+    args: &BenchArgs,
+    stop: &CancellationToken,
+) -> Result<Report, CliError> {
+    let suffix = plan.name.replace(':', "to");
+    let topic = Name::new(&format!("bench-{}-{suffix}", std::process::id()))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let durable = prepare_topic(&broker, &topic).await?;
+    let outcome = measure_on(broker.clone(), &topic, durable, plan, args, stop).await;
+    if durable {
+        let _ = broker.delete_topic(&topic).await;
+    }
+    outcome
+}
+
+async fn measure_on(
+    broker: SharedBroker,
+    topic: &Name,
+    durable: bool,
+    plan: &Plan,
+    args: &BenchArgs,
+    stop: &CancellationToken,
+) -> Result<Report, CliError> {
+    let streams = open_streams(&broker, topic, plan, durable).await?;
+    let progress = Arc::new(Progress::default());
+    let started = Instant::now();
+    let mut receivers = Vec::new();
+    for stream in streams {
+        receivers.push(tokio::spawn(receive(
+            broker.clone(),
+            stream,
+            plan.clone(),
+            progress.clone(),
+            started,
+        )));
+    }
+    let ticker = show_progress(plan.name, progress.clone(), args);
+    let mut senders = Vec::new();
+    let pubs = u64::from(plan.pubs);
+    for p in 0..pubs {
+        // Publisher `p` sends an even share; the first ones take the remainder.
+        let share = args.msgs / pubs + u64::from(p < args.msgs % pubs);
+        let job = PublishJob {
+            broker: broker.clone(),
+            topic: topic.clone(),
+            count: if args.duration.is_some() { u64::MAX } else { share },
+            until: args.duration.map(|d| started + d),
+            size: args.size,
+            batch: args.batch as u64,
+            window: args.window as usize,
+            rate: args.rate.map(|r| r / pubs as f64),
+            progress: progress.clone(),
+            stop: stop.clone(),
+        };
+        senders.push(tokio::spawn(job.run()));
+    }
+    let mut published = 0u64;
+    let mut failure = None;
+    for sender in senders {
+        match sender.await {
+            Ok(Ok(n)) => published += n,
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(CliError::Failed(format!("a publisher stopped: {e}"))),
+        }
+    }
+    let publishing = started.elapsed();
+    progress.publishing_done.store(true, Ordering::Relaxed);
+    let mut report = Report {
+        plan: plan.clone(),
+        published,
+        delivered: 0,
+        dropped: 0,
+        publishing,
+        elapsed: publishing,
+        latency: new_histogram()?,
+    };
+    for receiver in receivers {
+        let Ok(result) = receiver.await else { continue };
+        let (got, last, latency) = result?;
+        report.delivered += got;
+        report.elapsed = report.elapsed.max(last);
+        let _ = report.latency.add(latency);
+    }
+    report.dropped = progress.dropped.load(Ordering::Relaxed);
+    if let Some(t) = ticker {
+        t.abort();
+        eprint_progress_clear();
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+/// Creates the run's topic where the broker has topics, large enough to keep the whole run, so that a
+/// subscriber that falls behind is measured as slow rather than losing messages to retention. Returns
+/// whether the broker keeps durable subscriptions.
+async fn prepare_topic(broker: &SharedBroker, topic: &Name) -> Result<bool, CliError> {
+    let mut config = crate::model::TopicConfig::new(topic.clone());
+    config.limits.max_msgs = None;
+    config.limits.max_bytes = None;
+    config.limits.max_age = Some(Duration::from_secs(3600));
+    // Brokers without topic admin, or that keep no limits of their own (Redis streams), refuse; their
+    // topics then keep what the run sends anyway.
+    match broker.create_topic(config).await {
+        Ok(_) | Err(BrokerError::Unsupported { .. } | BrokerError::Invalid(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(broker.capabilities().has(Capability::CompetingConsumers))
+}
+
+/// Subscribes: durable subscriptions where the broker has them (no loss by design), live listeners
+/// otherwise (NATS core, Redis PUB/SUB, MQTT), where loss is possible and is counted.
+async fn open_streams(
+    broker: &SharedBroker,
+    topic: &Name,
+    plan: &Plan,
+    mut durable: bool,
+) -> Result<Vec<DeliveryStream>, CliError> {
+    let pattern = Pattern::parse(topic.as_str()).map_err(|e| CliError::Usage(e.to_string()))?;
+    let ack = if plan.ack { AckMode::Explicit } else { AckMode::None };
+    let mut streams = Vec::new();
+    for i in 0..plan.subs {
+        let mut req = SubscribeRequest::live(vec![pattern.clone()]);
+        let name = if plan.shared { format!("{topic}-q") } else { format!("{topic}-s{i}") };
+        let name = Name::new(&name).map_err(|e| CliError::Usage(e.to_string()))?;
+        if durable && (!plan.shared || i == 0) {
+            let mut config = SubscriptionConfig::new(name.clone(), topic.clone());
+            config.ack = ack;
+            config.start = StartPosition::New;
+            config.max_in_flight = 10_000;
+            match broker.create_subscription(config).await {
+                Ok(_) => {}
+                Err(BrokerError::Unsupported { .. }) => durable = false,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if durable || plan.shared {
+            // Without durable subscriptions a shared name is the broker's own kind of group (a NATS
+            // queue group, an MQTT session), where it has one.
+            req.subscription = Some(name);
+            req.ack = ack;
+            req.prefetch = Some(4096);
+        }
+        streams.push(broker.subscribe(req).await?);
+    }
+    Ok(streams)
+}
+
+/// One receiver: counts, acks when asked, and records latency until everything expected arrived or
+/// nothing more came for [`GRACE`] after publishing ended.
+async fn receive(
+    broker: SharedBroker,
+    mut stream: DeliveryStream,
+    plan: Plan,
+    progress: Arc<Progress>,
+    started: Instant,
+) -> Result<(u64, Duration, Histogram<u64>), CliError> {
+    let mut latency = new_histogram()?;
+    let (mut got, mut last) = (0u64, Duration::ZERO);
+    let mut acks = FuturesUnordered::new();
+    let mut quiet_since = Instant::now();
+    loop {
+        let done = progress.publishing_done.load(Ordering::Relaxed);
+        if done {
+            let published = progress.published.load(Ordering::Relaxed);
+            let complete = if plan.shared {
+                progress.delivered.load(Ordering::Relaxed) >= published
+            } else {
+                got >= published
+            };
+            if complete || quiet_since.elapsed() >= GRACE {
+                break;
+            }
+        }
+        let next = tokio::select! {
+            next = tokio::time::timeout(Duration::from_millis(100), stream.next()) => next,
+            Some(acked) = acks.next(), if !acks.is_empty() => {
+                acked?;
+                continue;
+            }
+        };
+        let first = match next {
+            Err(_) => continue,
+            Ok(None) => break,
+            Ok(Some(item)) => item,
+        };
+        // What has arrived together is taken together, with one clock reading: the harness's own cost
+        // per message stays small next to the broker's.
+        quiet_since = Instant::now();
+        last = started.elapsed();
+        let arrived = now_micros();
+        let mut items = vec![first];
+        while items.len() < 1024 {
+            match stream.try_next() {
+                Some(item) => items.push(item),
+                None => break,
+            }
+        }
+        let mut delivered = 0u64;
+        for item in items {
+            match item {
+                Ok(StreamItem::Assigned { .. } | StreamItem::Revoked { .. }) => {}
+                Ok(StreamItem::Delivery(d)) => {
+                    delivered += 1;
+                    if let Some(sent) = stamp(&d.message.payload) {
+                        let _ = latency.record(arrived.saturating_sub(sent).max(1));
+                    }
+                    if plan.ack
+                        && let Some(token) = d.token
+                    {
+                        // Acks are pipelined, as a consumer that processes while its acks travel would:
+                        // a round trip per message would measure the network's latency, not the broker.
+                        if acks.len() >= ACKS_IN_FLIGHT
+                            && let Some(acked) = acks.next().await
+                        {
+                            acked?;
+                        }
+                        let broker = broker.clone();
+                        acks.push(async move { broker.settle(&token, Settle::Ack).await });
+                    }
+                }
+                Ok(StreamItem::Lagged { skipped }) => {
+                    progress.dropped.fetch_add(skipped, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        got += delivered;
+        progress.delivered.fetch_add(delivered, Ordering::Relaxed);
+        // Started now (a remote broker's ack frame goes out on the first poll); finished ones counted.
+        while let Some(Some(acked)) = acks.next().now_or_never() {
+            acked?;
+        }
+    }
+    while let Some(acked) = acks.next().await {
+        acked?;
+    }
+    Ok((got, last, latency))
+}
+
+/// A progress line on stderr while a scenario runs, when stderr is a terminal and output is a table.
+fn show_progress(
+    name: &'static str,
+    progress: Arc<Progress>,
+    args: &BenchArgs,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if args.json || args.csv || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let total = args.msgs;
+    let timed = args.duration;
+    Some(tokio::spawn(async move {
+        let started = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let published = progress.published.load(Ordering::Relaxed);
+            let delivered = progress.delivered.load(Ordering::Relaxed);
+            let done = match timed {
+                Some(d) => started.elapsed().as_secs_f64() / d.as_secs_f64().max(1e-9),
+                None => published as f64 / total.max(1) as f64,
+            }
+            .min(1.0);
+            let filled = (done * 30.0) as usize;
+            let bar: String = "#".repeat(filled) + &"-".repeat(30 - filled);
+            let line = format!("\r{name:<7} [{bar}] published {published}  delivered {delivered}   ");
+            use std::io::Write;
+            let mut err = std::io::stderr();
+            let _ = err.write_all(line.as_bytes());
+            let _ = err.flush();
+        }
+    }))
+}
+
+fn eprint_progress_clear() {
+    use std::io::Write;
+    let mut err = std::io::stderr();
+    let _ = err.write_all(format!("\r{}\r", " ".repeat(79)).as_bytes());
+    let _ = err.flush();
+}
+
+/// A histogram of 1 µs .. 60 s at 3 significant digits.
+fn new_histogram() -> Result<Histogram<u64>, CliError> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| CliError::Usage(format!("cannot create the latency histogram: {e}")))
+}
+
+pub(super) fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn stamp(payload: &Bytes) -> Option<u64> {
+    let head: [u8; 8] = payload.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(head))
+}
