@@ -24,8 +24,6 @@ pub(super) const READ_BLOCK: Duration = Duration::from_millis(1000);
 /// timeout, yet a server that stopped answering is noticed within a few seconds.
 pub(super) const READ_RESPONSE_TIMEOUT: Duration = Duration::from_millis(5000);
 
-/// The longest wait between reconnection attempts (they start at 100 ms and double).
-
 /// Where a reader task sends what it read.
 pub(super) type ItemTx = mpsc::Sender<Result<StreamItem, BrokerError>>;
 

@@ -2,6 +2,7 @@
 //! serving it (one writer coalescing queued frames, one reader routing what arrives), and reconnecting
 //! with backoff when it drops.
 
+use crate::broker::kit::Backoff;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -124,18 +125,17 @@ pub(super) async fn run(
             return;
         }
         let _ = inner.events.send(ConnectionEvent::Disconnected { reason });
-        let mut delay = Duration::from_millis(100);
+        // The toolkit's backoff; the events are sent here rather than by `kit::reconnect` because the
+        // send queue must be in place before anyone hears `Reconnected` and publishes.
+        let mut backoff = Backoff::new();
         socket = loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+                () = backoff.wait() => {}
             }
             match open(&inner).await {
                 Ok(s) => break s,
-                Err(e) => {
-                    tracing::debug!(error = %e, "reconnect failed");
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+                Err(e) => tracing::debug!(error = %e, "reconnect failed"),
             }
         };
         out_rx = install_queue(&inner);
