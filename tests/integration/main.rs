@@ -11,6 +11,7 @@
 mod broker_local;
 mod cli;
 mod commands;
+mod conformance;
 mod daemon;
 mod damage;
 mod demo;
