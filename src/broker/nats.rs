@@ -38,10 +38,10 @@ use super::{
     DeliveryStream, ItemSource, Settle, StreamItem, SubscribeRequest,
 };
 use crate::model::{
-    AckMode, Backoff, BrowseFrom, Clock, ConsumerInfo, Discard, Headers, Lifetime, Limits, Message,
-    MessageExtra, Name, Pattern, PatternToken, PublishReceipt, PublishRequest, SeekTarget, StartPosition,
-    StorageKind, SubCounters, SubscriptionConfig, SubscriptionInfo, SystemClock, Timestamp, TopicConfig,
-    TopicInfo,
+    AckMode, Backoff, BrowseFrom, Clock, ConsumerInfo, Discard, EngineError, Headers, Lifetime, Limits,
+    Message, MessageExtra, Name, Pattern, PatternToken, PublishReceipt, PublishRequest, SeekTarget,
+    StartPosition, StorageKind, SubCounters, SubscriptionConfig, SubscriptionInfo, SystemClock, Timestamp,
+    TopicConfig, TopicInfo,
 };
 
 /// Header that carries a message's key (NATS has no keys of its own).
@@ -219,6 +219,25 @@ fn connect_error(url: &str, e: &async_nats::ConnectError) -> BrokerError {
         K::ServerParse => BrokerError::InvalidUrl { url: url.into(), reason },
         _ => BrokerError::Unreachable { url: url.into(), reason },
     }
+}
+
+/// A refused JetStream publish, classified by its kind and JetStream's error code: a message over the
+/// stream's or server's limit is the model's `MessageTooLarge`, as on every other backend.
+fn publish_error(m: &PublishRequest, e: async_nats::jetstream::context::PublishError) -> BrokerError {
+    use async_nats::jetstream::context::PublishErrorKind as K;
+    let mut source = std::error::Error::source(&e);
+    let mut over_limit = e.kind() == K::MaxPayloadExceeded;
+    while let Some(err) = source {
+        if let Some(js) = err.downcast_ref::<async_nats::jetstream::Error>() {
+            over_limit |= js.error_code() == async_nats::jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM;
+        }
+        source = err.source();
+    }
+    if over_limit {
+        let size = m.payload.len() + m.key.as_ref().map_or(0, |k| k.len());
+        return BrokerError::Engine(EngineError::MessageTooLarge { topic: m.subject.clone(), size, max: 0 });
+    }
+    js_error("publish", e)
 }
 
 /// Any JetStream API error, with "not found" answers made plain.
@@ -508,7 +527,17 @@ impl NatsBroker {
         }
         let mut receipts = Vec::with_capacity(pending.len());
         for (index, ack) in pending.into_iter().enumerate() {
-            let ack = ack.await.map_err(|e| batch_error(index, msgs.len(), js_error("publish", e)))?;
+            let ack = match ack.await {
+                Ok(ack) => ack,
+                Err(e) => {
+                    let mut refused = publish_error(&msgs[index], e);
+                    if let BrokerError::Engine(EngineError::MessageTooLarge { topic, max, .. }) = &mut refused
+                    {
+                        *max = self.max_message_size(topic).await.unwrap_or(0);
+                    }
+                    return Err(batch_error(index, msgs.len(), refused));
+                }
+            };
             receipts.push(PublishReceipt {
                 topic: Name::new(&ack.stream).ok(),
                 partition: 0,
@@ -518,6 +547,14 @@ impl NatsBroker {
             });
         }
         Ok(receipts)
+    }
+
+    /// The largest message the stream capturing `subject` takes, when it says.
+    async fn max_message_size(&self, subject: &Name) -> Option<u32> {
+        let stream = self.stream_for_subject(subject.as_str()).await.ok()??;
+        let mut stream = self.js.get_stream(stream).await.ok()?;
+        let info = stream.info().await.ok()?;
+        u32::try_from(info.config.max_message_size).ok().filter(|n| *n > 0)
     }
 
     /// A new ephemeral consumer that reads `stream` from `start` without acks.

@@ -665,6 +665,11 @@ impl Broker for RedisBroker {
                 "a Redis stream captures no other subjects; create it without subjects".into(),
             ));
         }
+        if config.max_msg_bytes != TopicConfig::new(config.name.clone()).max_msg_bytes {
+            return Err(BrokerError::Invalid(
+                "a Redis stream has no per-message size limit (Redis takes entries up to its proto-max-bulk-len)".into(),
+            ));
+        }
         if config.limits != crate::model::Limits::default() {
             return Err(BrokerError::Invalid(
                 "a Redis stream keeps no limits of its own; trim with `?maxlen=N` in the broker URL".into(),

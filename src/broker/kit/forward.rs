@@ -2,6 +2,9 @@
 //! counting what a slow reader misses, and telling it how many with `Lagged { skipped }` as soon as
 //! there is room — so every backend reports drops the same way.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::{broadcast, mpsc};
 
 use crate::broker::{BrokerError, ConnectionEvent, StreamItem};
@@ -28,8 +31,11 @@ impl Offer {
 #[derive(Debug)]
 pub struct Forwarder {
     tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
-    skipped: u64,
+    /// Drops not yet reported; shared with a reporter task when there is one.
+    skipped: Arc<AtomicU64>,
     events: Option<broadcast::Sender<ConnectionEvent>>,
+    /// Whether a gap starts a task that reports it as soon as the reader makes room.
+    reporter: bool,
 }
 
 impl Forwarder {
@@ -38,16 +44,24 @@ impl Forwarder {
         tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
         events: Option<broadcast::Sender<ConnectionEvent>>,
     ) -> Self {
-        Forwarder { tx, skipped: 0, events }
+        Forwarder { tx, skipped: Arc::new(AtomicU64::new(0)), events, reporter: false }
+    }
+
+    /// The same forwarder, reporting each gap from a task of its own as soon as the reader makes room:
+    /// for a loop that serves many readers and cannot wait on one (an MQTT connection's event loop).
+    #[must_use]
+    pub fn with_reporter(mut self) -> Self {
+        self.reporter = true;
+        self
     }
 
     /// Offers one item: delivered if there is room, otherwise dropped and counted. Unreported drops are
     /// reported first, so the reader learns of the gap before the next message.
     pub fn offer(&mut self, item: StreamItem) -> Offer {
-        if self.skipped > 0 && !self.report() {
+        if self.owes_report() && !self.report() {
             return Offer::Gone;
         }
-        if self.skipped > 0 {
+        if self.owes_report() {
             // Still no room for the report: this one is lost too.
             self.drop_one();
             return Offer::Dropped;
@@ -70,21 +84,14 @@ impl Forwarder {
 
     /// Whether drops wait to be reported.
     pub fn owes_report(&self) -> bool {
-        self.skipped > 0
+        self.skipped.load(Ordering::Acquire) > 0
     }
 
     /// Waits until the reader makes room, then reports the drops. Meant for a `select!` arm guarded by
     /// [`Forwarder::owes_report`], so a gap is reported even when no further message comes. `false`
     /// once the reader is gone.
     pub async fn catch_up(&mut self) -> bool {
-        match self.tx.reserve().await {
-            Ok(permit) => {
-                permit.send(Ok(StreamItem::Lagged { skipped: self.skipped }));
-                self.skipped = 0;
-                true
-            }
-            Err(_) => false,
-        }
+        catch_up(&self.tx, &self.skipped).await
     }
 
     /// Whether the reader is gone.
@@ -92,24 +99,46 @@ impl Forwarder {
         self.tx.is_closed()
     }
 
-    /// Reports the drops if there is room now, for a loop that cannot wait on one reader (a shared
-    /// connection's event loop calls it on every turn); `false` once the reader is gone.
+    /// Reports the drops if there is room now; `false` once the reader is gone.
     pub fn report(&mut self) -> bool {
-        match self.tx.try_send(Ok(StreamItem::Lagged { skipped: self.skipped })) {
-            Ok(()) => {
-                self.skipped = 0;
+        let n = self.skipped.swap(0, Ordering::AcqRel);
+        if n == 0 {
+            return !self.tx.is_closed();
+        }
+        match self.tx.try_send(Ok(StreamItem::Lagged { skipped: n })) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.skipped.fetch_add(n, Ordering::AcqRel);
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => true,
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
     fn drop_one(&mut self) {
-        self.skipped += 1;
+        let before = self.skipped.fetch_add(1, Ordering::AcqRel);
         if let Some(events) = &self.events {
             let _ = events.send(ConnectionEvent::SlowConsumer { dropped: 1 });
         }
+        if before == 0 && self.reporter {
+            let (tx, skipped) = (self.tx.clone(), self.skipped.clone());
+            tokio::spawn(async move { catch_up(&tx, &skipped).await });
+        }
+    }
+}
+
+/// Waits for room in `tx`, then reports what `skipped` holds (nothing if the forwarder reported it
+/// meanwhile); `false` once the reader is gone.
+async fn catch_up(tx: &mpsc::Sender<Result<StreamItem, BrokerError>>, skipped: &AtomicU64) -> bool {
+    match tx.reserve().await {
+        Ok(permit) => {
+            let n = skipped.swap(0, Ordering::AcqRel);
+            if n > 0 {
+                permit.send(Ok(StreamItem::Lagged { skipped: n }));
+            }
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -169,5 +198,19 @@ mod tests {
         drop(rx);
         assert_eq!(f.offer(item(1)), Offer::Gone);
         assert!(f.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_reporter_tells_of_a_gap_without_further_offers() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut f = Forwarder::new(tx, None).with_reporter();
+        assert_eq!(f.offer(item(1)), Offer::Sent);
+        assert_eq!(f.offer(item(2)), Offer::Dropped);
+        assert_eq!(f.offer(item(3)), Offer::Dropped);
+        assert_eq!(seq(rx.recv().await), "#1");
+        assert_eq!(seq(rx.recv().await), "lagged 2");
+        assert!(!f.owes_report());
+        assert_eq!(f.offer(item(4)), Offer::Sent);
+        assert_eq!(seq(rx.recv().await), "#4");
     }
 }

@@ -150,6 +150,12 @@ pub fn filter_for(pattern: &Pattern) -> Result<String, BrokerError> {
         return Err(refuse("is a glob"));
     }
     if let Some(literal) = pattern.literal() {
+        // A broker drops the connection of a client that sends a wildcard inside a level.
+        if literal.split('/').any(|l| l != "+" && l != "#" && (l.contains('+') || l.contains('#'))) {
+            return Err(refuse(
+                "puts + or # inside a level (they are wildcards and must fill a whole level)",
+            ));
+        }
         return Ok(literal.to_string());
     }
     let Pattern::Tokens(tokens) = pattern else {
@@ -338,6 +344,13 @@ impl MqttBroker {
         self.check_options(&msg)?;
         let qos = self.qos_of(&msg.options)?;
         let retain = msg.options.retain;
+        if msg.subject.as_str().contains(['+', '#']) {
+            // A broker drops the connection of a client that publishes to one.
+            return Err(BrokerError::Invalid(format!(
+                "\"{}\": MQTT topic names cannot contain + or # (they are filter wildcards)",
+                msg.subject
+            )));
+        }
         if msg.key.is_some() {
             return Err(BrokerError::Invalid(
                 "MQTT has no message keys; put the key in the topic or payload".into(),
@@ -385,10 +398,8 @@ async fn run_shared(
     let mut down = false;
     let mut backoff = Backoff::new();
     loop {
-        let polled = eventloop.poll().await;
-        // Drops not yet reported go out as soon as their reader has room, whatever the event.
-        lock(&shared).routes.retain_mut(|(_, _, forward)| !forward.owes_report() || forward.report());
-        match polled {
+        // Each route's forwarder reports its drops from a task of its own as soon as its reader has room.
+        match eventloop.poll().await {
             Ok(Ev::Publish(p)) => {
                 let topic = p.topic.clone();
                 let message = to_message(&p.topic, p.retain, p.payload, p.headers);
@@ -546,7 +557,12 @@ impl ItemSource for SessionSource {
 }
 
 /// Sessions by subscription name, so a settle finds the client that must send the PUBACK.
-type Sessions = Arc<Mutex<HashMap<String, (Client, HashMap<u64, Held>)>>>;
+/// Open persistent sessions by client id: the connection, what it holds unacked, and which opening of
+/// the session it is (a task that outlives its session must not touch the one that replaced it).
+type Sessions = Arc<Mutex<HashMap<String, (Client, HashMap<u64, Held>, u64)>>>;
+
+/// Numbers the openings of sessions.
+static SESSION_OPENINGS: AtomicU64 = AtomicU64::new(1);
 
 fn sessions() -> &'static Sessions {
     static SESSIONS: std::sync::OnceLock<Sessions> = std::sync::OnceLock::new();
@@ -643,7 +659,7 @@ impl Broker for MqttBroker {
                 guard.routes.push((
                     filter.clone(),
                     pattern.clone(),
-                    Forwarder::new(tx.clone(), Some(self.events.clone())),
+                    Forwarder::new(tx.clone(), Some(self.events.clone())).with_reporter(),
                 ));
             }
         }
@@ -662,7 +678,7 @@ impl Broker for MqttBroker {
         self.check_settle(&how)?;
         let (client, publish) = {
             let mut all = sessions().lock().unwrap_or_else(PoisonError::into_inner);
-            let Some((client, held)) = all.get_mut(token.subscription.as_str()) else {
+            let Some((client, held, _)) = all.get_mut(token.subscription.as_str()) else {
                 return Err(BrokerError::Invalid(format!("no open session {}", token.subscription)));
             };
             (client.clone(), held.remove(&token.lease))
@@ -682,8 +698,11 @@ impl Broker for MqttBroker {
         self.client.try_disconnect();
         let names = std::mem::take(&mut *self.session_names.lock().unwrap_or_else(PoisonError::into_inner));
         for name in names {
-            let client =
-                sessions().lock().unwrap_or_else(PoisonError::into_inner).get(&name).map(|(c, _)| c.clone());
+            let client = sessions()
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&name)
+                .map(|(c, _, _)| c.clone());
             if let Some(client) = client {
                 client.try_disconnect();
             }
@@ -716,10 +735,11 @@ impl MqttBroker {
                 reason: e.to_string(),
             })?;
         }
+        let opening = SESSION_OPENINGS.fetch_add(1, Ordering::Relaxed);
         sessions()
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.as_str().to_string(), (client.clone(), HashMap::new()));
+            .insert(name.as_str().to_string(), (client.clone(), HashMap::new(), opening));
         let (tx, rx) = mpsc::channel(req.prefetch.unwrap_or(256).max(1) as usize);
         let subscription = name.clone();
         let events = self.events.clone();
@@ -747,10 +767,11 @@ impl MqttBroker {
                         };
                         let lease = counter.fetch_add(1, Ordering::Relaxed);
                         let attempt = if p.dup { 2 } else { 1 };
-                        if let Some((_, held)) = sessions()
+                        if let Some((_, held, _)) = sessions()
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .get_mut(subscription.as_str())
+                            .filter(|(_, _, o)| *o == opening)
                         {
                             held.insert(lease, p.held);
                         }
@@ -808,7 +829,10 @@ impl MqttBroker {
             }
             // The consumer went away: close the session's connection, leaving the session on the broker.
             client.try_disconnect();
-            sessions().lock().unwrap_or_else(PoisonError::into_inner).remove(subscription.as_str());
+            let mut all = sessions().lock().unwrap_or_else(PoisonError::into_inner);
+            if all.get(subscription.as_str()).is_some_and(|(_, _, o)| *o == opening) {
+                all.remove(subscription.as_str());
+            }
         });
         self.tasks.lock().unwrap_or_else(PoisonError::into_inner).push(task);
         Ok(DeliveryStream::new(Box::new(SessionSource { rx })))
