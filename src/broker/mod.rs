@@ -7,6 +7,7 @@
 //! The message, topic and subscription types are the engine's own: the local engine implements the full
 //! model, and every other broker maps onto a subset of it (SEMANTICS.md §10).
 
+pub mod amqp;
 pub mod capability;
 pub mod daemon;
 pub mod error;

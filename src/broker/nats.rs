@@ -502,7 +502,14 @@ impl NatsBroker {
         }
         Ok(msgs
             .iter()
-            .map(|_| PublishReceipt { topic: None, partition: 0, seq: 0, taps: 0, duplicate: false })
+            .map(|_| PublishReceipt {
+                topic: None,
+                partition: 0,
+                seq: 0,
+                taps: 0,
+                duplicate: false,
+                unrouted: false,
+            })
             .collect())
     }
 
@@ -544,6 +551,7 @@ impl NatsBroker {
                 seq: ack.sequence,
                 taps: 0,
                 duplicate: ack.duplicate,
+                unrouted: false,
             });
         }
         Ok(receipts)

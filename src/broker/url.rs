@@ -419,6 +419,7 @@ pub async fn connect_with(url: &str, opts: &ConnectOptions) -> Result<Connected,
         BackendKind::Redis => Ok(plain(Arc::new(super::redis::RedisBroker::connect(url.trim()).await?))),
         BackendKind::Nats => Ok(plain(Arc::new(super::nats::NatsBroker::connect(url.trim()).await?))),
         BackendKind::Mqtt => Ok(plain(Arc::new(super::mqtt::MqttBroker::connect(url.trim()).await?))),
+        BackendKind::Amqp => Ok(plain(Arc::new(super::amqp::AmqpBroker::connect(url.trim()).await?))),
         other => Err(BrokerError::NotBuilt { backend: other.label() }),
     }
 }

@@ -89,6 +89,7 @@ impl Engine {
                                 seq,
                                 taps: 0,
                                 duplicate,
+                                unrouted: false,
                             });
                         }
                         Err(e) => {
@@ -165,7 +166,7 @@ impl Engine {
                 return Err(EngineError::Unroutable(subject));
             }
         }
-        Ok(PublishReceipt { topic: None, partition: 0, seq: 0, taps, duplicate: false })
+        Ok(PublishReceipt { topic: None, partition: 0, seq: 0, taps, duplicate: false, unrouted: false })
     }
 
     pub(super) fn offer_taps(&self, message: impl FnOnce() -> Message) -> u32 {

@@ -244,6 +244,9 @@ pub struct PublishReceipt {
     pub taps: u32,
     /// True when a repeated `msg_id` returned the original seq instead of appending.
     pub duplicate: bool,
+    /// True when the broker said nothing took it (AMQP: a mandatory publish returned as unroutable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unrouted: bool,
 }
 
 /// Identifies one consumer of a subscription.

@@ -306,6 +306,7 @@ pub fn decode_receipts(buf: &Bytes) -> Result<(u64, Vec<PublishReceipt>), Protoc
             seq: r.u64()?,
             taps: r.u32()?,
             duplicate: r.u8()? != 0,
+            unrouted: false,
         });
     }
     r.done()?;
@@ -473,8 +474,15 @@ mod tests {
         let frame = Bytes::from(encode_deliver(5, Some(&sub), &deliveries));
         assert_eq!(decode_deliver(&frame).ok(), Some((5, deliveries)));
         let receipts = vec![
-            PublishReceipt { topic: Some(name("t")), partition: 0, seq: 9, taps: 1, duplicate: true },
-            PublishReceipt { topic: None, partition: 0, seq: 0, taps: 0, duplicate: false },
+            PublishReceipt {
+                topic: Some(name("t")),
+                partition: 0,
+                seq: 9,
+                taps: 1,
+                duplicate: true,
+                unrouted: false,
+            },
+            PublishReceipt { topic: None, partition: 0, seq: 0, taps: 0, duplicate: false, unrouted: false },
         ];
         let frame = Bytes::from(encode_receipts(6, &receipts));
         assert_eq!(decode_receipts(&frame).ok(), Some((6, receipts)));

@@ -297,7 +297,14 @@ fn deliveries() -> impl Strategy<Value = (Option<Name>, Vec<BrokerDelivery>)> {
 
 fn receipt() -> impl Strategy<Value = PublishReceipt> {
     (prop::option::of(name()), any::<u32>(), any::<u64>(), any::<u32>(), any::<bool>()).prop_map(
-        |(topic, partition, seq, taps, duplicate)| PublishReceipt { topic, partition, seq, taps, duplicate },
+        |(topic, partition, seq, taps, duplicate)| PublishReceipt {
+            topic,
+            partition,
+            seq,
+            taps,
+            duplicate,
+            unrouted: false,
+        },
     )
 }
 

@@ -264,6 +264,8 @@ async fn publish_all(
     let mut stored_in: Option<crate::model::Name> = None;
     // Messages the broker dropped because their --msg-id was seen within its dedup window.
     let mut duplicates = 0u64;
+    // Messages the broker said no queue took (AMQP mandatory returns).
+    let mut unrouted = 0u64;
     let mut batch: Vec<Input> = Vec::with_capacity(BATCH);
     let mut input_error = None;
     let interrupted = crate::cli::signal::interrupted();
@@ -275,7 +277,13 @@ async fn publish_all(
             next = rx.recv() => Some(next),
         };
         let Some(next) = next else {
-            report(verbose, published, duplicates, first_seq.map(|f| (f, last_seq, stored_in.clone())));
+            report(
+                verbose,
+                published,
+                duplicates,
+                unrouted,
+                first_seq.map(|f| (f, last_seq, stored_in.clone())),
+            );
             return Err(CliError::Interrupted);
         };
         let Some(first) = next else { break };
@@ -291,7 +299,7 @@ async fn publish_all(
             let due = started + Duration::from_secs_f64(published as f64 / rate);
             tokio::select! {
                 () = &mut interrupted => {
-                    report(verbose, published, duplicates, first_seq.map(|f| (f, last_seq, stored_in.clone())));
+                    report(verbose, published, duplicates, unrouted, first_seq.map(|f| (f, last_seq, stored_in.clone())));
                     return Err(CliError::Interrupted);
                 }
                 () = tokio::time::sleep_until(due.into()) => {}
@@ -313,6 +321,9 @@ async fn publish_all(
         match broker.publish_batch(reqs).await {
             Ok(receipts) => {
                 for r in &receipts {
+                    if r.unrouted {
+                        unrouted += 1;
+                    }
                     if r.duplicate {
                         duplicates += 1;
                         continue;
@@ -331,13 +342,25 @@ async fn publish_all(
             Err(BrokerError::Batch { index, source }) => {
                 published += index as u64;
                 let origin = origins.get(index).cloned().unwrap_or_default();
-                report(verbose, published, duplicates, first_seq.map(|f| (f, last_seq, stored_in.clone())));
+                report(
+                    verbose,
+                    published,
+                    duplicates,
+                    unrouted,
+                    first_seq.map(|f| (f, last_seq, stored_in.clone())),
+                );
                 return Err(CliError::Failed(format!(
                     "{origin} was not published: {source}; the {published} message(s) before it were published"
                 )));
             }
             Err(e) => {
-                report(verbose, published, duplicates, first_seq.map(|f| (f, last_seq, stored_in.clone())));
+                report(
+                    verbose,
+                    published,
+                    duplicates,
+                    unrouted,
+                    first_seq.map(|f| (f, last_seq, stored_in.clone())),
+                );
                 let origin = origins.first().cloned().unwrap_or_default();
                 return Err(CliError::Failed(format!(
                     "{origin} was not published: {e}; the {published} message(s) before it were published"
@@ -348,7 +371,7 @@ async fn publish_all(
             break 'outer;
         }
     }
-    report(verbose, published, duplicates, first_seq.map(|f| (f, last_seq, stored_in.clone())));
+    report(verbose, published, duplicates, unrouted, first_seq.map(|f| (f, last_seq, stored_in.clone())));
     match input_error {
         Some(e) => Err(CliError::Failed(format!("{e}; {published} message(s) before it were published"))),
         None => Ok(()),
@@ -360,15 +383,19 @@ fn report(
     verbose: bool,
     published: u64,
     duplicates: u64,
+    unrouted: u64,
     stored: Option<(u64, u64, Option<crate::model::Name>)>,
 ) {
     if !verbose {
         return;
     }
-    let dropped = match duplicates {
+    let mut dropped = match duplicates {
         0 => String::new(),
         n => format!(", {n} of them duplicates by --msg-id that the broker dropped"),
     };
+    if unrouted > 0 {
+        dropped.push_str(&format!(", {unrouted} of them not routed: no queue matched"));
+    }
     match stored {
         _ if published == 0 => note("nothing was published: there was no message (stdin was empty)"),
         Some((first, last, topic)) => {

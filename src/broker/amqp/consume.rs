@@ -1,0 +1,307 @@
+//! Receiving: live bindings, durable queues with manual acks, and stream queues read from an offset.
+//! Each subscription has a connection of its own, so one consumer's channel error or outage touches no
+//! other; after an outage it is set up again (a durable queue resumes where it was, and what was
+//! unacked comes back as redeliveries).
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Connection, Consumer};
+use tokio::sync::{broadcast, mpsc};
+
+use super::url::Target;
+use super::{AmqpBroker, convert, open};
+use crate::broker::kit::{Forwarder, reconnect};
+use crate::broker::{
+    AckToken, BrokerDelivery, BrokerError, ChannelSource, ConnectionEvent, DeliveryStream, StreamItem,
+    SubscribeRequest, history_topic,
+};
+use crate::model::{Name, StartPosition};
+
+/// What a subscription consumes.
+#[derive(Debug, Clone)]
+enum Source {
+    /// A server-named exclusive queue bound with the patterns' keys; no acks, at most once.
+    Live(Vec<String>),
+    /// A durable named queue with manual acks.
+    Durable(Name),
+    /// A topic's stream queue from a position; acked by pubsub as it reads (acks are credit there).
+    Stream(Name, StartPosition),
+}
+
+/// The channel and consumer of one setup of a subscription.
+struct Setup {
+    channel: Channel,
+    consumer: Consumer,
+}
+
+async fn setup(
+    target: &Target,
+    conn: &Connection,
+    source: &Source,
+    prefetch: u16,
+) -> Result<Setup, BrokerError> {
+    let fail = |e: lapin::Error| convert::error(&target.shown, &e);
+    let channel = conn.create_channel().await.map_err(fail)?;
+    let consumer = match source {
+        Source::Live(keys) => {
+            let exclusive =
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+            let queue =
+                channel.queue_declare("".into(), exclusive, FieldTable::default()).await.map_err(fail)?;
+            let exchange = convert::short("exchange", &target.exchange)?;
+            for key in keys {
+                channel
+                    .queue_bind(
+                        queue.name().clone(),
+                        exchange.clone(),
+                        convert::short("binding key", key)?,
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| match fail(e) {
+                        BrokerError::Invalid(text) if text.contains("NOT_FOUND") => {
+                            BrokerError::Invalid(format!(
+                                "exchange \"{}\" does not exist in vhost \"{}\" ({text})",
+                                target.exchange, target.vhost
+                            ))
+                        }
+                        other => other,
+                    })?;
+            }
+            let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+            channel
+                .basic_consume(queue.name().clone(), "".into(), no_ack, FieldTable::default())
+                .await
+                .map_err(fail)?
+        }
+        Source::Durable(name) => {
+            channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(fail)?;
+            let queue = convert::short("queue", name.as_str())?;
+            channel
+                .basic_consume(queue, "".into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await
+                .map_err(fail)?
+        }
+        Source::Stream(topic, start) => {
+            channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(fail)?;
+            let offset = match start {
+                StartPosition::All => AMQPValue::LongString(LongString::from("first")),
+                StartPosition::Last | StartPosition::LastPerKey => {
+                    AMQPValue::LongString(LongString::from("last"))
+                }
+                StartPosition::New => AMQPValue::LongString(LongString::from("next")),
+                StartPosition::Seq(seq) => {
+                    AMQPValue::LongLongInt(i64::try_from(seq.saturating_sub(1)).unwrap_or(0))
+                }
+                StartPosition::Time(t) => {
+                    AMQPValue::Timestamp(u64::try_from(t.as_micros() / 1_000_000).unwrap_or(0))
+                }
+            };
+            let mut args = FieldTable::default();
+            args.insert("x-stream-offset".into(), offset);
+            let queue = convert::short("queue", topic.as_str())?;
+            channel
+                .basic_consume(queue, "".into(), BasicConsumeOptions::default(), args)
+                .await
+                .map_err(fail)?
+        }
+    };
+    Ok(Setup { channel, consumer })
+}
+
+impl AmqpBroker {
+    pub(super) async fn subscribe_any(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
+        let keys = req.patterns.iter().map(convert::binding_key).collect::<Result<Vec<_>, _>>()?;
+        let source = match (&req.subscription, req.from) {
+            (Some(_), Some(_)) => {
+                return Err(BrokerError::Invalid(
+                    "a RabbitMQ queue is read where it stands; --from reads a topic's stream queue (without -s)".into(),
+                ));
+            }
+            (Some(name), None) => {
+                // A durable subscription is made and bound on first use.
+                if self.queue_counts(name.as_str()).await?.is_none() {
+                    self.declare_queue(name, &keys, None).await?;
+                }
+                Source::Durable(name.clone())
+            }
+            (None, Some(start)) => {
+                let topic = history_topic(&req)?;
+                if self.queue_counts(topic.as_str()).await?.is_none() {
+                    return Err(BrokerError::Invalid(format!(
+                        "\"{topic}\" keeps no history: only stream queues do (`topic create {topic}` makes one)"
+                    )));
+                }
+                Source::Stream(topic, start)
+            }
+            (None, None) => Source::Live(keys),
+        };
+        let prefetch =
+            req.prefetch.map_or(self.target.prefetch, |p| u16::try_from(p).unwrap_or(u16::MAX)).max(1);
+        let conn = open(&self.target).await?;
+        let first = setup(&self.target, &conn, &source, prefetch).await?;
+        let (tx, rx) = mpsc::channel(usize::from(prefetch).max(16));
+        let pump = Pump {
+            target: self.target.clone(),
+            source,
+            prefetch,
+            events: self.events.clone(),
+            consumers: self.consumers.clone(),
+            key: format!("amqp-{}", self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+            subscription: req.subscription.clone(),
+        };
+        let task = tokio::spawn(pump.run(conn, first, tx));
+        Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })))
+    }
+}
+
+/// One subscription's task: forwards deliveries, and sets the subscription up again after an outage.
+struct Pump {
+    target: Target,
+    source: Source,
+    prefetch: u16,
+    events: broadcast::Sender<ConnectionEvent>,
+    consumers: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+    /// This subscription's key in `consumers`.
+    key: String,
+    subscription: Option<Name>,
+}
+
+impl Pump {
+    async fn run(
+        self,
+        mut conn: Connection,
+        mut current: Setup,
+        tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
+    ) {
+        let mut forward = Forwarder::new(tx.clone(), Some(self.events.clone()));
+        loop {
+            self.register(&current.channel);
+            let reason = self.serve(&mut current.consumer, &current.channel, &tx, &mut forward).await;
+            let Some(reason) = reason else { break };
+            // The link went (a broker restart, a closed channel): set the subscription up again.
+            let again = reconnect(
+                &self.events,
+                reason,
+                || tx.is_closed(),
+                || async {
+                    let conn = open(&self.target).await?;
+                    let s = setup(&self.target, &conn, &self.source, self.prefetch).await?;
+                    Ok::<_, BrokerError>((conn, s))
+                },
+            )
+            .await;
+            match again {
+                Some((c, s)) => {
+                    conn = c;
+                    current = s;
+                }
+                None => break,
+            }
+        }
+        self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
+        let _ = conn.close(200, "OK".into()).await;
+    }
+
+    fn register(&self, channel: &Channel) {
+        self.consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(self.key.clone(), channel.clone());
+    }
+
+    /// Forwards until the reader goes (`None`) or the consumer ends (`Some(why)`).
+    async fn serve(
+        &self,
+        consumer: &mut Consumer,
+        channel: &Channel,
+        tx: &mpsc::Sender<Result<StreamItem, BrokerError>>,
+        forward: &mut Forwarder,
+    ) -> Option<String> {
+        loop {
+            let next = tokio::select! {
+                next = consumer.next() => next,
+                alive = forward.catch_up(), if forward.owes_report() => {
+                    if !alive {
+                        return None;
+                    }
+                    continue;
+                }
+                () = tx.closed() => return None,
+            };
+            let d = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Some(format!("the RabbitMQ consumer stopped: {e}")),
+                None if channel.status().connected() => {
+                    // Cancelled by the broker: the queue was deleted.
+                    let gone = BrokerError::Invalid("the queue was deleted".into());
+                    let _ = forward.fail(gone).await;
+                    return None;
+                }
+                None => return Some("the RabbitMQ channel closed".into()),
+            };
+            match &self.source {
+                Source::Live(_) => {
+                    let Some(m) = convert::to_message(d.routing_key.as_str(), &d.properties, d.data, 0)
+                    else {
+                        continue;
+                    };
+                    if !forward.offer(StreamItem::Delivery(BrokerDelivery::untracked(m))).open() {
+                        return None;
+                    }
+                }
+                Source::Stream(..) => {
+                    let seq = convert::number(&d.properties, "x-stream-offset")
+                        .map_or(0, |o| u64::try_from(o).unwrap_or(0) + 1);
+                    let tag = d.delivery_tag;
+                    let Some(m) = convert::to_message(d.routing_key.as_str(), &d.properties, d.data, seq)
+                    else {
+                        continue;
+                    };
+                    // Stream reads are not lost to a slow reader: the credit waits for it.
+                    if tx.send(Ok(StreamItem::Delivery(BrokerDelivery::untracked(m)))).await.is_err() {
+                        return None;
+                    }
+                    let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
+                }
+                Source::Durable(name) => {
+                    // Quorum queues count deliveries; elsewhere RabbitMQ only says "redelivered".
+                    let attempt = match convert::number(&d.properties, "x-delivery-count") {
+                        Some(n) => u32::try_from(n + 1).unwrap_or(u32::MAX),
+                        None if d.redelivered => 2,
+                        None => 1,
+                    };
+                    let tag = d.delivery_tag;
+                    let Some(m) = convert::to_message(d.routing_key.as_str(), &d.properties, d.data, 0)
+                    else {
+                        let _ = channel
+                            .basic_reject(tag, lapin::options::BasicRejectOptions { requeue: false })
+                            .await;
+                        continue;
+                    };
+                    let token = AckToken {
+                        subscription: self.subscription.clone().unwrap_or_else(|| name.clone()),
+                        partition: 0,
+                        seq: m.seq,
+                        lease: tag,
+                        reply: Some(self.key.clone()),
+                    };
+                    let delivery = BrokerDelivery {
+                        message: m,
+                        attempt: Some(attempt),
+                        deadline: None,
+                        token: Some(token),
+                    };
+                    // Unacked messages are bounded by the prefetch; the reader is waited for.
+                    if tx.send(Ok(StreamItem::Delivery(delivery))).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! RabbitMQ over AMQP 0-9-1, on `lapin`. A topic is a routing key on one exchange (`amq.topic` unless
+//! `?exchange=`); `sub PATTERN` binds a server-named exclusive queue; `sub -s NAME` consumes a durable
+//! queue with manual acks; a topic with history is a stream queue of the topic's name. README "On
+//! RabbitMQ" has the whole mapping.
+
+mod admin;
+mod consume;
+mod convert;
+mod url;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapin::options::{
+    BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
+};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::broadcast;
+
+use super::{
+    AckToken, Broker, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream, Settle,
+    SubscribeRequest,
+};
+use crate::model::{
+    BrowseFrom, Message, Name, PublishOption, PublishReceipt, PublishRequest, SubscriptionConfig,
+    SubscriptionInfo, TopicConfig, TopicInfo,
+};
+use convert::error;
+use url::Target;
+
+/// How long connecting may take before the broker counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What pubsub can do on RabbitMQ; history, seek and the rest depend on the topic (stream queues).
+const CAPS: Capabilities = Capabilities::of(&[
+    Capability::Ack,
+    Capability::Nack,
+    Capability::Term,
+    Capability::Replay,
+    Capability::Lag,
+    Capability::Patterns,
+    Capability::Headers,
+    Capability::Persistence,
+    Capability::CompetingConsumers,
+    Capability::DeadLetter,
+    Capability::TopicAdmin,
+]);
+
+/// A RabbitMQ broker.
+pub struct AmqpBroker {
+    target: Target,
+    /// The connection publishes and administration share; opened again when it died.
+    conn: tokio::sync::Mutex<Arc<Connection>>,
+    /// The publishing channel (in confirm mode unless `?confirm=false`); made again after a channel error.
+    publisher: tokio::sync::Mutex<Option<Channel>>,
+    events: broadcast::Sender<ConnectionEvent>,
+    /// The channels of this process's consumers by key, for settling their deliveries (a delivery tag
+    /// means something only on the channel it came on).
+    consumers: Arc<Mutex<HashMap<String, Channel>>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBroker").field("url", &self.target.shown).finish()
+    }
+}
+
+/// Opens a connection to `target`, classifying what goes wrong.
+async fn open(target: &Target) -> Result<Connection, BrokerError> {
+    let props = ConnectionProperties::default().with_connection_name("pubsub".into());
+    let connecting = async {
+        match &target.ca {
+            Some(ca) => {
+                let pem = std::fs::read_to_string(ca)
+                    .map_err(|e| BrokerError::Invalid(format!("ca file {}: {e}", ca.display())))?;
+                let tls = lapin::tcp::OwnedTLSConfig { cert_chain: Some(pem), identity: None };
+                let runtime = lapin::runtime::default_runtime().map_err(|e| error(&target.shown, &e))?;
+                Connection::connect_with_config(&target.uri, props, tls, runtime)
+                    .await
+                    .map_err(|e| error(&target.shown, &e))
+            }
+            None => Connection::connect(&target.uri, props).await.map_err(|e| error(&target.shown, &e)),
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(result) => result,
+        Err(_) => Err(BrokerError::Unreachable {
+            url: target.shown.clone(),
+            reason: format!(
+                "no AMQP answer within {}s (is this a RabbitMQ port? {}://… wants TLS)",
+                CONNECT_TIMEOUT.as_secs(),
+                if target.tls { "amqps" } else { "amqp" }
+            ),
+        }),
+    }
+}
+
+impl AmqpBroker {
+    /// Connects to `amqp[s]://user:pass@host[:port][/vhost][?options]`.
+    pub async fn connect(url: &str) -> Result<AmqpBroker, BrokerError> {
+        let target = Target::parse(url.trim())?;
+        let conn = open(&target).await?;
+        let (events, _) = broadcast::channel(64);
+        Ok(AmqpBroker {
+            target,
+            conn: tokio::sync::Mutex::new(Arc::new(conn)),
+            publisher: tokio::sync::Mutex::new(None),
+            events,
+            consumers: Arc::new(Mutex::new(HashMap::new())),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh channel on the shared connection, opening the connection again if it died.
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        let mut conn = self.conn.lock().await;
+        if !conn.status().connected() {
+            let _ = self
+                .events
+                .send(ConnectionEvent::Disconnected { reason: "the connection to RabbitMQ closed".into() });
+            *conn = Arc::new(open(&self.target).await?);
+            let _ = self.events.send(ConnectionEvent::Reconnected);
+        }
+        conn.create_channel().await.map_err(|e| error(&self.target.shown, &e))
+    }
+
+    /// An error that closed a channel, in words that name what was missing.
+    fn refused(&self, what: &str, e: &lapin::Error) -> BrokerError {
+        match error(&self.target.shown, e) {
+            BrokerError::Invalid(text) if text.contains("NOT_FOUND") => {
+                BrokerError::Invalid(format!("{what}: {text} (vhost \"{}\")", self.target.vhost))
+            }
+            other => other,
+        }
+    }
+
+    async fn publish_all(&self, msgs: &[PublishRequest]) -> Result<Vec<PublishReceipt>, BrokerError> {
+        let mut slot = self.publisher.lock().await;
+        let channel = match slot.as_ref().filter(|c| c.status().connected()) {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.channel().await?;
+                if self.target.confirm {
+                    c.confirm_select(ConfirmSelectOptions::default())
+                        .await
+                        .map_err(|e| error(&self.target.shown, &e))?;
+                }
+                *slot = Some(c.clone());
+                c
+            }
+        };
+        let exchange = convert::short("exchange", &self.target.exchange)?;
+        let mut pending = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let props = convert::properties(m)?;
+            let key = convert::short("topic", m.subject.as_str())?;
+            let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+            let sent = channel.basic_publish(exchange.clone(), key, options, &m.payload, props).await;
+            pending.push(sent.map_err(|e| self.refused("publishing", &e))?);
+        }
+        let mut receipts = Vec::with_capacity(pending.len());
+        for (index, confirm) in pending.into_iter().enumerate() {
+            let unrouted = match confirm.await {
+                Ok(Confirmation::Ack(returned)) => returned.is_some(),
+                Ok(Confirmation::NotRequested) => false,
+                Ok(Confirmation::Nack(_)) => {
+                    return Err(BrokerError::Batch {
+                        index,
+                        source: Box::new(BrokerError::Protocol(
+                            "RabbitMQ refused the message (a nack: the queue is full or the broker is short of resources)"
+                                .into(),
+                        )),
+                    });
+                }
+                Err(e) => {
+                    *slot = None;
+                    let refused = match self.refused("publishing", &e) {
+                        BrokerError::Invalid(text) if text.contains("exchange") => {
+                            BrokerError::Invalid(format!(
+                                "exchange \"{}\" does not exist in vhost \"{}\": create it, or choose one with ?exchange= ({text})",
+                                self.target.exchange, self.target.vhost
+                            ))
+                        }
+                        other => other,
+                    };
+                    return Err(if msgs.len() == 1 {
+                        refused
+                    } else {
+                        BrokerError::Batch { index, source: Box::new(refused) }
+                    });
+                }
+            };
+            receipts.push(PublishReceipt {
+                topic: None,
+                partition: 0,
+                seq: 0,
+                taps: 0,
+                duplicate: false,
+                unrouted,
+            });
+        }
+        Ok(receipts)
+    }
+
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn kind(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn url(&self) -> String {
+        self.target.shown.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPS
+    }
+
+    async fn topic_capabilities(&self, topic: &Name) -> Result<Capabilities, BrokerError> {
+        // A topic with history is a stream queue of its name; other routing keys keep nothing.
+        if self.queue_counts(topic.as_str()).await?.is_some() {
+            Ok(CAPS)
+        } else {
+            Ok(CAPS.without(&[Capability::Replay]))
+        }
+    }
+
+    fn why_not(&self, capability: Capability) -> &'static str {
+        match capability {
+            Capability::NackDelay => {
+                "RabbitMQ requeues a nacked message at once; a delayed retry needs a TTL queue and a dead-letter exchange, which pubsub does not set up"
+            }
+            Capability::Extend => {
+                "RabbitMQ holds an unacked message until its consumer's channel closes; there is no lease"
+            }
+            Capability::DetachedSettle => {
+                "a delivery tag means something only on the channel that received it"
+            }
+            Capability::CumulativeAck => "not offered yet (AMQP's multiple=true ack)",
+            Capability::Seek => {
+                "a queue has no cursor to move; read a stream queue from an offset or time with sub --from"
+            }
+            Capability::Peek => "RabbitMQ counts ready and unacked messages, not each message's state",
+            Capability::RequestReply => {
+                "not offered yet (reply-to and correlation-id are passed through as headers)"
+            }
+            Capability::Retain => "RabbitMQ keeps no last message per routing key",
+            Capability::Partitions => "a queue is one ordered log; super streams are not supported",
+            Capability::Replay => "only stream queues keep history: `topic create NAME` makes one",
+            _ => "",
+        }
+    }
+
+    fn publish_options(&self) -> &'static [PublishOption] {
+        &[PublishOption::Priority, PublishOption::Ttl]
+    }
+
+    async fn publish(&self, msg: PublishRequest) -> Result<PublishReceipt, BrokerError> {
+        self.check_options(&msg)?;
+        let mut receipts = self.publish_all(std::slice::from_ref(&msg)).await?;
+        receipts.pop().ok_or_else(|| BrokerError::Protocol("RabbitMQ confirmed nothing".into()))
+    }
+
+    async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
+        for msg in &msgs {
+            self.check_options(msg)?;
+        }
+        self.publish_all(&msgs).await
+    }
+
+    async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
+        self.subscribe_any(req).await
+    }
+
+    async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
+        self.check_settle(&how)?;
+        let Some(key) = &token.reply else { return Err(self.unsupported(Capability::DetachedSettle)) };
+        let channel = self.consumers.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned();
+        let Some(channel) = channel.filter(|c| c.status().connected()) else {
+            return Err(BrokerError::Invalid(
+                "the channel that received this message has closed; RabbitMQ delivers it again".into(),
+            ));
+        };
+        let tag = token.lease;
+        let done = match how {
+            Settle::Ack => channel.basic_ack(tag, BasicAckOptions::default()).await,
+            Settle::Nack(_) => {
+                channel
+                    .basic_nack(tag, BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
+                    .await
+            }
+            Settle::Term(_) => channel.basic_reject(tag, BasicRejectOptions { requeue: false }).await,
+            Settle::Extend(_) => return Err(self.unsupported(Capability::Extend)),
+        };
+        done.map_err(|e| error(&self.target.shown, &e))
+    }
+
+    async fn topics(&self) -> Result<Vec<TopicInfo>, BrokerError> {
+        Err(BrokerError::Unsupported {
+            broker: "amqp",
+            capability: Capability::TopicAdmin,
+            why: "listing queues and exchanges needs RabbitMQ's management HTTP API, which pubsub does not read yet (rabbitmqctl list_queues shows them); topic info NAME works",
+        })
+    }
+
+    async fn topic_info(&self, name: &Name) -> Result<TopicInfo, BrokerError> {
+        self.stream_info(name).await
+    }
+
+    async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
+        self.create_stream(config).await
+    }
+
+    async fn delete_topic(&self, name: &Name) -> Result<(), BrokerError> {
+        self.delete_queue(name, "topic").await
+    }
+
+    async fn purge_topic(&self, name: &Name) -> Result<u64, BrokerError> {
+        self.purge_queue(name).await
+    }
+
+    async fn subscriptions(&self, _topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {
+        Err(BrokerError::Unsupported {
+            broker: "amqp",
+            capability: Capability::Lag,
+            why: "listing queues needs RabbitMQ's management HTTP API, which pubsub does not read yet; sub-info NAME works",
+        })
+    }
+
+    async fn subscription_info(&self, name: &Name) -> Result<SubscriptionInfo, BrokerError> {
+        self.queue_info(name).await
+    }
+
+    async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
+        self.create_queue(&config).await?;
+        self.queue_info(&config.name).await
+    }
+
+    async fn delete_subscription(&self, name: &Name) -> Result<(), BrokerError> {
+        self.delete_queue(name, "subscription").await
+    }
+
+    async fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, BrokerError> {
+        self.read_stream(topic, from, max).await
+    }
+
+    fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.events.subscribe()
+    }
+
+    async fn close(&self) {
+        let conn = self.conn.lock().await.clone();
+        let _ = conn.close(200, "OK".into()).await;
+    }
+}
