@@ -13,7 +13,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult, ServerErrorKind, Value};
 use tokio::sync::{broadcast, mpsc};
 
-use super::{entries, number, text, xgroup_create};
+use super::durable::xgroup_create;
+use super::keys::{entries, number, text};
 use crate::broker::{AckToken, BrokerDelivery, BrokerError, ConnectionEvent, StreamItem};
 use crate::model::Name;
 

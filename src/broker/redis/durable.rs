@@ -1,0 +1,132 @@
+//! Durable reads: consumer groups (XGROUP CREATE), where a read starts, reading a stream through a
+//! group or from a position (`read.rs` does the reading), and settling (XACK) with retries.
+
+use std::sync::atomic::Ordering;
+
+use redis::Value;
+use tokio::sync::mpsc;
+
+use super::keys::{entries, id_of, seq_of};
+use super::read::{self, GroupRead, ReadLink};
+use super::{RedisBroker, error};
+use crate::broker::kit::Backoff;
+use crate::broker::{
+    AckToken, Broker, BrokerError, Capability, ChannelSource, DeliveryStream, Settle, StreamItem,
+    SubscribeRequest,
+};
+use crate::model::{Name, StartPosition};
+
+/// XGROUP CREATE, making the stream if there is none (MKSTREAM).
+pub(super) fn xgroup_create(key: &str, group: &str, start: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XGROUP");
+    cmd.arg("CREATE").arg(key).arg(group).arg(start).arg("MKSTREAM");
+    cmd
+}
+
+impl RedisBroker {
+    /// XACK for an ack or term; nack and extend are refused (`check_settle` already said so).
+    pub(super) async fn settle_entry(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
+        let Some(reply) = &token.reply else { return Err(self.unsupported(Capability::DetachedSettle)) };
+        let (stream, id) = reply.split_once('\u{1f}').unwrap_or((reply.as_str(), ""));
+        match how {
+            Settle::Ack | Settle::Term(_) => {
+                let mut xack = redis::cmd("XACK");
+                xack.arg(stream).arg(token.subscription.as_str()).arg(id);
+                let _: u64 = self.idempotent(&xack).await?;
+                Ok(())
+            }
+            Settle::Nack(_) => Err(self.unsupported(Capability::Nack)),
+            Settle::Extend(_) => Err(self.unsupported(Capability::Extend)),
+        }
+    }
+
+    /// Runs a command that may safely run twice (XACK) on the shared connection, waiting out a Redis
+    /// restart: the connection manager reconnects by itself, but the command that finds the old socket
+    /// dead fails with it (a `sub -s GROUP` used to exit 3 "broken pipe" on the first ack after a
+    /// restart), and a restarted Redis answers LOADING until its data is back. Tries for about 6 s.
+    async fn idempotent<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
+        // Six tries over about six seconds (the backoff's 100 ms … 3.2 s), enough for a Redis restart.
+        let mut backoff = Backoff::new();
+        for _ in 0..6 {
+            match cmd.query_async(&mut self.conn.clone()).await {
+                Err(e) if read::is_outage(&e) => backoff.wait().await,
+                other => return other.map_err(|e| error(&self.url, e)),
+            }
+        }
+        cmd.query_async(&mut self.conn.clone()).await.map_err(|e| error(&self.url, e))
+    }
+
+    /// The id a read (XREAD, or a new consumer group) starts after, so that its first entry is the one
+    /// `start` names.
+    pub(super) async fn start_after(&self, key: &str, start: StartPosition) -> Result<String, BrokerError> {
+        Ok(match start {
+            StartPosition::All => "0".to_string(),
+            StartPosition::New => "$".to_string(),
+            StartPosition::Seq(s) => id_of(s.saturating_sub(1)),
+            StartPosition::Time(t) => format!("{}-0", (t.as_micros().max(0) / 1000).saturating_sub(1)),
+            StartPosition::Last | StartPosition::LastPerKey => {
+                let newest: Value = redis::cmd("XREVRANGE")
+                    .arg(key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| error(&self.url, e))?;
+                let topic = Name::new(key)?;
+                match entries(&topic, &newest).first() {
+                    Some((id, _)) => id_of(seq_of(id).saturating_sub(1)),
+                    None => "$".to_string(),
+                }
+            }
+        })
+    }
+
+    /// Reads a stream: through a consumer group (durable, acked) or plainly from a position, on a
+    /// connection of the reader's own (`read.rs`).
+    pub(super) async fn read_stream(
+        &self,
+        topic: Name,
+        req: SubscribeRequest,
+    ) -> Result<DeliveryStream, BrokerError> {
+        let key = topic.to_string();
+        let mut conn = read::connect(&self.client).await.map_err(|e| error(&self.url, e))?;
+        let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(1024);
+        let count = req.prefetch.unwrap_or(100).max(1);
+        let start = self.start_after(&key, req.from.unwrap_or_default()).await?;
+        let task = if let Some(group) = req.subscription.clone() {
+            let created: redis::RedisResult<String> =
+                xgroup_create(&key, group.as_str(), &start).query_async(&mut conn).await;
+            if let Err(e) = created
+                && e.code() != Some("BUSYGROUP")
+            {
+                return Err(error(&self.url, e));
+            }
+            let consumer = req.consumer.clone().unwrap_or_else(|| {
+                format!("pubsub-{}-{}", std::process::id(), self.next_id.fetch_add(1, Ordering::Relaxed))
+            });
+            let link = ReadLink::new(
+                self.client.clone(),
+                conn,
+                Some(GroupRead::recreate(&key, &group)),
+                self.events.clone(),
+            );
+            let group_read = GroupRead {
+                url: self.url.clone(),
+                key,
+                group,
+                consumer,
+                acked: req.ack != crate::model::AckMode::None,
+                count,
+                topic,
+                ack_deadline: self.ack_deadline,
+            };
+            tokio::spawn(group_read.run(link, tx))
+        } else {
+            let link = ReadLink::new(self.client.clone(), conn, None, self.events.clone());
+            tokio::spawn(read::plain(link, self.url.clone(), topic, count, start, tx))
+        };
+        Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })))
+    }
+}
