@@ -205,7 +205,6 @@ impl AmqpBroker {
         }
         Ok(receipts)
     }
-
 }
 
 #[async_trait]

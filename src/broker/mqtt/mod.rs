@@ -316,7 +316,14 @@ impl Broker for MqttBroker {
         let topic = msg.subject.clone();
         let wait = self.send(msg).await?;
         self.settled(wait).await?;
-        Ok(PublishReceipt { topic: Some(topic), partition: 0, seq: 0, taps: 0, duplicate: false })
+        Ok(PublishReceipt {
+            topic: Some(topic),
+            partition: 0,
+            seq: 0,
+            taps: 0,
+            duplicate: false,
+            unrouted: false,
+        })
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
@@ -335,6 +342,7 @@ impl Broker for MqttBroker {
                 seq: 0,
                 taps: 0,
                 duplicate: false,
+                unrouted: false,
             });
         }
         Ok(receipts)

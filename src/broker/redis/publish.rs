@@ -91,6 +91,7 @@ impl RedisBroker {
                     seq: 0,
                     taps: u32::try_from(n).unwrap_or(0),
                     duplicate: false,
+                    unrouted: false,
                 },
                 other => PublishReceipt {
                     topic: Some(m.subject.clone()),
@@ -98,6 +99,7 @@ impl RedisBroker {
                     seq: seq_of(&text(&other)),
                     taps: 0,
                     duplicate: false,
+                    unrouted: false,
                 },
             })
             .collect())
