@@ -21,6 +21,8 @@ pub enum Capability {
     Extend,
     /// Giving up on a delivery for good (dead-lettering it where the topic has a dead-letter topic).
     Term,
+    /// Redelivering what is not acked within a deadline, while its consumer is still there.
+    AckDeadline,
     /// Acknowledging everything up to a position at once.
     CumulativeAck,
     /// Settling a delivery from another process (`pubsub ack SUB SEQ LEASE`).
@@ -55,12 +57,13 @@ pub enum Capability {
 
 impl Capability {
     /// Every capability, in display order.
-    pub const ALL: [Capability; 20] = [
+    pub const ALL: [Capability; 21] = [
         Capability::Ack,
         Capability::Nack,
         Capability::NackDelay,
         Capability::Extend,
         Capability::Term,
+        Capability::AckDeadline,
         Capability::CumulativeAck,
         Capability::DetachedSettle,
         Capability::RequestReply,
@@ -86,6 +89,7 @@ impl Capability {
             Capability::NackDelay => "nack with delay",
             Capability::Extend => "lease extension",
             Capability::Term => "term",
+            Capability::AckDeadline => "ack deadlines",
             Capability::CumulativeAck => "cumulative acks",
             Capability::DetachedSettle => "settling from another process",
             Capability::RequestReply => "request/reply",

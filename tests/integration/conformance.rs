@@ -58,6 +58,8 @@ pub enum Backend {
     Mqtt,
     /// The same Mosquitto, MQTT 5 (user properties as headers).
     Mqtt5,
+    /// RabbitMQ on 127.0.0.1:5672 (guest/guest, vhost `/`), AMQP 0-9-1.
+    Amqp,
 }
 
 /// Settings a behaviour needs from the broker handle it opens.
@@ -87,6 +89,7 @@ impl Backend {
             Backend::Redis => Some(("127.0.0.1:6379", "Redis")),
             Backend::Nats => Some(("127.0.0.1:4222", "nats-server")),
             Backend::Mqtt | Backend::Mqtt5 => Some(("127.0.0.1:1883", "Mosquitto")),
+            Backend::Amqp => Some(("127.0.0.1:5672", "RabbitMQ")),
             Backend::Mem | Backend::Ws | Backend::Local => None,
         }
     }
@@ -115,6 +118,7 @@ impl Backend {
             Backend::Redis => "redis://127.0.0.1:6379",
             Backend::Nats => "nats://127.0.0.1:4222",
             Backend::Mqtt | Backend::Mqtt5 => "mqtt://127.0.0.1:1883",
+            Backend::Amqp => "amqp://guest:guest@127.0.0.1:5672/%2f",
             Backend::Mem => "mem://",
             Backend::Ws | Backend::Local => "",
         };
@@ -598,7 +602,8 @@ async fn unacked_message_is_redelivered(backend: Backend) {
     if let Some(attempt) = first.attempt {
         assert_eq!(attempt, 1, "first delivery");
     }
-    if !caps.has(Capability::CompetingConsumers) {
+    // Without ack deadlines (MQTT, RabbitMQ) a message comes back when its consumer goes away.
+    if !caps.has(Capability::AckDeadline) {
         drop(stream);
         stream = ctx.consumer(&topic, &sub, "c1").await;
     }
@@ -666,12 +671,14 @@ async fn history_from_start_and_from_a_seq(backend: Backend) {
         return;
     }
     let sent = payloads("h", 5);
-    let receipts = ctx.publish_all(&topic, &sent).await;
-    let third = receipts[2].seq;
+    ctx.publish_all(&topic, &sent).await;
     let texts = |ms: Vec<pubsub::model::Message>| {
         ms.into_iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect::<Vec<_>>()
     };
-    assert_eq!(texts(ctx.broker.browse(&topic, BrowseFrom::Seq(1), 100).await.unwrap()), sent);
+    let all = ctx.broker.browse(&topic, BrowseFrom::Seq(1), 100).await.unwrap();
+    // Seqs as the broker numbers its history (a publish receipt may not know it: RabbitMQ's doesn't).
+    let third = all.get(2).map_or(0, |m| m.seq);
+    assert_eq!(texts(all), sent);
     assert_eq!(texts(ctx.broker.browse(&topic, BrowseFrom::Seq(third), 100).await.unwrap()), sent[2..]);
     let mut from_seq = from_start.clone();
     from_seq.from = Some(StartPosition::Seq(third));
@@ -847,3 +854,4 @@ conformance!(redis, super::Backend::Redis);
 conformance!(nats, super::Backend::Nats);
 conformance!(mqtt, super::Backend::Mqtt);
 conformance!(mqtt5, super::Backend::Mqtt5);
+conformance!(amqp, super::Backend::Amqp);

@@ -83,13 +83,16 @@ impl AmqpBroker {
                     .into(),
             ));
         }
-        if config.max_msg_bytes != TopicConfig::new(config.name.clone()).max_msg_bytes {
+        let defaults = TopicConfig::new(config.name.clone());
+        if config.max_msg_bytes != defaults.max_msg_bytes {
             return Err(BrokerError::Invalid(
                 "a stream queue has no per-message size limit (RabbitMQ's max_message_size is broker-wide)"
                     .into(),
             ));
         }
-        if config.limits.max_msgs.is_some() || config.limits.max_msgs_per_key.is_some() {
+        // pubsub's default count limit is not a choice the user made; a stream keeps age and size only.
+        let counted = config.limits.max_msgs.is_some() && config.limits.max_msgs != defaults.limits.max_msgs;
+        if counted || config.limits.max_msgs_per_key.is_some() {
             return Err(BrokerError::Invalid(
                 "a stream queue is limited by age (--max-age) or size (--max-bytes), not by a message count"
                     .into(),
@@ -259,28 +262,31 @@ impl AmqpBroker {
         from: BrowseFrom,
         max: usize,
     ) -> Result<Vec<Message>, BrokerError> {
-        let Some((count, _)) = self.queue_counts(topic.as_str()).await? else {
+        if self.queue_counts(topic.as_str()).await?.is_none() {
             return Err(BrokerError::Invalid(format!(
                 "\"{topic}\" keeps no history: only stream queues do (`topic create {topic}` makes one)"
             )));
-        };
-        let offset = match from {
+        }
+        // A stream's message count is not in its declare-ok, so the newest N are found by reading from
+        // the first and keeping the last N.
+        let (offset, keep_last) = match from {
             BrowseFrom::Seq(seq) => {
-                AMQPValue::LongLongInt(i64::try_from(seq.saturating_sub(1)).unwrap_or(i64::MAX))
+                (AMQPValue::LongLongInt(i64::try_from(seq.saturating_sub(1)).unwrap_or(i64::MAX)), false)
             }
             BrowseFrom::Time(t) => {
-                AMQPValue::Timestamp(u64::try_from(t.as_micros() / 1_000_000).unwrap_or(0))
+                (AMQPValue::Timestamp(u64::try_from(t.as_micros() / 1_000_000).unwrap_or(0)), false)
             }
-            BrowseFrom::Last(n) => {
-                AMQPValue::LongLongInt(i64::try_from(u64::from(count).saturating_sub(n)).unwrap_or(0))
-            }
+            BrowseFrom::Last(_) => (AMQPValue::LongString(LongString::from("first")), true),
         };
-        let want = max.min(count as usize);
+        let want = match from {
+            BrowseFrom::Last(n) => usize::try_from(n).unwrap_or(usize::MAX).min(max),
+            _ => max,
+        };
         if want == 0 {
             return Ok(Vec::new());
         }
         let channel = self.channel().await?;
-        let prefetch = u16::try_from(want).unwrap_or(u16::MAX).max(1);
+        let prefetch = u16::try_from(want).unwrap_or(u16::MAX).clamp(1, 1000);
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
@@ -296,18 +302,21 @@ impl AmqpBroker {
             )
             .await
             .map_err(|e| self.refused("reading the stream", &e))?;
-        let mut out = Vec::new();
-        while out.len() < want {
+        let mut out = std::collections::VecDeque::new();
+        while keep_last || out.len() < want {
             let Ok(Some(next)) = tokio::time::timeout(HISTORY_IDLE, consumer.next()).await else { break };
             let d = next.map_err(|e| convert::error(&self.target.shown, &e))?;
             let seq = convert::number(&d.properties, "x-stream-offset")
                 .map_or(0, |o| u64::try_from(o).unwrap_or(0) + 1);
             let _ = d.acker.ack(lapin::options::BasicAckOptions::default()).await;
             if let Some(m) = convert::to_message(d.routing_key.as_str(), &d.properties, d.data, seq) {
-                out.push(m);
+                out.push_back(m);
+                if out.len() > want {
+                    out.pop_front();
+                }
             }
         }
         let _ = channel.close(200, "OK".into()).await;
-        Ok(out)
+        Ok(out.into())
     }
 }

@@ -159,6 +159,18 @@ impl AmqpBroker {
     }
 }
 
+/// Takes a consumer's channel out of the registry when its task ends, however it ends.
+struct Registration {
+    consumers: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+    key: String,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
+    }
+}
+
 /// One subscription's task: forwards deliveries, and sets the subscription up again after an outage.
 struct Pump {
     target: Target,
@@ -178,6 +190,9 @@ impl Pump {
         mut current: Setup,
         tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
     ) {
+        // Also when the reader drops the stream and the task is aborted mid-await: the channel leaves the
+        // registry, so nothing holds it open and RabbitMQ requeues what it had unacked.
+        let _registered = Registration { consumers: self.consumers.clone(), key: self.key.clone() };
         let mut forward = Forwarder::new(tx.clone(), Some(self.events.clone()));
         loop {
             self.register(&current.channel);
@@ -203,7 +218,6 @@ impl Pump {
                 None => break,
             }
         }
-        self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
         let _ = conn.close(200, "OK".into()).await;
     }
 

@@ -235,8 +235,8 @@ impl Broker for AmqpBroker {
             Capability::NackDelay => {
                 "RabbitMQ requeues a nacked message at once; a delayed retry needs a TTL queue and a dead-letter exchange, which pubsub does not set up"
             }
-            Capability::Extend => {
-                "RabbitMQ holds an unacked message until its consumer's channel closes; there is no lease"
+            Capability::Extend | Capability::AckDeadline => {
+                "RabbitMQ holds an unacked message until its consumer's channel closes; there is no lease or deadline"
             }
             Capability::DetachedSettle => {
                 "a delivery tag means something only on the channel that received it"

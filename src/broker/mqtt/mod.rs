@@ -296,7 +296,7 @@ impl Broker for MqttBroker {
 
     fn why_not(&self, capability: Capability) -> &'static str {
         match capability {
-            Capability::Nack | Capability::NackDelay | Capability::Extend => {
+            Capability::Nack | Capability::NackDelay | Capability::Extend | Capability::AckDeadline => {
                 "MQTT cannot give a message back or hold it longer: one not acked is sent again only when the session reconnects"
             }
             Capability::Headers => "MQTT 3.1.1 has no user properties; use ?version=5",

@@ -280,6 +280,7 @@ const JETSTREAM_CAPS: &[Capability] = &[
     Capability::NackDelay,
     Capability::Extend,
     Capability::Term,
+    Capability::AckDeadline,
     Capability::DetachedSettle,
     Capability::Replay,
     Capability::Lag,

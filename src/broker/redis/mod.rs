@@ -163,6 +163,7 @@ const CHANNEL_CAPS: Capabilities = Capabilities::of(&[Capability::Patterns]);
 const STREAM_CAPS: &[Capability] = &[
     Capability::Ack,
     Capability::Term,
+    Capability::AckDeadline,
     Capability::DetachedSettle,
     Capability::Replay,
     Capability::Lag,

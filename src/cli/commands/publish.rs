@@ -57,9 +57,14 @@ pub struct PubArgs {
     #[arg(long)]
     pub retain: bool,
     /// MQTT: quality of service 0, 1 or 2 (default: the URL's `?qos=`, else 0).
-    #[arg(long, value_parser = ["0", "1", "2"])]
-    #[arg(value_parser = clap::value_parser!(u8).range(0..=2))]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2), value_name = "0|1|2")]
     pub qos: Option<u8>,
+    /// AMQP: message priority 0 to 255 (a priority queue delivers higher ones first).
+    #[arg(long, value_name = "N")]
+    pub priority: Option<u8>,
+    /// AMQP: the broker drops the message if it is not delivered within this long (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// One message to publish and where it came from (for error messages).
@@ -85,13 +90,18 @@ pub async fn run(ctx: &Context, args: PubArgs) -> Result<(), CliError> {
     let mut headers = Headers::new();
     headers.extend(args.headers.iter().cloned());
     let broker = ctx.connect().await?;
-    let options = PublishOptions { qos: args.qos, retain: args.retain, ..PublishOptions::default() };
+    let options = PublishOptions {
+        qos: args.qos,
+        retain: args.retain,
+        priority: args.priority,
+        ttl: args.ttl,
+        ..PublishOptions::default()
+    };
     if let Some(option) = options.first_unhonoured(broker.publish_options()) {
         return Err(CliError::Usage(format!(
-            "{} is not available on this broker ({}){}",
+            "{} is not available on this broker ({}): --retain and --qos are MQTT settings, --priority and --ttl AMQP ones",
             option.flag(),
             broker.kind(),
-            if broker.kind() == "mqtt" { "" } else { ": --retain and --qos are MQTT settings" }
         )));
     }
     let template = Template {
