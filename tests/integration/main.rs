@@ -8,6 +8,7 @@
     reason = "helpers outside #[test] fns fail the test loudly on an unexpected error"
 )]
 
+mod amqp_live;
 mod broker_local;
 mod cli;
 mod commands;

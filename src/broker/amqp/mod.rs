@@ -71,7 +71,9 @@ impl std::fmt::Debug for AmqpBroker {
 
 /// Opens a connection to `target`, classifying what goes wrong.
 async fn open(target: &Target) -> Result<Connection, BrokerError> {
-    let props = ConnectionProperties::default().with_connection_name("pubsub".into());
+    // Named with the process id, so an operator (or a test) can tell this process's connections apart.
+    let name = format!("pubsub {}", std::process::id());
+    let props = ConnectionProperties::default().with_connection_name(name.into());
     let connecting = async {
         match &target.ca {
             Some(ca) => {
