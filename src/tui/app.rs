@@ -212,6 +212,9 @@ pub struct App {
     pub quit: bool,
     /// Topics seen in the stream, for brokers that cannot list topics (MQTT): messages, bytes, last.
     pub seen: BTreeMap<Name, (u64, u64, Timestamp)>,
+    /// Whether the broker lists its topics; `false` once a listing failed (RabbitMQ without its
+    /// management API), so the view counts what the stream shows instead.
+    pub lists_topics: bool,
 }
 
 /// Most log lines kept.
@@ -228,6 +231,7 @@ impl App {
     ) -> Self {
         App {
             seen: BTreeMap::new(),
+            lists_topics: caps.has(Capability::TopicAdmin),
             view: View::Topics,
             help: false,
             prompt: None,
@@ -321,7 +325,7 @@ impl App {
 
     /// Takes in a received message.
     pub fn ingest(&mut self, message: Message) {
-        if !self.caps.has(Capability::TopicAdmin) {
+        if !self.lists_topics {
             let seen = self.seen.entry(message.subject().clone()).or_insert((0, 0, message.publish_time));
             seen.0 += 1;
             seen.1 += message.size() as u64;
@@ -353,10 +357,21 @@ impl App {
         ));
     }
 
-    /// Takes in polled topics and subscriptions.
-    pub fn stats(&mut self, topics: Vec<TopicInfo>, subs: Option<Vec<SubscriptionInfo>>) {
-        // A broker that cannot list topics (MQTT) gets the topics its stream has shown, counted here.
-        self.topics = if self.caps.has(Capability::TopicAdmin) { topics } else { self.seen_topics() };
+    /// Takes in polled topics (`None`: the listing failed) and subscriptions.
+    pub fn stats(&mut self, topics: Option<Vec<TopicInfo>>, subs: Option<Vec<SubscriptionInfo>>) {
+        // A broker that cannot list topics (MQTT; RabbitMQ without its management API) gets the topics
+        // its stream has shown, counted here.
+        if topics.is_none() && self.lists_topics {
+            self.lists_topics = false;
+            self.note(
+                "this broker does not list its topics here: the topics view counts what the stream shows"
+                    .into(),
+            );
+        }
+        self.topics = match topics {
+            Some(topics) if self.lists_topics => topics,
+            _ => self.seen_topics(),
+        };
         if let Some(subs) = subs {
             for s in &subs {
                 let h = self.backlog_history.entry(s.name.clone()).or_default();

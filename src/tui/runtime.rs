@@ -64,7 +64,7 @@ pub enum TuiError {
 enum Feed {
     Items(Vec<StreamItem>),
     Event(String),
-    Stats(Vec<TopicInfo>, Option<Vec<SubscriptionInfo>>, Option<PeekReport>),
+    Stats(Option<Vec<TopicInfo>>, Option<Vec<SubscriptionInfo>>, Option<PeekReport>),
     Link(ConnectionEvent),
     Flash(String),
     Narration(String),
@@ -343,7 +343,7 @@ fn spawn_poll(
         .then(|| app.selected_sub().map(|s| s.name.clone()))
         .flatten();
     tokio::spawn(async move {
-        let topics = broker.topics().await.unwrap_or_default();
+        let topics = broker.topics().await.ok();
         let subs = if lag { broker.subscriptions(None).await.ok() } else { None };
         let peek = match peek_sub {
             Some(name) => broker.peek(&name, 0, 200).await.ok(),

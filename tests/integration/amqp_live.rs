@@ -382,7 +382,7 @@ fn a_durable_subscriber_survives_its_connection_being_closed() {
     let _cleanup = Queues(vec![queue.clone()]);
     let (code, _, stderr) = outcome(&mut home.at(URL, &["subs", "create", &queue, "--topic", &key]));
     assert_eq!(code, 0, "{stderr}");
-    let mut child = home
+    let child = home
         .at(URL, &["sub", "-s", &queue, &key, "--count", "2", "--format", "{{payload}}", "--timeout", "60s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -135,7 +135,7 @@ async fn topology_of_every_scenario_at_its_end() {
             App::new(format!("demo {scenario_name}"), Capabilities::all(), Theme::default(), 100, 1 << 20);
         app.publishers = publishers;
         app.now = engine.now();
-        app.stats(engine.topics(), Some(engine.subscriptions(None)));
+        app.stats(Some(engine.topics()), Some(engine.subscriptions(None)));
         app.view = View::Topology;
         let rows = pubsub::tui::views::topology::rows(&app);
         assert!(!rows.is_empty(), "{scenario_name}");

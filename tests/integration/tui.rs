@@ -67,8 +67,8 @@ fn fixture(theme: &str) -> App {
         .unwrap();
     clock.advance(Duration::from_secs(2));
     app.now = clock.now();
-    app.stats(e.topics(), Some(e.subscriptions(None)));
-    app.stats(e.topics(), Some(e.subscriptions(None)));
+    app.stats(Some(e.topics()), Some(e.subscriptions(None)));
+    app.stats(Some(e.topics()), Some(e.subscriptions(None)));
     app.peek = Some(e.peek(&name("billing"), 0, 50).unwrap());
     app.note("$sys.sub.billing.consumer_attached {\"consumer\":\"worker-a\"}".into());
     app.note("connected".into());
@@ -198,8 +198,33 @@ fn topics_view_on_mqtt_builds_a_slash_tree_from_the_stream() {
         clock.advance(Duration::from_millis(100));
     }
     app.now = clock.now();
-    app.stats(Vec::new(), None);
+    app.stats(Some(Vec::new()), None);
     assert_eq!(app.topics.len(), 3);
     app.update(Action::ToggleTree);
     snapshot("topics_mqtt_tree", &app);
+}
+
+#[test]
+fn topics_view_on_rabbitmq_builds_a_dot_tree_from_the_stream_when_listing_fails() {
+    // RabbitMQ without its management API lists nothing: after the first failed listing the view counts
+    // what the stream shows and splits routing keys on '.', the words of a topic exchange.
+    let caps = Capabilities::of(&[Capability::Ack, Capability::Patterns, Capability::TopicAdmin]);
+    let mut app =
+        App::new("amqp://guest:***@127.0.0.1:5672/%2f".into(), caps, Theme::default(), 100, 1 << 20);
+    app.stats(None, None);
+    let (e, clock) = engine();
+    for (i, subject) in
+        ["orders.eu.paid", "orders.eu.new", "orders.us.new", "orders.eu.paid"].iter().enumerate()
+    {
+        e.publish(PublishRequest::new(name(subject), format!("{}", 20 + i))).unwrap();
+        let topic = name(subject);
+        app.ingest(e.browse(&topic, pubsub::engine::BrowseFrom::Seq(0), 10).unwrap().remove(0));
+        clock.advance(Duration::from_millis(100));
+    }
+    app.now = clock.now();
+    app.stats(None, None);
+    assert_eq!(app.topics.len(), 3);
+    assert_eq!(app.level_separator(), '.');
+    app.update(Action::ToggleTree);
+    snapshot("topics_amqp_tree", &app);
 }

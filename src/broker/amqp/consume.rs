@@ -18,15 +18,15 @@ use crate::broker::{
     AckToken, BrokerDelivery, BrokerError, ChannelSource, ConnectionEvent, DeliveryStream, StreamItem,
     SubscribeRequest, history_topic,
 };
-use crate::model::{Name, StartPosition};
+use crate::model::{AckMode, Name, StartPosition};
 
 /// What a subscription consumes.
 #[derive(Debug, Clone)]
 enum Source {
     /// A server-named exclusive queue bound with the patterns' keys; no acks, at most once.
     Live(Vec<String>),
-    /// A durable named queue with manual acks.
-    Durable(Name),
+    /// A durable named queue: manual acks, or none when the subscriber does not ack (at most once).
+    Durable(Name, bool),
     /// A topic's stream queue from a position; acked by pubsub as it reads (acks are credit there).
     Stream(Name, StartPosition),
 }
@@ -78,13 +78,11 @@ async fn setup(
                 .await
                 .map_err(fail)?
         }
-        Source::Durable(name) => {
+        Source::Durable(name, acked) => {
             channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(fail)?;
             let queue = convert::short("queue", name.as_str())?;
-            channel
-                .basic_consume(queue, "".into(), BasicConsumeOptions::default(), FieldTable::default())
-                .await
-                .map_err(fail)?
+            let options = BasicConsumeOptions { no_ack: !acked, ..BasicConsumeOptions::default() };
+            channel.basic_consume(queue, "".into(), options, FieldTable::default()).await.map_err(fail)?
         }
         Source::Stream(topic, start) => {
             channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(fail)?;
@@ -127,7 +125,7 @@ impl AmqpBroker {
                 if self.queue_counts(name.as_str()).await?.is_none() {
                     self.declare_queue(name, &keys, None).await?;
                 }
-                Source::Durable(name.clone())
+                Source::Durable(name.clone(), req.ack != AckMode::None)
             }
             (None, Some(start)) => {
                 let topic = history_topic(&req)?;
@@ -282,7 +280,7 @@ impl Pump {
                     }
                     let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
                 }
-                Source::Durable(name) => {
+                Source::Durable(name, acked) => {
                     // Quorum queues count deliveries; elsewhere RabbitMQ only says "redelivered".
                     let attempt = match convert::number(&d.properties, "x-delivery-count") {
                         Some(n) => u32::try_from(n + 1).unwrap_or(u32::MAX),
@@ -297,19 +295,15 @@ impl Pump {
                             .await;
                         continue;
                     };
-                    let token = AckToken {
+                    let token = acked.then(|| AckToken {
                         subscription: self.subscription.clone().unwrap_or_else(|| name.clone()),
                         partition: 0,
                         seq: m.seq,
                         lease: tag,
                         reply: Some(self.key.clone()),
-                    };
-                    let delivery = BrokerDelivery {
-                        message: m,
-                        attempt: Some(attempt),
-                        deadline: None,
-                        token: Some(token),
-                    };
+                    });
+                    let delivery =
+                        BrokerDelivery { message: m, attempt: Some(attempt), deadline: None, token };
                     // Unacked messages are bounded by the prefetch; the reader is waited for.
                     if tx.send(Ok(StreamItem::Delivery(delivery))).await.is_err() {
                         return None;

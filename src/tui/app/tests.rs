@@ -72,7 +72,7 @@ fn ctrl_c_quits_even_while_typing() {
 #[test]
 fn topic_filter_applies_while_typing_and_sort_cycles() {
     let mut a = app();
-    a.stats(vec![topic("orders", 5, 1.0), topic("users", 50, 9.0), topic("orders.eu", 7, 3.0)], None);
+    a.stats(Some(vec![topic("orders", 5, 1.0), topic("users", 50, 9.0), topic("orders.eu", 7, 3.0)]), None);
     press(&mut a, "/ord");
     assert_eq!(a.visible_topics().len(), 2);
     a.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
@@ -86,7 +86,7 @@ fn topic_filter_applies_while_typing_and_sort_cycles() {
 #[test]
 fn enter_on_a_topic_opens_its_stream_and_esc_widens_it_again() {
     let mut a = app();
-    a.stats(vec![topic("a", 1, 0.0), topic("b", 1, 0.0)], None);
+    a.stats(Some(vec![topic("a", 1, 0.0), topic("b", 1, 0.0)]), None);
     for seq in 1..=3 {
         a.ingest(message("a", seq));
         a.ingest(message("b", seq));

@@ -49,6 +49,16 @@ pub(super) async fn measure(
     let durable = prepare_topic(&broker, &topic).await?;
     let outcome = measure_on(broker.clone(), &topic, durable, plan, args, stop).await;
     if durable {
+        // Subscriptions first: on brokers where they outlive their topic (RabbitMQ queues) they would
+        // otherwise stay behind.
+        let names = if plan.shared {
+            vec![format!("{topic}-q")]
+        } else {
+            (0..plan.subs).map(|i| format!("{topic}-s{i}")).collect()
+        };
+        for name in names.iter().filter_map(|n| Name::new(n).ok()) {
+            let _ = broker.delete_subscription(&name).await;
+        }
         let _ = broker.delete_topic(&topic).await;
     }
     outcome
