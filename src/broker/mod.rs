@@ -31,8 +31,9 @@ pub use capability::{Capabilities, Capability};
 pub use error::BrokerError;
 
 use crate::model::{
-    AckMode, BrowseFrom, FetchOptions, Message, Name, Pattern, PeekReport, PublishOption, PublishReceipt,
-    PublishRequest, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo,
+    AckMode, BrowseFrom, EngineError, FetchOptions, Message, Name, Pattern, PeekReport, PublishOption,
+    PublishReceipt, PublishRequest, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo,
+    TopicConfig, TopicInfo,
 };
 
 /// What to subscribe to.
@@ -325,6 +326,13 @@ pub trait Broker: Send + Sync + fmt::Debug {
                 self.kind()
             ))),
         }
+    }
+
+    /// `from` for a topic of one partition: `At` partition 0 becomes `Seq`, another partition is refused.
+    fn one_partition(&self, topic: &Name, from: BrowseFrom) -> Result<BrowseFrom, BrokerError> {
+        from.in_one_partition().map_err(|partition| {
+            BrokerError::Engine(EngineError::NoSuchPartition { topic: topic.clone(), partition })
+        })
     }
 
     /// Refuses a way of settling this broker cannot do, before anything is sent.

@@ -366,11 +366,16 @@ impl Engine {
 
     /// Reads a topic's log without touching any subscription.
     pub fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, EngineError> {
+        let from = from
+            .in_one_partition()
+            .map_err(|partition| EngineError::NoSuchPartition { topic: topic.clone(), partition })?;
         let cell = self.topic_cell(topic)?;
         let state = lock(&cell.state);
         let log = &state.log;
         let start = match from {
-            BrowseFrom::Seq(s) => s.max(log.first_seq()),
+            // `in_one_partition` made `At` a `Seq`; the engine's topics have one partition until the
+            // engine turns partitions on.
+            BrowseFrom::Seq(s) | BrowseFrom::At { seq: s, .. } => s.max(log.first_seq()),
             BrowseFrom::Time(t) => log.seq_at_time(t),
             BrowseFrom::Last(n) => log.head_seq().saturating_sub(n).saturating_add(1).max(log.first_seq()),
         };

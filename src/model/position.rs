@@ -27,12 +27,31 @@ pub enum SeekTarget {
 /// Where `browse` starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrowseFrom {
-    /// From this seq (clamped to the oldest retained).
+    /// From this seq of partition 0 (clamped to the oldest retained).
     Seq(u64),
+    /// From this position of one partition.
+    At {
+        /// Partition.
+        partition: u32,
+        /// Position in it.
+        seq: u64,
+    },
     /// From the first message at or after this time.
     Time(Timestamp),
     /// The newest `n` messages.
     Last(u64),
+}
+
+impl BrowseFrom {
+    /// The same place for a topic of one partition (`At` partition 0 is `Seq`); `Err(partition)` when it
+    /// names another partition, which such a topic does not have.
+    pub fn in_one_partition(self) -> Result<BrowseFrom, u32> {
+        match self {
+            BrowseFrom::At { partition: 0, seq } => Ok(BrowseFrom::Seq(seq)),
+            BrowseFrom::At { partition, .. } => Err(partition),
+            other => Ok(other),
+        }
+    }
 }
 
 /// Limits of one fetch.
@@ -127,5 +146,12 @@ mod tests {
             Ok(Position::Time(Timestamp::from_micros(1_780_000_000_000_000)))
         );
         assert!(Position::parse("yesterday", NOW).unwrap_err().contains("-5m"));
+    }
+
+    #[test]
+    fn browsing_a_partition_of_a_one_partition_topic() {
+        assert_eq!(BrowseFrom::At { partition: 0, seq: 7 }.in_one_partition(), Ok(BrowseFrom::Seq(7)));
+        assert_eq!(BrowseFrom::At { partition: 2, seq: 7 }.in_one_partition(), Err(2));
+        assert_eq!(BrowseFrom::Last(3).in_one_partition(), Ok(BrowseFrom::Last(3)));
     }
 }

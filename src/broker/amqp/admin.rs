@@ -270,7 +270,7 @@ impl AmqpBroker {
         // A stream's message count is not in its declare-ok, so the newest N are found by reading from
         // the first and keeping the last N.
         let (offset, keep_last) = match from {
-            BrowseFrom::Seq(seq) => {
+            BrowseFrom::Seq(seq) | BrowseFrom::At { seq, .. } => {
                 (AMQPValue::LongLongInt(i64::try_from(seq.saturating_sub(1)).unwrap_or(i64::MAX)), false)
             }
             BrowseFrom::Time(t) => {

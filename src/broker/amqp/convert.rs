@@ -18,7 +18,7 @@ const PROPERTY_HEADERS: [&str; 5] = ["content-type", "correlation-id", "reply-to
 
 /// A short string from text users gave; AMQP caps them at 255 bytes.
 pub(super) fn short(what: &str, text: &str) -> Result<ShortString, BrokerError> {
-    ShortString::try_from(text.to_string())
+    ShortString::try_new(text)
         .map_err(|_| BrokerError::Invalid(format!("{what} \"{text}\" is longer than AMQP's 255 bytes")))
 }
 
@@ -197,7 +197,7 @@ pub(super) fn error(shown: &str, e: &lapin::Error) -> BrokerError {
                 530 => BrokerError::Invalid(format!(
                     "the vhost is not there or this user may not use it: {text}"
                 )),
-                404 | 405 | 406 => BrokerError::Invalid(text),
+                404..=406 => BrokerError::Invalid(text),
                 311 => BrokerError::Invalid(format!("the message is larger than RabbitMQ takes: {text}")),
                 _ => BrokerError::Protocol(text),
             }
@@ -246,5 +246,13 @@ mod tests {
         assert_eq!(m.headers().get("correlation-id").map(String::as_str), Some("c-1"));
         assert_eq!(m.msg_id(), Some("m-1"));
         assert_eq!(&m.payload[..], b"\x00\xff");
+    }
+
+    #[test]
+    fn names_over_amqps_limit_are_refused_not_a_panic() {
+        let long = "x".repeat(256);
+        let err = short("topic", &long).unwrap_err().to_string();
+        assert!(err.contains("longer than AMQP's 255 bytes"), "{err}");
+        assert!(short("topic", &"x".repeat(255)).is_ok());
     }
 }

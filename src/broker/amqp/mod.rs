@@ -348,6 +348,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, BrokerError> {
+        let from = self.one_partition(topic, from)?;
         self.read_stream(topic, from, max).await
     }
 

@@ -230,7 +230,9 @@ impl NatsBroker {
             return Ok(Vec::new());
         }
         let start = match from {
-            BrowseFrom::Seq(s) => StartPosition::Seq(s.max(state.first_sequence)),
+            BrowseFrom::Seq(s) | BrowseFrom::At { seq: s, .. } => {
+                StartPosition::Seq(s.max(state.first_sequence))
+            }
             BrowseFrom::Time(t) => StartPosition::Time(t),
             // With a subject filter the newest n are not a seq range; read them by the filter's count.
             BrowseFrom::Last(n) if filter.is_none() => StartPosition::Seq(

@@ -296,9 +296,9 @@ impl RedisBroker {
                 list.reverse();
                 return Ok(list.into_iter().map(|(_, m)| m).collect());
             }
-            BrowseFrom::Seq(_) | BrowseFrom::Time(_) => {
+            BrowseFrom::Seq(_) | BrowseFrom::At { .. } | BrowseFrom::Time(_) => {
                 let start = match from {
-                    BrowseFrom::Seq(s) if s > 1 => id_of(s),
+                    BrowseFrom::Seq(s) | BrowseFrom::At { seq: s, .. } if s > 1 => id_of(s),
                     BrowseFrom::Time(t) => format!("{}", t.as_micros().max(0) / 1000),
                     _ => "-".to_string(),
                 };

@@ -290,6 +290,7 @@ impl Broker for RedisBroker {
     }
 
     async fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, BrokerError> {
+        let from = self.one_partition(topic, from)?;
         self.browse_stream(topic, from, max).await
     }
 

@@ -126,7 +126,7 @@ impl RemoteBroker {
         max: usize,
     ) -> Result<Vec<Message>, BrokerError> {
         let from = match from {
-            BrowseFrom::Seq(s) => BrowseSpec::Seq(s),
+            BrowseFrom::Seq(s) | BrowseFrom::At { seq: s, .. } => BrowseSpec::Seq(s),
             BrowseFrom::Time(t) => BrowseSpec::Time(t),
             BrowseFrom::Last(n) => BrowseSpec::Last(n),
         };

@@ -240,6 +240,7 @@ impl Broker for RemoteBroker {
     }
 
     async fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, BrokerError> {
+        let from = self.one_partition(topic, from)?;
         self.browse_messages(topic, from, max).await
     }
 
