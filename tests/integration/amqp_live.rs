@@ -425,3 +425,67 @@ fn a_durable_subscriber_survives_its_connection_being_closed() {
     assert!(stdout.contains("before") && stdout.contains("after"), "{stdout} {stderr}");
     assert!(stderr.contains("reconnected"), "{stderr}");
 }
+
+/// Whether RabbitMQ's management API answers on 15672 (the listings need it).
+fn management_here() -> bool {
+    rabbit_here()
+        && (std::net::TcpStream::connect_timeout(&"127.0.0.1:15672".parse().unwrap(), Duration::from_secs(1))
+            .is_ok()
+            || skip(
+                "RabbitMQ's management API is not on 127.0.0.1:15672 (rabbitmq-plugins enable rabbitmq_management)",
+            ))
+}
+
+#[test]
+fn the_management_api_lists_topics_and_subscriptions_with_unacked_counts() {
+    if !management_here() {
+        return;
+    }
+    let home = Home::new("amqp-mgmt");
+    let (topic, key, queue) = (unique("listed"), unique("lkey"), unique("lq"));
+    let _cleanup = Queues(vec![topic.clone(), queue.clone()]);
+    let (code, _, stderr) = outcome(&mut home.at(URL, &["topic", "create", &topic]));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = outcome(&mut home.at(URL, &["subs", "create", &queue, "--topic", &key]));
+    assert_eq!(code, 0, "{stderr}");
+    for m in ["a", "b", "c"] {
+        let (code, _, stderr) = outcome(&mut home.at(URL, &["pub", &key, m]));
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let (code, out, stderr) = outcome(&mut home.at(URL, &["topics"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.lines().any(|l| l.starts_with(&topic)), "the stream queue is a topic: {out}");
+    assert!(!out.contains(&queue), "a subscription's queue is not a topic: {out}");
+    // A consumer holding all three unacked: the listing shows them in flight, bound to their topic.
+    let mut holder = home
+        .at(URL, &["sub", "-s", &queue, &key, "--ack", "manual", "--count", "4", "--timeout", "30s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let (code, out, stderr) = outcome(&mut home.at(URL, &["subs"]));
+        assert_eq!(code, 0, "{stderr}");
+        let row = out.lines().find(|l| l.starts_with(&queue)).unwrap_or_default().to_string();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        // SUBSCRIPTION TOPIC BACKLOG PENDING IN-FLIGHT …
+        if cells.len() > 4 && cells[1] == key && cells[4] == "3" {
+            assert_eq!((cells[2], cells[3]), ("3", "0"), "{out}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never shown in flight: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (code, out, stderr) = outcome(&mut home.at(URL, &["sub-info", &queue]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains(&format!("on {key}")) && out.contains("in flight 3"), "{out}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let off = format!("{URL}?management=http://127.0.0.1:1");
+    let (code, _, stderr) = outcome(&mut home.at(&off, &["subs"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("needs RabbitMQ's management API") && stderr.contains("not reachable"),
+        "{stderr}"
+    );
+}

@@ -15,8 +15,8 @@ use super::url::{DEFAULT_EXCHANGE, ExchangeType, QueueType};
 use super::{AmqpBroker, convert};
 use crate::broker::BrokerError;
 use crate::model::{
-    BrowseFrom, ConsumerInfo, EngineError, Limits, Message, Name, SubscriptionConfig, SubscriptionInfo,
-    Timestamp, TopicConfig, TopicInfo,
+    BrowseFrom, EngineError, Limits, Message, Name, SubscriptionConfig, SubscriptionInfo, TopicConfig,
+    TopicInfo,
 };
 
 /// How long a history read waits for one more message before taking what it has as all there is.
@@ -172,12 +172,17 @@ impl AmqpBroker {
             })
     }
 
-    /// `sub-info`: a durable queue's ready messages and consumers.
+    /// `sub-info`: a durable queue's ready messages and consumers, with unacked counts, rates and its
+    /// topic where the management API answers.
     pub(super) async fn queue_info(&self, name: &Name) -> Result<SubscriptionInfo, BrokerError> {
         let Some((ready, consumers)) = self.queue_counts(name.as_str()).await? else {
             return Err(BrokerError::Engine(EngineError::NoSuchSubscription(name.clone())));
         };
-        // The queue's bindings are not visible without the management API; the exchange stands in.
+        if let Some(details) = self.queue_details(name).await {
+            let topic = self.bound_key(name).await;
+            return Ok(self.sub_from(name.clone(), topic, &details));
+        }
+        // Without the management API the queue's bindings are not visible; the exchange stands in.
         let exchange = Name::new(&self.target.exchange).unwrap_or_else(|_| name.clone());
         let mut info = SubscriptionInfo::external(name.clone(), exchange);
         let ready = u64::from(ready);
@@ -185,18 +190,7 @@ impl AmqpBroker {
         info.backlog = ready;
         info.offset_lag = ready;
         info.max_in_flight = u32::from(self.target.prefetch);
-        info.consumers = (1..=consumers)
-            .map(|i| ConsumerInfo {
-                id: format!("consumer-{i}").into(),
-                push: true,
-                prefetch: u32::from(self.target.prefetch),
-                in_flight: 0,
-                attached_at: Timestamp::ZERO,
-                idle: Duration::ZERO,
-                delivered: 0,
-                acked: 0,
-            })
-            .collect();
+        info.consumers = super::listing::consumers(u64::from(consumers), u32::from(self.target.prefetch));
         Ok(info.with_one_partition(None))
     }
 

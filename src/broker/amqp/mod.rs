@@ -6,6 +6,8 @@
 mod admin;
 mod consume;
 mod convert;
+mod listing;
+mod management;
 mod url;
 
 use std::collections::HashMap;
@@ -303,11 +305,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn topics(&self) -> Result<Vec<TopicInfo>, BrokerError> {
-        Err(BrokerError::Unsupported {
-            broker: "amqp",
-            capability: Capability::TopicAdmin,
-            why: "listing queues and exchanges needs RabbitMQ's management HTTP API, which pubsub does not read yet (rabbitmqctl list_queues shows them); topic info NAME works",
-        })
+        self.list_streams().await
     }
 
     async fn topic_info(&self, name: &Name) -> Result<TopicInfo, BrokerError> {
@@ -326,12 +324,8 @@ impl Broker for AmqpBroker {
         self.purge_queue(name).await
     }
 
-    async fn subscriptions(&self, _topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {
-        Err(BrokerError::Unsupported {
-            broker: "amqp",
-            capability: Capability::Lag,
-            why: "listing queues needs RabbitMQ's management HTTP API, which pubsub does not read yet; sub-info NAME works",
-        })
+    async fn subscriptions(&self, topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {
+        self.list_queues(topic).await
     }
 
     async fn subscription_info(&self, name: &Name) -> Result<SubscriptionInfo, BrokerError> {

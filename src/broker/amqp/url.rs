@@ -52,6 +52,11 @@ pub(super) struct Target {
     pub(super) prefetch: u16,
     pub(super) confirm: bool,
     pub(super) ca: Option<PathBuf>,
+    /// Where RabbitMQ's management HTTP API is (`?management=http://host:port`, default the broker's
+    /// host on 15672); `None` with `?management=off`.
+    pub(super) management: Option<(String, u16)>,
+    /// `user:password` for the management API (the AMQP login; guest:guest when the URL has none).
+    pub(super) login: String,
 }
 
 impl Target {
@@ -80,6 +85,7 @@ impl Target {
         let confirm = o.flag("confirm")?.unwrap_or(true);
         let heartbeat = o.duration("heartbeat")?.unwrap_or(Duration::from_secs(30));
         let ca = o.text("ca").map(PathBuf::from);
+        let management = o.text("management");
         o.finish()?;
         if exchange.len() > 255 {
             return Err(parsed.invalid("an exchange name is at most 255 bytes"));
@@ -87,6 +93,22 @@ impl Target {
         let Some((host, port)) = parsed.addresses(if tls { 5671 } else { 5672 }).into_iter().next() else {
             return Err(parsed.invalid("it names no host"));
         };
+        let management = match management.as_deref() {
+            Some("off" | "false" | "no") => None,
+            Some(url) => {
+                let api = BrokerUrl::parse(url)?;
+                if api.scheme != "http" {
+                    return Err(parsed.invalid("management: use http://HOST:PORT (or off)"));
+                }
+                api.addresses(15672).into_iter().next()
+            }
+            None => Some((host.clone(), 15672)),
+        };
+        let login = format!(
+            "{}:{}",
+            parsed.user.as_deref().unwrap_or("guest"),
+            parsed.password.as_deref().unwrap_or(if parsed.user.is_some() { "" } else { "guest" })
+        );
         if parsed.hosts.len() > 1 {
             return Err(parsed.invalid("one host only: RabbitMQ clusters share queues through any node"));
         }
@@ -115,6 +137,8 @@ impl Target {
             prefetch,
             confirm,
             ca,
+            management,
+            login,
         })
     }
 }
