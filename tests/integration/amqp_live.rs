@@ -489,3 +489,22 @@ fn the_management_api_lists_topics_and_subscriptions_with_unacked_counts() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_port_where_something_else_answers_is_exit_3_not_amqp() {
+    // A server of another protocol: it answers the AMQP greeting with an HTTP error and hangs up.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut greeting = [0u8; 8];
+            let _ = std::io::Read::read(&mut conn, &mut greeting);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let home = Home::new("amqp-notamqp");
+    let (code, _, stderr) = outcome(&mut home.at(&format!("amqp://127.0.0.1:{port}"), &["pub", "x", "y"]));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("does not speak AMQP 0-9-1"), "{stderr}");
+    server.join().unwrap();
+}

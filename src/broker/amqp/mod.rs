@@ -95,9 +95,10 @@ async fn open(target: &Target) -> Result<Connection, BrokerError> {
         Err(_) => Err(BrokerError::Unreachable {
             url: target.shown.clone(),
             reason: format!(
-                "no AMQP answer within {}s (is this a RabbitMQ port? {}://… wants TLS)",
+                "no AMQP answer within {}s: the server there does not speak AMQP 0-9-1, or is stuck ({}://… {} TLS)",
                 CONNECT_TIMEOUT.as_secs(),
-                if target.tls { "amqps" } else { "amqp" }
+                if target.tls { "amqps" } else { "amqp" },
+                if target.tls { "wants" } else { "has no" }
             ),
         }),
     }
