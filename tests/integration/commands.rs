@@ -229,6 +229,10 @@ fn topics_subs_peek_and_seek_show_state() {
     assert_eq!((info["ack_floor"].as_u64(), info["pending"].as_u64()), (Some(1), Some(2)));
     let (code, _, stderr) = home.run(&["topic", "purge", "orders"]);
     assert_eq!(code, 0, "{stderr}");
+    // An emptied topic shows no seq range (it used to say "4..3").
+    let (code, out, _) = home.run(&["topic", "info", "orders"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("seqs") && l.contains("none (next is 4)")), "{out}");
     let (code, _, _) = home.run(&["topic", "delete", "orders"]);
     assert_eq!(code, 0);
 }

@@ -251,7 +251,15 @@ fn show(t: &TopicInfo, json: bool, counted: bool) -> Result<(), CliError> {
             "messages".into(),
             format!("{}{}", t.messages, t.bytes.map_or_else(String::new, |b| format!(" ({})", bytes(b)))),
         ],
-        vec!["seqs".into(), format!("{}..{}", t.first_seq, t.head_seq)],
+        vec![
+            "seqs".into(),
+            // An empty topic (new, or purged: first = head + 1) has no range to show.
+            if t.messages == 0 {
+                format!("none (next is {})", t.head_seq + 1)
+            } else {
+                format!("{}..{}", t.first_seq, t.head_seq)
+            },
+        ],
         vec!["retention".into(), retention(&t.limits, t.discard)],
         vec!["storage".into(), storage(t)],
         vec!["subscriptions".into(), t.subscriptions.to_string()],
