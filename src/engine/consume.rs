@@ -322,9 +322,20 @@ impl Engine {
 
     /// Detaches a consumer; its in-flight messages become available to the others (T7).
     pub fn detach(&self, sub: &Name, consumer: &str) {
+        self.detach_returning(sub, consumer, &[]);
+    }
+
+    /// Detaches a consumer whose reader never saw `unseen` (deliveries still queued for it): those come
+    /// back without counting as an attempt; what it did see and did not settle fails as a detach.
+    pub fn detach_returning(&self, sub: &Name, consumer: &str, unseen: &[AckRef]) {
         let id: ConsumerId = Arc::from(consumer);
         // A subscription that is already gone has nothing left to requeue.
-        let _ = self.with_sub(sub, |s, ctx, effects| Ok(s.detach(&id, ctx, effects)));
+        let _ = self.with_sub(sub, |s, ctx, effects| {
+            for r in unseen {
+                s.return_unseen(r.seq, r.lease, effects);
+            }
+            Ok(s.detach(&id, ctx, effects))
+        });
     }
 
     /// Runs push dispatch for a subscription (a push consumer made room).

@@ -182,13 +182,17 @@ impl PushConsumer {
 
 impl Drop for PushConsumer {
     fn drop(&mut self) {
-        self.engine.detach(&self.subscription, &self.id);
-        // Detached, nothing more arrives; what was still queued never reached the receiver, so its
-        // bytes are given back here.
-        if let Some(budget) = &self.budget {
-            while let Ok(d) = self.rx.try_recv() {
+        // What is still queued never reached the receiver: it goes back unseen (no attempt spent, so a
+        // `sub --count N` that leaves early costs the messages it did not print nothing), and its bytes
+        // are given back. Closing first means nothing more arrives while the queue is emptied.
+        self.rx.close();
+        let mut unseen = Vec::new();
+        while let Ok(d) = self.rx.try_recv() {
+            if let Some(budget) = &self.budget {
                 budget.release(d.message.size() as u64);
             }
+            unseen.extend(d.lease);
         }
+        self.engine.detach_returning(&self.subscription, &self.id, &unseen);
     }
 }

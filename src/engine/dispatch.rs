@@ -214,9 +214,13 @@ impl SubState {
                 }
                 match push.tx.try_send(delivery) {
                     Ok(()) => progressed = true,
-                    Err(mpsc::error::TrySendError::Closed(_) | mpsc::error::TrySendError::Full(_)) => {
+                    Err(mpsc::error::TrySendError::Closed(d) | mpsc::error::TrySendError::Full(d)) => {
                         if let Some(budget) = &push.budget {
                             budget.release(size);
+                        }
+                        // It never reached the receiver: back unseen, without spending an attempt.
+                        if let Some(r) = d.lease {
+                            self.return_unseen(r.seq, r.lease, effects);
                         }
                         // Only the engine sends, under the topic lock, after checking capacity, so this
                         // is a receiver that went away: detach it, which requeues what it held.

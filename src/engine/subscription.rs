@@ -367,6 +367,31 @@ impl SubState {
     }
 
     /// T7: a consumer left; its in-flight messages become available again. Returns how many.
+    /// Takes back a delivery that never reached its consumer's reader (still queued for it when it
+    /// left): available again at once, and it does not count as an attempt, since nobody saw it. A lease
+    /// that is no longer current is left alone.
+    pub fn return_unseen(&mut self, seq: u64, lease: u64, effects: &mut Effects) {
+        let current =
+            self.entries.get(&seq).is_some_and(|e| e.state == DeliveryState::InFlight && e.lease == lease);
+        if !current {
+            return;
+        }
+        self.release(seq);
+        if let Some(entry) = self.entries.get_mut(&seq) {
+            entry.attempt = entry.attempt.saturating_sub(1);
+            entry.consumer = None;
+            entry.state = DeliveryState::Available;
+            let attempt = entry.attempt;
+            self.ready.insert(seq);
+            self.note(SubOp::Attempt { seq, attempt });
+            self.counters.delivered = self.counters.delivered.saturating_sub(1);
+            if attempt > 0 {
+                self.counters.redeliveries = self.counters.redeliveries.saturating_sub(1);
+            }
+        }
+        effects.wake = true;
+    }
+
     pub fn detach(&mut self, id: &ConsumerId, ctx: &Ctx<'_>, effects: &mut Effects) -> u32 {
         let Some(index) = self.consumers.iter().position(|c| c.id == *id) else {
             return 0;

@@ -151,3 +151,32 @@ fn seek_voids_leases_even_for_messages_below_the_new_cursor() {
         assert!(matches!(r, Err(EngineError::StaleLease { .. })), "seq {}: {r:?}", d.message.seq);
     }
 }
+
+#[tokio::test]
+async fn deliveries_a_consumer_never_read_come_back_without_spending_an_attempt() {
+    // Issue 19: `sub -s --count 1` with max_deliveries 1 and a dead-letter topic used to dead-letter the
+    // messages queued for it but never printed.
+    let (e, _) = engine();
+    subscribe(&e, "w", "orders", |c| {
+        c.max_deliveries = 1;
+        c.dead_letter = Some(name("dlq"));
+    });
+    for m in ["m1", "m2", "m3", "m4"] {
+        publish(&e, "orders", m);
+    }
+    for want in ["m1", "m2", "m3"] {
+        let opts = AttachOptions { prefetch: Some(4), ..AttachOptions::default() };
+        let mut consumer = e.attach(&name("w"), opts).unwrap();
+        let d = consumer.recv().await.unwrap();
+        assert_eq!(&d.message.payload[..], want.as_bytes());
+        assert_eq!(d.attempt, 1, "{want} was not delivered before");
+        e.ack(&name("w"), d.lease.unwrap()).unwrap();
+        // The rest were pushed to this consumer's queue and never read.
+        drop(consumer);
+    }
+    let dlq = e.topic_info(&name("dlq")).map(|t| t.messages).unwrap_or(0);
+    assert_eq!(dlq, 0, "nothing was dead-lettered");
+    let peek = e.peek(&name("w"), 0, 10).unwrap();
+    let m4 = peek.messages.iter().find(|m| m.seq == 4).unwrap();
+    assert_eq!((m4.state, m4.attempt), (pubsub::engine::DeliveryState::Available, 0), "{peek:?}");
+}
