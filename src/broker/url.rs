@@ -54,7 +54,7 @@ impl BackendKind {
 pub fn backend_for(url: &str) -> Result<BackendKind, BrokerError> {
     let trimmed = url.trim();
     if trimmed.is_empty() {
-        return Err(BrokerError::InvalidUrl { url: url.into(), reason: "it is empty".into() });
+        return Err(BrokerError::InvalidUrl { url: redact(url), reason: "it is empty".into() });
     }
     if trimmed == "local" {
         return Ok(BackendKind::Local);
@@ -70,7 +70,7 @@ pub fn backend_for(url: &str) -> Result<BackendKind, BrokerError> {
         } else {
             "expected SCHEME://HOST[:PORT], `local` or `mem://`"
         };
-        return Err(BrokerError::InvalidUrl { url: url.into(), reason: reason.into() });
+        return Err(BrokerError::InvalidUrl { url: redact(url), reason: reason.into() });
     };
     let kind = match scheme.to_ascii_lowercase().as_str() {
         "ws" | "wss" => BackendKind::Remote,
@@ -81,17 +81,17 @@ pub fn backend_for(url: &str) -> Result<BackendKind, BrokerError> {
         "postgres" | "postgresql" => BackendKind::Postgres,
         "kafka" => BackendKind::Kafka,
         other => {
-            return Err(BrokerError::UnknownScheme { url: url.into(), scheme: other.into() });
+            return Err(BrokerError::UnknownScheme { url: redact(url), scheme: other.into() });
         }
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
     if host.is_empty() {
-        return Err(BrokerError::InvalidUrl { url: url.into(), reason: "it names no host".into() });
+        return Err(BrokerError::InvalidUrl { url: redact(url), reason: "it names no host".into() });
     }
     if host.starts_with('[') && !host.contains(']') {
         return Err(BrokerError::InvalidUrl {
-            url: url.into(),
+            url: redact(url),
             reason: "an IPv6 address needs its closing `]`, as in ws://[::1]:7077".into(),
         });
     }
@@ -149,9 +149,9 @@ impl BrokerUrl {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("expected SCHEME://HOST[:PORT]"))?;
         let (rest, fragment) = rest.split_once('#').map_or((rest, None), |(r, f)| (r, Some(f.to_string())));
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hostlist) =
-            authority.rsplit_once('@').map_or((None, authority), |(u, h)| (Some(u), h));
+        // Credentials end at the last '@' (a password may hold '/' or '@'); the path starts after it.
+        let (userinfo, after) = rest.rsplit_once('@').map_or((None, rest), |(u, h)| (Some(u), h));
+        let (hostlist, path) = after.split_once('/').unwrap_or((after, ""));
         let (user, password) = match userinfo {
             None => (None, None),
             Some(u) => match u.split_once(':') {
@@ -165,7 +165,7 @@ impl BrokerUrl {
                 Some((h, p)) if !h.ends_with(':') && !p.ends_with(']') => {
                     let port = p.parse::<u16>().map_err(|_| BrokerError::InvalidUrl {
                         url: redact(url),
-                        reason: format!("port \"{p}\" is not a number"),
+                        reason: "the port is not a number".into(),
                     })?;
                     (h, Some(port))
                 }
@@ -233,7 +233,13 @@ impl fmt::Display for BrokerUrl {
             write!(f, "/{}", self.path)?;
         }
         for (i, (k, v)) in self.query.iter().enumerate() {
-            let v = if SECRET_KEYS.contains(&k.as_str()) { "***" } else { v.as_str() };
+            let v = if SECRET_KEYS.contains(&k.as_str()) {
+                "***".to_string()
+            } else if v.contains("://") {
+                redact(v)
+            } else {
+                v.clone()
+            };
             write!(f, "{}{k}={v}", if i == 0 { '?' } else { '&' })?;
         }
         Ok(())
@@ -249,7 +255,8 @@ impl fmt::Debug for BrokerUrl {
 /// `url` with its password and secret options hidden, also when it does not parse.
 pub fn redact(url: &str) -> String {
     let Some(s) = url.find("://") else { return url.to_string() };
-    let shown = match url[s + 3..].split(['/', '?', '#']).next().and_then(|a| a.rfind('@')) {
+    // Credentials run to the last '@' before the query (a password may hold '/' or '@').
+    let shown = match url[s + 3..].split(['?', '#']).next().and_then(|a| a.rfind('@')) {
         Some(at) => {
             let at = s + 3 + at;
             match url[s + 3..at].split_once(':') {
@@ -266,6 +273,8 @@ pub fn redact(url: &str) -> String {
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
                     Some((k, _)) if SECRET_KEYS.contains(&k) => format!("{k}=***"),
+                    // An option that is itself a URL (`?management=http://user:pw@host`).
+                    Some((k, v)) if v.contains("://") => format!("{k}={}", redact(v)),
                     _ => pair.to_string(),
                 })
                 .collect();
@@ -471,6 +480,14 @@ mod tests {
         assert_eq!(token.to_string(), "nats://***@h");
         assert_eq!(redact("redis://:pw@h:1/0?password=x"), "redis://:***@h:1/0?password=***");
         assert_eq!(redact("not a url"), "not a url");
+        // A password holding '/' or '@', and a URL inside an option, stay hidden too.
+        assert_eq!(redact("amqp://u:p/w@h:1/v"), "amqp://u:***@h:1/v");
+        let slash = BrokerUrl::parse("amqp://u:p%2Fw@h/v?management=http://admin:pw@h:15672").unwrap();
+        assert_eq!(slash.to_string(), "amqp://u:***@h/v?management=http://admin:***@h:15672");
+        let raw = BrokerUrl::parse("amqp://u:p/w@h/v").unwrap();
+        assert_eq!((raw.password.as_deref(), raw.path.as_str()), (Some("p/w"), "v"));
+        let typo = backend_for("amqpp://u:secret@h").unwrap_err().to_string();
+        assert!(!typo.contains("secret"), "{typo}");
         assert!(matches!(BrokerUrl::parse("mqtt://h:port"), Err(BrokerError::InvalidUrl { .. })));
         assert!(matches!(BrokerUrl::parse("mqtt://u:p@"), Err(BrokerError::InvalidUrl { .. })));
     }

@@ -15,12 +15,14 @@ use super::url::{DEFAULT_EXCHANGE, ExchangeType, QueueType};
 use super::{AmqpBroker, convert};
 use crate::broker::BrokerError;
 use crate::model::{
-    BrowseFrom, EngineError, Limits, Message, Name, SubscriptionConfig, SubscriptionInfo, TopicConfig,
-    TopicInfo,
+    BrowseFrom, Clock, EngineError, Limits, Message, Name, SubscriptionConfig, SubscriptionInfo, SystemClock,
+    TopicConfig, TopicInfo,
 };
 
 /// How long a history read waits for one more message before taking what it has as all there is.
 const HISTORY_IDLE: Duration = Duration::from_millis(400);
+/// The longest a history read runs.
+const HISTORY_MAX: Duration = Duration::from_secs(10);
 
 impl AmqpBroker {
     /// Ready messages and consumers of queue `name`, or `None` when there is no such queue.
@@ -297,13 +299,29 @@ impl AmqpBroker {
             .await
             .map_err(|e| self.refused("reading the stream", &e))?;
         let mut out = std::collections::VecDeque::new();
+        // A busy stream never pauses for HISTORY_IDLE: reading from the first for the newest N stops at
+        // messages newer than the read, and after HISTORY_MAX whatever happens.
+        let started = SystemClock.now();
+        let give_up = tokio::time::Instant::now() + HISTORY_MAX;
         while keep_last || out.len() < want {
-            let Ok(Some(next)) = tokio::time::timeout(HISTORY_IDLE, consumer.next()).await else { break };
+            let wait = HISTORY_IDLE.min(give_up.saturating_duration_since(tokio::time::Instant::now()));
+            let Ok(Some(next)) = tokio::time::timeout(wait, consumer.next()).await else { break };
             let d = next.map_err(|e| convert::error(&self.target.shown, &e))?;
-            let seq = convert::number(&d.properties, "x-stream-offset")
-                .map_or(0, |o| u64::try_from(o).unwrap_or(0) + 1);
+            // Only a stream queue numbers its messages: a classic or quorum queue of this name must not
+            // be read (and acked) as history.
+            let Some(offset) = convert::number(&d.properties, "x-stream-offset") else {
+                let requeue = lapin::options::BasicNackOptions { requeue: true, multiple: true };
+                let _ = channel.basic_nack(d.delivery_tag, requeue).await;
+                let _ = channel.close(200, "OK".into()).await;
+                return Err(super::consume::not_a_stream());
+            };
+            let seq = u64::try_from(offset).unwrap_or(0).saturating_add(1);
             let _ = d.acker.ack(lapin::options::BasicAckOptions::default()).await;
             if let Some(m) = convert::to_message(d.routing_key.as_str(), &d.properties, d.data, seq) {
+                let newer = m.publish_time.as_micros() / 1_000_000 > started.as_micros() / 1_000_000;
+                if keep_last && newer {
+                    break;
+                }
                 out.push_back(m);
                 if out.len() > want {
                     out.pop_front();

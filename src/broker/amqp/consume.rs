@@ -5,7 +5,8 @@
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, Consumer};
@@ -78,11 +79,15 @@ async fn setup(
                 .await
                 .map_err(fail)?
         }
-        Source::Durable(name, acked) => {
+        Source::Durable(name, _) => {
+            // Manual acks also for a subscriber that does not ack (pubsub acks once it handed a message
+            // on): with no_ack RabbitMQ would ignore the prefetch and push the whole backlog at once.
             channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(fail)?;
             let queue = convert::short("queue", name.as_str())?;
-            let options = BasicConsumeOptions { no_ack: !acked, ..BasicConsumeOptions::default() };
-            channel.basic_consume(queue, "".into(), options, FieldTable::default()).await.map_err(fail)?
+            channel
+                .basic_consume(queue, "".into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await
+                .map_err(fail)?
         }
         Source::Stream(topic, start) => {
             channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(fail)?;
@@ -93,7 +98,7 @@ async fn setup(
                 }
                 StartPosition::New => AMQPValue::LongString(LongString::from("next")),
                 StartPosition::Seq(seq) => {
-                    AMQPValue::LongLongInt(i64::try_from(seq.saturating_sub(1)).unwrap_or(0))
+                    AMQPValue::LongLongInt(i64::try_from(seq.saturating_sub(1)).unwrap_or(i64::MAX))
                 }
                 StartPosition::Time(t) => {
                     AMQPValue::Timestamp(u64::try_from(t.as_micros() / 1_000_000).unwrap_or(0))
@@ -157,10 +162,27 @@ impl AmqpBroker {
     }
 }
 
-/// Takes a consumer's channel out of the registry when its task ends, however it ends.
+/// A consumer's channel in the registry settles use, under a key that changes with every setup (a
+/// delivery tag means something only on the channel that delivered it: a token from before an outage must
+/// not ack whatever the new channel numbered the same). Leaves the registry when the task ends, however.
 struct Registration {
     consumers: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+    base: String,
+    setups: u64,
     key: String,
+}
+
+impl Registration {
+    /// Registers `channel` under a fresh key, dropping the previous one; returns the key.
+    fn switch(&mut self, channel: &Channel) -> String {
+        self.setups += 1;
+        let key = format!("{}#{}", self.base, self.setups);
+        let mut all = self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.remove(&self.key);
+        all.insert(key.clone(), channel.clone());
+        self.key = key.clone();
+        key
+    }
 }
 
 impl Drop for Registration {
@@ -176,26 +198,38 @@ struct Pump {
     prefetch: u16,
     events: broadcast::Sender<ConnectionEvent>,
     consumers: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
-    /// This subscription's key in `consumers`.
+    /// This subscription's key in `consumers`, before the setup number.
     key: String,
     subscription: Option<Name>,
 }
 
 impl Pump {
     async fn run(
-        self,
+        mut self,
         mut conn: Connection,
         mut current: Setup,
         tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
     ) {
         // Also when the reader drops the stream and the task is aborted mid-await: the channel leaves the
         // registry, so nothing holds it open and RabbitMQ requeues what it had unacked.
-        let _registered = Registration { consumers: self.consumers.clone(), key: self.key.clone() };
+        let mut registered = Registration {
+            consumers: self.consumers.clone(),
+            base: self.key.clone(),
+            setups: 0,
+            key: String::new(),
+        };
         let mut forward = Forwarder::new(tx.clone(), Some(self.events.clone()));
+        // The last stream offset handed on (+1), so a stream subscription resumes after it.
+        let mut next_seq = None;
         loop {
-            self.register(&current.channel);
-            let reason = self.serve(&mut current.consumer, &current.channel, &tx, &mut forward).await;
+            let key = registered.switch(&current.channel);
+            let reason = self
+                .serve(&mut current.consumer, &current.channel, &key, &tx, &mut forward, &mut next_seq)
+                .await;
             let Some(reason) = reason else { break };
+            if let (Source::Stream(topic, _), Some(seq)) = (&self.source, next_seq) {
+                self.source = Source::Stream(topic.clone(), StartPosition::Seq(seq));
+            }
             // The link went (a broker restart, a closed channel): set the subscription up again.
             let again = reconnect(
                 &self.events,
@@ -219,20 +253,15 @@ impl Pump {
         let _ = conn.close(200, "OK".into()).await;
     }
 
-    fn register(&self, channel: &Channel) {
-        self.consumers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(self.key.clone(), channel.clone());
-    }
-
     /// Forwards until the reader goes (`None`) or the consumer ends (`Some(why)`).
     async fn serve(
         &self,
         consumer: &mut Consumer,
         channel: &Channel,
+        key: &str,
         tx: &mpsc::Sender<Result<StreamItem, BrokerError>>,
         forward: &mut Forwarder,
+        next_seq: &mut Option<u64>,
     ) -> Option<String> {
         loop {
             let next = tokio::select! {
@@ -256,6 +285,7 @@ impl Pump {
                 }
                 None => return Some("the RabbitMQ channel closed".into()),
             };
+            let tag = d.delivery_tag;
             match &self.source {
                 Source::Live(_) => {
                     let Some(m) = convert::to_message(d.routing_key.as_str(), &d.properties, d.data, 0)
@@ -267,9 +297,15 @@ impl Pump {
                     }
                 }
                 Source::Stream(..) => {
-                    let seq = convert::number(&d.properties, "x-stream-offset")
-                        .map_or(0, |o| u64::try_from(o).unwrap_or(0) + 1);
-                    let tag = d.delivery_tag;
+                    // Only a stream queue numbers its messages; anything else must not be read (and
+                    // acked) as history.
+                    let Some(offset) = convert::number(&d.properties, "x-stream-offset") else {
+                        let _ =
+                            channel.basic_nack(tag, BasicNackOptions { requeue: true, multiple: true }).await;
+                        let _ = forward.fail(not_a_stream()).await;
+                        return None;
+                    };
+                    let seq = u64::try_from(offset).unwrap_or(0).saturating_add(1);
                     let Some(m) = convert::to_message(d.routing_key.as_str(), &d.properties, d.data, seq)
                     else {
                         continue;
@@ -278,16 +314,16 @@ impl Pump {
                     if tx.send(Ok(StreamItem::Delivery(BrokerDelivery::untracked(m)))).await.is_err() {
                         return None;
                     }
+                    *next_seq = Some(seq.saturating_add(1));
                     let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
                 }
                 Source::Durable(name, acked) => {
                     // Quorum queues count deliveries; elsewhere RabbitMQ only says "redelivered".
                     let attempt = match convert::number(&d.properties, "x-delivery-count") {
-                        Some(n) => u32::try_from(n + 1).unwrap_or(u32::MAX),
+                        Some(n) => u32::try_from(n.saturating_add(1)).unwrap_or(u32::MAX),
                         None if d.redelivered => 2,
                         None => 1,
                     };
-                    let tag = d.delivery_tag;
                     let Some(m) = convert::to_message(d.routing_key.as_str(), &d.properties, d.data, 0)
                     else {
                         let _ = channel
@@ -300,7 +336,7 @@ impl Pump {
                         partition: 0,
                         seq: m.seq,
                         lease: tag,
-                        reply: Some(self.key.clone()),
+                        reply: Some(key.to_string()),
                     });
                     let delivery =
                         BrokerDelivery { message: m, attempt: Some(attempt), deadline: None, token };
@@ -308,8 +344,21 @@ impl Pump {
                     if tx.send(Ok(StreamItem::Delivery(delivery))).await.is_err() {
                         return None;
                     }
+                    if !acked {
+                        // A subscriber that does not ack: acked here once handed on (at most once), so
+                        // the prefetch still bounds what waits in this process.
+                        let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
+                    }
                 }
             }
         }
     }
+}
+
+/// The error for reading a queue that is not a stream as history.
+pub(super) fn not_a_stream() -> BrokerError {
+    BrokerError::Invalid(
+        "that queue is not a stream queue, so it keeps no history to read (its messages were left in place)"
+            .into(),
+    )
 }

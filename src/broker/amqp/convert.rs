@@ -185,6 +185,17 @@ pub(super) fn binding_key(p: &Pattern) -> Result<String, BrokerError> {
     Ok(words.join("."))
 }
 
+/// Our error for a failed connect: a refused login is exit 5, the rest as [`error`].
+pub(super) fn connect_error(shown: &str, e: &lapin::Error) -> BrokerError {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(a) if a.get_id() == 403 => BrokerError::Auth {
+            url: shown.to_string(),
+            reason: format!("{} ({})", a.get_message().as_str(), a.get_id()),
+        },
+        _ => error(shown, e),
+    }
+}
+
 /// Our error for a lapin error while talking to `shown`.
 pub(super) fn error(shown: &str, e: &lapin::Error) -> BrokerError {
     use lapin::ErrorKind as K;
@@ -193,7 +204,8 @@ pub(super) fn error(shown: &str, e: &lapin::Error) -> BrokerError {
         K::ProtocolError(a) => {
             let text = format!("{} ({})", a.get_message().as_str(), a.get_id());
             match a.get_id() {
-                403 => BrokerError::Auth { url, reason: text },
+                // At login this is the wrong password (see `connect_error`); later, a missing permission.
+                403 => BrokerError::Invalid(format!("access refused: {text}")),
                 530 => BrokerError::Invalid(format!(
                     "the vhost is not there or this user may not use it: {text}"
                 )),

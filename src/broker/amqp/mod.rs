@@ -82,12 +82,15 @@ async fn open(target: &Target) -> Result<Connection, BrokerError> {
                 let pem = std::fs::read_to_string(ca)
                     .map_err(|e| BrokerError::Invalid(format!("ca file {}: {e}", ca.display())))?;
                 let tls = lapin::tcp::OwnedTLSConfig { cert_chain: Some(pem), identity: None };
-                let runtime = lapin::runtime::default_runtime().map_err(|e| error(&target.shown, &e))?;
+                let runtime = lapin::runtime::default_runtime()
+                    .map_err(|e| convert::connect_error(&target.shown, &e))?;
                 Connection::connect_with_config(&target.uri, props, tls, runtime)
                     .await
-                    .map_err(|e| error(&target.shown, &e))
+                    .map_err(|e| convert::connect_error(&target.shown, &e))
             }
-            None => Connection::connect(&target.uri, props).await.map_err(|e| error(&target.shown, &e)),
+            None => Connection::connect(&target.uri, props)
+                .await
+                .map_err(|e| convert::connect_error(&target.shown, &e)),
         }
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
@@ -143,6 +146,17 @@ impl AmqpBroker {
         }
     }
 
+    /// A missing exchange, said in those words.
+    fn name_missing_exchange(&self, e: BrokerError) -> BrokerError {
+        match e {
+            BrokerError::Invalid(text) if text.contains("no exchange") => BrokerError::Invalid(format!(
+                "exchange \"{}\" does not exist in vhost \"{}\": create it, or choose one with ?exchange=",
+                self.target.exchange, self.target.vhost
+            )),
+            other => other,
+        }
+    }
+
     async fn publish_all(&self, msgs: &[PublishRequest]) -> Result<Vec<PublishReceipt>, BrokerError> {
         let mut slot = self.publisher.lock().await;
         let channel = match slot.as_ref().filter(|c| c.status().connected()) {
@@ -159,13 +173,44 @@ impl AmqpBroker {
             }
         };
         let exchange = convert::short("exchange", &self.target.exchange)?;
+        // Everything that can be refused here is, before anything is sent.
+        let mut prepared = Vec::with_capacity(msgs.len());
+        for (index, m) in msgs.iter().enumerate() {
+            let made =
+                convert::properties(m).and_then(|p| Ok((p, convert::short("topic", m.subject.as_str())?)));
+            match made {
+                Ok(ready) => prepared.push(ready),
+                Err(e) if msgs.len() == 1 => return Err(e),
+                Err(e) => return Err(BrokerError::Batch { index, source: Box::new(e) }),
+            }
+        }
+        // Unroutable messages are reported through confirms; without confirms they would be returned and
+        // held by the client with nobody to read them.
+        let options =
+            BasicPublishOptions { mandatory: self.target.confirm, ..BasicPublishOptions::default() };
         let mut pending = Vec::with_capacity(msgs.len());
-        for m in msgs {
-            let props = convert::properties(m)?;
-            let key = convert::short("topic", m.subject.as_str())?;
-            let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-            let sent = channel.basic_publish(exchange.clone(), key, options, &m.payload, props).await;
-            pending.push(sent.map_err(|e| self.refused("publishing", &e))?);
+        for (index, (m, (props, key))) in msgs.iter().zip(prepared).enumerate() {
+            match channel.basic_publish(exchange.clone(), key, options, &m.payload, props).await {
+                Ok(confirm) => pending.push(confirm),
+                Err(e) => {
+                    // The channel closed under the batch (a missing exchange closes it at the first
+                    // message): the confirms sent so far hold the broker's reason.
+                    let mut why = self.refused("publishing", &e);
+                    for confirm in pending {
+                        if let Err(e) = confirm.await {
+                            why = self.refused("publishing", &e);
+                            break;
+                        }
+                    }
+                    *slot = None;
+                    let why = self.name_missing_exchange(why);
+                    return Err(if msgs.len() == 1 {
+                        why
+                    } else {
+                        BrokerError::Batch { index, source: Box::new(why) }
+                    });
+                }
+            }
         }
         let mut receipts = Vec::with_capacity(pending.len());
         for (index, confirm) in pending.into_iter().enumerate() {
@@ -183,15 +228,7 @@ impl AmqpBroker {
                 }
                 Err(e) => {
                     *slot = None;
-                    let refused = match self.refused("publishing", &e) {
-                        BrokerError::Invalid(text) if text.contains("exchange") => {
-                            BrokerError::Invalid(format!(
-                                "exchange \"{}\" does not exist in vhost \"{}\": create it, or choose one with ?exchange= ({text})",
-                                self.target.exchange, self.target.vhost
-                            ))
-                        }
-                        other => other,
-                    };
+                    let refused = self.name_missing_exchange(self.refused("publishing", &e));
                     return Err(if msgs.len() == 1 {
                         refused
                     } else {

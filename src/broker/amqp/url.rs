@@ -100,9 +100,15 @@ impl Target {
                 if api.scheme != "http" {
                     return Err(parsed.invalid("management: use http://HOST:PORT (or off)"));
                 }
-                api.addresses(15672).into_iter().next()
+                api.addresses(15672)
+                    .into_iter()
+                    .next()
+                    .map(|(h, p)| (h.trim_matches(['[', ']']).to_string(), p))
             }
-            None => Some((host.clone(), 15672)),
+            // The API is plain HTTP carrying the login: by default only where that stays on this machine
+            // or the AMQP link is not encrypted either.
+            None if !tls || is_loopback(&host) => Some((host.trim_matches(['[', ']']).to_string(), 15672)),
+            None => None,
         };
         let login = format!(
             "{}:{}",
@@ -141,6 +147,12 @@ impl Target {
             login,
         })
     }
+}
+
+/// Whether `host` is this machine.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_matches(['[', ']']);
+    bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn percent_decode(s: &str) -> String {

@@ -3,7 +3,7 @@
 //! there is room — so every backend reports drops the same way.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::{broadcast, mpsc};
 
@@ -36,6 +36,8 @@ pub struct Forwarder {
     events: Option<broadcast::Sender<ConnectionEvent>>,
     /// Whether a gap starts a task that reports it as soon as the reader makes room.
     reporter: bool,
+    /// Whether such a task runs now (one at a time, so two never hold the reader's last free slot).
+    reporting: Arc<AtomicBool>,
 }
 
 impl Forwarder {
@@ -44,7 +46,13 @@ impl Forwarder {
         tx: mpsc::Sender<Result<StreamItem, BrokerError>>,
         events: Option<broadcast::Sender<ConnectionEvent>>,
     ) -> Self {
-        Forwarder { tx, skipped: Arc::new(AtomicU64::new(0)), events, reporter: false }
+        Forwarder {
+            tx,
+            skipped: Arc::new(AtomicU64::new(0)),
+            events,
+            reporter: false,
+            reporting: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// The same forwarder, reporting each gap from a task of its own as soon as the reader makes room:
@@ -108,7 +116,9 @@ impl Forwarder {
         match self.tx.try_send(Ok(StreamItem::Lagged { skipped: n })) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                // Put back, and make sure a reporter will tell it.
                 self.skipped.fetch_add(n, Ordering::AcqRel);
+                self.start_reporter();
                 true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -120,10 +130,27 @@ impl Forwarder {
         if let Some(events) = &self.events {
             let _ = events.send(ConnectionEvent::SlowConsumer { dropped: 1 });
         }
-        if before == 0 && self.reporter {
-            let (tx, skipped) = (self.tx.clone(), self.skipped.clone());
-            tokio::spawn(async move { catch_up(&tx, &skipped).await });
+        if before == 0 {
+            self.start_reporter();
         }
+    }
+
+    /// Starts the reporter task, unless this forwarder has none or one runs already.
+    fn start_reporter(&self) {
+        if !self.reporter || self.reporting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (tx, skipped, reporting) = (self.tx.clone(), self.skipped.clone(), self.reporting.clone());
+        tokio::spawn(async move {
+            loop {
+                let alive = catch_up(&tx, &skipped).await;
+                reporting.store(false, Ordering::Release);
+                // Drops that came while it reported, with nobody else to tell them: go round again.
+                if !alive || skipped.load(Ordering::Acquire) == 0 || reporting.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        });
     }
 }
 
