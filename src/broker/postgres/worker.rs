@@ -296,7 +296,7 @@ impl PostgresBroker {
                 let ms = i64::try_from(delay.unwrap_or_default().as_millis()).unwrap_or(i64::MAX);
                 let sql = format!(
                     "UPDATE {s}.deliveries d SET state = 'failed', deadline = NULL, last_error = 'nacked',
-                         available_at = now() + $4 * interval '1 millisecond', updated_at = now() WHERE {current}"
+                         available_at = now() + $4::int8 * interval '1 millisecond', updated_at = now() WHERE {current}"
                 );
                 let n = client.execute(&sql, &[&sub, &seq, &lease, &ms]).await;
                 if matches!(n, Ok(1)) {
@@ -307,7 +307,7 @@ impl PostgresBroker {
             Settle::Extend(by) => {
                 let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
                 let sql = format!(
-                    "UPDATE {s}.deliveries d SET deadline = now() + $4 * interval '1 millisecond', updated_at = now()
+                    "UPDATE {s}.deliveries d SET deadline = now() + $4::int8 * interval '1 millisecond', updated_at = now()
                      WHERE {current}"
                 );
                 client.execute(&sql, &[&sub, &seq, &lease, &ms]).await
