@@ -15,6 +15,7 @@ pub mod kit;
 pub mod local;
 pub mod mqtt;
 pub mod nats;
+pub mod postgres;
 pub mod redis;
 pub mod remote;
 pub mod url;

@@ -429,6 +429,9 @@ pub async fn connect_with(url: &str, opts: &ConnectOptions) -> Result<Connected,
         BackendKind::Nats => Ok(plain(Arc::new(super::nats::NatsBroker::connect(url.trim()).await?))),
         BackendKind::Mqtt => Ok(plain(Arc::new(super::mqtt::MqttBroker::connect(url.trim()).await?))),
         BackendKind::Amqp => Ok(plain(Arc::new(super::amqp::AmqpBroker::connect(url.trim()).await?))),
+        BackendKind::Postgres => {
+            Ok(plain(Arc::new(super::postgres::PostgresBroker::connect(url.trim()).await?)))
+        }
         other => Err(BrokerError::NotBuilt { backend: other.label() }),
     }
 }

@@ -60,6 +60,8 @@ pub enum Backend {
     Mqtt5,
     /// RabbitMQ on 127.0.0.1:5672 (guest/guest, vhost `/`), AMQP 0-9-1.
     Amqp,
+    /// PostgreSQL on 127.0.0.1:5432 (trust auth), database `test`, schema `pubsub_conformance`.
+    Postgres,
 }
 
 /// Settings a behaviour needs from the broker handle it opens.
@@ -90,6 +92,7 @@ impl Backend {
             Backend::Nats => Some(("127.0.0.1:4222", "nats-server")),
             Backend::Mqtt | Backend::Mqtt5 => Some(("127.0.0.1:1883", "Mosquitto")),
             Backend::Amqp => Some(("127.0.0.1:5672", "RabbitMQ")),
+            Backend::Postgres => Some(("127.0.0.1:5432", "PostgreSQL")),
             Backend::Mem | Backend::Ws | Backend::Local => None,
         }
     }
@@ -119,6 +122,7 @@ impl Backend {
             Backend::Nats => "nats://127.0.0.1:4222",
             Backend::Mqtt | Backend::Mqtt5 => "mqtt://127.0.0.1:1883",
             Backend::Amqp => "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Backend::Postgres => "postgres://root@127.0.0.1:5432/test?schema=pubsub_conformance",
             Backend::Mem => "mem://",
             Backend::Ws | Backend::Local => "",
         };
@@ -855,3 +859,4 @@ conformance!(nats, super::Backend::Nats);
 conformance!(mqtt, super::Backend::Mqtt);
 conformance!(mqtt5, super::Backend::Mqtt5);
 conformance!(amqp, super::Backend::Amqp);
+conformance!(postgres, super::Backend::Postgres);

@@ -22,6 +22,7 @@ mod interop;
 mod layering;
 mod mqtt_live;
 mod nats_live;
+mod postgres_live;
 mod properties;
 mod readme;
 mod redis_live;
