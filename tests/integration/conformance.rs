@@ -84,6 +84,17 @@ enum Keep {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+thread_local! {
+    /// The PostgreSQL schema of the test running on this thread (each test runs on a thread of its own,
+    /// under `cargo test` and nextest alike), made on connect and dropped by its `Cleanup`.
+    static PG_SCHEMA: String =
+        format!("pubsub_conf_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+}
+
+fn pg_schema() -> String {
+    PG_SCHEMA.with(Clone::clone)
+}
+
 impl Backend {
     /// Where a shared service listens, for the skip check.
     fn service(self) -> Option<(&'static str, &'static str)> {
@@ -122,7 +133,9 @@ impl Backend {
             Backend::Nats => "nats://127.0.0.1:4222",
             Backend::Mqtt | Backend::Mqtt5 => "mqtt://127.0.0.1:1883",
             Backend::Amqp => "amqp://guest:guest@127.0.0.1:5672/%2f",
-            Backend::Postgres => "postgres://root@127.0.0.1:5432/test?schema=pubsub_conformance",
+            Backend::Postgres => {
+                return format!("postgres://root@127.0.0.1:5432/test?schema={}", pg_schema());
+            }
             Backend::Mem => "mem://",
             Backend::Ws | Backend::Local => "",
         };
@@ -184,6 +197,14 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         if self.backend.service().is_none() {
             return; // in-process engines and daemons go with their test
+        }
+        if self.backend == Backend::Postgres {
+            // Each test had a schema of its own (pubsub made it on connect): it goes whole.
+            let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", pg_schema());
+            let _ = std::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "root", "-d", "test", "-q", "-c", &drop])
+                .output();
+            return;
         }
         let subscriptions = take(&mut self.subscriptions);
         let topics = take(&mut self.topics);
