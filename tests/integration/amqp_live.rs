@@ -508,3 +508,114 @@ fn a_port_where_something_else_answers_is_exit_3_not_amqp() {
     assert!(stderr.contains("does not speak AMQP 0-9-1"), "{stderr}");
     server.join().unwrap();
 }
+
+/// A private RabbitMQ node with a TLS listener only, certificates from a CA made for it; stopped and
+/// removed when dropped.
+struct TlsNode {
+    dir: std::path::PathBuf,
+    node: String,
+    port: u16,
+}
+
+impl TlsNode {
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// Starts the node, or says why it cannot (with the reason printed, failing under
+    /// PUBSUB_REQUIRE_BROKERS=1).
+    fn start() -> Option<TlsNode> {
+        let server = Command::new("sh").args(["-c", "command -v rabbitmq-server"]).output().unwrap();
+        if !server.status.success() {
+            skip("rabbitmq-server is not installed, so no private TLS node can start");
+            return None;
+        }
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("pubsub-rtls-{pid}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        let node = TlsNode { node: format!("pubsubtls{pid}@localhost"), port: TlsNode::free_port(), dir };
+        let d = node.dir.display().to_string();
+        let certs = format!(
+            "cd {d} && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj '/CN=pubsub test CA' \
+             && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj '/CN=localhost' \
+             && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext.cnf \
+             && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile ext.cnf \
+             && chmod 644 server.key && chmod 755 . && chown -R rabbitmq . "
+        );
+        let made = Command::new("sh").args(["-c", &certs]).output().unwrap();
+        assert!(made.status.success(), "certificates: {}", String::from_utf8_lossy(&made.stderr));
+        let conf = format!(
+            "listeners.tcp = none\nlisteners.ssl.default = {}\nssl_options.cacertfile = {d}/ca.pem\nssl_options.certfile = {d}/server.pem\nssl_options.keyfile = {d}/server.key\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\nloopback_users = none\n",
+            node.port
+        );
+        std::fs::write(node.dir.join("rabbit.conf"), conf).unwrap();
+        let _ = Command::new("chown").args(["-R", "rabbitmq", &d]).output();
+        let log = std::fs::File::create(node.dir.join("server.out")).unwrap();
+        Command::new("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &node.node)
+            .env("RABBITMQ_CONFIG_FILE", format!("{d}/rabbit"))
+            .env("RABBITMQ_MNESIA_BASE", format!("{d}/mnesia"))
+            .env("RABBITMQ_MNESIA_DIR", format!("{d}/mnesia/node"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", format!("{d}/feature_flags"))
+            .env("RABBITMQ_LOG_BASE", format!("{d}/log"))
+            .env("RABBITMQ_DIST_PORT", TlsNode::free_port().to_string())
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", format!("{d}/plugins"))
+            .env("RABBITMQ_PID_FILE", format!("{d}/pid"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let addr = format!("127.0.0.1:{}", node.port);
+        while std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200))
+            .is_err()
+        {
+            if started.elapsed() > Duration::from_secs(60) {
+                let out = std::fs::read_to_string(node.dir.join("server.out")).unwrap_or_default();
+                panic!("the private TLS node did not start: {out}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Some(node)
+    }
+}
+
+impl Drop for TlsNode {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").args(["-n", &self.node, "stop"]).output();
+        let _ = Command::new("pkill").args(["-f", &self.node]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn amqps_checks_the_broker_against_a_private_ca() {
+    if !rabbit_here() {
+        return;
+    }
+    let Some(node) = TlsNode::start() else { return };
+    let home = Home::new("amqp-tls");
+    let ca = node.dir.join("ca.pem");
+    let with_ca = format!("amqps://guest:guest@localhost:{}/%2f?ca={}", node.port, ca.display());
+    let child = home
+        .at(
+            &with_ca,
+            &["sub", "tls.*", "--count", "1", "--format", "{{subject}} {{payload}}", "--timeout", "30s"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = publish_until_exit(child, || {
+        let (code, _, stderr) = outcome(&mut home.at(&with_ca, &["pub", "tls.x", "over-tls"]));
+        assert_eq!(code, 0, "{stderr}");
+    });
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().next(), Some("tls.x over-tls"));
+    // Without the CA the broker's certificate is not trusted: refused, exit 3, naming why.
+    let without = format!("amqps://guest:guest@localhost:{}/%2f", node.port);
+    let (code, _, stderr) = outcome(&mut home.at(&without, &["pub", "tls.x", "y"]));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(!stderr.contains("guest:guest"), "{stderr}");
+}
