@@ -515,6 +515,7 @@ struct TlsNode {
     dir: std::path::PathBuf,
     node: String,
     port: u16,
+    server: Option<Child>,
 }
 
 impl TlsNode {
@@ -534,7 +535,12 @@ impl TlsNode {
         let dir = std::env::temp_dir().join(format!("pubsub-rtls-{pid}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("log")).unwrap();
-        let node = TlsNode { node: format!("pubsubtls{pid}@localhost"), port: TlsNode::free_port(), dir };
+        let mut node = TlsNode {
+            node: format!("pubsubtls{pid}@localhost"),
+            port: TlsNode::free_port(),
+            dir,
+            server: None,
+        };
         let d = node.dir.display().to_string();
         let certs = format!(
             "cd {d} && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj '/CN=pubsub test CA' \
@@ -552,7 +558,7 @@ impl TlsNode {
         std::fs::write(node.dir.join("rabbit.conf"), conf).unwrap();
         let _ = Command::new("chown").args(["-R", "rabbitmq", &d]).output();
         let log = std::fs::File::create(node.dir.join("server.out")).unwrap();
-        Command::new("rabbitmq-server")
+        let server = Command::new("rabbitmq-server")
             .env("RABBITMQ_NODENAME", &node.node)
             .env("RABBITMQ_CONFIG_FILE", format!("{d}/rabbit"))
             .env("RABBITMQ_MNESIA_BASE", format!("{d}/mnesia"))
@@ -566,6 +572,7 @@ impl TlsNode {
             .stderr(log)
             .spawn()
             .unwrap();
+        node.server = Some(server);
         let started = Instant::now();
         let addr = format!("127.0.0.1:{}", node.port);
         while std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200))
@@ -585,6 +592,10 @@ impl Drop for TlsNode {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl").args(["-n", &self.node, "stop"]).output();
         let _ = Command::new("pkill").args(["-f", &self.node]).output();
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
