@@ -12,6 +12,9 @@ fn readme_examples_run_as_written() {
     let script = &block[open..open + close];
     assert!(script.lines().filter(|l| l.starts_with("pubsub ")).count() >= 10, "the examples block is there");
     let home = Home::with_daemon("readme");
+    // As written, except that files the examples put in /tmp go to this test's own directory, so the
+    // test leaves nothing behind and two runs never share a file.
+    let script = script.replace("/tmp/", &format!("{}/", home.0.display()));
     let (code, stdout, stderr) = home.sh(&format!("set -e\n{script}"));
     assert_eq!(code, 0, "README example failed:\n{stderr}");
     assert!(stdout.contains("shop.cart.add: apple"), "{stdout}");
