@@ -166,7 +166,7 @@ impl Engine {
                 return Err(EngineError::Unroutable(subject));
             }
         }
-        Ok(PublishReceipt { topic: None, partition: 0, seq: 0, taps, duplicate: false, unrouted: false })
+        Ok(PublishReceipt { taps, ..PublishReceipt::default() })
     }
 
     pub(super) fn offer_taps(&self, message: impl FnOnce() -> Message) -> u32 {

@@ -212,6 +212,23 @@ pub struct PartitionLag {
     pub owner: Option<String>,
 }
 
+impl ConsumerInfo {
+    /// A consumer a broker names (or only counts) without its figures: a pull consumer holding nothing,
+    /// every count zero, for the backend to fill what it knows.
+    pub fn external(id: &str) -> ConsumerInfo {
+        ConsumerInfo {
+            id: ConsumerId::from(id),
+            push: false,
+            prefetch: 0,
+            in_flight: 0,
+            attached_at: Timestamp::ZERO,
+            idle: Duration::ZERO,
+            delivered: 0,
+            acked: 0,
+        }
+    }
+}
+
 /// One consumer of a subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsumerInfo {

@@ -231,8 +231,9 @@ impl PublishRequest {
     }
 }
 
-/// What a publish did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What a publish did. The default is a publish the broker took without storing or numbering it (live
+/// subscribers only), which is what brokers without a log answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PublishReceipt {
     /// The topic that stored it, or `None` when only taps received it.
     pub topic: Option<Name>,

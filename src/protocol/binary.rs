@@ -482,7 +482,7 @@ mod tests {
                 duplicate: true,
                 unrouted: false,
             },
-            PublishReceipt { topic: None, partition: 0, seq: 0, taps: 0, duplicate: false, unrouted: false },
+            PublishReceipt::default(),
         ];
         let frame = Bytes::from(encode_receipts(6, &receipts));
         assert_eq!(decode_receipts(&frame).ok(), Some((6, receipts)));

@@ -1,14 +1,12 @@
 //! What only the management API tells: topics (stream queues) and subscriptions (durable queues)
 //! listed, with ready and unacked counts, consumers, rates and the routing key each queue is bound by.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use super::AmqpBroker;
 use super::management::{count, get, rate, segment};
 use crate::broker::BrokerError;
-use crate::model::{ConsumerInfo, Name, SubscriptionInfo, Timestamp, TopicInfo};
+use crate::model::{ConsumerInfo, Name, SubscriptionInfo, TopicInfo};
 
 impl AmqpBroker {
     /// Every queue of the vhost as the management API lists it.
@@ -108,15 +106,6 @@ impl AmqpBroker {
 /// `n` consumers that the broker counts but does not describe.
 pub(super) fn consumers(n: u64, prefetch: u32) -> Vec<ConsumerInfo> {
     (1..=n)
-        .map(|i| ConsumerInfo {
-            id: format!("consumer-{i}").into(),
-            push: true,
-            prefetch,
-            in_flight: 0,
-            attached_at: Timestamp::ZERO,
-            idle: Duration::ZERO,
-            delivered: 0,
-            acked: 0,
-        })
+        .map(|i| ConsumerInfo { push: true, prefetch, ..ConsumerInfo::external(&format!("consumer-{i}")) })
         .collect()
 }

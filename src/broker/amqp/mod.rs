@@ -236,14 +236,7 @@ impl AmqpBroker {
                     });
                 }
             };
-            receipts.push(PublishReceipt {
-                topic: None,
-                partition: 0,
-                seq: 0,
-                taps: 0,
-                duplicate: false,
-                unrouted,
-            });
+            receipts.push(PublishReceipt { unrouted, ..PublishReceipt::default() });
         }
         Ok(receipts)
     }

@@ -316,14 +316,7 @@ impl Broker for MqttBroker {
         let topic = msg.subject.clone();
         let wait = self.send(msg).await?;
         self.settled(wait).await?;
-        Ok(PublishReceipt {
-            topic: Some(topic),
-            partition: 0,
-            seq: 0,
-            taps: 0,
-            duplicate: false,
-            unrouted: false,
-        })
+        Ok(PublishReceipt { topic: Some(topic), ..PublishReceipt::default() })
     }
 
     async fn publish_batch(&self, msgs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, BrokerError> {
@@ -336,14 +329,7 @@ impl Broker for MqttBroker {
         let mut receipts = Vec::with_capacity(waits.len());
         for (index, (topic, wait)) in waits.into_iter().enumerate() {
             self.settled(wait).await.map_err(|e| BrokerError::Batch { index, source: Box::new(e) })?;
-            receipts.push(PublishReceipt {
-                topic: Some(topic),
-                partition: 0,
-                seq: 0,
-                taps: 0,
-                duplicate: false,
-                unrouted: false,
-            });
+            receipts.push(PublishReceipt { topic: Some(topic), ..PublishReceipt::default() });
         }
         Ok(receipts)
     }

@@ -1,7 +1,6 @@
 //! What NATS answers, in the model's terms: received messages (headers, key, msg_id), JetStream times,
 //! streams as topic info, consumers as subscription info, advisories as sentences.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -129,18 +128,8 @@ pub(super) fn sub_info(c: &jetstream::consumer::Info, stream: &stream::Info) -> 
     info.offset_lag = c.num_pending + in_flight;
     info.oldest_unacked_age = if in_flight > 0 { age(c.ack_floor.last_active) } else { Some(Duration::ZERO) };
     // NATS reports how many pull requests wait, not who sent them.
-    info.consumers = (0..c.num_waiting)
-        .map(|i| ConsumerInfo {
-            id: Arc::from(format!("waiting-pull-{}", i + 1)),
-            push: false,
-            prefetch: 0,
-            in_flight: 0,
-            attached_at: Timestamp::ZERO,
-            idle: Duration::ZERO,
-            delivered: 0,
-            acked: 0,
-        })
-        .collect();
+    info.consumers =
+        (0..c.num_waiting).map(|i| ConsumerInfo::external(&format!("waiting-pull-{}", i + 1))).collect();
     info.counters = SubCounters { delivered: c.delivered.consumer_sequence, ..SubCounters::default() };
     info.created = Some(timestamp(c.created));
     Some(info.with_one_partition(None))

@@ -86,17 +86,7 @@ impl NatsBroker {
             };
             sent.map_err(|e| batch_error(index, msgs.len(), BrokerError::Invalid(format!("publish: {e}"))))?;
         }
-        Ok(msgs
-            .iter()
-            .map(|_| PublishReceipt {
-                topic: None,
-                partition: 0,
-                seq: 0,
-                taps: 0,
-                duplicate: false,
-                unrouted: false,
-            })
-            .collect())
+        Ok(msgs.iter().map(|_| PublishReceipt::default()).collect())
     }
 
     /// JetStream publishes, sent back to back and then awaited, so a batch costs one round trip.

@@ -181,14 +181,7 @@ impl PostgresBroker {
                     .await
                     .map_err(|e| at(receipts.len(), self.fail(&e)))?;
                 for _ in v {
-                    receipts.push(PublishReceipt {
-                        topic: None,
-                        partition: 0,
-                        seq: 0,
-                        taps: 0,
-                        duplicate: false,
-                        unrouted: false,
-                    });
+                    receipts.push(PublishReceipt::default());
                 }
             }
         }

@@ -62,16 +62,7 @@ pub(super) fn parse_consumers(value: &Value) -> Vec<crate::model::ConsumerInfo> 
     let Value::Array(rows) = value else { return Vec::new() };
     rows.iter()
         .map(|row| {
-            let mut c = crate::model::ConsumerInfo {
-                id: std::sync::Arc::from(""),
-                push: false,
-                prefetch: 0,
-                in_flight: 0,
-                attached_at: Timestamp::ZERO,
-                idle: Duration::ZERO,
-                delivered: 0,
-                acked: 0,
-            };
+            let mut c = crate::model::ConsumerInfo::external("");
             for (k, v) in pairs(row) {
                 match k.as_str() {
                     "name" => c.id = std::sync::Arc::from(text(v).as_str()),

@@ -85,14 +85,9 @@ impl RedisBroker {
             .iter()
             .zip(replies)
             .map(|(m, reply)| match reply {
-                Value::Int(n) => PublishReceipt {
-                    topic: None,
-                    partition: 0,
-                    seq: 0,
-                    taps: u32::try_from(n).unwrap_or(0),
-                    duplicate: false,
-                    unrouted: false,
-                },
+                Value::Int(n) => {
+                    PublishReceipt { taps: u32::try_from(n).unwrap_or(0), ..PublishReceipt::default() }
+                }
                 other => PublishReceipt {
                     topic: Some(m.subject.clone()),
                     partition: 0,

@@ -269,13 +269,7 @@ async fn publish_all(
     verbose: bool,
 ) -> Result<(), CliError> {
     let started = Instant::now();
-    let mut published = 0u64;
-    let (mut first_seq, mut last_seq) = (None, 0u64);
-    let mut stored_in: Option<crate::model::Name> = None;
-    // Messages the broker dropped because their --msg-id was seen within its dedup window.
-    let mut duplicates = 0u64;
-    // Messages the broker said no queue took (AMQP mandatory returns).
-    let mut unrouted = 0u64;
+    let mut tally = Tally::default();
     let mut batch: Vec<Input> = Vec::with_capacity(BATCH);
     let mut input_error = None;
     let interrupted = crate::cli::signal::interrupted();
@@ -287,13 +281,7 @@ async fn publish_all(
             next = rx.recv() => Some(next),
         };
         let Some(next) = next else {
-            report(
-                verbose,
-                published,
-                duplicates,
-                unrouted,
-                first_seq.map(|f| (f, last_seq, stored_in.clone())),
-            );
+            tally.report(verbose);
             return Err(CliError::Interrupted);
         };
         let Some(first) = next else { break };
@@ -306,10 +294,10 @@ async fn publish_all(
         }
         // With a rate, messages go one at a time on schedule; without, whatever is ready goes together.
         if let Some(rate) = rate {
-            let due = started + Duration::from_secs_f64(published as f64 / rate);
+            let due = started + Duration::from_secs_f64(tally.published as f64 / rate);
             tokio::select! {
                 () = &mut interrupted => {
-                    report(verbose, published, duplicates, unrouted, first_seq.map(|f| (f, last_seq, stored_in.clone())));
+                    tally.report(verbose);
                     return Err(CliError::Interrupted);
                 }
                 () = tokio::time::sleep_until(due.into()) => {}
@@ -329,51 +317,22 @@ async fn publish_all(
         let origins: Vec<String> = batch.iter().map(|i| i.origin.clone()).collect();
         let reqs = batch.drain(..).map(|i| i.req).collect();
         match broker.publish_batch(reqs).await {
-            Ok(receipts) => {
-                for r in &receipts {
-                    if r.unrouted {
-                        unrouted += 1;
-                    }
-                    if r.duplicate {
-                        duplicates += 1;
-                        continue;
-                    }
-                    // Only stored messages have seqs (core NATS, Redis PUB/SUB and MQTT keep nothing).
-                    if let Some(topic) = &r.topic
-                        && r.seq > 0
-                    {
-                        first_seq.get_or_insert(r.seq);
-                        last_seq = r.seq;
-                        stored_in = Some(topic.clone());
-                    }
-                }
-                published += receipts.len() as u64;
-            }
+            Ok(receipts) => tally.count(&receipts),
             Err(BrokerError::Batch { index, source }) => {
-                published += index as u64;
+                tally.published += index as u64;
+                tally.report(verbose);
                 let origin = origins.get(index).cloned().unwrap_or_default();
-                report(
-                    verbose,
-                    published,
-                    duplicates,
-                    unrouted,
-                    first_seq.map(|f| (f, last_seq, stored_in.clone())),
-                );
                 return Err(CliError::Failed(format!(
-                    "{origin} was not published: {source}; the {published} message(s) before it were published"
+                    "{origin} was not published: {source}; the {} message(s) before it were published",
+                    tally.published
                 )));
             }
             Err(e) => {
-                report(
-                    verbose,
-                    published,
-                    duplicates,
-                    unrouted,
-                    first_seq.map(|f| (f, last_seq, stored_in.clone())),
-                );
+                tally.report(verbose);
                 let origin = origins.first().cloned().unwrap_or_default();
                 return Err(CliError::Failed(format!(
-                    "{origin} was not published: {e}; the {published} message(s) before it were published"
+                    "{origin} was not published: {e}; the {} message(s) before it were published",
+                    tally.published
                 )));
             }
         }
@@ -381,39 +340,73 @@ async fn publish_all(
             break 'outer;
         }
     }
-    report(verbose, published, duplicates, unrouted, first_seq.map(|f| (f, last_seq, stored_in.clone())));
+    tally.report(verbose);
     match input_error {
-        Some(e) => Err(CliError::Failed(format!("{e}; {published} message(s) before it were published"))),
+        Some(e) => {
+            Err(CliError::Failed(format!("{e}; {} message(s) before it were published", tally.published)))
+        }
         None => Ok(()),
     }
 }
 
-/// `-v`: how many, and where they were stored (the topic and the seq range of the last one stored to).
-fn report(
-    verbose: bool,
+/// What a run of `pub` did, for `-v`.
+#[derive(Default)]
+struct Tally {
     published: u64,
+    /// Messages the broker dropped because their --msg-id was seen within its dedup window.
     duplicates: u64,
+    /// Messages the broker said no queue took (AMQP mandatory returns).
     unrouted: u64,
+    /// The seq range of the last topic stored to, and that topic.
     stored: Option<(u64, u64, Option<crate::model::Name>)>,
-) {
-    if !verbose {
-        return;
-    }
-    let mut dropped = match duplicates {
-        0 => String::new(),
-        n => format!(", {n} of them duplicates by --msg-id that the broker dropped"),
-    };
-    if unrouted > 0 {
-        dropped.push_str(&format!(", {unrouted} of them not routed: no queue matched"));
-    }
-    match stored {
-        _ if published == 0 => note("nothing was published: there was no message (stdin was empty)"),
-        Some((first, last, topic)) => {
-            let place = topic.map_or(String::new(), |t| format!(" in {t}"));
-            note(&format!("published {published} message(s){dropped}, stored{place} as seq {first}..={last}"))
+}
+
+impl Tally {
+    /// Takes in the receipts of a published batch.
+    fn count(&mut self, receipts: &[crate::model::PublishReceipt]) {
+        for r in receipts {
+            if r.unrouted {
+                self.unrouted += 1;
+            }
+            if r.duplicate {
+                self.duplicates += 1;
+                continue;
+            }
+            // Only stored messages have seqs (core NATS, Redis PUB/SUB and MQTT keep nothing).
+            if let Some(topic) = &r.topic
+                && r.seq > 0
+            {
+                let first = self.stored.as_ref().map_or(r.seq, |(first, _, _)| *first);
+                self.stored = Some((first, r.seq, Some(topic.clone())));
+            }
         }
-        None => {
-            note(&format!("published {published} message(s){dropped}, not stored (live subscribers only)"))
+        self.published += receipts.len() as u64;
+    }
+
+    /// `-v`: how many, and where they were stored (the topic and the seq range of the last one stored to).
+    fn report(&self, verbose: bool) {
+        if !verbose {
+            return;
+        }
+        let published = self.published;
+        let mut dropped = match self.duplicates {
+            0 => String::new(),
+            n => format!(", {n} of them duplicates by --msg-id that the broker dropped"),
+        };
+        if self.unrouted > 0 {
+            dropped.push_str(&format!(", {} of them not routed: no queue matched", self.unrouted));
+        }
+        match &self.stored {
+            _ if published == 0 => note("nothing was published: there was no message (stdin was empty)"),
+            Some((first, last, topic)) => {
+                let place = topic.as_ref().map_or(String::new(), |t| format!(" in {t}"));
+                note(&format!(
+                    "published {published} message(s){dropped}, stored{place} as seq {first}..={last}"
+                ))
+            }
+            None => note(&format!(
+                "published {published} message(s){dropped}, not stored (live subscribers only)"
+            )),
         }
     }
 }
