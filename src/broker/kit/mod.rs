@@ -6,6 +6,7 @@
 //!   `Disconnected` once and `Reconnected` when back.
 //! * [`forward`]: one live forwarder that never waits for a slow reader, counts what it drops and
 //!   delivers `Lagged { skipped }` when the reader catches up.
+//! * [`tls`]: rustls client settings (system roots plus `?ca=`, or unchecked where asked for).
 //! * [`assign`]: partitions assigned to this consumer, so a settle for a revoked one fails clearly.
 //! * [`crate::model::TopicInfo::external`] and [`crate::model::SubscriptionInfo::external`]: info of a
 //!   broker that is not the engine, where what it cannot say is `None`.
@@ -13,6 +14,7 @@
 pub mod assign;
 pub mod backoff;
 pub mod forward;
+pub mod tls;
 
 pub use assign::Assignment;
 pub use backoff::{Backoff, reconnect};

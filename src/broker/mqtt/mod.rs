@@ -87,7 +87,7 @@ fn link_options(
     let with_will = clean;
     let tls = match target.tls {
         true => Some(
-            tls_config(options.ca.as_deref())
+            crate::broker::kit::tls::verified(options.ca.as_deref())
                 .map_err(|reason| BrokerError::Unreachable { url: target.shown.clone(), reason })?,
         ),
         false => None,
@@ -109,29 +109,6 @@ fn link_options(
             .map(|(topic, payload, retain)| (topic, payload, options.qos, retain)),
         max_packet: MAX_PACKET,
     })
-}
-
-/// TLS checked against the system's roots (the same ones `rediss://` uses), plus the certificates in
-/// `?ca=FILE` for a broker with a private CA.
-fn tls_config(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca {
-        let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("ca {}: {e}", path.display()))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("ca {}: {e}", path.display()))?;
-            roots.add(cert).map_err(|e| format!("ca {}: {e}", path.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?;
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Turns a connection failure into the error a user can act on (exit 3 unreachable, 5 refused).

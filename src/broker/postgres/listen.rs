@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, broadcast, mpsc};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, Row};
+use tokio_postgres::{AsyncMessage, Client, Notification, Row};
 
 use super::PostgresBroker;
 use super::publish::check_channel;
@@ -67,8 +67,7 @@ pub(super) async fn listen(
     channels: &[String],
     mut on_note: impl FnMut(&Notification) -> bool + Send + 'static,
 ) -> Result<Listening, BrokerError> {
-    let (client, mut connection) =
-        target.config.connect(NoTls).await.map_err(|e| error(&target.shown, &e))?;
+    let (client, mut connection) = target.connect().await?;
     let ended = tokio::spawn(async move {
         loop {
             match futures_util::future::poll_fn(|cx| connection.poll_message(cx)).await {

@@ -13,10 +13,12 @@
 //! and a worker's claims must not queue behind other work). No general pool: pubsub is one process per
 //! command, and these two roles are all it has.
 
+mod acks;
 mod admin;
 mod listen;
 mod publish;
 mod schema;
+mod tls;
 mod url;
 mod worker;
 
@@ -26,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use tokio::sync::{Notify, broadcast};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{
     AckToken, Broker, BrokerError, Capabilities, Capability, ConnectionEvent, DeliveryStream, Settle,
@@ -71,6 +73,8 @@ pub struct PostgresBroker {
     /// This process's workers by id, woken when one of their deliveries is settled (room for more).
     workers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     next_id: AtomicU64,
+    /// Acks waiting to be written together.
+    acks: acks::AckQueue,
 }
 
 impl std::fmt::Debug for PostgresBroker {
@@ -81,7 +85,7 @@ impl std::fmt::Debug for PostgresBroker {
 
 /// Opens a connection whose messages a task drives (for commands, not LISTEN).
 async fn open(target: &Target) -> Result<Client, BrokerError> {
-    let (client, connection) = target.config.connect(NoTls).await.map_err(|e| error(&target.shown, &e))?;
+    let (client, connection) = target.connect().await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -101,6 +105,7 @@ impl PostgresBroker {
             events,
             workers: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
+            acks: acks::AckQueue::default(),
         })
     }
 
@@ -204,7 +209,10 @@ impl Broker for PostgresBroker {
 
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
         self.check_settle(&how)?;
-        self.settle_row(token, how).await?;
+        match how {
+            Settle::Ack => self.ack_grouped(token).await?,
+            how => self.settle_row(token, how).await?,
+        }
         self.wake_worker(token.reply.as_deref());
         Ok(())
     }

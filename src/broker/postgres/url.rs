@@ -1,9 +1,14 @@
-//! `postgres[ql]://[user[:pass]@]host[:port]/db[?schema=…&sslmode=…&ack_deadline=…&poll=…]`: where to
+//! `postgres[ql]://[user[:pass]@]host[:port]/db[?schema=…&sslmode=…&ca=…&ack_deadline=…&poll=…]`: where to
 //! connect, as whom, in which schema, and how pubsub's errors read.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
+
+use super::tls::Tls;
 
 use crate::broker::BrokerError;
 use crate::broker::url::BrokerUrl;
@@ -19,6 +24,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct Target {
     /// What the client library connects with (holds the password; never printed).
     pub(super) config: tokio_postgres::Config,
+    /// The TLS connector (used as `sslmode` says).
+    pub(super) tls: Tls,
     /// What messages show: the URL without its password.
     pub(super) shown: String,
     /// The schema of pubsub's tables, functions and view.
@@ -52,15 +59,26 @@ impl Target {
         }
         let mut o = parsed.options();
         let schema = o.text("schema").unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
-        let sslmode = o.choice("sslmode", &["disable", "prefer", "require"])?;
+        let sslmode = o.choice("sslmode", &["disable", "prefer", "require", "verify-full"])?;
+        let ca = o.text("ca");
         let ack_deadline = o.duration("ack_deadline")?.unwrap_or(Duration::from_secs(30));
         let poll = o.duration("poll")?.unwrap_or(Duration::from_secs(5));
         o.finish()?;
-        if sslmode == Some("require") {
-            return Err(parsed.invalid(
-                "sslmode=require: TLS to PostgreSQL is not built into pubsub yet; use sslmode=disable on a trusted network",
-            ));
+        if ca.is_some() && sslmode != Some("verify-full") {
+            return Err(
+                parsed.invalid("ca= is for sslmode=verify-full (the other modes check no certificate)")
+            );
         }
+        let tls = match sslmode {
+            Some("verify-full") => crate::broker::kit::tls::verified(ca.as_deref().map(std::path::Path::new)),
+            _ => crate::broker::kit::tls::unverified(),
+        }
+        .map_err(|e| parsed.invalid(e))?;
+        let ssl = match sslmode {
+            Some("disable") => SslMode::Disable,
+            Some("require" | "verify-full") => SslMode::Require,
+            _ => SslMode::Prefer,
+        };
         if !plain_identifier(&schema) {
             return Err(parsed.invalid(format!(
                 "schema \"{schema}\": use lower-case letters, digits and _ (at most 48, not starting with a digit)"
@@ -83,11 +101,26 @@ impl Target {
             .dbname(&db)
             .user(parsed.user.as_deref().unwrap_or("postgres"))
             .application_name(format!("pubsub {}", std::process::id()))
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .ssl_mode(ssl);
         if let Some(pass) = &parsed.password {
             config.password(pass.as_bytes());
         }
-        Ok(Target { config, shown: parsed.to_string(), schema, ack_deadline, poll })
+        let tls = Tls(Arc::new(tls));
+        Ok(Target { config, tls, shown: parsed.to_string(), schema, ack_deadline, poll })
+    }
+
+    /// Opens a connection as `sslmode` says; the caller drives the returned connection.
+    pub(super) async fn connect(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, super::tls::Stream<tokio_postgres::Socket>>,
+        ),
+        BrokerError,
+    > {
+        self.config.connect(self.tls.clone()).await.map_err(|e| error(&self.shown, &e))
     }
 
     /// The schema, quoted for SQL.
@@ -172,8 +205,9 @@ mod tests {
             ("postgres://h/db?schema=Bad-Name", "schema \"Bad-Name\""),
             ("postgres://h/db?color=red", "unknown option \"color\""),
             ("postgres://h", "name the database"),
-            ("postgres://h/db?sslmode=require", "not built into pubsub yet"),
-            ("postgres://h/db?sslmode=verify", "use disable, prefer or require"),
+            ("postgres://h/db?sslmode=require&ca=/x.pem", "ca= is for sslmode=verify-full"),
+            ("postgres://h/db?sslmode=verify", "use disable, prefer, require or verify-full"),
+            ("postgres://h/db?sslmode=verify-full&ca=/nonexistent.pem", "ca /nonexistent.pem"),
         ] {
             let err = Target::parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(says), "{bad}: {err}");
