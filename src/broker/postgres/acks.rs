@@ -42,6 +42,8 @@ impl PostgresBroker {
             match heard.try_recv() {
                 Ok(outcome) => outcome,
                 Err(_) => {
+                    // One turn for acks made by tasks that are ready to run, so that a burst of acks
+                    // does not send its first one alone.
                     let batch =
                         std::mem::take(&mut *self.acks.queued.lock().unwrap_or_else(PoisonError::into_inner));
                     self.write_acks(batch).await;

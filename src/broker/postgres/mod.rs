@@ -27,7 +27,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 use tokio_postgres::Client;
 
 use super::{
@@ -71,7 +71,7 @@ pub struct PostgresBroker {
     client: tokio::sync::Mutex<Client>,
     events: broadcast::Sender<ConnectionEvent>,
     /// This process's workers by id, woken when one of their deliveries is settled (room for more).
-    workers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    workers: Arc<Mutex<HashMap<String, Arc<worker::Refill>>>>,
     next_id: AtomicU64,
     /// Acks waiting to be written together.
     acks: acks::AckQueue,
@@ -131,7 +131,7 @@ impl PostgresBroker {
         if let Some(id) = id
             && let Some(n) = self.workers.lock().unwrap_or_else(PoisonError::into_inner).get(id)
         {
-            n.notify_one();
+            n.settled();
         }
     }
 }

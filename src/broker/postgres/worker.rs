@@ -5,7 +5,7 @@
 //! dead-letter topic with the reason and attempts.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -47,6 +47,7 @@ async fn sweep(client: &Client, target: &Target, sub: &str) -> Result<(), tokio_
     let sql = dead_letter_sql(
         &target.s(),
         "sub.max_deliveries > 0 AND d.attempts >= sub.max_deliveries
+         AND d.state IN ('available', 'failed', 'in_flight')
          AND (d.state = 'failed' OR (d.state = 'in_flight' AND d.deadline <= now()))",
         "CASE WHEN d.state = 'in_flight' THEN 'ack deadline passed on attempt ' || d.attempts
               ELSE coalesce(d.last_error, 'nacked') END",
@@ -64,12 +65,68 @@ struct Worker {
     id: String,
     prefetch: i64,
     acked: bool,
-    wake: Arc<Notify>,
+    /// Whether the subscription has `max_deliveries` (then each claim first dead-letters what used
+    /// up its deliveries).
+    dead_letters: bool,
+    /// New rows in the topic (notifications).
+    rows: Arc<Notify>,
+    /// Settles by this process.
+    refill: Arc<Refill>,
+}
+
+/// Settles of one worker's deliveries by this process, counted so that a full worker claims again once
+/// half its prefetch is free, not after every single ack (which would claim one row per statement).
+pub(super) struct Refill {
+    wake: Notify,
+    settled: AtomicU32,
+    half: u32,
+}
+
+impl Refill {
+    fn new(prefetch: u32) -> Refill {
+        Refill { wake: Notify::new(), settled: AtomicU32::new(0), half: (prefetch / 2).max(1) }
+    }
+
+    /// One of the worker's deliveries was settled.
+    pub(super) fn settled(&self) {
+        if self.settled.fetch_add(1, Ordering::Relaxed) + 1 >= self.half {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Returns once half the prefetch was settled since the last claim (a wake-up left over from an
+    /// earlier round does not count).
+    async fn refilled(&self) {
+        loop {
+            self.wake.notified().await;
+            if self.settled.load(Ordering::Relaxed) >= self.half {
+                return;
+            }
+        }
+    }
+}
+
+/// A worker's statements, prepared on its connection.
+struct Prepared {
+    claim: tokio_postgres::Statement,
+    next: tokio_postgres::Statement,
+}
+
+/// What a worker does after a claim.
+enum Next {
+    /// Claim again at once.
+    Now,
+    /// Every delivery it may hold is out: wait for settles (or this long, for leases that lapse).
+    Full(Duration),
+    /// Nothing to claim: wait for new rows, settles, or this long (the next retry or lease due).
+    Idle(Duration),
+    /// The reader has gone.
+    Gone,
 }
 
 /// Takes a worker out of the registry when its task ends, however it ends.
 struct Registration {
-    workers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    workers: Arc<Mutex<HashMap<String, Arc<Refill>>>>,
     id: String,
 }
 
@@ -80,16 +137,25 @@ impl Drop for Registration {
 }
 
 impl Worker {
+    /// The worker's own connection: it LISTENs for new rows and claims. Its commits do not wait for
+    /// the WAL flush (`synchronous_commit = off`): a claim lost in a server crash leaves its row
+    /// available, which is what a lapsed lease does anyway, so durability buys nothing there. Acks,
+    /// which must survive, go through the command connection with the server's own setting.
     async fn connect(&self) -> Result<Listening, BrokerError> {
-        let (wake, topic) = (self.wake.clone(), self.topic.as_str().to_string());
+        let (wake, topic) = (self.rows.clone(), self.topic.as_str().to_string());
         let channel = self.target.messages_channel();
-        listen(&self.target, &[channel], move |n| {
+        let conn = listen(&self.target, &[channel], move |n| {
             if table_note(n).is_some_and(|(_, t)| t == topic) {
                 wake.notify_one();
             }
             true
         })
-        .await
+        .await?;
+        conn.client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(|e| super::url::error(&self.target.shown, &e))?;
+        Ok(conn)
     }
 
     async fn run(
@@ -113,17 +179,21 @@ impl Worker {
         conn: &mut Listening,
         tx: &mpsc::Sender<Result<StreamItem, BrokerError>>,
     ) -> Option<String> {
+        let prepared = match self.prepare(&conn.client).await {
+            Ok(p) => p,
+            Err(e) => return Some(format!("preparing the claims of {}: {e}", self.subscription)),
+        };
         loop {
-            let wait = match self.claim_and_send(&conn.client, tx).await {
-                Ok(Some(wait)) => wait,
-                Ok(None) => return None,
+            let (wait, rows) = match self.claim_and_send(&conn.client, &prepared, tx).await {
+                Ok(Next::Now) => continue,
+                Ok(Next::Full(wait)) => (wait, false),
+                Ok(Next::Idle(wait)) => (wait, true),
+                Ok(Next::Gone) => return None,
                 Err(e) => return Some(format!("claiming from {}: {e}", self.subscription)),
             };
-            if wait.is_zero() {
-                continue;
-            }
             tokio::select! {
-                () = self.wake.notified() => {}
+                () = self.rows.notified(), if rows => {}
+                () = self.refill.refilled() => {}
                 () = tokio::time::sleep(wait) => {}
                 reason = &mut conn.ended => return Some(reason.unwrap_or_default()),
                 () = tx.closed() => return None,
@@ -132,36 +202,54 @@ impl Worker {
     }
 
     /// Claims what there is room for and hands it over; how long to wait before trying again (zero:
-    /// at once), or `None` when the reader has gone.
-    async fn claim_and_send(
-        &self,
-        client: &Client,
-        tx: &mpsc::Sender<Result<StreamItem, BrokerError>>,
-    ) -> Result<Option<Duration>, tokio_postgres::Error> {
+    /// at once), or `None` when the reader has gone. A worker that does not ack claims straight to
+    /// `done` in the same statement (at most once, as its subscription asked).
+    /// The worker's statements, prepared once per connection (planning them took as long as running).
+    async fn prepare(&self, client: &Client) -> Result<Prepared, tokio_postgres::Error> {
         let s = self.target.s();
-        let sub = self.subscription.as_str();
-        sweep(client, &self.target, sub).await?;
-        let sql = format!(
+        let claim = format!(
             "WITH sub AS (SELECT * FROM {s}.subscriptions WHERE name = $1),
              room AS (SELECT greatest(0, $3 - count(*)) AS n FROM {s}.deliveries
                       WHERE subscription = $1 AND state = 'in_flight' AND worker = $2 AND deadline > now()),
              pick AS (SELECT d.seq FROM {s}.deliveries d, sub
-                      WHERE d.subscription = $1
+                      WHERE d.subscription = $1 AND d.state IN ('available', 'failed', 'in_flight')
                         AND ((d.state IN ('available', 'failed') AND d.available_at <= now())
                              OR (d.state = 'in_flight' AND d.deadline <= now()))
                         AND (sub.max_deliveries = 0 OR d.attempts < sub.max_deliveries)
                       ORDER BY d.seq LIMIT (SELECT n FROM room) FOR UPDATE OF d SKIP LOCKED),
              claimed AS (UPDATE {s}.deliveries d
-                         SET state = 'in_flight', attempts = d.attempts + 1, worker = $2,
-                             deadline = now() + sub.ack_deadline_ms * interval '1 millisecond',
+                         SET state = CASE WHEN $4 THEN 'in_flight' ELSE 'done' END,
+                             attempts = d.attempts + 1, worker = $2,
+                             deadline = CASE WHEN $4
+                                 THEN now() + sub.ack_deadline_ms * interval '1 millisecond' END,
                              first_delivered = coalesce(d.first_delivered, now()), updated_at = now()
                          FROM pick, sub WHERE d.subscription = $1 AND d.seq = pick.seq
                          RETURNING d.topic, d.seq, d.attempts, d.deadline)
-             SELECT c.attempts, (extract(epoch from c.deadline) * 1000000)::int8, {MESSAGE_COLUMNS},
+             SELECT c.attempts, coalesce((extract(epoch from c.deadline) * 1000000)::int8, 0), {MESSAGE_COLUMNS},
                     (SELECT n FROM room)
              FROM claimed c JOIN {s}.messages m ON m.topic = c.topic AND m.seq = c.seq ORDER BY c.seq"
         );
-        let rows = client.query(&sql, &[&sub, &self.id, &self.prefetch]).await?;
+        let next = format!(
+            "SELECT extract(epoch from min(CASE WHEN state = 'in_flight' THEN deadline ELSE available_at END) - now())::float8,
+                    count(*) FILTER (WHERE state = 'in_flight' AND worker = $2 AND deadline > now())
+             FROM {s}.deliveries WHERE subscription = $1 AND state IN ('available', 'failed', 'in_flight')"
+        );
+        Ok(Prepared { claim: client.prepare(&claim).await?, next: client.prepare(&next).await? })
+    }
+
+    async fn claim_and_send(
+        &self,
+        client: &Client,
+        prepared: &Prepared,
+        tx: &mpsc::Sender<Result<StreamItem, BrokerError>>,
+    ) -> Result<Next, tokio_postgres::Error> {
+        let sub = self.subscription.as_str();
+        // Settles from here on count towards the next claim.
+        self.refill.settled.store(0, Ordering::Relaxed);
+        if self.dead_letters {
+            sweep(client, &self.target, sub).await?;
+        }
+        let rows = client.query(&prepared.claim, &[&sub, &self.id, &self.prefetch, &self.acked]).await?;
         let room = rows.first().map_or(0, |r| r.get::<_, i64>(10));
         for row in &rows {
             let Some(message) = message_of(row, 2) else { continue };
@@ -173,45 +261,40 @@ impl Worker {
                 lease: u64::from(attempt),
                 reply: Some(self.id.clone()),
             };
-            if !self.acked {
-                let done = format!(
-                    "UPDATE {s}.deliveries SET state = 'done', deadline = NULL, updated_at = now()
-                     WHERE subscription = $1 AND seq = $2"
-                );
-                client.execute(&done, &[&sub, &i64::try_from(message.seq).unwrap_or(0)]).await?;
-            }
             let delivery = BrokerDelivery {
                 message,
                 attempt: Some(attempt),
-                deadline: Some(Timestamp::from_micros(row.get::<_, i64>(1))),
+                deadline: self.acked.then(|| Timestamp::from_micros(row.get::<_, i64>(1))),
                 token: self.acked.then_some(token),
             };
             if tx.send(Ok(StreamItem::Delivery(delivery))).await.is_err() {
-                return Ok(None);
+                return Ok(Next::Gone);
             }
         }
         if !rows.is_empty() && i64::try_from(rows.len()).unwrap_or(0) >= room {
-            // A full claim: there may be more, and there may be room once these are settled.
+            // Full: there may be more, and there will be room once these are settled.
             if self.acked {
-                return Ok(Some(self.target.poll.min(Duration::from_millis(1000))));
+                return Ok(Next::Full(self.target.poll.min(Duration::from_millis(1000))));
             }
-            return Ok(Some(Duration::ZERO));
+            return Ok(Next::Now);
         }
         if !rows.is_empty() {
-            return Ok(Some(Duration::ZERO));
+            return Ok(Next::Now);
         }
-        // Nothing to claim: wait until the next retry or lease falls due, at most the poll.
-        let next = format!(
-            "SELECT extract(epoch from min(CASE WHEN state = 'in_flight' THEN deadline ELSE available_at END) - now())::float8
-             FROM {s}.deliveries WHERE subscription = $1 AND state IN ('available', 'failed', 'in_flight')"
-        );
-        let due = client.query_one(&next, &[&sub]).await?.get::<_, Option<f64>>(0);
+        // Nothing claimed: full (woken by rows it has no room for), or nothing to claim until the next
+        // retry or lease falls due (at most the poll).
+        let row = client.query_one(&prepared.next, &[&sub, &self.id]).await?;
+        let (due, held) = (row.get::<_, Option<f64>>(0), row.get::<_, i64>(1));
         let wait = match due {
             Some(secs) if secs > 0.0 => Duration::from_secs_f64(secs).min(self.target.poll),
             Some(_) => Duration::from_millis(20),
             None => self.target.poll,
         };
-        Ok(Some(wait.max(Duration::from_millis(5))))
+        let wait = wait.max(Duration::from_millis(5));
+        if self.acked && held >= self.prefetch {
+            return Ok(Next::Full(wait.min(Duration::from_millis(1000))));
+        }
+        Ok(Next::Idle(wait))
     }
 }
 
@@ -232,30 +315,36 @@ impl PostgresBroker {
         }
         let existing = {
             let client = self.client().await?;
-            let sql = format!("SELECT topic FROM {}.subscriptions WHERE name = $1", self.target.s());
+            let sql = format!(
+                "SELECT topic, max_deliveries FROM {}.subscriptions WHERE name = $1",
+                self.target.s()
+            );
             client
                 .query_opt(&sql, &[&name.as_str()])
                 .await
                 .map_err(|e| self.fail(&e))?
-                .map(|r| r.get::<_, String>(0))
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1)))
         };
-        match existing {
-            Some(t) if t != topic.as_str() => {
+        let dead_letters = match existing {
+            Some((t, _)) if t != topic.as_str() => {
                 return Err(BrokerError::Invalid(format!(
                     "subscription \"{name}\" belongs to topic \"{t}\", not \"{topic}\""
                 )));
             }
-            Some(_) => {}
+            Some((_, max_deliveries)) => max_deliveries > 0,
             None => {
                 let mut config = SubscriptionConfig::new(name.clone(), topic.clone());
                 config.start = req.from.unwrap_or(StartPosition::New);
                 config.ack_deadline = self.target.ack_deadline;
                 match self.make_subscription(&config).await {
-                    Ok(()) | Err(BrokerError::Engine(EngineError::SubscriptionExists(_))) => {}
+                    // Made by another worker at the same moment: its limits are unknown here, so
+                    // sweep for dead letters to be safe.
+                    Err(BrokerError::Engine(EngineError::SubscriptionExists(_))) => true,
+                    Ok(()) => config.max_deliveries > 0,
                     Err(e) => return Err(e),
                 }
             }
-        }
+        };
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = req.consumer.clone().unwrap_or_else(|| format!("pubsub-{}-{n}", std::process::id()));
         let prefetch = req.prefetch.unwrap_or(32).max(1);
@@ -267,9 +356,11 @@ impl PostgresBroker {
             id: id.clone(),
             prefetch: i64::from(prefetch),
             acked: req.ack != AckMode::None,
-            wake: Arc::new(Notify::new()),
+            dead_letters,
+            rows: Arc::new(Notify::new()),
+            refill: Arc::new(Refill::new(prefetch)),
         };
-        self.workers.lock().unwrap_or_else(PoisonError::into_inner).insert(id.clone(), worker.wake.clone());
+        self.workers.lock().unwrap_or_else(PoisonError::into_inner).insert(id.clone(), worker.refill.clone());
         let reg = Registration { workers: self.workers.clone(), id };
         let conn = worker.connect().await?;
         let (tx, rx) = mpsc::channel(usize::try_from(prefetch).unwrap_or(32).max(1));
