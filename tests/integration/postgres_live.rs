@@ -378,3 +378,159 @@ async fn a_terminated_listen_connection_reconnects_and_catches_up_from_the_table
     assert_eq!(next_delivery(&mut stream).await.message.payload.as_ref(), b"during");
     assert_eq!(next_delivery(&mut stream).await.message.payload.as_ref(), b"after");
 }
+
+#[test]
+fn sql_publishing_in_bulk_numbers_every_row_once_and_keeps_retention() {
+    if !here() {
+        return;
+    }
+    let schema = Schema::new();
+    let home = Home::new("pg-bulk");
+    let (code, _, err) =
+        outcome(&mut home.at(&schema.url(), &["topic", "create", "bulk", "--max-msgs", "1000"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = outcome(
+        &mut home.at(&schema.url(), &["subs", "create", "audit", "--topic", "bulk", "--from", "start"]),
+    );
+    assert_eq!(code, 0, "{err}");
+    // The documented function, with text arguments; it returns the seq.
+    let seq = psql(&format!(
+        "SELECT {}.publish('bulk', 'by function', 'k1', '{{\"origin\": \"psql\"}}')",
+        schema.0
+    ));
+    assert_eq!(seq.trim(), "1");
+    let (code, out, err) = outcome(
+        &mut home
+            .at(&schema.url(), &["tail", "bulk", "-n", "1", "--format", "{{key}} {{headers}} {{payload}}"]),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("k1 ") && out.contains("origin") && out.trim_end().ends_with("by function"),
+        "{out}"
+    );
+    // One statement of 5,000 rows and another of 3 in one transaction: every row numbered once, in
+    // order, and retention (1,000 messages) applied once the statement's rows are known.
+    psql(&format!(
+        "BEGIN;
+         INSERT INTO {s}.messages (topic, payload) SELECT 'bulk', int4send(g) FROM generate_series(1, 5000) g;
+         INSERT INTO {s}.messages (topic, payload) SELECT 'bulk', int4send(g) FROM generate_series(5001, 5003) g;
+         COMMIT",
+        s = schema.0
+    ));
+    let kept = psql(&format!(
+        "SELECT count(*), min(seq), max(seq), bool_and(get_byte(payload, 3) + 256 * get_byte(payload, 2) + 65536 * get_byte(payload, 1) = seq - 1)
+         FROM {}.messages WHERE topic = 'bulk'",
+        schema.0
+    ));
+    // Seq 1 is the function's message; row g of the inserts is seq g + 1.
+    assert_eq!(kept.trim(), "1000|4005|5004|t", "the last 1,000 kept, each with the seq of its place");
+    let topic = psql(&format!("SELECT last_seq, bytes FROM {}.topics WHERE name = 'bulk'", schema.0));
+    assert_eq!(topic.trim(), "5004|4000", "last_seq and the kept bytes (1,000 × 4) are the table's own");
+    // The subscription has a delivery for each kept message, and none for the ones retention took.
+    let pending = psql(&format!(
+        "SELECT count(*), min(seq) FROM {}.deliveries WHERE subscription = 'audit' AND state = 'available'",
+        schema.0
+    ));
+    assert_eq!(pending.trim(), "1000|4005");
+}
+
+/// Whether the server offers TLS (Debian's PostgreSQL does, with its snakeoil certificate for
+/// `localhost`); the TLS test says so and skips when it does not.
+fn server_has_tls() -> bool {
+    let on = psql("SHOW ssl").trim() == "on";
+    if !on {
+        eprintln!("skipping the PostgreSQL TLS test: the server has ssl = off");
+    }
+    on
+}
+
+#[test]
+fn sslmodes_encrypt_check_the_certificate_when_asked_and_refuse_a_wrong_name() {
+    if !here() || !server_has_tls() {
+        return;
+    }
+    let schema = Schema::new();
+    let home = Home::new("pg-tls");
+    // A live reader connected as each mode asks; the server's own view says whether it is encrypted.
+    for (mode, want) in [("sslmode=require", "true"), ("sslmode=disable", "false"), ("sslmode=prefer", "true")] {
+        let url = schema.url_with(mode);
+        let mut child =
+            home.at(&url, &["sub", "tls_probe"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let app = format!("pubsub {}", child.id());
+        let sql = format!(
+            "SELECT string_agg(DISTINCT s.ssl::text, ',') FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = '{app}'"
+        );
+        let started = Instant::now();
+        let mut seen = String::new();
+        while started.elapsed() < WAIT {
+            seen = psql(&sql).trim().to_string();
+            // The reader's LISTEN connection stays open; wait until it is there.
+            if !seen.is_empty() && psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND query LIKE 'LISTEN%'")).trim() != "0" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill().unwrap();
+        let _ = child.wait();
+        assert_eq!(seen, want, "{mode}: ssl of the reader's connections");
+    }
+    // verify-full checks the name: the snakeoil certificate is for localhost, not 127.0.0.1.
+    let ca = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    let wrong =
+        format!("postgres://root@127.0.0.1:5432/test?schema={}&sslmode=verify-full&ca={ca}", schema.0);
+    let (code, _, err) = outcome(&mut home.at(&wrong, &["topics"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("not valid for name \"127.0.0.1\""), "{err}");
+    if std::path::Path::new(ca).exists() {
+        let right =
+            format!("postgres://root@localhost:5432/test?schema={}&sslmode=verify-full&ca={ca}", schema.0);
+        let (code, _, err) = outcome(&mut home.at(&right, &["topic", "create", "checked"]));
+        assert_eq!(code, 0, "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_connection_dropped_mid_claim_loses_nothing() {
+    if !here() {
+        return;
+    }
+    let schema = Schema::new();
+    let url = schema.url_with("ack_deadline=1s");
+    let broker = url::connect(&url).await.unwrap();
+    broker.create_topic(TopicConfig::new(name("jobs"))).await.unwrap();
+    let mut config = SubscriptionConfig::new(name("pool"), name("jobs"));
+    config.start = StartPosition::All;
+    config.ack_deadline = Duration::from_secs(1);
+    broker.create_subscription(config).await.unwrap();
+    let batch = (0..4).map(|i| PublishRequest::new(name("jobs"), format!("job-{i}"))).collect();
+    broker.publish_batch(batch).await.unwrap();
+    let mut stream = broker.subscribe(worker_request("jobs", "pool", "cut")).await.unwrap();
+    let first = next_delivery(&mut stream).await;
+    assert_eq!(first.attempt, Some(1));
+    // Every connection of this process goes: the worker's (holding 4 claimed jobs) and the command one.
+    let app = format!("pubsub {}", std::process::id());
+    let killed = psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{app}'"
+    ));
+    assert!(killed.trim().parse::<u32>().unwrap() >= 2, "terminated {killed}");
+    // The worker reconnects; the jobs it held come back when their lease ends, each to be done once.
+    let mut done = BTreeSet::new();
+    let started = Instant::now();
+    while done.len() < 4 {
+        assert!(started.elapsed() < WAIT, "done so far: {done:?}");
+        let d = next_delivery(&mut stream).await;
+        let job = String::from_utf8_lossy(&d.message.payload).into_owned();
+        match broker.settle(d.token.as_ref().unwrap(), Settle::Ack).await {
+            Ok(()) => assert!(done.insert(job.clone()), "{job} acked twice"),
+            // A delivery handed over before the cut whose lease has since ended.
+            Err(e) => assert!(e.to_string().contains("stale"), "{job}: {e}"),
+        }
+    }
+    let states = psql(&format!("SELECT state, count(*) FROM {}.status GROUP BY 1", schema.0));
+    assert_eq!(states.trim(), "done|4");
+    assert!(
+        broker.settle(first.token.as_ref().unwrap(), Settle::Ack).await.is_ok(),
+        "an ack of a job already done by the same lease is not an error"
+    );
+}
