@@ -196,6 +196,10 @@ fn refusals_read_clearly() {
     }
     let schema = Schema::new();
     let home = Home::new("pg-bad");
+    // An empty schema says how a table topic is made (a publish alone makes none).
+    let (code, _, err) = outcome(&mut home.at(&schema.url(), &["topics"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no table topics yet; `pubsub topic create NAME`"), "{err}");
     let (code, _, err) = outcome(&mut home.at(&schema.url(), &["sub", "a.*"]));
     assert_ne!(code, 0);
     assert!(err.contains("LISTEN takes one channel name"), "{err}");
@@ -452,7 +456,9 @@ fn sslmodes_encrypt_check_the_certificate_when_asked_and_refuse_a_wrong_name() {
     let schema = Schema::new();
     let home = Home::new("pg-tls");
     // A live reader connected as each mode asks; the server's own view says whether it is encrypted.
-    for (mode, want) in [("sslmode=require", "true"), ("sslmode=disable", "false"), ("sslmode=prefer", "true")] {
+    for (mode, want) in
+        [("sslmode=require", "true"), ("sslmode=disable", "false"), ("sslmode=prefer", "true")]
+    {
         let url = schema.url_with(mode);
         let mut child =
             home.at(&url, &["sub", "tls_probe"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();

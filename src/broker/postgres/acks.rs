@@ -20,6 +20,9 @@ struct Waiting {
     answer: oneshot::Sender<Option<bool>>,
 }
 
+/// How many times the writer yields at most while acks keep arriving, before writing.
+const LINGER_TURNS: usize = 64;
+
 /// Acks queued for the next write, and the turn to write.
 #[derive(Default)]
 pub(super) struct AckQueue {
@@ -42,8 +45,7 @@ impl PostgresBroker {
             match heard.try_recv() {
                 Ok(outcome) => outcome,
                 Err(_) => {
-                    // One turn for acks made by tasks that are ready to run, so that a burst of acks
-                    // does not send its first one alone.
+                    self.linger().await;
                     let batch =
                         std::mem::take(&mut *self.acks.queued.lock().unwrap_or_else(PoisonError::into_inner));
                     self.write_acks(batch).await;
@@ -55,6 +57,22 @@ impl PostgresBroker {
             Some(true) => Ok(()),
             // Not a current lease (or the write failed): the row-by-row path says why.
             Some(false) | None => self.settle_row(token, Settle::Ack).await,
+        }
+    }
+
+    /// Lets acks that tasks ready to run are about to make join the write: yields while the queue
+    /// keeps growing (a burst of acks, as when a worker's prefetch is settled as it arrives), and only
+    /// once for an ack that comes alone. Never sleeps.
+    async fn linger(&self) {
+        let queued = || self.acks.queued.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let mut seen = queued();
+        for _ in 0..LINGER_TURNS {
+            tokio::task::yield_now().await;
+            let now = queued();
+            if now == seen {
+                return;
+            }
+            seen = now;
         }
     }
 

@@ -105,6 +105,9 @@ pub async fn list(ctx: &Context, args: TopicsArgs) -> Result<(), CliError> {
             "redis" => {
                 "no streams yet; `pubsub topic create NAME` makes one (a publish to a name that is not a stream is a PUBLISH to a channel, which stores nothing)"
             }
+            "postgres" => {
+                "no table topics yet; `pubsub topic create NAME` makes one (a publish to a name without a table is a NOTIFY on a channel, which stores nothing)"
+            }
             _ => "no topics yet; `pubsub pub TOPIC MESSAGE` creates one",
         });
         return Ok(());
