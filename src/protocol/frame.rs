@@ -153,6 +153,13 @@ pub enum Request {
         #[serde(default)]
         reason: String,
     },
+    /// Give deliveries back unseen: the client never handed them to its reader (they were still
+    /// buffered when the stream stopped), so they are available again at once and their attempt is not
+    /// counted. Leases that are no longer current are skipped. Send it before `unsubscribe`.
+    Release {
+        /// The deliveries.
+        leases: Vec<LeaseRef>,
+    },
     /// Move a subscription.
     Seek {
         /// Subscription.
@@ -228,6 +235,10 @@ pub struct SubscribeSpec {
     /// its socket to hold a slow stream back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub credit: bool,
+    /// The most deliveries the stream is ever sent (a total credit): the server leases no more than
+    /// this many for it, so a client that stops after N holds nothing it will not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 fn ack_none() -> AckMode {

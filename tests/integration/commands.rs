@@ -557,3 +557,40 @@ fn a_paced_pub_started_in_the_background_by_a_script_still_stops_on_sigint() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("exit 130"), "{stderr}");
 }
+
+#[test]
+fn sub_count_takes_exactly_n_and_spends_no_attempt_of_the_rest() {
+    // Issue 19 point 1, as a user met it against the daemon: with max_deliveries 1 and a dead-letter
+    // topic, `sub --count 1` twice printed m1 then m3, and m2 and m4 were dead-lettered.
+    let home = Home::with_daemon("count-n");
+    let (code, _, stderr) = home.run(&[
+        "subs",
+        "create",
+        "w",
+        "--topic",
+        "orders",
+        "--from",
+        "start",
+        "--max-deliveries",
+        "1",
+        "--dead-letter",
+        "dlq",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    home.run(&["pub", "orders", "m1", "m2", "m3", "m4", "m5"]);
+    let mut printed = String::new();
+    for n in ["1", "1", "2"] {
+        let (code, out, stderr) =
+            home.run(&["sub", "orders", "-s", "w", "--count", n, "--format", "{{payload}}"]);
+        assert_eq!(code, 0, "{stderr}");
+        printed.push_str(&out);
+    }
+    assert_eq!(printed, "m1\nm2\nm3\nm4\n");
+    let (_, out, _) = home.run(&["sub-info", "w", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(info["counters"]["delivered"], 4, "only what was printed was delivered: {info}");
+    assert_eq!(info["counters"]["dead_lettered"], 0, "{info}");
+    let (_, out, _) = home.run(&["sub", "orders", "-s", "w", "--count", "1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((v["payload"].as_str(), v["attempt"].as_u64()), (Some("m5"), Some(1)), "{v}");
+}

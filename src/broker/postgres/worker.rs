@@ -63,6 +63,8 @@ struct Worker {
     topic: Name,
     id: String,
     prefetch: i64,
+    /// What this worker may still claim in all (`sub --count N`); no cap when `None`.
+    left: Option<Arc<std::sync::atomic::AtomicI64>>,
     acked: bool,
     wake: Arc<Notify>,
 }
@@ -141,6 +143,12 @@ impl Worker {
         let s = self.target.s();
         let sub = self.subscription.as_str();
         sweep(client, &self.target, sub).await?;
+        let left = self.left.as_ref().map(|l| l.load(Ordering::Acquire));
+        if left == Some(0) {
+            // Everything it was asked for is claimed: the reader ends when it has read it.
+            return Ok(None);
+        }
+        let room = left.map_or(self.prefetch, |l| l.min(self.prefetch));
         let sql = format!(
             "WITH sub AS (SELECT * FROM {s}.subscriptions WHERE name = $1),
              room AS (SELECT greatest(0, $3 - count(*)) AS n FROM {s}.deliveries
@@ -161,7 +169,10 @@ impl Worker {
                     (SELECT n FROM room)
              FROM claimed c JOIN {s}.messages m ON m.topic = c.topic AND m.seq = c.seq ORDER BY c.seq"
         );
-        let rows = client.query(&sql, &[&sub, &self.id, &self.prefetch]).await?;
+        let rows = client.query(&sql, &[&sub, &self.id, &room]).await?;
+        if let Some(l) = &self.left {
+            l.fetch_sub(i64::try_from(rows.len()).unwrap_or(0), Ordering::AcqRel);
+        }
         let room = rows.first().map_or(0, |r| r.get::<_, i64>(10));
         for row in &rows {
             let Some(message) = message_of(row, 2) else { continue };
@@ -266,6 +277,9 @@ impl PostgresBroker {
             topic,
             id: id.clone(),
             prefetch: i64::from(prefetch),
+            left: req
+                .limit
+                .map(|n| Arc::new(std::sync::atomic::AtomicI64::new(i64::try_from(n).unwrap_or(i64::MAX)))),
             acked: req.ack != AckMode::None,
             wake: Arc::new(Notify::new()),
         };
@@ -303,6 +317,14 @@ impl PostgresBroker {
                     sweep(&client, &self.target, sub).await.map_err(|e| self.fail(&e))?;
                 }
                 n
+            }
+            // Back to available as if never claimed: the attempt it was claimed under is taken back.
+            Settle::Release => {
+                let sql = format!(
+                    "UPDATE {s}.deliveries d SET state = 'available', attempts = greatest(0, d.attempts - 1),
+                         worker = NULL, deadline = NULL, available_at = now(), updated_at = now() WHERE {current}"
+                );
+                client.execute(&sql, &[&sub, &seq, &lease]).await
             }
             Settle::Extend(by) => {
                 let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);

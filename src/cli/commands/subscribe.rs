@@ -135,6 +135,8 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
         prefetch: args
             .prefetch
             .or(args.stop.count.map(|n| u32::try_from(n).unwrap_or(u32::MAX).clamp(1, 1000))),
+        // And never more than that many in all: a message leased after the Nth would only go back.
+        limit: args.stop.count,
     };
     let broker = if args.no_retained {
         let url = &ctx.broker;
