@@ -143,8 +143,12 @@ impl AmqpBroker {
             }
             (None, None) => Source::Live(keys),
         };
-        let prefetch =
+        let mut prefetch =
             req.prefetch.map_or(self.target.prefetch, |p| u16::try_from(p).unwrap_or(u16::MAX)).max(1);
+        if let Some(limit) = req.limit {
+            // RabbitMQ sends up to the prefetch at once: never more than the total.
+            prefetch = prefetch.min(u16::try_from(limit).unwrap_or(u16::MAX).max(1));
+        }
         let conn = open(&self.target).await?;
         let first = setup(&self.target, &conn, &source, prefetch).await?;
         let (tx, rx) = mpsc::channel(usize::from(prefetch).max(16));
@@ -355,16 +359,17 @@ impl Pump {
                     });
                     let delivery =
                         BrokerDelivery { message: m, attempt: Some(attempt), deadline: None, token };
-                    // Unacked messages are bounded by the prefetch; the reader is waited for.
-                    if tx.send(Ok(StreamItem::Delivery(delivery))).await.is_err() {
-                        return None;
-                    }
                     if let Some(left) = at.left.as_mut() {
                         *left = left.saturating_sub(1);
                         if *left == 0 {
-                            // The total is handed out: RabbitMQ sends this consumer nothing more.
+                            // The total is reached: RabbitMQ sends this consumer nothing more. Cancelled
+                            // before the last is handed on, so its ack cannot make room for another.
                             let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
                         }
+                    }
+                    // Unacked messages are bounded by the prefetch; the reader is waited for.
+                    if tx.send(Ok(StreamItem::Delivery(delivery))).await.is_err() {
+                        return None;
                     }
                     if !acked {
                         // A subscriber that does not ack: acked here once handed on (at most once), so
