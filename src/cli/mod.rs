@@ -82,6 +82,10 @@ pub enum Command {
     Ack(commands::subs::SettleArgs),
     /// Give a message back for redelivery (optionally after --delay).
     Nack(commands::subs::SettleArgs),
+    /// Keep a message leased longer (a slow worker), up to the subscription's max lease.
+    Extend(commands::subs::ExtendArgs),
+    /// Give up on a message for good: dead-lettered when the subscription has a dead-letter topic.
+    Term(commands::subs::TermArgs),
     /// Run a workshop scenario (fan-out, work-queue, poison-message, crash, …) live or headless.
     Demo(commands::demo::DemoArgs),
     /// Open the terminal UI (also what `pubsub` alone does on a terminal).
@@ -213,6 +217,8 @@ async fn run_command(ctx: &Context, command: Option<Command>) -> Result<(), CliE
         Some(Command::Seek(args)) => commands::subs::seek(&ctx, args).await,
         Some(Command::Ack(args)) => commands::subs::settle(&ctx, args, false).await,
         Some(Command::Nack(args)) => commands::subs::settle(&ctx, args, true).await,
+        Some(Command::Extend(args)) => commands::subs::extend(&ctx, args).await,
+        Some(Command::Term(args)) => commands::subs::term(&ctx, args).await,
         Some(Command::Tui(args)) => commands::tui::run(&ctx, args).await,
         Some(Command::Demo(args)) => commands::demo::run(&ctx, args).await,
         Some(Command::Bench(args)) => commands::bench::run(&ctx, args).await,

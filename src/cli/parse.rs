@@ -41,6 +41,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("\"{text}\" is not a duration such as 5s or 2m: {e}"))
 }
 
+/// A redelivery backoff as `subs create --backoff` takes it: `none` (at once), `MIN..MAX` (doubling
+/// from MIN up to MAX), `MIN..MAX*FACTOR` (growing by FACTOR), or a list `1s,5s,30s` (the n-th failure
+/// waits the n-th delay, the last one from then on).
+pub fn parse_backoff(text: &str) -> Result<crate::model::Backoff, String> {
+    use crate::model::Backoff;
+    let usage = "a backoff is none, MIN..MAX (doubling, e.g. 1s..1m), MIN..MAX*FACTOR (e.g. 1s..1m*3) or a list (1s,5s,30s)";
+    let text = text.trim();
+    if text == "none" || text == "0" {
+        return Ok(Backoff::Immediate);
+    }
+    if let Some((min, rest)) = text.split_once("..") {
+        let (max, factor) = match rest.split_once('*') {
+            Some((max, f)) => {
+                let f: f64 = f.trim().parse().map_err(|_| format!("\"{f}\" is not a factor: {usage}"))?;
+                if !(f >= 1.0 && f.is_finite()) {
+                    return Err(format!("backoff factor {f} must be 1 or more: {usage}"));
+                }
+                (max, f)
+            }
+            None => (rest, 2.0),
+        };
+        let (min, max) = (parse_duration(min.trim())?, parse_duration(max.trim())?);
+        if min > max {
+            return Err(format!("backoff \"{text}\" starts above its largest delay: {usage}"));
+        }
+        return Ok(Backoff::Exponential { min, max, factor, jitter: 0.1 });
+    }
+    let list = text
+        .split(',')
+        .map(|d| parse_duration(d.trim()).map_err(|e| format!("{e}; {usage}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Backoff::List(list))
+}
+
 /// Refuses a `pub --count` template with a placeholder that [`expand_publish_template`] does not know
 /// (or an unclosed `{{`), so that a typo is an error rather than literal braces in every message.
 pub fn check_publish_template(template: &str) -> Result<(), String> {
@@ -171,6 +205,26 @@ mod tests {
         for bad in ["{{nosuch}}", "{{random 6 1}}", "{{random a b}}", "{{seq 2}}", "x {{seq"] {
             let err = check_publish_template(bad).unwrap_err();
             assert!(err.contains("{{seq}}, {{now}}"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn backoffs_parse_in_their_three_forms() {
+        use crate::model::Backoff;
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        assert_eq!(parse_backoff("none"), Ok(Backoff::Immediate));
+        assert_eq!(
+            parse_backoff("1s..1m"),
+            Ok(Backoff::Exponential { min: s(1), max: s(60), factor: 2.0, jitter: 0.1 })
+        );
+        assert_eq!(
+            parse_backoff("2s..10s*3"),
+            Ok(Backoff::Exponential { min: s(2), max: s(10), factor: 3.0, jitter: 0.1 })
+        );
+        assert_eq!(parse_backoff("1s, 5s,30s"), Ok(Backoff::List(vec![s(1), s(5), s(30)])));
+        for bad in ["10s..1s", "1s..1m*0.5", "1s..1m*x", "soon", "1s,,2s"] {
+            assert!(parse_backoff(bad).is_err(), "{bad}");
         }
     }
 }

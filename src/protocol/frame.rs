@@ -375,6 +375,12 @@ pub struct SubscriptionSpec {
     /// When an ack returns on a durable server: `sync` (after fsync) or `async`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_durability: Option<crate::model::AckDurability>,
+    /// How long a failed delivery waits before it is delivered again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<crate::model::Backoff>,
+    /// The longest a lease may be extended to in all, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lease_ms: Option<u64>,
 }
 
 impl SubscriptionSpec {
@@ -404,6 +410,12 @@ impl SubscriptionSpec {
         if let Some(d) = self.ack_durability {
             c.ack_durability = d;
         }
+        if let Some(b) = &self.backoff {
+            c.backoff = b.clone();
+        }
+        if let Some(ms) = self.max_lease_ms {
+            c.max_lease = Duration::from_millis(ms);
+        }
         c
     }
 
@@ -426,6 +438,8 @@ impl SubscriptionSpec {
                 Lifetime::Durable => None,
             },
             ack_durability: Some(c.ack_durability),
+            backoff: Some(c.backoff.clone()),
+            max_lease_ms: Some(u64::try_from(c.max_lease.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }

@@ -594,3 +594,97 @@ fn sub_count_takes_exactly_n_and_spends_no_attempt_of_the_rest() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!((v["payload"].as_str(), v["attempt"].as_u64()), (Some("m5"), Some(1)), "{v}");
 }
+
+#[test]
+fn exec_leases_only_what_parallel_commands_can_start_and_keeps_a_long_job_leased() {
+    // Issue 19 point 3: `sub -s --exec` leased far more than it could start, so leases ran out while
+    // jobs waited, and a job longer than its lease was redelivered although it succeeded.
+    let home = Home::with_daemon("exec-lease");
+    let (code, _, stderr) =
+        home.run(&["subs", "create", "w", "--topic", "jobs", "--from", "start", "--ack-deadline", "2s"]);
+    assert_eq!(code, 0, "{stderr}");
+    home.run(&["pub", "jobs", "j1", "j2", "j3", "j4", "j5", "j6"]);
+    // Each command notes how many messages the subscription has in flight while it runs.
+    let (code, _, stderr) = home.sh("pubsub sub jobs -s w --parallel 2 --count 6 \\
+           --exec 'pubsub sub-info w --json >> \"$PUBSUB_HOME/seen\"'");
+    assert_eq!(code, 0, "{stderr}");
+    let seen = std::fs::read_to_string(home.0.join("seen")).unwrap();
+    let in_flight: Vec<u64> = seen
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["in_flight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(in_flight.len(), 6, "{seen}");
+    assert!(in_flight.iter().all(|&n| n <= 2), "never more in flight than --parallel: {in_flight:?}");
+    // A job that runs past its 2 s lease keeps it (extended while it runs) and is acked once.
+    home.run(&["pub", "jobs", "slow"]);
+    let (code, _, stderr) = home.run(&["sub", "jobs", "-s", "w", "--count", "1", "--exec", "sleep 3"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("redelivered"), "{stderr}");
+    let (_, out, _) = home.run(&["sub-info", "w", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(info["counters"]["acked"], 7, "{info}");
+    assert_eq!(info["counters"]["deadline_expired"], 0, "{info}");
+}
+
+#[test]
+fn extend_and_term_settle_a_lease_from_another_process() {
+    let home = Home::with_daemon("extend-term");
+    let (code, _, stderr) = home.run(&[
+        "subs",
+        "create",
+        "s",
+        "--topic",
+        "m",
+        "--from",
+        "start",
+        "--dead-letter",
+        "m.dead",
+        "--backoff",
+        "none",
+        "--max-lease",
+        "10m",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    home.run(&["pub", "m", "one"]);
+    let (code, _, stderr) =
+        home.sh("pubsub sub m -s s --ack manual --format '{{seq}} {{lease}}' --until-idle 1500ms \\
+         | while read seq lease; do \\
+             pubsub extend s \"$seq\" \"$lease\" --by 5m || exit 7; \\
+             pubsub peek s | grep -q 'lease ends in' || exit 8; \\
+             pubsub term s \"$seq\" \"$lease\" --reason 'bad input' || exit 9; \\
+             if pubsub extend s \"$seq\" \"$lease\" 2>/dev/null; then exit 10; fi; \\
+           done");
+    assert_eq!(code, 0, "{stderr}");
+    let (_, out, _) = home.run(&[
+        "sub",
+        "m.dead",
+        "--from",
+        "start",
+        "--exit-at-end",
+        "--format",
+        "{{payload}} {{header.x-dead-letter-reason}}: {{header.x-dead-letter-detail}}",
+    ]);
+    assert_eq!(out, "one term: bad input\n");
+}
+
+#[test]
+fn subs_create_takes_a_backoff() {
+    let home = Home::with_daemon("backoff");
+    for (sub, backoff) in [("quick", "none"), ("slow", "10m,20m")] {
+        let (code, _, stderr) =
+            home.run(&["subs", "create", sub, "--topic", "b", "--from", "start", "--backoff", backoff]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    home.run(&["pub", "b", "x"]);
+    for sub in ["quick", "slow"] {
+        let (code, _, stderr) = home.run(&["sub", "b", "-s", sub, "--count", "1", "--exec", "false"]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    // A nack with no delay waits for the backoff: none at once, the list's first delay otherwise.
+    let (_, quick, _) = home.run(&["peek", "quick"]);
+    assert!(quick.contains("available") && !quick.contains("retry in"), "{quick}");
+    let (_, slow, _) = home.run(&["peek", "slow"]);
+    assert!(slow.contains("retry in 9m") || slow.contains("retry in 10m"), "{slow}");
+    let (code, _, stderr) = home.run(&["subs", "create", "bad", "--topic", "b", "--backoff", "5s..1s"]);
+    assert_eq!(code, 2, "{stderr}");
+}

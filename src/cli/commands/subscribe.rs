@@ -13,8 +13,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::broker::{
-    BrokerDelivery, BrokerError, ConnectionEvent, DeliveryStream, Settle, SharedBroker, StreamItem,
-    SubscribeRequest,
+    BrokerDelivery, BrokerError, Capability, ConnectionEvent, DeliveryStream, Settle, SharedBroker,
+    StreamItem, SubscribeRequest,
 };
 use crate::cli::output::{Stdout, note};
 use crate::cli::parse::parse_duration;
@@ -131,10 +131,18 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
         from: from.map(Position::start),
         ack,
         consumer: args.consumer.clone(),
-        // With --count, holding more than that many would only make the rest wait for a redelivery.
-        prefetch: args
-            .prefetch
-            .or(args.stop.count.map(|n| u32::try_from(n).unwrap_or(u32::MAX).clamp(1, 1000))),
+        // With --count, holding more than that many would only make the rest wait for a redelivery;
+        // with --exec, holding more than --parallel commands can start would let their leases run out
+        // while they wait.
+        prefetch: args.prefetch.or_else(|| {
+            let count = args.stop.count.map(|n| u32::try_from(n).unwrap_or(u32::MAX).clamp(1, 1000));
+            let parallel =
+                args.exec.as_ref().map(|_| u32::try_from(args.parallel).unwrap_or(u32::MAX).max(1));
+            match (count, parallel) {
+                (Some(c), Some(p)) => Some(c.min(p)),
+                (c, p) => c.or(p),
+            }
+        }),
         // And never more than that many in all: a message leased after the Nth would only go back.
         limit: args.stop.count,
     };
@@ -366,8 +374,12 @@ pub async fn receive(
                         }
                     }
                     let command = exec.command.clone();
+                    let keeper = lease_keeper(&broker, &delivery);
                     running.spawn(async move {
-                        let ok = run_command(&command, &delivery).await;
+                        let ok = tokio::select! {
+                            ok = run_command(&command, &delivery) => ok,
+                            () = keeper => false,
+                        };
                         (delivery, ok)
                     });
                 }
@@ -447,6 +459,34 @@ async fn settle_exec(broker: &SharedBroker, delivery: &BrokerDelivery, ok: bool)
             Ok(())
         }
         Err(e) => Err(CliError::from(e)),
+    }
+}
+
+/// Keeps a delivery leased while its command runs: extends the lease by its length each third of it, until
+/// the broker refuses (the subscription's max lease is reached, or the lease is gone). Never completes;
+/// dropped when the command ends. Does nothing for deliveries without a lease or on brokers that cannot
+/// extend one.
+fn lease_keeper(broker: &SharedBroker, d: &BrokerDelivery) -> impl std::future::Future<Output = ()> + use<> {
+    let now = SystemClock.now();
+    let lease = d.deadline.map(|deadline| deadline.since(now)).filter(|l| !l.is_zero());
+    let plan = match (&d.token, lease) {
+        (Some(token), Some(lease)) if broker.capabilities().has(Capability::Extend) => {
+            Some((broker.clone(), token.clone(), lease))
+        }
+        _ => None,
+    };
+    async move {
+        if let Some((broker, token, lease)) = plan {
+            let every = (lease / 3).max(Duration::from_millis(50));
+            loop {
+                tokio::time::sleep(every).await;
+                if broker.settle(&token, Settle::Extend(lease)).await.is_err() {
+                    // Past the max lease, or no longer this lease: it runs out as it stands.
+                    break;
+                }
+            }
+        }
+        std::future::pending::<()>().await
     }
 }
 
