@@ -59,6 +59,8 @@ pub enum Command {
     Sub(commands::subscribe::SubArgs),
     /// Send a request and print the first reply (NATS request/reply; exit 6 when nobody listens).
     Request(commands::request::RequestArgs),
+    /// Answer requests on a subject with a fixed body or what a command prints (like `nats reply`).
+    Reply(commands::reply::ReplyArgs),
     /// Show the last N messages of a topic, then follow with -f.
     Tail(commands::tail::TailArgs),
     /// Write the lossless NDJSON envelope of every message to a file or stdout.
@@ -206,6 +208,7 @@ async fn run_command(ctx: &Context, command: Option<Command>) -> Result<(), CliE
         Some(Command::Pub(args)) => commands::publish::run(&ctx, args).await,
         Some(Command::Sub(args)) => commands::subscribe::run(&ctx, args).await,
         Some(Command::Request(args)) => commands::request::run(&ctx, args).await,
+        Some(Command::Reply(args)) => commands::reply::run(&ctx, args).await,
         Some(Command::Tail(args)) => commands::tail::run(&ctx, args).await,
         Some(Command::Record(args)) => commands::record::run(&ctx, args).await,
         Some(Command::Replay(args)) => commands::replay::run(&ctx, args).await,

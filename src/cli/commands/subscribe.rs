@@ -508,6 +508,9 @@ async fn run_command(command: &str, d: &BrokerDelivery) -> bool {
     if let Some(key) = m.key() {
         cmd.env("PUBSUB_KEY", crate::protocol::envelope::encode_bytes(key).0);
     }
+    if let Some(reply) = m.reply_to() {
+        cmd.env("PUBSUB_REPLY", reply);
+    }
     for (k, v) in m.headers() {
         let var: String =
             k.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
