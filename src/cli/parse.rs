@@ -41,6 +41,54 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("\"{text}\" is not a duration such as 5s or 2m: {e}"))
 }
 
+/// A delimiter as `-D`/`-K` take it (kcat's habit): the text's bytes, with `\\n`, `\\r`, `\\t`, `\\0`,
+/// `\\\\` and `\\xHH` escapes, so that a shell without `$'…'` can still give a tab or a NUL.
+pub fn parse_delimiter(text: &str) -> Result<Delimiter, String> {
+    delimiter_bytes(text).map(Delimiter)
+}
+
+/// Bytes that separate records (`-D`, `-K`); a type of its own so that clap takes it as one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delimiter(pub Vec<u8>);
+
+fn delimiter_bytes(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let Some((&e, tail)) = rest.split_first() else {
+            return Err(format!("delimiter {text:?} ends with a lone backslash (write \\\\ for one)"));
+        };
+        rest = tail;
+        match e {
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'0' => out.push(0),
+            b'\\' => out.push(b'\\'),
+            b'x' => {
+                let hex = rest.get(..2).and_then(|h| std::str::from_utf8(h).ok());
+                let byte = hex
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("delimiter {text:?}: \\x needs two hex digits"))?;
+                out.push(byte);
+                rest = rest.get(2..).unwrap_or_default();
+            }
+            other => {
+                return Err(format!(
+                    "delimiter {text:?}: unknown escape \\{}; known are \\n \\r \\t \\0 \\\\ \\xHH",
+                    other as char
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A redelivery backoff as `subs create --backoff` takes it: `none` (at once), `MIN..MAX` (doubling
 /// from MIN up to MAX), `MIN..MAX*FACTOR` (growing by FACTOR), or a list `1s,5s,30s` (the n-th failure
 /// waits the n-th delay, the last one from then on).
@@ -225,6 +273,17 @@ mod tests {
         assert_eq!(parse_backoff("1s, 5s,30s"), Ok(Backoff::List(vec![s(1), s(5), s(30)])));
         for bad in ["10s..1s", "1s..1m*0.5", "1s..1m*x", "soon", "1s,,2s"] {
             assert!(parse_backoff(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn delimiters_take_escapes() {
+        assert_eq!(delimiter_bytes(":"), Ok(b":".to_vec()));
+        assert_eq!(delimiter_bytes("\\n--\\t"), Ok(b"\n--\t".to_vec()));
+        assert_eq!(delimiter_bytes("\\0\\x1f\\\\"), Ok(vec![0, 0x1f, b'\\']));
+        assert_eq!(delimiter_bytes(""), Ok(Vec::new()));
+        for bad in ["\\", "\\q", "\\x1"] {
+            assert!(parse_delimiter(bad).is_err(), "{bad}");
         }
     }
 }

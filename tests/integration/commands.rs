@@ -688,3 +688,26 @@ fn subs_create_takes_a_backoff() {
     let (code, _, stderr) = home.run(&["subs", "create", "bad", "--topic", "b", "--backoff", "5s..1s"]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+#[test]
+fn kcat_style_keys_delimiters_and_short_flags() {
+    let home = Home::with_daemon("kcat");
+    // -K: key and value on one line, cut at the first delimiter; a line without it is all value.
+    let (code, _, stderr) = home.run_with(&["pub", "kv", "-K", ":"], b"k1:v1\nk2:v:2\nnokey\n");
+    assert_eq!(code, 0, "{stderr}");
+    let (_, out, _) = home.run(&["sub", "kv", "-F", "start", "-e", "--format", "{{key}}={{payload}}"]);
+    assert_eq!(out, "k1=v1\nk2=v:2\n=nokey\n");
+    // -D: records end with a delimiter of several bytes; the last one needs none.
+    let (code, _, stderr) = home.run_with(&["pub", "d", "-D", "|%"], b"a\nb|%c|%d");
+    assert_eq!(code, 0, "{stderr}");
+    // On output, -N writes nothing between messages and -D what is asked (escapes included).
+    let (_, out, _) = home.run(&["sub", "d", "-o", "start", "-e", "-N", "--format", "raw"]);
+    assert_eq!(out, "a\nbcd");
+    let (_, out, _) = home.run(&["tail", "d", "-n", "2", "-D", "\\t", "--format", "raw"]);
+    assert_eq!(out, "c\td\t");
+    // kcat's -c and -J, mosquitto's -W.
+    let (code, out, stderr) = home.run(&["sub", "d", "-F", "start", "-c", "1", "-J", "-W", "5s"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["payload"], "a\nb");
+}

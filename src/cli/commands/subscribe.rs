@@ -17,7 +17,7 @@ use crate::broker::{
     StreamItem, SubscribeRequest,
 };
 use crate::cli::output::{Stdout, note};
-use crate::cli::parse::parse_duration;
+use crate::cli::parse::{Delimiter, parse_delimiter, parse_duration};
 use crate::cli::render::{Format, Renderer};
 use crate::cli::{CliError, Context};
 use crate::model::Position;
@@ -42,8 +42,14 @@ pub struct OutputArgs {
     #[arg(long, default_value = "text", value_parser = Format::parse, value_name = "FORMAT")]
     pub format: Format,
     /// Same as --format json.
-    #[arg(long)]
+    #[arg(long, short = 'J')]
     pub json: bool,
+    /// Written after each message instead of a newline (escapes \n \t \0 \xHH), e.g. -D '\0'.
+    #[arg(long, short = 'D', value_parser = parse_delimiter, value_name = "DELIM", conflicts_with = "no_newline")]
+    pub delimiter: Option<Delimiter>,
+    /// Nothing after each message (byte-exact `--format raw` of one message, as mosquitto_sub -N).
+    #[arg(long, short = 'N')]
+    pub no_newline: bool,
 }
 
 impl OutputArgs {
@@ -51,22 +57,30 @@ impl OutputArgs {
     pub fn format(&self) -> Format {
         if self.json { Format::Json } else { self.format.clone() }
     }
+
+    /// The renderer these options describe; `terminal` when stdout is one (control characters are then
+    /// shown escaped in the text formats).
+    pub fn renderer(&self, color: bool, terminal: bool) -> Renderer {
+        let delimiter =
+            if self.no_newline { Vec::new() } else { self.delimiter.clone().map_or(vec![b'\n'], |d| d.0) };
+        Renderer::new(self.format(), color).to_terminal(terminal).with_delimiter(delimiter)
+    }
 }
 
 /// When a receive loop ends.
 #[derive(Debug, Clone, Args, Default)]
 pub struct StopArgs {
-    /// Stop after N messages.
-    #[arg(long, short = 'n', value_name = "N")]
+    /// Stop after N messages (-c as kcat).
+    #[arg(long, short = 'n', short_alias = 'c', value_name = "N")]
     pub count: Option<u64>,
-    /// Stop after this long; exit 4 if nothing arrived (e.g. 5s, 1m).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    /// Stop after this long; exit 4 if nothing arrived (e.g. 5s, 1m; -W as mosquitto_sub).
+    #[arg(long, short = 'W', value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     /// Stop once no message has arrived for this long.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub until_idle: Option<Duration>,
-    /// Stop after the last message that existed when reading started (history reads).
-    #[arg(long)]
+    /// Stop after the last message that existed when reading started (history reads; -e as kcat).
+    #[arg(long, short = 'e')]
     pub exit_at_end: bool,
 }
 
@@ -76,8 +90,8 @@ pub struct SubArgs {
     /// Subjects or patterns (`orders.*`, `orders.>`, `#`, `glob:user:*`); one topic with --from or --subscription.
     #[arg(required = true)]
     pub patterns: Vec<String>,
-    /// Read history from: start, end, a seq, an RFC 3339 time, or -5m.
-    #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
+    /// Read history from: start, end, a seq, an RFC 3339 time, or -5m (-o as kcat's offset).
+    #[arg(long, short = 'F', short_alias = 'o', value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// Join this durable subscription as a competing consumer (created when missing).
     #[arg(long, short = 's', value_name = "NAME")]
@@ -171,8 +185,7 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
     let sink = Sink::Stdout(Stdout::new());
     let settle = if args.ack == AckArg::Manual { SettleMode::Manual } else { SettleMode::Auto };
     let exec = args.exec.map(|command| Exec { command, parallel: args.parallel });
-    let renderer =
-        Renderer::new(args.output.format(), ctx.color).to_terminal(std::io::stdout().is_terminal());
+    let renderer = args.output.renderer(ctx.color, std::io::stdout().is_terminal());
     receive(broker, stream, sink, renderer, settle, exec, &args.stop, end).await
 }
 
