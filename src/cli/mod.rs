@@ -65,7 +65,8 @@ pub enum Command {
     Tail(commands::tail::TailArgs),
     /// Write the lossless NDJSON envelope of every message to a file or stdout.
     Record(commands::record::RecordArgs),
-    /// Re-publish a topic range or a recorded file, with original timing, a speed factor, or a rate.
+    /// Re-publish a topic range or a recorded file: as fast as it can, with the original timing scaled by
+    /// --speed, or at a --rate.
     Replay(commands::replay::ReplayArgs),
     /// List topics with counts, rates, sizes and retention.
     Topics(commands::topics::TopicsArgs),

@@ -711,3 +711,20 @@ fn kcat_style_keys_delimiters_and_short_flags() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["payload"], "a\nb");
 }
+
+#[test]
+fn from_on_an_existing_subscription_and_topic_delete_say_what_they_do() {
+    // Issue 19 point 12: `sub -s NAME --from end` on an existing subscription ignored --from silently,
+    // and `topic delete` deleted subscriptions without saying so.
+    let home = Home::with_daemon("say-so");
+    home.run(&["subs", "create", "keep", "--topic", "said", "--from", "start"]);
+    home.run(&["pub", "said", "one"]);
+    let (code, out, stderr) =
+        home.run(&["sub", "said", "-s", "keep", "--from", "end", "-c", "1", "--format", "raw"]);
+    assert_eq!((code, out.as_str()), (0, "one\n"), "{stderr}");
+    assert!(stderr.contains("already exists and keeps its own position"), "{stderr}");
+    assert!(stderr.contains("pubsub seek keep POSITION"), "{stderr}");
+    let (code, _, stderr) = home.run(&["topic", "delete", "said", "-y"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("deleted topic said and its 1 subscription(s): keep"), "{stderr}");
+}

@@ -173,6 +173,13 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
     } else {
         ctx.connect().await?
     };
+    if let (Some(sub), Some(_)) = (&request.subscription, &from)
+        && broker.subscription_info(sub).await.is_ok()
+    {
+        note(&format!(
+            "subscription {sub} already exists and keeps its own position: --from applies only when sub creates it (`pubsub seek {sub} POSITION` moves it)"
+        ));
+    }
     let end = if args.stop.exit_at_end {
         match end_seq(&broker, &patterns, from, request.subscription.as_ref()).await? {
             Some(head) => Some(head),
