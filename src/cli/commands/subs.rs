@@ -285,11 +285,7 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
         rows.push(vec!["drains in".into(), duration(eta)]);
     }
     if let Some(blocked) = s.blocked_by {
-        let why = serde_json::to_value(blocked)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        rows.push(vec!["blocked by".into(), why.replace('_', " ")]);
+        rows.push(vec!["blocked by".into(), blocked.label().into()]);
     }
     let mut text = table(&rows);
     if !s.consumers.is_empty() {
