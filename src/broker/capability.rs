@@ -112,7 +112,7 @@ impl Capability {
     pub fn of_settle(how: &Settle) -> Capability {
         match how {
             Settle::Ack => Capability::Ack,
-            Settle::Nack(None) => Capability::Nack,
+            Settle::Nack(None) | Settle::Release => Capability::Nack,
             Settle::Nack(Some(_)) => Capability::NackDelay,
             Settle::Extend(_) => Capability::Extend,
             Settle::Term(_) => Capability::Term,

@@ -66,7 +66,8 @@ impl LocalBroker {
         budget: Option<Arc<ByteBudget>>,
     ) -> Result<DeliveryStream, BrokerError> {
         let attach = |sub: &Name| {
-            let opts = AttachOptions { consumer: req.consumer.clone(), prefetch: req.prefetch };
+            let opts =
+                AttachOptions { consumer: req.consumer.clone(), prefetch: req.prefetch, limit: req.limit };
             self.engine.attach_within(sub, opts, budget.clone())
         };
         if let Some(name) = &req.subscription {
@@ -231,6 +232,7 @@ impl Broker for LocalBroker {
             Settle::Nack(delay) => self.engine.nack(sub, r, delay),
             Settle::Extend(by) => self.engine.extend(sub, r, by).map(|_| ()),
             Settle::Term(reason) => self.engine.term(sub, r, &reason),
+            Settle::Release => self.engine.release(sub, r),
         })?;
         Ok(())
     }

@@ -52,6 +52,10 @@ pub struct SubscribeRequest {
     pub consumer: Option<String>,
     /// Credit; the broker's default when `None`.
     pub prefetch: Option<u32>,
+    /// The most deliveries this consumer takes in all (`sub --count N`): a backend that can stops
+    /// leasing, claiming or pulling once it has handed out this many, so nothing is held that the
+    /// reader will not read. No cap when `None`.
+    pub limit: Option<u64>,
 }
 
 impl SubscribeRequest {
@@ -64,6 +68,7 @@ impl SubscribeRequest {
             ack: AckMode::None,
             consumer: None,
             prefetch: None,
+            limit: None,
         }
     }
 }

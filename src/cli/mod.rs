@@ -59,11 +59,14 @@ pub enum Command {
     Sub(commands::subscribe::SubArgs),
     /// Send a request and print the first reply (NATS request/reply; exit 6 when nobody listens).
     Request(commands::request::RequestArgs),
+    /// Answer requests on a subject with a fixed body or what a command prints (like `nats reply`).
+    Reply(commands::reply::ReplyArgs),
     /// Show the last N messages of a topic, then follow with -f.
     Tail(commands::tail::TailArgs),
     /// Write the lossless NDJSON envelope of every message to a file or stdout.
     Record(commands::record::RecordArgs),
-    /// Re-publish a topic range or a recorded file, with original timing, a speed factor, or a rate.
+    /// Re-publish a topic range or a recorded file: as fast as it can, with the original timing scaled by
+    /// --speed, or at a --rate.
     Replay(commands::replay::ReplayArgs),
     /// List topics with counts, rates, sizes and retention.
     Topics(commands::topics::TopicsArgs),
@@ -82,6 +85,10 @@ pub enum Command {
     Ack(commands::subs::SettleArgs),
     /// Give a message back for redelivery (optionally after --delay).
     Nack(commands::subs::SettleArgs),
+    /// Keep a message leased longer (a slow worker), up to the subscription's max lease.
+    Extend(commands::subs::ExtendArgs),
+    /// Give up on a message for good: dead-lettered when the subscription has a dead-letter topic.
+    Term(commands::subs::TermArgs),
     /// Run a workshop scenario (fan-out, work-queue, poison-message, crash, …) live or headless.
     Demo(commands::demo::DemoArgs),
     /// Open the terminal UI (also what `pubsub` alone does on a terminal).
@@ -202,6 +209,7 @@ async fn run_command(ctx: &Context, command: Option<Command>) -> Result<(), CliE
         Some(Command::Pub(args)) => commands::publish::run(&ctx, args).await,
         Some(Command::Sub(args)) => commands::subscribe::run(&ctx, args).await,
         Some(Command::Request(args)) => commands::request::run(&ctx, args).await,
+        Some(Command::Reply(args)) => commands::reply::run(&ctx, args).await,
         Some(Command::Tail(args)) => commands::tail::run(&ctx, args).await,
         Some(Command::Record(args)) => commands::record::run(&ctx, args).await,
         Some(Command::Replay(args)) => commands::replay::run(&ctx, args).await,
@@ -213,6 +221,8 @@ async fn run_command(ctx: &Context, command: Option<Command>) -> Result<(), CliE
         Some(Command::Seek(args)) => commands::subs::seek(&ctx, args).await,
         Some(Command::Ack(args)) => commands::subs::settle(&ctx, args, false).await,
         Some(Command::Nack(args)) => commands::subs::settle(&ctx, args, true).await,
+        Some(Command::Extend(args)) => commands::subs::extend(&ctx, args).await,
+        Some(Command::Term(args)) => commands::subs::term(&ctx, args).await,
         Some(Command::Tui(args)) => commands::tui::run(&ctx, args).await,
         Some(Command::Demo(args)) => commands::demo::run(&ctx, args).await,
         Some(Command::Bench(args)) => commands::bench::run(&ctx, args).await,

@@ -41,6 +41,88 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("\"{text}\" is not a duration such as 5s or 2m: {e}"))
 }
 
+/// A delimiter as `-D`/`-K` take it (kcat's habit): the text's bytes, with `\\n`, `\\r`, `\\t`, `\\0`,
+/// `\\\\` and `\\xHH` escapes, so that a shell without `$'…'` can still give a tab or a NUL.
+pub fn parse_delimiter(text: &str) -> Result<Delimiter, String> {
+    delimiter_bytes(text).map(Delimiter)
+}
+
+/// Bytes that separate records (`-D`, `-K`); a type of its own so that clap takes it as one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delimiter(pub Vec<u8>);
+
+fn delimiter_bytes(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let Some((&e, tail)) = rest.split_first() else {
+            return Err(format!("delimiter {text:?} ends with a lone backslash (write \\\\ for one)"));
+        };
+        rest = tail;
+        match e {
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'0' => out.push(0),
+            b'\\' => out.push(b'\\'),
+            b'x' => {
+                let hex = rest.get(..2).and_then(|h| std::str::from_utf8(h).ok());
+                let byte = hex
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("delimiter {text:?}: \\x needs two hex digits"))?;
+                out.push(byte);
+                rest = rest.get(2..).unwrap_or_default();
+            }
+            other => {
+                return Err(format!(
+                    "delimiter {text:?}: unknown escape \\{}; known are \\n \\r \\t \\0 \\\\ \\xHH",
+                    other as char
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A redelivery backoff as `subs create --backoff` takes it: `none` (at once), `MIN..MAX` (doubling
+/// from MIN up to MAX), `MIN..MAX*FACTOR` (growing by FACTOR), or a list `1s,5s,30s` (the n-th failure
+/// waits the n-th delay, the last one from then on).
+pub fn parse_backoff(text: &str) -> Result<crate::model::Backoff, String> {
+    use crate::model::Backoff;
+    let usage = "a backoff is none, MIN..MAX (doubling, e.g. 1s..1m), MIN..MAX*FACTOR (e.g. 1s..1m*3) or a list (1s,5s,30s)";
+    let text = text.trim();
+    if text == "none" || text == "0" {
+        return Ok(Backoff::Immediate);
+    }
+    if let Some((min, rest)) = text.split_once("..") {
+        let (max, factor) = match rest.split_once('*') {
+            Some((max, f)) => {
+                let f: f64 = f.trim().parse().map_err(|_| format!("\"{f}\" is not a factor: {usage}"))?;
+                if !(f >= 1.0 && f.is_finite()) {
+                    return Err(format!("backoff factor {f} must be 1 or more: {usage}"));
+                }
+                (max, f)
+            }
+            None => (rest, 2.0),
+        };
+        let (min, max) = (parse_duration(min.trim())?, parse_duration(max.trim())?);
+        if min > max {
+            return Err(format!("backoff \"{text}\" starts above its largest delay: {usage}"));
+        }
+        return Ok(Backoff::Exponential { min, max, factor, jitter: 0.1 });
+    }
+    let list = text
+        .split(',')
+        .map(|d| parse_duration(d.trim()).map_err(|e| format!("{e}; {usage}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Backoff::List(list))
+}
+
 /// Refuses a `pub --count` template with a placeholder that [`expand_publish_template`] does not know
 /// (or an unclosed `{{`), so that a typo is an error rather than literal braces in every message.
 pub fn check_publish_template(template: &str) -> Result<(), String> {
@@ -171,6 +253,37 @@ mod tests {
         for bad in ["{{nosuch}}", "{{random 6 1}}", "{{random a b}}", "{{seq 2}}", "x {{seq"] {
             let err = check_publish_template(bad).unwrap_err();
             assert!(err.contains("{{seq}}, {{now}}"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn backoffs_parse_in_their_three_forms() {
+        use crate::model::Backoff;
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        assert_eq!(parse_backoff("none"), Ok(Backoff::Immediate));
+        assert_eq!(
+            parse_backoff("1s..1m"),
+            Ok(Backoff::Exponential { min: s(1), max: s(60), factor: 2.0, jitter: 0.1 })
+        );
+        assert_eq!(
+            parse_backoff("2s..10s*3"),
+            Ok(Backoff::Exponential { min: s(2), max: s(10), factor: 3.0, jitter: 0.1 })
+        );
+        assert_eq!(parse_backoff("1s, 5s,30s"), Ok(Backoff::List(vec![s(1), s(5), s(30)])));
+        for bad in ["10s..1s", "1s..1m*0.5", "1s..1m*x", "soon", "1s,,2s"] {
+            assert!(parse_backoff(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn delimiters_take_escapes() {
+        assert_eq!(delimiter_bytes(":"), Ok(b":".to_vec()));
+        assert_eq!(delimiter_bytes("\\n--\\t"), Ok(b"\n--\t".to_vec()));
+        assert_eq!(delimiter_bytes("\\0\\x1f\\\\"), Ok(vec![0, 0x1f, b'\\']));
+        assert_eq!(delimiter_bytes(""), Ok(Vec::new()));
+        for bad in ["\\", "\\q", "\\x1"] {
+            assert!(parse_delimiter(bad).is_err(), "{bad}");
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct Renderer {
     /// Control characters in message fields are shown escaped (text and template formats): the output
     /// goes to a terminal, where a payload's escape sequences would act on the terminal itself.
     escape: bool,
+    /// Written after each message: a newline unless the user chose another (`-D`) or none (`-N`).
+    delimiter: Vec<u8>,
 }
 
 const DIM: &str = "\x1b[2m";
@@ -79,7 +81,13 @@ const RESET: &str = "\x1b[0m";
 impl Renderer {
     /// A renderer for `format`, coloured when `color` (text only).
     pub fn new(format: Format, color: bool) -> Self {
-        Renderer { format, color, escape: false }
+        Renderer { format, color, escape: false, delimiter: vec![b'\n'] }
+    }
+
+    /// Ends each message with `delimiter` instead of a newline (empty: nothing, for byte-exact raw output).
+    pub fn with_delimiter(mut self, delimiter: Vec<u8>) -> Self {
+        self.delimiter = delimiter;
+        self
     }
 
     /// Escapes control characters of message fields when `terminal` (stdout is a terminal) in the text
@@ -89,7 +97,7 @@ impl Renderer {
         self
     }
 
-    /// Appends one message's output (ending with a newline) to `out`.
+    /// Appends one message's output (ending with the delimiter, a newline by default) to `out`.
     pub fn render(&self, m: &Message, attempt: Option<u32>, lease: Option<u64>, out: &mut Vec<u8>) {
         match &self.format {
             Format::Json => {
@@ -106,7 +114,7 @@ impl Renderer {
                 out.extend_from_slice(text.as_bytes());
             }
         }
-        out.push(b'\n');
+        out.extend_from_slice(&self.delimiter);
     }
 
     fn text(&self, m: &Message, attempt: Option<u32>, lease: Option<u64>, out: &mut Vec<u8>) {

@@ -304,10 +304,14 @@ impl Engine {
             let budget = budget.clone();
             let mut channel = None;
             self.with_sub(sub, |s, ctx, effects| {
-                let prefetch = opts.prefetch.unwrap_or(s.config.max_in_flight).max(1);
+                let mut prefetch = opts.prefetch.unwrap_or(s.config.max_in_flight).max(1);
+                // Credit beyond the total would never be used.
+                if let Some(limit) = opts.limit {
+                    prefetch = prefetch.min(u32::try_from(limit.max(1)).unwrap_or(u32::MAX));
+                }
                 let (tx, rx) = mpsc::channel(usize::try_from(prefetch).unwrap_or(1024));
                 let sink = PushSink { tx: tx.clone(), starved, budget };
-                s.attach_push(id, prefetch, sink, ctx.now, effects)?;
+                s.attach_push(id, prefetch, opts.limit, sink, ctx.now, effects)?;
                 channel = Some((tx, rx));
                 Ok(())
             })?;
@@ -336,6 +340,17 @@ impl Engine {
             }
             Ok(s.detach(&id, ctx, effects))
         });
+    }
+
+    /// Gives a delivery back unseen (T7 without a failure): its reader never looked at it, so it is
+    /// available again at once and the attempt it was leased under is not counted. A lease that is no
+    /// longer current is left alone (it was settled, expired or re-leased meanwhile).
+    pub fn release(&self, sub: &Name, r: AckRef) -> Result<(), EngineError> {
+        self.with_sub(sub, |s, ctx, effects| {
+            check_partition(ctx.topic, r.partition)?;
+            s.return_unseen(r.seq, r.lease, effects);
+            Ok(())
+        })
     }
 
     /// Runs push dispatch for a subscription (a push consumer made room).

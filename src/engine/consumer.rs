@@ -116,6 +116,9 @@ pub(crate) struct ConsumerState {
     pub delivered: u64,
     pub acked: u64,
     pub push: Option<PushSink>,
+    /// Deliveries this consumer may still be handed in all, when it asked for a total (`sub --count N`):
+    /// a reader that stops after N then never holds a message it will not hand out.
+    pub limit: Option<u64>,
 }
 
 impl ConsumerState {
@@ -129,6 +132,19 @@ impl ConsumerState {
             delivered: 0,
             acked: 0,
             push,
+            limit: None,
+        }
+    }
+
+    /// Whether the consumer's total allows another delivery.
+    pub fn may_take(&self) -> bool {
+        self.limit != Some(0)
+    }
+
+    /// Counts `n` deliveries against the consumer's total.
+    pub fn spend(&mut self, n: u64) {
+        if let Some(left) = &mut self.limit {
+            *left = left.saturating_sub(n);
         }
     }
 }

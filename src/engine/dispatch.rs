@@ -32,7 +32,10 @@ impl SubState {
         if simple && max_bytes == u64::MAX {
             // The common firehose case: no leases, no filter, no redeliveries — copy a run of the log.
             let from = self.delivered_seq.max(ctx.log.first_seq().saturating_sub(1)) + 1;
-            let room = max_msgs.saturating_sub(out.len());
+            let mut room = max_msgs.saturating_sub(out.len());
+            if let Some(left) = self.consumers.get(c).and_then(|x| x.limit) {
+                room = room.min(usize::try_from(left).unwrap_or(usize::MAX));
+            }
             out.reserve(room.min(4096));
             let before = out.len();
             for (seq, record) in ctx.log.iter_from(from).take(room) {
@@ -51,6 +54,7 @@ impl SubState {
                 self.deliver_rate.record(ctx.now, n);
                 if let Some(consumer) = self.consumers.get_mut(c) {
                     consumer.delivered += n;
+                    consumer.spend(n);
                 }
             }
             return;
@@ -68,6 +72,9 @@ impl SubState {
     /// The next message for consumer `c`, if credit and the byte budget allow. Redeliveries go first.
     pub fn next_delivery(&mut self, c: usize, ctx: &Ctx<'_>, byte_budget: u64) -> Option<Delivery> {
         let explicit = self.config.ack != AckMode::None;
+        if self.consumers.get(c).is_some_and(|x| !x.may_take()) {
+            return None;
+        }
         if explicit {
             if self.in_flight >= self.config.max_in_flight {
                 return None;
@@ -110,6 +117,7 @@ impl SubState {
             self.deliver_rate.record(ctx.now, 1);
             if let Some(consumer) = self.consumers.get_mut(c) {
                 consumer.delivered += 1;
+                consumer.spend(1);
                 consumer.last_activity = ctx.now;
             }
             return Some(Delivery {
@@ -172,6 +180,7 @@ impl SubState {
         if let Some(consumer) = self.consumers.get_mut(c) {
             consumer.in_flight += 1;
             consumer.delivered += 1;
+            consumer.spend(1);
             consumer.last_activity = now;
         }
         Delivery {
@@ -251,6 +260,7 @@ impl SubState {
         &mut self,
         id: ConsumerId,
         prefetch: u32,
+        limit: Option<u64>,
         sink: PushSink,
         now: Timestamp,
         effects: &mut Effects,
@@ -268,9 +278,14 @@ impl SubState {
             Some(existing) => {
                 existing.push = Some(sink);
                 existing.prefetch = prefetch;
+                existing.limit = limit;
                 existing.last_activity = now;
             }
-            None => self.consumers.push(ConsumerState::new(id.clone(), prefetch, now, Some(sink))),
+            None => {
+                let mut consumer = ConsumerState::new(id.clone(), prefetch, now, Some(sink));
+                consumer.limit = limit;
+                self.consumers.push(consumer);
+            }
         }
         self.last_active = now;
         effects

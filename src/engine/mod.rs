@@ -84,6 +84,8 @@ pub struct AttachOptions {
     pub consumer: Option<String>,
     /// Its credit (and channel size); the subscription's `max_in_flight` when `None`.
     pub prefetch: Option<u32>,
+    /// The most deliveries it is ever handed (a total credit: `sub --count N`); no cap when `None`.
+    pub limit: Option<u64>,
 }
 
 #[derive(Debug, Default)]

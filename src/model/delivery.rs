@@ -33,6 +33,10 @@ pub enum Settle {
     Extend(Duration),
     /// Give up on it for good, with a reason.
     Term(String),
+    /// Give it back unseen: the reader never looked at it (it was still buffered when the reader
+    /// stopped), so it is available again at once without counting as an attempt. Brokers that cannot
+    /// tell this from a nack redeliver it as after a nack.
+    Release,
 }
 
 /// A message received from a broker, with what is needed to settle it.

@@ -93,6 +93,18 @@ pub enum BlockedBy {
     NoConsumers,
 }
 
+impl BlockedBy {
+    /// The words people read, the same in the CLI and the TUI.
+    pub fn label(self) -> &'static str {
+        match self {
+            BlockedBy::InFlightLimit => "in-flight limit",
+            BlockedBy::Prefetch => "prefetch",
+            BlockedBy::Backoff => "backoff",
+            BlockedBy::NoConsumers => "no consumers",
+        }
+    }
+}
+
 /// One topic as `topics` and `topic info` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicInfo {

@@ -62,6 +62,9 @@ pub struct Message {
 
 static NO_HEADERS: Headers = BTreeMap::new();
 
+/// The header that names where a reply to a message goes.
+pub const REPLY_TO: &str = "reply-to";
+
 impl Message {
     /// A message; the subject is stored only when it differs from the topic name.
     pub fn new(
@@ -95,6 +98,20 @@ impl Message {
     /// The attributes (empty when none).
     pub fn headers(&self) -> &Headers {
         self.extra.as_ref().map_or(&NO_HEADERS, |e| &e.headers)
+    }
+
+    /// The same message with one more header (a broker's own detail, such as where to reply).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let mut extra = self.extra.as_deref().cloned().unwrap_or_default();
+        extra.headers.insert(name.into(), value.into());
+        self.extra = Some(Arc::new(extra));
+        self
+    }
+
+    /// Where an answer to this message goes (the `reply-to` header: a NATS request's reply subject,
+    /// an AMQP message's reply-to property), when it asks for one.
+    pub fn reply_to(&self) -> Option<&str> {
+        self.headers().get(REPLY_TO).map(String::as_str)
     }
 
     /// Size counted against limits: payload + key + headers.

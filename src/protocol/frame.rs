@@ -153,6 +153,13 @@ pub enum Request {
         #[serde(default)]
         reason: String,
     },
+    /// Give deliveries back unseen: the client never handed them to its reader (they were still
+    /// buffered when the stream stopped), so they are available again at once and their attempt is not
+    /// counted. Leases that are no longer current are skipped. Send it before `unsubscribe`.
+    Release {
+        /// The deliveries.
+        leases: Vec<LeaseRef>,
+    },
     /// Move a subscription.
     Seek {
         /// Subscription.
@@ -228,6 +235,10 @@ pub struct SubscribeSpec {
     /// its socket to hold a slow stream back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub credit: bool,
+    /// The most deliveries the stream is ever sent (a total credit): the server leases no more than
+    /// this many for it, so a client that stops after N holds nothing it will not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 fn ack_none() -> AckMode {
@@ -364,6 +375,12 @@ pub struct SubscriptionSpec {
     /// When an ack returns on a durable server: `sync` (after fsync) or `async`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_durability: Option<crate::model::AckDurability>,
+    /// How long a failed delivery waits before it is delivered again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<crate::model::Backoff>,
+    /// The longest a lease may be extended to in all, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lease_ms: Option<u64>,
 }
 
 impl SubscriptionSpec {
@@ -393,6 +410,12 @@ impl SubscriptionSpec {
         if let Some(d) = self.ack_durability {
             c.ack_durability = d;
         }
+        if let Some(b) = &self.backoff {
+            c.backoff = b.clone();
+        }
+        if let Some(ms) = self.max_lease_ms {
+            c.max_lease = Duration::from_millis(ms);
+        }
         c
     }
 
@@ -415,6 +438,8 @@ impl SubscriptionSpec {
                 Lifetime::Durable => None,
             },
             ack_durability: Some(c.ack_durability),
+            backoff: Some(c.backoff.clone()),
+            max_lease_ms: Some(u64::try_from(c.max_lease.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }

@@ -123,19 +123,23 @@ fn subscribe() -> impl Strategy<Value = Request> {
         prop::option::of(any::<u32>()),
         prop::option::of(any::<u64>()),
         any::<bool>(),
+        prop::option::of(any::<u64>()),
     )
-        .prop_map(|(patterns, subscription, from, ack, consumer, prefetch, prefetch_bytes, credit)| {
-            Request::Subscribe(SubscribeSpec {
-                patterns: patterns.iter().filter_map(|n| Pattern::parse(n.as_str()).ok()).collect(),
-                subscription,
-                from,
-                ack,
-                consumer,
-                prefetch,
-                prefetch_bytes,
-                credit,
-            })
-        })
+        .prop_map(
+            |(patterns, subscription, from, ack, consumer, prefetch, prefetch_bytes, credit, limit)| {
+                Request::Subscribe(SubscribeSpec {
+                    patterns: patterns.iter().filter_map(|n| Pattern::parse(n.as_str()).ok()).collect(),
+                    subscription,
+                    from,
+                    ack,
+                    consumer,
+                    prefetch,
+                    prefetch_bytes,
+                    credit,
+                    limit,
+                })
+            },
+        )
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -156,6 +160,7 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(lease, delay_ms)| Request::Nack { lease, delay_ms }),
         (lease(), any::<u64>()).prop_map(|(lease, by_ms)| Request::Extend { lease, by_ms }),
         (lease(), "\\PC{0,20}").prop_map(|(lease, reason)| Request::Term { lease, reason }),
+        prop::collection::vec(lease(), 0..3).prop_map(|leases| Request::Release { leases }),
         (
             name(),
             "[a-z0-9]{1,8}",

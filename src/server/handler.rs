@@ -74,6 +74,7 @@ impl Connection {
                     ack: spec.ack,
                     consumer: spec.consumer,
                     prefetch: Some(prefetch),
+                    limit: spec.limit,
                 };
                 let budget = self.stream_budget(spec.prefetch_bytes);
                 match broker.subscribe_within(req, Some(budget.clone())) {
@@ -143,6 +144,16 @@ impl Connection {
                 .map(|()| None),
             Request::Term { lease, reason } => {
                 broker.settle(&token(lease), Settle::Term(reason)).await.map(|()| None)
+            }
+            Request::Release { leases } => {
+                let mut outcome = Ok(None);
+                for lease in leases {
+                    if let Err(e) = broker.settle(&token(lease), Settle::Release).await {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+                outcome
             }
             Request::Seek { subscription, target } => {
                 let target = match target {

@@ -608,6 +608,9 @@ impl App {
             KeyCode::Backspace => {
                 text.pop();
             }
+            // Ctrl+U clears the line, as in a shell; other Ctrl keys type nothing.
+            KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => text.clear(),
+            KeyCode::Char(_) if key.modifiers.contains(KeyModifiers::CONTROL) => {}
             KeyCode::Char(c) => text.push(c),
             KeyCode::Enter => return self.submit(kind, text),
             _ => {}
@@ -708,6 +711,7 @@ impl App {
             KeyCode::Backspace => {
                 composer.field_mut().pop();
             }
+            KeyCode::Char('u') if ctrl => composer.field_mut().clear(),
             KeyCode::Char(c) if !ctrl => composer.field_mut().push(c),
             _ => {}
         }

@@ -104,7 +104,7 @@ pub const BINDINGS: &[Binding] = &[
         Scope::View(View::Stream),
         Action::CyclePayload,
         "v",
-        "json/raw/hex",
+        "pretty/raw/hex",
         true,
     ),
     bind(
@@ -177,8 +177,9 @@ mod tests {
         assert!(footer.contains(&("?".to_string(), "help")));
         let help = map.help();
         assert!(
-            help.iter()
-                .any(|(title, keys)| *title == "Stream" && keys.contains(&("v".to_string(), "json/raw/hex")))
+            help.iter().any(
+                |(title, keys)| *title == "Stream" && keys.contains(&("v".to_string(), "pretty/raw/hex"))
+            )
         );
     }
 }

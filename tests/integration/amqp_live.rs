@@ -630,3 +630,37 @@ fn amqps_checks_the_broker_against_a_private_ca() {
     assert!(stderr.contains("certificate"), "{stderr}");
     assert!(!stderr.contains("guest:guest"), "{stderr}");
 }
+
+#[test]
+fn sub_count_takes_n_from_a_durable_queue_and_leaves_the_rest_unredelivered() {
+    // Issue 19 point 1: with a prefetch above one, `sub -s Q --count 1` was sent more than it printed,
+    // and what it left came back marked redelivered.
+    if !rabbit_here() {
+        return;
+    }
+    let home = Home::new("amqp-count");
+    let q = unique("count");
+    let _cleanup = Queues(vec![q.clone()]);
+    let at = |args: &[&str]| outcome(&mut home.at(URL, args));
+    let created = at(&["subs", "create", &q, "--topic", &q]);
+    assert_eq!(created.0, 0, "{}", created.2);
+    assert_eq!(at(&["pub", &q, "m1", "m2", "m3", "m4"]).0, 0);
+    let mut printed = String::new();
+    for n in ["1", "1", "2"] {
+        let (code, out, err) = at(&[
+            "sub",
+            &q,
+            "-s",
+            &q,
+            "--count",
+            n,
+            "--prefetch",
+            "4",
+            "--format",
+            "{{payload}}:{{attempt}}",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        printed.push_str(&out);
+    }
+    assert_eq!(printed, "m1:1\nm2:1\nm3:1\nm4:1\n");
+}

@@ -133,13 +133,13 @@ async fn push_consumers_compete_and_a_dropped_one_gives_its_messages_back() {
     let mut a = engine
         .attach(
             &name("pool"),
-            pubsub::engine::AttachOptions { consumer: Some("a".into()), prefetch: Some(2) },
+            pubsub::engine::AttachOptions { consumer: Some("a".into()), prefetch: Some(2), limit: None },
         )
         .unwrap();
     let b = engine
         .attach(
             &name("pool"),
-            pubsub::engine::AttachOptions { consumer: Some("b".into()), prefetch: Some(2) },
+            pubsub::engine::AttachOptions { consumer: Some("b".into()), prefetch: Some(2), limit: None },
         )
         .unwrap();
     for i in 0..4 {

@@ -557,3 +557,174 @@ fn a_paced_pub_started_in_the_background_by_a_script_still_stops_on_sigint() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("exit 130"), "{stderr}");
 }
+
+#[test]
+fn sub_count_takes_exactly_n_and_spends_no_attempt_of_the_rest() {
+    // Issue 19 point 1, as a user met it against the daemon: with max_deliveries 1 and a dead-letter
+    // topic, `sub --count 1` twice printed m1 then m3, and m2 and m4 were dead-lettered.
+    let home = Home::with_daemon("count-n");
+    let (code, _, stderr) = home.run(&[
+        "subs",
+        "create",
+        "w",
+        "--topic",
+        "orders",
+        "--from",
+        "start",
+        "--max-deliveries",
+        "1",
+        "--dead-letter",
+        "dlq",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    home.run(&["pub", "orders", "m1", "m2", "m3", "m4", "m5"]);
+    let mut printed = String::new();
+    for n in ["1", "1", "2"] {
+        let (code, out, stderr) =
+            home.run(&["sub", "orders", "-s", "w", "--count", n, "--format", "{{payload}}"]);
+        assert_eq!(code, 0, "{stderr}");
+        printed.push_str(&out);
+    }
+    assert_eq!(printed, "m1\nm2\nm3\nm4\n");
+    let (_, out, _) = home.run(&["sub-info", "w", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(info["counters"]["delivered"], 4, "only what was printed was delivered: {info}");
+    assert_eq!(info["counters"]["dead_lettered"], 0, "{info}");
+    let (_, out, _) = home.run(&["sub", "orders", "-s", "w", "--count", "1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((v["payload"].as_str(), v["attempt"].as_u64()), (Some("m5"), Some(1)), "{v}");
+}
+
+#[test]
+fn exec_leases_only_what_parallel_commands_can_start_and_keeps_a_long_job_leased() {
+    // Issue 19 point 3: `sub -s --exec` leased far more than it could start, so leases ran out while
+    // jobs waited, and a job longer than its lease was redelivered although it succeeded.
+    let home = Home::with_daemon("exec-lease");
+    let (code, _, stderr) =
+        home.run(&["subs", "create", "w", "--topic", "jobs", "--from", "start", "--ack-deadline", "2s"]);
+    assert_eq!(code, 0, "{stderr}");
+    home.run(&["pub", "jobs", "j1", "j2", "j3", "j4", "j5", "j6"]);
+    // Each command notes how many messages the subscription has in flight while it runs.
+    let (code, _, stderr) = home.sh("pubsub sub jobs -s w --parallel 2 --count 6 \\
+           --exec 'pubsub sub-info w --json >> \"$PUBSUB_HOME/seen\"'");
+    assert_eq!(code, 0, "{stderr}");
+    let seen = std::fs::read_to_string(home.0.join("seen")).unwrap();
+    let in_flight: Vec<u64> = seen
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["in_flight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(in_flight.len(), 6, "{seen}");
+    assert!(in_flight.iter().all(|&n| n <= 2), "never more in flight than --parallel: {in_flight:?}");
+    // A job that runs past its 2 s lease keeps it (extended while it runs) and is acked once.
+    home.run(&["pub", "jobs", "slow"]);
+    let (code, _, stderr) = home.run(&["sub", "jobs", "-s", "w", "--count", "1", "--exec", "sleep 3"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("redelivered"), "{stderr}");
+    let (_, out, _) = home.run(&["sub-info", "w", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(info["counters"]["acked"], 7, "{info}");
+    assert_eq!(info["counters"]["deadline_expired"], 0, "{info}");
+}
+
+#[test]
+fn extend_and_term_settle_a_lease_from_another_process() {
+    let home = Home::with_daemon("extend-term");
+    let (code, _, stderr) = home.run(&[
+        "subs",
+        "create",
+        "s",
+        "--topic",
+        "m",
+        "--from",
+        "start",
+        "--dead-letter",
+        "m.dead",
+        "--backoff",
+        "none",
+        "--max-lease",
+        "10m",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    home.run(&["pub", "m", "one"]);
+    let (code, _, stderr) =
+        home.sh("pubsub sub m -s s --ack manual --format '{{seq}} {{lease}}' --until-idle 1500ms \\
+         | while read seq lease; do \\
+             pubsub extend s \"$seq\" \"$lease\" --by 5m || exit 7; \\
+             pubsub peek s | grep -q 'lease ends in' || exit 8; \\
+             pubsub term s \"$seq\" \"$lease\" --reason 'bad input' || exit 9; \\
+             if pubsub extend s \"$seq\" \"$lease\" 2>/dev/null; then exit 10; fi; \\
+           done");
+    assert_eq!(code, 0, "{stderr}");
+    let (_, out, _) = home.run(&[
+        "sub",
+        "m.dead",
+        "--from",
+        "start",
+        "--exit-at-end",
+        "--format",
+        "{{payload}} {{header.x-dead-letter-reason}}: {{header.x-dead-letter-detail}}",
+    ]);
+    assert_eq!(out, "one term: bad input\n");
+}
+
+#[test]
+fn subs_create_takes_a_backoff() {
+    let home = Home::with_daemon("backoff");
+    for (sub, backoff) in [("quick", "none"), ("slow", "10m,20m")] {
+        let (code, _, stderr) =
+            home.run(&["subs", "create", sub, "--topic", "b", "--from", "start", "--backoff", backoff]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    home.run(&["pub", "b", "x"]);
+    for sub in ["quick", "slow"] {
+        let (code, _, stderr) = home.run(&["sub", "b", "-s", sub, "--count", "1", "--exec", "false"]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    // A nack with no delay waits for the backoff: none at once, the list's first delay otherwise.
+    let (_, quick, _) = home.run(&["peek", "quick"]);
+    assert!(quick.contains("available") && !quick.contains("retry in"), "{quick}");
+    let (_, slow, _) = home.run(&["peek", "slow"]);
+    assert!(slow.contains("retry in 9m") || slow.contains("retry in 10m"), "{slow}");
+    let (code, _, stderr) = home.run(&["subs", "create", "bad", "--topic", "b", "--backoff", "5s..1s"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
+fn kcat_style_keys_delimiters_and_short_flags() {
+    let home = Home::with_daemon("kcat");
+    // -K: key and value on one line, cut at the first delimiter; a line without it is all value.
+    let (code, _, stderr) = home.run_with(&["pub", "kv", "-K", ":"], b"k1:v1\nk2:v:2\nnokey\n");
+    assert_eq!(code, 0, "{stderr}");
+    let (_, out, _) = home.run(&["sub", "kv", "-F", "start", "-e", "--format", "{{key}}={{payload}}"]);
+    assert_eq!(out, "k1=v1\nk2=v:2\n=nokey\n");
+    // -D: records end with a delimiter of several bytes; the last one needs none.
+    let (code, _, stderr) = home.run_with(&["pub", "d", "-D", "|%"], b"a\nb|%c|%d");
+    assert_eq!(code, 0, "{stderr}");
+    // On output, -N writes nothing between messages and -D what is asked (escapes included).
+    let (_, out, _) = home.run(&["sub", "d", "-o", "start", "-e", "-N", "--format", "raw"]);
+    assert_eq!(out, "a\nbcd");
+    let (_, out, _) = home.run(&["tail", "d", "-n", "2", "-D", "\\t", "--format", "raw"]);
+    assert_eq!(out, "c\td\t");
+    // kcat's -c and -J, mosquitto's -W.
+    let (code, out, stderr) = home.run(&["sub", "d", "-F", "start", "-c", "1", "-J", "-W", "5s"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["payload"], "a\nb");
+}
+
+#[test]
+fn from_on_an_existing_subscription_and_topic_delete_say_what_they_do() {
+    // Issue 19 point 12: `sub -s NAME --from end` on an existing subscription ignored --from silently,
+    // and `topic delete` deleted subscriptions without saying so.
+    let home = Home::with_daemon("say-so");
+    home.run(&["subs", "create", "keep", "--topic", "said", "--from", "start"]);
+    home.run(&["pub", "said", "one"]);
+    let (code, out, stderr) =
+        home.run(&["sub", "said", "-s", "keep", "--from", "end", "-c", "1", "--format", "raw"]);
+    assert_eq!((code, out.as_str()), (0, "one\n"), "{stderr}");
+    assert!(stderr.contains("already exists and keeps its own position"), "{stderr}");
+    assert!(stderr.contains("pubsub seek keep POSITION"), "{stderr}");
+    let (code, _, stderr) = home.run(&["topic", "delete", "said", "-y"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("deleted topic said and its 1 subscription(s): keep"), "{stderr}");
+}

@@ -696,3 +696,57 @@ fn an_empty_server_says_how_to_make_a_stream_not_that_pub_makes_one() {
     assert!(err.contains("no streams yet") && err.contains("topic create"), "{err}");
     assert!(!err.contains("pub TOPIC MESSAGE` creates one"), "{err}");
 }
+
+#[test]
+fn pubsub_reply_answers_requests_with_what_its_command_prints() {
+    // `pubsub reply SUBJECT --exec CMD`, as `nats reply --command`: the request on stdin, the reply
+    // subject in PUBSUB_REPLY, and in the `reply-to` header that `sub --json` shows.
+    if !nats_here() {
+        return;
+    }
+    let home = Home::new("nats-reply");
+    let subject = unique("svc.upper.");
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let mut responder = Command::new(&bin)
+        .env("PUBSUB_HOME", &home.0)
+        .args(["-b", URL, "reply", &subject, "-e", r#"printf '%s|%s' "$(tr a-z A-Z)" "${PUBSUB_REPLY%%.*}""#])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _responder = Kill(&mut responder);
+    let mut watcher = home
+        .at(URL, &["sub", &subject, "--count", "1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both subscribe in their own time: ask until the watcher has seen a request and it was answered.
+    let started = Instant::now();
+    let mut answer = String::new();
+    loop {
+        let (code, out, err) = outcome(&mut home.at(URL, &["request", &subject, "hello", "--format", "raw"]));
+        if code == 0 {
+            answer = out;
+        } else {
+            assert_eq!(code, 6, "only 'no responders' while the responder starts: {err}");
+        }
+        if !answer.is_empty() && watcher.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no answer: {answer:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(answer.trim(), "HELLO|_INBOX");
+    let seen = watcher.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&seen.stdout).unwrap();
+    let reply = v["headers"]["reply-to"].as_str().unwrap_or_default();
+    assert!(reply.starts_with("_INBOX."), "{v}");
+}

@@ -540,3 +540,26 @@ async fn a_workers_connection_dropped_mid_claim_loses_nothing() {
         "an ack of a job already done by the same lease is not an error"
     );
 }
+
+#[test]
+fn sub_count_claims_only_n_jobs() {
+    // Issue 19 point 1: a worker asked for N jobs claims no more than N, so none is left in flight on a
+    // worker that has gone (to come back only after the lease, as attempt 2).
+    if !here() {
+        return;
+    }
+    let schema = Schema::new();
+    let home = Home::new("pg-count");
+    let at = |args: &[&str]| outcome(&mut home.at(&schema.url(), args));
+    assert_eq!(at(&["topic", "create", "jobs"]).0, 0);
+    let created = at(&["subs", "create", "w", "--topic", "jobs", "--from", "start", "--max-deliveries", "1"]);
+    assert_eq!(created.0, 0, "{}", created.2);
+    assert_eq!(at(&["pub", "jobs", "j1", "j2", "j3", "j4"]).0, 0);
+    let (code, out, err) = at(&["sub", "jobs", "-s", "w", "--count", "2", "--format", "raw"]);
+    assert_eq!((code, out.as_str()), (0, "j1\nj2\n"), "{err}");
+    let states = psql(&format!(
+        "SELECT string_agg(state || ':' || attempts, ' ' ORDER BY seq) FROM {}.deliveries WHERE subscription = 'w'",
+        schema.0
+    ));
+    assert_eq!(states.trim(), "done:1 done:1 available:0 available:0");
+}

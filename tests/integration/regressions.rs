@@ -15,7 +15,8 @@ async fn push_consumer_without_acks_keeps_receiving_past_its_prefetch() {
     for i in 0..50 {
         publish(&e, "t", &format!("{i}"));
     }
-    let mut consumer = e.attach(&name("s"), AttachOptions { consumer: None, prefetch: Some(4) }).unwrap();
+    let mut consumer =
+        e.attach(&name("s"), AttachOptions { consumer: None, prefetch: Some(4), limit: None }).unwrap();
     for expected in 1..=50 {
         let d = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await.unwrap().unwrap();
         assert_eq!(d.message.seq, expected);
@@ -55,7 +56,7 @@ fn dead_letter_copy_that_cannot_be_kept_is_counted_as_terminated() {
 fn a_second_live_push_consumer_with_the_same_id_is_refused() {
     let (e, _) = engine();
     subscribe(&e, "s", "t", |_| {});
-    let opts = || AttachOptions { consumer: Some("w".into()), prefetch: None };
+    let opts = || AttachOptions { consumer: Some("w".into()), prefetch: None, limit: None };
     let _first = e.attach(&name("s"), opts()).unwrap();
     let err = e.attach(&name("s"), opts()).unwrap_err();
     assert!(matches!(err, EngineError::ConsumerExists { .. }), "{err}");
@@ -179,4 +180,42 @@ async fn deliveries_a_consumer_never_read_come_back_without_spending_an_attempt(
     let peek = e.peek(&name("w"), 0, 10).unwrap();
     let m4 = peek.messages.iter().find(|m| m.seq == 4).unwrap();
     assert_eq!((m4.state, m4.attempt), (pubsub::engine::DeliveryState::Available, 0), "{peek:?}");
+}
+
+#[tokio::test]
+async fn a_consumer_with_a_total_is_never_leased_more_than_it_asked_for() {
+    // Issue 19: `sub -s NAME --count N` took more than N (its credit came back with each ack) and gave
+    // the rest back on exit. A total caps what the consumer is ever handed.
+    let (e, _) = engine();
+    subscribe(&e, "w", "orders", |_| {});
+    for m in ["m1", "m2", "m3", "m4", "m5"] {
+        publish(&e, "orders", m);
+    }
+    let opts = AttachOptions { prefetch: Some(4), limit: Some(2), ..AttachOptions::default() };
+    let mut consumer = e.attach(&name("w"), opts).unwrap();
+    for want in ["m1", "m2"] {
+        let d = consumer.recv().await.unwrap();
+        assert_eq!(&d.message.payload[..], want.as_bytes());
+        e.ack(&name("w"), d.lease.unwrap()).unwrap();
+    }
+    assert!(consumer.try_recv().is_none(), "nothing past the total was pushed");
+    let info = e.subscription_info(&name("w")).unwrap();
+    assert_eq!((info.in_flight, info.counters.delivered), (0, 2), "{info:?}");
+}
+
+#[tokio::test]
+async fn a_released_delivery_comes_back_at_once_without_spending_an_attempt() {
+    let (e, _) = engine();
+    subscribe(&e, "w", "orders", |c| {
+        c.max_deliveries = 1;
+        c.dead_letter = Some(name("dlq"));
+    });
+    publish(&e, "orders", "m1");
+    let d = fetch(&e, "w", "c", 1).remove(0);
+    e.release(&name("w"), d.lease.unwrap()).unwrap();
+    let again = fetch(&e, "w", "c", 1).remove(0);
+    assert_eq!((again.message.seq, again.attempt), (1, 1), "released, not failed");
+    // The first lease is no longer current: releasing it again changes nothing.
+    e.release(&name("w"), d.lease.unwrap()).unwrap();
+    assert!(e.topic_info(&name("dlq")).is_err(), "nothing was dead-lettered");
 }

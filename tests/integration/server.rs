@@ -661,3 +661,37 @@ async fn a_message_over_the_limit_is_refused_clearly_at_every_size_and_a_raised_
     let got = next_delivery(&mut stream).await;
     assert!(got.message.payload[..] == payload[..], "the 10 MB payload came back changed");
 }
+
+/// Issue 19: a remote consumer with a total (`sub --count N` against the daemon) is leased no more than
+/// N, and a delivery it gives back with `release` returns without counting as an attempt.
+#[tokio::test]
+async fn a_remote_consumer_takes_no_more_than_its_total_and_releases_without_an_attempt() {
+    let server = start(ServeConfig::default()).await;
+    let c = client(&server).await;
+    let mut config = SubscriptionConfig::new(name("w"), name("orders"));
+    config.start = StartPosition::All;
+    config.max_deliveries = 1;
+    config.dead_letter = Some(name("dlq"));
+    c.create_subscription(config).await.unwrap();
+    for m in ["m1", "m2", "m3", "m4", "m5"] {
+        c.publish(PublishRequest::new(name("orders"), m)).await.unwrap();
+    }
+    let mut req = SubscribeRequest::live(vec![Pattern::parse("orders").unwrap()]);
+    req.subscription = Some(name("w"));
+    req.ack = AckMode::Explicit;
+    req.prefetch = Some(4);
+    req.limit = Some(2);
+    let mut stream = c.subscribe(req).await.unwrap();
+    let first = next_delivery(&mut stream).await;
+    let second = next_delivery(&mut stream).await;
+    c.settle(first.token.as_ref().unwrap(), Settle::Ack).await.unwrap();
+    let info = c.subscription_info(&name("w")).await.unwrap();
+    assert_eq!((info.in_flight, info.counters.delivered), (1, 2), "{info:?}");
+    // Given back unseen: available again as if never delivered, so max_deliveries 1 does not bite.
+    c.settle(second.token.as_ref().unwrap(), Settle::Release).await.unwrap();
+    drop(stream);
+    let peek = c.peek(&name("w"), 0, 10).await.unwrap();
+    let m2 = peek.messages.iter().find(|m| m.seq == 2).unwrap();
+    assert_eq!((m2.state, m2.attempt), (pubsub::engine::DeliveryState::Available, 0), "{peek:?}");
+    assert!(c.topic_info(&name("dlq")).await.is_err(), "nothing was dead-lettered");
+}

@@ -228,3 +228,24 @@ fn topics_view_on_rabbitmq_builds_a_dot_tree_from_the_stream_when_listing_fails(
     app.update(Action::ToggleTree);
     snapshot("topics_amqp_tree", &app);
 }
+
+#[test]
+fn a_subscription_without_consumers_is_blocked_by_no_consumers_in_words() {
+    // Issue 19 point 11: the detail pane said "blocked by NoConsumers" where the CLI says "no consumers".
+    let (e, _) = engine();
+    let mut idle = SubscriptionConfig::new(name("idle"), name("jobs"));
+    idle.start = StartPosition::All;
+    e.publish(PublishRequest::new(name("jobs"), "waiting")).unwrap();
+    e.create_subscription(idle).unwrap();
+    let mut app = App::new(
+        "ws://127.0.0.1:7077".into(),
+        Capabilities::all(),
+        Theme::load("default", None).unwrap(),
+        1000,
+        1 << 20,
+    );
+    app.stats(Some(e.topics()), Some(e.subscriptions(None)));
+    app.update(Action::SetView(View::Subscriptions));
+    let screen = render(&app, 120, 40).to_string();
+    assert!(screen.contains("blocked by no consumers"), "{screen}");
+}

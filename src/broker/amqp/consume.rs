@@ -5,8 +5,8 @@
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, Consumer};
@@ -143,8 +143,12 @@ impl AmqpBroker {
             }
             (None, None) => Source::Live(keys),
         };
-        let prefetch =
+        let mut prefetch =
             req.prefetch.map_or(self.target.prefetch, |p| u16::try_from(p).unwrap_or(u16::MAX)).max(1);
+        if let Some(limit) = req.limit {
+            // RabbitMQ sends up to the prefetch at once: never more than the total.
+            prefetch = prefetch.min(u16::try_from(limit).unwrap_or(u16::MAX).max(1));
+        }
         let conn = open(&self.target).await?;
         let first = setup(&self.target, &conn, &source, prefetch).await?;
         let (tx, rx) = mpsc::channel(usize::from(prefetch).max(16));
@@ -156,6 +160,7 @@ impl AmqpBroker {
             consumers: self.consumers.clone(),
             key: format!("amqp-{}", self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
             subscription: req.subscription.clone(),
+            limit: req.limit,
         };
         let task = tokio::spawn(pump.run(conn, first, tx));
         Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })))
@@ -201,6 +206,8 @@ struct Pump {
     /// This subscription's key in `consumers`, before the setup number.
     key: String,
     subscription: Option<Name>,
+    /// The most messages of a durable queue this subscriber takes in all (`sub --count N`).
+    limit: Option<u64>,
 }
 
 impl Pump {
@@ -221,11 +228,12 @@ impl Pump {
         let mut forward = Forwarder::new(tx.clone(), Some(self.events.clone()));
         // The last stream offset handed on (+1), so a stream subscription resumes after it.
         let mut next_seq = None;
+        let mut left = self.limit;
         loop {
             let key = registered.switch(&current.channel);
-            let reason = self
-                .serve(&mut current.consumer, &current.channel, &key, &tx, &mut forward, &mut next_seq)
-                .await;
+            let mut at = Progress { next_seq: &mut next_seq, left: &mut left };
+            let reason =
+                self.serve(&mut current.consumer, &current.channel, &key, &tx, &mut forward, &mut at).await;
             let Some(reason) = reason else { break };
             if let (Source::Stream(topic, _), Some(seq)) = (&self.source, next_seq) {
                 self.source = Source::Stream(topic.clone(), StartPosition::Seq(seq));
@@ -261,7 +269,7 @@ impl Pump {
         key: &str,
         tx: &mpsc::Sender<Result<StreamItem, BrokerError>>,
         forward: &mut Forwarder,
-        next_seq: &mut Option<u64>,
+        at: &mut Progress<'_>,
     ) -> Option<String> {
         loop {
             let next = tokio::select! {
@@ -277,6 +285,11 @@ impl Pump {
             let d = match next {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => return Some(format!("the RabbitMQ consumer stopped: {e}")),
+                // This subscriber cancelled its consumer, having taken all it wanted.
+                None if *at.left == Some(0) => {
+                    tx.closed().await;
+                    return None;
+                }
                 None if channel.status().connected() => {
                     // Cancelled by the broker: the queue was deleted.
                     let gone = BrokerError::Invalid("the queue was deleted".into());
@@ -314,10 +327,16 @@ impl Pump {
                     if tx.send(Ok(StreamItem::Delivery(BrokerDelivery::untracked(m)))).await.is_err() {
                         return None;
                     }
-                    *next_seq = Some(seq.saturating_add(1));
+                    *at.next_seq = Some(seq.saturating_add(1));
                     let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
                 }
                 Source::Durable(name, acked) => {
+                    if *at.left == Some(0) {
+                        // Sent before the cancel arrived: straight back to the queue, never seen.
+                        let options = BasicNackOptions { requeue: true, multiple: false };
+                        let _ = channel.basic_nack(tag, options).await;
+                        continue;
+                    }
                     // Quorum queues count deliveries; elsewhere RabbitMQ only says "redelivered".
                     let attempt = match convert::number(&d.properties, "x-delivery-count") {
                         Some(n) => u32::try_from(n.saturating_add(1)).unwrap_or(u32::MAX),
@@ -340,6 +359,14 @@ impl Pump {
                     });
                     let delivery =
                         BrokerDelivery { message: m, attempt: Some(attempt), deadline: None, token };
+                    if let Some(left) = at.left.as_mut() {
+                        *left = left.saturating_sub(1);
+                        if *left == 0 {
+                            // The total is reached: RabbitMQ sends this consumer nothing more. Cancelled
+                            // before the last is handed on, so its ack cannot make room for another.
+                            let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                        }
+                    }
                     // Unacked messages are bounded by the prefetch; the reader is waited for.
                     if tx.send(Ok(StreamItem::Delivery(delivery))).await.is_err() {
                         return None;
@@ -353,6 +380,13 @@ impl Pump {
             }
         }
     }
+}
+
+/// Where a subscription stands across setups: the next stream offset to resume at, and what is left of
+/// its total.
+struct Progress<'a> {
+    next_seq: &'a mut Option<u64>,
+    left: &'a mut Option<u64>,
 }
 
 /// The error for reading a queue that is not a stream as history.

@@ -324,7 +324,8 @@ impl Broker for AmqpBroker {
         let tag = token.lease;
         let done = match how {
             Settle::Ack => channel.basic_ack(tag, BasicAckOptions::default()).await,
-            Settle::Nack(_) => {
+            // RabbitMQ requeues either way; quorum queues count a requeue by nack as no failure.
+            Settle::Nack(_) | Settle::Release => {
                 channel
                     .basic_nack(tag, BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
                     .await

@@ -99,6 +99,7 @@ impl NatsBroker {
             acked,
             ack_wait,
             batch,
+            limit: req.limit,
             events: self.events.clone(),
         };
         let task = tokio::spawn(pump.run(consumer, advisories, tx, demand.clone()));
@@ -182,7 +183,8 @@ impl NatsBroker {
         };
         let payload = match &how {
             Settle::Ack => Bytes::from_static(b"+ACK"),
-            Settle::Nack(None) => Bytes::from_static(b"-NAK"),
+            // JetStream has already counted the delivery; a nak at least sends it again at once.
+            Settle::Nack(None) | Settle::Release => Bytes::from_static(b"-NAK"),
             Settle::Nack(Some(delay)) => {
                 Bytes::from(format!("-NAK {{\"delay\": {}}}", delay.as_nanos().min(i64::MAX as u128)))
             }
@@ -223,6 +225,8 @@ struct JetStreamPump {
     acked: bool,
     ack_wait: Duration,
     batch: usize,
+    /// The most messages pulled in all (`sub --count N`); no cap when `None`.
+    limit: Option<u64>,
     events: broadcast::Sender<ConnectionEvent>,
 }
 
@@ -240,7 +244,12 @@ impl JetStreamPump {
         let mut advisories = futures_util::stream::select_all(advisories);
         let mut failing = false;
         let mut pull_now = false;
+        let mut left = self.limit.unwrap_or(u64::MAX);
         loop {
+            if left == 0 {
+                // Everything asked for was pulled: the stream ends once the reader has it.
+                return;
+            }
             if !pull_now {
                 tokio::select! {
                     () = demand.notified() => {}
@@ -251,7 +260,8 @@ impl JetStreamPump {
                     }
                 }
             }
-            let pulled = consumer.batch().max_messages(self.batch).expires(PULL_EXPIRES).messages().await;
+            let size = self.batch.min(usize::try_from(left).unwrap_or(usize::MAX));
+            let pulled = consumer.batch().max_messages(size).expires(PULL_EXPIRES).messages().await;
             let mut messages = match pulled {
                 Ok(m) => m,
                 Err(e) => {
@@ -294,6 +304,7 @@ impl JetStreamPump {
                     return;
                 }
                 forwarded += 1;
+                left = left.saturating_sub(1);
             }
             // A pull that brought nothing leaves the reader still waiting: pull again without being asked.
             pull_now = forwarded == 0;

@@ -141,11 +141,15 @@ async fn core_pump(
         }
         let now = SystemClock.now();
         let stream = captures.as_ref().and_then(|c| captured_by(c, &mut cache, m.subject.as_str()));
-        let Some(message) =
+        let Some(mut message) =
             to_message(stream.as_ref(), m.subject.as_str(), m.headers.as_ref(), m.payload, 0, now)
         else {
             continue;
         };
+        // A request: its reply subject travels as a header (shown by --json, `pubsub reply` answers it).
+        if let Some(reply) = &m.reply {
+            message = message.with_header(crate::model::message::REPLY_TO, reply.as_str());
+        }
         match forward.offer(StreamItem::Delivery(BrokerDelivery::untracked(message))) {
             Offer::Sent => {}
             Offer::Dropped => {

@@ -64,6 +64,8 @@ struct Worker {
     topic: Name,
     id: String,
     prefetch: i64,
+    /// What this worker may still claim in all (`sub --count N`); no cap when `None`.
+    left: Option<Arc<std::sync::atomic::AtomicI64>>,
     acked: bool,
     /// Whether the subscription has `max_deliveries` (then each claim first dead-letters what used
     /// up its deliveries).
@@ -258,12 +260,21 @@ impl Worker {
         if self.dead_letters {
             sweep(client, &self.target, sub).await?;
         }
+        let left = self.left.as_ref().map(|l| l.load(Ordering::Acquire));
+        if left == Some(0) {
+            // Everything it was asked for is claimed: the reader ends when it has read it.
+            return Ok(Next::Gone);
+        }
         let held: i64 = client.query_one(&prepared.held, &[&sub, &self.id]).await?.get(0);
         let room = (self.prefetch - held).max(0);
         if room == 0 {
             return Ok(Next::Full(self.target.poll.min(Duration::from_millis(1000))));
         }
+        let room = left.map_or(room, |l| l.min(room));
         let rows = client.query(&prepared.claim, &[&sub, &self.id, &room, &self.acked]).await?;
+        if let Some(l) = &self.left {
+            l.fetch_sub(i64::try_from(rows.len()).unwrap_or(0), Ordering::AcqRel);
+        }
         for row in &rows {
             let Some(message) = message_of(row, 2) else { continue };
             let attempt = u32::try_from(row.get::<_, i32>(0)).unwrap_or(u32::MAX);
@@ -368,6 +379,9 @@ impl PostgresBroker {
             topic,
             id: id.clone(),
             prefetch: i64::from(prefetch),
+            left: req
+                .limit
+                .map(|n| Arc::new(std::sync::atomic::AtomicI64::new(i64::try_from(n).unwrap_or(i64::MAX)))),
             acked: req.ack != AckMode::None,
             dead_letters,
             rows: Arc::new(Notify::new()),
@@ -407,6 +421,14 @@ impl PostgresBroker {
                     sweep(&client, &self.target, sub).await.map_err(|e| self.fail(&e))?;
                 }
                 n
+            }
+            // Back to available as if never claimed: the attempt it was claimed under is taken back.
+            Settle::Release => {
+                let sql = format!(
+                    "UPDATE {s}.deliveries d SET state = 'available', attempts = greatest(0, d.attempts - 1),
+                         worker = NULL, deadline = NULL, available_at = now(), updated_at = now() WHERE {current}"
+                );
+                client.execute(&sql, &[&sub, &seq, &lease]).await
             }
             Settle::Extend(by) => {
                 let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);

@@ -35,7 +35,7 @@ impl RedisBroker {
                 let _: u64 = self.idempotent(&xack).await?;
                 Ok(())
             }
-            Settle::Nack(_) => Err(self.unsupported(Capability::Nack)),
+            Settle::Nack(_) | Settle::Release => Err(self.unsupported(Capability::Nack)),
             Settle::Extend(_) => Err(self.unsupported(Capability::Extend)),
         }
     }
@@ -92,8 +92,10 @@ impl RedisBroker {
     ) -> Result<DeliveryStream, BrokerError> {
         let key = topic.to_string();
         let mut conn = read::connect(&self.client).await.map_err(|e| error(&self.url, e))?;
-        let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(1024);
         let count = req.prefetch.unwrap_or(100).max(1);
+        // A group reader reads only what this channel has room for, so its size is the prefetch.
+        let size = if req.subscription.is_some() { count as usize } else { 1024 };
+        let (tx, rx) = mpsc::channel::<Result<StreamItem, BrokerError>>(size);
         let start = self.start_after(&key, req.from.unwrap_or_default()).await?;
         let task = if let Some(group) = req.subscription.clone() {
             let created: redis::RedisResult<String> =
@@ -118,7 +120,7 @@ impl RedisBroker {
                 group,
                 consumer,
                 acked: req.ack != crate::model::AckMode::None,
-                count,
+                limit: req.limit,
                 topic,
                 ack_deadline: self.ack_deadline,
             };

@@ -167,7 +167,8 @@ pub(super) struct GroupRead {
     pub(super) consumer: String,
     /// Whether entries are acked (otherwise read with NOACK).
     pub(super) acked: bool,
-    pub(super) count: u32,
+    /// The most entries this consumer reads in all (`sub --count N`); no cap when `None`.
+    pub(super) limit: Option<u64>,
     pub(super) topic: Name,
     /// How long an entry may stay pending before this consumer claims it.
     pub(super) ack_deadline: Duration,
@@ -179,36 +180,63 @@ impl GroupRead {
         xgroup_create(key, group.as_str(), "0")
     }
 
-    /// Reads until the receiving end goes away or Redis reports an error that waiting does not cure.
-    pub(super) async fn run(self, mut link: ReadLink, tx: ItemTx) {
-        let mut last_claim = tokio::time::Instant::now();
+    /// The XREADGROUP that reads up to `count` new entries.
+    fn read_command(&self, count: usize) -> redis::Cmd {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(self.group.as_str())
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(self.count)
+            .arg(count)
             .arg("BLOCK")
             .arg(block_ms());
         if !self.acked {
             cmd.arg("NOACK");
         }
         cmd.arg("STREAMS").arg(&self.key).arg(">");
+        cmd
+    }
+
+    /// Reads until the receiving end goes away, Redis reports an error that waiting does not cure, or
+    /// the consumer's total is read.
+    ///
+    /// Each read asks for no more than the receiving channel has room for (its size is the prefetch),
+    /// so an entry becomes pending on this consumer only when there is a place to put it: a reader that
+    /// stops leaves behind no pending entries it never saw (they would wait for the ack deadline and
+    /// another consumer's claim).
+    pub(super) async fn run(self, mut link: ReadLink, tx: ItemTx) {
+        let mut last_claim = tokio::time::Instant::now();
+        let mut left = self.limit.unwrap_or(u64::MAX);
         loop {
+            if left == 0 {
+                return;
+            }
+            // Wait for room, then take what there is room for.
+            match tx.reserve().await {
+                Ok(permit) => drop(permit),
+                Err(_) => return,
+            }
+            let mut room = tx.capacity().min(usize::try_from(left).unwrap_or(usize::MAX)).max(1);
             // Claims are checked once a second, or sooner for deadlines under a second. A failed claim
             // is left to the read below, which waits out an outage.
             if self.acked && last_claim.elapsed() >= self.ack_deadline.min(Duration::from_secs(1)) {
                 last_claim = tokio::time::Instant::now();
                 if let Some(conn) = link.conn()
-                    && let Ok(claimed) = self.claim(conn).await
+                    && let Ok(claimed) = self.claim(conn, room).await
                 {
                     for d in claimed {
                         if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
                             return;
                         }
+                        left = left.saturating_sub(1);
+                        room = room.saturating_sub(1);
                     }
                 }
+                if room == 0 {
+                    continue;
+                }
             }
+            let cmd = self.read_command(room);
             let value = match link.query(&cmd, &tx).await {
                 Ok(Some(value)) => value,
                 Ok(None) => return,
@@ -228,6 +256,7 @@ impl GroupRead {
                     if tx.send(Ok(StreamItem::Delivery(d))).await.is_err() {
                         return;
                     }
+                    left = left.saturating_sub(1);
                 }
             }
         }
@@ -244,7 +273,11 @@ impl GroupRead {
     }
 
     /// Entries pending longer than the ack deadline with any consumer are claimed and redelivered here.
-    async fn claim(&self, conn: &mut MultiplexedConnection) -> RedisResult<Vec<BrokerDelivery>> {
+    async fn claim(
+        &self,
+        conn: &mut MultiplexedConnection,
+        count: usize,
+    ) -> RedisResult<Vec<BrokerDelivery>> {
         let reply: Value = redis::cmd("XAUTOCLAIM")
             .arg(&self.key)
             .arg(self.group.as_str())
@@ -252,7 +285,7 @@ impl GroupRead {
             .arg(u64::try_from(self.ack_deadline.as_millis()).unwrap_or(u64::MAX))
             .arg("0-0")
             .arg("COUNT")
-            .arg(self.count)
+            .arg(count)
             .query_async(conn)
             .await?;
         let Value::Array(parts) = reply else { return Ok(Vec::new()) };

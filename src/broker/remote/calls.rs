@@ -193,6 +193,7 @@ pub(super) fn settle_request(token: &AckToken, how: Settle) -> Request {
             Request::Extend { lease, by_ms: u64::try_from(by.as_millis()).unwrap_or(u64::MAX) }
         }
         Settle::Term(reason) => Request::Term { lease, reason },
+        Settle::Release => Request::Release { leases: vec![lease] },
     }
 }
 
@@ -224,7 +225,7 @@ pub(super) fn seek_spec(target: SeekTarget) -> SeekSpec {
     }
 }
 
-fn lease_ref(token: &AckToken) -> LeaseRef {
+pub(super) fn lease_ref(token: &AckToken) -> LeaseRef {
     LeaseRef {
         subscription: token.subscription.clone(),
         partition: token.partition,

@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::calls::call;
+use super::calls::{call, lease_ref};
 use super::{Inner, ItemBatch, Outgoing, REQUEST_TIMEOUT, RemoteBroker, StreamState, guard};
 use crate::broker::{BrokerError, DeliveryStream, ItemSource, StreamItem, SubscribeRequest};
-use crate::protocol::{self, ClientFrame, Request, SubscribeSpec};
+use crate::protocol::{self, ClientFrame, LeaseRef, Request, SubscribeSpec};
 
 impl RemoteBroker {
     /// Subscribes on the server and registers the stream, so that a reconnect subscribes it again.
@@ -26,6 +26,7 @@ impl RemoteBroker {
             prefetch: Some(prefetch),
             prefetch_bytes: None,
             credit: true,
+            limit: req.limit,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -116,9 +117,27 @@ impl ItemSource for RemoteSource {
     }
 }
 
+impl RemoteSource {
+    /// The leases of deliveries that arrived but were never taken by the reader.
+    fn unread(&mut self) -> Vec<LeaseRef> {
+        let mut items: Vec<_> = self.buffered.drain(..).collect();
+        while let Ok(batch) = self.rx.try_recv() {
+            items.extend(batch);
+        }
+        items
+            .iter()
+            .filter_map(|item| match item {
+                Ok(StreamItem::Delivery(d)) => d.token.as_ref().map(lease_ref),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 impl Drop for RemoteSource {
     fn drop(&mut self) {
         guard(&self.inner.streams).remove(&self.id);
+        let unread = self.unread();
         let sid = {
             let mut sids = guard(&self.inner.sids);
             let sid = sid_of(&sids, self.id);
@@ -128,6 +147,14 @@ impl Drop for RemoteSource {
             sid
         };
         if let (Some(sid), Some(out)) = (sid, guard(&self.inner.out).clone()) {
+            // What the reader never saw goes back unseen first (the server handles a connection's
+            // frames in order), so that leaving does not count it as a failed attempt.
+            if !unread.is_empty() {
+                let frame = ClientFrame { id: None, request: Request::Release { leases: unread } };
+                if let Ok(text) = protocol::encode_client(&frame) {
+                    let _ = out.try_send(Outgoing::Text(text));
+                }
+            }
             let frame = ClientFrame { id: None, request: Request::Unsubscribe { sid } };
             if let Ok(text) = protocol::encode_client(&frame) {
                 // Best effort: if the queue is full the server will drop the stream with the connection.

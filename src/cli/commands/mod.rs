@@ -6,6 +6,7 @@ pub mod demo;
 pub mod publish;
 pub mod record;
 pub mod replay;
+pub mod reply;
 pub mod request;
 pub mod serve;
 pub mod store;

@@ -11,7 +11,10 @@ use tokio::sync::mpsc;
 
 use crate::broker::{BrokerError, SharedBroker};
 use crate::cli::output::note;
-use crate::cli::parse::{check_publish_template, expand_publish_template, parse_header, parse_rate, seed};
+use crate::cli::parse::{
+    Delimiter, check_publish_template, expand_publish_template, parse_delimiter, parse_header, parse_rate,
+    seed,
+};
 use crate::cli::{CliError, Context};
 use crate::model::{Clock, Headers, Name, PublishOptions, PublishRequest, SystemClock};
 use crate::protocol::Envelope;
@@ -27,8 +30,15 @@ pub struct PubArgs {
     #[arg(long, conflicts_with_all = ["null", "file"])]
     pub lines: bool,
     /// Read stdin as NUL-separated records (for payloads with newlines: `find -print0 | pubsub pub t -0`).
-    #[arg(long, short = '0')]
+    #[arg(long, short = '0', conflicts_with = "delimiter")]
     pub null: bool,
+    /// Stdin records end with DELIM instead of a newline (several bytes allowed; escapes \n \t \0 \xHH).
+    #[arg(long, short = 'D', value_parser = parse_delimiter, value_name = "DELIM")]
+    pub delimiter: Option<Delimiter>,
+    /// Each stdin record is KEY, DELIM, VALUE (kcat's -K): the key is cut at the first DELIM; a record
+    /// without one is all value.
+    #[arg(long, short = 'K', value_parser = parse_delimiter, value_name = "DELIM", conflicts_with_all = ["key", "json"])]
+    pub key_delimiter: Option<Delimiter>,
     /// Publish the whole file as one message (with --json: read the file's NDJSON envelopes instead).
     #[arg(long, value_name = "PATH", conflicts_with = "messages")]
     pub file: Option<PathBuf>,
@@ -218,14 +228,23 @@ fn spawn_source(
             Box::new(stdin)
         }
     };
-    let (json, null) = (args.json, args.null);
+    let json = args.json;
+    let separator = match (&args.delimiter, args.null) {
+        (_, true) => vec![0u8],
+        (Some(Delimiter(d)), false) if d.is_empty() => {
+            return Err(CliError::Usage("--delimiter needs at least one byte".into()));
+        }
+        (Some(Delimiter(d)), false) => d.clone(),
+        (None, false) => vec![b'\n'],
+    };
+    let lines = separator == b"\n";
+    let key_delimiter = args.key_delimiter.clone().map(|d| d.0).filter(|d| !d.is_empty());
     std::thread::spawn(move || {
         let mut reader = std::io::BufReader::new(source);
-        let separator = if null { 0u8 } else { b'\n' };
         let mut line_no = 0usize;
         loop {
             let mut buf = Vec::new();
-            match reader.read_until(separator, &mut buf) {
+            match read_record(&mut reader, &separator, &mut buf) {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(e) => {
@@ -234,13 +253,13 @@ fn spawn_source(
                 }
             }
             line_no += 1;
-            if buf.last() == Some(&separator) {
-                buf.pop();
-                if !null && buf.last() == Some(&b'\r') {
+            if buf.ends_with(&separator) {
+                buf.truncate(buf.len() - separator.len());
+                if lines && buf.last() == Some(&b'\r') {
                     buf.pop();
                 }
             }
-            let origin = format!("{} {line_no}", if null { "record" } else { "line" });
+            let origin = format!("{} {line_no}", if lines { "line" } else { "record" });
             let item = if json {
                 if buf.iter().all(u8::is_ascii_whitespace) {
                     continue;
@@ -250,7 +269,16 @@ fn spawn_source(
                     Err(_) => Err("not UTF-8 text".to_string()),
                 }
             } else {
-                template.request(Bytes::from(buf))
+                match &key_delimiter {
+                    Some(d) => {
+                        let (key, value) = split_key(buf, d);
+                        template.request(Bytes::from(value)).map(|mut req| {
+                            req.key = key.map(Bytes::from);
+                            req
+                        })
+                    }
+                    None => template.request(Bytes::from(buf)),
+                }
             };
             let item =
                 item.map(|req| Input { origin: origin.clone(), req }).map_err(|e| format!("{origin}: {e}"));
@@ -260,6 +288,34 @@ fn spawn_source(
         }
     });
     Ok(rx)
+}
+
+/// Reads one record ending with `separator` (several bytes allowed) into `buf`, the separator
+/// included when found; 0 at the end of input.
+fn read_record(reader: &mut impl BufRead, separator: &[u8], buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let Some(&last) = separator.last() else { return reader.read_to_end(buf) };
+    let mut total = 0;
+    loop {
+        let n = reader.read_until(last, buf)?;
+        total += n;
+        if n == 0 || buf.ends_with(separator) {
+            return Ok(total);
+        }
+    }
+}
+
+/// Cuts a record at the first `delimiter`: the key before it and the value after; no key when the
+/// record holds no delimiter.
+fn split_key(record: Vec<u8>, delimiter: &[u8]) -> (Option<Vec<u8>>, Vec<u8>) {
+    match record.windows(delimiter.len()).position(|w| w == delimiter) {
+        Some(at) => {
+            let value = record.get(at + delimiter.len()..).unwrap_or_default().to_vec();
+            let mut key = record;
+            key.truncate(at);
+            (Some(key), value)
+        }
+        None => (None, record),
+    }
 }
 
 async fn publish_all(

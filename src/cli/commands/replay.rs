@@ -33,7 +33,8 @@ pub struct ReplayArgs {
     /// Publish to this subject instead of each message's own.
     #[arg(long, value_name = "SUBJECT")]
     pub into: Option<String>,
-    /// Keep the original gaps between messages, divided by this factor (2 = twice as fast).
+    /// Keep the original gaps between messages, divided by this factor (1 = as they happened, 2 = twice
+    /// as fast); without --speed or --rate a replay goes as fast as it can.
     #[arg(long, conflicts_with = "rate")]
     pub speed: Option<f64>,
     /// Publish at a fixed rate, e.g. 100/s.

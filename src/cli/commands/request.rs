@@ -9,7 +9,6 @@ use clap::Args;
 use crate::cli::commands::subscribe::OutputArgs;
 use crate::cli::output::Stdout;
 use crate::cli::parse::{parse_duration, parse_header};
-use crate::cli::render::Renderer;
 use crate::cli::{CliError, Context};
 use crate::model::{Headers, Name};
 
@@ -47,7 +46,7 @@ pub async fn run(ctx: &Context, args: RequestArgs) -> Result<(), CliError> {
     let reply = broker.request(&subject, payload, headers, args.timeout).await?;
     let mut buf = Vec::new();
     let terminal = std::io::stdout().is_terminal();
-    Renderer::new(args.output.format(), ctx.color).to_terminal(terminal).render(&reply, None, None, &mut buf);
+    args.output.renderer(ctx.color, terminal).render(&reply, None, None, &mut buf);
     let mut out = Stdout::new();
     out.write(&buf)?;
     out.flush()

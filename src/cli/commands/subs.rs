@@ -1,4 +1,4 @@
-//! Subscriptions: `subs` (list, create, delete), `sub-info`, `peek`, `seek`, `ack`, `nack`.
+//! Subscriptions: `subs` (list, create, delete), `sub-info`, `peek`, `seek`, `ack`, `nack`, `extend`, `term`.
 
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ pub struct SubsArgs {
 #[derive(Debug, Subcommand)]
 pub enum SubsAction {
     /// Create a durable subscription.
-    Create(CreateSubArgs),
+    Create(Box<CreateSubArgs>),
     /// Delete a subscription.
     Delete {
         /// Its name.
@@ -61,6 +61,14 @@ pub struct CreateSubArgs {
     /// Lease length before redelivery, e.g. 30s.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub ack_deadline: Option<Duration>,
+    /// The longest a lease may be extended to in all (`pubsub extend`, `sub --exec` while a command
+    /// runs), e.g. 1h (the default).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub max_lease: Option<Duration>,
+    /// How long a nacked or expired message waits before it is delivered again: none, MIN..MAX
+    /// (doubling; 1s..1m is the default), MIN..MAX*FACTOR, or a list such as 1s,5s,30s.
+    #[arg(long, value_parser = crate::cli::parse::parse_backoff, value_name = "BACKOFF")]
+    pub backoff: Option<crate::model::Backoff>,
     /// Deliveries before a message is dead-lettered or terminated (0 = unlimited).
     #[arg(long, value_name = "N")]
     pub max_deliveries: Option<u32>,
@@ -107,6 +115,12 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
             }
             if let Some(n) = a.max_deliveries {
                 c.max_deliveries = n;
+            }
+            if let Some(d) = a.max_lease {
+                c.max_lease = d;
+            }
+            if let Some(b) = a.backoff {
+                c.backoff = b;
             }
             c.dead_letter = a.dead_letter.as_deref().map(name).transpose()?;
             if let Some(n) = a.max_in_flight {
@@ -271,11 +285,7 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
         rows.push(vec!["drains in".into(), duration(eta)]);
     }
     if let Some(blocked) = s.blocked_by {
-        let why = serde_json::to_value(blocked)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        rows.push(vec!["blocked by".into(), why.replace('_', " ")]);
+        rows.push(vec!["blocked by".into(), blocked.label().into()]);
     }
     let mut text = table(&rows);
     if !s.consumers.is_empty() {
@@ -408,5 +418,70 @@ pub async fn settle(ctx: &Context, args: SettleArgs, nack: bool) -> Result<(), C
     };
     let how = if nack { Settle::Nack(args.delay) } else { Settle::Ack };
     broker.settle(&token, how).await?;
+    Ok(())
+}
+
+/// Options of `pubsub extend`.
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    /// The subscription.
+    pub name: String,
+    /// The message's seq.
+    pub seq: u64,
+    /// The lease printed with the delivery (`sub --ack manual`).
+    pub lease: u64,
+    /// The lease's new length from now (default: the subscription's ack deadline); in all a lease runs
+    /// no longer than the subscription's max lease.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub by: Option<Duration>,
+}
+
+/// Runs `pubsub extend`: keeps a message leased longer, as a slow worker does.
+pub async fn extend(ctx: &Context, args: ExtendArgs) -> Result<(), CliError> {
+    let broker = ctx.connect().await?;
+    let subscription = name(&args.name)?;
+    let by = match args.by {
+        Some(by) => by,
+        None => match broker.subscription_info(&subscription).await {
+            Ok(info) if !info.ack_deadline.is_zero() => info.ack_deadline,
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "this broker does not say how long {} leases last: give --by DURATION",
+                    args.name
+                )));
+            }
+        },
+    };
+    let token = AckToken { subscription, partition: 0, seq: args.seq, lease: args.lease, reply: None };
+    broker.settle(&token, Settle::Extend(by)).await?;
+    Ok(())
+}
+
+/// Options of `pubsub term`.
+#[derive(Debug, Args)]
+pub struct TermArgs {
+    /// The subscription.
+    pub name: String,
+    /// The message's seq.
+    pub seq: u64,
+    /// The lease printed with the delivery (`sub --ack manual`).
+    pub lease: u64,
+    /// Why, recorded with the dead-letter copy (its `x-dead-letter-detail` header).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+/// Runs `pubsub term`: gives up on a message for good (dead-lettered when the subscription has a
+/// dead-letter topic, never redelivered either way).
+pub async fn term(ctx: &Context, args: TermArgs) -> Result<(), CliError> {
+    let broker = ctx.connect().await?;
+    let token = AckToken {
+        subscription: name(&args.name)?,
+        partition: 0,
+        seq: args.seq,
+        lease: args.lease,
+        reply: None,
+    };
+    broker.settle(&token, Settle::Term(args.reason)).await?;
     Ok(())
 }

@@ -13,11 +13,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::broker::{
-    BrokerDelivery, BrokerError, ConnectionEvent, DeliveryStream, Settle, SharedBroker, StreamItem,
-    SubscribeRequest,
+    BrokerDelivery, BrokerError, Capability, ConnectionEvent, DeliveryStream, Settle, SharedBroker,
+    StreamItem, SubscribeRequest,
 };
 use crate::cli::output::{Stdout, note};
-use crate::cli::parse::parse_duration;
+use crate::cli::parse::{Delimiter, parse_delimiter, parse_duration};
 use crate::cli::render::{Format, Renderer};
 use crate::cli::{CliError, Context};
 use crate::model::Position;
@@ -42,8 +42,14 @@ pub struct OutputArgs {
     #[arg(long, default_value = "text", value_parser = Format::parse, value_name = "FORMAT")]
     pub format: Format,
     /// Same as --format json.
-    #[arg(long)]
+    #[arg(long, short = 'J')]
     pub json: bool,
+    /// Written after each message instead of a newline (escapes \n \t \0 \xHH), e.g. -D '\0'.
+    #[arg(long, short = 'D', value_parser = parse_delimiter, value_name = "DELIM", conflicts_with = "no_newline")]
+    pub delimiter: Option<Delimiter>,
+    /// Nothing after each message (byte-exact `--format raw` of one message, as mosquitto_sub -N).
+    #[arg(long, short = 'N')]
+    pub no_newline: bool,
 }
 
 impl OutputArgs {
@@ -51,22 +57,30 @@ impl OutputArgs {
     pub fn format(&self) -> Format {
         if self.json { Format::Json } else { self.format.clone() }
     }
+
+    /// The renderer these options describe; `terminal` when stdout is one (control characters are then
+    /// shown escaped in the text formats).
+    pub fn renderer(&self, color: bool, terminal: bool) -> Renderer {
+        let delimiter =
+            if self.no_newline { Vec::new() } else { self.delimiter.clone().map_or(vec![b'\n'], |d| d.0) };
+        Renderer::new(self.format(), color).to_terminal(terminal).with_delimiter(delimiter)
+    }
 }
 
 /// When a receive loop ends.
 #[derive(Debug, Clone, Args, Default)]
 pub struct StopArgs {
-    /// Stop after N messages.
-    #[arg(long, short = 'n', value_name = "N")]
+    /// Stop after N messages (-c as kcat).
+    #[arg(long, short = 'n', short_alias = 'c', value_name = "N")]
     pub count: Option<u64>,
-    /// Stop after this long; exit 4 if nothing arrived (e.g. 5s, 1m).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    /// Stop after this long; exit 4 if nothing arrived (e.g. 5s, 1m; -W as mosquitto_sub).
+    #[arg(long, short = 'W', value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     /// Stop once no message has arrived for this long.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub until_idle: Option<Duration>,
-    /// Stop after the last message that existed when reading started (history reads).
-    #[arg(long)]
+    /// Stop after the last message that existed when reading started (history reads; -e as kcat).
+    #[arg(long, short = 'e')]
     pub exit_at_end: bool,
 }
 
@@ -76,8 +90,8 @@ pub struct SubArgs {
     /// Subjects or patterns (`orders.*`, `orders.>`, `#`, `glob:user:*`); one topic with --from or --subscription.
     #[arg(required = true)]
     pub patterns: Vec<String>,
-    /// Read history from: start, end, a seq, an RFC 3339 time, or -5m.
-    #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
+    /// Read history from: start, end, a seq, an RFC 3339 time, or -5m (-o as kcat's offset).
+    #[arg(long, short = 'F', short_alias = 'o', value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// Join this durable subscription as a competing consumer (created when missing).
     #[arg(long, short = 's', value_name = "NAME")]
@@ -131,10 +145,20 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
         from: from.map(Position::start),
         ack,
         consumer: args.consumer.clone(),
-        // With --count, holding more than that many would only make the rest wait for a redelivery.
-        prefetch: args
-            .prefetch
-            .or(args.stop.count.map(|n| u32::try_from(n).unwrap_or(u32::MAX).clamp(1, 1000))),
+        // With --count, holding more than that many would only make the rest wait for a redelivery;
+        // with --exec, holding more than --parallel commands can start would let their leases run out
+        // while they wait.
+        prefetch: args.prefetch.or_else(|| {
+            let count = args.stop.count.map(|n| u32::try_from(n).unwrap_or(u32::MAX).clamp(1, 1000));
+            let parallel =
+                args.exec.as_ref().map(|_| u32::try_from(args.parallel).unwrap_or(u32::MAX).max(1));
+            match (count, parallel) {
+                (Some(c), Some(p)) => Some(c.min(p)),
+                (c, p) => c.or(p),
+            }
+        }),
+        // And never more than that many in all: a message leased after the Nth would only go back.
+        limit: args.stop.count,
     };
     let broker = if args.no_retained {
         let url = &ctx.broker;
@@ -149,6 +173,13 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
     } else {
         ctx.connect().await?
     };
+    if let (Some(sub), Some(_)) = (&request.subscription, &from)
+        && broker.subscription_info(sub).await.is_ok()
+    {
+        note(&format!(
+            "subscription {sub} already exists and keeps its own position: --from applies only when sub creates it (`pubsub seek {sub} POSITION` moves it)"
+        ));
+    }
     let end = if args.stop.exit_at_end {
         match end_seq(&broker, &patterns, from, request.subscription.as_ref()).await? {
             Some(head) => Some(head),
@@ -161,8 +192,7 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
     let sink = Sink::Stdout(Stdout::new());
     let settle = if args.ack == AckArg::Manual { SettleMode::Manual } else { SettleMode::Auto };
     let exec = args.exec.map(|command| Exec { command, parallel: args.parallel });
-    let renderer =
-        Renderer::new(args.output.format(), ctx.color).to_terminal(std::io::stdout().is_terminal());
+    let renderer = args.output.renderer(ctx.color, std::io::stdout().is_terminal());
     receive(broker, stream, sink, renderer, settle, exec, &args.stop, end).await
 }
 
@@ -364,8 +394,12 @@ pub async fn receive(
                         }
                     }
                     let command = exec.command.clone();
+                    let keeper = lease_keeper(&broker, &delivery);
                     running.spawn(async move {
-                        let ok = run_command(&command, &delivery).await;
+                        let ok = tokio::select! {
+                            ok = run_command(&command, &delivery) => ok,
+                            () = keeper => false,
+                        };
                         (delivery, ok)
                     });
                 }
@@ -448,6 +482,34 @@ async fn settle_exec(broker: &SharedBroker, delivery: &BrokerDelivery, ok: bool)
     }
 }
 
+/// Keeps a delivery leased while its command runs: extends the lease by its length each third of it, until
+/// the broker refuses (the subscription's max lease is reached, or the lease is gone). Never completes;
+/// dropped when the command ends. Does nothing for deliveries without a lease or on brokers that cannot
+/// extend one.
+fn lease_keeper(broker: &SharedBroker, d: &BrokerDelivery) -> impl std::future::Future<Output = ()> + use<> {
+    let now = SystemClock.now();
+    let lease = d.deadline.map(|deadline| deadline.since(now)).filter(|l| !l.is_zero());
+    let plan = match (&d.token, lease) {
+        (Some(token), Some(lease)) if broker.capabilities().has(Capability::Extend) => {
+            Some((broker.clone(), token.clone(), lease))
+        }
+        _ => None,
+    };
+    async move {
+        if let Some((broker, token, lease)) = plan {
+            let every = (lease / 3).max(Duration::from_millis(50));
+            loop {
+                tokio::time::sleep(every).await;
+                if broker.settle(&token, Settle::Extend(lease)).await.is_err() {
+                    // Past the max lease, or no longer this lease: it runs out as it stands.
+                    break;
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 /// Runs `sh -c command` with the payload on stdin and the message's metadata in the environment.
 async fn run_command(command: &str, d: &BrokerDelivery) -> bool {
     let m = &d.message;
@@ -465,6 +527,9 @@ async fn run_command(command: &str, d: &BrokerDelivery) -> bool {
         .env("PUBSUB_ATTEMPT", d.attempt.unwrap_or(1).to_string());
     if let Some(key) = m.key() {
         cmd.env("PUBSUB_KEY", crate::protocol::envelope::encode_bytes(key).0);
+    }
+    if let Some(reply) = m.reply_to() {
+        cmd.env("PUBSUB_REPLY", reply);
     }
     for (k, v) in m.headers() {
         let var: String =

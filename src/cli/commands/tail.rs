@@ -6,7 +6,6 @@ use std::io::IsTerminal;
 use super::subscribe::{OutputArgs, SettleMode, Sink, StopArgs, receive};
 use crate::broker::SubscribeRequest;
 use crate::cli::output::Stdout;
-use crate::cli::render::Renderer;
 use crate::cli::{CliError, Context};
 use crate::model::{AckMode, BrowseFrom, Name, Pattern, StartPosition};
 
@@ -31,8 +30,7 @@ pub async fn run(ctx: &Context, args: TailArgs) -> Result<(), CliError> {
     let topic = Name::new(&args.topic).map_err(|e| CliError::Usage(e.to_string()))?;
     let broker = ctx.connect().await?;
     let info = broker.topic_info(&topic).await?;
-    let renderer =
-        Renderer::new(args.output.format(), ctx.color).to_terminal(std::io::stdout().is_terminal());
+    let renderer = args.output.renderer(ctx.color, std::io::stdout().is_terminal());
     let mut out = Stdout::new();
     let mut buf = Vec::new();
     // Following resumes right after the last message shown, so nothing published in between is shown

@@ -176,8 +176,19 @@ pub async fn run(ctx: &Context, command: TopicCommand) -> Result<(), CliError> {
             if !yes && !confirm_on_terminal(&broker, &target, "delete topic").await? {
                 return Err(CliError::Failed(format!("topic {topic} was not deleted")));
             }
+            // Its subscriptions go with it: say which, so that nobody wonders where they went.
+            let subs = broker.subscriptions(Some(&target)).await.unwrap_or_default();
             broker.delete_topic(&target).await?;
-            note(&format!("deleted topic {topic}"));
+            if subs.is_empty() {
+                note(&format!("deleted topic {topic}"));
+            } else {
+                let names: Vec<&str> = subs.iter().map(|s| s.name.as_str()).collect();
+                note(&format!(
+                    "deleted topic {topic} and its {} subscription(s): {}",
+                    subs.len(),
+                    names.join(", ")
+                ));
+            }
             Ok(())
         }
         TopicCommand::Purge { name: topic, yes } => {

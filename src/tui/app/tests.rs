@@ -70,6 +70,18 @@ fn ctrl_c_quits_even_while_typing() {
 }
 
 #[test]
+fn ctrl_u_clears_a_prompt_instead_of_typing_u() {
+    // Issue 19 point 11: Ctrl+U typed `u` in prompts.
+    let mut a = app();
+    press(&mut a, "/ord");
+    a.key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL));
+    assert_eq!(a.prompt.as_ref().map(|(_, text)| text.as_str()), Some(""));
+    a.key(KeyEvent::new(KeyCode::Char('w'), KeyModifiers::CONTROL));
+    press(&mut a, "us");
+    assert_eq!(a.prompt.as_ref().map(|(_, text)| text.as_str()), Some("us"));
+}
+
+#[test]
 fn topic_filter_applies_while_typing_and_sort_cycles() {
     let mut a = app();
     a.stats(Some(vec![topic("orders", 5, 1.0), topic("users", 50, 9.0), topic("orders.eu", 7, 3.0)]), None);

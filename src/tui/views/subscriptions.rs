@@ -149,7 +149,7 @@ fn consumers(frame: &mut Frame<'_>, area: Rect, app: &App) {
     };
     let block = pane(app, format!(" {} — consumers (Enter/a: ack state, x: seek) ", s.name), false);
     if s.consumers.is_empty() {
-        let blocked = s.blocked_by.map(|b| format!(" — blocked by {b:?}")).unwrap_or_default();
+        let blocked = s.blocked_by.map(|b| format!(" — blocked by {}", b.label())).unwrap_or_default();
         frame.render_widget(
             Paragraph::new(format!("no consumers attached{blocked}")).style(t.fg(t.dim)).block(block),
             area,
