@@ -275,10 +275,26 @@ impl KafkaBroker {
             .await?
             .delete_records(&tpl, &self.options())
             .await
-            .map_err(|e| convert::error(&self.target.shown, &e))?;
+            .map_err(|e| match convert::error(&self.target.shown, &e) {
+                // The broker hung up on the request rather than answering it.
+                BrokerError::Unreachable { .. } => BrokerError::Invalid(format!(
+                    "the broker dropped the connection on DeleteRecords ({e}): it may not implement deleting records (Tansu does not)"
+                )),
+                other => other,
+            })?;
         for e in done.elements() {
             if let Err(err) = e.error() {
-                return Err(convert::error(&self.target.shown, &err));
+                return Err(match err.rdkafka_error_code() {
+                    // Tansu hangs up on the request; librdkafka's mock cluster says it has no such feature.
+                    Some(
+                        rdkafka::types::RDKafkaErrorCode::UnsupportedFeature
+                        | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                        | rdkafka::types::RDKafkaErrorCode::UnsupportedVersion,
+                    ) => BrokerError::Invalid(format!(
+                        "this broker does not implement DeleteRecords, which purging needs ({err}); nothing was deleted"
+                    )),
+                    _ => convert::error(&self.target.shown, &err),
+                });
             }
         }
         Ok(removed)
@@ -314,7 +330,7 @@ impl KafkaBroker {
                         .members()
                         .iter()
                         .map(|m| GroupMember {
-                            id: format!("{} ({})", m.client_id(), m.client_host().trim_start_matches('/')),
+                            id: member_name(m.id(), m.client_id(), m.client_host()),
                             partitions: m.assignment().map(parse_assignment).unwrap_or_default(),
                         })
                         .collect();
@@ -487,6 +503,15 @@ impl KafkaBroker {
             .await?
             .map_err(|e| convert::error(&shown, &e))?;
         Ok(first.unwrap_or(1))
+    }
+}
+
+/// How a member is shown: its client id and host where the broker says them, else its member id.
+fn member_name(id: &str, client: &str, host: &str) -> String {
+    match (client.is_empty(), host.trim_start_matches('/')) {
+        (true, _) => id.to_string(),
+        (false, "") => client.to_string(),
+        (false, host) => format!("{client} ({host})"),
     }
 }
 

@@ -130,9 +130,9 @@ impl ConsumerContext for GroupContext {
                 );
             }
             drop(parts);
-            if tpl.count() > 0 {
-                let _ = self.changes.send(StreamItem::Assigned { partitions: numbers(tpl) });
-            }
+            // Also an empty assignment: the reader learns it joined, holding nothing (more members than
+            // partitions).
+            let _ = self.changes.send(StreamItem::Assigned { partitions: numbers(tpl) });
         }
     }
 }

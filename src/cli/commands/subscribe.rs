@@ -343,7 +343,13 @@ pub async fn receive(
                     continue;
                 }
                 StreamItem::Assigned { partitions } => {
-                    note(&format!("assigned partitions {}", partition_list(&partitions)));
+                    if partitions.is_empty() {
+                        note(
+                            "joined the group holding no partition (it has more members than the topic has partitions)",
+                        );
+                    } else {
+                        note(&format!("assigned partitions {}", partition_list(&partitions)));
+                    }
                     continue;
                 }
                 StreamItem::Revoked { partitions } => {
