@@ -439,6 +439,15 @@ async fn settle_exec(broker: &SharedBroker, delivery: &BrokerDelivery, ok: bool)
         note(&format!("the command failed for {} #{seq}", delivery.message.subject()));
     }
     let Some(token) = &delivery.token else { return Ok(()) };
+    // Without a nack (Kafka commits offsets, not per-message states) a failed message stays unacked,
+    // which holds its partition's commit back: it comes again after a restart or a rebalance.
+    if !ok && !broker.capabilities().has(crate::broker::Capability::Nack) {
+        note(&format!(
+            "#{seq} was left unacked ({} has no nack): it is delivered again after a restart or a rebalance",
+            broker.kind()
+        ));
+        return Ok(());
+    }
     let how = if ok { Settle::Ack } else { Settle::Nack(None) };
     match broker.settle(token, how).await {
         Ok(()) => Ok(()),
