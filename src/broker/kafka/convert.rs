@@ -14,7 +14,8 @@ use crate::model::{EngineError, Headers as PubsubHeaders, Message, MessageExtra,
 /// Seqs are Kafka offsets + 1, so that seq 0 keeps meaning "not stored" and a committed offset is an
 /// ack floor as it is (everything below it is done).
 pub(super) fn seq_of(offset: i64) -> u64 {
-    u64::try_from(offset).unwrap_or(0).saturating_add(1)
+    // A logical offset (negative: "end", "invalid") is no position: seq 0.
+    u64::try_from(offset).map_or(0, |o| o.saturating_add(1))
 }
 
 /// The offset of a seq (the inverse of [`seq_of`]).
