@@ -137,6 +137,20 @@ impl Sub {
     }
 
     /// Waits for a stderr line containing `what`; returns it.
+    /// The partitions of the latest "assigned partitions" line that came within `within`, if one did.
+    fn latest_assignment(&self, within: Duration) -> Option<Vec<u32>> {
+        let mut latest = None;
+        while let Ok(line) = self.stderr.recv_timeout(within) {
+            if let Some(list) = line.split("assigned partitions ").nth(1) {
+                latest = Some(list.split(", ").filter_map(|p| p.trim().parse().ok()).collect());
+            }
+            if line.contains("joined the group holding no partition") {
+                latest = Some(Vec::new());
+            }
+        }
+        latest
+    }
+
     fn wait_for(&self, what: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -154,6 +168,32 @@ impl Drop for Sub {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until two members' latest assignments are disjoint and cover all `partitions`: the group has
+/// settled. Returns the first one's, as text.
+fn settled_split(a: &Sub, b: &Sub, partitions: u32) -> String {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (mut held_a, mut held_b) = (None::<Vec<u32>>, None::<Vec<u32>>);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the group never split {partitions} partitions: {held_a:?} {held_b:?}"
+        );
+        if let Some(p) = a.latest_assignment(Duration::from_millis(300)) {
+            held_a = Some(p);
+        }
+        if let Some(p) = b.latest_assignment(Duration::from_millis(300)) {
+            held_b = Some(p);
+        }
+        if let (Some(x), Some(y)) = (&held_a, &held_b) {
+            let mut all: Vec<u32> = x.iter().chain(y).copied().collect();
+            all.sort_unstable();
+            if !x.is_empty() && !y.is_empty() && all == (0..partitions).collect::<Vec<_>>() {
+                return format!("{x:?}");
+            }
+        }
     }
 }
 
@@ -248,9 +288,9 @@ fn kafka_group_members_split_partitions_and_a_killed_ones_work_moves() {
     let mut worker = Sub::start(&home, &url, &[&[topic.as_str(), "-s", &group][..], &fmt].concat());
     let worker_lines = crate::support::stdout_lines(&mut worker.child);
     let idle_lines = crate::support::stdout_lines(&mut idle.child);
-    // Both hold partitions before anything is published (a join on Tansu takes ~3 s here).
-    let mine = idle.wait_for("assigned partitions");
-    worker.wait_for("assigned partitions");
+    // Both hold partitions, between them all four, before anything is published (a join on Tansu takes
+    // ~3 s here): a member that joins later would make the first give partitions up mid-run.
+    let mine = settled_split(&idle, &worker, 4);
     // Tansu lists the members but not their assignments, so owners show as unknown there.
     let info = ok(&home, &url, &["sub-info", &group, "--json"]);
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();

@@ -398,7 +398,13 @@ pub async fn receive(
         }
         // Acked only after the output is written: a crash in between redelivers rather than loses.
         for token in to_ack {
-            broker.settle(&token, Settle::Ack).await?;
+            match broker.settle(&token, Settle::Ack).await {
+                Ok(()) => {}
+                // A rebalance gave the partition to another member, which gets the message again: said,
+                // and this member goes on with the partitions it still holds.
+                Err(e @ crate::broker::BrokerError::Revoked { .. }) => note(&format!("not acked: {e}")),
+                Err(e) => return Err(e.into()),
+            }
         }
         if at_end {
             break;
@@ -453,6 +459,10 @@ async fn settle_exec(broker: &SharedBroker, delivery: &BrokerDelivery, ok: bool)
         Ok(()) => Ok(()),
         // The lease ran out while the command ran (it took longer than the ack deadline): the message
         // was already handed out again, which is the broker doing its job, not a failure of this run.
+        Err(e @ crate::broker::BrokerError::Revoked { .. }) => {
+            note(&format!("#{seq} not settled: {e}"));
+            Ok(())
+        }
         Err(e) if e.to_string().contains("stale lease") => {
             note(&format!(
                 "#{seq} took longer than its ack deadline and was redelivered; its result was not recorded"
