@@ -11,6 +11,7 @@ pub mod amqp;
 pub mod capability;
 pub mod daemon;
 pub mod error;
+pub mod kafka;
 pub mod kit;
 pub mod local;
 pub mod mqtt;

@@ -432,7 +432,7 @@ pub async fn connect_with(url: &str, opts: &ConnectOptions) -> Result<Connected,
         BackendKind::Postgres => {
             Ok(plain(Arc::new(super::postgres::PostgresBroker::connect(url.trim()).await?)))
         }
-        other => Err(BrokerError::NotBuilt { backend: other.label() }),
+        BackendKind::Kafka => Ok(plain(Arc::new(super::kafka::KafkaBroker::connect(url.trim()).await?))),
     }
 }
 

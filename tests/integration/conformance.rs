@@ -62,6 +62,9 @@ pub enum Backend {
     Amqp,
     /// PostgreSQL on 127.0.0.1:5432 (trust auth), database `test`, schema `pubsub_conformance`.
     Postgres,
+    /// Kafka: the Tansu broker this test process starts (`kafka_live::tansu`), with batches of one
+    /// record (its watermarks are exact then) and a 6 s group session.
+    Kafka,
 }
 
 /// Settings a behaviour needs from the broker handle it opens.
@@ -104,7 +107,7 @@ impl Backend {
             Backend::Mqtt | Backend::Mqtt5 => Some(("127.0.0.1:1883", "Mosquitto")),
             Backend::Amqp => Some(("127.0.0.1:5672", "RabbitMQ")),
             Backend::Postgres => Some(("127.0.0.1:5432", "PostgreSQL")),
-            Backend::Mem | Backend::Ws | Backend::Local => None,
+            Backend::Mem | Backend::Ws | Backend::Local | Backend::Kafka => None,
         }
     }
 
@@ -136,6 +139,7 @@ impl Backend {
             Backend::Postgres => {
                 return format!("postgres://root@127.0.0.1:5432/test?schema={}", pg_schema());
             }
+            Backend::Kafka => return crate::kafka_live::tansu_url().unwrap_or_default(),
             Backend::Mem => "mem://",
             Backend::Ws | Backend::Local => "",
         };
@@ -157,6 +161,9 @@ impl Backend {
                 eprintln!("skipping conformance test on {self:?}: {reason}");
                 return None;
             }
+        }
+        if self == Backend::Kafka && crate::kafka_live::tansu_url().is_none() {
+            return None;
         }
         Some(match self {
             Backend::Ws => {
@@ -195,7 +202,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if self.backend.service().is_none() {
+        if self.backend.service().is_none() && self.backend != Backend::Kafka {
             return; // in-process engines and daemons go with their test
         }
         if self.backend == Backend::Postgres {
@@ -312,6 +319,10 @@ impl Ctx {
     }
 
     async fn live(&self, subject: &Name, prefetch: Option<u32>) -> DeliveryStream {
+        // Kafka reads the partitions a topic has, so the topic must exist first.
+        if self.cleanup.backend == Backend::Kafka {
+            let _ = self.broker.create_topic(TopicConfig::new(subject.clone())).await;
+        }
         let mut req = SubscribeRequest::live(vec![Pattern::parse(subject.as_str()).unwrap()]);
         req.prefetch = prefetch;
         self.broker.subscribe(req).await.unwrap()
@@ -376,7 +387,8 @@ impl Ctx {
                 Some(StreamItem::Lagged { skipped }) => {
                     panic!("{}: unexpected Lagged {{ {skipped} }}", self.tag)
                 }
-                Some(other) => panic!("{}: no backend here assigns partitions: {other:?}", self.tag),
+                // A group member is told which partitions it holds (Kafka).
+                Some(StreamItem::Assigned { .. } | StreamItem::Revoked { .. }) => {}
             }
         }
     }
@@ -575,7 +587,9 @@ async fn fanout_to_three_live_subscribers(backend: Backend) {
 /// Two consumers of one durable subscription share 40 messages: together they get all, none twice.
 async fn competing_consumers_share_forty_messages(backend: Backend) {
     let Some(ctx) = Ctx::open(backend, "cc", Tune::default()).await else { return };
-    let (topic, caps) = ctx.topic("cc", |_| {}).await;
+    // Where partitions are the unit of sharing (Kafka), one for each consumer.
+    let partitioned = ctx.broker.capabilities().has(Capability::Partitions);
+    let (topic, caps) = ctx.topic("cc", |c| c.partitions = if partitioned { 2 } else { 1 }).await;
     if !(caps.has(Capability::CompetingConsumers) && caps.has(Capability::Ack)) {
         let config = SubscriptionConfig::new(ctx.name("sub"), topic.clone());
         assert_refused(
@@ -587,6 +601,11 @@ async fn competing_consumers_share_forty_messages(backend: Backend) {
     }
     let sub = ctx.subscription(&topic, |_| {}).await;
     let (mut a, mut b) = (ctx.consumer(&topic, &sub, "a").await, ctx.consumer(&topic, &sub, "b").await);
+    if partitioned {
+        // Publishing before both hold a partition would let a rebalance move a partition with
+        // deliveries still unacked in a reader's buffer, and Kafka would deliver those twice.
+        both_hold_partitions(&mut a, &mut b).await;
+    }
     let sent = payloads("job", 40);
     ctx.publish_all(&topic, &sent).await;
     let mut seen = BTreeSet::new();
@@ -598,11 +617,39 @@ async fn competing_consumers_share_forty_messages(backend: Backend) {
             item = next_item(&mut b, Duration::from_millis(500)) => item,
         };
         let Some(item) = item else { continue };
-        let StreamItem::Delivery(d) = item else { panic!("unexpected {item:?}") };
+        let d = match item {
+            StreamItem::Delivery(d) => d,
+            StreamItem::Assigned { .. } | StreamItem::Revoked { .. } => continue,
+            other => panic!("unexpected {other:?}"),
+        };
         ctx.ack(&d).await;
         assert!(seen.insert(text(&d)), "{} delivered twice", text(&d));
     }
     assert_eq!(seen, sent.into_iter().collect::<BTreeSet<_>>());
+}
+
+/// Waits until each of two group members holds at least one partition (applying every assignment and
+/// revocation it is told of).
+async fn both_hold_partitions(a: &mut DeliveryStream, b: &mut DeliveryStream) {
+    let mut held = [BTreeSet::new(), BTreeSet::new()];
+    let started = Instant::now();
+    while held.iter().any(BTreeSet::is_empty) {
+        assert!(started.elapsed() < WAIT, "the group never gave both members a partition: {held:?}");
+        let (i, item) = tokio::select! {
+            item = next_item(a, Duration::from_millis(200)) => (0, item),
+            item = next_item(b, Duration::from_millis(200)) => (1, item),
+        };
+        match item {
+            Some(StreamItem::Assigned { partitions }) => held[i].extend(partitions),
+            Some(StreamItem::Revoked { partitions }) => {
+                for p in partitions {
+                    held[i].remove(&p);
+                }
+            }
+            Some(other) => panic!("unexpected before anything was published: {other:?}"),
+            None => {}
+        }
+    }
 }
 
 /// A delivery that is not acked comes back (attempt 2 where the broker counts attempts). Brokers with
@@ -881,3 +928,4 @@ conformance!(mqtt, super::Backend::Mqtt);
 conformance!(mqtt5, super::Backend::Mqtt5);
 conformance!(amqp, super::Backend::Amqp);
 conformance!(postgres, super::Backend::Postgres);
+conformance!(kafka, super::Backend::Kafka);

@@ -19,6 +19,7 @@ mod demo;
 mod engine;
 mod hostile;
 mod interop;
+mod kafka_live;
 mod layering;
 mod mqtt_live;
 mod nats_live;

@@ -75,6 +75,9 @@ pub struct PubArgs {
     /// AMQP: the broker drops the message if it is not delivered within this long (e.g. 30s, 5m).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub ttl: Option<std::time::Duration>,
+    /// Kafka: publish to this partition instead of the one the key (or Kafka's partitioner) picks.
+    #[arg(long, value_name = "P")]
+    pub partition: Option<u32>,
 }
 
 /// One message to publish and where it came from (for error messages).
@@ -105,11 +108,11 @@ pub async fn run(ctx: &Context, args: PubArgs) -> Result<(), CliError> {
         retain: args.retain,
         priority: args.priority,
         ttl: args.ttl,
-        ..PublishOptions::default()
+        partition: args.partition,
     };
     if let Some(option) = options.first_unhonoured(broker.publish_options()) {
         return Err(CliError::Usage(format!(
-            "{} is not available on this broker ({}): --retain and --qos are MQTT settings, --priority and --ttl AMQP ones",
+            "{} is not available on this broker ({}): --retain and --qos are MQTT settings, --priority and --ttl AMQP ones, --partition a Kafka one",
             option.flag(),
             broker.kind(),
         )));
@@ -325,7 +328,7 @@ async fn publish_all(
     verbose: bool,
 ) -> Result<(), CliError> {
     let started = Instant::now();
-    let mut tally = Tally::default();
+    let mut tally = Tally { offsets: broker.kind() == "kafka", ..Tally::default() };
     let mut batch: Vec<Input> = Vec::with_capacity(BATCH);
     let mut input_error = None;
     let interrupted = crate::cli::signal::interrupted();
@@ -415,6 +418,11 @@ struct Tally {
     unrouted: u64,
     /// The seq range of the last topic stored to, and that topic.
     stored: Option<(u64, u64, Option<crate::model::Name>)>,
+    /// Whether the broker's positions are Kafka offsets (seq − 1) in partitions, said as such.
+    offsets: bool,
+    /// The partitions stored to, and the last one.
+    partitions: std::collections::BTreeSet<u32>,
+    last_partition: u32,
 }
 
 impl Tally {
@@ -434,6 +442,8 @@ impl Tally {
             {
                 let first = self.stored.as_ref().map_or(r.seq, |(first, _, _)| *first);
                 self.stored = Some((first, r.seq, Some(topic.clone())));
+                self.partitions.insert(r.partition);
+                self.last_partition = r.partition;
             }
         }
         self.published += receipts.len() as u64;
@@ -454,6 +464,16 @@ impl Tally {
         }
         match &self.stored {
             _ if published == 0 => note("nothing was published: there was no message (stdin was empty)"),
+            Some((first, last, topic)) if self.offsets => {
+                let topic = topic.as_ref().map_or(String::new(), ToString::to_string);
+                let (p, o) = (self.last_partition, last.saturating_sub(1));
+                let place = match self.partitions.len() {
+                    1 if first == last => format!("in {topic} partition {p} at offset {o}"),
+                    1 => format!("in {topic} partition {p} at offsets {}..={o}", first.saturating_sub(1)),
+                    n => format!("in {topic} across {n} partitions, the last in partition {p} at offset {o}"),
+                };
+                note(&format!("published {published} message(s){dropped}, stored {place}"))
+            }
             Some((first, last, topic)) => {
                 let place = topic.as_ref().map_or(String::new(), |t| format!(" in {t}"));
                 note(&format!(

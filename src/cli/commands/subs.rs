@@ -310,6 +310,21 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
         text.push('\n');
         text.push_str(&table(&crow));
     }
+    // Brokers that assign partitions (Kafka) say where the group stands in each and who reads it.
+    if s.partitions.len() > 1 || s.partitions.iter().any(|p| p.owner.is_some()) {
+        let mut prow = vec![["PARTITION", "ACK FLOOR", "HEAD", "LAG", "OWNER"].map(String::from).to_vec()];
+        for p in &s.partitions {
+            prow.push(vec![
+                p.partition.to_string(),
+                p.ack_floor.to_string(),
+                p.head_seq.to_string(),
+                p.lag.to_string(),
+                p.owner.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table(&prow));
+    }
     text
 }
 

@@ -373,7 +373,13 @@ pub async fn receive(
                     continue;
                 }
                 StreamItem::Assigned { partitions } => {
-                    note(&format!("assigned partitions {}", partition_list(&partitions)));
+                    if partitions.is_empty() {
+                        note(
+                            "joined the group holding no partition (it has more members than the topic has partitions)",
+                        );
+                    } else {
+                        note(&format!("assigned partitions {}", partition_list(&partitions)));
+                    }
                     continue;
                 }
                 StreamItem::Revoked { partitions } => {
@@ -426,7 +432,13 @@ pub async fn receive(
         }
         // Acked only after the output is written: a crash in between redelivers rather than loses.
         for token in to_ack {
-            broker.settle(&token, Settle::Ack).await?;
+            match broker.settle(&token, Settle::Ack).await {
+                Ok(()) => {}
+                // A rebalance gave the partition to another member, which gets the message again: said,
+                // and this member goes on with the partitions it still holds.
+                Err(e @ crate::broker::BrokerError::Revoked { .. }) => note(&format!("not acked: {e}")),
+                Err(e) => return Err(e.into()),
+            }
         }
         if at_end {
             break;
@@ -467,11 +479,24 @@ async fn settle_exec(broker: &SharedBroker, delivery: &BrokerDelivery, ok: bool)
         note(&format!("the command failed for {} #{seq}", delivery.message.subject()));
     }
     let Some(token) = &delivery.token else { return Ok(()) };
+    // Without a nack (Kafka commits offsets, not per-message states) a failed message stays unacked,
+    // which holds its partition's commit back: it comes again after a restart or a rebalance.
+    if !ok && !broker.capabilities().has(crate::broker::Capability::Nack) {
+        note(&format!(
+            "#{seq} was left unacked ({} has no nack): it is delivered again after a restart or a rebalance",
+            broker.kind()
+        ));
+        return Ok(());
+    }
     let how = if ok { Settle::Ack } else { Settle::Nack(None) };
     match broker.settle(token, how).await {
         Ok(()) => Ok(()),
         // The lease ran out while the command ran (it took longer than the ack deadline): the message
         // was already handed out again, which is the broker doing its job, not a failure of this run.
+        Err(e @ crate::broker::BrokerError::Revoked { .. }) => {
+            note(&format!("#{seq} not settled: {e}"));
+            Ok(())
+        }
         Err(e) if e.to_string().contains("stale lease") => {
             note(&format!(
                 "#{seq} took longer than its ack deadline and was redelivered; its result was not recorded"

@@ -78,6 +78,9 @@ pub struct CreateArgs {
     /// also has its own limit: `serve --max-message-bytes`).
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_message_bytes: Option<u32>,
+    /// Kafka: the number of partitions (default 1; the engine has one partition per topic).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub partitions: Option<u32>,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -115,8 +118,13 @@ pub async fn list(ctx: &Context, args: TopicsArgs) -> Result<(), CliError> {
     let mut rows = vec![
         ["TOPIC", "MESSAGES", "BYTES", "RATE/S", "SUBS", "SEQS", "RETENTION"].map(String::from).to_vec(),
     ];
+    // Partitions get a column only where some topic has more than one (Kafka).
+    let partitioned = topics.iter().any(|t| t.partitions > 1);
+    if partitioned {
+        rows[0].insert(1, "PARTITIONS".into());
+    }
     for t in &topics {
-        rows.push(vec![
+        let mut row = vec![
             t.name.to_string(),
             t.messages.to_string(),
             or_dash(t.bytes, bytes),
@@ -124,7 +132,11 @@ pub async fn list(ctx: &Context, args: TopicsArgs) -> Result<(), CliError> {
             t.subscriptions.to_string(),
             if t.messages == 0 { "-".into() } else { format!("{}..{}", t.first_seq, t.head_seq) },
             retention(&t.limits, t.discard),
-        ]);
+        ];
+        if partitioned {
+            row.insert(1, t.partitions.to_string());
+        }
+        rows.push(row);
     }
     out.write(table(&rows).as_bytes())?;
     out.flush()
@@ -162,6 +174,9 @@ pub async fn run(ctx: &Context, command: TopicCommand) -> Result<(), CliError> {
             }
             if let Some(b) = args.max_message_bytes {
                 config.max_msg_bytes = b;
+            }
+            if let Some(n) = args.partitions {
+                config.partitions = n;
             }
             let info = broker.create_topic(config).await?;
             note(&format!("created topic {} capturing {}", info.name, info.subjects.join(", ")));
@@ -238,6 +253,28 @@ fn ask(question: &str, from: &mut impl std::io::BufRead, to: &mut impl std::io::
     matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
+/// Each partition's positions, leader and count, for a topic of several partitions (Kafka); empty
+/// otherwise.
+fn partition_table(t: &TopicInfo) -> String {
+    if t.partition_info.len() < 2 {
+        return String::new();
+    }
+    let mut rows = vec![["PARTITION", "MESSAGES", "SEQS", "LEADER"].map(String::from).to_vec()];
+    for p in &t.partition_info {
+        rows.push(vec![
+            p.partition.to_string(),
+            p.messages.to_string(),
+            if p.messages == 0 {
+                format!("none (next is {})", p.head_seq + 1)
+            } else {
+                format!("{}..{}", p.first_seq, p.head_seq)
+            },
+            p.leader.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    format!("\n{}", table(&rows))
+}
+
 fn storage(t: &TopicInfo) -> String {
     match (t.storage, t.durability) {
         (Some(StorageKind::File), Some(d)) => format!("file, durability {d}"),
@@ -280,6 +317,7 @@ fn show(t: &TopicInfo, json: bool, counted: bool) -> Result<(), CliError> {
     ];
     if !counted {
         out.write(table(&rows).as_bytes())?;
+        out.write(partition_table(t).as_bytes())?;
         return out.flush();
     }
     rows.extend([

@@ -195,8 +195,35 @@ async fn open_streams(
         }
         streams.push(broker.subscribe(req).await?);
     }
+    // Where a group assigns partitions (Kafka), a member reads nothing until the broker gave it its
+    // share: the run starts once every member was told, so the join is not measured as latency.
+    if durable && broker.capabilities().has(Capability::Partitions) {
+        for stream in &mut streams {
+            let told = tokio::time::timeout(JOIN_WAIT, async {
+                while let Some(item) = stream.next().await {
+                    if matches!(item?, StreamItem::Assigned { .. }) {
+                        return Ok(());
+                    }
+                }
+                Err(BrokerError::Protocol("the stream ended before the group assigned partitions".into()))
+            })
+            .await;
+            match told {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(CliError::Failed(format!(
+                        "the broker assigned no partitions within {}s",
+                        JOIN_WAIT.as_secs()
+                    )));
+                }
+            }
+        }
+    }
     Ok(streams)
 }
+
+/// How long members may wait for the group to assign partitions.
+const JOIN_WAIT: Duration = Duration::from_secs(60);
 
 /// One receiver: counts, acks when asked, and records latency until everything expected arrived or
 /// nothing more came for [`GRACE`] after publishing ended.
