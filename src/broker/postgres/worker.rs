@@ -143,7 +143,10 @@ impl Worker {
     /// The worker's own connection: it LISTENs for new rows and claims. Its commits do not wait for
     /// the WAL flush (`synchronous_commit = off`): a claim lost in a server crash leaves its row
     /// available, which is what a lapsed lease does anyway, so durability buys nothing there. Acks,
-    /// which must survive, go through the command connection with the server's own setting.
+    /// which must survive, go through the command connection with the server's own setting. Bitmap
+    /// scans are off on it: with many unsettled rows the planner preferred gathering all of them and
+    /// sorting (45 ms a claim at 50,000 pending) to walking the pending index in seq order and stopping
+    /// after the room (11 ms); every statement of this connection wants the walk.
     async fn connect(&self) -> Result<Listening, BrokerError> {
         let (wake, topic) = (self.rows.clone(), self.topic.as_str().to_string());
         let channel = self.target.messages_channel();
@@ -155,7 +158,9 @@ impl Worker {
         })
         .await?;
         conn.client
-            .batch_execute("SET synchronous_commit = off; SET plan_cache_mode = force_custom_plan")
+            .batch_execute(
+                "SET synchronous_commit = off; SET plan_cache_mode = force_custom_plan; SET enable_bitmapscan = off",
+            )
             .await
             .map_err(|e| super::url::error(&self.target.shown, &e))?;
         Ok(conn)
@@ -214,8 +219,7 @@ impl Worker {
             "WITH sub AS (SELECT * FROM {s}.subscriptions WHERE name = $1),
              pick AS (SELECT d.seq FROM {s}.deliveries d, sub
                       WHERE d.subscription = $1 AND d.state IN ('available', 'failed', 'in_flight')
-                        AND ((d.state IN ('available', 'failed') AND d.available_at <= now())
-                             OR (d.state = 'in_flight' AND d.deadline <= now()))
+                        AND CASE WHEN d.state = 'in_flight' THEN d.deadline ELSE d.available_at END <= now()
                         AND (sub.max_deliveries = 0 OR d.attempts < sub.max_deliveries)
                       ORDER BY d.seq LIMIT $3 FOR UPDATE OF d SKIP LOCKED),
              claimed AS (UPDATE {s}.deliveries d
