@@ -722,26 +722,30 @@ fn pubsub_reply_answers_requests_with_what_its_command_prints() {
         }
     }
     let _responder = Kill(&mut responder);
+    // First the responder: ask until it answers (until it has subscribed, NATS says "no responders").
+    // Only then the watcher: a plain subscriber that never answers would make a request wait for its
+    // timeout instead of being told there are no responders.
+    let started = Instant::now();
+    let answer = loop {
+        let (code, out, err) = outcome(&mut home.at(URL, &["request", &subject, "hello", "--format", "raw"]));
+        if code == 0 {
+            break out;
+        }
+        assert_eq!(code, 6, "only 'no responders' while the responder starts: {err}");
+        assert!(started.elapsed() < Duration::from_secs(15), "the responder never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let mut watcher = home
         .at(URL, &["sub", &subject, "--count", "1", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Both subscribe in their own time: ask until the watcher has seen a request and it was answered.
-    let started = Instant::now();
-    let mut answer = String::new();
-    loop {
-        let (code, out, err) = outcome(&mut home.at(URL, &["request", &subject, "hello", "--format", "raw"]));
-        if code == 0 {
-            answer = out;
-        } else {
-            assert_eq!(code, 6, "only 'no responders' while the responder starts: {err}");
-        }
-        if !answer.is_empty() && watcher.try_wait().unwrap().is_some() {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "no answer: {answer:?}");
+    // The watcher subscribes in its own time: ask again until it has seen a request.
+    while watcher.try_wait().unwrap().is_none() {
+        let (code, _, err) = outcome(&mut home.at(URL, &["request", &subject, "again", "--format", "raw"]));
+        assert_eq!(code, 0, "the responder is up: {err}");
+        assert!(started.elapsed() < Duration::from_secs(30), "the watcher never saw a request");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(answer.trim(), "HELLO|_INBOX");
