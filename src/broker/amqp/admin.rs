@@ -24,6 +24,9 @@ const HISTORY_IDLE: Duration = Duration::from_millis(400);
 /// The longest a history read runs.
 const HISTORY_MAX: Duration = Duration::from_secs(10);
 
+/// How long a queue delete or purge may take before pubsub stops waiting (exit 4).
+const ADMIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl AmqpBroker {
     /// Ready messages and consumers of queue `name`, or `None` when there is no such queue.
     pub(super) async fn queue_counts(&self, name: &str) -> Result<Option<(u32, u32)>, BrokerError> {
@@ -143,7 +146,15 @@ impl AmqpBroker {
         }
     }
 
+    /// Deletes a queue; gives up after [`ADMIN_WAIT`] (a delete was once seen waiting forever on a
+    /// broker under load, which left `subs delete` hanging).
     pub(super) async fn delete_queue(&self, name: &Name, what: &str) -> Result<(), BrokerError> {
+        tokio::time::timeout(ADMIN_WAIT, self.delete_queue_now(name, what))
+            .await
+            .map_err(|_| BrokerError::Timeout(ADMIN_WAIT))?
+    }
+
+    async fn delete_queue_now(&self, name: &Name, what: &str) -> Result<(), BrokerError> {
         if self.queue_counts(name.as_str()).await?.is_none() {
             return Err(BrokerError::Invalid(format!(
                 "no {what} \"{name}\": there is no queue of that name in vhost \"{}\"",
@@ -159,6 +170,12 @@ impl AmqpBroker {
     }
 
     pub(super) async fn purge_queue(&self, name: &Name) -> Result<u64, BrokerError> {
+        tokio::time::timeout(ADMIN_WAIT, self.purge_queue_now(name))
+            .await
+            .map_err(|_| BrokerError::Timeout(ADMIN_WAIT))?
+    }
+
+    async fn purge_queue_now(&self, name: &Name) -> Result<u64, BrokerError> {
         let channel = self.channel().await?;
         channel
             .queue_purge(convert::short("queue", name.as_str())?, QueuePurgeOptions::default())
