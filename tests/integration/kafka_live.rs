@@ -499,7 +499,19 @@ async fn kafka_lag_per_partition_after_partial_acks_on_the_mock_cluster() {
     assert!(nack.to_string().contains("committed offset per partition"), "{nack}");
     let started = Instant::now();
     loop {
-        let info = broker.subscription_info(&group).await.unwrap();
+        // Acks are committed together a moment later; until the first commit lands, the mock cluster
+        // (which cannot list groups) knows the group by nothing.
+        let info = match broker.subscription_info(&group).await {
+            Ok(info) => info,
+            Err(e)
+                if e.to_string().contains("no subscription named")
+                    && started.elapsed() < Duration::from_secs(20) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
         let p1 = info.partitions.iter().find(|p| p.partition == 1).cloned();
         if let Some(p1) = p1.filter(|p| p.ack_floor == 2) {
             assert_eq!((p1.head_seq, p1.lag), (6, 4), "{info:?}");

@@ -5,14 +5,18 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::consume::is_transient;
-use super::{KafkaBroker, convert};
+use super::{KafkaBroker, REQUEST_TIMEOUT, convert};
 use crate::broker::{
     AckToken, BrokerDelivery, BrokerError, ChannelSource, DeliveryStream, StreamItem, SubscribeRequest,
 };
@@ -40,6 +44,9 @@ impl Acks {
 #[derive(Debug, Default)]
 struct Held {
     parts: Mutex<HashMap<(String, i32), Acks>>,
+    /// Floors that moved and are not committed yet: acks are committed together every
+    /// [`COMMIT_EVERY`], not one request per message.
+    dirty: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl Held {
@@ -64,18 +71,44 @@ impl Held {
         match a.floor() {
             Some(f) if f > a.committed => {
                 a.committed = f;
+                self.dirty
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert((topic.to_string(), partition), f);
                 Ok(Some(f))
             }
             _ => Ok(None),
         }
     }
+
+    /// Takes the floors waiting to be committed, of the partitions `keep` accepts.
+    fn take_dirty(&self, keep: impl Fn(&str, i32) -> bool) -> TopicPartitionList {
+        let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tpl = TopicPartitionList::new();
+        dirty.retain(|(topic, partition), offset| {
+            if !keep(topic, *partition) {
+                return true;
+            }
+            if tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).is_err() {
+                return true;
+            }
+            false
+        });
+        tpl
+    }
 }
+
+/// How often a member commits the floors its acks moved. An ack is not a commit: a crash loses at most
+/// this much of the commit, and what it loses is delivered again (at least once).
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
 /// The context of a member's consumer: tells the reader of rebalances and forgets revoked partitions.
 pub(super) struct GroupContext {
     base: convert::Context,
     held: Arc<Held>,
     changes: mpsc::UnboundedSender<StreamItem>,
+    /// Where a partition the group has no offset for starts: its end (else its start).
+    from_end: bool,
 }
 
 impl ClientContext for GroupContext {
@@ -96,44 +129,82 @@ fn numbers(tpl: &TopicPartitionList) -> Vec<u32> {
 }
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            // Commits made by acks are already on their way; what was not acked goes to the next owner.
-            let mut parts = self.held.parts.lock().unwrap_or_else(PoisonError::into_inner);
-            for e in tpl.elements() {
-                parts.remove(&(e.topic().to_string(), e.partition()));
+    /// Takes over librdkafka's rebalance so that an assignment starts at explicit offsets: where the
+    /// group has committed nothing, at the partition's end (or start) as it is now. Left to
+    /// `auto.offset.reset`, the end would be looked up only when the first fetch goes out, after the
+    /// reader was told "assigned", and what was published in between would never be delivered.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let pinned = self.pin(consumer, tpl);
+                let assigned =
+                    if cooperative { consumer.incremental_assign(&pinned) } else { consumer.assign(&pinned) };
+                match assigned {
+                    // Also an empty assignment: the reader learns it joined, holding nothing (more
+                    // members than partitions).
+                    Ok(()) => {
+                        let _ = self.changes.send(StreamItem::Assigned { partitions: numbers(tpl) });
+                    }
+                    Err(e) => self.base.error(e, "taking the partitions the group assigned"),
+                }
             }
-            drop(parts);
-            if tpl.count() > 0 {
-                let _ = self.changes.send(StreamItem::Revoked { partitions: numbers(tpl) });
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // What was acked is committed before the partitions go; what was not goes to the next
+                // owner.
+                let going = self.held.take_dirty(|t, p| tpl.find_partition(t, p).is_some());
+                if going.count() > 0 {
+                    let _ = consumer.commit(&going, CommitMode::Sync);
+                }
+                let mut parts = self.held.parts.lock().unwrap_or_else(PoisonError::into_inner);
+                for e in tpl.elements() {
+                    parts.remove(&(e.topic().to_string(), e.partition()));
+                }
+                drop(parts);
+                let _ = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if tpl.count() > 0 {
+                    let _ = self.changes.send(StreamItem::Revoked { partitions: numbers(tpl) });
+                }
+            }
+            other => {
+                let code: rdkafka::types::RDKafkaErrorCode = other.into();
+                self.base.error(KafkaError::Rebalance(code), "the group's rebalance failed");
+                let _ = consumer.unassign();
             }
         }
     }
+}
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let committed =
-                consumer.committed_offsets((*tpl).clone(), std::time::Duration::from_secs(5)).ok();
-            let mut parts = self.held.parts.lock().unwrap_or_else(PoisonError::into_inner);
-            for e in tpl.elements() {
-                let from = committed
-                    .as_ref()
-                    .and_then(|c| c.find_partition(e.topic(), e.partition()))
-                    .and_then(|c| match c.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
-                parts.insert(
-                    (e.topic().to_string(), e.partition()),
-                    Acks { committed: from, ..Acks::default() },
-                );
+impl GroupContext {
+    /// The assignment `tpl` with each partition's start made explicit (its committed offset, else its
+    /// end or start now), each recorded as held. A partition whose offsets cannot be read is left to
+    /// `auto.offset.reset`.
+    fn pin(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let committed = consumer.committed_offsets(tpl.clone(), REQUEST_TIMEOUT).ok();
+        let mut pinned = TopicPartitionList::new();
+        let mut parts = self.held.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        for e in tpl.elements() {
+            let (topic, partition) = (e.topic(), e.partition());
+            let stored = committed.as_ref().and_then(|c| c.find_partition(topic, partition)).and_then(|c| {
+                match c.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o),
+                    _ => None,
+                }
+            });
+            let start = stored.or_else(|| {
+                let (low, high) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT).ok()?;
+                Some(if self.from_end { high } else { low })
+            });
+            let offset = start.map_or(Offset::Invalid, Offset::Offset);
+            if pinned.add_partition_offset(topic, partition, offset).is_err() {
+                pinned.add_partition(topic, partition);
             }
-            drop(parts);
-            // Also an empty assignment: the reader learns it joined, holding nothing (more members than
-            // partitions).
-            let _ = self.changes.send(StreamItem::Assigned { partitions: numbers(tpl) });
+            parts.insert(
+                (topic.to_string(), partition),
+                Acks { committed: stored.or(start).unwrap_or(0), ..Acks::default() },
+            );
         }
+        pinned
     }
 }
 
@@ -153,16 +224,22 @@ impl Member {
             subscription: token.subscription.to_string(),
             partition: token.partition,
         };
-        let Ok(commit) = self.held.acked(topic, partition, convert::offset_of(token.seq)) else {
-            return Err(revoked());
-        };
-        if let Some(offset) = commit {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
-                .map_err(|e| convert::error(&self.shown, &e))?;
-            self.consumer.commit(&tpl, CommitMode::Async).map_err(|e| convert::error(&self.shown, &e))?;
+        match self.held.acked(topic, partition, convert::offset_of(token.seq)) {
+            Ok(_) => Ok(()),
+            Err(()) => Err(revoked()),
         }
-        Ok(())
+    }
+
+    /// Commits the floors acks moved since the last time, of the partitions still held.
+    fn commit(&self) -> Result<(), BrokerError> {
+        let tpl = {
+            let parts = self.held.parts.lock().unwrap_or_else(PoisonError::into_inner);
+            self.held.take_dirty(|t, p| parts.contains_key(&(t.to_string(), p)))
+        };
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.consumer.commit(&tpl, CommitMode::Async).map_err(|e| convert::error(&self.shown, &e))
     }
 }
 
@@ -175,7 +252,11 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.members.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
+        let member = self.members.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
+        // The last acks' floors go out before the consumer closes (closing waits for them).
+        if let Some(member) = member {
+            let _ = member.commit();
+        }
     }
 }
 
@@ -201,7 +282,12 @@ impl KafkaBroker {
         };
         let held = Arc::new(Held::default());
         let (changes_tx, mut changes_rx) = mpsc::unbounded_channel();
-        let context = GroupContext { base: self.context.clone(), held: held.clone(), changes: changes_tx };
+        let context = GroupContext {
+            base: self.context.clone(),
+            held: held.clone(),
+            changes: changes_tx,
+            from_end: reset == "latest",
+        };
         let session = self.target.session_timeout.as_millis().to_string();
         let heartbeat = (self.target.session_timeout.as_millis() / 3).max(100).to_string();
         let mut c = self.target.config();
@@ -234,8 +320,16 @@ impl KafkaBroker {
         let (tx, rx) = mpsc::channel(prefetch);
         let task = tokio::spawn(async move {
             let _registered = registered;
+            let mut commits = tokio::time::interval(COMMIT_EVERY);
+            commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let next = tokio::select! {
+                    _ = commits.tick() => {
+                        // A commit librdkafka will not take now (the member is leaving or rejoining)
+                        // only holds the floor back: those messages are delivered again (at least once).
+                        let _ = member.commit();
+                        continue;
+                    }
                     change = changes_rx.recv() => {
                         let Some(change) = change else { return };
                         if tx.send(Ok(change)).await.is_err() { return; }
@@ -309,5 +403,33 @@ mod tests {
         // The last one: past the last delivered.
         assert_eq!(held.acked("t", 0, 13), Ok(Some(15)));
         assert_eq!(held.acked("t", 1, 0), Err(()));
+    }
+
+    #[test]
+    fn moved_floors_wait_to_be_committed_together_and_only_the_newest_goes() {
+        let held = Held::default();
+        for p in [0, 1] {
+            held.parts.lock().unwrap().insert(("t".into(), p), Acks::default());
+            for o in 0..3 {
+                held.delivered("t", p, o);
+            }
+        }
+        for o in 0..3 {
+            held.acked("t", 0, o).unwrap();
+        }
+        held.acked("t", 1, 0).unwrap();
+        // Partition 1 only: partition 0 stays waiting.
+        let one = held.take_dirty(|_, p| p == 1);
+        assert_eq!(
+            one.elements().iter().map(|e| (e.partition(), e.offset())).collect::<Vec<_>>(),
+            [(1, Offset::Offset(1))]
+        );
+        // Three acks of partition 0, one commit of its newest floor; then nothing is left.
+        let rest = held.take_dirty(|_, _| true);
+        assert_eq!(
+            rest.elements().iter().map(|e| (e.partition(), e.offset())).collect::<Vec<_>>(),
+            [(0, Offset::Offset(3))]
+        );
+        assert_eq!(held.take_dirty(|_, _| true).count(), 0);
     }
 }
