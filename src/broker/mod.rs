@@ -57,6 +57,12 @@ pub struct SubscribeRequest {
     /// leasing, claiming or pulling once it has handed out this many, so nothing is held that the
     /// reader will not read. No cap when `None`.
     pub limit: Option<u64>,
+    /// Only this partition (`--from P:SEQ`), on a broker with partitions; every partition when `None`.
+    pub partition: Option<u32>,
+    /// End the stream once every partition read reached the end it had when reading started
+    /// (`--exit-at-end`), on a backend that tracks ends per partition itself (Kafka without a group);
+    /// others leave stopping to the caller.
+    pub until_end: bool,
 }
 
 impl SubscribeRequest {
@@ -70,6 +76,8 @@ impl SubscribeRequest {
             consumer: None,
             prefetch: None,
             limit: None,
+            partition: None,
+            until_end: false,
         }
     }
 }

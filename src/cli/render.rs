@@ -71,6 +71,9 @@ pub struct Renderer {
     escape: bool,
     /// Written after each message: a newline unless the user chose another (`-D`) or none (`-N`).
     delimiter: Vec<u8>,
+    /// Positions are shown as `#PARTITION:SEQ` (the broker's topics have partitions), the form
+    /// `--from` takes.
+    partitions: bool,
 }
 
 const DIM: &str = "\x1b[2m";
@@ -81,7 +84,14 @@ const RESET: &str = "\x1b[0m";
 impl Renderer {
     /// A renderer for `format`, coloured when `color` (text only).
     pub fn new(format: Format, color: bool) -> Self {
-        Renderer { format, color, escape: false, delimiter: vec![b'\n'] }
+        Renderer { format, color, escape: false, delimiter: vec![b'\n'], partitions: false }
+    }
+
+    /// Shows positions as `#PARTITION:SEQ` in the text format when `partitions` (topics of the broker
+    /// have partitions, so a seq alone names no message).
+    pub fn with_partitions(mut self, partitions: bool) -> Self {
+        self.partitions = partitions;
+        self
     }
 
     /// Ends each message with `delimiter` instead of a newline (empty: nothing, for byte-exact raw output).
@@ -124,10 +134,10 @@ impl Renderer {
         let (dim, cyan, yellow, reset) =
             if self.color { (DIM, CYAN, YELLOW, RESET) } else { ("", "", "", "") };
         let shown = |text: &str| if self.escape { escape_controls(text) } else { text.to_string() };
+        let position = if self.partitions { format!("{}:{}", m.partition, m.seq) } else { m.seq.to_string() };
         let mut line = format!(
-            "{dim}{clock}{reset} {cyan}{}{reset} {dim}#{}{reset}",
-            shown(m.subject().as_str()),
-            m.seq
+            "{dim}{clock}{reset} {cyan}{}{reset} {dim}#{position}{reset}",
+            shown(m.subject().as_str())
         );
         if let Some(key) = m.key() {
             line.push_str(&format!(" {yellow}key={}{reset}", shown(&encode_bytes(key).0)));
@@ -295,6 +305,12 @@ mod tests {
     #[test]
     fn text_shows_time_subject_seq_key_attempt_headers_and_payload() {
         assert_eq!(render(Format::Text), "20:26:40.123456 orders.eu #42 key=k1 attempt=2 region=eu hello\n");
+        let mut m = message();
+        m.partition = 3;
+        let mut out = Vec::new();
+        Renderer::new(Format::Text, false).with_partitions(true).render(&m, None, None, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.starts_with("20:26:40.123456 orders.eu #3:42 key=k1"), "{line}");
     }
 
     #[test]

@@ -83,12 +83,20 @@ pub enum Position {
     End,
     /// A seq.
     Seq(u64),
+    /// A seq in one partition (`P:SEQ`): reading starts there and covers only that partition.
+    At {
+        /// Partition.
+        partition: u32,
+        /// Seq in it.
+        seq: u64,
+    },
     /// A publish time.
     Time(Timestamp),
 }
 
 impl Position {
-    /// Parses `start`, `end`, a seq number, an RFC 3339 time, or `-DURATION` (that long ago).
+    /// Parses `start`, `end`, a seq number, `PARTITION:SEQ`, an RFC 3339 time, or `-DURATION` (that
+    /// long ago).
     pub fn parse(text: &str, now: Timestamp) -> Result<Position, String> {
         let t = text.trim();
         match t {
@@ -99,22 +107,38 @@ impl Position {
         if let Ok(seq) = t.parse::<u64>() {
             return Ok(Position::Seq(seq));
         }
+        if let Some((p, n)) = t.split_once(':')
+            && let (Ok(partition), Ok(seq)) = (p.parse::<u32>(), n.parse::<u64>())
+        {
+            return Ok(Position::At { partition, seq });
+        }
         if let Some(ago) = t.strip_prefix('-') {
             let d = humantime::parse_duration(ago).map_err(|e| format!("\"{t}\": {e}"))?;
             return Ok(Position::Time(now.minus(d)));
         }
         Timestamp::parse_rfc3339(t).map(Position::Time).map_err(|_| {
-            format!("\"{t}\" is not a position: use start, end, a seq number, an RFC 3339 time, or -5m")
+            format!(
+                "\"{t}\" is not a position: use start, end, a seq number, PARTITION:SEQ, an RFC 3339 time, or -5m"
+            )
         })
     }
 
-    /// Where a subscription starting here begins.
+    /// Where a subscription starting here begins (in the partition [`Position::partition`] names, for
+    /// `P:SEQ`).
     pub fn start(self) -> StartPosition {
         match self {
             Position::Start => StartPosition::All,
             Position::End => StartPosition::New,
-            Position::Seq(s) => StartPosition::Seq(s),
+            Position::Seq(s) | Position::At { seq: s, .. } => StartPosition::Seq(s),
             Position::Time(t) => StartPosition::Time(t),
+        }
+    }
+
+    /// The one partition a `P:SEQ` position reads.
+    pub fn partition(self) -> Option<u32> {
+        match self {
+            Position::At { partition, .. } => Some(partition),
+            _ => None,
         }
     }
 
@@ -124,6 +148,7 @@ impl Position {
             Position::Start => SeekTarget::Start,
             Position::End => SeekTarget::End,
             Position::Seq(seq) => SeekTarget::Seq { partition: 0, seq },
+            Position::At { partition, seq } => SeekTarget::Seq { partition, seq },
             Position::Time(t) => SeekTarget::Time(t),
         }
     }
@@ -145,7 +170,11 @@ mod tests {
             Position::parse("2026-05-28T20:26:40Z", NOW),
             Ok(Position::Time(Timestamp::from_micros(1_780_000_000_000_000)))
         );
+        assert_eq!(Position::parse("2:41", NOW), Ok(Position::At { partition: 2, seq: 41 }));
+        assert_eq!(Position::parse("2:41", NOW).unwrap().start(), StartPosition::Seq(41));
+        assert_eq!(Position::parse("2:41", NOW).unwrap().seek(), SeekTarget::Seq { partition: 2, seq: 41 });
         assert!(Position::parse("yesterday", NOW).unwrap_err().contains("-5m"));
+        assert!(Position::parse("2:x", NOW).unwrap_err().contains("PARTITION:SEQ"));
     }
 
     #[test]

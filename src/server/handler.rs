@@ -75,6 +75,8 @@ impl Connection {
                     consumer: spec.consumer,
                     prefetch: Some(prefetch),
                     limit: spec.limit,
+                    partition: None,
+                    until_end: false,
                 };
                 let budget = self.stream_budget(spec.prefetch_bytes);
                 match broker.subscribe_within(req, Some(budget.clone())) {

@@ -270,6 +270,57 @@ fn kafka_sub_from_start_offset_and_time() {
     assert_eq!(late, "d\n");
 }
 
+/// Positions carry their partition on Kafka: `sub` prints `#P:SEQ`, `--from P:SEQ` reads that partition
+/// from there, `--exit-at-end` waits for every partition's end (not the largest head's), and `replay`
+/// covers every partition.
+#[test]
+fn kafka_positions_name_partitions_and_exit_at_end_waits_for_every_partition() {
+    let Some(url) = tansu_url() else { return };
+    let home = Home::new("kafka-positions");
+    let topic = unique("parts");
+    let copy = unique("copy");
+    let _cleanup = Topics(url.clone(), vec![topic.clone(), copy.clone()]);
+    ok(&home, &url, &["topic", "create", &topic, "--partitions", "3"]);
+    ok(&home, &url, &["topic", "create", &copy]);
+    // Partition 0 gets five, partition 2 one, partition 1 none: the largest head is partition 0's.
+    for (p, msgs) in [("0", &["a0", "a1", "a2", "a3", "a4"][..]), ("2", &["c0"][..])] {
+        ok(&home, &url, &[&["pub", &topic, "--partition", p][..], msgs].concat());
+    }
+    let text = ok(&home, &url, &["sub", &topic, "--from", "start", "--exit-at-end"]);
+    let mut seen: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let position = f.nth(2).unwrap_or_default().to_string();
+            format!("{position} {}", f.next_back().unwrap_or_default())
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["#0:1 a0", "#0:2 a1", "#0:3 a2", "#0:4 a3", "#0:5 a4", "#2:1 c0"], "{text}");
+    // P:SEQ: partition 0 from seq 4 (offset 3), and nothing of partition 2.
+    let fmt = ["--format", "{{partition}}:{{seq}}:{{payload}}"];
+    let from = ok(&home, &url, &[&["sub", &topic, "--from", "0:4", "--exit-at-end"][..], &fmt].concat());
+    assert_eq!(from, "0:4:a3\n0:5:a4\n");
+    let (code, _, err) = run(&home, &url, &["sub", &topic, "--from", "7:1", "--exit-at-end"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no partition 7"), "{err}");
+    // An empty partition: nothing to read, and the command ends.
+    let none = ok(&home, &url, &[&["sub", &topic, "--from", "1:1", "--exit-at-end"][..], &fmt].concat());
+    assert_eq!(none, "");
+    // replay copies every partition, not only partition 0.
+    ok(&home, &url, &["replay", &topic, "--into", &copy]);
+    let copied =
+        ok(&home, &url, &["sub", &copy, "--from", "start", "--exit-at-end", "--format", "{{payload}}"]);
+    let mut copied: Vec<&str> = copied.lines().collect();
+    copied.sort_unstable();
+    assert_eq!(copied, ["a0", "a1", "a2", "a3", "a4", "c0"]);
+    // On a broker of one partition per topic, 0:SEQ is SEQ and any other partition is refused.
+    let local = Home::new("kafka-positions-local");
+    let (code, _, err) = outcome(&mut local.at("mem://", &["sub", "t", "--from", "2:1", "--exit-at-end"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("one partition per topic"), "{err}");
+}
+
 /// Two `sub -s G` members split a topic's partitions; one never acks (`--ack manual`, and Kafka has no
 /// settling from another process), and when it is killed with SIGKILL its partitions move to the other,
 /// which gets what it had not acked: in the end the survivor has printed every message.

@@ -234,7 +234,7 @@ async fn competing_consumers_on_a_group_share_the_stream_without_duplicates() {
         ack: AckMode::Explicit,
         consumer: Some(consumer.to_string()),
         prefetch: Some(5),
-        limit: None,
+        ..SubscribeRequest::live(Vec::new())
     };
     let mut a = broker.subscribe(request("a")).await.unwrap();
     let mut b = broker.subscribe(request("b")).await.unwrap();
@@ -274,7 +274,7 @@ async fn unacked_entries_are_redelivered_to_another_consumer_after_the_ack_deadl
         ack: AckMode::Explicit,
         consumer: Some(consumer.to_string()),
         prefetch: Some(10),
-        limit: None,
+        ..SubscribeRequest::live(Vec::new())
     };
     broker.publish_batch(vec![pubsub::engine::PublishRequest::new(name(&stream), "held")]).await.unwrap();
     // `a` takes the entry and never settles it.

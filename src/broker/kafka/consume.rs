@@ -55,11 +55,12 @@ impl KafkaBroker {
     pub(super) async fn start_offsets(
         &self,
         topics: &[(Name, u32)],
+        only: Option<u32>,
         from: Option<StartPosition>,
     ) -> Result<TopicPartitionList, BrokerError> {
         let mut tpl = TopicPartitionList::new();
         for (topic, count) in topics {
-            for p in 0..*count {
+            for p in (0..*count).filter(|p| only.is_none_or(|o| o == *p)) {
                 let p = i32::try_from(p).unwrap_or(i32::MAX);
                 let offset = match from {
                     None | Some(StartPosition::New) => Offset::End,
@@ -124,7 +125,44 @@ impl KafkaBroker {
                 req.patterns.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" ")
             )));
         }
-        let tpl = self.start_offsets(&topics, req.from).await?;
+        let topics = match req.partition {
+            None => topics,
+            Some(p) => match topics.as_slice() {
+                [(topic, count)] if p < *count => vec![(topic.clone(), *count)],
+                [(topic, _)] => return Err(convert::no_partition(topic, p)),
+                _ => {
+                    return Err(BrokerError::Invalid(
+                        "a partition (--from P:SEQ) needs exactly one topic".into(),
+                    ));
+                }
+            },
+        };
+        let tpl = self.start_offsets(&topics, req.partition, req.from).await?;
+        // With --exit-at-end: where each partition ends now; one that starts there has nothing to read.
+        let mut ends = Vec::new();
+        if req.until_end {
+            let starts: Vec<(String, i32, Offset)> =
+                tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition(), e.offset())).collect();
+            for (topic, p, offset) in starts {
+                let Ok(name) = Name::new(&topic) else { continue };
+                let (low, high) = self.watermarks(&name, u32::try_from(p).unwrap_or(0)).await?;
+                let start = match offset {
+                    Offset::Offset(o) => o,
+                    Offset::Beginning => low,
+                    Offset::OffsetTail(n) => high - n,
+                    _ => high,
+                };
+                if start.max(low) < high {
+                    ends.push((topic, p, high));
+                }
+            }
+            if ends.is_empty() {
+                let (_, rx) = mpsc::channel(1);
+                let task = tokio::spawn(async {});
+                return Ok(DeliveryStream::new(Box::new(ChannelSource { rx, task: task.abort_handle() })));
+            }
+        }
+        let until_end = req.until_end;
         let consumer: StreamConsumer<convert::Context> = self.reader()?;
         consumer.assign(&tpl).map_err(|e| convert::error(&self.target.shown, &e))?;
         let (tx, rx) =
@@ -143,7 +181,14 @@ impl KafkaBroker {
                     () = tx.closed() => return,
                 };
                 let m = match next {
-                    Ok(m) => convert::to_message(&m),
+                    Ok(m) => {
+                        if until_end {
+                            use rdkafka::message::Message as _;
+                            let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+                            ends.retain(|(t, p, end)| !(t == topic && *p == partition && offset + 1 >= *end));
+                        }
+                        convert::to_message(&m)
+                    }
                     Err(e) => {
                         // Transport trouble is retried by librdkafka itself; anything else ends the stream.
                         if is_transient(&e) {
@@ -160,6 +205,9 @@ impl KafkaBroker {
                         return;
                     }
                 } else if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+                if until_end && ends.is_empty() {
                     return;
                 }
             }

@@ -468,9 +468,14 @@ impl Tally {
                 let topic = topic.as_ref().map_or(String::new(), ToString::to_string);
                 let (p, o) = (self.last_partition, last.saturating_sub(1));
                 let place = match self.partitions.len() {
-                    1 if first == last => format!("in {topic} partition {p} at offset {o}"),
-                    1 => format!("in {topic} partition {p} at offsets {}..={o}", first.saturating_sub(1)),
-                    n => format!("in {topic} across {n} partitions, the last in partition {p} at offset {o}"),
+                    1 if first == last => format!("in {topic} partition {p} at offset {o} (#{p}:{last})"),
+                    1 => format!(
+                        "in {topic} partition {p} at offsets {}..={o} (#{p}:{first}..={last})",
+                        first.saturating_sub(1)
+                    ),
+                    n => format!(
+                        "in {topic} across {n} partitions, the last in partition {p} at offset {o} (#{p}:{last})"
+                    ),
                 };
                 note(&format!("published {published} message(s){dropped}, stored {place}"))
             }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::subscribe::{SettleMode, Sink, StopArgs, end_seq, parse_patterns, receive};
+use super::subscribe::{EndAt, SettleMode, Sink, StopArgs, parse_patterns, reading, receive};
 use crate::broker::SubscribeRequest;
 use crate::cli::output::{Stdout, note};
 use crate::cli::render::{Format, Renderer};
@@ -22,7 +22,8 @@ pub struct RecordArgs {
     /// Write to this file instead of stdout (`-` is stdout).
     #[arg(long, short = 'o', value_name = "PATH")]
     pub output: Option<PathBuf>,
-    /// Record history from: start, end, a seq, an RFC 3339 time, or -5m (default: live only).
+    /// Record history from: start, end, a seq, PARTITION:SEQ, an RFC 3339 time, or -5m (default: live
+    /// only).
     #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// When to stop.
@@ -40,17 +41,14 @@ pub async fn run(ctx: &Context, args: RecordArgs) -> Result<(), CliError> {
         .transpose()
         .map_err(CliError::Usage)?;
     let broker = ctx.connect().await?;
-    let end = if args.stop.exit_at_end {
-        match end_seq(&broker, &patterns, from, None).await? {
-            Some(head) => Some(head),
-            None => return Ok(()),
-        }
-    } else {
-        None
-    };
     let mut request = SubscribeRequest::live(patterns);
     request.from = from.map(Position::start);
     request.ack = AckMode::None;
+    let end = match reading(&broker, &mut request, from, args.stop.exit_at_end).await? {
+        EndAt::NothingToRead => return Ok(()),
+        EndAt::Heads(ends) => Some(ends),
+        EndAt::Open => None,
+    };
     let stream = broker.subscribe(request).await?;
     let sink = match args.output.as_deref().filter(|path| *path != std::path::Path::new("-")) {
         Some(path) => {

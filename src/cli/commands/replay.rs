@@ -8,11 +8,12 @@ use std::time::Duration;
 use clap::Args;
 use tokio::time::Instant;
 
+use crate::broker::SharedBroker;
 use crate::cli::output::note;
 use crate::cli::parse::parse_rate;
 use crate::cli::{CliError, Context};
 use crate::model::Position;
-use crate::model::{BrowseFrom, Clock, Message, Name, PublishRequest, SystemClock, Timestamp};
+use crate::model::{BrowseFrom, Clock, Message, Name, PublishRequest, SystemClock, Timestamp, TopicInfo};
 use crate::protocol::Envelope;
 
 /// Options of `pubsub replay`.
@@ -24,10 +25,12 @@ pub struct ReplayArgs {
     /// A recorded NDJSON file (from `record` or `sub --json`).
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
-    /// First message: start, a seq, an RFC 3339 time, or -5m (default: start).
+    /// First message: start, a seq, PARTITION:SEQ (that partition only), an RFC 3339 time, or -5m
+    /// (default: start; every partition).
     #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
-    /// Last message: a seq, an RFC 3339 time, or -5m (default: the newest when the replay starts).
+    /// Last message: a seq, PARTITION:SEQ, an RFC 3339 time, or -5m (default: the newest when the
+    /// replay starts).
     #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
     pub to: Option<String>,
     /// Publish to this subject instead of each message's own.
@@ -58,26 +61,11 @@ pub async fn run(ctx: &Context, args: ReplayArgs) -> Result<(), CliError> {
         (Some(topic), _) => {
             let topic = Name::new(topic).map_err(|e| CliError::Usage(e.to_string()))?;
             let info = broker.topic_info(&topic).await?;
-            let start = match from {
-                None | Some(Position::Start) => BrowseFrom::Seq(info.first_seq),
-                Some(Position::Seq(s)) => BrowseFrom::Seq(s),
-                Some(Position::Time(t)) => BrowseFrom::Time(t),
-                Some(Position::End) => BrowseFrom::Seq(info.head_seq + 1),
-            };
-            let mut out = Vec::new();
-            let mut next = start;
-            loop {
-                let chunk = broker.browse(&topic, next, 1000).await?;
-                let Some(last) = chunk.last().map(|m| m.seq) else { break };
-                for m in chunk {
-                    if m.seq > info.head_seq || past(&m, to) {
-                        return replay(&broker, out, into, args.speed, args.rate).await;
-                    }
-                    out.push((Some(m.publish_time), request_of(&m)));
-                }
-                next = BrowseFrom::Seq(last + 1);
-            }
-            out
+            history(&broker, &topic, &info, from, to)
+                .await?
+                .into_iter()
+                .map(|m| (Some(m.publish_time), request_of(&m)))
+                .collect()
         }
         (None, Some(path)) => read_file(path)?,
         (None, None) => return Err(CliError::Usage("replay needs a TOPIC or --file".into())),
@@ -85,9 +73,86 @@ pub async fn run(ctx: &Context, args: ReplayArgs) -> Result<(), CliError> {
     replay(&broker, messages, into, args.speed, args.rate).await
 }
 
+/// What `replay TOPIC` sends: each partition read from `from` up to its head as it was when the replay
+/// started (or up to `to`), merged by publish time. `P:SEQ` reads that partition only.
+async fn history(
+    broker: &SharedBroker,
+    topic: &Name,
+    info: &TopicInfo,
+    from: Option<Position>,
+    to: Option<Position>,
+) -> Result<Vec<Message>, CliError> {
+    let partitions: Vec<(u32, u64, u64)> = if info.partition_info.len() > 1 {
+        info.partition_info.iter().map(|p| (p.partition, p.first_seq, p.head_seq)).collect()
+    } else {
+        vec![(0, info.first_seq, info.head_seq)]
+    };
+    if let Some(p) = from.and_then(Position::partition)
+        && !partitions.iter().any(|(q, ..)| *q == p)
+    {
+        return Err(CliError::Usage(format!("topic {topic} has no partition {p}")));
+    }
+    let several = partitions.len() > 1;
+    let mut out = Vec::new();
+    for (partition, first, head) in partitions {
+        if from.and_then(Position::partition).is_some_and(|p| p != partition) {
+            continue;
+        }
+        let start = match from {
+            None | Some(Position::Start) => first,
+            Some(Position::Seq(s) | Position::At { seq: s, .. }) => s,
+            Some(Position::End) => head + 1,
+            // Read from the start of each partition and skip what is older: a time has no position per
+            // partition to start from.
+            Some(Position::Time(_)) if several => first,
+            Some(Position::Time(t)) => {
+                out.extend(read_from(broker, topic, BrowseFrom::Time(t), 0, head, to).await?);
+                continue;
+            }
+        };
+        let at = if several { BrowseFrom::At { partition, seq: start } } else { BrowseFrom::Seq(start) };
+        let mut got = read_from(broker, topic, at, partition, head, to).await?;
+        if let Some(Position::Time(t)) = from {
+            got.retain(|m| m.publish_time >= t);
+        }
+        out.extend(got);
+    }
+    if several {
+        out.sort_by_key(|m| (m.publish_time, m.partition, m.seq));
+    }
+    Ok(out)
+}
+
+/// One partition's messages from `at` up to `head` (or `to`), a page at a time.
+async fn read_from(
+    broker: &SharedBroker,
+    topic: &Name,
+    mut at: BrowseFrom,
+    partition: u32,
+    head: u64,
+    to: Option<Position>,
+) -> Result<Vec<Message>, CliError> {
+    let mut out = Vec::new();
+    loop {
+        let chunk = broker.browse(topic, at, 1000).await?;
+        let Some(last) = chunk.last().map(|m| m.seq) else { return Ok(out) };
+        for m in chunk {
+            if m.seq > head || past(&m, to) {
+                return Ok(out);
+            }
+            out.push(m);
+        }
+        at = match at {
+            BrowseFrom::At { .. } => BrowseFrom::At { partition, seq: last + 1 },
+            _ => BrowseFrom::Seq(last + 1),
+        };
+    }
+}
+
 fn past(m: &Message, to: Option<Position>) -> bool {
     match to {
         Some(Position::Seq(s)) => m.seq > s,
+        Some(Position::At { partition, seq }) => m.partition == partition && m.seq > seq,
         Some(Position::Time(t)) => m.publish_time > t,
         _ => false,
     }

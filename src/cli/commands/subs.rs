@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::broker::{AckToken, Settle};
+use crate::broker::{AckToken, Capability, Settle};
 use crate::cli::output::{Stdout, note, table};
 use crate::cli::parse::parse_duration;
 use crate::cli::{CliError, Context};
@@ -397,6 +397,19 @@ pub struct SeekArgs {
 pub async fn seek(ctx: &Context, args: SeekArgs) -> Result<(), CliError> {
     let target = Position::parse(&args.target, SystemClock.now()).map_err(CliError::Usage)?;
     let broker = ctx.connect().await?;
+    // A seek moves every partition of the subscription; P:SEQ names one, so only 0:SEQ on a broker of
+    // one partition per topic means something.
+    let target = match target {
+        Position::At { partition: 0, seq } if !broker.capabilities().has(Capability::Partitions) => {
+            Position::Seq(seq)
+        }
+        Position::At { .. } => {
+            return Err(CliError::Usage(
+                "seek moves every partition of a subscription: give start, end, a seq (the same in each partition) or a time".into(),
+            ));
+        }
+        other => other,
+    };
     let next = broker.seek(&name(&args.name)?, target.seek()).await?;
     note(&format!("{} will deliver from seq {next}", args.name));
     Ok(())

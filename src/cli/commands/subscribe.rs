@@ -2,6 +2,7 @@
 //! subscription; print, or run a command per message and ack by its exit status. The receive loop here
 //! also serves `tail -f` and `record`.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -90,7 +91,8 @@ pub struct SubArgs {
     /// Subjects or patterns (`orders.*`, `orders.>`, `#`, `glob:user:*`); one topic with --from or --subscription.
     #[arg(required = true)]
     pub patterns: Vec<String>,
-    /// Read history from: start, end, a seq, an RFC 3339 time, or -5m (-o as kcat's offset).
+    /// Read history from: start, end, a seq, PARTITION:SEQ (that partition only), an RFC 3339 time, or
+    /// -5m (-o as kcat's offset).
     #[arg(long, short = 'F', short_alias = 'o', value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// Join this durable subscription as a competing consumer (created when missing).
@@ -139,7 +141,7 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
         (true, AckArg::Auto | AckArg::Manual) => AckMode::Explicit,
         _ => AckMode::None,
     };
-    let request = SubscribeRequest {
+    let mut request = SubscribeRequest {
         patterns: patterns.clone(),
         subscription,
         from: from.map(Position::start),
@@ -159,6 +161,8 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
         }),
         // And never more than that many in all: a message leased after the Nth would only go back.
         limit: args.stop.count,
+        partition: None,
+        until_end: false,
     };
     let broker = if args.no_retained {
         let url = &ctx.broker;
@@ -180,19 +184,19 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
             "subscription {sub} already exists and keeps its own position: --from applies only when sub creates it (`pubsub seek {sub} POSITION` moves it)"
         ));
     }
-    let end = if args.stop.exit_at_end {
-        match end_seq(&broker, &patterns, from, request.subscription.as_ref()).await? {
-            Some(head) => Some(head),
-            None => return Ok(()),
-        }
-    } else {
-        None
+    let end = match reading(&broker, &mut request, from, args.stop.exit_at_end).await? {
+        EndAt::NothingToRead => return Ok(()),
+        EndAt::Heads(ends) => Some(ends),
+        EndAt::Open => None,
     };
     let stream = broker.subscribe(request).await?;
     let sink = Sink::Stdout(Stdout::new());
     let settle = if args.ack == AckArg::Manual { SettleMode::Manual } else { SettleMode::Auto };
     let exec = args.exec.map(|command| Exec { command, parallel: args.parallel });
-    let renderer = args.output.renderer(ctx.color, std::io::stdout().is_terminal());
+    let renderer = args
+        .output
+        .renderer(ctx.color, std::io::stdout().is_terminal())
+        .with_partitions(broker.capabilities().has(Capability::Partitions));
     receive(broker, stream, sink, renderer, settle, exec, &args.stop, end).await
 }
 
@@ -201,35 +205,126 @@ pub fn parse_patterns(texts: &[String]) -> Result<Vec<Pattern>, CliError> {
     texts.iter().map(|t| Pattern::parse(t).map_err(|e| CliError::Usage(e.to_string()))).collect()
 }
 
-/// The last seq of the one topic named, for `--exit-at-end`.
-/// `None` when there is nothing to read at all (the command then ends at once).
-pub async fn end_seq(
+/// Where `--exit-at-end` stops.
+#[derive(Debug)]
+pub enum EndAt {
+    /// Nothing to read at all: the command ends at once.
+    NothingToRead,
+    /// At these heads.
+    Heads(Ends),
+    /// Where the stream ends (the backend stops at the ends itself), or never (no `--exit-at-end`).
+    Open,
+}
+
+/// The head each partition had when reading started, for the partitions with something to read; done
+/// when every one was reached.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Ends {
+    /// Partition → head seq, of those not reached yet.
+    left: BTreeMap<u32, u64>,
+    /// Every partition's head, kept for an assignment that hands a partition back.
+    all: BTreeMap<u32, u64>,
+}
+
+impl Ends {
+    fn new(heads: impl IntoIterator<Item = (u32, u64)>) -> Ends {
+        let all: BTreeMap<u32, u64> = heads.into_iter().collect();
+        Ends { left: all.clone(), all }
+    }
+
+    /// Whether every partition was read to its head.
+    pub fn done(&self) -> bool {
+        self.left.is_empty()
+    }
+
+    fn reached(&mut self, m: &crate::model::Message) {
+        if self.left.get(&m.partition).is_some_and(|head| m.seq >= *head) {
+            self.left.remove(&m.partition);
+            self.all.remove(&m.partition);
+        }
+    }
+
+    /// A group member reads only what it was assigned: the other partitions are not waited for.
+    fn assigned(&mut self, partitions: &[u32]) {
+        self.left = self.all.iter().filter(|(p, _)| partitions.contains(p)).map(|(p, h)| (*p, *h)).collect();
+    }
+
+    fn revoked(&mut self, partitions: &[u32]) {
+        self.left.retain(|p, _| !partitions.contains(p));
+    }
+}
+
+/// Fills in what `--from P:SEQ` and `--exit-at-end` ask of `request`, and says where the receive loop
+/// stops.
+pub async fn reading(
+    broker: &SharedBroker,
+    request: &mut SubscribeRequest,
+    from: Option<Position>,
+    exit_at_end: bool,
+) -> Result<EndAt, CliError> {
+    let partitioned = broker.capabilities().has(Capability::Partitions);
+    if let Some(p) = from.and_then(Position::partition) {
+        if partitioned {
+            request.partition = Some(p);
+        } else if p != 0 {
+            return Err(CliError::Usage(format!(
+                "{} keeps one partition per topic: there is no partition {p} (a plain seq, or 0:SEQ, is the position)",
+                broker.url()
+            )));
+        }
+    }
+    if !exit_at_end {
+        return Ok(EndAt::Open);
+    }
+    if partitioned && request.subscription.is_none() {
+        request.until_end = true;
+        return Ok(EndAt::Open);
+    }
+    let ends = heads(broker, &request.patterns, from, request.subscription.as_ref()).await?;
+    Ok(if ends.done() { EndAt::NothingToRead } else { EndAt::Heads(ends) })
+}
+
+/// The head of each partition of the one topic named that has something to read from `from` (or, for
+/// an existing subscription without `from`, that has a backlog).
+async fn heads(
     broker: &SharedBroker,
     patterns: &[Pattern],
     from: Option<Position>,
     subscription: Option<&Name>,
-) -> Result<Option<u64>, CliError> {
+) -> Result<Ends, CliError> {
     let topic = match patterns {
         [p] => p.literal().and_then(|l| Name::new(l).ok()),
         _ => None,
     }
     .ok_or_else(|| CliError::Usage("--exit-at-end needs exactly one topic name".into()))?;
     let info = broker.topic_info(&topic).await?;
-    let head = info.head_seq;
-    let something = match (subscription, from) {
+    // (partition, head, whether it holds anything)
+    let parts: Vec<(u32, u64, bool)> = if info.partition_info.len() > 1 {
+        info.partition_info.iter().map(|p| (p.partition, p.head_seq, p.messages > 0)).collect()
+    } else {
+        vec![(0, info.head_seq, info.messages > 0)]
+    };
+    let heads = |keep: &dyn Fn(u32, u64) -> bool| {
+        Ends::new(parts.iter().filter(|(p, h, any)| *any && keep(*p, *h)).map(|(p, h, _)| (*p, *h)))
+    };
+    Ok(match (subscription, from) {
         // An existing subscription may have work of its own from before.
         (Some(sub), None) => match broker.subscription_info(sub).await {
-            Ok(s) => s.backlog > 0,
-            Err(_) => false,
+            Ok(s) if s.partitions.len() > 1 => {
+                Ends::new(s.partitions.iter().filter(|p| p.lag > 0).map(|p| (p.partition, p.head_seq)))
+            }
+            Ok(s) => heads(&|_, _| s.backlog > 0),
+            Err(_) => Ends::default(),
         },
-        (_, None | Some(Position::End)) => false,
-        (_, Some(Position::Start)) => info.messages > 0,
-        (_, Some(Position::Seq(s))) => s <= head && info.messages > 0,
+        (_, None | Some(Position::End)) => Ends::default(),
+        (_, Some(Position::Start)) => heads(&|_, _| true),
+        (_, Some(Position::Seq(s))) => heads(&|_, h| s <= h),
+        (_, Some(Position::At { partition, seq })) => heads(&|p, h| p == partition && seq <= h),
         (_, Some(Position::Time(t))) => {
-            !broker.browse(&topic, crate::model::BrowseFrom::Time(t), 1).await?.is_empty()
+            let any = !broker.browse(&topic, crate::model::BrowseFrom::Time(t), 1).await?.is_empty();
+            heads(&|_, _| any)
         }
-    };
-    Ok(something.then_some(head))
+    })
 }
 
 /// Where messages go.
@@ -294,9 +389,9 @@ pub async fn receive(
     settle: SettleMode,
     exec: Option<Exec>,
     stop: &StopArgs,
-    end: Option<u64>,
+    mut end: Option<Ends>,
 ) -> Result<(), CliError> {
-    if end == Some(0) {
+    if end.as_ref().is_some_and(Ends::done) {
         return Ok(());
     }
     let started = Instant::now();
@@ -373,6 +468,10 @@ pub async fn receive(
                     continue;
                 }
                 StreamItem::Assigned { partitions } => {
+                    if let Some(end) = &mut end {
+                        end.assigned(&partitions);
+                        at_end = end.done();
+                    }
                     if partitions.is_empty() {
                         note(
                             "joined the group holding no partition (it has more members than the topic has partitions)",
@@ -383,6 +482,10 @@ pub async fn receive(
                     continue;
                 }
                 StreamItem::Revoked { partitions } => {
+                    if let Some(end) = &mut end {
+                        end.revoked(&partitions);
+                        at_end = end.done();
+                    }
                     note(&format!(
                         "partitions {} were taken away (a rebalance): their unacked messages go to another member",
                         partition_list(&partitions)
@@ -391,7 +494,10 @@ pub async fn receive(
                 }
             };
             received += 1;
-            at_end = end.is_some_and(|e| delivery.message.seq >= e);
+            if let Some(end) = &mut end {
+                end.reached(&delivery.message);
+                at_end = end.done();
+            }
             match &exec {
                 Some(exec) => {
                     while running.len() >= exec.parallel {
@@ -574,4 +680,35 @@ async fn run_command(command: &str, d: &BrokerDelivery) -> bool {
 /// `0, 1, 2`.
 fn partition_list(partitions: &[u32]) -> String {
     partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Message, Timestamp};
+
+    fn at(partition: u32, seq: u64) -> Message {
+        let t = Name::new("t").unwrap();
+        Message::new(t.clone(), partition, seq, Timestamp::ZERO, t, None, bytes::Bytes::new())
+    }
+
+    #[test]
+    fn ends_wait_for_every_partition_and_a_member_only_for_what_it_holds() {
+        let mut ends = Ends::new([(0, 5), (2, 1)]);
+        ends.reached(&at(0, 5));
+        assert!(!ends.done(), "partition 2 is not read yet");
+        ends.reached(&at(2, 1));
+        assert!(ends.done());
+        // A group member assigned partition 2 only waits for partition 2; a revoke lets it go.
+        let mut member = Ends::new([(0, 5), (1, 3), (2, 1)]);
+        member.assigned(&[2]);
+        assert!(!member.done());
+        member.revoked(&[2]);
+        assert!(member.done());
+        // Handed back, and read to its end.
+        member.assigned(&[1, 2]);
+        member.reached(&at(1, 3));
+        member.reached(&at(2, 1));
+        assert!(member.done());
+    }
 }

@@ -4,10 +4,10 @@ use clap::Args;
 use std::io::IsTerminal;
 
 use super::subscribe::{OutputArgs, SettleMode, Sink, StopArgs, receive};
-use crate::broker::SubscribeRequest;
+use crate::broker::{Capability, SubscribeRequest};
 use crate::cli::output::Stdout;
 use crate::cli::{CliError, Context};
-use crate::model::{AckMode, BrowseFrom, Name, Pattern, StartPosition};
+use crate::model::{AckMode, BrowseFrom, Clock, Name, Pattern, StartPosition, SystemClock};
 
 /// Options of `pubsub tail`.
 #[derive(Debug, Args)]
@@ -29,8 +29,12 @@ pub struct TailArgs {
 pub async fn run(ctx: &Context, args: TailArgs) -> Result<(), CliError> {
     let topic = Name::new(&args.topic).map_err(|e| CliError::Usage(e.to_string()))?;
     let broker = ctx.connect().await?;
+    let started = SystemClock.now();
     let info = broker.topic_info(&topic).await?;
-    let renderer = args.output.renderer(ctx.color, std::io::stdout().is_terminal());
+    let renderer = args
+        .output
+        .renderer(ctx.color, std::io::stdout().is_terminal())
+        .with_partitions(broker.capabilities().has(Capability::Partitions));
     let mut out = Stdout::new();
     let mut buf = Vec::new();
     // Following resumes right after the last message shown, so nothing published in between is shown
@@ -52,7 +56,13 @@ pub async fn run(ctx: &Context, args: TailArgs) -> Result<(), CliError> {
     }
     let pattern = Pattern::parse(topic.as_str()).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut request = SubscribeRequest::live(vec![pattern]);
-    request.from = Some(StartPosition::Seq(follow_from));
+    // A seq is a position in one partition: on a topic with several, following starts at what was
+    // published since tail started, in each.
+    request.from = Some(if info.partition_info.len() > 1 {
+        StartPosition::Time(started)
+    } else {
+        StartPosition::Seq(follow_from)
+    });
     request.ack = AckMode::None;
     let stream = broker.subscribe(request).await?;
     receive(broker, stream, Sink::Stdout(out), renderer, SettleMode::Auto, None, &StopArgs::default(), None)
