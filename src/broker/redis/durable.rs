@@ -56,6 +56,30 @@ impl RedisBroker {
         cmd.query_async(&mut self.conn.clone()).await.map_err(|e| error(&self.url, e))
     }
 
+    /// Deletes the consumers this client named that hold no pending entry (one atomic script each, so
+    /// an entry delivered meanwhile is never dropped with its consumer); the others stay, for their
+    /// entries to be claimed after the ack deadline. Errors are ignored: the group may be gone.
+    pub(super) async fn forget_consumers(&self) {
+        const FORGET: &str = "if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then \
+             return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end return -1";
+        let made = std::mem::take(
+            &mut *self.made_consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (key, group, consumer) in made {
+            let forgot: redis::RedisResult<i64> = redis::cmd("EVAL")
+                .arg(FORGET)
+                .arg(1)
+                .arg(&key)
+                .arg(&group)
+                .arg(&consumer)
+                .query_async(&mut self.conn.clone())
+                .await;
+            if let Err(e) = forgot {
+                tracing::debug!("consumer {consumer} of group {group} on {key} not deleted: {e}");
+            }
+        }
+    }
+
     /// The id a read (XREAD, or a new consumer group) starts after, so that its first entry is the one
     /// `start` names.
     pub(super) async fn start_after(&self, key: &str, start: StartPosition) -> Result<String, BrokerError> {
@@ -105,9 +129,22 @@ impl RedisBroker {
             {
                 return Err(error(&self.url, e));
             }
-            let consumer = req.consumer.clone().unwrap_or_else(|| {
-                format!("pubsub-{}-{}", std::process::id(), self.next_id.fetch_add(1, Ordering::Relaxed))
-            });
+            let consumer = match req.consumer.clone() {
+                Some(named) => named,
+                None => {
+                    let made = format!(
+                        "pubsub-{}-{}",
+                        std::process::id(),
+                        self.next_id.fetch_add(1, Ordering::Relaxed)
+                    );
+                    self.made_consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((
+                        key.clone(),
+                        group.to_string(),
+                        made.clone(),
+                    ));
+                    made
+                }
+            };
             let link = ReadLink::new(
                 self.client.clone(),
                 conn,
