@@ -1167,3 +1167,36 @@ fn creation_times_survive_a_restart_and_a_compacted_snapshot() {
         engine.close().unwrap();
     }
 }
+
+#[test]
+fn subscription_counters_survive_a_clean_restart() {
+    // Issue 19 point 12: delivered, acked and nacked counts went back to 0 at every daemon restart.
+    let dir = DataDir::new("counters");
+    let clock = clock();
+    let before = {
+        let (engine, _) = open_at(dir.path(), &clock);
+        engine.create_topic(topic("jobs", |_| {})).unwrap();
+        let mut config = sub_config("workers", "jobs");
+        config.backoff = pubsub::engine::Backoff::Immediate;
+        engine.create_subscription(config).unwrap();
+        for i in 0..3 {
+            engine.publish(PublishRequest::new(name("jobs"), format!("j{i}"))).unwrap();
+        }
+        let opts = FetchOptions { max_msgs: 3, ..FetchOptions::default() };
+        let got = engine.try_fetch(&name("workers"), "w", &opts).unwrap();
+        assert_eq!(got.len(), 3);
+        engine.ack(&name("workers"), got[0].lease.unwrap()).unwrap();
+        engine.ack(&name("workers"), got[1].lease.unwrap()).unwrap();
+        engine.nack(&name("workers"), got[2].lease.unwrap(), None).unwrap();
+        let counters = engine.subscription_info(&name("workers")).unwrap().counters;
+        assert_eq!((counters.delivered, counters.acked, counters.nacked), (3, 2, 1));
+        engine.close().unwrap();
+        counters
+    };
+    for _ in 0..2 {
+        let (engine, report) = open_at(dir.path(), &clock);
+        assert!(report.findings().is_empty(), "{:?}", report.findings());
+        assert_eq!(engine.subscription_info(&name("workers")).unwrap().counters, before);
+        engine.close().unwrap();
+    }
+}
