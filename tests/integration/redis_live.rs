@@ -792,3 +792,34 @@ fn redis_groups_show_their_deadline_and_positions_and_leave_no_consumers_behind(
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(redis_cli(&["EXISTS", &stream]), "0");
 }
+
+#[test]
+fn a_group_reader_sweeps_consumers_that_killed_subs_left_behind() {
+    // Issue 19 point 12: a `sub -s` killed before it could delete its consumer left `pubsub-PID-N` in
+    // the group for ever. The next reader deletes such consumers once they hold nothing and have been
+    // silent past the ack deadline (1 ms here); consumers named by users are never touched.
+    if !redis_here() {
+        return;
+    }
+    let home = Home::new("redis-sweep");
+    let stream = key("sweep");
+    struct Del<'a>(&'a str);
+    impl Drop for Del<'_> {
+        fn drop(&mut self) {
+            redis_cli(&["DEL", self.0]);
+        }
+    }
+    let _del = Del(&stream);
+    redis_cli(&["XGROUP", "CREATE", &stream, "sweepers", "0", "MKSTREAM"]);
+    redis_cli(&["XGROUP", "CREATECONSUMER", &stream, "sweepers", "pubsub-999999-1"]);
+    redis_cli(&["XGROUP", "CREATECONSUMER", &stream, "sweepers", "worker-keep"]);
+    redis_cli(&["XADD", &stream, "*", "payload", "one"]);
+    let url = format!("{URL}?ack_deadline=1ms");
+    let (code, out, stderr) =
+        home.run(&["--broker", &url, "sub", &stream, "-s", "sweepers", "--count", "1", "--format", "raw"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out, "one\n");
+    let consumers = redis_cli(&["XINFO", "CONSUMERS", &stream, "sweepers"]);
+    assert!(consumers.contains("worker-keep"), "{consumers}");
+    assert!(!consumers.contains("pubsub-"), "{consumers}");
+}

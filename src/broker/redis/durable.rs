@@ -80,6 +80,38 @@ impl RedisBroker {
         }
     }
 
+    /// Deletes consumers of `group` that a `sub` of this program named (`pubsub-PID-N`) and left
+    /// behind (killed before it could delete its own): those holding nothing pending and silent for
+    /// longer than the ack deadline, after which their entries would have been claimed anyway. A live
+    /// reader that finds its consumer gone is given a new one by its next read. Errors are ignored.
+    async fn sweep_consumers(&self, key: &str, group: &str) {
+        const SWEEP: &str = "local gone = 0 \
+             for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do \
+               local f = {} \
+               for i = 1, #c, 2 do f[c[i]] = c[i + 1] end \
+               if string.match(f['name'], '^pubsub%-%d+%-%d+$') and f['pending'] == 0 \
+                  and f['idle'] > tonumber(ARGV[2]) then \
+                 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name']) \
+                 gone = gone + 1 \
+               end \
+             end \
+             return gone";
+        let idle = u64::try_from(self.ack_deadline.as_millis()).unwrap_or(u64::MAX);
+        let swept: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(SWEEP)
+            .arg(1)
+            .arg(key)
+            .arg(group)
+            .arg(idle)
+            .query_async(&mut self.conn.clone())
+            .await;
+        match swept {
+            Ok(n) if n > 0 => tracing::debug!("deleted {n} idle consumer(s) left in group {group} on {key}"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("idle consumers of group {group} on {key} not swept: {e}"),
+        }
+    }
+
     /// The id a read (XREAD, or a new consumer group) starts after, so that its first entry is the one
     /// `start` names.
     pub(super) async fn start_after(&self, key: &str, start: StartPosition) -> Result<String, BrokerError> {
@@ -129,6 +161,7 @@ impl RedisBroker {
             {
                 return Err(error(&self.url, e));
             }
+            self.sweep_consumers(&key, group.as_str()).await;
             let consumer = match req.consumer.clone() {
                 Some(named) => named,
                 None => {
