@@ -1,7 +1,7 @@
 //! Figures written for people, shared by the command line, the TUI and the demo's report: sizes,
 //! durations, retention limits and sparklines.
 
-use crate::model::{Discard, Limits};
+use crate::model::{DeliveryState, Discard, Limits};
 
 /// A byte count for people: `512 B`, `1.5 KiB`, `3.2 MiB`.
 pub fn bytes(n: u64) -> String {
@@ -13,6 +13,16 @@ pub fn bytes(n: u64) -> String {
         unit += 1;
     }
     if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// A message's delivery attempts in `peek`: "-" where they are not known. A subscription forgets a
+/// message's attempts once it is settled (acked above the ack floor) or skipped by the filter, and
+/// "0" there read as "never delivered".
+pub fn attempts(state: DeliveryState, attempt: u32) -> String {
+    match (state, attempt) {
+        (DeliveryState::Acked | DeliveryState::Filtered, 0) => "-".into(),
+        (_, n) => n.to_string(),
+    }
 }
 
 /// A duration for people, to the most useful unit: `850ms`, `12.3s`, `4m10s`, `2h5m`, `3d4h`.
@@ -71,6 +81,15 @@ pub fn or_dash<T>(value: Option<T>, show: impl FnOnce(T) -> String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_of_a_settled_message_are_unknown_not_zero() {
+        // Issue 19: `peek` showed acked messages with attempt 0.
+        assert_eq!(attempts(DeliveryState::Acked, 0), "-");
+        assert_eq!(attempts(DeliveryState::Filtered, 0), "-");
+        assert_eq!(attempts(DeliveryState::Available, 0), "0");
+        assert_eq!(attempts(DeliveryState::InFlight, 2), "2");
+    }
 
     #[test]
     fn sizes_and_durations_read_well() {

@@ -83,6 +83,10 @@ pub enum BrokerError {
     /// A request the broker would refuse; caught before sending.
     #[error("{0}")]
     Invalid(String),
+    /// A pattern this broker has no way to express (exit 2, like any other bad argument): the message
+    /// says what to write instead.
+    #[error("{0}")]
+    Pattern(String),
     /// A `pubsub` server refused the request with a numbered protocol error.
     #[error("{message} (error {code})")]
     Remote {
@@ -120,7 +124,7 @@ impl BrokerError {
             BrokerError::Timeout(_) => 4,
             BrokerError::Auth { .. } => 5,
             BrokerError::NoResponders { .. } => 6,
-            BrokerError::InvalidUrl { .. } | BrokerError::UnknownScheme { .. } => 2,
+            BrokerError::InvalidUrl { .. } | BrokerError::UnknownScheme { .. } | BrokerError::Pattern(_) => 2,
             BrokerError::Batch { source, .. } => source.exit_code(),
             _ => 1,
         }
@@ -135,4 +139,21 @@ impl From<NameError> for BrokerError {
 /// ": why" after the backend's name, when there is a why.
 fn reason(why: &str) -> String {
     if why.is_empty() { String::new() } else { format!(": {why}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BrokerError;
+
+    #[test]
+    fn a_pattern_the_broker_cannot_express_is_a_usage_error() {
+        // Issue 19: refused patterns exited 1 (bad input) where a bad argument is 2.
+        assert_eq!(BrokerError::Pattern("no".into()).exit_code(), 2);
+        let redis = crate::broker::redis::redis_glob(&crate::model::Pattern::parse("a.*.b").unwrap());
+        assert_eq!(redis.map(|_| ()).unwrap_err().exit_code(), 2);
+        let mqtt = crate::broker::mqtt::filter_for(&crate::model::Pattern::parse("glob:a*").unwrap());
+        assert_eq!(mqtt.map(|_| ()).unwrap_err().exit_code(), 2);
+        let nats = crate::broker::nats::nats_subjects(&crate::model::Pattern::parse("glob:a*").unwrap());
+        assert_eq!(nats.map(|_| ()).unwrap_err().exit_code(), 2);
+    }
 }

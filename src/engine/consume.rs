@@ -74,7 +74,8 @@ impl Engine {
                 Some(store) if config.lifetime == Lifetime::Durable && state.log.is_durable() => {
                     let dir = store.subscription_dir(&name);
                     store.make_way(&dir)?;
-                    store.record(&MetaOp::CreateSubscription { config: config.clone() })?;
+                    store
+                        .record(&MetaOp::CreateSubscription { config: config.clone(), created: Some(now) })?;
                     let made = SubJournal::create(&dir, start, config.ack_durability)
                         .and_then(|journal| crate::store::write_name_file(&dir, &name).map(|()| journal));
                     match made {

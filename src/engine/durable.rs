@@ -50,7 +50,10 @@ impl Engine {
                 store.sync_every(&disk.gate(), every);
             }
             let log = Log::on_disk(disk, hot);
+            let created = meta.topics_created.get(&topic.name).copied();
             let mut state = TopicState::with_log(topic, log, now);
+            // When it was made survives a restart; records from before it was kept say nothing.
+            state.created = created.unwrap_or(now);
             state.counters.published = state.log.head_seq();
             state.rebuild_dedup(now);
             let mut reg = engine.registry_mut();
@@ -85,7 +88,9 @@ impl Engine {
             };
             let name = config.name.clone();
             let lease_base = engine.next_lease_base();
+            let created = meta.subs_created.get(&config.name).copied();
             let mut sub = SubState::new(config, snapshot.floor + 1, now, lease_base);
+            sub.created = created.unwrap_or(now);
             sub.restore(&snapshot, head, now);
             sub.journal = Some(journal);
             // Messages retention removed while the engine was down are simply gone (I4).

@@ -262,7 +262,7 @@ impl Engine {
                 store.make_way(&store.topic_dir(&name))?;
                 // Recorded first: a stop before the files exist leaves a topic that recovery creates again,
                 // never files that no metadata names.
-                store.record(&MetaOp::CreateTopic { config: config.clone() })?;
+                store.record(&MetaOp::CreateTopic { config: config.clone(), created: Some(now) })?;
                 let made = Partition::create(&dir, 1, partition_options(&config)).and_then(|disk| {
                     crate::store::write_name_file(&store.topic_dir(&name), &name).map(|()| disk)
                 });

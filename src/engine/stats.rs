@@ -24,6 +24,10 @@ pub struct RateMeter {
     second: i64,
     /// Start of that second in µs, so that the common case (same second as last time) needs no division.
     second_start: i64,
+    /// When counting began (µs): the first event, or the first after a silence longer than the history.
+    /// A rate averages over the window or over the time since then, whichever is shorter: averaging a
+    /// young meter over the whole window read a steady 20/s as 4, then 8, 12 … for five seconds.
+    started: Option<i64>,
 }
 
 impl RateMeter {
@@ -40,8 +44,9 @@ impl RateMeter {
     fn roll(&mut self, micros: i64) {
         let sec = micros.div_euclid(1_000_000);
         let gap = sec.saturating_sub(self.second);
-        if gap >= RATE_SLOTS as i64 || gap < 0 {
+        if gap >= RATE_SLOTS as i64 || gap < 0 || self.started.is_none() {
             self.slots = [0; RATE_SLOTS];
+            self.started = Some(micros);
         } else {
             for s in (self.second + 1)..=sec {
                 self.slots[slot(s)] = 0;
@@ -56,11 +61,20 @@ impl RateMeter {
         if sec > self.second || sec <= self.second - RATE_SLOTS as i64 { 0 } else { self.slots[slot(sec)] }
     }
 
-    /// Average events per second over the last complete seconds.
+    /// Average events per second over the last complete seconds (fewer while the meter is young).
     pub fn rate(&self, now: Timestamp) -> f64 {
         let sec = now.as_micros().div_euclid(1_000_000);
         let total: u64 = ((sec - RATE_WINDOW)..sec).map(|s| self.count(s)).sum();
-        total as f64 / RATE_WINDOW as f64
+        if total == 0 {
+            return 0.0;
+        }
+        let window_start =
+            (sec - RATE_WINDOW).saturating_mul(1_000_000).max(self.started.unwrap_or(i64::MIN));
+        let span = sec.saturating_mul(1_000_000).saturating_sub(window_start);
+        if span <= 0 {
+            return 0.0;
+        }
+        total as f64 / (span as f64 / 1e6)
     }
 
     /// Per-second counts of the last `n` complete seconds, oldest first (for sparklines).
@@ -264,10 +278,34 @@ mod tests {
     }
 
     #[test]
+    fn a_steady_rate_reads_as_itself_from_the_first_complete_second() {
+        // Issue 19: during a steady 20/s the RATE column read 1.2, 9.2, 13.2 as the window filled.
+        let mut meter = RateMeter::default();
+        for i in 0..100 {
+            meter.record(Timestamp::from_micros(10_000_000 + i * 50_000), 1);
+        }
+        for now in [11.01, 12.01, 13.5, 14.01] {
+            let rate = meter.rate(at(now));
+            assert!((rate - 20.0).abs() < 0.01, "{rate} at {now}");
+        }
+        // Starting mid-second counts only the time since the first event.
+        let mut late = RateMeter::default();
+        for i in 0..10 {
+            late.record(Timestamp::from_micros(20_500_000 + i * 50_000), 1);
+        }
+        assert!((late.rate(at(21.2)) - 20.0).abs() < 0.01, "{}", late.rate(at(21.2)));
+        // A meter silent longer than its history starts over.
+        late.record(at(60.5), 5);
+        assert!((late.rate(at(61.0)) - 10.0).abs() < 0.01, "{}", late.rate(at(61.0)));
+    }
+
+    #[test]
     fn rate_falls_to_zero_when_traffic_stops() {
         let mut meter = RateMeter::default();
         meter.record(at(1.0), 50);
-        assert_eq!(meter.rate(at(2.5)), 10.0);
+        // Counted since its first event: 50 in the one second since then.
+        assert_eq!(meter.rate(at(2.5)), 50.0);
+        assert_eq!(meter.rate(at(6.5)), 10.0);
         assert_eq!(meter.rate(at(100.0)), 0.0);
     }
 }

@@ -178,7 +178,12 @@ impl SubState {
                 (seq, Pending { attempt: e.attempt, not_before })
             })
             .collect();
-        SubSnapshot { cursor: self.delivered_seq, floor: self.ack_floor, pending }
+        SubSnapshot {
+            cursor: self.delivered_seq,
+            floor: self.ack_floor,
+            pending,
+            counters: Some(self.counters.clone()),
+        }
     }
 
     /// Takes a checkpoint now (clean shutdown), so the next open replays nothing.
@@ -203,6 +208,9 @@ impl SubState {
     /// entry are settled, an in-flight message becomes available again with its attempt count (its lease
     /// did not survive), a delayed one keeps its wall-clock not-before.
     pub fn restore(&mut self, snapshot: &SubSnapshot, head_seq: u64, now: Timestamp) {
+        if let Some(counters) = &snapshot.counters {
+            self.counters = counters.clone();
+        }
         self.delivered_seq = snapshot.cursor.min(head_seq);
         self.ack_floor = snapshot.floor.min(self.delivered_seq);
         self.entries.clear();

@@ -416,6 +416,12 @@ impl SubscriptionConfig {
         }
     }
 
+    /// Whether a redelivery backoff other than the default was asked for (`subs create --backoff`):
+    /// brokers that cannot wait before a redelivery refuse it rather than ignore it.
+    pub fn sets_backoff(&self) -> bool {
+        self.backoff != Backoff::default()
+    }
+
     /// Refuses settings that are out of range or not implemented yet.
     pub fn check(&self) -> Result<(), EngineError> {
         let name = &self.name;

@@ -401,7 +401,8 @@ pub struct MessageAckState {
     pub seq: u64,
     /// State.
     pub state: DeliveryState,
-    /// Deliveries so far.
+    /// Deliveries so far; 0 also for a message the subscription no longer tracks (acked above the ack
+    /// floor, or filtered), whose attempts are not kept.
     pub attempt: u32,
     /// Lease holder.
     pub consumer: Option<ConsumerId>,

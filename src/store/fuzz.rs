@@ -184,7 +184,7 @@ proptest! {
         let mut data = Vec::new();
         for name in &names {
             let config = TopicConfig::new(Name::new(name).map_err(|e| TestCaseError::fail(e.to_string()))?);
-            let body = serde_json::to_vec(&MetaOp::CreateTopic { config }).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let body = serde_json::to_vec(&MetaOp::CreateTopic { config, created: None }).map_err(|e| TestCaseError::fail(e.to_string()))?;
             put_frame(&mut data, &body);
         }
         fs::write(dir.join("meta.log"), mutate(data, &mutations)).map_err(|e| TestCaseError::fail(e.to_string()))?;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::frame::{self, Reader};
 use super::{StoreError, SyncGate};
-use crate::model::{AckDurability, Timestamp};
+use crate::model::{AckDurability, SubCounters, Timestamp};
 
 /// Records between checkpoints; a checkpoint then truncates the journal.
 const CHECKPOINT_EVERY: u64 = 50_000;
@@ -99,13 +99,20 @@ pub(crate) struct SubSnapshot {
     pub cursor: u64,
     pub floor: u64,
     pub pending: BTreeMap<u64, Pending>,
+    /// The running totals when the checkpoint was taken (a clean shutdown takes one): `None` in
+    /// checkpoints written before they were kept. The journal does not record them, so after a crash
+    /// they resume from the last checkpoint.
+    pub counters: Option<SubCounters>,
 }
+
+/// Marks the counters block after the pending entries of a checkpoint.
+const COUNTERS_BLOCK: u8 = 1;
 
 impl SubSnapshot {
     /// A new subscription that starts at `start_seq`.
     pub fn starting_at(start_seq: u64) -> Self {
         let floor = start_seq.saturating_sub(1);
-        SubSnapshot { cursor: floor, floor, pending: BTreeMap::new() }
+        SubSnapshot { cursor: floor, floor, pending: BTreeMap::new(), counters: None }
     }
 
     pub fn apply(&mut self, op: SubOp) {
@@ -123,7 +130,11 @@ impl SubSnapshot {
                 }
             }
             SubOp::Cursor { seq } => self.cursor = self.cursor.max(seq),
-            SubOp::Seek { next } => *self = SubSnapshot::starting_at(next),
+            SubOp::Seek { next } => {
+                let counters = self.counters.take();
+                *self = SubSnapshot::starting_at(next);
+                self.counters = counters;
+            }
             SubOp::Attempt { .. } => {}
         }
         self.floor = self.pending.keys().next().map_or(self.cursor, |&first| first - 1).max(self.floor);
@@ -148,6 +159,12 @@ impl SubSnapshot {
             body.push(u8::from(p.not_before.is_some()));
             body.extend_from_slice(&p.not_before.map_or(0, Timestamp::as_micros).to_le_bytes());
         }
+        if let Some(c) = &self.counters {
+            body.push(COUNTERS_BLOCK);
+            for n in counter_fields(c) {
+                body.extend_from_slice(&n.to_le_bytes());
+            }
+        }
         let mut out = Vec::with_capacity(body.len() + 8);
         frame::put_frame(&mut out, &body);
         out
@@ -160,7 +177,8 @@ impl SubSnapshot {
         }
         let mut r = Reader::new(frames.bodies[0]);
         let generation = r.u64()?;
-        let mut snap = SubSnapshot { cursor: r.u64()?, floor: r.u64()?, pending: BTreeMap::new() };
+        let mut snap =
+            SubSnapshot { cursor: r.u64()?, floor: r.u64()?, pending: BTreeMap::new(), counters: None };
         for _ in 0..r.u32()? {
             let seq = r.u64()?;
             let attempt = r.u32()?;
@@ -169,8 +187,54 @@ impl SubSnapshot {
             snap.pending
                 .insert(seq, Pending { attempt, not_before: delayed.then(|| Timestamp::from_micros(at)) });
         }
+        if !r.is_empty() {
+            if r.u8()? != COUNTERS_BLOCK {
+                return None;
+            }
+            let mut fields = [0u64; 9];
+            for f in &mut fields {
+                *f = r.u64()?;
+            }
+            let [
+                delivered,
+                redeliveries,
+                acked,
+                nacked,
+                deadline_expired,
+                dead_lettered,
+                terminated,
+                expired_unacked,
+                filtered,
+            ] = fields;
+            snap.counters = Some(SubCounters {
+                delivered,
+                redeliveries,
+                acked,
+                nacked,
+                deadline_expired,
+                dead_lettered,
+                terminated,
+                expired_unacked,
+                filtered,
+            });
+        }
         r.is_empty().then_some((generation, snap))
     }
+}
+
+/// The counters in the order a checkpoint stores them.
+fn counter_fields(c: &SubCounters) -> [u64; 9] {
+    [
+        c.delivered,
+        c.redeliveries,
+        c.acked,
+        c.nacked,
+        c.deadline_expired,
+        c.dead_lettered,
+        c.terminated,
+        c.expired_unacked,
+        c.filtered,
+    ]
 }
 
 /// The open journal of one subscription.
@@ -467,6 +531,20 @@ impl SubJournal {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn checkpoints_keep_counters_and_older_ones_without_them_still_open() {
+        let mut snap = SubSnapshot::starting_at(5);
+        snap.apply(SubOp::Attempt { seq: 5, attempt: 2 });
+        let old = snap.encode(3);
+        assert_eq!(SubSnapshot::decode(&old), Some((3, snap.clone())));
+        snap.counters =
+            Some(SubCounters { delivered: 7, acked: 5, nacked: 2, filtered: 1, ..SubCounters::default() });
+        assert_eq!(SubSnapshot::decode(&snap.encode(4)), Some((4, snap.clone())));
+        // A seek keeps the totals.
+        snap.apply(SubOp::Seek { next: 9 });
+        assert_eq!(snap.counters.as_ref().map(|c| c.delivered), Some(7));
+    }
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("pubsub-journal-{tag}-{}", std::process::id()));

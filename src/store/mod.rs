@@ -17,7 +17,7 @@ mod verify;
 pub use repair::repair;
 pub use verify::verify;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -30,7 +30,7 @@ use nix::fcntl::fcntl;
 use nix::libc;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Name, SubscriptionConfig, TopicConfig};
+use crate::model::{Name, SubscriptionConfig, Timestamp, TopicConfig};
 pub use segment::PartitionReport;
 
 /// Why the store refused or failed an operation.
@@ -177,10 +177,25 @@ impl SyncGate {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum MetaOp {
-    CreateTopic { config: TopicConfig },
-    DeleteTopic { name: Name },
-    CreateSubscription { config: SubscriptionConfig },
-    DeleteSubscription { name: Name },
+    /// `created` is when the topic was made (absent in records written before it was kept, and for
+    /// topics `store repair` brings back), so that a restart keeps it.
+    CreateTopic {
+        config: TopicConfig,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created: Option<Timestamp>,
+    },
+    DeleteTopic {
+        name: Name,
+    },
+    /// `created` as for topics.
+    CreateSubscription {
+        config: SubscriptionConfig,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created: Option<Timestamp>,
+    },
+    DeleteSubscription {
+        name: Name,
+    },
 }
 
 /// What the metadata journal describes after replay, in creation order.
@@ -192,13 +207,20 @@ pub(crate) struct MetaState {
     /// if the process stopped between the record and the removal.
     pub deleted_topics: BTreeSet<Name>,
     pub deleted_subs: BTreeSet<Name>,
+    /// When each topic and subscription was created, where the records say.
+    pub topics_created: BTreeMap<Name, Timestamp>,
+    pub subs_created: BTreeMap<Name, Timestamp>,
 }
 
 impl MetaState {
     fn apply(&mut self, op: MetaOp) {
         match op {
-            MetaOp::CreateTopic { config } => {
+            MetaOp::CreateTopic { config, created } => {
                 self.deleted_topics.remove(&config.name);
+                match created {
+                    Some(at) => self.topics_created.insert(config.name.clone(), at),
+                    None => self.topics_created.remove(&config.name),
+                };
                 self.topics.retain(|t| t.name != config.name);
                 self.topics.push(config);
             }
@@ -214,8 +236,12 @@ impl MetaState {
                 });
                 self.deleted_topics.insert(name);
             }
-            MetaOp::CreateSubscription { config } => {
+            MetaOp::CreateSubscription { config, created } => {
                 self.deleted_subs.remove(&config.name);
+                match created {
+                    Some(at) => self.subs_created.insert(config.name.clone(), at),
+                    None => self.subs_created.remove(&config.name),
+                };
                 self.subscriptions.retain(|s| s.name != config.name);
                 self.subscriptions.push(config);
             }
@@ -227,8 +253,14 @@ impl MetaState {
     }
 
     fn ops(&self) -> impl Iterator<Item = MetaOp> + '_ {
-        let topics = self.topics.iter().map(|c| MetaOp::CreateTopic { config: c.clone() });
-        topics.chain(self.subscriptions.iter().map(|c| MetaOp::CreateSubscription { config: c.clone() }))
+        let topics = self.topics.iter().map(|c| MetaOp::CreateTopic {
+            config: c.clone(),
+            created: self.topics_created.get(&c.name).copied(),
+        });
+        topics.chain(self.subscriptions.iter().map(|c| MetaOp::CreateSubscription {
+            config: c.clone(),
+            created: self.subs_created.get(&c.name).copied(),
+        }))
     }
 }
 

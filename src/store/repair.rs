@@ -184,7 +184,7 @@ fn adopt_leftovers(
             Some(name) if in_topics && !state.topics.iter().any(|t| t.name == name) => {
                 let mut config = TopicConfig::new(name.clone());
                 config.storage = StorageKind::File;
-                state.apply(MetaOp::CreateTopic { config });
+                state.apply(MetaOp::CreateTopic { config, created: None });
                 changed = true;
                 done.push(format!(
                     "topic {name}: recovered from {} with default settings (its subjects, limits and durability were in the lost metadata; set them again if they differed)",

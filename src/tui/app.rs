@@ -40,7 +40,7 @@ impl View {
             View::Stream => "2 Stream",
             View::Subscriptions => "3 Subscriptions",
             View::Topology => "4 Topology",
-            View::Log => "6 Events",
+            View::Log => "5 Events",
         }
     }
 }
@@ -130,6 +130,109 @@ impl Composer {
             req.key = Some(bytes::Bytes::from(self.key.clone()));
         }
         Ok(req)
+    }
+}
+
+/// One row of the topics view: a topic, or in the tree a level that only groups the topics below it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicRow<'a> {
+    /// The name up to this level (`home.kitchen`); a topic's row has the topic's name.
+    pub path: String,
+    /// What the row shows: the last level in the tree, the whole name in the list.
+    pub label: String,
+    /// Levels above it (always 0 in the list).
+    pub depth: usize,
+    /// The topic; `None` for a level that is no topic of its own.
+    pub topic: Option<&'a TopicInfo>,
+    /// Messages: the topic's own, or for a parent level the sum of the topics under it.
+    pub messages: u64,
+    /// Bytes, when every topic counted says.
+    pub bytes: Option<u64>,
+    /// Publish rate, when a topic counted measures it.
+    pub rate: Option<f64>,
+    /// Subscriptions.
+    pub subscriptions: u32,
+}
+
+impl<'a> TopicRow<'a> {
+    fn of(topic: &'a TopicInfo, path: String, label: String, depth: usize) -> Self {
+        TopicRow {
+            path,
+            label,
+            depth,
+            topic: Some(topic),
+            messages: topic.messages,
+            bytes: topic.bytes,
+            rate: topic.publish_rate,
+            subscriptions: topic.subscriptions,
+        }
+    }
+}
+
+/// Messages, bytes, publish rate and subscriptions of a level of the tree and everything under it.
+type Totals = (u64, Option<u64>, Option<f64>, u32);
+
+/// A level of the topic tree: the topic of that exact name, if any, and the levels below it.
+#[derive(Default)]
+struct TreeNode<'a> {
+    topic: Option<&'a TopicInfo>,
+    children: BTreeMap<String, TreeNode<'a>>,
+}
+
+impl<'a> TreeNode<'a> {
+    /// Messages, bytes, rate and subscriptions of this level and everything under it.
+    fn totals(&self) -> Totals {
+        let own = self
+            .topic
+            .map_or((0, Some(0), None, 0), |t| (t.messages, t.bytes, t.publish_rate, t.subscriptions));
+        self.children.values().map(TreeNode::totals).fold(own, |a, b| {
+            let rate = match (a.2, b.2) {
+                (None, None) => None,
+                (x, y) => Some(x.unwrap_or(0.0) + y.unwrap_or(0.0)),
+            };
+            (a.0 + b.0, a.1.zip(b.1).map(|(x, y)| x + y), rate, a.3.saturating_add(b.3))
+        })
+    }
+
+    /// Depth first, parents before children; siblings in the order of `sort`.
+    fn flatten(
+        &self,
+        path: &str,
+        depth: usize,
+        sep: char,
+        sort: TopicSort,
+        reverse: bool,
+        out: &mut Vec<TopicRow<'a>>,
+    ) {
+        let mut children: Vec<(&String, &TreeNode<'a>, Totals)> =
+            self.children.iter().map(|(label, node)| (label, node, node.totals())).collect();
+        match sort {
+            TopicSort::Name => {}
+            TopicSort::Rate => children.sort_by(|a, b| b.2.2.unwrap_or(0.0).total_cmp(&a.2.2.unwrap_or(0.0))),
+            TopicSort::Messages => children.sort_by_key(|c| std::cmp::Reverse(c.2.0)),
+            TopicSort::Bytes => children.sort_by_key(|c| std::cmp::Reverse(c.2.1)),
+        }
+        if reverse {
+            children.reverse();
+        }
+        for (label, node, (messages, bytes, rate, subscriptions)) in children {
+            let full = if path.is_empty() { label.clone() } else { format!("{path}{sep}{label}") };
+            // A topic shows its own figures; a level that is only a parent, the sums under it.
+            out.push(match node.topic {
+                Some(t) => TopicRow::of(t, full.clone(), label.clone(), depth),
+                None => TopicRow {
+                    path: full.clone(),
+                    label: label.clone(),
+                    depth,
+                    topic: None,
+                    messages,
+                    bytes,
+                    rate,
+                    subscriptions,
+                },
+            });
+            node.flatten(&full, depth + 1, sep, sort, reverse, out);
+        }
     }
 }
 
@@ -288,6 +391,30 @@ impl App {
         topics
     }
 
+    /// The rows of the topics view: the visible topics as a list, or as a tree with a row for every
+    /// level (a level that is no topic of its own shows the sums of the topics under it).
+    pub fn topic_rows(&self) -> Vec<TopicRow<'_>> {
+        let topics = self.visible_topics();
+        if !self.tree {
+            return topics
+                .into_iter()
+                .map(|t| TopicRow::of(t, t.name.to_string(), t.name.to_string(), 0))
+                .collect();
+        }
+        let sep = self.level_separator();
+        let mut root = TreeNode::default();
+        for t in topics {
+            let mut node = &mut root;
+            for level in t.name.as_str().split(sep) {
+                node = node.children.entry(level.to_string()).or_default();
+            }
+            node.topic = Some(t);
+        }
+        let mut rows = Vec::new();
+        root.flatten("", 0, sep, self.topic_sort, self.sort_reverse, &mut rows);
+        rows
+    }
+
     /// Subscriptions after the text filter, as shown.
     pub fn visible_subs(&self) -> Vec<&SubscriptionInfo> {
         let needle = self.sub_filter.to_lowercase();
@@ -383,7 +510,7 @@ impl App {
             self.backlog_history.retain(|name, _| subs.iter().any(|s| s.name == *name));
             self.subs = subs;
         }
-        self.topic_selected = self.topic_selected.min(self.visible_topics().len().saturating_sub(1));
+        self.topic_selected = self.topic_selected.min(self.topic_rows().len().saturating_sub(1));
         self.sub_selected = self.sub_selected.min(self.visible_subs().len().saturating_sub(1));
     }
 
@@ -482,9 +609,11 @@ impl App {
             Action::Compose => {
                 let topic = match self.view {
                     View::Stream => self.stream.selected_entry().map(|e| e.message.subject().to_string()),
-                    View::Topics => {
-                        self.visible_topics().get(self.topic_selected).map(|t| t.name.to_string())
-                    }
+                    View::Topics => self
+                        .topic_rows()
+                        .get(self.topic_selected)
+                        .and_then(|r| r.topic)
+                        .map(|t| t.name.to_string()),
                     _ => None,
                 };
                 self.composer = Some(Composer { topic: topic.unwrap_or_default(), ..Composer::default() });
@@ -514,7 +643,10 @@ impl App {
                 };
             }
             Action::ReverseSort => self.sort_reverse = !self.sort_reverse,
-            Action::ToggleTree => self.tree = !self.tree,
+            Action::ToggleTree => {
+                self.tree = !self.tree;
+                self.topic_selected = self.topic_selected.min(self.topic_rows().len().saturating_sub(1));
+            }
             Action::ToggleAckState => self.show_ack_state = !self.show_ack_state,
             Action::SeekPrompt => {
                 if !self.caps.has(Capability::Seek) {
@@ -567,7 +699,7 @@ impl App {
             usize::try_from(next).unwrap_or(0)
         };
         match self.view {
-            View::Topics => self.topic_selected = clamp(self.topic_selected, self.visible_topics().len()),
+            View::Topics => self.topic_selected = clamp(self.topic_selected, self.topic_rows().len()),
             View::Subscriptions => {
                 let next = clamp(self.sub_selected, self.visible_subs().len());
                 if next != self.sub_selected {
@@ -587,13 +719,31 @@ impl App {
     fn enter(&mut self) {
         match self.view {
             View::Topics => {
-                if let Some(t) = self.visible_topics().get(self.topic_selected) {
-                    let name = t.name.clone();
-                    self.stream.scope = Some(name);
-                    self.stream.refilter();
-                    self.stream.follow = true;
-                    self.view = View::Stream;
+                let rows = self.topic_rows();
+                let Some(row) = rows.get(self.topic_selected) else { return };
+                match row.topic {
+                    Some(t) => {
+                        let name = t.name.clone();
+                        self.stream.scope = Some(name);
+                    }
+                    None => {
+                        // A level of the tree: the stream of every topic under it.
+                        let text = format!("glob:{}{}*", row.path, self.level_separator());
+                        match StreamFilter::parse(&text) {
+                            Ok(filter) => {
+                                self.stream.scope = None;
+                                self.stream.filter = filter;
+                            }
+                            Err(e) => {
+                                self.flash(format!("cannot open {}: {e}", row.path));
+                                return;
+                            }
+                        }
+                    }
                 }
+                self.stream.refilter();
+                self.stream.follow = true;
+                self.view = View::Stream;
             }
             View::Stream => self.stream.detail = !self.stream.detail,
             View::Subscriptions => self.show_ack_state = !self.show_ack_state,

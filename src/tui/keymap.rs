@@ -67,7 +67,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(KeyCode::Char('2'), NONE, Global, Action::SetView(View::Stream), "2", "stream", false),
     bind(KeyCode::Char('3'), NONE, Global, Action::SetView(View::Subscriptions), "3", "subscriptions", false),
     bind(KeyCode::Char('4'), NONE, Global, Action::SetView(View::Topology), "4", "topology", false),
-    bind(KeyCode::Char('6'), NONE, Global, Action::SetView(View::Log), "6", "engine events", false),
+    bind(KeyCode::Char('5'), NONE, Global, Action::SetView(View::Log), "5", "engine events", false),
     bind(KeyCode::Char('P'), SHIFT, Global, Action::Compose, "P", "publish", true),
     bind(KeyCode::Char('M'), SHIFT, Global, Action::ToggleMouse, "M", "mouse on/off", false),
     bind(KeyCode::Char('r'), CTRL, Global, Action::ClearBuffer, "Ctrl+R", "clear the stream buffer", false),
@@ -157,6 +157,20 @@ mod tests {
             Some(Action::Compose)
         );
         assert_eq!(lookup(View::Topics, key(KeyCode::Char('P'))), Some(Action::Compose));
+    }
+
+    #[test]
+    fn view_digits_run_one_to_five_without_a_gap_and_match_the_tab_titles() {
+        // Issue 19: the events view was on 6, so the digits skipped 5.
+        for (i, view) in [View::Topics, View::Stream, View::Subscriptions, View::Topology, View::Log]
+            .into_iter()
+            .enumerate()
+        {
+            let digit = char::from_digit(u32::try_from(i + 1).unwrap(), 10).unwrap();
+            assert_eq!(lookup(View::Topics, key(KeyCode::Char(digit))), Some(Action::SetView(view)));
+            assert!(view.title().starts_with(digit), "{}", view.title());
+        }
+        assert_eq!(lookup(View::Topics, key(KeyCode::Char('6'))), None);
     }
 
     #[test]

@@ -65,7 +65,9 @@ enum Feed {
     Items(Vec<StreamItem>),
     Event(String),
     Stats(Option<Vec<TopicInfo>>, Option<Vec<SubscriptionInfo>>, Option<PeekReport>),
-    Link(ConnectionEvent),
+    /// A change of the link, with the broker's URL after it (a reconnect may have found the local
+    /// daemon on another port).
+    Link(ConnectionEvent, String),
     Flash(String),
     Narration(String),
 }
@@ -251,7 +253,10 @@ fn absorb(app: &mut App, feed: Feed) {
                 app.peek = peek;
             }
         }
-        Feed::Link(event) => {
+        Feed::Link(event, url) => {
+            if event == ConnectionEvent::Reconnected {
+                app.broker = url;
+            }
             let line = match &event {
                 ConnectionEvent::Connected => "connected".to_string(),
                 ConnectionEvent::Disconnected { reason } => format!("disconnected: {reason}"),
@@ -320,9 +325,10 @@ async fn spawn_ingest(broker: &SharedBroker, tx: &mpsc::Sender<Feed>) -> Result<
 fn spawn_links(broker: &SharedBroker, tx: &mpsc::Sender<Feed>) {
     let mut events = broker.connection_events();
     let feed = tx.clone();
+    let broker = broker.clone();
     tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
-            if feed.send(Feed::Link(event)).await.is_err() {
+            if feed.send(Feed::Link(event, broker.url())).await.is_err() {
                 return;
             }
         }

@@ -207,7 +207,7 @@ fn topic_exchange_wildcards_route_as_rabbitmq_does() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().all(|l| l == deeper) && text.lines().count() == 3, "`>` is any words: {text}");
     let (code, _, stderr) = outcome(&mut home.at(URL, &["sub", "glob:orders*", "--count", "1"]));
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no globs"), "{stderr}");
 }
 
@@ -663,4 +663,21 @@ fn sub_count_takes_n_from_a_durable_queue_and_leaves_the_rest_unredelivered() {
         printed.push_str(&out);
     }
     assert_eq!(printed, "m1:1\nm2:1\nm3:1\nm4:1\n");
+}
+
+#[test]
+fn subs_create_refuses_a_backoff_rabbitmq_cannot_honour() {
+    // Issue 19: `subs create --backoff` was accepted and ignored on RabbitMQ.
+    if !rabbit_here() {
+        return;
+    }
+    let home = Home::new("amqp-backoff");
+    let queue = unique("backoff");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let (code, _, stderr) =
+        outcome(&mut home.at(URL, &["subs", "create", &queue, "--topic", &queue, "--backoff", "1s..10s"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no redelivery backoff") && stderr.contains("--backoff"), "{stderr}");
+    let (code, _, _) = outcome(&mut home.at(URL, &["sub-info", &queue]));
+    assert_ne!(code, 0, "no queue was declared");
 }

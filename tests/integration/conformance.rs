@@ -469,7 +469,8 @@ fn kind(e: &BrokerError) -> Kind {
         BrokerError::Engine(EngineError::MessageTooLarge { .. })
         | BrokerError::Remote { code: 1007 | 2008, .. } => Kind::TooLarge,
         BrokerError::Unsupported { .. } | BrokerError::Remote { code: 1013 | 2013, .. } => Kind::Unsupported,
-        BrokerError::Invalid(_) => Kind::Invalid,
+        // A pattern the broker cannot express is a clear refusal too (exit 2 rather than 1).
+        BrokerError::Invalid(_) | BrokerError::Pattern(_) => Kind::Invalid,
         BrokerError::Batch { source, .. } => kind(source),
         _ => Kind::Other,
     }

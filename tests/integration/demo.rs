@@ -139,7 +139,12 @@ async fn topology_of_every_scenario_at_its_end() {
         app.view = View::Topology;
         let rows = pubsub::tui::views::topology::rows(&app);
         assert!(!rows.is_empty(), "{scenario_name}");
-        let mut terminal = Terminal::new(TestBackend::new(140, 30)).unwrap();
+        // Issue 19: rows were cut at 120 columns. Every row fits inside the pane's borders.
+        for row in &rows {
+            let width: usize = row.spans.iter().map(|(text, _)| text.chars().count()).sum();
+            assert!(width <= 118, "{scenario_name}: a row of {width} columns is cut at 120");
+        }
+        let mut terminal = Terminal::new(TestBackend::new(120, 30)).unwrap();
         terminal.draw(|f| pubsub::tui::views::draw(f, &app)).unwrap();
         insta::assert_snapshot!(format!("topology_{scenario_name}"), terminal.backend());
     }

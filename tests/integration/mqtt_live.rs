@@ -120,8 +120,9 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     let home = Home::new("mqtt-bad");
     let (code, _, stderr) = outcome(&mut home.at("mqtt://127.0.0.1:1", &["pub", "x", "y"]));
     assert_eq!(code, 3, "{stderr}");
+    // A pattern MQTT cannot express is a bad argument: exit 2 (issue 19).
     let (code, _, stderr) = outcome(&mut home.at(URL, &["sub", "orders.*", "--timeout", "1s"]));
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("'/' levels"), "{stderr}");
     let (code, _, stderr) = outcome(&mut home.at(URL, &["pub", &topic("h"), "x", "-H", "a=b"]));
     assert_eq!(code, 1, "{stderr}");

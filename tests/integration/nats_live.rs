@@ -538,8 +538,9 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     let (code, _, err) = outcome(&mut home.at(URL, &["topic", "info", "NOSUCHSTREAM"]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no JetStream stream is named \"NOSUCHSTREAM\""), "{err}");
+    // A pattern NATS cannot express is a bad argument: exit 2 (issue 19).
     let (code, _, err) = outcome(&mut home.at(URL, &["sub", "a.#.b", "--timeout", "1s"]));
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("use * for one token"), "{err}");
     let (code, _, err) = outcome(&mut home.at(URL, &["pub", "bad subject", "x"]));
     assert_eq!(code, 2, "{err}");

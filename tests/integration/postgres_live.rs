@@ -563,3 +563,23 @@ fn sub_count_claims_only_n_jobs() {
     ));
     assert_eq!(states.trim(), "done:1 done:1 available:0 available:0");
 }
+
+#[test]
+fn subs_create_refuses_a_backoff_it_cannot_honour() {
+    // Issue 19: `subs create --backoff` was accepted and ignored on PostgreSQL.
+    if !here() {
+        return;
+    }
+    let schema = Schema::new();
+    let home = Home::new("pg-backoff");
+    assert_eq!(outcome(&mut home.at(&schema.url(), &["topic", "create", "jobs"])).0, 0);
+    let (code, _, err) = outcome(
+        &mut home
+            .at(&schema.url(), &["subs", "create", "workers", "--topic", "jobs", "--backoff", "1s,5s,30s"]),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no redelivery backoff") && err.contains("--backoff"), "{err}");
+    let (code, out, _) = outcome(&mut home.at(&schema.url(), &["subs", "--json"]));
+    assert_eq!(code, 0);
+    assert!(!out.contains("workers"), "nothing was created: {out}");
+}

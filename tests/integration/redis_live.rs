@@ -353,8 +353,9 @@ fn bad_redis_input_has_clear_errors_and_exit_codes() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("WRONGTYPE"), "{stderr}");
     redis_cli(&["DEL", &plain]);
+    // A pattern Redis cannot express is a bad argument: exit 2 (issue 19).
     let (code, _, stderr) = home.run(&["--broker", URL, "sub", "a.*.b", "--timeout", "1s"]);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("glob:a.*.b"), "{stderr}");
     // A group reads a stream, which mode=pubsub never writes: refused, not an empty stream.
     let pubsub_url = format!("{URL}?mode=pubsub");
@@ -721,4 +722,104 @@ fn sub_count_reads_only_n_entries_through_a_group() {
     assert_eq!(printed, "e1\ne2\ne3\n");
     let group = redis_cli(&["XINFO", "GROUPS", &stream]);
     assert!(group.contains("entries-read\n3") || group.contains("3"), "{group}");
+}
+
+#[test]
+fn redis_groups_show_their_deadline_and_positions_and_leave_no_consumers_behind() {
+    // Issue 19 point 12: `sub-info` said "deadline 0ms" with every position 0; each `sub -s` left a
+    // consumer `pubsub-PID-N` in the group for ever; `seek G end` said "will deliver from seq 1";
+    // `topic delete` of a missing key said "deleted"; `subs create --backoff` was silently ignored.
+    if !redis_here() {
+        return;
+    }
+    let home = Home::new("redis-groups");
+    let stream = key("groups");
+    let plain = key("groups-string");
+    struct Del<'a>(&'a str, &'a str);
+    impl Drop for Del<'_> {
+        fn drop(&mut self) {
+            redis_cli(&["DEL", self.0, self.1]);
+        }
+    }
+    let _del = Del(&stream, &plain);
+    let ids: Vec<String> =
+        ["e1", "e2", "e3"].iter().map(|p| redis_cli(&["XADD", &stream, "*", "payload", p])).collect();
+    let seq = |id: &str| {
+        let (ms, n) = id.split_once('-').unwrap();
+        ms.parse::<u64>().unwrap() * 1000 + n.parse::<u64>().unwrap()
+    };
+    let url = format!("{URL}?ack_deadline=45s");
+    let (code, _, stderr) =
+        home.run(&["--broker", &url, "subs", "create", "readers", "--topic", &stream, "--backoff", "1s..5s"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("redelivery backoff"), "{stderr}");
+    let (code, _, stderr) =
+        home.run(&["--broker", &url, "subs", "create", "readers", "--topic", &stream, "--from", "start"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, out, stderr) =
+        home.run(&["--broker", &url, "sub", &stream, "-s", "readers", "--count", "1", "--format", "raw"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out, "e1\n");
+    let consumers = redis_cli(&["XINFO", "CONSUMERS", &stream, "readers"]);
+    assert!(!consumers.contains("pubsub-"), "the consumer `sub` made is gone: {consumers}");
+    let (code, out, stderr) = home.run(&["--broker", &url, "sub-info", "readers", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(info["ack_deadline"], 45_000, "{out}");
+    assert_eq!(info["first_seq"], seq(&ids[0]), "{out}");
+    assert_eq!(info["head_seq"], seq(&ids[2]), "{out}");
+    assert_eq!(info["delivered_seq"], seq(&ids[0]), "{out}");
+    assert_eq!(info["ack_floor"], seq(&ids[0]), "{out}");
+    let (code, out, _) = home.run(&["--broker", &url, "sub-info", "readers"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("deadline 45.0s") || out.contains("deadline 45s"), "{out}");
+    let (code, _, stderr) = home.run(&["--broker", &url, "seek", "readers", "end"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("only what is published from now on") && !stderr.contains("seq 1"), "{stderr}");
+    let (code, _, stderr) = home.run(&["--broker", &url, "seek", "readers", "start"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains(&format!("from seq {}", seq(&ids[0]))), "{stderr}");
+    let missing = key("groups-missing");
+    let (code, _, stderr) = home.run(&["--broker", &url, "topic", "delete", &missing, "-y"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("deleted topic"), "{stderr}");
+    redis_cli(&["SET", &plain, "keep me"]);
+    let (code, _, stderr) = home.run(&["--broker", &url, "topic", "delete", &plain, "-y"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not a stream"), "{stderr}");
+    assert_eq!(redis_cli(&["GET", &plain]), "keep me");
+    let (code, _, stderr) = home.run(&["--broker", &url, "topic", "delete", &stream, "-y"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(redis_cli(&["EXISTS", &stream]), "0");
+}
+
+#[test]
+fn a_group_reader_sweeps_consumers_that_killed_subs_left_behind() {
+    // Issue 19 point 12: a `sub -s` killed before it could delete its consumer left `pubsub-PID-N` in
+    // the group for ever. The next reader deletes such consumers once they hold nothing and have been
+    // silent past the ack deadline (1 ms here); consumers named by users are never touched.
+    if !redis_here() {
+        return;
+    }
+    let home = Home::new("redis-sweep");
+    let stream = key("sweep");
+    struct Del<'a>(&'a str);
+    impl Drop for Del<'_> {
+        fn drop(&mut self) {
+            redis_cli(&["DEL", self.0]);
+        }
+    }
+    let _del = Del(&stream);
+    redis_cli(&["XGROUP", "CREATE", &stream, "sweepers", "0", "MKSTREAM"]);
+    redis_cli(&["XGROUP", "CREATECONSUMER", &stream, "sweepers", "pubsub-999999-1"]);
+    redis_cli(&["XGROUP", "CREATECONSUMER", &stream, "sweepers", "worker-keep"]);
+    redis_cli(&["XADD", &stream, "*", "payload", "one"]);
+    let url = format!("{URL}?ack_deadline=1ms");
+    let (code, out, stderr) =
+        home.run(&["--broker", &url, "sub", &stream, "-s", "sweepers", "--count", "1", "--format", "raw"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out, "one\n");
+    let consumers = redis_cli(&["XINFO", "CONSUMERS", &stream, "sweepers"]);
+    assert!(consumers.contains("worker-keep"), "{consumers}");
+    assert!(!consumers.contains("pubsub-"), "{consumers}");
 }

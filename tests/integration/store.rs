@@ -1140,3 +1140,63 @@ fn a_dead_lettered_message_is_copied_once_and_stays_settled_across_a_crash() {
     assert!(fetch_all(&engine, "work").is_empty());
     assert_eq!(payloads(&all(&engine, "jobs.dlq")), vec!["poison"]);
 }
+
+#[test]
+fn creation_times_survive_a_restart_and_a_compacted_snapshot() {
+    // Issue 19 point 12: `created` of topics and subscriptions was the time of the last restart.
+    let dir = DataDir::new("created");
+    let clock = clock();
+    let (topic_created, sub_created) = {
+        let (engine, _) = open_at(dir.path(), &clock);
+        engine.create_topic(topic("orders", |_| {})).unwrap();
+        clock.advance(Duration::from_secs(5));
+        engine.create_subscription(sub_config("billing", "orders")).unwrap();
+        let t = engine.topic_info(&name("orders")).unwrap().created;
+        let s = engine.subscription_info(&name("billing")).unwrap().created;
+        engine.close().unwrap();
+        (t, s)
+    };
+    assert!(topic_created.is_some() && sub_created.is_some() && topic_created != sub_created);
+    // Twice: the first open compacts meta.log into meta.snap, the second reads only the snapshot.
+    for _ in 0..2 {
+        clock.advance(Duration::from_secs(3600));
+        let (engine, report) = open_at(dir.path(), &clock);
+        assert!(report.findings().is_empty(), "{:?}", report.findings());
+        assert_eq!(engine.topic_info(&name("orders")).unwrap().created, topic_created);
+        assert_eq!(engine.subscription_info(&name("billing")).unwrap().created, sub_created);
+        engine.close().unwrap();
+    }
+}
+
+#[test]
+fn subscription_counters_survive_a_clean_restart() {
+    // Issue 19 point 12: delivered, acked and nacked counts went back to 0 at every daemon restart.
+    let dir = DataDir::new("counters");
+    let clock = clock();
+    let before = {
+        let (engine, _) = open_at(dir.path(), &clock);
+        engine.create_topic(topic("jobs", |_| {})).unwrap();
+        let mut config = sub_config("workers", "jobs");
+        config.backoff = pubsub::engine::Backoff::Immediate;
+        engine.create_subscription(config).unwrap();
+        for i in 0..3 {
+            engine.publish(PublishRequest::new(name("jobs"), format!("j{i}"))).unwrap();
+        }
+        let opts = FetchOptions { max_msgs: 3, ..FetchOptions::default() };
+        let got = engine.try_fetch(&name("workers"), "w", &opts).unwrap();
+        assert_eq!(got.len(), 3);
+        engine.ack(&name("workers"), got[0].lease.unwrap()).unwrap();
+        engine.ack(&name("workers"), got[1].lease.unwrap()).unwrap();
+        engine.nack(&name("workers"), got[2].lease.unwrap(), None).unwrap();
+        let counters = engine.subscription_info(&name("workers")).unwrap().counters;
+        assert_eq!((counters.delivered, counters.acked, counters.nacked), (3, 2, 1));
+        engine.close().unwrap();
+        counters
+    };
+    for _ in 0..2 {
+        let (engine, report) = open_at(dir.path(), &clock);
+        assert!(report.findings().is_empty(), "{:?}", report.findings());
+        assert_eq!(engine.subscription_info(&name("workers")).unwrap().counters, before);
+        engine.close().unwrap();
+    }
+}

@@ -249,3 +249,77 @@ fn a_subscription_without_consumers_is_blocked_by_no_consumers_in_words() {
     let screen = render(&app, 120, 40).to_string();
     assert!(screen.contains("blocked by no consumers"), "{screen}");
 }
+
+#[test]
+fn at_60_columns_the_subscriptions_table_keeps_name_and_topic() {
+    // Issue 19 point 11: at 60 columns the fixed columns took every cell and NAME and TOPIC vanished.
+    let mut app = fixture("default");
+    app.update(Action::SetView(View::Subscriptions));
+    let screen = render(&app, 60, 20).to_string();
+    let header = screen.lines().find(|l| l.contains("BACKLOG")).unwrap_or_default();
+    assert!(header.contains("NAME") && header.contains("TOPIC"), "{screen}");
+    assert!(
+        screen.lines().any(|l| l.contains("billing") && l.contains("orders") && !l.contains("consumers")),
+        "{screen}"
+    );
+    snapshot_at("subscriptions_60_columns", &app, 60, 20);
+}
+
+#[test]
+fn a_binary_payload_shows_as_hex_in_pretty_mode() {
+    // Issue 19 point 11: pretty mode printed binary payloads through a lossy UTF-8 decode.
+    let (e, _) = engine();
+    let mut app = App::new("ws://127.0.0.1:7077".into(), Capabilities::all(), Theme::default(), 100, 1 << 20);
+    let payload = vec![0x00u8, 0x9f, 0x92, 0x96, 0xff, b'h', b'i', 0x1b, b'[', b'2', b'J'];
+    e.publish(PublishRequest::new(name("blobs"), payload)).unwrap();
+    app.ingest(e.browse(&name("blobs"), pubsub::engine::BrowseFrom::Seq(0), 1).unwrap().remove(0));
+    app.update(Action::SetView(View::Stream));
+    app.update(Action::Enter);
+    let screen = render(&app, 80, 24).to_string();
+    assert!(screen.contains("00 9f 92 96 ff 68 69 1b 5b 32 4a"), "{screen}");
+    assert!(screen.contains("binary"), "{screen}");
+    assert!(!screen.contains('\u{fffd}'), "{screen}");
+    snapshot("stream_binary_pretty", &app);
+}
+
+#[test]
+fn the_tree_view_has_a_row_for_every_parent_level() {
+    // Issue 19 point 11: `grp.x` was drawn as a child of the topic above it (`alpha`).
+    let (e, _) = engine();
+    for subject in ["alpha", "grp.x", "grp.y", "home.kitchen.temp", "home.hall.temp"] {
+        e.publish(PublishRequest::new(name(subject), "1")).unwrap();
+    }
+    let mut app = App::new("ws://127.0.0.1:7077".into(), Capabilities::all(), Theme::default(), 100, 1 << 20);
+    app.stats(Some(e.topics()), None);
+    app.update(Action::ToggleTree);
+    let labels: Vec<String> =
+        app.topic_rows().iter().map(|r| format!("{}{}", "  ".repeat(r.depth), r.label)).collect();
+    assert_eq!(
+        labels,
+        ["alpha", "grp", "  x", "  y", "home", "  hall", "    temp", "  kitchen", "    temp"],
+        "parents come before their children, each level once"
+    );
+    let parents: Vec<bool> = app.topic_rows().iter().map(|r| r.topic.is_none()).collect();
+    assert_eq!(parents, [false, true, false, false, true, true, false, true, false]);
+    // A parent row opens the stream of everything under it.
+    app.update(Action::Down);
+    app.update(Action::Enter);
+    assert_eq!(app.view, View::Stream);
+    assert_eq!(app.stream.filter.text, "glob:grp.*");
+    snapshot("topics_tree_parents", &app_with_tree(&e));
+}
+
+fn app_with_tree(e: &pubsub::engine::Engine) -> App {
+    let mut app = App::new("ws://127.0.0.1:7077".into(), Capabilities::all(), Theme::default(), 100, 1 << 20);
+    app.stats(Some(e.topics()), None);
+    app.update(Action::ToggleTree);
+    app
+}
+
+fn snapshot_at(state: &str, app: &App, w: u16, h: u16) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../../snapshots");
+    settings.set_prepend_module_to_snapshot(false);
+    let _guard = settings.bind_to_scope();
+    insta::assert_snapshot!(format!("tui_{state}_{w}x{h}"), render(app, w, h));
+}

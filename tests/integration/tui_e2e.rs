@@ -138,3 +138,31 @@ fn topic_delete_asks_on_a_terminal_and_keeps_the_topic_unless_told_yes() {
     let (_, out, _) = home.run(&["topics", "--json"]);
     assert!(!out.contains("\"precious\""), "the topic went after a yes: {out}");
 }
+
+#[test]
+fn the_header_follows_the_local_daemon_to_its_new_port_after_a_restart() {
+    // Issue 19 point 11: after `serve stop` and a new daemon, the TUI reconnected but its header kept
+    // showing the old port.
+    let home = Home::with_daemon("tui-restart");
+    let endpoint_url = |home: &Home| -> String {
+        let text = std::fs::read_to_string(home.0.join("run/endpoint.json")).unwrap();
+        let endpoint: serde_json::Value = serde_json::from_str(&text).unwrap();
+        endpoint["url"].as_str().unwrap().to_string()
+    };
+    let before = endpoint_url(&home);
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let script = format!("PUBSUB_HOME={} {} tui --no-mouse; sleep 30", home.0.display(), bin.display());
+    let Some(tmux) = Tmux::start("tui-restart", 120, 30, &script) else { return };
+    tmux.wait_for(&format!("● {before}"));
+    let (code, _, stderr) = home.run(&["serve", "stop"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = home.run(&["serve", "--detach"]);
+    assert_eq!(code, 0, "{stderr}");
+    let after = endpoint_url(&home);
+    if after == before {
+        eprintln!("the new daemon got the old port again; nothing to tell apart");
+        return;
+    }
+    tmux.wait_for(&format!("● {after}"));
+    tmux.keys(&["C-c"]);
+}

@@ -242,6 +242,11 @@ impl AmqpBroker {
 
     /// Declares the durable queue of a subscription (unless it exists) and binds its topic.
     pub(super) async fn create_queue(&self, config: &SubscriptionConfig) -> Result<(), BrokerError> {
+        if config.sets_backoff() {
+            return Err(BrokerError::Invalid(
+                "RabbitMQ has no redelivery backoff: a nacked or returned message is requeued at once; create the subscription without --backoff".into(),
+            ));
+        }
         if self.queue_counts(config.name.as_str()).await?.is_some() {
             return Err(BrokerError::Engine(EngineError::SubscriptionExists(config.name.clone())));
         }

@@ -163,7 +163,7 @@ pub(super) fn binding_key(p: &Pattern) -> Result<String, BrokerError> {
         return Ok(literal.to_string());
     }
     let Pattern::Tokens(tokens) = p else {
-        return Err(BrokerError::Invalid(format!(
+        return Err(BrokerError::Pattern(format!(
             "\"{}\": RabbitMQ binding keys have no globs; use * for one word and # for any number",
             p.as_str()
         )));
@@ -175,7 +175,7 @@ pub(super) fn binding_key(p: &Pattern) -> Result<String, BrokerError> {
             PatternToken::One => "*".to_string(),
             PatternToken::ZeroOrMore | PatternToken::OneOrMore => "#".to_string(),
             PatternToken::Levels(_) => {
-                return Err(BrokerError::Invalid(format!(
+                return Err(BrokerError::Pattern(format!(
                     "\"{}\": RabbitMQ topics are '.'-separated words; write orders.* or orders.#",
                     p.as_str()
                 )));

@@ -95,7 +95,7 @@ pub(super) fn parse_url(url: &str) -> Result<(Target, UrlOptions), BrokerError> 
 /// The MQTT filter for a pattern, or why there is none.
 pub fn filter_for(pattern: &Pattern) -> Result<String, BrokerError> {
     let refuse = |why: &str| {
-        BrokerError::Invalid(format!(
+        BrokerError::Pattern(format!(
             "pattern \"{}\" {why}; MQTT filters use '/' levels: sensors/+/temp, sensors/#",
             pattern.as_str()
         ))

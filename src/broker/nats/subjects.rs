@@ -17,7 +17,7 @@ const ROUTE_TTL: Duration = Duration::from_secs(3);
 /// The NATS subjects a pattern subscribes to; an error says what to write instead.
 pub fn nats_subjects(p: &Pattern) -> Result<Vec<String>, BrokerError> {
     let Pattern::Tokens(tokens) = p else {
-        return Err(BrokerError::Invalid(format!(
+        return Err(BrokerError::Pattern(format!(
             "\"{}\": NATS has no glob patterns; use * for one token and > for the rest",
             p.as_str()
         )));
@@ -40,13 +40,13 @@ pub fn nats_subjects(p: &Pattern) -> Result<Vec<String>, BrokerError> {
                 return Ok(vec![prefix.clone(), format!("{prefix}.>")]);
             }
             PatternToken::ZeroOrMore => {
-                return Err(BrokerError::Invalid(format!(
+                return Err(BrokerError::Pattern(format!(
                     "\"{}\": NATS has no zero-or-more wildcard in the middle of a subject; use * for one token or a final >",
                     p.as_str()
                 )));
             }
             PatternToken::Levels(t) => {
-                return Err(BrokerError::Invalid(format!(
+                return Err(BrokerError::Pattern(format!(
                     "\"{t}\" is an MQTT filter; NATS subjects use `.` between tokens, * and >"
                 )));
             }

@@ -125,6 +125,11 @@ impl PostgresBroker {
         if !config.filter.is_empty() {
             return Err(BrokerError::Invalid("subscription filters are not available on PostgreSQL".into()));
         }
+        if config.sets_backoff() {
+            return Err(BrokerError::Invalid(
+                "PostgreSQL subscriptions have no redelivery backoff: a nacked job is available again at once, or after the delay the nack gives (`pubsub nack --delay`); create the subscription without --backoff".into(),
+            ));
+        }
         if let Some(dl) = &config.dead_letter
             && !self.table_exists(dl).await?
         {

@@ -4,7 +4,7 @@
 use redis::{AsyncCommands, Value};
 
 use super::durable::xgroup_create;
-use super::keys::{GroupInfo, entries, id_of, number, parse_consumers, parse_groups, seq_of};
+use super::keys::{GroupInfo, entries, id_of, number, parse_consumers, parse_groups, seq_of, text};
 use super::{Mode, RedisBroker, error};
 use crate::broker::{Broker, BrokerError, Capability};
 use crate::model::{
@@ -191,7 +191,18 @@ impl RedisBroker {
             .map_err(|e| error(&self.url, e))
     }
 
+    /// Deletes a stream. A missing key is no topic (it said "deleted" before), and a key of another
+    /// type is someone else's data: neither is touched.
     pub(super) async fn delete_key(&self, name: &Name) -> Result<(), BrokerError> {
+        match self.key_type(name.as_str()).await?.as_str() {
+            "stream" => {}
+            "none" => return Err(BrokerError::Engine(crate::model::EngineError::NoSuchTopic(name.clone()))),
+            other => {
+                return Err(BrokerError::Invalid(format!(
+                    "key \"{name}\" holds a Redis {other}, not a stream; pubsub deletes only streams (a channel has nothing to delete)"
+                )));
+            }
+        }
         let _: u64 = self.conn.clone().del(name.as_str()).await.map_err(|e| error(&self.url, e))?;
         Ok(())
     }
@@ -207,10 +218,13 @@ impl RedisBroker {
         let mut out = Vec::new();
         for key in keys {
             let Ok(topic) = Name::new(&key) else { continue };
-            for g in self.groups(&key).await? {
-                let mut info = sub_info(&topic, &g);
-                info.consumers = self.consumers(&key, &g.name).await?;
-                out.push(info);
+            let groups = self.groups(&key).await?;
+            if groups.is_empty() {
+                continue;
+            }
+            let stream = self.stream_info(&topic).await?;
+            for g in groups {
+                out.push(self.describe_group(&topic, &stream, &g).await?);
             }
         }
         Ok(out)
@@ -220,9 +234,37 @@ impl RedisBroker {
         let key = self.stream_of_group(name).await?;
         let topic = Name::new(&key)?;
         let g = self.groups(&key).await?.into_iter().find(|g| g.name == name.as_str()).unwrap_or_default();
-        let mut info = sub_info(&topic, &g);
-        info.consumers = self.consumers(&key, name.as_str()).await?;
-        Ok(info)
+        let stream = self.stream_info(&topic).await?;
+        self.describe_group(&topic, &stream, &g).await
+    }
+
+    /// A group as a subscription: its counts, the stream's positions, its ack floor (just below the
+    /// oldest pending entry, or the last delivered one when nothing is pending), the deadline after
+    /// which this client claims an entry (`?ack_deadline=`; Redis keeps none) and its consumers.
+    async fn describe_group(
+        &self,
+        topic: &Name,
+        stream: &TopicInfo,
+        g: &GroupInfo,
+    ) -> Result<SubscriptionInfo, BrokerError> {
+        let mut info = sub_info(topic, g);
+        info.ack_deadline = self.ack_deadline;
+        info.first_seq = stream.first_seq;
+        info.head_seq = stream.head_seq;
+        let summary: Value = redis::cmd("XPENDING")
+            .arg(topic.as_str())
+            .arg(&g.name)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| error(&self.url, e))?;
+        info.ack_floor = match &summary {
+            Value::Array(parts) if parts.first().and_then(number).unwrap_or(0) > 0 => {
+                parts.get(1).map_or(info.delivered_seq, |id| seq_of(&text(id)).saturating_sub(1))
+            }
+            _ => info.delivered_seq,
+        };
+        info.consumers = self.consumers(topic.as_str(), &g.name).await?;
+        Ok(info.with_one_partition(None))
     }
 
     pub(super) async fn create_group(
@@ -237,6 +279,8 @@ impl RedisBroker {
             Some("subject filters")
         } else if config.dead_letter.is_some() || config.max_deliveries > 0 {
             Some("dead-letter topics or delivery limits")
+        } else if config.sets_backoff() {
+            Some("redelivery backoff (an unacked entry is claimed again once the URL's ack_deadline passes)")
         } else {
             None
         };
@@ -336,7 +380,14 @@ impl RedisBroker {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| error(&self.url, e))?;
-        Ok(if id == "0" { 1 } else { seq_of(&id) + 1 })
+        // The next seq it delivers: from the start, the oldest entry's; at the end, one past the newest
+        // (`$` is no entry id: reading it as one said "from seq 1").
+        let stream = self.stream_info(&Name::new(&key)?).await?;
+        Ok(match target {
+            SeekTarget::Start => stream.first_seq.max(1),
+            SeekTarget::End => stream.head_seq + 1,
+            _ => seq_of(&id) + 1,
+        })
     }
 }
 
@@ -353,5 +404,5 @@ fn sub_info(topic: &Name, g: &GroupInfo) -> SubscriptionInfo {
     info.in_flight = g.pending;
     info.backlog = lag + g.pending;
     info.offset_lag = lag + g.pending;
-    info.with_one_partition(None)
+    info
 }

@@ -56,6 +56,62 @@ impl RedisBroker {
         cmd.query_async(&mut self.conn.clone()).await.map_err(|e| error(&self.url, e))
     }
 
+    /// Deletes the consumers this client named that hold no pending entry (one atomic script each, so
+    /// an entry delivered meanwhile is never dropped with its consumer); the others stay, for their
+    /// entries to be claimed after the ack deadline. Errors are ignored: the group may be gone.
+    pub(super) async fn forget_consumers(&self) {
+        const FORGET: &str = "if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then \
+             return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end return -1";
+        let made = std::mem::take(
+            &mut *self.made_consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (key, group, consumer) in made {
+            let forgot: redis::RedisResult<i64> = redis::cmd("EVAL")
+                .arg(FORGET)
+                .arg(1)
+                .arg(&key)
+                .arg(&group)
+                .arg(&consumer)
+                .query_async(&mut self.conn.clone())
+                .await;
+            if let Err(e) = forgot {
+                tracing::debug!("consumer {consumer} of group {group} on {key} not deleted: {e}");
+            }
+        }
+    }
+
+    /// Deletes consumers of `group` that a `sub` of this program named (`pubsub-PID-N`) and left
+    /// behind (killed before it could delete its own): those holding nothing pending and silent for
+    /// longer than the ack deadline, after which their entries would have been claimed anyway. A live
+    /// reader that finds its consumer gone is given a new one by its next read. Errors are ignored.
+    async fn sweep_consumers(&self, key: &str, group: &str) {
+        const SWEEP: &str = "local gone = 0 \
+             for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do \
+               local f = {} \
+               for i = 1, #c, 2 do f[c[i]] = c[i + 1] end \
+               if string.match(f['name'], '^pubsub%-%d+%-%d+$') and f['pending'] == 0 \
+                  and f['idle'] > tonumber(ARGV[2]) then \
+                 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name']) \
+                 gone = gone + 1 \
+               end \
+             end \
+             return gone";
+        let idle = u64::try_from(self.ack_deadline.as_millis()).unwrap_or(u64::MAX);
+        let swept: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(SWEEP)
+            .arg(1)
+            .arg(key)
+            .arg(group)
+            .arg(idle)
+            .query_async(&mut self.conn.clone())
+            .await;
+        match swept {
+            Ok(n) if n > 0 => tracing::debug!("deleted {n} idle consumer(s) left in group {group} on {key}"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("idle consumers of group {group} on {key} not swept: {e}"),
+        }
+    }
+
     /// The id a read (XREAD, or a new consumer group) starts after, so that its first entry is the one
     /// `start` names.
     pub(super) async fn start_after(&self, key: &str, start: StartPosition) -> Result<String, BrokerError> {
@@ -105,9 +161,23 @@ impl RedisBroker {
             {
                 return Err(error(&self.url, e));
             }
-            let consumer = req.consumer.clone().unwrap_or_else(|| {
-                format!("pubsub-{}-{}", std::process::id(), self.next_id.fetch_add(1, Ordering::Relaxed))
-            });
+            self.sweep_consumers(&key, group.as_str()).await;
+            let consumer = match req.consumer.clone() {
+                Some(named) => named,
+                None => {
+                    let made = format!(
+                        "pubsub-{}-{}",
+                        std::process::id(),
+                        self.next_id.fetch_add(1, Ordering::Relaxed)
+                    );
+                    self.made_consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((
+                        key.clone(),
+                        group.to_string(),
+                        made.clone(),
+                    ));
+                    made
+                }
+            };
             let link = ReadLink::new(
                 self.client.clone(),
                 conn,

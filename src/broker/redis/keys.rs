@@ -30,6 +30,7 @@ pub(super) struct GroupInfo {
     pub(super) lag: Option<u64>,
 }
 
+/// A reply's text (bulk, simple or integer).
 pub(super) fn text(v: &Value) -> String {
     match v {
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
@@ -159,7 +160,7 @@ pub fn redis_glob(p: &Pattern) -> Result<(bool, String), BrokerError> {
         // Zero or more tokens: the prefix itself is subscribed separately by the caller.
         return Ok((true, format!("{prefix}*")));
     }
-    Err(BrokerError::Invalid(format!(
+    Err(BrokerError::Pattern(format!(
         "pattern \"{text}\" cannot be expressed in Redis: a Redis glob `*` also matches across `.`; use a trailing `.>`, or a glob: pattern such as glob:{}",
         text.replace(['>', '#'], "*")
     )))

@@ -62,6 +62,9 @@ pub struct RedisBroker {
     maxlen: Option<u64>,
     events: broadcast::Sender<ConnectionEvent>,
     next_id: AtomicU64,
+    /// Consumers this client named itself (`pubsub-PID-N`) as (stream, group, consumer): `close`
+    /// deletes the ones left with nothing pending, so groups do not collect them forever.
+    made_consumers: std::sync::Mutex<Vec<(String, String, String)>>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -139,6 +142,7 @@ impl RedisBroker {
             maxlen: options.maxlen,
             events,
             next_id: AtomicU64::new(1),
+            made_consumers: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -300,5 +304,9 @@ impl Broker for RedisBroker {
 
     fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
         self.events.subscribe()
+    }
+
+    async fn close(&self) {
+        self.forget_consumers().await;
     }
 }

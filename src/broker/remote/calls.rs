@@ -162,18 +162,16 @@ async fn send_and_wait(
     let (answer, rx) = oneshot::channel();
     let out = guard(&inner.out).clone();
     let Some(out) = out else {
-        return Err(BrokerError::Disconnected { url: inner.url.clone(), reason: "reconnecting".into() });
+        return Err(BrokerError::Disconnected { url: inner.url(), reason: "reconnecting".into() });
     };
     guard(&inner.pending).insert(id, Pending { answer, stream });
     if out.send(text).await.is_err() {
         guard(&inner.pending).remove(&id);
-        return Err(BrokerError::Disconnected { url: inner.url.clone(), reason: "connection closed".into() });
+        return Err(BrokerError::Disconnected { url: inner.url(), reason: "connection closed".into() });
     }
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(_)) => {
-            Err(BrokerError::Disconnected { url: inner.url.clone(), reason: "connection closed".into() })
-        }
+        Ok(Err(_)) => Err(BrokerError::Disconnected { url: inner.url(), reason: "connection closed".into() }),
         Err(_) => {
             guard(&inner.pending).remove(&id);
             Err(BrokerError::Timeout(timeout))

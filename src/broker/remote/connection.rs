@@ -42,12 +42,12 @@ pub(super) fn split_token(url: &str) -> (String, Option<String>) {
 
 /// Opens a socket and completes the hello/welcome handshake.
 pub(super) async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
-    let unreachable = |reason: String| BrokerError::Unreachable { url: inner.url.clone(), reason };
     let (ws_url, token) = match inner.endpoint_file.as_deref().and_then(crate::broker::daemon::Endpoint::read)
     {
         Some(now) => (split_token(&now.url).0, Some(now.token)),
         None => (inner.ws_url.clone(), inner.token.clone()),
     };
+    let unreachable = |reason: String| BrokerError::Unreachable { url: ws_url.clone(), reason };
     // Small frames (acks, credit) go out at once: with Nagle's algorithm they would wait for the
     // server's delayed ACK, up to 40 ms, whenever a publish is still unacknowledged on the wire.
     let connecting = tokio_tungstenite::connect_async_with_config(ws_url.as_str(), None, true);
@@ -82,10 +82,12 @@ pub(super) async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
                 inner.binary.store(binary, Ordering::Relaxed);
                 inner.max_frame.store(limits.max_frame_bytes, Ordering::Relaxed);
                 inner.max_message.store(limits.max_message_bytes, Ordering::Relaxed);
+                // A daemon restarted on another port is now where this client is: say so from here on.
+                *guard(&inner.url) = ws_url.clone();
                 return Ok(socket);
             }
             Ok(ServerFrame::Error { code, message, .. }) if code == ErrorCode::Unauthorized.number() => {
-                return Err(BrokerError::Auth { url: inner.url.clone(), reason: message });
+                return Err(BrokerError::Auth { url: inner.url(), reason: message });
             }
             Ok(ServerFrame::Error { code, message, .. }) => {
                 return Err(BrokerError::Remote { code, message });
@@ -118,7 +120,7 @@ pub(super) async fn run(
         *guard(&inner.out) = None;
         guard(&inner.sids).clear();
         for (_, pending) in guard(&inner.pending).drain() {
-            let lost = BrokerError::Disconnected { url: inner.url.clone(), reason: reason.clone() };
+            let lost = BrokerError::Disconnected { url: inner.url(), reason: reason.clone() };
             let _ = pending.answer.send(Err(lost));
         }
         if cancel.is_cancelled() {

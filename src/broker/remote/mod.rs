@@ -76,7 +76,8 @@ struct StreamState {
 }
 
 struct Inner {
-    url: String,
+    /// Where it is connected: the URL given, or for `--broker local` the daemon's current one.
+    url: Mutex<String>,
     ws_url: String,
     token: Option<String>,
     /// For `--broker local`: the daemon's endpoint file, read again before each reconnect, so that a
@@ -98,6 +99,13 @@ struct Inner {
     events: broadcast::Sender<ConnectionEvent>,
 }
 
+impl Inner {
+    /// The URL of the server this client talks to now.
+    fn url(&self) -> String {
+        guard(&self.url).clone()
+    }
+}
+
 fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -110,7 +118,7 @@ pub struct RemoteBroker {
 
 impl std::fmt::Debug for RemoteBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteBroker").field("url", &self.inner.url).finish()
+        f.debug_struct("RemoteBroker").field("url", &self.inner.url()).finish()
     }
 }
 
@@ -137,7 +145,7 @@ impl RemoteBroker {
         }
         let (events, _) = broadcast::channel(64);
         let inner = Arc::new(Inner {
-            url: ws_url.clone(),
+            url: Mutex::new(ws_url.clone()),
             ws_url,
             token: token.or(url_token),
             endpoint_file,
@@ -168,7 +176,9 @@ impl Broker for RemoteBroker {
     }
 
     fn url(&self) -> String {
-        self.inner.url.clone()
+        // For `--broker local` this follows the daemon to a new port after a restart (the TUI's header
+        // shows it).
+        self.inner.url()
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -418,6 +418,9 @@ struct Tally {
     unrouted: u64,
     /// The seq range of the last topic stored to, and that topic.
     stored: Option<(u64, u64, Option<crate::model::Name>)>,
+    /// Every topic stored to with its first and last seq: `sub --json | pub --json` spans subjects,
+    /// and naming only the last topic hid the others.
+    topics: std::collections::BTreeMap<crate::model::Name, (u64, u64)>,
     /// Whether the broker's positions are Kafka offsets (seq − 1) in partitions, said as such.
     offsets: bool,
     /// The partitions stored to, and the last one.
@@ -442,6 +445,9 @@ impl Tally {
             {
                 let first = self.stored.as_ref().map_or(r.seq, |(first, _, _)| *first);
                 self.stored = Some((first, r.seq, Some(topic.clone())));
+                let range = self.topics.entry(topic.clone()).or_insert((r.seq, r.seq));
+                range.0 = range.0.min(r.seq);
+                range.1 = range.1.max(r.seq);
                 self.partitions.insert(r.partition);
                 self.last_partition = r.partition;
             }
@@ -451,9 +457,13 @@ impl Tally {
 
     /// `-v`: how many, and where they were stored (the topic and the seq range of the last one stored to).
     fn report(&self, verbose: bool) {
-        if !verbose {
-            return;
+        if verbose {
+            note(&self.summary());
         }
+    }
+
+    /// The `-v` line.
+    fn summary(&self) -> String {
         let published = self.published;
         let mut dropped = match self.duplicates {
             0 => String::new(),
@@ -463,7 +473,28 @@ impl Tally {
             dropped.push_str(&format!(", {} of them not routed: no queue matched", self.unrouted));
         }
         match &self.stored {
-            _ if published == 0 => note("nothing was published: there was no message (stdin was empty)"),
+            _ if published == 0 => "nothing was published: there was no message (stdin was empty)".into(),
+            Some(_) if self.topics.len() > 1 => {
+                const NAMED: usize = 5;
+                let mut places: Vec<String> = self
+                    .topics
+                    .iter()
+                    .take(NAMED)
+                    .map(|(topic, (first, last))| match (self.offsets, first == last) {
+                        (true, _) => format!("{topic}"),
+                        (false, true) => format!("{topic} seq {first}"),
+                        (false, false) => format!("{topic} seq {first}..={last}"),
+                    })
+                    .collect();
+                if self.topics.len() > NAMED {
+                    places.push(format!("and {} more", self.topics.len() - NAMED));
+                }
+                format!(
+                    "published {published} message(s){dropped}, stored in {} topics: {}",
+                    self.topics.len(),
+                    places.join(", ")
+                )
+            }
             Some((first, last, topic)) if self.offsets => {
                 let topic = topic.as_ref().map_or(String::new(), ToString::to_string);
                 let (p, o) = (self.last_partition, last.saturating_sub(1));
@@ -477,17 +508,44 @@ impl Tally {
                         "in {topic} across {n} partitions, the last in partition {p} at offset {o} (#{p}:{last})"
                     ),
                 };
-                note(&format!("published {published} message(s){dropped}, stored {place}"))
+                format!("published {published} message(s){dropped}, stored {place}")
             }
             Some((first, last, topic)) => {
                 let place = topic.as_ref().map_or(String::new(), |t| format!(" in {t}"));
-                note(&format!(
-                    "published {published} message(s){dropped}, stored{place} as seq {first}..={last}"
-                ))
+                format!("published {published} message(s){dropped}, stored{place} as seq {first}..={last}")
             }
-            None => note(&format!(
-                "published {published} message(s){dropped}, not stored (live subscribers only)"
-            )),
+            None => format!("published {published} message(s){dropped}, not stored (live subscribers only)"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::Tally;
+    use crate::model::{Name, PublishReceipt};
+
+    fn receipt(topic: &str, seq: u64) -> PublishReceipt {
+        PublishReceipt {
+            topic: Some(Name::new(topic).unwrap()),
+            partition: 0,
+            seq,
+            taps: 0,
+            duplicate: false,
+            unrouted: false,
+        }
+    }
+
+    #[test]
+    fn a_run_across_topics_names_every_topic_it_stored_to() {
+        // Issue 19: `sub --json | pub --json -v` across subjects named only the last one.
+        let mut tally = Tally::default();
+        tally.count(&[receipt("orders.eu", 4), receipt("users.new", 9), receipt("orders.eu", 5)]);
+        assert_eq!(
+            tally.summary(),
+            "published 3 message(s), stored in 2 topics: orders.eu seq 4..=5, users.new seq 9"
+        );
+        let mut one = Tally::default();
+        one.count(&[receipt("orders", 1), receipt("orders", 2)]);
+        assert_eq!(one.summary(), "published 2 message(s), stored in orders as seq 1..=2");
     }
 }

@@ -374,7 +374,7 @@ pub async fn peek(ctx: &Context, args: PeekArgs) -> Result<(), CliError> {
         rows.push(vec![
             m.seq.to_string(),
             state,
-            m.attempt.to_string(),
+            crate::human::attempts(m.state, m.attempt),
             m.consumer.as_deref().unwrap_or("").to_string(),
             due,
         ]);
@@ -411,7 +411,11 @@ pub async fn seek(ctx: &Context, args: SeekArgs) -> Result<(), CliError> {
         other => other,
     };
     let next = broker.seek(&name(&args.name)?, target.seek()).await?;
-    note(&format!("{} will deliver from seq {next}", args.name));
+    if target == Position::End {
+        note(&format!("{} is at the end: it will deliver only what is published from now on", args.name));
+    } else {
+        note(&format!("{} will deliver from seq {next}", args.name));
+    }
     Ok(())
 }
 

@@ -96,11 +96,14 @@ fn row<'a>(app: &App, e: &'a Entry, width: usize) -> Line<'a> {
     spans.push(Span::raw(" "));
     let used: usize = spans.iter().map(|s| s.content.chars().count()).sum();
     let room = width.saturating_sub(used);
-    let mut preview: String = String::from_utf8_lossy(&m.payload)
-        .chars()
-        .map(|c| if c.is_control() { '·' } else { c })
-        .take(room)
-        .collect();
+    // Bytes that are not UTF-8 show as hex: a lossy decode would only show replacement characters.
+    let mut preview: String = match std::str::from_utf8(&m.payload) {
+        Ok(text) => text.chars().map(|c| if c.is_control() { '·' } else { c }).take(room).collect(),
+        Err(_) => {
+            let hex: Vec<String> = m.payload.iter().take(room / 3 + 1).map(|b| format!("{b:02x}")).collect();
+            format!("hex {}", hex.join(" ")).chars().take(room).collect()
+        }
+    };
     if e.truncated() && preview.chars().count() < room {
         preview.push_str(&format!(" … ({})", bytes(e.size as u64)));
     }
@@ -154,28 +157,57 @@ fn detail(frame: &mut Frame<'_>, area: Rect, app: &App) {
 }
 
 /// The payload as display lines in the chosen presentation.
+///
+/// Pretty shows JSON indented, text as text, and anything else (bytes that are not UTF-8, or control
+/// characters other than line breaks and tabs) as a hex dump: a lossy decode would show replacement
+/// characters and hand escape sequences to the terminal. Raw shows the text with control characters
+/// as `·`, so that nothing in a payload acts on the terminal.
 pub fn payload_lines(payload: &[u8], view: PayloadView) -> Vec<String> {
     match view {
-        PayloadView::Pretty => match serde_json::from_slice::<serde_json::Value>(payload) {
-            Ok(v) => {
-                serde_json::to_string_pretty(&v).unwrap_or_default().lines().map(str::to_string).collect()
-            }
-            Err(_) => String::from_utf8_lossy(payload).lines().map(str::to_string).collect(),
-        },
-        PayloadView::Raw => String::from_utf8_lossy(payload).lines().map(str::to_string).collect(),
-        PayloadView::Hex => payload
-            .chunks(16)
-            .enumerate()
-            .map(|(i, chunk)| {
-                let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
-                let ascii: String = chunk
-                    .iter()
-                    .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+        PayloadView::Pretty => {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) {
+                return serde_json::to_string_pretty(&v)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
                     .collect();
-                format!("{:08x}  {:<47}  {ascii}", i * 16, hex.join(" "))
-            })
+            }
+            match std::str::from_utf8(payload) {
+                Ok(text) if !text.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => {
+                    text.lines().map(str::to_string).collect()
+                }
+                _ => {
+                    let mut lines = vec![format!(
+                        "binary payload, {} — shown as hex (v: raw, hex)",
+                        bytes(payload.len() as u64)
+                    )];
+                    lines.extend(hex_lines(payload));
+                    lines
+                }
+            }
+        }
+        PayloadView::Raw => String::from_utf8_lossy(payload)
+            .lines()
+            .map(|l| l.chars().map(|c| if c.is_control() && c != '\t' { '·' } else { c }).collect())
             .collect(),
+        PayloadView::Hex => hex_lines(payload),
     }
+}
+
+/// Sixteen bytes a line: offset, hex, and the printable ASCII.
+fn hex_lines(payload: &[u8]) -> Vec<String> {
+    payload
+        .chunks(16)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+            let ascii: String = chunk
+                .iter()
+                .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+                .collect();
+            format!("{:08x}  {:<47}  {ascii}", i * 16, hex.join(" "))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -190,5 +222,17 @@ mod tests {
             payload_lines(&[0, 65], PayloadView::Hex),
             vec!["00000000  00 41                                            .A"]
         );
+    }
+
+    #[test]
+    fn binary_and_control_characters_are_never_decoded_for_the_terminal() {
+        // Issue 19 point 11: pretty mode decoded binary payloads lossily, garbling the pane.
+        let lines = payload_lines(&[0xff, 0x00, b'A'], PayloadView::Pretty);
+        assert!(lines[0].starts_with("binary payload, 3 B"), "{lines:?}");
+        assert_eq!(lines[1], "00000000  ff 00 41                                         ..A");
+        let lines = payload_lines(b"evil\x1b]2;x\x07", PayloadView::Pretty);
+        assert!(lines[0].starts_with("binary payload"), "{lines:?}");
+        assert_eq!(payload_lines(b"plain\ttext\nnext", PayloadView::Pretty), vec!["plain\ttext", "next"]);
+        assert_eq!(payload_lines(b"a\x1bb", PayloadView::Raw), vec!["a·b"]);
     }
 }

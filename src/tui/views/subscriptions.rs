@@ -29,6 +29,14 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     }
 }
 
+/// How many columns the subscriptions table has room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Wide,
+    Medium,
+    Narrow,
+}
+
 /// A bar of `width` cells filled in proportion to `ratio`.
 pub fn gauge(ratio: f64, width: usize) -> String {
     let filled = ((ratio.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
@@ -57,8 +65,18 @@ fn table(frame: &mut Frame<'_>, area: Rect, app: &App) {
     }
     let height = usize::from(area.height.saturating_sub(3)).max(1);
     let start = app.sub_selected.saturating_sub(height - 1);
-    // Narrow screens show the essential columns; the constraints always fit, so layouts are stable.
-    let wide = area.width >= 110;
+    // Three widths: every column from 110, the essentials from 80, and below that NAME, TOPIC and the
+    // counts that say whether it keeps up (a narrower gauge). NAME and TOPIC always keep room: the fixed
+    // columns of each tier leave at least 20 cells for them at the tier's smallest width, so layouts are
+    // stable.
+    let tier = if area.width >= 110 {
+        Tier::Wide
+    } else if area.width >= 80 {
+        Tier::Medium
+    } else {
+        Tier::Narrow
+    };
+    let gauge_width = if tier == Tier::Narrow { 4 } else { 8 };
     let rows = subs.iter().enumerate().skip(start).take(height).map(|(i, s)| {
         let retained = (s.head_seq + 1).saturating_sub(s.first_seq).max(1);
         let ratio = s.backlog as f64 / retained as f64;
@@ -67,23 +85,25 @@ fn table(frame: &mut Frame<'_>, area: Rect, app: &App) {
         } else {
             "-".into()
         };
-        let mut cells = vec![Cell::from(s.name.to_string()).style(t.fg(t.topic))];
-        if wide {
-            cells.push(Cell::from(s.topic.to_string()));
+        let mut cells = vec![
+            Cell::from(s.name.to_string()).style(t.fg(t.topic)),
+            Cell::from(s.topic.to_string()),
+            Cell::from(Line::from(vec![
+                Span::styled(gauge(ratio, gauge_width), t.fg(lag_color(app, s))),
+                Span::raw(format!(" {}", s.backlog)),
+            ])),
+        ];
+        if tier != Tier::Narrow {
+            cells.push(Cell::from(app.trend(s)).style(t.fg(lag_color(app, s))));
+            cells.push(Cell::from(s.pending.to_string()));
         }
-        cells.push(Cell::from(Line::from(vec![
-            Span::styled(gauge(ratio, 8), t.fg(lag_color(app, s))),
-            Span::raw(format!(" {}", s.backlog)),
-        ])));
-        cells.push(Cell::from(app.trend(s)).style(t.fg(lag_color(app, s))));
-        cells.push(Cell::from(s.pending.to_string()));
         cells.push(Cell::from(s.in_flight.to_string()).style(t.fg(t.inflight)));
-        if wide {
+        if tier == Tier::Wide {
             cells.push(Cell::from(oldest));
         }
         cells.push(Cell::from(s.redelivered.to_string()).style(t.fg(t.redelivered)));
         cells.push(Cell::from(s.counters.dead_lettered.to_string()).style(t.fg(t.dlq)));
-        if wide {
+        if tier == Tier::Wide {
             cells.push(Cell::from(format!(
                 "{}/{}",
                 or_dash(s.publish_rate, |r| format!("{r:.0}")),
@@ -94,8 +114,8 @@ fn table(frame: &mut Frame<'_>, area: Rect, app: &App) {
         let row = Row::new(cells);
         if i == app.sub_selected { row.style(t.selected()) } else { row }
     });
-    let (header, widths): (Vec<&str>, Vec<Constraint>) = if wide {
-        (
+    let (header, widths): (Vec<&str>, Vec<Constraint>) = match tier {
+        Tier::Wide => (
             vec![
                 "NAME",
                 "TOPIC",
@@ -122,11 +142,11 @@ fn table(frame: &mut Frame<'_>, area: Rect, app: &App) {
                 Constraint::Length(9),
                 Constraint::Length(4),
             ],
-        )
-    } else {
-        (
-            vec!["NAME", "BACKLOG", "TREND", "PENDING", "IN-FLIGHT", "REDELIV", "DLQ"],
+        ),
+        Tier::Medium => (
+            vec!["NAME", "TOPIC", "BACKLOG", "TREND", "PENDING", "IN-FLIGHT", "REDELIV", "DLQ"],
             vec![
+                Constraint::Fill(1),
                 Constraint::Fill(1),
                 Constraint::Length(16),
                 Constraint::Length(8),
@@ -135,7 +155,18 @@ fn table(frame: &mut Frame<'_>, area: Rect, app: &App) {
                 Constraint::Length(7),
                 Constraint::Length(5),
             ],
-        )
+        ),
+        Tier::Narrow => (
+            vec!["NAME", "TOPIC", "BACKLOG", "IN-FLIGHT", "REDELIV", "DLQ"],
+            vec![
+                Constraint::Fill(1),
+                Constraint::Fill(1),
+                Constraint::Length(10),
+                Constraint::Length(9),
+                Constraint::Length(7),
+                Constraint::Length(5),
+            ],
+        ),
     };
     let header = Row::new(header).style(t.fg(t.dim));
     frame.render_widget(Table::new(rows, widths).header(header).block(block).style(t.text()), area);
@@ -157,32 +188,52 @@ fn consumers(frame: &mut Frame<'_>, area: Rect, app: &App) {
         return;
     }
     let total: u64 = s.consumers.iter().map(|c| c.delivered).sum::<u64>().max(1);
+    // Below 80 columns MODE and IDLE give way and the share gauge narrows, so CONSUMER keeps room.
+    let narrow = area.width < 80;
     let rows = s.consumers.iter().map(|c| {
         let share = c.delivered as f64 / total as f64;
-        Row::new([
-            Cell::from(c.id.to_string()),
-            Cell::from(if c.push { "push" } else { "pull" }),
-            Cell::from(format!("{}/{}", c.in_flight, c.prefetch)).style(t.fg(t.inflight)),
-            Cell::from(Line::from(vec![
-                Span::styled(gauge(share, 10), t.fg(t.accent)),
-                Span::raw(format!(" {:.0}%", share * 100.0)),
-            ])),
-            Cell::from(c.delivered.to_string()),
-            Cell::from(c.acked.to_string()).style(t.fg(t.acked)),
-            Cell::from(duration(c.idle)),
-        ])
+        let mut cells = vec![Cell::from(c.id.to_string())];
+        if !narrow {
+            cells.push(Cell::from(if c.push { "push" } else { "pull" }));
+        }
+        cells.push(Cell::from(format!("{}/{}", c.in_flight, c.prefetch)).style(t.fg(t.inflight)));
+        cells.push(Cell::from(Line::from(vec![
+            Span::styled(gauge(share, if narrow { 4 } else { 10 }), t.fg(t.accent)),
+            Span::raw(format!(" {:.0}%", share * 100.0)),
+        ])));
+        cells.push(Cell::from(c.delivered.to_string()));
+        cells.push(Cell::from(c.acked.to_string()).style(t.fg(t.acked)));
+        if !narrow {
+            cells.push(Cell::from(duration(c.idle)));
+        }
+        Row::new(cells)
     });
-    let header =
-        Row::new(["CONSUMER", "MODE", "IN-FLIGHT", "SHARE", "DELIVERED", "ACKED", "IDLE"]).style(t.fg(t.dim));
-    let widths = [
-        Constraint::Fill(1),
-        Constraint::Length(5),
-        Constraint::Length(10),
-        Constraint::Length(16),
-        Constraint::Length(10),
-        Constraint::Length(8),
-        Constraint::Length(8),
-    ];
+    let (header, widths) = if narrow {
+        (
+            vec!["CONSUMER", "IN-FLIGHT", "SHARE", "DELIVERED", "ACKED"],
+            vec![
+                Constraint::Fill(1),
+                Constraint::Length(10),
+                Constraint::Length(10),
+                Constraint::Length(10),
+                Constraint::Length(8),
+            ],
+        )
+    } else {
+        (
+            vec!["CONSUMER", "MODE", "IN-FLIGHT", "SHARE", "DELIVERED", "ACKED", "IDLE"],
+            vec![
+                Constraint::Fill(1),
+                Constraint::Length(5),
+                Constraint::Length(10),
+                Constraint::Length(16),
+                Constraint::Length(10),
+                Constraint::Length(8),
+                Constraint::Length(8),
+            ],
+        )
+    };
+    let header = Row::new(header).style(t.fg(t.dim));
     frame.render_widget(Table::new(rows, widths).header(header).block(block).style(t.text()), area);
 }
 
@@ -224,7 +275,7 @@ fn ack_state(frame: &mut Frame<'_>, area: Rect, app: &App) {
         Row::new([
             Cell::from(m.seq.to_string()),
             Cell::from(label).style(t.fg(color)),
-            Cell::from(m.attempt.to_string()),
+            Cell::from(crate::human::attempts(m.state, m.attempt)),
             Cell::from(m.consumer.as_deref().unwrap_or("").to_string()),
             Cell::from(due),
         ])

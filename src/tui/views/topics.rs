@@ -7,12 +7,12 @@ use ratatui::widgets::{Cell, Row, Table};
 use super::chrome::pane;
 use crate::human::{bytes, or_dash};
 use crate::human::{retention, sparkline};
-use crate::model::TopicInfo;
-use crate::tui::app::{App, TopicSort};
+use crate::tui::app::{App, TopicRow, TopicSort};
 
 pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let t = &app.theme;
     let topics = app.visible_topics();
+    let rows_shown = app.topic_rows();
     let sort = match app.topic_sort {
         TopicSort::Name => "name",
         TopicSort::Rate => "rate",
@@ -41,7 +41,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     // Narrow screens drop the sparkline and retention columns rather than squeezing every column;
     // the constraints always fit, so the layout is the same on every run.
     let wide = area.width >= 100;
-    let rows = topics.iter().enumerate().skip(start).take(height).map(|(i, topic)| {
+    let rows = rows_shown.iter().enumerate().skip(start).take(height).map(|(i, topic)| {
         let row = row(app, topic, wide);
         if i == app.topic_selected { row.style(t.selected()) } else { row }
     });
@@ -74,30 +74,35 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     frame.render_widget(Table::new(rows, widths).header(header).block(block).style(t.text()), area);
 }
 
-fn row<'a>(app: &App, topic: &TopicInfo, wide: bool) -> Row<'a> {
+fn row<'a>(app: &App, r: &TopicRow<'_>, wide: bool) -> Row<'a> {
     let t = &app.theme;
-    let name = if app.tree {
-        // Indent by depth and show only the last level, so the hierarchy reads as a tree (levels are
-        // `.` tokens, or `/` levels on MQTT).
-        let sep = app.level_separator();
-        let depth = topic.name.as_str().split(sep).count().saturating_sub(1);
-        let last = topic.name.as_str().rsplit(sep).next().unwrap_or("");
-        format!("{}{}{last}", "  ".repeat(depth), if depth > 0 { "└ " } else { "" })
-    } else {
-        topic.name.to_string()
+    // The tree indents by depth and shows only the last level (levels are `.` tokens, or `/` levels on
+    // MQTT); a level that is no topic of its own ends in the separator and shows the sums under it.
+    let name = match (app.tree, r.topic) {
+        (false, _) => r.label.clone(),
+        (true, topic) => format!(
+            "{}{}{}{}",
+            "  ".repeat(r.depth),
+            if r.depth > 0 { "└ " } else { "" },
+            r.label,
+            if topic.is_none() { app.level_separator().to_string() } else { String::new() }
+        ),
     };
+    let figures = if r.topic.is_some() { t.text() } else { t.fg(t.dim) };
     let mut cells = vec![
-        Cell::from(name).style(t.fg(t.topic)),
-        Cell::from(topic.messages.to_string()),
-        Cell::from(or_dash(topic.publish_rate, |r| format!("{r:.1}"))),
+        Cell::from(name).style(if r.topic.is_some() { t.fg(t.topic) } else { t.fg(t.dim) }),
+        Cell::from(r.messages.to_string()).style(figures),
+        Cell::from(or_dash(r.rate, |r| format!("{r:.1}"))).style(figures),
     ];
     if wide {
-        cells.push(Cell::from(sparkline(&topic.publish_series)).style(t.fg(t.accent)));
+        let spark = r.topic.map(|topic| sparkline(&topic.publish_series)).unwrap_or_default();
+        cells.push(Cell::from(spark).style(t.fg(t.accent)));
     }
-    cells.push(Cell::from(or_dash(topic.bytes, bytes)));
-    cells.push(Cell::from(topic.subscriptions.to_string()));
+    cells.push(Cell::from(or_dash(r.bytes, bytes)).style(figures));
+    cells.push(Cell::from(r.subscriptions.to_string()).style(figures));
     if wide {
-        cells.push(Cell::from(retention(&topic.limits, topic.discard)).style(t.fg(t.dim)));
+        let kept = r.topic.map(|topic| retention(&topic.limits, topic.discard)).unwrap_or_default();
+        cells.push(Cell::from(kept).style(t.fg(t.dim)));
     }
     Row::new(cells)
 }

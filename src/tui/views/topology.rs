@@ -53,18 +53,34 @@ pub fn rows(app: &App) -> Vec<TopoRow> {
             .map(|(name, _)| name.clone())
             .collect()
     };
-    for topic in app.topics.iter().filter(|t| !t.name.is_reserved()) {
+    let topics: Vec<&TopicInfo> = app.topics.iter().filter(|t| !t.name.is_reserved()).collect();
+    let publisher_label = |topic: &TopicInfo| {
         let pubs = publishers_of(topic);
-        let subs: Vec<&SubscriptionInfo> = app.subs.iter().filter(|s| s.topic == topic.name).collect();
-        let publisher = if pubs.is_empty() { "(any publisher)".to_string() } else { pubs.join(", ") };
+        if pubs.is_empty() { "(any publisher)".to_string() } else { pubs.join(", ") }
+    };
+    // Columns as wide as their longest entry (names cut at NAME_WIDTH), not a fixed width each: with
+    // fixed widths a topic with two subscriptions and two consumers ran past 120 columns.
+    let subs_of = |topic: &TopicInfo| -> Vec<&SubscriptionInfo> {
+        app.subs.iter().filter(|s| s.topic == topic.name).collect()
+    };
+    let widest = |lens: &mut dyn Iterator<Item = usize>| lens.max().unwrap_or(0).min(NAME_WIDTH);
+    let pub_w = topics.iter().map(|t| publisher_label(t).chars().count()).max().unwrap_or(0).min(24);
+    let topic_w = widest(&mut topics.iter().map(|t| t.name.as_str().chars().count()));
+    let msgs_w = topics.iter().map(|t| t.messages.to_string().len()).max().unwrap_or(1);
+    let all_subs: Vec<&SubscriptionInfo> = topics.iter().flat_map(|t| subs_of(t)).collect();
+    let sub_w = widest(&mut all_subs.iter().map(|s| s.name.as_str().chars().count()));
+    let backlog_w = all_subs.iter().map(|s| s.backlog.to_string().len()).max().unwrap_or(1);
+    let cons_w = widest(&mut all_subs.iter().flat_map(|s| s.consumers.iter()).map(|c| c.id.chars().count()));
+    for topic in topics {
+        let subs = subs_of(topic);
         let mut first = vec![
-            (format!("{publisher:>18} "), Style::Publisher),
+            (format!("{} ", fit(&publisher_label(topic), pub_w, true)), Style::Publisher),
             (
-                format!("──{:>6}/s──▶ ", crate::human::or_dash(topic.publish_rate, |r| format!("{r:.1}"))),
+                format!("──{:>5}/s─▶ ", crate::human::or_dash(topic.publish_rate, |r| format!("{r:.1}"))),
                 Style::Dim,
             ),
-            (format!("{:<14}", topic.name.as_str()), Style::Topic),
-            (format!(" {:>6} msgs", topic.messages), Style::Dim),
+            (fit(topic.name.as_str(), topic_w, false), Style::Topic),
+            (format!(" {:>msgs_w$} msgs", topic.messages), Style::Dim),
         ];
         let topic_width = width(&first);
         if subs.is_empty() {
@@ -73,19 +89,13 @@ pub fn rows(app: &App) -> Vec<TopoRow> {
             continue;
         }
         for (si, sub) in subs.iter().enumerate() {
-            let branch = match (si, subs.len()) {
-                (0, 1) => " ────▶ ",
-                (0, _) => " ──┬─▶ ",
-                (i, n) if i + 1 == n => "   └─▶ ",
-                _ => "   ├─▶ ",
-            };
             let mut spans = if si == 0 {
                 std::mem::take(&mut first)
             } else {
                 vec![(" ".repeat(topic_width), Style::Dim)]
             };
-            spans.push((branch.into(), Style::Dim));
-            spans.push((format!("{:<14}", sub.name.as_str()), Style::Name));
+            spans.push((branch(si, subs.len()).into(), Style::Dim));
+            spans.push((fit(sub.name.as_str(), sub_w, false), Style::Name));
             let backlog_style = if sub.backlog == 0 {
                 Style::Ok
             } else if app.trend(sub) == "growing" {
@@ -93,7 +103,7 @@ pub fn rows(app: &App) -> Vec<TopoRow> {
             } else {
                 Style::Warn
             };
-            spans.push((format!(" backlog {:<5}", sub.backlog), backlog_style));
+            spans.push((format!(" backlog {:<backlog_w$}", sub.backlog), backlog_style));
             if sub.counters.dead_lettered > 0 || sub.counters.terminated > 0 {
                 spans.push((
                     format!(" dead {:<3}", sub.counters.dead_lettered + sub.counters.terminated),
@@ -115,14 +125,8 @@ pub fn rows(app: &App) -> Vec<TopoRow> {
                 } else {
                     vec![(" ".repeat(sub_width), Style::Dim)]
                 };
-                let branch = match (ci, sub.consumers.len()) {
-                    (0, 1) => " ──▶ ",
-                    (0, _) => " ┬─▶ ",
-                    (i, n) if i + 1 == n => " └─▶ ",
-                    _ => " ├─▶ ",
-                };
-                row.push((branch.into(), Style::Dim));
-                row.push((format!("{:<14}", c.id.as_ref()), Style::Name));
+                row.push((branch(ci, sub.consumers.len()).into(), Style::Dim));
+                row.push((fit(c.id.as_ref(), cons_w, false), Style::Name));
                 // Silent for longer than a lease while holding messages: it has probably died.
                 let stuck = c.in_flight > 0 && c.idle > sub.ack_deadline;
                 let style = if stuck {
@@ -134,7 +138,7 @@ pub fn rows(app: &App) -> Vec<TopoRow> {
                 };
                 row.push((format!(" in flight {}", c.in_flight), style));
                 if stuck {
-                    row.push((" (silent past its ack deadline)".into(), Style::Error));
+                    row.push((" (silent past its deadline)".into(), Style::Error));
                 }
                 let kind = if sub.consumers.len() > 1 { "competing consumers" } else { "consumer" };
                 out.push(TopoRow { kind, spans: row });
@@ -142,6 +146,29 @@ pub fn rows(app: &App) -> Vec<TopoRow> {
         }
     }
     out
+}
+
+/// The longest name a column shows; longer ones are cut with `…`.
+const NAME_WIDTH: usize = 20;
+
+/// The arrow to the `i`-th of `n` branches: one straight arrow, or a fork whose arms line up.
+fn branch(i: usize, n: usize) -> &'static str {
+    match (i, n) {
+        (0, 1) => " ──▶ ",
+        (0, _) => " ┬─▶ ",
+        (i, n) if i + 1 == n => " └─▶ ",
+        _ => " ├─▶ ",
+    }
+}
+
+/// `text` in exactly `width` characters: padded (on the left when `right`), or cut with `…`.
+fn fit(text: &str, width: usize, right: bool) -> String {
+    let len = text.chars().count();
+    if len > width {
+        let cut: String = text.chars().take(width.saturating_sub(1)).collect();
+        return format!("{cut}…");
+    }
+    if right { format!("{text:>width$}") } else { format!("{text:<width$}") }
 }
 
 fn width(spans: &[(String, Style)]) -> usize {
