@@ -428,6 +428,11 @@ impl App {
             .collect()
     }
 
+    /// How many partitions topic `name` has (1 when it is not listed).
+    pub fn partitions_of(&self, name: &Name) -> u32 {
+        self.topics.iter().find(|t| &t.name == name).map_or(1, |t| t.partitions.max(1))
+    }
+
     /// The selected subscription.
     pub fn selected_sub(&self) -> Option<&SubscriptionInfo> {
         self.visible_subs().get(self.sub_selected).copied()

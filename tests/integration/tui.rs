@@ -323,3 +323,84 @@ fn snapshot_at(state: &str, app: &App, w: u16, h: u16) {
     let _guard = settings.bind_to_scope();
     insta::assert_snapshot!(format!("tui_{state}_{w}x{h}"), render(app, w, h));
 }
+
+/// A Kafka-like broker (issue 23): a topic of three partitions, a group whose two members own them, and
+/// messages from every partition. Every view shows the partitions: a PARTS column, `#P:SEQ` in the stream,
+/// the group's partitions with owner and lag bars, and the topology with what each member holds.
+#[test]
+fn views_of_a_broker_with_partitions() {
+    use pubsub::model::{
+        ConsumerInfo, Message, Name, PartitionInfo, PartitionLag, SubscriptionInfo, TopicInfo,
+    };
+    let caps = Capabilities::of(&[
+        Capability::Ack,
+        Capability::CumulativeAck,
+        Capability::Replay,
+        Capability::Seek,
+        Capability::Lag,
+        Capability::Patterns,
+        Capability::Headers,
+        Capability::Persistence,
+        Capability::CompetingConsumers,
+        Capability::Partitions,
+        Capability::TopicAdmin,
+    ]);
+    let mut app = App::new("kafka://127.0.0.1:9092".into(), caps, Theme::default(), 100, 1 << 20);
+    app.now = pubsub::model::Timestamp::from_micros(1_780_000_000_000_000);
+    let orders = name("orders");
+    let heads = [(0u32, 41u64), (1, 17), (2, 30)];
+    let mut topic = TopicInfo::external(orders.clone(), 88, Some(8800));
+    topic.partitions = 3;
+    topic.head_seq = 41;
+    topic.partition_info = heads
+        .iter()
+        .map(|&(partition, head)| PartitionInfo {
+            partition,
+            first_seq: 1,
+            head_seq: head,
+            messages: head,
+            bytes: Some(head * 100),
+            leader: Some("1".into()),
+        })
+        .collect();
+    let mut group = SubscriptionInfo::external(name("billing"), orders.clone());
+    let owners = ["billing-a", "billing-b", "billing-a"];
+    let floors = [41u64, 5, 22];
+    group.partitions = heads
+        .iter()
+        .zip(owners.iter().zip(floors))
+        .map(|(&(partition, head), (owner, floor))| PartitionLag {
+            partition,
+            ack_floor: floor,
+            head_seq: head,
+            lag: head - floor,
+            owner: Some((*owner).to_string()),
+        })
+        .collect();
+    group.offset_lag = group.partitions.iter().map(|p| p.lag).sum();
+    group.backlog = group.offset_lag;
+    group.pending = group.offset_lag;
+    group.head_seq = 41;
+    group.consumers = vec![ConsumerInfo::external("billing-a"), ConsumerInfo::external("billing-b")];
+    app.stats(Some(vec![topic]), Some(vec![group]));
+    for (i, (partition, seq)) in [(0u32, 40u64), (2, 29), (1, 16), (0, 41), (2, 30)].into_iter().enumerate() {
+        let at = pubsub::model::Timestamp::from_micros(1_780_000_000_000_000 + i as i64 * 250_000);
+        let body = bytes::Bytes::from(format!("order {i}"));
+        app.ingest(Message::new(
+            orders.clone(),
+            partition,
+            seq,
+            at,
+            Name::new("orders").unwrap(),
+            None,
+            body,
+        ));
+    }
+    snapshot("partitions_topics", &app);
+    app.update(Action::SetView(View::Stream));
+    snapshot("partitions_stream", &app);
+    app.update(Action::SetView(View::Subscriptions));
+    snapshot("partitions_subscriptions", &app);
+    app.update(Action::SetView(View::Topology));
+    snapshot("partitions_topology", &app);
+}

@@ -88,7 +88,14 @@ fn row<'a>(app: &App, e: &'a Entry, width: usize) -> Line<'a> {
         Span::styled(clock, t.fg(t.dim)),
         Span::raw(" "),
         Span::styled(m.subject().to_string(), t.fg(t.subject)),
-        Span::styled(format!(" #{}", m.seq), t.fg(t.dim)),
+        Span::styled(
+            if app.partitions_of(&m.topic) > 1 {
+                format!(" #{}:{}", m.partition, m.seq)
+            } else {
+                format!(" #{}", m.seq)
+            },
+            t.fg(t.dim),
+        ),
     ];
     if let Some(key) = m.key() {
         spans.push(Span::styled(format!(" key={}", String::from_utf8_lossy(key)), t.fg(t.key)));
@@ -120,7 +127,12 @@ fn detail(frame: &mut Frame<'_>, area: Rect, app: &App) {
         PayloadView::Raw => "raw",
         PayloadView::Hex => "hex",
     };
-    let block = pane(app, format!(" message {}#{} — {view} (v cycles) ", m.topic, m.seq), false);
+    let position = if app.partitions_of(&m.topic) > 1 {
+        format!("{}:{}", m.partition, m.seq)
+    } else {
+        m.seq.to_string()
+    };
+    let block = pane(app, format!(" message {}#{position} — {view} (v cycles) ", m.topic), false);
     let mut lines = vec![
         Line::from(vec![
             Span::styled("subject   ", t.fg(t.dim)),

@@ -19,14 +19,65 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
         unavailable(frame, area, app, "subscriptions, lag and ack state");
         return;
     }
-    let [top, bottom] =
-        Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
+    let split = if app.selected_sub().is_some_and(|s| s.partitions.len() > 1) && !app.show_ack_state {
+        // The partitions need the room: the table takes what its rows need, up to the usual 55 %.
+        let need = app.visible_subs().len().saturating_add(3).max(5);
+        let most = usize::from(area.height) * 55 / 100;
+        Constraint::Length(u16::try_from(need.min(most)).unwrap_or(u16::MAX))
+    } else {
+        Constraint::Percentage(55)
+    };
+    let [top, bottom] = Layout::vertical([split, Constraint::Fill(1)]).areas(area);
     table(frame, top, app);
     if app.show_ack_state {
         ack_state(frame, bottom, app);
+    } else if app.selected_sub().is_some_and(|s| s.partitions.len() > 1) {
+        // A subscription over partitions (a Kafka group): who holds which partition, and each one's lag.
+        let [left, right] = if bottom.width >= 100 {
+            Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(bottom)
+        } else {
+            // Stacked: the consumers take the rows they need (up to half), the partitions the rest.
+            let wanted = app.selected_sub().map_or(0, |s| s.consumers.len()).saturating_add(3);
+            let most = usize::from(bottom.height / 2);
+            let rows = u16::try_from(wanted.min(most)).unwrap_or(u16::MAX);
+            Layout::vertical([Constraint::Length(rows), Constraint::Fill(1)]).areas(bottom)
+        };
+        consumers(frame, left, app);
+        partitions(frame, right, app);
     } else {
         consumers(frame, bottom, app);
     }
+}
+
+/// The selected subscription's partitions: owner, ack floor, head and a lag bar scaled to the largest.
+fn partitions(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let t = &app.theme;
+    let Some(s) = app.selected_sub() else { return };
+    let block = pane(app, format!(" {} — partitions ({}) ", s.name, s.partitions.len()), false);
+    let most = s.partitions.iter().map(|p| p.lag).max().unwrap_or(0).max(1);
+    let height = usize::from(area.height.saturating_sub(3));
+    let rows = s.partitions.iter().take(height).map(|p| {
+        let color = if p.lag == 0 { t.ok } else { t.warn };
+        Row::new([
+            Cell::from(p.partition.to_string()),
+            Cell::from(p.owner.clone().unwrap_or_else(|| "—".into())),
+            Cell::from(p.ack_floor.to_string()),
+            Cell::from(p.head_seq.to_string()),
+            Cell::from(Line::from(vec![
+                Span::styled(gauge(p.lag as f64 / most as f64, 8), t.fg(color)),
+                Span::raw(format!(" {}", p.lag)),
+            ])),
+        ])
+    });
+    let header = Row::new(["PART", "OWNER", "FLOOR", "HEAD", "LAG"]).style(t.fg(t.dim));
+    let widths = [
+        Constraint::Length(5),
+        Constraint::Fill(1),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(16),
+    ];
+    frame.render_widget(Table::new(rows, widths).header(header).block(block).style(t.text()), area);
 }
 
 /// How many columns the subscriptions table has room for.

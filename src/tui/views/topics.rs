@@ -41,11 +41,13 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     // Narrow screens drop the sparkline and retention columns rather than squeezing every column;
     // the constraints always fit, so the layout is the same on every run.
     let wide = area.width >= 100;
+    // A PARTS column where some topic has more than one (Kafka; an engine topic made with partitions).
+    let parts = app.topics.iter().any(|t| t.partitions > 1);
     let rows = rows_shown.iter().enumerate().skip(start).take(height).map(|(i, topic)| {
-        let row = row(app, topic, wide);
+        let row = row(app, topic, wide, parts);
         if i == app.topic_selected { row.style(t.selected()) } else { row }
     });
-    let (header, widths): (Vec<&str>, Vec<Constraint>) = if wide {
+    let (mut header, mut widths): (Vec<&str>, Vec<Constraint>) = if wide {
         (
             vec!["TOPIC", "MESSAGES", "RATE/S", "LAST 15 s", "BYTES", "SUBS", "RETENTION"],
             vec![
@@ -70,11 +72,15 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             ],
         )
     };
+    if parts {
+        header.insert(1, "PARTS");
+        widths.insert(1, Constraint::Length(5));
+    }
     let header = Row::new(header).style(t.fg(t.dim));
     frame.render_widget(Table::new(rows, widths).header(header).block(block).style(t.text()), area);
 }
 
-fn row<'a>(app: &App, r: &TopicRow<'_>, wide: bool) -> Row<'a> {
+fn row<'a>(app: &App, r: &TopicRow<'_>, wide: bool, parts: bool) -> Row<'a> {
     let t = &app.theme;
     // The tree indents by depth and shows only the last level (levels are `.` tokens, or `/` levels on
     // MQTT); a level that is no topic of its own ends in the separator and shows the sums under it.
@@ -89,11 +95,16 @@ fn row<'a>(app: &App, r: &TopicRow<'_>, wide: bool) -> Row<'a> {
         ),
     };
     let figures = if r.topic.is_some() { t.text() } else { t.fg(t.dim) };
-    let mut cells = vec![
-        Cell::from(name).style(if r.topic.is_some() { t.fg(t.topic) } else { t.fg(t.dim) }),
+    let mut cells = vec![Cell::from(name).style(if r.topic.is_some() { t.fg(t.topic) } else { t.fg(t.dim) })];
+    if parts {
+        cells.push(
+            Cell::from(r.topic.map(|topic| topic.partitions.to_string()).unwrap_or_default()).style(figures),
+        );
+    }
+    cells.extend([
         Cell::from(r.messages.to_string()).style(figures),
         Cell::from(or_dash(r.rate, |r| format!("{r:.1}"))).style(figures),
-    ];
+    ]);
     if wide {
         let spark = r.topic.map(|topic| sparkline(&topic.publish_series)).unwrap_or_default();
         cells.push(Cell::from(spark).style(t.fg(t.accent)));

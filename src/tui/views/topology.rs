@@ -82,6 +82,9 @@ pub fn rows(app: &App) -> Vec<TopoRow> {
             (fit(topic.name.as_str(), topic_w, false), Style::Topic),
             (format!(" {:>msgs_w$} msgs", topic.messages), Style::Dim),
         ];
+        if topic.partitions > 1 {
+            first.push((format!(" in {} partitions", topic.partitions), Style::Dim));
+        }
         let topic_width = width(&first);
         if subs.is_empty() {
             first.push(("   (no subscriptions: nobody reads it)".into(), Style::Dim));
@@ -137,6 +140,16 @@ pub fn rows(app: &App) -> Vec<TopoRow> {
                     Style::Ok
                 };
                 row.push((format!(" in flight {}", c.in_flight), style));
+                // Where partitions are owned (a Kafka group), which ones this consumer holds.
+                let owned: Vec<String> = sub
+                    .partitions
+                    .iter()
+                    .filter(|p| p.owner.as_deref() == Some(c.id.as_ref()))
+                    .map(|p| p.partition.to_string())
+                    .collect();
+                if sub.partitions.len() > 1 && !owned.is_empty() {
+                    row.push((format!(" holds p{}", owned.join(",")), Style::Dim));
+                }
                 if stuck {
                     row.push((" (silent past its deadline)".into(), Style::Error));
                 }
