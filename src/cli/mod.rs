@@ -28,7 +28,8 @@ ends quietly with 0.";
 #[command(name = "pubsub", version, about, after_help = AFTER_HELP, propagate_version = true)]
 pub struct Cli {
     /// Broker: `local` (your engine daemon, started on demand; the default), `mem://`, `ws://HOST:PORT`,
-    /// `redis://`, `nats://`, `mqtt://`, `amqp://` URLs, or a profile name from the config file.
+    /// `redis://`, `nats://`, `mqtt://`, `amqp://`, `postgres://`, `kafka://` URLs, or a profile name
+    /// from the config file.
     #[arg(long, short = 'b', global = true, env = "PUBSUB_BROKER", value_name = "URL")]
     pub broker: Option<String>,
 

@@ -422,6 +422,11 @@ impl SubscriptionConfig {
         self.backoff != Backoff::default()
     }
 
+    /// Whether a longest lease other than the default was asked for (`subs create --max-lease`).
+    pub fn sets_max_lease(&self) -> bool {
+        self.max_lease != SubscriptionConfig::new(self.name.clone(), self.topic.clone()).max_lease
+    }
+
     /// Refuses settings that are out of range or not implemented yet.
     pub fn check(&self) -> Result<(), EngineError> {
         let name = &self.name;

@@ -678,6 +678,10 @@ fn subs_create_refuses_a_backoff_rabbitmq_cannot_honour() {
         outcome(&mut home.at(URL, &["subs", "create", &queue, "--topic", &queue, "--backoff", "1s..10s"]));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("no redelivery backoff") && stderr.contains("--backoff"), "{stderr}");
+    let (code, _, stderr) =
+        outcome(&mut home.at(URL, &["subs", "create", &queue, "--topic", &queue, "--max-lease", "10m"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no lease to cap") && stderr.contains("--max-lease"), "{stderr}");
     let (code, _, _) = outcome(&mut home.at(URL, &["sub-info", &queue]));
     assert_ne!(code, 0, "no queue was declared");
 }

@@ -579,6 +579,11 @@ fn subs_create_refuses_a_backoff_it_cannot_honour() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no redelivery backoff") && err.contains("--backoff"), "{err}");
+    let (code, _, err) = outcome(
+        &mut home.at(&schema.url(), &["subs", "create", "workers", "--topic", "jobs", "--max-lease", "10m"]),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no longest lease") && err.contains("--max-lease"), "{err}");
     let (code, out, _) = outcome(&mut home.at(&schema.url(), &["subs", "--json"]));
     assert_eq!(code, 0);
     assert!(!out.contains("workers"), "nothing was created: {out}");

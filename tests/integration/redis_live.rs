@@ -754,6 +754,10 @@ fn redis_groups_show_their_deadline_and_positions_and_leave_no_consumers_behind(
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("redelivery backoff"), "{stderr}");
     let (code, _, stderr) =
+        home.run(&["--broker", &url, "subs", "create", "readers", "--topic", &stream, "--max-lease", "10m"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("longest lease"), "{stderr}");
+    let (code, _, stderr) =
         home.run(&["--broker", &url, "subs", "create", "readers", "--topic", &stream, "--from", "start"]);
     assert_eq!(code, 0, "{stderr}");
     let (code, out, stderr) =

@@ -247,6 +247,11 @@ impl AmqpBroker {
                 "RabbitMQ has no redelivery backoff: a nacked or returned message is requeued at once; create the subscription without --backoff".into(),
             ));
         }
+        if config.sets_max_lease() {
+            return Err(BrokerError::Invalid(
+                "RabbitMQ has no lease to cap: a delivery is held until its consumer settles it or its channel closes; create the subscription without --max-lease".into(),
+            ));
+        }
         if self.queue_counts(config.name.as_str()).await?.is_some() {
             return Err(BrokerError::Engine(EngineError::SubscriptionExists(config.name.clone())));
         }

@@ -130,6 +130,11 @@ impl PostgresBroker {
                 "PostgreSQL subscriptions have no redelivery backoff: a nacked job is available again at once, or after the delay the nack gives (`pubsub nack --delay`); create the subscription without --backoff".into(),
             ));
         }
+        if config.sets_max_lease() {
+            return Err(BrokerError::Invalid(
+                "PostgreSQL subscriptions keep no longest lease: a claim lasts the URL's ack deadline and `pubsub extend` moves it by what it asks; create the subscription without --max-lease".into(),
+            ));
+        }
         if let Some(dl) = &config.dead_letter
             && !self.table_exists(dl).await?
         {

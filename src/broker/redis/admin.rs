@@ -281,6 +281,10 @@ impl RedisBroker {
             Some("dead-letter topics or delivery limits")
         } else if config.sets_backoff() {
             Some("redelivery backoff (an unacked entry is claimed again once the URL's ack_deadline passes)")
+        } else if config.sets_max_lease() {
+            Some(
+                "longest lease (an entry is held until the URL's ack_deadline passes; `pubsub extend` is refused)",
+            )
         } else {
             None
         };
