@@ -574,3 +574,105 @@ async fn kafka_lag_per_partition_after_partial_acks_on_the_mock_cluster() {
     }
     drop(stream);
 }
+
+/// A Kafka-protocol listener that asks for SASL/PLAIN and refuses every login, the way a broker
+/// configured with SASL answers a wrong password. Neither test broker can: Tansu makes users only over
+/// an authenticated connection and keeps them only in storage this build lacks, and librdkafka's mock
+/// cluster has no SASL. It speaks the three requests a client sends before it is let in (ApiVersions,
+/// SaslHandshake, SaslAuthenticate) in their oldest versions, and hangs up after the refusal.
+struct SaslRefuser {
+    addr: std::net::SocketAddr,
+    logins: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl SaslRefuser {
+    fn start() -> SaslRefuser {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let logins = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = logins.clone();
+        // The thread ends with the test process; it holds no broker state.
+        std::thread::spawn(move || {
+            for conn in listener.incoming().map_while(Result::ok) {
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let _ = refuse(conn, &counted);
+                });
+            }
+        });
+        SaslRefuser { addr, logins }
+    }
+}
+
+fn refuse(mut conn: std::net::TcpStream, logins: &std::sync::atomic::AtomicU32) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    loop {
+        let mut size = [0u8; 4];
+        conn.read_exact(&mut size)?;
+        let mut request = vec![0u8; u32::from_be_bytes(size) as usize];
+        conn.read_exact(&mut request)?;
+        let api_key = i16::from_be_bytes([request[0], request[1]]);
+        let version = i16::from_be_bytes([request[2], request[3]]);
+        let mut body = request[4..8].to_vec(); // the correlation id
+        let mut done = false;
+        match api_key {
+            // ApiVersions: a newer version than 0 is answered in version 0 with UNSUPPORTED_VERSION (35),
+            // as Kafka brokers do; the client asks again in version 0.
+            18 => {
+                body.extend_from_slice(&(if version > 0 { 35i16 } else { 0 }).to_be_bytes());
+                let apis: [(i16, i16, i16); 3] = [(18, 0, 0), (17, 0, 1), (36, 0, 0)];
+                body.extend_from_slice(&(apis.len() as i32).to_be_bytes());
+                for (key, min, max) in apis {
+                    for v in [key, min, max] {
+                        body.extend_from_slice(&v.to_be_bytes());
+                    }
+                }
+            }
+            // SaslHandshake: PLAIN is what it takes.
+            17 => {
+                body.extend_from_slice(&0i16.to_be_bytes());
+                body.extend_from_slice(&1i32.to_be_bytes());
+                body.extend_from_slice(&5i16.to_be_bytes());
+                body.extend_from_slice(b"PLAIN");
+            }
+            // SaslAuthenticate: SASL_AUTHENTICATION_FAILED (58), with a message.
+            36 => {
+                logins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let why = b"Authentication failed: invalid username or password";
+                body.extend_from_slice(&58i16.to_be_bytes());
+                body.extend_from_slice(&(why.len() as i16).to_be_bytes());
+                body.extend_from_slice(why);
+                body.extend_from_slice(&0i32.to_be_bytes());
+                done = true;
+            }
+            _ => return Ok(()),
+        }
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        conn.write_all(&frame)?;
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// A refused SASL/PLAIN login is exit 5 with the broker's reason, at once, and the password is never
+/// printed.
+#[test]
+fn kafka_wrong_sasl_password_is_exit_5() {
+    let refuser = SaslRefuser::start();
+    let home = Home::new("kafka-sasl");
+    let url = format!("kafka://alice:wr0ng-pass@{}?sasl_mechanism=PLAIN", refuser.addr);
+    let started = Instant::now();
+    let (code, _, err) = run(&home, &url, &["topics"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("refused authentication") && err.contains("SASL authentication error"), "{err}");
+    assert!(!err.contains("wr0ng-pass"), "the password must not be printed: {err}");
+    assert!(
+        refuser.logins.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "no login reached the listener: {err}"
+    );
+    // Not a timeout: the refusal is taken as the answer.
+    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}: {err}", started.elapsed());
+}

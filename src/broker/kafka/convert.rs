@@ -64,6 +64,9 @@ pub(super) struct Context {
     /// The last word on a connection that failed (which address, and why), said better than "all
     /// brokers are down".
     transport: Arc<Mutex<Option<String>>>,
+    /// A refused login, kept: librdkafka reports "all brokers are down" right after it, which must not
+    /// hide it.
+    refused: Arc<Mutex<Option<String>>>,
 }
 
 impl Context {
@@ -77,12 +80,9 @@ impl Context {
         self.transport.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Whether the last error was a refused login.
+    /// Why a login was refused, when one was.
     pub(super) fn auth_failed(&self) -> Option<String> {
-        match self.last_error() {
-            Some((Some(code), why)) if is_auth(code) => Some(why),
-            _ => None,
-        }
+        self.refused.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -92,6 +92,9 @@ impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error.rdkafka_error_code(), Some(Code::BrokerTransportFailure | Code::Resolve)) {
             *self.transport.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.to_string());
+        }
+        if error.rdkafka_error_code().is_some_and(is_auth) {
+            *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.to_string());
         }
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((error.rdkafka_error_code(), reason.to_string()));
