@@ -49,12 +49,6 @@ pub enum BrokerError {
         /// Its scheme.
         scheme: String,
     },
-    /// The backend exists in the design but is not built yet.
-    #[error("the {backend} backend is not available in this build yet; use mem:// meanwhile")]
-    NotBuilt {
-        /// Which backend.
-        backend: &'static str,
-    },
     /// The broker could not be reached.
     #[error("cannot reach broker at {url}: {reason}")]
     Unreachable {
