@@ -157,11 +157,8 @@ async fn serve(
     // Streams that were open before a reconnect are subscribed again on this socket. (On the first
     // socket a stream registered by a concurrent `subscribe` sends its own request; doing it here too
     // would open it twice and deliver everything twice.)
-    let resubscribe: Vec<(u64, SubscribeSpec)> = if reconnected {
-        guard(&inner.streams).iter().map(|(id, s)| (*id, s.spec.clone())).collect()
-    } else {
-        Vec::new()
-    };
+    let resubscribe: Vec<(u64, SubscribeSpec)> =
+        if reconnected { resubscriptions(&guard(&inner.streams)) } else { Vec::new() };
     for (stream, spec) in resubscribe {
         let inner = inner.clone();
         tokio::spawn(async move {
@@ -206,9 +203,28 @@ async fn serve(
     }
 }
 
+/// What a reconnect subscribes again: every open stream, a stream with a total asking only for what it
+/// has not received yet (and one that received it all, nothing).
+fn resubscriptions(
+    streams: &std::collections::HashMap<u64, super::StreamState>,
+) -> Vec<(u64, SubscribeSpec)> {
+    streams
+        .iter()
+        .filter_map(|(id, s)| {
+            let mut spec = s.spec.clone();
+            spec.limit = match spec.limit {
+                Some(total) if s.delivered >= total => return None,
+                Some(total) => Some(total - s.delivered),
+                None => None,
+            };
+            Some((*id, spec))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::split_token;
+    use super::{resubscriptions, split_token};
 
     #[test]
     fn token_is_taken_out_of_the_url() {
@@ -218,5 +234,34 @@ mod tests {
             ("ws://h:1/?a=1&b=2".to_string(), Some("t".into()))
         );
         assert_eq!(split_token("ws://h:1"), ("ws://h:1".to_string(), None));
+    }
+
+    #[test]
+    fn a_reconnect_asks_a_stream_with_a_total_only_for_the_rest() {
+        use crate::model::{AckMode, Pattern};
+        let spec = |limit| crate::protocol::SubscribeSpec {
+            patterns: vec![Pattern::parse("t").unwrap()],
+            subscription: None,
+            from: None,
+            ack: AckMode::None,
+            consumer: None,
+            prefetch: Some(10),
+            prefetch_bytes: None,
+            credit: true,
+            limit,
+        };
+        let state = |limit, delivered| {
+            let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+            super::super::StreamState { spec: spec(limit), tx, delivered }
+        };
+        let streams = std::collections::HashMap::from([
+            (1, state(Some(10), 4)),
+            (2, state(Some(3), 3)),
+            (3, state(None, 50)),
+        ]);
+        let mut again: Vec<(u64, Option<u64>)> =
+            resubscriptions(&streams).into_iter().map(|(id, s)| (id, s.limit)).collect();
+        again.sort_unstable();
+        assert_eq!(again, [(1, Some(6)), (3, None)], "stream 2 has all it asked for");
     }
 }

@@ -45,7 +45,7 @@ pub(super) async fn on_frame(inner: &Arc<Inner>, text: &str) {
             tracing::warn!(code, %message, "server reported an error");
         }
         ServerFrame::Deliver { sid, subscription, messages } => {
-            let Some(tx) = stream_sender(inner, sid) else {
+            let Some(tx) = stream_sender(inner, sid, messages.len()) else {
                 return;
             };
             let items = messages
@@ -55,7 +55,7 @@ pub(super) async fn on_frame(inner: &Arc<Inner>, text: &str) {
             let _ = tx.send(items);
         }
         ServerFrame::Lagged { sid, skipped } => {
-            if let Some(tx) = stream_sender(inner, sid) {
+            if let Some(tx) = stream_sender(inner, sid, 0) {
                 let _ = tx.send(vec![Ok(StreamItem::Lagged { skipped })]);
             }
         }
@@ -82,7 +82,7 @@ pub(super) async fn on_binary(inner: &Arc<Inner>, bytes: bytes::Bytes) {
         },
         Some(&binary::DELIVER) => match binary::decode_deliver(&bytes) {
             Ok((sid, deliveries)) => {
-                let Some(tx) = stream_sender(inner, sid) else { return };
+                let Some(tx) = stream_sender(inner, sid, deliveries.len()) else { return };
                 let _ = tx.send(deliveries.into_iter().map(|d| Ok(StreamItem::Delivery(d))).collect());
             }
             Err(e) => tracing::warn!(error = %e, "undecodable deliveries from server"),
@@ -91,9 +91,13 @@ pub(super) async fn on_binary(inner: &Arc<Inner>, bytes: bytes::Bytes) {
     }
 }
 
-fn stream_sender(inner: &Inner, sid: u64) -> Option<mpsc::UnboundedSender<ItemBatch>> {
+/// The sender of the stream `sid` is, counting `deliveries` as received by it.
+fn stream_sender(inner: &Inner, sid: u64, deliveries: usize) -> Option<mpsc::UnboundedSender<ItemBatch>> {
     let stream = *guard(&inner.sids).get(&sid)?;
-    guard(&inner.streams).get(&stream).map(|s| s.tx.clone())
+    guard(&inner.streams).get_mut(&stream).map(|s| {
+        s.delivered += deliveries as u64;
+        s.tx.clone()
+    })
 }
 
 pub(super) fn to_delivery(d: Delivered, subscription: Option<&Name>) -> Result<BrokerDelivery, BrokerError> {

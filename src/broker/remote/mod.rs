@@ -73,6 +73,9 @@ struct StreamState {
     /// Unbounded, so that the socket reader never waits for one stream's reader (which may itself be
     /// waiting for an answer behind it on the socket); the server's credit bounds what it holds.
     tx: mpsc::UnboundedSender<ItemBatch>,
+    /// Deliveries received so far: a stream with a total (`limit`) asks only for the rest when a
+    /// reconnect subscribes it again.
+    delivered: u64,
 }
 
 struct Inner {

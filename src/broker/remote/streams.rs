@@ -30,7 +30,7 @@ impl RemoteBroker {
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        guard(&self.inner.streams).insert(id, StreamState { spec: spec.clone(), tx });
+        guard(&self.inner.streams).insert(id, StreamState { spec: spec.clone(), tx, delivered: 0 });
         if let Err(e) = call(&self.inner, Request::Subscribe(spec), Some(id), REQUEST_TIMEOUT).await {
             guard(&self.inner.streams).remove(&id);
             return Err(e);
