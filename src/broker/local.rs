@@ -50,6 +50,14 @@ impl LocalBroker {
         LocalBroker { engine, url: url.into(), events, next_id: AtomicU64::new(1), _ticker: ticker }
     }
 
+    /// Applies an ack now and returns the fdatasync it still owes (see [`Engine::ack_deferred`]): the
+    /// server answers the ack once that is done while it goes on reading the connection's next requests,
+    /// so the acks of one connection share syncs instead of each waiting for its own.
+    pub fn ack_deferred(&self, token: &AckToken) -> Result<crate::engine::PendingSync, BrokerError> {
+        let r = AckRef { partition: token.partition, seq: token.seq, lease: token.lease };
+        Ok(self.may_sync(|| self.engine.ack_deferred(&token.subscription, r))?)
+    }
+
     /// The engine underneath.
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -225,6 +233,10 @@ impl Broker for LocalBroker {
     }
 
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
+        if let Settle::Ack = how {
+            let pending = self.ack_deferred(token)?;
+            return Ok(self.may_sync(|| pending.wait())?);
+        }
         let r = AckRef { partition: token.partition, seq: token.seq, lease: token.lease };
         let sub = &token.subscription;
         self.may_sync(|| match how {

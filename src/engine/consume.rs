@@ -14,8 +14,8 @@ use super::subscription::{Ctx, Effects, SubState};
 use super::topic::TopicCell;
 use super::{
     AckRef, AttachOptions, ConsumerId, Delivery, Engine, EngineError, EngineEvent, FetchOptions, Lifetime,
-    Name, PeekReport, PushConsumer, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo,
-    Timestamp, lock,
+    Name, PeekReport, PendingSync, PushConsumer, SeekTarget, StartPosition, SubscriptionConfig,
+    SubscriptionInfo, Timestamp, lock,
 };
 use crate::store::MetaOp;
 use crate::store::journal::SubJournal;
@@ -152,6 +152,19 @@ impl Engine {
         name: &Name,
         f: impl FnOnce(&mut SubState, &Ctx<'_>, &mut Effects) -> Result<R, EngineError>,
     ) -> Result<R, EngineError> {
+        let (result, pending) = self.with_sub_deferred(name, f)?;
+        pending.wait()?;
+        Ok(result)
+    }
+
+    /// [`Engine::with_sub`] that returns the syncs the change still owes instead of waiting for them:
+    /// the change is applied (and written) now, in the caller's order; the caller reports it durable
+    /// once [`PendingSync::wait`] returned. Many callers waiting at once share one fdatasync.
+    pub(super) fn with_sub_deferred<R>(
+        &self,
+        name: &Name,
+        f: impl FnOnce(&mut SubState, &Ctx<'_>, &mut Effects) -> Result<R, EngineError>,
+    ) -> Result<(R, PendingSync), EngineError> {
         let cell = self.sub_cell(name)?;
         let now = self.now();
         let mut effects = Effects::default();
@@ -179,8 +192,7 @@ impl Engine {
         }
         self.apply(effects);
         let (result, waits) = result?;
-        super::wait_all(waits)?;
-        Ok(result)
+        Ok((result, PendingSync(waits)))
     }
 
     /// Every subscription, optionally only those of one topic.
@@ -367,6 +379,17 @@ impl Engine {
             effects.wake = true;
             s.ack(&r, ctx.now)
         })
+    }
+
+    /// [`Engine::ack`] that returns before the ack is on disk, with what to wait for before saying it
+    /// is (a server answers the ack once that returned, while it goes on with the next request).
+    pub fn ack_deferred(&self, sub: &Name, r: AckRef) -> Result<PendingSync, EngineError> {
+        self.with_sub_deferred(sub, |s, ctx, effects| {
+            check_partition(ctx.topic, r.partition)?;
+            effects.wake = true;
+            s.ack(&r, ctx.now)
+        })
+        .map(|((), pending)| pending)
     }
 
     /// Acks every in-flight message of `consumer` up to `seq` (T3c); returns how many.

@@ -510,6 +510,23 @@ fn partition_options(config: &TopicConfig) -> PartitionOptions {
     PartitionOptions { segment_bytes: config.segment_bytes, durability: config.durability }
 }
 
+/// The fdatasyncs an operation that already happened still owes before it may be reported durable.
+#[must_use = "an operation is durable only once its pending syncs were waited for"]
+#[derive(Default)]
+pub struct PendingSync(Vec<(Arc<SyncGate>, u64)>);
+
+impl PendingSync {
+    /// Whether nothing is owed (memory storage, or a durability that does not sync acks).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Blocks until everything owed is on disk (one fdatasync serves every waiter queued behind it).
+    pub fn wait(self) -> Result<(), EngineError> {
+        wait_all(self.0)
+    }
+}
+
 /// Waits for every sync an operation needs before it may return.
 fn wait_all(waits: Vec<(Arc<SyncGate>, u64)>) -> Result<(), EngineError> {
     for (gate, mark) in waits {

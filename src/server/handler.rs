@@ -135,7 +135,31 @@ impl Connection {
                 });
                 return;
             }
-            Request::Ack(lease) => broker.settle(&token(lease), Settle::Ack).await.map(|()| None),
+            Request::Ack(lease) => match broker.ack_deferred(&token(lease)) {
+                Ok(pending) if pending.is_empty() => Ok(None),
+                // Applied now, in order; answered once on disk, while the next requests go on: acks
+                // in flight together share one fdatasync.
+                Ok(pending) => {
+                    let out = self.out.clone();
+                    let budget = self.budget.clone();
+                    self.tasks.spawn(async move {
+                        let synced = tokio::task::spawn_blocking(move || pending.wait())
+                            .await
+                            .map_err(|e| BrokerError::Protocol(format!("an ack's sync was cut short: {e}")))
+                            .and_then(|r| r.map_err(BrokerError::Engine));
+                        let frame = match synced {
+                            Ok(()) => id.map(|id| crate::protocol::ServerFrame::Ok { id, result: None }),
+                            Err(e) => Some(error_frame(id, &e)),
+                        };
+                        if let Some(frame) = frame {
+                            let text = crate::protocol::encode_server(&frame);
+                            let _ = out.send(Outbound::text(text, &budget)).await;
+                        }
+                    });
+                    return;
+                }
+                Err(e) => Err(e),
+            },
             Request::Nack { lease, delay_ms } => broker
                 .settle(&token(lease), Settle::Nack(delay_ms.map(Duration::from_millis)))
                 .await

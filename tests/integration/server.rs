@@ -695,3 +695,61 @@ async fn a_remote_consumer_takes_no_more_than_its_total_and_releases_without_an_
     assert_eq!((m2.state, m2.attempt), (pubsub::engine::DeliveryState::Available, 0), "{peek:?}");
     assert!(c.topic_info(&name("dlq")).await.is_err(), "nothing was dead-lettered");
 }
+
+/// Issue 20: acks sent over one connection to a durable engine are answered once on disk, while the
+/// connection goes on with the next requests (so acks in flight together share a sync). All of 300
+/// pipelined acks are applied, in order with what follows them, and kept across a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_acks_to_a_durable_engine_are_all_applied_and_kept() {
+    use pubsub::engine::EngineConfig;
+    use pubsub::model::SystemClock;
+    let dir = std::env::temp_dir().join(format!("pubsub-server-acks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (engine, _) = Engine::open(&dir, Arc::new(SystemClock), EngineConfig::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = start_on(listener, ServeConfig::default(), engine.clone()).await;
+    let c = client(&server).await;
+    c.create_topic(TopicConfig::new(name("jobs"))).await.unwrap();
+    let mut sub = SubscriptionConfig::new(name("workers"), name("jobs"));
+    sub.start = StartPosition::All;
+    sub.max_in_flight = 1000;
+    c.create_subscription(sub).await.unwrap();
+    c.publish_batch((0..300).map(|i| PublishRequest::new(name("jobs"), format!("j{i}"))).collect())
+        .await
+        .unwrap();
+    let batch = c
+        .fetch(&name("workers"), "w1", FetchOptions { max_msgs: 300, ..FetchOptions::default() })
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 300);
+    let acks = batch.iter().map(|d| c.settle(d.token.as_ref().unwrap(), Settle::Ack));
+    for outcome in futures_util::future::join_all(acks).await {
+        outcome.unwrap();
+    }
+    let info = c.subscription_info(&name("workers")).await.unwrap();
+    assert_eq!((info.ack_floor, info.in_flight, info.backlog), (300, 0, 0));
+    // An ack owes a sync on a durable engine (it is answered after it), none in memory.
+    engine.publish(PublishRequest::new(name("jobs"), "one more")).unwrap();
+    let d = engine.try_fetch(&name("workers"), "w2", &FetchOptions::default()).unwrap().remove(0);
+    let r = d.lease.unwrap();
+    let pending = engine.ack_deferred(&name("workers"), r).unwrap();
+    assert!(!pending.is_empty(), "a sync ack on a durable engine owes an fdatasync");
+    pending.wait().unwrap();
+    let memory = Engine::new();
+    memory.create_topic(TopicConfig::new(name("t"))).unwrap();
+    let mut s = SubscriptionConfig::new(name("s"), name("t"));
+    s.start = StartPosition::All;
+    memory.create_subscription(s).unwrap();
+    memory.publish(PublishRequest::new(name("t"), "x")).unwrap();
+    let d = memory.try_fetch(&name("s"), "c", &FetchOptions::default()).unwrap().remove(0);
+    let r = d.lease.unwrap();
+    assert!(memory.ack_deferred(&name("s"), r).unwrap().is_empty(), "memory owes no sync");
+    drop(c);
+    drop(server);
+    engine.close().unwrap();
+    let (reopened, _) = Engine::open(&dir, Arc::new(SystemClock), EngineConfig::default()).unwrap();
+    let info = reopened.subscription_info(&name("workers")).unwrap();
+    assert_eq!((info.ack_floor, info.backlog), (301, 0), "the acks are on disk");
+    reopened.close().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -536,9 +536,12 @@ pub async fn receive(
             sink.flush()?;
             buf.clear();
         }
-        // Acked only after the output is written: a crash in between redelivers rather than loses.
-        for token in to_ack {
-            match broker.settle(&token, Settle::Ack).await {
+        // Acked only after the output is written: a crash in between redelivers rather than loses. The
+        // acks of a batch go out together, so a broker that syncs acks to disk syncs them once.
+        let acked =
+            futures_util::future::join_all(to_ack.iter().map(|t| broker.settle(t, Settle::Ack))).await;
+        for outcome in acked {
+            match outcome {
                 Ok(()) => {}
                 // A rebalance gave the partition to another member, which gets the message again: said,
                 // and this member goes on with the partitions it still holds.
