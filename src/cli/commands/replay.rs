@@ -239,12 +239,13 @@ async fn replay(
 ) -> Result<(), CliError> {
     let total = messages.len();
     let progress = std::io::stderr().is_terminal() && total > 1000;
-    let started = Instant::now();
     let schedule = match (speed, rate) {
         (Some(speed), _) => Some(scaled_times(&messages, speed)),
         (None, Some(rate)) => Some(Schedule::rate(rate)),
         (None, None) => None,
     };
+    // The replay starts once its schedule is worked out (for millions of messages, tens of ms).
+    let started = Instant::now();
     let mut paced = schedule.map(PacedRun::start);
     let mut last_progress = started;
     let mut requests = messages.into_iter().map(|(_, mut req)| {
