@@ -5,6 +5,8 @@
 #
 #   scripts/bench-pace.sh [SECS]                  (default 2 s per run)
 #   BIN=/tmp/pubsub-old scripts/bench-pace.sh     (another build, e.g. one from before a change)
+#   BROKER=local RATES="1000 100000" scripts/bench-pace.sh   (the durable daemon, in a scratch
+#                                                 PUBSUB_HOME that is stopped and removed at the end)
 #
 # "achieved" is the command's own figure: `pub -v`'s "paced at" line (first publish to last answer)
 # or `replay`'s "replayed N message(s) in S" (after the recording is read); a build whose `pub -v`
@@ -16,8 +18,10 @@ cd "$(dirname "$0")/.."
 secs=${1:-2}
 bin=${BIN:-target/release/pubsub}
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+broker=${BROKER:-mem://}
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+export PUBSUB_HOME=$tmp/home
+trap '"$bin" serve stop >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
 
 now() { date +%s.%N; }
 
@@ -25,7 +29,7 @@ now() { date +%s.%N; }
 timed() {
   local t0 t1
   t0=$(now)
-  "$bin" --broker mem:// "$@" 2>"$tmp/err" >/dev/null
+  "$bin" --broker "$broker" "$@" 2>"$tmp/err" >/dev/null
   t1=$(now)
   echo "$t1 - $t0" | bc -l
 }
@@ -40,12 +44,14 @@ row() {
   printf '| %s | %s | %s | %.3f | %s | %s |\n' "$label" "$asked" "$n" "$wall" "$achieved" "$err"
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); $secs s per run"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); $broker; $secs s per run"
 echo
+# The daemon starts (and its data directory is made) before any row is timed.
+[ "$broker" = local ] && "$bin" --broker local topics >/dev/null 2>&1
 echo "| command | asked msgs/s | messages | wall s | achieved msgs/s | error |"
 echo "|---|---:|---:|---:|---:|---:|"
 
-rates=(1000 10000 100000 500000 1000000)
+read -r -a rates <<<"${RATES:-1000 10000 100000 500000 750000 1000000}"
 for rate in "${rates[@]}"; do
   n=$((rate * secs))
   wall=$(timed pub t 'm{{seq}}' --count "$n" --rate "$rate/s" -v)
@@ -73,7 +79,7 @@ for rate in "${rates[@]}"; do
   wall=$(timed replay --file "$tmp/part.ndjson" --rate "$rate/s")
   row "replay --rate" "$rate" "$m" "$wall" "$(replayed)"
 done
-for speed in 0.001 0.01 0.1 0.5 1; do
+for speed in ${SPEEDS:-0.001 0.01 0.1 0.5 1}; do
   asked=$(printf '%.0f' "$(echo "1000000 * $speed" | bc -l)")
   m=$(printf '%.0f' "$(echo "$asked * $secs" | bc -l)")
   [ "$m" -gt "$n" ] && m=$n
