@@ -1,8 +1,8 @@
 //! `pubsub`: a terminal workbench for publish/subscribe.
 //!
 //! # Codemap
-//! * [`model`]: the vocabulary every layer speaks (names, clock, messages, configs, positions, info,
-//!   deliveries); imports nothing else of the crate.
+//! * [`model`]: the vocabulary every layer speaks (names, clock, pacing, messages, configs, positions,
+//!   info, deliveries); imports nothing else of the crate.
 //! * [`human`]: figures written for people (sizes, durations, retention, sparklines).
 //! * [`store`]: the durable store under a data directory (segments, journals, metadata, repair).
 //! * [`engine`]: the local topic engine — topics as append-only logs, subscriptions with per-message

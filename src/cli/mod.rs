@@ -5,6 +5,7 @@
 
 pub mod commands;
 pub mod output;
+pub mod pace;
 pub mod parse;
 pub mod render;
 pub mod signal;

@@ -11,8 +11,8 @@ use super::scenario::{EventAction, Mode, Scenario};
 use crate::broker::{AckToken, BrokerError, Settle, SharedBroker};
 use crate::engine::Engine;
 use crate::model::{
-    Backoff, FetchOptions, ManualClock, Name, Pattern, PublishRequest, StartPosition, SubscriptionConfig,
-    TopicConfig,
+    Backoff, FetchOptions, ManualClock, Name, Pattern, PublishRequest, Schedule, StartPosition,
+    SubscriptionConfig, TopicConfig,
 };
 
 /// One simulation step.
@@ -275,8 +275,13 @@ impl Sim {
             if self.now < p.start {
                 continue;
             }
-            let elapsed = (self.now + TICK - p.start).as_secs_f64();
-            let due = ((elapsed * p.rate).floor() as u64).min(p.count.unwrap_or(u64::MAX));
+            // Each tick sends what is due by its end as one batch, on the pacing arithmetic `pub --rate`
+            // uses. A demo publisher's first message comes one gap after it starts (5/s: at 0.2 s), so
+            // the schedule's message at zero is not one of its own.
+            let due = Schedule::rate(p.rate)
+                .due(self.now + TICK - p.start)
+                .saturating_sub(1)
+                .min(p.count.unwrap_or(u64::MAX));
             let mut batch = Vec::new();
             while self.published[i] < due {
                 self.published[i] += 1;

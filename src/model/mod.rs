@@ -11,6 +11,7 @@ pub mod event;
 pub mod info;
 pub mod message;
 pub mod name;
+pub mod pace;
 pub mod position;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
@@ -30,4 +31,5 @@ pub use message::{
     PublishReceipt, PublishRequest,
 };
 pub use name::{Name, NameError, Pattern, PatternToken};
+pub use pace::{Pacer, Schedule};
 pub use position::{BrowseFrom, FetchOptions, Position, SeekTarget};

@@ -136,3 +136,23 @@ fn bench_splits_messages_between_publishers_and_runs_without_subscribers() {
 fn scratch_home() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("pubsub-cli-tests-{}", std::process::id()))
 }
+
+#[test]
+fn paced_pub_publishes_every_message_no_sooner_than_its_rate_allows_and_says_the_rate_kept() {
+    // Issue 20 point 5: a paced pub sends what is due as one batch per tick instead of sleeping once
+    // per message. Every message still goes, in order, and `-v` says the rate asked and the rate kept.
+    let out = pubsub()
+        .args(["--broker", "mem://", "pub", "t", "m{{seq}}", "--count", "2000", "--rate", "100k/s", "-v"])
+        .assert()
+        .success();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("published 2000 message(s), stored in t as seq 1..=2000"), "{stderr}");
+    let took: f64 = stderr
+        .split_once("paced at 100000/s asked, ")
+        .and_then(|(_, rest)| rest.split_once("(2000 message(s) in "))
+        .and_then(|(_, rest)| rest.split_once('s'))
+        .map(|(secs, _)| secs.parse().unwrap())
+        .unwrap_or_else(|| panic!("no pace line: {stderr}"));
+    // The last of 2,000 messages at 100 k/s is due at 19.99 ms: a paced run cannot end sooner.
+    assert!(took >= 0.019, "the rate was kept: {took}");
+}

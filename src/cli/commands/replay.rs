@@ -10,10 +10,13 @@ use tokio::time::Instant;
 
 use crate::broker::SharedBroker;
 use crate::cli::output::note;
+use crate::cli::pace::PacedRun;
 use crate::cli::parse::parse_rate;
 use crate::cli::{CliError, Context};
 use crate::model::Position;
-use crate::model::{BrowseFrom, Clock, Message, Name, PublishRequest, SystemClock, Timestamp, TopicInfo};
+use crate::model::{
+    BrowseFrom, Clock, Message, Name, PublishRequest, Schedule, SystemClock, Timestamp, TopicInfo,
+};
 use crate::protocol::Envelope;
 
 /// Options of `pubsub replay`.
@@ -40,7 +43,7 @@ pub struct ReplayArgs {
     /// as fast); without --speed or --rate a replay goes as fast as it can.
     #[arg(long, conflicts_with = "rate")]
     pub speed: Option<f64>,
-    /// Publish at a fixed rate, e.g. 100/s.
+    /// Publish at a fixed rate, e.g. 100/s (paced as `pub --rate` is: a batch of what is due every 2 ms).
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
 }
@@ -222,6 +225,11 @@ fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<b
     Ok(n > 0)
 }
 
+/// Most messages per publish call.
+const BATCH: usize = 256;
+
+/// Publishes `messages` in order: as fast as the broker takes them, at a fixed `rate`, or at their
+/// original times scaled by `speed`. Paced, each wake-up sends everything due by then as one batch.
 async fn replay(
     broker: &crate::broker::SharedBroker,
     messages: Vec<(Option<Timestamp>, PublishRequest)>,
@@ -231,10 +239,21 @@ async fn replay(
 ) -> Result<(), CliError> {
     let total = messages.len();
     let progress = std::io::stderr().is_terminal() && total > 1000;
+    let schedule = match (speed, rate) {
+        (Some(speed), _) => Some(scaled_times(&messages, speed)),
+        (None, Some(rate)) => Some(Schedule::rate(rate)),
+        (None, None) => None,
+    };
+    // The replay starts once its schedule is worked out (for millions of messages, tens of ms).
     let started = Instant::now();
-    let first_time = messages.iter().find_map(|(t, _)| *t);
+    let mut paced = schedule.map(PacedRun::start);
     let mut last_progress = started;
-    let mut batch = Vec::new();
+    let mut requests = messages.into_iter().map(|(_, mut req)| {
+        if let Some(into) = &into {
+            req.subject = into.clone();
+        }
+        req
+    });
     let mut done = 0usize;
     let interrupted = crate::cli::signal::interrupted();
     tokio::pin!(interrupted);
@@ -242,54 +261,81 @@ async fn replay(
         note(&format!("replay interrupted after {done} of {total} message(s)"));
         CliError::Interrupted
     };
-    for (i, (time, mut req)) in messages.into_iter().enumerate() {
-        if let Some(into) = &into {
-            req.subject = into.clone();
-        }
-        let due = match (speed, rate, time, first_time) {
-            (Some(speed), _, Some(t), Some(first)) => Some(started + t.since(first).div_f64(speed)),
-            (_, Some(rate), _, _) => Some(started + Duration::from_secs_f64(i as f64 / rate)),
-            _ => None,
+    while done < total {
+        let limit = match &paced {
+            Some(run) => run.ready(BATCH),
+            None => BATCH,
         };
-        match due {
-            Some(due) => {
-                tokio::select! {
-                    () = &mut interrupted => return Err(stop(done)),
-                    () = tokio::time::sleep_until(due) => {}
-                }
-                broker.publish(req).await.map_err(|e| failed(done, e))?;
-                done += 1;
+        if let (0, Some(run)) = (limit, &paced) {
+            tokio::select! {
+                () = &mut interrupted => return Err(stop(done)),
+                () = run.next_tick() => {}
             }
-            None => {
-                batch.push(req);
-                if batch.len() == 256 {
-                    // Between batches, an interrupt that came meanwhile stops the replay.
-                    if futures_util::poll!(&mut interrupted).is_ready() {
-                        return Err(stop(done));
-                    }
-                    let n = batch.len();
-                    broker.publish_batch(std::mem::take(&mut batch)).await.map_err(|e| failed(done, e))?;
-                    done += n;
-                }
-            }
+            continue;
+        }
+        // Between batches, an interrupt that came meanwhile stops the replay.
+        if futures_util::poll!(&mut interrupted).is_ready() {
+            return Err(stop(done));
+        }
+        let batch: Vec<PublishRequest> = requests.by_ref().take(limit).collect();
+        let n = batch.len();
+        if n == 0 {
+            break;
+        }
+        broker.publish_batch(batch).await.map_err(|e| failed(done, e))?;
+        done += n;
+        if let Some(run) = &mut paced {
+            run.count_sent(n);
         }
         if progress && last_progress.elapsed() > Duration::from_millis(100) {
             last_progress = Instant::now();
             let _ = write!(std::io::stderr(), "\rreplayed {done}/{total}");
         }
     }
-    if !batch.is_empty() {
-        let n = batch.len();
-        broker.publish_batch(batch).await.map_err(|e| failed(done, e))?;
-        done += n;
-    }
     if progress {
         let _ = writeln!(std::io::stderr(), "\rreplayed {done}/{total}");
     }
-    note(&format!("replayed {done} message(s) in {:.1}s", started.elapsed().as_secs_f64()));
+    note(&format!("replayed {done} message(s) in {:.3}s", started.elapsed().as_secs_f64()));
     Ok(())
+}
+
+/// `--speed`: each message at its original time since the first, divided by `speed`. A message
+/// without a time goes right after the one before it.
+fn scaled_times(messages: &[(Option<Timestamp>, PublishRequest)], speed: f64) -> Schedule {
+    let first = messages.iter().find_map(|(t, _)| *t);
+    Schedule::times(messages.iter().map(|(time, _)| match (time, first) {
+        // A huge gap over a tiny speed saturates rather than overflows.
+        (Some(t), Some(first)) => {
+            Duration::try_from_secs_f64(t.since(first).as_secs_f64() / speed).unwrap_or(Duration::MAX)
+        }
+        // Zero: the schedule keeps every message at or after the one before.
+        _ => Duration::ZERO,
+    }))
 }
 
 fn failed(done: usize, e: crate::broker::BrokerError) -> CliError {
     CliError::Failed(format!("replay stopped after {done} message(s): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(millis: Option<i64>) -> (Option<Timestamp>, PublishRequest) {
+        let time = millis.map(|ms| Timestamp::from_micros(1_000_000_000 + ms * 1000));
+        (time, PublishRequest::new(Name::new("t").unwrap(), "m"))
+    }
+
+    #[test]
+    fn speed_divides_the_original_gaps_and_an_untimed_message_follows_its_predecessor() {
+        let messages = [at(Some(0)), at(Some(1000)), at(None), at(Some(4000))];
+        let schedule = scaled_times(&messages, 2.0);
+        let ms = Duration::from_millis;
+        assert_eq!(schedule.at(1), Some(ms(500)));
+        assert_eq!(schedule.at(2), Some(ms(500)), "no time of its own: right after the one before");
+        assert_eq!(schedule.at(3), Some(ms(2000)));
+        assert_eq!(schedule.due(ms(500)), 3, "everything due by a wake-up goes in one batch");
+        let slowest = scaled_times(&messages, f64::MIN_POSITIVE);
+        assert_eq!(slowest.at(3), Some(Duration::MAX), "saturates instead of overflowing");
+    }
 }
