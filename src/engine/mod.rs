@@ -525,6 +525,15 @@ impl PendingSync {
     pub fn wait(self) -> Result<(), EngineError> {
         wait_all(self.0)
     }
+
+    /// [`PendingSync::wait`] on an async task: the fdatasync runs on the blocking pool once for all the
+    /// tasks waiting on the same file, rather than a blocking thread each.
+    pub async fn wait_async(self) -> Result<(), EngineError> {
+        for (gate, mark) in self.0 {
+            gate.wait_async(mark).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Waits for every sync an operation needs before it may return.

@@ -143,10 +143,7 @@ impl Connection {
                     let out = self.out.clone();
                     let budget = self.budget.clone();
                     self.tasks.spawn(async move {
-                        let synced = tokio::task::spawn_blocking(move || pending.wait())
-                            .await
-                            .map_err(|e| BrokerError::Protocol(format!("an ack's sync was cut short: {e}")))
-                            .and_then(|r| r.map_err(BrokerError::Engine));
+                        let synced = pending.wait_async().await.map_err(BrokerError::Engine);
                         let frame = match synced {
                             Ok(()) => id.map(|id| crate::protocol::ServerFrame::Ok { id, result: None }),
                             Err(e) => Some(error_frame(id, &e)),

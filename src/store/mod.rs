@@ -118,6 +118,10 @@ pub(crate) struct SyncGate {
     synced: Mutex<u64>,
     /// Length of the current file that the last fsync covered (what a power loss would leave).
     synced_len: AtomicU64,
+    /// The synced mark, for waiters on async tasks ([`SyncGate::wait_async`]).
+    synced_watch: tokio::sync::watch::Sender<u64>,
+    /// Whether an async waiter's fdatasync is running on the blocking pool.
+    syncing: std::sync::atomic::AtomicBool,
 }
 
 impl SyncGate {
@@ -128,6 +132,8 @@ impl SyncGate {
             written: AtomicU64::new(0),
             synced: Mutex::new(0),
             synced_len,
+            synced_watch: tokio::sync::watch::Sender::new(0),
+            syncing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -154,7 +160,50 @@ impl SyncGate {
         file.sync_data().map_err(|e| StoreError::io(&path, e))?;
         *synced = target.max(mark);
         self.synced_len.fetch_max(len, Ordering::AcqRel);
+        self.synced_watch.send_replace(*synced);
         Ok(())
+    }
+
+    /// [`SyncGate::wait`] for an async task: one task at a time runs the fdatasync on the blocking pool
+    /// for everyone written so far, and the others wait for the synced mark to pass theirs, instead of
+    /// each taking a blocking thread of its own.
+    pub async fn wait_async(self: Arc<Self>, mark: u64) -> Result<(), StoreError> {
+        let mut synced = self.synced_watch.subscribe();
+        loop {
+            if *synced.borrow_and_update() >= mark {
+                return Ok(());
+            }
+            if !self.syncing.swap(true, Ordering::AcqRel) {
+                let gate = self.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let written = gate.written.load(Ordering::Acquire);
+                    let r = gate.wait(written.max(mark));
+                    // Then the waiters are told once more, after the flag is down: one that `wait` woke
+                    // short of its mark (its record came after this sync began) starts the next sync
+                    // instead of waiting for nobody.
+                    gate.syncing.store(false, Ordering::Release);
+                    gate.synced_watch.send_modify(|_| {});
+                    r
+                })
+                .await;
+                match outcome {
+                    Ok(r) => r?,
+                    Err(e) => {
+                        self.syncing.store(false, Ordering::Release);
+                        self.synced_watch.send_modify(|_| {});
+                        return Err(StoreError::io(
+                            &lock(&self.file).1,
+                            std::io::Error::other(e.to_string()),
+                        ));
+                    }
+                }
+                continue;
+            }
+            if synced.changed().await.is_err() {
+                // The gate is being dropped: nothing left to sync to.
+                return Ok(());
+            }
+        }
     }
 
     /// Cuts the current file back to what the last fsync covered, as a power loss would; returns the
@@ -922,5 +971,34 @@ mod tests {
         assert_eq!(a, dir_name(&Name::new(&long).unwrap()), "stable");
         let short = "ü".repeat(30);
         assert_eq!(dir_name(&Name::new(&short).unwrap()), "%C3%BC".repeat(30), "short names unchanged");
+    }
+
+    /// Async waiters of one file share fdatasyncs, and one whose record was written after a sync began
+    /// (woken short of its mark) starts the next sync rather than waiting for nobody.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_waiters_share_syncs_and_a_late_one_is_never_stranded() {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("pubsub-gate-{}", std::process::id()));
+        let mut f = File::options().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
+        let gate = SyncGate::new(Arc::new(f.try_clone().unwrap()), path.clone());
+        let mut waiters = Vec::new();
+        for i in 1..=200u64 {
+            f.write_all(b"x").unwrap();
+            gate.mark_written(i);
+            waiters.push(tokio::spawn(gate.clone().wait_async(i)));
+        }
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        assert!(*lock(&gate.synced) >= 200);
+        // One at a time, each written after the previous sync: every one is answered.
+        for i in 201..=260u64 {
+            f.write_all(b"y").unwrap();
+            gate.mark_written(i);
+            // A hang guard, not a speed check: a stranded waiter would never return.
+            let done = tokio::time::timeout(Duration::from_secs(30), gate.clone().wait_async(i)).await;
+            assert!(matches!(done, Ok(Ok(()))), "waiter {i} was stranded: {done:?}");
+        }
+        let _ = std::fs::remove_file(&path);
     }
 }
