@@ -233,10 +233,6 @@ impl Broker for LocalBroker {
     }
 
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
-        if let Settle::Ack = how {
-            let pending = self.ack_deferred(token)?;
-            return Ok(self.may_sync(|| pending.wait())?);
-        }
         let r = AckRef { partition: token.partition, seq: token.seq, lease: token.lease };
         let sub = &token.subscription;
         self.may_sync(|| match how {

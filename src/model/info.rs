@@ -180,15 +180,27 @@ impl TopicInfo {
     pub fn with_positions(mut self, first: u64, head: u64) -> TopicInfo {
         self.first_seq = first;
         self.head_seq = head;
-        self.partition_info = vec![PartitionInfo {
+        self.partition_info.clear();
+        self.partition_info = self.positions();
+        self
+    }
+}
+
+impl TopicInfo {
+    /// Each partition's positions: `partition_info` where the topic has several, else the one partition
+    /// spanning the whole topic (so a broker that lists no partitions reads as one).
+    pub fn positions(&self) -> Vec<PartitionInfo> {
+        if self.partition_info.len() > 1 {
+            return self.partition_info.clone();
+        }
+        vec![PartitionInfo {
             partition: 0,
-            first_seq: first,
-            head_seq: head,
+            first_seq: self.first_seq,
+            head_seq: self.head_seq,
             messages: self.messages,
             bytes: self.bytes,
             leader: None,
-        }];
-        self
+        }]
     }
 }
 

@@ -103,35 +103,23 @@ impl Connection {
                     prefetch: None,
                 };
                 // A long poll must not hold up the connection's other requests.
-                let out = self.out.clone();
                 let done = self.done.clone();
-                let budget = self.budget.clone();
-                self.tasks.spawn(async move {
+                self.answer_later(id, async move {
                     let outcome = tokio::select! {
-                        () = done.cancelled() => return,
+                        () = done.cancelled() => return None,
                         r = broker.fetch(&subscription, &consumer, opts) => r,
                     };
-                    let frame = match outcome {
-                        Ok(batch) => {
-                            let delivered: Vec<Delivered> = batch
-                                .into_iter()
-                                .map(|d| Delivered {
-                                    envelope: Envelope::from_message(&d.message, d.attempt),
-                                    lease: d.token.map(|t| t.lease),
-                                    deadline: d.deadline,
-                                })
-                                .collect();
-                            id.map(|id| crate::protocol::ServerFrame::Ok {
-                                id,
-                                result: Some(value_of(&delivered)),
+                    Some(outcome.map(|batch| {
+                        let delivered: Vec<Delivered> = batch
+                            .into_iter()
+                            .map(|d| Delivered {
+                                envelope: Envelope::from_message(&d.message, d.attempt),
+                                lease: d.token.map(|t| t.lease),
+                                deadline: d.deadline,
                             })
-                        }
-                        Err(e) => Some(error_frame(id, &e)),
-                    };
-                    if let Some(frame) = frame {
-                        let text = crate::protocol::encode_server(&frame);
-                        let _ = out.send(Outbound::text(text, &budget)).await;
-                    }
+                            .collect();
+                        Some(value_of(&delivered))
+                    }))
                 });
                 return;
             }
@@ -140,18 +128,8 @@ impl Connection {
                 // Applied now, in order; answered once on disk, while the next requests go on: acks
                 // in flight together share one fdatasync.
                 Ok(pending) => {
-                    let out = self.out.clone();
-                    let budget = self.budget.clone();
-                    self.tasks.spawn(async move {
-                        let synced = pending.wait_async().await.map_err(BrokerError::Engine);
-                        let frame = match synced {
-                            Ok(()) => id.map(|id| crate::protocol::ServerFrame::Ok { id, result: None }),
-                            Err(e) => Some(error_frame(id, &e)),
-                        };
-                        if let Some(frame) = frame {
-                            let text = crate::protocol::encode_server(&frame);
-                            let _ = out.send(Outbound::text(text, &budget)).await;
-                        }
+                    self.answer_later(id, async move {
+                        Some(pending.wait_async().await.map(|()| None).map_err(BrokerError::Engine))
                     });
                     return;
                 }
@@ -222,6 +200,29 @@ impl Connection {
             Ok(result) => self.ok(id, result).await,
             Err(e) => self.send(&error_frame(id, &e)).await,
         }
+    }
+
+    /// Answers request `id` from a task of its own once `answer` is ready, while the connection goes on
+    /// with its next requests: the result as an `ok` frame, or the error frame; nothing when `answer`
+    /// gives `None` (the connection is closing).
+    fn answer_later(
+        &self,
+        id: Option<u64>,
+        answer: impl Future<Output = Option<Result<Option<serde_json::Value>, BrokerError>>> + Send + 'static,
+    ) {
+        let out = self.out.clone();
+        let budget = self.budget.clone();
+        self.tasks.spawn(async move {
+            let frame = match answer.await {
+                None => return,
+                Some(Ok(result)) => id.map(|id| crate::protocol::ServerFrame::Ok { id, result }),
+                Some(Err(e)) => Some(error_frame(id, &e)),
+            };
+            if let Some(frame) = frame {
+                let text = crate::protocol::encode_server(&frame);
+                let _ = out.send(Outbound::text(text, &budget)).await;
+            }
+        });
     }
 
     /// The publish request of an envelope, refusing messages over the server's size limit.

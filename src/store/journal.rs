@@ -195,28 +195,7 @@ impl SubSnapshot {
             for f in &mut fields {
                 *f = r.u64()?;
             }
-            let [
-                delivered,
-                redeliveries,
-                acked,
-                nacked,
-                deadline_expired,
-                dead_lettered,
-                terminated,
-                expired_unacked,
-                filtered,
-            ] = fields;
-            snap.counters = Some(SubCounters {
-                delivered,
-                redeliveries,
-                acked,
-                nacked,
-                deadline_expired,
-                dead_lettered,
-                terminated,
-                expired_unacked,
-                filtered,
-            });
+            snap.counters = Some(counters_from(fields));
         }
         r.is_empty().then_some((generation, snap))
     }
@@ -235,6 +214,32 @@ fn counter_fields(c: &SubCounters) -> [u64; 9] {
         c.expired_unacked,
         c.filtered,
     ]
+}
+
+/// The counters from the fields of [`counter_fields`], in the same order.
+fn counters_from(fields: [u64; 9]) -> SubCounters {
+    let [
+        delivered,
+        redeliveries,
+        acked,
+        nacked,
+        deadline_expired,
+        dead_lettered,
+        terminated,
+        expired_unacked,
+        filtered,
+    ] = fields;
+    SubCounters {
+        delivered,
+        redeliveries,
+        acked,
+        nacked,
+        deadline_expired,
+        dead_lettered,
+        terminated,
+        expired_unacked,
+        filtered,
+    }
 }
 
 /// The open journal of one subscription.

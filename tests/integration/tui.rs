@@ -332,19 +332,7 @@ fn views_of_a_broker_with_partitions() {
     use pubsub::model::{
         ConsumerInfo, Message, Name, PartitionInfo, PartitionLag, SubscriptionInfo, TopicInfo,
     };
-    let caps = Capabilities::of(&[
-        Capability::Ack,
-        Capability::CumulativeAck,
-        Capability::Replay,
-        Capability::Seek,
-        Capability::Lag,
-        Capability::Patterns,
-        Capability::Headers,
-        Capability::Persistence,
-        Capability::CompetingConsumers,
-        Capability::Partitions,
-        Capability::TopicAdmin,
-    ]);
+    let caps = pubsub::broker::kafka::CAPS;
     let mut app = App::new("kafka://127.0.0.1:9092".into(), caps, Theme::default(), 100, 1 << 20);
     app.now = pubsub::model::Timestamp::from_micros(1_780_000_000_000_000);
     let orders = name("orders");

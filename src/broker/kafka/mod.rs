@@ -37,7 +37,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// What pubsub can do on Kafka.
-const CAPS: Capabilities = Capabilities::of(&[
+pub const CAPS: Capabilities = Capabilities::of(&[
     Capability::Ack,
     Capability::CumulativeAck,
     Capability::Replay,

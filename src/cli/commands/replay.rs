@@ -85,11 +85,8 @@ async fn history(
     from: Option<Position>,
     to: Option<Position>,
 ) -> Result<Vec<Message>, CliError> {
-    let partitions: Vec<(u32, u64, u64)> = if info.partition_info.len() > 1 {
-        info.partition_info.iter().map(|p| (p.partition, p.first_seq, p.head_seq)).collect()
-    } else {
-        vec![(0, info.first_seq, info.head_seq)]
-    };
+    let partitions: Vec<(u32, u64, u64)> =
+        info.positions().iter().map(|p| (p.partition, p.first_seq, p.head_seq)).collect();
     if let Some(p) = from.and_then(Position::partition)
         && !partitions.iter().any(|(q, ..)| *q == p)
     {

@@ -299,11 +299,8 @@ async fn heads(
     .ok_or_else(|| CliError::Usage("--exit-at-end needs exactly one topic name".into()))?;
     let info = broker.topic_info(&topic).await?;
     // (partition, head, whether it holds anything)
-    let parts: Vec<(u32, u64, bool)> = if info.partition_info.len() > 1 {
-        info.partition_info.iter().map(|p| (p.partition, p.head_seq, p.messages > 0)).collect()
-    } else {
-        vec![(0, info.head_seq, info.messages > 0)]
-    };
+    let parts: Vec<(u32, u64, bool)> =
+        info.positions().iter().map(|p| (p.partition, p.head_seq, p.messages > 0)).collect();
     let heads = |keep: &dyn Fn(u32, u64) -> bool| {
         Ends::new(parts.iter().filter(|(p, h, any)| *any && keep(*p, *h)).map(|(p, h, _)| (*p, *h)))
     };
