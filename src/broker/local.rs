@@ -11,7 +11,9 @@ use super::{
     AckToken, Broker, BrokerDelivery, BrokerError, Capabilities, ConnectionEvent, DeliveryStream, ItemSource,
     Settle, StreamItem, SubscribeRequest, history_topic,
 };
-use crate::engine::{AttachOptions, ByteBudget, Engine, PushConsumer, TapItem, TapOptions, TapReceiver};
+use crate::engine::{
+    AttachOptions, ByteBudget, Engine, PendingPublish, PushConsumer, TapItem, TapOptions, TapReceiver,
+};
 use crate::model::{
     AckRef, BrowseFrom, Delivery, FetchOptions, Lifetime, Message, Name, PeekReport, PublishReceipt,
     PublishRequest, SeekTarget, SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo,
@@ -55,7 +57,20 @@ impl LocalBroker {
     /// so the acks of one connection share syncs instead of each waiting for its own.
     pub fn ack_deferred(&self, token: &AckToken) -> Result<crate::engine::PendingSync, BrokerError> {
         let r = AckRef { partition: token.partition, seq: token.seq, lease: token.lease };
-        Ok(self.may_sync(|| self.engine.ack_deferred(&token.subscription, r))?)
+        // No block_in_place: the ack is written, not synced, here (a checkpoint every 50,000 journal
+        // records does sync inline, on the worker).
+        Ok(self.engine.ack_deferred(&token.subscription, r)?)
+    }
+
+    /// Publishes now, in order, and returns the fdatasync the batch still owes (see
+    /// [`Engine::publish_batch_deferred`]): the server answers the batch once that is done while it goes
+    /// on with the connection's next frames, so pipelined batches share syncs. An `Always` topic still
+    /// syncs each record before this returns.
+    pub fn publish_deferred(&self, msgs: Vec<PublishRequest>) -> Result<PendingPublish, BrokerError> {
+        for msg in &msgs {
+            self.check_options(msg)?;
+        }
+        Ok(self.engine.publish_batch_deferred(msgs))
     }
 
     /// The engine underneath.
@@ -210,12 +225,7 @@ impl Broker for LocalBroker {
         for msg in &msgs {
             self.check_options(msg)?;
         }
-        self.may_sync(|| self.engine.publish_batch(msgs)).map_err(|e| match e {
-            crate::model::EngineError::Batch { index, source } => {
-                BrokerError::Batch { index, source: Box::new(BrokerError::Engine(*source)) }
-            }
-            other => BrokerError::Engine(other),
-        })
+        self.may_sync(|| self.engine.publish_batch(msgs)).map_err(batch_error)
     }
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<DeliveryStream, BrokerError> {
@@ -295,6 +305,16 @@ impl Broker for LocalBroker {
 
     fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
         self.events.subscribe()
+    }
+}
+
+/// A batch publish's failure, naming the message that failed.
+pub fn batch_error(e: crate::model::EngineError) -> BrokerError {
+    match e {
+        crate::model::EngineError::Batch { index, source } => {
+            BrokerError::Batch { index, source: Box::new(BrokerError::Engine(*source)) }
+        }
+        other => BrokerError::Engine(other),
     }
 }
 

@@ -34,6 +34,7 @@ pub use crate::model::{
     SubscriptionInfo, SystemClock, Timestamp, TopicConfig, TopicCounters, TopicInfo,
 };
 pub use consumer::{ByteBudget, PushConsumer};
+pub use publish::PendingPublish;
 pub use tap::{TapItem, TapOptions, TapReceiver};
 
 use crate::store::StoreError;
@@ -524,6 +525,16 @@ impl PendingSync {
     /// Blocks until everything owed is on disk (one fdatasync serves every waiter queued behind it).
     pub fn wait(self) -> Result<(), EngineError> {
         wait_all(self.0)
+    }
+
+    /// Adds what `other` owes: one mark per file, the highest.
+    pub fn merge(&mut self, other: PendingSync) {
+        for (gate, mark) in other.0 {
+            match self.0.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &gate)) {
+                Some((_, owed)) => *owed = (*owed).max(mark),
+                None => self.0.push((gate, mark)),
+            }
+        }
     }
 
     /// [`PendingSync::wait`] on an async task: the fdatasync runs on the blocking pool once for all the

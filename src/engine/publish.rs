@@ -12,6 +12,7 @@ use super::{
     Engine, EngineError, EngineEvent, Message, MessageExtra, Name, PublishReceipt, PublishRequest, Timestamp,
     lock,
 };
+use crate::store::SyncGate;
 use crate::store::journal::SubOp;
 
 impl Engine {
@@ -44,7 +45,7 @@ impl Engine {
 
     /// Appends a message to the topic that captures its subject and offers it to matching taps.
     pub fn publish(&self, req: PublishRequest) -> Result<PublishReceipt, EngineError> {
-        let mut receipts = self.publish_run(vec![req]).map_err(|(_, e)| e)?;
+        let mut receipts = self.publish_batch_deferred(vec![req]).wait().map_err(EngineError::unbatched)?;
         receipts.pop().ok_or_else(|| EngineError::InvalidConfig("publish produced no receipt".into()))
     }
 
@@ -52,11 +53,27 @@ impl Engine {
     /// acquisition. Stops at the first failure and returns it; messages before it stay published.
     /// A failure is `EngineError::Batch` naming the index of the message that failed.
     pub fn publish_batch(&self, reqs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, EngineError> {
-        self.publish_run(reqs).map_err(|(index, e)| EngineError::Batch { index, source: Box::new(e) })
+        self.publish_batch_deferred(reqs).wait()
     }
 
-    /// Publishes in order; a failure carries the index of the message that failed.
-    fn publish_run(&self, reqs: Vec<PublishRequest>) -> Result<Vec<PublishReceipt>, (usize, EngineError)> {
+    /// [`Engine::publish_batch`] that returns before the disk confirmed the messages: they are appended,
+    /// written and visible now, in the caller's order, and the publish may be reported once
+    /// [`PendingPublish::wait`] (or `wait_async`) returned. A server applies a connection's batches
+    /// one after another this way and answers each when its sync is done, so batches in flight together
+    /// share one fdatasync instead of each waiting for its own before the next is read.
+    pub fn publish_batch_deferred(&self, reqs: Vec<PublishRequest>) -> PendingPublish {
+        let mut runs = Vec::new();
+        let outcome = self.publish_run(reqs, &mut runs);
+        PendingPublish { outcome, runs }
+    }
+
+    /// Publishes in order, leaving each run's syncs in `runs`; a failure carries the index of the
+    /// message that failed.
+    fn publish_run(
+        &self,
+        reqs: Vec<PublishRequest>,
+        runs: &mut Vec<RunSync>,
+    ) -> Result<Vec<PublishReceipt>, (usize, EngineError)> {
         let now = self.now();
         let taps_listening = self.inner.tap_count.load(Ordering::Acquire) > 0;
         let mut receipts = Vec::with_capacity(reqs.len());
@@ -121,11 +138,8 @@ impl Engine {
                 }
                 waits
             };
-            if let Err(e) = super::wait_all(waits)
-                && failure.is_none()
-            {
-                // The messages are appended and visible, but the disk did not confirm them.
-                failure = Some(e);
+            if !waits.is_empty() {
+                runs.push(RunSync { start: run_start, waits });
             }
             self.wake(&cell);
             self.apply(effects);
@@ -306,4 +320,76 @@ impl Engine {
 fn stored_message(topic: &Name, seq: u64, time: Timestamp, req: PublishRequest) -> Message {
     let extra = MessageExtra::pack(req.key, req.msg_id, req.headers);
     Message::new(topic.clone(), 0, seq, time, req.subject, extra, req.payload)
+}
+
+/// The syncs one run of a batch (consecutive messages to one topic) still owes.
+struct RunSync {
+    /// Index in the batch of the run's first message.
+    start: usize,
+    waits: Vec<(Arc<SyncGate>, u64)>,
+}
+
+/// A batch that is appended and visible but not yet confirmed by the disk
+/// ([`Engine::publish_batch_deferred`]).
+#[must_use = "a deferred publish is reported only once its sync is waited for"]
+pub struct PendingPublish {
+    outcome: Result<Vec<PublishReceipt>, (usize, EngineError)>,
+    runs: Vec<RunSync>,
+}
+
+impl PendingPublish {
+    /// Whether the outcome is final already (memory storage, a durability that does not sync on
+    /// publish, or nothing appended).
+    pub fn is_settled(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Blocks until every run is on disk, then gives the receipts, or the first failure as
+    /// `EngineError::Batch`: a run the disk did not confirm fails at its first message (the messages
+    /// before it were published; the ones from it on are written and visible, but unconfirmed).
+    pub fn wait(self) -> Result<Vec<PublishReceipt>, EngineError> {
+        let mut unconfirmed = None;
+        for run in self.runs {
+            if let Err(e) = super::wait_all(run.waits) {
+                unconfirmed = Some((run.start, e));
+                break;
+            }
+        }
+        Self::outcome(self.outcome, unconfirmed)
+    }
+
+    /// [`PendingPublish::wait`] on an async task: the fdatasync runs on the blocking pool once for all
+    /// the tasks waiting on the same file.
+    pub async fn wait_async(self) -> Result<Vec<PublishReceipt>, EngineError> {
+        let mut unconfirmed = None;
+        'runs: for run in self.runs {
+            for (gate, mark) in run.waits {
+                if let Err(e) = gate.wait_async(mark).await {
+                    unconfirmed = Some((run.start, e.into()));
+                    break 'runs;
+                }
+            }
+        }
+        Self::outcome(self.outcome, unconfirmed)
+    }
+
+    fn outcome(
+        outcome: Result<Vec<PublishReceipt>, (usize, EngineError)>,
+        unconfirmed: Option<(usize, EngineError)>,
+    ) -> Result<Vec<PublishReceipt>, EngineError> {
+        let failure = match (outcome, unconfirmed) {
+            (Ok(receipts), None) => return Ok(receipts),
+            // The earlier failure is the one to report: everything before it was published.
+            (Err((index, e)), Some((start, sync))) => {
+                if start < index {
+                    (start, sync)
+                } else {
+                    (index, e)
+                }
+            }
+            (Err(failure), None) | (Ok(_), Some(failure)) => failure,
+        };
+        let (index, source) = failure;
+        Err(EngineError::Batch { index, source: Box::new(source) })
+    }
 }

@@ -143,3 +143,13 @@ pub enum EngineError {
     #[error("wait of {0:?} is too long")]
     WaitTooLong(Duration),
 }
+
+impl EngineError {
+    /// The error of the one message a single publish sent, without the batch around it.
+    pub fn unbatched(self) -> EngineError {
+        match self {
+            EngineError::Batch { source, .. } => *source,
+            other => other,
+        }
+    }
+}

@@ -19,6 +19,15 @@ pub const PUBLISH_BATCH: u8 = 1;
 pub const RECEIPTS: u8 = 2;
 /// `deliver`: sid, subscription (empty when none), count, then each delivery.
 pub const DELIVER: u8 = 3;
+/// `settle` (client → server): acks or nacks of one subscription, each with its own request id.
+pub const SETTLE: u8 = 4;
+/// The answer to a binary `settle`: one outcome per request id.
+pub const SETTLED: u8 = 5;
+/// `credit` (client → server): room for more deliveries on a stream; no answer.
+pub const CREDIT: u8 = 6;
+
+/// Marks a nack without a delay of its own (the subscription's backoff applies).
+const NO_DELAY: u64 = u64::MAX;
 
 const HAS_KEY: u8 = 1;
 const HAS_MSG_ID: u8 = 2;
@@ -396,6 +405,160 @@ pub fn decode_deliver(buf: &Bytes) -> Result<(u64, Vec<BrokerDelivery>), Protoco
     Ok((sid, out))
 }
 
+/// How a `settle` frame settles its leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleOp {
+    /// Done with them.
+    Ack,
+    /// Give them back for redelivery.
+    Nack,
+}
+
+/// One lease a `settle` frame settles, with the request id its outcome is answered under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleItem {
+    /// The request id.
+    pub id: u64,
+    /// The delivery's partition.
+    pub partition: u32,
+    /// The delivery's seq.
+    pub seq: u64,
+    /// The lease being settled.
+    pub lease: u64,
+    /// For a nack: redelivery delay in milliseconds; `None` uses the subscription's backoff.
+    pub delay_ms: Option<u64>,
+}
+
+/// Bytes of one item in a `settle` frame: id 8, partition 4, seq 8, lease 8, and for a nack delay 8.
+fn settle_item_size(op: SettleOp) -> usize {
+    match op {
+        SettleOp::Ack => 28,
+        SettleOp::Nack => 36,
+    }
+}
+
+/// How many items of `op` fit one `settle` frame of at most `max_frame` bytes (at least one).
+pub fn settle_capacity(op: SettleOp, subscription: &Name, max_frame: usize) -> usize {
+    let head = 1 + 8 + 1 + 2 + subscription.as_str().len() + 4;
+    (max_frame.saturating_sub(head) / settle_item_size(op)).max(1)
+}
+
+/// A binary `settle` frame: the frame id (the first item's, so that an error about the frame reaches
+/// a waiting request), the op, the subscription, the count, then each item.
+pub fn encode_settle(op: SettleOp, subscription: &Name, items: &[SettleItem]) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(16 + subscription.as_str().len() + items.len() * 36));
+    w.u8(SETTLE);
+    w.u64(items.first().map_or(0, |i| i.id));
+    w.u8(match op {
+        SettleOp::Ack => 0,
+        SettleOp::Nack => 1,
+    });
+    w.str(subscription.as_str());
+    w.u32(u32::try_from(items.len()).unwrap_or(u32::MAX));
+    for item in items {
+        w.u64(item.id);
+        w.u32(item.partition);
+        w.u64(item.seq);
+        w.u64(item.lease);
+        if op == SettleOp::Nack {
+            w.u64(item.delay_ms.unwrap_or(NO_DELAY));
+        }
+    }
+    w.0
+}
+
+/// Decodes a binary `settle` frame.
+pub fn decode_settle(buf: &Bytes) -> Result<(SettleOp, Name, Vec<SettleItem>), ProtocolError> {
+    let mut r = Reader { buf, pos: 0 };
+    if r.u8()? != SETTLE {
+        return Err(ProtocolError::Frame("not a settle frame".into()));
+    }
+    r.u64()?;
+    let op = match r.u8()? {
+        0 => SettleOp::Ack,
+        1 => SettleOp::Nack,
+        other => return Err(ProtocolError::Field(format!("settle op {other} is not 0 (ack) or 1 (nack)"))),
+    };
+    let subscription = Name::system(r.str()?).map_err(|e| ProtocolError::Field(e.to_string()))?;
+    let count = r.count(settle_item_size(op), "leases")?;
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (id, partition, seq, lease) = (r.u64()?, r.u32()?, r.u64()?, r.u64()?);
+        let delay_ms = match op {
+            SettleOp::Ack => None,
+            SettleOp::Nack => Some(r.u64()?).filter(|d| *d != NO_DELAY),
+        };
+        items.push(SettleItem { id, partition, seq, lease, delay_ms });
+    }
+    r.done()?;
+    Ok((op, subscription, items))
+}
+
+/// One request's outcome in a `settled` frame: done, or an error code and message.
+pub type SettleOutcome = (u64, Result<(), (u16, String)>);
+
+/// A binary `settled` frame: the count, then per request its id, a code (0 when done) and a message
+/// (empty when done).
+pub fn encode_settled(outcomes: &[SettleOutcome]) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(5 + outcomes.len() * 12));
+    w.u8(SETTLED);
+    w.u32(u32::try_from(outcomes.len()).unwrap_or(u32::MAX));
+    for (id, outcome) in outcomes {
+        w.u64(*id);
+        match outcome {
+            Ok(()) => {
+                w.u16(0);
+                w.str("");
+            }
+            Err((code, message)) => {
+                w.u16(*code);
+                w.str(message);
+            }
+        }
+    }
+    w.0
+}
+
+/// Decodes a binary `settled` frame.
+pub fn decode_settled(buf: &Bytes) -> Result<Vec<SettleOutcome>, ProtocolError> {
+    let mut r = Reader { buf, pos: 0 };
+    if r.u8()? != SETTLED {
+        return Err(ProtocolError::Frame("not a settled frame".into()));
+    }
+    let count = r.count(12, "outcomes")?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = r.u64()?;
+        let code = r.u16()?;
+        let message = r.str()?;
+        out.push((id, if code == 0 { Ok(()) } else { Err((code, message.to_string())) }));
+    }
+    r.done()?;
+    Ok(out)
+}
+
+/// A binary `credit` frame: id (0: no answer wanted), sid, n.
+pub fn encode_credit(sid: u64, n: u64) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(25));
+    w.u8(CREDIT);
+    w.u64(0);
+    w.u64(sid);
+    w.u64(n);
+    w.0
+}
+
+/// Decodes a binary `credit` frame into its id (`None` for 0), sid and n.
+pub fn decode_credit(buf: &Bytes) -> Result<(Option<u64>, u64, u64), ProtocolError> {
+    let mut r = Reader { buf, pos: 0 };
+    if r.u8()? != CREDIT {
+        return Err(ProtocolError::Frame("not a credit frame".into()));
+    }
+    let id = Some(r.u64()?).filter(|id| *id != 0);
+    let (sid, n) = (r.u64()?, r.u64()?);
+    r.done()?;
+    Ok((id, sid, n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,5 +679,55 @@ mod tests {
         let mut not_utf8 = encode_publish_batch(1, &spaced);
         not_utf8[15] = 0xff;
         assert!(decode_publish_batch(&Bytes::from(not_utf8)).is_err());
+    }
+
+    #[test]
+    fn settle_frames_round_trip_and_fit_their_capacity() {
+        let sub = name("workers");
+        let acks: Vec<SettleItem> = (0..3)
+            .map(|i| SettleItem { id: 10 + i, partition: 0, seq: 100 + i, lease: 7 + i, delay_ms: None })
+            .collect();
+        let frame = Bytes::from(encode_settle(SettleOp::Ack, &sub, &acks));
+        assert_eq!(frame_id(&frame), Some(10), "an error about the frame reaches its first request");
+        assert_eq!(decode_settle(&frame).ok(), Some((SettleOp::Ack, sub.clone(), acks)));
+        let nacks = vec![
+            SettleItem { id: 1, partition: 2, seq: 3, lease: 4, delay_ms: Some(250) },
+            SettleItem { id: 2, partition: 2, seq: 5, lease: 6, delay_ms: None },
+        ];
+        let frame = Bytes::from(encode_settle(SettleOp::Nack, &sub, &nacks));
+        assert_eq!(decode_settle(&frame).ok(), Some((SettleOp::Nack, sub.clone(), nacks)));
+        for op in [SettleOp::Ack, SettleOp::Nack] {
+            let n = settle_capacity(op, &sub, 1000);
+            let items = vec![SettleItem { id: 1, partition: 0, seq: 1, lease: 1, delay_ms: Some(1) }; n];
+            assert!(encode_settle(op, &sub, &items).len() <= 1000);
+            let one_more = vec![items[0].clone(); n + 1];
+            assert!(encode_settle(op, &sub, &one_more).len() > 1000, "capacity is the most that fits");
+        }
+        let outcomes = vec![(10, Ok(())), (11, Err((404, "no lease 8 for seq 101".to_string())))];
+        assert_eq!(decode_settled(&Bytes::from(encode_settled(&outcomes))).ok(), Some(outcomes));
+        assert_eq!(decode_credit(&Bytes::from(encode_credit(3, 64))).ok(), Some((None, 3, 64)));
+    }
+
+    #[test]
+    fn malformed_settle_frames_are_refused() {
+        let sub = name("workers");
+        let items = vec![SettleItem { id: 1, partition: 0, seq: 1, lease: 1, delay_ms: None }];
+        let good = encode_settle(SettleOp::Ack, &sub, &items);
+        for cut in 0..good.len() {
+            assert!(decode_settle(&Bytes::copy_from_slice(&good[..cut])).is_err(), "cut at {cut}");
+        }
+        let mut op = good.clone();
+        op[9] = 7;
+        let err = decode_settle(&Bytes::from(op)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("settle op 7"), "{err}");
+        let mut huge = good.clone();
+        let count_at = 1 + 8 + 1 + 2 + "workers".len();
+        huge[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_settle(&Bytes::from(huge)).is_err());
+        let mut spaced = good.clone();
+        spaced[12] = b' ';
+        assert!(decode_settle(&Bytes::from(spaced)).is_err(), "an invalid name is refused");
+        let credit = encode_credit(1, 2);
+        assert!(decode_credit(&Bytes::copy_from_slice(&credit[..credit.len() - 1])).is_err());
     }
 }

@@ -39,6 +39,10 @@ pub enum Request {
         /// The client can send and receive binary frames for publish batches and deliveries.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         binary: bool,
+        /// The client can also send acks, nacks and credit as binary frames (`settle`, `credit`) and
+        /// read `settled` answers; needs `binary`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        binary_settle: bool,
     },
     /// Liveness check.
     Ping,
@@ -462,6 +466,9 @@ pub enum ServerFrame {
         /// Binary frames are on for this connection (the client offered them).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         binary: bool,
+        /// Binary `settle` and `credit` frames are on for this connection (the client offered them).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        binary_settle: bool,
     },
     /// A request succeeded.
     Ok {

@@ -144,8 +144,20 @@ fn subscribe() -> impl Strategy<Value = Request> {
 
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (any::<u32>(), prop::option::of("\\PC{0,20}"), prop::option::of("[a-z/0-9.]{0,10}"), any::<bool>())
-            .prop_map(|(version, token, client, binary)| Request::Hello { version, token, client, binary }),
+        (
+            any::<u32>(),
+            prop::option::of("\\PC{0,20}"),
+            prop::option::of("[a-z/0-9.]{0,10}"),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(version, token, client, binary, binary_settle)| Request::Hello {
+                version,
+                token,
+                client,
+                binary,
+                binary_settle
+            }),
         Just(Request::Ping),
         Just(Request::Topics),
         Just(Request::Stats),

@@ -13,7 +13,13 @@ fn client_frames_round_trip() {
     let name = |s: &str| Name::new(s).unwrap();
     let lease = LeaseRef { subscription: name("s"), partition: 0, seq: 4, lease: 9 };
     for request in [
-        Request::Hello { version: VERSION, token: Some("t".into()), client: None, binary: true },
+        Request::Hello {
+            version: VERSION,
+            token: Some("t".into()),
+            client: None,
+            binary: true,
+            binary_settle: true,
+        },
         Request::Ping,
         Request::Topics,
         Request::Subscribe(SubscribeSpec {

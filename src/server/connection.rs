@@ -83,6 +83,7 @@ pub(crate) async fn serve(
         next_sid: 1,
         authed: false,
         binary: false,
+        binary_settle: false,
         granted: 0,
         tasks: TaskTracker::new(),
         done: done.clone(),
@@ -186,6 +187,8 @@ pub(crate) struct Connection {
     authed: bool,
     /// Publish batches and deliveries travel as binary frames.
     pub(crate) binary: bool,
+    /// Acks, nacks and credit may come as binary frames too.
+    binary_settle: bool,
     /// Sum of the prefetch of open streams.
     granted: u32,
     /// Long-polling fetches and stream pumps.
@@ -271,7 +274,8 @@ impl Connection {
         }
     }
 
-    /// Handles one binary frame: a publish batch, answered with a binary receipts frame or a JSON error.
+    /// Handles one binary frame: a publish batch (answered with a binary receipts frame), a settle frame
+    /// (answered with a settled frame) or credit; a frame that cannot be decoded gets a JSON error.
     async fn on_binary(&mut self, bytes: bytes::Bytes) {
         let max = self.shared.config.limits.max_frame_bytes;
         let id = protocol::binary::frame_id(&bytes);
@@ -281,10 +285,26 @@ impl Connection {
             self.error(id, ErrorCode::FrameTooLarge, &msg).await;
             return;
         }
-        match protocol::binary::decode_publish_batch(&bytes) {
-            Ok((id, msgs)) => self.publish_binary(id, msgs).await,
-            Err(e) => self.error(id, e.code(), &e.to_string()).await,
-        }
+        use protocol::binary;
+        let refused = match bytes.first() {
+            Some(&binary::SETTLE) if self.binary_settle => match binary::decode_settle(&bytes) {
+                Ok((op, sub, items)) => return self.settle_binary(op, sub, items).await,
+                Err(e) => e,
+            },
+            Some(&binary::CREDIT) if self.binary_settle => match binary::decode_credit(&bytes) {
+                Ok((id, sid, n)) => return self.grant(id, sid, n).await,
+                Err(e) => e,
+            },
+            Some(&(binary::SETTLE | binary::CREDIT)) => {
+                let msg = "binary settle and credit frames need \"binary_settle\": true in hello";
+                return self.error(id, ErrorCode::BadFrame, msg).await;
+            }
+            _ => match binary::decode_publish_batch(&bytes) {
+                Ok((id, msgs)) => return self.publish_binary(id, msgs).await,
+                Err(e) => e,
+            },
+        };
+        self.error(id, refused.code(), &refused.to_string()).await;
     }
 
     /// Handles one text frame; `false` ends the connection.
@@ -318,7 +338,7 @@ impl Connection {
     }
 
     async fn handshake(&mut self, id: Option<u64>, request: Request) -> bool {
-        let Request::Hello { version, token, binary, .. } = request else {
+        let Request::Hello { version, token, binary, binary_settle, .. } = request else {
             self.refuse_before_hello(id).await;
             return false;
         };
@@ -351,12 +371,14 @@ impl Connection {
         lift(&self.allowance);
         self.authed = true;
         self.binary = binary;
+        self.binary_settle = binary && binary_settle;
         let welcome = ServerFrame::Welcome {
             id,
             version: VERSION,
             server: format!("pubsub {}", env!("CARGO_PKG_VERSION")),
             limits: self.shared.config.limits.announce(),
             binary,
+            binary_settle: self.binary_settle,
         };
         self.send(&welcome).await;
         true
@@ -365,11 +387,6 @@ impl Connection {
     /// Queues a frame; waits when the queue is full (the client is slow), gives up when the connection ends.
     pub(crate) async fn send(&self, frame: &ServerFrame) {
         self.queue(Outbound::text(protocol::encode_server(frame), &self.budget)).await;
-    }
-
-    /// Queues a binary frame.
-    pub(crate) async fn send_binary(&self, bytes: Vec<u8>) {
-        self.queue(Outbound::binary(bytes, &self.budget)).await;
     }
 
     async fn queue(&self, frame: Outbound) {

@@ -10,7 +10,9 @@ use serde::Serialize;
 use super::connection::{Connection, Outbound};
 use super::pump::drained;
 use crate::broker::{AckToken, Broker, BrokerError, Settle, SubscribeRequest};
-use crate::model::{BrowseFrom, FetchOptions, PublishRequest, SeekTarget};
+use crate::engine::PendingSync;
+use crate::model::{BrowseFrom, FetchOptions, Name, PublishReceipt, PublishRequest, SeekTarget};
+use crate::protocol::binary::{SettleItem, SettleOp, SettleOutcome};
 use crate::protocol::{
     BrowseSpec, CountReply, Delivered, Envelope, ErrorCode, LeaseRef, Request, SeekSpec, ServerStats,
 };
@@ -26,7 +28,23 @@ impl Connection {
             }
             Request::Ping => Ok(None),
             Request::Publish { message } => match self.to_request(&message) {
-                Ok(req) => broker.publish(req).await.map(value),
+                Ok(req) => {
+                    // One message: its receipt, and its error without the batch around it.
+                    let pending = broker.publish_deferred(vec![req]);
+                    self.reply_later(id, async move {
+                        let pending = match pending {
+                            Ok(pending) => pending,
+                            Err(e) => return Some(Err(e)),
+                        };
+                        let receipt = pending
+                            .wait_async()
+                            .await
+                            .map_err(|e| BrokerError::Engine(e.unbatched()))
+                            .map(|mut receipts| receipts.pop());
+                        Some(receipt.map(|r| Later::Json(value(r))))
+                    });
+                    return;
+                }
                 Err((code, msg)) => return self.error(id, code, &msg).await,
             },
             Request::PublishBatch { messages } => {
@@ -39,7 +57,8 @@ impl Connection {
                         }
                     }
                 }
-                broker.publish_batch(reqs).await.map(value)
+                self.publish_later(id, reqs, |receipts| Later::Json(value(receipts)));
+                return;
             }
             Request::Topics => broker.topics().await.map(value),
             Request::TopicInfo { topic } => broker.topic_info(&topic).await.map(value),
@@ -210,22 +229,95 @@ impl Connection {
         id: Option<u64>,
         answer: impl Future<Output = Option<Result<Option<serde_json::Value>, BrokerError>>> + Send + 'static,
     ) {
+        self.reply_later(id, async move { answer.await.map(|r| r.map(Later::Json)) });
+    }
+
+    /// [`Connection::answer_later`] whose answer may be a binary frame.
+    fn reply_later(
+        &self,
+        id: Option<u64>,
+        answer: impl Future<Output = Option<Result<Later, BrokerError>>> + Send + 'static,
+    ) {
         let out = self.out.clone();
         let budget = self.budget.clone();
         self.tasks.spawn(async move {
             let frame = match answer.await {
                 None => return,
-                Some(Ok(result)) => id.map(|id| crate::protocol::ServerFrame::Ok { id, result }),
-                Some(Err(e)) => Some(error_frame(id, &e)),
+                Some(Ok(Later::Binary(bytes))) => Outbound::binary(bytes, &budget),
+                Some(Ok(Later::Json(result))) => match id {
+                    Some(id) => {
+                        let ok = crate::protocol::ServerFrame::Ok { id, result };
+                        Outbound::text(crate::protocol::encode_server(&ok), &budget)
+                    }
+                    None => return,
+                },
+                Some(Err(e)) => Outbound::text(crate::protocol::encode_server(&error_frame(id, &e)), &budget),
             };
-            if let Some(frame) = frame {
-                let text = crate::protocol::encode_server(&frame);
-                let _ = out.send(Outbound::text(text, &budget)).await;
-            }
+            let _ = out.send(frame).await;
         });
     }
 
-    /// The publish request of an envelope, refusing messages over the server's size limit.
+    /// Publishes now, in order, and answers once the disk confirmed the batch: `answer` turns the
+    /// receipts into the reply.
+    fn publish_later(
+        &self,
+        id: Option<u64>,
+        msgs: Vec<PublishRequest>,
+        answer: impl FnOnce(Vec<PublishReceipt>) -> Later + Send + 'static,
+    ) {
+        let pending = match self.shared.broker.publish_deferred(msgs) {
+            Ok(pending) => pending,
+            Err(e) => return self.reply_later(id, async move { Some(Err(e)) }),
+        };
+        self.reply_later(id, async move {
+            let receipts = pending.wait_async().await.map_err(crate::broker::local::batch_error);
+            Some(receipts.map(answer))
+        });
+    }
+
+    /// A binary `settle` frame: each lease acked (or nacked) in order, and one `settled` frame answering
+    /// every request id once the acks are on disk; the acks of a frame, and of frames in flight together,
+    /// share one fdatasync.
+    pub(crate) async fn settle_binary(&self, op: SettleOp, subscription: Name, items: Vec<SettleItem>) {
+        let broker = &self.shared.broker;
+        let mut outcomes: Vec<SettleOutcome> = Vec::with_capacity(items.len());
+        let mut owed: Option<PendingSync> = None;
+        let mut owing = Vec::new();
+        for item in items {
+            let token = AckToken {
+                subscription: subscription.clone(),
+                partition: item.partition,
+                seq: item.seq,
+                lease: item.lease,
+                reply: None,
+            };
+            let outcome = match op {
+                SettleOp::Ack => broker.ack_deferred(&token).map(|pending| {
+                    if !pending.is_empty() {
+                        owing.push(outcomes.len());
+                        owed.get_or_insert_default().merge(pending);
+                    }
+                }),
+                SettleOp::Nack => {
+                    broker.settle(&token, Settle::Nack(item.delay_ms.map(Duration::from_millis))).await
+                }
+            };
+            let outcome = outcome.map_err(|e| (error_code(&e).number(), e.to_string()));
+            outcomes.push((item.id, outcome));
+        }
+        self.reply_later(None, async move {
+            if let Some(pending) = owed
+                && let Err(e) = pending.wait_async().await
+            {
+                let e = BrokerError::Engine(e);
+                for i in owing {
+                    outcomes[i].1 = Err((error_code(&e).number(), e.to_string()));
+                }
+            }
+            Some(Ok(Later::Binary(crate::protocol::binary::encode_settled(&outcomes))))
+        });
+    }
+
     /// A binary publish batch: answered with a binary receipts frame, or a JSON error naming the
     /// message that failed.
     pub(crate) async fn publish_binary(&self, id: u64, msgs: Vec<PublishRequest>) {
@@ -237,12 +329,12 @@ impl Connection {
             );
             return self.error(Some(id), ErrorCode::MessageTooLarge, &msg).await;
         }
-        match self.shared.broker.publish_batch(msgs).await {
-            Ok(receipts) => self.send_binary(crate::protocol::binary::encode_receipts(id, &receipts)).await,
-            Err(e) => self.send(&error_frame(Some(id), &e)).await,
-        }
+        self.publish_later(Some(id), msgs, move |receipts| {
+            Later::Binary(crate::protocol::binary::encode_receipts(id, &receipts))
+        });
     }
 
+    /// The publish request of an envelope, refusing messages over the server's size limit.
     fn to_request(&self, envelope: &Envelope) -> Result<PublishRequest, (ErrorCode, String)> {
         let req = envelope.to_request().map_err(|e| (e.code(), e.to_string()))?;
         let max = self.shared.config.limits.max_message_bytes;
@@ -253,6 +345,14 @@ impl Connection {
         }
         Ok(req)
     }
+}
+
+/// A reply sent once its request is done.
+enum Later {
+    /// The result of an `ok` frame.
+    Json(Option<serde_json::Value>),
+    /// A binary frame.
+    Binary(Vec<u8>),
 }
 
 fn token(lease: LeaseRef) -> AckToken {
@@ -275,22 +375,26 @@ fn value_of<T: Serialize>(v: &T) -> serde_json::Value {
 
 /// The error frame for a broker failure.
 fn error_frame(id: Option<u64>, e: &BrokerError) -> crate::protocol::ServerFrame {
+    let index = match e {
+        BrokerError::Batch { index, .. } => Some(*index),
+        _ => None,
+    };
+    crate::protocol::ServerFrame::Error { id, code: error_code(e).number(), message: e.to_string(), index }
+}
+
+/// The protocol's code for a broker failure (for a batch, its failed message's).
+fn error_code(e: &BrokerError) -> ErrorCode {
     let code = match e {
         BrokerError::Engine(engine) => ErrorCode::of(engine),
         BrokerError::Unsupported { .. } => ErrorCode::NotSupported,
         BrokerError::Invalid(_) => ErrorCode::BadField,
         _ => ErrorCode::Internal,
     };
-    let index = match e {
-        BrokerError::Batch { index, .. } => Some(*index),
-        _ => None,
-    };
-    let code = match e {
+    match e {
         BrokerError::Batch { source, .. } => match source.as_ref() {
             BrokerError::Engine(engine) => ErrorCode::of(engine),
             _ => code,
         },
         _ => code,
-    };
-    crate::protocol::ServerFrame::Error { id, code: code.number(), message: e.to_string(), index }
+    }
 }

@@ -753,3 +753,109 @@ async fn pipelined_acks_to_a_durable_engine_are_all_applied_and_kept() {
     reopened.close().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn binary_settle_frames_answer_every_lease_and_need_to_be_offered() {
+    use bytes::Bytes;
+    use pubsub::protocol::binary::{self, SettleItem, SettleOp};
+    let server = start(ServeConfig::default()).await;
+    let mut sub = SubscriptionConfig::new(name("workers"), name("jobs"));
+    sub.start = StartPosition::All;
+    server.engine.create_topic(TopicConfig::new(name("jobs"))).unwrap();
+    server.engine.create_subscription(sub).unwrap();
+    for i in 0..3 {
+        server.engine.publish(PublishRequest::new(name("jobs"), format!("j{i}"))).unwrap();
+    }
+    let leases: Vec<(u64, u64)> = server
+        .engine
+        .try_fetch(&name("workers"), "w1", &FetchOptions { max_msgs: 3, ..FetchOptions::default() })
+        .unwrap()
+        .into_iter()
+        .map(|d| d.lease.map(|l| (l.seq, l.lease)).unwrap())
+        .collect();
+    let item =
+        |id: u64, (seq, lease): (u64, u64), delay_ms| SettleItem { id, partition: 0, seq, lease, delay_ms };
+
+    // Offered: the welcome says so, and one frame settles every lease, each answered under its own id.
+    let mut raw = Raw::connect(&server.url).await;
+    raw.send(r#"{"op":"hello","id":1,"version":1,"binary":true,"binary_settle":true}"#).await;
+    let welcome = raw.recv().await;
+    assert_eq!(welcome["binary_settle"].as_bool(), Some(true), "{welcome}");
+    let stale = (leases[2].0, leases[2].1 + 100);
+    let acks = [item(10, leases[0], None), item(11, stale, None), item(12, leases[1], None)];
+    raw.ws
+        .send(Ws::Binary(binary::encode_settle(SettleOp::Ack, &name("workers"), &acks).into()))
+        .await
+        .unwrap();
+    let settled = match tokio::time::timeout(Duration::from_secs(5), raw.ws.next()).await.unwrap() {
+        Some(Ok(Ws::Binary(b))) => binary::decode_settled(&Bytes::from(b.to_vec())).unwrap(),
+        other => panic!("expected a settled frame, got {other:?}"),
+    };
+    assert_eq!(settled.len(), 3);
+    assert_eq!((settled[0].0, &settled[0].1), (10, &Ok(())));
+    assert_eq!((settled[2].0, &settled[2].1), (12, &Ok(())));
+    let (id, refused) = &settled[1];
+    assert_eq!(*id, 11);
+    assert!(refused.is_err(), "a stale lease is refused without stopping the others: {refused:?}");
+    // A nack frame gives the third message back at once.
+    let nack = [item(13, leases[2], Some(0))];
+    raw.ws
+        .send(Ws::Binary(binary::encode_settle(SettleOp::Nack, &name("workers"), &nack).into()))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), raw.ws.next()).await.unwrap() {
+        Some(Ok(Ws::Binary(b))) => {
+            assert_eq!(binary::decode_settled(&Bytes::from(b.to_vec())).unwrap(), vec![(13, Ok(()))]);
+        }
+        other => panic!("expected a settled frame, got {other:?}"),
+    }
+    let info = server.engine.subscription_info(&name("workers")).unwrap();
+    assert_eq!((info.ack_floor, info.in_flight, info.backlog), (2, 0, 1), "two acked, one given back");
+
+    // Not offered: a settle or credit frame is refused, and nothing is settled.
+    let mut plain = Raw::connect(&server.url).await;
+    plain.send(r#"{"op":"hello","id":1,"version":1,"binary":true}"#).await;
+    let welcome = plain.recv().await;
+    assert_eq!(welcome["binary_settle"].as_bool(), None, "{welcome}");
+    let again = server
+        .engine
+        .try_fetch(&name("workers"), "w2", &FetchOptions::default())
+        .unwrap()
+        .remove(0)
+        .lease
+        .map(|l| (l.seq, l.lease))
+        .unwrap();
+    let frame = binary::encode_settle(SettleOp::Ack, &name("workers"), &[item(20, again, None)]);
+    plain.ws.send(Ws::Binary(frame.into())).await.unwrap();
+    let refused = plain.recv().await;
+    assert_eq!((refused["id"].as_u64(), refused["code"].as_u64()), (Some(20), Some(1000)), "{refused}");
+    plain.ws.send(Ws::Binary(binary::encode_credit(1, 1).into())).await.unwrap();
+    assert_eq!(plain.recv().await["code"].as_u64(), Some(1000));
+    assert_eq!(
+        server.engine.subscription_info(&name("workers")).unwrap().in_flight,
+        1,
+        "the ack was not applied"
+    );
+}
+
+#[tokio::test]
+async fn a_remote_consumer_nacks_and_acks_through_binary_frames() {
+    let server = start(ServeConfig::default()).await;
+    let c = client(&server).await;
+    c.create_topic(TopicConfig::new(name("jobs"))).await.unwrap();
+    let mut sub = SubscriptionConfig::new(name("workers"), name("jobs"));
+    sub.start = StartPosition::All;
+    c.create_subscription(sub).await.unwrap();
+    c.publish(PublishRequest::new(name("jobs"), "j")).await.unwrap();
+    let workers = name("workers");
+    let fetch = || c.fetch(&workers, "w", FetchOptions::default());
+    let first = fetch().await.unwrap().remove(0);
+    c.settle(first.token.as_ref().unwrap(), Settle::Nack(Some(Duration::ZERO))).await.unwrap();
+    let again = fetch().await.unwrap().remove(0);
+    assert_eq!((again.message.seq, again.attempt), (1, Some(2)), "the nacked message comes back");
+    let stale = c.settle(first.token.as_ref().unwrap(), Settle::Ack).await;
+    assert!(matches!(stale, Err(BrokerError::Remote { .. })), "an old lease is refused: {stale:?}");
+    c.settle(again.token.as_ref().unwrap(), Settle::Ack).await.unwrap();
+    let info = c.subscription_info(&name("workers")).await.unwrap();
+    assert_eq!((info.ack_floor, info.in_flight), (1, 0));
+}

@@ -13,6 +13,7 @@ use crate::broker::{AckToken, Broker, BrokerDelivery, BrokerError, Settle};
 use crate::model::{
     BrowseFrom, FetchOptions, Message, Name, PublishReceipt, PublishRequest, SeekTarget, TopicConfig,
 };
+use crate::protocol::binary::{SettleItem, SettleOp};
 use crate::protocol::{
     self, BrowseSpec, ClientFrame, Delivered, Envelope, ErrorCode, LeaseRef, Request, SeekSpec, TopicSpec,
 };
@@ -38,8 +39,10 @@ impl RemoteBroker {
             let frame = Outgoing::Binary(protocol::binary::encode_publish_batch(id, chunk));
             match send_and_wait(&self.inner, id, frame, None, REQUEST_TIMEOUT).await {
                 Ok(Reply::Receipts(some)) => receipts.extend(some),
-                Ok(Reply::Json(_)) => {
-                    return Err(BrokerError::Protocol("a JSON answer to a binary publish batch".into()));
+                Ok(Reply::Json(_) | Reply::Settled) => {
+                    return Err(BrokerError::Protocol(
+                        "not receipts: the answer to a binary publish batch".into(),
+                    ));
                 }
                 Err(BrokerError::Batch { index, source }) => {
                     return Err(BrokerError::Batch { index: offset + index, source });
@@ -51,6 +54,29 @@ impl RemoteBroker {
             }
         }
         Ok(receipts)
+    }
+
+    /// An ack or nack as one item of a binary `settle` frame: the writer puts the ones queued together
+    /// into one frame, and the server answers them together once they are on disk.
+    pub(super) async fn settle_binary(
+        &self,
+        token: &AckToken,
+        op: SettleOp,
+        delay: Option<Duration>,
+    ) -> Result<(), BrokerError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let item = SettleItem {
+            id,
+            partition: token.partition,
+            seq: token.seq,
+            lease: token.lease,
+            delay_ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX - 1)),
+        };
+        let frame = Outgoing::Settle(op, token.subscription.clone(), item);
+        match send_and_wait(&self.inner, id, frame, None, REQUEST_TIMEOUT).await? {
+            Reply::Settled | Reply::Json(_) => Ok(()),
+            Reply::Receipts(_) => Err(BrokerError::Protocol("publish receipts answered an ack".into())),
+        }
     }
 
     /// Refuses a message over the server's announced size limit, in the server's own words.
@@ -146,7 +172,9 @@ pub(super) async fn call(inner: &Inner, request: Request, stream: Option<u64>, t
         .map_err(|e| BrokerError::Protocol(e.to_string()))?;
     match send_and_wait(inner, id, Outgoing::Text(text), stream, timeout).await? {
         Reply::Json(value) => Ok(value),
-        Reply::Receipts(_) => Err(BrokerError::Protocol("binary receipts answered a JSON request".into())),
+        Reply::Receipts(_) | Reply::Settled => {
+            Err(BrokerError::Protocol("a binary answer to a JSON request".into()))
+        }
     }
 }
 

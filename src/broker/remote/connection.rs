@@ -16,6 +16,8 @@ use super::calls::call;
 use super::inbound::{on_binary, on_frame};
 use super::{ConnectionEvent, Inner, Outgoing, REQUEST_TIMEOUT, guard};
 use crate::broker::BrokerError;
+use crate::model::Name;
+use crate::protocol::binary::{SettleItem, SettleOp, encode_settle, settle_capacity};
 use crate::protocol::{self, ClientFrame, ErrorCode, Request, ServerFrame, SubscribeSpec, VERSION};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -62,6 +64,7 @@ pub(super) async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
             token,
             client: Some(format!("pubsub {}", env!("CARGO_PKG_VERSION"))),
             binary: true,
+            binary_settle: true,
         },
     };
     let text = protocol::encode_client(&hello).map_err(|e| BrokerError::Protocol(e.to_string()))?;
@@ -77,9 +80,10 @@ pub(super) async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
             }
         };
         match protocol::decode_server(text.as_str()) {
-            Ok(ServerFrame::Welcome { binary, limits, .. }) => {
+            Ok(ServerFrame::Welcome { binary, binary_settle, limits, .. }) => {
                 // A server from before binary frames ignores the offer and answers without the flag.
                 inner.binary.store(binary, Ordering::Relaxed);
+                inner.binary_settle.store(binary && binary_settle, Ordering::Relaxed);
                 inner.max_frame.store(limits.max_frame_bytes, Ordering::Relaxed);
                 inner.max_message.store(limits.max_message_bytes, Ordering::Relaxed);
                 // A daemon restarted on another port is now where this client is: say so from here on.
@@ -168,14 +172,35 @@ async fn serve(
         });
     }
     let writer = async {
-        let frame = |o: Outgoing| match o {
-            Outgoing::Text(text) => WsMessage::Text(text.into()),
-            Outgoing::Binary(bytes) => WsMessage::Binary(bytes.into()),
-        };
+        let max_frame = inner.max_frame.load(Ordering::Relaxed);
+        let mut settles = Settles::default();
         while let Some(first) = out_rx.recv().await {
-            sink.feed(frame(first)).await?;
-            while let Ok(more) = out_rx.try_recv() {
-                sink.feed(frame(more)).await?;
+            let mut next = Some(first);
+            while let Some(o) = next {
+                match o {
+                    Outgoing::Settle(op, sub, item) => {
+                        if let Some(full) = settles.add(op, sub, item, max_frame) {
+                            sink.feed(WsMessage::Binary(full.into())).await?;
+                        }
+                    }
+                    Outgoing::Text(text) => {
+                        // Acks queued before this frame go before it.
+                        if let Some(frame) = settles.take() {
+                            sink.feed(WsMessage::Binary(frame.into())).await?;
+                        }
+                        sink.feed(WsMessage::Text(text.into())).await?;
+                    }
+                    Outgoing::Binary(bytes) => {
+                        if let Some(frame) = settles.take() {
+                            sink.feed(WsMessage::Binary(frame.into())).await?;
+                        }
+                        sink.feed(WsMessage::Binary(bytes.into())).await?;
+                    }
+                }
+                next = out_rx.try_recv().ok();
+            }
+            if let Some(frame) = settles.take() {
+                sink.feed(WsMessage::Binary(frame.into())).await?;
             }
             sink.flush().await?;
         }
@@ -200,6 +225,38 @@ async fn serve(
         () = cancel.cancelled() => "client closed".into(),
         r = writer => r.err().map_or_else(|| "client closed".into(), |e| e.to_string()),
         reason = reader => reason,
+    }
+}
+
+/// Acks and nacks queued together, gathered into binary `settle` frames: one per run of one op on one
+/// subscription, each as large as the server's frame limit allows.
+#[derive(Default)]
+struct Settles {
+    run: Option<(SettleOp, Name)>,
+    items: Vec<SettleItem>,
+}
+
+impl Settles {
+    /// Adds an item; gives the frame of the run before it when the item starts another run (another
+    /// op or subscription, or the run fills a frame).
+    fn add(&mut self, op: SettleOp, sub: Name, item: SettleItem, max_frame: usize) -> Option<Vec<u8>> {
+        let same = matches!(&self.run, Some((o, s)) if *o == op && *s == sub);
+        let done = if !same || self.items.len() >= settle_capacity(op, &sub, max_frame) {
+            let done = self.take();
+            self.run = Some((op, sub));
+            done
+        } else {
+            None
+        };
+        self.items.push(item);
+        done
+    }
+
+    /// The frame of the run gathered so far, if any.
+    fn take(&mut self) -> Option<Vec<u8>> {
+        let (op, sub) = self.run.take()?;
+        let items = std::mem::take(&mut self.items);
+        Some(encode_settle(op, &sub, &items))
     }
 }
 

@@ -80,6 +80,20 @@ pub(super) async fn on_binary(inner: &Arc<Inner>, bytes: bytes::Bytes) {
             }
             Err(e) => tracing::warn!(error = %e, "undecodable receipts from server"),
         },
+        Some(&binary::SETTLED) => match binary::decode_settled(&bytes) {
+            Ok(outcomes) => {
+                let mut pending = guard(&inner.pending);
+                for (id, outcome) in outcomes {
+                    if let Some(waiting) = pending.remove(&id) {
+                        let answer = outcome
+                            .map(|()| Reply::Settled)
+                            .map_err(|(code, message)| BrokerError::Remote { code, message });
+                        let _ = waiting.answer.send(answer);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable settle outcomes from server"),
+        },
         Some(&binary::DELIVER) => match binary::decode_deliver(&bytes) {
             Ok((sid, deliveries)) => {
                 let Some(tx) = stream_sender(inner, sid, deliveries.len()) else { return };

@@ -29,6 +29,7 @@ use crate::model::{
     BrowseFrom, FetchOptions, Message, Name, PeekReport, PublishReceipt, PublishRequest, SeekTarget,
     SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo,
 };
+use crate::protocol::binary::{SettleItem, SettleOp};
 use crate::protocol::{self, CountReply, Request, SubscribeSpec, SubscriptionSpec};
 
 mod calls;
@@ -54,12 +55,17 @@ enum Reply {
     Json(Option<serde_json::Value>),
     /// A binary receipts frame.
     Receipts(Vec<PublishReceipt>),
+    /// Done, by a binary `settled` frame.
+    Settled,
 }
 
 /// A frame on its way to the server.
 enum Outgoing {
     Text(String),
     Binary(Vec<u8>),
+    /// One ack or nack: the writer sends the ones queued together, of one subscription, as one binary
+    /// `settle` frame.
+    Settle(SettleOp, Name, SettleItem),
 }
 
 struct Pending {
@@ -89,6 +95,8 @@ struct Inner {
     out: Mutex<Option<mpsc::Sender<Outgoing>>>,
     /// The server accepted binary frames on the current connection.
     binary: std::sync::atomic::AtomicBool,
+    /// The server accepted binary `settle` and `credit` frames on the current connection.
+    binary_settle: std::sync::atomic::AtomicBool,
     /// The current server's largest accepted frame, from its welcome.
     max_frame: std::sync::atomic::AtomicUsize,
     /// The server's largest message, as its welcome said: a larger one is refused here, with the same
@@ -154,6 +162,7 @@ impl RemoteBroker {
             endpoint_file,
             out: Mutex::new(None),
             binary: std::sync::atomic::AtomicBool::new(false),
+            binary_settle: std::sync::atomic::AtomicBool::new(false),
             max_frame: std::sync::atomic::AtomicUsize::new(usize::MAX),
             max_message: std::sync::atomic::AtomicUsize::new(usize::MAX),
             pending: Mutex::new(HashMap::new()),
@@ -213,6 +222,13 @@ impl Broker for RemoteBroker {
     }
 
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
+        if self.inner.binary_settle.load(std::sync::atomic::Ordering::Relaxed) {
+            match how {
+                Settle::Ack => return self.settle_binary(token, SettleOp::Ack, None).await,
+                Settle::Nack(delay) => return self.settle_binary(token, SettleOp::Nack, delay).await,
+                _ => {}
+            }
+        }
         self.call(settle_request(token, how)).await.map(|_| ())
     }
 

@@ -75,6 +75,9 @@ impl RemoteSource {
         }
         let n = std::mem::take(&mut self.taken);
         let sid = sid_of(&guard(&self.inner.sids), self.id)?;
+        if self.inner.binary_settle.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some(Outgoing::Binary(protocol::binary::encode_credit(sid, n)));
+        }
         let frame = ClientFrame { id: None, request: Request::Credit { sid, n } };
         protocol::encode_client(&frame).ok().map(Outgoing::Text)
     }
