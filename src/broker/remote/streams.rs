@@ -86,11 +86,16 @@ impl RemoteSource {
 #[async_trait]
 impl ItemSource for RemoteSource {
     async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
-        if let Some(frame) = self.credit_frame() {
+        if self.taken >= self.grant_every {
             let out = guard(&self.inner.out).clone();
-            if let Some(out) = out {
-                // Waits for room in the send queue, which the writer task empties on its own.
-                let _ = out.send(frame).await;
+            // Room in the send queue first (the writer task empties it on its own), then the count:
+            // a caller that drops this future while it waits (a `select!`) loses no credit, which
+            // would leave the server holding this stream's deliveries back for good.
+            if let Some(out) = out
+                && let Ok(permit) = out.reserve().await
+                && let Some(frame) = self.credit_frame()
+            {
+                permit.send(frame);
             }
         }
         while self.buffered.is_empty() {
@@ -170,4 +175,61 @@ impl Drop for RemoteSource {
 /// The server's sid for client stream `id` on the current connection.
 fn sid_of(sids: &HashMap<u64, u64>, id: u64) -> Option<u64> {
     sids.iter().find(|(_, stream)| **stream == id).map(|(sid, _)| *sid)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+    use std::time::Duration;
+
+    use tokio::sync::broadcast;
+
+    use super::*;
+
+    fn inner(out: mpsc::Sender<Outgoing>) -> Arc<Inner> {
+        let (events, _) = broadcast::channel(4);
+        Arc::new(Inner {
+            url: Mutex::new("ws://test".into()),
+            ws_url: "ws://test".into(),
+            token: None,
+            endpoint_file: None,
+            out: Mutex::new(Some(out)),
+            binary: AtomicBool::new(true),
+            binary_settle: AtomicBool::new(true),
+            max_frame: AtomicUsize::new(usize::MAX),
+            max_message: AtomicUsize::new(usize::MAX),
+            pending: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+            sids: Mutex::new(HashMap::from([(5, 1)])),
+            next_id: AtomicU64::new(1),
+            events,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_read_given_up_while_the_send_queue_is_full_loses_no_credit() {
+        let (out, mut queued) = mpsc::channel(1);
+        let inner = inner(out.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut source =
+            RemoteSource { inner, id: 1, rx, buffered: VecDeque::new(), taken: 8, grant_every: 8 };
+        // The queue is full: the read waits for room and is given up, as a `select!` would.
+        out.send(Outgoing::Text("busy".into())).await.unwrap_or_else(|_| unreachable!());
+        let given_up = tokio::time::timeout(Duration::from_millis(20), source.next()).await;
+        assert!(given_up.is_err(), "the read was still waiting for room");
+        assert!(matches!(queued.recv().await, Some(Outgoing::Text(_))));
+        // The next read hands all eight back.
+        tx.send(vec![Ok(StreamItem::Lagged { skipped: 1 })]).unwrap_or_else(|_| unreachable!());
+        assert!(matches!(source.next().await, Some(Ok(StreamItem::Lagged { skipped: 1 }))));
+        match queued.try_recv() {
+            Ok(Outgoing::Binary(frame)) => {
+                let frame = bytes::Bytes::from(frame);
+                let credit = protocol::binary::decode_credit(&frame).ok();
+                assert_eq!(credit, Some((None, 5, 8)), "the credit of the given-up read is not lost");
+            }
+            _ => panic!("expected a binary credit frame"),
+        }
+    }
 }
