@@ -73,6 +73,17 @@ impl LocalBroker {
         Ok(self.engine.publish_batch_deferred(msgs))
     }
 
+    /// [`LocalBroker::ack_deferred`] for a run of acks of one subscription, under one lock: each ack's
+    /// outcome, and the sync they owe together.
+    pub fn ack_batch_deferred(
+        &self,
+        subscription: &Name,
+        refs: &[AckRef],
+    ) -> Result<(Vec<Result<(), BrokerError>>, crate::engine::PendingSync), BrokerError> {
+        let (outcomes, pending) = self.engine.ack_batch_deferred(subscription, refs)?;
+        Ok((outcomes.into_iter().map(|r| r.map_err(BrokerError::Engine)).collect(), pending))
+    }
+
     /// The engine underneath.
     pub fn engine(&self) -> &Engine {
         &self.engine

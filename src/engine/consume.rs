@@ -392,6 +392,26 @@ impl Engine {
         .map(|((), pending)| pending)
     }
 
+    /// [`Engine::ack_deferred`] for a run of acks of one subscription, applied in order under one lock
+    /// (one dispatch of what they free, one journal write): each ack's own outcome, and the sync they
+    /// owe together. An ack that is refused (a stale lease) does not stop the others.
+    pub fn ack_batch_deferred(
+        &self,
+        sub: &Name,
+        refs: &[AckRef],
+    ) -> Result<(Vec<Result<(), EngineError>>, PendingSync), EngineError> {
+        self.with_sub_deferred(sub, |s, ctx, effects| {
+            effects.wake = true;
+            Ok(refs
+                .iter()
+                .map(|r| {
+                    check_partition(ctx.topic, r.partition)?;
+                    s.ack(r, ctx.now)
+                })
+                .collect())
+        })
+    }
+
     /// Acks every in-flight message of `consumer` up to `seq` (T3c); returns how many.
     pub fn ack_cumulative(
         &self,

@@ -389,6 +389,11 @@ impl Connection {
         self.queue(Outbound::text(protocol::encode_server(frame), &self.budget)).await;
     }
 
+    /// Queues a binary frame.
+    pub(crate) async fn send_binary(&self, bytes: Vec<u8>) {
+        self.queue(Outbound::binary(bytes, &self.budget)).await;
+    }
+
     async fn queue(&self, frame: Outbound) {
         tokio::select! {
             () = self.done.cancelled() => {}

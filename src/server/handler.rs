@@ -11,7 +11,7 @@ use super::connection::{Connection, Outbound};
 use super::pump::drained;
 use crate::broker::{AckToken, Broker, BrokerError, Settle, SubscribeRequest};
 use crate::engine::PendingSync;
-use crate::model::{BrowseFrom, FetchOptions, Name, PublishReceipt, PublishRequest, SeekTarget};
+use crate::model::{AckRef, BrowseFrom, FetchOptions, Name, PublishReceipt, PublishRequest, SeekTarget};
 use crate::protocol::binary::{SettleItem, SettleOp, SettleOutcome};
 use crate::protocol::{
     BrowseSpec, CountReply, Delivered, Envelope, ErrorCode, LeaseRef, Request, SeekSpec, ServerStats,
@@ -280,38 +280,48 @@ impl Connection {
     /// share one fdatasync.
     pub(crate) async fn settle_binary(&self, op: SettleOp, subscription: Name, items: Vec<SettleItem>) {
         let broker = &self.shared.broker;
-        let mut outcomes: Vec<SettleOutcome> = Vec::with_capacity(items.len());
-        let mut owed: Option<PendingSync> = None;
-        let mut owing = Vec::new();
-        for item in items {
-            let token = AckToken {
-                subscription: subscription.clone(),
-                partition: item.partition,
-                seq: item.seq,
-                lease: item.lease,
-                reply: None,
-            };
-            let outcome = match op {
-                SettleOp::Ack => broker.ack_deferred(&token).map(|pending| {
-                    if !pending.is_empty() {
-                        owing.push(outcomes.len());
-                        owed.get_or_insert_default().merge(pending);
+        let error = |e: &BrokerError| (error_code(e).number(), e.to_string());
+        let (outcomes, owed): (Vec<Result<(), (u16, String)>>, PendingSync) = match op {
+            SettleOp::Ack => {
+                let refs: Vec<AckRef> = items
+                    .iter()
+                    .map(|i| AckRef { partition: i.partition, seq: i.seq, lease: i.lease })
+                    .collect();
+                match broker.ack_batch_deferred(&subscription, &refs) {
+                    Ok((outcomes, owed)) => {
+                        (outcomes.into_iter().map(|o| o.map_err(|e| error(&e))).collect(), owed)
                     }
-                }),
-                SettleOp::Nack => {
-                    broker.settle(&token, Settle::Nack(item.delay_ms.map(Duration::from_millis))).await
+                    // The subscription itself is missing: every ack fails the same way.
+                    Err(e) => (items.iter().map(|_| Err(error(&e))).collect(), PendingSync::default()),
                 }
-            };
-            let outcome = outcome.map_err(|e| (error_code(&e).number(), e.to_string()));
-            outcomes.push((item.id, outcome));
+            }
+            SettleOp::Nack => {
+                let mut outcomes = Vec::with_capacity(items.len());
+                for item in &items {
+                    let token = AckToken {
+                        subscription: subscription.clone(),
+                        partition: item.partition,
+                        seq: item.seq,
+                        lease: item.lease,
+                        reply: None,
+                    };
+                    let delay = item.delay_ms.map(Duration::from_millis);
+                    outcomes.push(broker.settle(&token, Settle::Nack(delay)).await.map_err(|e| error(&e)));
+                }
+                (outcomes, PendingSync::default())
+            }
+        };
+        let mut outcomes: Vec<SettleOutcome> =
+            items.iter().zip(outcomes).map(|(item, outcome)| (item.id, outcome)).collect();
+        if owed.is_empty() {
+            return self.send_binary(crate::protocol::binary::encode_settled(&outcomes)).await;
         }
         self.reply_later(None, async move {
-            if let Some(pending) = owed
-                && let Err(e) = pending.wait_async().await
-            {
-                let e = BrokerError::Engine(e);
-                for i in owing {
-                    outcomes[i].1 = Err((error_code(&e).number(), e.to_string()));
+            if let Err(e) = owed.wait_async().await {
+                // Applied but not confirmed by the disk: every ack that was applied hears so.
+                let e = error(&BrokerError::Engine(e));
+                for (_, outcome) in outcomes.iter_mut().filter(|(_, o)| o.is_ok()) {
+                    *outcome = Err(e.clone());
                 }
             }
             Some(Ok(Later::Binary(crate::protocol::binary::encode_settled(&outcomes))))
