@@ -717,9 +717,21 @@ fn crash_child() {
         }
         writeln!(out, "F {}", got.iter().map(|d| d.message.seq).max().unwrap_or(0)).unwrap();
         out.flush().unwrap();
-        for d in got {
-            engine.ack(&name("crash-sub"), d.lease.unwrap()).unwrap();
-            writeln!(out, "A {}", d.message.seq).unwrap();
+        if next(2) == 0 {
+            for d in got {
+                engine.ack(&name("crash-sub"), d.lease.unwrap()).unwrap();
+                writeln!(out, "A {}", d.message.seq).unwrap();
+                out.flush().unwrap();
+            }
+        } else {
+            // The server's way: a run of acks under one lock, reported once their sync returned.
+            let refs: Vec<_> = got.iter().map(|d| d.lease.unwrap()).collect();
+            let (outcomes, pending) = engine.ack_batch_deferred(&name("crash-sub"), &refs).unwrap();
+            pending.wait().unwrap();
+            for (d, outcome) in got.iter().zip(outcomes) {
+                outcome.unwrap();
+                writeln!(out, "A {}", d.message.seq).unwrap();
+            }
             out.flush().unwrap();
         }
     }
