@@ -223,6 +223,13 @@ pub trait Broker: Send + Sync + fmt::Debug {
         Err(self.unsupported(Capability::Ack))
     }
 
+    /// Acks a run of deliveries; each one's outcome, in order. By default they are acked concurrently
+    /// (a broker that syncs acks to disk syncs them once); the `ws://` client sends them in one frame and
+    /// waits for one answer.
+    async fn ack_all(&self, tokens: &[AckToken]) -> Vec<Result<(), BrokerError>> {
+        futures_util::future::join_all(tokens.iter().map(|t| self.settle(t, Settle::Ack))).await
+    }
+
     /// Every topic the broker can list.
     async fn topics(&self) -> Result<Vec<TopicInfo>, BrokerError> {
         Err(self.unsupported(Capability::TopicAdmin))

@@ -858,4 +858,21 @@ async fn a_remote_consumer_nacks_and_acks_through_binary_frames() {
     c.settle(again.token.as_ref().unwrap(), Settle::Ack).await.unwrap();
     let info = c.subscription_info(&name("workers")).await.unwrap();
     assert_eq!((info.ack_floor, info.in_flight), (1, 0));
+    // A run of acks goes in one frame and comes back with an outcome each, in order.
+    c.publish_batch((0..3).map(|i| PublishRequest::new(name("jobs"), format!("k{i}"))).collect())
+        .await
+        .unwrap();
+    let batch =
+        c.fetch(&workers, "w", FetchOptions { max_msgs: 3, ..FetchOptions::default() }).await.unwrap();
+    let mut tokens: Vec<_> = batch.iter().map(|d| d.token.clone().unwrap()).collect();
+    let mut stale = tokens[1].clone();
+    stale.lease += 1000;
+    tokens.insert(1, stale);
+    let outcomes = c.ack_all(&tokens).await;
+    assert_eq!(outcomes.len(), 4);
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok() && outcomes[3].is_ok(), "{outcomes:?}");
+    assert!(matches!(outcomes[1], Err(BrokerError::Remote { .. })), "the stale one alone is refused");
+    let info = c.subscription_info(&name("workers")).await.unwrap();
+    assert_eq!((info.ack_floor, info.in_flight), (4, 0));
+    assert!(c.ack_all(&[]).await.is_empty());
 }

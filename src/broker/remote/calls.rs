@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use super::inbound::to_delivery;
-use super::{Answer, Inner, Outgoing, Pending, REQUEST_TIMEOUT, RemoteBroker, Reply, guard};
+use super::{AckRun, Answer, Inner, Outgoing, Pending, REQUEST_TIMEOUT, RemoteBroker, Reply, guard};
 use crate::broker::{AckToken, Broker, BrokerDelivery, BrokerError, Settle};
 use crate::model::{
     BrowseFrom, FetchOptions, Message, Name, PublishReceipt, PublishRequest, SeekTarget, TopicConfig,
@@ -76,6 +76,45 @@ impl RemoteBroker {
         match send_and_wait(&self.inner, id, frame, None, REQUEST_TIMEOUT).await? {
             Reply::Settled | Reply::Json(_) => Ok(()),
             Reply::Receipts(_) => Err(BrokerError::Protocol("publish receipts answered an ack".into())),
+        }
+    }
+
+    /// Acks a run of deliveries with request ids that follow each other, sent as one message to the
+    /// writer and answered together: one wait for the whole run instead of one per ack.
+    pub(super) async fn ack_run(&self, tokens: &[AckToken]) -> Vec<Result<(), BrokerError>> {
+        let inner = &self.inner;
+        let fail_all = |e: &dyn Fn() -> BrokerError| tokens.iter().map(|_| Err(e())).collect();
+        let first = inner.next_id.fetch_add(tokens.len() as u64, Ordering::Relaxed);
+        let items = tokens
+            .iter()
+            .zip(first..)
+            .map(|(t, id)| {
+                let item =
+                    SettleItem { id, partition: t.partition, seq: t.seq, lease: t.lease, delay_ms: None };
+                (t.subscription.clone(), item)
+            })
+            .collect();
+        let Some(out) = guard(&inner.out).clone() else {
+            return fail_all(&|| BrokerError::Disconnected {
+                url: inner.url(),
+                reason: "reconnecting".into(),
+            });
+        };
+        let (answer, rx) = oneshot::channel();
+        let outcomes = tokens.iter().map(|_| Ok(())).collect();
+        guard(&inner.ack_runs).insert(first, AckRun { outcomes, left: tokens.len(), answer });
+        let closed = || BrokerError::Disconnected { url: inner.url(), reason: "connection closed".into() };
+        if out.send(Outgoing::Acks(items)).await.is_err() {
+            guard(&inner.ack_runs).remove(&first);
+            return fail_all(&closed);
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(_)) => fail_all(&closed),
+            Err(_) => {
+                guard(&inner.ack_runs).remove(&first);
+                fail_all(&|| BrokerError::Timeout(REQUEST_TIMEOUT))
+            }
         }
     }
 

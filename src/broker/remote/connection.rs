@@ -127,6 +127,10 @@ pub(super) async fn run(
             let lost = BrokerError::Disconnected { url: inner.url(), reason: reason.clone() };
             let _ = pending.answer.send(Err(lost));
         }
+        for (_, run) in std::mem::take(&mut *guard(&inner.ack_runs)) {
+            let lost = || BrokerError::Disconnected { url: inner.url(), reason: reason.clone() };
+            let _ = run.answer.send(run.outcomes.iter().map(|_| Err(lost())).collect());
+        }
         if cancel.is_cancelled() {
             return;
         }
@@ -181,6 +185,13 @@ async fn serve(
                     Outgoing::Settle(op, sub, item) => {
                         if let Some(full) = settles.add(op, sub, item, max_frame) {
                             sink.feed(WsMessage::Binary(full.into())).await?;
+                        }
+                    }
+                    Outgoing::Acks(items) => {
+                        for (sub, item) in items {
+                            if let Some(full) = settles.add(SettleOp::Ack, sub, item, max_frame) {
+                                sink.feed(WsMessage::Binary(full.into())).await?;
+                            }
                         }
                     }
                     Outgoing::Text(text) => {

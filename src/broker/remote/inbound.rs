@@ -83,12 +83,20 @@ pub(super) async fn on_binary(inner: &Arc<Inner>, bytes: bytes::Bytes) {
         Some(&binary::SETTLED) => match binary::decode_settled(&bytes) {
             Ok(outcomes) => {
                 let mut pending = guard(&inner.pending);
+                let mut runs = guard(&inner.ack_runs);
                 for (id, outcome) in outcomes {
+                    let outcome = outcome.map_err(|(code, message)| BrokerError::Remote { code, message });
                     if let Some(waiting) = pending.remove(&id) {
-                        let answer = outcome
-                            .map(|()| Reply::Settled)
-                            .map_err(|(code, message)| BrokerError::Remote { code, message });
-                        let _ = waiting.answer.send(answer);
+                        let _ = waiting.answer.send(outcome.map(|()| Reply::Settled));
+                        continue;
+                    }
+                    // One of a run of acks: the run with the highest first id at or below this one.
+                    let complete = runs
+                        .range_mut(..=id)
+                        .next_back()
+                        .and_then(|(&first, run)| run.record(first, id, outcome).then_some(first));
+                    if let Some(run) = complete.and_then(|first| runs.remove(&first)) {
+                        let _ = run.answer.send(run.outcomes);
                     }
                 }
             }

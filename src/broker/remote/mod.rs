@@ -66,12 +66,35 @@ enum Outgoing {
     /// One ack or nack: the writer sends the ones queued together, of one subscription, as one binary
     /// `settle` frame.
     Settle(SettleOp, Name, SettleItem),
+    /// A run of acks, each with its subscription.
+    Acks(Vec<(Name, SettleItem)>),
 }
 
 struct Pending {
     answer: oneshot::Sender<Result<Reply, BrokerError>>,
     /// For `subscribe`: the client-side stream the returned sid belongs to.
     stream: Option<u64>,
+}
+
+/// A run of acks waiting for their outcomes.
+struct AckRun {
+    outcomes: Vec<Result<(), BrokerError>>,
+    /// Outcomes not in yet.
+    left: usize,
+    answer: oneshot::Sender<Vec<Result<(), BrokerError>>>,
+}
+
+impl AckRun {
+    /// Records the outcome of request `id` when it belongs to the run starting at `first`; `true` once
+    /// every outcome is in.
+    fn record(&mut self, first: u64, id: u64, outcome: Result<(), BrokerError>) -> bool {
+        let Some(slot) = id.checked_sub(first).and_then(|i| self.outcomes.get_mut(i as usize)) else {
+            return false;
+        };
+        *slot = outcome;
+        self.left = self.left.saturating_sub(1);
+        self.left == 0
+    }
 }
 
 struct StreamState {
@@ -103,6 +126,9 @@ struct Inner {
     /// words at every size (one too large for a frame would otherwise cost the connection).
     max_message: std::sync::atomic::AtomicUsize,
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Runs of acks sent by one [`Broker::ack_all`], by their first request id (the ids of a run follow
+    /// each other).
+    ack_runs: Mutex<std::collections::BTreeMap<u64, AckRun>>,
     streams: Mutex<HashMap<u64, StreamState>>,
     /// Server sid → client stream id, for the current connection.
     sids: Mutex<HashMap<u64, u64>>,
@@ -166,6 +192,7 @@ impl RemoteBroker {
             max_frame: std::sync::atomic::AtomicUsize::new(usize::MAX),
             max_message: std::sync::atomic::AtomicUsize::new(usize::MAX),
             pending: Mutex::new(HashMap::new()),
+            ack_runs: Mutex::new(std::collections::BTreeMap::new()),
             streams: Mutex::new(HashMap::new()),
             sids: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -230,6 +257,13 @@ impl Broker for RemoteBroker {
             }
         }
         self.call(settle_request(token, how)).await.map(|_| ())
+    }
+
+    async fn ack_all(&self, tokens: &[AckToken]) -> Vec<Result<(), BrokerError>> {
+        if self.inner.binary_settle.load(std::sync::atomic::Ordering::Relaxed) && !tokens.is_empty() {
+            return self.ack_run(tokens).await;
+        }
+        futures_util::future::join_all(tokens.iter().map(|t| self.settle(t, Settle::Ack))).await
     }
 
     async fn topics(&self) -> Result<Vec<TopicInfo>, BrokerError> {

@@ -201,6 +201,7 @@ mod tests {
             max_frame: AtomicUsize::new(usize::MAX),
             max_message: AtomicUsize::new(usize::MAX),
             pending: Mutex::new(HashMap::new()),
+            ack_runs: Mutex::new(std::collections::BTreeMap::new()),
             streams: Mutex::new(HashMap::new()),
             sids: Mutex::new(HashMap::from([(5, 1)])),
             next_id: AtomicU64::new(1),

@@ -535,8 +535,7 @@ pub async fn receive(
         }
         // Acked only after the output is written: a crash in between redelivers rather than loses. The
         // acks of a batch go out together, so a broker that syncs acks to disk syncs them once.
-        let acked =
-            futures_util::future::join_all(to_ack.iter().map(|t| broker.settle(t, Settle::Ack))).await;
+        let acked = broker.ack_all(&to_ack).await;
         for outcome in acked {
             match outcome {
                 Ok(()) => {}

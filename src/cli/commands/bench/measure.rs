@@ -15,9 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::publish::PublishJob;
 use super::report::Report;
 use super::{BenchArgs, Plan};
-use crate::broker::{
-    BrokerError, Capability, DeliveryStream, Settle, SharedBroker, StreamItem, SubscribeRequest,
-};
+use crate::broker::{BrokerError, Capability, DeliveryStream, SharedBroker, StreamItem, SubscribeRequest};
 use crate::cli::CliError;
 use crate::model::{AckMode, Name, Pattern, StartPosition, SubscriptionConfig};
 
@@ -30,8 +28,14 @@ pub(super) struct Progress {
     pub(super) publishing_done: AtomicBool,
 }
 
-/// Acks a receiver keeps in flight before it waits for one.
-const ACKS_IN_FLIGHT: usize = 256;
+/// Ack calls (each for the run of messages that arrived together) a receiver keeps in flight before it
+/// waits for one.
+const ACK_RUNS_IN_FLIGHT: usize = 16;
+
+/// The first failure of a run of acks.
+fn first_error(outcomes: Vec<Result<(), BrokerError>>) -> Result<(), BrokerError> {
+    outcomes.into_iter().collect()
+}
 
 /// How long receivers wait for stragglers after publishing ended, without any arriving.
 const GRACE: Duration = Duration::from_secs(3);
@@ -276,6 +280,7 @@ async fn receive(
             }
         }
         let mut delivered = 0u64;
+        let mut to_ack = Vec::new();
         for item in items {
             match item {
                 Ok(StreamItem::Assigned { .. } | StreamItem::Revoked { .. }) => {}
@@ -287,15 +292,7 @@ async fn receive(
                     if plan.ack
                         && let Some(token) = d.token
                     {
-                        // Acks are pipelined, as a consumer that processes while its acks travel would:
-                        // a round trip per message would measure the network's latency, not the broker.
-                        if acks.len() >= ACKS_IN_FLIGHT
-                            && let Some(acked) = acks.next().await
-                        {
-                            acked?;
-                        }
-                        let broker = broker.clone();
-                        acks.push(async move { broker.settle(&token, Settle::Ack).await });
+                        to_ack.push(token);
                     }
                 }
                 Ok(StreamItem::Lagged { skipped }) => {
@@ -303,6 +300,18 @@ async fn receive(
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        if !to_ack.is_empty() {
+            // The acks of what arrived together go together, and are pipelined, as a consumer that
+            // processes while its acks travel would: a round trip per message would measure the
+            // network's latency, not the broker.
+            if acks.len() >= ACK_RUNS_IN_FLIGHT
+                && let Some(acked) = acks.next().await
+            {
+                acked?;
+            }
+            let broker = broker.clone();
+            acks.push(async move { first_error(broker.ack_all(&to_ack).await) });
         }
         got += delivered;
         progress.delivered.fetch_add(delivered, Ordering::Relaxed);
