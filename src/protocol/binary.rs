@@ -494,8 +494,11 @@ pub fn decode_settle(buf: &Bytes) -> Result<(SettleOp, Name, Vec<SettleItem>), P
     Ok((op, subscription, items))
 }
 
-/// One request's outcome in a `settled` frame: done, or an error code and message.
-pub type SettleOutcome = (u64, Result<(), (u16, String)>);
+/// How one settle went: done, or an error code and message.
+pub type SettleResult = Result<(), (u16, String)>;
+
+/// One request's outcome in a `settled` frame.
+pub type SettleOutcome = (u64, SettleResult);
 
 /// A binary `settled` frame: the count, then per request its id, a code (0 when done) and a message
 /// (empty when done).

@@ -12,7 +12,7 @@ use super::pump::drained;
 use crate::broker::{AckToken, Broker, BrokerError, Settle, SubscribeRequest};
 use crate::engine::PendingSync;
 use crate::model::{AckRef, BrowseFrom, FetchOptions, Name, PublishReceipt, PublishRequest, SeekTarget};
-use crate::protocol::binary::{SettleItem, SettleOp, SettleOutcome};
+use crate::protocol::binary::{SettleItem, SettleOp, SettleOutcome, SettleResult};
 use crate::protocol::{
     BrowseSpec, CountReply, Delivered, Envelope, ErrorCode, LeaseRef, Request, SeekSpec, ServerStats,
 };
@@ -281,7 +281,7 @@ impl Connection {
     pub(crate) async fn settle_binary(&self, op: SettleOp, subscription: Name, items: Vec<SettleItem>) {
         let broker = &self.shared.broker;
         let error = |e: &BrokerError| (error_code(e).number(), e.to_string());
-        let (outcomes, owed): (Vec<Result<(), (u16, String)>>, PendingSync) = match op {
+        let (outcomes, owed): (Vec<SettleResult>, PendingSync) = match op {
             SettleOp::Ack => {
                 let refs: Vec<AckRef> = items
                     .iter()
