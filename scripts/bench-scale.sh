@@ -9,7 +9,8 @@
 #   ROWS="topics size" scripts/bench-scale.sh   only some of: topics subs consumers backlog size clients
 #   BIN=/tmp/pubsub-old scripts/bench-scale.sh  another build
 #
-# Rows: topics 1 → 10 k (one publisher, `bench --topics N`, messages spread over them in turn);
+# Rows: topics 1 → 10 k (one publisher, `bench --topics N` for a fixed time, messages spread over
+# them in turn; the wall column includes creating and removing the topics);
 # subscriptions on one topic 1 → 1 k (`--scenario fanout --subs N`, deliveries per step held constant);
 # consumers on one subscription 1 → 256 (`--scenario queue --subs N`, every message acked); backlog
 # 1 M → 100 M messages on disk (`bench --topic` fills one topic, then: open time after a clean stop and
@@ -125,11 +126,11 @@ echo "data directory on: $(df -h "$tmp" | awk 'NR == 2 { print $1 " (" $2 ")" }'
 for r in $rows; do
   case $r in
   topics)
-    n=$(steps 200000 50000)
-    header "Topics: one publisher spreading $n × 16 B over N topics (\`bench --scenario pub --topics N -n $n\`)" "msgs/s per topic"
+    secs=$(steps 10 2)
+    header "Topics: one publisher spreading 16 B messages over N topics for ${secs} s (\`bench --scenario pub --topics N --duration ${secs}s\`)" "msgs/s per topic"
     for t in $(steps "1 10 100 1000 10000" "1 10 100"); do
       fresh_daemon
-      bench --scenario pub --topics "$t" -n "$n"
+      bench --scenario pub --topics "$t" --duration "${secs}s"
       row "$t" "$(human "$(awk -v p="$pps" -v t="$t" 'BEGIN { print p / t }')")"
     done
     ;;
