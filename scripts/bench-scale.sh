@@ -88,6 +88,7 @@ bench() {
   if ! /usr/bin/time -f '%M %e' -o "$tmp/time" "$bin" --no-autostart bench --csv "$@" >"$tmp/out" 2>"$tmp/err"; then
     note "bench $* failed:"
     cat "$tmp/err" >&2
+    failure=$(grep -m1 'error' "$tmp/err" | sed -e 's/.*error: //' -e 's/|/\\|/g' -e "s#$tmp/home#\$PUBSUB_HOME#g")
     return 1
   fi
   IFS=, read -r _ _ _ _ _ _ published delivered lost _ pps dps mbps _ _ p99 _ _ _ _ < <(tail -1 "$tmp/out")
@@ -118,6 +119,9 @@ row() { # step, per-unit figure
     "$lost" "$(p99_ms "$p99")" "$(mib "$daemon_hwm")" "$(mib "$daemon_rss")" "$(mib "$client_kib")" "$wall_s"
 }
 
+# A step whose bench failed: the row says why, and the table goes on.
+failed_row() { printf '| %s | failed: %s | | | | | | | |\n' "$1" "${failure:-see stderr}"; }
+
 steps() { if [ "$quick" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/^Mem:/ { print $2 }') GiB; $(date -u +%F); $("$bin" --version)"
@@ -128,9 +132,9 @@ for r in $rows; do
   topics)
     secs=$(steps 10 2)
     header "Topics: one publisher spreading 16 B messages over N topics for ${secs} s (\`bench --scenario pub --topics N --duration ${secs}s\`)" "msgs/s per topic"
-    for t in $(steps "1 10 100 1000 10000" "1 10 100"); do
+    for t in $(steps "1 10 100 1000 5000 10000" "1 10 100"); do
       fresh_daemon
-      bench --scenario pub --topics "$t" --duration "${secs}s"
+      bench --scenario pub --topics "$t" --duration "${secs}s" || { failed_row "$t"; continue; }
       row "$t" "$(human "$(awk -v p="$pps" -v t="$t" 'BEGIN { print p / t }')")"
     done
     ;;
@@ -141,7 +145,7 @@ for r in $rows; do
       fresh_daemon
       n=$((deliveries / s))
       [ "$n" -lt 1000 ] && n=1000
-      bench --scenario fanout --subs "$s" -n "$n"
+      bench --scenario fanout --subs "$s" -n "$n" || { failed_row "$s"; continue; }
       row "$s" "$(human "$(awk -v d="$dps" -v s="$s" 'BEGIN { print d / s }')")"
     done
     ;;
@@ -150,7 +154,7 @@ for r in $rows; do
     header "Consumers on one subscription: \`bench --scenario queue --subs N -n $n\` (each message acked, sync acks)" "acked msgs/s per consumer"
     for c in $(steps "1 4 16 64 256" "1 4 16"); do
       fresh_daemon
-      bench --scenario queue --subs "$c" -n "$n"
+      bench --scenario queue --subs "$c" -n "$n" || { failed_row "$c"; continue; }
       row "$c" "$(human "$(awk -v d="$dps" -v c="$c" 'BEGIN { print d / c }')")"
     done
     ;;
@@ -164,7 +168,7 @@ for r in $rows; do
     "$bin" --no-autostart topic create backlog --max-msgs 0 --max-bytes 0 --max-age 0s >/dev/null
     have=0
     for level in $(steps "1000000 10000000 100000000" "100000 1000000"); do
-      bench --topic backlog --scenario pub --batch 1000 -n $((level - have))
+      bench --topic backlog --scenario pub --batch 1000 -n $((level - have)) || { echo "| $(human "$level") | failed: $failure |"; break; }
       fill=$pps
       have=$level
       disk=$(du -sh "$PUBSUB_HOME/data" | cut -f1)
@@ -200,7 +204,7 @@ for r in $rows; do
       batch=$(((1 << 20) / size))
       [ "$batch" -gt 256 ] && batch=256
       [ "$batch" -lt 1 ] && batch=1
-      bench --scenario pub --size "$size" --batch "$batch" -n "$n"
+      bench --scenario pub --size "$size" --batch "$batch" -n "$n" || { failed_row "$size B"; continue; }
       row "$size B" "$(awk -v m="$mbps" -v d="$dd_before" 'BEGIN { printf "%.1f (%.2f×)", m, m / d }')"
     done
     dd_after=$(disk_rate)
