@@ -4,8 +4,8 @@
 # throughput and resident memory of the daemon (VmHWM, the peak during the step, reset before it through
 # /proc/PID/clear_refs; and VmRSS after it) and of the client (`/usr/bin/time` peak). Prints Markdown.
 #
-#   scripts/bench-scale.sh            full steps: about 15 minutes, up to ~8 GB on disk (the 100 M backlog)
-#   scripts/bench-scale.sh --quick    small steps, about 2 minutes, to check the script itself
+#   scripts/bench-scale.sh            full steps: 6-10 minutes, about 6 GB on disk (the 100 M backlog)
+#   scripts/bench-scale.sh --quick    small steps, under a minute, to check the script itself
 #   ROWS="topics size" scripts/bench-scale.sh   only some of: topics subs consumers backlog size clients
 #   BIN=/tmp/pubsub-old scripts/bench-scale.sh  another build
 #
