@@ -454,6 +454,36 @@ fn ctrl_c_during_bench_reports_what_was_measured_and_removes_the_run_topic() {
 }
 
 #[test]
+fn bench_spreads_over_topics_of_its_own_and_fills_a_named_topic_that_stays() {
+    let home = Home::with_daemon("bench-topics");
+    let json = |out: &str| serde_json::from_str::<serde_json::Value>(out.trim()).unwrap();
+    // Spread over 7 topics, with a subscriber listening on all of them: every message is published,
+    // and what the listener did not get is counted as lost, never hidden; the topics go afterwards.
+    let (code, out, err) = home.run(&["bench", "--topics", "7", "-n", "700", "--batch", "7", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let r = json(&out);
+    assert_eq!(r["published"], 700, "{r}");
+    assert!(r["delivered"].as_u64().unwrap() > 0, "the pattern covers the run's topics: {r}");
+    assert_eq!(r["delivered"].as_u64().unwrap() + r["lost"].as_u64().unwrap(), 700, "{r}");
+    let (_, topics, _) = home.run(&["topics"]);
+    assert!(!topics.contains("bench-"), "the run's topics were removed: {topics}");
+    // A named topic is created once, filled by each run and kept, without the runs' subscriptions.
+    for _ in 0..2 {
+        let (code, out, err) = home.run(&["bench", "--topic", "backlog", "-n", "300", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(json(&out)["delivered"], 300, "{out}");
+    }
+    let (_, info, _) = home.run(&["topics", "--json"]);
+    let backlog = info.lines().map(json).find(|t| t["name"] == "backlog").expect("the topic stays");
+    assert_eq!(backlog["messages"], 600, "{backlog}");
+    let (_, subs, _) = home.run(&["subs"]);
+    assert!(!subs.contains("backlog-s"), "the runs' subscriptions were removed: {subs}");
+    // A shared subscription reads one topic: `queue` over several is refused as a usage error.
+    let (code, _, err) = home.run(&["bench", "--scenario", "queue", "--topics", "3"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
 fn record_to_dash_writes_stdout_and_no_file_named_dash() {
     let home = Home::with_daemon("record-dash");
     home.run(&["pub", "src", "one", "two"]);

@@ -150,6 +150,34 @@ fn overlapping_captures_are_refused_with_both_topics_named() {
 }
 
 #[test]
+fn captures_overlapping_a_literal_topic_are_refused_either_way_round() {
+    let (e, _) = engine();
+    e.create_topic(TopicConfig::new(name("orders.eu"))).unwrap();
+    e.create_topic(TopicConfig::new(name("orders.us"))).unwrap();
+    // A wildcard over an existing literal capture, a literal under an existing wildcard, and the same
+    // literal captured twice, are each refused naming the capture they overlap.
+    let mut wide = TopicConfig::new(name("all"));
+    wide.subjects = vec![Pattern::parse("orders.>").unwrap()];
+    let err = e.create_topic(wide).unwrap_err().to_string();
+    assert!(err.contains("\"orders.>\"") && err.contains("\"orders."), "{err}");
+    let mut star = TopicConfig::new(name("stars"));
+    star.subjects = vec![Pattern::parse("events.*").unwrap()];
+    e.create_topic(star).unwrap();
+    let err = e.create_topic(TopicConfig::new(name("events.x"))).unwrap_err().to_string();
+    assert!(err.contains("\"events.*\"") && err.contains("\"stars\""), "{err}");
+    let mut twice = TopicConfig::new(name("copy"));
+    twice.subjects = vec![Pattern::parse("orders.us").unwrap()];
+    let err = e.create_topic(twice).unwrap_err().to_string();
+    assert!(err.contains("\"orders.us\""), "{err}");
+    // Captures that share no subject are all accepted.
+    e.create_topic(TopicConfig::new(name("events"))).unwrap();
+    let mut deeper = TopicConfig::new(name("deep"));
+    deeper.subjects = vec![Pattern::parse("events.*.x").unwrap()];
+    e.create_topic(deeper).unwrap();
+    assert_eq!(e.topics().len(), 5);
+}
+
+#[test]
 fn oversized_message_is_refused_and_nothing_is_appended() {
     let (e, _) = engine();
     let mut t = TopicConfig::new(name("small"));

@@ -23,6 +23,34 @@ async fn push_consumer_without_acks_keeps_receiving_past_its_prefetch() {
     }
 }
 
+#[tokio::test]
+async fn push_consumers_take_turns_on_messages_that_arrive_one_at_a_time_with_acks_between() {
+    let (e, _) = engine();
+    subscribe(&e, "s", "t", |c| c.ack = AckMode::Explicit);
+    let attach = |id: &str| {
+        let opts = AttachOptions { consumer: Some(id.into()), prefetch: Some(8), limit: None };
+        e.attach(&name("s"), opts).unwrap()
+    };
+    let mut consumers = [attach("a"), attach("b"), attach("c")];
+    // Each message is published alone and acked before the next: whoever got it, the next one goes to
+    // the consumer after it (an ack with nothing to hand out moves nobody's turn).
+    let mut order = Vec::new();
+    for i in 0..7 {
+        publish(&e, "t", &format!("{i}"));
+        let (who, d) = consumers
+            .iter_mut()
+            .enumerate()
+            .find_map(|(k, c)| c.try_recv().map(|d| (k, d)))
+            .expect("the message was pushed to one consumer");
+        e.ack(&name("s"), d.lease.unwrap()).unwrap();
+        order.push(who);
+    }
+    let first = order[0];
+    let expected: Vec<usize> = (0..7).map(|k| (first + k) % 3).collect();
+    assert_eq!(order, expected);
+    assert!(consumers.iter_mut().all(|c| c.try_recv().is_none()), "each message went to one consumer");
+}
+
 #[test]
 fn dead_letter_copy_lands_in_a_topic_whose_captures_exclude_its_name() {
     let (e, _) = engine();

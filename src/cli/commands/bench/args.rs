@@ -64,6 +64,16 @@ pub struct BenchArgs {
     /// Publish calls each publisher keeps in flight (1 waits for every answer before the next call).
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub window: u32,
+    /// Spread the messages over N topics of the run, message by message in turn (one publisher's
+    /// batches then carry every topic). Subscribers listen live on a pattern covering them all, where a
+    /// broker may drop for a slow listener (counted as lost); `queue` is not offered.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub topics: u32,
+    /// Publish into this topic and leave it and its messages in place afterwards (to fill a backlog, say);
+    /// created without limits when missing. Without it, each scenario's topics are the run's own and are
+    /// removed at its end.
+    #[arg(long, value_name = "NAME", conflicts_with = "topics")]
+    pub topic: Option<String>,
     /// Print one JSON object per scenario.
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,

@@ -40,21 +40,63 @@ fn first_error(outcomes: Vec<Result<(), BrokerError>>) -> Result<(), BrokerError
 /// How long receivers wait for stragglers after publishing ended, without any arriving.
 const GRACE: Duration = Duration::from_secs(3);
 
-/// Runs one scenario on a topic of its own, removed afterwards whatever happened (error or Ctrl-C).
+/// The topics a scenario publishes to, and whether they are the run's own (removed afterwards).
+pub(super) struct RunTopics {
+    /// One topic, or with `--topics N` the N topics the publishers take in turn.
+    pub(super) names: Vec<Name>,
+    /// The pattern subscribers listen on: the topic's name, or one covering every topic of `--topics`.
+    pattern: Pattern,
+    /// `--topic NAME`: the topic stays, with what was published into it.
+    kept: bool,
+}
+
+impl RunTopics {
+    /// `bench-PID-SCENARIO`, or with `--topics N` its N children `bench-PID-SCENARIO.0` .. `.N-1`, or
+    /// the topic `--topic` names.
+    pub(super) fn for_plan(plan: &Plan, args: &BenchArgs) -> Result<RunTopics, CliError> {
+        let usage = |e: crate::model::NameError| CliError::Usage(e.to_string());
+        if let Some(name) = &args.topic {
+            let name = Name::new(name).map_err(usage)?;
+            let pattern = Pattern::parse(name.as_str()).map_err(usage)?;
+            return Ok(RunTopics { names: vec![name], pattern, kept: true });
+        }
+        let base = format!("bench-{}-{}", std::process::id(), plan.name.replace(':', "to"));
+        if args.topics == 1 {
+            let name = Name::new(&base).map_err(usage)?;
+            let pattern = Pattern::parse(name.as_str()).map_err(usage)?;
+            return Ok(RunTopics { names: vec![name], pattern, kept: false });
+        }
+        let names =
+            (0..args.topics).map(|i| Name::new(&format!("{base}.{i}"))).collect::<Result<Vec<_>, _>>();
+        let pattern = Pattern::parse(&format!("{base}.*")).map_err(usage)?;
+        Ok(RunTopics { names: names.map_err(usage)?, pattern, kept: false })
+    }
+
+    /// Several topics are read through a live pattern, never a durable subscription.
+    fn spread(&self) -> bool {
+        self.names.len() > 1
+    }
+}
+
+/// Runs one scenario on topics of its own, removed afterwards whatever happened (error or Ctrl-C),
+/// or on the `--topic` that stays.
 pub(super) async fn measure(
     broker: SharedBroker,
     plan: &Plan,
     args: &BenchArgs,
     stop: &CancellationToken,
 ) -> Result<Report, CliError> {
-    let suffix = plan.name.replace(':', "to");
-    let topic = Name::new(&format!("bench-{}-{suffix}", std::process::id()))
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-    let durable = prepare_topic(&broker, &topic).await?;
-    let outcome = measure_on(broker.clone(), &topic, durable, plan, args, stop).await;
+    let topics = RunTopics::for_plan(plan, args)?;
+    let mut durable = false;
+    for topic in &topics.names {
+        durable = prepare_topic(&broker, topic, topics.kept).await?;
+    }
+    let durable = durable && !topics.spread();
+    let outcome = measure_on(broker.clone(), &topics, durable, plan, args, stop).await;
     if durable {
         // Subscriptions first: on brokers where they outlive their topic (RabbitMQ queues) they would
         // otherwise stay behind.
+        let topic = &topics.names[0];
         let names = if plan.shared {
             vec![format!("{topic}-q")]
         } else {
@@ -63,20 +105,24 @@ pub(super) async fn measure(
         for name in names.iter().filter_map(|n| Name::new(n).ok()) {
             let _ = broker.delete_subscription(&name).await;
         }
-        let _ = broker.delete_topic(&topic).await;
+    }
+    if !topics.kept {
+        for topic in &topics.names {
+            let _ = broker.delete_topic(topic).await;
+        }
     }
     outcome
 }
 
 async fn measure_on(
     broker: SharedBroker,
-    topic: &Name,
+    topics: &RunTopics,
     durable: bool,
     plan: &Plan,
     args: &BenchArgs,
     stop: &CancellationToken,
 ) -> Result<Report, CliError> {
-    let streams = open_streams(&broker, topic, plan, durable).await?;
+    let streams = open_streams(&broker, topics, plan, durable).await?;
     let progress = Arc::new(Progress::default());
     let started = Instant::now();
     let mut receivers = Vec::new();
@@ -92,12 +138,13 @@ async fn measure_on(
     let ticker = show_progress(plan.name, progress.clone(), args);
     let mut senders = Vec::new();
     let pubs = u64::from(plan.pubs);
+    let names: Arc<[Name]> = topics.names.clone().into();
     for p in 0..pubs {
         // Publisher `p` sends an even share; the first ones take the remainder.
         let share = args.msgs / pubs + u64::from(p < args.msgs % pubs);
         let job = PublishJob {
             broker: broker.clone(),
-            topic: topic.clone(),
+            topics: names.clone(),
             count: if args.duration.is_some() { u64::MAX } else { share },
             until: args.duration.map(|d| started + d),
             size: args.size,
@@ -147,32 +194,37 @@ async fn measure_on(
     }
 }
 
-/// Creates the run's topic where the broker has topics, large enough to keep the whole run, so that a
-/// subscriber that falls behind is measured as slow rather than losing messages to retention. Returns
-/// whether the broker keeps durable subscriptions.
-async fn prepare_topic(broker: &SharedBroker, topic: &Name) -> Result<bool, CliError> {
+/// Creates a topic of the run where the broker has topics, large enough to keep the whole run, so that
+/// a subscriber that falls behind is measured as slow rather than losing messages to retention; a kept
+/// topic (`--topic`) that exists already is used as it is, and one that does not keeps messages for
+/// ever. Returns whether the broker keeps durable subscriptions.
+async fn prepare_topic(broker: &SharedBroker, topic: &Name, kept: bool) -> Result<bool, CliError> {
+    let durable = broker.capabilities().has(Capability::CompetingConsumers);
+    if kept && broker.topic_info(topic).await.is_ok() {
+        return Ok(durable);
+    }
     let mut config = crate::model::TopicConfig::new(topic.clone());
     config.limits.max_msgs = None;
     config.limits.max_bytes = None;
-    config.limits.max_age = Some(Duration::from_secs(3600));
+    config.limits.max_age = if kept { None } else { Some(Duration::from_secs(3600)) };
     // Brokers without topic admin, or that keep no limits of their own (Redis streams), refuse; their
     // topics then keep what the run sends anyway.
     match broker.create_topic(config).await {
         Ok(_) | Err(BrokerError::Unsupported { .. } | BrokerError::Invalid(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    Ok(broker.capabilities().has(Capability::CompetingConsumers))
+    Ok(durable)
 }
 
 /// Subscribes: durable subscriptions where the broker has them (no loss by design), live listeners
 /// otherwise (NATS core, Redis PUB/SUB, MQTT), where loss is possible and is counted.
 async fn open_streams(
     broker: &SharedBroker,
-    topic: &Name,
+    topics: &RunTopics,
     plan: &Plan,
     mut durable: bool,
 ) -> Result<Vec<DeliveryStream>, CliError> {
-    let pattern = Pattern::parse(topic.as_str()).map_err(|e| CliError::Usage(e.to_string()))?;
+    let (topic, pattern) = (&topics.names[0], &topics.pattern);
     let ack = if plan.ack { AckMode::Explicit } else { AckMode::None };
     let mut streams = Vec::new();
     for i in 0..plan.subs {
@@ -381,4 +433,52 @@ pub(super) fn now_micros() -> u64 {
 fn stamp(payload: &Bytes) -> Option<u64> {
     let head: [u8; 8] = payload.get(..8)?.try_into().ok()?;
     Some(u64::from_be_bytes(head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::publish::topic_of;
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn run_topics(args: &[&str]) -> RunTopics {
+        let cli = Cli::parse_from(std::iter::once("bench").chain(args.iter().copied()));
+        let plan = Plan { name: "1:1", pubs: 1, subs: 1, shared: false, ack: false };
+        RunTopics::for_plan(&plan, &cli.bench).unwrap()
+    }
+
+    #[test]
+    fn spread_topics_are_children_of_the_run_that_one_pattern_covers_and_publishers_take_in_turn() {
+        let spread = run_topics(&["--topics", "3"]);
+        let names: Vec<String> = spread.names.iter().map(ToString::to_string).collect();
+        let base = format!("bench-{}-1to1", std::process::id());
+        assert_eq!(names, [format!("{base}.0"), format!("{base}.1"), format!("{base}.2")]);
+        assert!(spread.names.iter().all(|n| spread.pattern.matches(n.as_str())), "{:?}", spread.pattern);
+        assert!(!spread.pattern.matches(&base), "the pattern covers the run's topics only");
+        assert!(spread.spread() && !spread.kept);
+        let order: Vec<&Name> = (0..7).map(|n| topic_of(&spread.names, n)).collect();
+        let [a, b, c] = [&spread.names[0], &spread.names[1], &spread.names[2]];
+        assert_eq!(order, [a, b, c, a, b, c, a]);
+
+        let one = run_topics(&[]);
+        assert_eq!(one.names.len(), 1);
+        assert_eq!(one.names[0].as_str(), base);
+        assert!(!one.spread() && !one.kept);
+        assert_eq!(topic_of(&one.names, 41), &one.names[0]);
+    }
+
+    #[test]
+    fn a_named_topic_is_used_as_given_and_kept() {
+        let kept = run_topics(&["--topic", "backlog"]);
+        assert_eq!(kept.names.len(), 1);
+        assert_eq!(kept.names[0].as_str(), "backlog");
+        assert!(kept.kept && !kept.spread());
+        assert!(kept.pattern.matches("backlog"));
+    }
 }

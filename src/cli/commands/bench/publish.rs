@@ -18,7 +18,8 @@ use crate::model::{Name, PublishRequest};
 /// One publisher's work.
 pub(super) struct PublishJob {
     pub(super) broker: SharedBroker,
-    pub(super) topic: Name,
+    /// The run's topics, taken in turn message by message (one, unless `--topics`).
+    pub(super) topics: Arc<[Name]>,
     pub(super) count: u64,
     pub(super) until: Option<Instant>,
     pub(super) size: usize,
@@ -84,7 +85,7 @@ impl PublishJob {
                     let mut payload = BytesMut::with_capacity(self.size);
                     payload.put_u64(stamp);
                     payload.extend_from_slice(&body);
-                    PublishRequest::new(self.topic.clone(), payload.freeze())
+                    PublishRequest::new(topic_of(&self.topics, sent + i).clone(), payload.freeze())
                 })
                 .collect();
             let broker = self.broker.clone();
@@ -110,6 +111,14 @@ impl PublishJob {
         self.progress.published.fetch_add(n, Ordering::Relaxed);
         Ok(n)
     }
+}
+
+/// The topic of a publisher's `n`th message: the run's topics in turn, so that every batch of a run
+/// spread over N topics carries runs of one message per topic (the spread's cost is per message).
+pub(super) fn topic_of(topics: &[Name], n: u64) -> &Name {
+    // `RunTopics` never leaves the list empty.
+    let at = n % topics.len().max(1) as u64;
+    &topics[at as usize]
 }
 
 /// Open-loop waits shorter than this sleep the thread rather than the async timer.

@@ -19,6 +19,11 @@ pub(super) struct Plan {
 pub(super) fn check_shape(args: &BenchArgs) -> Result<(), CliError> {
     let refuse = |what: &str| Err(CliError::Usage(what.to_string()));
     let (pubs, subs) = (args.pubs.filter(|&n| n != 1), args.subs);
+    if args.topics > 1 && matches!(args.scenario, Some(Scenario::Queue | Scenario::All)) {
+        return refuse(
+            "--topics spreads messages over topics that one shared subscription cannot read: use --scenario pub, 1:1, fanout or fanin",
+        );
+    }
     match args.scenario {
         Some(Scenario::OneToOne) if pubs.is_some() || subs.is_some_and(|n| n != 1) => refuse(
             "--scenario 1:1 has one publisher and one subscriber; for more use fanout (--subs), fanin (--pubs) or no --scenario",
