@@ -275,22 +275,23 @@ fn value_of<T: Serialize>(v: &T) -> serde_json::Value {
 
 /// The error frame for a broker failure.
 fn error_frame(id: Option<u64>, e: &BrokerError) -> crate::protocol::ServerFrame {
-    let code = match e {
-        BrokerError::Engine(engine) => ErrorCode::of(engine),
-        BrokerError::Unsupported { .. } => ErrorCode::NotSupported,
-        BrokerError::Invalid(_) => ErrorCode::BadField,
-        _ => ErrorCode::Internal,
-    };
     let index = match e {
         BrokerError::Batch { index, .. } => Some(*index),
         _ => None,
     };
-    let code = match e {
+    crate::protocol::ServerFrame::Error { id, code: code_of(e).number(), message: e.to_string(), index }
+}
+
+/// The protocol's code for a broker failure (a batch's is its failing message's).
+pub(crate) fn code_of(e: &BrokerError) -> ErrorCode {
+    match e {
+        BrokerError::Engine(engine) => ErrorCode::of(engine),
+        BrokerError::Unsupported { .. } => ErrorCode::NotSupported,
+        BrokerError::Invalid(_) => ErrorCode::BadField,
         BrokerError::Batch { source, .. } => match source.as_ref() {
             BrokerError::Engine(engine) => ErrorCode::of(engine),
-            _ => code,
+            _ => ErrorCode::Internal,
         },
-        _ => code,
-    };
-    crate::protocol::ServerFrame::Error { id, code: code.number(), message: e.to_string(), index }
+        _ => ErrorCode::Internal,
+    }
 }

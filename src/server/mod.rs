@@ -1,10 +1,12 @@
-//! `pubsub serve`: the engine over WebSocket. Accepts connections, enforces limits and auth, and hands
-//! each connection to [`connection`]; shuts down gracefully when its cancellation token fires.
+//! `pubsub serve`: the engine over WebSocket, and plain HTTP on the same port. Accepts connections,
+//! enforces limits and auth, and hands each connection to [`connection`] (which passes requests that
+//! are not WebSocket upgrades to [`http`]); shuts down gracefully when its cancellation token fires.
 
 mod admission;
 pub mod auth;
 mod connection;
 mod handler;
+mod http;
 mod pump;
 
 use std::net::SocketAddr;
@@ -30,6 +32,9 @@ pub struct ServeConfig {
     pub limits: ServeLimits,
     /// A connection whose socket accepts no data for this long is closed (its in-flight messages return).
     pub write_timeout: Duration,
+    /// An HTTP event stream with nothing to send for this long gets a comment line, so that clients and
+    /// proxies see it alive and a client that has gone is noticed.
+    pub keep_alive: Duration,
 }
 
 /// Limits, each breach answered with an error frame (or, before `hello`, by closing the connection).
@@ -103,7 +108,12 @@ impl ServeLimits {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        ServeConfig { token: None, limits: ServeLimits::default(), write_timeout: Duration::from_secs(30) }
+        ServeConfig {
+            token: None,
+            limits: ServeLimits::default(),
+            write_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(15),
+        }
     }
 }
 
@@ -152,6 +162,25 @@ impl Shared {
     pub(crate) fn held_bytes(&self) -> u64 {
         let budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
         budgets.iter().filter_map(Weak::upgrade).map(|b| b.used()).sum()
+    }
+}
+
+/// A connection counted among the served ones (`max_connections`); dropping it leaves the count.
+pub(crate) struct Served(Arc<Shared>);
+
+impl Served {
+    /// A place among the served connections, or `None` when they are all taken.
+    pub(crate) fn take(shared: &Arc<Shared>) -> Option<Served> {
+        let served = Served(shared.clone());
+        let before = shared.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        // Dropping `served` when there is no room gives the place back.
+        (before < shared.config.limits.max_connections as u64).then_some(served)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

@@ -114,6 +114,7 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
             ..ServeLimits::default()
         },
         write_timeout: args.write_timeout,
+        ..ServeConfig::default()
     };
     if args.daemon {
         let data_dir = match (args.memory, args.data_dir) {
