@@ -429,3 +429,46 @@ async fn slow_and_oversized_http_requests_are_closed_without_keeping_others_out(
     assert_eq!(ok.status, 200);
     assert_eq!(server.engine.topic_info(&name("t")).unwrap().messages, 2);
 }
+
+/// With `allow_origin`, answers and event streams carry the CORS header and a preflight is answered
+/// without a token; without it, neither (and `OPTIONS` is a wrong method).
+#[tokio::test]
+async fn cors_headers_are_sent_only_when_an_origin_is_allowed() {
+    let config = ServeConfig {
+        token: Some("tok".into()),
+        allow_origin: Some("http://localhost:8000".into()),
+        ..ServeConfig::default()
+    };
+    let server = start(config).await;
+    let preflight = request(
+        &server,
+        "OPTIONS /topics/t HTTP/1.1\r\nOrigin: http://localhost:8000\r\nAccess-Control-Request-Method: POST",
+        b"",
+    )
+    .await;
+    assert_eq!(preflight.status, 204, "{preflight:?}");
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("http://localhost:8000"));
+    assert_eq!(preflight.header("access-control-allow-methods"), Some("POST"));
+    let published = request(&server, "POST /topics/t HTTP/1.1\r\nAuthorization: Bearer tok", b"x").await;
+    assert_eq!(published.status, 200);
+    assert_eq!(published.header("access-control-allow-origin"), Some("http://localhost:8000"));
+    let refused = request(&server, "POST /topics/t HTTP/1.1", b"x").await;
+    assert_eq!((refused.status, refused.header("access-control-allow-origin").is_some()), (401, true));
+    let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
+    stream.write_all(b"GET /topics/t/events?token=tok HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0);
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.contains("\r\nAccess-Control-Allow-Origin: http://localhost:8000\r\n"), "{head}");
+
+    let plain = start(ServeConfig::default()).await;
+    let answer = request(&plain, "POST /topics/t HTTP/1.1", b"x").await;
+    assert_eq!((answer.status, answer.header("access-control-allow-origin")), (200, None));
+    let options = request(&plain, "OPTIONS /topics/t HTTP/1.1", b"").await;
+    assert_eq!(options.status, 405);
+}

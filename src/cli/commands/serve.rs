@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// Most unacked deliveries per connection.
     #[arg(long, default_value_t = ServeLimits::default().max_in_flight, value_name = "N")]
     pub max_in_flight: u32,
+    /// Let browser pages from this origin (`http://localhost:8000`, or `*` for any) read the plain
+    /// HTTP answers and event streams (CORS headers; none by default). The token is still required.
+    #[arg(long, value_name = "ORIGIN", value_parser = parse_origin)]
+    pub allow_origin: Option<String>,
     /// Close a connection whose socket accepts nothing for this long (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub write_timeout: Duration,
@@ -114,6 +118,7 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
             ..ServeLimits::default()
         },
         write_timeout: args.write_timeout,
+        allow_origin: args.allow_origin.clone(),
         ..ServeConfig::default()
     };
     if args.daemon {
@@ -343,6 +348,14 @@ pub fn close_inherited_descriptors() {
     for fd in inherited {
         let _ = nix::unistd::close(fd);
     }
+}
+
+/// Parses `--allow-origin`: one origin or `*`, which goes into a header line as it is.
+fn parse_origin(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_control() || c.is_whitespace() || c == ',') {
+        return Err(format!("\"{s}\" is not an origin: give one, like http://localhost:8000, or *"));
+    }
+    Ok(s.to_string())
 }
 
 /// Parses `--durability`.

@@ -36,12 +36,14 @@ enum Route {
     Publish(Name),
     Events(Name),
     Subscription(Name),
+    /// A browser's CORS preflight for a path that takes this method (only with `allow_origin`).
+    Preflight(&'static str),
 }
 
 const ROUTES: &str = "POST /topics/NAME, GET /topics/NAME/events and GET /subscriptions/NAME";
 
 /// The route of a request, or why there is none (404 path, 405 method, 400 name).
-fn route(head: &Head) -> Result<Route, HttpError> {
+fn route(head: &Head, cors: bool) -> Result<Route, HttpError> {
     let segments: Vec<&str> = head.path.strip_prefix('/').unwrap_or(&head.path).split('/').collect();
     let (want, make): (&'static str, fn(Name) -> Route) = match segments.as_slice() {
         ["topics", _] => ("POST", Route::Publish),
@@ -52,6 +54,9 @@ fn route(head: &Head) -> Result<Route, HttpError> {
             return Err(HttpError::with_status(404, ErrorCode::UnknownOp, msg));
         }
     };
+    if cors && head.method == "OPTIONS" {
+        return Ok(Route::Preflight(want));
+    }
     if head.method != want {
         let msg = format!("{} is not allowed on {}; use {want}", head.method, head.path);
         return Err(HttpError::with_status(405, ErrorCode::UnknownOp, msg).header("Allow", want));
@@ -118,8 +123,12 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
     let Request { mut socket, head, head_len, allowance, slot, peer } = request;
     socket.skip(head_len);
     let limits = shared.config.limits;
+    // A preflight carries no credentials: it is answered before the token is asked for.
+    if let Ok(Route::Preflight(method)) = route(&head, shared.config.allow_origin.is_some()) {
+        return finish(socket, &response::preflight(method), &shared).await;
+    }
     let admitted =
-        authorize(&head, shared.config.token.as_deref()).and_then(|()| route(&head)).and_then(|r| {
+        authorize(&head, shared.config.token.as_deref()).and_then(|()| route(&head, false)).and_then(|r| {
             let served = Served::take(&shared).ok_or_else(|| {
                 HttpError::new(ErrorCode::TooManyConnections, "the server has reached its connection limit")
             })?;
@@ -139,6 +148,7 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
             Ok(info) => response::json(&info),
             Err(e) => HttpError::of(&e).response(),
         },
+        Route::Preflight(method) => response::preflight(method),
         Route::Events(topic) => {
             let connection = shared.connection_budget();
             let budget = ByteBudget::child(&connection, limits.max_stream_bytes as u64);
@@ -147,6 +157,7 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
                     let config = sse::StreamConfig {
                         keep_alive: shared.config.keep_alive,
                         write_timeout: shared.config.write_timeout,
+                        allow_origin: shared.config.allow_origin.clone(),
                     };
                     let tcp = socket.into_inner().into_inner();
                     sse::run(tcp, stream, budget, config, cancel).await;
@@ -240,7 +251,14 @@ async fn publish(socket: &mut Socket, subject: Name, head: &Head, shared: &Share
 /// the client has read the answer (a refused body it is still sending, say).
 async fn finish(mut socket: Socket, answer: &[u8], shared: &Shared) {
     let timeout = shared.config.write_timeout;
-    if answer.is_empty() || tokio::time::timeout(timeout, socket.write_all(answer)).await.is_err() {
+    if answer.is_empty() {
+        return;
+    }
+    let mut answer = answer.to_vec();
+    if let Some(origin) = &shared.config.allow_origin {
+        response::allow_origin(&mut answer, origin);
+    }
+    if tokio::time::timeout(timeout, socket.write_all(&answer)).await.is_err() {
         return;
     }
     let _ = tokio::time::timeout(timeout, socket.shutdown()).await;
@@ -259,19 +277,30 @@ mod tests {
         head::parse(raw.as_bytes()).unwrap().unwrap().0
     }
 
+    fn route_of(head: &Head) -> Result<Route, HttpError> {
+        route(head, false)
+    }
+
+    #[test]
+    fn a_preflight_is_a_route_only_when_cors_is_on() {
+        let options = head("OPTIONS /topics/t HTTP/1.1\r\n\r\n");
+        assert_eq!(route(&options, true).unwrap(), Route::Preflight("POST"));
+        assert_eq!(route(&options, false).unwrap_err().status, 405);
+    }
+
     #[test]
     fn requests_are_routed_by_path_and_method() {
         let n = |s: &str| Name::new(s).unwrap();
-        assert_eq!(route(&head("POST /topics/a.b HTTP/1.1\r\n\r\n")).unwrap(), Route::Publish(n("a.b")));
-        assert_eq!(route(&head("GET /topics/a/events HTTP/1.1\r\n\r\n")).unwrap(), Route::Events(n("a")));
+        assert_eq!(route_of(&head("POST /topics/a.b HTTP/1.1\r\n\r\n")).unwrap(), Route::Publish(n("a.b")));
+        assert_eq!(route_of(&head("GET /topics/a/events HTTP/1.1\r\n\r\n")).unwrap(), Route::Events(n("a")));
         assert_eq!(
-            route(&head("GET /subscriptions/s?token=x HTTP/1.1\r\n\r\n")).unwrap(),
+            route_of(&head("GET /subscriptions/s?token=x HTTP/1.1\r\n\r\n")).unwrap(),
             Route::Subscription(n("s"))
         );
-        assert_eq!(route(&head("GET /elsewhere HTTP/1.1\r\n\r\n")).unwrap_err().status, 404);
-        let wrong = route(&head("GET /topics/a HTTP/1.1\r\n\r\n")).unwrap_err();
+        assert_eq!(route_of(&head("GET /elsewhere HTTP/1.1\r\n\r\n")).unwrap_err().status, 404);
+        let wrong = route_of(&head("GET /topics/a HTTP/1.1\r\n\r\n")).unwrap_err();
         assert_eq!((wrong.status, wrong.headers.clone()), (405, vec![("Allow", "POST".to_string())]));
-        let bad = route(&head("POST /topics/a%20b HTTP/1.1\r\n\r\n")).unwrap_err();
+        let bad = route_of(&head("POST /topics/a%20b HTTP/1.1\r\n\r\n")).unwrap_err();
         assert_eq!((bad.status, bad.code), (400, ErrorCode::InvalidName));
     }
 

@@ -85,6 +85,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
@@ -128,9 +129,27 @@ pub(crate) fn json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// The head of an event stream; its body runs until the connection closes.
-pub(crate) fn event_stream_head() -> &'static [u8] {
+pub(crate) fn event_stream_head() -> Vec<u8> {
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
       Connection: close\r\nX-Accel-Buffering: no\r\n\r\n"
+        .to_vec()
+}
+
+/// Adds the CORS header that lets pages of `origin` read `answer` (a whole answer or a head).
+pub(crate) fn allow_origin(answer: &mut Vec<u8>, origin: &str) {
+    let Some(at) = answer.windows(2).position(|w| w == b"\r\n") else { return };
+    let line = format!("\r\nAccess-Control-Allow-Origin: {origin}\r\nVary: Origin");
+    answer.splice(at..at, line.into_bytes());
+}
+
+/// The answer to a CORS preflight (`OPTIONS`) for a path that takes `method`.
+pub(crate) fn preflight(method: &str) -> Vec<u8> {
+    let headers = [
+        ("Access-Control-Allow-Methods", method.to_string()),
+        ("Access-Control-Allow-Headers", "*, Authorization".to_string()),
+        ("Access-Control-Max-Age", "600".to_string()),
+    ];
+    response(204, &headers, "text/plain", b"")
 }
 
 #[cfg(test)]
@@ -145,6 +164,18 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{head}");
         assert!(head.contains("\r\nAllow: GET") && head.contains(&format!("Content-Length: {}", body.len())));
         assert_eq!(body, r#"{"error":"use GET","code":1001}"#);
+    }
+
+    #[test]
+    fn the_cors_header_goes_after_the_status_line() {
+        let mut answer = response(200, &[], "application/json", b"{}");
+        allow_origin(&mut answer, "*");
+        let text = String::from_utf8(answer).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nVary: Origin\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\n{}"), "{text}");
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub(crate) struct StreamConfig {
     pub keep_alive: Duration,
     /// A write that takes longer means the client stopped reading: the stream ends.
     pub write_timeout: Duration,
+    /// The CORS origin to allow, if any.
+    pub allow_origin: Option<String>,
 }
 
 /// Streams `stream` to `socket` as events until the client goes, the stream ends or `cancel` fires.
@@ -92,7 +94,11 @@ pub(crate) async fn run(
 ) {
     let (mut reader, mut writer) = socket.into_split();
     let timeout = config.write_timeout;
-    if !write(&mut writer, event_stream_head(), timeout).await {
+    let mut head = event_stream_head();
+    if let Some(origin) = &config.allow_origin {
+        super::response::allow_origin(&mut head, origin);
+    }
+    if !write(&mut writer, &head, timeout).await {
         return;
     }
     let mut buf = Vec::with_capacity(BATCH_BYTES);
