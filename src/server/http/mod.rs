@@ -125,7 +125,7 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
     let limits = shared.config.limits;
     // A preflight carries no credentials: it is answered before the token is asked for.
     if let Ok(Route::Preflight(method)) = route(&head, shared.config.allow_origin.is_some()) {
-        return finish(socket, &response::preflight(method), &shared).await;
+        return refuse(socket, &response::preflight(method), &shared, &cancel, &slot).await;
     }
     let admitted =
         authorize(&head, shared.config.token.as_deref()).and_then(|()| route(&head, false)).and_then(|r| {
@@ -136,7 +136,7 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
         });
     let (route, served) = match admitted {
         Ok(pair) => pair,
-        Err(e) => return finish(socket, &e.response(), &shared).await,
+        Err(e) => return refuse(socket, &e.response(), &shared, &cancel, &slot).await,
     };
     // From here the client counts among the served connections, as after `hello`.
     drop(slot);
@@ -169,7 +169,7 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
         }
     };
     drop(served);
-    finish(socket, &answer, &shared).await;
+    finish(socket, &answer, &shared, &cancel).await;
 }
 
 /// The event stream of `topic` from where the request asks; a topic that does not exist is a 404
@@ -246,10 +246,26 @@ async fn publish(socket: &mut Socket, subject: Name, head: &Head, shared: &Share
     }
 }
 
+/// Answers a request that was not admitted: it still holds its pending slot, and gives way as soon as
+/// a newer connection needs the slot.
+async fn refuse(
+    socket: Socket,
+    answer: &[u8],
+    shared: &Shared,
+    cancel: &CancellationToken,
+    slot: &PendingSlot,
+) {
+    tokio::select! {
+        () = slot.evicted.cancelled() => {}
+        () = finish(socket, answer, shared, cancel) => {}
+    }
+}
+
 /// Writes the answer and closes: the write side first, then whatever the client still sends is read
-/// and dropped for a while, so that closing with unread bytes does not reset the connection before
-/// the client has read the answer (a refused body it is still sending, say).
-async fn finish(mut socket: Socket, answer: &[u8], shared: &Shared) {
+/// and dropped for a while (until `stop` fires at the latest), so that closing with unread bytes does
+/// not reset the connection before the client has read the answer (a refused body it is still
+/// sending, say).
+async fn finish(mut socket: Socket, answer: &[u8], shared: &Shared, stop: &CancellationToken) {
     let timeout = shared.config.write_timeout;
     if answer.is_empty() {
         return;
@@ -266,7 +282,10 @@ async fn finish(mut socket: Socket, answer: &[u8], shared: &Shared) {
         let mut sink = [0u8; 8192];
         while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
     };
-    let _ = tokio::time::timeout(shared.config.limits.hello_timeout, drain).await;
+    tokio::select! {
+        () = stop.cancelled() => {}
+        _ = tokio::time::timeout(shared.config.limits.hello_timeout, drain) => {}
+    }
 }
 
 #[cfg(test)]
