@@ -196,6 +196,17 @@ pub async fn run(
     config: ServeConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    run_on(vec![listener], broker, config, shutdown).await
+}
+
+/// [`run`] on several listeners (`serve --http ADDR` adds one): one server, whose limits count the
+/// connections of all of them together.
+pub async fn run_on(
+    listeners: Vec<TcpListener>,
+    broker: Arc<LocalBroker>,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let mut config = config;
     config.token = config.token.filter(|t| !t.is_empty());
     let shared = Arc::new(Shared {
@@ -208,6 +219,16 @@ pub async fn run(
         shutdown: shutdown.clone(),
     });
     let tracker = TaskTracker::new();
+    let loops = listeners.into_iter().map(|listener| accept_loop(listener, &shared, &tracker));
+    futures_util::future::join_all(loops).await;
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    Ok(())
+}
+
+/// Accepts connections on `listener` until the server shuts down.
+async fn accept_loop(listener: TcpListener, shared: &Arc<Shared>, tracker: &TaskTracker) {
+    let shutdown = &shared.shutdown;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -228,7 +249,4 @@ pub async fn run(
         let cancel = shutdown.child_token();
         tracker.spawn(connection::serve(stream, peer, shared.clone(), cancel, slot));
     }
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-    Ok(())
 }

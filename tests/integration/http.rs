@@ -472,3 +472,45 @@ async fn cors_headers_are_sent_only_when_an_origin_is_allowed() {
     let options = request(&plain, "OPTIONS /topics/t HTTP/1.1", b"").await;
     assert_eq!(options.status, 405);
 }
+
+/// `serve --http ADDR` answers on a second address too, as the same server: what is published there
+/// is in the engine the main address serves.
+#[test]
+fn serve_with_http_answers_on_the_second_address_too() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let home = crate::support::Home::new("http-extra");
+    let child = home
+        .cmd()
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Child(child);
+    // Read by a thread of its own, so that a line that never comes fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let announced = lines_until(&rx, |l| l.contains("also answering HTTP on http://"));
+    let http = announced.last().unwrap().rsplit("http://").next().unwrap().trim().to_string();
+    let mut ws = String::new();
+    BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut ws).unwrap();
+    let main = ws.trim().trim_start_matches("ws://").to_string();
+    assert_ne!(main, http);
+    let ask = |addr: &str, raw: &str| {
+        let mut socket = std::net::TcpStream::connect(addr).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        socket.write_all(raw.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        socket.read_to_end(&mut all).unwrap();
+        parse_answer(&all)
+    };
+    let published = ask(&http, "POST /topics/extra HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(published.status, 200, "{published:?}");
+    let on_main = ask(&main, "POST /topics/extra HTTP/1.1\r\nContent-Length: 2\r\n\r\nho");
+    assert_eq!(on_main.json()["seq"].as_u64(), Some(2), "one engine behind both addresses");
+}

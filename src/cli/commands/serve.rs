@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the URL is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:7077", value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// Also listen on this address, for HTTP clients on another port or interface (it answers
+    /// WebSocket upgrades too; the main address answers HTTP as well). Same token and limits.
+    #[arg(long, value_name = "ADDR", conflicts_with = "detach")]
+    pub http: Option<SocketAddr>,
     /// Listen beyond loopback without a token (anyone who can reach the port can read and publish).
     #[arg(long)]
     pub insecure: bool,
@@ -130,12 +134,21 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
         return run_daemon(config, data_dir, args.durability).await;
     }
     server::check_exposure(&args.listen, config.token.as_deref(), args.insecure).map_err(CliError::Usage)?;
+    if let Some(http) = &args.http {
+        server::check_exposure(http, config.token.as_deref(), args.insecure).map_err(CliError::Usage)?;
+    }
     let (engine, kind) = open_engine(args.data_dir.as_deref(), args.durability)?;
     let listener = TcpListener::bind(args.listen).await.map_err(|e| bind_error(&args.listen, &e))?;
     let addr = listener.local_addr()?;
+    let mut listeners = vec![listener];
+    if let Some(http) = args.http {
+        let extra = TcpListener::bind(http).await.map_err(|e| bind_error(&http, &e))?;
+        note(&format!("also answering HTTP on http://{}", extra.local_addr()?));
+        listeners.push(extra);
+    }
     note(&format!("serving {kind} on ws://{addr} (Ctrl-C stops it)"));
     Stdout::new().line(&format!("ws://{addr}"))?;
-    serve_until_signal(listener, config, engine).await
+    serve_until_signal(listeners, config, engine).await
 }
 
 /// The engine to serve: in memory, or opened (and recovered) from a data directory, with a phrase that
@@ -193,14 +206,14 @@ fn bind_error(addr: &SocketAddr, e: &std::io::Error) -> CliError {
 }
 
 async fn serve_until_signal(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     config: ServeConfig,
     engine: Engine,
 ) -> Result<(), CliError> {
     let broker = Arc::new(LocalBroker::new(engine.clone(), "mem://"));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let served = server::run(listener, broker, config, shutdown).await;
+    let served = server::run_on(listeners, broker, config, shutdown).await;
     // A clean stop checkpoints every subscription so the next start replays nothing.
     let closed = engine.close();
     served?;
@@ -256,7 +269,7 @@ async fn run_daemon(
     let endpoint = Endpoint { url: url.clone(), token, pid: std::process::id() };
     endpoint.write(&paths.endpoint())?;
     note(&format!("daemon pid {} serving {kind} on {url}", endpoint.pid));
-    let result = serve_until_signal(listener, config, engine).await;
+    let result = serve_until_signal(vec![listener], config, engine).await;
     // Withdraw the endpoint only if it is still ours.
     if Endpoint::read(&paths.endpoint()).is_some_and(|e| e.pid == endpoint.pid) {
         let _ = std::fs::remove_file(paths.endpoint());
