@@ -100,6 +100,11 @@ pub fn backend_for(url: &str) -> Result<BackendKind, BrokerError> {
 
 /// Decodes `%XX` escapes in a URL part (user names, passwords, file paths); anything else is kept.
 pub(crate) fn percent_decode(s: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
+}
+
+/// The bytes `%XX` escapes in a URL part stand for, whether or not they are UTF-8.
+pub(crate) fn percent_decode_bytes(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -114,7 +119,7 @@ pub(crate) fn percent_decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// A broker URL taken apart once, for every remote backend: `scheme://[user[:password]@]host[:port]

@@ -97,7 +97,7 @@ pub enum Command {
     Tui(commands::tui::TuiArgs),
     /// Measure publish-to-delivery throughput and latency against a broker.
     Bench(commands::bench::BenchArgs),
-    /// Run the engine as a WebSocket server (`serve status`, `serve stop` manage the local daemon).
+    /// Run the engine as a WebSocket and HTTP server (`serve status`, `serve stop` manage the local daemon).
     Serve(commands::serve::ServeArgs),
     /// Check or repair a data directory of the durable store (`store verify`, `store repair`).
     #[command(subcommand)]

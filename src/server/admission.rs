@@ -99,6 +99,11 @@ impl<S> Metered<S> {
         let allowance = Arc::new(AtomicU64::new(allowance));
         (Metered { inner, allowance: allowance.clone() }, allowance)
     }
+
+    /// The socket underneath (once the allowance no longer matters).
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {

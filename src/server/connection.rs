@@ -1,11 +1,11 @@
-//! One client connection: the handshake, the read loop, one writer task that coalesces frames, and one
-//! pump task per stream. Every queue is bounded; a client that stops reading is closed after the write
+//! One client connection: the request head (a plain HTTP request goes to [`super::http`]), the
+//! WebSocket handshake, the read loop, one writer task that coalesces frames, and one pump task per
+//! stream. Every queue is bounded; a client that stops reading is closed after the write
 //! timeout, and closing drops its consumers, which hands their in-flight messages back (T7).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -20,11 +20,11 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Shared;
 use super::admission::{Allowance, Metered, PendingSlot, is_too_much_before_hello, lift};
 use super::auth::tokens_match;
 pub(crate) use super::pump::Outbound;
 use super::pump::{self, BATCH_BYTES, Credit, Pump};
+use super::{Served, Shared, http};
 use crate::broker::DeliveryStream;
 use crate::engine::ByteBudget;
 use crate::protocol::{self, ErrorCode, Request, ServerFrame, VERSION};
@@ -33,7 +33,7 @@ use crate::protocol::{self, ErrorCode, Request, ServerFrame, VERSION};
 const WRITE_FRAMES: usize = 64;
 const WRITE_BYTES: usize = 4 * BATCH_BYTES;
 
-type Socket = WebSocketStream<Metered<TcpStream>>;
+type Socket = WebSocketStream<http::Socket>;
 
 /// Serves one connection to the end: the handshake and `hello` within their deadlines (or until a
 /// newer connection needs the pending `slot`), then requests until either side closes.
@@ -50,16 +50,46 @@ pub(crate) async fn serve(
     let hard_cap = limits.max_frame_bytes.saturating_mul(2).saturating_add(64 * 1024);
     let ws_config =
         WebSocketConfig::default().max_message_size(Some(hard_cap)).max_frame_size(Some(hard_cap));
-    // Until `hello` is accepted the socket may deliver only `max_hello_bytes`, handshake included.
+    // Until `hello` is accepted (or an HTTP request's token), the socket may deliver only
+    // `max_hello_bytes`, request head included.
     let (metered, allowance) = Metered::new(stream, limits.max_hello_bytes as u64);
-    let handshake = tokio_tungstenite::accept_async_with_config(metered, Some(ws_config));
+    // The head and the WebSocket handshake share one deadline.
+    let deadline = Instant::now() + limits.handshake_timeout;
+    let read_head = http::head::read(metered, limits.max_hello_bytes);
+    let (head, mut socket) = tokio::select! {
+        () = cancel.cancelled() => return,
+        () = slot.evicted.cancelled() => {
+            tracing::debug!(%peer, "closed before its request to make room for a newer connection");
+            return;
+        }
+        read = tokio::time::timeout_at(deadline, read_head) => match read {
+            Ok(read) => read,
+            Err(_) => {
+                tracing::debug!(%peer, "no request within {:?}", limits.handshake_timeout);
+                return;
+            }
+        },
+    };
+    let (head, head_len) = match head {
+        Ok(head) => head,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "no request head");
+            http::refuse_head(&mut socket, &e, shared.config.write_timeout).await;
+            return;
+        }
+    };
+    if !head.is_websocket() {
+        let request = http::Request { socket, head, head_len, allowance, slot, peer };
+        return http::serve(request, shared, cancel).await;
+    }
+    let handshake = tokio_tungstenite::accept_async_with_config(socket, Some(ws_config));
     let ws = tokio::select! {
         () = cancel.cancelled() => return,
         () = slot.evicted.cancelled() => {
             tracing::debug!(%peer, "closed during its handshake to make room for a newer connection");
             return;
         }
-        handshake = tokio::time::timeout(limits.handshake_timeout, handshake) => match handshake {
+        handshake = tokio::time::timeout_at(deadline, handshake) => match handshake {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "websocket handshake failed");
@@ -208,15 +238,6 @@ pub(crate) struct Connection {
     served: Option<Served>,
 }
 
-/// A connection counted among the served ones; dropping it leaves the count.
-struct Served(Arc<Shared>);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl Connection {
     async fn read_loop(&mut self, source: &mut SplitStream<Socket>) {
         loop {
@@ -357,15 +378,12 @@ impl Connection {
                 return false;
             }
         }
-        let max = self.shared.config.limits.max_connections;
-        let served = Served(self.shared.clone());
-        if self.shared.connections.fetch_add(1, Ordering::AcqRel) as usize >= max {
-            drop(served);
+        let Some(served) = Served::take(&self.shared) else {
             self.error(id, ErrorCode::TooManyConnections, "the server has reached its connection limit")
                 .await;
             self.close(CloseCode::Again, "too many connections").await;
             return false;
-        }
+        };
         self.served = Some(served);
         self.slot = None;
         lift(&self.allowance);

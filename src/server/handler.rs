@@ -280,7 +280,7 @@ impl Connection {
     /// share one fdatasync.
     pub(crate) async fn settle_binary(&self, op: SettleOp, subscription: Name, items: Vec<SettleItem>) {
         let broker = &self.shared.broker;
-        let error = |e: &BrokerError| (error_code(e).number(), e.to_string());
+        let error = |e: &BrokerError| (code_of(e).number(), e.to_string());
         let (outcomes, owed): (Vec<SettleResult>, PendingSync) = match op {
             SettleOp::Ack => {
                 let refs: Vec<AckRef> = items
@@ -389,22 +389,19 @@ fn error_frame(id: Option<u64>, e: &BrokerError) -> crate::protocol::ServerFrame
         BrokerError::Batch { index, .. } => Some(*index),
         _ => None,
     };
-    crate::protocol::ServerFrame::Error { id, code: error_code(e).number(), message: e.to_string(), index }
+    crate::protocol::ServerFrame::Error { id, code: code_of(e).number(), message: e.to_string(), index }
 }
 
-/// The protocol's code for a broker failure (for a batch, its failed message's).
-fn error_code(e: &BrokerError) -> ErrorCode {
-    let code = match e {
+/// The protocol's code for a broker failure (a batch's is its failing message's).
+pub(crate) fn code_of(e: &BrokerError) -> ErrorCode {
+    match e {
         BrokerError::Engine(engine) => ErrorCode::of(engine),
         BrokerError::Unsupported { .. } => ErrorCode::NotSupported,
         BrokerError::Invalid(_) => ErrorCode::BadField,
-        _ => ErrorCode::Internal,
-    };
-    match e {
         BrokerError::Batch { source, .. } => match source.as_ref() {
             BrokerError::Engine(engine) => ErrorCode::of(engine),
-            _ => code,
+            _ => ErrorCode::Internal,
         },
-        _ => code,
+        _ => ErrorCode::Internal,
     }
 }

@@ -1,10 +1,12 @@
-//! `pubsub serve`: the engine over WebSocket. Accepts connections, enforces limits and auth, and hands
-//! each connection to [`connection`]; shuts down gracefully when its cancellation token fires.
+//! `pubsub serve`: the engine over WebSocket, and plain HTTP on the same port. Accepts connections,
+//! enforces limits and auth, and hands each connection to [`connection`] (which passes requests that
+//! are not WebSocket upgrades to [`http`]); shuts down gracefully when its cancellation token fires.
 
 mod admission;
 pub mod auth;
 mod connection;
 mod handler;
+mod http;
 mod pump;
 
 use std::net::SocketAddr;
@@ -30,6 +32,12 @@ pub struct ServeConfig {
     pub limits: ServeLimits,
     /// A connection whose socket accepts no data for this long is closed (its in-flight messages return).
     pub write_timeout: Duration,
+    /// An HTTP event stream with nothing to send for this long gets a comment line, so that clients and
+    /// proxies see it alive and a client that has gone is noticed.
+    pub keep_alive: Duration,
+    /// The origin (or `*`) whose browser pages may read HTTP answers and event streams (CORS); `None`
+    /// sends no CORS headers, so browsers keep pages of other origins from reading them.
+    pub allow_origin: Option<String>,
 }
 
 /// Limits, each breach answered with an error frame (or, before `hello`, by closing the connection).
@@ -103,7 +111,13 @@ impl ServeLimits {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        ServeConfig { token: None, limits: ServeLimits::default(), write_timeout: Duration::from_secs(30) }
+        ServeConfig {
+            token: None,
+            limits: ServeLimits::default(),
+            write_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(15),
+            allow_origin: None,
+        }
     }
 }
 
@@ -155,10 +169,40 @@ impl Shared {
     }
 }
 
+/// A connection counted among the served ones (`max_connections`); dropping it leaves the count.
+pub(crate) struct Served(Arc<Shared>);
+
+impl Served {
+    /// A place among the served connections, or `None` when they are all taken.
+    pub(crate) fn take(shared: &Arc<Shared>) -> Option<Served> {
+        let served = Served(shared.clone());
+        let before = shared.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        // Dropping `served` when there is no room gives the place back.
+        (before < shared.config.limits.max_connections as u64).then_some(served)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Serves the engine behind `broker` on `listener` until `shutdown` fires, then closes every connection
 /// with a reason and waits (at most 5 s) for them to finish their writes.
 pub async fn run(
     listener: TcpListener,
+    broker: Arc<LocalBroker>,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    run_on(vec![listener], broker, config, shutdown).await
+}
+
+/// [`run`] on several listeners (`serve --http ADDR` adds one): one server, whose limits count the
+/// connections of all of them together.
+pub async fn run_on(
+    listeners: Vec<TcpListener>,
     broker: Arc<LocalBroker>,
     config: ServeConfig,
     shutdown: CancellationToken,
@@ -175,6 +219,16 @@ pub async fn run(
         shutdown: shutdown.clone(),
     });
     let tracker = TaskTracker::new();
+    let loops = listeners.into_iter().map(|listener| accept_loop(listener, &shared, &tracker));
+    futures_util::future::join_all(loops).await;
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    Ok(())
+}
+
+/// Accepts connections on `listener` until the server shuts down.
+async fn accept_loop(listener: TcpListener, shared: &Arc<Shared>, tracker: &TaskTracker) {
+    let shutdown = &shared.shutdown;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -195,7 +249,4 @@ pub async fn run(
         let cancel = shutdown.child_token();
         tracker.spawn(connection::serve(stream, peer, shared.clone(), cancel, slot));
     }
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-    Ok(())
 }

@@ -18,6 +18,7 @@ mod damage;
 mod demo;
 mod engine;
 mod hostile;
+mod http;
 mod interop;
 mod kafka_live;
 mod layering;

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the URL is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:7077", value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// Also listen on this address, for HTTP clients on another port or interface (it answers
+    /// WebSocket upgrades too; the main address answers HTTP as well). Same token and limits.
+    #[arg(long, value_name = "ADDR", conflicts_with = "detach")]
+    pub http: Option<SocketAddr>,
     /// Listen beyond loopback without a token (anyone who can reach the port can read and publish).
     #[arg(long)]
     pub insecure: bool,
@@ -72,6 +76,10 @@ pub struct ServeArgs {
     /// Most unacked deliveries per connection.
     #[arg(long, default_value_t = ServeLimits::default().max_in_flight, value_name = "N")]
     pub max_in_flight: u32,
+    /// Let browser pages from this origin (`http://localhost:8000`, or `*` for any) read the plain
+    /// HTTP answers and event streams (CORS headers; none by default). The token is still required.
+    #[arg(long, value_name = "ORIGIN", value_parser = parse_origin)]
+    pub allow_origin: Option<String>,
     /// Close a connection whose socket accepts nothing for this long (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub write_timeout: Duration,
@@ -114,6 +122,8 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
             ..ServeLimits::default()
         },
         write_timeout: args.write_timeout,
+        allow_origin: args.allow_origin.clone(),
+        ..ServeConfig::default()
     };
     if args.daemon {
         let data_dir = match (args.memory, args.data_dir) {
@@ -124,12 +134,21 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
         return run_daemon(config, data_dir, args.durability).await;
     }
     server::check_exposure(&args.listen, config.token.as_deref(), args.insecure).map_err(CliError::Usage)?;
+    if let Some(http) = &args.http {
+        server::check_exposure(http, config.token.as_deref(), args.insecure).map_err(CliError::Usage)?;
+    }
     let (engine, kind) = open_engine(args.data_dir.as_deref(), args.durability)?;
     let listener = TcpListener::bind(args.listen).await.map_err(|e| bind_error(&args.listen, &e))?;
     let addr = listener.local_addr()?;
+    let mut listeners = vec![listener];
+    if let Some(http) = args.http {
+        let extra = TcpListener::bind(http).await.map_err(|e| bind_error(&http, &e))?;
+        note(&format!("also answering HTTP on http://{}", extra.local_addr()?));
+        listeners.push(extra);
+    }
     note(&format!("serving {kind} on ws://{addr} (Ctrl-C stops it)"));
     Stdout::new().line(&format!("ws://{addr}"))?;
-    serve_until_signal(listener, config, engine).await
+    serve_until_signal(listeners, config, engine).await
 }
 
 /// The engine to serve: in memory, or opened (and recovered) from a data directory, with a phrase that
@@ -187,14 +206,14 @@ fn bind_error(addr: &SocketAddr, e: &std::io::Error) -> CliError {
 }
 
 async fn serve_until_signal(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     config: ServeConfig,
     engine: Engine,
 ) -> Result<(), CliError> {
     let broker = Arc::new(LocalBroker::new(engine.clone(), "mem://"));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let served = server::run(listener, broker, config, shutdown).await;
+    let served = server::run_on(listeners, broker, config, shutdown).await;
     // A clean stop checkpoints every subscription so the next start replays nothing.
     let closed = engine.close();
     served?;
@@ -250,7 +269,7 @@ async fn run_daemon(
     let endpoint = Endpoint { url: url.clone(), token, pid: std::process::id() };
     endpoint.write(&paths.endpoint())?;
     note(&format!("daemon pid {} serving {kind} on {url}", endpoint.pid));
-    let result = serve_until_signal(listener, config, engine).await;
+    let result = serve_until_signal(vec![listener], config, engine).await;
     // Withdraw the endpoint only if it is still ours.
     if Endpoint::read(&paths.endpoint()).is_some_and(|e| e.pid == endpoint.pid) {
         let _ = std::fs::remove_file(paths.endpoint());
@@ -342,6 +361,14 @@ pub fn close_inherited_descriptors() {
     for fd in inherited {
         let _ = nix::unistd::close(fd);
     }
+}
+
+/// Parses `--allow-origin`: one origin or `*`, which goes into a header line as it is.
+fn parse_origin(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_control() || c.is_whitespace() || c == ',') {
+        return Err(format!("\"{s}\" is not an origin: give one, like http://localhost:8000, or *"));
+    }
+    Ok(s.to_string())
 }
 
 /// Parses `--durability`.

@@ -1,0 +1,338 @@
+//! Plain HTTP on the server's port, for scripts and browsers without a WebSocket client: `POST
+//! /topics/NAME` publishes, `GET /topics/NAME/events` streams Server-Sent Events, `GET
+//! /subscriptions/NAME` describes a subscription. One request per connection; the same token, limits
+//! and pre-authentication allowance as a WebSocket connection (docs/PROTOCOL.md, "HTTP").
+
+pub(crate) mod head;
+mod publish;
+mod response;
+mod sse;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::admission::{Allowance, Metered, PendingSlot, lift};
+use super::auth::tokens_match;
+use super::{Served, Shared};
+use crate::broker::url::percent_decode_bytes;
+use crate::broker::{Broker, SubscribeRequest};
+use crate::engine::ByteBudget;
+use crate::model::{AckMode, Name, Pattern};
+use crate::protocol::ErrorCode;
+use head::{Head, HeadError, Rewind};
+pub(crate) use response::HttpError;
+
+/// The socket of a connection whose head has been read.
+pub(crate) type Socket = Rewind<Metered<TcpStream>>;
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Publish(Name),
+    Events(Name),
+    Subscription(Name),
+    /// A browser's CORS preflight for a path that takes this method (only with `allow_origin`).
+    Preflight(&'static str),
+}
+
+const ROUTES: &str = "POST /topics/NAME, GET /topics/NAME/events and GET /subscriptions/NAME";
+
+/// The route of a request, or why there is none (404 path, 405 method, 400 name).
+fn route(head: &Head, cors: bool) -> Result<Route, HttpError> {
+    let segments: Vec<&str> = head.path.strip_prefix('/').unwrap_or(&head.path).split('/').collect();
+    let (want, make): (&'static str, fn(Name) -> Route) = match segments.as_slice() {
+        ["topics", _] => ("POST", Route::Publish),
+        ["topics", _, "events"] => ("GET", Route::Events),
+        ["subscriptions", _] => ("GET", Route::Subscription),
+        _ => {
+            let msg = format!("no such path: {}; the HTTP routes are {ROUTES}", head.path);
+            return Err(HttpError::with_status(404, ErrorCode::UnknownOp, msg));
+        }
+    };
+    if cors && head.method == "OPTIONS" {
+        return Ok(Route::Preflight(want));
+    }
+    if head.method != want {
+        let msg = format!("{} is not allowed on {}; use {want}", head.method, head.path);
+        return Err(HttpError::with_status(405, ErrorCode::UnknownOp, msg).header("Allow", want));
+    }
+    Ok(make(name(segments[1])?))
+}
+
+/// A name from a path segment, percent-decoded.
+fn name(segment: &str) -> Result<Name, HttpError> {
+    let Ok(text) = String::from_utf8(percent_decode_bytes(segment)) else {
+        let msg = format!("the name \"{segment}\" is not UTF-8 once decoded");
+        return Err(HttpError::new(ErrorCode::InvalidName, msg));
+    };
+    Name::new(&text).map_err(|e| HttpError::new(ErrorCode::InvalidName, e.to_string()))
+}
+
+/// Checks the request's token (`Authorization: Bearer T`, or `?token=T` for clients that cannot set
+/// headers, such as a browser's `EventSource`) against the server's.
+fn authorize(head: &Head, expected: Option<&str>) -> Result<(), HttpError> {
+    let Some(expected) = expected else { return Ok(()) };
+    let bearer = head.header("authorization").and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| {
+        let (scheme, token) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    let given = bearer.or_else(|| head.param("token")).unwrap_or("");
+    if tokens_match(expected, given) {
+        return Ok(());
+    }
+    let msg = if given.is_empty() {
+        "this server needs a token: send Authorization: Bearer TOKEN, or ?token=TOKEN"
+    } else {
+        "wrong token"
+    };
+    Err(HttpError::new(ErrorCode::Unauthorized, msg).header("WWW-Authenticate", "Bearer"))
+}
+
+/// Answers a connection whose first bytes were not a request head we could read: 400 or 431, when
+/// there is a client to tell.
+pub(crate) async fn refuse_head(socket: &mut Socket, e: &HeadError, timeout: Duration) {
+    let answer = match e {
+        HeadError::TooLarge(_) | HeadError::TooManyHeaders => {
+            HttpError::with_status(431, ErrorCode::FrameTooLarge, e.to_string())
+        }
+        HeadError::Malformed(_) => HttpError::new(ErrorCode::BadFrame, e.to_string()),
+        HeadError::Closed | HeadError::Io(_) => return,
+    };
+    let _ = tokio::time::timeout(timeout, socket.write_all(&answer.response())).await;
+    let _ = tokio::time::timeout(timeout, socket.shutdown()).await;
+}
+
+/// What the HTTP side of a connection needs.
+pub(crate) struct Request {
+    pub socket: Socket,
+    pub head: Head,
+    /// Bytes of the head, to skip in the socket's replay.
+    pub head_len: usize,
+    pub allowance: Allowance,
+    pub slot: PendingSlot,
+    pub peer: SocketAddr,
+}
+
+/// Serves one HTTP request and closes the connection.
+pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: CancellationToken) {
+    let Request { mut socket, head, head_len, allowance, slot, peer } = request;
+    socket.skip(head_len);
+    let limits = shared.config.limits;
+    // A preflight carries no credentials: it is answered before the token is asked for.
+    if let Ok(Route::Preflight(method)) = route(&head, shared.config.allow_origin.is_some()) {
+        return refuse(socket, &response::preflight(method), &shared, &cancel, &slot).await;
+    }
+    let admitted =
+        authorize(&head, shared.config.token.as_deref()).and_then(|()| route(&head, false)).and_then(|r| {
+            let served = Served::take(&shared).ok_or_else(|| {
+                HttpError::new(ErrorCode::TooManyConnections, "the server has reached its connection limit")
+            })?;
+            Ok((r, served))
+        });
+    let (route, served) = match admitted {
+        Ok(pair) => pair,
+        Err(e) => return refuse(socket, &e.response(), &shared, &cancel, &slot).await,
+    };
+    // From here the client counts among the served connections, as after `hello`.
+    drop(slot);
+    lift(&allowance);
+    tracing::debug!(%peer, ?route, "http request");
+    let answer = match route {
+        Route::Publish(subject) => publish(&mut socket, subject, &head, &shared).await,
+        Route::Subscription(name) => match shared.broker.subscription_info(&name).await {
+            Ok(info) => response::json(&info),
+            Err(e) => HttpError::of(&e).response(),
+        },
+        Route::Preflight(method) => response::preflight(method),
+        Route::Events(topic) => {
+            let connection = shared.connection_budget();
+            let budget = ByteBudget::child(&connection, limits.max_stream_bytes as u64);
+            match open_events(&topic, &head, &shared, peer, &budget).await {
+                Ok(stream) => {
+                    let config = sse::StreamConfig {
+                        keep_alive: shared.config.keep_alive,
+                        write_timeout: shared.config.write_timeout,
+                        allow_origin: shared.config.allow_origin.clone(),
+                    };
+                    let tcp = socket.into_inner().into_inner();
+                    sse::run(tcp, stream, budget, config, cancel).await;
+                    drop(served);
+                    return;
+                }
+                Err(e) => e.response(),
+            }
+        }
+    };
+    drop(served);
+    finish(socket, &answer, &shared, &cancel).await;
+}
+
+/// The event stream of `topic` from where the request asks; a topic that does not exist is a 404
+/// (subscribing would create it).
+async fn open_events(
+    topic: &Name,
+    head: &Head,
+    shared: &Shared,
+    peer: SocketAddr,
+    budget: &Arc<ByteBudget>,
+) -> Result<crate::broker::DeliveryStream, HttpError> {
+    let from = sse::start_of(head)?;
+    shared.broker.topic_info(topic).await.map_err(|e| HttpError::of(&e))?;
+    let req = SubscribeRequest {
+        patterns: vec![Pattern::from(topic)],
+        subscription: None,
+        from: Some(from),
+        ack: AckMode::None,
+        consumer: Some(format!("http-{peer}")),
+        prefetch: Some(EVENTS_PREFETCH),
+        limit: None,
+        partition: None,
+        until_end: false,
+    };
+    shared.broker.subscribe_within(req, Some(budget.clone())).map_err(|e| HttpError::of(&e))
+}
+
+/// Messages the engine may push to an event stream ahead of its writes (its bytes are capped by the
+/// stream's budget as well).
+const EVENTS_PREFETCH: u32 = 8192;
+
+/// Reads the body and publishes it; the answer is the receipt.
+async fn publish(socket: &mut Socket, subject: Name, head: &Head, shared: &Shared) -> Vec<u8> {
+    let limits = shared.config.limits;
+    let max = limits.max_message_bytes;
+    let length = match publish::body_length(head).and_then(|n| {
+        // Headers are checked before the body is read, so a refusal need not wait for it.
+        publish::message_headers(head).map(|_| n)
+    }) {
+        Ok(n) => n,
+        Err(e) => return e.response(),
+    };
+    if length > max {
+        let msg =
+            format!("a body of {length} bytes is larger than the server's limit of {max} bytes per message");
+        return HttpError::new(ErrorCode::MessageTooLarge, msg).response();
+    }
+    if head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")) {
+        let _ = socket.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+    }
+    let mut body = vec![0u8; length];
+    match tokio::time::timeout(limits.hello_timeout, socket.read_exact(&mut body)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return Vec::new(),
+        Err(_) => {
+            let msg = format!("the body did not arrive within {:?}", limits.hello_timeout);
+            return HttpError::with_status(408, ErrorCode::BadFrame, msg).response();
+        }
+    }
+    let req = match publish::request(subject, head, body) {
+        Ok(req) => req,
+        Err(e) => return e.response(),
+    };
+    if req.size() > max {
+        let msg = format!(
+            "message of {} bytes (payload, key and headers) is larger than the server's limit of {max} bytes",
+            req.size()
+        );
+        return HttpError::new(ErrorCode::MessageTooLarge, msg).response();
+    }
+    match shared.broker.publish(req).await {
+        Ok(receipt) => response::json(&receipt),
+        Err(e) => HttpError::of(&e).response(),
+    }
+}
+
+/// Answers a request that was not admitted: it still holds its pending slot, and gives way as soon as
+/// a newer connection needs the slot.
+async fn refuse(
+    socket: Socket,
+    answer: &[u8],
+    shared: &Shared,
+    cancel: &CancellationToken,
+    slot: &PendingSlot,
+) {
+    tokio::select! {
+        () = slot.evicted.cancelled() => {}
+        () = finish(socket, answer, shared, cancel) => {}
+    }
+}
+
+/// Writes the answer and closes: the write side first, then whatever the client still sends is read
+/// and dropped for a while (until `stop` fires at the latest), so that closing with unread bytes does
+/// not reset the connection before the client has read the answer (a refused body it is still
+/// sending, say).
+async fn finish(mut socket: Socket, answer: &[u8], shared: &Shared, stop: &CancellationToken) {
+    let timeout = shared.config.write_timeout;
+    if answer.is_empty() {
+        return;
+    }
+    let mut answer = answer.to_vec();
+    if let Some(origin) = &shared.config.allow_origin {
+        response::allow_origin(&mut answer, origin);
+    }
+    if tokio::time::timeout(timeout, socket.write_all(&answer)).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(timeout, socket.shutdown()).await;
+    let drain = async {
+        let mut sink = [0u8; 8192];
+        while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    tokio::select! {
+        () = stop.cancelled() => {}
+        _ = tokio::time::timeout(shared.config.limits.hello_timeout, drain) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Head {
+        head::parse(raw.as_bytes()).unwrap().unwrap().0
+    }
+
+    fn route_of(head: &Head) -> Result<Route, HttpError> {
+        route(head, false)
+    }
+
+    #[test]
+    fn a_preflight_is_a_route_only_when_cors_is_on() {
+        let options = head("OPTIONS /topics/t HTTP/1.1\r\n\r\n");
+        assert_eq!(route(&options, true).unwrap(), Route::Preflight("POST"));
+        assert_eq!(route(&options, false).unwrap_err().status, 405);
+    }
+
+    #[test]
+    fn requests_are_routed_by_path_and_method() {
+        let n = |s: &str| Name::new(s).unwrap();
+        assert_eq!(route_of(&head("POST /topics/a.b HTTP/1.1\r\n\r\n")).unwrap(), Route::Publish(n("a.b")));
+        assert_eq!(route_of(&head("GET /topics/a/events HTTP/1.1\r\n\r\n")).unwrap(), Route::Events(n("a")));
+        assert_eq!(
+            route_of(&head("GET /subscriptions/s?token=x HTTP/1.1\r\n\r\n")).unwrap(),
+            Route::Subscription(n("s"))
+        );
+        assert_eq!(route_of(&head("GET /elsewhere HTTP/1.1\r\n\r\n")).unwrap_err().status, 404);
+        let wrong = route_of(&head("GET /topics/a HTTP/1.1\r\n\r\n")).unwrap_err();
+        assert_eq!((wrong.status, wrong.headers.clone()), (405, vec![("Allow", "POST".to_string())]));
+        let bad = route_of(&head("POST /topics/a%20b HTTP/1.1\r\n\r\n")).unwrap_err();
+        assert_eq!((bad.status, bad.code), (400, ErrorCode::InvalidName));
+    }
+
+    #[test]
+    fn the_token_comes_from_a_bearer_header_or_the_query() {
+        let with = |raw: &str| authorize(&head(raw), Some("s3cret"));
+        assert!(with("GET / HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n").is_ok());
+        assert!(with("GET / HTTP/1.1\r\nauthorization: bearer  s3cret \r\n\r\n").is_ok());
+        assert!(with("GET /?token=s3cret HTTP/1.1\r\n\r\n").is_ok());
+        let wrong = with("GET / HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n").unwrap_err();
+        assert_eq!((wrong.status, wrong.message.as_str()), (401, "wrong token"));
+        let missing = with("GET / HTTP/1.1\r\n\r\n").unwrap_err();
+        assert!(missing.message.contains("needs a token"), "{}", missing.message);
+        assert!(authorize(&head("GET / HTTP/1.1\r\n\r\n"), None).is_ok(), "no token, no check");
+    }
+}

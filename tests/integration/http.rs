@@ -1,0 +1,516 @@
+//! Plain HTTP on `pubsub serve`'s port: publishing with `POST /topics/NAME`, Server-Sent Events read by
+//! a real `curl -N` and by Python's standard library, subscription info as JSON, every refusal as a
+//! status with a JSON error, and clients that send a request slowly or too large. Loopback, port 0.
+
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use pubsub::engine::{BrowseFrom, StartPosition, SubscriptionConfig, TopicConfig};
+use pubsub::server::{ServeConfig, ServeLimits};
+
+use crate::server::{TestServer, start};
+use crate::support::{name, stdout_lines};
+
+/// `host:port` of a test server.
+fn addr(server: &TestServer) -> String {
+    server.url.trim_start_matches("ws://").to_string()
+}
+
+fn base(server: &TestServer) -> String {
+    format!("http://{}", addr(server))
+}
+
+/// An HTTP answer: status, header lines (names lower-cased) and body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `head` (lines without the final blank line) and `body` on a fresh connection and reads the
+/// whole answer (the server closes after one).
+async fn request(server: &TestServer, head: &str, body: &[u8]) -> Answer {
+    let mut socket = TcpStream::connect(addr(server)).await.unwrap();
+    let mut raw = format!("{head}\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    if body.is_empty() && head.starts_with("GET") {
+        raw = format!("{head}\r\n\r\n").into_bytes();
+    }
+    raw.extend_from_slice(body);
+    socket.write_all(&raw).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut all))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {head:?} within 10 s: {}", String::from_utf8_lossy(&all)))
+        .unwrap();
+    parse_answer(&all)
+}
+
+fn parse_answer(all: &[u8]) -> Answer {
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete head in {all:?}"));
+    let head = String::from_utf8_lossy(&all[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Answer { status, headers, body: all[end + 4..].to_vec() }
+}
+
+/// Waits (at most 10 s) until `topic` has `n` subscriptions: an event stream has attached.
+async fn subscriptions_reach(server: &TestServer, topic: &str, n: u32) {
+    for _ in 0..500 {
+        if server.engine.topic_info(&name(topic)).unwrap().subscriptions >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no event stream attached to {topic}");
+}
+
+/// Lines from a child's stdout up to and including the one `done` accepts, within 10 s.
+fn lines_until(lines: &Receiver<String>, done: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no more output; so far: {got:?}"));
+        let last = done(&line);
+        got.push(line);
+        if last {
+            return got;
+        }
+    }
+}
+
+/// The `(id, envelope)` of every event among SSE lines.
+fn events(lines: &[String]) -> Vec<(u64, serde_json::Value)> {
+    let mut out = Vec::new();
+    let mut id = None;
+    for line in lines {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.parse().unwrap());
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            out.push((id.take().unwrap(), serde_json::from_str(v).unwrap()));
+        }
+    }
+    out
+}
+
+/// A child process killed and reaped when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> Option<Child> {
+    let child = Command::new("curl").args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn();
+    match child {
+        Ok(child) => Some(Child(child)),
+        Err(e) => {
+            assert!(std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(), "curl cannot run: {e}");
+            eprintln!("skipping: curl cannot run: {e}");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn http_post_publishes_the_body_with_headers_and_key_and_answers_the_receipt() {
+    let server = start(ServeConfig::default()).await;
+    let body = [0u8, 159, 146, 150, b'\n', 255];
+    let answer = request(
+        &server,
+        "POST /topics/orders.eu?key=cust%2F42&msg_id=m-1 HTTP/1.1\r\nHost: x\r\nUser-Agent: test/1\r\n\
+         Content-Type: application/octet-stream\r\nX-Trace: abc\r\nX-Trace: def",
+        &body,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    let receipt = answer.json();
+    assert_eq!(
+        (receipt["topic"].as_str(), receipt["seq"].as_u64()),
+        (Some("orders.eu"), Some(1)),
+        "{receipt}"
+    );
+    let stored = server.engine.browse(&name("orders.eu"), BrowseFrom::Seq(1), 10).unwrap();
+    assert_eq!(stored.len(), 1);
+    let m = &stored[0];
+    assert_eq!(&m.payload[..], &body, "the body byte for byte");
+    assert_eq!(m.key().map(|k| &k[..]), Some(&b"cust/42"[..]));
+    assert_eq!(m.msg_id(), Some("m-1"));
+    let headers: Vec<(&str, &str)> = m.headers().iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(headers, [("content-type", "application/octet-stream"), ("x-trace", "abc, def")]);
+    // The same msg_id again is a duplicate with the original seq.
+    let again = request(&server, "POST /topics/orders.eu?msg_id=m-1 HTTP/1.1\r\nHost: x", b"other").await;
+    assert_eq!((again.json()["seq"].as_u64(), again.json()["duplicate"].as_bool()), (Some(1), Some(true)));
+}
+
+#[tokio::test]
+async fn http_refusals_have_their_status_and_a_json_error() {
+    let limits = ServeLimits { max_message_bytes: 1000, ..ServeLimits::default() };
+    let server = start(ServeConfig { token: Some("s3cret".into()), limits, ..ServeConfig::default() }).await;
+    let auth = "Authorization: Bearer s3cret";
+    let cases: Vec<(String, Vec<u8>, u16, u64)> = vec![
+        (format!("POST /topics/big HTTP/1.1\r\n{auth}"), vec![b'x'; 1001], 413, 1007),
+        (
+            format!("POST /topics/small HTTP/1.1\r\n{auth}\r\nX-Pad: {}", "p".repeat(990)),
+            b"1234567890".to_vec(),
+            413,
+            1007,
+        ),
+        (format!("POST /topics/bad%20name HTTP/1.1\r\n{auth}"), b"x".to_vec(), 400, 2011),
+        (format!("POST /topics/t HTTP/1.1\r\n{auth}\r\nX-Bin: \u{0}"), b"x".to_vec(), 400, 1000),
+        ("POST /topics/t HTTP/1.1\r\nAuthorization: Bearer nope".to_string(), b"x".to_vec(), 401, 1005),
+        ("POST /topics/t HTTP/1.1".to_string(), b"x".to_vec(), 401, 1005),
+        ("GET /topics/t/events?token=wrong HTTP/1.1".to_string(), vec![], 401, 1005),
+        (format!("GET /nowhere HTTP/1.1\r\n{auth}"), vec![], 404, 1001),
+        (format!("DELETE /topics/t HTTP/1.1\r\n{auth}"), vec![], 405, 1001),
+        (format!("GET /topics/missing/events HTTP/1.1\r\n{auth}"), vec![], 404, 2001),
+        (format!("GET /subscriptions/missing HTTP/1.1\r\n{auth}"), vec![], 404, 2004),
+        (format!("GET /topics/t/events?from=soon HTTP/1.1\r\n{auth}"), vec![], 400, 1002),
+    ];
+    for (head, body, status, code) in cases {
+        let answer = request(&server, &head, &body).await;
+        let error = answer.json();
+        assert_eq!((answer.status, error["code"].as_u64()), (status, Some(code)), "{head}: {error}");
+        assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "{error}");
+    }
+    // A header value with a byte that is not UTF-8.
+    let mut socket = TcpStream::connect(addr(&server)).await.unwrap();
+    let mut raw = format!("POST /topics/t HTTP/1.1\r\n{auth}\r\nX-Bin: ").into_bytes();
+    raw.extend_from_slice(b"\xff\xfe\r\nContent-Length: 1\r\n\r\nx");
+    socket.write_all(&raw).await.unwrap();
+    let mut all = Vec::new();
+    socket.read_to_end(&mut all).await.unwrap();
+    let answer = parse_answer(&all);
+    assert_eq!((answer.status, answer.json()["code"].as_u64()), (400, Some(1002)), "{answer:?}");
+    assert!(answer.json()["error"].as_str().unwrap().contains("x-bin"));
+    // A chunked upload is refused, with 411.
+    let answer =
+        request(&server, &format!("POST /topics/t HTTP/1.1\r\n{auth}\r\nTransfer-Encoding: chunked"), b"")
+            .await;
+    assert_eq!(answer.status, 411, "{answer:?}");
+    // 405 says which method would do; 401 how to authenticate.
+    let answer = request(&server, &format!("GET /topics/t HTTP/1.1\r\n{auth}"), b"").await;
+    assert_eq!(answer.header("allow"), Some("POST"));
+    let answer = request(&server, "GET /subscriptions/x HTTP/1.1", b"").await;
+    assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
+    assert!(server.engine.topics().iter().all(|t| t.messages == 0), "nothing refused was published");
+    // With the token in the query, as a browser's EventSource must send it, it works.
+    let ok = request(&server, "POST /topics/t?token=s3cret HTTP/1.1", b"fine").await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+}
+
+#[tokio::test]
+async fn http_subscription_info_is_the_protocol_s_json() {
+    let server = start(ServeConfig::default()).await;
+    server.engine.create_topic(TopicConfig::new(name("jobs"))).unwrap();
+    let mut config = SubscriptionConfig::new(name("workers"), name("jobs"));
+    config.start = StartPosition::All;
+    server.engine.create_subscription(config).unwrap();
+    for i in 0..3 {
+        let answer = request(&server, "POST /topics/jobs HTTP/1.1", format!("job {i}").as_bytes()).await;
+        assert_eq!(answer.status, 200);
+    }
+    let answer = request(&server, "GET /subscriptions/workers HTTP/1.1", b"").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let info = answer.json();
+    assert_eq!((info["name"].as_str(), info["topic"].as_str()), (Some("workers"), Some("jobs")), "{info}");
+    assert_eq!(info["backlog"].as_u64(), Some(3), "{info}");
+    let same = serde_json::to_value(server.engine.subscription_info(&name("workers")).unwrap()).unwrap();
+    assert_eq!(info["head_seq"], same["head_seq"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reads_server_sent_events_and_resumes_with_last_event_id() {
+    let server = start(ServeConfig::default()).await;
+    server.engine.create_topic(TopicConfig::new(name("orders"))).unwrap();
+    request(&server, "POST /topics/orders HTTP/1.1", b"before the stream").await;
+    let url = format!("{}/topics/orders/events", base(&server));
+    let Some(mut live) = curl(&["-sN", &url]) else { return };
+    let lines = stdout_lines(&mut live.0);
+    subscriptions_reach(&server, "orders", 1).await;
+    for body in ["first", "two\nlines", "third"] {
+        let answer = request(&server, "POST /topics/orders?key=k HTTP/1.1\r\nX-N: 1", body.as_bytes()).await;
+        assert_eq!(answer.status, 200);
+    }
+    let got =
+        tokio::task::spawn_blocking(move || lines_until(&lines, |l| l.contains("third"))).await.unwrap();
+    let got = events(&got);
+    let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [2, 3, 4], "a fresh stream starts with new messages, ids are seqs");
+    assert_eq!(got[1].1["payload"], "two\nlines");
+    assert_eq!((got[0].1["key"].as_str(), got[0].1["headers"]["x-n"].as_str()), (Some("k"), Some("1")));
+    drop(live);
+
+    // Resuming after id 2 sends 3 and 4 at once, then whatever comes next.
+    let Some(mut resumed) = curl(&["-sN", "-H", "Last-Event-ID: 2", &url]) else { return };
+    let lines = stdout_lines(&mut resumed.0);
+    let got = tokio::task::spawn_blocking(move || {
+        let first = lines_until(&lines, |l| l.contains("third"));
+        (first, lines)
+    })
+    .await
+    .unwrap();
+    let (first, lines) = got;
+    assert_eq!(events(&first).iter().map(|(id, _)| *id).collect::<Vec<_>>(), [3, 4]);
+    request(&server, "POST /topics/orders HTTP/1.1", b"fifth").await;
+    let more =
+        tokio::task::spawn_blocking(move || lines_until(&lines, |l| l.contains("fifth"))).await.unwrap();
+    assert_eq!(events(&more).iter().map(|(id, _)| *id).collect::<Vec<_>>(), [5]);
+    drop(resumed);
+    // A stream's subscription goes with it.
+    for _ in 0..500 {
+        if server.engine.topic_info(&name("orders")).unwrap().subscriptions == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the event streams' subscriptions outlived them");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_s_standard_library_publishes_and_reads_events() {
+    let has_python = Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !has_python {
+        assert!(std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(), "python3 is missing");
+        eprintln!("skipping: python3 is missing");
+        return;
+    }
+    let server = start(ServeConfig { token: Some("tok".into()), ..ServeConfig::default() }).await;
+    server.engine.create_topic(TopicConfig::new(name("py"))).unwrap();
+    for i in 1..=5 {
+        let answer = request(
+            &server,
+            "POST /topics/py HTTP/1.1\r\nAuthorization: Bearer tok",
+            format!("m{i}").as_bytes(),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/sse.py");
+    let base = base(&server);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3").args([script, &base, "py", "tok", "5"]).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stdout.trim() == "OK", "python failed:\n{stdout}\n{stderr}");
+    let stored = server.engine.browse(&name("py"), BrowseFrom::Seq(6), 1).unwrap();
+    assert_eq!(stored[0].headers().get("x-from").map(String::as_str), Some("python"));
+}
+
+#[tokio::test]
+async fn an_idle_event_stream_gets_keep_alive_comments() {
+    let config = ServeConfig { keep_alive: Duration::from_millis(100), ..ServeConfig::default() };
+    let server = start(config).await;
+    server.engine.create_topic(TopicConfig::new(name("quiet"))).unwrap();
+    let mut socket = TcpStream::connect(addr(&server)).await.unwrap();
+    socket.write_all(b"GET /topics/quiet/events HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains(": keep-alive\n\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("Content-Type: text/event-stream\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn event_streams_count_among_the_connections_and_the_limit_answers_503() {
+    let limits = ServeLimits { max_connections: 1, ..ServeLimits::default() };
+    let server = start(ServeConfig { limits, ..ServeConfig::default() }).await;
+    server.engine.create_topic(TopicConfig::new(name("full"))).unwrap();
+    let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
+    stream.write_all(b"GET /topics/full/events HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "the stream is open");
+    let refused = request(&server, "POST /topics/full HTTP/1.1", b"x").await;
+    assert_eq!((refused.status, refused.json()["code"].as_u64()), (503, Some(1008)), "{refused:?}");
+    drop(stream);
+    // Its place comes back when it ends.
+    for _ in 0..500 {
+        if request(&server, "POST /topics/full HTTP/1.1", b"x").await.status == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the stream's place never came back");
+}
+
+/// Whether the server closes `socket` within 10 s; what it sent meanwhile.
+async fn closed_by_server(socket: &mut TcpStream) -> (bool, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(until, socket.read(&mut buf)).await {
+            Err(_) => return (false, got),
+            Ok(Ok(0) | Err(_)) => return (true, got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Slowloris (part of a head, then nothing) is closed at the handshake deadline, and header blocks
+/// over the allowance before authentication or with too many lines are refused with 431 and closed;
+/// meanwhile a client with the token is served.
+#[tokio::test]
+async fn slow_and_oversized_http_requests_are_closed_without_keeping_others_out() {
+    let limits = ServeLimits { handshake_timeout: Duration::from_secs(1), ..ServeLimits::default() };
+    let server = start(ServeConfig { token: Some("s3cret".into()), limits, ..ServeConfig::default() }).await;
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut socket = TcpStream::connect(addr(&server)).await.unwrap();
+        socket.write_all(b"GET /topics/t/events HTTP/1.1\r\nHost: x\r\nX-Wait: ").await.unwrap();
+        slow.push(socket);
+    }
+    let mut big = Vec::new();
+    for (lines, width) in [(40, 2000), (2000, 10)] {
+        let mut socket = TcpStream::connect(addr(&server)).await.unwrap();
+        let mut head = b"POST /topics/t HTTP/1.1\r\n".to_vec();
+        for i in 0..lines {
+            head.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "z".repeat(width)).as_bytes());
+        }
+        // The server may stop reading (and close) before all of it is written.
+        let _ = socket.write_all(&head).await;
+        big.push(socket);
+    }
+    let auth = "POST /topics/t HTTP/1.1\r\nAuthorization: Bearer s3cret";
+    let ok = request(&server, auth, b"still served").await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    for socket in &mut big {
+        let (closed, answer) = closed_by_server(socket).await;
+        assert!(closed, "an oversized head was closed");
+        // The answer may be lost to a reset when the server closes with the client's bytes unread.
+        if !answer.is_empty() {
+            let answer = parse_answer(&answer);
+            assert_eq!((answer.status, answer.json()["code"].as_u64()), (431, Some(1006)));
+        }
+    }
+    let started = std::time::Instant::now();
+    for (i, socket) in slow.iter_mut().enumerate() {
+        assert!(closed_by_server(socket).await.0, "slow request {i} is still open");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "closed at the 1 s deadline");
+    let ok = request(&server, auth, b"after").await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(server.engine.topic_info(&name("t")).unwrap().messages, 2);
+}
+
+/// With `allow_origin`, answers and event streams carry the CORS header and a preflight is answered
+/// without a token; without it, neither (and `OPTIONS` is a wrong method).
+#[tokio::test]
+async fn cors_headers_are_sent_only_when_an_origin_is_allowed() {
+    let config = ServeConfig {
+        token: Some("tok".into()),
+        allow_origin: Some("http://localhost:8000".into()),
+        ..ServeConfig::default()
+    };
+    let server = start(config).await;
+    let preflight = request(
+        &server,
+        "OPTIONS /topics/t HTTP/1.1\r\nOrigin: http://localhost:8000\r\nAccess-Control-Request-Method: POST",
+        b"",
+    )
+    .await;
+    assert_eq!(preflight.status, 204, "{preflight:?}");
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("http://localhost:8000"));
+    assert_eq!(preflight.header("access-control-allow-methods"), Some("POST"));
+    let published = request(&server, "POST /topics/t HTTP/1.1\r\nAuthorization: Bearer tok", b"x").await;
+    assert_eq!(published.status, 200);
+    assert_eq!(published.header("access-control-allow-origin"), Some("http://localhost:8000"));
+    let refused = request(&server, "POST /topics/t HTTP/1.1", b"x").await;
+    assert_eq!((refused.status, refused.header("access-control-allow-origin").is_some()), (401, true));
+    let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
+    stream.write_all(b"GET /topics/t/events?token=tok HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0);
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.contains("\r\nAccess-Control-Allow-Origin: http://localhost:8000\r\n"), "{head}");
+
+    let plain = start(ServeConfig::default()).await;
+    let answer = request(&plain, "POST /topics/t HTTP/1.1", b"x").await;
+    assert_eq!((answer.status, answer.header("access-control-allow-origin")), (200, None));
+    let options = request(&plain, "OPTIONS /topics/t HTTP/1.1", b"").await;
+    assert_eq!(options.status, 405);
+}
+
+/// `serve --http ADDR` answers on a second address too, as the same server: what is published there
+/// is in the engine the main address serves.
+#[test]
+fn serve_with_http_answers_on_the_second_address_too() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let home = crate::support::Home::new("http-extra");
+    let child = home
+        .cmd()
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Child(child);
+    // Read by a thread of its own, so that a line that never comes fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let announced = lines_until(&rx, |l| l.contains("also answering HTTP on http://"));
+    let http = announced.last().unwrap().rsplit("http://").next().unwrap().trim().to_string();
+    let mut ws = String::new();
+    BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut ws).unwrap();
+    let main = ws.trim().trim_start_matches("ws://").to_string();
+    assert_ne!(main, http);
+    let ask = |addr: &str, raw: &str| {
+        let mut socket = std::net::TcpStream::connect(addr).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        socket.write_all(raw.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        socket.read_to_end(&mut all).unwrap();
+        parse_answer(&all)
+    };
+    let published = ask(&http, "POST /topics/extra HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(published.status, 200, "{published:?}");
+    let on_main = ask(&main, "POST /topics/extra HTTP/1.1\r\nContent-Length: 2\r\n\r\nho");
+    assert_eq!(on_main.json()["seq"].as_u64(), Some(2), "one engine behind both addresses");
+}
