@@ -39,6 +39,19 @@ pub(super) async fn on_frame(inner: &Arc<Inner>, text: &str) {
                     None => remote,
                 };
                 let _ = pending.answer.send(Err(error));
+                return;
+            }
+            // A settle frame the server refused whole (it carries its first ack's id): the run that ack
+            // belongs to fails, every ack of it with the server's words.
+            let mut runs = guard(&inner.ack_runs);
+            let first = runs
+                .range(..=id)
+                .next_back()
+                .filter(|(first, run)| id - **first < run.outcomes.len() as u64)
+                .map(|(first, _)| *first);
+            if let Some(run) = first.and_then(|first| runs.remove(&first)) {
+                let refused = || Err(BrokerError::Remote { code, message: message.clone() });
+                let _ = run.answer.send(run.outcomes.iter().map(|_| refused()).collect());
             }
         }
         ServerFrame::Error { id: None, code, message, .. } => {
@@ -135,4 +148,45 @@ pub(super) fn to_delivery(d: Delivered, subscription: Option<&Name>) -> Result<B
         _ => None,
     };
     Ok(BrokerDelivery { attempt: d.envelope.attempt, deadline: d.deadline, token, message })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::super::{AckRun, test_inner};
+    use super::*;
+
+    /// Registers a run of `n` acks from request id `first`.
+    fn run(inner: &Inner, first: u64, n: usize) -> oneshot::Receiver<Vec<Result<(), BrokerError>>> {
+        let (answer, rx) = oneshot::channel();
+        let outcomes = (0..n).map(|_| Ok(())).collect();
+        guard(&inner.ack_runs).insert(first, AckRun { outcomes, left: n, answer });
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_run_of_acks_hears_each_outcome_and_a_refused_frame_fails_the_run() {
+        let (out, _queued) = tokio::sync::mpsc::channel(4);
+        let inner = test_inner(out);
+        let (mut first, mut second) = (run(&inner, 10, 3), run(&inner, 13, 2));
+        let settled = protocol::binary::encode_settled(&[
+            (10, Ok(())),
+            (11, Err((1200, "no such lease".into()))),
+            (13, Ok(())),
+            (12, Ok(())),
+        ]);
+        on_binary(&inner, bytes::Bytes::from(settled)).await;
+        let outcomes = first.try_recv().unwrap_or_default();
+        assert_eq!(outcomes.len(), 3, "the run is answered once all three are in");
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok());
+        assert!(matches!(&outcomes[1], Err(BrokerError::Remote { code: 1200, .. })));
+        assert!(second.try_recv().is_err(), "one of two outcomes is not an answer");
+        // The server refuses a frame under its first ack's id: the run it belongs to fails whole.
+        on_frame(&inner, r#"{"op":"error","id":14,"code":1000,"message":"bad frame"}"#).await;
+        let outcomes = second.try_recv().unwrap_or_default();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes.iter().all(|o| matches!(o, Err(BrokerError::Remote { code: 1000, .. }))));
+        assert!(guard(&inner.ack_runs).is_empty());
+    }
 }

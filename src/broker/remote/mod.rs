@@ -143,6 +143,31 @@ impl Inner {
     }
 }
 
+/// A client's shared state without a socket, for tests of the parts around it: `out` is its send
+/// queue, and server sid 5 is its stream 1.
+#[cfg(test)]
+fn test_inner(out: mpsc::Sender<Outgoing>) -> Arc<Inner> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let (events, _) = broadcast::channel(4);
+    Arc::new(Inner {
+        url: Mutex::new("ws://test".into()),
+        ws_url: "ws://test".into(),
+        token: None,
+        endpoint_file: None,
+        out: Mutex::new(Some(out)),
+        binary: AtomicBool::new(true),
+        binary_settle: AtomicBool::new(true),
+        max_frame: AtomicUsize::new(usize::MAX),
+        max_message: AtomicUsize::new(usize::MAX),
+        pending: Mutex::new(HashMap::new()),
+        ack_runs: Mutex::new(std::collections::BTreeMap::new()),
+        streams: Mutex::new(HashMap::new()),
+        sids: Mutex::new(HashMap::from([(5, 1)])),
+        next_id: AtomicU64::new(1),
+        events,
+    })
+}
+
 fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -179,40 +179,15 @@ fn sid_of(sids: &HashMap<u64, u64>, id: u64) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{HashMap, VecDeque};
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+    use std::collections::VecDeque;
     use std::time::Duration;
 
-    use tokio::sync::broadcast;
-
     use super::*;
-
-    fn inner(out: mpsc::Sender<Outgoing>) -> Arc<Inner> {
-        let (events, _) = broadcast::channel(4);
-        Arc::new(Inner {
-            url: Mutex::new("ws://test".into()),
-            ws_url: "ws://test".into(),
-            token: None,
-            endpoint_file: None,
-            out: Mutex::new(Some(out)),
-            binary: AtomicBool::new(true),
-            binary_settle: AtomicBool::new(true),
-            max_frame: AtomicUsize::new(usize::MAX),
-            max_message: AtomicUsize::new(usize::MAX),
-            pending: Mutex::new(HashMap::new()),
-            ack_runs: Mutex::new(std::collections::BTreeMap::new()),
-            streams: Mutex::new(HashMap::new()),
-            sids: Mutex::new(HashMap::from([(5, 1)])),
-            next_id: AtomicU64::new(1),
-            events,
-        })
-    }
 
     #[tokio::test]
     async fn a_read_given_up_while_the_send_queue_is_full_loses_no_credit() {
         let (out, mut queued) = mpsc::channel(1);
-        let inner = inner(out.clone());
+        let inner = super::super::test_inner(out.clone());
         let (tx, rx) = mpsc::unbounded_channel();
         let mut source =
             RemoteSource { inner, id: 1, rx, buffered: VecDeque::new(), taken: 8, grant_every: 8 };
