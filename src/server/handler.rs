@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use super::connection::{Connection, Outbound};
 use super::pump::drained;
+use crate::broker::local::batch_error;
 use crate::broker::{AckToken, Broker, BrokerError, Settle, SubscribeRequest};
-use crate::engine::PendingSync;
+use crate::engine::{EngineError, PendingSync};
 use crate::model::{AckRef, BrowseFrom, FetchOptions, Name, PublishReceipt, PublishRequest, SeekTarget};
 use crate::protocol::binary::{SettleItem, SettleOp, SettleOutcome, SettleResult};
 use crate::protocol::{
@@ -30,18 +31,9 @@ impl Connection {
             Request::Publish { message } => match self.to_request(&message) {
                 Ok(req) => {
                     // One message: its receipt, and its error without the batch around it.
-                    let pending = broker.publish_deferred(vec![req]);
-                    self.reply_later(id, async move {
-                        let pending = match pending {
-                            Ok(pending) => pending,
-                            Err(e) => return Some(Err(e)),
-                        };
-                        let receipt = pending
-                            .wait_async()
-                            .await
-                            .map_err(|e| BrokerError::Engine(e.unbatched()))
-                            .map(|mut receipts| receipts.pop());
-                        Some(receipt.map(|r| Later::Json(value(r))))
+                    self.publish_later(id, vec![req], |outcome| {
+                        let receipt = outcome.map_err(|e| BrokerError::Engine(e.unbatched()))?.pop();
+                        Ok(Later::Json(value(receipt)))
                     });
                     return;
                 }
@@ -57,7 +49,7 @@ impl Connection {
                         }
                     }
                 }
-                self.publish_later(id, reqs, |receipts| Later::Json(value(receipts)));
+                self.publish_later(id, reqs, |outcome| Ok(Later::Json(value(outcome.map_err(batch_error)?))));
                 return;
             }
             Request::Topics => broker.topics().await.map(value),
@@ -257,22 +249,21 @@ impl Connection {
         });
     }
 
-    /// Publishes now, in order, and answers once the disk confirmed the batch: `answer` turns the
-    /// receipts into the reply.
+    /// Publishes now, in order, and answers once the disk confirmed the batch: `answer` turns its
+    /// outcome (the receipts, or the engine's batch error) into the reply.
     fn publish_later(
         &self,
         id: Option<u64>,
         msgs: Vec<PublishRequest>,
-        answer: impl FnOnce(Vec<PublishReceipt>) -> Later + Send + 'static,
+        answer: impl FnOnce(Result<Vec<PublishReceipt>, EngineError>) -> Result<Later, BrokerError>
+        + Send
+        + 'static,
     ) {
         let pending = match self.shared.broker.publish_deferred(msgs) {
             Ok(pending) => pending,
             Err(e) => return self.reply_later(id, async move { Some(Err(e)) }),
         };
-        self.reply_later(id, async move {
-            let receipts = pending.wait_async().await.map_err(crate::broker::local::batch_error);
-            Some(receipts.map(answer))
-        });
+        self.reply_later(id, async move { Some(answer(pending.wait_async().await)) });
     }
 
     /// A binary `settle` frame: each lease acked (or nacked) in order, and one `settled` frame answering
@@ -339,8 +330,8 @@ impl Connection {
             );
             return self.error(Some(id), ErrorCode::MessageTooLarge, &msg).await;
         }
-        self.publish_later(Some(id), msgs, move |receipts| {
-            Later::Binary(crate::protocol::binary::encode_receipts(id, &receipts))
+        self.publish_later(Some(id), msgs, move |outcome| {
+            Ok(Later::Binary(crate::protocol::binary::encode_receipts(id, &outcome.map_err(batch_error)?)))
         });
     }
 

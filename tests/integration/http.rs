@@ -313,17 +313,8 @@ async fn python_s_standard_library_publishes_and_reads_events() {
         .await;
         assert_eq!(answer.status, 200);
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/sse.py");
-    let base = base(&server);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3").args([script, &base, "py", "tok", "5"]).output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stdout.trim() == "OK", "python failed:\n{stdout}\n{stderr}");
+    let args = [base(&server), "py".into(), "tok".into(), "5".into()];
+    crate::support::python_script_says_ok("sse.py", args.to_vec()).await;
     let stored = server.engine.browse(&name("py"), BrowseFrom::Seq(6), 1).unwrap();
     assert_eq!(stored[0].headers().get("x-from").map(String::as_str), Some("python"));
 }

@@ -29,13 +29,5 @@ async fn a_python_client_written_from_the_protocol_doc_works() {
         return;
     }
     let server = start(pubsub::server::ServeConfig::default()).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/client.py");
-    let url = server.url.clone();
-    let output = tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(url).output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stdout.trim() == "OK", "python client failed:\n{stdout}\n{stderr}");
+    crate::support::python_script_says_ok("client.py", vec![server.url.clone()]).await;
 }

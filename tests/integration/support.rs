@@ -264,3 +264,16 @@ pub fn wait_until_listening(port: u16, what: &str) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Runs one of the Python scripts under `tests/interop/` with `args` off the async runtime's threads,
+/// and fails the test unless it exits 0 printing `OK`.
+pub async fn python_script_says_ok(script: &str, args: Vec<String>) {
+    let path = format!("{}/tests/interop/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::task::spawn_blocking(move || Command::new("python3").arg(path).args(args).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stdout.trim() == "OK", "{script} failed:\n{stdout}\n{stderr}");
+}
