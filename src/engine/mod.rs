@@ -10,6 +10,7 @@
 mod blocks;
 mod consume;
 mod consumer;
+mod deadlines;
 mod dispatch;
 mod durable;
 mod log;
