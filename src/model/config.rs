@@ -130,6 +130,37 @@ impl std::str::FromStr for Durability {
     }
 }
 
+/// The most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// Kafka's murmur2 hash (the 32-bit MurmurHash2 with Kafka's seed), as its default partitioner uses it.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let mut h: u32 = 0x9747_b28c ^ len;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, &b) in rest.iter().enumerate().rev() {
+            h ^= u32::from(b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
 /// Everything that defines a topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicConfig {
@@ -137,7 +168,7 @@ pub struct TopicConfig {
     pub name: Name,
     /// Publish addresses this topic captures; empty means just its own name.
     pub subjects: Vec<Pattern>,
-    /// Number of partitions; exactly 1 until partitioning lands.
+    /// Number of partitions, 1 ..= [`MAX_PARTITIONS`]; may grow, never shrink.
     pub partitions: u32,
     /// Size and age limits.
     pub limits: Limits,
@@ -175,6 +206,13 @@ impl TopicConfig {
         }
     }
 
+    /// The partition of a message with this key among `partitions`: Kafka's default partitioner,
+    /// `(murmur2(key) & 0x7fffffff) % partitions`, so a key lands in the same partition here as in a
+    /// Kafka topic of as many partitions, and in every run.
+    pub fn partition_of_key(key: &[u8], partitions: u32) -> u32 {
+        (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+    }
+
     /// The subjects this topic captures, defaulting to its own name.
     pub fn captured(&self) -> Vec<Pattern> {
         if self.subjects.is_empty() {
@@ -186,9 +224,9 @@ impl TopicConfig {
 
     /// Refuses settings the engine cannot honour yet.
     pub fn check(&self) -> Result<(), EngineError> {
-        if self.partitions != 1 {
-            return Err(unsupported(format!(
-                "topic \"{}\" asks for {} partitions; this engine supports exactly 1 per topic for now",
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(EngineError::InvalidConfig(format!(
+                "topic \"{}\": {} partitions; a topic has 1 to {MAX_PARTITIONS}",
                 self.name, self.partitions
             )));
         }
@@ -479,4 +517,37 @@ impl SubscriptionConfig {
 
 fn unsupported(what: String) -> EngineError {
     EngineError::Unsupported(what)
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // The values Kafka's own tests pin for `Utils.murmur2`, as signed 32-bit integers.
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (b"abc", 479_470_107),
+        ];
+        for (key, want) in cases {
+            assert_eq!(murmur2(key) as i32, want, "{}", String::from_utf8_lossy(key));
+        }
+    }
+
+    #[test]
+    fn keys_spread_over_partitions_and_stay_put() {
+        assert_eq!(TopicConfig::partition_of_key(b"anything", 1), 0);
+        let parts: std::collections::BTreeSet<u32> =
+            (0..100).map(|i| TopicConfig::partition_of_key(format!("k{i}").as_bytes(), 8)).collect();
+        assert_eq!(parts.len(), 8);
+        assert!(parts.iter().all(|&p| p < 8));
+        assert_eq!(TopicConfig::partition_of_key(b"foobar", 8), TopicConfig::partition_of_key(b"foobar", 8));
+        // (-790332482 & 0x7fffffff) % 8
+        assert_eq!(TopicConfig::partition_of_key(b"foobar", 8), ((-790_332_482_i32 as u32) & 0x7fff_ffff) % 8);
+    }
 }

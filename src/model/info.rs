@@ -409,6 +409,9 @@ impl SubscriptionInfo {
 /// One message's ack state in one subscription (`peek`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageAckState {
+    /// Partition (0 on a topic of one).
+    #[serde(default)]
+    pub partition: u32,
     /// Seq.
     pub seq: u64,
     /// State.

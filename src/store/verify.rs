@@ -81,7 +81,7 @@ fn check_owners(dir: &Path, state: &MetaState, findings: &mut Vec<String>) -> Re
             ));
             continue;
         }
-        match SubJournal::inspect(&path, 1, u64::MAX) {
+        match SubJournal::inspect(&path, &[1], &[u64::MAX]) {
             Err(e) => findings.push(e.to_string()),
             Ok(found) => {
                 if found.missing_checkpoint {

@@ -34,7 +34,10 @@ pub async fn run(ctx: &Context, args: TailArgs) -> Result<(), CliError> {
     let renderer = args
         .output
         .renderer(ctx.color, std::io::stdout().is_terminal())
-        .with_partitions(broker.capabilities().has(Capability::Partitions));
+        .with_partitions(
+            broker.capabilities().has(Capability::Partitions)
+                && (info.partitions > 1 || !super::topics::keeps_totals(&broker)),
+        );
     let mut out = Stdout::new();
     let mut buf = Vec::new();
     // Following resumes right after the last message shown, so nothing published in between is shown
