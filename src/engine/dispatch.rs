@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering as AtomicOrdering;
 use tokio::sync::mpsc;
 
 use super::consumer::{ConsumerState, PushSink};
+use super::ordering::MAX_HELD;
 use super::log::{Record, to_message};
 use super::subscription::{Ctx, Effects, Entry, SubState};
 use crate::model::DeliveryState;
 use crate::model::clock::Timestamp;
-use crate::model::config::AckMode;
+use crate::model::config::{AckMode, Ordering};
 use crate::model::error::EngineError;
 use crate::model::event::EngineEvent;
 use crate::model::message::{AckRef, ConsumerId, Delivery};
@@ -136,12 +137,49 @@ impl SubState {
                 if !self.fits(&record, byte_budget) {
                     return None;
                 }
+                if explicit && let Some(line) = self.ordered().then(|| self.line_of(partition, &record)).flatten() {
+                    let key = pos_key(partition, seq);
+                    if self.order.is_busy(&line) {
+                        // Strict: the partition waits. PerKey: the message waits in its key's line and
+                        // the cursor goes on to other keys, up to a bound on what waits.
+                        if self.config.ordering == Ordering::Strict || self.order.held() >= MAX_HELD {
+                            break;
+                        }
+                        self.set_delivered(p, seq);
+                        self.hold(key, &record, ctx);
+                        self.order.hold(line, key);
+                        continue;
+                    }
+                    self.order.activate(line, key);
+                }
                 self.set_delivered(p, seq);
                 self.next_part = (p + 1) % n_parts;
                 return Some(self.deliver_new(c, partition, seq, &record, ctx, explicit));
             }
         }
         None
+    }
+
+    /// A message the cursor passes that must wait for its line: AVAILABLE with attempt 0, journaled so
+    /// that a restart does not count it settled.
+    fn hold(&mut self, key: u64, record: &Record, ctx: &Ctx<'_>) {
+        let now = ctx.now;
+        self.entries.insert(
+            key,
+            Entry {
+                state: DeliveryState::Available,
+                attempt: 0,
+                consumer: None,
+                lease: 0,
+                deadline: now,
+                lease_start: now,
+                not_before: now,
+                first_delivered: now,
+                last_delivered: now,
+                bytes: record.size(),
+            },
+        );
+        self.note(SubOp::Attempt { seq: key, attempt: 0 });
     }
 
     fn set_delivered(&mut self, p: usize, seq: u64) {

@@ -122,6 +122,7 @@ impl Engine {
                 let state = &mut *state;
                 let ctx = Ctx { topic: &state.config.name, logs: &state.logs, now };
                 for sub in &mut state.subs {
+                    sub.rebuild_order(&ctx);
                     sub.settle_exhausted(&ctx, &mut effects);
                 }
                 state.persist_subs()?;

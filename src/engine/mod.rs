@@ -13,6 +13,7 @@ mod consumer;
 mod dispatch;
 mod durable;
 mod log;
+mod ordering;
 mod publish;
 mod settle;
 pub mod stats;

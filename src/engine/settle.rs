@@ -87,6 +87,7 @@ impl SubState {
         let consumer = self.entries.get(&seq).and_then(|e| e.consumer.clone());
         self.release(seq);
         self.entries.remove(&seq);
+        self.unblock(seq);
         self.note(SubOp::Settle { seq });
         self.counters.acked += 1;
         self.ack_rate.record(now, 1);
@@ -293,6 +294,8 @@ impl SubState {
         }
         let dead_lettered = entry.state == DeliveryState::DeadLettered;
         entry.consumer = None;
+        // A dead letter or a term unblocks the message's key (SEMANTICS.md §9.6).
+        self.unblock(key);
         // A dead-lettered message is journaled as settled only once its copy is in the dead-letter topic
         // (`Engine::apply`), so a crash in between dead-letters it again instead of losing the copy.
         if !dead_lettered {

@@ -6,7 +6,7 @@ use super::log::Log;
 use super::subscription::{Part, SubState};
 use crate::store::journal::{partition_keys, pos_key, split_key};
 use crate::model::clock::Timestamp;
-use crate::model::config::AckMode;
+use crate::model::config::{AckMode, Ordering};
 use crate::model::name::Name;
 use crate::model::{
     BlockedBy, ConsumerInfo, DeliveryState, MessageAckState, PartitionLag, PeekReport, SubscriptionInfo,
@@ -155,6 +155,9 @@ pub(crate) fn subscription_info(
     let in_flight = u64::from(sub.in_flight);
     let delayed = sub.delayed.len() as u64;
     let redeliverable = sub.ready.len() as u64;
+    // Messages the cursor passed that wait for their ordering line have never been delivered: pending.
+    let unheld = pending;
+    pending += sub.order.held();
     let backlog = pending + in_flight + delayed + redeliverable;
     let time_of = |key: u64| {
         let (p, seq) = split_key(key);
@@ -186,6 +189,7 @@ pub(crate) fn subscription_info(
         dead_letter: sub.config.dead_letter.clone(),
         max_deliveries: sub.config.max_deliveries,
         max_in_flight: sub.config.max_in_flight,
+        ordering: sub.config.ordering,
         ephemeral: !matches!(sub.config.lifetime, crate::model::config::Lifetime::Durable),
         head_seq: head,
         first_seq: first,
@@ -224,7 +228,12 @@ pub(crate) fn subscription_info(
         deliver_rate: Some(deliver_rate),
         ack_rate: Some(ack_rate),
         eta,
-        blocked_by: blocked_by(sub, pending + redeliverable, delayed),
+        blocked_by: blocked_by(sub, pending + redeliverable, delayed).or_else(|| {
+            // Nothing else in the way, yet work waits: it waits for earlier messages of its line.
+            let waits = sub.order.held() > 0 || (sub.config.ordering == Ordering::Strict && unheld > 0);
+            (sub.ordered() && redeliverable == 0 && waits && in_flight + delayed > 0)
+                .then_some(BlockedBy::Ordering)
+        }),
         created: Some(sub.created),
         partitions: lags,
     }

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::consumer::ConsumerState;
+use super::ordering::{LineKey, OrderGate};
 use super::log::{Log, Record, RecordRef};
 use super::stats::RateMeter;
 use crate::model::clock::Timestamp;
-use crate::model::config::SubscriptionConfig;
+use crate::model::config::{AckMode, Ordering, SubscriptionConfig};
 use crate::model::event::EngineEvent;
 use crate::model::message::{ConsumerId, PublishRequest};
 use crate::model::name::Name;
@@ -128,6 +129,8 @@ pub(crate) struct SubState {
     pub(super) jitter_seed: u64,
     /// The durable journal of a durable subscription on a file-backed topic.
     pub(super) journal: Option<SubJournal>,
+    /// The ordering lines (PerKey, Strict); empty without ordering.
+    pub(super) order: OrderGate,
 }
 
 impl SubState {
@@ -165,6 +168,59 @@ impl SubState {
             next_part: 0,
             jitter_seed,
             journal: None,
+            order: OrderGate::default(),
+        }
+    }
+
+    /// Whether deliveries pass an ordering gate: an ordering is set and messages are acked (without
+    /// acks every message is settled as it is handed out, so nothing can overtake anything).
+    pub(super) fn ordered(&self) -> bool {
+        self.config.ordering != Ordering::None && self.config.ack != AckMode::None
+    }
+
+    /// The ordering line of a message of partition `p`: its key's under PerKey (none without a key),
+    /// the partition's under Strict.
+    pub(super) fn line_of(&self, p: u32, record: &Record) -> Option<LineKey> {
+        match self.config.ordering {
+            Ordering::None => None,
+            Ordering::Strict => Some((p, bytes::Bytes::new())),
+            Ordering::PerKey => record.extra.as_ref().and_then(|e| e.key.clone()).map(|k| (p, k)),
+        }
+    }
+
+    /// An entry became terminal or went away: its line releases the next message, which becomes ready.
+    pub(super) fn unblock(&mut self, key: u64) {
+        if let Some(next) = self.order.settled(key)
+            && let Some(entry) = self.entries.get_mut(&next)
+            && entry.state == DeliveryState::Available
+        {
+            self.ready.insert(next);
+        }
+    }
+
+    /// Puts restored entries back in their lines (after a restart every unsettled message came back
+    /// ready): the first unsettled message of each line stays, the later ones wait behind it.
+    pub fn rebuild_order(&mut self, ctx: &Ctx<'_>) {
+        if !self.ordered() {
+            return;
+        }
+        let keys: Vec<u64> =
+            self.entries.iter().filter(|(_, e)| !e.state.is_terminal()).map(|(k, _)| *k).collect();
+        for key in keys {
+            let (p, _) = split_key(key);
+            let Some(line) = ctx.record(key).and_then(|r| self.line_of(p, &r)) else {
+                continue;
+            };
+            if !self.order.is_busy(&line) {
+                self.order.activate(line, key);
+                continue;
+            }
+            self.release(key);
+            if let Some(entry) = self.entries.get_mut(&key) {
+                entry.state = DeliveryState::Available;
+                entry.consumer = None;
+            }
+            self.order.hold(line, key);
         }
     }
 
@@ -533,6 +589,7 @@ impl SubState {
                 self.release(key);
                 self.entries.remove(&key);
             }
+            self.order.clear_partition(p);
             if let Some(part) = self.parts.get_mut(p as usize) {
                 part.delivered_seq = next.saturating_sub(1);
                 part.ack_floor = part.delivered_seq;
@@ -562,6 +619,7 @@ impl SubState {
         for key in gone {
             self.entries.remove(&key);
         }
+        self.order.clear_partition(p);
         let Some(part) = self.parts.get_mut(p as usize) else {
             return;
         };
@@ -591,6 +649,7 @@ impl SubState {
                 self.counters.expired_unacked += 1;
             }
             self.entries.remove(&key);
+            self.unblock(key);
         } else {
             if record.is_none_or(|r| self.covers_record(topic, r)) {
                 self.counters.expired_unacked += 1;

@@ -329,10 +329,34 @@ pub enum Ordering {
     /// Lowest seq first, redeliveries may overtake.
     #[default]
     None,
-    /// Head-of-line blocking per key (slot).
+    /// A key's messages one at a time, in order, within its partition (I6); other keys go on.
     PerKey,
-    /// One message in flight per partition (slot).
+    /// One message in flight per partition.
     Strict,
+}
+
+impl Ordering {
+    /// The name the command line uses: `none`, `per-key`, `strict`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ordering::None => "none",
+            Ordering::PerKey => "per-key",
+            Ordering::Strict => "strict",
+        }
+    }
+}
+
+impl std::str::FromStr for Ordering {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Ordering::None),
+            "per-key" | "per_key" | "perkey" => Ok(Ordering::PerKey),
+            "strict" => Ok(Ordering::Strict),
+            _ => Err(format!("ordering \"{s}\": use none, per-key or strict")),
+        }
+    }
 }
 
 /// How consumers of one subscription share its messages.
@@ -494,9 +518,14 @@ impl SubscriptionConfig {
                 "subscription \"{name}\": backoff factor must be ≥ 1 and jitter within 0..=1"
             )));
         }
+        if self.ordering != Ordering::None && self.ack == AckMode::None {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{name}\": ordering {} needs acks (explicit or cumulative): with ack none every message is settled as it is handed out, so there is nothing to order",
+                self.ordering.label()
+            )));
+        }
         let not_yet = [
             (self.attribute_filter.is_some(), "attribute filters"),
-            (self.ordering != Ordering::None, "ordering other than none"),
             (self.assignment != Assignment::Shared, "assignment other than shared"),
             (self.start == StartPosition::LastPerKey, "start last-per-key"),
             (self.message_retention.is_some(), "per-subscription message_retention"),

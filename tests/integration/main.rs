@@ -25,6 +25,7 @@ mod layering;
 mod mqtt_live;
 mod nats_live;
 mod postgres_live;
+mod partitions;
 mod properties;
 mod readme;
 mod redis_live;

@@ -85,6 +85,10 @@ pub struct CreateSubArgs {
     /// (async, survives a process crash).
     #[arg(long, value_parser = ["sync", "async"], default_value = "sync")]
     pub ack_durability: String,
+    /// per-key: a key's messages one at a time and in order (a nack holds back only its key); strict:
+    /// one message in flight per partition; none (default): lowest seq first, redeliveries may overtake.
+    #[arg(long, value_parser = ["none", "per-key", "strict"], default_value = "none")]
+    pub ordering: String,
 }
 
 fn name(s: &str) -> Result<Name, CliError> {
@@ -132,6 +136,7 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
             if a.ack_durability == "async" {
                 c.ack_durability = AckDurability::Async;
             }
+            c.ordering = a.ordering.parse().map_err(CliError::Usage)?;
             let info = broker.create_subscription(c).await?;
             note(&format!("created subscription {} on {}", info.name, info.topic));
             Ok(())
@@ -285,6 +290,9 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
             c.filtered
         );
         rows.extend([vec!["rates".into(), rates], vec!["totals".into(), totals]]);
+    }
+    if s.ordering != crate::model::OrderingMode::None {
+        rows.insert(3, vec!["ordering".into(), s.ordering.label().into()]);
     }
     if let Some(eta) = s.eta {
         rows.push(vec!["drains in".into(), duration(eta)]);
