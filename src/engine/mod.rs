@@ -363,10 +363,7 @@ impl Engine {
             }
         }
         state.config.partitions = partitions;
-        let info = state.info(now);
-        drop(state);
-        self.emit(vec![EngineEvent::TopicCreated { topic: name.clone() }]);
-        Ok(info)
+        Ok(state.info(now))
     }
 
     /// Deletes a topic with its subscriptions and messages.
