@@ -472,7 +472,11 @@ impl Engine {
     pub fn seek_partitions(&self, sub: &Name, target: SeekTarget) -> Result<Vec<(u32, u64)>, EngineError> {
         self.with_sub(sub, |s, ctx, effects| {
             let all = |f: &dyn Fn(&super::log::Log) -> u64| -> Vec<(u32, u64)> {
-                ctx.logs.iter().enumerate().map(|(p, log)| (u32::try_from(p).unwrap_or(u32::MAX), f(log))).collect()
+                ctx.logs
+                    .iter()
+                    .enumerate()
+                    .map(|(p, log)| (u32::try_from(p).unwrap_or(u32::MAX), f(log)))
+                    .collect()
             };
             let targets = match target {
                 SeekTarget::Start => all(&|log| log.first_seq()),

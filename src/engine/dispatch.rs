@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering as AtomicOrdering;
 use tokio::sync::mpsc;
 
 use super::consumer::{ConsumerState, PushSink};
-use super::ordering::MAX_HELD;
 use super::log::{Record, to_message};
+use super::ordering::MAX_HELD;
 use super::subscription::{Ctx, Effects, Entry, SubState};
 use crate::model::DeliveryState;
 use crate::model::clock::Timestamp;
@@ -137,7 +137,9 @@ impl SubState {
                 if !self.fits(&record, byte_budget) {
                     return None;
                 }
-                if explicit && let Some(line) = self.ordered().then(|| self.line_of(partition, &record)).flatten() {
+                if explicit
+                    && let Some(line) = self.ordered().then(|| self.line_of(partition, &record)).flatten()
+                {
                     let key = pos_key(partition, seq);
                     if self.order.is_busy(&line) {
                         // Strict: the partition waits. PerKey: the message waits in its key's line and

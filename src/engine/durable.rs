@@ -89,7 +89,10 @@ impl Engine {
             } else {
                 // Its files are gone: start over from the oldest retained message (at-least-once).
                 report.missing_checkpoints.push(config.name.clone());
-                (SubJournal::create(&dir, &first, config.ack_durability)?, SubSnapshot::starting_at_each(&first))
+                (
+                    SubJournal::create(&dir, &first, config.ack_durability)?,
+                    SubSnapshot::starting_at_each(&first),
+                )
             };
             let name = config.name.clone();
             let lease_base = engine.next_lease_base();

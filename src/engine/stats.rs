@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use super::log::Log;
 use super::subscription::{Part, SubState};
-use crate::store::journal::{partition_keys, pos_key, split_key};
 use crate::model::clock::Timestamp;
 use crate::model::config::{AckMode, Ordering};
 use crate::model::name::Name;
 use crate::model::{
     BlockedBy, ConsumerInfo, DeliveryState, MessageAckState, PartitionLag, PeekReport, SubscriptionInfo,
 };
+use crate::store::journal::{partition_keys, pos_key, split_key};
 
 /// Seconds of history a rate meter keeps.
 const RATE_SLOTS: usize = 16;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::consumer::ConsumerState;
-use super::ordering::{LineKey, OrderGate};
 use super::log::{Log, Record, RecordRef};
+use super::ordering::{LineKey, OrderGate};
 use super::stats::RateMeter;
 use crate::model::clock::Timestamp;
 use crate::model::config::{AckMode, Ordering, SubscriptionConfig};

@@ -267,7 +267,8 @@ impl TopicState {
     /// it asks (to count it as expired only when its filter covers it). Cold records are read only then.
     fn wants_removed_record(&self, p: u32, seq: u64) -> bool {
         self.subs.iter().any(|s| {
-            s.parts.get(p as usize).is_some_and(|part| part.delivered_seq < seq) && !s.config.filter.is_empty()
+            s.parts.get(p as usize).is_some_and(|part| part.delivered_seq < seq)
+                && !s.config.filter.is_empty()
         })
     }
 

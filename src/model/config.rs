@@ -577,6 +577,9 @@ mod partition_tests {
         assert!(parts.iter().all(|&p| p < 8));
         assert_eq!(TopicConfig::partition_of_key(b"foobar", 8), TopicConfig::partition_of_key(b"foobar", 8));
         // (-790332482 & 0x7fffffff) % 8
-        assert_eq!(TopicConfig::partition_of_key(b"foobar", 8), ((-790_332_482_i32 as u32) & 0x7fff_ffff) % 8);
+        assert_eq!(
+            TopicConfig::partition_of_key(b"foobar", 8),
+            ((-790_332_482_i32 as u32) & 0x7fff_ffff) % 8
+        );
     }
 }

@@ -538,8 +538,12 @@ impl SubJournal {
         let found = Self::inspect(dir, first, head)?;
         let state = found.state;
         let journal_path = dir.join("journal.log");
-        let mut journal =
-            Self::open_file(dir, found.journal_gen.unwrap_or(found.generation), durability, cursors_of(&state))?;
+        let mut journal = Self::open_file(
+            dir,
+            found.journal_gen.unwrap_or(found.generation),
+            durability,
+            cursors_of(&state),
+        )?;
         // Start a fresh generation from the recovered state, so the repaired journal is never replayed
         // twice. If the checkpoint cannot be written (a full disk), the old journal goes on from its last
         // valid record; once the new checkpoint is in place the journal must be reset.

@@ -282,7 +282,11 @@ fn cli_partitions_keys_and_positions() {
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["partition"].as_u64().unwrap(), v["seq"].as_u64().unwrap(), v["payload"].as_str().unwrap().into())
+            (
+                v["partition"].as_u64().unwrap(),
+                v["seq"].as_u64().unwrap(),
+                v["payload"].as_str().unwrap().into(),
+            )
         })
         .collect();
     assert!(got.contains(&(u64::from(want), 1, "first".into())), "{got:?}");

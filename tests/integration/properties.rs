@@ -241,9 +241,15 @@ proptest! {
 enum KeyOp {
     /// Publish a message with key `KEYS[k]`, or without a key (k = KEYS.len()).
     Publish(u8),
-    Fetch { consumer: u8, max: u8 },
+    Fetch {
+        consumer: u8,
+        max: u8,
+    },
     Ack(u8),
-    Nack { pick: u8, delay_ms: u16 },
+    Nack {
+        pick: u8,
+        delay_ms: u16,
+    },
     Expire(u16),
     Detach(u8),
 }
@@ -282,9 +288,9 @@ fn run_per_key(ops: Vec<KeyOp>) -> Result<(), TestCaseError> {
     let mut acked: HashSet<(u32, u64)> = HashSet::new();
     let mut valid: BTreeMap<(u32, u64), (u8, AckRef, i64)> = BTreeMap::new();
     let check = |d: &pubsub::engine::Delivery,
-                     keys: &BTreeMap<(u32, u64), Option<&str>>,
-                     acked: &HashSet<(u32, u64)>,
-                     valid: &BTreeMap<(u32, u64), (u8, AckRef, i64)>|
+                 keys: &BTreeMap<(u32, u64), Option<&str>>,
+                 acked: &HashSet<(u32, u64)>,
+                 valid: &BTreeMap<(u32, u64), (u8, AckRef, i64)>|
      -> Result<(), TestCaseError> {
         let at = (d.message.partition, d.message.seq);
         prop_assert!(!acked.contains(&at), "acked {at:?} redelivered");
@@ -292,7 +298,10 @@ fn run_per_key(ops: Vec<KeyOp>) -> Result<(), TestCaseError> {
         if let Some(Some(k)) = keys.get(&at) {
             for (earlier, key) in keys.range((at.0, 0)..at) {
                 if *key == Some(*k) {
-                    prop_assert!(acked.contains(earlier), "{at:?} (key {k}) delivered before {earlier:?} was settled");
+                    prop_assert!(
+                        acked.contains(earlier),
+                        "{at:?} (key {k}) delivered before {earlier:?} was settled"
+                    );
                 }
             }
         }
@@ -344,6 +353,7 @@ fn run_per_key(ops: Vec<KeyOp>) -> Result<(), TestCaseError> {
                 valid.retain(|_, v| v.0 != c);
             }
         }
+        expire(&mut valid, clock.now().as_micros());
         let info = e.subscription_info(&sub).unwrap();
         prop_assert!(info.in_flight <= u64::from(MAX_IN_FLIGHT));
         prop_assert_eq!(info.in_flight, valid.len() as u64, "in flight: engine vs test");

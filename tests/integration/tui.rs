@@ -410,7 +410,8 @@ fn engine_subscription_over_partitions_shows_lag_per_partition() {
         clock.advance(Duration::from_millis(100));
     }
     // Settle everything of partitions 0 and 1 and half of partition 2.
-    let all = e.try_fetch(&name("billing"), "worker", &FetchOptions { max_msgs: 100, ..FetchOptions::default() });
+    let all =
+        e.try_fetch(&name("billing"), "worker", &FetchOptions { max_msgs: 100, ..FetchOptions::default() });
     let all = all.unwrap();
     let mut half = 0;
     for d in &all {
