@@ -119,10 +119,7 @@ impl SubState {
                 continue;
             };
             let head = log.head_seq();
-            loop {
-                let Some(delivered) = self.parts.get(p).map(|x| x.delivered_seq).filter(|&d| d < head) else {
-                    break;
-                };
+            while let Some(delivered) = self.parts.get(p).map(|x| x.delivered_seq).filter(|&d| d < head) {
                 let seq = delivered + 1;
                 let Some(record) = log.get(seq) else {
                     // Below first_seq: retention removed it; the cursor jumps (counted when it was removed).
