@@ -7,6 +7,7 @@
 //! the next of its line.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::Bytes;
 
@@ -25,12 +26,35 @@ struct Line {
     waiting: VecDeque<u64>,
 }
 
+/// A hasher for `u64` keys: one multiply by a 64-bit odd constant, high bits folded down.
+#[derive(Debug, Default)]
+pub(crate) struct U64Hasher(u64);
+
+impl Hasher for U64Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let x = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 32);
+    }
+}
+
 /// Every line of a subscription.
 #[derive(Debug, Default)]
 pub(crate) struct OrderGate {
     lines: HashMap<LineKey, Line>,
-    /// Entry key → its line, for every message active or waiting in one.
-    member: HashMap<u64, LineKey>,
+    /// Entry key → its line, for every message active or waiting in one. The keys are the engine's own
+    /// (partition and seq), so a multiply hash does (the lines, keyed by message keys users choose, keep
+    /// the standard hasher).
+    member: HashMap<u64, LineKey, BuildHasherDefault<U64Hasher>>,
     /// Messages waiting in lines.
     held: u64,
 }

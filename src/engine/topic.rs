@@ -137,7 +137,7 @@ impl TopicState {
         let p = self.partition_for(req)?;
         if self.config.discard == Discard::New {
             // Age retention applies regardless of discard policy; make room it would make before judging.
-            self.enforce_limits(now, effects);
+            self.enforce_limits_in(p, now, effects);
         }
         if self.config.discard == Discard::New
             && let Some(limit) = self.full_for(p, size as u64)
@@ -161,7 +161,7 @@ impl TopicState {
             self.dedup.insert(id.clone(), pos_key(p, seq));
             self.dedup_order.push_back((now, id.clone()));
         }
-        self.enforce_limits(now, effects);
+        self.enforce_limits_in(p, now, effects);
         if let Some(log) = self.logs.get(p as usize) {
             for sub in &mut self.subs {
                 // A message a caught-up filtered subscription does not cover is settled for it at once.
@@ -232,11 +232,36 @@ impl TopicState {
     /// count and bytes under `discard = old`). Unsettled victims become EXPIRED in every subscription
     /// (T10).
     pub fn enforce_limits(&mut self, now: Timestamp, effects: &mut Effects) {
+        let mut removed = 0u64;
+        for p in 0..self.partitions() {
+            removed += self.trim(p, now);
+        }
+        self.note_expired(removed, effects);
+    }
+
+    /// [`TopicState::enforce_limits`] for partition `p` alone: an append reaches one partition, so only
+    /// its limits can have been crossed (the others' age limits are enforced by the timers).
+    pub fn enforce_limits_in(&mut self, p: u32, now: Timestamp, effects: &mut Effects) {
+        let removed = self.trim(p, now);
+        self.note_expired(removed, effects);
+    }
+
+    fn note_expired(&mut self, removed: u64, effects: &mut Effects) {
+        if removed > 0 {
+            self.counters.expired += removed;
+            effects
+                .events
+                .push(EngineEvent::TopicExpired { topic: self.config.name.clone(), count: removed });
+        }
+    }
+
+    /// Deletes partition `p`'s oldest messages while a limit is exceeded there; returns how many.
+    fn trim(&mut self, p: u32, now: Timestamp) -> u64 {
         let Limits { max_msgs, max_bytes, max_age, .. } = self.config.limits;
         let cutoff = max_age.map(|age| now.minus(age));
         let old = self.config.discard == Discard::Old;
         let mut removed = 0u64;
-        for p in 0..self.partitions() {
+        {
             let i = p as usize;
             while let Some(log) = self.logs.get(i)
                 && log.len() > 0
@@ -255,12 +280,7 @@ impl TopicState {
                 removed += 1;
             }
         }
-        if removed > 0 {
-            self.counters.expired += removed;
-            effects
-                .events
-                .push(EngineEvent::TopicExpired { topic: self.config.name.clone(), count: removed });
-        }
+        removed
     }
 
     /// Whether removing `seq` needs the record itself: only a filtered subscription that has not reached
