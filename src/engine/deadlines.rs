@@ -71,11 +71,6 @@ impl DeadlineQueue {
         self.ring.front().map(|&(t, s, _)| (t, s))
     }
 
-    pub fn clear(&mut self) {
-        self.ring.clear();
-        self.live = 0;
-    }
-
     /// How many entries are in the queue.
     #[cfg(test)]
     pub fn len(&self) -> usize {
