@@ -380,3 +380,17 @@ pub(crate) fn history_topic(req: &SubscribeRequest) -> Result<Name, BrokerError>
         _ => Err(BrokerError::Invalid("reading history needs exactly one topic".into())),
     }
 }
+
+/// Refuses an attribute filter (`subs create --where`) on a backend that cannot evaluate one, rather
+/// than creating a subscription that would receive everything.
+pub(crate) fn no_attribute_filter(
+    config: &crate::model::SubscriptionConfig,
+    broker: &str,
+) -> Result<(), BrokerError> {
+    match config.attribute_filter {
+        Some(_) => Err(BrokerError::Invalid(format!(
+            "{broker} cannot filter a subscription by headers, key or subject expression; create it without --where (the local engine, mem:// and ws://, can)"
+        ))),
+        None => Ok(()),
+    }
+}

@@ -178,6 +178,11 @@ impl TopicState {
             removed += 1;
         }
         if removed > 0 {
+            // A filtered subscription whose cursor the removal moved may now sit just below messages its
+            // filter excludes: they are FILTERED, and the floor passes them (I3).
+            for sub in &mut self.subs {
+                sub.skip_uncovered(&self.config.name, &self.log);
+            }
             self.counters.expired += removed;
             effects
                 .events
@@ -188,7 +193,7 @@ impl TopicState {
     /// Whether removing `seq` needs the record itself: only a filtered subscription that has not reached
     /// it asks (to count it as expired only when its filter covers it). Cold records are read only then.
     fn wants_removed_record(&self, seq: u64) -> bool {
-        self.subs.iter().any(|s| s.delivered_seq < seq && !s.config.filter.is_empty())
+        self.subs.iter().any(|s| s.delivered_seq < seq && s.filters())
     }
 
     fn on_removed(&mut self, seq: u64, record: Option<&Record>) {

@@ -284,6 +284,9 @@ pub struct SubscriptionInfo {
     pub topic: Name,
     /// Subject filter.
     pub filter: Vec<String>,
+    /// Attribute filter expression (`subs create --where`), as typed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute_filter: Option<String>,
     /// Ack mode.
     pub ack: AckMode,
     /// Start position it was created with.
@@ -359,6 +362,7 @@ impl SubscriptionInfo {
             name,
             topic,
             filter: Vec::new(),
+            attribute_filter: None,
             ack: AckMode::Explicit,
             start: StartPosition::New,
             ack_deadline: Duration::ZERO,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod event;
+pub mod filter;
 pub mod info;
 pub mod message;
 pub mod name;
@@ -22,6 +23,7 @@ pub use config::{
 pub use delivery::{AckToken, BrokerDelivery, Settle, StreamItem};
 pub use error::EngineError;
 pub use event::EngineEvent;
+pub use filter::{FilterError, FilterExpr, FilterInput};
 pub use info::{
     BlockedBy, ConsumerInfo, DeliveryState, EngineStats, MessageAckState, PartitionInfo, PartitionLag,
     PeekReport, SubCounters, SubscriptionInfo, TopicCounters, TopicInfo,

@@ -355,6 +355,9 @@ pub struct SubscriptionSpec {
     /// Subject filter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<Pattern>,
+    /// Attribute filter expression (docs/FILTERS.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute_filter: Option<String>,
     /// Start position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<StartPosition>,
@@ -392,6 +395,7 @@ impl SubscriptionSpec {
     pub fn to_config(&self) -> SubscriptionConfig {
         let mut c = SubscriptionConfig::new(self.name.clone(), self.topic.clone());
         c.filter = self.filter.clone();
+        c.attribute_filter = self.attribute_filter.clone();
         if let Some(s) = self.start {
             c.start = s;
         }
@@ -429,6 +433,7 @@ impl SubscriptionSpec {
             name: c.name.clone(),
             topic: c.topic.clone(),
             filter: c.filter.clone(),
+            attribute_filter: c.attribute_filter.clone(),
             start: Some(c.start),
             ack: Some(c.ack),
             ack_deadline_ms: Some(u64::try_from(c.ack_deadline.as_millis()).unwrap_or(u64::MAX)),

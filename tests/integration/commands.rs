@@ -758,3 +758,35 @@ fn from_on_an_existing_subscription_and_topic_delete_say_what_they_do() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("deleted topic said and its 1 subscription(s): keep"), "{stderr}");
 }
+
+#[test]
+fn subs_create_where_filters_by_headers_and_key_through_the_daemon_and_a_restart() {
+    let home = Home::with_daemon("where");
+    let run = |args: &[&str]| {
+        let (code, stdout, stderr) = home.run(args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        stdout
+    };
+    run(&["topic", "create", "orders"]);
+    let expr = r#"attributes.region = "eu" AND NOT hasPrefix(key, "test")"#;
+    run(&["subs", "create", "eu", "--topic", "orders", "--from", "start", "--where", expr]);
+    let (code, _, stderr) =
+        home.run(&["subs", "create", "bad", "--topic", "orders", "--where", "attributes.region = eu"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--where: filter error at column 21: expected a string in double quotes"),
+        "{stderr}"
+    );
+    run(&["pub", "orders", "-H", "region=eu", "-k", "a", "one"]);
+    run(&["pub", "orders", "-H", "region=us", "two"]);
+    run(&["pub", "orders", "-H", "region=eu", "-k", "test-1", "three"]);
+    run(&["pub", "orders", "-H", "region=eu", "four"]);
+    assert_eq!(run(&["sub", "-s", "eu", "--count", "2", "--format", "{{payload}}", "orders"]), "one\nfour\n");
+    run(&["serve", "stop"]);
+    let info = run(&["sub-info", "eu"]);
+    assert!(info.contains(expr), "{info}");
+    assert!(info.contains("ack floor 4") && info.contains("filtered 2"), "{info}");
+    let json = run(&["sub-info", "eu", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["attribute_filter"], expr);
+}

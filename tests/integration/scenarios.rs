@@ -319,6 +319,46 @@ fn scenario_13_retention_expires_lagging_messages_or_refuses_when_discarding_new
     assert_eq!(e.topic_info(&name("new")).unwrap().counters.rejected_full, 1);
 }
 
+#[test]
+fn scenario_15_attribute_filter_settles_non_matching_messages_as_filtered() {
+    let (e, _) = engine();
+    let expr = r#"attributes.region = "eu" AND NOT hasPrefix(attributes.kind, "test")"#;
+    subscribe(&e, "eu", "orders", |c| c.attribute_filter = Some(expr.into()));
+    subscribe(&e, "all", "orders", |_| {});
+    let cases = [("eu", "order"), ("us", "order"), ("eu", "test-run"), ("eu", "refund"), ("", "order")];
+    for (i, (region, kind)) in cases.iter().enumerate() {
+        let mut req = PublishRequest::new(name("orders"), format!("{i}"));
+        if !region.is_empty() {
+            req.headers.insert("region".into(), (*region).into());
+        }
+        req.headers.insert("kind".into(), (*kind).into());
+        e.publish(req).unwrap();
+    }
+    let info = e.subscription_info(&name("eu")).unwrap();
+    assert_eq!(info.attribute_filter.as_deref(), Some(expr));
+    assert_eq!((info.backlog, info.pending), (2, 2), "only seqs 1 and 4 are covered");
+    let batch = fetch(&e, "eu", "c1", 10);
+    assert_eq!(seqs(&batch), vec![1, 4]);
+    for d in batch {
+        e.ack(&name("eu"), d.lease.unwrap()).unwrap();
+    }
+    let info = e.subscription_info(&name("eu")).unwrap();
+    assert_eq!(
+        (info.ack_floor, info.backlog, info.counters.filtered),
+        (5, 0, 3),
+        "the floor passes FILTERED"
+    );
+    let peek = e.peek(&name("all"), 1, 10).unwrap();
+    assert_eq!(peek.messages.len(), 5, "an unfiltered subscription covers all five");
+    assert_eq!(e.subscription_info(&name("all")).unwrap().backlog, 5);
+
+    let mut bad = pubsub::engine::SubscriptionConfig::new(name("bad"), name("orders"));
+    bad.attribute_filter = Some(r#"attributes.region = eu"#.into());
+    let err = e.create_subscription(bad).unwrap_err();
+    assert!(matches!(err, EngineError::InvalidConfig(_)), "{err}");
+    assert!(err.to_string().contains("column 21: expected a string in double quotes, found `eu`"), "{err}");
+}
+
 #[tokio::test]
 async fn scenario_19_lagging_tap_is_told_what_it_missed_and_groups_share() {
     let (e, _) = engine();

@@ -1212,3 +1212,45 @@ fn subscription_counters_survive_a_clean_restart() {
         engine.close().unwrap();
     }
 }
+
+#[test]
+fn an_attribute_filter_survives_a_clean_restart_and_a_crash() {
+    let dir = DataDir::new("filter");
+    let clock = clock();
+    let publish = |engine: &Engine, i: u32, region: &str| {
+        let mut req = PublishRequest::new(name("orders"), format!("o{i}"));
+        req.headers.insert("region".into(), region.into());
+        engine.publish(req).unwrap();
+    };
+    {
+        let (engine, _) = open_at(dir.path(), &clock);
+        engine.create_topic(topic("orders", |_| {})).unwrap();
+        let mut config = sub_config("eu", "orders");
+        config.attribute_filter = Some(r#"attributes.region = "eu""#.into());
+        engine.create_subscription(config).unwrap();
+        publish(&engine, 1, "eu");
+        publish(&engine, 2, "us");
+        engine.close().unwrap();
+    }
+    {
+        let (engine, report) = open_at(dir.path(), &clock);
+        assert!(report.findings().is_empty(), "{:?}", report.findings());
+        let info = engine.subscription_info(&name("eu")).unwrap();
+        assert_eq!(info.attribute_filter.as_deref(), Some(r#"attributes.region = "eu""#));
+        publish(&engine, 3, "us");
+        publish(&engine, 4, "eu");
+        // Dropped without close: as a crash would leave it.
+    }
+    let (engine, _) = open_at(dir.path(), &clock);
+    let got: Vec<u64> = fetch_all(&engine, "eu").iter().map(|d| d.message.seq).collect();
+    assert_eq!(got, vec![1, 4], "only the eu messages, before and after the restarts");
+    let info = engine.subscription_info(&name("eu")).unwrap();
+    assert_eq!((info.ack_floor, info.backlog), (4, 0));
+    engine.close().unwrap();
+    let (code, _, stderr) = crate::support::outcome(Command::cargo_bin("pubsub").unwrap().args([
+        "store",
+        "verify",
+        &dir.path().display().to_string(),
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -52,6 +52,10 @@ pub struct CreateSubArgs {
     /// Only subjects matching this pattern (repeatable).
     #[arg(long = "filter", value_name = "PATTERN")]
     pub filters: Vec<String>,
+    /// Only messages whose headers, key or subject pass this expression, e.g.
+    /// 'attributes.region = "eu" AND NOT hasPrefix(key, "test")' (grammar in docs/FILTERS.md).
+    #[arg(long = "where", value_name = "EXPR")]
+    pub where_expr: Option<String>,
     /// Where it starts: start, end (default), a seq, an RFC 3339 time, or -5m.
     #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
@@ -102,6 +106,11 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
                 .iter()
                 .map(|f| Pattern::parse(f).map_err(|e| CliError::Usage(e.to_string())))
                 .collect::<Result<_, _>>()?;
+            if let Some(expr) = &a.where_expr {
+                crate::model::FilterExpr::parse(expr)
+                    .map_err(|e| CliError::Usage(format!("--where: {e}")))?;
+                c.attribute_filter = Some(expr.clone());
+            }
             if let Some(from) = &a.from {
                 c.start = Position::parse(from, SystemClock.now()).map_err(CliError::Usage)?.start();
             }
@@ -221,6 +230,11 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
     let mut rows = vec![
         vec!["subscription".into(), format!("{} on {}", s.name, s.topic)],
         vec!["filter".into(), if s.filter.is_empty() { "all subjects".into() } else { s.filter.join(", ") }],
+    ];
+    if let Some(expr) = &s.attribute_filter {
+        rows.push(vec!["where".into(), expr.clone()]);
+    }
+    rows.extend([
         vec![
             "ack".into(),
             format!(
@@ -259,7 +273,7 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
                 or_dash(s.oldest_unacked_age, duration)
             ),
         ],
-    ];
+    ]);
     if counted {
         let rates = format!(
             "publish {}/s, deliver {}/s, ack {}/s",
