@@ -34,8 +34,8 @@ pub use error::BrokerError;
 
 use crate::model::{
     AckMode, BrowseFrom, EngineError, FetchOptions, Message, Name, Pattern, PeekReport, PublishOption,
-    PublishReceipt, PublishRequest, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo,
-    TopicConfig, TopicInfo,
+    PublishReceipt, PublishRequest, SeekTarget, SnapshotInfo, StartPosition, SubscriptionConfig,
+    SubscriptionInfo, TopicConfig, TopicInfo,
 };
 
 /// What to subscribe to.
@@ -290,6 +290,26 @@ pub trait Broker: Send + Sync + fmt::Debug {
 
     /// Moves a subscription; returns the next seq it delivers.
     async fn seek(&self, _subscription: &Name, _target: SeekTarget) -> Result<u64, BrokerError> {
+        Err(self.unsupported(Capability::Seek))
+    }
+
+    /// Captures a subscription's ack state under a name (`snapshot create`).
+    async fn create_snapshot(&self, _name: &Name, _subscription: &Name) -> Result<SnapshotInfo, BrokerError> {
+        Err(self.unsupported(Capability::Seek))
+    }
+
+    /// Every snapshot.
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, BrokerError> {
+        Err(self.unsupported(Capability::Seek))
+    }
+
+    /// Removes a snapshot.
+    async fn delete_snapshot(&self, _name: &Name) -> Result<(), BrokerError> {
+        Err(self.unsupported(Capability::Seek))
+    }
+
+    /// Moves a subscription to a snapshot's ack state; returns the first seq it delivers again.
+    async fn seek_snapshot(&self, _subscription: &Name, _snapshot: &Name) -> Result<u64, BrokerError> {
         Err(self.unsupported(Capability::Seek))
     }
 

@@ -171,6 +171,27 @@ pub enum Request {
         /// Where to.
         target: SeekSpec,
     },
+    /// Capture a subscription's ack state under a name; answers the snapshot.
+    CreateSnapshot {
+        /// The snapshot's name.
+        snapshot: Name,
+        /// The subscription.
+        subscription: Name,
+    },
+    /// List snapshots; answers an array.
+    Snapshots,
+    /// Remove a snapshot.
+    DeleteSnapshot {
+        /// Its name.
+        snapshot: Name,
+    },
+    /// Move a subscription to a snapshot's ack state; answers `{"count": next seq}` like `seek`.
+    SeekSnapshot {
+        /// Subscription (of the snapshot's topic).
+        subscription: Name,
+        /// Snapshot.
+        snapshot: Name,
+    },
     /// Read a topic's log.
     Browse {
         /// Topic.

@@ -403,13 +403,26 @@ pub struct SeekArgs {
     /// The subscription.
     pub name: String,
     /// start, end, a seq, an RFC 3339 time, or -5m.
-    #[arg(allow_hyphen_values = true)]
-    pub target: String,
+    #[arg(allow_hyphen_values = true, required_unless_present = "snapshot")]
+    pub target: Option<String>,
+    /// Restore a snapshot's ack state instead (taken of this subscription or another one of its topic).
+    #[arg(long, value_name = "NAME", conflicts_with = "target")]
+    pub snapshot: Option<String>,
 }
 
 /// Runs `pubsub seek`.
 pub async fn seek(ctx: &Context, args: SeekArgs) -> Result<(), CliError> {
-    let target = Position::parse(&args.target, SystemClock.now()).map_err(CliError::Usage)?;
+    if let Some(snapshot) = &args.snapshot {
+        let broker = ctx.connect().await?;
+        let next = broker.seek_snapshot(&name(&args.name)?, &name(snapshot)?).await?;
+        note(&format!(
+            "{} has the ack state of snapshot {snapshot}; it will deliver from seq {next}",
+            args.name
+        ));
+        return Ok(());
+    }
+    let target = args.target.as_deref().unwrap_or_default();
+    let target = Position::parse(target, SystemClock.now()).map_err(CliError::Usage)?;
     let broker = ctx.connect().await?;
     // A seek moves every partition of the subscription; P:SEQ names one, so only 0:SEQ on a broker of
     // one partition per topic means something.
