@@ -362,6 +362,26 @@ impl Broker for LocalBroker {
         Ok(self.engine.peek(subscription, from, limit)?)
     }
 
+    async fn create_snapshot(
+        &self,
+        name: &Name,
+        subscription: &Name,
+    ) -> Result<crate::model::SnapshotInfo, BrokerError> {
+        Ok(self.may_sync(|| self.engine.create_snapshot(name.clone(), subscription))?)
+    }
+
+    async fn snapshots(&self) -> Result<Vec<crate::model::SnapshotInfo>, BrokerError> {
+        Ok(self.engine.snapshots())
+    }
+
+    async fn delete_snapshot(&self, name: &Name) -> Result<(), BrokerError> {
+        Ok(self.may_sync(|| self.engine.delete_snapshot(name))?)
+    }
+
+    async fn seek_snapshot(&self, subscription: &Name, snapshot: &Name) -> Result<u64, BrokerError> {
+        Ok(self.may_sync(|| self.engine.seek_snapshot(subscription, snapshot))?)
+    }
+
     fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
         self.events.subscribe()
     }

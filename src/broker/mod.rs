@@ -34,8 +34,8 @@ pub use error::BrokerError;
 
 use crate::model::{
     AckMode, BrowseFrom, EngineError, FetchOptions, Message, Name, Pattern, PeekReport, PublishOption,
-    PublishReceipt, PublishRequest, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo,
-    TopicConfig, TopicInfo,
+    PublishReceipt, PublishRequest, SeekTarget, SnapshotInfo, StartPosition, SubscriptionConfig,
+    SubscriptionInfo, TopicConfig, TopicInfo,
 };
 
 /// What to subscribe to.
@@ -298,6 +298,26 @@ pub trait Broker: Send + Sync + fmt::Debug {
         Err(self.unsupported(Capability::Seek))
     }
 
+    /// Captures a subscription's ack state under a name (`snapshot create`).
+    async fn create_snapshot(&self, _name: &Name, _subscription: &Name) -> Result<SnapshotInfo, BrokerError> {
+        Err(self.unsupported(Capability::Seek))
+    }
+
+    /// Every snapshot.
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, BrokerError> {
+        Err(self.unsupported(Capability::Seek))
+    }
+
+    /// Removes a snapshot.
+    async fn delete_snapshot(&self, _name: &Name) -> Result<(), BrokerError> {
+        Err(self.unsupported(Capability::Seek))
+    }
+
+    /// Moves a subscription to a snapshot's ack state; returns the first seq it delivers again.
+    async fn seek_snapshot(&self, _subscription: &Name, _snapshot: &Name) -> Result<u64, BrokerError> {
+        Err(self.unsupported(Capability::Seek))
+    }
+
     /// Per-message ack state of a subscription.
     async fn peek(&self, _subscription: &Name, _from: u64, _limit: usize) -> Result<PeekReport, BrokerError> {
         Err(self.unsupported(Capability::Peek))
@@ -383,5 +403,19 @@ pub(crate) fn history_topic(req: &SubscribeRequest) -> Result<Name, BrokerError>
             ))),
         },
         _ => Err(BrokerError::Invalid("reading history needs exactly one topic".into())),
+    }
+}
+
+/// Refuses an attribute filter (`subs create --where`) on a backend that cannot evaluate one, rather
+/// than creating a subscription that would receive everything.
+pub(crate) fn no_attribute_filter(
+    config: &crate::model::SubscriptionConfig,
+    broker: &str,
+) -> Result<(), BrokerError> {
+    match config.attribute_filter {
+        Some(_) => Err(BrokerError::Invalid(format!(
+            "{broker} cannot filter a subscription by headers, key or subject expression; create it without --where (the local engine, mem:// and ws://, can)"
+        ))),
+        None => Ok(()),
     }
 }

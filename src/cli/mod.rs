@@ -81,8 +81,12 @@ pub enum Command {
     SubInfo(commands::subs::SubInfoArgs),
     /// Show the ack state of each message above a subscription's ack floor.
     Peek(commands::subs::PeekArgs),
-    /// Move a subscription to start, end, a seq, a time or -5m (replays or skips messages).
+    /// Move a subscription to start, end, a seq, a time or -5m, or to a snapshot (replays or skips
+    /// messages).
     Seek(commands::subs::SeekArgs),
+    /// Capture, list and remove snapshots of subscriptions' ack state (`seek --snapshot` restores one).
+    #[command(subcommand)]
+    Snapshot(commands::snapshot::SnapshotCommand),
     /// Ack a message received with `sub --ack manual`.
     Ack(commands::subs::SettleArgs),
     /// Give a message back for redelivery (optionally after --delay).
@@ -235,6 +239,7 @@ async fn run_command(ctx: &Context, command: Option<Command>) -> Result<(), CliE
         Some(Command::SubInfo(args)) => commands::subs::info(&ctx, args).await,
         Some(Command::Peek(args)) => commands::subs::peek(&ctx, args).await,
         Some(Command::Seek(args)) => commands::subs::seek(&ctx, args).await,
+        Some(Command::Snapshot(cmd)) => commands::snapshot::run(&ctx, cmd).await,
         Some(Command::Ack(args)) => commands::subs::settle(&ctx, args, false).await,
         Some(Command::Nack(args)) => commands::subs::settle(&ctx, args, true).await,
         Some(Command::Extend(args)) => commands::subs::extend(&ctx, args).await,

@@ -28,8 +28,7 @@ impl SubState {
         max_bytes: u64,
         out: &mut Vec<Delivery>,
     ) {
-        let simple =
-            self.config.ack == AckMode::None && self.ready.is_empty() && self.config.filter.is_empty();
+        let simple = self.config.ack == AckMode::None && self.ready.is_empty() && !self.filters();
         if simple && max_bytes == u64::MAX {
             // The common firehose case: no leases, no filter, no redeliveries — copy a run of each
             // partition's log, the partitions taking turns at going first.

@@ -116,6 +116,13 @@ impl Engine {
             engine.registry_mut().subs.insert(name, cell);
         }
 
+        for snapshot in meta.snapshots {
+            let mut reg = engine.registry_mut();
+            if reg.topics.contains_key(&snapshot.topic) {
+                reg.snapshots.insert(snapshot.name.clone(), snapshot);
+            }
+        }
+
         let cells: Vec<Arc<TopicCell>> = engine.registry().topics.values().cloned().collect();
         for cell in cells {
             let mut effects = Effects::default();

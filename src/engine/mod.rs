@@ -17,6 +17,7 @@ mod log;
 mod ordering;
 mod publish;
 mod settle;
+mod snapshot;
 pub mod stats;
 mod subscription;
 mod tap;
@@ -32,8 +33,9 @@ pub use crate::model::{
     ConsumerInfo, Delivery, DeliveryState, Discard, Durability, EngineError, EngineEvent, EngineStats,
     FetchOptions, Headers, Lifetime, Limits, ManualClock, Message, MessageAckState, MessageExtra, Name,
     NameError, OrderingMode, Pattern, PatternToken, PeekReport, PublishReceipt, PublishRequest,
-    RetentionPolicy, SeekTarget, SharedClock, StartPosition, StorageKind, SubCounters, SubscriptionConfig,
-    SubscriptionInfo, SystemClock, Timestamp, TopicConfig, TopicCounters, TopicInfo,
+    RetentionPolicy, SeekTarget, SharedClock, SnapshotInfo, SnapshotPartition, StartPosition, StorageKind,
+    SubCounters, SubscriptionConfig, SubscriptionInfo, SystemClock, Timestamp, TopicConfig, TopicCounters,
+    TopicInfo,
 };
 pub use consumer::{ByteBudget, PushConsumer};
 pub use publish::PendingPublish;
@@ -100,6 +102,8 @@ struct Registry {
     exact: HashMap<Name, Arc<TopicCell>>,
     /// Wildcard captures, checked in order when no literal capture matches.
     wildcard: Vec<(Pattern, Arc<TopicCell>)>,
+    /// Snapshots by name.
+    snapshots: BTreeMap<Name, crate::model::SnapshotInfo>,
 }
 
 impl Registry {
@@ -375,6 +379,7 @@ impl Engine {
             reg.exact.retain(|_, c| !Arc::ptr_eq(c, &cell));
             reg.wildcard.retain(|(_, c)| !Arc::ptr_eq(c, &cell));
             reg.subs.retain(|_, c| !Arc::ptr_eq(c, &cell));
+            reg.snapshots.retain(|_, s| s.topic != *name);
             if let Some(store) = &self.inner.store {
                 store.record(&MetaOp::DeleteTopic { name: name.clone() })?;
                 store.mark_removable(store.topic_dir(name));

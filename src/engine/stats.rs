@@ -94,13 +94,13 @@ fn slot(sec: i64) -> usize {
 fn pending_in(sub: &SubState, topic: &Name, log: &Log, part: Part) -> (u64, u64, u64) {
     let head = log.head_seq();
     let from = part.delivered_seq.max(log.first_seq().saturating_sub(1));
-    let (pending, bytes) = if sub.config.filter.is_empty() {
+    let (pending, bytes) = if !sub.filters() {
         (head.saturating_sub(from), log.bytes_between(from, head))
     } else {
         // A filtered subscription counts only what it covers, which needs a look at each subject.
         ((from + 1)..=head)
             .filter_map(|s| log.get(s))
-            .filter(|r| sub.covers(r.subject_or(topic).as_str()))
+            .filter(|r| sub.covers_record(topic, r))
             .fold((0, 0), |(n, b), r| (n + 1, b + r.size()))
     };
     (pending, bytes, from)
@@ -183,6 +183,7 @@ pub(crate) fn subscription_info(
         name: sub.config.name.clone(),
         topic: topic.clone(),
         filter: sub.config.filter.iter().map(|p| p.as_str().to_string()).collect(),
+        attribute_filter: sub.config.attribute_filter.clone(),
         ack: sub.config.ack,
         start: sub.config.start,
         ack_deadline: sub.config.ack_deadline,
@@ -240,8 +241,7 @@ pub(crate) fn subscription_info(
 }
 
 fn first_covered(sub: &SubState, topic: &Name, log: &Log, from: u64) -> Option<u64> {
-    ((from + 1)..=log.head_seq())
-        .find(|&s| log.get(s).is_some_and(|r| sub.covers(r.subject_or(topic).as_str())))
+    ((from + 1)..=log.head_seq()).find(|&s| log.get(s).is_some_and(|r| sub.covers_record(topic, &r)))
 }
 
 fn blocked_by(sub: &SubState, waiting: u64, delayed: u64) -> Option<BlockedBy> {
@@ -297,7 +297,7 @@ fn peek_partition(
     let mut seq = start;
     let mut taken = 0;
     while seq <= log.head_seq() && taken < limit {
-        let covered = log.get(seq).is_some_and(|r| sub.covers(r.subject_or(topic).as_str()));
+        let covered = log.get(seq).is_some_and(|r| sub.covers_record(topic, &r));
         let state = match sub.entries.get(&pos_key(partition, seq)) {
             Some(e) => MessageAckState {
                 partition,

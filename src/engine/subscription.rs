@@ -17,11 +17,16 @@ use super::stats::RateMeter;
 use crate::model::clock::Timestamp;
 use crate::model::config::{AckMode, Ordering, SubscriptionConfig};
 use crate::model::event::EngineEvent;
+use crate::model::filter::{FilterExpr, FilterInput};
+use crate::model::message::Headers;
 use crate::model::message::{ConsumerId, PublishRequest};
 use crate::model::name::Name;
 use crate::model::{DeliveryState, SubCounters};
 use crate::store::journal::{Pending, SubJournal, SubOp, SubSnapshot, partition_keys, pos_key, split_key};
 use crate::store::{StoreError, SyncGate};
+
+/// The headers of a message that has none, for filters.
+static NO_HEADERS: Headers = Headers::new();
 
 /// Per-message state kept between the ack floor and the cursor.
 #[derive(Debug, Clone)]
@@ -102,6 +107,8 @@ pub(crate) struct Part {
 #[derive(Debug)]
 pub(crate) struct SubState {
     pub config: SubscriptionConfig,
+    /// The attribute filter, parsed once from `config.attribute_filter`.
+    pub(super) attr_filter: Option<FilterExpr>,
     pub created: Timestamp,
     /// Cursor and floor of each partition of the topic.
     pub parts: Vec<Part>,
@@ -148,8 +155,11 @@ impl SubState {
             .as_str()
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        // The config was checked when it was made; a filter that no longer parses lets everything in.
+        let attr_filter = config.parsed_filter().ok().flatten();
         SubState {
             config,
+            attr_filter,
             created: now,
             parts,
             entries: BTreeMap::new(),
@@ -371,13 +381,33 @@ impl SubState {
         &self.config.name
     }
 
-    /// Whether the filter lets a message with this subject in.
+    /// Whether the subject filter lets a message with this subject in.
     pub fn covers(&self, subject: &str) -> bool {
         self.config.filter.is_empty() || self.config.filter.iter().any(|p| p.matches(subject))
     }
 
+    /// Whether this subscription filters at all (by subject or by attributes).
+    pub(crate) fn filters(&self) -> bool {
+        !self.config.filter.is_empty() || self.attr_filter.is_some()
+    }
+
+    /// Whether both filters let this message in (T1 rather than T1f).
     pub(super) fn covers_record(&self, topic: &Name, record: &Record) -> bool {
-        self.config.filter.is_empty() || self.covers(record.subject_or(topic).as_str())
+        if !self.filters() {
+            return true;
+        }
+        let subject = record.subject_or(topic).as_str();
+        if !self.covers(subject) {
+            return false;
+        }
+        self.attr_filter.as_ref().is_none_or(|f| {
+            let extra = record.extra.as_deref();
+            f.matches(&FilterInput {
+                subject,
+                key: extra.and_then(|e| e.key.as_deref()),
+                headers: extra.map_or(&NO_HEADERS, |e| &e.headers),
+            })
+        })
     }
 
     /// Whether anything could be dispatched right now, credit permitting.
@@ -402,7 +432,7 @@ impl SubState {
 
     /// [`SubState::skip_uncovered_in`] for every partition.
     pub fn skip_uncovered(&mut self, topic: &Name, logs: &[Log]) {
-        if self.config.filter.is_empty() {
+        if !self.filters() {
             return;
         }
         for (p, log) in logs.iter().enumerate() {
@@ -413,7 +443,7 @@ impl SubState {
     /// Passes partition `p`'s cursor over messages the filter does not cover that sit directly above
     /// it, so they count as FILTERED (T1f) as soon as they exist, and the floor can move past them (I3).
     pub fn skip_uncovered_in(&mut self, p: u32, topic: &Name, log: &Log) {
-        if self.config.filter.is_empty() {
+        if !self.filters() {
             return;
         }
         let mut moved = false;

@@ -248,6 +248,11 @@ impl TopicState {
 
     fn note_expired(&mut self, removed: u64, effects: &mut Effects) {
         if removed > 0 {
+            // A filtered subscription whose cursor the removal moved may now sit just below messages its
+            // filter excludes: they are FILTERED, and the floor passes them (I3).
+            for sub in &mut self.subs {
+                sub.skip_uncovered(&self.config.name, &self.logs);
+            }
             self.counters.expired += removed;
             effects
                 .events
@@ -286,10 +291,9 @@ impl TopicState {
     /// Whether removing `seq` needs the record itself: only a filtered subscription that has not reached
     /// it asks (to count it as expired only when its filter covers it). Cold records are read only then.
     fn wants_removed_record(&self, p: u32, seq: u64) -> bool {
-        self.subs.iter().any(|s| {
-            s.parts.get(p as usize).is_some_and(|part| part.delivered_seq < seq)
-                && !s.config.filter.is_empty()
-        })
+        self.subs
+            .iter()
+            .any(|s| s.parts.get(p as usize).is_some_and(|part| part.delivered_seq < seq) && s.filters())
     }
 
     fn on_removed(&mut self, p: u32, seq: u64, record: Option<&Record>) {

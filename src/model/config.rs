@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clock::Timestamp;
 use super::error::EngineError;
+use super::filter::FilterExpr;
 use super::name::{Name, Pattern};
 
 /// Size and age limits of a topic; `None` means unlimited.
@@ -406,7 +407,8 @@ pub struct SubscriptionConfig {
     pub topic: Name,
     /// Only messages whose subject matches one of these; empty means all.
     pub filter: Vec<Pattern>,
-    /// Pub/Sub-style attribute filter (slot).
+    /// Attribute filter over headers, key and subject (`subs create --where`; grammar in
+    /// [`super::filter`]). Kept as typed, parsed when the subscription is made or opened.
     pub attribute_filter: Option<String>,
     /// Where it starts.
     pub start: StartPosition,
@@ -525,7 +527,6 @@ impl SubscriptionConfig {
             )));
         }
         let not_yet = [
-            (self.attribute_filter.is_some(), "attribute filters"),
             (self.assignment != Assignment::Shared, "assignment other than shared"),
             (self.start == StartPosition::LastPerKey, "start last-per-key"),
             (self.message_retention.is_some(), "per-subscription message_retention"),
@@ -540,7 +541,17 @@ impl SubscriptionConfig {
                 "subscription \"{name}\": glob: patterns are for taps; filter subscriptions with *, > or #"
             )));
         }
+        self.parsed_filter()?;
         Ok(())
+    }
+
+    /// The attribute filter, parsed; `None` when there is none.
+    pub fn parsed_filter(&self) -> Result<Option<FilterExpr>, EngineError> {
+        self.attribute_filter
+            .as_deref()
+            .map(FilterExpr::parse)
+            .transpose()
+            .map_err(|e| EngineError::InvalidConfig(format!("subscription \"{}\": {e}", self.name)))
     }
 }
 

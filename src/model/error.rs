@@ -130,6 +130,12 @@ pub enum EngineError {
         /// Why.
         source: Box<EngineError>,
     },
+    /// No snapshot of that name.
+    #[error("no snapshot named \"{0}\"; `pubsub snapshot ls` lists them")]
+    NoSuchSnapshot(Name),
+    /// A snapshot of that name exists.
+    #[error("snapshot \"{0}\" already exists; remove it first (`pubsub snapshot rm`) or choose another name")]
+    SnapshotExists(Name),
     /// A setting is out of range or contradicts another.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

@@ -287,6 +287,9 @@ pub struct SubscriptionInfo {
     pub topic: Name,
     /// Subject filter.
     pub filter: Vec<String>,
+    /// Attribute filter expression (`subs create --where`), as typed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute_filter: Option<String>,
     /// Ack mode.
     pub ack: AckMode,
     /// Start position it was created with.
@@ -365,6 +368,7 @@ impl SubscriptionInfo {
             name,
             topic,
             filter: Vec::new(),
+            attribute_filter: None,
             ack: AckMode::Explicit,
             start: StartPosition::New,
             ack_deadline: Duration::ZERO,
@@ -466,4 +470,64 @@ pub struct EngineStats {
     pub unroutable: u64,
     /// Messages taps lost by falling behind.
     pub tap_lagged: u64,
+}
+
+/// A subscription's ack state as `snapshot create` captured it (SEMANTICS.md §9.9): per partition the
+/// ack floor and the seqs acked above it. `seek --snapshot` gives it back to that subscription or to
+/// another one of the same topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// Its name (one namespace, apart from topics and subscriptions).
+    pub name: Name,
+    /// The subscription it was taken from.
+    pub subscription: Name,
+    /// That subscription's topic; the snapshot applies only to subscriptions of this topic.
+    pub topic: Name,
+    /// When it was taken.
+    pub created: Timestamp,
+    /// The ack state, per partition.
+    pub partitions: Vec<SnapshotPartition>,
+}
+
+/// One partition of a [`SnapshotInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPartition {
+    /// The partition.
+    pub partition: u32,
+    /// Every seq at or below it was settled.
+    pub ack_floor: u64,
+    /// Seqs above the floor that were settled, as inclusive `[first, last]` ranges in ascending order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acked: Vec<[u64; 2]>,
+}
+
+impl SnapshotInfo {
+    /// Partition `p`'s part, if the snapshot has one.
+    pub fn partition(&self, p: u32) -> Option<&SnapshotPartition> {
+        self.partitions.iter().find(|x| x.partition == p)
+    }
+}
+
+impl SnapshotPartition {
+    /// The highest seq the snapshot says anything about (the floor, or the end of the last acked range).
+    pub fn top(&self) -> u64 {
+        self.acked.last().map_or(self.ack_floor, |r| r[1].max(self.ack_floor))
+    }
+
+    /// Whether `seq` counts as settled in this snapshot.
+    pub fn is_acked(&self, seq: u64) -> bool {
+        seq <= self.ack_floor
+            || self
+                .acked
+                .binary_search_by(|r| {
+                    if r[1] < seq {
+                        std::cmp::Ordering::Less
+                    } else if r[0] > seq {
+                        std::cmp::Ordering::Greater
+                    } else {
+                        std::cmp::Ordering::Equal
+                    }
+                })
+                .is_ok()
+    }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod event;
+pub mod filter;
 pub mod info;
 pub mod message;
 pub mod name;
@@ -22,9 +23,10 @@ pub use config::{
 pub use delivery::{AckToken, BrokerDelivery, Settle, StreamItem};
 pub use error::EngineError;
 pub use event::EngineEvent;
+pub use filter::{FilterError, FilterExpr, FilterInput};
 pub use info::{
     BlockedBy, ConsumerInfo, DeliveryState, EngineStats, MessageAckState, PartitionInfo, PartitionLag,
-    PeekReport, SubCounters, SubscriptionInfo, TopicCounters, TopicInfo,
+    PeekReport, SnapshotInfo, SnapshotPartition, SubCounters, SubscriptionInfo, TopicCounters, TopicInfo,
 };
 pub use message::{
     AckRef, ConsumerId, Delivery, Headers, Message, MessageExtra, PublishOption, PublishOptions,

@@ -71,6 +71,10 @@ pub enum ErrorCode {
     Gone = 2016,
     /// A push consumer with that id is already attached.
     ConsumerExists = 2017,
+    /// Snapshot missing.
+    NoSuchSnapshot = 2018,
+    /// Snapshot exists.
+    SnapshotExists = 2019,
     /// Something failed inside the server.
     Internal = 3000,
     /// The durable store could not keep or read data (disk full, I/O error, damaged file).
@@ -95,6 +99,8 @@ impl ErrorCode {
             EngineError::NoSuchSubscription(_) => ErrorCode::NoSuchSubscription,
             EngineError::SubscriptionExists(_) => ErrorCode::SubscriptionExists,
             EngineError::ConsumerExists { .. } => ErrorCode::ConsumerExists,
+            EngineError::NoSuchSnapshot(_) => ErrorCode::NoSuchSnapshot,
+            EngineError::SnapshotExists(_) => ErrorCode::SnapshotExists,
             EngineError::Unroutable(_) => ErrorCode::Unroutable,
             EngineError::TopicFull { .. } => ErrorCode::TopicFull,
             EngineError::MessageTooLarge { .. } => ErrorCode::TopicMessageTooLarge,

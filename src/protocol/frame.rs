@@ -178,6 +178,27 @@ pub enum Request {
         /// Where to.
         target: SeekSpec,
     },
+    /// Capture a subscription's ack state under a name; answers the snapshot.
+    CreateSnapshot {
+        /// The snapshot's name.
+        snapshot: Name,
+        /// The subscription.
+        subscription: Name,
+    },
+    /// List snapshots; answers an array.
+    Snapshots,
+    /// Remove a snapshot.
+    DeleteSnapshot {
+        /// Its name.
+        snapshot: Name,
+    },
+    /// Move a subscription to a snapshot's ack state; answers `{"count": next seq}` like `seek`.
+    SeekSnapshot {
+        /// Subscription (of the snapshot's topic).
+        subscription: Name,
+        /// Snapshot.
+        snapshot: Name,
+    },
     /// Read a topic's log.
     Browse {
         /// Topic.
@@ -385,6 +406,9 @@ pub struct SubscriptionSpec {
     /// Subject filter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<Pattern>,
+    /// Attribute filter expression (docs/FILTERS.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute_filter: Option<String>,
     /// Start position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<StartPosition>,
@@ -425,6 +449,7 @@ impl SubscriptionSpec {
     pub fn to_config(&self) -> SubscriptionConfig {
         let mut c = SubscriptionConfig::new(self.name.clone(), self.topic.clone());
         c.filter = self.filter.clone();
+        c.attribute_filter = self.attribute_filter.clone();
         if let Some(s) = self.start {
             c.start = s;
         }
@@ -465,6 +490,7 @@ impl SubscriptionSpec {
             name: c.name.clone(),
             topic: c.topic.clone(),
             filter: c.filter.clone(),
+            attribute_filter: c.attribute_filter.clone(),
             start: Some(c.start),
             ack: Some(c.ack),
             ack_deadline_ms: Some(u64::try_from(c.ack_deadline.as_millis()).unwrap_or(u64::MAX)),

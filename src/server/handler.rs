@@ -180,6 +180,14 @@ impl Connection {
                 };
                 broker.seek(&subscription, target).await.map(|count| value(CountReply { count }))
             }
+            Request::CreateSnapshot { snapshot, subscription } => {
+                broker.create_snapshot(&snapshot, &subscription).await.map(value)
+            }
+            Request::Snapshots => broker.snapshots().await.map(value),
+            Request::DeleteSnapshot { snapshot } => broker.delete_snapshot(&snapshot).await.map(|()| None),
+            Request::SeekSnapshot { subscription, snapshot } => {
+                broker.seek_snapshot(&subscription, &snapshot).await.map(|count| value(CountReply { count }))
+            }
             Request::Browse { topic, from, max } => {
                 let from = match from {
                     BrowseSpec::Seq(s) => BrowseFrom::Seq(s),

@@ -30,7 +30,7 @@ use nix::fcntl::fcntl;
 use nix::libc;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Name, SubscriptionConfig, Timestamp, TopicConfig};
+use crate::model::{Name, SnapshotInfo, SubscriptionConfig, Timestamp, TopicConfig};
 pub use segment::PartitionReport;
 
 /// Why the store refused or failed an operation.
@@ -277,6 +277,13 @@ pub(crate) enum MetaOp {
     DeleteSubscription {
         name: Name,
     },
+    /// A snapshot of a subscription's ack state (`snapshot create`).
+    CreateSnapshot {
+        snapshot: SnapshotInfo,
+    },
+    DeleteSnapshot {
+        name: Name,
+    },
 }
 
 /// What the metadata journal describes after replay, in creation order.
@@ -291,6 +298,8 @@ pub(crate) struct MetaState {
     /// When each topic and subscription was created, where the records say.
     pub topics_created: BTreeMap<Name, Timestamp>,
     pub subs_created: BTreeMap<Name, Timestamp>,
+    /// Snapshots, in creation order.
+    pub snapshots: Vec<SnapshotInfo>,
 }
 
 impl MetaState {
@@ -315,6 +324,7 @@ impl MetaState {
                     }
                     keep
                 });
+                self.snapshots.retain(|s| s.topic != name);
                 self.deleted_topics.insert(name);
             }
             MetaOp::CreateSubscription { config, created } => {
@@ -330,6 +340,11 @@ impl MetaState {
                 self.subscriptions.retain(|s| s.name != name);
                 self.deleted_subs.insert(name);
             }
+            MetaOp::CreateSnapshot { snapshot } => {
+                self.snapshots.retain(|s| s.name != snapshot.name);
+                self.snapshots.push(snapshot);
+            }
+            MetaOp::DeleteSnapshot { name } => self.snapshots.retain(|s| s.name != name),
         }
     }
 
@@ -338,10 +353,12 @@ impl MetaState {
             config: c.clone(),
             created: self.topics_created.get(&c.name).copied(),
         });
-        topics.chain(self.subscriptions.iter().map(|c| MetaOp::CreateSubscription {
+        let subs = self.subscriptions.iter().map(|c| MetaOp::CreateSubscription {
             config: c.clone(),
             created: self.subs_created.get(&c.name).copied(),
-        }))
+        });
+        let snapshots = self.snapshots.iter().map(|s| MetaOp::CreateSnapshot { snapshot: s.clone() });
+        topics.chain(subs).chain(snapshots)
     }
 }
 

@@ -94,6 +94,27 @@ fn check_owners(dir: &Path, state: &MetaState, findings: &mut Vec<String>) -> Re
             }
         }
     }
+    for snap in &state.snapshots {
+        if !state.topics.iter().any(|t| t.name == snap.topic) {
+            findings.push(format!(
+                "snapshot {}: its topic {} is not in the metadata (it is dropped at open)",
+                snap.name, snap.topic
+            ));
+        }
+        for part in &snap.partitions {
+            let mut above = part.ack_floor;
+            for range in &part.acked {
+                if range[0] <= above || range[1] < range[0] {
+                    findings.push(format!(
+                        "snapshot {}: partition {} has acked range {}..={} out of order (floor {})",
+                        snap.name, part.partition, range[0], range[1], part.ack_floor
+                    ));
+                    break;
+                }
+                above = range[1];
+            }
+        }
+    }
     for sub in state.subscriptions.iter().filter(|s| s.lifetime == Lifetime::Durable) {
         let path = dir.join("subs").join(dir_name(&sub.name));
         if !path.is_dir() {

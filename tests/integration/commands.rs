@@ -758,3 +758,75 @@ fn from_on_an_existing_subscription_and_topic_delete_say_what_they_do() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("deleted topic said and its 1 subscription(s): keep"), "{stderr}");
 }
+
+#[test]
+fn subs_create_where_filters_by_headers_and_key_through_the_daemon_and_a_restart() {
+    let home = Home::with_daemon("where");
+    let run = |args: &[&str]| {
+        let (code, stdout, stderr) = home.run(args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        stdout
+    };
+    run(&["topic", "create", "orders"]);
+    let expr = r#"attributes.region = "eu" AND NOT hasPrefix(key, "test")"#;
+    run(&["subs", "create", "eu", "--topic", "orders", "--from", "start", "--where", expr]);
+    let (code, _, stderr) =
+        home.run(&["subs", "create", "bad", "--topic", "orders", "--where", "attributes.region = eu"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--where: filter error at column 21: expected a string in double quotes"),
+        "{stderr}"
+    );
+    run(&["pub", "orders", "-H", "region=eu", "-k", "a", "one"]);
+    run(&["pub", "orders", "-H", "region=us", "two"]);
+    run(&["pub", "orders", "-H", "region=eu", "-k", "test-1", "three"]);
+    run(&["pub", "orders", "-H", "region=eu", "four"]);
+    assert_eq!(run(&["sub", "-s", "eu", "--count", "2", "--format", "{{payload}}", "orders"]), "one\nfour\n");
+    run(&["serve", "stop"]);
+    let info = run(&["sub-info", "eu"]);
+    assert!(info.contains(expr), "{info}");
+    assert!(info.contains("ack floor 4") && info.contains("filtered 2"), "{info}");
+    let json = run(&["sub-info", "eu", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["attribute_filter"], expr);
+}
+
+#[test]
+fn snapshot_create_ls_rm_and_seek_snapshot_through_the_daemon_and_a_restart() {
+    let home = Home::with_daemon("snapshots");
+    let run = |args: &[&str]| {
+        let (code, stdout, stderr) = home.run(args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        (stdout, stderr)
+    };
+    run(&["topic", "create", "orders"]);
+    run(&["subs", "create", "billing", "--topic", "orders", "--from", "start"]);
+    run(&["subs", "create", "audit", "--topic", "orders", "--from", "start"]);
+    run(&["topic", "create", "other"]);
+    run(&["subs", "create", "elsewhere", "--topic", "other"]);
+    run(&["pub", "orders", "a", "b", "c", "d"]);
+    run(&["sub", "-s", "billing", "--count", "2", "--format", "{{payload}}", "orders"]);
+    let (_, said) = run(&["snapshot", "create", "after-two", "--subscription", "billing"]);
+    assert!(said.contains("ack floor 2"), "{said}");
+    let (code, _, stderr) = home.run(&["snapshot", "create", "after-two", "-s", "audit"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+    run(&["serve", "stop"]);
+    let (listed, _) = run(&["snapshot", "ls"]);
+    assert!(listed.contains("after-two") && listed.contains("billing"), "{listed}");
+    let (json, _) = run(&["snapshot", "ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["partitions"][0]["ack_floor"], 2);
+    run(&["seek", "audit", "--snapshot", "after-two"]);
+    let (rest, _) = run(&["sub", "-s", "audit", "--count", "2", "--format", "{{payload}}", "orders"]);
+    assert_eq!(rest, "c\nd\n");
+    let (code, _, stderr) = home.run(&["seek", "elsewhere", "--snapshot", "after-two"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("applies only to subscriptions of its own topic"), "{stderr}");
+    run(&["snapshot", "rm", "after-two"]);
+    let (code, _, stderr) = home.run(&["seek", "audit", "--snapshot", "after-two"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no snapshot named"), "{stderr}");
+    let (code, _, stderr) = home.run(&["seek", "audit"]);
+    assert_eq!(code, 2, "{stderr}");
+}

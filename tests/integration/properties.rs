@@ -7,8 +7,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use pubsub::engine::{
-    AckRef, Backoff, Clock, DeliveryState, Engine, EngineError, FetchOptions, ManualClock, SeekTarget,
-    TopicConfig,
+    AckRef, Backoff, Clock, DeliveryState, Engine, EngineError, FetchOptions, ManualClock, PublishRequest,
+    SeekTarget, TopicConfig,
 };
 
 use crate::support::{engine, name, publish};
@@ -49,6 +49,8 @@ struct Model {
     acked: HashSet<u64>,
     /// Highest attempt seen per seq since the last seek (I2).
     attempts: BTreeMap<u64, u32>,
+    /// Seqs the subscription's attribute filter excludes (FILTERED: never delivered, passed by the floor).
+    filtered: HashSet<u64>,
 }
 
 impl Model {
@@ -78,7 +80,10 @@ impl Model {
 const MAX_IN_FLIGHT: u32 = 6;
 const PREFETCH: u32 = 6;
 
-fn setup() -> (Engine, std::sync::Arc<ManualClock>) {
+/// The attribute filter of the filtered runs: messages published with a `skip` header are FILTERED.
+const FILTER: &str = r#"NOT attributes:skip OR attributes.skip = "no""#;
+
+fn setup(filtered: bool) -> (Engine, std::sync::Arc<ManualClock>) {
     let (e, clock) = engine();
     let mut topic = TopicConfig::new(name("t"));
     topic.limits.max_msgs = Some(40);
@@ -89,12 +94,15 @@ fn setup() -> (Engine, std::sync::Arc<ManualClock>) {
     config.max_lease = Duration::from_secs(3);
     config.max_in_flight = MAX_IN_FLIGHT;
     config.backoff = Backoff::List(vec![Duration::from_millis(300), Duration::from_millis(700)]);
+    if filtered {
+        config.attribute_filter = Some(FILTER.into());
+    }
     e.create_subscription(config).unwrap();
     (e, clock)
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let (e, clock) = setup();
+fn run(ops: Vec<Op>, filtered: bool) -> Result<(), TestCaseError> {
+    let (e, clock) = setup(filtered);
     let sub = name("s");
     let mut model = Model::default();
     for op in ops {
@@ -105,7 +113,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         match op {
             Op::Publish(n) => {
                 for i in 0..n {
-                    publish(&e, "t", &format!("m{i}"));
+                    if filtered && i % 3 == 1 {
+                        let mut req = PublishRequest::new(name("t"), format!("m{i}"));
+                        req.headers.insert("skip".into(), "yes".into());
+                        model.filtered.insert(e.publish(req).unwrap().seq);
+                    } else {
+                        publish(&e, "t", &format!("m{i}"));
+                    }
                 }
             }
             Op::Fetch { consumer, max } => {
@@ -114,6 +128,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 for d in batch {
                     let seq = d.message.seq;
                     let lease = d.lease.unwrap();
+                    prop_assert!(!model.filtered.contains(&seq), "filtered seq {seq} delivered");
                     // I1: nobody else may hold a current lease on this message.
                     prop_assert!(
                         !model.valid.contains_key(&seq),
@@ -221,7 +236,11 @@ fn check_invariants(e: &Engine, model: &Model) -> Result<(), TestCaseError> {
     }
     // I3 from the model's side: every retained seq at or below the floor was acked by the test.
     for seq in info.first_seq..=info.ack_floor {
-        prop_assert!(model.acked.contains(&seq), "floor {} passes unacked seq {seq}", info.ack_floor);
+        prop_assert!(
+            model.acked.contains(&seq) || model.filtered.contains(&seq),
+            "floor {} passes unacked seq {seq}",
+            info.ack_floor
+        );
     }
     Ok(())
 }
@@ -231,7 +250,12 @@ proptest! {
 
     #[test]
     fn delivery_invariants_hold_under_random_operations(ops in prop::collection::vec(op(), 1..80)) {
-        run(ops)?;
+        run(ops, false)?;
+    }
+
+    #[test]
+    fn delivery_invariants_hold_with_an_attribute_filter(ops in prop::collection::vec(op(), 1..80)) {
+        run(ops, true)?;
     }
 }
 

@@ -290,6 +290,64 @@ fn scenario_12_seek_by_time_replays_from_that_moment() {
 }
 
 #[test]
+fn scenario_12_snapshot_restores_the_floor_and_applies_to_another_subscription() {
+    let (e, _) = engine();
+    subscribe(&e, "a", "t", |_| {});
+    subscribe(&e, "b", "t", |_| {});
+    for i in 0..40 {
+        publish(&e, "t", &format!("{i}"));
+    }
+    let held = fetch(&e, "a", "c1", 30);
+    for d in &held {
+        let seq = d.message.seq;
+        if seq <= 20 || seq == 25 {
+            e.ack(&name("a"), d.lease.unwrap()).unwrap();
+        }
+    }
+    let snap = e.create_snapshot(name("snap"), &name("a")).unwrap();
+    assert_eq!((snap.topic.as_str(), snap.subscription.as_str()), ("t", "a"));
+    let part = snap.partition(0).unwrap();
+    assert_eq!((part.ack_floor, part.acked.clone()), (20, vec![[25, 25]]), "floor 20 plus the acked 25");
+    let again = e.create_snapshot(name("snap"), &name("b")).unwrap_err();
+    assert!(matches!(again, EngineError::SnapshotExists(_)), "{again}");
+
+    // Settle everything, so the floor moves to 40; then go back to the snapshot.
+    for d in held.iter().filter(|d| d.message.seq > 20 && d.message.seq != 25) {
+        e.ack(&name("a"), d.lease.unwrap()).unwrap();
+    }
+    for d in fetch(&e, "a", "c1", 100) {
+        e.ack(&name("a"), d.lease.unwrap()).unwrap();
+    }
+    assert_eq!(e.subscription_info(&name("a")).unwrap().ack_floor, 40);
+    let in_flight = fetch(&e, "b", "c9", 1);
+    assert_eq!(e.seek_snapshot(&name("a"), &name("snap")).unwrap(), 21);
+    let info = e.subscription_info(&name("a")).unwrap();
+    assert_eq!(
+        (info.ack_floor, info.backlog, info.in_flight),
+        (20, 19, 0),
+        "floor back to 20; 25 stays acked"
+    );
+    let expected: Vec<u64> = (21..=40).filter(|&s| s != 25).collect();
+    let replay = fetch(&e, "a", "c1", 100);
+    assert_eq!(seqs(&replay), expected);
+    assert!(replay.iter().all(|d| d.attempt == 1), "attempts start over after the restore");
+
+    // Applied to another subscription of the same topic: its leases are void, it gets the same state.
+    assert_eq!(e.seek_snapshot(&name("b"), &name("snap")).unwrap(), 21);
+    assert!(e.ack(&name("b"), in_flight[0].lease.unwrap()).is_err(), "leases before the restore are void");
+    assert_eq!(seqs(&fetch(&e, "b", "c1", 100)), expected);
+
+    // Not across topics.
+    subscribe(&e, "other", "u", |_| {});
+    let err = e.seek_snapshot(&name("other"), &name("snap")).unwrap_err();
+    assert!(err.to_string().contains("applies only to subscriptions of its own topic"), "{err}");
+    assert_eq!(e.snapshots().len(), 1);
+    e.delete_snapshot(&name("snap")).unwrap();
+    let err = e.seek_snapshot(&name("a"), &name("snap")).unwrap_err();
+    assert!(matches!(err, EngineError::NoSuchSnapshot(_)), "{err}");
+}
+
+#[test]
 fn scenario_13_retention_expires_lagging_messages_or_refuses_when_discarding_new() {
     let (e, _) = engine();
     let mut config = TopicConfig::new(name("old"));
@@ -317,6 +375,46 @@ fn scenario_13_retention_expires_lagging_messages_or_refuses_when_discarding_new
     assert!(matches!(err, EngineError::TopicFull { .. }), "{err}");
     assert!(err.to_string().contains("max_msgs 5"), "{err}");
     assert_eq!(e.topic_info(&name("new")).unwrap().counters.rejected_full, 1);
+}
+
+#[test]
+fn scenario_15_attribute_filter_settles_non_matching_messages_as_filtered() {
+    let (e, _) = engine();
+    let expr = r#"attributes.region = "eu" AND NOT hasPrefix(attributes.kind, "test")"#;
+    subscribe(&e, "eu", "orders", |c| c.attribute_filter = Some(expr.into()));
+    subscribe(&e, "all", "orders", |_| {});
+    let cases = [("eu", "order"), ("us", "order"), ("eu", "test-run"), ("eu", "refund"), ("", "order")];
+    for (i, (region, kind)) in cases.iter().enumerate() {
+        let mut req = PublishRequest::new(name("orders"), format!("{i}"));
+        if !region.is_empty() {
+            req.headers.insert("region".into(), (*region).into());
+        }
+        req.headers.insert("kind".into(), (*kind).into());
+        e.publish(req).unwrap();
+    }
+    let info = e.subscription_info(&name("eu")).unwrap();
+    assert_eq!(info.attribute_filter.as_deref(), Some(expr));
+    assert_eq!((info.backlog, info.pending), (2, 2), "only seqs 1 and 4 are covered");
+    let batch = fetch(&e, "eu", "c1", 10);
+    assert_eq!(seqs(&batch), vec![1, 4]);
+    for d in batch {
+        e.ack(&name("eu"), d.lease.unwrap()).unwrap();
+    }
+    let info = e.subscription_info(&name("eu")).unwrap();
+    assert_eq!(
+        (info.ack_floor, info.backlog, info.counters.filtered),
+        (5, 0, 3),
+        "the floor passes FILTERED"
+    );
+    let peek = e.peek(&name("all"), 1, 10).unwrap();
+    assert_eq!(peek.messages.len(), 5, "an unfiltered subscription covers all five");
+    assert_eq!(e.subscription_info(&name("all")).unwrap().backlog, 5);
+
+    let mut bad = pubsub::engine::SubscriptionConfig::new(name("bad"), name("orders"));
+    bad.attribute_filter = Some(r#"attributes.region = eu"#.into());
+    let err = e.create_subscription(bad).unwrap_err();
+    assert!(matches!(err, EngineError::InvalidConfig(_)), "{err}");
+    assert!(err.to_string().contains("column 21: expected a string in double quotes, found `eu`"), "{err}");
 }
 
 #[tokio::test]

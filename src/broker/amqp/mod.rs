@@ -365,6 +365,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
+        super::no_attribute_filter(&config, "RabbitMQ")?;
         self.create_queue(&config).await?;
         self.queue_info(&config.name).await
     }

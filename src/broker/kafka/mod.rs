@@ -287,6 +287,7 @@ impl Broker for KafkaBroker {
         &self,
         config: crate::model::SubscriptionConfig,
     ) -> Result<SubscriptionInfo, BrokerError> {
+        super::no_attribute_filter(&config, "Kafka")?;
         self.make_group(&config).await?;
         self.describe_group(&config.name).await
     }

@@ -409,6 +409,7 @@ impl Broker for NatsBroker {
     }
 
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
+        super::no_attribute_filter(&config, "NATS")?;
         self.add_consumer(config).await
     }
 

@@ -251,6 +251,7 @@ impl Broker for PostgresBroker {
     }
 
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
+        super::no_attribute_filter(&config, "PostgreSQL")?;
         self.make_subscription(&config).await?;
         self.subscription_info(&config.name).await
     }

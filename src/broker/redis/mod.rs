@@ -286,6 +286,7 @@ impl Broker for RedisBroker {
     }
 
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
+        super::no_attribute_filter(&config, "Redis")?;
         self.create_group(config).await
     }
 

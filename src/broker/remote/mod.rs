@@ -347,6 +347,32 @@ impl Broker for RemoteBroker {
             .map(|r| r.count)
     }
 
+    async fn create_snapshot(
+        &self,
+        name: &Name,
+        subscription: &Name,
+    ) -> Result<crate::model::SnapshotInfo, BrokerError> {
+        self.call_as(Request::CreateSnapshot { snapshot: name.clone(), subscription: subscription.clone() })
+            .await
+    }
+
+    async fn snapshots(&self) -> Result<Vec<crate::model::SnapshotInfo>, BrokerError> {
+        self.call_as(Request::Snapshots).await
+    }
+
+    async fn delete_snapshot(&self, name: &Name) -> Result<(), BrokerError> {
+        self.call(Request::DeleteSnapshot { snapshot: name.clone() }).await.map(|_| ())
+    }
+
+    async fn seek_snapshot(&self, subscription: &Name, snapshot: &Name) -> Result<u64, BrokerError> {
+        self.call_as::<CountReply>(Request::SeekSnapshot {
+            subscription: subscription.clone(),
+            snapshot: snapshot.clone(),
+        })
+        .await
+        .map(|r| r.count)
+    }
+
     async fn peek(&self, subscription: &Name, from: u64, limit: usize) -> Result<PeekReport, BrokerError> {
         self.call_as(Request::Peek { subscription: subscription.clone(), from, limit }).await
     }

@@ -9,6 +9,7 @@ pub mod replay;
 pub mod reply;
 pub mod request;
 pub mod serve;
+pub mod snapshot;
 pub mod store;
 pub mod subs;
 pub mod subscribe;

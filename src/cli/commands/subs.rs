@@ -52,6 +52,10 @@ pub struct CreateSubArgs {
     /// Only subjects matching this pattern (repeatable).
     #[arg(long = "filter", value_name = "PATTERN")]
     pub filters: Vec<String>,
+    /// Only messages whose headers, key or subject pass this expression, e.g.
+    /// 'attributes.region = "eu" AND NOT hasPrefix(key, "test")' (grammar in docs/FILTERS.md).
+    #[arg(long = "where", value_name = "EXPR")]
+    pub where_expr: Option<String>,
     /// Where it starts: start, end (default), a seq, an RFC 3339 time, or -5m.
     #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
@@ -106,6 +110,11 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
                 .iter()
                 .map(|f| Pattern::parse(f).map_err(|e| CliError::Usage(e.to_string())))
                 .collect::<Result<_, _>>()?;
+            if let Some(expr) = &a.where_expr {
+                crate::model::FilterExpr::parse(expr)
+                    .map_err(|e| CliError::Usage(format!("--where: {e}")))?;
+                c.attribute_filter = Some(expr.clone());
+            }
             if let Some(from) = &a.from {
                 c.start = Position::parse(from, SystemClock.now()).map_err(CliError::Usage)?.start();
             }
@@ -226,6 +235,11 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
     let mut rows = vec![
         vec!["subscription".into(), format!("{} on {}", s.name, s.topic)],
         vec!["filter".into(), if s.filter.is_empty() { "all subjects".into() } else { s.filter.join(", ") }],
+    ];
+    if let Some(expr) = &s.attribute_filter {
+        rows.push(vec!["where".into(), expr.clone()]);
+    }
+    rows.extend([
         vec![
             "ack".into(),
             format!(
@@ -269,7 +283,7 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
                 or_dash(s.oldest_unacked_age, duration)
             ),
         ],
-    ];
+    ]);
     if counted {
         let rates = format!(
             "publish {}/s, deliver {}/s, ack {}/s",
@@ -415,13 +429,26 @@ pub struct SeekArgs {
     pub name: String,
     /// start, end, a seq (of every partition), PARTITION:SEQ (that partition only), an RFC 3339 time,
     /// or -5m.
-    #[arg(allow_hyphen_values = true)]
-    pub target: String,
+    #[arg(allow_hyphen_values = true, required_unless_present = "snapshot")]
+    pub target: Option<String>,
+    /// Restore a snapshot's ack state instead (taken of this subscription or another one of its topic).
+    #[arg(long, value_name = "NAME", conflicts_with = "target")]
+    pub snapshot: Option<String>,
 }
 
 /// Runs `pubsub seek`.
 pub async fn seek(ctx: &Context, args: SeekArgs) -> Result<(), CliError> {
-    let target = Position::parse(&args.target, SystemClock.now()).map_err(CliError::Usage)?;
+    if let Some(snapshot) = &args.snapshot {
+        let broker = ctx.connect().await?;
+        let next = broker.seek_snapshot(&name(&args.name)?, &name(snapshot)?).await?;
+        note(&format!(
+            "{} has the ack state of snapshot {snapshot}; it will deliver from seq {next}",
+            args.name
+        ));
+        return Ok(());
+    }
+    let target = args.target.as_deref().unwrap_or_default();
+    let target = Position::parse(target, SystemClock.now()).map_err(CliError::Usage)?;
     let broker = ctx.connect().await?;
     // A seek moves every partition of the subscription; P:SEQ names one, so only 0:SEQ on a broker of
     // one partition per topic means something. The pubsub engines move just that partition.

@@ -58,9 +58,18 @@ pub(crate) fn status_of(code: ErrorCode) -> u16 {
     use ErrorCode as C;
     match code {
         C::Unauthorized => 401,
-        C::NoSuchTopic | C::NoSuchSubscription | C::Unroutable | C::NoSuchPartition | C::Gone => 404,
+        C::NoSuchTopic
+        | C::NoSuchSubscription
+        | C::NoSuchSnapshot
+        | C::Unroutable
+        | C::NoSuchPartition
+        | C::Gone => 404,
         C::UnknownOp => 404,
-        C::TopicExists | C::SubscriptionExists | C::SubjectOverlap | C::ConsumerExists => 409,
+        C::TopicExists
+        | C::SubscriptionExists
+        | C::SnapshotExists
+        | C::SubjectOverlap
+        | C::ConsumerExists => 409,
         C::FrameTooLarge | C::MessageTooLarge | C::TopicMessageTooLarge => 413,
         C::TopicFull | C::TooManyConnections | C::ShuttingDown => 503,
         C::Unsupported | C::NotSupported => 501,

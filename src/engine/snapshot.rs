@@ -1,0 +1,182 @@
+//! Snapshots (SEMANTICS.md §9.9): a subscription's ack state — per partition the floor and the seqs
+//! settled above it — captured under a name, and given back by `seek --snapshot` to that subscription or
+//! to another one of the same topic. Snapshots live in the registry and, on a durable engine, in the
+//! metadata journal, so they survive restarts.
+
+use super::subscription::{Ctx, Effects, Entry, SubState};
+use super::{Engine, EngineError, Name, lock};
+use crate::model::config::Ordering;
+use crate::model::{DeliveryState, SnapshotInfo, SnapshotPartition};
+use crate::store::MetaOp;
+use crate::store::journal::{pos_key, split_key};
+
+impl SubState {
+    /// This subscription's ack state in `partition`: the floor, and the settled seqs between it and the
+    /// cursor as ranges (the gaps between unsettled entries).
+    pub(super) fn capture(&self, partition: u32) -> SnapshotPartition {
+        let part = self.parts.get(partition as usize).copied().unwrap_or_default();
+        let mut acked = Vec::new();
+        let mut from = part.ack_floor + 1;
+        let range = pos_key(partition, from)..=pos_key(partition, part.delivered_seq.max(from));
+        for (&key, entry) in self.entries.range(range) {
+            if entry.state.is_terminal() {
+                continue;
+            }
+            let seq = split_key(key).1;
+            if seq > from {
+                acked.push([from, seq - 1]);
+            }
+            from = seq + 1;
+        }
+        if from <= part.delivered_seq {
+            acked.push([from, part.delivered_seq]);
+        }
+        SnapshotPartition { partition, ack_floor: part.ack_floor, acked }
+    }
+
+    /// Gives this subscription the ack state of `part` (T11 with a snapshot as the target): every lease
+    /// is void, seqs the snapshot settled are settled, every other retained seq this subscription covers
+    /// up to the snapshot's highest is AVAILABLE with attempt 0, and newer ones are pending. Returns the
+    /// first seq that may be delivered again.
+    pub(super) fn restore_snapshot(
+        &mut self,
+        part: &SnapshotPartition,
+        ctx: &Ctx<'_>,
+        effects: &mut Effects,
+    ) -> u64 {
+        let p = part.partition;
+        let Some(log) = ctx.log(p) else {
+            return 0;
+        };
+        let head = log.head_seq();
+        let floor = part.ack_floor.max(log.first_seq().saturating_sub(1)).min(head);
+        let top = part.top().min(head).max(floor);
+        self.seek(&[(p, floor + 1)], effects);
+        let mut next = floor + 1;
+        let mut unsettled = Vec::new();
+        for range in &part.acked {
+            unsettled.extend(next..range[0].min(top + 1));
+            next = next.max(range[1].saturating_add(1));
+        }
+        unsettled.extend(next..=top);
+        for seq in unsettled {
+            let Some(record) = log.get(seq) else {
+                continue;
+            };
+            if !self.covers_record(ctx.topic, &record) {
+                continue;
+            }
+            let now = ctx.now;
+            self.entries.insert(
+                pos_key(p, seq),
+                Entry {
+                    state: DeliveryState::Available,
+                    attempt: 0,
+                    consumer: None,
+                    lease: 0,
+                    deadline: now,
+                    lease_start: now,
+                    not_before: now,
+                    first_delivered: now,
+                    last_delivered: now,
+                    bytes: record.size(),
+                },
+            );
+            self.ready.insert(pos_key(p, seq));
+        }
+        if let Some(cursor) = self.parts.get_mut(p as usize) {
+            cursor.delivered_seq = top;
+        }
+        self.advance_floor_in(p);
+        floor + 1
+    }
+}
+
+impl Engine {
+    /// Captures a subscription's ack state under `name`.
+    pub fn create_snapshot(&self, name: Name, subscription: &Name) -> Result<SnapshotInfo, EngineError> {
+        let now = self.now();
+        let cell = self.sub_cell(subscription)?;
+        let mut reg = self.registry_mut();
+        if reg.snapshots.contains_key(&name) {
+            return Err(EngineError::SnapshotExists(name));
+        }
+        let (snapshot, durable) = {
+            let state = lock(&cell.state);
+            let sub = state
+                .sub(subscription)
+                .ok_or_else(|| EngineError::NoSuchSubscription(subscription.clone()))?;
+            let snapshot = SnapshotInfo {
+                name: name.clone(),
+                subscription: subscription.clone(),
+                topic: state.config.name.clone(),
+                created: now,
+                partitions: (0..sub.parts.len()).map(|p| sub.capture(p as u32)).collect(),
+            };
+            (snapshot, state.log(0).is_some_and(|log| log.is_durable()))
+        };
+        if let Some(store) = &self.inner.store
+            && durable
+        {
+            store.record(&MetaOp::CreateSnapshot { snapshot: snapshot.clone() })?;
+        }
+        reg.snapshots.insert(name, snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// Every snapshot, by name.
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        self.registry().snapshots.values().cloned().collect()
+    }
+
+    /// Removes a snapshot.
+    pub fn delete_snapshot(&self, name: &Name) -> Result<(), EngineError> {
+        let mut reg = self.registry_mut();
+        if !reg.snapshots.contains_key(name) {
+            return Err(EngineError::NoSuchSnapshot(name.clone()));
+        }
+        if let Some(store) = &self.inner.store {
+            store.record(&MetaOp::DeleteSnapshot { name: name.clone() })?;
+        }
+        reg.snapshots.remove(name);
+        Ok(())
+    }
+
+    /// Moves a subscription to a snapshot's ack state; returns the first seq it may deliver again. The
+    /// subscription must read the snapshot's topic. On a durable engine the new state is checkpointed
+    /// before this returns.
+    pub fn seek_snapshot(&self, subscription: &Name, snapshot: &Name) -> Result<u64, EngineError> {
+        let snap = self
+            .registry()
+            .snapshots
+            .get(snapshot)
+            .cloned()
+            .ok_or_else(|| EngineError::NoSuchSnapshot(snapshot.clone()))?;
+        self.with_sub(subscription, |s, ctx, effects| {
+            if *ctx.topic != snap.topic {
+                return Err(EngineError::InvalidConfig(format!(
+                    "snapshot \"{}\" was taken on topic \"{}\" and subscription \"{subscription}\" reads \"{}\"; a snapshot applies only to subscriptions of its own topic",
+                    snap.name, snap.topic, ctx.topic
+                )));
+            }
+            if s.config.ordering != Ordering::None {
+                return Err(EngineError::Unsupported(format!(
+                    "subscription \"{subscription}\" keeps an ordering; seeking an ordered subscription to a snapshot is not supported yet"
+                )));
+            }
+            // Every partition moves: one the snapshot did not know (the topic grew since) starts over at
+            // its beginning, as a subscription that had read none of it.
+            let mut next = 0;
+            for p in 0..s.parts.len() as u32 {
+                let empty = SnapshotPartition { partition: p, ack_floor: 0, acked: Vec::new() };
+                let part = snap.partition(p).unwrap_or(&empty);
+                let first = s.restore_snapshot(part, ctx, effects);
+                if p == 0 {
+                    next = first;
+                }
+            }
+            s.checkpoint()?;
+            Ok(next)
+        })
+    }
+}
