@@ -14,6 +14,7 @@ mod dispatch;
 mod durable;
 mod log;
 mod publish;
+mod push;
 mod settle;
 pub mod stats;
 mod subscription;
@@ -35,6 +36,7 @@ pub use crate::model::{
 };
 pub use consumer::{ByteBudget, PushConsumer};
 pub use publish::PendingPublish;
+pub use push::PushStatus;
 pub use tap::{TapItem, TapOptions, TapReceiver};
 
 use crate::store::StoreError;
@@ -136,6 +138,8 @@ struct Inner {
     next_id: AtomicU64,
     /// The durable store, when the engine was opened on a data directory.
     store: Option<Store>,
+    /// What the pushers of push subscriptions report.
+    push: push::PushBoard,
 }
 
 /// The engine's timer task, from [`Engine::spawn_ticker`]. Dropping it stops the task, first waiting for
@@ -191,6 +195,7 @@ impl Engine {
                 tap_lagged: AtomicU64::new(0),
                 next_id: AtomicU64::new(first_id),
                 store,
+                push: push::PushBoard::default(),
             }),
         }
     }

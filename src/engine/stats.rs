@@ -180,6 +180,10 @@ pub(crate) fn subscription_info(
             lag: head.saturating_sub(sub.ack_floor),
             owner: None,
         }],
+        push: sub.config.push.as_ref().map(|p| crate::model::PushInfo {
+            endpoint: p.endpoint.clone(),
+            ..crate::model::PushInfo::default()
+        }),
     }
 }
 
@@ -256,6 +260,10 @@ pub(crate) fn peek(sub: &SubState, topic: &Name, log: &Log, from: u64, limit: us
         delivered_seq: sub.delivered_seq,
         head_seq: log.head_seq(),
         messages,
+        push: sub.config.push.as_ref().map(|p| crate::model::PushInfo {
+            endpoint: p.endpoint.clone(),
+            ..crate::model::PushInfo::default()
+        }),
     }
 }
 
