@@ -385,6 +385,9 @@ pub struct SubscriptionSpec {
     /// The longest a lease may be extended to in all, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lease_ms: Option<u64>,
+    /// HTTP push: `{"endpoint": URL, "headers": {NAME: VALUE}}`; the server POSTs each message there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<crate::model::PushConfig>,
 }
 
 impl SubscriptionSpec {
@@ -420,6 +423,7 @@ impl SubscriptionSpec {
         if let Some(ms) = self.max_lease_ms {
             c.max_lease = Duration::from_millis(ms);
         }
+        c.push = self.push.clone();
         c
     }
 
@@ -444,6 +448,7 @@ impl SubscriptionSpec {
             ack_durability: Some(c.ack_durability),
             backoff: Some(c.backoff.clone()),
             max_lease_ms: Some(u64::try_from(c.max_lease.as_millis()).unwrap_or(u64::MAX)),
+            push: c.push.clone(),
         }
     }
 }

@@ -11,7 +11,8 @@ use crate::cli::{CliError, Context};
 use crate::human::{bytes, duration, or_dash};
 use crate::model::Position;
 use crate::model::{
-    AckDurability, AckMode, Clock, Lifetime, Name, Pattern, SubscriptionConfig, SubscriptionInfo, SystemClock,
+    AckDurability, AckMode, Clock, Lifetime, Name, Pattern, PushConfig, SubscriptionConfig, SubscriptionInfo,
+    SystemClock,
 };
 
 /// Options of `pubsub subs`.
@@ -85,6 +86,28 @@ pub struct CreateSubArgs {
     /// (async, survives a process crash).
     #[arg(long, value_parser = ["sync", "async"], default_value = "sync")]
     pub ack_durability: String,
+    /// HTTP push: POST each message to this http:// or https:// URL (2xx acks, anything else nacks;
+    /// the pubsub engine only: mem://, local, ws://).
+    #[arg(long, value_name = "URL")]
+    pub push_endpoint: Option<String>,
+    /// A request header for every push, NAME=VALUE (repeatable; needs --push-endpoint).
+    #[arg(long = "push-header", value_name = "NAME=VALUE", requires = "push_endpoint")]
+    pub push_headers: Vec<String>,
+}
+
+/// The push configuration `--push-endpoint` and `--push-header` describe, checked.
+fn push_config(endpoint: &str, headers: &[String]) -> Result<PushConfig, CliError> {
+    let mut push = PushConfig::new(endpoint);
+    for h in headers {
+        let (k, v) = h
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--push-header {h:?}: expected NAME=VALUE")))?;
+        push.headers.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    match push.problem() {
+        None => Ok(push),
+        Some(problem) => Err(CliError::Failed(problem)),
+    }
 }
 
 fn name(s: &str) -> Result<Name, CliError> {
@@ -131,6 +154,15 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
             }
             if a.ack_durability == "async" {
                 c.ack_durability = AckDurability::Async;
+            }
+            if let Some(endpoint) = &a.push_endpoint {
+                if !matches!(broker.kind(), "mem" | "ws") {
+                    return Err(CliError::Usage(format!(
+                        "--push-endpoint: HTTP push is run by the pubsub engine (mem://, local, ws://); {} has no push subscriptions",
+                        broker.kind()
+                    )));
+                }
+                c.push = Some(push_config(endpoint, &a.push_headers)?);
             }
             let info = broker.create_subscription(c).await?;
             note(&format!("created subscription {} on {}", info.name, info.topic));
@@ -287,6 +319,10 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
     if let Some(blocked) = s.blocked_by {
         rows.push(vec!["blocked by".into(), blocked.label().into()]);
     }
+    if let Some(push) = &s.push {
+        rows.push(vec!["push".into(), format!("POST {}", push.endpoint)]);
+        rows.push(vec!["pushed".into(), crate::human::push_figures(push)]);
+    }
     let mut text = table(&rows);
     if !s.consumers.is_empty() {
         let total: u64 = s.consumers.iter().map(|c| c.delivered).sum::<u64>().max(1);
@@ -356,6 +392,9 @@ pub async fn peek(ctx: &Context, args: PeekArgs) -> Result<(), CliError> {
         "{}: ack floor {}, delivered {}, head {}",
         report.subscription, report.ack_floor, report.delivered_seq, report.head_seq
     ))?;
+    if let Some(push) = &report.push {
+        out.line(&format!("push to {}: {}", push.endpoint, crate::human::push_figures(push)))?;
+    }
     let now = SystemClock.now();
     let mut rows = vec![["SEQ", "STATE", "ATTEMPT", "CONSUMER", "DUE"].map(String::from).to_vec()];
     for m in &report.messages {
