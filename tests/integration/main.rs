@@ -26,6 +26,7 @@ mod mqtt_live;
 mod nats_live;
 mod postgres_live;
 mod properties;
+mod push;
 mod readme;
 mod redis_live;
 mod regressions;
