@@ -119,9 +119,13 @@ async fn run_pusher(engine: Engine, config: SubscriptionConfig) {
     let mut requests: JoinSet<()> = JoinSet::new();
     while let Some(delivery) = consumer.recv().await {
         while requests.try_join_next().is_some() {}
-        let pause = status.slowdown_ms();
-        if pause > 0 {
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+        let pause = Duration::from_millis(status.slowdown_ms());
+        if !pause.is_zero() {
+            // The pause comes out of this delivery's lease, which is already running: it waits at most
+            // half of what is left, so that a long slowdown slows the pushes without letting the
+            // leases it holds run out (each would cost an attempt).
+            let left = delivery.deadline.map_or(pause, |d| d.since(engine.now()));
+            tokio::time::sleep(pause.min(left / 2)).await;
         }
         let job = Job {
             engine: engine.clone(),
