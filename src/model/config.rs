@@ -476,6 +476,11 @@ impl SubscriptionConfig {
         if let Some(problem) = self.push.as_ref().and_then(super::push::PushConfig::problem) {
             return Err(EngineError::InvalidConfig(format!("subscription \"{name}\": {problem}")));
         }
+        if self.push.is_some() && self.ack != AckMode::Explicit {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{name}\": a push subscription acks each message by its endpoint's answer; use ack explicit"
+            )));
+        }
         if self.filter.iter().any(Pattern::is_glob) {
             return Err(EngineError::InvalidConfig(format!(
                 "subscription \"{name}\": glob: patterns are for taps; filter subscriptions with *, > or #"

@@ -336,6 +336,13 @@ fn push_endpoints_other_than_http_and_https_are_refused_at_create() {
         let err = e.create_subscription(c).unwrap_err();
         assert!(matches!(err, EngineError::InvalidConfig(_)), "{url}: {err}");
     }
+    let mut c = SubscriptionConfig::new(name("s"), name("t"));
+    c.push = Some(PushConfig::new("http://127.0.0.1:1/"));
+    c.ack = pubsub::engine::AckMode::None;
+    assert!(
+        matches!(e.create_subscription(c), Err(EngineError::InvalidConfig(_))),
+        "push needs explicit acks"
+    );
     assert!(e.subscriptions(None).is_empty());
     let home = Home::new("push-refused");
     let (code, _, stderr) = home.run(&[
