@@ -31,7 +31,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     table(frame, top, app);
     if let Some(p) = app.selected_sub().and_then(|s| s.push.as_ref()) {
         // A push subscription: where it POSTs and how that goes, above the rest.
-        let [head, rest] = Layout::vertical([Constraint::Length(4), Constraint::Fill(1)]).areas(bottom);
+        let [head, rest] = Layout::vertical([Constraint::Length(5), Constraint::Fill(1)]).areas(bottom);
         push(frame, head, app, p);
         bottom = rest;
     }
