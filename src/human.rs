@@ -78,6 +78,29 @@ pub fn or_dash<T>(value: Option<T>, show: impl FnOnce(T) -> String) -> String {
     value.map_or_else(|| "-".to_string(), show)
 }
 
+/// What a push subscription's pusher did, on one line: `attempts 12 (ok 10, failed 2), 3 in flight,
+/// last status 500, slowed to 1 push per 200ms, last error: HTTP 500`.
+pub fn push_figures(p: &PushInfo) -> String {
+    let mut text = format!("attempts {} (ok {}, failed {})", p.attempts, p.succeeded, p.failed);
+    if p.in_flight > 0 {
+        text.push_str(&format!(", {} in flight", p.in_flight));
+    }
+    if let Some(status) = p.last_status {
+        text.push_str(&format!(", last status {status}"));
+    }
+    if p.slowdown_ms > 0 {
+        let pause = duration(std::time::Duration::from_millis(p.slowdown_ms));
+        text.push_str(&format!(
+            ", slowed to 1 push per {pause} after {} failures in a row",
+            p.consecutive_failures
+        ));
+    }
+    if let Some(e) = &p.last_error {
+        text.push_str(&format!(", last error: {e}"));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,27 +128,4 @@ mod tests {
         assert_eq!(sparkline(&[0, 1, 4, 8]), " ▁▄█");
         assert_eq!(sparkline(&[0, 0]), "  ");
     }
-}
-
-/// What a push subscription's pusher did, on one line: `attempts 12 (ok 10, failed 2), 3 in flight,
-/// last status 500, slowed to 1 push per 200ms, last error: HTTP 500`.
-pub fn push_figures(p: &PushInfo) -> String {
-    let mut text = format!("attempts {} (ok {}, failed {})", p.attempts, p.succeeded, p.failed);
-    if p.in_flight > 0 {
-        text.push_str(&format!(", {} in flight", p.in_flight));
-    }
-    if let Some(status) = p.last_status {
-        text.push_str(&format!(", last status {status}"));
-    }
-    if p.slowdown_ms > 0 {
-        let pause = duration(std::time::Duration::from_millis(p.slowdown_ms));
-        text.push_str(&format!(
-            ", slowed to 1 push per {pause} after {} failures in a row",
-            p.consecutive_failures
-        ));
-    }
-    if let Some(e) = &p.last_error {
-        text.push_str(&format!(", last error: {e}"));
-    }
-    text
 }
