@@ -36,7 +36,7 @@ pub use crate::model::{
 };
 pub use consumer::{ByteBudget, PushConsumer};
 pub use publish::PendingPublish;
-pub use push::PushStatus;
+pub use push::{PushStatus, WeakEngine};
 pub use tap::{TapItem, TapOptions, TapReceiver};
 
 use crate::store::StoreError;

@@ -74,11 +74,28 @@ impl PushStatus {
     }
 }
 
+/// An engine handle that does not keep the engine alive (the push host's watch holds one between
+/// looks, so that dropping the broker that hosts an engine releases its data directory at once).
+#[derive(Debug, Clone)]
+pub struct WeakEngine(std::sync::Weak<super::Inner>);
+
+impl WeakEngine {
+    /// The engine, while something else still holds it.
+    pub fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(|inner| Engine { inner })
+    }
+}
+
 /// Every push subscription's status.
 #[derive(Debug, Default)]
 pub(super) struct PushBoard(Mutex<HashMap<Name, Arc<PushStatus>>>);
 
 impl Engine {
+    /// A handle that does not keep the engine alive.
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.inner))
+    }
+
     /// The configuration of every subscription that pushes to an HTTP endpoint.
     pub fn push_subscriptions(&self) -> Vec<SubscriptionConfig> {
         let cells: Vec<_> = self.registry().topics.values().cloned().collect();

@@ -40,10 +40,14 @@ static NEXT_PUSHER: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub struct PushHost {
     task: tokio::task::JoinHandle<()>,
+    /// Set on drop, under the lock a look at the engine holds: once the drop returns, the watch
+    /// holds the engine no more (as the engine's ticker does).
+    stopped: Arc<std::sync::Mutex<bool>>,
 }
 
 impl Drop for PushHost {
     fn drop(&mut self) {
+        *self.stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
         // Dropping the supervisor's task drops its JoinSet, which aborts every pusher.
         self.task.abort();
     }
@@ -52,7 +56,8 @@ impl Drop for PushHost {
 impl PushHost {
     /// Starts watching `engine` for push subscriptions (inside a Tokio runtime).
     pub fn spawn(engine: Engine) -> PushHost {
-        PushHost { task: tokio::spawn(supervise(engine)) }
+        let stopped = Arc::new(std::sync::Mutex::new(false));
+        PushHost { task: tokio::spawn(supervise(engine.downgrade(), stopped.clone())), stopped }
     }
 }
 
@@ -65,7 +70,7 @@ pub fn slowdown(failures: u32) -> Duration {
     MIN_SLOWDOWN.saturating_mul(1 << doublings).min(MAX_SLOWDOWN)
 }
 
-async fn supervise(engine: Engine) {
+async fn supervise(weak: crate::engine::WeakEngine, stopped: Arc<std::sync::Mutex<bool>>) {
     let mut pushers: JoinSet<()> = JoinSet::new();
     let mut running: HashMap<Name, (SubscriptionConfig, AbortHandle)> = HashMap::new();
     let mut watch = tokio::time::interval(WATCH);
@@ -73,6 +78,12 @@ async fn supervise(engine: Engine) {
     loop {
         watch.tick().await;
         while pushers.try_join_next().is_some() {}
+        // The engine is held only while looking (a running pusher holds it through its consumer).
+        let stop = stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *stop {
+            return;
+        }
+        let Some(engine) = weak.upgrade() else { return };
         let wanted = engine.push_subscriptions();
         running.retain(|name, (config, handle)| {
             let keep = !handle.is_finished() && wanted.iter().any(|w| &w.name == name && w == config);
