@@ -1,7 +1,7 @@
 //! Figures written for people, shared by the command line, the TUI and the demo's report: sizes,
 //! durations, retention limits and sparklines.
 
-use crate::model::{DeliveryState, Discard, Limits};
+use crate::model::{DeliveryState, Discard, Limits, PushInfo};
 
 /// A byte count for people: `512 B`, `1.5 KiB`, `3.2 MiB`.
 pub fn bytes(n: u64) -> String {
@@ -76,6 +76,29 @@ pub fn sparkline(series: &[u64]) -> String {
 /// A figure the broker may not give: `-` when it did not.
 pub fn or_dash<T>(value: Option<T>, show: impl FnOnce(T) -> String) -> String {
     value.map_or_else(|| "-".to_string(), show)
+}
+
+/// What a push subscription's pusher did, on one line: `attempts 12 (ok 10, failed 2), 3 in flight,
+/// last status 500, slowed to 1 push per 200ms, last error: HTTP 500`.
+pub fn push_figures(p: &PushInfo) -> String {
+    let mut text = format!("attempts {} (ok {}, failed {})", p.attempts, p.succeeded, p.failed);
+    if p.in_flight > 0 {
+        text.push_str(&format!(", {} in flight", p.in_flight));
+    }
+    if let Some(status) = p.last_status {
+        text.push_str(&format!(", last status {status}"));
+    }
+    if p.slowdown_ms > 0 {
+        let pause = duration(std::time::Duration::from_millis(p.slowdown_ms));
+        text.push_str(&format!(
+            ", slowed to 1 push per {pause} after {} failures in a row",
+            p.consecutive_failures
+        ));
+    }
+    if let Some(e) = &p.last_error {
+        text.push_str(&format!(", last error: {e}"));
+    }
+    text
 }
 
 #[cfg(test)]

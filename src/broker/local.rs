@@ -32,6 +32,8 @@ pub struct LocalBroker {
     next_id: AtomicU64,
     /// Stops the timer task when the broker is dropped.
     _ticker: Option<crate::engine::Ticker>,
+    /// The pushers of the engine's HTTP push subscriptions, stopped when the broker is dropped.
+    _pushers: Option<crate::push::PushHost>,
 }
 
 impl LocalBroker {
@@ -46,11 +48,21 @@ impl LocalBroker {
     }
 
     /// Wraps an engine. Inside a Tokio runtime this also starts the engine's timer task (deadlines,
-    /// backoff, age retention), which stops when the broker is dropped.
+    /// backoff, age retention) and the pushers of its HTTP push subscriptions, which stop when the
+    /// broker is dropped.
     pub fn new(engine: Engine, url: impl Into<String>) -> Self {
-        let ticker = tokio::runtime::Handle::try_current().ok().map(|_| engine.spawn_ticker(TICK));
+        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+        let ticker = in_runtime.then(|| engine.spawn_ticker(TICK));
+        let pushers = in_runtime.then(|| crate::push::PushHost::spawn(engine.clone()));
         let (events, _) = broadcast::channel(16);
-        LocalBroker { engine, url: url.into(), events, next_id: AtomicU64::new(1), _ticker: ticker }
+        LocalBroker {
+            engine,
+            url: url.into(),
+            events,
+            next_id: AtomicU64::new(1),
+            _ticker: ticker,
+            _pushers: pushers,
+        }
     }
 
     /// Applies an ack now and returns the fdatasync it still owes (see [`Engine::ack_deferred`]): the

@@ -144,6 +144,7 @@ impl Engine {
             state.refresh_push_flag();
         }
         cell.notify.notify_waiters();
+        self.forget_push(name);
         self.emit(vec![EngineEvent::SubscriptionDeleted { subscription: name.clone() }]);
         Ok(())
     }
@@ -224,6 +225,9 @@ impl Engine {
             self.apply(effects);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        for info in &mut out {
+            self.fill_push(&info.name, info.push.as_mut());
+        }
         out
     }
 
@@ -231,13 +235,20 @@ impl Engine {
     pub fn subscription_info(&self, name: &Name) -> Result<SubscriptionInfo, EngineError> {
         let cell = self.sub_cell(name)?;
         let rate = lock(&cell.state).publish_rate.rate(self.now());
-        self.with_sub(name, |s, ctx, _| Ok(stats::subscription_info(s, ctx.topic, ctx.logs, rate, ctx.now)))
+        let mut info = self.with_sub(name, |s, ctx, _| {
+            Ok(stats::subscription_info(s, ctx.topic, ctx.logs, rate, ctx.now))
+        })?;
+        self.fill_push(name, info.push.as_mut());
+        Ok(info)
     }
 
     /// Per-message ack state from the ack floor (or `from`) up, at most `limit` messages (in each
     /// partition).
     pub fn peek(&self, name: &Name, from: u64, limit: usize) -> Result<PeekReport, EngineError> {
-        self.with_sub(name, |s, ctx, _| Ok(stats::peek(s, ctx.topic, ctx.logs, from, limit)))
+        let mut report =
+            self.with_sub(name, |s, ctx, _| Ok(stats::peek(s, ctx.topic, ctx.logs, from, limit)))?;
+        self.fill_push(name, report.push.as_mut());
+        Ok(report)
     }
 
     // ----- consuming ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ mod durable;
 mod log;
 mod ordering;
 mod publish;
+mod push;
 mod settle;
 mod snapshot;
 pub mod stats;
@@ -39,6 +40,7 @@ pub use crate::model::{
 };
 pub use consumer::{ByteBudget, PushConsumer};
 pub use publish::PendingPublish;
+pub use push::{PushStatus, WeakEngine};
 pub use tap::{TapItem, TapOptions, TapReceiver};
 
 use crate::store::StoreError;
@@ -142,6 +144,8 @@ struct Inner {
     next_id: AtomicU64,
     /// The durable store, when the engine was opened on a data directory.
     store: Option<Store>,
+    /// What the pushers of push subscriptions report.
+    push: push::PushBoard,
 }
 
 /// The engine's timer task, from [`Engine::spawn_ticker`]. Dropping it stops the task, first waiting for
@@ -197,6 +201,7 @@ impl Engine {
                 tap_lagged: AtomicU64::new(0),
                 next_id: AtomicU64::new(first_id),
                 store,
+                push: push::PushBoard::default(),
             }),
         }
     }

@@ -237,6 +237,10 @@ pub(crate) fn subscription_info(
         }),
         created: Some(sub.created),
         partitions: lags,
+        push: sub.config.push.as_ref().map(|p| crate::model::PushInfo {
+            endpoint: p.endpoint.clone(),
+            ..crate::model::PushInfo::default()
+        }),
     }
 }
 
@@ -279,6 +283,10 @@ pub(crate) fn peek(sub: &SubState, topic: &Name, logs: &[Log], from: u64, limit:
         delivered_seq: sub.parts.iter().map(|p| p.delivered_seq).sum(),
         head_seq: logs.iter().map(Log::head_seq).sum(),
         messages,
+        push: sub.config.push.as_ref().map(|p| crate::model::PushInfo {
+            endpoint: p.endpoint.clone(),
+            ..crate::model::PushInfo::default()
+        }),
     }
 }
 

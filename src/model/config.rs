@@ -448,6 +448,10 @@ pub struct SubscriptionConfig {
     pub dead_letter_on_expiry: bool,
     /// Keep acked messages on Interest topics (slot).
     pub retain_acked: bool,
+    /// HTTP push: the engine's host POSTs each message to this endpoint (absent in records written
+    /// before push existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<super::push::PushConfig>,
 }
 
 impl SubscriptionConfig {
@@ -477,6 +481,7 @@ impl SubscriptionConfig {
             message_retention: None,
             dead_letter_on_expiry: false,
             retain_acked: false,
+            push: None,
         }
     }
 
@@ -535,6 +540,14 @@ impl SubscriptionConfig {
         ];
         if let Some((_, what)) = not_yet.iter().find(|(set, _)| *set) {
             return Err(unsupported(format!("subscription \"{name}\": {what} is not implemented yet")));
+        }
+        if let Some(problem) = self.push.as_ref().and_then(super::push::PushConfig::problem) {
+            return Err(EngineError::InvalidConfig(format!("subscription \"{name}\": {problem}")));
+        }
+        if self.push.is_some() && self.ack != AckMode::Explicit {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{name}\": a push subscription acks each message by its endpoint's answer; use ack explicit"
+            )));
         }
         if self.filter.iter().any(Pattern::is_glob) {
             return Err(EngineError::InvalidConfig(format!(

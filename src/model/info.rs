@@ -358,6 +358,9 @@ pub struct SubscriptionInfo {
     /// Each partition's floor, head, lag and owner; one entry for a topic with one partition.
     #[serde(default)]
     pub partitions: Vec<PartitionLag>,
+    /// HTTP push: the endpoint and what the pusher has done, for a push subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<super::push::PushInfo>,
 }
 
 impl SubscriptionInfo {
@@ -400,6 +403,7 @@ impl SubscriptionInfo {
             blocked_by: None,
             created: None,
             partitions: Vec::new(),
+            push: None,
         }
     }
 
@@ -455,6 +459,9 @@ pub struct PeekReport {
     pub head_seq: u64,
     /// Messages above the floor, in seq order.
     pub messages: Vec<MessageAckState>,
+    /// HTTP push: the endpoint and what the pusher has done, for a push subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<super::push::PushInfo>,
 }
 
 /// Engine-wide totals.

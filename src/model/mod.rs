@@ -14,6 +14,7 @@ pub mod message;
 pub mod name;
 pub mod pace;
 pub mod position;
+pub mod push;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 pub use config::{
@@ -35,3 +36,4 @@ pub use message::{
 pub use name::{Name, NameError, Pattern, PatternToken};
 pub use pace::{Pacer, Schedule};
 pub use position::{BrowseFrom, FetchOptions, Position, SeekTarget};
+pub use push::{PushConfig, PushInfo};

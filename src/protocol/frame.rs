@@ -439,6 +439,9 @@ pub struct SubscriptionSpec {
     /// The longest a lease may be extended to in all, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lease_ms: Option<u64>,
+    /// HTTP push: `{"endpoint": URL, "headers": {NAME: VALUE}}`; the server POSTs each message there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<crate::model::PushConfig>,
     /// Ordering: `none`, `per_key` or `strict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<crate::model::OrderingMode>,
@@ -478,6 +481,7 @@ impl SubscriptionSpec {
         if let Some(ms) = self.max_lease_ms {
             c.max_lease = Duration::from_millis(ms);
         }
+        c.push = self.push.clone();
         if let Some(o) = self.ordering {
             c.ordering = o;
         }
@@ -506,6 +510,7 @@ impl SubscriptionSpec {
             ack_durability: Some(c.ack_durability),
             backoff: Some(c.backoff.clone()),
             max_lease_ms: Some(u64::try_from(c.max_lease.as_millis()).unwrap_or(u64::MAX)),
+            push: c.push.clone(),
             ordering: (c.ordering != crate::model::OrderingMode::None).then_some(c.ordering),
         }
     }

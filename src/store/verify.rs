@@ -115,6 +115,11 @@ fn check_owners(dir: &Path, state: &MetaState, findings: &mut Vec<String>) -> Re
             }
         }
     }
+    for sub in &state.subscriptions {
+        if let Some(problem) = sub.push.as_ref().and_then(crate::model::PushConfig::problem) {
+            findings.push(format!("subscription {}: {problem} (it will not push)", sub.name));
+        }
+    }
     for sub in state.subscriptions.iter().filter(|s| s.lifetime == Lifetime::Durable) {
         let path = dir.join("subs").join(dir_name(&sub.name));
         if !path.is_dir() {

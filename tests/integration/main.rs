@@ -27,6 +27,7 @@ mod nats_live;
 mod partitions;
 mod postgres_live;
 mod properties;
+mod push;
 mod readme;
 mod redis_live;
 mod regressions;

@@ -448,6 +448,47 @@ async fn scenario_19_lagging_tap_is_told_what_it_missed_and_groups_share() {
     assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "each message reached exactly one member");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_20_push_http_204_acks_500_nacks_with_push_backoff_and_silence_nacks_at_the_deadline() {
+    use crate::push::{Reply, Seen, Server, hosted, publish, push_sub, wait_info};
+    // "ok" is answered 204; "fail" 500 on its first attempt; "silent" not before its ack deadline on
+    // its first attempt. Every retry is answered 204.
+    let server = Server::start(|s| match (s.payload().as_str(), s.attempt()) {
+        ("fail", 1) => Reply::status(500),
+        ("silent", 1) => Reply { status: 204, delay: Duration::from_secs(30), location: None },
+        _ => Reply::status(204),
+    })
+    .await;
+    let (e, _host) = hosted();
+    push_sub(&e, "hook", &server.url("/push"), |c| {
+        c.ack_deadline = Duration::from_millis(400);
+        c.backoff = Backoff::List(vec![Duration::from_millis(100)]);
+    });
+    publish(&e, "ok");
+    let info = wait_info(&e, "hook", |i| i.ack_floor == 1).await;
+    assert_eq!(info.push.as_ref().map(|p| (p.succeeded, p.last_status)), Some((1, Some(204))));
+
+    publish(&e, "fail");
+    let info = wait_info(&e, "hook", |i| i.push.as_ref().is_some_and(|p| p.failed == 1)).await;
+    let push = info.push.unwrap();
+    assert_eq!(push.last_status, Some(500));
+    assert!(push.slowdown_ms >= 100, "the push backoff is engaged: {push:?}");
+    let info = wait_info(&e, "hook", |i| i.ack_floor == 2).await;
+    assert_eq!(info.push.as_ref().map(|p| p.slowdown_ms), Some(0));
+
+    publish(&e, "silent");
+    let info = wait_info(&e, "hook", |i| i.ack_floor == 3).await;
+    let push = info.push.unwrap();
+    assert_eq!((push.attempts, push.succeeded, push.failed), (5, 3, 2));
+    assert!(push.last_error.is_some_and(|e| e.contains("ack deadline")));
+    let seen = server.seen();
+    let attempts: Vec<(String, u64)> = seen.iter().map(|s| (s.payload(), s.attempt())).collect();
+    let expected = [("ok", 1), ("fail", 1), ("fail", 2), ("silent", 1), ("silent", 2)];
+    assert_eq!(attempts, expected.map(|(p, a)| (p.to_string(), a)));
+    let silent: Vec<&Seen> = seen.iter().filter(|s| s.payload() == "silent").collect();
+    assert!(silent[1].at - silent[0].at >= Duration::from_millis(400), "nacked before the ack deadline");
+}
+
 #[test]
 fn ack_none_subscription_settles_at_dispatch() {
     let (e, _) = engine();

@@ -251,6 +251,36 @@ fn a_subscription_without_consumers_is_blocked_by_no_consumers_in_words() {
 }
 
 #[test]
+fn subscriptions_view_shows_a_push_subscriptions_endpoint_and_pusher_figures() {
+    let (e, _) = engine();
+    let mut hook = SubscriptionConfig::new(name("hooks"), name("orders"));
+    hook.push = Some(pubsub::model::PushConfig::new("http://127.0.0.1:8080/orders"));
+    e.create_subscription(hook).unwrap();
+    // What a pusher would have written: two successes, then a 500.
+    let status = e.push_status(&name("hooks"));
+    for _ in 0..2 {
+        status.started();
+        status.succeeded(204);
+    }
+    status.started();
+    status.failed(Some(500), "HTTP 500".into());
+    status.set_slowdown(100);
+    let mut app = App::new(
+        "ws://127.0.0.1:7077".into(),
+        Capabilities::all(),
+        Theme::load("default", None).unwrap(),
+        1000,
+        1 << 20,
+    );
+    app.stats(Some(e.topics()), Some(e.subscriptions(None)));
+    app.update(Action::SetView(View::Subscriptions));
+    let screen = render(&app, 120, 40).to_string();
+    assert!(screen.contains("POST http://127.0.0.1:8080/orders"), "{screen}");
+    assert!(screen.contains("attempts 3 (ok 2, failed 1), last status 500"), "{screen}");
+    snapshot("subscriptions_push", &app);
+}
+
+#[test]
 fn at_60_columns_the_subscriptions_table_keeps_name_and_topic() {
     // Issue 19 point 11: at 60 columns the fixed columns took every cell and NAME and TOPIC vanished.
     let mut app = fixture("default");

@@ -399,6 +399,7 @@ impl PostgresBroker {
             delivered_seq: info.delivered_seq,
             head_seq: info.head_seq,
             messages,
+            push: None,
         })
     }
 }

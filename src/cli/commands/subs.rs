@@ -11,7 +11,8 @@ use crate::cli::{CliError, Context};
 use crate::human::{bytes, duration, or_dash};
 use crate::model::Position;
 use crate::model::{
-    AckDurability, AckMode, Clock, Lifetime, Name, Pattern, SubscriptionConfig, SubscriptionInfo, SystemClock,
+    AckDurability, AckMode, Clock, Lifetime, Name, Pattern, PushConfig, SubscriptionConfig, SubscriptionInfo,
+    SystemClock,
 };
 
 /// Options of `pubsub subs`.
@@ -93,6 +94,28 @@ pub struct CreateSubArgs {
     /// one message in flight per partition; none (default): lowest seq first, redeliveries may overtake.
     #[arg(long, value_parser = ["none", "per-key", "strict"], default_value = "none")]
     pub ordering: String,
+    /// HTTP push: POST each message to this http:// or https:// URL (2xx acks, anything else nacks;
+    /// the pubsub engine only: mem://, local, ws://).
+    #[arg(long, value_name = "URL")]
+    pub push_endpoint: Option<String>,
+    /// A request header for every push, NAME=VALUE (repeatable; needs --push-endpoint).
+    #[arg(long = "push-header", value_name = "NAME=VALUE", requires = "push_endpoint")]
+    pub push_headers: Vec<String>,
+}
+
+/// The push configuration `--push-endpoint` and `--push-header` describe, checked.
+fn push_config(endpoint: &str, headers: &[String]) -> Result<PushConfig, CliError> {
+    let mut push = PushConfig::new(endpoint);
+    for h in headers {
+        let (k, v) = h
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--push-header {h:?}: expected NAME=VALUE")))?;
+        push.headers.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    match push.problem() {
+        None => Ok(push),
+        Some(problem) => Err(CliError::Failed(problem)),
+    }
 }
 
 fn name(s: &str) -> Result<Name, CliError> {
@@ -144,6 +167,15 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
             }
             if a.ack_durability == "async" {
                 c.ack_durability = AckDurability::Async;
+            }
+            if let Some(endpoint) = &a.push_endpoint {
+                if !matches!(broker.kind(), "mem" | "ws") {
+                    return Err(CliError::Usage(format!(
+                        "--push-endpoint: HTTP push is run by the pubsub engine (mem://, local, ws://); {} has no push subscriptions",
+                        broker.kind()
+                    )));
+                }
+                c.push = Some(push_config(endpoint, &a.push_headers)?);
             }
             c.ordering = a.ordering.parse().map_err(CliError::Usage)?;
             let info = broker.create_subscription(c).await?;
@@ -314,6 +346,10 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
     if let Some(blocked) = s.blocked_by {
         rows.push(vec!["blocked by".into(), blocked.label().into()]);
     }
+    if let Some(push) = &s.push {
+        rows.push(vec!["push".into(), format!("POST {}", push.endpoint)]);
+        rows.push(vec!["pushed".into(), crate::human::push_figures(push)]);
+    }
     let mut text = table(&rows);
     if !s.consumers.is_empty() {
         let total: u64 = s.consumers.iter().map(|c| c.delivered).sum::<u64>().max(1);
@@ -394,6 +430,9 @@ pub async fn peek(ctx: &Context, args: PeekArgs) -> Result<(), CliError> {
         let each: Vec<String> =
             parts.iter().map(|p| format!("{}:{} (head {})", p.partition, p.ack_floor, p.head_seq)).collect();
         out.line(&format!("{}: ack floors {}", report.subscription, each.join(", ")))?;
+    }
+    if let Some(push) = &report.push {
+        out.line(&format!("push to {}: {}", push.endpoint, crate::human::push_figures(push)))?;
     }
     let now = SystemClock.now();
     let mut rows = vec![["SEQ", "STATE", "ATTEMPT", "CONSUMER", "DUE"].map(String::from).to_vec()];

@@ -27,8 +27,14 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     } else {
         Constraint::Percentage(55)
     };
-    let [top, bottom] = Layout::vertical([split, Constraint::Fill(1)]).areas(area);
+    let [top, mut bottom] = Layout::vertical([split, Constraint::Fill(1)]).areas(area);
     table(frame, top, app);
+    if let Some(p) = app.selected_sub().and_then(|s| s.push.as_ref()) {
+        // A push subscription: where it POSTs and how that goes, above the rest.
+        let [head, rest] = Layout::vertical([Constraint::Length(5), Constraint::Fill(1)]).areas(bottom);
+        push(frame, head, app, p);
+        bottom = rest;
+    }
     if app.show_ack_state {
         ack_state(frame, bottom, app);
     } else if app.selected_sub().is_some_and(|s| s.partitions.len() > 1) {
@@ -47,6 +53,24 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     } else {
         consumers(frame, bottom, app);
     }
+}
+
+/// A push subscription's endpoint and what its pusher did.
+fn push(frame: &mut Frame<'_>, area: Rect, app: &App, p: &crate::model::PushInfo) {
+    let t = &app.theme;
+    let style = if p.consecutive_failures > 0 { t.fg(t.warn) } else { t.text() };
+    let text = vec![
+        Line::from(vec![Span::styled("POST ", t.fg(t.dim)), Span::raw(p.endpoint.clone())]),
+        Line::styled(crate::human::push_figures(p), style),
+    ];
+    frame.render_widget(
+        Paragraph::new(text).wrap(ratatui::widgets::Wrap { trim: true }).block(pane(
+            app,
+            " HTTP push ".into(),
+            false,
+        )),
+        area,
+    );
 }
 
 /// The selected subscription's partitions: owner, ack floor, head and a lag bar scaled to the largest.
