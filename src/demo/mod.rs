@@ -2,6 +2,7 @@
 //! rates, processing times, failures and timed events, and a plain-text report.
 
 pub mod report;
+pub mod live;
 pub mod scenario;
 pub mod sim;
 
