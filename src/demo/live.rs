@@ -99,8 +99,9 @@ impl Live {
         broker: &SharedBroker,
         narration: Option<mpsc::Sender<String>>,
     ) -> Result<Sim, BrokerError> {
-        let sim = Sim::new(scenario.clone(), broker.clone(), Pace::Virtual(engine.clone(), clock.clone()), seed)
-            .await?;
+        let sim =
+            Sim::new(scenario.clone(), broker.clone(), Pace::Virtual(engine.clone(), clock.clone()), seed)
+                .await?;
         let sim = match narration {
             Some(tx) => sim.narrating(tx),
             None => sim,
@@ -159,7 +160,11 @@ impl Live {
                 };
                 let now = scale_text(self.scale());
                 self.say(if was == self.scale_index {
-                    format!("already at {} — the {} there is", now, if control == Control::Faster { "fastest" } else { "slowest" })
+                    format!(
+                        "already at {} — the {} there is",
+                        now,
+                        if control == Control::Faster { "fastest" } else { "slowest" }
+                    )
                 } else {
                     format!("time now runs at {now}")
                 });
@@ -186,9 +191,15 @@ impl Live {
                 let _ = self.broker.delete_topic(&t.name).await;
             }
         }
-        self.sim =
-            Self::start_sim(&self.scenario, self.seed, &self.engine, &self.clock, &self.broker, self.narration.clone())
-                .await?;
+        self.sim = Self::start_sim(
+            &self.scenario,
+            self.seed,
+            &self.engine,
+            &self.clock,
+            &self.broker,
+            self.narration.clone(),
+        )
+        .await?;
         self.say(format!("restarted {} with the same seed ({})", self.scenario.name, self.seed));
         Ok(())
     }
@@ -294,7 +305,11 @@ mod tests {
         l.control(Control::Step).await.unwrap();
         l.control(Control::Step).await.unwrap();
         let s = l.status().await;
-        assert_eq!((s.now, s.paused), (Duration::from_millis(200), true), "two steps of 100 ms, still paused");
+        assert_eq!(
+            (s.now, s.paused),
+            (Duration::from_millis(200), true),
+            "two steps of 100 ms, still paused"
+        );
         assert!(said(&mut rx).iter().any(|s| s.contains("stepped 100 ms")));
         l.control(Control::Pause).await.unwrap();
         assert!(!l.paused());
@@ -357,13 +372,19 @@ mod tests {
         l.advance(Duration::from_secs(3)).await.unwrap();
         assert_eq!(sub(&l, "orders-reader").backlog, 15, "5/s for 3 s, nobody reading");
         l.control(change(Change::AddConsumer, Node::Subscription("orders-reader".into()))).await.unwrap();
-        assert!(said(&mut rx).iter().any(|s| s.contains("orders-reader-worker starts consuming orders-reader")));
+        assert!(
+            said(&mut rx).iter().any(|s| s.contains("orders-reader-worker starts consuming orders-reader"))
+        );
         l.advance(Duration::from_secs(2)).await.unwrap();
         assert!(sub(&l, "orders-reader").backlog <= 1, "its new consumer drained it (but the one in hand)");
         l.control(change(Change::RemoveSubscription, Node::Consumer("orders-reader-worker".into())))
             .await
             .unwrap();
-        assert!(said(&mut rx).iter().any(|s| s.contains("subscription orders-reader deleted with its 1 consumer")));
+        assert!(
+            said(&mut rx)
+                .iter()
+                .any(|s| s.contains("subscription orders-reader deleted with its 1 consumer"))
+        );
         assert!(l.engine().subscription_info(&Name::new("orders-reader").unwrap()).is_err());
         l.advance(Duration::from_secs(1)).await.unwrap();
         assert!(l.status().await.consumers.iter().all(|c| c.subscription != "orders-reader"));
@@ -373,7 +394,9 @@ mod tests {
     async fn consumers_join_leave_and_change_pace() {
         let (mut l, mut rx) = live("work-queue").await;
         l.control(change(Change::AddConsumer, Node::Subscription("workers".into()))).await.unwrap();
-        assert!(said(&mut rx).iter().any(|s| s.contains("worker-fast-2 joins workers: 4 consumers now compete")));
+        assert!(
+            said(&mut rx).iter().any(|s| s.contains("worker-fast-2 joins workers: 4 consumers now compete"))
+        );
         l.advance(Duration::from_secs(3)).await.unwrap();
         let s = l.status().await;
         assert!(consumer(&s, "worker-fast-2").received > 0, "the new worker gets work");
@@ -384,7 +407,9 @@ mod tests {
         assert_eq!(sub(&l, "workers").in_flight, in_flight - held as u64, "what it held went back at once");
         assert!(l.status().await.consumers.iter().all(|c| c.name != "worker-fast-2"));
         l.control(change(Change::SlowDown, Node::Consumer("worker-fast".into()))).await.unwrap();
-        assert!(said(&mut rx).iter().any(|s| s.contains("worker-fast now takes 200 ms per message (was 100 ms)")));
+        assert!(
+            said(&mut rx).iter().any(|s| s.contains("worker-fast now takes 200 ms per message (was 100 ms)"))
+        );
         l.control(change(Change::SpeedUp, Node::Consumer("worker-slow".into()))).await.unwrap();
         let s = l.status().await;
         assert_eq!(consumer(&s, "worker-fast").process, Duration::from_millis(200));
@@ -400,9 +425,8 @@ mod tests {
         l.control(change(Change::Crash, Node::Consumer("worker-slow".into()))).await.unwrap();
         let lines = said(&mut rx);
         assert!(
-            lines.iter().any(|s| s.contains(&format!(
-                "worker-slow crashed holding {held} message(s); they return within 5 s"
-            ))),
+            lines.iter().any(|s| s
+                .contains(&format!("worker-slow crashed holding {held} message(s); they return within 5 s"))),
             "{lines:?}"
         );
         assert!(consumer(&l.status().await, "worker-slow").crashed);

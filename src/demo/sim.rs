@@ -129,8 +129,11 @@ impl Sim {
         for t in &scenario.topics {
             let mut config = TopicConfig::new(name(&t.name)?);
             config.subjects = t.subjects.iter().map(|s| Pattern::parse(s)).collect::<Result<_, _>>()?;
-            let captures =
-                if config.subjects.is_empty() { vec![Pattern::parse(&t.name)?] } else { config.subjects.clone() };
+            let captures = if config.subjects.is_empty() {
+                vec![Pattern::parse(&t.name)?]
+            } else {
+                config.subjects.clone()
+            };
             topics.push((t.name.clone(), captures));
             if let Some(n) = t.max_msgs {
                 config.limits.max_msgs = Some(n);
@@ -563,7 +566,8 @@ impl Sim {
             let dead = info.counters.dead_lettered + info.counters.terminated;
             if dead > s.last_dead {
                 let n = dead - s.last_dead;
-                let whither = s.dead_letter.as_deref().map_or("dropped".to_string(), |d| format!("moved to {d}"));
+                let whither =
+                    s.dead_letter.as_deref().map_or("dropped".to_string(), |d| format!("moved to {d}"));
                 lines.push(format!(
                     "{n} message(s) of {} failed {} times and were {whither} (dead letter)",
                     s.name, s.max_deliveries
@@ -596,7 +600,9 @@ impl Sim {
             lines.push(if rate > 0.0 {
                 format!("steady: {rate:.0} msgs/s published, {backlog} waiting in all")
             } else {
-                format!("no publisher is sending; {backlog} waiting in all (w adds a publisher, b sends a burst)")
+                format!(
+                    "no publisher is sending; {backlog} waiting in all (w adds a publisher, b sends a burst)"
+                )
             });
         }
         for line in lines {
@@ -792,9 +798,11 @@ impl Sim {
                 let sub = self.consumers[i].subscription.to_string();
                 self.sub_index(&sub).map(|i| self.subs[i].topic.clone())
             }
-            Some(Node::Publisher(p)) => {
-                self.pubs.iter().find(|x| x.spec.name == *p).and_then(|p| self.topics_of_pub(p).into_iter().next())
-            }
+            Some(Node::Publisher(p)) => self
+                .pubs
+                .iter()
+                .find(|x| x.spec.name == *p)
+                .and_then(|p| self.topics_of_pub(p).into_iter().next()),
             None => first(),
         }
         .or_else(first)
@@ -813,11 +821,18 @@ impl Sim {
             Some(Node::Subscription(s)) => vec![s.clone()],
             _ => {
                 let topic = self.topic_near(near);
-                self.subs.iter().filter(|s| !s.removed && Some(&s.topic) == topic.as_ref()).map(|s| s.name.clone()).collect()
+                self.subs
+                    .iter()
+                    .filter(|s| !s.removed && Some(&s.topic) == topic.as_ref())
+                    .map(|s| s.name.clone())
+                    .collect()
             }
         };
         let candidates: Vec<usize> = (0..self.consumers.len())
-            .filter(|&i| !self.consumers[i].removed && subs.iter().any(|s| self.consumers[i].subscription.as_str() == s))
+            .filter(|&i| {
+                !self.consumers[i].removed
+                    && subs.iter().any(|s| self.consumers[i].subscription.as_str() == s)
+            })
             .collect();
         candidates.iter().copied().find(|&i| self.consumers[i].alive).or_else(|| candidates.first().copied())
     }
@@ -874,7 +889,11 @@ impl Sim {
         match change {
             Change::AddPublisher => {
                 let spec = match self.publisher_near(near) {
-                    Some(i) => super::scenario::PublisherSpec { count: None, start: now, ..self.pubs[i].spec.clone() },
+                    Some(i) => super::scenario::PublisherSpec {
+                        count: None,
+                        start: now,
+                        ..self.pubs[i].spec.clone()
+                    },
                     None => {
                         let Some(topic) = self.topic_near(near) else {
                             self.narrate("there is no topic to publish to".into());
@@ -892,7 +911,8 @@ impl Sim {
                     }
                 };
                 let name = self.fresh_name(&spec.name);
-                let topics = spec.subjects.iter().filter_map(|s| self.topic_of_subject(s)).collect::<Vec<_>>();
+                let topics =
+                    spec.subjects.iter().filter_map(|s| self.topic_of_subject(s)).collect::<Vec<_>>();
                 self.narrate(format!(
                     "new publisher {name} sends {} to {}",
                     fmt_rate(spec.rate),
@@ -980,10 +1000,16 @@ impl Sim {
                     .iter()
                     .find(|c| c.subscription.as_str() == sub && !c.removed)
                     .map(|c| (c.name.clone(), c.mode, c.process, c.prefetch, c.poll));
-                let (base, mode, process, prefetch, poll) =
-                    template.unwrap_or((format!("{sub}-worker"), Mode::Push, Duration::from_millis(50), 10, Duration::from_millis(250)));
+                let (base, mode, process, prefetch, poll) = template.unwrap_or((
+                    format!("{sub}-worker"),
+                    Mode::Push,
+                    Duration::from_millis(50),
+                    10,
+                    Duration::from_millis(250),
+                ));
                 let who = self.fresh_name(&base);
-                let others = self.consumers.iter().filter(|c| c.subscription.as_str() == sub && !c.removed).count();
+                let others =
+                    self.consumers.iter().filter(|c| c.subscription.as_str() == sub && !c.removed).count();
                 self.consumers.push(ConsumerState {
                     name: who.clone(),
                     subscription: name(&sub)?,
@@ -998,7 +1024,11 @@ impl Sim {
                     last_poll: None,
                     busy_until: now,
                     held: Vec::new(),
-                    report: ConsumerReport { name: who.clone(), subscription: sub.clone(), ..ConsumerReport::default() },
+                    report: ConsumerReport {
+                        name: who.clone(),
+                        subscription: sub.clone(),
+                        ..ConsumerReport::default()
+                    },
                     fail_next: 0,
                     removed: false,
                     last_received: 0,
@@ -1038,7 +1068,8 @@ impl Sim {
                 };
                 let p = &mut self.pubs[i];
                 let was = p.spec.rate;
-                let rate = if change == Change::RateUp { was * 2.0 } else { was / 2.0 }.clamp(0.125, 20_000.0);
+                let rate =
+                    if change == Change::RateUp { was * 2.0 } else { was / 2.0 }.clamp(0.125, 20_000.0);
                 p.spec.rate = rate;
                 // A new phase: the new pace counts from now, with what is left of its count.
                 p.phase_limit = p.phase_limit.map(|l| l.saturating_sub(p.phase_sent));
@@ -1136,7 +1167,9 @@ impl Sim {
                     c.held.clear();
                 }
                 self.holders.retain(|(s, _), _| *s != sub);
-                self.narrate(format!("{sub} seeks back to the start: everything from seq {next} is delivered again"));
+                self.narrate(format!(
+                    "{sub} seeks back to the start: everything from seq {next} is delivered again"
+                ));
             }
         }
         Ok(())

@@ -3,8 +3,8 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::action::{Action, DemoAction};
-use crate::demo::sim::Change;
 use super::app::View;
+use crate::demo::sim::Change;
 
 /// Where a binding applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,13 @@ pub const BINDINGS: &[Binding] = &[
     demo(KeyCode::Char('w'), DemoAction::Change(Change::AddPublisher), "w", "add publisher", false),
     demo(KeyCode::Char('W'), DemoAction::Change(Change::RemovePublisher), "W", "remove publisher", false),
     demo(KeyCode::Char('s'), DemoAction::Change(Change::AddSubscription), "s", "add subscription", false),
-    demo(KeyCode::Char('S'), DemoAction::Change(Change::RemoveSubscription), "S", "remove subscription", false),
+    demo(
+        KeyCode::Char('S'),
+        DemoAction::Change(Change::RemoveSubscription),
+        "S",
+        "remove subscription",
+        false,
+    ),
     demo(KeyCode::Char('c'), DemoAction::Change(Change::AddConsumer), "c", "add consumer", false),
     demo(KeyCode::Char('C'), DemoAction::Change(Change::RemoveConsumer), "C", "remove consumer", false),
     demo(KeyCode::Char(']'), DemoAction::Change(Change::RateUp), "]", "publish faster", false),
@@ -154,7 +160,13 @@ pub const BINDINGS: &[Binding] = &[
 ];
 
 /// A demo control on the topology view; Shift is implied by the character (`W`, `+`, `}`).
-const fn demo(code: KeyCode, action: DemoAction, key: &'static str, label: &'static str, footer: bool) -> Binding {
+const fn demo(
+    code: KeyCode,
+    action: DemoAction,
+    key: &'static str,
+    label: &'static str,
+    footer: bool,
+) -> Binding {
     bind(code, NONE, Scope::View(View::Topology), Action::Demo(action), key, label, footer)
 }
 
@@ -165,17 +177,18 @@ pub const DEMO_FOOTER: &[(&str, &str)] = &[
     (".", "step"),
     ("r", "restart"),
     ("↑↓", "pick node"),
-    ("w/W", "publisher ±"),
-    ("s/S", "subscription ±"),
-    ("c/C", "consumer ±"),
-    ("[/]", "publish rate"),
-    ("{/}", "consumer speed"),
-    ("x", "crash/revive"),
-    ("f", "fail next 3"),
-    ("b", "burst"),
-    ("z", "seek back"),
     ("?", "help"),
     ("q", "quit"),
+    ("1-5", "views"),
+    ("w/W", "pub ±"),
+    ("s/S", "sub ±"),
+    ("c/C", "consumer ±"),
+    ("[/]", "rate"),
+    ("{/}", "work time"),
+    ("x", "crash"),
+    ("f", "fail 3"),
+    ("b", "burst"),
+    ("z", "rewind"),
 ];
 
 #[cfg(test)]

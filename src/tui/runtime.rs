@@ -145,7 +145,9 @@ pub async fn run_with_view(
 }
 
 /// Waits for the demo's next state; forever when there is no demo.
-async fn demo_changed(status: &mut Option<tokio::sync::watch::Receiver<crate::demo::live::DemoStatus>>) -> bool {
+async fn demo_changed(
+    status: &mut Option<tokio::sync::watch::Receiver<crate::demo::live::DemoStatus>>,
+) -> bool {
     match status {
         Some(s) => s.changed().await.is_ok(),
         None => std::future::pending().await,

@@ -1,7 +1,7 @@
 //! `pubsub demo SCENARIO`: a workshop scenario, live in the TUI on a terminal, or headless to a report.
 
-use std::io::IsTerminal;
 use clap::Args;
+use std::io::IsTerminal;
 
 use crate::cli::output::{Stdout, note};
 use crate::cli::{CliError, Context};

@@ -46,12 +46,17 @@ pub(super) fn footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
     } else if let Some((_, text)) = &app.flash {
         Line::from(Span::styled(text.clone(), t.fg(t.warn)))
     } else if app.demo.is_some() && app.view == View::Topology {
-        let mut spans = Vec::new();
-        for (key, label) in crate::tui::keymap::DEMO_FOOTER {
-            spans.push(Span::styled(*key, t.fg(t.accent).add_modifier(Modifier::BOLD)));
-            spans.push(Span::styled(format!(" {label}  "), t.fg(t.dim)));
-        }
-        return frame.render_widget(Paragraph::new(Line::from(spans)).wrap(Wrap { trim: false }).style(t.text()), area);
+        // Two lines: time and help first, then what changes the topology.
+        let (time, changes) = crate::tui::keymap::DEMO_FOOTER.split_at(8);
+        let line = |hints: &[(&str, &str)]| {
+            let mut spans = Vec::new();
+            for (key, label) in hints {
+                spans.push(Span::styled(key.to_string(), t.fg(t.accent).add_modifier(Modifier::BOLD)));
+                spans.push(Span::styled(format!(" {label}  "), t.fg(t.dim)));
+            }
+            Line::from(spans)
+        };
+        return frame.render_widget(Paragraph::new(vec![line(time), line(changes)]).style(t.text()), area);
     } else {
         let mut spans = Vec::new();
         for (key, label) in app.keymap.footer(app.view) {

@@ -106,14 +106,12 @@ pub fn build(app: &App) -> Flow {
         None => (&app.topics, &app.subs),
     };
     let topics: Vec<_> = topics.iter().filter(|t| !t.name.is_reserved()).collect();
-    let publishers: Vec<(String, Vec<String>, Option<f64>)> = match &app.demo {
+    let publishers: Vec<PublisherRow> = match &app.demo {
         Some(d) => d.publishers.iter().map(|p| (p.name.clone(), p.subjects.clone(), Some(p.rate))).collect(),
         None => app.publishers.iter().map(|(n, s)| (n.clone(), s.clone(), None)).collect(),
     };
     let feeds = |subjects: &[String], topic: &crate::model::TopicInfo| {
-        subjects
-            .iter()
-            .any(|s| topic.subjects.iter().any(|p| Pattern::parse(p).is_ok_and(|p| p.matches(s))))
+        subjects.iter().any(|s| topic.subjects.iter().any(|p| Pattern::parse(p).is_ok_and(|p| p.matches(s))))
     };
     // Topics in order, and below each its subscriptions, and below each its consumers: the tree order
     // the layout keeps.
@@ -165,7 +163,8 @@ pub fn build(app: &App) -> Flow {
                 from: (1, ti),
                 to: (2, si),
                 rate: s.deliver_rate.or(Some(0.0)),
-                note: (redelivered > 0 && app.demo.is_none()).then(|| (format!("↻{redelivered}"), Role::Warn)),
+                note: (redelivered > 0 && app.demo.is_none())
+                    .then(|| (format!("↻{redelivered}"), Role::Warn)),
             });
             match &app.demo {
                 Some(d) => {
@@ -226,7 +225,7 @@ pub fn build(app: &App) -> Flow {
         }
     }
     // Publishers in the order of the first topic they feed, so their edges cross as little as can be.
-    let mut pubs: Vec<(usize, &(String, Vec<String>, Option<f64>))> = publishers
+    let mut pubs: Vec<(usize, &PublisherRow)> = publishers
         .iter()
         .map(|p| (topics.iter().position(|t| feeds(&p.1, t)).unwrap_or(usize::MAX), p))
         .collect();
@@ -294,7 +293,7 @@ fn place(flow: &Flow, height: u16) -> Placed {
         leaves.extend((0..flow.columns[0].len()).map(|p| (0, p)));
     }
     let n = leaves.len().max(flow.columns[0].len()).max(1) as u16;
-    let slot = (height / n).clamp(1, 4);
+    let slot = (height / n).clamp(1, 6);
     let lines = if slot >= 2 { 2 } else { 1 };
     let fits = usize::from(if n * slot > height { height.saturating_sub(1) / slot } else { n });
     let top = height.saturating_sub(slot * n.min(fits as u16)) / 2;
@@ -345,9 +344,21 @@ fn place(flow: &Flow, height: u16) -> Placed {
 
 /// A painted cell: its text and role.
 type Cell = (char, Role);
+/// Rows of cells.
+pub type Grid = Vec<Vec<Cell>>;
+/// Where the selected node's name is: x, y, length.
+pub type Highlight = (u16, u16, u16);
+/// A publisher: name, subjects, rate when known.
+type PublisherRow = (String, Vec<String>, Option<f64>);
 
 /// The whole graph as cells, `width` × `height`, with the selected node marked; `tick` moves the dots.
-pub fn layout(flow: &Flow, width: u16, height: u16, selected: Option<usize>, tick: u64) -> (Vec<Vec<Cell>>, Vec<(u16, u16, u16)>) {
+pub fn layout(
+    flow: &Flow,
+    width: u16,
+    height: u16,
+    selected: Option<usize>,
+    tick: u64,
+) -> (Grid, Vec<Highlight>) {
     let (w, h) = (usize::from(width), usize::from(height));
     let mut grid: Vec<Vec<Cell>> = vec![vec![(' ', Role::Dim); w]; h];
     let mut highlight = Vec::new();
@@ -357,7 +368,9 @@ pub fn layout(flow: &Flow, width: u16, height: u16, selected: Option<usize>, tic
     let placed = place(flow, height);
     // Column widths from their widest name or detail, each at most a quarter of the room less the gaps.
     let text_w = |n: &FlowNode| {
-        n.label.chars().count().max(n.detail.iter().map(|(t, _)| t.chars().count()).sum::<usize>() * usize::from(placed.lines >= 2))
+        n.label.chars().count().max(
+            n.detail.iter().map(|(t, _)| t.chars().count()).sum::<usize>() * usize::from(placed.lines >= 2),
+        )
     };
     let max_col = (w.saturating_sub(3 * 6)) / 4;
     let col_w: Vec<usize> = flow
@@ -400,7 +413,9 @@ pub fn layout(flow: &Flow, width: u16, height: u16, selected: Option<usize>, tic
         for k in 0..path.len() {
             let (x, y) = path[k];
             let mut m = 0u8;
-            for (nx, ny) in [k.checked_sub(1).map(|j| path[j]), path.get(k + 1).copied()].into_iter().flatten() {
+            for (nx, ny) in
+                [k.checked_sub(1).map(|j| path[j]), path.get(k + 1).copied()].into_iter().flatten()
+            {
                 m |= if ny < y {
                     1
                 } else if nx > x {
@@ -437,6 +452,7 @@ pub fn layout(flow: &Flow, width: u16, height: u16, selected: Option<usize>, tic
             grid[y][x] = (ch, Role::Dim);
         }
     }
+    let mut labelled = std::collections::HashSet::new();
     for (path, e) in &paths {
         let Some(&(xe, ye)) = path.last() else { continue };
         let role = e.note.as_ref().map_or(Role::Dim, |(_, r)| *r);
@@ -460,14 +476,21 @@ pub fn layout(flow: &Flow, width: u16, height: u16, selected: Option<usize>, tic
             };
             let offset = usize::try_from(tick % spacing as u64).unwrap_or(0);
             for (k, &(x, y)) in path.iter().enumerate() {
-                if k % spacing == offset && k + 1 < path.len() {
+                // Not on a corner or a junction: the shape of the edge stays readable.
+                if k % spacing == offset && k + 1 < path.len() && matches!(mask[y][x], 5 | 10) {
                     grid[y][x] = ('•', Role::Moving);
                 }
             }
         }
-        // The rate (and any trouble) on the last straight run before the arrow.
+        // The rate (and any trouble) on the last straight run before the arrow; edges that merge into
+        // one target (fan-in) share that run, so it shows their sum, once.
+        if !labelled.insert(e.to) {
+            continue;
+        }
         let run: Vec<usize> = path.iter().rev().take_while(|(_, y)| *y == ye).map(|(x, _)| *x).collect();
-        let mut label = e.rate.map(rate_text).unwrap_or_default();
+        let merged: Vec<f64> = flow.edges.iter().filter(|o| o.to == e.to).filter_map(|o| o.rate).collect();
+        let rate = (!merged.is_empty()).then(|| merged.iter().sum::<f64>()).filter(|_| e.rate.is_some());
+        let mut label = rate.map(rate_text).unwrap_or_default();
         if let Some((note, _)) = &e.note {
             label = if label.is_empty() { note.clone() } else { format!("{label} {note}") };
         }
@@ -475,7 +498,8 @@ pub fn layout(flow: &Flow, width: u16, height: u16, selected: Option<usize>, tic
         if !label.is_empty() && run.len() >= len + 2 {
             let start = run[run.len() - 1] + (run.len() - len) / 2;
             for (k, ch) in label.chars().enumerate() {
-                let r = if k >= e.rate.map(rate_text).map_or(0, |t| t.chars().count()) { role } else { Role::Text };
+                let r =
+                    if k >= rate.map(rate_text).map_or(0, |t| t.chars().count()) { role } else { Role::Text };
                 grid[ye][start + k] = (ch, if role == Role::Dim { Role::Text } else { r });
             }
         }

@@ -260,7 +260,11 @@ fn explain_node(app: &App, node: Option<&crate::demo::sim::Node>) -> &'static st
                     .find(|s| s.consumers.iter().any(|x| x.id.as_ref() == c.as_str()))
                     .map(|s| s.name.to_string()),
             };
-            if sub.is_some_and(|s| competing(&s)) { explain("competing consumers") } else { explain("consumer") }
+            if sub.is_some_and(|s| competing(&s)) {
+                explain("competing consumers")
+            } else {
+                explain("consumer")
+            }
         }
         None => "",
     }
