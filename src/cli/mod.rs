@@ -129,6 +129,7 @@ pub fn main() -> ExitCode {
         // Before the runtime opens descriptors of its own, while this is the only thread.
         commands::serve::close_inherited_descriptors();
     }
+    raise_descriptor_limit();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(Command::Serve(commands::serve::ServeArgs { threads: Some(n), .. })) = &cli.command {
         builder.worker_threads(usize::from(*n));
@@ -149,6 +150,19 @@ pub fn main() -> ExitCode {
             output::error(&e.to_string());
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit. A durable topic holds its active
+/// segment's two files open, and the distributions' default soft limit (often 1,024) would otherwise
+/// stop an engine at a few hundred topics while the hard limit allows far more; servers such as the Go
+/// runtime's do the same at start. Failing to raise it is not an error: the limit stays as it was.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

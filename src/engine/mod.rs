@@ -10,6 +10,7 @@
 mod blocks;
 mod consume;
 mod consumer;
+mod deadlines;
 mod dispatch;
 mod durable;
 mod log;
@@ -518,7 +519,11 @@ fn undo_create(store: &Store, delete: MetaOp, dir: std::path::PathBuf) {
 }
 
 fn partition_options(config: &TopicConfig) -> PartitionOptions {
-    PartitionOptions { segment_bytes: config.segment_bytes, durability: config.durability }
+    PartitionOptions {
+        segment_bytes: config.segment_bytes,
+        durability: config.durability,
+        budget: crate::store::segment::FileBudget::global(),
+    }
 }
 
 /// The fdatasyncs an operation that already happened still owes before it may be reported durable.

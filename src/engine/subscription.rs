@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::consumer::ConsumerState;
+use super::deadlines::DeadlineQueue;
 use super::log::{Log, Record};
 use super::stats::RateMeter;
 use crate::model::clock::Timestamp;
@@ -88,7 +89,7 @@ pub(crate) struct SubState {
     /// DELAYED messages by `not_before`.
     pub delayed: BTreeSet<(Timestamp, u64)>,
     /// IN_FLIGHT messages by deadline.
-    pub deadlines: BTreeSet<(Timestamp, u64)>,
+    pub deadlines: DeadlineQueue,
     pub consumers: Vec<ConsumerState>,
     pub in_flight: u32,
     pub in_flight_bytes: u64,
@@ -125,7 +126,7 @@ impl SubState {
             entries: BTreeMap::new(),
             ready: BTreeSet::new(),
             delayed: BTreeSet::new(),
-            deadlines: BTreeSet::new(),
+            deadlines: DeadlineQueue::new(),
             consumers: Vec::new(),
             in_flight: 0,
             in_flight_bytes: 0,
@@ -334,7 +335,7 @@ impl SubState {
 
     /// T6 and T8: expire leases and release backoffs that are due.
     pub fn run_timers(&mut self, ctx: &Ctx<'_>, effects: &mut Effects) {
-        while let Some(&(deadline, seq)) = self.deadlines.first() {
+        while let Some((deadline, seq)) = self.deadlines.first() {
             if deadline > ctx.now {
                 break;
             }
@@ -366,7 +367,7 @@ impl SubState {
 
     /// The earliest time a timer of this subscription is due.
     pub fn next_timer(&self) -> Option<Timestamp> {
-        let d = self.deadlines.first().map(|(t, _)| *t);
+        let d = self.deadlines.first().map(|(t, _)| t);
         let b = self.delayed.first().map(|(t, _)| *t);
         match (d, b) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -109,11 +109,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The file a gate syncs.
+#[derive(Debug)]
+enum GateFile {
+    /// A file held open for the gate's life (a subscription's journal).
+    Open(Arc<File>, PathBuf),
+    /// A partition's active log, which the file budget may close while it is idle (reopened to sync).
+    Slot(Arc<segment::FileSlot>),
+}
+
+impl GateFile {
+    fn get(&self) -> Result<(Arc<File>, PathBuf), StoreError> {
+        match self {
+            GateFile::Open(file, path) => Ok((file.clone(), path.clone())),
+            GateFile::Slot(slot) => slot.log(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        match self {
+            GateFile::Open(_, path) => path.clone(),
+            GateFile::Slot(slot) => slot.log_path(),
+        }
+    }
+}
+
 /// Group commit for one file: writers record how far they have written, and a waiter fsyncs once for
 /// everyone who wrote before it. Marks count bytes written in this process and only grow.
 #[derive(Debug)]
 pub(crate) struct SyncGate {
-    file: Mutex<(Arc<File>, PathBuf)>,
+    file: GateFile,
     written: AtomicU64,
     synced: Mutex<u64>,
     /// Length of the current file that the last fsync covered (what a power loss would leave).
@@ -126,9 +151,19 @@ pub(crate) struct SyncGate {
 
 impl SyncGate {
     pub fn new(file: Arc<File>, path: PathBuf) -> Arc<Self> {
-        let synced_len = AtomicU64::new(file.metadata().map_or(0, |m| m.len()));
+        Self::over(GateFile::Open(file, path))
+    }
+
+    /// A gate over a partition's active log, followed through rolls (see [`SyncGate::switched`]).
+    pub(crate) fn for_slot(slot: Arc<segment::FileSlot>) -> Arc<Self> {
+        Self::over(GateFile::Slot(slot))
+    }
+
+    fn over(file: GateFile) -> Arc<Self> {
+        let synced_len =
+            AtomicU64::new(file.get().ok().and_then(|(f, _)| f.metadata().ok()).map_or(0, |m| m.len()));
         Arc::new(SyncGate {
-            file: Mutex::new((file, path)),
+            file,
             written: AtomicU64::new(0),
             synced: Mutex::new(0),
             synced_len,
@@ -141,10 +176,10 @@ impl SyncGate {
         self.written.fetch_max(mark, Ordering::AcqRel);
     }
 
-    /// Points the gate at a new file; the caller has synced the old one.
-    pub fn switch_file(&self, file: Arc<File>, path: PathBuf) {
-        self.synced_len.store(file.metadata().map_or(0, |m| m.len()), Ordering::Release);
-        *lock(&self.file) = (file, path);
+    /// The partition's slot now holds a new segment's files; the caller has synced the old one.
+    pub fn switched(&self) {
+        let len = self.file.get().ok().and_then(|(f, _)| f.metadata().ok()).map_or(0, |m| m.len());
+        self.synced_len.store(len, Ordering::Release);
     }
 
     /// Returns once everything written up to `mark` is on disk; one fdatasync serves every waiter that
@@ -155,7 +190,7 @@ impl SyncGate {
             return Ok(());
         }
         let target = self.written.load(Ordering::Acquire);
-        let (file, path) = lock(&self.file).clone();
+        let (file, path) = self.file.get()?;
         let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
         file.sync_data().map_err(|e| StoreError::io(&path, e))?;
         *synced = target.max(mark);
@@ -191,10 +226,7 @@ impl SyncGate {
                     Err(e) => {
                         self.syncing.store(false, Ordering::Release);
                         self.synced_watch.send_modify(|_| {});
-                        return Err(StoreError::io(
-                            &lock(&self.file).1,
-                            std::io::Error::other(e.to_string()),
-                        ));
+                        return Err(StoreError::io(&self.file.path(), std::io::Error::other(e.to_string())));
                     }
                 }
                 continue;
@@ -210,7 +242,7 @@ impl SyncGate {
     /// file and its new length. For crash tests only.
     pub(crate) fn drop_unsynced(&self) -> Result<(PathBuf, u64), StoreError> {
         let _synced = lock(&self.synced);
-        let (file, path) = lock(&self.file).clone();
+        let (file, path) = self.file.get()?;
         let len = self.synced_len.load(Ordering::Acquire);
         file.set_len(len).map_err(|e| StoreError::io(&path, e))?;
         Ok((path, len))

@@ -306,3 +306,37 @@ fn dropping_a_home_ends_a_daemon_that_serve_stop_cannot_reach() {
     drop(home);
     assert!(wait_gone(pid), "daemon {pid} outlived its home");
 }
+
+/// More topics than the daemon may hold files open for (`PUBSUB_MAX_OPEN_PARTITIONS=4`): the idle
+/// ones give their descriptors up, every publish still lands, and all of it is read back after kill -9.
+#[test]
+fn topics_beyond_the_open_file_budget_close_idle_files_and_lose_nothing() {
+    let home = Home::new("fd-budget");
+    let (code, _, stderr) = home.sh("export PUBSUB_MAX_OPEN_PARTITIONS=4
+         for round in 1 2; do for i in $(seq 0 29); do pubsub pub t$i m$i.$round || exit 1; done; done");
+    assert_eq!(code, 0, "{stderr}");
+    let daemons = crate::support::daemons_under(&home.0);
+    assert_eq!(daemons.len(), 1, "{daemons:?}");
+    let segment_files = std::fs::read_dir(format!("/proc/{}/fd", daemons[0]))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&home.0))
+        .filter(|target| target.extension().is_some_and(|e| e == "log" || e == "idx"))
+        .filter(|target| target.to_string_lossy().contains("/topics/"))
+        .count();
+    assert!(segment_files <= 8, "30 topics under a budget of 4 hold {segment_files} segment files open");
+
+    let killed = Command::new("kill").args(["-KILL", &daemons[0].to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while crate::support::is_running(daemons[0]) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!crate::support::is_running(daemons[0]), "the daemon outlived kill -9");
+    let (code, stdout, stderr) =
+        home.sh("for i in $(seq 0 29); do pubsub sub t$i --from start --exit-at-end || exit 1; done");
+    assert_eq!(code, 0, "{stderr}");
+    let expected: Vec<String> = (0..30).flat_map(|i| [format!("m{i}.1"), format!("m{i}.2")]).collect();
+    let payloads: Vec<&str> = stdout.lines().filter_map(|line| line.split_whitespace().last()).collect();
+    assert_eq!(payloads, expected);
+}

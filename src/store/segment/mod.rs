@@ -25,10 +25,12 @@ use super::frame::{self, Reader};
 use super::{StoreError, SyncGate};
 use crate::model::{Durability, MessageExtra, Name, Timestamp};
 
+mod budget;
 mod partition;
 mod record;
 mod recovery;
 
+pub(crate) use budget::{FileBudget, FileSlot};
 pub(crate) use record::{decode, encode};
 pub(crate) use recovery::rescan;
 
@@ -70,9 +72,9 @@ pub struct PartitionReport {
     pub ignored: Vec<PathBuf>,
 }
 
-/// A segment's open files. The active segment's stay open; a sealed segment's are opened when a reader
-/// needs them (one sealed segment at a time is kept open), so thousands of segments do not hold
-/// thousands of descriptors.
+/// A segment's open files. The active segment's are held in a [`FileSlot`], open unless the process's
+/// [`FileBudget`] closed them while idle; a sealed segment's are opened when a reader needs them (one
+/// sealed segment at a time is kept open), so thousands of segments do not hold thousands of descriptors.
 #[derive(Debug)]
 struct Files {
     log: Arc<File>,
@@ -170,6 +172,8 @@ fn file_len(file: &File, path: &Path) -> Result<u64, StoreError> {
 pub(crate) struct PartitionOptions {
     pub segment_bytes: u64,
     pub durability: Durability,
+    /// The budget of open active segments this partition counts against.
+    pub budget: &'static FileBudget,
 }
 
 /// What a commit left to do once the topic lock is released.
@@ -187,7 +191,7 @@ pub(crate) struct Partition {
     dir: PathBuf,
     sealed: Vec<Segment>,
     active: Segment,
-    active_files: Files,
+    active_files: Arc<FileSlot>,
     /// The one sealed segment kept open for readers, by base seq.
     open_sealed: std::sync::Mutex<Option<(u64, Arc<Files>)>>,
     staged: Vec<u8>,

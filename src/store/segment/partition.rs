@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{
-    Commit, Files, IDX_ENTRY, MAX_SEGMENT_BYTES, Partition, PartitionOptions, Segment, StoredRecord, encode,
-    open_rw, push_entry, segment_paths,
+    Commit, FileSlot, Files, IDX_ENTRY, MAX_SEGMENT_BYTES, Partition, PartitionOptions, Segment,
+    StoredRecord, encode, open_rw, push_entry, segment_paths,
 };
 use crate::model::{Durability, MessageExtra, Name, Timestamp};
 use crate::store::frame::{self, sync_dir};
@@ -37,7 +37,9 @@ impl Partition {
         active_files: Files,
         opts: PartitionOptions,
     ) -> Partition {
-        let gate = SyncGate::new(active_files.log.clone(), active.log_path.clone());
+        let active_files =
+            FileSlot::new(opts.budget, active.log_path.clone(), active.idx_path.clone(), active_files);
+        let gate = SyncGate::for_slot(active_files.clone());
         Partition {
             dir: dir.to_path_buf(),
             sealed,
@@ -127,8 +129,14 @@ impl Partition {
         if self.staged_count == 0 {
             return Ok(Commit { sync: self.sync_plan(), rolled_to: None });
         }
+        let files = match self.active_files.files() {
+            Ok(files) => files,
+            Err(e) => {
+                self.discard_staged();
+                return Err(e);
+            }
+        };
         let seg = &mut self.active;
-        let files = &self.active_files;
         let written = files
             .log
             .write_all_at(&self.staged, seg.len)
@@ -190,16 +198,16 @@ impl Partition {
         let (next, next_files) =
             Self::new_segment(&self.dir, self.active.end(), self.active.cum_before + self.active.content())?;
         sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
-        self.gate.switch_file(next_files.log.clone(), next.log_path.clone());
+        self.active_files.replace(&next.log_path, &next.idx_path, next_files);
+        self.gate.switched();
         let old = std::mem::replace(&mut self.active, next);
-        self.active_files = next_files;
         self.sealed.push(old);
         Ok(())
     }
 
     /// Flushes the active segment's records to disk (its index is rebuilt from them if it is short).
     pub fn sync_log(&self) -> Result<(), StoreError> {
-        self.active_files.log.sync_data().map_err(|e| StoreError::io(&self.active.log_path, e))
+        self.active_files.files()?.log.sync_data().map_err(|e| StoreError::io(&self.active.log_path, e))
     }
 
     /// Syncs the active segment and refuses every later write: the engine is closing its directory.
@@ -211,8 +219,9 @@ impl Partition {
 
     /// Flushes the active segment and its index to disk.
     pub fn sync_files(&self) -> Result<(), StoreError> {
-        self.active_files.log.sync_data().map_err(|e| StoreError::io(&self.active.log_path, e))?;
-        self.active_files.idx.sync_data().map_err(|e| StoreError::io(&self.active.idx_path, e))
+        let files = self.active_files.files()?;
+        files.log.sync_data().map_err(|e| StoreError::io(&self.active.log_path, e))?;
+        files.idx.sync_data().map_err(|e| StoreError::io(&self.active.idx_path, e))
     }
 
     fn sealed_for(&self, seq: u64) -> Option<&Segment> {
@@ -295,7 +304,7 @@ impl Partition {
         let cum = self.active.cum_before + self.active.content();
         let (next, next_files) = Self::new_segment(&self.dir, next_seq, cum)?;
         *self.open_sealed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        self.active_files = next_files;
+        self.active_files.replace(&next.log_path, &next.idx_path, next_files);
         for s in self.sealed.drain(..).chain(std::iter::once(std::mem::replace(&mut self.active, next))) {
             if s.base == next_seq {
                 continue; // the new segment took over this name
@@ -303,7 +312,7 @@ impl Partition {
             fs::remove_file(&s.log_path).map_err(|e| StoreError::io(&s.log_path, e))?;
             fs::remove_file(&s.idx_path).map_err(|e| StoreError::io(&s.idx_path, e))?;
         }
-        self.gate.switch_file(self.active_files.log.clone(), self.active.log_path.clone());
+        self.gate.switched();
         sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))
     }
 }
