@@ -127,7 +127,7 @@ fn demo_control_keys_act_live_and_are_narrated() {
     );
     let Some(tmux) = Tmux::start("demo-keys-e2e", 140, 40, &script) else { return };
     tmux.wait_for("worker-slow");
-    tmux.wait_for("x crash/revive");
+    tmux.wait_for("x crash");
     // The selection starts on the publisher: a burst comes from it.
     tmux.keys(&["b"]);
     tmux.wait_for("scheduler sent a burst of 100 messages");
