@@ -162,7 +162,18 @@ pub fn build(app: &App) -> Flow {
             flow.edges.push(FlowEdge {
                 from: (1, ti),
                 to: (2, si),
-                rate: s.deliver_rate.or(Some(0.0)),
+                // In a demo, what its consumers took over the last simulated second (the engine's own
+                // measure runs on the wall clock, which virtual time outpaces).
+                rate: match &app.demo {
+                    Some(d) => Some(
+                        d.consumers
+                            .iter()
+                            .filter(|c| c.subscription == s.name.as_str())
+                            .map(|c| c.rate)
+                            .sum(),
+                    ),
+                    None => s.deliver_rate.or(Some(0.0)),
+                },
                 note: (redelivered > 0 && app.demo.is_none())
                     .then(|| (format!("↻{redelivered}"), Role::Warn)),
             });
