@@ -6,6 +6,7 @@
 //! * fan-out to 100 subscriptions (≥ 20 M deliveries/s)
 //! * explicit ack: fetch + ack (≥ 1 M msgs/s)
 //! * memory per retained 16-byte message (≤ 128 bytes of overhead), from the process's resident size
+//! * issue 24: 8 partitions with keys within 1.2× of one partition; PerKey with 1,000 keys ≥ 1 M msgs/s
 
 #![expect(
     clippy::print_stdout,
@@ -20,8 +21,8 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use pubsub::engine::{
-    AckMode, Engine, FetchOptions, Limits, Name, PublishRequest, StartPosition, SubscriptionConfig,
-    TopicConfig,
+    AckMode, Engine, FetchOptions, Limits, Name, OrderingMode, PublishRequest, StartPosition,
+    SubscriptionConfig, TopicConfig,
 };
 
 const BATCH: usize = 1000;
@@ -60,6 +61,82 @@ fn main() {
         explicit_ack(1_000_000 / scale),
         baseline_one(1_000_000 / scale),
     );
+    // Issue 24: partitions and ordering, each against the same work on one partition (the ratio is
+    // 8 partitions / 1 partition, and PerKey / no ordering).
+    let n = 2_000_000 / scale;
+    report(
+        "keyed, ack none: 8 partitions | 1 partition (msgs/s)",
+        keyed_ack_none(8, n),
+        keyed_ack_none(1, n),
+    );
+    let n = 1_000_000 / scale;
+    report(
+        "keyed, fetch + ack: 8 partitions | 1 partition (msgs/s)",
+        keyed_explicit(8, OrderingMode::None, n),
+        keyed_explicit(1, OrderingMode::None, n),
+    );
+    report(
+        "PerKey, 1000 keys, fetch + ack | no ordering (msgs/s)",
+        keyed_explicit(1, OrderingMode::PerKey, n),
+        keyed_explicit(1, OrderingMode::None, n),
+    );
+    report(
+        "PerKey, 1000 keys, 8 partitions | no ordering (msgs/s)",
+        keyed_explicit(8, OrderingMode::PerKey, n),
+        keyed_explicit(8, OrderingMode::None, n),
+    );
+}
+
+/// A topic of `partitions` partitions and one subscription, fed batches of 16-byte messages with
+/// 1,000 keys in turn.
+fn keyed_engine(partitions: u32, ack: AckMode, ordering: OrderingMode) -> (Engine, Vec<PublishRequest>) {
+    let engine = Engine::new();
+    let mut topic = TopicConfig::new(name("bench"));
+    topic.partitions = partitions;
+    topic.limits = Limits { max_msgs: Some(100_000), max_bytes: None, max_age: None, max_msgs_per_key: None };
+    engine.create_topic(topic).unwrap_or_else(|e| panic!("{e}"));
+    let mut config = SubscriptionConfig::new(name("s"), name("bench"));
+    config.ack = ack;
+    config.ordering = ordering;
+    config.max_in_flight = BATCH as u32;
+    engine.create_subscription(config).unwrap_or_else(|e| panic!("{e}"));
+    let payload = Bytes::from_static(b"0123456789abcdef");
+    let keys: Vec<Bytes> = (0..1000).map(|k| Bytes::from(format!("key-{k}"))).collect();
+    let template = (0..BATCH)
+        .map(|i| PublishRequest::new(name("bench"), payload.clone()).with_key(keys[i % keys.len()].clone()))
+        .collect();
+    (engine, template)
+}
+
+fn keyed_ack_none(partitions: u32, n: u64) -> f64 {
+    let (engine, template) = keyed_engine(partitions, AckMode::None, OrderingMode::None);
+    let sub = name("s");
+    let start = Instant::now();
+    let mut received = 0u64;
+    while received < n {
+        engine.publish_batch(template.clone()).unwrap_or_else(|e| panic!("{e}"));
+        received += drain(&engine, &sub) as u64;
+    }
+    rate(received, start.elapsed())
+}
+
+fn keyed_explicit(partitions: u32, ordering: OrderingMode, n: u64) -> f64 {
+    let (engine, template) = keyed_engine(partitions, AckMode::Explicit, ordering);
+    let sub = name("s");
+    let opts = FetchOptions { max_msgs: BATCH, ..FetchOptions::default() };
+    let start = Instant::now();
+    let mut acked = 0u64;
+    while acked < n {
+        engine.publish_batch(template.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let got = engine.try_fetch(&sub, "c", &opts).unwrap_or_else(|e| panic!("{e}"));
+        for d in got {
+            if let Some(lease) = d.lease {
+                engine.ack(&sub, lease).unwrap_or_else(|e| panic!("{e}"));
+                acked += 1;
+            }
+        }
+    }
+    rate(acked, start.elapsed())
 }
 
 fn report(label: &str, engine: f64, baseline: f64) {

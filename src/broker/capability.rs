@@ -130,7 +130,7 @@ impl fmt::Display for Capability {
 /// (one per topic until the engine turns them on), request/reply and retained messages (not in the
 /// model), and persistence (a memory engine keeps nothing; a server does not say how it stores).
 pub const ENGINE_LACKS: &[Capability] =
-    &[Capability::Persistence, Capability::Partitions, Capability::RequestReply, Capability::Retain];
+    &[Capability::Persistence, Capability::RequestReply, Capability::Retain];
 
 /// A set of capabilities: a broker's, or one topic's on that broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

@@ -15,8 +15,9 @@ use crate::engine::{
     AttachOptions, ByteBudget, Engine, PendingPublish, PushConsumer, TapItem, TapOptions, TapReceiver,
 };
 use crate::model::{
-    AckRef, BrowseFrom, Delivery, FetchOptions, Lifetime, Message, Name, PeekReport, PublishReceipt,
-    PublishRequest, SeekTarget, SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo,
+    AckRef, BrowseFrom, Delivery, FetchOptions, Lifetime, Message, Name, PeekReport, PublishOption,
+    PublishReceipt, PublishRequest, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo,
+    TopicConfig, TopicInfo,
 };
 
 /// How often the engine's timers run when it lives inside a broker handle.
@@ -125,19 +126,33 @@ impl LocalBroker {
                 }
             }
             let consumer = attach(name)?;
-            return Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral: None })));
+            return Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral: None, only: None })));
         }
         if let Some(start) = req.from {
             let topic = history_topic(&req)?;
             let name = Name::new(&self.fresh_id("_reader"))?;
             let mut config = SubscriptionConfig::new(name.clone(), topic);
-            config.start = start;
+            // One partition from a seq (`--from P:SEQ`): the reader starts at the end of every
+            // partition, then that one partition moves back to the seq, and only its messages are
+            // handed on.
+            config.start = if req.partition.is_some() { StartPosition::New } else { start };
             config.ack = req.ack;
             config.lifetime = Lifetime::Ephemeral { inactive_ttl: Duration::from_secs(5) };
             self.engine.create_subscription(config)?;
+            if let Some(partition) = req.partition {
+                let seq = match start {
+                    StartPosition::Seq(seq) => seq,
+                    _ => 1,
+                };
+                if let Err(e) = self.engine.seek(&name, SeekTarget::Seq { partition, seq }) {
+                    let _ = self.engine.delete_subscription(&name);
+                    return Err(e.into());
+                }
+            }
             let consumer = attach(&name)?;
             let ephemeral = Some((self.engine.clone(), name));
-            return Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral })));
+            let only = req.partition;
+            return Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral, only })));
         }
         let tap = self.engine.tap(req.patterns.clone(), TapOptions::default())?;
         Ok(DeliveryStream::new(Box::new(TapSource(tap))))
@@ -164,18 +179,43 @@ fn to_broker(subscription: &Name, d: Delivery) -> BrokerDelivery {
 struct PushSource {
     consumer: PushConsumer,
     ephemeral: Option<(Engine, Name)>,
+    /// Only this partition's messages are handed on (a history read from `P:SEQ`).
+    only: Option<u32>,
+}
+
+impl PushSource {
+    /// Whether a delivery is one to hand on; one of another partition is settled and dropped.
+    fn wanted(&self, d: &Delivery) -> bool {
+        match self.only {
+            Some(p) if d.message.partition != p => {
+                if let (Some(r), Some((engine, name))) = (d.lease, &self.ephemeral) {
+                    let _ = engine.ack(name, r);
+                }
+                false
+            }
+            _ => true,
+        }
+    }
 }
 
 #[async_trait]
 impl ItemSource for PushSource {
     async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
-        let delivery = self.consumer.recv().await?;
-        Some(Ok(StreamItem::Delivery(to_broker(self.consumer.subscription(), delivery))))
+        loop {
+            let delivery = self.consumer.recv().await?;
+            if self.wanted(&delivery) {
+                return Some(Ok(StreamItem::Delivery(to_broker(self.consumer.subscription(), delivery))));
+            }
+        }
     }
 
     fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
-        let delivery = self.consumer.try_recv()?;
-        Some(Ok(StreamItem::Delivery(to_broker(self.consumer.subscription(), delivery))))
+        loop {
+            let delivery = self.consumer.try_recv()?;
+            if self.wanted(&delivery) {
+                return Some(Ok(StreamItem::Delivery(to_broker(self.consumer.subscription(), delivery))));
+            }
+        }
     }
 }
 
@@ -284,6 +324,14 @@ impl Broker for LocalBroker {
 
     async fn purge_topic(&self, name: &Name) -> Result<u64, BrokerError> {
         Ok(self.may_sync(|| self.engine.purge_topic(name))?)
+    }
+
+    fn publish_options(&self) -> &'static [PublishOption] {
+        &[PublishOption::Partition]
+    }
+
+    async fn set_partitions(&self, name: &Name, partitions: u32) -> Result<TopicInfo, BrokerError> {
+        Ok(self.may_sync(|| self.engine.set_partitions(name, partitions))?)
     }
 
     async fn subscriptions(&self, topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {

@@ -255,6 +255,11 @@ pub trait Broker: Send + Sync + fmt::Debug {
         Err(self.unsupported(Capability::TopicAdmin))
     }
 
+    /// Grows a topic to `partitions` partitions (never fewer than it has); returns its info.
+    async fn set_partitions(&self, _name: &Name, _partitions: u32) -> Result<TopicInfo, BrokerError> {
+        Err(self.unsupported(Capability::Partitions))
+    }
+
     /// Subscriptions, optionally of one topic.
     async fn subscriptions(&self, _topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {
         Err(self.unsupported(Capability::Lag))

@@ -18,7 +18,7 @@ use super::{
     SubscriptionInfo, Timestamp, lock,
 };
 use crate::store::MetaOp;
-use crate::store::journal::SubJournal;
+use crate::store::journal::{SubJournal, pos_key};
 
 impl Engine {
     /// Creates a subscription; the topic is auto-created when allowed.
@@ -60,23 +60,30 @@ impl Engine {
                 )));
             }
             let mut state = lock(&cell.state);
-            let log = &state.log;
-            let start = match config.start {
-                StartPosition::All | StartPosition::LastPerKey => log.first_seq(),
-                StartPosition::New => log.head_seq() + 1,
-                StartPosition::Last => log.head_seq().max(log.first_seq()),
-                StartPosition::Seq(s) => s.clamp(log.first_seq(), log.head_seq() + 1),
-                StartPosition::Time(t) => log.seq_at_time(t),
-            };
+            // Where it starts in each partition. `Seq(s)` is seq s of every partition, `Last` the newest
+            // message of every partition.
+            let starts: Vec<u64> = state
+                .logs
+                .iter()
+                .map(|log| match config.start {
+                    StartPosition::All | StartPosition::LastPerKey => log.first_seq(),
+                    StartPosition::New => log.head_seq() + 1,
+                    StartPosition::Last => log.head_seq().max(log.first_seq()),
+                    StartPosition::Seq(s) => s.clamp(log.first_seq(), log.head_seq() + 1),
+                    StartPosition::Time(t) => log.seq_at_time(t),
+                })
+                .collect();
             let name = config.name.clone();
             let lease_base = self.next_lease_base();
             let journal = match &self.inner.store {
-                Some(store) if config.lifetime == Lifetime::Durable && state.log.is_durable() => {
+                Some(store)
+                    if config.lifetime == Lifetime::Durable && state.logs.iter().all(|l| l.is_durable()) =>
+                {
                     let dir = store.subscription_dir(&name);
                     store.make_way(&dir)?;
                     store
                         .record(&MetaOp::CreateSubscription { config: config.clone(), created: Some(now) })?;
-                    let made = SubJournal::create(&dir, start, config.ack_durability)
+                    let made = SubJournal::create(&dir, &starts, config.ack_durability)
                         .and_then(|journal| crate::store::write_name_file(&dir, &name).map(|()| journal));
                     match made {
                         Ok(journal) => Some(journal),
@@ -88,13 +95,13 @@ impl Engine {
                 }
                 _ => None,
             };
-            let mut sub = SubState::new(config, start, now, lease_base);
+            let mut sub = SubState::new(config, &starts, now, lease_base);
             sub.journal = journal;
             state.subs.push(sub);
             let publish_rate = state.publish_rate.rate(now);
             let info = state
                 .sub(&name)
-                .map(|s| stats::subscription_info(s, &topic, &state.log, publish_rate, now))
+                .map(|s| stats::subscription_info(s, &topic, &state.logs, publish_rate, now))
                 .ok_or_else(|| EngineError::NoSuchSubscription(name.clone()))?;
             drop(state);
             reg.subs.insert(name, cell);
@@ -171,7 +178,7 @@ impl Engine {
         let result = {
             let mut guard = lock(&cell.state);
             let state = &mut *guard;
-            let ctx = Ctx { topic: &state.config.name, log: &state.log, now };
+            let ctx = Ctx { topic: &state.config.name, logs: &state.logs, now };
             let sub = state
                 .subs
                 .iter_mut()
@@ -181,7 +188,7 @@ impl Engine {
                 sub.run_timers(&ctx, &mut effects);
             }
             let result = f(sub, &ctx, &mut effects);
-            sub.skip_uncovered(ctx.topic, ctx.log);
+            sub.skip_uncovered(ctx.topic, ctx.logs);
             sub.dispatch_push(&ctx, &mut effects);
             state.refresh_push_flag();
             let persisted = state.persist_subs();
@@ -211,7 +218,7 @@ impl Engine {
             let _ = state.persist_subs();
             let rate = state.publish_rate.rate(now);
             out.extend(
-                state.subs.iter().map(|s| stats::subscription_info(s, &cell.name, &state.log, rate, now)),
+                state.subs.iter().map(|s| stats::subscription_info(s, &cell.name, &state.logs, rate, now)),
             );
             drop(state);
             self.apply(effects);
@@ -224,12 +231,13 @@ impl Engine {
     pub fn subscription_info(&self, name: &Name) -> Result<SubscriptionInfo, EngineError> {
         let cell = self.sub_cell(name)?;
         let rate = lock(&cell.state).publish_rate.rate(self.now());
-        self.with_sub(name, |s, ctx, _| Ok(stats::subscription_info(s, ctx.topic, ctx.log, rate, ctx.now)))
+        self.with_sub(name, |s, ctx, _| Ok(stats::subscription_info(s, ctx.topic, ctx.logs, rate, ctx.now)))
     }
 
-    /// Per-message ack state from the ack floor (or `from`) up, at most `limit` messages.
+    /// Per-message ack state from the ack floor (or `from`) up, at most `limit` messages (in each
+    /// partition).
     pub fn peek(&self, name: &Name, from: u64, limit: usize) -> Result<PeekReport, EngineError> {
-        self.with_sub(name, |s, ctx, _| Ok(stats::peek(s, ctx.topic, ctx.log, from, limit)))
+        self.with_sub(name, |s, ctx, _| Ok(stats::peek(s, ctx.topic, ctx.logs, from, limit)))
     }
 
     // ----- consuming ----------------------------------------------------------------------------
@@ -349,7 +357,7 @@ impl Engine {
         // A subscription that is already gone has nothing left to requeue.
         let _ = self.with_sub(sub, |s, ctx, effects| {
             for r in unseen {
-                s.return_unseen(r.seq, r.lease, effects);
+                s.return_unseen(pos_key(r.partition, r.seq), r.lease, effects);
             }
             Ok(s.detach(&id, ctx, effects))
         });
@@ -360,8 +368,8 @@ impl Engine {
     /// longer current is left alone (it was settled, expired or re-leased meanwhile).
     pub fn release(&self, sub: &Name, r: AckRef) -> Result<(), EngineError> {
         self.with_sub(sub, |s, ctx, effects| {
-            check_partition(ctx.topic, r.partition)?;
-            s.return_unseen(r.seq, r.lease, effects);
+            check_partition(ctx, r.partition)?;
+            s.return_unseen(pos_key(r.partition, r.seq), r.lease, effects);
             Ok(())
         })
     }
@@ -374,7 +382,7 @@ impl Engine {
     /// Acks one delivery (T3).
     pub fn ack(&self, sub: &Name, r: AckRef) -> Result<(), EngineError> {
         self.with_sub(sub, |s, ctx, effects| {
-            check_partition(ctx.topic, r.partition)?;
+            check_partition(ctx, r.partition)?;
             // Settling frees credit that a waiting fetch may be blocked on.
             effects.wake = true;
             s.ack(&r, ctx.now)
@@ -385,7 +393,7 @@ impl Engine {
     /// is (a server answers the ack once that returned, while it goes on with the next request).
     pub fn ack_deferred(&self, sub: &Name, r: AckRef) -> Result<PendingSync, EngineError> {
         self.with_sub_deferred(sub, |s, ctx, effects| {
-            check_partition(ctx.topic, r.partition)?;
+            check_partition(ctx, r.partition)?;
             effects.wake = true;
             s.ack(&r, ctx.now)
         })
@@ -405,7 +413,7 @@ impl Engine {
             Ok(refs
                 .iter()
                 .map(|r| {
-                    check_partition(ctx.topic, r.partition)?;
+                    check_partition(ctx, r.partition)?;
                     s.ack(r, ctx.now)
                 })
                 .collect())
@@ -422,16 +430,16 @@ impl Engine {
     ) -> Result<u64, EngineError> {
         let id: ConsumerId = Arc::from(consumer);
         self.with_sub(sub, |s, ctx, effects| {
-            check_partition(ctx.topic, partition)?;
+            check_partition(ctx, partition)?;
             effects.wake = true;
-            s.ack_cumulative(&id, seq, ctx.now)
+            s.ack_cumulative(&id, partition, seq, ctx.now)
         })
     }
 
     /// Gives a delivery back, to be redelivered after `delay` or the backoff (T5).
     pub fn nack(&self, sub: &Name, r: AckRef, delay: Option<Duration>) -> Result<(), EngineError> {
         self.with_sub(sub, |s, ctx, effects| {
-            check_partition(ctx.topic, r.partition)?;
+            check_partition(ctx, r.partition)?;
             s.nack(&r, delay, ctx, effects)
         })
     }
@@ -439,7 +447,7 @@ impl Engine {
     /// Extends a lease to now + `by`, capped by `max_lease` (T4); returns the deadline in force.
     pub fn extend(&self, sub: &Name, r: AckRef, by: Duration) -> Result<Timestamp, EngineError> {
         self.with_sub(sub, |s, ctx, _| {
-            check_partition(ctx.topic, r.partition)?;
+            check_partition(ctx, r.partition)?;
             s.extend(&r, by, ctx.now)
         })
     }
@@ -447,36 +455,54 @@ impl Engine {
     /// Gives up on a delivery for good: dead-letter or terminate (T9).
     pub fn term(&self, sub: &Name, r: AckRef, reason: &str) -> Result<(), EngineError> {
         self.with_sub(sub, |s, ctx, effects| {
-            check_partition(ctx.topic, r.partition)?;
+            check_partition(ctx, r.partition)?;
             effects.wake = true;
             s.term(&r, reason, ctx, effects)
         })
     }
 
-    /// Moves a subscription (T11); returns the next seq it will deliver.
+    /// Moves a subscription (T11); returns the next seq it will deliver (in partition 0, or in the
+    /// partition a `Seq` target names). `Start`, `End` and `Time` move every partition; `Seq` moves
+    /// only its own partition, as a Kafka seek does.
     pub fn seek(&self, sub: &Name, target: SeekTarget) -> Result<u64, EngineError> {
+        Ok(self.seek_partitions(sub, target)?.first().map_or(0, |(_, next)| *next))
+    }
+
+    /// [`Engine::seek`] that returns where each partition it moved goes next: `(partition, seq)`.
+    pub fn seek_partitions(&self, sub: &Name, target: SeekTarget) -> Result<Vec<(u32, u64)>, EngineError> {
         self.with_sub(sub, |s, ctx, effects| {
-            let log = ctx.log;
-            let next = match target {
-                SeekTarget::Start => log.first_seq(),
-                SeekTarget::End => log.head_seq() + 1,
-                SeekTarget::Seq { partition, seq } => {
-                    check_partition(ctx.topic, partition)?;
-                    seq.clamp(log.first_seq(), log.head_seq() + 1)
-                }
-                SeekTarget::Time(t) => log.seq_at_time(t),
+            let all = |f: &dyn Fn(&super::log::Log) -> u64| -> Vec<(u32, u64)> {
+                ctx.logs
+                    .iter()
+                    .enumerate()
+                    .map(|(p, log)| (u32::try_from(p).unwrap_or(u32::MAX), f(log)))
+                    .collect()
             };
-            s.seek(next, effects);
-            Ok(next)
+            let targets = match target {
+                SeekTarget::Start => all(&|log| log.first_seq()),
+                SeekTarget::End => all(&|log| log.head_seq() + 1),
+                SeekTarget::Seq { partition, seq } => {
+                    check_partition(ctx, partition)?;
+                    let log = ctx.log(partition).ok_or_else(|| EngineError::NoSuchPartition {
+                        topic: ctx.topic.clone(),
+                        partition,
+                    })?;
+                    vec![(partition, seq.clamp(log.first_seq(), log.head_seq() + 1))]
+                }
+                SeekTarget::Each(seq) => all(&|log| seq.clamp(log.first_seq(), log.head_seq() + 1)),
+                SeekTarget::Time(t) => all(&|log| log.seq_at_time(t)),
+            };
+            s.seek(&targets, effects);
+            Ok(targets)
         })
     }
 }
 
-fn check_partition(topic: &Name, partition: u32) -> Result<(), EngineError> {
-    if partition == 0 {
+fn check_partition(ctx: &Ctx<'_>, partition: u32) -> Result<(), EngineError> {
+    if (partition as usize) < ctx.logs.len() {
         Ok(())
     } else {
-        Err(EngineError::NoSuchPartition { topic: topic.clone(), partition })
+        Err(EngineError::NoSuchPartition { topic: ctx.topic.clone(), partition })
     }
 }
 

@@ -71,11 +71,6 @@ impl DeadlineQueue {
         self.ring.front().map(|&(t, s, _)| (t, s))
     }
 
-    pub fn clear(&mut self) {
-        self.ring.clear();
-        self.live = 0;
-    }
-
     /// How many entries are in the queue.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -137,9 +132,11 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             // Mostly in order, as leases are; now and then a deadline out of order or a removal inside.
-            let key = if x % 5 == 0 { (t((x % 500) as i64), x % 97) } else { (t(step as i64), step) };
-            if x % 3 == 0 {
-                let victim = if x % 2 == 0 { model.first().copied() } else { model.iter().nth(3).copied() };
+            let key =
+                if x.is_multiple_of(5) { (t((x % 500) as i64), x % 97) } else { (t(step as i64), step) };
+            if x.is_multiple_of(3) {
+                let victim =
+                    if x.is_multiple_of(2) { model.first().copied() } else { model.iter().nth(3).copied() };
                 if let Some(v) = victim {
                     assert_eq!(q.remove(&v), model.remove(&v));
                 }

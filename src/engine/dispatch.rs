@@ -7,14 +7,15 @@ use tokio::sync::mpsc;
 
 use super::consumer::{ConsumerState, PushSink};
 use super::log::{Record, to_message};
+use super::ordering::MAX_HELD;
 use super::subscription::{Ctx, Effects, Entry, SubState};
 use crate::model::DeliveryState;
 use crate::model::clock::Timestamp;
-use crate::model::config::AckMode;
+use crate::model::config::{AckMode, Ordering};
 use crate::model::error::EngineError;
 use crate::model::event::EngineEvent;
 use crate::model::message::{AckRef, ConsumerId, Delivery};
-use crate::store::journal::SubOp;
+use crate::store::journal::{SubOp, pos_key, split_key};
 
 impl SubState {
     /// Appends deliveries for consumer `c` to `out` until `max_msgs` are there, credit runs out or the
@@ -30,22 +31,38 @@ impl SubState {
         let simple =
             self.config.ack == AckMode::None && self.ready.is_empty() && self.config.filter.is_empty();
         if simple && max_bytes == u64::MAX {
-            // The common firehose case: no leases, no filter, no redeliveries — copy a run of the log.
-            let from = self.delivered_seq.max(ctx.log.first_seq().saturating_sub(1)) + 1;
+            // The common firehose case: no leases, no filter, no redeliveries — copy a run of each
+            // partition's log, the partitions taking turns at going first.
             let mut room = max_msgs.saturating_sub(out.len());
             if let Some(left) = self.consumers.get(c).and_then(|x| x.limit) {
                 room = room.min(usize::try_from(left).unwrap_or(usize::MAX));
             }
             out.reserve(room.min(4096));
             let before = out.len();
-            for (seq, record) in ctx.log.iter_from(from).take(room) {
-                out.push(Delivery {
-                    message: to_message(ctx.topic, 0, seq, &record),
-                    attempt: 1,
-                    lease: None,
-                    deadline: None,
-                });
-                self.delivered_seq = seq;
+            let n_parts = self.parts.len().min(ctx.logs.len());
+            for k in 0..n_parts {
+                let p = (self.next_part + k) % n_parts;
+                let (Some(log), Some(part)) = (ctx.logs.get(p), self.parts.get_mut(p)) else {
+                    continue;
+                };
+                let taken = out.len() - before;
+                if taken >= room {
+                    break;
+                }
+                let from = part.delivered_seq.max(log.first_seq().saturating_sub(1)) + 1;
+                let partition = u32::try_from(p).unwrap_or(u32::MAX);
+                for (seq, record) in log.iter_from(from).take(room - taken) {
+                    out.push(Delivery {
+                        message: to_message(ctx.topic, partition, seq, &record),
+                        attempt: 1,
+                        lease: None,
+                        deadline: None,
+                    });
+                    part.delivered_seq = seq;
+                }
+            }
+            if n_parts > 0 {
+                self.next_part = (self.next_part + 1) % n_parts;
             }
             let n = (out.len() - before) as u64;
             if n > 0 {
@@ -84,33 +101,105 @@ impl SubState {
                 return None;
             }
         }
-        if let Some(&seq) = self.ready.first() {
-            let record = ctx.log.get(seq)?;
+        if let Some(&key) = self.ready.first() {
+            let record = ctx.record(key)?;
             if !self.fits(&record, byte_budget) {
                 return None;
             }
-            self.ready.remove(&seq);
-            return Some(self.lease(c, seq, &record, ctx));
+            self.ready.remove(&key);
+            return Some(self.lease(c, key, &record, ctx));
         }
-        let head = ctx.log.head_seq();
-        while self.delivered_seq < head {
-            let seq = self.delivered_seq + 1;
-            let Some(record) = ctx.log.get(seq) else {
-                // Below first_seq: retention removed it; the cursor jumps (counted when it was removed).
-                self.delivered_seq = ctx.log.first_seq().saturating_sub(1).max(seq);
+        // New messages: the partitions take turns, one message at a time, so that no partition waits
+        // behind another's backlog.
+        let n_parts = self.parts.len().min(ctx.logs.len());
+        for k in 0..n_parts {
+            let p = (self.next_part + k) % n_parts;
+            let partition = u32::try_from(p).unwrap_or(u32::MAX);
+            let Some(log) = ctx.logs.get(p) else {
                 continue;
             };
-            if !self.covers_record(ctx.topic, &record) {
-                self.delivered_seq = seq;
-                self.counters.filtered += 1;
-                continue;
+            let head = log.head_seq();
+            while let Some(delivered) = self.parts.get(p).map(|x| x.delivered_seq).filter(|&d| d < head) {
+                let seq = delivered + 1;
+                let Some(record) = log.get(seq) else {
+                    // Below first_seq: retention removed it; the cursor jumps (counted when it was removed).
+                    self.set_delivered(p, log.first_seq().saturating_sub(1).max(seq));
+                    continue;
+                };
+                if !self.covers_record(ctx.topic, &record) {
+                    self.set_delivered(p, seq);
+                    self.counters.filtered += 1;
+                    continue;
+                }
+                if !self.fits(&record, byte_budget) {
+                    return None;
+                }
+                if explicit
+                    && let Some(line) = self.ordered().then(|| self.line_of(partition, &record)).flatten()
+                {
+                    let key = pos_key(partition, seq);
+                    if self.order.is_busy(&line) {
+                        // Strict: the partition waits. PerKey: the message waits in its key's line and
+                        // the cursor goes on to other keys, up to a bound on what waits.
+                        if self.config.ordering == Ordering::Strict || self.order.held() >= MAX_HELD {
+                            break;
+                        }
+                        self.set_delivered(p, seq);
+                        self.hold(key, &record, ctx);
+                        self.order.hold(line, key);
+                        continue;
+                    }
+                    self.order.activate(line, key);
+                }
+                self.set_delivered(p, seq);
+                self.next_part = (p + 1) % n_parts;
+                return Some(self.deliver_new(c, partition, seq, &record, ctx, explicit));
             }
-            if !self.fits(&record, byte_budget) {
-                return None;
-            }
-            self.delivered_seq = seq;
+        }
+        None
+    }
+
+    /// A message the cursor passes that must wait for its line: AVAILABLE with attempt 0, journaled so
+    /// that a restart does not count it settled.
+    fn hold(&mut self, key: u64, record: &Record, ctx: &Ctx<'_>) {
+        let now = ctx.now;
+        self.entries.insert(
+            key,
+            Entry {
+                state: DeliveryState::Available,
+                attempt: 0,
+                consumer: None,
+                lease: 0,
+                deadline: now,
+                lease_start: now,
+                not_before: now,
+                first_delivered: now,
+                last_delivered: now,
+                bytes: record.size(),
+            },
+        );
+        self.note(SubOp::Attempt { seq: key, attempt: 0 });
+    }
+
+    fn set_delivered(&mut self, p: usize, seq: u64) {
+        if let Some(part) = self.parts.get_mut(p) {
+            part.delivered_seq = seq;
+        }
+    }
+
+    /// Hands out a message never delivered before: leased, or acked at once without acks.
+    fn deliver_new(
+        &mut self,
+        c: usize,
+        partition: u32,
+        seq: u64,
+        record: &Record,
+        ctx: &Ctx<'_>,
+        explicit: bool,
+    ) -> Delivery {
+        {
             if explicit {
-                return Some(self.lease(c, seq, &record, ctx));
+                return self.lease(c, pos_key(partition, seq), record, ctx);
             }
             self.counters.delivered += 1;
             self.counters.acked += 1;
@@ -120,14 +209,13 @@ impl SubState {
                 consumer.spend(1);
                 consumer.last_activity = ctx.now;
             }
-            return Some(Delivery {
-                message: to_message(ctx.topic, 0, seq, &record),
+            Delivery {
+                message: to_message(ctx.topic, partition, seq, record),
                 attempt: 1,
                 lease: None,
                 deadline: None,
-            });
+            }
         }
-        None
     }
 
     pub(super) fn fits(&self, record: &Record, byte_budget: u64) -> bool {
@@ -138,7 +226,7 @@ impl SubState {
         !over_sub && (size <= byte_budget || byte_budget == u64::MAX)
     }
 
-    /// T2: AVAILABLE → IN_FLIGHT for consumer `c`.
+    /// T2: AVAILABLE → IN_FLIGHT for consumer `c`; `seq` is the entry's key (partition and seq).
     pub(super) fn lease(&mut self, c: usize, seq: u64, record: &Record, ctx: &Ctx<'_>) -> Delivery {
         let now = ctx.now;
         let lease = self.next_lease;
@@ -183,10 +271,11 @@ impl SubState {
             consumer.spend(1);
             consumer.last_activity = now;
         }
+        let (partition, seq) = split_key(seq);
         Delivery {
-            message: to_message(ctx.topic, 0, seq, record),
+            message: to_message(ctx.topic, partition, seq, record),
             attempt,
-            lease: Some(AckRef { partition: 0, seq, lease }),
+            lease: Some(AckRef { partition, seq, lease }),
             deadline: Some(deadline),
         }
     }
@@ -199,7 +288,7 @@ impl SubState {
         // before looking at any consumer, so an ack costs the same with 256 consumers as with one (a pass
         // over every consumer per ack made the queue scenario's cost per message grow with them). The
         // turn moves with deliveries only, so skipping those empty passes leaves the order fair.
-        if n == 0 || !self.has_deliverable(ctx.log) || !self.consumers.iter().any(|c| c.push.is_some()) {
+        if n == 0 || !self.has_deliverable(ctx.logs) || !self.consumers.iter().any(|c| c.push.is_some()) {
             return;
         }
         let mut next_turn = self.round_robin;
@@ -239,7 +328,7 @@ impl SubState {
                         }
                         // It never reached the receiver: back unseen, without spending an attempt.
                         if let Some(r) = d.lease {
-                            self.return_unseen(r.seq, r.lease, effects);
+                            self.return_unseen(pos_key(r.partition, r.seq), r.lease, effects);
                         }
                         // Only the engine sends, under the topic lock, after checking capacity, so this
                         // is a receiver that went away: detach it, which requeues what it held.
@@ -254,7 +343,7 @@ impl SubState {
                 break;
             }
         }
-        if self.has_deliverable(ctx.log) {
+        if self.has_deliverable(ctx.logs) {
             for c in &self.consumers {
                 if let Some(push) = &c.push
                     && !push.has_room()

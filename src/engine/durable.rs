@@ -35,26 +35,31 @@ impl Engine {
 
         for mut topic in meta.topics {
             topic.storage = super::StorageKind::File;
-            let dir = store.partition_dir(&topic.name, 0);
             let opts = partition_options(&topic);
-            let (disk, hot) = if dir.exists() {
-                let (disk, hot, found) = Partition::open(&dir, opts)?;
-                report.add_partition(found);
-                (disk, hot)
-            } else {
-                // Created but its files never made (a stop between the two), or removed by hand.
-                report.recreated.push(topic.name.clone());
-                (Partition::create(&dir, 1, opts)?, Vec::new())
-            };
-            if let Durability::Interval(every) = topic.durability {
-                store.sync_every(&disk.gate(), every);
+            let mut logs = Vec::new();
+            for p in 0..topic.partitions.max(1) {
+                let dir = store.partition_dir(&topic.name, p);
+                let (disk, hot) = if dir.exists() {
+                    let (disk, hot, found) = Partition::open(&dir, opts)?;
+                    report.add_partition(found);
+                    (disk, hot)
+                } else {
+                    // Created but its files never made (a stop between the two), or removed by hand.
+                    if !report.recreated.contains(&topic.name) {
+                        report.recreated.push(topic.name.clone());
+                    }
+                    (Partition::create(&dir, 1, opts)?, Vec::new())
+                };
+                if let Durability::Interval(every) = topic.durability {
+                    store.sync_every(&disk.gate(), every);
+                }
+                logs.push(Log::on_disk(disk, hot));
             }
-            let log = Log::on_disk(disk, hot);
             let created = meta.topics_created.get(&topic.name).copied();
-            let mut state = TopicState::with_log(topic, log, now);
+            let mut state = TopicState::with_logs(topic, logs, now);
             // When it was made survives a restart; records from before it was kept say nothing.
             state.created = created.unwrap_or(now);
-            state.counters.published = state.log.head_seq();
+            state.counters.published = state.heads().iter().sum();
             state.rebuild_dedup(now);
             let mut reg = engine.registry_mut();
             engine.insert_recovered(&mut reg, state)?;
@@ -69,10 +74,10 @@ impl Engine {
             };
             let dir = store.subscription_dir(&config.name);
             let mut state = lock(&cell.state);
-            let first = state.log.first_seq();
-            let head = state.log.head_seq();
+            let first = state.firsts();
+            let head = state.heads();
             let (journal, snapshot) = if dir.exists() {
-                let opened = SubJournal::open(&dir, config.ack_durability, first, head)?;
+                let opened = SubJournal::open(&dir, config.ack_durability, &first, &head)?;
                 if opened.missing_checkpoint {
                     report.missing_checkpoints.push(config.name.clone());
                 }
@@ -84,18 +89,27 @@ impl Engine {
             } else {
                 // Its files are gone: start over from the oldest retained message (at-least-once).
                 report.missing_checkpoints.push(config.name.clone());
-                (SubJournal::create(&dir, first, config.ack_durability)?, SubSnapshot::starting_at(first))
+                (
+                    SubJournal::create(&dir, &first, config.ack_durability)?,
+                    SubSnapshot::starting_at_each(&first),
+                )
             };
             let name = config.name.clone();
             let lease_base = engine.next_lease_base();
             let created = meta.subs_created.get(&config.name).copied();
-            let mut sub = SubState::new(config, snapshot.floor + 1, now, lease_base);
+            let starts: Vec<u64> = (0..state.partitions()).map(|p| snapshot.at(p).1 + 1).collect();
+            let mut sub = SubState::new(config, &starts, now, lease_base);
             sub.created = created.unwrap_or(now);
-            sub.restore(&snapshot, head, now);
+            sub.restore(&snapshot, &head, now);
             sub.journal = Some(journal);
             // Messages retention removed while the engine was down are simply gone (I4).
-            if sub.ack_floor + 1 < first {
-                sub.on_purged(sub.ack_floor + 1, first - 1);
+            for (p, &first) in first.iter().enumerate() {
+                let p = u32::try_from(p).unwrap_or(u32::MAX);
+                if let Some(floor) = sub.parts.get(p as usize).map(|x| x.ack_floor)
+                    && floor + 1 < first
+                {
+                    sub.on_purged(p, floor + 1, first - 1);
+                }
             }
             state.subs.push(sub);
             drop(state);
@@ -109,8 +123,9 @@ impl Engine {
                 let mut state = lock(&cell.state);
                 state.enforce_limits(now, &mut effects);
                 let state = &mut *state;
-                let ctx = Ctx { topic: &state.config.name, log: &state.log, now };
+                let ctx = Ctx { topic: &state.config.name, logs: &state.logs, now };
                 for sub in &mut state.subs {
+                    sub.rebuild_order(&ctx);
                     sub.settle_exhausted(&ctx, &mut effects);
                 }
                 state.persist_subs()?;
@@ -155,8 +170,10 @@ impl Engine {
         let mut first_error = None;
         for cell in reg.topics.values() {
             let mut state = lock(&cell.state);
-            if let Err(e) = state.log.close_disk() {
-                first_error.get_or_insert(EngineError::from(e));
+            for log in &mut state.logs {
+                if let Err(e) = log.close_disk() {
+                    first_error.get_or_insert(EngineError::from(e));
+                }
             }
             for sub in &mut state.subs {
                 if let Err(e) = sub.close_journal() {
@@ -177,8 +194,10 @@ impl Engine {
         let mut cut = Vec::new();
         for cell in cells {
             let state = lock(&cell.state);
-            if let Some(Ok(found)) = state.log.disk().map(|d| d.drop_unsynced()) {
-                cut.push(found);
+            for log in &state.logs {
+                if let Some(Ok(found)) = log.disk().map(|d| d.drop_unsynced()) {
+                    cut.push(found);
+                }
             }
         }
         cut

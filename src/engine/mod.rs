@@ -14,6 +14,7 @@ mod deadlines;
 mod dispatch;
 mod durable;
 mod log;
+mod ordering;
 mod publish;
 mod settle;
 pub mod stats;
@@ -269,17 +270,19 @@ impl Engine {
         let state = match &self.inner.store {
             Some(store) => {
                 config.storage = StorageKind::File;
-                let dir = store.partition_dir(&name, 0);
                 // Files left by a delete go; files with data that nothing names are never overwritten.
                 store.make_way(&store.topic_dir(&name))?;
                 // Recorded first: a stop before the files exist leaves a topic that recovery creates again,
                 // never files that no metadata names.
                 store.record(&MetaOp::CreateTopic { config: config.clone(), created: Some(now) })?;
-                let made = Partition::create(&dir, 1, partition_options(&config)).and_then(|disk| {
-                    crate::store::write_name_file(&store.topic_dir(&name), &name).map(|()| disk)
-                });
-                let disk = match made {
-                    Ok(disk) => disk,
+                let made = (0..config.partitions.max(1))
+                    .map(|p| self.create_partition(store, &config, p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .and_then(|logs| {
+                        crate::store::write_name_file(&store.topic_dir(&name), &name).map(|()| logs)
+                    });
+                let logs = match made {
+                    Ok(logs) => logs,
                     Err(e) => {
                         undo_create(
                             store,
@@ -289,10 +292,7 @@ impl Engine {
                         return Err(e.into());
                     }
                 };
-                if let Durability::Interval(every) = config.durability {
-                    store.sync_every(&disk.gate(), every);
-                }
-                TopicState::with_log(config, log::Log::on_disk(disk, Vec::new()), now)
+                TopicState::with_logs(config, logs, now)
             }
             None => {
                 config.storage = StorageKind::Memory;
@@ -311,6 +311,60 @@ impl Engine {
         }
         reg.topics.insert(name, cell);
         Ok(info)
+    }
+
+    /// Makes the files of partition `p` of a new topic (or of one that grows) and its log.
+    fn create_partition(&self, store: &Store, config: &TopicConfig, p: u32) -> Result<log::Log, StoreError> {
+        let disk = Partition::create(&store.partition_dir(&config.name, p), 1, partition_options(config))?;
+        if let Durability::Interval(every) = config.durability {
+            store.sync_every(&disk.gate(), every);
+        }
+        Ok(log::Log::on_disk(disk, Vec::new()))
+    }
+
+    /// Grows a topic to `partitions` partitions (`topics alter --partitions`). Shrinking is refused:
+    /// the messages of the partitions that would go, and every position in them, would be lost. The
+    /// new partitions start empty; keys hash over the new count from then on, so a key's later
+    /// messages may land in another partition than its earlier ones (as in Kafka).
+    pub fn set_partitions(&self, name: &Name, partitions: u32) -> Result<TopicInfo, EngineError> {
+        let cell = self.topic_cell(name)?;
+        let now = self.now();
+        // The registry's write lock keeps a close from running meanwhile.
+        let _reg = self.registry_mut();
+        let mut state = lock(&cell.state);
+        let current = state.partitions();
+        if partitions < current {
+            return Err(EngineError::InvalidConfig(format!(
+                "topic \"{name}\" has {current} partitions; partitions can be added but never removed (asked for {partitions})"
+            )));
+        }
+        let mut config = state.config.clone();
+        config.partitions = partitions;
+        config.check()?;
+        if partitions == current {
+            return Ok(state.info(now));
+        }
+        if let Some(store) = &self.inner.store {
+            // Recorded first: recovery makes the files of a partition the metadata names but the disk
+            // lacks, so a stop in between loses nothing.
+            store.record(&MetaOp::CreateTopic { config: config.clone(), created: Some(state.created) })?;
+            for p in current..partitions {
+                let log = self.create_partition(store, &config, p)?;
+                state.logs.push(log);
+                for sub in &mut state.subs {
+                    sub.parts.push(subscription::Part::default());
+                }
+            }
+        } else {
+            for _ in current..partitions {
+                state.logs.push(log::Log::new());
+                for sub in &mut state.subs {
+                    sub.parts.push(subscription::Part::default());
+                }
+            }
+        }
+        state.config.partitions = partitions;
+        Ok(state.info(now))
     }
 
     /// Deletes a topic with its subscriptions and messages.
@@ -378,22 +432,46 @@ impl Engine {
         Ok(info)
     }
 
-    /// Reads a topic's log without touching any subscription.
+    /// Reads a topic's log without touching any subscription. `At` reads one partition; the other
+    /// starts read every partition, merged in publish-time order (`Seq(s)` from seq s of each, `Last(n)`
+    /// the newest n of each).
     pub fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, EngineError> {
-        let from = from
-            .in_one_partition()
-            .map_err(|partition| EngineError::NoSuchPartition { topic: topic.clone(), partition })?;
         let cell = self.topic_cell(topic)?;
         let state = lock(&cell.state);
-        let log = &state.log;
-        let start = match from {
-            // `in_one_partition` made `At` a `Seq`; the engine's topics have one partition until the
-            // engine turns partitions on.
-            BrowseFrom::Seq(s) | BrowseFrom::At { seq: s, .. } => s.max(log.first_seq()),
-            BrowseFrom::Time(t) => log.seq_at_time(t),
-            BrowseFrom::Last(n) => log.head_seq().saturating_sub(n).saturating_add(1).max(log.first_seq()),
+        let read = |p: u32, log: &log::Log| -> Vec<Message> {
+            let start = match from {
+                BrowseFrom::Seq(s) | BrowseFrom::At { seq: s, .. } => s.max(log.first_seq()),
+                BrowseFrom::Time(t) => log.seq_at_time(t),
+                BrowseFrom::Last(n) => {
+                    log.head_seq().saturating_sub(n).saturating_add(1).max(log.first_seq())
+                }
+            };
+            (start..=log.head_seq()).take(max).filter_map(|s| log.message(topic, p, s)).collect()
         };
-        Ok((start..=log.head_seq()).take(max).filter_map(|s| log.message(topic, 0, s)).collect())
+        if let BrowseFrom::At { partition, .. } = from {
+            let log = state
+                .log(partition)
+                .ok_or_else(|| EngineError::NoSuchPartition { topic: topic.clone(), partition })?;
+            return Ok(read(partition, log));
+        }
+        if state.logs.len() == 1 {
+            return Ok(state.logs.first().map(|log| read(0, log)).unwrap_or_default());
+        }
+        let mut all: Vec<Message> = state
+            .logs
+            .iter()
+            .enumerate()
+            .flat_map(|(p, log)| read(u32::try_from(p).unwrap_or(u32::MAX), log))
+            .collect();
+        all.sort_by_key(|m| (m.publish_time, m.partition, m.seq));
+        if let BrowseFrom::Last(n) = from {
+            // The newest n over the topic, still oldest first.
+            let keep = usize::try_from(n).unwrap_or(usize::MAX).min(max);
+            let drop = all.len().saturating_sub(keep);
+            all.drain(..drop);
+        }
+        all.truncate(max);
+        Ok(all)
     }
 
     // ----- taps ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use super::{
     lock,
 };
 use crate::store::SyncGate;
-use crate::store::journal::SubOp;
+use crate::store::journal::{SubOp, split_key};
 
 impl Engine {
     /// Finds (or auto-creates) the topic that captures `subject`, saying whether this call created it.
@@ -91,18 +91,21 @@ impl Engine {
             let run_start = receipts.len();
             let waits = {
                 let mut state = lock(&cell.state);
-                let head_before = state.log.head_seq();
+                let heads_before = state.heads();
                 let mut next = Some(first);
                 while let Some(req) = next.take() {
                     match state.append(&req, now, &mut effects) {
-                        Ok((seq, duplicate)) => {
+                        Ok((partition, seq, duplicate)) => {
                             if taps_listening && !duplicate {
-                                let time = state.log.get(seq).map_or(now, |r| r.publish_time);
-                                for_taps.push(stored_message(&cell.name, seq, time, req));
+                                let time = state
+                                    .log(partition)
+                                    .and_then(|log| log.get(seq))
+                                    .map_or(now, |r| r.publish_time);
+                                for_taps.push(stored_message(&cell.name, partition, seq, time, req));
                             }
                             receipts.push(PublishReceipt {
                                 topic: None,
-                                partition: 0,
+                                partition,
                                 seq,
                                 taps: 0,
                                 duplicate,
@@ -117,9 +120,9 @@ impl Engine {
                     next = iter.next_if(|r| r.subject == subject);
                 }
                 let mut waits = Vec::new();
-                match state.commit_appends(head_before) {
+                match state.commit_appends(&heads_before) {
                     Ok(Committed::Durable) => {}
-                    Ok(Committed::Wait(gate, mark)) => waits.push((gate, mark)),
+                    Ok(Committed::Wait(syncs)) => waits.extend(syncs),
                     Ok(Committed::Unconfirmed(e)) => failure = Some(e),
                     Err(e) => {
                         // Nothing of this run was kept: report the first message of it as failed.
@@ -245,11 +248,11 @@ impl Engine {
         let mut effects = Effects::default();
         let (appended, waits) = {
             let mut state = lock(&cell.state);
-            let head_before = state.log.head_seq();
+            let heads_before = state.heads();
             let appended = state.append(&req, now, &mut effects).and_then(|a| {
-                let sync = match state.commit_appends(head_before)? {
-                    Committed::Durable => None,
-                    Committed::Wait(gate, mark) => Some((gate, mark)),
+                let sync = match state.commit_appends(&heads_before)? {
+                    Committed::Durable => Vec::new(),
+                    Committed::Wait(syncs) => syncs,
                     Committed::Unconfirmed(e) => return Err(e),
                 };
                 Ok((a, sync))
@@ -258,18 +261,19 @@ impl Engine {
                 state.dispatch_push(now, &mut effects);
             }
             let mut waits: Vec<_> = state.persist_subs().unwrap_or_default();
-            let appended = appended.map(|((seq, dup), sync)| {
+            let appended = appended.map(|((p, seq, dup), sync)| {
                 waits.extend(sync);
-                (seq, dup, state.log.get(seq).map_or(now, |r| r.publish_time))
+                let time = state.log(p).and_then(|log| log.get(seq)).map_or(now, |r| r.publish_time);
+                (p, seq, dup, time)
             });
             (appended, waits)
         };
         super::wait_all(waits)?;
         self.wake(&cell);
         self.apply(effects);
-        let (seq, duplicate, time) = appended?;
+        let (p, seq, duplicate, time) = appended?;
         if !duplicate {
-            self.offer_taps(|| stored_message(&cell.name, seq, time, req));
+            self.offer_taps(|| stored_message(&cell.name, p, seq, time, req));
         }
         Ok(())
     }
@@ -287,7 +291,7 @@ impl Engine {
             s.note(SubOp::Settle { seq });
             effects.events.push(EngineEvent::Terminated {
                 subscription: sub.clone(),
-                seq,
+                seq: split_key(seq).1,
                 attempt,
                 reason: "dead_letter_failed",
             });
@@ -317,9 +321,9 @@ impl Engine {
     }
 }
 
-fn stored_message(topic: &Name, seq: u64, time: Timestamp, req: PublishRequest) -> Message {
+fn stored_message(topic: &Name, partition: u32, seq: u64, time: Timestamp, req: PublishRequest) -> Message {
     let extra = MessageExtra::pack(req.key, req.msg_id, req.headers);
-    Message::new(topic.clone(), 0, seq, time, req.subject, extra, req.payload)
+    Message::new(topic.clone(), partition, seq, time, req.subject, extra, req.payload)
 }
 
 /// The syncs one run of a batch (consecutive messages to one topic) still owes.

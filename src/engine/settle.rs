@@ -11,14 +11,16 @@ use crate::model::config::{AckMode, Backoff};
 use crate::model::error::EngineError;
 use crate::model::event::EngineEvent;
 use crate::model::message::{AckRef, ConsumerId, PublishRequest};
-use crate::store::journal::SubOp;
+use crate::store::journal::{SubOp, pos_key, split_key};
 
 impl SubState {
     /// Finds the in-flight entry an `AckRef` names. `Ok(None)` means "already settled, nothing to do".
     /// `lenient` applies the non-strict rule, which SEMANTICS.md allows for acks only (T3s): nack, extend
     /// and term always need the current lease, so a stale holder cannot disturb the current one.
+    /// The entry's key (partition and seq, see `pos_key`) is returned.
     pub(super) fn leased(&mut self, r: &AckRef, lenient: bool) -> Result<Option<u64>, EngineError> {
         let seq = r.seq;
+        let key = pos_key(r.partition, seq);
         if r.lease >= self.next_lease || r.lease == 0 {
             return Err(EngineError::UnknownLease {
                 subscription: self.config.name.clone(),
@@ -30,18 +32,18 @@ impl SubState {
             // Handed out before the last seek: every such lease is void (T11).
             return Err(EngineError::StaleLease { subscription: self.config.name.clone(), seq });
         }
-        if seq > self.delivered_seq {
+        if self.parts.get(r.partition as usize).is_none_or(|part| seq > part.delivered_seq) {
             return Err(EngineError::NotDelivered { subscription: self.config.name.clone(), seq });
         }
-        match self.entries.get(&seq) {
+        match self.entries.get(&key) {
             None => Ok(None),
             Some(e) if e.state.is_terminal() => Ok(None),
-            Some(e) if e.state == DeliveryState::InFlight && e.lease == r.lease => Ok(Some(seq)),
+            Some(e) if e.state == DeliveryState::InFlight && e.lease == r.lease => Ok(Some(key)),
             Some(_) if self.config.strict_leases || !lenient => {
                 Err(EngineError::StaleLease { subscription: self.config.name.clone(), seq })
             }
             // Lenient leases (NATS behaviour): an outdated lease still settles the message.
-            Some(_) => Ok(Some(seq)),
+            Some(_) => Ok(Some(key)),
         }
     }
 
@@ -77,7 +79,7 @@ impl SubState {
             return Ok(());
         };
         self.settle_acked(seq, now);
-        self.advance_floor();
+        self.advance_floor_in(r.partition);
         Ok(())
     }
 
@@ -85,6 +87,7 @@ impl SubState {
         let consumer = self.entries.get(&seq).and_then(|e| e.consumer.clone());
         self.release(seq);
         self.entries.remove(&seq);
+        self.unblock(seq);
         self.note(SubOp::Settle { seq });
         self.counters.acked += 1;
         self.ack_rate.record(now, 1);
@@ -97,10 +100,11 @@ impl SubState {
         }
     }
 
-    /// T3c: ack every in-flight message of `consumer` with seq ≤ `through`.
+    /// T3c: ack every in-flight message of `consumer` in partition `p` with seq ≤ `through`.
     pub fn ack_cumulative(
         &mut self,
         consumer: &ConsumerId,
+        p: u32,
         through: u64,
         now: Timestamp,
     ) -> Result<u64, EngineError> {
@@ -114,14 +118,14 @@ impl SubState {
         }
         let seqs: Vec<u64> = self
             .entries
-            .range(..=through)
+            .range(pos_key(p, 0)..=pos_key(p, through))
             .filter(|(_, e)| e.state == DeliveryState::InFlight && e.consumer.as_ref() == Some(consumer))
             .map(|(s, _)| *s)
             .collect();
         for &seq in &seqs {
             self.settle_acked(seq, now);
         }
-        self.advance_floor();
+        self.advance_floor_in(p);
         Ok(seqs.len() as u64)
     }
 
@@ -151,11 +155,12 @@ impl SubState {
             return Err(EngineError::StaleLease { subscription: self.config.name.clone(), seq: r.seq });
         };
         let cap = self.config.max_lease;
+        let stale = || EngineError::StaleLease { subscription: self.config.name.clone(), seq: r.seq };
         let Some(entry) = self.entries.get_mut(&seq) else {
-            return Err(EngineError::StaleLease { subscription: self.config.name.clone(), seq });
+            return Err(stale());
         };
         if entry.state != DeliveryState::InFlight {
-            return Err(EngineError::StaleLease { subscription: self.config.name.clone(), seq });
+            return Err(stale());
         }
         let wanted = now.plus(by);
         let limit = entry.lease_start.plus(cap);
@@ -193,7 +198,7 @@ impl SubState {
         if max > 0 && attempt >= max {
             effects.events.push(EngineEvent::MaxDeliveries {
                 subscription: self.config.name.clone(),
-                seq,
+                seq: split_key(seq).1,
                 attempt,
             });
             self.give_up(seq, "max_deliveries", None, ctx, effects);
@@ -235,12 +240,14 @@ impl SubState {
         };
         let attempt = entry.attempt;
         let name = self.config.name.clone();
-        match (&self.config.dead_letter, ctx.log.get(seq)) {
+        let key = seq;
+        let (partition, seq) = split_key(key);
+        match (&self.config.dead_letter, ctx.record(key)) {
             (Some(dlt), Some(record)) => {
                 let record = &*record;
                 entry.state = DeliveryState::DeadLettered;
                 self.counters.dead_lettered += 1;
-                let message = to_message(ctx.topic, 0, seq, record);
+                let message = to_message(ctx.topic, partition, seq, record);
                 let mut copy = PublishRequest {
                     subject: dlt.clone(),
                     key: message.key().cloned(),
@@ -253,7 +260,7 @@ impl SubState {
                 h.insert("x-dead-letter-source-topic".into(), ctx.topic.to_string());
                 h.insert("x-dead-letter-source-subject".into(), message.subject().to_string());
                 h.insert("x-dead-letter-subscription".into(), name.to_string());
-                h.insert("x-dead-letter-partition".into(), "0".into());
+                h.insert("x-dead-letter-partition".into(), partition.to_string());
                 h.insert("x-dead-letter-seq".into(), seq.to_string());
                 h.insert("x-dead-letter-delivery-count".into(), attempt.to_string());
                 h.insert("x-dead-letter-reason".into(), reason.into());
@@ -268,7 +275,7 @@ impl SubState {
                     topic: dlt.clone(),
                     copy,
                     subscription: name.clone(),
-                    seq,
+                    seq: key,
                     attempt,
                 });
                 effects.events.push(EngineEvent::DeadLettered {
@@ -287,10 +294,12 @@ impl SubState {
         }
         let dead_lettered = entry.state == DeliveryState::DeadLettered;
         entry.consumer = None;
+        // A dead letter or a term unblocks the message's key (SEMANTICS.md §9.6).
+        self.unblock(key);
         // A dead-lettered message is journaled as settled only once its copy is in the dead-letter topic
         // (`Engine::apply`), so a crash in between dead-letters it again instead of losing the copy.
         if !dead_lettered {
-            self.note(SubOp::Settle { seq });
+            self.note(SubOp::Settle { seq: key });
         }
     }
 

@@ -3,13 +3,14 @@
 use std::time::Duration;
 
 use super::log::Log;
-use super::subscription::SubState;
+use super::subscription::{Part, SubState};
 use crate::model::clock::Timestamp;
-use crate::model::config::AckMode;
+use crate::model::config::{AckMode, Ordering};
 use crate::model::name::Name;
 use crate::model::{
     BlockedBy, ConsumerInfo, DeliveryState, MessageAckState, PartitionLag, PeekReport, SubscriptionInfo,
 };
+use crate::store::journal::{partition_keys, pos_key, split_key};
 
 /// Seconds of history a rate meter keeps.
 const RATE_SLOTS: usize = 16;
@@ -89,17 +90,11 @@ fn slot(sec: i64) -> usize {
     usize::try_from(sec.rem_euclid(RATE_SLOTS as i64)).unwrap_or(0)
 }
 
-/// Computes the §9.7 metrics of `sub` over `log`.
-pub(crate) fn subscription_info(
-    sub: &SubState,
-    topic: &Name,
-    log: &Log,
-    publish_rate: f64,
-    now: Timestamp,
-) -> SubscriptionInfo {
+/// Pending messages (and their bytes) of partition `part` of `sub` over `log`: covered, above the cursor.
+fn pending_in(sub: &SubState, topic: &Name, log: &Log, part: Part) -> (u64, u64, u64) {
     let head = log.head_seq();
-    let from = sub.delivered_seq.max(log.first_seq().saturating_sub(1));
-    let (pending, pending_bytes) = if sub.config.filter.is_empty() {
+    let from = part.delivered_seq.max(log.first_seq().saturating_sub(1));
+    let (pending, bytes) = if sub.config.filter.is_empty() {
         (head.saturating_sub(from), log.bytes_between(from, head))
     } else {
         // A filtered subscription counts only what it covers, which needs a look at each subject.
@@ -108,21 +103,78 @@ pub(crate) fn subscription_info(
             .filter(|r| sub.covers(r.subject_or(topic).as_str()))
             .fold((0, 0), |(n, b), r| (n + 1, b + r.size()))
     };
+    (pending, bytes, from)
+}
+
+/// Computes the §9.7 metrics of `sub` over the topic's partitions `logs`. With more than one partition
+/// the seq figures (`head_seq`, `first_seq`, `delivered_seq`, `ack_floor`) are sums over the
+/// partitions, so that `head_seq − ack_floor` is still the total offset lag; `partitions` has each one.
+pub(crate) fn subscription_info(
+    sub: &SubState,
+    topic: &Name,
+    logs: &[Log],
+    publish_rate: f64,
+    now: Timestamp,
+) -> SubscriptionInfo {
+    let mut pending = 0;
+    let mut pending_bytes = 0;
+    let mut head = 0u64;
+    let mut first = 0u64;
+    let mut delivered = 0u64;
+    let mut floor = 0u64;
+    let mut lags = Vec::with_capacity(logs.len());
+    // The oldest pending message: (publish time, partition, seq).
+    let mut oldest_pending: Option<(Timestamp, u32, u64)> = None;
+    for (p, (log, part)) in logs.iter().zip(&sub.parts).enumerate() {
+        let partition = u32::try_from(p).unwrap_or(u32::MAX);
+        let (n, bytes, from) = pending_in(sub, topic, log, *part);
+        pending += n;
+        pending_bytes += bytes;
+        if n > 0
+            && let Some(seq) = first_covered(sub, topic, log, from)
+            && let Some(time) = log.get(seq).map(|r| r.publish_time)
+            && oldest_pending.is_none_or(|(t, _, _)| time < t)
+        {
+            oldest_pending = Some((time, partition, seq));
+        }
+        head += log.head_seq();
+        first += log.first_seq();
+        delivered += part.delivered_seq;
+        floor += part.ack_floor;
+        lags.push(PartitionLag {
+            partition,
+            ack_floor: part.ack_floor,
+            head_seq: log.head_seq(),
+            lag: log.head_seq().saturating_sub(part.ack_floor),
+            owner: None,
+        });
+    }
     let live = sub.entries.values().filter(|e| !e.state.is_terminal());
     let (unsettled_bytes, redelivered) =
         live.fold((0, 0), |(b, r), e| (b + e.bytes, r + u64::from(e.attempt >= 2)));
     let in_flight = u64::from(sub.in_flight);
     let delayed = sub.delayed.len() as u64;
     let redeliverable = sub.ready.len() as u64;
+    // Messages the cursor passed that wait for their ordering line have never been delivered: pending.
+    let unheld = pending;
+    pending += sub.order.held();
     let backlog = pending + in_flight + delayed + redeliverable;
-    let oldest_unsettled = sub
-        .entries
-        .iter()
-        .find(|(_, e)| !e.state.is_terminal())
-        .map(|(s, _)| *s)
-        .or_else(|| (pending > 0).then(|| first_covered(sub, topic, log, from)).flatten());
-    let age_of =
-        |seq: Option<u64>| seq.and_then(|s| log.get(s)).map_or(Duration::ZERO, |r| now.since(r.publish_time));
+    let time_of = |key: u64| {
+        let (p, seq) = split_key(key);
+        logs.get(p as usize).and_then(|log| log.get(seq)).map(|r| r.publish_time)
+    };
+    // The oldest unsettled message is the oldest of each partition's lowest unsettled one.
+    let oldest_unsettled = (0..logs.len())
+        .filter_map(|p| {
+            let p = u32::try_from(p).unwrap_or(u32::MAX);
+            sub.entries
+                .range(partition_keys(p))
+                .find(|(_, e)| !e.state.is_terminal())
+                .and_then(|(&k, _)| time_of(k))
+        })
+        .chain(oldest_pending.map(|(t, _, _)| t))
+        .min();
+    let age_of = |time: Option<Timestamp>| time.map_or(Duration::ZERO, |t| now.since(t));
     let deliver_rate = sub.deliver_rate.rate(now);
     let ack_rate = sub.ack_rate.rate(now);
     let drain = ack_rate - publish_rate;
@@ -137,11 +189,12 @@ pub(crate) fn subscription_info(
         dead_letter: sub.config.dead_letter.clone(),
         max_deliveries: sub.config.max_deliveries,
         max_in_flight: sub.config.max_in_flight,
+        ordering: sub.config.ordering,
         ephemeral: !matches!(sub.config.lifetime, crate::model::config::Lifetime::Durable),
         head_seq: head,
-        first_seq: log.first_seq(),
-        delivered_seq: sub.delivered_seq,
-        ack_floor: sub.ack_floor,
+        first_seq: first,
+        delivered_seq: delivered,
+        ack_floor: floor,
         pending,
         in_flight,
         delayed,
@@ -149,9 +202,13 @@ pub(crate) fn subscription_info(
         redelivered,
         backlog,
         backlog_bytes: Some(pending_bytes + unsettled_bytes),
-        offset_lag: head.saturating_sub(sub.ack_floor),
+        offset_lag: lags.iter().map(|l| l.lag).sum(),
         oldest_unacked_age: Some(age_of(oldest_unsettled)),
-        oldest_pending_age: Some(if pending > 0 { age_of(Some(from + 1)) } else { Duration::ZERO }),
+        oldest_pending_age: Some(if pending > 0 {
+            age_of(oldest_pending.map(|(t, _, _)| t))
+        } else {
+            Duration::ZERO
+        }),
         consumers: sub
             .consumers
             .iter()
@@ -171,15 +228,14 @@ pub(crate) fn subscription_info(
         deliver_rate: Some(deliver_rate),
         ack_rate: Some(ack_rate),
         eta,
-        blocked_by: blocked_by(sub, pending + redeliverable, delayed),
+        blocked_by: blocked_by(sub, pending + redeliverable, delayed).or_else(|| {
+            // Nothing else in the way, yet work waits: it waits for earlier messages of its line.
+            let waits = sub.order.held() > 0 || (sub.config.ordering == Ordering::Strict && unheld > 0);
+            (sub.ordered() && redeliverable == 0 && waits && in_flight + delayed > 0)
+                .then_some(BlockedBy::Ordering)
+        }),
         created: Some(sub.created),
-        partitions: vec![PartitionLag {
-            partition: 0,
-            ack_floor: sub.ack_floor,
-            head_seq: head,
-            lag: head.saturating_sub(sub.ack_floor),
-            owner: None,
-        }],
+        partitions: lags,
     }
 }
 
@@ -209,15 +265,42 @@ fn blocked_by(sub: &SubState, waiting: u64, delayed: u64) -> Option<BlockedBy> {
     None
 }
 
-/// Per-message ack state of `sub` from the floor up, at most `limit` messages from `from`.
-pub(crate) fn peek(sub: &SubState, topic: &Name, log: &Log, from: u64, limit: usize) -> PeekReport {
-    let start = from.max(sub.ack_floor + 1).max(log.first_seq());
+/// Per-message ack state of `sub` from the floor up: in each partition at most `limit` messages from
+/// `from`. The report's seq figures are sums over partitions, as in [`subscription_info`].
+pub(crate) fn peek(sub: &SubState, topic: &Name, logs: &[Log], from: u64, limit: usize) -> PeekReport {
     let mut messages = Vec::new();
+    for (p, (log, part)) in logs.iter().zip(&sub.parts).enumerate() {
+        let partition = u32::try_from(p).unwrap_or(u32::MAX);
+        peek_partition(sub, topic, log, partition, *part, from, limit, &mut messages);
+    }
+    PeekReport {
+        subscription: sub.config.name.clone(),
+        ack_floor: sub.parts.iter().map(|p| p.ack_floor).sum(),
+        delivered_seq: sub.parts.iter().map(|p| p.delivered_seq).sum(),
+        head_seq: logs.iter().map(Log::head_seq).sum(),
+        messages,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn peek_partition(
+    sub: &SubState,
+    topic: &Name,
+    log: &Log,
+    partition: u32,
+    part: Part,
+    from: u64,
+    limit: usize,
+    messages: &mut Vec<MessageAckState>,
+) {
+    let start = from.max(part.ack_floor + 1).max(log.first_seq());
     let mut seq = start;
-    while seq <= log.head_seq() && messages.len() < limit {
+    let mut taken = 0;
+    while seq <= log.head_seq() && taken < limit {
         let covered = log.get(seq).is_some_and(|r| sub.covers(r.subject_or(topic).as_str()));
-        let state = match sub.entries.get(&seq) {
+        let state = match sub.entries.get(&pos_key(partition, seq)) {
             Some(e) => MessageAckState {
+                partition,
                 seq,
                 state: e.state,
                 attempt: e.attempt,
@@ -230,12 +313,13 @@ pub(crate) fn peek(sub: &SubState, topic: &Name, log: &Log, from: u64, limit: us
             None => {
                 let state = if !covered {
                     DeliveryState::Filtered
-                } else if seq <= sub.delivered_seq {
+                } else if seq <= part.delivered_seq {
                     DeliveryState::Acked
                 } else {
                     DeliveryState::Available
                 };
                 MessageAckState {
+                    partition,
                     seq,
                     state,
                     attempt: 0,
@@ -248,14 +332,8 @@ pub(crate) fn peek(sub: &SubState, topic: &Name, log: &Log, from: u64, limit: us
             }
         };
         messages.push(state);
+        taken += 1;
         seq += 1;
-    }
-    PeekReport {
-        subscription: sub.config.name.clone(),
-        ack_floor: sub.ack_floor,
-        delivered_seq: sub.delivered_seq,
-        head_seq: log.head_seq(),
-        messages,
     }
 }
 

@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use super::consumer::ConsumerState;
 use super::deadlines::DeadlineQueue;
-use super::log::{Log, Record};
+use super::log::{Log, Record, RecordRef};
+use super::ordering::{LineKey, OrderGate};
 use super::stats::RateMeter;
 use crate::model::clock::Timestamp;
-use crate::model::config::SubscriptionConfig;
+use crate::model::config::{AckMode, Ordering, SubscriptionConfig};
 use crate::model::event::EngineEvent;
 use crate::model::message::{ConsumerId, PublishRequest};
 use crate::model::name::Name;
 use crate::model::{DeliveryState, SubCounters};
-use crate::store::journal::{Pending, SubJournal, SubOp, SubSnapshot};
+use crate::store::journal::{Pending, SubJournal, SubOp, SubSnapshot, partition_keys, pos_key, split_key};
 use crate::store::{StoreError, SyncGate};
 
 /// Per-message state kept between the ack floor and the cursor.
@@ -72,8 +73,29 @@ pub(crate) struct DeadLetter {
 /// What an operation needs to know about the topic it runs in.
 pub(crate) struct Ctx<'a> {
     pub topic: &'a Name,
-    pub log: &'a Log,
+    /// The topic's partitions, by number.
+    pub logs: &'a [Log],
     pub now: Timestamp,
+}
+
+impl<'a> Ctx<'a> {
+    /// Partition `p`'s log.
+    pub fn log(&self, p: u32) -> Option<&'a Log> {
+        self.logs.get(p as usize)
+    }
+
+    /// The record a key of [`pos_key`] names.
+    pub fn record(&self, key: u64) -> Option<RecordRef<'a>> {
+        let (p, seq) = split_key(key);
+        self.log(p)?.get(seq)
+    }
+}
+
+/// One partition's cursor and ack floor in a subscription.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Part {
+    pub delivered_seq: u64,
+    pub ack_floor: u64,
 }
 
 /// A subscription and all its delivery state.
@@ -81,8 +103,9 @@ pub(crate) struct Ctx<'a> {
 pub(crate) struct SubState {
     pub config: SubscriptionConfig,
     pub created: Timestamp,
-    pub delivered_seq: u64,
-    pub ack_floor: u64,
+    /// Cursor and floor of each partition of the topic.
+    pub parts: Vec<Part>,
+    /// Keyed by [`pos_key`] (partition and seq), so one partition's entries are a contiguous range.
     pub entries: BTreeMap<u64, Entry>,
     /// AVAILABLE messages with attempt ≥ 1, redelivered before new ones.
     pub ready: BTreeSet<u64>,
@@ -102,17 +125,24 @@ pub(crate) struct SubState {
     /// Leases below this were issued before the last seek and are void.
     pub(super) lease_floor: u64,
     pub(super) round_robin: usize,
+    /// The partition the next new message is looked for in first, so partitions take turns.
+    pub(super) next_part: usize,
     pub(super) jitter_seed: u64,
     /// The durable journal of a durable subscription on a file-backed topic.
     pub(super) journal: Option<SubJournal>,
+    /// The ordering lines (PerKey, Strict); empty without ordering.
+    pub(super) order: OrderGate,
 }
 
 impl SubState {
-    /// A subscription whose first delivery will be `start_seq`.
+    /// A subscription whose first delivery in partition `p` will be `starts[p]`.
     /// `lease_base` makes lease tokens unique across subscriptions, including a deleted and re-created
     /// one of the same name, so an old token can never settle a message of the new one.
-    pub fn new(config: SubscriptionConfig, start_seq: u64, now: Timestamp, lease_base: u64) -> Self {
-        let floor = start_seq.saturating_sub(1);
+    pub fn new(config: SubscriptionConfig, starts: &[u64], now: Timestamp, lease_base: u64) -> Self {
+        let parts = starts
+            .iter()
+            .map(|s| Part { delivered_seq: s.saturating_sub(1), ack_floor: s.saturating_sub(1) })
+            .collect();
         let jitter_seed = config
             .name
             .as_str()
@@ -121,8 +151,7 @@ impl SubState {
         SubState {
             config,
             created: now,
-            delivered_seq: floor,
-            ack_floor: floor,
+            parts,
             entries: BTreeMap::new(),
             ready: BTreeSet::new(),
             delayed: BTreeSet::new(),
@@ -137,8 +166,62 @@ impl SubState {
             next_lease: lease_base.max(1),
             lease_floor: lease_base.max(1),
             round_robin: 0,
+            next_part: 0,
             jitter_seed,
             journal: None,
+            order: OrderGate::default(),
+        }
+    }
+
+    /// Whether deliveries pass an ordering gate: an ordering is set and messages are acked (without
+    /// acks every message is settled as it is handed out, so nothing can overtake anything).
+    pub(super) fn ordered(&self) -> bool {
+        self.config.ordering != Ordering::None && self.config.ack != AckMode::None
+    }
+
+    /// The ordering line of a message of partition `p`: its key's under PerKey (none without a key),
+    /// the partition's under Strict.
+    pub(super) fn line_of(&self, p: u32, record: &Record) -> Option<LineKey> {
+        match self.config.ordering {
+            Ordering::None => None,
+            Ordering::Strict => Some((p, bytes::Bytes::new())),
+            Ordering::PerKey => record.extra.as_ref().and_then(|e| e.key.clone()).map(|k| (p, k)),
+        }
+    }
+
+    /// An entry became terminal or went away: its line releases the next message, which becomes ready.
+    pub(super) fn unblock(&mut self, key: u64) {
+        if let Some(next) = self.order.settled(key)
+            && let Some(entry) = self.entries.get_mut(&next)
+            && entry.state == DeliveryState::Available
+        {
+            self.ready.insert(next);
+        }
+    }
+
+    /// Puts restored entries back in their lines (after a restart every unsettled message came back
+    /// ready): the first unsettled message of each line stays, the later ones wait behind it.
+    pub fn rebuild_order(&mut self, ctx: &Ctx<'_>) {
+        if !self.ordered() {
+            return;
+        }
+        let keys: Vec<u64> =
+            self.entries.iter().filter(|(_, e)| !e.state.is_terminal()).map(|(k, _)| *k).collect();
+        for key in keys {
+            let (p, _) = split_key(key);
+            let Some(line) = ctx.record(key).and_then(|r| self.line_of(p, &r)) else {
+                continue;
+            };
+            if !self.order.is_busy(&line) {
+                self.order.activate(line, key);
+                continue;
+            }
+            self.release(key);
+            if let Some(entry) = self.entries.get_mut(&key) {
+                entry.state = DeliveryState::Available;
+                entry.consumer = None;
+            }
+            self.order.hold(line, key);
         }
     }
 
@@ -155,8 +238,11 @@ impl SubState {
         let Some(journal) = &mut self.journal else {
             return Ok(None);
         };
-        if journal.recorded_cursor != self.delivered_seq {
-            journal.stage(SubOp::Cursor { seq: self.delivered_seq });
+        for (p, part) in self.parts.iter().enumerate() {
+            if journal.recorded_cursors.get(p).copied().unwrap_or(0) != part.delivered_seq {
+                let p = u32::try_from(p).unwrap_or(u32::MAX);
+                journal.stage(SubOp::Cursor { seq: pos_key(p, part.delivered_seq) });
+            }
         }
         let wait = journal.commit()?;
         if journal.wants_checkpoint() {
@@ -179,9 +265,11 @@ impl SubState {
                 (seq, Pending { attempt: e.attempt, not_before })
             })
             .collect();
+        let first = self.parts.first().copied().unwrap_or_default();
         SubSnapshot {
-            cursor: self.delivered_seq,
-            floor: self.ack_floor,
+            cursor: first.delivered_seq,
+            floor: first.ack_floor,
+            parts: self.parts.iter().skip(1).map(|p| (p.delivered_seq, p.ack_floor)).collect(),
             pending,
             counters: Some(self.counters.clone()),
         }
@@ -208,16 +296,29 @@ impl SubState {
     /// Rebuilds the state a durable subscription had before a restart: seqs up to the cursor without an
     /// entry are settled, an in-flight message becomes available again with its attempt count (its lease
     /// did not survive), a delayed one keeps its wall-clock not-before.
-    pub fn restore(&mut self, snapshot: &SubSnapshot, head_seq: u64, now: Timestamp) {
+    /// `heads[p]` is partition `p`'s head; a partition the snapshot does not know (added while the
+    /// engine was down) starts at its beginning.
+    pub fn restore(&mut self, snapshot: &SubSnapshot, heads: &[u64], now: Timestamp) {
         if let Some(counters) = &snapshot.counters {
             self.counters = counters.clone();
         }
-        self.delivered_seq = snapshot.cursor.min(head_seq);
-        self.ack_floor = snapshot.floor.min(self.delivered_seq);
+        self.parts = heads
+            .iter()
+            .enumerate()
+            .map(|(p, &head)| {
+                let (cursor, floor) = snapshot.at(u32::try_from(p).unwrap_or(u32::MAX));
+                let delivered_seq = cursor.min(head);
+                Part { delivered_seq, ack_floor: floor.min(delivered_seq) }
+            })
+            .collect();
         self.entries.clear();
         self.ready.clear();
         self.delayed.clear();
-        for (&seq, pending) in snapshot.pending.range(..=self.delivered_seq) {
+        for (&seq, pending) in &snapshot.pending {
+            let (p, s) = split_key(seq);
+            if self.parts.get(p as usize).is_none_or(|part| s > part.delivered_seq) {
+                continue;
+            }
             let delayed = pending.not_before.filter(|&t| t > now);
             let state = if delayed.is_some() { DeliveryState::Delayed } else { DeliveryState::Available };
             self.entries.insert(
@@ -280,8 +381,9 @@ impl SubState {
     }
 
     /// Whether anything could be dispatched right now, credit permitting.
-    pub fn has_deliverable(&self, log: &Log) -> bool {
-        !self.ready.is_empty() || self.delivered_seq < log.head_seq()
+    pub fn has_deliverable(&self, logs: &[Log]) -> bool {
+        !self.ready.is_empty()
+            || self.parts.iter().zip(logs).any(|(part, log)| part.delivered_seq < log.head_seq())
     }
 
     /// The consumer's index, registering it (as a pull consumer) on first sight.
@@ -298,39 +400,65 @@ impl SubState {
         self.consumers.len() - 1
     }
 
-    /// Passes the cursor over messages the filter does not cover that sit directly above it, so they
-    /// count as FILTERED (T1f) as soon as they exist, and the floor can move past them (I3).
-    pub fn skip_uncovered(&mut self, topic: &Name, log: &Log) {
+    /// [`SubState::skip_uncovered_in`] for every partition.
+    pub fn skip_uncovered(&mut self, topic: &Name, logs: &[Log]) {
+        if self.config.filter.is_empty() {
+            return;
+        }
+        for (p, log) in logs.iter().enumerate() {
+            self.skip_uncovered_in(u32::try_from(p).unwrap_or(u32::MAX), topic, log);
+        }
+    }
+
+    /// Passes partition `p`'s cursor over messages the filter does not cover that sit directly above
+    /// it, so they count as FILTERED (T1f) as soon as they exist, and the floor can move past them (I3).
+    pub fn skip_uncovered_in(&mut self, p: u32, topic: &Name, log: &Log) {
         if self.config.filter.is_empty() {
             return;
         }
         let mut moved = false;
-        while self.delivered_seq < log.head_seq() {
-            let next = self.delivered_seq + 1;
+        let Some(mut delivered) = self.parts.get(p as usize).map(|x| x.delivered_seq) else {
+            return;
+        };
+        while delivered < log.head_seq() {
+            let next = delivered + 1;
             match log.get(next) {
                 Some(record) if self.covers_record(topic, &record) => break,
                 Some(_) => self.counters.filtered += 1,
                 None => {}
             }
-            self.delivered_seq = next;
+            delivered = next;
             moved = true;
         }
         if moved {
-            self.advance_floor();
+            if let Some(part) = self.parts.get_mut(p as usize) {
+                part.delivered_seq = delivered;
+            }
+            self.advance_floor_in(p);
         }
     }
 
-    /// Moves the ack floor over every settled message directly above it (I3).
+    /// Moves every partition's ack floor over the settled messages directly above it (I3).
     pub fn advance_floor(&mut self) {
-        while let Some((&seq, entry)) = self.entries.first_key_value() {
+        for p in 0..self.parts.len() {
+            self.advance_floor_in(u32::try_from(p).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// Moves partition `p`'s ack floor over every settled message directly above it (I3).
+    pub fn advance_floor_in(&mut self, p: u32) {
+        let mut floor = None;
+        while let Some((&key, entry)) = self.entries.range(partition_keys(p)).next() {
             if entry.state.is_terminal() {
-                self.entries.remove(&seq);
+                self.entries.remove(&key);
             } else {
-                self.ack_floor = seq - 1;
-                return;
+                floor = Some(split_key(key).1 - 1);
+                break;
             }
         }
-        self.ack_floor = self.delivered_seq;
+        if let Some(part) = self.parts.get_mut(p as usize) {
+            part.ack_floor = floor.unwrap_or(part.delivered_seq);
+        }
     }
 
     /// T6 and T8: expire leases and release backoffs that are due.
@@ -345,7 +473,7 @@ impl SubState {
             self.counters.deadline_expired += 1;
             effects.events.push(EngineEvent::DeadlineExpired {
                 subscription: self.config.name.clone(),
-                seq,
+                seq: split_key(seq).1,
                 attempt,
                 consumer,
             });
@@ -452,63 +580,88 @@ impl SubState {
         !pushing && !holding && now.since(last) >= ttl
     }
 
-    /// T11: every lease is dropped; seq < `next` counts as acked, retained seq ≥ `next` is pending again.
-    pub fn seek(&mut self, next: u64, effects: &mut Effects) {
-        self.entries.clear();
-        self.ready.clear();
-        self.delayed.clear();
-        self.deadlines.clear();
-        self.in_flight = 0;
-        self.in_flight_bytes = 0;
-        for c in &mut self.consumers {
-            c.in_flight = 0;
+    /// T11: each `(partition, next)` of `targets` moves: its leases are dropped, its seq < `next`
+    /// counts as acked, its retained seq ≥ `next` is pending again. When every partition moves, every
+    /// lease handed out so far is void.
+    pub fn seek(&mut self, targets: &[(u32, u64)], effects: &mut Effects) {
+        for &(p, next) in targets {
+            let keys: Vec<u64> = self.entries.range(partition_keys(p)).map(|(k, _)| *k).collect();
+            for key in keys {
+                self.release(key);
+                self.entries.remove(&key);
+            }
+            self.order.clear_partition(p);
+            if let Some(part) = self.parts.get_mut(p as usize) {
+                part.delivered_seq = next.saturating_sub(1);
+                part.ack_floor = part.delivered_seq;
+            }
+            self.note(SubOp::Seek { next: pos_key(p, next) });
+            effects.events.push(EngineEvent::Seek { subscription: self.config.name.clone(), next_seq: next });
         }
-        self.delivered_seq = next.saturating_sub(1);
-        self.ack_floor = self.delivered_seq;
-        self.lease_floor = self.next_lease;
-        self.note(SubOp::Seek { next });
-        effects.events.push(EngineEvent::Seek { subscription: self.config.name.clone(), next_seq: next });
+        if targets.len() >= self.parts.len() {
+            self.lease_floor = self.next_lease;
+        }
         effects.wake = true;
     }
 
-    /// `topic purge` removed every seq in `first..=head` at once.
-    pub fn on_purged(&mut self, first: u64, head: u64) {
-        let unsettled: Vec<u64> =
-            self.entries.range(..=head).filter(|(_, e)| !e.state.is_terminal()).map(|(s, _)| *s).collect();
-        for seq in unsettled {
-            self.release(seq);
+    /// `topic purge` removed every seq in `first..=head` of partition `p` at once.
+    pub fn on_purged(&mut self, p: u32, first: u64, head: u64) {
+        let unsettled: Vec<u64> = self
+            .entries
+            .range(pos_key(p, 0)..=pos_key(p, head))
+            .filter(|(_, e)| !e.state.is_terminal())
+            .map(|(s, _)| *s)
+            .collect();
+        for key in unsettled {
+            self.release(key);
             self.counters.expired_unacked += 1;
         }
-        self.entries = self.entries.split_off(&(head + 1));
-        if self.delivered_seq < head {
-            // Filtered subscriptions count every purged message here: the records are not read back.
-            self.counters.expired_unacked += head - self.delivered_seq.max(first.saturating_sub(1));
-            self.delivered_seq = head;
+        let gone: Vec<u64> = self.entries.range(pos_key(p, 0)..=pos_key(p, head)).map(|(k, _)| *k).collect();
+        for key in gone {
+            self.entries.remove(&key);
         }
-        self.ack_floor = self.ack_floor.max(head);
-        self.advance_floor();
+        self.order.clear_partition(p);
+        let Some(part) = self.parts.get_mut(p as usize) else {
+            return;
+        };
+        if part.delivered_seq < head {
+            // Filtered subscriptions count every purged message here: the records are not read back.
+            self.counters.expired_unacked += head - part.delivered_seq.max(first.saturating_sub(1));
+            part.delivered_seq = head;
+        }
+        part.ack_floor = part.ack_floor.max(head);
+        self.advance_floor_in(p);
     }
 
-    /// T10: retention removed `seq`; an unsettled copy here becomes EXPIRED. Without the record (a cold
-    /// one not read back) a filtered subscription counts it as covered.
-    pub fn on_removed(&mut self, topic: &Name, seq: u64, record: Option<&Record>) {
-        if seq <= self.ack_floor {
+    /// T10: retention removed `seq` of partition `p`; an unsettled copy here becomes EXPIRED. Without
+    /// the record (a cold one not read back) a filtered subscription counts it as covered.
+    pub fn on_removed(&mut self, p: u32, topic: &Name, seq: u64, record: Option<&Record>) {
+        let Some(part) = self.parts.get(p as usize).copied() else {
+            return;
+        };
+        if seq <= part.ack_floor {
             return;
         }
-        if seq <= self.delivered_seq {
-            if self.entries.get(&seq).is_some_and(|e| !e.state.is_terminal()) {
-                self.release(seq);
+        let key = pos_key(p, seq);
+        let mut delivered = part.delivered_seq;
+        if seq <= part.delivered_seq {
+            if self.entries.get(&key).is_some_and(|e| !e.state.is_terminal()) {
+                self.release(key);
                 self.counters.expired_unacked += 1;
             }
-            self.entries.remove(&seq);
+            self.entries.remove(&key);
+            self.unblock(key);
         } else {
             if record.is_none_or(|r| self.covers_record(topic, r)) {
                 self.counters.expired_unacked += 1;
             }
-            self.delivered_seq = seq;
+            delivered = seq;
         }
-        // Everything at or below `seq` is gone, so the floor is at least `seq` (I4).
-        self.ack_floor = self.ack_floor.max(seq);
-        self.advance_floor();
+        if let Some(part) = self.parts.get_mut(p as usize) {
+            part.delivered_seq = delivered;
+            // Everything at or below `seq` is gone, so the floor is at least `seq` (I4).
+            part.ack_floor = part.ack_floor.max(seq);
+        }
+        self.advance_floor_in(p);
     }
 }

@@ -14,33 +14,39 @@ use crate::model::message::{MessageExtra, PublishRequest};
 use crate::model::name::Name;
 use crate::model::{PartitionInfo, TopicCounters, TopicInfo};
 use crate::store::SyncGate;
+use crate::store::journal::{pos_key, split_key};
 
 /// Everything about one topic that changes; guarded by the topic's mutex.
 #[derive(Debug)]
 pub(crate) struct TopicState {
     pub config: TopicConfig,
-    pub log: Log,
+    /// One log per partition, by number.
+    pub logs: Vec<Log>,
     pub subs: Vec<SubState>,
     pub counters: TopicCounters,
     pub publish_rate: RateMeter,
     pub created: Timestamp,
-    /// msg_id → seq for the dedup window, with the ids in publish order for eviction.
+    /// msg_id → partition and seq (a key of `pos_key`) for the dedup window, with the ids in publish
+    /// order for eviction.
     dedup: HashMap<String, u64>,
     dedup_order: VecDeque<(Timestamp, String)>,
     /// True while any subscription has a push consumer, so publishes skip push dispatch otherwise.
     pub has_push: bool,
+    /// The partition the next message without a key (and without `--partition`) goes to.
+    next_partition: u32,
 }
 
 impl TopicState {
     pub fn new(config: TopicConfig, now: Timestamp) -> Self {
-        TopicState::with_log(config, Log::new(), now)
+        let logs = (0..config.partitions.max(1)).map(|_| Log::new()).collect();
+        TopicState::with_logs(config, logs, now)
     }
 
-    /// A topic over an existing log (a durable one reopened, or a new one on disk).
-    pub fn with_log(config: TopicConfig, log: Log, now: Timestamp) -> Self {
+    /// A topic over existing logs, one per partition (durable ones reopened, or new ones on disk).
+    pub fn with_logs(config: TopicConfig, logs: Vec<Log>, now: Timestamp) -> Self {
         TopicState {
             config,
-            log,
+            logs,
             subs: Vec::new(),
             counters: TopicCounters::default(),
             publish_rate: RateMeter::default(),
@@ -48,20 +54,68 @@ impl TopicState {
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
             has_push: false,
+            next_partition: 0,
         }
+    }
+
+    /// How many partitions the topic has.
+    pub fn partitions(&self) -> u32 {
+        u32::try_from(self.logs.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Partition `p`'s log.
+    pub fn log(&self, p: u32) -> Option<&Log> {
+        self.logs.get(p as usize)
+    }
+
+    /// Each partition's head.
+    pub fn heads(&self) -> Vec<u64> {
+        self.logs.iter().map(Log::head_seq).collect()
+    }
+
+    /// Each partition's first retained seq.
+    pub fn firsts(&self) -> Vec<u64> {
+        self.logs.iter().map(Log::first_seq).collect()
+    }
+
+    /// Messages retained, over every partition.
+    pub fn len(&self) -> u64 {
+        self.logs.iter().map(Log::len).sum()
+    }
+
+    /// The partition a message goes to: the one asked for, else the key's (see
+    /// [`TopicConfig::partition_of_key`]), else the next in turn (round robin).
+    fn partition_for(&mut self, req: &PublishRequest) -> Result<u32, EngineError> {
+        let n = self.partitions();
+        if let Some(p) = req.options.partition {
+            if p >= n {
+                return Err(EngineError::NoSuchPartition { topic: self.config.name.clone(), partition: p });
+            }
+            return Ok(p);
+        }
+        if n == 1 {
+            return Ok(0);
+        }
+        if let Some(key) = &req.key {
+            return Ok(TopicConfig::partition_of_key(key, n));
+        }
+        let p = self.next_partition % n;
+        self.next_partition = (p + 1) % n;
+        Ok(p)
     }
 
     pub fn sub(&self, name: &Name) -> Option<&SubState> {
         self.subs.iter().find(|s| s.name() == name)
     }
 
-    /// Appends one message; returns its seq and whether it was a duplicate of an earlier msg_id.
+    /// Appends one message; returns its partition, its seq and whether it was a duplicate of an
+    /// earlier msg_id.
     pub fn append(
         &mut self,
         req: &PublishRequest,
         now: Timestamp,
         effects: &mut Effects,
-    ) -> Result<(u64, bool), EngineError> {
+    ) -> Result<(u32, u64, bool), EngineError> {
         let size = req.size();
         if size > self.config.max_msg_bytes as usize {
             return Err(EngineError::MessageTooLarge {
@@ -74,42 +128,49 @@ impl TopicState {
             && !self.config.dedup_window.is_zero()
         {
             self.evict_dedup(now);
-            if let Some(&seq) = self.dedup.get(id) {
+            if let Some(&key) = self.dedup.get(id) {
                 self.counters.duplicates += 1;
-                return Ok((seq, true));
+                let (p, seq) = split_key(key);
+                return Ok((p, seq, true));
             }
         }
+        let p = self.partition_for(req)?;
         if self.config.discard == Discard::New {
             // Age retention applies regardless of discard policy; make room it would make before judging.
-            self.enforce_limits(now, effects);
+            self.enforce_limits_in(p, now, effects);
         }
         if self.config.discard == Discard::New
-            && let Some(limit) = self.full_for(size as u64)
+            && let Some(limit) = self.full_for(p, size as u64)
         {
             self.counters.rejected_full += 1;
             effects.events.push(EngineEvent::DiscardNewRejected { topic: self.config.name.clone() });
             return Err(EngineError::TopicFull { topic: self.config.name.clone(), limit });
         }
+        let Some(log) = self.logs.get_mut(p as usize) else {
+            return Err(EngineError::NoSuchPartition { topic: self.config.name.clone(), partition: p });
+        };
         // Publish times never go backwards within a partition, even if the clock does.
-        let time = self.log.last_time().map_or(now, |last| last.max(now));
+        let time = log.last_time().map_or(now, |last| last.max(now));
         let subject = (req.subject != self.config.name).then(|| req.subject.clone());
         let extra = MessageExtra::pack(req.key.clone(), req.msg_id.clone(), req.headers.clone());
-        let seq = self.log.append(time, subject, extra, &req.payload)?;
+        let seq = log.append(time, subject, extra, &req.payload)?;
         self.counters.published += 1;
         if let Some(id) = &req.msg_id
             && !self.config.dedup_window.is_zero()
         {
-            self.dedup.insert(id.clone(), seq);
+            self.dedup.insert(id.clone(), pos_key(p, seq));
             self.dedup_order.push_back((now, id.clone()));
         }
-        self.enforce_limits(now, effects);
-        for sub in &mut self.subs {
-            // A message a caught-up filtered subscription does not cover is settled for it at once.
-            if sub.delivered_seq + 1 == seq {
-                sub.skip_uncovered(&self.config.name, &self.log);
+        self.enforce_limits_in(p, now, effects);
+        if let Some(log) = self.logs.get(p as usize) {
+            for sub in &mut self.subs {
+                // A message a caught-up filtered subscription does not cover is settled for it at once.
+                if sub.parts.get(p as usize).is_some_and(|part| part.delivered_seq + 1 == seq) {
+                    sub.skip_uncovered_in(p, &self.config.name, log);
+                }
             }
         }
-        Ok((seq, false))
+        Ok((p, seq, false))
     }
 
     /// Rebuilds the msg_id table from the records published within the dedup window (recovery step 3).
@@ -119,12 +180,21 @@ impl TopicState {
         }
         // Only the records in memory (the active segment): reading sealed segments back would make
         // opening a directory cost time in proportion to what it holds.
-        let from = self.log.seq_at_time(now.minus(self.config.dedup_window)).max(self.log.hot_first());
-        for (seq, record) in self.log.iter_from(from) {
-            if let Some(id) = record.extra.as_ref().and_then(|e| e.msg_id.clone()) {
-                self.dedup.insert(id.clone(), seq);
-                self.dedup_order.push_back((record.publish_time, id));
+        let mut found = Vec::new();
+        for (p, log) in self.logs.iter().enumerate() {
+            let p = u32::try_from(p).unwrap_or(u32::MAX);
+            let from = log.seq_at_time(now.minus(self.config.dedup_window)).max(log.hot_first());
+            for (seq, record) in log.iter_from(from) {
+                if let Some(id) = record.extra.as_ref().and_then(|e| e.msg_id.clone()) {
+                    found.push((record.publish_time, pos_key(p, seq), id));
+                }
             }
+        }
+        // Oldest first over every partition, so that eviction goes in publish order.
+        found.sort_by_key(|(time, key, _)| (*time, *key));
+        for (time, key, id) in found {
+            self.dedup.insert(id.clone(), key);
+            self.dedup_order.push_back((time, id));
         }
     }
 
@@ -140,43 +210,43 @@ impl TopicState {
         }
     }
 
-    /// Which limit one more message of `size` bytes would break, for `discard = new`.
-    fn full_for(&self, size: u64) -> Option<String> {
+    /// Which limit one more message of `size` bytes in partition `p` would break, for `discard = new`.
+    /// Limits hold for each partition on its own, as Kafka's retention does.
+    fn full_for(&self, p: u32, size: u64) -> Option<String> {
         let limits = &self.config.limits;
+        let log = self.log(p)?;
         if let Some(max) = limits.max_msgs
-            && self.log.len() >= max
+            && log.len() >= max
         {
             return Some(format!("max_msgs {max}"));
         }
         if let Some(max) = limits.max_bytes
-            && self.log.bytes() + size > max
+            && log.bytes() + size > max
         {
             return Some(format!("max_bytes {max}"));
         }
         None
     }
 
-    /// Deletes the oldest messages while any limit is exceeded (age always; count and bytes under
-    /// `discard = old`). Unsettled victims become EXPIRED in every subscription (T10).
+    /// Deletes the oldest messages of each partition while any limit is exceeded there (age always;
+    /// count and bytes under `discard = old`). Unsettled victims become EXPIRED in every subscription
+    /// (T10).
     pub fn enforce_limits(&mut self, now: Timestamp, effects: &mut Effects) {
-        let Limits { max_msgs, max_bytes, max_age, .. } = self.config.limits;
-        let cutoff = max_age.map(|age| now.minus(age));
-        let old = self.config.discard == Discard::Old;
         let mut removed = 0u64;
-        while self.log.len() > 0 {
-            let too_old = cutoff.is_some_and(|c| self.log.front_time().is_some_and(|t| t < c));
-            let too_many = old && max_msgs.is_some_and(|m| self.log.len() > m);
-            let too_big = old && max_bytes.is_some_and(|m| self.log.bytes() > m);
-            if !(too_old || too_many || too_big) {
-                break;
-            }
-            let want = self.wants_removed_record(self.log.first_seq());
-            let Some((seq, record)) = self.log.pop_front(want) else {
-                break;
-            };
-            self.on_removed(seq, record.as_ref());
-            removed += 1;
+        for p in 0..self.partitions() {
+            removed += self.trim(p, now);
         }
+        self.note_expired(removed, effects);
+    }
+
+    /// [`TopicState::enforce_limits`] for partition `p` alone: an append reaches one partition, so only
+    /// its limits can have been crossed (the others' age limits are enforced by the timers).
+    pub fn enforce_limits_in(&mut self, p: u32, now: Timestamp, effects: &mut Effects) {
+        let removed = self.trim(p, now);
+        self.note_expired(removed, effects);
+    }
+
+    fn note_expired(&mut self, removed: u64, effects: &mut Effects) {
         if removed > 0 {
             self.counters.expired += removed;
             effects
@@ -185,35 +255,71 @@ impl TopicState {
         }
     }
 
-    /// Whether removing `seq` needs the record itself: only a filtered subscription that has not reached
-    /// it asks (to count it as expired only when its filter covers it). Cold records are read only then.
-    fn wants_removed_record(&self, seq: u64) -> bool {
-        self.subs.iter().any(|s| s.delivered_seq < seq && !s.config.filter.is_empty())
+    /// Deletes partition `p`'s oldest messages while a limit is exceeded there; returns how many.
+    fn trim(&mut self, p: u32, now: Timestamp) -> u64 {
+        let Limits { max_msgs, max_bytes, max_age, .. } = self.config.limits;
+        let cutoff = max_age.map(|age| now.minus(age));
+        let old = self.config.discard == Discard::Old;
+        let mut removed = 0u64;
+        {
+            let i = p as usize;
+            while let Some(log) = self.logs.get(i)
+                && log.len() > 0
+            {
+                let too_old = cutoff.is_some_and(|c| log.front_time().is_some_and(|t| t < c));
+                let too_many = old && max_msgs.is_some_and(|m| log.len() > m);
+                let too_big = old && max_bytes.is_some_and(|m| log.bytes() > m);
+                if !(too_old || too_many || too_big) {
+                    break;
+                }
+                let want = self.wants_removed_record(p, log.first_seq());
+                let Some((seq, record)) = self.logs.get_mut(i).and_then(|log| log.pop_front(want)) else {
+                    break;
+                };
+                self.on_removed(p, seq, record.as_ref());
+                removed += 1;
+            }
+        }
+        removed
     }
 
-    fn on_removed(&mut self, seq: u64, record: Option<&Record>) {
+    /// Whether removing `seq` needs the record itself: only a filtered subscription that has not reached
+    /// it asks (to count it as expired only when its filter covers it). Cold records are read only then.
+    fn wants_removed_record(&self, p: u32, seq: u64) -> bool {
+        self.subs.iter().any(|s| {
+            s.parts.get(p as usize).is_some_and(|part| part.delivered_seq < seq)
+                && !s.config.filter.is_empty()
+        })
+    }
+
+    fn on_removed(&mut self, p: u32, seq: u64, record: Option<&Record>) {
         let name = &self.config.name;
         for sub in &mut self.subs {
-            sub.on_removed(name, seq, record);
+            sub.on_removed(p, name, seq, record);
         }
     }
 
     /// Deletes every retained message (`topic purge`); seqs keep counting from where they were.
     pub fn purge(&mut self, effects: &mut Effects) -> Result<u64, EngineError> {
         let mut removed = 0;
-        if self.log.is_durable() {
-            // Whole segments go at once instead of reading every record back (and the active segment's
-            // file must go too, or a restart would bring the records back).
-            let head = self.log.head_seq();
-            let first = self.log.first_seq();
-            removed = self.log.purge_durable()?;
-            for sub in &mut self.subs {
-                sub.on_purged(first, head);
+        for p in 0..self.partitions() {
+            let i = p as usize;
+            if let Some(log) = self.logs.get_mut(i)
+                && log.is_durable()
+            {
+                // Whole segments go at once instead of reading every record back (and the active
+                // segment's file must go too, or a restart would bring the records back).
+                let head = log.head_seq();
+                let first = log.first_seq();
+                removed += log.purge_durable()?;
+                for sub in &mut self.subs {
+                    sub.on_purged(p, first, head);
+                }
             }
-        }
-        while let Some((seq, record)) = self.log.pop_front(true) {
-            self.on_removed(seq, record.as_ref());
-            removed += 1;
+            while let Some((seq, record)) = self.logs.get_mut(i).and_then(|log| log.pop_front(true)) {
+                self.on_removed(p, seq, record.as_ref());
+                removed += 1;
+            }
         }
         if removed > 0 {
             self.counters.expired += removed;
@@ -226,33 +332,58 @@ impl TopicState {
 
     /// Makes a run of appends durable as the topic's mode asks. On failure the run is taken back (the
     /// log, the dedup table, cursors that moved over it) so memory never holds what the disk refused.
-    pub fn commit_appends(&mut self, head_before: u64) -> Result<Committed, EngineError> {
-        match self.log.commit() {
-            Ok(sync) => {
-                if self.config.durability == Durability::Always
-                    && let Some(disk) = self.log.disk()
-                {
-                    // Written but not confirmed: the records stay (they are in the file and a restart
-                    // would bring them back), and the publisher hears that the disk did not confirm.
-                    return Ok(match disk.sync_log() {
-                        Ok(()) => Committed::Durable,
-                        Err(e) => Committed::Unconfirmed(e.into()),
-                    });
-                }
-                Ok(sync.map_or(Committed::Durable, |(gate, mark)| Committed::Wait(gate, mark)))
+    /// `heads_before` is each partition's head before the run ([`TopicState::heads`]).
+    pub fn commit_appends(&mut self, heads_before: &[u64]) -> Result<Committed, EngineError> {
+        let mut waits = Vec::new();
+        let mut unconfirmed = None;
+        let mut failed = None;
+        for (log, &before) in self.logs.iter_mut().zip(heads_before) {
+            if log.head_seq() == before || failed.is_some() {
+                continue;
             }
-            Err(e) => {
-                let taken_back = self.log.head_seq().saturating_sub(head_before);
-                self.log.rollback(head_before);
-                self.counters.published = self.counters.published.saturating_sub(taken_back);
-                self.dedup.retain(|_, seq| *seq <= head_before);
-                for sub in &mut self.subs {
-                    sub.delivered_seq = sub.delivered_seq.min(head_before);
-                    sub.ack_floor = sub.ack_floor.min(head_before);
+            match log.commit() {
+                Ok(sync) => {
+                    if self.config.durability == Durability::Always
+                        && let Some(disk) = log.disk()
+                    {
+                        // Written but not confirmed: the records stay (they are in the file and a
+                        // restart would bring them back), and the publisher hears that the disk did not
+                        // confirm.
+                        if let Err(e) = disk.sync_log() {
+                            unconfirmed.get_or_insert(e.into());
+                        }
+                        continue;
+                    }
+                    waits.extend(sync);
                 }
-                Err(e.into())
+                Err(e) => failed = Some(e),
             }
         }
+        let Some(e) = failed else {
+            return Ok(match (unconfirmed, waits.is_empty()) {
+                (Some(e), _) => Committed::Unconfirmed(e),
+                (None, true) => Committed::Durable,
+                (None, false) => Committed::Wait(waits),
+            });
+        };
+        // The whole run is taken back, in every partition it reached.
+        for (p, (log, &before)) in self.logs.iter_mut().zip(heads_before).enumerate() {
+            let taken_back = log.head_seq().saturating_sub(before);
+            log.rollback(before);
+            self.counters.published = self.counters.published.saturating_sub(taken_back);
+            let p = u32::try_from(p).unwrap_or(u32::MAX);
+            self.dedup.retain(|_, key| {
+                let (q, seq) = split_key(*key);
+                q != p || seq <= before
+            });
+            for sub in &mut self.subs {
+                if let Some(part) = sub.parts.get_mut(p as usize) {
+                    part.delivered_seq = part.delivered_seq.min(before);
+                    part.ack_floor = part.ack_floor.min(before);
+                }
+            }
+        }
+        Err(e.into())
     }
 
     /// Writes what subscriptions journaled under this lock; returns the acks that must reach the disk
@@ -279,7 +410,7 @@ impl TopicState {
     /// Runs every subscription's timers and pushes what became deliverable.
     pub fn run_timers(&mut self, now: Timestamp, effects: &mut Effects) {
         self.enforce_limits(now, effects);
-        let ctx = Ctx { topic: &self.config.name, log: &self.log, now };
+        let ctx = Ctx { topic: &self.config.name, logs: &self.logs, now };
         for sub in &mut self.subs {
             if sub.next_timer().is_some_and(|t| t <= now) {
                 sub.run_timers(&ctx, effects);
@@ -292,7 +423,7 @@ impl TopicState {
 
     /// Pushes to every subscription's push consumers.
     pub fn dispatch_push(&mut self, now: Timestamp, effects: &mut Effects) {
-        let ctx = Ctx { topic: &self.config.name, log: &self.log, now };
+        let ctx = Ctx { topic: &self.config.name, logs: &self.logs, now };
         for sub in &mut self.subs {
             sub.dispatch_push(&ctx, effects);
         }
@@ -307,27 +438,37 @@ impl TopicState {
         TopicInfo {
             name: self.config.name.clone(),
             subjects: self.config.captured().iter().map(|p| p.as_str().to_string()).collect(),
-            partitions: self.config.partitions,
-            first_seq: self.log.first_seq(),
-            head_seq: self.log.head_seq(),
-            messages: self.log.len(),
-            bytes: Some(self.log.bytes()),
-            last_publish: self.log.last_time(),
+            partitions: self.partitions(),
+            // Sums over the partitions, so that head − first + 1 still counts what is retained.
+            first_seq: self.logs.iter().map(Log::first_seq).sum::<u64>()
+                - (self.logs.len() as u64).saturating_sub(1),
+            head_seq: self.logs.iter().map(Log::head_seq).sum(),
+            messages: self.len(),
+            bytes: Some(self.logs.iter().map(Log::bytes).sum()),
+            last_publish: self.logs.iter().filter_map(Log::last_time).max(),
             limits: self.config.limits.clone(),
             discard: self.config.discard,
             subscriptions: u32::try_from(self.subs.len()).unwrap_or(u32::MAX),
-            counters: TopicCounters { unreadable: self.log.unreadable(), ..self.counters.clone() },
+            counters: TopicCounters {
+                unreadable: self.logs.iter().map(Log::unreadable).sum(),
+                ..self.counters.clone()
+            },
             publish_rate: Some(self.publish_rate.rate(now)),
             publish_series: self.publish_rate.series(now, 15),
             created: Some(self.created),
-            partition_info: vec![PartitionInfo {
-                partition: 0,
-                first_seq: self.log.first_seq(),
-                head_seq: self.log.head_seq(),
-                messages: self.log.len(),
-                bytes: Some(self.log.bytes()),
-                leader: None,
-            }],
+            partition_info: self
+                .logs
+                .iter()
+                .enumerate()
+                .map(|(p, log)| PartitionInfo {
+                    partition: u32::try_from(p).unwrap_or(u32::MAX),
+                    first_seq: log.first_seq(),
+                    head_seq: log.head_seq(),
+                    messages: log.len(),
+                    bytes: Some(log.bytes()),
+                    leader: None,
+                })
+                .collect(),
             storage: Some(self.config.storage),
             durability: (self.config.storage == StorageKind::File).then_some(self.config.durability),
         }
@@ -339,8 +480,8 @@ impl TopicState {
 pub(crate) enum Committed {
     /// Nothing: memory only, a mode that does not wait, or already synced under the lock.
     Durable,
-    /// An fdatasync that covers this mark.
-    Wait(Arc<SyncGate>, u64),
+    /// fdatasyncs that cover these marks (one per partition file written).
+    Wait(Vec<(Arc<SyncGate>, u64)>),
     /// Kept, but the disk did not confirm it.
     Unconfirmed(EngineError),
 }

@@ -130,6 +130,37 @@ impl std::str::FromStr for Durability {
     }
 }
 
+/// The most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// Kafka's murmur2 hash (the 32-bit MurmurHash2 with Kafka's seed), as its default partitioner uses it.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let mut h: u32 = 0x9747_b28c ^ len;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, &b) in rest.iter().enumerate().rev() {
+            h ^= u32::from(b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
 /// Everything that defines a topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicConfig {
@@ -137,7 +168,7 @@ pub struct TopicConfig {
     pub name: Name,
     /// Publish addresses this topic captures; empty means just its own name.
     pub subjects: Vec<Pattern>,
-    /// Number of partitions; exactly 1 until partitioning lands.
+    /// Number of partitions, 1 ..= [`MAX_PARTITIONS`]; may grow, never shrink.
     pub partitions: u32,
     /// Size and age limits.
     pub limits: Limits,
@@ -175,6 +206,13 @@ impl TopicConfig {
         }
     }
 
+    /// The partition of a message with this key among `partitions`: Kafka's default partitioner,
+    /// `(murmur2(key) & 0x7fffffff) % partitions`, so a key lands in the same partition here as in a
+    /// Kafka topic of as many partitions, and in every run.
+    pub fn partition_of_key(key: &[u8], partitions: u32) -> u32 {
+        (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+    }
+
     /// The subjects this topic captures, defaulting to its own name.
     pub fn captured(&self) -> Vec<Pattern> {
         if self.subjects.is_empty() {
@@ -186,9 +224,9 @@ impl TopicConfig {
 
     /// Refuses settings the engine cannot honour yet.
     pub fn check(&self) -> Result<(), EngineError> {
-        if self.partitions != 1 {
-            return Err(unsupported(format!(
-                "topic \"{}\" asks for {} partitions; this engine supports exactly 1 per topic for now",
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(EngineError::InvalidConfig(format!(
+                "topic \"{}\": {} partitions; a topic has 1 to {MAX_PARTITIONS}",
                 self.name, self.partitions
             )));
         }
@@ -291,10 +329,34 @@ pub enum Ordering {
     /// Lowest seq first, redeliveries may overtake.
     #[default]
     None,
-    /// Head-of-line blocking per key (slot).
+    /// A key's messages one at a time, in order, within its partition (I6); other keys go on.
     PerKey,
-    /// One message in flight per partition (slot).
+    /// One message in flight per partition.
     Strict,
+}
+
+impl Ordering {
+    /// The name the command line uses: `none`, `per-key`, `strict`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ordering::None => "none",
+            Ordering::PerKey => "per-key",
+            Ordering::Strict => "strict",
+        }
+    }
+}
+
+impl std::str::FromStr for Ordering {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Ordering::None),
+            "per-key" | "per_key" | "perkey" => Ok(Ordering::PerKey),
+            "strict" => Ok(Ordering::Strict),
+            _ => Err(format!("ordering \"{s}\": use none, per-key or strict")),
+        }
+    }
 }
 
 /// How consumers of one subscription share its messages.
@@ -456,9 +518,14 @@ impl SubscriptionConfig {
                 "subscription \"{name}\": backoff factor must be ≥ 1 and jitter within 0..=1"
             )));
         }
+        if self.ordering != Ordering::None && self.ack == AckMode::None {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{name}\": ordering {} needs acks (explicit or cumulative): with ack none every message is settled as it is handed out, so there is nothing to order",
+                self.ordering.label()
+            )));
+        }
         let not_yet = [
             (self.attribute_filter.is_some(), "attribute filters"),
-            (self.ordering != Ordering::None, "ordering other than none"),
             (self.assignment != Assignment::Shared, "assignment other than shared"),
             (self.start == StartPosition::LastPerKey, "start last-per-key"),
             (self.message_retention.is_some(), "per-subscription message_retention"),
@@ -479,4 +546,40 @@ impl SubscriptionConfig {
 
 fn unsupported(what: String) -> EngineError {
     EngineError::Unsupported(what)
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // The values Kafka's own tests pin for `Utils.murmur2`, as signed 32-bit integers.
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (b"abc", 479_470_107),
+        ];
+        for (key, want) in cases {
+            assert_eq!(murmur2(key) as i32, want, "{}", String::from_utf8_lossy(key));
+        }
+    }
+
+    #[test]
+    fn keys_spread_over_partitions_and_stay_put() {
+        assert_eq!(TopicConfig::partition_of_key(b"anything", 1), 0);
+        let parts: std::collections::BTreeSet<u32> =
+            (0..100).map(|i| TopicConfig::partition_of_key(format!("k{i}").as_bytes(), 8)).collect();
+        assert_eq!(parts.len(), 8);
+        assert!(parts.iter().all(|&p| p < 8));
+        assert_eq!(TopicConfig::partition_of_key(b"foobar", 8), TopicConfig::partition_of_key(b"foobar", 8));
+        // (-790332482 & 0x7fffffff) % 8
+        assert_eq!(
+            TopicConfig::partition_of_key(b"foobar", 8),
+            ((-790_332_482_i32 as u32) & 0x7fff_ffff) % 8
+        );
+    }
 }

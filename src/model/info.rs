@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::clock::Timestamp;
-use super::config::{AckMode, Discard, Durability, Limits, StartPosition, StorageKind};
+use super::config::{AckMode, Discard, Durability, Limits, Ordering, StartPosition, StorageKind};
 use super::message::ConsumerId;
 use super::name::Name;
 
@@ -91,6 +91,8 @@ pub enum BlockedBy {
     Backoff,
     /// Work is waiting but no consumer is attached.
     NoConsumers,
+    /// What is waiting waits for earlier messages of its key (PerKey) or partition (Strict).
+    Ordering,
 }
 
 impl BlockedBy {
@@ -101,6 +103,7 @@ impl BlockedBy {
             BlockedBy::Prefetch => "prefetch",
             BlockedBy::Backoff => "backoff",
             BlockedBy::NoConsumers => "no consumers",
+            BlockedBy::Ordering => "ordering",
         }
     }
 }
@@ -297,6 +300,9 @@ pub struct SubscriptionInfo {
     pub max_deliveries: u32,
     /// `max_in_flight`.
     pub max_in_flight: u32,
+    /// Ordering (none where the broker has none to tell).
+    #[serde(default)]
+    pub ordering: Ordering,
     /// Whether it is deleted when idle.
     pub ephemeral: bool,
     /// Topic's last seq.
@@ -365,6 +371,7 @@ impl SubscriptionInfo {
             dead_letter: None,
             max_deliveries: 0,
             max_in_flight: 0,
+            ordering: Ordering::None,
             ephemeral: false,
             head_seq: 0,
             first_seq: 0,
@@ -409,6 +416,9 @@ impl SubscriptionInfo {
 /// One message's ack state in one subscription (`peek`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageAckState {
+    /// Partition (0 on a topic of one).
+    #[serde(default)]
+    pub partition: u32,
     /// Seq.
     pub seq: u64,
     /// State.

@@ -13,13 +13,15 @@ pub enum SeekTarget {
     Start,
     /// After the newest message: only new ones follow.
     End,
-    /// A seq in a partition.
+    /// A seq in a partition; on a topic of several partitions only that partition moves.
     Seq {
         /// Partition.
         partition: u32,
         /// The first seq to deliver again.
         seq: u64,
     },
+    /// The same seq in every partition (a plain seq typed on the command line).
+    Each(u64),
     /// The first message published at or after this time.
     Time(Timestamp),
 }
@@ -147,7 +149,7 @@ impl Position {
         match self {
             Position::Start => SeekTarget::Start,
             Position::End => SeekTarget::End,
-            Position::Seq(seq) => SeekTarget::Seq { partition: 0, seq },
+            Position::Seq(seq) => SeekTarget::Each(seq),
             Position::At { partition, seq } => SeekTarget::Seq { partition, seq },
             Position::Time(t) => SeekTarget::Time(t),
         }

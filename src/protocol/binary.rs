@@ -32,6 +32,8 @@ const NO_DELAY: u64 = u64::MAX;
 const HAS_KEY: u8 = 1;
 const HAS_MSG_ID: u8 = 2;
 const HAS_HEADERS: u8 = 4;
+/// A published message names its partition (`pub --partition`): a u32 follows its headers.
+const HAS_PARTITION: u8 = 8;
 const HAS_LEASE: u8 = 8;
 const HAS_ATTEMPT: u8 = 16;
 const SUBJECT_IS_TOPIC: u8 = 32;
@@ -237,8 +239,12 @@ pub fn encode_publish_batch(id: u64, msgs: &[PublishRequest]) -> Vec<u8> {
     w.u32(u32::try_from(msgs.len()).unwrap_or(u32::MAX));
     for m in msgs {
         w.str(m.subject.as_str());
-        w.u8(flags(m.key.as_ref(), m.msg_id.as_deref(), &m.headers));
+        let partition = if m.options.partition.is_some() { HAS_PARTITION } else { 0 };
+        w.u8(flags(m.key.as_ref(), m.msg_id.as_deref(), &m.headers) | partition);
         w.extra(m.key.as_ref(), m.msg_id.as_deref(), &m.headers);
+        if let Some(p) = m.options.partition {
+            w.u32(p);
+        }
         w.bytes(&m.payload);
     }
     w.0
@@ -271,8 +277,10 @@ pub fn decode_publish_batch(buf: &Bytes) -> Result<(u64, Vec<PublishRequest>), P
         let key = if f & HAS_KEY != 0 { Some(r.bytes()?) } else { None };
         let msg_id = if f & HAS_MSG_ID != 0 { Some(r.str()?.to_string()) } else { None };
         let headers = if f & HAS_HEADERS != 0 { r.headers().map_err(at)? } else { Headers::new() };
+        let partition = if f & HAS_PARTITION != 0 { Some(r.u32()?) } else { None };
         let payload = r.bytes()?;
-        msgs.push(PublishRequest { subject, key, msg_id, headers, payload, options: Default::default() });
+        let options = crate::model::PublishOptions { partition, ..Default::default() };
+        msgs.push(PublishRequest { subject, key, msg_id, headers, payload, options });
     }
     r.done()?;
     Ok((id, msgs))

@@ -78,6 +78,13 @@ pub enum Request {
         /// Its name.
         topic: Name,
     },
+    /// Grow a topic to this many partitions (never fewer than it has); answers the topic's info.
+    SetPartitions {
+        /// Its name.
+        topic: Name,
+        /// The new count.
+        partitions: u32,
+    },
     /// List subscriptions, optionally of one topic.
     Subscriptions {
         /// Only this topic's.
@@ -243,6 +250,9 @@ pub struct SubscribeSpec {
     /// this many for it, so a client that stops after N holds nothing it will not read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// Only this partition (a history read from `P:SEQ`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
 }
 
 fn ack_none() -> AckMode {
@@ -257,10 +267,17 @@ pub enum SeekSpec {
     Start,
     /// After the newest.
     End,
-    /// A seq.
+    /// A seq (of every partition).
     Seq(u64),
     /// A publish time.
     Time(Timestamp),
+    /// A seq of one partition; only that partition moves.
+    At {
+        /// Partition.
+        partition: u32,
+        /// Seq.
+        seq: u64,
+    },
 }
 
 /// Where `browse` starts.
@@ -273,6 +290,13 @@ pub enum BrowseSpec {
     Time(Timestamp),
     /// The newest n.
     Last(u64),
+    /// From a seq of one partition (only that partition is read).
+    At {
+        /// Partition.
+        partition: u32,
+        /// Seq.
+        seq: u64,
+    },
 }
 
 /// A topic to create; absent fields take the engine defaults.
@@ -307,6 +331,9 @@ pub struct TopicSpec {
     /// Segment file size on a durable server, bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment_bytes: Option<u64>,
+    /// Number of partitions (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
 }
 
 impl TopicSpec {
@@ -340,6 +367,9 @@ impl TopicSpec {
         }
         if let Some(b) = self.segment_bytes {
             config.segment_bytes = b;
+        }
+        if let Some(n) = self.partitions {
+            config.partitions = n;
         }
         Ok(config)
     }
@@ -385,6 +415,9 @@ pub struct SubscriptionSpec {
     /// The longest a lease may be extended to in all, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lease_ms: Option<u64>,
+    /// Ordering: `none`, `per_key` or `strict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<crate::model::OrderingMode>,
 }
 
 impl SubscriptionSpec {
@@ -420,6 +453,9 @@ impl SubscriptionSpec {
         if let Some(ms) = self.max_lease_ms {
             c.max_lease = Duration::from_millis(ms);
         }
+        if let Some(o) = self.ordering {
+            c.ordering = o;
+        }
         c
     }
 
@@ -444,6 +480,7 @@ impl SubscriptionSpec {
             ack_durability: Some(c.ack_durability),
             backoff: Some(c.backoff.clone()),
             max_lease_ms: Some(u64::try_from(c.max_lease.as_millis()).unwrap_or(u64::MAX)),
+            ordering: (c.ordering != crate::model::OrderingMode::None).then_some(c.ordering),
         }
     }
 }

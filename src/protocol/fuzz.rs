@@ -137,6 +137,7 @@ fn subscribe() -> impl Strategy<Value = Request> {
                     prefetch_bytes,
                     credit,
                     limit,
+                    partition: None,
                 })
             },
         )

@@ -54,6 +54,7 @@ const KNOWN_OPS: &[&str] = &[
     "create_topic",
     "delete_topic",
     "purge_topic",
+    "set_partitions",
     "subscriptions",
     "subscription_info",
     "create_subscription",

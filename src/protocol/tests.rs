@@ -32,6 +32,7 @@ fn client_frames_round_trip() {
             prefetch_bytes: Some(1 << 20),
             credit: true,
             limit: Some(3),
+            partition: None,
         }),
         Request::Credit { sid: 3, n: 500 },
         Request::Ack(lease.clone()),

@@ -62,6 +62,9 @@ impl Connection {
             Request::PurgeTopic { topic } => {
                 broker.purge_topic(&topic).await.map(|count| value(CountReply { count }))
             }
+            Request::SetPartitions { topic, partitions } => {
+                broker.set_partitions(&topic, partitions).await.map(value)
+            }
             Request::Subscriptions { topic } => broker.subscriptions(topic.as_ref()).await.map(value),
             Request::SubscriptionInfo { subscription } => {
                 broker.subscription_info(&subscription).await.map(value)
@@ -86,7 +89,7 @@ impl Connection {
                     consumer: spec.consumer,
                     prefetch: Some(prefetch),
                     limit: spec.limit,
-                    partition: None,
+                    partition: spec.partition,
                     until_end: false,
                 };
                 let budget = self.stream_budget(spec.prefetch_bytes);
@@ -171,7 +174,8 @@ impl Connection {
                 let target = match target {
                     SeekSpec::Start => SeekTarget::Start,
                     SeekSpec::End => SeekTarget::End,
-                    SeekSpec::Seq(seq) => SeekTarget::Seq { partition: 0, seq },
+                    SeekSpec::Seq(seq) => SeekTarget::Each(seq),
+                    SeekSpec::At { partition, seq } => SeekTarget::Seq { partition, seq },
                     SeekSpec::Time(t) => SeekTarget::Time(t),
                 };
                 broker.seek(&subscription, target).await.map(|count| value(CountReply { count }))
@@ -181,6 +185,7 @@ impl Connection {
                     BrowseSpec::Seq(s) => BrowseFrom::Seq(s),
                     BrowseSpec::Time(t) => BrowseFrom::Time(t),
                     BrowseSpec::Last(n) => BrowseFrom::Last(n),
+                    BrowseSpec::At { partition, seq } => BrowseFrom::At { partition, seq },
                 };
                 broker.browse(&topic, from, max).await.map(|messages| {
                     let envelopes: Vec<Envelope> =

@@ -171,7 +171,7 @@ proptest! {
             fs::write(dir.join("checkpoint"), &checkpoint).map_err(|e| TestCaseError::fail(e.to_string()))?;
         }
         fs::write(dir.join("journal.log"), &journal).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let _ = SubJournal::inspect(&dir, 1, 1_000);
+        let _ = SubJournal::inspect(&dir, &[1], &[1_000]);
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -21,7 +21,28 @@ use crate::model::{AckDurability, SubCounters, Timestamp};
 /// Records between checkpoints; a checkpoint then truncates the journal.
 const CHECKPOINT_EVERY: u64 = 50_000;
 
-/// One fact about a subscription.
+/// Bits of a journal key that hold the seq. A key names a message of any partition in one `u64`: the
+/// partition sits above these bits, so partition 0's keys are its seqs and the records of a topic of
+/// one partition read the same as before partitions existed.
+pub(crate) const SEQ_BITS: u32 = 44;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+
+/// The key of (partition, seq) (see [`SEQ_BITS`]).
+pub(crate) fn pos_key(partition: u32, seq: u64) -> u64 {
+    (u64::from(partition) << SEQ_BITS) | (seq & SEQ_MASK)
+}
+
+/// The (partition, seq) a key names.
+pub(crate) fn split_key(key: u64) -> (u32, u64) {
+    (u32::try_from(key >> SEQ_BITS).unwrap_or(u32::MAX), key & SEQ_MASK)
+}
+
+/// Every key of one partition.
+pub(crate) fn partition_keys(partition: u32) -> std::ops::Range<u64> {
+    pos_key(partition, 0)..pos_key(partition, 0).saturating_add(1 << SEQ_BITS)
+}
+
+/// One fact about a subscription. Every `seq` here is a key of [`pos_key`]: partition and seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SubOp {
     /// `seq` was handed out; this is its `attempt`-th delivery.
@@ -96,8 +117,12 @@ pub(crate) struct Pending {
 /// A subscription's durable state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct SubSnapshot {
+    /// Partition 0's cursor and floor.
     pub cursor: u64,
     pub floor: u64,
+    /// Cursor and floor of partitions 1, 2, … (empty for a topic of one partition).
+    pub parts: Vec<(u64, u64)>,
+    /// Keyed by [`pos_key`].
     pub pending: BTreeMap<u64, Pending>,
     /// The running totals when the checkpoint was taken (a clean shutdown takes one): `None` in
     /// checkpoints written before they were kept. The journal does not record them, so after a crash
@@ -107,44 +132,103 @@ pub(crate) struct SubSnapshot {
 
 /// Marks the counters block after the pending entries of a checkpoint.
 const COUNTERS_BLOCK: u8 = 1;
+/// Marks the block of the cursors and floors of partitions 1, 2, ….
+const PARTS_BLOCK: u8 = 2;
 
 impl SubSnapshot {
-    /// A new subscription that starts at `start_seq`.
+    /// A new subscription of a one-partition topic that starts at `start_seq`.
+    #[cfg(test)]
     pub fn starting_at(start_seq: u64) -> Self {
-        let floor = start_seq.saturating_sub(1);
-        SubSnapshot { cursor: floor, floor, pending: BTreeMap::new(), counters: None }
+        SubSnapshot::starting_at_each(&[start_seq])
+    }
+
+    /// A new subscription that starts at `starts[p]` in partition `p`.
+    pub fn starting_at_each(starts: &[u64]) -> Self {
+        let floor = starts.first().copied().unwrap_or(1).saturating_sub(1);
+        let parts = starts.iter().skip(1).map(|s| (s.saturating_sub(1), s.saturating_sub(1))).collect();
+        SubSnapshot { cursor: floor, floor, parts, pending: BTreeMap::new(), counters: None }
+    }
+
+    /// How many partitions the state covers.
+    pub fn partitions(&self) -> u32 {
+        u32::try_from(self.parts.len() + 1).unwrap_or(u32::MAX)
+    }
+
+    /// Cursor and floor of partition `p` (zero for one it does not know yet).
+    pub fn at(&self, p: u32) -> (u64, u64) {
+        match p {
+            0 => (self.cursor, self.floor),
+            _ => self.parts.get(p as usize - 1).copied().unwrap_or((0, 0)),
+        }
+    }
+
+    fn at_mut(&mut self, p: u32) -> (&mut u64, &mut u64) {
+        if p == 0 {
+            return (&mut self.cursor, &mut self.floor);
+        }
+        let i = p as usize - 1;
+        if self.parts.len() <= i {
+            self.parts.resize(i + 1, (0, 0));
+        }
+        let (cursor, floor) = &mut self.parts[i];
+        (cursor, floor)
     }
 
     pub fn apply(&mut self, op: SubOp) {
+        let key = match op {
+            SubOp::Attempt { seq, .. }
+            | SubOp::Settle { seq }
+            | SubOp::Delay { seq, .. }
+            | SubOp::Cursor { seq }
+            | SubOp::Seek { next: seq } => seq,
+        };
+        let (p, s) = split_key(key);
         match op {
-            SubOp::Attempt { seq, attempt } if seq > self.floor => {
-                self.pending.insert(seq, Pending { attempt, not_before: None });
-                self.cursor = self.cursor.max(seq);
+            SubOp::Attempt { attempt, .. } if s > self.at(p).1 => {
+                self.pending.insert(key, Pending { attempt, not_before: None });
+                let (cursor, _) = self.at_mut(p);
+                *cursor = (*cursor).max(s);
             }
-            SubOp::Settle { seq } => {
-                self.pending.remove(&seq);
+            SubOp::Settle { .. } => {
+                self.pending.remove(&key);
             }
-            SubOp::Delay { seq, not_before } => {
-                if let Some(p) = self.pending.get_mut(&seq) {
+            SubOp::Delay { not_before, .. } => {
+                if let Some(p) = self.pending.get_mut(&key) {
                     p.not_before = Some(not_before);
                 }
             }
-            SubOp::Cursor { seq } => self.cursor = self.cursor.max(seq),
-            SubOp::Seek { next } => {
-                let counters = self.counters.take();
-                *self = SubSnapshot::starting_at(next);
-                self.counters = counters;
+            SubOp::Cursor { .. } => {
+                let (cursor, _) = self.at_mut(p);
+                *cursor = (*cursor).max(s);
+            }
+            SubOp::Seek { .. } => {
+                let keys = partition_keys(p);
+                self.pending.retain(|k, _| !keys.contains(k));
+                let (cursor, floor) = self.at_mut(p);
+                *cursor = s.saturating_sub(1);
+                *floor = s.saturating_sub(1);
             }
             SubOp::Attempt { .. } => {}
         }
-        self.floor = self.pending.keys().next().map_or(self.cursor, |&first| first - 1).max(self.floor);
+        let first = self.pending.range(partition_keys(p)).next().map(|(&k, _)| split_key(k).1);
+        let (cursor, floor) = self.at_mut(p);
+        *floor = first.map_or(*cursor, |first| first - 1).max(*floor);
     }
 
-    /// Drops what lies beyond `head` (messages that no longer exist).
-    pub fn clamp(&mut self, head: u64) {
-        self.cursor = self.cursor.min(head);
-        self.floor = self.floor.min(self.cursor);
-        self.pending.retain(|&seq, _| seq <= head);
+    /// Drops what lies beyond each partition's head (messages that no longer exist); `heads[p]` is
+    /// partition `p`'s, and the last one given stands for every partition after it.
+    pub fn clamp(&mut self, heads: &[u64]) {
+        let head_of = |p: u32| heads.get(p as usize).or(heads.last()).copied().unwrap_or(u64::MAX);
+        for p in 0..self.partitions() {
+            let head = head_of(p);
+            let (cursor, floor) = self.at_mut(p);
+            *cursor = (*cursor).min(head);
+            *floor = (*floor).min(*cursor);
+        }
+        self.pending.retain(|&key, _| {
+            let (p, seq) = split_key(key);
+            seq <= head_of(p)
+        });
     }
 
     pub(crate) fn encode(&self, generation: u64) -> Vec<u8> {
@@ -165,6 +249,14 @@ impl SubSnapshot {
                 body.extend_from_slice(&n.to_le_bytes());
             }
         }
+        if !self.parts.is_empty() {
+            body.push(PARTS_BLOCK);
+            body.extend_from_slice(&(self.parts.len() as u32).to_le_bytes());
+            for (cursor, floor) in &self.parts {
+                body.extend_from_slice(&cursor.to_le_bytes());
+                body.extend_from_slice(&floor.to_le_bytes());
+            }
+        }
         let mut out = Vec::with_capacity(body.len() + 8);
         frame::put_frame(&mut out, &body);
         out
@@ -177,8 +269,13 @@ impl SubSnapshot {
         }
         let mut r = Reader::new(frames.bodies[0]);
         let generation = r.u64()?;
-        let mut snap =
-            SubSnapshot { cursor: r.u64()?, floor: r.u64()?, pending: BTreeMap::new(), counters: None };
+        let mut snap = SubSnapshot {
+            cursor: r.u64()?,
+            floor: r.u64()?,
+            parts: Vec::new(),
+            pending: BTreeMap::new(),
+            counters: None,
+        };
         for _ in 0..r.u32()? {
             let seq = r.u64()?;
             let attempt = r.u32()?;
@@ -187,18 +284,30 @@ impl SubSnapshot {
             snap.pending
                 .insert(seq, Pending { attempt, not_before: delayed.then(|| Timestamp::from_micros(at)) });
         }
-        if !r.is_empty() {
-            if r.u8()? != COUNTERS_BLOCK {
-                return None;
+        while !r.is_empty() {
+            match r.u8()? {
+                COUNTERS_BLOCK if snap.counters.is_none() => {
+                    let mut fields = [0u64; 9];
+                    for f in &mut fields {
+                        *f = r.u64()?;
+                    }
+                    snap.counters = Some(counters_from(fields));
+                }
+                PARTS_BLOCK if snap.parts.is_empty() => {
+                    for _ in 0..r.u32()? {
+                        snap.parts.push((r.u64()?, r.u64()?));
+                    }
+                }
+                _ => return None,
             }
-            let mut fields = [0u64; 9];
-            for f in &mut fields {
-                *f = r.u64()?;
-            }
-            snap.counters = Some(counters_from(fields));
         }
-        r.is_empty().then_some((generation, snap))
+        Some((generation, snap))
     }
+}
+
+/// Each partition's cursor.
+fn cursors_of(state: &SubSnapshot) -> Vec<u64> {
+    (0..state.partitions()).map(|p| state.at(p).0).collect()
 }
 
 /// The counters in the order a checkpoint stores them.
@@ -263,8 +372,8 @@ pub(crate) struct SubJournal {
     /// A checkpoint was written but the journal could not be reset to its generation: nothing may be
     /// appended to the old one (it would be ignored at open) until the reset succeeds.
     needs_reset: bool,
-    /// The cursor the journal last recorded (or holds staged).
-    pub recorded_cursor: u64,
+    /// The cursor of each partition the journal last recorded (or holds staged).
+    pub recorded_cursors: Vec<u64>,
     /// Set by [`SubJournal::close`]: the directory is being released, nothing more is written.
     closed: bool,
 }
@@ -302,13 +411,13 @@ pub(crate) struct Opened {
 }
 
 impl SubJournal {
-    /// Creates the files of a new subscription that starts at `start_seq`.
-    pub fn create(dir: &Path, start_seq: u64, durability: AckDurability) -> Result<SubJournal, StoreError> {
+    /// Creates the files of a new subscription that starts at `starts[p]` in partition `p`.
+    pub fn create(dir: &Path, starts: &[u64], durability: AckDurability) -> Result<SubJournal, StoreError> {
         frame::create_dirs(dir).map_err(|e| StoreError::io(dir, e))?;
-        let state = SubSnapshot::starting_at(start_seq);
+        let state = SubSnapshot::starting_at_each(starts);
         let checkpoint_path = dir.join("checkpoint");
         frame::write_atomic(&checkpoint_path, &state.encode(0))?;
-        let mut journal = Self::open_file(dir, 0, durability, state.cursor)?;
+        let mut journal = Self::open_file(dir, 0, durability, cursors_of(&state))?;
         journal.reset(0)?;
         // The new directory's entry must survive a power loss too.
         if let Some(parent) = dir.parent() {
@@ -321,7 +430,7 @@ impl SubJournal {
         dir: &Path,
         generation: u64,
         durability: AckDurability,
-        cursor: u64,
+        cursors: Vec<u64>,
     ) -> Result<SubJournal, StoreError> {
         let journal_path = dir.join("journal.log");
         let file = frame::options()
@@ -348,7 +457,7 @@ impl SubJournal {
             written: 0,
             last_settle_mark: 0,
             needs_reset: false,
-            recorded_cursor: cursor,
+            recorded_cursors: cursors,
             closed: false,
         })
     }
@@ -357,9 +466,10 @@ impl SubJournal {
     /// records of the same generation on top of it. A torn tail of the journal is left out (recovery cuts
     /// it); damage with readable records after it, an unreadable checkpoint, or a record that is not a
     /// journal record is refused, naming the file and offset.
-    /// `first` and `head` are the topic's retained range after its own recovery: state beyond the head
-    /// (messages a power loss took back) is dropped, so those seqs are delivered when they are reused.
-    pub fn inspect(dir: &Path, first: u64, head: u64) -> Result<Inspected, StoreError> {
+    /// `first` and `head` are the retained range of each partition of the topic after its own recovery
+    /// (the last one given stands for the partitions after it): state beyond a head (messages a power
+    /// loss took back) is dropped, so those seqs are delivered when they are reused.
+    pub fn inspect(dir: &Path, first: &[u64], head: &[u64]) -> Result<Inspected, StoreError> {
         let checkpoint_path = dir.join("checkpoint");
         let (generation, mut state, missing_checkpoint) = match super::read_optional(&checkpoint_path)? {
             Some(data) => {
@@ -387,7 +497,7 @@ impl SubJournal {
         // the subscription's creation (generation 0); otherwise start again from the oldest retained
         // message (at-least-once: some acked messages come back, none is lost).
         if missing_checkpoint && journal_gen.is_some_and(|g| g > 0) {
-            state = SubSnapshot::starting_at(first);
+            state = SubSnapshot::starting_at_each(first);
         } else if journal_gen.is_some_and(|g| g >= generation || missing_checkpoint) {
             let mut offset = frames.bodies.first().map_or(0, |b| frame::FRAME_HEADER + b.len());
             for (i, body) in bodies.enumerate() {
@@ -419,12 +529,21 @@ impl SubJournal {
     }
 
     /// Opens an existing subscription's files (see [`SubJournal::inspect`]), cutting a torn tail.
-    pub fn open(dir: &Path, durability: AckDurability, first: u64, head: u64) -> Result<Opened, StoreError> {
+    pub fn open(
+        dir: &Path,
+        durability: AckDurability,
+        first: &[u64],
+        head: &[u64],
+    ) -> Result<Opened, StoreError> {
         let found = Self::inspect(dir, first, head)?;
         let state = found.state;
         let journal_path = dir.join("journal.log");
-        let mut journal =
-            Self::open_file(dir, found.journal_gen.unwrap_or(found.generation), durability, state.cursor)?;
+        let mut journal = Self::open_file(
+            dir,
+            found.journal_gen.unwrap_or(found.generation),
+            durability,
+            cursors_of(&state),
+        )?;
         // Start a fresh generation from the recovered state, so the repaired journal is never replayed
         // twice. If the checkpoint cannot be written (a full disk), the old journal goes on from its last
         // valid record; once the new checkpoint is in place the journal must be reset.
@@ -438,7 +557,7 @@ impl SubJournal {
             }
             Err(e) => return Err(e),
         }
-        journal.recorded_cursor = state.cursor;
+        journal.recorded_cursors = cursors_of(&state);
         Ok(Opened {
             journal,
             state,
@@ -471,7 +590,12 @@ impl SubJournal {
     /// Queues a record; it reaches the file at the next [`SubJournal::commit`].
     pub fn stage(&mut self, op: SubOp) {
         if let SubOp::Cursor { seq } = op {
-            self.recorded_cursor = seq;
+            let (p, seq) = split_key(seq);
+            let p = p as usize;
+            if self.recorded_cursors.len() <= p {
+                self.recorded_cursors.resize(p + 1, 0);
+            }
+            self.recorded_cursors[p] = seq;
         }
         if matches!(op, SubOp::Settle { .. } | SubOp::Seek { .. }) {
             self.staged_settle = true;
@@ -523,7 +647,7 @@ impl SubJournal {
         let next = self.generation + 1;
         frame::write_atomic(&self.checkpoint_path, &state.encode(next))?;
         self.generation = next;
-        self.recorded_cursor = state.cursor;
+        self.recorded_cursors = cursors_of(state);
         if let Err(e) = self.reset(next) {
             self.needs_reset = true;
             return Err(e);
@@ -560,7 +684,7 @@ mod tests {
     #[test]
     fn state_survives_reopen_and_settled_stays_settled() {
         let dir = temp_dir("reopen");
-        let mut j = SubJournal::create(&dir, 1, AckDurability::Sync).unwrap();
+        let mut j = SubJournal::create(&dir, &[1], AckDurability::Sync).unwrap();
         for op in [
             SubOp::Attempt { seq: 1, attempt: 1 },
             SubOp::Attempt { seq: 2, attempt: 1 },
@@ -573,7 +697,7 @@ mod tests {
         }
         j.commit().unwrap();
         drop(j);
-        let opened = SubJournal::open(&dir, AckDurability::Sync, 1, 100).unwrap();
+        let opened = SubJournal::open(&dir, AckDurability::Sync, &[1], &[100]).unwrap();
         let want = Pending { attempt: 2, not_before: Some(Timestamp::from_micros(99)) };
         assert_eq!(opened.state.pending.into_iter().collect::<Vec<_>>(), vec![(2, want)]);
         assert_eq!((opened.state.cursor, opened.state.floor), (3, 1));
@@ -584,7 +708,7 @@ mod tests {
     #[test]
     fn a_torn_tail_loses_only_the_newest_records() {
         let dir = temp_dir("torn");
-        let mut j = SubJournal::create(&dir, 1, AckDurability::Async).unwrap();
+        let mut j = SubJournal::create(&dir, &[1], AckDurability::Async).unwrap();
         j.stage(SubOp::Attempt { seq: 1, attempt: 1 });
         j.stage(SubOp::Cursor { seq: 1 });
         j.commit().unwrap();
@@ -594,7 +718,7 @@ mod tests {
         let path = dir.join("journal.log");
         let len = fs::metadata(&path).unwrap().len();
         frame::options().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
-        let opened = SubJournal::open(&dir, AckDurability::Async, 1, 100).unwrap();
+        let opened = SubJournal::open(&dir, AckDurability::Async, &[1], &[100]).unwrap();
         assert!(opened.truncated.is_some());
         // The settle was torn off: the message is unsettled again (at-least-once), never lost.
         assert_eq!(opened.state.pending.get(&1).map(|p| p.attempt), Some(1));
@@ -604,7 +728,7 @@ mod tests {
     #[test]
     fn a_stale_journal_is_not_replayed_over_a_newer_checkpoint() {
         let dir = temp_dir("stale");
-        let mut j = SubJournal::create(&dir, 1, AckDurability::Sync).unwrap();
+        let mut j = SubJournal::create(&dir, &[1], AckDurability::Sync).unwrap();
         j.stage(SubOp::Attempt { seq: 1, attempt: 1 });
         j.commit().unwrap();
         let old_journal = fs::read(dir.join("journal.log")).unwrap();
@@ -615,7 +739,7 @@ mod tests {
         drop(j);
         // A crash after the checkpoint's rename but before the journal reset leaves the old journal.
         fs::write(dir.join("journal.log"), old_journal).unwrap();
-        let opened = SubJournal::open(&dir, AckDurability::Sync, 1, 100).unwrap();
+        let opened = SubJournal::open(&dir, AckDurability::Sync, &[1], &[100]).unwrap();
         assert!(opened.state.pending.is_empty(), "acked seq 1 came back: {:?}", opened.state);
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -623,18 +747,18 @@ mod tests {
     #[test]
     fn state_beyond_the_recovered_head_is_dropped_and_stays_dropped() {
         let dir = temp_dir("clamp");
-        let mut j = SubJournal::create(&dir, 1, AckDurability::Sync).unwrap();
+        let mut j = SubJournal::create(&dir, &[1], AckDurability::Sync).unwrap();
         j.stage(SubOp::Attempt { seq: 9, attempt: 1 });
         j.stage(SubOp::Attempt { seq: 12, attempt: 3 });
         j.stage(SubOp::Cursor { seq: 12 });
         j.commit().unwrap();
         drop(j);
         // A power loss took the topic back to seq 10.
-        let opened = SubJournal::open(&dir, AckDurability::Sync, 1, 10).unwrap();
+        let opened = SubJournal::open(&dir, AckDurability::Sync, &[1], &[10]).unwrap();
         assert_eq!((opened.state.cursor, opened.state.pending.len()), (10, 1));
         drop(opened);
         // Reopened with the head grown again, the old cursor does not come back.
-        let opened = SubJournal::open(&dir, AckDurability::Sync, 1, 20).unwrap();
+        let opened = SubJournal::open(&dir, AckDurability::Sync, &[1], &[20]).unwrap();
         assert_eq!(opened.state.cursor, 10);
         assert!(!opened.state.pending.contains_key(&12));
         fs::remove_dir_all(&dir).unwrap();

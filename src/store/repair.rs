@@ -215,7 +215,7 @@ fn repair_subscription(
     let checkpoint = path.join("checkpoint");
     let journal = path.join("journal.log");
     for _ in 0..2 {
-        let bad = match SubJournal::inspect(path, 1, u64::MAX) {
+        let bad = match SubJournal::inspect(path, &[1], &[u64::MAX]) {
             Ok(_) => return Ok(()),
             Err(StoreError::Corrupt { path: bad, .. }) => bad,
             Err(e) => return Err(e),

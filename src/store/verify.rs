@@ -69,6 +69,29 @@ fn check_owners(dir: &Path, state: &MetaState, findings: &mut Vec<String>) -> Re
                 topic.name,
                 path.display()
             ));
+            continue;
+        }
+        // One directory per partition, numbered from 0, as many as the metadata says.
+        let partitions = topic.partitions.max(1);
+        for p in 0..partitions {
+            let part = path.join(p.to_string());
+            if !part.is_dir() {
+                findings.push(format!(
+                    "topic {}: partition {p} of {partitions}: {} is missing (created again, empty, at open)",
+                    topic.name,
+                    part.display()
+                ));
+            }
+        }
+        for entry in list(&path)?.into_iter().filter(|p| p.is_dir()) {
+            let number = entry.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok());
+            if number.is_none_or(|n| n >= partitions) {
+                findings.push(format!(
+                    "{}: not one of the {partitions} partition(s) topic {} has (ignored at open)",
+                    entry.display(),
+                    topic.name
+                ));
+            }
         }
     }
     for sub in state.subscriptions.iter().filter(|s| s.lifetime == Lifetime::Durable) {
@@ -81,9 +104,18 @@ fn check_owners(dir: &Path, state: &MetaState, findings: &mut Vec<String>) -> Re
             ));
             continue;
         }
-        match SubJournal::inspect(&path, 1, u64::MAX) {
+        let partitions = state.topics.iter().find(|t| t.name == sub.topic).map_or(1, |t| t.partitions.max(1));
+        match SubJournal::inspect(&path, &[1], &[u64::MAX]) {
             Err(e) => findings.push(e.to_string()),
             Ok(found) => {
+                if found.state.partitions() > partitions {
+                    findings.push(format!(
+                        "{}: positions in {} partitions, but topic {} has {partitions}",
+                        path.display(),
+                        found.state.partitions(),
+                        sub.topic
+                    ));
+                }
                 if found.missing_checkpoint {
                     findings.push(format!(
                         "{}: missing (at open the state is rebuilt from the journal; acked messages may come back)",

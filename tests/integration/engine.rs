@@ -254,11 +254,11 @@ fn auto_create_off_refuses_unknown_topics_for_subscriptions_too() {
 fn unimplemented_settings_are_refused_rather_than_ignored() {
     let (e, _) = engine();
     let mut config = SubscriptionConfig::new(name("s"), name("t"));
-    config.ordering = pubsub::engine::OrderingMode::PerKey;
+    config.assignment = pubsub::engine::Assignment::SingleActive;
     let err = e.create_subscription(config).unwrap_err().to_string();
     assert!(err.contains("not implemented yet"), "{err}");
     let mut topic = TopicConfig::new(name("p"));
-    topic.partitions = 3;
+    topic.partitions = 3000;
     assert!(e.create_topic(topic).unwrap_err().to_string().contains("partitions"));
 }
 

@@ -24,6 +24,7 @@ mod kafka_live;
 mod layering;
 mod mqtt_live;
 mod nats_live;
+mod partitions;
 mod postgres_live;
 mod properties;
 mod readme;

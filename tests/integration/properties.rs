@@ -234,3 +234,156 @@ proptest! {
         run(ops)?;
     }
 }
+
+// ----- PerKey ordering (issue 24) ------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum KeyOp {
+    /// Publish a message with key `KEYS[k]`, or without a key (k = KEYS.len()).
+    Publish(u8),
+    Fetch {
+        consumer: u8,
+        max: u8,
+    },
+    Ack(u8),
+    Nack {
+        pick: u8,
+        delay_ms: u16,
+    },
+    Expire(u16),
+    Detach(u8),
+}
+
+const KEYS: [&str; 4] = ["a", "b", "c", "d"];
+
+fn key_op() -> impl Strategy<Value = KeyOp> {
+    prop_oneof![
+        4 => (0u8..5).prop_map(KeyOp::Publish),
+        4 => (0u8..3, 1u8..6).prop_map(|(consumer, max)| KeyOp::Fetch { consumer, max }),
+        4 => any::<u8>().prop_map(KeyOp::Ack),
+        3 => (any::<u8>(), prop_oneof![Just(0u16), 1u16..1500]).prop_map(|(pick, delay_ms)| KeyOp::Nack { pick, delay_ms }),
+        2 => (1u16..2500).prop_map(KeyOp::Expire),
+        1 => (0u8..3).prop_map(KeyOp::Detach),
+    ]
+}
+
+/// Runs the ops on a PerKey subscription of a topic with two partitions, checking after every delivery
+/// that every earlier message of its key in its partition was acked (I6: so no key ever has two in
+/// flight, and a key's order survives nacks, expiries and detaches), then that everything drains.
+fn run_per_key(ops: Vec<KeyOp>) -> Result<(), TestCaseError> {
+    let (e, clock) = engine();
+    let mut topic = TopicConfig::new(name("t"));
+    topic.partitions = 2;
+    e.create_topic(topic).unwrap();
+    let mut config = pubsub::engine::SubscriptionConfig::new(name("s"), name("t"));
+    config.start = pubsub::engine::StartPosition::All;
+    config.ack_deadline = Duration::from_secs(1);
+    config.max_in_flight = MAX_IN_FLIGHT;
+    config.ordering = pubsub::engine::OrderingMode::PerKey;
+    config.backoff = Backoff::List(vec![Duration::from_millis(300), Duration::from_millis(700)]);
+    e.create_subscription(config).unwrap();
+    let sub = name("s");
+    // (partition, seq) → key of every published message; acked ones; current leases.
+    let mut keys: BTreeMap<(u32, u64), Option<&str>> = BTreeMap::new();
+    let mut acked: HashSet<(u32, u64)> = HashSet::new();
+    let mut valid: BTreeMap<(u32, u64), (u8, AckRef, i64)> = BTreeMap::new();
+    let check = |d: &pubsub::engine::Delivery,
+                 keys: &BTreeMap<(u32, u64), Option<&str>>,
+                 acked: &HashSet<(u32, u64)>,
+                 valid: &BTreeMap<(u32, u64), (u8, AckRef, i64)>|
+     -> Result<(), TestCaseError> {
+        let at = (d.message.partition, d.message.seq);
+        prop_assert!(!acked.contains(&at), "acked {at:?} redelivered");
+        prop_assert!(!valid.contains_key(&at), "{at:?} leased twice");
+        if let Some(Some(k)) = keys.get(&at) {
+            for (earlier, key) in keys.range((at.0, 0)..at) {
+                if *key == Some(*k) {
+                    prop_assert!(
+                        acked.contains(earlier),
+                        "{at:?} (key {k}) delivered before {earlier:?} was settled"
+                    );
+                }
+            }
+        }
+        Ok(())
+    };
+    let expire = |valid: &mut BTreeMap<(u32, u64), (u8, AckRef, i64)>, now: i64| {
+        valid.retain(|_, v| v.2 > now);
+    };
+    for op in ops {
+        expire(&mut valid, clock.now().as_micros());
+        match op {
+            KeyOp::Publish(k) => {
+                let key = KEYS.get(usize::from(k)).copied();
+                let mut req = pubsub::engine::PublishRequest::new(name("t"), "x".to_string());
+                req.key = key.map(|k| bytes::Bytes::from(k.to_string()));
+                let r = e.publish(req).unwrap();
+                keys.insert((r.partition, r.seq), key);
+            }
+            KeyOp::Fetch { consumer, max } => {
+                let opts = FetchOptions { max_msgs: usize::from(max), ..FetchOptions::default() };
+                for d in e.try_fetch(&sub, &format!("c{consumer}"), &opts).unwrap() {
+                    check(&d, &keys, &acked, &valid)?;
+                    valid.insert(
+                        (d.message.partition, d.message.seq),
+                        (consumer, d.lease.unwrap(), d.deadline.unwrap().as_micros()),
+                    );
+                }
+            }
+            KeyOp::Ack(i) => {
+                if let Some(&at) = valid.keys().nth(usize::from(i) % valid.len().max(1)) {
+                    let (_, lease, _) = valid.remove(&at).unwrap();
+                    e.ack(&sub, lease).map_err(|err| TestCaseError::fail(format!("ack refused: {err}")))?;
+                    acked.insert(at);
+                }
+            }
+            KeyOp::Nack { pick, delay_ms } => {
+                if let Some(&at) = valid.keys().nth(usize::from(pick) % valid.len().max(1)) {
+                    let (_, lease, _) = valid.remove(&at).unwrap();
+                    let delay = (delay_ms > 0).then(|| Duration::from_millis(u64::from(delay_ms)));
+                    e.nack(&sub, lease, delay).unwrap();
+                }
+            }
+            KeyOp::Expire(ms) => {
+                clock.advance(Duration::from_millis(u64::from(ms)));
+                e.tick();
+            }
+            KeyOp::Detach(c) => {
+                e.detach(&sub, &format!("c{c}"));
+                valid.retain(|_, v| v.0 != c);
+            }
+        }
+        expire(&mut valid, clock.now().as_micros());
+        let info = e.subscription_info(&sub).unwrap();
+        prop_assert!(info.in_flight <= u64::from(MAX_IN_FLIGHT));
+        prop_assert_eq!(info.in_flight, valid.len() as u64, "in flight: engine vs test");
+    }
+    // Everything drains: no key stays stuck.
+    for _ in 0..(keys.len() * 4 + 10) {
+        clock.advance(Duration::from_secs(2));
+        e.tick();
+        valid.clear();
+        let opts = FetchOptions { max_msgs: 100, ..FetchOptions::default() };
+        for d in e.try_fetch(&sub, "drain", &opts).unwrap() {
+            check(&d, &keys, &acked, &valid)?;
+            e.ack(&sub, d.lease.unwrap()).unwrap();
+            acked.insert((d.message.partition, d.message.seq));
+        }
+        if acked.len() == keys.len() {
+            break;
+        }
+    }
+    prop_assert_eq!(acked.len(), keys.len(), "messages left undelivered");
+    let info = e.subscription_info(&sub).unwrap();
+    prop_assert_eq!(info.backlog, 0, "{:?}", info);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn per_key_ordering_holds_under_random_operations(ops in prop::collection::vec(key_op(), 1..80)) {
+        run_per_key(ops)?;
+    }
+}

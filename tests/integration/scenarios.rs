@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use pubsub::engine::{
-    AckMode, Backoff, Clock, DeliveryState, Discard, EngineConfig, EngineError, Name, Pattern,
+    AckMode, Backoff, Clock, DeliveryState, Discard, EngineConfig, EngineError, Name, OrderingMode, Pattern,
     PublishRequest, SeekTarget, TapItem, TapOptions, TopicConfig,
 };
 
@@ -378,4 +378,98 @@ fn drain(tap: &mut pubsub::engine::TapReceiver) -> Vec<u64> {
             TapItem::Lagged { .. } => None,
         })
         .collect()
+}
+
+#[test]
+fn scenario_09_per_key_ordering_a_nack_blocks_only_its_own_key() {
+    let (e, _) = engine();
+    let keyed = |key: &str, payload: &str| {
+        PublishRequest::new(name("t"), payload.to_string()).with_key(key.to_string())
+    };
+    for sub in ["s", "d"] {
+        subscribe(&e, sub, "t", |c| {
+            c.ordering = OrderingMode::PerKey;
+            c.backoff = Backoff::Immediate;
+            if sub == "d" {
+                c.max_deliveries = 2;
+                c.dead_letter = Some(name("dlq"));
+            }
+        });
+    }
+    e.publish(keyed("k", "m1")).unwrap();
+    e.publish(keyed("k", "m2")).unwrap();
+    e.publish(keyed("j", "m3")).unwrap();
+    // m2 waits behind m1; m3, another key, goes.
+    let first = fetch(&e, "s", "c", 10);
+    assert_eq!(seqs(&first), vec![1, 3]);
+    e.nack(&name("s"), first[0].lease.unwrap(), None).unwrap();
+    // m1 comes back, m2 still waits, m3 is unaffected.
+    let again = fetch(&e, "s", "c", 10);
+    assert_eq!(seqs(&again), vec![1]);
+    assert_eq!(again[0].attempt, 2);
+    e.ack(&name("s"), first[1].lease.unwrap()).unwrap();
+    assert!(fetch(&e, "s", "c", 10).is_empty(), "m2 must wait for m1");
+    let info = e.subscription_info(&name("s")).unwrap();
+    assert_eq!((info.in_flight, info.pending, info.backlog), (1, 1, 2));
+    e.ack(&name("s"), again[0].lease.unwrap()).unwrap();
+    let last = fetch(&e, "s", "c", 10);
+    assert_eq!(seqs(&last), vec![2]);
+    e.ack(&name("s"), last[0].lease.unwrap()).unwrap();
+    assert_eq!(e.subscription_info(&name("s")).unwrap().ack_floor, 3);
+
+    // Dead-lettering m1 unblocks its key too.
+    let d = fetch(&e, "d", "c", 10);
+    assert_eq!(seqs(&d), vec![1, 3]);
+    e.nack(&name("d"), d[0].lease.unwrap(), None).unwrap();
+    let d2 = fetch(&e, "d", "c", 10);
+    assert_eq!(seqs(&d2), vec![1]);
+    e.nack(&name("d"), d2[0].lease.unwrap(), None).unwrap();
+    let d3 = fetch(&e, "d", "c", 10);
+    assert_eq!(seqs(&d3), vec![2], "m1 was dead-lettered: m2 is next");
+    assert_eq!(e.subscription_info(&name("d")).unwrap().counters.dead_lettered, 1);
+}
+
+#[test]
+fn strict_ordering_keeps_one_message_in_flight_per_partition() {
+    let (e, _) = engine();
+    let mut topic = TopicConfig::new(name("t"));
+    topic.partitions = 2;
+    e.create_topic(topic).unwrap();
+    subscribe(&e, "s", "t", |c| {
+        c.ordering = OrderingMode::Strict;
+        c.backoff = Backoff::Immediate;
+    });
+    for i in 0..6 {
+        e.publish(PublishRequest::new(name("t"), format!("m{i}"))).unwrap();
+    }
+    let mut order: HashMap<u32, Vec<u64>> = HashMap::new();
+    for round in 0..4 {
+        let batch = fetch(&e, "s", "c", 10);
+        assert_eq!(batch.len(), 2, "one per partition (round {round})");
+        let parts: HashSet<u32> = batch.iter().map(|d| d.message.partition).collect();
+        assert_eq!(parts.len(), 2);
+        if round == 0 {
+            // A nack keeps the partition's turn: the same message comes back first.
+            e.nack(&name("s"), batch[0].lease.unwrap(), None).unwrap();
+            e.nack(&name("s"), batch[1].lease.unwrap(), None).unwrap();
+            continue;
+        }
+        for d in batch {
+            order.entry(d.message.partition).or_default().push(d.message.seq);
+            e.ack(&name("s"), d.lease.unwrap()).unwrap();
+        }
+    }
+    assert_eq!(order[&0], vec![1, 2, 3]);
+    assert_eq!(order[&1], vec![1, 2, 3]);
+    assert!(fetch(&e, "s", "c", 10).is_empty());
+}
+
+#[test]
+fn ordering_needs_acks() {
+    let (e, _) = engine();
+    let mut config = pubsub::engine::SubscriptionConfig::new(name("s"), name("t"));
+    config.ordering = OrderingMode::PerKey;
+    config.ack = AckMode::None;
+    let err = e.create_subscription(config).unwrap_err().to_string();
+    assert!(err.contains("ordering") && err.contains("ack"), "{err}");
 }

@@ -392,3 +392,40 @@ fn views_of_a_broker_with_partitions() {
     app.update(Action::SetView(View::Topology));
     snapshot("partitions_topology", &app);
 }
+
+/// The local engine with a topic of four partitions (issue 24): the subscriptions view shows the lag
+/// of each partition (no owner: the subscription is shared) next to the total, from real engine data.
+#[test]
+fn engine_subscription_over_partitions_shows_lag_per_partition() {
+    let (e, clock) = engine();
+    let mut orders = TopicConfig::new(name("orders"));
+    orders.partitions = 4;
+    e.create_topic(orders).unwrap();
+    let mut billing = SubscriptionConfig::new(name("billing"), name("orders"));
+    billing.start = StartPosition::All;
+    e.create_subscription(billing).unwrap();
+    for i in 0..40u64 {
+        let req = PublishRequest::new(name("orders"), format!("order {i}")).with_key(format!("customer-{i}"));
+        e.publish(req).unwrap();
+        clock.advance(Duration::from_millis(100));
+    }
+    // Settle everything of partitions 0 and 1 and half of partition 2.
+    let all =
+        e.try_fetch(&name("billing"), "worker", &FetchOptions { max_msgs: 100, ..FetchOptions::default() });
+    let all = all.unwrap();
+    let mut half = 0;
+    for d in &all {
+        let p = d.message.partition;
+        if p < 2 || (p == 2 && half < 3) {
+            half += u32::from(p == 2);
+            e.ack(&name("billing"), d.lease.unwrap()).unwrap();
+        }
+    }
+    clock.advance(Duration::from_secs(1));
+    let mut app = App::new("local".into(), Capabilities::all(), Theme::default(), 100, 1 << 20);
+    app.now = clock.now();
+    app.stats(Some(e.topics()), Some(e.subscriptions(None)));
+    app.stats(Some(e.topics()), Some(e.subscriptions(None)));
+    app.update(Action::SetView(View::Subscriptions));
+    snapshot("engine_partitions_subscriptions", &app);
+}

@@ -468,7 +468,9 @@ impl KafkaBroker {
             let offset = match target {
                 SeekTarget::Start => low,
                 SeekTarget::End => high,
-                SeekTarget::Seq { seq, .. } => convert::offset_of(seq).clamp(low, high),
+                SeekTarget::Seq { seq, .. } | SeekTarget::Each(seq) => {
+                    convert::offset_of(seq).clamp(low, high)
+                }
                 SeekTarget::Time(t) => super::consume::millis(t),
             };
             tpl.add_partition_offset(t, *p, Offset::Offset(offset))

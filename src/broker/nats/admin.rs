@@ -304,7 +304,7 @@ impl NatsBroker {
         let (policy, next) = match target {
             SeekTarget::Start => (jetstream::consumer::DeliverPolicy::All, state.first_sequence.max(1)),
             SeekTarget::End => (jetstream::consumer::DeliverPolicy::New, state.last_sequence + 1),
-            SeekTarget::Seq { seq, .. } => {
+            SeekTarget::Seq { seq, .. } | SeekTarget::Each(seq) => {
                 // Clamped to what the stream holds, as the engine does: past the end means "only new ones".
                 let seq = seq.clamp(state.first_sequence.max(1), state.last_sequence + 1);
                 (jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: seq }, seq)

@@ -313,7 +313,7 @@ impl PostgresBroker {
         let start = match target {
             SeekTarget::Start => StartPosition::All,
             SeekTarget::End => StartPosition::New,
-            SeekTarget::Seq { seq, .. } => StartPosition::Seq(seq),
+            SeekTarget::Seq { seq, .. } | SeekTarget::Each(seq) => StartPosition::Seq(seq),
             SeekTarget::Time(t) => StartPosition::Time(t),
         };
         let first =
@@ -381,6 +381,7 @@ impl PostgresBroker {
                 };
                 let in_flight = state == DeliveryState::InFlight;
                 MessageAckState {
+                    partition: 0,
                     seq: count(r.get(0)),
                     state,
                     attempt: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),

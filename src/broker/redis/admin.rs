@@ -373,7 +373,7 @@ impl RedisBroker {
         let id = match target {
             SeekTarget::Start => "0".to_string(),
             SeekTarget::End => "$".to_string(),
-            SeekTarget::Seq { seq, .. } => id_of(seq.saturating_sub(1)),
+            SeekTarget::Seq { seq, .. } | SeekTarget::Each(seq) => id_of(seq.saturating_sub(1)),
             SeekTarget::Time(t) => format!("{}-0", (t.as_micros().max(0) / 1000).saturating_sub(1)),
         };
         let _: String = redis::cmd("XGROUP")

@@ -191,7 +191,8 @@ impl RemoteBroker {
         max: usize,
     ) -> Result<Vec<Message>, BrokerError> {
         let from = match from {
-            BrowseFrom::Seq(s) | BrowseFrom::At { seq: s, .. } => BrowseSpec::Seq(s),
+            BrowseFrom::Seq(s) => BrowseSpec::Seq(s),
+            BrowseFrom::At { partition, seq } => BrowseSpec::At { partition, seq },
             BrowseFrom::Time(t) => BrowseSpec::Time(t),
             BrowseFrom::Last(n) => BrowseSpec::Last(n),
         };
@@ -277,6 +278,7 @@ pub(super) fn topic_spec(config: &TopicConfig) -> TopicSpec {
         dedup_window_ms: Some(u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX)),
         durability: Some(config.durability.to_string()),
         segment_bytes: Some(config.segment_bytes),
+        partitions: (config.partitions != 1).then_some(config.partitions),
     }
 }
 
@@ -285,7 +287,8 @@ pub(super) fn seek_spec(target: SeekTarget) -> SeekSpec {
     match target {
         SeekTarget::Start => SeekSpec::Start,
         SeekTarget::End => SeekSpec::End,
-        SeekTarget::Seq { seq, .. } => SeekSpec::Seq(seq),
+        SeekTarget::Each(seq) => SeekSpec::Seq(seq),
+        SeekTarget::Seq { partition, seq } => SeekSpec::At { partition, seq },
         SeekTarget::Time(t) => SeekSpec::Time(t),
     }
 }

@@ -317,6 +317,7 @@ mod tests {
             prefetch_bytes: None,
             credit: true,
             limit,
+            partition: None,
         };
         let state = |limit, delivered| {
             let (tx, _) = tokio::sync::mpsc::unbounded_channel();

@@ -311,6 +311,14 @@ impl Broker for RemoteBroker {
         self.call_as::<CountReply>(Request::PurgeTopic { topic: name.clone() }).await.map(|r| r.count)
     }
 
+    fn publish_options(&self) -> &'static [crate::model::PublishOption] {
+        &[crate::model::PublishOption::Partition]
+    }
+
+    async fn set_partitions(&self, name: &Name, partitions: u32) -> Result<TopicInfo, BrokerError> {
+        self.call_as(Request::SetPartitions { topic: name.clone(), partitions }).await
+    }
+
     async fn subscriptions(&self, topic: Option<&Name>) -> Result<Vec<SubscriptionInfo>, BrokerError> {
         self.call_as(Request::Subscriptions { topic: topic.cloned() }).await
     }

@@ -27,6 +27,7 @@ impl RemoteBroker {
             prefetch_bytes: None,
             credit: true,
             limit: req.limit,
+            partition: req.partition,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();

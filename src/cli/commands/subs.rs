@@ -85,6 +85,10 @@ pub struct CreateSubArgs {
     /// (async, survives a process crash).
     #[arg(long, value_parser = ["sync", "async"], default_value = "sync")]
     pub ack_durability: String,
+    /// per-key: a key's messages one at a time and in order (a nack holds back only its key); strict:
+    /// one message in flight per partition; none (default): lowest seq first, redeliveries may overtake.
+    #[arg(long, value_parser = ["none", "per-key", "strict"], default_value = "none")]
+    pub ordering: String,
 }
 
 fn name(s: &str) -> Result<Name, CliError> {
@@ -132,6 +136,7 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
             if a.ack_durability == "async" {
                 c.ack_durability = AckDurability::Async;
             }
+            c.ordering = a.ordering.parse().map_err(CliError::Usage)?;
             let info = broker.create_subscription(c).await?;
             note(&format!("created subscription {} on {}", info.name, info.topic));
             Ok(())
@@ -234,10 +239,15 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
         ],
         vec![
             "positions".into(),
-            format!(
-                "head {}, delivered {}, ack floor {}, first {}",
-                s.head_seq, s.delivered_seq, s.ack_floor, s.first_seq
-            ),
+            if s.partitions.len() > 1 {
+                // Seqs of different partitions do not add up to a position: the table below has each.
+                format!("{} partitions (each below)", s.partitions.len())
+            } else {
+                format!(
+                    "head {}, delivered {}, ack floor {}, first {}",
+                    s.head_seq, s.delivered_seq, s.ack_floor, s.first_seq
+                )
+            },
         ],
         vec![
             "backlog".into(),
@@ -280,6 +290,9 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
             c.filtered
         );
         rows.extend([vec!["rates".into(), rates], vec!["totals".into(), totals]]);
+    }
+    if s.ordering != crate::model::OrderingMode::None {
+        rows.insert(3, vec!["ordering".into(), s.ordering.label().into()]);
     }
     if let Some(eta) = s.eta {
         rows.push(vec!["drains in".into(), duration(eta)]);
@@ -347,15 +360,27 @@ pub struct PeekArgs {
 /// Runs `pubsub peek`.
 pub async fn peek(ctx: &Context, args: PeekArgs) -> Result<(), CliError> {
     let broker = ctx.connect().await?;
-    let report = broker.peek(&name(&args.name)?, args.from, args.limit).await?;
+    let sub = name(&args.name)?;
+    let report = broker.peek(&sub, args.from, args.limit).await?;
     let mut out = Stdout::new();
     if args.json {
         return out.line(&serde_json::to_string(&report).unwrap_or_default());
     }
-    out.line(&format!(
-        "{}: ack floor {}, delivered {}, head {}",
-        report.subscription, report.ack_floor, report.delivered_seq, report.head_seq
-    ))?;
+    // On a topic of several partitions each position is PARTITION:SEQ, and the summary is per partition.
+    let parts = match broker.subscription_info(&sub).await {
+        Ok(info) if info.partitions.len() > 1 => info.partitions,
+        _ => Vec::new(),
+    };
+    if parts.is_empty() {
+        out.line(&format!(
+            "{}: ack floor {}, delivered {}, head {}",
+            report.subscription, report.ack_floor, report.delivered_seq, report.head_seq
+        ))?;
+    } else {
+        let each: Vec<String> =
+            parts.iter().map(|p| format!("{}:{} (head {})", p.partition, p.ack_floor, p.head_seq)).collect();
+        out.line(&format!("{}: ack floors {}", report.subscription, each.join(", ")))?;
+    }
     let now = SystemClock.now();
     let mut rows = vec![["SEQ", "STATE", "ATTEMPT", "CONSUMER", "DUE"].map(String::from).to_vec()];
     for m in &report.messages {
@@ -372,7 +397,7 @@ pub async fn peek(ctx: &Context, args: PeekArgs) -> Result<(), CliError> {
             .or_else(|| m.not_before.map(|t| format!("retry in {}", duration(t.since(now)))))
             .unwrap_or_default();
         rows.push(vec![
-            m.seq.to_string(),
+            if parts.is_empty() { m.seq.to_string() } else { format!("{}:{}", m.partition, m.seq) },
             state,
             crate::human::attempts(m.state, m.attempt),
             m.consumer.as_deref().unwrap_or("").to_string(),
@@ -388,7 +413,8 @@ pub async fn peek(ctx: &Context, args: PeekArgs) -> Result<(), CliError> {
 pub struct SeekArgs {
     /// The subscription.
     pub name: String,
-    /// start, end, a seq, an RFC 3339 time, or -5m.
+    /// start, end, a seq (of every partition), PARTITION:SEQ (that partition only), an RFC 3339 time,
+    /// or -5m.
     #[arg(allow_hyphen_values = true)]
     pub target: String,
 }
@@ -398,11 +424,13 @@ pub async fn seek(ctx: &Context, args: SeekArgs) -> Result<(), CliError> {
     let target = Position::parse(&args.target, SystemClock.now()).map_err(CliError::Usage)?;
     let broker = ctx.connect().await?;
     // A seek moves every partition of the subscription; P:SEQ names one, so only 0:SEQ on a broker of
-    // one partition per topic means something.
+    // one partition per topic means something. The pubsub engines move just that partition.
+    let engine = super::topics::keeps_totals(&broker);
     let target = match target {
         Position::At { partition: 0, seq } if !broker.capabilities().has(Capability::Partitions) => {
             Position::Seq(seq)
         }
+        Position::At { .. } if engine => target,
         Position::At { .. } => {
             return Err(CliError::Usage(
                 "seek moves every partition of a subscription: give start, end, a seq (the same in each partition) or a time".into(),
@@ -413,6 +441,8 @@ pub async fn seek(ctx: &Context, args: SeekArgs) -> Result<(), CliError> {
     let next = broker.seek(&name(&args.name)?, target.seek()).await?;
     if target == Position::End {
         note(&format!("{} is at the end: it will deliver only what is published from now on", args.name));
+    } else if let Position::At { partition, .. } = target {
+        note(&format!("{} will deliver partition {partition} from seq {next}", args.name));
     } else {
         note(&format!("{} will deliver from seq {next}", args.name));
     }

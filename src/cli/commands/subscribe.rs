@@ -193,11 +193,32 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
     let sink = Sink::Stdout(Stdout::new());
     let settle = if args.ack == AckArg::Manual { SettleMode::Manual } else { SettleMode::Auto };
     let exec = args.exec.map(|command| Exec { command, parallel: args.parallel });
-    let renderer = args
-        .output
-        .renderer(ctx.color, std::io::stdout().is_terminal())
-        .with_partitions(broker.capabilities().has(Capability::Partitions));
+    let partitions = shows_partitions(&broker, &patterns_of(&args.patterns)).await;
+    let renderer =
+        args.output.renderer(ctx.color, std::io::stdout().is_terminal()).with_partitions(partitions);
     receive(broker, stream, sink, renderer, settle, exec, &args.stop, end).await
+}
+
+/// The topic names among command-line patterns (those that parse as names).
+fn patterns_of(texts: &[String]) -> Vec<Name> {
+    texts.iter().filter_map(|t| Name::new(t).ok()).collect()
+}
+
+/// Whether printed positions carry their partition (`#P:SEQ`): on a broker with partitions, except
+/// that on the pubsub engines, whose topics mostly have one, only when a topic read has several.
+pub async fn shows_partitions(broker: &SharedBroker, topics: &[Name]) -> bool {
+    if !broker.capabilities().has(Capability::Partitions) {
+        return false;
+    }
+    if !super::topics::keeps_totals(broker) {
+        return true;
+    }
+    for topic in topics {
+        if broker.topic_info(topic).await.is_ok_and(|t| t.partitions > 1) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Parses command-line patterns with errors that quote them.
@@ -263,6 +284,9 @@ pub async fn reading(
     exit_at_end: bool,
 ) -> Result<EndAt, CliError> {
     let partitioned = broker.capabilities().has(Capability::Partitions);
+    // The pubsub engines read one partition from P:SEQ themselves, but leave `--exit-at-end` to the
+    // receive loop (with the heads per partition below).
+    let engine = super::topics::keeps_totals(broker);
     if let Some(p) = from.and_then(Position::partition) {
         if partitioned {
             request.partition = Some(p);
@@ -276,7 +300,7 @@ pub async fn reading(
     if !exit_at_end {
         return Ok(EndAt::Open);
     }
-    if partitioned && request.subscription.is_none() {
+    if partitioned && !engine && request.subscription.is_none() {
         request.until_end = true;
         return Ok(EndAt::Open);
     }

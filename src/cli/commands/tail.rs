@@ -31,10 +31,10 @@ pub async fn run(ctx: &Context, args: TailArgs) -> Result<(), CliError> {
     let broker = ctx.connect().await?;
     let started = SystemClock.now();
     let info = broker.topic_info(&topic).await?;
-    let renderer = args
-        .output
-        .renderer(ctx.color, std::io::stdout().is_terminal())
-        .with_partitions(broker.capabilities().has(Capability::Partitions));
+    let renderer = args.output.renderer(ctx.color, std::io::stdout().is_terminal()).with_partitions(
+        broker.capabilities().has(Capability::Partitions)
+            && (info.partitions > 1 || !super::topics::keeps_totals(&broker)),
+    );
     let mut out = Stdout::new();
     let mut buf = Vec::new();
     // Following resumes right after the last message shown, so nothing published in between is shown

@@ -37,6 +37,15 @@ pub enum TopicCommand {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Change a topic: grow its partitions (never fewer than it has).
+    Alter {
+        /// The topic.
+        name: String,
+        /// The new number of partitions; messages already stored stay where they are, and keys hash
+        /// over the new count from now on.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        partitions: u32,
+    },
     /// Delete every message of a topic, seqs keep counting (asks first on a terminal).
     Purge {
         /// The topic.
@@ -78,7 +87,8 @@ pub struct CreateArgs {
     /// also has its own limit: `serve --max-message-bytes`).
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_message_bytes: Option<u32>,
-    /// Kafka: the number of partitions (default 1; the engine has one partition per topic).
+    /// The number of partitions (default 1). A keyed message goes to the partition its key hashes to
+    /// (Kafka's murmur2 partitioner), others take turns; `pub --partition P` picks one.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub partitions: Option<u32>,
 }
@@ -204,6 +214,11 @@ pub async fn run(ctx: &Context, command: TopicCommand) -> Result<(), CliError> {
                     names.join(", ")
                 ));
             }
+            Ok(())
+        }
+        TopicCommand::Alter { name: topic, partitions } => {
+            let info = broker.set_partitions(&name(&topic)?, partitions).await?;
+            note(&format!("topic {} has {} partition(s)", info.name, info.partitions));
             Ok(())
         }
         TopicCommand::Purge { name: topic, yes } => {

@@ -253,7 +253,9 @@ async fn open_streams(
     }
     // Where a group assigns partitions (Kafka), a member reads nothing until the broker gave it its
     // share: the run starts once every member was told, so the join is not measured as latency.
-    if durable && broker.capabilities().has(Capability::Partitions) {
+    // The pubsub engines have partitions but share them among a subscription's consumers: no assignment.
+    let assigns = !crate::cli::commands::topics::keeps_totals(broker);
+    if durable && assigns && broker.capabilities().has(Capability::Partitions) {
         for stream in &mut streams {
             let told = tokio::time::timeout(JOIN_WAIT, async {
                 while let Some(item) = stream.next().await {
