@@ -1,6 +1,7 @@
 //! Workshop demos: scenarios (TOML, built-ins embedded), a simulator of publishers and consumers with
 //! rates, processing times, failures and timed events, and a plain-text report.
 
+pub mod live;
 pub mod report;
 pub mod scenario;
 pub mod sim;

@@ -114,7 +114,7 @@ pub struct PublisherSpec {
     pub poison_every: u64,
 }
 
-fn default_payload() -> String {
+pub(crate) fn default_payload() -> String {
     r#"{"from":"{{publisher}}","n":{{seq}}}"#.to_string()
 }
 

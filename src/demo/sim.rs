@@ -33,6 +33,37 @@ struct Held {
     poison: bool,
 }
 
+/// A publisher while it runs: its settings, and the phase of its schedule (a rate change or the end
+/// of the script starts a new phase, so the new pace applies from then on without a burst).
+struct PubState {
+    spec: super::scenario::PublisherSpec,
+    /// When the current phase began.
+    phase_start: Duration,
+    /// Sent in the current phase.
+    phase_sent: u64,
+    /// Most the current phase may send.
+    phase_limit: Option<u64>,
+    /// Sent in all.
+    sent: u64,
+    /// Taken off by the teacher.
+    removed: bool,
+}
+
+/// A subscription the simulation made.
+struct SubState {
+    name: String,
+    topic: String,
+    ack_deadline: Duration,
+    max_deliveries: u32,
+    dead_letter: Option<String>,
+    backoff: Vec<Duration>,
+    removed: bool,
+    /// Live narration: backlog at the last sample, dead letters seen, when it was last spoken of.
+    last_backlog: u64,
+    last_dead: u64,
+    last_told: Option<Duration>,
+}
+
 struct ConsumerState {
     name: String,
     subscription: Name,
@@ -48,6 +79,14 @@ struct ConsumerState {
     busy_until: Duration,
     held: Vec<Held>,
     report: ConsumerReport,
+    /// Messages it will fail on purpose (a live control).
+    fail_next: u32,
+    /// Taken off by the teacher.
+    removed: bool,
+    /// Received at the last sample, for its rate.
+    last_received: u64,
+    /// Messages per second over the last simulated second.
+    rate: f64,
 }
 
 /// A running scenario.
@@ -57,7 +96,10 @@ pub struct Sim {
     pace: Pace,
     rng: u64,
     now: Duration,
-    published: Vec<u64>,
+    pubs: Vec<PubState>,
+    subs: Vec<SubState>,
+    /// Topics and the subjects they capture, for finding what a publisher feeds.
+    topics: Vec<(String, Vec<Pattern>)>,
     consumers: Vec<ConsumerState>,
     fired: usize,
     /// Which consumer holds each (subscription, seq), to prove competing consumers never share one.
@@ -65,6 +107,10 @@ pub struct Sim {
     report: Report,
     /// Where narrated lines also go while the demo runs live.
     narration: Option<tokio::sync::mpsc::Sender<String>>,
+    /// Live: the script does not end the run, and the narration also tells of backlogs and quiet spells.
+    live: bool,
+    /// When the last line was narrated.
+    last_line: Duration,
 }
 
 fn name(text: &str) -> Result<Name, BrokerError> {
@@ -79,9 +125,16 @@ impl Sim {
         pace: Pace,
         seed: u64,
     ) -> Result<Sim, BrokerError> {
+        let mut topics = Vec::new();
         for t in &scenario.topics {
             let mut config = TopicConfig::new(name(&t.name)?);
             config.subjects = t.subjects.iter().map(|s| Pattern::parse(s)).collect::<Result<_, _>>()?;
+            let captures = if config.subjects.is_empty() {
+                vec![Pattern::parse(&t.name)?]
+            } else {
+                config.subjects.clone()
+            };
+            topics.push((t.name.clone(), captures));
             if let Some(n) = t.max_msgs {
                 config.limits.max_msgs = Some(n);
             }
@@ -125,6 +178,10 @@ impl Sim {
                         subscription: c.subscription.clone(),
                         ..ConsumerReport::default()
                     },
+                    fail_next: 0,
+                    removed: false,
+                    last_received: 0,
+                    rate: 0.0,
                 })
             })
             .collect::<Result<Vec<_>, BrokerError>>()?;
@@ -146,8 +203,40 @@ impl Sim {
                 .collect(),
             ..Report::default()
         };
+        let pubs = scenario
+            .publishers
+            .iter()
+            .map(|p| PubState {
+                spec: p.clone(),
+                phase_start: p.start,
+                phase_sent: 0,
+                phase_limit: p.count,
+                sent: 0,
+                removed: false,
+            })
+            .collect();
+        let subs = scenario
+            .subscriptions
+            .iter()
+            .map(|s| SubState {
+                name: s.name.clone(),
+                topic: s.topic.clone(),
+                ack_deadline: s.ack_deadline,
+                max_deliveries: s.max_deliveries,
+                dead_letter: s.dead_letter.clone(),
+                backoff: s.backoff.clone(),
+                removed: false,
+                last_backlog: 0,
+                last_dead: 0,
+                last_told: None,
+            })
+            .collect();
         Ok(Sim {
-            published: vec![0; scenario.publishers.len()],
+            pubs,
+            subs,
+            topics,
+            live: false,
+            last_line: Duration::ZERO,
             scenario,
             broker,
             pace,
@@ -174,7 +263,17 @@ impl Sim {
         self
     }
 
+    /// Live: runs until stopped; after the script the publishers carry on, and the narration also tells
+    /// of backlogs, dead letters and quiet spells.
+    pub fn live(mut self) -> Self {
+        self.live = true;
+        let line = format!("{}: {}", self.scenario.name, self.scenario.summary);
+        self.narrate(line);
+        self
+    }
+
     fn narrate(&mut self, text: String) {
+        self.last_line = self.now;
         let line = format!("{:>6.2}s  {text}", self.now.as_secs_f64());
         if let Some(tx) = &self.narration {
             // A full channel means nobody reads fast enough; the report still keeps the line.
@@ -191,20 +290,54 @@ impl Sim {
         let steps = self.scenario.duration.as_millis() / TICK.as_millis();
         let started = tokio::time::Instant::now();
         for _ in 0..steps {
-            self.step().await?;
-            match &self.pace {
-                Pace::Virtual(engine, clock) => {
-                    clock.advance(TICK);
-                    engine.tick();
-                }
-                Pace::Real => tokio::time::sleep_until(started + self.now + TICK).await,
-            }
-            self.now += TICK;
-            if self.now.as_millis().is_multiple_of(1000) {
-                self.sample().await?;
+            if matches!(self.pace, Pace::Real) {
+                self.step().await?;
+                tokio::time::sleep_until(started + self.now + TICK).await;
+                self.after_step().await?;
+            } else {
+                self.tick().await?;
             }
         }
         self.finish().await
+    }
+
+    /// Simulated time so far.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// One step of `TICK`; on a virtual pace the clock moves by as much (on a real one the caller waits).
+    pub async fn tick(&mut self) -> Result<(), BrokerError> {
+        self.step().await?;
+        if let Pace::Virtual(engine, clock) = &self.pace {
+            clock.advance(TICK);
+            engine.tick();
+        }
+        self.after_step().await
+    }
+
+    async fn after_step(&mut self) -> Result<(), BrokerError> {
+        self.now += TICK;
+        if self.now.as_millis().is_multiple_of(1000) {
+            self.sample().await?;
+        }
+        if self.live && self.now == self.scenario.duration {
+            self.encore();
+        }
+        Ok(())
+    }
+
+    /// Live, at the end of the script: every publisher carries on at its rate with no count.
+    fn encore(&mut self) {
+        let now = self.now;
+        for p in self.pubs.iter_mut().filter(|p| !p.removed) {
+            p.phase_start = now.max(p.spec.start);
+            p.phase_sent = 0;
+            p.phase_limit = None;
+        }
+        self.narrate(
+            "the script is over; publishers keep going until you quit (press ? for the controls)".into(),
+        );
     }
 
     async fn step(&mut self) -> Result<(), BrokerError> {
@@ -271,44 +404,59 @@ impl Sim {
     }
 
     async fn publish(&mut self) -> Result<(), BrokerError> {
-        for (i, p) in self.scenario.publishers.clone().iter().enumerate() {
-            if self.now < p.start {
+        for i in 0..self.pubs.len() {
+            let p = &self.pubs[i];
+            if p.removed || self.now < p.phase_start {
                 continue;
             }
             // Each tick sends what is due by its end as one batch, on the pacing arithmetic `pub --rate`
             // uses. A demo publisher's first message comes one gap after it starts (5/s: at 0.2 s), so
             // the schedule's message at zero is not one of its own.
-            let due = Schedule::rate(p.rate)
-                .due(self.now + TICK - p.start)
+            let due = Schedule::rate(p.spec.rate)
+                .due(self.now + TICK - p.phase_start)
                 .saturating_sub(1)
-                .min(p.count.unwrap_or(u64::MAX));
-            let mut batch = Vec::new();
-            while self.published[i] < due {
-                self.published[i] += 1;
-                let n = self.published[i];
-                let subject = &p.subjects[usize::try_from(n - 1).unwrap_or(0) % p.subjects.len()];
-                let mut payload = p
-                    .payload
-                    .replace("{{seq}}", &n.to_string())
-                    .replace("{{publisher}}", &p.name)
-                    .replace("{{subject}}", subject);
-                if p.poison_every > 0 && n.is_multiple_of(p.poison_every) {
-                    payload = format!(r#"{{"from":"{}","n":{n},"poison":true}}"#, p.name);
-                }
-                batch.push(PublishRequest::new(name(subject)?, payload));
+                .min(p.phase_limit.unwrap_or(u64::MAX));
+            let todo = due.saturating_sub(p.phase_sent);
+            self.send(i, todo).await?;
+            self.pubs[i].phase_sent += todo;
+        }
+        Ok(())
+    }
+
+    /// Publisher `i` sends `n` messages now.
+    async fn send(&mut self, i: usize, n: u64) -> Result<(), BrokerError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let p = &mut self.pubs[i];
+        let mut batch = Vec::new();
+        for _ in 0..n {
+            p.sent += 1;
+            let n = p.sent;
+            let subject = &p.spec.subjects[usize::try_from(n - 1).unwrap_or(0) % p.spec.subjects.len()];
+            let mut payload = p
+                .spec
+                .payload
+                .replace("{{seq}}", &n.to_string())
+                .replace("{{publisher}}", &p.spec.name)
+                .replace("{{subject}}", subject);
+            if p.spec.poison_every > 0 && n.is_multiple_of(p.spec.poison_every) {
+                payload = format!(r#"{{"from":"{}","n":{n},"poison":true}}"#, p.spec.name);
             }
-            if !batch.is_empty() {
-                let count = batch.len() as u64;
-                self.broker.publish_batch(batch).await?;
-                self.report.publishers[i].1 += count;
-            }
+            batch.push(PublishRequest::new(name(subject)?, payload));
+        }
+        let who = p.spec.name.clone();
+        self.broker.publish_batch(batch).await?;
+        match self.report.publishers.iter_mut().find(|(name, _)| *name == who) {
+            Some(entry) => entry.1 += n,
+            None => self.report.publishers.push((who, n)),
         }
         Ok(())
     }
 
     async fn consume(&mut self, i: usize) -> Result<(), BrokerError> {
         let now = self.now;
-        if !self.consumers[i].alive || now < self.consumers[i].start {
+        if !self.consumers[i].alive || self.consumers[i].removed || now < self.consumers[i].start {
             return Ok(());
         }
         // Finish what is done.
@@ -320,7 +468,13 @@ impl Sim {
             done
         };
         for h in done {
-            let fail = h.poison || self.random() < self.consumers[i].fail_rate;
+            // A failure asked for by the teacher comes before the dice (which are then not thrown, so a
+            // run without live controls draws the same numbers as ever).
+            let forced = self.consumers[i].fail_next > 0;
+            if forced {
+                self.consumers[i].fail_next -= 1;
+            }
+            let fail = h.poison || forced || self.random() < self.consumers[i].fail_rate;
             let sub = self.consumers[i].subscription.clone();
             self.holders.remove(&(sub.clone(), h.seq));
             if let Some(token) = &h.token {
@@ -382,11 +536,83 @@ impl Sim {
     }
 
     async fn sample(&mut self) -> Result<(), BrokerError> {
+        let mut infos = Vec::new();
         for s in &mut self.report.subscriptions {
             let info = self.broker.subscription_info(&name(&s.name)?).await?;
             s.lag.push(info.backlog);
+            infos.push(info);
+        }
+        for c in &mut self.consumers {
+            c.rate = (c.report.received - c.last_received) as f64;
+            c.last_received = c.report.received;
+        }
+        if self.live {
+            self.tell_backlogs(&infos);
         }
         Ok(())
+    }
+
+    /// Live narration, once a simulated second: backlogs that build up, drain or clear, dead letters,
+    /// and a word about the flow when nothing else was said for a while.
+    fn tell_backlogs(&mut self, infos: &[crate::model::SubscriptionInfo]) {
+        const BEHIND: u64 = 10;
+        let now = self.now;
+        let mut lines = Vec::new();
+        for info in infos {
+            let Some(s) = self.subs.iter_mut().find(|s| s.name == info.name.as_str() && !s.removed) else {
+                continue;
+            };
+            let (was, is) = (s.last_backlog, info.backlog);
+            let dead = info.counters.dead_lettered + info.counters.terminated;
+            if dead > s.last_dead {
+                let n = dead - s.last_dead;
+                let whither =
+                    s.dead_letter.as_deref().map_or("dropped".to_string(), |d| format!("moved to {d}"));
+                lines.push(format!(
+                    "{n} message(s) of {} failed {} times and were {whither} (dead letter)",
+                    s.name, s.max_deliveries
+                ));
+            }
+            let quiet_for = s.last_told.map_or(Duration::MAX, |t| now.saturating_sub(t));
+            if is >= BEHIND && was < BEHIND {
+                lines.push(format!("{} is falling behind: {is} messages waiting", s.name));
+                s.last_told = Some(now);
+            } else if is >= BEHIND && quiet_for >= Duration::from_secs(3) {
+                let how = if is > was {
+                    "and falling further behind"
+                } else if is < was {
+                    "and catching up"
+                } else {
+                    "and holding"
+                };
+                lines.push(format!("{} is {is} behind {how}", s.name));
+                s.last_told = Some(now);
+            } else if is < BEHIND && was >= BEHIND {
+                lines.push(format!("{} has caught up ({is} waiting)", s.name));
+                s.last_told = Some(now);
+            }
+            s.last_backlog = is;
+            s.last_dead = dead;
+        }
+        if lines.is_empty() && now.saturating_sub(self.last_line) >= Duration::from_secs(5) {
+            let rate: f64 = self.pubs.iter().filter(|p| self.publishing(p)).map(|p| p.spec.rate).sum();
+            let backlog: u64 = infos.iter().map(|i| i.backlog).sum();
+            lines.push(if rate > 0.0 {
+                format!("steady: {rate:.0} msgs/s published, {backlog} waiting in all")
+            } else {
+                format!(
+                    "no publisher is sending; {backlog} waiting in all (w adds a publisher, b sends a burst)"
+                )
+            });
+        }
+        for line in lines {
+            self.narrate(line);
+        }
+    }
+
+    /// Whether `p` sends at this moment.
+    fn publishing(&self, p: &PubState) -> bool {
+        !p.removed && self.now >= p.phase_start && p.phase_limit.is_none_or(|l| p.phase_sent < l)
     }
 
     async fn finish(mut self) -> Result<Report, BrokerError> {
@@ -401,5 +627,551 @@ impl Sim {
         }
         self.report.consumers = self.consumers.into_iter().map(|c| c.report).collect();
         Ok(self.report)
+    }
+}
+
+/// A node of the topology, as the teacher picked it: controls act on it or on the nearest node of the
+/// kind they need (crash on a subscription crashes its first consumer; a rate change on a consumer
+/// changes the publisher feeding its topic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// A simulated publisher.
+    Publisher(String),
+    /// A topic.
+    Topic(String),
+    /// A subscription.
+    Subscription(String),
+    /// A simulated consumer.
+    Consumer(String),
+}
+
+/// What the teacher can change while a demo runs. Time controls (pause, speed, step, restart) belong to
+/// the live runner; these act on the simulation itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A copy of the nearest publisher (or one on the nearest topic) starts publishing.
+    AddPublisher,
+    /// The nearest publisher stops for good.
+    RemovePublisher,
+    /// A new subscription on the nearest topic.
+    AddSubscription,
+    /// The nearest subscription is deleted with its consumers.
+    RemoveSubscription,
+    /// A new consumer competes on the nearest subscription.
+    AddConsumer,
+    /// The nearest consumer leaves cleanly: what it holds goes back at once.
+    RemoveConsumer,
+    /// The nearest publisher sends twice as fast.
+    RateUp,
+    /// The nearest publisher sends half as fast.
+    RateDown,
+    /// The nearest consumer takes twice as long per message.
+    SlowDown,
+    /// The nearest consumer takes half as long per message.
+    SpeedUp,
+    /// The nearest consumer crashes (or, when crashed, comes back).
+    Crash,
+    /// The nearest consumer fails its next `FAIL_COUNT` messages.
+    Fail,
+    /// The nearest publisher sends `BURST` messages at once.
+    Burst,
+    /// The nearest subscription seeks back to the start of its topic.
+    Rewind,
+}
+
+/// Messages a `Fail` control makes a consumer fail.
+pub const FAIL_COUNT: u32 = 3;
+/// Messages a `Burst` sends.
+pub const BURST: u64 = 100;
+
+/// A publisher as the live view shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublisherStatus {
+    /// Name.
+    pub name: String,
+    /// Subjects it publishes to.
+    pub subjects: Vec<String>,
+    /// Messages per second it sends now (0 when done or not started).
+    pub rate: f64,
+    /// Sent in all.
+    pub sent: u64,
+}
+
+/// A consumer as the live view shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerStatus {
+    /// Name.
+    pub name: String,
+    /// Its subscription.
+    pub subscription: String,
+    /// Time per message.
+    pub process: Duration,
+    /// Crashed (and not back).
+    pub crashed: bool,
+    /// Messages it holds.
+    pub held: usize,
+    /// Received in all.
+    pub received: u64,
+    /// Of which redeliveries.
+    pub redelivered: u64,
+    /// Nacked in all.
+    pub nacked: u64,
+    /// Failures still to come on purpose.
+    pub fail_next: u32,
+    /// Messages received over the last simulated second.
+    pub rate: f64,
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        let s = d.as_secs_f64();
+        if s.fract() == 0.0 { format!("{s:.0} s") } else { format!("{s:.1} s") }
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 10.0 || r.fract() == 0.0 { format!("{r:.0}/s") } else { format!("{r:.1}/s") }
+}
+
+impl Sim {
+    /// The scenario being run.
+    pub fn scenario(&self) -> &Scenario {
+        &self.scenario
+    }
+
+    /// Publishers as they are now.
+    pub fn publisher_status(&self) -> Vec<PublisherStatus> {
+        self.pubs
+            .iter()
+            .filter(|p| !p.removed)
+            .map(|p| PublisherStatus {
+                name: p.spec.name.clone(),
+                subjects: p.spec.subjects.clone(),
+                rate: if self.publishing(p) { p.spec.rate } else { 0.0 },
+                sent: p.sent,
+            })
+            .collect()
+    }
+
+    /// Consumers as they are now.
+    pub fn consumer_status(&self) -> Vec<ConsumerStatus> {
+        self.consumers
+            .iter()
+            .filter(|c| !c.removed)
+            .map(|c| ConsumerStatus {
+                name: c.name.clone(),
+                subscription: c.subscription.to_string(),
+                process: c.process,
+                crashed: c.crashed && !c.alive,
+                held: c.held.len(),
+                received: c.report.received,
+                redelivered: c.report.redelivered,
+                nacked: c.report.nacked,
+                fail_next: c.fail_next,
+                rate: c.rate,
+            })
+            .collect()
+    }
+
+    fn topic_of_subject(&self, subject: &str) -> Option<String> {
+        self.topics.iter().find(|(_, pats)| pats.iter().any(|p| p.matches(subject))).map(|(t, _)| t.clone())
+    }
+
+    fn topics_of_pub(&self, p: &PubState) -> Vec<String> {
+        p.spec.subjects.iter().filter_map(|s| self.topic_of_subject(s)).collect()
+    }
+
+    fn sub_index(&self, sub: &str) -> Option<usize> {
+        self.subs.iter().position(|s| s.name == sub && !s.removed)
+    }
+
+    /// The topic nearest `near`.
+    fn topic_near(&self, near: Option<&Node>) -> Option<String> {
+        let first = || self.topics.first().map(|(t, _)| t.clone());
+        match near {
+            Some(Node::Topic(t)) => Some(t.clone()),
+            Some(Node::Subscription(s)) => self.sub_index(s).map(|i| self.subs[i].topic.clone()),
+            Some(Node::Consumer(c)) => {
+                let i = self.consumer_index(c)?;
+                let sub = self.consumers[i].subscription.to_string();
+                self.sub_index(&sub).map(|i| self.subs[i].topic.clone())
+            }
+            Some(Node::Publisher(p)) => self
+                .pubs
+                .iter()
+                .find(|x| x.spec.name == *p)
+                .and_then(|p| self.topics_of_pub(p).into_iter().next()),
+            None => first(),
+        }
+        .or_else(first)
+    }
+
+    fn consumer_index(&self, name: &str) -> Option<usize> {
+        self.consumers.iter().position(|c| c.name == name && !c.removed)
+    }
+
+    /// The consumer nearest `near`: it, or the first (preferably running) consumer downstream.
+    fn consumer_near(&self, near: Option<&Node>) -> Option<usize> {
+        if let Some(Node::Consumer(c)) = near {
+            return self.consumer_index(c);
+        }
+        let subs: Vec<String> = match near {
+            Some(Node::Subscription(s)) => vec![s.clone()],
+            _ => {
+                let topic = self.topic_near(near);
+                self.subs
+                    .iter()
+                    .filter(|s| !s.removed && Some(&s.topic) == topic.as_ref())
+                    .map(|s| s.name.clone())
+                    .collect()
+            }
+        };
+        let candidates: Vec<usize> = (0..self.consumers.len())
+            .filter(|&i| {
+                !self.consumers[i].removed
+                    && subs.iter().any(|s| self.consumers[i].subscription.as_str() == s)
+            })
+            .collect();
+        candidates.iter().copied().find(|&i| self.consumers[i].alive).or_else(|| candidates.first().copied())
+    }
+
+    /// The subscription nearest `near`.
+    fn subscription_near(&self, near: Option<&Node>) -> Option<usize> {
+        match near {
+            Some(Node::Subscription(s)) => self.sub_index(s),
+            Some(Node::Consumer(c)) => {
+                let i = self.consumer_index(c)?;
+                let sub = self.consumers[i].subscription.to_string();
+                self.sub_index(&sub)
+            }
+            _ => {
+                let topic = self.topic_near(near);
+                self.subs.iter().position(|s| !s.removed && Some(&s.topic) == topic.as_ref())
+            }
+        }
+    }
+
+    /// The publisher nearest `near`: it, or the first one feeding the nearest topic.
+    fn publisher_near(&self, near: Option<&Node>) -> Option<usize> {
+        if let Some(Node::Publisher(p)) = near {
+            return self.pubs.iter().position(|x| x.spec.name == *p && !x.removed);
+        }
+        let topic = self.topic_near(near);
+        let live = |i: &usize| !self.pubs[*i].removed;
+        (0..self.pubs.len())
+            .filter(live)
+            .find(|&i| topic.as_ref().is_some_and(|t| self.topics_of_pub(&self.pubs[i]).contains(t)))
+            .or_else(|| (0..self.pubs.len()).find(live))
+    }
+
+    /// `base`, or `base-2`, `base-3`… whichever no publisher, subscription or consumer has.
+    fn fresh_name(&self, base: &str) -> String {
+        let taken = |n: &str| {
+            self.pubs.iter().any(|p| p.spec.name == n)
+                || self.subs.iter().any(|s| s.name == n)
+                || self.consumers.iter().any(|c| c.name == n)
+        };
+        if !taken(base) {
+            return base.to_string();
+        }
+        let stem = match base.rsplit_once('-') {
+            Some((stem, n)) if n.parse::<u32>().is_ok() => stem,
+            _ => base,
+        };
+        (2..).map(|k| format!("{stem}-{k}")).find(|n| !taken(n)).unwrap_or_else(|| base.to_string())
+    }
+
+    /// Applies a live change to what `near` is (or the nearest node it needs), and narrates it.
+    pub async fn apply(&mut self, change: Change, near: Option<&Node>) -> Result<(), BrokerError> {
+        let now = self.now;
+        match change {
+            Change::AddPublisher => {
+                let spec = match self.publisher_near(near) {
+                    Some(i) => super::scenario::PublisherSpec {
+                        count: None,
+                        start: now,
+                        ..self.pubs[i].spec.clone()
+                    },
+                    None => {
+                        let Some(topic) = self.topic_near(near) else {
+                            self.narrate("there is no topic to publish to".into());
+                            return Ok(());
+                        };
+                        super::scenario::PublisherSpec {
+                            name: "publisher".into(),
+                            subjects: vec![topic],
+                            rate: 2.0,
+                            count: None,
+                            start: now,
+                            payload: super::scenario::default_payload(),
+                            poison_every: 0,
+                        }
+                    }
+                };
+                let name = self.fresh_name(&spec.name);
+                let topics =
+                    spec.subjects.iter().filter_map(|s| self.topic_of_subject(s)).collect::<Vec<_>>();
+                self.narrate(format!(
+                    "new publisher {name} sends {} to {}",
+                    fmt_rate(spec.rate),
+                    if topics.is_empty() { spec.subjects.join(", ") } else { topics.join(", ") }
+                ));
+                self.pubs.push(PubState {
+                    spec: super::scenario::PublisherSpec { name, ..spec },
+                    phase_start: now,
+                    phase_sent: 0,
+                    phase_limit: None,
+                    sent: 0,
+                    removed: false,
+                });
+            }
+            Change::RemovePublisher => {
+                let Some(i) = self.publisher_near(near) else {
+                    self.narrate("there is no publisher to remove".into());
+                    return Ok(());
+                };
+                self.pubs[i].removed = true;
+                let who = self.pubs[i].spec.name.clone();
+                self.narrate(format!("{who} stopped publishing and left; what it sent stays in the topic"));
+            }
+            Change::AddSubscription => {
+                let Some(topic) = self.topic_near(near) else {
+                    self.narrate("there is no topic to subscribe to".into());
+                    return Ok(());
+                };
+                let sub = self.fresh_name(&format!("{topic}-reader"));
+                let mut config = SubscriptionConfig::new(name(&sub)?, name(&topic)?);
+                config.start = StartPosition::New;
+                config.ack_deadline = Duration::from_secs(10);
+                config.max_in_flight = 10_000;
+                self.broker.create_subscription(config).await?;
+                self.subs.push(SubState {
+                    name: sub.clone(),
+                    topic: topic.clone(),
+                    ack_deadline: Duration::from_secs(10),
+                    max_deliveries: 0,
+                    dead_letter: None,
+                    backoff: Vec::new(),
+                    removed: false,
+                    last_backlog: 0,
+                    last_dead: 0,
+                    last_told: Some(now),
+                });
+                self.report.subscriptions.push(SubscriptionReport {
+                    name: sub.clone(),
+                    topic: topic.clone(),
+                    ..SubscriptionReport::default()
+                });
+                self.narrate(format!(
+                    "new subscription {sub} on {topic}: from now on it gets every message too; with no consumer its backlog grows (c adds one)"
+                ));
+            }
+            Change::RemoveSubscription => {
+                let Some(i) = self.subscription_near(near) else {
+                    self.narrate("there is no subscription to remove".into());
+                    return Ok(());
+                };
+                let sub = self.subs[i].name.clone();
+                self.broker.delete_subscription(&name(&sub)?).await?;
+                self.subs[i].removed = true;
+                self.report.subscriptions.retain(|s| s.name != sub);
+                let mut gone = 0;
+                for c in self.consumers.iter_mut().filter(|c| c.subscription.as_str() == sub && !c.removed) {
+                    c.removed = true;
+                    c.alive = false;
+                    c.held.clear();
+                    gone += 1;
+                }
+                self.holders.retain(|(s, _), _| s.as_str() != sub);
+                self.narrate(format!(
+                    "subscription {sub} deleted with its {gone} consumer(s); the topic and the other subscriptions are untouched"
+                ));
+            }
+            Change::AddConsumer => {
+                let Some(si) = self.subscription_near(near) else {
+                    self.narrate("there is no subscription to consume from".into());
+                    return Ok(());
+                };
+                let sub = self.subs[si].name.clone();
+                let template = self
+                    .consumers
+                    .iter()
+                    .find(|c| c.subscription.as_str() == sub && !c.removed)
+                    .map(|c| (c.name.clone(), c.mode, c.process, c.prefetch, c.poll));
+                let (base, mode, process, prefetch, poll) = template.unwrap_or((
+                    format!("{sub}-worker"),
+                    Mode::Push,
+                    Duration::from_millis(50),
+                    10,
+                    Duration::from_millis(250),
+                ));
+                let who = self.fresh_name(&base);
+                let others =
+                    self.consumers.iter().filter(|c| c.subscription.as_str() == sub && !c.removed).count();
+                self.consumers.push(ConsumerState {
+                    name: who.clone(),
+                    subscription: name(&sub)?,
+                    mode,
+                    process,
+                    prefetch,
+                    poll,
+                    fail_rate: 0.0,
+                    start: now,
+                    alive: true,
+                    crashed: false,
+                    last_poll: None,
+                    busy_until: now,
+                    held: Vec::new(),
+                    report: ConsumerReport {
+                        name: who.clone(),
+                        subscription: sub.clone(),
+                        ..ConsumerReport::default()
+                    },
+                    fail_next: 0,
+                    removed: false,
+                    last_received: 0,
+                    rate: 0.0,
+                });
+                self.narrate(if others == 0 {
+                    format!("{who} starts consuming {sub}, {} per message", fmt_duration(process))
+                } else {
+                    format!("{who} joins {sub}: {} consumers now compete for its messages", others + 1)
+                });
+            }
+            Change::RemoveConsumer => {
+                let Some(i) = self.consumer_near(near) else {
+                    self.narrate("there is no consumer to remove".into());
+                    return Ok(());
+                };
+                let held = std::mem::take(&mut self.consumers[i].held);
+                for h in &held {
+                    if let Some(token) = &h.token {
+                        let _ = self.broker.settle(token, Settle::Nack(None)).await;
+                    }
+                }
+                let c = &mut self.consumers[i];
+                c.removed = true;
+                c.alive = false;
+                let (who, sub) = (c.name.clone(), c.subscription.clone());
+                self.holders.retain(|(s, _), holder| !(*s == sub && *holder == i));
+                self.narrate(format!(
+                    "{who} left {sub} cleanly: it handed back the {} message(s) it held, to be delivered again at once",
+                    held.len()
+                ));
+            }
+            Change::RateUp | Change::RateDown => {
+                let Some(i) = self.publisher_near(near) else {
+                    self.narrate("there is no publisher to change".into());
+                    return Ok(());
+                };
+                let p = &mut self.pubs[i];
+                let was = p.spec.rate;
+                let rate =
+                    if change == Change::RateUp { was * 2.0 } else { was / 2.0 }.clamp(0.125, 20_000.0);
+                p.spec.rate = rate;
+                // A new phase: the new pace counts from now, with what is left of its count.
+                p.phase_limit = p.phase_limit.map(|l| l.saturating_sub(p.phase_sent));
+                p.phase_start = now.max(p.phase_start);
+                p.phase_sent = 0;
+                let who = p.spec.name.clone();
+                self.narrate(format!("{who} now publishes {} (was {})", fmt_rate(rate), fmt_rate(was)));
+            }
+            Change::SlowDown | Change::SpeedUp => {
+                let Some(i) = self.consumer_near(near) else {
+                    self.narrate("there is no consumer to change".into());
+                    return Ok(());
+                };
+                let c = &mut self.consumers[i];
+                let was = c.process;
+                let process = if change == Change::SlowDown { was * 2 } else { was / 2 }
+                    .clamp(Duration::from_millis(1), Duration::from_secs(20));
+                c.process = process;
+                let who = c.name.clone();
+                let most = 1.0 / process.as_secs_f64();
+                self.narrate(format!(
+                    "{who} now takes {} per message (was {}): at most {} on its own",
+                    fmt_duration(process),
+                    fmt_duration(was),
+                    fmt_rate(most)
+                ));
+            }
+            Change::Crash => {
+                let Some(i) = self.consumer_near(near) else {
+                    self.narrate("there is no consumer to crash".into());
+                    return Ok(());
+                };
+                let deadline = {
+                    let sub = self.consumers[i].subscription.to_string();
+                    self.sub_index(&sub).map_or(Duration::from_secs(30), |s| self.subs[s].ack_deadline)
+                };
+                let c = &mut self.consumers[i];
+                let who = c.name.clone();
+                if c.crashed && !c.alive {
+                    c.alive = true;
+                    c.crashed = false;
+                    c.busy_until = now;
+                    self.narrate(format!("{who} is back and takes messages again"));
+                } else {
+                    c.alive = false;
+                    c.crashed = true;
+                    let held = c.held.len();
+                    c.held.clear();
+                    self.narrate(if held == 0 {
+                        format!("{who} crashed holding nothing; the others carry on (x brings it back)")
+                    } else {
+                        format!(
+                            "{who} crashed holding {held} message(s); they return within {} as their leases run out",
+                            fmt_duration(deadline)
+                        )
+                    });
+                }
+            }
+            Change::Fail => {
+                let Some(i) = self.consumer_near(near) else {
+                    self.narrate("there is no consumer to fail".into());
+                    return Ok(());
+                };
+                self.consumers[i].fail_next += FAIL_COUNT;
+                let who = self.consumers[i].name.clone();
+                let sub = self.consumers[i].subscription.to_string();
+                let after = match self.sub_index(&sub).map(|s| &self.subs[s]) {
+                    Some(s) if s.max_deliveries > 0 => format!(
+                        "each is nacked, retried{}, and after {} deliveries {}",
+                        s.backoff.first().map_or(String::new(), |b| format!(" after {}", fmt_duration(*b))),
+                        s.max_deliveries,
+                        s.dead_letter.as_deref().map_or("dropped".to_string(), |d| format!("moved to {d}"))
+                    ),
+                    _ => "each is nacked and delivered again (no delivery limit here)".to_string(),
+                };
+                self.narrate(format!("{who} will fail its next {FAIL_COUNT} message(s): {after}"));
+            }
+            Change::Burst => {
+                let Some(i) = self.publisher_near(near) else {
+                    self.narrate("there is no publisher for a burst".into());
+                    return Ok(());
+                };
+                self.send(i, BURST).await?;
+                let who = self.pubs[i].spec.name.clone();
+                self.narrate(format!("{who} sent a burst of {BURST} messages at once"));
+            }
+            Change::Rewind => {
+                let Some(i) = self.subscription_near(near) else {
+                    self.narrate("there is no subscription to rewind".into());
+                    return Ok(());
+                };
+                let sub = name(&self.subs[i].name)?;
+                let next = self.broker.seek(&sub, crate::model::SeekTarget::Start).await?;
+                for c in self.consumers.iter_mut().filter(|c| c.subscription == sub) {
+                    c.held.clear();
+                }
+                self.holders.retain(|(s, _), _| *s != sub);
+                self.narrate(format!(
+                    "{sub} seeks back to the start: everything from seq {next} is delivered again"
+                ));
+            }
+        }
+        Ok(())
     }
 }

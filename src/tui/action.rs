@@ -1,6 +1,24 @@
 //! Actions: what the user means (a key pressed in a context becomes one). `App::update` applies them.
 
 use super::app::View;
+use crate::demo::sim::Change;
+
+/// A live control of a running demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoAction {
+    /// Pause or resume.
+    Pause,
+    /// Slower virtual time.
+    Slower,
+    /// Faster virtual time.
+    Faster,
+    /// One step of 100 ms.
+    Step,
+    /// Start over with the same seed.
+    Restart,
+    /// Change the simulation near the selected node.
+    Change(Change),
+}
 
 /// A UI intent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,4 +83,6 @@ pub enum Action {
     ToggleMouse,
     /// Empty the stream buffer.
     ClearBuffer,
+    /// A live demo control.
+    Demo(DemoAction),
 }

@@ -74,6 +74,8 @@ pub enum Effect {
     Theme(String),
     /// Mouse capture on or off.
     Mouse(bool),
+    /// A control for the live demo.
+    Demo(crate::demo::live::Control),
 }
 
 /// A line of text being typed and what it is for.
@@ -318,6 +320,8 @@ pub struct App {
     /// Whether the broker lists its topics; `false` once a listing failed (RabbitMQ without its
     /// management API), so the view counts what the stream shows instead.
     pub lists_topics: bool,
+    /// The live demo as last reported, when one runs.
+    pub demo: Option<crate::demo::live::DemoStatus>,
 }
 
 /// Most log lines kept.
@@ -366,6 +370,7 @@ impl App {
             mouse: true,
             now: Timestamp::ZERO,
             quit: false,
+            demo: None,
         }
     }
 
@@ -673,8 +678,28 @@ impl App {
                 self.stream.clear();
                 self.flash("stream buffer cleared");
             }
+            Action::Demo(d) => return self.demo_control(d),
         }
         Vec::new()
+    }
+
+    /// A live demo control, aimed at the selected node of the topology.
+    fn demo_control(&mut self, d: super::action::DemoAction) -> Vec<Effect> {
+        use super::action::DemoAction;
+        use crate::demo::live::Control;
+        if self.demo.is_none() {
+            self.flash("live controls work in a running demo: pubsub demo NAME");
+            return Vec::new();
+        }
+        let control = match d {
+            DemoAction::Pause => Control::Pause,
+            DemoAction::Slower => Control::Slower,
+            DemoAction::Faster => Control::Faster,
+            DemoAction::Step => Control::Step,
+            DemoAction::Restart => Control::Restart,
+            DemoAction::Change(c) => Control::Change(c, super::views::topology::selected_node(self)),
+        };
+        vec![Effect::Demo(control)]
     }
 
     fn back(&mut self) {
@@ -714,8 +739,8 @@ impl App {
             }
             View::Stream => self.stream.move_by(delta),
             View::Topology => {
-                let rows = super::views::topology::rows(self).len();
-                self.topo_selected = clamp(self.topo_selected, rows);
+                let nodes = super::views::topology::node_count(self);
+                self.topo_selected = clamp(self.topo_selected, nodes);
             }
             View::Log => self.log_selected = clamp(self.log_selected, self.log.len()),
         }

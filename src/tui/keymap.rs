@@ -2,8 +2,9 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::action::Action;
+use super::action::{Action, DemoAction};
 use super::app::View;
+use crate::demo::sim::Change;
 
 /// Where a binding applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +130,65 @@ pub const BINDINGS: &[Binding] = &[
         true,
     ),
     bind(KeyCode::Char('x'), NONE, Scope::View(View::Subscriptions), Action::SeekPrompt, "x", "seek", true),
+    // Live demo controls, on the topology (where a demo starts); each is narrated when it acts.
+    demo(KeyCode::Char(' '), DemoAction::Pause, "Space", "pause/resume", true),
+    demo(KeyCode::Char('-'), DemoAction::Slower, "-", "slower", false),
+    demo(KeyCode::Char('+'), DemoAction::Faster, "+", "faster", false),
+    demo(KeyCode::Char('='), DemoAction::Faster, "=", "faster", false),
+    demo(KeyCode::Char('.'), DemoAction::Step, ".", "step 0.1 s", true),
+    demo(KeyCode::Char('r'), DemoAction::Restart, "r", "restart (same seed)", true),
+    demo(KeyCode::Char('w'), DemoAction::Change(Change::AddPublisher), "w", "add publisher", false),
+    demo(KeyCode::Char('W'), DemoAction::Change(Change::RemovePublisher), "W", "remove publisher", false),
+    demo(KeyCode::Char('s'), DemoAction::Change(Change::AddSubscription), "s", "add subscription", false),
+    demo(
+        KeyCode::Char('S'),
+        DemoAction::Change(Change::RemoveSubscription),
+        "S",
+        "remove subscription",
+        false,
+    ),
+    demo(KeyCode::Char('c'), DemoAction::Change(Change::AddConsumer), "c", "add consumer", false),
+    demo(KeyCode::Char('C'), DemoAction::Change(Change::RemoveConsumer), "C", "remove consumer", false),
+    demo(KeyCode::Char(']'), DemoAction::Change(Change::RateUp), "]", "publish faster", false),
+    demo(KeyCode::Char('['), DemoAction::Change(Change::RateDown), "[", "publish slower", false),
+    demo(KeyCode::Char('}'), DemoAction::Change(Change::SlowDown), "}", "consumer slower", false),
+    demo(KeyCode::Char('{'), DemoAction::Change(Change::SpeedUp), "{", "consumer faster", false),
+    demo(KeyCode::Char('x'), DemoAction::Change(Change::Crash), "x", "crash/revive", true),
+    demo(KeyCode::Char('f'), DemoAction::Change(Change::Fail), "f", "fail next 3", true),
+    demo(KeyCode::Char('b'), DemoAction::Change(Change::Burst), "b", "burst 100", true),
+    demo(KeyCode::Char('z'), DemoAction::Change(Change::Rewind), "z", "seek to start", true),
+];
+
+/// A demo control on the topology view; Shift is implied by the character (`W`, `+`, `}`).
+const fn demo(
+    code: KeyCode,
+    action: DemoAction,
+    key: &'static str,
+    label: &'static str,
+    footer: bool,
+) -> Binding {
+    bind(code, NONE, Scope::View(View::Topology), Action::Demo(action), key, label, footer)
+}
+
+/// The footer of a live demo: pairs of keys share one hint, so every control fits on two lines.
+pub const DEMO_FOOTER: &[(&str, &str)] = &[
+    ("Space", "pause"),
+    ("-/+", "speed"),
+    (".", "step"),
+    ("r", "restart"),
+    ("↑↓", "pick node"),
+    ("?", "help"),
+    ("q", "quit"),
+    ("1-5", "views"),
+    ("w/W", "pub ±"),
+    ("s/S", "sub ±"),
+    ("c/C", "consumer ±"),
+    ("[/]", "rate"),
+    ("{/}", "work time"),
+    ("x", "crash"),
+    ("f", "fail 3"),
+    ("b", "burst"),
+    ("z", "rewind"),
 ];
 
 #[cfg(test)]
@@ -279,6 +339,29 @@ pub fn action_name(action: Action) -> &'static str {
         Action::SeekPrompt => "seek",
         Action::ToggleMouse => "mouse",
         Action::ClearBuffer => "clear",
+        Action::Demo(d) => match d {
+            DemoAction::Pause => "demo_pause",
+            DemoAction::Slower => "demo_slower",
+            DemoAction::Faster => "demo_faster",
+            DemoAction::Step => "demo_step",
+            DemoAction::Restart => "demo_restart",
+            DemoAction::Change(c) => match c {
+                Change::AddPublisher => "demo_add_publisher",
+                Change::RemovePublisher => "demo_remove_publisher",
+                Change::AddSubscription => "demo_add_subscription",
+                Change::RemoveSubscription => "demo_remove_subscription",
+                Change::AddConsumer => "demo_add_consumer",
+                Change::RemoveConsumer => "demo_remove_consumer",
+                Change::RateUp => "demo_rate_up",
+                Change::RateDown => "demo_rate_down",
+                Change::SlowDown => "demo_consumer_slower",
+                Change::SpeedUp => "demo_consumer_faster",
+                Change::Crash => "demo_crash",
+                Change::Fail => "demo_fail",
+                Change::Burst => "demo_burst",
+                Change::Rewind => "demo_rewind",
+            },
+        },
     }
 }
 
@@ -415,6 +498,7 @@ impl Keymap {
             ("Topics", group(Scope::View(View::Topics))),
             ("Stream", group(Scope::View(View::Stream))),
             ("Subscriptions", group(Scope::View(View::Subscriptions))),
+            ("Live demo (topology; ↑↓ picks the node a control acts on)", group(Scope::View(View::Topology))),
         ]
     }
 }

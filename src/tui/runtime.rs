@@ -44,6 +44,10 @@ pub struct DemoFeed {
     pub publishers: Vec<(String, Vec<String>)>,
     /// Narrated events ("#42 redelivered to worker-b").
     pub narration: Option<mpsc::Receiver<String>>,
+    /// Where live controls go (a demo on its own engine).
+    pub controls: Option<mpsc::Sender<crate::demo::live::Control>>,
+    /// The demo's state as it runs.
+    pub status: Option<tokio::sync::watch::Receiver<crate::demo::live::DemoStatus>>,
 }
 
 /// Errors that end the TUI.
@@ -120,9 +124,17 @@ pub async fn run_with_view(
     if app.mouse {
         let _ = crossterm::execute!(std::io::stdout(), EnableMouseCapture);
     }
-    let result =
-        event_loop(&mut terminal, &mut app, &broker, &feed_tx, &mut feed_rx, &mut key_rx, opts.config_dir)
-            .await;
+    let live = Live { controls: demo.controls, status: demo.status };
+    let result = event_loop(
+        &mut terminal,
+        &mut app,
+        &broker,
+        (&feed_tx, &mut feed_rx),
+        &mut key_rx,
+        opts.config_dir,
+        live,
+    )
+    .await;
     let _ = crossterm::execute!(std::io::stdout(), DisableMouseCapture);
     let size = terminal.size().ok();
     ratatui::restore();
@@ -132,14 +144,30 @@ pub async fn run_with_view(
     result
 }
 
+/// Waits for the demo's next state; forever when there is no demo.
+async fn demo_changed(
+    status: &mut Option<tokio::sync::watch::Receiver<crate::demo::live::DemoStatus>>,
+) -> bool {
+    match status {
+        Some(s) => s.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// The channels of a live demo.
+struct Live {
+    controls: Option<mpsc::Sender<crate::demo::live::Control>>,
+    status: Option<tokio::sync::watch::Receiver<crate::demo::live::DemoStatus>>,
+}
+
 async fn event_loop(
     terminal: &mut ratatui::DefaultTerminal,
     app: &mut App,
     broker: &SharedBroker,
-    feed_tx: &mpsc::Sender<Feed>,
-    feed_rx: &mut mpsc::Receiver<Feed>,
+    (feed_tx, feed_rx): (&mpsc::Sender<Feed>, &mut mpsc::Receiver<Feed>),
     key_rx: &mut mpsc::Receiver<Event>,
     config_dir: Option<PathBuf>,
+    mut live: Live,
 ) -> Result<(), TuiError> {
     let frame = Duration::from_millis(33);
     let mut poll = tokio::time::interval(Duration::from_secs(1));
@@ -181,7 +209,7 @@ async fn event_loop(
                     }
                     _ => Vec::new(),
                 };
-                perform(app, broker, feed_tx, effects, config_dir.as_deref(), terminal);
+                perform(app, broker, feed_tx, effects, config_dir.as_deref(), terminal, live.controls.as_ref());
                 dirty = true;
             }
             Some(feed) = feed_rx.recv() => {
@@ -198,6 +226,14 @@ async fn event_loop(
             _ = poll.tick() => {
                 if !polling.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     spawn_poll(app, broker, feed_tx, polling.clone());
+                }
+                dirty = true;
+            }
+            ok = demo_changed(&mut live.status) => {
+                match (ok, &live.status) {
+                    (true, Some(s)) => app.demo = Some(s.borrow().clone()),
+                    // The demo stopped (its error, if any, is reported when the TUI ends).
+                    _ => live.status = None,
                 }
                 dirty = true;
             }
@@ -368,6 +404,7 @@ fn perform(
     effects: Vec<Effect>,
     config_dir: Option<&std::path::Path>,
     terminal: &mut ratatui::DefaultTerminal,
+    controls: Option<&mpsc::Sender<crate::demo::live::Control>>,
 ) {
     for effect in effects {
         match effect {
@@ -430,6 +467,12 @@ fn perform(
                 }
                 Err(e) => app.flash = Some((app.now, e)),
             },
+            Effect::Demo(control) => {
+                let sent = controls.is_some_and(|c| c.try_send(control).is_ok());
+                if !sent {
+                    app.flash = Some((app.now, "the demo is not taking controls right now".into()));
+                }
+            }
             Effect::Mouse(on) => {
                 let _ = if on {
                     crossterm::execute!(std::io::stdout(), EnableMouseCapture)

@@ -149,3 +149,71 @@ async fn topology_of_every_scenario_at_its_end() {
         insta::assert_snapshot!(format!("topology_{scenario_name}"), terminal.backend());
     }
 }
+
+/// The flow view of every built-in scenario, live after 6 s of demo time, with 3 and with 12 consumers
+/// (added or removed with the live controls), at 80×24, 120×40 and 200×60.
+#[tokio::test]
+async fn flow_view_of_every_scenario_at_three_sizes_with_3_and_12_consumers() {
+    use pubsub::broker::Capabilities;
+    use pubsub::demo::live::{Control, Live};
+    use pubsub::demo::sim::{Change, Node};
+    use pubsub::tui::app::{App, View};
+    use pubsub::tui::theme::Theme;
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use std::time::Duration;
+
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../../snapshots");
+    settings.set_prepend_module_to_snapshot(false);
+    let _guard = settings.bind_to_scope();
+    for (scenario_name, _) in pubsub::demo::scenario::BUILT_IN {
+        for consumers in [3usize, 12] {
+            let mut live = Live::new(Scenario::load(scenario_name).unwrap(), 42, None).await.unwrap();
+            live.advance(Duration::from_secs(6)).await.unwrap();
+            let subs: Vec<String> =
+                live.status().await.subscriptions.iter().map(|s| s.name.to_string()).collect();
+            let mut k = 0;
+            while live.status().await.consumers.len() < consumers {
+                let near = Some(Node::Subscription(subs[k % subs.len()].clone()));
+                live.control(Control::Change(Change::AddConsumer, near)).await.unwrap();
+                k += 1;
+            }
+            while live.status().await.consumers.len() > consumers {
+                live.control(Control::Change(Change::RemoveConsumer, None)).await.unwrap();
+            }
+            live.advance(Duration::from_secs(1)).await.unwrap();
+            let status = live.status().await;
+            assert_eq!(status.consumers.len(), consumers, "{scenario_name}");
+            let mut app = App::new(
+                format!("demo {scenario_name} (in-process)"),
+                Capabilities::all(),
+                Theme::default(),
+                100,
+                1 << 20,
+            );
+            app.view = View::Topology;
+            app.note(format!("{:>6.2}s  narration stands here", status.now.as_secs_f64()));
+            app.demo = Some(status);
+            for (w, h) in [(80u16, 24u16), (120, 40), (200, 60)] {
+                let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+                terminal.draw(|f| pubsub::tui::views::draw(f, &app)).unwrap();
+                let screen = format!("{:?}", terminal.backend());
+                // Every consumer is on screen from 120×40 up.
+                if w >= 120 {
+                    for c in &app.demo.as_ref().unwrap().consumers {
+                        assert!(
+                            screen.contains(c.name.as_str()),
+                            "{scenario_name} {w}x{h}: {} missing",
+                            c.name
+                        );
+                    }
+                }
+                insta::assert_snapshot!(
+                    format!("flow_{scenario_name}_{consumers}c_{w}x{h}"),
+                    terminal.backend()
+                );
+            }
+        }
+    }
+}

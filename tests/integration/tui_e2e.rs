@@ -116,6 +116,33 @@ fn demo_runs_live_on_the_topology_and_writes_a_snapshot() {
 }
 
 #[test]
+fn demo_control_keys_act_live_and_are_narrated() {
+    let home = Home::new("demo-keys-e2e");
+    std::fs::create_dir_all(&home.0).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let script = format!(
+        "PUBSUB_HOME={} {} demo work-queue --workshop; echo EXITED=$?; sleep 30",
+        home.0.display(),
+        bin.display()
+    );
+    let Some(tmux) = Tmux::start("demo-keys-e2e", 140, 40, &script) else { return };
+    tmux.wait_for("worker-slow");
+    tmux.wait_for("x crash");
+    // The selection starts on the publisher: a burst comes from it.
+    tmux.keys(&["b"]);
+    tmux.wait_for("scheduler sent a burst of 100 messages");
+    tmux.keys(&["Space"]);
+    tmux.wait_for("PAUSED");
+    tmux.keys(&["+"]);
+    tmux.wait_for("time now runs at 2× real time");
+    tmux.keys(&["G", "x"]);
+    tmux.wait_for("worker-slow crashed holding");
+    tmux.wait_for("CRASHED");
+    tmux.keys(&["C-c"]);
+    tmux.wait_for("EXITED=0");
+}
+
+#[test]
 fn topic_delete_asks_on_a_terminal_and_keeps_the_topic_unless_told_yes() {
     let home = Home::with_daemon("confirm-e2e");
     let (code, _, stderr) = home.run(&["pub", "precious", "a", "b"]);

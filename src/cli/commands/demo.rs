@@ -1,15 +1,12 @@
 //! `pubsub demo SCENARIO`: a workshop scenario, live in the TUI on a terminal, or headless to a report.
 
-use std::io::IsTerminal;
-use std::sync::Arc;
-
 use clap::Args;
+use std::io::IsTerminal;
 
-use crate::broker::local::LocalBroker;
 use crate::cli::output::{Stdout, note};
 use crate::cli::{CliError, Context};
+use crate::demo::live::Live;
 use crate::demo::{Pace, Scenario, Sim, run_virtual, scenario::BUILT_IN};
-use crate::engine::Engine;
 
 /// Options of `pubsub demo`.
 #[derive(Debug, Args)]
@@ -71,16 +68,6 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
         out.write(report.render().as_bytes())?;
         return out.flush();
     }
-    // Live: the scenario runs in real time on a private engine (or the broker named), and the TUI shows it.
-    let broker: crate::broker::SharedBroker = if ctx.broker_explicit {
-        ctx.connect().await?
-    } else {
-        Arc::new(LocalBroker::new(Engine::new(), format!("demo {} (in-process)", scenario.name)))
-    };
-    let publishers = scenario.publishers.iter().map(|p| (p.name.clone(), p.subjects.clone())).collect();
-    let (narration_tx, narration_rx) = tokio::sync::mpsc::channel(256);
-    let sim = Sim::new(scenario, broker.clone(), Pace::Real, args.seed).await?.narrating(narration_tx);
-    let running = tokio::spawn(sim.run());
     let theme = if args.workshop {
         "high-contrast".to_string()
     } else {
@@ -95,7 +82,31 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
         workshop: args.workshop,
         snapshot: args.snapshot.clone(),
     };
-    let demo = crate::tui::DemoFeed { publishers, narration: Some(narration_rx) };
+    let publishers = scenario.publishers.iter().map(|p| (p.name.clone(), p.subjects.clone())).collect();
+    let (narration_tx, narration_rx) = tokio::sync::mpsc::channel(1024);
+    if ctx.broker_explicit {
+        // On a broker of its own the scenario plays in real time, without live controls.
+        let broker = ctx.connect().await?;
+        let sim = Sim::new(scenario, broker.clone(), Pace::Real, args.seed).await?.narrating(narration_tx);
+        let running = tokio::spawn(sim.run());
+        let demo = crate::tui::DemoFeed { publishers, narration: Some(narration_rx), ..Default::default() };
+        let ui = crate::tui::run_with_view(broker, opts, crate::tui::app::View::Topology, demo).await;
+        running.abort();
+        return ui.map_err(|e| CliError::Failed(e.to_string()));
+    }
+    // Live: the scenario runs on a private engine in virtual time, paced by the wall clock at the speed
+    // the teacher sets, and keeps running (past its script) until the teacher quits.
+    let live = Live::new(scenario, args.seed, Some(narration_tx)).await?;
+    let broker = live.broker();
+    let (controls_tx, controls_rx) = tokio::sync::mpsc::channel(64);
+    let (status_tx, status_rx) = tokio::sync::watch::channel(live.status().await);
+    let running = tokio::spawn(live.run(controls_rx, status_tx));
+    let demo = crate::tui::DemoFeed {
+        publishers,
+        narration: Some(narration_rx),
+        controls: Some(controls_tx),
+        status: Some(status_rx),
+    };
     let ui = crate::tui::run_with_view(broker, opts, crate::tui::app::View::Topology, demo).await;
     running.abort();
     ui.map_err(|e| CliError::Failed(e.to_string()))

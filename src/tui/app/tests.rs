@@ -191,3 +191,56 @@ fn help_opens_on_question_mark_and_any_key_closes_it() {
     assert!(!a.help);
     assert_eq!(a.view, View::Topics, "the closing key is not also acted on");
 }
+
+#[tokio::test]
+async fn every_demo_key_sends_its_control_aimed_at_the_selected_node() {
+    use crate::demo::live::{Control, Live};
+    use crate::demo::sim::{Change, Node};
+    let live = Live::new(crate::demo::Scenario::load("fan-out").unwrap(), 42, None).await.unwrap();
+    let mut app = app();
+    app.view = View::Topology;
+    // Without a demo the keys say where they work, and send nothing.
+    assert!(press(&mut app, "x").is_empty());
+    assert!(app.flash.as_ref().is_some_and(|(_, t)| t.contains("pubsub demo")));
+    app.demo = Some(live.status().await);
+    // Nodes: shop, orders, its subscriptions by name (analytics, billing, shipping), then the consumers.
+    press(&mut app, "jjj");
+    let near = Some(Node::Subscription("billing".into()));
+    let cases: &[(char, Control)] = &[
+        (' ', Control::Pause),
+        ('-', Control::Slower),
+        ('+', Control::Faster),
+        ('=', Control::Faster),
+        ('.', Control::Step),
+        ('r', Control::Restart),
+        ('w', Control::Change(Change::AddPublisher, near.clone())),
+        ('W', Control::Change(Change::RemovePublisher, near.clone())),
+        ('s', Control::Change(Change::AddSubscription, near.clone())),
+        ('S', Control::Change(Change::RemoveSubscription, near.clone())),
+        ('c', Control::Change(Change::AddConsumer, near.clone())),
+        ('C', Control::Change(Change::RemoveConsumer, near.clone())),
+        (']', Control::Change(Change::RateUp, near.clone())),
+        ('[', Control::Change(Change::RateDown, near.clone())),
+        ('}', Control::Change(Change::SlowDown, near.clone())),
+        ('{', Control::Change(Change::SpeedUp, near.clone())),
+        ('x', Control::Change(Change::Crash, near.clone())),
+        ('f', Control::Change(Change::Fail, near.clone())),
+        ('b', Control::Change(Change::Burst, near.clone())),
+        ('z', Control::Change(Change::Rewind, near.clone())),
+    ];
+    for (k, control) in cases {
+        assert_eq!(press(&mut app, &k.to_string()), vec![Effect::Demo(control.clone())], "key {k:?}");
+    }
+    // Every control is listed in the help (and the pairs in the footer).
+    let help = app.keymap.help();
+    let demo = help.iter().find(|(title, _)| title.starts_with("Live demo")).unwrap();
+    for (k, _) in cases {
+        assert!(demo.1.iter().any(|(key, _)| *key == k.to_string().replace(' ', "Space")), "{k:?} in help");
+    }
+    press(&mut app, "G");
+    assert_eq!(
+        crate::tui::views::topology::selected_node(&app),
+        Some(Node::Consumer("shipping-svc".into())),
+        "the last node is the last consumer"
+    );
+}

@@ -45,6 +45,18 @@ pub(super) fn footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
         ])
     } else if let Some((_, text)) = &app.flash {
         Line::from(Span::styled(text.clone(), t.fg(t.warn)))
+    } else if app.demo.is_some() && app.view == View::Topology {
+        // Two lines: time and help first, then what changes the topology.
+        let (time, changes) = crate::tui::keymap::DEMO_FOOTER.split_at(8);
+        let line = |hints: &[(&str, &str)]| {
+            let mut spans = Vec::new();
+            for (key, label) in hints {
+                spans.push(Span::styled(key.to_string(), t.fg(t.accent).add_modifier(Modifier::BOLD)));
+                spans.push(Span::styled(format!(" {label}  "), t.fg(t.dim)));
+            }
+            Line::from(spans)
+        };
+        return frame.render_widget(Paragraph::new(vec![line(time), line(changes)]).style(t.text()), area);
     } else {
         let mut spans = Vec::new();
         for (key, label) in app.keymap.footer(app.view) {
@@ -83,6 +95,10 @@ pub(super) fn help(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let t = &app.theme;
     let mut lines = Vec::new();
     for (title, keys) in app.keymap.help() {
+        // The demo's controls only mean something while a demo runs.
+        if title.starts_with("Live demo") && app.demo.is_none() {
+            continue;
+        }
         lines.push(Line::from(Span::styled(title, t.fg(t.accent).add_modifier(Modifier::BOLD))));
         let mut row = Vec::new();
         for (key, label) in keys {

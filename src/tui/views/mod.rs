@@ -2,6 +2,7 @@
 //! cost of a frame follows the screen size, not the size of the buffers.
 
 mod chrome;
+pub mod flow;
 mod log;
 mod stream;
 mod subscriptions;
@@ -15,8 +16,10 @@ use super::app::{App, View};
 
 /// Draws the whole screen.
 pub fn draw(frame: &mut Frame<'_>, app: &App) {
+    // A live demo's controls take two lines of footer, so every key is listed.
+    let footer_h = if app.demo.is_some() && app.view == View::Topology { 2 } else { 1 };
     let [header, body, footer] =
-        Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)])
+        Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(footer_h)])
             .areas(frame.area());
     chrome::header(frame, header, app);
     match app.view {

@@ -210,60 +210,109 @@ pub fn explain(kind: &str) -> &'static str {
     }
 }
 
+/// The node the topology's selection points at (live controls act on it).
+pub fn selected_node(app: &App) -> Option<crate::demo::sim::Node> {
+    super::flow::selected(app)
+}
+
+/// How many nodes the selection moves over.
+pub fn node_count(app: &App) -> usize {
+    super::flow::build(app).nodes().count()
+}
+
+fn explain_node(app: &App, node: Option<&crate::demo::sim::Node>) -> &'static str {
+    use crate::demo::sim::Node;
+    let competing = |sub: &str| {
+        let n = match &app.demo {
+            Some(d) => d.consumers.iter().filter(|c| c.subscription == sub).count(),
+            None => app.subs.iter().find(|s| s.name.as_str() == sub).map_or(0, |s| s.consumers.len()),
+        };
+        n > 1
+    };
+    match node {
+        Some(Node::Publisher(_)) => {
+            "A publisher appends messages to the topics whose subjects match; it never knows who reads them."
+        }
+        Some(Node::Topic(_)) => explain("topic"),
+        Some(Node::Subscription(s)) => {
+            let topic = app
+                .demo
+                .as_ref()
+                .map_or(&app.subs, |d| &d.subscriptions)
+                .iter()
+                .find(|x| x.name.as_str() == s)
+                .map(|x| x.topic.clone());
+            let siblings = app
+                .demo
+                .as_ref()
+                .map_or(&app.subs, |d| &d.subscriptions)
+                .iter()
+                .filter(|x| Some(&x.topic) == topic.as_ref())
+                .count();
+            if siblings > 1 { explain("fan-out") } else { explain("subscription") }
+        }
+        Some(Node::Consumer(c)) => {
+            let sub = match &app.demo {
+                Some(d) => d.consumers.iter().find(|x| x.name == *c).map(|x| x.subscription.clone()),
+                None => app
+                    .subs
+                    .iter()
+                    .find(|s| s.consumers.iter().any(|x| x.id.as_ref() == c.as_str()))
+                    .map(|s| s.name.to_string()),
+            };
+            if sub.is_some_and(|s| competing(&s)) {
+                explain("competing consumers")
+            } else {
+                explain("consumer")
+            }
+        }
+        None => "",
+    }
+}
+
 pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let t = &app.theme;
+    // The narration gets more lines on a taller screen: a room reads it from the back.
+    let narration_h = if area.height >= 36 { 8 } else { 6 };
     let [graph, narration_area, explain_area] =
-        Layout::vertical([Constraint::Min(3), Constraint::Length(6), Constraint::Length(4)]).areas(area);
+        Layout::vertical([Constraint::Min(3), Constraint::Length(narration_h), Constraint::Length(3)])
+            .areas(area);
     let recent: Vec<Line<'_>> = app
         .log
         .iter()
         .rev()
-        .take(4)
+        .take(usize::from(narration_h.saturating_sub(2)))
         .rev()
         .map(|(_, text)| Line::from(Span::styled(text.clone(), t.fg(t.fg))))
         .collect();
     let narration =
         Paragraph::new(recent).block(pane(app, " what is happening ".into(), false)).style(t.text());
     frame.render_widget(narration, narration_area);
-    let rows = rows(app);
-    let block = pane(app, " topology: publishers → topics → subscriptions → consumers ".into(), true);
-    if rows.is_empty() {
-        frame.render_widget(Paragraph::new("no topics yet").style(t.fg(t.dim)).block(block), graph);
+    let flow = super::flow::build(app);
+    let mut title = " topology: publishers → topics → subscriptions → consumers ".to_string();
+    if let Some(d) = &app.demo {
+        let state = if d.paused { "⏸ PAUSED".to_string() } else { format!("▶ {}× speed", d.scale) };
+        let script = if d.now < d.script {
+            format!("script {:.0}/{:.0} s", d.now.as_secs_f64(), d.script.as_secs_f64())
+        } else {
+            "script over, running on".to_string()
+        };
+        title = format!(
+            " topology: publishers → topics → subscriptions → consumers · {state} · t={:.1} s · {script} · seed {} ",
+            d.now.as_secs_f64(),
+            d.seed
+        );
+    }
+    let block = pane(app, title, true);
+    let inner = block.inner(graph);
+    frame.render_widget(block.style(t.text()), graph);
+    if flow.nodes().next().is_none() {
+        frame.render_widget(Paragraph::new("no topics yet").style(t.fg(t.dim)), inner);
         return;
     }
-    let selected = app.topo_selected.min(rows.len() - 1);
-    let height = usize::from(graph.height.saturating_sub(2)).max(1);
-    let start = selected.saturating_sub(height - 1);
-    let lines: Vec<Line<'_>> = rows
-        .iter()
-        .enumerate()
-        .skip(start)
-        .take(height)
-        .map(|(i, r)| {
-            let spans: Vec<Span<'_>> = r
-                .spans
-                .iter()
-                .map(|(text, style)| {
-                    let color = match style {
-                        Style::Dim => t.dim,
-                        Style::Publisher => t.key,
-                        Style::Topic => t.topic,
-                        Style::Name => t.subject,
-                        Style::Ok => t.ok,
-                        Style::Warn => t.warn,
-                        Style::Error => t.error,
-                    };
-                    Span::styled(text.clone(), t.fg(color))
-                })
-                .collect();
-            let line = Line::from(spans);
-            if i == selected { line.style(t.selected()) } else { line }
-        })
-        // Workshop mode leaves a blank line between rows, for projectors.
-        .flat_map(|line| if app.workshop { vec![line, Line::raw("")] } else { vec![line] })
-        .collect();
-    frame.render_widget(Paragraph::new(lines).block(block).style(t.text()), graph);
-    let text = rows.get(selected).map_or("", |r| explain(r.kind));
+    super::flow::paint(frame.buffer_mut(), inner, app, &flow);
+    let node = flow.nodes().nth(app.topo_selected.min(flow.nodes().count() - 1)).map(|n| n.node.clone());
+    let text = explain_node(app, node.as_ref());
     let explain_block = pane(app, " explain ".into(), false);
     frame.render_widget(
         Paragraph::new(text).wrap(Wrap { trim: true }).block(explain_block).style(t.text()),
