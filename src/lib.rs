@@ -29,7 +29,6 @@ pub mod engine;
 pub mod human;
 pub mod model;
 pub mod protocol;
-pub mod push;
 pub mod server;
 pub mod store;
 pub mod tui;

@@ -33,7 +33,7 @@ pub struct LocalBroker {
     /// Stops the timer task when the broker is dropped.
     _ticker: Option<crate::engine::Ticker>,
     /// The pushers of the engine's HTTP push subscriptions, stopped when the broker is dropped.
-    _pushers: Option<crate::push::PushHost>,
+    _pushers: Option<crate::broker::push::PushHost>,
 }
 
 impl LocalBroker {
@@ -53,7 +53,7 @@ impl LocalBroker {
     pub fn new(engine: Engine, url: impl Into<String>) -> Self {
         let in_runtime = tokio::runtime::Handle::try_current().is_ok();
         let ticker = in_runtime.then(|| engine.spawn_ticker(TICK));
-        let pushers = in_runtime.then(|| crate::push::PushHost::spawn(engine.clone()));
+        let pushers = in_runtime.then(|| crate::broker::push::PushHost::spawn(engine.clone()));
         let (events, _) = broadcast::channel(16);
         LocalBroker {
             engine,

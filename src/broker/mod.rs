@@ -17,6 +17,7 @@ pub mod local;
 pub mod mqtt;
 pub mod nats;
 pub mod postgres;
+pub mod push;
 pub mod redis;
 pub mod remote;
 pub mod url;

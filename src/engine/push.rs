@@ -1,5 +1,5 @@
 //! The engine's side of HTTP push: which subscriptions push, and a board where the pusher (which does
-//! the HTTP, outside the engine: `crate::push`) writes what it did, for `subs info`, `peek` and the TUI.
+//! the HTTP, outside the engine: the broker layer's `push` module) writes what it did, for `subs info`, `peek` and the TUI.
 //! A pusher is an ordinary push consumer of its subscription; the engine gives it nothing special.
 
 use std::collections::HashMap;

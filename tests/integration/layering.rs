@@ -12,10 +12,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("store", &["model"]),
     ("engine", &["model", "store"]),
     ("protocol", &["model"]),
-    ("broker", &["model", "protocol", "engine", "store", "config"]),
+    ("broker", &["model", "human", "protocol", "engine", "store", "config"]),
     ("server", &["model", "protocol", "engine", "broker"]),
-    ("tui", &["model", "human", "protocol", "broker"]),
     ("demo", &["model", "human", "engine", "broker"]),
+    ("tui", &["model", "human", "protocol", "broker", "demo"]),
     ("cli", &["model", "human", "store", "engine", "protocol", "broker", "server", "tui", "demo", "config"]),
 ];
 
