@@ -161,22 +161,7 @@ impl SubState {
     /// A message the cursor passes that must wait for its line: AVAILABLE with attempt 0, journaled so
     /// that a restart does not count it settled.
     fn hold(&mut self, key: u64, record: &Record, ctx: &Ctx<'_>) {
-        let now = ctx.now;
-        self.entries.insert(
-            key,
-            Entry {
-                state: DeliveryState::Available,
-                attempt: 0,
-                consumer: None,
-                lease: 0,
-                deadline: now,
-                lease_start: now,
-                not_before: now,
-                first_delivered: now,
-                last_delivered: now,
-                bytes: record.size(),
-            },
-        );
+        self.entries.insert(key, Entry::unleased(ctx.now, record.size()));
         self.note(SubOp::Attempt { seq: key, attempt: 0 });
     }
 
@@ -233,18 +218,7 @@ impl SubState {
         let deadline = now.plus(self.config.ack_deadline);
         let consumer_id = self.consumers.get(c).map(|x| x.id.clone());
         let bytes = record.size();
-        let entry = self.entries.entry(seq).or_insert_with(|| Entry {
-            state: DeliveryState::Available,
-            attempt: 0,
-            consumer: None,
-            lease: 0,
-            deadline,
-            lease_start: now,
-            not_before: now,
-            first_delivered: now,
-            last_delivered: now,
-            bytes,
-        });
+        let entry = self.entries.entry(seq).or_insert_with(|| Entry::unleased(now, bytes));
         entry.state = DeliveryState::InFlight;
         // A restored entry does not know its size until it is leased again.
         entry.bytes = bytes;

@@ -6,7 +6,7 @@
 use super::subscription::{Ctx, Effects, Entry, SubState};
 use super::{Engine, EngineError, Name, lock};
 use crate::model::config::Ordering;
-use crate::model::{DeliveryState, SnapshotInfo, SnapshotPartition};
+use crate::model::{SnapshotInfo, SnapshotPartition};
 use crate::store::MetaOp;
 use crate::store::journal::{pos_key, split_key};
 
@@ -66,22 +66,7 @@ impl SubState {
             if !self.covers_record(ctx.topic, &record) {
                 continue;
             }
-            let now = ctx.now;
-            self.entries.insert(
-                pos_key(p, seq),
-                Entry {
-                    state: DeliveryState::Available,
-                    attempt: 0,
-                    consumer: None,
-                    lease: 0,
-                    deadline: now,
-                    lease_start: now,
-                    not_before: now,
-                    first_delivered: now,
-                    last_delivered: now,
-                    bytes: record.size(),
-                },
-            );
+            self.entries.insert(pos_key(p, seq), Entry::unleased(ctx.now, record.size()));
             self.ready.insert(pos_key(p, seq));
         }
         if let Some(cursor) = self.parts.get_mut(p as usize) {

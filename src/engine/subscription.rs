@@ -43,6 +43,24 @@ pub(crate) struct Entry {
     pub bytes: u64,
 }
 
+impl Entry {
+    /// A message not handed to anyone yet: AVAILABLE with attempt 0, every time stamp `now`.
+    pub fn unleased(now: Timestamp, bytes: u64) -> Entry {
+        Entry {
+            state: DeliveryState::Available,
+            attempt: 0,
+            consumer: None,
+            lease: 0,
+            deadline: now,
+            lease_start: now,
+            not_before: now,
+            first_delivered: now,
+            last_delivered: now,
+            bytes,
+        }
+    }
+}
+
 /// Why a delivery failed (the events that call `failure()` in SEMANTICS.md).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Failure {
@@ -336,14 +354,8 @@ impl SubState {
                 Entry {
                     state,
                     attempt: pending.attempt,
-                    consumer: None,
-                    lease: 0,
-                    deadline: now,
-                    lease_start: now,
                     not_before: delayed.unwrap_or(now),
-                    first_delivered: now,
-                    last_delivered: now,
-                    bytes: 0,
+                    ..Entry::unleased(now, 0)
                 },
             );
             match delayed {
