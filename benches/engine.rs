@@ -122,21 +122,7 @@ fn keyed_ack_none(partitions: u32, n: u64) -> f64 {
 
 fn keyed_explicit(partitions: u32, ordering: OrderingMode, n: u64) -> f64 {
     let (engine, template) = keyed_engine(partitions, AckMode::Explicit, ordering);
-    let sub = name("s");
-    let opts = FetchOptions { max_msgs: BATCH, ..FetchOptions::default() };
-    let start = Instant::now();
-    let mut acked = 0u64;
-    while acked < n {
-        engine.publish_batch(template.clone()).unwrap_or_else(|e| panic!("{e}"));
-        let got = engine.try_fetch(&sub, "c", &opts).unwrap_or_else(|e| panic!("{e}"));
-        for d in got {
-            if let Some(lease) = d.lease {
-                engine.ack(&sub, lease).unwrap_or_else(|e| panic!("{e}"));
-                acked += 1;
-            }
-        }
-    }
-    rate(acked, start.elapsed())
+    publish_fetch_ack(&engine, &template, n)
 }
 
 fn report(label: &str, engine: f64, baseline: f64) {
@@ -228,13 +214,18 @@ fn explicit_ack(n: u64) -> f64 {
     config.ack = AckMode::Explicit;
     config.max_in_flight = BATCH as u32;
     engine.create_subscription(config).unwrap_or_else(|e| panic!("{e}"));
+    publish_fetch_ack(&engine, &batch(), n)
+}
+
+/// Publishes `template` and fetches and acks it through subscription `s`, a batch at a time, until `n`
+/// are acked; the acks per second.
+fn publish_fetch_ack(engine: &Engine, template: &[PublishRequest], n: u64) -> f64 {
     let sub = name("s");
-    let template = batch();
     let opts = FetchOptions { max_msgs: BATCH, ..FetchOptions::default() };
     let start = Instant::now();
     let mut acked = 0u64;
     while acked < n {
-        engine.publish_batch(template.clone()).unwrap_or_else(|e| panic!("{e}"));
+        engine.publish_batch(template.to_vec()).unwrap_or_else(|e| panic!("{e}"));
         let got = engine.try_fetch(&sub, "c", &opts).unwrap_or_else(|e| panic!("{e}"));
         for d in got {
             if let Some(lease) = d.lease {

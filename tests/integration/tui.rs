@@ -229,14 +229,8 @@ fn topics_view_on_rabbitmq_builds_a_dot_tree_from_the_stream_when_listing_fails(
     snapshot("topics_amqp_tree", &app);
 }
 
-#[test]
-fn a_subscription_without_consumers_is_blocked_by_no_consumers_in_words() {
-    // Issue 19 point 11: the detail pane said "blocked by NoConsumers" where the CLI says "no consumers".
-    let (e, _) = engine();
-    let mut idle = SubscriptionConfig::new(name("idle"), name("jobs"));
-    idle.start = StartPosition::All;
-    e.publish(PublishRequest::new(name("jobs"), "waiting")).unwrap();
-    e.create_subscription(idle).unwrap();
+/// The subscriptions view of an app that has read `e`'s topics and subscriptions once.
+fn subscriptions_view_of(e: &pubsub::engine::Engine) -> App {
     let mut app = App::new(
         "ws://127.0.0.1:7077".into(),
         Capabilities::all(),
@@ -246,6 +240,18 @@ fn a_subscription_without_consumers_is_blocked_by_no_consumers_in_words() {
     );
     app.stats(Some(e.topics()), Some(e.subscriptions(None)));
     app.update(Action::SetView(View::Subscriptions));
+    app
+}
+
+#[test]
+fn a_subscription_without_consumers_is_blocked_by_no_consumers_in_words() {
+    // Issue 19 point 11: the detail pane said "blocked by NoConsumers" where the CLI says "no consumers".
+    let (e, _) = engine();
+    let mut idle = SubscriptionConfig::new(name("idle"), name("jobs"));
+    idle.start = StartPosition::All;
+    e.publish(PublishRequest::new(name("jobs"), "waiting")).unwrap();
+    e.create_subscription(idle).unwrap();
+    let app = subscriptions_view_of(&e);
     let screen = render(&app, 120, 40).to_string();
     assert!(screen.contains("blocked by no consumers"), "{screen}");
 }
@@ -265,15 +271,7 @@ fn subscriptions_view_shows_a_push_subscriptions_endpoint_and_pusher_figures() {
     status.started();
     status.failed(Some(500), "HTTP 500".into());
     status.set_slowdown(100);
-    let mut app = App::new(
-        "ws://127.0.0.1:7077".into(),
-        Capabilities::all(),
-        Theme::load("default", None).unwrap(),
-        1000,
-        1 << 20,
-    );
-    app.stats(Some(e.topics()), Some(e.subscriptions(None)));
-    app.update(Action::SetView(View::Subscriptions));
+    let app = subscriptions_view_of(&e);
     let screen = render(&app, 120, 40).to_string();
     assert!(screen.contains("POST http://127.0.0.1:8080/orders"), "{screen}");
     assert!(screen.contains("attempts 3 (ok 2, failed 1), last status 500"), "{screen}");
