@@ -15,7 +15,7 @@ use crate::engine::{
     AttachOptions, ByteBudget, Engine, PendingPublish, PushConsumer, TapItem, TapOptions, TapReceiver,
 };
 use crate::model::{
-    AckRef, BrowseFrom, Delivery, FetchOptions, Lifetime, Message, Name, PeekReport, PublishOption,
+    AckMode, AckRef, BrowseFrom, Delivery, FetchOptions, Lifetime, Message, Name, PeekReport, PublishOption,
     PublishReceipt, PublishRequest, SeekTarget, StartPosition, SubscriptionConfig, SubscriptionInfo,
     TopicConfig, TopicInfo,
 };
@@ -142,32 +142,82 @@ impl LocalBroker {
         }
         if let Some(start) = req.from {
             let topic = history_topic(&req)?;
-            let name = Name::new(&self.fresh_id("_reader"))?;
-            let mut config = SubscriptionConfig::new(name.clone(), topic);
             // One partition from a seq (`--from P:SEQ`): the reader starts at the end of every
             // partition, then that one partition moves back to the seq, and only its messages are
             // handed on.
-            config.start = if req.partition.is_some() { StartPosition::New } else { start };
-            config.ack = req.ack;
-            config.lifetime = Lifetime::Ephemeral { inactive_ttl: Duration::from_secs(5) };
-            self.engine.create_subscription(config)?;
-            if let Some(partition) = req.partition {
-                let seq = match start {
-                    StartPosition::Seq(seq) => seq,
-                    _ => 1,
-                };
-                if let Err(e) = self.engine.seek(&name, SeekTarget::Seq { partition, seq }) {
-                    let _ = self.engine.delete_subscription(&name);
-                    return Err(e.into());
-                }
-            }
-            let consumer = attach(&name)?;
-            let ephemeral = Some((self.engine.clone(), name));
-            let only = req.partition;
-            return Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral, only })));
+            let Some(partition) = req.partition else {
+                return self.reader(topic, start, &[], req.ack, attach, None);
+            };
+            let seq = match start {
+                StartPosition::Seq(seq) => seq,
+                _ => 1,
+            };
+            return self.reader(
+                topic,
+                StartPosition::New,
+                &[(partition, seq)],
+                req.ack,
+                attach,
+                Some(partition),
+            );
         }
         let tap = self.engine.tap(req.patterns.clone(), TapOptions::default())?;
         Ok(DeliveryStream::new(Box::new(TapSource(tap))))
+    }
+
+    /// A reader of `topic` with no acks that starts each partition of `starts` at its own seq (the resume
+    /// point of an HTTP event stream over several partitions); partitions not named start with new
+    /// messages. With `only`, just that partition's messages are handed on. Its messages count in `budget` as [`LocalBroker::subscribe_within`]'s do.
+    pub fn read_from_positions(
+        &self,
+        topic: Name,
+        starts: &[(u32, u64)],
+        consumer: String,
+        prefetch: u32,
+        only: Option<u32>,
+        budget: Option<Arc<ByteBudget>>,
+    ) -> Result<DeliveryStream, BrokerError> {
+        let attach = |sub: &Name| {
+            let opts =
+                AttachOptions { consumer: Some(consumer.clone()), prefetch: Some(prefetch), limit: None };
+            self.engine.attach_within(sub, opts, budget.clone())
+        };
+        self.reader(topic, StartPosition::New, starts, AckMode::None, attach, only)
+    }
+
+    /// A history reader: an ephemeral subscription of `topic` from `start`, then each partition of
+    /// `moves` sought to its seq, attached with `attach`; deleted when the stream is dropped. With
+    /// `only`, messages of other partitions are passed over.
+    fn reader(
+        &self,
+        topic: Name,
+        start: StartPosition,
+        moves: &[(u32, u64)],
+        ack: AckMode,
+        attach: impl Fn(&Name) -> Result<PushConsumer, crate::model::EngineError>,
+        only: Option<u32>,
+    ) -> Result<DeliveryStream, BrokerError> {
+        let name = Name::new(&self.fresh_id("_reader"))?;
+        let mut config = SubscriptionConfig::new(name.clone(), topic);
+        config.start = start;
+        config.ack = ack;
+        config.lifetime = Lifetime::Ephemeral { inactive_ttl: Duration::from_secs(5) };
+        self.engine.create_subscription(config)?;
+        for &(partition, seq) in moves {
+            if let Err(e) = self.engine.seek(&name, SeekTarget::Seq { partition, seq }) {
+                let _ = self.engine.delete_subscription(&name);
+                return Err(e.into());
+            }
+        }
+        let consumer = match attach(&name) {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                let _ = self.engine.delete_subscription(&name);
+                return Err(e.into());
+            }
+        };
+        let ephemeral = Some((self.engine.clone(), name));
+        Ok(DeliveryStream::new(Box::new(PushSource { consumer, ephemeral, only })))
     }
 
     fn fresh_id(&self, prefix: &str) -> String {

@@ -18,8 +18,23 @@ use super::frame::{self, Reader};
 use super::{StoreError, SyncGate};
 use crate::model::{AckDurability, SubCounters, Timestamp};
 
-/// Records between checkpoints; a checkpoint then truncates the journal.
+/// Records between checkpoints by default; a checkpoint then truncates the journal. The trade (a
+/// checkpoint's write and sync against the journal an open after a crash replays) is measured in
+/// docs/BENCHMARKS.md, "Checkpoint frequency".
 const CHECKPOINT_EVERY: u64 = 50_000;
+
+/// Records between checkpoints in this process: `PUBSUB_CHECKPOINT_EVERY` when it is set to a positive
+/// number (read once), else [`CHECKPOINT_EVERY`].
+fn checkpoint_every() -> u64 {
+    static EVERY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| {
+        std::env::var("PUBSUB_CHECKPOINT_EVERY")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(CHECKPOINT_EVERY)
+    })
+}
 
 /// Bits of a journal key that hold the seq. A key names a message of any partition in one `u64`: the
 /// partition sits above these bits, so partition 0's keys are its seqs and the records of a topic of
@@ -606,7 +621,7 @@ impl SubJournal {
 
     /// Whether enough records piled up that the caller should take a checkpoint.
     pub fn wants_checkpoint(&self) -> bool {
-        self.since_checkpoint >= CHECKPOINT_EVERY
+        self.since_checkpoint >= checkpoint_every()
     }
 
     /// Writes the staged records. Returns what to wait on when an ack must be synced before it returns.

@@ -88,7 +88,7 @@ async fn subscriptions_reach(server: &TestServer, topic: &str, n: u32) {
 }
 
 /// Lines from a child's stdout up to and including the one `done` accepts, within 10 s.
-fn lines_until(lines: &Receiver<String>, done: impl Fn(&str) -> bool) -> Vec<String> {
+fn lines_until(lines: &Receiver<String>, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
     let mut got = Vec::new();
     loop {
         let line = lines
@@ -292,6 +292,112 @@ async fn curl_reads_server_sent_events_and_resumes_with_last_event_id() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the event streams' subscriptions outlived them");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_ids_over_several_partitions_resume_every_partition_exactly() {
+    let server = start(ServeConfig::default()).await;
+    let mut config = TopicConfig::new(name("clicks"));
+    config.partitions = 3;
+    server.engine.create_topic(config).unwrap();
+    for i in 0..6 {
+        let answer = request(
+            &server,
+            &format!("POST /topics/clicks?key=user{i} HTTP/1.1"),
+            format!("m{i}").as_bytes(),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+    }
+    let url = format!("{}/topics/clicks/events?from=all", base(&server));
+    let Some(mut all) = curl(&["-sN", &url]) else { return };
+    let lines = stdout_lines(&mut all.0);
+    let first = tokio::task::spawn_blocking(move || {
+        let mut n = 0;
+        lines_until(&lines, |l| {
+            n += usize::from(l.starts_with("data: "));
+            n == 6
+        })
+    })
+    .await
+    .unwrap();
+    drop(all);
+    let got = positioned_events(&first);
+    assert_eq!(got.len(), 6);
+    let mut partitions_used = std::collections::BTreeSet::new();
+    for (id, envelope) in &got {
+        let (p, seq) = (envelope["partition"].as_u64().unwrap(), envelope["seq"].as_u64().unwrap());
+        partitions_used.insert(p);
+        assert_eq!(id.len(), 3, "every id names all three partitions: {id:?}");
+        assert_eq!(id[&p], seq, "the id's entry for the event's own partition is its seq: {id:?}");
+    }
+    assert!(partitions_used.len() > 1, "six keys spread over the partitions: {partitions_used:?}");
+
+    // Resuming after the third event sends exactly the three not covered by its id.
+    let raw_id = first.iter().filter_map(|l| l.strip_prefix("id: ")).nth(2).unwrap().to_string();
+    let Some(mut resumed) = curl(&["-sN", "-H", &format!("Last-Event-ID: {raw_id}"), &url]) else { return };
+    let lines = stdout_lines(&mut resumed.0);
+    let rest = tokio::task::spawn_blocking(move || {
+        let mut n = 0;
+        lines_until(&lines, |l| {
+            n += usize::from(l.starts_with("data: "));
+            n == 3
+        })
+    })
+    .await
+    .unwrap();
+    let payloads = |events: &[(std::collections::BTreeMap<u64, u64>, serde_json::Value)]| {
+        events
+            .iter()
+            .map(|(_, e)| e["payload"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let resumed_payloads = payloads(&positioned_events(&rest));
+    assert_eq!(resumed_payloads, payloads(&got[3..]), "the resumed stream sends what the id does not cover");
+    drop(resumed);
+
+    // One partition alone: plain seq ids, only its messages.
+    let one = format!("{}/topics/clicks/events?from=all&partition=1", base(&server));
+    let in_one = got.iter().filter(|(_, e)| e["partition"] == 1).count();
+    if in_one > 0 {
+        let Some(mut single) = curl(&["-sN", &one]) else { return };
+        let lines = stdout_lines(&mut single.0);
+        let only = tokio::task::spawn_blocking(move || {
+            let mut n = 0;
+            lines_until(&lines, |l| {
+                n += usize::from(l.starts_with("data: "));
+                n == in_one
+            })
+        })
+        .await
+        .unwrap();
+        let only = events(&only);
+        assert!(only.iter().all(|(id, e)| e["partition"] == 1 && e["seq"] == *id), "{only:?}");
+    }
+    let answer = request(&server, "GET /topics/clicks/events?partition=3 HTTP/1.1", b"").await;
+    assert_eq!(answer.status, 404, "{}", String::from_utf8_lossy(&answer.body));
+    assert!(answer.json()["error"].as_str().unwrap().contains("partitions 0 to 2"), "{:?}", answer.json());
+}
+
+/// The `(positions, envelope)` of every event among SSE lines whose ids are `P:SEQ,…` lists.
+fn positioned_events(lines: &[String]) -> Vec<(std::collections::BTreeMap<u64, u64>, serde_json::Value)> {
+    let mut out = Vec::new();
+    let mut id = None;
+    for line in lines {
+        if let Some(v) = line.strip_prefix("id: ") {
+            let positions = v
+                .split(',')
+                .map(|item| {
+                    let (p, seq) = item.split_once(':').unwrap_or_else(|| panic!("not P:SEQ: {v}"));
+                    (p.parse().unwrap(), seq.parse().unwrap())
+                })
+                .collect();
+            id = Some(positions);
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            out.push((id.take().unwrap(), serde_json::from_str(v).unwrap()));
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

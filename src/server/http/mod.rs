@@ -22,7 +22,7 @@ use super::{Served, Shared};
 use crate::broker::url::percent_decode_bytes;
 use crate::broker::{Broker, SubscribeRequest};
 use crate::engine::ByteBudget;
-use crate::model::{AckMode, Name, Pattern};
+use crate::model::{AckMode, Name, Pattern, StartPosition};
 use crate::protocol::ErrorCode;
 use head::{Head, HeadError, Rewind};
 pub(crate) use response::HttpError;
@@ -153,14 +153,14 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
             let connection = shared.connection_budget();
             let budget = ByteBudget::child(&connection, limits.max_stream_bytes as u64);
             match open_events(&topic, &head, &shared, peer, &budget).await {
-                Ok(stream) => {
+                Ok((stream, ids)) => {
                     let config = sse::StreamConfig {
                         keep_alive: shared.config.keep_alive,
                         write_timeout: shared.config.write_timeout,
                         allow_origin: shared.config.allow_origin.clone(),
                     };
                     let tcp = socket.into_inner().into_inner();
-                    sse::run(tcp, stream, budget, config, cancel).await;
+                    sse::run(tcp, stream, budget, config, ids, cancel).await;
                     drop(served);
                     return;
                 }
@@ -172,29 +172,65 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
     finish(socket, &answer, &shared, &cancel).await;
 }
 
-/// The event stream of `topic` from where the request asks; a topic that does not exist is a 404
-/// (subscribing would create it).
+/// The event stream of `topic` from where the request asks, and how its events are numbered; a topic
+/// that does not exist is a 404 (subscribing would create it). `?partition=P` streams one partition of
+/// the topic; without it a topic of several partitions streams them all, its event ids naming a
+/// position in each.
 async fn open_events(
     topic: &Name,
     head: &Head,
     shared: &Shared,
     peer: SocketAddr,
     budget: &Arc<ByteBudget>,
-) -> Result<crate::broker::DeliveryStream, HttpError> {
-    let from = sse::start_of(head)?;
-    shared.broker.topic_info(topic).await.map_err(|e| HttpError::of(&e))?;
-    let req = SubscribeRequest {
-        patterns: vec![Pattern::from(topic)],
-        subscription: None,
-        from: Some(from),
-        ack: AckMode::None,
-        consumer: Some(format!("http-{peer}")),
-        prefetch: Some(EVENTS_PREFETCH),
-        limit: None,
-        partition: None,
-        until_end: false,
+) -> Result<(crate::broker::DeliveryStream, sse::EventIds), HttpError> {
+    let start = sse::start_of(head)?;
+    let info = shared.broker.topic_info(topic).await.map_err(|e| HttpError::of(&e))?;
+    let parts = info.positions();
+    let only = match head.param("partition") {
+        None => None,
+        Some(p) => {
+            let p = p.parse::<u32>().ok().filter(|&p| (p as usize) < parts.len()).ok_or_else(|| {
+                let msg = format!("partition={p}: topic \"{topic}\" has partitions 0 to {}", parts.len() - 1);
+                HttpError::new(ErrorCode::NoSuchPartition, msg)
+            })?;
+            Some(p)
+        }
     };
-    shared.broker.subscribe_within(req, Some(budget.clone())).map_err(|e| HttpError::of(&e))
+    let consumer = format!("http-{peer}");
+    let read = |starts: &[(u32, u64)], only| {
+        shared.broker.read_from_positions(
+            topic.clone(),
+            starts,
+            consumer.clone(),
+            EVENTS_PREFETCH,
+            only,
+            Some(budget.clone()),
+        )
+    };
+    let (stream, ids) = match only {
+        Some(p) => (read(&[(p, start.first_seq(&parts[p as usize]))], Some(p)), sse::EventIds::Seq),
+        None if parts.len() > 1 => {
+            let starts: Vec<(u32, u64)> =
+                parts.iter().map(|part| (part.partition, start.first_seq(part))).collect();
+            let sent = starts.iter().map(|&(p, first)| (p, first.saturating_sub(1))).collect();
+            (read(&starts, None), sse::EventIds::Positions(sent))
+        }
+        None => {
+            let req = SubscribeRequest {
+                patterns: vec![Pattern::from(topic)],
+                subscription: None,
+                from: Some(parts.first().map_or(start.from, |p| StartPosition::Seq(start.first_seq(p)))),
+                ack: AckMode::None,
+                consumer: Some(consumer.clone()),
+                prefetch: Some(EVENTS_PREFETCH),
+                limit: None,
+                partition: None,
+                until_end: false,
+            };
+            (shared.broker.subscribe_within(req, Some(budget.clone())), sse::EventIds::Seq)
+        }
+    };
+    Ok((stream.map_err(|e| HttpError::of(&e))?, ids))
 }
 
 /// Messages the engine may push to an event stream ahead of its writes (its bytes are capped by the
