@@ -46,17 +46,26 @@ pub(super) fn footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
     } else if let Some((_, text)) = &app.flash {
         Line::from(Span::styled(text.clone(), t.fg(t.warn)))
     } else if app.demo.is_some() && app.view == View::Topology {
-        // Two lines: time and help first, then what changes the topology.
+        // Two lines: time and help first, then what changes the topology; where a group is wider than
+        // the terminal, the hints flow over both lines and what does not fit whole is left to `?`.
         let (time, changes) = crate::tui::keymap::DEMO_FOOTER.split_at(8);
-        let line = |hints: &[(&str, &str)]| {
-            let mut spans = Vec::new();
-            for (key, label) in hints {
-                spans.push(Span::styled(key.to_string(), t.fg(t.accent).add_modifier(Modifier::BOLD)));
-                spans.push(Span::styled(format!(" {label}  "), t.fg(t.dim)));
-            }
-            Line::from(spans)
+        let width = usize::from(area.width);
+        let (rows, gap) = match [time, changes].map(|group| hints_width(group, 2)) {
+            [a, b] if a <= width + 2 && b <= width + 2 => (vec![time.to_vec(), changes.to_vec()], 2),
+            _ => pack_hints(crate::tui::keymap::DEMO_FOOTER, width, usize::from(area.height).max(1)),
         };
-        return frame.render_widget(Paragraph::new(vec![line(time), line(changes)]).style(t.text()), area);
+        let lines: Vec<Line<'_>> = rows
+            .iter()
+            .map(|hints| {
+                let mut spans = Vec::new();
+                for (key, label) in hints {
+                    spans.push(Span::styled(key.to_string(), t.fg(t.accent).add_modifier(Modifier::BOLD)));
+                    spans.push(Span::styled(format!(" {label}{}", " ".repeat(gap)), t.fg(t.dim)));
+                }
+                Line::from(spans)
+            })
+            .collect();
+        return frame.render_widget(Paragraph::new(lines).style(t.text()), area);
     } else {
         let mut spans = Vec::new();
         for (key, label) in app.keymap.footer(app.view) {
@@ -66,6 +75,44 @@ pub(super) fn footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
         Line::from(spans)
     };
     frame.render_widget(Paragraph::new(line).style(t.text()), area);
+}
+
+/// Columns `hints` take on one line, `key label` each, `gap` spaces after each label.
+fn hints_width(hints: &[(&str, &str)], gap: usize) -> usize {
+    hints.iter().map(|(key, label)| Span::raw(format!("{key} {label}")).width() + gap).sum()
+}
+
+/// Lays `hints` out in order over at most `rows` lines of `width` columns, never cutting one: with two
+/// spaces between hints when they all fit so, else with one (the gap is returned with the lines); what
+/// still does not fit is left out.
+fn pack_hints<'a>(
+    hints: &[(&'a str, &'a str)],
+    width: usize,
+    rows: usize,
+) -> (Vec<Vec<(&'a str, &'a str)>>, usize) {
+    let lay = |gap: usize| {
+        let mut lines: Vec<Vec<(&str, &str)>> = vec![Vec::new()];
+        let mut used = 0;
+        for &hint in hints {
+            let w = hints_width(&[hint], gap);
+            if used + w > width + gap && !lines.last().is_some_and(Vec::is_empty) {
+                if lines.len() == rows {
+                    return (lines, false);
+                }
+                lines.push(Vec::new());
+                used = 0;
+            }
+            if let Some(line) = lines.last_mut() {
+                line.push(hint);
+            }
+            used += w;
+        }
+        (lines, true)
+    };
+    match lay(2) {
+        (lines, true) => (lines, 2),
+        _ => (lay(1).0, 1),
+    }
 }
 
 /// What a seek to `text` would do, from the subscription's current numbers.
@@ -178,4 +225,28 @@ pub(super) fn unavailable(frame: &mut Frame<'_>, area: Rect, app: &App, what: &s
         Paragraph::new(text).style(t.fg(t.dim)).block(pane(app, " unavailable ".into(), false)),
         area,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tui::keymap::DEMO_FOOTER;
+
+    #[test]
+    fn demo_hints_are_never_cut_and_fill_two_lines_in_order_at_80_columns() {
+        let (rows, gap) = pack_hints(DEMO_FOOTER, 80, 2);
+        assert_eq!(rows.len(), 2);
+        for row in &rows {
+            assert!(hints_width(row, gap) <= 80 + gap, "{row:?} is wider than 80 columns");
+        }
+        let shown: Vec<_> = rows.concat();
+        assert_eq!(shown[..], DEMO_FOOTER[..shown.len()], "hints keep their order, the first ones kept");
+        assert!(shown.iter().any(|(key, _)| *key == "?"), "help, which lists every key, is always shown");
+        // Wide enough, everything is shown with the roomier gap.
+        let (rows, gap) = pack_hints(DEMO_FOOTER, 400, 2);
+        assert_eq!((rows.concat().len(), gap), (DEMO_FOOTER.len(), 2));
+        // Very narrow: one hint a line at least, nothing cut.
+        let (rows, _) = pack_hints(DEMO_FOOTER, 8, 2);
+        assert_eq!(rows.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
+    }
 }
