@@ -217,3 +217,64 @@ async fn flow_view_of_every_scenario_at_three_sizes_with_3_and_12_consumers() {
         }
     }
 }
+
+/// WCAG relative luminance of an sRGB colour.
+fn luminance(r: u8, g: u8, b: u8) -> f64 {
+    let channel = |c: u8| {
+        let c = f64::from(c) / 255.0;
+        if c <= 0.039_28 { c / 12.92 } else { ((c + 0.055) / 1.055).powf(2.4) }
+    };
+    0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+}
+
+/// The projector theme (`demo --workshop`) must read the same in a bright room and a dark one, whatever
+/// the attendees' or the projector laptop's terminal palette: every cell of the flow view, for every
+/// built-in scenario, has the theme's own RGB background painted (never the terminal's default, which a
+/// light palette makes white under white text) and an RGB foreground (named colours are remapped by
+/// terminal palettes) with at least WCAG AA contrast (4.5:1) against its background.
+#[tokio::test]
+async fn the_workshop_theme_paints_every_cell_in_rgb_with_readable_contrast() {
+    use pubsub::broker::Capabilities;
+    use pubsub::demo::live::Live;
+    use pubsub::tui::app::{App, View};
+    use pubsub::tui::theme::Theme;
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use ratatui::style::Color;
+    use std::time::Duration;
+
+    let theme = Theme::load("high-contrast", None).unwrap();
+    for (scenario_name, _) in pubsub::demo::scenario::BUILT_IN {
+        let mut live = Live::new(Scenario::load(scenario_name).unwrap(), 42, None).await.unwrap();
+        live.advance(Duration::from_secs(6)).await.unwrap();
+        let mut app =
+            App::new(format!("demo {scenario_name}"), Capabilities::all(), theme.clone(), 100, 1 << 20);
+        app.view = View::Topology;
+        app.workshop = true;
+        app.note("narration stands here".to_string());
+        app.demo = Some(live.status().await);
+        for (w, h) in [(80u16, 24u16), (140, 40)] {
+            let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+            terminal.draw(|f| pubsub::tui::views::draw(f, &app)).unwrap();
+            let buffer = terminal.backend().buffer();
+            for y in 0..h {
+                for x in 0..w {
+                    let cell = &buffer[(x, y)];
+                    let at = format!("{scenario_name} {w}x{h} at ({x},{y}) {:?}", cell.symbol());
+                    let Color::Rgb(br, bg, bb) = cell.bg else {
+                        panic!("{at}: background {:?} is not the theme's RGB", cell.bg)
+                    };
+                    if cell.symbol().trim().is_empty() {
+                        continue;
+                    }
+                    let Color::Rgb(fr, fg, fb) = cell.fg else {
+                        panic!("{at}: foreground {:?} is not RGB", cell.fg)
+                    };
+                    let (a, b) = (luminance(fr, fg, fb), luminance(br, bg, bb));
+                    let ratio = (a.max(b) + 0.05) / (a.min(b) + 0.05);
+                    assert!(ratio >= 4.5, "{at}: contrast {ratio:.2} of {:?} on {:?}", cell.fg, cell.bg);
+                }
+            }
+        }
+    }
+}
