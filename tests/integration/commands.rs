@@ -484,6 +484,36 @@ fn bench_spreads_over_topics_of_its_own_and_fills_a_named_topic_that_stays() {
 }
 
 #[test]
+fn bench_with_partitions_and_keys_spreads_keyed_messages_over_the_partitions() {
+    let home = Home::with_daemon("bench-partitions");
+    let json = |out: &str| serde_json::from_str::<serde_json::Value>(out.trim()).unwrap();
+    let args = ["bench", "--topic", "keyed", "--partitions", "4", "--keys", "8", "-n", "800", "--json"];
+    let (code, out, err) = home.run(&args);
+    assert_eq!(code, 0, "{err}");
+    let r = json(&out);
+    assert_eq!(
+        (r["delivered"].as_u64(), r["partitions"].as_u64(), r["keys"].as_u64()),
+        (Some(800), Some(4), Some(8)),
+        "{r}"
+    );
+    let (_, info, _) = home.run(&["topics", "--json"]);
+    let keyed = info.lines().map(json).find(|t| t["name"] == "keyed").expect("the topic stays");
+    assert_eq!((keyed["partitions"].as_u64(), keyed["messages"].as_u64()), (Some(4), Some(800)), "{keyed}");
+    let used = keyed["partition_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["messages"].as_u64() > Some(0))
+        .count();
+    assert!(used > 1, "eight keys land in more than one of four partitions: {keyed}");
+    // Every message of a key is in one partition: 800 messages over 8 keys are 100 per key, so each
+    // partition holds a multiple of 100.
+    for p in keyed["partition_info"].as_array().unwrap() {
+        assert_eq!(p["messages"].as_u64().unwrap() % 100, 0, "{keyed}");
+    }
+}
+
+#[test]
 fn record_to_dash_writes_stdout_and_no_file_named_dash() {
     let home = Home::with_daemon("record-dash");
     home.run(&["pub", "src", "one", "two"]);

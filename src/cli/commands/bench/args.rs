@@ -69,6 +69,14 @@ pub struct BenchArgs {
     /// broker may drop for a slow listener (counted as lost); `queue` is not offered.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub topics: u32,
+    /// Create the run's topic with N partitions (brokers with partitions: the pubsub engines, Kafka);
+    /// keyed messages are placed by their key's hash, unkeyed ones in turn.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub partitions: u32,
+    /// Give every message one of N keys (`key-0` … `key-{N-1}`, in turn), as keyed traffic would have;
+    /// 0 publishes without keys.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keys: u64,
     /// Publish into this topic and leave it and its messages in place afterwards (to fill a backlog, say);
     /// created without limits when missing. Without it, each scenario's topics are the run's own and are
     /// removed at its end.

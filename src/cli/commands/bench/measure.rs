@@ -89,7 +89,7 @@ pub(super) async fn measure(
     let topics = RunTopics::for_plan(plan, args)?;
     let mut durable = false;
     for topic in &topics.names {
-        durable = prepare_topic(&broker, topic, topics.kept).await?;
+        durable = prepare_topic(&broker, topic, topics.kept, args.partitions).await?;
     }
     let durable = durable && !topics.spread();
     let outcome = measure_on(broker.clone(), &topics, durable, plan, args, stop).await;
@@ -139,6 +139,7 @@ async fn measure_on(
     let mut senders = Vec::new();
     let pubs = u64::from(plan.pubs);
     let names: Arc<[Name]> = topics.names.clone().into();
+    let keys: Arc<[bytes::Bytes]> = (0..args.keys).map(|k| bytes::Bytes::from(format!("key-{k}"))).collect();
     for p in 0..pubs {
         // Publisher `p` sends an even share; the first ones take the remainder.
         let share = args.msgs / pubs + u64::from(p < args.msgs % pubs);
@@ -151,6 +152,7 @@ async fn measure_on(
             batch: args.batch as u64,
             window: args.window as usize,
             rate: args.rate.map(|r| r / pubs as f64),
+            keys: keys.clone(),
             progress: progress.clone(),
             stop: stop.clone(),
         };
@@ -197,13 +199,26 @@ async fn measure_on(
 /// Creates a topic of the run where the broker has topics, large enough to keep the whole run, so that
 /// a subscriber that falls behind is measured as slow rather than losing messages to retention; a kept
 /// topic (`--topic`) that exists already is used as it is, and one that does not keeps messages for
-/// ever. Returns whether the broker keeps durable subscriptions.
-async fn prepare_topic(broker: &SharedBroker, topic: &Name, kept: bool) -> Result<bool, CliError> {
+/// ever; `partitions` of them (`--partitions`, refused on brokers without). Returns whether the broker
+/// keeps durable subscriptions.
+async fn prepare_topic(
+    broker: &SharedBroker,
+    topic: &Name,
+    kept: bool,
+    partitions: u32,
+) -> Result<bool, CliError> {
     let durable = broker.capabilities().has(Capability::CompetingConsumers);
+    if partitions > 1 && !broker.capabilities().has(Capability::Partitions) {
+        return Err(CliError::Usage(format!(
+            "--partitions {partitions}: {} has no partitions; leave it out there",
+            broker.url()
+        )));
+    }
     if kept && broker.topic_info(topic).await.is_ok() {
         return Ok(durable);
     }
     let mut config = crate::model::TopicConfig::new(topic.clone());
+    config.partitions = partitions;
     config.limits.max_msgs = None;
     config.limits.max_bytes = None;
     config.limits.max_age = if kept { None } else { Some(Duration::from_secs(3600)) };

@@ -113,8 +113,15 @@ async fn run_plans(
             Some(r) => format!("open loop at {r:.0} msgs/s"),
             None => "closed loop".into(),
         };
+        let mut shape = String::new();
+        if args.partitions > 1 {
+            shape.push_str(&format!("  {} partitions", args.partitions));
+        }
+        if args.keys > 0 {
+            shape.push_str(&format!("  {} keys", args.keys));
+        }
         out.line(&format!(
-            "broker {}  size {} B  batch {}  {loop_kind}",
+            "broker {}  size {} B  batch {}{shape}  {loop_kind}",
             broker.url(),
             args.size,
             args.batch

@@ -28,6 +28,8 @@ pub(super) struct PublishJob {
     pub(super) window: usize,
     /// Open loop: this publisher's rate in msgs/s.
     pub(super) rate: Option<f64>,
+    /// The keys messages carry in turn (`--keys`); none when empty.
+    pub(super) keys: Arc<[bytes::Bytes]>,
     pub(super) progress: Arc<Progress>,
     /// Ctrl-C: stop publishing, as if the count or duration were reached.
     pub(super) stop: CancellationToken,
@@ -85,7 +87,12 @@ impl PublishJob {
                     let mut payload = BytesMut::with_capacity(self.size);
                     payload.put_u64(stamp);
                     payload.extend_from_slice(&body);
-                    PublishRequest::new(topic_of(&self.topics, sent + i).clone(), payload.freeze())
+                    let mut req =
+                        PublishRequest::new(topic_of(&self.topics, sent + i).clone(), payload.freeze());
+                    if !self.keys.is_empty() {
+                        req.key = Some(self.keys[((sent + i) % self.keys.len() as u64) as usize].clone());
+                    }
+                    req
                 })
                 .collect();
             let broker = self.broker.clone();

@@ -82,7 +82,7 @@ pub(super) fn json_row(broker: &SharedBroker, args: &BenchArgs, r: &Report) -> s
     let pct = |i: usize| f.percentiles.map(|p| p[i]);
     json!({
         "scenario": r.plan.name, "broker": broker.url(), "pubs": r.plan.pubs, "subs": r.plan.subs,
-        "size": args.size, "rate": args.rate, "ack": r.plan.ack,
+        "size": args.size, "rate": args.rate, "ack": r.plan.ack, "partitions": args.partitions, "keys": args.keys,
         "published": r.published, "delivered": r.delivered, "lost": r.lost(), "dropped": r.dropped,
         "published_per_s": f.published_per_s, "delivered_per_s": f.delivered_per_s, "mb_per_s": f.mb_per_s,
         "p50_us": pct(0), "p90_us": pct(1), "p99_us": pct(2), "p999_us": pct(3), "max_us": pct(4),
