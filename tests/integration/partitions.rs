@@ -300,6 +300,9 @@ fn cli_partitions_keys_and_positions() {
     assert_ne!(code, 0);
     assert!(err.contains("no partition 9"), "{err}");
     // A subscription: per-partition lag, seek of one partition.
+    let (code, _, err) = home.run(&["subs", "create", "billing", "--topic", "orders", "--from", "2:5"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("names one partition") && err.contains("pubsub seek billing 2:5"), "{err}");
     ok(&["subs", "create", "billing", "--topic", "orders", "--from", "start"]);
     let (out, _) = ok(&["sub-info", "billing"]);
     assert!(out.contains("PARTITION") && out.contains("4 partitions"), "{out}");

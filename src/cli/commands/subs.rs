@@ -139,7 +139,16 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
                 c.attribute_filter = Some(expr.clone());
             }
             if let Some(from) = &a.from {
-                c.start = Position::parse(from, SystemClock.now()).map_err(CliError::Usage)?.start();
+                let position = Position::parse(from, SystemClock.now()).map_err(CliError::Usage)?;
+                // A subscription reads every partition of its topic: a start in one of them says
+                // nothing of the others (partition 0 of a topic of one is just a seq).
+                if position.partition().is_some_and(|p| p > 0) {
+                    return Err(CliError::Usage(format!(
+                        "--from {from} names one partition, and a subscription reads them all: create it with --from start, end, a seq (in every partition) or a time, then `pubsub seek {} {from}` moves that partition alone",
+                        a.name
+                    )));
+                }
+                c.start = position.start();
             }
             c.ack = match a.ack.as_str() {
                 "none" => AckMode::None,
