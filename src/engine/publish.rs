@@ -363,17 +363,18 @@ impl PendingPublish {
     }
 
     /// [`PendingPublish::wait`] on an async task: the fdatasync runs on the blocking pool once for all
-    /// the tasks waiting on the same file.
+    /// the tasks waiting on the same file. The syncs of different files (the partitions and topics a
+    /// batch wrote) all start at once, so a batch waits for the slowest of them rather than their sum.
     pub async fn wait_async(self) -> Result<Vec<PublishReceipt>, EngineError> {
-        let mut unconfirmed = None;
-        'runs: for run in self.runs {
-            for (gate, mark) in run.waits {
-                if let Err(e) = gate.wait_async(mark).await {
-                    unconfirmed = Some((run.start, e.into()));
-                    break 'runs;
-                }
-            }
-        }
+        let syncs = self.runs.iter().map(|run| {
+            futures_util::future::join_all(
+                run.waits.iter().map(|(gate, mark)| gate.clone().wait_async(*mark)),
+            )
+        });
+        let outcomes = futures_util::future::join_all(syncs).await;
+        let unconfirmed = self.runs.iter().zip(outcomes).find_map(|(run, results)| {
+            results.into_iter().find_map(Result::err).map(|e| (run.start, e.into()))
+        });
         Self::outcome(self.outcome, unconfirmed)
     }
 
