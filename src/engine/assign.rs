@@ -66,10 +66,14 @@ impl SubState {
         }
     }
 
-    /// The owner of each partition as the last rebalance left it (`PartitionExclusive`; empty
-    /// otherwise).
-    pub(crate) fn owners(&self) -> &[Option<ConsumerId>] {
-        &self.owners
+    /// The consumer that reads partition `p` alone: its owner under `PartitionExclusive`, the active
+    /// consumer under `SingleActive`, nobody under `Shared`.
+    pub(crate) fn owner_of(&self, p: usize) -> Option<&ConsumerId> {
+        match self.config.assignment {
+            Assignment::Shared => None,
+            Assignment::SingleActive => self.consumers.first().map(|c| &c.id),
+            Assignment::PartitionExclusive => self.owners.get(p).and_then(Option::as_ref),
+        }
     }
 
     /// Whether consumer `c` stands by: attached, but handed nothing under the assignment in force.

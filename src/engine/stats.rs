@@ -146,7 +146,7 @@ pub(crate) fn subscription_info(
             ack_floor: part.ack_floor,
             head_seq: log.head_seq(),
             lag: log.head_seq().saturating_sub(part.ack_floor),
-            owner: sub.owners().get(p).cloned().flatten().map(|o| o.to_string()),
+            owner: sub.owner_of(p).map(|o| o.to_string()),
         });
     }
     let live = sub.entries.values().filter(|e| !e.state.is_terminal());
