@@ -7,8 +7,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use pubsub::engine::{
-    AckRef, Backoff, Clock, DeliveryState, Engine, EngineError, FetchOptions, ManualClock, PublishRequest,
-    SeekTarget, TopicConfig,
+    AckRef, Assignment, Backoff, Clock, DeliveryState, Engine, EngineError, FetchOptions, ManualClock,
+    PublishRequest, SeekTarget, TopicConfig,
 };
 
 use crate::support::{engine, name, publish};
@@ -83,7 +83,7 @@ const PREFETCH: u32 = 6;
 /// The attribute filter of the filtered runs: messages published with a `skip` header are FILTERED.
 const FILTER: &str = r#"NOT attributes:skip OR attributes.skip = "no""#;
 
-fn setup(filtered: bool) -> (Engine, std::sync::Arc<ManualClock>) {
+fn setup(filtered: bool, assignment: Assignment) -> (Engine, std::sync::Arc<ManualClock>) {
     let (e, clock) = engine();
     let mut topic = TopicConfig::new(name("t"));
     topic.limits.max_msgs = Some(40);
@@ -97,12 +97,13 @@ fn setup(filtered: bool) -> (Engine, std::sync::Arc<ManualClock>) {
     if filtered {
         config.attribute_filter = Some(FILTER.into());
     }
+    config.assignment = assignment;
     e.create_subscription(config).unwrap();
     (e, clock)
 }
 
-fn run(ops: Vec<Op>, filtered: bool) -> Result<(), TestCaseError> {
-    let (e, clock) = setup(filtered);
+fn run(ops: Vec<Op>, filtered: bool, assignment: Assignment) -> Result<(), TestCaseError> {
+    let (e, clock) = setup(filtered, assignment);
     let sub = name("s");
     let mut model = Model::default();
     for op in ops {
@@ -125,6 +126,35 @@ fn run(ops: Vec<Op>, filtered: bool) -> Result<(), TestCaseError> {
             Op::Fetch { consumer, max } => {
                 let opts = FetchOptions { max_msgs: usize::from(max), ..FetchOptions::default() };
                 let batch = e.try_fetch(&sub, &format!("c{consumer}"), &opts).unwrap();
+                if assignment == Assignment::PartitionExclusive {
+                    // A consumer that joins may take the partition over: what its old owner held came
+                    // back to be handed out again, and the old leases are stale.
+                    let info = e.subscription_info(&sub).unwrap();
+                    prop_assert_eq!(
+                        info.partitions[0].owner.as_deref(),
+                        info.consumers.iter().map(|c| c.id.as_ref()).min()
+                    );
+                    if !batch.is_empty() {
+                        prop_assert_eq!(info.partitions[0].owner.clone(), Some(format!("c{consumer}")));
+                    }
+                    let owner = info.partitions[0].owner.clone();
+                    let moved: Vec<u64> = model
+                        .valid
+                        .iter()
+                        .filter(|(_, v)| Some(format!("c{}", v.0)) != owner)
+                        .map(|(s, _)| *s)
+                        .collect();
+                    for seq in moved {
+                        let (_, lease, _) = model.valid.remove(&seq).unwrap();
+                        model.stale.push(lease);
+                    }
+                }
+                if assignment == Assignment::SingleActive && !batch.is_empty() {
+                    // Only the consumer attached longest is handed anything.
+                    let info = e.subscription_info(&sub).unwrap();
+                    prop_assert_eq!(info.consumers[0].id.to_string(), format!("c{consumer}"));
+                    prop_assert!(info.consumers.iter().skip(1).all(|c| c.standby && c.in_flight == 0));
+                }
                 for d in batch {
                     let seq = d.message.seq;
                     let lease = d.lease.unwrap();
@@ -205,6 +235,25 @@ fn run(ops: Vec<Op>, filtered: bool) -> Result<(), TestCaseError> {
             }
         }
         check_invariants(&e, &model)?;
+        if assignment == Assignment::SingleActive {
+            check_single_active(&e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every message in flight is held by the active consumer (SingleActive): the others only stand by.
+fn check_single_active(e: &Engine) -> Result<(), TestCaseError> {
+    let info = e.subscription_info(&name("s")).unwrap();
+    for m in e.peek(&name("s"), 0, 1000).unwrap().messages {
+        if m.state == DeliveryState::InFlight {
+            prop_assert_eq!(
+                m.consumer.as_ref(),
+                info.consumers.first().map(|c| &c.id),
+                "{} held by a standby",
+                m.seq
+            );
+        }
     }
     Ok(())
 }
@@ -250,12 +299,22 @@ proptest! {
 
     #[test]
     fn delivery_invariants_hold_under_random_operations(ops in prop::collection::vec(op(), 1..80)) {
-        run(ops, false)?;
+        run(ops, false, Assignment::Shared)?;
     }
 
     #[test]
     fn delivery_invariants_hold_with_an_attribute_filter(ops in prop::collection::vec(op(), 1..80)) {
-        run(ops, true)?;
+        run(ops, true, Assignment::Shared)?;
+    }
+
+    #[test]
+    fn delivery_invariants_hold_with_a_single_active_consumer(ops in prop::collection::vec(op(), 1..80)) {
+        run(ops, false, Assignment::SingleActive)?;
+    }
+
+    #[test]
+    fn delivery_invariants_hold_on_one_partition_owned_exclusively(ops in prop::collection::vec(op(), 1..80)) {
+        run(ops, false, Assignment::PartitionExclusive)?;
     }
 }
 
