@@ -630,4 +630,16 @@ mod partition_tests {
             ((-790_332_482_i32 as u32) & 0x7fff_ffff) % 8
         );
     }
+
+    #[test]
+    fn assignments_are_accepted_and_read_as_the_command_line_writes_them() {
+        let name = |s: &str| Name::new(s).unwrap();
+        for a in [Assignment::Shared, Assignment::PartitionExclusive, Assignment::SingleActive] {
+            assert_eq!(a.label().parse::<Assignment>(), Ok(a));
+            let mut c = SubscriptionConfig::new(name("g"), name("t"));
+            c.assignment = a;
+            c.check().unwrap();
+        }
+        assert!("sticky".parse::<Assignment>().unwrap_err().contains("partition-exclusive"));
+    }
 }
