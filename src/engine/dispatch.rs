@@ -11,11 +11,11 @@ use super::ordering::MAX_HELD;
 use super::subscription::{Ctx, Effects, Entry, SubState};
 use crate::model::DeliveryState;
 use crate::model::clock::Timestamp;
-use crate::model::config::{AckMode, Ordering};
+use crate::model::config::{AckMode, Assignment, Ordering};
 use crate::model::error::EngineError;
 use crate::model::event::EngineEvent;
 use crate::model::message::{AckRef, ConsumerId, Delivery};
-use crate::store::journal::{SubOp, pos_key, split_key};
+use crate::store::journal::{SubOp, partition_keys, pos_key, split_key};
 
 impl SubState {
     /// Appends deliveries for consumer `c` to `out` until `max_msgs` are there, credit runs out or the
@@ -41,6 +41,9 @@ impl SubState {
             let n_parts = self.parts.len().min(ctx.logs.len());
             for k in 0..n_parts {
                 let p = (self.next_part + k) % n_parts;
+                if !self.may_receive(c, p) {
+                    continue;
+                }
                 let (Some(log), Some(part)) = (ctx.logs.get(p), self.parts.get_mut(p)) else {
                     continue;
                 };
@@ -88,7 +91,7 @@ impl SubState {
     /// The next message for consumer `c`, if credit and the byte budget allow. Redeliveries go first.
     pub fn next_delivery(&mut self, c: usize, ctx: &Ctx<'_>, byte_budget: u64) -> Option<Delivery> {
         let explicit = self.config.ack != AckMode::None;
-        if self.consumers.get(c).is_some_and(|x| !x.may_take()) {
+        if self.consumers.get(c).is_some_and(|x| !x.may_take()) || !self.may_receive_any(c) {
             return None;
         }
         if explicit {
@@ -100,7 +103,7 @@ impl SubState {
                 return None;
             }
         }
-        if let Some(&key) = self.ready.first() {
+        if let Some(key) = self.first_ready_for(c) {
             let record = ctx.record(key)?;
             if !self.fits(&record, byte_budget) {
                 return None;
@@ -113,6 +116,9 @@ impl SubState {
         let n_parts = self.parts.len().min(ctx.logs.len());
         for k in 0..n_parts {
             let p = (self.next_part + k) % n_parts;
+            if !self.may_receive(c, p) {
+                continue;
+            }
             let partition = u32::try_from(p).unwrap_or(u32::MAX);
             let Some(log) = ctx.logs.get(p) else {
                 continue;
@@ -156,6 +162,18 @@ impl SubState {
             }
         }
         None
+    }
+
+    /// The first redelivery consumer `c` may be handed: the lowest ready key, or under
+    /// PartitionExclusive the lowest in a partition it owns.
+    fn first_ready_for(&self, c: usize) -> Option<u64> {
+        if self.config.assignment != Assignment::PartitionExclusive {
+            return self.ready.first().copied();
+        }
+        (0..self.parts.len())
+            .filter(|&p| self.may_receive(c, p))
+            .find_map(|p| self.ready.range(partition_keys(u32::try_from(p).unwrap_or(u32::MAX))).next())
+            .copied()
     }
 
     /// A message the cursor passes that must wait for its line: AVAILABLE with attempt 0, journaled so
@@ -360,6 +378,7 @@ impl SubState {
             }
         }
         self.last_active = now;
+        self.rebalance(now, effects);
         effects
             .events
             .push(EngineEvent::ConsumerAttached { subscription: self.config.name.clone(), consumer: id });

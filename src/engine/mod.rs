@@ -7,6 +7,7 @@
 //! while the lock is held and carried out after it is released, so locks never nest beyond
 //! registry → topic.
 
+mod assign;
 mod blocks;
 mod consume;
 mod consumer;
@@ -339,7 +340,7 @@ impl Engine {
         let cell = self.topic_cell(name)?;
         let now = self.now();
         // The registry's write lock keeps a close from running meanwhile.
-        let _reg = self.registry_mut();
+        let reg = self.registry_mut();
         let mut state = lock(&cell.state);
         let current = state.partitions();
         if partitions < current {
@@ -373,7 +374,22 @@ impl Engine {
             }
         }
         state.config.partitions = partitions;
-        Ok(state.info(now))
+        let mut effects = subscription::Effects::default();
+        for sub in &mut state.subs {
+            // New partitions get owners under PartitionExclusive.
+            sub.rebalance(now, &mut effects);
+        }
+        if state.has_push {
+            state.dispatch_push(now, &mut effects);
+        }
+        let info = state.info(now);
+        drop(state);
+        drop(reg);
+        if effects.wake {
+            cell.notify.notify_waiters();
+        }
+        self.apply(effects);
+        Ok(info)
     }
 
     /// Deletes a topic with its subscriptions and messages.
@@ -531,7 +547,7 @@ impl Engine {
                     {
                         idle.push(sub.name().clone());
                     }
-                    for consumer in sub.reap_idle_pull(now, PULL_CONSUMER_IDLE) {
+                    for consumer in sub.reap_idle_pull(now, PULL_CONSUMER_IDLE, &mut effects) {
                         let subscription = sub.name().clone();
                         effects.events.push(EngineEvent::ConsumerDetached {
                             subscription,
@@ -539,6 +555,10 @@ impl Engine {
                             requeued: 0,
                         });
                     }
+                }
+                if effects.wake && state.has_push {
+                    // A rebalance may have handed partitions to push consumers.
+                    state.dispatch_push(now, &mut effects);
                 }
                 state.persist_subs().unwrap_or_default()
             };

@@ -146,7 +146,7 @@ pub(crate) fn subscription_info(
             ack_floor: part.ack_floor,
             head_seq: log.head_seq(),
             lag: log.head_seq().saturating_sub(part.ack_floor),
-            owner: None,
+            owner: sub.owner_of(p).map(|o| o.to_string()),
         });
     }
     let live = sub.entries.values().filter(|e| !e.state.is_terminal());
@@ -191,6 +191,7 @@ pub(crate) fn subscription_info(
         max_deliveries: sub.config.max_deliveries,
         max_in_flight: sub.config.max_in_flight,
         ordering: sub.config.ordering,
+        assignment: sub.config.assignment,
         ephemeral: !matches!(sub.config.lifetime, crate::model::config::Lifetime::Durable),
         head_seq: head,
         first_seq: first,
@@ -213,7 +214,8 @@ pub(crate) fn subscription_info(
         consumers: sub
             .consumers
             .iter()
-            .map(|c| ConsumerInfo {
+            .enumerate()
+            .map(|(i, c)| ConsumerInfo {
                 id: c.id.clone(),
                 push: c.push.is_some(),
                 prefetch: c.prefetch,
@@ -222,6 +224,7 @@ pub(crate) fn subscription_info(
                 idle: now.since(c.last_activity),
                 delivered: c.delivered,
                 acked: c.acked,
+                standby: sub.standby(i),
             })
             .collect(),
         counters: sub.counters.clone(),

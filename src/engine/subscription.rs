@@ -157,6 +157,9 @@ pub(crate) struct SubState {
     pub(super) journal: Option<SubJournal>,
     /// The ordering lines (PerKey, Strict); empty without ordering.
     pub(super) order: OrderGate,
+    /// PartitionExclusive: each partition's owner as the last rebalance left it (runtime state, see
+    /// `assign.rs`); empty under the other assignments.
+    pub(super) owners: Vec<Option<ConsumerId>>,
 }
 
 impl SubState {
@@ -198,6 +201,7 @@ impl SubState {
             jitter_seed,
             journal: None,
             order: OrderGate::default(),
+            owners: Vec::new(),
         }
     }
 
@@ -439,6 +443,7 @@ impl SubState {
         effects
             .events
             .push(EngineEvent::ConsumerAttached { subscription: self.config.name.clone(), consumer: id });
+        self.rebalance(now, effects);
         self.consumers.len() - 1
     }
 
@@ -587,6 +592,7 @@ impl SubState {
         }
         self.consumers.remove(index);
         self.last_active = ctx.now;
+        self.rebalance(ctx.now, effects);
         self.advance_floor();
         let requeued = u32::try_from(seqs.len()).unwrap_or(u32::MAX);
         effects.events.push(EngineEvent::ConsumerDetached {
@@ -598,12 +604,21 @@ impl SubState {
         requeued
     }
 
-    /// Forgets pull consumers that hold nothing and have been idle for `idle`; returns their ids.
-    pub fn reap_idle_pull(&mut self, now: Timestamp, idle: std::time::Duration) -> Vec<ConsumerId> {
+    /// Forgets pull consumers that hold nothing and have been idle for `idle` (rebalancing when any
+    /// went); returns their ids.
+    pub fn reap_idle_pull(
+        &mut self,
+        now: Timestamp,
+        idle: std::time::Duration,
+        effects: &mut Effects,
+    ) -> Vec<ConsumerId> {
         let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.consumers)
             .into_iter()
             .partition(|c| c.push.is_none() && c.in_flight == 0 && now.since(c.last_activity) >= idle);
         self.consumers = keep;
+        if !gone.is_empty() {
+            self.rebalance(now, effects);
+        }
         gone.into_iter().map(|c| c.id).collect()
     }
 

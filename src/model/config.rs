@@ -360,17 +360,42 @@ impl std::str::FromStr for Ordering {
     }
 }
 
-/// How consumers of one subscription share its messages.
+/// How consumers of one subscription share its messages (SEMANTICS.md §9.5; the engine's rules are in
+/// `engine/assign.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Assignment {
     /// Any consumer gets any message.
     #[default]
     Shared,
-    /// Each partition leased to one consumer (slot).
+    /// Each partition owned by one consumer, rebalanced as consumers come and go (Kafka groups).
     PartitionExclusive,
-    /// One consumer gets everything, others stand by (slot).
+    /// One consumer gets everything, the others stand by and take over in attach order.
     SingleActive,
+}
+
+impl Assignment {
+    /// The name the command line uses: `shared`, `partition-exclusive`, `single-active`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Assignment::Shared => "shared",
+            Assignment::PartitionExclusive => "partition-exclusive",
+            Assignment::SingleActive => "single-active",
+        }
+    }
+}
+
+impl std::str::FromStr for Assignment {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shared" => Ok(Assignment::Shared),
+            "partition-exclusive" | "partition_exclusive" => Ok(Assignment::PartitionExclusive),
+            "single-active" | "single_active" => Ok(Assignment::SingleActive),
+            _ => Err(format!("assignment \"{s}\": use shared, partition-exclusive or single-active")),
+        }
+    }
 }
 
 /// When an ack call returns, for file-backed engines.
@@ -532,7 +557,6 @@ impl SubscriptionConfig {
             )));
         }
         let not_yet = [
-            (self.assignment != Assignment::Shared, "assignment other than shared"),
             (self.start == StartPosition::LastPerKey, "start last-per-key"),
             (self.message_retention.is_some(), "per-subscription message_retention"),
             (self.dead_letter_on_expiry, "dead_letter_on_expiry"),
@@ -605,5 +629,17 @@ mod partition_tests {
             TopicConfig::partition_of_key(b"foobar", 8),
             ((-790_332_482_i32 as u32) & 0x7fff_ffff) % 8
         );
+    }
+
+    #[test]
+    fn assignments_are_accepted_and_read_as_the_command_line_writes_them() {
+        let name = |s: &str| Name::new(s).unwrap();
+        for a in [Assignment::Shared, Assignment::PartitionExclusive, Assignment::SingleActive] {
+            assert_eq!(a.label().parse::<Assignment>(), Ok(a));
+            let mut c = SubscriptionConfig::new(name("g"), name("t"));
+            c.assignment = a;
+            c.check().unwrap();
+        }
+        assert!("sticky".parse::<Assignment>().unwrap_err().contains("partition-exclusive"));
     }
 }

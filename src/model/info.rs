@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::clock::Timestamp;
-use super::config::{AckMode, Discard, Durability, Limits, Ordering, StartPosition, StorageKind};
+use super::config::{AckMode, Assignment, Discard, Durability, Limits, Ordering, StartPosition, StorageKind};
 use super::message::ConsumerId;
 use super::name::Name;
 
@@ -252,6 +252,7 @@ impl ConsumerInfo {
             idle: Duration::ZERO,
             delivered: 0,
             acked: 0,
+            standby: false,
         }
     }
 }
@@ -276,6 +277,10 @@ pub struct ConsumerInfo {
     pub delivered: u64,
     /// Acks it sent.
     pub acked: u64,
+    /// Attached but handed nothing under the subscription's assignment (a SingleActive consumer that
+    /// is not the active one, a PartitionExclusive consumer that owns no partition).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 /// One subscription as `subs` and `sub-info` show it (SEMANTICS.md §9.7).
@@ -306,6 +311,9 @@ pub struct SubscriptionInfo {
     /// Ordering (none where the broker has none to tell).
     #[serde(default)]
     pub ordering: Ordering,
+    /// How consumers share it (shared where the broker has none to tell).
+    #[serde(default)]
+    pub assignment: Assignment,
     /// Whether it is deleted when idle.
     pub ephemeral: bool,
     /// Topic's last seq.
@@ -379,6 +387,7 @@ impl SubscriptionInfo {
             max_deliveries: 0,
             max_in_flight: 0,
             ordering: Ordering::None,
+            assignment: Assignment::Shared,
             ephemeral: false,
             head_seq: 0,
             first_seq: 0,

@@ -445,6 +445,9 @@ pub struct SubscriptionSpec {
     /// Ordering: `none`, `per_key` or `strict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<crate::model::OrderingMode>,
+    /// Assignment: `shared` (default), `partition_exclusive` or `single_active`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<crate::model::Assignment>,
 }
 
 impl SubscriptionSpec {
@@ -485,6 +488,9 @@ impl SubscriptionSpec {
         if let Some(o) = self.ordering {
             c.ordering = o;
         }
+        if let Some(a) = self.assignment {
+            c.assignment = a;
+        }
         c
     }
 
@@ -512,6 +518,7 @@ impl SubscriptionSpec {
             max_lease_ms: Some(u64::try_from(c.max_lease.as_millis()).unwrap_or(u64::MAX)),
             push: c.push.clone(),
             ordering: (c.ordering != crate::model::OrderingMode::None).then_some(c.ordering),
+            assignment: (c.assignment != crate::model::Assignment::Shared).then_some(c.assignment),
         }
     }
 }

@@ -166,3 +166,25 @@ fn a_million_random_and_mutated_frames_never_panic_the_decoder() {
     // Some mutations stay valid; most do not. Both paths were exercised without a panic.
     assert!(decoded > 1000, "only {decoded} frames decoded");
 }
+
+#[test]
+fn a_subscription_spec_carries_its_assignment_and_leaves_shared_out() {
+    use crate::model::{Assignment, SubscriptionConfig};
+    let name = |s: &str| Name::new(s).unwrap();
+    let mut config = SubscriptionConfig::new(name("g"), name("t"));
+    let shared = serde_json::to_value(SubscriptionSpec::from_config(&config)).unwrap();
+    assert!(shared.get("assignment").is_none(), "{shared}");
+    for (assignment, wire) in
+        [(Assignment::PartitionExclusive, "partition_exclusive"), (Assignment::SingleActive, "single_active")]
+    {
+        config.assignment = assignment;
+        let spec = SubscriptionSpec::from_config(&config);
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["assignment"], wire);
+        let back: SubscriptionSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back.to_config().assignment, assignment);
+    }
+    let written: SubscriptionSpec =
+        serde_json::from_str(r#"{"name": "g", "topic": "t", "assignment": "single_active"}"#).unwrap();
+    assert_eq!(written.to_config().assignment, Assignment::SingleActive);
+}

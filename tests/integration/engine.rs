@@ -254,7 +254,7 @@ fn auto_create_off_refuses_unknown_topics_for_subscriptions_too() {
 fn unimplemented_settings_are_refused_rather_than_ignored() {
     let (e, _) = engine();
     let mut config = SubscriptionConfig::new(name("s"), name("t"));
-    config.assignment = pubsub::engine::Assignment::SingleActive;
+    config.start = StartPosition::LastPerKey;
     let err = e.create_subscription(config).unwrap_err().to_string();
     assert!(err.contains("not implemented yet"), "{err}");
     let mut topic = TopicConfig::new(name("p"));

@@ -9,6 +9,7 @@
 )]
 
 mod amqp_live;
+mod assignment;
 mod broker_local;
 mod cli;
 mod commands;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use pubsub::engine::{
-    AckRef, Backoff, Clock, DeliveryState, Engine, EngineError, FetchOptions, ManualClock, PublishRequest,
-    SeekTarget, TopicConfig,
+    AckRef, Assignment, Backoff, Clock, DeliveryState, Engine, EngineError, FetchOptions, ManualClock,
+    PublishRequest, SeekTarget, TopicConfig,
 };
 
 use crate::support::{engine, name, publish};
@@ -83,7 +83,7 @@ const PREFETCH: u32 = 6;
 /// The attribute filter of the filtered runs: messages published with a `skip` header are FILTERED.
 const FILTER: &str = r#"NOT attributes:skip OR attributes.skip = "no""#;
 
-fn setup(filtered: bool) -> (Engine, std::sync::Arc<ManualClock>) {
+fn setup(filtered: bool, assignment: Assignment) -> (Engine, std::sync::Arc<ManualClock>) {
     let (e, clock) = engine();
     let mut topic = TopicConfig::new(name("t"));
     topic.limits.max_msgs = Some(40);
@@ -97,12 +97,13 @@ fn setup(filtered: bool) -> (Engine, std::sync::Arc<ManualClock>) {
     if filtered {
         config.attribute_filter = Some(FILTER.into());
     }
+    config.assignment = assignment;
     e.create_subscription(config).unwrap();
     (e, clock)
 }
 
-fn run(ops: Vec<Op>, filtered: bool) -> Result<(), TestCaseError> {
-    let (e, clock) = setup(filtered);
+fn run(ops: Vec<Op>, filtered: bool, assignment: Assignment) -> Result<(), TestCaseError> {
+    let (e, clock) = setup(filtered, assignment);
     let sub = name("s");
     let mut model = Model::default();
     for op in ops {
@@ -125,6 +126,35 @@ fn run(ops: Vec<Op>, filtered: bool) -> Result<(), TestCaseError> {
             Op::Fetch { consumer, max } => {
                 let opts = FetchOptions { max_msgs: usize::from(max), ..FetchOptions::default() };
                 let batch = e.try_fetch(&sub, &format!("c{consumer}"), &opts).unwrap();
+                if assignment == Assignment::PartitionExclusive {
+                    // A consumer that joins may take the partition over: what its old owner held came
+                    // back to be handed out again, and the old leases are stale.
+                    let info = e.subscription_info(&sub).unwrap();
+                    prop_assert_eq!(
+                        info.partitions[0].owner.as_deref(),
+                        info.consumers.iter().map(|c| c.id.as_ref()).min()
+                    );
+                    if !batch.is_empty() {
+                        prop_assert_eq!(info.partitions[0].owner.clone(), Some(format!("c{consumer}")));
+                    }
+                    let owner = info.partitions[0].owner.clone();
+                    let moved: Vec<u64> = model
+                        .valid
+                        .iter()
+                        .filter(|(_, v)| Some(format!("c{}", v.0)) != owner)
+                        .map(|(s, _)| *s)
+                        .collect();
+                    for seq in moved {
+                        let (_, lease, _) = model.valid.remove(&seq).unwrap();
+                        model.stale.push(lease);
+                    }
+                }
+                if assignment == Assignment::SingleActive && !batch.is_empty() {
+                    // Only the consumer attached longest is handed anything.
+                    let info = e.subscription_info(&sub).unwrap();
+                    prop_assert_eq!(info.consumers[0].id.to_string(), format!("c{consumer}"));
+                    prop_assert!(info.consumers.iter().skip(1).all(|c| c.standby && c.in_flight == 0));
+                }
                 for d in batch {
                     let seq = d.message.seq;
                     let lease = d.lease.unwrap();
@@ -205,6 +235,25 @@ fn run(ops: Vec<Op>, filtered: bool) -> Result<(), TestCaseError> {
             }
         }
         check_invariants(&e, &model)?;
+        if assignment == Assignment::SingleActive {
+            check_single_active(&e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every message in flight is held by the active consumer (SingleActive): the others only stand by.
+fn check_single_active(e: &Engine) -> Result<(), TestCaseError> {
+    let info = e.subscription_info(&name("s")).unwrap();
+    for m in e.peek(&name("s"), 0, 1000).unwrap().messages {
+        if m.state == DeliveryState::InFlight {
+            prop_assert_eq!(
+                m.consumer.as_ref(),
+                info.consumers.first().map(|c| &c.id),
+                "{} held by a standby",
+                m.seq
+            );
+        }
     }
     Ok(())
 }
@@ -250,12 +299,22 @@ proptest! {
 
     #[test]
     fn delivery_invariants_hold_under_random_operations(ops in prop::collection::vec(op(), 1..80)) {
-        run(ops, false)?;
+        run(ops, false, Assignment::Shared)?;
     }
 
     #[test]
     fn delivery_invariants_hold_with_an_attribute_filter(ops in prop::collection::vec(op(), 1..80)) {
-        run(ops, true)?;
+        run(ops, true, Assignment::Shared)?;
+    }
+
+    #[test]
+    fn delivery_invariants_hold_with_a_single_active_consumer(ops in prop::collection::vec(op(), 1..80)) {
+        run(ops, false, Assignment::SingleActive)?;
+    }
+
+    #[test]
+    fn delivery_invariants_hold_on_one_partition_owned_exclusively(ops in prop::collection::vec(op(), 1..80)) {
+        run(ops, false, Assignment::PartitionExclusive)?;
     }
 }
 
@@ -409,5 +468,208 @@ proptest! {
     #[test]
     fn per_key_ordering_holds_under_random_operations(ops in prop::collection::vec(key_op(), 1..80)) {
         run_per_key(ops)?;
+    }
+}
+
+// ----- PartitionExclusive rebalances (issue 24, point 3) -------------------------------------------
+
+#[derive(Debug, Clone)]
+enum GroupOp {
+    Publish {
+        partition: u8,
+        n: u8,
+    },
+    /// A fetch; a consumer not attached yet joins the group (a rebalance).
+    Fetch {
+        consumer: u8,
+        max: u8,
+    },
+    Ack(u8),
+    /// A cumulative ack by `consumer` of its in-flight messages of `partition` up to the `through`-th
+    /// of them.
+    AckThrough {
+        consumer: u8,
+        partition: u8,
+        through: u8,
+    },
+    Nack(u8),
+    Expire(u16),
+    /// The consumer leaves (a rebalance).
+    Detach(u8),
+}
+
+const GROUP_PARTITIONS: u32 = 3;
+
+fn group_op() -> impl Strategy<Value = GroupOp> {
+    prop_oneof![
+        3 => (0u8..3, 1u8..5).prop_map(|(partition, n)| GroupOp::Publish { partition, n }),
+        4 => (0u8..4, 1u8..6).prop_map(|(consumer, max)| GroupOp::Fetch { consumer, max }),
+        2 => any::<u8>().prop_map(GroupOp::Ack),
+        3 => (0u8..4, 0u8..3, any::<u8>()).prop_map(|(consumer, partition, through)| GroupOp::AckThrough { consumer, partition, through }),
+        1 => any::<u8>().prop_map(GroupOp::Nack),
+        1 => (1u16..2500).prop_map(GroupOp::Expire),
+        2 => (0u8..4).prop_map(GroupOp::Detach),
+    ]
+}
+
+/// Runs the ops on a PartitionExclusive + Cumulative subscription of a three-partition topic, checking
+/// after every step that no partition has two owners and that every message in flight is held by its
+/// partition's owner (so a partition is never read by two consumers at once); that every delivery is
+/// of a partition its consumer owns; that nothing acked (or below a committed floor) comes again; and
+/// finally that everything above the committed floors is still delivered: a rebalance loses nothing.
+fn run_group(ops: Vec<GroupOp>) -> Result<(), TestCaseError> {
+    let (e, clock) = engine();
+    let mut topic = TopicConfig::new(name("t"));
+    topic.partitions = GROUP_PARTITIONS;
+    e.create_topic(topic).unwrap();
+    let mut config = pubsub::engine::SubscriptionConfig::new(name("g"), name("t"));
+    config.start = pubsub::engine::StartPosition::All;
+    config.ack_deadline = Duration::from_secs(1);
+    config.ack = pubsub::engine::AckMode::Cumulative;
+    config.assignment = pubsub::engine::Assignment::PartitionExclusive;
+    config.backoff = Backoff::Immediate;
+    e.create_subscription(config).unwrap();
+    let sub = name("g");
+    let mut published: HashSet<(u32, u64)> = HashSet::new();
+    let mut acked: HashSet<(u32, u64)> = HashSet::new();
+    // (partition, seq) → (consumer, lease, deadline µs): what the test believes each consumer holds.
+    let mut valid: BTreeMap<(u32, u64), (u8, AckRef, i64)> = BTreeMap::new();
+    let owners = |e: &Engine| -> Vec<Option<String>> {
+        e.subscription_info(&name("g")).unwrap().partitions.iter().map(|p| p.owner.clone()).collect()
+    };
+    for op in ops {
+        let now = clock.now().as_micros();
+        valid.retain(|_, v| v.2 > now);
+        match op {
+            GroupOp::Publish { partition, n } => {
+                for _ in 0..n {
+                    let mut req = PublishRequest::new(name("t"), "x".to_string());
+                    req.options.partition = Some(u32::from(partition));
+                    let r = e.publish(req).unwrap();
+                    published.insert((r.partition, r.seq));
+                }
+            }
+            GroupOp::Fetch { consumer, max } => {
+                let id = format!("c{consumer}");
+                let opts = FetchOptions { max_msgs: usize::from(max), ..FetchOptions::default() };
+                let batch = e.try_fetch(&sub, &id, &opts).unwrap();
+                let owned = owners(&e);
+                // A consumer that joins rebalances before it is served: what moved is no longer held.
+                valid.retain(|at, v| owned[at.0 as usize].as_deref() == Some(format!("c{}", v.0).as_str()));
+                for d in batch {
+                    let at = (d.message.partition, d.message.seq);
+                    prop_assert!(!acked.contains(&at), "acked {at:?} delivered again");
+                    prop_assert!(!valid.contains_key(&at), "{at:?} leased twice");
+                    prop_assert_eq!(
+                        owned[at.0 as usize].as_deref(),
+                        Some(id.as_str()),
+                        "{:?} delivered to {} which does not own its partition",
+                        at,
+                        id
+                    );
+                    valid.insert(at, (consumer, d.lease.unwrap(), d.deadline.unwrap().as_micros()));
+                }
+            }
+            GroupOp::Ack(i) => {
+                if let Some(&at) = valid.keys().nth(usize::from(i) % valid.len().max(1)) {
+                    let (_, lease, _) = valid.remove(&at).unwrap();
+                    e.ack(&sub, lease).map_err(|err| TestCaseError::fail(format!("ack refused: {err}")))?;
+                    acked.insert(at);
+                }
+            }
+            GroupOp::AckThrough { consumer, partition, through } => {
+                let p = u32::from(partition);
+                let mine: Vec<u64> =
+                    valid.iter().filter(|(at, v)| at.0 == p && v.0 == consumer).map(|(at, _)| at.1).collect();
+                let upto = mine.get(usize::from(through) % mine.len().max(1)).copied().unwrap_or(0);
+                let n = e.ack_cumulative(&sub, &format!("c{consumer}"), p, upto).unwrap();
+                let settled: Vec<u64> = mine.into_iter().filter(|&s| s <= upto).collect();
+                prop_assert_eq!(n, settled.len() as u64, "cumulative ack count");
+                for s in settled {
+                    valid.remove(&(p, s));
+                    acked.insert((p, s));
+                }
+            }
+            GroupOp::Nack(i) => {
+                if let Some(&at) = valid.keys().nth(usize::from(i) % valid.len().max(1)) {
+                    let (_, lease, _) = valid.remove(&at).unwrap();
+                    e.nack(&sub, lease, None).unwrap();
+                }
+            }
+            GroupOp::Expire(ms) => {
+                clock.advance(Duration::from_millis(u64::from(ms)));
+                e.tick();
+            }
+            GroupOp::Detach(c) => {
+                e.detach(&sub, &format!("c{c}"));
+                valid.retain(|_, v| v.0 != c);
+            }
+        }
+        let now = clock.now().as_micros();
+        valid.retain(|_, v| v.2 > now);
+        // A rebalance takes back what a consumer held in a partition it no longer owns.
+        let owned = owners(&e);
+        valid.retain(|at, v| owned[at.0 as usize].as_deref() == Some(format!("c{}", v.0).as_str()));
+        let info = e.subscription_info(&sub).unwrap();
+        let attached: HashSet<String> = info.consumers.iter().map(|c| c.id.to_string()).collect();
+        for owner in owned.iter().flatten() {
+            prop_assert!(attached.contains(owner), "{owner} owns a partition without being attached");
+        }
+        prop_assert_eq!(owned.iter().all(Option::is_some), !attached.is_empty(), "owners {:?}", owned);
+        // Every message in flight is held by its partition's owner: never two readers of one partition.
+        for m in e.peek(&sub, 0, 1000).unwrap().messages {
+            if m.state == DeliveryState::InFlight {
+                let holder = m.consumer.as_deref().map(str::to_string);
+                prop_assert_eq!(
+                    &holder,
+                    &owned[m.partition as usize],
+                    "{}:{} held by a non-owner",
+                    m.partition,
+                    m.seq
+                );
+            }
+        }
+        prop_assert_eq!(info.in_flight, valid.len() as u64, "in flight: engine vs test");
+        // Nothing at or below a committed floor is unacked by the test.
+        for p in &info.partitions {
+            for s in 1..=p.ack_floor {
+                prop_assert!(
+                    acked.contains(&(p.partition, s)),
+                    "{}:{} below the floor but never acked",
+                    p.partition,
+                    s
+                );
+            }
+        }
+    }
+    // Everyone leaves; one consumer drains the rest: everything above the committed floors comes.
+    for c in 0..4u8 {
+        e.detach(&sub, &format!("c{c}"));
+    }
+    for _ in 0..(published.len() + 10) {
+        clock.advance(Duration::from_secs(2));
+        e.tick();
+        let opts = FetchOptions { max_msgs: 100, ..FetchOptions::default() };
+        for d in e.try_fetch(&sub, "drain", &opts).unwrap() {
+            let at = (d.message.partition, d.message.seq);
+            prop_assert!(!acked.contains(&at), "acked {at:?} delivered again");
+            e.ack(&sub, d.lease.unwrap()).unwrap();
+            acked.insert(at);
+        }
+        if acked.len() == published.len() {
+            break;
+        }
+    }
+    prop_assert_eq!(&acked, &published, "messages lost");
+    prop_assert_eq!(e.subscription_info(&sub).unwrap().backlog, 0);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn partition_exclusive_rebalances_never_share_a_partition_or_lose_a_message(ops in prop::collection::vec(group_op(), 1..80)) {
+        run_group(ops)?;
     }
 }

@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use pubsub::engine::{
-    AckMode, Backoff, Clock, DeliveryState, Discard, EngineConfig, EngineError, Name, OrderingMode, Pattern,
-    PublishRequest, SeekTarget, TapItem, TapOptions, TopicConfig,
+    AckMode, Assignment, Backoff, Clock, DeliveryState, Discard, EngineConfig, EngineError, Name,
+    OrderingMode, Pattern, PublishRequest, SeekTarget, TapItem, TapOptions, TopicConfig,
 };
 
 use crate::support::{engine, engine_with, fetch, name, publish, seqs, subscribe};
@@ -611,4 +611,59 @@ fn ordering_needs_acks() {
     config.ack = AckMode::None;
     let err = e.create_subscription(config).unwrap_err().to_string();
     assert!(err.contains("ordering") && err.contains("ack"), "{err}");
+}
+
+/// Cumulative / Kafka mode (SEMANTICS.md §9.5, scenario 11): PartitionExclusive + Cumulative over two
+/// partitions and two consumers; each owns one partition; a cumulative ack through 10 commits 11; when
+/// the owner of partition 0 leaves, the survivor takes it over, resumes at 11, and what was in flight
+/// above 10 is redelivered.
+#[test]
+fn scenario_11_cumulative_kafka_mode_rebalance_resumes_at_the_committed_offset() {
+    let (e, _) = engine();
+    let mut topic = TopicConfig::new(name("t"));
+    topic.partitions = 2;
+    e.create_topic(topic).unwrap();
+    subscribe(&e, "g", "t", |c| {
+        c.assignment = Assignment::PartitionExclusive;
+        c.ack = AckMode::Cumulative;
+    });
+    // Both consumers join before anything is published: a owns partition 0, b partition 1.
+    assert!(fetch(&e, "g", "a", 100).is_empty());
+    assert!(fetch(&e, "g", "b", 100).is_empty());
+    let owners = |e: &pubsub::engine::Engine| -> Vec<Option<String>> {
+        e.subscription_info(&name("g")).unwrap().partitions.iter().map(|p| p.owner.clone()).collect()
+    };
+    assert_eq!(owners(&e), vec![Some("a".into()), Some("b".into())]);
+    for i in 0..15 {
+        for p in 0..2 {
+            let mut req = PublishRequest::new(name("t"), format!("p{p}-m{i}"));
+            req.options.partition = Some(p);
+            e.publish(req).unwrap();
+        }
+    }
+    let a = fetch(&e, "g", "a", 100);
+    let b = fetch(&e, "g", "b", 100);
+    assert!(a.iter().all(|d| d.message.partition == 0), "a owns partition 0 only");
+    assert!(b.iter().all(|d| d.message.partition == 1), "b owns partition 1 only");
+    assert_eq!(seqs(&a), (1..=15).collect::<Vec<_>>());
+    assert_eq!(seqs(&b), (1..=15).collect::<Vec<_>>());
+
+    // ack_cumulative(p0, 10): committed = 11 (the ack floor is 10).
+    assert_eq!(e.ack_cumulative(&name("g"), "a", 0, 10).unwrap(), 10);
+    let info = e.subscription_info(&name("g")).unwrap();
+    assert_eq!(info.partitions[0].ack_floor, 10);
+    assert_eq!(info.partitions[1].ack_floor, 0);
+
+    // a leaves: b owns both partitions and resumes partition 0 at 11, 11..=15 redelivered.
+    e.detach(&name("g"), "a");
+    assert_eq!(owners(&e), vec![Some("b".into()), Some("b".into())]);
+    let again = fetch(&e, "g", "b", 100);
+    assert_eq!(seqs(&again), vec![11, 12, 13, 14, 15]);
+    assert!(again.iter().all(|d| d.message.partition == 0 && d.attempt == 2), "{again:?}");
+    // b's own partition was not disturbed: nothing of partition 1 came back.
+    assert_eq!(e.ack_cumulative(&name("g"), "b", 1, 15).unwrap(), 15);
+    assert_eq!(e.ack_cumulative(&name("g"), "b", 0, 15).unwrap(), 5);
+    let info = e.subscription_info(&name("g")).unwrap();
+    assert_eq!((info.partitions[0].ack_floor, info.partitions[1].ack_floor), (15, 15));
+    assert_eq!(info.backlog, 0);
 }

@@ -457,3 +457,51 @@ fn engine_subscription_over_partitions_shows_lag_per_partition() {
     app.update(Action::SetView(View::Subscriptions));
     snapshot("engine_partitions_subscriptions", &app);
 }
+
+/// The local engine's assignment modes (issue 24, point 3): a PartitionExclusive subscription over four
+/// partitions with three consumers shows which consumer owns which partitions; a SingleActive one shows
+/// the active consumer and the others standing by.
+#[test]
+fn engine_assignment_shows_partition_owners_and_standby_consumers() {
+    let (e, clock) = engine();
+    let mut orders = TopicConfig::new(name("orders"));
+    orders.partitions = 4;
+    e.create_topic(orders).unwrap();
+    for (sub, assignment) in [
+        ("billing", pubsub::engine::Assignment::PartitionExclusive),
+        ("ledger", pubsub::engine::Assignment::SingleActive),
+    ] {
+        let mut config = SubscriptionConfig::new(name(sub), name("orders"));
+        config.start = StartPosition::All;
+        config.assignment = assignment;
+        e.create_subscription(config).unwrap();
+    }
+    let opts = FetchOptions { max_msgs: 0, ..FetchOptions::default() };
+    for consumer in ["worker-a", "worker-b", "worker-c"] {
+        for sub in ["billing", "ledger"] {
+            e.try_fetch(&name(sub), consumer, &opts).unwrap();
+        }
+    }
+    for i in 0..40u64 {
+        let req = PublishRequest::new(name("orders"), format!("order {i}")).with_key(format!("customer-{i}"));
+        e.publish(req).unwrap();
+        clock.advance(Duration::from_millis(100));
+    }
+    let some = FetchOptions { max_msgs: 4, ..FetchOptions::default() };
+    for consumer in ["worker-a", "worker-b", "worker-c"] {
+        for sub in ["billing", "ledger"] {
+            for d in e.try_fetch(&name(sub), consumer, &some).unwrap().into_iter().take(3) {
+                e.ack(&name(sub), d.lease.unwrap()).unwrap();
+            }
+        }
+    }
+    clock.advance(Duration::from_secs(1));
+    let mut app = App::new("local".into(), Capabilities::all(), Theme::default(), 100, 1 << 20);
+    app.now = clock.now();
+    app.stats(Some(e.topics()), Some(e.subscriptions(None)));
+    app.stats(Some(e.topics()), Some(e.subscriptions(None)));
+    app.update(Action::SetView(View::Subscriptions));
+    snapshot("engine_partition_owners_subscriptions", &app);
+    app.update(Action::Down);
+    snapshot("engine_single_active_subscriptions", &app);
+}

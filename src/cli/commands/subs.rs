@@ -94,6 +94,11 @@ pub struct CreateSubArgs {
     /// one message in flight per partition; none (default): lowest seq first, redeliveries may overtake.
     #[arg(long, value_parser = ["none", "per-key", "strict"], default_value = "none")]
     pub ordering: String,
+    /// How consumers share it: shared (default: any consumer gets any message), partition-exclusive
+    /// (each partition owned by one consumer, rebalanced as consumers come and go) or single-active
+    /// (one consumer gets everything, the others stand by and take over when it leaves).
+    #[arg(long, value_parser = ["shared", "partition-exclusive", "single-active"], default_value = "shared")]
+    pub assignment: String,
     /// HTTP push: POST each message to this http:// or https:// URL (2xx acks, anything else nacks;
     /// the pubsub engine only: mem://, local, ws://).
     #[arg(long, value_name = "URL")]
@@ -187,6 +192,14 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
                 c.push = Some(push_config(endpoint, &a.push_headers)?);
             }
             c.ordering = a.ordering.parse().map_err(CliError::Usage)?;
+            c.assignment = a.assignment.parse().map_err(CliError::Usage)?;
+            if c.assignment != crate::model::Assignment::Shared && !matches!(broker.kind(), "mem" | "ws") {
+                return Err(CliError::Usage(format!(
+                    "--assignment {}: assignment modes are run by the pubsub engine (mem://, local, ws://); on {} use the broker's own (a Kafka consumer group already owns partitions one consumer each)",
+                    a.assignment,
+                    broker.kind()
+                )));
+            }
             let info = broker.create_subscription(c).await?;
             note(&format!("created subscription {} on {}", info.name, info.topic));
             Ok(())
@@ -239,7 +252,11 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
                     s.counters.dead_lettered.to_string(),
                     s.ack_floor.to_string(),
                     if s.backlog == 0 { "-".into() } else { or_dash(s.oldest_unacked_age, duration) },
-                    s.consumers.len().to_string(),
+                    if s.assignment == crate::model::Assignment::Shared {
+                        s.consumers.len().to_string()
+                    } else {
+                        format!("{}, {}", s.consumers.len(), s.assignment.label())
+                    },
                 ]);
             }
             out.write(table(&rows).as_bytes())?;
@@ -346,6 +363,9 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
         );
         rows.extend([vec!["rates".into(), rates], vec!["totals".into(), totals]]);
     }
+    if s.assignment != crate::model::Assignment::Shared {
+        rows.insert(3, vec!["assignment".into(), s.assignment.label().into()]);
+    }
     if s.ordering != crate::model::OrderingMode::None {
         rows.insert(3, vec!["ordering".into(), s.ordering.label().into()]);
     }
@@ -370,7 +390,12 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
         for c in &s.consumers {
             crow.push(vec![
                 c.id.to_string(),
-                if c.push { "push".into() } else { "pull".into() },
+                match (c.push, c.standby) {
+                    (true, false) => "push".into(),
+                    (false, false) => "pull".into(),
+                    (true, true) => "push, standby".into(),
+                    (false, true) => "pull, standby".into(),
+                },
                 c.in_flight.to_string(),
                 c.prefetch.to_string(),
                 c.delivered.to_string(),

@@ -38,7 +38,8 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     if app.show_ack_state {
         ack_state(frame, bottom, app);
     } else if app.selected_sub().is_some_and(|s| s.partitions.len() > 1) {
-        // A subscription over partitions (a Kafka group): who holds which partition, and each one's lag.
+        // A subscription over partitions (a Kafka group, a PartitionExclusive one of the engine): who
+        // holds which partition, and each one's lag.
         let [left, right] = if bottom.width >= 100 {
             Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(bottom)
         } else {
@@ -253,7 +254,13 @@ fn consumers(frame: &mut Frame<'_>, area: Rect, app: &App) {
         frame.render_widget(pane(app, " consumers ".into(), false), area);
         return;
     };
-    let block = pane(app, format!(" {} — consumers (Enter/a: ack state, x: seek) ", s.name), false);
+    // A subscription that assigns its consumers says how; a consumer handed nothing is marked standby.
+    let assignment = match s.assignment {
+        crate::model::Assignment::Shared => String::new(),
+        a => format!(", {}", a.label()),
+    };
+    let block =
+        pane(app, format!(" {} — consumers{assignment} (Enter/a: ack state, x: seek) ", s.name), false);
     if s.consumers.is_empty() {
         let blocked = s.blocked_by.map(|b| format!(" — blocked by {}", b.label())).unwrap_or_default();
         frame.render_widget(
@@ -267,15 +274,28 @@ fn consumers(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let narrow = area.width < 80;
     let rows = s.consumers.iter().map(|c| {
         let share = c.delivered as f64 / total as f64;
-        let mut cells = vec![Cell::from(c.id.to_string())];
+        let mut cells = vec![if c.standby {
+            Cell::from(c.id.to_string()).style(t.fg(t.dim))
+        } else {
+            Cell::from(c.id.to_string())
+        }];
         if !narrow {
-            cells.push(Cell::from(if c.push { "push" } else { "pull" }));
+            cells.push(match (c.standby, c.push) {
+                (true, _) => Cell::from("standby").style(t.fg(t.dim)),
+                (false, true) => Cell::from("push"),
+                (false, false) => Cell::from("pull"),
+            });
         }
         cells.push(Cell::from(format!("{}/{}", c.in_flight, c.prefetch)).style(t.fg(t.inflight)));
-        cells.push(Cell::from(Line::from(vec![
-            Span::styled(gauge(share, if narrow { 4 } else { 10 }), t.fg(t.accent)),
-            Span::raw(format!(" {:.0}%", share * 100.0)),
-        ])));
+        if narrow && c.standby {
+            // No MODE column to say it: the share gauge of a consumer handed nothing gives way.
+            cells.push(Cell::from("standby").style(t.fg(t.dim)));
+        } else {
+            cells.push(Cell::from(Line::from(vec![
+                Span::styled(gauge(share, if narrow { 4 } else { 10 }), t.fg(t.accent)),
+                Span::raw(format!(" {:.0}%", share * 100.0)),
+            ])));
+        }
         cells.push(Cell::from(c.delivered.to_string()));
         cells.push(Cell::from(c.acked.to_string()).style(t.fg(t.acked)));
         if !narrow {
@@ -299,7 +319,7 @@ fn consumers(frame: &mut Frame<'_>, area: Rect, app: &App) {
             vec!["CONSUMER", "MODE", "IN-FLIGHT", "SHARE", "DELIVERED", "ACKED", "IDLE"],
             vec![
                 Constraint::Fill(1),
-                Constraint::Length(5),
+                Constraint::Length(if s.consumers.iter().any(|c| c.standby) { 8 } else { 5 }),
                 Constraint::Length(10),
                 Constraint::Length(16),
                 Constraint::Length(10),
