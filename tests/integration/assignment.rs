@@ -4,16 +4,14 @@
 //! Scenario 11 itself is in `scenarios.rs`; the rebalance properties in `properties.rs`.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use pubsub::engine::{
-    AckMode, Assignment, AttachOptions, Engine, EngineConfig, EngineError, ManualClock, PublishRequest,
-    SubscriptionInfo, Timestamp, TopicConfig,
+    AckMode, Assignment, AttachOptions, Engine, EngineError, ManualClock, PublishRequest, SubscriptionInfo,
+    Timestamp, TopicConfig,
 };
 
-use crate::support::{Home, engine, fetch, name, seqs, stdout_lines, subscribe};
+use crate::support::{DataDir, Home, engine, fetch, name, open_engine, seqs, stdout_lines, subscribe};
 
 fn topic_of(e: &Engine, topic: &str, partitions: u32) {
     let mut config = TopicConfig::new(name(topic));
@@ -178,33 +176,12 @@ async fn partition_exclusive_push_consumers_each_receive_only_their_partitions()
     assert_eq!(owners(&e, "g"), vec![Some("two".into()); 4]);
 }
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct DataDir(PathBuf);
-
-impl DataDir {
-    fn new(tag: &str) -> DataDir {
-        let dir = std::env::temp_dir().join(format!("pubsub-assignment-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        DataDir(dir)
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn open(dir: &Path, clock: &Arc<ManualClock>) -> Engine {
-    Engine::open(dir, clock.clone(), EngineConfig::default()).unwrap().0
-}
-
 #[test]
 fn assignment_and_committed_floors_survive_a_restart_and_a_crash_and_ownership_is_rebuilt() {
     let dir = DataDir::new("restart");
     let clock = ManualClock::new(Timestamp::from_micros(1_780_000_000_000_000));
     {
-        let e = open(&dir.0, &clock);
+        let e = open_engine(&dir.0, &clock);
         let mut topic = TopicConfig::new(name("t"));
         topic.partitions = 2;
         topic.storage = pubsub::engine::StorageKind::File;
@@ -225,7 +202,7 @@ fn assignment_and_committed_floors_survive_a_restart_and_a_crash_and_ownership_i
         e.close().unwrap();
     }
     {
-        let e = open(&dir.0, &clock);
+        let e = open_engine(&dir.0, &clock);
         assert_eq!(info(&e, "g").assignment, Assignment::PartitionExclusive);
         assert_eq!(info(&e, "s").assignment, Assignment::SingleActive);
         // Nobody is attached after a restart: nobody owns anything until consumers come back.
@@ -241,7 +218,7 @@ fn assignment_and_committed_floors_survive_a_restart_and_a_crash_and_ownership_i
         e.ack_cumulative(&name("g"), "a", 0, 3).unwrap();
         let _ = e.simulate_power_loss();
     }
-    let e = open(&dir.0, &clock);
+    let e = open_engine(&dir.0, &clock);
     let i = info(&e, "g");
     assert_eq!(i.assignment, Assignment::PartitionExclusive);
     assert_eq!(i.partitions[0].ack_floor, 3);

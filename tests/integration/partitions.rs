@@ -3,16 +3,14 @@
 //! command line.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use pubsub::engine::{
-    BrowseFrom, Engine, EngineConfig, EngineError, ManualClock, PublishRequest, SeekTarget, StartPosition,
+    BrowseFrom, Engine, EngineError, ManualClock, PublishRequest, SeekTarget, StartPosition,
     SubscriptionConfig, Timestamp, TopicConfig,
 };
 
-use crate::support::{Home, engine, fetch, name};
+use crate::support::{DataDir, Home, engine, fetch, name, open_engine};
 
 fn topic_of(e: &Engine, topic: &str, partitions: u32) {
     let mut config = TopicConfig::new(name(topic));
@@ -173,33 +171,12 @@ fn partitions_grow_and_never_shrink() {
     assert!(e.create_topic(too_many).unwrap_err().to_string().contains("1 to 1024"));
 }
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct DataDir(PathBuf);
-
-impl DataDir {
-    fn new(tag: &str) -> DataDir {
-        let dir = std::env::temp_dir().join(format!("pubsub-partitions-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        DataDir(dir)
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn open(dir: &Path, clock: &Arc<ManualClock>) -> Engine {
-    Engine::open(dir, clock.clone(), EngineConfig::default()).unwrap().0
-}
-
 #[test]
 fn a_durable_partitioned_topic_keeps_its_partitions_positions_and_growth_across_restarts() {
     let dir = DataDir::new("restart");
     let clock = ManualClock::new(Timestamp::from_micros(1_780_000_000_000_000));
     {
-        let e = open(&dir.0, &clock);
+        let e = open_engine(&dir.0, &clock);
         topic_of(&e, "t", 3);
         sub_all(&e, "s", "t");
         for i in 0..9 {
@@ -215,7 +192,7 @@ fn a_durable_partitioned_topic_keeps_its_partitions_positions_and_growth_across_
     }
     let before;
     {
-        let e = open(&dir.0, &clock);
+        let e = open_engine(&dir.0, &clock);
         let info = e.topic_info(&name("t")).unwrap();
         assert_eq!(info.partitions, 3);
         let sub = e.subscription_info(&name("s")).unwrap();
@@ -234,7 +211,7 @@ fn a_durable_partitioned_topic_keeps_its_partitions_positions_and_growth_across_
         // A crash: nothing is closed or checkpointed.
         let _ = e.simulate_power_loss();
     }
-    let e = open(&dir.0, &clock);
+    let e = open_engine(&dir.0, &clock);
     let info = e.topic_info(&name("t")).unwrap();
     assert_eq!(info.partitions, 5);
     let sub = e.subscription_info(&name("s")).unwrap();

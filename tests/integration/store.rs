@@ -19,25 +19,16 @@ use pubsub::store::RecoveryReport;
 
 use assert_cmd::cargo::CommandCargoExt;
 
-use crate::support::name;
+use crate::support::{DataDir, name};
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct DataDir(PathBuf);
+/// Where the store keeps a topic's files in a data directory.
+trait Layout {
+    fn partition(&self, topic: &str) -> PathBuf;
 
-impl DataDir {
-    fn new(tag: &str) -> DataDir {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let unique = format!("pubsub-store-{tag}-{}-{n}", std::process::id());
-        let dir = std::env::temp_dir().join(unique);
-        let _ = fs::remove_dir_all(&dir);
-        DataDir(dir)
-    }
+    fn segments(&self, topic: &str) -> Vec<PathBuf>;
+}
 
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
+impl Layout for DataDir {
     fn partition(&self, topic: &str) -> PathBuf {
         self.0.join("topics").join(topic).join("0")
     }
@@ -50,12 +41,6 @@ impl DataDir {
             .collect();
         logs.sort();
         logs
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

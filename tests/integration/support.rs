@@ -277,3 +277,33 @@ pub async fn python_script_says_ok(script: &str, args: Vec<String>) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stdout.trim() == "OK", "{script} failed:\n{stdout}\n{stderr}");
 }
+
+/// A fresh directory under the system temp dir for an engine's data, removed when dropped.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    /// A directory of its own for this test (`tag`), this process and this call.
+    pub fn new(tag: &str) -> DataDir {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pubsub-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        DataDir(dir)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The durable engine in `dir`, on `clock`, with the default settings.
+pub fn open_engine(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Engine {
+    Engine::open(dir, clock.clone(), EngineConfig::default()).unwrap().0
+}
