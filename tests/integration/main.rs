@@ -33,6 +33,7 @@ mod redis_live;
 mod regressions;
 mod scenarios;
 mod server;
+mod share;
 mod store;
 mod support;
 mod tui;
