@@ -87,7 +87,8 @@ impl Live {
     ) -> Result<Live, BrokerError> {
         let clock = ManualClock::new(SystemClock.now());
         let engine = Engine::with_clock(clock.clone(), EngineConfig::default());
-        let local = Arc::new(LocalBroker::new(engine.clone(), format!("demo {} (in-process)", scenario.name)));
+        let local =
+            Arc::new(LocalBroker::new(engine.clone(), format!("demo {} (in-process)", scenario.name)));
         let broker: SharedBroker = local.clone();
         let sim = Self::start_sim(&scenario, seed, &engine, &clock, &broker, narration.clone()).await?;
         let scale_index = SCALES.iter().position(|s| *s == 1.0).unwrap_or(0);

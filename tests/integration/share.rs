@@ -44,7 +44,8 @@ fn shared_demo(home: &Home, scenario: &str) -> (Killed, String) {
     let first = lines.recv_timeout(Duration::from_secs(20)).unwrap();
     let addr = first.split(" on ").nth(1).and_then(|r| r.split(';').next()).unwrap().to_string();
     assert!(first.starts_with(&format!("sharing {scenario} on 127.0.0.1:")), "{first}");
-    let invitation: Vec<String> = (0..4).map(|_| lines.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+    let invitation: Vec<String> =
+        (0..4).map(|_| lines.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
     let url = format!("ws://{addr}?token=s3cret");
     assert!(invitation[0].contains(&format!("pubsub join '{url}'")), "{invitation:?}");
     (child, url)
@@ -75,8 +76,10 @@ async fn a_shared_demo_serves_thirty_watchers_and_ten_consumers() {
     let mut watchers = Vec::new();
     for _ in 0..30 {
         let broker = connect(&url).await;
-        let stream =
-            broker.subscribe(SubscribeRequest::live(vec![Pattern::parse(STATUS_SUBJECT).unwrap()])).await.unwrap();
+        let stream = broker
+            .subscribe(SubscribeRequest::live(vec![Pattern::parse(STATUS_SUBJECT).unwrap()]))
+            .await
+            .unwrap();
         watchers.push((broker, stream));
     }
     let mut consumers = tokio::task::JoinSet::new();
@@ -115,22 +118,43 @@ async fn a_shared_demo_serves_thirty_watchers_and_ten_consumers() {
                 last = next;
             }
             assert!(last.status.now > first.status.now, "the demo advanced: {:?}", last.status.now);
-            (broker, stream)
+            (broker, stream, last.status.now)
         });
     }
-    let watchers: Vec<_> = watching.join_all().await;
+    let mut watchers: Vec<(SharedBroker, pubsub::broker::DeliveryStream, Duration)> =
+        watching.join_all().await;
+    let first_now = watchers.iter().map(|w| w.2).max().unwrap();
     let held: Vec<_> = consumers.join_all().await;
     assert!(held.iter().all(|(_, _, got)| *got == 3), "every consumer got its work");
-    // A state after all that: the ten attendees, each with a share of the work; the scenario's own
-    // workers go on too.
-    let (_, mut stream) = watchers.into_iter().next().unwrap();
-    let state = next_state(&mut stream).await;
-    let found: HashMap<String, f64> = attendees(&state.status).into_iter().map(|a| (a.name, a.share)).collect();
+    // Every watcher goes on receiving after the consumers took their work: a state later than every
+    // state any watcher had seen before. States queued for a watcher come in order, so the loop ends.
+    for (_broker, stream, _) in &mut watchers {
+        let mut state = next_state(stream).await;
+        for _ in 0..1000 {
+            if state.status.now > first_now {
+                break;
+            }
+            state = next_state(stream).await;
+        }
+        assert!(state.status.now > first_now, "the demo advanced past {first_now:?}");
+    }
+    // A state after the consumers' acks counts them all, each attendee with its share of the work.
+    let stream = &mut watchers[0].1;
+    let took = |state: &Shared| attendees(&state.status).iter().map(|a| a.delivered).sum::<u64>();
+    let mut state = next_state(stream).await;
+    for _ in 0..1000 {
+        if took(&state) >= 30 {
+            break;
+        }
+        state = next_state(stream).await;
+    }
+    assert!(took(&state) >= 30, "the states count what the attendees took: {}", took(&state));
+    let found: HashMap<String, f64> =
+        attendees(&state.status).into_iter().map(|a| (a.name, a.share)).collect();
     for i in 0..10 {
         let share = found.get(&format!("attendee-{i}")).copied();
         assert!(share.is_some_and(|s| s > 0.0), "attendee-{i} in {found:?}");
     }
-    assert!(state.status.consumers.iter().any(|c| c.received > 0), "the scenario's workers still work");
     drop(held);
 }
 
@@ -165,7 +189,10 @@ fn a_shared_demo_in_three_terminals_shows_the_attendee_to_the_teacher_and_the_wa
     teacher.wait_for("ada-laptop");
     teacher.wait_for("of the work");
     watcher.wait_for("ada-laptop");
-    for t in [&attendee, &watcher, &teacher] {
+    // Ctrl-C ends each: the consumer as an interrupted command (130), the two views cleanly.
+    attendee.keys(&["C-c"]);
+    attendee.wait_for("EXITED=130");
+    for t in [&watcher, &teacher] {
         t.keys(&["C-c"]);
         t.wait_for("EXITED=0");
     }
@@ -206,18 +233,24 @@ fn webdriver(port: u16, method: &str, path: &str, body: &serde_json::Value) -> s
         body.len()
     )
     .unwrap();
+    // chromedriver keeps the connection open whatever the request says: read the head, then as many
+    // bytes as it announces.
     let mut answer = Vec::new();
-    socket.read_to_end(&mut answer).unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{method} {path}: {answer}");
-    // chromedriver answers with a length, but a chunked answer would carry its sizes around the JSON.
-    let json = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body.lines().find(|l| l.starts_with('{')).unwrap_or("{}").to_string()
-    } else {
-        body.to_string()
-    };
-    serde_json::from_str::<serde_json::Value>(&json).unwrap()["value"].clone()
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        assert_eq!(socket.read(&mut byte).unwrap(), 1, "chromedriver closed mid-answer");
+        answer.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{method} {path}: {head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap();
+    let mut json = vec![0u8; length];
+    socket.read_exact(&mut json).unwrap();
+    serde_json::from_slice::<serde_json::Value>(&json).unwrap()["value"].clone()
 }
 
 #[test]
@@ -232,6 +265,14 @@ fn the_shared_demos_web_page_draws_the_topology_live_in_a_real_browser() {
     }}}});
     let session = webdriver(port, "POST", "/session", &caps)["sessionId"].as_str().unwrap().to_string();
     let base = format!("/session/{session}");
+    // Ends the browser however the test ends (chromedriver, killed, would leave it running).
+    struct Session(u16, String);
+    impl Drop for Session {
+        fn drop(&mut self) {
+            webdriver(self.0, "DELETE", &self.1, &serde_json::json!({}));
+        }
+    }
+    let _session = Session(port, base.clone());
     webdriver(port, "POST", &format!("{base}/url"), &serde_json::json!({ "url": page }));
     let read = || {
         let script = serde_json::json!({
@@ -264,5 +305,4 @@ fn the_shared_demos_web_page_draws_the_topology_live_in_a_real_browser() {
         assert!(started.elapsed() < Duration::from_secs(60), "the counter never moved from {first}:\n{text}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    webdriver(port, "DELETE", &base, &serde_json::json!({}));
 }

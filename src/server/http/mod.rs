@@ -132,9 +132,9 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
     if let Ok(Route::Preflight(method)) = route(&head, shared.config.allow_origin.is_some(), false) {
         return refuse(socket, &response::preflight(method), &shared, &cancel, &slot).await;
     }
-    let admitted =
-        authorize(&head, shared.config.token.as_deref())
-            .and_then(|()| route(&head, false, shared.config.page.is_some())).and_then(|r| {
+    let admitted = authorize(&head, shared.config.token.as_deref())
+        .and_then(|()| route(&head, false, shared.config.page.is_some()))
+        .and_then(|r| {
             let served = Served::take(&shared).ok_or_else(|| {
                 HttpError::new(ErrorCode::TooManyConnections, "the server has reached its connection limit")
             })?;

@@ -18,10 +18,16 @@ use crate::server::{self, ServeConfig};
 
 /// Runs a shared live demo: in the teacher's TUI on a terminal (`on_terminal`), else served until
 /// SIGINT or SIGTERM with the invitation on stdout.
-pub async fn run(ctx: &Context, args: &DemoArgs, scenario: Scenario, on_terminal: bool) -> Result<(), CliError> {
+pub async fn run(
+    ctx: &Context,
+    args: &DemoArgs,
+    scenario: Scenario,
+    on_terminal: bool,
+) -> Result<(), CliError> {
     if ctx.broker_explicit {
         return Err(CliError::Usage(
-            "--share serves the demo's own engine; on a broker of your own, attendees connect to that broker".into(),
+            "--share serves the demo's own engine; on a broker of your own, attendees connect to that broker"
+                .into(),
         ));
     }
     let (said_tx, said_rx) = mpsc::channel(1024);
@@ -31,7 +37,8 @@ pub async fn run(ctx: &Context, args: &DemoArgs, scenario: Scenario, on_terminal
     let live = Live::new(scenario.clone(), args.seed, Some(said_tx)).await?;
     let (controls_tx, controls_rx) = mpsc::channel(64);
     let (status_tx, status_rx) = watch::channel(live.status().await);
-    let sharing = start(&live, &scenario, status_rx.clone(), narration, args.listen, ctx.token.clone()).await?;
+    let sharing =
+        start(&live, &scenario, status_rx.clone(), narration, args.listen, ctx.token.clone()).await?;
     let broker = live.broker();
     let running = tokio::spawn(live.run(controls_rx, status_tx));
     let mut out = Stdout::new();
@@ -127,7 +134,9 @@ pub async fn start(
     };
     server::check_exposure(&listen, Some(&token), false).map_err(CliError::Usage)?;
     let listener = TcpListener::bind(listen).await.map_err(|e| {
-        CliError::Failed(format!("cannot listen on {listen}: {e}; choose another --listen (port 0 picks a free one)"))
+        CliError::Failed(format!(
+            "cannot listen on {listen}: {e}; choose another --listen (port 0 picks a free one)"
+        ))
     })?;
     let addr = listener.local_addr()?;
     let config = ServeConfig { token: Some(token.clone()), page: Some(PAGE), ..ServeConfig::default() };
@@ -199,7 +208,10 @@ mod tests {
         assert!(text.contains("sub orders -s billing"), "{text}");
         assert!(text.contains("http://127.0.0.1:7078/?token=t0k"), "{text}");
         let any = invitation(&scenario, "0.0.0.0:7078".parse().unwrap(), "t");
-        assert!(!any.join("\n").contains("0.0.0.0:7078?"), "an unspecified address is no place to connect to");
+        assert!(
+            !any.join("\n").contains("0.0.0.0:7078?"),
+            "an unspecified address is no place to connect to"
+        );
     }
 
     #[test]
