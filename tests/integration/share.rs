@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pubsub::broker::url::{ConnectOptions, connect_with};
-use pubsub::broker::{Broker, Settle, SharedBroker, StreamItem, SubscribeRequest};
+use pubsub::broker::{Settle, SharedBroker, StreamItem, SubscribeRequest};
 use pubsub::demo::share::{STATUS_SUBJECT, Shared, attendees};
 use pubsub::model::{AckMode, Name, Pattern};
 
