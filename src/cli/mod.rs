@@ -97,6 +97,8 @@ pub enum Command {
     Term(commands::subs::TermArgs),
     /// Run a workshop scenario (fan-out, work-queue, poison-message, crash, …) live or headless.
     Demo(commands::demo::DemoArgs),
+    /// Watch a shared demo (`demo NAME --share`) in your own terminal, read-only.
+    Join(commands::join::JoinArgs),
     /// Open the terminal UI (also what `pubsub` alone does on a terminal).
     Tui(commands::tui::TuiArgs),
     /// Measure publish-to-delivery throughput and latency against a broker.
@@ -246,6 +248,7 @@ async fn run_command(ctx: &Context, command: Option<Command>) -> Result<(), CliE
         Some(Command::Term(args)) => commands::subs::term(&ctx, args).await,
         Some(Command::Tui(args)) => commands::tui::run(&ctx, args).await,
         Some(Command::Demo(args)) => commands::demo::run(&ctx, args).await,
+        Some(Command::Join(args)) => commands::join::run(&ctx, args).await,
         Some(Command::Bench(args)) => commands::bench::run(&ctx, args).await,
         Some(Command::Serve(args)) => commands::serve::run(&ctx, args).await,
         Some(Command::Config(command)) => commands::config::run(&ctx, command),

@@ -37,20 +37,22 @@ pub const STEP: Duration = Duration::from_millis(100);
 /// The speeds offered, as multiples of real time.
 pub const SCALES: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0];
 
-/// What a live demo looks like at one moment, for the view.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// What a live demo looks like at one moment, for the view (and, in JSON, for a shared demo's watchers).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DemoStatus {
     /// Scenario name.
     pub scenario: String,
     /// Seed.
     pub seed: u64,
     /// Virtual time since the (re)start.
+    #[serde(with = "crate::model::clock::millis")]
     pub now: Duration,
     /// Virtual seconds per real second.
     pub scale: f64,
     /// Paused.
     pub paused: bool,
     /// The scenario's own length (its script is over after it).
+    #[serde(with = "crate::model::clock::millis")]
     pub script: Duration,
     /// Publishers.
     pub publishers: Vec<PublisherStatus>,
@@ -68,6 +70,7 @@ pub struct Live {
     seed: u64,
     engine: Engine,
     clock: Arc<ManualClock>,
+    local: Arc<LocalBroker>,
     broker: SharedBroker,
     sim: Sim,
     scale_index: usize,
@@ -84,11 +87,12 @@ impl Live {
     ) -> Result<Live, BrokerError> {
         let clock = ManualClock::new(SystemClock.now());
         let engine = Engine::with_clock(clock.clone(), EngineConfig::default());
-        let broker: SharedBroker =
+        let local =
             Arc::new(LocalBroker::new(engine.clone(), format!("demo {} (in-process)", scenario.name)));
+        let broker: SharedBroker = local.clone();
         let sim = Self::start_sim(&scenario, seed, &engine, &clock, &broker, narration.clone()).await?;
         let scale_index = SCALES.iter().position(|s| *s == 1.0).unwrap_or(0);
-        Ok(Live { scenario, seed, engine, clock, broker, sim, scale_index, paused: false, narration })
+        Ok(Live { scenario, seed, engine, clock, local, broker, sim, scale_index, paused: false, narration })
     }
 
     async fn start_sim(
@@ -112,6 +116,11 @@ impl Live {
     /// The broker the demo runs on (the TUI watches it).
     pub fn broker(&self) -> SharedBroker {
         self.broker.clone()
+    }
+
+    /// The same broker as its concrete type, for serving it (`demo --share`).
+    pub fn local_broker(&self) -> Arc<LocalBroker> {
+        self.local.clone()
     }
 
     /// The engine the demo runs on.

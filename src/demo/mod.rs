@@ -4,6 +4,7 @@
 pub mod live;
 pub mod report;
 pub mod scenario;
+pub mod share;
 pub mod sim;
 
 pub use report::Report;

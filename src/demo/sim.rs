@@ -685,7 +685,7 @@ pub const FAIL_COUNT: u32 = 3;
 pub const BURST: u64 = 100;
 
 /// A publisher as the live view shows it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PublisherStatus {
     /// Name.
     pub name: String,
@@ -698,13 +698,14 @@ pub struct PublisherStatus {
 }
 
 /// A consumer as the live view shows it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConsumerStatus {
     /// Name.
     pub name: String,
     /// Its subscription.
     pub subscription: String,
     /// Time per message.
+    #[serde(with = "crate::model::clock::millis")]
     pub process: Duration,
     /// Crashed (and not back).
     pub crashed: bool,

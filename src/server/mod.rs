@@ -80,6 +80,9 @@ pub struct ServeConfig {
     /// The origin (or `*`) whose browser pages may read HTTP answers and event streams (CORS); `None`
     /// sends no CORS headers, so browsers keep pages of other origins from reading them.
     pub allow_origin: Option<String>,
+    /// A page served at `GET /` (with the token, as every route): a shared demo's read-only web view.
+    /// `None`, as for `pubsub serve`, leaves `/` unrouted.
+    pub page: Option<&'static str>,
 }
 
 /// Limits, each breach answered with an error frame (or, before `hello`, by closing the connection).
@@ -159,6 +162,7 @@ impl Default for ServeConfig {
             write_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
             allow_origin: None,
+            page: None,
         }
     }
 }

@@ -34,6 +34,7 @@ mod redis_live;
 mod regressions;
 mod scenarios;
 mod server;
+mod share;
 mod store;
 mod support;
 mod tui;

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use crate::support::Home;
 
-struct Tmux {
+pub(crate) struct Tmux {
     session: String,
 }
 
 impl Tmux {
     /// Runs `script` in a detached `width`×`height` tmux session named after `tag`; `None` (after saying
     /// why) when tmux is missing, which fails instead under PUBSUB_REQUIRE_BROKERS.
-    fn start(tag: &str, width: u16, height: u16, script: &str) -> Option<Tmux> {
+    pub(crate) fn start(tag: &str, width: u16, height: u16, script: &str) -> Option<Tmux> {
         if Command::new("tmux").arg("-V").output().is_err() {
             assert!(std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(), "tmux is required for {tag}");
             eprintln!("skipping {tag}: tmux is not installed");
@@ -30,19 +30,19 @@ impl Tmux {
         Some(Tmux { session })
     }
 
-    fn capture(&self) -> String {
+    pub(crate) fn capture(&self) -> String {
         let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.session]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn keys(&self, keys: &[&str]) {
+    pub(crate) fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", &self.session];
         args.extend_from_slice(keys);
         assert!(Command::new("tmux").args(&args).status().unwrap().success());
     }
 
     /// Waits until the screen shows `text`; fails with the screen when it does not within 10 s.
-    fn wait_for(&self, text: &str) -> String {
+    pub(crate) fn wait_for(&self, text: &str) -> String {
         let started = Instant::now();
         loop {
             let screen = self.capture();

@@ -1,7 +1,12 @@
 //! `pubsub demo SCENARIO`: a workshop scenario, live in the TUI on a terminal, or headless to a report.
 
+mod share;
+
+pub use share::user_at_host;
+
 use clap::Args;
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 
 use crate::cli::output::{Stdout, note};
 use crate::cli::{CliError, Context};
@@ -33,6 +38,14 @@ pub struct DemoArgs {
     /// On quit, write the last view as text to this file.
     #[arg(long, value_name = "FILE")]
     pub snapshot: Option<std::path::PathBuf>,
+    /// Share the live demo with attendees: serve its engine (with --token, or a fresh token) and a
+    /// read-only web page, and print the commands they type to watch and to take part. Without a
+    /// terminal it serves until interrupted.
+    #[arg(long, conflicts_with_all = ["list", "show"])]
+    pub share: bool,
+    /// Where a shared demo listens (0.0.0.0:PORT for a room; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7078")]
+    pub listen: SocketAddr,
 }
 
 /// Runs `pubsub demo`.
@@ -53,6 +66,9 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
     }
     let scenario = Scenario::load(&args.scenario).map_err(CliError::Usage)?;
     let live = !args.headless && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if args.share {
+        return share::run(ctx, &args, scenario, live).await;
+    }
     if !live {
         let report = if ctx.broker_explicit {
             // On a real broker the scenario runs in real time (attendees can watch it).

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod join;
 pub mod publish;
 pub mod record;
 pub mod replay;

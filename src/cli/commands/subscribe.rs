@@ -101,8 +101,9 @@ pub struct SubArgs {
     /// How messages of a durable subscription are settled.
     #[arg(long, value_enum, default_value_t = AckArg::Auto)]
     pub ack: AckArg,
-    /// Consumer id (default: made up).
-    #[arg(long)]
+    /// Consumer id, the name others see in the topology (--name too). Default with -s on a ws:// server
+    /// (a shared demo): user@host, with -2, -3… when that is taken; elsewhere made up.
+    #[arg(long, visible_alias = "name", value_name = "NAME")]
     pub consumer: Option<String>,
     /// Most unacked messages held at once.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -189,7 +190,7 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
         EndAt::Heads(ends) => Some(ends),
         EndAt::Open => None,
     };
-    let stream = broker.subscribe(request).await?;
+    let stream = subscribe_named(&broker, request, ctx, args.consumer.is_some()).await?;
     let sink = Sink::Stdout(Stdout::new());
     let settle = if args.ack == AckArg::Manual { SettleMode::Manual } else { SettleMode::Auto };
     let exec = args.exec.map(|command| Exec { command, parallel: args.parallel });
@@ -197,6 +198,35 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
     let renderer =
         args.output.renderer(ctx.color, std::io::stdout().is_terminal()).with_partitions(partitions);
     receive(broker, stream, sink, renderer, settle, exec, &args.stop, end).await
+}
+
+/// Subscribes; a consumer of a durable subscription on a `pubsub` server that was given no name joins
+/// as `user@host` (what a workshop's topology shows), as `user@host-2` and so on when that is taken.
+async fn subscribe_named(
+    broker: &SharedBroker,
+    mut request: SubscribeRequest,
+    ctx: &Context,
+    named: bool,
+) -> Result<DeliveryStream, CliError> {
+    let ours = ctx.broker.starts_with("ws://") || ctx.broker.starts_with("wss://");
+    if named || request.subscription.is_none() || !ours {
+        return Ok(broker.subscribe(request).await?);
+    }
+    let base = super::demo::user_at_host();
+    for n in 1..=20 {
+        request.consumer = Some(if n == 1 { base.clone() } else { format!("{base}-{n}") });
+        match broker.subscribe(request.clone()).await {
+            Err(BrokerError::Remote { code, .. })
+                if code == crate::protocol::ErrorCode::ConsumerExists as u16 =>
+            {
+                continue;
+            }
+            other => return Ok(other?),
+        }
+    }
+    // Twenty of the same name: let the server make one up.
+    request.consumer = None;
+    Ok(broker.subscribe(request).await?)
 }
 
 /// The topic names among command-line patterns (those that parse as names).

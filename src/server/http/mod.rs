@@ -36,6 +36,8 @@ enum Route {
     Publish(Name),
     Events(Name),
     Subscription(Name),
+    /// The page of `ServeConfig::page`.
+    Page,
     /// A browser's CORS preflight for a path that takes this method (only with `allow_origin`).
     Preflight(&'static str),
 }
@@ -43,7 +45,10 @@ enum Route {
 const ROUTES: &str = "POST /topics/NAME, GET /topics/NAME/events and GET /subscriptions/NAME";
 
 /// The route of a request, or why there is none (404 path, 405 method, 400 name).
-fn route(head: &Head, cors: bool) -> Result<Route, HttpError> {
+fn route(head: &Head, cors: bool, page: bool) -> Result<Route, HttpError> {
+    if page && (head.path == "/" || head.path == "/index.html") && head.method == "GET" {
+        return Ok(Route::Page);
+    }
     let segments: Vec<&str> = head.path.strip_prefix('/').unwrap_or(&head.path).split('/').collect();
     let (want, make): (&'static str, fn(Name) -> Route) = match segments.as_slice() {
         ["topics", _] => ("POST", Route::Publish),
@@ -124,11 +129,12 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
     socket.skip(head_len);
     let limits = shared.config.limits;
     // A preflight carries no credentials: it is answered before the token is asked for.
-    if let Ok(Route::Preflight(method)) = route(&head, shared.config.allow_origin.is_some()) {
+    if let Ok(Route::Preflight(method)) = route(&head, shared.config.allow_origin.is_some(), false) {
         return refuse(socket, &response::preflight(method), &shared, &cancel, &slot).await;
     }
-    let admitted =
-        authorize(&head, shared.config.token.as_deref()).and_then(|()| route(&head, false)).and_then(|r| {
+    let admitted = authorize(&head, shared.config.token.as_deref())
+        .and_then(|()| route(&head, false, shared.config.page.is_some()))
+        .and_then(|r| {
             let served = Served::take(&shared).ok_or_else(|| {
                 HttpError::new(ErrorCode::TooManyConnections, "the server has reached its connection limit")
             })?;
@@ -149,6 +155,10 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
             Err(e) => HttpError::of(&e).response(),
         },
         Route::Preflight(method) => response::preflight(method),
+        Route::Page => {
+            let page = shared.config.page.unwrap_or_default();
+            response::response(200, &[], "text/html; charset=utf-8", page.as_bytes())
+        }
         Route::Events(topic) => {
             let connection = shared.connection_budget();
             let budget = ByteBudget::child(&connection, limits.max_stream_bytes as u64);
@@ -333,14 +343,23 @@ mod tests {
     }
 
     fn route_of(head: &Head) -> Result<Route, HttpError> {
-        route(head, false)
+        route(head, false, false)
+    }
+
+    #[test]
+    fn the_page_is_a_route_only_where_one_is_served() {
+        let get = head("GET /?token=t HTTP/1.1\r\n\r\n");
+        assert_eq!(route(&get, false, true).unwrap(), Route::Page);
+        assert_eq!(route(&get, false, false).unwrap_err().status, 404);
+        let post = head("POST / HTTP/1.1\r\n\r\n");
+        assert_eq!(route(&post, false, true).unwrap_err().status, 404);
     }
 
     #[test]
     fn a_preflight_is_a_route_only_when_cors_is_on() {
         let options = head("OPTIONS /topics/t HTTP/1.1\r\n\r\n");
-        assert_eq!(route(&options, true).unwrap(), Route::Preflight("POST"));
-        assert_eq!(route(&options, false).unwrap_err().status, 405);
+        assert_eq!(route(&options, true, false).unwrap(), Route::Preflight("POST"));
+        assert_eq!(route(&options, false, false).unwrap_err().status, 405);
     }
 
     #[test]

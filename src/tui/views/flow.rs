@@ -211,6 +211,21 @@ pub fn build(app: &App) -> Flow {
                             note,
                         });
                     }
+                    // Attendees who joined a shared demo as competing consumers, with their share.
+                    let attendees = crate::demo::share::attendees(d);
+                    for a in attendees.iter().filter(|a| a.subscription == s.name.as_str()) {
+                        let ci = flow.columns[3].len();
+                        flow.columns[3].push(FlowNode {
+                            node: Node::Consumer(a.name.clone()),
+                            label: a.name.clone(),
+                            detail: vec![(
+                                format!("{} got · {:.0}% of the work", a.delivered, a.share * 100.0),
+                                if a.held > 0 { Role::Warn } else { Role::Ok },
+                            )],
+                            role: Role::Publisher,
+                        });
+                        flow.edges.push(FlowEdge { from: (2, si), to: (3, ci), rate: None, note: None });
+                    }
                 }
                 None => {
                     for c in &s.consumers {
