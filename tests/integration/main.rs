@@ -12,6 +12,7 @@ mod amqp_live;
 mod broker_local;
 mod cli;
 mod commands;
+mod compare;
 mod conformance;
 mod daemon;
 mod damage;
