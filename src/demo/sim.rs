@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 
 use super::check::Tracker;
 use super::report::{ConsumerReport, Report, SubscriptionReport};
@@ -24,6 +25,9 @@ use crate::model::{
 
 /// One simulation step.
 pub const TICK: Duration = Duration::from_millis(10);
+
+/// How long a real-time run goes on after its end, publishers stopped, before it counts.
+const GRACE: Duration = Duration::from_millis(500);
 
 /// How time passes.
 pub enum Pace {
@@ -224,17 +228,24 @@ impl Sim {
             config.max_in_flight = 10_000;
             if s.ordering.as_deref() == Some("per-key") {
                 config.ordering = Ordering::PerKey;
-                if let Err(e) = broker.create_subscription(config.clone()).await {
-                    notes.push(format!(
-                        "subscription {}: per-key ordering refused ({e}); it runs without",
-                        s.name
-                    ));
+            }
+            // A broker that refuses a setting runs without it, and the report says so: per-key
+            // ordering first, then immediate redelivery (Redis, say, has its own timing).
+            loop {
+                let Err(e) = broker.create_subscription(config.clone()).await else { break };
+                if config.ordering != Ordering::None {
+                    notes.push(format!("subscription {}: per-key ordering refused ({e}); it runs without", s.name));
                     config.ordering = Ordering::None;
+                } else if s.backoff.is_empty() && config.backoff == Backoff::Immediate {
+                    let note = format!("immediate redelivery refused, the broker's own timing applies: {e}");
+                    if !notes.contains(&note) {
+                        notes.push(note);
+                    }
+                    config.backoff = Backoff::default();
                 } else {
-                    continue;
+                    return Err(e);
                 }
             }
-            broker.create_subscription(config).await?;
         }
         let needs_keys = scenario.publishers.iter().any(|p| p.keys > 0);
         let send_keys = caps.has(Capability::Headers);
@@ -409,6 +420,18 @@ impl Sim {
                 self.after_step().await?;
             } else {
                 self.tick().await?;
+            }
+        }
+        if matches!(self.pace, Pace::Real) && self.track.is_some() {
+            // Half a second more in which nobody publishes, so what is on its way arrives before the
+            // count (virtual time has nothing on its way).
+            for p in &mut self.pubs {
+                p.removed = true;
+            }
+            for _ in 0..GRACE.as_millis() / TICK.as_millis() {
+                self.step().await?;
+                tokio::time::sleep_until(started + self.now + TICK).await;
+                self.now += TICK;
             }
         }
         self.finish().await
@@ -792,10 +815,12 @@ impl Sim {
                 .iter()
                 .enumerate()
                 .any(|(k, c)| k != i && c.subscription == sub && c.alive && !c.offline && !c.removed);
+            // What its connection already received is read off (the connection stays open until it is
+            // all acked: a broker refuses acks on a closed one and delivers them again).
             let buffered = if durable {
-                self.consumers[i].stream.take().map(|s| drain_ready(&mut into_inner(s), usize::MAX).0)
+                self.consumers[i].stream.as_mut().map(|s| drain_ready(inner(s), usize::MAX).0)
             } else if !others {
-                self.live_streams.remove(sub.as_str()).map(|s| drain_ready(&mut into_inner(s), usize::MAX).0)
+                self.live_streams.get_mut(sub.as_str()).map(|s| drain_ready(inner(s), usize::MAX).0)
             } else {
                 None
             };
@@ -818,8 +843,10 @@ impl Sim {
             self.consumers[i].report.acked += 1;
         }
         self.holders.retain(|(s, _), holder| !(*s == sub && *holder == i));
+        self.consumers[i].offline = true;
+        self.consumers[i].stream = None;
+        self.close_idle_live_stream(i);
         let c = &mut self.consumers[i];
-        c.offline = true;
         let who = c.name.clone();
         let durable = self.sub_of(i).is_none_or(|s| self.subs[s].durable);
         self.narrate(if durable {
@@ -1561,7 +1588,15 @@ fn drain_ready(stream: &mut DeliveryStream, room: usize) -> (Vec<BrokerDelivery>
     let mut out = Vec::new();
     let mut dropped = 0;
     while out.len() < room {
-        match stream.try_next() {
+        // A source that fetches on demand (a JetStream pull) only asks when `next` finds it empty, so
+        // when nothing is ready `next` is polled once: it asks, and the answer is there on a later step.
+        // Polling once and dropping is safe: every source waits on a channel receive, which loses
+        // nothing when dropped.
+        let item = match stream.try_next() {
+            Some(item) => Some(item),
+            None => stream.next().now_or_never().flatten(),
+        };
+        match item {
             Some(Ok(StreamItem::Delivery(d))) => out.push(d),
             Some(Ok(StreamItem::Lagged { skipped })) => dropped += skipped,
             Some(Ok(_)) => {}
