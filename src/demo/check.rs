@@ -42,6 +42,14 @@ struct SubTrack {
     waiting: HashSet<usize>,
 }
 
+impl SubTrack {
+    /// Whether messages on `subject` are the subscription's.
+    fn reads(&self, subject: &str) -> bool {
+        self.captures.iter().any(|p| p.matches(subject))
+            && (self.filter.is_empty() || self.filter.iter().any(|p| p.matches(subject)))
+    }
+}
+
 /// The bookkeeping of one run.
 #[derive(Default)]
 pub struct Tracker {
@@ -70,7 +78,15 @@ impl Tracker {
     /// Publisher `publisher` sent its message number `n` at `at`. Payloads identify messages on the
     /// way back (every broker carries the payload unchanged), so the default payload, which names the
     /// publisher and the number, keeps them apart; a template without `{{seq}}` makes them ambiguous.
-    pub fn published(&mut self, publisher: usize, n: u64, key: Option<u32>, subject: Name, payload: Bytes, at: Duration) {
+    pub fn published(
+        &mut self,
+        publisher: usize,
+        n: u64,
+        key: Option<u32>,
+        subject: Name,
+        payload: Bytes,
+        at: Duration,
+    ) {
         self.by_payload.insert(payload, self.sent.len());
         self.sent.push(Sent { publisher, n, key, subject, at });
     }
@@ -121,8 +137,10 @@ impl Tracker {
 
     /// The final drain found message `msg` still waiting for `sub`.
     pub fn waiting(&mut self, sub: &str, msg: usize) {
+        let Some(subject) = self.sent.get(msg).map(|m| m.subject.clone()) else { return };
         if let Some(s) = self.sub(sub)
             && !s.receipts.contains_key(&msg)
+            && s.reads(subject.as_str())
         {
             s.waiting.insert(msg);
         }
@@ -133,14 +151,7 @@ impl Tracker {
         self.subs
             .iter()
             .map(|s| {
-                let expected = self
-                    .sent
-                    .iter()
-                    .filter(|m| {
-                        s.captures.iter().any(|p| p.matches(m.subject.as_str()))
-                            && (s.filter.is_empty() || s.filter.iter().any(|p| p.matches(m.subject.as_str())))
-                    })
-                    .count() as u64;
+                let expected = self.sent.iter().filter(|m| s.reads(m.subject.as_str())).count() as u64;
                 let delivered = s.receipts.len() as u64;
                 let waiting = s.waiting.len() as u64;
                 DeliveryCheck {
@@ -197,7 +208,11 @@ mod tests {
     #[test]
     fn messages_outside_the_subscription_are_not_expected() {
         let mut t = tracker();
-        t.add_subscription("eu", vec![Pattern::parse("orders").unwrap()], vec![Pattern::parse("eu").unwrap()]);
+        t.add_subscription(
+            "eu",
+            vec![Pattern::parse("orders").unwrap()],
+            vec![Pattern::parse("eu").unwrap()],
+        );
         assert_eq!(t.checks()[1].expected, 0);
         assert!(t.identify(b"unknown").is_none());
     }

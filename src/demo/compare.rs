@@ -66,9 +66,12 @@ impl Column {
 /// The brokers of a `--compare` list: comma-separated URLs (`mem://` for an in-process engine), each
 /// checked to name a backend.
 pub fn parse_urls(list: &str) -> Result<Vec<String>, String> {
-    let urls: Vec<String> = list.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+    let urls: Vec<String> =
+        list.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
     if urls.is_empty() {
-        return Err("--compare needs broker URLs separated by commas, e.g. mem://,redis://127.0.0.1:6379".into());
+        return Err(
+            "--compare needs broker URLs separated by commas, e.g. mem://,redis://127.0.0.1:6379".into()
+        );
     }
     for url in &urls {
         backend_for(url).map_err(|e| format!("--compare: {e}"))?;
@@ -78,9 +81,9 @@ pub fn parse_urls(list: &str) -> Result<Vec<String>, String> {
 
 /// A short column name for `url`.
 pub fn label(url: &str) -> String {
-    let mode = url.split_once('?').and_then(|(_, q)| {
-        q.split('&').find_map(|kv| kv.strip_prefix("mode=")).map(str::to_ascii_lowercase)
-    });
+    let mode = url
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("mode=")).map(str::to_ascii_lowercase));
     match backend_for(url) {
         Ok(BackendKind::Memory) => "mem://".into(),
         Ok(BackendKind::Local) => "local".into(),
@@ -104,13 +107,16 @@ pub fn label(url: &str) -> String {
 /// What a scenario asks of a broker beyond publishing and live listening, and what for.
 pub fn needs(scenario: &Scenario) -> Vec<(Capability, &'static str)> {
     let mut needs = Vec::new();
-    let fails =
-        scenario.consumers.iter().any(|c| c.fail_rate > 0.0) || scenario.publishers.iter().any(|p| p.poison_every > 0);
+    let fails = scenario.consumers.iter().any(|c| c.fail_rate > 0.0)
+        || scenario.publishers.iter().any(|p| p.poison_every > 0);
     if fails {
         needs.push((Capability::Nack, "failed messages are nacked for another try"));
     }
     if scenario.events.iter().any(|e| e.action == EventAction::Crash) {
-        needs.push((Capability::AckDeadline, "what a crashed consumer held comes back after its ack deadline"));
+        needs.push((
+            Capability::AckDeadline,
+            "what a crashed consumer held comes back after its ack deadline",
+        ));
     }
     if scenario.events.iter().any(|e| e.action == EventAction::Seek) {
         needs.push((Capability::Seek, "a subscription seeks"));
@@ -130,9 +136,8 @@ pub fn needs(scenario: &Scenario) -> Vec<(Capability, &'static str)> {
 
 /// Runs `scenario` on every broker of `urls` at once, each in real time with the same seed.
 pub async fn compare(scenario: Scenario, urls: &[String], seed: u64) -> Comparison {
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nonce =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let runs = urls.iter().enumerate().map(|(k, url)| {
         let prefix = format!("pubsub_cmp_{}_{nonce}_{k}_", std::process::id());
         let (scenario, url) = (scenario.clone(), url.clone());
@@ -165,7 +170,8 @@ pub async fn compare(scenario: Scenario, urls: &[String], seed: u64) -> Comparis
 }
 
 async fn run_column(scenario: Scenario, url: &str, seed: u64, prefix: &str) -> Column {
-    let mut column = Column { url: redact(url), label: label(url), notes: Vec::new(), outcome: Err(String::new()) };
+    let mut column =
+        Column { url: redact(url), label: label(url), notes: Vec::new(), outcome: Err(String::new()) };
     let broker = match tokio::time::timeout(PATIENCE, crate::broker::url::connect(url)).await {
         Ok(Ok(broker)) => broker,
         Ok(Err(e)) => {
@@ -211,7 +217,9 @@ fn prefixed(scenario: &Scenario, prefix: &str) -> Result<Scenario, String> {
     let p = |text: &str| -> Result<String, String> {
         let own = format!("{prefix}{text}");
         if text.starts_with(['*', '>']) || crate::model::Pattern::parse(&own).is_err() {
-            return Err(format!("cannot give \"{text}\" a name of its own for this run; start it with a word"));
+            return Err(format!(
+                "cannot give \"{text}\" a name of its own for this run; start it with a word"
+            ));
         }
         Ok(own)
     };
@@ -331,7 +339,8 @@ pub fn render(cmp: &Comparison, colour: bool) -> String {
             rows.push(Row { label: format!("  {label}"), cells });
         }
     }
-    let heads: Vec<String> = cmp.columns.iter().enumerate().map(|(k, c)| format!("[{}] {}", k + 1, c.label)).collect();
+    let heads: Vec<String> =
+        cmp.columns.iter().enumerate().map(|(k, c)| format!("[{}] {}", k + 1, c.label)).collect();
     let first = rows.iter().map(|r| r.label.chars().count()).max().unwrap_or(0).max(9) + 2;
     let widths: Vec<usize> = heads.iter().map(|h| h.chars().count().max(10) + 2).collect();
     let _ = write!(out, "{:first$}", "");
@@ -354,7 +363,9 @@ pub fn render(cmp: &Comparison, colour: bool) -> String {
                 None => "—".to_string(),
                 Some(t) => {
                     let differs = k > 0
-                        && base.as_ref().is_some_and(|b| if lag { magnitude(b) != magnitude(t) } else { b != t });
+                        && base
+                            .as_ref()
+                            .is_some_and(|b| if lag { magnitude(b) != magnitude(t) } else { b != t });
                     marked |= differs;
                     if differs { format!("{t} *") } else { format!("{t}  ") }
                 }
@@ -430,7 +441,9 @@ mod tests {
 
     #[test]
     fn what_a_scenario_needs_follows_from_its_parts() {
-        let caps = |name: &str| needs(&Scenario::load(name).unwrap()).into_iter().map(|(c, _)| c).collect::<Vec<_>>();
+        let caps = |name: &str| {
+            needs(&Scenario::load(name).unwrap()).into_iter().map(|(c, _)| c).collect::<Vec<_>>()
+        };
         assert!(caps("job-queue").contains(&Capability::AckDeadline));
         assert!(caps("job-queue").contains(&Capability::CompetingConsumers));
         assert!(caps("offline-subscriber").is_empty());
@@ -447,7 +460,8 @@ mod tests {
             ..DeliveryCheck::default()
         };
         let report = |c| Report { publishers: vec![("p".into(), 10)], checks: vec![c], ..Report::default() };
-        let column = |url: &str, outcome| Column { url: url.into(), label: label(url), notes: Vec::new(), outcome };
+        let column =
+            |url: &str, outcome| Column { url: url.into(), label: label(url), notes: Vec::new(), outcome };
         let cmp = Comparison {
             scenario: "x".into(),
             summary: "y".into(),
@@ -460,7 +474,8 @@ mod tests {
             ],
         };
         let text = render(&cmp, false);
-        let line = |label: &str| text.lines().find(|l| l.trim_start().starts_with(label)).unwrap().to_string();
+        let line =
+            |label: &str| text.lines().find(|l| l.trim_start().starts_with(label)).unwrap().to_string();
         assert!(line("lost").contains("4 *"), "{text}");
         assert!(line("lost").contains('—'), "{text}");
         assert!(!line("max lag").contains('*'), "{text}");

@@ -162,7 +162,17 @@ fn demo_compare_on_the_command_line_prints_the_table() {
     assert!(out.contains("demo offline-short --compare"), "{out}");
     assert!(out.contains("seed 3, 1.5 s on each broker"), "{out}");
     assert!(out.contains("[1] mem://"), "{out}");
-    for row in ["published", "phone", "delivered", "lost", "waiting at end", "redelivered", "duplicates", "order", "max lag"] {
+    for row in [
+        "published",
+        "phone",
+        "delivered",
+        "lost",
+        "waiting at end",
+        "redelivered",
+        "duplicates",
+        "order",
+        "max lag",
+    ] {
         assert!(out.lines().any(|l| l.trim_start().starts_with(row)), "{row}: {out}");
     }
     let (code, _, err) = home.run(&["demo", "fan-out", "--compare", "gopher://x"]);
