@@ -40,6 +40,10 @@ struct SubTrack {
     dropped: u64,
     /// Messages still held for the subscription when the run ended, found by the final drain.
     waiting: HashSet<usize>,
+    /// The most of `waiting` that can be true, when the drain could not tell kept from given up.
+    waiting_cap: Option<u64>,
+    /// Messages a running consumer held, unfinished, when the run ended.
+    in_hand: HashSet<usize>,
 }
 
 impl SubTrack {
@@ -72,6 +76,8 @@ impl Tracker {
             max_lag: Duration::ZERO,
             dropped: 0,
             waiting: HashSet::new(),
+            waiting_cap: None,
+            in_hand: HashSet::new(),
         });
     }
 
@@ -139,10 +145,24 @@ impl Tracker {
     pub fn waiting(&mut self, sub: &str, msg: usize) {
         let Some(subject) = self.sent.get(msg).map(|m| m.subject.clone()) else { return };
         if let Some(s) = self.sub(sub)
-            && !s.receipts.contains_key(&msg)
             && s.reads(subject.as_str())
         {
             s.waiting.insert(msg);
+        }
+    }
+
+    /// At most `n` of what the drain found for `sub` is still kept for it (the broker's own backlog,
+    /// where the drain read a log that also holds what was given up on).
+    pub fn waiting_at_most(&mut self, sub: &str, n: u64) {
+        if let Some(s) = self.sub(sub) {
+            s.waiting_cap = Some(n);
+        }
+    }
+
+    /// A running consumer of `sub` still held message `msg`, unfinished, at the end.
+    pub fn in_hand(&mut self, sub: &str, msg: usize) {
+        if let Some(s) = self.sub(sub) {
+            s.in_hand.insert(msg);
         }
     }
 
@@ -153,13 +173,17 @@ impl Tracker {
             .map(|s| {
                 let expected = self.sent.iter().filter(|m| s.reads(m.subject.as_str())).count() as u64;
                 let delivered = s.receipts.len() as u64;
-                let waiting = s.waiting.len() as u64;
+                let open = |m: &&usize| !s.completions.contains_key(*m);
+                let in_hand: HashSet<usize> = s.in_hand.iter().filter(open).copied().collect();
+                let kept = s.waiting.iter().filter(open).filter(|m| !in_hand.contains(*m)).count() as u64;
+                let waiting = kept.min(s.waiting_cap.unwrap_or(u64::MAX)) + in_hand.len() as u64;
+                let handled = s.completions.len() as u64;
                 DeliveryCheck {
                     subscription: s.name.clone(),
                     expected,
                     delivered,
                     waiting,
-                    lost: expected.saturating_sub(delivered + waiting),
+                    lost: expected.saturating_sub(handled + waiting),
                     redelivered: s.receipts.values().map(|&n| u64::from(n.saturating_sub(1))).sum(),
                     duplicates: s.completions.values().filter(|&&n| n > 1).count() as u64,
                     out_of_order: s.out_of_order,
@@ -200,9 +224,15 @@ mod tests {
         t.waiting("all", one);
         let c = &t.checks()[0];
         assert_eq!((c.expected, c.delivered, c.waiting, c.lost), (4, 2, 1, 1));
+        // Received but never finished, nor kept, nor in anyone's hands: lost too.
+        t.received("all", four, Duration::from_millis(900));
+        assert_eq!(t.checks()[0].lost, 1, "received is not handled");
+        t.in_hand("all", four);
+        assert_eq!((t.checks()[0].waiting, t.checks()[0].lost), (2, 0));
+        t.waiting_at_most("all", 0);
+        assert_eq!((t.checks()[0].waiting, t.checks()[0].lost), (1, 1));
         assert_eq!((c.redelivered, c.duplicates, c.out_of_order), (1, 1, 1));
         assert_eq!(c.max_lag, Duration::from_millis(400));
-        let _ = four;
     }
 
     #[test]

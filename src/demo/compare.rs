@@ -110,26 +110,26 @@ pub fn needs(scenario: &Scenario) -> Vec<(Capability, &'static str)> {
     let fails = scenario.consumers.iter().any(|c| c.fail_rate > 0.0)
         || scenario.publishers.iter().any(|p| p.poison_every > 0);
     if fails {
-        needs.push((Capability::Nack, "failed messages are nacked for another try"));
+        needs.push((Capability::Nack, "a failed message is not tried again"));
     }
     if scenario.events.iter().any(|e| e.action == EventAction::Crash) {
-        needs.push((
-            Capability::AckDeadline,
-            "what a crashed consumer held comes back after its ack deadline",
-        ));
+        needs.push((Capability::AckDeadline, "what a crashed consumer held is not delivered again"));
     }
     if scenario.events.iter().any(|e| e.action == EventAction::Seek) {
-        needs.push((Capability::Seek, "a subscription seeks"));
+        needs.push((Capability::Seek, "the scenario's seek is skipped"));
     }
     let shared = scenario
         .subscriptions
         .iter()
         .any(|s| scenario.consumers.iter().filter(|c| c.subscription == s.name).count() > 1);
     if shared {
-        needs.push((Capability::CompetingConsumers, "several consumers share one subscription"));
+        needs.push((
+            Capability::CompetingConsumers,
+            "its consumers take turns on one live stream instead of a broker-side group",
+        ));
     }
     if scenario.subscriptions.iter().any(|s| s.dead_letter.is_some()) {
-        needs.push((Capability::DeadLetter, "given-up messages go to a dead-letter topic"));
+        needs.push((Capability::DeadLetter, "nothing goes to a dead-letter topic"));
     }
     needs
 }
@@ -188,7 +188,7 @@ async fn run_column(scenario: Scenario, url: &str, seed: u64, prefix: &str) -> C
         if !caps.has(cap) {
             let why = broker.why_not(cap);
             let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
-            column.notes.push(format!("no {} here{why}: {what} does not happen", cap.label()));
+            column.notes.push(format!("no {} here{why}: {what}", cap.label()));
         }
     }
     let own = match prefixed(&scenario, prefix) {

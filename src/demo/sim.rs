@@ -870,6 +870,11 @@ impl Sim {
     /// processing time) and acked, so the check can tell "late" from "lost".
     async fn drain(&mut self) -> Result<(), BrokerError> {
         let Some(mut track) = self.track.take() else { return Ok(()) };
+        for c in self.consumers.iter().filter(|c| c.alive && !c.removed) {
+            for msg in c.held.iter().filter_map(|h| h.msg) {
+                track.in_hand(c.subscription.as_str(), msg);
+            }
+        }
         let mut found: Vec<(String, BrokerDelivery)> = Vec::new();
         if self.streaming {
             for c in &mut self.consumers {
@@ -915,6 +920,10 @@ impl Sim {
             } else {
                 // Virtual time on the engine: what the topic still holds is read without consuming it,
                 // so the run's end state (shown in the topology) stays as the scenario left it.
+                // The log also holds what was acked or given up on: what is kept is at most the backlog.
+                if let Some(r) = self.report.subscriptions.iter().find(|r| r.name == s.name) {
+                    track.waiting_at_most(&s.name, r.backlog);
+                }
                 let topic = name(&s.topic)?;
                 let mut from = 1;
                 for _ in 0..1000 {
