@@ -26,6 +26,9 @@ use crate::model::{
 /// One simulation step.
 pub const TICK: Duration = Duration::from_millis(10);
 
+/// How long the final read of a durable subscription waits for more before it counts.
+const DRAIN_IDLE: Duration = Duration::from_millis(1500);
+
 /// How long a real-time run goes on after its end, publishers stopped, before it counts.
 const GRACE: Duration = Duration::from_millis(500);
 
@@ -900,9 +903,10 @@ impl Sim {
                     ..SubscribeRequest::live(vec![Pattern::parse(&s.topic)?])
                 };
                 let Ok(mut stream) = self.broker.subscribe(req).await else { continue };
-                // Until nothing more comes for half a second (at most five seconds in all).
+                // Until nothing more comes for DRAIN_IDLE (at most five seconds in all). Long enough for
+                // a reader that claims what a dead consumer left pending (Redis, once a second) to do so.
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                let mut idle = tokio::time::Instant::now() + Duration::from_millis(500);
+                let mut idle = tokio::time::Instant::now() + DRAIN_IDLE;
                 loop {
                     let until = idle.min(deadline);
                     match tokio::time::timeout_at(until, stream.next()).await {
@@ -911,7 +915,7 @@ impl Sim {
                                 let _ = self.broker.settle(token, Settle::Ack).await;
                             }
                             found.push((s.name.clone(), d));
-                            idle = tokio::time::Instant::now() + Duration::from_millis(500);
+                            idle = tokio::time::Instant::now() + DRAIN_IDLE;
                         }
                         Ok(Some(Ok(_))) => {}
                         _ => break,

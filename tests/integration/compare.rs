@@ -180,3 +180,74 @@ fn demo_compare_on_the_command_line_prints_the_table() {
     assert!(err.contains("--compare"), "{err}");
     let _ = std::fs::remove_dir_all(&home.0);
 }
+
+/// A short job-queue: worker-1 is slow and always holds jobs when it crashes at 1.5 s; leases are 1 s.
+const SHORT_JOBS: &str = r#"
+name = "jobs-short"
+summary = "A worker crashes holding jobs."
+duration = "4500ms"
+
+[[topic]]
+name = "jobs"
+
+[[subscription]]
+name = "workers"
+topic = "jobs"
+ack_deadline = "1s"
+
+[[publisher]]
+name = "scheduler"
+subjects = ["jobs"]
+rate = 10
+
+[[consumer]]
+name = "worker-1"
+subscription = "workers"
+process = "1s"
+prefetch = 4
+
+[[consumer]]
+name = "worker-2"
+subscription = "workers"
+process = "20ms"
+prefetch = 2
+
+[[event]]
+at = "1500ms"
+action = "crash"
+consumer = "worker-1"
+"#;
+
+/// The lesson of job-queue: with acks and leases a crashed worker's jobs come back and nothing is lost;
+/// without (Redis PUB/SUB, NATS core) what it held is gone.
+#[tokio::test]
+async fn compare_job_queue_loses_a_crashed_workers_jobs_only_without_acks() {
+    let mut urls = vec!["mem://".to_string()];
+    if up(6379, "Redis") {
+        urls.push("redis://127.0.0.1:6379?mode=pubsub".into());
+        urls.push("redis://127.0.0.1:6379?ack_deadline=1s".into());
+    }
+    if up(4222, "NATS") {
+        urls.push("nats://127.0.0.1:4222?mode=core".into());
+        urls.push("nats://127.0.0.1:4222?mode=jetstream&ack_wait=1s".into());
+    }
+    let cmp = compare(Scenario::parse(SHORT_JOBS, "short").unwrap(), &urls, 42).await;
+    let text = render(&cmp, false);
+    eprintln!("{text}");
+    for c in &cmp.columns {
+        assert!(c.outcome.is_ok(), "{}: {:?}\n{text}", c.url, c.outcome);
+        let jobs = c.check("workers").unwrap();
+        if c.url.contains("mode=pubsub") || c.url.contains("mode=core") {
+            assert!(jobs.lost > 0, "{}: the crashed worker's jobs are gone\n{text}", c.url);
+            assert!(c.notes.iter().any(|n| n.contains("not delivered again")), "{:?}", c.notes);
+        } else {
+            assert_eq!(jobs.lost, 0, "{}: leases bring the jobs back\n{text}", c.url);
+            assert!(jobs.redelivered > 0, "{}\n{text}", c.url);
+        }
+    }
+    for url in &urls[1..] {
+        if !url.contains("mode=pubsub") && !url.contains("mode=core") {
+            assert_nothing_left(url).await;
+        }
+    }
+}
