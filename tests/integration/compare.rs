@@ -175,6 +175,16 @@ fn demo_compare_on_the_command_line_prints_the_table() {
     ] {
         assert!(out.lines().any(|l| l.trim_start().starts_with(row)), "{row}: {out}");
     }
+    // --duration also ends a plain headless run sooner, on its virtual clock.
+    let (code, out, err) = home.run(&["demo", "offline-subscriber", "--headless", "--duration", "2s"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("seed 42, 2.0 s simulated"), "{out}");
+    assert!(
+        out.lines().any(|l| l.trim_start().starts_with("monitor") && l.trim_end().ends_with(" 10")),
+        "{out}"
+    );
+    let (code, _, err) = home.run(&["demo", "fan-out", "--duration", "1ms"]);
+    assert_eq!(code, 2, "{err}");
     let (code, _, err) = home.run(&["demo", "fan-out", "--compare", "gopher://x"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--compare"), "{err}");
