@@ -1,13 +1,15 @@
 //! Workshop demos: scenarios (TOML, built-ins embedded), a simulator of publishers and consumers with
 //! rates, processing times, failures and timed events, and a plain-text report.
 
+pub mod check;
+pub mod compare;
 pub mod live;
 pub mod report;
 pub mod scenario;
 pub mod share;
 pub mod sim;
 
-pub use report::Report;
+pub use report::{DeliveryCheck, Report};
 pub use scenario::Scenario;
 pub use sim::{Pace, Sim};
 

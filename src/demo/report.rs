@@ -43,6 +43,32 @@ pub struct ConsumerReport {
     pub nacked: u64,
 }
 
+/// What one subscription's consumers got of what the publishers sent, counted from the publishers'
+/// own numbering (the same on every broker).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryCheck {
+    /// Subscription.
+    pub subscription: String,
+    /// Messages published to subjects it reads.
+    pub expected: u64,
+    /// Distinct messages its consumers received.
+    pub delivered: u64,
+    /// Messages not received by the end but still kept for it (found by a final drain).
+    pub waiting: u64,
+    /// Messages neither received nor kept: gone.
+    pub lost: u64,
+    /// Deliveries beyond a message's first.
+    pub redelivered: u64,
+    /// Messages handled to the end more than once.
+    pub duplicates: u64,
+    /// Messages handled after a later one of the same publisher and key.
+    pub out_of_order: u64,
+    /// Longest time from publish to first delivery.
+    pub max_lag: Duration,
+    /// Messages the broker or client said it dropped (part of `lost`).
+    pub dropped: u64,
+}
+
 /// A demo run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
@@ -66,6 +92,10 @@ pub struct Report {
     pub double_holds: u64,
     /// What happened, in order.
     pub narrative: Vec<String>,
+    /// Per subscription, what reached it of what was sent (empty for live demos, which do not count).
+    pub checks: Vec<DeliveryCheck>,
+    /// What this broker could not do of what the scenario asks, and what the run did instead.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -115,10 +145,34 @@ impl Report {
                 c.name, c.received, c.acked, c.nacked, c.redelivered
             );
         }
+        if !self.checks.is_empty() {
+            let _ = writeln!(
+                out,
+                "\ndelivery            expected  delivered  lost  waiting  redelivered  duplicates  order  max lag"
+            );
+            for c in &self.checks {
+                let _ = writeln!(
+                    out,
+                    "  {:<16} {:>9} {:>10} {:>5} {:>8} {:>12} {:>11}  {:<6} {}",
+                    c.subscription,
+                    c.expected,
+                    c.delivered,
+                    c.lost,
+                    c.waiting,
+                    c.redelivered,
+                    c.duplicates,
+                    order_word(c.out_of_order),
+                    lag_text(c.max_lag)
+                );
+            }
+        }
         let _ = writeln!(out, "\nlag over time (backlog per subscription, one column per second)");
         for s in &self.subscriptions {
             let peak = s.lag.iter().copied().max().unwrap_or(0);
             let _ = writeln!(out, "  {:<16} {}  peak {peak}", s.name, crate::human::sparkline(&s.lag));
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "\nnote: {note}");
         }
         if !self.narrative.is_empty() {
             let _ = writeln!(out, "\nwhat happened");
@@ -130,5 +184,19 @@ impl Report {
             }
         }
         out
+    }
+}
+
+/// "kept", or "broken" when any message was handled out of order.
+pub fn order_word(out_of_order: u64) -> &'static str {
+    if out_of_order == 0 { "kept" } else { "broken" }
+}
+
+/// A lag as people read it: `40 ms`, `3.2 s`.
+pub fn lag_text(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
     }
 }

@@ -17,6 +17,9 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("push-vs-pull", include_str!("scenarios/push-vs-pull.toml")),
     ("replay", include_str!("scenarios/replay.toml")),
     ("crash", include_str!("scenarios/crash.toml")),
+    ("offline-subscriber", include_str!("scenarios/offline-subscriber.toml")),
+    ("ordering-keys", include_str!("scenarios/ordering-keys.toml")),
+    ("job-queue", include_str!("scenarios/job-queue.toml")),
 ];
 
 /// A whole scenario.
@@ -85,6 +88,10 @@ pub struct SubscriptionSpec {
     /// Retry delays, one per failed attempt (the last repeats); empty = immediate.
     #[serde(default, with = "humantime_serde_list")]
     pub backoff: Vec<Duration>,
+    /// Delivery order among competing consumers: `none` (default) or `per-key` (a key's next message
+    /// waits until its previous one is acked).
+    #[serde(default)]
+    pub ordering: Option<String>,
 }
 
 fn thirty_seconds() -> Duration {
@@ -112,6 +119,9 @@ pub struct PublisherSpec {
     /// Every Nth message carries the word "poison" (0 = never).
     #[serde(default)]
     pub poison_every: u64,
+    /// Ordering keys used in turn (`k1`, `k2`, … `kN`, message n gets key n mod N); 0 = no keys.
+    #[serde(default)]
+    pub keys: u32,
 }
 
 pub(crate) fn default_payload() -> String {
@@ -181,6 +191,11 @@ pub enum EventAction {
     Resume,
     /// Move a subscription (`target`: start, end, or a seq).
     Seek,
+    /// A consumer goes away cleanly (finishes what it holds and disconnects); on a broker without
+    /// durable subscriptions what is published meanwhile does not wait for it.
+    Offline,
+    /// An offline consumer connects again.
+    Online,
 }
 
 /// A timed event.
@@ -235,6 +250,14 @@ impl Scenario {
                 return Err(format!("{origin}: consumer \"{}\": fail_rate must be within 0..=1", c.name));
             }
         }
+        for sub in &s.subscriptions {
+            if !matches!(sub.ordering.as_deref(), None | Some("none" | "per-key")) {
+                return Err(format!(
+                    "{origin}: subscription \"{}\": ordering must be none or per-key",
+                    sub.name
+                ));
+            }
+        }
         for p in &s.publishers {
             if p.subjects.is_empty() || !(p.rate.is_finite() && p.rate > 0.0) {
                 return Err(format!("{origin}: publisher \"{}\" needs subjects and a positive rate", p.name));
@@ -244,7 +267,9 @@ impl Scenario {
             let named = match e.action {
                 EventAction::Seek => e.subscription.is_some() && e.target.is_some(),
                 EventAction::Pace => e.consumer.is_some() && e.process.is_some(),
-                EventAction::Crash | EventAction::Resume => e.consumer.is_some(),
+                EventAction::Crash | EventAction::Resume | EventAction::Offline | EventAction::Online => {
+                    e.consumer.is_some()
+                }
             };
             if !named {
                 return Err(format!(

@@ -6,17 +6,31 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::FutureExt;
+
+use super::check::Tracker;
 use super::report::{ConsumerReport, Report, SubscriptionReport};
 use super::scenario::{EventAction, Mode, Scenario};
-use crate::broker::{AckToken, BrokerError, Settle, SharedBroker};
+use crate::broker::{
+    AckToken, BrokerDelivery, BrokerError, Capability, DeliveryStream, Settle, SharedBroker, StreamItem,
+    SubscribeRequest,
+};
 use crate::engine::Engine;
+use crate::model::config::Ordering;
 use crate::model::{
-    Backoff, FetchOptions, ManualClock, Name, Pattern, PublishRequest, Schedule, StartPosition,
+    AckMode, Backoff, FetchOptions, ManualClock, Name, Pattern, PublishRequest, Schedule, StartPosition,
     SubscriptionConfig, TopicConfig,
 };
 
 /// One simulation step.
 pub const TICK: Duration = Duration::from_millis(10);
+
+/// How long the final read of a durable subscription waits for more before it counts.
+const DRAIN_IDLE: Duration = Duration::from_millis(1500);
+
+/// How long a real-time run goes on after its end, publishers stopped, before it counts.
+const GRACE: Duration = Duration::from_millis(500);
 
 /// How time passes.
 pub enum Pace {
@@ -29,6 +43,8 @@ pub enum Pace {
 struct Held {
     token: Option<AckToken>,
     seq: u64,
+    /// Which sent message it is, for the delivery check.
+    msg: Option<usize>,
     done_at: Duration,
     poison: bool,
 }
@@ -58,6 +74,11 @@ struct SubState {
     dead_letter: Option<String>,
     backoff: Vec<Duration>,
     removed: bool,
+    /// A durable subscription on the broker; otherwise (a broker without acks) a live subscription
+    /// that exists only while someone listens.
+    durable: bool,
+    /// What a live subscription listens to.
+    patterns: Vec<Pattern>,
     /// Live narration: backlog at the last sample, dead letters seen, when it was last spoken of.
     last_backlog: u64,
     last_dead: u64,
@@ -87,6 +108,10 @@ struct ConsumerState {
     last_received: u64,
     /// Messages per second over the last simulated second.
     rate: f64,
+    /// Away on purpose (an `offline` event) until an `online` one.
+    offline: bool,
+    /// Its own connection to a durable subscription, when the run reads through streams.
+    stream: Option<Conn>,
 }
 
 /// A running scenario.
@@ -111,6 +136,32 @@ pub struct Sim {
     live: bool,
     /// When the last line was narrated.
     last_line: Duration,
+    /// The delivery check's bookkeeping (headless runs; a live demo runs on and does not count).
+    track: Option<Tracker>,
+    /// Consumers read through subscribe streams (real time, any broker) rather than fetch (virtual
+    /// time on the engine).
+    streaming: bool,
+    /// Messages carry their ordering keys (the broker has somewhere to put them).
+    send_keys: bool,
+    /// The one live stream of each live (non-durable) subscription, shared by its consumers.
+    live_streams: HashMap<String, Conn>,
+}
+
+/// A stream the simulation owns. The lock is never contended (only `&mut self` reaches it); it makes
+/// the simulation shareable between threads as the live runner needs, which a bare stream is not.
+type Conn = std::sync::Mutex<DeliveryStream>;
+
+fn conn(stream: DeliveryStream) -> Conn {
+    std::sync::Mutex::new(stream)
+}
+
+/// The stream inside, also after a panic elsewhere poisoned the lock (a stream has no invariant to break).
+fn inner(c: &mut Conn) -> &mut DeliveryStream {
+    c.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn into_inner(c: Conn) -> DeliveryStream {
+    c.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn name(text: &str) -> Result<Name, BrokerError> {
@@ -125,6 +176,15 @@ impl Sim {
         pace: Pace,
         seed: u64,
     ) -> Result<Sim, BrokerError> {
+        let caps = broker.capabilities();
+        let durable = caps.has(Capability::Ack);
+        let mut notes = Vec::new();
+        if !durable {
+            notes.push(format!(
+                "{} has no acks or durable subscriptions: each subscription here is a live one, open while a consumer listens; nothing is redelivered and what is published while nobody listens is not kept",
+                broker.kind()
+            ));
+        }
         let mut topics = Vec::new();
         for t in &scenario.topics {
             let mut config = TopicConfig::new(name(&t.name)?);
@@ -138,12 +198,28 @@ impl Sim {
             if let Some(n) = t.max_msgs {
                 config.limits.max_msgs = Some(n);
             }
+            if !caps.has(Capability::TopicAdmin) {
+                // Channels and core subjects exist as soon as someone publishes to them.
+                continue;
+            }
             match broker.create_topic(config).await {
                 Ok(_) | Err(BrokerError::Engine(crate::model::EngineError::TopicExists(_))) => {}
                 Err(e) => return Err(e),
             }
         }
+        let mut tracker = Tracker::default();
+        let mut patterns = Vec::new();
         for s in &scenario.subscriptions {
+            let captures = match topics.iter().find(|(t, _)| *t == s.topic) {
+                Some((_, captures)) => captures.clone(),
+                None => vec![Pattern::parse(&s.topic)?],
+            };
+            let filter = s.filter.iter().map(|f| Pattern::parse(f)).collect::<Result<Vec<_>, _>>()?;
+            tracker.add_subscription(&s.name, captures.clone(), filter.clone());
+            patterns.push(if filter.is_empty() { captures } else { filter });
+            if !durable {
+                continue;
+            }
             let mut config = SubscriptionConfig::new(name(&s.name)?, name(&s.topic)?);
             config.start = StartPosition::New;
             config.filter = s.filter.iter().map(|f| Pattern::parse(f)).collect::<Result<_, _>>()?;
@@ -153,7 +229,37 @@ impl Sim {
             config.backoff =
                 if s.backoff.is_empty() { Backoff::Immediate } else { Backoff::List(s.backoff.clone()) };
             config.max_in_flight = 10_000;
-            broker.create_subscription(config).await?;
+            if s.ordering.as_deref() == Some("per-key") {
+                config.ordering = Ordering::PerKey;
+            }
+            // A broker that refuses a setting runs without it, and the report says so: per-key
+            // ordering first, then immediate redelivery (Redis, say, has its own timing).
+            loop {
+                let Err(e) = broker.create_subscription(config.clone()).await else { break };
+                if config.ordering != Ordering::None {
+                    notes.push(format!(
+                        "subscription {}: per-key ordering refused ({e}); it runs without",
+                        s.name
+                    ));
+                    config.ordering = Ordering::None;
+                } else if s.backoff.is_empty() && config.backoff == Backoff::Immediate {
+                    let note = format!("immediate redelivery refused, the broker's own timing applies: {e}");
+                    if !notes.contains(&note) {
+                        notes.push(note);
+                    }
+                    config.backoff = Backoff::default();
+                } else {
+                    return Err(e);
+                }
+            }
+        }
+        let needs_keys = scenario.publishers.iter().any(|p| p.keys > 0);
+        let send_keys = caps.has(Capability::Headers);
+        if needs_keys && !send_keys {
+            notes.push(format!(
+                "{} carries no message keys: the keys live only in the demo's bookkeeping",
+                broker.kind()
+            ));
         }
         let consumers = scenario
             .consumers
@@ -182,6 +288,8 @@ impl Sim {
                     removed: false,
                     last_received: 0,
                     rate: 0.0,
+                    offline: false,
+                    stream: None,
                 })
             })
             .collect::<Result<Vec<_>, BrokerError>>()?;
@@ -201,6 +309,7 @@ impl Sim {
                     ..SubscriptionReport::default()
                 })
                 .collect(),
+            notes,
             ..Report::default()
         };
         let pubs = scenario
@@ -218,7 +327,10 @@ impl Sim {
         let subs = scenario
             .subscriptions
             .iter()
-            .map(|s| SubState {
+            .zip(patterns)
+            .map(|(s, patterns)| SubState {
+                durable,
+                patterns,
                 name: s.name.clone(),
                 topic: s.topic.clone(),
                 ack_deadline: s.ack_deadline,
@@ -231,7 +343,12 @@ impl Sim {
                 last_told: None,
             })
             .collect();
+        let streaming = matches!(pace, Pace::Real) || !durable;
         Ok(Sim {
+            track: Some(tracker),
+            streaming,
+            send_keys,
+            live_streams: HashMap::new(),
             pubs,
             subs,
             topics,
@@ -267,6 +384,7 @@ impl Sim {
     /// of backlogs, dead letters and quiet spells.
     pub fn live(mut self) -> Self {
         self.live = true;
+        self.track = None;
         let line = format!("{}: {}", self.scenario.name, self.scenario.summary);
         self.narrate(line);
         self
@@ -288,6 +406,18 @@ impl Sim {
     /// Runs to the end of the scenario and returns what happened.
     pub async fn run(mut self) -> Result<Report, BrokerError> {
         let steps = self.scenario.duration.as_millis() / TICK.as_millis();
+        if self.streaming {
+            // Subscribing is not instant on every broker (a SUBSCRIBE is answered later): the streams
+            // of those present from the start open before anyone publishes.
+            for i in 0..self.consumers.len() {
+                if self.consumers[i].start.is_zero() {
+                    self.ensure_stream(i).await?;
+                }
+            }
+            if matches!(self.pace, Pace::Real) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
         let started = tokio::time::Instant::now();
         for _ in 0..steps {
             if matches!(self.pace, Pace::Real) {
@@ -296,6 +426,18 @@ impl Sim {
                 self.after_step().await?;
             } else {
                 self.tick().await?;
+            }
+        }
+        if matches!(self.pace, Pace::Real) && self.track.is_some() {
+            // Half a second more in which nobody publishes, so what is on its way arrives before the
+            // count (virtual time has nothing on its way).
+            for p in &mut self.pubs {
+                p.removed = true;
+            }
+            for _ in 0..GRACE.as_millis() / TICK.as_millis() {
+                self.step().await?;
+                tokio::time::sleep_until(started + self.now + TICK).await;
+                self.now += TICK;
             }
         }
         self.finish().await
@@ -370,7 +512,10 @@ impl Sim {
                     c.crashed = true;
                     let lost = c.held.len();
                     c.held.clear();
+                    // Its connection dies with it.
+                    c.stream = None;
                     let who = c.name.clone();
+                    self.close_idle_live_stream(i);
                     self.narrate(format!(
                         "{who} CRASHED holding {lost} message(s); their leases will run out"
                     ));
@@ -380,6 +525,20 @@ impl Sim {
                     let who = self.consumers[i].name.clone();
                     self.narrate(format!("{who} is back"));
                 }
+                (EventAction::Offline, Some(i)) => self.go_offline(i).await?,
+                (EventAction::Online, Some(i)) => {
+                    self.consumers[i].offline = false;
+                    self.consumers[i].busy_until = self.now;
+                    let who = self.consumers[i].name.clone();
+                    let durable = self.sub_of(i).is_none_or(|s| self.subs[s].durable);
+                    self.narrate(if durable {
+                        format!("{who} is back online: what was published meanwhile waits for it")
+                    } else {
+                        format!(
+                            "{who} is back online and listens again: what was published meanwhile is gone"
+                        )
+                    });
+                }
                 (EventAction::Seek, _) => {
                     let sub = name(event.subscription.as_deref().unwrap_or_default())?;
                     let target = match event.target.as_deref().unwrap_or("start") {
@@ -387,7 +546,13 @@ impl Sim {
                         "end" => crate::model::SeekTarget::End,
                         seq => crate::model::SeekTarget::Seq { partition: 0, seq: seq.parse().unwrap_or(1) },
                     };
-                    let next = self.broker.seek(&sub, target).await?;
+                    let next = match self.broker.seek(&sub, target).await {
+                        Ok(next) => next,
+                        Err(e) => {
+                            self.narrate(format!("{sub} cannot seek here: {e}"));
+                            continue;
+                        }
+                    };
                     for c in self.consumers.iter_mut().filter(|c| c.subscription == sub) {
                         // Leases from before the seek are void; what the consumer holds is forgotten.
                         c.held.clear();
@@ -428,9 +593,9 @@ impl Sim {
         if n == 0 {
             return Ok(());
         }
-        let p = &mut self.pubs[i];
         let mut batch = Vec::new();
         for _ in 0..n {
+            let p = &mut self.pubs[i];
             p.sent += 1;
             let n = p.sent;
             let subject = &p.spec.subjects[usize::try_from(n - 1).unwrap_or(0) % p.spec.subjects.len()];
@@ -443,9 +608,21 @@ impl Sim {
             if p.spec.poison_every > 0 && n.is_multiple_of(p.spec.poison_every) {
                 payload = format!(r#"{{"from":"{}","n":{n},"poison":true}}"#, p.spec.name);
             }
-            batch.push(PublishRequest::new(name(subject)?, payload));
+            // Keys k1..kN in turn.
+            let keys = u64::from(p.spec.keys);
+            let key = (keys > 0).then(|| u32::try_from((n - 1) % keys).unwrap_or(0) + 1);
+            let payload = Bytes::from(payload);
+            let subject = name(subject)?;
+            if let Some(track) = &mut self.track {
+                track.published(i, n, key, subject.clone(), payload.clone(), self.now);
+            }
+            let mut request = PublishRequest::new(subject, payload);
+            if self.send_keys {
+                request.key = key.map(|k| Bytes::from(format!("k{k}")));
+            }
+            batch.push(request);
         }
-        let who = p.spec.name.clone();
+        let who = self.pubs[i].spec.name.clone();
         self.broker.publish_batch(batch).await?;
         match self.report.publishers.iter_mut().find(|(name, _)| *name == who) {
             Some(entry) => entry.1 += n,
@@ -456,7 +633,8 @@ impl Sim {
 
     async fn consume(&mut self, i: usize) -> Result<(), BrokerError> {
         let now = self.now;
-        if !self.consumers[i].alive || self.consumers[i].removed || now < self.consumers[i].start {
+        let c = &self.consumers[i];
+        if !c.alive || c.removed || c.offline || now < c.start {
             return Ok(());
         }
         // Finish what is done.
@@ -488,6 +666,9 @@ impl Sim {
                 self.narrate(format!("{who} failed #{} and nacked it", h.seq));
             } else {
                 self.consumers[i].report.acked += 1;
+                if let (Some(track), Some(msg)) = (&mut self.track, h.msg) {
+                    track.completed(sub.as_str(), msg);
+                }
             }
         }
         // Ask for more when there is room (push: at once; pull: on its poll interval).
@@ -508,16 +689,29 @@ impl Sim {
             prefetch: Some(self.consumers[i].prefetch),
         };
         let (sub, who) = (self.consumers[i].subscription.clone(), self.consumers[i].name.clone());
-        let batch = self.broker.fetch(&sub, &who, opts).await?;
+        let batch = if self.streaming {
+            self.ensure_stream(i).await?;
+            self.take(i, room as usize)
+        } else {
+            self.broker.fetch(&sub, &who, opts).await?
+        };
         for d in batch {
             let seq = d.message.seq;
-            if let Some(&other) = self.holders.get(&(sub.clone(), seq))
-                && other != i
-                && !self.consumers[other].crashed
-            {
-                self.report.double_holds += 1;
+            let msg = self.track.as_ref().and_then(|t| t.identify(&d.message.payload));
+            if let (Some(track), Some(msg)) = (&mut self.track, msg) {
+                track.received(sub.as_str(), msg, now);
             }
-            self.holders.insert((sub.clone(), seq), i);
+            // Only leased deliveries can be held twice; a live message has no lease (nor, on some
+            // brokers, a position).
+            if d.token.is_some() {
+                if let Some(&other) = self.holders.get(&(sub.clone(), seq))
+                    && other != i
+                    && !self.consumers[other].crashed
+                {
+                    self.report.double_holds += 1;
+                }
+                self.holders.insert((sub.clone(), seq), i);
+            }
             let attempt = d.attempt.unwrap_or(1);
             let c = &mut self.consumers[i];
             c.report.received += 1;
@@ -527,7 +721,7 @@ impl Sim {
             c.busy_until = c.busy_until.max(now) + c.process;
             let poison = String::from_utf8_lossy(&d.message.payload).contains("poison");
             let done_at = c.busy_until;
-            c.held.push(Held { token: d.token, seq, done_at, poison });
+            c.held.push(Held { token: d.token, seq, msg, done_at, poison });
             if attempt > 1 {
                 self.narrate(format!("#{seq} redelivered to {who} (attempt {attempt})"));
             }
@@ -535,9 +729,231 @@ impl Sim {
         Ok(())
     }
 
+    /// The index of consumer `i`'s subscription among the simulation's.
+    fn sub_of(&self, i: usize) -> Option<usize> {
+        let sub = self.consumers[i].subscription.as_str();
+        self.subs.iter().position(|s| s.name == sub && !s.removed)
+    }
+
+    /// Opens consumer `i`'s connection when it reads through streams and has none: its own member
+    /// stream of a durable subscription, or its subscription's shared live stream.
+    async fn ensure_stream(&mut self, i: usize) -> Result<(), BrokerError> {
+        let Some(s) = self.sub_of(i) else { return Ok(()) };
+        let sub = &self.subs[s];
+        if sub.durable {
+            if self.consumers[i].stream.is_some() {
+                return Ok(());
+            }
+            let c = &self.consumers[i];
+            let req = SubscribeRequest {
+                subscription: Some(name(&sub.name)?),
+                ack: AckMode::Explicit,
+                consumer: Some(c.name.clone()),
+                prefetch: Some(c.prefetch),
+                ..SubscribeRequest::live(vec![Pattern::parse(&sub.topic)?])
+            };
+            let stream = self.broker.subscribe(req).await?;
+            self.consumers[i].stream = Some(conn(stream));
+            return Ok(());
+        }
+        if self.live_streams.contains_key(&sub.name) {
+            return Ok(());
+        }
+        let prefetch = self
+            .consumers
+            .iter()
+            .filter(|c| c.subscription.as_str() == sub.name)
+            .map(|c| c.prefetch)
+            .max()
+            .unwrap_or(10);
+        let req =
+            SubscribeRequest { prefetch: Some(prefetch), ..SubscribeRequest::live(sub.patterns.clone()) };
+        let name = sub.name.clone();
+        let stream = self.broker.subscribe(req).await?;
+        self.live_streams.insert(name, conn(stream));
+        Ok(())
+    }
+
+    /// Up to `room` deliveries ready on consumer `i`'s stream now.
+    fn take(&mut self, i: usize, room: usize) -> Vec<BrokerDelivery> {
+        let sub = self.consumers[i].subscription.to_string();
+        let durable = self.sub_of(i).is_none_or(|s| self.subs[s].durable);
+        let stream =
+            if durable { self.consumers[i].stream.as_mut() } else { self.live_streams.get_mut(&sub) };
+        let Some(stream) = stream else { return Vec::new() };
+        let (out, dropped, failed) = drain_ready(inner(stream), room);
+        if let Some(e) = failed {
+            // The connection broke: it opens again on the next step.
+            if durable {
+                self.consumers[i].stream = None;
+            } else {
+                self.live_streams.remove(&sub);
+            }
+            self.narrate(format!("{sub}: the broker ended the stream ({e}); subscribing again"));
+        }
+        if dropped > 0 {
+            if let Some(track) = &mut self.track {
+                track.dropped(&sub, dropped);
+            }
+            self.narrate(format!("{sub}: {dropped} message(s) DROPPED before reaching the consumer"));
+        }
+        out
+    }
+
+    /// A live subscription's stream closes when none of its consumers listens any more.
+    fn close_idle_live_stream(&mut self, i: usize) {
+        let sub = self.consumers[i].subscription.clone();
+        let listening =
+            self.consumers.iter().any(|c| c.subscription == sub && c.alive && !c.offline && !c.removed);
+        if !listening {
+            self.live_streams.remove(sub.as_str());
+        }
+    }
+
+    /// Consumer `i` goes away cleanly: it finishes (acks) what it holds and what its connection had
+    /// already received, then disconnects.
+    async fn go_offline(&mut self, i: usize) -> Result<(), BrokerError> {
+        let held = std::mem::take(&mut self.consumers[i].held);
+        let sub = self.consumers[i].subscription.clone();
+        let mut finished: Vec<(Option<AckToken>, Option<usize>)> =
+            held.into_iter().map(|h| (h.token, h.msg)).collect();
+        if self.streaming {
+            let durable = self.sub_of(i).is_none_or(|s| self.subs[s].durable);
+            let others = self
+                .consumers
+                .iter()
+                .enumerate()
+                .any(|(k, c)| k != i && c.subscription == sub && c.alive && !c.offline && !c.removed);
+            // What its connection already received is read off (the connection stays open until it is
+            // all acked: a broker refuses acks on a closed one and delivers them again).
+            let buffered = if durable {
+                self.consumers[i].stream.as_mut().map(|s| drain_ready(inner(s), usize::MAX).0)
+            } else if !others {
+                self.live_streams.get_mut(sub.as_str()).map(|s| drain_ready(inner(s), usize::MAX).0)
+            } else {
+                None
+            };
+            for d in buffered.unwrap_or_default() {
+                let msg = self.track.as_ref().and_then(|t| t.identify(&d.message.payload));
+                if let (Some(track), Some(msg)) = (&mut self.track, msg) {
+                    track.received(sub.as_str(), msg, self.now);
+                }
+                self.consumers[i].report.received += 1;
+                finished.push((d.token, msg));
+            }
+        }
+        for (token, msg) in &finished {
+            if let Some(token) = token {
+                let _ = self.broker.settle(token, Settle::Ack).await;
+            }
+            if let (Some(track), Some(msg)) = (&mut self.track, msg) {
+                track.completed(sub.as_str(), *msg);
+            }
+            self.consumers[i].report.acked += 1;
+        }
+        self.holders.retain(|(s, _), holder| !(*s == sub && *holder == i));
+        self.consumers[i].offline = true;
+        self.consumers[i].stream = None;
+        self.close_idle_live_stream(i);
+        let c = &mut self.consumers[i];
+        let who = c.name.clone();
+        let durable = self.sub_of(i).is_none_or(|s| self.subs[s].durable);
+        self.narrate(if durable {
+            format!(
+                "{who} goes OFFLINE (finished its {} message(s)); its subscription keeps what comes",
+                finished.len()
+            )
+        } else {
+            format!("{who} goes OFFLINE and stops listening: nobody keeps what is published now")
+        });
+        Ok(())
+    }
+
+    /// At the end of a counted run: what each subscription still keeps, read off quickly (no
+    /// processing time) and acked, so the check can tell "late" from "lost".
+    async fn drain(&mut self) -> Result<(), BrokerError> {
+        let Some(mut track) = self.track.take() else { return Ok(()) };
+        for c in self.consumers.iter().filter(|c| c.alive && !c.removed) {
+            for msg in c.held.iter().filter_map(|h| h.msg) {
+                track.in_hand(c.subscription.as_str(), msg);
+            }
+        }
+        let mut found: Vec<(String, BrokerDelivery)> = Vec::new();
+        if self.streaming {
+            for c in &mut self.consumers {
+                if let Some(stream) = c.stream.take() {
+                    let sub = c.subscription.to_string();
+                    let ready = drain_ready(&mut into_inner(stream), usize::MAX).0;
+                    found.extend(ready.into_iter().map(|d| (sub.clone(), d)));
+                }
+            }
+            for (sub, stream) in std::mem::take(&mut self.live_streams) {
+                let ready = drain_ready(&mut into_inner(stream), usize::MAX).0;
+                found.extend(ready.into_iter().map(|d| (sub.clone(), d)));
+            }
+        }
+        for s in self.subs.iter().filter(|s| s.durable && !s.removed) {
+            let sub = name(&s.name)?;
+            if self.streaming {
+                let req = SubscribeRequest {
+                    subscription: Some(sub.clone()),
+                    ack: AckMode::Explicit,
+                    consumer: Some("drain".into()),
+                    prefetch: Some(500),
+                    ..SubscribeRequest::live(vec![Pattern::parse(&s.topic)?])
+                };
+                let Ok(mut stream) = self.broker.subscribe(req).await else { continue };
+                // Until nothing more comes for DRAIN_IDLE (at most five seconds in all). Long enough for
+                // a reader that claims what a dead consumer left pending (Redis, once a second) to do so.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                let mut idle = tokio::time::Instant::now() + DRAIN_IDLE;
+                loop {
+                    let until = idle.min(deadline);
+                    match tokio::time::timeout_at(until, stream.next()).await {
+                        Ok(Some(Ok(StreamItem::Delivery(d)))) => {
+                            if let Some(token) = &d.token {
+                                let _ = self.broker.settle(token, Settle::Ack).await;
+                            }
+                            found.push((s.name.clone(), d));
+                            idle = tokio::time::Instant::now() + DRAIN_IDLE;
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        _ => break,
+                    }
+                }
+            } else {
+                // Virtual time on the engine: what the topic still holds is read without consuming it,
+                // so the run's end state (shown in the topology) stays as the scenario left it.
+                // The log also holds what was acked or given up on: what is kept is at most the backlog.
+                if let Some(r) = self.report.subscriptions.iter().find(|r| r.name == s.name) {
+                    track.waiting_at_most(&s.name, r.backlog);
+                }
+                let topic = name(&s.topic)?;
+                let mut from = 1;
+                for _ in 0..1000 {
+                    let batch = self.broker.browse(&topic, crate::model::BrowseFrom::Seq(from), 500).await?;
+                    let Some(last) = batch.last().map(|m| m.seq) else { break };
+                    from = last + 1;
+                    found.extend(batch.into_iter().map(|m| (s.name.clone(), BrokerDelivery::untracked(m))));
+                }
+            }
+        }
+        for (sub, d) in found {
+            if let Some(msg) = track.identify(&d.message.payload) {
+                track.waiting(&sub, msg);
+            }
+        }
+        self.report.checks = track.checks();
+        Ok(())
+    }
+
     async fn sample(&mut self) -> Result<(), BrokerError> {
         let mut infos = Vec::new();
         for s in &mut self.report.subscriptions {
+            // A live subscription has no backlog the broker can tell.
+            if !self.subs.iter().any(|x| x.name == s.name && x.durable) {
+                continue;
+            }
             let info = self.broker.subscription_info(&name(&s.name)?).await?;
             s.lag.push(info.backlog);
             infos.push(info);
@@ -617,6 +1033,9 @@ impl Sim {
 
     async fn finish(mut self) -> Result<Report, BrokerError> {
         for s in &mut self.report.subscriptions {
+            if !self.subs.iter().any(|x| x.name == s.name && x.durable) {
+                continue;
+            }
             let info = self.broker.subscription_info(&name(&s.name)?).await?;
             s.delivered = info.counters.delivered;
             s.acked = info.counters.acked;
@@ -625,6 +1044,7 @@ impl Sim {
             s.terminated = info.counters.terminated;
             s.backlog = info.backlog;
         }
+        self.drain().await?;
         self.report.consumers = self.consumers.into_iter().map(|c| c.report).collect();
         Ok(self.report)
     }
@@ -908,6 +1328,7 @@ impl Sim {
                             start: now,
                             payload: super::scenario::default_payload(),
                             poison_every: 0,
+                            keys: 0,
                         }
                     }
                 };
@@ -956,6 +1377,8 @@ impl Sim {
                     dead_letter: None,
                     backoff: Vec::new(),
                     removed: false,
+                    durable: true,
+                    patterns: Vec::new(),
                     last_backlog: 0,
                     last_dead: 0,
                     last_told: Some(now),
@@ -1034,6 +1457,8 @@ impl Sim {
                     removed: false,
                     last_received: 0,
                     rate: 0.0,
+                    offline: false,
+                    stream: None,
                 });
                 self.narrate(if others == 0 {
                     format!("{who} starts consuming {sub}, {} per message", fmt_duration(process))
@@ -1175,4 +1600,29 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// What a stream has ready now, up to `room` deliveries: the deliveries, how many messages it said were
+/// dropped, and the error that ended it, if one did.
+fn drain_ready(stream: &mut DeliveryStream, room: usize) -> (Vec<BrokerDelivery>, u64, Option<BrokerError>) {
+    let mut out = Vec::new();
+    let mut dropped = 0;
+    while out.len() < room {
+        // A source that fetches on demand (a JetStream pull) only asks when `next` finds it empty, so
+        // when nothing is ready `next` is polled once: it asks, and the answer is there on a later step.
+        // Polling once and dropping is safe: every source waits on a channel receive, which loses
+        // nothing when dropped.
+        let item = match stream.try_next() {
+            Some(item) => Some(item),
+            None => stream.next().now_or_never().flatten(),
+        };
+        match item {
+            Some(Ok(StreamItem::Delivery(d))) => out.push(d),
+            Some(Ok(StreamItem::Lagged { skipped })) => dropped += skipped,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return (out, dropped, Some(e)),
+            None => break,
+        }
+    }
+    (out, dropped, None)
 }

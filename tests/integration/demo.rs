@@ -278,3 +278,50 @@ async fn the_workshop_theme_paints_every_cell_in_rgb_with_readable_contrast() {
         }
     }
 }
+
+/// The scenarios made for `--compare` also run headless on mem:// in virtual time, to a report that is
+/// the same text for the same seed (snapshots/demo_report_NAME.snap), with their lesson visible in it.
+#[tokio::test]
+async fn compare_scenarios_report_the_same_text_for_the_same_seed() {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../../snapshots");
+    settings.set_prepend_module_to_snapshot(false);
+    let _guard = settings.bind_to_scope();
+    for scenario in ["offline-subscriber", "ordering-keys", "job-queue", "slow-consumer"] {
+        let text = run(scenario).await.0.render();
+        assert_eq!(text, run(scenario).await.0.render(), "{scenario}");
+        insta::assert_snapshot!(format!("demo_report_{scenario}"), text);
+    }
+}
+
+#[tokio::test]
+async fn offline_subscriber_on_the_engine_keeps_the_window_for_the_phone() {
+    let (r, _) = run("offline-subscriber").await;
+    let phone = r.checks.iter().find(|c| c.subscription == "phone").unwrap();
+    let screen = r.checks.iter().find(|c| c.subscription == "dashboard").unwrap();
+    assert_eq!(r.published(), 100, "5/s for 20 s");
+    assert_eq!((phone.expected, phone.delivered, phone.lost), (100, 100, 0), "{phone:?}");
+    assert_eq!((screen.delivered, screen.lost), (100, 0));
+    assert!(phone.max_lag >= std::time::Duration::from_secs(9), "late, not lost: {phone:?}");
+    assert!(screen.max_lag < std::time::Duration::from_secs(1), "{screen:?}");
+    assert!(r.narrative.iter().any(|l| l.contains("OFFLINE")));
+}
+
+#[tokio::test]
+async fn ordering_keys_breaks_order_without_per_key_ordering_only() {
+    let (r, _) = run("ordering-keys").await;
+    let any = r.checks.iter().find(|c| c.subscription == "any-order").unwrap();
+    let keyed = r.checks.iter().find(|c| c.subscription == "per-key").unwrap();
+    assert!(any.out_of_order > 0, "competing workers finish a key's messages out of order: {any:?}");
+    assert_eq!(keyed.out_of_order, 0, "{keyed:?}");
+    assert_eq!((any.lost, keyed.lost), (0, 0));
+}
+
+#[tokio::test]
+async fn job_queue_crash_redelivers_and_loses_nothing_on_the_engine() {
+    let (r, _) = run("job-queue").await;
+    let c = &r.checks[0];
+    assert!(c.redelivered > 0, "the crashed worker's jobs came back: {c:?}");
+    assert_eq!(c.lost, 0, "{c:?}");
+    assert_eq!(r.double_holds, 0);
+}

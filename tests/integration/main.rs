@@ -13,6 +13,7 @@ mod assignment;
 mod broker_local;
 mod cli;
 mod commands;
+mod compare;
 mod conformance;
 mod daemon;
 mod damage;

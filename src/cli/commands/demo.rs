@@ -17,7 +17,8 @@ use crate::demo::{Pace, Scenario, Sim, run_virtual, scenario::BUILT_IN};
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// A built-in scenario (fan-out, fan-in, many-to-many, work-queue, slow-consumer, poison-message,
-    /// push-vs-pull, replay, crash) or a path to a scenario .toml file.
+    /// push-vs-pull, replay, crash, offline-subscriber, ordering-keys, job-queue) or a path to a
+    /// scenario .toml file.
     #[arg(default_value = "fan-out")]
     pub scenario: String,
     /// Run to completion without the TUI and print a report (the default when stdout is not a terminal).
@@ -46,6 +47,14 @@ pub struct DemoArgs {
     /// Where a shared demo listens (0.0.0.0:PORT for a room; port 0 picks a free one).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7078")]
     pub listen: SocketAddr,
+    /// Run the scenario on these brokers at once (comma-separated URLs, mem:// for an in-process
+    /// engine), in real time with the same seed, and print them side by side.
+    #[arg(long, value_name = "URL,URL…")]
+    pub compare: Option<String>,
+    /// End a headless run (and each --compare column) after this long instead of the scenario's own
+    /// length (e.g. 5s, 1m).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
 }
 
 /// Runs `pubsub demo`.
@@ -64,7 +73,30 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
         })?;
         return out.write(text.as_bytes()).and_then(|()| out.flush());
     }
-    let scenario = Scenario::load(&args.scenario).map_err(CliError::Usage)?;
+    let mut scenario = Scenario::load(&args.scenario).map_err(CliError::Usage)?;
+    if let Some(d) = args.duration {
+        if d < crate::demo::sim::TICK {
+            return Err(CliError::Usage(format!("--duration {d:?} is shorter than one step (10 ms)")));
+        }
+        scenario.duration = d;
+    }
+    if let Some(list) = &args.compare {
+        let urls = crate::demo::compare::parse_urls(list).map_err(CliError::Usage)?;
+        note(&format!(
+            "running {} on {} broker(s) at once, in real time ({:?})",
+            scenario.name,
+            urls.len(),
+            scenario.duration
+        ));
+        let cmp = crate::demo::compare::compare(scenario, &urls, args.seed).await;
+        out.write(crate::demo::compare::render(&cmp, ctx.color).as_bytes())?;
+        out.flush()?;
+        return if cmp.columns.iter().all(|c| c.outcome.is_err()) {
+            Err(CliError::Failed("no broker could run the scenario".into()))
+        } else {
+            Ok(())
+        };
+    }
     let live = !args.headless && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     if args.share {
         return share::run(ctx, &args, scenario, live).await;
