@@ -31,6 +31,7 @@ mod push;
 mod readme;
 mod redis_live;
 mod regressions;
+mod retention;
 mod scenarios;
 mod server;
 mod store;
