@@ -180,6 +180,14 @@ impl Log {
         self.end_bytes_at(through).saturating_sub(self.end_bytes_at(after)).saturating_sub(gone)
     }
 
+    /// How many seqs in `(after, through]` were deleted out of order.
+    pub fn gaps_between(&self, after: u64, through: u64) -> u64 {
+        if through <= after || self.gaps.is_empty() {
+            return 0;
+        }
+        self.gaps.range(after + 1..=through).count() as u64
+    }
+
     /// Whether `seq` was deleted out of order (it reads as absent).
     pub fn is_gap(&self, seq: u64) -> bool {
         self.gaps.contains_key(&seq)

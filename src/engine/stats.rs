@@ -95,7 +95,10 @@ fn pending_in(sub: &SubState, topic: &Name, log: &Log, part: Part) -> (u64, u64,
     let head = log.head_seq();
     let from = part.delivered_seq.max(log.first_seq().saturating_sub(1));
     let (pending, bytes) = if !sub.filters() {
-        (head.saturating_sub(from), log.bytes_between(from, head))
+        (
+            head.saturating_sub(from).saturating_sub(log.gaps_between(from, head)),
+            log.bytes_between(from, head),
+        )
     } else {
         // A filtered subscription counts only what it covers, which needs a look at each subject.
         ((from + 1)..=head)

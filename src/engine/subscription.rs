@@ -795,6 +795,22 @@ impl SubState {
         }
     }
 
+    /// The front of partition `p` moved to `first` over gaps this subscription has already counted:
+    /// cursor and floor move to `first − 1` if they were below (I4).
+    pub fn pass_gaps_below(&mut self, p: u32, first: u64) {
+        let Some(part) = self.parts.get_mut(p as usize) else {
+            return;
+        };
+        let below = first.saturating_sub(1);
+        if part.delivered_seq < below {
+            part.delivered_seq = below;
+        }
+        if part.ack_floor < below {
+            part.ack_floor = below;
+            self.advance_floor_in(p);
+        }
+    }
+
     /// `message_retention`: every unsettled message of this subscription published longer ago than the
     /// retention expires here (EXPIRED, or dead-lettered with reason `expired`), whether delivered or
     /// not; the message stays in the topic for the other subscriptions. Runs with the timers.
@@ -929,7 +945,10 @@ impl SubState {
                 }
             }
             let head = log.head_seq();
-            for (seq, bytes) in newest.into_values() {
+            // In seq order: the journal's replay takes pending messages as the cursor met them.
+            let mut rows: Vec<(u64, u64)> = newest.into_values().collect();
+            rows.sort_unstable();
+            for (seq, bytes) in rows {
                 let key = pos_key(partition, seq);
                 self.entries.insert(key, Entry::unleased(ctx.now, bytes));
                 self.ready.insert(key);

@@ -340,12 +340,23 @@ impl TopicState {
         let mut removed = 0;
         for old in victims {
             let want = self.wants_removed_record(p, old);
+            let front = self.log(p).is_some_and(|log| log.first_seq() == old);
             let Some(record) = self.logs.get_mut(i).and_then(|log| log.remove_at(old, want)) else {
                 continue;
             };
-            let name = &self.config.name;
-            for sub in &mut self.subs {
-                sub.on_removed_at(p, name, old, record.as_ref(), effects);
+            if front {
+                // Taken from the front: cursors and floors move past it as under the limits (I4), and
+                // past the gaps the front passed with it (counted when they were made).
+                self.on_removed(p, old, record.as_ref(), Some(effects));
+                let first = self.log(p).map_or(0, Log::first_seq);
+                for sub in &mut self.subs {
+                    sub.pass_gaps_below(p, first);
+                }
+            } else {
+                let name = &self.config.name;
+                for sub in &mut self.subs {
+                    sub.on_removed_at(p, name, old, record.as_ref(), effects);
+                }
             }
             removed += 1;
         }

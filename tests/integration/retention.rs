@@ -161,6 +161,11 @@ fn max_msgs_per_key_keeps_the_newest_of_each_key_and_expires_unsettled_older_one
     keyed(&e, "prices", Some("eur"), "1.10"); // 6: 4 goes, 3 (unkeyed) stays
     assert_eq!(retained(&e, "prices"), vec![3, 5, 6]);
     assert_eq!(e.topic_info(&name("prices")).unwrap().messages, 3);
+    // Gaps are not pending: a new reader from the start has three messages to read, not four.
+    subscribe(&e, "late", "prices", |_| {});
+    let late = e.subscription_info(&name("late")).unwrap();
+    assert_eq!((late.pending, late.backlog), (3, 3));
+    assert_eq!(seqs(&fetch(&e, "late", "c", 10)), vec![3, 5, 6]);
 }
 
 #[test]
