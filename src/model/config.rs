@@ -636,3 +636,37 @@ mod partition_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    #[test]
+    fn retention_settings_are_accepted_and_nonsense_refused() {
+        let mut topic = TopicConfig::new(name("t"));
+        topic.retention = "work-queue".parse().unwrap();
+        topic.limits.max_msgs_per_key = Some(1);
+        assert!(topic.check().is_ok());
+        topic.limits.max_msgs_per_key = Some(0);
+        assert!(topic.check().unwrap_err().to_string().contains("max_msgs_per_key must be at least 1"));
+        assert!("queue".parse::<RetentionPolicy>().unwrap_err().contains("limits, interest or work-queue"));
+        assert_eq!(RetentionPolicy::WorkQueue.label(), "work-queue");
+
+        let mut sub = SubscriptionConfig::new(name("s"), name("t"));
+        sub.start = StartPosition::LastPerKey;
+        sub.retain_acked = true;
+        sub.message_retention = Some(Duration::from_secs(1));
+        assert!(sub.check().is_ok());
+        sub.message_retention = Some(Duration::ZERO);
+        assert!(sub.check().unwrap_err().to_string().contains("longer than zero"));
+        sub.message_retention = None;
+        sub.dead_letter_on_expiry = true;
+        assert!(sub.check().unwrap_err().to_string().contains("needs a dead-letter topic"));
+        sub.dead_letter = Some(name("t.dlq"));
+        assert!(sub.check().is_ok());
+    }
+}
