@@ -38,8 +38,11 @@ pub fn duration(d: std::time::Duration) -> String {
 }
 
 /// A topic's limits in a few words.
-pub fn retention(limits: &Limits, discard: Discard) -> String {
+pub fn retention(limits: &Limits, discard: Discard, policy: crate::model::RetentionPolicy) -> String {
     let mut parts = Vec::new();
+    if policy.settles_delete() {
+        parts.push(policy.label().to_string());
+    }
     if let Some(n) = limits.max_msgs {
         parts.push(format!("{n} msgs"));
     }
@@ -48,6 +51,9 @@ pub fn retention(limits: &Limits, discard: Discard) -> String {
     }
     if let Some(age) = limits.max_age {
         parts.push(duration(age));
+    }
+    if let Some(n) = limits.max_msgs_per_key {
+        parts.push(format!("{n} per key"));
     }
     if parts.is_empty() {
         parts.push("unlimited".into());

@@ -60,6 +60,7 @@ impl Engine {
                 )));
             }
             let mut state = lock(&cell.state);
+            state.check_work_queue(&config)?;
             // Where it starts in each partition. `Seq(s)` is seq s of every partition, `Last` the newest
             // message of every partition.
             let starts: Vec<u64> = state
@@ -97,6 +98,13 @@ impl Engine {
             };
             let mut sub = SubState::new(config, &starts, now, lease_base);
             sub.journal = journal;
+            if sub.config.start == StartPosition::LastPerKey {
+                let ctx = Ctx { topic: &state.config.name, logs: &state.logs, now };
+                sub.start_last_per_key(&ctx);
+                if let Err(e) = sub.persist() {
+                    tracing::warn!(subscription = %name, "cannot write its starting state: {e}");
+                }
+            }
             state.subs.push(sub);
             let publish_rate = state.publish_rate.rate(now);
             let info = state
@@ -142,6 +150,11 @@ impl Engine {
             }
             state.subs.retain(|s| s.name() != name);
             state.refresh_push_flag();
+            // Interest: what only it still held goes now.
+            let mut effects = Effects::default();
+            state.trim_all_settled(&mut effects);
+            drop(state);
+            self.apply(effects);
         }
         cell.notify.notify_waiters();
         self.forget_push(name);
@@ -188,10 +201,12 @@ impl Engine {
             if sub.next_timer().is_some_and(|t| t <= now) {
                 sub.run_timers(&ctx, &mut effects);
             }
+            sub.expire_unacked(&ctx, &mut effects);
             let result = f(sub, &ctx, &mut effects);
             sub.skip_uncovered(ctx.topic, ctx.logs);
             sub.dispatch_push(&ctx, &mut effects);
             state.refresh_push_flag();
+            state.trim_all_settled(&mut effects);
             let persisted = state.persist_subs();
             result.and_then(|r| persisted.map(|waits| (r, waits)))
         };

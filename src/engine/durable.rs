@@ -128,6 +128,9 @@ impl Engine {
             let mut effects = Effects::default();
             {
                 let mut state = lock(&cell.state);
+                // Deletions that follow from the log and the subscriptions' floors (the limits,
+                // max_msgs_per_key, Interest/WorkQueue) are made again rather than recorded.
+                state.rebuild_keys(&mut effects);
                 state.enforce_limits(now, &mut effects);
                 let state = &mut *state;
                 let ctx = Ctx { topic: &state.config.name, logs: &state.logs, now };

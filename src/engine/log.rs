@@ -5,6 +5,7 @@
 //! shared 64 KiB arena chunks, so a retained 16-byte message costs one record and no allocation of its
 //! own (see docs/BENCHMARKS.md for the measured overhead).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -81,6 +82,11 @@ pub(crate) struct Log {
     disk: Option<Partition>,
     /// Cold reads that failed (damaged or unreadable records).
     unreadable: std::sync::atomic::AtomicU64,
+    /// Seqs above `first_seq` deleted out of order (`max_msgs_per_key`), with their sizes: they read
+    /// as absent, count nowhere, and go for good when `first_seq` passes them. Never `first_seq` itself.
+    gaps: BTreeMap<u64, u64>,
+    /// Sum of the sizes in `gaps`.
+    gap_bytes: u64,
 }
 
 impl Log {
@@ -93,6 +99,8 @@ impl Log {
             arena: BytesMut::new(),
             disk: None,
             unreadable: std::sync::atomic::AtomicU64::new(0),
+            gaps: BTreeMap::new(),
+            gap_bytes: 0,
         }
     }
 
@@ -120,6 +128,8 @@ impl Log {
             arena: BytesMut::new(),
             disk: Some(disk),
             unreadable: std::sync::atomic::AtomicU64::new(0),
+            gaps: BTreeMap::new(),
+            gap_bytes: 0,
         }
     }
 
@@ -153,12 +163,12 @@ impl Log {
     }
 
     pub fn len(&self) -> u64 {
-        self.head_seq() + 1 - self.first_seq
+        (self.head_seq() + 1 - self.first_seq).saturating_sub(self.gaps.len() as u64)
     }
 
     /// Bytes retained.
     pub fn bytes(&self) -> u64 {
-        self.end_bytes_at(self.head_seq()).saturating_sub(self.base_bytes)
+        self.end_bytes_at(self.head_seq()).saturating_sub(self.base_bytes).saturating_sub(self.gap_bytes)
     }
 
     /// Bytes of the retained messages with seq in `(after, through]`.
@@ -166,7 +176,38 @@ impl Log {
         if through <= after {
             return 0;
         }
-        self.end_bytes_at(through).saturating_sub(self.end_bytes_at(after))
+        let gone: u64 = self.gaps.range(after + 1..=through).map(|(_, size)| size).sum();
+        self.end_bytes_at(through).saturating_sub(self.end_bytes_at(after)).saturating_sub(gone)
+    }
+
+    /// How many seqs in `(after, through]` were deleted out of order.
+    pub fn gaps_between(&self, after: u64, through: u64) -> u64 {
+        if through <= after || self.gaps.is_empty() {
+            return 0;
+        }
+        self.gaps.range(after + 1..=through).count() as u64
+    }
+
+    /// Whether `seq` was deleted out of order (it reads as absent).
+    pub fn is_gap(&self, seq: u64) -> bool {
+        self.gaps.contains_key(&seq)
+    }
+
+    /// Deletes the retained message at `seq` out of order (`max_msgs_per_key`): it reads as absent from
+    /// now on. Returns `None` when there is nothing to delete there, else the record when `want` is set.
+    /// At `first_seq` this is [`Log::pop_front`].
+    pub fn remove_at(&mut self, seq: u64, want: bool) -> Option<Option<Record>> {
+        if seq < self.first_seq || seq > self.head_seq() || self.is_gap(seq) {
+            return None;
+        }
+        if seq == self.first_seq {
+            return self.pop_front(want).map(|(_, record)| record);
+        }
+        let record = if want { self.get(seq).map(|r| (*r).clone()) } else { None };
+        let size = self.end_bytes_at(seq).saturating_sub(self.end_bytes_at(seq - 1));
+        self.gaps.insert(seq, size);
+        self.gap_bytes += size;
+        Some(record)
     }
 
     fn end_bytes_at(&self, seq: u64) -> u64 {
@@ -209,7 +250,7 @@ impl Log {
     }
 
     pub fn get(&self, seq: u64) -> Option<RecordRef<'_>> {
-        if seq < self.first_seq {
+        if seq < self.first_seq || (!self.gaps.is_empty() && self.is_gap(seq)) {
             return None;
         }
         if seq >= self.hot_first {
@@ -241,10 +282,16 @@ impl Log {
     pub fn iter_from(&self, seq: u64) -> impl Iterator<Item = (u64, RecordRef<'_>)> {
         let start = seq.max(self.first_seq);
         let cold = (start..self.hot_first)
+            .filter(move |s| !self.is_gap(*s))
             .filter_map(move |s| self.cold(s).map(|r| (s, RecordRef::Cold(Box::new(r)))));
         let hot_start = start.max(self.hot_first);
         let index = usize::try_from(hot_start - self.hot_first).unwrap_or(usize::MAX);
-        cold.chain((hot_start..).zip(self.records.iter_from(index).map(RecordRef::Hot)))
+        let gaps = !self.gaps.is_empty();
+        cold.chain(
+            (hot_start..)
+                .zip(self.records.iter_from(index).map(RecordRef::Hot))
+                .filter(move |(s, _)| !gaps || !self.is_gap(*s)),
+        )
     }
 
     /// Appends and returns the new seq. The payload is packed into the arena when small. On a durable
@@ -300,6 +347,10 @@ impl Log {
             self.hot_first = head + 1;
             self.first_seq = self.hot_first;
         }
+        let above: Vec<u64> = self.gaps.range(head + 1..).map(|(s, _)| *s).collect();
+        for seq in above {
+            self.gap_bytes -= self.gaps.remove(&seq).unwrap_or(0);
+        }
         if let Some(disk) = &mut self.disk {
             disk.discard_staged();
         }
@@ -317,8 +368,19 @@ impl Log {
     }
 
     /// Removes the oldest record, returning its seq and, when `want` is set, the record (a cold record
-    /// is only read back when wanted).
+    /// is only read back when wanted). Gaps it uncovers go with it, so `first_seq` is never a gap.
     pub fn pop_front(&mut self, want: bool) -> Option<(u64, Option<Record>)> {
+        let popped = self.pop_raw(want);
+        while let Some(size) = self.gaps.remove(&self.first_seq) {
+            self.gap_bytes -= size;
+            if self.pop_raw(false).is_none() {
+                break;
+            }
+        }
+        popped
+    }
+
+    fn pop_raw(&mut self, want: bool) -> Option<(u64, Option<Record>)> {
         let seq = self.first_seq;
         if seq > self.head_seq() {
             return None;
@@ -355,6 +417,8 @@ impl Log {
             disk.purge(head + 1)?;
         }
         while self.records.pop_front().is_some() {}
+        self.gaps.clear();
+        self.gap_bytes = 0;
         self.first_seq = head + 1;
         self.hot_first = head + 1;
         Ok(removed)
@@ -461,6 +525,23 @@ mod tests {
         assert_eq!(log.seq_at_time(Timestamp::from_micros(15)), 3);
         assert_eq!(log.seq_at_time(Timestamp::from_micros(20)), 3);
         assert_eq!(log.seq_at_time(Timestamp::from_micros(99)), 6);
+    }
+
+    #[test]
+    fn gaps_read_as_absent_and_go_with_the_front() {
+        let mut log = log_with(5);
+        assert!(log.remove_at(3, false).is_some());
+        assert!(log.remove_at(3, false).is_none(), "a gap is not deleted twice");
+        assert!(log.get(3).is_none());
+        assert_eq!((log.len(), log.bytes(), log.bytes_between(0, 5)), (4, 16, 16));
+        assert_eq!(log.iter_from(1).map(|(s, _)| s).collect::<Vec<_>>(), vec![1, 2, 4, 5]);
+        // Popping 1 and 2 passes the gap at 3: the front is 4.
+        log.pop_front(false);
+        log.pop_front(false);
+        assert_eq!((log.first_seq(), log.len(), log.bytes()), (4, 2, 8));
+        // At the front, remove_at pops.
+        assert!(log.remove_at(4, false).is_some());
+        assert_eq!((log.first_seq(), log.len()), (5, 1));
     }
 
     #[test]

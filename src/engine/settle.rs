@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use super::log::to_message;
 use super::subscription::{Ctx, DeadLetter, Effects, Failure, SubState};
 use crate::model::DeliveryState;
 use crate::model::clock::Timestamp;
 use crate::model::config::{AckMode, Backoff};
 use crate::model::error::EngineError;
 use crate::model::event::EngineEvent;
-use crate::model::message::{AckRef, ConsumerId, PublishRequest};
+use crate::model::message::{AckRef, ConsumerId};
 use crate::store::journal::{SubOp, pos_key, split_key};
 
 impl SubState {
@@ -247,27 +246,10 @@ impl SubState {
                 let record = &*record;
                 entry.state = DeliveryState::DeadLettered;
                 self.counters.dead_lettered += 1;
-                let message = to_message(ctx.topic, partition, seq, record);
-                let mut copy = PublishRequest {
-                    subject: dlt.clone(),
-                    key: message.key().cloned(),
-                    msg_id: None,
-                    headers: message.headers().clone(),
-                    payload: message.payload.clone(),
-                    options: Default::default(),
-                };
-                let h = &mut copy.headers;
-                h.insert("x-dead-letter-source-topic".into(), ctx.topic.to_string());
-                h.insert("x-dead-letter-source-subject".into(), message.subject().to_string());
-                h.insert("x-dead-letter-subscription".into(), name.to_string());
-                h.insert("x-dead-letter-partition".into(), partition.to_string());
-                h.insert("x-dead-letter-seq".into(), seq.to_string());
-                h.insert("x-dead-letter-delivery-count".into(), attempt.to_string());
-                h.insert("x-dead-letter-reason".into(), reason.into());
-                h.insert(
-                    "x-dead-letter-first-publish-time".into(),
-                    record.publish_time.as_micros().to_string(),
+                let mut copy = super::subscription::dead_letter_copy(
+                    dlt, ctx.topic, &name, partition, seq, record, attempt, reason,
                 );
+                let h = &mut copy.headers;
                 if let Some(detail) = detail.filter(|d| !d.is_empty()) {
                     h.insert("x-dead-letter-detail".into(), detail.into());
                 }

@@ -95,7 +95,10 @@ fn pending_in(sub: &SubState, topic: &Name, log: &Log, part: Part) -> (u64, u64,
     let head = log.head_seq();
     let from = part.delivered_seq.max(log.first_seq().saturating_sub(1));
     let (pending, bytes) = if !sub.filters() {
-        (head.saturating_sub(from), log.bytes_between(from, head))
+        (
+            head.saturating_sub(from).saturating_sub(log.gaps_between(from, head)),
+            log.bytes_between(from, head),
+        )
     } else {
         // A filtered subscription counts only what it covers, which needs a look at each subject.
         ((from + 1)..=head)
@@ -192,6 +195,9 @@ pub(crate) fn subscription_info(
         max_in_flight: sub.config.max_in_flight,
         ordering: sub.config.ordering,
         assignment: sub.config.assignment,
+        message_retention: sub.config.message_retention,
+        dead_letter_on_expiry: sub.config.dead_letter_on_expiry,
+        retain_acked: sub.config.retain_acked,
         ephemeral: !matches!(sub.config.lifetime, crate::model::config::Lifetime::Durable),
         head_seq: head,
         first_seq: first,

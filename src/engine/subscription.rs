@@ -690,9 +690,59 @@ impl SubState {
         self.advance_floor_in(p);
     }
 
-    /// T10: retention removed `seq` of partition `p`; an unsettled copy here becomes EXPIRED. Without
-    /// the record (a cold one not read back) a filtered subscription counts it as covered.
-    pub fn on_removed(&mut self, p: u32, topic: &Name, seq: u64, record: Option<&Record>) {
+    /// Whether unsettled messages this subscription loses to retention are dead-lettered (reason
+    /// `expired`) rather than only counted.
+    pub fn dead_letters_expired(&self) -> bool {
+        self.config.dead_letter_on_expiry && self.config.dead_letter.is_some()
+    }
+
+    /// An unsettled message of this subscription expired (T10, or `message_retention`): EXPIRED, or
+    /// DEAD_LETTERED with reason `expired` when `dead_letter_on_expiry` is set and `record` is at hand
+    /// (`effects` takes the copy). `attempt` is how often it was delivered.
+    fn expire(
+        &mut self,
+        key: u64,
+        topic: &Name,
+        record: Option<&Record>,
+        attempt: u32,
+        effects: Option<&mut Effects>,
+    ) {
+        match (self.dead_letters_expired(), record, effects, self.config.dead_letter.clone()) {
+            (true, Some(record), Some(effects), Some(dlt)) => {
+                let (partition, seq) = split_key(key);
+                let copy =
+                    dead_letter_copy(&dlt, topic, self.name(), partition, seq, record, attempt, "expired");
+                self.counters.dead_lettered += 1;
+                effects.dead_letters.push(DeadLetter {
+                    topic: dlt.clone(),
+                    copy,
+                    subscription: self.name().clone(),
+                    seq: key,
+                    attempt,
+                });
+                effects.events.push(EngineEvent::DeadLettered {
+                    subscription: self.name().clone(),
+                    seq,
+                    attempt,
+                    dead_letter: dlt,
+                    reason: "expired",
+                });
+            }
+            _ => self.counters.expired_unacked += 1,
+        }
+    }
+
+    /// T10: retention removed `seq` of partition `p`; an unsettled copy here becomes EXPIRED (or is
+    /// dead-lettered, see [`SubState::expire`]). Without the record (a cold one not read back) a filtered
+    /// subscription counts it as covered.
+    pub fn on_removed(
+        &mut self,
+        p: u32,
+        topic: &Name,
+        seq: u64,
+        record: Option<&Record>,
+        effects: Option<&mut Effects>,
+    ) {
         let Some(part) = self.parts.get(p as usize).copied() else {
             return;
         };
@@ -702,15 +752,17 @@ impl SubState {
         let key = pos_key(p, seq);
         let mut delivered = part.delivered_seq;
         if seq <= part.delivered_seq {
-            if self.entries.get(&key).is_some_and(|e| !e.state.is_terminal()) {
+            if let Some(attempt) =
+                self.entries.get(&key).filter(|e| !e.state.is_terminal()).map(|e| e.attempt)
+            {
                 self.release(key);
-                self.counters.expired_unacked += 1;
+                self.expire(key, topic, record, attempt, effects);
             }
             self.entries.remove(&key);
             self.unblock(key);
         } else {
             if record.is_none_or(|r| self.covers_record(topic, r)) {
-                self.counters.expired_unacked += 1;
+                self.expire(key, topic, record, 0, effects);
             }
             delivered = seq;
         }
@@ -720,5 +772,207 @@ impl SubState {
             part.ack_floor = part.ack_floor.max(seq);
         }
         self.advance_floor_in(p);
+    }
+}
+
+impl SubState {
+    /// `max_msgs_per_key` deleted `seq` of partition `p` out of order: an unsettled copy here expires
+    /// (T10), and one the cursor has not reached yet counts as expired now (the cursor passes the gap
+    /// when it gets there without counting it again). Cursor and floor stay where they are.
+    pub fn on_removed_at(
+        &mut self,
+        p: u32,
+        topic: &Name,
+        seq: u64,
+        record: Option<&Record>,
+        effects: &mut Effects,
+    ) {
+        let Some(part) = self.parts.get(p as usize).copied() else {
+            return;
+        };
+        if seq <= part.ack_floor {
+            return;
+        }
+        let key = pos_key(p, seq);
+        if seq <= part.delivered_seq {
+            if let Some(attempt) =
+                self.entries.get(&key).filter(|e| !e.state.is_terminal()).map(|e| e.attempt)
+            {
+                self.release(key);
+                self.expire(key, topic, record, attempt, Some(effects));
+                self.note(SubOp::Settle { seq: key });
+            }
+            self.entries.remove(&key);
+            self.unblock(key);
+            self.advance_floor_in(p);
+        } else if record.is_none_or(|r| self.covers_record(topic, r)) {
+            self.expire(key, topic, record, 0, Some(effects));
+        }
+    }
+
+    /// The front of partition `p` moved to `first` over gaps this subscription has already counted:
+    /// cursor and floor move to `first − 1` if they were below (I4).
+    pub fn pass_gaps_below(&mut self, p: u32, first: u64) {
+        let Some(part) = self.parts.get_mut(p as usize) else {
+            return;
+        };
+        let below = first.saturating_sub(1);
+        if part.delivered_seq < below {
+            part.delivered_seq = below;
+        }
+        if part.ack_floor < below {
+            part.ack_floor = below;
+            self.advance_floor_in(p);
+        }
+    }
+
+    /// `message_retention`: every unsettled message of this subscription published longer ago than the
+    /// retention expires here (EXPIRED, or dead-lettered with reason `expired`), whether delivered or
+    /// not; the message stays in the topic for the other subscriptions. Runs with the timers.
+    pub fn expire_unacked(&mut self, ctx: &Ctx<'_>, effects: &mut Effects) {
+        let Some(keep) = self.config.message_retention else {
+            return;
+        };
+        let cutoff = ctx.now.minus(keep);
+        for p in 0..self.parts.len() {
+            let partition = u32::try_from(p).unwrap_or(u32::MAX);
+            let (Some(log), Some(part)) = (ctx.log(partition), self.parts.get(p).copied()) else {
+                continue;
+            };
+            // Delivered and unsettled: the entries, in seq order, so in publish-time order.
+            let mut old = Vec::new();
+            for (&key, entry) in
+                self.entries.range(pos_key(partition, 0)..=pos_key(partition, part.delivered_seq))
+            {
+                if entry.state.is_terminal() {
+                    continue;
+                }
+                match log.get(split_key(key).1) {
+                    Some(r) if r.publish_time < cutoff => old.push((key, entry.attempt)),
+                    Some(_) => break,
+                    None => {}
+                }
+            }
+            let expired_any = !old.is_empty();
+            for (key, attempt) in old {
+                self.release(key);
+                let record = ctx.record(key);
+                self.expire(key, ctx.topic, record.as_deref(), attempt, Some(effects));
+                if self.dead_letters_expired() {
+                    // Settled on disk once the copy is kept (`Engine::apply`), like any dead letter.
+                    if let Some(entry) = self.entries.get_mut(&key) {
+                        entry.state = DeliveryState::DeadLettered;
+                        entry.consumer = None;
+                    }
+                } else {
+                    self.entries.remove(&key);
+                    self.note(SubOp::Settle { seq: key });
+                }
+                self.unblock(key);
+            }
+            // Never delivered: the cursor passes them.
+            let mut delivered = part.delivered_seq;
+            let mut moved = false;
+            for (seq, record) in log.iter_from(part.delivered_seq + 1) {
+                if record.publish_time >= cutoff {
+                    break;
+                }
+                let key = pos_key(partition, seq);
+                if !self.covers_record(ctx.topic, &record) {
+                    self.counters.filtered += 1;
+                } else if self.dead_letters_expired() {
+                    // Journaled as pending until the copy is kept, so a crash before cannot lose it.
+                    self.entries.insert(
+                        key,
+                        Entry {
+                            state: DeliveryState::DeadLettered,
+                            ..Entry::unleased(ctx.now, record.size())
+                        },
+                    );
+                    self.note(SubOp::Attempt { seq: key, attempt: 0 });
+                    self.expire(key, ctx.topic, Some(&record), 0, Some(effects));
+                } else {
+                    self.expire(key, ctx.topic, Some(&record), 0, Some(effects));
+                }
+                delivered = seq;
+                moved = true;
+            }
+            if moved && let Some(part) = self.parts.get_mut(p) {
+                part.delivered_seq = delivered;
+            }
+            if moved || expired_any {
+                self.advance_floor_in(partition);
+                effects.wake = true;
+            }
+        }
+    }
+}
+
+/// The copy of a message bound for a dead-letter topic: the original payload, key and headers plus
+/// the `x-dead-letter-*` headers of SEMANTICS.md §9.4.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dead_letter_copy(
+    dlt: &Name,
+    topic: &Name,
+    subscription: &Name,
+    partition: u32,
+    seq: u64,
+    record: &Record,
+    attempt: u32,
+    reason: &str,
+) -> PublishRequest {
+    let message = super::log::to_message(topic, partition, seq, record);
+    let mut copy = PublishRequest {
+        subject: dlt.clone(),
+        key: message.key().cloned(),
+        msg_id: None,
+        headers: message.headers().clone(),
+        payload: message.payload.clone(),
+        options: Default::default(),
+    };
+    let h = &mut copy.headers;
+    h.insert("x-dead-letter-source-topic".into(), topic.to_string());
+    h.insert("x-dead-letter-source-subject".into(), message.subject().to_string());
+    h.insert("x-dead-letter-subscription".into(), subscription.to_string());
+    h.insert("x-dead-letter-partition".into(), partition.to_string());
+    h.insert("x-dead-letter-seq".into(), seq.to_string());
+    h.insert("x-dead-letter-delivery-count".into(), attempt.to_string());
+    h.insert("x-dead-letter-reason".into(), reason.into());
+    h.insert("x-dead-letter-first-publish-time".into(), record.publish_time.as_micros().to_string());
+    copy
+}
+
+impl SubState {
+    /// `start = LastPerKey`: in each partition, only the newest retained message of every key is
+    /// pending (AVAILABLE, attempt 0); older messages of a key, and unkeyed messages, count as settled.
+    /// New messages are all delivered. So a compacted topic reads as a table: one row per key.
+    pub fn start_last_per_key(&mut self, ctx: &Ctx<'_>) {
+        for (p, log) in ctx.logs.iter().enumerate() {
+            let partition = u32::try_from(p).unwrap_or(u32::MAX);
+            let mut newest: std::collections::HashMap<bytes::Bytes, (u64, u64)> =
+                std::collections::HashMap::new();
+            for (seq, record) in log.iter_from(log.first_seq()) {
+                if !self.covers_record(ctx.topic, &record) {
+                    continue;
+                }
+                if let Some(key) = record.extra.as_ref().and_then(|e| e.key.clone()) {
+                    newest.insert(key, (seq, record.size()));
+                }
+            }
+            let head = log.head_seq();
+            // In seq order: the journal's replay takes pending messages as the cursor met them.
+            let mut rows: Vec<(u64, u64)> = newest.into_values().collect();
+            rows.sort_unstable();
+            for (seq, bytes) in rows {
+                let key = pos_key(partition, seq);
+                self.entries.insert(key, Entry::unleased(ctx.now, bytes));
+                self.ready.insert(key);
+                self.note(SubOp::Attempt { seq: key, attempt: 0 });
+            }
+            if let Some(part) = self.parts.get_mut(p) {
+                part.delivered_seq = head;
+            }
+            self.advance_floor_in(partition);
+        }
     }
 }

@@ -3,11 +3,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::log::{Log, Record};
 use super::stats::RateMeter;
 use super::subscription::{Ctx, Effects, SubState};
 use crate::model::clock::Timestamp;
-use crate::model::config::{Discard, Durability, Limits, StorageKind, TopicConfig};
+use crate::model::config::{Discard, Durability, Limits, RetentionPolicy, StorageKind, TopicConfig};
 use crate::model::error::EngineError;
 use crate::model::event::EngineEvent;
 use crate::model::message::{MessageExtra, PublishRequest};
@@ -34,6 +36,8 @@ pub(crate) struct TopicState {
     pub has_push: bool,
     /// The partition the next message without a key (and without `--partition`) goes to.
     next_partition: u32,
+    /// Per partition, each key's retained seqs, oldest first; kept only under `max_msgs_per_key`.
+    keys: Vec<HashMap<Bytes, VecDeque<u64>>>,
 }
 
 impl TopicState {
@@ -55,6 +59,7 @@ impl TopicState {
             dedup_order: VecDeque::new(),
             has_push: false,
             next_partition: 0,
+            keys: Vec::new(),
         }
     }
 
@@ -162,6 +167,10 @@ impl TopicState {
             self.dedup_order.push_back((now, id.clone()));
         }
         self.enforce_limits_in(p, now, effects);
+        if let (Some(max), Some(key)) = (self.config.limits.max_msgs_per_key, &req.key) {
+            let removed = self.keep_newest_of_key(p, key, seq, max, effects);
+            self.note_expired(removed, effects);
+        }
         if let Some(log) = self.logs.get(p as usize) {
             for sub in &mut self.subs {
                 // A message a caught-up filtered subscription does not cover is settled for it at once.
@@ -170,6 +179,8 @@ impl TopicState {
                 }
             }
         }
+        // Interest with no subscription (or none that covers it): the message goes at once.
+        self.trim_settled(p, effects);
         Ok((p, seq, false))
     }
 
@@ -234,15 +245,141 @@ impl TopicState {
     pub fn enforce_limits(&mut self, now: Timestamp, effects: &mut Effects) {
         let mut removed = 0u64;
         for p in 0..self.partitions() {
-            removed += self.trim(p, now);
+            removed += self.trim(p, now, effects);
         }
         self.note_expired(removed, effects);
+        self.trim_all_settled(effects);
     }
 
     /// [`TopicState::enforce_limits`] for partition `p` alone: an append reaches one partition, so only
     /// its limits can have been crossed (the others' age limits are enforced by the timers).
     pub fn enforce_limits_in(&mut self, p: u32, now: Timestamp, effects: &mut Effects) {
-        let removed = self.trim(p, now);
+        let removed = self.trim(p, now, effects);
+        self.note_expired(removed, effects);
+    }
+
+    /// Interest and WorkQueue: deletes what every subscription has settled, in every partition.
+    pub fn trim_all_settled(&mut self, effects: &mut Effects) {
+        if !self.config.retention.settles_delete() {
+            return;
+        }
+        for p in 0..self.partitions() {
+            self.trim_settled(p, effects);
+        }
+    }
+
+    /// The highest seq of partition `p` that Interest/WorkQueue retention may delete: the lowest ack
+    /// floor over the subscriptions, a `retain_acked` one holding everything (the limits remove it
+    /// then); with no subscription, everything.
+    fn settled_through(&self, p: u32) -> u64 {
+        let Some(log) = self.log(p) else {
+            return 0;
+        };
+        self.subs
+            .iter()
+            .map(|s| {
+                if s.config.retain_acked {
+                    0
+                } else {
+                    s.parts.get(p as usize).map_or(0, |part| part.ack_floor)
+                }
+            })
+            .min()
+            .unwrap_or_else(|| log.head_seq())
+    }
+
+    /// Interest and WorkQueue: deletes the front of partition `p` up to [`TopicState::settled_through`].
+    /// `first_seq` moves like under the limits, so reads below it are out of range the same way; the
+    /// segment files go once all their records are gone.
+    fn trim_settled(&mut self, p: u32, effects: &mut Effects) {
+        if !self.config.retention.settles_delete() {
+            return;
+        }
+        let through = self.settled_through(p);
+        let mut removed = 0u64;
+        while let Some(log) = self.logs.get_mut(p as usize)
+            && log.first_seq() <= through
+            && log.len() > 0
+        {
+            let Some((seq, record)) = log.pop_front(false) else {
+                break;
+            };
+            // Every subscription has it settled already; this only keeps their floors in step.
+            self.on_removed(p, seq, record.as_ref(), Some(effects));
+            removed += 1;
+        }
+        self.counters.deleted_settled += removed;
+    }
+
+    /// `max_msgs_per_key`: `seq` (with `key`) was appended to partition `p`; the key's older messages
+    /// beyond the newest `max` are deleted, out of order (they become gaps in the log). Returns how many.
+    fn keep_newest_of_key(&mut self, p: u32, key: &Bytes, seq: u64, max: u64, effects: &mut Effects) -> u64 {
+        let i = p as usize;
+        if self.keys.len() < self.logs.len() {
+            self.keys.resize_with(self.logs.len(), HashMap::new);
+        }
+        let first = self.log(p).map_or(0, Log::first_seq);
+        let Some(index) = self.keys.get_mut(i) else {
+            return 0;
+        };
+        if index.len() > 1024 && index.len() as u64 > 2 * self.logs.get(i).map_or(0, Log::len) {
+            // Keys whose every message the front trimming took: forget them now and then.
+            index.retain(|_, seqs| seqs.back().is_some_and(|&s| s >= first));
+        }
+        let seqs = index.entry(key.clone()).or_default();
+        seqs.push_back(seq);
+        while seqs.front().is_some_and(|&s| s < first) {
+            seqs.pop_front();
+        }
+        let mut victims = Vec::new();
+        while seqs.len() as u64 > max {
+            if let Some(old) = seqs.pop_front() {
+                victims.push(old);
+            }
+        }
+        let mut removed = 0;
+        for old in victims {
+            let want = self.wants_removed_record(p, old);
+            let front = self.log(p).is_some_and(|log| log.first_seq() == old);
+            let Some(record) = self.logs.get_mut(i).and_then(|log| log.remove_at(old, want)) else {
+                continue;
+            };
+            if front {
+                // Taken from the front: cursors and floors move past it as under the limits (I4), and
+                // past the gaps the front passed with it (counted when they were made).
+                self.on_removed(p, old, record.as_ref(), Some(effects));
+                let first = self.log(p).map_or(0, Log::first_seq);
+                for sub in &mut self.subs {
+                    sub.pass_gaps_below(p, first);
+                }
+            } else {
+                let name = &self.config.name;
+                for sub in &mut self.subs {
+                    sub.on_removed_at(p, name, old, record.as_ref(), effects);
+                }
+            }
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Rebuilds the per-key index of a reopened topic under `max_msgs_per_key` and deletes again what
+    /// the limit had deleted (the deletions are not recorded: they follow from the log itself).
+    pub fn rebuild_keys(&mut self, effects: &mut Effects) {
+        let Some(max) = self.config.limits.max_msgs_per_key else {
+            return;
+        };
+        let mut removed = 0;
+        for p in 0..self.partitions() {
+            let keyed: Vec<(u64, Bytes)> = self.log(p).map_or_else(Vec::new, |log| {
+                log.iter_from(log.first_seq())
+                    .filter_map(|(seq, r)| r.extra.as_ref().and_then(|e| e.key.clone()).map(|k| (seq, k)))
+                    .collect()
+            });
+            for (seq, key) in keyed {
+                removed += self.keep_newest_of_key(p, &key, seq, max, effects);
+            }
+        }
         self.note_expired(removed, effects);
     }
 
@@ -261,7 +398,7 @@ impl TopicState {
     }
 
     /// Deletes partition `p`'s oldest messages while a limit is exceeded there; returns how many.
-    fn trim(&mut self, p: u32, now: Timestamp) -> u64 {
+    fn trim(&mut self, p: u32, now: Timestamp, effects: &mut Effects) -> u64 {
         let Limits { max_msgs, max_bytes, max_age, .. } = self.config.limits;
         let cutoff = max_age.map(|age| now.minus(age));
         let old = self.config.discard == Discard::Old;
@@ -281,7 +418,7 @@ impl TopicState {
                 let Some((seq, record)) = self.logs.get_mut(i).and_then(|log| log.pop_front(want)) else {
                     break;
                 };
-                self.on_removed(p, seq, record.as_ref());
+                self.on_removed(p, seq, record.as_ref(), Some(effects));
                 removed += 1;
             }
         }
@@ -290,16 +427,23 @@ impl TopicState {
 
     /// Whether removing `seq` needs the record itself: only a filtered subscription that has not reached
     /// it asks (to count it as expired only when its filter covers it). Cold records are read only then.
+    /// A subscription that dead-letters on expiry and has not settled it asks too (for the copy).
     fn wants_removed_record(&self, p: u32, seq: u64) -> bool {
-        self.subs
-            .iter()
-            .any(|s| s.parts.get(p as usize).is_some_and(|part| part.delivered_seq < seq) && s.filters())
+        self.subs.iter().any(|s| {
+            s.parts.get(p as usize).is_some_and(|part| {
+                (part.delivered_seq < seq && s.filters())
+                    || (part.ack_floor < seq && s.dead_letters_expired())
+            })
+        })
     }
 
-    fn on_removed(&mut self, p: u32, seq: u64, record: Option<&Record>) {
+    /// Retention removed `seq` of partition `p`: T10 in every subscription. `effects` is where
+    /// dead-letter copies of unsettled victims go (`dead_letter_on_expiry`); `None` for a purge, which
+    /// only expires.
+    fn on_removed(&mut self, p: u32, seq: u64, record: Option<&Record>, mut effects: Option<&mut Effects>) {
         let name = &self.config.name;
         for sub in &mut self.subs {
-            sub.on_removed(p, name, seq, record);
+            sub.on_removed(p, name, seq, record, effects.as_deref_mut());
         }
     }
 
@@ -321,7 +465,7 @@ impl TopicState {
                 }
             }
             while let Some((seq, record)) = self.logs.get_mut(i).and_then(|log| log.pop_front(true)) {
-                self.on_removed(p, seq, record.as_ref());
+                self.on_removed(p, seq, record.as_ref(), None);
                 removed += 1;
             }
         }
@@ -419,10 +563,12 @@ impl TopicState {
             if sub.next_timer().is_some_and(|t| t <= now) {
                 sub.run_timers(&ctx, effects);
             }
+            sub.expire_unacked(&ctx, effects);
         }
         if self.has_push {
             self.dispatch_push(now, effects);
         }
+        self.trim_all_settled(effects);
     }
 
     /// Pushes to every subscription's push consumers.
@@ -430,6 +576,34 @@ impl TopicState {
         let ctx = Ctx { topic: &self.config.name, logs: &self.logs, now };
         for sub in &mut self.subs {
             sub.dispatch_push(&ctx, effects);
+        }
+        // Pushes without acks settle as they go.
+        self.trim_all_settled(effects);
+    }
+
+    /// WorkQueue: a subscription whose subject filter overlaps an existing one's is refused, so that
+    /// every message has one subscription to settle it. An empty filter covers everything; attribute
+    /// filters are not looked at (two subscriptions told apart only by `--where` still overlap).
+    pub fn check_work_queue(&self, config: &crate::model::SubscriptionConfig) -> Result<(), EngineError> {
+        if self.config.retention != RetentionPolicy::WorkQueue {
+            return Ok(());
+        }
+        let overlaps = |a: &[crate::model::name::Pattern], b: &[crate::model::name::Pattern]| {
+            a.is_empty() || b.is_empty() || a.iter().any(|x| b.iter().any(|y| x.overlaps(y)))
+        };
+        match self.subs.iter().find(|s| overlaps(&s.config.filter, &config.filter)) {
+            Some(other) => Err(EngineError::InvalidConfig(format!(
+                "subscription \"{}\": topic \"{}\" is a work queue and subscription \"{}\" already reads {}; a work queue has one subscription per subject (give each a --filter that does not overlap, or use --retention interest for fan-out)",
+                config.name,
+                self.config.name,
+                other.name(),
+                if other.config.filter.is_empty() {
+                    "all of it".to_string()
+                } else {
+                    other.config.filter.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                },
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -452,6 +626,7 @@ impl TopicState {
             last_publish: self.logs.iter().filter_map(Log::last_time).max(),
             limits: self.config.limits.clone(),
             discard: self.config.discard,
+            retention: self.config.retention,
             subscriptions: u32::try_from(self.subs.len()).unwrap_or(u32::MAX),
             counters: TopicCounters {
                 unreadable: self.logs.iter().map(Log::unreadable).sum(),

@@ -23,7 +23,8 @@ pub struct Limits {
     /// Keep messages at most this long after publish.
     #[serde(with = "super::clock::opt_millis")]
     pub max_age: Option<Duration>,
-    /// Keep at most this many messages per key (slot; not implemented yet).
+    /// Keep at most this many messages per key, the newest (a compacted topic with 1); unkeyed messages
+    /// are not counted.
     pub max_msgs_per_key: Option<u64>,
 }
 
@@ -57,10 +58,39 @@ pub enum RetentionPolicy {
     /// Acks never delete; only limits do.
     #[default]
     Limits,
-    /// Deleted once every covering subscription has it in a terminal state (slot).
+    /// Deleted once every subscription has settled it (and at once when there is none).
     Interest,
-    /// One subscription per subject; deleted when terminal (slot).
+    /// One subscription per subject (overlapping filters refused); deleted once settled.
     WorkQueue,
+}
+
+impl RetentionPolicy {
+    /// The name the command line uses: `limits`, `interest`, `work-queue`.
+    pub fn label(self) -> &'static str {
+        match self {
+            RetentionPolicy::Limits => "limits",
+            RetentionPolicy::Interest => "interest",
+            RetentionPolicy::WorkQueue => "work-queue",
+        }
+    }
+
+    /// Whether settling a message may delete it (Interest and WorkQueue).
+    pub fn settles_delete(self) -> bool {
+        self != RetentionPolicy::Limits
+    }
+}
+
+impl std::str::FromStr for RetentionPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "limits" => Ok(RetentionPolicy::Limits),
+            "interest" => Ok(RetentionPolicy::Interest),
+            "work-queue" | "work_queue" | "workqueue" => Ok(RetentionPolicy::WorkQueue),
+            _ => Err(format!("retention \"{s}\": use limits, interest or work-queue")),
+        }
+    }
 }
 
 /// Where a topic's messages live.
@@ -231,15 +261,9 @@ impl TopicConfig {
                 self.name, self.partitions
             )));
         }
-        if self.retention != RetentionPolicy::Limits {
-            return Err(unsupported(format!(
-                "topic \"{}\": retention {:?} is not implemented yet; use limits",
-                self.name, self.retention
-            )));
-        }
-        if self.limits.max_msgs_per_key.is_some() {
-            return Err(unsupported(format!(
-                "topic \"{}\": max_msgs_per_key is not implemented yet",
+        if self.limits.max_msgs_per_key == Some(0) {
+            return Err(EngineError::InvalidConfig(format!(
+                "topic \"{}\": max_msgs_per_key must be at least 1 (leave it unset for no limit)",
                 self.name
             )));
         }
@@ -270,7 +294,7 @@ pub enum StartPosition {
     New,
     /// The newest retained message, then new ones.
     Last,
-    /// The newest message of every key (slot).
+    /// The newest message of every key (unkeyed messages are skipped), then every new message.
     LastPerKey,
     /// A given seq (clamped to what is retained).
     Seq(u64),
@@ -467,11 +491,12 @@ pub struct SubscriptionConfig {
     pub ack_durability: AckDurability,
     /// Durable or ephemeral.
     pub lifetime: Lifetime,
-    /// Expire unacked messages older than this (slot).
+    /// Expire unacked messages older than this (by publish time).
     pub message_retention: Option<Duration>,
-    /// Dead-letter messages that expire unacked (slot).
+    /// Dead-letter messages that expire unacked (reason `expired`) instead of dropping them.
     pub dead_letter_on_expiry: bool,
-    /// Keep acked messages on Interest topics (slot).
+    /// On Interest and WorkQueue topics, this subscription's acks do not delete messages (the topic's
+    /// limits do).
     pub retain_acked: bool,
     /// HTTP push: the engine's host POSTs each message to this endpoint (absent in records written
     /// before push existed).
@@ -521,7 +546,7 @@ impl SubscriptionConfig {
         self.max_lease != SubscriptionConfig::new(self.name.clone(), self.topic.clone()).max_lease
     }
 
-    /// Refuses settings that are out of range or not implemented yet.
+    /// Refuses settings that are out of range or contradict each other.
     pub fn check(&self) -> Result<(), EngineError> {
         let name = &self.name;
         if self.ack_deadline < Duration::from_millis(1) || self.ack_deadline > Duration::from_secs(12 * 3600)
@@ -556,14 +581,15 @@ impl SubscriptionConfig {
                 self.ordering.label()
             )));
         }
-        let not_yet = [
-            (self.start == StartPosition::LastPerKey, "start last-per-key"),
-            (self.message_retention.is_some(), "per-subscription message_retention"),
-            (self.dead_letter_on_expiry, "dead_letter_on_expiry"),
-            (self.retain_acked, "retain_acked"),
-        ];
-        if let Some((_, what)) = not_yet.iter().find(|(set, _)| *set) {
-            return Err(unsupported(format!("subscription \"{name}\": {what} is not implemented yet")));
+        if self.message_retention.is_some_and(|d| d.is_zero()) {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{name}\": message_retention must be longer than zero (leave it unset to keep unacked messages as long as the topic does)"
+            )));
+        }
+        if self.dead_letter_on_expiry && self.dead_letter.is_none() {
+            return Err(EngineError::InvalidConfig(format!(
+                "subscription \"{name}\": dead_letter_on_expiry needs a dead-letter topic (--dead-letter TOPIC)"
+            )));
         }
         if let Some(problem) = self.push.as_ref().and_then(super::push::PushConfig::problem) {
             return Err(EngineError::InvalidConfig(format!("subscription \"{name}\": {problem}")));
@@ -590,10 +616,6 @@ impl SubscriptionConfig {
             .transpose()
             .map_err(|e| EngineError::InvalidConfig(format!("subscription \"{}\": {e}", self.name)))
     }
-}
-
-fn unsupported(what: String) -> EngineError {
-    EngineError::Unsupported(what)
 }
 
 #[cfg(test)]
@@ -641,5 +663,39 @@ mod partition_tests {
             c.check().unwrap();
         }
         assert!("sticky".parse::<Assignment>().unwrap_err().contains("partition-exclusive"));
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    #[test]
+    fn retention_settings_are_accepted_and_nonsense_refused() {
+        let mut topic = TopicConfig::new(name("t"));
+        topic.retention = "work-queue".parse().unwrap();
+        topic.limits.max_msgs_per_key = Some(1);
+        assert!(topic.check().is_ok());
+        topic.limits.max_msgs_per_key = Some(0);
+        assert!(topic.check().unwrap_err().to_string().contains("max_msgs_per_key must be at least 1"));
+        assert!("queue".parse::<RetentionPolicy>().unwrap_err().contains("limits, interest or work-queue"));
+        assert_eq!(RetentionPolicy::WorkQueue.label(), "work-queue");
+
+        let mut sub = SubscriptionConfig::new(name("s"), name("t"));
+        sub.start = StartPosition::LastPerKey;
+        sub.retain_acked = true;
+        sub.message_retention = Some(Duration::from_secs(1));
+        assert!(sub.check().is_ok());
+        sub.message_retention = Some(Duration::ZERO);
+        assert!(sub.check().unwrap_err().to_string().contains("longer than zero"));
+        sub.message_retention = None;
+        sub.dead_letter_on_expiry = true;
+        assert!(sub.check().unwrap_err().to_string().contains("needs a dead-letter topic"));
+        sub.dead_letter = Some(name("t.dlq"));
+        assert!(sub.check().is_ok());
     }
 }

@@ -71,6 +71,10 @@ pub struct TopicCounters {
     pub duplicates: u64,
     /// Messages removed by retention.
     pub expired: u64,
+    /// Messages deleted because every subscription had settled them (Interest and WorkQueue retention;
+    /// with no subscription, at publish).
+    #[serde(default)]
+    pub deleted_settled: u64,
     /// Publishes refused by `discard = new`.
     pub rejected_full: u64,
     /// Reads of stored records that failed their CRC or could not be read (durable topics; the record is
@@ -131,6 +135,9 @@ pub struct TopicInfo {
     pub limits: Limits,
     /// Discard policy.
     pub discard: Discard,
+    /// Whether acks delete messages (absent from brokers and servers that do not say: limits).
+    #[serde(default)]
+    pub retention: crate::model::config::RetentionPolicy,
     /// Subscriptions on it.
     pub subscriptions: u32,
     /// Totals.
@@ -167,6 +174,7 @@ impl TopicInfo {
             last_publish: None,
             limits: Limits { max_msgs: None, max_bytes: None, max_age: None, max_msgs_per_key: None },
             discard: Discard::Old,
+            retention: crate::model::config::RetentionPolicy::Limits,
             subscriptions: 0,
             counters: TopicCounters::default(),
             publish_rate: None,
@@ -314,6 +322,15 @@ pub struct SubscriptionInfo {
     /// How consumers share it (shared where the broker has none to tell).
     #[serde(default)]
     pub assignment: Assignment,
+    /// Unacked messages older than this expire in it (`message_retention`).
+    #[serde(default, with = "super::clock::opt_millis", skip_serializing_if = "Option::is_none")]
+    pub message_retention: Option<Duration>,
+    /// Whether messages that expire unacked are dead-lettered (reason `expired`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead_letter_on_expiry: bool,
+    /// Whether its acks leave messages of an Interest/WorkQueue topic in place.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_acked: bool,
     /// Whether it is deleted when idle.
     pub ephemeral: bool,
     /// Topic's last seq.
@@ -388,6 +405,9 @@ impl SubscriptionInfo {
             max_in_flight: 0,
             ordering: Ordering::None,
             assignment: Assignment::Shared,
+            message_retention: None,
+            dead_letter_on_expiry: false,
+            retain_acked: false,
             ephemeral: false,
             head_seq: 0,
             first_seq: 0,

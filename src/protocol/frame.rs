@@ -355,6 +355,12 @@ pub struct TopicSpec {
     /// Number of partitions (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<u32>,
+    /// Retention policy: `limits` (default), `interest` or `work_queue`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::model::RetentionPolicy>,
+    /// Most messages kept per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_msgs_per_key: Option<u64>,
 }
 
 impl TopicSpec {
@@ -392,6 +398,10 @@ impl TopicSpec {
         if let Some(n) = self.partitions {
             config.partitions = n;
         }
+        if let Some(r) = self.retention {
+            config.retention = r;
+        }
+        config.limits.max_msgs_per_key = self.max_msgs_per_key;
         Ok(config)
     }
 }
@@ -448,6 +458,15 @@ pub struct SubscriptionSpec {
     /// Assignment: `shared` (default), `partition_exclusive` or `single_active`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment: Option<crate::model::Assignment>,
+    /// Unacked messages older than this expire in it, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_retention_ms: Option<u64>,
+    /// Dead-letter messages that expire unacked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead_letter_on_expiry: bool,
+    /// Acks do not delete messages of an Interest/WorkQueue topic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_acked: bool,
 }
 
 impl SubscriptionSpec {
@@ -491,6 +510,9 @@ impl SubscriptionSpec {
         if let Some(a) = self.assignment {
             c.assignment = a;
         }
+        c.message_retention = self.message_retention_ms.map(Duration::from_millis);
+        c.dead_letter_on_expiry = self.dead_letter_on_expiry;
+        c.retain_acked = self.retain_acked;
         c
     }
 
@@ -519,6 +541,11 @@ impl SubscriptionSpec {
             push: c.push.clone(),
             ordering: (c.ordering != crate::model::OrderingMode::None).then_some(c.ordering),
             assignment: (c.assignment != crate::model::Assignment::Shared).then_some(c.assignment),
+            message_retention_ms: c
+                .message_retention
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            dead_letter_on_expiry: c.dead_letter_on_expiry,
+            retain_acked: c.retain_acked,
         }
     }
 }

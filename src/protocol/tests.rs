@@ -188,3 +188,31 @@ fn a_subscription_spec_carries_its_assignment_and_leaves_shared_out() {
         serde_json::from_str(r#"{"name": "g", "topic": "t", "assignment": "single_active"}"#).unwrap();
     assert_eq!(written.to_config().assignment, Assignment::SingleActive);
 }
+
+#[test]
+fn retention_settings_travel_in_specs() {
+    use crate::model::{RetentionPolicy, SubscriptionConfig, TopicConfig};
+    let name = |s: &str| Name::new(s).unwrap();
+    let mut sub = SubscriptionConfig::new(name("s"), name("t"));
+    sub.start = StartPosition::LastPerKey;
+    sub.message_retention = Some(std::time::Duration::from_millis(1500));
+    sub.dead_letter = Some(name("t.dlq"));
+    sub.dead_letter_on_expiry = true;
+    sub.retain_acked = true;
+    let spec = SubscriptionSpec::from_config(&sub);
+    let json = serde_json::to_string(&spec).unwrap();
+    assert!(json.contains("\"message_retention_ms\":1500") && json.contains("\"last_per_key\""), "{json}");
+    let back: SubscriptionSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.to_config(), sub);
+
+    let spec = TopicSpec {
+        name: Some(name("t")),
+        retention: Some(RetentionPolicy::WorkQueue),
+        max_msgs_per_key: Some(3),
+        ..TopicSpec::default()
+    };
+    let json = serde_json::to_string(&spec).unwrap();
+    assert!(json.contains("\"retention\":\"work_queue\""), "{json}");
+    let config: TopicConfig = serde_json::from_str::<TopicSpec>(&json).unwrap().to_config().unwrap();
+    assert_eq!((config.retention, config.limits.max_msgs_per_key), (RetentionPolicy::WorkQueue, Some(3)));
+}

@@ -115,6 +115,7 @@ fn check_owners(dir: &Path, state: &MetaState, findings: &mut Vec<String>) -> Re
             }
         }
     }
+    check_settings(state, findings);
     for sub in &state.subscriptions {
         if let Some(problem) = sub.push.as_ref().and_then(crate::model::PushConfig::problem) {
             findings.push(format!("subscription {}: {problem} (it will not push)", sub.name));
@@ -247,4 +248,92 @@ fn next_record(data: &Bytes, pos: usize) -> usize {
         .and_then(|b| b.try_into().ok())
         .map(u32::from_le_bytes)
         .map_or(data.len(), |len| (pos + 8 + len as usize).min(data.len()))
+}
+
+/// Settings a metadata record carries that the engine would refuse (a hand-edited or foreign record),
+/// and a work-queue topic with two subscriptions whose filters overlap.
+fn check_settings(state: &MetaState, findings: &mut Vec<String>) {
+    for topic in &state.topics {
+        if let Err(e) = topic.check() {
+            findings.push(format!("topic {}: {e} (the engine would refuse this setting)", topic.name));
+        }
+    }
+    for sub in &state.subscriptions {
+        if let Err(e) = sub.check() {
+            findings.push(format!("subscription {}: {e}", sub.name));
+        }
+    }
+    let queues = state
+        .topics
+        .iter()
+        .filter(|t| t.retention == crate::model::RetentionPolicy::WorkQueue)
+        .map(|t| &t.name);
+    for queue in queues {
+        let subs: Vec<_> = state.subscriptions.iter().filter(|s| &s.topic == queue).collect();
+        for (i, a) in subs.iter().enumerate() {
+            for b in subs.iter().skip(i + 1) {
+                let overlap = a.filter.is_empty()
+                    || b.filter.is_empty()
+                    || a.filter.iter().any(|x| b.filter.iter().any(|y| x.overlaps(y)));
+                if overlap {
+                    findings.push(format!(
+                        "work-queue topic {queue}: subscriptions {} and {} read overlapping subjects",
+                        a.name, b.name
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+    use crate::model::{Name, Pattern, RetentionPolicy, SubscriptionConfig, TopicConfig};
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    #[test]
+    fn overlapping_work_queue_readers_and_refused_settings_are_findings() {
+        let mut state = MetaState::default();
+        let mut queue = TopicConfig::new(name("q"));
+        queue.retention = RetentionPolicy::WorkQueue;
+        let mut bad = TopicConfig::new(name("bad"));
+        bad.limits.max_msgs_per_key = Some(0);
+        state.topics = vec![queue, bad];
+        let one = SubscriptionConfig::new(name("one"), name("q"));
+        let mut two = SubscriptionConfig::new(name("two"), name("q"));
+        two.filter = vec![Pattern::parse("q").unwrap()];
+        let mut expiring = SubscriptionConfig::new(name("expiring"), name("bad"));
+        expiring.dead_letter_on_expiry = true;
+        state.subscriptions = vec![one, two, expiring];
+        let mut findings = Vec::new();
+        check_settings(&state, &mut findings);
+        assert_eq!(findings.len(), 3, "{findings:?}");
+        assert!(
+            findings[0].contains("topic bad") && findings[0].contains("max_msgs_per_key"),
+            "{findings:?}"
+        );
+        assert!(
+            findings[1].contains("expiring") && findings[1].contains("dead-letter topic"),
+            "{findings:?}"
+        );
+        assert!(findings[2].contains("work-queue topic q: subscriptions one and two"), "{findings:?}");
+
+        // The settings this engine writes pass.
+        let mut fine = MetaState::default();
+        let mut interest = TopicConfig::new(name("i"));
+        interest.retention = RetentionPolicy::Interest;
+        interest.limits.max_msgs_per_key = Some(1);
+        fine.topics = vec![interest];
+        let mut sub = SubscriptionConfig::new(name("s"), name("i"));
+        sub.retain_acked = true;
+        sub.message_retention = Some(std::time::Duration::from_secs(60));
+        fine.subscriptions = vec![sub];
+        let mut none = Vec::new();
+        check_settings(&fine, &mut none);
+        assert!(none.is_empty(), "{none:?}");
+    }
 }

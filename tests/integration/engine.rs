@@ -251,12 +251,12 @@ fn auto_create_off_refuses_unknown_topics_for_subscriptions_too() {
 }
 
 #[test]
-fn unimplemented_settings_are_refused_rather_than_ignored() {
+fn settings_out_of_range_are_refused_rather_than_ignored() {
     let (e, _) = engine();
     let mut config = SubscriptionConfig::new(name("s"), name("t"));
-    config.start = StartPosition::LastPerKey;
+    config.dead_letter_on_expiry = true;
     let err = e.create_subscription(config).unwrap_err().to_string();
-    assert!(err.contains("not implemented yet"), "{err}");
+    assert!(err.contains("needs a dead-letter topic"), "{err}");
     let mut topic = TopicConfig::new(name("p"));
     topic.partitions = 3000;
     assert!(e.create_topic(topic).unwrap_err().to_string().contains("partitions"));

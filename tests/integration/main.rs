@@ -33,6 +33,7 @@ mod push;
 mod readme;
 mod redis_live;
 mod regressions;
+mod retention;
 mod scenarios;
 mod server;
 mod share;

@@ -279,6 +279,8 @@ pub(super) fn topic_spec(config: &TopicConfig) -> TopicSpec {
         durability: Some(config.durability.to_string()),
         segment_bytes: Some(config.segment_bytes),
         partitions: (config.partitions != 1).then_some(config.partitions),
+        retention: config.retention.settles_delete().then_some(config.retention),
+        max_msgs_per_key: config.limits.max_msgs_per_key,
     }
 }
 

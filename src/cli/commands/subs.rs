@@ -57,7 +57,8 @@ pub struct CreateSubArgs {
     /// 'attributes.region = "eu" AND NOT hasPrefix(key, "test")' (grammar in docs/FILTERS.md).
     #[arg(long = "where", value_name = "EXPR")]
     pub where_expr: Option<String>,
-    /// Where it starts: start, end (default), a seq, an RFC 3339 time, or -5m.
+    /// Where it starts: start, end (default), a seq, an RFC 3339 time, -5m, or last-per-key (the newest
+    /// message of every key, then everything new: a compacted topic read as a table).
     #[arg(long, value_name = "POSITION", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// Ack mode: explicit (default), none, cumulative.
@@ -103,6 +104,18 @@ pub struct CreateSubArgs {
     /// the pubsub engine only: mem://, local, ws://).
     #[arg(long, value_name = "URL")]
     pub push_endpoint: Option<String>,
+    /// Unacked messages older than this (by publish time) expire in this subscription, e.g. 10m; the
+    /// topic keeps them for the others.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub message_retention: Option<Duration>,
+    /// Messages that expire unacked (--message-retention, or the topic's limits) go to the dead-letter
+    /// topic with reason expired instead of being dropped (needs --dead-letter).
+    #[arg(long, requires = "dead_letter")]
+    pub dead_letter_on_expiry: bool,
+    /// On an interest or work-queue topic, this subscription's acks do not delete messages (the topic's
+    /// limits do), so it can seek back over what it acked.
+    #[arg(long)]
+    pub retain_acked: bool,
     /// A request header for every push, NAME=VALUE (repeatable; needs --push-endpoint).
     #[arg(long = "push-header", value_name = "NAME=VALUE", requires = "push_endpoint")]
     pub push_headers: Vec<String>,
@@ -144,16 +157,38 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
                 c.attribute_filter = Some(expr.clone());
             }
             if let Some(from) = &a.from {
-                let position = Position::parse(from, SystemClock.now()).map_err(CliError::Usage)?;
+                let position = match from.as_str() {
+                    "last-per-key" | "last_per_key" => None,
+                    _ => Some(Position::parse(from, SystemClock.now()).map_err(CliError::Usage)?),
+                };
                 // A subscription reads every partition of its topic: a start in one of them says
                 // nothing of the others (partition 0 of a topic of one is just a seq).
-                if position.partition().is_some_and(|p| p > 0) {
+                if position.and_then(Position::partition).is_some_and(|p| p > 0) {
                     return Err(CliError::Usage(format!(
                         "--from {from} names one partition, and a subscription reads them all: create it with --from start, end, a seq (in every partition) or a time, then `pubsub seek {} {from}` moves that partition alone",
                         a.name
                     )));
                 }
-                c.start = position.start();
+                c.start = position.map_or(crate::model::StartPosition::LastPerKey, Position::start);
+            }
+            c.message_retention = a.message_retention;
+            c.dead_letter_on_expiry = a.dead_letter_on_expiry;
+            c.retain_acked = a.retain_acked;
+            let retention_flag = [
+                (c.start == crate::model::StartPosition::LastPerKey, "--from last-per-key"),
+                (c.message_retention.is_some(), "--message-retention"),
+                (c.dead_letter_on_expiry, "--dead-letter-on-expiry"),
+                (c.retain_acked, "--retain-acked"),
+            ]
+            .into_iter()
+            .find(|(set, _)| *set);
+            if let Some((_, flag)) = retention_flag
+                && !matches!(broker.kind(), "mem" | "local" | "ws")
+            {
+                return Err(CliError::Usage(format!(
+                    "{flag}: per-subscription retention is run by the pubsub engine (mem://, local, ws://); {} has no such setting here",
+                    broker.kind()
+                )));
             }
             c.ack = match a.ack.as_str() {
                 "none" => AckMode::None,
@@ -368,6 +403,22 @@ fn describe(s: &SubscriptionInfo, counted: bool) -> String {
     }
     if s.ordering != crate::model::OrderingMode::None {
         rows.insert(3, vec!["ordering".into(), s.ordering.label().into()]);
+    }
+    let mut retention = Vec::new();
+    if let Some(d) = s.message_retention {
+        retention.push(format!("unacked expire after {}", duration(d)));
+    }
+    if s.dead_letter_on_expiry {
+        retention.push("expired ones dead-lettered".to_string());
+    }
+    if s.retain_acked {
+        retention.push("acks keep messages (retain acked)".to_string());
+    }
+    if s.start == crate::model::StartPosition::LastPerKey {
+        retention.push("started at the last message per key".to_string());
+    }
+    if !retention.is_empty() {
+        rows.insert(3, vec!["retention".into(), retention.join(", ")]);
     }
     if let Some(eta) = s.eta {
         rows.push(vec!["drains in".into(), duration(eta)]);

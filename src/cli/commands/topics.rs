@@ -6,7 +6,9 @@ use crate::cli::output::{Stdout, note, table};
 use crate::cli::parse::parse_duration;
 use crate::cli::{CliError, Context};
 use crate::human::{bytes, or_dash, retention};
-use crate::model::{Discard, Durability, Name, Pattern, StorageKind, TopicConfig, TopicInfo};
+use crate::model::{
+    Discard, Durability, Name, Pattern, RetentionPolicy, StorageKind, TopicConfig, TopicInfo,
+};
 
 /// Options of `pubsub topics`.
 #[derive(Debug, Args)]
@@ -91,6 +93,19 @@ pub struct CreateArgs {
     /// (Kafka's murmur2 partitioner), others take turns; `pub --partition P` picks one.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub partitions: Option<u32>,
+    /// When messages go apart from the limits: limits (default; acks delete nothing), interest
+    /// (deleted once every subscription has settled them; with none, at once) or work-queue (deleted
+    /// once settled; one subscription per subject).
+    #[arg(long, value_name = "POLICY", value_parser = parse_retention)]
+    pub retention: Option<RetentionPolicy>,
+    /// Keep only the newest N messages of each key (1 = a compacted topic: the last value per key;
+    /// unkeyed messages are not counted).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_msgs_per_key: Option<u64>,
+}
+
+fn parse_retention(s: &str) -> Result<RetentionPolicy, String> {
+    s.parse()
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -141,7 +156,7 @@ pub async fn list(ctx: &Context, args: TopicsArgs) -> Result<(), CliError> {
             if counted { or_dash(t.publish_rate, |r| format!("{r:.1}")) } else { "-".into() },
             t.subscriptions.to_string(),
             if t.messages == 0 { "-".into() } else { format!("{}..{}", t.first_seq, t.head_seq) },
-            retention(&t.limits, t.discard),
+            retention(&t.limits, t.discard, t.retention),
         ];
         if partitioned {
             row.insert(1, t.partitions.to_string());
@@ -187,6 +202,19 @@ pub async fn run(ctx: &Context, command: TopicCommand) -> Result<(), CliError> {
             }
             if let Some(n) = args.partitions {
                 config.partitions = n;
+            }
+            if let Some(r) = args.retention {
+                config.retention = r;
+            }
+            config.limits.max_msgs_per_key = args.max_msgs_per_key;
+            if (args.retention.is_some_and(RetentionPolicy::settles_delete)
+                || args.max_msgs_per_key.is_some())
+                && !keeps_totals(&broker)
+            {
+                return Err(CliError::Usage(format!(
+                    "--retention and --max-msgs-per-key are settings of the pubsub engine (mem://, local, ws://); {} is not set up through them",
+                    broker.kind()
+                )));
             }
             let info = broker.create_topic(config).await?;
             note(&format!("created topic {} capturing {}", info.name, info.subjects.join(", ")));
@@ -326,7 +354,7 @@ fn show(t: &TopicInfo, json: bool, counted: bool) -> Result<(), CliError> {
                 format!("{}..{}", t.first_seq, t.head_seq)
             },
         ],
-        vec!["retention".into(), retention(&t.limits, t.discard)],
+        vec!["retention".into(), retention(&t.limits, t.discard, t.retention)],
         vec!["storage".into(), storage(t)],
         vec!["subscriptions".into(), t.subscriptions.to_string()],
     ];
@@ -340,9 +368,14 @@ fn show(t: &TopicInfo, json: bool, counted: bool) -> Result<(), CliError> {
         vec![
             "totals".into(),
             format!(
-                "published {}, expired {}, duplicates {}, refused full {}{}",
+                "published {}, expired {}, {}duplicates {}, refused full {}{}",
                 t.counters.published,
                 t.counters.expired,
+                if t.retention.settles_delete() {
+                    format!("deleted once settled {}, ", t.counters.deleted_settled)
+                } else {
+                    String::new()
+                },
                 t.counters.duplicates,
                 t.counters.rejected_full,
                 match t.counters.unreadable {

@@ -31,6 +31,7 @@ fn topic(name: &str, messages: u64, rate: f64) -> TopicInfo {
         last_publish: None,
         limits: Limits::default(),
         discard: Discard::Old,
+        retention: Default::default(),
         subscriptions: 0,
         counters: TopicCounters::default(),
         publish_rate: Some(rate),

@@ -112,7 +112,8 @@ fn row<'a>(app: &App, r: &TopicRow<'_>, wide: bool, parts: bool) -> Row<'a> {
     cells.push(Cell::from(or_dash(r.bytes, bytes)).style(figures));
     cells.push(Cell::from(r.subscriptions.to_string()).style(figures));
     if wide {
-        let kept = r.topic.map(|topic| retention(&topic.limits, topic.discard)).unwrap_or_default();
+        let kept =
+            r.topic.map(|topic| retention(&topic.limits, topic.discard, topic.retention)).unwrap_or_default();
         cells.push(Cell::from(kept).style(t.fg(t.dim)));
     }
     Row::new(cells)

@@ -1,0 +1,445 @@
+//! Retention modes (issue 24 point 5): Interest, WorkQueue, `max_msgs_per_key` with LastPerKey starts,
+//! per-subscription `message_retention`, `retain_acked` and `dead_letter_on_expiry`, in memory and in
+//! the durable store, on the manual clock; and through the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pubsub::engine::{
+    BrowseFrom, Engine, EngineConfig, EngineError, ManualClock, Pattern, PublishRequest, RetentionPolicy,
+    StartPosition, SubscriptionConfig, Timestamp, TopicConfig,
+};
+
+use crate::support::{Home, engine, fetch, name, publish, seqs, subscribe};
+
+fn create(e: &Engine, topic: &str, tweak: impl FnOnce(&mut TopicConfig)) {
+    let mut config = TopicConfig::new(name(topic));
+    tweak(&mut config);
+    e.create_topic(config).unwrap();
+}
+
+fn keyed(e: &Engine, topic: &str, key: Option<&str>, payload: &str) -> u64 {
+    let mut req = PublishRequest::new(name(topic), payload.to_string());
+    req.key = key.map(|k| Bytes::from(k.to_string()));
+    e.publish(req).unwrap().seq
+}
+
+fn ack_all(e: &Engine, sub: &str, batch: &[pubsub::engine::Delivery]) {
+    for d in batch {
+        e.ack(&name(sub), d.lease.unwrap()).unwrap();
+    }
+}
+
+fn retained(e: &Engine, topic: &str) -> Vec<u64> {
+    e.browse(&name(topic), BrowseFrom::Seq(0), usize::MAX).unwrap().iter().map(|m| m.seq).collect()
+}
+
+fn payloads(batch: &[pubsub::engine::Delivery]) -> Vec<String> {
+    batch.iter().map(|d| String::from_utf8_lossy(&d.message.payload).into_owned()).collect()
+}
+
+#[test]
+fn scenario_14_interest_deletes_once_every_subscription_settled_and_work_queue_refuses_overlap() {
+    let (e, _) = engine();
+    // Interest, no subscription: the publish gets its seq, and the message is gone at once.
+    create(&e, "events", |c| c.retention = RetentionPolicy::Interest);
+    assert_eq!(publish(&e, "events", "nobody listens"), 1);
+    let info = e.topic_info(&name("events")).unwrap();
+    assert_eq!((info.messages, info.first_seq, info.head_seq), (0, 2, 1), "stored 0 times");
+    assert_eq!(info.counters.deleted_settled, 1);
+    assert_eq!(info.retention, RetentionPolicy::Interest);
+
+    // Two subscriptions: deleted only once both have acked.
+    subscribe(&e, "a", "events", |_| {});
+    subscribe(&e, "b", "events", |_| {});
+    assert_eq!(publish(&e, "events", "for both"), 2);
+    assert_eq!(retained(&e, "events"), vec![2]);
+    let got = fetch(&e, "a", "c", 10);
+    assert_eq!(seqs(&got), vec![2]);
+    ack_all(&e, "a", &got);
+    assert_eq!(retained(&e, "events"), vec![2], "b has not settled it yet");
+    let got = fetch(&e, "b", "c", 10);
+    ack_all(&e, "b", &got);
+    assert_eq!(retained(&e, "events"), Vec::<u64>::new());
+    let info = e.topic_info(&name("events")).unwrap();
+    assert_eq!((info.messages, info.first_seq, info.counters.deleted_settled), (0, 3, 2));
+
+    // WorkQueue: a second subscription whose filter overlaps the first's is refused.
+    create(&e, "jobs", |c| {
+        c.retention = RetentionPolicy::WorkQueue;
+        c.subjects = vec![Pattern::parse("jobs.>").unwrap()];
+    });
+    subscribe(&e, "workers", "jobs", |c| c.filter = vec![Pattern::parse("jobs.email.*").unwrap()]);
+    let mut second = SubscriptionConfig::new(name("auditors"), name("jobs"));
+    second.filter = vec![Pattern::parse("jobs.*.urgent").unwrap()];
+    let err = e.create_subscription(second.clone()).unwrap_err();
+    assert!(matches!(err, EngineError::InvalidConfig(_)), "{err}");
+    assert!(err.to_string().contains("work queue") && err.to_string().contains("workers"), "{err}");
+    let mut everything = second.clone();
+    everything.filter.clear();
+    assert!(e.create_subscription(everything).is_err(), "no filter overlaps every filter");
+    // A filter that does not overlap is a second queue on the same topic.
+    second.filter = vec![Pattern::parse("jobs.sms.*").unwrap()];
+    e.create_subscription(second).unwrap();
+}
+
+#[test]
+fn work_queue_deletes_on_ack_and_keeps_what_is_unsettled() {
+    let (e, _) = engine();
+    create(&e, "jobs", |c| c.retention = RetentionPolicy::WorkQueue);
+    subscribe(&e, "w", "jobs", |_| {});
+    for i in 1..=4 {
+        publish(&e, "jobs", &format!("job {i}"));
+    }
+    let got = fetch(&e, "w", "c", 4);
+    e.ack(&name("w"), got[0].lease.unwrap()).unwrap();
+    e.ack(&name("w"), got[2].lease.unwrap()).unwrap();
+    // 1 goes; 3 is acked but 2 is not, so the front stops at 2 (deletion is from the front).
+    assert_eq!(retained(&e, "jobs"), vec![2, 3, 4]);
+    e.ack(&name("w"), got[1].lease.unwrap()).unwrap();
+    assert_eq!(retained(&e, "jobs"), vec![4]);
+    // A term settles too.
+    e.term(&name("w"), got[3].lease.unwrap(), "bad").unwrap();
+    assert_eq!(e.topic_info(&name("jobs")).unwrap().messages, 0);
+    // Deleting the subscription frees the topic: nothing holds messages any more.
+    publish(&e, "jobs", "late");
+    assert_eq!(e.topic_info(&name("jobs")).unwrap().messages, 1);
+    e.delete_subscription(&name("w")).unwrap();
+    assert_eq!(e.topic_info(&name("jobs")).unwrap().messages, 0);
+}
+
+#[test]
+fn interest_with_a_retain_acked_subscription_keeps_messages_until_the_limits_remove_them() {
+    let (e, _) = engine();
+    create(&e, "audit", |c| {
+        c.retention = RetentionPolicy::Interest;
+        c.limits.max_msgs = Some(3);
+    });
+    subscribe(&e, "keeper", "audit", |c| c.retain_acked = true);
+    subscribe(&e, "plain", "audit", |_| {});
+    for i in 1..=2 {
+        publish(&e, "audit", &format!("{i}"));
+    }
+    for sub in ["keeper", "plain"] {
+        let got = fetch(&e, sub, "c", 10);
+        ack_all(&e, sub, &got);
+    }
+    assert_eq!(retained(&e, "audit"), vec![1, 2], "the retain_acked subscription's acks delete nothing");
+    // It can go back over what it acked.
+    e.seek(&name("keeper"), pubsub::engine::SeekTarget::Start).unwrap();
+    assert_eq!(seqs(&fetch(&e, "keeper", "c", 10)), vec![1, 2]);
+    for i in 3..=5 {
+        publish(&e, "audit", &format!("{i}"));
+    }
+    assert_eq!(retained(&e, "audit"), vec![3, 4, 5], "the limits still apply");
+}
+
+#[test]
+fn max_msgs_per_key_keeps_the_newest_of_each_key_and_expires_unsettled_older_ones() {
+    let (e, _) = engine();
+    create(&e, "prices", |c| c.limits.max_msgs_per_key = Some(1));
+    subscribe(&e, "slow", "prices", |_| {});
+    keyed(&e, "prices", Some("eur"), "1.08"); // 1
+    keyed(&e, "prices", Some("gbp"), "0.85"); // 2
+    keyed(&e, "prices", None, "no key"); // 3
+    let got = fetch(&e, "slow", "c", 1);
+    assert_eq!(seqs(&got), vec![1]);
+    keyed(&e, "prices", Some("eur"), "1.09"); // 4: 1 goes (in flight in `slow`: expired there)
+    keyed(&e, "prices", Some("gbp"), "0.86"); // 5: 2 goes (never delivered to `slow`)
+    assert_eq!(retained(&e, "prices"), vec![3, 4, 5]);
+    let info = e.topic_info(&name("prices")).unwrap();
+    assert_eq!((info.messages, info.first_seq, info.counters.expired), (3, 3, 2));
+    let sub = e.subscription_info(&name("slow")).unwrap();
+    assert_eq!(sub.counters.expired_unacked, 2);
+    // The lease of the deleted message settles nothing, and the rest comes in order.
+    e.ack(&name("slow"), got[0].lease.unwrap()).unwrap();
+    assert_eq!(seqs(&fetch(&e, "slow", "c", 10)), vec![3, 4, 5]);
+    // Deleted out of order, in the middle: the key's older message goes even when it is not the front.
+    keyed(&e, "prices", Some("eur"), "1.10"); // 6: 4 goes, 3 (unkeyed) stays
+    assert_eq!(retained(&e, "prices"), vec![3, 5, 6]);
+    assert_eq!(e.topic_info(&name("prices")).unwrap().messages, 3);
+    // Gaps are not pending: a new reader from the start has three messages to read, not four.
+    subscribe(&e, "late", "prices", |_| {});
+    let late = e.subscription_info(&name("late")).unwrap();
+    assert_eq!((late.pending, late.backlog), (3, 3));
+    assert_eq!(seqs(&fetch(&e, "late", "c", 10)), vec![3, 5, 6]);
+}
+
+#[test]
+fn last_per_key_start_reads_a_compacted_topic_as_a_table() {
+    let (e, _) = engine();
+    create(&e, "table", |c| c.limits.max_msgs_per_key = Some(2));
+    for (k, v) in [("a", "a1"), ("b", "b1"), ("a", "a2"), ("c", "c1"), ("a", "a3"), ("b", "b2")] {
+        keyed(&e, "table", Some(k), v);
+    }
+    keyed(&e, "table", None, "unkeyed");
+    subscribe(&e, "view", "table", |c| c.start = StartPosition::LastPerKey);
+    let got = fetch(&e, "view", "c", 10);
+    assert_eq!(payloads(&got), vec!["c1", "a3", "b2"], "one row per key, unkeyed messages skipped");
+    let info = e.subscription_info(&name("view")).unwrap();
+    assert_eq!(info.start, StartPosition::LastPerKey);
+    ack_all(&e, "view", &got);
+    // Then every new message, keyed or not.
+    keyed(&e, "table", Some("a"), "a4");
+    keyed(&e, "table", None, "later");
+    assert_eq!(payloads(&fetch(&e, "view", "c", 10)), vec!["a4", "later"]);
+}
+
+#[test]
+fn message_retention_expires_unacked_messages_in_that_subscription_only() {
+    let (e, clock) = engine();
+    subscribe(&e, "short", "t", |c| c.message_retention = Some(Duration::from_secs(60)));
+    subscribe(&e, "long", "t", |_| {});
+    publish(&e, "t", "old 1");
+    publish(&e, "t", "old 2");
+    let held = fetch(&e, "short", "c", 1); // seq 1 in flight, seq 2 pending
+    assert_eq!(seqs(&held), vec![1]);
+    clock.advance(Duration::from_secs(30));
+    publish(&e, "t", "young");
+    clock.advance(Duration::from_secs(31));
+    e.tick();
+    let info = e.subscription_info(&name("short")).unwrap();
+    assert_eq!(info.counters.expired_unacked, 2);
+    assert_eq!((info.ack_floor, info.backlog), (2, 1));
+    assert_eq!(seqs(&fetch(&e, "short", "c", 10)), vec![3]);
+    assert_eq!(seqs(&fetch(&e, "long", "c", 10)), vec![1, 2, 3], "the topic keeps them for others");
+    // The old lease settles nothing now.
+    e.ack(&name("short"), held[0].lease.unwrap()).unwrap();
+    assert_eq!(e.subscription_info(&name("short")).unwrap().counters.acked, 0);
+}
+
+#[test]
+fn dead_letter_on_expiry_copies_expired_messages_with_reason_expired() {
+    let (e, clock) = engine();
+    subscribe(&e, "s", "t", |c| {
+        c.message_retention = Some(Duration::from_secs(10));
+        c.dead_letter = Some(name("t.dlq"));
+        c.dead_letter_on_expiry = true;
+    });
+    publish(&e, "t", "one");
+    let _held = fetch(&e, "s", "c", 1);
+    publish(&e, "t", "two");
+    clock.advance(Duration::from_secs(11));
+    e.tick();
+    let copies = e.browse(&name("t.dlq"), BrowseFrom::Seq(0), 10).unwrap();
+    let got: Vec<(String, String, String)> = copies
+        .iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(&m.payload).into_owned(),
+                m.headers().get("x-dead-letter-reason").cloned().unwrap_or_default(),
+                m.headers().get("x-dead-letter-seq").cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("one".into(), "expired".into(), "1".into()), ("two".into(), "expired".into(), "2".into())]
+    );
+    let info = e.subscription_info(&name("s")).unwrap();
+    assert_eq!((info.counters.dead_lettered, info.counters.expired_unacked, info.backlog), (2, 0, 0));
+    // Without a dead-letter topic the setting is refused.
+    let mut bad = SubscriptionConfig::new(name("bad"), name("t"));
+    bad.dead_letter_on_expiry = true;
+    assert!(e.create_subscription(bad).unwrap_err().to_string().contains("dead-letter topic"));
+}
+
+#[test]
+fn limits_retention_dead_letters_unsettled_victims_when_asked() {
+    let (e, _) = engine();
+    create(&e, "t", |c| c.limits.max_msgs = Some(2));
+    subscribe(&e, "s", "t", |c| {
+        c.dead_letter = Some(name("t.dlq"));
+        c.dead_letter_on_expiry = true;
+    });
+    for i in 1..=3 {
+        publish(&e, "t", &format!("m{i}"));
+    }
+    let copies = e.browse(&name("t.dlq"), BrowseFrom::Seq(0), 10).unwrap();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].headers().get("x-dead-letter-reason").map(String::as_str), Some("expired"));
+    assert_eq!(&copies[0].payload[..], b"m1");
+}
+
+// ----- the durable store --------------------------------------------------------------------------
+
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new(tag: &str) -> DataDir {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pubsub-retention-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        DataDir(dir)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn clock() -> Arc<ManualClock> {
+    ManualClock::new(Timestamp::from_micros(1_780_000_000_000_000))
+}
+
+fn open_at(dir: &Path, clock: &Arc<ManualClock>) -> Engine {
+    let (engine, report) = Engine::open(dir, clock.clone(), EngineConfig::default()).unwrap();
+    assert!(report.findings().is_empty(), "{:?}", report.findings());
+    engine
+}
+
+/// Builds the same state in a data directory, then checks it after a clean close and after a crash
+/// (the engine dropped without closing, as a kill -9 leaves it).
+fn durable_state(dir: &Path, clock: &Arc<ManualClock>) -> Engine {
+    let e = open_at(dir, clock);
+    create(&e, "queue", |c| {
+        c.retention = RetentionPolicy::WorkQueue;
+        c.segment_bytes = 200; // several sealed segments, so that whole files go
+    });
+    subscribe(&e, "w", "queue", |_| {});
+    for i in 1..=20 {
+        publish(&e, "queue", &format!("job number {i:02}"));
+    }
+    let got = fetch(&e, "w", "c", 12);
+    ack_all(&e, "w", &got[..10]);
+    create(&e, "quiet", |c| c.retention = RetentionPolicy::Interest);
+    publish(&e, "quiet", "nobody");
+    create(&e, "table", |c| c.limits.max_msgs_per_key = Some(1));
+    for (k, v) in [("a", "a1"), ("b", "b1"), ("a", "a2")] {
+        keyed(&e, "table", Some(k), v);
+    }
+    subscribe(&e, "view", "table", |c| c.start = StartPosition::LastPerKey);
+    subscribe(&e, "short", "table", |c| {
+        c.message_retention = Some(Duration::from_secs(3600));
+        c.retain_acked = true;
+        c.dead_letter = Some(name("table.dlq"));
+        c.dead_letter_on_expiry = true;
+    });
+    e
+}
+
+fn check_durable_state(e: &Engine) {
+    let queue = e.topic_info(&name("queue")).unwrap();
+    assert_eq!(queue.retention, RetentionPolicy::WorkQueue);
+    assert_eq!((queue.first_seq, queue.head_seq, queue.messages), (11, 20, 10), "the advanced first_seq");
+    assert_eq!(retained(e, "queue"), (11..=20).collect::<Vec<_>>());
+    let quiet = e.topic_info(&name("quiet")).unwrap();
+    assert_eq!((quiet.retention, quiet.messages, quiet.head_seq), (RetentionPolicy::Interest, 0, 1));
+    let table = e.topic_info(&name("table")).unwrap();
+    assert_eq!(table.limits.max_msgs_per_key, Some(1));
+    assert_eq!(retained(e, "table"), vec![2, 3]);
+    let view = e.subscription_info(&name("view")).unwrap();
+    assert_eq!(view.start, StartPosition::LastPerKey);
+    let short = e.subscription_info(&name("short")).unwrap();
+    assert_eq!(short.message_retention, Some(Duration::from_secs(3600)));
+    assert!(short.retain_acked && short.dead_letter_on_expiry);
+    // The LastPerKey start survived: one row per key, then new messages.
+    let got = fetch(e, "view", "c", 10);
+    assert_eq!(payloads(&got), vec!["b1", "a2"]);
+    // The work queue still refuses a second reader.
+    let err = e.create_subscription(SubscriptionConfig::new(name("w2"), name("queue"))).unwrap_err();
+    assert!(err.to_string().contains("work queue"), "{err}");
+}
+
+#[test]
+fn retention_settings_and_the_advanced_first_seq_survive_a_clean_restart() {
+    let dir = DataDir::new("clean");
+    let clock = clock();
+    let e = durable_state(&dir.0, &clock);
+    e.close().unwrap();
+    drop(e);
+    assert_eq!(pubsub::store::verify(&dir.0).unwrap(), Vec::<String>::new(), "store verify accepts them");
+    let e = open_at(&dir.0, &clock);
+    check_durable_state(&e);
+    // Sealed segments below first_seq are gone from the disk.
+    let part = dir.0.join("topics").join("queue").join("0");
+    let files = std::fs::read_dir(part)
+        .unwrap()
+        .filter(|f| f.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"));
+    assert!(files.count() < 20, "whole segments below first_seq were deleted");
+}
+
+#[test]
+fn retention_settings_and_the_advanced_first_seq_survive_a_crash() {
+    let dir = DataDir::new("crash");
+    let clock = clock();
+    drop(durable_state(&dir.0, &clock)); // no close: what kill -9 leaves
+    let e = open_at(&dir.0, &clock);
+    check_durable_state(&e);
+    // Interest with a restored subscription: what it acks after the restart goes too.
+    let got = fetch(&e, "w", "c", 20);
+    assert_eq!(seqs(&got), (11..=20).collect::<Vec<_>>());
+    ack_all(&e, "w", &got);
+    assert_eq!(e.topic_info(&name("queue")).unwrap().messages, 0);
+}
+
+// ----- through the real binary --------------------------------------------------------------------
+
+#[test]
+fn cli_work_queue_refuses_a_second_overlapping_subscription_and_survives_kill_9() {
+    let home = Home::new("retention-wq");
+    let (code, _, stderr) = home.run(&["topic", "create", "jobs", "--retention", "work-queue"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = home.run(&["subs", "create", "workers", "--topic", "jobs", "--from", "start"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = home.run(&["subs", "create", "more", "--topic", "jobs"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("work queue") && stderr.contains("workers"), "{stderr}");
+    for i in 1..=3 {
+        let (code, _, stderr) = home.run(&["pub", "jobs", &format!("job{i}")]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let (code, stdout, stderr) = home.run(&["sub", "jobs", "--subscription", "workers", "--count", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("job1") && stdout.contains("job2"), "{stdout}");
+    let (code, stdout, stderr) = home.run(&["topic", "info", "jobs", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let info: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(info["retention"], "work_queue");
+    assert_eq!((info["first_seq"].as_u64(), info["messages"].as_u64()), (Some(3), Some(1)), "{info}");
+
+    let daemons = crate::support::daemons_under(&home.0);
+    assert_eq!(daemons.len(), 1, "{daemons:?}");
+    let killed = Command::new("kill").args(["-KILL", &daemons[0].to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while crate::support::is_running(daemons[0]) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A new daemon recovers the policy, the first seq and the refusal.
+    let (code, stdout, stderr) = home.run(&["topic", "info", "jobs"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("work-queue") && stdout.contains("3..3"), "{stdout}");
+    let (code, _, stderr) = home.run(&["subs", "create", "more", "--topic", "jobs"]);
+    assert_eq!(code, 1, "{stderr}");
+}
+
+#[test]
+fn cli_last_per_key_subscription_reads_a_compacted_topic_as_a_table() {
+    let home = Home::new("retention-table");
+    let (code, _, stderr) = home.run(&["topic", "create", "prices", "--max-msgs-per-key", "1"]);
+    assert_eq!(code, 0, "{stderr}");
+    for (k, v) in [("eur", "1.08"), ("gbp", "0.85"), ("eur", "1.09"), ("usd", "1.00"), ("gbp", "0.86")] {
+        let (code, _, stderr) = home.run(&["pub", "prices", v, "--key", k]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let (code, stdout, stderr) = home.run(&["topics"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 per key"), "{stdout}");
+    let (code, _, stderr) =
+        home.run(&["subs", "create", "view", "--topic", "prices", "--from", "last-per-key"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = home.run(&["sub", "prices", "--subscription", "view", "--exit-at-end"]);
+    assert_eq!(code, 0, "{stderr}");
+    let values: Vec<&str> = stdout.lines().filter_map(|l| l.split_whitespace().last()).collect();
+    assert_eq!(values, vec!["1.09", "1.00", "0.86"], "{stdout}");
+    let (code, stdout, stderr) = home.run(&["sub-info", "view"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("last message per key"), "{stdout}");
+}
