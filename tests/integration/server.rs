@@ -149,6 +149,29 @@ async fn durable_subscription_streams_with_leases_and_live_taps_stream_without()
     assert_eq!((info.ack_floor, info.in_flight), (1, 0));
 }
 
+/// A stream ends when the client it came from is dropped, instead of waiting for ever for deliveries
+/// that no connection will bring (found while load-testing shared demos).
+#[tokio::test]
+async fn a_remote_stream_ends_when_its_client_is_dropped() {
+    let server = start(ServeConfig::default()).await;
+    let c = client(&server).await;
+    let mut live = c.subscribe(SubscribeRequest::live(vec![Pattern::parse("news").unwrap()])).await.unwrap();
+    c.publish(PublishRequest::new(name("news"), "first")).await.unwrap();
+    assert_eq!(next_delivery(&mut live).await.message.payload.as_ref(), b"first");
+    drop(c);
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match live.next().await {
+                None => return,
+                Some(Ok(StreamItem::Delivery(d))) => panic!("a delivery after the client went: {d:?}"),
+                Some(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the stream of a dropped client is still open after 5 s");
+}
+
 #[tokio::test]
 async fn long_poll_fetch_waits_for_a_message() {
     let server = start(ServeConfig::default()).await;

@@ -112,14 +112,27 @@ pub(super) fn install_queue(inner: &Inner) -> mpsc::Receiver<Outgoing> {
 /// Owns the connection: serves it until it drops, then reconnects with backoff until cancelled.
 pub(super) async fn run(
     inner: Arc<Inner>,
+    socket: Socket,
+    out_rx: mpsc::Receiver<Outgoing>,
+    cancel: CancellationToken,
+) {
+    connect_until_closed(&inner, socket, out_rx, &cancel).await;
+    // The client is gone (its handle dropped): its streams end, rather than leave their readers waiting
+    // for deliveries nobody will receive.
+    guard(&inner.streams).clear();
+}
+
+/// Serves the connection, reconnecting after drops, until `cancel` fires.
+async fn connect_until_closed(
+    inner: &Arc<Inner>,
     mut socket: Socket,
     mut out_rx: mpsc::Receiver<Outgoing>,
-    cancel: CancellationToken,
+    cancel: &CancellationToken,
 ) {
     // Only a reconnect resubscribes: on the first socket, streams subscribe themselves.
     let mut reconnected = false;
     loop {
-        let reason = serve(&inner, socket, out_rx, &cancel, reconnected).await;
+        let reason = serve(inner, socket, out_rx, cancel, reconnected).await;
         reconnected = true;
         *guard(&inner.out) = None;
         guard(&inner.sids).clear();
@@ -143,12 +156,12 @@ pub(super) async fn run(
                 () = cancel.cancelled() => return,
                 () = backoff.wait() => {}
             }
-            match open(&inner).await {
+            match open(inner).await {
                 Ok(s) => break s,
                 Err(e) => tracing::debug!(error = %e, "reconnect failed"),
             }
         };
-        out_rx = install_queue(&inner);
+        out_rx = install_queue(inner);
         let _ = inner.events.send(ConnectionEvent::Reconnected);
     }
 }
