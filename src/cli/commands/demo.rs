@@ -57,6 +57,34 @@ pub struct DemoArgs {
     pub duration: Option<std::time::Duration>,
 }
 
+/// The TUI of a live demo: the projector theme with `--workshop` (else `PUBSUB_THEME` or the default).
+fn demo_tui_options(args: &DemoArgs) -> crate::tui::TuiOptions {
+    let theme = if args.workshop {
+        "high-contrast".to_string()
+    } else {
+        std::env::var("PUBSUB_THEME").unwrap_or_else(|_| "default".into())
+    };
+    watching(theme, args.workshop, args.snapshot.clone())
+}
+
+/// A demo's TUI, a teacher's or a watcher's (`theme`, `workshop` mode, the view saved to `snapshot` on
+/// quit), with the user's themes and the usual stream buffer.
+pub(super) fn watching(
+    theme: String,
+    workshop: bool,
+    snapshot: Option<std::path::PathBuf>,
+) -> crate::tui::TuiOptions {
+    crate::tui::TuiOptions {
+        theme,
+        config_dir: crate::config::paths::Paths::discover().ok().map(|p| p.config),
+        stream_count: 10_000,
+        stream_bytes: 64 << 20,
+        mouse: true,
+        workshop,
+        snapshot,
+    }
+}
+
 /// Runs `pubsub demo`.
 pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
     let mut out = Stdout::new();
@@ -116,20 +144,7 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
         out.write(report.render().as_bytes())?;
         return out.flush();
     }
-    let theme = if args.workshop {
-        "high-contrast".to_string()
-    } else {
-        std::env::var("PUBSUB_THEME").unwrap_or_else(|_| "default".into())
-    };
-    let opts = crate::tui::TuiOptions {
-        theme,
-        config_dir: crate::config::paths::Paths::discover().ok().map(|p| p.config),
-        stream_count: 10_000,
-        stream_bytes: 64 << 20,
-        mouse: true,
-        workshop: args.workshop,
-        snapshot: args.snapshot.clone(),
-    };
+    let opts = demo_tui_options(&args);
     let publishers = scenario.publishers.iter().map(|p| (p.name.clone(), p.subjects.clone())).collect();
     let (narration_tx, narration_rx) = tokio::sync::mpsc::channel(1024);
     if ctx.broker_explicit {

@@ -51,15 +51,7 @@ pub async fn run(ctx: &Context, args: JoinArgs) -> Result<(), CliError> {
     let watching = tokio::spawn(crate::demo::share::watch(broker.clone(), status_tx, narration_tx));
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let theme = args.theme.unwrap_or_else(|| if no_color { "mono".into() } else { "default".into() });
-    let opts = crate::tui::TuiOptions {
-        theme,
-        config_dir: crate::config::paths::Paths::discover().ok().map(|p| p.config),
-        stream_count: 10_000,
-        stream_bytes: 64 << 20,
-        mouse: true,
-        workshop: false,
-        snapshot: args.snapshot,
-    };
+    let opts = super::demo::watching(theme, false, args.snapshot);
     let demo = crate::tui::DemoFeed {
         publishers: Vec::new(),
         narration: Some(narration_rx),

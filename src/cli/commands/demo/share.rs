@@ -47,7 +47,8 @@ pub async fn run(
     }
     out.flush()?;
     if !on_terminal {
-        wait_for_signal().await;
+        crate::cli::signal::interrupted().await;
+        note("stopping the shared demo: closing the attendees' connections");
         drop(controls_tx);
         running.abort();
         sharing.stop().await;
@@ -57,20 +58,7 @@ pub async fn run(
     for line in &sharing.lines {
         let _ = view_tx.try_send(line.clone());
     }
-    let theme = if args.workshop {
-        "high-contrast".to_string()
-    } else {
-        std::env::var("PUBSUB_THEME").unwrap_or_else(|_| "default".into())
-    };
-    let opts = crate::tui::TuiOptions {
-        theme,
-        config_dir: crate::config::paths::Paths::discover().ok().map(|p| p.config),
-        stream_count: 10_000,
-        stream_bytes: 64 << 20,
-        mouse: true,
-        workshop: args.workshop,
-        snapshot: args.snapshot.clone(),
-    };
+    let opts = super::demo_tui_options(args);
     let publishers = scenario.publishers.iter().map(|p| (p.name.clone(), p.subjects.clone())).collect();
     let demo = crate::tui::DemoFeed {
         publishers,
@@ -82,23 +70,6 @@ pub async fn run(
     running.abort();
     sharing.stop().await;
     ui.map_err(|e| CliError::Failed(e.to_string()))
-}
-
-/// Waits for SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    note("stopping the shared demo: closing the attendees' connections");
 }
 
 /// A demo being shared; [`Sharing::stop`] closes the attendees' connections.
