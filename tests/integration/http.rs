@@ -102,6 +102,19 @@ fn lines_until(lines: &Receiver<String>, mut done: impl FnMut(&str) -> bool) -> 
     }
 }
 
+/// SSE lines from a child's stdout up to the `n`-th event's data line, within 10 s each.
+async fn events_read(lines: Receiver<String>, n: usize) -> Vec<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut seen = 0;
+        lines_until(&lines, |l| {
+            seen += usize::from(l.starts_with("data: "));
+            seen == n
+        })
+    })
+    .await
+    .unwrap()
+}
+
 /// The `(id, envelope)` of every event among SSE lines.
 fn events(lines: &[String]) -> Vec<(u64, serde_json::Value)> {
     let mut out = Vec::new();
@@ -312,15 +325,7 @@ async fn event_ids_over_several_partitions_resume_every_partition_exactly() {
     let url = format!("{}/topics/clicks/events?from=all", base(&server));
     let Some(mut all) = curl(&["-sN", &url]) else { return };
     let lines = stdout_lines(&mut all.0);
-    let first = tokio::task::spawn_blocking(move || {
-        let mut n = 0;
-        lines_until(&lines, |l| {
-            n += usize::from(l.starts_with("data: "));
-            n == 6
-        })
-    })
-    .await
-    .unwrap();
+    let first = events_read(lines, 6).await;
     drop(all);
     let got = positioned_events(&first);
     assert_eq!(got.len(), 6);
@@ -337,15 +342,7 @@ async fn event_ids_over_several_partitions_resume_every_partition_exactly() {
     let raw_id = first.iter().filter_map(|l| l.strip_prefix("id: ")).nth(2).unwrap().to_string();
     let Some(mut resumed) = curl(&["-sN", "-H", &format!("Last-Event-ID: {raw_id}"), &url]) else { return };
     let lines = stdout_lines(&mut resumed.0);
-    let rest = tokio::task::spawn_blocking(move || {
-        let mut n = 0;
-        lines_until(&lines, |l| {
-            n += usize::from(l.starts_with("data: "));
-            n == 3
-        })
-    })
-    .await
-    .unwrap();
+    let rest = events_read(lines, 3).await;
     let payloads = |events: &[(std::collections::BTreeMap<u64, u64>, serde_json::Value)]| {
         events
             .iter()
@@ -362,15 +359,7 @@ async fn event_ids_over_several_partitions_resume_every_partition_exactly() {
     if in_one > 0 {
         let Some(mut single) = curl(&["-sN", &one]) else { return };
         let lines = stdout_lines(&mut single.0);
-        let only = tokio::task::spawn_blocking(move || {
-            let mut n = 0;
-            lines_until(&lines, |l| {
-                n += usize::from(l.starts_with("data: "));
-                n == in_one
-            })
-        })
-        .await
-        .unwrap();
+        let only = events_read(lines, in_one).await;
         let only = events(&only);
         assert!(only.iter().all(|(id, e)| e["partition"] == 1 && e["seq"] == *id), "{only:?}");
     }

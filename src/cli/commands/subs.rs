@@ -183,7 +183,7 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
             .into_iter()
             .find(|(set, _)| *set);
             if let Some((_, flag)) = retention_flag
-                && !matches!(broker.kind(), "mem" | "local" | "ws")
+                && !super::topics::is_pubsub_engine(&broker)
             {
                 return Err(CliError::Usage(format!(
                     "{flag}: per-subscription retention is run by the pubsub engine (mem://, local, ws://); {} has no such setting here",
@@ -218,7 +218,7 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
                 c.ack_durability = AckDurability::Async;
             }
             if let Some(endpoint) = &a.push_endpoint {
-                if !matches!(broker.kind(), "mem" | "ws") {
+                if !super::topics::is_pubsub_engine(&broker) {
                     return Err(CliError::Usage(format!(
                         "--push-endpoint: HTTP push is run by the pubsub engine (mem://, local, ws://); {} has no push subscriptions",
                         broker.kind()
@@ -228,7 +228,7 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
             }
             c.ordering = a.ordering.parse().map_err(CliError::Usage)?;
             c.assignment = a.assignment.parse().map_err(CliError::Usage)?;
-            if c.assignment != crate::model::Assignment::Shared && !matches!(broker.kind(), "mem" | "ws") {
+            if c.assignment != crate::model::Assignment::Shared && !super::topics::is_pubsub_engine(&broker) {
                 return Err(CliError::Usage(format!(
                     "--assignment {}: assignment modes are run by the pubsub engine (mem://, local, ws://); on {} use the broker's own (a Kafka consumer group already owns partitions one consumer each)",
                     a.assignment,

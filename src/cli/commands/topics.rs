@@ -327,10 +327,16 @@ fn storage(t: &TopicInfo) -> String {
     }
 }
 
-/// Whether the broker is a pubsub engine, which keeps rates and running totals; other brokers report
-/// none, and showing zeros for them would be a made-up figure.
+/// Whether the broker is a pubsub engine (in process, the local daemon or a `pubsub serve`), which runs
+/// the engine's own settings (assignment, per-subscription retention) rather than a broker's.
+pub(crate) fn is_pubsub_engine(broker: &crate::broker::SharedBroker) -> bool {
+    matches!(broker.kind(), "mem" | "ws")
+}
+
+/// Whether the broker keeps rates and running totals: a pubsub engine does; other brokers report none,
+/// and showing zeros for them would be a made-up figure.
 pub(crate) fn keeps_totals(broker: &crate::broker::SharedBroker) -> bool {
-    matches!(broker.kind(), "mem" | "local" | "ws")
+    is_pubsub_engine(broker)
 }
 
 fn show(t: &TopicInfo, json: bool, counted: bool) -> Result<(), CliError> {
