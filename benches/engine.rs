@@ -1,5 +1,7 @@
 //! Engine micro-benchmarks, each beside a `tokio::sync::broadcast` baseline doing the same delivery work
-//! in the same run, so that ratios hold on a noisy machine. Run with `cargo bench --bench engine`.
+//! in the same run, so that ratios hold on a noisy machine. Run with `cargo bench --bench engine`; after
+//! `--`, a word keeps only the lines whose label holds it, `--rounds N` alternates the two sides N times
+//! and prints medians, `--engine-only` or `--reference-only` runs one side (to profile it), `--quick` divides the counts by 10.
 //!
 //! Scenarios (targets from the foundation issue):
 //! * publish → 1 subscription, ack none, 16-byte payloads (≥ 5 M msgs/s)
@@ -30,60 +32,79 @@ const BATCH: usize = 1000;
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
+    // A word that is not an option keeps only the lines whose label contains it (`cargo bench --bench
+    // engine -- PerKey`), as `cargo bench` filters do.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only = args
+        .iter()
+        .enumerate()
+        .find(|&(i, a)| !a.starts_with('-') && (i == 0 || args[i - 1] != "--rounds"))
+        .map(|(_, a)| a.clone());
     println!(
         "engine benchmarks ({} mode); each line: engine | broadcast baseline | ratio",
         if quick { "quick" } else { "full" }
     );
     // First, while the heap holds no memory freed by other scenarios.
-    memory_per_message(1_000_000 / scale);
+    if only.is_none() {
+        memory_per_message(1_000_000 / scale);
+    }
     report(
+        &only,
         "publish -> 1 sub, ack none, 16 B (msgs/s)",
-        publish_one_sub(2_000_000 / scale),
-        baseline_one(2_000_000 / scale),
+        || publish_one_sub(2_000_000 / scale),
+        || baseline_one(2_000_000 / scale),
     );
     report(
+        &only,
         "publish -> 1 sub, ack none, 16 B, one publish() per msg",
-        publish_one_sub_single(2_000_000 / scale),
-        baseline_one(2_000_000 / scale),
+        || publish_one_sub_single(2_000_000 / scale),
+        || baseline_one(2_000_000 / scale),
     );
     report(
+        &only,
         "fan-out 1 -> 100 subs (deliveries/s)",
-        fan_out(100, 100_000 / scale),
-        baseline_fan_out(100, 100_000 / scale),
+        || fan_out(100, 100_000 / scale),
+        || baseline_fan_out(100, 100_000 / scale),
     );
     report(
+        &only,
         "fan-out 1 -> 10 subs (deliveries/s)",
-        fan_out(10, 500_000 / scale),
-        baseline_fan_out(10, 500_000 / scale),
+        || fan_out(10, 500_000 / scale),
+        || baseline_fan_out(10, 500_000 / scale),
     );
     report(
+        &only,
         "explicit ack: fetch + ack (msgs/s)",
-        explicit_ack(1_000_000 / scale),
-        baseline_one(1_000_000 / scale),
+        || explicit_ack(1_000_000 / scale),
+        || baseline_one(1_000_000 / scale),
     );
     // Issue 24: partitions and ordering, each against the same work on one partition (the ratio is
     // 8 partitions / 1 partition, and PerKey / no ordering).
     let n = 2_000_000 / scale;
     report(
+        &only,
         "keyed, ack none: 8 partitions | 1 partition (msgs/s)",
-        keyed_ack_none(8, n),
-        keyed_ack_none(1, n),
+        || keyed_ack_none(8, n),
+        || keyed_ack_none(1, n),
     );
     let n = 1_000_000 / scale;
     report(
+        &only,
         "keyed, fetch + ack: 8 partitions | 1 partition (msgs/s)",
-        keyed_explicit(8, OrderingMode::None, n),
-        keyed_explicit(1, OrderingMode::None, n),
+        || keyed_explicit(8, OrderingMode::None, n),
+        || keyed_explicit(1, OrderingMode::None, n),
     );
     report(
+        &only,
         "PerKey, 1000 keys, fetch + ack | no ordering (msgs/s)",
-        keyed_explicit(1, OrderingMode::PerKey, n),
-        keyed_explicit(1, OrderingMode::None, n),
+        || keyed_explicit(1, OrderingMode::PerKey, n),
+        || keyed_explicit(1, OrderingMode::None, n),
     );
     report(
+        &only,
         "PerKey, 1000 keys, 8 partitions | no ordering (msgs/s)",
-        keyed_explicit(8, OrderingMode::PerKey, n),
-        keyed_explicit(8, OrderingMode::None, n),
+        || keyed_explicit(8, OrderingMode::PerKey, n),
+        || keyed_explicit(8, OrderingMode::None, n),
     );
 }
 
@@ -93,7 +114,12 @@ fn keyed_engine(partitions: u32, ack: AckMode, ordering: OrderingMode) -> (Engin
     let engine = Engine::new();
     let mut topic = TopicConfig::new(name("bench"));
     topic.partitions = partitions;
-    topic.limits = Limits { max_msgs: Some(100_000), max_bytes: None, max_age: None, max_msgs_per_key: None };
+    // Limits hold per partition, so each partition keeps its share of the same 100,000 messages: the
+    // runs compare the same work, not 8 times the retained memory.
+    let retained = std::env::var("PUBSUB_BENCH_RETAINED").ok().and_then(|v| v.parse::<u64>().ok());
+    let max_msgs = retained.unwrap_or(100_000) / u64::from(partitions);
+    topic.limits =
+        Limits { max_msgs: Some(max_msgs), max_bytes: None, max_age: None, max_msgs_per_key: None };
     engine.create_topic(topic).unwrap_or_else(|e| panic!("{e}"));
     let mut config = SubscriptionConfig::new(name("s"), name("bench"));
     config.ack = ack;
@@ -125,8 +151,47 @@ fn keyed_explicit(partitions: u32, ordering: OrderingMode, n: u64) -> f64 {
     publish_fetch_ack(&engine, &template, n)
 }
 
-fn report(label: &str, engine: f64, baseline: f64) {
-    println!("{label:<58} {:>14.0} | {:>14.0} | {:.2}x", engine, baseline, engine / baseline);
+/// Runs and prints one line, unless `only` names other lines. With `--rounds N` the two sides run
+/// alternately N times and the line gives their medians and the median of the per-round ratios, which
+/// holds better than one round on a shared machine. `--engine-only` or `--reference-only` runs one side (for a
+/// profile of one side alone).
+fn report(only: &Option<String>, label: &str, engine: impl Fn() -> f64, baseline: impl Fn() -> f64) {
+    if only.as_ref().is_some_and(|o| !label.contains(o.as_str())) {
+        return;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let rounds = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    if args.iter().any(|a| a == "--engine-only") {
+        let runs: Vec<f64> = (0..rounds).map(|_| engine()).collect();
+        println!("{label:<58} {:>14.0} | {:>14} |", median(runs), "-");
+        return;
+    }
+    if args.iter().any(|a| a == "--reference-only") {
+        let runs: Vec<f64> = (0..rounds).map(|_| baseline()).collect();
+        println!("{label:<58} {:>14} | {:>14.0} |", "-", median(runs));
+        return;
+    }
+    let (mut engines, mut baselines, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (e, b) = (engine(), baseline());
+        engines.push(e);
+        baselines.push(b);
+        ratios.push(e / b);
+    }
+    let ratio = median(ratios);
+    let (engine, baseline) = (median(engines), median(baselines));
+    println!("{label:<58} {:>14.0} | {:>14.0} | {:.2}x", engine, baseline, ratio);
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn name(s: &str) -> Name {

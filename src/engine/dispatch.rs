@@ -236,7 +236,7 @@ impl SubState {
         let deadline = now.plus(self.config.ack_deadline);
         let consumer_id = self.consumers.get(c).map(|x| x.id.clone());
         let bytes = record.size();
-        let entry = self.entries.entry(seq).or_insert_with(|| Entry::unleased(now, bytes));
+        let entry = self.entries.get_or_insert_with(seq, || Entry::unleased(now, bytes));
         entry.state = DeliveryState::InFlight;
         // A restored entry does not know its size until it is leased again.
         entry.bytes = bytes;

@@ -14,6 +14,7 @@ mod consumer;
 mod deadlines;
 mod dispatch;
 mod durable;
+mod entries;
 mod log;
 mod ordering;
 mod publish;

@@ -5,12 +5,13 @@
 //! `(ack_floor, delivered_seq]` without an entry are terminal (acked, filtered, expired). So the memory a
 //! subscription holds is proportional to what is unsettled, never to the length of the topic.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::consumer::ConsumerState;
 use super::deadlines::DeadlineQueue;
+use super::entries::EntryMap;
 use super::log::{Log, Record, RecordRef};
 use super::ordering::{LineKey, OrderGate};
 use super::stats::RateMeter;
@@ -131,7 +132,7 @@ pub(crate) struct SubState {
     /// Cursor and floor of each partition of the topic.
     pub parts: Vec<Part>,
     /// Keyed by [`pos_key`] (partition and seq), so one partition's entries are a contiguous range.
-    pub entries: BTreeMap<u64, Entry>,
+    pub entries: EntryMap,
     /// AVAILABLE messages with attempt ≥ 1, redelivered before new ones.
     pub ready: BTreeSet<u64>,
     /// DELAYED messages by `not_before`.
@@ -183,7 +184,7 @@ impl SubState {
             attr_filter,
             created: now,
             parts,
-            entries: BTreeMap::new(),
+            entries: EntryMap::new(),
             ready: BTreeSet::new(),
             delayed: BTreeSet::new(),
             deadlines: DeadlineQueue::new(),
@@ -495,7 +496,7 @@ impl SubState {
     /// Moves partition `p`'s ack floor over every settled message directly above it (I3).
     pub fn advance_floor_in(&mut self, p: u32) {
         let mut floor = None;
-        while let Some((&key, entry)) = self.entries.range(partition_keys(p)).next() {
+        while let Some((key, entry)) = self.entries.first_in(p) {
             if entry.state.is_terminal() {
                 self.entries.remove(&key);
             } else {
