@@ -12,7 +12,7 @@ use crate::model::clock::Timestamp;
 use crate::model::config::{Discard, Durability, Limits, RetentionPolicy, StorageKind, TopicConfig};
 use crate::model::error::EngineError;
 use crate::model::event::EngineEvent;
-use crate::model::message::{MessageExtra, PublishRequest};
+use crate::model::message::{Headers, MessageExtra, PublishRequest};
 use crate::model::name::Name;
 use crate::model::{PartitionInfo, TopicCounters, TopicInfo};
 use crate::store::SyncGate;
@@ -38,6 +38,30 @@ pub(crate) struct TopicState {
     next_partition: u32,
     /// Per partition, each key's retained seqs, oldest first; kept only under `max_msgs_per_key`.
     keys: Vec<HashMap<Bytes, VecDeque<u64>>>,
+    /// The extras of recent key-only messages, by a hash of the key (see [`TopicState::extra_for`]).
+    key_extras: Vec<Option<Arc<MessageExtra>>>,
+    /// Cache misses that pushed another key out since the cache last grew.
+    key_evictions: usize,
+}
+
+/// Slots in the cache of key-only extras when a topic first sees a keyed message, and at most (it
+/// grows fourfold when keys keep evicting each other): 32 KiB of slots for a topic of many keys.
+const KEY_EXTRA_SLOTS_FIRST: usize = 64;
+const KEY_EXTRA_SLOTS_MAX: usize = 4096;
+
+/// FNV-1a over a key's bytes, for its slot in the extras cache (a collision only replaces the slot).
+fn key_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The slot of `hash` among `slots` (a power of two).
+fn slot_of(hash: u64, slots: usize) -> usize {
+    usize::try_from(hash).unwrap_or(usize::MAX) & (slots - 1)
 }
 
 impl TopicState {
@@ -60,6 +84,8 @@ impl TopicState {
             has_push: false,
             next_partition: 0,
             keys: Vec::new(),
+            key_extras: Vec::new(),
+            key_evictions: 0,
         }
     }
 
@@ -151,13 +177,13 @@ impl TopicState {
             effects.events.push(EngineEvent::DiscardNewRejected { topic: self.config.name.clone() });
             return Err(EngineError::TopicFull { topic: self.config.name.clone(), limit });
         }
+        let extra = self.extra_for(req);
         let Some(log) = self.logs.get_mut(p as usize) else {
             return Err(EngineError::NoSuchPartition { topic: self.config.name.clone(), partition: p });
         };
         // Publish times never go backwards within a partition, even if the clock does.
         let time = log.last_time().map_or(now, |last| last.max(now));
         let subject = (req.subject != self.config.name).then(|| req.subject.clone());
-        let extra = MessageExtra::pack(req.key.clone(), req.msg_id.clone(), req.headers.clone());
         let seq = log.append(time, subject, extra, &req.payload)?;
         self.counters.published += 1;
         if let Some(id) = &req.msg_id
@@ -182,6 +208,42 @@ impl TopicState {
         // Interest with no subscription (or none that covers it): the message goes at once.
         self.trim_settled(p, effects);
         Ok((p, seq, false))
+    }
+
+    /// The key, msg_id and headers a record keeps. A message with a key and nothing else shares the
+    /// extra of the last message with the same key (a direct-mapped cache by a hash of the key): keys
+    /// repeat, and a record whose extra is shared drops a reference on a hot cache line when retention
+    /// deletes it, where an extra of its own would be a cold one. With several partitions the oldest
+    /// records are scattered over memory, and those cold drops were most of what 8 partitions cost
+    /// more than one (docs/BENCHMARKS.md, "Partitions and ordering").
+    fn extra_for(&mut self, req: &PublishRequest) -> Option<Arc<MessageExtra>> {
+        let (Some(key), None, true) = (&req.key, &req.msg_id, req.headers.is_empty()) else {
+            return MessageExtra::pack(req.key.clone(), req.msg_id.clone(), req.headers.clone());
+        };
+        if self.key_extras.is_empty() {
+            self.key_extras.resize(KEY_EXTRA_SLOTS_FIRST, None);
+        }
+        let hash = key_hash(key);
+        let slots = self.key_extras.len();
+        if let Some(extra) =
+            self.key_extras[slot_of(hash, slots)].as_ref().filter(|e| e.key.as_ref() == Some(key))
+        {
+            return Some(Arc::clone(extra));
+        }
+        if self.key_extras[slot_of(hash, slots)].is_some() {
+            // Keys keep pushing each other out: more slots, up to a bound, so a topic of few keys
+            // stays small and one of many keys finds them.
+            self.key_evictions += 1;
+            if self.key_evictions > slots && slots < KEY_EXTRA_SLOTS_MAX {
+                self.key_extras = vec![None; slots * 4];
+                self.key_evictions = 0;
+            }
+        }
+        // A copy of the key: the request's may be a slice of a large frame that the cache would keep.
+        let extra = MessageExtra::pack(Some(Bytes::copy_from_slice(key)), None, Headers::new());
+        let slot = slot_of(hash, self.key_extras.len());
+        self.key_extras[slot].clone_from(&extra);
+        extra
     }
 
     /// Rebuilds the msg_id table from the records published within the dedup window (recovery step 3).
@@ -683,5 +745,49 @@ impl TopicCell {
             notify: tokio::sync::Notify::new(),
             waiters: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> TopicState {
+        let name = Name::new("t").unwrap_or_else(|e| panic!("{e}"));
+        TopicState::new(TopicConfig::new(name), Timestamp::from_micros(0))
+    }
+
+    fn keyed(key: &str) -> PublishRequest {
+        let name = Name::new("t").unwrap_or_else(|e| panic!("{e}"));
+        PublishRequest::new(name, "x").with_key(key.to_owned())
+    }
+
+    #[test]
+    fn key_only_messages_share_their_keys_extra_and_nothing_else_does() {
+        let mut t = state();
+        let a1 = t.extra_for(&keyed("a")).unwrap_or_else(|| panic!("a key makes an extra"));
+        let a2 = t.extra_for(&keyed("a")).unwrap_or_else(|| panic!("a key makes an extra"));
+        assert!(Arc::ptr_eq(&a1, &a2), "the same key shares one extra");
+        let b = t.extra_for(&keyed("b")).unwrap_or_else(|| panic!("a key makes an extra"));
+        assert_eq!(b.key.as_deref(), Some(&b"b"[..]));
+        let with_header = keyed("a").with_header("h", "v");
+        let own = t.extra_for(&with_header).unwrap_or_else(|| panic!("headers make an extra"));
+        assert!(!Arc::ptr_eq(&own, &a1), "an extra with headers is the message's own");
+        assert_eq!(own.headers.get("h").map(String::as_str), Some("v"));
+        let name = Name::new("t").unwrap_or_else(|e| panic!("{e}"));
+        assert!(t.extra_for(&PublishRequest::new(name, "x")).is_none(), "a plain message has no extra");
+    }
+
+    #[test]
+    fn many_keys_grow_the_cache_to_its_bound_and_every_message_keeps_its_own_key() {
+        let mut t = state();
+        for round in 0..3 {
+            for k in 0..10_000 {
+                let key = format!("key-{k}");
+                let extra = t.extra_for(&keyed(&key)).unwrap_or_else(|| panic!("a key makes an extra"));
+                assert_eq!(extra.key.as_deref(), Some(key.as_bytes()), "round {round}");
+            }
+        }
+        assert_eq!(t.key_extras.len(), KEY_EXTRA_SLOTS_MAX);
     }
 }
