@@ -518,7 +518,7 @@ async fn compare_offline_subscriber_on_mqtt_keeps_the_window_at_qos_1_only() {
             assert!(!mqtt_session_present(&id), "session {id} left on Mosquitto");
         }
     }
-    let jobs = compare(Scenario::parse(SHORT_JOBS, "short").unwrap(), &[qos1.clone()], 42).await;
+    let jobs = compare(Scenario::parse(SHORT_JOBS, "short").unwrap(), std::slice::from_ref(&qos1), 42).await;
     let refused = jobs.columns[0].outcome.as_ref().unwrap_err();
     assert!(refused.contains("competing"), "{refused}");
 }
