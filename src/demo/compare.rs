@@ -96,7 +96,13 @@ pub fn label(url: &str) -> String {
             Some("core") => "nats core".into(),
             _ => "nats jetstream".into(),
         },
-        Ok(BackendKind::Mqtt) => "mqtt".into(),
+        Ok(BackendKind::Mqtt) => {
+            let qos = url
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("qos=")))
+                .unwrap_or("0");
+            format!("mqtt qos {qos}")
+        }
         Ok(BackendKind::Amqp) => "rabbitmq".into(),
         Ok(BackendKind::Postgres) => "postgres".into(),
         Ok(BackendKind::Kafka) => "kafka".into(),
@@ -134,10 +140,29 @@ pub fn needs(scenario: &Scenario) -> Vec<(Capability, &'static str)> {
     needs
 }
 
+/// What lacking `cap` does to the run on a broker that has acks, where it differs from what it does on
+/// one without (`needs` says the latter). A broker with acks but no lease (RabbitMQ, Kafka, MQTT) still
+/// gives a crashed consumer's unacked messages back: when it sees the consumer gone, not on a deadline.
+fn consequence(cap: Capability, acks: bool) -> Option<&'static str> {
+    match cap {
+        Capability::AckDeadline if acks => Some(
+            "what a crashed consumer held comes back when the broker sees it gone (its connection closes or its session times out), not when a lease runs out: a consumer that hangs keeps it",
+        ),
+        _ => None,
+    }
+}
+
 /// Runs `scenario` on every broker of `urls` at once, each in real time with the same seed.
 pub async fn compare(scenario: Scenario, urls: &[String], seed: u64) -> Comparison {
     let nonce =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    compare_named(scenario, urls, seed, nonce).await
+}
+
+/// [`compare`] with the names the run gives column `k`'s topics and subscriptions made from `nonce`:
+/// `pubsub_cmp_PID_NONCE_K_NAME` (an MQTT session's client id is its subscription's name), so a test
+/// can look for them afterwards.
+pub async fn compare_named(scenario: Scenario, urls: &[String], seed: u64, nonce: u32) -> Comparison {
     let runs = urls.iter().enumerate().map(|(k, url)| {
         let prefix = format!("pubsub_cmp_{}_{nonce}_{k}_", std::process::id());
         let (scenario, url) = (scenario.clone(), url.clone());
@@ -184,10 +209,25 @@ async fn run_column(scenario: Scenario, url: &str, seed: u64, prefix: &str) -> C
         }
     };
     let caps = broker.capabilities();
+    if caps.has(Capability::Ack)
+        && !caps.has(Capability::CompetingConsumers)
+        && needs(&scenario).iter().any(|(c, _)| *c == Capability::CompetingConsumers)
+    {
+        // Its durable subscription is one session, not a group: several consumers of one would take it
+        // from each other.
+        let why = broker.why_not(Capability::CompetingConsumers);
+        column.outcome = Err(format!(
+            "this scenario has consumers competing on one subscription, and {} has no competing consumers ({why})",
+            broker.kind()
+        ));
+        broker.close().await;
+        return column;
+    }
     for (cap, what) in needs(&scenario) {
         if !caps.has(cap) {
             let why = broker.why_not(cap);
             let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
+            let what = consequence(cap, caps.has(Capability::Ack)).unwrap_or(what);
             column.notes.push(format!("no {} here{why}: {what}", cap.label()));
         }
     }

@@ -230,12 +230,31 @@ impl Sim {
                 if s.backoff.is_empty() { Backoff::Immediate } else { Backoff::List(s.backoff.clone()) };
             config.max_in_flight = 10_000;
             if s.ordering.as_deref() == Some("per-key") {
-                config.ordering = Ordering::PerKey;
+                // Per-key ordering is the pubsub engine's own (in process or behind `pubsub serve`); the
+                // other backends take the setting without honouring it, so it is not asked of them.
+                if matches!(broker.kind(), "mem" | "ws") {
+                    config.ordering = Ordering::PerKey;
+                } else {
+                    notes.push(format!(
+                        "subscription {}: {} has no per-key ordering (the pubsub engine's); it runs without",
+                        s.name,
+                        broker.kind()
+                    ));
+                }
             }
             // A broker that refuses a setting runs without it, and the report says so: per-key
             // ordering first, then immediate redelivery (Redis, say, has its own timing).
             loop {
                 let Err(e) = broker.create_subscription(config.clone()).await else { break };
+                if matches!(e, BrokerError::Unsupported { .. }) && !caps.has(Capability::Lag) {
+                    // A subscription the broker makes itself when its consumer first connects (an MQTT
+                    // persistent session), and of which it tells nothing.
+                    notes.push(format!(
+                        "subscription {}: made by its consumer's first connection (the broker's own session); no lag is reported",
+                        s.name
+                    ));
+                    break;
+                }
                 if config.ordering != Ordering::None {
                     notes.push(format!(
                         "subscription {}: per-key ordering refused ({e}); it runs without",
@@ -892,9 +911,23 @@ impl Sim {
                 found.extend(ready.into_iter().map(|d| (sub.clone(), d)));
             }
         }
+        // A log whose subscriptions are one committed offset per partition (Kafka): what it keeps for a
+        // subscription is everything from each partition's committed offset on, read as history. Joining
+        // the group to find out would wait for a rebalance (seconds, longer while members that just left
+        // are still counted) and could end before the group assigns anything.
+        let caps = self.broker.capabilities();
+        let log_floors = caps.has(Capability::CumulativeAck) && caps.has(Capability::Replay);
         for s in self.subs.iter().filter(|s| s.durable && !s.removed) {
             let sub = name(&s.name)?;
-            if self.streaming {
+            if self.streaming && log_floors {
+                let topic = name(&s.topic)?;
+                found.extend(
+                    kept_past_floors(&self.broker, &sub, &topic)
+                        .await?
+                        .into_iter()
+                        .map(|m| (s.name.clone(), BrokerDelivery::untracked(m))),
+                );
+            } else if self.streaming {
                 let req = SubscribeRequest {
                     subscription: Some(sub.clone()),
                     ack: AckMode::Explicit,
@@ -954,7 +987,12 @@ impl Sim {
             if !self.subs.iter().any(|x| x.name == s.name && x.durable) {
                 continue;
             }
-            let info = self.broker.subscription_info(&name(&s.name)?).await?;
+            let info = match self.broker.subscription_info(&name(&s.name)?).await {
+                Ok(info) => info,
+                // A broker that reports no lag (MQTT) has no backlog to sample.
+                Err(BrokerError::Unsupported { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             s.lag.push(info.backlog);
             infos.push(info);
         }
@@ -1036,7 +1074,11 @@ impl Sim {
             if !self.subs.iter().any(|x| x.name == s.name && x.durable) {
                 continue;
             }
-            let info = self.broker.subscription_info(&name(&s.name)?).await?;
+            let info = match self.broker.subscription_info(&name(&s.name)?).await {
+                Ok(info) => info,
+                Err(BrokerError::Unsupported { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             s.delivered = info.counters.delivered;
             s.acked = info.counters.acked;
             s.redeliveries = info.counters.redeliveries;
@@ -1600,6 +1642,35 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// Every message of `topic` at or past `sub`'s committed floor in each partition, up to the partition's
+/// head: what a log keeps for a subscription that commits one offset per partition. Read without joining
+/// the subscription, so nothing is committed and no rebalance is waited for.
+async fn kept_past_floors(
+    broker: &SharedBroker,
+    sub: &Name,
+    topic: &Name,
+) -> Result<Vec<crate::model::Message>, BrokerError> {
+    let info = broker.subscription_info(sub).await?;
+    let mut kept = Vec::new();
+    for p in &info.partitions {
+        let mut from = p.ack_floor + 1;
+        // Bounded: at most 1,000 reads of 500 per partition.
+        for _ in 0..1000 {
+            if from > p.head_seq {
+                break;
+            }
+            let at = crate::model::BrowseFrom::At { partition: p.partition, seq: from };
+            let batch = broker.browse(topic, at, 500).await?;
+            let Some(last) = batch.iter().filter(|m| m.partition == p.partition).map(|m| m.seq).max() else {
+                break;
+            };
+            from = last + 1;
+            kept.extend(batch);
+        }
+    }
+    Ok(kept)
 }
 
 /// What a stream has ready now, up to `room` deliveries: the deliveries, how many messages it said were

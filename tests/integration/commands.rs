@@ -860,3 +860,47 @@ fn snapshot_create_ls_rm_and_seek_snapshot_through_the_daemon_and_a_restart() {
     let (code, _, stderr) = home.run(&["seek", "audit"]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+/// `sub --process-time`: each message is shown when it arrives and acked only when its work is done,
+/// and the consumer holds one message at a time (so competing consumers share the work by their speed).
+#[test]
+fn sub_process_time_holds_one_message_and_acks_it_after_the_work() {
+    let home = Home::with_daemon("process-time");
+    home.run(&["subs", "create", "jobs-w", "--topic", "jobs", "--from", "start"]);
+    home.run(&["pub", "jobs", "a", "b", "c"]);
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let mut child = std::process::Command::new(bin)
+        .args(["sub", "jobs", "-s", "jobs-w", "--process-time", "60s", "--format", "raw"])
+        .env("PUBSUB_HOME", &home.0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = crate::support::stdout_lines(&mut child);
+    // Shown as soon as it arrives, before its work is done.
+    let first = lines.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+    assert_eq!(first, "a");
+    let (_, out, _) = home.run(&["sub-info", "jobs-w", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // One held (the one being worked on), not acked; the other two wait for the next free consumer.
+    assert_eq!(
+        (info["in_flight"].as_u64(), info["pending"].as_u64(), info["counters"]["acked"].as_u64()),
+        (Some(1), Some(2), Some(0)),
+        "{info}"
+    );
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    // Interrupted mid-work: not acked, so it goes back.
+    let (_, out, _) = home.run(&["sub-info", "jobs-w", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(info["counters"]["acked"].as_u64(), Some(0), "{info}");
+    // A short time runs through: every message shown, then acked.
+    let (code, out, err) =
+        home.run(&["sub", "jobs", "-s", "jobs-w", "--process-time", "10ms", "--format", "raw", "-n", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["a", "b", "c"]);
+    let (_, out, _) = home.run(&["sub-info", "jobs-w", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((info["counters"]["acked"].as_u64(), info["backlog"].as_u64()), (Some(3), Some(0)), "{info}");
+    let (code, _, err) = home.run(&["sub", "jobs", "-s", "jobs-w", "--process-time", "1s", "--exec", "true"]);
+    assert_eq!(code, 2, "{err}");
+}

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use pubsub::demo::Scenario;
-use pubsub::demo::compare::{compare, render};
+use pubsub::demo::compare::{compare, compare_named, render};
 
 use crate::support::Home;
 
@@ -263,4 +263,284 @@ async fn compare_job_queue_loses_a_crashed_workers_jobs_only_without_acks() {
             assert_nothing_left(url, "jobs").await;
         }
     }
+}
+
+/// The job-queue lesson on Kafka (Tansu, started by this test process): a crashed member's partition
+/// moves at the group's rebalance and what it had not committed is read again; what the run did not get
+/// to is kept in the log past the committed offset. Nothing is lost, however slowly the group rebalances.
+#[tokio::test]
+async fn compare_job_queue_on_kafka_loses_nothing() {
+    let Some(kafka) = crate::kafka_live::tansu_url() else { return };
+    // A group's first assignment takes about 3 s on Tansu, and every join or leave another stop-the-world
+    // rebalance: the crash comes at 5 s, once the group has had time to work.
+    let jobs = SHORT_JOBS.replace("4500ms", "10s").replace("1500ms", "5s");
+    let scenario = Scenario::parse(&jobs, "short").unwrap();
+    let urls = vec!["mem://".to_string(), kafka.clone()];
+    let cmp = compare(scenario, &urls, 42).await;
+    let text = render(&cmp, false);
+    eprintln!("{text}");
+    let column = cmp.column(&kafka).unwrap();
+    assert!(column.outcome.is_ok(), "{:?}\n{text}", column.outcome);
+    let jobs = column.check("workers").unwrap();
+    assert_eq!(jobs.expected, 100, "{text}");
+    assert_eq!(jobs.lost, 0, "Kafka keeps what the group did not commit\n{text}");
+    assert!(jobs.delivered > 0, "{text}");
+    assert!(
+        !column.notes.iter().any(|n| n.contains("not delivered again")),
+        "a crashed member's uncommitted messages are delivered again: {:?}",
+        column.notes
+    );
+    assert_nothing_left(&kafka, "jobs").await;
+}
+
+/// Drops its PostgreSQL schema when the test ends.
+struct PgSchema(String);
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "root", "-d", "test", "-AtX", "-c"])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0))
+            .output();
+    }
+}
+
+/// job-queue on the brokers with acks but other ways of giving a crashed worker's jobs back: RabbitMQ
+/// requeues what an unacked channel held when it closes, PostgreSQL's lease runs out. Their notes say
+/// so instead of "not delivered again", and their columns lose nothing.
+#[tokio::test]
+async fn compare_job_queue_on_rabbitmq_and_postgres_redelivers_a_crashed_workers_jobs() {
+    let mut urls = vec!["mem://".to_string()];
+    if up(5672, "RabbitMQ") {
+        urls.push("amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    }
+    let schema = PgSchema(format!("pubsub_cmp_test_{}", std::process::id()));
+    if up(5432, "PostgreSQL") {
+        urls.push(format!("postgres://root@127.0.0.1:5432/test?schema={}&ack_deadline=1s", schema.0));
+    }
+    let cmp = compare(Scenario::parse(SHORT_JOBS, "short").unwrap(), &urls, 42).await;
+    let text = render(&cmp, false);
+    eprintln!("{text}");
+    for c in &cmp.columns {
+        assert!(c.outcome.is_ok(), "{}: {:?}\n{text}", c.url, c.outcome);
+        let jobs = c.check("workers").unwrap();
+        assert_eq!(jobs.lost, 0, "{}\n{text}", c.url);
+        assert!(jobs.redelivered > 0, "{}: the crashed worker's jobs came back\n{text}", c.url);
+        assert!(!c.notes.iter().any(|n| n.contains("not delivered again")), "{}: {:?}", c.url, c.notes);
+        if c.url.starts_with("amqp") {
+            assert!(c.notes.iter().any(|n| n.contains("connection closes")), "{:?}", c.notes);
+        }
+    }
+    for url in &urls[1..] {
+        assert_nothing_left(url, "jobs").await;
+    }
+    drop(schema);
+}
+
+/// A short slow-consumer: 30 a second for 2 s, a consumer that takes 100 ms each (10 a second): about
+/// 40 behind when the publisher stops, well past a listener buffer of 16.
+const SHORT_SLOW: &str = r#"
+name = "slow-short"
+summary = "A consumer half as fast as its publisher."
+duration = "3s"
+
+[[topic]]
+name = "orders"
+
+[[subscription]]
+name = "reports"
+topic = "orders"
+
+[[publisher]]
+name = "shop"
+subjects = ["orders"]
+rate = 30
+count = 60
+
+[[consumer]]
+name = "report-job"
+subscription = "reports"
+process = "100ms"
+prefetch = 1
+"#;
+
+/// slow-consumer on real brokers: where the subscription is durable the backlog is late, not lost
+/// (what the run did not get to is still waiting); a live listener with a bounded buffer (Redis PUB/SUB
+/// behind its client buffer, NATS core with `?pending=4`) drops the overflow and counts it lost.
+#[tokio::test]
+async fn compare_slow_consumer_keeps_the_backlog_only_where_the_subscription_is_durable() {
+    let mut urls = vec!["mem://".to_string()];
+    if up(6379, "Redis") {
+        urls.push("redis://127.0.0.1:6379?mode=pubsub".into());
+        urls.push("redis://127.0.0.1:6379".into());
+    }
+    if up(4222, "NATS") {
+        urls.push("nats://127.0.0.1:4222?mode=core&pending=4".into());
+        urls.push("nats://127.0.0.1:4222?mode=jetstream".into());
+    }
+    let cmp = compare(Scenario::parse(SHORT_SLOW, "short").unwrap(), &urls, 42).await;
+    let text = render(&cmp, false);
+    eprintln!("{text}");
+    for c in &cmp.columns {
+        assert!(c.outcome.is_ok(), "{}: {:?}\n{text}", c.url, c.outcome);
+        let r = c.check("reports").unwrap();
+        assert_eq!(r.expected, 60, "{text}");
+        if c.url.contains("mode=pubsub") || c.url.contains("mode=core") {
+            assert!(r.lost > 0, "{}: a live listener drops what it cannot take\n{text}", c.url);
+            assert!(r.dropped > 0, "{}: and says so\n{text}", c.url);
+        } else {
+            assert_eq!(r.lost, 0, "{}: late, not lost\n{text}", c.url);
+            assert!(r.waiting > 0, "{}: the backlog is still there at the end\n{text}", c.url);
+        }
+    }
+    if urls.iter().any(|u| u.starts_with("redis")) {
+        assert_nothing_left("redis://127.0.0.1:6379", "orders").await;
+    }
+    if urls.iter().any(|u| u.starts_with("nats")) {
+        assert_nothing_left("nats://127.0.0.1:4222?mode=jetstream", "orders").await;
+    }
+}
+
+/// A short ordering-keys: two keys, 20 a second, a fast and a slow worker on each subscription.
+const SHORT_KEYS: &str = r#"
+name = "keys-short"
+summary = "Per-key order with competing workers."
+duration = "4s"
+
+[[topic]]
+name = "accounts"
+
+[[subscription]]
+name = "any-order"
+topic = "accounts"
+
+[[subscription]]
+name = "per-key"
+topic = "accounts"
+ordering = "per-key"
+
+[[publisher]]
+name = "bank"
+subjects = ["accounts"]
+rate = 20
+keys = 2
+
+[[consumer]]
+name = "fast-a"
+subscription = "any-order"
+process = "20ms"
+prefetch = 4
+
+[[consumer]]
+name = "slow-a"
+subscription = "any-order"
+process = "400ms"
+prefetch = 2
+
+[[consumer]]
+name = "fast-k"
+subscription = "per-key"
+process = "20ms"
+prefetch = 4
+
+[[consumer]]
+name = "slow-k"
+subscription = "per-key"
+process = "400ms"
+prefetch = 2
+"#;
+
+/// ordering-keys on real brokers: the engine keeps each key's order on the per-key subscription and
+/// breaks it on the other; Redis Streams and JetStream have no per-key ordering, say so, and run the
+/// per-key subscription without it. Nothing is lost anywhere: ordering is about when, not whether.
+#[tokio::test]
+async fn compare_ordering_keys_keeps_per_key_order_only_where_the_broker_orders_keys() {
+    let mut urls = vec!["mem://".to_string()];
+    if up(6379, "Redis") {
+        urls.push("redis://127.0.0.1:6379".into());
+    }
+    if up(4222, "NATS") {
+        urls.push("nats://127.0.0.1:4222?mode=jetstream".into());
+    }
+    let cmp = compare(Scenario::parse(SHORT_KEYS, "short").unwrap(), &urls, 42).await;
+    let text = render(&cmp, false);
+    eprintln!("{text}");
+    for c in &cmp.columns {
+        assert!(c.outcome.is_ok(), "{}: {:?}\n{text}", c.url, c.outcome);
+        let any = c.check("any-order").unwrap();
+        let keyed = c.check("per-key").unwrap();
+        assert_eq!((any.lost, keyed.lost), (0, 0), "{}\n{text}", c.url);
+        assert!(any.out_of_order > 0, "{}: the fast worker overtakes the slow one\n{text}", c.url);
+        if c.url == "mem://" {
+            assert_eq!(keyed.out_of_order, 0, "per-key order kept\n{text}");
+        } else {
+            assert!(
+                c.notes.iter().any(|n| n.contains("has no per-key ordering")),
+                "{}: {:?}",
+                c.url,
+                c.notes
+            );
+        }
+    }
+    if urls.iter().any(|u| u.starts_with("redis")) {
+        assert_nothing_left("redis://127.0.0.1:6379", "accounts").await;
+    }
+    if urls.iter().any(|u| u.starts_with("nats")) {
+        assert_nothing_left("nats://127.0.0.1:4222?mode=jetstream", "accounts").await;
+    }
+}
+
+/// offline-subscriber on MQTT: a persistent session keeps the offline window when the messages are
+/// published at QoS 1; at QoS 0 the broker does not queue them for an offline session and the window is
+/// lost. A scenario with competing consumers does not run there (no shared subscriptions). The
+/// sessions the run made are gone afterwards.
+#[tokio::test]
+async fn compare_offline_subscriber_on_mqtt_keeps_the_window_at_qos_1_only() {
+    if !up(1883, "Mosquitto") {
+        return;
+    }
+    let (qos0, qos1) = ("mqtt://127.0.0.1:1883".to_string(), "mqtt://127.0.0.1:1883?qos=1".to_string());
+    let urls = vec!["mem://".to_string(), qos0.clone(), qos1.clone()];
+    const NONCE: u32 = 77;
+    let cmp = compare_named(Scenario::parse(SHORT_OFFLINE, "short").unwrap(), &urls, 42, NONCE).await;
+    let text = render(&cmp, false);
+    eprintln!("{text}");
+    for c in &cmp.columns {
+        assert!(c.outcome.is_ok(), "{}: {:?}\n{text}", c.url, c.outcome);
+        assert_eq!(c.check("dashboard").unwrap().lost, 0, "{}\n{text}", c.url);
+    }
+    assert!(cmp.column(&qos0).unwrap().check("phone").unwrap().lost >= 15, "{text}");
+    assert_eq!(cmp.column(&qos1).unwrap().check("phone").unwrap().lost, 0, "{text}");
+    assert_eq!(cmp.columns[2].label, "mqtt qos 1");
+    // No session of the run is left on Mosquitto.
+    for k in 1..=2 {
+        for sub in ["dashboard", "phone"] {
+            let id = format!("pubsub_cmp_{}_{NONCE}_{k}_{sub}", std::process::id());
+            assert!(!mqtt_session_present(&id), "session {id} left on Mosquitto");
+        }
+    }
+    let jobs = compare(Scenario::parse(SHORT_JOBS, "short").unwrap(), std::slice::from_ref(&qos1), 42).await;
+    let refused = jobs.columns[0].outcome.as_ref().unwrap_err();
+    assert!(refused.contains("competing"), "{refused}");
+}
+
+/// Whether Mosquitto keeps a session for `client_id`: an MQTT 5 CONNECT that asks to resume it (clean
+/// start off) with a session expiry of 0, so the probe itself leaves nothing; the CONNACK says whether a
+/// session was there.
+fn mqtt_session_present(client_id: &str) -> bool {
+    use std::io::{Read, Write};
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x00, 0, 10, 0];
+    body.extend_from_slice(&u16::try_from(client_id.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    assert!(body.len() < 128, "one length byte");
+    let mut packet = vec![0x10, u8::try_from(body.len()).unwrap()];
+    packet.extend(body);
+    let mut conn = std::net::TcpStream::connect("127.0.0.1:1883").unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(&packet).unwrap();
+    let mut head = [0u8; 4];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!((head[0], head[3]), (0x20, 0), "CONNACK, accepted: {head:?}");
+    let _ = conn.write_all(&[0xE0, 0]);
+    head[2] & 1 == 1
 }

@@ -324,6 +324,11 @@ impl Broker for MqttBroker {
         self.subscribe_live(&req, filters).await
     }
 
+    /// `subs delete NAME`: ends the persistent session NAME (what waits in it goes with it).
+    async fn delete_subscription(&self, name: &Name) -> Result<(), BrokerError> {
+        self.end_session(name).await
+    }
+
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BrokerError> {
         // MQTT cannot give a message back or extend a lease: without its PUBACK the broker redelivers it
         // when the session reconnects. Only an ack (or term) takes the message out of `held`.

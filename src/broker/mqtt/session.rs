@@ -169,6 +169,32 @@ impl MqttBroker {
         Ok(DeliveryStream::new(Box::new(SessionSource { rx })))
     }
 
+    /// Ends the persistent session `name` on the broker, with what waits in it: a clean connection with
+    /// its client id discards the session, and the DISCONNECT that follows leaves nothing behind. An
+    /// open session of this process with that name is closed first.
+    pub(super) async fn end_session(&self, name: &Name) -> Result<(), BrokerError> {
+        let open =
+            sessions().lock().unwrap_or_else(PoisonError::into_inner).remove(name.as_str()).map(|(c, ..)| c);
+        if let Some(client) = open {
+            client.try_disconnect();
+        }
+        let (client, mut eventloop) =
+            wire::link(link_options(&self.target, &self.options, name.as_str(), true, false)?);
+        handshake(&mut eventloop, &self.target.shown).await?;
+        client.try_disconnect();
+        // Until the DISCONNECT has left (bounded: a broker that went away meanwhile ends it too).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Ev::Closed) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        Ok(())
+    }
+
     /// Sends the PUBACK for the message `token` names, if its session still holds it.
     pub(super) async fn ack_held(&self, token: &AckToken) -> Result<(), BrokerError> {
         let (client, publish) = {

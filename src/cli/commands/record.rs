@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::subscribe::{EndAt, SettleMode, Sink, StopArgs, parse_patterns, reading, receive};
+use super::subscribe::{EndAt, SettleMode, Sink, StopArgs, Work, parse_patterns, reading, receive};
 use crate::broker::SubscribeRequest;
 use crate::cli::output::{Stdout, note};
 use crate::cli::render::{Format, Renderer};
@@ -58,5 +58,5 @@ pub async fn run(ctx: &Context, args: RecordArgs) -> Result<(), CliError> {
         None => Sink::Stdout(Stdout::new()),
     };
     let renderer = Renderer::new(Format::Json, false);
-    receive(broker, stream, sink, renderer, SettleMode::Auto, None, &args.stop, end).await
+    receive(broker, stream, sink, renderer, SettleMode::Auto, Work::default(), &args.stop, end).await
 }

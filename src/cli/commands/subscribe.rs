@@ -115,6 +115,10 @@ pub struct SubArgs {
     /// MQTT: skip the retained messages the broker sends on subscribe (the URL's `?retained=false`).
     #[arg(long)]
     pub no_retained: bool,
+    /// Work on each message this long before it is acked (simulated processing; e.g. 200ms): one
+    /// message held at a time unless --prefetch says otherwise, so competing consumers share fairly.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", conflicts_with = "exec")]
+    pub process_time: Option<Duration>,
     /// Commands run at once with --exec.
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -151,7 +155,9 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
         // With --count, holding more than that many would only make the rest wait for a redelivery;
         // with --exec, holding more than --parallel commands can start would let their leases run out
         // while they wait.
-        prefetch: args.prefetch.or_else(|| {
+        // With --process-time, one at a time: a message held while another is worked on is work this
+        // consumer keeps from the others.
+        prefetch: args.prefetch.or(args.process_time.map(|_| 1)).or_else(|| {
             let count = args.stop.count.map(|n| u32::try_from(n).unwrap_or(u32::MAX).clamp(1, 1000));
             let parallel =
                 args.exec.as_ref().map(|_| u32::try_from(args.parallel).unwrap_or(u32::MAX).max(1));
@@ -197,7 +203,8 @@ pub async fn run(ctx: &Context, args: SubArgs) -> Result<(), CliError> {
     let partitions = shows_partitions(&broker, &patterns_of(&args.patterns)).await;
     let renderer =
         args.output.renderer(ctx.color, std::io::stdout().is_terminal()).with_partitions(partitions);
-    receive(broker, stream, sink, renderer, settle, exec, &args.stop, end).await
+    let work = Work { exec, process_time: args.process_time };
+    receive(broker, stream, sink, renderer, settle, work, &args.stop, end).await
 }
 
 /// Subscribes; a consumer of a durable subscription on a `pubsub` server that was given no name joins
@@ -427,6 +434,16 @@ pub struct Exec {
     parallel: usize,
 }
 
+/// What is done with each message besides writing it: a command run per message (`--exec`), or
+/// simulated work before the ack (`--process-time`).
+#[derive(Debug, Clone, Default)]
+pub struct Work {
+    /// `--exec`.
+    pub exec: Option<Exec>,
+    /// `--process-time`.
+    pub process_time: Option<Duration>,
+}
+
 /// The receive loop: writes (or executes) what arrives until a stop condition, Ctrl-C, or the stream ends.
 #[expect(
     clippy::too_many_arguments,
@@ -438,10 +455,11 @@ pub async fn receive(
     mut sink: Sink,
     renderer: Renderer,
     settle: SettleMode,
-    exec: Option<Exec>,
+    work: Work,
     stop: &StopArgs,
     mut end: Option<Ends>,
 ) -> Result<(), CliError> {
+    let Work { exec, process_time } = work;
     if end.as_ref().is_some_and(Ends::done) {
         return Ok(());
     }
@@ -500,7 +518,9 @@ pub async fn receive(
         };
         let Some(first) = next else { break };
         let mut items = vec![first];
-        while items.len() < 256 && stop.count.is_none_or(|n| received + (items.len() as u64) < n) {
+        // Simulated work takes one message at a time, each acked when its work is done.
+        let batch = if process_time.is_some() { 1 } else { 256 };
+        while items.len() < batch && stop.count.is_none_or(|n| received + (items.len() as u64) < n) {
             match stream.try_next() {
                 Some(item) => items.push(item),
                 None => break,
@@ -571,6 +591,18 @@ pub async fn receive(
                         .then(|| delivery.token.as_ref().map(|t| t.lease))
                         .flatten();
                     renderer.render(&delivery.message, delivery.attempt, lease, &mut buf);
+                    if let Some(time) = process_time {
+                        // Shown as it arrives, then worked on; the ack follows the work.
+                        sink.write(&buf)?;
+                        sink.flush()?;
+                        buf.clear();
+                        tokio::select! {
+                            biased;
+                            _ = &mut interrupt => return Err(CliError::Interrupted),
+                            () = &mut reader_gone => return Err(CliError::BrokenPipe),
+                            () = tokio::time::sleep(time) => {}
+                        }
+                    }
                     if settle == SettleMode::Auto
                         && let Some(token) = delivery.token
                     {

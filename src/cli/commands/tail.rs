@@ -3,7 +3,7 @@
 use clap::Args;
 use std::io::IsTerminal;
 
-use super::subscribe::{OutputArgs, SettleMode, Sink, StopArgs, receive};
+use super::subscribe::{OutputArgs, SettleMode, Sink, StopArgs, Work, receive};
 use crate::broker::{Capability, SubscribeRequest};
 use crate::cli::output::Stdout;
 use crate::cli::{CliError, Context};
@@ -65,6 +65,15 @@ pub async fn run(ctx: &Context, args: TailArgs) -> Result<(), CliError> {
     });
     request.ack = AckMode::None;
     let stream = broker.subscribe(request).await?;
-    receive(broker, stream, Sink::Stdout(out), renderer, SettleMode::Auto, None, &StopArgs::default(), None)
-        .await
+    receive(
+        broker,
+        stream,
+        Sink::Stdout(out),
+        renderer,
+        SettleMode::Auto,
+        Work::default(),
+        &StopArgs::default(),
+        None,
+    )
+    .await
 }
