@@ -547,3 +547,27 @@ fn a_snapshot_s_pin_survives_a_restart_and_a_crash() {
         assert_eq!(retained(&e, "jobs"), Vec::<u64>::new(), "crash {crash}: freed with the snapshot");
     }
 }
+
+/// `message_retention` tells watchers, as the other expiries do: one `$sys.sub.NAME.expired` event per
+/// sweep with how many messages expired there.
+#[test]
+fn message_retention_expiry_emits_an_event() {
+    use pubsub::engine::{TapItem, TapOptions};
+    let (e, clock) = engine();
+    let mut events = e.tap(vec![Pattern::parse("$sys.sub.short.>").unwrap()], TapOptions::default()).unwrap();
+    subscribe(&e, "short", "t", |c| c.message_retention = Some(Duration::from_secs(60)));
+    publish(&e, "t", "old 1");
+    publish(&e, "t", "old 2");
+    fetch(&e, "short", "c", 1);
+    clock.advance(Duration::from_secs(61));
+    e.tick();
+    e.tick();
+    let mut got = Vec::new();
+    while let Some(TapItem::Message(m)) = events.try_recv() {
+        got.push((m.subject().to_string(), serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()));
+    }
+    let expired: Vec<_> = got.iter().filter(|(s, _)| s == "$sys.sub.short.expired").collect();
+    assert_eq!(expired.len(), 1, "one event for the sweep, none for a sweep with nothing to expire: {got:?}");
+    assert_eq!(expired[0].1["count"], 2);
+    assert_eq!(expired[0].1["reason"], "message_retention");
+}
