@@ -420,3 +420,69 @@ pub(crate) fn no_attribute_filter(
         None => Ok(()),
     }
 }
+
+/// Which of the engine's retention settings a backend carries out itself (SEMANTICS.md §9.8); every
+/// other one it refuses ([`engine_only_topic_settings`], [`engine_only_subscription_settings`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Honours {
+    /// `retention = interest | work-queue` (JetStream's own retention policies).
+    pub retention: bool,
+    /// `max_msgs_per_key` (JetStream's messages per subject).
+    pub per_key: bool,
+    /// `start = last-per-key` (JetStream's last per subject).
+    pub last_per_key: bool,
+}
+
+/// Where the settings a backend refuses are run instead.
+const BY_THE_ENGINE: &str = "it is run by the pubsub engine (mem://, local, ws://)";
+
+/// Refuses the topic settings of the engine that `broker` cannot carry out (a topic taken without
+/// them would keep or delete messages otherwise than asked): Interest and WorkQueue retention and
+/// `max_msgs_per_key`, except what `honours` says it does.
+pub(crate) fn engine_only_topic_settings(
+    config: &TopicConfig,
+    broker: &str,
+    honours: Honours,
+) -> Result<(), BrokerError> {
+    let refused = if config.retention.settles_delete() && !honours.retention {
+        Some(format!("retention {}", config.retention.label()))
+    } else if config.limits.max_msgs_per_key.is_some() && !honours.per_key {
+        Some("max_msgs_per_key".to_string())
+    } else {
+        None
+    };
+    match refused {
+        Some(setting) => Err(BrokerError::Invalid(format!(
+            "{broker} cannot honour the topic setting {setting}: {BY_THE_ENGINE}; create topic \"{}\" without it",
+            config.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses the subscription settings of the engine that `broker` cannot carry out: an assignment other
+/// than shared, `start = last-per-key`, `message_retention`, `dead_letter_on_expiry` and
+/// `retain_acked`, except what `honours` says it does.
+pub(crate) fn engine_only_subscription_settings(
+    config: &SubscriptionConfig,
+    broker: &str,
+    honours: Honours,
+) -> Result<(), BrokerError> {
+    let assignment = format!("assignment {}", config.assignment.label());
+    let refused = [
+        (config.assignment != crate::model::Assignment::Shared, assignment.as_str()),
+        (config.start == StartPosition::LastPerKey && !honours.last_per_key, "start last-per-key"),
+        (config.message_retention.is_some(), "message_retention"),
+        (config.dead_letter_on_expiry, "dead_letter_on_expiry"),
+        (config.retain_acked, "retain_acked"),
+    ]
+    .into_iter()
+    .find_map(|(set, setting)| set.then_some(setting));
+    match refused {
+        Some(setting) => Err(BrokerError::Invalid(format!(
+            "{broker} cannot honour the subscription setting {setting}: {BY_THE_ENGINE}; create subscription \"{}\" without it",
+            config.name
+        ))),
+        None => Ok(()),
+    }
+}

@@ -118,7 +118,9 @@ impl Engine {
 
         for snapshot in meta.snapshots {
             let mut reg = engine.registry_mut();
-            if reg.topics.contains_key(&snapshot.topic) {
+            if let Some(cell) = reg.topics.get(&snapshot.topic) {
+                // Pinned before the deletions below are made again: they keep what it could seek to.
+                lock(&cell.state).pin(&snapshot);
                 reg.snapshots.insert(snapshot.name.clone(), snapshot);
             }
         }

@@ -87,7 +87,7 @@ impl Engine {
             return Err(EngineError::SnapshotExists(name));
         }
         let (snapshot, durable) = {
-            let state = lock(&cell.state);
+            let mut state = lock(&cell.state);
             let sub = state
                 .sub(subscription)
                 .ok_or_else(|| EngineError::NoSuchSubscription(subscription.clone()))?;
@@ -98,12 +98,17 @@ impl Engine {
                 created: now,
                 partitions: (0..sub.parts.len()).map(|p| sub.capture(p as u32)).collect(),
             };
+            // Pinned at once, under the topic's lock: no retention may take what it could seek back to.
+            state.pin(&snapshot);
             (snapshot, state.log(0).is_some_and(|log| log.is_durable()))
         };
         if let Some(store) = &self.inner.store
             && durable
+            && let Err(e) = store.record(&MetaOp::CreateSnapshot { snapshot: snapshot.clone() })
         {
-            store.record(&MetaOp::CreateSnapshot { snapshot: snapshot.clone() })?;
+            drop(reg);
+            lock(&cell.state).unpin(&name, now, &mut Effects::default());
+            return Err(e.into());
         }
         reg.snapshots.insert(name, snapshot.clone());
         Ok(snapshot)
@@ -114,16 +119,23 @@ impl Engine {
         self.registry().snapshots.values().cloned().collect()
     }
 
-    /// Removes a snapshot.
+    /// Removes a snapshot; retention takes at once what only it was keeping.
     pub fn delete_snapshot(&self, name: &Name) -> Result<(), EngineError> {
         let mut reg = self.registry_mut();
-        if !reg.snapshots.contains_key(name) {
+        let Some(topic) = reg.snapshots.get(name).map(|s| s.topic.clone()) else {
             return Err(EngineError::NoSuchSnapshot(name.clone()));
-        }
+        };
         if let Some(store) = &self.inner.store {
             store.record(&MetaOp::DeleteSnapshot { name: name.clone() })?;
         }
         reg.snapshots.remove(name);
+        let cell = reg.topics.get(&topic).cloned();
+        drop(reg);
+        if let Some(cell) = cell {
+            let mut effects = Effects::default();
+            lock(&cell.state).unpin(name, self.now(), &mut effects);
+            self.apply(effects);
+        }
         Ok(())
     }
 

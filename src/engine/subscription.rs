@@ -835,6 +835,7 @@ impl SubState {
             return;
         };
         let cutoff = ctx.now.minus(keep);
+        let counted = self.counters.expired_unacked;
         for p in 0..self.parts.len() {
             let partition = u32::try_from(p).unwrap_or(u32::MAX);
             let (Some(log), Some(part)) = (ctx.log(partition), self.parts.get(p).copied()) else {
@@ -905,6 +906,12 @@ impl SubState {
                 self.advance_floor_in(partition);
                 effects.wake = true;
             }
+        }
+        // Those only counted (the dead-lettered ones have an event each already).
+        let count = self.counters.expired_unacked - counted;
+        if count > 0 {
+            let subscription = self.config.name.clone();
+            effects.events.push(EngineEvent::MessagesExpired { subscription, count });
         }
     }
 }

@@ -42,6 +42,9 @@ pub(crate) struct TopicState {
     key_extras: Vec<Option<Arc<MessageExtra>>>,
     /// Cache misses that pushed another key out since the cache last grew.
     key_evictions: usize,
+    /// The snapshots of this topic, each with its floor per partition: retention deletes nothing above
+    /// a snapshot's floor, which `seek --snapshot` could bring back (SEMANTICS.md §9.8).
+    pins: Vec<(Name, Vec<(u32, u64)>)>,
 }
 
 /// Slots in the cache of key-only extras when a topic first sees a keyed message, and at most (it
@@ -86,7 +89,43 @@ impl TopicState {
             keys: Vec::new(),
             key_extras: Vec::new(),
             key_evictions: 0,
+            pins: Vec::new(),
         }
+    }
+
+    /// Keeps what snapshot `snapshot` could seek back to from retention, until [`TopicState::unpin`].
+    pub fn pin(&mut self, snapshot: &crate::model::SnapshotInfo) {
+        let floors = snapshot.partitions.iter().map(|p| (p.partition, p.ack_floor)).collect();
+        self.pins.retain(|(name, _)| *name != snapshot.name);
+        self.pins.push((snapshot.name.clone(), floors));
+    }
+
+    /// Lets retention take again what snapshot `name` held, and takes it: the limits, Interest and
+    /// WorkQueue trimming and `max_msgs_per_key` catch up at once.
+    pub fn unpin(&mut self, name: &Name, now: Timestamp, effects: &mut Effects) {
+        let before = self.pins.len();
+        self.pins.retain(|(pinned, _)| pinned != name);
+        if self.pins.len() == before {
+            return;
+        }
+        let mut removed = 0;
+        if let Some(max) = self.config.limits.max_msgs_per_key {
+            for p in 0..self.partitions() {
+                removed += self.trim_keys(p, max, effects);
+            }
+        }
+        self.note_expired(removed, effects);
+        self.enforce_limits(now, effects);
+    }
+
+    /// The highest seq of partition `p` retention may delete: at or below every snapshot's floor there
+    /// (a partition a snapshot did not know, grown since, it could seek back to whole).
+    fn pinned_through(&self, p: u32) -> u64 {
+        self.pins
+            .iter()
+            .map(|(_, floors)| floors.iter().find(|(q, _)| *q == p).map_or(0, |&(_, floor)| floor))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// How many partitions the topic has.
@@ -357,7 +396,7 @@ impl TopicState {
         if !self.config.retention.settles_delete() {
             return;
         }
-        let through = self.settled_through(p);
+        let through = self.settled_through(p).min(self.pinned_through(p));
         let mut removed = 0u64;
         while let Some(log) = self.logs.get_mut(p as usize)
             && log.first_seq() <= through
@@ -381,6 +420,7 @@ impl TopicState {
             self.keys.resize_with(self.logs.len(), HashMap::new);
         }
         let first = self.log(p).map_or(0, Log::first_seq);
+        let pinned = self.pinned_through(p);
         let Some(index) = self.keys.get_mut(i) else {
             return 0;
         };
@@ -393,12 +433,28 @@ impl TopicState {
         while seqs.front().is_some_and(|&s| s < first) {
             seqs.pop_front();
         }
+        let victims = take_victims(seqs, max, pinned);
+        self.remove_key_victims(p, victims, effects)
+    }
+
+    /// `max_msgs_per_key` again over every key of partition `p` (a snapshot that held some of their
+    /// messages is gone). Returns how many were deleted.
+    fn trim_keys(&mut self, p: u32, max: u64, effects: &mut Effects) -> u64 {
+        let pinned = self.pinned_through(p);
+        let Some(index) = self.keys.get_mut(p as usize) else {
+            return 0;
+        };
         let mut victims = Vec::new();
-        while seqs.len() as u64 > max {
-            if let Some(old) = seqs.pop_front() {
-                victims.push(old);
-            }
+        for seqs in index.values_mut() {
+            victims.extend(take_victims(seqs, max, pinned));
         }
+        victims.sort_unstable();
+        self.remove_key_victims(p, victims, effects)
+    }
+
+    /// Deletes `victims` (seqs of partition `p`, ascending) for `max_msgs_per_key`; returns how many.
+    fn remove_key_victims(&mut self, p: u32, victims: Vec<u64>, effects: &mut Effects) -> u64 {
+        let i = p as usize;
         let mut removed = 0;
         for old in victims {
             let want = self.wants_removed_record(p, old);
@@ -464,11 +520,13 @@ impl TopicState {
         let Limits { max_msgs, max_bytes, max_age, .. } = self.config.limits;
         let cutoff = max_age.map(|age| now.minus(age));
         let old = self.config.discard == Discard::Old;
+        let pinned = self.pinned_through(p);
         let mut removed = 0u64;
         {
             let i = p as usize;
             while let Some(log) = self.logs.get(i)
                 && log.len() > 0
+                && log.first_seq() <= pinned
             {
                 let too_old = cutoff.is_some_and(|c| log.front_time().is_some_and(|t| t < c));
                 let too_many = old && max_msgs.is_some_and(|m| log.len() > m);
@@ -746,6 +804,21 @@ impl TopicCell {
             waiters: std::sync::atomic::AtomicUsize::new(0),
         })
     }
+}
+
+/// Takes from the front of a key's seqs (oldest first) the ones beyond the newest `max`, except those
+/// above `pinned` (a snapshot could seek back to them), which stay in the key's list to be tried again.
+fn take_victims(seqs: &mut VecDeque<u64>, max: u64, pinned: u64) -> Vec<u64> {
+    let mut victims = Vec::new();
+    let mut kept = Vec::new();
+    while seqs.len() as u64 > max {
+        let Some(old) = seqs.pop_front() else { break };
+        if old > pinned { kept.push(old) } else { victims.push(old) }
+    }
+    for old in kept.into_iter().rev() {
+        seqs.push_front(old);
+    }
+    victims
 }
 
 #[cfg(test)]

@@ -77,6 +77,14 @@ pub enum EngineEvent {
         /// How many in-flight messages went back.
         requeued: u32,
     },
+    /// A subscription's `message_retention` expired unsettled messages there (the ones not
+    /// dead-lettered: those have a `DeadLettered` event each).
+    MessagesExpired {
+        /// Subscription.
+        subscription: Name,
+        /// How many expired in this sweep.
+        count: u64,
+    },
     /// Retention removed messages.
     TopicExpired {
         /// Topic.
@@ -133,6 +141,7 @@ impl EngineEvent {
             EngineEvent::ConsumerDetached { subscription, .. } => sub(subscription, "consumer_detached"),
             EngineEvent::SubscriptionCreated { subscription, .. } => sub(subscription, "created"),
             EngineEvent::SubscriptionDeleted { subscription } => sub(subscription, "deleted"),
+            EngineEvent::MessagesExpired { subscription, .. } => sub(subscription, "expired"),
             EngineEvent::TopicExpired { topic, .. } => format!("$sys.topic.{topic}.expired"),
             EngineEvent::DiscardNewRejected { topic } => format!("$sys.topic.{topic}.discard_new_rejected"),
             EngineEvent::TopicCreated { topic } => format!("$sys.topic.{topic}.created"),
@@ -179,6 +188,9 @@ impl EngineEvent {
             }
             EngineEvent::ConsumerDetached { subscription, consumer, requeued } => json!({
                 "subscription": subscription.as_str(), "consumer": &**consumer, "requeued": requeued
+            }),
+            EngineEvent::MessagesExpired { subscription, count } => json!({
+                "subscription": subscription.as_str(), "count": count, "reason": "message_retention"
             }),
             EngineEvent::TopicExpired { topic, count } => json!({ "topic": topic.as_str(), "count": count }),
             EngineEvent::DiscardNewRejected { topic } | EngineEvent::TopicCreated { topic } => {

@@ -77,6 +77,8 @@ pub struct ServeConfig {
     /// An HTTP event stream with nothing to send for this long gets a comment line, so that clients and
     /// proxies see it alive and a client that has gone is noticed.
     pub keep_alive: Duration,
+    /// A persistent HTTP connection with no new request for this long is closed.
+    pub idle_timeout: Duration,
     /// The origin (or `*`) whose browser pages may read HTTP answers and event streams (CORS); `None`
     /// sends no CORS headers, so browsers keep pages of other origins from reading them.
     pub allow_origin: Option<String>,
@@ -161,6 +163,7 @@ impl Default for ServeConfig {
             limits: ServeLimits::default(),
             write_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(30),
             allow_origin: None,
             page: None,
         }

@@ -890,6 +890,91 @@ async fn oversized_payload_is_refused_as_too_large(backend: Backend) {
     }
 }
 
+/// The engine's retention and assignment settings (SEMANTICS.md §9.8, issue 24) are honoured or refused
+/// through the library, not only by the CLI: the engines (mem, ws, local) take them all, NATS takes
+/// what JetStream has of its own (interest and work-queue retention, messages per subject, last per
+/// subject), and every other backend refuses each with an `Invalid` error that names the setting and
+/// the backend, before it creates anything. MQTT administers neither topics nor subscriptions.
+async fn engine_only_settings_are_honoured_or_refused(backend: Backend) {
+    use pubsub::model::{Assignment, RetentionPolicy};
+    let Some(ctx) = Ctx::open(backend, "engineonly", Tune::default()).await else { return };
+    let engine = matches!(backend, Backend::Mem | Backend::Ws | Backend::Local);
+    let label = match backend {
+        Backend::Redis => "Redis",
+        Backend::Nats => "NATS",
+        Backend::Amqp => "RabbitMQ",
+        Backend::Postgres => "PostgreSQL",
+        Backend::Kafka => "Kafka",
+        _ => "",
+    };
+    type TopicTweak = fn(&mut TopicConfig);
+    let topic_cases: [(&str, bool, TopicTweak); 3] = [
+        ("retention interest", backend == Backend::Nats, |t| t.retention = RetentionPolicy::Interest),
+        ("retention work-queue", backend == Backend::Nats, |t| t.retention = RetentionPolicy::WorkQueue),
+        ("max_msgs_per_key", backend == Backend::Nats, |t| t.limits.max_msgs_per_key = Some(1)),
+    ];
+    let admin = ctx.broker.capabilities().has(Capability::TopicAdmin);
+    for (setting, honoured, tweak) in topic_cases {
+        let mut config = TopicConfig::new(ctx.name("t"));
+        tweak(&mut config);
+        ctx.cleanup.topics.lock().unwrap().push(config.name.clone());
+        let created = ctx.broker.create_topic(config).await;
+        if !admin {
+            assert_refused(created, Capability::TopicAdmin, setting);
+        } else if engine || honoured {
+            created.unwrap_or_else(|e| panic!("{setting} on {backend:?}: {e}"));
+        } else {
+            let Err(e) = created else { panic!("{setting} on {backend:?} was taken, not refused") };
+            assert_eq!(kind(&e), Kind::Invalid, "{setting}: {e:?}");
+            let text = e.to_string();
+            assert!(text.contains(setting) && text.contains(label), "{setting} on {backend:?}: {text}");
+        }
+    }
+    if !admin {
+        let config = SubscriptionConfig::new(ctx.name("sub"), ctx.name("t"));
+        assert!(ctx.broker.create_subscription(config).await.is_err(), "MQTT has no subscriptions to create");
+        return;
+    }
+    let (topic, _) = ctx.topic("base", |_| {}).await;
+    let (dead, _) = ctx.topic("dlt", |_| {}).await;
+    type SubTweak = Box<dyn Fn(&mut SubscriptionConfig)>;
+    let sub_cases: [(&str, bool, SubTweak); 6] = [
+        (
+            "assignment partition-exclusive",
+            false,
+            Box::new(|c| c.assignment = Assignment::PartitionExclusive),
+        ),
+        ("assignment single-active", false, Box::new(|c| c.assignment = Assignment::SingleActive)),
+        ("start last-per-key", backend == Backend::Nats, Box::new(|c| c.start = StartPosition::LastPerKey)),
+        ("message_retention", false, Box::new(|c| c.message_retention = Some(Duration::from_secs(60)))),
+        (
+            "dead_letter_on_expiry",
+            false,
+            Box::new(move |c| {
+                c.dead_letter = Some(dead.clone());
+                c.dead_letter_on_expiry = true;
+            }),
+        ),
+        ("retain_acked", false, Box::new(|c| c.retain_acked = true)),
+    ];
+    for (setting, honoured, tweak) in sub_cases {
+        let name = ctx.name("sub");
+        let mut config = SubscriptionConfig::new(name.clone(), topic.clone());
+        tweak(&mut config);
+        ctx.cleanup.subscriptions.lock().unwrap().push(name.clone());
+        let created = ctx.broker.create_subscription(config).await;
+        if engine || honoured {
+            created.unwrap_or_else(|e| panic!("{setting} on {backend:?}: {e}"));
+            ctx.broker.delete_subscription(&name).await.unwrap();
+        } else {
+            let Err(e) = created else { panic!("{setting} on {backend:?} was taken, not refused") };
+            assert_eq!(kind(&e), Kind::Invalid, "{setting}: {e:?}");
+            let text = e.to_string();
+            assert!(text.contains(setting) && text.contains(label), "{setting} on {backend:?}: {text}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The backends: one line each.
 
@@ -909,7 +994,8 @@ macro_rules! conformance {
                 history_from_start_and_from_a_seq,
                 lag_is_reported_and_drains_to_zero,
                 invalid_names_are_refused_alike,
-                oversized_payload_is_refused_as_too_large
+                oversized_payload_is_refused_as_too_large,
+                engine_only_settings_are_honoured_or_refused
             );
             conformance!(@tests $backend, [$($(#[$lagged])*)?], slow_live_reader_is_told_it_lagged);
         }

@@ -43,13 +43,14 @@ impl Answer {
     }
 }
 
-/// Sends `head` (lines without the final blank line) and `body` on a fresh connection and reads the
-/// whole answer (the server closes after one).
+/// Sends `head` (lines without the final blank line) and `body` on a fresh connection with
+/// `Connection: close` and reads the whole answer.
 async fn request(server: &TestServer, head: &str, body: &[u8]) -> Answer {
     let mut socket = TcpStream::connect(addr(server)).await.unwrap();
-    let mut raw = format!("{head}\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut raw =
+        format!("{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     if body.is_empty() && head.starts_with("GET") {
-        raw = format!("{head}\r\n\r\n").into_bytes();
+        raw = format!("{head}\r\nConnection: close\r\n\r\n").into_bytes();
     }
     raw.extend_from_slice(body);
     socket.write_all(&raw).await.unwrap();
@@ -595,8 +596,293 @@ fn serve_with_http_answers_on_the_second_address_too() {
         socket.read_to_end(&mut all).unwrap();
         parse_answer(&all)
     };
-    let published = ask(&http, "POST /topics/extra HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+    let published =
+        ask(&http, "POST /topics/extra HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi");
     assert_eq!(published.status, 200, "{published:?}");
-    let on_main = ask(&main, "POST /topics/extra HTTP/1.1\r\nContent-Length: 2\r\n\r\nho");
+    let on_main =
+        ask(&main, "POST /topics/extra HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nho");
     assert_eq!(on_main.json()["seq"].as_u64(), Some(2), "one engine behind both addresses");
+}
+
+/// Reads one answer from a connection that stays open: the head, then as many body bytes as it
+/// announces. `pending` holds bytes already read past the previous answer (pipelined answers).
+async fn next_answer(socket: &mut TcpStream, pending: &mut Vec<u8>) -> Answer {
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = parse_answer(&pending[..end + 4]);
+                let length: usize = head.header("content-length").map_or(0, |v| v.parse().unwrap());
+                if pending.len() >= end + 4 + length {
+                    let answer = parse_answer(&pending[..end + 4 + length]);
+                    pending.drain(..end + 4 + length);
+                    return answer;
+                }
+            }
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed mid-answer: {}", String::from_utf8_lossy(pending));
+            pending.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or_else(|_| panic!("no answer within 10 s"))
+}
+
+/// One connection carries several requests: sent one by one, pipelined in one write (answered in
+/// order), a refusal without a body (the connection stays), then `Connection: close`, after which the
+/// server closes. Each request is checked for its token.
+#[tokio::test]
+async fn a_keep_alive_connection_answers_requests_in_order_until_connection_close() {
+    let server = start(ServeConfig { token: Some("s3cret".into()), ..ServeConfig::default() }).await;
+    let mut socket = TcpStream::connect(addr(&server)).await.unwrap();
+    let mut pending = Vec::new();
+    let post = |body: &str| {
+        format!(
+            "POST /topics/kept HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    socket.write_all(post("one").as_bytes()).await.unwrap();
+    let first = next_answer(&mut socket, &mut pending).await;
+    assert_eq!((first.status, first.json()["seq"].as_u64()), (200, Some(1)), "{first:?}");
+    assert_eq!(first.header("connection"), None, "the connection stays open");
+    socket.write_all(post("two").as_bytes()).await.unwrap();
+    assert_eq!(next_answer(&mut socket, &mut pending).await.json()["seq"].as_u64(), Some(2));
+    // Pipelined: three publishes and a lookup in one write, answered in the order sent.
+    let mut batch = String::new();
+    for body in ["three", "four", "five"] {
+        batch.push_str(&post(body));
+    }
+    batch.push_str("GET /subscriptions/missing HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n");
+    socket.write_all(batch.as_bytes()).await.unwrap();
+    for seq in 3..=5 {
+        let answer = next_answer(&mut socket, &mut pending).await;
+        assert_eq!((answer.status, answer.json()["seq"].as_u64()), (200, Some(seq)), "{answer:?}");
+    }
+    let missing = next_answer(&mut socket, &mut pending).await;
+    assert_eq!((missing.status, missing.json()["code"].as_u64()), (404, Some(2004)), "{missing:?}");
+    assert_eq!(missing.header("connection"), None, "a refusal with no body keeps the connection");
+    // Every request needs the token, not only the first.
+    socket.write_all(b"GET /subscriptions/missing HTTP/1.1\r\n\r\n").await.unwrap();
+    let refused = next_answer(&mut socket, &mut pending).await;
+    assert_eq!((refused.status, refused.header("connection")), (401, Some("close")), "{refused:?}");
+    assert!(closed_by_server(&mut socket).await.0, "a request without the token ends the connection");
+
+    let mut socket = TcpStream::connect(addr(&server)).await.unwrap();
+    socket.write_all(post("six").as_bytes()).await.unwrap();
+    assert_eq!(next_answer(&mut socket, &mut pending).await.json()["seq"].as_u64(), Some(6));
+    let last = post("seven").replace("Host: x\r\n", "Host: x\r\nConnection: close\r\n");
+    socket.write_all(last.as_bytes()).await.unwrap();
+    let (closed, rest) = closed_by_server(&mut socket).await;
+    assert!(closed, "Connection: close is honoured");
+    let answer = parse_answer(&rest);
+    assert_eq!((answer.json()["seq"].as_u64(), answer.header("connection")), (Some(7), Some("close")));
+    assert_eq!(server.engine.topic_info(&name("kept")).unwrap().messages, 7);
+}
+
+/// A persistent connection keeps the limits: a body over the message limit is refused with 413 before
+/// it is read, and the connection closes (its unread body cannot be taken for the next request); a
+/// malformed second request gets 400 and a close; an idle connection is closed after `idle_timeout`.
+#[tokio::test]
+async fn a_keep_alive_connection_keeps_the_limits_and_closes_when_idle() {
+    let limits = ServeLimits { max_message_bytes: 100, ..ServeLimits::default() };
+    let config = ServeConfig { limits, idle_timeout: Duration::from_millis(300), ..ServeConfig::default() };
+    let server = start(config).await;
+    let ok = "POST /topics/lim HTTP/1.1\r\nContent-Length: 2\r\n\r\nok";
+    let mut pending = Vec::new();
+    let mut socket = TcpStream::connect(addr(&server)).await.unwrap();
+    socket.write_all(ok.as_bytes()).await.unwrap();
+    assert_eq!(next_answer(&mut socket, &mut pending).await.status, 200);
+    let big = format!("POST /topics/lim HTTP/1.1\r\nContent-Length: 101\r\n\r\n{}", "x".repeat(101));
+    socket.write_all(big.as_bytes()).await.unwrap();
+    let (closed, rest) = closed_by_server(&mut socket).await;
+    let answer = parse_answer(&rest);
+    assert_eq!((answer.status, answer.json()["code"].as_u64()), (413, Some(1007)), "{answer:?}");
+    assert!(closed && answer.header("connection") == Some("close"), "{answer:?}");
+
+    let mut socket = TcpStream::connect(addr(&server)).await.unwrap();
+    socket.write_all(ok.as_bytes()).await.unwrap();
+    assert_eq!(next_answer(&mut socket, &mut pending).await.status, 200);
+    socket.write_all(b"\x16\x03\x01 not http\r\n\r\n").await.unwrap();
+    let (closed, rest) = closed_by_server(&mut socket).await;
+    let answer = parse_answer(&rest);
+    assert_eq!((closed, answer.status, answer.json()["code"].as_u64()), (true, 400, Some(1000)));
+
+    let mut socket = TcpStream::connect(addr(&server)).await.unwrap();
+    socket.write_all(ok.as_bytes()).await.unwrap();
+    assert_eq!(next_answer(&mut socket, &mut pending).await.status, 200);
+    let (closed, rest) = closed_by_server(&mut socket).await;
+    assert!(closed && rest.is_empty(), "an idle connection is closed: {rest:?}");
+    assert_eq!(server.engine.topic_info(&name("lim")).unwrap().messages, 3);
+}
+
+/// `curl URL URL` sends both requests on one connection.
+#[tokio::test]
+async fn curl_reuses_one_connection_for_several_requests() {
+    let server = start(ServeConfig::default()).await;
+    let url = format!("{}/topics/reuse", base(&server));
+    let (a, b) = (format!("{url}?key=a"), format!("{url}?key=b"));
+    let args = ["-sv", "--max-time", "20", "--data-binary", "x", a.as_str(), b.as_str()].map(String::from);
+    let run = tokio::task::spawn_blocking(move || Command::new("curl").args(args).output()).await.unwrap();
+    let output = match run {
+        Ok(output) => output,
+        Err(e) => {
+            assert!(std::env::var("PUBSUB_REQUIRE_BROKERS").is_err(), "curl cannot run: {e}");
+            eprintln!("skipping: curl cannot run: {e}");
+            return;
+        }
+    };
+    let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(err.contains("Re-using existing connection"), "curl -v said:\n{err}");
+    assert_eq!(out.matches("\"seq\"").count(), 2, "two receipts: {out}");
+    assert_eq!(server.engine.topic_info(&name("reuse")).unwrap().messages, 2);
+}
+
+/// The page of the browser test: it opens an `EventSource` on the topic `live` of the server that
+/// served it (same origin, so no CORS header is needed) and notes every event's id and seq.
+const EVENTS_PAGE: &str = r#"<!doctype html><title>events</title><pre id="log"></pre><script>
+const token = new URLSearchParams(location.search).get("token");
+window.seen = [];
+window.opened = 0;
+const source = new EventSource("/topics/live/events?from=all&token=" + encodeURIComponent(token));
+source.onopen = () => { window.opened += 1; };
+source.onmessage = (e) => {
+  const m = JSON.parse(e.data);
+  window.seen.push([e.lastEventId, m.seq]);
+  document.getElementById("log").textContent += e.lastEventId + " " + m.seq + "\n";
+};
+</script>"#;
+
+/// A TCP proxy in front of `target` that keeps what clients send on each connection and can cut every
+/// open connection at once (as a network failure would), for a browser's reconnect.
+struct Proxy {
+    port: u16,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (sent_in, open_in) = (sent.clone(), open.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&target).await else { continue };
+                let index = {
+                    let mut sent = sent_in.lock().unwrap();
+                    sent.push(Vec::new());
+                    sent.len() - 1
+                };
+                let sent = sent_in.clone();
+                let forward = tokio::spawn(async move {
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let up = async {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = from_client.read(&mut buf).await {
+                            if n == 0 || to_server.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            sent.lock().unwrap()[index].extend_from_slice(&buf[..n]);
+                        }
+                    };
+                    let down = tokio::io::copy(&mut from_server, &mut to_client);
+                    tokio::select! {
+                        () = up => {}
+                        _ = down => {}
+                    }
+                });
+                open_in.lock().unwrap().push(forward);
+            }
+        });
+        Proxy { port, sent, open }
+    }
+
+    /// Closes every connection open now, both ways; when it returns, nothing more passes on them.
+    async fn cut(&self) {
+        let open: Vec<_> = self.open.lock().unwrap().drain(..).collect();
+        for forward in open {
+            forward.abort();
+            let _ = forward.await;
+        }
+    }
+
+    /// What clients sent, all connections together.
+    fn sent(&self) -> String {
+        let sent = self.sent.lock().unwrap();
+        sent.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("\n--\n")
+    }
+}
+
+/// A real browser's `EventSource` reads `GET /topics/NAME/events`: headless chromium (driven through
+/// chromedriver, as the shared demo's page test) opens a page the server serves, sees the messages
+/// published before and after it connected, and when its connection is cut (by a proxy in between)
+/// reconnects on its own with `Last-Event-ID` and resumes exactly after the last event it had: every
+/// message once, in order, including those published while it was away.
+#[test]
+fn a_browser_s_event_source_reads_events_and_resumes_with_last_event_id_after_a_cut() {
+    let Some((_driver, driver_port)) = crate::share::chromedriver() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let config = ServeConfig { token: Some("tok".into()), page: Some(EVENTS_PAGE), ..ServeConfig::default() };
+    let server = rt.block_on(start(config));
+    let proxy = rt.block_on(Proxy::start(addr(&server)));
+    let publish = |body: &str| {
+        let answer = rt.block_on(request(
+            &server,
+            "POST /topics/live HTTP/1.1\r\nAuthorization: Bearer tok",
+            body.as_bytes(),
+        ));
+        assert_eq!(answer.status, 200, "{answer:?}");
+    };
+    publish("before the page");
+    let session = crate::share::Session::open(driver_port);
+    let url = format!("http://127.0.0.1:{}/?token=tok", proxy.port);
+    crate::share::webdriver(
+        driver_port,
+        "POST",
+        &format!("{}/url", session.1),
+        &serde_json::json!({ "url": url }),
+    );
+    let state = || {
+        let got =
+            session.run("return [window.opened || 0, window.seen || [], document.documentElement.outerHTML]");
+        let seen = got[1].as_array().cloned().unwrap_or_default();
+        let seqs: Vec<u64> = seen.iter().map(|e| e[1].as_u64().unwrap()).collect();
+        let ids: Vec<String> = seen.iter().map(|e| e[0].as_str().unwrap().to_string()).collect();
+        (got[0].as_u64().unwrap_or(0), seqs, ids, got[2].as_str().unwrap_or_default().to_string())
+    };
+    let wait_for = |what: &str, done: &dyn Fn(u64, &[u64]) -> bool| {
+        let started = std::time::Instant::now();
+        loop {
+            let (opened, seqs, ids, page) = state();
+            if done(opened, &seqs) {
+                return (opened, seqs, ids);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{what}: opened {opened}, seen {seqs:?}, page:\n{page}\nsent:\n{}",
+                proxy.sent()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("the page connects", &|opened, seqs| opened >= 1 && seqs.len() == 1);
+    publish("two");
+    publish("three");
+    let (_, seqs, ids) = wait_for("the live events arrive", &|_, seqs| seqs.len() == 3);
+    assert_eq!((seqs, ids), (vec![1, 2, 3], vec!["1".to_string(), "2".into(), "3".into()]));
+    rt.block_on(proxy.cut());
+    publish("four, while the page is away");
+    publish("five");
+    let (opened, seqs, _) = wait_for("the page reconnects and resumes", &|_, seqs| seqs.len() >= 5);
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "every message once, in order");
+    assert_eq!(opened, 2, "one reconnect");
+    let sent = proxy.sent().to_ascii_lowercase();
+    assert!(sent.contains("\r\nlast-event-id: 3\r\n"), "the reconnect names the last event:\n{sent}");
+    drop(session);
+    drop(server);
 }

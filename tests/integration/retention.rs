@@ -443,3 +443,131 @@ fn cli_last_per_key_subscription_reads_a_compacted_topic_as_a_table() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("last message per key"), "{stdout}");
 }
+
+// ----- snapshots pin retention (SEMANTICS.md §9.8) -------------------------------------------------
+
+/// A snapshot keeps what `seek --snapshot` could bring back (everything above its floor) from every
+/// kind of retention: WorkQueue and Interest deletion on ack, the limits and `max_msgs_per_key`.
+/// Removing the snapshot lets retention catch up at once.
+#[test]
+fn a_snapshot_pins_what_it_could_seek_back_to_against_every_retention() {
+    let (e, _) = engine();
+    // WorkQueue: acked messages above the snapshot's floor stay, so seeking back redelivers them.
+    create(&e, "jobs", |c| c.retention = RetentionPolicy::WorkQueue);
+    subscribe(&e, "w", "jobs", |_| {});
+    for i in 1..=5 {
+        publish(&e, "jobs", &format!("job {i}"));
+    }
+    ack_all(&e, "w", &fetch(&e, "w", "c", 2));
+    assert_eq!(retained(&e, "jobs"), vec![3, 4, 5], "1 and 2 go as usual");
+    let snap = e.create_snapshot(name("before-3"), &name("w")).unwrap();
+    assert_eq!(snap.partitions[0].ack_floor, 2);
+    ack_all(&e, "w", &fetch(&e, "w", "c", 3));
+    assert_eq!(retained(&e, "jobs"), vec![3, 4, 5], "acked, but the snapshot could seek back to them");
+    e.seek_snapshot(&name("w"), &name("before-3")).unwrap();
+    let again = fetch(&e, "w", "c", 10);
+    assert_eq!(payloads(&again), ["job 3", "job 4", "job 5"]);
+    ack_all(&e, "w", &again);
+    publish(&e, "jobs", "job 6");
+    ack_all(&e, "w", &fetch(&e, "w", "c", 10));
+    assert_eq!(retained(&e, "jobs"), vec![3, 4, 5, 6]);
+    e.delete_snapshot(&name("before-3")).unwrap();
+    assert_eq!(retained(&e, "jobs"), Vec::<u64>::new(), "removing the snapshot frees them at once");
+
+    // Interest: the same.
+    create(&e, "events", |c| c.retention = RetentionPolicy::Interest);
+    subscribe(&e, "i", "events", |_| {});
+    publish(&e, "events", "one");
+    publish(&e, "events", "two");
+    e.create_snapshot(name("at-start"), &name("i")).unwrap();
+    ack_all(&e, "i", &fetch(&e, "i", "c", 10));
+    assert_eq!(retained(&e, "events"), vec![1, 2]);
+    e.delete_snapshot(&name("at-start")).unwrap();
+    assert_eq!(retained(&e, "events"), Vec::<u64>::new());
+
+    // The limits: the topic holds more than max_msgs while a snapshot needs the oldest.
+    create(&e, "capped", |c| c.limits.max_msgs = Some(3));
+    subscribe(&e, "r", "capped", |_| {});
+    for i in 1..=3 {
+        publish(&e, "capped", &format!("m{i}"));
+    }
+    ack_all(&e, "r", &fetch(&e, "r", "c", 1));
+    e.create_snapshot(name("capped-snap"), &name("r")).unwrap();
+    publish(&e, "capped", "m4");
+    publish(&e, "capped", "m5");
+    assert_eq!(retained(&e, "capped"), vec![2, 3, 4, 5], "1 (at the floor) goes, 2 and 3 are pinned");
+    e.delete_snapshot(&name("capped-snap")).unwrap();
+    assert_eq!(retained(&e, "capped"), vec![3, 4, 5], "back within max_msgs");
+
+    // max_msgs_per_key: an older message of a key stays while a snapshot could seek back to it.
+    create(&e, "table", |c| c.limits.max_msgs_per_key = Some(1));
+    subscribe(&e, "t", "table", |_| {});
+    keyed(&e, "table", Some("a"), "a1");
+    keyed(&e, "table", Some("a"), "a2");
+    assert_eq!(retained(&e, "table"), vec![2]);
+    e.create_snapshot(name("table-snap"), &name("t")).unwrap();
+    keyed(&e, "table", Some("a"), "a3");
+    keyed(&e, "table", Some("b"), "b1");
+    assert_eq!(retained(&e, "table"), vec![2, 3, 4], "a2 is pinned");
+    e.seek_snapshot(&name("t"), &name("table-snap")).unwrap();
+    assert_eq!(payloads(&fetch(&e, "t", "c", 10)), ["a2", "a3", "b1"]);
+    e.delete_snapshot(&name("table-snap")).unwrap();
+    assert_eq!(retained(&e, "table"), vec![3, 4], "the newest of each key");
+}
+
+/// The pin is part of the snapshot, so it holds after a restart and after a crash: the deletions the
+/// engine makes again at open leave what the snapshot could seek back to.
+#[test]
+fn a_snapshot_s_pin_survives_a_restart_and_a_crash() {
+    for crash in [false, true] {
+        let dir = DataDir::new(if crash { "pin-crash" } else { "pin-clean" });
+        let clock = clock();
+        let e = open_at(&dir.0, &clock);
+        create(&e, "jobs", |c| c.retention = RetentionPolicy::WorkQueue);
+        subscribe(&e, "w", "jobs", |_| {});
+        for i in 1..=4 {
+            publish(&e, "jobs", &format!("job {i}"));
+        }
+        ack_all(&e, "w", &fetch(&e, "w", "c", 1));
+        e.create_snapshot(name("snap"), &name("w")).unwrap();
+        ack_all(&e, "w", &fetch(&e, "w", "c", 3));
+        assert_eq!(retained(&e, "jobs"), vec![2, 3, 4]);
+        if !crash {
+            e.close().unwrap();
+        }
+        drop(e);
+        let e = open_at(&dir.0, &clock);
+        assert_eq!(retained(&e, "jobs"), vec![2, 3, 4], "crash {crash}: still pinned after the open");
+        e.seek_snapshot(&name("w"), &name("snap")).unwrap();
+        let again = fetch(&e, "w", "c", 10);
+        assert_eq!(seqs(&again), vec![2, 3, 4]);
+        ack_all(&e, "w", &again);
+        assert_eq!(retained(&e, "jobs"), vec![2, 3, 4]);
+        e.delete_snapshot(&name("snap")).unwrap();
+        assert_eq!(retained(&e, "jobs"), Vec::<u64>::new(), "crash {crash}: freed with the snapshot");
+    }
+}
+
+/// `message_retention` tells watchers, as the other expiries do: one `$sys.sub.NAME.expired` event per
+/// sweep with how many messages expired there.
+#[test]
+fn message_retention_expiry_emits_an_event() {
+    use pubsub::engine::{TapItem, TapOptions};
+    let (e, clock) = engine();
+    let mut events = e.tap(vec![Pattern::parse("$sys.sub.short.>").unwrap()], TapOptions::default()).unwrap();
+    subscribe(&e, "short", "t", |c| c.message_retention = Some(Duration::from_secs(60)));
+    publish(&e, "t", "old 1");
+    publish(&e, "t", "old 2");
+    fetch(&e, "short", "c", 1);
+    clock.advance(Duration::from_secs(61));
+    e.tick();
+    e.tick();
+    let mut got = Vec::new();
+    while let Some(TapItem::Message(m)) = events.try_recv() {
+        got.push((m.subject().to_string(), serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()));
+    }
+    let expired: Vec<_> = got.iter().filter(|(s, _)| s == "$sys.sub.short.expired").collect();
+    assert_eq!(expired.len(), 1, "one event for the sweep, none for a sweep with nothing to expire: {got:?}");
+    assert_eq!(expired[0].1["count"], 2);
+    assert_eq!(expired[0].1["reason"], "message_retention");
+}

@@ -20,7 +20,7 @@ fn free_port() -> u16 {
 }
 
 /// A child process killed when the test ends, however it ends.
-struct Killed(Child);
+pub(crate) struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -200,7 +200,7 @@ fn a_shared_demo_in_three_terminals_shows_the_attendee_to_the_teacher_and_the_wa
 
 /// Chromium and its WebDriver, when installed; `None` (after saying why) otherwise, which fails instead
 /// under PUBSUB_REQUIRE_BROKERS.
-fn chromedriver() -> Option<(Killed, u16)> {
+pub(crate) fn chromedriver() -> Option<(Killed, u16)> {
     let have = |bin: &str| Command::new(bin).arg("--version").output().is_ok_and(|o| o.status.success());
     if !have("chromedriver") || !have("chromium") {
         assert!(
@@ -223,7 +223,7 @@ fn chromedriver() -> Option<(Killed, u16)> {
 }
 
 /// One WebDriver request (plain HTTP/1.1, one per connection): the JSON answer's `value`.
-fn webdriver(port: u16, method: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn webdriver(port: u16, method: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
     let body = body.to_string();
     let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -253,26 +253,41 @@ fn webdriver(port: u16, method: &str, path: &str, body: &serde_json::Value) -> s
     serde_json::from_slice::<serde_json::Value>(&json).unwrap()["value"].clone()
 }
 
+/// A headless chromium session of chromedriver on `port`, ended when dropped (chromedriver, killed,
+/// would leave the browser running): the port and the session's path, `/session/ID`.
+pub(crate) struct Session(pub u16, pub String);
+
+impl Session {
+    pub(crate) fn open(port: u16) -> Session {
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        }}}});
+        let session = webdriver(port, "POST", "/session", &caps)["sessionId"].as_str().unwrap().to_string();
+        Session(port, format!("/session/{session}"))
+    }
+
+    /// Runs `script` (a function body) in the page; what it returns.
+    pub(crate) fn run(&self, script: &str) -> serde_json::Value {
+        let body = serde_json::json!({ "script": script, "args": [] });
+        webdriver(self.0, "POST", &format!("{}/execute/sync", self.1), &body)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        webdriver(self.0, "DELETE", &self.1, &serde_json::json!({}));
+    }
+}
+
 #[test]
 fn the_shared_demos_web_page_draws_the_topology_live_in_a_real_browser() {
     let Some((_driver, port)) = chromedriver() else { return };
     let home = Home::new("share-page");
     let (_demo, url) = shared_demo(&home, "fan-out");
     let page = url.replace("ws://", "http://").replace("?token=", "/?token=");
-    let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-        "binary": "/usr/bin/chromium",
-        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-    }}}});
-    let session = webdriver(port, "POST", "/session", &caps)["sessionId"].as_str().unwrap().to_string();
-    let base = format!("/session/{session}");
-    // Ends the browser however the test ends (chromedriver, killed, would leave it running).
-    struct Session(u16, String);
-    impl Drop for Session {
-        fn drop(&mut self) {
-            webdriver(self.0, "DELETE", &self.1, &serde_json::json!({}));
-        }
-    }
-    let _session = Session(port, base.clone());
+    let session = Session::open(port);
+    let base = session.1.clone();
     webdriver(port, "POST", &format!("{base}/url"), &serde_json::json!({ "url": page }));
     let read = || {
         let script = serde_json::json!({

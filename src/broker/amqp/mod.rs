@@ -345,6 +345,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
+        super::engine_only_topic_settings(&config, "RabbitMQ", super::Honours::default())?;
         self.create_stream(config).await
     }
 
@@ -366,6 +367,7 @@ impl Broker for AmqpBroker {
 
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
         super::no_attribute_filter(&config, "RabbitMQ")?;
+        super::engine_only_subscription_settings(&config, "RabbitMQ", super::Honours::default())?;
         self.create_queue(&config).await?;
         self.queue_info(&config.name).await
     }

@@ -263,6 +263,7 @@ impl Broker for KafkaBroker {
     }
 
     async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
+        super::engine_only_topic_settings(&config, "Kafka", super::Honours::default())?;
         self.make_topic(&config).await?;
         self.describe_topic(&config.name).await
     }
@@ -288,6 +289,7 @@ impl Broker for KafkaBroker {
         config: crate::model::SubscriptionConfig,
     ) -> Result<SubscriptionInfo, BrokerError> {
         super::no_attribute_filter(&config, "Kafka")?;
+        super::engine_only_subscription_settings(&config, "Kafka", super::Honours::default())?;
         self.make_group(&config).await?;
         self.describe_group(&config.name).await
     }

@@ -12,8 +12,8 @@ use super::subjects::{is_stream_name, nats_subjects};
 use super::{NatsBroker, js_error};
 use crate::broker::{Broker, BrokerError, Capability};
 use crate::model::{
-    AckMode, Backoff, BrowseFrom, Discard, Lifetime, Message, Name, SeekTarget, StartPosition,
-    SubscriptionConfig, SubscriptionInfo, Timestamp, TopicConfig, TopicInfo,
+    AckMode, Backoff, BrowseFrom, Discard, Lifetime, Message, Name, RetentionPolicy, SeekTarget,
+    StartPosition, SubscriptionConfig, SubscriptionInfo, Timestamp, TopicConfig, TopicInfo,
 };
 
 impl NatsBroker {
@@ -78,6 +78,11 @@ impl NatsBroker {
             max_bytes: limit(config.limits.max_bytes),
             max_age: config.limits.max_age.unwrap_or(Duration::ZERO),
             max_messages_per_subject: limit(config.limits.max_msgs_per_key),
+            retention: match config.retention {
+                RetentionPolicy::Limits => stream::RetentionPolicy::Limits,
+                RetentionPolicy::Interest => stream::RetentionPolicy::Interest,
+                RetentionPolicy::WorkQueue => stream::RetentionPolicy::WorkQueue,
+            },
             discard: match config.discard {
                 Discard::New => stream::DiscardPolicy::New,
                 Discard::Old => stream::DiscardPolicy::Old,
@@ -381,6 +386,10 @@ pub(super) fn consumer_config(
         Backoff::List(list) if c.backoff_on_timeout => list.clone(),
         _ => Vec::new(),
     };
+    // JetStream's last-per-subject needs a filter subject: every subject of the stream, when the
+    // subscription has none of its own.
+    let filter =
+        if filter.is_empty() && c.start == StartPosition::LastPerKey { ">".to_string() } else { filter };
     Ok(pull::Config {
         name: durable_name.is_none().then(|| c.name.to_string()),
         durable_name,

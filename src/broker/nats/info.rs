@@ -75,6 +75,11 @@ pub(super) fn topic_info(info: &stream::Info) -> Option<TopicInfo> {
         stream::DiscardPolicy::New => Discard::New,
         _ => Discard::Old,
     };
+    t.retention = match c.retention {
+        stream::RetentionPolicy::Interest => crate::model::RetentionPolicy::Interest,
+        stream::RetentionPolicy::WorkQueue => crate::model::RetentionPolicy::WorkQueue,
+        _ => crate::model::RetentionPolicy::Limits,
+    };
     t.subscriptions = u32::try_from(s.consumer_count).unwrap_or(u32::MAX);
     t.created = Some(timestamp(info.created));
     t.storage = Some(match c.storage {

@@ -289,7 +289,12 @@ const JETSTREAM_CAPS: &[Capability] = &[
     Capability::TopicAdmin,
 ];
 
+/// JetStream has interest and work-queue retention, messages per subject and last per subject of its
+/// own; the engine's other retention settings it cannot honour.
+const HONOURS: super::Honours = super::Honours { retention: true, per_key: true, last_per_key: true };
+
 // Methods longer than a few lines delegate to `pub(super)` methods in the rooms named above.
+
 #[async_trait]
 impl Broker for NatsBroker {
     fn kind(&self) -> &'static str {
@@ -389,6 +394,7 @@ impl Broker for NatsBroker {
     }
 
     async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
+        super::engine_only_topic_settings(&config, "NATS", HONOURS)?;
         self.create_stream(config).await
     }
 
@@ -410,6 +416,7 @@ impl Broker for NatsBroker {
 
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
         super::no_attribute_filter(&config, "NATS")?;
+        super::engine_only_subscription_settings(&config, "NATS", HONOURS)?;
         self.add_consumer(config).await
     }
 

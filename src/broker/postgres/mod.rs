@@ -227,6 +227,7 @@ impl Broker for PostgresBroker {
     }
 
     async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
+        super::engine_only_topic_settings(&config, "PostgreSQL", super::Honours::default())?;
         self.create_table_topic(&config).await?;
         self.topic_info(&config.name).await
     }
@@ -252,6 +253,7 @@ impl Broker for PostgresBroker {
 
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
         super::no_attribute_filter(&config, "PostgreSQL")?;
+        super::engine_only_subscription_settings(&config, "PostgreSQL", super::Honours::default())?;
         self.make_subscription(&config).await?;
         self.subscription_info(&config.name).await
     }

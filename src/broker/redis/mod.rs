@@ -266,6 +266,7 @@ impl Broker for RedisBroker {
     }
 
     async fn create_topic(&self, config: TopicConfig) -> Result<TopicInfo, BrokerError> {
+        super::engine_only_topic_settings(&config, "Redis", super::Honours::default())?;
         self.create_stream(config).await
     }
 
@@ -287,6 +288,7 @@ impl Broker for RedisBroker {
 
     async fn create_subscription(&self, config: SubscriptionConfig) -> Result<SubscriptionInfo, BrokerError> {
         super::no_attribute_filter(&config, "Redis")?;
+        super::engine_only_subscription_settings(&config, "Redis", super::Honours::default())?;
         self.create_group(config).await
     }
 

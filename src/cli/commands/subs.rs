@@ -175,7 +175,11 @@ pub async fn run(ctx: &Context, args: SubsArgs) -> Result<(), CliError> {
             c.dead_letter_on_expiry = a.dead_letter_on_expiry;
             c.retain_acked = a.retain_acked;
             let retention_flag = [
-                (c.start == crate::model::StartPosition::LastPerKey, "--from last-per-key"),
+                // JetStream has last-per-subject of its own.
+                (
+                    c.start == crate::model::StartPosition::LastPerKey && broker.kind() != "nats",
+                    "--from last-per-key",
+                ),
                 (c.message_retention.is_some(), "--message-retention"),
                 (c.dead_letter_on_expiry, "--dead-letter-on-expiry"),
                 (c.retain_acked, "--retain-acked"),

@@ -210,9 +210,10 @@ pub async fn run(ctx: &Context, command: TopicCommand) -> Result<(), CliError> {
             if (args.retention.is_some_and(RetentionPolicy::settles_delete)
                 || args.max_msgs_per_key.is_some())
                 && !keeps_totals(&broker)
+                && broker.kind() != "nats"
             {
                 return Err(CliError::Usage(format!(
-                    "--retention and --max-msgs-per-key are settings of the pubsub engine (mem://, local, ws://); {} is not set up through them",
+                    "--retention and --max-msgs-per-key are settings of the pubsub engine (mem://, local, ws://) and of NATS JetStream; {} is not set up through them",
                     broker.kind()
                 )));
             }

@@ -24,6 +24,9 @@ pub(crate) struct Head {
     pub query: Vec<(String, String)>,
     /// Header names lower-cased, values as sent (not necessarily UTF-8).
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Whether the client may send another request on the connection after this one: HTTP/1.1
+    /// without `Connection: close` (HTTP/1.0 connections carry one request).
+    pub persistent: bool,
 }
 
 /// Why no head could be read.
@@ -88,8 +91,15 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             (decode_query(name), decode_query(value))
         })
         .collect();
-    let headers = request.headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect();
-    Ok(Some((Head { method: method.to_string(), path: path.to_string(), query, headers }, len)))
+    let headers: Vec<(String, Vec<u8>)> =
+        request.headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect();
+    let close = headers
+        .iter()
+        .filter(|(n, _)| n == "connection")
+        .any(|(_, v)| v.split(|b| *b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close")));
+    let persistent = request.version == Some(1) && !close;
+    let head = Head { method: method.to_string(), path: path.to_string(), query, headers, persistent };
+    Ok(Some((head, len)))
 }
 
 /// A query part decoded: `+` is a space, `%XX` a byte; bytes that are not UTF-8 become U+FFFD.
@@ -139,6 +149,37 @@ impl<S> Rewind<S> {
     /// Drops the first `n` bytes still to be replayed (the head, once it has been parsed).
     pub(crate) fn skip(&mut self, n: usize) {
         self.at = self.at.saturating_add(n).min(self.prefix.len());
+    }
+
+    /// The next request head of a persistent connection: parsed from the bytes not yet replayed (a
+    /// pipelined request) and what the socket delivers after them, at most `max` bytes. Once it is
+    /// read, those bytes are replayed again, so [`Rewind::skip`] the head's length next.
+    pub(crate) async fn next_head(&mut self, max: usize) -> Result<(Head, usize), HeadError>
+    where
+        S: AsyncRead + Unpin,
+    {
+        let mut buf = self.prefix.split_off(self.at);
+        self.prefix = Vec::new();
+        self.at = 0;
+        loop {
+            if !buf.is_empty() {
+                match parse(&buf) {
+                    Ok(Some(parsed)) => {
+                        self.prefix = buf;
+                        return Ok(parsed);
+                    }
+                    Ok(None) if buf.len() >= max => return Err(HeadError::TooLarge(max)),
+                    Ok(None) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match self.inner.read(&mut chunk).await {
+                Ok(0) => return Err(HeadError::Closed),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(HeadError::Io(e)),
+            }
+        }
     }
 
     /// The socket underneath; bytes not yet replayed are dropped.
@@ -209,6 +250,44 @@ mod tests {
         socket.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"GET /x HTTP/1.1\r\n\r\nextra");
         assert_eq!(len, all.len() - 5);
+    }
+
+    #[test]
+    fn only_an_http_1_1_request_without_connection_close_keeps_the_connection() {
+        let persistent = |raw: &[u8]| parse(raw).unwrap().unwrap().0.persistent;
+        assert!(persistent(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(persistent(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(!persistent(b"GET / HTTP/1.1\r\nConnection: Keep-Alive, Close\r\n\r\n"));
+        assert!(!persistent(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn pipelined_heads_are_read_one_after_another_with_their_bodies_between() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client
+            .write_all(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /b HTTP/1.1\r\n\r\nGET /c HT")
+            .await
+            .unwrap();
+        let (first, mut socket) = read(server, 1024).await;
+        let (head, len) = first.unwrap();
+        assert_eq!(head.path, "/a");
+        socket.skip(len);
+        let mut body = [0u8; 2];
+        socket.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body, b"hi");
+        let (head, len) = socket.next_head(1024).await.unwrap();
+        assert_eq!(head.path, "/b");
+        socket.skip(len);
+        let third = tokio::spawn(async move {
+            let got = socket.next_head(1024).await.map(|(h, _)| h.path);
+            (got, socket)
+        });
+        client.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+        let (got, mut socket) = third.await.unwrap();
+        assert_eq!(got.unwrap(), "/c");
+        drop(client);
+        socket.skip(usize::MAX);
+        assert!(matches!(socket.next_head(1024).await, Err(HeadError::Closed)));
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! Plain HTTP on the server's port, for scripts and browsers without a WebSocket client: `POST
 //! /topics/NAME` publishes, `GET /topics/NAME/events` streams Server-Sent Events, `GET
-//! /subscriptions/NAME` describes a subscription. One request per connection; the same token, limits
-//! and pre-authentication allowance as a WebSocket connection (docs/PROTOCOL.md, "HTTP").
+//! /subscriptions/NAME` describes a subscription. HTTP/1.1 connections persist (keep-alive, pipelining
+//! answered in order); the same token, limits and pre-authentication allowance as a WebSocket
+//! connection (docs/PROTOCOL.md, "HTTP").
 
 pub(crate) mod head;
 mod publish;
@@ -108,7 +109,9 @@ pub(crate) async fn refuse_head(socket: &mut Socket, e: &HeadError, timeout: Dur
         HeadError::Malformed(_) => HttpError::new(ErrorCode::BadFrame, e.to_string()),
         HeadError::Closed | HeadError::Io(_) => return,
     };
-    let _ = tokio::time::timeout(timeout, socket.write_all(&answer.response())).await;
+    let mut answer = answer.response();
+    response::closing(&mut answer);
+    let _ = tokio::time::timeout(timeout, socket.write_all(&answer)).await;
     let _ = tokio::time::timeout(timeout, socket.shutdown()).await;
 }
 
@@ -123,7 +126,12 @@ pub(crate) struct Request {
     pub peer: SocketAddr,
 }
 
-/// Serves one HTTP request and closes the connection.
+/// Serves the HTTP requests of one connection. The first is admitted as a WebSocket's `hello` is (the
+/// token, then a place among the served connections); while the client keeps the connection open
+/// (HTTP/1.1 without `Connection: close`), the next requests are read and answered in order, pipelined
+/// ones included, each with its own token check. The connection closes when the client asks, after
+/// `idle_timeout` without a request, after an event stream, a refused token, or an answer sent before
+/// the request's body was read.
 pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: CancellationToken) {
     let Request { mut socket, head, head_len, allowance, slot, peer } = request;
     socket.skip(head_len);
@@ -140,30 +148,21 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
             })?;
             Ok((r, served))
         });
-    let (route, served) = match admitted {
+    let (first, served) = match admitted {
         Ok(pair) => pair,
         Err(e) => return refuse(socket, &e.response(), &shared, &cancel, &slot).await,
     };
     // From here the client counts among the served connections, as after `hello`.
     drop(slot);
     lift(&allowance);
-    tracing::debug!(%peer, ?route, "http request");
-    let answer = match route {
-        Route::Publish(subject) => publish(&mut socket, subject, &head, &shared).await,
-        Route::Subscription(name) => match shared.broker.subscription_info(&name).await {
-            Ok(info) => response::json(&info),
-            Err(e) => HttpError::of(&e).response(),
-        },
-        Route::Preflight(method) => response::preflight(method),
-        Route::Page => {
-            let page = shared.config.page.unwrap_or_default();
-            response::response(200, &[], "text/html; charset=utf-8", page.as_bytes())
-        }
-        Route::Events(topic) => {
-            let connection = shared.connection_budget();
-            let budget = ByteBudget::child(&connection, limits.max_stream_bytes as u64);
-            match open_events(&topic, &head, &shared, peer, &budget).await {
-                Ok((stream, ids)) => {
+    let mut head = head;
+    let mut next: Result<Route, HttpError> = Ok(first);
+    loop {
+        tracing::debug!(%peer, route = ?next, "http request");
+        let (answer, body_read) = match next {
+            Ok(route) => match answer(route, &mut socket, &head, &shared, peer).await {
+                Answer::Done { answer, body_read } => (answer, body_read),
+                Answer::Events { stream, ids, budget } => {
                     let config = sse::StreamConfig {
                         keep_alive: shared.config.keep_alive,
                         write_timeout: shared.config.write_timeout,
@@ -174,12 +173,106 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
                     drop(served);
                     return;
                 }
-                Err(e) => e.response(),
+            },
+            Err(e) => {
+                let unauthorized = e.status == 401;
+                (e.response(), !unauthorized && bodiless(&head))
+            }
+        };
+        let keep = head.persistent && body_read && !answer.is_empty() && !cancel.is_cancelled();
+        if !keep {
+            drop(served);
+            return finish(socket, &answer, &shared, &cancel).await;
+        }
+        let answer = dressed(answer, &shared);
+        if !matches!(
+            tokio::time::timeout(shared.config.write_timeout, socket.write_all(&answer)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        let read = tokio::select! {
+            () = cancel.cancelled() => return,
+            read = tokio::time::timeout(shared.config.idle_timeout, socket.next_head(limits.max_hello_bytes)) => read,
+        };
+        match read {
+            Err(_) => {
+                tracing::debug!(%peer, "no further request within {:?}", shared.config.idle_timeout);
+                let _ = tokio::time::timeout(shared.config.write_timeout, socket.shutdown()).await;
+                return;
+            }
+            Ok(Err(e)) => return refuse_head(&mut socket, &e, shared.config.write_timeout).await,
+            Ok(Ok((read, len))) => {
+                socket.skip(len);
+                head = read;
             }
         }
-    };
-    drop(served);
-    finish(socket, &answer, &shared, &cancel).await;
+        next = next_route(&head, &shared);
+    }
+}
+
+/// The route of a request after the first on a connection: a preflight as it is, anything else with
+/// its token; a WebSocket upgrade only as a connection's first request.
+fn next_route(head: &Head, shared: &Shared) -> Result<Route, HttpError> {
+    if let Ok(preflight @ Route::Preflight(_)) = route(head, shared.config.allow_origin.is_some(), false) {
+        return Ok(preflight);
+    }
+    if head.is_websocket() {
+        let msg = "a WebSocket upgrade must be the first request of a connection; open a new one";
+        return Err(HttpError::new(ErrorCode::BadFrame, msg));
+    }
+    authorize(head, shared.config.token.as_deref())?;
+    route(head, false, shared.config.page.is_some())
+}
+
+/// Whether a request has no body (none announced), so that the connection can carry another request
+/// after an answer given without reading one.
+fn bodiless(head: &Head) -> bool {
+    head.header("transfer-encoding").is_none() && publish::body_length(head).is_ok_and(|n| n == 0)
+}
+
+/// What a request gets.
+enum Answer {
+    /// A whole answer; `body_read` is false when the request's body was left unread.
+    Done { answer: Vec<u8>, body_read: bool },
+    /// An event stream, which takes the rest of the connection.
+    Events { stream: crate::broker::DeliveryStream, ids: sse::EventIds, budget: Arc<ByteBudget> },
+}
+
+/// Answers one admitted request.
+async fn answer(route: Route, socket: &mut Socket, head: &Head, shared: &Shared, peer: SocketAddr) -> Answer {
+    let done = |answer| Answer::Done { answer, body_read: bodiless(head) };
+    match route {
+        Route::Publish(subject) => {
+            let (answer, body_read) = publish(socket, subject, head, shared).await;
+            Answer::Done { answer, body_read }
+        }
+        Route::Subscription(name) => done(match shared.broker.subscription_info(&name).await {
+            Ok(info) => response::json(&info),
+            Err(e) => HttpError::of(&e).response(),
+        }),
+        Route::Preflight(method) => done(response::preflight(method)),
+        Route::Page => {
+            let page = shared.config.page.unwrap_or_default();
+            done(response::response(200, &[], "text/html; charset=utf-8", page.as_bytes()))
+        }
+        Route::Events(topic) => {
+            let connection = shared.connection_budget();
+            let budget = ByteBudget::child(&connection, shared.config.limits.max_stream_bytes as u64);
+            match open_events(&topic, head, shared, peer, &budget).await {
+                Ok((stream, ids)) => Answer::Events { stream, ids, budget },
+                Err(e) => done(e.response()),
+            }
+        }
+    }
+}
+
+/// `answer` with the CORS header, when the server sends one.
+fn dressed(mut answer: Vec<u8>, shared: &Shared) -> Vec<u8> {
+    if let Some(origin) = &shared.config.allow_origin {
+        response::allow_origin(&mut answer, origin);
+    }
+    answer
 }
 
 /// The event stream of `topic` from where the request asks, and how its events are numbered; a topic
@@ -247,8 +340,9 @@ async fn open_events(
 /// stream's budget as well).
 const EVENTS_PREFETCH: u32 = 8192;
 
-/// Reads the body and publishes it; the answer is the receipt.
-async fn publish(socket: &mut Socket, subject: Name, head: &Head, shared: &Shared) -> Vec<u8> {
+/// Reads the body and publishes it; the answer is the receipt. The flag says whether the body was read
+/// (an answer given before it leaves it unread, so the connection cannot carry another request).
+async fn publish(socket: &mut Socket, subject: Name, head: &Head, shared: &Shared) -> (Vec<u8>, bool) {
     let limits = shared.config.limits;
     let max = limits.max_message_bytes;
     let length = match publish::body_length(head).and_then(|n| {
@@ -256,12 +350,12 @@ async fn publish(socket: &mut Socket, subject: Name, head: &Head, shared: &Share
         publish::message_headers(head).map(|_| n)
     }) {
         Ok(n) => n,
-        Err(e) => return e.response(),
+        Err(e) => return (e.response(), false),
     };
     if length > max {
         let msg =
             format!("a body of {length} bytes is larger than the server's limit of {max} bytes per message");
-        return HttpError::new(ErrorCode::MessageTooLarge, msg).response();
+        return (HttpError::new(ErrorCode::MessageTooLarge, msg).response(), false);
     }
     if head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")) {
         let _ = socket.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
@@ -269,27 +363,28 @@ async fn publish(socket: &mut Socket, subject: Name, head: &Head, shared: &Share
     let mut body = vec![0u8; length];
     match tokio::time::timeout(limits.hello_timeout, socket.read_exact(&mut body)).await {
         Ok(Ok(_)) => {}
-        Ok(Err(_)) => return Vec::new(),
+        Ok(Err(_)) => return (Vec::new(), false),
         Err(_) => {
             let msg = format!("the body did not arrive within {:?}", limits.hello_timeout);
-            return HttpError::with_status(408, ErrorCode::BadFrame, msg).response();
+            return (HttpError::with_status(408, ErrorCode::BadFrame, msg).response(), false);
         }
     }
     let req = match publish::request(subject, head, body) {
         Ok(req) => req,
-        Err(e) => return e.response(),
+        Err(e) => return (e.response(), true),
     };
     if req.size() > max {
         let msg = format!(
             "message of {} bytes (payload, key and headers) is larger than the server's limit of {max} bytes",
             req.size()
         );
-        return HttpError::new(ErrorCode::MessageTooLarge, msg).response();
+        return (HttpError::new(ErrorCode::MessageTooLarge, msg).response(), true);
     }
-    match shared.broker.publish(req).await {
+    let answer = match shared.broker.publish(req).await {
         Ok(receipt) => response::json(&receipt),
         Err(e) => HttpError::of(&e).response(),
-    }
+    };
+    (answer, true)
 }
 
 /// Answers a request that was not admitted: it still holds its pending slot, and gives way as soon as
@@ -316,10 +411,8 @@ async fn finish(mut socket: Socket, answer: &[u8], shared: &Shared, stop: &Cance
     if answer.is_empty() {
         return;
     }
-    let mut answer = answer.to_vec();
-    if let Some(origin) = &shared.config.allow_origin {
-        response::allow_origin(&mut answer, origin);
-    }
+    let mut answer = dressed(answer.to_vec(), shared);
+    response::closing(&mut answer);
     if tokio::time::timeout(timeout, socket.write_all(&answer)).await.is_err() {
         return;
     }

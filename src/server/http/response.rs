@@ -1,5 +1,6 @@
-//! HTTP answers: a status line, a few headers and a body, always with `Connection: close` (one request
-//! per connection). Errors carry the WebSocket protocol's numbered code: `{"error": "…", "code": N}`.
+//! HTTP answers: a status line, a few headers and a body. An answer that ends its connection gets
+//! `Connection: close` added ([`closing`]); the others leave the connection open for the next request.
+//! Errors carry the WebSocket protocol's numbered code: `{"error": "…", "code": N}`.
 
 use std::fmt::Write as _;
 
@@ -119,7 +120,7 @@ pub(crate) fn response(
 ) -> Vec<u8> {
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     let _ = write!(head, "Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len());
-    head.push_str("Cache-Control: no-store\r\nConnection: close\r\n");
+    head.push_str("Cache-Control: no-store\r\n");
     for (name, value) in headers {
         let _ = write!(head, "{name}: {value}\r\n");
     }
@@ -144,11 +145,20 @@ pub(crate) fn event_stream_head() -> Vec<u8> {
         .to_vec()
 }
 
+/// Adds `Connection: close` to `answer` (a whole answer): the server closes the connection after it.
+pub(crate) fn closing(answer: &mut Vec<u8>) {
+    insert_after_status(answer, "Connection: close");
+}
+
+/// Inserts header `line` right after the status line of `answer`.
+fn insert_after_status(answer: &mut Vec<u8>, line: &str) {
+    let Some(at) = answer.windows(2).position(|w| w == b"\r\n") else { return };
+    answer.splice(at..at, format!("\r\n{line}").into_bytes());
+}
+
 /// Adds the CORS header that lets pages of `origin` read `answer` (a whole answer or a head).
 pub(crate) fn allow_origin(answer: &mut Vec<u8>, origin: &str) {
-    let Some(at) = answer.windows(2).position(|w| w == b"\r\n") else { return };
-    let line = format!("\r\nAccess-Control-Allow-Origin: {origin}\r\nVary: Origin");
-    answer.splice(at..at, line.into_bytes());
+    insert_after_status(answer, &format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin"));
 }
 
 /// The answer to a CORS preflight (`OPTIONS`) for a path that takes `method`.
