@@ -48,7 +48,8 @@ pub struct DemoArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7078")]
     pub listen: SocketAddr,
     /// Run the scenario on these brokers at once (comma-separated URLs, mem:// for an in-process
-    /// engine), in real time with the same seed, and print them side by side.
+    /// engine), in real time with the same seed, and print them side by side (on a terminal, live in
+    /// a view with a column per broker first).
     #[arg(long, value_name = "URL,URL…")]
     pub compare: Option<String>,
     /// End a headless run (and each --compare column) after this long instead of the scenario's own
