@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::progress::SubProgress;
 use super::report::DeliveryCheck;
 use crate::model::{Name, Pattern};
 
@@ -44,6 +45,20 @@ struct SubTrack {
     waiting_cap: Option<u64>,
     /// Messages a running consumer held, unfinished, when the run ended.
     in_hand: HashSet<usize>,
+    /// A live subscription (the broker keeps nothing for it): what nobody heard is gone at once.
+    listen_only: bool,
+    /// Messages sent so far that it reads.
+    expected: u64,
+    /// Messages known to be gone while the run goes on: published while nobody listened to a live
+    /// subscription, or held by a consumer of one when it crashed.
+    gone: HashSet<usize>,
+    /// The newest message a consumer received (a live stream delivers in publish order).
+    newest: Option<usize>,
+    /// Every message before this one is settled for the running count: received, gone, passed over,
+    /// or not the subscription's.
+    cursor: usize,
+    /// Messages of a live subscription that a newer one overtook: nobody heard them, and nobody will.
+    passed_over: u64,
 }
 
 impl SubTrack {
@@ -78,7 +93,39 @@ impl Tracker {
             waiting: HashSet::new(),
             waiting_cap: None,
             in_hand: HashSet::new(),
+            listen_only: false,
+            expected: 0,
+            gone: HashSet::new(),
+            newest: None,
+            cursor: self.sent.len(),
+            passed_over: 0,
         });
+    }
+
+    /// `sub` is a live subscription: the broker keeps nothing for it, so what is published while nobody
+    /// listens is gone (for the running count; the final one finds it out by itself).
+    pub fn listen_only(&mut self, sub: &str) {
+        if let Some(s) = self.sub(sub) {
+            s.listen_only = true;
+        }
+    }
+
+    /// The message just published went by `sub`, a live subscription, while nobody listened.
+    pub fn unheard(&mut self, sub: &str) {
+        let Some(last) = self.sent.len().checked_sub(1) else { return };
+        let subject = self.sent[last].subject.clone();
+        if let Some(s) = self.sub(sub)
+            && s.reads(subject.as_str())
+        {
+            s.gone.insert(last);
+        }
+    }
+
+    /// A consumer of `sub` crashed holding `msg`, and the broker will not deliver it again.
+    pub fn gone(&mut self, sub: &str, msg: usize) {
+        if let Some(s) = self.sub(sub) {
+            s.gone.insert(msg);
+        }
     }
 
     /// Publisher `publisher` sent its message number `n` at `at`. Payloads identify messages on the
@@ -94,6 +141,9 @@ impl Tracker {
         at: Duration,
     ) {
         self.by_payload.insert(payload, self.sent.len());
+        for s in self.subs.iter_mut().filter(|s| s.reads(subject.as_str())) {
+            s.expected += 1;
+        }
         self.sent.push(Sent { publisher, n, key, subject, at });
     }
 
@@ -115,6 +165,7 @@ impl Tracker {
         if *count == 1 {
             s.max_lag = s.max_lag.max(at.saturating_sub(sent_at));
         }
+        s.newest = s.newest.max(Some(msg));
     }
 
     /// A consumer of `sub` finished message `msg` (acked it, or took it on a broker without acks).
@@ -195,6 +246,47 @@ impl Tracker {
     }
 }
 
+impl Tracker {
+    /// The counts so far per subscription, at `now` into the run (see [`SubProgress`] for what `lost`
+    /// and `waiting` mean while it runs). Cheap to call often: each message is passed over once.
+    pub fn progress(&mut self, now: Duration) -> Vec<SubProgress> {
+        let sent = &self.sent;
+        self.subs
+            .iter_mut()
+            .map(|s| {
+                while let Some(m) = sent.get(s.cursor) {
+                    let k = s.cursor;
+                    if !s.reads(m.subject.as_str()) || s.receipts.contains_key(&k) || s.gone.contains(&k) {
+                        s.cursor += 1;
+                    } else if s.listen_only && s.newest.is_some_and(|n| n > k) {
+                        s.passed_over += 1;
+                        s.cursor += 1;
+                    } else {
+                        break;
+                    }
+                }
+                let lag_now = sent.get(s.cursor).map_or(Duration::ZERO, |m| now.saturating_sub(m.at));
+                let handled = s.completions.len() as u64;
+                let gone = s.gone.iter().filter(|m| !s.completions.contains_key(*m)).count() as u64;
+                let lost = s.passed_over + gone;
+                let check = DeliveryCheck {
+                    subscription: s.name.clone(),
+                    expected: s.expected,
+                    delivered: s.receipts.len() as u64,
+                    waiting: s.expected.saturating_sub(handled + lost),
+                    lost,
+                    redelivered: s.receipts.values().map(|&n| u64::from(n.saturating_sub(1))).sum(),
+                    duplicates: s.completions.values().filter(|&&n| n > 1).count() as u64,
+                    out_of_order: s.out_of_order,
+                    max_lag: s.max_lag,
+                    dropped: s.dropped,
+                };
+                SubProgress { check, lag_now }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +337,42 @@ mod tests {
         );
         assert_eq!(t.checks()[1].expected, 0);
         assert!(t.identify(b"unknown").is_none());
+    }
+
+    #[test]
+    fn the_running_count_knows_a_live_subscriptions_losses_as_they_happen() {
+        let mut t = tracker();
+        t.add_subscription("live", vec![Pattern::parse("orders").unwrap()], Vec::new());
+        t.listen_only("live");
+        // Sent before "live" was added: only messages sent from now on count for it.
+        for n in 5..=8 {
+            let payload = Bytes::from(format!("m{n}"));
+            t.published(0, n, None, Name::new("orders").unwrap(), payload, Duration::from_millis(n * 100));
+        }
+        let m = |t: &Tracker, n: u64| t.identify(format!("m{n}").as_bytes()).unwrap();
+        let (five, six, seven, eight) = (m(&t, 5), m(&t, 6), m(&t, 7), m(&t, 8));
+        // The durable "all" received #5 only; the live one #5 and then #7: #6 went by unheard.
+        t.received("all", five, Duration::from_millis(600));
+        t.received("live", five, Duration::from_millis(600));
+        t.received("live", seven, Duration::from_millis(800));
+        t.completed("live", five);
+        t.received("live", eight, Duration::from_millis(850));
+        t.gone("live", eight);
+        let now = Duration::from_millis(1000);
+        let p = t.progress(now);
+        let (all, live) = (&p[0], &p[1]);
+        assert_eq!(all.check.expected, 8);
+        assert_eq!((all.check.lost, all.check.waiting), (0, 8), "a durable subscription loses nothing yet");
+        assert_eq!(all.lag_now, Duration::from_millis(900), "#1, sent at 100 ms, still waits");
+        assert_eq!(live.check.expected, 4);
+        assert_eq!((live.check.lost, live.check.waiting), (2, 1), "#6 unheard, #8 crashed; #7 in hand");
+        assert_eq!(live.lag_now, Duration::ZERO, "it has heard everything it still can");
+        t.received("all", six, Duration::from_millis(1000));
+        assert_eq!(t.progress(now)[0].lag_now, Duration::from_millis(900), "#1 is still the oldest");
+        // Published while nobody listened to the live one: gone at once, and nothing to wait for.
+        t.published(0, 9, None, Name::new("orders").unwrap(), Bytes::from("m9"), now);
+        t.unheard("live");
+        let live = &t.progress(now + Duration::from_secs(1))[1];
+        assert_eq!((live.check.lost, live.check.waiting, live.lag_now), (3, 1, Duration::ZERO));
     }
 }

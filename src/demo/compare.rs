@@ -11,6 +11,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use super::progress::{Hold, Progress, Update};
 use super::report::{DeliveryCheck, Report, lag_text, order_word};
 use super::scenario::{EventAction, Scenario};
 use super::sim::{Pace, Sim};
@@ -152,49 +153,102 @@ fn consequence(cap: Capability, acks: bool) -> Option<&'static str> {
     }
 }
 
+/// The column names for `urls`, in order: [`label`], with `#2`, `#3` after a name seen before.
+pub fn labels(urls: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashMap::new();
+    urls.iter()
+        .map(|url| {
+            let label = label(url);
+            let n = seen.entry(label.clone()).or_insert(0);
+            *n += 1;
+            if *n > 1 { format!("{label} #{n}") } else { label }
+        })
+        .collect()
+}
+
 /// Runs `scenario` on every broker of `urls` at once, each in real time with the same seed.
 pub async fn compare(scenario: Scenario, urls: &[String], seed: u64) -> Comparison {
+    compare_watched(scenario, urls, seed, None).await
+}
+
+/// How a live view follows a comparison: where the updates go, and the pause and stop it sends back.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// Progress, narration and outcomes, each tagged with its column. Bounded: the counts so far are
+    /// offered without waiting (the next ones, 250 ms later, say it again), outcomes wait for room.
+    pub updates_tx: tokio::sync::mpsc::Sender<Update>,
+    /// Pause and stop, for every column at once.
+    pub hold_rx: tokio::sync::watch::Receiver<Hold>,
+}
+
+/// [`compare`], reporting to `watch` as the columns run. A stop ends every column early (each still
+/// counts what it has and cleans up); the comparison then says how long they ran.
+pub async fn compare_watched(
+    scenario: Scenario,
+    urls: &[String],
+    seed: u64,
+    watch: Option<Watch>,
+) -> Comparison {
     let nonce =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    compare_named(scenario, urls, seed, nonce).await
+    compare_named_watched(scenario, urls, seed, nonce, watch).await
 }
 
 /// [`compare`] with the names the run gives column `k`'s topics and subscriptions made from `nonce`:
 /// `pubsub_cmp_PID_NONCE_K_NAME` (an MQTT session's client id is its subscription's name), so a test
 /// can look for them afterwards.
 pub async fn compare_named(scenario: Scenario, urls: &[String], seed: u64, nonce: u32) -> Comparison {
-    let runs = urls.iter().enumerate().map(|(k, url)| {
+    compare_named_watched(scenario, urls, seed, nonce, None).await
+}
+
+async fn compare_named_watched(
+    scenario: Scenario,
+    urls: &[String],
+    seed: u64,
+    nonce: u32,
+    watch: Option<Watch>,
+) -> Comparison {
+    let names = labels(urls);
+    let runs = urls.iter().zip(&names).enumerate().map(|(k, (url, label))| {
         let prefix = format!("pubsub_cmp_{}_{nonce}_{k}_", std::process::id());
-        let (scenario, url) = (scenario.clone(), url.clone());
-        tokio::spawn(async move { run_column(scenario, &url, seed, &prefix).await })
+        let (scenario, url, label) = (scenario.clone(), url.clone(), label.clone());
+        let watch = watch.clone().map(|w| (k, w));
+        tokio::spawn(async move {
+            let mut column = run_column(scenario, &url, seed, &prefix, watch.clone()).await;
+            column.label = label;
+            if let Some((k, w)) = watch {
+                let _ = w.updates_tx.send(Update::Done(k, Box::new(column.clone()))).await;
+            }
+            column
+        })
     });
     let mut columns = Vec::new();
-    for (run, url) in futures_util::future::join_all(runs).await.into_iter().zip(urls) {
+    for ((run, url), label) in futures_util::future::join_all(runs).await.into_iter().zip(urls).zip(names) {
         columns.push(run.unwrap_or_else(|e| Column {
             url: redact(url),
-            label: label(url),
+            label,
             notes: Vec::new(),
             outcome: Err(format!("the run stopped: {e}")),
         }));
     }
-    let mut seen = std::collections::HashMap::new();
-    for c in &mut columns {
-        let n = seen.entry(c.label.clone()).or_insert(0);
-        *n += 1;
-        if *n > 1 {
-            c.label = format!("{} #{n}", c.label);
-        }
-    }
+    let stopped = watch.as_ref().is_some_and(|w| w.hold_rx.borrow().stop);
+    let ran = columns.iter().filter_map(|c| c.outcome.as_ref().ok()).map(|r| r.duration).max();
     Comparison {
         scenario: scenario.name.clone(),
         summary: scenario.summary.clone(),
         seed,
-        duration: scenario.duration,
+        duration: if stopped { ran.unwrap_or_default() } else { scenario.duration },
         columns,
     }
 }
 
-async fn run_column(scenario: Scenario, url: &str, seed: u64, prefix: &str) -> Column {
+async fn run_column(
+    scenario: Scenario,
+    url: &str,
+    seed: u64,
+    prefix: &str,
+    watch: Option<(usize, Watch)>,
+) -> Column {
     let mut column =
         Column { url: redact(url), label: label(url), notes: Vec::new(), outcome: Err(String::new()) };
     let broker = match tokio::time::timeout(PATIENCE, crate::broker::url::connect(url)).await {
@@ -231,6 +285,9 @@ async fn run_column(scenario: Scenario, url: &str, seed: u64, prefix: &str) -> C
             column.notes.push(format!("no {} here{why}: {what}", cap.label()));
         }
     }
+    if let Some((k, w)) = &watch {
+        let _ = w.updates_tx.send(Update::Connected { column: *k, notes: column.notes.clone() }).await;
+    }
     let own = match prefixed(&scenario, prefix) {
         Ok(own) => own,
         Err(e) => {
@@ -239,7 +296,7 @@ async fn run_column(scenario: Scenario, url: &str, seed: u64, prefix: &str) -> C
         }
     };
     let outcome = match Sim::new(own.clone(), broker.clone(), Pace::Real, seed).await {
-        Ok(sim) => sim.run().await.map_err(|e| e.to_string()),
+        Ok(sim) => watched(sim, watch, prefix).run().await.map_err(|e| e.to_string()),
         Err(e) => Err(format!("cannot set the scenario up: {e}")),
     };
     clean_up(&broker, &own).await;
@@ -249,6 +306,32 @@ async fn run_column(scenario: Scenario, url: &str, seed: u64, prefix: &str) -> C
         report
     });
     column
+}
+
+/// `sim`, reporting its progress and narration to `watch` (names without the column's prefix).
+fn watched(sim: Sim, watch: Option<(usize, Watch)>, prefix: &str) -> Sim {
+    let Some((k, w)) = watch else { return sim };
+    let tx = w.updates_tx.clone();
+    let own = prefix.to_string();
+    let progress = move |mut p: Progress| {
+        for s in &mut p.subs {
+            if let Some(rest) = s.check.subscription.strip_prefix(&own) {
+                s.check.subscription = rest.to_string();
+            }
+        }
+        let _ = tx.try_send(Update::Progress(k, p));
+    };
+    // Narrated lines pass through a bounded channel (the simulator never waits on it) to the view.
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<String>(256);
+    let (tx, own) = (w.updates_tx.clone(), prefix.to_string());
+    tokio::spawn(async move {
+        while let Some(line) = line_rx.recv().await {
+            if tx.send(Update::Line(k, line.replace(&own, ""))).await.is_err() {
+                return;
+            }
+        }
+    });
+    sim.watched(std::sync::Arc::new(progress)).narrating(line_tx).held(w.hold_rx)
 }
 
 /// `scenario` with every topic, subject and subscription name prefixed, so that a run on a shared
@@ -329,28 +412,23 @@ async fn clean_up(broker: &SharedBroker, scenario: &Scenario) {
     broker.close().await;
 }
 
-/// One row of the table: a label and one cell per column (`None` where the column did not run).
-struct Row {
-    label: String,
-    cells: Vec<Option<String>>,
+/// One row of the side-by-side table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRow {
+    /// A subscription's name, or one of its figures indented under it ("  lost").
+    pub label: String,
+    /// One cell per column (`None` where the column did not run); none at all on a name row.
+    pub cells: Vec<Option<String>>,
+    /// Per cell: whether it differs from the first column's.
+    pub differs: Vec<bool>,
 }
 
-/// The side-by-side table as text; with `colour`, cells that differ from the first column are also
-/// shown in bold yellow.
-pub fn render(cmp: &Comparison, colour: bool) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "demo {} --compare — {}", cmp.scenario, cmp.summary);
-    let _ = writeln!(
-        out,
-        "seed {}, {:.1} s on each broker at once, in real time\n",
-        cmp.seed,
-        cmp.duration.as_secs_f64()
-    );
+/// The table's rows: published, then per subscription its figures, each cell compared with the first
+/// column's (a lag only by its order of magnitude: real time is never the same twice).
+pub fn table(cmp: &Comparison) -> Vec<TableRow> {
     let reports: Vec<Option<&Report>> = cmp.columns.iter().map(|c| c.outcome.as_ref().ok()).collect();
-    let mut rows = vec![Row {
-        label: "published".into(),
-        cells: reports.iter().map(|r| r.map(|r| r.published().to_string())).collect(),
-    }];
+    let mut rows =
+        vec![row("published".into(), reports.iter().map(|r| r.map(|r| r.published().to_string())).collect())];
     let mut subs: Vec<String> = Vec::new();
     for r in reports.iter().flatten() {
         for c in &r.checks {
@@ -370,15 +448,46 @@ pub fn render(cmp: &Comparison, colour: bool) -> String {
         ("max lag", |c| lag_text(c.max_lag)),
     ];
     for sub in &subs {
-        rows.push(Row { label: sub.clone(), cells: Vec::new() });
+        rows.push(TableRow { label: sub.clone(), cells: Vec::new(), differs: Vec::new() });
         for (label, cell) in fields {
             let cells = reports
                 .iter()
                 .map(|r| r.and_then(|r| r.checks.iter().find(|c| c.subscription == *sub)).map(cell))
                 .collect();
-            rows.push(Row { label: format!("  {label}"), cells });
+            rows.push(row(format!("  {label}"), cells));
         }
     }
+    rows
+}
+
+/// A row with each cell compared with the first.
+fn row(label: String, cells: Vec<Option<String>>) -> TableRow {
+    let lag = label.trim() == "max lag";
+    let base = cells.first().cloned().flatten();
+    let differs = cells
+        .iter()
+        .enumerate()
+        .map(|(k, cell)| {
+            k > 0
+                && matches!((&base, cell), (Some(b), Some(t))
+                    if if lag { magnitude(b) != magnitude(t) } else { b != t })
+        })
+        .collect();
+    TableRow { label, cells, differs }
+}
+
+/// The side-by-side table as text; with `colour`, cells that differ from the first column are also
+/// shown in bold yellow.
+pub fn render(cmp: &Comparison, colour: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "demo {} --compare — {}", cmp.scenario, cmp.summary);
+    let _ = writeln!(
+        out,
+        "seed {}, {:.1} s on each broker at once, in real time\n",
+        cmp.seed,
+        cmp.duration.as_secs_f64()
+    );
+    let rows = table(cmp);
     let heads: Vec<String> =
         cmp.columns.iter().enumerate().map(|(k, c)| format!("[{}] {}", k + 1, c.label)).collect();
     let first = rows.iter().map(|r| r.label.chars().count()).max().unwrap_or(0).max(9) + 2;
@@ -388,30 +497,17 @@ pub fn render(cmp: &Comparison, colour: bool) -> String {
         let _ = write!(out, "{h:>w$}");
     }
     let _ = writeln!(out);
-    let mut marked = false;
+    let marked = rows.iter().any(|r| r.differs.contains(&true));
     for row in &rows {
         let _ = write!(out, "{:first$}", row.label);
-        if row.cells.is_empty() {
-            let _ = writeln!(out);
-            continue;
-        }
-        // Lag is real time and never the same twice: it differs only by its order of magnitude.
-        let lag = row.label.trim() == "max lag";
-        let base = row.cells.first().cloned().flatten();
-        for (k, (cell, w)) in row.cells.iter().zip(&widths).enumerate() {
+        for ((cell, differs), w) in row.cells.iter().zip(&row.differs).zip(&widths) {
             let text = match cell {
                 None => "—".to_string(),
-                Some(t) => {
-                    let differs = k > 0
-                        && base
-                            .as_ref()
-                            .is_some_and(|b| if lag { magnitude(b) != magnitude(t) } else { b != t });
-                    marked |= differs;
-                    if differs { format!("{t} *") } else { format!("{t}  ") }
-                }
+                Some(t) if *differs => format!("{t} *"),
+                Some(t) => format!("{t}  "),
             };
             let padded = format!("{text:>w$}");
-            if colour && text.ends_with('*') {
+            if colour && *differs {
                 let _ = write!(out, "\x1b[1;33m{padded}\x1b[0m");
             } else {
                 let _ = write!(out, "{padded}");
@@ -436,7 +532,7 @@ pub fn render(cmp: &Comparison, colour: bool) -> String {
 }
 
 /// A lag's order of magnitude, as its text tells: under 100 ms, under a second, seconds, tens of seconds.
-fn magnitude(text: &str) -> u8 {
+pub fn magnitude(text: &str) -> u8 {
     let ms = match text.split_once(' ') {
         Some((n, "ms")) => n.parse::<f64>().unwrap_or(0.0),
         Some((n, "s")) => n.parse::<f64>().unwrap_or(0.0) * 1000.0,

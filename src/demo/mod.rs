@@ -4,6 +4,7 @@
 pub mod check;
 pub mod compare;
 pub mod live;
+pub mod progress;
 pub mod report;
 pub mod scenario;
 pub mod share;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 
 use super::check::Tracker;
+use super::progress::{Hold, Phase, Progress};
 use super::report::{ConsumerReport, Report, SubscriptionReport};
 use super::scenario::{EventAction, Mode, Scenario};
 use crate::broker::{
@@ -145,7 +146,17 @@ pub struct Sim {
     send_keys: bool,
     /// The one live stream of each live (non-durable) subscription, shared by its consumers.
     live_streams: HashMap<String, Conn>,
+    /// Where the counts so far go while a counted real-time run goes on (a `--compare` view).
+    on_progress: Option<ProgressFn>,
+    /// Pause and stop from outside, for a real-time run.
+    hold: Option<tokio::sync::watch::Receiver<Hold>>,
 }
+
+/// Receives a counted run's state every [`PROGRESS_EVERY`].
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// How often a watched run reports its counts so far.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// A stream the simulation owns. The lock is never contended (only `&mut self` reaches it); it makes
 /// the simulation shareable between threads as the live runner needs, which a bare stream is not.
@@ -216,6 +227,9 @@ impl Sim {
             };
             let filter = s.filter.iter().map(|f| Pattern::parse(f)).collect::<Result<Vec<_>, _>>()?;
             tracker.add_subscription(&s.name, captures.clone(), filter.clone());
+            if !durable {
+                tracker.listen_only(&s.name);
+            }
             patterns.push(if filter.is_empty() { captures } else { filter });
             if !durable {
                 continue;
@@ -383,6 +397,8 @@ impl Sim {
             holders: HashMap::new(),
             report,
             narration: None,
+            on_progress: None,
+            hold: None,
         })
     }
 
@@ -397,6 +413,48 @@ impl Sim {
     pub fn narrating(mut self, tx: tokio::sync::mpsc::Sender<String>) -> Self {
         self.narration = Some(tx);
         self
+    }
+
+    /// Also reports the counts so far to `f` every [`PROGRESS_EVERY`] while a counted run goes on, and
+    /// once more when it starts counting at the end.
+    pub fn watched(mut self, f: ProgressFn) -> Self {
+        self.on_progress = Some(f);
+        self
+    }
+
+    /// A real-time run pauses while `hold` says so (publishers and consumers stand still, the run's
+    /// end moves on by as long) and ends early, counting what there is, when it says stop.
+    pub fn held(mut self, hold: tokio::sync::watch::Receiver<Hold>) -> Self {
+        self.hold = Some(hold);
+        self
+    }
+
+    /// Hands the counts so far to whoever watches.
+    fn report_progress(&mut self, phase: Phase) {
+        let (Some(f), Some(track)) = (&self.on_progress, &mut self.track) else { return };
+        let published = self.pubs.iter().map(|p| p.sent).sum();
+        f(Progress { now: self.now, phase, published, subs: track.progress(self.now) });
+    }
+
+    /// Waits while the run is held paused; how long it waited (the run's end moves on by as much).
+    /// `None` when it is told to stop.
+    async fn held_back(&mut self) -> Option<Duration> {
+        let Some(hold) = &mut self.hold else { return Some(Duration::ZERO) };
+        let since = tokio::time::Instant::now();
+        loop {
+            let now = *hold.borrow_and_update();
+            if now.stop {
+                return None;
+            }
+            if !now.paused {
+                return Some(since.elapsed());
+            }
+            if hold.changed().await.is_err() {
+                // Nobody holds it any more: run on.
+                self.hold = None;
+                return Some(since.elapsed());
+            }
+        }
     }
 
     /// Live: runs until stopped; after the script the publishers carry on, and the narration also tells
@@ -437,9 +495,17 @@ impl Sim {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
-        let started = tokio::time::Instant::now();
+        let mut started = tokio::time::Instant::now();
         for _ in 0..steps {
             if matches!(self.pace, Pace::Real) {
+                match self.held_back().await {
+                    Some(paused) => started += paused,
+                    None => {
+                        self.narrate("stopped before the end of the scenario".into());
+                        self.report.duration = self.now;
+                        break;
+                    }
+                }
                 self.step().await?;
                 tokio::time::sleep_until(started + self.now + TICK).await;
                 self.after_step().await?;
@@ -447,6 +513,7 @@ impl Sim {
                 self.tick().await?;
             }
         }
+        self.report_progress(Phase::Counting);
         if matches!(self.pace, Pace::Real) && self.track.is_some() {
             // Half a second more in which nobody publishes, so what is on its way arrives before the
             // count (virtual time has nothing on its way).
@@ -481,6 +548,9 @@ impl Sim {
         self.now += TICK;
         if self.now.as_millis().is_multiple_of(1000) {
             self.sample().await?;
+        }
+        if self.now.as_millis().is_multiple_of(PROGRESS_EVERY.as_millis()) {
+            self.report_progress(Phase::Running);
         }
         if self.live && self.now == self.scenario.duration {
             self.encore();
@@ -526,6 +596,15 @@ impl Sim {
                     self.narrate(format!("{who} now takes {process:?} per message"));
                 }
                 (EventAction::Crash, Some(i)) => {
+                    // On a live subscription nobody will deliver what it held again.
+                    if self.sub_of(i).is_some_and(|s| !self.subs[s].durable)
+                        && let Some(track) = &mut self.track
+                    {
+                        let sub = self.consumers[i].subscription.as_str();
+                        for msg in self.consumers[i].held.iter().filter_map(|h| h.msg) {
+                            track.gone(sub, msg);
+                        }
+                    }
                     let c = &mut self.consumers[i];
                     c.alive = false;
                     c.crashed = true;
@@ -634,6 +713,12 @@ impl Sim {
             let subject = name(subject)?;
             if let Some(track) = &mut self.track {
                 track.published(i, n, key, subject.clone(), payload.clone(), self.now);
+                // A live subscription nobody listens to is not there: the message is gone for it.
+                for sub in self.subs.iter().filter(|s| !s.durable && !s.removed) {
+                    if !self.live_streams.contains_key(&sub.name) {
+                        track.unheard(&sub.name);
+                    }
+                }
             }
             let mut request = PublishRequest::new(subject, payload);
             if self.send_keys {

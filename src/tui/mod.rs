@@ -6,6 +6,7 @@
 
 pub mod action;
 pub mod app;
+pub mod compare;
 pub mod keymap;
 pub mod ring;
 mod runtime;
@@ -13,4 +14,4 @@ pub mod stream;
 pub mod theme;
 pub mod views;
 
-pub use runtime::{DemoFeed, TuiError, TuiOptions, run, run_with_view, snapshot_text};
+pub use runtime::{DemoFeed, TuiError, TuiOptions, run, run_compare, run_with_view, snapshot_text};

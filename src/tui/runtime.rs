@@ -246,6 +246,94 @@ async fn event_loop(
     Ok(())
 }
 
+/// Runs the `demo --compare` view until the user quits: `updates_rx` brings the runs' progress, and the
+/// pause and stop keys go out on `hold_tx`. Returns the view's last state (with the comparison, when the
+/// runs ended before the user quit).
+pub async fn run_compare(
+    opts: TuiOptions,
+    mut state: super::compare::CompareState,
+    mut updates_rx: mpsc::Receiver<crate::demo::progress::Update>,
+    hold_tx: tokio::sync::watch::Sender<crate::demo::progress::Hold>,
+) -> Result<super::compare::CompareState, TuiError> {
+    state.theme = Theme::load(&opts.theme, opts.config_dir.as_deref()).map_err(TuiError::Theme)?;
+    let (key_tx, mut key_rx) = mpsc::channel::<Event>(256);
+    std::thread::spawn(move || {
+        while let Ok(event) = crossterm::event::read() {
+            if key_tx.blocking_send(event).is_err() {
+                return;
+            }
+        }
+    });
+    let mut terminal = ratatui::init();
+    let result = compare_loop(&mut terminal, &mut state, &mut updates_rx, &mut key_rx, &hold_tx).await;
+    let size = terminal.size().ok();
+    ratatui::restore();
+    if let (Some(path), Some(size)) = (&opts.snapshot, size) {
+        std::fs::write(path, views::compare::text(&state, size.width, size.height))?;
+    }
+    result.map(|()| state)
+}
+
+async fn compare_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    state: &mut super::compare::CompareState,
+    updates_rx: &mut mpsc::Receiver<crate::demo::progress::Update>,
+    key_rx: &mut mpsc::Receiver<Event>,
+    hold_tx: &tokio::sync::watch::Sender<crate::demo::progress::Hold>,
+) -> Result<(), TuiError> {
+    let frame = Duration::from_millis(33);
+    let mut last_draw = Instant::now() - frame;
+    let mut dirty = true;
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(terminate);
+    let mut updates_open = true;
+    loop {
+        if dirty && last_draw.elapsed() >= frame {
+            terminal.draw(|f| views::compare::draw(f, state))?;
+            last_draw = Instant::now();
+            dirty = false;
+        }
+        let redraw_at = last_draw + frame;
+        tokio::select! {
+            () = &mut terminate => break,
+            Some(event) = key_rx.recv() => {
+                if let Event::Key(key) = event
+                    && key.kind != crossterm::event::KeyEventKind::Release
+                    && let Some(hold) = state.key(key)
+                {
+                    let _ = hold_tx.send(hold);
+                }
+                dirty = true;
+            }
+            update = updates_rx.recv(), if updates_open => {
+                match update {
+                    Some(update) => state.absorb(update),
+                    None => updates_open = false,
+                }
+                for _ in 0..256 {
+                    match updates_rx.try_recv() {
+                        Ok(update) => state.absorb(update),
+                        Err(_) => break,
+                    }
+                }
+                dirty = true;
+            }
+            () = tokio::time::sleep_until(redraw_at), if dirty => {}
+        }
+        if state.quit {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The view as plain text, one line per terminal row (for `--snapshot`).
 pub fn snapshot_text(app: &App, width: u16, height: u16) -> String {
     let Ok(mut terminal) = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height));

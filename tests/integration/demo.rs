@@ -227,9 +227,32 @@ fn luminance(r: u8, g: u8, b: u8) -> f64 {
     0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
 }
 
+/// Every cell of `buffer` (`w`×`h`) has the theme's painted RGB background and, where something is
+/// written, an RGB foreground of at least WCAG AA contrast (4.5:1) against it.
+fn assert_readable(buffer: &ratatui::buffer::Buffer, w: u16, h: u16, what: &str) {
+    use ratatui::style::Color;
+    for y in 0..h {
+        for x in 0..w {
+            let cell = &buffer[(x, y)];
+            let at = format!("{what} {w}x{h} at ({x},{y}) {:?}", cell.symbol());
+            let Color::Rgb(br, bg, bb) = cell.bg else {
+                panic!("{at}: background {:?} is not the theme's RGB", cell.bg)
+            };
+            if cell.symbol().trim().is_empty() {
+                continue;
+            }
+            let Color::Rgb(fr, fg, fb) = cell.fg else { panic!("{at}: foreground {:?} is not RGB", cell.fg) };
+            let (a, b) = (luminance(fr, fg, fb), luminance(br, bg, bb));
+            let ratio = (a.max(b) + 0.05) / (a.min(b) + 0.05);
+            assert!(ratio >= 4.5, "{at}: contrast {ratio:.2} of {:?} on {:?}", cell.fg, cell.bg);
+        }
+    }
+}
+
 /// The projector theme (`demo --workshop`) must read the same in a bright room and a dark one, whatever
 /// the attendees' or the projector laptop's terminal palette: every cell of the flow view, for every
-/// built-in scenario, has the theme's own RGB background painted (never the terminal's default, which a
+/// built-in scenario, and of the `--compare` view (running and final, 2 and 4 brokers, differing cells
+/// highlighted), has the theme's own RGB background painted (never the terminal's default, which a
 /// light palette makes white under white text) and an RGB foreground (named colours are remapped by
 /// terminal palettes) with at least WCAG AA contrast (4.5:1) against its background.
 #[tokio::test]
@@ -240,7 +263,6 @@ async fn the_workshop_theme_paints_every_cell_in_rgb_with_readable_contrast() {
     use pubsub::tui::theme::Theme;
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
-    use ratatui::style::Color;
     use std::time::Duration;
 
     let theme = Theme::load("high-contrast", None).unwrap();
@@ -256,24 +278,19 @@ async fn the_workshop_theme_paints_every_cell_in_rgb_with_readable_contrast() {
         for (w, h) in [(80u16, 24u16), (140, 40)] {
             let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
             terminal.draw(|f| pubsub::tui::views::draw(f, &app)).unwrap();
-            let buffer = terminal.backend().buffer();
-            for y in 0..h {
-                for x in 0..w {
-                    let cell = &buffer[(x, y)];
-                    let at = format!("{scenario_name} {w}x{h} at ({x},{y}) {:?}", cell.symbol());
-                    let Color::Rgb(br, bg, bb) = cell.bg else {
-                        panic!("{at}: background {:?} is not the theme's RGB", cell.bg)
-                    };
-                    if cell.symbol().trim().is_empty() {
-                        continue;
-                    }
-                    let Color::Rgb(fr, fg, fb) = cell.fg else {
-                        panic!("{at}: foreground {:?} is not RGB", cell.fg)
-                    };
-                    let (a, b) = (luminance(fr, fg, fb), luminance(br, bg, bb));
-                    let ratio = (a.max(b) + 0.05) / (a.min(b) + 0.05);
-                    assert!(ratio >= 4.5, "{at}: contrast {ratio:.2} of {:?} on {:?}", cell.fg, cell.bg);
-                }
+            assert_readable(terminal.backend().buffer(), w, h, scenario_name);
+        }
+    }
+    for columns in [2usize, 4] {
+        let states = [
+            ("compare running", crate::compare_tui::running(columns, theme.clone())),
+            ("compare final", crate::compare_tui::finished(columns, theme.clone())),
+        ];
+        for (what, state) in states {
+            for (w, h) in [(80u16, 24u16), (140, 40), (200, 60)] {
+                let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+                terminal.draw(|f| pubsub::tui::views::compare::draw(f, &state)).unwrap();
+                assert_readable(terminal.backend().buffer(), w, h, &format!("{what} {columns}"));
             }
         }
     }

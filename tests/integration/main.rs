@@ -14,6 +14,7 @@ mod broker_local;
 mod cli;
 mod commands;
 mod compare;
+mod compare_tui;
 mod conformance;
 mod daemon;
 mod damage;

@@ -193,3 +193,40 @@ fn the_header_follows_the_local_daemon_to_its_new_port_after_a_restart() {
     tmux.wait_for(&format!("● {after}"));
     tmux.keys(&["C-c"]);
 }
+
+/// `demo --compare` on a terminal: the live view with a column per broker, then the final table in the
+/// view, and after quitting the same table printed on the terminal; a second run quit early (after a
+/// pause) still ends cleanly with the table of what it ran.
+#[test]
+fn demo_compare_shows_the_columns_live_then_the_final_table_which_stays_after_quitting() {
+    let home = Home::new("compare-e2e");
+    std::fs::create_dir_all(&home.0).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("pubsub");
+    let script = format!(
+        "export PUBSUB_HOME={home}; {bin} demo offline-subscriber --compare mem://,mem:// --duration 3s; echo FIRST=$?; read -r next; {bin} demo offline-subscriber --compare mem://,mem:// --workshop; echo SECOND=$?; sleep 30",
+        home = home.0.display(),
+        bin = bin.display()
+    );
+    let Some(tmux) = Tmux::start("compare-e2e", 100, 30, &script) else { return };
+    let screen = tmux.wait_for("[2] mem:// #2");
+    assert!(screen.contains("demo offline-subscriber --compare"), "{screen}");
+    tmux.wait_for("lost so far");
+    tmux.wait_for("s of 3.0 s");
+    tmux.wait_for("done in 3.0 s: the final table");
+    let screen = tmux.wait_for("waiting at end");
+    assert!(screen.contains("max lag"), "the final table's rows: {screen}");
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_for("FIRST=0");
+    assert!(screen.contains("demo offline-subscriber --compare — "), "the table is printed:\n{screen}");
+    assert!(screen.contains("seed 42, 3.0 s on each broker"), "{screen}");
+    assert!(screen.contains("[2] mem://"), "{screen}");
+    // The second run (20 s) is paused, then quit early.
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("s of 20.0 s");
+    tmux.keys(&["Space"]);
+    tmux.wait_for("PAUSED at");
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_for("SECOND=0");
+    assert!(screen.contains("s on each broker at once"), "{screen}");
+    assert!(!screen.contains("20.0 s on each broker"), "it stopped before the end:\n{screen}");
+}

@@ -48,7 +48,8 @@ pub struct DemoArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7078")]
     pub listen: SocketAddr,
     /// Run the scenario on these brokers at once (comma-separated URLs, mem:// for an in-process
-    /// engine), in real time with the same seed, and print them side by side.
+    /// engine), in real time with the same seed, and print them side by side (on a terminal, live in
+    /// a view with a column per broker first).
     #[arg(long, value_name = "URL,URL…")]
     pub compare: Option<String>,
     /// End a headless run (and each --compare column) after this long instead of the scenario's own
@@ -85,6 +86,38 @@ pub(super) fn watching(
     }
 }
 
+/// `--compare` on a terminal: the runs go on behind the live compare view. Quitting before they end
+/// stops them (each column still counts what it has and cleans up); the comparison is returned either
+/// way, for the table printed after the view.
+async fn compare_live(
+    args: &DemoArgs,
+    scenario: Scenario,
+    urls: Vec<String>,
+) -> Result<crate::demo::compare::Comparison, CliError> {
+    use crate::demo::compare::{Watch, compare_watched};
+    use crate::demo::progress::{Hold, Update};
+    let opts = demo_tui_options(args);
+    let state = crate::tui::compare::CompareState::new(&scenario, &urls, args.seed, Default::default());
+    let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(4096);
+    let (hold_tx, hold_rx) = tokio::sync::watch::channel(Hold::default());
+    let watch = Watch { updates_tx: updates_tx.clone(), hold_rx };
+    let seed = args.seed;
+    let runs = tokio::spawn(async move {
+        let cmp = compare_watched(scenario, &urls, seed, Some(watch)).await;
+        let _ = updates_tx.send(Update::Finished(cmp.clone())).await;
+        cmp
+    });
+    let ui = crate::tui::run_compare(opts, state, updates_rx, hold_tx.clone()).await;
+    // However the view ended, the runs stop (a no-op when they are done) and clean up before the table.
+    let _ = hold_tx.send(Hold { paused: false, stop: true });
+    if !runs.is_finished() {
+        note("stopping every column: counting what there is and cleaning up…");
+    }
+    let cmp = runs.await.map_err(|e| CliError::Failed(format!("the comparison stopped: {e}")))?;
+    ui.map_err(|e| CliError::Failed(e.to_string()))?;
+    Ok(cmp)
+}
+
 /// Runs `pubsub demo`.
 pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
     let mut out = Stdout::new();
@@ -116,7 +149,12 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
             urls.len(),
             scenario.duration
         ));
-        let cmp = crate::demo::compare::compare(scenario, &urls, args.seed).await;
+        let live = !args.headless && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+        let cmp = if live {
+            compare_live(&args, scenario, urls).await?
+        } else {
+            crate::demo::compare::compare(scenario, &urls, args.seed).await
+        };
         out.write(crate::demo::compare::render(&cmp, ctx.color).as_bytes())?;
         out.flush()?;
         return if cmp.columns.iter().all(|c| c.outcome.is_err()) {

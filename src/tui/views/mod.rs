@@ -2,6 +2,7 @@
 //! cost of a frame follows the screen size, not the size of the buffers.
 
 mod chrome;
+pub mod compare;
 pub mod flow;
 mod log;
 mod stream;
