@@ -568,11 +568,11 @@ fn wait_for_messages(home: &Home, topic: &str, n: u64) {
 }
 
 #[test]
-fn paced_pub_and_replay_stop_on_sigint_and_sigterm_and_say_what_they_did() {
+fn paced_pub_and_replay_stop_on_sigint_sigterm_and_sighup_and_say_what_they_did() {
     // Found by a new user: `pub --count --rate` and `replay` died on Ctrl-C without their summary, and
-    // ignored SIGINT when started in the background.
+    // ignored SIGINT when started in the background. SIGHUP (the terminal closed) used to kill them.
     let home = Home::with_daemon("signals");
-    for signal in ["-INT", "-TERM"] {
+    for signal in ["-INT", "-TERM", "-HUP"] {
         let topic = format!("paced{}", &signal[1..]).to_lowercase();
         let child = home
             .cmd()
