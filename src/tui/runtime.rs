@@ -284,12 +284,21 @@ async fn compare_loop(
     let frame = Duration::from_millis(33);
     let mut last_draw = Instant::now() - frame;
     let mut dirty = true;
+    // SIGTERM, or SIGHUP when the terminal goes away under the view: either ends the view, and the
+    // caller then stops the runs, which clean up what they made on the brokers.
     let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+            (Ok(mut term), Ok(mut hup)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            (Err(_), Err(_)) => std::future::pending::<()>().await,
         }
     };
     tokio::pin!(terminate);

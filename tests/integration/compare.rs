@@ -544,3 +544,57 @@ fn mqtt_session_present(client_id: &str) -> bool {
     let _ = conn.write_all(&[0xE0, 0]);
     head[2] & 1 == 1
 }
+
+/// The names on the broker at `url` that start with `prefix`.
+async fn names_with(url: &str, prefix: &str) -> Vec<String> {
+    let broker = pubsub::broker::url::connect(url).await.unwrap();
+    let names = broker
+        .topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    broker.close().await;
+    names
+}
+
+/// Found by trying it: a headless `--compare` killed by Ctrl-C, or by its terminal closing (SIGHUP),
+/// died on the spot and left its stream keys on Redis. Now every column stops, counts what it has and
+/// deletes what it made; the table is printed and the exit code is 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_compare_stopped_by_a_signal_cleans_up_and_exits_130() {
+    if !up(6379, "redis") {
+        return;
+    }
+    let home = Home::new("compare-hup");
+    std::fs::create_dir_all(&home.0).unwrap();
+    let url = "redis://127.0.0.1:6379";
+    for signal in ["-HUP", "-INT"] {
+        let child = home
+            .cmd()
+            .args(["demo", "offline-subscriber", "--compare", &format!("mem://,{url}"), "--duration", "60s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let prefix = format!("pubsub_cmp_{}_", child.id());
+        let started = std::time::Instant::now();
+        while names_with(url, &prefix).await.is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{signal}: the Redis column never made its topic"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{signal}: {stderr}");
+        assert!(stderr.contains("stopping every column"), "{signal}: {stderr}");
+        assert!(stdout.contains("delivered"), "{signal}: the table is printed:\n{stdout}");
+        assert_eq!(names_with(url, &prefix).await, Vec::<String>::new(), "{signal}: left on Redis");
+    }
+}

@@ -118,6 +118,34 @@ async fn compare_live(
     Ok(cmp)
 }
 
+/// `--compare` without a terminal. Ctrl-C, SIGTERM or SIGHUP stops every column early: each still counts
+/// what it has and deletes what it made on its broker (killed outright, a run left its topics behind).
+/// Returns the comparison and whether a signal cut it short.
+async fn compare_headless(
+    scenario: Scenario,
+    urls: Vec<String>,
+    seed: u64,
+) -> (crate::demo::compare::Comparison, bool) {
+    use crate::demo::compare::{Watch, compare_watched};
+    use crate::demo::progress::Hold;
+    let (updates_tx, mut updates_rx) = tokio::sync::mpsc::channel(64);
+    let (hold_tx, hold_rx) = tokio::sync::watch::channel(Hold::default());
+    // Nobody shows the progress here; the updates are read only so that no column waits for room.
+    let drain = tokio::spawn(async move { while updates_rx.recv().await.is_some() {} });
+    let signal = crate::cli::signal::interrupted();
+    let stopper = tokio::spawn(async move {
+        signal.await;
+        note("stopping every column: counting what there is and cleaning up…");
+        let _ = hold_tx.send(Hold { paused: false, stop: true });
+    });
+    let held = hold_rx.clone();
+    let cmp = compare_watched(scenario, &urls, seed, Some(Watch { updates_tx, hold_rx })).await;
+    let interrupted = held.borrow().stop;
+    stopper.abort();
+    let _ = drain.await;
+    (cmp, interrupted)
+}
+
 /// Runs `pubsub demo`.
 pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
     let mut out = Stdout::new();
@@ -150,14 +178,16 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CliError> {
             scenario.duration
         ));
         let live = !args.headless && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
-        let cmp = if live {
-            compare_live(&args, scenario, urls).await?
+        let (cmp, interrupted) = if live {
+            (compare_live(&args, scenario, urls).await?, false)
         } else {
-            crate::demo::compare::compare(scenario, &urls, args.seed).await
+            compare_headless(scenario, urls, args.seed).await
         };
         out.write(crate::demo::compare::render(&cmp, ctx.color).as_bytes())?;
         out.flush()?;
-        return if cmp.columns.iter().all(|c| c.outcome.is_err()) {
+        return if interrupted {
+            Err(CliError::Interrupted)
+        } else if cmp.columns.iter().all(|c| c.outcome.is_err()) {
             Err(CliError::Failed("no broker could run the scenario".into()))
         } else {
             Ok(())
