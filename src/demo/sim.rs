@@ -179,6 +179,23 @@ fn name(text: &str) -> Result<Name, BrokerError> {
     Name::new(text).map_err(BrokerError::from)
 }
 
+/// What the broker says of subscription `sub`: `None` for a live one (no backlog the broker can
+/// tell) and on a broker that reports none (MQTT).
+async fn durable_info(
+    broker: &SharedBroker,
+    subs: &[SubState],
+    sub: &str,
+) -> Result<Option<crate::model::SubscriptionInfo>, BrokerError> {
+    if !subs.iter().any(|x| x.name == sub && x.durable) {
+        return Ok(None);
+    }
+    match broker.subscription_info(&name(sub)?).await {
+        Ok(info) => Ok(Some(info)),
+        Err(BrokerError::Unsupported { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Sim {
     /// Sets up the scenario's topics and subscriptions on `broker`.
     pub async fn new(
@@ -1068,15 +1085,8 @@ impl Sim {
     async fn sample(&mut self) -> Result<(), BrokerError> {
         let mut infos = Vec::new();
         for s in &mut self.report.subscriptions {
-            // A live subscription has no backlog the broker can tell.
-            if !self.subs.iter().any(|x| x.name == s.name && x.durable) {
+            let Some(info) = durable_info(&self.broker, &self.subs, &s.name).await? else {
                 continue;
-            }
-            let info = match self.broker.subscription_info(&name(&s.name)?).await {
-                Ok(info) => info,
-                // A broker that reports no lag (MQTT) has no backlog to sample.
-                Err(BrokerError::Unsupported { .. }) => continue,
-                Err(e) => return Err(e),
             };
             s.lag.push(info.backlog);
             infos.push(info);
@@ -1156,13 +1166,8 @@ impl Sim {
 
     async fn finish(mut self) -> Result<Report, BrokerError> {
         for s in &mut self.report.subscriptions {
-            if !self.subs.iter().any(|x| x.name == s.name && x.durable) {
+            let Some(info) = durable_info(&self.broker, &self.subs, &s.name).await? else {
                 continue;
-            }
-            let info = match self.broker.subscription_info(&name(&s.name)?).await {
-                Ok(info) => info,
-                Err(BrokerError::Unsupported { .. }) => continue,
-                Err(e) => return Err(e),
             };
             s.delivered = info.counters.delivered;
             s.acked = info.counters.acked;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use crossterm::event::{DisableMouseCapture, EnableMouseCapture, Event};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -109,14 +110,7 @@ pub async fn run_with_view(
             }
         });
     }
-    let (key_tx, mut key_rx) = mpsc::channel::<Event>(256);
-    std::thread::spawn(move || {
-        while let Ok(event) = crossterm::event::read() {
-            if key_tx.blocking_send(event).is_err() {
-                return;
-            }
-        }
-    });
+    let mut key_rx = spawn_key_reader();
 
     // ratatui::init puts the terminal in raw mode on the alternate screen and installs a panic hook
     // that restores it; every way out below goes through `restore`.
@@ -175,14 +169,7 @@ async fn event_loop(
     let mut dirty = true;
     // Set while a poll is out, so a slow broker never has several piling up.
     let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+    let terminate = first_signal(&[SignalKind::terminate()]);
     tokio::pin!(terminate);
     loop {
         if dirty && last_draw.elapsed() >= frame {
@@ -256,14 +243,7 @@ pub async fn run_compare(
     hold_tx: tokio::sync::watch::Sender<crate::demo::progress::Hold>,
 ) -> Result<super::compare::CompareState, TuiError> {
     state.theme = Theme::load(&opts.theme, opts.config_dir.as_deref()).map_err(TuiError::Theme)?;
-    let (key_tx, mut key_rx) = mpsc::channel::<Event>(256);
-    std::thread::spawn(move || {
-        while let Ok(event) = crossterm::event::read() {
-            if key_tx.blocking_send(event).is_err() {
-                return;
-            }
-        }
-    });
+    let mut key_rx = spawn_key_reader();
     let mut terminal = ratatui::init();
     let result = compare_loop(&mut terminal, &mut state, &mut updates_rx, &mut key_rx, &hold_tx).await;
     let size = terminal.size().ok();
@@ -286,21 +266,7 @@ async fn compare_loop(
     let mut dirty = true;
     // SIGTERM, or SIGHUP when the terminal goes away under the view: either ends the view, and the
     // caller then stops the runs, which clean up what they made on the brokers.
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
-            (Ok(mut term), Ok(mut hup)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = hup.recv() => {}
-                }
-            }
-            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
-                one.recv().await;
-            }
-            (Err(_), Err(_)) => std::future::pending::<()>().await,
-        }
-    };
+    let terminate = first_signal(&[SignalKind::terminate(), SignalKind::hangup()]);
     tokio::pin!(terminate);
     let mut updates_open = true;
     loop {
@@ -349,15 +315,33 @@ pub fn snapshot_text(app: &App, width: u16, height: u16) -> String {
     if terminal.draw(|f| views::draw(f, app)).is_err() {
         return String::new();
     }
-    let buffer = terminal.backend().buffer();
-    let mut out = String::new();
-    for y in 0..height {
-        let line: String =
-            (0..width).filter_map(|x| buffer.cell((x, y)).map(|c| c.symbol().to_string())).collect();
-        out.push_str(line.trim_end());
-        out.push('\n');
+    views::buffer_text(terminal.backend().buffer())
+}
+
+/// Reads the terminal's events on a thread of its own (crossterm's read blocks) until the receiver
+/// is dropped.
+fn spawn_key_reader() -> mpsc::Receiver<Event> {
+    let (key_tx, key_rx) = mpsc::channel::<Event>(256);
+    std::thread::spawn(move || {
+        while let Ok(event) = crossterm::event::read() {
+            if key_tx.blocking_send(event).is_err() {
+                return;
+            }
+        }
+    });
+    key_rx
+}
+
+/// Resolves at the first delivery of any of `kinds`; never, when none of them can be watched. The
+/// handlers are installed when this is called.
+fn first_signal(kinds: &[SignalKind]) -> impl std::future::Future<Output = ()> + use<> {
+    let mut watched: Vec<Signal> = kinds.iter().filter_map(|&kind| signal(kind).ok()).collect();
+    async move {
+        if watched.is_empty() {
+            return std::future::pending().await;
+        }
+        futures_util::future::select_all(watched.iter_mut().map(|s| Box::pin(s.recv()))).await;
     }
-    out
 }
 
 fn absorb(app: &mut App, feed: Feed) {

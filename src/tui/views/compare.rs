@@ -389,14 +389,7 @@ pub fn text(s: &CompareState, width: u16, height: u16) -> String {
     let area = Rect::new(0, 0, width, height);
     let mut buf = Buffer::empty(area);
     paint(&mut buf, area, s);
-    let mut out = String::new();
-    for y in 0..height {
-        let line: String =
-            (0..width).filter_map(|x| buf.cell((x, y)).map(|c| c.symbol().to_string())).collect();
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    super::buffer_text(&buf)
 }
 
 #[cfg(test)]

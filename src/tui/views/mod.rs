@@ -38,3 +38,18 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
         chrome::help(frame, body, app);
     }
 }
+
+/// A rendered buffer as plain text, one line per row with trailing blanks trimmed (for `--snapshot`
+/// files and tests).
+pub fn buffer_text(buffer: &ratatui::buffer::Buffer) -> String {
+    let area = buffer.area;
+    let mut out = String::new();
+    for y in area.top()..area.bottom() {
+        let line: String = (area.left()..area.right())
+            .filter_map(|x| buffer.cell((x, y)).map(|c| c.symbol().to_string()))
+            .collect();
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
