@@ -96,10 +96,7 @@ async fn compare_offline_subscriber_loses_the_window_only_where_nothing_is_kept(
         urls.push("nats://127.0.0.1:4222?mode=core".into());
         urls.push("nats://127.0.0.1:4222?mode=jetstream".into());
     }
-    let scenario = Scenario::parse(SHORT_OFFLINE, "short").unwrap();
-    let cmp = compare(scenario, &urls, 42).await;
-    let text = render(&cmp, false);
-    eprintln!("{text}");
+    let (cmp, text) = run_printed(SHORT_OFFLINE, &urls).await;
     for c in &cmp.columns {
         let report = c.outcome.as_ref().unwrap_or_else(|e| panic!("{}: {e}\n{text}", c.url));
         let phone = c.check("phone").unwrap();
@@ -123,6 +120,14 @@ async fn compare_offline_subscriber_loses_the_window_only_where_nothing_is_kept(
     if nats {
         assert_nothing_left("nats://127.0.0.1:4222?mode=jetstream", "alerts").await;
     }
+}
+
+/// Runs the scenario `toml` on `urls` with seed 42, and prints the table for a failing test's output.
+async fn run_printed(toml: &str, urls: &[String]) -> (pubsub::demo::compare::Comparison, String) {
+    let cmp = compare(Scenario::parse(toml, "short").unwrap(), urls, 42).await;
+    let text = render(&cmp, false);
+    eprintln!("{text}");
+    (cmp, text)
 }
 
 /// No topic (stream, stream key) named `topic` of this process's compare runs is left on the broker at
@@ -244,9 +249,7 @@ async fn compare_job_queue_loses_a_crashed_workers_jobs_only_without_acks() {
         urls.push("nats://127.0.0.1:4222?mode=core".into());
         urls.push("nats://127.0.0.1:4222?mode=jetstream&ack_wait=1s".into());
     }
-    let cmp = compare(Scenario::parse(SHORT_JOBS, "short").unwrap(), &urls, 42).await;
-    let text = render(&cmp, false);
-    eprintln!("{text}");
+    let (cmp, text) = run_printed(SHORT_JOBS, &urls).await;
     for c in &cmp.columns {
         assert!(c.outcome.is_ok(), "{}: {:?}\n{text}", c.url, c.outcome);
         let jobs = c.check("workers").unwrap();
@@ -274,11 +277,8 @@ async fn compare_job_queue_on_kafka_loses_nothing() {
     // A group's first assignment takes about 3 s on Tansu, and every join or leave another stop-the-world
     // rebalance: the crash comes at 5 s, once the group has had time to work.
     let jobs = SHORT_JOBS.replace("4500ms", "10s").replace("1500ms", "5s");
-    let scenario = Scenario::parse(&jobs, "short").unwrap();
     let urls = vec!["mem://".to_string(), kafka.clone()];
-    let cmp = compare(scenario, &urls, 42).await;
-    let text = render(&cmp, false);
-    eprintln!("{text}");
+    let (cmp, text) = run_printed(&jobs, &urls).await;
     let column = cmp.column(&kafka).unwrap();
     assert!(column.outcome.is_ok(), "{:?}\n{text}", column.outcome);
     let jobs = column.check("workers").unwrap();
@@ -318,9 +318,7 @@ async fn compare_job_queue_on_rabbitmq_and_postgres_redelivers_a_crashed_workers
     if up(5432, "PostgreSQL") {
         urls.push(format!("postgres://root@127.0.0.1:5432/test?schema={}&ack_deadline=1s", schema.0));
     }
-    let cmp = compare(Scenario::parse(SHORT_JOBS, "short").unwrap(), &urls, 42).await;
-    let text = render(&cmp, false);
-    eprintln!("{text}");
+    let (cmp, text) = run_printed(SHORT_JOBS, &urls).await;
     for c in &cmp.columns {
         assert!(c.outcome.is_ok(), "{}: {:?}\n{text}", c.url, c.outcome);
         let jobs = c.check("workers").unwrap();
@@ -378,9 +376,7 @@ async fn compare_slow_consumer_keeps_the_backlog_only_where_the_subscription_is_
         urls.push("nats://127.0.0.1:4222?mode=core&pending=4".into());
         urls.push("nats://127.0.0.1:4222?mode=jetstream".into());
     }
-    let cmp = compare(Scenario::parse(SHORT_SLOW, "short").unwrap(), &urls, 42).await;
-    let text = render(&cmp, false);
-    eprintln!("{text}");
+    let (cmp, text) = run_printed(SHORT_SLOW, &urls).await;
     for c in &cmp.columns {
         assert!(c.outcome.is_ok(), "{}: {:?}\n{text}", c.url, c.outcome);
         let r = c.check("reports").unwrap();
@@ -462,9 +458,7 @@ async fn compare_ordering_keys_keeps_per_key_order_only_where_the_broker_orders_
     if up(4222, "NATS") {
         urls.push("nats://127.0.0.1:4222?mode=jetstream".into());
     }
-    let cmp = compare(Scenario::parse(SHORT_KEYS, "short").unwrap(), &urls, 42).await;
-    let text = render(&cmp, false);
-    eprintln!("{text}");
+    let (cmp, text) = run_printed(SHORT_KEYS, &urls).await;
     for c in &cmp.columns {
         assert!(c.outcome.is_ok(), "{}: {:?}\n{text}", c.url, c.outcome);
         let any = c.check("any-order").unwrap();
