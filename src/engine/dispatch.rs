@@ -248,7 +248,7 @@ impl SubState {
         entry.last_delivered = now;
         let attempt = entry.attempt;
         self.note(SubOp::Attempt { seq, attempt });
-        self.deadlines.insert((deadline, seq));
+        self.deadlines.insert(deadline, lease, seq);
         self.in_flight += 1;
         self.in_flight_bytes += bytes;
         self.counters.delivered += 1;

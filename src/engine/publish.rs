@@ -92,6 +92,7 @@ impl Engine {
             let waits = {
                 let mut state = lock(&cell.state);
                 let heads_before = state.heads();
+                state.begin_batch();
                 let mut next = Some(first);
                 while let Some(req) = next.take() {
                     match state.append(&req, now, &mut effects) {
@@ -119,6 +120,7 @@ impl Engine {
                     }
                     next = iter.next_if(|r| r.subject == subject);
                 }
+                state.end_batch(now, &mut effects);
                 let mut waits = Vec::new();
                 match state.commit_appends(&heads_before) {
                     Ok(Committed::Durable) => {}

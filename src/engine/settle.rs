@@ -53,7 +53,7 @@ impl SubState {
         };
         match entry.state {
             DeliveryState::InFlight => {
-                self.deadlines.remove(&(entry.deadline, seq));
+                self.deadlines.remove(entry.deadline, entry.lease);
                 self.in_flight = self.in_flight.saturating_sub(1);
                 self.in_flight_bytes = self.in_flight_bytes.saturating_sub(entry.bytes);
                 if let Some(id) = &entry.consumer
@@ -164,9 +164,9 @@ impl SubState {
         let wanted = now.plus(by);
         let limit = entry.lease_start.plus(cap);
         let deadline = wanted.min(limit).max(entry.deadline);
-        self.deadlines.remove(&(entry.deadline, seq));
+        self.deadlines.remove(entry.deadline, entry.lease);
         entry.deadline = deadline;
-        self.deadlines.insert((deadline, seq));
+        self.deadlines.insert(deadline, entry.lease, seq);
         Ok(deadline)
     }
 

@@ -45,12 +45,19 @@ pub(crate) struct TopicState {
     /// The snapshots of this topic, each with its floor per partition: retention deletes nothing above
     /// a snapshot's floor, which `seek --snapshot` could bring back (SEMANTICS.md §9.8).
     pins: Vec<(Name, Vec<(u32, u64)>)>,
+    /// During a publish batch ([`TopicState::begin_batch`]), the partitions whose limits are enforced
+    /// when it ends rather than after each append.
+    trims_due: Vec<bool>,
+    /// Whether a publish batch defers the limits now.
+    batching: bool,
 }
 
 /// Slots in the cache of key-only extras when a topic first sees a keyed message, and at most (it
 /// grows fourfold when keys keep evicting each other): 32 KiB of slots for a topic of many keys.
 const KEY_EXTRA_SLOTS_FIRST: usize = 64;
 const KEY_EXTRA_SLOTS_MAX: usize = 4096;
+/// Slots per set of that cache.
+const KEY_EXTRA_WAYS: usize = 4;
 
 /// FNV-1a over a key's bytes, for its slot in the extras cache (a collision only replaces the slot).
 fn key_hash(key: &[u8]) -> u64 {
@@ -90,6 +97,8 @@ impl TopicState {
             key_extras: Vec::new(),
             key_evictions: 0,
             pins: Vec::new(),
+            trims_due: Vec::new(),
+            batching: false,
         }
     }
 
@@ -231,7 +240,10 @@ impl TopicState {
             self.dedup.insert(id.clone(), pos_key(p, seq));
             self.dedup_order.push_back((now, id.clone()));
         }
-        self.enforce_limits_in(p, now, effects);
+        match self.trims_due.get_mut(p as usize).filter(|_| self.batching) {
+            Some(due) => *due = true,
+            None => self.enforce_limits_in(p, now, effects),
+        }
         if let (Some(max), Some(key)) = (self.config.limits.max_msgs_per_key, &req.key) {
             let removed = self.keep_newest_of_key(p, key, seq, max, effects);
             self.note_expired(removed, effects);
@@ -250,11 +262,15 @@ impl TopicState {
     }
 
     /// The key, msg_id and headers a record keeps. A message with a key and nothing else shares the
-    /// extra of the last message with the same key (a direct-mapped cache by a hash of the key): keys
+    /// extra of the last message with the same key, found in a small cache by a hash of the key: keys
     /// repeat, and a record whose extra is shared drops a reference on a hot cache line when retention
     /// deletes it, where an extra of its own would be a cold one. With several partitions the oldest
     /// records are scattered over memory, and those cold drops were most of what 8 partitions cost
     /// more than one (docs/BENCHMARKS.md, "Partitions and ordering").
+    ///
+    /// The cache is set-associative, [`KEY_EXTRA_WAYS`] slots a set, so two hot keys that hash to the
+    /// same set both stay (a direct-mapped cache let about a fifth of 1,000 keys evict each other on
+    /// every message).
     fn extra_for(&mut self, req: &PublishRequest) -> Option<Arc<MessageExtra>> {
         let (Some(key), None, true) = (&req.key, &req.msg_id, req.headers.is_empty()) else {
             return MessageExtra::pack(req.key.clone(), req.msg_id.clone(), req.headers.clone());
@@ -263,26 +279,35 @@ impl TopicState {
             self.key_extras.resize(KEY_EXTRA_SLOTS_FIRST, None);
         }
         let hash = key_hash(key);
-        let slots = self.key_extras.len();
-        if let Some(extra) =
-            self.key_extras[slot_of(hash, slots)].as_ref().filter(|e| e.key.as_ref() == Some(key))
-        {
+        let set = self.key_set(hash);
+        let ways = &self.key_extras[set..set + KEY_EXTRA_WAYS];
+        if let Some(extra) = ways.iter().flatten().find(|e| e.key.as_ref() == Some(key)) {
             return Some(Arc::clone(extra));
         }
-        if self.key_extras[slot_of(hash, slots)].is_some() {
+        let mut way = ways.iter().position(Option::is_none);
+        if way.is_none() {
             // Keys keep pushing each other out: more slots, up to a bound, so a topic of few keys
             // stays small and one of many keys finds them.
             self.key_evictions += 1;
+            let slots = self.key_extras.len();
             if self.key_evictions > slots && slots < KEY_EXTRA_SLOTS_MAX {
                 self.key_extras = vec![None; slots * 4];
                 self.key_evictions = 0;
+                way = Some(0);
             }
         }
         // A copy of the key: the request's may be a slice of a large frame that the cache would keep.
         let extra = MessageExtra::pack(Some(Bytes::copy_from_slice(key)), None, Headers::new());
-        let slot = slot_of(hash, self.key_extras.len());
+        // With every way taken, the hash's high bits choose the one to replace.
+        let way = way.unwrap_or(usize::try_from(hash >> 60).unwrap_or(0) % KEY_EXTRA_WAYS);
+        let slot = self.key_set(hash) + way;
         self.key_extras[slot].clone_from(&extra);
         extra
+    }
+
+    /// The first slot of the cache set a key hash belongs to.
+    fn key_set(&self, hash: u64) -> usize {
+        slot_of(hash, self.key_extras.len() / KEY_EXTRA_WAYS) * KEY_EXTRA_WAYS
     }
 
     /// Rebuilds the msg_id table from the records published within the dedup window (recovery step 3).
@@ -357,6 +382,29 @@ impl TopicState {
     pub fn enforce_limits_in(&mut self, p: u32, now: Timestamp, effects: &mut Effects) {
         let removed = self.trim(p, now, effects);
         self.note_expired(removed, effects);
+    }
+
+    /// Starts a publish batch: until [`TopicState::end_batch`], a partition's count, byte and age limits
+    /// are enforced once at the end instead of after every append. Deleting a partition's oldest
+    /// messages in one run reads them in order; deleting one after each append hops between the
+    /// partitions' fronts, and with several partitions each of those reads missed the cache
+    /// (docs/BENCHMARKS.md, "Partitions and ordering"). Nothing can read the topic in between, so no
+    /// reader sees the difference; a batch only holds up to its own size above a limit meanwhile.
+    /// Only for `discard = old` under Limits retention: `discard = new` judges each append against
+    /// the limits, and Interest/WorkQueue trim as subscriptions settle.
+    pub fn begin_batch(&mut self) {
+        self.batching = self.config.discard == Discard::Old && !self.config.retention.settles_delete();
+        self.trims_due.resize(self.logs.len(), false);
+    }
+
+    /// Ends a publish batch: enforces the limits of every partition the batch appended to.
+    pub fn end_batch(&mut self, now: Timestamp, effects: &mut Effects) {
+        self.batching = false;
+        for p in 0..self.trims_due.len() {
+            if std::mem::take(&mut self.trims_due[p]) {
+                self.enforce_limits_in(u32::try_from(p).unwrap_or(u32::MAX), now, effects);
+            }
+        }
     }
 
     /// Interest and WorkQueue: deletes what every subscription has settled, in every partition.
@@ -862,5 +910,19 @@ mod tests {
             }
         }
         assert_eq!(t.key_extras.len(), KEY_EXTRA_SLOTS_MAX);
+    }
+
+    #[test]
+    fn a_thousand_keys_in_turn_each_keep_one_shared_extra() {
+        let mut t = state();
+        let keys: Vec<String> = (0..1000).map(|k| format!("key-{k}")).collect();
+        // The first rounds grow the cache; after that every key is found.
+        for key in keys.iter().cycle().take(20_000) {
+            t.extra_for(&keyed(key));
+        }
+        let first: Vec<_> = keys.iter().filter_map(|k| t.extra_for(&keyed(k))).collect();
+        let again: Vec<_> = keys.iter().filter_map(|k| t.extra_for(&keyed(k))).collect();
+        let shared = first.iter().zip(&again).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
+        assert!(shared >= 990, "only {shared} of 1000 keys kept their extra");
     }
 }

@@ -377,6 +377,43 @@ fn scenario_13_retention_expires_lagging_messages_or_refuses_when_discarding_new
     assert_eq!(e.topic_info(&name("new")).unwrap().counters.rejected_full, 1);
 }
 
+/// Scenario 13 with the limits crossed inside one publish batch (they are enforced once at its end):
+/// the same victims, counts and floors as publishing one by one, per partition, and a filtered
+/// subscription still settles what it does not cover.
+#[test]
+fn scenario_13_a_batch_over_the_limit_expires_the_same_messages_as_single_publishes() {
+    let (e, _) = engine();
+    let mut config = TopicConfig::new(name("batched"));
+    config.limits.max_msgs = Some(5);
+    config.partitions = 2;
+    e.create_topic(config).unwrap();
+    subscribe(&e, "lagging", "batched", |_| {});
+    subscribe(&e, "evens", "batched", |c| c.attribute_filter = Some(r#"attributes.kind = "even""#.into()));
+    let batch = (0..24)
+        .map(|i| {
+            let kind = if i % 2 == 0 { "even" } else { "odd" };
+            let mut req = PublishRequest::new(name("batched"), format!("{i}")).with_header("kind", kind);
+            req.options.partition = Some(i % 2);
+            req
+        })
+        .collect();
+    let receipts = e.publish_batch(batch).unwrap();
+    assert_eq!(receipts.len(), 24);
+    let topic = e.topic_info(&name("batched")).unwrap();
+    assert_eq!(topic.messages, 10, "five kept in each partition");
+    assert_eq!(topic.partition_info.len(), 2);
+    for p in &topic.partition_info {
+        assert_eq!((p.first_seq, p.head_seq), (8, 12), "partition {}", p.partition);
+    }
+    let lagging = e.subscription_info(&name("lagging")).unwrap();
+    assert_eq!((lagging.counters.expired_unacked, lagging.pending), (14, 10));
+    let evens = e.subscription_info(&name("evens")).unwrap();
+    assert_eq!(evens.pending, 5, "only partition 0 holds even messages");
+    let delivered = fetch(&e, "evens", "c1", 20);
+    assert_eq!(delivered.len(), 5);
+    assert!(delivered.iter().all(|d| d.message.partition == 0 && d.message.seq >= 8));
+}
+
 #[test]
 fn scenario_15_attribute_filter_settles_non_matching_messages_as_filtered() {
     let (e, _) = engine();
