@@ -104,18 +104,6 @@ fn ephemeral_subscription_is_deleted_after_its_idle_time() {
 }
 
 #[test]
-fn repeated_msg_id_within_the_window_returns_the_original_seq() {
-    let (e, clock) = engine();
-    let first = e.publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1")).unwrap();
-    let again = e.publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1")).unwrap();
-    assert_eq!((again.seq, again.duplicate), (first.seq, true));
-    assert_eq!(e.topic_info(&name("t")).unwrap().messages, 1);
-    clock.advance(Duration::from_secs(121));
-    let later = e.publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1")).unwrap();
-    assert_eq!((later.seq, later.duplicate), (2, false));
-}
-
-#[test]
 fn subject_filter_skips_and_counts_what_it_does_not_cover() {
     let (e, _) = engine();
     let mut topic = TopicConfig::new(name("orders"));

@@ -526,6 +526,40 @@ async fn scenario_20_push_http_204_acks_500_nacks_with_push_backoff_and_silence_
     assert!(silent[1].at - silent[0].at >= Duration::from_millis(400), "nacked before the ack deadline");
 }
 
+/// Scenario 18, on one partition and on several: a repeated msg_id inside the window answers with the
+/// first publish's position and appends nothing; after the window it is a new message.
+#[test]
+fn scenario_18_dedup_within_the_window_returns_the_original_position_and_after_it_appends() {
+    let (e, clock) = engine();
+    let first = e.publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1")).unwrap();
+    let again = e.publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1")).unwrap();
+    assert_eq!((again.seq, again.duplicate), (first.seq, true));
+    assert_eq!(e.topic_info(&name("t")).unwrap().messages, 1, "one record appended");
+
+    let mut config = TopicConfig::new(name("parts"));
+    config.partitions = 4;
+    e.create_topic(config).unwrap();
+    let keyed = || PublishRequest::new(name("parts"), "b").with_key("customer-7").with_msg_id("order-2");
+    let original = e.publish(keyed()).unwrap();
+    let mut unkeyed = PublishRequest::new(name("parts"), "b").with_msg_id("order-2");
+    unkeyed.options.partition = Some((original.partition + 1) % 4);
+    for repeat in [keyed(), unkeyed] {
+        let receipt = e.publish(repeat).unwrap();
+        assert_eq!(
+            (receipt.partition, receipt.seq, receipt.duplicate),
+            (original.partition, original.seq, true)
+        );
+    }
+    assert_eq!(e.topic_info(&name("parts")).unwrap().messages, 1);
+
+    clock.advance(Duration::from_secs(121));
+    let later = e.publish(PublishRequest::new(name("t"), "a").with_msg_id("order-1")).unwrap();
+    assert_eq!((later.seq, later.duplicate), (2, false));
+    assert_eq!(e.topic_info(&name("t")).unwrap().messages, 2, "two records after the window");
+    assert!(!e.publish(keyed()).unwrap().duplicate);
+    assert_eq!(e.topic_info(&name("parts")).unwrap().messages, 2);
+}
+
 #[test]
 fn ack_none_subscription_settles_at_dispatch() {
     let (e, _) = engine();
