@@ -269,6 +269,16 @@ fn cli_partitions_keys_and_positions() {
     assert!(got.contains(&(u64::from(want), 1, "first".into())), "{got:?}");
     assert!(got.contains(&(u64::from(want), 2, "second".into())), "{got:?}");
     assert!(got.contains(&(u64::from(pinned), 1, "pinned".into())), "{got:?}");
+    // Seqs count per partition: the listing and `topic info` give a range per partition, none summed.
+    let (out, _) = ok(&["topic", "info", "orders"]);
+    let row = |p: u32, messages: &str, range: &str| {
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>().starts_with(&[&p.to_string(), messages, range]))
+    };
+    assert!(out.contains("per partition") && out.contains("PARTITION"), "{out}");
+    assert!(row(want, "2", "1..2") && row(pinned, "1", "1..1"), "{out}");
+    let (out, _) = ok(&["topics"]);
+    assert!(out.lines().any(|l| l.starts_with("orders") && l.contains("per partition")), "{out}");
     // P:SEQ reads one partition from that seq; the text format shows #P:SEQ.
     let from = format!("{want}:2");
     let (out, _) = ok(&["sub", "orders", "--from", &from, "--count", "1"]);

@@ -155,7 +155,7 @@ pub async fn list(ctx: &Context, args: TopicsArgs) -> Result<(), CliError> {
             or_dash(t.bytes, bytes),
             if counted { or_dash(t.publish_rate, |r| format!("{r:.1}")) } else { "-".into() },
             t.subscriptions.to_string(),
-            if t.messages == 0 { "-".into() } else { format!("{}..{}", t.first_seq, t.head_seq) },
+            seq_range(t, "-"),
             retention(&t.limits, t.discard, t.retention),
         ];
         if partitioned {
@@ -352,15 +352,7 @@ fn show(t: &TopicInfo, json: bool, counted: bool) -> Result<(), CliError> {
             "messages".into(),
             format!("{}{}", t.messages, t.bytes.map_or_else(String::new, |b| format!(" ({})", bytes(b)))),
         ],
-        vec![
-            "seqs".into(),
-            // An empty topic (new, or purged: first = head + 1) has no range to show.
-            if t.messages == 0 {
-                format!("none (next is {})", t.head_seq + 1)
-            } else {
-                format!("{}..{}", t.first_seq, t.head_seq)
-            },
-        ],
+        vec!["seqs".into(), seq_range(t, &format!("none (next is {})", t.head_seq + 1))],
         vec!["retention".into(), retention(&t.limits, t.discard, t.retention)],
         vec!["storage".into(), storage(t)],
         vec!["subscriptions".into(), t.subscriptions.to_string()],
@@ -393,7 +385,21 @@ fn show(t: &TopicInfo, json: bool, counted: bool) -> Result<(), CliError> {
         ],
     ]);
     out.write(table(&rows).as_bytes())?;
+    out.write(partition_table(t).as_bytes())?;
     out.flush()
+}
+
+/// A topic's seq range for a listing: `empty` when it holds nothing (new, or purged: first = head + 1).
+/// Seqs count within a partition, so a topic of several has a range per partition (its partition
+/// table) and none of its own.
+fn seq_range(t: &TopicInfo, empty: &str) -> String {
+    if t.partition_info.len() > 1 {
+        "per partition".into()
+    } else if t.messages == 0 {
+        empty.into()
+    } else {
+        format!("{}..{}", t.first_seq, t.head_seq)
+    }
 }
 
 #[cfg(test)]
