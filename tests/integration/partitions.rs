@@ -279,6 +279,11 @@ fn cli_partitions_keys_and_positions() {
     assert!(row(want, "2", "1..2") && row(pinned, "1", "1..1"), "{out}");
     let (out, _) = ok(&["topics"]);
     assert!(out.lines().any(|l| l.starts_with("orders") && l.contains("per partition")), "{out}");
+    // Replay of one partition from a seq: that partition's messages only, keys kept.
+    let (_, err) = ok(&["replay", "orders", "--from", &format!("{want}:2"), "--into", "copy"]);
+    assert!(err.contains("replayed 1 message"), "{err}");
+    let (out, _) = ok(&["tail", "copy", "-n", "5"]);
+    assert!(out.contains("second") && out.contains("key=customer-7") && !out.contains("first"), "{out}");
     // P:SEQ reads one partition from that seq; the text format shows #P:SEQ.
     let from = format!("{want}:2");
     let (out, _) = ok(&["sub", "orders", "--from", &from, "--count", "1"]);

@@ -336,7 +336,7 @@ impl Broker for RemoteBroker {
     }
 
     async fn browse(&self, topic: &Name, from: BrowseFrom, max: usize) -> Result<Vec<Message>, BrokerError> {
-        let from = self.one_partition(topic, from)?;
+        // A pubsub server keeps partitions: `At` goes as it is, and the server refuses one it lacks.
         self.browse_messages(topic, from, max).await
     }
 
