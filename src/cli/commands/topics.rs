@@ -303,6 +303,8 @@ fn partition_table(t: &TopicInfo) -> String {
     if t.partition_info.len() < 2 {
         return String::new();
     }
+    // A leader only where the broker has them (Kafka); our engine's partitions are all local.
+    let leaders = t.partition_info.iter().any(|p| p.leader.is_some());
     let mut rows = vec![["PARTITION", "MESSAGES", "SEQS", "LEADER"].map(String::from).to_vec()];
     for p in &t.partition_info {
         rows.push(vec![
@@ -315,6 +317,9 @@ fn partition_table(t: &TopicInfo) -> String {
             },
             p.leader.clone().unwrap_or_else(|| "-".into()),
         ]);
+    }
+    if !leaders {
+        rows.iter_mut().for_each(|row| row.truncate(3));
     }
     format!("\n{}", table(&rows))
 }
