@@ -421,6 +421,27 @@ mod tests {
         assert_eq!(item, Some(PushItem::Assignment(AssignmentChange::Revoked(vec![1]))));
     }
 
+    #[tokio::test]
+    async fn a_reader_waiting_at_a_takeover_hears_the_assignment_before_the_message() {
+        let e = engine_with(1, Assignment::SingleActive);
+        let a = attach(&e, "a");
+        let mut b = attach(&e, "b");
+        e.publish(PublishRequest::new(name("t"), "x")).unwrap();
+        // b waits with nothing to read; the takeover then queues its assignment and the message a held
+        // (still unread in a's channel) together.
+        let waiting = tokio::spawn(async move {
+            let first = b.recv_item().await;
+            let second = b.recv_item().await;
+            (first, second)
+        });
+        tokio::task::yield_now().await;
+        drop(a);
+        let (first, second) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await.unwrap().unwrap();
+        assert_eq!(first, Some(PushItem::Assignment(AssignmentChange::Assigned(vec![0]))));
+        assert!(matches!(second, Some(PushItem::Delivery(d)) if d.message.seq == 1));
+    }
+
     #[test]
     fn a_reader_of_deliveries_only_passes_changes_over() {
         let e = engine_with(2, Assignment::PartitionExclusive);

@@ -379,6 +379,7 @@ impl Engine {
             budget,
             notes,
             received: 0,
+            stashed: None,
         })
     }
 

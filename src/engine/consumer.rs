@@ -251,8 +251,10 @@ pub struct PushConsumer {
     pub(crate) budget: Option<Arc<ByteBudget>>,
     /// Assignment changes for this consumer.
     pub(crate) notes: Arc<NoteQueue>,
-    /// Deliveries taken from the channel so far, to place the changes among them.
+    /// Deliveries handed to the reader so far, to place the changes among them.
     pub(crate) received: u64,
+    /// A delivery taken from the channel but not handed out yet, because a change may come first.
+    pub(crate) stashed: Option<Delivery>,
 }
 
 impl PushConsumer {
@@ -270,23 +272,29 @@ impl PushConsumer {
     /// (see [`PushConsumer::recv_item`] for a reader that wants them).
     pub async fn recv(&mut self) -> Option<Delivery> {
         self.notes.clear();
-        let delivery = self.next_delivery().await;
+        let delivery = match self.stashed.take() {
+            Some(d) => Some(d),
+            None => self.next_delivery().await,
+        };
         self.notes.clear();
+        self.received += u64::from(delivery.is_some());
         delivery
     }
 
     /// A delivery if one is waiting, without blocking; assignment changes are passed over.
     pub fn try_recv(&mut self) -> Option<Delivery> {
         self.notes.clear();
-        self.try_next_delivery()
+        let delivery = self.stashed.take().or_else(|| self.try_next_delivery());
+        self.received += u64::from(delivery.is_some());
+        delivery
     }
 
     /// The next delivery or assignment change, in the order the engine made them; `None` once the
     /// subscription is deleted.
     pub async fn recv_item(&mut self) -> Option<PushItem> {
         loop {
-            if let Some(change) = self.notes.pop_due(self.received) {
-                return Some(PushItem::Assignment(change));
+            if let Some(item) = self.ready_item() {
+                return Some(item);
             }
             // A change that is not due yet has deliveries before it in the channel, so the channel
             // answers first; a change made while this waits wakes it.
@@ -294,7 +302,10 @@ impl PushConsumer {
             let noted = notes.ready.notified();
             tokio::select! {
                 biased;
-                delivery = self.next_delivery() => return delivery.map(PushItem::Delivery),
+                delivery = self.next_delivery() => {
+                    // Kept back one turn: a change made while this waited may come before it.
+                    self.stashed = Some(delivery?);
+                }
                 () = noted => {}
             }
         }
@@ -302,10 +313,22 @@ impl PushConsumer {
 
     /// A delivery or assignment change if one is waiting, without blocking.
     pub fn try_recv_item(&mut self) -> Option<PushItem> {
+        if let Some(item) = self.ready_item() {
+            return Some(item);
+        }
+        self.stashed = Some(self.try_next_delivery()?);
+        self.ready_item()
+    }
+
+    /// A change that is due (every delivery sent before it was handed out), else the delivery kept
+    /// back, if any.
+    fn ready_item(&mut self) -> Option<PushItem> {
         if let Some(change) = self.notes.pop_due(self.received) {
             return Some(PushItem::Assignment(change));
         }
-        self.try_next_delivery().map(PushItem::Delivery)
+        let delivery = self.stashed.take()?;
+        self.received += 1;
+        Some(PushItem::Delivery(delivery))
     }
 
     async fn next_delivery(&mut self) -> Option<Delivery> {
@@ -314,9 +337,6 @@ impl PushConsumer {
             self.engine.dispatch(&self.subscription);
         }
         let delivery = self.rx.recv().await;
-        if delivery.is_some() {
-            self.received += 1;
-        }
         if self.starved.swap(false, Ordering::AcqRel) {
             self.engine.dispatch(&self.subscription);
         }
@@ -325,9 +345,6 @@ impl PushConsumer {
 
     fn try_next_delivery(&mut self) -> Option<Delivery> {
         let delivery = self.rx.try_recv().ok();
-        if delivery.is_some() {
-            self.received += 1;
-        }
         if self.starved.swap(false, Ordering::AcqRel) {
             self.engine.dispatch(&self.subscription);
         }
@@ -342,7 +359,9 @@ impl Drop for PushConsumer {
         // are given back. Closing first means nothing more arrives while the queue is emptied.
         self.rx.close();
         let mut unseen = Vec::new();
-        while let Ok(d) = self.rx.try_recv() {
+        let stashed = self.stashed.take();
+        let rx = &mut self.rx;
+        for d in stashed.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             if let Some(budget) = &self.budget {
                 budget.release(d.message.size() as u64);
             }
