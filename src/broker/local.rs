@@ -12,7 +12,8 @@ use super::{
     Settle, StreamItem, SubscribeRequest, history_topic,
 };
 use crate::engine::{
-    AttachOptions, ByteBudget, Engine, PendingPublish, PushConsumer, TapItem, TapOptions, TapReceiver,
+    AssignmentChange, AttachOptions, ByteBudget, Engine, PendingPublish, PushConsumer, PushItem, TapItem,
+    TapOptions, TapReceiver,
 };
 use crate::model::{
     AckMode, AckRef, BrowseFrom, Delivery, FetchOptions, Lifetime, Message, Name, PeekReport, PublishOption,
@@ -260,22 +261,39 @@ impl PushSource {
     }
 }
 
+impl PushSource {
+    /// The stream item for what the consumer received, `None` for a delivery passed over.
+    fn item(&self, item: PushItem) -> Option<StreamItem> {
+        match item {
+            PushItem::Delivery(d) => {
+                self.wanted(&d).then(|| StreamItem::Delivery(to_broker(self.consumer.subscription(), d)))
+            }
+            PushItem::Assignment(AssignmentChange::Assigned(partitions)) => {
+                Some(StreamItem::Assigned { partitions })
+            }
+            PushItem::Assignment(AssignmentChange::Revoked(partitions)) => {
+                Some(StreamItem::Revoked { partitions })
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ItemSource for PushSource {
     async fn next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
         loop {
-            let delivery = self.consumer.recv().await?;
-            if self.wanted(&delivery) {
-                return Some(Ok(StreamItem::Delivery(to_broker(self.consumer.subscription(), delivery))));
+            let received = self.consumer.recv_item().await?;
+            if let Some(item) = self.item(received) {
+                return Some(Ok(item));
             }
         }
     }
 
     fn try_next(&mut self) -> Option<Result<StreamItem, BrokerError>> {
         loop {
-            let delivery = self.consumer.try_recv()?;
-            if self.wanted(&delivery) {
-                return Some(Ok(StreamItem::Delivery(to_broker(self.consumer.subscription(), delivery))));
+            let received = self.consumer.try_recv_item()?;
+            if let Some(item) = self.item(received) {
+                return Some(Ok(item));
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::consumer::{ByteBudget, PushSink};
+use super::consumer::{ByteBudget, NoteQueue, PushSink};
 use super::stats;
 use super::subscription::{Ctx, Effects, SubState};
 use super::topic::TopicCell;
@@ -345,10 +345,12 @@ impl Engine {
             }
         };
         let starved = Arc::new(AtomicBool::new(false));
+        let notes = Arc::new(NoteQueue::default());
         let (tx, rx) = {
             let id = id.clone();
             let starved = starved.clone();
             let budget = budget.clone();
+            let notes = notes.clone();
             let mut channel = None;
             self.with_sub(sub, |s, ctx, effects| {
                 let mut prefetch = opts.prefetch.unwrap_or(s.config.max_in_flight).max(1);
@@ -357,7 +359,7 @@ impl Engine {
                     prefetch = prefetch.min(u32::try_from(limit.max(1)).unwrap_or(u32::MAX));
                 }
                 let (tx, rx) = mpsc::channel(usize::try_from(prefetch).unwrap_or(1024));
-                let sink = PushSink { tx: tx.clone(), starved, budget };
+                let sink = PushSink { tx: tx.clone(), starved, budget, notes };
                 s.attach_push(id, prefetch, opts.limit, sink, ctx.now, effects)?;
                 channel = Some((tx, rx));
                 Ok(())
@@ -368,7 +370,17 @@ impl Engine {
         drop(tx);
         // with_sub dispatched before the push flag was set for the topic; do it again now that it is.
         self.dispatch(sub);
-        Ok(PushConsumer { engine: self.clone(), subscription: sub.clone(), id, rx, starved, budget })
+        Ok(PushConsumer {
+            engine: self.clone(),
+            subscription: sub.clone(),
+            id,
+            rx,
+            starved,
+            budget,
+            notes,
+            received: 0,
+            stashed: None,
+        })
     }
 
     /// Detaches a consumer; its in-flight messages become available to the others (T7).

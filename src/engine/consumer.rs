@@ -1,7 +1,9 @@
-//! Consumers attached to a subscription: their credit and totals, and the push consumer's receiving end.
+//! Consumers attached to a subscription: their credit and totals, the push consumer's receiving end,
+//! and the assignment changes (partitions given and taken) it is told about.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{Notify, mpsc};
 
@@ -19,6 +21,8 @@ pub(crate) struct PushSink {
     pub starved: Arc<AtomicBool>,
     /// Bytes the channel may hold, when the receiver set a cap.
     pub budget: Option<Arc<ByteBudget>>,
+    /// Assignment changes for the receiver, placed among the deliveries.
+    pub notes: Arc<NoteQueue>,
 }
 
 impl PushSink {
@@ -26,6 +30,91 @@ impl PushSink {
     /// every budget above it) is under its cap.
     pub fn has_room(&self) -> bool {
         self.tx.capacity() > 0 && self.budget.as_ref().is_none_or(|b| b.has_room())
+    }
+}
+
+/// A change in which partitions a consumer reads alone (`PartitionExclusive`, `SingleActive`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignmentChange {
+    /// These partitions are now this consumer's.
+    Assigned(Vec<u32>),
+    /// These partitions are no longer this consumer's; what it held of them in flight went back.
+    Revoked(Vec<u32>),
+}
+
+/// What a push consumer receives: a delivery, or a change in its assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushItem {
+    /// A message.
+    Delivery(Delivery),
+    /// Partitions given or taken.
+    Assignment(AssignmentChange),
+}
+
+/// Assignment changes waiting for a push consumer's reader. They live beside the delivery channel
+/// rather than in it, because the channel's size is the consumer's credit and a change must never be
+/// lost to a full channel; each change remembers how many deliveries had been sent before it, so the
+/// reader sees it exactly where it happened among them. Changes come only from rebalances (a consumer
+/// joining or leaving, partitions added), so the queue stays short; a change of the same kind as the
+/// last one waiting, with no delivery between them, is merged into it.
+#[derive(Debug, Default)]
+pub(crate) struct NoteQueue {
+    /// Changes, each with the number of deliveries sent before it.
+    changes: Mutex<VecDeque<(u64, AssignmentChange)>>,
+    /// Deliveries sent into the channel so far (only the engine sends, under the topic lock).
+    sent: AtomicU64,
+    /// Whether any change waits: checked without the lock on every receive.
+    waiting: AtomicBool,
+    ready: Notify,
+}
+
+impl NoteQueue {
+    /// Counts one delivery sent into the channel.
+    pub fn sent_one(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queues a change after the deliveries sent so far.
+    pub fn push(&self, change: AssignmentChange) {
+        let after = self.sent.load(Ordering::Relaxed);
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let merged = match (changes.back_mut(), &change) {
+            (Some((at, AssignmentChange::Assigned(old))), AssignmentChange::Assigned(new))
+            | (Some((at, AssignmentChange::Revoked(old))), AssignmentChange::Revoked(new))
+                if *at == after =>
+            {
+                old.extend(new);
+                old.sort_unstable();
+                old.dedup();
+                true
+            }
+            _ => false,
+        };
+        if !merged {
+            changes.push_back((after, change));
+        }
+        self.waiting.store(true, Ordering::Release);
+        drop(changes);
+        self.ready.notify_one();
+    }
+
+    /// The first change, if the receiver has taken every delivery sent before it (`received`).
+    fn pop_due(&self, received: u64) -> Option<AssignmentChange> {
+        if !self.waiting.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = changes.front().is_some_and(|(after, _)| *after <= received);
+        let change = if due { changes.pop_front().map(|(_, c)| c) } else { None };
+        self.waiting.store(!changes.is_empty(), Ordering::Release);
+        change
+    }
+
+    /// Forgets every waiting change (a receiver that reads deliveries only).
+    fn clear(&self) {
+        if self.waiting.swap(false, Ordering::AcqRel) {
+            self.changes.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
     }
 }
 
@@ -160,6 +249,12 @@ pub struct PushConsumer {
     pub(crate) starved: Arc<AtomicBool>,
     /// The byte budget the engine counts each delivery in; the receiver gives the bytes back.
     pub(crate) budget: Option<Arc<ByteBudget>>,
+    /// Assignment changes for this consumer.
+    pub(crate) notes: Arc<NoteQueue>,
+    /// Deliveries handed to the reader so far, to place the changes among them.
+    pub(crate) received: u64,
+    /// A delivery taken from the channel but not handed out yet, because a change may come first.
+    pub(crate) stashed: Option<Delivery>,
 }
 
 impl PushConsumer {
@@ -173,8 +268,70 @@ impl PushConsumer {
         &self.subscription
     }
 
-    /// The next delivery; `None` once the subscription is deleted.
+    /// The next delivery; `None` once the subscription is deleted. Assignment changes are passed over
+    /// (see [`PushConsumer::recv_item`] for a reader that wants them).
     pub async fn recv(&mut self) -> Option<Delivery> {
+        self.notes.clear();
+        let delivery = match self.stashed.take() {
+            Some(d) => Some(d),
+            None => self.next_delivery().await,
+        };
+        self.notes.clear();
+        self.received += u64::from(delivery.is_some());
+        delivery
+    }
+
+    /// A delivery if one is waiting, without blocking; assignment changes are passed over.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.notes.clear();
+        let delivery = self.stashed.take().or_else(|| self.try_next_delivery());
+        self.received += u64::from(delivery.is_some());
+        delivery
+    }
+
+    /// The next delivery or assignment change, in the order the engine made them; `None` once the
+    /// subscription is deleted.
+    pub async fn recv_item(&mut self) -> Option<PushItem> {
+        loop {
+            if let Some(item) = self.ready_item() {
+                return Some(item);
+            }
+            // A change that is not due yet has deliveries before it in the channel, so the channel
+            // answers first; a change made while this waits wakes it.
+            let notes = self.notes.clone();
+            let noted = notes.ready.notified();
+            tokio::select! {
+                biased;
+                delivery = self.next_delivery() => {
+                    // Kept back one turn: a change made while this waited may come before it.
+                    self.stashed = Some(delivery?);
+                }
+                () = noted => {}
+            }
+        }
+    }
+
+    /// A delivery or assignment change if one is waiting, without blocking.
+    pub fn try_recv_item(&mut self) -> Option<PushItem> {
+        if let Some(item) = self.ready_item() {
+            return Some(item);
+        }
+        self.stashed = Some(self.try_next_delivery()?);
+        self.ready_item()
+    }
+
+    /// A change that is due (every delivery sent before it was handed out), else the delivery kept
+    /// back, if any.
+    fn ready_item(&mut self) -> Option<PushItem> {
+        if let Some(change) = self.notes.pop_due(self.received) {
+            return Some(PushItem::Assignment(change));
+        }
+        let delivery = self.stashed.take()?;
+        self.received += 1;
+        Some(PushItem::Delivery(delivery))
+    }
+
+    async fn next_delivery(&mut self) -> Option<Delivery> {
         // Emptiness first: the flag must survive until the channel has room to refill.
         if self.rx.is_empty() && self.starved.swap(false, Ordering::AcqRel) {
             self.engine.dispatch(&self.subscription);
@@ -186,8 +343,7 @@ impl PushConsumer {
         delivery
     }
 
-    /// A delivery if one is waiting, without blocking.
-    pub fn try_recv(&mut self) -> Option<Delivery> {
+    fn try_next_delivery(&mut self) -> Option<Delivery> {
         let delivery = self.rx.try_recv().ok();
         if self.starved.swap(false, Ordering::AcqRel) {
             self.engine.dispatch(&self.subscription);
@@ -203,7 +359,9 @@ impl Drop for PushConsumer {
         // are given back. Closing first means nothing more arrives while the queue is emptied.
         self.rx.close();
         let mut unseen = Vec::new();
-        while let Ok(d) = self.rx.try_recv() {
+        let stashed = self.stashed.take();
+        let rx = &mut self.rx;
+        for d in stashed.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             if let Some(budget) = &self.budget {
                 budget.release(d.message.size() as u64);
             }

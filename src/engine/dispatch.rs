@@ -308,6 +308,7 @@ impl SubState {
                 }
                 match push.tx.try_send(delivery) {
                     Ok(()) => {
+                        push.notes.sent_one();
                         progressed = true;
                         // The next turn starts after the last consumer served, so that messages that
                         // arrive one at a time still go round the consumers.
@@ -378,7 +379,9 @@ impl SubState {
             }
         }
         self.last_active = now;
-        self.rebalance(now, effects);
+        // Told what it reads from the start, even when the rebalance changes nothing (a pull consumer
+        // of that id already owned partitions).
+        self.rebalance_announcing(now, effects, Some(&id));
         effects
             .events
             .push(EngineEvent::ConsumerAttached { subscription: self.config.name.clone(), consumer: id });

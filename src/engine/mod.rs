@@ -40,7 +40,7 @@ pub use crate::model::{
     SubCounters, SubscriptionConfig, SubscriptionInfo, SystemClock, Timestamp, TopicConfig, TopicCounters,
     TopicInfo,
 };
-pub use consumer::{ByteBudget, PushConsumer};
+pub use consumer::{AssignmentChange, ByteBudget, PushConsumer, PushItem};
 pub use publish::PendingPublish;
 pub use push::{PushStatus, WeakEngine};
 pub use tap::{TapItem, TapOptions, TapReceiver};

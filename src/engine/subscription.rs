@@ -158,8 +158,8 @@ pub(crate) struct SubState {
     pub(super) journal: Option<SubJournal>,
     /// The ordering lines (PerKey, Strict); empty without ordering.
     pub(super) order: OrderGate,
-    /// PartitionExclusive: each partition's owner as the last rebalance left it (runtime state, see
-    /// `assign.rs`); empty under the other assignments.
+    /// Each partition's owner as the last rebalance left it (runtime state, see `assign.rs`): under
+    /// PartitionExclusive its owner, under SingleActive the active consumer; empty under Shared.
     pub(super) owners: Vec<Option<ConsumerId>>,
 }
 

@@ -43,6 +43,9 @@ pub enum Request {
         /// read `settled` answers; needs `binary`.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         binary_settle: bool,
+        /// The client reads `assigned` and `revoked` frames (a stream's partitions given and taken).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        assignments: bool,
     },
     /// Liveness check.
     Ping,
@@ -571,6 +574,9 @@ pub enum ServerFrame {
         /// Binary `settle` and `credit` frames are on for this connection (the client offered them).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         binary_settle: bool,
+        /// `assigned` and `revoked` frames are on for this connection (the client asked for them).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        assignments: bool,
     },
     /// A request succeeded.
     Ok {
@@ -609,6 +615,22 @@ pub enum ServerFrame {
         sid: u64,
         /// How many.
         skipped: u64,
+    },
+    /// The stream's consumer now reads these partitions alone (`partition_exclusive`: a rebalance gave
+    /// them; `single_active`: it is the active consumer). Sent only to clients that asked in `hello`.
+    Assigned {
+        /// The stream.
+        sid: u64,
+        /// Partition numbers, ascending; empty for a group member left without one.
+        partitions: Vec<u32>,
+    },
+    /// A rebalance took these partitions from the stream's consumer; its unsettled deliveries of them
+    /// go to their new owner. Sent only to clients that asked in `hello`.
+    Revoked {
+        /// The stream.
+        sid: u64,
+        /// Partition numbers, ascending.
+        partitions: Vec<u32>,
     },
     /// The server ended a stream (its subscription was deleted, or the server is stopping).
     Closed {

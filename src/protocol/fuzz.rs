@@ -150,14 +150,11 @@ fn request() -> impl Strategy<Value = Request> {
             prop::option::of("\\PC{0,20}"),
             prop::option::of("[a-z/0-9.]{0,10}"),
             any::<bool>(),
+            any::<bool>(),
             any::<bool>()
         )
-            .prop_map(|(version, token, client, binary, binary_settle)| Request::Hello {
-                version,
-                token,
-                client,
-                binary,
-                binary_settle
+            .prop_map(|(version, token, client, binary, binary_settle, assignments)| {
+                Request::Hello { version, token, client, binary, binary_settle, assignments }
             }),
         Just(Request::Ping),
         Just(Request::Topics),

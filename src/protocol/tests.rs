@@ -19,6 +19,7 @@ fn client_frames_round_trip() {
             client: None,
             binary: true,
             binary_settle: true,
+            assignments: true,
         },
         Request::Ping,
         Request::Topics,
@@ -93,6 +94,31 @@ fn server_frames_round_trip() {
     assert_eq!(decode_server(&encode_server(&frame)).unwrap(), frame);
     let frame = ServerFrame::Lagged { sid: 2, skipped: 9 };
     assert_eq!(decode_server(&encode_server(&frame)).unwrap(), frame);
+}
+
+#[test]
+fn assignment_frames_have_the_documented_shape_and_hello_offers_them_only_when_asked() {
+    let frame = ServerFrame::Assigned { sid: 3, partitions: vec![0, 2] };
+    assert_eq!(encode_server(&frame), r#"{"op":"assigned","sid":3,"partitions":[0,2]}"#);
+    assert_eq!(decode_server(&encode_server(&frame)).unwrap(), frame);
+    let frame = ServerFrame::Revoked { sid: 3, partitions: vec![1] };
+    assert_eq!(encode_server(&frame), r#"{"op":"revoked","sid":3,"partitions":[1]}"#);
+    assert_eq!(decode_server(&encode_server(&frame)).unwrap(), frame);
+    // An older client's hello (no flag) asks for none; the flag is written only when set.
+    let old = decode_client(r#"{"op":"hello","id":1,"version":1}"#).unwrap();
+    assert!(matches!(old.request, Request::Hello { assignments: false, .. }));
+    let hello = ClientFrame {
+        id: Some(1),
+        request: Request::Hello {
+            version: VERSION,
+            token: None,
+            client: None,
+            binary: false,
+            binary_settle: false,
+            assignments: false,
+        },
+    };
+    assert!(!encode_client(&hello).unwrap().contains("assignments"));
 }
 
 #[test]

@@ -114,6 +114,7 @@ pub(crate) async fn serve(
         authed: false,
         binary: false,
         binary_settle: false,
+        assignments: false,
         granted: 0,
         tasks: TaskTracker::new(),
         done: done.clone(),
@@ -219,6 +220,8 @@ pub(crate) struct Connection {
     pub(crate) binary: bool,
     /// Acks, nacks and credit may come as binary frames too.
     binary_settle: bool,
+    /// The client reads `assigned` and `revoked` frames.
+    assignments: bool,
     /// Sum of the prefetch of open streams.
     granted: u32,
     /// Long-polling fetches and stream pumps.
@@ -359,7 +362,7 @@ impl Connection {
     }
 
     async fn handshake(&mut self, id: Option<u64>, request: Request) -> bool {
-        let Request::Hello { version, token, binary, binary_settle, .. } = request else {
+        let Request::Hello { version, token, binary, binary_settle, assignments, .. } = request else {
             self.refuse_before_hello(id).await;
             return false;
         };
@@ -390,6 +393,7 @@ impl Connection {
         self.authed = true;
         self.binary = binary;
         self.binary_settle = binary && binary_settle;
+        self.assignments = assignments;
         let welcome = ServerFrame::Welcome {
             id,
             version: VERSION,
@@ -397,6 +401,7 @@ impl Connection {
             limits: self.shared.config.limits.announce(),
             binary,
             binary_settle: self.binary_settle,
+            assignments,
         };
         self.send(&welcome).await;
         true
@@ -456,6 +461,7 @@ impl Connection {
             out: self.out.clone(),
             cancel,
             binary: self.binary,
+            assignments: self.assignments,
             credit,
             budget,
             connection: self.budget.clone(),

@@ -154,6 +154,8 @@ pub(crate) struct Pump {
     pub out: mpsc::Sender<Outbound>,
     pub cancel: CancellationToken,
     pub binary: bool,
+    /// The client asked for `assigned` and `revoked` frames in `hello`.
+    pub assignments: bool,
     pub credit: Option<Arc<Credit>>,
     /// The stream's byte budget (its parent is the connection's).
     pub budget: Arc<ByteBudget>,
@@ -195,6 +197,7 @@ pub(crate) async fn pump(mut stream: DeliveryStream, p: Pump) {
             sid: p.sid,
             subscription: None,
             binary: p.binary,
+            assignments: p.assignments,
             messages: Vec::new(),
             raw: Vec::new(),
             frames: Vec::new(),
@@ -233,6 +236,7 @@ struct Batch {
     sid: u64,
     subscription: Option<crate::model::Name>,
     binary: bool,
+    assignments: bool,
     messages: Vec<Delivered>,
     raw: Vec<BrokerDelivery>,
     frames: Vec<Outbound>,
@@ -265,7 +269,16 @@ impl Batch {
                     });
                 }
             }
-            // A served engine assigns no partitions to consumers; nothing to tell the client.
+            // Outside the credit (the client does not count them), and only for a client that asked:
+            // an older one would not know the op. In order with the deliveries around them.
+            Ok(StreamItem::Assigned { partitions }) if self.assignments => {
+                self.flush();
+                self.push(&ServerFrame::Assigned { sid: self.sid, partitions });
+            }
+            Ok(StreamItem::Revoked { partitions }) if self.assignments => {
+                self.flush();
+                self.push(&ServerFrame::Revoked { sid: self.sid, partitions });
+            }
             Ok(StreamItem::Assigned { .. } | StreamItem::Revoked { .. }) => {}
             Ok(StreamItem::Lagged { skipped }) => {
                 self.items += 1;

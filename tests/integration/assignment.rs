@@ -1,15 +1,19 @@
 //! Assignment modes (issue 24, point 3): PartitionExclusive (partitions owned one consumer each,
 //! rebalanced as consumers come and go) and SingleActive (one active consumer, the rest standing by),
 //! on the engine by pull and by push, across a restart of a durable engine, and on the command line.
-//! Scenario 11 itself is in `scenarios.rs`; the rebalance properties in `properties.rs`.
+//! Scenario 11 itself is in `scenarios.rs`; the rebalance properties in `properties.rs`. The
+//! assignment changes consumers are told (`assigned`/`revoked`) are checked here over ws:// and on
+//! the command line, and in `engine/assign.rs` on the engine.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use pubsub::broker::{Broker, StreamItem, SubscribeRequest};
 use pubsub::engine::{
-    AckMode, Assignment, AttachOptions, Engine, EngineError, ManualClock, PublishRequest, SubscriptionInfo,
-    Timestamp, TopicConfig,
+    AckMode, Assignment, AttachOptions, Engine, EngineError, ManualClock, Pattern, PublishRequest,
+    SubscriptionInfo, Timestamp, TopicConfig,
 };
+use pubsub::server::ServeConfig;
 
 use crate::support::{DataDir, Home, engine, fetch, name, open_engine, seqs, stdout_lines, subscribe};
 
@@ -319,4 +323,124 @@ fn cli_partition_exclusive_consumers_each_receive_only_their_partition() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["assignment"], "single_active");
     ok(&["serve", "stop"]);
+}
+
+/// The next item of a remote stream, within a deadline (an open stream, not an error).
+async fn next_item(stream: &mut pubsub::broker::DeliveryStream) -> StreamItem {
+    tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap()
+}
+
+/// A durable-subscription stream of `g` on topic `t` for `consumer`.
+fn group_request(consumer: &str) -> SubscribeRequest {
+    let mut req = SubscribeRequest::live(vec![Pattern::parse("t").unwrap()]);
+    req.subscription = Some(name("g"));
+    req.ack = AckMode::Explicit;
+    req.consumer = Some(consumer.into());
+    req
+}
+
+#[tokio::test]
+async fn remote_consumers_hear_their_assignments_over_ws_as_local_ones_do() {
+    let server = crate::server::start(ServeConfig::default()).await;
+    topic_of(&server.engine, "t", 4);
+    subscribe(&server.engine, "g", "t", |c| c.assignment = Assignment::PartitionExclusive);
+    let (first, second) = (crate::server::client(&server).await, crate::server::client(&server).await);
+    let mut a = first.subscribe(group_request("a")).await.unwrap();
+    assert_eq!(next_item(&mut a).await, StreamItem::Assigned { partitions: vec![0, 1, 2, 3] });
+    let mut b = second.subscribe(group_request("b")).await.unwrap();
+    assert_eq!(next_item(&mut a).await, StreamItem::Revoked { partitions: vec![2, 3] });
+    assert_eq!(next_item(&mut b).await, StreamItem::Assigned { partitions: vec![2, 3] });
+    // Each then receives its own partitions' messages.
+    for p in 0..4 {
+        to_partition(&server.engine, "t", p, &format!("m{p}"));
+    }
+    let partitions = |items: [StreamItem; 2]| {
+        items
+            .iter()
+            .map(|i| match i {
+                StreamItem::Delivery(d) => d.message.partition,
+                other => panic!("expected a delivery, got {other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let got_a = [next_item(&mut a).await, next_item(&mut a).await];
+    let got_b = [next_item(&mut b).await, next_item(&mut b).await];
+    assert_eq!(partitions(got_a), vec![0, 1]);
+    assert_eq!(partitions(got_b), vec![2, 3]);
+    // b leaves: a is given its partitions back, then what b left unacked there.
+    drop(b);
+    assert_eq!(next_item(&mut a).await, StreamItem::Assigned { partitions: vec![2, 3] });
+    let again = [next_item(&mut a).await, next_item(&mut a).await];
+    assert_eq!(partitions(again), vec![2, 3]);
+}
+
+#[tokio::test]
+async fn only_clients_that_ask_in_hello_get_assignment_frames() {
+    use crate::server::Raw;
+    let server = crate::server::start(ServeConfig::default()).await;
+    topic_of(&server.engine, "t", 2);
+    subscribe(&server.engine, "g", "t", |c| c.assignment = Assignment::SingleActive);
+    // A client from before these frames: its first pushed frame is the delivery.
+    let mut old = Raw::hello(&server.url).await;
+    old.send(r#"{"op":"subscribe","id":2,"patterns":["t"],"subscription":"g","consumer":"old"}"#).await;
+    let sid = old.recv().await["result"]["sid"].as_u64().unwrap();
+    to_partition(&server.engine, "t", 1, "one");
+    let frame = old.recv().await;
+    assert_eq!((frame["op"].as_str(), frame["sid"].as_u64()), (Some("deliver"), Some(sid)), "{frame}");
+    // A client that asks hears that it is the active consumer when it takes over.
+    let mut new = Raw::connect(&server.url).await;
+    new.send(r#"{"op":"hello","id":1,"version":1,"assignments":true}"#).await;
+    let welcome = new.recv().await;
+    assert_eq!(welcome["assignments"].as_bool(), Some(true), "{welcome}");
+    new.send(r#"{"op":"subscribe","id":2,"patterns":["t"],"subscription":"g","consumer":"new"}"#).await;
+    let sid = new.recv().await["result"]["sid"].as_u64().unwrap();
+    old.send(&format!(r#"{{"op":"unsubscribe","id":3,"sid":{}}}"#, frame["sid"])).await;
+    assert_eq!(
+        new.recv().await,
+        serde_json::json!({"op": "assigned", "sid": sid, "partitions": [0, 1]}),
+        "the standby took over"
+    );
+    let frame = new.recv().await;
+    assert_eq!(frame["op"], "deliver", "then what the old consumer left unacked: {frame}");
+}
+
+#[test]
+fn cli_sub_tells_its_assignment_on_stderr_and_keeps_stdout_for_messages() {
+    let home = Home::with_daemon("assignment-notes");
+    let ok = |args: &[&str]| {
+        let (code, out, err) = home.run(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    ok(&["topic", "create", "orders", "--partitions", "2"]);
+    ok(&["subs", "create", "grp", "--topic", "orders", "--assignment", "partition-exclusive"]);
+    for json in [false, true] {
+        let mut args = vec!["sub", "orders", "--subscription", "grp", "--consumer", "a", "--count", "1"];
+        if json {
+            args.push("--json");
+        }
+        let child = home
+            .cmd()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_consumers(&home, "grp", 1);
+        ok(&["pub", "orders", &format!("hello-{json}"), "--partition", "1"]);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr).into_owned());
+        assert!(stderr.lines().any(|l| l == "pubsub: assigned partitions 0, 1"), "{stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "only the message on stdout: {stdout}");
+        assert!(lines[0].contains(&format!("hello-{json}")), "{stdout}");
+        if json {
+            let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+            assert_eq!(v["partition"], 1);
+        }
+        // Gone before the next round, so the next `a` is a fresh member again.
+        wait_for_consumers(&home, "grp", 0);
+    }
 }

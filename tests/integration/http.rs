@@ -886,3 +886,75 @@ fn a_browser_s_event_source_reads_events_and_resumes_with_last_event_id_after_a_
     drop(session);
     drop(server);
 }
+
+/// HTTP/1.0 keeps a connection only when it asks with `Connection: keep-alive`, and is then told so in
+/// every answer (an HTTP/1.0 client takes an answer without it as the last one); HTTP/1.0 without it,
+/// or with `close` as well, gets one answer and a close.
+#[tokio::test]
+async fn http_1_0_keeps_the_connection_only_when_it_asks_for_keep_alive() {
+    let server = start(ServeConfig::default()).await;
+    let post = |body: &str, connection: &str| {
+        format!("POST /topics/old HTTP/1.0\r\n{connection}Content-Length: {}\r\n\r\n{body}", body.len())
+    };
+    let mut pending = Vec::new();
+    let mut socket = TcpStream::connect(addr(&server)).await.unwrap();
+    for (seq, body) in [(1, "one"), (2, "two")] {
+        socket.write_all(post(body, "Connection: Keep-Alive\r\n").as_bytes()).await.unwrap();
+        let answer = next_answer(&mut socket, &mut pending).await;
+        assert_eq!((answer.status, answer.json()["seq"].as_u64()), (200, Some(seq)), "{answer:?}");
+        assert_eq!(answer.header("connection"), Some("keep-alive"), "{answer:?}");
+    }
+    let lookup = "GET /subscriptions/missing HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+    socket.write_all(lookup.as_bytes()).await.unwrap();
+    let missing = next_answer(&mut socket, &mut pending).await;
+    assert_eq!((missing.status, missing.header("connection")), (404, Some("keep-alive")), "{missing:?}");
+    // Without keep-alive the request is the connection's last.
+    socket.write_all(post("three", "").as_bytes()).await.unwrap();
+    let (closed, rest) = closed_by_server(&mut socket).await;
+    let answer = parse_answer(&rest);
+    assert!(closed, "closed after an HTTP/1.0 request without keep-alive");
+    assert_eq!((answer.json()["seq"].as_u64(), answer.header("connection")), (Some(3), Some("close")));
+    for connection in ["", "Connection: keep-alive, close\r\n"] {
+        let mut socket = TcpStream::connect(addr(&server)).await.unwrap();
+        socket.write_all(post("once", connection).as_bytes()).await.unwrap();
+        let (closed, rest) = closed_by_server(&mut socket).await;
+        assert!(closed, "{connection:?}");
+        assert_eq!(parse_answer(&rest).header("connection"), Some("close"), "{connection:?}");
+    }
+    assert_eq!(server.engine.topic_info(&name("old")).unwrap().messages, 5);
+}
+
+/// `serve --http-idle-timeout` sets how long a kept connection may wait for its next request; a value
+/// that is no duration, or zero, is refused.
+#[test]
+fn serve_http_idle_timeout_closes_a_kept_connection_after_that_long() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let home = crate::support::Home::new("http-idle");
+    for bad in ["soon", "0s"] {
+        let (code, _, err) = home.run(&["serve", "--listen", "127.0.0.1:0", "--http-idle-timeout", bad]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains(&format!("\"{bad}\"")), "the bad value is quoted: {err}");
+    }
+    let child = home
+        .cmd()
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-idle-timeout", "300ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Child(child);
+    let mut ws = String::new();
+    BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut ws).unwrap();
+    let addr = ws.trim().trim_start_matches("ws://").to_string();
+    let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let asked = std::time::Instant::now();
+    socket.write_all(b"POST /topics/idle HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi").unwrap();
+    // The answer, then the close: read to the end, which a server keeping the default 30 s would
+    // not reach within the 10 s read timeout.
+    let mut all = Vec::new();
+    socket.read_to_end(&mut all).expect("the server closed the idle connection within 10 s");
+    let answer = parse_answer(&all);
+    assert_eq!((answer.status, answer.header("connection")), (200, None), "{answer:?}");
+    assert!(asked.elapsed() >= Duration::from_millis(300), "closed after the idle time, not at once");
+}

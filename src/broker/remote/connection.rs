@@ -65,6 +65,7 @@ pub(super) async fn open(inner: &Inner) -> Result<Socket, BrokerError> {
             client: Some(format!("pubsub {}", env!("CARGO_PKG_VERSION"))),
             binary: true,
             binary_settle: true,
+            assignments: true,
         },
     };
     let text = protocol::encode_client(&hello).map_err(|e| BrokerError::Protocol(e.to_string()))?;

@@ -72,6 +72,17 @@ pub(super) async fn on_frame(inner: &Arc<Inner>, text: &str) {
                 let _ = tx.send(vec![Ok(StreamItem::Lagged { skipped })]);
             }
         }
+        // Not deliveries: they take no credit, so they are not counted as received either.
+        ServerFrame::Assigned { sid, partitions } => {
+            if let Some(tx) = stream_sender(inner, sid, 0) {
+                let _ = tx.send(vec![Ok(StreamItem::Assigned { partitions })]);
+            }
+        }
+        ServerFrame::Revoked { sid, partitions } => {
+            if let Some(tx) = stream_sender(inner, sid, 0) {
+                let _ = tx.send(vec![Ok(StreamItem::Revoked { partitions })]);
+            }
+        }
         ServerFrame::Closed { sid, .. } => {
             if let Some(stream) = guard(&inner.sids).remove(&sid) {
                 guard(&inner.streams).remove(&stream);

@@ -64,7 +64,12 @@ struct RemoteSource {
 impl RemoteSource {
     fn take(&mut self) -> Option<Result<StreamItem, BrokerError>> {
         let item = self.buffered.pop_front()?;
-        self.taken += 1;
+        // The server counts deliveries and `lagged` notes against the stream's credit; assignment
+        // changes are outside it, so handing room back for them would give the server room the
+        // client does not have.
+        if !matches!(item, Ok(StreamItem::Assigned { .. } | StreamItem::Revoked { .. })) {
+            self.taken += 1;
+        }
         Some(item)
     }
 

@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Close a connection whose socket accepts nothing for this long (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub write_timeout: Duration,
+    /// Close a plain HTTP connection kept open between requests (keep-alive) when no new request
+    /// comes within this long (e.g. 30s, 5m).
+    #[arg(long, default_value = "30s", value_parser = parse_idle_timeout, value_name = "DURATION")]
+    pub http_idle_timeout: Duration,
 }
 
 /// `serve status` and `serve stop`.
@@ -122,6 +126,7 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
             ..ServeLimits::default()
         },
         write_timeout: args.write_timeout,
+        idle_timeout: args.http_idle_timeout,
         allow_origin: args.allow_origin.clone(),
         ..ServeConfig::default()
     };
@@ -352,6 +357,16 @@ pub fn close_inherited_descriptors() {
     for fd in inherited {
         let _ = nix::unistd::close(fd);
     }
+}
+
+/// An idle timeout for kept HTTP connections: a duration above zero (zero would close every
+/// connection as soon as its answer is written, which `Connection: close` already does).
+fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
+    let d = crate::cli::parse::parse_duration(text)?;
+    if d.is_zero() {
+        return Err(format!("\"{text}\" is no time at all: give a duration above zero, such as 30s"));
+    }
+    Ok(d)
 }
 
 /// Parses `--allow-origin`: one origin or `*`, which goes into a header line as it is.

@@ -2,7 +2,7 @@
 //! subscription; print, or run a command per message and ack by its exit status. The receive loop here
 //! also serves `tail -f` and `record`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -282,12 +282,14 @@ pub struct Ends {
     left: BTreeMap<u32, u64>,
     /// Every partition's head, kept for an assignment that hands a partition back.
     all: BTreeMap<u32, u64>,
+    /// The partitions this group member holds, once the broker said which (`None`: not a member).
+    owned: Option<BTreeSet<u32>>,
 }
 
 impl Ends {
     fn new(heads: impl IntoIterator<Item = (u32, u64)>) -> Ends {
         let all: BTreeMap<u32, u64> = heads.into_iter().collect();
-        Ends { left: all.clone(), all }
+        Ends { left: all.clone(), all, owned: None }
     }
 
     /// Whether every partition was read to its head.
@@ -302,12 +304,19 @@ impl Ends {
         }
     }
 
-    /// A group member reads only what it was assigned: the other partitions are not waited for.
+    /// A group member reads only what it was assigned: the other partitions are not waited for. An
+    /// assignment adds to what the member holds (the local engine announces only what changed; Kafka's
+    /// eager rebalance revokes everything before assigning the whole set, which comes to the same).
     fn assigned(&mut self, partitions: &[u32]) {
-        self.left = self.all.iter().filter(|(p, _)| partitions.contains(p)).map(|(p, h)| (*p, *h)).collect();
+        let owned = self.owned.get_or_insert_with(BTreeSet::new);
+        owned.extend(partitions.iter().copied());
+        self.left = self.all.iter().filter(|(p, _)| owned.contains(p)).map(|(p, h)| (*p, *h)).collect();
     }
 
     fn revoked(&mut self, partitions: &[u32]) {
+        if let Some(owned) = &mut self.owned {
+            owned.retain(|p| !partitions.contains(p));
+        }
         self.left.retain(|p, _| !partitions.contains(p));
     }
 }
@@ -793,6 +802,14 @@ mod tests {
         // Handed back, and read to its end.
         member.assigned(&[1, 2]);
         member.reached(&at(1, 3));
+        member.reached(&at(2, 1));
+        assert!(member.done());
+        // The local engine announces only what a rebalance adds: a second assignment adds to the first.
+        let mut member = Ends::new([(0, 5), (1, 3), (2, 1)]);
+        member.assigned(&[0]);
+        member.assigned(&[2]);
+        member.reached(&at(0, 5));
+        assert!(!member.done(), "partition 2 was added, not swapped in for 0");
         member.reached(&at(2, 1));
         assert!(member.done());
     }

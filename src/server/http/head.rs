@@ -25,8 +25,13 @@ pub(crate) struct Head {
     /// Header names lower-cased, values as sent (not necessarily UTF-8).
     pub headers: Vec<(String, Vec<u8>)>,
     /// Whether the client may send another request on the connection after this one: HTTP/1.1
-    /// without `Connection: close` (HTTP/1.0 connections carry one request).
+    /// without `Connection: close`, or HTTP/1.0 with `Connection: keep-alive` (the pre-1.1
+    /// convention; any other HTTP/1.0 connection carries one request).
     pub persistent: bool,
+    /// An HTTP/1.0 request that asked to keep the connection: its answers must say they keep it
+    /// (`Connection: keep-alive`), or the client takes the end of the answer as the end of the
+    /// connection.
+    pub keep_alive_1_0: bool,
 }
 
 /// Why no head could be read.
@@ -93,12 +98,23 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         .collect();
     let headers: Vec<(String, Vec<u8>)> =
         request.headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect();
-    let close = headers
-        .iter()
-        .filter(|(n, _)| n == "connection")
-        .any(|(_, v)| v.split(|b| *b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close")));
-    let persistent = request.version == Some(1) && !close;
-    let head = Head { method: method.to_string(), path: path.to_string(), query, headers, persistent };
+    let connection_says = |word: &[u8]| {
+        headers
+            .iter()
+            .filter(|(n, _)| n == "connection")
+            .any(|(_, v)| v.split(|b| *b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(word)))
+    };
+    let close = connection_says(b"close");
+    let keep_alive_1_0 = request.version == Some(0) && connection_says(b"keep-alive") && !close;
+    let persistent = (request.version == Some(1) && !close) || keep_alive_1_0;
+    let head = Head {
+        method: method.to_string(),
+        path: path.to_string(),
+        query,
+        headers,
+        persistent,
+        keep_alive_1_0,
+    };
     Ok(Some((head, len)))
 }
 
@@ -253,12 +269,18 @@ mod tests {
     }
 
     #[test]
-    fn only_an_http_1_1_request_without_connection_close_keeps_the_connection() {
-        let persistent = |raw: &[u8]| parse(raw).unwrap().unwrap().0.persistent;
+    fn http_1_1_without_close_and_http_1_0_with_keep_alive_keep_the_connection() {
+        let head = |raw: &[u8]| parse(raw).unwrap().unwrap().0;
+        let persistent = |raw: &[u8]| head(raw).persistent;
         assert!(persistent(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
         assert!(persistent(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"));
         assert!(!persistent(b"GET / HTTP/1.1\r\nConnection: Keep-Alive, Close\r\n\r\n"));
-        assert!(!persistent(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(!head(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n").keep_alive_1_0);
+        // HTTP/1.0 keeps it only when asked, and says so in its answers.
+        let kept = head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(kept.persistent && kept.keep_alive_1_0);
+        assert!(!persistent(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(!persistent(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"));
     }
 
     #[tokio::test]

@@ -128,7 +128,7 @@ pub(crate) struct Request {
 
 /// Serves the HTTP requests of one connection. The first is admitted as a WebSocket's `hello` is (the
 /// token, then a place among the served connections); while the client keeps the connection open
-/// (HTTP/1.1 without `Connection: close`), the next requests are read and answered in order, pipelined
+/// (HTTP/1.1 without `Connection: close`, HTTP/1.0 with `Connection: keep-alive`), the next requests are read and answered in order, pipelined
 /// ones included, each with its own token check. The connection closes when the client asks, after
 /// `idle_timeout` without a request, after an event stream, a refused token, or an answer sent before
 /// the request's body was read.
@@ -184,7 +184,10 @@ pub(crate) async fn serve(request: Request, shared: Arc<Shared>, cancel: Cancell
             drop(served);
             return finish(socket, &answer, &shared, &cancel).await;
         }
-        let answer = dressed(answer, &shared);
+        let mut answer = dressed(answer, &shared);
+        if head.keep_alive_1_0 {
+            response::keeping(&mut answer);
+        }
         if !matches!(
             tokio::time::timeout(shared.config.write_timeout, socket.write_all(&answer)).await,
             Ok(Ok(()))

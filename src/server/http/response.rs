@@ -150,6 +150,13 @@ pub(crate) fn closing(answer: &mut Vec<u8>) {
     insert_after_status(answer, "Connection: close");
 }
 
+/// Marks `answer` as keeping the connection open, for an HTTP/1.0 client that asked
+/// (`Connection: keep-alive`): without it such a client reads the end of the answer as the end of the
+/// connection.
+pub(crate) fn keeping(answer: &mut Vec<u8>) {
+    insert_after_status(answer, "Connection: keep-alive");
+}
+
 /// Inserts header `line` right after the status line of `answer`.
 fn insert_after_status(answer: &mut Vec<u8>, line: &str) {
     let Some(at) = answer.windows(2).position(|w| w == b"\r\n") else { return };
