@@ -100,6 +100,8 @@ impl Engine {
             let starts: Vec<u64> = (0..state.partitions()).map(|p| snapshot.at(p).1 + 1).collect();
             let mut sub = SubState::new(config, &starts, now, lease_base);
             sub.created = created.unwrap_or(now);
+            // A record from before they were kept: 0 everywhere, it holds what is above its floor.
+            sub.created_heads = meta.subs_created_heads.get(&sub.config.name).cloned().unwrap_or_default();
             sub.restore(&snapshot, &head, now);
             sub.journal = Some(journal);
             // Messages retention removed while the engine was down are simply gone (I4).

@@ -131,6 +131,11 @@ pub(crate) struct SubState {
     pub created: Timestamp,
     /// Cursor and floor of each partition of the topic.
     pub parts: Vec<Part>,
+    /// Each partition's head seq when the subscription was created. Under Interest retention it holds
+    /// only messages published after it existed (seqs above these), so a later subscription that reads
+    /// from the start does not keep older messages alive; a partition added since (or a store record
+    /// from before this was kept) reads as 0: everything there was published after it.
+    pub created_heads: Vec<u64>,
     /// Keyed by [`pos_key`] (partition and seq), so one partition's entries are a contiguous range.
     pub entries: EntryMap,
     /// AVAILABLE messages with attempt ≥ 1, redelivered before new ones.
@@ -184,6 +189,7 @@ impl SubState {
             attr_filter,
             created: now,
             parts,
+            created_heads: Vec::new(),
             entries: EntryMap::new(),
             ready: BTreeSet::new(),
             delayed: BTreeSet::new(),

@@ -359,7 +359,8 @@ impl TopicState {
         self.note_expired(removed, effects);
     }
 
-    /// Interest and WorkQueue: deletes what every subscription has settled, in every partition.
+    /// Interest and WorkQueue: deletes what every subscription that holds it has settled, in every
+    /// partition (see [`TopicState::settled_through`]).
     pub fn trim_all_settled(&mut self, effects: &mut Effects) {
         if !self.config.retention.settles_delete() {
             return;
@@ -369,20 +370,29 @@ impl TopicState {
         }
     }
 
-    /// The highest seq of partition `p` that Interest/WorkQueue retention may delete: the lowest ack
-    /// floor over the subscriptions, a `retain_acked` one holding everything (the limits remove it
-    /// then); with no subscription, everything.
+    /// The highest seq of partition `p` that Interest/WorkQueue retention may delete: the lowest hold
+    /// over the subscriptions; with no subscription, everything. A `retain_acked` subscription holds
+    /// everything (the limits remove it then), any other what is above its ack floor. Under Interest a
+    /// message lives until every subscription that existed at its publish has settled it, so such a
+    /// subscription holds nothing at or below the partition's head when it was created (its
+    /// `created_heads`), even when it reads from the start or seeks back; WorkQueue keeps the floor
+    /// alone (a second subscription that would read the same messages is refused there anyway).
     fn settled_through(&self, p: u32) -> u64 {
         let Some(log) = self.log(p) else {
             return 0;
         };
+        let interest = self.config.retention == RetentionPolicy::Interest;
         self.subs
             .iter()
             .map(|s| {
                 if s.config.retain_acked {
-                    0
+                    return 0;
+                }
+                let floor = s.parts.get(p as usize).map_or(0, |part| part.ack_floor);
+                if interest {
+                    floor.max(s.created_heads.get(p as usize).copied().unwrap_or(0))
                 } else {
-                    s.parts.get(p as usize).map_or(0, |part| part.ack_floor)
+                    floor
                 }
             })
             .min()

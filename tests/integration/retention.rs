@@ -571,3 +571,71 @@ fn message_retention_expiry_emits_an_event() {
     assert_eq!(expired[0].1["count"], 2);
     assert_eq!(expired[0].1["reason"], "message_retention");
 }
+
+// ----- Interest: only the subscriptions that existed at the publish hold a message ----------------
+
+/// Builds the Interest scenario of the next two tests: `old` exists before anything is published,
+/// `late` is created after 1..=3 and reads from the start, then 4 and 5 are published.
+fn interest_with_a_late_reader(e: &Engine) {
+    create(e, "events", |c| c.retention = RetentionPolicy::Interest);
+    subscribe(e, "old", "events", |_| {});
+    for i in 1..=3 {
+        publish(e, "events", &format!("m{i}"));
+    }
+    subscribe(e, "late", "events", |c| c.start = StartPosition::All);
+    publish(e, "events", "m4");
+    publish(e, "events", "m5");
+    assert_eq!(retained(e, "events"), vec![1, 2, 3, 4, 5], "old has settled nothing yet");
+}
+
+/// The rule: a message lives until every subscription that existed at its publish has settled
+/// it. A subscription created later that reads from the start does not keep the older messages alive
+/// (it loses them, EXPIRED, when the others have settled them), while the existing one still holds the
+/// newer ones; a seek back does not bring that hold back either.
+#[test]
+fn a_later_subscription_reading_from_earliest_does_not_keep_older_messages_alive_on_an_interest_topic() {
+    let (e, _) = engine();
+    interest_with_a_late_reader(&e);
+    let got = fetch(&e, "old", "c", 3);
+    assert_eq!(seqs(&got), vec![1, 2, 3]);
+    ack_all(&e, "old", &got);
+    assert_eq!(retained(&e, "events"), vec![4, 5], "late did not exist when 1..=3 were published");
+    // old still holds 4 and 5; late holds them too (they came after it).
+    e.seek(&name("late"), pubsub::engine::SeekTarget::Start).unwrap();
+    assert_eq!(retained(&e, "events"), vec![4, 5]);
+    ack_all(&e, "old", &fetch(&e, "old", "c", 10));
+    assert_eq!(retained(&e, "events"), vec![4, 5], "late has not settled 4 and 5");
+    let late = fetch(&e, "late", "c", 10);
+    assert_eq!(seqs(&late), vec![4, 5], "1..=3 went with old's acks");
+    assert_eq!(e.subscription_info(&name("late")).unwrap().counters.expired_unacked, 3);
+    ack_all(&e, "late", &late);
+    assert_eq!(retained(&e, "events"), Vec::<u64>::new());
+}
+
+/// Where each subscription began holding is part of its record, so the rule holds after a clean
+/// restart and after a crash (the engine dropped without closing, as kill -9 leaves it).
+#[test]
+fn a_later_subscription_holds_nothing_older_after_a_restart_and_a_crash() {
+    for crash in [false, true] {
+        let dir = DataDir::new(if crash { "late-crash" } else { "late-clean" });
+        let clock = clock();
+        let e = open_at(&dir.0, &clock);
+        interest_with_a_late_reader(&e);
+        if !crash {
+            e.close().unwrap();
+        }
+        drop(e);
+        let findings = pubsub::store::verify(&dir.0).unwrap();
+        assert!(findings.is_empty(), "crash {crash}: verify accepts the records: {findings:?}");
+        let e = open_at(&dir.0, &clock);
+        assert_eq!(retained(&e, "events"), vec![1, 2, 3, 4, 5], "crash {crash}: old still holds them all");
+        let got = fetch(&e, "old", "c", 3);
+        assert_eq!(seqs(&got), vec![1, 2, 3]);
+        ack_all(&e, "old", &got);
+        assert_eq!(retained(&e, "events"), vec![4, 5], "crash {crash}: late does not hold 1..=3");
+        e.close().unwrap();
+        drop(e);
+        let e = open_at(&dir.0, &clock);
+        assert_eq!(retained(&e, "events"), vec![4, 5], "crash {crash}: and the deletion is made again");
+    }
+}
