@@ -89,7 +89,7 @@ impl Engine {
                         created: Some(now),
                         created_heads: Some(created_heads.clone()),
                     })?;
-                    let made = SubJournal::create(&dir, &starts, config.ack_durability)
+                    let made = SubJournal::create(&dir, &starts, &created_heads, config.ack_durability)
                         .and_then(|journal| crate::store::write_name_file(&dir, &name).map(|()| journal));
                     match made {
                         Ok(journal) => Some(journal),
@@ -107,7 +107,7 @@ impl Engine {
             if sub.config.start == StartPosition::LastPerKey {
                 let ctx = Ctx { topic: &state.config.name, logs: &state.logs, now };
                 sub.start_last_per_key(&ctx);
-                if let Err(e) = sub.persist() {
+                if let Err(e) = sub.persist(&state.logs) {
                     tracing::warn!(subscription = %name, "cannot write its starting state: {e}");
                 }
             }

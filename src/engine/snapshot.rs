@@ -172,7 +172,8 @@ impl Engine {
                     next = first;
                 }
             }
-            s.checkpoint()?;
+            let heads: Vec<u64> = ctx.logs.iter().map(super::log::Log::head_seq).collect();
+            s.checkpoint(&heads)?;
             Ok(next)
         })
     }

@@ -639,3 +639,48 @@ fn a_later_subscription_holds_nothing_older_after_a_restart_and_a_crash() {
         assert_eq!(retained(&e, "events"), vec![4, 5], "crash {crash}: and the deletion is made again");
     }
 }
+
+// ----- max_msgs_per_key deletions made again at open are not counted again -------------------------
+
+fn expired_unacked(e: &Engine, sub: &str) -> u64 {
+    e.subscription_info(&name(sub)).unwrap().counters.expired_unacked
+}
+
+/// `max_msgs_per_key` deletions are not recorded: an open makes them again from the keys in the log.
+/// A lagging subscription counted each of them as expired when it happened, and that count is in its
+/// checkpoint; the open must not count them a second time — after a clean restart, and after a crash
+/// (the engine dropped without closing), when the deletions since the last checkpoint are counted once
+/// more because the crash took the counters back to it.
+#[test]
+fn expired_unacked_of_per_key_deletions_is_not_counted_again_after_a_restart_or_a_crash() {
+    let dir = DataDir::new("per-key-count");
+    let clock = clock();
+    let e = open_at(&dir.0, &clock);
+    create(&e, "table", |c| c.limits.max_msgs_per_key = Some(1));
+    subscribe(&e, "lag", "table", |_| {});
+    for (k, v) in [("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1"), ("b", "b2")] {
+        keyed(&e, "table", Some(k), v);
+    }
+    assert_eq!(retained(&e, "table"), vec![3, 5]);
+    assert_eq!(expired_unacked(&e, "lag"), 3, "a1, a2 and b1 expired in the lagging subscription");
+    e.close().unwrap();
+    drop(e);
+
+    let e = open_at(&dir.0, &clock);
+    assert_eq!(retained(&e, "table"), vec![3, 5]);
+    assert_eq!(expired_unacked(&e, "lag"), 3, "after a clean restart");
+    keyed(&e, "table", Some("a"), "a4");
+    keyed(&e, "table", Some("b"), "b3");
+    assert_eq!(retained(&e, "table"), vec![6, 7]);
+    let before_crash = expired_unacked(&e, "lag");
+    assert_eq!(before_crash, 5);
+    drop(e); // no close: what kill -9 leaves
+
+    let e = open_at(&dir.0, &clock);
+    assert_eq!(retained(&e, "table"), vec![6, 7]);
+    assert_eq!(expired_unacked(&e, "lag"), before_crash, "after a crash");
+    let got = fetch(&e, "lag", "c", 10);
+    assert_eq!(payloads(&got), ["a4", "b3"]);
+    assert_eq!(expired_unacked(&e, "lag"), before_crash, "the cursor passes the gaps without counting");
+    e.close().unwrap();
+}
