@@ -282,9 +282,13 @@ pub(crate) enum MetaOp {
     DeleteSubscription {
         name: Name,
     },
-    /// A snapshot of a subscription's ack state (`snapshot create`).
+    /// A snapshot of a subscription's ack state (`snapshot create`). `never_expires` tells a snapshot
+    /// taken with `--ttl never` from one of a record written before snapshots expired: both lack
+    /// `expires`, and the older one expires `created` + 7 days.
     CreateSnapshot {
         snapshot: SnapshotInfo,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        never_expires: bool,
     },
     DeleteSnapshot {
         name: Name,
@@ -351,7 +355,10 @@ impl MetaState {
                 self.subscriptions.retain(|s| s.name != name);
                 self.deleted_subs.insert(name);
             }
-            MetaOp::CreateSnapshot { snapshot } => {
+            MetaOp::CreateSnapshot { mut snapshot, never_expires } => {
+                if snapshot.expires.is_none() && !never_expires {
+                    snapshot.expires = Some(snapshot.created.plus(crate::model::SNAPSHOT_TTL));
+                }
                 self.snapshots.retain(|s| s.name != snapshot.name);
                 self.snapshots.push(snapshot);
             }
@@ -369,7 +376,10 @@ impl MetaState {
             created: self.subs_created.get(&c.name).copied(),
             created_heads: self.subs_created_heads.get(&c.name).cloned(),
         });
-        let snapshots = self.snapshots.iter().map(|s| MetaOp::CreateSnapshot { snapshot: s.clone() });
+        let snapshots = self
+            .snapshots
+            .iter()
+            .map(|s| MetaOp::CreateSnapshot { snapshot: s.clone(), never_expires: s.expires.is_none() });
         topics.chain(subs).chain(snapshots)
     }
 }
@@ -1014,6 +1024,37 @@ fn interval_syncer(shared: &SyncerShared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `create_snapshot` record written before snapshots expired has no `expires`: it expires 7 days
+    /// after it was taken. One taken with `--ttl never` says so, and compaction keeps both apart.
+    #[test]
+    fn snapshot_records_without_expires_get_seven_days_and_never_stays_never() {
+        let snapshot = SnapshotInfo {
+            name: Name::new("old").unwrap(),
+            subscription: Name::new("s").unwrap(),
+            topic: Name::new("t").unwrap(),
+            created: Timestamp::from_micros(1_000_000),
+            expires: None,
+            partitions: Vec::new(),
+        };
+        let mut old =
+            serde_json::to_value(MetaOp::CreateSnapshot { snapshot: snapshot.clone(), never_expires: false })
+                .unwrap();
+        old["snapshot"].as_object_mut().unwrap().remove("expires");
+        assert!(old.get("never_expires").is_none(), "{old}");
+        let mut state = MetaState::default();
+        state.apply(serde_json::from_value(old).unwrap());
+        let never = SnapshotInfo { name: Name::new("never").unwrap(), ..snapshot.clone() };
+        state.apply(MetaOp::CreateSnapshot { snapshot: never, never_expires: true });
+        let seven_days = Timestamp::from_micros(1_000_000).plus(crate::model::SNAPSHOT_TTL);
+        assert_eq!(state.snapshots[0].expires, Some(seven_days));
+        assert_eq!(state.snapshots[1].expires, None);
+        let mut again = MetaState::default();
+        for op in state.ops() {
+            again.apply(serde_json::from_str(&serde_json::to_string(&op).unwrap()).unwrap());
+        }
+        assert_eq!(again.snapshots, state.snapshots);
+    }
 
     /// A `create_subscription` record written before `created_heads` was kept still reads (the
     /// subscription then holds from 0 in every partition, as it did), and a compacted snapshot keeps

@@ -684,3 +684,98 @@ fn expired_unacked_of_per_key_deletions_is_not_counted_again_after_a_restart_or_
     assert_eq!(expired_unacked(&e, "lag"), before_crash, "the cursor passes the gaps without counting");
     e.close().unwrap();
 }
+
+// ----- snapshots expire (SEMANTICS.md §9.8: "until they expire (default lifetime 7 days)") ----------
+
+/// On the manual clock: a snapshot pins retention until its ttl runs out; the timer tick then removes
+/// it and retention takes what it held; `seek --snapshot` on it fails saying it expired (also when the
+/// seek comes before the tick). The default lifetime is 7 days; `never` stays; a ttl of 0 is refused.
+#[test]
+fn snapshots_expire_on_the_timer_releasing_their_pin_and_seek_on_one_fails_clearly() {
+    let (e, clock) = engine();
+    create(&e, "jobs", |c| c.retention = RetentionPolicy::WorkQueue);
+    subscribe(&e, "w", "jobs", |_| {});
+    for i in 1..=3 {
+        publish(&e, "jobs", &format!("job {i}"));
+    }
+    let hour = Duration::from_secs(3600);
+    let short = e.create_snapshot_for(name("short"), &name("w"), Some(hour)).unwrap();
+    assert_eq!(short.expires, Some(short.created.plus(hour)));
+    let default = e.create_snapshot(name("default"), &name("w")).unwrap();
+    assert_eq!(default.expires, Some(default.created.plus(pubsub::engine::SNAPSHOT_TTL)));
+    let kept = e.create_snapshot_for(name("kept"), &name("w"), None).unwrap();
+    assert_eq!(kept.expires, None);
+    let zero = e.create_snapshot_for(name("zero"), &name("w"), Some(Duration::ZERO)).unwrap_err();
+    assert!(matches!(zero, EngineError::InvalidConfig(_)), "{zero}");
+    ack_all(&e, "w", &fetch(&e, "w", "c", 10));
+    assert_eq!(retained(&e, "jobs"), vec![1, 2, 3], "pinned by three snapshots");
+
+    clock.advance(hour - Duration::from_secs(1));
+    e.tick();
+    assert_eq!(e.snapshots().len(), 3, "not yet");
+    clock.advance(Duration::from_secs(1));
+    e.tick();
+    let names: Vec<String> = e.snapshots().iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(names, ["default", "kept"]);
+    let err = e.seek_snapshot(&name("w"), &name("short")).unwrap_err();
+    assert!(matches!(err, EngineError::SnapshotExpired { .. }), "{err}");
+    assert!(err.to_string().contains("snapshot \"short\" expired at 2026-"), "{err}");
+
+    // The default lifetime: 7 days after it was taken. A seek that comes before the tick fails too,
+    // and removes it.
+    clock.advance(pubsub::engine::SNAPSHOT_TTL);
+    let err = e.seek_snapshot(&name("w"), &name("default")).unwrap_err();
+    assert!(matches!(err, EngineError::SnapshotExpired { .. }), "{err}");
+    assert_eq!(e.snapshots().len(), 1, "only kept is left");
+    assert_eq!(retained(&e, "jobs"), vec![1, 2, 3], "kept still pins them");
+    e.tick();
+    assert_eq!(e.snapshots().len(), 1, "never expires");
+    e.seek_snapshot(&name("w"), &name("kept")).unwrap();
+    e.delete_snapshot(&name("kept")).unwrap();
+    ack_all(&e, "w", &fetch(&e, "w", "c", 10));
+    assert_eq!(retained(&e, "jobs"), Vec::<u64>::new());
+    let err = e.seek_snapshot(&name("w"), &name("kept")).unwrap_err();
+    assert!(matches!(err, EngineError::NoSuchSnapshot(_)), "removed by hand is no such snapshot: {err}");
+}
+
+/// Expiry times are part of the snapshot's record: after a clean restart and after a crash each keeps
+/// its own (a `never` one too), and one whose time ran out while the engine was down goes at the
+/// first tick, releasing its pin.
+#[test]
+fn snapshot_expiry_survives_a_restart_and_a_crash() {
+    for crash in [false, true] {
+        let dir = DataDir::new(if crash { "snap-ttl-crash" } else { "snap-ttl-clean" });
+        let clock = clock();
+        let e = open_at(&dir.0, &clock);
+        create(&e, "jobs", |c| c.retention = RetentionPolicy::WorkQueue);
+        subscribe(&e, "w", "jobs", |_| {});
+        publish(&e, "jobs", "job 1");
+        let hour = Duration::from_secs(3600);
+        let short = e.create_snapshot_for(name("short"), &name("w"), Some(hour)).unwrap();
+        let kept = e.create_snapshot_for(name("kept"), &name("w"), None).unwrap();
+        let default = e.create_snapshot(name("default"), &name("w")).unwrap();
+        ack_all(&e, "w", &fetch(&e, "w", "c", 10));
+        if !crash {
+            e.close().unwrap();
+        }
+        drop(e);
+        let findings = pubsub::store::verify(&dir.0).unwrap();
+        assert!(findings.is_empty(), "crash {crash}: {findings:?}");
+        let e = open_at(&dir.0, &clock);
+        let mut got = e.snapshots();
+        got.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(got, vec![default.clone(), kept.clone(), short.clone()], "crash {crash}");
+        e.close().unwrap();
+        drop(e);
+        clock.advance(hour * 2);
+        let e = open_at(&dir.0, &clock);
+        assert_eq!(retained(&e, "jobs"), vec![1], "crash {crash}: pinned until the tick");
+        e.tick();
+        let names: Vec<String> = e.snapshots().iter().map(|s| s.name.to_string()).collect();
+        assert_eq!(names, ["default", "kept"], "crash {crash}");
+        e.delete_snapshot(&name("kept")).unwrap();
+        e.delete_snapshot(&name("default")).unwrap();
+        assert_eq!(retained(&e, "jobs"), Vec::<u64>::new(), "crash {crash}");
+        e.close().unwrap();
+    }
+}
