@@ -446,8 +446,9 @@ impl Broker for LocalBroker {
         &self,
         name: &Name,
         subscription: &Name,
+        ttl: Option<std::time::Duration>,
     ) -> Result<crate::model::SnapshotInfo, BrokerError> {
-        Ok(self.may_sync(|| self.engine.create_snapshot(name.clone(), subscription))?)
+        Ok(self.may_sync(|| self.engine.create_snapshot_for(name.clone(), subscription, ttl))?)
     }
 
     async fn snapshots(&self) -> Result<Vec<crate::model::SnapshotInfo>, BrokerError> {

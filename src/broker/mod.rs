@@ -299,8 +299,14 @@ pub trait Broker: Send + Sync + fmt::Debug {
         Err(self.unsupported(Capability::Seek))
     }
 
-    /// Captures a subscription's ack state under a name (`snapshot create`).
-    async fn create_snapshot(&self, _name: &Name, _subscription: &Name) -> Result<SnapshotInfo, BrokerError> {
+    /// Captures a subscription's ack state under a name (`snapshot create`), to expire `ttl` from now
+    /// (`None`: never; [`crate::model::SNAPSHOT_TTL`] is the default lifetime).
+    async fn create_snapshot(
+        &self,
+        _name: &Name,
+        _subscription: &Name,
+        _ttl: Option<std::time::Duration>,
+    ) -> Result<SnapshotInfo, BrokerError> {
         Err(self.unsupported(Capability::Seek))
     }
 

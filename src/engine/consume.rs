@@ -76,15 +76,20 @@ impl Engine {
                 .collect();
             let name = config.name.clone();
             let lease_base = self.next_lease_base();
+            // What was published before it existed is not its to hold under Interest retention.
+            let created_heads = state.heads();
             let journal = match &self.inner.store {
                 Some(store)
                     if config.lifetime == Lifetime::Durable && state.logs.iter().all(|l| l.is_durable()) =>
                 {
                     let dir = store.subscription_dir(&name);
                     store.make_way(&dir)?;
-                    store
-                        .record(&MetaOp::CreateSubscription { config: config.clone(), created: Some(now) })?;
-                    let made = SubJournal::create(&dir, &starts, config.ack_durability)
+                    store.record(&MetaOp::CreateSubscription {
+                        config: config.clone(),
+                        created: Some(now),
+                        created_heads: Some(created_heads.clone()),
+                    })?;
+                    let made = SubJournal::create(&dir, &starts, &created_heads, config.ack_durability)
                         .and_then(|journal| crate::store::write_name_file(&dir, &name).map(|()| journal));
                     match made {
                         Ok(journal) => Some(journal),
@@ -98,10 +103,11 @@ impl Engine {
             };
             let mut sub = SubState::new(config, &starts, now, lease_base);
             sub.journal = journal;
+            sub.created_heads = created_heads;
             if sub.config.start == StartPosition::LastPerKey {
                 let ctx = Ctx { topic: &state.config.name, logs: &state.logs, now };
                 sub.start_last_per_key(&ctx);
-                if let Err(e) = sub.persist() {
+                if let Err(e) = sub.persist(&state.logs) {
                     tracing::warn!(subscription = %name, "cannot write its starting state: {e}");
                 }
             }

@@ -90,7 +90,7 @@ impl Engine {
                 // Its files are gone: start over from the oldest retained message (at-least-once).
                 report.missing_checkpoints.push(config.name.clone());
                 (
-                    SubJournal::create(&dir, &first, config.ack_durability)?,
+                    SubJournal::create(&dir, &first, &[], config.ack_durability)?,
                     SubSnapshot::starting_at_each(&first),
                 )
             };
@@ -100,6 +100,8 @@ impl Engine {
             let starts: Vec<u64> = (0..state.partitions()).map(|p| snapshot.at(p).1 + 1).collect();
             let mut sub = SubState::new(config, &starts, now, lease_base);
             sub.created = created.unwrap_or(now);
+            // A record from before they were kept: 0 everywhere, it holds what is above its floor.
+            sub.created_heads = meta.subs_created_heads.get(&sub.config.name).cloned().unwrap_or_default();
             sub.restore(&snapshot, &head, now);
             sub.journal = Some(journal);
             // Messages retention removed while the engine was down are simply gone (I4).
@@ -137,6 +139,7 @@ impl Engine {
                 let state = &mut *state;
                 let ctx = Ctx { topic: &state.config.name, logs: &state.logs, now };
                 for sub in &mut state.subs {
+                    sub.forget_counted();
                     sub.rebuild_order(&ctx);
                     sub.settle_exhausted(&ctx, &mut effects);
                 }
@@ -187,8 +190,9 @@ impl Engine {
                     first_error.get_or_insert(EngineError::from(e));
                 }
             }
+            let heads = state.heads();
             for sub in &mut state.subs {
-                if let Err(e) = sub.close_journal() {
+                if let Err(e) = sub.close_journal(&heads) {
                     first_error.get_or_insert(EngineError::from(e));
                 }
             }

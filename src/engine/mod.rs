@@ -36,9 +36,9 @@ pub use crate::model::{
     ConsumerInfo, Delivery, DeliveryState, Discard, Durability, EngineError, EngineEvent, EngineStats,
     FetchOptions, Headers, Lifetime, Limits, ManualClock, Message, MessageAckState, MessageExtra, Name,
     NameError, OrderingMode, Pattern, PatternToken, PeekReport, PublishReceipt, PublishRequest,
-    RetentionPolicy, SeekTarget, SharedClock, SnapshotInfo, SnapshotPartition, StartPosition, StorageKind,
-    SubCounters, SubscriptionConfig, SubscriptionInfo, SystemClock, Timestamp, TopicConfig, TopicCounters,
-    TopicInfo,
+    RetentionPolicy, SNAPSHOT_TTL, SeekTarget, SharedClock, SnapshotInfo, SnapshotPartition, StartPosition,
+    StorageKind, SubCounters, SubscriptionConfig, SubscriptionInfo, SystemClock, Timestamp, TopicConfig,
+    TopicCounters, TopicInfo,
 };
 pub use consumer::{AssignmentChange, ByteBudget, PushConsumer, PushItem};
 pub use publish::PendingPublish;
@@ -60,6 +60,9 @@ impl From<StoreError> for EngineError {
 
 /// A pull consumer that holds nothing and has not fetched for this long is forgotten.
 const PULL_CONSUMER_IDLE: Duration = Duration::from_secs(300);
+
+/// How many expired snapshots' names the engine remembers for a clearer `seek --snapshot` error.
+const EXPIRED_SNAPSHOTS_KEPT: usize = 1024;
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -108,6 +111,9 @@ struct Registry {
     wildcard: Vec<(Pattern, Arc<TopicCell>)>,
     /// Snapshots by name.
     snapshots: BTreeMap<Name, crate::model::SnapshotInfo>,
+    /// Snapshots the timer removed when they expired, with when (so that `seek --snapshot` can say
+    /// so); not kept across a restart, and at most [`EXPIRED_SNAPSHOTS_KEPT`] of them.
+    expired_snapshots: BTreeMap<Name, Timestamp>,
 }
 
 impl Registry {
@@ -535,6 +541,7 @@ impl Engine {
     /// Runs every due timer: lease expiry, backoff release, age retention, idle ephemeral subscriptions.
     pub fn tick(&self) {
         let now = self.now();
+        self.expire_snapshots(now);
         let cells: Vec<_> = self.registry().topics.values().cloned().collect();
         let mut idle = Vec::new();
         for cell in cells {

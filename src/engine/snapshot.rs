@@ -1,12 +1,15 @@
 //! Snapshots (SEMANTICS.md §9.9): a subscription's ack state — per partition the floor and the seqs
 //! settled above it — captured under a name, and given back by `seek --snapshot` to that subscription or
 //! to another one of the same topic. Snapshots live in the registry and, on a durable engine, in the
-//! metadata journal, so they survive restarts.
+//! metadata journal, so they survive restarts. Each one expires (7 days after it was taken unless
+//! `--ttl` says otherwise, or never): the timer removes it then, and retention takes what it held.
+
+use std::time::{Duration, UNIX_EPOCH};
 
 use super::subscription::{Ctx, Effects, Entry, SubState};
-use super::{Engine, EngineError, Name, lock};
+use super::{EXPIRED_SNAPSHOTS_KEPT, Engine, EngineError, Name, Timestamp, lock};
 use crate::model::config::Ordering;
-use crate::model::{SnapshotInfo, SnapshotPartition};
+use crate::model::{SNAPSHOT_TTL, SnapshotInfo, SnapshotPartition};
 use crate::store::MetaOp;
 use crate::store::journal::{pos_key, split_key};
 
@@ -77,9 +80,32 @@ impl SubState {
     }
 }
 
+/// `t` as RFC 3339 to the second, for messages.
+fn rfc3339(t: Timestamp) -> String {
+    let micros = u64::try_from(t.as_micros()).unwrap_or(0);
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_micros(micros)).to_string()
+}
+
 impl Engine {
-    /// Captures a subscription's ack state under `name`.
+    /// Captures a subscription's ack state under `name`; it expires after the default lifetime
+    /// ([`SNAPSHOT_TTL`], 7 days).
     pub fn create_snapshot(&self, name: Name, subscription: &Name) -> Result<SnapshotInfo, EngineError> {
+        self.create_snapshot_for(name, subscription, Some(SNAPSHOT_TTL))
+    }
+
+    /// Captures a subscription's ack state under `name`, to expire `ttl` from now (`None`: never; it
+    /// then stays until `snapshot rm`). A `ttl` of zero is refused: the snapshot would be gone at once.
+    pub fn create_snapshot_for(
+        &self,
+        name: Name,
+        subscription: &Name,
+        ttl: Option<Duration>,
+    ) -> Result<SnapshotInfo, EngineError> {
+        if ttl.is_some_and(|d| d.is_zero()) {
+            return Err(EngineError::InvalidConfig(format!(
+                "snapshot \"{name}\": a ttl of 0 would expire it at once; give a duration such as 1h or 30d, or never"
+            )));
+        }
         let now = self.now();
         let cell = self.sub_cell(subscription)?;
         let mut reg = self.registry_mut();
@@ -96,6 +122,7 @@ impl Engine {
                 subscription: subscription.clone(),
                 topic: state.config.name.clone(),
                 created: now,
+                expires: ttl.map(|d| now.plus(d)),
                 partitions: (0..sub.parts.len()).map(|p| sub.capture(p as u32)).collect(),
             };
             // Pinned at once, under the topic's lock: no retention may take what it could seek back to.
@@ -104,12 +131,16 @@ impl Engine {
         };
         if let Some(store) = &self.inner.store
             && durable
-            && let Err(e) = store.record(&MetaOp::CreateSnapshot { snapshot: snapshot.clone() })
+            && let Err(e) = store.record(&MetaOp::CreateSnapshot {
+                snapshot: snapshot.clone(),
+                never_expires: snapshot.expires.is_none(),
+            })
         {
             drop(reg);
             lock(&cell.state).unpin(&name, now, &mut Effects::default());
             return Err(e.into());
         }
+        reg.expired_snapshots.remove(&name);
         reg.snapshots.insert(name, snapshot.clone());
         Ok(snapshot)
     }
@@ -121,6 +152,27 @@ impl Engine {
 
     /// Removes a snapshot; retention takes at once what only it was keeping.
     pub fn delete_snapshot(&self, name: &Name) -> Result<(), EngineError> {
+        self.remove_snapshot(name, None)
+    }
+
+    /// Removes every snapshot whose time is up (the timer calls it), releasing what it pinned.
+    pub(super) fn expire_snapshots(&self, now: Timestamp) {
+        let due: Vec<Name> = self
+            .registry()
+            .snapshots
+            .values()
+            .filter(|s| s.expires.is_some_and(|at| at <= now))
+            .map(|s| s.name.clone())
+            .collect();
+        for name in due {
+            if let Err(e) = self.remove_snapshot(&name, Some(now)) {
+                tracing::warn!(snapshot = %name, "cannot remove the expired snapshot: {e}");
+            }
+        }
+    }
+
+    /// Removes snapshot `name`: `expired_at` is set when its time ran out, which is then remembered.
+    fn remove_snapshot(&self, name: &Name, expired_at: Option<Timestamp>) -> Result<(), EngineError> {
         let mut reg = self.registry_mut();
         let Some(topic) = reg.snapshots.get(name).map(|s| s.topic.clone()) else {
             return Err(EngineError::NoSuchSnapshot(name.clone()));
@@ -129,6 +181,12 @@ impl Engine {
             store.record(&MetaOp::DeleteSnapshot { name: name.clone() })?;
         }
         reg.snapshots.remove(name);
+        if let Some(at) = expired_at {
+            if reg.expired_snapshots.len() >= EXPIRED_SNAPSHOTS_KEPT {
+                reg.expired_snapshots.pop_first();
+            }
+            reg.expired_snapshots.insert(name.clone(), at);
+        }
         let cell = reg.topics.get(&topic).cloned();
         drop(reg);
         if let Some(cell) = cell {
@@ -142,13 +200,23 @@ impl Engine {
     /// Moves a subscription to a snapshot's ack state; returns the first seq it may deliver again. The
     /// subscription must read the snapshot's topic. On a durable engine the new state is checkpointed
     /// before this returns.
+    /// A snapshot that expired fails with [`EngineError::SnapshotExpired`], whether or not the timer
+    /// has removed it yet (then it is removed here).
     pub fn seek_snapshot(&self, subscription: &Name, snapshot: &Name) -> Result<u64, EngineError> {
-        let snap = self
-            .registry()
-            .snapshots
-            .get(snapshot)
-            .cloned()
-            .ok_or_else(|| EngineError::NoSuchSnapshot(snapshot.clone()))?;
+        let found = self.registry().snapshots.get(snapshot).cloned();
+        let snap = match found {
+            Some(snap) => snap,
+            None => {
+                return Err(match self.registry().expired_snapshots.get(snapshot) {
+                    Some(&at) => EngineError::SnapshotExpired { name: snapshot.clone(), at: rfc3339(at) },
+                    None => EngineError::NoSuchSnapshot(snapshot.clone()),
+                });
+            }
+        };
+        if let Some(at) = snap.expires.filter(|&at| at <= self.now()) {
+            self.remove_snapshot(snapshot, Some(at))?;
+            return Err(EngineError::SnapshotExpired { name: snapshot.clone(), at: rfc3339(at) });
+        }
         self.with_sub(subscription, |s, ctx, effects| {
             if *ctx.topic != snap.topic {
                 return Err(EngineError::InvalidConfig(format!(
@@ -172,7 +240,8 @@ impl Engine {
                     next = first;
                 }
             }
-            s.checkpoint()?;
+            let heads: Vec<u64> = ctx.logs.iter().map(super::log::Log::head_seq).collect();
+            s.checkpoint(&heads)?;
             Ok(next)
         })
     }

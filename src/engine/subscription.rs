@@ -131,6 +131,18 @@ pub(crate) struct SubState {
     pub created: Timestamp,
     /// Cursor and floor of each partition of the topic.
     pub parts: Vec<Part>,
+    /// Each partition's head seq when the subscription was created. Under Interest retention it holds
+    /// only messages published after it existed (seqs above these), so a later subscription that reads
+    /// from the start does not keep older messages alive; a partition added since (or a store record
+    /// from before this was kept) reads as 0: everything there was published after it.
+    pub created_heads: Vec<u64>,
+    /// Per partition, the head through which the `max_msgs_per_key` deletions are already in
+    /// `counters` (the heads of the checkpoint it was restored from): recovery makes those deletions
+    /// again and must not count them twice. Empty for a new subscription and for an older checkpoint.
+    pub(super) counted_heads: Vec<u64>,
+    /// `max_msgs_per_key` victims whose expiry the replayed journal counted (`SubOp::Expired`);
+    /// recovery does not count them again either. Emptied once the open is done.
+    pub(super) counted_victims: BTreeSet<u64>,
     /// Keyed by [`pos_key`] (partition and seq), so one partition's entries are a contiguous range.
     pub entries: EntryMap,
     /// AVAILABLE messages with attempt ≥ 1, redelivered before new ones.
@@ -184,6 +196,9 @@ impl SubState {
             attr_filter,
             created: now,
             parts,
+            created_heads: Vec::new(),
+            counted_heads: Vec::new(),
+            counted_victims: BTreeSet::new(),
             entries: EntryMap::new(),
             ready: BTreeSet::new(),
             delayed: BTreeSet::new(),
@@ -266,8 +281,9 @@ impl SubState {
     }
 
     /// Writes the facts noted under this lock, with the cursor last (see `store::journal`), and takes a
-    /// checkpoint when the journal has grown long. Returns the sync an ack must wait for, if any.
-    pub fn persist(&mut self) -> Result<Option<(Arc<SyncGate>, u64)>, StoreError> {
+    /// checkpoint when the journal has grown long. `logs` are the topic's partitions (their heads go into
+    /// a checkpoint, see [`SubState::snapshot`]). Returns the sync an ack must wait for, if any.
+    pub fn persist(&mut self, logs: &[Log]) -> Result<Option<(Arc<SyncGate>, u64)>, StoreError> {
         let Some(journal) = &mut self.journal else {
             return Ok(None);
         };
@@ -279,7 +295,8 @@ impl SubState {
         }
         let wait = journal.commit()?;
         if journal.wants_checkpoint() {
-            let snapshot = self.snapshot();
+            let heads: Vec<u64> = logs.iter().map(Log::head_seq).collect();
+            let snapshot = self.snapshot(&heads);
             if let Some(journal) = &mut self.journal {
                 journal.checkpoint(&snapshot)?;
             }
@@ -287,8 +304,10 @@ impl SubState {
         Ok(wait)
     }
 
-    /// The durable part of the state: cursor, floor, and attempts and not-befores of what is unsettled.
-    pub fn snapshot(&self) -> SubSnapshot {
+    /// The durable part of the state: cursor, floor, and attempts and not-befores of what is unsettled,
+    /// the counters, and the topic's partition `heads` now (every `max_msgs_per_key` deletion that
+    /// appends up to them made is in the counters).
+    pub fn snapshot(&self, heads: &[u64]) -> SubSnapshot {
         let pending = self
             .entries
             .iter()
@@ -305,12 +324,15 @@ impl SubState {
             parts: self.parts.iter().skip(1).map(|p| (p.delivered_seq, p.ack_floor)).collect(),
             pending,
             counters: Some(self.counters.clone()),
+            heads: heads.to_vec(),
+            expired: std::collections::BTreeSet::new(),
         }
     }
 
-    /// Takes a checkpoint now (clean shutdown), so the next open replays nothing.
-    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
-        let snapshot = self.snapshot();
+    /// Takes a checkpoint now (clean shutdown), so the next open replays nothing; `heads` as for
+    /// [`SubState::snapshot`].
+    pub fn checkpoint(&mut self, heads: &[u64]) -> Result<(), StoreError> {
+        let snapshot = self.snapshot(heads);
         match &mut self.journal {
             Some(journal) => journal.checkpoint(&snapshot),
             None => Ok(()),
@@ -318,8 +340,8 @@ impl SubState {
     }
 
     /// Checkpoints, then refuses every later journal write: the engine is releasing its directory.
-    pub fn close_journal(&mut self) -> Result<(), StoreError> {
-        let checkpointed = self.checkpoint();
+    pub fn close_journal(&mut self, heads: &[u64]) -> Result<(), StoreError> {
+        let checkpointed = self.checkpoint(heads);
         if let Some(journal) = &mut self.journal {
             journal.close();
         }
@@ -335,6 +357,8 @@ impl SubState {
         if let Some(counters) = &snapshot.counters {
             self.counters = counters.clone();
         }
+        self.counted_heads.clone_from(&snapshot.heads);
+        self.counted_victims.clone_from(&snapshot.expired);
         self.parts = heads
             .iter()
             .enumerate()
@@ -779,13 +803,15 @@ impl SubState {
 impl SubState {
     /// `max_msgs_per_key` deleted `seq` of partition `p` out of order: an unsettled copy here expires
     /// (T10), and one the cursor has not reached yet counts as expired now (the cursor passes the gap
-    /// when it gets there without counting it again). Cursor and floor stay where they are.
+    /// when it gets there without counting it again) unless `counted` says recovery is making again a
+    /// deletion the restored counters hold already. Cursor and floor stay where they are.
     pub fn on_removed_at(
         &mut self,
         p: u32,
         topic: &Name,
         seq: u64,
         record: Option<&Record>,
+        counted: bool,
         effects: &mut Effects,
     ) {
         let Some(part) = self.parts.get(p as usize).copied() else {
@@ -806,9 +832,58 @@ impl SubState {
             self.entries.remove(&key);
             self.unblock(key);
             self.advance_floor_in(p);
-        } else if record.is_none_or(|r| self.covers_record(topic, r)) {
+        } else if !counted
+            && !self.counted_victims.contains(&key)
+            && record.is_none_or(|r| self.covers_record(topic, r))
+        {
+            let before = self.counters.expired_unacked;
             self.expire(key, topic, record, 0, Some(effects));
+            if self.counters.expired_unacked > before {
+                self.note(SubOp::Expired { seq: key });
+            }
         }
+    }
+
+    /// `max_msgs_per_key` deleted `seq`, the front of partition `p`: as [`SubState::on_removed`], and
+    /// the count of a victim the cursor had not reached is journaled (`SubOp::Expired`); `counted` as
+    /// for [`SubState::on_removed_at`].
+    pub fn on_removed_front(
+        &mut self,
+        p: u32,
+        topic: &Name,
+        seq: u64,
+        record: Option<&Record>,
+        counted: bool,
+        effects: &mut Effects,
+    ) {
+        let key = pos_key(p, seq);
+        let reached = self.parts.get(p as usize).is_none_or(|part| seq <= part.delivered_seq);
+        if !reached && (counted || self.counted_victims.contains(&key)) {
+            // Counted before the restart: only the cursor and floor move past it (I4).
+            if let Some(part) = self.parts.get_mut(p as usize) {
+                part.delivered_seq = seq;
+                part.ack_floor = part.ack_floor.max(seq);
+            }
+            self.advance_floor_in(p);
+            return;
+        }
+        let before = self.counters.expired_unacked;
+        self.on_removed(p, topic, seq, record, Some(effects));
+        if !reached && self.counters.expired_unacked > before {
+            self.note(SubOp::Expired { seq: key });
+        }
+    }
+
+    /// Forgets what recovery needed to make deletions again without counting them twice.
+    pub(super) fn forget_counted(&mut self) {
+        self.counted_heads = Vec::new();
+        self.counted_victims = BTreeSet::new();
+    }
+
+    /// The head of partition `p` through which `max_msgs_per_key` deletions are in the restored
+    /// counters (0 when unknown).
+    pub(super) fn counted_through(&self, p: u32) -> u64 {
+        self.counted_heads.get(p as usize).copied().unwrap_or(0)
     }
 
     /// The front of partition `p` moved to `first` over gaps this subscription has already counted:

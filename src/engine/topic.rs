@@ -245,7 +245,7 @@ impl TopicState {
             None => self.enforce_limits_in(p, now, effects),
         }
         if let (Some(max), Some(key)) = (self.config.limits.max_msgs_per_key, &req.key) {
-            let removed = self.keep_newest_of_key(p, key, seq, max, effects);
+            let removed = self.keep_newest_of_key(p, key, seq, max, false, effects);
             self.note_expired(removed, effects);
         }
         if let Some(log) = self.logs.get(p as usize) {
@@ -407,7 +407,8 @@ impl TopicState {
         }
     }
 
-    /// Interest and WorkQueue: deletes what every subscription has settled, in every partition.
+    /// Interest and WorkQueue: deletes what every subscription that holds it has settled, in every
+    /// partition (see [`TopicState::settled_through`]).
     pub fn trim_all_settled(&mut self, effects: &mut Effects) {
         if !self.config.retention.settles_delete() {
             return;
@@ -417,20 +418,29 @@ impl TopicState {
         }
     }
 
-    /// The highest seq of partition `p` that Interest/WorkQueue retention may delete: the lowest ack
-    /// floor over the subscriptions, a `retain_acked` one holding everything (the limits remove it
-    /// then); with no subscription, everything.
+    /// The highest seq of partition `p` that Interest/WorkQueue retention may delete: the lowest hold
+    /// over the subscriptions; with no subscription, everything. A `retain_acked` subscription holds
+    /// everything (the limits remove it then), any other what is above its ack floor. Under Interest a
+    /// message lives until every subscription that existed at its publish has settled it, so such a
+    /// subscription holds nothing at or below the partition's head when it was created (its
+    /// `created_heads`), even when it reads from the start or seeks back; WorkQueue keeps the floor
+    /// alone (a second subscription that would read the same messages is refused there anyway).
     fn settled_through(&self, p: u32) -> u64 {
         let Some(log) = self.log(p) else {
             return 0;
         };
+        let interest = self.config.retention == RetentionPolicy::Interest;
         self.subs
             .iter()
             .map(|s| {
                 if s.config.retain_acked {
-                    0
+                    return 0;
+                }
+                let floor = s.parts.get(p as usize).map_or(0, |part| part.ack_floor);
+                if interest {
+                    floor.max(s.created_heads.get(p as usize).copied().unwrap_or(0))
                 } else {
-                    s.parts.get(p as usize).map_or(0, |part| part.ack_floor)
+                    floor
                 }
             })
             .min()
@@ -462,7 +472,16 @@ impl TopicState {
 
     /// `max_msgs_per_key`: `seq` (with `key`) was appended to partition `p`; the key's older messages
     /// beyond the newest `max` are deleted, out of order (they become gaps in the log). Returns how many.
-    fn keep_newest_of_key(&mut self, p: u32, key: &Bytes, seq: u64, max: u64, effects: &mut Effects) -> u64 {
+    /// `again` is set when recovery makes the deletions again (see [`TopicState::rebuild_keys`]).
+    fn keep_newest_of_key(
+        &mut self,
+        p: u32,
+        key: &Bytes,
+        seq: u64,
+        max: u64,
+        again: bool,
+        effects: &mut Effects,
+    ) -> u64 {
         let i = p as usize;
         if self.keys.len() < self.logs.len() {
             self.keys.resize_with(self.logs.len(), HashMap::new);
@@ -482,7 +501,7 @@ impl TopicState {
             seqs.pop_front();
         }
         let victims = take_victims(seqs, max, pinned);
-        self.remove_key_victims(p, victims, effects)
+        self.remove_key_victims(p, victims, again.then_some(seq), effects)
     }
 
     /// `max_msgs_per_key` again over every key of partition `p` (a snapshot that held some of their
@@ -497,11 +516,19 @@ impl TopicState {
             victims.extend(take_victims(seqs, max, pinned));
         }
         victims.sort_unstable();
-        self.remove_key_victims(p, victims, effects)
+        self.remove_key_victims(p, victims, None, effects)
     }
 
     /// Deletes `victims` (seqs of partition `p`, ascending) for `max_msgs_per_key`; returns how many.
-    fn remove_key_victims(&mut self, p: u32, victims: Vec<u64>, effects: &mut Effects) -> u64 {
+    /// `redone_for` is the seq whose append deleted them when recovery makes the deletion again: a
+    /// subscription whose checkpoint was taken after that append has them counted already.
+    fn remove_key_victims(
+        &mut self,
+        p: u32,
+        victims: Vec<u64>,
+        redone_for: Option<u64>,
+        effects: &mut Effects,
+    ) -> u64 {
         let i = p as usize;
         let mut removed = 0;
         for old in victims {
@@ -513,7 +540,11 @@ impl TopicState {
             if front {
                 // Taken from the front: cursors and floors move past it as under the limits (I4), and
                 // past the gaps the front passed with it (counted when they were made).
-                self.on_removed(p, old, record.as_ref(), Some(effects));
+                let name = &self.config.name;
+                for sub in &mut self.subs {
+                    let counted = redone_for.is_some_and(|by| by <= sub.counted_through(p));
+                    sub.on_removed_front(p, name, old, record.as_ref(), counted, effects);
+                }
                 let first = self.log(p).map_or(0, Log::first_seq);
                 for sub in &mut self.subs {
                     sub.pass_gaps_below(p, first);
@@ -521,7 +552,8 @@ impl TopicState {
             } else {
                 let name = &self.config.name;
                 for sub in &mut self.subs {
-                    sub.on_removed_at(p, name, old, record.as_ref(), effects);
+                    let counted = redone_for.is_some_and(|by| by <= sub.counted_through(p));
+                    sub.on_removed_at(p, name, old, record.as_ref(), counted, effects);
                 }
             }
             removed += 1;
@@ -530,7 +562,10 @@ impl TopicState {
     }
 
     /// Rebuilds the per-key index of a reopened topic under `max_msgs_per_key` and deletes again what
-    /// the limit had deleted (the deletions are not recorded: they follow from the log itself).
+    /// the limit had deleted (the deletions are not recorded: they follow from the log itself). A
+    /// subscription the cursor of which had not reached a victim counted it as expired when it went;
+    /// where that count is in the checkpoint it was restored from (the append that deleted it is at
+    /// or below the checkpoint's head), the victim is not counted, nor dead-lettered, again.
     pub fn rebuild_keys(&mut self, effects: &mut Effects) {
         let Some(max) = self.config.limits.max_msgs_per_key else {
             return;
@@ -543,7 +578,7 @@ impl TopicState {
                     .collect()
             });
             for (seq, key) in keyed {
-                removed += self.keep_newest_of_key(p, &key, seq, max, effects);
+                removed += self.keep_newest_of_key(p, &key, seq, max, true, effects);
             }
         }
         self.note_expired(removed, effects);
@@ -708,7 +743,7 @@ impl TopicState {
         let mut waits = Vec::new();
         let mut first_error = None;
         for sub in &mut self.subs {
-            match sub.persist() {
+            match sub.persist(&self.logs) {
                 Ok(Some(wait)) => waits.push(wait),
                 Ok(None) => {}
                 Err(e) => {

@@ -58,7 +58,8 @@ pub enum RetentionPolicy {
     /// Acks never delete; only limits do.
     #[default]
     Limits,
-    /// Deleted once every subscription has settled it (and at once when there is none).
+    /// Deleted once every subscription that existed when it was published has settled it (and at once
+    /// when there is none).
     Interest,
     /// One subscription per subject (overlapping filters refused); deleted once settled.
     WorkQueue,

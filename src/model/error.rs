@@ -133,6 +133,16 @@ pub enum EngineError {
     /// No snapshot of that name.
     #[error("no snapshot named \"{0}\"; `pubsub snapshot ls` lists them")]
     NoSuchSnapshot(Name),
+    /// The snapshot expired (its `--ttl` ran out) and the engine removed it.
+    #[error(
+        "snapshot \"{name}\" expired at {at} and was removed; take a new one with `pubsub snapshot create NAME --subscription SUB` (`--ttl DUR` or `--ttl never` sets how long it lives; the default is 7 days)"
+    )]
+    SnapshotExpired {
+        /// The snapshot.
+        name: Name,
+        /// When it expired (RFC 3339).
+        at: String,
+    },
     /// A snapshot of that name exists.
     #[error("snapshot \"{0}\" already exists; remove it first (`pubsub snapshot rm`) or choose another name")]
     SnapshotExists(Name),

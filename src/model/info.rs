@@ -521,9 +521,17 @@ pub struct SnapshotInfo {
     pub topic: Name,
     /// When it was taken.
     pub created: Timestamp,
+    /// When it expires: the engine's timer removes it then, and retention takes what only it held.
+    /// `None`: never (`snapshot create --ttl never`). A record from before snapshots expired reads as
+    /// `created` + [`SNAPSHOT_TTL`].
+    #[serde(default)]
+    pub expires: Option<Timestamp>,
     /// The ack state, per partition.
     pub partitions: Vec<SnapshotPartition>,
 }
+
+/// How long a snapshot lives unless `snapshot create --ttl` says otherwise (SEMANTICS.md §9.8: 7 days).
+pub const SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 60 * 60);
 
 /// One partition of a [`SnapshotInfo`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,7 +27,8 @@ pub use event::EngineEvent;
 pub use filter::{FilterError, FilterExpr, FilterInput};
 pub use info::{
     BlockedBy, ConsumerInfo, DeliveryState, EngineStats, MessageAckState, PartitionInfo, PartitionLag,
-    PeekReport, SnapshotInfo, SnapshotPartition, SubCounters, SubscriptionInfo, TopicCounters, TopicInfo,
+    PeekReport, SNAPSHOT_TTL, SnapshotInfo, SnapshotPartition, SubCounters, SubscriptionInfo, TopicCounters,
+    TopicInfo,
 };
 pub use message::{
     AckRef, ConsumerId, Delivery, Headers, Message, MessageExtra, PublishOption, PublishOptions,

@@ -99,7 +99,7 @@ impl ErrorCode {
             EngineError::NoSuchSubscription(_) => ErrorCode::NoSuchSubscription,
             EngineError::SubscriptionExists(_) => ErrorCode::SubscriptionExists,
             EngineError::ConsumerExists { .. } => ErrorCode::ConsumerExists,
-            EngineError::NoSuchSnapshot(_) => ErrorCode::NoSuchSnapshot,
+            EngineError::NoSuchSnapshot(_) | EngineError::SnapshotExpired { .. } => ErrorCode::NoSuchSnapshot,
             EngineError::SnapshotExists(_) => ErrorCode::SnapshotExists,
             EngineError::Unroutable(_) => ErrorCode::Unroutable,
             EngineError::TopicFull { .. } => ErrorCode::TopicFull,

@@ -187,6 +187,9 @@ pub enum Request {
         snapshot: Name,
         /// The subscription.
         subscription: Name,
+        /// How long it lives, in milliseconds: absent = the default (7 days), 0 = never expires.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
     },
     /// List snapshots; answers an array.
     Snapshots,

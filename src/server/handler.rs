@@ -180,8 +180,13 @@ impl Connection {
                 };
                 broker.seek(&subscription, target).await.map(|count| value(CountReply { count }))
             }
-            Request::CreateSnapshot { snapshot, subscription } => {
-                broker.create_snapshot(&snapshot, &subscription).await.map(value)
+            Request::CreateSnapshot { snapshot, subscription, ttl_ms } => {
+                let ttl = match ttl_ms {
+                    None => Some(crate::model::SNAPSHOT_TTL),
+                    Some(0) => None,
+                    Some(ms) => Some(std::time::Duration::from_millis(ms)),
+                };
+                broker.create_snapshot(&snapshot, &subscription, ttl).await.map(value)
             }
             Request::Snapshots => broker.snapshots().await.map(value),
             Request::DeleteSnapshot { snapshot } => broker.delete_snapshot(&snapshot).await.map(|()| None),

@@ -70,6 +70,10 @@ pub(crate) enum SubOp {
     Cursor { seq: u64 },
     /// A seek: everything before `next` is settled, everything from it on is pending.
     Seek { next: u64 },
+    /// `max_msgs_per_key` deleted `seq` before this subscription's cursor reached it, and it was
+    /// counted as expired: the count survives a crash (recovery makes the deletion again but does not
+    /// count it again, see `TopicState::rebuild_keys`).
+    Expired { seq: u64 },
 }
 
 const TAG_GEN: u8 = 0;
@@ -78,6 +82,7 @@ const TAG_SETTLE: u8 = 2;
 const TAG_DELAY: u8 = 3;
 const TAG_CURSOR: u8 = 4;
 const TAG_SEEK: u8 = 5;
+const TAG_EXPIRED: u8 = 6;
 
 impl SubOp {
     fn encode(self, out: &mut Vec<u8>) {
@@ -89,10 +94,14 @@ impl SubOp {
                 body[9..13].copy_from_slice(&attempt.to_le_bytes());
                 13
             }
-            SubOp::Settle { seq } | SubOp::Cursor { seq } | SubOp::Seek { next: seq } => {
+            SubOp::Settle { seq }
+            | SubOp::Cursor { seq }
+            | SubOp::Seek { next: seq }
+            | SubOp::Expired { seq } => {
                 body[0] = match self {
                     SubOp::Settle { .. } => TAG_SETTLE,
                     SubOp::Cursor { .. } => TAG_CURSOR,
+                    SubOp::Expired { .. } => TAG_EXPIRED,
                     _ => TAG_SEEK,
                 };
                 body[1..9].copy_from_slice(&seq.to_le_bytes());
@@ -116,6 +125,7 @@ impl SubOp {
             TAG_DELAY => SubOp::Delay { seq: r.u64()?, not_before: Timestamp::from_micros(r.i64()?) },
             TAG_CURSOR => SubOp::Cursor { seq: r.u64()? },
             TAG_SEEK => SubOp::Seek { next: r.u64()? },
+            TAG_EXPIRED => SubOp::Expired { seq: r.u64()? },
             _ => return None,
         };
         Some(op)
@@ -143,12 +153,22 @@ pub(crate) struct SubSnapshot {
     /// checkpoints written before they were kept. The journal does not record them, so after a crash
     /// they resume from the last checkpoint.
     pub counters: Option<SubCounters>,
+    /// Each partition's head when the checkpoint was taken (empty in checkpoints written before it was
+    /// kept). Recovery makes `max_msgs_per_key` deletions again from the log instead of reading them
+    /// back; those that appends up to these heads made are already in `counters`, so they are not
+    /// counted again.
+    pub heads: Vec<u64>,
+    /// The victims of `Expired` records replayed from the journal (never in a checkpoint): counted in
+    /// `counters` already.
+    pub expired: std::collections::BTreeSet<u64>,
 }
 
 /// Marks the counters block after the pending entries of a checkpoint.
 const COUNTERS_BLOCK: u8 = 1;
 /// Marks the block of the cursors and floors of partitions 1, 2, ….
 const PARTS_BLOCK: u8 = 2;
+/// Marks the block of each partition's head when the checkpoint was taken.
+const HEADS_BLOCK: u8 = 3;
 
 impl SubSnapshot {
     /// A new subscription of a one-partition topic that starts at `start_seq`.
@@ -161,7 +181,7 @@ impl SubSnapshot {
     pub fn starting_at_each(starts: &[u64]) -> Self {
         let floor = starts.first().copied().unwrap_or(1).saturating_sub(1);
         let parts = starts.iter().skip(1).map(|s| (s.saturating_sub(1), s.saturating_sub(1))).collect();
-        SubSnapshot { cursor: floor, floor, parts, pending: BTreeMap::new(), counters: None }
+        SubSnapshot { cursor: floor, floor, parts, ..SubSnapshot::default() }
     }
 
     /// How many partitions the state covers.
@@ -190,12 +210,18 @@ impl SubSnapshot {
     }
 
     pub fn apply(&mut self, op: SubOp) {
+        if let SubOp::Expired { seq } = op {
+            self.counters.get_or_insert_with(SubCounters::default).expired_unacked += 1;
+            self.expired.insert(seq);
+            return;
+        }
         let key = match op {
             SubOp::Attempt { seq, .. }
             | SubOp::Settle { seq }
             | SubOp::Delay { seq, .. }
             | SubOp::Cursor { seq }
-            | SubOp::Seek { next: seq } => seq,
+            | SubOp::Seek { next: seq }
+            | SubOp::Expired { seq } => seq,
         };
         let (p, s) = split_key(key);
         match op {
@@ -223,7 +249,7 @@ impl SubSnapshot {
                 *cursor = s.saturating_sub(1);
                 *floor = s.saturating_sub(1);
             }
-            SubOp::Attempt { .. } => {}
+            SubOp::Attempt { .. } | SubOp::Expired { .. } => {}
         }
         let first = self.pending.range(partition_keys(p)).next().map(|(&k, _)| split_key(k).1);
         let (cursor, floor) = self.at_mut(p);
@@ -244,6 +270,10 @@ impl SubSnapshot {
             let (p, seq) = split_key(key);
             seq <= head_of(p)
         });
+        // Seqs a power loss took back are used again by new messages, whose deletions count anew.
+        for (p, counted) in self.heads.iter_mut().enumerate() {
+            *counted = (*counted).min(head_of(u32::try_from(p).unwrap_or(u32::MAX)));
+        }
     }
 
     pub(crate) fn encode(&self, generation: u64) -> Vec<u8> {
@@ -272,6 +302,13 @@ impl SubSnapshot {
                 body.extend_from_slice(&floor.to_le_bytes());
             }
         }
+        if !self.heads.is_empty() {
+            body.push(HEADS_BLOCK);
+            body.extend_from_slice(&(self.heads.len() as u32).to_le_bytes());
+            for head in &self.heads {
+                body.extend_from_slice(&head.to_le_bytes());
+            }
+        }
         let mut out = Vec::with_capacity(body.len() + 8);
         frame::put_frame(&mut out, &body);
         out
@@ -289,7 +326,7 @@ impl SubSnapshot {
             floor: r.u64()?,
             parts: Vec::new(),
             pending: BTreeMap::new(),
-            counters: None,
+            ..SubSnapshot::default()
         };
         for _ in 0..r.u32()? {
             let seq = r.u64()?;
@@ -311,6 +348,11 @@ impl SubSnapshot {
                 PARTS_BLOCK if snap.parts.is_empty() => {
                     for _ in 0..r.u32()? {
                         snap.parts.push((r.u64()?, r.u64()?));
+                    }
+                }
+                HEADS_BLOCK if snap.heads.is_empty() => {
+                    for _ in 0..r.u32()? {
+                        snap.heads.push(r.u64()?);
                     }
                 }
                 _ => return None,
@@ -426,10 +468,16 @@ pub(crate) struct Opened {
 }
 
 impl SubJournal {
-    /// Creates the files of a new subscription that starts at `starts[p]` in partition `p`.
-    pub fn create(dir: &Path, starts: &[u64], durability: AckDurability) -> Result<SubJournal, StoreError> {
+    /// Creates the files of a new subscription that starts at `starts[p]` in partition `p`; `heads`
+    /// are the partitions' heads now (what was deleted before it existed is none of its counting).
+    pub fn create(
+        dir: &Path,
+        starts: &[u64],
+        heads: &[u64],
+        durability: AckDurability,
+    ) -> Result<SubJournal, StoreError> {
         frame::create_dirs(dir).map_err(|e| StoreError::io(dir, e))?;
-        let state = SubSnapshot::starting_at_each(starts);
+        let state = SubSnapshot { heads: heads.to_vec(), ..SubSnapshot::starting_at_each(starts) };
         let checkpoint_path = dir.join("checkpoint");
         frame::write_atomic(&checkpoint_path, &state.encode(0))?;
         let mut journal = Self::open_file(dir, 0, durability, cursors_of(&state))?;
@@ -690,6 +738,26 @@ mod tests {
         assert_eq!(snap.counters.as_ref().map(|c| c.delivered), Some(7));
     }
 
+    /// Issue 24: a checkpoint keeps the heads its counters cover (a checkpoint without them still
+    /// opens), and an `Expired` journal record counts a per-key victim and names it for recovery.
+    #[test]
+    fn checkpoints_keep_their_heads_and_expired_records_count_once() {
+        let mut snap = SubSnapshot::starting_at(1);
+        let without = snap.encode(1);
+        assert_eq!(SubSnapshot::decode(&without).map(|(_, s)| s.heads), Some(Vec::new()));
+        snap.heads = vec![12, 0, 4];
+        assert_eq!(SubSnapshot::decode(&snap.encode(2)), Some((2, snap.clone())));
+        let mut body = Vec::new();
+        SubOp::Expired { seq: pos_key(1, 3) }.encode(&mut body);
+        let frames = frame::read_frames(&body);
+        let op = SubOp::decode(frames.bodies[0]).unwrap();
+        assert_eq!(op, SubOp::Expired { seq: pos_key(1, 3) });
+        snap.apply(op);
+        assert_eq!(snap.counters.as_ref().map(|c| c.expired_unacked), Some(1));
+        assert!(snap.expired.contains(&pos_key(1, 3)));
+        assert_eq!((snap.cursor, snap.floor), (0, 0), "an expiry moves no cursor");
+    }
+
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("pubsub-journal-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -699,7 +767,7 @@ mod tests {
     #[test]
     fn state_survives_reopen_and_settled_stays_settled() {
         let dir = temp_dir("reopen");
-        let mut j = SubJournal::create(&dir, &[1], AckDurability::Sync).unwrap();
+        let mut j = SubJournal::create(&dir, &[1], &[0], AckDurability::Sync).unwrap();
         for op in [
             SubOp::Attempt { seq: 1, attempt: 1 },
             SubOp::Attempt { seq: 2, attempt: 1 },
@@ -723,7 +791,7 @@ mod tests {
     #[test]
     fn a_torn_tail_loses_only_the_newest_records() {
         let dir = temp_dir("torn");
-        let mut j = SubJournal::create(&dir, &[1], AckDurability::Async).unwrap();
+        let mut j = SubJournal::create(&dir, &[1], &[0], AckDurability::Async).unwrap();
         j.stage(SubOp::Attempt { seq: 1, attempt: 1 });
         j.stage(SubOp::Cursor { seq: 1 });
         j.commit().unwrap();
@@ -743,7 +811,7 @@ mod tests {
     #[test]
     fn a_stale_journal_is_not_replayed_over_a_newer_checkpoint() {
         let dir = temp_dir("stale");
-        let mut j = SubJournal::create(&dir, &[1], AckDurability::Sync).unwrap();
+        let mut j = SubJournal::create(&dir, &[1], &[0], AckDurability::Sync).unwrap();
         j.stage(SubOp::Attempt { seq: 1, attempt: 1 });
         j.commit().unwrap();
         let old_journal = fs::read(dir.join("journal.log")).unwrap();
@@ -762,7 +830,7 @@ mod tests {
     #[test]
     fn state_beyond_the_recovered_head_is_dropped_and_stays_dropped() {
         let dir = temp_dir("clamp");
-        let mut j = SubJournal::create(&dir, &[1], AckDurability::Sync).unwrap();
+        let mut j = SubJournal::create(&dir, &[1], &[0], AckDurability::Sync).unwrap();
         j.stage(SubOp::Attempt { seq: 9, attempt: 1 });
         j.stage(SubOp::Attempt { seq: 12, attempt: 3 });
         j.stage(SubOp::Cursor { seq: 12 });

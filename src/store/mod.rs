@@ -268,18 +268,27 @@ pub(crate) enum MetaOp {
     DeleteTopic {
         name: Name,
     },
-    /// `created` as for topics.
+    /// `created` as for topics. `created_heads` is each partition's head seq when the subscription
+    /// was made (Interest retention lets it hold only what was published after); absent in records
+    /// written before it was kept, which means 0 in every partition: such a subscription holds what is
+    /// above its ack floor, as it did then.
     CreateSubscription {
         config: SubscriptionConfig,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         created: Option<Timestamp>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created_heads: Option<Vec<u64>>,
     },
     DeleteSubscription {
         name: Name,
     },
-    /// A snapshot of a subscription's ack state (`snapshot create`).
+    /// A snapshot of a subscription's ack state (`snapshot create`). `never_expires` tells a snapshot
+    /// taken with `--ttl never` from one of a record written before snapshots expired: both lack
+    /// `expires`, and the older one expires `created` + 7 days.
     CreateSnapshot {
         snapshot: SnapshotInfo,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        never_expires: bool,
     },
     DeleteSnapshot {
         name: Name,
@@ -298,6 +307,8 @@ pub(crate) struct MetaState {
     /// When each topic and subscription was created, where the records say.
     pub topics_created: BTreeMap<Name, Timestamp>,
     pub subs_created: BTreeMap<Name, Timestamp>,
+    /// Each subscription's partition heads when it was created, where the records say.
+    pub subs_created_heads: BTreeMap<Name, Vec<u64>>,
     /// Snapshots, in creation order.
     pub snapshots: Vec<SnapshotInfo>,
 }
@@ -327,11 +338,15 @@ impl MetaState {
                 self.snapshots.retain(|s| s.topic != name);
                 self.deleted_topics.insert(name);
             }
-            MetaOp::CreateSubscription { config, created } => {
+            MetaOp::CreateSubscription { config, created, created_heads } => {
                 self.deleted_subs.remove(&config.name);
                 match created {
                     Some(at) => self.subs_created.insert(config.name.clone(), at),
                     None => self.subs_created.remove(&config.name),
+                };
+                match created_heads {
+                    Some(heads) => self.subs_created_heads.insert(config.name.clone(), heads),
+                    None => self.subs_created_heads.remove(&config.name),
                 };
                 self.subscriptions.retain(|s| s.name != config.name);
                 self.subscriptions.push(config);
@@ -340,7 +355,10 @@ impl MetaState {
                 self.subscriptions.retain(|s| s.name != name);
                 self.deleted_subs.insert(name);
             }
-            MetaOp::CreateSnapshot { snapshot } => {
+            MetaOp::CreateSnapshot { mut snapshot, never_expires } => {
+                if snapshot.expires.is_none() && !never_expires {
+                    snapshot.expires = Some(snapshot.created.plus(crate::model::SNAPSHOT_TTL));
+                }
                 self.snapshots.retain(|s| s.name != snapshot.name);
                 self.snapshots.push(snapshot);
             }
@@ -356,8 +374,12 @@ impl MetaState {
         let subs = self.subscriptions.iter().map(|c| MetaOp::CreateSubscription {
             config: c.clone(),
             created: self.subs_created.get(&c.name).copied(),
+            created_heads: self.subs_created_heads.get(&c.name).cloned(),
         });
-        let snapshots = self.snapshots.iter().map(|s| MetaOp::CreateSnapshot { snapshot: s.clone() });
+        let snapshots = self
+            .snapshots
+            .iter()
+            .map(|s| MetaOp::CreateSnapshot { snapshot: s.clone(), never_expires: s.expires.is_none() });
         topics.chain(subs).chain(snapshots)
     }
 }
@@ -1002,6 +1024,68 @@ fn interval_syncer(shared: &SyncerShared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `create_snapshot` record written before snapshots expired has no `expires`: it expires 7 days
+    /// after it was taken. One taken with `--ttl never` says so, and compaction keeps both apart.
+    #[test]
+    fn snapshot_records_without_expires_get_seven_days_and_never_stays_never() {
+        let snapshot = SnapshotInfo {
+            name: Name::new("old").unwrap(),
+            subscription: Name::new("s").unwrap(),
+            topic: Name::new("t").unwrap(),
+            created: Timestamp::from_micros(1_000_000),
+            expires: None,
+            partitions: Vec::new(),
+        };
+        let mut old =
+            serde_json::to_value(MetaOp::CreateSnapshot { snapshot: snapshot.clone(), never_expires: false })
+                .unwrap();
+        old["snapshot"].as_object_mut().unwrap().remove("expires");
+        assert!(old.get("never_expires").is_none(), "{old}");
+        let mut state = MetaState::default();
+        state.apply(serde_json::from_value(old).unwrap());
+        let never = SnapshotInfo { name: Name::new("never").unwrap(), ..snapshot.clone() };
+        state.apply(MetaOp::CreateSnapshot { snapshot: never, never_expires: true });
+        let seven_days = Timestamp::from_micros(1_000_000).plus(crate::model::SNAPSHOT_TTL);
+        assert_eq!(state.snapshots[0].expires, Some(seven_days));
+        assert_eq!(state.snapshots[1].expires, None);
+        let mut again = MetaState::default();
+        for op in state.ops() {
+            again.apply(serde_json::from_str(&serde_json::to_string(&op).unwrap()).unwrap());
+        }
+        assert_eq!(again.snapshots, state.snapshots);
+    }
+
+    /// A `create_subscription` record written before `created_heads` was kept still reads (the
+    /// subscription then holds from 0 in every partition, as it did), and a compacted snapshot keeps
+    /// the field of a newer record.
+    #[test]
+    fn subscription_records_without_created_heads_still_read_and_new_ones_keep_them() {
+        let config = SubscriptionConfig::new(Name::new("s").unwrap(), Name::new("t").unwrap());
+        // What an older binary wrote: the record without the field at all.
+        let mut old = serde_json::to_value(MetaOp::CreateSubscription {
+            config: config.clone(),
+            created: Some(Timestamp::from_micros(5)),
+            created_heads: None,
+        })
+        .unwrap();
+        assert!(old.get("created_heads").is_none(), "{old}");
+        old["created"] = serde_json::json!(5);
+        let op: MetaOp = serde_json::from_value(old).unwrap();
+        let mut state = MetaState::default();
+        state.apply(op);
+        assert_eq!(state.subscriptions.len(), 1);
+        assert!(state.subs_created_heads.is_empty());
+        let mut config = config;
+        config.name = Name::new("n").unwrap();
+        let new = MetaOp::CreateSubscription { config, created: None, created_heads: Some(vec![7, 0, 3]) };
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(json.contains(r#""created_heads":[7,0,3]"#), "{json}");
+        state.apply(serde_json::from_str(&json).unwrap());
+        let again: Vec<String> = state.ops().map(|op| serde_json::to_string(&op).unwrap()).collect();
+        assert!(again.iter().any(|j| j.contains(r#""created_heads":[7,0,3]"#)), "{again:?}");
+        assert!(!again[0].contains("created_heads"), "{again:?}");
+    }
 
     #[test]
     fn names_become_safe_directory_names() {

@@ -861,6 +861,49 @@ fn snapshot_create_ls_rm_and_seek_snapshot_through_the_daemon_and_a_restart() {
     assert_eq!(code, 2, "{stderr}");
 }
 
+/// `snapshot create --ttl`: how long a snapshot lives (7 days by default, `never` until `snapshot rm`,
+/// 0 refused), shown by `snapshot ls` as EXPIRES and in `--json` as `expires` (µs; null for never).
+#[test]
+fn snapshot_create_ttl_sets_when_it_expires_and_ls_shows_it() {
+    let home = Home::with_daemon("snapshot-ttl");
+    let run = |args: &[&str]| {
+        let (code, stdout, stderr) = home.run(args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        (stdout, stderr)
+    };
+    run(&["subs", "create", "billing", "--topic", "orders", "--from", "start"]);
+    run(&["pub", "orders", "a"]);
+    let (_, said) = run(&["snapshot", "create", "short", "-s", "billing", "--ttl", "2h"]);
+    assert!(said.contains("expires in 2h0m"), "{said}");
+    run(&["snapshot", "create", "kept", "-s", "billing", "--ttl", "never"]);
+    let (_, said) = run(&["snapshot", "create", "default", "-s", "billing"]);
+    assert!(said.contains("expires in 7d0h"), "{said}");
+    let (code, _, stderr) = home.run(&["snapshot", "create", "zero", "-s", "billing", "--ttl", "0"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("would expire the snapshot at once") && stderr.contains("never"), "{stderr}");
+    let (listed, _) = run(&["snapshot", "ls"]);
+    assert!(listed.lines().next().is_some_and(|h| h.contains("EXPIRES")), "{listed}");
+    let row = |name: &str| listed.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
+    assert!(row("short").contains("in 1h59m") || row("short").contains("in 2h0m"), "{listed}");
+    assert!(row("kept").trim_end().ends_with("never"), "{listed}");
+    assert!(row("default").contains("in 6d23h") || row("default").contains("in 7d0h"), "{listed}");
+    let (json, _) = run(&["snapshot", "ls", "--json"]);
+    let by_name: std::collections::HashMap<String, serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["name"].as_str().unwrap().to_string(), v))
+        .collect();
+    let lifetime =
+        |n: &str| by_name[n]["expires"].as_i64().map(|e| e - by_name[n]["created"].as_i64().unwrap());
+    assert_eq!(lifetime("short"), Some(2 * 3600 * 1_000_000));
+    assert_eq!(lifetime("default"), Some(7 * 24 * 3600 * 1_000_000));
+    assert!(by_name["kept"]["expires"].is_null(), "{json}");
+    // Kept across a restart of the daemon.
+    run(&["serve", "stop"]);
+    let (again, _) = run(&["snapshot", "ls", "--json"]);
+    assert_eq!(again, json);
+}
+
 /// `sub --process-time`: each message is shown when it arrives and acked only when its work is done,
 /// and the consumer holds one message at a time (so competing consumers share the work by their speed).
 #[test]

@@ -571,3 +571,211 @@ fn message_retention_expiry_emits_an_event() {
     assert_eq!(expired[0].1["count"], 2);
     assert_eq!(expired[0].1["reason"], "message_retention");
 }
+
+// ----- Interest: only the subscriptions that existed at the publish hold a message ----------------
+
+/// Builds the Interest scenario of the next two tests: `old` exists before anything is published,
+/// `late` is created after 1..=3 and reads from the start, then 4 and 5 are published.
+fn interest_with_a_late_reader(e: &Engine) {
+    create(e, "events", |c| c.retention = RetentionPolicy::Interest);
+    subscribe(e, "old", "events", |_| {});
+    for i in 1..=3 {
+        publish(e, "events", &format!("m{i}"));
+    }
+    subscribe(e, "late", "events", |c| c.start = StartPosition::All);
+    publish(e, "events", "m4");
+    publish(e, "events", "m5");
+    assert_eq!(retained(e, "events"), vec![1, 2, 3, 4, 5], "old has settled nothing yet");
+}
+
+/// The rule: a message lives until every subscription that existed at its publish has settled
+/// it. A subscription created later that reads from the start does not keep the older messages alive
+/// (it loses them, EXPIRED, when the others have settled them), while the existing one still holds the
+/// newer ones; a seek back does not bring that hold back either.
+#[test]
+fn a_later_subscription_reading_from_earliest_does_not_keep_older_messages_alive_on_an_interest_topic() {
+    let (e, _) = engine();
+    interest_with_a_late_reader(&e);
+    let got = fetch(&e, "old", "c", 3);
+    assert_eq!(seqs(&got), vec![1, 2, 3]);
+    ack_all(&e, "old", &got);
+    assert_eq!(retained(&e, "events"), vec![4, 5], "late did not exist when 1..=3 were published");
+    // old still holds 4 and 5; late holds them too (they came after it).
+    e.seek(&name("late"), pubsub::engine::SeekTarget::Start).unwrap();
+    assert_eq!(retained(&e, "events"), vec![4, 5]);
+    ack_all(&e, "old", &fetch(&e, "old", "c", 10));
+    assert_eq!(retained(&e, "events"), vec![4, 5], "late has not settled 4 and 5");
+    let late = fetch(&e, "late", "c", 10);
+    assert_eq!(seqs(&late), vec![4, 5], "1..=3 went with old's acks");
+    assert_eq!(e.subscription_info(&name("late")).unwrap().counters.expired_unacked, 3);
+    ack_all(&e, "late", &late);
+    assert_eq!(retained(&e, "events"), Vec::<u64>::new());
+}
+
+/// Where each subscription began holding is part of its record, so the rule holds after a clean
+/// restart and after a crash (the engine dropped without closing, as kill -9 leaves it).
+#[test]
+fn a_later_subscription_holds_nothing_older_after_a_restart_and_a_crash() {
+    for crash in [false, true] {
+        let dir = DataDir::new(if crash { "late-crash" } else { "late-clean" });
+        let clock = clock();
+        let e = open_at(&dir.0, &clock);
+        interest_with_a_late_reader(&e);
+        if !crash {
+            e.close().unwrap();
+        }
+        drop(e);
+        let findings = pubsub::store::verify(&dir.0).unwrap();
+        assert!(findings.is_empty(), "crash {crash}: verify accepts the records: {findings:?}");
+        let e = open_at(&dir.0, &clock);
+        assert_eq!(retained(&e, "events"), vec![1, 2, 3, 4, 5], "crash {crash}: old still holds them all");
+        let got = fetch(&e, "old", "c", 3);
+        assert_eq!(seqs(&got), vec![1, 2, 3]);
+        ack_all(&e, "old", &got);
+        assert_eq!(retained(&e, "events"), vec![4, 5], "crash {crash}: late does not hold 1..=3");
+        e.close().unwrap();
+        drop(e);
+        let e = open_at(&dir.0, &clock);
+        assert_eq!(retained(&e, "events"), vec![4, 5], "crash {crash}: and the deletion is made again");
+    }
+}
+
+// ----- max_msgs_per_key deletions made again at open are not counted again -------------------------
+
+fn expired_unacked(e: &Engine, sub: &str) -> u64 {
+    e.subscription_info(&name(sub)).unwrap().counters.expired_unacked
+}
+
+/// `max_msgs_per_key` deletions are not recorded: an open makes them again from the keys in the log.
+/// A lagging subscription counted each of them as expired when it happened, and that count is in its
+/// checkpoint; the open must not count them a second time — after a clean restart, and after a crash
+/// (the engine dropped without closing), when the deletions since the last checkpoint are counted once
+/// more because the crash took the counters back to it.
+#[test]
+fn expired_unacked_of_per_key_deletions_is_not_counted_again_after_a_restart_or_a_crash() {
+    let dir = DataDir::new("per-key-count");
+    let clock = clock();
+    let e = open_at(&dir.0, &clock);
+    create(&e, "table", |c| c.limits.max_msgs_per_key = Some(1));
+    subscribe(&e, "lag", "table", |_| {});
+    for (k, v) in [("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1"), ("b", "b2")] {
+        keyed(&e, "table", Some(k), v);
+    }
+    assert_eq!(retained(&e, "table"), vec![3, 5]);
+    assert_eq!(expired_unacked(&e, "lag"), 3, "a1, a2 and b1 expired in the lagging subscription");
+    e.close().unwrap();
+    drop(e);
+
+    let e = open_at(&dir.0, &clock);
+    assert_eq!(retained(&e, "table"), vec![3, 5]);
+    assert_eq!(expired_unacked(&e, "lag"), 3, "after a clean restart");
+    keyed(&e, "table", Some("a"), "a4");
+    keyed(&e, "table", Some("b"), "b3");
+    assert_eq!(retained(&e, "table"), vec![6, 7]);
+    let before_crash = expired_unacked(&e, "lag");
+    assert_eq!(before_crash, 5);
+    drop(e); // no close: what kill -9 leaves
+
+    let e = open_at(&dir.0, &clock);
+    assert_eq!(retained(&e, "table"), vec![6, 7]);
+    assert_eq!(expired_unacked(&e, "lag"), before_crash, "after a crash");
+    let got = fetch(&e, "lag", "c", 10);
+    assert_eq!(payloads(&got), ["a4", "b3"]);
+    assert_eq!(expired_unacked(&e, "lag"), before_crash, "the cursor passes the gaps without counting");
+    e.close().unwrap();
+}
+
+// ----- snapshots expire (SEMANTICS.md §9.8: "until they expire (default lifetime 7 days)") ----------
+
+/// On the manual clock: a snapshot pins retention until its ttl runs out; the timer tick then removes
+/// it and retention takes what it held; `seek --snapshot` on it fails saying it expired (also when the
+/// seek comes before the tick). The default lifetime is 7 days; `never` stays; a ttl of 0 is refused.
+#[test]
+fn snapshots_expire_on_the_timer_releasing_their_pin_and_seek_on_one_fails_clearly() {
+    let (e, clock) = engine();
+    create(&e, "jobs", |c| c.retention = RetentionPolicy::WorkQueue);
+    subscribe(&e, "w", "jobs", |_| {});
+    for i in 1..=3 {
+        publish(&e, "jobs", &format!("job {i}"));
+    }
+    let hour = Duration::from_secs(3600);
+    let short = e.create_snapshot_for(name("short"), &name("w"), Some(hour)).unwrap();
+    assert_eq!(short.expires, Some(short.created.plus(hour)));
+    let default = e.create_snapshot(name("default"), &name("w")).unwrap();
+    assert_eq!(default.expires, Some(default.created.plus(pubsub::engine::SNAPSHOT_TTL)));
+    let kept = e.create_snapshot_for(name("kept"), &name("w"), None).unwrap();
+    assert_eq!(kept.expires, None);
+    let zero = e.create_snapshot_for(name("zero"), &name("w"), Some(Duration::ZERO)).unwrap_err();
+    assert!(matches!(zero, EngineError::InvalidConfig(_)), "{zero}");
+    ack_all(&e, "w", &fetch(&e, "w", "c", 10));
+    assert_eq!(retained(&e, "jobs"), vec![1, 2, 3], "pinned by three snapshots");
+
+    clock.advance(hour - Duration::from_secs(1));
+    e.tick();
+    assert_eq!(e.snapshots().len(), 3, "not yet");
+    clock.advance(Duration::from_secs(1));
+    e.tick();
+    let names: Vec<String> = e.snapshots().iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(names, ["default", "kept"]);
+    let err = e.seek_snapshot(&name("w"), &name("short")).unwrap_err();
+    assert!(matches!(err, EngineError::SnapshotExpired { .. }), "{err}");
+    assert!(err.to_string().contains("snapshot \"short\" expired at 2026-"), "{err}");
+
+    // The default lifetime: 7 days after it was taken. A seek that comes before the tick fails too,
+    // and removes it.
+    clock.advance(pubsub::engine::SNAPSHOT_TTL);
+    let err = e.seek_snapshot(&name("w"), &name("default")).unwrap_err();
+    assert!(matches!(err, EngineError::SnapshotExpired { .. }), "{err}");
+    assert_eq!(e.snapshots().len(), 1, "only kept is left");
+    assert_eq!(retained(&e, "jobs"), vec![1, 2, 3], "kept still pins them");
+    e.tick();
+    assert_eq!(e.snapshots().len(), 1, "never expires");
+    e.seek_snapshot(&name("w"), &name("kept")).unwrap();
+    e.delete_snapshot(&name("kept")).unwrap();
+    ack_all(&e, "w", &fetch(&e, "w", "c", 10));
+    assert_eq!(retained(&e, "jobs"), Vec::<u64>::new());
+    let err = e.seek_snapshot(&name("w"), &name("kept")).unwrap_err();
+    assert!(matches!(err, EngineError::NoSuchSnapshot(_)), "removed by hand is no such snapshot: {err}");
+}
+
+/// Expiry times are part of the snapshot's record: after a clean restart and after a crash each keeps
+/// its own (a `never` one too), and one whose time ran out while the engine was down goes at the
+/// first tick, releasing its pin.
+#[test]
+fn snapshot_expiry_survives_a_restart_and_a_crash() {
+    for crash in [false, true] {
+        let dir = DataDir::new(if crash { "snap-ttl-crash" } else { "snap-ttl-clean" });
+        let clock = clock();
+        let e = open_at(&dir.0, &clock);
+        create(&e, "jobs", |c| c.retention = RetentionPolicy::WorkQueue);
+        subscribe(&e, "w", "jobs", |_| {});
+        publish(&e, "jobs", "job 1");
+        let hour = Duration::from_secs(3600);
+        let short = e.create_snapshot_for(name("short"), &name("w"), Some(hour)).unwrap();
+        let kept = e.create_snapshot_for(name("kept"), &name("w"), None).unwrap();
+        let default = e.create_snapshot(name("default"), &name("w")).unwrap();
+        ack_all(&e, "w", &fetch(&e, "w", "c", 10));
+        if !crash {
+            e.close().unwrap();
+        }
+        drop(e);
+        let findings = pubsub::store::verify(&dir.0).unwrap();
+        assert!(findings.is_empty(), "crash {crash}: {findings:?}");
+        let e = open_at(&dir.0, &clock);
+        let mut got = e.snapshots();
+        got.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(got, vec![default.clone(), kept.clone(), short.clone()], "crash {crash}");
+        e.close().unwrap();
+        drop(e);
+        clock.advance(hour * 2);
+        let e = open_at(&dir.0, &clock);
+        assert_eq!(retained(&e, "jobs"), vec![1], "crash {crash}: pinned until the tick");
+        e.tick();
+        let names: Vec<String> = e.snapshots().iter().map(|s| s.name.to_string()).collect();
+        assert_eq!(names, ["default", "kept"], "crash {crash}");
+        e.delete_snapshot(&name("kept")).unwrap();
+        e.delete_snapshot(&name("default")).unwrap();
+        assert_eq!(retained(&e, "jobs"), Vec::<u64>::new(), "crash {crash}");
+        e.close().unwrap();
+    }
+}

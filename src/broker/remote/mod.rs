@@ -351,9 +351,16 @@ impl Broker for RemoteBroker {
         &self,
         name: &Name,
         subscription: &Name,
+        ttl: Option<std::time::Duration>,
     ) -> Result<crate::model::SnapshotInfo, BrokerError> {
-        self.call_as(Request::CreateSnapshot { snapshot: name.clone(), subscription: subscription.clone() })
-            .await
+        // 0 is "never" on the wire; a zero ttl never gets here (the engine would refuse it).
+        let ttl_ms = Some(ttl.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)));
+        self.call_as(Request::CreateSnapshot {
+            snapshot: name.clone(),
+            subscription: subscription.clone(),
+            ttl_ms,
+        })
+        .await
     }
 
     async fn snapshots(&self) -> Result<Vec<crate::model::SnapshotInfo>, BrokerError> {

@@ -3,17 +3,23 @@
 
 use clap::{Args, Subcommand};
 
+use std::time::Duration;
+
 use crate::cli::output::{Stdout, note, table};
+use crate::cli::parse::parse_duration;
 use crate::cli::{CliError, Context};
 use crate::human::duration;
-use crate::model::{Clock, Name, SnapshotInfo, SystemClock};
+use crate::model::{Clock, Name, SNAPSHOT_TTL, SnapshotInfo, SystemClock, Timestamp};
 
 /// `pubsub snapshot`.
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
     /// Capture a subscription's ack state (its ack floor and what is acked above it) under a name.
+    ///
+    /// While it exists, retention keeps every message above its floor; it expires after 7 days
+    /// unless --ttl says otherwise.
     Create(CreateSnapshotArgs),
-    /// List snapshots.
+    /// List snapshots, with when each expires.
     Ls {
         /// One JSON object per snapshot (NDJSON).
         #[arg(long)]
@@ -34,6 +40,38 @@ pub struct CreateSnapshotArgs {
     /// The subscription whose ack state it captures.
     #[arg(long, short = 's')]
     pub subscription: String,
+    /// How long it lives (e.g. 1h, 30d; default 7d): the engine then removes it and retention takes
+    /// what it held. `never` keeps it until `snapshot rm`; 0 is refused.
+    #[arg(long, value_name = "DUR|never", value_parser = parse_ttl)]
+    pub ttl: Option<Ttl>,
+}
+
+/// A snapshot's lifetime as `--ttl` gives it: a duration, or `None` for never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(pub Option<Duration>);
+
+/// Parses `--ttl`: `never`, or a positive duration such as `1h` or `30d`.
+pub fn parse_ttl(text: &str) -> Result<Ttl, String> {
+    if text.trim() == "never" {
+        return Ok(Ttl(None));
+    }
+    let d = parse_duration(text.trim())?;
+    if d.is_zero() {
+        return Err(format!(
+            "a ttl of \"{text}\" would expire the snapshot at once; give a duration such as 1h or 30d, or never"
+        ));
+    }
+    Ok(Ttl(Some(d)))
+}
+
+/// When a snapshot expires, for `ls` and `create`: `in 6d 23h`, `never`, or `expired` (the timer
+/// removes it at its next tick).
+fn expiry(s: &SnapshotInfo, now: Timestamp) -> String {
+    match s.expires {
+        None => "never".to_string(),
+        Some(at) if at <= now => "expired".to_string(),
+        Some(at) => format!("in {}", duration(at.since(now))),
+    }
 }
 
 fn name(s: &str) -> Result<Name, CliError> {
@@ -59,14 +97,16 @@ pub async fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<(), CliError> {
     let broker = ctx.connect().await?;
     match cmd {
         SnapshotCommand::Create(a) => {
-            let s = broker.create_snapshot(&name(&a.name)?, &name(&a.subscription)?).await?;
+            let ttl = a.ttl.map_or(Some(SNAPSHOT_TTL), |t| t.0);
+            let s = broker.create_snapshot(&name(&a.name)?, &name(&a.subscription)?, ttl).await?;
             note(&format!(
-                "snapshot {} of {} on {}: ack floor {}, {} acked above it",
+                "snapshot {} of {} on {}: ack floor {}, {} acked above it; expires {}",
                 s.name,
                 s.subscription,
                 s.topic,
                 floors(&s),
-                acked_above(&s)
+                acked_above(&s),
+                expiry(&s, s.created)
             ));
             Ok(())
         }
@@ -90,7 +130,7 @@ pub async fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<(), CliError> {
             }
             let now = SystemClock.now();
             let mut rows = vec![
-                ["SNAPSHOT", "SUBSCRIPTION", "TOPIC", "ACK-FLOOR", "ACKED-ABOVE", "AGE"]
+                ["SNAPSHOT", "SUBSCRIPTION", "TOPIC", "ACK-FLOOR", "ACKED-ABOVE", "AGE", "EXPIRES"]
                     .map(String::from)
                     .to_vec(),
             ];
@@ -102,6 +142,7 @@ pub async fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<(), CliError> {
                     floors(s),
                     acked_above(s).to_string(),
                     duration(now.since(s.created)),
+                    expiry(s, now),
                 ]);
             }
             out.write(table(&rows).as_bytes())?;

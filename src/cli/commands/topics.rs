@@ -94,7 +94,8 @@ pub struct CreateArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub partitions: Option<u32>,
     /// When messages go apart from the limits: limits (default; acks delete nothing), interest
-    /// (deleted once every subscription has settled them; with none, at once) or work-queue (deleted
+    /// (deleted once every subscription that existed at the publish has settled them; with none, at
+    /// once) or work-queue (deleted
     /// once settled; one subscription per subject).
     #[arg(long, value_name = "POLICY", value_parser = parse_retention)]
     pub retention: Option<RetentionPolicy>,
