@@ -10,7 +10,7 @@ use super::subscription::Effects;
 use super::topic::{Committed, TopicCell};
 use super::{
     Engine, EngineError, EngineEvent, Message, MessageExtra, Name, PublishReceipt, PublishRequest, Timestamp,
-    lock,
+    TopicInfo, lock,
 };
 use crate::store::SyncGate;
 use crate::store::journal::{SubOp, split_key};
@@ -41,6 +41,22 @@ impl Engine {
         };
         self.emit(vec![EngineEvent::TopicCreated { topic: subject.clone() }]);
         Ok(created.map(|cell| (cell, true)))
+    }
+
+    /// The topic named `name`, for a reader that names it (an HTTP event stream): when there is none, no
+    /// topic captures the name and auto-create is on, the topic a publish to `name` would make is made
+    /// now, as `sub --from` does, so a reader may start before the first publish. A name inside
+    /// another topic's subjects stays `NoSuchTopic`: it is a subject of that topic, not a topic.
+    pub fn topic_info_or_create(&self, name: &Name) -> Result<TopicInfo, EngineError> {
+        match self.topic_info(name) {
+            Err(EngineError::NoSuchTopic(_)) if self.registry().route(name).is_none() => {
+                match self.route(name)? {
+                    Some((cell, _)) if cell.name == *name => self.topic_info(name),
+                    _ => Err(EngineError::NoSuchTopic(name.clone())),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Appends a message to the topic that captures its subject and offers it to matching taps.

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use pubsub::engine::{BrowseFrom, StartPosition, SubscriptionConfig, TopicConfig};
 use pubsub::server::{ServeConfig, ServeLimits};
 
-use crate::server::{TestServer, start};
+use crate::server::{TestServer, start, start_with_engine};
 use crate::support::{name, stdout_lines};
 
 /// `host:port` of a test server.
@@ -77,10 +77,10 @@ fn parse_answer(all: &[u8]) -> Answer {
     Answer { status, headers, body: all[end + 4..].to_vec() }
 }
 
-/// Waits (at most 10 s) until `topic` has `n` subscriptions: an event stream has attached.
+/// Waits (at most 10 s) until `topic` exists and has `n` subscriptions: an event stream has attached.
 async fn subscriptions_reach(server: &TestServer, topic: &str, n: u32) {
     for _ in 0..500 {
-        if server.engine.topic_info(&name(topic)).unwrap().subscriptions >= n {
+        if server.engine.topic_info(&name(topic)).is_ok_and(|t| t.subscriptions >= n) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -189,6 +189,9 @@ async fn http_refusals_have_their_status_and_a_json_error() {
     let limits = ServeLimits { max_message_bytes: 1000, ..ServeLimits::default() };
     let server = start(ServeConfig { token: Some("s3cret".into()), limits, ..ServeConfig::default() }).await;
     let auth = "Authorization: Bearer s3cret";
+    let mut captured = TopicConfig::new(name("captured"));
+    captured.subjects = vec![pubsub::engine::Pattern::parse("captured.>").unwrap()];
+    server.engine.create_topic(captured).unwrap();
     let cases: Vec<(String, Vec<u8>, u16, u64)> = vec![
         (format!("POST /topics/big HTTP/1.1\r\n{auth}"), vec![b'x'; 1001], 413, 1007),
         (
@@ -204,7 +207,8 @@ async fn http_refusals_have_their_status_and_a_json_error() {
         ("GET /topics/t/events?token=wrong HTTP/1.1".to_string(), vec![], 401, 1005),
         (format!("GET /nowhere HTTP/1.1\r\n{auth}"), vec![], 404, 1001),
         (format!("DELETE /topics/t HTTP/1.1\r\n{auth}"), vec![], 405, 1001),
-        (format!("GET /topics/missing/events HTTP/1.1\r\n{auth}"), vec![], 404, 2001),
+        // A subject inside another topic's subjects is not a topic to stream (see the last case below).
+        (format!("GET /topics/captured.eu/events HTTP/1.1\r\n{auth}"), vec![], 404, 2001),
         (format!("GET /subscriptions/missing HTTP/1.1\r\n{auth}"), vec![], 404, 2004),
         (format!("GET /topics/t/events?from=soon HTTP/1.1\r\n{auth}"), vec![], 400, 1002),
     ];
@@ -306,6 +310,29 @@ async fn curl_reads_server_sent_events_and_resumes_with_last_event_id() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the event streams' subscriptions outlived them");
+}
+
+/// `curl -N …/topics/NAME/events` started before anything was published: the topic is made as the
+/// first publish would make it, and the stream gets that publish. With auto-create off it is a 404.
+#[tokio::test]
+async fn an_event_stream_may_start_before_its_topic_exists() {
+    let server = start(ServeConfig::default()).await;
+    assert!(server.engine.topic_info(&name("fresh")).is_err());
+    let url = format!("{}/topics/fresh/events", base(&server));
+    let Some(mut live) = curl(&["-sN", &url]) else { return };
+    let lines = stdout_lines(&mut live.0);
+    subscriptions_reach(&server, "fresh", 1).await;
+    let answer = request(&server, "POST /topics/fresh HTTP/1.1", b"first ever").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let got = events(&events_read(lines, 1).await);
+    assert_eq!((got[0].0, got[0].1["payload"].as_str()), (1, Some("first ever")));
+    drop(live);
+
+    let config = pubsub::engine::EngineConfig { auto_create: false, ..Default::default() };
+    let strict = start_with_engine(ServeConfig::default(), config).await;
+    let answer = request(&strict, "GET /topics/fresh/events HTTP/1.1", b"").await;
+    assert_eq!((answer.status, answer.json()["code"].as_u64()), (404, Some(2001)), "{answer:?}");
+    assert!(strict.engine.topics().is_empty(), "nothing was created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

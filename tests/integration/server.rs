@@ -38,6 +38,13 @@ pub async fn start(config: ServeConfig) -> TestServer {
     start_on(listener, config, Engine::new()).await
 }
 
+/// [`start`] with an engine of these settings (on the system clock).
+pub async fn start_with_engine(config: ServeConfig, engine: pubsub::engine::EngineConfig) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let clock = Arc::new(pubsub::engine::SystemClock);
+    start_on(listener, config, Engine::with_clock(clock, engine)).await
+}
+
 async fn start_on(listener: TcpListener, config: ServeConfig, engine: Engine) -> TestServer {
     let url = format!("ws://{}", listener.local_addr().unwrap());
     let broker = Arc::new(LocalBroker::new(engine.clone(), "mem://"));

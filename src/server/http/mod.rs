@@ -279,7 +279,8 @@ fn dressed(mut answer: Vec<u8>, shared: &Shared) -> Vec<u8> {
 }
 
 /// The event stream of `topic` from where the request asks, and how its events are numbered; a topic
-/// that does not exist is a 404 (subscribing would create it). `?partition=P` streams one partition of
+/// that does not exist yet is made as a publish to it would make it (a 404 when auto-create is off or
+/// the name is a subject inside another topic). `?partition=P` streams one partition of
 /// the topic; without it a topic of several partitions streams them all, its event ids naming a
 /// position in each.
 async fn open_events(
@@ -290,7 +291,11 @@ async fn open_events(
     budget: &Arc<ByteBudget>,
 ) -> Result<(crate::broker::DeliveryStream, sse::EventIds), HttpError> {
     let start = sse::start_of(head)?;
-    let info = shared.broker.topic_info(topic).await.map_err(|e| HttpError::of(&e))?;
+    let info = shared
+        .broker
+        .engine()
+        .topic_info_or_create(topic)
+        .map_err(|e| HttpError::of(&crate::broker::BrokerError::from(e)))?;
     let parts = info.positions();
     let only = match head.param("partition") {
         None => None,
