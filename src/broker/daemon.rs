@@ -83,7 +83,7 @@ pub async fn connect_local(opts: &LocalOptions) -> Result<(RemoteBroker, Option<
         drop(lock);
         return Ok((broker, None));
     }
-    let mut starting = spawn_daemon(&exe, &paths)?;
+    let mut starting = spawn_daemon(&exe, &paths, &[])?;
     let pid = starting.pid();
     let endpoint = wait_for_endpoint(&paths, &mut starting, Duration::from_secs(10)).await?;
     let broker =
@@ -133,15 +133,16 @@ impl Starting {
     }
 }
 
-/// Starts `exe serve --daemon` detached from this terminal, logging to the log directory.
-pub fn spawn_daemon(exe: &Path, paths: &Paths) -> Result<Starting, BrokerError> {
+/// Starts `exe serve --daemon` (with `settings`, more `serve` flags) detached from this terminal,
+/// logging to the log directory.
+pub fn spawn_daemon(exe: &Path, paths: &Paths, settings: &[String]) -> Result<Starting, BrokerError> {
     let log = paths
         .open_serve_log()
         .map_err(|e| unreachable(format!("cannot open {}: {e}", paths.serve_log().display())))?;
     let log_from = log.metadata().map_or(0, |m| m.len());
     let err_log = log.try_clone().map_err(|e| unreachable(e.to_string()))?;
     let mut command = Command::new(exe);
-    command.args(["serve", "--daemon"]).stdin(Stdio::null()).stdout(log).stderr(err_log);
+    command.args(["serve", "--daemon"]).args(settings).stdin(Stdio::null()).stdout(log).stderr(err_log);
     // Its own process group: Ctrl-C in the terminal that started it does not stop it. Descriptors this
     // process inherited without close-on-exec reach the daemon too; it closes them as it starts.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);

@@ -65,6 +65,27 @@ fn two_clients_starting_at_once_end_with_one_daemon() {
     assert!(stderr.contains("already runs"), "{stderr}");
 }
 
+/// `serve --detach` hands its settings to the daemon it starts (they used to be dropped for the
+/// defaults); a daemon already running keeps its own, and says so.
+#[test]
+fn serve_detach_starts_the_daemon_with_its_flags() {
+    let home = Home::new("detach-flags");
+    let (code, _, stderr) = home.run(&["serve", "--detach", "--memory", "--max-message-bytes", "100"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = home.run(&["pub", "t", &"x".repeat(200)]);
+    assert_ne!(code, 0, "a 200-byte message passed a 100-byte limit");
+    assert!(stderr.contains("100"), "{stderr}");
+    let (code, _, stderr) = home.run(&["pub", "t", "small"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = home.run(&["serve", "--detach", "--write-timeout", "5s"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("already runs") && stderr.contains("--write-timeout 5s"), "{stderr}");
+    // --memory reached it too: its topics are kept in memory, not under the data directory.
+    let (code, out, stderr) = home.run(&["topic", "info", "t"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.lines().any(|l| l.starts_with("storage") && l.trim_end().ends_with("memory")), "{out}");
+}
+
 #[test]
 fn serving_beyond_loopback_without_a_token_is_refused() {
     let home = Home::new("exposed");

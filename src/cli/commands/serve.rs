@@ -110,7 +110,7 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
         None => {}
     }
     if args.detach {
-        return detach().await;
+        return detach(&daemon_settings(&args)).await;
     }
     let config = ServeConfig {
         token: ctx.token.clone(),
@@ -281,14 +281,71 @@ async fn connect_daemon(paths: &Paths) -> Option<(Endpoint, RemoteBroker)> {
     Some((endpoint, broker))
 }
 
-async fn detach() -> Result<(), CliError> {
+/// The flags of `serve --detach` that the daemon it starts must be given: those set to something other
+/// than their default (the daemon starts from the defaults, as autostart starts it).
+fn daemon_settings(args: &ServeArgs) -> Vec<String> {
+    let defaults = ServeLimits::default();
+    let mut out = Vec::new();
+    let mut flag = |name: &str, value: Option<String>| {
+        out.push(format!("--{name}"));
+        out.extend(value);
+    };
+    if args.memory {
+        flag("memory", None);
+    }
+    if let Some(dir) = &args.data_dir {
+        flag("data-dir", Some(dir.display().to_string()));
+    }
+    if args.durability.to_string() != "batch" {
+        flag("durability", Some(args.durability.to_string()));
+    }
+    let limits = [
+        ("max-frame-bytes", args.max_frame_bytes, defaults.max_frame_bytes),
+        ("max-message-bytes", args.max_message_bytes, defaults.max_message_bytes),
+        ("max-connections", args.max_connections, defaults.max_connections),
+        ("max-subscriptions", args.max_subscriptions, defaults.max_subscriptions),
+        ("max-in-flight", args.max_in_flight as usize, defaults.max_in_flight as usize),
+    ];
+    for (name, value, default) in limits {
+        if value != default {
+            flag(name, Some(value.to_string()));
+        }
+    }
+    if let Some(origin) = &args.allow_origin {
+        flag("allow-origin", Some(origin.clone()));
+    }
+    for (name, value) in
+        [("write-timeout", args.write_timeout), ("http-idle-timeout", args.http_idle_timeout)]
+    {
+        if value != DEFAULT_TIMEOUT {
+            flag(name, Some(humantime::format_duration(value).to_string()));
+        }
+    }
+    out
+}
+
+/// The default of `--write-timeout` and `--http-idle-timeout`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn detach(settings: &[String]) -> Result<(), CliError> {
     let paths = paths()?;
     if let Some((endpoint, _)) = connect_daemon(&paths).await {
-        note(&format!("a local engine daemon already runs (pid {}, {})", endpoint.pid, endpoint.url));
+        let unchanged = if settings.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; it keeps its settings (not {}): `pubsub serve stop` first to change them",
+                settings.join(" ")
+            )
+        };
+        note(&format!(
+            "a local engine daemon already runs (pid {}, {}){unchanged}",
+            endpoint.pid, endpoint.url
+        ));
         return Ok(());
     }
     let exe = std::env::current_exe()?;
-    let mut starting = spawn_daemon(&exe, &paths)?;
+    let mut starting = spawn_daemon(&exe, &paths, settings)?;
     let pid = starting.pid();
     let endpoint = wait_for_endpoint(&paths, &mut starting, Duration::from_secs(10)).await?;
     note(&format!(
