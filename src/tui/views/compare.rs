@@ -11,6 +11,7 @@ use ratatui::layout::Rect;
 use ratatui::style::{Modifier, Style};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph};
 
+use super::fit;
 use crate::demo::compare::TableRow;
 use crate::demo::progress::Phase;
 use crate::tui::compare::{ColumnState, CompareState, KEYS};
@@ -317,16 +318,6 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
         lines.push(line);
     }
     lines
-}
-
-/// `text` cut to `width` characters, an ellipsis marking the cut.
-fn fit(text: &str, width: usize) -> String {
-    if text.chars().count() > width {
-        let cut: String = text.chars().take(width.saturating_sub(1)).collect();
-        format!("{cut}…")
-    } else {
-        text.to_string()
-    }
 }
 
 /// Writes `text` at (`x`, `y`) of `area`, stopping before column `end`; returns the column after it.

@@ -7,6 +7,7 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::Color;
 
+use super::fit;
 use crate::demo::sim::Node;
 use crate::model::Pattern;
 use crate::tui::app::App;
@@ -578,15 +579,6 @@ pub fn layout(
         }
     }
     (grid, highlight)
-}
-
-fn fit(text: &str, width: usize) -> String {
-    if text.chars().count() > width {
-        let cut: String = text.chars().take(width.saturating_sub(1)).collect();
-        format!("{cut}…")
-    } else {
-        text.to_string()
-    }
 }
 
 fn color(t: &Theme, role: Role) -> Color {

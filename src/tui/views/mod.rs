@@ -39,6 +39,16 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
     }
 }
 
+/// `text` cut to `width` characters, an ellipsis marking the cut.
+pub(crate) fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() > width {
+        let cut: String = text.chars().take(width.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else {
+        text.to_string()
+    }
+}
+
 /// A rendered buffer as plain text, one line per row with trailing blanks trimmed (for `--snapshot`
 /// files and tests).
 pub fn buffer_text(buffer: &ratatui::buffer::Buffer) -> String {

@@ -176,10 +176,8 @@ fn branch(i: usize, n: usize) -> &'static str {
 
 /// `text` in exactly `width` characters: padded (on the left when `right`), or cut with `…`.
 fn fit(text: &str, width: usize, right: bool) -> String {
-    let len = text.chars().count();
-    if len > width {
-        let cut: String = text.chars().take(width.saturating_sub(1)).collect();
-        return format!("{cut}…");
+    if text.chars().count() > width {
+        return super::fit(text, width);
     }
     if right { format!("{text:>width$}") } else { format!("{text:<width$}") }
 }
